@@ -1,0 +1,58 @@
+/**
+ * Reads actions/<name>/action.yml at run time: the CLI takes defaults and --help text from it, so the action
+ * and the CLI share one definition of every input.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse } from 'yaml';
+
+export interface InputSpec {
+  description: string;
+  required: boolean;
+  default?: string;
+}
+
+export interface ActionMetadata {
+  name: string;
+  description: string;
+  inputs: Record<string, InputSpec>;
+  outputs: Record<string, { description: string }>;
+}
+
+/** The package root: the nearest directory above this file that holds actions/ and action.yml. */
+export function packageRoot(from: string = fileURLToPath(import.meta.url)): string {
+  let dir = dirname(from);
+  for (;;) {
+    if (existsSync(join(dir, 'action.yml')) && existsSync(join(dir, 'actions'))) return dir;
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error(`cannot find the image-ci-actions package root above ${from}`);
+    dir = parent;
+  }
+}
+
+export function parseActionMetadata(text: string): ActionMetadata {
+  const doc = parse(text) as {
+    name?: string;
+    description?: string;
+    inputs?: Record<string, { description?: string; required?: boolean; default?: unknown }>;
+    outputs?: Record<string, { description?: string }>;
+  };
+  const inputs: Record<string, InputSpec> = {};
+  for (const [name, spec] of Object.entries(doc.inputs ?? {})) {
+    inputs[name] = {
+      description: (spec.description ?? '').trim(),
+      required: spec.required === true,
+      ...(spec.default !== undefined ? { default: String(spec.default) } : {}),
+    };
+  }
+  const outputs: Record<string, { description: string }> = {};
+  for (const [name, spec] of Object.entries(doc.outputs ?? {})) {
+    outputs[name] = { description: (spec.description ?? '').trim() };
+  }
+  return { name: doc.name ?? '', description: doc.description ?? '', inputs, outputs };
+}
+
+export function loadActionMetadata(action: string, root: string = packageRoot()): ActionMetadata {
+  return parseActionMetadata(readFileSync(join(root, 'actions', action, 'action.yml'), 'utf8'));
+}

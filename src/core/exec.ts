@@ -1,0 +1,134 @@
+/**
+ * Runs external tools (podman, skopeo, tar) with a timeout, captured output and an explicit environment.
+ * Built on node:child_process rather than @actions/exec because every call here needs a hard timeout that kills
+ * the process, and secrets must travel on stdin or in files, never on argv.
+ */
+import { spawn } from 'node:child_process';
+import { access, constants } from 'node:fs/promises';
+import { delimiter, join } from 'node:path';
+
+export interface ExecOptions {
+  /** Kill the process (SIGTERM, then SIGKILL 5 s later) after this many ms. Required: nothing runs unbounded. */
+  timeoutMs: number;
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+  /** Written to stdin, then stdin is closed (how secrets are passed). */
+  input?: string | Buffer;
+  /** Do not throw on a non-zero exit; the caller inspects `exitCode`. */
+  allowFailure?: boolean;
+  /** Called with each complete line of stdout/stderr as it arrives (progress logging). */
+  onLine?: (line: string, stream: 'stdout' | 'stderr') => void;
+}
+
+export interface ExecResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+  durationMs: number;
+}
+
+export class ExecError extends Error {
+  constructor(
+    message: string,
+    readonly result: ExecResult | undefined,
+  ) {
+    super(message);
+    this.name = 'ExecError';
+  }
+}
+
+const KILL_GRACE_MS = 5000;
+/** Keep only the tail of huge outputs in error messages. */
+const MESSAGE_TAIL_CHARS = 2000;
+
+export function exec(command: string, args: readonly string[], options: ExecOptions): Promise<ExecResult> {
+  const started = Date.now();
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, {
+      cwd: options.cwd,
+      env: options.env ?? process.env,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let timedOut = false;
+    let killTimer: NodeJS.Timeout | undefined;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGTERM');
+      killTimer = setTimeout(() => child.kill('SIGKILL'), KILL_GRACE_MS);
+    }, options.timeoutMs);
+
+    const lineSplitter = (stream: 'stdout' | 'stderr') => {
+      let pending = '';
+      return (chunk: Buffer) => {
+        if (!options.onLine) return;
+        pending += chunk.toString('utf8');
+        const lines = pending.split('\n');
+        pending = lines.pop() ?? '';
+        for (const line of lines) options.onLine(line, stream);
+      };
+    };
+    const onOut = lineSplitter('stdout');
+    const onErr = lineSplitter('stderr');
+    child.stdout.on('data', (c: Buffer) => {
+      out.push(c);
+      onOut(c);
+    });
+    child.stderr.on('data', (c: Buffer) => {
+      err.push(c);
+      onErr(c);
+    });
+    // A child that exits without reading stdin closes the pipe; that is not our failure.
+    child.stdin.on('error', () => undefined);
+    if (options.input !== undefined) child.stdin.end(options.input);
+    else child.stdin.end();
+
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      if (killTimer) clearTimeout(killTimer);
+      reject(new ExecError(`could not run ${command}: ${e.message}`, undefined));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (killTimer) clearTimeout(killTimer);
+      const result: ExecResult = {
+        exitCode: code ?? (signal ? 128 : 1),
+        stdout: Buffer.concat(out).toString('utf8'),
+        stderr: Buffer.concat(err).toString('utf8'),
+        durationMs: Date.now() - started,
+      };
+      if (timedOut) {
+        reject(new ExecError(`${command} ${args[0] ?? ''} timed out after ${options.timeoutMs} ms`, result));
+      } else if (result.exitCode !== 0 && !options.allowFailure) {
+        const detail = (result.stderr.trim() || result.stdout.trim()).slice(-MESSAGE_TAIL_CHARS);
+        reject(
+          new ExecError(
+            `${command} ${args.slice(0, 2).join(' ')} exited with ${result.exitCode}: ${detail}`,
+            result,
+          ),
+        );
+      } else {
+        resolve(result);
+      }
+    });
+  });
+}
+
+/** The absolute path of a command on PATH, or undefined. */
+export async function which(
+  command: string,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<string | undefined> {
+  for (const dir of (env.PATH ?? '').split(delimiter)) {
+    if (!dir) continue;
+    const candidate = join(dir, command);
+    try {
+      await access(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // not in this directory
+    }
+  }
+  return undefined;
+}

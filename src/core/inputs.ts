@@ -1,0 +1,199 @@
+/**
+ * Typed input readers shared by every action and the CLI.
+ *
+ * An InputSource only answers "what string was given for this name"; defaults live in action.yml (the runner
+ * applies them for actions, the CLI applies them from the same file), so parsing here never invents a default
+ * unless the caller passes one explicitly.
+ */
+
+/** A mistake in what the user gave us. Reported without a stack trace; the CLI exits with 2. */
+export class InputError extends Error {
+  constructor(
+    readonly input: string,
+    message: string,
+  ) {
+    super(`Input '${input}': ${message}`);
+    this.name = 'InputError';
+  }
+}
+
+export interface InputSource {
+  /** The raw value, or undefined when the input was not given (an empty string counts as not given). */
+  get(name: string): string | undefined;
+}
+
+/** Inputs as the Actions runner passes them: INPUT_<NAME> with spaces turned into underscores, upper-cased. */
+export class EnvInputSource implements InputSource {
+  constructor(private readonly env: NodeJS.ProcessEnv = process.env) {}
+
+  get(name: string): string | undefined {
+    const value = this.env[`INPUT_${name.replace(/ /g, '_').toUpperCase()}`];
+    const trimmed = value?.trim();
+    return trimmed ? trimmed : undefined;
+  }
+}
+
+/** Inputs from a plain map (CLI flags after defaults were applied, tests). */
+export class MapInputSource implements InputSource {
+  private readonly values: Map<string, string>;
+
+  constructor(values: Record<string, string | undefined> | Map<string, string>) {
+    this.values = new Map();
+    const entries = values instanceof Map ? values.entries() : Object.entries(values);
+    for (const [k, v] of entries) {
+      if (v !== undefined && v.trim() !== '') this.values.set(k, v.trim());
+    }
+  }
+
+  get(name: string): string | undefined {
+    return this.values.get(name);
+  }
+}
+
+/** Wraps a source to remember which names were read, so a test can prove readInputs reads every action.yml input. */
+export class RecordingInputSource implements InputSource {
+  readonly read = new Set<string>();
+
+  constructor(private readonly inner: InputSource) {}
+
+  get(name: string): string | undefined {
+    this.read.add(name);
+    return this.inner.get(name);
+  }
+}
+
+export function readString(src: InputSource, name: string): string | undefined {
+  return src.get(name);
+}
+
+export function readRequiredString(src: InputSource, name: string): string {
+  const value = src.get(name);
+  if (value === undefined) throw new InputError(name, 'is required but was not given.');
+  return value;
+}
+
+const TRUE_WORDS = new Set(['true', 'yes', 'on', '1']);
+const FALSE_WORDS = new Set(['false', 'no', 'off', '0']);
+
+export function readBoolean(src: InputSource, name: string, fallback: boolean): boolean {
+  const value = src.get(name);
+  if (value === undefined) return fallback;
+  const lower = value.toLowerCase();
+  if (TRUE_WORDS.has(lower)) return true;
+  if (FALSE_WORDS.has(lower)) return false;
+  throw new InputError(name, `expected true or false (also yes/no), got '${value}'.`);
+}
+
+/** A list given one item per line or comma separated; blank items and '#' comment lines are dropped. */
+export function readList(src: InputSource, name: string): string[] {
+  const value = src.get(name);
+  if (value === undefined) return [];
+  return value
+    .split(/[\n,]/)
+    .map((s) => s.trim())
+    .filter((s) => s !== '' && !s.startsWith('#'));
+}
+
+export function readInteger(
+  src: InputSource,
+  name: string,
+  fallback: number,
+  bounds: { min?: number; max?: number } = {},
+): number {
+  const value = src.get(name);
+  if (value === undefined) return fallback;
+  if (!/^-?\d+$/.test(value)) throw new InputError(name, `expected a whole number, got '${value}'.`);
+  const n = Number(value);
+  if (bounds.min !== undefined && n < bounds.min) {
+    throw new InputError(name, `must be at least ${bounds.min}, got ${n}.`);
+  }
+  if (bounds.max !== undefined && n > bounds.max) {
+    throw new InputError(name, `must be at most ${bounds.max}, got ${n}.`);
+  }
+  return n;
+}
+
+export function readEnum<T extends string>(
+  src: InputSource,
+  name: string,
+  allowed: readonly T[],
+  fallback: T,
+): T {
+  const value = src.get(name);
+  if (value === undefined) return fallback;
+  const lower = value.toLowerCase();
+  const match = allowed.find((a) => a === lower);
+  if (match === undefined) {
+    throw new InputError(name, `must be one of ${allowed.join(', ')}; got '${value}'.`);
+  }
+  return match;
+}
+
+const DURATION_UNITS_MS: Record<string, number> = {
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+  w: 604_800_000,
+};
+
+/** Parses `90m`, `1h30m`, `7d`, `500ms`, or a bare number of seconds; returns milliseconds. */
+export function parseDuration(text: string): number | undefined {
+  const trimmed = text.trim();
+  if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000;
+  const re = /(\d+(?:\.\d+)?)(ms|s|m|h|d|w)/gy;
+  let total = 0;
+  let consumed = 0;
+  for (const m of trimmed.matchAll(re)) {
+    total += Number(m[1]) * DURATION_UNITS_MS[m[2]!]!;
+    consumed += m[0].length;
+  }
+  if (consumed === 0 || consumed !== trimmed.length) return undefined;
+  return Math.round(total);
+}
+
+export function readDuration(src: InputSource, name: string, fallbackMs?: number): number | undefined {
+  const value = src.get(name);
+  if (value === undefined) return fallbackMs;
+  const ms = parseDuration(value);
+  if (ms === undefined) {
+    throw new InputError(name, `expected a duration like 90s, 30m, 1h or 7d; got '${value}'.`);
+  }
+  return ms;
+}
+
+const SIZE_UNITS: Record<string, number> = {
+  '': 1,
+  b: 1,
+  k: 1000,
+  kb: 1000,
+  kib: 1024,
+  m: 1000 ** 2,
+  mb: 1000 ** 2,
+  mib: 1024 ** 2,
+  g: 1000 ** 3,
+  gb: 1000 ** 3,
+  gib: 1024 ** 3,
+  t: 1000 ** 4,
+  tb: 1000 ** 4,
+  tib: 1024 ** 4,
+};
+
+/** Parses `5MiB`, `512k`, `2GB`, or a bare byte count; returns bytes. */
+export function parseBytes(text: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(text.trim());
+  if (!m) return undefined;
+  const unit = SIZE_UNITS[m[2]!.toLowerCase()];
+  if (unit === undefined) return undefined;
+  return Math.round(Number(m[1]) * unit);
+}
+
+export function readBytes(src: InputSource, name: string, fallback: number): number {
+  const value = src.get(name);
+  if (value === undefined) return fallback;
+  const bytes = parseBytes(value);
+  if (bytes === undefined)
+    throw new InputError(name, `expected a size like 5MiB, 512k or 2GB; got '${value}'.`);
+  return bytes;
+}

@@ -1,0 +1,54 @@
+/**
+ * Job-scoped directories. Two kinds:
+ * - scratch dirs (`$RUNNER_TEMP/ici-<random>`), recorded in state and removed by post;
+ * - stable dirs (`$RUNNER_TEMP/ici-<name>`), the same path on every run of a workflow, because @actions/cache
+ *   versions an entry by the path strings it was saved with: a random path would never hit again.
+ * Paths stay short: macOS limits unix socket paths to 104 bytes.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Host } from './host.js';
+
+const SCRATCH_STATE = 'ici-scratch-dirs';
+
+export function runnerTemp(env: NodeJS.ProcessEnv = process.env): string {
+  return env.RUNNER_TEMP || tmpdir();
+}
+
+/** A directory whose path is the same in every run (for cache paths); not removed by post. */
+export async function stableDir(name: string, env: NodeJS.ProcessEnv = process.env): Promise<string> {
+  const dir = join(runnerTemp(env), `ici-${name}`);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  return dir;
+}
+
+/** A fresh private directory that post removes (also when main failed after creating it). */
+export async function scratchDir(host: Host, env: NodeJS.ProcessEnv = process.env): Promise<string> {
+  const dir = join(runnerTemp(env), `ici-${randomBytes(3).toString('hex')}`);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const known = readScratchDirs(host);
+  known.push(dir);
+  host.saveState(SCRATCH_STATE, JSON.stringify(known));
+  return dir;
+}
+
+function readScratchDirs(host: Host): string[] {
+  const raw = host.getState(SCRATCH_STATE);
+  if (!raw) return [];
+  try {
+    const parsed: unknown = JSON.parse(raw);
+    return Array.isArray(parsed) ? parsed.filter((p): p is string => typeof p === 'string') : [];
+  } catch {
+    return [];
+  }
+}
+
+/** Removes every scratch dir main created. Idempotent: a missing dir is fine. */
+export async function removeScratchDirs(host: Host): Promise<string[]> {
+  const dirs = readScratchDirs(host);
+  for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+  host.saveState(SCRATCH_STATE, '[]');
+  return dirs;
+}

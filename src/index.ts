@@ -1,0 +1,37 @@
+/**
+ * The one bundle behind every entry file in dist/: dist/<name>/main.js and post.js call runAction, the root
+ * action calls runRootAction, and dist/cli.js calls runCli. One bundle instead of nine keeps dist/ small and
+ * guarantees the CLI and the actions run the same code.
+ */
+import { ActionsHost } from './core/host.js';
+import { InputError } from './core/inputs.js';
+import { runMain, runPost, EXIT_BAD_INPUT } from './core/run.js';
+import { ACTIONS } from './actions/registry.js';
+
+export { runCli } from './cli/cli.js';
+
+export type Phase = 'main' | 'post';
+
+export async function runAction(name: string, phase: Phase): Promise<void> {
+  const definition = ACTIONS[name];
+  if (!definition) throw new Error(`unknown action ${name}`);
+  const host = new ActionsHost();
+  process.exitCode = phase === 'main' ? await runMain(definition, host) : await runPost(definition, host);
+}
+
+/** The root action.yml: the `action` input picks one of the four. */
+export async function runRootAction(phase: Phase): Promise<void> {
+  const host = new ActionsHost();
+  const name = host.inputs.get('action');
+  if (!name || !ACTIONS[name]) {
+    if (phase === 'post') return; // main already reported it
+    const error = new InputError(
+      'action',
+      `must name one of ${Object.keys(ACTIONS).join(', ')}; got '${name ?? ''}'.`,
+    );
+    host.error(error.message);
+    process.exitCode = EXIT_BAD_INPUT;
+    return;
+  }
+  await runAction(name, phase);
+}
