@@ -46,7 +46,7 @@ for (const phase of ['main', 'post']) {
 }
 writeFileSync(
   'dist/cli.js',
-  `#!/usr/bin/env node\n${header}import { runCli } from './index.js';\n\nprocess.exitCode = await runCli(process.argv.slice(2));\n`,
+  `#!/usr/bin/env node\n${header}import { runCli } from './index.js';\n\nprocess.exit(await runCli(process.argv.slice(2)));\n`,
 );
 chmodSync('dist/cli.js', 0o755);
 writeRootActionYml(actions);

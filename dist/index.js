@@ -40885,7 +40885,9 @@ async function runAction(name, phase) {
     if (!definition)
         throw new Error(`unknown action ${name}`);
     const host = new ActionsHost();
-    process.exitCode = phase === 'main' ? await runMain(definition, host) : await runPost(definition, host);
+    const code = phase === 'main' ? await runMain(definition, host) : await runPost(definition, host);
+    // Exit now: a cache call abandoned after its timeout can hold a socket open and keep a finished step alive.
+    process.exit(code);
 }
 /** The root action.yml: the `action` input picks one of the four. */
 async function runRootAction(phase) {
@@ -40896,8 +40898,7 @@ async function runRootAction(phase) {
             return; // main already reported it
         const error = new InputError('action', `must name one of ${Object.keys(ACTIONS).join(', ')}; got '${name ?? ''}'.`);
         host.error(error.message);
-        process.exitCode = EXIT_BAD_INPUT;
-        return;
+        process.exit(EXIT_BAD_INPUT);
     }
     await runAction(name, phase);
 }

@@ -16,7 +16,9 @@ export async function runAction(name: string, phase: Phase): Promise<void> {
   const definition = ACTIONS[name];
   if (!definition) throw new Error(`unknown action ${name}`);
   const host = new ActionsHost();
-  process.exitCode = phase === 'main' ? await runMain(definition, host) : await runPost(definition, host);
+  const code = phase === 'main' ? await runMain(definition, host) : await runPost(definition, host);
+  // Exit now: a cache call abandoned after its timeout can hold a socket open and keep a finished step alive.
+  process.exit(code);
 }
 
 /** The root action.yml: the `action` input picks one of the four. */
@@ -30,8 +32,7 @@ export async function runRootAction(phase: Phase): Promise<void> {
       `must name one of ${Object.keys(ACTIONS).join(', ')}; got '${name ?? ''}'.`,
     );
     host.error(error.message);
-    process.exitCode = EXIT_BAD_INPUT;
-    return;
+    process.exit(EXIT_BAD_INPUT);
   }
   await runAction(name, phase);
 }
