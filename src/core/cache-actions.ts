@@ -12,10 +12,13 @@ import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
 import type { Host } from './host.js';
 import { errorMessage } from './run.js';
 
-interface LibraryLine {
+export interface LibraryLine {
   kind: 'info' | 'debug' | 'warning' | 'error';
   text: string;
 }
+
+/** The library's own failure lines; the wrapper restates them with the real reason. */
+const LIBRARY_FAILURE = /^Failed to (save|restore):/;
 
 /** @actions/core escapes command data; undo it so messages read as the library wrote them. */
 function unescapeCommandData(s: string): string {
@@ -71,7 +74,8 @@ async function captureWhile<T>(
       else if (parsed.kind === 'raw') originalWrite.call(process.stdout, `${parsed.text}\n`);
       else {
         lines.push(parsed);
-        if (parsed.kind === 'info') host.info(parsed.text);
+        if (parsed.kind === 'info' && !LIBRARY_FAILURE.test(parsed.text)) host.info(parsed.text);
+        else if (parsed.kind === 'info') host.debug(parsed.text);
         else
           host.debug(parsed.kind === 'debug' ? parsed.text : `@actions/cache ${parsed.kind}: ${parsed.text}`);
       }
@@ -152,17 +156,22 @@ export function classifySaveFailure(lines: readonly LibraryLine[]): SaveResult {
   const all = lines.map((l) => l.text);
   const skipped = all.find((t) => t.startsWith('Cache save skipped'));
   if (skipped) return { outcome: 'skipped', message: skipped };
-  const reserveFailure = all.find((t) => t.startsWith('Failed to reserve cache:'));
-  const reported = all.filter(
-    (t) => t.startsWith('Failed to save:') || t.startsWith('Cache reservation failed'),
-  );
-  const failures = [...problems([...lines]), ...(reserveFailure ? [reserveFailure] : [])];
-  const evidence = [...failures, ...reported];
-  const text = evidence.join('; ');
-  if (evidence.some((t) => TOO_LARGE.test(t))) return { outcome: 'too-large', message: text };
-  if (evidence.some((t) => UNAVAILABLE.test(t))) return { outcome: 'unavailable', message: text };
-  if (evidence.some((t) => ALREADY_EXISTS.test(t) || /another job may be/.test(t))) {
-    return { outcome: 'exists', message: text };
-  }
-  return { outcome: 'failed', message: text || '@actions/cache did not save the entry and gave no reason' };
+  const evidence = [
+    ...new Set([
+      ...all.filter((t) => t.startsWith('Failed to reserve cache:')),
+      ...problems([...lines]),
+      ...all.filter((t) => t.startsWith('Failed to save:')),
+    ]),
+  ];
+  const first = (pattern: RegExp) => evidence.find((t) => pattern.test(t));
+  const tooLarge = first(TOO_LARGE);
+  if (tooLarge) return { outcome: 'too-large', message: tooLarge };
+  const outage = first(UNAVAILABLE);
+  if (outage) return { outcome: 'unavailable', message: outage };
+  const exists = first(ALREADY_EXISTS) ?? first(/another job may be/);
+  if (exists) return { outcome: 'exists', message: exists };
+  return {
+    outcome: 'failed',
+    message: evidence.join('; ') || '@actions/cache did not save the entry and gave no reason',
+  };
 }
