@@ -160,9 +160,10 @@ export async function restoreFromActionsCache(
     const { value, lines } = await withLibraryLog(host, () =>
       cache.restoreCache(paths, primaryKey, restoreKeys, { lookupOnly: options.lookupOnly ?? false }),
     );
+    // A returned key means the files are in place, whatever the library grumbled about on the way.
+    if (value) return { matchedKey: value };
     const failures = problems(lines);
-    if (failures.length > 0) return { problem: failures.join('; ') };
-    return value ? { matchedKey: value } : {};
+    return failures.length > 0 ? { problem: failures.join('; ') } : {};
   } catch (error) {
     return { problem: errorMessage(error) };
   }
