@@ -41,7 +41,25 @@ export function diskTypeFor(vmType: VmType): string {
   return vmType === 'libkrun' ? 'applehv' : vmType;
 }
 
-/** Podman's `ImageFormat().KindWithCompression()` per provider: the suffix of its cache file. */
+/** The disk format a provider boots. */
+export function diskKind(vmType: VmType): string {
+  switch (vmType) {
+    case 'qemu':
+      return 'qcow2';
+    case 'applehv':
+    case 'libkrun':
+      return 'raw';
+    case 'hyperv':
+      return 'vhdx';
+    case 'wsl':
+      return 'tar';
+  }
+}
+
+/**
+ * Podman's `ImageFormat().KindWithCompression()` per provider: the suffix of its cache file. (WSL's says xz
+ * although current disks are zstd; podman looks the file up by this name, so it is kept as podman spells it.)
+ */
 export function kindWithCompression(vmType: VmType): string {
   switch (vmType) {
     case 'qemu':

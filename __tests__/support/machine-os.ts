@@ -1,0 +1,179 @@
+/**
+ * A fake quay.io/podman/machine-os index, shaped like the real one (containers/podman pkg/machine/ocipull): plain
+ * container children for amd64/arm64 without annotations, and one disk child per arch x disktype whose manifest
+ * has the empty config and exactly one `application/zstd` layer titled with the original file name. The "disks"
+ * are small random files compressed with the real zstd, so the action's download and digest checks run on real
+ * bytes. Written as an OCI layout and published with skopeo.
+ */
+import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+export interface FakeDisk {
+  arch: 'x86_64' | 'aarch64';
+  disktype: string;
+  title: string;
+  manifestDigest: string;
+  blobDigest: string;
+  blobSize: number;
+  /** The compressed disk as stored in the layout (what a download must reproduce byte for byte). */
+  blobPath: string;
+}
+
+export interface FakeMachineOs {
+  layoutDir: string;
+  indexDigest: string;
+  disks: FakeDisk[];
+  containerManifestDigests: string[];
+  disk(arch: string, disktype: string): FakeDisk;
+}
+
+const sha256 = (data: Uint8Array) => `sha256:${createHash('sha256').update(data).digest('hex')}`;
+
+const EMPTY_CONFIG = Buffer.from('{}');
+
+/** Default matrix: both arches, the disk types podman 5 publishes for each. */
+export const DEFAULT_DISKS: ReadonlyArray<[FakeDisk['arch'], string]> = [
+  ['x86_64', 'qemu'],
+  ['x86_64', 'applehv'],
+  ['x86_64', 'hyperv'],
+  ['aarch64', 'qemu'],
+  ['aarch64', 'applehv'],
+];
+
+const EXT: Record<string, string> = { qemu: 'qcow2', applehv: 'raw', hyperv: 'vhdx', wsl: 'tar' };
+
+export function buildMachineOsLayout(
+  dir: string,
+  options: { diskBytes?: number; version?: string } = {},
+): FakeMachineOs {
+  const blobs = join(dir, 'blobs', 'sha256');
+  mkdirSync(blobs, { recursive: true });
+  writeFileSync(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+  const put = (data: Uint8Array): { digest: string; size: number; path: string } => {
+    const digest = sha256(data);
+    const path = join(blobs, digest.slice(7));
+    writeFileSync(path, data);
+    return { digest, size: data.length, path };
+  };
+  const version = options.version ?? '5.3';
+  const config = put(EMPTY_CONFIG);
+  const manifests: object[] = [];
+  const containerManifestDigests: string[] = [];
+
+  for (const architecture of ['amd64', 'arm64']) {
+    const layer = put(randomBytes(256));
+    const cfg = put(
+      Buffer.from(
+        JSON.stringify({ architecture, os: 'linux', rootfs: { type: 'layers', diff_ids: [layer.digest] } }),
+      ),
+    );
+    const manifest = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: cfg.digest, size: cfg.size },
+        layers: [
+          { mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layer.digest, size: layer.size },
+        ],
+      }),
+    );
+    const m = put(manifest);
+    containerManifestDigests.push(m.digest);
+    manifests.push({
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      digest: m.digest,
+      size: m.size,
+      platform: { architecture, os: 'linux' },
+    });
+  }
+
+  const disks: FakeDisk[] = [];
+  for (const [arch, disktype] of DEFAULT_DISKS) {
+    const raw = randomBytes(options.diskBytes ?? 64 * 1024);
+    const compressed = execFileSync('zstd', ['-q', '-c', '-1'], { input: raw });
+    const blob = put(compressed);
+    const title = `fedora-coreos-41.20261101.0-${disktype}.${arch}.${EXT[disktype]}.zst`;
+    const manifest = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        config: { mediaType: 'application/vnd.oci.empty.v1+json', digest: config.digest, size: config.size },
+        layers: [
+          {
+            mediaType: 'application/zstd',
+            digest: blob.digest,
+            size: blob.size,
+            annotations: { 'org.opencontainers.image.title': title },
+          },
+        ],
+      }),
+    );
+    const m = put(manifest);
+    disks.push({
+      arch,
+      disktype,
+      title,
+      manifestDigest: m.digest,
+      blobDigest: blob.digest,
+      blobSize: blob.size,
+      blobPath: blob.path,
+    });
+    manifests.push({
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      digest: m.digest,
+      size: m.size,
+      platform: { architecture: arch, os: 'linux' },
+      annotations: { disktype },
+    });
+  }
+
+  const index = Buffer.from(
+    JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests }),
+  );
+  const idx = put(index);
+  writeFileSync(
+    join(dir, 'index.json'),
+    JSON.stringify({
+      schemaVersion: 2,
+      manifests: [
+        {
+          mediaType: 'application/vnd.oci.image.index.v1+json',
+          digest: idx.digest,
+          size: idx.size,
+          annotations: { 'org.opencontainers.image.ref.name': version },
+        },
+      ],
+    }),
+  );
+  return {
+    layoutDir: dir,
+    indexDigest: idx.digest,
+    disks,
+    containerManifestDigests,
+    disk(a, t) {
+      const found = disks.find((d) => d.arch === a && d.disktype === t);
+      if (!found) throw new Error(`fake machine-os has no ${a}/${t} disk`);
+      return found;
+    },
+  };
+}
+
+/** Publishes the layout's index (all children, digests preserved) to `<registry>/<repo>:<tag>` over plain HTTP. */
+export function publishMachineOs(fake: FakeMachineOs, registry: string, repo: string, tag: string): void {
+  const layoutTag = JSON.parse(readFileSync(join(fake.layoutDir, 'index.json'), 'utf8')).manifests[0]
+    .annotations['org.opencontainers.image.ref.name'] as string;
+  execFileSync(
+    'skopeo',
+    [
+      'copy',
+      '--all',
+      '--preserve-digests',
+      '--dest-tls-verify=false',
+      `oci:${fake.layoutDir}:${layoutTag}`,
+      `docker://${registry}/${repo}:${tag}`,
+    ],
+    { stdio: 'pipe', timeout: 60_000 },
+  );
+}
