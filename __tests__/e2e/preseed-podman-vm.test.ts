@@ -6,7 +6,18 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CacheService, laterRun } from '../support/cache-service.js';
@@ -266,5 +277,58 @@ describe('preseed-podman-vm with a registry and the Actions cache', () => {
       expect(existsSync(paths.image)).toBe(false);
       expect(r.post?.exitCode).toBe(0);
     });
+  });
+});
+
+describe('preseed-podman-vm with an http(s) URL (@actions/tool-cache against a local node:http server)', () => {
+  it('downloads once, caches by URL, and a later run restores it with the server gone', async () => {
+    const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
+    const requests: string[] = [];
+    const server = createServer((req, res) => {
+      requests.push(`${req.method} ${req.url}`);
+      if (req.url !== '/images/fcos-qemu.x86_64.qcow2.zst') {
+        res.writeHead(404).end();
+        return;
+      }
+      res.writeHead(200, { 'content-length': disk.length }).end(disk);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/images/fcos-qemu.x86_64.qcow2.zst`;
+    const cache = await newCacheService();
+    const j = job('url');
+    const digest = `sha256:${createHash('sha256').update(disk).digest('hex')}`;
+    try {
+      const r = await run(j, cache, { image: url });
+      expectStepsOk(r);
+      expect(requests).toEqual(['GET /images/fcos-qemu.x86_64.qcow2.zst']);
+      expect(r.outputs).toMatchObject({ 'image-digest': digest, 'cache-hit': 'false' });
+      expect(r.outputs['image-path']).toMatch(/ici-pvm\/url-[0-9a-f]{12}-fcos-qemu\.x86_64\.qcow2\.zst$/);
+      expect(readFileSync(r.outputs['image-path']!).equals(disk)).toBe(true);
+      expect(cache.list()).toHaveLength(1);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+    await laterRun([j.runnerTemp, j.home]);
+    const later = await run(j, cache, { image: url });
+    expectStepsOk(later);
+    expect(later.outputs).toMatchObject({ 'image-digest': digest, 'cache-hit': 'true' });
+    expect(readFileSync(later.outputs['image-path']!).equals(disk)).toBe(true);
+    expect(requests).toHaveLength(1);
+  });
+
+  it('a URL that answers 404 fails the step and keeps nothing', async () => {
+    const server = createServer((_req, res) => res.writeHead(404).end());
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/missing.qcow2.zst`;
+    try {
+      const j = job('url404');
+      const r = await run(j, await newCacheService(), { image: url });
+      expect(r.main.exitCode).toBe(1);
+      expect(r.errors.join('\n')).toMatch(/download failed \(nothing was kept\).*404/);
+      expect(readdirSync(join(j.runnerTemp, 'ici-pvm')).filter((f) => f.startsWith('url-'))).toEqual([]);
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
   });
 });
