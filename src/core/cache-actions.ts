@@ -10,12 +10,48 @@
 import * as cache from '@actions/cache';
 import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
 import type { Host } from './host.js';
+import { parseDuration } from './inputs.js';
 import { errorMessage } from './run.js';
+import { formatDuration } from './summary.js';
 
-interface LibraryLine {
+/**
+ * Bounds each library call: its twirp requests have no timeout of their own, and a cache that hangs must not
+ * hold a job for hours. Generous by default because multi-GiB VM images are cached through it.
+ */
+export const CACHE_TIMEOUT_ENV = 'IMAGE_CI_CACHE_TIMEOUT';
+const DEFAULT_CACHE_TIMEOUT_MS = 20 * 60_000;
+
+export function cacheCallTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env[CACHE_TIMEOUT_ENV];
+  if (!raw) return DEFAULT_CACHE_TIMEOUT_MS;
+  const ms = parseDuration(raw);
+  if (!ms) throw new Error(`${CACHE_TIMEOUT_ENV}='${raw}' is not a duration (e.g. 20m)`);
+  return ms;
+}
+
+/**
+ * Stops waiting for `promise` after `ms`. The library call cannot be cancelled; it is abandoned (its late result
+ * ignored), which is still better than a step that never ends.
+ */
+function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`the cache service did not answer: timed out after ${formatDuration(ms)}`)),
+      ms,
+    );
+  });
+  promise.catch(() => undefined);
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
+
+export interface LibraryLine {
   kind: 'info' | 'debug' | 'warning' | 'error';
   text: string;
 }
+
+/** The library's own failure lines; the wrapper restates them with the real reason. */
+const LIBRARY_FAILURE = /^Failed to (save|restore):/;
 
 /** @actions/core escapes command data; undo it so messages read as the library wrote them. */
 function unescapeCommandData(s: string): string {
@@ -71,7 +107,8 @@ async function captureWhile<T>(
       else if (parsed.kind === 'raw') originalWrite.call(process.stdout, `${parsed.text}\n`);
       else {
         lines.push(parsed);
-        if (parsed.kind === 'info') host.info(parsed.text);
+        if (parsed.kind === 'info' && !LIBRARY_FAILURE.test(parsed.text)) host.info(parsed.text);
+        else if (parsed.kind === 'info') host.debug(parsed.text);
         else
           host.debug(parsed.kind === 'debug' ? parsed.text : `@actions/cache ${parsed.kind}: ${parsed.text}`);
       }
@@ -91,9 +128,10 @@ async function captureWhile<T>(
     if (callback) callback();
     return true;
   };
+  const timeoutMs = cacheCallTimeoutMs();
   process.stdout.write = patched as typeof process.stdout.write;
   try {
-    const value = await fn();
+    const value = await withDeadline(fn(), timeoutMs);
     return { value, lines };
   } finally {
     process.stdout.write = originalWrite;
@@ -103,7 +141,7 @@ async function captureWhile<T>(
 
 /** Outage signatures of both protocols: 5xx after retries, network errors, the v1 "responded with 5xx". */
 const UNAVAILABLE =
-  /\(5\d\d\)|responded with 5\d\d|after \d+ attempts|Unable to make request|ECONNREFUSED|ECONNRESET|ENOTFOUND|ETIMEDOUT|EHOSTUNREACH|socket hang up|Rate limited/i;
+  /\(5\d\d\)|responded with 5\d\d|after \d+ attempts|Unable to make request|ECONNREFUSED|ECONNRESET|ENOTFOUND|ETIMEDOUT|EHOSTUNREACH|socket hang up|Rate limited|timed out/i;
 const TOO_LARGE = /over the (10GB|data cap) limit|too large|exceeds|quota has been hit/i;
 const ALREADY_EXISTS = /\(409\)|already exists/i;
 
@@ -122,9 +160,10 @@ export async function restoreFromActionsCache(
     const { value, lines } = await withLibraryLog(host, () =>
       cache.restoreCache(paths, primaryKey, restoreKeys, { lookupOnly: options.lookupOnly ?? false }),
     );
+    // A returned key means the files are in place, whatever the library grumbled about on the way.
+    if (value) return { matchedKey: value };
     const failures = problems(lines);
-    if (failures.length > 0) return { problem: failures.join('; ') };
-    return value ? { matchedKey: value } : {};
+    return failures.length > 0 ? { problem: failures.join('; ') } : {};
   } catch (error) {
     return { problem: errorMessage(error) };
   }
@@ -152,17 +191,22 @@ export function classifySaveFailure(lines: readonly LibraryLine[]): SaveResult {
   const all = lines.map((l) => l.text);
   const skipped = all.find((t) => t.startsWith('Cache save skipped'));
   if (skipped) return { outcome: 'skipped', message: skipped };
-  const reserveFailure = all.find((t) => t.startsWith('Failed to reserve cache:'));
-  const reported = all.filter(
-    (t) => t.startsWith('Failed to save:') || t.startsWith('Cache reservation failed'),
-  );
-  const failures = [...problems([...lines]), ...(reserveFailure ? [reserveFailure] : [])];
-  const evidence = [...failures, ...reported];
-  const text = evidence.join('; ');
-  if (evidence.some((t) => TOO_LARGE.test(t))) return { outcome: 'too-large', message: text };
-  if (evidence.some((t) => UNAVAILABLE.test(t))) return { outcome: 'unavailable', message: text };
-  if (evidence.some((t) => ALREADY_EXISTS.test(t) || /another job may be/.test(t))) {
-    return { outcome: 'exists', message: text };
-  }
-  return { outcome: 'failed', message: text || '@actions/cache did not save the entry and gave no reason' };
+  const evidence = [
+    ...new Set([
+      ...all.filter((t) => t.startsWith('Failed to reserve cache:')),
+      ...problems([...lines]),
+      ...all.filter((t) => t.startsWith('Failed to save:')),
+    ]),
+  ];
+  const first = (pattern: RegExp) => evidence.find((t) => pattern.test(t));
+  const tooLarge = first(TOO_LARGE);
+  if (tooLarge) return { outcome: 'too-large', message: tooLarge };
+  const outage = first(UNAVAILABLE);
+  if (outage) return { outcome: 'unavailable', message: outage };
+  const exists = first(ALREADY_EXISTS) ?? first(/another job may be/);
+  if (exists) return { outcome: 'exists', message: exists };
+  return {
+    outcome: 'failed',
+    message: evidence.join('; ') || '@actions/cache did not save the entry and gave no reason',
+  };
 }
