@@ -31,17 +31,17 @@ execFileSync(
     join(root, 'node_modules/typescript/bin/tsc'),
     '--ignoreConfig',
     ...['--outDir', out, '--module', 'nodenext', '--moduleResolution', 'nodenext', '--target', 'es2022'],
-    ...['--types', 'node', '--skipLibCheck'],
+    ...['--types', 'node', '--skipLibCheck', '--rootDir', root],
     ...['cache-service', 'registry', 'machine-os', 'harness'].map((m) =>
       join(root, '__tests__/support', `${m}.ts`),
     ),
   ],
   { stdio: 'inherit' },
 );
-const { CacheService, laterRun } = await import(join(out, 'cache-service.js'));
-const { startRegistry } = await import(join(out, 'registry.js'));
-const { buildMachineOsLayout, publishMachineOs } = await import(join(out, 'machine-os.js'));
-const { runAction } = await import(join(out, 'harness.js'));
+const { CacheService, laterRun } = await import(join(out, '__tests__/support/cache-service.js'));
+const { startRegistry } = await import(join(out, '__tests__/support/registry.js'));
+const { buildMachineOsLayout, publishMachineOs } = await import(join(out, '__tests__/support/machine-os.js'));
+const { runAction } = await import(join(out, '__tests__/support/harness.js'));
 
 const work = mkdtempSync(join(tmpdir(), 'ici-bench-pvm-'));
 const registry = await startRegistry();
@@ -53,7 +53,7 @@ try {
     diskBytes: sizeMiB * 1024 * 1024,
     disks: [[arch, 'qemu']],
   });
-  publishMachineOs(fake, registry.host, 'podman/machine-os', '5.3');
+  await publishMachineOs(fake, registry.host, 'podman/machine-os', '5.3');
   const disk = fake.disk(arch, 'qemu');
   console.log(`disk blob: ${(disk.blobSize / 2 ** 20).toFixed(0)} MiB`);
 

@@ -38,7 +38,7 @@ beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), 'ici-pvm-e2e-'));
   registry = await startRegistry();
   fake = buildMachineOsLayout(join(work, 'layout'), { diskBytes: 256 * 1024 });
-  publishMachineOs(fake, registry.host, REPO, '5.3');
+  await publishMachineOs(fake, registry.host, REPO, '5.3');
 });
 
 afterAll(async () => {

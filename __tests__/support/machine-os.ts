@@ -3,15 +3,15 @@
  * container children for amd64/arm64 without annotations, and one disk child per arch x disktype whose manifest
  * has the empty config and exactly one `application/zstd` layer titled with the original file name. The "disks"
  * are small random files compressed with the real zstd, so the action's download and digest checks run on real
- * bytes. Written as an OCI layout and published with skopeo.
+ * bytes. Written as an OCI layout and published with the core OCI client.
  */
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { RegistryClient, type BlobFile } from '../../src/core/oci/client.js';
 import {
   closeSync,
   mkdirSync,
   openSync,
-  readFileSync,
   readSync,
   renameSync,
   statSync,
@@ -33,6 +33,10 @@ export interface FakeDisk {
 
 export interface FakeMachineOs {
   layoutDir: string;
+  /** Config and layer blobs, children manifests (in order), and the index: what a publisher uploads. */
+  blobs: BlobFile[];
+  childManifests: Array<{ digest: string; bytes: Buffer }>;
+  indexBytes: Buffer;
   indexDigest: string;
   disks: FakeDisk[];
   containerManifestDigests: string[];
@@ -84,26 +88,40 @@ export function buildMachineOsLayout(
   const blobs = join(dir, 'blobs', 'sha256');
   mkdirSync(blobs, { recursive: true });
   writeFileSync(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+  const uploads: BlobFile[] = [];
+  const childManifests: Array<{ digest: string; bytes: Buffer }> = [];
   const put = (data: Uint8Array): { digest: string; size: number; path: string } => {
     const digest = sha256(data);
     const path = join(blobs, digest.slice(7));
     writeFileSync(path, data);
     return { digest, size: data.length, path };
   };
+  const putBlob = (data: Uint8Array) => {
+    const blob = put(data);
+    if (!uploads.some((u) => u.digest === blob.digest)) uploads.push(blob);
+    return blob;
+  };
+  const putManifest = (data: Buffer) => {
+    const m = put(data);
+    childManifests.push({ digest: m.digest, bytes: data });
+    return m;
+  };
   const putFile = (path: string): { digest: string; size: number; path: string } => {
     const digest = sha256File(path);
     const target = join(blobs, digest.slice(7));
     renameSync(path, target);
-    return { digest, size: statSync(target).size, path: target };
+    const blob = { digest, size: statSync(target).size, path: target };
+    uploads.push(blob);
+    return blob;
   };
   const version = options.version ?? '5.3';
-  const config = put(EMPTY_CONFIG);
+  const config = putBlob(EMPTY_CONFIG);
   const manifests: object[] = [];
   const containerManifestDigests: string[] = [];
 
   for (const architecture of ['amd64', 'arm64']) {
-    const layer = put(randomBytes(256));
-    const cfg = put(
+    const layer = putBlob(randomBytes(256));
+    const cfg = putBlob(
       Buffer.from(
         JSON.stringify({ architecture, os: 'linux', rootfs: { type: 'layers', diff_ids: [layer.digest] } }),
       ),
@@ -118,7 +136,7 @@ export function buildMachineOsLayout(
         ],
       }),
     );
-    const m = put(manifest);
+    const m = putManifest(manifest);
     containerManifestDigests.push(m.digest);
     manifests.push({
       mediaType: 'application/vnd.oci.image.manifest.v1+json',
@@ -151,7 +169,7 @@ export function buildMachineOsLayout(
         ],
       }),
     );
-    const m = put(manifest);
+    const m = putManifest(manifest);
     disks.push({
       arch,
       disktype,
@@ -190,6 +208,9 @@ export function buildMachineOsLayout(
   );
   return {
     layoutDir: dir,
+    blobs: uploads,
+    childManifests,
+    indexBytes: index,
     indexDigest: idx.digest,
     disks,
     containerManifestDigests,
@@ -201,20 +222,27 @@ export function buildMachineOsLayout(
   };
 }
 
-/** Publishes the layout's index (all children, digests preserved) to `<registry>/<repo>:<tag>` over plain HTTP. */
-export function publishMachineOs(fake: FakeMachineOs, registry: string, repo: string, tag: string): void {
-  const layoutTag = JSON.parse(readFileSync(join(fake.layoutDir, 'index.json'), 'utf8')).manifests[0]
-    .annotations['org.opencontainers.image.ref.name'] as string;
-  execFileSync(
-    'skopeo',
-    [
-      'copy',
-      '--all',
-      '--preserve-digests',
-      '--dest-tls-verify=false',
-      `oci:${fake.layoutDir}:${layoutTag}`,
-      `docker://${registry}/${repo}:${tag}`,
-    ],
-    { stdio: 'pipe', timeout: 600_000 },
+/**
+ * Publishes the fake index to `<registry>/<repo>:<tag>` with the core OCI client (plain HTTP on loopback):
+ * blobs, then every child manifest by digest, then the index under the tag; digests are preserved byte for byte.
+ */
+export async function publishMachineOs(
+  fake: FakeMachineOs,
+  registry: string,
+  repo: string,
+  tag: string,
+): Promise<void> {
+  const client = new RegistryClient({ registry, insecure: true, timeoutMs: 600_000 });
+  for (const blob of fake.blobs) await client.uploadBlob(repo, blob);
+  for (const m of fake.childManifests) {
+    await client.putManifest(repo, m.digest, m.bytes, 'application/vnd.oci.image.manifest.v1+json');
+  }
+  const { digest } = await client.putManifest(
+    repo,
+    tag,
+    fake.indexBytes,
+    'application/vnd.oci.image.index.v1+json',
   );
+  if (digest !== fake.indexDigest)
+    throw new Error(`registry stored the index as ${digest}, not ${fake.indexDigest}`);
 }
