@@ -31,7 +31,7 @@ execFileSync(
     join(root, 'node_modules/typescript/bin/tsc'),
     '--ignoreConfig',
     ...['--outDir', out, '--module', 'nodenext', '--moduleResolution', 'nodenext', '--target', 'es2022'],
-    ...['--types', 'node', '--skipLibCheck', '--rootDir', root],
+    ...['--lib', 'es2023', '--types', 'node', '--skipLibCheck', '--rootDir', root],
     ...['cache-service', 'registry', 'machine-os', 'harness'].map((m) =>
       join(root, '__tests__/support', `${m}.ts`),
     ),
