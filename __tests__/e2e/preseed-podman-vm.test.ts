@@ -16,7 +16,7 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs';
-import { createServer } from 'node:http';
+import { createServer, request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -233,6 +233,43 @@ describe('preseed-podman-vm with a registry and the Actions cache', () => {
     expect(logs).toMatch(/Cache saved: podman-machine-os-/);
     expect(logs).toMatch(/Cache not saved, another job saved or is saving podman-machine-os-/);
     expect(serviceC.list().filter((e) => e.finalized)).toHaveLength(1);
+  });
+
+  it('a blob whose bytes do not match its digest fails the step, clearly, and keeps no file', async () => {
+    // A relay in front of the real registry that flips one byte of every blob body on the way.
+    const relay = createServer((req, res) => {
+      const upstream = httpRequest(
+        `${registry.url}${req.url}`,
+        { method: req.method, headers: { ...req.headers, host: registry.host } },
+        (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          let flipped = !req.url?.includes('/blobs/');
+          answer.on('data', (chunk: Buffer) => {
+            if (!flipped && chunk.length > 0) {
+              chunk[0]! ^= 0xff;
+              flipped = true;
+            }
+            res.write(chunk);
+          });
+          answer.on('end', () => res.end());
+        },
+      );
+      req.pipe(upstream);
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+    const port = (relay.address() as AddressInfo).port;
+    try {
+      const j = job('tampered');
+      const r = await run(j, await newCacheService(), { image: `docker://127.0.0.1:${port}/${REPO}:5.3` });
+      expect(r.main.exitCode).toBe(1);
+      expect(r.errors.join('\n')).toMatch(/download failed \(nothing was kept\).*sha256/);
+      expect(readdirSync(join(j.runnerTemp, 'ici-pvm'))).toEqual([]);
+      expect(r.post?.exitCode).toBe(0);
+      expect(r.log).not.toMatch(/Saving cache/);
+    } finally {
+      relay.closeAllConnections();
+      await new Promise<void>((r) => relay.close(() => r()));
+    }
   });
 
   describe('registry stopped', () => {
