@@ -20,6 +20,7 @@ import { createServer, request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { formatBytes } from '../../src/core/summary.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
 import { REPO_ROOT, runAction, type RunResult } from '../support/harness.js';
 import { buildMachineOsLayout, publishMachineOs, type FakeMachineOs } from '../support/machine-os.js';
@@ -148,6 +149,9 @@ describe('preseed-podman-vm with a registry and the Actions cache', () => {
       'machine-name': '',
     });
     expect(readFileSync(paths.image).equals(readFileSync(qemu().blobPath))).toBe(true);
+    expect(r.main.summary).toContain(
+      `| ${qemu().manifestDigest} | ${formatBytes(qemu().blobSize)} | no | ${paths.image} |`,
+    );
     expect(r.log).toMatch(/Downloading fedora-coreos-41\.20261101\.0-qemu\.x86_64\.qcow2\.zst: .* done in/);
 
     // podman 4.3 here: CONTAINERS_CONF (which replaces the whole conf) names a file with the image.

@@ -2,7 +2,7 @@
  * main: find out which disk podman would use, get it (cache, else one download), put it where every later
  * `podman machine init` finds it, and optionally init/start the machine.
  */
-import { rm } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildCacheKey, planCacheSave, restoreCache, type RestoreResult } from '../../core/cache.js';
 import { writeFileAtomic } from '../../core/atomic.js';
@@ -63,7 +63,7 @@ export async function preseedMain(host: Host, inputs: PreseedInputs): Promise<vo
           path: source.path,
           digest: await digestFile(source.path),
           fromCache: false,
-          size: 0,
+          size: (await stat(source.path)).size,
         }))
       : await host.group('Getting the machine image', () =>
           locateRemote(host, inputs, source, imageText, vmType, arch),
@@ -84,11 +84,12 @@ export async function preseedMain(host: Host, inputs: PreseedInputs): Promise<vo
   await host.appendSummary(
     heading('preseed-podman-vm') +
       markdownTable(
-        ['image', 'digest', 'from cache', 'path', 'containers.conf', 'machine'],
+        ['image', 'digest', 'size', 'from cache', 'path', 'containers.conf', 'machine'],
         [
           [
             imageText,
             located.digest,
+            formatBytes(located.size),
             located.fromCache ? 'yes' : 'no',
             located.path,
             confPath || '-',
