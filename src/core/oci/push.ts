@@ -30,6 +30,9 @@ export interface RepositoryPushResult {
   multiTag: boolean;
 }
 
+/** Manifest PUTs are a few KiB each: run more at once than blob uploads so tagging costs one round trip. */
+const MANIFEST_CONCURRENCY = 16;
+
 /** Per client: false once a registry showed it ignores `?tag=`, so later repositories tag one by one at once. */
 const multiTagSupport = new WeakMap<RegistryClient, boolean>();
 
@@ -75,7 +78,7 @@ export async function pushToRepository(
   });
 
   const children = image.manifests.filter((m) => m !== image.root);
-  await mapLimit(children, options.concurrency, (m) =>
+  await mapLimit(children, MANIFEST_CONCURRENCY, (m) =>
     client.putManifest(repository, m.digest, m.bytes, m.mediaType),
   );
 
@@ -89,7 +92,7 @@ export async function pushToRepository(
       remaining = remaining.filter((t) => !put.confirmedTags.includes(t));
     }
   }
-  await mapLimit(remaining, options.concurrency, (tag) =>
+  await mapLimit(remaining, MANIFEST_CONCURRENCY, (tag) =>
     client.putManifest(repository, tag, root.bytes, root.mediaType),
   );
   return result;
