@@ -83,6 +83,8 @@ interface RequestSpec {
 }
 
 const DEFAULT_TIMEOUT_MS = 60_000;
+/** Large reads: fewer, bigger writes to the socket when streaming blobs. */
+const READ_CHUNK = 1024 * 1024;
 /** Blob transfers may take this long per byte on top of the base timeout (a floor of 256 KiB/s). */
 const MIN_TRANSFER_BYTES_PER_MS = 256;
 /** Renew a cached token this long before it expires, so a request never races its expiry. */
@@ -314,7 +316,10 @@ export class RegistryClient {
     let body: (() => Readable) | undefined;
     let length = blob.size;
     if (chunkSize === 0) {
-      body = () => createReadStream(blob.path).pipe(new HashingStream(hash, options.onProgress));
+      body = () =>
+        createReadStream(blob.path, { highWaterMark: READ_CHUNK }).pipe(
+          new HashingStream(hash, options.onProgress),
+        );
     } else {
       for (let offset = 0; offset < blob.size; offset += chunkSize) {
         const end = Math.min(blob.size, offset + chunkSize) - 1;
