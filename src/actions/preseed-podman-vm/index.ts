@@ -1,10 +1,11 @@
-import { ActionError, type ActionDefinition } from '../../core/run.js';
+import type { ActionDefinition } from '../../core/run.js';
 import { readInputs, type PreseedInputs } from './inputs.js';
+import { preseedMain } from './main.js';
+import { preseedPost } from './post.js';
 
 export const definition: ActionDefinition<PreseedInputs> = {
   name: 'preseed-podman-vm',
   readInputs,
-  async main() {
-    throw new ActionError('preseed-podman-vm is not implemented yet: see its issue; nothing was done.');
-  },
+  main: preseedMain,
+  post: preseedPost,
 };

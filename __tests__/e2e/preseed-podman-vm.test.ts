@@ -1,0 +1,375 @@
+/**
+ * preseed-podman-vm end to end: the built action (dist) against a real docker-registry holding a fake machine-os
+ * index and the local Actions cache service driven by the real @actions/cache. The tests run in order: cold run,
+ * corrupted cache entry, concurrent saves, then the registry is stopped for the offline runs.
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { createHash } from 'node:crypto';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { createServer, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { formatBytes } from '../../src/core/summary.js';
+import { CacheService, laterRun } from '../support/cache-service.js';
+import { REPO_ROOT, runAction, type RunResult } from '../support/harness.js';
+import { buildMachineOsLayout, publishMachineOs, type FakeMachineOs } from '../support/machine-os.js';
+import { startRegistry, type RegistryService } from '../support/registry.js';
+
+const ACTION = 'preseed-podman-vm';
+const execFileAsync = promisify(execFile);
+const REPO = 'podman/machine-os';
+
+let registry: RegistryService;
+let fake: FakeMachineOs;
+let work: string;
+const services: CacheService[] = [];
+
+beforeAll(async () => {
+  work = mkdtempSync(join(tmpdir(), 'ici-pvm-e2e-'));
+  registry = await startRegistry();
+  fake = buildMachineOsLayout(join(work, 'layout'), { diskBytes: 256 * 1024 });
+  await publishMachineOs(fake, registry.host, REPO, '5.3');
+});
+
+afterAll(async () => {
+  await registry.stop();
+  for (const s of services) await s.stop();
+  rmSync(work, { recursive: true, force: true });
+});
+
+async function newCacheService(): Promise<CacheService> {
+  const s = await CacheService.start();
+  services.push(s);
+  return s;
+}
+
+/** Blob GETs the registry served so far (its access log), by digest. */
+function blobGets(): string[] {
+  return [
+    ...registry.log().matchAll(/"GET \/v2\/podman\/machine-os\/blobs\/(sha256:[0-9a-f]{64}) HTTP/g),
+  ].map((m) => m[1]!);
+}
+
+interface Job {
+  runnerTemp: string;
+  home: string;
+  workspace: string;
+}
+
+function job(name: string): Job {
+  const j = {
+    runnerTemp: join(work, name, 'temp'),
+    home: join(work, name, 'home'),
+    workspace: join(work, name, 'ws'),
+  };
+  for (const d of Object.values(j)) mkdirSync(d, { recursive: true });
+  return j;
+}
+
+function run(
+  j: Job,
+  cache: CacheService,
+  inputs: Record<string, string> = {},
+  skipPost = false,
+): Promise<RunResult> {
+  return runAction({
+    action: ACTION,
+    inputs: { image: `docker://${registry.host}/${REPO}:5.3`, ...inputs },
+    env: { ...cache.env({ runnerTemp: j.runnerTemp, workspace: j.workspace }), XDG_DATA_HOME: undefined },
+    runnerTemp: j.runnerTemp,
+    home: j.home,
+    workspace: j.workspace,
+    skipPost,
+  });
+}
+
+const stablePaths = (j: Job) => {
+  const image = join(j.runnerTemp, 'ici-pvm', 'machine-os-qemu-x86_64.qcow2.zst');
+  return { image, record: `${image}.json` };
+};
+
+function expectStepsOk(r: RunResult): void {
+  expect({ main: r.main.exitCode, post: r.post?.exitCode ?? 0, errors: r.errors }).toEqual({
+    main: 0,
+    post: 0,
+    errors: [],
+  });
+}
+
+/**
+ * Saves `paths` under `key` with the real @actions/cache, as another job would (used to plant a bad entry).
+ * Asynchronous on purpose: the cache service runs in this process and must keep answering.
+ */
+async function saveWithActionsCache(
+  cache: CacheService,
+  j: Job,
+  paths: string[],
+  key: string,
+): Promise<void> {
+  const script =
+    "import * as c from '@actions/cache'; const id = await c.saveCache(JSON.parse(process.argv[1]), process.argv[2]); if (id === -1) process.exit(3);";
+  await execFileAsync(process.execPath, ['--input-type=module', '-e', script, JSON.stringify(paths), key], {
+    cwd: REPO_ROOT,
+    env: { ...process.env, ...cache.env({ runnerTemp: j.runnerTemp, workspace: j.workspace }) },
+    timeout: 60_000,
+  });
+}
+
+describe('preseed-podman-vm with a registry and the Actions cache', () => {
+  const qemu = () => fake.disk('x86_64', 'qemu');
+  let serviceA: CacheService;
+  let cold: Job;
+
+  it('cold run: resolves the index, downloads exactly one blob, exports a containers.conf, post saves', async () => {
+    serviceA = await newCacheService();
+    cold = job('cold');
+    const before = blobGets().length;
+    const r = await run(cold, serviceA);
+    expectStepsOk(r);
+
+    const gets = blobGets().slice(before);
+    expect(gets).toEqual([qemu().blobDigest]);
+    const paths = stablePaths(cold);
+    expect(r.outputs).toMatchObject({
+      'image-path': paths.image,
+      'image-digest': qemu().manifestDigest,
+      'cache-hit': 'false',
+      'containers-conf': join(cold.runnerTemp, 'ici-pvm', 'containers.conf'),
+      'machine-name': '',
+    });
+    expect(readFileSync(paths.image).equals(readFileSync(qemu().blobPath))).toBe(true);
+    expect(r.main.summary).toContain(
+      `| ${qemu().manifestDigest} | ${formatBytes(qemu().blobSize)} | no | ${paths.image} |`,
+    );
+    expect(r.log).toMatch(/Downloading fedora-coreos-41\.20261101\.0-qemu\.x86_64\.qcow2\.zst: .* done in/);
+
+    // podman 4.3 here: CONTAINERS_CONF (which replaces the whole conf) names a file with the image.
+    const conf = r.exportedEnv.CONTAINERS_CONF!;
+    expect(conf).toBe(r.outputs['containers-conf']);
+    expect(readFileSync(conf, 'utf8')).toContain(`[machine]\nimage = "${paths.image}"`);
+
+    // Podman 5's own cache name: the disk MANIFEST digest hex + .qcow2.zst.
+    const podmanCache = join(
+      cold.home,
+      '.local/share/containers/podman/machine/qemu/cache',
+      `${qemu().manifestDigest.slice(7)}.qcow2.zst`,
+    );
+    expect(readFileSync(podmanCache).equals(readFileSync(qemu().blobPath))).toBe(true);
+
+    const entries = serviceA.list();
+    expect(entries).toHaveLength(1);
+    expect(entries[0]).toMatchObject({ finalized: true });
+    expect(entries[0]!.key).toMatch(
+      new RegExp(`^podman-machine-os-Linux-x86_64-[0-9a-f]{12}-${qemu().manifestDigest.slice(7)}$`),
+    );
+  });
+
+  it('picks the disk for the requested provider: applehv disk for libkrun (prefetch for another arch)', async () => {
+    const r = await run(job('libkrun'), await newCacheService(), {
+      'vm-type': 'libkrun',
+      arch: 'aarch64',
+      'set-default': 'false',
+    });
+    expectStepsOk(r);
+    expect(r.outputs['image-digest']).toBe(fake.disk('aarch64', 'applehv').manifestDigest);
+    expect(r.outputs['image-path']).toMatch(/machine-os-applehv-aarch64\.raw\.zst$/);
+    expect(r.exportedEnv.CONTAINERS_CONF).toBeUndefined();
+  });
+
+  it('detects a corrupted byte in a restored image, deletes it and downloads again', async () => {
+    const serviceB = await newCacheService();
+    const key = serviceA.list()[0]!.key;
+    const paths = stablePaths(cold);
+    const bytes = readFileSync(paths.image);
+    bytes[bytes.length >> 1]! ^= 0xff;
+    writeFileSync(paths.image, bytes);
+    await saveWithActionsCache(serviceB, cold, [paths.image, paths.record], key);
+    await laterRun([cold.runnerTemp, cold.home]);
+
+    const before = blobGets().length;
+    const r = await run(cold, serviceB);
+    expectStepsOk(r);
+    expect(r.warnings.join('\n')).toMatch(
+      /cached image is unusable \(sha256 is sha256:[0-9a-f]{64}, expected/,
+    );
+    expect(blobGets().slice(before)).toEqual([qemu().blobDigest]);
+    expect(r.outputs['cache-hit']).toBe('false');
+    expect(readFileSync(paths.image).equals(readFileSync(qemu().blobPath))).toBe(true);
+  });
+
+  it('two concurrent posts saving the same key both succeed and leave one entry', async () => {
+    const serviceC = await newCacheService();
+    const shared = job('matrix');
+    const main = await run(shared, serviceC, {}, true);
+    expect(main.main.exitCode).toBe(0);
+    const noop = join(work, 'noop-main.mjs');
+    writeFileSync(noop, '');
+    const post = () =>
+      runAction({
+        mainScript: noop,
+        postScript: join(REPO_ROOT, 'dist', ACTION, 'post.js'),
+        actionYml: join(REPO_ROOT, 'actions', ACTION, 'action.yml'),
+        env: {
+          ...serviceC.env({ runnerTemp: shared.runnerTemp, workspace: shared.workspace }),
+          ...Object.fromEntries(Object.entries(main.main.state).map(([k, v]) => [`STATE_${k}`, v])),
+        },
+        runnerTemp: shared.runnerTemp,
+        home: shared.home,
+        workspace: shared.workspace,
+      });
+    const [p1, p2] = await Promise.all([post(), post()]);
+    for (const p of [p1, p2]) {
+      expect(p.post?.exitCode).toBe(0);
+      expect(p.warnings).toEqual([]);
+    }
+    const logs = [p1.log, p2.log].join('\n');
+    expect(logs).toMatch(/Cache saved: podman-machine-os-/);
+    expect(logs).toMatch(/Cache not saved, another job saved or is saving podman-machine-os-/);
+    expect(serviceC.list().filter((e) => e.finalized)).toHaveLength(1);
+  });
+
+  it('a blob whose bytes do not match its digest fails the step, clearly, and keeps no file', async () => {
+    // A relay in front of the real registry that flips one byte of every blob body on the way.
+    const relay = createServer((req, res) => {
+      const upstream = httpRequest(
+        `${registry.url}${req.url}`,
+        { method: req.method, headers: { ...req.headers, host: registry.host } },
+        (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          let flipped = !req.url?.includes('/blobs/');
+          answer.on('data', (chunk: Buffer) => {
+            if (!flipped && chunk.length > 0) {
+              chunk[0]! ^= 0xff;
+              flipped = true;
+            }
+            res.write(chunk);
+          });
+          answer.on('end', () => res.end());
+        },
+      );
+      req.pipe(upstream);
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+    const port = (relay.address() as AddressInfo).port;
+    try {
+      const j = job('tampered');
+      const r = await run(j, await newCacheService(), { image: `docker://127.0.0.1:${port}/${REPO}:5.3` });
+      expect(r.main.exitCode).toBe(1);
+      expect(r.errors.join('\n')).toMatch(/download failed \(nothing was kept\).*sha256/);
+      expect(readdirSync(join(j.runnerTemp, 'ici-pvm'))).toEqual([]);
+      expect(r.post?.exitCode).toBe(0);
+      expect(r.log).not.toMatch(/Saving cache/);
+    } finally {
+      relay.closeAllConnections();
+      await new Promise<void>((r) => relay.close(() => r()));
+    }
+  });
+
+  describe('registry stopped', () => {
+    beforeAll(async () => {
+      await registry.stop();
+    });
+
+    it('a later run (same paths, wiped) restores from the cache: same digest, file present, conf names it', async () => {
+      // Another RUNNER_TEMP path is another cache version: nothing to restore, and no registry to pull from.
+      const r0 = await run(job('elsewhere'), serviceA);
+      expect(r0.main.exitCode).toBe(1);
+      expect(r0.errors.join('\n')).toMatch(/registry is unreachable .* and no cached image exists/);
+
+      await laterRun([cold.runnerTemp, cold.home]);
+      const r = await run(cold, serviceA);
+      expectStepsOk(r);
+      const paths = stablePaths(cold);
+      expect(r.outputs).toMatchObject({
+        'image-path': paths.image,
+        'image-digest': qemu().manifestDigest,
+        'cache-hit': 'true',
+      });
+      expect(readFileSync(paths.image).equals(readFileSync(qemu().blobPath))).toBe(true);
+      expect(readFileSync(r.exportedEnv.CONTAINERS_CONF!, 'utf8')).toContain(`image = "${paths.image}"`);
+      expect(r.warnings.join('\n')).toMatch(/unreachable/);
+      expect(r.log).not.toMatch(/Saving cache/);
+    });
+
+    it('with the registry down, a corrupted cached image fails clearly and is deleted', async () => {
+      const serviceD = await newCacheService();
+      const paths = stablePaths(cold);
+      const bytes = readFileSync(paths.image);
+      bytes[0]! ^= 0x01;
+      writeFileSync(paths.image, bytes);
+      await saveWithActionsCache(serviceD, cold, [paths.image, paths.record], `${serviceA.list()[0]!.key}`);
+      await laterRun([cold.runnerTemp, cold.home]);
+      const r = await run(cold, serviceD);
+      expect(r.main.exitCode).toBe(1);
+      expect(r.errors.join('\n')).toMatch(
+        /cached image .* is unusable \(sha256 is .*expected .*\) and the registry is unreachable/,
+      );
+      expect(existsSync(paths.image)).toBe(false);
+      expect(r.post?.exitCode).toBe(0);
+    });
+  });
+});
+
+describe('preseed-podman-vm with an http(s) URL (@actions/tool-cache against a local node:http server)', () => {
+  it('downloads once, caches by URL, and a later run restores it with the server gone', async () => {
+    const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
+    const requests: string[] = [];
+    const server = createServer((req, res) => {
+      requests.push(`${req.method} ${req.url}`);
+      if (req.url !== '/images/fcos-qemu.x86_64.qcow2.zst') {
+        res.writeHead(404).end();
+        return;
+      }
+      res.writeHead(200, { 'content-length': disk.length }).end(disk);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/images/fcos-qemu.x86_64.qcow2.zst`;
+    const cache = await newCacheService();
+    const j = job('url');
+    const digest = `sha256:${createHash('sha256').update(disk).digest('hex')}`;
+    try {
+      const r = await run(j, cache, { image: url });
+      expectStepsOk(r);
+      expect(requests).toEqual(['GET /images/fcos-qemu.x86_64.qcow2.zst']);
+      expect(r.outputs).toMatchObject({ 'image-digest': digest, 'cache-hit': 'false' });
+      expect(r.outputs['image-path']).toMatch(/ici-pvm\/url-[0-9a-f]{12}-fcos-qemu\.x86_64\.qcow2\.zst$/);
+      expect(readFileSync(r.outputs['image-path']!).equals(disk)).toBe(true);
+      expect(cache.list()).toHaveLength(1);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+    await laterRun([j.runnerTemp, j.home]);
+    const later = await run(j, cache, { image: url });
+    expectStepsOk(later);
+    expect(later.outputs).toMatchObject({ 'image-digest': digest, 'cache-hit': 'true' });
+    expect(readFileSync(later.outputs['image-path']!).equals(disk)).toBe(true);
+    expect(requests).toHaveLength(1);
+  });
+
+  it('a URL that answers 404 fails the step and keeps nothing', async () => {
+    const server = createServer((_req, res) => res.writeHead(404).end());
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/missing.qcow2.zst`;
+    try {
+      const j = job('url404');
+      const r = await run(j, await newCacheService(), { image: url });
+      expect(r.main.exitCode).toBe(1);
+      expect(r.errors.join('\n')).toMatch(/download failed \(nothing was kept\).*404/);
+      expect(readdirSync(join(j.runnerTemp, 'ici-pvm')).filter((f) => f.startsWith('url-'))).toEqual([]);
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+});

@@ -1,0 +1,213 @@
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { execFile, spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { runAction } from '../support/harness.js';
+import { generateLayout, type GeneratedLayout } from '../support/oci-layout.js';
+import { startRegistry, type RegistryService } from '../support/registry.js';
+
+function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(cmd, args, { encoding: 'utf8', timeout: 120_000, env }, (error, stdout, stderr) =>
+      error ? reject(new Error(`${cmd} ${args.join(' ')}: ${stderr}`)) : resolve(stdout),
+    );
+  });
+}
+
+interface RemoteImage {
+  digest: string;
+  config: string;
+  layers: string[];
+}
+
+async function remoteImage(ref: string): Promise<RemoteImage> {
+  const raw = JSON.parse(
+    await run('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${ref}`]),
+  ) as {
+    config: { digest: string };
+    layers: { digest: string }[];
+  };
+  const info = JSON.parse(
+    await run('skopeo', ['inspect', '--no-tags', '--tls-verify=false', `docker://${ref}`]),
+  ) as {
+    Digest: string;
+  };
+  return { digest: info.Digest, config: raw.config.digest, layers: raw.layers.map((l) => l.digest) };
+}
+
+describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)', () => {
+  let work: string;
+  let layout: GeneratedLayout;
+  let registry: RegistryService;
+  let storageEnv: Record<string, string>;
+  let configDigest: string;
+
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), 'ici-src-'));
+    layout = generateLayout(join(work, 'layout'), { layers: [300_000, 100_000] });
+    configDigest = layout.blobs.find((b) => b.mediaType.includes('config'))!.digest;
+    registry = await startRegistry();
+    // A private containers-storage (vfs) for this test only, filled from the generated layout.
+    const storageConf = join(work, 'storage.conf');
+    writeFileSync(
+      storageConf,
+      `[storage]\ndriver = "vfs"\ngraphroot = "${join(work, 'graph')}"\nrunroot = "${join(work, 'run')}"\n`,
+    );
+    storageEnv = { CONTAINERS_STORAGE_CONF: storageConf };
+    await run(
+      'skopeo',
+      ['copy', '--quiet', layout.transportRef, 'containers-storage:localhost/pmt/app:built'],
+      {
+        ...process.env,
+        ...storageEnv,
+      },
+    );
+  });
+  afterAll(async () => {
+    await run('podman', ['rmi', '-a', '-f'], { ...process.env, ...storageEnv }).catch(() => undefined);
+    await registry?.stop();
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  const push = (source: string, repository: string, extra: Record<string, string> = {}, env = {}) =>
+    runAction({
+      action: 'push-multi-tag',
+      inputs: {
+        source,
+        repositories: `${registry.host}/${repository}`,
+        tags: 'one, two',
+        'insecure-registries': registry.host,
+        ...extra,
+      },
+      env,
+    });
+
+  it('a bare name is a containers-storage image, exported once and compressed (gzip by default)', async () => {
+    const r = await push('localhost/pmt/app:built', 'src/storage', {}, storageEnv);
+    expect(r.errors).toEqual([]);
+    expect(r.main.exitCode).toBe(0);
+    const remote = await remoteImage(`${registry.host}/src/storage:two`);
+    expect(remote.digest).toBe(r.outputs.digest);
+    expect(remote.config).toBe(configDigest);
+    const raw = JSON.parse(
+      await run('skopeo', [
+        'inspect',
+        '--raw',
+        '--tls-verify=false',
+        `docker://${registry.host}/src/storage:one`,
+      ]),
+    ) as {
+      layers: { mediaType: string }[];
+    };
+    expect(raw.layers.map((l) => l.mediaType)).toEqual(
+      layout.blobs.slice(1).map(() => 'application/vnd.oci.image.layer.v1.tar+gzip'),
+    );
+  });
+
+  it('compression=zstd compresses an uncompressed source with zstd', async () => {
+    const r = await push(
+      'containers-storage:localhost/pmt/app:built',
+      'src/zstd',
+      { compression: 'zstd' },
+      storageEnv,
+    );
+    expect(r.main.exitCode).toBe(0);
+    const raw = JSON.parse(
+      await run('skopeo', [
+        'inspect',
+        '--raw',
+        '--tls-verify=false',
+        `docker://${registry.host}/src/zstd:one`,
+      ]),
+    ) as {
+      layers: { mediaType: string }[];
+    };
+    expect(new Set(raw.layers.map((l) => l.mediaType))).toEqual(
+      new Set(['application/vnd.oci.image.layer.v1.tar+zstd']),
+    );
+  });
+
+  it('oci-archive and docker-archive files', async () => {
+    const ociArchive = join(work, 'image-oci.tar');
+    await run('skopeo', ['copy', '--quiet', layout.transportRef, `oci-archive:${ociArchive}:rel`]);
+    const fromOci = await push(`oci-archive:${ociArchive}:rel`, 'src/oci-archive');
+    expect(fromOci.main.exitCode).toBe(0);
+    expect(fromOci.outputs.digest).toBe(layout.digest);
+    expect((await remoteImage(`${registry.host}/src/oci-archive:one`)).digest).toBe(layout.digest);
+
+    const dockerArchive = join(work, 'image-docker.tar');
+    await run('skopeo', [
+      'copy',
+      '--quiet',
+      layout.transportRef,
+      `docker-archive:${dockerArchive}:localhost/x:1`,
+    ]);
+    const fromDocker = await push(`docker-archive:${dockerArchive}`, 'src/docker-archive');
+    expect(fromDocker.errors).toEqual([]);
+    const remote = await remoteImage(`${registry.host}/src/docker-archive:two`);
+    expect(remote.digest).toBe(fromDocker.outputs.digest);
+    expect(remote.layers).toHaveLength(layout.blobs.length - 1);
+  });
+
+  it('docker:// copies registry to registry with the manifest unchanged', async () => {
+    await run('skopeo', [
+      'copy',
+      '--quiet',
+      '--dest-tls-verify=false',
+      layout.transportRef,
+      `docker://${registry.host}/src/origin:v9`,
+    ]);
+    const r = await push(`docker://${registry.host}/src/origin:v9`, 'src/copied', { 'tls-verify': 'false' });
+    expect(r.errors).toEqual([]);
+    expect(r.outputs.digest).toBe(layout.digest);
+    expect((await remoteImage(`${registry.host}/src/copied:one`)).digest).toBe(layout.digest);
+  });
+
+  it('a containers-storage image of a remote podman service (CONTAINER_HOST) goes through podman save', async () => {
+    const conf = join(work, 'containers.conf');
+    writeFileSync(conf, '[engine]\nruntime = "runc"\n\n[containers]\ndefault_ulimits = []\n');
+    const sockDir = join(work, 'sock');
+    mkdirSync(sockDir);
+    const socket = join(sockDir, 'podman.sock');
+    const env = { ...process.env, ...storageEnv, CONTAINERS_CONF: conf };
+    const service = spawn('podman', ['system', 'service', '--time=0', `unix://${socket}`], {
+      env,
+      stdio: 'ignore',
+    });
+    try {
+      for (let i = 0; i < 100; i++) {
+        try {
+          await run('podman', ['--url', `unix://${socket}`, 'version'], env);
+          break;
+        } catch {
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+      }
+      // The action's own process sees an empty local storage: only the service has the image.
+      const emptyStorage = join(work, 'empty-storage.conf');
+      writeFileSync(
+        emptyStorage,
+        `[storage]\ndriver = "vfs"\ngraphroot = "${join(work, 'graph2')}"\nrunroot = "${join(work, 'run2')}"\n`,
+      );
+      const r = await push(
+        'localhost/pmt/app:built',
+        'src/remote',
+        {},
+        {
+          CONTAINER_HOST: `unix://${socket}`,
+          CONTAINERS_STORAGE_CONF: emptyStorage,
+        },
+      );
+      expect(r.errors).toEqual([]);
+      expect(r.log).toContain('Saving localhost/pmt/app:built from the podman service');
+      const remote = await remoteImage(`${registry.host}/src/remote:one`);
+      expect(remote.digest).toBe(r.outputs.digest);
+      expect(remote.config).toBe(configDigest);
+    } finally {
+      const exited = new Promise((resolve) => service.once('exit', resolve));
+      service.kill('SIGTERM');
+      await exited;
+    }
+  });
+});

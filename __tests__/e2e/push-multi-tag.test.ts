@@ -1,0 +1,314 @@
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { execFile } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { runAction, secretOnlyAfterMask, type RunResult } from '../support/harness.js';
+import { generateLayout, type GeneratedLayout } from '../support/oci-layout.js';
+import { startProxy, type CountingProxy } from '../support/proxy.js';
+import { startRegistry, type RegistryService } from '../support/registry.js';
+
+const TAGS = ['1.2.3', '1.2', '1', 'latest', 'sha-0a1b2c3', 'stable', 'v1.2.3', 'release', 'prod', 'edge'];
+
+function skopeo(args: string[]): Promise<{ status: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile('skopeo', args, { encoding: 'utf8', timeout: 60_000 }, (error, stdout, stderr) =>
+      resolve({ status: error ? 1 : 0, stdout, stderr }),
+    );
+  });
+}
+
+/** The digest skopeo sees for a ref, read straight from the registry (not through a relay). */
+async function remoteDigest(ref: string, creds?: string): Promise<string> {
+  const args = ['inspect', '--no-tags', '--tls-verify=false', ...(creds ? ['--creds', creds] : [])];
+  const out = await skopeo([...args, `docker://${ref}`]);
+  if (out.status !== 0) throw new Error(`skopeo inspect ${ref}: ${out.stderr}`);
+  return (JSON.parse(out.stdout) as { Digest: string }).Digest;
+}
+
+function authDirOf(result: RunResult): string | undefined {
+  return result.main.state['ici-auth-dir'];
+}
+
+describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
+  let work: string;
+  let layout: GeneratedLayout;
+  let regA: RegistryService;
+  let regB: RegistryService;
+  let proxyA: CountingProxy;
+  let proxyB: CountingProxy;
+
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), 'ici-push-'));
+    layout = generateLayout(join(work, 'layout'), { layers: [600_000, 300_000, 150_000] });
+    [regA, regB] = await Promise.all([startRegistry(), startRegistry()]);
+    [proxyA, proxyB] = await Promise.all([
+      startProxy({ target: regA.host }),
+      startProxy({ target: regB.host }),
+    ]);
+  });
+  afterAll(async () => {
+    await Promise.all([proxyA?.stop(), proxyB?.stop(), regA?.stop(), regB?.stop()]);
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  const pushInputs = (extra: Record<string, string> = {}) => ({
+    source: layout.transportRef,
+    repositories: `${proxyA.host}/rel/one\n${proxyA.host}/rel/two\n${proxyB.host}/rel/one`,
+    tags: TAGS.join(', '),
+    'insecure-registries': `${proxyA.host}, ${proxyB.host}`,
+    ...extra,
+  });
+
+  it('pushes 10 tags to 2 repositories and a second registry, each blob sent once per registry', async () => {
+    const digestFile = join(work, 'digest.txt');
+    const r = await runAction({
+      action: 'push-multi-tag',
+      inputs: pushInputs({ 'digest-file': digestFile }),
+    });
+    expect(r.errors).toEqual([]);
+    expect(r.main.exitCode).toBe(0);
+    expect(r.outputs.digest).toBe(layout.digest);
+    expect(readFileSync(digestFile, 'utf8').trim()).toBe(layout.digest);
+    const refs = JSON.parse(r.outputs['pushed-refs']!) as string[];
+    expect(refs).toHaveLength(30);
+    expect(refs).toContain(`${proxyB.host}/rel/one:latest@${layout.digest}`);
+    const blobs = layout.blobs.length;
+    expect(r.outputs['blobs-uploaded']).toBe(String(2 * blobs));
+    expect(r.outputs['blobs-mounted']).toBe(String(blobs));
+    expect(r.outputs['blobs-skipped']).toBe('0');
+    expect(r.outputs['bytes-uploaded']).toBe(String(2 * layout.blobBytes));
+    expect(Number(r.outputs['duration-ms'])).toBeGreaterThan(0);
+
+    // What crossed the wire: each blob uploaded once per registry; the second repository only mounted.
+    const uploadsTo = (proxy: CountingProxy, repo: string) =>
+      proxy.count('upload-put', (rec) => rec.repository === repo && rec.status === 201);
+    expect(uploadsTo(proxyA, 'rel/one')).toBe(blobs);
+    expect(uploadsTo(proxyA, 'rel/two')).toBe(0);
+    expect(proxyA.count('mount', (rec) => rec.repository === 'rel/two' && rec.status === 201)).toBe(blobs);
+    expect(uploadsTo(proxyB, 'rel/one')).toBe(blobs);
+    for (const proxy of [proxyA, proxyB]) {
+      const blobBytesUp = proxy.records
+        .filter((rec) => rec.kind === 'upload-put' || rec.kind === 'upload-chunk')
+        .reduce((n, rec) => n + rec.bytesUp, 0);
+      expect(blobBytesUp).toBe(layout.blobBytes);
+    }
+
+    const checks = [regA.host, regB.host].flatMap((host) =>
+      (host === regA.host ? ['rel/one', 'rel/two'] : ['rel/one']).flatMap((repo) =>
+        TAGS.map((tag) => remoteDigest(`${host}/${repo}:${tag}`)),
+      ),
+    );
+    expect(new Set(await Promise.all(checks))).toEqual(new Set([layout.digest]));
+    const pulled = join(work, 'pulled');
+    const copy = await skopeo([
+      'copy',
+      '--src-tls-verify=false',
+      `docker://${regB.host}/rel/one:1.2`,
+      `oci:${pulled}:x`,
+    ]);
+    expect(copy.stderr).toBe('');
+    const index = JSON.parse(readFileSync(join(pulled, 'index.json'), 'utf8')) as {
+      manifests: { digest: string }[];
+    };
+    expect(index.manifests[0]!.digest).toBe(layout.digest);
+    expect(r.main.summary).toContain(`| ${proxyA.host}/rel/two:${TAGS.join(', ')} |`);
+    expect(r.post?.exitCode).toBe(0);
+  });
+
+  it('pushes the same image again without sending a blob byte', async () => {
+    proxyA.reset();
+    proxyB.reset();
+    const r = await runAction({ action: 'push-multi-tag', inputs: pushInputs() });
+    expect(r.main.exitCode).toBe(0);
+    expect(r.outputs['bytes-uploaded']).toBe('0');
+    expect(r.outputs['blobs-uploaded']).toBe('0');
+    expect(r.outputs['blobs-skipped']).toBe(String(3 * layout.blobs.length));
+    for (const proxy of [proxyA, proxyB]) {
+      expect(proxy.count('upload-put') + proxy.count('upload-chunk') + proxy.count('upload-start')).toBe(0);
+    }
+  });
+
+  it('uploads in chunks when chunk-size is set', async () => {
+    proxyA.reset();
+    const r = await runAction({
+      action: 'push-multi-tag',
+      inputs: {
+        ...pushInputs(),
+        repositories: `${proxyA.host}/chunked/app`,
+        tags: 'c1',
+        'chunk-size': '256KiB',
+      },
+    });
+    expect(r.main.exitCode).toBe(0);
+    expect(proxyA.count('upload-chunk')).toBeGreaterThan(layout.blobs.length);
+    expect(await remoteDigest(`${regA.host}/chunked/app:c1`)).toBe(layout.digest);
+  });
+
+  it('pushes a multi-arch index whole, children before the index', async () => {
+    const multi = generateLayout(join(work, 'multi'), {
+      layers: [100_000, 50_000],
+      platforms: [
+        { os: 'linux', architecture: 'amd64' },
+        { os: 'linux', architecture: 'arm64' },
+      ],
+    });
+    proxyA.reset();
+    const r = await runAction({
+      action: 'push-multi-tag',
+      inputs: {
+        ...pushInputs(),
+        source: multi.transportRef,
+        repositories: `${proxyA.host}/multi/app`,
+        tags: 'a,b',
+      },
+    });
+    expect(r.main.exitCode).toBe(0);
+    expect(r.outputs.digest).toBe(multi.digest);
+    const puts = proxyA.records
+      .filter((rec) => rec.kind === 'manifest-put')
+      .map((rec) => rec.path.split('/').pop());
+    const indexAt = puts.indexOf(multi.digest);
+    for (const child of multi.children) expect(puts.indexOf(child.digest)).toBeLessThan(indexAt);
+    const raw = await skopeo(['inspect', '--raw', '--tls-verify=false', `docker://${regA.host}/multi/app:b`]);
+    expect((JSON.parse(raw.stdout) as { manifests: unknown[] }).manifests).toHaveLength(2);
+    expect(await remoteDigest(`${regA.host}/multi/app:a`)).toBe(multi.digest);
+  });
+
+  it('tags with one multi-tag PUT where the registry confirms it (test double: a relay adding OCI-Tag, which docker-registry 2.8 lacks)', async () => {
+    const double = await startProxy({ target: regA.host, multiTag: true });
+    try {
+      const r = await runAction({
+        action: 'push-multi-tag',
+        inputs: {
+          ...pushInputs(),
+          repositories: `${double.host}/multitag/one\n${double.host}/multitag/two`,
+          'insecure-registries': double.host,
+        },
+      });
+      expect(r.main.exitCode).toBe(0);
+      expect(double.count('manifest-put')).toBe(2);
+      expect(r.log).toContain('in one request');
+      for (const tag of TAGS)
+        expect(await remoteDigest(`${regA.host}/multitag/two:${tag}`)).toBe(layout.digest);
+    } finally {
+      await double.stop();
+    }
+  });
+
+  it('survives 429 with Retry-After, 503s and a connection dropped mid-upload, with correct digests', async () => {
+    const faulty = await startProxy({
+      target: regB.host,
+      fault: ({ kind, index }) => {
+        if (kind === 'blob-head' && index === 0) return { status: 429, retryAfterSeconds: 1 };
+        if (kind === 'upload-start' && index === 1) return { status: 503 };
+        if (kind === 'upload-put' && index === 0) return { drop: 'mid-body' };
+        if (kind === 'manifest-put' && index === 0) return { status: 503 };
+        return undefined;
+      },
+    });
+    try {
+      const r = await runAction({
+        action: 'push-multi-tag',
+        inputs: {
+          ...pushInputs(),
+          repositories: `${faulty.host}/faults/app`,
+          'insecure-registries': faulty.host,
+        },
+      });
+      expect(r.errors).toEqual([]);
+      expect(r.main.exitCode).toBe(0);
+      const injected = faulty.records.filter((rec) => rec.fault).map((rec) => rec.kind);
+      expect(injected.sort()).toEqual(['blob-head', 'manifest-put', 'upload-put', 'upload-start']);
+      expect(faulty.count('upload-put', (rec) => rec.status === 201)).toBe(layout.blobs.length);
+      for (const tag of TAGS)
+        expect(await remoteDigest(`${regB.host}/faults/app:${tag}`)).toBe(layout.digest);
+    } finally {
+      await faulty.stop();
+    }
+  });
+
+  it.each([
+    [{ tags: 'ok, -bad' }, "Input 'tags': '-bad' is not a valid tag"],
+    [{ tags: ' ' }, "Input 'tags': is required"],
+    [{ repositories: 'just-a-name' }, "Input 'repositories': 'just-a-name' names no registry host"],
+    [{ repositories: 'ghcr.io/Bad/Name' }, "Input 'repositories':"],
+    [{ source: 'dir:/tmp/x' }, "Input 'source': unknown transport 'dir:'"],
+    [{ source: 'oci:/nonexistent/ici-layout' }, "Input 'source': /nonexistent/ici-layout does not exist."],
+    [{ password: 'secret-pw' }, "Input 'password': was given without `username`"],
+  ])('refuses bad input %j', async (inputs, message) => {
+    const r = await runAction({ action: 'push-multi-tag', inputs: { ...pushInputs(), ...inputs } });
+    expect(r.main.exitCode).toBe(2);
+    expect(r.errors.join('\n')).toContain(message);
+  });
+
+  describe('with a login', () => {
+    it.each(['htpasswd', 'token'] as const)(
+      '%s: pushes with good credentials; masks them; removes the auth dir',
+      async (auth) => {
+        const registry = await startRegistry({ auth });
+        try {
+          const r = await runAction({
+            action: 'push-multi-tag',
+            inputs: {
+              source: layout.transportRef,
+              repositories: `${registry.host}/auth/one, ${registry.host}/auth/two`,
+              tags: 'v1, latest',
+              username: registry.username!,
+              password: registry.password!,
+              'tls-verify': 'false',
+            },
+          });
+          expect(r.errors).toEqual([]);
+          expect(r.main.exitCode).toBe(0);
+          expect(r.outputs['blobs-mounted']).toBe(String(layout.blobs.length));
+          expect(r.masks[0]).toBe(registry.password);
+          expect(secretOnlyAfterMask(r.main, registry.password!)).toBe(true);
+          expect(r.post!.lines.some((l) => l.text.includes(registry.password!))).toBe(false);
+          const authDir = authDirOf(r);
+          expect(authDir).toBeTruthy();
+          expect(existsSync(authDir!)).toBe(false);
+          const creds = `${registry.username}:${registry.password}`;
+          expect(await remoteDigest(`${registry.host}/auth/two:latest`, creds)).toBe(layout.digest);
+          if (auth === 'token') {
+            const scopes = registry.tokenRequests.map((t) => t.scopes.sort().join(' '));
+            expect(scopes).toContain('repository:auth/one:pull,push');
+            expect(scopes).toContain('repository:auth/one:pull repository:auth/two:pull,push');
+            // Every token the action received was masked before use.
+            expect(r.masks.length).toBeGreaterThan(1);
+          }
+        } finally {
+          await registry.stop();
+        }
+      },
+    );
+
+    it.each(['htpasswd', 'token'] as const)(
+      '%s: fails clearly with bad credentials and still removes the auth dir',
+      async (auth) => {
+        const registry = await startRegistry({ auth });
+        try {
+          const r = await runAction({
+            action: 'push-multi-tag',
+            inputs: {
+              source: layout.transportRef,
+              repositories: `${registry.host}/auth/one`,
+              tags: 'v1',
+              username: registry.username!,
+              password: 'wrong-password-123',
+              'tls-verify': 'false',
+            },
+          });
+          expect(r.main.exitCode).toBe(1);
+          expect(r.errors.join('\n')).toMatch(/refused .*user 'tester'/);
+          expect(r.log).not.toMatch(/wrong-password-123(?!$)/m);
+          expect(secretOnlyAfterMask(r.main, 'wrong-password-123')).toBe(true);
+          expect(existsSync(authDirOf(r)!)).toBe(false);
+          expect(r.post?.exitCode).toBe(0);
+        } finally {
+          await registry.stop();
+        }
+      },
+    );
+  });
+});

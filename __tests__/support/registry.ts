@@ -1,0 +1,233 @@
+/**
+ * Real registries for tests: `docker-registry serve <config>` (Debian's distribution 2.8) on a free 127.0.0.1
+ * port with storage in a temp dir, either open, with htpasswd basic auth, or with token auth backed by a small
+ * token server that signs real RS256 JWTs the registry verifies (certificate made with openssl at start).
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { createSign, randomBytes, X509Certificate } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createNetServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export type RegistryAuth = 'none' | 'htpasswd' | 'token';
+
+export interface RegistryOptions {
+  auth?: RegistryAuth;
+  username?: string;
+  password?: string;
+}
+
+export interface TokenRequest {
+  user?: string;
+  scopes: string[];
+}
+
+export interface RegistryService {
+  /** 127.0.0.1:<port>, usable as an image reference host. */
+  host: string;
+  url: string;
+  auth: RegistryAuth;
+  username?: string;
+  password?: string;
+  dir: string;
+  /** Every token the token server was asked for (token auth only). */
+  tokenRequests: TokenRequest[];
+  /** The registry's log so far (access log lines included). */
+  log(): string;
+  stop(): Promise<void>;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createNetServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+export async function startRegistry(options: RegistryOptions = {}): Promise<RegistryService> {
+  const auth = options.auth ?? 'none';
+  const username = auth === 'none' ? undefined : (options.username ?? 'tester');
+  const password = auth === 'none' ? undefined : (options.password ?? `pw-${randomBytes(6).toString('hex')}`);
+  const dir = mkdtempSync(join(tmpdir(), 'ici-reg-'));
+  const port = await freePort();
+  const host = `127.0.0.1:${port}`;
+  const tokenRequests: TokenRequest[] = [];
+  let tokenServer: Server | undefined;
+  let authConfig = '';
+  if (auth === 'htpasswd') {
+    const line = execFileSync('htpasswd', ['-Bbn', username!, password!], { encoding: 'utf8' });
+    writeFileSync(join(dir, 'htpasswd'), line.trim() + '\n');
+    authConfig = `auth:\n  htpasswd:\n    realm: test-realm\n    path: ${join(dir, 'htpasswd')}\n`;
+  } else if (auth === 'token') {
+    const signer = makeSigner(dir);
+    const tokenPort = await freePort();
+    tokenServer = await startTokenServer(tokenPort, signer, { [username!]: password! }, tokenRequests);
+    authConfig =
+      `auth:\n  token:\n    realm: http://127.0.0.1:${tokenPort}/token\n    service: ${TOKEN_SERVICE}\n` +
+      `    issuer: ${TOKEN_ISSUER}\n    rootcertbundle: ${signer.certPath}\n`;
+  }
+  const config =
+    `version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n` +
+    `storage:\n  filesystem:\n    rootdirectory: ${join(dir, 'data')}\n  delete:\n    enabled: true\n` +
+    `http:\n  addr: ${host}\n  secret: ${randomBytes(16).toString('hex')}\n${authConfig}`;
+  const configPath = join(dir, 'config.yml');
+  writeFileSync(configPath, config);
+
+  const logChunks: string[] = [];
+  const child = spawn('docker-registry', ['serve', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout.on('data', (c: Buffer) => logChunks.push(c.toString('utf8')));
+  child.stderr.on('data', (c: Buffer) => logChunks.push(c.toString('utf8')));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  try {
+    await waitForHttp(`http://${host}/v2/`, child, () => logChunks.join(''));
+  } catch (error) {
+    await stopChild(child, exited);
+    tokenServer?.close();
+    throw error;
+  }
+  return {
+    host,
+    url: `http://${host}`,
+    auth,
+    username,
+    password,
+    dir,
+    tokenRequests,
+    log: () => logChunks.join(''),
+    async stop() {
+      await stopChild(child, exited);
+      if (tokenServer) await new Promise<void>((resolve) => tokenServer.close(() => resolve()));
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+async function stopChild(child: ChildProcess, exited: Promise<void>): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+  await exited;
+  clearTimeout(timer);
+}
+
+async function waitForHttp(url: string, child: ChildProcess, log: () => string): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`docker-registry exited early:\n${log()}`);
+    try {
+      const response = await fetch(url, { signal: AbortSignal.timeout(2000) });
+      await response.arrayBuffer();
+      return;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+  throw new Error(`docker-registry did not answer on ${url} within 20 s:\n${log()}`);
+}
+
+// ---- token auth ----
+
+const TOKEN_SERVICE = 'ici-test-registry';
+const TOKEN_ISSUER = 'ici-test-token-server';
+
+interface Signer {
+  certPath: string;
+  sign(claims: object): string;
+}
+
+function base64url(data: Buffer | string): string {
+  return Buffer.from(data).toString('base64url');
+}
+
+/** A self-signed RSA certificate (openssl) whose key signs the tokens; the registry trusts the certificate. */
+function makeSigner(dir: string): Signer {
+  const keyPath = join(dir, 'token.key');
+  const certPath = join(dir, 'token.crt');
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-subj',
+      '/CN=ici-test-token',
+      '-keyout',
+      keyPath,
+      '-out',
+      certPath,
+      '-days',
+      '1',
+    ],
+    { stdio: 'ignore', input: '', env: { ...process.env }, timeout: 30_000 },
+  );
+  const key = readFileSync(keyPath, 'utf8');
+  const der = new X509Certificate(readFileSync(certPath)).raw;
+  const header = base64url(JSON.stringify({ alg: 'RS256', typ: 'JWT', x5c: [der.toString('base64')] }));
+  return {
+    certPath,
+    sign(claims) {
+      const payload = `${header}.${base64url(JSON.stringify(claims))}`;
+      const signature = createSign('RSA-SHA256').update(payload).sign(key);
+      return `${payload}.${base64url(signature)}`;
+    },
+  };
+}
+
+async function startTokenServer(
+  port: number,
+  signer: Signer,
+  users: Record<string, string>,
+  requests: TokenRequest[],
+): Promise<Server> {
+  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    const url = new URL(req.url ?? '/', 'http://token');
+    const scopes = url.searchParams.getAll('scope');
+    let user: string | undefined;
+    const header = req.headers.authorization ?? '';
+    if (header.startsWith('Basic ')) {
+      const decoded = Buffer.from(header.slice(6), 'base64').toString('utf8');
+      const colon = decoded.indexOf(':');
+      const name = decoded.slice(0, colon);
+      if (users[name] === undefined || users[name] !== decoded.slice(colon + 1)) {
+        res.writeHead(401, { 'content-type': 'application/json' }).end('{"details":"bad credentials"}');
+        return;
+      }
+      user = name;
+    }
+    requests.push({ user, scopes });
+    if (!user) {
+      res.writeHead(401, { 'content-type': 'application/json' }).end('{"details":"login required"}');
+      return;
+    }
+    const access = scopes.map((scope) => {
+      const [type, ...rest] = scope.split(':');
+      const actions = rest.pop() ?? '';
+      return { type, name: rest.join(':'), actions: actions.split(',').filter(Boolean) };
+    });
+    const now = Math.floor(Date.now() / 1000);
+    const token = signer.sign({
+      iss: TOKEN_ISSUER,
+      aud: url.searchParams.get('service') ?? TOKEN_SERVICE,
+      sub: user,
+      exp: now + 300,
+      nbf: now - 10,
+      iat: now,
+      jti: randomBytes(8).toString('hex'),
+      access,
+    });
+    res
+      .writeHead(200, { 'content-type': 'application/json' })
+      .end(JSON.stringify({ token, access_token: token, expires_in: 300 }));
+  });
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+  return server;
+}

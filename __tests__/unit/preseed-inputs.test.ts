@@ -1,0 +1,80 @@
+import { describe, expect, it } from '@jest/globals';
+import { loadActionMetadata } from '../../src/core/action-metadata.js';
+import { InputError, MapInputSource, RecordingInputSource } from '../../src/core/inputs.js';
+import { classifyImage } from '../../src/actions/preseed-podman-vm/image-source.js';
+import { readInputs } from '../../src/actions/preseed-podman-vm/inputs.js';
+import { REPO_ROOT } from '../support/harness.js';
+
+const meta = loadActionMetadata('preseed-podman-vm', REPO_ROOT);
+const defaults = Object.fromEntries(
+  Object.entries(meta.inputs)
+    .filter(([, spec]) => spec.default !== undefined)
+    .map(([name, spec]) => [name, spec.default]),
+);
+
+describe('preseed-podman-vm inputs', () => {
+  it('reads exactly the inputs action.yml declares', () => {
+    const src = new RecordingInputSource(new MapInputSource(defaults));
+    readInputs(src);
+    expect([...src.read].sort()).toEqual(Object.keys(meta.inputs).sort());
+  });
+
+  it('parses the action.yml defaults', () => {
+    expect(readInputs(new MapInputSource(defaults))).toEqual({
+      image: undefined,
+      vmType: 'auto',
+      arch: 'auto',
+      cache: true,
+      cacheKeyPrefix: 'podman-machine-os',
+      cacheScope: 'image',
+      setDefault: true,
+      init: false,
+      machineName: 'podman-machine-default',
+      cpus: undefined,
+      memoryMiB: undefined,
+      diskSizeGiB: undefined,
+      rootful: false,
+      start: false,
+      cleanup: true,
+    });
+  });
+
+  it('names the input in every mistake', () => {
+    const bad: Array<[Record<string, string>, string]> = [
+      [{ 'vm-type': 'vbox' }, 'vm-type'],
+      [{ arch: 'riscv64' }, 'arch'],
+      [{ start: 'true' }, 'start'],
+      [{ cpus: '0' }, 'cpus'],
+      [{ memory: 'lots' }, 'memory'],
+      [{ 'cache-scope': 'machine' }, 'cache-scope'],
+    ];
+    for (const [values, input] of bad) {
+      expect(() => readInputs(new MapInputSource({ ...defaults, ...values }))).toThrow(
+        expect.objectContaining({ input }) as unknown as InputError,
+      );
+    }
+  });
+});
+
+describe('image input', () => {
+  it('tells references, URLs and files apart', () => {
+    expect(classifyImage('docker://quay.io/podman/machine-os:5.3')).toEqual({
+      kind: 'registry',
+      reference: 'quay.io/podman/machine-os:5.3',
+    });
+    expect(classifyImage('https://example.com/a/disk.qcow2.zst')).toEqual({
+      kind: 'url',
+      url: 'https://example.com/a/disk.qcow2.zst',
+    });
+    expect(classifyImage(`${REPO_ROOT}/package.json`)).toEqual({
+      kind: 'file',
+      path: `${REPO_ROOT}/package.json`,
+    });
+  });
+
+  it('rejects missing files and other schemes', () => {
+    expect(() => classifyImage('/no/such/disk.qcow2.zst')).toThrow(/Input 'image': the file \/no\/such/);
+    expect(() => classifyImage('ftp://host/disk')).toThrow(/unsupported scheme/);
+    expect(() => classifyImage('docker://')).toThrow(InputError);
+  });
+});

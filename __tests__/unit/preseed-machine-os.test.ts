@@ -1,0 +1,108 @@
+import { describe, expect, it } from '@jest/globals';
+import { parsePodmanVersion } from '../../src/actions/preseed-podman-vm/podman-host.js';
+import {
+  defaultImageReference,
+  diskLayer,
+  podmanCacheFileName,
+  selectDiskChild,
+  type Descriptor,
+  type ImageIndex,
+} from '../../src/actions/preseed-podman-vm/machine-os.js';
+
+const d = (n: number) => `sha256:${n.toString(16).padStart(64, '0')}`;
+
+function disk(n: number, architecture: string, disktype: string): Descriptor {
+  return {
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    digest: d(n),
+    size: 500,
+    platform: { os: 'linux', architecture },
+    annotations: { disktype },
+  };
+}
+
+/** Shaped like quay.io/podman/machine-os:5.x: container children first, then arch x disktype disks. */
+const index: ImageIndex = {
+  mediaType: 'application/vnd.oci.image.index.v1+json',
+  manifests: [
+    {
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      digest: d(1),
+      size: 900,
+      platform: { os: 'linux', architecture: 'amd64' },
+    },
+    {
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      digest: d(2),
+      size: 900,
+      platform: { os: 'linux', architecture: 'arm64' },
+    },
+    disk(10, 'x86_64', 'qemu'),
+    disk(11, 'x86_64', 'applehv'),
+    disk(12, 'x86_64', 'hyperv'),
+    disk(20, 'aarch64', 'qemu'),
+    disk(21, 'aarch64', 'applehv'),
+  ],
+};
+
+describe('default machine-os reference', () => {
+  it('uses podman major.minor and the WSL repository for wsl', () => {
+    const v = parsePodmanVersion('5.3.2')!;
+    expect(defaultImageReference(v, 'qemu')).toBe('docker://quay.io/podman/machine-os:5.3');
+    expect(defaultImageReference(v, 'applehv')).toBe('docker://quay.io/podman/machine-os:5.3');
+    expect(defaultImageReference(v, 'wsl')).toBe('docker://quay.io/podman/machine-os-wsl:5.3');
+    expect(defaultImageReference(parsePodmanVersion('5.4.0-dev')!, 'qemu')).toBe(
+      'docker://quay.io/podman/machine-os:5.4',
+    );
+  });
+});
+
+describe('disk child selection', () => {
+  it('picks the child for arch and disk type, never a container child', () => {
+    expect(selectDiskChild(index, 'x86_64', 'qemu').digest).toBe(d(10));
+    expect(selectDiskChild(index, 'aarch64', 'qemu').digest).toBe(d(20));
+    expect(selectDiskChild(index, 'x86_64', 'hyperv').digest).toBe(d(12));
+  });
+
+  it('uses the applehv disk for libkrun', () => {
+    expect(selectDiskChild(index, 'aarch64', 'libkrun').digest).toBe(d(21));
+  });
+
+  it('says what the index offers when nothing matches', () => {
+    expect(() => selectDiskChild(index, 'aarch64', 'hyperv')).toThrow(
+      /no aarch64 disk of type hyperv; it offers x86_64\/qemu, x86_64\/applehv, x86_64\/hyperv, aarch64\/qemu, aarch64\/applehv/,
+    );
+  });
+});
+
+describe('podman cache file name', () => {
+  it('is the disk MANIFEST digest hex plus the provider kind and compression', () => {
+    expect(podmanCacheFileName(d(10), 'qemu')).toBe(`${'0'.repeat(62)}0a.qcow2.zst`);
+    expect(podmanCacheFileName(d(11), 'applehv')).toMatch(/0b\.raw\.zst$/);
+    expect(podmanCacheFileName(d(11), 'libkrun')).toMatch(/0b\.raw\.zst$/);
+    expect(podmanCacheFileName(d(12), 'hyperv')).toMatch(/0c\.vhdx\.zst$/);
+    expect(() => podmanCacheFileName('sha512:abc', 'qemu')).toThrow(/not a sha256 digest/);
+  });
+});
+
+describe('disk layer', () => {
+  const layer = {
+    mediaType: 'application/zstd',
+    digest: d(99),
+    size: 123,
+    annotations: { 'org.opencontainers.image.title': 'fedora-coreos-41-qemu.x86_64.qcow2.zst' },
+  };
+  const config = { mediaType: 'application/vnd.oci.empty.v1+json', digest: d(3), size: 2 };
+
+  it('returns the single layer and its original file name', () => {
+    expect(diskLayer({ config, layers: [layer] })).toEqual({
+      layer,
+      title: 'fedora-coreos-41-qemu.x86_64.qcow2.zst',
+    });
+  });
+
+  it('rejects manifests that are not machine disks', () => {
+    expect(() => diskLayer({ config, layers: [layer, layer] })).toThrow(/exactly one layer/);
+    expect(() => diskLayer({ config, layers: [{ ...layer, annotations: {} }] })).toThrow(/title/);
+  });
+});

@@ -1,0 +1,93 @@
+/**
+ * The containers.conf that makes every later `podman machine init` use the local image, whatever HOME it runs
+ * with. Podman >= 4.4 reads CONTAINERS_CONF_OVERRIDE on top of its normal files, so a two-line file is enough.
+ * Older podman only has CONTAINERS_CONF, which REPLACES every other containers.conf: that file must carry the
+ * settings the user already had, so the base conf is copied with only `[machine] image` changed.
+ */
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+export const CONF_OVERRIDE_ENV = 'CONTAINERS_CONF_OVERRIDE';
+export const CONF_ENV = 'CONTAINERS_CONF';
+
+/** A TOML basic string. */
+export function tomlString(value: string): string {
+  const escaped = value
+    .replace(/\\/g, '\\\\')
+    .replace(/"/g, '\\"')
+    .replace(/\n/g, '\\n')
+    .replace(/\t/g, '\\t');
+  return `"${escaped}"`;
+}
+
+const TABLE_HEADER = /^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$/;
+const IMAGE_KEY = /^\s*image\s*=/;
+
+/**
+ * Sets `image` in the `[machine]` table of a containers.conf text, keeping everything else as written.
+ * (A line-based edit instead of a TOML round trip: comments and formatting of the user's file survive.)
+ */
+export function setMachineImage(conf: string, imagePath: string): string {
+  const line = `image = ${tomlString(imagePath)}`;
+  const lines = conf === '' ? [] : conf.replace(/\n$/, '').split('\n');
+  let inMachine = false;
+  let machineHeader = -1;
+  let replaced = false;
+  for (let i = 0; i < lines.length; i++) {
+    const header = TABLE_HEADER.exec(lines[i]!);
+    if (header) {
+      inMachine = header[1] === 'machine';
+      if (inMachine) machineHeader = i;
+      continue;
+    }
+    if (inMachine && IMAGE_KEY.test(lines[i]!)) {
+      lines[i] = line;
+      replaced = true;
+    }
+  }
+  if (!replaced) {
+    if (machineHeader >= 0) lines.splice(machineHeader + 1, 0, line);
+    else lines.push(...(lines.length ? [''] : []), '[machine]', line);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+/**
+ * The file CONTAINERS_CONF would replace: an earlier CONTAINERS_CONF if one is set, else the user's
+ * containers.conf, else the system one. Podman normally layers user over system; with one file we keep the
+ * most specific one, which is what the user edited.
+ */
+export function baseConfCandidates(env: NodeJS.ProcessEnv = process.env): string[] {
+  const home = env.HOME ?? '';
+  const configHome = env.XDG_CONFIG_HOME || join(home, '.config');
+  return [
+    ...(env[CONF_ENV] ? [env[CONF_ENV]] : []),
+    join(configHome, 'containers', 'containers.conf'),
+    '/etc/containers/containers.conf',
+    '/usr/share/containers/containers.conf',
+  ];
+}
+
+export interface ConfPlan {
+  /** The variable to export: CONTAINERS_CONF_OVERRIDE or CONTAINERS_CONF. */
+  variable: string;
+  text: string;
+  /** The file whose settings were carried over (CONTAINERS_CONF only). */
+  base?: string;
+}
+
+export async function planContainersConf(
+  imagePath: string,
+  overrideSupported: boolean,
+  ownPath: string,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<ConfPlan> {
+  if (overrideSupported) {
+    return { variable: CONF_OVERRIDE_ENV, text: setMachineImage('', imagePath) };
+  }
+  // Our own file from an earlier step is not a base: that would only nest our edit.
+  const base = baseConfCandidates(env).find((p) => p !== ownPath && existsSync(p));
+  const baseText = base ? await readFile(base, 'utf8') : '';
+  return { variable: CONF_ENV, text: setMachineImage(baseText, imagePath), base };
+}

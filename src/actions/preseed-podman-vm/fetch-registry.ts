@@ -1,0 +1,110 @@
+/**
+ * Resolving and pulling a machine disk from a registry: GET the index (a few KB), GET the chosen disk manifest,
+ * then stream its one layer to disk with the core OCI client, which verifies the sha256 and deletes the file on
+ * a mismatch.
+ */
+import { RegistryClient, TransientError } from '../../core/oci/client.js';
+import { parseReference } from '../../core/oci/reference.js';
+import type { Host } from '../../core/host.js';
+import { InputError } from '../../core/inputs.js';
+import {
+  DOCKER_MANIFEST_LIST,
+  OCI_INDEX,
+  OCI_MANIFEST,
+  diskLayer,
+  isIndex,
+  selectDiskChild,
+  type Descriptor,
+  type ImageIndex,
+  type ImageManifest,
+} from './machine-os.js';
+import type { MachineArch, VmType } from './podman-host.js';
+import { ProgressLog } from './progress.js';
+
+const REGISTRY_TIMEOUT_MS = 60_000;
+/** Fewer than the client's default: an unreachable registry falls back to the cache after a few seconds. */
+const REGISTRY_RETRIES = 3;
+
+export interface ResolvedDisk {
+  repository: string;
+  indexDigest: string;
+  /** The disk child's manifest digest: podman's cache file is named after it. */
+  manifestDigest: string;
+  layer: Descriptor;
+  title: string;
+}
+
+/** Loopback registries speak plain HTTP, as podman and docker treat them by default. */
+export function isLoopbackRegistry(registry: string): boolean {
+  const host = registry.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+  return host === 'localhost' || host === '::1' || /^127\./.test(host);
+}
+
+export function registryClientFor(reference: string): {
+  client: RegistryClient;
+  repository: string;
+  ref: string;
+} {
+  let parsed: ReturnType<typeof parseReference>;
+  try {
+    parsed = parseReference(reference);
+  } catch (error) {
+    throw new InputError(
+      'image',
+      `'docker://${reference}' is not an image reference: ${(error as Error).message}`,
+    );
+  }
+  const client = new RegistryClient({
+    registry: parsed.registry,
+    insecure: isLoopbackRegistry(parsed.registry),
+    timeoutMs: REGISTRY_TIMEOUT_MS,
+    retries: REGISTRY_RETRIES,
+  });
+  return { client, repository: parsed.repository, ref: parsed.digest ?? parsed.tag ?? 'latest' };
+}
+
+export async function resolveDisk(
+  reference: string,
+  arch: MachineArch,
+  vmType: VmType,
+): Promise<ResolvedDisk> {
+  const { client, repository, ref } = registryClientFor(reference);
+  const index = await client.getManifest(repository, ref, [OCI_INDEX, DOCKER_MANIFEST_LIST]);
+  if (!isIndex(index.mediaType)) {
+    throw new Error(`docker://${reference} is a ${index.mediaType}, not an image index of machine disks.`);
+  }
+  const child = selectDiskChild(
+    JSON.parse(Buffer.from(index.bytes).toString('utf8')) as ImageIndex,
+    arch,
+    vmType,
+  );
+  const manifest = await client.getManifest(repository, child.digest, [OCI_MANIFEST]);
+  const { layer, title } = diskLayer(
+    JSON.parse(Buffer.from(manifest.bytes).toString('utf8')) as ImageManifest,
+  );
+  return { repository, indexDigest: index.digest, manifestDigest: child.digest, layer, title };
+}
+
+export async function downloadDisk(
+  host: Host,
+  reference: string,
+  disk: ResolvedDisk,
+  dest: string,
+): Promise<number> {
+  const { client } = registryClientFor(reference);
+  const progress = new ProgressLog(host, `Downloading ${disk.title}`, disk.layer.size);
+  let received = 0;
+  const { size } = await client.downloadBlob(disk.repository, disk.layer.digest, dest, {
+    onProgress: (bytes) => progress.update((received += bytes)),
+  });
+  progress.done(size);
+  return size;
+}
+
+/**
+ * The registry could not be reached at all (refused, DNS, timeout after retries), as opposed to an answer such
+ * as 404 or 401: only then is a cached image of the same source a fair substitute.
+ */
+export function isUnreachable(error: unknown): boolean {
+  return error instanceof TransientError && error.status === undefined;
+}

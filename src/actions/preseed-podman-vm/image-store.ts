@@ -1,0 +1,127 @@
+/**
+ * The image at its stable path (`$RUNNER_TEMP/ici-pvm/...`, the same every run, as @actions/cache needs) with a
+ * small JSON record beside it saying what it is. Both files are cached together, so a run that cannot reach the
+ * registry still learns the digest of what it restored and can verify every byte before using it.
+ */
+import { createHash } from 'node:crypto';
+import { copyFile, link, mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { writeFileAtomic } from '../../core/atomic.js';
+import { digestFile } from '../../core/oci/digest.js';
+import { diskKind, diskTypeFor } from './machine-os.js';
+import type { ImageSource } from './image-source.js';
+import type { MachineArch, VmType } from './podman-host.js';
+
+export interface StoredImageRecord {
+  /** The `image` the file came from (reference or URL). */
+  source: string;
+  /** The image-digest output: the disk manifest digest for registry images, the file's sha256 for URLs. */
+  digest: string;
+  /** sha256 of the stored file itself, checked after every restore. */
+  fileDigest: string;
+  /** The original file name (the disk layer's title annotation, or the URL's last segment). */
+  title: string;
+  size: number;
+}
+
+export interface StorePaths {
+  image: string;
+  record: string;
+}
+
+/**
+ * Stable names: they must be known BEFORE the registry is asked (the cache paths are part of the cache
+ * version), so they come from the inputs only. The extension stays `.<kind>.zst` because podman decompresses a
+ * local image by its extension.
+ */
+export function storePaths(dir: string, source: ImageSource, vmType: VmType, arch: MachineArch): StorePaths {
+  let name: string;
+  if (source.kind === 'url') {
+    const last = basename(new URL(source.url).pathname).replace(/[^A-Za-z0-9._-]/g, '_') || 'image';
+    const tag = createHash('sha256').update(source.url).digest('hex').slice(0, 12);
+    name = `url-${tag}-${last}`;
+  } else {
+    name = `machine-os-${diskTypeFor(vmType)}-${arch}.${diskKind(vmType)}.zst`;
+  }
+  const image = join(dir, name);
+  return { image, record: `${image}.json` };
+}
+
+export async function readRecord(paths: StorePaths): Promise<StoredImageRecord | undefined> {
+  try {
+    const parsed = JSON.parse(await readFile(paths.record, 'utf8')) as Partial<StoredImageRecord>;
+    if (
+      typeof parsed.digest === 'string' &&
+      typeof parsed.fileDigest === 'string' &&
+      typeof parsed.source === 'string' &&
+      typeof parsed.title === 'string' &&
+      typeof parsed.size === 'number'
+    ) {
+      return parsed as StoredImageRecord;
+    }
+  } catch {
+    // missing or unreadable: the caller treats it as nothing stored
+  }
+  return undefined;
+}
+
+export async function writeRecord(paths: StorePaths, record: StoredImageRecord): Promise<void> {
+  await writeFileAtomic(paths.record, `${JSON.stringify(record, null, 2)}\n`);
+}
+
+export type Verification = { ok: true } | { ok: false; reason: string };
+
+/**
+ * Checks a restored image against its record. A corrupt or unrecorded file is deleted with its record, so the
+ * next step can never pick up bad bytes.
+ */
+export async function verifyStored(
+  paths: StorePaths,
+  record: StoredImageRecord | undefined,
+): Promise<Verification> {
+  let reason: string | undefined;
+  if (!record) {
+    reason = `no readable record ${paths.record}`;
+  } else {
+    try {
+      const actual = await digestFile(paths.image);
+      if (actual !== record.fileDigest) reason = `sha256 is ${actual}, expected ${record.fileDigest}`;
+    } catch (error) {
+      reason = `cannot read ${paths.image}: ${(error as Error).message}`;
+    }
+  }
+  if (reason === undefined) return { ok: true };
+  await rm(paths.image, { force: true });
+  await rm(paths.record, { force: true });
+  return { ok: false, reason };
+}
+
+/** Moves a verified download into place (same directory, so the rename is atomic). */
+export async function commitDownload(
+  tempPath: string,
+  paths: StorePaths,
+  record: StoredImageRecord,
+): Promise<void> {
+  await rename(tempPath, paths.image);
+  await writeRecord(paths, record);
+}
+
+/**
+ * Puts the image where podman 5 looks before pulling (`<cache dir>/<manifest hex>.<kind>.<compression>`), as a
+ * hard link when possible (no second GiB on disk), else a copy.
+ */
+export async function placeInPodmanCache(
+  imagePath: string,
+  cacheDir: string,
+  fileName: string,
+): Promise<string> {
+  await mkdir(cacheDir, { recursive: true });
+  const target = join(cacheDir, fileName);
+  await rm(target, { force: true });
+  try {
+    await link(imagePath, target);
+  } catch {
+    await copyFile(imagePath, target);
+  }
+  return target;
+}

@@ -1,0 +1,121 @@
+/**
+ * The machine-os image index as podman reads it (containers/podman pkg/machine/ocipull): which reference podman
+ * pulls by default, which child of the index holds the disk for a provider and arch, and the file name podman
+ * gives that disk in its own image cache.
+ */
+import type { MachineArch, PodmanVersion, VmType } from './podman-host.js';
+
+export const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
+export const DOCKER_MANIFEST_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json';
+export const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+export const DISK_LAYER_MEDIA_TYPE = 'application/zstd';
+export const TITLE_ANNOTATION = 'org.opencontainers.image.title';
+
+export interface Descriptor {
+  mediaType: string;
+  digest: string;
+  size: number;
+  annotations?: Record<string, string>;
+  platform?: { os?: string; architecture?: string; variant?: string };
+}
+
+export interface ImageIndex {
+  mediaType?: string;
+  manifests: Descriptor[];
+}
+
+export interface ImageManifest {
+  mediaType?: string;
+  config: Descriptor;
+  layers: Descriptor[];
+}
+
+/** `docker://quay.io/podman/machine-os:<major.minor>`; WSL machines use their own repository. */
+export function defaultImageReference(version: PodmanVersion, vmType: VmType): string {
+  const repo = vmType === 'wsl' ? 'machine-os-wsl' : 'machine-os';
+  return `docker://quay.io/podman/${repo}:${version.major}.${version.minor}`;
+}
+
+/** The index's `disktype` annotation for a provider: libkrun boots the same raw disk as applehv. */
+export function diskTypeFor(vmType: VmType): string {
+  return vmType === 'libkrun' ? 'applehv' : vmType;
+}
+
+/** The disk format a provider boots. */
+export function diskKind(vmType: VmType): string {
+  switch (vmType) {
+    case 'qemu':
+      return 'qcow2';
+    case 'applehv':
+    case 'libkrun':
+      return 'raw';
+    case 'hyperv':
+      return 'vhdx';
+    case 'wsl':
+      return 'tar';
+  }
+}
+
+/**
+ * Podman's `ImageFormat().KindWithCompression()` per provider: the suffix of its cache file. (WSL's says xz
+ * although current disks are zstd; podman looks the file up by this name, so it is kept as podman spells it.)
+ */
+export function kindWithCompression(vmType: VmType): string {
+  switch (vmType) {
+    case 'qemu':
+      return 'qcow2.zst';
+    case 'applehv':
+    case 'libkrun':
+      return 'raw.zst';
+    case 'hyperv':
+      return 'vhdx.zst';
+    case 'wsl':
+      return 'tar.xz';
+  }
+}
+
+/** `<hex of the disk manifest digest>.<kind>.<compression>`: podman reuses that file instead of pulling. */
+export function podmanCacheFileName(diskManifestDigest: string, vmType: VmType): string {
+  return `${digestHex(diskManifestDigest)}.${kindWithCompression(vmType)}`;
+}
+
+export function digestHex(digest: string): string {
+  const m = /^sha256:([0-9a-f]{64})$/.exec(digest);
+  if (!m) throw new Error(`not a sha256 digest: ${digest}`);
+  return m[1]!;
+}
+
+export function isIndex(mediaType: string | undefined): boolean {
+  return mediaType === OCI_INDEX || mediaType === DOCKER_MANIFEST_LIST;
+}
+
+/**
+ * The disk child for arch + provider, matched as podman matches it: an entry with a `disktype` annotation,
+ * `platform.os` linux and `platform.architecture` x86_64/aarch64. Plain container children (amd64/arm64, no
+ * annotation) never match.
+ */
+export function selectDiskChild(index: ImageIndex, arch: MachineArch, vmType: VmType): Descriptor {
+  const diskType = diskTypeFor(vmType);
+  const match = index.manifests.find(
+    (d) =>
+      d.annotations?.disktype === diskType && d.platform?.os === 'linux' && d.platform?.architecture === arch,
+  );
+  if (match) return match;
+  const offered = index.manifests
+    .filter((d) => d.annotations?.disktype !== undefined)
+    .map((d) => `${d.platform?.architecture ?? '?'}/${d.annotations?.disktype}`);
+  throw new Error(
+    `the image index has no ${arch} disk of type ${diskType}; it offers ${offered.length ? offered.join(', ') : 'no disk images'}.`,
+  );
+}
+
+/** The one zstd layer of a disk manifest, and the original file name podman keeps from its title. */
+export function diskLayer(manifest: ImageManifest): { layer: Descriptor; title: string } {
+  if (manifest.layers.length !== 1) {
+    throw new Error(`a machine disk manifest has exactly one layer; this one has ${manifest.layers.length}.`);
+  }
+  const layer = manifest.layers[0]!;
+  const title = layer.annotations?.[TITLE_ANNOTATION];
+  if (!title) throw new Error(`the disk layer has no ${TITLE_ANNOTATION} annotation (its file name).`);
+  return { layer, title };
+}

@@ -1,0 +1,114 @@
+/**
+ * What the installed podman and this host imply for the machine image: podman's version (the default image tag
+ * and the init flag names depend on it), the machine provider, the machine architecture, and where podman keeps
+ * machine files.
+ */
+import { join } from 'node:path';
+import { exec } from '../../core/exec.js';
+import { InputError } from '../../core/inputs.js';
+import type { ArchInput, VmTypeInput } from './inputs.js';
+
+export type VmType = Exclude<VmTypeInput, 'auto'>;
+export type MachineArch = Exclude<ArchInput, 'auto'>;
+
+export interface PodmanVersion {
+  major: number;
+  minor: number;
+  patch: number;
+  text: string;
+}
+
+const VERSION_TIMEOUT_MS = 30_000;
+
+/** Parses `podman version 5.2.1` / `5.3.0-dev` style text. */
+export function parsePodmanVersion(text: string): PodmanVersion | undefined {
+  const m = /(\d+)\.(\d+)\.(\d+)(\S*)/.exec(text);
+  if (!m) return undefined;
+  return { major: Number(m[1]), minor: Number(m[2]), patch: Number(m[3]), text: m[0] };
+}
+
+export async function detectPodmanVersion(podman = 'podman'): Promise<PodmanVersion> {
+  const result = await exec(podman, ['--version'], { timeoutMs: VERSION_TIMEOUT_MS });
+  const version = parsePodmanVersion(result.stdout);
+  if (!version)
+    throw new Error(`cannot read a version from \`${podman} --version\`: ${result.stdout.trim()}`);
+  return version;
+}
+
+/** `CONTAINERS_CONF_OVERRIDE` (an extra file on top of the normal ones) exists from podman 4.4 on. */
+export function supportsConfOverride(v: PodmanVersion): boolean {
+  return v.major > 4 || (v.major === 4 && v.minor >= 4);
+}
+
+const PROVIDER_ENV = 'CONTAINERS_MACHINE_PROVIDER';
+const KNOWN_VM_TYPES: readonly VmType[] = ['qemu', 'applehv', 'libkrun', 'hyperv', 'wsl'];
+
+/**
+ * The provider podman itself would pick: CONTAINERS_MACHINE_PROVIDER when set, otherwise the platform default
+ * (podman 4 used qemu on macOS; podman 5 uses applehv there and wsl on Windows).
+ */
+export function defaultVmType(
+  version: PodmanVersion,
+  platform: NodeJS.Platform = process.platform,
+  env: NodeJS.ProcessEnv = process.env,
+): VmType {
+  const fromEnv = env[PROVIDER_ENV]?.trim().toLowerCase();
+  if (fromEnv) {
+    const match = KNOWN_VM_TYPES.find((t) => t === fromEnv);
+    if (!match) {
+      throw new InputError('vm-type', `${PROVIDER_ENV}=${fromEnv} is not a podman machine provider.`);
+    }
+    return match;
+  }
+  if (platform === 'darwin') return version.major >= 5 ? 'applehv' : 'qemu';
+  if (platform === 'win32') return 'wsl';
+  return 'qemu';
+}
+
+export function resolveVmType(input: VmTypeInput, version: PodmanVersion): VmType {
+  return input === 'auto' ? defaultVmType(version) : input;
+}
+
+/** Podman names machine architectures the way the machine-os index does. */
+export function hostMachineArch(nodeArch: string = process.arch): MachineArch {
+  if (nodeArch === 'x64') return 'x86_64';
+  if (nodeArch === 'arm64') return 'aarch64';
+  throw new InputError('arch', `podman machine has no image for this host's architecture (${nodeArch}).`);
+}
+
+/**
+ * An explicit arch other than the host's is fine for prefetching, but a machine of another arch cannot be
+ * initialised here: podman always picks the host's arch.
+ */
+export function resolveArch(input: ArchInput, init: boolean, nodeArch: string = process.arch): MachineArch {
+  if (input === 'auto') return hostMachineArch(nodeArch);
+  if (init && input !== hostMachineArch(nodeArch)) {
+    throw new InputError(
+      'arch',
+      `is ${input} but this host is ${hostMachineArch(nodeArch)}; podman can only init a machine of the host's arch (drop \`init\` or \`arch\`).`,
+    );
+  }
+  return input;
+}
+
+export interface MachineDirs {
+  /** `$XDG_DATA_HOME/containers/podman/machine/<vmtype>`: disks and podman's image cache. */
+  data: string;
+  /** Podman 5's image cache: `<data>/cache`. */
+  imageCache: string;
+  /** `$XDG_CONFIG_HOME/containers/podman/machine/<vmtype>`: NAME.json and NAME.ign. */
+  config: string;
+}
+
+/** Podman uses the XDG base dirs (falling back to ~/.local/share and ~/.config) on every platform. */
+export function machineDirs(vmType: VmType, env: NodeJS.ProcessEnv = process.env): MachineDirs {
+  const home = env.HOME ?? env.USERPROFILE ?? '';
+  const dataHome = env.XDG_DATA_HOME || join(home, '.local', 'share');
+  const configHome = env.XDG_CONFIG_HOME || join(home, '.config');
+  const data = join(dataHome, 'containers', 'podman', 'machine', vmType);
+  return {
+    data,
+    imageCache: join(data, 'cache'),
+    config: join(configHome, 'containers', 'podman', 'machine', vmType),
+  };
+}

@@ -1,0 +1,118 @@
+/**
+ * Reads an image out of an OCI image layout directory: the manifest (or index) a ref names in index.json, its
+ * child manifests, and the configs and layers they use. Every manifest is checked against its digest as it is
+ * read; blobs are checked as they are streamed to a registry.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { verifyDigest } from './digest.js';
+import { isIndexMediaType, type Descriptor } from './media-types.js';
+
+export const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name';
+
+export interface ManifestNode {
+  digest: string;
+  mediaType: string;
+  bytes: Buffer;
+  /** Child manifests of an index, in index order. */
+  children: ManifestNode[];
+  /** Config and layers of an image manifest. */
+  blobs: Descriptor[];
+}
+
+export interface LocalImage {
+  dir: string;
+  root: ManifestNode;
+  /** Every manifest, children before the index that lists them (the order a registry must receive them). */
+  manifests: ManifestNode[];
+  /** Configs and layers of all manifests, each once. */
+  blobs: Descriptor[];
+}
+
+export function blobPath(dir: string, digest: string): string {
+  const colon = digest.indexOf(':');
+  return join(dir, 'blobs', digest.slice(0, colon), digest.slice(colon + 1));
+}
+
+interface IndexJson {
+  manifests?: Descriptor[];
+}
+
+interface ManifestJson {
+  mediaType?: string;
+  manifests?: Descriptor[];
+  config?: Descriptor;
+  layers?: Descriptor[];
+}
+
+async function readManifest(dir: string, descriptor: Descriptor): Promise<ManifestNode> {
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(blobPath(dir, descriptor.digest));
+  } catch {
+    throw new Error(
+      `the OCI layout ${dir} lacks manifest ${descriptor.digest}${descriptor.platform ? ` (${descriptor.platform.os}/${descriptor.platform.architecture})` : ''}; copy the image with all its platforms (skopeo copy --all).`,
+    );
+  }
+  verifyDigest(`manifest ${descriptor.digest} in ${dir}`, bytes, descriptor.digest);
+  const parsed = JSON.parse(bytes.toString('utf8')) as ManifestJson;
+  const mediaType = descriptor.mediaType || parsed.mediaType || '';
+  if (isIndexMediaType(mediaType) || (parsed.manifests && !parsed.layers)) {
+    const children = await Promise.all((parsed.manifests ?? []).map((d) => readManifest(dir, d)));
+    return { digest: descriptor.digest, mediaType, bytes, children, blobs: [] };
+  }
+  if (!parsed.config) throw new Error(`manifest ${descriptor.digest} in ${dir} has no config.`);
+  return {
+    digest: descriptor.digest,
+    mediaType,
+    bytes,
+    children: [],
+    blobs: [parsed.config, ...(parsed.layers ?? [])],
+  };
+}
+
+function selectDescriptor(dir: string, index: IndexJson, ref: string | undefined): Descriptor {
+  const manifests = index.manifests ?? [];
+  if (ref !== undefined) {
+    const byName = manifests.find((m) => m.annotations?.[REF_NAME_ANNOTATION] === ref);
+    const byDigest = manifests.find((m) => m.digest === ref);
+    const found = byName ?? byDigest;
+    if (!found) {
+      const names = manifests.map((m) => m.annotations?.[REF_NAME_ANNOTATION]).filter(Boolean);
+      throw new Error(
+        `the OCI layout ${dir} has no image '${ref}' (it has: ${names.join(', ') || 'no named images'}).`,
+      );
+    }
+    return found;
+  }
+  if (manifests.length !== 1) {
+    throw new Error(`the OCI layout ${dir} holds ${manifests.length} images; name one as oci:<dir>:<ref>.`);
+  }
+  return manifests[0]!;
+}
+
+export async function readOciLayout(dir: string, ref?: string): Promise<LocalImage> {
+  let index: IndexJson;
+  try {
+    index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as IndexJson;
+  } catch (error) {
+    throw new Error(`${dir} is not a readable OCI image layout (index.json: ${(error as Error).message}).`);
+  }
+  const root = await readManifest(dir, selectDescriptor(dir, index, ref));
+  const manifests: ManifestNode[] = [];
+  const blobs = new Map<string, Descriptor>();
+  const visit = (node: ManifestNode) => {
+    node.children.forEach(visit);
+    if (!manifests.some((m) => m.digest === node.digest)) manifests.push(node);
+    for (const b of node.blobs) if (!blobs.has(b.digest)) blobs.set(b.digest, b);
+  };
+  visit(root);
+  for (const blob of blobs.values()) {
+    const info = await stat(blobPath(dir, blob.digest)).catch(() => undefined);
+    if (!info) throw new Error(`the OCI layout ${dir} lacks blob ${blob.digest}.`);
+    if (info.size !== blob.size) {
+      throw new Error(`blob ${blob.digest} in ${dir} is ${info.size} bytes; its manifest says ${blob.size}.`);
+    }
+  }
+  return { dir, root, manifests, blobs: [...blobs.values()] };
+}

@@ -1,0 +1,28 @@
+/** Manifest media types a client can push and pull, and which of them are indexes (lists of manifests). */
+export const MediaType = {
+  ociIndex: 'application/vnd.oci.image.index.v1+json',
+  ociManifest: 'application/vnd.oci.image.manifest.v1+json',
+  dockerList: 'application/vnd.docker.distribution.manifest.list.v2+json',
+  dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
+  ociConfig: 'application/vnd.oci.image.config.v1+json',
+  ociLayerGzip: 'application/vnd.oci.image.layer.v1.tar+gzip',
+} as const;
+
+export const MANIFEST_MEDIA_TYPES: readonly string[] = [
+  MediaType.ociIndex,
+  MediaType.ociManifest,
+  MediaType.dockerList,
+  MediaType.dockerManifest,
+];
+
+export function isIndexMediaType(mediaType: string): boolean {
+  return mediaType === MediaType.ociIndex || mediaType === MediaType.dockerList;
+}
+
+export interface Descriptor {
+  mediaType: string;
+  digest: string;
+  size: number;
+  annotations?: Record<string, string>;
+  platform?: { architecture: string; os: string; variant?: string };
+}
