@@ -7,7 +7,18 @@
  * Items carry real sizes and sha256 sums; lxd.tar.xz and incus.tar.xz share one file as on real servers.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 
 export type Layout = 'flat' | 'nested';
@@ -264,4 +275,33 @@ export function repoProblems(root: string): string[] {
     else if (sha256(readFileSync(abs)) !== item.sha256) problems.push(`sha256 of ${item.path}`);
   }
   return problems;
+}
+
+/** Every entry under root (dot files included) with size, mtime and content hash: equal snapshots = untouched. */
+export function snapshotTree(root: string): Map<string, string> {
+  const result = new Map<string, string>();
+  const visit = (rel: string) => {
+    const abs = rel ? join(root, rel) : root;
+    for (const entry of readdirSync(abs, { withFileTypes: true })) {
+      const path = rel ? `${rel}/${entry.name}` : entry.name;
+      const info = lstatSync(join(root, path));
+      if (entry.isDirectory()) {
+        result.set(`${path}/`, `${info.mtimeMs}`);
+        visit(path);
+      } else if (entry.isSymbolicLink()) {
+        result.set(path, `-> ${readlinkSync(join(root, path))}`);
+      } else {
+        result.set(path, `${info.size}:${info.mtimeMs}:${sha256(readFileSync(join(root, path)))}`);
+      }
+    }
+  };
+  visit('');
+  return result;
+}
+
+/** Regular files under root (relative paths, sorted), without the prune's own state file. */
+export function listFiles(root: string): string[] {
+  return [...snapshotTree(root).keys()]
+    .filter((p) => !p.endsWith('/') && p !== '.image-ci-prune-state.json')
+    .sort();
 }

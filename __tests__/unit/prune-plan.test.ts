@@ -87,7 +87,7 @@ const options = (o: Partial<PlanOptions> = {}): PlanOptions => ({
   ...o,
 });
 
-const simple = (versions: string[], prefix = 'images/p') =>
+const simple = (versions: string[], prefix = 'images/p'): Spec[string] =>
   Object.fromEntries(
     versions.map((v) => [
       v,
