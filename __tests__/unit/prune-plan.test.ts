@@ -67,12 +67,13 @@ function factsOf(catalog: Catalog, extra: Record<string, number> = {}, missing: 
       for (const i of v.items) {
         const exists = !missing.includes(i.path);
         facts.referenced.set(i.path, exists ? { exists, size: 10 } : { exists });
-        if (exists) facts.files.set(i.path, { size: 10, mtimeMs: NOW - 7 * DAY });
+        if (exists) facts.files.set(i.path, { size: 10, mtimeMs: NOW - 7 * DAY, regular: true });
       }
-  for (const [path, ageMs] of Object.entries(extra)) facts.files.set(path, { size: 5, mtimeMs: NOW - ageMs });
+  for (const [path, ageMs] of Object.entries(extra))
+    facts.files.set(path, { size: 5, mtimeMs: NOW - ageMs, regular: true });
   for (const path of facts.files.keys()) {
     for (let d = path.slice(0, path.lastIndexOf('/')); d.includes('/'); d = d.slice(0, d.lastIndexOf('/'))) {
-      facts.dirs.set(d, { size: 0, mtimeMs: NOW - 7 * DAY });
+      facts.dirs.set(d, { mtimeMs: NOW - 7 * DAY });
     }
   }
   return facts;
@@ -365,9 +366,9 @@ describe('planPrune: sidecars and directories', () => {
   it('removes old empty directories but not fresh ones (a publisher may be about to fill them)', () => {
     const c = catalogOf({ 'a:b:c:d': { '20240301': nested('20240301') } });
     const f = factsOf(c);
-    f.dirs.set('images/empty-old', { size: 0, mtimeMs: NOW - 2 * HOUR });
-    f.dirs.set('images/empty-old/sub', { size: 0, mtimeMs: NOW - 2 * HOUR });
-    f.dirs.set('images/empty-new', { size: 0, mtimeMs: NOW - 60_000 });
+    f.dirs.set('images/empty-old', { mtimeMs: NOW - 2 * HOUR });
+    f.dirs.set('images/empty-old/sub', { mtimeMs: NOW - 2 * HOUR });
+    f.dirs.set('images/empty-new', { mtimeMs: NOW - 60_000 });
     expect(planPrune(c, f, new Map(), options()).dirsToRemove).toEqual([
       'images/empty-old/sub',
       'images/empty-old',

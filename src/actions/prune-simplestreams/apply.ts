@@ -4,7 +4,7 @@
  * directories. Metadata never references a deleted file, and a file's grace period never restarts from zero
  * because a crash lost its "unreferenced since" time.
  */
-import { rm, rmdir } from 'node:fs/promises';
+import { rmdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
 import { serializeJson, type Catalog } from './catalog.js';
@@ -42,9 +42,14 @@ export async function applyPlan(
     await writeFileAtomic(join(root, doc.path), serializeJson(plan.index, doc.style), doc.mode);
     hook.reached(`${doc.path} written`);
   }
+  // Synchronous for the reason scan.ts's walk gives: 10k unlinks measured 2.5x faster than via the promise API.
   const deleted: FileAction[] = [];
   for (const file of plan.delete) {
-    await rm(join(root, file.path), { force: true });
+    try {
+      unlinkSync(join(root, file.path));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    }
     deleted.push(file);
     hook.reached(`${file.path} deleted`);
   }
@@ -55,7 +60,7 @@ export async function applyPlan(
   const dirsRemoved: string[] = [];
   for (const dir of plan.dirsToRemove) {
     try {
-      await rmdir(join(root, dir));
+      rmdirSync(join(root, dir));
       dirsRemoved.push(dir);
       hook.reached(`${dir}/ removed`);
     } catch (error) {

@@ -288,7 +288,8 @@ function emptyDirs(
   );
   const removable: string[] = [];
   for (const dir of deepestFirst) {
-    const old = facts.dirs.get(dir)!.mtimeMs + options.gracePeriodMs <= options.nowMs;
+    const mtimeMs = facts.dirs.get(dir)!.mtimeMs;
+    const old = mtimeMs !== undefined && mtimeMs + options.gracePeriodMs <= options.nowMs;
     if (!nonEmpty.has(dir) && (touched.has(dir) || old)) removable.push(dir);
     else markUp(nonEmpty, `${dir}/x`);
   }

@@ -3,7 +3,8 @@
  * and every file and directory under the content roots (the top-level directories images.json points into).
  * Read-only; the plan is computed from these facts alone.
  */
-import { lstat, readdir, realpath, stat } from 'node:fs/promises';
+import { lstatSync, readdirSync } from 'node:fs';
+import { lstat, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { listProblems, RepoError, type Catalog } from './catalog.js';
 import { insideRoot, parentOf, STREAMS_DIR } from './repo-paths.js';
@@ -16,22 +17,25 @@ export interface ReferencedFact {
   real?: string;
 }
 
-export interface EntryFact {
+export interface FileFact {
   size: number;
   mtimeMs: number;
+  /** False for symlinks and other non-regular entries. */
+  regular: boolean;
 }
 
 export interface RepoFacts {
   /** By normalised item path. */
   referenced: Map<string, ReferencedFact>;
   /** Files and symlinks under the content roots, by real repository-relative path. */
-  files: Map<string, EntryFact>;
-  /** Directories strictly inside the content roots. */
-  dirs: Map<string, EntryFact>;
+  files: Map<string, FileFact>;
+  /** Directories strictly inside the content roots; mtime only for those that held no files. */
+  dirs: Map<string, { mtimeMs?: number }>;
   contentRoots: string[];
 }
 
-const IO_CONCURRENCY = 64;
+/** Filesystem requests in flight at once. */
+export const IO_CONCURRENCY = 64;
 
 /** Runs fn over items with at most `limit` in flight; results keep the input order. */
 export async function mapLimit<T, R>(
@@ -92,36 +96,60 @@ async function factFor(root: string, path: string): Promise<ReferencedFact | str
   return rel === path ? { exists: true, size: info.size } : { exists: true, size: info.size, real: rel };
 }
 
-async function walk(root: string, dir: string, facts: RepoFacts): Promise<void> {
-  let entries;
-  try {
-    entries = await readdir(join(root, dir), { withFileTypes: true });
-  } catch (error) {
-    if (isMissing(error)) return; // removed by someone else between listing and reading
-    throw error;
-  }
-  const subdirs: string[] = [];
-  await mapLimit(entries, IO_CONCURRENCY, async (entry) => {
-    const path = `${dir}/${entry.name}`;
+/**
+ * Lists and lstats every entry under the content roots, never following symlinks. Synchronous on purpose: the
+ * process has nothing else to do meanwhile, and for a tree of 16k entries the sync calls measured about twice
+ * as fast as the promise API, whose per-call overhead (thread pool hop, promise) dominates on a local disk.
+ */
+function walk(root: string, tops: readonly string[], facts: RepoFacts): void {
+  const attempt = <T>(fn: () => T): T | undefined => {
     try {
-      const info = await lstat(join(root, path));
-      const fact = { size: info.size, mtimeMs: info.mtimeMs };
-      if (info.isDirectory()) {
-        facts.dirs.set(path, fact);
-        subdirs.push(path);
-      } else {
-        facts.files.set(path, fact);
-      }
+      return fn();
     } catch (error) {
-      if (!isMissing(error)) throw error;
+      if (isMissing(error)) return undefined; // removed by someone else while we walked
+      throw error;
     }
-  });
-  for (const sub of subdirs) await walk(root, sub, facts);
+  };
+  const visitDir = (path: string) => {
+    const entries = attempt(() => readdirSync(join(root, path), { withFileTypes: true })) ?? [];
+    let files = 0;
+    for (const entry of entries) {
+      const child = `${path}/${entry.name}`;
+      // A symlink is never a directory here: it is not followed.
+      if (entry.isDirectory()) {
+        facts.dirs.set(child, {});
+        visitDir(child);
+        continue;
+      }
+      const info = attempt(() => lstatSync(join(root, child)));
+      if (!info) continue;
+      files++;
+      facts.files.set(child, { size: info.size, mtimeMs: info.mtimeMs, regular: info.isFile() });
+    }
+    // Only a directory without files can be removed for its age (see plan.ts): only then its mtime matters.
+    if (files === 0 && facts.dirs.has(path)) {
+      const info = attempt(() => lstatSync(join(root, path)));
+      if (info) facts.dirs.set(path, { mtimeMs: info.mtimeMs });
+    }
+  };
+  for (const top of tops) {
+    // A content root that is itself a symlink is not walked: its files are not ours to judge.
+    if (!attempt(() => lstatSync(join(root, top)))?.isDirectory()) continue;
+    facts.contentRoots.push(top);
+    visitDir(top);
+  }
+}
+
+function topOf(path: string): string | undefined {
+  const top = path.split('/')[0]!;
+  return path.includes('/') && top !== STREAMS_DIR ? top : undefined;
 }
 
 /**
- * Resolves every referenced path (refusing any that escapes the repository, with all offenders listed) and
- * walks the content roots. `extraRoots` are top-level directories known from the state file.
+ * Walks the content roots (top-level directories that referenced paths or the state file point into), then
+ * resolves every referenced path, refusing any that escapes the repository (all offenders listed). A path the
+ * walk saw as a regular file below real directories is inside the repository by construction; only the rest
+ * (missing files, symlinks, paths outside the walked roots) are resolved with realpath.
  */
 export async function scanRepository(
   root: string,
@@ -130,34 +158,37 @@ export async function scanRepository(
 ): Promise<RepoFacts> {
   const paths = new Set<string>();
   for (const p of catalog.products) for (const v of p.versions) for (const i of v.items) paths.add(i.path);
-  const pathList = [...paths];
-  const results = await mapLimit(pathList, IO_CONCURRENCY, (p) => factFor(root, p));
   const facts: RepoFacts = { referenced: new Map(), files: new Map(), dirs: new Map(), contentRoots: [] };
+  const roots = new Set<string>();
+  for (const path of [...paths, ...extraPaths]) {
+    const top = topOf(path);
+    if (top !== undefined) roots.add(top);
+  }
+  walk(root, [...roots].sort(), facts);
+
+  const slow: string[] = [];
+  for (const path of paths) {
+    const seen = facts.files.get(path);
+    if (seen?.regular) facts.referenced.set(path, { exists: true, size: seen.size });
+    else slow.push(path);
+  }
+  const results = await mapLimit(slow, IO_CONCURRENCY, (p) => factFor(root, p));
   const problems: string[] = [];
+  const unwalked = new Set<string>();
   results.forEach((r, i) => {
-    if (typeof r === 'string') problems.push(`${pathList[i]} ${r}`);
-    else facts.referenced.set(pathList[i]!, r);
+    if (typeof r === 'string') {
+      problems.push(`${slow[i]} ${r}`);
+      return;
+    }
+    facts.referenced.set(slow[i]!, r);
+    const top = r.real === undefined ? undefined : topOf(r.real);
+    if (top !== undefined && !facts.contentRoots.includes(top)) unwalked.add(top);
   });
   if (problems.length > 0) {
     throw new RepoError(listProblems(`${catalog.images.path} references paths this prune refuses`, problems));
   }
-  const roots = new Set<string>();
-  const addRoot = (path: string) => {
-    const top = path.split('/')[0]!;
-    if (path.includes('/') && top !== STREAMS_DIR) roots.add(top);
-  };
-  for (const [path, fact] of facts.referenced) addRoot(fact.real ?? path);
-  for (const path of extraPaths) addRoot(path);
-  for (const top of [...roots].sort()) {
-    try {
-      // A content root that is itself a symlink is not walked: its files are not ours to judge.
-      if (!(await lstat(join(root, top))).isDirectory()) continue;
-    } catch (error) {
-      if (isMissing(error)) continue;
-      throw error;
-    }
-    facts.contentRoots.push(top);
-    await walk(root, top, facts);
-  }
+  // Symlinks inside the repository may lead into a top-level directory nothing names directly.
+  if (unwalked.size > 0) walk(root, [...unwalked].sort(), facts);
+  facts.contentRoots.sort();
   return facts;
 }
