@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { spawn } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { acquireLock } from '../../src/core/atomic.js';
@@ -168,7 +168,6 @@ describe('prune-simplestreams through the CLI', () => {
   it('refuses a repository whose images.json points outside it, changing nothing', async () => {
     const root = freshCopy();
     const images = readFileSync(join(root, 'streams/v1/images.json'), 'utf8');
-    const { writeFileSync } = await import('node:fs');
     writeFileSync(
       join(root, 'streams/v1/images.json'),
       images.replace(
@@ -181,6 +180,20 @@ describe('prune-simplestreams through the CLI', () => {
     expect(await run.code).toBe(1);
     expect(run.stderr.join('\n')).toMatch(/path '..\/..\/..\/etc\/passwd' contains '..'/);
     expect(snapshotTree(root)).toEqual(before);
+  });
+});
+
+describe('prune-simplestreams verify failure', () => {
+  it('exits 1 naming the file when verify sha256 finds a corrupted kept file, after writing outputs', async () => {
+    const root = freshCopy();
+    const file = join(root, 'images/alpine/3.19/amd64/default/20240101_01:00/rootfs.squashfs');
+    writeFileSync(file, Buffer.alloc(readFileSync(file).length, 0x41));
+    const run = cli(['--path', root, '--keep-versions', '2', '--verify', 'sha256']);
+    expect(await run.code).toBe(1);
+    expect(run.stdout).toContain('removed-versions=3');
+    expect(run.stderr.join('\n')).toMatch(
+      /verify \(sha256\) failed after pruning:\n {2}- images\/alpine\/3.19\/amd64\/default\/20240101_01:00\/rootfs.squashfs has sha256/,
+    );
   });
 });
 

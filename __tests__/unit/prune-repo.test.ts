@@ -171,6 +171,30 @@ describe('prune on a flat (incus-simplestreams) repository', () => {
   });
 });
 
+describe('verify', () => {
+  it('reports a kept file whose content no longer matches its sha256 (same size)', async () => {
+    const repo = newRepo('flat');
+    const kept = repo.addVersion('a:b:c:d', '202401011200');
+    repo.write();
+    const rootfs = join(repo.root, kept.rootfs);
+    writeFileSync(rootfs, Buffer.alloc(readFileSync(rootfs).length, 0x41));
+    const sizeOnly = await prune(inputs(repo.root, { verify: 'size' }));
+    expect(sizeOnly.report.verify).toEqual({ mode: 'size', checkedFiles: 2, problems: [] });
+    const full = await prune(inputs(repo.root, { verify: 'sha256' }));
+    expect(full.report.verify).toEqual({
+      mode: 'sha256',
+      checkedFiles: 2,
+      problems: [
+        expect.stringMatching(new RegExp(`^${kept.rootfs} has sha256 [0-9a-f]{64}, expected [0-9a-f]{64}$`)),
+      ],
+    });
+    expect((await prune(inputs(repo.root, { verify: 'none' }))).report.verify).toEqual({
+      mode: 'none',
+      skipped: 'verify: none',
+    });
+  });
+});
+
 describe('dry run', () => {
   it('reports the same plan as a real run and changes nothing, not even mtimes, lock or state file', async () => {
     const repo = newRepo('nested');
