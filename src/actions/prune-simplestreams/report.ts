@@ -46,6 +46,7 @@ export interface ReportContext {
 }
 
 const iso = (ms: number) => new Date(ms).toISOString();
+const MAX_FILE_LINES = 200;
 
 function change(planned: boolean, dryRun: boolean): MetadataChange {
   if (!planned) return 'unchanged';
@@ -152,10 +153,19 @@ export function planLines(plan: Plan, dryRun: boolean): string[] {
     if (p.removed) parts.push('remove the product');
     lines.push(`${p.name}: ${parts.join('; ')}`);
   }
+  // Per-file lines are capped: a first prune of a big repository defers thousands of files, and the report
+  // file lists them all.
   const verb = dryRun ? 'would delete' : 'delete';
-  for (const f of plan.delete) lines.push(`${verb} ${f.path} (${f.reason}, ${formatBytes(f.size)})`);
-  for (const f of plan.defer) {
-    lines.push(`keep ${f.path} until ${iso(f.deletableAtMs)} (${f.reason}, grace period)`);
+  const files = [
+    ...plan.delete.map((f) => `${verb} ${f.path} (${f.reason}, ${formatBytes(f.size)})`),
+    ...plan.defer.map((f) => `keep ${f.path} until ${iso(f.deletableAtMs)} (${f.reason}, grace period)`),
+  ];
+  lines.push(...files.slice(0, MAX_FILE_LINES));
+  if (files.length > MAX_FILE_LINES) {
+    lines.push(
+      `... and ${files.length - MAX_FILE_LINES} more file(s): ${plan.delete.length} to delete and ` +
+        `${plan.defer.length} waiting in total (report-file lists every one)`,
+    );
   }
   return lines;
 }
