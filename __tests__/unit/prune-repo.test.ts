@@ -171,6 +171,32 @@ describe('prune on a flat (incus-simplestreams) repository', () => {
   });
 });
 
+describe('leftovers of an interrupted atomic write', () => {
+  it('deletes old temp files of images.json, index.json and the state file, keeps fresh ones', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion('a:b:c:d', '202401011200');
+    repo.write();
+    for (const [path, age] of [
+      ['streams/v1/.images.json.deadbeef.tmp', 2 * HOUR],
+      ['streams/v1/.index.json.0123abcd.tmp', 2 * HOUR],
+      ['..image-ci-prune-state.json.a1b2c3d4.tmp', 2 * HOUR],
+      ['streams/v1/.images.json.feedf00d.tmp', 60_000],
+      ['streams/v1/.other.json.deadbeef.tmp', 2 * HOUR],
+    ] as const) {
+      writeFileSync(join(repo.root, path), '{"partial');
+      repo.age(path, age);
+    }
+    const { report } = await prune(inputs(repo.root));
+    expect(report.files.deleted.map((f) => [f.path, f.reason])).toEqual([
+      ['..image-ci-prune-state.json.a1b2c3d4.tmp', 'orphan'],
+      ['streams/v1/.images.json.deadbeef.tmp', 'orphan'],
+      ['streams/v1/.index.json.0123abcd.tmp', 'orphan'],
+    ]);
+    expect(report.files.deferred.map((f) => f.path)).toEqual(['streams/v1/.images.json.feedf00d.tmp']);
+    expect(existsSync(join(repo.root, 'streams/v1/.other.json.deadbeef.tmp'))).toBe(true);
+  });
+});
+
 describe('verify', () => {
   it('reports a kept file whose content no longer matches its sha256 (same size)', async () => {
     const repo = newRepo('flat');

@@ -7,7 +7,7 @@ import { lstatSync, readdirSync } from 'node:fs';
 import { lstat, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { listProblems, RepoError, type Catalog } from './catalog.js';
-import { insideRoot, parentOf, STREAMS_DIR } from './repo-paths.js';
+import { insideRoot, parentOf, STATE_FILE_NAME, STREAMS_DIR } from './repo-paths.js';
 
 export interface ReferencedFact {
   exists: boolean;
@@ -35,7 +35,7 @@ export interface RepoFacts {
 }
 
 /** Filesystem requests in flight at once. */
-export const IO_CONCURRENCY = 64;
+const IO_CONCURRENCY = 64;
 
 /** Runs fn over items with at most `limit` in flight; results keep the input order. */
 export async function mapLimit<T, R>(
@@ -96,20 +96,22 @@ async function factFor(root: string, path: string): Promise<ReferencedFact | str
   return rel === path ? { exists: true, size: info.size } : { exists: true, size: info.size, real: rel };
 }
 
+/** Runs a sync fs call; a path that vanished meanwhile (someone else removed it) gives undefined. */
+function attempt<T>(fn: () => T): T | undefined {
+  try {
+    return fn();
+  } catch (error) {
+    if (isMissing(error)) return undefined;
+    throw error;
+  }
+}
+
 /**
  * Lists and lstats every entry under the content roots, never following symlinks. Synchronous on purpose: the
  * process has nothing else to do meanwhile, and for a tree of 16k entries the sync calls measured about twice
  * as fast as the promise API, whose per-call overhead (thread pool hop, promise) dominates on a local disk.
  */
 function walk(root: string, tops: readonly string[], facts: RepoFacts): void {
-  const attempt = <T>(fn: () => T): T | undefined => {
-    try {
-      return fn();
-    } catch (error) {
-      if (isMissing(error)) return undefined; // removed by someone else while we walked
-      throw error;
-    }
-  };
   const visitDir = (path: string) => {
     const entries = attempt(() => readdirSync(join(root, path), { withFileTypes: true })) ?? [];
     let files = 0;
@@ -137,6 +139,24 @@ function walk(root: string, tops: readonly string[], facts: RepoFacts): void {
     if (!attempt(() => lstatSync(join(root, top)))?.isDirectory()) continue;
     facts.contentRoots.push(top);
     visitDir(top);
+  }
+}
+
+/**
+ * Temp files of an atomic write (`.<name>.<8 hex>.tmp`, see core/atomic.ts) of the metadata or the state file,
+ * left by a process killed mid-write. They join the walked files, so the mtime rule deletes them in time.
+ */
+function findAtomicLeftovers(root: string, targets: readonly string[], facts: RepoFacts): void {
+  const wanted = new Set(targets);
+  for (const dir of new Set(targets.map(parentOf))) {
+    for (const name of attempt(() => readdirSync(join(root, dir))) ?? []) {
+      const m = /^\.(.+)\.[0-9a-f]{8}\.tmp$/.exec(name);
+      const target = m && (dir ? `${dir}/${m[1]}` : m[1]!);
+      if (!target || !wanted.has(target)) continue;
+      const path = dir ? `${dir}/${name}` : name;
+      const info = attempt(() => lstatSync(join(root, path)));
+      if (info?.isFile()) facts.files.set(path, { size: info.size, mtimeMs: info.mtimeMs, regular: true });
+    }
   }
 }
 
@@ -189,6 +209,7 @@ export async function scanRepository(
   }
   // Symlinks inside the repository may lead into a top-level directory nothing names directly.
   if (unwalked.size > 0) walk(root, [...unwalked].sort(), facts);
+  findAtomicLeftovers(root, [catalog.index.path, catalog.images.path, STATE_FILE_NAME], facts);
   facts.contentRoots.sort();
   return facts;
 }
