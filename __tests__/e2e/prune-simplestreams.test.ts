@@ -1,0 +1,276 @@
+/**
+ * prune-simplestreams as shipped: dist/ through the runner harness and through the CLI, killed at every
+ * mutation step by the test-only crash hook, and run twice at once against the repository lock.
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { spawn } from 'node:child_process';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { acquireLock } from '../../src/core/atomic.js';
+import { REPO_ROOT, runAction } from '../support/harness.js';
+import {
+  listFiles,
+  repoProblems,
+  SimplestreamsRepo,
+  snapshotTree,
+  versionsOf,
+} from '../support/simplestreams-fixture.js';
+
+const HOUR = 3_600_000;
+const CLI = join(REPO_ROOT, 'dist/cli.js');
+const LOCK = '.image-ci-prune.lock';
+const base = mkdtempSync(join(tmpdir(), 'ici-prune-e2e-'));
+let counter = 0;
+let pristine: string;
+let small: string;
+
+/** Nested dirs with sidecars, deltas, a VM, a broken version and orphans; `small` keeps the crash matrix short. */
+function buildRepo(root: string, small = false): SimplestreamsRepo {
+  const repo = new SimplestreamsRepo(root, 'nested');
+  const versions = ['20240101_01:00', '20240201_01:00', '20240301_01:00', '20240401_01:00'].slice(
+    small ? 1 : 0,
+  );
+  let previous: string | undefined;
+  for (const v of versions) {
+    repo.addVersion('debian:bookworm:default:amd64', v, { vm: !small, sidecars: true, deltaFrom: previous });
+    previous = v;
+  }
+  repo.addVersion('alpine:3.19:default:amd64', '20240101_01:00', { sidecars: true });
+  repo.addVersion('alpine:3.19:default:amd64', '20240201_01:00', { broken: true });
+  repo.addOrphan('images/stale-upload.squashfs', 3 * HOUR);
+  repo.addOrphan('images/old/left/over.tar.xz', 30 * 24 * HOUR);
+  repo.write();
+  return repo;
+}
+
+function freshCopy(from = pristine): string {
+  const dir = join(base, `repo-${++counter}`);
+  cpSync(from, dir, { recursive: true, preserveTimestamps: true });
+  return dir;
+}
+
+interface Cli {
+  code: Promise<number>;
+  stdout: string[];
+  stderr: string[];
+  waitFor(text: string): Promise<void>;
+}
+
+function cli(args: string[], env: Record<string, string> = {}): Cli {
+  const child = spawn(process.execPath, [CLI, 'prune-simplestreams', ...args], {
+    env: { ...process.env, NODE_OPTIONS: '', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const stdout: string[] = [];
+  const stderr: string[] = [];
+  const waiters: Array<() => void> = [];
+  const collect = (into: string[]) => (chunk: Buffer) => {
+    into.push(...chunk.toString('utf8').split('\n').filter(Boolean));
+    for (const w of waiters.splice(0)) w();
+  };
+  child.stdout.on('data', collect(stdout));
+  child.stderr.on('data', collect(stderr));
+  const code = new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? 1)));
+  const waitFor = async (text: string) => {
+    while (!stderr.some((l) => l.includes(text))) {
+      await new Promise<void>((resolve) => {
+        waiters.push(resolve);
+        void code.then(() => resolve());
+      });
+      if ((await Promise.race([code, Promise.resolve(-1)])) !== -1 && !stderr.some((l) => l.includes(text))) {
+        throw new Error(`process ended without printing '${text}': ${stderr.join('\n')}`);
+      }
+    }
+  };
+  return { code, stdout, stderr, waitFor };
+}
+
+/** What a finished prune leaves: metadata bytes, the file list and the state file. */
+function outcome(root: string) {
+  const read = (p: string) => (existsSync(join(root, p)) ? readFileSync(join(root, p), 'utf8') : '(none)');
+  return {
+    images: read('streams/v1/images.json'),
+    index: read('streams/v1/index.json'),
+    state: read('.image-ci-prune-state.json'),
+    files: listFiles(root),
+  };
+}
+
+beforeAll(() => {
+  if (!existsSync(CLI)) throw new Error('dist/ is missing: run `npm run build` before the e2e tests');
+  pristine = join(base, 'pristine');
+  buildRepo(pristine);
+  small = join(base, 'small');
+  buildRepo(small, true);
+});
+afterAll(() => rmSync(base, { recursive: true, force: true }));
+
+describe('prune-simplestreams through the runner harness', () => {
+  it('prunes, sets outputs, writes the report and a summary table per product', async () => {
+    const root = freshCopy();
+    const reportFile = join(base, `report-${counter}.json`);
+    const r = await runAction({
+      action: 'prune-simplestreams',
+      inputs: { path: root, 'keep-versions': '2', 'report-file': reportFile, verify: 'sha256' },
+    });
+    expect(r.main.exitCode).toBe(0);
+    expect(r.errors).toEqual([]);
+    expect(r.post?.exitCode ?? 0).toBe(0);
+    expect(r.outputs).toEqual({
+      'removed-versions': '3',
+      'removed-files': '2',
+      'deferred-files': expect.any(String),
+      'freed-bytes': expect.any(String),
+      'report-file': reportFile,
+    });
+    const report = JSON.parse(readFileSync(reportFile, 'utf8'));
+    expect(report.files.deleted.map((f: { path: string }) => f.path)).toEqual([
+      'images/old/left/over.tar.xz',
+      'images/stale-upload.squashfs',
+    ]);
+    expect(Number(r.outputs['deferred-files'])).toBe(report.files.deferred.length);
+    expect(Number(r.outputs['freed-bytes'])).toBe(report.totals.freedBytes);
+    // debian: 4 files of the newest (delta kept, its base stays) + 3 of the next; alpine: 2
+    expect(report.verify).toEqual({ mode: 'sha256', checkedFiles: 9, problems: [] });
+    expect(r.main.summary).toMatch(/\| Product \| Kept \| Dropped \| Broken \| Ignored \| Notes \|/);
+    expect(r.main.summary).toMatch(/\| debian:bookworm:default:amd64 \| 2 \(newest 20240401_01:00\) \| 2 /);
+    expect(r.main.summary).toMatch(/\| alpine:3.19:default:amd64 \| 1 .* \| 1 \(20240201_01:00\) \| 1 /);
+    expect(versionsOf(root, 'debian:bookworm:default:amd64')).toEqual(['20240301_01:00', '20240401_01:00']);
+    expect(repoProblems(root)).toEqual([]);
+    expect(existsSync(join(root, 'images/old'))).toBe(false);
+    expect(existsSync(join(root, LOCK))).toBe(false);
+  });
+
+  it('fails with exit 2 naming the input when keep-versions is below 1', async () => {
+    const r = await runAction({
+      action: 'prune-simplestreams',
+      inputs: { path: base, 'keep-versions': '0' },
+    });
+    expect(r.main.exitCode).toBe(2);
+    expect(r.errors).toEqual(["Input 'keep-versions': must be at least 1, got 0."]);
+  });
+});
+
+describe('prune-simplestreams through the CLI', () => {
+  it('--dry-run prints the plan and outputs and changes nothing', async () => {
+    const root = freshCopy();
+    const before = snapshotTree(root);
+    const run = cli(['--path', root, '--keep-versions', '2', '--dry-run']);
+    expect(await run.code).toBe(0);
+    expect(run.stdout).toContain('removed-versions=3');
+    expect(run.stdout).toContain('removed-files=2');
+    expect(run.stderr.join('\n')).toMatch(/would delete images\/stale-upload.squashfs/);
+    expect(run.stderr.join('\n')).toMatch(/prune-simplestreams \(dry run\)/);
+    expect(snapshotTree(root)).toEqual(before);
+  });
+
+  it('refuses a repository whose images.json points outside it, changing nothing', async () => {
+    const root = freshCopy();
+    const images = readFileSync(join(root, 'streams/v1/images.json'), 'utf8');
+    writeFileSync(
+      join(root, 'streams/v1/images.json'),
+      images.replace(
+        /"images\/alpine\/3.19\/amd64\/default\/20240101_01:00\/rootfs.squashfs"/,
+        '"../../../etc/passwd"',
+      ),
+    );
+    const before = snapshotTree(root);
+    const run = cli(['--path', root, '--keep-versions', '1', '--grace-period', '0s']);
+    expect(await run.code).toBe(1);
+    expect(run.stderr.join('\n')).toMatch(/path '..\/..\/..\/etc\/passwd' contains '..'/);
+    expect(snapshotTree(root)).toEqual(before);
+  });
+});
+
+describe('prune-simplestreams verify failure', () => {
+  it('exits 1 naming the file when verify sha256 finds a corrupted kept file, after writing outputs', async () => {
+    const root = freshCopy();
+    const file = join(root, 'images/alpine/3.19/amd64/default/20240101_01:00/rootfs.squashfs');
+    writeFileSync(file, Buffer.alloc(readFileSync(file).length, 0x41));
+    const run = cli(['--path', root, '--keep-versions', '2', '--verify', 'sha256']);
+    expect(await run.code).toBe(1);
+    expect(run.stdout).toContain('removed-versions=3');
+    expect(run.stderr.join('\n')).toMatch(
+      /verify \(sha256\) failed after pruning:\n {2}- images\/alpine\/3.19\/amd64\/default\/20240101_01:00\/rootfs.squashfs has sha256/,
+    );
+  });
+});
+
+describe('crash safety (test-only IMAGE_CI_TEST_CRASH_AT_STEP hook)', () => {
+  it('leaves a valid repository when killed at any step, and the next run converges', async () => {
+    const args = (root: string) => ['--path', root, '--keep-versions', '1', '--grace-period', '0s'];
+    const reference = freshCopy(small);
+    const clean = cli(args(reference));
+    expect(await clean.code).toBe(0);
+    const expected = outcome(reference);
+    expect(expected.files.length).toBeLessThan(listFiles(small).length);
+
+    const brokenBefore = repoProblems(small);
+    expect(brokenBefore).toHaveLength(1); // the fixture's broken alpine version
+    /** Kills a prune at `step`; returns false when the run had fewer steps (it then finished normally). */
+    const crashAt = async (step: number): Promise<boolean> => {
+      const root = freshCopy(small);
+      const crashed = cli(args(root), { IMAGE_CI_TEST_CRASH_AT_STEP: String(step) });
+      const code = await crashed.code;
+      if (code === 0) return false;
+      expect(code).toBe(86);
+      expect(crashed.stderr.join('\n')).toContain(`test-only crash after step ${step}`);
+      // Valid for clients: whatever the metadata references is there, except what was missing before the prune.
+      expect(repoProblems(root).filter((p) => !brokenBefore.includes(p))).toEqual([]);
+      expect(existsSync(join(root, LOCK))).toBe(true); // a crash cannot release it: the next run must break it
+      const next = cli(args(root));
+      expect(await next.code).toBe(0);
+      expect(outcome(root)).toEqual(expected);
+      return true;
+    };
+    // Spawning node dominates: four steps at a time keep the whole matrix short.
+    let crashes = 0;
+    for (let first = 1; crashes === first - 1; first += 4) {
+      const crashed = await Promise.all([0, 1, 2, 3].map((i) => crashAt(first + i)));
+      crashes += crashed.filter(Boolean).length;
+    }
+    // lock, state, images.json, index.json, every deletion, state again, every emptied directory
+    expect(crashes).toBeGreaterThan(10);
+  });
+});
+
+describe('concurrency', () => {
+  it('fails clearly when the lock stays held past lock-timeout, changing nothing', async () => {
+    const root = freshCopy();
+    const lock = await acquireLock(join(root, LOCK), { timeoutMs: 1000, purpose: 'test publisher' });
+    try {
+      const before = snapshotTree(root);
+      const run = cli(['--path', root, '--lock-timeout', '1s']);
+      expect(await run.code).toBe(1);
+      expect(run.stderr.join('\n')).toMatch(
+        new RegExp(`is held by pid ${process.pid} on .* for longer than lock-timeout`),
+      );
+      expect(snapshotTree(root)).toEqual(before);
+    } finally {
+      await lock.release();
+    }
+  });
+
+  it('two prunes at once: both wait for a publisher, then run one after the other', async () => {
+    const reference = freshCopy();
+    expect(await cli(['--path', reference, '--keep-versions', '2']).code).toBe(0);
+
+    const root = freshCopy();
+    const lock = await acquireLock(join(root, LOCK), { timeoutMs: 1000, purpose: 'test publisher' });
+    const reports = [join(base, `a-${counter}.json`), join(base, `b-${counter}.json`)];
+    const runs = reports.map((r) => cli(['--path', root, '--keep-versions', '2', '--report-file', r]));
+    await Promise.all(runs.map((r) => r.waitFor('Taking the repository lock')));
+    await lock.release();
+    expect(await Promise.all(runs.map((r) => r.code))).toEqual([0, 0]);
+    const [a, b] = reports.map((r) => JSON.parse(readFileSync(r, 'utf8')).lock);
+    expect(a.releasedAt <= b.acquiredAt || b.releasedAt <= a.acquiredAt).toBe(true);
+    expect(repoProblems(root)).toEqual([]);
+    const got = outcome(root);
+    const want = outcome(reference);
+    expect({ ...got, state: undefined }).toEqual({ ...want, state: undefined });
+    expect(Object.keys(JSON.parse(got.state).unreferencedSince)).toEqual(
+      Object.keys(JSON.parse(want.state).unreferencedSince),
+    );
+  });
+});

@@ -1,0 +1,408 @@
+/**
+ * The whole prune (scan, plan, apply, verify) in-process on real repositories written by the fixture builder:
+ * layouts, grace periods over simulated time, dry run, refused paths, and a property test over random repos.
+ */
+import { afterAll, describe, expect, it } from '@jest/globals';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CliHost } from '../../src/core/host.js';
+import { MapInputSource } from '../../src/core/inputs.js';
+import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
+import { pruneRepository } from '../../src/actions/prune-simplestreams/prune.js';
+import type { PruneReport } from '../../src/actions/prune-simplestreams/report.js';
+import {
+  listFiles,
+  listItems,
+  readImages,
+  repoProblems,
+  SimplestreamsRepo,
+  snapshotTree,
+  versionsOf,
+  type Layout,
+} from '../support/simplestreams-fixture.js';
+
+const HOUR = 3_600_000;
+const DAY = 24 * HOUR;
+const NOW = Date.UTC(2024, 5, 1, 12);
+const base = mkdtempSync(join(tmpdir(), 'ici-prune-'));
+let counter = 0;
+afterAll(() => rmSync(base, { recursive: true, force: true }));
+
+function newRepo(layout: Layout, nowMs = NOW): SimplestreamsRepo {
+  return new SimplestreamsRepo(join(base, `r${++counter}`), layout, nowMs);
+}
+
+function inputs(path: string, o: Partial<PruneInputs> = {}): PruneInputs {
+  return {
+    path,
+    keepVersions: 2,
+    gracePeriodMs: HOUR,
+    products: [],
+    keepBroken: false,
+    dryRun: false,
+    verify: 'sha256',
+    lockTimeoutMs: 5000,
+    ...o,
+  };
+}
+
+async function prune(i: PruneInputs, nowMs = NOW): Promise<{ report: PruneReport; log: string[] }> {
+  const log: string[] = [];
+  const host = new CliHost({
+    inputs: new MapInputSource({}),
+    log: (l) => log.push(l),
+    out: (l) => log.push(l),
+  });
+  const report = await pruneRepository(i, host, { now: () => nowMs, env: {} });
+  return { report, log };
+}
+
+async function pruneError(i: PruneInputs): Promise<Error> {
+  try {
+    await prune(i);
+  } catch (error) {
+    return error as Error;
+  }
+  throw new Error('expected the prune to fail');
+}
+
+const V = ['20240101_01:00', '20240201_01:00', '20240301_01:00', '20240401_01:00'];
+
+describe('prune on a nested (images.linuxcontainers.org) repository', () => {
+  it('drops old versions, defers their files, deletes them after the grace period with sidecars and dirs', async () => {
+    const repo = newRepo('nested');
+    const p = 'debian:bookworm:default:amd64';
+    let previous: string | undefined;
+    for (const v of V) {
+      repo.addVersion(p, v, { vm: true, sidecars: true, deltaFrom: previous });
+      previous = v;
+    }
+    repo.addVersion('alpine:3.19:default:amd64', V[0]!, { sidecars: true });
+    repo.write();
+    const imagesBefore = readImages(repo.root);
+
+    const first = await prune(inputs(repo.root));
+    expect(versionsOf(repo.root, p)).toEqual([V[2], V[3]]);
+    expect(first.report.products.find((x) => x.name === p)!.removedItems).toEqual([
+      { version: V[2], item: `delta-${V[1]}.vcdiff`, reason: 'delta-base-gone' },
+    ]);
+    expect(first.report.totals.removedFiles).toBe(0);
+    expect(first.report.totals.removedVersions).toBe(2);
+    expect(repoProblems(repo.root)).toEqual([]);
+    const after = readImages(repo.root);
+    expect(after.x_unknown_top).toEqual(imagesBefore.x_unknown_top);
+    expect((after.products as Record<string, { x_vendor_field: number }>)[p]!.x_vendor_field).toBe(42);
+    expect(readFileSync(join(repo.root, 'streams/v1/images.json'), 'utf8')).toMatch(/^\{\n {2}"content_id"/);
+    const index = JSON.parse(readFileSync(join(repo.root, 'streams/v1/index.json'), 'utf8'));
+    expect(index.x_index_extra).toBe(true);
+    const oldDir = `images/debian/bookworm/amd64/default/${V[0]}`;
+    expect(existsSync(join(repo.root, oldDir, 'rootfs.squashfs'))).toBe(true);
+    expect(first.report.files.deferred.map((f) => f.path)).toContain(`${oldDir}/SHA256SUMS.asc`);
+
+    const early = await prune(inputs(repo.root), NOW + 30 * 60_000);
+    expect(early.report.totals.removedFiles).toBe(0);
+
+    const later = await prune(inputs(repo.root), NOW + HOUR);
+    expect(existsSync(join(repo.root, oldDir))).toBe(false);
+    expect(existsSync(join(repo.root, `images/debian/bookworm/amd64/default/${V[1]}`))).toBe(false);
+    const deleted = later.report.files.deleted.map((f) => f.path);
+    expect(deleted).toContain(`${oldDir}/SHA256SUMS`);
+    expect(deleted).toContain(`images/debian/bookworm/amd64/default/${V[2]}/delta-${V[1]}.vcdiff`);
+    expect(later.report.totals.freedBytes).toBeGreaterThan(0);
+    expect(later.report.files.deferred).toEqual([]);
+    expect(
+      JSON.parse(readFileSync(join(repo.root, '.image-ci-prune-state.json'), 'utf8')).unreferencedSince,
+    ).toEqual({});
+    expect(repoProblems(repo.root)).toEqual([]);
+    expect(existsSync(join(repo.root, '.image-ci-prune.lock'))).toBe(false);
+  });
+});
+
+describe('prune on a flat (incus-simplestreams) repository', () => {
+  it('keeps shared files, keeps compact JSON compact, and deletes old orphans by mtime only', async () => {
+    const repo = newRepo('flat');
+    const a = 'ubuntu:noble:default:amd64';
+    const b = 'ubuntu:noble:cloud:amd64';
+    const shared = repo.addVersion(a, '202401011200').rootfs;
+    repo.addVersion(b, '202401011200', { sharedRootfs: shared });
+    repo.addVersion(b, '202402011200', { vm: true });
+    repo.addVersion(a, '202402011200', { vm: true });
+    repo.addVersion(a, '202403011200', { broken: true });
+    repo.addOrphan('images/old-upload.squashfs', 2 * HOUR);
+    repo.addOrphan('images/new-upload.squashfs', 60_000);
+    repo.write({});
+    const { report } = await prune(inputs(repo.root, { keepVersions: 1, gracePeriodMs: HOUR }));
+    expect(versionsOf(repo.root, a)).toEqual(['202402011200']);
+    expect(versionsOf(repo.root, b)).toEqual(['202402011200']);
+    expect(report.products.find((x) => x.name === a)!.dropped).toEqual([
+      { version: '202403011200', reason: 'broken' },
+      { version: '202401011200', reason: 'retention' },
+    ]);
+    expect(report.files.deleted.map((f) => [f.path, f.reason])).toEqual([
+      ['images/old-upload.squashfs', 'orphan'],
+    ]);
+    expect(report.files.deferred.map((f) => f.path)).toContain('images/new-upload.squashfs');
+    expect(report.files.deferred.map((f) => f.path)).toContain(shared);
+    expect(readFileSync(join(repo.root, 'streams/v1/images.json'), 'utf8')).toMatch(
+      /^\{"content_id":"images"/,
+    );
+    const index = JSON.parse(readFileSync(join(repo.root, 'streams/v1/index.json'), 'utf8'));
+    expect(index.index.images.products).toEqual([b, a]);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+
+  it('does not rewrite metadata that does not change', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion('a:b:c:d', '202401011200');
+    repo.write();
+    const before = snapshotTree(repo.root);
+    const { report } = await prune(inputs(repo.root));
+    expect(report.metadata).toEqual({ imagesJson: 'unchanged', indexJson: 'unchanged' });
+    expect(snapshotTree(repo.root)).toEqual(before);
+  });
+});
+
+describe('leftovers of an interrupted atomic write', () => {
+  it('deletes old temp files of images.json, index.json and the state file, keeps fresh ones', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion('a:b:c:d', '202401011200');
+    repo.write();
+    for (const [path, age] of [
+      ['streams/v1/.images.json.deadbeef.tmp', 2 * HOUR],
+      ['streams/v1/.index.json.0123abcd.tmp', 2 * HOUR],
+      ['..image-ci-prune-state.json.a1b2c3d4.tmp', 2 * HOUR],
+      ['streams/v1/.images.json.feedf00d.tmp', 60_000],
+      ['streams/v1/.other.json.deadbeef.tmp', 2 * HOUR],
+    ] as const) {
+      writeFileSync(join(repo.root, path), '{"partial');
+      repo.age(path, age);
+    }
+    const { report } = await prune(inputs(repo.root));
+    expect(report.files.deleted.map((f) => [f.path, f.reason])).toEqual([
+      ['..image-ci-prune-state.json.a1b2c3d4.tmp', 'orphan'],
+      ['streams/v1/.images.json.deadbeef.tmp', 'orphan'],
+      ['streams/v1/.index.json.0123abcd.tmp', 'orphan'],
+    ]);
+    expect(report.files.deferred.map((f) => f.path)).toEqual(['streams/v1/.images.json.feedf00d.tmp']);
+    expect(existsSync(join(repo.root, 'streams/v1/.other.json.deadbeef.tmp'))).toBe(true);
+  });
+});
+
+describe('verify', () => {
+  it('reports a kept file whose content no longer matches its sha256 (same size)', async () => {
+    const repo = newRepo('flat');
+    const kept = repo.addVersion('a:b:c:d', '202401011200');
+    repo.write();
+    const rootfs = join(repo.root, kept.rootfs);
+    writeFileSync(rootfs, Buffer.alloc(readFileSync(rootfs).length, 0x41));
+    const sizeOnly = await prune(inputs(repo.root, { verify: 'size' }));
+    expect(sizeOnly.report.verify).toEqual({ mode: 'size', checkedFiles: 2, problems: [] });
+    const full = await prune(inputs(repo.root, { verify: 'sha256' }));
+    expect(full.report.verify).toEqual({
+      mode: 'sha256',
+      checkedFiles: 2,
+      problems: [
+        expect.stringMatching(new RegExp(`^${kept.rootfs} has sha256 [0-9a-f]{64}, expected [0-9a-f]{64}$`)),
+      ],
+    });
+    expect((await prune(inputs(repo.root, { verify: 'none' }))).report.verify).toEqual({
+      mode: 'none',
+      skipped: 'verify: none',
+    });
+  });
+});
+
+describe('dry run', () => {
+  it('reports the same plan as a real run and changes nothing, not even mtimes, lock or state file', async () => {
+    const repo = newRepo('nested');
+    for (const v of V) repo.addVersion('a:b:c:d', v, { sidecars: true });
+    repo.addOrphan('images/orphan', 2 * HOUR);
+    repo.writeState({ 'images/a/b/d/c/20231201_01:00/rootfs.squashfs': 2 * HOUR });
+    repo.write();
+    const before = snapshotTree(repo.root);
+    const dry = await prune(inputs(repo.root, { dryRun: true, keepVersions: 1 }));
+    expect(snapshotTree(repo.root)).toEqual(before);
+    expect(dry.report.dryRun).toBe(true);
+    expect(dry.report.metadata.imagesJson).toBe('would be rewritten');
+    expect(dry.log.join('\n')).toContain('would delete images/orphan');
+    const real = await prune(inputs(repo.root, { keepVersions: 1 }));
+    expect(real.report.files).toEqual(dry.report.files);
+    expect(real.report.products).toEqual(dry.report.products);
+  });
+});
+
+describe('refused repositories (nothing changed)', () => {
+  function unsafeRepo(itemPath: string): SimplestreamsRepo {
+    const repo = newRepo('flat');
+    repo.addVersion('a:b:c:d', '202401011200');
+    repo.addVersion('a:b:c:d', '202402011200');
+    repo.addVersion('a:b:c:d', '202403011200');
+    repo.addOrphan('images/orphan', 7 * DAY);
+    type Items = Record<string, { path: string }>;
+    const products = repo.images.products as Record<string, { versions: Record<string, { items: Items }> }>;
+    products['a:b:c:d']!.versions['202401011200']!.items.squashfs!.path = itemPath;
+    repo.write();
+    return repo;
+  }
+
+  it.each([
+    ['../../etc/passwd', /path '..\/..\/etc\/passwd' contains '..'/],
+    ['/etc/passwd', /path '\/etc\/passwd' is absolute/],
+  ])('refuses %s', async (itemPath, message) => {
+    const repo = unsafeRepo(itemPath);
+    const before = snapshotTree(repo.root);
+    const error = await pruneError(inputs(repo.root, { keepVersions: 1, gracePeriodMs: 0 }));
+    expect(error.message).toMatch(message);
+    expect(error.message).toMatch(/Nothing was changed/);
+    expect(snapshotTree(repo.root)).toEqual(before);
+  });
+
+  it('refuses a symlink that leads out of the repository, and a symlinked directory', async () => {
+    const outside = join(base, `outside-${++counter}`);
+    mkdirSync(outside);
+    writeFileSync(join(outside, 'victim'), 'do not delete');
+    for (const link of ['file', 'dir']) {
+      const repo = unsafeRepo(link === 'file' ? 'images/evil.squashfs' : 'images/evil-dir/victim');
+      symlinkSync(
+        link === 'file' ? join(outside, 'victim') : outside,
+        join(repo.root, link === 'file' ? 'images/evil.squashfs' : 'images/evil-dir'),
+      );
+      const before = snapshotTree(repo.root);
+      const error = await pruneError(inputs(repo.root, { keepVersions: 1, gracePeriodMs: 0 }));
+      expect(error.message).toMatch(/resolves outside the repository \(symlink\)/);
+      expect(snapshotTree(repo.root)).toEqual(before);
+      expect(readFileSync(join(outside, 'victim'), 'utf8')).toBe('do not delete');
+    }
+  });
+
+  it('fails clearly on malformed or missing metadata', async () => {
+    const repo = unsafeRepo('images/x');
+    writeFileSync(join(repo.root, 'streams/v1/images.json'), '{"products": {');
+    expect((await pruneError(inputs(repo.root))).message).toMatch(
+      /streams\/v1\/images.json is not valid JSON/,
+    );
+    rmSync(join(repo.root, 'streams/v1/index.json'));
+    expect((await pruneError(inputs(repo.root))).message).toMatch(/streams\/v1\/index.json is missing/);
+    expect((await pruneError(inputs(join(base, 'nope')))).message).toMatch(/is not a directory/);
+  });
+});
+
+/** mulberry32: a tiny seeded PRNG so a failing case can be replayed from its seed. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+interface Generated {
+  repo: SimplestreamsRepo;
+  /** product -> dated versions that are not broken */
+  valid: Map<string, string[]>;
+}
+
+function randomRepo(seed: number): Generated {
+  const rand = prng(seed);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
+  const repo = newRepo(rand() < 0.5 ? 'flat' : 'nested');
+  const valid = new Map<string, string[]>();
+  const shareable: string[] = [];
+  const productCount = 1 + Math.floor(rand() * 4);
+  for (let p = 0; p < productCount; p++) {
+    const product = `os${p}:r${Math.floor(rand() * 3)}:${pick(['default', 'cloud'])}:${pick(['amd64', 'arm64'])}`;
+    if (valid.has(product)) continue;
+    valid.set(product, []);
+    const versions = new Set<string>();
+    const count = 1 + Math.floor(rand() * 8);
+    while (versions.size < count) {
+      const day = String(1 + Math.floor(rand() * 28)).padStart(2, '0');
+      const month = String(1 + Math.floor(rand() * 5)).padStart(2, '0');
+      versions.add(
+        repo.layout === 'flat' ? `2024${month}${day}1200` : `2024${month}${day}_${pick(['01', '13'])}:00`,
+      );
+    }
+    if (rand() < 0.2) versions.add('latest-build');
+    let previous: string | undefined;
+    for (const version of [...versions].sort()) {
+      // A version clients never list is left as it is, broken or not; only dated versions break here.
+      const broken = rand() < 0.15 && version !== 'latest-build';
+      const share = !broken && shareable.length > 0 && rand() < 0.2 ? pick(shareable) : undefined;
+      const written = repo.addVersion(product, version, {
+        vm: rand() < 0.4,
+        deltaFrom: previous && rand() < 0.5 ? previous : undefined,
+        sharedRootfs: share,
+        broken,
+        sidecars: rand() < 0.5,
+        ageMs: Math.floor(rand() * 10 * DAY),
+      });
+      if (!broken) {
+        if (!share) shareable.push(written.rootfs);
+        if (version !== 'latest-build') valid.get(product)!.push(version);
+      }
+      previous = version;
+    }
+  }
+  for (let o = Math.floor(rand() * 4); o > 0; o--) {
+    repo.addOrphan(`images/orphan-${o}${pick(['', '.asc'])}`, Math.floor(rand() * 3 * HOUR));
+  }
+  repo.write(rand() < 0.5 ? { indent: 2 } : {});
+  return { repo, valid };
+}
+
+describe('property: random repositories', () => {
+  const seeds = Array.from({ length: 60 }, (_, i) => 1000 + i);
+  it.each(seeds)(
+    'seed %i: valid after prune, newest N kept, nothing referenced deleted, re-run is a no-op',
+    async (seed) => {
+      const { repo, valid } = randomRepo(seed);
+      const keepVersions = 1 + (seed % 3);
+      const gracePeriodMs = seed % 4 === 0 ? 0 : HOUR;
+      const referencedBefore = new Set(listItems(repo.root).map((i) => i.path));
+      const filesBefore = listFiles(repo.root);
+
+      const { report } = await prune(inputs(repo.root, { keepVersions, gracePeriodMs }));
+      expect(repoProblems(repo.root)).toEqual([]);
+      expect(report.verify).toEqual(expect.objectContaining({ problems: [] }));
+      for (const [product, versions] of valid) {
+        const newest = [...versions]
+          .sort((x, y) => Buffer.compare(Buffer.from(y), Buffer.from(x)))
+          .slice(0, keepVersions);
+        const listed = versionsOf(repo.root, product).filter((v) => v !== 'latest-build');
+        expect(listed).toEqual([...newest].sort());
+      }
+      const filesAfter = new Set(listFiles(repo.root));
+      const deleted = filesBefore.filter((f) => !filesAfter.has(f));
+      expect(deleted.sort()).toEqual(report.files.deleted.map((f) => f.path).sort());
+      for (const item of listItems(repo.root)) expect(filesAfter.has(item.path)).toBe(true);
+      if (gracePeriodMs > 0) for (const f of deleted) expect(referencedBefore.has(f)).toBe(false);
+
+      const snapshot = snapshotTree(repo.root);
+      const again = await prune(inputs(repo.root, { keepVersions, gracePeriodMs }));
+      expect(again.report.totals).toEqual({
+        removedVersions: 0,
+        removedFiles: 0,
+        deferredFiles: report.totals.deferredFiles,
+        freedBytes: 0,
+      });
+      expect(snapshotTree(repo.root)).toEqual(snapshot);
+
+      const later = await prune(inputs(repo.root, { keepVersions, gracePeriodMs }), NOW + 4 * HOUR);
+      expect(later.report.files.deferred).toEqual([]);
+      expect(repoProblems(repo.root)).toEqual([]);
+      for (const item of listItems(repo.root)) expect(existsSync(join(repo.root, item.path))).toBe(true);
+    },
+  );
+});

@@ -1,0 +1,268 @@
+/**
+ * Loading and validating streams/v1/index.json and the images.json it points at, and writing them back with
+ * every field we do not touch preserved and the original formatting (indent, trailing newline) kept.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ActionError } from '../../core/run.js';
+import { normaliseRepoPath } from './repo-paths.js';
+import { compareC } from './versions.js';
+
+export const INDEX_PATH = 'streams/v1/index.json';
+const IMAGE_DOWNLOADS = 'image-downloads';
+const MAX_LISTED_PROBLEMS = 10;
+
+export type JsonObject = Record<string, unknown>;
+
+export interface JsonStyle {
+  indent: string;
+  trailingNewline: boolean;
+}
+
+export interface JsonDoc {
+  /** Repository-relative path. */
+  path: string;
+  text: string;
+  data: JsonObject;
+  style: JsonStyle;
+  /** Permission bits, kept when the file is rewritten. */
+  mode: number;
+}
+
+export interface CatalogItem {
+  name: string;
+  /** Normalised repository-relative path. */
+  path: string;
+  ftype: string;
+  size?: number;
+  sha256?: string;
+  deltaBase?: string;
+}
+
+export interface CatalogVersion {
+  name: string;
+  items: CatalogItem[];
+}
+
+export interface CatalogProduct {
+  name: string;
+  versions: CatalogVersion[];
+}
+
+export interface Catalog {
+  index: JsonDoc;
+  /** The key under index.json's `index` whose datatype is image-downloads (normally `images`). */
+  indexEntry: string;
+  images: JsonDoc;
+  products: CatalogProduct[];
+}
+
+/** A repository this prune refuses to touch: malformed or unsafe metadata. Nothing has been changed. */
+export class RepoError extends ActionError {
+  constructor(message: string) {
+    super(`${message} Nothing was changed.`);
+    this.name = 'RepoError';
+  }
+}
+
+function isObject(value: unknown): value is JsonObject {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+export function detectStyle(text: string): JsonStyle {
+  const m = /^\s*[{[]\r?\n([ \t]+)\S/.exec(text);
+  return { indent: m ? m[1]! : '', trailingNewline: text.endsWith('\n') };
+}
+
+export function serializeJson(data: unknown, style: JsonStyle): string {
+  const body = style.indent ? JSON.stringify(data, null, style.indent) : JSON.stringify(data);
+  return style.trailingNewline ? `${body}\n` : body;
+}
+
+/** Parses one metadata file's text; `what` names the expected format in the error. */
+export function parseJsonDoc(path: string, text: string, what: string, mode = 0o644): JsonDoc {
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (error) {
+    throw new RepoError(`${path} is not valid JSON (${(error as Error).message}).`);
+  }
+  if (!isObject(data)) throw new RepoError(`${path} must hold a JSON object (${what}).`);
+  return { path, text, data, style: detectStyle(text), mode };
+}
+
+async function readJsonDoc(root: string, path: string, what: string): Promise<JsonDoc> {
+  try {
+    const text = await readFile(join(root, path), 'utf8');
+    return parseJsonDoc(path, text, what, (await stat(join(root, path))).mode & 0o777);
+  } catch (error) {
+    if (error instanceof RepoError) throw error;
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT')
+      throw new RepoError(`${path} is missing: ${root} is not a simplestreams repository.`);
+    throw new RepoError(`cannot read ${path}: ${(error as Error).message}.`);
+  }
+}
+
+function findIndexEntry(index: JsonDoc): { key: string; imagesPath: string } {
+  const entries = index.data.index;
+  if (!isObject(entries)) throw new RepoError(`${index.path} has no "index" object.`);
+  const matches = Object.entries(entries).filter(([, e]) => isObject(e) && e.datatype === IMAGE_DOWNLOADS);
+  if (matches.length !== 1) {
+    throw new RepoError(
+      `${index.path} must have exactly one "${IMAGE_DOWNLOADS}" entry under "index", found ${matches.length}.`,
+    );
+  }
+  const [key, entry] = matches[0]! as [string, JsonObject];
+  if (typeof entry.path !== 'string')
+    throw new RepoError(`${index.path}: index.${key}.path is not a string.`);
+  const normalised = normaliseRepoPath(entry.path);
+  if ('error' in normalised) {
+    throw new RepoError(`${index.path}: index.${key}.path '${entry.path}' ${normalised.error}.`);
+  }
+  return { key, imagesPath: normalised.path };
+}
+
+function parseProducts(images: JsonDoc, problems: string[]): CatalogProduct[] {
+  const products = images.data.products;
+  if (!isObject(products)) throw new RepoError(`${images.path} has no "products" object.`);
+  const result: CatalogProduct[] = [];
+  for (const [productName, product] of Object.entries(products)) {
+    const where = `${images.path}: product ${productName}`;
+    if (!isObject(product) || !isObject(product.versions)) {
+      problems.push(`${where} has no "versions" object`);
+      continue;
+    }
+    const versions: CatalogVersion[] = [];
+    for (const [versionName, version] of Object.entries(product.versions)) {
+      if (!isObject(version) || !isObject(version.items)) {
+        problems.push(`${where} version ${versionName} has no "items" object`);
+        continue;
+      }
+      const items: CatalogItem[] = [];
+      for (const [itemName, item] of Object.entries(version.items)) {
+        const at = `${where} version ${versionName} item ${itemName}`;
+        if (!isObject(item) || typeof item.path !== 'string') {
+          problems.push(`${at} has no "path" string`);
+          continue;
+        }
+        const normalised = normaliseRepoPath(item.path);
+        if ('error' in normalised) {
+          problems.push(`${at}: path '${item.path}' ${normalised.error}`);
+          continue;
+        }
+        if (item.size !== undefined && (typeof item.size !== 'number' || !Number.isSafeInteger(item.size))) {
+          problems.push(`${at}: size is not a whole number`);
+          continue;
+        }
+        items.push({
+          name: itemName,
+          path: normalised.path,
+          ftype: typeof item.ftype === 'string' ? item.ftype : '',
+          size: item.size as number | undefined,
+          sha256: typeof item.sha256 === 'string' ? item.sha256 : undefined,
+          deltaBase: typeof item.delta_base === 'string' ? item.delta_base : undefined,
+        });
+      }
+      versions.push({ name: versionName, items });
+    }
+    result.push({ name: productName, versions });
+  }
+  return result;
+}
+
+export function listProblems(intro: string, problems: readonly string[]): string {
+  const shown = problems.slice(0, MAX_LISTED_PROBLEMS).map((p) => `\n  - ${p}`);
+  const more =
+    problems.length > MAX_LISTED_PROBLEMS
+      ? `\n  - ... and ${problems.length - MAX_LISTED_PROBLEMS} more`
+      : '';
+  return `${intro}:${shown.join('')}${more}\n`;
+}
+
+/** Reads and validates both metadata files; throws RepoError on anything a safe prune cannot work with. */
+export async function loadCatalog(root: string): Promise<Catalog> {
+  const index = await readJsonDoc(root, INDEX_PATH, 'index:1.0');
+  const images = await readJsonDoc(root, findIndexEntry(index).imagesPath, 'products:1.0');
+  return catalogFromDocs(index, images);
+}
+
+export function catalogFromDocs(index: JsonDoc, images: JsonDoc): Catalog {
+  const { key } = findIndexEntry(index);
+  const problems: string[] = [];
+  const products = parseProducts(images, problems);
+  if (problems.length > 0) throw new RepoError(listProblems(`${images.path} is not usable`, problems));
+  return { index, indexEntry: key, images, products };
+}
+
+/** What to take out of images.json; everything else is carried over as it was, unknown fields included. */
+export interface Removals {
+  products: Set<string>;
+  versions: Map<string, Set<string>>;
+  /** Keyed by `${product}\0${version}`. */
+  items: Map<string, Set<string>>;
+}
+
+export function itemKey(product: string, version: string): string {
+  return `${product}\0${version}`;
+}
+
+export function isEmptyRemovals(r: Removals): boolean {
+  return r.products.size === 0 && r.versions.size === 0 && r.items.size === 0;
+}
+
+/** A copy of images.json data without the removed parts; untouched subtrees are shared, key order is kept. */
+export function applyRemovals(data: JsonObject, removals: Removals): JsonObject {
+  const products = data.products as Record<string, JsonObject>;
+  const nextProducts: Record<string, unknown> = {};
+  for (const [name, product] of Object.entries(products)) {
+    if (removals.products.has(name)) continue;
+    const droppedVersions = removals.versions.get(name);
+    const versions = product.versions as Record<string, JsonObject>;
+    const touched =
+      droppedVersions !== undefined ||
+      Object.keys(versions).some((v) => removals.items.has(itemKey(name, v)));
+    if (!touched) {
+      nextProducts[name] = product;
+      continue;
+    }
+    const nextVersions: Record<string, unknown> = {};
+    for (const [versionName, version] of Object.entries(versions)) {
+      if (droppedVersions?.has(versionName)) continue;
+      const droppedItems = removals.items.get(itemKey(name, versionName));
+      if (!droppedItems) {
+        nextVersions[versionName] = version;
+        continue;
+      }
+      const items = version.items as Record<string, unknown>;
+      const nextItems = Object.fromEntries(Object.entries(items).filter(([k]) => !droppedItems.has(k)));
+      nextVersions[versionName] = { ...version, items: nextItems };
+    }
+    nextProducts[name] = { ...product, versions: nextVersions };
+  }
+  return { ...data, products: nextProducts };
+}
+
+/**
+ * index.json with its product list rebuilt (sorted) from images.json, or undefined when it already lists
+ * exactly those products (in any order): an unchanged file is never rewritten.
+ */
+export function rebuildIndex(
+  index: JsonObject,
+  entryKey: string,
+  productNames: readonly string[],
+): JsonObject | undefined {
+  const entries = index.index as Record<string, JsonObject>;
+  const entry = entries[entryKey]!;
+  const current = Array.isArray(entry.products) ? entry.products.map(String) : [];
+  const wanted = [...new Set(productNames)].sort(compareC);
+  const currentSet = new Set(current);
+  if (
+    current.length === wanted.length &&
+    currentSet.size === wanted.length &&
+    wanted.every((p) => currentSet.has(p))
+  ) {
+    return undefined;
+  }
+  return { ...index, index: { ...entries, [entryKey]: { ...entry, products: wanted } } };
+}

@@ -1,0 +1,344 @@
+/**
+ * The pure half of a prune: from the catalog, the facts on disk, the state file and the options, decide which
+ * versions and items leave images.json, which files are deleted now, which wait for their grace period, and
+ * what the state file says afterwards. No I/O here, so every rule is unit-tested directly.
+ */
+import {
+  applyRemovals,
+  isEmptyRemovals,
+  itemKey,
+  rebuildIndex,
+  type Catalog,
+  type CatalogItem,
+  type CatalogVersion,
+  type JsonObject,
+  type Removals,
+} from './catalog.js';
+import { productMatcher } from './product-filter.js';
+import { baseOf, isSidecar, parentOf } from './repo-paths.js';
+import type { RepoFacts } from './scan.js';
+import type { UnreferencedSince } from './state-file.js';
+import { compareC, versionTimeMs } from './versions.js';
+
+export interface PlanOptions {
+  keepVersions: number;
+  maxAgeMs?: number;
+  gracePeriodMs: number;
+  products: readonly string[];
+  keepBroken: boolean;
+  nowMs: number;
+}
+
+export type DropReason = 'retention' | 'max-age' | 'broken';
+
+export interface ProductPlan {
+  name: string;
+  /** False when the `products` filter left it out: nothing of it is changed. */
+  selected: boolean;
+  /** Listed versions kept, newest first. */
+  kept: string[];
+  dropped: { version: string; reason: DropReason }[];
+  /** Versions with missing or wrong-sized files (dropped unless keep-broken). */
+  broken: { version: string; problems: string[] }[];
+  /** Versions clients never list (no YYYYMMDD prefix): left untouched and not counted. */
+  ignored: string[];
+  removedItems: { version: string; item: string; reason: 'delta-base-gone' | 'delta-file-missing' }[];
+  /** The whole product left images.json (every version was broken). */
+  removed: boolean;
+}
+
+export type FileReason = 'unreferenced' | 'orphan' | 'sidecar';
+
+export interface FileAction {
+  path: string;
+  size: number;
+  reason: FileReason;
+  /** When the grace period of this file ends (epoch ms); <= now for deletions. */
+  deletableAtMs: number;
+}
+
+export interface Plan {
+  products: ProductPlan[];
+  removals: Removals;
+  /** New images.json / index.json data, only when they change. */
+  images?: JsonObject;
+  index?: JsonObject;
+  delete: FileAction[];
+  defer: FileAction[];
+  /** Directories that end up empty, deepest first. */
+  dirsToRemove: string[];
+  /** Written before the metadata changes, so a crash never loses when a file stopped being referenced. */
+  stateDuring: UnreferencedSince;
+  stateAfter: UnreferencedSince;
+  /** Items of the kept valid versions, checked by `verify` afterwards. */
+  verifyItems: CatalogItem[];
+}
+
+function isDelta(item: CatalogItem): boolean {
+  return item.deltaBase !== undefined || item.ftype.endsWith('.vcdiff');
+}
+
+function itemProblem(item: CatalogItem, facts: RepoFacts): string | undefined {
+  const fact = facts.referenced.get(item.path);
+  if (!fact?.exists) return `missing ${item.path}`;
+  if (item.size !== undefined && fact.size !== item.size) {
+    return `${item.path} has ${fact.size} bytes, images.json says ${item.size}`;
+  }
+  return undefined;
+}
+
+function versionProblems(version: CatalogVersion, facts: RepoFacts): string[] {
+  const full = version.items.filter((i) => !isDelta(i));
+  if (full.length === 0) return ['no image items (only deltas or nothing)'];
+  return full.map((i) => itemProblem(i, facts)).filter((p): p is string => p !== undefined);
+}
+
+function planProduct(
+  product: Catalog['products'][number],
+  facts: RepoFacts,
+  options: PlanOptions,
+  removals: Removals,
+  verifyItems: CatalogItem[],
+): ProductPlan {
+  const plan: ProductPlan = {
+    name: product.name,
+    selected: true,
+    kept: [],
+    dropped: [],
+    broken: [],
+    ignored: [],
+    removedItems: [],
+    removed: false,
+  };
+  const listed = product.versions
+    .filter((v) => versionTimeMs(v.name) !== undefined)
+    .sort((a, b) => compareC(b.name, a.name));
+  plan.ignored = product.versions.filter((v) => versionTimeMs(v.name) === undefined).map((v) => v.name);
+
+  const problems = new Map(listed.map((v) => [v.name, versionProblems(v, facts)]));
+  const candidates: CatalogVersion[] = [];
+  for (const v of listed) {
+    const p = problems.get(v.name)!;
+    if (p.length > 0) plan.broken.push({ version: v.name, problems: p });
+    if (p.length === 0 || options.keepBroken) candidates.push(v);
+    else plan.dropped.push({ version: v.name, reason: 'broken' });
+  }
+  const keptVersions: CatalogVersion[] = [];
+  candidates.forEach((v, i) => {
+    if (keptVersions.length >= options.keepVersions) {
+      plan.dropped.push({ version: v.name, reason: 'retention' });
+    } else if (
+      i > 0 &&
+      options.maxAgeMs !== undefined &&
+      options.nowMs - versionTimeMs(v.name)! > options.maxAgeMs
+    ) {
+      plan.dropped.push({ version: v.name, reason: 'max-age' });
+    } else {
+      keptVersions.push(v);
+    }
+  });
+  plan.kept = keptVersions.map((v) => v.name);
+  plan.dropped.sort((a, b) => compareC(b.version, a.version));
+
+  const remaining = new Set([...plan.kept, ...plan.ignored]);
+  for (const v of keptVersions) {
+    const gone = new Set<string>();
+    for (const item of v.items) {
+      if (!isDelta(item)) continue;
+      if (item.deltaBase !== undefined && !remaining.has(item.deltaBase)) {
+        plan.removedItems.push({ version: v.name, item: item.name, reason: 'delta-base-gone' });
+        gone.add(item.name);
+      } else if (itemProblem(item, facts) !== undefined) {
+        plan.removedItems.push({ version: v.name, item: item.name, reason: 'delta-file-missing' });
+        gone.add(item.name);
+      }
+    }
+    if (gone.size > 0) removals.items.set(itemKey(product.name, v.name), gone);
+    if (problems.get(v.name)!.length === 0) verifyItems.push(...v.items.filter((i) => !gone.has(i.name)));
+  }
+  if (plan.dropped.length > 0 && remaining.size === 0) {
+    plan.removed = true;
+    removals.products.add(product.name);
+  } else if (plan.dropped.length > 0) {
+    removals.versions.set(product.name, new Set(plan.dropped.map((d) => d.version)));
+  }
+  return plan;
+}
+
+/** Every path images.json references, plus the real path behind each symlinked one. */
+function referencedPaths(catalog: Catalog, facts: RepoFacts, removals?: Removals): Set<string> {
+  const paths = new Set<string>();
+  for (const product of catalog.products) {
+    if (removals?.products.has(product.name)) continue;
+    const droppedVersions = removals?.versions.get(product.name);
+    for (const version of product.versions) {
+      if (droppedVersions?.has(version.name)) continue;
+      const droppedItems = removals?.items.get(itemKey(product.name, version.name));
+      for (const item of version.items) {
+        if (droppedItems?.has(item.name)) continue;
+        paths.add(item.path);
+        const real = facts.referenced.get(item.path)?.real;
+        if (real) paths.add(real);
+      }
+    }
+  }
+  return paths;
+}
+
+interface FileDecisions {
+  delete: FileAction[];
+  defer: FileAction[];
+  stateAfter: UnreferencedSince;
+  stateDuring: UnreferencedSince;
+}
+
+function decideFiles(
+  facts: RepoFacts,
+  state: UnreferencedSince,
+  before: Set<string>,
+  after: Set<string>,
+  options: PlanOptions,
+): FileDecisions {
+  const now = options.nowMs;
+  const grace = options.gracePeriodMs;
+  const d: FileDecisions = { delete: [], defer: [], stateAfter: new Map(), stateDuring: new Map() };
+  const fate = new Map<string, FileAction | 'live'>();
+  const sidecars: string[] = [];
+  for (const [path, fact] of facts.files) {
+    if (after.has(path)) {
+      fate.set(path, 'live');
+      continue;
+    }
+    if (isSidecar(baseOf(path))) {
+      sidecars.push(path);
+      continue;
+    }
+    const since = state.get(path) ?? (before.has(path) ? now : undefined);
+    const deletableAtMs = Math.max(fact.mtimeMs, since ?? -Infinity) + grace;
+    const action: FileAction = {
+      path,
+      size: fact.size,
+      reason: since === undefined ? 'orphan' : 'unreferenced',
+      deletableAtMs,
+    };
+    fate.set(path, action);
+    if (since !== undefined) d.stateDuring.set(path, since);
+    if (deletableAtMs <= now) {
+      d.delete.push(action);
+    } else {
+      d.defer.push(action);
+      if (since !== undefined) d.stateAfter.set(path, since);
+    }
+  }
+
+  // Directory-level view for sidecars: what non-sidecar files stay in each directory.
+  const dirHasLive = new Set<string>();
+  const dirDeferredUntil = new Map<string, number>();
+  const dirDeleted = new Set<string>();
+  for (const path of after) if (!isSidecar(baseOf(path))) dirHasLive.add(parentOf(path));
+  for (const [path, f] of fate) {
+    const dir = parentOf(path);
+    if (f === 'live') {
+      if (!isSidecar(baseOf(path))) dirHasLive.add(dir);
+    } else if (f.deletableAtMs <= now) {
+      dirDeleted.add(dir);
+    } else {
+      dirDeferredUntil.set(dir, Math.max(dirDeferredUntil.get(dir) ?? 0, f.deletableAtMs));
+    }
+  }
+  for (const path of sidecars) {
+    const fact = facts.files.get(path)!;
+    const dir = parentOf(path);
+    const base = path.endsWith('.asc') ? path.slice(0, -'.asc'.length) : undefined;
+    const followed = base !== undefined && !isSidecar(baseOf(base)) ? fate.get(base) : undefined;
+    let deletableAtMs: number | 'live';
+    if (followed !== undefined) {
+      deletableAtMs = followed === 'live' ? 'live' : followed.deletableAtMs;
+    } else if (dirHasLive.has(dir)) {
+      deletableAtMs = 'live';
+    } else if (dirDeferredUntil.has(dir)) {
+      deletableAtMs = dirDeferredUntil.get(dir)!;
+    } else {
+      deletableAtMs = dirDeleted.has(dir) ? now : fact.mtimeMs + grace;
+    }
+    if (deletableAtMs === 'live') continue;
+    const action: FileAction = { path, size: fact.size, reason: 'sidecar', deletableAtMs };
+    (deletableAtMs <= now ? d.delete : d.defer).push(action);
+  }
+  d.delete.sort((a, b) => compareC(a.path, b.path));
+  d.defer.sort((a, b) => compareC(a.path, b.path));
+  return d;
+}
+
+function emptyDirs(
+  facts: RepoFacts,
+  deleted: Set<string>,
+  after: Set<string>,
+  options: PlanOptions,
+): string[] {
+  const nonEmpty = new Set<string>();
+  const touched = new Set<string>();
+  const markUp = (set: Set<string>, path: string) => {
+    for (let dir = parentOf(path); dir !== '' && !set.has(dir); dir = parentOf(dir)) set.add(dir);
+  };
+  for (const path of facts.files.keys()) markUp(deleted.has(path) ? touched : nonEmpty, path);
+  for (const path of after) markUp(nonEmpty, path);
+  const deepestFirst = [...facts.dirs.keys()].sort(
+    (a, b) => b.split('/').length - a.split('/').length || compareC(a, b),
+  );
+  const removable: string[] = [];
+  for (const dir of deepestFirst) {
+    const mtimeMs = facts.dirs.get(dir)!.mtimeMs;
+    const old = mtimeMs !== undefined && mtimeMs + options.gracePeriodMs <= options.nowMs;
+    if (!nonEmpty.has(dir) && (touched.has(dir) || old)) removable.push(dir);
+    else markUp(nonEmpty, `${dir}/x`);
+  }
+  return removable;
+}
+
+export function planPrune(
+  catalog: Catalog,
+  facts: RepoFacts,
+  state: UnreferencedSince,
+  options: PlanOptions,
+): Plan {
+  const selected = productMatcher(options.products);
+  const removals: Removals = { products: new Set(), versions: new Map(), items: new Map() };
+  const verifyItems: CatalogItem[] = [];
+  const products = catalog.products.map((product) => {
+    if (selected(product.name)) return planProduct(product, facts, options, removals, verifyItems);
+    return {
+      name: product.name,
+      selected: false,
+      kept: [],
+      dropped: [],
+      broken: [],
+      ignored: [],
+      removedItems: [],
+      removed: false,
+    } satisfies ProductPlan;
+  });
+  const before = referencedPaths(catalog, facts);
+  const after = referencedPaths(catalog, facts, removals);
+  const files = decideFiles(facts, state, before, after, options);
+  const deleted = new Set(files.delete.map((f) => f.path));
+
+  let images: JsonObject | undefined;
+  let productNames = catalog.products.map((p) => p.name);
+  if (!isEmptyRemovals(removals)) {
+    images = applyRemovals(catalog.images.data, removals);
+    productNames = productNames.filter((n) => !removals.products.has(n));
+  }
+  return {
+    products,
+    removals,
+    images,
+    index: rebuildIndex(catalog.index.data, catalog.indexEntry, productNames),
+    delete: files.delete,
+    defer: files.defer,
+    dirsToRemove: emptyDirs(facts, deleted, after, options),
+    stateDuring: files.stateDuring,
+    stateAfter: files.stateAfter,
+    verifyItems,
+  };
+}

@@ -1,0 +1,106 @@
+/**
+ * One prune run: lock -> load and validate -> scan -> plan -> apply -> verify -> report. A dry run takes no lock
+ * and writes nothing inside the repository (not even the lock or state file).
+ */
+import { realpath, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { acquireLock, LockTimeoutError, type Lock } from '../../core/atomic.js';
+import type { Host } from '../../core/host.js';
+import { ActionError } from '../../core/run.js';
+import { formatDuration } from '../../core/summary.js';
+import { applyPlan, type ApplyResult } from './apply.js';
+import { loadCatalog } from './catalog.js';
+import { CrashHook } from './crash-hook.js';
+import type { PruneInputs } from './inputs.js';
+import { planPrune } from './plan.js';
+import { LOCK_FILE_NAME } from './repo-paths.js';
+import { buildReport, planLines, type PruneReport } from './report.js';
+import { scanRepository } from './scan.js';
+import { readState } from './state-file.js';
+import { verifyItems } from './verify.js';
+
+export interface PruneEnvironment {
+  now?: () => number;
+  env?: NodeJS.ProcessEnv;
+}
+
+async function repositoryRoot(path: string): Promise<string> {
+  try {
+    const root = await realpath(path);
+    if (!(await stat(root)).isDirectory()) throw new Error('not a directory');
+    return root;
+  } catch (error) {
+    throw new ActionError(`path '${path}' is not a directory (${(error as Error).message}).`);
+  }
+}
+
+async function takeLock(root: string, inputs: PruneInputs, host: Host): Promise<Lock> {
+  const file = join(root, LOCK_FILE_NAME);
+  host.info(`Taking the repository lock ${file} (waits up to ${formatDuration(inputs.lockTimeoutMs)})`);
+  try {
+    return await acquireLock(file, { timeoutMs: inputs.lockTimeoutMs, purpose: 'prune-simplestreams' });
+  } catch (error) {
+    if (error instanceof LockTimeoutError) {
+      throw new ActionError(
+        `${error.message} for longer than lock-timeout (${formatDuration(inputs.lockTimeoutMs)}); ` +
+          'another prune or a publisher is working on this repository. Nothing was changed.',
+      );
+    }
+    throw error;
+  }
+}
+
+export async function pruneRepository(
+  inputs: PruneInputs,
+  host: Host,
+  environment: PruneEnvironment = {},
+): Promise<PruneReport> {
+  const now = environment.now ?? Date.now;
+  const hook = new CrashHook(environment.env);
+  const startedMs = now();
+  const root = await repositoryRoot(inputs.path);
+  const lock = inputs.dryRun ? undefined : await takeLock(root, inputs, host);
+  const acquiredMs = now();
+  if (lock) hook.reached('lock taken');
+  let report: PruneReport;
+  try {
+    const { catalog, state, facts } = await host.group('Reading the repository', async () => {
+      const catalog = await loadCatalog(root);
+      const state = await readState(root);
+      const facts = await scanRepository(root, catalog, state.keys());
+      host.info(
+        `${catalog.products.length} product(s), ${facts.referenced.size} referenced file(s), ` +
+          `${facts.files.size} file(s) under ${facts.contentRoots.join(', ') || 'no content directory'}`,
+      );
+      return { catalog, state, facts };
+    });
+    const plan = planPrune(catalog, facts, state, { ...inputs, nowMs: now() });
+    await host.group(inputs.dryRun ? 'Plan (dry run: nothing is changed)' : 'Plan', async () => {
+      for (const line of planLines(plan, inputs.dryRun)) host.info(line);
+    });
+    let applied: ApplyResult | undefined;
+    if (!inputs.dryRun) {
+      applied = await host.group('Applying', () => applyPlan(root, catalog, plan, state, hook));
+    }
+    const verify =
+      inputs.dryRun || inputs.verify === 'none'
+        ? { mode: inputs.verify, skipped: inputs.dryRun ? 'dry run' : 'verify: none' }
+        : await host.group(`Verifying (${inputs.verify})`, () =>
+            verifyItems(root, plan.verifyItems, inputs.verify),
+          );
+    const finishedMs = now();
+    report = buildReport({
+      repository: root,
+      inputs,
+      startedMs,
+      finishedMs,
+      plan,
+      applied,
+      verify,
+      lock: lock ? { file: lock.path, acquiredMs, releasedMs: finishedMs } : undefined,
+    });
+  } finally {
+    await lock?.release();
+  }
+  return report;
+}

@@ -1,0 +1,47 @@
+/**
+ * Item paths from images.json are untrusted: a prune must never read, keep or delete anything outside the
+ * repository because a JSON file said so. Paths are checked lexically here and against symlinks in scan.ts.
+ */
+import { isAbsolute, relative, sep } from 'node:path';
+
+/** The repository's own files, at its root; a publisher that takes the same lock never interleaves with a prune. */
+export const LOCK_FILE_NAME = '.image-ci-prune.lock';
+export const STATE_FILE_NAME = '.image-ci-prune-state.json';
+/** Metadata lives here; never a content root, so the walk never considers streams/ files for deletion. */
+export const STREAMS_DIR = 'streams';
+
+/**
+ * Normalises a repository-relative path (`./images//a` -> `images/a`), or returns why it is refused:
+ * absolute paths, `..` segments, empty paths and NUL bytes.
+ */
+export function normaliseRepoPath(raw: string): { path: string } | { error: string } {
+  if (raw === '') return { error: 'is empty' };
+  if (raw.includes('\0')) return { error: 'contains a NUL byte' };
+  if (raw.startsWith('/') || isAbsolute(raw) || /^[A-Za-z]:[\\/]/.test(raw)) return { error: 'is absolute' };
+  const segments = raw.split('/').filter((s) => s !== '' && s !== '.');
+  if (segments.includes('..')) return { error: "contains '..'" };
+  if (segments.length === 0) return { error: 'names the repository root' };
+  return { path: segments.join('/') };
+}
+
+/** The path of `real` relative to `root` when it lies inside it, else undefined (both must be real paths). */
+export function insideRoot(root: string, real: string): string | undefined {
+  if (real === root) return '';
+  const rel = relative(root, real);
+  if (rel === '' || rel.startsWith(`..${sep}`) || rel === '..' || isAbsolute(rel)) return undefined;
+  return rel.split(sep).join('/');
+}
+
+/** Sidecars (signatures, checksum lists) are never referenced by images.json; they follow their directory's items. */
+export function isSidecar(name: string): boolean {
+  return name.endsWith('.asc') || name.startsWith('SHA256SUMS');
+}
+
+export function parentOf(path: string): string {
+  const i = path.lastIndexOf('/');
+  return i < 0 ? '' : path.slice(0, i);
+}
+
+export function baseOf(path: string): string {
+  return path.slice(path.lastIndexOf('/') + 1);
+}

@@ -1,0 +1,171 @@
+/** The JSON report, the job summary and the log lines of a prune: one source (the plan) for all three. */
+import { formatBytes, heading, markdownTable } from '../../core/summary.js';
+import type { ApplyResult } from './apply.js';
+import type { PruneInputs } from './inputs.js';
+import type { FileReason, Plan, ProductPlan } from './plan.js';
+import type { VerifyResult } from './verify.js';
+
+export interface PruneReport {
+  repository: string;
+  dryRun: boolean;
+  startedAt: string;
+  finishedAt: string;
+  options: {
+    keepVersions: number;
+    maxAgeSeconds?: number;
+    gracePeriodSeconds: number;
+    products: string[];
+    keepBroken: boolean;
+  };
+  /** When this prune held the repository lock (absent for a dry run, which takes none). */
+  lock?: { file: string; acquiredAt: string; releasedAt: string };
+  metadata: { imagesJson: MetadataChange; indexJson: MetadataChange };
+  products: Omit<ProductPlan, 'selected'>[];
+  /** Products the `products` filter left untouched. */
+  skippedProducts: string[];
+  files: {
+    deleted: { path: string; size: number; reason: FileReason }[];
+    deferred: { path: string; size: number; reason: FileReason; deletableAt: string }[];
+    dirsRemoved: string[];
+  };
+  totals: { removedVersions: number; removedFiles: number; deferredFiles: number; freedBytes: number };
+  verify: VerifyResult | { mode: string; skipped: string };
+}
+
+export type MetadataChange = 'unchanged' | 'rewritten' | 'would be rewritten';
+
+export interface ReportContext {
+  repository: string;
+  inputs: PruneInputs;
+  startedMs: number;
+  finishedMs: number;
+  plan: Plan;
+  applied?: ApplyResult;
+  lock?: { file: string; acquiredMs: number; releasedMs: number };
+  verify: PruneReport['verify'];
+}
+
+const iso = (ms: number) => new Date(ms).toISOString();
+const MAX_FILE_LINES = 200;
+
+function change(planned: boolean, dryRun: boolean): MetadataChange {
+  if (!planned) return 'unchanged';
+  return dryRun ? 'would be rewritten' : 'rewritten';
+}
+
+export function buildReport(c: ReportContext): PruneReport {
+  const { plan, inputs } = c;
+  const deleted = c.applied ? c.applied.deleted : plan.delete;
+  const selected = plan.products.filter((p) => p.selected);
+  return {
+    repository: c.repository,
+    dryRun: inputs.dryRun,
+    startedAt: iso(c.startedMs),
+    finishedAt: iso(c.finishedMs),
+    options: {
+      keepVersions: inputs.keepVersions,
+      ...(inputs.maxAgeMs !== undefined ? { maxAgeSeconds: inputs.maxAgeMs / 1000 } : {}),
+      gracePeriodSeconds: inputs.gracePeriodMs / 1000,
+      products: inputs.products,
+      keepBroken: inputs.keepBroken,
+    },
+    ...(c.lock
+      ? {
+          lock: { file: c.lock.file, acquiredAt: iso(c.lock.acquiredMs), releasedAt: iso(c.lock.releasedMs) },
+        }
+      : {}),
+    metadata: {
+      imagesJson: change(plan.images !== undefined, inputs.dryRun),
+      indexJson: change(plan.index !== undefined, inputs.dryRun),
+    },
+    products: selected.map(({ selected: _selected, ...rest }) => rest),
+    skippedProducts: plan.products.filter((p) => !p.selected).map((p) => p.name),
+    files: {
+      deleted: deleted.map((f) => ({ path: f.path, size: f.size, reason: f.reason })),
+      deferred: plan.defer.map((f) => ({
+        path: f.path,
+        size: f.size,
+        reason: f.reason,
+        deletableAt: iso(f.deletableAtMs),
+      })),
+      dirsRemoved: c.applied ? c.applied.dirsRemoved : plan.dirsToRemove,
+    },
+    totals: {
+      removedVersions: selected.reduce((n, p) => n + p.dropped.length, 0),
+      removedFiles: deleted.length,
+      deferredFiles: plan.defer.length,
+      freedBytes: deleted.reduce((n, f) => n + f.size, 0),
+    },
+    verify: c.verify,
+  };
+}
+
+function listVersions(versions: readonly string[], max = 3): string {
+  if (versions.length === 0) return '';
+  const shown = versions.slice(0, max).join(', ');
+  return versions.length > max ? `${shown}, +${versions.length - max}` : shown;
+}
+
+export function summaryMarkdown(r: PruneReport): string {
+  const rows = r.products.map((p) => [
+    p.name,
+    `${p.kept.length}${p.kept.length ? ` (newest ${p.kept[0]})` : ''}`,
+    `${p.dropped.length}${p.dropped.length ? ` (${listVersions(p.dropped.map((d) => d.version))})` : ''}`,
+    String(p.broken.length),
+    String(p.ignored.length),
+    p.removed
+      ? 'product removed'
+      : p.removedItems.length
+        ? `${p.removedItems.length} delta item(s) removed`
+        : '',
+  ]);
+  const verb = r.dryRun ? 'Would delete' : 'Deleted';
+  const nextDeletable = r.files.deferred.map((f) => f.deletableAt).sort()[0];
+  const lines = [
+    `${verb} ${r.totals.removedFiles} file(s), ${formatBytes(r.totals.freedBytes)}; ` +
+      `${r.totals.deferredFiles} unreferenced file(s) wait for their grace period` +
+      (nextDeletable ? ` (first deletable at ${nextDeletable})` : '') +
+      '.',
+    `images.json ${r.metadata.imagesJson}, index.json ${r.metadata.indexJson}.`,
+  ];
+  if ('problems' in r.verify && r.verify.problems.length > 0) {
+    lines.push(`Verify (${r.verify.mode}) found ${r.verify.problems.length} problem(s).`);
+  }
+  return (
+    heading(
+      `prune-simplestreams${r.dryRun ? ' (dry run)' : ''}: ${r.totals.removedVersions} version(s) removed`,
+    ) +
+    markdownTable(['Product', 'Kept', 'Dropped', 'Broken', 'Ignored', 'Notes'], rows) +
+    `\n${lines.join('\n\n')}\n`
+  );
+}
+
+/** One line per product with changes, so the log says what will happen before it happens. */
+export function planLines(plan: Plan, dryRun: boolean): string[] {
+  const lines: string[] = [];
+  for (const p of plan.products) {
+    if (!p.selected) continue;
+    const parts = [`keep ${p.kept.join(', ') || 'nothing'}`];
+    if (p.dropped.length) parts.push(`drop ${p.dropped.map((d) => `${d.version} (${d.reason})`).join(', ')}`);
+    for (const b of p.broken) parts.push(`broken ${b.version}: ${b.problems.join('; ')}`);
+    if (p.ignored.length) parts.push(`untouched non-date versions ${p.ignored.join(', ')}`);
+    for (const i of p.removedItems) parts.push(`remove item ${i.version}/${i.item} (${i.reason})`);
+    if (p.removed) parts.push('remove the product');
+    lines.push(`${p.name}: ${parts.join('; ')}`);
+  }
+  // Per-file lines are capped: a first prune of a big repository defers thousands of files, and the report
+  // file lists them all.
+  const verb = dryRun ? 'would delete' : 'delete';
+  const files = [
+    ...plan.delete.map((f) => `${verb} ${f.path} (${f.reason}, ${formatBytes(f.size)})`),
+    ...plan.defer.map((f) => `keep ${f.path} until ${iso(f.deletableAtMs)} (${f.reason}, grace period)`),
+  ];
+  lines.push(...files.slice(0, MAX_FILE_LINES));
+  if (files.length > MAX_FILE_LINES) {
+    lines.push(
+      `... and ${files.length - MAX_FILE_LINES} more file(s): ${plan.delete.length} to delete and ` +
+        `${plan.defer.length} waiting in total (report-file lists every one)`,
+    );
+  }
+  return lines;
+}
