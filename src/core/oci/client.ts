@@ -284,7 +284,13 @@ export class RegistryClient {
       } catch (error) {
         if (!isTransient(error) || attempt >= this.policy.retries) throw error;
         this.stats.retries++;
-        await sleep(backoffDelay(attempt, this.policy));
+        await sleep(
+          backoffDelay(
+            attempt,
+            this.policy,
+            error instanceof TransientError ? error.retryAfterMs : undefined,
+          ),
+        );
       }
     }
   }
@@ -482,7 +488,12 @@ export class RegistryClient {
           await sleep(wait);
           continue;
         }
-        throw new TransientError((await failureMessage(response, spec.what)).text, response.status);
+        const retryAfterMs = parseRetryAfter(response.headers.get('retry-after'));
+        throw new TransientError(
+          (await failureMessage(response, spec.what)).text,
+          response.status,
+          retryAfterMs,
+        );
       }
       if (!spec.ok.includes(response.status)) {
         const message = await failureMessage(response, spec.what);
@@ -611,7 +622,12 @@ export class RegistryClient {
 
 /** A failure worth retrying (network error, timeout, 429/5xx after the request's own retries). */
 export class TransientError extends RegistryError {
-  constructor(message: string, status?: number) {
+  constructor(
+    message: string,
+    status?: number,
+    /** The server's Retry-After, for the caller that retries the whole operation. */
+    readonly retryAfterMs?: number,
+  ) {
     super(message, status);
     this.name = 'TransientError';
   }
@@ -619,8 +635,12 @@ export class TransientError extends RegistryError {
 
 function isTransient(error: unknown): boolean {
   if (error instanceof TransientError) return true;
-  // A stream that broke mid-body (connection reset while reading a download) surfaces as a plain error.
-  return !(error instanceof RegistryError) && !(error instanceof DigestMismatchError);
+  if (error instanceof RegistryError || error instanceof DigestMismatchError) return false;
+  // A local file problem will not fix itself; a stream that broke mid-body (connection reset) may.
+  const code =
+    (error as { code?: unknown; cause?: { code?: unknown } }).code ??
+    (error as { cause?: { code?: unknown } }).cause?.code;
+  return !(typeof code === 'string' && ['ENOENT', 'EACCES', 'EISDIR', 'ENOSPC'].includes(code));
 }
 
 function scopeKey(scopes: readonly string[]): string {
