@@ -107,7 +107,6 @@ export class RegistryClient {
   private readonly policy: RetryPolicy;
   private readonly userAgent: string;
   private scheme: Scheme | undefined;
-  private schemeProbe: Promise<void> | undefined;
   private bearer: { realm: string; service?: string } | undefined;
   private readonly tokens = new Map<string, Promise<{ token: string; expiresAt: number }>>();
 
@@ -415,26 +414,11 @@ export class RegistryClient {
     return this.timeoutMs + Math.ceil(bytes / MIN_TRANSFER_BYTES_PER_MS);
   }
 
-  /** Learns the registry's auth scheme once (GET /v2/), so parallel requests do not all collect a 401. */
-  private probeScheme(): Promise<void> {
-    this.schemeProbe ??= (async () => {
-      const response = await this.send({
-        method: 'GET',
-        url: this.url(''),
-        scopes: [],
-        ok: [200, 401],
-        what: `connect to ${this.registry}`,
-      });
-      await drain(response);
-      if (response.status === 200) this.scheme ??= 'none';
-    })();
-    return this.schemeProbe;
-  }
-
   private async send(spec: RequestSpec): Promise<Response> {
-    if (spec.scopes.length > 0) await this.probeScheme();
+    // No GET /v2/ probe first: the first real requests (HEADs, in parallel) collect the challenge in the same
+    // round trip, and later requests send credentials up front.
     const retry = spec.retry ?? true;
-    let challenged = false;
+    const challenged = new Set<'anonymous' | 'refused'>();
     for (let attempt = 0; ;) {
       const headers = new Headers(spec.headers);
       headers.set('user-agent', this.userAgent);
@@ -460,11 +444,17 @@ export class RegistryClient {
         }
         throw new TransientError(`${spec.what}: ${networkMessage(error)}`);
       }
-      if (response.status === 401 && spec.ok.includes(401) === false) {
+      if (response.status === 401) {
         const challenge = parseChallenge(response.headers.get('www-authenticate'));
         await drain(response);
-        if (!challenged && challenge && this.accept(challenge, spec.scopes, authorization !== undefined)) {
-          challenged = true;
+        // One retry to answer the first challenge, one more with a fresh token if the first one is refused.
+        const retryKind = authorization === undefined ? 'anonymous' : 'refused';
+        if (
+          !challenged.has(retryKind) &&
+          challenge &&
+          this.accept(challenge, spec.scopes, retryKind === 'refused')
+        ) {
+          challenged.add(retryKind);
           continue;
         }
         throw new RegistryError(
@@ -472,9 +462,6 @@ export class RegistryClient {
           401,
           'UNAUTHORIZED',
         );
-      }
-      if (response.status === 401 && spec.ok.includes(401)) {
-        this.noteChallenge(parseChallenge(response.headers.get('www-authenticate')));
       }
       if (isRetryableStatus(response.status) && !spec.ok.includes(response.status)) {
         if (retry && attempt < this.policy.retries) {
@@ -500,14 +487,6 @@ export class RegistryClient {
         throw new RegistryError(message.text, response.status, message.code);
       }
       return response;
-    }
-  }
-
-  private noteChallenge(challenge: Challenge | undefined): void {
-    if (challenge?.scheme === 'basic') this.scheme = 'basic';
-    if (challenge?.scheme === 'bearer' && challenge.params.realm) {
-      this.bearer = { realm: challenge.params.realm, service: challenge.params.service };
-      this.scheme = 'bearer';
     }
   }
 
