@@ -150,7 +150,7 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
     expect(remote.layers).toHaveLength(layout.blobs.length - 1);
   });
 
-  it('docker:// copies registry to registry with the manifest unchanged', async () => {
+  it('docker:// copies registry to registry with the manifest unchanged, mounting on the same registry', async () => {
     await run('skopeo', [
       'copy',
       '--quiet',
@@ -161,6 +161,9 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
     const r = await push(`docker://${registry.host}/src/origin:v9`, 'src/copied', { 'tls-verify': 'false' });
     expect(r.errors).toEqual([]);
     expect(r.outputs.digest).toBe(layout.digest);
+    // Same registry: every blob is mounted from the source repository, none uploaded.
+    expect(r.outputs['blobs-mounted']).toBe(String(layout.blobs.length));
+    expect(r.outputs['blobs-uploaded']).toBe('0');
     expect((await remoteImage(`${registry.host}/src/copied:one`)).digest).toBe(layout.digest);
   });
 

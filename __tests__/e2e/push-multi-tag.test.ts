@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runAction, secretOnlyAfterMask, type RunResult } from '../support/harness.js';
@@ -281,6 +281,32 @@ describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
         }
       },
     );
+
+    it('reads credentials from auth-file and leaves that file untouched', async () => {
+      const registry = await startRegistry({ auth: 'htpasswd' });
+      try {
+        const authFile = join(work, 'auth.json');
+        const auth = Buffer.from(`${registry.username}:${registry.password}`).toString('base64');
+        const content = JSON.stringify({ auths: { [registry.host]: { auth } } });
+        writeFileSync(authFile, content);
+        const r = await runAction({
+          action: 'push-multi-tag',
+          inputs: {
+            source: layout.transportRef,
+            repositories: `${registry.host}/file/app`,
+            tags: 'v1',
+            'auth-file': authFile,
+            'insecure-registries': registry.host,
+          },
+        });
+        expect(r.errors).toEqual([]);
+        expect(r.outputs['blobs-uploaded']).toBe(String(layout.blobs.length));
+        expect(readFileSync(authFile, 'utf8')).toBe(content);
+        expect(r.log).not.toContain(registry.password!);
+      } finally {
+        await registry.stop();
+      }
+    });
 
     it.each(['htpasswd', 'token'] as const)(
       '%s: fails clearly with bad credentials and still removes the auth dir',
