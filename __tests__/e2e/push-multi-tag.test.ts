@@ -228,6 +228,39 @@ describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
     }
   });
 
+  it('survives a connection dropped mid-chunk and a 503 on a chunk: the blob upload restarts', async () => {
+    const faulty = await startProxy({
+      target: regB.host,
+      fault: ({ kind, index }) => {
+        if (kind === 'upload-chunk' && index === 1) return { drop: 'mid-body' };
+        if (kind === 'upload-chunk' && index === 4) return { status: 503 };
+        return undefined;
+      },
+    });
+    try {
+      const r = await runAction({
+        action: 'push-multi-tag',
+        inputs: {
+          ...pushInputs(),
+          repositories: `${faulty.host}/faults/chunked`,
+          tags: 'c',
+          'chunk-size': '200KiB',
+          concurrency: '1',
+          'insecure-registries': faulty.host,
+        },
+      });
+      expect(r.errors).toEqual([]);
+      expect(faulty.records.filter((rec) => rec.fault).map((rec) => rec.kind)).toEqual([
+        'upload-chunk',
+        'upload-chunk',
+      ]);
+      expect(r.outputs['bytes-uploaded']).toBe(String(layout.blobBytes));
+      expect(await remoteDigest(`${regB.host}/faults/chunked:c`)).toBe(layout.digest);
+    } finally {
+      await faulty.stop();
+    }
+  });
+
   it.each([
     [{ tags: 'ok, -bad' }, "Input 'tags': '-bad' is not a valid tag"],
     [{ source: 'oci:/nonexistent/ici-layout' }, "Input 'source': /nonexistent/ici-layout does not exist."],
