@@ -128,6 +128,25 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
     );
   });
 
+  it('compression compresses an OCI layout with uncompressed layers, and leaves compressed ones alone', async () => {
+    const plain = generateLayout(join(work, 'plain-layout'), { layers: [50_000], compress: false });
+    const r = await push(plain.transportRef, 'src/layout-zstd', { compression: 'zstd' });
+    expect(r.errors).toEqual([]);
+    const raw = JSON.parse(
+      await run('skopeo', [
+        'inspect',
+        '--raw',
+        '--tls-verify=false',
+        `docker://${registry.host}/src/layout-zstd:one`,
+      ]),
+    ) as { layers: { mediaType: string }[] };
+    expect(new Set(raw.layers.map((l) => l.mediaType))).toEqual(
+      new Set(['application/vnd.oci.image.layer.v1.tar+zstd']),
+    );
+    const untouched = await push(layout.transportRef, 'src/layout-gzip', { compression: 'zstd' });
+    expect(untouched.outputs.digest).toBe(layout.digest);
+  });
+
   it('oci-archive and docker-archive files', async () => {
     const ociArchive = join(work, 'image-oci.tar');
     await run('skopeo', ['copy', '--quiet', layout.transportRef, `oci-archive:${ociArchive}:rel`]);
