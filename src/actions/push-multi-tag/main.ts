@@ -114,6 +114,10 @@ async function pushEverywhere(
         );
         results.push({ registry, ...result });
       }
+      const { requests, retries, bytesUploaded } = client.stats;
+      host.info(
+        `${registry}: ${requests} requests, ${retries} retried, ${formatBytes(bytesUploaded)} of blobs sent.`,
+      );
       return results;
     }),
   );

@@ -1,6 +1,5 @@
 /** Content digests: every blob and manifest is checked against the digest that names it. */
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { Transform, type TransformCallback } from 'node:stream';
 
 const SUPPORTED = new Set(['sha256', 'sha512']);
@@ -52,10 +51,4 @@ export function newHash(digest: string): Hash {
 
 export function hashDigest(hash: Hash, expected: string): string {
   return `${digestAlgorithm(expected)}:${hash.digest('hex')}`;
-}
-
-export async function digestFile(path: string, algorithm = 'sha256'): Promise<string> {
-  const hash = createHash(algorithm);
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return `${algorithm}:${hash.digest('hex')}`;
 }
