@@ -162,4 +162,33 @@ describe('RegistryClient protocol details (in-process double)', () => {
       'Bearer t2:repository:a/b:pull',
     ]);
   });
+
+  it('restarts a streamed upload in a new session when its token is refused mid-upload', async () => {
+    const b = blob('streamed-content');
+    let issued = 0;
+    const { host, seen } = await double((req, body, res) => {
+      const url = new URL(req.url!, 'http://x');
+      const challenge = `Bearer realm="http://${req.headers.host}/token",service="svc"`;
+      if (url.pathname === '/token')
+        return void res.writeHead(200).end(JSON.stringify({ token: `t${++issued}` }));
+      if (!req.headers.authorization) return void res.writeHead(401, { 'www-authenticate': challenge }).end();
+      if (req.method === 'POST')
+        return void res.writeHead(202, { location: `/v2/r/blobs/uploads/s${seen.length}` }).end();
+      if (req.headers.authorization === 'Bearer t1' && req.method === 'PUT') {
+        return void res.writeHead(401, { 'www-authenticate': `${challenge},error="invalid_token"` }).end();
+      }
+      const ok = createHash('sha256').update(body).digest('hex') === url.searchParams.get('digest')!.slice(7);
+      res.writeHead(ok ? 201 : 400).end();
+    });
+    const c = client(host);
+    await c.uploadBlob('r', b);
+    const puts = seen
+      .filter((s) => s.method === 'PUT')
+      .map((s) => `${s.url.split('?')[0]} ${s.auth} ${s.bytes}`);
+    expect(puts).toEqual([
+      `/v2/r/blobs/uploads/s3 Bearer t1 ${b.size}`,
+      `/v2/r/blobs/uploads/s6 Bearer t2 ${b.size}`,
+    ]);
+    expect(c.stats.bytesUploaded).toBe(b.size);
+  });
 });

@@ -455,6 +455,10 @@ export class RegistryClient {
           this.accept(challenge, spec.scopes, retryKind === 'refused')
         ) {
           challenged.add(retryKind);
+          // A streamed body is half-consumed (and half-hashed): restart the whole upload, now with a token.
+          if (typeof spec.body === 'function') {
+            throw new TransientError(`${spec.what}: the registry asked for new credentials mid-upload.`, 401);
+          }
           continue;
         }
         throw new RegistryError(
