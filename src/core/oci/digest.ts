@@ -1,5 +1,6 @@
 /** Content digests: every blob and manifest is checked against the digest that names it. */
 import { createHash, type Hash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { Transform, type TransformCallback } from 'node:stream';
 
 const SUPPORTED = new Set(['sha256', 'sha512']);
@@ -51,4 +52,11 @@ export function newHash(digest: string): Hash {
 
 export function hashDigest(hash: Hash, expected: string): string {
   return `${digestAlgorithm(expected)}:${hash.digest('hex')}`;
+}
+
+/** The digest of a file on disk (used by preseed-podman-vm to check cached images). */
+export async function digestFile(path: string, algorithm = 'sha256'): Promise<string> {
+  const hash = createHash(algorithm);
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return `${algorithm}:${hash.digest('hex')}`;
 }
