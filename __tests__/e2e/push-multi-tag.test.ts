@@ -3,7 +3,7 @@ import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runAction, secretOnlyAfterMask, type RunResult } from '../support/harness.js';
+import { REPO_ROOT, runAction, secretOnlyAfterMask, type RunResult } from '../support/harness.js';
 import { generateLayout, type GeneratedLayout } from '../support/oci-layout.js';
 import { startProxy, type CountingProxy } from '../support/proxy.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
@@ -259,6 +259,33 @@ describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
     } finally {
       await faulty.stop();
     }
+  });
+
+  it('runs the same way from the CLI: image-ci push-multi-tag --source ... --repositories ... --tags ...', async () => {
+    const cli = await new Promise<{ code: number; stdout: string }>((resolve) => {
+      execFile(
+        process.execPath,
+        [
+          join(REPO_ROOT, 'dist/cli.js'),
+          'push-multi-tag',
+          '--source',
+          layout.transportRef,
+          '--repositories',
+          `${regA.host}/cli/app`,
+          '--tags',
+          'x,y',
+          '--insecure-registries',
+          regA.host,
+        ],
+        { encoding: 'utf8', timeout: 60_000 },
+        (error, stdout) =>
+          resolve({ code: error ? Number((error as { code?: number }).code ?? 1) : 0, stdout }),
+      );
+    });
+    expect(cli.code).toBe(0);
+    expect(cli.stdout).toContain(`digest=${layout.digest}`);
+    expect(cli.stdout).toContain(`blobs-uploaded=${layout.blobs.length}`);
+    expect(await remoteDigest(`${regA.host}/cli/app:y`)).toBe(layout.digest);
   });
 
   it.each([
