@@ -128,6 +128,25 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
     );
   });
 
+  it('compression compresses an OCI layout with uncompressed layers, and leaves compressed ones alone', async () => {
+    const plain = generateLayout(join(work, 'plain-layout'), { layers: [50_000], compress: false });
+    const r = await push(plain.transportRef, 'src/layout-zstd', { compression: 'zstd' });
+    expect(r.errors).toEqual([]);
+    const raw = JSON.parse(
+      await run('skopeo', [
+        'inspect',
+        '--raw',
+        '--tls-verify=false',
+        `docker://${registry.host}/src/layout-zstd:one`,
+      ]),
+    ) as { layers: { mediaType: string }[] };
+    expect(new Set(raw.layers.map((l) => l.mediaType))).toEqual(
+      new Set(['application/vnd.oci.image.layer.v1.tar+zstd']),
+    );
+    const untouched = await push(layout.transportRef, 'src/layout-gzip', { compression: 'zstd' });
+    expect(untouched.outputs.digest).toBe(layout.digest);
+  });
+
   it('oci-archive and docker-archive files', async () => {
     const ociArchive = join(work, 'image-oci.tar');
     await run('skopeo', ['copy', '--quiet', layout.transportRef, `oci-archive:${ociArchive}:rel`]);
@@ -150,7 +169,7 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
     expect(remote.layers).toHaveLength(layout.blobs.length - 1);
   });
 
-  it('docker:// copies registry to registry with the manifest unchanged', async () => {
+  it('docker:// copies registry to registry with the manifest unchanged, mounting on the same registry', async () => {
     await run('skopeo', [
       'copy',
       '--quiet',
@@ -161,6 +180,9 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
     const r = await push(`docker://${registry.host}/src/origin:v9`, 'src/copied', { 'tls-verify': 'false' });
     expect(r.errors).toEqual([]);
     expect(r.outputs.digest).toBe(layout.digest);
+    // Same registry: every blob is mounted from the source repository, none uploaded.
+    expect(r.outputs['blobs-mounted']).toBe(String(layout.blobs.length));
+    expect(r.outputs['blobs-uploaded']).toBe('0');
     expect((await remoteImage(`${registry.host}/src/copied:one`)).digest).toBe(layout.digest);
   });
 

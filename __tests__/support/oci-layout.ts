@@ -19,6 +19,8 @@ export interface LayoutOptions {
   platforms?: Platform[];
   /** The `org.opencontainers.image.ref.name` in index.json. */
   ref?: string;
+  /** false writes plain tar layers (`...layer.v1.tar`), as an uncompressed export would. Default true. */
+  compress?: boolean;
 }
 
 export interface BlobInfo {
@@ -46,6 +48,7 @@ const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
 const OCI_CONFIG = 'application/vnd.oci.image.config.v1+json';
 const OCI_LAYER = 'application/vnd.oci.image.layer.v1.tar+gzip';
+const OCI_LAYER_PLAIN = 'application/vnd.oci.image.layer.v1.tar';
 
 function sha256(data: Buffer): string {
   return `sha256:${createHash('sha256').update(data).digest('hex')}`;
@@ -94,13 +97,16 @@ function writeImage(
   blobs: BlobWriter,
   sizes: number[],
   platform: Platform,
+  compress: boolean,
 ): { manifest: BlobInfo; parts: BlobInfo[] } {
   const parts: BlobInfo[] = [];
   const diffIds: string[] = [];
   const layers = sizes.map((size, i) => {
     const tar = tarOf(`layer-${i}.bin`, randomBytes(size));
     diffIds.push(sha256(tar));
-    const layer = blobs.write(gzipSync(tar, { level: 1 }), OCI_LAYER);
+    const layer = compress
+      ? blobs.write(gzipSync(tar, { level: 1 }), OCI_LAYER)
+      : blobs.write(tar, OCI_LAYER_PLAIN);
     parts.push(layer);
     return layer;
   });
@@ -136,7 +142,10 @@ export function generateLayout(dir: string, options: LayoutOptions): GeneratedLa
   const blobs = new BlobWriter(dir);
   writeFileSync(join(dir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
   const platforms = options.platforms ?? [{ os: 'linux', architecture: 'amd64' }];
-  const images = platforms.map((p) => ({ platform: p, ...writeImage(blobs, options.layers, p) }));
+  const images = platforms.map((p) => ({
+    platform: p,
+    ...writeImage(blobs, options.layers, p, options.compress ?? true),
+  }));
   let top: BlobInfo;
   let children: BlobInfo[] = [];
   if (platforms.length > 1) {

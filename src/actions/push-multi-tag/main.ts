@@ -9,6 +9,7 @@ import { InputError } from '../../core/inputs.js';
 import { RegistryClient } from '../../core/oci/client.js';
 import type { LocalImage } from '../../core/oci/layout.js';
 import { pushToRepository, type RepositoryPushResult } from '../../core/oci/push.js';
+import { parseReference } from '../../core/oci/reference.js';
 import { openImageSource, formatImageSource } from '../../core/oci/source.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { formatBytes, formatDuration } from '../../core/summary.js';
@@ -86,6 +87,8 @@ async function pushEverywhere(
   credentials: Map<string, Credential>,
 ): Promise<PushedRepository[]> {
   const groups = groupByRegistry(inputs.repositories);
+  // Registry to registry on the same host: the source repository already holds every blob, so mount from it.
+  const origin = inputs.source.transport === 'docker' ? parseReference(inputs.source.location) : undefined;
   const perRegistry = await Promise.allSettled(
     [...groups].map(async ([registry, repositories]) => {
       const client = new RegistryClient({
@@ -101,7 +104,8 @@ async function pushEverywhere(
           tags: inputs.tags,
           concurrency: inputs.concurrency,
           chunkSize: inputs.chunkSize,
-          mountFrom: results[0]?.repository,
+          mountFrom:
+            results[0]?.repository ?? (origin?.registry === registry ? origin.repository : undefined),
         });
         host.info(
           `${registry}/${repository}: ${result.uploaded} uploaded (${formatBytes(result.bytesUploaded)}), ` +
@@ -110,6 +114,10 @@ async function pushEverywhere(
         );
         results.push({ registry, ...result });
       }
+      const { requests, retries, bytesUploaded } = client.stats;
+      host.info(
+        `${registry}: ${requests} requests, ${retries} retried, ${formatBytes(bytesUploaded)} of blobs sent.`,
+      );
       return results;
     }),
   );

@@ -107,7 +107,6 @@ export class RegistryClient {
   private readonly policy: RetryPolicy;
   private readonly userAgent: string;
   private scheme: Scheme | undefined;
-  private schemeProbe: Promise<void> | undefined;
   private bearer: { realm: string; service?: string } | undefined;
   private readonly tokens = new Map<string, Promise<{ token: string; expiresAt: number }>>();
 
@@ -284,7 +283,13 @@ export class RegistryClient {
       } catch (error) {
         if (!isTransient(error) || attempt >= this.policy.retries) throw error;
         this.stats.retries++;
-        await sleep(backoffDelay(attempt, this.policy));
+        await sleep(
+          backoffDelay(
+            attempt,
+            this.policy,
+            error instanceof TransientError ? error.retryAfterMs : undefined,
+          ),
+        );
       }
     }
   }
@@ -409,26 +414,11 @@ export class RegistryClient {
     return this.timeoutMs + Math.ceil(bytes / MIN_TRANSFER_BYTES_PER_MS);
   }
 
-  /** Learns the registry's auth scheme once (GET /v2/), so parallel requests do not all collect a 401. */
-  private probeScheme(): Promise<void> {
-    this.schemeProbe ??= (async () => {
-      const response = await this.send({
-        method: 'GET',
-        url: this.url(''),
-        scopes: [],
-        ok: [200, 401],
-        what: `connect to ${this.registry}`,
-      });
-      await drain(response);
-      if (response.status === 200) this.scheme ??= 'none';
-    })();
-    return this.schemeProbe;
-  }
-
   private async send(spec: RequestSpec): Promise<Response> {
-    if (spec.scopes.length > 0) await this.probeScheme();
+    // No GET /v2/ probe first: the first real requests (HEADs, in parallel) collect the challenge in the same
+    // round trip, and later requests send credentials up front.
     const retry = spec.retry ?? true;
-    let challenged = false;
+    const challenged = new Set<'anonymous' | 'refused'>();
     for (let attempt = 0; ;) {
       const headers = new Headers(spec.headers);
       headers.set('user-agent', this.userAgent);
@@ -454,11 +444,21 @@ export class RegistryClient {
         }
         throw new TransientError(`${spec.what}: ${networkMessage(error)}`);
       }
-      if (response.status === 401 && spec.ok.includes(401) === false) {
+      if (response.status === 401) {
         const challenge = parseChallenge(response.headers.get('www-authenticate'));
         await drain(response);
-        if (!challenged && challenge && this.accept(challenge, spec.scopes, authorization !== undefined)) {
-          challenged = true;
+        // One retry to answer the first challenge, one more with a fresh token if the first one is refused.
+        const retryKind = authorization === undefined ? 'anonymous' : 'refused';
+        if (
+          !challenged.has(retryKind) &&
+          challenge &&
+          this.accept(challenge, spec.scopes, retryKind === 'refused')
+        ) {
+          challenged.add(retryKind);
+          // A streamed body is half-consumed (and half-hashed): restart the whole upload, now with a token.
+          if (typeof spec.body === 'function') {
+            throw new TransientError(`${spec.what}: the registry asked for new credentials mid-upload.`, 401);
+          }
           continue;
         }
         throw new RegistryError(
@@ -466,9 +466,6 @@ export class RegistryClient {
           401,
           'UNAUTHORIZED',
         );
-      }
-      if (response.status === 401 && spec.ok.includes(401)) {
-        this.noteChallenge(parseChallenge(response.headers.get('www-authenticate')));
       }
       if (isRetryableStatus(response.status) && !spec.ok.includes(response.status)) {
         if (retry && attempt < this.policy.retries) {
@@ -482,21 +479,18 @@ export class RegistryClient {
           await sleep(wait);
           continue;
         }
-        throw new TransientError((await failureMessage(response, spec.what)).text, response.status);
+        const retryAfterMs = parseRetryAfter(response.headers.get('retry-after'));
+        throw new TransientError(
+          (await failureMessage(response, spec.what)).text,
+          response.status,
+          retryAfterMs,
+        );
       }
       if (!spec.ok.includes(response.status)) {
         const message = await failureMessage(response, spec.what);
         throw new RegistryError(message.text, response.status, message.code);
       }
       return response;
-    }
-  }
-
-  private noteChallenge(challenge: Challenge | undefined): void {
-    if (challenge?.scheme === 'basic') this.scheme = 'basic';
-    if (challenge?.scheme === 'bearer' && challenge.params.realm) {
-      this.bearer = { realm: challenge.params.realm, service: challenge.params.service };
-      this.scheme = 'bearer';
     }
   }
 
@@ -611,7 +605,12 @@ export class RegistryClient {
 
 /** A failure worth retrying (network error, timeout, 429/5xx after the request's own retries). */
 export class TransientError extends RegistryError {
-  constructor(message: string, status?: number) {
+  constructor(
+    message: string,
+    status?: number,
+    /** The server's Retry-After, for the caller that retries the whole operation. */
+    readonly retryAfterMs?: number,
+  ) {
     super(message, status);
     this.name = 'TransientError';
   }
@@ -619,8 +618,12 @@ export class TransientError extends RegistryError {
 
 function isTransient(error: unknown): boolean {
   if (error instanceof TransientError) return true;
-  // A stream that broke mid-body (connection reset while reading a download) surfaces as a plain error.
-  return !(error instanceof RegistryError) && !(error instanceof DigestMismatchError);
+  if (error instanceof RegistryError || error instanceof DigestMismatchError) return false;
+  // A local file problem will not fix itself; a stream that broke mid-body (connection reset) may.
+  const code =
+    (error as { code?: unknown; cause?: { code?: unknown } }).code ??
+    (error as { cause?: { code?: unknown } }).cause?.code;
+  return !(typeof code === 'string' && ['ENOENT', 'EACCES', 'EISDIR', 'ENOSPC'].includes(code));
 }
 
 function scopeKey(scopes: readonly string[]): string {

@@ -54,6 +54,7 @@ export function hashDigest(hash: Hash, expected: string): string {
   return `${digestAlgorithm(expected)}:${hash.digest('hex')}`;
 }
 
+/** The digest of a file on disk (used by preseed-podman-vm to check cached images). */
 export async function digestFile(path: string, algorithm = 'sha256'): Promise<string> {
   const hash = createHash(algorithm);
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);

@@ -25,7 +25,10 @@ export interface OpenSourceOptions {
   /** A private directory for exports; the caller removes it. */
   scratch: string;
   env?: NodeJS.ProcessEnv;
-  /** Compress layers while exporting an uncompressed source (containers-storage, docker-archive). */
+  /**
+   * Compress uncompressed layers: always while exporting containers-storage / docker-archive (gzip unless
+   * given), and for layouts and oci-archives only when given and the image has uncompressed layers.
+   */
   compression?: Compression;
   /** Credentials file for a docker:// source. */
   authFile?: string;
@@ -34,6 +37,11 @@ export interface OpenSourceOptions {
   timeoutMs: number;
   log: (line: string) => void;
 }
+
+const UNCOMPRESSED_LAYERS = new Set([
+  'application/vnd.oci.image.layer.v1.tar',
+  'application/vnd.docker.image.rootfs.diff.tar',
+]);
 
 const TRANSPORTS: readonly SourceTransport[] = [
   'containers-storage',
@@ -96,15 +104,35 @@ export async function openImageSource(
   const env = options.env ?? process.env;
   const run = (cmd: string, args: string[]) =>
     exec(cmd, args, { timeoutMs: options.timeoutMs, env, onLine: (line) => options.log(line) });
-  if (spec.transport === 'oci') return readOciLayout(spec.location, spec.ref);
-
   const layout = join(options.scratch, 'layout');
-  await mkdir(layout, { recursive: true });
-  if (spec.transport === 'oci-archive') {
-    options.log(`Unpacking ${spec.location}`);
-    await run('tar', ['-xf', spec.location, '-C', layout]);
-    return readOciLayout(layout, spec.ref);
+  if (spec.transport === 'oci' || spec.transport === 'oci-archive') {
+    let dir = spec.location;
+    if (spec.transport === 'oci-archive') {
+      await mkdir(layout, { recursive: true });
+      options.log(`Unpacking ${spec.location}`);
+      await run('tar', ['-xf', spec.location, '-C', layout]);
+      dir = layout;
+    }
+    const image = await readOciLayout(dir, spec.ref);
+    if (!options.compression || !image.blobs.some((b) => UNCOMPRESSED_LAYERS.has(b.mediaType))) return image;
+    const compressed = join(options.scratch, 'compressed');
+    options.log(
+      `Compressing the uncompressed layers of ${formatImageSource(spec)} with ${options.compression}`,
+    );
+    await run('skopeo', [
+      'copy',
+      '--quiet',
+      '--all',
+      '--dest-compress',
+      '--dest-compress-format',
+      options.compression,
+      `oci:${dir}${spec.ref !== undefined ? `:${spec.ref}` : ''}`,
+      `oci:${compressed}:image`,
+    ]);
+    return readOciLayout(compressed, 'image');
   }
+
+  await mkdir(layout, { recursive: true });
 
   let from = formatImageSource(spec);
   const copyArgs = ['copy', '--quiet'];

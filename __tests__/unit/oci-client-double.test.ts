@@ -1,0 +1,194 @@
+/**
+ * Client behaviours docker-registry 2.8 never shows (it sends absolute Locations and answers mounts with 201),
+ * checked against a small in-process HTTP double that records what the client sent.
+ */
+import { afterEach, describe, expect, it } from '@jest/globals';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { RegistryClient } from '../../src/core/oci/client.js';
+
+type Handler = (req: IncomingMessage, body: Buffer, res: ServerResponse) => void;
+interface Seen {
+  method: string;
+  url: string;
+  auth?: string;
+  bytes: number;
+}
+
+const servers: Server[] = [];
+let dir: string | undefined;
+afterEach(async () => {
+  for (const server of servers.splice(0)) {
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+  }
+  if (dir) rmSync(dir, { recursive: true, force: true });
+  dir = undefined;
+});
+
+async function double(handler: Handler): Promise<{ host: string; seen: Seen[] }> {
+  const seen: Seen[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      seen.push({ method: req.method!, url: req.url!, auth: req.headers.authorization, bytes: body.length });
+      handler(req, body, res);
+    });
+  });
+  servers.push(server);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { host: `127.0.0.1:${(server.address() as AddressInfo).port}`, seen };
+}
+
+function blob(content: string) {
+  dir = mkdtempSync(join(tmpdir(), 'ici-double-'));
+  const path = join(dir, 'blob');
+  writeFileSync(path, content);
+  return {
+    path,
+    size: content.length,
+    digest: `sha256:${createHash('sha256').update(content).digest('hex')}`,
+  };
+}
+
+const client = (host: string, extra = {}) =>
+  new RegistryClient({ registry: host, insecure: true, retryBaseDelayMs: 5, timeoutMs: 5000, ...extra });
+
+describe('RegistryClient protocol details (in-process double)', () => {
+  it('resolves relative Locations against the request URL and keeps their query through chunked upload', async () => {
+    const b = blob('0123456789abcdefghij');
+    const { host, seen } = await double((req, _body, res) => {
+      const url = new URL(req.url!, 'http://x');
+      if (req.method === 'GET') return void res.writeHead(200).end('{}');
+      if (req.method === 'POST') return void res.writeHead(202, { location: 'uploads/u1?_state=s0' }).end();
+      if (req.method === 'PATCH') {
+        const n = Number(url.searchParams.get('_state')!.slice(1)) + 1;
+        return void res.writeHead(202, { location: `/v2/r/blobs/uploads/u1?_state=s${n}` }).end();
+      }
+      res.writeHead(201, { 'docker-content-digest': url.searchParams.get('digest')! }).end();
+    });
+    await client(host).uploadBlob('r', b, { chunkSize: 8 });
+    expect(seen.map((s) => `${s.method} ${s.url} ${s.bytes}`)).toEqual([
+      'POST /v2/r/blobs/uploads/ 0',
+      'PATCH /v2/r/blobs/uploads/uploads/u1?_state=s0 8',
+      'PATCH /v2/r/blobs/uploads/u1?_state=s1 8',
+      'PATCH /v2/r/blobs/uploads/u1?_state=s2 4',
+      `PUT /v2/r/blobs/uploads/u1?_state=s3&digest=${encodeURIComponent(b.digest)} 0`,
+    ]);
+  });
+
+  it('continues the upload in the session a mount answered with 202, and uploads when a mount fails', async () => {
+    const b = blob('payload');
+    let mounts = 0;
+    const { host, seen } = await double((req, _body, res) => {
+      if (req.method === 'GET') return void res.writeHead(200).end('{}');
+      if (req.method === 'POST' && req.url!.includes('mount=')) {
+        mounts++;
+        if (mounts === 1) return void res.writeHead(202, { location: '/v2/r/blobs/uploads/m1' }).end();
+        return void res.writeHead(404).end('{"errors":[{"code":"BLOB_UNKNOWN"}]}');
+      }
+      if (req.method === 'POST')
+        return void res.writeHead(202, { location: '/v2/r/blobs/uploads/fresh' }).end();
+      res.writeHead(201).end();
+    });
+    const c = client(host);
+    const first = await c.mountBlob('r', b.digest, 'other');
+    expect(first.mounted).toBe(false);
+    await c.uploadBlob('r', b, { location: first.mounted ? undefined : first.location });
+    expect(await c.mountBlob('r', b.digest, 'other')).toEqual({ mounted: false });
+    const puts = seen.filter((s) => s.method === 'PUT').map((s) => s.url.split('?')[0]);
+    expect(puts).toEqual(['/v2/r/blobs/uploads/m1']);
+  });
+
+  it('waits as Retry-After says and retries 503s, then gives up with the OCI error', async () => {
+    let heads = 0;
+    const { host } = await double((req, _body, res) => {
+      if (req.url === '/v2/') return void res.writeHead(200).end('{}');
+      heads++;
+      if (heads === 1) return void res.writeHead(429, { 'retry-after': '0' }).end();
+      if (heads === 2) return void res.writeHead(503).end();
+      res.writeHead(200, { 'content-length': '7' }).end();
+    });
+    const c = client(host);
+    expect(await c.headBlob('r', `sha256:${'a'.repeat(64)}`)).toEqual({ size: 7 });
+    expect(c.stats.retries).toBe(2);
+
+    const { host: broken } = await double((req, _body, res) => {
+      if (req.url === '/v2/') return void res.writeHead(200).end('{}');
+      res
+        .writeHead(503, { 'content-type': 'application/json' })
+        .end('{"errors":[{"code":"UNAVAILABLE","message":"down"}]}');
+    });
+    await expect(client(broken, { retries: 2 }).getManifest('r', 'v1')).rejects.toThrow(
+      'GET manifest r:v1: HTTP 503 UNAVAILABLE: down',
+    );
+  });
+
+  it('fetches a new token when the registry asks for a scope the cached one lacks', async () => {
+    const tokens: string[] = [];
+    let issued = 0;
+    const { host, seen } = await double((req, _body, res) => {
+      const url = new URL(req.url!, 'http://x');
+      const challenge = `Bearer realm="http://${req.headers.host}/token",service="svc"`;
+      if (url.pathname === '/token') {
+        issued++;
+        return void res
+          .writeHead(200)
+          .end(JSON.stringify({ token: `t${issued}:${url.searchParams.getAll('scope').join('+')}` }));
+      }
+      if (!req.headers.authorization) return void res.writeHead(401, { 'www-authenticate': challenge }).end();
+      // The first token is refused once, as an expired one would be.
+      if (req.headers.authorization?.startsWith('Bearer t1:')) {
+        return void res.writeHead(401, { 'www-authenticate': `${challenge},error="invalid_token"` }).end();
+      }
+      res.writeHead(404).end();
+    });
+    const c = client(host, { onToken: (t: string) => tokens.push(t) });
+    expect(await c.headBlob('a/b', `sha256:${'b'.repeat(64)}`)).toBeUndefined();
+    expect(tokens).toEqual(['t1:repository:a/b:pull', 't2:repository:a/b:pull']);
+    expect(await c.headManifest('a/b', 'v1')).toBeUndefined();
+    expect(tokens).toHaveLength(2);
+    const blobHeads = seen.filter((s) => s.url.startsWith('/v2/a/b/'));
+    expect(blobHeads.map((s) => s.auth)).toEqual([
+      undefined,
+      'Bearer t1:repository:a/b:pull',
+      'Bearer t2:repository:a/b:pull',
+      'Bearer t2:repository:a/b:pull',
+    ]);
+  });
+
+  it('restarts a streamed upload in a new session when its token is refused mid-upload', async () => {
+    const b = blob('streamed-content');
+    let issued = 0;
+    const { host, seen } = await double((req, body, res) => {
+      const url = new URL(req.url!, 'http://x');
+      const challenge = `Bearer realm="http://${req.headers.host}/token",service="svc"`;
+      if (url.pathname === '/token')
+        return void res.writeHead(200).end(JSON.stringify({ token: `t${++issued}` }));
+      if (!req.headers.authorization) return void res.writeHead(401, { 'www-authenticate': challenge }).end();
+      if (req.method === 'POST')
+        return void res.writeHead(202, { location: `/v2/r/blobs/uploads/s${seen.length}` }).end();
+      if (req.headers.authorization === 'Bearer t1' && req.method === 'PUT') {
+        return void res.writeHead(401, { 'www-authenticate': `${challenge},error="invalid_token"` }).end();
+      }
+      const ok = createHash('sha256').update(body).digest('hex') === url.searchParams.get('digest')!.slice(7);
+      res.writeHead(ok ? 201 : 400).end();
+    });
+    const c = client(host);
+    await c.uploadBlob('r', b);
+    const puts = seen
+      .filter((s) => s.method === 'PUT')
+      .map((s) => `${s.url.split('?')[0]} ${s.auth} ${s.bytes}`);
+    expect(puts).toEqual([
+      `/v2/r/blobs/uploads/s3 Bearer t1 ${b.size}`,
+      `/v2/r/blobs/uploads/s6 Bearer t2 ${b.size}`,
+    ]);
+    expect(c.stats.bytesUploaded).toBe(b.size);
+  });
+});

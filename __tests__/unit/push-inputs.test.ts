@@ -1,0 +1,107 @@
+import { describe, expect, it } from '@jest/globals';
+import { MapInputSource } from '../../src/core/inputs.js';
+import { readInputs } from '../../src/actions/push-multi-tag/inputs.js';
+import { pushSummary } from '../../src/actions/push-multi-tag/summary.js';
+
+const base = {
+  source: 'oci:/tmp/layout:v1',
+  repositories: 'ghcr.io/org/app\nquay.io/org/app, 127.0.0.1:5000/a/b',
+  tags: '1.2.3, 1.2\n1\nlatest',
+};
+const read = (extra: Record<string, string | undefined> = {}) =>
+  readInputs(new MapInputSource({ ...base, ...extra }));
+
+describe('push-multi-tag readInputs', () => {
+  it('parses every input once into typed values', () => {
+    const inputs = read({
+      username: 'bot',
+      password: 'pw',
+      'tls-verify': 'false',
+      'insecure-registries': '127.0.0.1:5000',
+      concurrency: '8',
+      'chunk-size': '16MiB',
+      compression: 'zstd',
+      'digest-file': '/tmp/d',
+    });
+    expect(inputs).toEqual({
+      source: { transport: 'oci', location: '/tmp/layout', ref: 'v1' },
+      repositories: [
+        { registry: 'ghcr.io', repository: 'org/app' },
+        { registry: 'quay.io', repository: 'org/app' },
+        { registry: '127.0.0.1:5000', repository: 'a/b' },
+      ],
+      tags: ['1.2.3', '1.2', '1', 'latest'],
+      username: 'bot',
+      password: 'pw',
+      authFile: undefined,
+      tlsVerify: false,
+      insecureRegistries: ['127.0.0.1:5000'],
+      concurrency: 8,
+      chunkSize: 16 * 1024 * 1024,
+      compression: 'zstd',
+      digestFile: '/tmp/d',
+    });
+  });
+
+  it('takes a bare name as a containers-storage image and drops duplicate tags', () => {
+    const inputs = read({ source: 'localhost/app:dev', tags: 'a, a, b' });
+    expect(inputs.source).toEqual({ transport: 'containers-storage', location: 'localhost/app:dev' });
+    expect(inputs.tags).toEqual(['a', 'b']);
+    expect(inputs.concurrency).toBe(4);
+    expect(inputs.chunkSize).toBe(0);
+  });
+
+  it.each([
+    [{ source: undefined }, "Input 'source': is required but was not given."],
+    [{ source: 'dir:/tmp/x' }, "Input 'source': unknown transport 'dir:'"],
+    [{ source: 'docker:quay.io/a' }, "Input 'source': 'docker:quay.io/a': write docker://<reference>."],
+    [{ source: 'Not A Name' }, "Input 'source':"],
+    [{ repositories: ' ' }, "Input 'repositories': is required but was not given."],
+    [{ repositories: 'app' }, "Input 'repositories': 'app' names no registry host"],
+    [{ repositories: 'org/app' }, "Input 'repositories': 'org/app' names no registry host"],
+    [
+      { repositories: 'ghcr.io/org/app:1' },
+      "Input 'repositories': 'ghcr.io/org/app:1' names a tag or digest",
+    ],
+    [
+      { repositories: 'ghcr.io/Org/app' },
+      "Input 'repositories': 'ghcr.io/Org/app' has an invalid repository path",
+    ],
+    [{ repositories: 'ghcr.io/a/b, ghcr.io/a/b' }, "Input 'repositories': 'ghcr.io/a/b' is listed twice."],
+    [{ tags: '' }, "Input 'tags': is required but was not given"],
+    [{ tags: 'ok, bad tag' }, "Input 'tags': 'bad tag' is not a valid tag"],
+    [{ tags: '.dot' }, "Input 'tags': '.dot' is not a valid tag"],
+    [{ tags: 'x'.repeat(129) }, "Input 'tags': 'xxxxxxxx"],
+    [{ password: 'pw' }, "Input 'password': was given without `username`; set both."],
+    [{ username: 'bot' }, "Input 'username': was given without `password`; set both."],
+    [{ 'tls-verify': 'maybe' }, "Input 'tls-verify': expected true or false"],
+    [{ concurrency: '0' }, "Input 'concurrency': must be at least 1"],
+    [{ 'chunk-size': 'big' }, "Input 'chunk-size': expected a size like 5MiB"],
+    [{ compression: 'xz' }, "Input 'compression': must be one of gzip, zstd; got 'xz'."],
+  ])('refuses %j', (extra, message) => {
+    expect(() => read(extra)).toThrow(message);
+  });
+});
+
+describe('push-multi-tag summary', () => {
+  it('has one row per repository with its tags and blob counts', () => {
+    const md = pushSummary(
+      [
+        {
+          registry: 'ghcr.io',
+          repository: 'org/app',
+          digest: 'sha256:abc',
+          tags: ['1', 'latest'],
+          uploaded: 3,
+          mounted: 0,
+          skipped: 1,
+          bytesUploaded: 2048,
+          multiTag: false,
+        },
+      ],
+      1500,
+    );
+    expect(md).toContain('### push-multi-tag: 1 repositories in 1.5 s');
+    expect(md).toContain('| ghcr.io/org/app:1, latest | `sha256:abc` | 3 (2.0 KiB) | 0 | 1 |');
+  });
+});
