@@ -1,0 +1,88 @@
+/**
+ * Test data for cache round trips: directories of random (incompressible) files, a digest of a directory tree to
+ * prove a restore brought back exactly what was saved, and a stdout capture for calling @actions/cache
+ * in-process (it logs through @actions/core, which writes workflow commands straight to stdout).
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+
+const MiB = 1024 * 1024;
+
+/** Writes `files` random files of `bytesEach` into `dir` (random data: zstd cannot shrink it). */
+export async function fillRandom(dir: string, files: number, bytesEach: number): Promise<void> {
+  mkdirSync(dir, { recursive: true });
+  for (let i = 0; i < files; i++) {
+    const handle = await open(join(dir, `blob-${i}.bin`), 'w');
+    try {
+      for (let written = 0; written < bytesEach;) {
+        const chunk = randomBytes(Math.min(4 * MiB, bytesEach - written));
+        await handle.write(chunk);
+        written += chunk.length;
+      }
+    } finally {
+      await handle.close();
+    }
+  }
+}
+
+/** sha256 over every file's relative path, mode and content, in name order: equal digests, equal trees. */
+export function treeDigest(dir: string): string {
+  const hash = createHash('sha256');
+  const walk = (d: string): void => {
+    for (const name of readdirSync(d).sort()) {
+      const p = join(d, name);
+      const st = statSync(p);
+      if (st.isDirectory()) {
+        hash.update(`d ${relative(dir, p)}\n`);
+        walk(p);
+      } else {
+        hash.update(`f ${relative(dir, p)} ${st.mode & 0o777} ${st.size}\n`);
+        hash.update(readFileSync(p));
+      }
+    }
+  };
+  walk(dir);
+  return hash.digest('hex');
+}
+
+/** A job's directories under one base: runner-temp, workspace, home (paths are reused across "runs"). */
+export function jobDirs(label: string): {
+  base: string;
+  runnerTemp: string;
+  workspace: string;
+  home: string;
+} {
+  const base = mkdtempSync(join(tmpdir(), `ici-${label}-`));
+  const dirs = {
+    base,
+    runnerTemp: join(base, 'temp'),
+    workspace: join(base, 'ws'),
+    home: join(base, 'home'),
+  };
+  for (const d of [dirs.runnerTemp, dirs.workspace, dirs.home]) mkdirSync(d, { recursive: true });
+  return dirs;
+}
+
+/**
+ * Runs fn with process.stdout captured (lines returned, nothing printed), so in-process calls of @actions/cache
+ * neither flood the test log nor hide what the library said.
+ */
+export async function captureStdout<T>(fn: () => Promise<T>): Promise<{ value: T; lines: string[] }> {
+  const original = process.stdout.write;
+  let text = '';
+  process.stdout.write = ((chunk: unknown, ...rest: unknown[]) => {
+    text += typeof chunk === 'string' ? chunk : Buffer.from(chunk as Uint8Array).toString('utf8');
+    const callback = rest.find((r): r is () => void => typeof r === 'function');
+    if (callback) callback();
+    return true;
+  }) as typeof process.stdout.write;
+  try {
+    const value = await fn();
+    return { value, lines: text.split('\n').filter(Boolean) };
+  } finally {
+    process.stdout.write = original;
+  }
+}

@@ -1,0 +1,177 @@
+/**
+ * The Actions cache backend: the unmodified @actions/cache library, plus what it does not tell its caller.
+ *
+ * saveCache returns -1 for every failure and restoreCache returns undefined for misses and outages alike; the
+ * reason exists only in what the library logs through @actions/core (which writes workflow commands to stdout).
+ * So each call runs with stdout captured: the library's lines are re-emitted through the Host (progress as info,
+ * its debug as debug, its masks as secrets) and its warnings/errors are kept to classify the outcome, which the
+ * wrapper then reports once, in its own words (no error annotation for a cache that merely was unavailable).
+ */
+import * as cache from '@actions/cache';
+import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
+import type { Host } from './host.js';
+import { errorMessage } from './run.js';
+
+export interface LibraryLine {
+  kind: 'info' | 'debug' | 'warning' | 'error';
+  text: string;
+}
+
+/** The library's own failure lines; the wrapper restates them with the real reason. */
+const LIBRARY_FAILURE = /^Failed to (save|restore):/;
+
+/** @actions/core escapes command data; undo it so messages read as the library wrote them. */
+function unescapeCommandData(s: string): string {
+  return s.replace(/%0D/g, '\r').replace(/%0A/g, '\n').replace(/%25/g, '%');
+}
+
+function parseLine(
+  line: string,
+): LibraryLine | { kind: 'mask'; text: string } | { kind: 'raw'; text: string } {
+  const m = /^::([a-z-]+)(?: [^:]*)?::(.*)$/.exec(line);
+  if (!m) return { kind: 'info', text: line };
+  const data = unescapeCommandData(m[2]!);
+  switch (m[1]) {
+    case 'add-mask':
+      return { kind: 'mask', text: data };
+    case 'debug':
+      return { kind: 'debug', text: data };
+    case 'warning':
+    case 'notice':
+      return { kind: 'warning', text: data };
+    case 'error':
+      return { kind: 'error', text: data };
+    default:
+      return { kind: 'raw', text: line };
+  }
+}
+
+/** One library call at a time: stdout is process-wide, so overlapping captures could not tell lines apart. */
+let queue: Promise<unknown> = Promise.resolve();
+
+async function withLibraryLog<T>(
+  host: Host,
+  fn: () => Promise<T>,
+): Promise<{ value: T; lines: LibraryLine[] }> {
+  const run = queue.then(() => captureWhile(host, fn));
+  queue = run.catch(() => undefined);
+  return run;
+}
+
+async function captureWhile<T>(
+  host: Host,
+  fn: () => Promise<T>,
+): Promise<{ value: T; lines: LibraryLine[] }> {
+  const lines: LibraryLine[] = [];
+  const originalWrite = process.stdout.write;
+  let forwarding = false;
+  let pending = '';
+  const handle = (line: string): void => {
+    const parsed = parseLine(line.replace(/\r$/, ''));
+    forwarding = true;
+    try {
+      if (parsed.kind === 'mask') host.setSecret(parsed.text);
+      else if (parsed.kind === 'raw') originalWrite.call(process.stdout, `${parsed.text}\n`);
+      else {
+        lines.push(parsed);
+        if (parsed.kind === 'info' && !LIBRARY_FAILURE.test(parsed.text)) host.info(parsed.text);
+        else if (parsed.kind === 'info') host.debug(parsed.text);
+        else
+          host.debug(parsed.kind === 'debug' ? parsed.text : `@actions/cache ${parsed.kind}: ${parsed.text}`);
+      }
+    } finally {
+      forwarding = false;
+    }
+  };
+  const patched = function (this: unknown, chunk: unknown, ...rest: unknown[]): boolean {
+    // The Host writes through @actions/core too: its own lines must go straight out, not back into the capture.
+    if (forwarding)
+      return (originalWrite as (...a: unknown[]) => boolean).call(process.stdout, chunk, ...rest);
+    pending += typeof chunk === 'string' ? chunk : Buffer.from(chunk as Uint8Array).toString('utf8');
+    const parts = pending.split('\n');
+    pending = parts.pop() ?? '';
+    for (const part of parts) handle(part);
+    const callback = rest.find((r): r is () => void => typeof r === 'function');
+    if (callback) callback();
+    return true;
+  };
+  process.stdout.write = patched as typeof process.stdout.write;
+  try {
+    const value = await fn();
+    return { value, lines };
+  } finally {
+    process.stdout.write = originalWrite;
+    if (pending) handle(pending);
+  }
+}
+
+/** Outage signatures of both protocols: 5xx after retries, network errors, the v1 "responded with 5xx". */
+const UNAVAILABLE =
+  /\(5\d\d\)|responded with 5\d\d|after \d+ attempts|Unable to make request|ECONNREFUSED|ECONNRESET|ENOTFOUND|ETIMEDOUT|EHOSTUNREACH|socket hang up|Rate limited/i;
+const TOO_LARGE = /over the (10GB|data cap) limit|too large|exceeds|quota has been hit/i;
+const ALREADY_EXISTS = /\(409\)|already exists/i;
+
+function problems(lines: LibraryLine[]): string[] {
+  return lines.filter((l) => l.kind === 'warning' || l.kind === 'error').map((l) => l.text);
+}
+
+export async function restoreFromActionsCache(
+  host: Host,
+  paths: string[],
+  primaryKey: string,
+  restoreKeys: string[],
+  options: RestoreOptions,
+): Promise<BackendRestore> {
+  try {
+    const { value, lines } = await withLibraryLog(host, () =>
+      cache.restoreCache(paths, primaryKey, restoreKeys, { lookupOnly: options.lookupOnly ?? false }),
+    );
+    const failures = problems(lines);
+    if (failures.length > 0) return { problem: failures.join('; ') };
+    return value ? { matchedKey: value } : {};
+  } catch (error) {
+    return { problem: errorMessage(error) };
+  }
+}
+
+export async function saveToActionsCache(host: Host, paths: string[], key: string): Promise<SaveResult> {
+  let id: number;
+  let lines: LibraryLine[];
+  try {
+    ({ value: id, lines } = await withLibraryLog(host, () => cache.saveCache(paths, key)));
+  } catch (error) {
+    const message = errorMessage(error);
+    return { outcome: UNAVAILABLE.test(message) ? 'unavailable' : 'failed', message };
+  }
+  if (id !== -1) return { outcome: 'saved', message: `entry ${id}` };
+  return classifySaveFailure(lines);
+}
+
+/**
+ * Reads why saveCache returned -1. Its v2 path reports every failed reservation, including an outage, as
+ * "another job may be creating this cache" (info) and keeps the real cause in a debug line, so the debug
+ * lines are searched first.
+ */
+export function classifySaveFailure(lines: readonly LibraryLine[]): SaveResult {
+  const all = lines.map((l) => l.text);
+  const skipped = all.find((t) => t.startsWith('Cache save skipped'));
+  if (skipped) return { outcome: 'skipped', message: skipped };
+  const evidence = [
+    ...new Set([
+      ...all.filter((t) => t.startsWith('Failed to reserve cache:')),
+      ...problems([...lines]),
+      ...all.filter((t) => t.startsWith('Failed to save:')),
+    ]),
+  ];
+  const first = (pattern: RegExp) => evidence.find((t) => pattern.test(t));
+  const tooLarge = first(TOO_LARGE);
+  if (tooLarge) return { outcome: 'too-large', message: tooLarge };
+  const outage = first(UNAVAILABLE);
+  if (outage) return { outcome: 'unavailable', message: outage };
+  const exists = first(ALREADY_EXISTS) ?? first(/another job may be/);
+  if (exists) return { outcome: 'exists', message: exists };
+  return {
+    outcome: 'failed',
+    message: evidence.join('; ') || '@actions/cache did not save the entry and gave no reason',
+  };
+}

@@ -1,0 +1,271 @@
+/**
+ * The cache layer every action uses: key building, restore (with restore-keys and lookup-only), a save that
+ * reports a typed outcome and never throws into the action, the cache-hit outputs, and a main -> post hand-off
+ * so post saves only what main decided.
+ *
+ * Two backends behind one contract: the Actions cache service through the unmodified @actions/cache library,
+ * and a plain directory (the CLI's --cache-dir, for CI systems that mount a persistent volume). Caching is an
+ * optimisation: a broken or absent cache is a warning, never a failed step.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import type { Host } from './host.js';
+import { errorMessage } from './run.js';
+import { restoreFromActionsCache, saveToActionsCache } from './cache-actions.js';
+import { restoreFromDirCache, saveToDirCache } from './cache-dir.js';
+
+export interface CacheKeyParts {
+  prefix: string;
+  os?: string;
+  arch?: string;
+  /** hashed (sha256, 12 hex) into the key */
+  inputs?: Record<string, string>;
+  suffix?: string;
+}
+
+export type CacheBackend = 'actions' | 'dir' | 'none';
+
+export interface RestoreResult {
+  /** True only when the exact primary key was restored (or found, for a lookup). */
+  hit: boolean;
+  matchedKey?: string;
+  backend: CacheBackend;
+}
+
+export type SaveOutcome = 'saved' | 'exists' | 'too-large' | 'unavailable' | 'failed' | 'skipped';
+
+export interface SaveResult {
+  outcome: SaveOutcome;
+  message: string;
+}
+
+export interface PlannedSave {
+  paths: string[];
+  key: string;
+}
+
+export interface RestoreOptions {
+  /** Only check that an entry exists; download nothing. */
+  lookupOnly?: boolean;
+}
+
+/** What a backend reports back; the wrapper turns it into logs and a RestoreResult. */
+export interface BackendRestore {
+  matchedKey?: string;
+  /** Set when the cache could not be asked (outage, broken download): the result is then a miss. */
+  problem?: string;
+}
+
+export const CACHE_DIR_ENV = 'IMAGE_CI_CACHE_DIR';
+export const CACHE_OUTPUTS = { hit: 'cache-hit', matchedKey: 'cache-matched-key' } as const;
+const PLAN_STATE = 'ici-cache-plan';
+/** @actions/cache refuses longer keys and keys with commas (the service joins restore keys with commas). */
+const MAX_KEY_LENGTH = 512;
+
+const RUNNER_OS_NAMES: Partial<Record<NodeJS.Platform, string>> = {
+  linux: 'Linux',
+  darwin: 'macOS',
+  win32: 'Windows',
+};
+const RUNNER_ARCH_NAMES: Record<string, string> = { x64: 'X64', arm64: 'ARM64', arm: 'ARM', ia32: 'X86' };
+
+function runnerOs(env: NodeJS.ProcessEnv): string {
+  return env.RUNNER_OS || RUNNER_OS_NAMES[process.platform] || process.platform;
+}
+
+function runnerArch(env: NodeJS.ProcessEnv): string {
+  return env.RUNNER_ARCH || RUNNER_ARCH_NAMES[process.arch] || process.arch;
+}
+
+/** sha256 of the inputs in key order, so the same inputs always give the same key whatever their order. */
+export function hashInputs(inputs: Record<string, string>): string {
+  const sorted = Object.keys(inputs)
+    .sort()
+    .map((k) => [k, inputs[k]]);
+  return createHash('sha256').update(JSON.stringify(sorted)).digest('hex').slice(0, 12);
+}
+
+export function validateCacheKey(key: string): void {
+  if (!key) throw new Error('cache key is empty');
+  if (key.includes(','))
+    throw new Error(`cache key "${key}" contains a comma, which the cache service refuses`);
+  if (key.length > MAX_KEY_LENGTH) {
+    throw new Error(`cache key "${key.slice(0, 40)}..." is longer than ${MAX_KEY_LENGTH} characters`);
+  }
+}
+
+/**
+ * The key prefix shared by every entry of this kind on this OS/arch: `${prefix}-${os}-${arch}-`. Use it as a
+ * restore key so a later run with changed inputs still starts from the newest older entry.
+ */
+export function cacheKeyPrefix(parts: CacheKeyParts, env: NodeJS.ProcessEnv = process.env): string {
+  return `${parts.prefix}-${parts.os ?? runnerOs(env)}-${parts.arch ?? runnerArch(env)}-`;
+}
+
+/** `${prefix}-${os}-${arch}-${hash of inputs}[-${suffix}]`; the hash is left out when there are no inputs. */
+export function buildCacheKey(parts: CacheKeyParts, env: NodeJS.ProcessEnv = process.env): string {
+  let key = `${parts.prefix}-${parts.os ?? runnerOs(env)}-${parts.arch ?? runnerArch(env)}`;
+  if (parts.inputs && Object.keys(parts.inputs).length > 0) key += `-${hashInputs(parts.inputs)}`;
+  if (parts.suffix) key += `-${parts.suffix}`;
+  validateCacheKey(key);
+  return key;
+}
+
+/**
+ * 'actions' when the runner provides the Actions cache service (v2: ACTIONS_CACHE_SERVICE_V2 +
+ * ACTIONS_RESULTS_URL; GHES/v1: ACTIONS_CACHE_URL); else 'dir' when IMAGE_CI_CACHE_DIR is set; else 'none'.
+ */
+export function cacheBackend(env: NodeJS.ProcessEnv = process.env): CacheBackend {
+  if ((env.ACTIONS_CACHE_SERVICE_V2 && env.ACTIONS_RESULTS_URL) || env.ACTIONS_CACHE_URL) return 'actions';
+  if (env[CACHE_DIR_ENV]) return 'dir';
+  return 'none';
+}
+
+/**
+ * Restores `paths` from the newest entry matching the primary key or a restore key. Never throws: an outage or
+ * a broken entry is logged as a warning and reported as a miss, so the action simply does the work uncached.
+ */
+export async function restoreCache(
+  host: Host,
+  paths: string[],
+  primaryKey: string,
+  restoreKeys: string[] = [],
+  options: RestoreOptions = {},
+): Promise<RestoreResult> {
+  const backend = cacheBackend();
+  if (backend === 'none') {
+    host.info(`Cache not restored: no cache backend (no Actions cache service and no ${CACHE_DIR_ENV}).`);
+    return { hit: false, backend };
+  }
+  const verb = options.lookupOnly ? 'Looking up' : 'Restoring';
+  host.info(`${verb} cache ${primaryKey} (${backend} backend) for ${paths.join(', ')}`);
+  let found: BackendRestore;
+  try {
+    found =
+      backend === 'actions'
+        ? await restoreFromActionsCache(host, paths, primaryKey, restoreKeys, options)
+        : await restoreFromDirCache(host, requireCacheDir(), paths, primaryKey, restoreKeys, options);
+  } catch (error) {
+    found = { problem: errorMessage(error) };
+  }
+  if (found.problem) {
+    host.warning(`Cache unavailable, continuing without it (${backend} backend): ${found.problem}`);
+    return { hit: false, backend };
+  }
+  if (!found.matchedKey) {
+    host.info(
+      `Cache miss for ${primaryKey}${restoreKeys.length ? ` (restore keys: ${restoreKeys.join(', ')})` : ''}`,
+    );
+    return { hit: false, backend };
+  }
+  const hit = found.matchedKey === primaryKey;
+  const how = options.lookupOnly ? 'found' : 'restored';
+  host.info(hit ? `Cache ${how}: ${primaryKey}` : `Cache ${how} from restore key match: ${found.matchedKey}`);
+  return { hit, matchedKey: found.matchedKey, backend };
+}
+
+/**
+ * Saves `paths` under `key`. Never throws. 'exists' (another job is saving the same key, or it is already
+ * saved) is an info line, because concurrent matrix jobs computing one key is normal; outages and refusals are
+ * warnings; the step's result never depends on the cache.
+ */
+export async function saveCache(host: Host, paths: string[], key: string): Promise<SaveResult> {
+  const backend = cacheBackend();
+  let result: SaveResult;
+  if (backend === 'none') {
+    result = { outcome: 'skipped', message: 'no cache backend is configured' };
+  } else if (!paths.some((p) => existsSync(p))) {
+    result = { outcome: 'skipped', message: `none of the paths exist: ${paths.join(', ')}` };
+  } else {
+    host.info(`Saving cache ${key} (${backend} backend) from ${paths.join(', ')}`);
+    try {
+      validateCacheKey(key);
+      result =
+        backend === 'actions'
+          ? await saveToActionsCache(host, paths, key)
+          : await saveToDirCache(host, requireCacheDir(), paths, key);
+    } catch (error) {
+      result = { outcome: 'failed', message: errorMessage(error) };
+    }
+  }
+  logSaveResult(host, key, result);
+  return result;
+}
+
+function logSaveResult(host: Host, key: string, result: SaveResult): void {
+  switch (result.outcome) {
+    case 'saved':
+      host.info(`Cache saved: ${key} (${result.message})`);
+      return;
+    case 'exists':
+      host.info(`Cache not saved, another job saved or is saving ${key}: ${result.message}`);
+      return;
+    case 'skipped':
+      host.info(`Cache save skipped for ${key}: ${result.message}`);
+      return;
+    case 'unavailable':
+      host.warning(`Cache unavailable, ${key} not saved: ${result.message}`);
+      return;
+    case 'too-large':
+      host.warning(`Cache entry ${key} too large, not saved: ${result.message}`);
+      return;
+    case 'failed':
+      host.warning(`Cache save of ${key} failed: ${result.message}`);
+      return;
+  }
+}
+
+export function setCacheOutputs(host: Host, result: RestoreResult): void {
+  host.setOutput(CACHE_OUTPUTS.hit, result.hit ? 'true' : 'false');
+  host.setOutput(CACHE_OUTPUTS.matchedKey, result.matchedKey ?? '');
+}
+
+/** Records in state what post must save; a later call replaces an earlier plan. */
+export function planCacheSave(host: Host, plan: PlannedSave): void {
+  validateCacheKey(plan.key);
+  host.saveState(PLAN_STATE, JSON.stringify({ paths: plan.paths, key: plan.key }));
+}
+
+/** Plans already executed in this process: ActionsHost reads state from env, which saveState cannot clear. */
+const executedPlans = new WeakMap<Host, Set<string>>();
+
+/** In post: saves what main planned. Idempotent: a second call (or a call without a plan) does nothing. */
+export async function runPlannedSave(host: Host): Promise<SaveResult | undefined> {
+  const raw = host.getState(PLAN_STATE);
+  if (!raw) return undefined;
+  const done = executedPlans.get(host) ?? new Set<string>();
+  executedPlans.set(host, done);
+  if (done.has(raw)) return undefined;
+  done.add(raw);
+  host.saveState(PLAN_STATE, '');
+  let plan: PlannedSave;
+  try {
+    plan = parsePlan(raw);
+  } catch (error) {
+    const result: SaveResult = {
+      outcome: 'failed',
+      message: `unreadable cache plan in state: ${errorMessage(error)}`,
+    };
+    host.warning(result.message);
+    return result;
+  }
+  return saveCache(host, plan.paths, plan.key);
+}
+
+function parsePlan(raw: string): PlannedSave {
+  const parsed = JSON.parse(raw) as Partial<PlannedSave>;
+  if (
+    typeof parsed.key !== 'string' ||
+    !Array.isArray(parsed.paths) ||
+    !parsed.paths.every((p) => typeof p === 'string')
+  ) {
+    throw new Error('expected {paths: string[], key: string}');
+  }
+  return { key: parsed.key, paths: parsed.paths };
+}
+
+function requireCacheDir(): string {
+  const dir = process.env[CACHE_DIR_ENV];
+  if (!dir) throw new Error(`${CACHE_DIR_ENV} is not set`);
+  return dir;
+}
