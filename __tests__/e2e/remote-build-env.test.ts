@@ -6,6 +6,7 @@ import { exec } from '../../src/core/exec.js';
 import { mountPointsUnder } from '../../src/actions/remote-build-env/mounts.js';
 import { isRunning, type ProcessIdentity } from '../../src/actions/remote-build-env/process-group.js';
 import { REPO_ROOT, runAction, type RunResult, type StepResult } from '../support/harness.js';
+import { CacheService, laterRun } from '../support/cache-service.js';
 import { importBusyboxImage } from '../support/images.js';
 import { createPodmanTestEnv, pathExists, type PodmanTestEnv } from '../support/podman.js';
 
@@ -16,6 +17,8 @@ const POST = join(REPO_ROOT, 'dist', ACTION, 'post.js');
 let pm: PodmanTestEnv;
 let image: string;
 const runnerTemps: string[] = [];
+/** Jobs whose post has not run yet: afterAll runs it, so a failed assertion never leaks a service. */
+const unfinished = new Set<Job>();
 
 interface Job {
   runnerTemp: string;
@@ -24,16 +27,26 @@ interface Job {
   post(): Promise<StepResult>;
 }
 
+/** Short (socket paths) and removed after the tests. */
+function newRunnerTemp(): string {
+  const dir = mkdtempSync('/tmp/ici-rt-');
+  runnerTemps.push(dir);
+  return dir;
+}
+
 /** Runs a job's main step now and leaves its post for later, so two jobs can overlap. */
-async function startJob(inputs: Record<string, string>, env: Record<string, string> = {}): Promise<Job> {
-  const runnerTemp = mkdtempSync('/tmp/ici-rt-');
-  runnerTemps.push(runnerTemp);
+async function startJob(
+  inputs: Record<string, string>,
+  env: Record<string, string> = {},
+  runnerTemp = newRunnerTemp(),
+): Promise<Job> {
   const jobEnv = { ...pm.env, ...env };
   const main = await runAction({ action: ACTION, inputs, env: jobEnv, runnerTemp, skipPost: true });
-  return {
+  const job: Job = {
     runnerTemp,
     main,
     async post() {
+      unfinished.delete(job);
       const stateEnv: Record<string, string> = {};
       for (const [k, v] of Object.entries(main.main.state)) stateEnv[`STATE_${k}`] = v;
       const r = await runAction({
@@ -46,6 +59,8 @@ async function startJob(inputs: Record<string, string>, env: Record<string, stri
       return r.main;
     },
   };
+  unfinished.add(job);
+  return job;
 }
 
 interface LocalStateSeen {
@@ -99,6 +114,7 @@ beforeAll(async () => {
   image = await importBusyboxImage(pm);
 });
 afterAll(async () => {
+  for (const job of unfinished) await job.post();
   await pm?.remove();
   for (const dir of runnerTemps) await rm(dir, { recursive: true, force: true });
 });
@@ -181,6 +197,47 @@ describe('remote-build-env, mode local (real podman services)', () => {
       post.lines.some((l) => l.text.startsWith('::group::podman service log (the main step did not finish)')),
     ).toBe(true);
     await expectNoLeaks(state);
+  });
+
+  it('cache-mounts: job A saves its cache mounts in post; a later run restores them and its build sees A’s file', async () => {
+    const cacheService = await CacheService.start();
+    try {
+      const runnerTemp = newRunnerTemp();
+      const env = cacheService.env();
+      const inputs = { 'cache-mounts': 'true', 'cache-key': 'e2e-mounts' };
+      const a = await startJob(inputs, env, runnerTemp);
+      expect(a.main.main.exitCode).toBe(0);
+      expect(a.main.outputs['cache-hit']).toBe('false');
+      expect(a.main.outputs['cache-dir']).toBe(join(a.main.outputs.tmpdir!, 'buildah-cache'));
+      expect(await buildWritingMarker(a.main.exportedEnv, 'job-a')).toEqual(['job-a']);
+      const postA = await a.post();
+      expect(postA.warnings).toEqual([]);
+      const saved = cacheService.list().filter((e) => e.finalized);
+      expect(saved.map((e) => e.key)).toEqual([expect.stringMatching(/^e2e-mounts-Linux-X64-[0-9a-f]{16}$/)]);
+      await expectNoLeaks(stateOf(a));
+
+      // The next run: same RUNNER_TEMP path (cache versions hash the path), its old contents gone.
+      runnerTemps.push(...(await laterRun([runnerTemp])));
+      const b = await startJob(inputs, env, runnerTemp);
+      expect(b.main.outputs['cache-hit']).toBe('true');
+      expect(b.main.outputs['cache-matched-key']).toBe(saved[0]!.key);
+      expect(await buildWritingMarker(b.main.exportedEnv, 'job-b')).toEqual(['job-a', 'job-b']);
+      await b.post();
+      const keys = cacheService.list().map((e) => e.key);
+      expect(keys.length).toBe(2);
+
+      // A run whose builds do not touch the cache mounts saves nothing new.
+      runnerTemps.push(...(await laterRun([runnerTemp])));
+      const c = await startJob(inputs, env, runnerTemp);
+      expect(c.main.outputs['cache-matched-key']).toBe(keys[1]);
+      const postC = await c.post();
+      expect(postC.lines.map((l) => l.text)).toContain(
+        `Cache mounts: unchanged since ${keys[1]}, not saved again.`,
+      );
+      expect(cacheService.list().length).toBe(2);
+    } finally {
+      await cacheService.stop();
+    }
   });
 
   it('reports bad inputs as input errors naming the input', async () => {

@@ -11,6 +11,7 @@ import { removeScratchDirs, scratchDir, stableDir } from '../../core/workspace.j
 import type { LocalOptions } from './inputs.js';
 import { socketUrl, spawnService, waitUntilAnswering, type ServicePlan } from './local-service.js';
 import { unmountUnder } from './mounts.js';
+import { cacheMountDir, restoreCacheMounts, saveCacheMounts } from './cache-mounts.js';
 import { containersConfVariable, podmanClientVersion, podmanRemote } from './podman.js';
 import { isRunning, stopProcessGroup, type StopOutcome } from './process-group.js';
 import { socketPathProblem } from './socket-path.js';
@@ -106,6 +107,13 @@ export async function startLocalService(host: Host, inputs: LocalOptions): Promi
       `${plan.storage ? `, private storage in ${join(scratch, 'storage')}` : ''}` +
       `${plan.containersConf ? `, ${plan.containersConf.variable}=${plan.containersConf.path}` : ''}.`,
   );
+  if (inputs.cacheMounts) {
+    state.cache = await host.group('Restore cache mounts', () =>
+      restoreCacheMounts(host, tmpdir, inputs.cacheKey, inputs.restoreKeys),
+    );
+    saveRunState(host, state);
+  }
+
   const started = Date.now();
   const service = await spawnService(plan);
   state.service = service.identity;
@@ -117,12 +125,13 @@ export async function startLocalService(host: Host, inputs: LocalOptions): Promi
   const url = socketUrl(socket);
   host.exportVariable('CONTAINER_HOST', url);
   if (inputs.exportDockerHost) host.exportVariable('DOCKER_HOST', url);
-  const cacheDir = join(tmpdir, 'buildah-cache');
+  const cacheDir = cacheMountDir(tmpdir);
   host.setOutput('socket', socket);
   host.setOutput('container-host', url);
   host.setOutput('tmpdir', tmpdir);
   host.setOutput('cache-dir', cacheDir);
-  host.setOutput('cache-hit', 'false');
+  host.setOutput('cache-hit', state.cache?.matchedKey ? 'true' : 'false');
+  host.setOutput('cache-matched-key', state.cache?.matchedKey ?? '');
   state.ready = true;
   saveRunState(host, state);
   await host.appendSummary(
@@ -136,10 +145,15 @@ export async function startLocalService(host: Host, inputs: LocalOptions): Promi
           ],
           ['CONTAINER_HOST', url],
           ['Image storage', plan.storage ? 'private to this job' : 'shared (default)'],
-          ['Cache mounts', cacheDir],
+          ['Cache mounts', cacheSummary(state, cacheDir)],
         ],
       ),
   );
+}
+
+function cacheSummary(state: LocalState, cacheDir: string): string {
+  if (!state.cache) return `${cacheDir} (not persisted)`;
+  return `${cacheDir}, ${state.cache.matchedKey ? `restored from ${state.cache.matchedKey}` : 'nothing restored'}`;
 }
 
 /** The runner does not tell a post step whether the job failed; these are the signs this action can see. */
@@ -170,11 +184,7 @@ async function showServiceLog(host: Host, state: LocalState, outcome: StopOutcom
 }
 
 /** Stops the service and removes everything main created. Best-effort and repeatable: a second run finds nothing. */
-export async function stopLocalService(
-  host: Host,
-  state: LocalState,
-  beforeRemove: (outcome: StopOutcome) => Promise<void>,
-): Promise<void> {
+export async function stopLocalService(host: Host, state: LocalState): Promise<void> {
   let outcome: StopOutcome = 'not-running';
   if (state.service) {
     if (state.isolatedStorage && (await isRunning(state.service))) {
@@ -194,12 +204,12 @@ export async function stopLocalService(
     const say = outcome === 'survived' ? host.warning.bind(host) : host.info.bind(host);
     say(`podman service (pid ${state.service.pid}) ${verdict[outcome]}.`);
   }
-  if (outcome !== 'survived') {
-    try {
-      await beforeRemove(outcome);
-    } catch (error) {
-      host.warning(`remote-build-env: ${errorMessage(error)}`);
-    }
+  // A service that survived SIGKILL may still be writing: saving half-written cache mounts would spread them.
+  if (state.cache && outcome !== 'survived') {
+    const cache = state.cache;
+    await host
+      .group('Save cache mounts', () => saveCacheMounts(host, cache))
+      .catch((error) => host.warning(`cache mounts not saved: ${errorMessage(error)}`));
   }
   await showServiceLog(host, state, outcome);
 

@@ -12,5 +12,5 @@ export async function cleanupRemoteBuildEnv(host: Host): Promise<void> {
     return;
   }
   if (state.mode === 'ssh') await disconnectSsh(host, state);
-  else await stopLocalService(host, state, async () => undefined);
+  else await stopLocalService(host, state);
 }

@@ -8,14 +8,14 @@ import type { ProcessIdentity } from './process-group.js';
 const STATE_KEY = 'remote-build-env';
 
 export interface CacheState {
-  /** The path handed to the cache library; the same string must be used to save. */
+  /** The path handed to the cache library; saving must use the very same string (it is hashed into the version). */
   path: string;
-  key: string;
-  restoreKeys: string[];
+  /** `<cache-key>-<os>-<arch>-`: restored by prefix, saved with a fingerprint appended. */
+  keyPrefix: string;
   /** The key of the entry restored, if any. */
   matchedKey?: string;
   /** Fingerprint of the directory right after restore; post saves only when it changed. */
-  fingerprint?: string;
+  fingerprint: string;
 }
 
 export interface LocalState {
