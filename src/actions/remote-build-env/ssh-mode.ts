@@ -28,15 +28,16 @@ export function knownHostsName(target: Pick<SshTarget, 'hostname' | 'port'>): st
 }
 
 /**
- * Everything of a private key that could show in a log: the whole value and each body line (the runner masks
- * per line, and a multi-line secret would otherwise leak line by line). The BEGIN/END armour is not secret.
+ * Everything of a private key that could show in a log: each body line (the runner masks per line, and a
+ * multi-line secret would otherwise leak line by line), then the whole value, whose mask command itself carries
+ * the lines (newlines escaped) and so must come after them. The BEGIN/END armour is not secret.
  */
 export function keyMaskValues(key: string): string[] {
   const lines = key
     .split(/\r?\n/)
     .map((l) => l.trim())
     .filter((l) => l !== '' && !/^-----(BEGIN|END) /.test(l));
-  return [key.trim(), ...lines];
+  return [...lines, key.trim()];
 }
 
 function knownHostsPath(): string {
