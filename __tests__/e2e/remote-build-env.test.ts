@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -238,6 +239,43 @@ describe('remote-build-env, mode local (real podman services)', () => {
     } finally {
       await cacheService.stop();
     }
+  });
+
+  it('CLI: `image-ci remote-build-env` keeps the service up until interrupted, then cleans up', async () => {
+    const runnerTemp = newRunnerTemp();
+    const cli = spawn(process.execPath, [join(REPO_ROOT, 'dist/cli.js'), ACTION], {
+      env: { ...process.env, ...pm.env, RUNNER_TEMP: runnerTemp, NODE_OPTIONS: '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    const exited = new Promise<number | null>((resolve) => cli.on('close', (code) => resolve(code)));
+    const ready = new Promise<string>((resolve, reject) => {
+      const check = () => {
+        const m = /^container-host=(.+)$/m.exec(stdout);
+        if (m && stderr.includes('Press Ctrl-C')) resolve(m[1]!);
+      };
+      cli.stdout.on('data', (c: Buffer) => {
+        stdout += c.toString();
+        check();
+      });
+      cli.stderr.on('data', (c: Buffer) => {
+        stderr += c.toString();
+        check();
+      });
+      void exited.then((code) => reject(new Error(`CLI exited early (${code}):\n${stdout}\n${stderr}`)));
+    });
+    let url: string;
+    try {
+      url = await ready;
+      const info = await pm.remote(url, ['info', '--format', '{{.Version.Version}}']);
+      expect(info.stdout.trim()).toMatch(/^\d+\.\d+/);
+    } finally {
+      cli.kill('SIGINT'); // also when an assertion failed: the CLI's post stops the service
+    }
+    expect(await exited).toBe(0);
+    expect(stderr).toContain('stopped.');
+    expect(await pathExists(url.replace('unix://', ''))).toBe(false);
   });
 
   it('reports bad inputs as input errors naming the input', async () => {

@@ -10,7 +10,11 @@ import { connectSsh } from './ssh-mode.js';
 async function holdUntilInterrupted(host: Host): Promise<void> {
   host.info('Ready. Press Ctrl-C (or send SIGTERM) to stop and clean up.');
   await new Promise<void>((resolve) => {
+    // Signal listeners do not keep node alive, and the service child is unref'd: without a timer node would
+    // find nothing left to wait for and exit (code 13) without running post.
+    const keepAlive = setInterval(() => undefined, 1 << 30);
     const done = () => {
+      clearInterval(keepAlive);
       process.off('SIGINT', done);
       process.off('SIGTERM', done);
       resolve();
