@@ -10,6 +10,7 @@ import { createConnection, createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { exec } from '../../src/core/exec.js';
 import { runAction, secretOnlyAfterMask } from '../support/harness.js';
+import { startSplitJob } from '../support/split-job.js';
 import {
   createPodmanTestEnv,
   pathExists,
@@ -119,14 +120,13 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
   it('verifies the connection, exports CONTAINER_HOST and CONTAINER_SSHKEY, and removes the key in post', async () => {
     const home = mkdtempSync('/tmp/ici-home-');
     try {
-      // main only, so a "later step" can use what it exported before post runs.
-      const main = await runAction({
+      const job = await startSplitJob({
         action: 'remote-build-env',
         inputs: { mode: 'ssh', host: hostUrl(), 'ssh-key': clientKey, 'known-hosts': knownHostsLine },
         env: pm.env,
         home,
-        skipPost: true,
       });
+      const main = job.main;
       expect(main.main.exitCode).toBe(0);
       expect(main.exportedEnv.CONTAINER_HOST).toBe(hostUrl());
       const keyFile = main.exportedEnv.CONTAINER_SSHKEY!;
@@ -136,21 +136,15 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
       expect(secretOnlyAfterMask(main.main, bodyLine)).toBe(true);
       expect(await readFile(join(home, '.ssh/known_hosts'), 'utf8')).toContain(knownHostsLine);
 
+      // A later step of the job, using only what main exported.
       const later = await exec('podman', ['--remote', 'info', '--format', '{{.Version.Version}}'], {
         timeoutMs: 60_000,
         env: { ...process.env, ...pm.env, ...main.exportedEnv, HOME: home },
       });
       expect(later.stdout.trim()).toMatch(/^\d+\.\d+/);
 
-      const stateEnv: Record<string, string> = {};
-      for (const [k, v] of Object.entries(main.main.state)) stateEnv[`STATE_${k}`] = v;
-      const post = await runAction({
-        mainScript: join(process.cwd(), 'dist/remote-build-env/post.js'),
-        actionYml: join(process.cwd(), 'actions/remote-build-env/action.yml'),
-        env: { ...pm.env, ...main.exportedEnv, ...stateEnv },
-        home,
-      });
-      expect(post.main.exitCode).toBe(0);
+      const post = await job.post();
+      expect(post.exitCode).toBe(0);
       expect(await pathExists(keyFile)).toBe(false);
       // known_hosts did not exist before; only our line was in it, so it is gone again.
       expect(await pathExists(join(home, '.ssh/known_hosts'))).toBe(false);
@@ -177,14 +171,14 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
 
   it('names known-hosts when its lines do not cover the host, and requires it unless insecure-host-key', async () => {
     const wrongHost = await runSshJob({ 'known-hosts': knownHostsLine.replace(`:${port}`, `:${port + 1}`) });
+    const missing = await runSshJob({});
+    for (const r of [wrongHost, missing]) await rm(r.home, { recursive: true, force: true });
     expect(wrongHost.result.main.exitCode).toBe(2);
     expect(wrongHost.result.errors[0]).toBe(
       `Input 'known-hosts': has no entry for [127.0.0.1]:${port}; add the host's keys (e.g. the output of \`ssh-keyscan -p ${port} 127.0.0.1\`).`,
     );
-    const missing = await runSshJob({});
     expect(missing.result.main.exitCode).toBe(2);
     expect(missing.result.errors[0]).toMatch(/^Input 'known-hosts': is required with `mode: ssh`/);
-    for (const r of [wrongHost, missing]) await rm(r.home, { recursive: true, force: true });
   });
 
   it('insecure-host-key connects without known-hosts, warns, and post takes out what podman trusted on first use', async () => {

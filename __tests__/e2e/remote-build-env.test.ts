@@ -6,26 +6,22 @@ import { join } from 'node:path';
 import { exec } from '../../src/core/exec.js';
 import { mountPointsUnder } from '../../src/actions/remote-build-env/mounts.js';
 import { isRunning, type ProcessIdentity } from '../../src/actions/remote-build-env/process-group.js';
-import { REPO_ROOT, runAction, type RunResult, type StepResult } from '../support/harness.js';
+import { REPO_ROOT } from '../support/harness.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
 import { importBusyboxImage } from '../support/images.js';
 import { createPodmanTestEnv, pathExists, type PodmanTestEnv } from '../support/podman.js';
+import { startSplitJob, type SplitJob } from '../support/split-job.js';
 
 const ACTION = 'remote-build-env';
-const ACTION_YML = join(REPO_ROOT, 'actions', ACTION, 'action.yml');
-const POST = join(REPO_ROOT, 'dist', ACTION, 'post.js');
 
 let pm: PodmanTestEnv;
 let image: string;
 const runnerTemps: string[] = [];
-/** Jobs whose post has not run yet: afterAll runs it, so a failed assertion never leaks a service. */
-const unfinished = new Set<Job>();
+/** Every job started: afterAll runs the post of those not posted, so a failed assertion never leaks a service. */
+const jobs: Job[] = [];
 
-interface Job {
+interface Job extends SplitJob {
   runnerTemp: string;
-  main: RunResult;
-  /** Runs the post step later, as the runner does at the end of the job (state and exported env handed over). */
-  post(): Promise<StepResult>;
 }
 
 /** Short (socket paths) and removed after the tests. */
@@ -41,26 +37,9 @@ async function startJob(
   env: Record<string, string> = {},
   runnerTemp = newRunnerTemp(),
 ): Promise<Job> {
-  const jobEnv = { ...pm.env, ...env };
-  const main = await runAction({ action: ACTION, inputs, env: jobEnv, runnerTemp, skipPost: true });
-  const job: Job = {
-    runnerTemp,
-    main,
-    async post() {
-      unfinished.delete(job);
-      const stateEnv: Record<string, string> = {};
-      for (const [k, v] of Object.entries(main.main.state)) stateEnv[`STATE_${k}`] = v;
-      const r = await runAction({
-        mainScript: POST,
-        actionYml: ACTION_YML,
-        inputs,
-        env: { ...jobEnv, ...main.exportedEnv, ...stateEnv },
-        runnerTemp,
-      });
-      return r.main;
-    },
-  };
-  unfinished.add(job);
+  const split = await startSplitJob({ action: ACTION, inputs, env: { ...pm.env, ...env }, runnerTemp });
+  const job = Object.assign(split, { runnerTemp });
+  jobs.push(job);
   return job;
 }
 
@@ -115,7 +94,7 @@ beforeAll(async () => {
   image = await importBusyboxImage(pm);
 });
 afterAll(async () => {
-  for (const job of unfinished) await job.post();
+  for (const job of jobs) if (!job.posted) await job.post();
   await pm?.remove();
   for (const dir of runnerTemps) await rm(dir, { recursive: true, force: true });
 });
