@@ -214,11 +214,16 @@ export async function stopLocalService(host: Host, state: LocalState): Promise<v
   await showServiceLog(host, state, outcome);
 
   if (state.socketOutsideDirs) await rm(state.socket, { force: true });
-  const dirs = [...state.removeDirs];
-  for (const dir of dirs) await removeTree(host, dir);
+  // One dir that cannot be removed must not keep the others (or the key material of a later step) around.
+  for (const dir of state.removeDirs) {
+    await removeTree(host, dir).catch((error) =>
+      host.warning(`could not remove ${dir}: ${errorMessage(error)}`),
+    );
+  }
   // Also covers a scratch dir main made before it could record it in its own state.
-  const scratch = await removeScratchDirs(host);
-  host.debug(`removed ${[...dirs, ...scratch].join(', ')}`);
+  await removeScratchDirs(host).catch((error) =>
+    host.warning(`could not remove scratch dirs: ${errorMessage(error)}`),
+  );
 }
 
 async function removeTree(host: Host, dir: string): Promise<void> {
