@@ -145,9 +145,16 @@ describe('remote-build-env, mode local (real podman services)', () => {
     }
   });
 
-  it('isolate-storage gives the service its own image store, removed with its mounts in post', async () => {
-    const job = await startJob({ 'isolate-storage': 'true', 'export-docker-host': 'true' });
+  it('isolate-storage (and a chosen socket path) gives the service its own image store, removed with its mounts in post', async () => {
+    const runnerTemp = newRunnerTemp();
+    const socket = join(runnerTemp, 'chosen', 'dir', 'build.sock');
+    const job = await startJob(
+      { 'isolate-storage': 'true', 'export-docker-host': 'true', socket },
+      {},
+      runnerTemp,
+    );
     expect(job.main.main.exitCode).toBe(0);
+    expect(job.main.outputs.socket).toBe(socket);
     const url = job.main.exportedEnv.CONTAINER_HOST!;
     expect(job.main.exportedEnv.DOCKER_HOST).toBe(url);
     const state = stateOf(job);
@@ -161,6 +168,7 @@ describe('remote-build-env, mode local (real podman services)', () => {
     const post = await job.post();
     expect(post.exitCode).toBe(0);
     await expectNoLeaks(state);
+    expect(await pathExists(join(runnerTemp, 'chosen'))).toBe(false);
   });
 
   it('a service that cannot start (bad containers.conf) fails main with its log, and post still cleans up', async () => {

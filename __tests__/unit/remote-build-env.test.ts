@@ -108,6 +108,11 @@ describe('remote-build-env inputs', () => {
       'socket',
       'is not used with `mode: ssh`; remove it or change `mode`.',
     ],
+    [
+      { ...SSH, 'insecure-host-key': 'true', 'restore-keys': 'old-' },
+      'restore-keys',
+      'is not used with `mode: ssh`; remove it or change `mode`.',
+    ],
     [{ host: SSH.host }, 'host', 'is not used with `mode: local`; remove it or change `mode`.'],
     [
       { 'insecure-host-key': 'true' },

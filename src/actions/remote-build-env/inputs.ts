@@ -135,7 +135,7 @@ export function readInputs(src: InputSource): RemoteBuildInputs {
     rejectForMode(
       src,
       'ssh',
-      ['socket', 'containers-conf'],
+      ['socket', 'containers-conf', 'restore-keys'],
       ['isolate-storage', 'export-docker-host', 'cache-mounts'],
     );
     if (host === undefined) throw new InputError('host', 'is required when `mode: ssh`.');

@@ -1,7 +1,7 @@
 /** Mode `local`: a podman service of this job's own, started in main and stopped in post. */
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { exec, which } from '../../core/exec.js';
 import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
@@ -74,6 +74,9 @@ export async function startLocalService(host: Host, inputs: LocalOptions): Promi
       `the socket path ${socket} is already in use; choose another \`socket\` or remove it.`,
     );
   }
+  // The first dir mkdir had to create for a user-chosen socket, if any: post removes it again.
+  const socketDir =
+    inputs.socket === undefined ? undefined : await mkdir(dirname(socket), { recursive: true, mode: 0o700 });
   const { tmpdir, stable } = await serviceTmpdir(inputs, scratch);
   const plan: ServicePlan = { socket, tmpdir, logFile: join(scratch, 'service.log') };
   if (inputs.isolateStorage) {
@@ -96,7 +99,7 @@ export async function startLocalService(host: Host, inputs: LocalOptions): Promi
     socketOutsideDirs: inputs.socket !== undefined,
     logFile: plan.logFile,
     tmpdir,
-    removeDirs: stable ? [scratch, tmpdir] : [scratch],
+    removeDirs: [scratch, ...(stable ? [tmpdir] : []), ...(socketDir ? [socketDir] : [])],
     ready: false,
     isolatedStorage: inputs.isolateStorage,
   };
