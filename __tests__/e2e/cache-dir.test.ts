@@ -3,7 +3,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
 import { CliHost } from '../../src/core/host.js';
@@ -119,8 +119,14 @@ describe('directory cache backend', () => {
     const { host, log } = cliHost();
     mkdirSync(join(volume, 'tmp', 'deadbeef'), { recursive: true });
     writeFileSync(join(volume, 'tmp', 'deadbeef', 'archive.tar.zst'), 'partial');
+    const dayOld = join(volume, 'tmp', 'crashed-yesterday');
+    mkdirSync(dayOld);
+    const yesterday = new Date(Date.now() - 25 * 3_600_000);
+    utimesSync(dayOld, yesterday, yesterday);
     expect((await restoreCache(host, [dir], 'crash-key')).hit).toBe(false);
     expect((await saveCache(host, [dir], 'crash-key')).outcome).toBe('saved');
+    // The save swept the day-old leftover but not one that may belong to a writer still running.
+    expect(readdirSync(join(volume, 'tmp'))).toEqual(['deadbeef']);
 
     const entryName = createHash('sha256').update('crash-key').digest('hex');
     const [version] = readdirSync(join(volume, 'entries')).filter((v) =>

@@ -92,6 +92,7 @@ export class CacheService {
   private failing: Set<CacheCall> | 'all' = new Set();
   private failStatus = 500;
   private truncate = false;
+  private hanging = new Set<CacheCall>();
   private readonly entries = new Map<number, Entry>();
   private nextId = 1;
   private clock = 0;
@@ -143,6 +144,11 @@ export class CacheService {
     this.failStatus = status;
   }
 
+  /** The named calls get no answer at all (the connection stays open until stop()), like a hung service. */
+  hang(calls: CacheCall[]): void {
+    this.hanging = new Set(calls);
+  }
+
   /** Downloads send the full Content-Length but only half the body, then drop the connection. */
   truncateDownloads(on = true): void {
     this.truncate = on;
@@ -150,6 +156,7 @@ export class CacheService {
 
   heal(): void {
     this.failing = new Set();
+    this.hanging = new Set();
     this.truncate = false;
   }
 
@@ -181,6 +188,10 @@ export class CacheService {
     try {
       if (!call) throw new HttpFailure(404, `no route for ${req.method} ${url.pathname}`, 'bad_route');
       this.count(call);
+      if (this.hanging.has(call)) {
+        req.resume();
+        return;
+      }
       if (this.failing === 'all' || this.failing.has(call)) {
         req.resume();
         throw new HttpFailure(this.failStatus, `injected fault on ${call}`);

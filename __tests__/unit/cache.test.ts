@@ -7,7 +7,7 @@ import {
   runPlannedSave,
   setCacheOutputs,
 } from '../../src/core/cache.js';
-import { classifySaveFailure, type LibraryLine } from '../../src/core/cache-actions.js';
+import { cacheCallTimeoutMs, classifySaveFailure, type LibraryLine } from '../../src/core/cache-actions.js';
 import { matchEntry } from '../../src/core/cache-dir.js';
 import { CliHost } from '../../src/core/host.js';
 import { MapInputSource } from '../../src/core/inputs.js';
@@ -69,6 +69,16 @@ describe('cacheBackend', () => {
     expect(cacheBackend({ ACTIONS_CACHE_SERVICE_V2: 'true', IMAGE_CI_CACHE_DIR: '/c' })).toBe('dir');
     expect(cacheBackend({ ACTIONS_RESULTS_URL: 'http://x/' })).toBe('none');
     expect(cacheBackend({})).toBe('none');
+  });
+});
+
+describe('cacheCallTimeoutMs', () => {
+  it('defaults to 20 minutes, reads IMAGE_CI_CACHE_TIMEOUT as a duration, and names the variable when invalid', () => {
+    expect(cacheCallTimeoutMs({})).toBe(20 * 60_000);
+    expect(cacheCallTimeoutMs({ IMAGE_CI_CACHE_TIMEOUT: '90s' })).toBe(90_000);
+    expect(() => cacheCallTimeoutMs({ IMAGE_CI_CACHE_TIMEOUT: 'soon' })).toThrow(
+      /IMAGE_CI_CACHE_TIMEOUT='soon'/,
+    );
   });
 });
 

@@ -10,7 +10,40 @@
 import * as cache from '@actions/cache';
 import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
 import type { Host } from './host.js';
+import { parseDuration } from './inputs.js';
 import { errorMessage } from './run.js';
+import { formatDuration } from './summary.js';
+
+/**
+ * Bounds each library call: its twirp requests have no timeout of their own, and a cache that hangs must not
+ * hold a job for hours. Generous by default because multi-GiB VM images are cached through it.
+ */
+export const CACHE_TIMEOUT_ENV = 'IMAGE_CI_CACHE_TIMEOUT';
+const DEFAULT_CACHE_TIMEOUT_MS = 20 * 60_000;
+
+export function cacheCallTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env[CACHE_TIMEOUT_ENV];
+  if (!raw) return DEFAULT_CACHE_TIMEOUT_MS;
+  const ms = parseDuration(raw);
+  if (!ms) throw new Error(`${CACHE_TIMEOUT_ENV}='${raw}' is not a duration (e.g. 20m)`);
+  return ms;
+}
+
+/**
+ * Stops waiting for `promise` after `ms`. The library call cannot be cancelled; it is abandoned (its late result
+ * ignored), which is still better than a step that never ends.
+ */
+function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`the cache service did not answer: timed out after ${formatDuration(ms)}`)),
+      ms,
+    );
+  });
+  promise.catch(() => undefined);
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
 
 export interface LibraryLine {
   kind: 'info' | 'debug' | 'warning' | 'error';
@@ -95,9 +128,10 @@ async function captureWhile<T>(
     if (callback) callback();
     return true;
   };
+  const timeoutMs = cacheCallTimeoutMs();
   process.stdout.write = patched as typeof process.stdout.write;
   try {
-    const value = await fn();
+    const value = await withDeadline(fn(), timeoutMs);
     return { value, lines };
   } finally {
     process.stdout.write = originalWrite;
@@ -107,7 +141,7 @@ async function captureWhile<T>(
 
 /** Outage signatures of both protocols: 5xx after retries, network errors, the v1 "responded with 5xx". */
 const UNAVAILABLE =
-  /\(5\d\d\)|responded with 5\d\d|after \d+ attempts|Unable to make request|ECONNREFUSED|ECONNRESET|ENOTFOUND|ETIMEDOUT|EHOSTUNREACH|socket hang up|Rate limited/i;
+  /\(5\d\d\)|responded with 5\d\d|after \d+ attempts|Unable to make request|ECONNREFUSED|ECONNRESET|ENOTFOUND|ETIMEDOUT|EHOSTUNREACH|socket hang up|Rate limited|timed out/i;
 const TOO_LARGE = /over the (10GB|data cap) limit|too large|exceeds|quota has been hit/i;
 const ALREADY_EXISTS = /\(409\)|already exists/i;
 
@@ -126,9 +160,10 @@ export async function restoreFromActionsCache(
     const { value, lines } = await withLibraryLog(host, () =>
       cache.restoreCache(paths, primaryKey, restoreKeys, { lookupOnly: options.lookupOnly ?? false }),
     );
+    // A returned key means the files are in place, whatever the library grumbled about on the way.
+    if (value) return { matchedKey: value };
     const failures = problems(lines);
-    if (failures.length > 0) return { problem: failures.join('; ') };
-    return value ? { matchedKey: value } : {};
+    return failures.length > 0 ? { problem: failures.join('; ') } : {};
   } catch (error) {
     return { problem: errorMessage(error) };
   }

@@ -24,6 +24,8 @@ import { formatBytes } from './summary.js';
 const TAR_TIMEOUT_MS = 60 * 60_000;
 const ARCHIVE = 'archive.tar.zst';
 const META = 'entry.json';
+/** A tmp dir this old belongs to a writer that crashed (no save takes a day); it is removed by the next save. */
+const STALE_TEMP_MS = 24 * 3_600_000;
 /** Bumped if the archive format changes, so old entries are not misread. */
 const FORMAT = 'ici-dir-1';
 
@@ -110,6 +112,20 @@ async function fsyncFile(path: string): Promise<void> {
   }
 }
 
+async function removeStaleTemps(tmpRoot: string): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(tmpRoot);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const dir = join(tmpRoot, name);
+    const info = await stat(dir).catch(() => undefined);
+    if (info && Date.now() - info.mtimeMs > STALE_TEMP_MS) await rm(dir, { recursive: true, force: true });
+  }
+}
+
 export async function saveToDirCache(
   host: Host,
   root: string,
@@ -121,6 +137,7 @@ export async function saveToDirCache(
   if (existsSync(target)) return { outcome: 'exists', message: `entry already present in ${root}` };
 
   const present = paths.map((p) => resolve(p)).filter((p) => existsSync(p));
+  await removeStaleTemps(join(root, 'tmp'));
   const temp = join(root, 'tmp', randomBytes(8).toString('hex'));
   await mkdir(temp, { recursive: true });
   try {

@@ -1,0 +1,154 @@
+/**
+ * src/core/cache.ts in-process with the CLI's host against the local cache service and the real @actions/cache:
+ * typed outcomes the harness tests do not reach (too-large, a hung service, lookup-only), and that in CLI mode
+ * nothing the library logs leaks onto stdout (which carries only outputs).
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { restoreCache, saveCache } from '../../src/core/cache.js';
+import { CliHost } from '../../src/core/host.js';
+import { MapInputSource } from '../../src/core/inputs.js';
+import { CacheService, laterRun } from '../support/cache-service.js';
+import { captureStdout, fillRandom, jobDirs, treeDigest } from '../support/cache-files.js';
+
+const ENV = [
+  'ACTIONS_CACHE_SERVICE_V2',
+  'ACTIONS_RESULTS_URL',
+  'ACTIONS_CACHE_URL',
+  'ACTIONS_RUNTIME_TOKEN',
+  'GITHUB_SERVER_URL',
+  'GITHUB_WORKSPACE',
+  'RUNNER_TEMP',
+  'IMAGE_CI_CACHE_DIR',
+  'IMAGE_CI_CACHE_TIMEOUT',
+];
+const saved: Record<string, string | undefined> = {};
+let service: CacheService;
+let dirs: ReturnType<typeof jobDirs>;
+
+function useEnv(env: Record<string, string>): void {
+  for (const k of ENV) delete process.env[k];
+  Object.assign(process.env, env);
+}
+
+function cliHost(): { host: CliHost; log: string[] } {
+  const log: string[] = [];
+  const host = new CliHost({ inputs: new MapInputSource({}), log: (l) => log.push(l), out: () => undefined });
+  return { host, log };
+}
+
+function data(name: string, text: string): string {
+  const dir = join(dirs.runnerTemp, `ici-${name}`);
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'data.txt'), text);
+  return dir;
+}
+
+beforeAll(async () => {
+  for (const k of ENV) saved[k] = process.env[k];
+  service = await CacheService.start();
+  dirs = jobDirs('cache-wrap');
+});
+
+afterEach(() => {
+  service.heal();
+  service.maxEntryBytes = Number.POSITIVE_INFINITY;
+});
+
+afterAll(async () => {
+  for (const k of ENV) {
+    if (saved[k] === undefined) delete process.env[k];
+    else process.env[k] = saved[k];
+  }
+  await service.stop();
+  rmSync(dirs.base, { recursive: true, force: true });
+});
+
+describe('core/cache on the Actions cache backend, CLI host', () => {
+  beforeAll(() => useEnv(service.env({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
+
+  it('keeps stdout clean: library progress and debug go to the host log, not to stdout', async () => {
+    const dir = join(dirs.runnerTemp, 'ici-quiet');
+    await fillRandom(dir, 1, 1024 * 1024);
+    const digest = treeDigest(dir);
+    const { host, log } = cliHost();
+    const { value, lines } = await captureStdout(async () => {
+      const save = await saveCache(host, [dir], 'quiet-key');
+      await laterRun([dirs.runnerTemp]);
+      return { save, restore: await restoreCache(host, [dir], 'quiet-key') };
+    });
+    expect(lines).toEqual([]);
+    expect(value.save.outcome).toBe('saved');
+    expect(value.restore).toEqual({ hit: true, matchedKey: 'quiet-key', backend: 'actions' });
+    expect(treeDigest(dir)).toBe(digest);
+    expect(log).toContain('Cache restored successfully');
+  });
+
+  it('looks up without downloading', async () => {
+    const dir = data('lookup', 'x');
+    const { host } = cliHost();
+    expect((await saveCache(host, [dir], 'lookup-key')).outcome).toBe('saved');
+    const downloads = service.counters.requests.Download ?? 0;
+    expect(await restoreCache(host, [dir], 'lookup-key', [], { lookupOnly: true })).toEqual({
+      hit: true,
+      matchedKey: 'lookup-key',
+      backend: 'actions',
+    });
+    expect(service.counters.requests.Download ?? 0).toBe(downloads);
+  });
+
+  it('reports an entry over the size limit as too-large (v2: refused at finalize)', async () => {
+    service.maxEntryBytes = 10;
+    const { host, log } = cliHost();
+    const result = await saveCache(host, [data('big-v2', 'more than ten bytes')], 'big-v2');
+    expect(result.outcome).toBe('too-large');
+    expect(log.some((l) => l.startsWith('warning: Cache entry big-v2 too large, not saved'))).toBe(true);
+  });
+
+  it('reports a truncated download as unavailable cache and a miss', async () => {
+    const dir = data('trunc', 'y'.repeat(100_000));
+    const { host, log } = cliHost();
+    expect((await saveCache(host, [dir], 'trunc-key')).outcome).toBe('saved');
+    service.truncateDownloads();
+    expect(await restoreCache(host, [dir], 'trunc-key')).toEqual({ hit: false, backend: 'actions' });
+    expect(log.some((l) => l.startsWith('warning: Cache unavailable, continuing without it'))).toBe(true);
+  });
+
+  it('stops waiting for a hung service after IMAGE_CI_CACHE_TIMEOUT and carries on', async () => {
+    const dir = data('hung', 'z');
+    const { host, log } = cliHost();
+    service.hang(['GetCacheEntryDownloadURL']);
+    process.env.IMAGE_CI_CACHE_TIMEOUT = '1s';
+    try {
+      expect(await restoreCache(host, [dir], 'hung-key')).toEqual({ hit: false, backend: 'actions' });
+    } finally {
+      delete process.env.IMAGE_CI_CACHE_TIMEOUT;
+    }
+    expect(log.some((l) => /^warning: Cache unavailable.*timed out after 1\.0 s/.test(l))).toBe(true);
+    service.heal();
+    // The abandoned call does not block the next one.
+    expect((await saveCache(host, [dir], 'hung-key')).outcome).toBe('saved');
+  });
+});
+
+describe('core/cache on the Actions cache backend, v1 (GHES)', () => {
+  beforeAll(() => useEnv(service.envV1({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
+
+  it('reports an entry over the size limit as too-large (v1: refused at reserve)', async () => {
+    service.maxEntryBytes = 10;
+    const { host } = cliHost();
+    expect((await saveCache(host, [data('big-v1', 'more than ten bytes')], 'big-v1')).outcome).toBe(
+      'too-large',
+    );
+  });
+
+  it('reports another writer of the key as exists, with the service reason', async () => {
+    const dir = data('dup-v1', 'd');
+    const { host } = cliHost();
+    expect((await saveCache(host, [dir], 'dup-v1')).outcome).toBe('saved');
+    const again = await saveCache(host, [dir], 'dup-v1');
+    expect(again.outcome).toBe('exists');
+    expect(again.message).toMatch(/already exists/);
+  });
+});

@@ -1,0 +1,200 @@
+import { describe, expect, it } from '@jest/globals';
+import { spawn } from 'node:child_process';
+import {
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { acquireLock, LockTimeoutError, withLock, writeFileAtomic } from '../../src/core/atomic.js';
+import {
+  createIsolatedAuth,
+  findCredential,
+  normaliseAuthKey,
+  parseAuthFile,
+  removeIsolatedAuth,
+} from '../../src/core/auth.js';
+import { CliHost } from '../../src/core/host.js';
+import { MapInputSource } from '../../src/core/inputs.js';
+import { formatBytes, formatDuration, heading, markdownTable } from '../../src/core/summary.js';
+import { removeScratchDirs, scratchDir, stableDir } from '../../src/core/workspace.js';
+
+const tempDir = () => mkdtempSync(join(tmpdir(), 'ici-unit-'));
+const quietHost = () =>
+  new CliHost({ inputs: new MapInputSource({}), log: () => undefined, out: () => undefined });
+
+describe('writeFileAtomic', () => {
+  it('replaces the file whole and leaves no temp file behind', async () => {
+    const dir = tempDir();
+    const file = join(dir, 'images.json');
+    writeFileSync(file, 'old');
+    await writeFileAtomic(file, 'new content', 0o640);
+    expect(readFileSync(file, 'utf8')).toBe('new content');
+    expect(statSync(file).mode & 0o777).toBe(0o640);
+    expect(readdirSync(dir)).toEqual(['images.json']);
+  });
+
+  it('fails without touching the target when the directory is missing', async () => {
+    await expect(writeFileAtomic(join(tempDir(), 'no', 'such'), 'x')).rejects.toThrow(/ENOENT/);
+  });
+});
+
+describe('locks', () => {
+  it('is exclusive, names its owner, and times out clearly', async () => {
+    const path = join(tempDir(), 'repo.lock');
+    const lock = await acquireLock(path, { timeoutMs: 1000, purpose: 'prune' });
+    const owner = JSON.parse(readFileSync(path, 'utf8'));
+    expect(owner).toMatchObject({ pid: process.pid, host: hostname(), purpose: 'prune' });
+    const error = await acquireLock(path, { timeoutMs: 300, pollMs: 50 }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(LockTimeoutError);
+    expect((error as Error).message).toContain(`held by pid ${process.pid} on ${hostname()}`);
+    await lock.release();
+    await lock.release();
+    expect(existsSync(path)).toBe(false);
+  });
+
+  it('waits for a holder that releases', async () => {
+    const path = join(tempDir(), 'repo.lock');
+    const first = await acquireLock(path, { timeoutMs: 1000 });
+    const order: string[] = [];
+    const second = withLock(path, { timeoutMs: 5000, pollMs: 20 }, async () => {
+      order.push('second');
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    order.push('first releases');
+    await first.release();
+    await second;
+    expect(order).toEqual(['first releases', 'second']);
+  });
+
+  it('breaks a lock whose owner process is dead on this host', async () => {
+    const path = join(tempDir(), 'repo.lock');
+    const child = spawn('true');
+    await new Promise((r) => child.on('close', r));
+    writeFileSync(path, JSON.stringify({ pid: child.pid, host: hostname(), time: new Date().toISOString() }));
+    const lock = await acquireLock(path, { timeoutMs: 1000 });
+    expect(JSON.parse(readFileSync(path, 'utf8')).pid).toBe(process.pid);
+    await lock.release();
+  });
+
+  it('breaks a lock older than staleMs even from another host', async () => {
+    const path = join(tempDir(), 'repo.lock');
+    writeFileSync(path, JSON.stringify({ pid: 1, host: 'elsewhere', time: '2020-01-01T00:00:00Z' }));
+    const old = new Date(Date.now() - 3_600_000);
+    utimesSync(path, old, old);
+    await expect(acquireLock(path, { timeoutMs: 200, pollMs: 20, staleMs: 60_000 })).resolves.toBeDefined();
+  });
+
+  it('keeps a fresh lock from another host', async () => {
+    const path = join(tempDir(), 'repo.lock');
+    writeFileSync(path, JSON.stringify({ pid: 1, host: 'elsewhere', time: new Date().toISOString() }));
+    await expect(acquireLock(path, { timeoutMs: 200, pollMs: 20 })).rejects.toThrow(
+      /held by pid 1 on elsewhere/,
+    );
+  });
+});
+
+describe('auth', () => {
+  const b64 = (s: string) => Buffer.from(s).toString('base64');
+
+  it('parses containers and docker auth files, normalising keys', () => {
+    const auths = parseAuthFile(
+      JSON.stringify({
+        auths: {
+          'https://index.docker.io/v1/': { auth: b64('hub:pw:with:colons') },
+          'reg.example:5000/team': { username: 'u', password: 'p' },
+          'broken.example': { auth: b64('nocolon') },
+        },
+      }),
+    );
+    expect(auths.get('docker.io')).toEqual({ username: 'hub', password: 'pw:with:colons' });
+    expect(auths.get('reg.example:5000/team')).toEqual({ username: 'u', password: 'p' });
+    expect(auths.has('broken.example')).toBe(false);
+    expect(normaliseAuthKey('http://r.example/')).toBe('r.example');
+  });
+
+  it('finds the most specific credential first', () => {
+    const auths = new Map([
+      ['r.example', { username: 'host', password: '1' }],
+      ['r.example/team', { username: 'team', password: '2' }],
+    ]);
+    expect(findCredential(auths, 'r.example', 'team/app')?.username).toBe('team');
+    expect(findCredential(auths, 'r.example', 'other/app')?.username).toBe('host');
+    expect(findCredential(auths, 'q.example', 'team/app')).toBeUndefined();
+  });
+
+  it('writes a private 0600 auth file, masks secrets, and is removed by post even twice', async () => {
+    process.env.RUNNER_TEMP = tempDir();
+    try {
+      const secrets: string[] = [];
+      const host = quietHost();
+      const setSecret = host.setSecret.bind(host);
+      host.setSecret = (s) => {
+        secrets.push(s);
+        setSecret(s);
+      };
+      const auth = await createIsolatedAuth(host, [
+        { registry: 'r.example:5000', username: 'bob', password: 'pw' },
+      ]);
+      expect(secrets).toEqual(['pw', b64('bob:pw')]);
+      expect(statSync(auth.dir).mode & 0o777).toBe(0o700);
+      expect(statSync(auth.authFile).mode & 0o777).toBe(0o600);
+      expect(parseAuthFile(readFileSync(auth.authFile, 'utf8')).get('r.example:5000')).toEqual({
+        username: 'bob',
+        password: 'pw',
+      });
+      expect(readFileSync(join(auth.dockerConfigDir, 'config.json'), 'utf8')).toBe(
+        readFileSync(auth.authFile, 'utf8'),
+      );
+      expect(auth.env).toEqual({ REGISTRY_AUTH_FILE: auth.authFile, DOCKER_CONFIG: auth.dockerConfigDir });
+      expect(await removeIsolatedAuth(host)).toBe(auth.dir);
+      expect(existsSync(auth.dir)).toBe(false);
+      await removeIsolatedAuth(host);
+    } finally {
+      delete process.env.RUNNER_TEMP;
+    }
+  });
+});
+
+describe('workspace', () => {
+  it('stable dirs have the same short path every time; scratch dirs are new and removed by post', async () => {
+    const env = { RUNNER_TEMP: tempDir() };
+    process.env.RUNNER_TEMP = env.RUNNER_TEMP;
+    try {
+      expect(await stableDir('vm', env)).toBe(join(env.RUNNER_TEMP, 'ici-vm'));
+      expect(await stableDir('vm', env)).toBe(join(env.RUNNER_TEMP, 'ici-vm'));
+      const host = quietHost();
+      const a = await scratchDir(host, env);
+      const b = await scratchDir(host, env);
+      expect(a).not.toBe(b);
+      expect(a).toMatch(/\/ici-[0-9a-f]{6}$/);
+      expect(await removeScratchDirs(host)).toEqual([a, b]);
+      expect(existsSync(a) || existsSync(b)).toBe(false);
+      expect(await removeScratchDirs(host)).toEqual([]);
+    } finally {
+      delete process.env.RUNNER_TEMP;
+    }
+  });
+});
+
+describe('summary', () => {
+  it('builds escaped markdown tables', () => {
+    expect(markdownTable(['ref', 'note'], [['a|b', 'x\ny']])).toBe(
+      '| ref | note |\n| --- | --- |\n| a\\|b | x<br>y |\n',
+    );
+    expect(heading('Pushed', 2)).toBe('## Pushed\n\n');
+  });
+
+  it('formats bytes and durations', () => {
+    expect(formatBytes(512)).toBe('512 B');
+    expect(formatBytes(5 * 1024 * 1024)).toBe('5.0 MiB');
+    expect(formatDuration(250)).toBe('250 ms');
+    expect(formatDuration(12_345)).toBe('12.3 s');
+    expect(formatDuration(125_000)).toBe('2m5s');
+  });
+});
