@@ -1,10 +1,11 @@
-import { ActionError, type ActionDefinition } from '../../core/run.js';
+import type { ActionDefinition } from '../../core/run.js';
 import { readInputs, type RemoteBuildInputs } from './inputs.js';
+import { cleanupRemoteBuildEnv } from './post.js';
+import { runRemoteBuildEnv } from './main.js';
 
 export const definition: ActionDefinition<RemoteBuildInputs> = {
   name: 'remote-build-env',
   readInputs,
-  async main() {
-    throw new ActionError('remote-build-env is not implemented yet: see its issue; nothing was done.');
-  },
+  main: runRemoteBuildEnv,
+  post: cleanupRemoteBuildEnv,
 };

@@ -1,46 +1,174 @@
+import { accessSync, constants, statSync } from 'node:fs';
+import { resolve } from 'node:path';
 import {
   InputError,
   readBoolean,
   readDuration,
   readEnum,
+  readList,
   readString,
   type InputSource,
 } from '../../core/inputs.js';
+import { socketPathProblem } from './socket-path.js';
 
 export const MODES = ['local', 'ssh'] as const;
 
-export interface RemoteBuildInputs {
-  mode: (typeof MODES)[number];
+/** A parsed `ssh://user@host[:port]/path/to/podman.sock`. */
+export interface SshTarget {
+  /** The URL exactly as podman takes it (CONTAINER_HOST). */
+  url: string;
+  user: string;
+  hostname: string;
+  port: number;
+  socketPath: string;
+}
+
+export interface LocalOptions {
+  mode: 'local';
+  /** An explicit socket path; by default one is made in a job temp dir. */
+  socket?: string;
   isolateStorage: boolean;
   containersConf?: string;
   startupTimeoutMs: number;
   exportDockerHost: boolean;
-  host?: string;
-  sshKey?: string;
-  knownHosts?: string;
-  insecureHostKey: boolean;
   cacheMounts: boolean;
   cacheKey: string;
+  restoreKeys: string[];
+}
+
+export interface SshOptions {
+  mode: 'ssh';
+  target: SshTarget;
+  sshKey: string;
+  /** undefined only with insecureHostKey. */
+  knownHosts?: string;
+  insecureHostKey: boolean;
+  startupTimeoutMs: number;
+}
+
+export type RemoteBuildInputs = LocalOptions | SshOptions;
+
+/** actions/cache refuses keys with commas and longer than 512 characters; a suffix is appended to ours. */
+const MAX_CACHE_KEY_LENGTH = 400;
+
+export function parseSshHost(value: string): SshTarget {
+  const fail = (why: string) =>
+    new InputError('host', `${why}; expected ssh://user@host[:port]/path/to/podman.sock, got '${value}'.`);
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw fail('is not a URL');
+  }
+  if (url.protocol !== 'ssh:') throw fail(`uses ${url.protocol.replace(/:$/, '')}:// instead of ssh://`);
+  if (!url.username) throw fail('names no user');
+  if (url.password) throw fail('must not hold a password (use `ssh-key`)');
+  if (!url.hostname) throw fail('names no host');
+  const socketPath = decodeURIComponent(url.pathname);
+  if (socketPath === '' || socketPath === '/') throw fail('names no socket path on the remote host');
+  if (url.search || url.hash) throw fail('must not have a query or fragment');
+  return {
+    url: value,
+    user: decodeURIComponent(url.username),
+    hostname: url.hostname,
+    port: url.port ? Number(url.port) : 22,
+    socketPath,
+  };
+}
+
+function readContainersConf(src: InputSource): string | undefined {
+  const given = readString(src, 'containers-conf');
+  if (given === undefined) return undefined;
+  const path = resolve(given);
+  try {
+    if (!statSync(path).isFile()) throw new Error('not a regular file');
+    accessSync(path, constants.R_OK);
+  } catch (error) {
+    throw new InputError(
+      'containers-conf',
+      `cannot read '${given}' (${(error as Error).message}); give the path of a readable containers.conf.`,
+    );
+  }
+  return path;
+}
+
+function readCacheKey(src: InputSource): string {
+  const key = readString(src, 'cache-key') ?? 'podman-cache-mounts';
+  if (key.includes(',') || key.length > MAX_CACHE_KEY_LENGTH) {
+    throw new InputError(
+      'cache-key',
+      `must have no commas and at most ${MAX_CACHE_KEY_LENGTH} characters; got '${key.slice(0, 60)}'.`,
+    );
+  }
+  return key;
+}
+
+/** Inputs that only one mode uses must not be set in the other: a silently ignored setting hides a mistake. */
+function rejectForMode(
+  src: InputSource,
+  mode: string,
+  names: readonly string[],
+  booleans: readonly string[],
+) {
+  for (const name of names) {
+    if (readString(src, name) !== undefined) {
+      throw new InputError(name, `is not used with \`mode: ${mode}\`; remove it or change \`mode\`.`);
+    }
+  }
+  for (const name of booleans) {
+    if (readBoolean(src, name, false)) {
+      throw new InputError(name, `is not used with \`mode: ${mode}\`; remove it or change \`mode\`.`);
+    }
+  }
 }
 
 export function readInputs(src: InputSource): RemoteBuildInputs {
   const mode = readEnum(src, 'mode', MODES, 'local');
+  const startupTimeoutMs = readDuration(src, 'startup-timeout', 30_000)!;
+  if (startupTimeoutMs <= 0) throw new InputError('startup-timeout', 'must be longer than zero.');
   const host = readString(src, 'host');
-  const sshKey = readString(src, 'ssh-key');
-  if (sshKey && !host)
+  if (readString(src, 'ssh-key') !== undefined && host === undefined) {
     throw new InputError('ssh-key', 'was given without `host`; set `host: ssh://user@host/path`.');
-  if (mode === 'ssh' && !host) throw new InputError('host', 'is required when `mode: ssh`.');
+  }
+
+  if (mode === 'ssh') {
+    rejectForMode(
+      src,
+      'ssh',
+      ['socket', 'containers-conf', 'restore-keys'],
+      ['isolate-storage', 'export-docker-host', 'cache-mounts'],
+    );
+    if (host === undefined) throw new InputError('host', 'is required when `mode: ssh`.');
+    const target = parseSshHost(host);
+    const sshKey = readString(src, 'ssh-key');
+    if (sshKey === undefined) throw new InputError('ssh-key', 'is required when `mode: ssh`.');
+    const insecureHostKey = readBoolean(src, 'insecure-host-key', false);
+    const knownHosts = readString(src, 'known-hosts');
+    if (knownHosts === undefined && !insecureHostKey) {
+      throw new InputError(
+        'known-hosts',
+        'is required with `mode: ssh` (e.g. the output of `ssh-keyscan -p PORT HOST`), unless `insecure-host-key: true`.',
+      );
+    }
+    return { mode, target, sshKey, knownHosts, insecureHostKey, startupTimeoutMs };
+  }
+
+  rejectForMode(src, 'local', ['host', 'known-hosts'], ['insecure-host-key']);
+  const socketGiven = readString(src, 'socket');
+  const socket = socketGiven === undefined ? undefined : resolve(socketGiven);
+  if (socket !== undefined) {
+    const problem = socketPathProblem(socket, process.platform);
+    if (problem) throw new InputError('socket', `${problem}; choose a shorter path.`);
+  }
   return {
     mode,
+    socket,
     isolateStorage: readBoolean(src, 'isolate-storage', false),
-    containersConf: readString(src, 'containers-conf'),
-    startupTimeoutMs: readDuration(src, 'startup-timeout', 30_000)!,
+    containersConf: readContainersConf(src),
+    startupTimeoutMs,
     exportDockerHost: readBoolean(src, 'export-docker-host', false),
-    host,
-    sshKey,
-    knownHosts: readString(src, 'known-hosts'),
-    insecureHostKey: readBoolean(src, 'insecure-host-key', false),
     cacheMounts: readBoolean(src, 'cache-mounts', false),
-    cacheKey: readString(src, 'cache-key') ?? 'podman-cache-mounts',
+    cacheKey: readCacheKey(src),
+    restoreKeys: readList(src, 'restore-keys'),
   };
 }

@@ -1,0 +1,278 @@
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { exec } from '../../src/core/exec.js';
+import { mountPointsUnder } from '../../src/actions/remote-build-env/mounts.js';
+import { isRunning, type ProcessIdentity } from '../../src/actions/remote-build-env/process-group.js';
+import { REPO_ROOT } from '../support/harness.js';
+import { CacheService, laterRun } from '../support/cache-service.js';
+import { importBusyboxImage } from '../support/images.js';
+import { createPodmanTestEnv, pathExists, type PodmanTestEnv } from '../support/podman.js';
+import { startSplitJob, type SplitJob } from '../support/split-job.js';
+
+const ACTION = 'remote-build-env';
+
+let pm: PodmanTestEnv;
+let image: string;
+const runnerTemps: string[] = [];
+/** Every job started: afterAll runs the post of those not posted, so a failed assertion never leaks a service. */
+const jobs: Job[] = [];
+
+interface Job extends SplitJob {
+  runnerTemp: string;
+}
+
+/** Short (socket paths) and removed after the tests. */
+function newRunnerTemp(): string {
+  const dir = mkdtempSync('/tmp/ici-rt-');
+  runnerTemps.push(dir);
+  return dir;
+}
+
+/** Runs a job's main step now and leaves its post for later, so two jobs can overlap. */
+async function startJob(
+  inputs: Record<string, string>,
+  env: Record<string, string> = {},
+  runnerTemp = newRunnerTemp(),
+): Promise<Job> {
+  const split = await startSplitJob({ action: ACTION, inputs, env: { ...pm.env, ...env }, runnerTemp });
+  const job = Object.assign(split, { runnerTemp });
+  jobs.push(job);
+  return job;
+}
+
+interface LocalStateSeen {
+  socket: string;
+  tmpdir: string;
+  removeDirs: string[];
+  service?: ProcessIdentity;
+}
+
+function stateOf(job: Job): LocalStateSeen {
+  return JSON.parse(job.main.main.state[ACTION]!) as LocalStateSeen;
+}
+
+async function contextDir(name: string, body: string): Promise<string> {
+  const dir = join(pm.dir, `ctx-${name}`);
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, 'Containerfile'), body);
+  return dir;
+}
+
+/** A build whose cache-mount step writes a job-unique file and lists what the cache mount holds. */
+async function buildWritingMarker(env: Record<string, string>, marker: string): Promise<string[]> {
+  const ctx = await contextDir(
+    'marker',
+    `FROM ${image}\nARG MARKER\n` +
+      "RUN --mount=type=cache,target=/c,sharing=locked touch /c/$MARKER && echo \"listing: $(ls /c | grep -v lockfile | tr '\\n' ' ')\"\n",
+  );
+  const r = await exec(
+    'podman',
+    ['--remote', 'build', '--no-cache', '--build-arg', `MARKER=${marker}`, ctx],
+    {
+      timeoutMs: 120_000,
+      env: { ...process.env, ...pm.env, ...env },
+    },
+  );
+  const line = r.stdout.split('\n').find((l) => l.startsWith('listing: '));
+  if (!line) throw new Error(`no listing in build output:\n${r.stdout}\n${r.stderr}`);
+  return line.slice('listing: '.length).trim().split(/\s+/).sort();
+}
+
+async function expectNoLeaks(state: LocalStateSeen): Promise<void> {
+  if (state.service) expect(await isRunning(state.service)).toBe(false);
+  expect(await pathExists(state.socket)).toBe(false);
+  for (const dir of state.removeDirs) expect(await pathExists(dir)).toBe(false);
+  const mounts = await readFile('/proc/self/mountinfo', 'utf8');
+  for (const dir of state.removeDirs) expect(mountPointsUnder(mounts, dir)).toEqual([]);
+}
+
+beforeAll(async () => {
+  pm = await createPodmanTestEnv();
+  image = await importBusyboxImage(pm);
+});
+afterAll(async () => {
+  for (const job of jobs) if (!job.posted) await job.post();
+  await pm?.remove();
+  for (const dir of runnerTemps) await rm(dir, { recursive: true, force: true });
+});
+
+describe('remote-build-env, mode local (real podman services)', () => {
+  it('gives two jobs running at the same time private cache mounts, and leaves nothing behind', async () => {
+    const [a, b] = await Promise.all([startJob({}), startJob({})]);
+    for (const job of [a, b]) {
+      expect(job.main.main.exitCode).toBe(0);
+      expect(job.main.exportedEnv.CONTAINER_HOST).toBe(`unix://${job.main.outputs.socket}`);
+      expect(job.main.outputs['container-host']).toBe(job.main.exportedEnv.CONTAINER_HOST);
+      expect(job.main.outputs['cache-dir']).toBe(join(job.main.outputs.tmpdir!, 'buildah-cache'));
+      expect(job.main.exportedEnv.DOCKER_HOST).toBeUndefined();
+    }
+    expect(a.main.outputs.socket).not.toBe(b.main.outputs.socket);
+    // The main steps' node processes have exited; the services must still answer later steps.
+    const [seenByA, seenByB] = await Promise.all([
+      buildWritingMarker(a.main.exportedEnv, 'job-a'),
+      buildWritingMarker(b.main.exportedEnv, 'job-b'),
+    ]);
+    expect(seenByA).toEqual(['job-a']);
+    expect(seenByB).toEqual(['job-b']);
+
+    const [stateA, stateB] = [stateOf(a), stateOf(b)];
+    expect(await isRunning(stateA.service!)).toBe(true);
+    const [postA, postB] = await Promise.all([a.post(), b.post()]);
+    expect(postA.exitCode).toBe(0);
+    expect(postB.exitCode).toBe(0);
+    expect(postA.warnings).toEqual([]);
+    await expectNoLeaks(stateA);
+    await expectNoLeaks(stateB);
+    // Nothing failed, so the service log stays folded away.
+    expect(postA.lines.some((l) => l.text.startsWith('::group::podman service log'))).toBe(false);
+    // Post is idempotent: a second run finds nothing to do and does not fail.
+    expect((await a.post()).exitCode).toBe(0);
+  });
+
+  it('WITHOUT the action: two clients of one shared service see each other’s cache-mount files (the collision)', async () => {
+    const shared = await pm.startService({ name: 'shared' });
+    try {
+      const env = { CONTAINER_HOST: shared.url };
+      const first = await buildWritingMarker(env, 'job-a');
+      const second = await buildWritingMarker(env, 'job-b');
+      expect(first).toEqual(['job-a']);
+      expect(second).toEqual(['job-a', 'job-b']);
+    } finally {
+      await shared.stop();
+    }
+  });
+
+  it('isolate-storage (and a chosen socket path) gives the service its own image store, removed with its mounts in post', async () => {
+    const runnerTemp = newRunnerTemp();
+    const socket = join(runnerTemp, 'chosen', 'dir', 'build.sock');
+    const job = await startJob(
+      { 'isolate-storage': 'true', 'export-docker-host': 'true', socket },
+      {},
+      runnerTemp,
+    );
+    expect(job.main.main.exitCode).toBe(0);
+    expect(job.main.outputs.socket).toBe(socket);
+    const url = job.main.exportedEnv.CONTAINER_HOST!;
+    expect(job.main.exportedEnv.DOCKER_HOST).toBe(url);
+    const state = stateOf(job);
+    const images = await pm.remote(url, ['images', '--format', '{{.Repository}}']);
+    expect(images.stdout.trim()).toBe(''); // the shared test store holds the busybox image; this one does not
+    await importBusyboxImage(pm, { url, name: image });
+    const info = await pm.remote(url, ['info', '--format', '{{.Store.GraphRoot}}']);
+    expect(info.stdout.trim().startsWith(job.runnerTemp)).toBe(true);
+    // A container left running in the private store must not keep the post step from cleaning up.
+    await pm.remote(url, ['run', '-d', image, 'sleep', '600']);
+    const post = await job.post();
+    expect(post.exitCode).toBe(0);
+    await expectNoLeaks(state);
+    expect(await pathExists(join(runnerTemp, 'chosen'))).toBe(false);
+  });
+
+  it('a service that cannot start (bad containers.conf) fails main with its log, and post still cleans up', async () => {
+    const conf = join(pm.dir, 'broken.conf');
+    await writeFile(conf, '[engine\nruntime = \n');
+    const job = await startJob({ 'containers-conf': conf });
+    expect(job.main.main.exitCode).toBe(1);
+    expect(job.main.errors.join('\n')).toMatch(/exited with code \d+ before it answered/);
+    const state = stateOf(job);
+    expect(state.service).toBeDefined();
+    const post = await job.post();
+    expect(post.exitCode).toBe(0);
+    expect(
+      post.lines.some((l) => l.text.startsWith('::group::podman service log (the main step did not finish)')),
+    ).toBe(true);
+    await expectNoLeaks(state);
+  });
+
+  it('cache-mounts: job A saves its cache mounts in post; a later run restores them and its build sees A’s file', async () => {
+    const cacheService = await CacheService.start();
+    try {
+      const runnerTemp = newRunnerTemp();
+      const env = cacheService.env();
+      const inputs = { 'cache-mounts': 'true', 'cache-key': 'e2e-mounts' };
+      const a = await startJob(inputs, env, runnerTemp);
+      expect(a.main.main.exitCode).toBe(0);
+      expect(a.main.outputs['cache-hit']).toBe('false');
+      expect(a.main.outputs['cache-dir']).toBe(join(a.main.outputs.tmpdir!, 'buildah-cache'));
+      expect(await buildWritingMarker(a.main.exportedEnv, 'job-a')).toEqual(['job-a']);
+      const postA = await a.post();
+      expect(postA.warnings).toEqual([]);
+      const saved = cacheService.list().filter((e) => e.finalized);
+      expect(saved.map((e) => e.key)).toEqual([expect.stringMatching(/^e2e-mounts-Linux-X64-[0-9a-f]{16}$/)]);
+      await expectNoLeaks(stateOf(a));
+
+      // The next run: same RUNNER_TEMP path (cache versions hash the path), its old contents gone.
+      runnerTemps.push(...(await laterRun([runnerTemp])));
+      const b = await startJob(inputs, env, runnerTemp);
+      expect(b.main.outputs['cache-hit']).toBe('true');
+      expect(b.main.outputs['cache-matched-key']).toBe(saved[0]!.key);
+      expect(await buildWritingMarker(b.main.exportedEnv, 'job-b')).toEqual(['job-a', 'job-b']);
+      await b.post();
+      const keys = cacheService.list().map((e) => e.key);
+      expect(keys.length).toBe(2);
+
+      // A run whose builds do not touch the cache mounts saves nothing new.
+      runnerTemps.push(...(await laterRun([runnerTemp])));
+      const c = await startJob(inputs, env, runnerTemp);
+      expect(c.main.outputs['cache-matched-key']).toBe(keys[1]);
+      const postC = await c.post();
+      expect(postC.lines.map((l) => l.text)).toContain(
+        `Cache mounts: unchanged since ${keys[1]}, not saved again.`,
+      );
+      expect(cacheService.list().length).toBe(2);
+    } finally {
+      await cacheService.stop();
+    }
+  });
+
+  it('CLI: `image-ci remote-build-env` keeps the service up until interrupted, then cleans up', async () => {
+    const runnerTemp = newRunnerTemp();
+    const cli = spawn(process.execPath, [join(REPO_ROOT, 'dist/cli.js'), ACTION], {
+      env: { ...process.env, ...pm.env, RUNNER_TEMP: runnerTemp, NODE_OPTIONS: '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    const exited = new Promise<number | null>((resolve) => cli.on('close', (code) => resolve(code)));
+    const ready = new Promise<string>((resolve, reject) => {
+      const check = () => {
+        const m = /^container-host=(.+)$/m.exec(stdout);
+        if (m && stderr.includes('Press Ctrl-C')) resolve(m[1]!);
+      };
+      cli.stdout.on('data', (c: Buffer) => {
+        stdout += c.toString();
+        check();
+      });
+      cli.stderr.on('data', (c: Buffer) => {
+        stderr += c.toString();
+        check();
+      });
+      void exited.then((code) => reject(new Error(`CLI exited early (${code}):\n${stdout}\n${stderr}`)));
+    });
+    let url: string;
+    try {
+      url = await ready;
+      const info = await pm.remote(url, ['info', '--format', '{{.Version.Version}}']);
+      expect(info.stdout.trim()).toMatch(/^\d+\.\d+/);
+    } finally {
+      cli.kill('SIGINT'); // also when an assertion failed: the CLI's post stops the service
+    }
+    expect(await exited).toBe(0);
+    expect(stderr).toContain('stopped.');
+    expect(await pathExists(url.replace('unix://', ''))).toBe(false);
+  });
+
+  it('reports bad inputs as input errors naming the input', async () => {
+    const longSocket = await startJob({ socket: `/tmp/${'s'.repeat(120)}.sock` });
+    expect(longSocket.main.main.exitCode).toBe(2);
+    expect(longSocket.main.errors[0]).toMatch(
+      /^Input 'socket': the socket path .* is 130 bytes, but linux allows at most 107/,
+    );
+    const unreadable = await startJob({ 'containers-conf': join(pm.dir, 'missing.conf') });
+    expect(unreadable.main.main.exitCode).toBe(2);
+    expect(unreadable.main.errors[0]).toMatch(/^Input 'containers-conf': cannot read/);
+  });
+});

@@ -1,0 +1,300 @@
+import { describe, expect, it } from '@jest/globals';
+import { mkdtempSync } from 'node:fs';
+import { mkdir, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadActionMetadata } from '../../src/core/action-metadata.js';
+import { InputError, MapInputSource, RecordingInputSource } from '../../src/core/inputs.js';
+import { saveKey } from '../../src/actions/remote-build-env/cache-mounts.js';
+import { EMPTY_FINGERPRINT, fingerprintDir } from '../../src/actions/remote-build-env/fingerprint.js';
+import { parseSshHost, readInputs } from '../../src/actions/remote-build-env/inputs.js';
+import { serviceCommand } from '../../src/actions/remote-build-env/local-service.js';
+import { mountPointsUnder } from '../../src/actions/remote-build-env/mounts.js';
+import {
+  containersConfVariable,
+  parseVersion,
+  withoutRemoteClientEnv,
+} from '../../src/actions/remote-build-env/podman.js';
+import { parseProcStat } from '../../src/actions/remote-build-env/process-group.js';
+import { maxSocketPathBytes, socketPathProblem } from '../../src/actions/remote-build-env/socket-path.js';
+import {
+  addedLines,
+  keyMaskValues,
+  knownHostsName,
+  withoutLines,
+} from '../../src/actions/remote-build-env/ssh-mode.js';
+
+const META = loadActionMetadata('remote-build-env');
+
+/** Inputs as the runner passes them: action.yml defaults, then what the workflow sets. */
+function inputs(given: Record<string, string>) {
+  const values: Record<string, string> = {};
+  for (const [name, spec] of Object.entries(META.inputs))
+    if (spec.default !== undefined) values[name] = spec.default;
+  return new MapInputSource({ ...values, ...given });
+}
+
+function inputError(fn: () => unknown): InputError {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof InputError) return e;
+    throw e;
+  }
+  throw new Error('expected an InputError');
+}
+
+const SSH = { mode: 'ssh', host: 'ssh://ci@build.example:2222/run/podman/podman.sock', 'ssh-key': 'KEY' };
+
+describe('remote-build-env inputs', () => {
+  it('reads every action.yml input and nothing else (local and ssh mode)', () => {
+    const local = new RecordingInputSource(inputs({}));
+    readInputs(local);
+    expect([...local.read].sort()).toEqual(Object.keys(META.inputs).sort());
+    const ssh = new RecordingInputSource(inputs({ ...SSH, 'known-hosts': 'x' }));
+    readInputs(ssh);
+    const unreadInSsh = Object.keys(META.inputs).filter((n) => !ssh.read.has(n));
+    // cache-key has a default, so it is always given; it means nothing remotely.
+    expect(unreadInSsh).toEqual(['cache-key']);
+  });
+
+  it('defaults to a local service with private cache mounts not persisted', () => {
+    expect(readInputs(inputs({}))).toEqual({
+      mode: 'local',
+      socket: undefined,
+      isolateStorage: false,
+      containersConf: undefined,
+      startupTimeoutMs: 30_000,
+      exportDockerHost: false,
+      cacheMounts: false,
+      cacheKey: 'podman-cache-mounts',
+      restoreKeys: [],
+    });
+  });
+
+  it('parses ssh mode with its host URL', () => {
+    expect(readInputs(inputs({ ...SSH, 'known-hosts': '[build.example]:2222 ssh-ed25519 AAAA' }))).toEqual({
+      mode: 'ssh',
+      target: {
+        url: SSH.host,
+        user: 'ci',
+        hostname: 'build.example',
+        port: 2222,
+        socketPath: '/run/podman/podman.sock',
+      },
+      sshKey: 'KEY',
+      knownHosts: '[build.example]:2222 ssh-ed25519 AAAA',
+      insecureHostKey: false,
+      startupTimeoutMs: 30_000,
+    });
+  });
+
+  it.each([
+    [{ 'ssh-key': 'K' }, 'ssh-key', 'was given without `host`; set `host: ssh://user@host/path`.'],
+    [{ mode: 'ssh' }, 'host', 'is required when `mode: ssh`.'],
+    [{ mode: 'ssh', host: SSH.host }, 'ssh-key', 'is required when `mode: ssh`.'],
+    [
+      SSH,
+      'known-hosts',
+      'is required with `mode: ssh` (e.g. the output of `ssh-keyscan -p PORT HOST`), unless `insecure-host-key: true`.',
+    ],
+    [
+      { ...SSH, 'insecure-host-key': 'true', 'cache-mounts': 'true' },
+      'cache-mounts',
+      'is not used with `mode: ssh`; remove it or change `mode`.',
+    ],
+    [
+      { ...SSH, 'insecure-host-key': 'true', socket: '/tmp/x.sock' },
+      'socket',
+      'is not used with `mode: ssh`; remove it or change `mode`.',
+    ],
+    [
+      { ...SSH, 'insecure-host-key': 'true', 'restore-keys': 'old-' },
+      'restore-keys',
+      'is not used with `mode: ssh`; remove it or change `mode`.',
+    ],
+    [{ host: SSH.host }, 'host', 'is not used with `mode: local`; remove it or change `mode`.'],
+    [
+      { 'insecure-host-key': 'true' },
+      'insecure-host-key',
+      'is not used with `mode: local`; remove it or change `mode`.',
+    ],
+    [{ 'startup-timeout': '0s' }, 'startup-timeout', 'must be longer than zero.'],
+    [
+      { 'startup-timeout': 'soon' },
+      'startup-timeout',
+      "expected a duration like 90s, 30m, 1h or 7d; got 'soon'.",
+    ],
+    [{ mode: 'remote' }, 'mode', "must be one of local, ssh; got 'remote'."],
+    [{ 'cache-key': 'a,b' }, 'cache-key', "must have no commas and at most 400 characters; got 'a,b'."],
+  ])('rejects %j naming %s', (given, name, message) => {
+    const e = inputError(() => readInputs(inputs(given as Record<string, string>)));
+    expect(e.input).toBe(name);
+    expect(e.message).toBe(`Input '${name}': ${message}`);
+  });
+
+  it('rejects a socket path too long for the OS and an unreadable containers.conf', () => {
+    const long = `/tmp/${'x'.repeat(110)}.sock`;
+    expect(inputError(() => readInputs(inputs({ socket: long }))).message).toBe(
+      `Input 'socket': the socket path '${long}' is 120 bytes, but linux allows at most 107; choose a shorter path.`,
+    );
+    const e = inputError(() => readInputs(inputs({ 'containers-conf': '/nonexistent/containers.conf' })));
+    expect(e.input).toBe('containers-conf');
+    expect(e.message).toMatch(
+      /^Input 'containers-conf': cannot read '\/nonexistent\/containers.conf' \(ENOENT/,
+    );
+    const dir = inputError(() => readInputs(inputs({ 'containers-conf': tmpdir() })));
+    expect(dir.message).toMatch(/not a regular file/);
+  });
+});
+
+describe('ssh host URL', () => {
+  it.each([
+    [
+      'ssh://root@127.0.0.1/run/podman.sock',
+      { user: 'root', hostname: '127.0.0.1', port: 22, socketPath: '/run/podman.sock' },
+    ],
+    ['ssh://me@[::1]:2200/p.sock', { user: 'me', hostname: '[::1]', port: 2200, socketPath: '/p.sock' }],
+  ])('parses %s', (url, expected) => {
+    expect(parseSshHost(url)).toEqual({ url, ...expected });
+  });
+
+  it.each([
+    ['build.example', 'is not a URL'],
+    ['tcp://root@host/p.sock', 'uses tcp:// instead of ssh://'],
+    ['ssh://host/p.sock', 'names no user'],
+    ['ssh://u:pw@host/p.sock', 'must not hold a password (use `ssh-key`)'],
+    ['ssh://u@host', 'names no socket path on the remote host'],
+    ['ssh://u@host/', 'names no socket path on the remote host'],
+    ['ssh://u@host/p.sock?x=1', 'must not have a query or fragment'],
+  ])('rejects %s', (url, why) => {
+    expect(inputError(() => parseSshHost(url)).message).toBe(
+      `Input 'host': ${why}; expected ssh://user@host[:port]/path/to/podman.sock, got '${url}'.`,
+    );
+  });
+});
+
+describe('socket path limits', () => {
+  it('allows one byte less than sun_path (the NUL) per OS, counting UTF-8 bytes', () => {
+    expect(maxSocketPathBytes('linux')).toBe(107);
+    expect(maxSocketPathBytes('darwin')).toBe(103);
+    expect(socketPathProblem(`/${'a'.repeat(106)}`, 'linux')).toBeUndefined();
+    expect(socketPathProblem(`/${'a'.repeat(107)}`, 'linux')).toMatch(
+      /is 108 bytes, but linux allows at most 107/,
+    );
+    expect(socketPathProblem(`/${'é'.repeat(52)}`, 'darwin')).toMatch(
+      /is 105 bytes, but darwin allows at most 103/,
+    );
+  });
+});
+
+describe('service command', () => {
+  const base = {
+    PATH: '/usr/bin',
+    CONTAINER_HOST: 'unix:///elsewhere',
+    DOCKER_HOST: 'tcp://x',
+    TMPDIR: '/tmp',
+  };
+
+  it('runs a plain service with its own TMPDIR and no inherited remote-client variables', () => {
+    const { args, env } = serviceCommand({ socket: '/r/s.sock', tmpdir: '/r/tmp', logFile: '/r/log' }, base);
+    expect(args).toEqual(['--log-level', 'info', 'system', 'service', '--time=0', 'unix:///r/s.sock']);
+    expect(env).toEqual({ PATH: '/usr/bin', TMPDIR: '/r/tmp' });
+  });
+
+  it('adds private storage and the extra containers.conf under the variable the podman version knows', () => {
+    const { args, env } = serviceCommand(
+      {
+        socket: '/r/s.sock',
+        tmpdir: '/r/tmp',
+        logFile: '/r/log',
+        storage: { root: '/r/root', runroot: '/r/run', libpodTmp: '/r/libpod' },
+        containersConf: { path: '/c.conf', variable: 'CONTAINERS_CONF_OVERRIDE' },
+      },
+      base,
+    );
+    expect(args.slice(0, 6)).toEqual(['--root', '/r/root', '--runroot', '/r/run', '--tmpdir', '/r/libpod']);
+    expect(env.CONTAINERS_CONF_OVERRIDE).toBe('/c.conf');
+  });
+
+  it('uses CONTAINERS_CONF_OVERRIDE from podman 4.4 on and CONTAINERS_CONF before', () => {
+    expect(containersConfVariable(parseVersion('4.3.1')!)).toBe('CONTAINERS_CONF');
+    expect(containersConfVariable(parseVersion('4.4.0')!)).toBe('CONTAINERS_CONF_OVERRIDE');
+    expect(containersConfVariable(parseVersion('5.0')!)).toBe('CONTAINERS_CONF_OVERRIDE');
+    expect(parseVersion('podman version 4.9.3-dev')).toEqual({ major: 4, minor: 9, patch: 3, text: '4.9.3' });
+    expect(withoutRemoteClientEnv({ CONTAINER_CONNECTION: 'x', CONTAINER_SSHKEY: 'k', HOME: '/h' })).toEqual({
+      HOME: '/h',
+    });
+  });
+});
+
+describe('process and mount bookkeeping', () => {
+  it('reads state and start time from /proc/<pid>/stat even when the name has spaces and parentheses', () => {
+    const rest = Array.from({ length: 20 }, (_, i) => String(i + 4)).join(' ');
+    expect(parseProcStat(`123 (podman (x) y) S ${rest}`)).toEqual({ state: 'S', startTime: '22' });
+    expect(parseProcStat('garbage')).toBeUndefined();
+  });
+
+  it('lists mount points below a dir, deepest first, decoding octal escapes, not siblings with a common prefix', () => {
+    const line = (point: string) => `41 26 254:0 / ${point} rw,relatime - ext4 /dev/vda rw`;
+    const info = [
+      line('/tmp/rt/ici-1/storage/overlay'),
+      line('/tmp/rt/ici-1'),
+      line('/tmp/rt/ici-1/storage/overlay/abc/merged'),
+      line('/tmp/rt/ici-10'),
+      line('/tmp/rt/ici-1/with\\040space'),
+    ].join('\n');
+    expect(mountPointsUnder(info, '/tmp/rt/ici-1')).toEqual([
+      '/tmp/rt/ici-1/storage/overlay/abc/merged',
+      '/tmp/rt/ici-1/storage/overlay',
+      '/tmp/rt/ici-1/with space',
+      '/tmp/rt/ici-1',
+    ]);
+  });
+});
+
+describe('ssh bookkeeping', () => {
+  it('names hosts the way known_hosts does', () => {
+    expect(knownHostsName({ hostname: 'h', port: 22 })).toBe('h');
+    expect(knownHostsName({ hostname: '127.0.0.1', port: 2222 })).toBe('[127.0.0.1]:2222');
+  });
+
+  it('masks each key body line before the whole key, not the armour', () => {
+    const key = '-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\nBBBB\n-----END OPENSSH PRIVATE KEY-----\n';
+    expect(keyMaskValues(key)).toEqual(['AAAA', 'BBBB', key.trim()]);
+  });
+
+  it('finds the lines a step added and takes exactly those out again', () => {
+    const before = ['a', 'b', ''];
+    const after = ['a', 'b', '', 'c', '', 'a'];
+    const added = addedLines(before, after);
+    expect(added).toEqual(['c', 'a']);
+    expect(withoutLines(['a', 'x', 'b', 'c', 'a'], added)).toEqual(['x', 'b', 'a']);
+  });
+});
+
+describe('cache-mount fingerprint and keys', () => {
+  it('changes when a file is added or touched, not when nothing happened', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ici-fp-'));
+    try {
+      expect(await fingerprintDir(join(dir, 'missing'))).toBe(EMPTY_FINGERPRINT);
+      await mkdir(join(dir, 'c'));
+      await writeFile(join(dir, 'c/a'), 'x');
+      await symlink('a', join(dir, 'c/link'));
+      const first = await fingerprintDir(dir);
+      expect(await fingerprintDir(dir)).toBe(first);
+      await utimes(join(dir, 'c/a'), new Date(1000), new Date(1000));
+      const touched = await fingerprintDir(dir);
+      expect(touched).not.toBe(first);
+      await writeFile(join(dir, 'c/b'), '');
+      expect(await fingerprintDir(dir)).not.toBe(touched);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('saves under the restore prefix plus 16 fingerprint characters', () => {
+    const cache = { path: '/p', keyPrefix: 'k-Linux-X64-', fingerprint: EMPTY_FINGERPRINT };
+    expect(saveKey(cache, 'f'.repeat(64))).toBe(`k-Linux-X64-${'f'.repeat(16)}`);
+  });
+});

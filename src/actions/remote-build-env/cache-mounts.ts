@@ -1,0 +1,54 @@
+/**
+ * Persisting `RUN --mount=type=cache` contents between runs: the service's $TMPDIR/buildah-cache is restored
+ * before the service starts and saved after it stopped (so nothing writes while tar reads).
+ *
+ * Keys: the contents change with every build that touches them and a cache entry can never be overwritten, so
+ * each save gets a key named after what it holds (`<cache-key>-<os>-<arch>-<fingerprint>`) and a restore takes
+ * the newest entry under the `<cache-key>-<os>-<arch>-` prefix. There is no "exact" key to hit before the
+ * contents are known, so `cache-hit` means "something was restored".
+ */
+import { join } from 'node:path';
+import { cacheKeyPrefix, restoreCache, saveCache } from '../../core/cache.js';
+import type { Host } from '../../core/host.js';
+import { EMPTY_FINGERPRINT, fingerprintDir } from './fingerprint.js';
+import type { CacheState } from './state.js';
+
+/** Enough of the fingerprint to tell cache generations apart. */
+const KEY_FINGERPRINT_CHARS = 16;
+
+export function cacheMountDir(tmpdir: string): string {
+  return join(tmpdir, 'buildah-cache');
+}
+
+export async function restoreCacheMounts(
+  host: Host,
+  tmpdir: string,
+  cacheKey: string,
+  restoreKeys: readonly string[],
+): Promise<CacheState> {
+  const path = cacheMountDir(tmpdir);
+  const prefix = cacheKeyPrefix({ prefix: cacheKey });
+  // The prefix is passed as a restore key too: only restore keys are matched by prefix everywhere.
+  const result = await restoreCache(host, [path], prefix, [prefix, ...restoreKeys]);
+  const state: CacheState = { path, keyPrefix: prefix, fingerprint: await fingerprintDir(path) };
+  if (result.matchedKey) state.matchedKey = result.matchedKey;
+  return state;
+}
+
+export function saveKey(cache: CacheState, fingerprint: string): string {
+  return `${cache.keyPrefix}${fingerprint.slice(0, KEY_FINGERPRINT_CHARS)}`;
+}
+
+/** Saves the cache-mount dir when the builds changed it. Never throws (saveCache reports problems as warnings). */
+export async function saveCacheMounts(host: Host, cache: CacheState): Promise<void> {
+  const fingerprint = await fingerprintDir(cache.path);
+  if (fingerprint === EMPTY_FINGERPRINT) {
+    host.info('Cache mounts: nothing to save (no build used a cache mount).');
+    return;
+  }
+  if (fingerprint === cache.fingerprint) {
+    host.info(`Cache mounts: unchanged since ${cache.matchedKey ?? 'the restore'}, not saved again.`);
+    return;
+  }
+  await saveCache(host, [cache.path], saveKey(cache, fingerprint));
+}
