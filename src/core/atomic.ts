@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { link, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
+import { processAlive, sleep } from './process.js';
 
 /** fsyncs a directory so a rename inside it survives a power loss. */
 export async function fsyncDir(dir: string): Promise<void> {
@@ -85,15 +86,6 @@ async function readOwner(path: string): Promise<LockOwner | undefined> {
   return undefined;
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 async function isStale(path: string, owner: LockOwner | undefined, staleMs: number): Promise<boolean> {
   if (owner && owner.host === hostname() && !processAlive(owner.pid)) return true;
   try {
@@ -166,7 +158,7 @@ export async function acquireLock(path: string, options: LockOptions): Promise<L
       continue;
     }
     if (Date.now() >= deadline) throw new LockTimeoutError(path, owner);
-    await new Promise((r) => setTimeout(r, pollMs));
+    await sleep(pollMs);
   }
 }
 

@@ -1,8 +1,9 @@
 /** Mode `local`: a podman service of this job's own, started in main and stopped in post. */
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { exec, which } from '../../core/exec.js';
+import { pathExists } from '../../core/files.js';
 import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
 import { ActionError, errorMessage } from '../../core/run.js';
@@ -20,15 +21,6 @@ import { saveRunState, type LocalState } from './state.js';
 const VERSION_TIMEOUT_MS = 15_000;
 const STOP_GRACE_MS = 10_000;
 const REMOVE_CONTAINERS_TIMEOUT_MS = 60_000;
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * The cache-mount dir must have the same path in every run (the cache library versions entries by path), so
@@ -69,7 +61,7 @@ export async function startLocalService(host: Host, inputs: LocalOptions): Promi
         `${problem} (RUNNER_TEMP is long); set it to a shorter path such as /tmp/podman-build.sock.`,
       );
     }
-  } else if (await exists(socket)) {
+  } else if (await pathExists(socket)) {
     throw new ActionError(
       `the socket path ${socket} is already in use; choose another \`socket\` or remove it.`,
     );

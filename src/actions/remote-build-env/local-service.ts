@@ -6,7 +6,9 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
+import { pathExists } from '../../core/files.js';
+import { sleep } from '../../core/process.js';
 import { ActionError } from '../../core/run.js';
 import { identify, type ProcessIdentity } from './process-group.js';
 import { podmanRemote, withoutRemoteClientEnv } from './podman.js';
@@ -84,15 +86,6 @@ export async function logTail(logFile: string, lines = 20): Promise<string> {
   }
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 const POLL_MS = 100;
 /** One `podman info` attempt may hang on a half-started service; bound it so the overall timeout holds. */
 const PROBE_TIMEOUT_MS = 10_000;
@@ -113,7 +106,7 @@ export async function waitUntilAnswering(
         `podman system service exited with code ${exitCode} before it answered. Its log ends with:\n${await logTail(plan.logFile)}`,
       );
     }
-    if (await exists(plan.socket)) {
+    if (await pathExists(plan.socket)) {
       const remaining = Math.max(1000, deadline - Date.now());
       const r = await podmanRemote(socketUrl(plan.socket), ['info', '--format', '{{.Version.Version}}'], {
         timeoutMs: Math.min(remaining, PROBE_TIMEOUT_MS),
@@ -128,6 +121,6 @@ export async function waitUntilAnswering(
           `raise \`startup-timeout\` if the machine is slow. Its log ends with:\n${await logTail(plan.logFile)}`,
       );
     }
-    await new Promise((r) => setTimeout(r, POLL_MS));
+    await sleep(POLL_MS);
   }
 }

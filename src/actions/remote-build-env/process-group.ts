@@ -5,6 +5,7 @@
  * and this machine's pid 1 does not reap) counts as gone.
  */
 import { readFile } from 'node:fs/promises';
+import { processAlive, sleep } from '../../core/process.js';
 
 export interface ProcessIdentity {
   pid: number;
@@ -44,18 +45,9 @@ export async function identify(pid: number): Promise<ProcessIdentity> {
   return stat ? { pid, startTime: stat.startTime } : { pid };
 }
 
-function signalReaches(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** True while the very process described by `id` runs (not a zombie, not a later process with its pid). */
 export async function isRunning(id: ProcessIdentity): Promise<boolean> {
-  if (!signalReaches(id.pid)) return false;
+  if (!processAlive(id.pid)) return false;
   const stat = await readProcStat(id.pid);
   if (!stat) return id.startTime === undefined; // no /proc (macOS): the signal check is all there is
   if (stat.state === 'Z' || stat.state === 'X') return false;
@@ -67,7 +59,7 @@ async function waitGone(id: ProcessIdentity, timeoutMs: number): Promise<boolean
   for (;;) {
     if (!(await isRunning(id))) return true;
     if (Date.now() >= deadline) return false;
-    await new Promise((r) => setTimeout(r, 100));
+    await sleep(100);
   }
 }
 

@@ -12,6 +12,7 @@ import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { randomBytes } from 'node:crypto';
 import type { Credential } from '../auth.js';
+import { sleep } from '../process.js';
 import { parseChallenge, type Challenge } from './challenge.js';
 import { DigestMismatchError, HashingStream, hashDigest, newHash, verifyDigest, digestOf } from './digest.js';
 import { parseOciError, RegistryError } from './errors.js';
@@ -22,7 +23,6 @@ import {
   DEFAULT_RETRY,
   isRetryableStatus,
   parseRetryAfter,
-  sleep,
   type RetryPolicy,
 } from './retry.js';
 

@@ -28,7 +28,3 @@ export function backoffDelay(attempt: number, policy: RetryPolicy, retryAfterMs?
   // Jitter keeps parallel uploads that failed together from retrying in lockstep.
   return Math.min(policy.maxDelayMs, exponential / 2 + Math.random() * (exponential / 2));
 }
-
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
