@@ -93,6 +93,10 @@ function versionProblems(version: CatalogVersion, facts: RepoFacts): string[] {
   return full.map((i) => itemProblem(i, facts)).filter((p): p is string => p !== undefined);
 }
 
+function emptyProductPlan(name: string, selected: boolean): ProductPlan {
+  return { name, selected, kept: [], dropped: [], broken: [], ignored: [], removedItems: [], removed: false };
+}
+
 function planProduct(
   product: Catalog['products'][number],
   facts: RepoFacts,
@@ -100,16 +104,7 @@ function planProduct(
   removals: Removals,
   verifyItems: CatalogItem[],
 ): ProductPlan {
-  const plan: ProductPlan = {
-    name: product.name,
-    selected: true,
-    kept: [],
-    dropped: [],
-    broken: [],
-    ignored: [],
-    removedItems: [],
-    removed: false,
-  };
+  const plan = emptyProductPlan(product.name, true);
   const listed = product.versions
     .filter((v) => versionTimeMs(v.name) !== undefined)
     .sort((a, b) => compareC(b.name, a.name));
@@ -307,16 +302,7 @@ export function planPrune(
   const verifyItems: CatalogItem[] = [];
   const products = catalog.products.map((product) => {
     if (selected(product.name)) return planProduct(product, facts, options, removals, verifyItems);
-    return {
-      name: product.name,
-      selected: false,
-      kept: [],
-      dropped: [],
-      broken: [],
-      ignored: [],
-      removedItems: [],
-      removed: false,
-    } satisfies ProductPlan;
+    return emptyProductPlan(product.name, false);
   });
   const before = referencedPaths(catalog, facts);
   const after = referencedPaths(catalog, facts, removals);
