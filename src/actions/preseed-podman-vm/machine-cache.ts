@@ -5,7 +5,7 @@
  * it writes anything and never deletes: a refusal leaves the user's files and the cached copy as they were.
  */
 import { constants, existsSync } from 'node:fs';
-import { access, copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { access, copyFile, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
 import { exec } from '../../core/exec.js';
@@ -33,6 +33,19 @@ function uid(): number {
 /** Copy-on-write where the filesystem can, a plain copy elsewhere (disks are large). */
 async function copy(from: string, to: string): Promise<void> {
   await copyFile(from, to, constants.COPYFILE_FICLONE);
+}
+
+/**
+ * A restored staging dir is not saved again (post saves only on a miss), so its files can be moved: a rename
+ * costs nothing where a disk copy costs seconds per GiB. Across filesystems it is a copy.
+ */
+async function moveStaged(from: string, to: string): Promise<void> {
+  try {
+    await rename(from, to);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EXDEV') throw error;
+    await copy(from, to);
+  }
 }
 
 /** Copies the machine `name` (as podman just created it) into `stageDir`, replacing an older staging. */
@@ -129,7 +142,7 @@ export async function restoreMachine(
 
   for (const f of plan.files) {
     await mkdir(dirname(f.target), { recursive: true, mode: 0o700 });
-    await copy(join(stageDir, f.staged), f.target);
+    await moveStaged(join(stageDir, f.staged), f.target);
   }
   await mkdir(dirname(plan.configTarget), { recursive: true, mode: 0o700 });
   await writeFile(plan.configTarget, relocated.text, { mode: 0o644, flag: 'wx' });
