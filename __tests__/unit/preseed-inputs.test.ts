@@ -39,6 +39,11 @@ describe('preseed-podman-vm inputs', () => {
     });
   });
 
+  it('accepts cache-scope machine with init (without init it is a mistake, below)', () => {
+    const inputs = readInputs(new MapInputSource({ ...defaults, 'cache-scope': 'machine', init: 'true' }));
+    expect(inputs).toMatchObject({ cacheScope: 'machine', init: true });
+  });
+
   it('names the input in every mistake', () => {
     const bad: Array<[Record<string, string>, string]> = [
       [{ 'vm-type': 'vbox' }, 'vm-type'],

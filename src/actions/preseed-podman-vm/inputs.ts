@@ -40,11 +40,8 @@ export function readInputs(src: InputSource): PreseedInputs {
   const start = readBoolean(src, 'start', false);
   if (start && !init) throw new InputError('start', 'needs `init: true` (there is no machine to start).');
   const cacheScope = readEnum(src, 'cache-scope', CACHE_SCOPES, 'image');
-  if (cacheScope === 'machine') {
-    throw new InputError(
-      'cache-scope',
-      '`machine` is not available yet (the machine config relocation exists, the save/restore flow does not); use `image`.',
-    );
+  if (cacheScope === 'machine' && !init) {
+    throw new InputError('cache-scope', '`machine` needs `init: true` (there is no machine to cache).');
   }
   return {
     image: readString(src, 'image'),

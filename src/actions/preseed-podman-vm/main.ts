@@ -11,7 +11,7 @@ import type { Host } from '../../core/host.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { formatBytes, heading, markdownTable } from '../../core/summary.js';
 import { stableDir } from '../../core/workspace.js';
-import { Outputs, STABLE_DIR_NAME, State } from './constants.js';
+import { MACHINE_STAGE_DIR, Outputs, STABLE_DIR_NAME, State } from './constants.js';
 import { planContainersConf } from './containers-conf.js';
 import { downloadDisk, isUnreachable, resolveDisk, type ResolvedDisk } from './fetch-registry.js';
 import { downloadUrl } from './fetch-url.js';
@@ -27,6 +27,7 @@ import {
   type StoredImageRecord,
 } from './image-store.js';
 import type { PreseedInputs } from './inputs.js';
+import { restoreMachine, stageMachine } from './machine-cache.js';
 import { initArgs, startArgs } from './machine-init.js';
 import { defaultImageReference, diskTypeFor, podmanCacheFileName } from './machine-os.js';
 import {
@@ -78,8 +79,20 @@ export async function preseedMain(host: Host, inputs: PreseedInputs): Promise<vo
   host.setOutput(Outputs.containersConf, confPath);
 
   let machine = '';
-  if (inputs.init) machine = await initMachine(host, inputs, version, vmType, located.path);
+  let machineFromCache = false;
+  if (inputs.init) {
+    machine = inputs.machineName;
+    host.saveState(State.provider, vmType);
+    if (inputs.cache && inputs.cacheScope === 'machine') {
+      machineFromCache = await restoreOrInitMachine(host, inputs, version, vmType, arch, located);
+    } else {
+      markCreated(host, inputs);
+      await initMachine(host, inputs, version, vmType, located.path);
+    }
+    if (inputs.start) await startMachine(host, inputs.machineName, vmType);
+  }
   host.setOutput(Outputs.machineName, machine);
+  host.setOutput(Outputs.machineCacheHit, machineFromCache ? 'true' : 'false');
 
   await host.appendSummary(
     heading('preseed-podman-vm') +
@@ -248,14 +261,25 @@ async function writeContainersConf(host: Host, version: PodmanVersion, imagePath
   return confPath;
 }
 
+/**
+ * From here post removes the machine (with `cleanup`). Set before init, which may fail half way, but only after
+ * a restore succeeded: a refused restore may have met a machine of the same name that is not ours.
+ */
+function markCreated(host: Host, inputs: PreseedInputs): void {
+  if (inputs.cleanup) host.saveState(State.createdMachine, inputs.machineName);
+}
+
+function machineEnv(vmType: VmType): NodeJS.ProcessEnv {
+  return { ...process.env, CONTAINERS_MACHINE_PROVIDER: vmType };
+}
+
 async function initMachine(
   host: Host,
   inputs: PreseedInputs,
   version: PodmanVersion,
   vmType: VmType,
   imagePath: string,
-): Promise<string> {
-  const env = { ...process.env, CONTAINERS_MACHINE_PROVIDER: vmType };
+): Promise<void> {
   const args = initArgs(version, {
     name: inputs.machineName,
     imagePath,
@@ -264,13 +288,65 @@ async function initMachine(
     diskSizeGiB: inputs.diskSizeGiB,
     rootful: inputs.rootful,
   });
-  return host.group(`podman ${args.join(' ')}`, async () => {
-    host.saveState(State.provider, vmType);
-    if (inputs.cleanup) host.saveState(State.createdMachine, inputs.machineName);
+  await host.group(`podman ${args.join(' ')}`, async () => {
     const onLine = (line: string) => host.info(line);
-    await exec('podman', args, { timeoutMs: MACHINE_TIMEOUT_MS, env, onLine });
-    if (inputs.start)
-      await exec('podman', startArgs(inputs.machineName), { timeoutMs: MACHINE_TIMEOUT_MS, env, onLine });
-    return inputs.machineName;
+    await exec('podman', args, { timeoutMs: MACHINE_TIMEOUT_MS, env: machineEnv(vmType), onLine });
   });
+}
+
+async function startMachine(host: Host, name: string, vmType: VmType): Promise<void> {
+  const args = startArgs(name);
+  await host.group(`podman ${args.join(' ')}`, async () => {
+    const onLine = (line: string) => host.info(line);
+    await exec('podman', args, { timeoutMs: MACHINE_TIMEOUT_MS, env: machineEnv(vmType), onLine });
+  });
+}
+
+/**
+ * cache-scope: machine. A hit puts the saved machine into this run's HOME / XDG dirs instead of running init; a
+ * miss runs init and stages the machine (before any start: a running machine's disk is not a consistent copy)
+ * for post to save. Returns whether the machine came from the cache.
+ */
+async function restoreOrInitMachine(
+  host: Host,
+  inputs: PreseedInputs,
+  version: PodmanVersion,
+  vmType: VmType,
+  arch: MachineArch,
+  located: Located,
+): Promise<boolean> {
+  const stageDir = join(await stableDir(STABLE_DIR_NAME), MACHINE_STAGE_DIR);
+  const key = buildCacheKey({
+    prefix: `${inputs.cacheKeyPrefix}-machine`,
+    arch,
+    inputs: {
+      image: located.digest,
+      name: inputs.machineName,
+      cpus: String(inputs.cpus ?? ''),
+      memory: String(inputs.memoryMiB ?? ''),
+      disk: String(inputs.diskSizeGiB ?? ''),
+      rootful: String(inputs.rootful),
+      vmType,
+      podman: `${version.major}.${version.minor}`,
+    },
+  });
+  // Only our own staging dir is cleared: a leftover from an earlier job on this runner must not mix in.
+  await rm(stageDir, { recursive: true, force: true });
+  const restored = await restoreCache(host, [stageDir], key);
+  if (restored.hit) {
+    const machine = await host.group('Restoring the cached machine', () => restoreMachine(stageDir));
+    markCreated(host, inputs);
+    host.info(
+      `Restored machine ${machine.name} from the cache (podman machine init was not run): ${machine.configPath}; files: ${machine.files.join(', ')}`,
+    );
+    return true;
+  }
+  markCreated(host, inputs);
+  await initMachine(host, inputs, version, vmType, located.path);
+  const manifest = await stageMachine(stageDir, vmType, inputs.machineName);
+  host.info(
+    `Staged machine ${manifest.name} (${manifest.files.length + 1} files) in ${stageDir} for the cache.`,
+  );
+  host.saveState(State.machineSave, JSON.stringify({ paths: [stageDir], key }));
+  return false;
 }

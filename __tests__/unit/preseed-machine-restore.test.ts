@@ -1,0 +1,77 @@
+/** restoreMachine's refusals, on the real filesystem with a staged podman 4 machine (no podman is run). */
+import { afterAll, beforeEach, describe, expect, it } from '@jest/globals';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { REPO_ROOT } from '../support/harness.js';
+import { restoreMachine } from '../../src/actions/preseed-podman-vm/machine-cache.js';
+import {
+  machineConnections,
+  machineFiles,
+  type MachineManifest,
+} from '../../src/actions/preseed-podman-vm/machine-manifest.js';
+
+const OLD = '/home/runner/work/_temp/ici-h1';
+const tmp = mkdtempSync(join(tmpdir(), 'preseed-mr-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+const configText = readFileSync(
+  join(REPO_ROOT, '__tests__/fixtures/preseed-podman-vm/podman4-qemu-machine.json'),
+  'utf8',
+);
+let stage: string;
+let home: string;
+
+function tree(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, encoding: 'utf8' }).sort();
+}
+
+beforeEach(() => {
+  const dir = mkdtempSync(join(tmp, 'case-'));
+  stage = join(dir, 'stage');
+  home = join(dir, 'home');
+  mkdirSync(stage);
+  mkdirSync(home);
+  const config = JSON.parse(configText) as Record<string, unknown>;
+  const manifest: MachineManifest = {
+    version: 1,
+    name: 'tm1',
+    vmType: 'qemu',
+    roots: { home: OLD, dataHome: `${OLD}/.local/share`, configHome: `${OLD}/.config` },
+    configPath: `${OLD}/.config/containers/podman/machine/qemu/tm1.json`,
+    files: machineFiles(config),
+    connections: machineConnections(config),
+  };
+  writeFileSync(join(stage, 'manifest.json'), JSON.stringify(manifest));
+  writeFileSync(join(stage, 'config.json'), configText);
+  for (const f of manifest.files) writeFileSync(join(stage, f.staged), f.staged);
+});
+
+describe('restoreMachine refuses and writes nothing', () => {
+  it('when a machine file of the same name exists already (it is not overwritten)', async () => {
+    const ssh = join(home, '.ssh');
+    mkdirSync(ssh);
+    writeFileSync(join(ssh, 'tm1'), 'the user key');
+    await expect(restoreMachine(stage, { HOME: home })).rejects.toThrow(
+      /refusing to restore machine 'tm1': .*\.ssh\/tm1 already exists.*Nothing was changed or deleted/,
+    );
+    expect(tree(home)).toEqual(['.ssh', '.ssh/tm1']);
+    expect(readFileSync(join(ssh, 'tm1'), 'utf8')).toBe('the user key');
+    expect(tree(stage)).toHaveLength(6);
+  });
+
+  it('when a file the relocated config needs would be missing (a mount source outside the new HOME)', async () => {
+    const config = JSON.parse(configText) as { Mounts: Array<{ Source: string }> };
+    config.Mounts[0]!.Source = `${OLD}/not-in-the-new-home`;
+    writeFileSync(join(stage, 'config.json'), JSON.stringify(config));
+    await expect(restoreMachine(stage, { HOME: home })).rejects.toThrow(/not-in-the-new-home/);
+    expect(tree(home)).toEqual([]);
+  });
+
+  it('when the staged manifest is damaged', async () => {
+    writeFileSync(join(stage, 'manifest.json'), '{"version": 1}');
+    await expect(restoreMachine(stage, { HOME: home })).rejects.toThrow(
+      /the cached machine is unreadable: .*not a version 1 manifest/,
+    );
+    expect(tree(home)).toEqual([]);
+  });
+});

@@ -1,0 +1,143 @@
+/**
+ * cache-scope: machine, the pure part. Which files make up an initialised machine, how they are named inside
+ * the staging dir that goes into the cache, the manifest recording where they came from, and where each one
+ * belongs in another HOME / XDG layout.
+ */
+import { join } from 'node:path';
+import { machineConfigShape, pathRewriter, type MachineRoots } from './machine-config.js';
+
+export const MANIFEST_FILE = 'manifest.json';
+/** The staged copy of the machine's config JSON (rewritten on restore, so it is not a plain copy). */
+export const CONFIG_FILE = 'config.json';
+
+export interface StagedFile {
+  /** File name inside the staging dir. */
+  staged: string;
+  /** Absolute path the file had when it was saved. */
+  original: string;
+}
+
+export interface MachineConnection {
+  name: string;
+  uri: string;
+}
+
+export interface MachineManifest {
+  version: 1;
+  name: string;
+  vmType: string;
+  roots: MachineRoots;
+  /** The config JSON's own path when it was saved. */
+  configPath: string;
+  files: StagedFile[];
+  connections: MachineConnection[];
+}
+
+type Json = Record<string, unknown>;
+
+function pathOf(value: unknown): string | undefined {
+  if (typeof value === 'string' && value) return value;
+  if (value && typeof value === 'object' && typeof (value as Json).Path === 'string') {
+    return (value as Json).Path as string;
+  }
+  return undefined;
+}
+
+function identityOf(config: Json): string | undefined {
+  return machineConfigShape(config) === 'podman4'
+    ? pathOf(config.IdentityPath)
+    : pathOf((config.SSH as Json).IdentityPath);
+}
+
+/**
+ * The files besides the config JSON that a machine is made of: its disk, ignition file (podman 4 names it in the
+ * config) and ssh identity. The public key is not named in the config but sits next to the identity.
+ */
+export function machineFiles(config: Json): StagedFile[] {
+  const files: StagedFile[] = [];
+  const add = (staged: string, original: string | undefined) => {
+    if (original) files.push({ staged, original });
+  };
+  add('disk', pathOf(config.ImagePath));
+  add('ignition', pathOf(config.IgnitionFilePath));
+  const identity = identityOf(config);
+  add('identity', identity);
+  add('identity.pub', identity && `${identity}.pub`);
+  if (!files.some((f) => f.staged === 'disk')) throw new Error('the machine config names no ImagePath.');
+  return files;
+}
+
+/** The two connections `podman machine init` adds: the machine's user and its root (podman 4 and 5 shapes). */
+export function machineConnections(config: Json): MachineConnection[] {
+  const name = String(config.Name ?? '');
+  const ssh = machineConfigShape(config) === 'podman4' ? config : (config.SSH as Json);
+  const uid =
+    machineConfigShape(config) === 'podman4' ? config.UID : (config.HostUser as Json | undefined)?.UID;
+  const port = Number(ssh.Port);
+  const user = String(ssh.RemoteUsername ?? 'core');
+  if (!name || !Number.isInteger(port) || port <= 0 || uid === undefined) return [];
+  return [
+    { name, uri: `ssh://${user}@localhost:${port}/run/user/${String(uid)}/podman/podman.sock` },
+    { name: `${name}-root`, uri: `ssh://root@localhost:${port}/run/podman/podman.sock` },
+  ];
+}
+
+/** The XDG roots podman derives a machine's paths from, as podman itself falls back when a variable is unset. */
+export function currentRoots(env: NodeJS.ProcessEnv, uid: number): MachineRoots {
+  const home = env.HOME ?? '';
+  return {
+    home,
+    dataHome: env.XDG_DATA_HOME || join(home, '.local', 'share'),
+    configHome: env.XDG_CONFIG_HOME || join(home, '.config'),
+    runtimeDir: env.XDG_RUNTIME_DIR || `/tmp/podman-run-${uid}`,
+  };
+}
+
+export function parseManifest(text: string): MachineManifest {
+  const m = JSON.parse(text) as Partial<MachineManifest>;
+  const roots = m.roots as Partial<MachineRoots> | undefined;
+  const ok =
+    m.version === 1 &&
+    typeof m.name === 'string' &&
+    m.name !== '' &&
+    typeof m.vmType === 'string' &&
+    typeof m.configPath === 'string' &&
+    typeof roots?.home === 'string' &&
+    typeof roots.dataHome === 'string' &&
+    typeof roots.configHome === 'string' &&
+    Array.isArray(m.files) &&
+    m.files.every((f) => typeof f?.staged === 'string' && typeof f.original === 'string') &&
+    Array.isArray(m.connections) &&
+    m.connections.every((c) => typeof c?.name === 'string' && typeof c.uri === 'string');
+  if (!ok) throw new Error('the cached machine manifest is not a version 1 manifest.');
+  return m as MachineManifest;
+}
+
+export interface RestorePlan {
+  configTarget: string;
+  /** Every staged file (not the config) and where it goes. */
+  files: Array<{ staged: string; target: string }>;
+}
+
+/**
+ * Where each saved file goes under the new roots. A file saved outside every old root would land at the same
+ * absolute path as before, which another HOME cannot be trusted to hold: that is refused.
+ */
+export function restorePlan(manifest: MachineManifest, to: MachineRoots): RestorePlan {
+  const rewrite = pathRewriter(manifest.roots, to);
+  const move = (original: string) => {
+    const target = rewrite(original);
+    if (target === original && !sameRoots(manifest.roots, to)) {
+      throw new Error(`${original} is outside HOME and the XDG dirs it was saved from; it cannot be moved.`);
+    }
+    return target;
+  };
+  return {
+    configTarget: move(manifest.configPath),
+    files: manifest.files.map((f) => ({ staged: f.staged, target: move(f.original) })),
+  };
+}
+
+function sameRoots(a: MachineRoots, b: MachineRoots): boolean {
+  return a.home === b.home && a.dataHome === b.dataHome && a.configHome === b.configHome;
+}
