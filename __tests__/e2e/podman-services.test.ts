@@ -5,7 +5,8 @@ import { exec } from '../../src/core/exec.js';
 import { mountPointsUnder } from '../../src/actions/remote-build-env/mounts.js';
 import { identify, isRunning } from '../../src/actions/remote-build-env/process-group.js';
 import { importBusyboxImage } from '../support/images.js';
-import { createPodmanTestEnv, pathExists, type PodmanTestEnv } from '../support/podman.js';
+import { pathExists } from '../../src/core/files.js';
+import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
 
 describe('podman test setup (test-only containers.conf, storage in a temp dir) and the busybox image', () => {
   let pm: PodmanTestEnv;

@@ -11,12 +11,8 @@ import { join } from 'node:path';
 import { exec } from '../../src/core/exec.js';
 import { runAction, secretOnlyAfterMask } from '../support/harness.js';
 import { startSplitJob } from '../support/split-job.js';
-import {
-  createPodmanTestEnv,
-  pathExists,
-  type PodmanTestEnv,
-  type TestPodmanService,
-} from '../support/podman.js';
+import { pathExists } from '../../src/core/files.js';
+import { createPodmanTestEnv, type PodmanTestEnv, type TestPodmanService } from '../support/podman.js';
 
 let pm: PodmanTestEnv;
 let service: TestPodmanService;

@@ -9,7 +9,8 @@ import { isRunning, type ProcessIdentity } from '../../src/actions/remote-build-
 import { REPO_ROOT } from '../support/harness.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
 import { importBusyboxImage } from '../support/images.js';
-import { createPodmanTestEnv, pathExists, type PodmanTestEnv } from '../support/podman.js';
+import { pathExists } from '../../src/core/files.js';
+import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
 import { startSplitJob, type SplitJob } from '../support/split-job.js';
 
 const ACTION = 'remote-build-env';

@@ -7,7 +7,8 @@ import { copyFile, mkdir, mkdtemp, rename, rm, stat, symlink, writeFile } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { exec } from '../../src/core/exec.js';
-import { pathExists, type PodmanTestEnv } from './podman.js';
+import { pathExists } from '../../src/core/files.js';
+import type { PodmanTestEnv } from './podman.js';
 
 export const BUSYBOX = '/bin/busybox';
 export const BUSYBOX_IMAGE = 'localhost/ici-busybox:latest';

@@ -8,7 +8,7 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync } from 'node:fs';
-import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { exec, type ExecResult } from '../../src/core/exec.js';
 import { unmountUnder } from '../../src/actions/remote-build-env/mounts.js';
@@ -164,13 +164,4 @@ export async function createPodmanTestEnv(): Promise<PodmanTestEnv> {
     },
   };
   return testEnv;
-}
-
-export async function pathExists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
