@@ -1,7 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import {
   EnvInputSource,
-  InputError,
   MapInputSource,
   parseBytes,
   parseDuration,
@@ -13,18 +12,9 @@ import {
   readList,
   readRequiredString,
 } from '../../src/core/inputs.js';
+import { inputError } from '../support/input-error.js';
 
 const src = (values: Record<string, string>) => new MapInputSource(values);
-
-function inputError(fn: () => unknown): InputError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof InputError) return e;
-    throw e;
-  }
-  throw new Error('expected an InputError');
-}
 
 describe('EnvInputSource', () => {
   it('reads INPUT_ variables the way the runner names them, trimmed, empty as missing', () => {

@@ -4,7 +4,7 @@ import { mkdir, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadActionMetadata } from '../../src/core/action-metadata.js';
-import { InputError, MapInputSource, RecordingInputSource } from '../../src/core/inputs.js';
+import { MapInputSource, RecordingInputSource } from '../../src/core/inputs.js';
 import { saveKey } from '../../src/actions/remote-build-env/cache-mounts.js';
 import { EMPTY_FINGERPRINT, fingerprintDir } from '../../src/actions/remote-build-env/fingerprint.js';
 import { parseSshHost, readInputs } from '../../src/actions/remote-build-env/inputs.js';
@@ -23,6 +23,7 @@ import {
   knownHostsName,
   withoutLines,
 } from '../../src/actions/remote-build-env/ssh-mode.js';
+import { inputError } from '../support/input-error.js';
 
 const META = loadActionMetadata('remote-build-env');
 
@@ -32,16 +33,6 @@ function inputs(given: Record<string, string>) {
   for (const [name, spec] of Object.entries(META.inputs))
     if (spec.default !== undefined) values[name] = spec.default;
   return new MapInputSource({ ...values, ...given });
-}
-
-function inputError(fn: () => unknown): InputError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof InputError) return e;
-    throw e;
-  }
-  throw new Error('expected an InputError');
 }
 
 const SSH = { mode: 'ssh', host: 'ssh://ci@build.example:2222/run/podman/podman.sock', 'ssh-key': 'KEY' };
