@@ -25,6 +25,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CacheService, laterRun } from '../support/cache-service.js';
 import { REPO_ROOT, runAction, type RunResult } from '../support/harness.js';
+import { writeTinyMachineImage } from '../support/machine-os.js';
 
 const ACTION = 'preseed-podman-vm';
 const USER = 'icipvm';
@@ -120,11 +121,7 @@ beforeAll(async () => {
   gid = Number(execFileSync('id', ['-g', USER], { encoding: 'utf8' }));
   work = mkdtempSync(join(tmpdir(), 'ici-pvm-mcache-'));
   chmodSync(work, 0o755);
-  const qcow2 = join(work, 'disk.qcow2');
-  execFileSync('qemu-img', ['create', '-f', 'qcow2', qcow2, '64M'], { stdio: 'pipe' });
-  image = join(work, 'machine-os.qcow2.zst');
-  execFileSync('zstd', ['-q', qcow2, '-o', image]);
-  chmodSync(image, 0o644);
+  image = writeTinyMachineImage(work);
   shimDir = join(work, 'bin');
   mkdirSync(shimDir);
   shimLog = join(work, 'timedatectl.calls');

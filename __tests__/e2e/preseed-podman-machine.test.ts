@@ -18,6 +18,7 @@ import {
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { runAction } from '../support/harness.js';
+import { writeTinyMachineImage } from '../support/machine-os.js';
 
 const ACTION = 'preseed-podman-vm';
 let work: string;
@@ -26,12 +27,7 @@ let image: string;
 beforeAll(() => {
   work = mkdtempSync(join(tmpdir(), 'ici-pvm-machine-'));
   chmodSync(work, 0o755);
-  // A real (tiny) qcow2, zstd-compressed like a machine-os disk.
-  const qcow2 = join(work, 'disk.qcow2');
-  execFileSync('qemu-img', ['create', '-f', 'qcow2', qcow2, '64M'], { stdio: 'pipe' });
-  image = join(work, 'machine-os.qcow2.zst');
-  execFileSync('zstd', ['-q', qcow2, '-o', image]);
-  chmodSync(image, 0o644);
+  image = writeTinyMachineImage(work);
 });
 
 afterAll(() => rmSync(work, { recursive: true, force: true }));

@@ -9,6 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { RegistryClient, type BlobFile } from '../../src/core/oci/client.js';
 import {
+  chmodSync,
   closeSync,
   mkdirSync,
   openSync,
@@ -245,4 +246,17 @@ export async function publishMachineOs(
   );
   if (digest !== fake.indexDigest)
     throw new Error(`registry stored the index as ${digest}, not ${fake.indexDigest}`);
+}
+
+/**
+ * A real but tiny machine disk for `podman machine init` tests: a 64M sparse qcow2, zstd-compressed the way
+ * machine-os ships its disks, readable by any user (the init runs as a non-root test user).
+ */
+export function writeTinyMachineImage(dir: string): string {
+  const qcow2 = join(dir, 'disk.qcow2');
+  execFileSync('qemu-img', ['create', '-f', 'qcow2', qcow2, '64M'], { stdio: 'pipe' });
+  const image = join(dir, 'machine-os.qcow2.zst');
+  execFileSync('zstd', ['-q', qcow2, '-o', image]);
+  chmodSync(image, 0o644);
+  return image;
 }
