@@ -13,6 +13,7 @@ import type { Host } from './host.js';
 import { parseDuration } from './inputs.js';
 import { errorMessage } from './run.js';
 import { formatDuration } from './summary.js';
+import { withPrivateRunnerTemp } from './workspace.js';
 
 /**
  * Bounds each library call: its twirp requests have no timeout of their own, and a cache that hangs must not
@@ -86,7 +87,7 @@ async function withLibraryLog<T>(
   host: Host,
   fn: () => Promise<T>,
 ): Promise<{ value: T; lines: LibraryLine[] }> {
-  const run = queue.then(() => captureWhile(host, fn));
+  const run = queue.then(() => withPrivateRunnerTemp(() => captureWhile(host, fn)));
   queue = run.catch(() => undefined);
   return run;
 }
