@@ -138,30 +138,21 @@ describe('the CLI on stdout and argv', () => {
       target: registry.host,
       fault: ({ index }) => {
         if (argvSnapshots.length === 0 && index === 0) {
-          argvSnapshots.push(execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' }));
+          argvSnapshots.push(execFileSync('ps', ['-ww', '-eo', 'args'], { encoding: 'utf8' }));
         }
         return undefined;
       },
     });
     const layout = generateLayout(join(work, 'layout'), { layers: [1000] });
+    const pushArgs = (repository: string) => [
+      'push-multi-tag',
+      ...['--source', layout.transportRef, '--repositories', `${relay.host}/${repository}`, '--tags', 'v1'],
+      ...['--insecure-registries', relay.host, '--username', registry.username!],
+    ];
     try {
-      const r = await cli(
-        [
-          'push-multi-tag',
-          '--source',
-          layout.transportRef,
-          '--repositories',
-          `${relay.host}/stdin/app`,
-          '--tags',
-          'v1',
-          '--insecure-registries',
-          relay.host,
-          '--username',
-          registry.username!,
-          '--password-stdin',
-        ],
-        { stdin: `${registry.password!}\n` },
-      );
+      const r = await cli([...pushArgs('stdin/app'), '--password-stdin'], {
+        stdin: `${registry.password!}\n`,
+      });
       expect(r.stderr).not.toMatch(/^(error|warning):/m);
       expect(r.code).toBe(0);
       expect(r.stdout).toContain(`digest=${layout.digest}`);
@@ -170,22 +161,7 @@ describe('the CLI on stdout and argv', () => {
       expect(argvSnapshots[0]).not.toContain(registry.password!);
 
       // The documented variable works the same way.
-      const viaEnv = await cli(
-        [
-          'push-multi-tag',
-          '--source',
-          layout.transportRef,
-          '--repositories',
-          `${relay.host}/env/app`,
-          '--tags',
-          'v1',
-          '--insecure-registries',
-          relay.host,
-          '--username',
-          registry.username!,
-        ],
-        { env: { IMAGE_CI_PASSWORD: registry.password! } },
-      );
+      const viaEnv = await cli(pushArgs('env/app'), { env: { IMAGE_CI_PASSWORD: registry.password! } });
       expect(viaEnv.code).toBe(0);
       expect(viaEnv.stderr).not.toMatch(/^(error|warning):/m);
     } finally {

@@ -5,6 +5,7 @@
 import { loadActionMetadata, type ActionMetadata } from '../core/action-metadata.js';
 import { CliHost, type Host } from '../core/host.js';
 import { InputError, MapInputSource } from '../core/inputs.js';
+import { interceptStdout, parseLibraryCommand } from '../core/library-output.js';
 import { EXIT_BAD_INPUT, EXIT_OK, runMain, runPost } from '../core/run.js';
 import { CLI_PASSWORD_ENV } from '../core/secrets.js';
 import { ACTIONS, ACTION_NAMES } from '../actions/registry.js';
@@ -229,48 +230,25 @@ export async function readPassword(
  * those commands and logged through the host instead. Returns the function that undoes it.
  */
 function routeLibraryStdout(host: Host): () => void {
-  const original = process.stdout.write;
-  let pending = '';
-  const handle = (line: string) => logLibraryLine(host, line.replace(/\r$/, ''));
-  process.stdout.write = function (chunk: unknown, ...rest: unknown[]): boolean {
-    pending += typeof chunk === 'string' ? chunk : Buffer.from(chunk as Uint8Array).toString('utf8');
-    const lines = pending.split('\n');
-    pending = lines.pop() ?? '';
-    for (const line of lines) handle(line);
-    const callback = rest.find((r): r is () => void => typeof r === 'function');
-    if (callback) callback();
-    return true;
-  } as typeof process.stdout.write;
-  return () => {
-    process.stdout.write = original;
-    if (pending) handle(pending);
-  };
-}
-
-/** @actions/core's escaping of command data, undone. */
-function unescapeCommandData(s: string): string {
-  return s.replace(/%0D/g, '\r').replace(/%0A/g, '\n').replace(/%25/g, '%');
-}
-
-function logLibraryLine(host: Host, line: string): void {
-  const m = /^::([a-z-]+)(?: [^:]*)?::(.*)$/.exec(line);
-  if (!m) {
-    if (line) host.info(line);
-    return;
-  }
-  const data = unescapeCommandData(m[2]!);
-  switch (m[1]) {
-    case 'debug':
-      return host.debug(data);
-    case 'add-mask':
-      return host.setSecret(data);
-    case 'warning':
-      return host.warning(data);
-    case 'error':
-      return host.error(data);
-    case 'endgroup':
+  return interceptStdout((line) => {
+    const command = parseLibraryCommand(line);
+    if (!command) {
+      if (line) host.info(line);
       return;
-    default:
-      return host.info(data);
-  }
+    }
+    switch (command.name) {
+      case 'debug':
+        return host.debug(command.data);
+      case 'add-mask':
+        return host.setSecret(command.data);
+      case 'warning':
+        return host.warning(command.data);
+      case 'error':
+        return host.error(command.data);
+      case 'endgroup':
+        return;
+      default:
+        return host.info(command.data);
+    }
+  });
 }
