@@ -1,6 +1,17 @@
 import { describe, expect, it } from '@jest/globals';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseFileCommands, REPO_ROOT, runAction, secretOnlyAfterMask } from '../support/harness.js';
+import {
+  foreignCommands,
+  parseFileCommands,
+  REPO_ROOT,
+  runAction,
+  runnerTempLeftovers,
+  secretOnlyAfterMask,
+  workflowCommands,
+  type LogLine,
+} from '../support/harness.js';
 
 const fixture = join(REPO_ROOT, '__tests__/fixtures/echo-action');
 const run = (inputs: Record<string, string>) =>
@@ -22,6 +33,7 @@ describe('runner harness on the echo fixture action', () => {
     expect(r.main.summary).toBe('| a | b |\n');
     expect(r.warnings).toEqual(['a warning']);
     expect(r.errors).toEqual([]);
+    expect(runnerTempLeftovers(r)).toEqual([]);
   });
 
   it('hands state and exported env to post', async () => {
@@ -60,5 +72,65 @@ describe('runner harness on the echo fixture action', () => {
       ['b', 'x\ny'],
     ]);
     expect(() => parseFileCommands('b<<E\nnever closed')).toThrow(/unterminated/);
+  });
+
+  it('runnerTempLeftovers names what main and post left in RUNNER_TEMP, except declared cache paths', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ici-harness-'));
+    try {
+      const main = join(dir, 'main.mjs');
+      const post = join(dir, 'post.mjs');
+      const make = (name: string) => `mkdirSync(process.env.RUNNER_TEMP + '/${name}', { recursive: true });`;
+      writeFileSync(
+        main,
+        [
+          "import { mkdirSync } from 'node:fs';",
+          make('ici-cache-data'),
+          make('ici-a1b2c3'),
+          make('ici-removed'),
+        ].join('\n'),
+      );
+      writeFileSync(
+        post,
+        `import { rmSync } from 'node:fs'; rmSync(process.env.RUNNER_TEMP + '/ici-removed', { recursive: true });`,
+      );
+      const runnerTemp = join(dir, 'temp');
+      const first = await runAction({ mainScript: main, postScript: post, runnerTemp });
+      expect(runnerTempLeftovers(first, ['ici-cache-data']).sort()).toEqual(['ici-a1b2c3']);
+      expect(runnerTempLeftovers(first, [join(runnerTemp, 'ici-cache-data', 'x')]).sort()).toEqual([
+        'ici-a1b2c3',
+      ]);
+      expect(runnerTempLeftovers(first).sort()).toEqual(['ici-a1b2c3', 'ici-cache-data']);
+      // What was there before main is not the action's.
+      const again = await runAction({ mainScript: main, postScript: post, runnerTemp });
+      expect(runnerTempLeftovers(again)).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("workflowCommands: the runner's command parser, modelled", () => {
+  const lines = (...texts: string[]): LogLine[] => texts.map((text) => ({ stream: 'stdout', text }));
+  const names = (...texts: string[]) => workflowCommands(lines(...texts)).map((c) => c.name);
+
+  it('reads ::name:: after leading blanks, the legacy ##[name] anywhere, names in any case, CR as a line break', () => {
+    expect(
+      names('::add-mask::x', '  \t::Set-Output name=a::b', 'text ##[save-state name=x]y', 'a\r::error::e'),
+    ).toEqual(['add-mask', 'set-output', 'save-state', 'error']);
+    expect(names('plain', 'a ::debug:: in the middle', '::', ':: ::', '##[unclosed')).toEqual([]);
+    expect(workflowCommands(lines('::warning::a%0Ab%25')).map((c) => c.data)).toEqual(['a\nb%']);
+  });
+
+  it('ignores everything between ::stop-commands::<token> and ::<token>::, as the runner does', () => {
+    expect(
+      names('::stop-commands::T0k', '::add-mask::x', '##[error]y', '::other::', '::t0K::', '::add-mask::z'),
+    ).toEqual(['stop-commands', 'resume-commands', 'add-mask']);
+  });
+
+  it('foreignCommands lists what the actions never write themselves', () => {
+    const step = {
+      lines: lines('::debug::d', '::set-output name=x::y', '::group::g', '::endgroup::', '##[set-env]'),
+    };
+    expect(foreignCommands(step).map((c) => c.name)).toEqual(['set-output', 'set-env']);
   });
 });

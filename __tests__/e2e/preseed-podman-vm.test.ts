@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { formatBytes } from '../../src/core/summary.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
-import { REPO_ROOT, runAction, type RunResult } from '../support/harness.js';
+import { REPO_ROOT, runAction, runnerTempLeftovers, type RunResult } from '../support/harness.js';
 import { buildMachineOsLayout, publishMachineOs, type FakeMachineOs } from '../support/machine-os.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
 
@@ -77,13 +77,17 @@ function job(name: string): Job {
   return j;
 }
 
-function run(
+/** The action's one cache path under RUNNER_TEMP: the same on every run, so it stays after post. */
+const CACHE_DIR = 'ici-pvm';
+
+/** Runs main and post (unless skipped); after both, RUNNER_TEMP holds nothing the action made but CACHE_DIR. */
+async function run(
   j: Job,
   cache: CacheService,
   inputs: Record<string, string> = {},
   skipPost = false,
 ): Promise<RunResult> {
-  return runAction({
+  const r = await runAction({
     action: ACTION,
     inputs: { image: `docker://${registry.host}/${REPO}:5.3`, ...inputs },
     env: { ...cache.env({ runnerTemp: j.runnerTemp, workspace: j.workspace }), XDG_DATA_HOME: undefined },
@@ -92,6 +96,8 @@ function run(
     workspace: j.workspace,
     skipPost,
   });
+  if (!skipPost) expect(runnerTempLeftovers(r, [CACHE_DIR])).toEqual([]);
+  return r;
 }
 
 const stablePaths = (j: Job) => {
@@ -232,6 +238,7 @@ describe('preseed-podman-vm with a registry and the Actions cache', () => {
     for (const p of [p1, p2]) {
       expect(p.post?.exitCode).toBe(0);
       expect(p.warnings).toEqual([]);
+      expect(runnerTempLeftovers(p, [CACHE_DIR])).toEqual([]);
     }
     const logs = [p1.log, p2.log].join('\n');
     expect(logs).toMatch(/Cache saved: podman-machine-os-/);

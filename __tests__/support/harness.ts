@@ -4,9 +4,9 @@
  * afterwards, STATE_* handed to post, exported env carried into post, and workflow commands read off stdout.
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
 
@@ -45,6 +45,9 @@ export interface RunResult {
   warnings: string[];
   /** All log text of both steps joined, for "the secret never appears" checks. */
   log: string;
+  /** The RUNNER_TEMP both steps saw, and what it held before main started. */
+  runnerTemp: string;
+  runnerTempBefore: string[];
 }
 
 export interface RunOptions {
@@ -122,6 +125,84 @@ function unescapeData(s: string): string {
   return s.replace(/%0D/g, '\r').replace(/%0A/g, '\n').replace(/%25/g, '%');
 }
 
+export interface WorkflowCommand {
+  /** Lower-cased command name; a line that resumes after `stop-commands` is named `resume-commands`. */
+  name: string;
+  data: string;
+  text: string;
+  stream: LogLine['stream'];
+}
+
+/**
+ * The runner's two parsers (actions/runner ActionCommand.TryParseV2, then TryParse): `::name props::data` after
+ * leading whitespace (.NET TrimStart, which also trims U+0085), and the legacy `##[name props]data` anywhere in
+ * the line. Returns the raw name and data, or undefined when the line is no command.
+ */
+function parseCommandLine(line: string): { name: string; data: string } | undefined {
+  const trimmed = line.replace(/^[\s\u0085]+/, '');
+  if (trimmed.startsWith('::')) {
+    const end = trimmed.indexOf('::', 2);
+    if (end >= 0) {
+      return { name: trimmed.slice(2, end).split(' ')[0]!, data: trimmed.slice(end + 2) };
+    }
+  }
+  const prefix = line.indexOf('##[');
+  if (prefix < 0) return undefined;
+  const end = line.indexOf(']', prefix);
+  if (end < 0) return undefined;
+  return { name: line.slice(prefix + 3, end).split(' ')[0]!, data: line.slice(end + 1) };
+}
+
+/**
+ * Every line the runner would act on as a workflow command, in order, modelled on actions/runner's
+ * ActionCommandManager: both streams are read, the v2 form first then the legacy `##[...]` form, names are
+ * case-insensitive, and between `::stop-commands::<token>` and a line naming `<token>` nothing else counts.
+ * Any command name counts (a superset of the registered ones), so a test sees every line that could act.
+ */
+export function workflowCommands(lines: readonly LogLine[]): WorkflowCommand[] {
+  const commands: WorkflowCommand[] = [];
+  let stopToken: string | undefined;
+  for (const { stream, text } of lines) {
+    for (const line of text.split(/\r/)) {
+      const parsed = parseCommandLine(line);
+      if (!parsed?.name) continue;
+      const name = parsed.name.toLowerCase();
+      if (stopToken !== undefined) {
+        if (name === stopToken) {
+          commands.push({ name: 'resume-commands', data: '', text: line, stream });
+          stopToken = undefined;
+        }
+        continue;
+      }
+      const data = unescapeData(parsed.data);
+      if (name === 'stop-commands') stopToken = data.toLowerCase();
+      commands.push({ name, data, text: line, stream });
+    }
+  }
+  return commands;
+}
+
+/** What the actions of this project write themselves (through @actions/core and the Host). */
+export const ACTION_COMMANDS: ReadonlySet<string> = new Set([
+  'add-mask',
+  'debug',
+  'notice',
+  'warning',
+  'error',
+  'group',
+  'endgroup',
+  'stop-commands',
+  'resume-commands',
+]);
+
+/** Commands in a step's output that are not on the allow-list: a non-empty result means injected text. */
+export function foreignCommands(
+  step: Pick<StepResult, 'lines'>,
+  allowed: ReadonlySet<string> = ACTION_COMMANDS,
+): WorkflowCommand[] {
+  return workflowCommands(step.lines).filter((c) => !allowed.has(c.name));
+}
+
 interface Commands {
   masks: string[];
   errors: string[];
@@ -131,15 +212,11 @@ interface Commands {
 
 function parseWorkflowCommands(lines: LogLine[]): Commands {
   const c: Commands = { masks: [], errors: [], warnings: [], notices: [] };
-  for (const { stream, text } of lines) {
-    if (stream !== 'stdout') continue;
-    const m = /^::([a-z-]+)(?: [^:]*)?::(.*)$/.exec(text);
-    if (!m) continue;
-    const data = unescapeData(m[2]!);
-    if (m[1] === 'add-mask') c.masks.push(data);
-    else if (m[1] === 'error') c.errors.push(data);
-    else if (m[1] === 'warning') c.warnings.push(data);
-    else if (m[1] === 'notice') c.notices.push(data);
+  for (const { name, data } of workflowCommands(lines)) {
+    if (name === 'add-mask') c.masks.push(data);
+    else if (name === 'error') c.errors.push(data);
+    else if (name === 'warning') c.warnings.push(data);
+    else if (name === 'notice') c.notices.push(data);
   }
   return c;
 }
@@ -226,6 +303,7 @@ export async function runAction(options: RunOptions): Promise<RunResult> {
   const toolCache = join(runDir, 'tool-cache');
   for (const d of [runnerTemp, workspace, toolCache]) mkdirSync(d, { recursive: true });
 
+  const runnerTempBefore = readdirSync(runnerTemp);
   const inputs = { ...(actionYml ? readDefaults(actionYml) : {}), ...(options.inputs ?? {}) };
   const env: Record<string, string> = {
     ...baseEnv(),
@@ -265,7 +343,23 @@ export async function runAction(options: RunOptions): Promise<RunResult> {
     errors: steps.flatMap((s) => s.errors),
     warnings: steps.flatMap((s) => s.warnings),
     log: steps.flatMap((s) => s.lines.map((l) => l.text)).join('\n'),
+    runnerTemp,
+    runnerTempBefore,
   };
+}
+
+/**
+ * What the action left in RUNNER_TEMP after main and post: every entry that was not there before main, except
+ * the declared cache paths (stable `ici-<name>` dirs, given by name or as paths inside RUNNER_TEMP), which
+ * must stay because a later run's cache save or restore uses the very same path. Expect it to be [].
+ */
+export function runnerTempLeftovers(result: RunResult, cachePaths: readonly string[] = []): string[] {
+  const kept = new Set(
+    cachePaths.map((p) => (isAbsolute(p) ? relative(result.runnerTemp, p).split(sep)[0]! : p)),
+  );
+  return readdirSync(result.runnerTemp).filter(
+    (entry) => !result.runnerTempBefore.includes(entry) && !kept.has(entry),
+  );
 }
 
 /**

@@ -84,7 +84,13 @@ const EXT: Record<string, string> = { qemu: 'qcow2', applehv: 'raw', hyperv: 'vh
 
 export function buildMachineOsLayout(
   dir: string,
-  options: { diskBytes?: number; version?: string; disks?: ReadonlyArray<[FakeDisk['arch'], string]> } = {},
+  options: {
+    diskBytes?: number;
+    version?: string;
+    disks?: ReadonlyArray<[FakeDisk['arch'], string]>;
+    /** The disk layers' title annotation (default: podman's file name); a registry may serve anything here. */
+    title?: (arch: string, disktype: string) => string;
+  } = {},
 ): FakeMachineOs {
   const blobs = join(dir, 'blobs', 'sha256');
   mkdirSync(blobs, { recursive: true });
@@ -154,7 +160,9 @@ export function buildMachineOsLayout(
     writeRandomFile(raw, options.diskBytes ?? 64 * 1024);
     execFileSync('zstd', ['-q', '-1', '--rm', raw, '-o', `${raw}.zst`]);
     const blob = putFile(`${raw}.zst`);
-    const title = `fedora-coreos-41.20261101.0-${disktype}.${arch}.${EXT[disktype]}.zst`;
+    const title =
+      options.title?.(arch, disktype) ??
+      `fedora-coreos-41.20261101.0-${disktype}.${arch}.${EXT[disktype]}.zst`;
     const manifest = Buffer.from(
       JSON.stringify({
         schemaVersion: 2,

@@ -1,5 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
-import { exec, ExecError, which } from '../../src/core/exec.js';
+import { childEnv, exec, ExecError, which } from '../../src/core/exec.js';
+import { CliHost } from '../../src/core/host.js';
+import { MapInputSource } from '../../src/core/inputs.js';
 
 describe('exec', () => {
   it('captures stdout, stderr and the exit code', async () => {
@@ -47,5 +49,45 @@ describe('exec', () => {
   it('which finds commands on PATH', async () => {
     expect(await which('sh')).toMatch(/\/sh$/);
     expect(await which('no-such-command-ici')).toBeUndefined();
+  });
+});
+
+describe('child environments', () => {
+  it('a child sees no INPUT_*, no credential variable and no variable holding a registered secret', async () => {
+    const secret = `pw-${process.pid}-child-env-secret`;
+    const host = new CliHost({ inputs: new MapInputSource({}), log: () => undefined });
+    host.setSecret(secret);
+    const r = await exec('env', [], {
+      timeoutMs: 10_000,
+      env: {
+        ...process.env,
+        INPUT_PASSWORD: secret,
+        'INPUT_SSH-KEY': 'key material',
+        IMAGE_CI_PASSWORD: 'from-the-cli-env',
+        ACTIONS_RUNTIME_TOKEN: 'runner-token',
+        REGISTRY_AUTH: `user:${secret}`,
+        KEEP_ME: 'plain',
+      },
+    });
+    const names = r.stdout.split('\n').map((l) => l.split('=')[0]);
+    expect(names).toContain('KEEP_ME');
+    expect(names).toContain('PATH');
+    for (const gone of [
+      'INPUT_PASSWORD',
+      'INPUT_SSH-KEY',
+      'IMAGE_CI_PASSWORD',
+      'ACTIONS_RUNTIME_TOKEN',
+      'REGISTRY_AUTH',
+    ]) {
+      expect(names).not.toContain(gone);
+    }
+    expect(r.stdout).not.toContain(secret);
+  });
+
+  it('a short secret removes only a variable that is exactly it, never one that merely contains it', () => {
+    const host = new CliHost({ inputs: new MapInputSource({}), log: () => undefined });
+    host.setSecret('bin');
+    const env = childEnv({ PATH: '/usr/bin:/bin', SHORT: 'bin' });
+    expect(env).toEqual({ PATH: '/usr/bin:/bin' });
   });
 });

@@ -1,5 +1,8 @@
-import { describe, expect, it } from '@jest/globals';
-import { CliHost } from '../../src/core/host.js';
+import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ActionsHost, CliHost } from '../../src/core/host.js';
 import { InputError, MapInputSource, readRequiredString } from '../../src/core/inputs.js';
 import {
   ActionError,
@@ -10,6 +13,10 @@ import {
   runPost,
   type ActionDefinition,
 } from '../../src/core/run.js';
+import { workflowCommands, type LogLine } from '../support/harness.js';
+
+/** What could look like a command to the runner: a line starting with `::` after blanks, or `##[` anywhere. */
+const COMMAND_LIKE_TEXT = /(^|[\r\n])[\s\u0085]*::|##\[/;
 
 function cliHost(values: Record<string, string> = {}) {
   const log: string[] = [];
@@ -133,5 +140,134 @@ describe('runMain / runPost', () => {
         host,
       ),
     ).toBe(EXIT_OK);
+  });
+});
+
+/** Runs `fn` with process.stdout captured (what a runner reads), as log lines. */
+async function runnerStdout(fn: () => unknown): Promise<LogLine[]> {
+  const chunks: string[] = [];
+  const write = process.stdout.write;
+  process.stdout.write = ((chunk: string | Uint8Array) => {
+    chunks.push(typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString('utf8'));
+    return true;
+  }) as typeof process.stdout.write;
+  try {
+    await fn();
+  } finally {
+    process.stdout.write = write;
+  }
+  return chunks
+    .join('')
+    .split('\n')
+    .map((text) => ({ stream: 'stdout' as const, text }));
+}
+
+/** Text an attacker controls: every way the runner could be made to read a line as a command. */
+const HOSTILE = [
+  'disk.qcow2.zst\n::add-mask::sha256\n::set-output name=image-path::/evil',
+  'title\r::save-state name=ici-auth-dir::/home',
+  '  \t::set-env name=NODE_OPTIONS::--require /tmp/x',
+  '\u0085::add-path::/tmp/evil',
+  'product ##[set-output name=digest;]evil',
+  '::STOP-COMMANDS::abc\n::abc::\n::error::forged',
+  '%0A::add-mask::escaped-newline',
+];
+
+describe('ActionsHost output cannot carry workflow commands from outside', () => {
+  it.each(HOSTILE)('info(%j) prints the text but no command the runner would run', async (text) => {
+    const host = new ActionsHost();
+    const lines = await runnerStdout(() => host.info(text));
+    expect(workflowCommands(lines).map((c) => c.name)).toEqual(
+      COMMAND_LIKE_TEXT.test(text) ? ['stop-commands', 'resume-commands'] : [],
+    );
+    expect(lines.map((l) => l.text).join('\n')).toContain(text.split(/\r|\n/).pop());
+  });
+
+  it('warning, error, debug and group titles are escaped command data: one command each', async () => {
+    const host = new ActionsHost();
+    const text = HOSTILE.join('\n');
+    const lines = await runnerStdout(() => {
+      host.warning(text);
+      host.error(text);
+      host.debug(text);
+      return host.group(text, async () => undefined);
+    });
+    expect(workflowCommands(lines).map((c) => [c.name, c.data])).toEqual([
+      ['warning', text],
+      ['error', text],
+      ['debug', text],
+      ['group', text],
+      ['endgroup', ''],
+    ]);
+  });
+
+  it('a plain line passes unchanged', async () => {
+    const lines = await runnerStdout(() =>
+      new ActionsHost().info('Pushed 3 refs in 1.2 s (sha256:abc :: ok).'),
+    );
+    expect(lines.map((l) => l.text)).toEqual(['Pushed 3 refs in 1.2 s (sha256:abc :: ok).', '']);
+  });
+
+  it('masks a multi-line secret as a whole and line by line (the runner masks output one line at a time)', async () => {
+    const key = '-----BEGIN KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\nAAAEbm9uZQAAAA\n}\n-----END KEY-----\n';
+    const lines = await runnerStdout(() => new ActionsHost().setSecret(key));
+    const masks = workflowCommands(lines).map((c) => c.data);
+    expect(masks).toEqual([
+      key,
+      '-----BEGIN KEY-----',
+      'b3BlbnNzaC1rZXktdjEAAAAA',
+      'AAAEbm9uZQAAAA',
+      '-----END KEY-----',
+    ]);
+  });
+});
+
+describe('ActionsHost state', () => {
+  const saved = { ...process.env };
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'ici-unit-state-'));
+    process.env.GITHUB_STATE = join(dir, 'state');
+    writeFileSync(process.env.GITHUB_STATE, '');
+  });
+  afterEach(() => {
+    process.env = { ...saved };
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('main reads back what it saved earlier in the same process (no STATE_* exists in main)', () => {
+    const host = new ActionsHost();
+    expect(host.getState('ici-scratch-dirs')).toBe('');
+    host.saveState('ici-scratch-dirs', '["/tmp/ici-abc"]');
+    expect(host.getState('ici-scratch-dirs')).toBe('["/tmp/ici-abc"]');
+    expect(readFileSync(process.env.GITHUB_STATE!, 'utf8')).toContain('["/tmp/ici-abc"]');
+  });
+
+  it('post reads what main saved, and a value post clears stays cleared', () => {
+    process.env['STATE_ici-cache-plan'] = '{"paths":[],"key":"k"}';
+    const host = new ActionsHost();
+    expect(host.getState('ici-cache-plan')).toBe('{"paths":[],"key":"k"}');
+    host.saveState('ici-cache-plan', '');
+    expect(host.getState('ici-cache-plan')).toBe('');
+  });
+});
+
+describe('CliHost lines are command-free too (the CLI may run inside a workflow step)', () => {
+  it('wraps hostile lines on both streams and redacts each line of a multi-line secret', () => {
+    const { host, log, out } = cliHost();
+    host.setSecret('first-secret-line\nsecond-secret-line');
+    host.info('child said:\n::add-mask::x\nsecond-secret-line');
+    host.setOutput('image-path', '/cache/disk\n::set-output name=x::y');
+    const lines = [...log, ...out]
+      .flatMap((t) => t.split('\n'))
+      .map((text) => ({ stream: 'stdout' as const, text }));
+    expect(workflowCommands(lines).map((c) => c.name)).toEqual([
+      'stop-commands',
+      'resume-commands',
+      'stop-commands',
+      'resume-commands',
+    ]);
+    expect(log.join('\n')).not.toContain('second-secret-line');
+    expect(log.join('\n')).toContain('\n***\n');
   });
 });

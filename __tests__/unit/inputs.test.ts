@@ -76,13 +76,20 @@ describe('typed readers', () => {
     expect(parseDuration('1h30m')).toBe(90 * 60_000);
     expect(parseDuration('7d')).toBe(7 * 86_400_000);
     expect(parseDuration('500ms')).toBe(500);
-    expect(parseDuration('45')).toBe(45_000);
     expect(parseDuration('1.5h')).toBe(5_400_000);
-    for (const bad of ['', 'h', '10 parsecs', '5y', '1h x']) expect(parseDuration(bad)).toBeUndefined();
+    expect(parseDuration('0')).toBe(0);
+    for (const bad of ['', 'h', '10 parsecs', '5y', '1h x', '45']) expect(parseDuration(bad)).toBeUndefined();
     expect(readDuration(src({}), 'd', 1000)).toBe(1000);
     expect(inputError(() => readDuration(src({ d: 'soon' }), 'd')).message).toBe(
       "Input 'd': expected a duration like 90s, 30m, 1h or 7d; got 'soon'.",
     );
+  });
+
+  it('a bare number is not a duration: the message asks for a unit', () => {
+    expect(inputError(() => readDuration(src({ 'grace-period': '2' }), 'grace-period')).message).toBe(
+      "Input 'grace-period': '2' has no unit; write 2s, 2m, 2h or 2d.",
+    );
+    expect(readDuration(src({ 'grace-period': '0' }), 'grace-period')).toBe(0);
   });
 
   it('sizes', () => {

@@ -3,25 +3,45 @@
  * and defaults from the action's action.yml. Exit codes: 0 ok, 1 failed, 2 bad input.
  */
 import { loadActionMetadata, type ActionMetadata } from '../core/action-metadata.js';
-import { CliHost } from '../core/host.js';
+import { CliHost, type Host } from '../core/host.js';
 import { InputError, MapInputSource } from '../core/inputs.js';
+import { interceptStdout, parseLibraryCommand } from '../core/library-output.js';
 import { EXIT_BAD_INPUT, EXIT_OK, runMain, runPost } from '../core/run.js';
+import { CLI_PASSWORD_ENV } from '../core/secrets.js';
 import { ACTIONS, ACTION_NAMES } from '../actions/registry.js';
+
+const PASSWORD_INPUT = 'password';
+const PASSWORD_STDIN = 'password-stdin';
 
 /** CLI-only options, not action inputs. */
 const GLOBAL_FLAGS = {
   verbose: 'Print debug lines.',
   'cache-dir':
     'Use this directory as the cache backend (for CI systems without the Actions cache); sets IMAGE_CI_CACHE_DIR.',
+  [PASSWORD_STDIN]: `Read the password from stdin (as docker login does), for actions with a password input; or set ${CLI_PASSWORD_ENV}. A --password on the command line is visible to every user of the machine.`,
 } as const;
+
+/** Global options given bare, like boolean inputs. */
+const GLOBAL_SWITCHES: ReadonlySet<string> = new Set(['verbose', PASSWORD_STDIN]);
 
 export interface CliIo {
   out: (line: string) => void;
   err: (line: string) => void;
+  /** All of stdin (read only for --password-stdin); default: the process's stdin. */
+  readStdin?: () => Promise<string>;
+}
+
+// Bound now: while an action runs, process.stdout.write is routed to the log (see routeLibraryStdout).
+const writeStdout = process.stdout.write.bind(process.stdout);
+
+async function readAllStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 const defaultIo: CliIo = {
-  out: (line) => process.stdout.write(`${line}\n`),
+  out: (line) => writeStdout(`${line}\n`),
   err: (line) => process.stderr.write(`${line}\n`),
 };
 
@@ -63,7 +83,7 @@ export function parseArgs(meta: ActionMetadata, args: readonly string[]): Parsed
     }
     if (value === undefined) {
       const next = args[i + 1];
-      const flagLike = (isGlobal && name === 'verbose') || isBooleanInput(meta, name);
+      const flagLike = (isGlobal && GLOBAL_SWITCHES.has(name)) || isBooleanInput(meta, name);
       if (flagLike && (next === undefined || next.startsWith('--'))) {
         value = 'true';
       } else if (next === undefined) {
@@ -143,13 +163,92 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo): Pr
   }
   const cacheDir = parsed.globals.get('cache-dir');
   if (cacheDir) process.env.IMAGE_CI_CACHE_DIR = cacheDir;
+  let password: Password | undefined;
+  try {
+    password = await readPassword(meta, parsed, io);
+  } catch (error) {
+    io.err(`error: ${(error as Error).message}`);
+    return EXIT_BAD_INPUT;
+  }
+  const values = new Map(parsed.values);
+  if (password) values.set(PASSWORD_INPUT, password.value);
   const host = new CliHost({
-    inputs: new MapInputSource(withDefaults(meta, parsed.values)),
+    inputs: new MapInputSource(withDefaults(meta, values)),
     verbose: parsed.globals.get('verbose') === 'true',
     log: io.err,
     out: io.out,
   });
-  const code = await runMain(definition, host);
-  await runPost(definition, host);
-  return code;
+  if (password) host.setSecret(password.value);
+  if (password?.from === 'argv') {
+    host.warning(
+      `--${PASSWORD_INPUT} on the command line is visible to other users (ps) and in shell history; ` +
+        `use --${PASSWORD_STDIN} or ${CLI_PASSWORD_ENV}.`,
+    );
+  }
+  const unroute = routeLibraryStdout(host);
+  try {
+    const code = await runMain(definition, host);
+    await runPost(definition, host);
+    return code;
+  } finally {
+    unroute();
+  }
+}
+
+interface Password {
+  value: string;
+  from: 'argv' | 'stdin' | 'env';
+}
+
+/** The password from exactly one place: --password-stdin, --password (warned about), or IMAGE_CI_PASSWORD. */
+export async function readPassword(
+  meta: ActionMetadata,
+  parsed: ParsedArgs,
+  io: CliIo,
+): Promise<Password | undefined> {
+  const hasInput = PASSWORD_INPUT in meta.inputs;
+  const argv = parsed.values.get(PASSWORD_INPUT);
+  if (parsed.globals.get(PASSWORD_STDIN) === 'true') {
+    if (!hasInput) throw new InputError(PASSWORD_STDIN, `${meta.name || 'this action'} takes no password.`);
+    if (argv !== undefined) {
+      throw new InputError(PASSWORD_STDIN, `cannot be combined with --${PASSWORD_INPUT}; give one of them.`);
+    }
+    // docker login --password-stdin: everything on stdin, without the final line break.
+    const value = (await (io.readStdin ?? readAllStdin)()).replace(/\n$/, '').replace(/\r$/, '');
+    if (!value) throw new InputError(PASSWORD_STDIN, 'stdin held no password.');
+    return { value, from: 'stdin' };
+  }
+  if (argv !== undefined) return { value: argv, from: 'argv' };
+  const env = process.env[CLI_PASSWORD_ENV];
+  return hasInput && env ? { value: env, from: 'env' } : undefined;
+}
+
+/**
+ * Libraries log through @actions/core, which writes workflow commands straight to process.stdout
+ * (@actions/http-client and @actions/tool-cache call core.debug on every download). The CLI promises that
+ * stdout holds only `name=value` outputs, so while an action runs whatever else is written there is read as
+ * those commands and logged through the host instead. Returns the function that undoes it.
+ */
+function routeLibraryStdout(host: Host): () => void {
+  return interceptStdout((line) => {
+    const command = parseLibraryCommand(line);
+    if (!command) {
+      if (line) host.info(line);
+      return;
+    }
+    switch (command.name) {
+      case 'debug':
+        return host.debug(command.data);
+      case 'add-mask':
+        return host.setSecret(command.data);
+      case 'warning':
+        return host.warning(command.data);
+      case 'error':
+        return host.error(command.data);
+      case 'endgroup':
+        return;
+      default:
+        return host.info(command.data);
+    }
+  });
 }

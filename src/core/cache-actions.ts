@@ -12,7 +12,9 @@ import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
 import type { Host } from './host.js';
 import { parseDuration } from './inputs.js';
 import { errorMessage } from './run.js';
+import { interceptStdout, parseLibraryCommand } from './library-output.js';
 import { formatDuration } from './summary.js';
+import { withPrivateRunnerTemp } from './workspace.js';
 
 /**
  * Bounds each library call: its twirp requests have no timeout of their own, and a cache that hangs must not
@@ -53,27 +55,21 @@ export interface LibraryLine {
 /** The library's own failure lines; the wrapper restates them with the real reason. */
 const LIBRARY_FAILURE = /^Failed to (save|restore):/;
 
-/** @actions/core escapes command data; undo it so messages read as the library wrote them. */
-function unescapeCommandData(s: string): string {
-  return s.replace(/%0D/g, '\r').replace(/%0A/g, '\n').replace(/%25/g, '%');
-}
-
 function parseLine(
   line: string,
 ): LibraryLine | { kind: 'mask'; text: string } | { kind: 'raw'; text: string } {
-  const m = /^::([a-z-]+)(?: [^:]*)?::(.*)$/.exec(line);
-  if (!m) return { kind: 'info', text: line };
-  const data = unescapeCommandData(m[2]!);
-  switch (m[1]) {
+  const command = parseLibraryCommand(line);
+  if (!command) return { kind: 'info', text: line };
+  switch (command.name) {
     case 'add-mask':
-      return { kind: 'mask', text: data };
+      return { kind: 'mask', text: command.data };
     case 'debug':
-      return { kind: 'debug', text: data };
+      return { kind: 'debug', text: command.data };
     case 'warning':
     case 'notice':
-      return { kind: 'warning', text: data };
+      return { kind: 'warning', text: command.data };
     case 'error':
-      return { kind: 'error', text: data };
+      return { kind: 'error', text: command.data };
     default:
       return { kind: 'raw', text: line };
   }
@@ -86,7 +82,7 @@ async function withLibraryLog<T>(
   host: Host,
   fn: () => Promise<T>,
 ): Promise<{ value: T; lines: LibraryLine[] }> {
-  const run = queue.then(() => captureWhile(host, fn));
+  const run = queue.then(() => withPrivateRunnerTemp(() => captureWhile(host, fn)));
   queue = run.catch(() => undefined);
   return run;
 }
@@ -95,47 +91,26 @@ async function captureWhile<T>(
   host: Host,
   fn: () => Promise<T>,
 ): Promise<{ value: T; lines: LibraryLine[] }> {
-  const lines: LibraryLine[] = [];
-  const originalWrite = process.stdout.write;
-  let forwarding = false;
-  let pending = '';
-  const handle = (line: string): void => {
-    const parsed = parseLine(line.replace(/\r$/, ''));
-    forwarding = true;
-    try {
-      if (parsed.kind === 'mask') host.setSecret(parsed.text);
-      else if (parsed.kind === 'raw') originalWrite.call(process.stdout, `${parsed.text}\n`);
-      else {
-        lines.push(parsed);
-        if (parsed.kind === 'info' && !LIBRARY_FAILURE.test(parsed.text)) host.info(parsed.text);
-        else if (parsed.kind === 'info') host.debug(parsed.text);
-        else
-          host.debug(parsed.kind === 'debug' ? parsed.text : `@actions/cache ${parsed.kind}: ${parsed.text}`);
-      }
-    } finally {
-      forwarding = false;
-    }
-  };
-  const patched = function (this: unknown, chunk: unknown, ...rest: unknown[]): boolean {
-    // The Host writes through @actions/core too: its own lines must go straight out, not back into the capture.
-    if (forwarding)
-      return (originalWrite as (...a: unknown[]) => boolean).call(process.stdout, chunk, ...rest);
-    pending += typeof chunk === 'string' ? chunk : Buffer.from(chunk as Uint8Array).toString('utf8');
-    const parts = pending.split('\n');
-    pending = parts.pop() ?? '';
-    for (const part of parts) handle(part);
-    const callback = rest.find((r): r is () => void => typeof r === 'function');
-    if (callback) callback();
-    return true;
-  };
   const timeoutMs = cacheCallTimeoutMs();
-  process.stdout.write = patched as typeof process.stdout.write;
+  const lines: LibraryLine[] = [];
+  // The Host writes through @actions/core too: interceptStdout sends its own lines straight out.
+  const restore = interceptStdout((line, passthrough) => {
+    const parsed = parseLine(line);
+    if (parsed.kind === 'mask') host.setSecret(parsed.text);
+    else if (parsed.kind === 'raw') passthrough(`${parsed.text}\n`);
+    else {
+      lines.push(parsed);
+      if (parsed.kind === 'info' && !LIBRARY_FAILURE.test(parsed.text)) host.info(parsed.text);
+      else if (parsed.kind === 'info') host.debug(parsed.text);
+      else
+        host.debug(parsed.kind === 'debug' ? parsed.text : `@actions/cache ${parsed.kind}: ${parsed.text}`);
+    }
+  });
   try {
     const value = await withDeadline(fn(), timeoutMs);
     return { value, lines };
   } finally {
-    process.stdout.write = originalWrite;
-    if (pending) handle(pending);
+    restore();
   }
 }
 

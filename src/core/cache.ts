@@ -226,17 +226,10 @@ export function planCacheSave(host: Host, plan: PlannedSave): void {
   host.saveState(PLAN_STATE, JSON.stringify({ paths: plan.paths, key: plan.key }));
 }
 
-/** Plans already executed in this process: ActionsHost reads state from env, which saveState cannot clear. */
-const executedPlans = new WeakMap<Host, Set<string>>();
-
 /** In post: saves what main planned. Idempotent: a second call (or a call without a plan) does nothing. */
 export async function runPlannedSave(host: Host): Promise<SaveResult | undefined> {
   const raw = host.getState(PLAN_STATE);
   if (!raw) return undefined;
-  const done = executedPlans.get(host) ?? new Set<string>();
-  executedPlans.set(host, done);
-  if (done.has(raw)) return undefined;
-  done.add(raw);
   host.saveState(PLAN_STATE, '');
   let plan: PlannedSave;
   try {

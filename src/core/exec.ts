@@ -2,14 +2,19 @@
  * Runs external tools (podman, skopeo, tar) with a timeout, captured output and an explicit environment.
  * Built on node:child_process rather than @actions/exec because every call here needs a hard timeout that kills
  * the process, and secrets must travel on stdin or in files, never on argv.
+ *
+ * Every child gets `childEnv(...)` of the environment it is given: no call site can hand a tool the action's
+ * inputs or a credential by forgetting to filter.
  */
 import { spawn } from 'node:child_process';
 import { access, constants } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
+import { registeredSecrets, SECRET_ENV_VARS } from './secrets.js';
 
 export interface ExecOptions {
   /** Kill the process (SIGTERM, then SIGKILL 5 s later) after this many ms. Required: nothing runs unbounded. */
   timeoutMs: number;
+  /** The base environment (default process.env); the child gets childEnv() of it. */
   env?: NodeJS.ProcessEnv;
   cwd?: string;
   /** Written to stdin, then stdin is closed (how secrets are passed). */
@@ -37,6 +42,32 @@ export class ExecError extends Error {
   }
 }
 
+/**
+ * Below this length a secret only matches a variable's whole value: a 3-letter password found inside PATH
+ * must not take PATH away from every child.
+ */
+const MIN_CONTAINED_SECRET = 8;
+
+function holdsSecret(value: string, secrets: readonly string[]): boolean {
+  return secrets.some((s) => value === s || (s.length >= MIN_CONTAINED_SECRET && value.includes(s)));
+}
+
+/**
+ * The environment a child process may see: `env` without the action's inputs (INPUT_*: the runner passes every
+ * input, passwords included, to the action's own process only), without the known credential variables, and
+ * without any variable whose value holds a secret registered through the host.
+ */
+export function childEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  const secrets = [...registeredSecrets()];
+  const result: NodeJS.ProcessEnv = {};
+  for (const [name, value] of Object.entries(env)) {
+    if (value === undefined || name.toUpperCase().startsWith('INPUT_')) continue;
+    if (SECRET_ENV_VARS.includes(name) || holdsSecret(value, secrets)) continue;
+    result[name] = value;
+  }
+  return result;
+}
+
 const KILL_GRACE_MS = 5000;
 /** Keep only the tail of huge outputs in error messages. */
 const MESSAGE_TAIL_CHARS = 2000;
@@ -46,7 +77,7 @@ export function exec(command: string, args: readonly string[], options: ExecOpti
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, {
       cwd: options.cwd,
-      env: options.env ?? process.env,
+      env: childEnv(options.env),
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     const out: Buffer[] = [];

@@ -138,10 +138,13 @@ const DURATION_UNITS_MS: Record<string, number> = {
   w: 604_800_000,
 };
 
-/** Parses `90m`, `1h30m`, `7d`, `500ms`, or a bare number of seconds; returns milliseconds. */
+/**
+ * Parses `90m`, `1h30m`, `7d`, `500ms` or `0`; returns milliseconds. A bare number other than 0 has no unit and
+ * is not a duration (as in Go's time.ParseDuration, which podman and docker use): `2` could mean 2 s or 2 h.
+ */
 export function parseDuration(text: string): number | undefined {
   const trimmed = text.trim();
-  if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000;
+  if (trimmed === '0') return 0;
   const re = /(\d+(?:\.\d+)?)(ms|s|m|h|d|w)/gy;
   let total = 0;
   let consumed = 0;
@@ -157,10 +160,11 @@ export function readDuration(src: InputSource, name: string, fallbackMs?: number
   const value = src.get(name);
   if (value === undefined) return fallbackMs;
   const ms = parseDuration(value);
-  if (ms === undefined) {
-    throw new InputError(name, `expected a duration like 90s, 30m, 1h or 7d; got '${value}'.`);
+  if (ms !== undefined) return ms;
+  if (/^\d+(?:\.\d+)?$/.test(value)) {
+    throw new InputError(name, `'${value}' has no unit; write ${value}s, ${value}m, ${value}h or ${value}d.`);
   }
-  return ms;
+  throw new InputError(name, `expected a duration like 90s, 30m, 1h or 7d; got '${value}'.`);
 }
 
 const SIZE_UNITS: Record<string, number> = {

@@ -6,7 +6,7 @@
  * Paths stay short: macOS limits unix socket paths to 104 bytes.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Host } from './host.js';
@@ -51,4 +51,23 @@ export async function removeScratchDirs(host: Host): Promise<string[]> {
   for (const dir of dirs) await rm(dir, { recursive: true, force: true });
   host.saveState(SCRATCH_STATE, '[]');
   return dirs;
+}
+
+/**
+ * Runs a library call with RUNNER_TEMP pointing at a private dir, removed afterwards: @actions/cache makes a
+ * temp dir per call in RUNNER_TEMP and deletes only the archive in it (a save leaves its tar manifest behind).
+ * RUNNER_TEMP is process-wide, so calls using this must not overlap with code that reads it (the cache wrapper
+ * runs library calls one at a time). A call abandoned at its deadline loses its temp files with the dir.
+ */
+export async function withPrivateRunnerTemp<T>(fn: () => Promise<T>): Promise<T> {
+  const dir = await mkdtemp(join(runnerTemp(), 'ici-lib-'));
+  const previous = process.env.RUNNER_TEMP;
+  process.env.RUNNER_TEMP = dir;
+  try {
+    return await fn();
+  } finally {
+    if (previous === undefined) delete process.env.RUNNER_TEMP;
+    else process.env.RUNNER_TEMP = previous;
+    await rm(dir, { recursive: true, force: true });
+  }
 }

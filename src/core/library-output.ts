@@ -1,0 +1,59 @@
+/**
+ * What libraries built on @actions/core write to process.stdout: workflow commands (`::name props::data`, the
+ * data escaped) and plain lines. Read back where that output must not reach stdout as it is: the cache wrapper
+ * (which learns from it why a library call failed) and the CLI (whose stdout holds only outputs).
+ */
+
+export interface LibraryCommand {
+  name: string;
+  data: string;
+}
+
+/** @actions/core escapes command data (%, CR, LF); undone so messages read as the library wrote them. */
+function unescapeCommandData(s: string): string {
+  return s.replace(/%0D/g, '\r').replace(/%0A/g, '\n').replace(/%25/g, '%');
+}
+
+/** The command a line written by @actions/core carries, or undefined for a plain line. */
+export function parseLibraryCommand(line: string): LibraryCommand | undefined {
+  const m = /^::([a-z-]+)(?: [^:]*)?::(.*)$/.exec(line);
+  return m ? { name: m[1]!, data: unescapeCommandData(m[2]!) } : undefined;
+}
+
+/**
+ * Takes over process.stdout.write until the returned function is called (which also hands over a last line
+ * without its newline). Each complete line goes to `onLine` with a `passthrough` that writes to the real stdout.
+ * Whatever `onLine` itself writes to process.stdout (a host logging through @actions/core) goes straight out
+ * instead of coming back as another line.
+ */
+export function interceptStdout(
+  onLine: (line: string, passthrough: (text: string) => void) => void,
+): () => void {
+  const original = process.stdout.write;
+  const passthrough = (text: string) => void original.call(process.stdout, text);
+  let handling = false;
+  let pending = '';
+  const handle = (line: string) => {
+    handling = true;
+    try {
+      onLine(line.replace(/\r$/, ''), passthrough);
+    } finally {
+      handling = false;
+    }
+  };
+  process.stdout.write = function (chunk: unknown, ...rest: unknown[]): boolean {
+    if (handling) return (original as (...a: unknown[]) => boolean).call(process.stdout, chunk, ...rest);
+    pending += typeof chunk === 'string' ? chunk : Buffer.from(chunk as Uint8Array).toString('utf8');
+    const lines = pending.split('\n');
+    pending = lines.pop() ?? '';
+    for (const line of lines) handle(line);
+    const callback = rest.find((r): r is () => void => typeof r === 'function');
+    if (callback) callback();
+    return true;
+  } as typeof process.stdout.write;
+  return () => {
+    process.stdout.write = original;
+    if (pending) handle(pending);
+    pending = '';
+  };
+}
