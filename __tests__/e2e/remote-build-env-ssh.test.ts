@@ -270,6 +270,30 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
     }
   });
 
+  it('a remote socket path where no service listens fails main with advice, and post leaves nothing', async () => {
+    const runnerTemp = newRunnerTemp();
+    const home = await newHome();
+    const job = await startSplitJob({
+      action: 'remote-build-env',
+      inputs: {
+        mode: 'ssh',
+        host: `ssh://root@127.0.0.1:${port}${work}/nothing-here.sock`,
+        'ssh-key': clientKey,
+        'known-hosts': knownHostsLine,
+        'startup-timeout': '3s',
+      },
+      env: pm.env,
+      home,
+      runnerTemp,
+    });
+    expect(job.main.main.exitCode).toBe(1);
+    expect(job.main.errors[0]).toContain(
+      `is podman's API service listening on ${work}/nothing-here.sock on the remote host`,
+    );
+    expect((await job.post()).exitCode).toBe(0);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  });
+
   it('names known-hosts when its lines do not cover the host, and requires it unless insecure-host-key', async () => {
     const wrongHost = await runSshJob({ 'known-hosts': knownHostsLine.replace(`:${port}`, `:${port + 1}`) });
     const missing = await runSshJob({});

@@ -51,6 +51,8 @@ export interface AnswerWait {
   timeoutMs: number;
   /** The CLI's interrupt: ends the wait with its reason. */
   interrupted?: AbortSignal;
+  /** What to try when nothing answered in time. */
+  advice: string;
 }
 
 /** Waits until the socket answers; returns the version announced. Fails early when the child exits. */
@@ -78,7 +80,7 @@ export async function waitUntilAnswering(wait: AnswerWait): Promise<string> {
     if (Date.now() >= deadline) {
       throw new ActionError(
         `nothing answered on ${wait.socket} within ${Math.round(wait.timeoutMs / 1000)} s (${lastProblem}); ` +
-          `raise \`startup-timeout\` if the machine is slow. The log of ${wait.what} ends with:\n${await logTail(wait.logFile)}`,
+          `${wait.advice} The log of ${wait.what} ends with:\n${await logTail(wait.logFile)}`,
       );
     }
     await sleep(POLL_MS);

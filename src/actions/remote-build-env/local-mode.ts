@@ -112,6 +112,7 @@ export async function startLocalService(
     logFile: plan.logFile,
     timeoutMs: inputs.startupTimeoutMs,
     interrupted,
+    advice: 'raise `startup-timeout` if the machine is slow.',
   });
   const startupMs = Date.now() - started;
   host.info(`The service (pid ${service.identity.pid}) answered after ${formatDuration(startupMs)}.`);

@@ -2,13 +2,14 @@
  * Mode `ssh`: this job's podman reaches a remote service through an OpenSSH tunnel that main opens and post
  * closes; CONTAINER_HOST points at the tunnel's local socket.
  *
- * Why a tunnel and not `CONTAINER_HOST=ssh://…`: podman's own ssh client (4.3 and 5) trusts host keys from
- * `$HOME/.ssh/known_hosts` only, with no setting to name another file. A stale line there defeats a correct
- * `known-hosts` (key mismatch) and `insecure-host-key` alike, a missing file makes podman 4.3 trust anything, and
- * adding our lines to the user's file means editing it (and losing track of the edit when main is killed). The
- * tunnel runs `ssh -F none` with a private known_hosts, so the trust decision rests on this step's inputs alone
- * and the user's ssh files are neither read nor written. It also takes every URL form OpenSSH takes (no port,
- * IPv6), which podman 4.3's URL parser does not.
+ * Why a tunnel and not `CONTAINER_HOST=ssh://…`: podman's own ssh client (4.3 and 5.4) trusts host keys from
+ * `$HOME/.ssh/known_hosts` only, with no setting to name another file, and appends hosts it has not seen. A stale
+ * line there defeats a correct `known-hosts` (key mismatch) and `insecure-host-key` alike, a missing file makes
+ * podman 4.3 trust anything, and adding our lines to the user's file means editing it (and losing track of the
+ * edit when main is killed). The tunnel runs `ssh -F none` with a private known_hosts, so the trust decision
+ * rests on this step's inputs alone and the user's ssh files are neither read nor written. It also takes every
+ * URL form OpenSSH takes, where podman 4.3 needs an explicit port and neither 4.3 nor 5.4 connects to an IPv6
+ * host (`parse "::1": missing protocol scheme`).
  *
  * The key lives in a private file only until the tunnel has authenticated: later steps never need it.
  */
@@ -201,6 +202,9 @@ export async function connectSsh(host: Host, inputs: SshOptions, interrupted?: A
       logFile: state.logFile,
       timeoutMs: inputs.startupTimeoutMs,
       interrupted,
+      advice:
+        `is podman's API service listening on ${target.socketPath} on the remote host (e.g. ` +
+        '`systemctl --user enable --now podman.socket`)? On a slow link, raise `startup-timeout`.',
     });
   } catch (error) {
     if (interrupted?.aborted) throw error;
