@@ -14,7 +14,7 @@ import { exec } from '../../src/core/exec.js';
 import { runAction, secretOnlyAfterMask } from '../support/harness.js';
 import { startSplitJob } from '../support/split-job.js';
 import { pathExists } from '../../src/core/files.js';
-import { killMainOptions, killPoints, leftovers, type KillPoint } from '../support/leftovers.js';
+import { CliProcess, killMainOptions, killPoints, leftovers, type KillPoint } from '../support/leftovers.js';
 import { createPodmanTestEnv, type PodmanTestEnv, type TestPodmanService } from '../support/podman.js';
 
 /** The line main prints right before it starts ssh. */
@@ -292,6 +292,40 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
     );
     expect((await job.post()).exitCode).toBe(0);
     expect(await leftovers(runnerTemp)).toEqual([]);
+  });
+
+  it('CLI: a signal while connecting, or once ready, closes the tunnel and leaves nothing', async () => {
+    for (const [when, pattern, exit] of [
+      ['connecting', /^Connecting to ssh:/m, 1],
+      ['ready', /Press Ctrl-C/, 0],
+    ] as const) {
+      const runnerTemp = newRunnerTemp();
+      const home = await newHome();
+      const args = [
+        '--mode',
+        'ssh',
+        '--host',
+        hostUrl(),
+        '--ssh-key',
+        clientKey,
+        '--known-hosts',
+        knownHostsLine,
+      ];
+      const cli = new CliProcess('remote-build-env', args, {
+        ...pm.env,
+        RUNNER_TEMP: runnerTemp,
+        HOME: home,
+      });
+      await cli.waitFor(pattern);
+      cli.signal('SIGINT');
+      cli.signal('SIGTERM');
+      expect({ when, exit: await cli.exited, left: await leftovers(runnerTemp) }).toEqual({
+        when,
+        exit,
+        left: [],
+      });
+      expect(await pathExists(join(home, '.ssh'))).toBe(false);
+    }
   });
 
   it('names known-hosts when its lines do not cover the host, and requires it unless insecure-host-key', async () => {
