@@ -23,6 +23,7 @@ export interface SshTarget {
   port: number;
   socketPath: string;
 }
+
 export interface LocalOptions {
   mode: 'local';
   /** An explicit socket path; by default one is made in a job temp dir. */
