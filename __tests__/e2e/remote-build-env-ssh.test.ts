@@ -1,26 +1,37 @@
 /**
- * Mode ssh against a real sshd on 127.0.0.1 (Debian openssh-server, started here in the foreground with its own
- * host key and config) in front of a real podman service; keys generated with ssh-keygen per run.
+ * Mode ssh against a real sshd (Debian openssh-server, started here in the foreground with its own host key and
+ * config) in front of a real podman service; keys generated with ssh-keygen per run. The sshd listens on
+ * 127.0.0.1 and ::1 on a free port, and on port 22 of a random 127.x.y.z address, so that a URL without a port
+ * reaches it for real.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
-import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createConnection, createServer, type AddressInfo } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { exec } from '../../src/core/exec.js';
 import { runAction, secretOnlyAfterMask } from '../support/harness.js';
 import { startSplitJob } from '../support/split-job.js';
 import { pathExists } from '../../src/core/files.js';
+import { CliProcess, killMainOptions, killPoints, leftovers, type KillPoint } from '../support/leftovers.js';
 import { createPodmanTestEnv, type PodmanTestEnv, type TestPodmanService } from '../support/podman.js';
+
+/** The line main prints right before it starts ssh. */
+const CONNECTING = /^Connecting to ssh:/;
 
 let pm: PodmanTestEnv;
 let service: TestPodmanService;
 let work: string;
 let sshd: ChildProcess;
 let port: number;
+/** A loopback address whose port 22 this sshd listens on. */
+let address22: string;
 let clientKey: string;
+let hostKeyType: string;
+let hostKeyBody: string;
 let knownHostsLine: string;
+const runnerTemps: string[] = [];
 
 async function freePort(): Promise<number> {
   const server = createServer();
@@ -30,18 +41,34 @@ async function freePort(): Promise<number> {
   return p;
 }
 
-async function waitForPort(p: number, timeoutMs: number): Promise<void> {
+/** A random 127.x.y.z whose port 22 is free (nothing here listens on port 22 of every address). */
+async function loopbackWithFreePort22(): Promise<string> {
+  for (;;) {
+    const byte = () => 1 + Math.floor(Math.random() * 254);
+    const address = `127.${byte()}.${byte()}.${byte()}`;
+    const server = createServer();
+    const free = await new Promise<boolean>((resolve) => {
+      server.once('error', () => resolve(false));
+      server.listen(22, address, () => resolve(true));
+    });
+    if (!free) continue;
+    await new Promise((resolve) => server.close(resolve));
+    return address;
+  }
+}
+
+async function waitForPort(host: string, p: number, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const open = await new Promise<boolean>((resolve) => {
-      const socket = createConnection({ host: '127.0.0.1', port: p }, () => {
+      const socket = createConnection({ host, port: p }, () => {
         socket.destroy();
         resolve(true);
       });
       socket.on('error', () => resolve(false));
     });
     if (open) return;
-    if (Date.now() > deadline) throw new Error(`sshd did not listen on ${p}`);
+    if (Date.now() > deadline) throw new Error(`sshd did not listen on ${host} port ${p}`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -62,14 +89,16 @@ beforeAll(async () => {
   clientKey = await readFile(join(work, 'client_key'), 'utf8');
   await writeFile(join(work, 'authorized_keys'), `${clientPub}\n`, { mode: 0o600 });
   port = await freePort();
-  const [type, body] = hostPub.split(' ');
-  knownHostsLine = `[127.0.0.1]:${port} ${type} ${body}`;
+  address22 = await loopbackWithFreePort22();
+  [hostKeyType, hostKeyBody] = hostPub.split(' ') as [string, string];
+  knownHostsLine = knownHostsEntry(`[127.0.0.1]:${port}`);
   const config = join(work, 'sshd_config');
   await writeFile(
     config,
     [
-      'ListenAddress 127.0.0.1',
-      `Port ${port}`,
+      `ListenAddress 127.0.0.1:${port}`,
+      `ListenAddress [::1]:${port}`,
+      `ListenAddress ${address22}:22`,
       `HostKey ${join(work, 'host_key')}`,
       `PidFile ${join(work, 'sshd.pid')}`,
       `AuthorizedKeysFile ${join(work, 'authorized_keys')}`,
@@ -84,25 +113,46 @@ beforeAll(async () => {
   );
   await mkdir('/run/sshd', { recursive: true });
   sshd = spawn('/usr/sbin/sshd', ['-D', '-e', '-f', config], { stdio: 'ignore' });
-  await waitForPort(port, 10_000);
+  await waitForPort('127.0.0.1', port, 10_000);
+  await waitForPort('::1', port, 10_000);
+  await waitForPort(address22, 22, 10_000);
 });
 
 afterAll(async () => {
   sshd?.kill('SIGTERM');
   await pm?.remove();
   if (work) await rm(work, { recursive: true, force: true });
+  for (const dir of runnerTemps) await rm(dir, { recursive: true, force: true });
 });
+
+function knownHostsEntry(name: string): string {
+  return `${name} ${hostKeyType} ${hostKeyBody}`;
+}
 
 function hostUrl(): string {
   return `ssh://root@127.0.0.1:${port}${service.socket}`;
 }
 
-async function runSshJob(inputs: Record<string, string>, knownHostsBefore?: string) {
+/** Short (socket paths) and removed after the tests. */
+function newRunnerTemp(): string {
+  const dir = mkdtempSync('/tmp/ici-rs-');
+  runnerTemps.push(dir);
+  return dir;
+}
+
+/** A HOME for one job, with this known_hosts in it when given. */
+async function newHome(knownHostsBefore?: string): Promise<string> {
   const home = mkdtempSync('/tmp/ici-home-');
+  runnerTemps.push(home);
   if (knownHostsBefore !== undefined) {
     await mkdir(join(home, '.ssh'), { mode: 0o700 });
     await writeFile(join(home, '.ssh/known_hosts'), knownHostsBefore, { mode: 0o600 });
   }
+  return home;
+}
+
+async function runSshJob(inputs: Record<string, string>, knownHostsBefore?: string) {
+  const home = await newHome(knownHostsBefore);
   const result = await runAction({
     action: 'remote-build-env',
     inputs: { mode: 'ssh', host: hostUrl(), 'ssh-key': clientKey, ...inputs },
@@ -112,40 +162,95 @@ async function runSshJob(inputs: Record<string, string>, knownHostsBefore?: stri
   return { home, result };
 }
 
+/** What a later step of the job sees through the exported CONTAINER_HOST. */
+async function remoteVersion(exported: Record<string, string>, home: string): Promise<string> {
+  const r = await exec('podman', ['--remote', 'info', '--format', '{{.Version.Version}}'], {
+    timeoutMs: 60_000,
+    env: { ...process.env, ...pm.env, ...exported, HOME: home },
+  });
+  return r.stdout.trim();
+}
+
 describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podman service)', () => {
-  it('verifies the connection, exports CONTAINER_HOST and CONTAINER_SSHKEY, and removes the key in post', async () => {
-    const home = mkdtempSync('/tmp/ici-home-');
-    try {
+  it('opens a tunnel, exports CONTAINER_HOST to its socket, keeps no key on disk, and closes it in post', async () => {
+    const home = await newHome();
+    const runnerTemp = newRunnerTemp();
+    const job = await startSplitJob({
+      action: 'remote-build-env',
+      inputs: { mode: 'ssh', host: hostUrl(), 'ssh-key': clientKey, 'known-hosts': knownHostsLine },
+      env: pm.env,
+      home,
+      runnerTemp,
+    });
+    const main = job.main;
+    expect(main.main.exitCode).toBe(0);
+    const socket = main.outputs.socket!;
+    expect(main.exportedEnv.CONTAINER_HOST).toBe(`unix://${socket}`);
+    expect(main.outputs['container-host']).toBe(`unix://${socket}`);
+    expect(main.exportedEnv.CONTAINER_SSHKEY).toBeUndefined();
+    expect((await stat(socket)).mode & 0o777).toBe(0o600);
+    const bodyLine = clientKey.split('\n')[1]!;
+    expect(main.masks).toContain(bodyLine);
+    expect(secretOnlyAfterMask(main.main, bodyLine)).toBe(true);
+    // The tunnel has authenticated: the key file is gone already, and the user's ~/.ssh was never touched.
+    expect(await readdir(dirname(socket))).not.toContain('id');
+    expect(await pathExists(join(home, '.ssh'))).toBe(false);
+
+    // A later step of the job, using only what main exported.
+    expect(await remoteVersion(main.exportedEnv, home)).toMatch(/^\d+\.\d+/);
+
+    const post = await job.post();
+    expect(post.exitCode).toBe(0);
+    expect(post.lines.map((l) => l.text)).toContainEqual(
+      expect.stringMatching(/^ssh tunnel \(pid \d+\) stopped\.$/),
+    );
+    expect(await leftovers(runnerTemp)).toEqual([]);
+    expect(await pathExists(join(home, '.ssh'))).toBe(false);
+  });
+
+  it('takes the URL without a port (port 22) and an IPv6 host in brackets, for real', async () => {
+    const forms = [
+      { host: `ssh://root@${address22}${service.socket}`, known: knownHostsEntry(address22) },
+      { host: `ssh://root@[::1]:${port}${service.socket}`, known: knownHostsEntry(`[::1]:${port}`) },
+    ];
+    for (const form of forms) {
+      const home = await newHome();
+      const runnerTemp = newRunnerTemp();
       const job = await startSplitJob({
         action: 'remote-build-env',
-        inputs: { mode: 'ssh', host: hostUrl(), 'ssh-key': clientKey, 'known-hosts': knownHostsLine },
+        inputs: { mode: 'ssh', host: form.host, 'ssh-key': clientKey, 'known-hosts': form.known },
         env: pm.env,
         home,
+        runnerTemp,
       });
-      const main = job.main;
-      expect(main.main.exitCode).toBe(0);
-      expect(main.exportedEnv.CONTAINER_HOST).toBe(hostUrl());
-      const keyFile = main.exportedEnv.CONTAINER_SSHKEY!;
-      expect((await stat(keyFile)).mode & 0o777).toBe(0o600);
-      const bodyLine = clientKey.split('\n')[1]!;
-      expect(main.masks).toContain(bodyLine);
-      expect(secretOnlyAfterMask(main.main, bodyLine)).toBe(true);
-      expect(await readFile(join(home, '.ssh/known_hosts'), 'utf8')).toContain(knownHostsLine);
-
-      // A later step of the job, using only what main exported.
-      const later = await exec('podman', ['--remote', 'info', '--format', '{{.Version.Version}}'], {
-        timeoutMs: 60_000,
-        env: { ...process.env, ...pm.env, ...main.exportedEnv, HOME: home },
+      expect({ host: form.host, exit: job.main.main.exitCode, errors: job.main.errors }).toEqual({
+        host: form.host,
+        exit: 0,
+        errors: [],
       });
-      expect(later.stdout.trim()).toMatch(/^\d+\.\d+/);
+      expect(await remoteVersion(job.main.exportedEnv, home)).toMatch(/^\d+\.\d+/);
+      expect((await job.post()).exitCode).toBe(0);
+      expect(await leftovers(runnerTemp)).toEqual([]);
+    }
+  });
 
-      const post = await job.post();
-      expect(post.exitCode).toBe(0);
-      expect(await pathExists(keyFile)).toBe(false);
-      // known_hosts did not exist before; only our line was in it, so it is gone again.
-      expect(await pathExists(join(home, '.ssh/known_hosts'))).toBe(false);
-    } finally {
-      await rm(home, { recursive: true, force: true });
+  it('a stale line for the host in ~/.ssh/known_hosts changes nothing, and the file stays byte-identical', async () => {
+    const stale = await keygen(join(work, `stale_${Date.now()}`));
+    const [type, body] = stale.split(' ');
+    const before = `# the user's own file\n[127.0.0.1]:${port} ${type} ${body}\n${knownHostsEntry(address22).replace(hostKeyBody, body!)}\n`;
+    const trust: Record<string, string>[] = [
+      { 'known-hosts': knownHostsLine },
+      { 'insecure-host-key': 'true' },
+    ];
+    for (const inputs of trust) {
+      const { home, result } = await runSshJob(inputs, before);
+      expect({ inputs, exit: result.main.exitCode, errors: result.errors }).toEqual({
+        inputs,
+        exit: 0,
+        errors: [],
+      });
+      expect(result.post?.exitCode).toBe(0);
+      expect(await readFile(join(home, '.ssh/known_hosts'), 'utf8')).toBe(before);
     }
   });
 
@@ -156,12 +261,70 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
     try {
       expect(result.main.exitCode).toBe(1);
       expect(result.errors.join('\n')).toMatch(
-        /cannot reach the podman service at ssh:\/\/.*(mismatch|knownhosts)/i,
+        /cannot reach the podman service at ssh:\/\/.*Host key verification failed/s,
       );
-      const keyDir = JSON.parse(result.main.state['remote-build-env']!).keyDir as string;
-      expect(await pathExists(keyDir)).toBe(false);
+      const [scratch] = JSON.parse(result.main.state['remote-build-env']!).removeDirs as string[];
+      expect(await pathExists(scratch!)).toBe(false);
     } finally {
       await rm(home, { recursive: true, force: true });
+    }
+  });
+
+  it('a remote socket path where no service listens fails main with advice, and post leaves nothing', async () => {
+    const runnerTemp = newRunnerTemp();
+    const home = await newHome();
+    const job = await startSplitJob({
+      action: 'remote-build-env',
+      inputs: {
+        mode: 'ssh',
+        host: `ssh://root@127.0.0.1:${port}${work}/nothing-here.sock`,
+        'ssh-key': clientKey,
+        'known-hosts': knownHostsLine,
+        'startup-timeout': '3s',
+      },
+      env: pm.env,
+      home,
+      runnerTemp,
+    });
+    expect(job.main.main.exitCode).toBe(1);
+    expect(job.main.errors[0]).toContain(
+      `is podman's API service listening on ${work}/nothing-here.sock on the remote host`,
+    );
+    expect((await job.post()).exitCode).toBe(0);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  });
+
+  it('CLI: a signal while connecting, or once ready, closes the tunnel and leaves nothing', async () => {
+    for (const [when, pattern, exit] of [
+      ['connecting', /^Connecting to ssh:/m, 1],
+      ['ready', /Press Ctrl-C/, 0],
+    ] as const) {
+      const runnerTemp = newRunnerTemp();
+      const home = await newHome();
+      const args = [
+        '--mode',
+        'ssh',
+        '--host',
+        hostUrl(),
+        '--ssh-key',
+        clientKey,
+        '--known-hosts',
+        knownHostsLine,
+      ];
+      const cli = new CliProcess('remote-build-env', args, {
+        ...pm.env,
+        RUNNER_TEMP: runnerTemp,
+        HOME: home,
+      });
+      await cli.waitFor(pattern);
+      cli.signal('SIGINT');
+      cli.signal('SIGTERM');
+      expect({ when, exit: await cli.exited, left: await leftovers(runnerTemp) }).toEqual({
+        when,
+        exit,
+        left: [],
+      });
+      expect(await pathExists(join(home, '.ssh'))).toBe(false);
     }
   });
 
@@ -177,18 +340,65 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
     expect(missing.result.errors[0]).toMatch(/^Input 'known-hosts': is required with `mode: ssh`/);
   });
 
-  it('insecure-host-key connects without known-hosts, warns, and post takes out what podman trusted on first use', async () => {
+  it('insecure-host-key connects without known-hosts, warns, and trusts nothing on first use into ~/.ssh', async () => {
     const unrelated =
       'example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBd8ZyWkq6B0D6JHe1ESsUefQpC7wkxEJ7rsmAYyBR4K\n';
     const { home, result } = await runSshJob({ 'insecure-host-key': 'true' }, unrelated);
     try {
       expect(result.main.exitCode).toBe(0);
       expect(result.warnings.join('\n')).toMatch(/host key of \[127\.0\.0\.1\]:\d+ is not checked/);
-      const added = JSON.parse(result.main.state['remote-build-env']!).addedKnownHosts as string[];
-      expect(added).toEqual([expect.stringContaining(`[127.0.0.1]:${port}`)]);
       expect(await readFile(join(home, '.ssh/known_hosts'), 'utf8')).toBe(unrelated);
     } finally {
       await rm(home, { recursive: true, force: true });
     }
   });
+
+  it('main SIGKILLed at 40 moments across the connection, then post: no child left, ~/.ssh/known_hosts byte-identical', async () => {
+    const before =
+      'example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBd8ZyWkq6B0D6JHe1ESsUefQpC7wkxEJ7rsmAYyBR4K\n';
+    const trust: Record<string, string>[] = [
+      { 'known-hosts': knownHostsLine },
+      { 'insecure-host-key': 'true' },
+    ];
+    const run = async (inputs: Record<string, string>, point?: KillPoint, report?: string) => {
+      const home = await newHome(before);
+      const runnerTemp = newRunnerTemp();
+      const kill = killMainOptions('remote-build-env', CONNECTING, point, report);
+      const job = await startSplitJob({
+        action: 'remote-build-env',
+        inputs: { mode: 'ssh', host: hostUrl(), 'ssh-key': clientKey, ...inputs },
+        mainScript: kill.mainScript,
+        env: { ...pm.env, ...kill.env },
+        home,
+        runnerTemp,
+      });
+      const post = await job.post();
+      const problems = await leftovers(runnerTemp);
+      if (post.exitCode !== 0) problems.push(`post exited ${post.exitCode}`);
+      if ((await readFile(join(home, '.ssh/known_hosts'), 'utf8')) !== before)
+        problems.push('known_hosts changed');
+      return { main: job.main.main, post, problems };
+    };
+
+    const report = `${newRunnerTemp()}.timing.json`;
+    const whole = await run(trust[0]!, undefined, report);
+    expect(whole.main.exitCode).toBe(0);
+    expect(whole.problems).toEqual([]);
+    const timing = JSON.parse(await readFile(report, 'utf8')) as { lineMs: number; endMs: number };
+    await rm(report);
+
+    const problems: string[] = [];
+    let killedWithTunnel = 0;
+    for (const [i, point] of killPoints(timing.lineMs, timing.endMs).entries()) {
+      const inputs = trust[i % 2]!;
+      const r = await run(inputs, point);
+      const where = `${JSON.stringify(inputs).slice(2, 12)}… killed ${point.delayMs} ms after ${point.afterLine ? 'the connect line' : 'start'}`;
+      if (r.problems.length)
+        problems.push(`${where} (main exit ${r.main.exitCode}): ${r.problems.join('; ')}`);
+      if (r.main.exitCode === 137 && r.post.lines.some((l) => /^ssh tunnel \(pid \d+\)/.test(l.text)))
+        killedWithTunnel++;
+    }
+    expect(problems).toEqual([]);
+    expect(killedWithTunnel).toBeGreaterThan(0);
+  }, 900_000);
 });

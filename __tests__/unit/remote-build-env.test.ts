@@ -18,11 +18,12 @@ import {
 import { parseProcStat } from '../../src/actions/remote-build-env/process-group.js';
 import { maxSocketPathBytes, socketPathProblem } from '../../src/actions/remote-build-env/socket-path.js';
 import {
-  addedLines,
   keyMaskValues,
   knownHostsName,
-  withoutLines,
+  sshPathProblem,
+  sshTunnelArgs,
 } from '../../src/actions/remote-build-env/ssh-mode.js';
+import { parseRegistryEntry } from '../../src/actions/remote-build-env/tracked.js';
 import { inputError } from '../support/input-error.js';
 
 const META = loadActionMetadata('remote-build-env');
@@ -73,6 +74,7 @@ describe('remote-build-env inputs', () => {
         port: 2222,
         socketPath: '/run/podman/podman.sock',
       },
+      socket: undefined,
       sshKey: 'KEY',
       knownHosts: '[build.example]:2222 ssh-ed25519 AAAA',
       insecureHostKey: false,
@@ -92,11 +94,6 @@ describe('remote-build-env inputs', () => {
     [
       { ...SSH, 'insecure-host-key': 'true', 'cache-mounts': 'true' },
       'cache-mounts',
-      'is not used with `mode: ssh`; remove it or change `mode`.',
-    ],
-    [
-      { ...SSH, 'insecure-host-key': 'true', socket: '/tmp/x.sock' },
-      'socket',
       'is not used with `mode: ssh`; remove it or change `mode`.',
     ],
     [
@@ -143,11 +140,40 @@ describe('ssh host URL', () => {
   it.each([
     [
       'ssh://root@127.0.0.1/run/podman.sock',
-      { user: 'root', hostname: '127.0.0.1', port: 22, socketPath: '/run/podman.sock' },
+      {
+        url: 'ssh://root@127.0.0.1:22/run/podman.sock',
+        user: 'root',
+        hostname: '127.0.0.1',
+        port: 22,
+        socketPath: '/run/podman.sock',
+      },
     ],
-    ['ssh://me@[::1]:2200/p.sock', { user: 'me', hostname: '[::1]', port: 2200, socketPath: '/p.sock' }],
+    [
+      'ssh://me@[::1]:2200/p.sock',
+      { url: 'ssh://me@[::1]:2200/p.sock', user: 'me', hostname: '::1', port: 2200, socketPath: '/p.sock' },
+    ],
+    [
+      'ssh://me@[fd00::1]/p.sock',
+      {
+        url: 'ssh://me@[fd00::1]:22/p.sock',
+        user: 'me',
+        hostname: 'fd00::1',
+        port: 22,
+        socketPath: '/p.sock',
+      },
+    ],
+    [
+      'ssh://ci.bot@Build-1.example:22/run/user/1000/podman/podman.sock',
+      {
+        url: 'ssh://ci.bot@Build-1.example:22/run/user/1000/podman/podman.sock',
+        user: 'ci.bot',
+        hostname: 'Build-1.example',
+        port: 22,
+        socketPath: '/run/user/1000/podman/podman.sock',
+      },
+    ],
   ])('parses %s', (url, expected) => {
-    expect(parseSshHost(url)).toEqual({ url, ...expected });
+    expect(parseSshHost(url)).toEqual(expected);
   });
 
   it.each([
@@ -158,6 +184,15 @@ describe('ssh host URL', () => {
     ['ssh://u@host', 'names no socket path on the remote host'],
     ['ssh://u@host/', 'names no socket path on the remote host'],
     ['ssh://u@host/p.sock?x=1', 'must not have a query or fragment'],
+    ['ssh://u@-oProxyCommand=x/p.sock', 'has a host name ssh would not take literally'],
+    ['ssh://u@ho%25st/p.sock', 'has a host name ssh would not take literally'],
+    [
+      'ssh://-oProxyCommand=x@host/p.sock',
+      "has a user name ssh would not take literally ('-oProxyCommand=x')",
+    ],
+    ['ssh://u%25h@host/p.sock', "has a user name ssh would not take literally ('u%h')"],
+    ['ssh://u@host:0/p.sock', 'has port 0'],
+    ['ssh://u@host/run/a:b.sock', 'has a socket path with a colon, which ssh cannot forward'],
   ])('rejects %s', (url, why) => {
     expect(inputError(() => parseSshHost(url)).message).toBe(
       `Input 'host': ${why}; expected ssh://user@host[:port]/path/to/podman.sock, got '${url}'.`,
@@ -248,6 +283,8 @@ describe('ssh bookkeeping', () => {
   it('names hosts the way known_hosts does', () => {
     expect(knownHostsName({ hostname: 'h', port: 22 })).toBe('h');
     expect(knownHostsName({ hostname: '127.0.0.1', port: 2222 })).toBe('[127.0.0.1]:2222');
+    expect(knownHostsName({ hostname: '::1', port: 2222 })).toBe('[::1]:2222');
+    expect(knownHostsName({ hostname: '::1', port: 22 })).toBe('::1');
   });
 
   it('masks each key body line before the whole key, not the armour', () => {
@@ -255,12 +292,57 @@ describe('ssh bookkeeping', () => {
     expect(keyMaskValues(key)).toEqual(['AAAA', 'BBBB', key.trim()]);
   });
 
-  it('finds the lines a step added and takes exactly those out again', () => {
-    const before = ['a', 'b', ''];
-    const after = ['a', 'b', '', 'c', '', 'a'];
-    const added = addedLines(before, after);
-    expect(added).toEqual(['c', 'a']);
-    expect(withoutLines(['a', 'x', 'b', 'c', 'a'], added)).toEqual(['x', 'b', 'a']);
+  it('builds a tunnel that reads no ssh config, offers only our key and trusts only our known_hosts', () => {
+    const target = parseSshHost('ssh://ci@[::1]:2222/run/podman/podman.sock');
+    const files = { key: '/t/ici-1/id', knownHosts: '/t/ici 1/known_hosts', socket: '/t/ici-1/podman.sock' };
+    const args = sshTunnelArgs(target, files, 30_000);
+    expect(args.slice(0, 6)).toEqual(['-F', 'none', '-N', '-T', '-i', '/t/ici-1/id']);
+    expect(args).toEqual(
+      expect.arrayContaining([
+        'UserKnownHostsFile="/t/ici 1/known_hosts"',
+        'StrictHostKeyChecking=yes',
+        'GlobalKnownHostsFile=/dev/null',
+        'IdentitiesOnly=yes',
+        'IdentityAgent=none',
+        'BatchMode=yes',
+        'ConnectTimeout=30',
+      ]),
+    );
+    // The host comes last, after `--`: nothing in it can be read as an option.
+    expect(args.slice(-8)).toEqual([
+      '-p',
+      '2222',
+      '-l',
+      'ci',
+      '-L',
+      '/t/ici-1/podman.sock:/run/podman/podman.sock',
+      '--',
+      '::1',
+    ]);
+    const insecure = sshTunnelArgs(target, { ...files, knownHosts: undefined }, 500);
+    expect(insecure).toEqual(
+      expect.arrayContaining([
+        'UserKnownHostsFile=/dev/null',
+        'StrictHostKeyChecking=no',
+        'ConnectTimeout=1',
+      ]),
+    );
+  });
+
+  it('refuses paths ssh would expand or split', () => {
+    expect(sshPathProblem('/tmp/ici-1/podman.sock')).toBeUndefined();
+    expect(sshPathProblem('/tmp/with space/id')).toBeUndefined();
+    for (const bad of ['/tmp/50%/id', '/tmp/${HOME}/id', '/tmp/a"b/id', '/tmp/a:b.sock'])
+      expect(sshPathProblem(bad)).toMatch(/which ssh would not take literally in a path$/);
+  });
+});
+
+describe('tracked children registry', () => {
+  it('reads "<pid> <start time>" entries and nothing else', () => {
+    expect(parseRegistryEntry('1234 98765\n')).toEqual({ pid: 1234, startTime: '98765' });
+    expect(parseRegistryEntry('1234 \n')).toEqual({ pid: 1234 });
+    for (const bad of ['', '1234', '1234 5', '0 5\n', '1 5\n', '-3 5\n', 'x 5\n'])
+      expect(parseRegistryEntry(bad)).toBeUndefined();
   });
 });
 

@@ -15,9 +15,10 @@ export const MODES = ['local', 'ssh'] as const;
 
 /** A parsed `ssh://user@host[:port]/path/to/podman.sock`. */
 export interface SshTarget {
-  /** The URL exactly as podman takes it (CONTAINER_HOST). */
+  /** The URL with every part explicit (`ssh://user@host:22/…`, IPv6 in brackets), for messages. */
   url: string;
   user: string;
+  /** As ssh and known_hosts take it: an IPv6 address without its URL brackets. */
   hostname: string;
   port: number;
   socketPath: string;
@@ -39,6 +40,8 @@ export interface LocalOptions {
 export interface SshOptions {
   mode: 'ssh';
   target: SshTarget;
+  /** The local end of the tunnel; by default one is made in a job temp dir. */
+  socket?: string;
   sshKey: string;
   /** undefined only with insecureHostKey. */
   knownHosts?: string;
@@ -50,6 +53,11 @@ export type RemoteBuildInputs = LocalOptions | SshOptions;
 
 /** actions/cache refuses keys with commas and longer than 512 characters; a suffix is appended to ours. */
 const MAX_CACHE_KEY_LENGTH = 400;
+
+/** Names ssh, `-l` and known_hosts take literally: no option-like dash, no %-tokens, no shell or config syntax. */
+const SAFE_USER = /^[\w.@+][\w.@+-]*$/;
+const SAFE_HOSTNAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
+const IPV6_IN_URL = /^\[([0-9A-Fa-f:.]+)\]$/;
 
 export function parseSshHost(value: string): SshTarget {
   const fail = (why: string) =>
@@ -67,11 +75,21 @@ export function parseSshHost(value: string): SshTarget {
   const socketPath = decodeURIComponent(url.pathname);
   if (socketPath === '' || socketPath === '/') throw fail('names no socket path on the remote host');
   if (url.search || url.hash) throw fail('must not have a query or fragment');
+  const user = decodeURIComponent(url.username);
+  if (!SAFE_USER.test(user)) throw fail(`has a user name ssh would not take literally ('${user}')`);
+  // WHATWG URL keeps the brackets of an IPv6 host in `hostname`; ssh and known_hosts want the bare address.
+  const ipv6 = IPV6_IN_URL.exec(url.hostname);
+  const hostname = ipv6 ? ipv6[1]! : url.hostname;
+  if (!ipv6 && !SAFE_HOSTNAME.test(hostname)) throw fail(`has a host name ssh would not take literally`);
+  // ssh -L separates its fields with ':'.
+  if (socketPath.includes(':')) throw fail('has a socket path with a colon, which ssh cannot forward');
+  const port = url.port ? Number(url.port) : 22;
+  if (port < 1) throw fail('has port 0');
   return {
-    url: value,
-    user: decodeURIComponent(url.username),
-    hostname: url.hostname,
-    port: url.port ? Number(url.port) : 22,
+    url: `ssh://${url.username}@${ipv6 ? `[${hostname}]` : hostname}:${port}${url.pathname}`,
+    user,
+    hostname,
+    port,
     socketPath,
   };
 }
@@ -90,6 +108,15 @@ function readContainersConf(src: InputSource): string | undefined {
     );
   }
   return path;
+}
+
+function readSocket(src: InputSource): string | undefined {
+  const given = readString(src, 'socket');
+  if (given === undefined) return undefined;
+  const socket = resolve(given);
+  const problem = socketPathProblem(socket, process.platform);
+  if (problem) throw new InputError('socket', `${problem}; choose a shorter path.`);
+  return socket;
 }
 
 function readCacheKey(src: InputSource): string {
@@ -135,7 +162,7 @@ export function readInputs(src: InputSource): RemoteBuildInputs {
     rejectForMode(
       src,
       'ssh',
-      ['socket', 'containers-conf', 'restore-keys'],
+      ['containers-conf', 'restore-keys'],
       ['isolate-storage', 'export-docker-host', 'cache-mounts'],
     );
     if (host === undefined) throw new InputError('host', 'is required when `mode: ssh`.');
@@ -150,16 +177,11 @@ export function readInputs(src: InputSource): RemoteBuildInputs {
         'is required with `mode: ssh` (e.g. the output of `ssh-keyscan -p PORT HOST`), unless `insecure-host-key: true`.',
       );
     }
-    return { mode, target, sshKey, knownHosts, insecureHostKey, startupTimeoutMs };
+    return { mode, target, socket: readSocket(src), sshKey, knownHosts, insecureHostKey, startupTimeoutMs };
   }
 
   rejectForMode(src, 'local', ['host', 'known-hosts'], ['insecure-host-key']);
-  const socketGiven = readString(src, 'socket');
-  const socket = socketGiven === undefined ? undefined : resolve(socketGiven);
-  if (socket !== undefined) {
-    const problem = socketPathProblem(socket, process.platform);
-    if (problem) throw new InputError('socket', `${problem}; choose a shorter path.`);
-  }
+  const socket = readSocket(src);
   return {
     mode,
     socket,

@@ -1,17 +1,10 @@
 /**
  * Starts `podman system service` so that it outlives this node process: the runner ends the main step when its
- * node process exits, and later steps of the job must still reach the service. Hence a detached child (its own
- * session and process group, which post signals as a whole), no pipes back to us (stdio goes to a log file),
- * and unref() so our event loop does not wait for it.
+ * node process exits, and later steps of the job must still reach the service. Hence a tracked child (tracked.ts:
+ * its own session and process group, which post finds and signals as a whole, however main ended).
  */
-import { spawn } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import { pathExists } from '../../core/files.js';
-import { sleep } from '../../core/process.js';
-import { ActionError } from '../../core/run.js';
-import { identify, type ProcessIdentity } from './process-group.js';
-import { podmanRemote, withoutRemoteClientEnv } from './podman.js';
+import { withoutRemoteClientEnv } from './podman.js';
+import { spawnTracked, type TrackedChild } from './tracked.js';
 
 export interface ServicePlan {
   socket: string;
@@ -51,76 +44,10 @@ export function serviceCommand(
   return { args, env };
 }
 
-export interface StartedService {
-  identity: ProcessIdentity;
-  /** Resolves with the exit code if the service exits while we still watch it. */
-  exited: Promise<number>;
-}
+export const SERVICE = 'service';
 
-export async function spawnService(plan: ServicePlan): Promise<StartedService> {
+/** Starts the service registered under SERVICE in `registry` (see tracked.ts). */
+export function spawnService(plan: ServicePlan, registry: string): Promise<TrackedChild> {
   const { args, env } = serviceCommand(plan, process.env);
-  const log = openSync(plan.logFile, 'a', 0o600);
-  let child;
-  try {
-    child = spawn('podman', args, { detached: true, stdio: ['ignore', log, log], env });
-  } finally {
-    closeSync(log); // the child holds its own copy of the descriptor
-  }
-  const spawned = new Promise<number>((resolve, reject) => {
-    child.once('spawn', () => resolve(child.pid!));
-    child.once('error', (e) => reject(new ActionError(`cannot start podman: ${e.message}`)));
-  });
-  const exited = new Promise<number>((resolve) =>
-    child.once('exit', (code, signal) => resolve(code ?? (signal ? 128 : 1))),
-  );
-  const pid = await spawned;
-  child.unref();
-  return { identity: await identify(pid), exited };
-}
-
-export async function logTail(logFile: string, lines = 20): Promise<string> {
-  try {
-    return (await readFile(logFile, 'utf8')).trimEnd().split('\n').slice(-lines).join('\n');
-  } catch {
-    return '(no log)';
-  }
-}
-
-const POLL_MS = 100;
-/** One `podman info` attempt may hang on a half-started service; bound it so the overall timeout holds. */
-const PROBE_TIMEOUT_MS = 10_000;
-
-/** Waits until the service answers `podman --url ... info`; returns the server's version. */
-export async function waitUntilAnswering(
-  plan: ServicePlan,
-  service: StartedService,
-  timeoutMs: number,
-): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  let exitCode: number | undefined;
-  void service.exited.then((code) => (exitCode = code));
-  let lastProblem = 'the socket never appeared';
-  for (;;) {
-    if (exitCode !== undefined) {
-      throw new ActionError(
-        `podman system service exited with code ${exitCode} before it answered. Its log ends with:\n${await logTail(plan.logFile)}`,
-      );
-    }
-    if (await pathExists(plan.socket)) {
-      const remaining = Math.max(1000, deadline - Date.now());
-      const r = await podmanRemote(socketUrl(plan.socket), ['info', '--format', '{{.Version.Version}}'], {
-        timeoutMs: Math.min(remaining, PROBE_TIMEOUT_MS),
-        allowFailure: true,
-      }).catch((e: Error) => ({ exitCode: -1, stdout: '', stderr: e.message }));
-      if (r.exitCode === 0) return r.stdout.trim();
-      lastProblem = r.stderr.trim() || `podman info exited with ${r.exitCode}`;
-    }
-    if (Date.now() >= deadline) {
-      throw new ActionError(
-        `the podman service did not answer within ${Math.round(timeoutMs / 1000)} s (${lastProblem}); ` +
-          `raise \`startup-timeout\` if the machine is slow. Its log ends with:\n${await logTail(plan.logFile)}`,
-      );
-    }
-    await sleep(POLL_MS);
-  }
+  return spawnTracked(registry, SERVICE, 'podman', args, { env, logFile: plan.logFile });
 }

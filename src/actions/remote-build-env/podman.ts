@@ -46,8 +46,6 @@ export async function podmanClientVersion(timeoutMs: number): Promise<Version> {
 
 export interface RemoteCallOptions {
   timeoutMs: number;
-  /** ssh identity file for ssh:// URLs. */
-  identity?: string;
   allowFailure?: boolean;
 }
 
@@ -57,8 +55,7 @@ export function podmanRemote(
   args: readonly string[],
   options: RemoteCallOptions,
 ): Promise<ExecResult> {
-  const global = ['--url', url, ...(options.identity ? ['--identity', options.identity] : [])];
-  return exec('podman', [...global, ...args], {
+  return exec('podman', ['--url', url, ...args], {
     timeoutMs: options.timeoutMs,
     env: withoutRemoteClientEnv(process.env),
     allowFailure: options.allowFailure,

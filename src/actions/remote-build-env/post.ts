@@ -1,16 +1,21 @@
 import type { Host } from '../../core/host.js';
 import { removeScratchDirs } from '../../core/workspace.js';
+import { cleanupFinished } from './interrupt.js';
 import { stopLocalService } from './local-mode.js';
 import { disconnectSsh } from './ssh-mode.js';
 import { loadRunState } from './state.js';
 
 export async function cleanupRemoteBuildEnv(host: Host): Promise<void> {
-  const state = loadRunState(host);
-  if (!state) {
-    // main may have failed right after making its first dir, before it recorded anything of its own.
-    await removeScratchDirs(host);
-    return;
+  try {
+    const state = loadRunState(host);
+    if (!state) {
+      // main may have failed right after making its first dir, before it recorded anything of its own.
+      await removeScratchDirs(host);
+      return;
+    }
+    if (state.mode === 'ssh') await disconnectSsh(host, state);
+    else await stopLocalService(host, state);
+  } finally {
+    cleanupFinished();
   }
-  if (state.mode === 'ssh') await disconnectSsh(host, state);
-  else await stopLocalService(host, state);
 }

@@ -1,28 +1,43 @@
 /**
- * Mode `ssh`: point this job's podman at a remote service over ssh. The key goes into a private file (never on
- * argv, masked in the log) that post deletes.
+ * Mode `ssh`: this job's podman reaches a remote service through an OpenSSH tunnel that main opens and post
+ * closes; CONTAINER_HOST points at the tunnel's local socket.
  *
- * Host keys: podman checks only $HOME/.ssh/known_hosts, and trusts a host it has never seen on first use (it
- * appends the key). So `known-hosts` is enforced in two parts: `ssh-keygen -F` proves the given lines cover this
- * host (else podman would silently trust whatever answers), and the lines are added to the user's known_hosts,
- * where podman refuses a host presenting any other key. Post removes every line this step added.
+ * Why a tunnel and not `CONTAINER_HOST=ssh://…`: podman's own ssh client (4.3 and 5.4) trusts host keys from
+ * `$HOME/.ssh/known_hosts` only, with no setting to name another file, and appends hosts it has not seen. A stale
+ * line there defeats a correct `known-hosts` (key mismatch) and `insecure-host-key` alike, a missing file makes
+ * podman 4.3 trust anything, and adding our lines to the user's file means editing it (and losing track of the
+ * edit when main is killed). The tunnel runs `ssh -F none` with a private known_hosts, so the trust decision
+ * rests on this step's inputs alone and the user's ssh files are neither read nor written. It also takes every
+ * URL form OpenSSH takes, where podman 4.3 needs an explicit port and neither 4.3 nor 5.4 connects to an IPv6
+ * host (`parse "::1": missing protocol scheme`).
+ *
+ * The key lives in a private file only until the tunnel has authenticated: later steps never need it.
  */
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { homedir } from 'node:os';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { exec, which } from '../../core/exec.js';
 import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
 import { ActionError, errorMessage } from '../../core/run.js';
-import { heading, markdownTable } from '../../core/summary.js';
-import { removeScratchDirs, scratchDir } from '../../core/workspace.js';
+import { formatDuration, heading, markdownTable } from '../../core/summary.js';
+import { scratchDir } from '../../core/workspace.js';
+import { waitUntilAnswering } from './answering.js';
+import { registeredChild, removeOwnedPaths, showLog, stopChild } from './cleanup.js';
 import type { SshOptions, SshTarget } from './inputs.js';
-import { podmanRemote } from './podman.js';
+import { socketUrl } from './local-service.js';
+import { planSocket } from './socket-path.js';
 import { saveRunState, type SshState } from './state.js';
+import { spawnTracked } from './tracked.js';
 
 const KEYGEN_TIMEOUT_MS = 10_000;
+const STOP_GRACE_MS = 5000;
+/** The registry name of the tunnel (tracked.ts). */
+const TUNNEL = 'ssh';
+/** A dead link ends the tunnel after about a minute instead of hanging later steps. */
+const SERVER_ALIVE_INTERVAL_S = 15;
+const SERVER_ALIVE_COUNT = 4;
 
-/** How OpenSSH and Go's knownhosts name a host in known_hosts: a bare name on port 22, else `[name]:port`. */
+/** How OpenSSH names a host in known_hosts: a bare name on port 22, else `[name]:port`. */
 export function knownHostsName(target: Pick<SshTarget, 'hostname' | 'port'>): string {
   return target.port === 22 ? target.hostname : `[${target.hostname}]:${target.port}`;
 }
@@ -40,41 +55,62 @@ export function keyMaskValues(key: string): string[] {
   return [...lines, key.trim()];
 }
 
-function knownHostsPath(): string {
-  return join(process.env.HOME || homedir(), '.ssh', 'known_hosts');
+/**
+ * Why ssh would not take `path` literally, if it would not: it expands %-tokens and ${VAR} in file and socket
+ * paths, we quote paths in -o options with ", and -L separates its fields with ':'.
+ */
+export function sshPathProblem(path: string): string | undefined {
+  const bad = /[%$":]/.exec(path);
+  return bad ? `holds '${bad[0]}', which ssh would not take literally in a path` : undefined;
 }
 
-async function readLines(path: string): Promise<string[] | undefined> {
-  try {
-    return (await readFile(path, 'utf8')).split('\n');
-  } catch {
-    return undefined;
-  }
+export interface TunnelFiles {
+  key: string;
+  /** The private known_hosts; undefined with insecure-host-key. */
+  knownHosts?: string;
+  /** The local end of the tunnel. */
+  socket: string;
 }
 
-/** Lines present in `after` but not in `before` (as many times as they were added). */
-export function addedLines(before: readonly string[], after: readonly string[]): string[] {
-  const remaining = new Map<string, number>();
-  for (const l of before) remaining.set(l, (remaining.get(l) ?? 0) + 1);
-  const added: string[] = [];
-  for (const l of after) {
-    const n = remaining.get(l) ?? 0;
-    if (n > 0) remaining.set(l, n - 1);
-    else if (l.trim() !== '') added.push(l);
-  }
-  return added;
-}
-
-/** `before` minus one occurrence of each line in `ours`. */
-export function withoutLines(lines: readonly string[], ours: readonly string[]): string[] {
-  const toDrop = new Map<string, number>();
-  for (const l of ours) toDrop.set(l, (toDrop.get(l) ?? 0) + 1);
-  return lines.filter((l) => {
-    const n = toDrop.get(l) ?? 0;
-    if (n === 0) return true;
-    toDrop.set(l, n - 1);
-    return false;
-  });
+/**
+ * `ssh` arguments for the tunnel. `-F none`: neither ~/.ssh/config nor /etc/ssh/ssh_config can change whom we
+ * trust or which key is offered; only this key (no agent), no prompts, and the host key checked against our file.
+ */
+export function sshTunnelArgs(target: SshTarget, files: TunnelFiles, connectTimeoutMs: number): string[] {
+  const trust = files.knownHosts
+    ? ['-o', `UserKnownHostsFile="${files.knownHosts}"`, '-o', 'StrictHostKeyChecking=yes']
+    : ['-o', 'UserKnownHostsFile=/dev/null', '-o', 'StrictHostKeyChecking=no'];
+  const options = [
+    'BatchMode=yes',
+    'IdentitiesOnly=yes',
+    'IdentityAgent=none',
+    'GlobalKnownHostsFile=/dev/null',
+    'CheckHostIP=no',
+    'ExitOnForwardFailure=yes',
+    'StreamLocalBindMask=0177',
+    `ConnectTimeout=${Math.max(1, Math.ceil(connectTimeoutMs / 1000))}`,
+    `ServerAliveInterval=${SERVER_ALIVE_INTERVAL_S}`,
+    `ServerAliveCountMax=${SERVER_ALIVE_COUNT}`,
+    'LogLevel=ERROR',
+  ];
+  return [
+    '-F',
+    'none',
+    '-N',
+    '-T',
+    '-i',
+    files.key,
+    ...trust,
+    ...options.flatMap((o) => ['-o', o]),
+    '-p',
+    String(target.port),
+    '-l',
+    target.user,
+    '-L',
+    `${files.socket}:${target.socketPath}`,
+    '--',
+    target.hostname,
+  ];
 }
 
 async function checkKnownHostsCover(file: string, target: SshTarget): Promise<void> {
@@ -95,62 +131,94 @@ async function checkKnownHostsCover(file: string, target: SshTarget): Promise<vo
   }
 }
 
-export async function connectSsh(host: Host, inputs: SshOptions): Promise<void> {
+/** The tunnel's files; fails when one of their paths is something ssh would not take literally. */
+function tunnelFiles(scratch: string, socket: string, inputs: SshOptions): TunnelFiles {
+  const socketProblem = sshPathProblem(socket);
+  if (socketProblem && inputs.socket !== undefined) {
+    throw new InputError('socket', `${socketProblem}; choose another path.`);
+  }
+  const scratchProblem = socketProblem ?? sshPathProblem(scratch);
+  if (scratchProblem) {
+    throw new ActionError(`the temp dir ${scratch} ${scratchProblem}; give RUNNER_TEMP a plainer path.`);
+  }
+  return {
+    key: join(scratch, 'id'),
+    knownHosts: inputs.knownHosts === undefined ? undefined : join(scratch, 'known_hosts'),
+    socket,
+  };
+}
+
+export async function connectSsh(host: Host, inputs: SshOptions, interrupted?: AbortSignal): Promise<void> {
   for (const value of keyMaskValues(inputs.sshKey)) host.setSecret(value);
-  if (!(await which('podman'))) throw new ActionError('podman is not installed (not found on PATH).');
-  const keyDir = await scratchDir(host);
-  const knownHostsFile = knownHostsPath();
+  if (process.platform === 'win32') throw new ActionError('`mode: ssh` needs a Linux or macOS runner.');
+  if (!(await which('ssh')))
+    throw new ActionError('ssh (openssh-client) is not installed (not found on PATH).');
+  if (inputs.knownHosts !== undefined && !(await which('ssh-keygen')))
+    throw new ActionError('ssh-keygen (openssh-client) is needed to check `known-hosts`.');
+  const target = inputs.target;
+  const scratch = await scratchDir(host);
+  const placed = await planSocket(inputs.socket, scratch);
+  const files = tunnelFiles(scratch, placed.socket, inputs);
   const state: SshState = {
     mode: 'ssh',
-    keyDir,
-    knownHostsFile,
-    addedKnownHosts: [],
-    createdKnownHostsFile: false,
+    registry: join(scratch, 'registry'),
+    socket: placed.socket,
+    socketOutsideDirs: placed.outside,
+    logFile: join(scratch, 'ssh.log'),
+    removeDirs: [scratch, ...(placed.createDir ? [placed.createDir] : [])],
     ready: false,
   };
   saveRunState(host, state);
-  const keyFile = join(keyDir, 'id');
-  await writeFile(keyFile, `${inputs.sshKey.trim()}\n`, { mode: 0o600, flag: 'wx' });
-
-  const before = await readLines(knownHostsFile);
-  if (inputs.knownHosts !== undefined) {
-    if (!(await which('ssh-keygen')))
-      throw new ActionError('ssh-keygen (openssh-client) is needed to check `known-hosts`.');
-    const given = join(keyDir, 'known_hosts');
-    await writeFile(given, `${inputs.knownHosts.trim()}\n`, { mode: 0o600 });
-    await checkKnownHostsCover(given, inputs.target);
-    await mkdir(dirname(knownHostsFile), { recursive: true, mode: 0o700 });
-    const current = before ?? [];
-    const lines = inputs.knownHosts.split(/\r?\n/).map((l) => l.trim());
-    const missing = addedLines(current, lines);
-    const body = [...current.filter((l) => l !== ''), ...missing].join('\n');
-    await writeFile(knownHostsFile, `${body}\n`, { mode: 0o600 });
+  await mkdir(state.registry, { mode: 0o700 });
+  if (placed.createDir) await mkdir(dirname(placed.socket), { recursive: true, mode: 0o700 });
+  await writeFile(files.key, `${inputs.sshKey.trim()}\n`, { mode: 0o600, flag: 'wx' });
+  if (files.knownHosts) {
+    await writeFile(files.knownHosts, `${inputs.knownHosts!.trim()}\n`, { mode: 0o600 });
+    await checkKnownHostsCover(files.knownHosts, target);
   } else {
     host.warning(
-      `insecure-host-key: the host key of ${knownHostsName(inputs.target)} is not checked; podman trusts whatever answers.`,
+      `insecure-host-key: the host key of ${knownHostsName(target)} is not checked; whatever answers there is trusted.`,
     );
   }
+  interrupted?.throwIfAborted();
 
-  host.info(`Connecting to ${inputs.target.url} as ${inputs.target.user} ...`);
+  host.info(`Connecting to ${target.url} as ${target.user} (tunnel at ${placed.socket}) ...`);
+  const started = Date.now();
+  const tunnel = await spawnTracked(
+    state.registry,
+    TUNNEL,
+    'ssh',
+    sshTunnelArgs(target, files, inputs.startupTimeoutMs),
+    { env: process.env, logFile: state.logFile },
+  );
+  state.tunnel = tunnel.identity;
+  saveRunState(host, state);
+  let version: string;
   try {
-    const r = await podmanRemote(inputs.target.url, ['info', '--format', '{{.Version.Version}}'], {
-      identity: keyFile,
+    version = await waitUntilAnswering({
+      what: 'ssh',
+      socket: placed.socket,
+      child: tunnel,
+      logFile: state.logFile,
       timeoutMs: inputs.startupTimeoutMs,
+      interrupted,
+      advice:
+        `is podman's API service listening on ${target.socketPath} on the remote host (e.g. ` +
+        '`systemctl --user enable --now podman.socket`)? On a slow link, raise `startup-timeout`.',
     });
-    host.info(`Remote podman ${r.stdout.trim()} answers.`);
   } catch (error) {
-    throw new ActionError(`cannot reach the podman service at ${inputs.target.url}: ${errorMessage(error)}`);
-  } finally {
-    // Lines we wrote and lines podman appended on first use: post takes both out again.
-    const after = (await readLines(knownHostsFile)) ?? [];
-    state.addedKnownHosts = addedLines(before ?? [], after);
-    state.createdKnownHostsFile = before === undefined && after.length > 0;
-    saveRunState(host, state);
+    if (interrupted?.aborted) throw error;
+    throw new ActionError(`cannot reach the podman service at ${target.url}: ${errorMessage(error)}`);
   }
+  const readyMs = Date.now() - started;
+  // The tunnel has authenticated and never reconnects: no later step needs the key, so it leaves the disk now.
+  await rm(files.key, { force: true });
+  host.info(`Remote podman ${version} answers through the tunnel (after ${formatDuration(readyMs)}).`);
 
-  host.exportVariable('CONTAINER_HOST', inputs.target.url);
-  host.exportVariable('CONTAINER_SSHKEY', keyFile);
-  host.setOutput('container-host', inputs.target.url);
+  const url = socketUrl(placed.socket);
+  host.exportVariable('CONTAINER_HOST', url);
+  host.setOutput('socket', placed.socket);
+  host.setOutput('container-host', url);
   host.setOutput('cache-hit', 'false');
   state.ready = true;
   saveRunState(host, state);
@@ -159,11 +227,12 @@ export async function connectSsh(host: Host, inputs: SshOptions): Promise<void> 
       markdownTable(
         ['Setting', 'Value'],
         [
-          ['CONTAINER_HOST', inputs.target.url],
+          ['Remote', `${target.url}, podman ${version}, over an ssh tunnel (pid ${tunnel.identity.pid})`],
+          ['CONTAINER_HOST', url],
           [
             'Host key',
-            inputs.knownHosts !== undefined
-              ? 'checked against known-hosts'
+            files.knownHosts
+              ? 'checked against known-hosts (a private known_hosts; ~/.ssh is not used)'
               : 'not checked (insecure-host-key)',
           ],
         ],
@@ -171,18 +240,15 @@ export async function connectSsh(host: Host, inputs: SshOptions): Promise<void> 
   );
 }
 
+/** Closes the tunnel and removes the socket, the key and the private known_hosts. Repeatable. */
 export async function disconnectSsh(host: Host, state: SshState): Promise<void> {
-  await rm(state.keyDir, { recursive: true, force: true });
-  await removeScratchDirs(host);
-  host.info('Removed the ssh key.');
-  if (!state.knownHostsFile || state.addedKnownHosts.length === 0) return;
-  const lines = await readLines(state.knownHostsFile);
-  if (!lines) return;
-  const kept = withoutLines(lines, state.addedKnownHosts);
-  if (state.createdKnownHostsFile && kept.every((l) => l.trim() === ''))
-    await rm(state.knownHostsFile, { force: true });
-  else await writeFile(state.knownHostsFile, `${kept.filter((l) => l !== '').join('\n')}\n`, { mode: 0o600 });
-  state.addedKnownHosts = [];
-  saveRunState(host, state);
-  host.info(`Removed the host key lines this step added to ${state.knownHostsFile}.`);
+  const tunnel = await registeredChild(state, TUNNEL, state.tunnel);
+  const outcome = await stopChild(host, 'ssh tunnel', tunnel, STOP_GRACE_MS);
+  let reason: string | undefined;
+  if (!state.ready) reason = 'the main step did not finish';
+  else if (outcome === 'not-running') reason = 'the tunnel had ended before the post step: connection lost?';
+  else if (outcome !== 'terminated') reason = 'ssh ignored SIGTERM';
+  await showLog(host, 'ssh log', state.logFile, reason);
+  await removeOwnedPaths(host, state);
+  host.info('Removed the tunnel socket and the ssh key.');
 }

@@ -18,33 +18,35 @@ export interface CacheState {
   fingerprint: string;
 }
 
-export interface LocalState {
-  mode: 'local';
+/** What both modes leave: a long-running child serving a socket, and the paths to remove. */
+interface ServingState {
+  /** Where tracked children register themselves (tracked.ts); recorded before the first spawn. */
+  registry: string;
+  /** The socket CONTAINER_HOST points at. */
   socket: string;
   /** A socket path the user chose lives outside our dirs and is removed on its own. */
   socketOutsideDirs: boolean;
+  /** stdout/stderr of the child serving the socket (the service or the ssh tunnel). */
   logFile: string;
-  tmpdir: string;
-  /** Dirs post removes after stopping the service (unmounting anything podman left mounted below them). */
+  /** Dirs post removes after stopping the child (unmounting anything podman left mounted below them). */
   removeDirs: string[];
-  service?: ProcessIdentity;
-  /** Set when main finished: the service answered and every variable was exported. */
+  /** Set when main finished: the socket answered and every variable was exported. */
   ready: boolean;
+}
+
+export interface LocalState extends ServingState {
+  mode: 'local';
+  tmpdir: string;
+  service?: ProcessIdentity;
   /** Podman's own containers in a private storage die with it; shared storage is left alone. */
   isolatedStorage: boolean;
   cache?: CacheState;
 }
 
-export interface SshState {
+/** ssh mode: a tunnel (OpenSSH, with a private known_hosts) from the local socket to the remote service. */
+export interface SshState extends ServingState {
   mode: 'ssh';
-  /** The private dir holding the key (removed by post). */
-  keyDir: string;
-  /** known_hosts lines this action appended to the user's file, removed again by post. */
-  knownHostsFile?: string;
-  addedKnownHosts: string[];
-  /** The user had no known_hosts file before; post deletes it again when only our lines were in it. */
-  createdKnownHostsFile: boolean;
-  ready: boolean;
+  tunnel?: ProcessIdentity;
 }
 
 export type RunState = LocalState | SshState;

@@ -1,0 +1,134 @@
+/**
+ * remote-build-env (mode local) against kills and signals, with real podman services: main SIGKILLed at every
+ * moment of its startup and then post run as a separate process (what the runner does after a crash or a
+ * cancelled job), and the CLI signalled before it was ready and again while it cleans up.
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { mkdtempSync } from 'node:fs';
+import { readFile, rm } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { CliProcess, killMainOptions, killPoints, leftovers } from '../support/leftovers.js';
+import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
+import { startSplitJob } from '../support/split-job.js';
+
+const ACTION = 'remote-build-env';
+/** The line main prints right before it starts the service. */
+const STARTING = /^Starting podman /;
+
+let pm: PodmanTestEnv;
+const runnerTemps: string[] = [];
+
+/** Short (socket paths) and removed after the tests. */
+function newRunnerTemp(): string {
+  const dir = mkdtempSync('/tmp/ici-rk-');
+  runnerTemps.push(dir);
+  return dir;
+}
+
+beforeAll(async () => {
+  pm = await createPodmanTestEnv();
+});
+afterAll(async () => {
+  await pm?.remove();
+  for (const dir of runnerTemps) await rm(dir, { recursive: true, force: true });
+});
+
+/** Harness options for kill-main.mjs with the test podman env added. */
+function withEnv(options: { mainScript: string; env: Record<string, string> }) {
+  return { mainScript: options.mainScript, env: { ...pm.env, ...options.env } };
+}
+
+/** The CLI for one test, in its own RUNNER_TEMP. */
+function startCli(): { cli: CliProcess; runnerTemp: string } {
+  const runnerTemp = newRunnerTemp();
+  return { cli: new CliProcess(ACTION, [], { ...pm.env, RUNNER_TEMP: runnerTemp }), runnerTemp };
+}
+
+describe('remote-build-env, mode local, killed and signalled (real podman services)', () => {
+  it('main SIGKILLed at 40 moments across its startup, each followed by post: no process, socket or dir left', async () => {
+    // One whole main tells where its phases fall here and now; the kill points are spread over them.
+    const calibration = newRunnerTemp();
+    const report = join(calibration, '..', `${basename(calibration)}.timing.json`);
+    const whole = await startSplitJob({
+      action: ACTION,
+      inputs: {},
+      runnerTemp: calibration,
+      ...withEnv(killMainOptions(ACTION, STARTING, undefined, report)),
+    });
+    expect(whole.main.main.exitCode).toBe(0);
+    expect((await whole.post()).exitCode).toBe(0);
+    expect(await leftovers(calibration)).toEqual([]);
+    const timing = JSON.parse(await readFile(report, 'utf8')) as { lineMs: number; endMs: number };
+    await rm(report);
+
+    const problems: string[] = [];
+    let killedWithService = 0;
+    for (const point of killPoints(timing.lineMs, timing.endMs)) {
+      const runnerTemp = newRunnerTemp();
+      const job = await startSplitJob({
+        action: ACTION,
+        inputs: {},
+        runnerTemp,
+        ...withEnv(killMainOptions(ACTION, STARTING, point)),
+      });
+      const post = await job.post();
+      const where = `killed ${point.delayMs} ms after ${point.afterLine ? 'the start line' : 'start'}`;
+      if (post.exitCode !== 0) problems.push(`${where}: post exited ${post.exitCode}`);
+      const left = await leftovers(runnerTemp);
+      if (left.length) problems.push(`${where} (main exit ${job.main.main.exitCode}): ${left.join('; ')}`);
+      const killed = job.main.main.exitCode === 137;
+      if (killed && post.lines.some((l) => /^podman service \(pid \d+\)/.test(l.text))) killedWithService++;
+    }
+    expect(problems).toEqual([]);
+    // The sweep reached the part of startup where a service runs (else it proved nothing about it).
+    expect(killedWithService).toBeGreaterThan(0);
+  }, 900_000);
+
+  it('CLI: SIGINT or SIGTERM before the service is ready stops and removes everything (exit 1)', async () => {
+    for (const [signal, delayMs] of [
+      ['SIGINT', 0],
+      ['SIGTERM', 0],
+      ['SIGINT', 150],
+      ['SIGTERM', 400],
+    ] as const) {
+      const { cli, runnerTemp } = startCli();
+      await cli.waitFor(/Starting podman/);
+      await new Promise((r) => setTimeout(r, delayMs));
+      const readyBefore = cli.stderr.includes('Ready.');
+      cli.signal(signal);
+      const code = await cli.exited;
+      expect({ signal, delayMs, code, left: await leftovers(runnerTemp) }).toEqual({
+        signal,
+        delayMs,
+        code: readyBefore ? 0 : 1,
+        left: [],
+      });
+      if (!readyBefore) expect(cli.stderr).toContain(`interrupted by ${signal} before it was ready`);
+    }
+  }, 300_000);
+
+  it('CLI: more signals while it cleans up do not cut the cleanup short (exit 0, nothing left)', async () => {
+    const { cli, runnerTemp } = startCli();
+    await cli.waitFor(/Press Ctrl-C/);
+    cli.signal('SIGINT');
+    await new Promise((r) => setTimeout(r, 20));
+    cli.signal('SIGTERM');
+    cli.signal('SIGINT');
+    await new Promise((r) => setTimeout(r, 50));
+    cli.signal('SIGHUP');
+    expect(await cli.exited).toBe(0);
+    expect(cli.stderr).toMatch(/podman service \(pid \d+\) stopped\./);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  }, 120_000);
+
+  it('CLI: a signal storm from startup through cleanup still ends with nothing left', async () => {
+    const { cli, runnerTemp } = startCli();
+    await cli.waitFor(/Starting podman/);
+    for (const signal of ['SIGINT', 'SIGTERM', 'SIGINT', 'SIGHUP', 'SIGTERM'] as const) {
+      cli.signal(signal);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(await cli.exited).toBe(1);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  }, 120_000);
+});

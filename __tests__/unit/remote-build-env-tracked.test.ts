@@ -1,0 +1,76 @@
+/** The registry of tracked children (tracked.ts), with real processes (`sleep`, `touch`) and a real filesystem. */
+import { afterEach, describe, expect, it } from '@jest/globals';
+import { mkdtempSync } from 'node:fs';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathExists } from '../../src/core/files.js';
+import { isRunning, stopProcessGroup } from '../../src/actions/remote-build-env/process-group.js';
+import { closeRegistry, spawnTracked } from '../../src/actions/remote-build-env/tracked.js';
+
+const dirs: string[] = [];
+
+async function registryDir(): Promise<{ dir: string; registry: string }> {
+  const dir = mkdtempSync(join(tmpdir(), 'ici-tracked-'));
+  dirs.push(dir);
+  const registry = join(dir, 'registry');
+  await mkdir(registry);
+  return { dir, registry };
+}
+
+afterEach(async () => {
+  for (const dir of dirs.splice(0)) await rm(dir, { recursive: true, force: true });
+});
+
+describe('tracked children', () => {
+  it('registers a child under its name with the pid and start time main sees, without INPUT_* in its env', async () => {
+    const { dir, registry } = await registryDir();
+    const child = await spawnTracked(registry, 'sleeper', 'sleep', ['60'], {
+      env: { PATH: process.env.PATH, INPUT_SSH_KEY: 'secret' },
+      logFile: join(dir, 'log'),
+    });
+    try {
+      const found = await closeRegistry(registry);
+      expect(found).toEqual(new Map([['sleeper', child.identity]]));
+      expect(child.identity.startTime).toMatch(/^\d+$/);
+      expect(await isRunning(child.identity)).toBe(true);
+      // It lives for the whole job: the action's inputs (the ssh key) must not sit in its environment.
+      const environ = await readFile(`/proc/${child.identity.pid}/environ`, 'utf8');
+      expect(environ.split('\0')).toContain(`PATH=${process.env.PATH}`);
+      expect(environ).not.toContain('INPUT_SSH_KEY');
+      // A later post run reads the closed registry again.
+      expect(await closeRegistry(registry)).toEqual(found);
+    } finally {
+      expect(await stopProcessGroup(child.identity, 5000)).toBe('terminated');
+    }
+    expect(await child.exited).toBe(128);
+  });
+
+  it('a wrapper that starts after post closed the registry never runs its command', async () => {
+    const { dir, registry } = await registryDir();
+    expect(await closeRegistry(registry)).toEqual(new Map());
+    const marker = join(dir, 'ran');
+    const child = await spawnTracked(registry, 'late', 'touch', [marker], {
+      env: process.env,
+      logFile: join(dir, 'log'),
+    });
+    expect(await child.exited).toBe(125);
+    expect(await pathExists(marker)).toBe(false);
+    expect(await pathExists(join(registry, 'late'))).toBe(false);
+  });
+
+  it('waits for an entry whose wrapper created the file but has not written it yet', async () => {
+    const { registry } = await registryDir();
+    await writeFile(join(registry, 'slow'), '');
+    const closing = closeRegistry(registry);
+    // The wrapper still holds its open file: it writes into the renamed registry.
+    setTimeout(() => void writeFile(join(`${registry}.closed`, 'slow'), '4242 77\n'), 200);
+    expect(await closing).toEqual(new Map([['slow', { pid: 4242, startTime: '77' }]]));
+  });
+
+  it('finds nothing when main died before making the registry', async () => {
+    const { registry } = await registryDir();
+    await rename(registry, `${registry}-elsewhere`);
+    expect(await closeRegistry(registry)).toEqual(new Map());
+  });
+});

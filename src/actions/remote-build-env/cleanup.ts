@@ -1,0 +1,89 @@
+/** Post's part shared by both modes: stop what serves the socket, show its log when needed, remove our paths. */
+import { readFile, rm } from 'node:fs/promises';
+import { exec } from '../../core/exec.js';
+import type { Host } from '../../core/host.js';
+import { errorMessage } from '../../core/run.js';
+import { removeScratchDirs } from '../../core/workspace.js';
+import { unmountUnder } from './mounts.js';
+import { stopProcessGroup, type ProcessIdentity, type StopOutcome } from './process-group.js';
+import type { RunState } from './state.js';
+import { closeRegistry } from './tracked.js';
+
+const REMOVE_TIMEOUT_MS = 60_000;
+
+/**
+ * Closes the registry (so nothing main spawned can still start) and returns the identity registered under
+ * `name`, else the one main recorded. A main killed between spawning and saving left only the registry entry.
+ */
+export async function registeredChild(
+  state: RunState,
+  name: string,
+  recorded: ProcessIdentity | undefined,
+): Promise<ProcessIdentity | undefined> {
+  const registered = await closeRegistry(state.registry);
+  return registered.get(name) ?? recorded;
+}
+
+const VERDICT: Record<StopOutcome, string> = {
+  'not-running': 'was not running any more',
+  terminated: 'stopped',
+  killed: 'did not stop on SIGTERM and was killed',
+  survived: 'survived SIGKILL',
+};
+
+/** Stops the child's process group and says how that went; `label` like `podman service`. */
+export async function stopChild(
+  host: Host,
+  label: string,
+  identity: ProcessIdentity | undefined,
+  graceMs: number,
+): Promise<StopOutcome> {
+  if (!identity) return 'not-running';
+  const outcome = await stopProcessGroup(identity, graceMs);
+  const say = outcome === 'survived' ? host.warning.bind(host) : host.info.bind(host);
+  say(`${label} (pid ${identity.pid}) ${VERDICT[outcome]}.`);
+  return outcome;
+}
+
+/** Prints the log in a folded group when `reason` says something went wrong, else one line about it. */
+export async function showLog(host: Host, title: string, logFile: string, reason: string | undefined) {
+  let log = '';
+  try {
+    log = await readFile(logFile, 'utf8');
+  } catch {
+    return; // main failed before the log existed
+  }
+  if (!reason) {
+    host.info(`${title}: ${log.split('\n').length - 1} lines, not shown (nothing went wrong).`);
+    return;
+  }
+  await host.group(`${title} (${reason})`, async () => {
+    for (const line of log.trimEnd().split('\n')) host.info(line);
+  });
+}
+
+async function removeTree(host: Host, dir: string): Promise<void> {
+  const stuck = await unmountUnder(dir);
+  if (stuck.length) host.warning(`could not unmount ${stuck.join(', ')}`);
+  try {
+    await rm(dir, { recursive: true, force: true });
+  } catch (error) {
+    if (process.getuid?.() === 0) throw error;
+    // Rootless podman writes image layers as sub-uids this user cannot delete outside its user namespace.
+    await exec('podman', ['unshare', 'rm', '-rf', dir], { timeoutMs: REMOVE_TIMEOUT_MS });
+  }
+}
+
+/** Removes the socket and every dir main made. Best-effort: one failure does not keep the rest. */
+export async function removeOwnedPaths(host: Host, state: RunState): Promise<void> {
+  if (state.socketOutsideDirs) await rm(state.socket, { force: true });
+  for (const dir of state.removeDirs) {
+    await removeTree(host, dir).catch((error) =>
+      host.warning(`could not remove ${dir}: ${errorMessage(error)}`),
+    );
+  }
+  // Also covers a scratch dir main made before it could record it in its own state.
+  await removeScratchDirs(host).catch((error) =>
+    host.warning(`could not remove scratch dirs: ${errorMessage(error)}`),
+  );
+}
