@@ -13,6 +13,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { readdir, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
+import { childEnv } from '../../core/exec.js';
 import { sleep } from '../../core/process.js';
 import { ActionError } from '../../core/run.js';
 import { identify, type ProcessIdentity } from './process-group.js';
@@ -40,11 +41,6 @@ export interface TrackedSpawnOptions {
   logFile: string;
 }
 
-/** A process that lives for the rest of the job must not carry the action's inputs (the ssh key) in its env. */
-function withoutInputs(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
-  return Object.fromEntries(Object.entries(env).filter(([name]) => !name.toUpperCase().startsWith('INPUT_')));
-}
-
 export async function spawnTracked(
   registry: string,
   name: string,
@@ -58,7 +54,8 @@ export async function spawnTracked(
     child = spawn('/bin/sh', ['-c', WRAPPER, join(registry, name), command, ...args], {
       detached: true,
       stdio: ['ignore', log, log],
-      env: withoutInputs(options.env),
+      // A process that lives for the rest of the job must not carry the inputs (the ssh key) or any secret.
+      env: childEnv(options.env),
     });
   } finally {
     closeSync(log); // the child holds its own copy of the descriptor
