@@ -38,7 +38,11 @@ async function takeLock(root: string, inputs: PruneInputs, host: Host): Promise<
   const file = join(root, LOCK_FILE_NAME);
   host.info(`Taking the repository lock ${file} (waits up to ${formatDuration(inputs.lockTimeoutMs)})`);
   try {
-    return await acquireLock(file, { timeoutMs: inputs.lockTimeoutMs, purpose: 'prune-simplestreams' });
+    return await acquireLock(file, {
+      timeoutMs: inputs.lockTimeoutMs,
+      purpose: 'prune-simplestreams',
+      warn: (message) => host.warning(message),
+    });
   } catch (error) {
     if (error instanceof LockTimeoutError) {
       throw new ActionError(
