@@ -10,16 +10,19 @@ import { createHash } from 'node:crypto';
 import {
   existsSync,
   lstatSync,
+  lutimesSync,
   mkdirSync,
   readdirSync,
   readFileSync,
   readlinkSync,
+  renameSync,
   rmSync,
   statSync,
+  symlinkSync,
   utimesSync,
   writeFileSync,
 } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 
 export type Layout = 'flat' | 'nested';
 type Json = Record<string, unknown>;
@@ -177,6 +180,24 @@ export class SimplestreamsRepo {
   /** A file nothing references (an old leftover or an upload in progress). */
   addOrphan(path: string, ageMs: number, size = 100): void {
     this.file(path, Buffer.alloc(size, 7), ageMs);
+  }
+
+  /**
+   * Moves the file at `path` to `target` (another place in the repository) and leaves a relative symlink to it
+   * at `path`, as a publisher that deduplicates files does; images.json still names `path`.
+   */
+  moveBehindSymlink(path: string, target: string): void {
+    mkdirSync(dirname(join(this.root, target)), { recursive: true });
+    renameSync(join(this.root, path), join(this.root, target));
+    this.symlink(path, relative(dirname(join(this.root, path)), join(this.root, target)));
+  }
+
+  /** A symlink at `path` holding `target` as given, its own mtime `ageMs` before the repo's clock. */
+  symlink(path: string, target: string, ageMs = 7 * 24 * HOUR): void {
+    mkdirSync(dirname(join(this.root, path)), { recursive: true });
+    symlinkSync(target, join(this.root, path));
+    const t = (this.nowMs - ageMs) / 1000;
+    lutimesSync(join(this.root, path), t, t);
   }
 
   /** Pretends an earlier prune recorded `path` as unreferenced `agoMs` before now. */

@@ -34,6 +34,11 @@ async function repositoryRoot(path: string): Promise<string> {
   }
 }
 
+function contentDirsText(dirs: readonly string[]): string {
+  if (dirs.length === 0) return 'no content directory';
+  return dirs.length <= 3 ? dirs.join(', ') : `${dirs.length} content directories`;
+}
+
 async function takeLock(root: string, inputs: PruneInputs, host: Host): Promise<Lock> {
   const file = join(root, LOCK_FILE_NAME);
   host.info(`Taking the repository lock ${file} (waits up to ${formatDuration(inputs.lockTimeoutMs)})`);
@@ -74,7 +79,7 @@ export async function pruneRepository(
       const facts = await scanRepository(root, catalog, state.keys());
       host.info(
         `${catalog.products.length} product(s), ${facts.referenced.size} referenced file(s), ` +
-          `${facts.files.size} file(s) under ${facts.contentRoots.join(', ') || 'no content directory'}`,
+          `${facts.files.size} file(s) under ${contentDirsText(facts.contentRoots)}`,
       );
       return { catalog, state, facts };
     });
