@@ -21,7 +21,7 @@ import { loadCatalog } from '../../src/actions/prune-simplestreams/catalog.js';
 import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
 import { planPrune } from '../../src/actions/prune-simplestreams/plan.js';
 import { pruneRepository } from '../../src/actions/prune-simplestreams/prune.js';
-import type { PruneReport } from '../../src/actions/prune-simplestreams/report.js';
+import { summaryMarkdown, type PruneReport } from '../../src/actions/prune-simplestreams/report.js';
 import { scanRepository } from '../../src/actions/prune-simplestreams/scan.js';
 import {
   listFiles,
@@ -241,6 +241,33 @@ describe('dry run', () => {
     const real = await prune(inputs(repo.root, { keepVersions: 1 }));
     expect(real.report.files).toEqual(dry.report.files);
     expect(real.report.products).toEqual(dry.report.products);
+  });
+});
+
+describe('products patterns that match nothing', () => {
+  it('warn with close product names, and the dry-run report and job summary say so', async () => {
+    const repo = newRepo('flat');
+    for (const v of ['202401011200', '202402011200']) {
+      repo.addVersion('ubuntu:noble:default:amd64', v);
+      repo.addVersion('debian:bookworm:default:amd64', v);
+    }
+    repo.write();
+    const before = snapshotTree(repo.root);
+    const { report, log } = await prune(
+      inputs(repo.root, { products: ['ubnutu:*', 'debian:*'], keepVersions: 1, dryRun: true }),
+    );
+    expect(log).toContain(
+      "warning: products: pattern 'ubnutu:*' matches no product in images.json, so it selects nothing; " +
+        'close product names: ubuntu:noble:default:amd64',
+    );
+    expect(report.unmatchedPatterns).toEqual([
+      { pattern: 'ubnutu:*', closest: ['ubuntu:noble:default:amd64'] },
+    ]);
+    expect(report.products.map((p) => p.name)).toEqual(['debian:bookworm:default:amd64']);
+    expect(summaryMarkdown(report)).toContain(
+      'Warning: `products` pattern `ubnutu:*` matches no product (close names: `ubuntu:noble:default:amd64`).',
+    );
+    expect(snapshotTree(repo.root)).toEqual(before);
   });
 });
 

@@ -14,7 +14,7 @@ import { CrashHook } from './crash-hook.js';
 import type { PruneInputs } from './inputs.js';
 import { planPrune } from './plan.js';
 import { LOCK_FILE_NAME } from './repo-paths.js';
-import { buildReport, planLines, type PruneReport } from './report.js';
+import { buildReport, planLines, unmatchedMessage, type PruneReport } from './report.js';
 import { scanRepository } from './scan.js';
 import { readState } from './state-file.js';
 import { verifyItems } from './verify.js';
@@ -84,6 +84,7 @@ export async function pruneRepository(
       return { catalog, state, facts };
     });
     const plan = planPrune(catalog, facts, state, { ...inputs, nowMs: now() });
+    for (const u of plan.unmatchedPatterns) host.warning(unmatchedMessage(u, catalog.products.length));
     await host.group(inputs.dryRun ? 'Plan (dry run: nothing is changed)' : 'Plan', async () => {
       for (const line of planLines(plan, inputs.dryRun)) host.info(line);
     });
