@@ -19,7 +19,7 @@ import {
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO_ROOT } from '../support/harness.js';
-import { listFiles, repoProblems, SimplestreamsRepo } from '../support/simplestreams-fixture.js';
+import { pruneOutcome, repoProblems, SimplestreamsRepo } from '../support/simplestreams-fixture.js';
 
 const HOUR = 3_600_000;
 const CLI = join(REPO_ROOT, 'dist/cli.js');
@@ -77,17 +77,6 @@ function prune(
   return { child, done };
 }
 
-/** What a finished prune leaves: metadata, every file (dot files included) and the state file. */
-function outcome(root: string) {
-  const read = (p: string) => (existsSync(join(root, p)) ? readFileSync(join(root, p), 'utf8') : '(none)');
-  return {
-    images: read('streams/v1/images.json'),
-    index: read('streams/v1/index.json'),
-    state: read('.image-ci-prune-state.json'),
-    files: listFiles(root),
-  };
-}
-
 /**
  * Runs a prune and SIGKILLs it right after the `event`-th change it makes in the repository (inotify, recursive):
  * lock temp file, lock link, state file, images.json, index.json, each deletion. Returns undefined when the prune
@@ -111,7 +100,7 @@ describe('prune main killed at any point (SIGKILL)', () => {
   it('leaves a valid repository, and the next prune gets the lock at once and converges', async () => {
     const reference = freshCopy();
     expect((await prune(reference).done).code).toBe(0);
-    const expected = outcome(reference);
+    const expected = pruneOutcome(reference);
     const brokenBefore = repoProblems(pristine);
     expect(brokenBefore).toHaveLength(1); // the fixture's broken alpine version
 
@@ -141,7 +130,7 @@ describe('prune main killed at any point (SIGKILL)', () => {
         for (const n of emptyTemps) utimesSync(join(root, n), old, old);
         expect((await prune(root, ['--lock-timeout', '0s']).done).code).toBe(0);
       }
-      expect(outcome(root)).toEqual(expected);
+      expect(pruneOutcome(root)).toEqual(expected);
       return true;
     };
     // Every change while the lock is being taken, then every third one; two kills at a time.

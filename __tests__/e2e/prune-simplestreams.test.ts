@@ -11,6 +11,7 @@ import { acquireLock } from '../../src/core/atomic.js';
 import { REPO_ROOT, runAction } from '../support/harness.js';
 import {
   listFiles,
+  pruneOutcome,
   repoProblems,
   SimplestreamsRepo,
   snapshotTree,
@@ -85,17 +86,6 @@ function cli(args: string[], env: Record<string, string> = {}): Cli {
     }
   };
   return { code, stdout, stderr, waitFor };
-}
-
-/** What a finished prune leaves: metadata bytes, the file list and the state file. */
-function outcome(root: string) {
-  const read = (p: string) => (existsSync(join(root, p)) ? readFileSync(join(root, p), 'utf8') : '(none)');
-  return {
-    images: read('streams/v1/images.json'),
-    index: read('streams/v1/index.json'),
-    state: read('.image-ci-prune-state.json'),
-    files: listFiles(root),
-  };
 }
 
 beforeAll(() => {
@@ -275,7 +265,7 @@ describe('crash safety (test-only IMAGE_CI_TEST_CRASH_AT_STEP hook)', () => {
     const reference = freshCopy(small);
     const clean = cli(args(reference));
     expect(await clean.code).toBe(0);
-    const expected = outcome(reference);
+    const expected = pruneOutcome(reference);
     expect(expected.files.length).toBeLessThan(listFiles(small).length);
 
     const brokenBefore = repoProblems(small);
@@ -293,7 +283,7 @@ describe('crash safety (test-only IMAGE_CI_TEST_CRASH_AT_STEP hook)', () => {
       expect(existsSync(join(root, LOCK))).toBe(true); // a crash cannot release it: the next run must break it
       const next = cli(args(root));
       expect(await next.code).toBe(0);
-      expect(outcome(root)).toEqual(expected);
+      expect(pruneOutcome(root)).toEqual(expected);
       return true;
     };
     // Spawning node dominates: four steps at a time keep the whole matrix short.
@@ -338,8 +328,8 @@ describe('concurrency', () => {
     const [a, b] = reports.map((r) => JSON.parse(readFileSync(r, 'utf8')).lock);
     expect(a.releasedAt <= b.acquiredAt || b.releasedAt <= a.acquiredAt).toBe(true);
     expect(repoProblems(root)).toEqual([]);
-    const got = outcome(root);
-    const want = outcome(reference);
+    const got = pruneOutcome(root);
+    const want = pruneOutcome(reference);
     expect({ ...got, state: undefined }).toEqual({ ...want, state: undefined });
     expect(Object.keys(JSON.parse(got.state).unreferencedSince)).toEqual(
       Object.keys(JSON.parse(want.state).unreferencedSince),

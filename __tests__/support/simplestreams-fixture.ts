@@ -326,3 +326,19 @@ export function listFiles(root: string): string[] {
     .filter((p) => !p.endsWith('/') && p !== '.image-ci-prune-state.json')
     .sort();
 }
+
+/** What a finished prune leaves: metadata bytes, every file (dot files included) and the state file. */
+export function pruneOutcome(root: string): {
+  images: string;
+  index: string;
+  state: string;
+  files: string[];
+} {
+  const read = (p: string) => (existsSync(join(root, p)) ? readFileSync(join(root, p), 'utf8') : '(none)');
+  return {
+    images: read('streams/v1/images.json'),
+    index: read('streams/v1/index.json'),
+    state: read('.image-ci-prune-state.json'),
+    files: listFiles(root),
+  };
+}
