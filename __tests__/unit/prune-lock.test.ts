@@ -68,6 +68,7 @@ describe('stale lock rules', () => {
     ['empty', ''],
     ['half-written', '{"pid":12'],
     ['not JSON', 'hello\n'],
+    ['naming no process', JSON.stringify({ pid: -1, host: hostname(), time: '2024-01-01T00:00:00Z' })],
   ])(
     'takes over a lock that is %s and older than one minute, with a warning naming it',
     async (_, content) => {
@@ -107,6 +108,12 @@ describe('stale lock rules', () => {
     expect(acquired).toBe(false);
     rmSync(path);
     await (await waiting).release();
+  });
+
+  it('waits for a fresh lock whose pid cannot name a process, like any unreadable lock', async () => {
+    const path = lockPath();
+    writeFileSync(path, JSON.stringify({ pid: 1.5, host: hostname(), time: new Date().toISOString() }));
+    expect((await timesOut(path, options())).message).toContain('held by an unknown owner');
   });
 
   it('takes over a lock whose pid now belongs to another process (start time differs)', async () => {

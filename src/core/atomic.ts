@@ -139,9 +139,13 @@ function ownerRecord(purpose: string | undefined): LockOwner {
 function parseOwner(raw: string): LockOwner | undefined {
   try {
     const parsed = JSON.parse(raw) as Partial<LockOwner> | null;
+    const pid = parsed?.pid;
+    // A pid that is not a positive whole number cannot name a process (and process.kill would throw on it).
     if (
-      typeof parsed?.pid === 'number' &&
-      typeof parsed.host === 'string' &&
+      typeof pid === 'number' &&
+      Number.isSafeInteger(pid) &&
+      pid > 0 &&
+      typeof parsed?.host === 'string' &&
       typeof parsed.time === 'string'
     ) {
       return parsed as LockOwner;
