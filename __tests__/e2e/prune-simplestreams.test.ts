@@ -11,6 +11,7 @@ import { acquireLock } from '../../src/core/atomic.js';
 import { REPO_ROOT, runAction } from '../support/harness.js';
 import {
   listFiles,
+  pruneOutcome,
   repoProblems,
   SimplestreamsRepo,
   snapshotTree,
@@ -20,6 +21,7 @@ import {
 const HOUR = 3_600_000;
 const CLI = join(REPO_ROOT, 'dist/cli.js');
 const LOCK = '.image-ci-prune.lock';
+const DEBIAN_DIR = 'images/debian/bookworm/amd64/default';
 const base = mkdtempSync(join(tmpdir(), 'ici-prune-e2e-'));
 let counter = 0;
 let pristine: string;
@@ -38,8 +40,8 @@ function buildRepo(root: string, small = false): SimplestreamsRepo {
   }
   repo.addVersion('alpine:3.19:default:amd64', '20240101_01:00', { sidecars: true });
   repo.addVersion('alpine:3.19:default:amd64', '20240201_01:00', { broken: true });
-  repo.addOrphan('images/stale-upload.squashfs', 3 * HOUR);
-  repo.addOrphan('images/old/left/over.tar.xz', 30 * 24 * HOUR);
+  repo.addOrphan(`${DEBIAN_DIR}/stale-upload.squashfs`, 3 * HOUR);
+  repo.addOrphan(`${DEBIAN_DIR}/20231201_01:00/rootfs.squashfs`, 30 * 24 * HOUR);
   repo.write();
   return repo;
 }
@@ -86,17 +88,6 @@ function cli(args: string[], env: Record<string, string> = {}): Cli {
   return { code, stdout, stderr, waitFor };
 }
 
-/** What a finished prune leaves: metadata bytes, the file list and the state file. */
-function outcome(root: string) {
-  const read = (p: string) => (existsSync(join(root, p)) ? readFileSync(join(root, p), 'utf8') : '(none)');
-  return {
-    images: read('streams/v1/images.json'),
-    index: read('streams/v1/index.json'),
-    state: read('.image-ci-prune-state.json'),
-    files: listFiles(root),
-  };
-}
-
 beforeAll(() => {
   if (!existsSync(CLI)) throw new Error('dist/ is missing: run `npm run build` before the e2e tests');
   pristine = join(base, 'pristine');
@@ -126,8 +117,8 @@ describe('prune-simplestreams through the runner harness', () => {
     });
     const report = JSON.parse(readFileSync(reportFile, 'utf8'));
     expect(report.files.deleted.map((f: { path: string }) => f.path)).toEqual([
-      'images/old/left/over.tar.xz',
-      'images/stale-upload.squashfs',
+      `${DEBIAN_DIR}/20231201_01:00/rootfs.squashfs`,
+      `${DEBIAN_DIR}/stale-upload.squashfs`,
     ]);
     expect(Number(r.outputs['deferred-files'])).toBe(report.files.deferred.length);
     expect(Number(r.outputs['freed-bytes'])).toBe(report.totals.freedBytes);
@@ -138,8 +129,26 @@ describe('prune-simplestreams through the runner harness', () => {
     expect(r.main.summary).toMatch(/\| alpine:3.19:default:amd64 \| 1 .* \| 1 \(20240201_01:00\) \| 1 /);
     expect(versionsOf(root, 'debian:bookworm:default:amd64')).toEqual(['20240301_01:00', '20240401_01:00']);
     expect(repoProblems(root)).toEqual([]);
-    expect(existsSync(join(root, 'images/old'))).toBe(false);
+    expect(existsSync(join(root, `${DEBIAN_DIR}/20231201_01:00`))).toBe(false);
     expect(existsSync(join(root, LOCK))).toBe(false);
+  });
+
+  it('warns about a products pattern that matches nothing, in the log, the report and the summary', async () => {
+    const root = freshCopy();
+    const reportFile = join(base, `report-${counter}.json`);
+    const r = await runAction({
+      action: 'prune-simplestreams',
+      inputs: { path: root, products: 'debain:*\nalpine:*', 'dry-run': 'true', 'report-file': reportFile },
+    });
+    expect(r.main.exitCode).toBe(0);
+    expect(r.warnings).toEqual([
+      "products: pattern 'debain:*' matches no product in images.json, so it selects nothing; " +
+        'close product names: debian:bookworm:default:amd64',
+    ]);
+    expect(JSON.parse(readFileSync(reportFile, 'utf8')).unmatchedPatterns).toEqual([
+      { pattern: 'debain:*', closest: ['debian:bookworm:default:amd64'] },
+    ]);
+    expect(r.main.summary).toContain('Warning: `products` pattern `debain:*` matches no product');
   });
 
   it('fails with exit 2 naming the input when keep-versions is below 1', async () => {
@@ -160,7 +169,7 @@ describe('prune-simplestreams through the CLI', () => {
     expect(await run.code).toBe(0);
     expect(run.stdout).toContain('removed-versions=3');
     expect(run.stdout).toContain('removed-files=2');
-    expect(run.stderr.join('\n')).toMatch(/would delete images\/stale-upload.squashfs/);
+    expect(run.stderr.join('\n')).toContain(`would delete ${DEBIAN_DIR}/stale-upload.squashfs`);
     expect(run.stderr.join('\n')).toMatch(/prune-simplestreams \(dry run\)/);
     expect(snapshotTree(root)).toEqual(before);
   });
@@ -180,6 +189,59 @@ describe('prune-simplestreams through the CLI', () => {
     expect(await run.code).toBe(1);
     expect(run.stderr.join('\n')).toMatch(/path '..\/..\/..\/etc\/passwd' contains '..'/);
     expect(snapshotTree(root)).toEqual(before);
+  });
+});
+
+describe('a crafted repository: a referenced rootfs is a symlink into private/', () => {
+  /** The reported fixture: private/ also holds files no index names, a month old. */
+  function crafted(): { root: string; link: string } {
+    const root = join(base, `crafted-${++counter}`);
+    const repo = new SimplestreamsRepo(root, 'nested');
+    const old = repo.addVersion('debian:bookworm:default:amd64', '20240101_01:00');
+    repo.addVersion('debian:bookworm:default:amd64', '20240201_01:00');
+    repo.moveBehindSymlink(old.rootfs, 'private/rootfs.squashfs');
+    repo.addOrphan('private/signing.key', 30 * 24 * HOUR);
+    repo.addOrphan('private/README', 30 * 24 * HOUR);
+    repo.write();
+    return { root, link: old.rootfs };
+  }
+  const privateFiles = (root: string) =>
+    [...snapshotTree(root)].filter(([path]) => path.startsWith('private/'));
+  const deletedPaths = (reportFile: string) =>
+    (
+      JSON.parse(readFileSync(reportFile, 'utf8')) as { files: { deleted: { path: string }[] } }
+    ).files.deleted.map((f) => f.path);
+
+  it('through the runner harness with the default grace period: nothing in private/ is deleted', async () => {
+    const { root } = crafted();
+    const before = privateFiles(root);
+    const reportFile = join(base, `report-${counter}.json`);
+    const r = await runAction({
+      action: 'prune-simplestreams',
+      inputs: { path: root, 'report-file': reportFile },
+    });
+    expect(r.main.exitCode).toBe(0);
+    expect(r.errors).toEqual([]);
+    expect(deletedPaths(reportFile)).toEqual([]);
+    expect(privateFiles(root)).toEqual(before);
+    expect(repoProblems(root)).toEqual([]);
+  });
+
+  it('through the CLI: once its version is dropped the link is removed as a link, never its target', async () => {
+    const { root, link } = crafted();
+    const before = privateFiles(root);
+    const args = ['--path', root, '--keep-versions', '1', '--grace-period', '0s'];
+    const dryReport = join(base, `dry-${counter}.json`);
+    expect(await cli([...args, '--dry-run', '--report-file', dryReport]).code).toBe(0);
+    expect(deletedPaths(dryReport)).toContain(link);
+    expect(deletedPaths(dryReport).filter((p) => !p.startsWith('images/'))).toEqual([]);
+
+    const reportFile = join(base, `report-${counter}.json`);
+    expect(await cli([...args, '--report-file', reportFile]).code).toBe(0);
+    expect(deletedPaths(reportFile)).toEqual(deletedPaths(dryReport));
+    expect(existsSync(join(root, link))).toBe(false);
+    expect(privateFiles(root)).toEqual(before);
+    expect(repoProblems(root)).toEqual([]);
   });
 });
 
@@ -203,7 +265,7 @@ describe('crash safety (test-only IMAGE_CI_TEST_CRASH_AT_STEP hook)', () => {
     const reference = freshCopy(small);
     const clean = cli(args(reference));
     expect(await clean.code).toBe(0);
-    const expected = outcome(reference);
+    const expected = pruneOutcome(reference);
     expect(expected.files.length).toBeLessThan(listFiles(small).length);
 
     const brokenBefore = repoProblems(small);
@@ -221,7 +283,7 @@ describe('crash safety (test-only IMAGE_CI_TEST_CRASH_AT_STEP hook)', () => {
       expect(existsSync(join(root, LOCK))).toBe(true); // a crash cannot release it: the next run must break it
       const next = cli(args(root));
       expect(await next.code).toBe(0);
-      expect(outcome(root)).toEqual(expected);
+      expect(pruneOutcome(root)).toEqual(expected);
       return true;
     };
     // Spawning node dominates: four steps at a time keep the whole matrix short.
@@ -266,8 +328,8 @@ describe('concurrency', () => {
     const [a, b] = reports.map((r) => JSON.parse(readFileSync(r, 'utf8')).lock);
     expect(a.releasedAt <= b.acquiredAt || b.releasedAt <= a.acquiredAt).toBe(true);
     expect(repoProblems(root)).toEqual([]);
-    const got = outcome(root);
-    const want = outcome(reference);
+    const got = pruneOutcome(root);
+    const want = pruneOutcome(reference);
     expect({ ...got, state: undefined }).toEqual({ ...want, state: undefined });
     expect(Object.keys(JSON.parse(got.state).unreferencedSince)).toEqual(
       Object.keys(JSON.parse(want.state).unreferencedSince),

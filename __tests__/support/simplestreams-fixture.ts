@@ -10,16 +10,19 @@ import { createHash } from 'node:crypto';
 import {
   existsSync,
   lstatSync,
+  lutimesSync,
   mkdirSync,
   readdirSync,
   readFileSync,
   readlinkSync,
+  renameSync,
   rmSync,
   statSync,
+  symlinkSync,
   utimesSync,
   writeFileSync,
 } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 
 export type Layout = 'flat' | 'nested';
 type Json = Record<string, unknown>;
@@ -179,6 +182,24 @@ export class SimplestreamsRepo {
     this.file(path, Buffer.alloc(size, 7), ageMs);
   }
 
+  /**
+   * Moves the file at `path` to `target` (another place in the repository) and leaves a relative symlink to it
+   * at `path`, as a publisher that deduplicates files does; images.json still names `path`.
+   */
+  moveBehindSymlink(path: string, target: string): void {
+    mkdirSync(dirname(join(this.root, target)), { recursive: true });
+    renameSync(join(this.root, path), join(this.root, target));
+    this.symlink(path, relative(dirname(join(this.root, path)), join(this.root, target)));
+  }
+
+  /** A symlink at `path` holding `target` as given, its own mtime `ageMs` before the repo's clock. */
+  symlink(path: string, target: string, ageMs = 7 * 24 * HOUR): void {
+    mkdirSync(dirname(join(this.root, path)), { recursive: true });
+    symlinkSync(target, join(this.root, path));
+    const t = (this.nowMs - ageMs) / 1000;
+    lutimesSync(join(this.root, path), t, t);
+  }
+
   /** Pretends an earlier prune recorded `path` as unreferenced `agoMs` before now. */
   writeState(entries: Record<string, number>): void {
     const unreferencedSince = Object.fromEntries(
@@ -304,4 +325,20 @@ export function listFiles(root: string): string[] {
   return [...snapshotTree(root).keys()]
     .filter((p) => !p.endsWith('/') && p !== '.image-ci-prune-state.json')
     .sort();
+}
+
+/** What a finished prune leaves: metadata bytes, every file (dot files included) and the state file. */
+export function pruneOutcome(root: string): {
+  images: string;
+  index: string;
+  state: string;
+  files: string[];
+} {
+  const read = (p: string) => (existsSync(join(root, p)) ? readFileSync(join(root, p), 'utf8') : '(none)');
+  return {
+    images: read('streams/v1/images.json'),
+    index: read('streams/v1/index.json'),
+    state: read('.image-ci-prune-state.json'),
+    files: listFiles(root),
+  };
 }

@@ -8,7 +8,7 @@ import {
   type Catalog,
 } from '../../src/actions/prune-simplestreams/catalog.js';
 import { planPrune, type PlanOptions } from '../../src/actions/prune-simplestreams/plan.js';
-import { productMatcher } from '../../src/actions/prune-simplestreams/product-filter.js';
+import { globDistance, productMatcher } from '../../src/actions/prune-simplestreams/product-filter.js';
 import { normaliseRepoPath } from '../../src/actions/prune-simplestreams/repo-paths.js';
 import type { RepoFacts } from '../../src/actions/prune-simplestreams/scan.js';
 import { compareC, isClientVersion, versionTimeMs } from '../../src/actions/prune-simplestreams/versions.js';
@@ -236,6 +236,55 @@ describe('planPrune: retention', () => {
     ]);
     expect(productMatcher(['*:amd64', 'x?y'])('xzy')).toBe(true);
     expect(productMatcher(['debian:*'])('ubuntu:debian:x')).toBe(false);
+  });
+});
+
+describe('planPrune: products patterns that match nothing', () => {
+  const names = [
+    'ubuntu:noble:default:amd64',
+    'ubuntu:noble:cloud:amd64',
+    'ubuntu:jammy:default:arm64',
+    'debian:bookworm:default:amd64',
+    'alpine:3.19:default:amd64',
+  ];
+  const catalog = () =>
+    catalogOf(Object.fromEntries(names.map((n, i) => [n, simple(['20240101'], `images/p${i}`)])));
+
+  it('counts edits to the name that make the glob match, wildcards free and a swap as one', () => {
+    expect(globDistance('ubnutu:*', 'ubuntu:noble:default:amd64')).toBe(1);
+    expect(globDistance('ubuntu:*', 'ubuntu:noble:default:amd64')).toBe(0);
+    expect(globDistance('debian:bookwrm:*', 'debian:bookworm:default:amd64')).toBe(1);
+    expect(globDistance('alpine:3.2?:*', 'alpine:3.19:default:amd64')).toBe(1);
+    expect(globDistance('abc', '')).toBe(3);
+    expect(globDistance('*', '')).toBe(0);
+  });
+
+  it('reports each pattern that selects nothing with the names it may have meant, and changes nothing', () => {
+    const plan = planPrune(
+      catalog(),
+      factsOf(catalog()),
+      new Map(),
+      options({
+        products: ['ubnutu:*', 'debian:*', 'debain:bookwrm:*:amd64', 'ubuntu:oracular:*', 'zzz', 'u*x'],
+      }),
+    );
+    expect(plan.unmatchedPatterns).toEqual([
+      {
+        pattern: 'ubnutu:*',
+        closest: ['ubuntu:jammy:default:arm64', 'ubuntu:noble:cloud:amd64', 'ubuntu:noble:default:amd64'],
+      },
+      { pattern: 'debain:bookwrm:*:amd64', closest: ['debian:bookworm:default:amd64'] },
+      {
+        pattern: 'ubuntu:oracular:*',
+        closest: ['ubuntu:jammy:default:arm64', 'ubuntu:noble:cloud:amd64', 'ubuntu:noble:default:amd64'],
+      },
+      { pattern: 'zzz', closest: [] },
+      { pattern: 'u*x', closest: [] },
+    ]);
+    expect(plan.products.filter((p) => p.selected).map((p) => p.name)).toEqual([
+      'debian:bookworm:default:amd64',
+    ]);
+    expect(planPrune(catalog(), factsOf(catalog()), new Map(), options()).unmatchedPatterns).toEqual([]);
   });
 });
 

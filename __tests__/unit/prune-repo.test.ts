@@ -5,6 +5,7 @@
 import { afterAll, describe, expect, it } from '@jest/globals';
 import {
   existsSync,
+  lstatSync,
   mkdirSync,
   mkdtempSync,
   readFileSync,
@@ -16,9 +17,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CliHost } from '../../src/core/host.js';
 import { MapInputSource } from '../../src/core/inputs.js';
+import { loadCatalog } from '../../src/actions/prune-simplestreams/catalog.js';
 import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
+import { planPrune } from '../../src/actions/prune-simplestreams/plan.js';
 import { pruneRepository } from '../../src/actions/prune-simplestreams/prune.js';
-import type { PruneReport } from '../../src/actions/prune-simplestreams/report.js';
+import { summaryMarkdown, type PruneReport } from '../../src/actions/prune-simplestreams/report.js';
+import { scanRepository } from '../../src/actions/prune-simplestreams/scan.js';
 import {
   listFiles,
   listItems,
@@ -225,7 +229,7 @@ describe('dry run', () => {
   it('reports the same plan as a real run and changes nothing, not even mtimes, lock or state file', async () => {
     const repo = newRepo('nested');
     for (const v of V) repo.addVersion('a:b:c:d', v, { sidecars: true });
-    repo.addOrphan('images/orphan', 2 * HOUR);
+    repo.addOrphan('images/a/b/d/c/orphan', 2 * HOUR);
     repo.writeState({ 'images/a/b/d/c/20231201_01:00/rootfs.squashfs': 2 * HOUR });
     repo.write();
     const before = snapshotTree(repo.root);
@@ -233,10 +237,37 @@ describe('dry run', () => {
     expect(snapshotTree(repo.root)).toEqual(before);
     expect(dry.report.dryRun).toBe(true);
     expect(dry.report.metadata.imagesJson).toBe('would be rewritten');
-    expect(dry.log.join('\n')).toContain('would delete images/orphan');
+    expect(dry.log.join('\n')).toContain('would delete images/a/b/d/c/orphan');
     const real = await prune(inputs(repo.root, { keepVersions: 1 }));
     expect(real.report.files).toEqual(dry.report.files);
     expect(real.report.products).toEqual(dry.report.products);
+  });
+});
+
+describe('products patterns that match nothing', () => {
+  it('warn with close product names, and the dry-run report and job summary say so', async () => {
+    const repo = newRepo('flat');
+    for (const v of ['202401011200', '202402011200']) {
+      repo.addVersion('ubuntu:noble:default:amd64', v);
+      repo.addVersion('debian:bookworm:default:amd64', v);
+    }
+    repo.write();
+    const before = snapshotTree(repo.root);
+    const { report, log } = await prune(
+      inputs(repo.root, { products: ['ubnutu:*', 'debian:*'], keepVersions: 1, dryRun: true }),
+    );
+    expect(log).toContain(
+      "warning: products: pattern 'ubnutu:*' matches no product in images.json, so it selects nothing; " +
+        'close product names: ubuntu:noble:default:amd64',
+    );
+    expect(report.unmatchedPatterns).toEqual([
+      { pattern: 'ubnutu:*', closest: ['ubuntu:noble:default:amd64'] },
+    ]);
+    expect(report.products.map((p) => p.name)).toEqual(['debian:bookworm:default:amd64']);
+    expect(summaryMarkdown(report)).toContain(
+      'Warning: `products` pattern `ubnutu:*` matches no product (close names: `ubuntu:noble:default:amd64`).',
+    );
+    expect(snapshotTree(repo.root)).toEqual(before);
   });
 });
 
@@ -295,6 +326,129 @@ describe('refused repositories (nothing changed)', () => {
     expect((await pruneError(inputs(join(base, 'nope')))).message).toMatch(/is not a directory/);
   });
 });
+
+describe('symlinks inside the repository never widen what a prune deletes', () => {
+  const P = 'debian:bookworm:default:amd64';
+  const privateFiles = (repo: SimplestreamsRepo) =>
+    [...snapshotTree(repo.root)].filter(([path]) => path.startsWith('private/'));
+
+  /** The reported case: a referenced rootfs is a symlink to private/, which also holds files no index names. */
+  function linkedRepo(layout: Layout): { repo: SimplestreamsRepo; link: string } {
+    const repo = newRepo(layout);
+    const old = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.moveBehindSymlink(old.rootfs, 'private/rootfs.squashfs');
+    repo.addOrphan('private/signing.key', 30 * DAY);
+    repo.addOrphan('private/README', 30 * DAY);
+    repo.write();
+    return { repo, link: old.rootfs };
+  }
+
+  it.each(['nested', 'flat'] as const)(
+    '%s: the plan looks for orphans only where the layout puts images, never under a link target',
+    async (layout) => {
+      const { repo } = linkedRepo(layout);
+      const catalog = await loadCatalog(repo.root);
+      const facts = await scanRepository(repo.root, catalog, []);
+      expect(facts.contentRoots).toEqual([
+        layout === 'nested' ? 'images/debian/bookworm/amd64/default' : 'images',
+      ]);
+      expect([...facts.files.keys()].filter((p) => !p.startsWith('images/'))).toEqual([]);
+      const plan = planPrune(catalog, facts, new Map(), {
+        keepVersions: 1,
+        gracePeriodMs: 0,
+        products: [],
+        keepBroken: false,
+        nowMs: NOW,
+      });
+      const touched = [...plan.delete, ...plan.defer].map((f) => f.path);
+      expect(touched.length).toBeGreaterThan(0);
+      expect(touched.filter((p) => !p.startsWith('images/'))).toEqual([]);
+    },
+  );
+
+  it.each(['nested', 'flat'] as const)(
+    '%s: private/ survives the default grace period, and the link is later removed as a link',
+    async (layout) => {
+      const { repo, link } = linkedRepo(layout);
+      const before = privateFiles(repo);
+      expect(before.map(([p]) => p)).toEqual([
+        'private/',
+        'private/README',
+        'private/rootfs.squashfs',
+        'private/signing.key',
+      ]);
+
+      const first = await prune(inputs(repo.root, { keepVersions: 2 }));
+      expect(first.report.files.deleted).toEqual([]);
+      expect(privateFiles(repo)).toEqual(before);
+      expect(repoProblems(repo.root)).toEqual([]);
+
+      // The link's version is dropped, then its grace period passes: the link goes, its target stays.
+      await prune(inputs(repo.root, { keepVersions: 1 }), NOW + HOUR);
+      const later = await prune(inputs(repo.root, { keepVersions: 1 }), NOW + 3 * HOUR);
+      expect(later.report.files.deleted.map((f) => f.path)).toContain(link);
+      expect(existsSync(join(repo.root, link)) || lstatExists(join(repo.root, link))).toBe(false);
+      expect(privateFiles(repo)).toEqual(before);
+      expect(repoProblems(repo.root)).toEqual([]);
+    },
+  );
+
+  it('keeps the target of a referenced symlink inside images/ while the link is referenced', async () => {
+    const repo = newRepo('flat');
+    const linked = repo.addVersion(P, '202401011200');
+    repo.moveBehindSymlink(linked.rootfs, 'images/blobs/rootfs.squashfs');
+    repo.write();
+    const { report } = await prune(inputs(repo.root, { gracePeriodMs: 0 }));
+    expect(report.files.deleted).toEqual([]);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+
+  it('does not walk a product directory reached through a symlinked directory', async () => {
+    const repo = newRepo('nested');
+    repo.addVersion('evil:r:v:a', V[0]!);
+    repo.addVersion('evil:r:v:a', V[1]!);
+    repo.moveBehindSymlink('images/evil', 'private/evil');
+    repo.addOrphan('private/evil/r/a/v/old-upload.squashfs', 30 * DAY);
+    repo.addOrphan('private/signing.key', 30 * DAY);
+    repo.write();
+    const before = privateFiles(repo);
+    const { report } = await prune(inputs(repo.root, { keepVersions: 1, gracePeriodMs: 0 }));
+    expect(report.products[0]!.dropped).toEqual([{ version: V[0], reason: 'retention' }]);
+    expect(report.files.deleted).toEqual([]);
+    expect(privateFiles(repo)).toEqual(before);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+
+  it('removes a symlinked directory and a symlink orphan as links, never following them', async () => {
+    const repo = newRepo('nested');
+    repo.addVersion(P, V[0]!);
+    repo.addOrphan('private/signing.key', 30 * DAY);
+    repo.addOrphan('private/keys/old.key', 30 * DAY);
+    const productDir = 'images/debian/bookworm/amd64/default';
+    repo.symlink(`${productDir}/${V[0]}/keys`, '../../../../../../private/keys', 30 * DAY);
+    repo.symlink(`${productDir}/stale.squashfs`, '../../../../../private/signing.key', 30 * DAY);
+    repo.write();
+    const before = privateFiles(repo);
+    const { report } = await prune(inputs(repo.root));
+    expect(report.files.deleted.map((f) => f.path)).toEqual([
+      `${productDir}/${V[0]}/keys`,
+      `${productDir}/stale.squashfs`,
+    ]);
+    expect(lstatExists(join(repo.root, `${productDir}/stale.squashfs`))).toBe(false);
+    expect(privateFiles(repo)).toEqual(before);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+});
+
+function lstatExists(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /** mulberry32: a tiny seeded PRNG so a failing case can be replayed from its seed. */
 function prng(seed: number): () => number {

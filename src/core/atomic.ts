@@ -1,12 +1,14 @@
 /**
  * Crash-safe file replacement and advisory locks. A reader either sees the old file or the new one, never a
- * half-written one, and a crash between steps leaves at most a stray temp file.
+ * half-written one, and a crash between steps leaves at most a stray temp file (which the lock code sweeps up).
  */
 import { randomBytes } from 'node:crypto';
-import { link, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { readFileSync, readlinkSync } from 'node:fs';
+import { link, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { processAlive, sleep } from './process.js';
+import { formatDuration } from './summary.js';
 
 /** fsyncs a directory so a rename inside it survives a power loss. */
 export async function fsyncDir(dir: string): Promise<void> {
@@ -38,11 +40,23 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
   await fsyncDir(dir);
 }
 
+/**
+ * What a lock file holds. Publishers may write just pid, host and time; the rest is what this module adds so a
+ * waiter can tell a dead owner from a live one without waiting for the age rule.
+ */
 export interface LockOwner {
   pid: number;
   host: string;
   time: string;
   purpose?: string;
+  /** Random, one per acquisition: release() removes only its own lock, even within one process. */
+  id?: string;
+  /** Linux: the kernel's boot id. Another boot id under the same host name means the owner's machine restarted. */
+  boot?: string;
+  /** Linux: the pid namespace (`pid:[…]`). Containers may share a host name; a pid means nothing in another one. */
+  pidns?: string;
+  /** Linux: the owner's start time (clock ticks after boot, /proc/<pid>/stat field 22): a reused pid differs. */
+  start?: string;
 }
 
 export interface LockOptions {
@@ -52,14 +66,27 @@ export interface LockOptions {
   staleMs?: number;
   pollMs?: number;
   purpose?: string;
+  /** Told about each stale lock removed, naming the file and why (so a takeover is never silent). */
+  warn?: (message: string) => void;
 }
+
+/**
+ * A lock (or a temp file of one) that is empty or unreadable after this long was left by a process killed while
+ * creating it, or by a publisher that writes its lock in two steps: no live owner takes a minute to do that.
+ * The takeover guard and the temp files are held for milliseconds, so the same limit applies to them.
+ */
+const INCOMPLETE_LOCK_STALE_MS = 60_000;
+const DEFAULT_STALE_MS = 6 * 3_600_000;
 
 export class LockTimeoutError extends Error {
   constructor(
     readonly path: string,
     readonly owner: LockOwner | undefined,
   ) {
-    const who = owner ? `pid ${owner.pid} on ${owner.host} since ${owner.time}` : 'an unknown owner';
+    const who = owner
+      ? `pid ${owner.pid} on ${owner.host} since ${owner.time}`
+      : `an unknown owner (the file is empty or unreadable; it counts as stale ` +
+        `${formatDuration(INCOMPLETE_LOCK_STALE_MS)} after it was written)`;
     super(`lock ${path} is held by ${who}`);
     this.name = 'LockTimeoutError';
   }
@@ -70,96 +97,264 @@ export interface Lock {
   release(): Promise<void>;
 }
 
-async function readOwner(path: string): Promise<LockOwner | undefined> {
+function readOrUndefined(read: () => string): string | undefined {
   try {
-    const parsed = JSON.parse(await readFile(path, 'utf8')) as Partial<LockOwner>;
+    return read().trim();
+  } catch {
+    return undefined; // not Linux, or /proc not mounted: the owner is judged by host and pid alone
+  }
+}
+
+let here: { boot?: string; pidns?: string } | undefined;
+
+function hostIdentity(): { boot?: string; pidns?: string } {
+  here ??= {
+    boot: readOrUndefined(() => readFileSync('/proc/sys/kernel/random/boot_id', 'utf8')),
+    pidns: readOrUndefined(() => readlinkSync('/proc/self/ns/pid')),
+  };
+  return here;
+}
+
+function processStart(pid: number): string | undefined {
+  const stat = readOrUndefined(() => readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  // The command name (field 2) may hold spaces and parentheses: count fields after its closing ')'.
+  return stat?.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+}
+
+function ownerRecord(purpose: string | undefined): LockOwner {
+  const { boot, pidns } = hostIdentity();
+  const start = processStart(process.pid);
+  return {
+    pid: process.pid,
+    host: hostname(),
+    time: new Date().toISOString(),
+    ...(purpose ? { purpose } : {}),
+    id: randomBytes(8).toString('hex'),
+    ...(boot ? { boot } : {}),
+    ...(pidns ? { pidns } : {}),
+    ...(start ? { start } : {}),
+  };
+}
+
+function parseOwner(raw: string): LockOwner | undefined {
+  try {
+    const parsed = JSON.parse(raw) as Partial<LockOwner> | null;
+    const pid = parsed?.pid;
+    // A pid that is not a positive whole number cannot name a process (and process.kill would throw on it).
     if (
-      typeof parsed.pid === 'number' &&
-      typeof parsed.host === 'string' &&
+      typeof pid === 'number' &&
+      Number.isSafeInteger(pid) &&
+      pid > 0 &&
+      typeof parsed?.host === 'string' &&
       typeof parsed.time === 'string'
     ) {
       return parsed as LockOwner;
     }
   } catch {
-    // unreadable or half-written: judged by its age below
+    // half-written or not ours: judged by its age
   }
   return undefined;
 }
 
-async function isStale(path: string, owner: LockOwner | undefined, staleMs: number): Promise<boolean> {
-  if (owner && owner.host === hostname() && !processAlive(owner.pid)) return true;
+/** Why the owner certainly no longer runs, or undefined when it may (another host or pid namespace: unknown). */
+function ownerGone(owner: LockOwner | undefined): string | undefined {
+  if (!owner || owner.host !== hostname()) return undefined;
+  const { boot, pidns } = hostIdentity();
+  if (owner.boot && boot && owner.boot !== boot)
+    return `${owner.host} restarted since pid ${owner.pid} took it`;
+  if (owner.pidns && owner.pidns !== pidns) return undefined;
+  if (!processAlive(owner.pid)) return `its owner, pid ${owner.pid} on ${owner.host}, is gone`;
+  const start = owner.start && processStart(owner.pid);
+  if (start && start !== owner.start) return `pid ${owner.pid} on ${owner.host} is another process now`;
+  return undefined;
+}
+
+interface LockFile {
+  raw: string;
+  owner?: LockOwner;
+  ino: number;
+  mtimeMs: number;
+}
+
+/** Content and status of one file read through one handle (so both belong to the same file); undefined if gone. */
+async function inspect(path: string): Promise<LockFile | undefined> {
+  let handle;
   try {
-    const info = await stat(path);
-    return Date.now() - info.mtimeMs > staleMs;
-  } catch {
-    return false;
+    handle = await open(path, 'r');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+  try {
+    const info = await handle.stat();
+    const raw = await handle.readFile('utf8');
+    return { raw, owner: parseOwner(raw), ino: info.ino, mtimeMs: info.mtimeMs };
+  } finally {
+    await handle.close();
   }
 }
 
-function sameOwner(a: LockOwner | undefined, b: LockOwner | undefined): boolean {
-  return a?.pid === b?.pid && a?.host === b?.host && a?.time === b?.time;
+interface Attempt {
+  created: boolean;
+  /** The file system's clock (our temp file's mtime): ages are judged by it, so NFS clock skew does not count. */
+  fsNowMs: number;
 }
 
+const tempPrefix = (lockPath: string) => `.${basename(lockPath)}.`;
+const tempName = (lockPath: string) =>
+  join(dirname(lockPath), `${tempPrefix(lockPath)}${randomBytes(4).toString('hex')}.tmp`);
+
 /**
- * Moves a stale lock aside and deletes it. Two waiters may both judge the same lock stale; if the file we moved
- * turns out to be a fresh lock another waiter took in between, it is put back (link fails if yet another exists).
+ * Creates `path` holding `content` in one step, or reports that it exists: the content goes to a temp file in the
+ * same directory (fsynced), which is then link()ed into place. link never replaces an existing file and is
+ * atomic on NFS too (where O_EXCL once was not); a link whose reply was lost reports EEXIST although it worked,
+ * which the temp file's link count reveals (open(2), "O_EXCL"). A kill at any point leaves either no lock or a
+ * complete one, plus at most a temp file that sweepLeftovers removes.
  */
-async function breakStaleLock(path: string, staleOwner: LockOwner | undefined): Promise<void> {
-  const aside = `${path}.stale-${randomBytes(4).toString('hex')}`;
+async function createWhole(path: string, lockPath: string, content: string): Promise<Attempt> {
+  const temp = tempName(lockPath);
+  const handle = await open(temp, 'wx', 0o644);
+  let fsNowMs: number;
   try {
-    await rename(path, aside);
-  } catch {
-    return; // someone else cleared it first
+    await handle.writeFile(content);
+    await handle.sync();
+    fsNowMs = (await handle.stat()).mtimeMs;
+  } finally {
+    await handle.close();
   }
-  const moved = await readOwner(aside);
-  if (!sameOwner(moved, staleOwner)) {
-    await link(aside, path).catch(() => undefined);
+  try {
+    await link(temp, path);
+    return { created: true, fsNowMs };
+  } catch (error) {
+    if ((await stat(temp)).nlink === 2) return { created: true, fsNowMs };
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return { created: false, fsNowMs };
+    throw error;
+  } finally {
+    await rm(temp, { force: true });
   }
-  await rm(aside, { force: true });
+}
+
+/** Why a lock file is stale, or undefined while its owner may still be working. */
+function staleReason(file: LockFile, fsNowMs: number, staleMs: number): string | undefined {
+  const ageMs = fsNowMs - file.mtimeMs;
+  if (!file.owner) {
+    return ageMs > INCOMPLETE_LOCK_STALE_MS
+      ? `it is empty or unreadable and ${formatDuration(ageMs)} old`
+      : undefined;
+  }
+  return ownerGone(file.owner) ?? (ageMs > staleMs ? `it is ${formatDuration(ageMs)} old` : undefined);
+}
+
+/** A file held only for a moment (takeover guard, temp file) is garbage once its owner is gone or a minute passed. */
+function isLeftover(file: LockFile, fsNowMs: number): boolean {
+  return ownerGone(file.owner) !== undefined || fsNowMs - file.mtimeMs > INCOMPLETE_LOCK_STALE_MS;
 }
 
 /**
- * Takes an exclusive advisory lock by creating `path` with O_EXCL. The file names its owner so a waiting
- * process can tell a live holder from a stale one (dead pid on this host, or older than staleMs).
+ * Removes a takeover guard left by a waiter killed mid-takeover; returns whether it did. Two waiters may judge
+ * it at once: it is moved to a unique name first and checked to be the very file judged (a fresh guard taken
+ * meanwhile is put back).
+ */
+async function removeLeftoverGuard(guard: string, lockPath: string, fsNowMs: number): Promise<boolean> {
+  const held = await inspect(guard);
+  if (!held || !isLeftover(held, fsNowMs)) return false;
+  const aside = tempName(lockPath);
+  try {
+    await rename(guard, aside);
+  } catch {
+    return false; // another waiter moved it first
+  }
+  const moved = await inspect(aside);
+  const fresh = moved !== undefined && (moved.ino !== held.ino || moved.raw !== held.raw);
+  if (fresh) await link(aside, guard).catch(() => undefined);
+  await rm(aside, { force: true });
+  return !fresh;
+}
+
+interface Contender {
+  path: string;
+  content: string;
+  staleMs: number;
+  warn?: (message: string) => void;
+}
+
+/**
+ * Removes a stale lock so the caller can compete for it again. Waiters that all judge one lock stale must not
+ * each remove it (the second would remove the first one's fresh lock): removal happens only while holding a
+ * guard file, created the same all-or-nothing way, and the lock is judged again under the guard. Returns
+ * whether this waiter removed the lock (or a guard left by a killed waiter), so it should compete again at
+ * once; everyone competes through link(), which exactly one wins.
+ */
+async function takeOver(c: Contender): Promise<boolean> {
+  const guard = `${c.path}.takeover`;
+  const attempt = await createWhole(guard, c.path, c.content);
+  if (!attempt.created) return removeLeftoverGuard(guard, c.path, attempt.fsNowMs);
+  try {
+    const held = await inspect(c.path);
+    const why = held && staleReason(held, attempt.fsNowMs, c.staleMs);
+    if (!why) return false;
+    await rm(c.path, { force: true });
+    c.warn?.(`removed the stale lock ${c.path}: ${why}`);
+    return true;
+  } finally {
+    const mine = await inspect(guard);
+    if (mine?.raw === c.content) await rm(guard, { force: true });
+  }
+}
+
+/** Temp files and a takeover guard left by killed contenders; run by the new holder, so nobody else is creating. */
+async function sweepLeftovers(lockPath: string, fsNowMs: number): Promise<void> {
+  const prefix = tempPrefix(lockPath);
+  const names = await readdir(dirname(lockPath)).catch(() => [] as string[]);
+  for (const name of names) {
+    if (!name.startsWith(prefix) || !/^[0-9a-f]{8}\.tmp$/.test(name.slice(prefix.length))) continue;
+    const file = join(dirname(lockPath), name);
+    const held = await inspect(file).catch(() => undefined);
+    if (held && isLeftover(held, fsNowMs)) await rm(file, { force: true });
+  }
+  await removeLeftoverGuard(`${lockPath}.takeover`, lockPath, fsNowMs);
+}
+
+/**
+ * Takes an exclusive advisory lock: `path` appears whole, naming its owner (createWhole), or not at all. A waiter
+ * takes over a stale lock: its owner is gone (same host, same pid namespace: the pid is dead or now another
+ * process, or the host restarted), it is older than staleMs, or it is empty/unreadable and older than a minute.
  */
 export async function acquireLock(path: string, options: LockOptions): Promise<Lock> {
-  const staleMs = options.staleMs ?? 6 * 3_600_000;
   const pollMs = options.pollMs ?? 200;
   const deadline = Date.now() + options.timeoutMs;
-  const me: LockOwner = { pid: process.pid, host: hostname(), time: new Date().toISOString() };
-  if (options.purpose) me.purpose = options.purpose;
+  const me = ownerRecord(options.purpose);
+  const c: Contender = {
+    path,
+    content: JSON.stringify(me),
+    staleMs: options.staleMs ?? DEFAULT_STALE_MS,
+    warn: options.warn,
+  };
   for (;;) {
-    try {
-      const handle = await open(path, 'wx', 0o644);
-      try {
-        await handle.writeFile(JSON.stringify(me));
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
-      let released = false;
-      return {
-        path,
-        release: async () => {
-          if (released) return;
-          released = true;
-          const owner = await readOwner(path);
-          if (sameOwner(owner, me)) {
-            await rm(path, { force: true });
-          }
-        },
-      };
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    const attempt = await createWhole(path, path, c.content);
+    if (attempt.created) {
+      await sweepLeftovers(path, attempt.fsNowMs);
+      return heldLock(path, c.content);
     }
-    const owner = await readOwner(path);
-    if (await isStale(path, owner, staleMs)) {
-      await breakStaleLock(path, owner);
-      continue;
-    }
-    if (Date.now() >= deadline) throw new LockTimeoutError(path, owner);
+    const held = await inspect(path);
+    if (!held) continue; // released meanwhile: compete again at once
+    if (staleReason(held, attempt.fsNowMs, c.staleMs) && (await takeOver(c))) continue;
+    if (Date.now() >= deadline) throw new LockTimeoutError(path, held.owner);
     await sleep(pollMs);
   }
+}
+
+function heldLock(path: string, content: string): Lock {
+  let released = false;
+  return {
+    path,
+    release: async () => {
+      if (released) return;
+      released = true;
+      // Only our own: a lock judged stale (a prune that ran past staleMs) may belong to someone else by now.
+      if ((await inspect(path))?.raw === content) await rm(path, { force: true });
+    },
+  };
 }
 
 export async function withLock<T>(path: string, options: LockOptions, fn: () => Promise<T>): Promise<T> {

@@ -14,7 +14,7 @@ import {
   type JsonObject,
   type Removals,
 } from './catalog.js';
-import { productMatcher } from './product-filter.js';
+import { productMatcher, unmatchedPatterns, type UnmatchedPattern } from './product-filter.js';
 import { baseOf, isSidecar, parentOf } from './repo-paths.js';
 import type { RepoFacts } from './scan.js';
 import type { UnreferencedSince } from './state-file.js';
@@ -59,6 +59,8 @@ export interface FileAction {
 
 export interface Plan {
   products: ProductPlan[];
+  /** `products` patterns that select nothing (a typo?): warned about and reported, never an error. */
+  unmatchedPatterns: UnmatchedPattern[];
   removals: Removals;
   /** New images.json / index.json data, only when they change. */
   images?: JsonObject;
@@ -317,6 +319,10 @@ export function planPrune(
   }
   return {
     products,
+    unmatchedPatterns: unmatchedPatterns(
+      options.products,
+      catalog.products.map((p) => p.name),
+    ),
     removals,
     images,
     index: rebuildIndex(catalog.index.data, catalog.indexEntry, productNames),

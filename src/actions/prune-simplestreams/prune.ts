@@ -14,7 +14,7 @@ import { CrashHook } from './crash-hook.js';
 import type { PruneInputs } from './inputs.js';
 import { planPrune } from './plan.js';
 import { LOCK_FILE_NAME } from './repo-paths.js';
-import { buildReport, planLines, type PruneReport } from './report.js';
+import { buildReport, planLines, unmatchedMessage, type PruneReport } from './report.js';
 import { scanRepository } from './scan.js';
 import { readState } from './state-file.js';
 import { verifyItems } from './verify.js';
@@ -34,11 +34,20 @@ async function repositoryRoot(path: string): Promise<string> {
   }
 }
 
+function contentDirsText(dirs: readonly string[]): string {
+  if (dirs.length === 0) return 'no content directory';
+  return dirs.length <= 3 ? dirs.join(', ') : `${dirs.length} content directories`;
+}
+
 async function takeLock(root: string, inputs: PruneInputs, host: Host): Promise<Lock> {
   const file = join(root, LOCK_FILE_NAME);
   host.info(`Taking the repository lock ${file} (waits up to ${formatDuration(inputs.lockTimeoutMs)})`);
   try {
-    return await acquireLock(file, { timeoutMs: inputs.lockTimeoutMs, purpose: 'prune-simplestreams' });
+    return await acquireLock(file, {
+      timeoutMs: inputs.lockTimeoutMs,
+      purpose: 'prune-simplestreams',
+      warn: (message) => host.warning(message),
+    });
   } catch (error) {
     if (error instanceof LockTimeoutError) {
       throw new ActionError(
@@ -70,11 +79,12 @@ export async function pruneRepository(
       const facts = await scanRepository(root, catalog, state.keys());
       host.info(
         `${catalog.products.length} product(s), ${facts.referenced.size} referenced file(s), ` +
-          `${facts.files.size} file(s) under ${facts.contentRoots.join(', ') || 'no content directory'}`,
+          `${facts.files.size} file(s) under ${contentDirsText(facts.contentRoots)}`,
       );
       return { catalog, state, facts };
     });
     const plan = planPrune(catalog, facts, state, { ...inputs, nowMs: now() });
+    for (const u of plan.unmatchedPatterns) host.warning(unmatchedMessage(u, catalog.products.length));
     await host.group(inputs.dryRun ? 'Plan (dry run: nothing is changed)' : 'Plan', async () => {
       for (const line of planLines(plan, inputs.dryRun)) host.info(line);
     });

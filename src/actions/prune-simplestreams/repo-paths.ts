@@ -7,8 +7,22 @@ import { isAbsolute, relative, sep } from 'node:path';
 /** The repository's own files, at its root; a publisher that takes the same lock never interleaves with a prune. */
 export const LOCK_FILE_NAME = '.image-ci-prune.lock';
 export const STATE_FILE_NAME = '.image-ci-prune-state.json';
-/** Metadata lives here; never a content root, so the walk never considers streams/ files for deletion. */
+/** Metadata lives here; never a content directory, so the walk never considers streams/ files for deletion. */
 export const STREAMS_DIR = 'streams';
+/** Where both layouts keep image files. */
+export const IMAGES_DIR = 'images';
+
+/**
+ * The directory the layout gives an item path, as written (never where a symlink leads): orphans are looked for
+ * only under these. Flat (`images/<sha256>.squashfs`, incus-simplestreams): `images`. Nested
+ * (`images/<os>/<release>/<arch>/<variant>/<serial>/<file>`, images.linuxcontainers.org): the product directory,
+ * the parent of the version directory. Paths at the root or under streams/ have none.
+ */
+export function contentDirOf(path: string): string | undefined {
+  const segments = path.split('/');
+  if (segments.length < 2 || segments[0] === STREAMS_DIR) return undefined;
+  return segments.slice(0, Math.max(1, segments.length - 2)).join('/');
+}
 
 /**
  * Normalises a repository-relative path (`./images//a` -> `images/a`), or returns why it is refused:

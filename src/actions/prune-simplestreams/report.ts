@@ -3,6 +3,7 @@ import { formatBytes, heading, markdownTable } from '../../core/summary.js';
 import type { ApplyResult } from './apply.js';
 import type { PruneInputs } from './inputs.js';
 import type { FileReason, Plan, ProductPlan } from './plan.js';
+import type { UnmatchedPattern } from './product-filter.js';
 import type { VerifyResult } from './verify.js';
 
 export interface PruneReport {
@@ -23,6 +24,8 @@ export interface PruneReport {
   products: Omit<ProductPlan, 'selected'>[];
   /** Products the `products` filter left untouched. */
   skippedProducts: string[];
+  /** `products` patterns that selected nothing, with close product names. */
+  unmatchedPatterns: UnmatchedPattern[];
   files: {
     deleted: { path: string; size: number; reason: FileReason }[];
     deferred: { path: string; size: number; reason: FileReason; deletableAt: string }[];
@@ -80,6 +83,7 @@ export function buildReport(c: ReportContext): PruneReport {
     },
     products: selected.map(({ selected: _selected, ...rest }) => rest),
     skippedProducts: plan.products.filter((p) => !p.selected).map((p) => p.name),
+    unmatchedPatterns: plan.unmatchedPatterns,
     files: {
       deleted: deleted.map((f) => ({ path: f.path, size: f.size, reason: f.reason })),
       deferred: plan.defer.map((f) => ({
@@ -99,6 +103,18 @@ export function buildReport(c: ReportContext): PruneReport {
     verify: c.verify,
   };
 }
+
+/** The warning for a `products` pattern that selects nothing. */
+export function unmatchedMessage(u: UnmatchedPattern, productCount: number): string {
+  const hint =
+    u.closest.length > 0
+      ? `; close product names: ${u.closest.join(', ')}`
+      : ` (it has ${productCount} product(s), none with a similar name)`;
+  return `products: pattern '${u.pattern}' matches no product in images.json, so it selects nothing${hint}`;
+}
+
+/** Text from images.json or the inputs, inside a markdown code span. */
+const code = (text: string) => `\`${text.replace(/[`\r\n]/g, ' ')}\``;
 
 function listVersions(versions: readonly string[], max = 3): string {
   if (versions.length === 0) return '';
@@ -128,6 +144,10 @@ export function summaryMarkdown(r: PruneReport): string {
       '.',
     `images.json ${r.metadata.imagesJson}, index.json ${r.metadata.indexJson}.`,
   ];
+  for (const u of r.unmatchedPatterns) {
+    const hint = u.closest.length ? ` (close names: ${u.closest.map(code).join(', ')})` : '';
+    lines.push(`Warning: \`products\` pattern ${code(u.pattern)} matches no product${hint}.`);
+  }
   if ('problems' in r.verify && r.verify.problems.length > 0) {
     lines.push(`Verify (${r.verify.mode}) found ${r.verify.problems.length} problem(s).`);
   }

@@ -1,13 +1,13 @@
 /**
  * What the repository looks like on disk: every referenced path (exists? size? where does it really point?)
- * and every file and directory under the content roots (the top-level directories images.json points into).
- * Read-only; the plan is computed from these facts alone.
+ * and every file and directory under the content directories (where the layout puts images.json's paths, as
+ * written; see contentDirOf). Read-only; the plan is computed from these facts alone.
  */
 import { lstatSync, readdirSync } from 'node:fs';
 import { lstat, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { listProblems, RepoError, type Catalog } from './catalog.js';
-import { insideRoot, parentOf, STATE_FILE_NAME, STREAMS_DIR } from './repo-paths.js';
+import { contentDirOf, IMAGES_DIR, insideRoot, parentOf, STATE_FILE_NAME } from './repo-paths.js';
 
 export interface ReferencedFact {
   exists: boolean;
@@ -27,10 +27,11 @@ export interface FileFact {
 export interface RepoFacts {
   /** By normalised item path. */
   referenced: Map<string, ReferencedFact>;
-  /** Files and symlinks under the content roots, by real repository-relative path. */
+  /** Files and symlinks under the content directories, by repository-relative path (no symlink on the way). */
   files: Map<string, FileFact>;
-  /** Directories strictly inside the content roots; mtime only for those that held no files. */
+  /** Directories strictly inside the content directories; mtime only for those that held no files. */
   dirs: Map<string, { mtimeMs?: number }>;
+  /** The content directories walked (outermost only; none reached through a symlink). */
   contentRoots: string[];
 }
 
@@ -106,18 +107,29 @@ function attempt<T>(fn: () => T): T | undefined {
   }
 }
 
+/** The directories of `dirs` that are not inside another one of them. */
+function outermost(dirs: Iterable<string>): string[] {
+  const kept = new Set<string>();
+  for (const dir of [...new Set(dirs)].sort((a, b) => a.length - b.length)) {
+    let inside = false;
+    for (let d = parentOf(dir); d !== '' && !inside; d = parentOf(d)) inside = kept.has(d);
+    if (!inside) kept.add(dir);
+  }
+  return [...kept].sort();
+}
+
 /**
- * Lists and lstats every entry under the content roots, never following symlinks. Synchronous on purpose: the
- * process has nothing else to do meanwhile, and for a tree of 16k entries the sync calls measured about twice
- * as fast as the promise API, whose per-call overhead (thread pool hop, promise) dominates on a local disk.
+ * Lists and lstats every entry under the content directories, never following symlinks. Synchronous on purpose:
+ * the process has nothing else to do meanwhile, and for a tree of 16k entries the sync calls measured about
+ * twice as fast as the promise API, whose per-call overhead (thread pool hop, promise) dominates on a local disk.
  */
-function walk(root: string, tops: readonly string[], facts: RepoFacts): void {
+function walk(root: string, contentDirs: Iterable<string>, facts: RepoFacts): void {
   const visitDir = (path: string) => {
     const entries = attempt(() => readdirSync(join(root, path), { withFileTypes: true })) ?? [];
     let files = 0;
     for (const entry of entries) {
       const child = `${path}/${entry.name}`;
-      // A symlink is never a directory here: it is not followed.
+      // A symlink is never a directory here: it is not followed, and is judged (and removed) as a link.
       if (entry.isDirectory()) {
         facts.dirs.set(child, {});
         visitDir(child);
@@ -134,11 +146,22 @@ function walk(root: string, tops: readonly string[], facts: RepoFacts): void {
       if (info) facts.dirs.set(path, { mtimeMs: info.mtimeMs });
     }
   };
-  for (const top of tops) {
-    // A content root that is itself a symlink is not walked: its files are not ours to judge.
-    if (!attempt(() => lstatSync(join(root, top)))?.isDirectory()) continue;
-    facts.contentRoots.push(top);
-    visitDir(top);
+  const realDir = new Map<string, boolean>();
+  const isRealDir = (path: string): boolean => {
+    let known = realDir.get(path);
+    if (known === undefined) {
+      const parent = parentOf(path);
+      known =
+        (parent === '' || isRealDir(parent)) && !!attempt(() => lstatSync(join(root, path)))?.isDirectory();
+      realDir.set(path, known);
+    }
+    return known;
+  };
+  for (const dir of outermost(contentDirs)) {
+    // Reached through a symlink anywhere on the way: what lies there is not ours to judge.
+    if (!isRealDir(dir)) continue;
+    facts.contentRoots.push(dir);
+    visitDir(dir);
   }
 }
 
@@ -160,16 +183,12 @@ function findAtomicLeftovers(root: string, targets: readonly string[], facts: Re
   }
 }
 
-function topOf(path: string): string | undefined {
-  const top = path.split('/')[0]!;
-  return path.includes('/') && top !== STREAMS_DIR ? top : undefined;
-}
-
 /**
- * Walks the content roots (top-level directories that referenced paths or the state file point into), then
- * resolves every referenced path, refusing any that escapes the repository (all offenders listed). A path the
- * walk saw as a regular file below real directories is inside the repository by construction; only the rest
- * (missing files, symlinks, paths outside the walked roots) are resolved with realpath.
+ * Walks the content directories, then resolves every referenced path, refusing any that escapes the repository
+ * (all offenders listed). A path the walk saw as a regular file below real directories is inside the repository
+ * by construction; only the rest (missing files, symlinks, paths outside the walked directories) are resolved
+ * with realpath. Where a symlink leads never widens the walk: its target is kept while the link is referenced
+ * (plan.ts) and otherwise left alone unless it lies in a content directory itself.
  */
 export async function scanRepository(
   root: string,
@@ -179,12 +198,21 @@ export async function scanRepository(
   const paths = new Set<string>();
   for (const p of catalog.products) for (const v of p.versions) for (const i of v.items) paths.add(i.path);
   const facts: RepoFacts = { referenced: new Map(), files: new Map(), dirs: new Map(), contentRoots: [] };
-  const roots = new Set<string>();
-  for (const path of [...paths, ...extraPaths]) {
-    const top = topOf(path);
-    if (top !== undefined) roots.add(top);
+  const contentDirs = new Set<string>();
+  for (const path of paths) {
+    const dir = contentDirOf(path);
+    if (dir !== undefined) contentDirs.add(dir);
   }
-  walk(root, [...roots].sort(), facts);
+  // The state file names files referenced earlier, so the directory of a product that has left images.json stays
+  // in view; but only inside images/ (where both layouts keep images) or a top-level directory images.json uses:
+  // the state file is repository content too (and older versions recorded symlink targets in it), so it never
+  // widens what a prune may delete.
+  const tops = new Set([IMAGES_DIR, ...[...contentDirs].map((d) => d.split('/')[0])]);
+  for (const path of extraPaths) {
+    const dir = contentDirOf(path);
+    if (dir !== undefined && tops.has(dir.split('/')[0])) contentDirs.add(dir);
+  }
+  walk(root, contentDirs, facts);
 
   const slow: string[] = [];
   for (const path of paths) {
@@ -194,22 +222,13 @@ export async function scanRepository(
   }
   const results = await mapLimit(slow, IO_CONCURRENCY, (p) => factFor(root, p));
   const problems: string[] = [];
-  const unwalked = new Set<string>();
   results.forEach((r, i) => {
-    if (typeof r === 'string') {
-      problems.push(`${slow[i]} ${r}`);
-      return;
-    }
-    facts.referenced.set(slow[i]!, r);
-    const top = r.real === undefined ? undefined : topOf(r.real);
-    if (top !== undefined && !facts.contentRoots.includes(top)) unwalked.add(top);
+    if (typeof r === 'string') problems.push(`${slow[i]} ${r}`);
+    else facts.referenced.set(slow[i]!, r);
   });
   if (problems.length > 0) {
     throw new RepoError(listProblems(`${catalog.images.path} references paths this prune refuses`, problems));
   }
-  // Symlinks inside the repository may lead into a top-level directory nothing names directly.
-  if (unwalked.size > 0) walk(root, [...unwalked].sort(), facts);
   findAtomicLeftovers(root, [catalog.index.path, catalog.images.path, STATE_FILE_NAME], facts);
-  facts.contentRoots.sort();
   return facts;
 }
