@@ -219,8 +219,9 @@ async function resumePosition(
     return newSession(transport, repository, blob, budget);
   }
   await response.drain();
+  // `0-0` is what docker-registry says of an empty session (and of one byte, which no chunk size leaves).
   const m = /^(?:bytes=)?0-(\d+)$/.exec(response.header('range') ?? '');
-  const offset = m ? Number(m[1]) + 1 : 0;
+  const offset = m && m[1] !== '0' ? Number(m[1]) + 1 : 0;
   const session = response.header('location') ? location(response) : at.session;
   if (offset > blob.size)
     throw new RegistryError(`upload of ${blob.digest}: the registry holds more bytes than the blob has.`);
