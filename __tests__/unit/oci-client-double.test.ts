@@ -4,7 +4,7 @@
  */
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -300,5 +300,33 @@ describe('RegistryClient protocol details (in-process double)', () => {
       '/token',
       '/v2/a/b/blobs/sha256:' + 'e'.repeat(64),
     ]);
+  });
+
+  it('a blob GET answered 503 every time is tried six times in all, then fails without a file', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'ici-double-'));
+    const { host, seen } = await double((_req, _body, res) => void res.writeHead(503).end());
+    const dest = join(dir, 'blob');
+    await expect(client(host).downloadBlob('r', `sha256:${'f'.repeat(64)}`, dest)).rejects.toThrow(
+      'HTTP 503',
+    );
+    expect(seen.filter((s) => s.method === 'GET')).toHaveLength(6);
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('follows a blob redirect to storage without sending the registry credentials there', async () => {
+    const content = 'stored elsewhere';
+    const digest = `sha256:${createHash('sha256').update(content).digest('hex')}`;
+    const storage = await double((_req, _body, res) => void res.writeHead(200).end(content));
+    const { host } = await double((req, _body, res) => {
+      if (!req.headers.authorization)
+        return void res.writeHead(401, { 'www-authenticate': 'Basic realm="r"' }).end();
+      res.writeHead(307, { location: `http://${storage.host}/blob?sig=1` }).end();
+    });
+    dir = mkdtempSync(join(tmpdir(), 'ici-double-'));
+    const c = client(host, { credentials: { username: 'u', password: 'p' } });
+    expect(await c.downloadBlob('r', digest, join(dir, 'b'), { size: content.length })).toEqual({
+      size: content.length,
+    });
+    expect(storage.seen.map((s) => [s.url, s.auth])).toEqual([['/blob?sig=1', undefined]]);
   });
 });

@@ -13,7 +13,7 @@ import { formatBytes } from '../summary.js';
 import { DigestMismatchError, hashDigest, newHash } from './digest.js';
 import { RegistryError } from './errors.js';
 import { networkFailure, type RegistryResponse } from './response.js';
-import { TransientError } from './retry.js';
+import { TransientError, type RetryBudget } from './retry.js';
 import { pullScope } from './token.js';
 import type { RegistryTransport } from './transport.js';
 
@@ -53,7 +53,7 @@ export async function downloadBlob(
     const budget = transport.budget();
     for (;;) {
       try {
-        await fetchRest(transport, repository, digest, partial, options, what);
+        await fetchRest(transport, budget, { repository, digest, what }, partial, options);
         break;
       } catch (error) {
         const failure = networkFailure(error, what, transport.timeoutMs);
@@ -76,21 +76,23 @@ export async function downloadBlob(
 /** One try: asks for what is still missing and appends it, or starts over when the registry sends it all. */
 async function fetchRest(
   transport: RegistryTransport,
-  repository: string,
-  digest: string,
+  budget: RetryBudget,
+  { repository, digest, what }: { repository: string; digest: string; what: string },
   partial: Partial,
   options: DownloadOptions,
-  what: string,
 ): Promise<void> {
-  const response = await transport.send({
-    method: 'GET',
-    url: transport.url(`${repository}/blobs/${digest}`),
-    scopes: [pullScope(repository)],
-    headers: partial.written > 0 ? { range: `bytes=${partial.written}-` } : {},
-    ok: [200, 206],
-    what,
-    streaming: true,
-  });
+  const response = await transport.send(
+    {
+      method: 'GET',
+      url: transport.url(`${repository}/blobs/${digest}`),
+      scopes: [pullScope(repository)],
+      headers: partial.written > 0 ? { range: `bytes=${partial.written}-` } : {},
+      ok: [200, 206],
+      what,
+      streaming: true,
+    },
+    budget,
+  );
   if (response.status === 206 && rangeStart(response) !== partial.written) {
     await response.drain();
     await startOver(partial, digest, options);

@@ -78,7 +78,7 @@ export class RegistryTransport {
   readonly registry: string;
   readonly stats: TransportStats = { requests: 0, retries: 0, bytesUploaded: 0 };
   readonly timeoutMs: number;
-  readonly auth: RegistryAuth;
+  private readonly auth: RegistryAuth;
   private readonly base: string;
   private readonly policy: RetryPolicy;
   private readonly userAgent: string;
@@ -189,7 +189,8 @@ export class RegistryTransport {
     let url = spec.url;
     for (let redirects = 0; ; redirects++) {
       const headers: Record<string, string> = { ...spec.headers, 'user-agent': this.userAgent };
-      if (authorization && url.origin === spec.url.origin) headers.authorization = authorization;
+      if (authorization) headers.authorization = authorization;
+      if (url.origin !== spec.url.origin) delete headers.authorization;
       this.stats.requests++;
       const data = await this.dispatcher.request({
         origin: url.origin,

@@ -88,16 +88,10 @@ export async function uploadBlob(
   for (;;) {
     try {
       while (chunkSize > 0 && at.offset < blob.size) {
-        at = await sendChunk(
-          transport,
-          repository,
-          blob,
-          at,
-          Math.min(blob.size, at.offset + chunkSize),
-          what,
-        );
+        const end = Math.min(blob.size, at.offset + chunkSize);
+        at = await sendChunk(transport, budget, { repository, blob, what }, at, end);
       }
-      await finish(transport, repository, blob, at, what);
+      await finish(transport, budget, { repository, blob, what }, at);
       transport.stats.bytesUploaded += blob.size;
       return;
     } catch (error) {
@@ -134,29 +128,37 @@ async function newSession(
   return { session: location(response), offset: 0, hash: newHash(blob.digest) };
 }
 
+interface Upload {
+  repository: string;
+  blob: BlobFile;
+  what: string;
+}
+
 async function sendChunk(
   transport: RegistryTransport,
-  repository: string,
-  blob: BlobFile,
+  budget: RetryBudget,
+  { repository, blob, what }: Upload,
   at: Position,
   end: number,
-  what: string,
 ): Promise<Position> {
   const hash = at.hash.copy();
-  const response = await transport.send({
-    method: 'PATCH',
-    url: at.session,
-    scopes: [pushScope(repository)],
-    headers: {
-      'content-type': 'application/octet-stream',
-      'content-range': `${at.offset}-${end - 1}`,
-      'content-length': String(end - at.offset),
+  const response = await transport.send(
+    {
+      method: 'PATCH',
+      url: at.session,
+      scopes: [pushScope(repository)],
+      headers: {
+        'content-type': 'application/octet-stream',
+        'content-range': `${at.offset}-${end - 1}`,
+        'content-length': String(end - at.offset),
+      },
+      body: () => fileRange(blob.path, at.offset, end, hash),
+      ok: [202],
+      what,
+      streaming: true,
     },
-    body: () => fileRange(blob.path, at.offset, end, hash),
-    ok: [202],
-    what,
-    streaming: true,
-  });
+    budget,
+  );
   await response.drain();
   return { session: location(response), offset: end, hash };
 }
@@ -164,25 +166,27 @@ async function sendChunk(
 /** The closing PUT, carrying whatever the chunks did not (all of it for a one-request upload). */
 async function finish(
   transport: RegistryTransport,
-  repository: string,
-  blob: BlobFile,
+  budget: RetryBudget,
+  { repository, blob, what }: Upload,
   at: Position,
-  what: string,
 ): Promise<void> {
   const hash = at.hash.copy();
   const url = new URL(at.session);
   url.searchParams.set('digest', blob.digest);
   const length = blob.size - at.offset;
-  const response = await transport.send({
-    method: 'PUT',
-    url,
-    scopes: [pushScope(repository)],
-    headers: { 'content-type': 'application/octet-stream', 'content-length': String(length) },
-    body: length > 0 ? () => fileRange(blob.path, at.offset, blob.size, hash) : undefined,
-    ok: [201, 204],
-    what,
-    streaming: true,
-  });
+  const response = await transport.send(
+    {
+      method: 'PUT',
+      url,
+      scopes: [pushScope(repository)],
+      headers: { 'content-type': 'application/octet-stream', 'content-length': String(length) },
+      body: length > 0 ? () => fileRange(blob.path, at.offset, blob.size, hash) : undefined,
+      ok: [201, 204],
+      what,
+      streaming: true,
+    },
+    budget,
+  );
   await response.drain();
   const actual = hashDigest(hash, blob.digest);
   if (actual !== blob.digest) throw new DigestMismatchError(`local blob ${blob.path}`, blob.digest, actual);
