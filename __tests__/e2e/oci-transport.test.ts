@@ -126,6 +126,19 @@ describe('downloads', () => {
     expect(readdirSync(work)).toEqual(before);
   });
 
+  it('a blob whose bytes do not match its digest fails at once (no retry can fix it) and keeps nothing', async () => {
+    const r = await relay({
+      target: registry.host,
+      fault: ({ kind }) => (kind === 'blob-get' ? { corrupt: true } : undefined),
+    });
+    const before = readdirSync(work);
+    const error = await download(r).catch((e: unknown) => e);
+    expect(String(error)).toContain(`content has digest sha256:`);
+    expect(String(error)).toContain(`expected ${blob.digest}`);
+    expect(blobGets(r)).toHaveLength(1);
+    expect(readdirSync(work)).toEqual(before);
+  });
+
   it('refuses a declared size larger than the free space before asking for a byte, naming both figures', async () => {
     const r = await relay({ target: registry.host });
     const error = await download(r, { size: 10 ** 15 }).catch((e: unknown) => e);

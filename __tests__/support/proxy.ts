@@ -2,7 +2,7 @@
  * A counting HTTP relay in front of a registry, for a misbehaving world: records every request (method, kind,
  * repository, bytes each way, status) and, per request, can answer with any status itself (429/503 with
  * Retry-After, a 401 with a challenge), drop the connection part-way through a request or a response body,
- * throttle a response, answer with an endless body, or rewrite response headers. Relay-level switches refuse
+ * throttle a response, answer with an endless body, corrupt a body, or rewrite response headers. Relay-level switches refuse
  * `Range` requests and stand in for registries with the OCI 1.1 multi-tag PUT (with a cap, or refusing `?tag=`).
  * The Host header is passed through, so the registry builds Location URLs that point back at the relay.
  */
@@ -56,7 +56,9 @@ export type Fault =
   /** Relay the registry's answer at this many body bytes per second, in tenths of a second. */
   | { throttleBytesPerSecond: number }
   /** Answer 200 with zeros until the client gives up (bounded at 1 GiB so the relay stops by itself). */
-  | { endless: true };
+  | { endless: true }
+  /** Relay the registry's answer with the first body byte flipped (content that does not match its digest). */
+  | { corrupt: true };
 
 export interface ProxyOptions {
   /** host:port of the registry. */
@@ -218,6 +220,7 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
           if (options.mapResponseHeaders) answerHeaders = options.mapResponseHeaders(kind, answerHeaders);
           res.writeHead(upstreamRes.statusCode ?? 502, answerHeaders);
           if (fault && 'drop' in fault) return cutResponse(upstreamRes, res, record, fault.afterBytes);
+          if (fault && 'corrupt' in fault) return flipFirstByte(upstreamRes, res, record);
           if (fault && 'throttleBytesPerSecond' in fault) {
             return throttle(upstreamRes, res, record, fault.throttleBytesPerSecond);
           }
@@ -288,6 +291,19 @@ async function cutResponse(
   res.socket?.end(() => res.socket?.destroy());
   setTimeout(() => res.socket?.destroy(), 50).unref();
   from.destroy();
+}
+
+async function flipFirstByte(from: Readable, res: ServerResponse, record: RequestRecord): Promise<void> {
+  let flipped = false;
+  for await (const chunk of from) {
+    const copy = Buffer.from(chunk as Buffer);
+    if (!flipped && copy.length > 0) {
+      copy[0]! ^= 0xff;
+      flipped = true;
+    }
+    if (!(await writeAll(res, record, copy))) return;
+  }
+  res.end();
 }
 
 async function throttle(

@@ -329,4 +329,24 @@ describe('RegistryClient protocol details (in-process double)', () => {
     });
     expect(storage.seen.map((s) => [s.url, s.auth])).toEqual([['/blob?sig=1', undefined]]);
   });
+
+  it('a 403 insufficient_scope names the user and the scope the registry asked for', async () => {
+    const { host } = await double((req, _body, res) => {
+      const challenge = `Bearer realm="http://${req.headers.host}/token",service="svc"`;
+      if (req.url!.startsWith('/token')) return void res.writeHead(200).end('{"token":"opaque"}');
+      if (!req.headers.authorization) return void res.writeHead(401, { 'www-authenticate': challenge }).end();
+      res
+        .writeHead(403, {
+          'www-authenticate': `${challenge},scope="repository:a/b:pull,push",error="insufficient_scope"`,
+        })
+        .end();
+    });
+    const c = client(host, { credentials: { username: 'ci-bot', password: 'pw' } });
+    const error = await c
+      .putManifest('a/b', 'v1', Buffer.from('{}'), 'application/json')
+      .catch((e: unknown) => e);
+    expect(String(error)).toContain(
+      "PUT manifest a/b:v1: user 'ci-bot' lacks a right it needs on repository:a/b:pull,push (the registry answered insufficient_scope)",
+    );
+  });
 });
