@@ -143,7 +143,14 @@ export class RegistryAuth {
 
   private async fetchToken(scopes: readonly string[]): Promise<Token> {
     const bearer = this.bearer!;
-    const url = new URL(bearer.realm);
+    let url: URL;
+    try {
+      url = new URL(bearer.realm);
+    } catch {
+      throw new RegistryError(
+        `${this.options.registry} names a token server that is not a URL: '${externalText(bearer.realm, 100)}'.`,
+      );
+    }
     if (bearer.service) url.searchParams.set('service', bearer.service);
     for (const scope of scopes) url.searchParams.append('scope', scope);
     const credentials = this.options.credentials;
