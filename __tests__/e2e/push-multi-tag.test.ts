@@ -223,12 +223,16 @@ describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
       expect(faulty.count('upload-put', (rec) => rec.status === 201)).toBe(layout.blobs.length);
       for (const tag of TAGS)
         expect(await remoteDigest(`${regB.host}/faults/app:${tag}`)).toBe(layout.digest);
+      // One retry per injected fault, counted in the log line and in the summary.
+      expect(r.log).toMatch(new RegExp(`${faulty.host}: \\d+ requests, 4 retried`));
+      expect(r.main.summary).toContain('| Registry | Requests | Retries | Blob bytes sent |');
+      expect(r.main.summary).toMatch(new RegExp(`\\| ${faulty.host} \\| \\d+ \\| 4 \\|`));
     } finally {
       await faulty.stop();
     }
   });
 
-  it('survives a connection dropped mid-chunk and a 503 on a chunk: the blob upload restarts', async () => {
+  it('survives a connection dropped mid-chunk and a 503 on a chunk: the upload goes on in the same session', async () => {
     const faulty = await startProxy({
       target: regB.host,
       fault: ({ kind, index }) => {
@@ -256,8 +260,38 @@ describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
       ]);
       expect(r.outputs['bytes-uploaded']).toBe(String(layout.blobBytes));
       expect(await remoteDigest(`${regB.host}/faults/chunked:c`)).toBe(layout.digest);
+      // No session was given up: each blob opened one; only the two failed chunks crossed twice.
+      expect(faulty.count('upload-start')).toBe(layout.blobs.length);
+      const sent = faulty.records
+        .filter((rec) => rec.kind === 'upload-chunk' || rec.kind === 'upload-put')
+        .reduce((n, rec) => n + rec.bytesUp, 0);
+      expect(sent).toBeLessThanOrEqual(layout.blobBytes + 2 * 200 * 1024);
     } finally {
       await faulty.stop();
+    }
+  });
+
+  it('a registry that always answers 503 to an upload start gets at most 6 POSTs per blob (one retry budget)', async () => {
+    const down = await startProxy({
+      target: regB.host,
+      fault: ({ kind }) => (kind === 'upload-start' ? { status: 503 } : undefined),
+    });
+    try {
+      const r = await runAction({
+        action: 'push-multi-tag',
+        inputs: { ...pushInputs(), repositories: `${down.host}/down/app`, 'insecure-registries': down.host },
+      });
+      expect(r.main.exitCode).toBe(1);
+      expect(r.errors.join('\n')).toContain('start upload to down/app: HTTP 503');
+      const blobs = layout.blobs.length;
+      expect(down.count('upload-start')).toBeGreaterThanOrEqual(6);
+      expect(down.count('upload-start')).toBeLessThanOrEqual(6 * blobs);
+      // The per-registry line is logged on failure too, with the retries counted.
+      const line = new RegExp(`${down.host}: \\d+ requests, (\\d+) retried`).exec(r.log);
+      expect(Number(line?.[1])).toBe((down.count('upload-start') / 6) * 5);
+      expect(r.post?.exitCode).toBe(0);
+    } finally {
+      await down.stop();
     }
   });
 
@@ -341,6 +375,38 @@ describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
         }
       },
     );
+
+    it('a token server that always answers 503 gets at most 6 token requests in all, named in the error', async () => {
+      let failing = true;
+      const registry = await startRegistry({
+        auth: 'token',
+        tokenHook: (_req, res) => {
+          if (!failing) return false;
+          res.writeHead(503, { 'content-type': 'text/plain' }).end('down');
+          return true;
+        },
+      });
+      try {
+        const r = await runAction({
+          action: 'push-multi-tag',
+          inputs: {
+            source: layout.transportRef,
+            repositories: `${registry.host}/tok/one`,
+            tags: 'v1',
+            username: registry.username!,
+            password: registry.password!,
+            'tls-verify': 'false',
+          },
+        });
+        expect(r.main.exitCode).toBe(1);
+        // The parallel blob HEADs all wait on one fetch, which has the one budget of six tries.
+        expect(registry.tokenRequests).toHaveLength(6);
+        expect(r.errors.join('\n')).toMatch(/get a token from http:\/\/127\.0\.0\.1:\d+\/token: HTTP 503/);
+      } finally {
+        failing = false;
+        await registry.stop();
+      }
+    });
 
     it('reads credentials from auth-file and leaves that file untouched', async () => {
       const registry = await startRegistry({ auth: 'htpasswd' });

@@ -1,17 +1,21 @@
 /**
- * A counting HTTP relay in front of a registry: records every request (method, kind, repository, bytes up,
- * status), can add latency each way (a WAN on loopback), answer some requests with 429/503 itself, or drop
- * the connection part-way through an upload body. The Host header is passed through, so the registry builds
- * Location URLs that point back at the relay.
+ * A counting HTTP relay in front of a registry, for a misbehaving world: records every request (method, kind,
+ * repository, bytes each way, status) and, per request, can answer with any status itself (429/503 with
+ * Retry-After, a 401 with a challenge), drop the connection part-way through a request or a response body,
+ * throttle a response, answer with an endless body, corrupt a body, or rewrite response headers. Relay-level switches refuse
+ * `Range` requests and stand in for registries with the OCI 1.1 multi-tag PUT (with a cap, or refusing `?tag=`).
+ * The Host header is passed through, so the registry builds Location URLs that point back at the relay.
  */
 import {
   createServer,
   request as httpRequest,
+  type IncomingHttpHeaders,
   type IncomingMessage,
   type Server,
   type ServerResponse,
 } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Readable } from 'node:stream';
 
 export type RequestKind =
   | 'ping'
@@ -21,6 +25,7 @@ export type RequestKind =
   | 'upload-start'
   | 'upload-chunk'
   | 'upload-put'
+  | 'upload-status'
   | 'manifest-head'
   | 'manifest-get'
   | 'manifest-put'
@@ -31,15 +36,29 @@ export interface RequestRecord {
   kind: RequestKind;
   repository?: string;
   path: string;
+  query: URLSearchParams;
   /** Request body bytes that crossed the relay (also counted when the connection was dropped). */
   bytesUp: number;
+  /** Response body bytes the relay wrote towards the client. */
   bytesDown: number;
-  /** The status the client saw; 0 when the relay dropped the connection. */
+  /** The status the client saw; 0 when the relay dropped the connection before answering. */
   status: number;
   fault?: Fault;
 }
 
-export type Fault = { status: 429 | 503; retryAfterSeconds?: number } | { drop: 'mid-body' };
+export type Fault =
+  /** Answer with this status without asking the registry (the request body is read and counted first). */
+  | { status: number; retryAfterSeconds?: number; headers?: Record<string, string> }
+  /** Cut the connection once half of the request body has arrived. */
+  | { drop: 'mid-body' }
+  /** Relay the registry's answer but cut the connection after this many body bytes. */
+  | { drop: 'mid-response'; afterBytes: number }
+  /** Relay the registry's answer at this many body bytes per second, in tenths of a second. */
+  | { throttleBytesPerSecond: number }
+  /** Answer 200 with zeros until the client gives up (bounded at 1 GiB so the relay stops by itself). */
+  | { endless: true }
+  /** Relay the registry's answer with the first body byte flipped (content that does not match its digest). */
+  | { corrupt: true };
 
 export interface ProxyOptions {
   /** host:port of the registry. */
@@ -52,12 +71,21 @@ export interface ProxyOptions {
     kind: RequestKind;
     index: number;
     contentLength: number;
+    query: URLSearchParams;
   }) => Fault | undefined;
   /**
    * Act as a registry with the OCI 1.1 multi-tag PUT (`PUT .../manifests/<digest>?tag=a&tag=b`, answered with
-   * one OCI-Tag header per tag), which docker-registry 2.8 lacks: the relay stores each tag upstream itself.
+   * OCI-Tag), which docker-registry 2.8 lacks: the relay stores each tag upstream itself. `cap` answers 414
+   * above that many tags (as zot does above 46); `joined` sends one comma-joined OCI-Tag header instead of one
+   * header per tag.
    */
-  multiTag?: boolean;
+  multiTag?: boolean | { cap?: number; joined?: boolean };
+  /** Answer this status to any manifest PUT carrying `tag` query parameters (a registry refusing them). */
+  refuseTagQuery?: number;
+  /** Strip `Range` from requests and `Accept-Ranges` from answers: a registry without range support. */
+  noRanges?: boolean;
+  /** Rewrites the headers of the registry's answers (e.g. the WWW-Authenticate challenge). */
+  mapResponseHeaders?: (kind: RequestKind, headers: IncomingHttpHeaders) => IncomingHttpHeaders;
 }
 
 export interface CountingProxy {
@@ -82,6 +110,7 @@ export function classify(
     if (method === 'POST') return { kind: query.has('mount') ? 'mount' : 'upload-start', repository };
     if (method === 'PATCH') return { kind: 'upload-chunk', repository };
     if (method === 'PUT') return { kind: 'upload-put', repository };
+    if (method === 'GET') return { kind: 'upload-status', repository };
     return { kind: 'other', repository };
   }
   const blob = /^\/v2\/(.+)\/blobs\/([^/]+)$/.exec(path);
@@ -117,18 +146,25 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
       kind,
       repository,
       path: url.pathname,
+      query: url.searchParams,
       bytesUp: 0,
       bytesDown: 0,
       status: 0,
     };
     records.push(record);
-    const fault = options.fault?.({ method: record.method, kind, index, contentLength });
+    const fault = options.fault?.({
+      method: record.method,
+      kind,
+      index,
+      contentLength,
+      query: url.searchParams,
+    });
     if (fault) record.fault = fault;
     // Counted in each branch at the moment the body is consumed: a 'data' listener set earlier would start the
     // flow before the upstream pipe exists and lose the first chunks.
     const countUp = (chunk: Buffer) => (record.bytesUp += chunk.length);
 
-    if (fault && 'drop' in fault) {
+    if (fault && 'drop' in fault && fault.drop === 'mid-body') {
       // Forward nothing; cut the client off once part of the body has arrived, as a broken link would.
       const cut = Math.max(1, Math.floor(contentLength / 2));
       req.on('data', (chunk: Buffer) => {
@@ -139,28 +175,55 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
       return;
     }
     await delay(latency);
-    if (options.multiTag && kind === 'manifest-put' && url.searchParams.has('tag')) {
-      await relayMultiTag(req, res, url, record, options.target);
+    const tagged = kind === 'manifest-put' && url.searchParams.has('tag');
+    const answer = (status: number, headers: Record<string, string> = {}) =>
+      consume(req, countUp).then(() => {
+        record.status = status;
+        res
+          .writeHead(status, { 'content-type': 'application/json', ...headers })
+          .end(`{"errors":[{"code":"INJECTED","message":"HTTP ${status} injected by test relay"}]}`);
+      });
+    if (tagged && options.refuseTagQuery) return answer(options.refuseTagQuery);
+    if (tagged && options.multiTag) {
+      await relayMultiTag(
+        req,
+        res,
+        url,
+        record,
+        options.target,
+        options.multiTag === true ? {} : options.multiTag,
+      );
       return;
     }
-    if (fault) {
-      req.on('data', countUp);
-      await new Promise((resolve) => req.on('end', resolve));
+    if (fault && 'status' in fault) {
       await delay(latency);
-      record.status = fault.status;
-      const headers: Record<string, string> = { 'content-type': 'application/json' };
+      const headers = { ...fault.headers };
       if (fault.retryAfterSeconds !== undefined) headers['retry-after'] = String(fault.retryAfterSeconds);
-      res
-        .writeHead(fault.status, headers)
-        .end('{"errors":[{"code":"TOOMANYREQUESTS","message":"injected by test relay"}]}');
+      return answer(fault.status, headers);
+    }
+    if (fault && 'endless' in fault) {
+      await consume(req, countUp);
+      record.status = 200;
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      await writeEndless(res, record);
       return;
     }
+    const headers = { ...req.headers };
+    if (options.noRanges) delete headers.range;
     const upstream = httpRequest(
-      { host: targetHost, port: Number(targetPort), method: req.method, path: req.url, headers: req.headers },
+      { host: targetHost, port: Number(targetPort), method: req.method, path: req.url, headers },
       (upstreamRes) => {
-        void delay(latency).then(() => {
+        void delay(latency).then(async () => {
           record.status = upstreamRes.statusCode ?? 0;
-          res.writeHead(upstreamRes.statusCode ?? 502, upstreamRes.headers);
+          let answerHeaders = { ...upstreamRes.headers };
+          if (options.noRanges) delete answerHeaders['accept-ranges'];
+          if (options.mapResponseHeaders) answerHeaders = options.mapResponseHeaders(kind, answerHeaders);
+          res.writeHead(upstreamRes.statusCode ?? 502, answerHeaders);
+          if (fault && 'drop' in fault) return cutResponse(upstreamRes, res, record, fault.afterBytes);
+          if (fault && 'corrupt' in fault) return flipFirstByte(upstreamRes, res, record);
+          if (fault && 'throttleBytesPerSecond' in fault) {
+            return throttle(upstreamRes, res, record, fault.throttleBytesPerSecond);
+          }
           upstreamRes.on('data', (chunk: Buffer) => (record.bytesDown += chunk.length));
           upstreamRes.pipe(res);
         });
@@ -191,23 +254,100 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
   };
 }
 
+async function consume(req: IncomingMessage, count: (chunk: Buffer) => void): Promise<void> {
+  for await (const chunk of req) count(chunk as Buffer);
+}
+
+async function writeAll(res: ServerResponse, record: RequestRecord, chunk: Buffer): Promise<boolean> {
+  if (res.destroyed) return false;
+  record.bytesDown += chunk.length;
+  if (!res.write(chunk)) {
+    await new Promise<void>((resolve) => {
+      res.once('drain', resolve);
+      res.once('close', resolve);
+    });
+  }
+  return !res.destroyed;
+}
+
+async function writeEndless(res: ServerResponse, record: RequestRecord): Promise<void> {
+  const zeros = Buffer.alloc(64 * 1024);
+  while (record.bytesDown < 1024 ** 3 && (await writeAll(res, record, zeros)));
+  res.end();
+}
+
+async function cutResponse(
+  from: Readable,
+  res: ServerResponse,
+  record: RequestRecord,
+  afterBytes: number,
+): Promise<void> {
+  for await (const chunk of from) {
+    const room = afterBytes - record.bytesDown;
+    await writeAll(res, record, (chunk as Buffer).subarray(0, Math.max(0, room)));
+    if (record.bytesDown >= afterBytes) break;
+  }
+  // Let the bytes written so far reach the client, then break the connection as a failing link would.
+  res.socket?.end(() => res.socket?.destroy());
+  setTimeout(() => res.socket?.destroy(), 50).unref();
+  from.destroy();
+}
+
+async function flipFirstByte(from: Readable, res: ServerResponse, record: RequestRecord): Promise<void> {
+  let flipped = false;
+  for await (const chunk of from) {
+    const copy = Buffer.from(chunk as Buffer);
+    if (!flipped && copy.length > 0) {
+      copy[0]! ^= 0xff;
+      flipped = true;
+    }
+    if (!(await writeAll(res, record, copy))) return;
+  }
+  res.end();
+}
+
+async function throttle(
+  from: Readable,
+  res: ServerResponse,
+  record: RequestRecord,
+  bytesPerSecond: number,
+): Promise<void> {
+  const slice = Math.max(1, Math.floor(bytesPerSecond / 10));
+  for await (const chunk of from) {
+    for (let at = 0; at < (chunk as Buffer).length; at += slice) {
+      if (!(await writeAll(res, record, (chunk as Buffer).subarray(at, at + slice)))) {
+        from.destroy();
+        return;
+      }
+      await delay(100);
+    }
+  }
+  res.end();
+}
+
 async function relayMultiTag(
   req: IncomingMessage,
   res: ServerResponse,
   url: URL,
   record: RequestRecord,
   target: string,
+  options: { cap?: number; joined?: boolean },
 ): Promise<void> {
   const chunks: Buffer[] = [];
   for await (const chunk of req) {
     chunks.push(chunk as Buffer);
     record.bytesUp += (chunk as Buffer).length;
   }
+  const tags = url.searchParams.getAll('tag');
+  if (options.cap !== undefined && tags.length > options.cap) {
+    record.status = 414;
+    res.writeHead(414).end();
+    return;
+  }
   const body = Buffer.concat(chunks);
   const headers: Record<string, string> = { 'content-type': req.headers['content-type'] ?? '' };
   if (req.headers.authorization) headers.authorization = req.headers.authorization;
   const repoPath = url.pathname.slice(0, url.pathname.lastIndexOf('/') + 1);
-  const tags = url.searchParams.getAll('tag');
   const responses = await Promise.all(
     [url.pathname, ...tags.map((t) => repoPath + t)].map((path) =>
       fetch(`http://${target}${path}`, { method: 'PUT', headers, body }),
@@ -224,7 +364,7 @@ async function relayMultiTag(
   res.writeHead(201, {
     'docker-content-digest': first.headers.get('docker-content-digest') ?? '',
     location: first.headers.get('location') ?? url.pathname,
-    'oci-tag': tags,
+    'oci-tag': options.joined ? tags.join(', ') : tags,
   });
   res.end();
 }

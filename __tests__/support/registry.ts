@@ -17,6 +17,13 @@ export interface RegistryOptions {
   auth?: RegistryAuth;
   username?: string;
   password?: string;
+  /** Token auth: more users (name -> password) whose tokens grant `pull` only, whatever they ask for. */
+  pullOnlyUsers?: Record<string, string>;
+  /**
+   * Token auth: sees every token request first; returning true means it answered (a token server that fails,
+   * hangs or answers HTML). Requests it takes are still recorded in `tokenRequests`.
+   */
+  tokenHook?: (req: IncomingMessage, res: ServerResponse) => boolean;
 }
 
 export interface TokenRequest {
@@ -34,6 +41,8 @@ export interface RegistryService {
   dir: string;
   /** Every token the token server was asked for (token auth only). */
   tokenRequests: TokenRequest[];
+  /** The registry's WWW-Authenticate challenge (token auth only), for relays that answer 401 themselves. */
+  challenge?: string;
   /** The registry's log so far (access log lines included). */
   log(): string;
   stop(): Promise<void>;
@@ -61,6 +70,7 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
   const tokenRequests: TokenRequest[] = [];
   let tokenServer: Server | undefined;
   let authConfig = '';
+  let challenge: string | undefined;
   if (auth === 'htpasswd') {
     const line = execFileSync('htpasswd', ['-Bbn', username!, password!], { encoding: 'utf8' });
     writeFileSync(join(dir, 'htpasswd'), line.trim() + '\n');
@@ -68,7 +78,12 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
   } else if (auth === 'token') {
     const signer = makeSigner(dir);
     const tokenPort = await freePort();
-    tokenServer = await startTokenServer(tokenPort, signer, { [username!]: password! }, tokenRequests);
+    tokenServer = await startTokenServer(tokenPort, signer, tokenRequests, {
+      users: { [username!]: password! },
+      pullOnlyUsers: options.pullOnlyUsers ?? {},
+      hook: options.tokenHook,
+    });
+    challenge = `Bearer realm="http://127.0.0.1:${tokenPort}/token",service="${TOKEN_SERVICE}"`;
     authConfig =
       `auth:\n  token:\n    realm: http://127.0.0.1:${tokenPort}/token\n    service: ${TOKEN_SERVICE}\n` +
       `    issuer: ${TOKEN_ISSUER}\n    rootcertbundle: ${signer.certPath}\n`;
@@ -100,6 +115,7 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
     password,
     dir,
     tokenRequests,
+    challenge,
     log: () => logChunks.join(''),
     async stop() {
       await stopChild(child, exited);
@@ -185,12 +201,21 @@ function makeSigner(dir: string): Signer {
 async function startTokenServer(
   port: number,
   signer: Signer,
-  users: Record<string, string>,
   requests: TokenRequest[],
+  options: {
+    users: Record<string, string>;
+    pullOnlyUsers: Record<string, string>;
+    hook?: (req: IncomingMessage, res: ServerResponse) => boolean;
+  },
 ): Promise<Server> {
+  const users = { ...options.users, ...options.pullOnlyUsers };
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
     const url = new URL(req.url ?? '/', 'http://token');
     const scopes = url.searchParams.getAll('scope');
+    if (options.hook?.(req, res)) {
+      requests.push({ scopes });
+      return;
+    }
     let user: string | undefined;
     const header = req.headers.authorization ?? '';
     if (header.startsWith('Basic ')) {
@@ -208,10 +233,12 @@ async function startTokenServer(
       res.writeHead(401, { 'content-type': 'application/json' }).end('{"details":"login required"}');
       return;
     }
+    // As token servers do: the token grants what the user may do of what was asked, not more.
+    const pullOnly = user in options.pullOnlyUsers;
     const access = scopes.map((scope) => {
       const [type, ...rest] = scope.split(':');
-      const actions = rest.pop() ?? '';
-      return { type, name: rest.join(':'), actions: actions.split(',').filter(Boolean) };
+      const actions = (rest.pop() ?? '').split(',').filter((a) => a && (!pullOnly || a === 'pull'));
+      return { type, name: rest.join(':'), actions };
     });
     const now = Math.floor(Date.now() / 1000);
     const token = signer.sign({

@@ -4,7 +4,7 @@
  */
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -163,32 +163,190 @@ describe('RegistryClient protocol details (in-process double)', () => {
     ]);
   });
 
-  it('restarts a streamed upload in a new session when its token is refused mid-upload', async () => {
-    const b = blob('streamed-content');
+  it('continues the same upload session after a token is refused mid-upload, from the offset the registry reports', async () => {
+    const b = blob('0123456789abcdefghijklmnopqrstuvwxyz');
     let issued = 0;
+    let stored = Buffer.alloc(0);
+    let patches = 0;
     const { host, seen } = await double((req, body, res) => {
       const url = new URL(req.url!, 'http://x');
       const challenge = `Bearer realm="http://${req.headers.host}/token",service="svc"`;
       if (url.pathname === '/token')
-        return void res.writeHead(200).end(JSON.stringify({ token: `t${++issued}` }));
+        return void res.writeHead(200).end(JSON.stringify({ token: `t${++issued}`, expires_in: 300 }));
       if (!req.headers.authorization) return void res.writeHead(401, { 'www-authenticate': challenge }).end();
-      if (req.method === 'POST')
-        return void res.writeHead(202, { location: `/v2/r/blobs/uploads/s${seen.length}` }).end();
-      if (req.headers.authorization === 'Bearer t1' && req.method === 'PUT') {
+      // The first token dies early, while the second chunk is on its way: a registry trusts its own clock.
+      if (req.method === 'PATCH' && ++patches === 2) {
         return void res.writeHead(401, { 'www-authenticate': `${challenge},error="invalid_token"` }).end();
       }
-      const ok = createHash('sha256').update(body).digest('hex') === url.searchParams.get('digest')!.slice(7);
+      if (req.method === 'POST') return void res.writeHead(202, { location: '/v2/r/blobs/uploads/s1' }).end();
+      if (req.method === 'GET') {
+        return void res
+          .writeHead(204, { range: `0-${stored.length - 1}`, location: '/v2/r/blobs/uploads/s1' })
+          .end();
+      }
+      stored = Buffer.concat([stored, body]);
+      if (req.method === 'PATCH')
+        return void res.writeHead(202, { location: '/v2/r/blobs/uploads/s1' }).end();
+      const ok =
+        createHash('sha256').update(stored).digest('hex') === url.searchParams.get('digest')!.slice(7);
       res.writeHead(ok ? 201 : 400).end();
     });
     const c = client(host);
-    await c.uploadBlob('r', b);
-    const puts = seen
-      .filter((s) => s.method === 'PUT')
-      .map((s) => `${s.url.split('?')[0]} ${s.auth} ${s.bytes}`);
-    expect(puts).toEqual([
-      `/v2/r/blobs/uploads/s3 Bearer t1 ${b.size}`,
-      `/v2/r/blobs/uploads/s6 Bearer t2 ${b.size}`,
+    await c.uploadBlob('r', b, { chunkSize: 10 });
+    const upload = seen.filter((s) => s.url.startsWith('/v2/r/blobs/uploads/'));
+    expect(upload.map((s) => `${s.method} ${s.url.split('?')[0]} ${s.auth} ${s.bytes}`)).toEqual([
+      'POST /v2/r/blobs/uploads/ undefined 0',
+      'POST /v2/r/blobs/uploads/ Bearer t1 0',
+      'PATCH /v2/r/blobs/uploads/s1 Bearer t1 10',
+      'PATCH /v2/r/blobs/uploads/s1 Bearer t1 10',
+      'GET /v2/r/blobs/uploads/s1 Bearer t2 0',
+      'PATCH /v2/r/blobs/uploads/s1 Bearer t2 10',
+      'PATCH /v2/r/blobs/uploads/s1 Bearer t2 10',
+      'PATCH /v2/r/blobs/uploads/s1 Bearer t2 6',
+      'PUT /v2/r/blobs/uploads/s1 Bearer t2 0',
     ]);
     expect(c.stats.bytesUploaded).toBe(b.size);
+  });
+
+  describe('token fetches share one retry budget and name the token server', () => {
+    /** A registry double whose token endpoint does what `token` says; counts token requests. */
+    async function tokenRegistry(token: (res: ServerResponse) => void) {
+      let tokenRequests = 0;
+      const { host } = await double((req, _body, res) => {
+        if (req.url!.startsWith('/token')) {
+          tokenRequests++;
+          return token(res);
+        }
+        if (!req.headers.authorization) {
+          return void res
+            .writeHead(401, {
+              'www-authenticate': `Bearer realm="http://${req.headers.host}/token",service="svc"`,
+            })
+            .end();
+        }
+        res.writeHead(404).end();
+      });
+      return { host, tokenRequests: () => tokenRequests };
+    }
+    const digests = ['a', 'b', 'c', 'd'].map((c) => `sha256:${c.repeat(64)}`);
+
+    it('a token server that always answers 503: six token requests in all, however many requests wait', async () => {
+      const registry = await tokenRegistry((res) => void res.writeHead(503).end());
+      const c = client(registry.host);
+      const results = await Promise.allSettled(digests.map((d) => c.headBlob('a/b', d)));
+      expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected', 'rejected', 'rejected']);
+      expect(registry.tokenRequests()).toBe(6);
+      expect(String((results[0] as PromiseRejectedResult).reason)).toContain(
+        `get a token from http://${registry.host}/token: HTTP 503`,
+      );
+    });
+
+    it('a token server that never answers costs the budget of timeouts, not more', async () => {
+      const registry = await tokenRegistry(() => undefined);
+      const c = client(registry.host, { timeoutMs: 300 });
+      const results = await Promise.allSettled(digests.map((d) => c.headBlob('a/b', d)));
+      expect(registry.tokenRequests()).toBe(6);
+      expect(String((results[3] as PromiseRejectedResult).reason)).toMatch(
+        new RegExp(`get a token from http://${registry.host}/token: no .*within 0.3 s`),
+      );
+    });
+
+    it('an HTML answer from the token server is reported with its URL', async () => {
+      const registry = await tokenRegistry(
+        (res) =>
+          void res
+            .writeHead(200, { 'content-type': 'text/html' })
+            .end('<html><body>Sign in\n::set-output name=x::y</body></html>'),
+      );
+      const error = await client(registry.host)
+        .headBlob('a/b', digests[0]!)
+        .catch((e: unknown) => e);
+      expect(String(error)).toContain(
+        `get a token from http://${registry.host}/token: the token server answered text/html, not JSON`,
+      );
+      expect(String(error)).not.toContain('\n');
+      expect(registry.tokenRequests()).toBe(1);
+    });
+  });
+
+  it('a registry that always answers 503 to an upload start gets six POSTs for the blob, no more', async () => {
+    const b = blob('payload');
+    const { host, seen } = await double((req, _body, res) => {
+      if (req.method === 'POST') return void res.writeHead(503).end();
+      res.writeHead(404).end();
+    });
+    const c = client(host);
+    await expect(c.uploadBlob('r', b)).rejects.toThrow('start upload to r: HTTP 503');
+    expect(seen.filter((s) => s.method === 'POST')).toHaveLength(6);
+    expect(c.stats.retries).toBe(5);
+  });
+
+  it('answers a challenge list (Basic before Bearer) with the bearer flow', async () => {
+    const { host, seen } = await double((req, _body, res) => {
+      if (req.url!.startsWith('/token')) return void res.writeHead(200).end('{"token":"tok"}');
+      if (req.headers.authorization !== 'Bearer tok') {
+        return void res
+          .writeHead(401, {
+            'www-authenticate': `Basic realm="a, b", Bearer realm="http://${req.headers.host}/token",service="svc"`,
+          })
+          .end();
+      }
+      res.writeHead(200, { 'content-length': '3' }).end();
+    });
+    const c = client(host, { credentials: { username: 'u', password: 'p' } });
+    expect(await c.headBlob('a/b', `sha256:${'e'.repeat(64)}`)).toEqual({ size: 3 });
+    expect(seen.map((s) => s.url.split('?')[0])).toEqual([
+      '/v2/a/b/blobs/sha256:' + 'e'.repeat(64),
+      '/token',
+      '/v2/a/b/blobs/sha256:' + 'e'.repeat(64),
+    ]);
+  });
+
+  it('a blob GET answered 503 every time is tried six times in all, then fails without a file', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'ici-double-'));
+    const { host, seen } = await double((_req, _body, res) => void res.writeHead(503).end());
+    const dest = join(dir, 'blob');
+    await expect(client(host).downloadBlob('r', `sha256:${'f'.repeat(64)}`, dest)).rejects.toThrow(
+      'HTTP 503',
+    );
+    expect(seen.filter((s) => s.method === 'GET')).toHaveLength(6);
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('follows a blob redirect to storage without sending the registry credentials there', async () => {
+    const content = 'stored elsewhere';
+    const digest = `sha256:${createHash('sha256').update(content).digest('hex')}`;
+    const storage = await double((_req, _body, res) => void res.writeHead(200).end(content));
+    const { host } = await double((req, _body, res) => {
+      if (!req.headers.authorization)
+        return void res.writeHead(401, { 'www-authenticate': 'Basic realm="r"' }).end();
+      res.writeHead(307, { location: `http://${storage.host}/blob?sig=1` }).end();
+    });
+    dir = mkdtempSync(join(tmpdir(), 'ici-double-'));
+    const c = client(host, { credentials: { username: 'u', password: 'p' } });
+    expect(await c.downloadBlob('r', digest, join(dir, 'b'), { size: content.length })).toEqual({
+      size: content.length,
+    });
+    expect(storage.seen.map((s) => [s.url, s.auth])).toEqual([['/blob?sig=1', undefined]]);
+  });
+
+  it('a 403 insufficient_scope names the user and the scope the registry asked for', async () => {
+    const { host } = await double((req, _body, res) => {
+      const challenge = `Bearer realm="http://${req.headers.host}/token",service="svc"`;
+      if (req.url!.startsWith('/token')) return void res.writeHead(200).end('{"token":"opaque"}');
+      if (!req.headers.authorization) return void res.writeHead(401, { 'www-authenticate': challenge }).end();
+      res
+        .writeHead(403, {
+          'www-authenticate': `${challenge},scope="repository:a/b:pull,push",error="insufficient_scope"`,
+        })
+        .end();
+    });
+    const c = client(host, { credentials: { username: 'ci-bot', password: 'pw' } });
+    const error = await c
+      .putManifest('a/b', 'v1', Buffer.from('{}'), 'application/json')
+      .catch((e: unknown) => e);
+    expect(String(error)).toContain(
+      "PUT manifest a/b:v1: user 'ci-bot' lacks a right it needs on repository:a/b:pull,push (the registry answered insufficient_scope)",
+    );
   });
 });

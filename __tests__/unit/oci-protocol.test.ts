@@ -1,31 +1,72 @@
 import { describe, expect, it } from '@jest/globals';
-import { parseChallenge } from '../../src/core/oci/challenge.js';
+import { parseChallenges, preferredChallenge } from '../../src/core/oci/challenge.js';
 import { parseOciError } from '../../src/core/oci/errors.js';
-import { backoffDelay, isRetryableStatus, parseRetryAfter } from '../../src/core/oci/retry.js';
+import {
+  backoffDelay,
+  DEFAULT_RETRY,
+  isRetryableStatus,
+  parseRetryAfter,
+  RetryBudget,
+  TransientError,
+} from '../../src/core/oci/retry.js';
+import { confirmedTags } from '../../src/core/oci/upload.js';
 import { parseImageSource, formatImageSource } from '../../src/core/oci/source.js';
 import { mapLimit } from '../../src/core/oci/pool.js';
 
-describe('WWW-Authenticate', () => {
-  it('parses a bearer challenge with quoted params', () => {
+describe('WWW-Authenticate (RFC 7235 challenge lists)', () => {
+  const bearer = {
+    scheme: 'bearer',
+    params: {
+      realm: 'https://auth.example/token',
+      service: 'registry.example',
+      scope: 'repository:a/b:pull,push',
+    },
+  };
+  it('parses a bearer challenge with quoted params holding commas', () => {
     expect(
-      parseChallenge(
+      parseChallenges(
         'Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push"',
       ),
-    ).toEqual({
-      scheme: 'bearer',
-      params: {
-        realm: 'https://auth.example/token',
-        service: 'registry.example',
-        scope: 'repository:a/b:pull,push',
-      },
-    });
+    ).toEqual([bearer]);
   });
-  it('parses basic and unquoted params, and nothing from an empty header', () => {
-    expect(parseChallenge('Basic realm=test-realm')).toEqual({
-      scheme: 'basic',
-      params: { realm: 'test-realm' },
-    });
-    expect(parseChallenge(null)).toBeUndefined();
+  it.each([
+    [
+      'Bearer then Basic',
+      'Bearer realm="https://auth.example/token", service="registry.example",scope="repository:a/b:pull,push", Basic realm="x, y"',
+    ],
+    [
+      'Basic then Bearer',
+      'Basic realm="x, y", Bearer realm="https://auth.example/token",service=registry.example,scope="repository:a/b:pull,push"',
+    ],
+  ])('parses two challenges in one header (%s) and prefers Bearer', (_name, header) => {
+    const list = parseChallenges(header);
+    expect(list).toHaveLength(2);
+    expect(list).toContainEqual({ scheme: 'basic', params: { realm: 'x, y' } });
+    expect(preferredChallenge(list)).toEqual(bearer);
+  });
+  it('joins repeated headers, skips token68 and unknown schemes, unescapes quoted pairs', () => {
+    const list = parseChallenges(['Negotiate abc==', 'Basic realm="say \\"hi\\""', 'Custom']);
+    expect(list).toEqual([
+      { scheme: 'negotiate', params: {} },
+      { scheme: 'basic', params: { realm: 'say "hi"' } },
+      { scheme: 'custom', params: {} },
+    ]);
+    expect(preferredChallenge(list)?.scheme).toBe('basic');
+  });
+  it('parses basic with unquoted params, and nothing from an empty header', () => {
+    expect(parseChallenges('Basic realm=test-realm')).toEqual([
+      { scheme: 'basic', params: { realm: 'test-realm' } },
+    ]);
+    expect(parseChallenges(null)).toEqual([]);
+    expect(preferredChallenge(parseChallenges('Bearer service="no realm"'))).toBeUndefined();
+  });
+});
+
+describe('OCI-Tag confirmations', () => {
+  it('reads one comma-joined header or one header per tag, and only tags that were asked for', () => {
+    expect(confirmedTags(['a, b,c'], ['a', 'b', 'c', 'd'])).toEqual(['a', 'b', 'c']);
+    expect(confirmedTags(['a', 'b', 'zzz'], ['a', 'b', 'c'])).toEqual(['a', 'b']);
+    expect(confirmedTags([], ['a'])).toEqual([]);
   });
 });
 
@@ -40,13 +81,27 @@ describe('retry policy', () => {
     expect(parseRetryAfter('soon')).toBeUndefined();
     expect(parseRetryAfter(null)).toBeUndefined();
   });
-  it('grows exponentially, is capped, and lets Retry-After win', () => {
-    const policy = { retries: 5, baseDelayMs: 100, maxDelayMs: 1000 };
+  it('grows exponentially and is capped; Retry-After wins and is honoured up to 120 s', () => {
+    const policy = { retries: 5, baseDelayMs: 100, maxDelayMs: 1000, maxRetryAfterMs: 120_000 };
     expect(backoffDelay(0, policy)).toBeLessThanOrEqual(100);
     expect(backoffDelay(3, policy)).toBeGreaterThanOrEqual(400);
     expect(backoffDelay(10, policy)).toBe(1000);
     expect(backoffDelay(0, policy, 700)).toBe(700);
-    expect(backoffDelay(0, policy, 60_000)).toBe(1000);
+    expect(backoffDelay(0, DEFAULT_RETRY, 30_000)).toBe(30_000);
+    expect(backoffDelay(0, DEFAULT_RETRY, 600_000)).toBe(120_000);
+  });
+  it('a budget allows retries + 1 tries in all, and marks the failure it gives up on', async () => {
+    let retries = 0;
+    const budget = new RetryBudget({ ...DEFAULT_RETRY, retries: 2, baseDelayMs: 1 }, () => retries++);
+    const failure = new TransientError('x', 503);
+    await budget.next(failure);
+    await budget.next(failure);
+    await expect(budget.next(failure)).rejects.toBe(failure);
+    expect(failure.exhausted).toBe(true);
+    expect(retries).toBe(2);
+    // An enclosing operation with budget left does not start another round for an exhausted failure.
+    await expect(new RetryBudget(DEFAULT_RETRY, () => retries++).next(failure)).rejects.toBe(failure);
+    expect(retries).toBe(2);
   });
   it('extracts the OCI error code and message', () => {
     expect(parseOciError('{"errors":[{"code":"DENIED","message":"no push access"}]}')).toEqual({

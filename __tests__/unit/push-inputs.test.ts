@@ -97,11 +97,15 @@ describe('push-multi-tag summary', () => {
           skipped: 1,
           bytesUploaded: 2048,
           multiTag: false,
+          tagRequests: 2,
         },
       ],
+      [{ registry: 'ghcr.io', requests: 14, retries: 3, bytesUploaded: 2048 }],
       1500,
     );
     expect(md).toContain('### push-multi-tag: 1 repositories in 1.5 s');
     expect(md).toContain('| ghcr.io/org/app:1, latest | `sha256:abc` | 3 (2.0 KiB) | 0 | 1 |');
+    expect(md).toContain('| Registry | Requests | Retries | Blob bytes sent |');
+    expect(md).toContain('| ghcr.io | 14 | 3 | 2.0 KiB |');
   });
 });

@@ -21,6 +21,7 @@ import {
 import type { MachineArch, VmType } from './podman-host.js';
 import { ProgressLog } from './progress.js';
 
+/** The longest silence: no answer, or no byte of the disk, for this long (a slow but moving link is fine). */
 const REGISTRY_TIMEOUT_MS = 60_000;
 /** Fewer than the client's default: an unreachable registry falls back to the cache after a few seconds. */
 const REGISTRY_RETRIES = 3;
@@ -69,20 +70,24 @@ export async function resolveDisk(
   vmType: VmType,
 ): Promise<ResolvedDisk> {
   const { client, repository, ref } = registryClientFor(reference);
-  const index = await client.getManifest(repository, ref, [OCI_INDEX, DOCKER_MANIFEST_LIST]);
-  if (!isIndex(index.mediaType)) {
-    throw new Error(`docker://${reference} is a ${index.mediaType}, not an image index of machine disks.`);
+  try {
+    const index = await client.getManifest(repository, ref, [OCI_INDEX, DOCKER_MANIFEST_LIST]);
+    if (!isIndex(index.mediaType)) {
+      throw new Error(`docker://${reference} is a ${index.mediaType}, not an image index of machine disks.`);
+    }
+    const child = selectDiskChild(
+      JSON.parse(Buffer.from(index.bytes).toString('utf8')) as ImageIndex,
+      arch,
+      vmType,
+    );
+    const manifest = await client.getManifest(repository, child.digest, [OCI_MANIFEST]);
+    const { layer, title } = diskLayer(
+      JSON.parse(Buffer.from(manifest.bytes).toString('utf8')) as ImageManifest,
+    );
+    return { repository, indexDigest: index.digest, manifestDigest: child.digest, layer, title };
+  } finally {
+    await client.close();
   }
-  const child = selectDiskChild(
-    JSON.parse(Buffer.from(index.bytes).toString('utf8')) as ImageIndex,
-    arch,
-    vmType,
-  );
-  const manifest = await client.getManifest(repository, child.digest, [OCI_MANIFEST]);
-  const { layer, title } = diskLayer(
-    JSON.parse(Buffer.from(manifest.bytes).toString('utf8')) as ImageManifest,
-  );
-  return { repository, indexDigest: index.digest, manifestDigest: child.digest, layer, title };
 }
 
 export async function downloadDisk(
@@ -93,12 +98,18 @@ export async function downloadDisk(
 ): Promise<number> {
   const { client } = registryClientFor(reference);
   const progress = new ProgressLog(host, `Downloading ${disk.title}`, disk.layer.size);
-  let received = 0;
-  const { size } = await client.downloadBlob(disk.repository, disk.layer.digest, dest, {
-    onProgress: (bytes) => progress.update((received += bytes)),
-  });
-  progress.done(size);
-  return size;
+  try {
+    // The descriptor's size bounds the download and is checked against the free space before it starts;
+    // a cut connection resumes where the file stands, so progress never passes 100 %.
+    const { size } = await client.downloadBlob(disk.repository, disk.layer.digest, dest, {
+      size: disk.layer.size,
+      onProgress: (written) => progress.update(written),
+    });
+    progress.done(size);
+    return size;
+  } finally {
+    await client.close();
+  }
 }
 
 /**

@@ -10,5 +10,5 @@ export const Output = {
 
 /** How long exporting a local image (skopeo/podman) may take. */
 export const EXPORT_TIMEOUT_MS = 30 * 60_000;
-/** Per-request timeout for registry calls; blob transfers get more in proportion to their size. */
+/** The longest silence on a registry call: no answer, or no progress on a body (a moving transfer runs on). */
 export const REQUEST_TIMEOUT_MS = 60_000;

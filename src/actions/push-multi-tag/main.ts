@@ -23,6 +23,14 @@ export interface PushedRepository extends RepositoryPushResult {
   registry: string;
 }
 
+/** What talking to one registry cost, retries included (for the log and the job summary). */
+export interface RegistryTraffic {
+  registry: string;
+  requests: number;
+  retries: number;
+  bytesUploaded: number;
+}
+
 function groupByRegistry(destinations: readonly Destination[]): Map<string, string[]> {
   const groups = new Map<string, string[]>();
   for (const d of destinations) groups.set(d.registry, [...(groups.get(d.registry) ?? []), d.repository]);
@@ -69,10 +77,12 @@ export async function pushMultiTag(host: Host, inputs: PushInputs): Promise<void
         `${formatBytes(totalBytes)}) to ${inputs.repositories.length} repositories × ${inputs.tags.length} tags: ` +
         inputs.tags.join(', '),
     );
-    const pushed = await host.group('Push', () => pushEverywhere(host, inputs, image, credentials));
+    const { pushed, traffic } = await host.group('Push', () =>
+      pushEverywhere(host, inputs, image, credentials),
+    );
     const durationMs = Date.now() - started;
     report(host, inputs, image, pushed, durationMs);
-    await host.appendSummary(pushSummary(pushed, durationMs));
+    await host.appendSummary(pushSummary(pushed, traffic, durationMs));
     if (inputs.digestFile) await writeFile(inputs.digestFile, `${image.root.digest}\n`);
   } finally {
     await auth?.remove();
@@ -85,10 +95,11 @@ async function pushEverywhere(
   inputs: PushInputs,
   image: LocalImage,
   credentials: Map<string, Credential>,
-): Promise<PushedRepository[]> {
+): Promise<{ pushed: PushedRepository[]; traffic: RegistryTraffic[] }> {
   const groups = groupByRegistry(inputs.repositories);
   // Registry to registry on the same host: the source repository already holds every blob, so mount from it.
   const origin = inputs.source.transport === 'docker' ? parseReference(inputs.source.location) : undefined;
+  const traffic: RegistryTraffic[] = [];
   const perRegistry = await Promise.allSettled(
     [...groups].map(async ([registry, repositories]) => {
       const client = new RegistryClient({
@@ -99,25 +110,33 @@ async function pushEverywhere(
         timeoutMs: REQUEST_TIMEOUT_MS,
       });
       const results: PushedRepository[] = [];
-      for (const repository of repositories) {
-        const result = await pushToRepository(client, repository, image, {
-          tags: inputs.tags,
-          concurrency: inputs.concurrency,
-          chunkSize: inputs.chunkSize,
-          mountFrom:
-            results[0]?.repository ?? (origin?.registry === registry ? origin.repository : undefined),
-        });
+      try {
+        for (const repository of repositories) {
+          const result = await pushToRepository(client, repository, image, {
+            tags: inputs.tags,
+            concurrency: inputs.concurrency,
+            chunkSize: inputs.chunkSize,
+            mountFrom:
+              results[0]?.repository ?? (origin?.registry === registry ? origin.repository : undefined),
+          });
+          host.info(
+            `${registry}/${repository}: ${result.uploaded} uploaded (${formatBytes(result.bytesUploaded)}), ` +
+              `${result.mounted} mounted, ${result.skipped} already there; tagged ${inputs.tags.length}` +
+              (result.multiTag
+                ? ` in ${result.tagRequests === 1 ? 'one request' : `${result.tagRequests} requests`}`
+                : ''),
+          );
+          results.push({ registry, ...result });
+        }
+      } finally {
+        // Logged on failure too: "6 requests, 5 retried" is the first thing to read when a push gives up.
+        const { requests, retries, bytesUploaded } = client.stats;
         host.info(
-          `${registry}/${repository}: ${result.uploaded} uploaded (${formatBytes(result.bytesUploaded)}), ` +
-            `${result.mounted} mounted, ${result.skipped} already there; tagged ${inputs.tags.length}` +
-            (result.multiTag ? ' in one request' : ''),
+          `${registry}: ${requests} requests, ${retries} retried, ${formatBytes(bytesUploaded)} of blobs sent.`,
         );
-        results.push({ registry, ...result });
+        traffic.push({ registry, requests, retries, bytesUploaded });
+        await client.close();
       }
-      const { requests, retries, bytesUploaded } = client.stats;
-      host.info(
-        `${registry}: ${requests} requests, ${retries} retried, ${formatBytes(bytesUploaded)} of blobs sent.`,
-      );
       return results;
     }),
   );
@@ -125,7 +144,8 @@ async function pushEverywhere(
     r.status === 'rejected' ? [`${[...groups.keys()][i]}: ${errorMessage(r.reason)}`] : [],
   );
   if (failures.length > 0) throw new ActionError(`push failed:\n${failures.join('\n')}`);
-  return perRegistry.flatMap((r) => (r.status === 'fulfilled' ? r.value : []));
+  const pushed = perRegistry.flatMap((r) => (r.status === 'fulfilled' ? r.value : []));
+  return { pushed, traffic: [...groups.keys()].map((g) => traffic.find((t) => t.registry === g)!) };
 }
 
 function report(

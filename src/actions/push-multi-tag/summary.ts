@@ -1,7 +1,11 @@
 import { formatBytes, formatDuration, heading, markdownTable } from '../../core/summary.js';
-import type { PushedRepository } from './main.js';
+import type { PushedRepository, RegistryTraffic } from './main.js';
 
-export function pushSummary(pushed: readonly PushedRepository[], durationMs: number): string {
+export function pushSummary(
+  pushed: readonly PushedRepository[],
+  traffic: readonly RegistryTraffic[],
+  durationMs: number,
+): string {
   const rows = pushed.map((p) => [
     `${p.registry}/${p.repository}:${p.tags.join(', ')}`,
     `\`${p.digest}\``,
@@ -11,6 +15,11 @@ export function pushSummary(pushed: readonly PushedRepository[], durationMs: num
   ]);
   return (
     heading(`push-multi-tag: ${pushed.length} repositories in ${formatDuration(durationMs)}`) +
-    markdownTable(['Ref', 'Digest', 'Uploaded', 'Mounted', 'Skipped'], rows)
+    markdownTable(['Ref', 'Digest', 'Uploaded', 'Mounted', 'Skipped'], rows) +
+    '\n' +
+    markdownTable(
+      ['Registry', 'Requests', 'Retries', 'Blob bytes sent'],
+      traffic.map((t) => [t.registry, String(t.requests), String(t.retries), formatBytes(t.bytesUploaded)]),
+    )
   );
 }

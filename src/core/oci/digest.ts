@@ -27,21 +27,14 @@ export function verifyDigest(what: string, data: Buffer, expected: string): void
   if (actual !== expected) throw new DigestMismatchError(what, expected, actual);
 }
 
-/**
- * A pass-through stream that feeds what flows through it into a hash (shared across the chunks of one blob)
- * and reports progress per chunk.
- */
+/** A pass-through stream that feeds what flows through it into a hash (an upload verifies what it sent). */
 export class HashingStream extends Transform {
-  constructor(
-    private readonly hash: Hash,
-    private readonly onProgress?: (bytes: number) => void,
-  ) {
+  constructor(private readonly hash: Hash) {
     super();
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     this.hash.update(chunk);
-    this.onProgress?.(chunk.length);
     callback(null, chunk);
   }
 }

@@ -1,12 +1,28 @@
-/** Backoff for registry calls: exponential with jitter, capped, and a server's Retry-After wins when given. */
+/**
+ * The one retry policy of the registry client. Every operation (a manifest PUT, a blob upload, a download, a
+ * token fetch) gets one RetryBudget; whichever layer restarts it — the transport after a 503, the upload after a
+ * dropped PATCH, the download after a cut connection — draws from that budget, so an operation is tried at
+ * most `retries + 1` times in total and retries never multiply across layers.
+ */
+import { sleep } from '../process.js';
+import { RegistryError } from './errors.js';
 
 export interface RetryPolicy {
+  /** Tries after the first one. */
   retries: number;
   baseDelayMs: number;
+  /** Cap of the exponential backoff. */
   maxDelayMs: number;
+  /** A server's Retry-After is honoured up to this. */
+  maxRetryAfterMs: number;
 }
 
-export const DEFAULT_RETRY: RetryPolicy = { retries: 5, baseDelayMs: 250, maxDelayMs: 15_000 };
+export const DEFAULT_RETRY: RetryPolicy = {
+  retries: 5,
+  baseDelayMs: 250,
+  maxDelayMs: 15_000,
+  maxRetryAfterMs: 120_000,
+};
 
 /** Status codes worth another try: rate limiting and transient server trouble (501 is a permanent "no"). */
 export function isRetryableStatus(status: number): boolean {
@@ -14,7 +30,7 @@ export function isRetryableStatus(status: number): boolean {
 }
 
 /** Retry-After as seconds or an HTTP date; undefined when absent or unparseable. */
-export function parseRetryAfter(value: string | null, now = Date.now()): number | undefined {
+export function parseRetryAfter(value: string | undefined | null, now = Date.now()): number | undefined {
   if (!value) return undefined;
   const trimmed = value.trim();
   if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000;
@@ -23,8 +39,51 @@ export function parseRetryAfter(value: string | null, now = Date.now()): number 
 }
 
 export function backoffDelay(attempt: number, policy: RetryPolicy, retryAfterMs?: number): number {
-  if (retryAfterMs !== undefined) return Math.min(retryAfterMs, policy.maxDelayMs);
+  // The server knows its own load better than our schedule does; a cap only guards against absurd values.
+  if (retryAfterMs !== undefined) return Math.min(retryAfterMs, policy.maxRetryAfterMs);
   const exponential = policy.baseDelayMs * 2 ** attempt;
   // Jitter keeps parallel uploads that failed together from retrying in lockstep.
   return Math.min(policy.maxDelayMs, exponential / 2 + Math.random() * (exponential / 2));
+}
+
+/** A failure worth another try: network trouble, a stall, 429/5xx, or a token the registry stopped accepting. */
+export class TransientError extends RegistryError {
+  /** Tried as often as the policy allows already (e.g. a shared token fetch): nobody retries it again. */
+  exhausted = false;
+
+  constructor(
+    message: string,
+    status?: number,
+    /** The server's Retry-After. */
+    readonly retryAfterMs?: number,
+  ) {
+    super(message, status);
+    this.name = 'TransientError';
+  }
+}
+
+export class RetryBudget {
+  private tries = 1;
+
+  constructor(
+    private readonly policy: RetryPolicy,
+    /** Counts each retry, for the per-registry log line and the job summary. */
+    private readonly onRetry: () => void,
+  ) {}
+
+  /**
+   * Called after a failed try: waits before the next one, or rethrows the failure when the budget is spent
+   * (the thrown error is then marked exhausted, so an enclosing operation does not start its own round).
+   */
+  async next(error: TransientError): Promise<void> {
+    if (error.exhausted) throw error;
+    if (this.tries > this.policy.retries) {
+      error.exhausted = true;
+      throw error;
+    }
+    const wait = backoffDelay(this.tries - 1, this.policy, error.retryAfterMs);
+    this.tries++;
+    this.onRetry();
+    await sleep(wait);
+  }
 }

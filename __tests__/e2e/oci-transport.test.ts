@@ -1,0 +1,219 @@
+/**
+ * The registry transport against a real docker-registry (open, and with token auth backed by a real token
+ * server), with fault relays in front for what a slow or hostile world does: throttled and cut downloads,
+ * endless bodies, rewritten challenges, a token that dies mid-upload, a user without the push right.
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { RegistryClient, type RegistryClientOptions } from '../../src/core/oci/client.js';
+import { digestFile } from '../../src/core/oci/digest.js';
+import { generateLayout, type BlobInfo, type GeneratedLayout } from '../support/oci-layout.js';
+import { startProxy, type CountingProxy, type ProxyOptions } from '../support/proxy.js';
+import { startRegistry, type RegistryService } from '../support/registry.js';
+
+let work: string;
+let layout: GeneratedLayout;
+let blob: BlobInfo & { path: string };
+const relays: CountingProxy[] = [];
+
+beforeAll(() => {
+  work = mkdtempSync(join(tmpdir(), 'ici-transport-'));
+  layout = generateLayout(join(work, 'layout'), { layers: [600_000] });
+  const largest = layout.blobs.reduce((a, b) => (b.size > a.size ? b : a));
+  blob = { ...largest, path: join(layout.dir, 'blobs', 'sha256', largest.digest.slice(7)) };
+});
+afterAll(async () => {
+  await Promise.all(relays.splice(0).map((r) => r.stop()));
+  rmSync(work, { recursive: true, force: true });
+});
+
+async function relay(options: ProxyOptions): Promise<CountingProxy> {
+  const r = await startProxy(options);
+  relays.push(r);
+  return r;
+}
+
+function client(host: string, extra: Partial<RegistryClientOptions> = {}): RegistryClient {
+  return new RegistryClient({
+    registry: host,
+    insecure: true,
+    retryBaseDelayMs: 10,
+    timeoutMs: 10_000,
+    ...extra,
+  });
+}
+
+const blobGets = (r: CountingProxy) => r.records.filter((rec) => rec.kind === 'blob-get');
+
+describe('downloads', () => {
+  let registry: RegistryService;
+  beforeAll(async () => {
+    registry = await startRegistry();
+    await client(registry.host).uploadBlob('dl/app', blob);
+  });
+  afterAll(() => registry.stop());
+
+  async function download(r: CountingProxy, options: { timeoutMs?: number; size?: number } = {}) {
+    const dest = join(work, `dl-${Math.random().toString(16).slice(2)}`);
+    const progress: number[] = [];
+    const c = client(r.host, { timeoutMs: options.timeoutMs ?? 10_000 });
+    try {
+      const result = await c.downloadBlob('dl/app', blob.digest, dest, {
+        size: options.size ?? blob.size,
+        onProgress: (n) => progress.push(n),
+      });
+      return { result, dest, progress, retries: c.stats.retries };
+    } finally {
+      await c.close();
+    }
+  }
+
+  it('a throttled blob that takes several times the timeout still finishes: the timeout is for silence only', async () => {
+    // ~200 KB/s in tenths of a second: about 3 s for the blob, with a 1 s timeout.
+    const r = await relay({
+      target: registry.host,
+      fault: ({ kind }) => (kind === 'blob-get' ? { throttleBytesPerSecond: 200_000 } : undefined),
+    });
+    const { result, dest, progress } = await download(r, { timeoutMs: 1000 });
+    expect(result.size).toBe(blob.size);
+    expect(await digestFile(dest)).toBe(blob.digest);
+    expect(blobGets(r)).toHaveLength(1);
+    expect(progress.at(-1)).toBe(blob.size);
+  });
+
+  it('a GET cut mid-body resumes with Range: at most 1.1 × the blob crosses the link, progress counts it once', async () => {
+    const r = await relay({
+      target: registry.host,
+      fault: ({ kind, index }) =>
+        kind === 'blob-get' && index === 0 ? { drop: 'mid-response', afterBytes: 250_000 } : undefined,
+    });
+    const { dest, progress, retries } = await download(r);
+    expect(await digestFile(dest)).toBe(blob.digest);
+    const gets = blobGets(r);
+    expect(gets.map((g) => g.status)).toEqual([200, 206]);
+    expect(gets.reduce((n, g) => n + g.bytesDown, 0)).toBeLessThanOrEqual(1.1 * blob.size);
+    expect(Math.max(...progress)).toBe(blob.size);
+    expect(progress).toEqual([...progress].sort((a, b) => a - b));
+    expect(retries).toBe(1);
+  });
+
+  it('where ranges do not work, a cut GET starts the file over: progress goes back to 0, never past 100 %', async () => {
+    const r = await relay({
+      target: registry.host,
+      noRanges: true,
+      fault: ({ kind, index }) =>
+        kind === 'blob-get' && index === 0 ? { drop: 'mid-response', afterBytes: 250_000 } : undefined,
+    });
+    const { dest, progress } = await download(r);
+    expect(await digestFile(dest)).toBe(blob.digest);
+    expect(blobGets(r).map((g) => g.status)).toEqual([200, 200]);
+    expect(progress).toContain(0);
+    expect(Math.max(...progress)).toBe(blob.size);
+  });
+
+  it('stops as soon as more bytes arrive than the descriptor declares, and keeps nothing', async () => {
+    const r = await relay({
+      target: registry.host,
+      fault: ({ kind }) => (kind === 'blob-get' ? { endless: true } : undefined),
+    });
+    const before = readdirSync(work);
+    const error = await download(r).catch((e: unknown) => e);
+    expect(String(error)).toContain(`more than the ${blob.size} bytes the descriptor declares`);
+    // What was already in flight (socket buffers) may cross, but not the endless rest.
+    expect(blobGets(r).reduce((n, g) => n + g.bytesDown, 0)).toBeLessThan(32 * 1024 * 1024);
+    expect(readdirSync(work)).toEqual(before);
+  });
+
+  it('a blob whose bytes do not match its digest fails at once (no retry can fix it) and keeps nothing', async () => {
+    const r = await relay({
+      target: registry.host,
+      fault: ({ kind }) => (kind === 'blob-get' ? { corrupt: true } : undefined),
+    });
+    const before = readdirSync(work);
+    const error = await download(r).catch((e: unknown) => e);
+    expect(String(error)).toContain(`content has digest sha256:`);
+    expect(String(error)).toContain(`expected ${blob.digest}`);
+    expect(blobGets(r)).toHaveLength(1);
+    expect(readdirSync(work)).toEqual(before);
+  });
+
+  it('refuses a declared size larger than the free space before asking for a byte, naming both figures', async () => {
+    const r = await relay({ target: registry.host });
+    const error = await download(r, { size: 10 ** 15 }).catch((e: unknown) => e);
+    expect(String(error)).toMatch(
+      /the blob is 909\.5 TiB \(1000000000000000 bytes\) but .+ has only [\d.]+ \w+ \(\d+ bytes\) free/,
+    );
+    expect(blobGets(r)).toHaveLength(0);
+  });
+});
+
+describe('with token auth', () => {
+  let registry: RegistryService;
+  const reader = { username: 'reader', password: 'reader-pw-1' };
+  beforeAll(async () => {
+    registry = await startRegistry({ auth: 'token', pullOnlyUsers: { [reader.username]: reader.password } });
+  });
+  afterAll(() => registry.stop());
+  const creds = () => ({ username: registry.username!, password: registry.password! });
+
+  it.each([
+    ['Bearer before Basic', (bearer: string) => `${bearer}, Basic realm="registry, with a comma"`],
+    ['Basic before Bearer', (bearer: string) => `Basic realm="registry, with a comma", ${bearer}`],
+  ])('answers a WWW-Authenticate listing two challenges (%s) with the token flow', async (name, rewrite) => {
+    const r = await relay({
+      target: registry.host,
+      mapResponseHeaders: (_kind, headers) => {
+        const challenge = headers['www-authenticate'];
+        return typeof challenge === 'string'
+          ? { ...headers, 'www-authenticate': rewrite(challenge) }
+          : headers;
+      },
+    });
+    const before = registry.tokenRequests.length;
+    const repo = `list/${name.startsWith('Bearer') ? 'a' : 'b'}`;
+    const c = client(r.host, { credentials: creds() });
+    await c.uploadBlob(repo, blob);
+    expect(await c.headBlob(repo, blob.digest)).toEqual({ size: blob.size });
+    expect(r.records.filter((rec) => rec.status === 401)).toHaveLength(1);
+    expect(registry.tokenRequests.length - before).toBeGreaterThan(0);
+    await c.close();
+  });
+
+  it('a 401 on one PATCH refreshes the token and goes on in the same upload session', async () => {
+    const chunkSize = 64 * 1024;
+    const r = await relay({
+      target: registry.host,
+      fault: ({ kind, index }) =>
+        kind === 'upload-chunk' && index === 5
+          ? { status: 401, headers: { 'www-authenticate': `${registry.challenge!},error="invalid_token"` } }
+          : undefined,
+    });
+    const before = registry.tokenRequests.length;
+    const c = client(r.host, { credentials: creds() });
+    await c.uploadBlob('expiring/app', blob, { chunkSize });
+    // One session: the anonymous first try is answered 401 (the challenge), the second opens it.
+    expect(r.count('upload-start', (rec) => rec.status === 202)).toBe(1);
+    expect(r.count('upload-status')).toBe(1);
+    const sent = r.records
+      .filter((rec) => rec.kind === 'upload-chunk' || rec.kind === 'upload-put')
+      .reduce((n, rec) => n + rec.bytesUp, 0);
+    // The refused chunk crossed once more; nothing else did (the old client sent 1.6 times the blob).
+    expect(sent).toBeLessThanOrEqual(blob.size + chunkSize);
+    expect(registry.tokenRequests.length - before).toBe(2);
+    expect(await c.headBlob('expiring/app', blob.digest)).toEqual({ size: blob.size });
+    expect(c.stats.bytesUploaded).toBe(blob.size);
+    await c.close();
+  });
+
+  it('a pull-only user is told that the push right is missing, for which repository', async () => {
+    const c = client(registry.host, { credentials: reader });
+    const error = await c.uploadBlob('readonly/app', blob).catch((e: unknown) => e);
+    expect(String(error)).toContain(
+      "start upload to readonly/app: user 'reader' lacks the 'push' right on repository 'readonly/app'",
+    );
+    expect(String(error)).not.toContain(reader.password);
+    await c.close();
+  });
+});

@@ -1,0 +1,58 @@
+/**
+ * preseed-podman-vm's registry download on a failing link: the built action (dist) pulls a fake machine-os disk
+ * from a real docker-registry through a relay that cuts the blob GET part-way. The download resumes with Range
+ * (the registry answers 206), so the disk crosses the link about once and progress never passes 100 %.
+ */
+import { afterAll, beforeAll, expect, it } from '@jest/globals';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { runAction } from '../support/harness.js';
+import { buildMachineOsLayout, publishMachineOs, type FakeMachineOs } from '../support/machine-os.js';
+import { startProxy, type CountingProxy } from '../support/proxy.js';
+import { startRegistry, type RegistryService } from '../support/registry.js';
+
+const REPO = 'podman/machine-os';
+let work: string;
+let registry: RegistryService;
+let relay: CountingProxy;
+let fake: FakeMachineOs;
+
+beforeAll(async () => {
+  work = mkdtempSync(join(tmpdir(), 'ici-pvm-dl-'));
+  registry = await startRegistry();
+  fake = buildMachineOsLayout(join(work, 'layout'), { diskBytes: 1024 * 1024, disks: [['x86_64', 'qemu']] });
+  await publishMachineOs(fake, registry.host, REPO, '5.3');
+  const cutAt = Math.floor(fake.disk('x86_64', 'qemu').blobSize * 0.4);
+  relay = await startProxy({
+    target: registry.host,
+    fault: ({ kind, index }) =>
+      kind === 'blob-get' && index === 0 ? { drop: 'mid-response', afterBytes: cutAt } : undefined,
+  });
+});
+afterAll(async () => {
+  await relay?.stop();
+  await registry?.stop();
+  rmSync(work, { recursive: true, force: true });
+});
+
+it('a disk download cut mid-body resumes with Range: the disk crosses the link ~once, progress ends at 100 %', async () => {
+  const disk = fake.disk('x86_64', 'qemu');
+  const dirs = { runnerTemp: join(work, 'temp'), home: join(work, 'home'), workspace: join(work, 'ws') };
+  for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true });
+  const r = await runAction({
+    action: 'preseed-podman-vm',
+    inputs: { image: `docker://${relay.host}/${REPO}:5.3`, cache: 'false' },
+    env: { XDG_DATA_HOME: undefined },
+    ...dirs,
+  });
+  expect(r.errors).toEqual([]);
+  expect(r.main.exitCode).toBe(0);
+  expect(readFileSync(r.outputs['image-path']!).equals(readFileSync(disk.blobPath))).toBe(true);
+  const gets = relay.records.filter((rec) => rec.kind === 'blob-get');
+  expect(gets.map((g) => g.status)).toEqual([200, 206]);
+  expect(gets.reduce((n, g) => n + g.bytesDown, 0)).toBeLessThanOrEqual(1.1 * disk.blobSize);
+  const percents = [...r.log.matchAll(/Downloading [^:]+: .* \((\d+)%\)/g)].map((m) => Number(m[1]));
+  expect(percents.at(-1)).toBe(100);
+  expect(Math.max(...percents)).toBe(100);
+});

@@ -1,0 +1,127 @@
+/**
+ * Answers as the operations see them, and failures as users read them. Everything here comes from a server:
+ * bodies are read up to a limit, and text from them is cut to one short line before it reaches a message.
+ */
+import type { Readable } from 'node:stream';
+import type { Dispatcher } from 'undici';
+import { parseOciError, RegistryError } from './errors.js';
+import { TransientError } from './retry.js';
+
+export interface RegistryResponse {
+  status: number;
+  statusText: string;
+  /** The URL that answered (after redirects): relative Locations resolve against it. */
+  url: URL;
+  /** A header's value; repeated headers joined with ", " as HTTP allows. */
+  header(name: string): string | undefined;
+  /** A header's values, one per occurrence. */
+  headerList(name: string): string[];
+  body: Readable;
+  /** Reads the body whole, refusing more than `limit` bytes. */
+  bytes(limit: number, what: string): Promise<Buffer>;
+  /** Discards the body so the connection can be reused (or closes it when the body is large). */
+  drain(): Promise<void>;
+}
+
+/** Error bodies, token answers and manifests are small; anything larger is refused, not buffered. */
+export const ERROR_BODY_LIMIT = 64 * 1024;
+
+export function wrapResponse(data: Dispatcher.ResponseData, url: URL): RegistryResponse {
+  const list = (name: string): string[] => {
+    const value = data.headers[name];
+    return value === undefined ? [] : Array.isArray(value) ? value : [value];
+  };
+  return {
+    status: data.statusCode,
+    statusText: data.statusText,
+    url,
+    header: (name) => (list(name).length > 0 ? list(name).join(', ') : undefined),
+    headerList: list,
+    body: data.body,
+    bytes: (limit, what) => readLimited(data.body, limit, what),
+    async drain() {
+      try {
+        await data.body.dump({ limit: ERROR_BODY_LIMIT });
+      } catch {
+        // the body is not needed; a broken one must not hide the status we already have
+      }
+    },
+  };
+}
+
+async function readLimited(body: Readable, limit: number, what: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += (chunk as Buffer).length;
+    if (size > limit) {
+      body.destroy();
+      throw new RegistryError(`${what}: the answer is larger than ${limit} bytes; refused.`);
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+/** Server text for a message: one line, printable, short. */
+export function externalText(text: string, max = 200): string {
+  // eslint-disable-next-line no-control-regex
+  const line = text.replace(/[\u0000-\u001f\u007f\u2028\u2029]+/g, ' ').trim();
+  return line.length > max ? `${line.slice(0, max)}…` : line;
+}
+
+export async function failureMessage(
+  response: RegistryResponse,
+  what: string,
+): Promise<{ text: string; code?: string }> {
+  let body = '';
+  try {
+    body = (await response.bytes(ERROR_BODY_LIMIT, what)).toString('utf8');
+  } catch {
+    // keep the status line
+  }
+  const oci = parseOciError(body);
+  const detail = oci.code ? `${oci.code}: ${oci.message ?? ''}` : response.statusText;
+  return { text: externalText(`${what}: HTTP ${response.status} ${detail}`), code: oci.code };
+}
+
+const LOCAL_FILE_CODES = new Set(['ENOENT', 'EACCES', 'EISDIR', 'ENOSPC', 'EROFS', 'EMFILE']);
+
+/**
+ * What a failed try means: a local file problem (will not fix itself) stays as it is; anything else that went
+ * wrong on the way — refused or reset connections, silence past the timeout, a body cut short — is a
+ * TransientError worth another try. An error we made ourselves (a RegistryError) passes through.
+ */
+export function networkFailure(error: unknown, what: string, timeoutMs: number): Error {
+  if (error instanceof RegistryError) return error;
+  const code = errorCode(error);
+  if (code && LOCAL_FILE_CODES.has(code)) return error as Error;
+  const seconds = `${Math.round(timeoutMs / 100) / 10} s`;
+  const reason =
+    code === 'UND_ERR_HEADERS_TIMEOUT'
+      ? `no answer within ${seconds}`
+      : code === 'UND_ERR_BODY_TIMEOUT'
+        ? `no data for ${seconds} (stalled)`
+        : code === 'UND_ERR_CONNECT_TIMEOUT'
+          ? `could not connect within ${seconds}`
+          : (error as Error | undefined)?.name === 'TimeoutError'
+            ? `no complete answer within ${seconds}`
+            : describe(error);
+  return new TransientError(`${what}: ${reason}`);
+}
+
+function errorCode(error: unknown): string | undefined {
+  const e = error as { code?: unknown; cause?: { code?: unknown } } | undefined;
+  const code = e?.code ?? e?.cause?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+function describe(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  const cause = (error as { cause?: unknown }).cause;
+  const text =
+    cause instanceof Error && cause.message !== error.message
+      ? `${error.message} (${cause.message})`
+      : error.message;
+  return externalText(text);
+}

@@ -1,0 +1,236 @@
+/**
+ * Registry authentication state: which scheme the registry asked for, and bearer tokens per scope. A token is
+ * fetched once per (realm, scope) at a time — every request that needs it waits on the same fetch, which runs
+ * under one retry budget and the transport's timeouts — and is reused until shortly before it expires.
+ */
+import type { Credential } from '../auth.js';
+import { preferredChallenge, type Challenge } from './challenge.js';
+import { RegistryError } from './errors.js';
+import { ERROR_BODY_LIMIT, externalText, type RegistryResponse } from './response.js';
+import { TransientError, type RetryBudget } from './retry.js';
+import type { RequestSpec } from './transport.js';
+
+interface AuthOptions {
+  registry: string;
+  credentials?: Credential;
+  onToken?: (token: string) => void;
+  send: (spec: RequestSpec, budget: RetryBudget) => Promise<RegistryResponse>;
+  budget: () => RetryBudget;
+}
+
+interface Token {
+  token: string;
+  expiresAt: number;
+}
+
+interface Flight {
+  promise: Promise<Token>;
+  token?: string;
+}
+
+/** Renew a cached token this long before it expires, so a request never races its expiry. */
+const TOKEN_EXPIRY_MARGIN_MS = 20_000;
+const DEFAULT_TOKEN_LIFETIME_S = 60;
+
+export function pullScope(repository: string): string {
+  return `repository:${repository}:pull`;
+}
+
+export function pushScope(repository: string): string {
+  return `repository:${repository}:pull,push`;
+}
+
+export class RegistryAuth {
+  private scheme: 'basic' | 'bearer' | undefined;
+  private bearer: { realm: string; service?: string } | undefined;
+  private readonly tokens = new Map<string, Flight>();
+
+  constructor(private readonly options: AuthOptions) {}
+
+  /** The Authorization header for a request needing `scopes`, once the registry has said how it wants it. */
+  async authorization(scopes: readonly string[]): Promise<string | undefined> {
+    const credentials = this.options.credentials;
+    if (this.scheme === 'basic' && credentials) return basic(credentials);
+    if (this.scheme === 'bearer' && scopes.length > 0) return `Bearer ${await this.token(scopes)}`;
+    return undefined;
+  }
+
+  /**
+   * Takes note of a 401's challenges; true when another try with (new) credentials may succeed. `sent` is
+   * the Authorization that was refused: a refused token is forgotten, so the next try fetches a fresh one.
+   */
+  challenged(challenges: readonly Challenge[], scopes: readonly string[], sent: string | undefined): boolean {
+    const challenge = preferredChallenge(challenges);
+    if (challenge?.scheme === 'bearer') {
+      this.bearer = { realm: challenge.params.realm!, service: challenge.params.service };
+      this.scheme = 'bearer';
+      if (sent) this.forget(scopes, sent);
+      return true;
+    }
+    if (challenge?.scheme === 'basic') {
+      if (!this.options.credentials) {
+        throw new RegistryError(
+          `${this.options.registry} requires a login: give username and password (or an auth file with this registry).`,
+          401,
+          'UNAUTHORIZED',
+        );
+      }
+      const retry = this.scheme !== 'basic' || !sent;
+      this.scheme = 'basic';
+      return retry;
+    }
+    return false;
+  }
+
+  /** The error for a request the registry refused even with fresh credentials. */
+  refusal(
+    challenges: readonly Challenge[],
+    scopes: readonly string[],
+    sent: string | undefined,
+    what: string,
+    status = 401,
+  ): RegistryError {
+    const user = this.options.credentials
+      ? `user '${this.options.credentials.username}'`
+      : 'anonymous access';
+    const challenge = preferredChallenge(challenges);
+    const lacking = missingActions(scopes, sent);
+    if (challenge?.params.error === 'insufficient_scope' || lacking.length > 0) {
+      const detail =
+        lacking.length > 0
+          ? lacking
+              .map((l) => `the '${l.actions.join("', '")}' right on repository '${l.repository}'`)
+              .join(' and ')
+          : `a right it needs on ${challenge?.params.scope ?? scopes.join(' ')}`;
+      return new RegistryError(
+        externalText(`${what}: ${user} lacks ${detail} (the registry answered insufficient_scope).`, 400),
+        status,
+        'DENIED',
+      );
+    }
+    return new RegistryError(
+      `${what}: the registry refused access (HTTP ${status})${this.options.credentials ? ` for ${user}` : '; no credentials were given'}.`,
+      status,
+      'UNAUTHORIZED',
+    );
+  }
+
+  private forget(scopes: readonly string[], sent: string): void {
+    const key = scopeKey(scopes);
+    // Several requests refused with the same token must cause one new fetch, not one each.
+    if (`Bearer ${this.tokens.get(key)?.token}` === sent) this.tokens.delete(key);
+  }
+
+  private async token(scopes: readonly string[]): Promise<string> {
+    const key = scopeKey(scopes);
+    const current = this.tokens.get(key);
+    if (current) {
+      // A failed fetch fails everyone who waited on it: its budget is spent, nobody starts another round.
+      const token = await current.promise;
+      if (token.expiresAt > Date.now()) return token.token;
+      if (this.tokens.get(key) !== current) return this.token(scopes);
+    }
+    const flight: Flight = { promise: this.fetchToken(scopes) };
+    this.tokens.set(key, flight);
+    flight.promise.then(
+      (t) => (flight.token = t.token),
+      () => {
+        if (this.tokens.get(key) === flight) this.tokens.delete(key);
+      },
+    );
+    return (await flight.promise).token;
+  }
+
+  private async fetchToken(scopes: readonly string[]): Promise<Token> {
+    const bearer = this.bearer!;
+    let url: URL;
+    try {
+      url = new URL(bearer.realm);
+    } catch {
+      throw new RegistryError(
+        `${this.options.registry} names a token server that is not a URL: '${externalText(bearer.realm, 100)}'.`,
+      );
+    }
+    if (bearer.service) url.searchParams.set('service', bearer.service);
+    for (const scope of scopes) url.searchParams.append('scope', scope);
+    const credentials = this.options.credentials;
+    // The docker token flow: Basic credentials on a GET. (An identity token would be exchanged here instead,
+    // with a POST of an OAuth2 refresh_token grant.)
+    const headers: Record<string, string> = credentials ? { authorization: basic(credentials) } : {};
+    const server = `${url.origin}${url.pathname}`;
+    const what = `get a token from ${server}`;
+    let response: RegistryResponse;
+    try {
+      response = await this.options.send(
+        { method: 'GET', url, headers, ok: [200, 401, 403], what },
+        this.options.budget(),
+      );
+    } catch (error) {
+      if (error instanceof TransientError) error.exhausted = true;
+      throw error;
+    }
+    const user = credentials ? `user '${credentials.username}'` : 'anonymous access';
+    if (response.status !== 200) {
+      const body = await response.bytes(ERROR_BODY_LIMIT, what).catch(() => Buffer.alloc(0));
+      const detail = externalText(body.toString('utf8'), 120);
+      throw new RegistryError(
+        `${what}: the token server refused ${credentials ? `the credentials of ${user}` : user} for ${scopes.join(' ')} (HTTP ${response.status})${detail ? `: ${detail}` : ''}.`,
+        response.status,
+        'UNAUTHORIZED',
+      );
+    }
+    const text = (await response.bytes(ERROR_BODY_LIMIT, what)).toString('utf8');
+    let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
+    try {
+      body = JSON.parse(text) as typeof body;
+    } catch {
+      throw new RegistryError(
+        `${what}: the token server answered ${response.header('content-type') ?? 'without a content type'}, not JSON: "${externalText(text, 80)}".`,
+      );
+    }
+    const token = typeof body.token === 'string' ? body.token : body.access_token;
+    if (typeof token !== 'string' || token === '') {
+      throw new RegistryError(`${what}: the token server's answer holds no token.`);
+    }
+    this.options.onToken?.(token);
+    const lifetimeS =
+      typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : DEFAULT_TOKEN_LIFETIME_S;
+    const lifetimeMs = lifetimeS * 1000;
+    return { token, expiresAt: Date.now() + Math.max(lifetimeMs - TOKEN_EXPIRY_MARGIN_MS, lifetimeMs / 2) };
+  }
+}
+
+function basic(credentials: Credential): string {
+  return `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64')}`;
+}
+
+function scopeKey(scopes: readonly string[]): string {
+  return [...scopes].sort().join(' ');
+}
+
+/**
+ * Which requested actions a refused bearer token does not grant, read from its `access` claim when it is a JWT
+ * (docker-registry's token format). Only for the message: the registry's decision stands either way.
+ */
+function missingActions(
+  scopes: readonly string[],
+  sent: string | undefined,
+): { repository: string; actions: string[] }[] {
+  if (!sent?.startsWith('Bearer ')) return [];
+  let access: { type?: string; name?: string; actions?: string[] }[];
+  try {
+    const payload = sent.slice(7).split('.')[1] ?? '';
+    const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as { access?: unknown };
+    if (!Array.isArray(claims.access)) return [];
+    access = claims.access as typeof access;
+  } catch {
+    return [];
+  }
+  return scopes.flatMap((scope) => {
+    const m = /^repository:(.+):([^:]+)$/.exec(scope);
+    if (!m) return [];
+    const granted = access.find((a) => a.type === 'repository' && a.name === m[1])?.actions ?? [];
+    const lacking = m[2]!.split(',').filter((a) => !granted.includes(a));
+    return lacking.length > 0 ? [{ repository: m[1]!, actions: lacking }] : [];
+  });
+}

@@ -1,0 +1,214 @@
+/**
+ * The registry transport: one undici dispatcher per registry (the seam for per-registry TLS), the auth
+ * challenge flow (Basic, or Bearer tokens per scope), the one retry policy and the timeouts. The operations in
+ * pull.ts and upload.ts build requests; everything about getting an answer lives here.
+ *
+ * Timeouts are about silence, never about total time: `timeoutMs` bounds the wait for response headers and
+ * each gap between two pieces of a body (undici's headersTimeout/bodyTimeout; the headers timer also fires
+ * when an upload's socket stops draining). A blob that keeps moving may take as long as it needs. Small
+ * requests (manifests, tokens, HEADs) additionally end after `timeoutMs` overall, so a server that trickles an
+ * endless answer cannot hold them.
+ */
+import type { Readable } from 'node:stream';
+import { Agent, type Dispatcher } from 'undici';
+import type { Credential } from '../auth.js';
+import { parseChallenges, preferredChallenge } from './challenge.js';
+import { RegistryError } from './errors.js';
+import { registryApiHost } from './reference.js';
+import { DEFAULT_RETRY, RetryBudget, TransientError, isRetryableStatus, parseRetryAfter } from './retry.js';
+import type { RetryPolicy } from './retry.js';
+import { RegistryAuth } from './token.js';
+import { failureMessage, networkFailure, type RegistryResponse, wrapResponse } from './response.js';
+
+export interface TransportOptions {
+  /** host[:port] as in an image reference (`docker.io` is reached at its API host). */
+  registry: string;
+  /** Plain http instead of https. */
+  insecure?: boolean;
+  credentials?: Credential;
+  /** Called with every new bearer token so the caller can mask it. */
+  onToken?: (token: string) => void;
+  /** Longest silence: the wait for response headers, or between two pieces of a body (default 60 s). */
+  timeoutMs?: number;
+  /** Tries after the first one, for each operation as a whole (default 5: six tries). */
+  retries?: number;
+  /** First backoff step; tests shorten it. */
+  retryBaseDelayMs?: number;
+  userAgent?: string;
+  /**
+   * How to reach this registry (and its token server): connection pool, TLS trust, client certificates.
+   * Given by the caller that knows the registry's TLS rules; the transport then leaves closing it to them.
+   */
+  dispatcher?: Dispatcher;
+}
+
+export interface TransportStats {
+  requests: number;
+  retries: number;
+  /** Blob bytes the registry accepted (a resumed or restarted upload counts once). */
+  bytesUploaded: number;
+}
+
+export interface RequestSpec {
+  method: Dispatcher.HttpMethod;
+  url: URL;
+  /**
+   * Token scopes this request needs at the registry, e.g. `repository:a/b:pull,push`; undefined for requests
+   * to other services (the token server), which get no registry credentials.
+   */
+  scopes?: readonly string[];
+  headers?: Record<string, string>;
+  /**
+   * A Buffer is replayed as often as the budget allows. A streamed body is made for one try: the transport
+   * does not replay it but throws a TransientError, and the operation resumes as the protocol allows.
+   */
+  body?: Buffer | (() => Readable);
+  /** Statuses the caller handles; anything else becomes a RegistryError (or is retried). */
+  ok: readonly number[];
+  /** What the request is for, in error messages ("HEAD blob sha256:... in repo"). */
+  what: string;
+  /** A blob's body follows: no overall deadline, only the silence timeout. */
+  streaming?: boolean;
+}
+
+const DEFAULT_TIMEOUT_MS = 60_000;
+const MAX_REDIRECTS = 5;
+
+export class RegistryTransport {
+  readonly registry: string;
+  readonly stats: TransportStats = { requests: 0, retries: 0, bytesUploaded: 0 };
+  readonly timeoutMs: number;
+  private readonly auth: RegistryAuth;
+  private readonly base: string;
+  private readonly policy: RetryPolicy;
+  private readonly userAgent: string;
+  private readonly dispatcher: Dispatcher;
+  private readonly ownsDispatcher: boolean;
+
+  constructor(options: TransportOptions) {
+    this.registry = options.registry;
+    this.base = `${options.insecure ? 'http' : 'https'}://${registryApiHost(options.registry)}/v2/`;
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.policy = {
+      ...DEFAULT_RETRY,
+      retries: options.retries ?? DEFAULT_RETRY.retries,
+      baseDelayMs: options.retryBaseDelayMs ?? DEFAULT_RETRY.baseDelayMs,
+    };
+    this.userAgent = options.userAgent ?? 'image-ci-actions';
+    this.ownsDispatcher = !options.dispatcher;
+    this.dispatcher =
+      options.dispatcher ??
+      new Agent({
+        headersTimeout: this.timeoutMs,
+        bodyTimeout: this.timeoutMs,
+        connect: { timeout: this.timeoutMs },
+      });
+    this.auth = new RegistryAuth({
+      registry: options.registry,
+      credentials: options.credentials,
+      onToken: options.onToken,
+      send: (spec, budget) => this.send(spec, budget),
+      budget: () => this.budget(),
+    });
+  }
+
+  url(path: string): URL {
+    return new URL(path, this.base);
+  }
+
+  /** A fresh retry budget for one operation; every layer that restarts the operation draws from it. */
+  budget(): RetryBudget {
+    return new RetryBudget(this.policy, () => this.stats.retries++);
+  }
+
+  async close(): Promise<void> {
+    if (this.ownsDispatcher) await this.dispatcher.close();
+  }
+
+  /**
+   * Sends a request until it gets an answer the caller handles. Network failures, stalls and 429/5xx are
+   * retried within `budget` (Retry-After honoured); a 401 is answered with credentials as the challenge asks
+   * (these protocol steps are not failures and are not counted as retries).
+   */
+  async send(spec: RequestSpec, budget: RetryBudget = this.budget()): Promise<RegistryResponse> {
+    const answered = new Set<'anonymous' | 'refused'>();
+    for (;;) {
+      const authorization = spec.scopes ? await this.auth.authorization(spec.scopes) : undefined;
+      let response: RegistryResponse;
+      try {
+        response = await this.dispatch(spec, authorization);
+      } catch (error) {
+        const failure = networkFailure(error, spec.what, this.timeoutMs);
+        if (!(failure instanceof TransientError) || typeof spec.body === 'function') throw failure;
+        await budget.next(failure);
+        continue;
+      }
+      if (response.status === 401 && spec.scopes && !spec.ok.includes(401)) {
+        const challenges = parseChallenges(response.headerList('www-authenticate'));
+        await response.drain();
+        const round = authorization === undefined ? 'anonymous' : 'refused';
+        // One round to answer the first challenge, one more with a fresh token if the first one is refused.
+        if (!answered.has(round) && this.auth.challenged(challenges, spec.scopes, authorization)) {
+          answered.add(round);
+          if (typeof spec.body === 'function') {
+            throw new TransientError(`${spec.what}: the registry asked for new credentials.`, 401, 0);
+          }
+          continue;
+        }
+        throw this.auth.refusal(challenges, spec.scopes, authorization, spec.what);
+      }
+      if (isRetryableStatus(response.status) && !spec.ok.includes(response.status)) {
+        const failure = new TransientError(
+          (await failureMessage(response, spec.what)).text,
+          response.status,
+          parseRetryAfter(response.header('retry-after')),
+        );
+        if (typeof spec.body === 'function') throw failure;
+        await budget.next(failure);
+        continue;
+      }
+      if (response.status === 403 && spec.scopes && !spec.ok.includes(403)) {
+        // RFC 6750's answer for a token without the needed right; say which right rather than "HTTP 403".
+        const challenges = parseChallenges(response.headerList('www-authenticate'));
+        if (preferredChallenge(challenges)?.params.error === 'insufficient_scope') {
+          await response.drain();
+          throw this.auth.refusal(challenges, spec.scopes, authorization, spec.what, 403);
+        }
+      }
+      if (!spec.ok.includes(response.status)) {
+        const message = await failureMessage(response, spec.what);
+        throw new RegistryError(message.text, response.status, message.code);
+      }
+      return response;
+    }
+  }
+
+  /** One try, following redirects of GET/HEAD (blob storage); credentials never leave the origin they are for. */
+  private async dispatch(spec: RequestSpec, authorization: string | undefined): Promise<RegistryResponse> {
+    const signal = spec.streaming ? undefined : AbortSignal.timeout(this.timeoutMs);
+    let url = spec.url;
+    for (let redirects = 0; ; redirects++) {
+      const headers: Record<string, string> = { ...spec.headers, 'user-agent': this.userAgent };
+      if (authorization) headers.authorization = authorization;
+      if (url.origin !== spec.url.origin) delete headers.authorization;
+      this.stats.requests++;
+      const data = await this.dispatcher.request({
+        origin: url.origin,
+        path: `${url.pathname}${url.search}`,
+        method: spec.method,
+        headers,
+        body: typeof spec.body === 'function' ? spec.body() : spec.body,
+        signal,
+        headersTimeout: this.timeoutMs,
+        bodyTimeout: this.timeoutMs,
+      });
+      const response = wrapResponse(data, url);
+      const location = response.header('location');
+      const follow = spec.method === 'GET' || spec.method === 'HEAD';
+      if (!follow || ![301, 302, 303, 307, 308].includes(response.status) || !location) return response;
+      await response.drain();
+      if (redirects >= MAX_REDIRECTS) throw new RegistryError(`${spec.what}: too many redirects.`);
+      url = new URL(location, url);
+    }
+  }
+}

@@ -1,0 +1,308 @@
+/**
+ * Registry operations of the push side: cross-repository mount, blob upload (one PUT, or PATCH chunks then a
+ * PUT) and manifest PUT (with the OCI 1.1 `?tag=` parameters when asked).
+ *
+ * An upload that fails part-way keeps its session when the registry does: after a dropped connection, a 5xx or
+ * a token that died early, the registry is asked where the session stands (GET on the upload URL answers
+ * `Range: 0-<last byte>`) and the upload goes on from there; only a lost session starts over. Every restart
+ * draws from the upload's one retry budget.
+ */
+import { createReadStream } from 'node:fs';
+import type { Hash } from 'node:crypto';
+import type { Readable } from 'node:stream';
+import { DigestMismatchError, HashingStream, digestOf, hashDigest, newHash, verifyDigest } from './digest.js';
+import { RegistryError } from './errors.js';
+import { isValidDigest } from './reference.js';
+import type { RegistryResponse } from './response.js';
+import { TransientError, type RetryBudget } from './retry.js';
+import { pullScope, pushScope } from './token.js';
+import type { RegistryTransport } from './transport.js';
+
+export interface BlobFile {
+  digest: string;
+  size: number;
+  path: string;
+}
+
+export interface UploadOptions {
+  /** 0 (or a size >= the blob) uploads in one PUT; otherwise PATCH chunks of this many bytes. */
+  chunkSize?: number;
+  /** An upload session the registry already opened (a mount answered 202). */
+  location?: URL;
+}
+
+/** Large reads: fewer, bigger writes to the socket when streaming blobs. */
+const READ_CHUNK = 1024 * 1024;
+
+/**
+ * Asks the registry to link a blob from another repository it holds. `mounted: false` with a location means
+ * the registry opened a normal upload session instead (202); any failure means "upload it normally".
+ */
+export async function mountBlob(
+  transport: RegistryTransport,
+  repository: string,
+  digest: string,
+  fromRepository: string,
+): Promise<{ mounted: true } | { mounted: false; location?: URL }> {
+  const url = transport.url(`${repository}/blobs/uploads/`);
+  url.searchParams.set('mount', digest);
+  url.searchParams.set('from', fromRepository);
+  try {
+    const response = await transport.send({
+      method: 'POST',
+      url,
+      scopes: [pushScope(repository), pullScope(fromRepository)],
+      headers: { 'content-length': '0' },
+      ok: [201, 202],
+      what: `mount blob ${digest} from ${fromRepository} into ${repository}`,
+    });
+    await response.drain();
+    if (response.status === 201) return { mounted: true };
+    return { mounted: false, location: location(response) };
+  } catch (error) {
+    if (error instanceof RegistryError && (error.status === 401 || error.status === 403)) throw error;
+    return { mounted: false };
+  }
+}
+
+/** Where an upload stands: the session URL and the bytes the registry holds, hashed. */
+interface Position {
+  session: URL;
+  offset: number;
+  /** Hash of the blob's bytes [0, offset). */
+  hash: Hash;
+}
+
+export async function uploadBlob(
+  transport: RegistryTransport,
+  repository: string,
+  blob: BlobFile,
+  options: UploadOptions = {},
+): Promise<void> {
+  const what = `upload blob ${blob.digest} to ${repository}`;
+  const budget = transport.budget();
+  const chunkSize = options.chunkSize && options.chunkSize < blob.size ? options.chunkSize : 0;
+  let at: Position = options.location
+    ? { session: options.location, offset: 0, hash: newHash(blob.digest) }
+    : await newSession(transport, repository, blob, budget);
+  for (;;) {
+    try {
+      while (chunkSize > 0 && at.offset < blob.size) {
+        const end = Math.min(blob.size, at.offset + chunkSize);
+        at = await sendChunk(transport, budget, { repository, blob, what }, at, end);
+      }
+      await finish(transport, budget, { repository, blob, what }, at);
+      transport.stats.bytesUploaded += blob.size;
+      return;
+    } catch (error) {
+      if (isLostSession(error)) {
+        await budget.next(new TransientError(error.message, error.status));
+        at = await newSession(transport, repository, blob, budget);
+        continue;
+      }
+      if (!(error instanceof TransientError)) throw error;
+      await budget.next(error);
+      at = await resumePosition(transport, repository, blob, at, budget);
+    }
+  }
+}
+
+async function newSession(
+  transport: RegistryTransport,
+  repository: string,
+  blob: BlobFile,
+  budget: RetryBudget,
+): Promise<Position> {
+  const response = await transport.send(
+    {
+      method: 'POST',
+      url: transport.url(`${repository}/blobs/uploads/`),
+      scopes: [pushScope(repository)],
+      headers: { 'content-length': '0' },
+      ok: [202],
+      what: `start upload to ${repository}`,
+    },
+    budget,
+  );
+  await response.drain();
+  return { session: location(response), offset: 0, hash: newHash(blob.digest) };
+}
+
+interface Upload {
+  repository: string;
+  blob: BlobFile;
+  what: string;
+}
+
+async function sendChunk(
+  transport: RegistryTransport,
+  budget: RetryBudget,
+  { repository, blob, what }: Upload,
+  at: Position,
+  end: number,
+): Promise<Position> {
+  const hash = at.hash.copy();
+  const response = await transport.send(
+    {
+      method: 'PATCH',
+      url: at.session,
+      scopes: [pushScope(repository)],
+      headers: {
+        'content-type': 'application/octet-stream',
+        'content-range': `${at.offset}-${end - 1}`,
+        'content-length': String(end - at.offset),
+      },
+      body: () => fileRange(blob.path, at.offset, end, hash),
+      ok: [202],
+      what,
+      streaming: true,
+    },
+    budget,
+  );
+  await response.drain();
+  return { session: location(response), offset: end, hash };
+}
+
+/** The closing PUT, carrying whatever the chunks did not (all of it for a one-request upload). */
+async function finish(
+  transport: RegistryTransport,
+  budget: RetryBudget,
+  { repository, blob, what }: Upload,
+  at: Position,
+): Promise<void> {
+  const hash = at.hash.copy();
+  const url = new URL(at.session);
+  url.searchParams.set('digest', blob.digest);
+  const length = blob.size - at.offset;
+  const response = await transport.send(
+    {
+      method: 'PUT',
+      url,
+      scopes: [pushScope(repository)],
+      headers: { 'content-type': 'application/octet-stream', 'content-length': String(length) },
+      body: length > 0 ? () => fileRange(blob.path, at.offset, blob.size, hash) : undefined,
+      ok: [201, 204],
+      what,
+      streaming: true,
+    },
+    budget,
+  );
+  await response.drain();
+  const actual = hashDigest(hash, blob.digest);
+  if (actual !== blob.digest) throw new DigestMismatchError(`local blob ${blob.path}`, blob.digest, actual);
+  const stored = response.header('docker-content-digest');
+  if (stored && stored !== blob.digest) throw new DigestMismatchError(what, blob.digest, stored);
+}
+
+/**
+ * After a failed PATCH/PUT: the offset the registry holds for this session, so the upload goes on from there
+ * (a token that died early costs one chunk, not the blob). A session the registry no longer knows (404, or
+ * refused as inconsistent) is replaced by a new one from byte 0.
+ */
+async function resumePosition(
+  transport: RegistryTransport,
+  repository: string,
+  blob: BlobFile,
+  at: Position,
+  budget: RetryBudget,
+): Promise<Position> {
+  let response: RegistryResponse;
+  try {
+    response = await transport.send(
+      {
+        method: 'GET',
+        url: at.session,
+        scopes: [pushScope(repository)],
+        ok: [204],
+        what: `ask where the upload of ${blob.digest} to ${repository} stands`,
+      },
+      budget,
+    );
+  } catch (error) {
+    if (!isLostSession(error)) throw error;
+    return newSession(transport, repository, blob, budget);
+  }
+  await response.drain();
+  // `0-0` is what docker-registry says of an empty session (and of one byte, which no chunk size leaves).
+  const m = /^(?:bytes=)?0-(\d+)$/.exec(response.header('range') ?? '');
+  const offset = m && m[1] !== '0' ? Number(m[1]) + 1 : 0;
+  const session = response.header('location') ? location(response) : at.session;
+  if (offset > blob.size)
+    throw new RegistryError(`upload of ${blob.digest}: the registry holds more bytes than the blob has.`);
+  if (offset === at.offset) return { ...at, session };
+  // The registry kept part of the failed request (or less than we thought): hash up to its offset.
+  const from = offset > at.offset ? at.offset : 0;
+  const hash = from === 0 ? newHash(blob.digest) : at.hash.copy();
+  await hashFileRange(blob.path, from, offset, hash);
+  return { session, offset, hash };
+}
+
+/**
+ * The registry no longer knows the session: 404 BLOB_UPLOAD_UNKNOWN (expired), or BLOB_UPLOAD_INVALID after a
+ * broken request left it inconsistent (docker-registry cancels such a session).
+ */
+function isLostSession(error: unknown): error is RegistryError {
+  return (
+    error instanceof RegistryError &&
+    !(error instanceof TransientError) &&
+    (error.status === 404 || error.code === 'BLOB_UPLOAD_INVALID' || error.code === 'BLOB_UPLOAD_UNKNOWN')
+  );
+}
+
+function fileRange(path: string, start: number, end: number, hash: Hash): Readable {
+  return createReadStream(path, { start, end: end - 1, highWaterMark: READ_CHUNK }).pipe(
+    new HashingStream(hash),
+  );
+}
+
+async function hashFileRange(path: string, start: number, end: number, hash: Hash): Promise<void> {
+  if (end <= start) return;
+  for await (const chunk of createReadStream(path, { start, end: end - 1, highWaterMark: READ_CHUNK })) {
+    hash.update(chunk as Buffer);
+  }
+}
+
+/**
+ * PUTs manifest bytes exactly as given. With `tags`, asks for the OCI 1.1 multi-tag PUT (`?tag=a&tag=b`);
+ * `confirmedTags` lists only the tags the registry confirmed with OCI-Tag headers (one comma-joined header or
+ * one header per tag); a registry that ignores the query confirms none.
+ */
+export async function putManifest(
+  transport: RegistryTransport,
+  repository: string,
+  reference: string,
+  bytes: Buffer,
+  mediaType: string,
+  tags: readonly string[] = [],
+): Promise<{ digest: string; confirmedTags: string[] }> {
+  const digest = digestOf(bytes);
+  if (isValidDigest(reference)) verifyDigest(`manifest for ${repository}`, bytes, reference);
+  const url = transport.url(`${repository}/manifests/${reference}`);
+  for (const tag of tags) url.searchParams.append('tag', tag);
+  const what = `PUT manifest ${repository}:${reference}`;
+  const response = await transport.send({
+    method: 'PUT',
+    url,
+    scopes: [pushScope(repository)],
+    headers: { 'content-type': mediaType, 'content-length': String(bytes.length) },
+    body: bytes,
+    ok: [201, 200, 204],
+    what,
+  });
+  await response.drain();
+  const stored = response.header('docker-content-digest');
+  if (stored && stored !== digest) throw new DigestMismatchError(what, digest, stored);
+  return { digest, confirmedTags: confirmedTags(response.headerList('oci-tag'), tags) };
+}
+
+export function confirmedTags(headers: readonly string[], asked: readonly string[]): string[] {
+  const named = new Set(headers.flatMap((h) => h.split(',')).map((t) => t.trim()));
+  return asked.filter((t) => named.has(t));
+}
+
+/** Upload Location headers may be relative; resolve against the request URL and keep their query (state). */
+function location(response: RegistryResponse): URL {
+  const value = response.header('location');
+  if (!value) throw new RegistryError(`the registry answered ${response.status} without a Location header.`);
+  return new URL(value, response.url);
+}
