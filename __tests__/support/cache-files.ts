@@ -1,10 +1,12 @@
 /**
  * Test data for cache round trips: directories of random (incompressible) files, a digest of a directory tree to
- * prove a restore brought back exactly what was saved, and a stdout capture for calling @actions/cache
- * in-process (it logs through @actions/core, which writes workflow commands straight to stdout).
+ * prove a restore brought back exactly what was saved, a stdout capture for calling @actions/cache in-process
+ * (it logs through @actions/core, which writes workflow commands straight to stdout), and a filesystem with
+ * reflinks for the directory backend.
  */
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
@@ -85,4 +87,24 @@ export async function captureStdout<T>(fn: () => Promise<T>): Promise<{ value: T
   } finally {
     process.stdout.write = original;
   }
+}
+
+/**
+ * A small XFS filesystem with reflinks, on a loop device under `base` (needs root and xfsprogs): the Linux
+ * filesystem where `copyFile(..., COPYFILE_FICLONE)` shares blocks instead of copying them (ext4 cannot).
+ */
+export function mountReflinkFs(base: string, sizeMiB = 320): { dir: string; unmount: () => void } {
+  const image = join(base, 'reflink-fs.img');
+  const dir = join(base, 'reflink-fs');
+  mkdirSync(dir, { recursive: true });
+  execFileSync('truncate', ['-s', `${sizeMiB}M`, image]);
+  execFileSync('mkfs.xfs', ['-q', '-m', 'reflink=1', image]);
+  execFileSync('mount', ['-o', 'loop', image, dir]);
+  return {
+    dir,
+    unmount: () => {
+      execFileSync('umount', [dir]);
+      rmSync(image, { force: true });
+    },
+  };
 }

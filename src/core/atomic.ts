@@ -70,7 +70,7 @@ export interface Lock {
   release(): Promise<void>;
 }
 
-async function readOwner(path: string): Promise<LockOwner | undefined> {
+export async function readOwner(path: string): Promise<LockOwner | undefined> {
   try {
     const parsed = JSON.parse(await readFile(path, 'utf8')) as Partial<LockOwner>;
     if (
@@ -86,7 +86,7 @@ async function readOwner(path: string): Promise<LockOwner | undefined> {
   return undefined;
 }
 
-async function isStale(path: string, owner: LockOwner | undefined, staleMs: number): Promise<boolean> {
+export async function isStale(path: string, owner: LockOwner | undefined, staleMs: number): Promise<boolean> {
   if (owner && owner.host === hostname() && !processAlive(owner.pid)) return true;
   try {
     const info = await stat(path);
