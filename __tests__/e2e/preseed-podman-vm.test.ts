@@ -208,6 +208,29 @@ describe('preseed-podman-vm with a registry and the Actions cache', () => {
     expect(readFileSync(paths.image).equals(readFileSync(qemu().blobPath))).toBe(true);
   });
 
+  it('refuses a cache entry whose record vouches for other bytes than the registry names, and downloads', async () => {
+    const serviceF = await newCacheService();
+    const key = serviceA.list()[0]!.key;
+    const paths = stablePaths(cold);
+    const forged = Buffer.from('not the machine disk');
+    const forgedDigest = `sha256:${createHash('sha256').update(forged).digest('hex')}`;
+    writeFileSync(paths.image, forged);
+    const record = JSON.parse(readFileSync(paths.record, 'utf8')) as Record<string, unknown>;
+    writeFileSync(paths.record, JSON.stringify({ ...record, fileDigest: forgedDigest, size: forged.length }));
+    await saveWithActionsCache(serviceF, cold, [paths.image, paths.record], key);
+    await laterRun([cold.runnerTemp, cold.home]);
+
+    const before = blobGets().length;
+    const r = await run(cold, serviceF);
+    expectStepsOk(r);
+    expect(r.warnings.join('\n')).toMatch(
+      new RegExp(`cached image is unusable \\(it is .* with file ${forgedDigest}, not`),
+    );
+    expect(blobGets().slice(before)).toEqual([qemu().blobDigest]);
+    expect(r.outputs['cache-hit']).toBe('false');
+    expect(readFileSync(paths.image).equals(readFileSync(qemu().blobPath))).toBe(true);
+  });
+
   it('two concurrent posts saving the same key both succeed and leave one entry', async () => {
     const serviceC = await newCacheService();
     const shared = job('matrix');

@@ -95,7 +95,13 @@ export async function streamRestore(
     const workspace = env.GITHUB_WORKSPACE ?? process.cwd();
     await mkdir(workspace, { recursive: true });
     const absent = paths.map((p) => resolve(workspace, p)).filter((p) => !existsSync(p));
-    const run = new Extraction(tar, workspace, options.fileDigests ?? false, deadline.signal);
+    // The tar stream passes through this process only when it must be read: for digests, or to know which
+    // files to undo inside paths that existed before. Otherwise zstd writes straight into tar.
+    const watch =
+      options.fileDigests || absent.length < paths.length
+        ? new TarMemberWatcher(options.fileDigests ?? false)
+        : undefined;
+    const run = new Extraction(tar, workspace, watch, deadline.signal);
     const started = Date.now();
     try {
       const bytes = await run.from(found.url, (what, error) =>
@@ -108,7 +114,7 @@ export async function streamRestore(
       host.info('Cache restored successfully');
       return { matchedKey: found.matchedKey, fileDigests: run.fileDigests() };
     } catch (error) {
-      await undoExtraction(workspace, run.watcher.members, absent);
+      await undoExtraction(workspace, watch?.members ?? [], absent);
       if (deadline.signal.aborted) return timedOut;
       throw error;
     }
@@ -189,30 +195,32 @@ function write(stream: Writable, chunk: Buffer): Promise<void> {
   );
 }
 
-/** One `zstd -d | tar -x` run fed from the download, with the tar stream watched on its way between them. */
+/** One `zstd -d | tar -x` run fed from the download, the tar stream watched on its way when asked. */
 class Extraction {
-  readonly watcher: TarMemberWatcher;
-
   constructor(
     private readonly tar: TarCommand,
     private readonly workspace: string,
-    hashFiles: boolean,
+    private readonly watcher: TarMemberWatcher | undefined,
     private readonly signal: AbortSignal,
-  ) {
-    this.watcher = new TarMemberWatcher(hashFiles);
-  }
+  ) {}
 
   async from(url: string, onRetry: (what: string, error: Error) => void): Promise<number> {
     const zstd = spawn('zstd', ['-d', '--long=30', '-c'], { stdio: ['pipe', 'pipe', 'pipe'] });
     const tar = spawn(this.tar.path, [...this.tar.args, '-C', this.workspace], {
-      stdio: ['pipe', 'ignore', 'pipe'],
+      stdio: [this.watcher ? 'pipe' : zstd.stdout, 'ignore', 'pipe'],
     });
     const exits = Promise.all([exitOf('zstd', zstd), exitOf('tar', tar)]);
     zstd.stdin.on('error', () => undefined);
-    const piped = pipeline(zstd.stdout as Readable, this.watcher, tar.stdin as Writable).then(
-      () => undefined,
-      (error: Error) => error,
-    );
+    let piped: Promise<Error | undefined> = Promise.resolve(undefined);
+    if (this.watcher) {
+      piped = pipeline(zstd.stdout as Readable, this.watcher, tar.stdin as Writable).then(
+        () => undefined,
+        (error: Error) => error,
+      );
+    } else {
+      // tar holds the pipe's read end now; ours would keep zstd's output open (and its 'close' pending).
+      zstd.stdout.destroy();
+    }
     let failure: unknown;
     let bytes = 0;
     // Set when zstd stopped taking input: then it is exiting on its own and its complaint is the cause.
@@ -249,11 +257,11 @@ class Extraction {
     // The first cause wins over its consequences (broken pipes, truncated input, children we killed).
     const reason = [
       ownFailure(zstdExit),
-      this.watcher.failure && `tar stream: ${this.watcher.failure.message}`,
+      this.watcher?.failure && `tar stream: ${this.watcher.failure.message}`,
       ownFailure(tarExit),
       failure === undefined ? undefined : errorMessage(failure),
       pipeError && `tar stream: ${pipeError.message}`,
-      !this.watcher.ended && 'the archive ended before its end-of-archive block',
+      this.watcher?.ended === false && 'the archive ended before its end-of-archive block',
     ].find((r) => r);
     if (reason) throw new StreamUnusable(reason);
     return bytes;
@@ -261,7 +269,7 @@ class Extraction {
 
   /** `sha256:<hex>` of each regular file, by absolute path (only when hashing was asked for). */
   fileDigests(): Record<string, string> | undefined {
-    const files = this.watcher.members.filter((m: TarMember) => m.sha256);
+    const files = (this.watcher?.members ?? []).filter((m: TarMember) => m.sha256);
     if (files.length === 0) return undefined;
     return Object.fromEntries(files.map((m) => [resolve(this.workspace, m.name), `sha256:${m.sha256}`]));
   }

@@ -139,6 +139,8 @@ function cacheKeyBase(inputs: PreseedInputs, imageText: string, vmType: VmType, 
  */
 interface Resolved {
   digest: string;
+  /** The sha256 the image file itself must have, as the registry or stream says (not as a cache entry says). */
+  fileDigest: string;
   download(host: Host, temp: string): Promise<StoredImageRecord>;
 }
 
@@ -157,6 +159,7 @@ async function resolveRemote(
     );
     return {
       digest: disk.manifestDigest,
+      fileDigest: disk.layer.digest,
       download: async (h, temp) => ({
         source: `docker://${source.reference}`,
         digest: disk.manifestDigest,
@@ -172,6 +175,7 @@ async function resolveRemote(
     host.info(`Resolved ${imageText} (Fedora CoreOS ${disk.release}): ${disk.title}, sha256 ${disk.sha256}`);
     return {
       digest,
+      fileDigest: digest,
       download: async (h, temp) => {
         const size = await downloadUrl(h, disk.location, temp);
         const actual = await digestFile(temp);
@@ -228,13 +232,23 @@ async function locateRemote(
   if (restored?.matchedKey) {
     const record = await readRecord(paths);
     const check = await verifyStored(paths, record, restored.fileDigests?.[paths.image]);
+    // Online, the source says what the file must be: a cache entry whose record vouches for other bytes is
+    // refused. Offline only the record is there, which still catches a damaged file.
     const expected = resolved?.digest;
-    if (check.ok && record && (expected === undefined || record.digest === expected)) {
+    const current =
+      !resolved || (record?.digest === resolved.digest && record.fileDigest === resolved.fileDigest);
+    if (check.ok && record && current) {
       host.info(`Using the cached image ${paths.image} (${record.digest}), sha256 verified.`);
       await placeForPodman(host, paths.image, record, source, vmType);
       return { path: paths.image, digest: record.digest, fromCache: true, size: record.size };
     }
-    const why = check.ok ? `it is ${record?.digest}, not ${expected}` : check.reason;
+    if (check.ok) {
+      await rm(paths.image, { force: true });
+      await rm(paths.record, { force: true });
+    }
+    const why = check.ok
+      ? `it is ${record?.digest} with file ${record?.fileDigest}, not ${expected} with file ${resolved?.fileDigest}`
+      : check.reason;
     if (offlineReason) {
       throw new ActionError(
         `the cached image for ${imageText} is unusable (${why}) and the ${origin} is unreachable (${offlineReason}); it was deleted.`,
