@@ -243,26 +243,33 @@ class Extraction {
       zstd.stdin.end();
     } catch (error) {
       failure = error;
-      zstd.stdin.destroy();
-      let timer: NodeJS.Timeout | undefined;
-      const grace = new Promise<boolean>((done) => (timer = setTimeout(() => done(false), EXIT_GRACE_MS)));
-      const exited = inputClosed && (await Promise.race([exits.then(() => true), grace]));
-      clearTimeout(timer);
-      if (!exited) {
-        zstd.kill('SIGKILL');
-        tar.kill('SIGKILL');
+      if (inputClosed) {
+        // zstd stopped reading: it is exiting on its own, and what it (or tar) says is the cause.
+        let timer: NodeJS.Timeout | undefined;
+        const grace = new Promise<boolean>((done) => (timer = setTimeout(() => done(false), EXIT_GRACE_MS)));
+        zstd.stdin.destroy();
+        const exited = await Promise.race([exits.then(() => true), grace]);
+        clearTimeout(timer);
+        if (!exited) failure = new Error(`zstd stopped reading and did not exit: ${errorMessage(error)}`);
       }
+      // A failed download is the cause; whatever zstd or tar say about the input ending early is not.
+      zstd.kill('SIGKILL');
+      tar.kill('SIGKILL');
+      zstd.stdin.destroy();
     }
     const [pipeError, [zstdExit, tarExit]] = await Promise.all([piped, exits]);
-    // The first cause wins over its consequences (broken pipes, truncated input, children we killed).
-    const reason = [
-      ownFailure(zstdExit),
-      this.watcher?.failure && `tar stream: ${this.watcher.failure.message}`,
-      ownFailure(tarExit),
-      failure === undefined ? undefined : errorMessage(failure),
-      pipeError && `tar stream: ${pipeError.message}`,
-      this.watcher?.ended === false && 'the archive ended before its end-of-archive block',
-    ].find((r) => r);
+    const reason =
+      failure !== undefined && !inputClosed
+        ? errorMessage(failure)
+        : // The first cause wins over its consequences (broken pipes, truncated input, children we killed).
+          [
+            ownFailure(zstdExit),
+            this.watcher?.failure && `tar stream: ${this.watcher.failure.message}`,
+            ownFailure(tarExit),
+            failure === undefined ? undefined : errorMessage(failure),
+            pipeError && `tar stream: ${pipeError.message}`,
+            this.watcher?.ended === false && 'the archive ended before its end-of-archive block',
+          ].find((r) => r);
     if (reason) throw new StreamUnusable(reason);
     return bytes;
   }
