@@ -19,28 +19,20 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
 import { registerReader } from '../../src/core/cache-dir.js';
-import { CliHost } from '../../src/core/host.js';
-import { MapInputSource } from '../../src/core/inputs.js';
 import { laterRun } from '../support/cache-service.js';
-import { fillRandom, jobDirs, mountReflinkFs, treeDigest } from '../support/cache-files.js';
+import {
+  cacheEnv,
+  cliHost,
+  fillRandom,
+  jobDirs,
+  mountReflinkFs,
+  treeDigest,
+} from '../support/cache-files.js';
 
 const MiB = 1024 * 1024;
-const ENV = [
-  'ACTIONS_CACHE_SERVICE_V2',
-  'ACTIONS_RESULTS_URL',
-  'ACTIONS_CACHE_URL',
-  'IMAGE_CI_CACHE_DIR',
-  'IMAGE_CI_CACHE_DIR_MAX_SIZE',
-];
-const saved: Record<string, string | undefined> = {};
+const env = cacheEnv();
 let dirs: ReturnType<typeof jobDirs>;
 let volume: string;
-
-function cliHost(): { host: CliHost; log: string[] } {
-  const log: string[] = [];
-  const host = new CliHost({ inputs: new MapInputSource({}), log: (l) => log.push(l), out: () => undefined });
-  return { host, log };
-}
 
 function data(name: string): string {
   const dir = join(dirs.runnerTemp, `ici-${name}`);
@@ -49,20 +41,13 @@ function data(name: string): string {
 }
 
 beforeAll(() => {
-  for (const k of ENV) {
-    saved[k] = process.env[k];
-    delete process.env[k];
-  }
   dirs = jobDirs('cache-dir');
   volume = join(dirs.base, 'volume');
-  process.env.IMAGE_CI_CACHE_DIR = volume;
+  env.use({ IMAGE_CI_CACHE_DIR: volume });
 });
 
 afterAll(() => {
-  for (const k of ENV) {
-    if (saved[k] === undefined) delete process.env[k];
-    else process.env[k] = saved[k];
-  }
+  env.restore();
   rmSync(dirs.base, { recursive: true, force: true });
 });
 

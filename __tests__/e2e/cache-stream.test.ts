@@ -9,39 +9,15 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
-import { CliHost } from '../../src/core/host.js';
-import { MapInputSource } from '../../src/core/inputs.js';
 import { restoreCacheMounts } from '../../src/actions/remote-build-env/cache-mounts.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
-import { captureStdout, fillRandom, jobDirs, treeDigest } from '../support/cache-files.js';
+import { cacheEnv, captureStdout, cliHost, fillRandom, jobDirs, treeDigest } from '../support/cache-files.js';
 
 const MiB = 1024 * 1024;
-const ENV = [
-  'ACTIONS_CACHE_SERVICE_V2',
-  'ACTIONS_RESULTS_URL',
-  'ACTIONS_CACHE_URL',
-  'ACTIONS_RUNTIME_TOKEN',
-  'GITHUB_SERVER_URL',
-  'GITHUB_WORKSPACE',
-  'RUNNER_TEMP',
-  'IMAGE_CI_CACHE_DIR',
-  'IMAGE_CI_CACHE_TIMEOUT',
-];
 const FALLBACK = /^Streaming restore not used \((.*)\); restoring through @actions\/cache\.$/;
-const saved: Record<string, string | undefined> = {};
+const env = cacheEnv();
 let service: CacheService;
 let dirs: ReturnType<typeof jobDirs>;
-
-function useEnv(env: Record<string, string>): void {
-  for (const k of ENV) delete process.env[k];
-  Object.assign(process.env, env);
-}
-
-function cliHost(): { host: CliHost; log: string[] } {
-  const log: string[] = [];
-  const host = new CliHost({ inputs: new MapInputSource({}), log: (l) => log.push(l), out: () => undefined });
-  return { host, log };
-}
 
 /** A tree like a build cache: several multi-range random files, a small script, a nested dir. */
 async function fillTree(dir: string, files = 3, bytesEach = 7 * MiB): Promise<string> {
@@ -62,7 +38,6 @@ const ranged = () => service.counters.rangedDownloads;
 const plainDownloads = () => (service.counters.requests.Download ?? 0) - service.counters.rangedDownloads;
 
 beforeAll(async () => {
-  for (const k of ENV) saved[k] = process.env[k];
   service = await CacheService.start();
   dirs = jobDirs('cache-stream');
 });
@@ -70,16 +45,13 @@ beforeAll(async () => {
 afterEach(() => service.heal());
 
 afterAll(async () => {
-  for (const k of ENV) {
-    if (saved[k] === undefined) delete process.env[k];
-    else process.env[k] = saved[k];
-  }
+  env.restore();
   await service.stop();
   rmSync(dirs.base, { recursive: true, force: true });
 });
 
 describe('streaming restore, cache service v2', () => {
-  beforeAll(() => useEnv(service.env({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
+  beforeAll(() => env.use(service.env({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
 
   it('restores an entry saved by the real @actions/cache byte-identically, through ranged GETs, with file digests', async () => {
     const dir = join(dirs.runnerTemp, 'ici-tree');
@@ -246,7 +218,7 @@ describe('streaming restore, cache service v2', () => {
 });
 
 describe('streaming restore, cache service v1 (GHES)', () => {
-  beforeAll(() => useEnv(service.envV1({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
+  beforeAll(() => env.use(service.envV1({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
 
   it('leaves v1 to the library, which still restores (one line says so)', async () => {
     const dir = join(dirs.runnerTemp, 'ici-v1');

@@ -10,6 +10,8 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } f
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
+import { CliHost } from '../../src/core/host.js';
+import { MapInputSource } from '../../src/core/inputs.js';
 
 const MiB = 1024 * 1024;
 
@@ -107,4 +109,42 @@ export function mountReflinkFs(base: string, sizeMiB = 320): { dir: string; unmo
       rmSync(image, { force: true });
     },
   };
+}
+
+/** Every variable the cache layer and @actions/cache read: tests set them per describe and put them back. */
+const CACHE_ENV = [
+  'ACTIONS_CACHE_SERVICE_V2',
+  'ACTIONS_RESULTS_URL',
+  'ACTIONS_CACHE_URL',
+  'ACTIONS_RUNTIME_TOKEN',
+  'GITHUB_SERVER_URL',
+  'GITHUB_WORKSPACE',
+  'RUNNER_TEMP',
+  'IMAGE_CI_CACHE_DIR',
+  'IMAGE_CI_CACHE_DIR_MAX_SIZE',
+  'IMAGE_CI_CACHE_TIMEOUT',
+];
+
+/** Saves the cache env now; `use` replaces it (in this process) for in-process calls, `restore` puts it back. */
+export function cacheEnv(): { use(env: Record<string, string>): void; restore(): void } {
+  const saved = Object.fromEntries(CACHE_ENV.map((k) => [k, process.env[k]]));
+  return {
+    use(env) {
+      for (const k of CACHE_ENV) delete process.env[k];
+      Object.assign(process.env, env);
+    },
+    restore() {
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    },
+  };
+}
+
+/** The CLI's host with its log kept in memory (what an in-process cache call reported). */
+export function cliHost(): { host: CliHost; log: string[] } {
+  const log: string[] = [];
+  const host = new CliHost({ inputs: new MapInputSource({}), log: (l) => log.push(l), out: () => undefined });
+  return { host, log };
 }

@@ -22,7 +22,7 @@ import { cacheReadable, cacheServiceVersion, cacheVersion, compressionMethod } f
 import { which } from './exec.js';
 import type { Host } from './host.js';
 import { DEFAULT_RETRY } from './oci/retry.js';
-import { downloadInOrder } from './ranged-download.js';
+import { downloadInOrder, type RangedDownloadResult } from './ranged-download.js';
 import { errorMessage } from './run.js';
 import { formatBytes, formatDuration } from './summary.js';
 import { TarMemberWatcher, type TarMember } from './tar-members.js';
@@ -53,7 +53,6 @@ const EXIT_GRACE_MS = 5000;
 export interface StreamSettings {
   /** The whole restore is abandoned (and undone) after this long. */
   deadlineMs: number;
-  env?: NodeJS.ProcessEnv;
 }
 
 export async function streamRestore(
@@ -64,10 +63,11 @@ export async function streamRestore(
   options: RestoreOptions,
   settings: StreamSettings,
 ): Promise<BackendRestore> {
-  const env = settings.env ?? process.env;
+  const env = process.env;
+  checkUsable(env, [primaryKey, ...restoreKeys]);
   const tar = await tarCommand();
   const method = await compressionMethod();
-  checkUsable(env, [primaryKey, ...restoreKeys], method);
+  if (method !== 'zstd-without-long') throw new StreamUnusable('zstd is not installed (gzip archives)');
 
   const deadline = new AbortController();
   const timer = setTimeout(() => deadline.abort(), settings.deadlineMs);
@@ -104,12 +104,12 @@ export async function streamRestore(
     const run = new Extraction(tar, workspace, watch, deadline.signal);
     const started = Date.now();
     try {
-      const bytes = await run.from(found.url, (what, error) =>
+      const { bytes, ranges, retries } = await run.from(found.url, (what, error) =>
         host.info(`Retrying ${what} of the cache archive: ${error.message}`),
       );
       const ms = Date.now() - started;
       host.info(
-        `Cache Size: ~${Math.round(bytes / (1024 * 1024))} MB (${bytes} B), streamed into tar in ${formatDuration(ms)} (${formatBytes((bytes * 1000) / Math.max(ms, 1))}/s)`,
+        `Cache Size: ~${Math.round(bytes / (1024 * 1024))} MB (${bytes} B), streamed into tar in ${formatDuration(ms)} (${formatBytes((bytes * 1000) / Math.max(ms, 1))}/s, ${ranges} range(s), ${retries} retried)`,
       );
       host.info('Cache restored successfully');
       return { matchedKey: found.matchedKey, fileDigests: run.fileDigests() };
@@ -123,7 +123,7 @@ export async function streamRestore(
   }
 }
 
-function checkUsable(env: NodeJS.ProcessEnv, keys: string[], method: string): void {
+function checkUsable(env: NodeJS.ProcessEnv, keys: string[]): void {
   const version = cacheServiceVersion(env);
   if (version !== 'v2')
     throw new StreamUnusable(`cache service ${version} (GHES or no ACTIONS_CACHE_SERVICE_V2)`);
@@ -134,7 +134,6 @@ function checkUsable(env: NodeJS.ProcessEnv, keys: string[], method: string): vo
   // @actions/http-client honours the runner's proxy settings; our requests would not.
   const proxy = ['https_proxy', 'HTTPS_PROXY', 'http_proxy', 'HTTP_PROXY'].find((v) => env[v]);
   if (proxy) throw new StreamUnusable(`${proxy} is set`);
-  if (method !== 'zstd-without-long') throw new StreamUnusable('zstd is not installed (gzip archives)');
   if (keys.length > MAX_KEYS || keys.some((k) => !k || k.length > MAX_KEY_LENGTH || k.includes(','))) {
     throw new StreamUnusable('a key the library would refuse');
   }
@@ -189,10 +188,17 @@ function ownFailure(exit: Exit): string | undefined {
   return `${exit.name} exited with ${exit.code}: ${lines.join('; ')}`;
 }
 
-function write(stream: Writable, chunk: Buffer): Promise<void> {
-  return new Promise((resolveWrite, reject) =>
-    stream.write(chunk, (error) => (error ? reject(error) : resolveWrite())),
-  );
+/** Queues all pieces at once (one syscall's worth each) and resolves when the last one is flushed. */
+function write(stream: Writable, pieces: Buffer[]): Promise<void> {
+  if (pieces.length === 0) return Promise.resolve();
+  return new Promise((resolveWrite, reject) => {
+    pieces.forEach((piece, i) =>
+      stream.write(
+        piece,
+        i === pieces.length - 1 ? (error) => (error ? reject(error) : resolveWrite()) : undefined,
+      ),
+    );
+  });
 }
 
 /** One `zstd -d | tar -x` run fed from the download, the tar stream watched on its way when asked. */
@@ -204,7 +210,7 @@ class Extraction {
     private readonly signal: AbortSignal,
   ) {}
 
-  async from(url: string, onRetry: (what: string, error: Error) => void): Promise<number> {
+  async from(url: string, onRetry: (what: string, error: Error) => void): Promise<RangedDownloadResult> {
     const zstd = spawn('zstd', ['-d', '--long=30', '-c'], { stdio: ['pipe', 'pipe', 'pipe'] });
     const tar = spawn(this.tar.path, [...this.tar.args, '-C', this.workspace], {
       stdio: [this.watcher ? 'pipe' : zstd.stdout, 'ignore', 'pipe'],
@@ -222,16 +228,16 @@ class Extraction {
       zstd.stdout.destroy();
     }
     let failure: unknown;
-    let bytes = 0;
+    let result: RangedDownloadResult = { bytes: 0, ranges: 0, retries: 0 };
     // Set when zstd stopped taking input: then it is exiting on its own and its complaint is the cause.
     let inputClosed = false;
-    const feed = (chunk: Buffer) =>
-      write(zstd.stdin, chunk).catch((error: unknown) => {
+    const feed = (pieces: Buffer[]) =>
+      write(zstd.stdin, pieces).catch((error: unknown) => {
         inputClosed = true;
         throw error;
       });
     try {
-      ({ bytes } = await downloadInOrder(url, feed, {
+      result = await downloadInOrder(url, feed, {
         chunkBytes: CHUNK_BYTES,
         concurrency: CONCURRENCY,
         idleTimeoutMs: IDLE_TIMEOUT_MS,
@@ -239,7 +245,7 @@ class Extraction {
         retry: RANGE_RETRY,
         signal: this.signal,
         onRetry,
-      }));
+      });
       zstd.stdin.end();
     } catch (error) {
       failure = error;
@@ -271,7 +277,7 @@ class Extraction {
             this.watcher?.ended === false && 'the archive ended before its end-of-archive block',
           ].find((r) => r);
     if (reason) throw new StreamUnusable(reason);
-    return bytes;
+    return result;
   }
 
   /** `sha256:<hex>` of each regular file, by absolute path (only when hashing was asked for). */
