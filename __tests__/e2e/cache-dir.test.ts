@@ -1,27 +1,38 @@
 /**
- * The directory backend through the public cache API, in-process with real tar, zstd and the filesystem.
+ * The directory backend through the public cache API, in-process with real tar, zstd and filesystems (ext4 for
+ * the test dirs, tmpfs for another filesystem, XFS on a loop device for reflinks).
  */
-import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
-import { CliHost } from '../../src/core/host.js';
-import { MapInputSource } from '../../src/core/inputs.js';
+import { registerReader } from '../../src/core/cache-dir.js';
 import { laterRun } from '../support/cache-service.js';
-import { fillRandom, jobDirs, treeDigest } from '../support/cache-files.js';
+import {
+  cacheEnv,
+  cliHost,
+  fillRandom,
+  jobDirs,
+  mountReflinkFs,
+  treeDigest,
+} from '../support/cache-files.js';
 
 const MiB = 1024 * 1024;
-const ENV = ['ACTIONS_CACHE_SERVICE_V2', 'ACTIONS_RESULTS_URL', 'ACTIONS_CACHE_URL', 'IMAGE_CI_CACHE_DIR'];
-const saved: Record<string, string | undefined> = {};
+const env = cacheEnv();
 let dirs: ReturnType<typeof jobDirs>;
 let volume: string;
-
-function cliHost(): { host: CliHost; log: string[] } {
-  const log: string[] = [];
-  const host = new CliHost({ inputs: new MapInputSource({}), log: (l) => log.push(l), out: () => undefined });
-  return { host, log };
-}
 
 function data(name: string): string {
   const dir = join(dirs.runnerTemp, `ici-${name}`);
@@ -30,20 +41,13 @@ function data(name: string): string {
 }
 
 beforeAll(() => {
-  for (const k of ENV) {
-    saved[k] = process.env[k];
-    delete process.env[k];
-  }
   dirs = jobDirs('cache-dir');
   volume = join(dirs.base, 'volume');
-  process.env.IMAGE_CI_CACHE_DIR = volume;
+  env.use({ IMAGE_CI_CACHE_DIR: volume });
 });
 
 afterAll(() => {
-  for (const k of ENV) {
-    if (saved[k] === undefined) delete process.env[k];
-    else process.env[k] = saved[k];
-  }
+  env.restore();
   rmSync(dirs.base, { recursive: true, force: true });
 });
 
@@ -144,5 +148,195 @@ describe('directory cache backend', () => {
   it('skips saving when none of the paths exist', async () => {
     const { host } = cliHost();
     expect((await saveCache(host, [join(dirs.base, 'missing')], 'none-key')).outcome).toBe('skipped');
+  });
+});
+
+/** A machine disk as preseed caches it: an already-compressed image and its small JSON record. */
+async function disk(dir: string, bytes = 4 * MiB): Promise<{ image: string; record: string }> {
+  mkdirSync(dir, { recursive: true });
+  await fillRandom(dir, 1, bytes);
+  const image = join(dir, 'machine-os-qemu-x86_64.qcow2.zst');
+  const record = `${image}.json`;
+  rmSync(image, { force: true });
+  writeFileSync(record, '{"digest":"sha256:x"}\n');
+  // fillRandom names its file blob-0.bin; the disk keeps podman's extension.
+  writeFileSync(image, readFileSync(join(dir, 'blob-0.bin')));
+  rmSync(join(dir, 'blob-0.bin'));
+  return { image, record };
+}
+
+function entryDirOf(root: string, key: string): string {
+  const hash = createHash('sha256').update(key).digest('hex');
+  for (const version of readdirSync(join(root, 'entries'))) {
+    if (existsSync(join(root, 'entries', version, hash))) return join(root, 'entries', version, hash);
+  }
+  throw new Error(`no entry for ${key}`);
+}
+
+const sha = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
+
+describe('directory cache backend, single files', () => {
+  afterEach(() => {
+    process.env.IMAGE_CI_CACHE_DIR = volume;
+  });
+
+  it('stores an already-compressed disk as it is and restores it as a hard link for read-only use', async () => {
+    const { image, record } = await disk(data('file-link'));
+    const digest = sha(image);
+    const { host, log } = cliHost();
+    const saved = await saveCache(host, [image, record], 'disk-1');
+    expect(saved).toMatchObject({
+      outcome: 'saved',
+      message: expect.stringMatching(/2 file\(s\) as they are/),
+    });
+    const entry = entryDirOf(volume, 'disk-1');
+    expect(existsSync(join(entry, 'archive.tar.zst'))).toBe(false);
+    expect(sha(join(entry, 'files', '0'))).toBe(digest);
+    expect(statSync(join(entry, 'files', '0')).mode & 0o777).toBe(0o444);
+
+    await laterRun([dirs.runnerTemp]);
+    const r = await restoreCache(host, [image, record], 'disk-1', [], { readOnly: true });
+    expect(r).toEqual({ hit: true, matchedKey: 'disk-1', backend: 'dir' });
+    expect(statSync(image).ino).toBe(statSync(join(entry, 'files', '0')).ino);
+    expect(sha(image)).toBe(digest);
+    expect(log).toContain(`Restored ${image} (4.0 MiB) as a hard link of ${entry}/files/0`);
+  });
+
+  it('restores a writable copy when the caller may write (ext4 has no reflinks)', async () => {
+    const { image, record } = await disk(data('file-copy'));
+    const { host, log } = cliHost();
+    expect((await saveCache(host, [image, record], 'disk-2')).outcome).toBe('saved');
+    await laterRun([dirs.runnerTemp]);
+    expect((await restoreCache(host, [image, record], 'disk-2')).hit).toBe(true);
+    const entry = entryDirOf(volume, 'disk-2');
+    expect(statSync(image).ino).not.toBe(statSync(join(entry, 'files', '0')).ino);
+    expect(statSync(image).mode & 0o777).toBe(0o644);
+    expect(log.some((l) => l.startsWith(`Restored ${image} (4.0 MiB) as a copy of`))).toBe(true);
+  });
+
+  it('copies across filesystems, even for read-only use (volume on tmpfs, job dirs on ext4)', async () => {
+    const tmpfsVolume = mkdtempSync('/dev/shm/ici-cache-dir-');
+    process.env.IMAGE_CI_CACHE_DIR = tmpfsVolume;
+    try {
+      const { image, record } = await disk(data('file-xdev'));
+      const digest = sha(image);
+      const { host, log } = cliHost();
+      expect((await saveCache(host, [image, record], 'disk-xdev')).outcome).toBe('saved');
+      await laterRun([dirs.runnerTemp]);
+      expect((await restoreCache(host, [image, record], 'disk-xdev', [], { readOnly: true })).hit).toBe(true);
+      expect(sha(image)).toBe(digest);
+      expect(log.some((l) => l.startsWith(`Restored ${image} (4.0 MiB) as a copy of`))).toBe(true);
+    } finally {
+      rmSync(tmpfsVolume, { recursive: true, force: true });
+    }
+  });
+
+  it('restores a reflink where the filesystem has them (XFS); writing it leaves the entry intact', async () => {
+    const fs = mountReflinkFs(dirs.base);
+    try {
+      const xfsVolume = join(fs.dir, 'volume');
+      const job = join(fs.dir, 'job');
+      process.env.IMAGE_CI_CACHE_DIR = xfsVolume;
+      const { image, record } = await disk(join(job, 'ici-pvm'), 32 * MiB);
+      const digest = sha(image);
+      const { host, log } = cliHost();
+      expect((await saveCache(host, [image, record], 'disk-xfs')).outcome).toBe('saved');
+      await laterRun([job]);
+      expect((await restoreCache(host, [image, record], 'disk-xfs')).hit).toBe(true);
+      expect(log.some((l) => l.startsWith(`Restored ${image} (32.0 MiB) as a reflink of`))).toBe(true);
+      expect(sha(image)).toBe(digest);
+      writeFileSync(image, 'changed by the job');
+      expect(sha(join(entryDirOf(xfsVolume, 'disk-xfs'), 'files', '0'))).toBe(digest);
+    } finally {
+      fs.unmount();
+    }
+  });
+});
+
+describe('directory cache backend, eviction', () => {
+  let root: string;
+
+  beforeAll(() => {
+    root = join(dirs.base, 'evicting-volume');
+    process.env.IMAGE_CI_CACHE_DIR = root;
+  });
+
+  afterAll(() => {
+    process.env.IMAGE_CI_CACHE_DIR = volume;
+    delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+  });
+
+  async function saveDisk(key: string): Promise<{ paths: string[]; log: string[] }> {
+    const { image, record } = await disk(data(`evict-${key}`), MiB);
+    const { host, log } = cliHost();
+    expect((await saveCache(host, [image, record], key)).outcome).toBe('saved');
+    return { paths: [image, record], log };
+  }
+
+  /** Sets when an entry was last restored (restores within one millisecond would tie). */
+  function lastRestored(key: string, minutesAgo: number): void {
+    const when = new Date(Date.now() - minutesAgo * 60_000);
+    utimesSync(join(entryDirOf(root, key), 'used'), when, when);
+  }
+
+  const keys = () =>
+    readdirSync(join(root, 'entries'))
+      .flatMap((v) => readdirSync(join(root, 'entries', v)).map((e) => join(root, 'entries', v, e)))
+      .map((d) => (JSON.parse(readFileSync(join(d, 'entry.json'), 'utf8')) as { key: string }).key)
+      .sort();
+
+  it('keeps everything without a budget, then evicts the least recently restored entries first', async () => {
+    const a = await saveDisk('ev-a');
+    await saveDisk('ev-b');
+    await saveDisk('ev-c');
+    expect(keys()).toEqual(['ev-a', 'ev-b', 'ev-c']);
+    // a was restored recently; b long ago; c a while ago.
+    const { host } = cliHost();
+    expect((await restoreCache(host, a.paths, 'ev-a', [], { readOnly: true })).hit).toBe(true);
+    lastRestored('ev-b', 60);
+    lastRestored('ev-c', 30);
+
+    process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '2.5MiB';
+    const { log } = await saveDisk('ev-d');
+    expect(keys()).toEqual(['ev-a', 'ev-d']);
+    const evictions = log.filter((l) => l.startsWith('Cache dir: evicted'));
+    expect(evictions).toHaveLength(2);
+    expect(evictions[0]).toMatch(
+      /^Cache dir: evicted ev-b \(1\.0 MiB, last restored .*\): 4\.0 MiB > IMAGE_CI_CACHE_DIR_MAX_SIZE=2\.5 MiB$/,
+    );
+    expect(evictions[1]).toMatch(/^Cache dir: evicted ev-c /);
+  });
+
+  it('never evicts an entry a restore is reading (shared lock), and does once it is released', async () => {
+    lastRestored('ev-a', 90);
+    const lease = await registerReader(entryDirOf(root, 'ev-a'));
+    try {
+      const { log } = await saveDisk('ev-e');
+      expect(log).toContain(
+        `Cache dir: not evicting ev-a, being restored by pid ${process.pid} on ${hostname()}`,
+      );
+      expect(keys()).toEqual(['ev-a', 'ev-e']);
+      expect(log.filter((l) => l.startsWith('Cache dir: evicted'))).toEqual([
+        expect.stringMatching(/^Cache dir: evicted ev-d /),
+      ]);
+    } finally {
+      await lease!.release();
+    }
+    lastRestored('ev-a', 90);
+    const { log } = await saveDisk('ev-f');
+    expect(log.filter((l) => l.startsWith('Cache dir: evicted'))).toEqual([
+      expect.stringMatching(/^Cache dir: evicted ev-a /),
+    ]);
+    expect(readdirSync(join(root, 'tmp'))).toEqual([]);
+  });
+
+  it('warns once about a budget that is not a size, and evicts nothing', async () => {
+    process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = 'lots';
+    const before = keys();
+    const { log } = await saveDisk('ev-g');
+    expect(keys()).toEqual([...before, 'ev-g'].sort());
+    expect(log.filter((l) => l.startsWith('warning:'))).toEqual([
+      "warning: IMAGE_CI_CACHE_DIR_MAX_SIZE='lots' is not a size (e.g. 20GiB); nothing is evicted.",
+    ]);
   });
 });

@@ -8,30 +8,15 @@ import * as cache from '@actions/cache';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CacheService, laterRun } from '../support/cache-service.js';
-import { captureStdout, fillRandom, jobDirs, treeDigest } from '../support/cache-files.js';
+import { cacheEnv, captureStdout, fillRandom, jobDirs, treeDigest } from '../support/cache-files.js';
 
 const MiB = 1024 * 1024;
-const CACHE_ENV = [
-  'ACTIONS_CACHE_SERVICE_V2',
-  'ACTIONS_RESULTS_URL',
-  'ACTIONS_CACHE_URL',
-  'ACTIONS_RUNTIME_TOKEN',
-  'GITHUB_SERVER_URL',
-  'GITHUB_WORKSPACE',
-  'RUNNER_TEMP',
-];
 
 let service: CacheService;
 let dirs: ReturnType<typeof jobDirs>;
-const saved: Record<string, string | undefined> = {};
-
-function useEnv(env: Record<string, string>): void {
-  for (const k of CACHE_ENV) delete process.env[k];
-  Object.assign(process.env, env);
-}
+const env = cacheEnv();
 
 beforeAll(async () => {
-  for (const k of CACHE_ENV) saved[k] = process.env[k];
   service = await CacheService.start();
   dirs = jobDirs('cache-svc');
 });
@@ -39,10 +24,7 @@ beforeAll(async () => {
 afterEach(() => service.heal());
 
 afterAll(async () => {
-  for (const k of CACHE_ENV) {
-    if (saved[k] === undefined) delete process.env[k];
-    else process.env[k] = saved[k];
-  }
+  env.restore();
   await service.stop();
   rmSync(dirs.base, { recursive: true, force: true });
 });
@@ -60,7 +42,7 @@ const restore = (paths: string[], key: string, restoreKeys: string[] = []) =>
   captureStdout(() => cache.restoreCache(paths, key, restoreKeys));
 
 describe('cache service v2 (github.com protocol) with the real @actions/cache', () => {
-  beforeAll(() => useEnv(service.env({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
+  beforeAll(() => env.use(service.env({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
 
   it('round-trips a small directory through a single blob PUT', async () => {
     const dir = await dataDir('small', (d) => writeFileSync(join(d, 'hello.txt'), 'hello cache\n'));
@@ -163,7 +145,7 @@ describe('cache service v2 (github.com protocol) with the real @actions/cache', 
 });
 
 describe('cache service v1 (GHES protocol) with the real @actions/cache', () => {
-  beforeAll(() => useEnv(service.envV1({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
+  beforeAll(() => env.use(service.envV1({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
 
   it('round-trips a directory through reserve, chunked PATCH and commit', async () => {
     const dir = await dataDir('ghes', (d) => fillRandom(d, 1, 3 * MiB));

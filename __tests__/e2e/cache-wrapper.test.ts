@@ -7,36 +7,12 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/glob
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
-import { CliHost } from '../../src/core/host.js';
-import { MapInputSource } from '../../src/core/inputs.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
-import { captureStdout, fillRandom, jobDirs, treeDigest } from '../support/cache-files.js';
+import { cacheEnv, captureStdout, cliHost, fillRandom, jobDirs, treeDigest } from '../support/cache-files.js';
 
-const ENV = [
-  'ACTIONS_CACHE_SERVICE_V2',
-  'ACTIONS_RESULTS_URL',
-  'ACTIONS_CACHE_URL',
-  'ACTIONS_RUNTIME_TOKEN',
-  'GITHUB_SERVER_URL',
-  'GITHUB_WORKSPACE',
-  'RUNNER_TEMP',
-  'IMAGE_CI_CACHE_DIR',
-  'IMAGE_CI_CACHE_TIMEOUT',
-];
-const saved: Record<string, string | undefined> = {};
+const env = cacheEnv();
 let service: CacheService;
 let dirs: ReturnType<typeof jobDirs>;
-
-function useEnv(env: Record<string, string>): void {
-  for (const k of ENV) delete process.env[k];
-  Object.assign(process.env, env);
-}
-
-function cliHost(): { host: CliHost; log: string[] } {
-  const log: string[] = [];
-  const host = new CliHost({ inputs: new MapInputSource({}), log: (l) => log.push(l), out: () => undefined });
-  return { host, log };
-}
 
 function data(name: string, text: string): string {
   const dir = join(dirs.runnerTemp, `ici-${name}`);
@@ -46,7 +22,6 @@ function data(name: string, text: string): string {
 }
 
 beforeAll(async () => {
-  for (const k of ENV) saved[k] = process.env[k];
   service = await CacheService.start();
   dirs = jobDirs('cache-wrap');
 });
@@ -57,16 +32,13 @@ afterEach(() => {
 });
 
 afterAll(async () => {
-  for (const k of ENV) {
-    if (saved[k] === undefined) delete process.env[k];
-    else process.env[k] = saved[k];
-  }
+  env.restore();
   await service.stop();
   rmSync(dirs.base, { recursive: true, force: true });
 });
 
 describe('core/cache on the Actions cache backend, CLI host', () => {
-  beforeAll(() => useEnv(service.env({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
+  beforeAll(() => env.use(service.env({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
 
   it('keeps stdout clean: library progress and debug go to the host log, not to stdout', async () => {
     const dir = join(dirs.runnerTemp, 'ici-quiet');
@@ -133,7 +105,7 @@ describe('core/cache on the Actions cache backend, CLI host', () => {
 });
 
 describe('core/cache on the Actions cache backend, v1 (GHES)', () => {
-  beforeAll(() => useEnv(service.envV1({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
+  beforeAll(() => env.use(service.envV1({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
 
   it('reports an entry over the size limit as too-large (v1: refused at reserve)', async () => {
     service.maxEntryBytes = 10;

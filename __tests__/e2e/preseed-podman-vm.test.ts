@@ -214,6 +214,29 @@ describe('preseed-podman-vm with a registry and the Actions cache', () => {
     expect(readFileSync(paths.image).equals(readFileSync(qemu().blobPath))).toBe(true);
   });
 
+  it('refuses a cache entry whose record vouches for other bytes than the registry names, and downloads', async () => {
+    const serviceF = await newCacheService();
+    const key = serviceA.list()[0]!.key;
+    const paths = stablePaths(cold);
+    const forged = Buffer.from('not the machine disk');
+    const forgedDigest = `sha256:${createHash('sha256').update(forged).digest('hex')}`;
+    writeFileSync(paths.image, forged);
+    const record = JSON.parse(readFileSync(paths.record, 'utf8')) as Record<string, unknown>;
+    writeFileSync(paths.record, JSON.stringify({ ...record, fileDigest: forgedDigest, size: forged.length }));
+    await saveWithActionsCache(serviceF, cold, [paths.image, paths.record], key);
+    await laterRun([cold.runnerTemp, cold.home]);
+
+    const before = blobGets().length;
+    const r = await run(cold, serviceF);
+    expectStepsOk(r);
+    expect(r.warnings.join('\n')).toMatch(
+      new RegExp(`cached image is unusable \\(it is .* with file ${forgedDigest}, not`),
+    );
+    expect(blobGets().slice(before)).toEqual([qemu().blobDigest]);
+    expect(r.outputs['cache-hit']).toBe('false');
+    expect(readFileSync(paths.image).equals(readFileSync(qemu().blobPath))).toBe(true);
+  });
+
   it('two concurrent posts saving the same key both succeed and leave one entry', async () => {
     const serviceC = await newCacheService();
     const shared = job('matrix');
@@ -378,5 +401,117 @@ describe('preseed-podman-vm with an http(s) URL (@actions/tool-cache against a l
     } finally {
       await new Promise<void>((r) => server.close(() => r()));
     }
+  });
+});
+
+/**
+ * A stand-in for builds.coreos.fedoraproject.org, which cannot be reached here: stream metadata in the published
+ * shape (coreos/stream-metadata-go) and the disk it points at, both on a local node:http server.
+ */
+async function startFcosMock(disk: Buffer, publishedSha = createHash('sha256').update(disk).digest('hex')) {
+  const requests: string[] = [];
+  const release = '41.20261101.2.0';
+  const title = `fedora-coreos-${release}-qemu.x86_64.qcow2.xz`;
+  const diskPath = `/prod/streams/testing/builds/${release}/x86_64/${title}`;
+  const server = createServer((req, res) => {
+    requests.push(`${req.method} ${req.url}`);
+    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    if (req.url === '/streams/testing.json') {
+      const qemu = {
+        disk: { location: `${base}${diskPath}`, sha256: publishedSha, signature: `${base}${diskPath}.sig` },
+      };
+      const body = JSON.stringify({
+        stream: 'testing',
+        metadata: { 'last-modified': '2026-11-20T12:00:00Z' },
+        architectures: {
+          x86_64: { artifacts: { qemu: { release, formats: { 'qcow2.xz': qemu } } } },
+        },
+      });
+      res.writeHead(200, { 'content-type': 'application/json' }).end(body);
+    } else if (req.url === diskPath) {
+      res.writeHead(200, { 'content-length': disk.length }).end(disk);
+    } else {
+      res.writeHead(404).end();
+    }
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    requests,
+    title,
+    streamUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}/streams/testing.json`,
+    stop: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+describe('preseed-podman-vm on podman 4: a Fedora CoreOS stream [mock of builds.coreos.fedoraproject.org]', () => {
+  it('resolves the stream, verifies the published sha256, places it for podman 4, caches it; a later run restores it', async () => {
+    const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
+    const sha = createHash('sha256').update(disk).digest('hex');
+    const mock = await startFcosMock(disk);
+    const cache = await newCacheService();
+    const j = job('fcos');
+    try {
+      const r = await run(j, cache, { image: mock.streamUrl });
+      expectStepsOk(r);
+      expect(mock.requests).toEqual([
+        'GET /streams/testing.json',
+        expect.stringMatching(/^GET \/prod\/.*\.qcow2\.xz$/),
+      ]);
+      const image = r.outputs['image-path']!;
+      expect(image).toMatch(/ici-pvm\/fcos-testing-[0-9a-f]{12}-qemu-x86_64\.qcow2\.xz$/);
+      expect(r.outputs).toMatchObject({ 'image-digest': `sha256:${sha}`, 'cache-hit': 'false' });
+      expect(readFileSync(image).equals(disk)).toBe(true);
+      // Podman 4 reuses <data dir>/qemu/cache/<file name> when its sha256 matches the stream.
+      const podmanCache = join(j.home, '.local/share/containers/podman/machine/qemu/cache', mock.title);
+      expect(readFileSync(podmanCache).equals(disk)).toBe(true);
+      expect(readFileSync(r.exportedEnv.CONTAINERS_CONF!, 'utf8')).toContain(`image = "${image}"`);
+      expect(cache.list()).toEqual([
+        expect.objectContaining({ key: expect.stringMatching(new RegExp(`-${sha}$`)) }),
+      ]);
+
+      await laterRun([j.runnerTemp, j.home]);
+      const later = await run(j, cache, { image: mock.streamUrl });
+      expectStepsOk(later);
+      expect(later.outputs).toMatchObject({ 'image-digest': `sha256:${sha}`, 'cache-hit': 'true' });
+      expect(readFileSync(image).equals(disk)).toBe(true);
+      expect(mock.requests.filter((q) => q.includes('.qcow2.xz'))).toHaveLength(1);
+      expect(later.log).not.toMatch(/Streaming restore not used/);
+    } finally {
+      await mock.stop();
+    }
+  });
+
+  it('a disk that does not match the published sha256 fails the step and keeps nothing', async () => {
+    const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
+    const mock = await startFcosMock(disk, 'f'.repeat(64));
+    const j = job('fcos-bad');
+    try {
+      const r = await run(j, await newCacheService(), { image: mock.streamUrl });
+      expect(r.main.exitCode).toBe(1);
+      expect(r.errors.join('\n')).toMatch(
+        /download failed \(nothing was kept\): fedora-coreos-.*\.qcow2\.xz has sha256:[0-9a-f]{64}, the stream publishes sha256:f{64}/,
+      );
+      expect(readdirSync(join(j.runnerTemp, 'ici-pvm'))).toEqual([]);
+    } finally {
+      await mock.stop();
+    }
+  });
+});
+
+describe('preseed-podman-vm with a local image file', () => {
+  it('says in one line that there is nothing to cache, and touches no cache', async () => {
+    const j = job('local-file');
+    const cache = await newCacheService();
+    const file = fake.disk('x86_64', 'qemu').blobPath;
+    const r = await run(j, cache, { image: file });
+    expectStepsOk(r);
+    expect(r.log.split('\n').filter((l) => l.includes('nothing to cache'))).toEqual([
+      `The image is a local file (${file}): there is nothing to cache for it.`,
+    ]);
+    expect(r.log).not.toMatch(/Restoring cache|Saving cache/);
+    expect(cache.counters.requests).toEqual({});
   });
 });

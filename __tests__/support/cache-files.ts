@@ -1,13 +1,17 @@
 /**
  * Test data for cache round trips: directories of random (incompressible) files, a digest of a directory tree to
- * prove a restore brought back exactly what was saved, and a stdout capture for calling @actions/cache
- * in-process (it logs through @actions/core, which writes workflow commands straight to stdout).
+ * prove a restore brought back exactly what was saved, a stdout capture for calling @actions/cache in-process
+ * (it logs through @actions/core, which writes workflow commands straight to stdout), and a filesystem with
+ * reflinks for the directory backend.
  */
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
+import { CliHost } from '../../src/core/host.js';
+import { MapInputSource } from '../../src/core/inputs.js';
 
 const MiB = 1024 * 1024;
 
@@ -85,4 +89,62 @@ export async function captureStdout<T>(fn: () => Promise<T>): Promise<{ value: T
   } finally {
     process.stdout.write = original;
   }
+}
+
+/**
+ * A small XFS filesystem with reflinks, on a loop device under `base` (needs root and xfsprogs): the Linux
+ * filesystem where `copyFile(..., COPYFILE_FICLONE)` shares blocks instead of copying them (ext4 cannot).
+ */
+export function mountReflinkFs(base: string, sizeMiB = 320): { dir: string; unmount: () => void } {
+  const image = join(base, 'reflink-fs.img');
+  const dir = join(base, 'reflink-fs');
+  mkdirSync(dir, { recursive: true });
+  execFileSync('truncate', ['-s', `${sizeMiB}M`, image]);
+  execFileSync('mkfs.xfs', ['-q', '-m', 'reflink=1', image]);
+  execFileSync('mount', ['-o', 'loop', image, dir]);
+  return {
+    dir,
+    unmount: () => {
+      execFileSync('umount', [dir]);
+      rmSync(image, { force: true });
+    },
+  };
+}
+
+/** Every variable the cache layer and @actions/cache read: tests set them per describe and put them back. */
+const CACHE_ENV = [
+  'ACTIONS_CACHE_SERVICE_V2',
+  'ACTIONS_RESULTS_URL',
+  'ACTIONS_CACHE_URL',
+  'ACTIONS_RUNTIME_TOKEN',
+  'GITHUB_SERVER_URL',
+  'GITHUB_WORKSPACE',
+  'RUNNER_TEMP',
+  'IMAGE_CI_CACHE_DIR',
+  'IMAGE_CI_CACHE_DIR_MAX_SIZE',
+  'IMAGE_CI_CACHE_TIMEOUT',
+];
+
+/** Saves the cache env now; `use` replaces it (in this process) for in-process calls, `restore` puts it back. */
+export function cacheEnv(): { use(env: Record<string, string>): void; restore(): void } {
+  const saved = Object.fromEntries(CACHE_ENV.map((k) => [k, process.env[k]]));
+  return {
+    use(env) {
+      for (const k of CACHE_ENV) delete process.env[k];
+      Object.assign(process.env, env);
+    },
+    restore() {
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    },
+  };
+}
+
+/** The CLI's host with its log kept in memory (what an in-process cache call reported). */
+export function cliHost(): { host: CliHost; log: string[] } {
+  const log: string[] = [];
+  const host = new CliHost({ inputs: new MapInputSource({}), log: (l) => log.push(l), out: () => undefined });
+  return { host, log };
 }

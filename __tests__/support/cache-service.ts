@@ -7,12 +7,15 @@
  *   one `PUT` up to 128 MiB, above that `PUT ?comp=block&blockid=` per block and `PUT ?comp=blocklist` (XML).
  * - v1 (GHES, ACTIONS_CACHE_URL): `_apis/artifactcache/cache?keys=&version=` lookup (204 on a miss),
  *   `POST caches` reserve, `PATCH caches/<id>` chunks with Content-Range, `POST caches/<id>` commit.
- * - Downloads from a non-Azure host are one plain GET, checked by the library against Content-Length.
+ * - Downloads from a non-Azure host are one plain GET, checked by the library against Content-Length; ranged
+ *   GETs (`Range: bytes=a-b`, as Azure blob storage answers them: 206 with Content-Range, 416 past the end) are
+ *   what the streaming restore sends.
  *
  * Entries are matched like GitHub does: only within the requested version (a hash of the cache paths), exact
  * primary key first, then the newest prefix match of the key and of each restore key in order. A key+version
  * already finalized or being created is refused (409), so the first writer wins. Counters and fault switches
- * let tests prove what went over the wire and what happens when the service breaks.
+ * let tests prove what went over the wire and what happens when the service breaks; a bandwidth limit shared
+ * by all downloads stands in for the hosted cache's speed in benchmarks.
  */
 import { randomBytes } from 'node:crypto';
 import {
@@ -29,6 +32,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 
 export type CacheCall =
@@ -66,6 +70,8 @@ export interface CacheServiceCounters {
   bytesUploaded: number;
   /** Archive bytes sent by downloads. */
   bytesDownloaded: number;
+  /** Downloads that asked for a byte range. */
+  rangedDownloads: number;
 }
 
 const TWIRP_PREFIX = '/twirp/github.actions.results.api.v1.CacheService/';
@@ -86,12 +92,22 @@ class HttpFailure extends Error {
 
 export class CacheService {
   readonly token = `test-runtime-token-${randomBytes(6).toString('hex')}`;
-  readonly counters: CacheServiceCounters = { requests: {}, bytesUploaded: 0, bytesDownloaded: 0 };
+  readonly counters: CacheServiceCounters = {
+    requests: {},
+    bytesUploaded: 0,
+    bytesDownloaded: 0,
+    rangedDownloads: 0,
+  };
   /** Entries larger than this are refused (v1 at reserve with 400, v2 at finalize), like the repo quota. */
   maxEntryBytes = Number.POSITIVE_INFINITY;
   private failing: Set<CacheCall> | 'all' = new Set();
   private failStatus = 500;
   private truncate = false;
+  private cuts: { remaining: number; afterBytes: number } = { remaining: 0, afterBytes: 0 };
+  private rangeRefusal: number | undefined;
+  private plainRefusal: number | undefined;
+  private damageFrom: number | undefined;
+  private throttle: Throttle | undefined;
   private hanging = new Set<CacheCall>();
   private readonly entries = new Map<number, Entry>();
   private nextId = 1;
@@ -154,10 +170,39 @@ export class CacheService {
     this.truncate = on;
   }
 
+  /** The next `count` downloads (ranged or not) send their headers, `afterBytes` of body, then drop. */
+  cutDownloads(count: number, afterBytes: number): void {
+    this.cuts = { remaining: count, afterBytes };
+  }
+
+  /** Ranged GETs answer `status` (plain GETs still work), like a store that refuses ranges on this URL. */
+  refuseRanges(status: number): void {
+    this.rangeRefusal = status;
+  }
+
+  /** Plain (whole-archive) GETs answer `status` (ranged GETs still work), e.g. to make the library's restore fail. */
+  refusePlainDownloads(status: number): void {
+    this.plainRefusal = status;
+  }
+
+  /** Ranged GETs send wrong bytes from archive offset `offset` on (plain GETs stay intact). */
+  damageRangesFrom(offset: number): void {
+    this.damageFrom = offset;
+  }
+
+  /** Limits all downloads together to `bytesPerSecond` (undefined: no limit). */
+  limitDownloads(bytesPerSecond: number | undefined): void {
+    this.throttle = bytesPerSecond ? new Throttle(bytesPerSecond) : undefined;
+  }
+
   heal(): void {
     this.failing = new Set();
     this.hanging = new Set();
     this.truncate = false;
+    this.cuts = { remaining: 0, afterBytes: 0 };
+    this.rangeRefusal = undefined;
+    this.plainRefusal = undefined;
+    this.damageFrom = undefined;
   }
 
   list(): CacheEntryInfo[] {
@@ -443,28 +488,90 @@ export class CacheService {
   }
 
   private async download(req: IncomingMessage, res: ServerResponse, entry: Entry): Promise<void> {
-    res.writeHead(200, {
+    const rangeHeader = req.headers.range ?? req.headers['x-ms-range'];
+    let start = 0;
+    let end = entry.sizeBytes - 1;
+    let status = 200;
+    const headers: Record<string, string> = {
       'Content-Type': 'application/octet-stream',
-      'Content-Length': String(entry.sizeBytes),
-    });
+      'Accept-Ranges': 'bytes',
+    };
+    if (rangeHeader !== undefined) {
+      this.counters.rangedDownloads++;
+      if (this.rangeRefusal !== undefined) throw new HttpFailure(this.rangeRefusal, 'ranges refused');
+      const m = /^bytes=(\d+)-(\d*)$/.exec(String(rangeHeader));
+      if (!m) throw new HttpFailure(400, `unsupported Range ${String(rangeHeader)}`);
+      start = Number(m[1]);
+      if (start >= entry.sizeBytes) {
+        res.writeHead(416, { 'Content-Range': `bytes */${entry.sizeBytes}` }).end();
+        return;
+      }
+      if (m[2]) end = Math.min(end, Number(m[2]));
+      status = 206;
+      headers['Content-Range'] = `bytes ${start}-${end}/${entry.sizeBytes}`;
+    } else if (this.plainRefusal !== undefined) {
+      throw new HttpFailure(this.plainRefusal, 'plain downloads refused');
+    }
+    const length = end - start + 1;
+    headers['Content-Length'] = String(length);
+    res.writeHead(status, headers);
     if (req.method === 'HEAD') {
       res.end();
       return;
     }
-    const end = this.truncate ? Math.floor(entry.sizeBytes / 2) : entry.sizeBytes;
-    if (end === 0) {
-      if (this.truncate) res.destroy();
+    let cutAfter: number | undefined;
+    if (this.truncate) cutAfter = Math.floor(length / 2);
+    else if (this.cuts.remaining > 0) {
+      this.cuts.remaining--;
+      cutAfter = Math.min(this.cuts.afterBytes, length);
+    }
+    const sendTo = cutAfter ?? length;
+    if (sendTo === 0) {
+      if (cutAfter !== undefined) res.destroy();
       else res.end();
       return;
     }
-    const stream = createReadStream(entry.file, { start: 0, end: end - 1 });
-    stream.on('data', (chunk) => (this.counters.bytesDownloaded += chunk.length));
-    if (this.truncate) {
-      stream.pipe(res, { end: false });
-      stream.on('end', () => res.destroy());
+    const damageFrom = rangeHeader !== undefined ? this.damageFrom : undefined;
+    let offset = start;
+    // 1 MiB reads: the service must not be what limits a benchmark of the client.
+    const stream = createReadStream(entry.file, { start, end: start + sendTo - 1, highWaterMark: 1 << 20 });
+    const throttle = this.throttle;
+    const shaped = new Transform({
+      transform: (chunk: Buffer, _encoding, callback) => {
+        if (damageFrom !== undefined && offset + chunk.length > damageFrom) {
+          chunk = Buffer.from(chunk);
+          for (let i = Math.max(0, damageFrom - offset); i < chunk.length; i++) chunk[i] = chunk[i]! ^ 0x5a;
+        }
+        offset += chunk.length;
+        this.counters.bytesDownloaded += chunk.length;
+        if (!throttle) return callback(null, chunk);
+        throttle.wait(chunk.length).then(() => callback(null, chunk), callback);
+      },
+    });
+    if (cutAfter !== undefined) {
+      stream.pipe(shaped).pipe(res, { end: false });
+      shaped.on('end', () => res.destroy());
       return;
     }
-    await pipeline(stream, res);
+    await pipeline(stream, shaped, res);
+  }
+}
+
+/**
+ * A token bucket shared by every response: the sum of all downloads stays at the rate. Up to 50 ms of unused
+ * rate carries over, so timers that fire late (a busy machine) do not lower the rate below the target.
+ */
+class Throttle {
+  private nextFree = performance.now();
+
+  constructor(private readonly bytesPerSecond: number) {}
+
+  async wait(bytes: number): Promise<void> {
+    const now = performance.now();
+    const start = Math.max(now - 50, this.nextFree);
+    this.nextFree = start + (bytes * 1000) / this.bytesPerSecond;
+    const delay = this.nextFree - now;
+    if (delay > 1) await new Promise((resolve) => setTimeout(resolve, delay));
   }
 }
 
@@ -509,11 +616,11 @@ async function commitBlocks(entry: Entry, ids: string[]): Promise<void> {
   const missing = ids.find((id) => !existsSync(blockFile(entry, id)));
   if (missing) throw new HttpFailure(400, `InvalidBlockList: block ${missing} was never staged`);
   const temp = `${entry.file}.commit`;
-  const out = createWriteStream(temp);
-  for (const id of ids) await pipeline(createReadStream(blockFile(entry, id)), out, { end: false });
-  await new Promise<void>((resolve, reject) =>
-    out.end((error?: Error | null) => (error ? reject(error) : resolve())),
-  );
+  // One pipeline over all blocks: a pipeline per block would pile listeners onto the one output stream.
+  async function* blocks() {
+    for (const id of ids) yield* createReadStream(blockFile(entry, id));
+  }
+  await pipeline(blocks, createWriteStream(temp));
   renameSync(temp, entry.file);
   await Promise.all(ids.map((id) => rm(blockFile(entry, id), { force: true })));
 }

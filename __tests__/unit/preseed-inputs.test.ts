@@ -77,6 +77,20 @@ describe('image input', () => {
     });
   });
 
+  it("reads podman 4's stream names and stream-metadata URLs as Fedora CoreOS streams", () => {
+    expect(classifyImage('testing')).toEqual({
+      kind: 'fcos',
+      stream: 'testing',
+      streamUrl: 'https://builds.coreos.fedoraproject.org/streams/testing.json',
+    });
+    expect(classifyImage('stable')).toMatchObject({ kind: 'fcos', stream: 'stable' });
+    expect(classifyImage('http://mirror.example:8080/fcos/streams/next.json')).toEqual({
+      kind: 'fcos',
+      stream: 'next',
+      streamUrl: 'http://mirror.example:8080/fcos/streams/next.json',
+    });
+  });
+
   it('rejects missing files and other schemes', () => {
     expect(() => classifyImage('/no/such/disk.qcow2.zst')).toThrow(/Input 'image': the file \/no\/such/);
     expect(() => classifyImage('ftp://host/disk')).toThrow(/unsupported scheme/);

@@ -1,7 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import { parsePodmanVersion } from '../../src/actions/preseed-podman-vm/podman-host.js';
 import {
-  defaultImageReference,
+  defaultImage,
   diskLayer,
   podmanCacheFileName,
   selectDiskChild,
@@ -45,15 +45,21 @@ const index: ImageIndex = {
   ],
 };
 
-describe('default machine-os reference', () => {
-  it('uses podman major.minor and the WSL repository for wsl', () => {
+describe('default machine image', () => {
+  it('podman 5: the machine-os index of podman major.minor, the WSL repository for wsl', () => {
     const v = parsePodmanVersion('5.3.2')!;
-    expect(defaultImageReference(v, 'qemu')).toBe('docker://quay.io/podman/machine-os:5.3');
-    expect(defaultImageReference(v, 'applehv')).toBe('docker://quay.io/podman/machine-os:5.3');
-    expect(defaultImageReference(v, 'wsl')).toBe('docker://quay.io/podman/machine-os-wsl:5.3');
-    expect(defaultImageReference(parsePodmanVersion('5.4.0-dev')!, 'qemu')).toBe(
+    expect(defaultImage(v, 'qemu')).toBe('docker://quay.io/podman/machine-os:5.3');
+    expect(defaultImage(v, 'applehv')).toBe('docker://quay.io/podman/machine-os:5.3');
+    expect(defaultImage(v, 'wsl')).toBe('docker://quay.io/podman/machine-os-wsl:5.3');
+    expect(defaultImage(parsePodmanVersion('5.4.0-dev')!, 'qemu')).toBe(
       'docker://quay.io/podman/machine-os:5.4',
     );
+  });
+
+  it('podman 4 (Ubuntu 24.04 has 4.9): the Fedora CoreOS testing stream, never machine-os:4.x', () => {
+    for (const text of ['4.9.3', '4.3.1', '4.0.0']) {
+      expect(defaultImage(parsePodmanVersion(text)!, 'qemu')).toBe('testing');
+    }
   });
 });
 

@@ -121,7 +121,8 @@ function processStart(pid: number): string | undefined {
   return stat?.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
 }
 
-function ownerRecord(purpose: string | undefined): LockOwner {
+/** A record naming this process as a lock holds it; also used for other owner files (cache-dir's readers). */
+export function ownerRecord(purpose: string | undefined): LockOwner {
   const { boot, pidns } = hostIdentity();
   const start = processStart(process.pid);
   return {
@@ -243,6 +244,19 @@ function staleReason(file: LockFile, fsNowMs: number, staleMs: number): string |
       : undefined;
   }
   return ownerGone(file.owner) ?? (ageMs > staleMs ? `it is ${formatDuration(ageMs)} old` : undefined);
+}
+
+/**
+ * An owner file written with ownerRecord (a lock, or a registration such as cache-dir's readers) as it stands:
+ * its owner if readable, and whether it is stale by the same rules a lock is. Undefined when it is gone.
+ */
+export async function judgeOwnerFile(
+  path: string,
+  staleMs: number,
+): Promise<{ owner?: LockOwner; stale: boolean } | undefined> {
+  const file = await inspect(path);
+  if (!file) return undefined;
+  return { owner: file.owner, stale: staleReason(file, Date.now(), staleMs) !== undefined };
 }
 
 /** A file held only for a moment (takeover guard, temp file) is garbage once its owner is gone or a minute passed. */

@@ -1,14 +1,17 @@
 /**
- * The Actions cache backend: the unmodified @actions/cache library, plus what it does not tell its caller.
+ * The Actions cache backend. Restores stream the archive straight into tar (cache-stream.ts) and fall back to
+ * the unmodified @actions/cache library for anything the stream does not handle; saves always use the library.
+ * The library is loaded on first use: actions that never touch the cache do not pay for parsing it.
  *
+ * What the library does not tell its caller:
  * saveCache returns -1 for every failure and restoreCache returns undefined for misses and outages alike; the
  * reason exists only in what the library logs through @actions/core (which writes workflow commands to stdout).
  * So each call runs with stdout captured: the library's lines are re-emitted through the Host (progress as info,
  * its debug as debug, its masks as secrets) and its warnings/errors are kept to classify the outcome, which the
  * wrapper then reports once, in its own words (no error annotation for a cache that merely was unavailable).
  */
-import * as cache from '@actions/cache';
 import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
+import { streamRestore, StreamUnusable } from './cache-stream.js';
 import type { Host } from './host.js';
 import { parseDuration } from './inputs.js';
 import { errorMessage } from './run.js';
@@ -124,6 +127,8 @@ function problems(lines: LibraryLine[]): string[] {
   return lines.filter((l) => l.kind === 'warning' || l.kind === 'error').map((l) => l.text);
 }
 
+const loadLibrary = () => import('@actions/cache');
+
 export async function restoreFromActionsCache(
   host: Host,
   paths: string[],
@@ -132,6 +137,25 @@ export async function restoreFromActionsCache(
   options: RestoreOptions,
 ): Promise<BackendRestore> {
   try {
+    return await streamRestore(host, paths, primaryKey, restoreKeys, options, {
+      deadlineMs: cacheCallTimeoutMs(),
+    });
+  } catch (error) {
+    const reason = error instanceof StreamUnusable ? error.message : `unexpected: ${errorMessage(error)}`;
+    host.info(`Streaming restore not used (${reason}); restoring through @actions/cache.`);
+  }
+  return restoreWithLibrary(host, paths, primaryKey, restoreKeys, options);
+}
+
+async function restoreWithLibrary(
+  host: Host,
+  paths: string[],
+  primaryKey: string,
+  restoreKeys: string[],
+  options: RestoreOptions,
+): Promise<BackendRestore> {
+  try {
+    const cache = await loadLibrary();
     const { value, lines } = await withLibraryLog(host, () =>
       cache.restoreCache(paths, primaryKey, restoreKeys, { lookupOnly: options.lookupOnly ?? false }),
     );
@@ -148,6 +172,7 @@ export async function saveToActionsCache(host: Host, paths: string[], key: strin
   let id: number;
   let lines: LibraryLine[];
   try {
+    const cache = await loadLibrary();
     ({ value: id, lines } = await withLibraryLog(host, () => cache.saveCache(paths, key)));
   } catch (error) {
     const message = errorMessage(error);

@@ -4,30 +4,67 @@
  * newest prefix match of the key and restore keys, and the first writer of a key wins.
  *
  * Layout under the root:
- *   entries/<version>/<sha256(key)>/{entry.json, archive.tar.zst}   published entries, never modified
- *   tmp/<random>/                                                   entries being written
+ *   entries/<version>/<sha256(key)>/entry.json    what the entry is (never modified once published)
+ *                                  /archive.tar.zst   directories: a zstd tar, extracted on restore
+ *                                  /files/<n>         regular files: stored as they are, read-only
+ *                                  /used              its mtime says when the entry was last restored
+ *                                  /readers/<id>      restores in progress (shared lock against eviction)
+ *   tmp/<random>/                                 entries being written, or being evicted
  * An entry is written in tmp, fsynced, then renamed into place in one step: readers never see half an entry,
  * a crash leaves only a stray tmp dir, and a rename onto an existing entry fails, so concurrent writers of one
  * key cannot clobber each other (the loser reports 'exists').
+ *
+ * Files are kept as they are because what gets cached as a file here is already compressed (a `.zst` machine
+ * disk): tar + zstd would only spend a minute to gain nothing. Restoring one is then O(1) on one filesystem: a
+ * hard link where the caller only reads it, else a reflink copy; a byte copy only when neither can be had.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { constants, existsSync } from 'node:fs';
+import {
+  chmod,
+  copyFile,
+  link,
+  lstat,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  stat,
+  utimes,
+  writeFile,
+} from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
-import { fsyncDir, writeFileAtomic } from './atomic.js';
+import { fsyncDir, judgeOwnerFile, ownerRecord, writeFileAtomic, type LockOwner } from './atomic.js';
 import { exec } from './exec.js';
 import type { Host } from './host.js';
+import { parseBytes } from './inputs.js';
 import { formatBytes } from './summary.js';
 
+export const CACHE_DIR_MAX_SIZE_ENV = 'IMAGE_CI_CACHE_DIR_MAX_SIZE';
 /** Archiving gigabytes (VM images, build caches) takes minutes, never hours. */
 const TAR_TIMEOUT_MS = 60 * 60_000;
 const ARCHIVE = 'archive.tar.zst';
+const FILES = 'files';
 const META = 'entry.json';
+const USED = 'used';
+const READERS = 'readers';
 /** A tmp dir this old belongs to a writer that crashed (no save takes a day); it is removed by the next save. */
 const STALE_TEMP_MS = 24 * 3_600_000;
+/** A reader registration this old is from a restore that died on another host (same host: its pid is checked). */
+const STALE_READER_MS = 6 * 3_600_000;
 /** Bumped if the archive format changes, so old entries are not misread. */
 const FORMAT = 'ici-dir-1';
+
+interface StoredFile {
+  /** Where the file is restored to (absolute). */
+  path: string;
+  /** Inside the entry dir. */
+  name: string;
+  size: number;
+}
 
 interface EntryMeta {
   key: string;
@@ -35,7 +72,12 @@ interface EntryMeta {
   paths: string[];
   sizeBytes: number;
   createdAt: number;
+  /** Absent in entries written before files were stored as they are: those are archives. */
+  format?: 'tar' | 'files';
+  files?: StoredFile[];
 }
+
+type Entry = EntryMeta & { dir: string };
 
 /** Like @actions/cache's version: a hash of the path strings exactly as given, plus the archive format. */
 export function dirCacheVersion(paths: readonly string[]): string {
@@ -48,7 +90,17 @@ function entryDir(root: string, version: string, key: string): string {
   return join(root, 'entries', version, createHash('sha256').update(key).digest('hex'));
 }
 
-async function readEntries(root: string, version: string): Promise<Array<EntryMeta & { dir: string }>> {
+async function readEntry(dir: string): Promise<Entry | undefined> {
+  try {
+    const meta = JSON.parse(await readFile(join(dir, META), 'utf8')) as EntryMeta;
+    if (typeof meta.key === 'string' && typeof meta.createdAt === 'number') return { ...meta, dir };
+  } catch {
+    // not an entry (or damaged by hand): never matched
+  }
+  return undefined;
+}
+
+async function readEntries(root: string, version: string): Promise<Entry[]> {
   const versionDir = join(root, 'entries', version);
   let names: string[];
   try {
@@ -56,15 +108,10 @@ async function readEntries(root: string, version: string): Promise<Array<EntryMe
   } catch {
     return [];
   }
-  const entries: Array<EntryMeta & { dir: string }> = [];
+  const entries: Entry[] = [];
   for (const name of names) {
-    const dir = join(versionDir, name);
-    try {
-      const meta = JSON.parse(await readFile(join(dir, META), 'utf8')) as EntryMeta;
-      if (typeof meta.key === 'string' && typeof meta.createdAt === 'number') entries.push({ ...meta, dir });
-    } catch {
-      // not an entry (or damaged by hand): never matched
-    }
+    const entry = await readEntry(join(versionDir, name));
+    if (entry) entries.push(entry);
   }
   return entries;
 }
@@ -85,6 +132,44 @@ export function matchEntry<T extends { key: string; createdAt: number }>(
   return undefined;
 }
 
+export interface ReaderLease {
+  release(): Promise<void>;
+}
+
+/**
+ * Registers a restore of the entry in `dir` (its shared lock): eviction leaves the entry alone while a live
+ * registration exists. Undefined when the entry is gone (evicted between lookup and now).
+ */
+export async function registerReader(dir: string): Promise<ReaderLease | undefined> {
+  const me = ownerRecord('restore');
+  const file = join(dir, READERS, `${process.pid}-${randomBytes(4).toString('hex')}`);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await writeFile(file, JSON.stringify(me), { flag: 'wx' });
+      return { release: () => rm(file, { force: true }) };
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT' || attempt > 0) return undefined;
+    }
+    // Entries published before restores registered have no readers dir. Not recursive: if the entry itself
+    // is gone, this fails too, and the restore is a miss.
+    try {
+      await mkdir(join(dir, READERS));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') return undefined;
+    }
+  }
+}
+
+async function liveReaders(dir: string): Promise<LockOwner[]> {
+  const names = await readdir(join(dir, READERS)).catch(() => [] as string[]);
+  const live: LockOwner[] = [];
+  for (const name of names) {
+    const judged = await judgeOwnerFile(join(dir, READERS, name), STALE_READER_MS);
+    if (judged && !judged.stale) live.push(judged.owner ?? { pid: 0, host: '?', time: '?' });
+  }
+  return live;
+}
+
 export async function restoreFromDirCache(
   host: Host,
   root: string,
@@ -96,11 +181,60 @@ export async function restoreFromDirCache(
   const entry = matchEntry(await readEntries(root, dirCacheVersion(paths)), primaryKey, restoreKeys);
   if (!entry) return {};
   if (options.lookupOnly) return { matchedKey: entry.key };
-  host.info(`Extracting ${formatBytes(entry.sizeBytes)} from ${entry.dir}`);
-  await exec('tar', ['-x', '-P', '-f', join(entry.dir, ARCHIVE), '--use-compress-program', 'unzstd'], {
-    timeoutMs: TAR_TIMEOUT_MS,
-  });
+  const lease = await registerReader(entry.dir);
+  if (!lease) return {};
+  try {
+    const now = new Date();
+    await utimes(join(entry.dir, USED), now, now).catch(() => undefined);
+    if (entry.format === 'files') {
+      for (const file of entry.files ?? []) {
+        const how = await placeFile(join(entry.dir, file.name), file.path, options.readOnly ?? false);
+        host.info(`Restored ${file.path} (${formatBytes(file.size)}) as ${how} of ${entry.dir}/${file.name}`);
+      }
+    } else {
+      host.info(`Extracting ${formatBytes(entry.sizeBytes)} from ${entry.dir}`);
+      await exec('tar', ['-x', '-P', '-f', join(entry.dir, ARCHIVE), '--use-compress-program', 'unzstd'], {
+        timeoutMs: TAR_TIMEOUT_MS,
+      });
+    }
+  } finally {
+    await lease.release();
+  }
   return { matchedKey: entry.key };
+}
+
+/**
+ * Puts a stored file at `target` in one rename (a reader of `target` sees the old file or the new one). A hard
+ * link only for read-only use: it shares the entry's bytes; else a reflink, which shares them copy-on-write.
+ */
+async function placeFile(source: string, target: string, readOnly: boolean): Promise<string> {
+  await mkdir(dirname(target), { recursive: true });
+  const temp = `${target}.ici-${randomBytes(4).toString('hex')}`;
+  try {
+    const linked =
+      readOnly &&
+      (await link(source, temp).then(
+        () => true,
+        () => false,
+      ));
+    let how = 'a hard link';
+    if (!linked) {
+      how = await copyFile(source, temp, constants.COPYFILE_FICLONE_FORCE).then(
+        () => 'a reflink',
+        async () => {
+          await copyFile(source, temp);
+          return 'a copy';
+        },
+      );
+      // The entry's files are read-only; a copy belongs to the caller.
+      await chmod(temp, 0o644);
+    }
+    await rename(temp, target);
+    return how;
+  } catch (error) {
+    await rm(temp, { force: true });
+    throw error;
+  }
 }
 
 async function fsyncFile(path: string): Promise<void> {
@@ -126,6 +260,30 @@ async function removeStaleTemps(tmpRoot: string): Promise<void> {
   }
 }
 
+/** Regular files are stored as they are; anything else (a directory, a mix) as one zstd tar. */
+async function allRegularFiles(paths: string[]): Promise<boolean> {
+  for (const p of paths) {
+    const info = await lstat(p);
+    if (!info.isFile()) return false;
+  }
+  return paths.length > 0;
+}
+
+async function writeFiles(temp: string, present: string[]): Promise<StoredFile[]> {
+  await mkdir(join(temp, FILES));
+  const files: StoredFile[] = [];
+  for (const [i, path] of present.entries()) {
+    const name = `${FILES}/${i}`;
+    // A reflink where the volume shares the filesystem and supports it, else a copy: the caller's file may
+    // change later, the entry must not.
+    await copyFile(path, join(temp, name), constants.COPYFILE_FICLONE);
+    await chmod(join(temp, name), 0o444);
+    await fsyncFile(join(temp, name));
+    files.push({ path, name, size: (await stat(path)).size });
+  }
+  return files;
+}
+
 export async function saveToDirCache(
   host: Host,
   root: string,
@@ -139,17 +297,32 @@ export async function saveToDirCache(
   const present = paths.map((p) => resolve(p)).filter((p) => existsSync(p));
   await removeStaleTemps(join(root, 'tmp'));
   const temp = join(root, 'tmp', randomBytes(8).toString('hex'));
-  await mkdir(temp, { recursive: true });
+  await mkdir(join(temp, READERS), { recursive: true });
+  let result: SaveResult;
   try {
-    const archive = join(temp, ARCHIVE);
-    await exec(
-      'tar',
-      ['-c', '-P', '--posix', '-f', archive, '--use-compress-program', 'zstdmt', '--', ...present],
-      { timeoutMs: TAR_TIMEOUT_MS },
-    );
-    await fsyncFile(archive);
-    const sizeBytes = (await stat(archive)).size;
-    const meta: EntryMeta = { key, version, paths, sizeBytes, createdAt: Date.now() };
+    let meta: EntryMeta;
+    if (await allRegularFiles(present)) {
+      const files = await writeFiles(temp, present);
+      const sizeBytes = files.reduce((sum, f) => sum + f.size, 0);
+      meta = { key, version, paths, sizeBytes, createdAt: Date.now(), format: 'files', files };
+    } else {
+      const archive = join(temp, ARCHIVE);
+      await exec(
+        'tar',
+        ['-c', '-P', '--posix', '-f', archive, '--use-compress-program', 'zstdmt', '--', ...present],
+        { timeoutMs: TAR_TIMEOUT_MS },
+      );
+      await fsyncFile(archive);
+      meta = {
+        key,
+        version,
+        paths,
+        sizeBytes: (await stat(archive)).size,
+        createdAt: Date.now(),
+        format: 'tar',
+      };
+    }
+    await writeFile(join(temp, USED), '');
     await writeFileAtomic(join(temp, META), `${JSON.stringify(meta, null, 2)}\n`);
     await mkdir(join(root, 'entries', version), { recursive: true });
     try {
@@ -163,8 +336,77 @@ export async function saveToDirCache(
     }
     await fsyncDir(join(root, 'entries', version));
     host.debug(`published ${target}`);
-    return { outcome: 'saved', message: `${formatBytes(sizeBytes)} in ${root}` };
+    const how = meta.format === 'files' ? `${meta.files!.length} file(s) as they are` : 'a zstd tar';
+    result = { outcome: 'saved', message: `${formatBytes(meta.sizeBytes)} in ${root}, ${how}` };
   } finally {
     await rm(temp, { recursive: true, force: true });
   }
+  await evictOverBudget(host, root, target);
+  return result;
+}
+
+/** The size budget from IMAGE_CI_CACHE_DIR_MAX_SIZE; undefined (no eviction) when unset or unreadable. */
+function sizeBudget(host: Host, env: NodeJS.ProcessEnv): number | undefined {
+  const raw = env[CACHE_DIR_MAX_SIZE_ENV];
+  if (!raw) return undefined;
+  const bytes = parseBytes(raw);
+  if (bytes === undefined) {
+    host.warning(`${CACHE_DIR_MAX_SIZE_ENV}='${raw}' is not a size (e.g. 20GiB); nothing is evicted.`);
+  }
+  return bytes;
+}
+
+async function allEntries(root: string): Promise<Array<Entry & { lastUsed: number }>> {
+  const versions = await readdir(join(root, 'entries')).catch(() => [] as string[]);
+  const entries: Array<Entry & { lastUsed: number }> = [];
+  for (const version of versions) {
+    for (const entry of await readEntries(root, version)) {
+      const used = await stat(join(entry.dir, USED)).catch(() => undefined);
+      entries.push({ ...entry, lastUsed: used?.mtimeMs ?? entry.createdAt });
+    }
+  }
+  return entries;
+}
+
+/**
+ * Keeps the cache under its budget: least recently restored entries go first; the entry just saved and every
+ * entry a restore is reading stay. An entry is moved into tmp before its readers are checked, so a restore
+ * that registers after the move finds nothing (a miss) instead of half a deleted entry; one that registered
+ * before is seen, and the entry is put back.
+ */
+export async function evictOverBudget(
+  host: Host,
+  root: string,
+  keep: string,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<void> {
+  const budget = sizeBudget(host, env);
+  if (budget === undefined) return;
+  const entries = await allEntries(root);
+  let total = entries.reduce((sum, e) => sum + e.sizeBytes, 0);
+  const over = () => `${formatBytes(total)} > ${CACHE_DIR_MAX_SIZE_ENV}=${formatBytes(budget)}`;
+  for (const entry of entries.sort((a, b) => a.lastUsed - b.lastUsed)) {
+    if (total <= budget) return;
+    if (entry.dir === keep) continue;
+    const aside = join(root, 'tmp', `evict-${randomBytes(6).toString('hex')}`);
+    try {
+      await rename(entry.dir, aside);
+    } catch {
+      continue; // evicted by another job meanwhile
+    }
+    const readers = await liveReaders(aside);
+    if (readers.length > 0) {
+      await rename(aside, entry.dir).catch(() => undefined);
+      host.info(
+        `Cache dir: not evicting ${entry.key}, being restored by pid ${readers[0]!.pid} on ${readers[0]!.host}`,
+      );
+      continue;
+    }
+    await rm(aside, { recursive: true, force: true });
+    host.info(
+      `Cache dir: evicted ${entry.key} (${formatBytes(entry.sizeBytes)}, last restored ${new Date(entry.lastUsed).toISOString()}): ${over()}`,
+    );
+    total -= entry.sizeBytes;
+  }
+  if (total > budget) host.info(`Cache dir: still ${over()}; only entries in use or just saved are left.`);
 }

@@ -30,6 +30,8 @@ export interface RestoreResult {
   hit: boolean;
   matchedKey?: string;
   backend: CacheBackend;
+  /** With `fileDigests`: `sha256:<hex>` of restored regular files by absolute path, where the backend knows it. */
+  fileDigests?: Record<string, string>;
 }
 
 export type SaveOutcome = 'saved' | 'exists' | 'too-large' | 'unavailable' | 'failed' | 'skipped';
@@ -47,11 +49,22 @@ export interface PlannedSave {
 export interface RestoreOptions {
   /** Only check that an entry exists; download nothing. */
   lookupOnly?: boolean;
+  /**
+   * Hash the restored files on the way in (the streaming restore reads every byte anyway), so the caller can
+   * verify them without reading them back from disk.
+   */
+  fileDigests?: boolean;
+  /**
+   * The caller only reads the restored files, never writes them: the directory backend may then hard-link them
+   * from the cache instead of copying.
+   */
+  readOnly?: boolean;
 }
 
 /** What a backend reports back; the wrapper turns it into logs and a RestoreResult. */
 export interface BackendRestore {
   matchedKey?: string;
+  fileDigests?: Record<string, string>;
   /** Set when the cache could not be asked (outage, broken download): the result is then a miss. */
   problem?: string;
 }
@@ -161,7 +174,9 @@ export async function restoreCache(
   const hit = found.matchedKey === primaryKey;
   const how = options.lookupOnly ? 'found' : 'restored';
   host.info(hit ? `Cache ${how}: ${primaryKey}` : `Cache ${how} from restore key match: ${found.matchedKey}`);
-  return { hit, matchedKey: found.matchedKey, backend };
+  const result: RestoreResult = { hit, matchedKey: found.matchedKey, backend };
+  if (found.fileDigests) result.fileDigests = found.fileDigests;
+  return result;
 }
 
 /**

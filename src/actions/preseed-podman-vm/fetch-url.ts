@@ -4,7 +4,6 @@
  * fails a download that stops growing.
  */
 import { stat } from 'node:fs/promises';
-import { downloadTool } from '@actions/tool-cache';
 import type { Host } from '../../core/host.js';
 import { ProgressLog } from './progress.js';
 
@@ -43,6 +42,8 @@ export async function downloadUrl(
     }, POLL_MS);
   });
   try {
+    // Loaded here: every other action (and a cached image) never needs the library.
+    const { downloadTool } = await import('@actions/tool-cache');
     await Promise.race([downloadTool(url, dest), stalled]);
   } finally {
     clearInterval(timer);

@@ -8,6 +8,7 @@ import { copyFile, link, mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
 import { digestFile } from '../../core/oci/digest.js';
+import { fcosArtifact } from './fcos-stream.js';
 import { diskKind, diskTypeFor } from './machine-os.js';
 import type { ImageSource } from './image-source.js';
 import type { MachineArch, VmType } from './podman-host.js';
@@ -40,6 +41,12 @@ export function storePaths(dir: string, source: ImageSource, vmType: VmType, arc
     const last = basename(new URL(source.url).pathname).replace(/[^A-Za-z0-9._-]/g, '_') || 'image';
     const tag = createHash('sha256').update(source.url).digest('hex').slice(0, 12);
     name = `url-${tag}-${last}`;
+  } else if (source.kind === 'fcos') {
+    // Podman 4 decompresses a local image by its extension (xz, gz, zip).
+    const { artifact, format } = fcosArtifact(vmType);
+    const stream = source.stream.replace(/[^A-Za-z0-9._-]/g, '_');
+    const tag = createHash('sha256').update(source.streamUrl).digest('hex').slice(0, 12);
+    name = `fcos-${stream}-${tag}-${artifact}-${arch}.${format}`;
   } else {
     name = `machine-os-${diskTypeFor(vmType)}-${arch}.${diskKind(vmType)}.zst`;
   }
@@ -73,18 +80,20 @@ export type Verification = { ok: true } | { ok: false; reason: string };
 
 /**
  * Checks a restored image against its record. A corrupt or unrecorded file is deleted with its record, so the
- * next step can never pick up bad bytes.
+ * next step can never pick up bad bytes. `restoredDigest` is the file's sha256 as the restore computed it from
+ * the bytes it wrote (the streaming restore hashes on the way): then the file is not read a second time.
  */
 export async function verifyStored(
   paths: StorePaths,
   record: StoredImageRecord | undefined,
+  restoredDigest?: string,
 ): Promise<Verification> {
   let reason: string | undefined;
   if (!record) {
     reason = `no readable record ${paths.record}`;
   } else {
     try {
-      const actual = await digestFile(paths.image);
+      const actual = restoredDigest ?? (await digestFile(paths.image));
       if (actual !== record.fileDigest) reason = `sha256 is ${actual}, expected ${record.fileDigest}`;
     } catch (error) {
       reason = `cannot read ${paths.image}: ${(error as Error).message}`;

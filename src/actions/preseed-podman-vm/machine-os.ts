@@ -3,6 +3,7 @@
  * pulls by default, which child of the index holds the disk for a provider and arch, and the file name podman
  * gives that disk in its own image cache.
  */
+import { PODMAN4_DEFAULT_STREAM } from './fcos-stream.js';
 import type { MachineArch, PodmanVersion, VmType } from './podman-host.js';
 
 export const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
@@ -30,8 +31,13 @@ export interface ImageManifest {
   layers: Descriptor[];
 }
 
-/** `docker://quay.io/podman/machine-os:<major.minor>`; WSL machines use their own repository. */
-export function defaultImageReference(version: PodmanVersion, vmType: VmType): string {
+/**
+ * What `podman machine init` pulls when no image is given: podman 5 the machine-os index of its major.minor
+ * (`docker://quay.io/podman/machine-os:<major.minor>`, WSL its own repository); podman 4 never reads those, it
+ * takes Fedora CoreOS from the `testing` stream (see fcos-stream.ts).
+ */
+export function defaultImage(version: PodmanVersion, vmType: VmType): string {
+  if (version.major < 5) return PODMAN4_DEFAULT_STREAM;
   const repo = vmType === 'wsl' ? 'machine-os-wsl' : 'machine-os';
   return `docker://quay.io/podman/${repo}:${version.major}.${version.minor}`;
 }

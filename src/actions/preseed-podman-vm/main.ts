@@ -13,7 +13,8 @@ import { formatBytes, heading, markdownTable } from '../../core/summary.js';
 import { stableDir } from '../../core/workspace.js';
 import { MACHINE_STAGE_DIR, Outputs, STABLE_DIR_NAME, State } from './constants.js';
 import { planContainersConf } from './containers-conf.js';
-import { downloadDisk, isUnreachable, resolveDisk, type ResolvedDisk } from './fetch-registry.js';
+import { resolveFcosDisk, StreamUnreachable } from './fcos-stream.js';
+import { downloadDisk, isUnreachable, resolveDisk } from './fetch-registry.js';
 import { downloadUrl } from './fetch-url.js';
 import { digestFile } from '../../core/oci/digest.js';
 import { classifyImage, type ImageSource } from './image-source.js';
@@ -29,7 +30,7 @@ import {
 import type { PreseedInputs } from './inputs.js';
 import { restoreMachine, stageMachine } from './machine-cache.js';
 import { initArgs, startArgs } from './machine-init.js';
-import { defaultImageReference, diskTypeFor, podmanCacheFileName } from './machine-os.js';
+import { defaultImage, diskTypeFor, digestHex, podmanCacheFileName } from './machine-os.js';
 import {
   detectPodmanVersion,
   machineDirs,
@@ -54,10 +55,13 @@ export async function preseedMain(host: Host, inputs: PreseedInputs): Promise<vo
   const version = await detectPodman();
   const vmType = resolveVmType(inputs.vmType, version);
   const arch = resolveArch(inputs.arch, inputs.init);
-  const imageText = inputs.image ?? defaultImageReference(version, vmType);
+  const imageText = inputs.image ?? defaultImage(version, vmType);
   const source = classifyImage(imageText);
   host.info(`podman ${version.text}, provider ${vmType}, arch ${arch}, image ${imageText}`);
 
+  if (source.kind === 'file' && inputs.cache) {
+    host.info(`The image is a local file (${source.path}): there is nothing to cache for it.`);
+  }
   const located =
     source.kind === 'file'
       ? await host.group('Checking the local image', async () => ({
@@ -129,7 +133,66 @@ function cacheKeyBase(inputs: PreseedInputs, imageText: string, vmType: VmType, 
   });
 }
 
-/** Registry or URL image: resolve, restore or download once, verify, and place it for podman. */
+/**
+ * What a remote image resolved to before anything big is fetched: the digest that keys the cache entry (the
+ * disk manifest for registry images, the published sha256 for Fedora CoreOS) and how to download it.
+ */
+interface Resolved {
+  digest: string;
+  /** The sha256 the image file itself must have, as the registry or stream says (not as a cache entry says). */
+  fileDigest: string;
+  download(host: Host, temp: string): Promise<StoredImageRecord>;
+}
+
+/** Asks the registry or the stream which disk is current; undefined for plain URLs (nothing to ask). */
+async function resolveRemote(
+  host: Host,
+  source: Exclude<ImageSource, { kind: 'file' }>,
+  imageText: string,
+  vmType: VmType,
+  arch: MachineArch,
+): Promise<Resolved | undefined> {
+  if (source.kind === 'registry') {
+    const disk = await resolveDisk(source.reference, arch, vmType);
+    host.info(
+      `Resolved ${imageText}: disk manifest ${disk.manifestDigest} (${disk.title}, ${formatBytes(disk.layer.size)})`,
+    );
+    return {
+      digest: disk.manifestDigest,
+      fileDigest: disk.layer.digest,
+      download: async (h, temp) => ({
+        source: `docker://${source.reference}`,
+        digest: disk.manifestDigest,
+        fileDigest: disk.layer.digest,
+        title: disk.title,
+        size: await downloadDisk(h, source.reference, disk, temp),
+      }),
+    };
+  }
+  if (source.kind === 'fcos') {
+    const disk = await resolveFcosDisk(source.streamUrl, arch, vmType);
+    const digest = `sha256:${disk.sha256}`;
+    host.info(`Resolved ${imageText} (Fedora CoreOS ${disk.release}): ${disk.title}, sha256 ${disk.sha256}`);
+    return {
+      digest,
+      fileDigest: digest,
+      download: async (h, temp) => {
+        const size = await downloadUrl(h, disk.location, temp);
+        const actual = await digestFile(temp);
+        if (actual !== digest) throw new Error(`${disk.title} has ${actual}, the stream publishes ${digest}`);
+        return { source: source.streamUrl, digest, fileDigest: digest, title: disk.title, size };
+      },
+    };
+  }
+  return undefined;
+}
+
+/** The source could not be reached at all: only then may an older cached image of it stand in. */
+function unreachable(error: unknown): boolean {
+  return isUnreachable(error) || error instanceof StreamUnreachable;
+}
+
+/** Registry, stream or URL image: resolve, restore or download once, verify, and place it for podman. */
 async function locateRemote(
   host: Host,
   inputs: PreseedInputs,
@@ -142,86 +205,87 @@ async function locateRemote(
   const cachePaths = [paths.image, paths.record];
   const base = cacheKeyBase(inputs, imageText, vmType, arch);
 
-  let disk: ResolvedDisk | undefined;
+  const origin = { registry: 'registry', fcos: 'stream', url: 'server' }[source.kind];
+  let resolved: Resolved | undefined;
   let offlineReason: string | undefined;
-  if (source.kind === 'registry') {
-    try {
-      disk = await resolveDisk(source.reference, arch, vmType);
-      host.info(
-        `Resolved ${imageText}: disk manifest ${disk.manifestDigest} (${disk.title}, ${formatBytes(disk.layer.size)})`,
-      );
-    } catch (error) {
-      if (!isUnreachable(error)) throw new ActionError(`cannot resolve ${imageText}: ${errorMessage(error)}`);
-      offlineReason = errorMessage(error);
-      host.warning(
-        `The registry of ${imageText} is unreachable (${offlineReason}); looking for a cached image.`,
-      );
-    }
+  try {
+    resolved = await resolveRemote(host, source, imageText, vmType, arch);
+  } catch (error) {
+    if (!unreachable(error)) throw new ActionError(`cannot resolve ${imageText}: ${errorMessage(error)}`);
+    offlineReason = errorMessage(error);
+    host.warning(
+      `The ${origin} of ${imageText} is unreachable (${offlineReason}); looking for a cached image.`,
+    );
   }
-  // Registry images are keyed by the disk manifest digest; when the registry is unreachable only the newest
-  // cached entry for the same image, provider and arch can be used. URLs are keyed by the URL.
-  const key = disk ? `${base}-${disk.manifestDigest.slice(7)}` : `${base}-url`;
+  // Keyed by the resolved digest; when the source is unreachable only the newest cached entry for the same
+  // image, provider and arch can be used. URLs are keyed by the URL.
+  const key = resolved ? `${base}-${digestHex(resolved.digest)}` : `${base}-url`;
 
   let restored: RestoreResult | undefined;
   if (inputs.cache) {
+    // Hashed on the way in, so the check below needs no second read; podman only reads the image.
+    const options = { fileDigests: true, readOnly: true };
     restored = offlineReason
-      ? await restoreCache(host, cachePaths, `${base}-`, [`${base}-`])
-      : await restoreCache(host, cachePaths, key);
+      ? await restoreCache(host, cachePaths, `${base}-`, [`${base}-`], options)
+      : await restoreCache(host, cachePaths, key, [], options);
   }
   if (restored?.matchedKey) {
     const record = await readRecord(paths);
-    const check = await verifyStored(paths, record);
-    const expected = disk?.manifestDigest;
-    if (check.ok && record && (expected === undefined || record.digest === expected)) {
+    const check = await verifyStored(paths, record, restored.fileDigests?.[paths.image]);
+    // Online, the source says what the file must be: a cache entry whose record vouches for other bytes is
+    // refused. Offline only the record is there, which still catches a damaged file.
+    const expected = resolved?.digest;
+    const current =
+      !resolved || (record?.digest === resolved.digest && record.fileDigest === resolved.fileDigest);
+    if (check.ok && record && current) {
       host.info(`Using the cached image ${paths.image} (${record.digest}), sha256 verified.`);
-      await placeForPodman(host, paths.image, record.digest, source, vmType);
+      await placeForPodman(host, paths.image, record, source, vmType);
       return { path: paths.image, digest: record.digest, fromCache: true, size: record.size };
     }
-    const why = check.ok ? `it is ${record?.digest}, not ${expected}` : check.reason;
+    if (check.ok) {
+      await rm(paths.image, { force: true });
+      await rm(paths.record, { force: true });
+    }
+    const why = check.ok
+      ? `it is ${record?.digest} with file ${record?.fileDigest}, not ${expected} with file ${resolved?.fileDigest}`
+      : check.reason;
     if (offlineReason) {
       throw new ActionError(
-        `the cached image for ${imageText} is unusable (${why}) and the registry is unreachable (${offlineReason}); it was deleted.`,
+        `the cached image for ${imageText} is unusable (${why}) and the ${origin} is unreachable (${offlineReason}); it was deleted.`,
       );
     }
     host.warning(`The cached image is unusable (${why}); it was deleted and will be downloaded again.`);
   } else if (offlineReason) {
     throw new ActionError(
-      `cannot get ${imageText}: the registry is unreachable (${offlineReason}) and no cached image exists.`,
+      `cannot get ${imageText}: the ${origin} is unreachable (${offlineReason}) and no cached image exists.`,
     );
   }
 
-  const located = await download(host, source, disk, paths);
+  const located = await download(host, source, resolved, paths);
   if (inputs.cache) planCacheSave(host, { paths: cachePaths, key });
-  await placeForPodman(host, paths.image, located.digest, source, vmType);
+  await placeForPodman(host, paths.image, located.record, source, vmType);
   return located;
 }
 
 async function download(
   host: Host,
   source: Exclude<ImageSource, { kind: 'file' }>,
-  disk: ResolvedDisk | undefined,
+  resolved: Resolved | undefined,
   paths: StorePaths,
-): Promise<Located> {
+): Promise<Located & { record: StoredImageRecord }> {
   const temp = `${paths.image}.partial`;
   await rm(temp, { force: true });
   let record: StoredImageRecord;
   try {
-    if (source.kind === 'registry' && disk) {
-      const size = await downloadDisk(host, source.reference, disk, temp);
-      record = {
-        source: `docker://${source.reference}`,
-        digest: disk.manifestDigest,
-        fileDigest: disk.layer.digest,
-        title: disk.title,
-        size,
-      };
+    if (resolved) {
+      record = await resolved.download(host, temp);
     } else if (source.kind === 'url') {
       const size = await downloadUrl(host, source.url, temp);
       const fileDigest = await digestFile(temp);
       const title = new URL(source.url).pathname.split('/').pop() ?? '';
       record = { source: source.url, digest: fileDigest, fileDigest, title, size };
     } else {
-      throw new Error('a registry image must be resolved before it is downloaded');
+      throw new Error('a registry or stream image must be resolved before it is downloaded');
     }
   } catch (error) {
     await rm(temp, { force: true });
@@ -229,23 +293,26 @@ async function download(
   }
   await commitDownload(temp, paths, record);
   host.info(`Stored ${record.title} at ${paths.image} (${formatBytes(record.size)}, ${record.digest})`);
-  return { path: paths.image, digest: record.digest, fromCache: false, size: record.size };
+  return { path: paths.image, digest: record.digest, fromCache: false, size: record.size, record };
 }
 
-/** Podman 5 checks its own cache (named by the disk manifest digest) before pulling the default image. */
+/**
+ * Puts the image where podman looks before downloading its default image: podman 5's cache file is named by the
+ * disk manifest digest; podman 4 keeps the stream's file under its own name and reuses it when the sha256
+ * matches the stream.
+ */
 async function placeForPodman(
   host: Host,
   imagePath: string,
-  manifestDigest: string,
+  record: StoredImageRecord,
   source: ImageSource,
   vmType: VmType,
 ): Promise<void> {
-  if (source.kind !== 'registry') return;
-  const target = await placeInPodmanCache(
-    imagePath,
-    machineDirs(vmType).imageCache,
-    podmanCacheFileName(manifestDigest, vmType),
-  );
+  let name: string;
+  if (source.kind === 'registry') name = podmanCacheFileName(record.digest, vmType);
+  else if (source.kind === 'fcos') name = record.title;
+  else return;
+  const target = await placeInPodmanCache(imagePath, machineDirs(vmType).imageCache, name);
   host.info(`Placed in podman's image cache: ${target}`);
 }
 

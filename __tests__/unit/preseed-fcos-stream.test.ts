@@ -1,0 +1,93 @@
+/**
+ * Podman 4's default image source: Fedora CoreOS stream metadata, in the shape builds.coreos.fedoraproject.org
+ * publishes (coreos/stream-metadata-go `stream.Stream`), read as podman v4.9's GetFCOSDownload reads it.
+ */
+import { describe, expect, it } from '@jest/globals';
+import { fcosArtifact, selectFcosDisk } from '../../src/actions/preseed-podman-vm/fcos-stream.js';
+import { InputError } from '../../src/core/inputs.js';
+
+const sha = (n: number) => n.toString(16).padStart(64, '0');
+const BASE = 'https://builds.coreos.fedoraproject.org/prod/streams/testing/builds/41.20261101.2.0';
+
+function format(arch: string, artifact: string, ext: string, n: number) {
+  const file = `fedora-coreos-41.20261101.2.0-${artifact}.${arch}.${ext}`;
+  return {
+    [ext]: {
+      disk: {
+        location: `${BASE}/${arch}/${file}`,
+        signature: `${BASE}/${arch}/${file}.sig`,
+        sha256: sha(n),
+        'uncompressed-sha256': sha(n + 100),
+      },
+    },
+  };
+}
+
+const stream = {
+  stream: 'testing',
+  metadata: { 'last-modified': '2026-11-20T12:00:00Z', generator: 'fedora-coreos-stream-generator v0.4.0' },
+  architectures: {
+    x86_64: {
+      artifacts: {
+        metal: { release: '41.20261101.2.0', formats: format('x86_64', 'metal', 'raw.xz', 1) },
+        qemu: { release: '41.20261101.2.0', formats: format('x86_64', 'qemu', 'qcow2.xz', 2) },
+        hyperv: { release: '41.20261101.2.0', formats: format('x86_64', 'hyperv', 'vhdx.zip', 3) },
+        applehv: { release: '41.20261101.2.0', formats: format('x86_64', 'applehv', 'raw.gz', 4) },
+      },
+      images: { aws: { regions: {} } },
+    },
+    aarch64: {
+      artifacts: {
+        qemu: { release: '41.20261101.2.0', formats: format('aarch64', 'qemu', 'qcow2.xz', 5) },
+        applehv: { release: '41.20261101.2.0', formats: format('aarch64', 'applehv', 'raw.gz', 6) },
+      },
+    },
+  },
+};
+
+describe('Fedora CoreOS stream metadata (podman 4)', () => {
+  it("picks each provider's artifact and format as podman 4.9 does", () => {
+    expect(selectFcosDisk(stream, 'x86_64', 'qemu')).toEqual({
+      location: `${BASE}/x86_64/fedora-coreos-41.20261101.2.0-qemu.x86_64.qcow2.xz`,
+      sha256: sha(2),
+      release: '41.20261101.2.0',
+      title: 'fedora-coreos-41.20261101.2.0-qemu.x86_64.qcow2.xz',
+    });
+    expect(selectFcosDisk(stream, 'x86_64', 'hyperv').sha256).toBe(sha(3));
+    expect(selectFcosDisk(stream, 'aarch64', 'applehv').title).toMatch(/applehv\.aarch64\.raw\.gz$/);
+    expect(selectFcosDisk(stream, 'aarch64', 'qemu').sha256).toBe(sha(5));
+  });
+
+  it('says what is offered when the arch or provider is missing', () => {
+    expect(() => selectFcosDisk(stream, 'aarch64', 'hyperv')).toThrow(
+      'the stream has no aarch64/hyperv/vhdx.zip disk; it offers qemu, applehv',
+    );
+    expect(() => selectFcosDisk({ architectures: {} }, 'x86_64', 'qemu')).toThrow(/no x86_64 artifacts/);
+    expect(() => selectFcosDisk('[]', 'x86_64', 'qemu')).toThrow(/no architectures/);
+  });
+
+  it('refuses hostile disk entries: bad checksum, other schemes, names that are not plain files', () => {
+    const withDisk = (disk: Record<string, unknown>) => ({
+      architectures: { x86_64: { artifacts: { qemu: { formats: { 'qcow2.xz': { disk } } } } } },
+    });
+    const ok = { location: 'https://h/x/f.qcow2.xz', sha256: sha(1) };
+    expect(selectFcosDisk(withDisk(ok), 'x86_64', 'qemu').title).toBe('f.qcow2.xz');
+    for (const bad of [
+      { ...ok, sha256: 'ABC' },
+      { ...ok, sha256: undefined },
+      { ...ok, location: 'file:///etc/f.qcow2.xz' },
+      { ...ok, location: 'https://h/x/..%2Ff.qcow2.xz' },
+      { ...ok, location: 'https://h/x/' },
+      { ...ok, location: 'https://h/x/f.qcow2' },
+      { ...ok, location: 42 },
+    ]) {
+      expect(() => selectFcosDisk(withDisk(bad), 'x86_64', 'qemu')).toThrow(/qemu/);
+    }
+  });
+
+  it('has no stream artifact for WSL (podman 4 uses an unversioned rootfs there) or libkrun (podman 5.2+)', () => {
+    expect(() => fcosArtifact('wsl')).toThrow(InputError);
+    expect(() => fcosArtifact('wsl')).toThrow(/without a published checksum/);
+    expect(() => fcosArtifact('libkrun')).toThrow(/podman 5\.2/);
+  });
+});

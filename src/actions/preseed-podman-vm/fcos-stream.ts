@@ -1,0 +1,147 @@
+/**
+ * Podman 4's default machine image: Fedora CoreOS from a stream-metadata JSON, not a machine-os OCI image
+ * (containers/podman v4.9 pkg/machine/fcos.go `GetFCOSDownload`). `podman machine init` reads
+ * `https://builds.coreos.fedoraproject.org/streams/<stream>.json` (stream `testing` unless containers.conf's
+ * `[machine] image` says `stable` or `next`) and takes, for the host's arch, the provider's artifact and format:
+ * qemu `qcow2.xz`, applehv `raw.gz`, hyperv `vhdx.zip`. It checks the downloaded file against the stream's
+ * sha256 and keeps it as `<data dir>/<provider>/cache/<last URL segment>`.
+ *
+ * WSL on podman 4 is different: an unversioned `releases/latest/download/rootfs.tar.xz` with no published
+ * checksum (pkg/machine/wsl/fedora.go), which cannot be verified or keyed, so it is not resolved here.
+ */
+import { InputError } from '../../core/inputs.js';
+import type { MachineArch, VmType } from './podman-host.js';
+
+export const FCOS_STREAMS = ['testing', 'stable', 'next'] as const;
+export const FCOS_STREAM_BASE = 'https://builds.coreos.fedoraproject.org/streams/';
+/** What podman 4's containers.conf sets as `[machine] image` by default on Linux and macOS. */
+export const PODMAN4_DEFAULT_STREAM = 'testing';
+
+const STREAM_TIMEOUT_MS = 30_000;
+const STREAM_ATTEMPTS = 3;
+/** Stream metadata is a few hundred KB; anything far larger is not stream metadata. */
+const MAX_STREAM_BYTES = 16 * 1024 * 1024;
+
+export interface FcosDisk {
+  location: string;
+  /** Hex sha256 of the compressed file, as published in the stream. */
+  sha256: string;
+  release: string;
+  /** The file name podman 4 gives it: the last segment of the location. */
+  title: string;
+}
+
+export function fcosStreamUrl(stream: string): string {
+  return `${FCOS_STREAM_BASE}${stream}.json`;
+}
+
+/** Podman 4's Artifact().String() and Format().KindWithCompression() per provider. */
+export function fcosArtifact(vmType: VmType): { artifact: string; format: string } {
+  switch (vmType) {
+    case 'qemu':
+      return { artifact: 'qemu', format: 'qcow2.xz' };
+    case 'applehv':
+      return { artifact: 'applehv', format: 'raw.gz' };
+    case 'hyperv':
+      return { artifact: 'hyperv', format: 'vhdx.zip' };
+    case 'wsl':
+      throw new InputError(
+        'image',
+        'podman 4 on WSL downloads an unversioned Fedora rootfs (releases/latest/download/rootfs.tar.xz) without a published checksum; give its URL or a local file as `image`, or use podman 5.',
+      );
+    case 'libkrun':
+      throw new InputError('vm-type', 'libkrun needs podman 5.2 or later.');
+  }
+}
+
+function record(value: unknown): Record<string, unknown> | undefined {
+  return value !== null && typeof value === 'object' && !Array.isArray(value)
+    ? (value as Record<string, unknown>)
+    : undefined;
+}
+
+/** architectures.<arch>.artifacts.<artifact>.formats.<format>.disk, checked field by field (hostile JSON). */
+export function selectFcosDisk(stream: unknown, arch: MachineArch, vmType: VmType): FcosDisk {
+  const { artifact, format } = fcosArtifact(vmType);
+  const where = `${arch}/${artifact}/${format}`;
+  const arches = record(record(stream)?.architectures);
+  if (!arches) throw new Error('the stream metadata has no architectures');
+  const artifacts = record(record(arches[arch])?.artifacts);
+  if (!artifacts) throw new Error(`the stream has no ${arch} artifacts`);
+  const platform = record(artifacts[artifact]);
+  const disk = record(record(record(platform?.formats)?.[format])?.disk);
+  if (!disk) {
+    throw new Error(
+      `the stream has no ${where} disk; it offers ${Object.keys(artifacts).join(', ') || 'nothing'}`,
+    );
+  }
+  const location = disk.location;
+  const sha256 = disk.sha256;
+  if (typeof location !== 'string' || typeof sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(sha256)) {
+    throw new Error(`the ${where} disk has no location or no sha256`);
+  }
+  let url: URL;
+  try {
+    url = new URL(location);
+  } catch {
+    throw new Error(`the ${where} disk location is not a URL`);
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+    throw new Error(`the ${where} disk location uses ${url.protocol}`);
+  }
+  const title = url.pathname.split('/').pop() ?? '';
+  // The name becomes a file name here and in podman's cache dir.
+  if (!/^[A-Za-z0-9][A-Za-z0-9._+-]*$/.test(title) || !title.endsWith(`.${format}`)) {
+    throw new Error(`the ${where} disk location does not end in a plain *.${format} file name`);
+  }
+  const release = typeof platform?.release === 'string' ? platform.release : '';
+  return { location: url.toString(), sha256, release, title };
+}
+
+/** The stream could not be reached at all (as opposed to an answer), so a cached image may stand in. */
+export class StreamUnreachable extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StreamUnreachable';
+  }
+}
+
+export async function resolveFcosDisk(
+  streamUrl: string,
+  arch: MachineArch,
+  vmType: VmType,
+): Promise<FcosDisk> {
+  fcosArtifact(vmType);
+  let last = '';
+  for (let attempt = 0; attempt < STREAM_ATTEMPTS; attempt++) {
+    let response: Response;
+    try {
+      response = await fetch(streamUrl, { signal: AbortSignal.timeout(STREAM_TIMEOUT_MS) });
+    } catch (error) {
+      last = (error as Error).message;
+      continue;
+    }
+    if (response.status >= 500 || response.status === 429) {
+      await response.body?.cancel();
+      last = `HTTP ${response.status}`;
+      continue;
+    }
+    if (response.status !== 200) {
+      await response.body?.cancel();
+      throw new Error(`${streamUrl} answered HTTP ${response.status}`);
+    }
+    if (Number(response.headers.get('content-length') ?? 0) > MAX_STREAM_BYTES) {
+      await response.body?.cancel();
+      throw new Error(`${streamUrl} is not stream metadata (too large)`);
+    }
+    const text = await response.text();
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      throw new Error(`${streamUrl} is not JSON`);
+    }
+    return selectFcosDisk(parsed, arch, vmType);
+  }
+  throw new StreamUnreachable(`${streamUrl}: ${last} (after ${STREAM_ATTEMPTS} attempts)`);
+}

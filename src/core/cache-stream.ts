@@ -1,0 +1,307 @@
+/**
+ * Restore from the Actions cache (service v2) at the speed of the bytes: the entry is looked up as @actions/cache
+ * 6 looks it up (same key, restore keys and version, so entries the library saved are found), then the signed
+ * archive URL is read as parallel ranged GETs, in order, straight into `zstd -d --long=30 | tar -x` with the
+ * library's tar options. The library instead downloads the whole archive to a temp file and only then extracts
+ * it, so its restore costs download + write + read + extract in sequence.
+ *
+ * Whatever this code does not recognise (another service version, GHES, a proxy, a 4xx from the signed URL, a
+ * tar or zstd error) throws StreamUnusable, and the caller restores through the library instead. Before that,
+ * a half-done extraction is undone: the consumer must find either the whole entry or what was there before,
+ * never a truncated file that looks restored.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, rm, rmdir } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import type { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { BackendRestore, RestoreOptions } from './cache.js';
+import { lookupEntry } from './cache-lookup.js';
+import { cacheReadable, cacheServiceVersion, cacheVersion, compressionMethod } from './cache-version.js';
+import { which } from './exec.js';
+import type { Host } from './host.js';
+import { DEFAULT_RETRY } from './oci/retry.js';
+import { downloadInOrder, type RangedDownloadResult } from './ranged-download.js';
+import { errorMessage } from './run.js';
+import { formatBytes, formatDuration } from './summary.js';
+import { TarMemberWatcher, type TarMember } from './tar-members.js';
+
+/** The stream cannot serve this restore; the library should. The message says why, for the one log line. */
+export class StreamUnusable extends Error {
+  constructor(reason: string) {
+    super(reason);
+    this.name = 'StreamUnusable';
+  }
+}
+
+/** The library's own limits: its ValidationError would be thrown from the fallback anyway. */
+const MAX_KEYS = 10;
+const MAX_KEY_LENGTH = 512;
+/** Like the library's Azure download: 4 MiB ranges, 8 at a time (32 MiB in memory at most). */
+const CHUNK_BYTES = 4 * 1024 * 1024;
+const CONCURRENCY = 8;
+const IDLE_TIMEOUT_MS = 30_000;
+/** 4 retries for one range (about 4 s of backoff), 20 for the whole archive. */
+const RANGE_RETRY = { ...DEFAULT_RETRY, retries: 4 };
+const RETRY_BUDGET = 20;
+const LOOKUP = { timeoutMs: 30_000, attempts: 3, retry: { ...DEFAULT_RETRY, baseDelayMs: 1000 } };
+const STDERR_TAIL = 2000;
+/** How long zstd and tar get to exit by themselves after one of them stopped reading. */
+const EXIT_GRACE_MS = 5000;
+
+export interface StreamSettings {
+  /** The whole restore is abandoned (and undone) after this long. */
+  deadlineMs: number;
+}
+
+export async function streamRestore(
+  host: Host,
+  paths: string[],
+  primaryKey: string,
+  restoreKeys: string[],
+  options: RestoreOptions,
+  settings: StreamSettings,
+): Promise<BackendRestore> {
+  const env = process.env;
+  checkUsable(env, [primaryKey, ...restoreKeys]);
+  const tar = await tarCommand();
+  const method = await compressionMethod();
+  if (method !== 'zstd-without-long') throw new StreamUnusable('zstd is not installed (gzip archives)');
+
+  const deadline = new AbortController();
+  const timer = setTimeout(() => deadline.abort(), settings.deadlineMs);
+  const timedOut = {
+    problem: `the cache service did not answer: timed out after ${formatDuration(settings.deadlineMs)}`,
+  };
+  try {
+    const found = await lookupEntry(
+      host,
+      { key: primaryKey, restoreKeys, version: cacheVersion(paths, method) },
+      {
+        resultsUrl: env.ACTIONS_RESULTS_URL!,
+        token: env.ACTIONS_RUNTIME_TOKEN!,
+        signal: deadline.signal,
+        ...LOOKUP,
+      },
+    );
+    if (deadline.signal.aborted) return timedOut;
+    if (found.kind === 'miss') return {};
+    if (found.kind === 'outage') return { problem: found.message };
+    if (found.kind === 'unknown-answer') throw new StreamUnusable(found.reason);
+    host.info(`Cache hit for${found.matchedKey === primaryKey ? '' : ' restore-key'}: ${found.matchedKey}`);
+    if (options.lookupOnly) return { matchedKey: found.matchedKey };
+
+    const workspace = env.GITHUB_WORKSPACE ?? process.cwd();
+    await mkdir(workspace, { recursive: true });
+    const absent = paths.map((p) => resolve(workspace, p)).filter((p) => !existsSync(p));
+    // The tar stream passes through this process only when it must be read: for digests, or to know which
+    // files to undo inside paths that existed before. Otherwise zstd writes straight into tar.
+    const watch =
+      options.fileDigests || absent.length < paths.length
+        ? new TarMemberWatcher(options.fileDigests ?? false)
+        : undefined;
+    const run = new Extraction(tar, workspace, watch, deadline.signal);
+    const started = Date.now();
+    try {
+      const { bytes, ranges, retries } = await run.from(found.url, (what, error) =>
+        host.info(`Retrying ${what} of the cache archive: ${error.message}`),
+      );
+      const ms = Date.now() - started;
+      host.info(
+        `Cache Size: ~${Math.round(bytes / (1024 * 1024))} MB (${bytes} B), streamed into tar in ${formatDuration(ms)} (${formatBytes((bytes * 1000) / Math.max(ms, 1))}/s, ${ranges} range(s), ${retries} retried)`,
+      );
+      host.info('Cache restored successfully');
+      return { matchedKey: found.matchedKey, fileDigests: run.fileDigests() };
+    } catch (error) {
+      await undoExtraction(workspace, watch?.members ?? [], absent);
+      if (deadline.signal.aborted) return timedOut;
+      throw error;
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function checkUsable(env: NodeJS.ProcessEnv, keys: string[]): void {
+  const version = cacheServiceVersion(env);
+  if (version !== 'v2')
+    throw new StreamUnusable(`cache service ${version} (GHES or no ACTIONS_CACHE_SERVICE_V2)`);
+  if (!env.ACTIONS_RESULTS_URL || !env.ACTIONS_RUNTIME_TOKEN) {
+    throw new StreamUnusable('ACTIONS_RESULTS_URL or ACTIONS_RUNTIME_TOKEN is not set');
+  }
+  if (!cacheReadable(env)) throw new StreamUnusable(`ACTIONS_CACHE_MODE=${env.ACTIONS_CACHE_MODE}`);
+  // @actions/http-client honours the runner's proxy settings; our requests would not.
+  const proxy = ['https_proxy', 'HTTPS_PROXY', 'http_proxy', 'HTTP_PROXY'].find((v) => env[v]);
+  if (proxy) throw new StreamUnusable(`${proxy} is set`);
+  if (keys.length > MAX_KEYS || keys.some((k) => !k || k.length > MAX_KEY_LENGTH || k.includes(','))) {
+    throw new StreamUnusable('a key the library would refuse');
+  }
+}
+
+interface TarCommand {
+  path: string;
+  args: string[];
+}
+
+/** The tar @actions/cache runs: GNU tar (gtar on macOS when installed, with its macOS option), else BSD tar. */
+async function tarCommand(): Promise<TarCommand> {
+  if (process.platform === 'win32') throw new StreamUnusable('Windows (the library picks its tar there)');
+  const gtar = process.platform === 'darwin' ? await which('gtar') : undefined;
+  const path = gtar ?? (await which('tar'));
+  if (!path) throw new StreamUnusable('tar is not on PATH');
+  const args = ['-xf', '-', '-P'];
+  if (gtar) args.push('--delay-directory-restore');
+  return { path, args };
+}
+
+interface Exit {
+  name: string;
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  error?: Error;
+  stderr: string;
+}
+
+function exitOf(name: string, child: ChildProcess): Promise<Exit> {
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString('utf8')).slice(-STDERR_TAIL)));
+  return new Promise((resolveExit) => {
+    child.on('error', (error) => resolveExit({ name, code: null, signal: null, error, stderr }));
+    child.on('close', (code, signal) => resolveExit({ name, code, signal, stderr }));
+  });
+}
+
+/** A child that could not start or exited with an error code of its own (not killed by a signal). */
+function ownFailure(exit: Exit): string | undefined {
+  if (exit.error) return `${exit.name}: ${exit.error.message}`;
+  if (exit.code === 0 || exit.code === null) return undefined;
+  // One log line: the child's distinct complaints, in order.
+  const lines = [
+    ...new Set(
+      exit.stderr
+        .split('\n')
+        .map((l) => l.trim())
+        .filter(Boolean),
+    ),
+  ];
+  return `${exit.name} exited with ${exit.code}: ${lines.join('; ')}`;
+}
+
+/** Queues all pieces at once (one syscall's worth each) and resolves when the last one is flushed. */
+function write(stream: Writable, pieces: Buffer[]): Promise<void> {
+  if (pieces.length === 0) return Promise.resolve();
+  return new Promise((resolveWrite, reject) => {
+    pieces.forEach((piece, i) =>
+      stream.write(
+        piece,
+        i === pieces.length - 1 ? (error) => (error ? reject(error) : resolveWrite()) : undefined,
+      ),
+    );
+  });
+}
+
+/** One `zstd -d | tar -x` run fed from the download, the tar stream watched on its way when asked. */
+class Extraction {
+  constructor(
+    private readonly tar: TarCommand,
+    private readonly workspace: string,
+    private readonly watcher: TarMemberWatcher | undefined,
+    private readonly signal: AbortSignal,
+  ) {}
+
+  async from(url: string, onRetry: (what: string, error: Error) => void): Promise<RangedDownloadResult> {
+    const zstd = spawn('zstd', ['-d', '--long=30', '-c'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const tar = spawn(this.tar.path, [...this.tar.args, '-C', this.workspace], {
+      stdio: [this.watcher ? 'pipe' : zstd.stdout, 'ignore', 'pipe'],
+    });
+    const exits = Promise.all([exitOf('zstd', zstd), exitOf('tar', tar)]);
+    zstd.stdin.on('error', () => undefined);
+    let piped: Promise<Error | undefined> = Promise.resolve(undefined);
+    if (this.watcher) {
+      piped = pipeline(zstd.stdout as Readable, this.watcher, tar.stdin as Writable).then(
+        () => undefined,
+        (error: Error) => error,
+      );
+    } else {
+      // tar holds the pipe's read end now; ours would keep zstd's output open (and its 'close' pending).
+      zstd.stdout.destroy();
+    }
+    let failure: unknown;
+    let result: RangedDownloadResult = { bytes: 0, ranges: 0, retries: 0 };
+    // Set when zstd stopped taking input: then it is exiting on its own and its complaint is the cause.
+    let inputClosed = false;
+    const feed = (pieces: Buffer[]) =>
+      write(zstd.stdin, pieces).catch((error: unknown) => {
+        inputClosed = true;
+        throw error;
+      });
+    try {
+      result = await downloadInOrder(url, feed, {
+        chunkBytes: CHUNK_BYTES,
+        concurrency: CONCURRENCY,
+        idleTimeoutMs: IDLE_TIMEOUT_MS,
+        retryBudget: RETRY_BUDGET,
+        retry: RANGE_RETRY,
+        signal: this.signal,
+        onRetry,
+      });
+      zstd.stdin.end();
+    } catch (error) {
+      failure = error;
+      if (inputClosed) {
+        // zstd stopped reading: it is exiting on its own, and what it (or tar) says is the cause.
+        let timer: NodeJS.Timeout | undefined;
+        const grace = new Promise<boolean>((done) => (timer = setTimeout(() => done(false), EXIT_GRACE_MS)));
+        zstd.stdin.destroy();
+        const exited = await Promise.race([exits.then(() => true), grace]);
+        clearTimeout(timer);
+        if (!exited) failure = new Error(`zstd stopped reading and did not exit: ${errorMessage(error)}`);
+      }
+      // A failed download is the cause; whatever zstd or tar say about the input ending early is not.
+      zstd.kill('SIGKILL');
+      tar.kill('SIGKILL');
+      zstd.stdin.destroy();
+    }
+    const [pipeError, [zstdExit, tarExit]] = await Promise.all([piped, exits]);
+    const reason =
+      failure !== undefined && !inputClosed
+        ? errorMessage(failure)
+        : // The first cause wins over its consequences (broken pipes, truncated input, children we killed).
+          [
+            ownFailure(zstdExit),
+            this.watcher?.failure && `tar stream: ${this.watcher.failure.message}`,
+            ownFailure(tarExit),
+            failure === undefined ? undefined : errorMessage(failure),
+            pipeError && `tar stream: ${pipeError.message}`,
+            this.watcher?.ended === false && 'the archive ended before its end-of-archive block',
+          ].find((r) => r);
+    if (reason) throw new StreamUnusable(reason);
+    return result;
+  }
+
+  /** `sha256:<hex>` of each regular file, by absolute path (only when hashing was asked for). */
+  fileDigests(): Record<string, string> | undefined {
+    const files = (this.watcher?.members ?? []).filter((m: TarMember) => m.sha256);
+    if (files.length === 0) return undefined;
+    return Object.fromEntries(files.map((m) => [resolve(this.workspace, m.name), `sha256:${m.sha256}`]));
+  }
+}
+
+/**
+ * Removes what a failed extraction wrote: the cache paths that did not exist before, then every member the tar
+ * stream announced (newest first, so directories are emptied before their removal is tried; a directory that
+ * still holds something that was not ours stays).
+ */
+async function undoExtraction(
+  workspace: string,
+  members: readonly TarMember[],
+  absent: string[],
+): Promise<void> {
+  for (const path of absent) await rm(path, { recursive: true, force: true });
+  for (const member of [...members].reverse()) {
+    const path = resolve(workspace, member.name);
+    if (member.type === 'dir') await rmdir(path).catch(() => undefined);
+    else await rm(path, { force: true }).catch(() => undefined);
+  }
+}

@@ -1,0 +1,213 @@
+/**
+ * Downloads one large object (a signed cache-archive URL) as parallel ranged GETs and hands the bytes to a
+ * consumer strictly in order, so a decompressor can start on the first megabytes while later ones are still on
+ * the wire. At most `concurrency` ranges are in memory. A range that fails (connection cut, short body, 5xx,
+ * timeout) is asked for again with backoff, drawing on one retry budget for the whole download; a 4xx means the
+ * URL itself is no good and is not retried.
+ */
+import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from 'node:http';
+import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
+import { backoffDelay, isRetryableStatus, type RetryPolicy } from './oci/retry.js';
+import { sleep } from './process.js';
+
+export interface RangedDownloadOptions {
+  chunkBytes: number;
+  concurrency: number;
+  /** A request that receives no byte for this long is aborted (and retried). */
+  idleTimeoutMs: number;
+  /** Retries shared by all ranges of the download (`retry.retries` is the limit for one range). */
+  retryBudget: number;
+  retry: RetryPolicy;
+  signal?: AbortSignal;
+  headers?: Record<string, string>;
+  onRetry?: (what: string, error: Error) => void;
+}
+
+export interface RangedDownloadResult {
+  bytes: number;
+  /** 1 when the server ignored Range and sent everything in one response. */
+  ranges: number;
+  retries: number;
+}
+
+/** The URL answered with a client error: asking again cannot help. */
+export class UrlRefusedError extends Error {
+  constructor(readonly status: number) {
+    super(`the download URL answered HTTP ${status}`);
+    this.name = 'UrlRefusedError';
+  }
+}
+
+class RetryableError extends Error {}
+
+interface Range {
+  start: number;
+  end: number; // inclusive
+}
+
+/**
+ * Takes the next bytes in order, as the pieces they arrived in (joining 4 MiB ranges into one buffer would copy
+ * every byte once more); resolves when they are handed on.
+ */
+type Consumer = (pieces: Buffer[]) => Promise<void>;
+
+export async function downloadInOrder(
+  url: string,
+  consume: Consumer,
+  options: RangedDownloadOptions,
+): Promise<RangedDownloadResult> {
+  const target = new URL(url);
+  const secure = target.protocol === 'https:';
+  const agent = secure
+    ? new HttpsAgent({ keepAlive: true, maxSockets: options.concurrency })
+    : new HttpAgent({ keepAlive: true, maxSockets: options.concurrency });
+  const state = { retries: 0 };
+  // Stops the ranges still in flight (and their retries) once the download has failed or finished.
+  const stop = new AbortController();
+  const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
+  const get = (range: Range | undefined) =>
+    withRetries(target, secure, agent, range, { ...options, signal }, state);
+  const inFlight = new Map<number, Promise<Buffer[]>>();
+  try {
+    const first = await get({ start: 0, end: options.chunkBytes - 1 });
+    if (first.kind === 'whole') {
+      const bytes = await first.stream(consume);
+      return { bytes, ranges: 1, retries: state.retries };
+    }
+    const total = first.total;
+    const ranges: Range[] = [];
+    const firstLength = first.body.reduce((sum, piece) => sum + piece.length, 0);
+    for (let start = firstLength; start < total; start += options.chunkBytes) {
+      ranges.push({ start, end: Math.min(total, start + options.chunkBytes) - 1 });
+    }
+    let next = 0;
+    const fill = () => {
+      while (next < ranges.length && inFlight.size < options.concurrency) {
+        const index = next++;
+        const promise = get(ranges[index]).then((r) => {
+          if (r.kind !== 'range') throw new Error('the server stopped honouring Range');
+          return r.body;
+        });
+        // Rejections are observed when the consumer reaches this range (or after an earlier failure, never).
+        promise.catch(() => undefined);
+        inFlight.set(index, promise);
+      }
+    };
+    fill();
+    await consume(first.body);
+    for (let i = 0; i < ranges.length; i++) {
+      const body = await inFlight.get(i)!;
+      inFlight.delete(i);
+      fill();
+      await consume(body);
+    }
+    return { bytes: total, ranges: ranges.length + 1, retries: state.retries };
+  } finally {
+    stop.abort();
+    agent.destroy();
+  }
+}
+
+type Answer =
+  | { kind: 'range'; body: Buffer[]; total: number }
+  | { kind: 'whole'; stream: (consume: Consumer) => Promise<number> };
+
+async function withRetries(
+  url: URL,
+  secure: boolean,
+  agent: HttpAgent,
+  range: Range | undefined,
+  options: RangedDownloadOptions,
+  state: { retries: number },
+): Promise<Answer> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fetchOnce(url, secure, agent, range, options);
+    } catch (error) {
+      if (!(error instanceof RetryableError) || options.signal?.aborted) throw error;
+      if (attempt >= options.retry.retries || state.retries >= options.retryBudget) {
+        throw new Error(`gave up after ${state.retries} retries: ${error.message}`);
+      }
+      state.retries++;
+      options.onRetry?.(range ? `bytes ${range.start}-${range.end}` : 'the download', error);
+      await sleep(backoffDelay(attempt, options.retry));
+    }
+  }
+}
+
+function fetchOnce(
+  url: URL,
+  secure: boolean,
+  agent: HttpAgent,
+  range: Range | undefined,
+  options: RangedDownloadOptions,
+): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const headers: Record<string, string> = { ...options.headers };
+    if (range) headers.Range = `bytes=${range.start}-${range.end}`;
+    const req = (secure ? httpsRequest : httpRequest)(url, { agent, headers, signal: options.signal });
+    req.setTimeout(options.idleTimeoutMs, () =>
+      req.destroy(new RetryableError(`no data for ${options.idleTimeoutMs} ms`)),
+    );
+    req.on('error', (error) =>
+      reject(
+        error instanceof RetryableError || options.signal?.aborted
+          ? error
+          : new RetryableError(error.message),
+      ),
+    );
+    req.on('response', (res) => {
+      const status = res.statusCode ?? 0;
+      if (status === 206 && range) {
+        collectRange(res, range).then(resolve, reject);
+      } else if (status === 200 && range?.start === 0) {
+        resolve({ kind: 'whole', stream: (consume) => streamWhole(res, consume) });
+      } else {
+        res.resume();
+        if (isRetryableStatus(status)) reject(new RetryableError(`HTTP ${status}`));
+        else reject(new UrlRefusedError(status));
+      }
+    });
+    req.end();
+  });
+}
+
+/** Reads one 206 answer, checking that it is exactly the range asked for. */
+async function collectRange(res: IncomingMessage, range: Range): Promise<Answer> {
+  const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(String(res.headers['content-range'] ?? ''));
+  if (!m || Number(m[1]) !== range.start || Number(m[2]) !== Math.min(range.end, Number(m[3]) - 1)) {
+    res.resume();
+    throw new Error(
+      `unexpected Content-Range '${res.headers['content-range']}' for ${range.start}-${range.end}`,
+    );
+  }
+  const expected = Number(m[2]) - range.start + 1;
+  const chunks: Buffer[] = [];
+  let length = 0;
+  try {
+    for await (const chunk of res) {
+      chunks.push(chunk as Buffer);
+      length += (chunk as Buffer).length;
+    }
+  } catch (error) {
+    throw new RetryableError(
+      `connection lost after ${length} of ${expected} bytes: ${(error as Error).message}`,
+    );
+  }
+  if (length !== expected) throw new RetryableError(`got ${length} of ${expected} bytes`);
+  return { kind: 'range', body: chunks, total: Number(m[3]) };
+}
+
+/** A server that ignores Range: pass the single body on as it comes; a cut here cannot be resumed. */
+async function streamWhole(res: IncomingMessage, consume: Consumer): Promise<number> {
+  const declared = res.headers['content-length'];
+  let length = 0;
+  for await (const chunk of res) {
+    length += (chunk as Buffer).length;
+    await consume([chunk as Buffer]);
+  }
+  if (declared !== undefined && Number(declared) !== length) {
+    throw new Error(`the download ended after ${length} of ${declared} bytes`);
+  }
+  return length;
+}
