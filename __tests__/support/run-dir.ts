@@ -1,0 +1,17 @@
+/**
+ * The dir of this test run (made by .ci/test.mjs, or by the global set-up when jest runs alone). It holds the
+ * run's TMPDIR, the trixie root mount and fixtures the run's test files share; it is removed after the run.
+ * Fixtures kept here rather than in TMPDIR are not leftovers: everything left in TMPDIR fails the run.
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+
+export const RUN_DIR_ENV = 'ICI_RUN_DIR';
+
+/** `<run dir>/shared`: built once per run, shared by its workers, visible inside the trixie root too. */
+export function runSharedDir(): string {
+  const dir = join(process.env[RUN_DIR_ENV] ?? tmpdir(), 'shared');
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  return dir;
+}
