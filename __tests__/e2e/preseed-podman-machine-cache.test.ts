@@ -121,7 +121,7 @@ beforeAll(async () => {
   gid = Number(execFileSync('id', ['-g', USER], { encoding: 'utf8' }));
   work = mkdtempSync(join(tmpdir(), 'ici-pvm-mcache-'));
   chmodSync(work, 0o755);
-  image = writeTinyMachineImage(work);
+  ({ image } = writeTinyMachineImage(work));
   shimDir = join(work, 'bin');
   mkdirSync(shimDir);
   shimLog = join(work, 'timedatectl.calls');

@@ -15,3 +15,12 @@ export function runSharedDir(): string {
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   return dir;
 }
+
+/** Read by test-environment.mjs, which removes the paths when the test file is done (after its afterAll). */
+const REMOVE_AFTER_FILE = Symbol.for('image-ci.removeAfterFile');
+
+/** Removes `path` (recursively) once the current test file has finished, hooks included. */
+export function removeAfterFile(path: string): void {
+  const registry = globalThis as unknown as Record<symbol, string[] | undefined>;
+  (registry[REMOVE_AFTER_FILE] ??= []).push(path);
+}
