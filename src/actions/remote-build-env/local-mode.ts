@@ -70,6 +70,7 @@ export async function startLocalService(host: Host, inputs: LocalOptions): Promi
   const socketDir =
     inputs.socket === undefined ? undefined : await mkdir(dirname(socket), { recursive: true, mode: 0o700 });
   const { tmpdir, stable } = await serviceTmpdir(inputs, scratch);
+  const cacheDir = cacheMountDir(tmpdir, version);
   const plan: ServicePlan = { socket, tmpdir, logFile: join(scratch, 'service.log') };
   if (inputs.isolateStorage) {
     const base = join(scratch, 'storage');
@@ -104,7 +105,7 @@ export async function startLocalService(host: Host, inputs: LocalOptions): Promi
   );
   if (inputs.cacheMounts) {
     state.cache = await host.group('Restore cache mounts', () =>
-      restoreCacheMounts(host, tmpdir, inputs.cacheKey, inputs.restoreKeys),
+      restoreCacheMounts(host, cacheDir, inputs.cacheKey, inputs.restoreKeys),
     );
     saveRunState(host, state);
   }
@@ -120,7 +121,6 @@ export async function startLocalService(host: Host, inputs: LocalOptions): Promi
   const url = socketUrl(socket);
   host.exportVariable('CONTAINER_HOST', url);
   if (inputs.exportDockerHost) host.exportVariable('DOCKER_HOST', url);
-  const cacheDir = cacheMountDir(tmpdir);
   host.setOutput('socket', socket);
   host.setOutput('container-host', url);
   host.setOutput('tmpdir', tmpdir);
