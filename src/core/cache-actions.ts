@@ -8,6 +8,7 @@
  * wrapper then reports once, in its own words (no error annotation for a cache that merely was unavailable).
  */
 import * as cache from '@actions/cache';
+import { AsyncLocalStorage } from 'node:async_hooks';
 import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
 import type { Host } from './host.js';
 import { parseDuration } from './inputs.js';
@@ -91,13 +92,18 @@ async function withLibraryLog<T>(
   return run;
 }
 
+/** The library call an asynchronous write comes from: its output is captured whenever it comes. */
+const libraryCall = new AsyncLocalStorage<object>();
+
 async function captureWhile<T>(
   host: Host,
   fn: () => Promise<T>,
 ): Promise<{ value: T; lines: LibraryLine[] }> {
   const lines: LibraryLine[] = [];
   const originalWrite = process.stdout.write;
+  const call = {};
   let forwarding = false;
+  let released = false;
   let pending = '';
   const handle = (line: string): void => {
     const parsed = parseLine(line.replace(/\r$/, ''));
@@ -117,8 +123,9 @@ async function captureWhile<T>(
     }
   };
   const patched = function (this: unknown, chunk: unknown, ...rest: unknown[]): boolean {
-    // The Host writes through @actions/core too: its own lines must go straight out, not back into the capture.
-    if (forwarding)
+    // Only the library call's own writes are captured. The Host writes through @actions/core too: its lines,
+    // and whatever else the process prints meanwhile, go straight out.
+    if (forwarding || released || libraryCall.getStore() !== call)
       return (originalWrite as (...a: unknown[]) => boolean).call(process.stdout, chunk, ...rest);
     pending += typeof chunk === 'string' ? chunk : Buffer.from(chunk as Uint8Array).toString('utf8');
     const parts = pending.split('\n');
@@ -128,14 +135,29 @@ async function captureWhile<T>(
     if (callback) callback();
     return true;
   };
+  const release = () => {
+    if (released) return;
+    released = true;
+    if (pending) handle(pending);
+    // A later capture may sit on top by now; then this one stays in the chain, passing everything through.
+    if (process.stdout.write === patched) process.stdout.write = originalWrite;
+  };
   const timeoutMs = cacheCallTimeoutMs();
   process.stdout.write = patched as typeof process.stdout.write;
+  const promise = libraryCall.run(call, fn);
+  let settled = false;
+  promise.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
   try {
-    const value = await withDeadline(fn(), timeoutMs);
+    const value = await withDeadline(promise, timeoutMs);
     return { value, lines };
   } finally {
-    process.stdout.write = originalWrite;
-    if (pending) handle(pending);
+    // A call abandoned at the deadline still runs: when it fails later (the service resets the connection),
+    // the library prints `::warning::Failed to restore` on stdout. Its capture stays until it has settled.
+    if (settled) release();
+    else promise.then(release, release);
   }
 }
 
