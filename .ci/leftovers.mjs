@@ -93,7 +93,8 @@ export function sweepDeadRuns(parent, prefix) {
 
 export const MARKER_ENV = 'ICI_TEST_RUN';
 
-function alive(pid) {
+/** Whether a process with this pid exists (EPERM: it does, as another user's). */
+export function alive(pid) {
   try {
     process.kill(pid, 0);
     return true;

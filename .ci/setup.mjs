@@ -2,14 +2,14 @@
 // Debian trixie root that gives the suite podman 5 beside the host's podman 4. Idempotent and fast when all is
 // there (it only asks dpkg), so `npm test` runs it every time (pretest). Plain Node: runs before `npm ci`.
 //
-// Usage: node .ci/setup.mjs [--check]   (--check: report what is missing, change nothing)
+// Usage: node .ci/setup.mjs
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { alive } from './leftovers.mjs';
 import { readPackageList, trixieRootSpec, PACKAGES_FILE } from './test-cache.mjs';
 
 const started = Date.now();
-const checkOnly = process.argv.includes('--check');
 const log = (line) => console.log(`setup: ${line}`);
 
 /** Packages dpkg does not report as installed ("ii"); unknown names count as missing too. */
@@ -80,18 +80,9 @@ function removeStaleRoots(spec) {
     const path = join(spec.parent, name);
     if (path === spec.dir || mountinfo.includes(path)) continue;
     const partialOf = /\.partial-(\d+)$/.exec(name);
-    if (partialOf && processAlive(Number(partialOf[1]))) continue;
+    if (partialOf && alive(Number(partialOf[1]))) continue;
     log(`removing the unused root ${path}`);
     rmSync(path, { recursive: true, force: true });
-  }
-}
-
-function processAlive(pid) {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return error.code === 'EPERM';
   }
 }
 
@@ -109,16 +100,11 @@ function main() {
   const rootMissing = !existsSync(spec.dir);
   const isRoot = process.getuid?.() === 0;
 
-  if (!isRoot || checkOnly) {
+  if (!isRoot) {
     const todo = [];
     if (missing.length) todo.push(`Debian packages: ${missing.join(' ')}`);
     if (rootMissing)
       todo.push(`the podman 5 root ${spec.dir} (mmdebstrap, from [trixie-root] in ${PACKAGES_FILE})`);
-    if (checkOnly) {
-      for (const t of todo) log(`missing ${t}`);
-      if (todo.length === 0) log('nothing missing');
-      return todo.length ? 1 : 0;
-    }
     log('the tests need root: they add a test user, mount a Debian trixie root and run rootful podman.');
     for (const t of todo) log(`missing ${t}`);
     log(`this one command installs ${todo.length ? 'what is missing ' : ''}and runs the tests as root:`);

@@ -5,7 +5,9 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-export const PACKAGES_FILE = join(dirname(fileURLToPath(import.meta.url)), 'packages.txt');
+/** IMAGE_CI_PACKAGES replaces the list (tests of the set-up itself). */
+export const PACKAGES_FILE =
+  process.env.IMAGE_CI_PACKAGES || join(dirname(fileURLToPath(import.meta.url)), 'packages.txt');
 
 /** Survives between runs (a root build costs minutes); IMAGE_CI_TEST_CACHE moves it. */
 export const TEST_CACHE_DIR = process.env.IMAGE_CI_TEST_CACHE || '/var/cache/image-ci-test';

@@ -46,10 +46,10 @@ const env = {
   [MARKER_ENV]: basename(runDir),
 };
 
-// Ctrl-C reaches jest too; this script waits for it and still checks and cleans up.
-for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => undefined);
+// A signal goes on to jest (Ctrl-C reaches it anyway); this script waits for it, then still checks and cleans up.
 const status = await new Promise((resolve) => {
   const child = spawn(process.execPath, args, { stdio: 'inherit', env });
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => child.kill(signal));
   child.on('close', (code) => resolve(code ?? 1));
   child.on('error', () => resolve(1));
 });

@@ -45,7 +45,12 @@ function rootRow(runDir, user) {
   if (!existsSync(spec.dir)) {
     return { ...row, unavailable: `the trixie root ${spec.dir} is not built: run \`npm run setup\`` };
   }
-  const mounted = mountTrixieRoot(spec.dir, runDir, user);
+  let mounted;
+  try {
+    mounted = mountTrixieRoot(spec.dir, runDir, user);
+  } catch (error) {
+    return { ...row, unavailable: `the trixie root ${spec.dir} could not be mounted: ${error.message}` };
+  }
   process.env[MOUNT_ENV] = mounted.dir;
   const version = mounted.podmanVersion;
   return { label: `podman ${version}`, version, root: mounted.mountPoint };
