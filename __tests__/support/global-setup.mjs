@@ -5,7 +5,7 @@
 // mounts of a run that was killed outright. Plain JS: jest loads global set-up files without its module mapping.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { constants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { trixieRootSpec } from '../../.ci/test-cache.mjs';
 import { mountTrixieRoot, unmountTrixieRoot } from '../../.ci/trixie-root.mjs';
@@ -72,10 +72,15 @@ export default function globalSetup() {
     process.env[OWN_RUN_DIR_ENV] = '1';
   }
   process.once('exit', safetyNet);
+  // Listening for good (not once): a second signal (Ctrl-C reaches jest both from the terminal and through
+  // .ci/test.mjs) must not kill the process half way through the unmounting.
+  let stopping = false;
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-    process.once(signal, () => {
+    process.on(signal, () => {
+      if (stopping) return;
+      stopping = true;
       safetyNet();
-      process.kill(process.pid, signal);
+      process.exit(128 + constants.signals[signal]);
     });
   }
   process.env[MATRIX_ENV] = JSON.stringify([hostRow(), rootRow(process.env[RUN_DIR_ENV], user)]);
