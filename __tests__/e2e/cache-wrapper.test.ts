@@ -14,6 +14,14 @@ const env = cacheEnv();
 let service: CacheService;
 let dirs: ReturnType<typeof jobDirs>;
 
+/** Resolves once `condition` holds; fails the test with `what` if it never does. */
+async function eventually(condition: () => boolean, what: string): Promise<void> {
+  for (const deadline = Date.now() + 30_000; !condition();) {
+    if (Date.now() > deadline) throw new Error(`never happened: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
 function data(name: string, text: string): string {
   const dir = join(dirs.runnerTemp, `ici-${name}`);
   mkdirSync(dir, { recursive: true });
@@ -87,17 +95,31 @@ describe('core/cache on the Actions cache backend, CLI host', () => {
     expect(log.some((l) => l.startsWith('warning: Cache unavailable, continuing without it'))).toBe(true);
   });
 
-  it('stops waiting for a hung service after IMAGE_CI_CACHE_TIMEOUT and carries on', async () => {
+  it('stops waiting for a hung service after IMAGE_CI_CACHE_TIMEOUT and carries on; the abandoned call stays quiet', async () => {
     const dir = data('hung', 'z');
-    const { host, log } = cliHost();
+    const { host, log } = cliHost(true);
     service.hang(['GetCacheEntryDownloadURL']);
     process.env.IMAGE_CI_CACHE_TIMEOUT = '1s';
-    try {
-      expect(await restoreCache(host, [dir], 'hung-key')).toEqual({ hit: false, backend: 'actions' });
-    } finally {
-      delete process.env.IMAGE_CI_CACHE_TIMEOUT;
-    }
+    // stdout as the CLI's caller sees it, for the whole life of the abandoned call.
+    const { value, lines } = await captureStdout(async () => {
+      let restored;
+      try {
+        restored = await restoreCache(host, [dir], 'hung-key');
+      } finally {
+        delete process.env.IMAGE_CI_CACHE_TIMEOUT;
+      }
+      // The abandoned call fails once the service drops it; the library then complains (`::warning::Failed
+      // to restore: ... ECONNRESET`), which must reach the host log as debug, never stdout.
+      service.dropHung();
+      await eventually(
+        () => log.some((l) => l.startsWith('debug: @actions/cache warning: Failed to restore')),
+        'the abandoned call reported its failure to the host log',
+      );
+      return restored;
+    });
+    expect(value).toEqual({ hit: false, backend: 'actions' });
     expect(log.some((l) => /^warning: Cache unavailable.*timed out after 1\.0 s/.test(l))).toBe(true);
+    expect(lines).toEqual([]);
     service.heal();
     // The abandoned call does not block the next one.
     expect((await saveCache(host, [dir], 'hung-key')).outcome).toBe('saved');

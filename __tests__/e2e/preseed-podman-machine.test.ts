@@ -1,10 +1,11 @@
 /**
  * preseed-podman-vm and `podman machine`: the command lines the action runs (through a `podman` TEST DOUBLE,
  * since no VM can boot here), input mistakes, and a REAL `podman machine init` run offline by a non-root user
- * with a throw-away HOME and the containers.conf the action exported.
+ * with a throw-away HOME and the containers.conf the action exported, once per podman version (the host's 4.3
+ * and 5 in the trixie root, where the action runs with the root's node and podman).
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import {
   chmodSync,
   chownSync,
@@ -19,16 +20,39 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { runAction } from '../support/harness.js';
 import { writeTinyMachineImage } from '../support/machine-os.js';
+import {
+  podmanVersions,
+  requireAvailable,
+  runWith,
+  stepScripts,
+  testUser,
+  type PodmanVariant,
+  type User,
+} from '../support/podman-matrix.js';
 
 const ACTION = 'preseed-podman-vm';
 let work: string;
 let image: string;
+let qcow2: string;
+/** Nothing listens there: with it as proxy, podman cannot download anything. */
+const DEAD_PROXY = 'http://127.0.0.1:9';
 
 beforeAll(() => {
   work = mkdtempSync(join(tmpdir(), 'ici-pvm-machine-'));
   chmodSync(work, 0o755);
-  image = writeTinyMachineImage(work);
+  ({ image, qcow2 } = writeTinyMachineImage(work));
 });
+
+function ownedDir(path: string, user: User): string {
+  mkdirSync(path, { recursive: true, mode: 0o700 });
+  chownSync(path, user.uid, user.gid);
+  return path;
+}
+
+/** CONTAINERS_CONF_OVERRIDE exists from podman 4.4 on. */
+function confOverride(podman: PodmanVariant): boolean {
+  return podman.major > 4 || (podman.major === 4 && podman.minor >= 4);
+}
 
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
@@ -116,53 +140,62 @@ describe('input mistakes fail with exit 2 and name the input', () => {
   }
 });
 
-describe('real podman machine init, offline, non-root, throw-away HOME', () => {
-  const user = 'icipvm';
+describe.each(podmanVersions())(
+  '[$label] real podman machine init, offline, non-root, throw-away HOME',
+  (podman) => {
+    beforeAll(() => requireAvailable(podman));
 
-  beforeAll(() => {
-    if (process.getuid?.() !== 0) throw new Error('this test creates a user (useradd) and needs root');
-    if (spawnSync('id', [user]).status !== 0) execFileSync('useradd', ['-m', user]);
-  });
+    it('uses the image named by the containers.conf the action exported', async () => {
+      // The action runs as root (as before any user exists), with this row's node and podman.
+      const r = await runAction({ ...stepScripts(podman, ACTION, work), inputs: { image } });
+      expect({ exit: r.main.exitCode, errors: r.errors }).toEqual({ exit: 0, errors: [] });
+      const variable = confOverride(podman) ? 'CONTAINERS_CONF_OVERRIDE' : 'CONTAINERS_CONF';
+      const conf = r.exportedEnv[variable];
+      expect(conf).toBeDefined();
 
-  it('uses the image named by the containers.conf the action exported', async () => {
-    const r = await runAction({ action: ACTION, inputs: { image } });
-    expect(r.main.exitCode).toBe(0);
-    const conf = r.exportedEnv.CONTAINERS_CONF ?? r.exportedEnv.CONTAINERS_CONF_OVERRIDE;
-    expect(conf).toBeDefined();
-    const variable = r.exportedEnv.CONTAINERS_CONF ? 'CONTAINERS_CONF' : 'CONTAINERS_CONF_OVERRIDE';
-
-    // The runner user owns the file in a real job; podman 4 writes its connections into CONTAINERS_CONF.
-    const uid = Number(execFileSync('id', ['-u', user], { encoding: 'utf8' }));
-    const gid = Number(execFileSync('id', ['-g', user], { encoding: 'utf8' }));
-    const home = join(work, 'throwaway-home');
-    mkdirSync(home);
-    chownSync(home, uid, gid);
-    const ownConf = join(work, 'user-containers.conf');
-    writeFileSync(ownConf, readFileSync(conf!));
-    chownSync(ownConf, uid, gid);
-
-    const env = `HOME=${home} ${variable}=${ownConf} XDG_RUNTIME_DIR= XDG_DATA_HOME= XDG_CONFIG_HOME=`;
-    const sh = (cmd: string) =>
-      spawnSync('su', [user, '-s', '/bin/sh', '-c', `cd ${home} && env ${env} timeout 60 ${cmd}`], {
-        encoding: 'utf8',
-        timeout: 90_000,
+      // The runner user owns the file in a real job; podman 4 writes its connections into CONTAINERS_CONF.
+      const user = testUser();
+      const home = ownedDir(join(work, `home-${podman.version}`), user);
+      const ownConf = join(work, `user-containers-${podman.version}.conf`);
+      writeFileSync(ownConf, readFileSync(conf!));
+      chownSync(ownConf, user.uid, user.gid);
+      const env = {
+        PATH: process.env.PATH,
+        TMPDIR: process.env.TMPDIR,
+        HOME: home,
+        XDG_RUNTIME_DIR: ownedDir(join(home, 'run'), user),
+        [variable]: ownConf,
+        // Offline: any download attempt fails at once.
+        HTTP_PROXY: DEAD_PROXY,
+        HTTPS_PROXY: DEAD_PROXY,
+      };
+      const podmanAsUser = (args: string[]) =>
+        runWith(podman, 'podman', args, { user, env, cwd: home, timeoutMs: 60_000, allowFailure: true });
+      const init = await podmanAsUser(['machine', 'init', 'ci-offline']);
+      // Facts: podman 4.3 here prints `Error: exit status 1` after creating the machine, so for it the exit code
+      // is not the evidence; the machine files and `podman machine ls` are.
+      if (podman.major >= 5) expect({ exit: init.exitCode, stderr: init.stderr }).toMatchObject({ exit: 0 });
+      const dataDir = join(home, '.local/share/containers/podman/machine/qemu');
+      const machineJson = join(home, '.config/containers/podman/machine/qemu/ci-offline.json');
+      expect({ init: init.stdout + init.stderr, json: existsSync(machineJson) }).toMatchObject({
+        json: true,
       });
-    // Facts: podman 4.3 here prints `Error: exit status 1` after creating the machine, so the exit code is not
-    // the evidence; the machine files and `podman machine ls` are.
-    const init = sh('podman machine init ci-offline');
-    const dataDir = join(home, '.local/share/containers/podman/machine/qemu');
-    const machineJson = join(home, '.config/containers/podman/machine/qemu/ci-offline.json');
-    expect({ init: init.stdout + init.stderr, json: existsSync(machineJson) }).toMatchObject({ json: true });
-    const config = JSON.parse(readFileSync(machineJson, 'utf8')) as { ImagePath: { Path: string } };
-    expect(config.ImagePath.Path.startsWith(dataDir)).toBe(true);
-    expect(basename(config.ImagePath.Path)).toBe(basename(image));
-    expect(existsSync(config.ImagePath.Path)).toBe(true);
-    // The disk podman made is the qcow2 we seeded (decompressed), not something downloaded.
-    const info = execFileSync('qemu-img', ['info', '--output=json', config.ImagePath.Path], {
-      encoding: 'utf8',
+      const config = JSON.parse(readFileSync(machineJson, 'utf8')) as { ImagePath: { Path: string } };
+      expect(config.ImagePath.Path.startsWith(dataDir)).toBe(true);
+      // podman 4 keeps the image's file name, podman 5 names the disk after the machine.
+      expect(basename(config.ImagePath.Path)).toBe(
+        podman.major >= 5
+          ? `ci-offline-${process.arch === 'arm64' ? 'arm64' : 'amd64'}.qcow2`
+          : basename(image),
+      );
+      // The disk podman made holds the seeded bytes (decompressed; podman 5 also grew it), not a download.
+      const compare = spawnSync('qemu-img', ['compare', qcow2, config.ImagePath.Path], { encoding: 'utf8' });
+      expect({ status: compare.status, out: compare.stdout }).toMatchObject({
+        status: 0,
+        out: expect.stringContaining('Images are identical.') as unknown as string,
+      });
+      const ls = await podmanAsUser(['machine', 'ls', '--format', 'json']);
+      expect(ls.stdout).toContain('"Name": "ci-offline');
     });
-    expect(JSON.parse(info)).toMatchObject({ format: 'qcow2' });
-    const ls = sh('podman machine ls --format json');
-    expect(ls.stdout).toContain('"Name": "ci-offline');
-  });
-});
+  },
+);

@@ -1,16 +1,21 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { exec } from '../../src/core/exec.js';
-import { mountPointsUnder } from '../../src/actions/remote-build-env/mounts.js';
 import { isRunning, type ProcessIdentity } from '../../src/actions/remote-build-env/process-group.js';
 import { REPO_ROOT } from '../support/harness.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
 import { importBusyboxImage } from '../support/images.js';
 import { pathExists } from '../../src/core/files.js';
 import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
+import {
+  buildahCacheDir,
+  mountsUnder,
+  podmanVersions,
+  requireAvailable,
+  stepScripts,
+} from '../support/podman-matrix.js';
 import { startSplitJob, type SplitJob } from '../support/split-job.js';
 
 const ACTION = 'remote-build-env';
@@ -32,13 +37,21 @@ function newRunnerTemp(): string {
   return dir;
 }
 
-/** Runs a job's main step now and leaves its post for later, so two jobs can overlap. */
+/** Runs a job's main step now and leaves its post for later, so two jobs can overlap. `on`: whose podman. */
 async function startJob(
   inputs: Record<string, string>,
   env: Record<string, string> = {},
   runnerTemp = newRunnerTemp(),
+  on: PodmanTestEnv = pm,
 ): Promise<Job> {
-  const split = await startSplitJob({ action: ACTION, inputs, env: { ...pm.env, ...env }, runnerTemp });
+  const scripts = stepScripts(on.variant, ACTION, on.dir);
+  const split = await startSplitJob({
+    action: ACTION,
+    ...scripts,
+    inputs,
+    env: { ...on.env, ...env },
+    runnerTemp,
+  });
   const job = Object.assign(split, { runnerTemp });
   jobs.push(job);
   return job;
@@ -55,39 +68,44 @@ function stateOf(job: Job): LocalStateSeen {
   return JSON.parse(job.main.main.state[ACTION]!) as LocalStateSeen;
 }
 
-async function contextDir(name: string, body: string): Promise<string> {
-  const dir = join(pm.dir, `ctx-${name}`);
+async function contextDir(name: string, body: string, on: PodmanTestEnv = pm): Promise<string> {
+  const dir = join(on.dir, `ctx-${name}`);
   await mkdir(dir, { recursive: true });
   await writeFile(join(dir, 'Containerfile'), body);
   return dir;
 }
 
 /** A build whose cache-mount step writes a job-unique file and lists what the cache mount holds. */
-async function buildWritingMarker(env: Record<string, string>, marker: string): Promise<string[]> {
+async function buildWritingMarker(
+  env: Record<string, string>,
+  marker: string,
+  on: PodmanTestEnv = pm,
+  from = image,
+): Promise<string[]> {
   const ctx = await contextDir(
     'marker',
-    `FROM ${image}\nARG MARKER\n` +
+    `FROM ${from}\nARG MARKER\n` +
       "RUN --mount=type=cache,target=/c,sharing=locked touch /c/$MARKER && echo \"listing: $(ls /c | grep -v lockfile | tr '\\n' ' ')\"\n",
+    on,
   );
-  const r = await exec(
-    'podman',
-    ['--remote', 'build', '--no-cache', '--build-arg', `MARKER=${marker}`, ctx],
-    {
-      timeoutMs: 120_000,
-      env: { ...process.env, ...pm.env, ...env },
-    },
-  );
+  const r = await on.podman(['--remote', 'build', '--no-cache', '--build-arg', `MARKER=${marker}`, ctx], {
+    env,
+  });
   const line = r.stdout.split('\n').find((l) => l.startsWith('listing: '));
   if (!line) throw new Error(`no listing in build output:\n${r.stdout}\n${r.stderr}`);
   return line.slice('listing: '.length).trim().split(/\s+/).sort();
 }
 
-async function expectNoLeaks(state: LocalStateSeen): Promise<void> {
+async function expectNoLeaks(state: LocalStateSeen, on: PodmanTestEnv = pm): Promise<void> {
   if (state.service) expect(await isRunning(state.service)).toBe(false);
   expect(await pathExists(state.socket)).toBe(false);
   for (const dir of state.removeDirs) expect(await pathExists(dir)).toBe(false);
-  const mounts = await readFile('/proc/self/mountinfo', 'utf8');
-  for (const dir of state.removeDirs) expect(mountPointsUnder(mounts, dir)).toEqual([]);
+  for (const dir of state.removeDirs) expect(mountsUnder(on.variant, dir)).toEqual([]);
+}
+
+/** Runs the post of every job not posted yet: a failed assertion must never leak a service. */
+async function postUnposted(): Promise<void> {
+  for (const job of jobs) if (!job.posted) await job.post();
 }
 
 beforeAll(async () => {
@@ -95,7 +113,7 @@ beforeAll(async () => {
   image = await importBusyboxImage(pm);
 });
 afterAll(async () => {
-  for (const job of jobs) if (!job.posted) await job.post();
+  await postUnposted();
   await pm?.remove();
   for (const dir of runnerTemps) await rm(dir, { recursive: true, force: true });
 });
@@ -188,45 +206,61 @@ describe('remote-build-env, mode local (real podman services)', () => {
     await expectNoLeaks(state);
   });
 
-  it('cache-mounts: job A saves its cache mounts in post; a later run restores them and its build sees A’s file', async () => {
-    const cacheService = await CacheService.start();
-    try {
-      const runnerTemp = newRunnerTemp();
-      const env = cacheService.env();
-      const inputs = { 'cache-mounts': 'true', 'cache-key': 'e2e-mounts' };
-      const a = await startJob(inputs, env, runnerTemp);
-      expect(a.main.main.exitCode).toBe(0);
-      expect(a.main.outputs['cache-hit']).toBe('false');
-      expect(a.main.outputs['cache-dir']).toBe(join(a.main.outputs.tmpdir!, 'buildah-cache'));
-      expect(await buildWritingMarker(a.main.exportedEnv, 'job-a')).toEqual(['job-a']);
-      const postA = await a.post();
-      expect(postA.warnings).toEqual([]);
-      const saved = cacheService.list().filter((e) => e.finalized);
-      expect(saved.map((e) => e.key)).toEqual([expect.stringMatching(/^e2e-mounts-Linux-X64-[0-9a-f]{16}$/)]);
-      await expectNoLeaks(stateOf(a));
+  describe.each(podmanVersions())('[$label]', (podman) => {
+    let on: PodmanTestEnv;
+    let from: string;
+    beforeAll(async () => {
+      requireAvailable(podman);
+      on = await createPodmanTestEnv(podman);
+      from = await importBusyboxImage(on);
+    });
+    afterAll(async () => {
+      await postUnposted();
+      await on?.remove();
+    });
 
-      // The next run: same RUNNER_TEMP path (cache versions hash the path), its old contents gone.
-      runnerTemps.push(...(await laterRun([runnerTemp])));
-      const b = await startJob(inputs, env, runnerTemp);
-      expect(b.main.outputs['cache-hit']).toBe('true');
-      expect(b.main.outputs['cache-matched-key']).toBe(saved[0]!.key);
-      expect(await buildWritingMarker(b.main.exportedEnv, 'job-b')).toEqual(['job-a', 'job-b']);
-      await b.post();
-      const keys = cacheService.list().map((e) => e.key);
-      expect(keys.length).toBe(2);
+    it('cache-mounts: job A saves its cache mounts in post; a later run restores them and its build sees A’s file', async () => {
+      const cacheService = await CacheService.start();
+      try {
+        const runnerTemp = newRunnerTemp();
+        const env = cacheService.env();
+        const inputs = { 'cache-mounts': 'true', 'cache-key': 'e2e-mounts' };
+        const a = await startJob(inputs, env, runnerTemp, on);
+        expect(a.main.main.exitCode).toBe(0);
+        expect(a.main.outputs['cache-hit']).toBe('false');
+        expect(a.main.outputs['cache-dir']).toBe(buildahCacheDir(podman, a.main.outputs.tmpdir!));
+        expect(await buildWritingMarker(a.main.exportedEnv, 'job-a', on, from)).toEqual(['job-a']);
+        const postA = await a.post();
+        expect(postA.warnings).toEqual([]);
+        const saved = cacheService.list().filter((e) => e.finalized);
+        expect(saved.map((e) => e.key)).toEqual([
+          expect.stringMatching(/^e2e-mounts-Linux-X64-[0-9a-f]{16}$/),
+        ]);
+        await expectNoLeaks(stateOf(a), on);
 
-      // A run whose builds do not touch the cache mounts saves nothing new.
-      runnerTemps.push(...(await laterRun([runnerTemp])));
-      const c = await startJob(inputs, env, runnerTemp);
-      expect(c.main.outputs['cache-matched-key']).toBe(keys[1]);
-      const postC = await c.post();
-      expect(postC.lines.map((l) => l.text)).toContain(
-        `Cache mounts: unchanged since ${keys[1]}, not saved again.`,
-      );
-      expect(cacheService.list().length).toBe(2);
-    } finally {
-      await cacheService.stop();
-    }
+        // The next run: same RUNNER_TEMP path (cache versions hash the path), its old contents gone.
+        runnerTemps.push(...(await laterRun([runnerTemp])));
+        const b = await startJob(inputs, env, runnerTemp, on);
+        expect(b.main.outputs['cache-hit']).toBe('true');
+        expect(b.main.outputs['cache-matched-key']).toBe(saved[0]!.key);
+        expect(await buildWritingMarker(b.main.exportedEnv, 'job-b', on, from)).toEqual(['job-a', 'job-b']);
+        await b.post();
+        const keys = cacheService.list().map((e) => e.key);
+        expect(keys.length).toBe(2);
+
+        // A run whose builds do not touch the cache mounts saves nothing new.
+        runnerTemps.push(...(await laterRun([runnerTemp])));
+        const c = await startJob(inputs, env, runnerTemp, on);
+        expect(c.main.outputs['cache-matched-key']).toBe(keys[1]);
+        const postC = await c.post();
+        expect(postC.lines.map((l) => l.text)).toContain(
+          `Cache mounts: unchanged since ${keys[1]}, not saved again.`,
+        );
+        expect(cacheService.list().length).toBe(2);
+      } finally {
+        await cacheService.stop();
+      }
+    });
   });
 
   it('CLI: `image-ci remote-build-env` keeps the service up until interrupted, then cleans up', async () => {

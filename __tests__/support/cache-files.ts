@@ -143,8 +143,13 @@ export function cacheEnv(): { use(env: Record<string, string>): void; restore():
 }
 
 /** The CLI's host with its log kept in memory (what an in-process cache call reported). */
-export function cliHost(): { host: CliHost; log: string[] } {
+export function cliHost(verbose = false): { host: CliHost; log: string[] } {
   const log: string[] = [];
-  const host = new CliHost({ inputs: new MapInputSource({}), log: (l) => log.push(l), out: () => undefined });
+  const host = new CliHost({
+    inputs: new MapInputSource({}),
+    log: (l) => log.push(l),
+    out: () => undefined,
+    verbose,
+  });
   return { host, log };
 }

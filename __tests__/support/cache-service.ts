@@ -109,6 +109,8 @@ export class CacheService {
   private damageFrom: number | undefined;
   private throttle: Throttle | undefined;
   private hanging = new Set<CacheCall>();
+  /** Answers held back by hang(), so dropHung() can end them the way a dying proxy does. */
+  private readonly held: ServerResponse[] = [];
   private readonly entries = new Map<number, Entry>();
   private nextId = 1;
   private clock = 0;
@@ -163,6 +165,11 @@ export class CacheService {
   /** The named calls get no answer at all (the connection stays open until stop()), like a hung service. */
   hang(calls: CacheCall[]): void {
     this.hanging = new Set(calls);
+  }
+
+  /** Resets the connections of the calls hang() held: the client sees ECONNRESET. */
+  dropHung(): void {
+    for (const res of this.held.splice(0)) res.destroy();
   }
 
   /** Downloads send the full Content-Length but only half the body, then drop the connection. */
@@ -235,6 +242,7 @@ export class CacheService {
       this.count(call);
       if (this.hanging.has(call)) {
         req.resume();
+        this.held.push(res);
         return;
       }
       if (this.failing === 'all' || this.failing.has(call)) {

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
+import { removeAfterFile } from './run-dir.js';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -298,6 +299,7 @@ export async function runAction(options: RunOptions): Promise<RunResult> {
   if (!mainScript) throw new Error('runAction needs `action` or `mainScript`');
 
   const runDir = mkdtempSync(join(tmpdir(), 'ici-run-'));
+  removeAfterFile(runDir);
   const runnerTemp = options.runnerTemp ?? join(runDir, 'runner-temp');
   const workspace = options.workspace ?? join(runDir, 'workspace');
   const toolCache = join(runDir, 'tool-cache');

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { exec } from '../../src/core/exec.js';
 import { pathExists } from '../../src/core/files.js';
 import type { PodmanTestEnv } from './podman.js';
+import { runSharedDir } from './run-dir.js';
 
 export const BUSYBOX = '/bin/busybox';
 export const BUSYBOX_IMAGE = 'localhost/ici-busybox:latest';
@@ -16,12 +17,12 @@ export const BUSYBOX_IMAGE = 'localhost/ici-busybox:latest';
 let rootfsTar: Promise<string> | undefined;
 
 /**
- * Built once per machine and busybox version: the path is named after the binary's size and mtime, written to a
- * temp name and renamed, so parallel test processes share it without ever reading half a file.
+ * Built once per test run and busybox version: the path is named after the binary's size and mtime, written to
+ * a temp name and renamed, so parallel test processes share it without ever reading half a file.
  */
 async function makeRootfsTar(): Promise<string> {
   const bin = await stat(BUSYBOX);
-  const tar = join(tmpdir(), `ici-busybox-rootfs-${bin.size}-${Math.trunc(bin.mtimeMs)}.tar`);
+  const tar = join(runSharedDir(), `ici-busybox-rootfs-${bin.size}-${Math.trunc(bin.mtimeMs)}.tar`);
   if (await pathExists(tar)) return tar;
   const work = await mkdtemp(join(tmpdir(), 'ici-bb-'));
   try {

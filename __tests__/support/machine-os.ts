@@ -15,6 +15,7 @@ import {
   openSync,
   readSync,
   renameSync,
+  rmSync,
   statSync,
   writeFileSync,
   writeSync,
@@ -257,14 +258,19 @@ export async function publishMachineOs(
 }
 
 /**
- * A real but tiny machine disk for `podman machine init` tests: a 64M sparse qcow2, zstd-compressed the way
- * machine-os ships its disks, readable by any user (the init runs as a non-root test user).
+ * A real but tiny machine disk for `podman machine init` tests: a 64M qcow2 whose first 64 KiB are random (so
+ * `qemu-img compare` against it proves a disk podman made came from THIS image, not a download), zstd-compressed
+ * the way machine-os ships its disks, readable by any user (the init runs as a non-root test user).
  */
-export function writeTinyMachineImage(dir: string): string {
+export function writeTinyMachineImage(dir: string): { image: string; qcow2: string } {
+  const raw = join(dir, 'disk.raw');
+  writeRandomFile(raw, 64 * 1024);
+  execFileSync('truncate', ['-s', '64M', raw]);
   const qcow2 = join(dir, 'disk.qcow2');
-  execFileSync('qemu-img', ['create', '-f', 'qcow2', qcow2, '64M'], { stdio: 'pipe' });
+  execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, qcow2], { stdio: 'pipe' });
+  rmSync(raw);
   const image = join(dir, 'machine-os.qcow2.zst');
   execFileSync('zstd', ['-q', qcow2, '-o', image]);
   chmodSync(image, 0o644);
-  return image;
+  return { image, qcow2 };
 }

@@ -28,7 +28,7 @@ export async function startSplitJob(options: RunOptions & { action: string }): P
       const { action, ...rest } = options;
       const r = await runAction({
         ...rest,
-        mainScript: join(REPO_ROOT, 'dist', action, 'post.js'),
+        mainScript: options.postScript ?? join(REPO_ROOT, 'dist', action, 'post.js'),
         actionYml: join(REPO_ROOT, 'actions', action, 'action.yml'),
         env: { ...options.env, ...main.exportedEnv, ...stateEnv },
         skipPost: true,

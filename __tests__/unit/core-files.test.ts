@@ -23,8 +23,13 @@ import { CliHost } from '../../src/core/host.js';
 import { MapInputSource } from '../../src/core/inputs.js';
 import { formatBytes, formatDuration, heading, markdownTable } from '../../src/core/summary.js';
 import { removeScratchDirs, scratchDir, stableDir } from '../../src/core/workspace.js';
+import { removeAfterFile } from '../support/run-dir.js';
 
-const tempDir = () => mkdtempSync(join(tmpdir(), 'ici-unit-'));
+const tempDir = () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ici-unit-'));
+  removeAfterFile(dir);
+  return dir;
+};
 const quietHost = () =>
   new CliHost({ inputs: new MapInputSource({}), log: () => undefined, out: () => undefined });
 

@@ -17,6 +17,7 @@ const fixture = (name: string) =>
     unknown
   >;
 const OLD = '/home/runner/work/_temp/ici-h1';
+const CONFIG4 = `${OLD}/.config/containers/podman/machine/qemu/tm1.json`;
 const oldRoots = {
   home: OLD,
   dataHome: `${OLD}/.local/share`,
@@ -26,7 +27,7 @@ const oldRoots = {
 
 describe('machineFiles', () => {
   it('podman 4: disk, ignition, ssh identity and its public key', () => {
-    expect(machineFiles(fixture('podman4-qemu-machine.json'))).toEqual([
+    expect(machineFiles(fixture('podman4-qemu-machine.json'), CONFIG4)).toEqual([
       { staged: 'disk', original: `${OLD}/.local/share/containers/podman/machine/qemu/m.qcow2.zst` },
       { staged: 'ignition', original: `${OLD}/.config/containers/podman/machine/qemu/tm1.ign` },
       { staged: 'identity', original: `${OLD}/.ssh/tm1` },
@@ -34,16 +35,21 @@ describe('machineFiles', () => {
     ]);
   });
 
-  it('podman 5: the identity is under SSH and there is no ignition path in the config', () => {
-    const files = machineFiles(fixture('podman5-qemu-machine.json'));
-    expect(files.map((f) => f.staged)).toEqual(['disk', 'identity', 'identity.pub']);
-    expect(files[1]!.original).toBe(`${OLD}/.local/share/containers/podman/machine/machine`);
+  it('podman 5: the identity is under SSH, the ignition file beside the config (not named in it)', () => {
+    const config = fixture('podman5-qemu-machine.json');
+    const configPath = `${OLD}/.config/containers/podman/machine/qemu/${String(config.Name)}.json`;
+    const files = machineFiles(config, configPath);
+    expect(files.map((f) => f.staged)).toEqual(['disk', 'ignition', 'identity', 'identity.pub']);
+    expect(files[1]!.original).toBe(
+      `${OLD}/.config/containers/podman/machine/qemu/${String(config.Name)}.ign`,
+    );
+    expect(files[2]!.original).toBe(`${OLD}/.local/share/containers/podman/machine/machine`);
   });
 
   it('refuses a config without a disk', () => {
     const config = fixture('podman4-qemu-machine.json');
     delete config.ImagePath;
-    expect(() => machineFiles(config)).toThrow(/ImagePath/);
+    expect(() => machineFiles(config, CONFIG4)).toThrow(/ImagePath/);
   });
 });
 
@@ -80,8 +86,8 @@ const manifest: MachineManifest = {
   name: 'tm1',
   vmType: 'qemu',
   roots: oldRoots,
-  configPath: `${OLD}/.config/containers/podman/machine/qemu/tm1.json`,
-  files: machineFiles(fixture('podman4-qemu-machine.json')),
+  configPath: CONFIG4,
+  files: machineFiles(fixture('podman4-qemu-machine.json'), CONFIG4),
   connections: machineConnections(fixture('podman4-qemu-machine.json')),
 };
 

@@ -32,13 +32,14 @@ beforeEach(() => {
   mkdirSync(stage);
   mkdirSync(home);
   const config = JSON.parse(configText) as Record<string, unknown>;
+  const configPath = `${OLD}/.config/containers/podman/machine/qemu/tm1.json`;
   const manifest: MachineManifest = {
     version: 1,
     name: 'tm1',
     vmType: 'qemu',
     roots: { home: OLD, dataHome: `${OLD}/.local/share`, configHome: `${OLD}/.config` },
-    configPath: `${OLD}/.config/containers/podman/machine/qemu/tm1.json`,
-    files: machineFiles(config),
+    configPath,
+    files: machineFiles(config, configPath),
     connections: machineConnections(config),
   };
   writeFileSync(join(stage, 'manifest.json'), JSON.stringify(manifest));

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadActionMetadata } from '../../src/core/action-metadata.js';
 import { MapInputSource, RecordingInputSource } from '../../src/core/inputs.js';
-import { saveKey } from '../../src/actions/remote-build-env/cache-mounts.js';
+import { cacheMountDir, saveKey } from '../../src/actions/remote-build-env/cache-mounts.js';
 import { EMPTY_FINGERPRINT, fingerprintDir } from '../../src/actions/remote-build-env/fingerprint.js';
 import { parseSshHost, readInputs } from '../../src/actions/remote-build-env/inputs.js';
 import { serviceCommand } from '../../src/actions/remote-build-env/local-service.js';
@@ -364,6 +364,13 @@ describe('cache-mount fingerprint and keys', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+
+  it('finds cache mounts where the service’s buildah keeps them: per user from podman 4.4 on', () => {
+    const v = (text: string) => parseVersion(text)!;
+    expect(cacheMountDir('/t', v('4.3.1'), 0)).toBe('/t/buildah-cache');
+    expect(cacheMountDir('/t', v('4.4.0'), 0)).toBe('/t/buildah-cache-0');
+    expect(cacheMountDir('/t', v('5.4.2'), 1001)).toBe('/t/buildah-cache-1001');
   });
 
   it('saves under the restore prefix plus 16 fingerprint characters', () => {

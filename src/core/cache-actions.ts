@@ -10,6 +10,7 @@
  * its debug as debug, its masks as secrets) and its warnings/errors are kept to classify the outcome, which the
  * wrapper then reports once, in its own words (no error annotation for a cache that merely was unavailable).
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
 import { streamRestore, StreamUnusable } from './cache-stream.js';
 import type { Host } from './host.js';
@@ -90,30 +91,47 @@ async function withLibraryLog<T>(
   return run;
 }
 
+/** The library call an asynchronous write comes from: its output is captured whenever it comes. */
+const libraryCall = new AsyncLocalStorage<object>();
+
 async function captureWhile<T>(
   host: Host,
   fn: () => Promise<T>,
 ): Promise<{ value: T; lines: LibraryLine[] }> {
   const timeoutMs = cacheCallTimeoutMs();
   const lines: LibraryLine[] = [];
-  // The Host writes through @actions/core too: interceptStdout sends its own lines straight out.
-  const restore = interceptStdout((line, passthrough) => {
-    const parsed = parseLine(line);
-    if (parsed.kind === 'mask') host.setSecret(parsed.text);
-    else if (parsed.kind === 'raw') passthrough(`${parsed.text}\n`);
-    else {
-      lines.push(parsed);
-      if (parsed.kind === 'info' && !LIBRARY_FAILURE.test(parsed.text)) host.info(parsed.text);
-      else if (parsed.kind === 'info') host.debug(parsed.text);
-      else
-        host.debug(parsed.kind === 'debug' ? parsed.text : `@actions/cache ${parsed.kind}: ${parsed.text}`);
-    }
-  });
+  const call = {};
+  // The Host writes through @actions/core too: interceptStdout sends its own lines straight out, and so do
+  // writes that are not this library call's (the rest of the process meanwhile).
+  const restore = interceptStdout(
+    (line, passthrough) => {
+      const parsed = parseLine(line);
+      if (parsed.kind === 'mask') host.setSecret(parsed.text);
+      else if (parsed.kind === 'raw') passthrough(`${parsed.text}\n`);
+      else {
+        lines.push(parsed);
+        if (parsed.kind === 'info' && !LIBRARY_FAILURE.test(parsed.text)) host.info(parsed.text);
+        else if (parsed.kind === 'info') host.debug(parsed.text);
+        else
+          host.debug(parsed.kind === 'debug' ? parsed.text : `@actions/cache ${parsed.kind}: ${parsed.text}`);
+      }
+    },
+    { captures: () => libraryCall.getStore() === call },
+  );
+  const promise = libraryCall.run(call, fn);
+  let settled = false;
+  promise.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
   try {
-    const value = await withDeadline(fn(), timeoutMs);
+    const value = await withDeadline(promise, timeoutMs);
     return { value, lines };
   } finally {
-    restore();
+    // A call abandoned at the deadline still runs: when it fails later (the service resets the connection),
+    // the library prints `::warning::Failed to restore` on stdout. Its capture stays until it has settled.
+    if (settled) restore();
+    else promise.then(restore, restore);
   }
 }
 

@@ -24,14 +24,16 @@ export function parseLibraryCommand(line: string): LibraryCommand | undefined {
  * Takes over process.stdout.write until the returned function is called (which also hands over a last line
  * without its newline). Each complete line goes to `onLine` with a `passthrough` that writes to the real stdout.
  * Whatever `onLine` itself writes to process.stdout (a host logging through @actions/core) goes straight out
- * instead of coming back as another line.
+ * instead of coming back as another line, and so does any write for which `captures` says no.
  */
 export function interceptStdout(
   onLine: (line: string, passthrough: (text: string) => void) => void,
+  options: { captures?: () => boolean } = {},
 ): () => void {
   const original = process.stdout.write;
   const passthrough = (text: string) => void original.call(process.stdout, text);
   let handling = false;
+  let released = false;
   let pending = '';
   const handle = (line: string) => {
     handling = true;
@@ -41,8 +43,9 @@ export function interceptStdout(
       handling = false;
     }
   };
-  process.stdout.write = function (chunk: unknown, ...rest: unknown[]): boolean {
-    if (handling) return (original as (...a: unknown[]) => boolean).call(process.stdout, chunk, ...rest);
+  const patched = function (chunk: unknown, ...rest: unknown[]): boolean {
+    if (handling || released || (options.captures && !options.captures()))
+      return (original as (...a: unknown[]) => boolean).call(process.stdout, chunk, ...rest);
     pending += typeof chunk === 'string' ? chunk : Buffer.from(chunk as Uint8Array).toString('utf8');
     const lines = pending.split('\n');
     pending = lines.pop() ?? '';
@@ -51,9 +54,14 @@ export function interceptStdout(
     if (callback) callback();
     return true;
   } as typeof process.stdout.write;
+  process.stdout.write = patched;
   return () => {
-    process.stdout.write = original;
+    if (released) return;
+    released = true;
     if (pending) handle(pending);
     pending = '';
+    // A later interception may sit on top by now (a call abandoned at its deadline releases late): then this
+    // one stays in the chain, passing everything through.
+    if (process.stdout.write === patched) process.stdout.write = original;
   };
 }

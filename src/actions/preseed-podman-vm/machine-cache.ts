@@ -14,6 +14,7 @@ import { MachineRelocationError, relocateMachineConfig, type Relocated } from '.
 import {
   CONFIG_FILE,
   MANIFEST_FILE,
+  OPTIONAL_FILES,
   currentRoots,
   machineConnections,
   machineFiles,
@@ -57,7 +58,9 @@ export async function stageMachine(
 ): Promise<MachineManifest> {
   const configPath = join(machineDirs(vmType, env).config, `${name}.json`);
   const config = JSON.parse(await readFile(configPath, 'utf8')) as Record<string, unknown>;
-  const files = machineFiles(config).filter((f) => f.staged !== 'identity.pub' || existsSync(f.original));
+  const files = machineFiles(config, configPath).filter(
+    (f) => !OPTIONAL_FILES.has(f.staged) || existsSync(f.original),
+  );
   await rm(stageDir, { recursive: true, force: true });
   await mkdir(stageDir, { recursive: true, mode: 0o700 });
   await copy(configPath, join(stageDir, CONFIG_FILE));

@@ -3,7 +3,7 @@
  * the staging dir that goes into the cache, the manifest recording where they came from, and where each one
  * belongs in another HOME / XDG layout.
  */
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { machineConfigShape, pathRewriter, type MachineRoots } from './machine-config.js';
 
 export const MANIFEST_FILE = 'manifest.json';
@@ -49,17 +49,27 @@ function identityOf(config: Json): string | undefined {
     : pathOf((config.SSH as Json).IdentityPath);
 }
 
+/** Staged files a machine may lack: the public key, and podman 5's ignition (a WSL machine has none). */
+export const OPTIONAL_FILES: ReadonlySet<string> = new Set(['identity.pub', 'ignition']);
+
 /**
- * The files besides the config JSON that a machine is made of: its disk, ignition file (podman 4 names it in the
- * config) and ssh identity. The public key is not named in the config but sits next to the identity.
+ * The files besides the config JSON (at `configPath`) that a machine is made of: its disk, ignition file and ssh
+ * identity. Podman 4 names the ignition file in the config; podman 5 does not, and keeps it beside the config
+ * as `<name>.ign` (its start passes it to the VM, so a machine moved without it cannot boot). The public key is
+ * not named in the config but sits next to the identity.
  */
-export function machineFiles(config: Json): StagedFile[] {
+export function machineFiles(config: Json, configPath: string): StagedFile[] {
   const files: StagedFile[] = [];
   const add = (staged: string, original: string | undefined) => {
     if (original) files.push({ staged, original });
   };
   add('disk', pathOf(config.ImagePath));
-  add('ignition', pathOf(config.IgnitionFilePath));
+  add(
+    'ignition',
+    machineConfigShape(config) === 'podman4'
+      ? pathOf(config.IgnitionFilePath)
+      : join(dirname(configPath), `${String(config.Name)}.ign`),
+  );
   const identity = identityOf(config);
   add('identity', identity);
   add('identity.pub', identity && `${identity}.pub`);

@@ -1,6 +1,6 @@
 /**
- * Persisting `RUN --mount=type=cache` contents between runs: the service's $TMPDIR/buildah-cache is restored
- * before the service starts and saved after it stopped (so nothing writes while tar reads).
+ * Persisting `RUN --mount=type=cache` contents between runs: the service's cache-mount dir below its $TMPDIR is
+ * restored before the service starts and saved after it stopped (so nothing writes while tar reads).
  *
  * Keys: the contents change with every build that touches them and a cache entry can never be overwritten, so
  * each save gets a key named after what it holds (`<cache-key>-<os>-<arch>-<fingerprint>`) and a restore takes
@@ -11,22 +11,29 @@ import { join } from 'node:path';
 import { cacheKeyPrefix, restoreCache, saveCache } from '../../core/cache.js';
 import type { Host } from '../../core/host.js';
 import { EMPTY_FINGERPRINT, fingerprintDir } from './fingerprint.js';
+import type { Version } from './podman.js';
 import type { CacheState } from './state.js';
 
 /** Enough of the fingerprint to tell cache generations apart. */
 const KEY_FINGERPRINT_CHARS = 16;
 
-export function cacheMountDir(tmpdir: string): string {
-  return join(tmpdir, 'buildah-cache');
+/**
+ * Where the service's buildah keeps cache mounts: `$TMPDIR/buildah-cache` up to podman 4.3 (buildah 1.28), and
+ * `$TMPDIR/buildah-cache-<uid>` from podman 4.4 (buildah 1.29) on, uid being the service's user (0 rootful).
+ * The service runs as this process's user.
+ */
+export function cacheMountDir(tmpdir: string, podman: Version, uid = process.getuid?.() ?? 0): string {
+  const perUser = podman.major > 4 || (podman.major === 4 && podman.minor >= 4);
+  return join(tmpdir, perUser ? `buildah-cache-${uid}` : 'buildah-cache');
 }
 
+/** Restores the newest entry under the key prefix into `path` (the cacheMountDir of the service). */
 export async function restoreCacheMounts(
   host: Host,
-  tmpdir: string,
+  path: string,
   cacheKey: string,
   restoreKeys: readonly string[],
 ): Promise<CacheState> {
-  const path = cacheMountDir(tmpdir);
   const prefix = cacheKeyPrefix({ prefix: cacheKey });
   // The prefix is passed as a restore key too: only restore keys are matched by prefix everywhere.
   const result = await restoreCache(host, [path], prefix, [prefix, ...restoreKeys]);

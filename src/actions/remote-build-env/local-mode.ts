@@ -58,6 +58,7 @@ export async function startLocalService(
   const scratch = await scratchDir(host);
   const placed = await planSocket(inputs.socket, scratch);
   const { tmpdir, stable } = await serviceTmpdir(inputs, scratch);
+  const cacheDir = cacheMountDir(tmpdir, version);
   const plan: ServicePlan = { socket: placed.socket, tmpdir, logFile: join(scratch, 'service.log') };
   if (inputs.isolateStorage) {
     const base = join(scratch, 'storage');
@@ -95,7 +96,7 @@ export async function startLocalService(
   );
   if (inputs.cacheMounts) {
     state.cache = await host.group('Restore cache mounts', () =>
-      restoreCacheMounts(host, tmpdir, inputs.cacheKey, inputs.restoreKeys),
+      restoreCacheMounts(host, cacheDir, inputs.cacheKey, inputs.restoreKeys),
     );
     saveRunState(host, state);
   }
@@ -120,7 +121,6 @@ export async function startLocalService(
   const url = socketUrl(plan.socket);
   host.exportVariable('CONTAINER_HOST', url);
   if (inputs.exportDockerHost) host.exportVariable('DOCKER_HOST', url);
-  const cacheDir = cacheMountDir(tmpdir);
   host.setOutput('socket', plan.socket);
   host.setOutput('container-host', url);
   host.setOutput('tmpdir', tmpdir);

@@ -8,7 +8,7 @@ import { spawnTracked, type TrackedChild } from './tracked.js';
 
 export interface ServicePlan {
   socket: string;
-  /** The service's TMPDIR: buildah keeps `RUN --mount=type=cache` data in $TMPDIR/buildah-cache. */
+  /** The service's TMPDIR: buildah keeps `RUN --mount=type=cache` data below it (see cacheMountDir). */
   tmpdir: string;
   logFile: string;
   /** A private image store instead of the default one. */
