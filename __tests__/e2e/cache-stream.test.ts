@@ -202,14 +202,14 @@ describe('streaming restore, cache service v2', () => {
   });
 
   it("restores remote-build-env's cache mounts through the stream", async () => {
-    const tmpdir = join(dirs.runnerTemp, 'ici-rbe');
-    const mounts = join(tmpdir, 'buildah-cache');
+    // The service's cache-mount dir (cacheMountDir of its TMPDIR); its name does not matter here.
+    const mounts = join(dirs.runnerTemp, 'ici-rbe', 'buildah-cache');
     const digest = await fillTree(mounts, 1, 6 * MiB);
     await saveWithLibrary([mounts], 'rbe-mounts-Linux-X64-0123456789abcdef');
     await laterRun([dirs.runnerTemp]);
     const { host, log } = cliHost();
     const before = ranged();
-    const state = await restoreCacheMounts(host, tmpdir, 'rbe-mounts', []);
+    const state = await restoreCacheMounts(host, mounts, 'rbe-mounts', []);
     expect(state.matchedKey).toBe('rbe-mounts-Linux-X64-0123456789abcdef');
     expect(treeDigest(mounts)).toBe(digest);
     expect(ranged()).toBeGreaterThan(before);

@@ -94,11 +94,17 @@ describe('core/cache on the Actions cache backend, CLI host', () => {
     expect(await restoreCache(host, [dir], 'trunc-key')).toEqual({ hit: false, backend: 'actions' });
     expect(log.some((l) => l.startsWith('warning: Cache unavailable, continuing without it'))).toBe(true);
   });
+});
 
+describe('core/cache on the Actions cache backend, v1 (GHES)', () => {
+  beforeAll(() => env.use(service.envV1({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
+
+  // v1, where restores go through the library (v2 restores stream, under their own deadline): a library call
+  // abandoned at its deadline keeps running, and must stay quiet when it fails later.
   it('stops waiting for a hung service after IMAGE_CI_CACHE_TIMEOUT and carries on; the abandoned call stays quiet', async () => {
     const dir = data('hung', 'z');
     const { host, log } = cliHost(true);
-    service.hang(['GetCacheEntryDownloadURL']);
+    service.hang(['V1Lookup']);
     process.env.IMAGE_CI_CACHE_TIMEOUT = '1s';
     // stdout as the CLI's caller sees it, for the whole life of the abandoned call.
     const { value, lines } = await captureStdout(async () => {
@@ -108,13 +114,13 @@ describe('core/cache on the Actions cache backend, CLI host', () => {
       } finally {
         delete process.env.IMAGE_CI_CACHE_TIMEOUT;
       }
-      // The abandoned call fails once the service drops it; the library then complains (`::warning::Failed
-      // to restore: ... ECONNRESET`), which must reach the host log as debug, never stdout.
-      service.dropHung();
-      await eventually(
-        () => log.some((l) => l.startsWith('debug: @actions/cache warning: Failed to restore')),
-        'the abandoned call reported its failure to the host log',
-      );
+      // The abandoned call fails once the service drops it (and the retries the library makes on v1); the
+      // library then complains (`::warning::Failed to restore: ... socket hang up`), which must reach the host
+      // log as debug, never stdout.
+      await eventually(() => {
+        service.dropHung();
+        return log.some((l) => l.startsWith('debug: @actions/cache warning: Failed to restore'));
+      }, 'the abandoned call reported its failure to the host log');
       return restored;
     });
     expect(value).toEqual({ hit: false, backend: 'actions' });
@@ -124,10 +130,6 @@ describe('core/cache on the Actions cache backend, CLI host', () => {
     // The abandoned call does not block the next one.
     expect((await saveCache(host, [dir], 'hung-key')).outcome).toBe('saved');
   });
-});
-
-describe('core/cache on the Actions cache backend, v1 (GHES)', () => {
-  beforeAll(() => env.use(service.envV1({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
 
   it('reports an entry over the size limit as too-large (v1: refused at reserve)', async () => {
     service.maxEntryBytes = 10;
