@@ -149,10 +149,13 @@ function tlsErrorCode(error: unknown): string | undefined {
   return undefined;
 }
 
-/** True when the error says the other end answered the TLS handshake with plain HTTP. */
-export function isPlainHttpAnswer(error: unknown): boolean {
+/** True when the error is the TLS verdict of a server that speaks TLS (an alert, a certificate refused). */
+export function isTlsAlert(error: unknown): boolean {
   const code = tlsErrorCode(error);
-  return code !== undefined && PLAIN_HTTP.has(code);
+  return (
+    code !== undefined &&
+    (CLIENT_CERT_REFUSED.has(code) || UNTRUSTED_CERTIFICATE.has(code) || INVALID_CERTIFICATE.has(code))
+  );
 }
 
 /**

@@ -15,7 +15,7 @@
  * meanwhile wait for its answer, so the fallback costs one handshake per registry, not one per request.
  */
 import type { Readable } from 'node:stream';
-import { Agent, type Dispatcher } from 'undici';
+import { Agent, buildConnector, type Dispatcher } from 'undici';
 import type { Credential } from '../auth.js';
 import { parseChallenges, preferredChallenge } from './challenge.js';
 import { RegistryError } from './errors.js';
@@ -24,7 +24,7 @@ import { DEFAULT_RETRY, RetryBudget, TransientError, isRetryableStatus, parseRet
 import type { RetryPolicy } from './retry.js';
 import { RegistryAuth } from './token.js';
 import { failureMessage, networkFailure, type RegistryResponse, wrapResponse } from './response.js';
-import { tlsConnectOptions, tlsFailure, type RegistryTls } from './tls.js';
+import { isTlsAlert, tlsConnectOptions, tlsFailure, type RegistryTls } from './tls.js';
 
 export interface TransportOptions {
   /** host[:port] as in an image reference (`docker.io` is reached at its API host). */
@@ -104,6 +104,11 @@ export class RegistryTransport {
   /** Whether the scheme still has to be found out (tlsVerify false); the probe in flight, if any. */
   private schemeUnknown: boolean;
   private schemeProbe: Promise<unknown> | undefined;
+  /**
+   * The last TLS alert one of our connections got. A server refusing a client certificate (TLS 1.3) sends its
+   * alert after the handshake: undici then only reports "other side closed", the socket itself knows why.
+   */
+  private tlsAlert: unknown;
 
   constructor(options: TransportOptions) {
     this.registry = options.registry;
@@ -120,13 +125,7 @@ export class RegistryTransport {
     };
     this.userAgent = options.userAgent ?? 'image-ci-actions';
     this.ownsDispatcher = !options.dispatcher;
-    this.dispatcher =
-      options.dispatcher ??
-      new Agent({
-        headersTimeout: this.timeoutMs,
-        bodyTimeout: this.timeoutMs,
-        connect: { timeout: this.timeoutMs, ...tlsConnectOptions(options.tls, options.tlsVerify !== false) },
-      });
+    this.dispatcher = options.dispatcher ?? this.ownAgent(options);
     this.auth = new RegistryAuth({
       registry: options.registry,
       credentials: options.credentials,
@@ -134,6 +133,35 @@ export class RegistryTransport {
       send: (spec, budget) => this.send(spec, budget),
       budget: () => this.budget(),
     });
+  }
+
+  private ownAgent(options: TransportOptions): Agent {
+    const connect = buildConnector({
+      timeout: this.timeoutMs,
+      ...tlsConnectOptions(options.tls, options.tlsVerify !== false),
+    });
+    return new Agent({
+      headersTimeout: this.timeoutMs,
+      bodyTimeout: this.timeoutMs,
+      connect: (connectOptions, callback) =>
+        connect(connectOptions, (...args) => {
+          args[1]?.on('error', (error) => {
+            if (isTlsAlert(error)) this.tlsAlert = error;
+          });
+          callback(...args);
+        }),
+    });
+  }
+
+  /** The TLS error behind a failed try: its own, or the alert its (closed) connection got. */
+  private tlsCause(error: unknown): unknown {
+    const code = (error as { code?: string }).code ?? '';
+    return ['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE'].includes(code) && this.tlsAlert ? this.tlsAlert : error;
+  }
+
+  /** What a failed try says about TLS, if anything, in words with the fix. */
+  private tlsProblem(error: unknown, what: string): Error | undefined {
+    return tlsFailure(this.tlsCause(error), what, this.registry, this.tls);
   }
 
   url(path: string): URL {
@@ -162,7 +190,7 @@ export class RegistryTransport {
       try {
         response = await this.dispatch(spec, authorization);
       } catch (error) {
-        const tlsProblem = tlsFailure(error, spec.what, this.registry, this.tls);
+        const tlsProblem = this.tlsProblem(error, spec.what);
         if (tlsProblem) throw tlsProblem;
         const failure = networkFailure(error, spec.what, this.timeoutMs);
         if (!(failure instanceof TransientError) || typeof spec.body === 'function') throw failure;
@@ -239,10 +267,17 @@ export class RegistryTransport {
     try {
       response = await this.dispatchOn(probeSpec, authorization, 'https:');
     } catch (httpsError) {
+      // A server that got as far as a TLS alert speaks TLS: plain http is no way around its refusal.
+      if (isTlsAlert(this.tlsCause(httpsError))) throw httpsError;
       try {
         response = await this.dispatchOn(probeSpec, authorization, 'http:');
       } catch {
         // Neither answered: the https failure is the one to report (and retry).
+        throw httpsError;
+      }
+      if (response.status === 400) {
+        // What an https server says to plain http ("Client sent an HTTP request to an HTTPS server").
+        await response.drain();
         throw httpsError;
       }
       this.scheme = 'http:';
