@@ -121,7 +121,10 @@ describe('image sources', () => {
     ['docker://quay.io/a/b:1', { transport: 'docker', location: 'quay.io/a/b:1' }],
     ['containers-storage:localhost/x', { transport: 'containers-storage', location: 'localhost/x' }],
     ['docker-daemon:localhost/x:1', { transport: 'docker-daemon', location: 'localhost/x:1' }],
-    [`docker-daemon:sha256:${'a'.repeat(64)}`, { transport: 'docker-daemon', location: `sha256:${'a'.repeat(64)}` }],
+    [
+      `docker-daemon:sha256:${'a'.repeat(64)}`,
+      { transport: 'docker-daemon', location: `sha256:${'a'.repeat(64)}` },
+    ],
     ['localhost/x:1', { transport: 'containers-storage', location: 'localhost/x:1' }],
     ['busybox:latest', { transport: 'containers-storage', location: 'busybox:latest' }],
   ])('%s', (text, spec) => {

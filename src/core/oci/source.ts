@@ -253,24 +253,27 @@ const LOCAL_MEANINGS: ReadonlyArray<[RegExp, string]> = [
   [/timed out after/i, 'it did not finish in time'],
 ];
 
-/** The tool's own message: skopeo's `msg="..."` of its fatal line, or the last line it printed. */
-function toolMessage(error: ExecError): string {
-  const text = (error.result?.stderr.trim() || error.result?.stdout.trim() || error.message).trim();
+/** The tool's own words: skopeo's `msg="..."` of its fatal line, or the first line it printed. */
+function toolMessage(tool: string, text: string): string {
   const fatal = /level=fatal msg="((?:[^"\\]|\\.)*)"/.exec(text);
-  const line = fatal ? fatal[1]!.replace(/\\"/g, '"') : (text.split('\n').filter(Boolean).pop() ?? text);
-  return externalText(line.replace(/^Error: /, ''), 240);
+  const line = fatal ? fatal[1]!.replace(/\\"/g, '"') : (text.split('\n').find((l) => l.trim()) ?? text);
+  return externalText(line.replace(/^Error: /, '').replace(`${tool}: `, ''), 240);
 }
 
 /** One line for a failed export: what could not be read, what that means and what to do, then the tool's words. */
 export function childFailure(tool: string, error: ExecError, spec: ExportableSource): string {
-  const said = toolMessage(error);
+  const timedOut = /timed out after/.test(error.message);
+  const text = timedOut
+    ? error.message
+    : error.result?.stderr.trim() || error.result?.stdout.trim() || error.message;
+  const said = toolMessage(tool, text);
   const subject = formatImageSource(spec);
   let meaning: string | undefined;
   if (spec.transport === 'docker') {
     const registry = parseReference(spec.location).registry;
-    meaning = MEANINGS.find(([re]) => re.test(said))?.[1](registry);
+    meaning = MEANINGS.find(([re]) => re.test(text))?.[1](registry);
   } else {
-    meaning = LOCAL_MEANINGS.find(([re]) => re.test(said))?.[1];
+    meaning = LOCAL_MEANINGS.find(([re]) => re.test(text))?.[1];
   }
   return `cannot read the source ${subject}: ${meaning ? `${meaning} (${tool}: ${said})` : `${tool}: ${said}`}`;
 }
