@@ -265,7 +265,7 @@ describe('push-multi-tag: credentials and TLS as podman, skopeo and docker find 
   });
 
   describe('errors a user can act on', () => {
-    it('an https registry whose CA is not trusted: one message naming certs.d and insecure-registries, no retries; insecure-registries then pushes over https unverified', async () => {
+    it('an https registry whose CA is not trusted: one message naming certs.d and insecure-registries, no retries; tls-verify: false pushes over https unverified; NODE_EXTRA_CA_CERTS trusts it', async () => {
       const stranger = await startRegistry({ tls: 'server' });
       try {
         const refused = await push({ repositories: `${stranger.host}/a/b` });
@@ -281,6 +281,14 @@ describe('push-multi-tag: credentials and TLS as podman, skopeo and docker find 
         expect(pushed.errors).toEqual([]);
         expect(pushed.log).toContain(`${stranger.host}: TLS is not verified`);
         expect(stranger.log()).toMatch(/"PUT \/v2\/a\/b\/manifests\/latest HTTP\/[\d.]+" 201/);
+
+        // NODE_EXTRA_CA_CERTS still works, also beside a certs.d CA for another registry in the same push.
+        const trusted = await push(
+          { repositories: `${stranger.host}/c/d, ${privateCa.host}/c/d` },
+          { NODE_EXTRA_CA_CERTS: stranger.ca!.caCert },
+        );
+        expect(trusted.errors).toEqual([]);
+        expect(trusted.log).not.toContain(`${stranger.host}: TLS is not verified`);
       } finally {
         await stranger.stop();
       }

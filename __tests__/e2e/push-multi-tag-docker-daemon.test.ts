@@ -5,7 +5,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runAction, runnerTempLeftovers } from '../support/harness.js';
@@ -66,7 +67,7 @@ describe('push-multi-tag from docker-daemon: (real Docker engine, real docker-re
     source: string,
     repository: string,
     extra: Record<string, string> = {},
-    env: Record<string, string> = {},
+    env: Record<string, string | undefined> = {},
   ) =>
     runAction({
       action: 'push-multi-tag',
@@ -89,7 +90,9 @@ describe('push-multi-tag from docker-daemon: (real Docker engine, real docker-re
     const r = await push('docker-daemon:localhost/ici/app:v1', 'daemon/app');
     expect(r.errors).toEqual([]);
     expect(r.main.exitCode).toBe(0);
-    expect(r.log).toContain(`Exporting localhost/ici/app:v1 from the Docker engine at ${engine.host}`);
+    expect(r.log).toContain(
+      `Exporting localhost/ici/app:v1 from the Docker engine at ${engine.host} (DOCKER_HOST)`,
+    );
     const manifest = await remote('daemon/app:latest');
     expect(manifest.config.digest).toBe(imageId);
     expect(manifest.layers.map((l) => l.mediaType)).toEqual(
@@ -137,7 +140,7 @@ describe('push-multi-tag from docker-daemon: (real Docker engine, real docker-re
       { DOCKER_HOST: nowhere },
     );
     expect(absent.errors[0]).toContain(
-      `no Docker engine answers at ${nowhere}; start it, or set DOCKER_HOST`,
+      `no Docker engine answers at ${nowhere} (DOCKER_HOST); start it, or set DOCKER_HOST`,
     );
 
     const ssh = await push(
@@ -146,6 +149,32 @@ describe('push-multi-tag from docker-daemon: (real Docker engine, real docker-re
       {},
       { DOCKER_HOST: 'ssh://ci@build-host' },
     );
-    expect(ssh.errors[0]).toContain('DOCKER_HOST ssh://… is not supported (only unix:// and tcp://)');
+    expect(ssh.errors[0]).toContain(
+      'docker-daemon: ssh://… (DOCKER_HOST) is not supported (only unix:// and tcp://)',
+    );
+  });
+
+  it('without DOCKER_HOST, the docker context the docker CLI would use (currentContext in $DOCKER_CONFIG/config.json)', async () => {
+    const config = join(work, 'docker-config');
+    const meta = join(config, 'contexts', 'meta', createHash('sha256').update('ici-test').digest('hex'));
+    mkdirSync(meta, { recursive: true });
+    writeFileSync(join(config, 'config.json'), JSON.stringify({ currentContext: 'ici-test' }));
+    writeFileSync(
+      join(meta, 'meta.json'),
+      JSON.stringify({
+        Name: 'ici-test',
+        Metadata: {},
+        Endpoints: { docker: { Host: engine.host, SkipTLSVerify: false } },
+      }),
+    );
+    const r = await push(
+      'docker-daemon:localhost/ici/app:v1',
+      'daemon/context',
+      {},
+      { DOCKER_HOST: undefined, DOCKER_CONFIG: config },
+    );
+    expect(r.errors).toEqual([]);
+    expect(r.log).toContain(`from the Docker engine at ${engine.host} (docker context ici-test)`);
+    expect((await remote('daemon/context:v1')).config.digest).toBe(imageId);
   });
 });

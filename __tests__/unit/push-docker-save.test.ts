@@ -205,7 +205,7 @@ describe('dockerSaveToLayout', () => {
     expect(layers).toHaveLength(2);
   });
 
-  it('Docker 25 format, with a layer too big for memory streamed into the layout', async () => {
+  it('Docker 25 format: a 5 MiB layer streamed into the layout as it arrives', async () => {
     const exp = blobsExport({ bigLayer: true });
     const image = await toLayout(exp);
     const manifest = JSON.parse(image.root.bytes.toString('utf8')) as {
@@ -228,6 +228,28 @@ describe('dockerSaveToLayout', () => {
         mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
       }),
     );
+  });
+
+  it('an empty layer (a tar of end blocks only, as docker writes for metadata-only steps) is compressed like any other', async () => {
+    const dir = mkdtempSync(join(work, 'empty-'));
+    const empty = Buffer.alloc(1024);
+    const config = Buffer.from(JSON.stringify({ rootfs: { type: 'layers', diff_ids: [sha(empty)] } }));
+    mkdirSync(join(dir, 'l'));
+    writeFileSync(join(dir, 'l', 'layer.tar'), empty);
+    writeFileSync(join(dir, 'c.json'), config);
+    writeFileSync(
+      join(dir, 'manifest.json'),
+      JSON.stringify([{ Config: 'c.json', Layers: ['l/layer.tar'] }]),
+    );
+    const image = await toLayout({
+      file: archive(dir, ['l', 'c.json', 'manifest.json']),
+      config,
+      diffIds: [],
+      layers: [],
+    });
+    const manifest = JSON.parse(image.root.bytes.toString('utf8')) as { layers: { digest: string }[] };
+    const blob = readFileSync(join(image.dir, 'blobs', 'sha256', manifest.layers[0]!.digest.slice(7)));
+    expect(gunzipSync(blob)).toEqual(empty);
   });
 
   it('compress: none keeps layers uncompressed (their digest is their diff_id)', async () => {

@@ -9,9 +9,12 @@
  * reading it. Unversioned API paths are answered at the engine's own current version, so this works with every
  * engine, old or new.
  *
- * The engine is where docker looks for it: DOCKER_HOST (`unix://`, or `tcp://` with DOCKER_TLS_VERIFY /
- * DOCKER_TLS and the certificates in DOCKER_CERT_PATH, default ~/.docker), else /var/run/docker.sock.
+ * The engine is where the docker CLI looks for it: DOCKER_HOST (`unix://`, or `tcp://` with DOCKER_TLS_VERIFY /
+ * DOCKER_TLS and the certificates in DOCKER_CERT_PATH, default ~/.docker); else the docker context named by
+ * DOCKER_CONTEXT or `currentContext` in $DOCKER_CONFIG/config.json (what docker/setup-docker-action, colima and
+ * rootless docker set up); else /var/run/docker.sock.
  */
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -29,47 +32,115 @@ const HEADERS_TIMEOUT_MS = 30 * 60_000;
 const BODY_TIMEOUT_MS = 5 * 60_000;
 
 export interface DockerEngine {
-  /** DOCKER_HOST as given (or the default), for messages. */
+  /** Where the engine is, and what said so, for messages. */
   address: string;
   origin: string;
   dispatcher: Agent;
 }
 
+interface EngineEndpoint {
+  host: string;
+  /** Why this engine: `DOCKER_HOST`, `docker context <name>` or the default. */
+  via: string;
+  /** A directory with ca.pem, cert.pem and key.pem for tcp:// with TLS. */
+  tlsDir?: string;
+  tlsVerify: boolean;
+  tls: boolean;
+}
+
+function readJson(path: string): Record<string, unknown> | undefined {
+  try {
+    const parsed = JSON.parse(readFileSync(path, 'utf8')) as unknown;
+    return typeof parsed === 'object' && parsed !== null ? (parsed as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The engine the docker CLI would talk to (the module comment gives the order). */
+export function engineEndpoint(env: NodeJS.ProcessEnv = process.env): EngineEndpoint {
+  const home = env.HOME || homedir();
+  if (env.DOCKER_HOST) {
+    return {
+      host: env.DOCKER_HOST,
+      via: 'DOCKER_HOST',
+      tlsDir: env.DOCKER_CERT_PATH || join(home, '.docker'),
+      tlsVerify: Boolean(env.DOCKER_TLS_VERIFY),
+      tls: Boolean(env.DOCKER_TLS_VERIFY || env.DOCKER_TLS),
+    };
+  }
+  const configDir = env.DOCKER_CONFIG || join(home, '.docker');
+  const current = readJson(join(configDir, 'config.json'))?.currentContext;
+  const name = env.DOCKER_CONTEXT || (typeof current === 'string' ? current : '');
+  if (name && name !== 'default') {
+    // docker keeps a context under the sha256 of its name.
+    const id = createHash('sha256').update(name).digest('hex');
+    const endpoint = (
+      readJson(join(configDir, 'contexts', 'meta', id, 'meta.json'))?.Endpoints as
+        Record<string, unknown> | undefined
+    )?.docker as { Host?: unknown; SkipTLSVerify?: unknown } | undefined;
+    if (typeof endpoint?.Host !== 'string') {
+      throw new ActionError(
+        `docker-daemon: the docker context '${externalText(name, 60)}' (${env.DOCKER_CONTEXT ? 'DOCKER_CONTEXT' : `currentContext in ${join(configDir, 'config.json')}`}) has no docker endpoint in ${join(configDir, 'contexts', 'meta')}.`,
+      );
+    }
+    const tlsDir = join(configDir, 'contexts', 'tls', id, 'docker');
+    let tls = false;
+    try {
+      readFileSync(join(tlsDir, 'ca.pem'));
+      tls = true;
+    } catch {
+      // a context without TLS material talks plain tcp (or a socket)
+    }
+    return {
+      host: endpoint.Host,
+      via: `docker context ${name}`,
+      tlsDir,
+      tlsVerify: tls && endpoint.SkipTLSVerify !== true,
+      tls,
+    };
+  }
+  return { host: DEFAULT_DOCKER_HOST, via: 'the default socket', tlsVerify: false, tls: false };
+}
+
 export function dockerEngine(env: NodeJS.ProcessEnv = process.env): DockerEngine {
-  const address = env.DOCKER_HOST || DEFAULT_DOCKER_HOST;
+  const endpoint = engineEndpoint(env);
+  const address = `${endpoint.host} (${endpoint.via})`;
   const timeouts = { headersTimeout: HEADERS_TIMEOUT_MS, bodyTimeout: BODY_TIMEOUT_MS };
-  if (address.startsWith('unix://')) {
-    const socketPath = address.slice('unix://'.length);
+  if (endpoint.host.startsWith('unix://')) {
+    const socketPath = endpoint.host.slice('unix://'.length);
     return {
       address,
       origin: 'http://docker',
       dispatcher: new Agent({ ...timeouts, connect: { socketPath } }),
     };
   }
-  if (address.startsWith('tcp://')) {
-    const hostPort = address.slice('tcp://'.length).replace(/\/+$/, '');
-    const verify = Boolean(env.DOCKER_TLS_VERIFY);
-    if (!verify && !env.DOCKER_TLS) {
-      return { address, origin: `http://${hostPort}`, dispatcher: new Agent(timeouts) };
-    }
-    const certs = env.DOCKER_CERT_PATH || join(env.HOME || homedir(), '.docker');
-    const read = (name: string) => {
+  if (endpoint.host.startsWith('tcp://')) {
+    const hostPort = endpoint.host.slice('tcp://'.length).replace(/\/+$/, '');
+    if (!endpoint.tls) return { address, origin: `http://${hostPort}`, dispatcher: new Agent(timeouts) };
+    const read = (name: string, required: boolean) => {
+      const path = join(endpoint.tlsDir ?? '', name);
       try {
-        return readFileSync(join(certs, name), 'utf8');
+        return readFileSync(path, 'utf8');
       } catch (error) {
+        if (!required) return undefined;
         throw new ActionError(
-          `docker-daemon: DOCKER_HOST ${address} uses TLS, but ${join(certs, name)} cannot be read: ${errorMessage(error)}`,
+          `docker-daemon: ${address} uses TLS, but ${path} cannot be read: ${errorMessage(error)}`,
         );
       }
     };
-    const connect = verify
-      ? { ca: read('ca.pem'), cert: read('cert.pem'), key: read('key.pem'), rejectUnauthorized: true }
-      : { rejectUnauthorized: false };
+    // A client certificate when there is one; the CA only matters when the engine's certificate is verified.
+    const connect = {
+      ca: endpoint.tlsVerify ? read('ca.pem', true) : undefined,
+      cert: read('cert.pem', false),
+      key: read('key.pem', false),
+      rejectUnauthorized: endpoint.tlsVerify,
+    };
     return { address, origin: `https://${hostPort}`, dispatcher: new Agent({ ...timeouts, connect }) };
   }
-  const scheme = /^[a-z]+:\/\//i.exec(address)?.[0] ?? address;
+  const scheme = /^[a-z]+:\/\//i.exec(endpoint.host)?.[0] ?? endpoint.host;
   throw new ActionError(
-    `docker-daemon: DOCKER_HOST ${externalText(scheme, 40)}… is not supported (only unix:// and tcp://); for ssh, forward the engine's socket (ssh -L) and point DOCKER_HOST at the local end.`,
+    `docker-daemon: ${externalText(scheme, 40)}… (${endpoint.via}) is not supported (only unix:// and tcp://); for ssh, forward the engine's socket (ssh -L) and point DOCKER_HOST at the local end.`,
   );
 }
 
@@ -119,7 +190,8 @@ export async function readDockerDaemonImage(ref: string, options: DockerDaemonOp
       });
     }
   } finally {
-    await engine.dispatcher.close();
+    // destroy, not close: after a failure mid-export the rest of the body is not wanted, and close would wait for it.
+    await engine.dispatcher.destroy();
   }
   if (compression === 'gzip') return readOciLayout(layoutDir, 'image');
   // zstd is left to skopeo, as for every other source (Node.js has no zstd before 22.15).

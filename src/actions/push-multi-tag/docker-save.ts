@@ -19,8 +19,13 @@ import { readTar } from './tar-stream.js';
 
 const LAYER_TAR = 'application/vnd.oci.image.layer.v1.tar';
 const CONFIG = 'application/vnd.oci.image.config.v1+json';
-/** Entries up to this size wait in memory for manifest.json to say what they are (configs, small layers). */
-const IN_MEMORY_LIMIT = 4 * 1024 * 1024;
+/**
+ * JSON entries (configs, manifests) wait in memory for manifest.json to say what they are, up to this size;
+ * anything that looks like a layer goes to the layout at once, whatever its size.
+ */
+const JSON_LIMIT = 16 * 1024 * 1024;
+/** At most this small, a layer can only be an empty tar: kept in memory too. */
+const TINY = 1024;
 
 export interface DockerSaveOptions {
   /** The OCI layout to write (created); the image is named `image` in its index.json. */
@@ -47,9 +52,15 @@ interface SaveManifestEntry {
 }
 
 function compressionOf(head: Buffer): 'gzip' | 'zstd' | undefined {
+  if (head.length < 4) return undefined;
   if (head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
   if (head.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
   return undefined;
+}
+
+/** A tar's first header: the ustar magic (POSIX "ustar\0", GNU "ustar "), as every layer writer puts it. */
+function isTar(head: Buffer): boolean {
+  return head.length >= 263 && head.subarray(257, 262).toString('latin1') === 'ustar';
 }
 
 /** Collects at least `n` bytes of `body` (or all of it), and an iterable that replays them before the rest. */
@@ -85,7 +96,7 @@ async function storeBlob(
   head: Buffer,
   compress: DockerSaveOptions['compress'],
 ): Promise<StoredBlob> {
-  const compressed = head.length >= 4 ? compressionOf(head) : undefined;
+  const compressed = compressionOf(head);
   const gzip = !compressed && compress === 'gzip';
   const diff = createHash('sha256');
   const blob = createHash('sha256');
@@ -146,20 +157,23 @@ export async function dockerSaveToLayout(
   await mkdir(join(layoutDir, 'blobs', 'sha256'), { recursive: true });
   const stored = new Map<string, Stored>();
   const links = new Map<string, string>();
+  const unread = new Set<string>();
   await readTar(stream, async (entry, body) => {
     if (entry.type === 'symlink') {
       links.set(entry.name, posix.normalize(posix.join(posix.dirname(entry.name), entry.linkname)));
     } else if (entry.type === 'hardlink') {
       links.set(entry.name, posix.normalize(entry.linkname));
     } else if (entry.type === 'file') {
-      if (entry.size <= IN_MEMORY_LIMIT) {
-        const parts: Buffer[] = [];
-        for await (const part of body) parts.push(part);
-        stored.set(entry.name, { kind: 'memory', data: Buffer.concat(parts) });
-      } else {
-        const { head, all } = await peek(body, 512);
+      const { head, all } = await peek(body, 512);
+      if (entry.size > TINY && (isTar(head) || compressionOf(head))) {
         stored.set(entry.name, await storeBlob(layoutDir, all, head, options.compress));
+      } else if (entry.size <= JSON_LIMIT) {
+        const parts: Buffer[] = [];
+        for await (const part of all) parts.push(part);
+        stored.set(entry.name, { kind: 'memory', data: Buffer.concat(parts) });
       }
+      // Anything else is neither a layer nor metadata: left unread (an error if manifest.json names it).
+      else unread.add(entry.name);
     }
   });
 
@@ -167,10 +181,14 @@ export async function dockerSaveToLayout(
     let path = typeof name === 'string' ? posix.normalize(name) : '';
     for (let hops = 0; links.has(path) && hops < 16; hops++) path = links.get(path)!;
     const found = stored.get(path);
-    if (!found)
+    if (!found) {
+      const named = typeof name === 'string' ? name : 'an entry';
       throw new Error(
-        `${what}: the export lacks ${typeof name === 'string' ? name : 'an entry'} named in manifest.json.`,
+        unread.has(path)
+          ? `${what}: ${named} is too large for image metadata and is no layer.`
+          : `${what}: the export lacks ${named} named in manifest.json.`,
       );
+    }
     return found;
   };
   const index = stored.get('manifest.json');
@@ -184,7 +202,7 @@ export async function dockerSaveToLayout(
   }
   const image = images[0] as SaveManifestEntry;
   const config = resolve(image.Config);
-  if (config.kind !== 'memory') throw new Error(`${what}: the image config is implausibly large.`);
+  if (config.kind !== 'memory') throw new Error(`${what}: the image config is a layer, not JSON.`);
   const diffIds = (parseJson(config.data, `${what}: the image config`) as { rootfs?: { diff_ids?: unknown } })
     .rootfs?.diff_ids;
   const layerNames = Array.isArray(image.Layers) ? (image.Layers as unknown[]) : [];

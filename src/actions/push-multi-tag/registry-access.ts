@@ -66,7 +66,10 @@ export async function preparePushAccess(host: Host, inputs: PushInputs): Promise
   }
   if (!sourceRef) return { destinations, source: { tlsVerify: inputs.tlsVerify }, release: async () => {} };
 
-  const src = await access(host, inputs, sourceRef.registry, credentials.source);
+  const shared = destinations.get(sourceRef.registry);
+  const src = shared
+    ? { ...shared, credentials: credentials.source }
+    : await access(host, inputs, sourceRef.registry, credentials.source);
   let auth: IsolatedAuth | undefined;
   if (src.credentials) {
     auth = await createIsolatedAuth(host, [{ registry: sourceRef.registry, ...src.credentials }]);
