@@ -1,15 +1,19 @@
 /**
  * Real registries for tests: `docker-registry serve <config>` (Debian's distribution 2.8) on a free 127.0.0.1
  * port with storage in a temp dir, either open, with htpasswd basic auth, or with token auth backed by a small
- * token server that signs real RS256 JWTs the registry verifies (certificate made with openssl at start).
+ * token server that signs real RS256 JWTs the registry verifies (certificate made with openssl at start). The
+ * token server also takes OAuth2 refresh-token grants (POST), for identity tokens. Optionally over https with a
+ * CA made by the test, and then optionally requiring a client certificate signed by that CA.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createSign, randomBytes, X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { makeTestCa, type TestCa } from './test-ca.js';
 
 export type RegistryAuth = 'none' | 'htpasswd' | 'token';
 
@@ -24,11 +28,17 @@ export interface RegistryOptions {
    * hangs or answers HTML). Requests it takes are still recorded in `tokenRequests`.
    */
   tokenHook?: (req: IncomingMessage, res: ServerResponse) => boolean;
+  /** Token auth: identity tokens (OAuth2 refresh tokens) the token server accepts, each for `username`. */
+  identityTokens?: string[];
+  /** Serve https with a certificate from a CA made for this registry; `client-cert` also requires one. */
+  tls?: 'server' | 'client-cert';
 }
 
 export interface TokenRequest {
   user?: string;
   scopes: string[];
+  /** How the token was asked for: docker's GET with Basic credentials, or an OAuth2 refresh-token grant. */
+  grant?: 'basic' | 'refresh_token';
 }
 
 export interface RegistryService {
@@ -43,6 +53,8 @@ export interface RegistryService {
   tokenRequests: TokenRequest[];
   /** The registry's WWW-Authenticate challenge (token auth only), for relays that answer 401 themselves. */
   challenge?: string;
+  /** The CA (and server/client certificates) of an https registry. */
+  ca?: TestCa;
   /** The registry's log so far (access log lines included). */
   log(): string;
   stop(): Promise<void>;
@@ -69,6 +81,7 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
   const host = `127.0.0.1:${port}`;
   const tokenRequests: TokenRequest[] = [];
   let tokenServer: Server | undefined;
+  const ca = options.tls ? makeTestCa(dir, `ici-test ${port}`) : undefined;
   let authConfig = '';
   let challenge: string | undefined;
   if (auth === 'htpasswd') {
@@ -81,6 +94,7 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
     tokenServer = await startTokenServer(tokenPort, signer, tokenRequests, {
       users: { [username!]: password! },
       pullOnlyUsers: options.pullOnlyUsers ?? {},
+      identityTokens: Object.fromEntries((options.identityTokens ?? []).map((t) => [t, username!])),
       hook: options.tokenHook,
     });
     challenge = `Bearer realm="http://127.0.0.1:${tokenPort}/token",service="${TOKEN_SERVICE}"`;
@@ -91,7 +105,7 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
   const config =
     `version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n` +
     `storage:\n  filesystem:\n    rootdirectory: ${join(dir, 'data')}\n  delete:\n    enabled: true\n` +
-    `http:\n  addr: ${host}\n  secret: ${randomBytes(16).toString('hex')}\n${authConfig}`;
+    `http:\n  addr: ${host}\n  secret: ${randomBytes(16).toString('hex')}\n${ca ? tlsConfig(ca, options.tls!) : ''}${authConfig}`;
   const configPath = join(dir, 'config.yml');
   writeFileSync(configPath, config);
 
@@ -101,7 +115,7 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
   child.stderr.on('data', (c: Buffer) => logChunks.push(c.toString('utf8')));
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   try {
-    await waitForHttp(`http://${host}/v2/`, child, () => logChunks.join(''));
+    await waitForHttp(`${ca ? 'https' : 'http'}://${host}/v2/`, child, () => logChunks.join(''), ca);
   } catch (error) {
     await stopChild(child, exited);
     tokenServer?.close();
@@ -109,8 +123,9 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
   }
   return {
     host,
-    url: `http://${host}`,
+    url: `${ca ? 'https' : 'http'}://${host}`,
     auth,
+    ca,
     username,
     password,
     dir,
@@ -133,11 +148,42 @@ async function stopChild(child: ChildProcess, exited: Promise<void>): Promise<vo
   clearTimeout(timer);
 }
 
-async function waitForHttp(url: string, child: ChildProcess, log: () => string): Promise<void> {
+function tlsConfig(ca: TestCa, mode: 'server' | 'client-cert'): string {
+  const clientCas = mode === 'client-cert' ? `    clientcas:\n      - ${ca.caCert}\n` : '';
+  return `  tls:\n    certificate: ${ca.serverCert}\n    key: ${ca.serverKey}\n${clientCas}`;
+}
+
+/** One GET over https trusting the test CA (and showing its client certificate); resolves on any answer. */
+function httpsAnswer(url: string, ca: TestCa): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(
+      url,
+      {
+        ca: readFileSync(ca.caCert),
+        cert: readFileSync(ca.clientCert),
+        key: readFileSync(ca.clientKey),
+        timeout: 2000,
+      },
+      (res) => {
+        res.resume();
+        res.on('end', resolve);
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+async function waitForHttp(url: string, child: ChildProcess, log: () => string, ca?: TestCa): Promise<void> {
   const deadline = Date.now() + 20_000;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`docker-registry exited early:\n${log()}`);
     try {
+      if (ca) {
+        await httpsAnswer(url, ca);
+        return;
+      }
       const response = await fetch(url, { signal: AbortSignal.timeout(2000) });
       await response.arrayBuffer();
       return;
@@ -205,11 +251,21 @@ async function startTokenServer(
   options: {
     users: Record<string, string>;
     pullOnlyUsers: Record<string, string>;
+    /** refresh token -> user */
+    identityTokens: Record<string, string>;
     hook?: (req: IncomingMessage, res: ServerResponse) => boolean;
   },
 ): Promise<Server> {
   const users = { ...options.users, ...options.pullOnlyUsers };
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    if (req.method === 'POST') {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () =>
+        refreshGrant(req, res, new URLSearchParams(Buffer.concat(chunks).toString('utf8'))),
+      );
+      return;
+    }
     const url = new URL(req.url ?? '/', 'http://token');
     const scopes = url.searchParams.getAll('scope');
     if (options.hook?.(req, res)) {
@@ -228,11 +284,35 @@ async function startTokenServer(
       }
       user = name;
     }
-    requests.push({ user, scopes });
+    requests.push({ user, scopes, grant: 'basic' });
     if (!user) {
       res.writeHead(401, { 'content-type': 'application/json' }).end('{"details":"login required"}');
       return;
     }
+    grant(res, user, scopes, url.searchParams.get('service'));
+  });
+
+  /** docker's OAuth2 flow for identity tokens: grant_type=refresh_token, scopes in the form (repeated). */
+  function refreshGrant(req: IncomingMessage, res: ServerResponse, form: URLSearchParams): void {
+    const scopes = form.getAll('scope').flatMap((s) => s.split(' ').filter(Boolean));
+    const user = options.identityTokens[form.get('refresh_token') ?? ''];
+    requests.push({ user, scopes, grant: 'refresh_token' });
+    const contentType = req.headers['content-type'] ?? '';
+    if (
+      form.get('grant_type') !== 'refresh_token' ||
+      !contentType.startsWith('application/x-www-form-urlencoded')
+    ) {
+      res.writeHead(400, { 'content-type': 'application/json' }).end('{"error":"unsupported_grant_type"}');
+      return;
+    }
+    if (!user) {
+      res.writeHead(400, { 'content-type': 'application/json' }).end('{"error":"invalid_grant"}');
+      return;
+    }
+    grant(res, user, scopes, form.get('service'));
+  }
+
+  function grant(res: ServerResponse, user: string, scopes: string[], service: string | null): void {
     // As token servers do: the token grants what the user may do of what was asked, not more.
     const pullOnly = user in options.pullOnlyUsers;
     const access = scopes.map((scope) => {
@@ -243,7 +323,7 @@ async function startTokenServer(
     const now = Math.floor(Date.now() / 1000);
     const token = signer.sign({
       iss: TOKEN_ISSUER,
-      aud: url.searchParams.get('service') ?? TOKEN_SERVICE,
+      aud: service ?? TOKEN_SERVICE,
       sub: user,
       exp: now + 300,
       nbf: now - 10,
@@ -254,7 +334,7 @@ async function startTokenServer(
     res
       .writeHead(200, { 'content-type': 'application/json' })
       .end(JSON.stringify({ token, access_token: token, expires_in: 300 }));
-  });
+  }
   await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
   return server;
 }

@@ -16,7 +16,7 @@ import {
   createIsolatedAuth,
   findCredential,
   normaliseAuthKey,
-  parseAuthFile,
+  parseAuthConfig,
   removeIsolatedAuth,
 } from '../../src/core/auth.js';
 import { CliHost } from '../../src/core/host.js';
@@ -108,7 +108,7 @@ describe('auth', () => {
   const b64 = (s: string) => Buffer.from(s).toString('base64');
 
   it('parses containers and docker auth files, normalising keys', () => {
-    const auths = parseAuthFile(
+    const { auths } = parseAuthConfig(
       JSON.stringify({
         auths: {
           'https://index.docker.io/v1/': { auth: b64('hub:pw:with:colons') },
@@ -128,8 +128,11 @@ describe('auth', () => {
       ['r.example', { username: 'host', password: '1' }],
       ['r.example/team', { username: 'team', password: '2' }],
     ]);
-    expect(findCredential(auths, 'r.example', 'team/app')?.username).toBe('team');
-    expect(findCredential(auths, 'r.example', 'other/app')?.username).toBe('host');
+    expect(findCredential(auths, 'r.example', 'team/app')).toEqual({
+      key: 'r.example/team',
+      credential: { username: 'team', password: '2' },
+    });
+    expect(findCredential(auths, 'r.example', 'other/app')?.credential.username).toBe('host');
     expect(findCredential(auths, 'q.example', 'team/app')).toBeUndefined();
   });
 
@@ -149,7 +152,7 @@ describe('auth', () => {
       expect(secrets).toEqual(['pw', b64('bob:pw')]);
       expect(statSync(auth.dir).mode & 0o777).toBe(0o700);
       expect(statSync(auth.authFile).mode & 0o777).toBe(0o600);
-      expect(parseAuthFile(readFileSync(auth.authFile, 'utf8')).get('r.example:5000')).toEqual({
+      expect(parseAuthConfig(readFileSync(auth.authFile, 'utf8')).auths.get('r.example:5000')).toEqual({
         username: 'bob',
         password: 'pw',
       });

@@ -120,6 +120,11 @@ describe('image sources', () => {
     ['docker-archive:/tmp/d.tar', { transport: 'docker-archive', location: '/tmp/d.tar' }],
     ['docker://quay.io/a/b:1', { transport: 'docker', location: 'quay.io/a/b:1' }],
     ['containers-storage:localhost/x', { transport: 'containers-storage', location: 'localhost/x' }],
+    ['docker-daemon:localhost/x:1', { transport: 'docker-daemon', location: 'localhost/x:1' }],
+    [
+      `docker-daemon:sha256:${'a'.repeat(64)}`,
+      { transport: 'docker-daemon', location: `sha256:${'a'.repeat(64)}` },
+    ],
     ['localhost/x:1', { transport: 'containers-storage', location: 'localhost/x:1' }],
     ['busybox:latest', { transport: 'containers-storage', location: 'busybox:latest' }],
   ])('%s', (text, spec) => {
@@ -128,8 +133,11 @@ describe('image sources', () => {
     expect(formatImageSource(parseImageSource(text))).toBe(explicit);
   });
   it.each([
-    ['dir:/tmp/x', /unknown transport 'dir:'/],
-    ['docker-daemon:./x', /unknown transport 'docker-daemon:'/],
+    ['dir:/tmp/x', /the dir: transport is known but not supported as a push source; convert it first/],
+    ['sif:/tmp/x.sif', /the sif: transport is known but not supported/],
+    ['tarball:/tmp/x.tar', /the tarball: transport is known but not supported/],
+    ['nosuch:/tmp/x', /unknown transport 'nosuch:'/],
+    ['docker-daemon:./x', /invalid|reference/],
     ['oci:', /names no image/],
     ['docker://', /names no image|empty/],
   ])('refuses %s', (text, message) => {

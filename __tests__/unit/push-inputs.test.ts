@@ -53,7 +53,10 @@ describe('push-multi-tag readInputs', () => {
 
   it.each([
     [{ source: undefined }, "Input 'source': is required but was not given."],
-    [{ source: 'dir:/tmp/x' }, "Input 'source': unknown transport 'dir:'"],
+    [
+      { source: 'dir:/tmp/x' },
+      "Input 'source': the dir: transport is known but not supported as a push source",
+    ],
     [{ source: 'docker:quay.io/a' }, "Input 'source': 'docker:quay.io/a': write docker://<reference>."],
     [{ source: 'Not A Name' }, "Input 'source':"],
     [{ repositories: ' ' }, "Input 'repositories': is required but was not given."],

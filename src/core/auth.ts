@@ -1,9 +1,10 @@
 /**
- * Registry credentials kept out of the user's global config: an auth file (containers auth.json format, also
- * valid as a docker config.json) in a private temp dir, masked, and removed by main and again by post.
+ * Registry credentials in the files podman, skopeo and docker share (containers-auth.json(5), docker's
+ * config.json), read the way containers/image reads them; and credentials kept out of the user's config: an
+ * auth file in a private temp dir, masked, and removed by main and again by post.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Host } from './host.js';
 import { runnerTemp } from './workspace.js';
@@ -11,6 +12,11 @@ import { runnerTemp } from './workspace.js';
 export interface Credential {
   username: string;
   password: string;
+  /**
+   * An OAuth2 refresh token (docker's `identitytoken`), exchanged with the registry's token server for access
+   * tokens; username and password are then only descriptive.
+   */
+  identityToken?: string;
 }
 
 export interface RegistryCredential extends Credential {
@@ -18,53 +24,108 @@ export interface RegistryCredential extends Credential {
   registry: string;
 }
 
+/** One auth file: credentials by normalised key, and the credential helpers it names. */
+export interface AuthConfig {
+  auths: Map<string, Credential>;
+  /** Registry host -> helper name (`docker-credential-<name>`). */
+  credHelpers: Map<string, string>;
+  /** docker's default helper for every registry without an entry of its own. */
+  credsStore?: string;
+}
+
 const AUTH_DIR_STATE = 'ici-auth-dir';
+const DOCKER_HUB_ALIASES = new Set(['docker.io', 'index.docker.io', 'registry-1.docker.io']);
 
 function encodeAuth(c: Credential): string {
   return Buffer.from(`${c.username}:${c.password}`, 'utf8').toString('base64');
 }
 
-/** Normalises the keys docker and podman write ("https://index.docker.io/v1/", "host/", "host/path"). */
+/**
+ * The key docker and podman wrote, as `host[:port][/path]`: a URL form ("https://index.docker.io/v1/") means
+ * its host only, as in containers/image; Docker Hub's names are all `docker.io`.
+ */
 export function normaliseAuthKey(key: string): string {
-  let k = key.replace(/^[a-z]+:\/\//i, '').replace(/\/+$/, '');
-  if (k === 'index.docker.io/v1' || k === 'index.docker.io' || k === 'registry-1.docker.io') k = 'docker.io';
-  return k;
+  const stripped = key.replace(/^https?:\/\//i, '');
+  const k = stripped !== key ? stripped.split('/')[0]! : stripped.replace(/\/+$/, '');
+  const slash = k.indexOf('/');
+  const host = (slash < 0 ? k : k.slice(0, slash)).toLowerCase();
+  const rest = slash < 0 ? '' : k.slice(slash);
+  return `${DOCKER_HUB_ALIASES.has(host) ? 'docker.io' : host}${rest}`;
 }
 
-/** Parses a containers auth.json / docker config.json; entries without usable credentials are skipped. */
-export function parseAuthFile(text: string): Map<string, Credential> {
-  const parsed = JSON.parse(text) as {
-    auths?: Record<string, { auth?: string; username?: string; password?: string }>;
-  };
-  const result = new Map<string, Credential>();
-  for (const [key, entry] of Object.entries(parsed.auths ?? {})) {
-    let cred: Credential | undefined;
-    if (entry.auth) {
-      const decoded = Buffer.from(entry.auth, 'base64').toString('utf8');
-      const colon = decoded.indexOf(':');
-      if (colon > 0) cred = { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
-    } else if (entry.username && entry.password) {
-      cred = { username: entry.username, password: entry.password };
+interface AuthEntry {
+  auth?: unknown;
+  username?: unknown;
+  password?: unknown;
+  identitytoken?: unknown;
+}
+
+function decodeEntry(entry: AuthEntry): Credential | undefined {
+  let username = '';
+  let password = '';
+  if (typeof entry.auth === 'string' && entry.auth) {
+    const decoded = Buffer.from(entry.auth, 'base64').toString('utf8');
+    const colon = decoded.indexOf(':');
+    if (colon >= 0) {
+      username = decoded.slice(0, colon);
+      // containers/image trims the NULs some writers leave at the end.
+      password = decoded.slice(colon + 1).replace(/\0+$/, '');
     }
-    if (cred) result.set(normaliseAuthKey(key), cred);
+  } else if (typeof entry.username === 'string' && typeof entry.password === 'string') {
+    username = entry.username;
+    password = entry.password;
   }
-  return result;
+  const identityToken = typeof entry.identitytoken === 'string' ? entry.identitytoken : '';
+  if (identityToken) return { username, password, identityToken };
+  // `{}` entries are docker's markers for a credential kept by a helper, not credentials.
+  return username && password ? { username, password } : undefined;
 }
 
 /**
- * The credential for a repository the way containers/image looks it up: the longest matching
- * `host/path` prefix first, then the bare host.
+ * Parses a containers auth.json / docker config.json (or, `legacy`, the old ~/.dockercfg: the `auths` map alone).
+ * Throws on text that is not such a JSON object. Keys already in normal form win over URL forms of the same host.
+ */
+export function parseAuthConfig(text: string, legacy = false): AuthConfig {
+  const parsed = JSON.parse(text) as unknown;
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    throw new Error('not a JSON object');
+  }
+  const doc = parsed as { auths?: unknown; credHelpers?: unknown; credsStore?: unknown };
+  const entries = (legacy ? doc : doc.auths) as Record<string, AuthEntry> | undefined;
+  const auths = new Map<string, Credential>();
+  const ordered = Object.entries(typeof entries === 'object' && entries ? entries : {}).sort(
+    ([a], [b]) => Number(normaliseAuthKey(a) !== a) - Number(normaliseAuthKey(b) !== b),
+  );
+  for (const [key, entry] of ordered) {
+    const credential = typeof entry === 'object' && entry ? decodeEntry(entry) : undefined;
+    const normal = normaliseAuthKey(key);
+    if (credential && !auths.has(normal)) auths.set(normal, credential);
+  }
+  const credHelpers = new Map<string, string>();
+  if (!legacy && typeof doc.credHelpers === 'object' && doc.credHelpers) {
+    for (const [key, helper] of Object.entries(doc.credHelpers as Record<string, unknown>)) {
+      if (typeof helper === 'string' && helper) credHelpers.set(normaliseAuthKey(key), helper);
+    }
+  }
+  const credsStore =
+    !legacy && typeof doc.credsStore === 'string' && doc.credsStore ? doc.credsStore : undefined;
+  return credsStore ? { auths, credHelpers, credsStore } : { auths, credHelpers };
+}
+
+/**
+ * The entry for a repository the way containers/image looks it up: the longest matching `host/path` prefix
+ * first, then the bare host. Returns the key that matched, for the log.
  */
 export function findCredential(
-  auths: Map<string, Credential>,
+  auths: ReadonlyMap<string, Credential>,
   registryHost: string,
   repository: string,
-): Credential | undefined {
+): { key: string; credential: Credential } | undefined {
   const parts = repository.split('/');
   for (let n = parts.length; n >= 0; n--) {
     const key = n === 0 ? registryHost : `${registryHost}/${parts.slice(0, n).join('/')}`;
-    const found = auths.get(key);
-    if (found) return found;
+    const credential = auths.get(key);
+    if (credential) return { key, credential };
   }
   return undefined;
 }
@@ -85,11 +146,17 @@ export async function createIsolatedAuth(
   host: Host,
   creds: readonly RegistryCredential[],
 ): Promise<IsolatedAuth> {
-  const auths: Record<string, { auth: string }> = {};
+  const auths: Record<string, { auth: string; identitytoken?: string }> = {};
   for (const c of creds) {
-    host.setSecret(c.password);
-    host.setSecret(encodeAuth(c));
-    auths[normaliseAuthKey(c.registry)] = { auth: encodeAuth(c) };
+    if (c.password) {
+      host.setSecret(c.password);
+      host.setSecret(encodeAuth(c));
+    }
+    if (c.identityToken) host.setSecret(c.identityToken);
+    auths[normaliseAuthKey(c.registry)] = {
+      auth: encodeAuth(c),
+      ...(c.identityToken ? { identitytoken: c.identityToken } : {}),
+    };
   }
   const dir = join(runnerTemp(), `ici-auth-${randomBytes(3).toString('hex')}`);
   await mkdir(dir, { mode: 0o700 });
@@ -115,8 +182,4 @@ export async function removeIsolatedAuth(host: Host): Promise<string | undefined
   if (!dir) return undefined;
   await rm(dir, { recursive: true, force: true });
   return dir;
-}
-
-export async function readAuthFile(path: string): Promise<Map<string, Credential>> {
-  return parseAuthFile(await readFile(path, 'utf8'));
 }

@@ -1,27 +1,226 @@
-/** Which credential each destination registry gets: the username/password inputs, else the auth file's entry. */
-import { findCredential, readAuthFile, type Credential } from '../../core/auth.js';
+/**
+ * Which credential each registry gets, found where podman, skopeo and docker logins put them. Without the
+ * `username`/`password` inputs, each registry is looked up in these files in order, first match wins:
+ * the `auth-file` input, REGISTRY_AUTH_FILE, `$XDG_RUNTIME_DIR/containers/auth.json` (podman login's default;
+ * `/run/containers/<uid>/auth.json` without XDG_RUNTIME_DIR), `$XDG_CONFIG_HOME/containers/auth.json`,
+ * `$DOCKER_CONFIG/config.json` (docker login's; default `~/.docker/config.json`), `~/.dockercfg`, and for root
+ * `/etc/containers/auth.json` (first instead of last in a systemd service, as containers/image does). In each file,
+ * as containers/image reads it: a `credHelpers` entry for the host decides that file's answer; else the entry with
+ * the longest matching `host/path` prefix, then the host; else docker's `credsStore` helper.
+ *
+ * Files are only read (lazily, each once) and helpers only asked (`get`); nothing is ever written to them.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { findCredential, parseAuthConfig, type AuthConfig, type Credential } from '../../core/auth.js';
+import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
+import { externalText } from '../../core/oci/response.js';
+import { ActionError, errorMessage } from '../../core/run.js';
+import { askHelper, type HelperAnswer } from './credential-helpers.js';
 import { Input, type Destination, type PushInputs } from './inputs.js';
 
-export async function credentialsByRegistry(inputs: PushInputs): Promise<Map<string, Credential>> {
-  const result = new Map<string, Credential>();
-  if (inputs.username && inputs.password) {
-    for (const d of inputs.repositories)
-      result.set(d.registry, { username: inputs.username, password: inputs.password });
-    return result;
+export interface AuthFileSpec {
+  path: string;
+  /** The old ~/.dockercfg layout: the `auths` map alone. */
+  legacy?: boolean;
+  /** Read only when no group or others can read it (the system-wide file). */
+  ownerOnly?: boolean;
+  /** The `auth-file` input: a problem with it is the user's input mistake. */
+  fromInput?: boolean;
+}
+
+export interface FoundCredential {
+  credential: Credential;
+  /** Where it came from, for the log: a file and entry, or a helper. Never the secret. */
+  source: string;
+}
+
+const SYSTEM_AUTH_FILE = '/etc/containers/auth.json';
+
+/** The files to search, in order, for this environment (the module comment lists the rule). */
+export function authFileSearchPath(
+  authFileInput: string | undefined,
+  env: NodeJS.ProcessEnv = process.env,
+  uid: number | undefined = process.getuid?.(),
+): AuthFileSpec[] {
+  const home = env.HOME || homedir();
+  const explicit: AuthFileSpec[] = [];
+  if (authFileInput) explicit.push({ path: authFileInput, fromInput: true });
+  if (env.REGISTRY_AUTH_FILE) explicit.push({ path: env.REGISTRY_AUTH_FILE });
+  const runtime = env.XDG_RUNTIME_DIR
+    ? [join(env.XDG_RUNTIME_DIR, 'containers', 'auth.json')]
+    : uid !== undefined
+      ? [`/run/containers/${uid}/auth.json`]
+      : [];
+  const defaults: AuthFileSpec[] = [
+    ...runtime.map((path) => ({ path })),
+    { path: join(env.XDG_CONFIG_HOME || join(home, '.config'), 'containers', 'auth.json') },
+    { path: join(env.DOCKER_CONFIG || join(home, '.docker'), 'config.json') },
+    { path: join(home, '.dockercfg'), legacy: true },
+  ];
+  if (uid !== 0) return [...explicit, ...defaults];
+  const system: AuthFileSpec = { path: SYSTEM_AUTH_FILE, ownerOnly: true };
+  return env.INVOCATION_ID ? [system, ...explicit, ...defaults] : [...explicit, ...defaults, system];
+}
+
+export class CredentialLookup {
+  private readonly configs = new Map<string, Promise<AuthConfig | undefined>>();
+  private readonly helperAnswers = new Map<string, Promise<HelperAnswer>>();
+
+  constructor(
+    readonly files: readonly AuthFileSpec[],
+    private readonly log: (line: string) => void,
+    private readonly env: NodeJS.ProcessEnv = process.env,
+  ) {}
+
+  /** The credential for `registry/repository`, or undefined (anonymous). */
+  async find(registry: string, repository: string): Promise<FoundCredential | undefined> {
+    for (const file of this.files) {
+      const config = await this.read(file);
+      if (!config) continue;
+      const helper = config.credHelpers.get(registry);
+      if (helper) {
+        // As in containers/image: the helper named for this host is this file's whole answer.
+        const found = await this.fromHelper(helper, registry, `credHelpers in ${file.path}`);
+        if (found) return found;
+        continue;
+      }
+      const entry = findCredential(config.auths, registry, repository);
+      if (entry) return { credential: entry.credential, source: `${file.path} (entry ${entry.key})` };
+      if (config.credsStore) {
+        const found = await this.fromHelper(config.credsStore, registry, `credsStore in ${file.path}`);
+        if (found) return found;
+      }
+    }
+    return undefined;
   }
-  if (!inputs.authFile) return result;
-  let auths: Map<string, Credential>;
+
+  private async fromHelper(
+    helper: string,
+    registry: string,
+    named: string,
+  ): Promise<FoundCredential | undefined> {
+    const key = `${helper}\n${registry}`;
+    let answer = this.helperAnswers.get(key);
+    if (!answer) {
+      answer = askHelper(helper, registry, this.env).then((a) => {
+        if (a.kind === 'not-installed')
+          this.log(`${registry}: ${a.program} (${named}) is not on PATH; looking further.`);
+        return a;
+      });
+      this.helperAnswers.set(key, answer);
+    }
+    const settled = await answer;
+    if (settled.kind !== 'found') return undefined;
+    return { credential: settled.credential, source: `docker-credential-${helper} (${named})` };
+  }
+
+  private read(file: AuthFileSpec): Promise<AuthConfig | undefined> {
+    let config = this.configs.get(file.path);
+    if (!config) {
+      config = readAuthConfig(file, this.log);
+      this.configs.set(file.path, config);
+    }
+    return config;
+  }
+}
+
+async function readAuthConfig(
+  file: AuthFileSpec,
+  log: (line: string) => void,
+): Promise<AuthConfig | undefined> {
   try {
-    auths = await readAuthFile(inputs.authFile);
+    if (file.ownerOnly && ((await stat(file.path)).mode & 0o044) !== 0) {
+      log(`Skipping ${file.path}: others can read it (containers/image refuses such a file too).`);
+      return undefined;
+    }
+    return parseAuthConfig(await readFile(file.path, 'utf8'), file.legacy);
   } catch (error) {
-    throw new InputError(Input.authFile, `cannot read ${inputs.authFile}: ${(error as Error).message}`);
+    const code = (error as { code?: unknown }).code;
+    if (!file.fromInput && (code === 'ENOENT' || code === 'ENOTDIR')) return undefined;
+    const reason = externalText(errorMessage(error), 160);
+    if (file.fromInput) throw new InputError(Input.authFile, `cannot read ${file.path}: ${reason}`);
+    throw new ActionError(`cannot read the auth file ${file.path}: ${reason}. Fix or remove it.`);
   }
-  const first = new Map<string, Destination>();
-  for (const d of inputs.repositories) if (!first.has(d.registry)) first.set(d.registry, d);
-  for (const [registry, d] of first) {
-    const found = findCredential(auths, registry, d.repository);
-    if (found) result.set(registry, found);
+}
+
+export interface ResolvedCredentials {
+  /** Per destination registry; undefined means anonymous. */
+  destinations: Map<string, Credential | undefined>;
+  /** For a `docker://` source (undefined also when there is none). */
+  source?: Credential;
+}
+
+function sameCredential(a: Credential | undefined, b: Credential | undefined): boolean {
+  return a?.username === b?.username && a?.password === b?.password && a?.identityToken === b?.identityToken;
+}
+
+function describe(
+  registry: string,
+  found: FoundCredential | undefined,
+  searched: readonly AuthFileSpec[],
+): string {
+  if (!found) {
+    return `${registry}: no credentials found (searched ${searched.map((f) => f.path).join(', ')}); anonymous access.`;
   }
-  return result;
+  const who = found.credential.identityToken ? 'an identity token' : `user '${found.credential.username}'`;
+  return `${registry}: credentials (${who}) from ${found.source}.`;
+}
+
+/** Masks a credential's secrets before anything could print them. */
+function mask(host: Host, credential: Credential | undefined): void {
+  if (credential?.password) host.setSecret(credential.password);
+  if (credential?.identityToken) host.setSecret(credential.identityToken);
+}
+
+/**
+ * Credentials for every destination registry and a `docker://` source, logging per registry where each came
+ * from. `username`/`password` win for the destinations (and for a source on one of their registries).
+ */
+export async function resolveCredentials(
+  host: Host,
+  inputs: PushInputs,
+  sourceRepository: { registry: string; repository: string } | undefined,
+  lookup: CredentialLookup = new CredentialLookup(authFileSearchPath(inputs.authFile), (line) =>
+    host.info(line),
+  ),
+): Promise<ResolvedCredentials> {
+  const given: Credential | undefined =
+    inputs.username && inputs.password ? { username: inputs.username, password: inputs.password } : undefined;
+  const destinations = new Map<string, Credential | undefined>();
+  const byRegistry = new Map<string, Destination[]>();
+  for (const d of inputs.repositories) byRegistry.set(d.registry, [...(byRegistry.get(d.registry) ?? []), d]);
+  for (const [registry, repositories] of byRegistry) {
+    if (given) {
+      destinations.set(registry, given);
+      host.info(`${registry}: credentials (user '${given.username}') from the username and password inputs.`);
+      continue;
+    }
+    let first: { repository: string; found: FoundCredential | undefined } | undefined;
+    for (const { repository } of repositories) {
+      const found = await lookup.find(registry, repository);
+      mask(host, found?.credential);
+      if (!first) {
+        first = { repository, found };
+        host.info(describe(registry, found, lookup.files));
+      } else if (!sameCredential(first.found?.credential, found?.credential)) {
+        throw new InputError(
+          Input.repositories,
+          `${registry}/${first.repository} and ${registry}/${repository} have different logins ` +
+            `(${first.found?.source ?? 'none'}; ${found?.source ?? 'none'}), and one push uses one login per registry: ` +
+            'push them in separate steps.',
+        );
+      }
+    }
+    destinations.set(registry, first?.found?.credential);
+  }
+  if (!sourceRepository) return { destinations };
+  const { registry, repository } = sourceRepository;
+  if (given && byRegistry.has(registry)) return { destinations, source: given };
+  const found = await lookup.find(registry, repository);
+  mask(host, found?.credential);
+  host.info(describe(`${registry} (source)`, found, lookup.files));
+  return found ? { destinations, source: found.credential } : { destinations };
 }

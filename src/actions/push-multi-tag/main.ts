@@ -3,20 +3,20 @@
  * parallel, repositories of one registry in turn so the later ones mount what the first one uploaded.
  */
 import { access, writeFile } from 'node:fs/promises';
-import { createIsolatedAuth, type Credential, type IsolatedAuth } from '../../core/auth.js';
 import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
 import { RegistryClient } from '../../core/oci/client.js';
 import type { LocalImage } from '../../core/oci/layout.js';
 import { pushToRepository, type RepositoryPushResult } from '../../core/oci/push.js';
 import { parseReference } from '../../core/oci/reference.js';
-import { openImageSource, formatImageSource } from '../../core/oci/source.js';
+import { formatImageSource } from '../../core/oci/source.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { formatBytes, formatDuration } from '../../core/summary.js';
 import { removeScratchDirs, scratchDir } from '../../core/workspace.js';
-import { credentialsByRegistry } from './credentials.js';
 import { EXPORT_TIMEOUT_MS, Output, REQUEST_TIMEOUT_MS } from './constants.js';
 import { Input, type Destination, type PushInputs } from './inputs.js';
+import { readImageSource } from './image-source.js';
+import { preparePushAccess, type PushAccess, type RegistryAccess } from './registry-access.js';
 import { pushSummary } from './summary.js';
 
 export interface PushedRepository extends RepositoryPushResult {
@@ -38,7 +38,7 @@ function groupByRegistry(destinations: readonly Destination[]): Map<string, stri
 }
 
 async function checkSourceExists(inputs: PushInputs): Promise<void> {
-  if (inputs.source.transport === 'containers-storage' || inputs.source.transport === 'docker') return;
+  if (['containers-storage', 'docker', 'docker-daemon'].includes(inputs.source.transport)) return;
   try {
     await access(inputs.source.location);
   } catch {
@@ -51,24 +51,18 @@ export async function pushMultiTag(host: Host, inputs: PushInputs): Promise<void
   if (inputs.password) host.setSecret(inputs.password);
   const started = Date.now();
   await checkSourceExists(inputs);
-  const credentials = await credentialsByRegistry(inputs);
-  let auth: IsolatedAuth | undefined;
+  let access: PushAccess | undefined;
   try {
-    if (inputs.username && inputs.password) {
-      auth = await createIsolatedAuth(
-        host,
-        [...credentials.entries()].map(([registry, c]) => ({ registry, ...c })),
-      );
-    }
+    access = await preparePushAccess(host, inputs);
     const scratch = await scratchDir(host);
     const image = await host.group(`Read ${formatImageSource(inputs.source)}`, () =>
-      openImageSource(inputs.source, {
+      readImageSource(inputs.source, {
         scratch,
         compression: inputs.compression,
-        authFile: auth?.authFile ?? inputs.authFile,
-        tlsVerify: inputs.tlsVerify,
+        ...access!.source,
         timeoutMs: EXPORT_TIMEOUT_MS,
         log: (line) => host.info(line),
+        debug: (line) => host.debug(line),
       }),
     );
     const totalBytes = image.blobs.reduce((n, b) => n + b.size, 0);
@@ -78,14 +72,14 @@ export async function pushMultiTag(host: Host, inputs: PushInputs): Promise<void
         inputs.tags.join(', '),
     );
     const { pushed, traffic } = await host.group('Push', () =>
-      pushEverywhere(host, inputs, image, credentials),
+      pushEverywhere(host, inputs, image, access!.destinations),
     );
     const durationMs = Date.now() - started;
     report(host, inputs, image, pushed, durationMs);
     await host.appendSummary(pushSummary(pushed, traffic, durationMs));
     if (inputs.digestFile) await writeFile(inputs.digestFile, `${image.root.digest}\n`);
   } finally {
-    await auth?.remove();
+    await access?.release();
     await removeScratchDirs(host);
   }
 }
@@ -94,7 +88,7 @@ async function pushEverywhere(
   host: Host,
   inputs: PushInputs,
   image: LocalImage,
-  credentials: Map<string, Credential>,
+  access: Map<string, RegistryAccess>,
 ): Promise<{ pushed: PushedRepository[]; traffic: RegistryTraffic[] }> {
   const groups = groupByRegistry(inputs.repositories);
   // Registry to registry on the same host: the source repository already holds every blob, so mount from it.
@@ -104,8 +98,7 @@ async function pushEverywhere(
     [...groups].map(async ([registry, repositories]) => {
       const client = new RegistryClient({
         registry,
-        insecure: !inputs.tlsVerify || inputs.insecureRegistries.includes(registry),
-        credentials: credentials.get(registry),
+        ...access.get(registry),
         onToken: (token) => host.setSecret(token),
         timeoutMs: REQUEST_TIMEOUT_MS,
       });

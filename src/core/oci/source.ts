@@ -2,26 +2,55 @@
  * Image sources a push can start from, and how each becomes an OCI layout on disk, once: `oci:` is read in
  * place, `oci-archive:` is unpacked, and containers-storage / docker-archive / docker:// are exported with
  * skopeo (containers-storage through `podman save` when CONTAINER_HOST points at a remote podman service).
+ * `docker-daemon:` is parsed here and read by the push action itself (from the engine's export API).
+ *
+ * A child tool's failure becomes one line that says what it means and what to do, with the tool's own words
+ * (cut short) at the end; its raw output goes to the debug log only, so nothing is printed twice.
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { exec } from '../exec.js';
+import { exec, ExecError } from '../exec.js';
+import { ActionError } from '../run.js';
 import { readOciLayout, type LocalImage } from './layout.js';
 import { parseReference } from './reference.js';
+import { externalText } from './response.js';
 
-export type SourceTransport = 'containers-storage' | 'oci' | 'oci-archive' | 'docker-archive' | 'docker';
+export type SourceTransport =
+  'containers-storage' | 'oci' | 'oci-archive' | 'docker-archive' | 'docker' | 'docker-daemon';
 
-export interface ImageSourceSpec {
-  transport: SourceTransport;
-  /** A path (oci, archives), an image name (containers-storage) or a reference (docker). */
-  location: string;
-  /** The image inside a layout or archive (`oci:<dir>:<ref>`). */
-  ref?: string;
-}
+export type ImageSourceSpec =
+  | {
+      transport: Exclude<SourceTransport, 'docker-daemon'>;
+      /** A path (oci, archives), an image name (containers-storage) or a reference (docker). */
+      location: string;
+      /** The image inside a layout or archive (`oci:<dir>:<ref>`). */
+      ref?: string;
+    }
+  | {
+      transport: 'docker-daemon';
+      /** An image name or ID as the Docker engine knows it. */
+      location: string;
+      ref?: undefined;
+    };
+
+/** The sources this module exports itself (all but docker-daemon). */
+export type ExportableSource = Exclude<ImageSourceSpec, { transport: 'docker-daemon' }>;
 
 export type Compression = 'gzip' | 'zstd';
 
-export interface OpenSourceOptions {
+/** How skopeo reaches a docker:// source: the same rules as the push's own registry client. */
+export interface RemoteSourceAccess {
+  /** false: https without verification, or plain http (skopeo's --src-tls-verify=false). */
+  tlsVerify: boolean;
+  /** A private auth file holding the source's credential. */
+  authFile?: string;
+  /** No credential was found: skopeo must not look for one itself (--src-no-creds). */
+  anonymous?: boolean;
+  /** The certs.d directory with the registry's CAs and client certificate (--src-cert-dir). */
+  certDir?: string;
+}
+
+export interface OpenSourceOptions extends RemoteSourceAccess {
   /** A private directory for exports; the caller removes it. */
   scratch: string;
   env?: NodeJS.ProcessEnv;
@@ -30,12 +59,10 @@ export interface OpenSourceOptions {
    * given), and for layouts and oci-archives only when given and the image has uncompressed layers.
    */
   compression?: Compression;
-  /** Credentials file for a docker:// source. */
-  authFile?: string;
-  /** false: reach a docker:// source over plain http / unverified TLS. */
-  tlsVerify: boolean;
   timeoutMs: number;
   log: (line: string) => void;
+  /** Where a child tool's raw output goes (the step's debug log). */
+  debug?: (line: string) => void;
 }
 
 const UNCOMPRESSED_LAYERS = new Set([
@@ -49,7 +76,17 @@ const TRANSPORTS: readonly SourceTransport[] = [
   'oci-archive',
   'docker-archive',
   'docker',
+  'docker-daemon',
 ];
+
+/** containers/image transports a push cannot start from, and what to do instead. */
+const UNSUPPORTED_TRANSPORTS: Record<string, string> = {
+  dir: 'convert it first: skopeo copy dir:<path> oci:<layout>',
+  tarball: 'import it first (podman import) and push the containers-storage image',
+  sif: 'convert it first: skopeo copy sif:<file> oci:<layout>',
+  ostree: 'export it first: skopeo copy ostree:<ref> oci:<layout>',
+  atomic: 'it was removed from containers/image; use docker://',
+};
 
 /** `path[:ref]` where a ref never contains a slash (so a path with a colon inside a directory name survives). */
 function splitPathRef(text: string): { location: string; ref?: string } {
@@ -66,6 +103,10 @@ export function parseImageSource(text: string): ImageSourceSpec {
   const transport =
     m && (TRANSPORTS as readonly string[]).includes(m[1]!) ? (m[1] as SourceTransport) : undefined;
   if (!transport) {
+    const unsupported = m ? UNSUPPORTED_TRANSPORTS[m[1]!] : undefined;
+    if (unsupported) {
+      throw new Error(`the ${m![1]}: transport is known but not supported as a push source; ${unsupported}.`);
+    }
     // A bare name is a containers-storage image; `word:/path` or `word://x` is a transport we do not know.
     if (m && (m[2]!.startsWith('/') || m[2]!.startsWith('.'))) {
       throw new Error(
@@ -84,6 +125,10 @@ export function parseImageSource(text: string): ImageSourceSpec {
       return { transport, location: rest.slice(2) };
     case 'containers-storage':
       return { transport, location: rest };
+    case 'docker-daemon':
+      // skopeo's form: a name with a tag or digest, or an image ID (sha256:<hex>).
+      if (!/^sha256:[0-9a-f]{64}$/.test(rest)) parseReference(rest);
+      return { transport, location: rest };
     default: {
       const { location, ref } = splitPathRef(rest);
       return ref === undefined ? { transport, location } : { transport, location, ref };
@@ -93,17 +138,25 @@ export function parseImageSource(text: string): ImageSourceSpec {
 
 export function formatImageSource(spec: ImageSourceSpec): string {
   if (spec.transport === 'docker') return `docker://${spec.location}`;
+  if (spec.transport === 'docker-daemon') return `docker-daemon:${spec.location}`;
   return `${spec.transport}:${spec.location}${spec.ref !== undefined ? `:${spec.ref}` : ''}`;
 }
 
 /** Turns a source into a local OCI layout (exporting it once when needed) and reads the image from it. */
 export async function openImageSource(
-  spec: ImageSourceSpec,
+  spec: ExportableSource,
   options: OpenSourceOptions,
 ): Promise<LocalImage> {
   const env = options.env ?? process.env;
-  const run = (cmd: string, args: string[]) =>
-    exec(cmd, args, { timeoutMs: options.timeoutMs, env, onLine: (line) => options.log(line) });
+  const subject = formatImageSource(spec);
+  const run = async (cmd: string, args: string[]) => {
+    try {
+      return await exec(cmd, args, { timeoutMs: options.timeoutMs, env, onLine: options.debug });
+    } catch (error) {
+      if (error instanceof ExecError) throw new ActionError(childFailure(cmd, error, spec), { cause: error });
+      throw error;
+    }
+  };
   const layout = join(options.scratch, 'layout');
   if (spec.transport === 'oci' || spec.transport === 'oci-archive') {
     let dir = spec.location;
@@ -116,9 +169,7 @@ export async function openImageSource(
     const image = await readOciLayout(dir, spec.ref);
     if (!options.compression || !image.blobs.some((b) => UNCOMPRESSED_LAYERS.has(b.mediaType))) return image;
     const compressed = join(options.scratch, 'compressed');
-    options.log(
-      `Compressing the uncompressed layers of ${formatImageSource(spec)} with ${options.compression}`,
-    );
+    options.log(`Compressing the uncompressed layers of ${subject} with ${options.compression}`);
     await run('skopeo', [
       'copy',
       '--quiet',
@@ -134,13 +185,9 @@ export async function openImageSource(
 
   await mkdir(layout, { recursive: true });
 
-  let from = formatImageSource(spec);
+  let from = subject;
   const copyArgs = ['copy', '--quiet'];
-  if (spec.transport === 'docker') {
-    copyArgs.push('--all');
-    if (!options.tlsVerify) copyArgs.push('--src-tls-verify=false');
-    if (options.authFile) copyArgs.push('--src-authfile', options.authFile);
-  }
+  if (spec.transport === 'docker') copyArgs.push('--all', ...remoteSourceFlags(options));
   const uncompressed = spec.transport === 'containers-storage' || spec.transport === 'docker-archive';
   if (uncompressed) {
     copyArgs.push('--dest-compress', '--dest-compress-format', options.compression ?? 'gzip');
@@ -156,4 +203,77 @@ export async function openImageSource(
   options.log(`Exporting ${from} to an OCI layout`);
   await run('skopeo', [...copyArgs, from, `oci:${layout}:image`]);
   return readOciLayout(layout, 'image');
+}
+
+/** skopeo's --src-* flags for a registry source; never a secret (credentials travel in the auth file). */
+export function remoteSourceFlags(access: RemoteSourceAccess): string[] {
+  const flags = [`--src-tls-verify=${access.tlsVerify}`];
+  if (access.certDir) flags.push('--src-cert-dir', access.certDir);
+  if (access.authFile) flags.push('--src-authfile', access.authFile);
+  else if (access.anonymous) flags.push('--src-no-creds');
+  return flags;
+}
+
+/** What a tool's own error text means, for the sources it reads. */
+const MEANINGS: ReadonlyArray<[RegExp, (registry: string) => string]> = [
+  [
+    /server gave HTTP response to HTTPS client/i,
+    (r) => `the registry answered plain http; add ${r} to insecure-registries (or set tls-verify: false)`,
+  ],
+  [
+    /tls: certificate required|tls: bad certificate|tls: unknown certificate authority/i,
+    (r) =>
+      `${r} requires a TLS client certificate; put client.cert and client.key in /etc/containers/certs.d/${r}/`,
+  ],
+  [
+    /x509:|certificate signed by unknown authority|certificate is not (?:trusted|valid)/i,
+    (r) =>
+      `the TLS certificate of ${r} is not trusted; put its CA in /etc/containers/certs.d/${r}/ca.crt, or add ${r} to insecure-registries`,
+  ],
+  [
+    /unauthorized|authentication required|requested access to the resource is denied|\b401\b/i,
+    (r) => `${r} refused access; log in to it before this step, or give username and password`,
+  ],
+  [/manifest unknown|name unknown|\b404\b|not found/i, () => 'no such image there'],
+  [/connection refused/i, (r) => `nothing answers at ${r}`],
+  [/no such host|server misbehaving/i, (r) => `the host of ${r} is unknown`],
+  [/i\/o timeout|deadline exceeded|timed out/i, (r) => `${r} did not answer in time`],
+];
+
+const LOCAL_MEANINGS: ReadonlyArray<[RegExp, string]> = [
+  [
+    /does not resolve to an image ID|image not known|no image found|identifier is not an image/i,
+    'no such image in the container storage',
+  ],
+  [/no such file or directory/i, 'the file does not exist'],
+  [
+    /not a tar archive|unexpected EOF|invalid tar header|does not look like a tar archive/i,
+    'the file is not a complete image archive',
+  ],
+  [/timed out after/i, 'it did not finish in time'],
+];
+
+/** The tool's own words: skopeo's `msg="..."` of its fatal line, or the first line it printed. */
+function toolMessage(tool: string, text: string): string {
+  const fatal = /level=fatal msg="((?:[^"\\]|\\.)*)"/.exec(text);
+  const line = fatal ? fatal[1]!.replace(/\\"/g, '"') : (text.split('\n').find((l) => l.trim()) ?? text);
+  return externalText(line.replace(/^Error: /, '').replace(`${tool}: `, ''), 240);
+}
+
+/** One line for a failed export: what could not be read, what that means and what to do, then the tool's words. */
+export function childFailure(tool: string, error: ExecError, spec: ExportableSource): string {
+  const timedOut = /timed out after/.test(error.message);
+  const text = timedOut
+    ? error.message
+    : error.result?.stderr.trim() || error.result?.stdout.trim() || error.message;
+  const said = toolMessage(tool, text);
+  const subject = formatImageSource(spec);
+  let meaning: string | undefined;
+  if (spec.transport === 'docker') {
+    const registry = parseReference(spec.location).registry;
+    meaning = MEANINGS.find(([re]) => re.test(text))?.[1](registry);
+  } else {
+    meaning = LOCAL_MEANINGS.find(([re]) => re.test(text))?.[1];
+  }
+  return `cannot read the source ${subject}: ${meaning ? `${meaning} (${tool}: ${said})` : `${tool}: ${said}`}`;
 }

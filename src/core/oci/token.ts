@@ -68,9 +68,17 @@ export class RegistryAuth {
       return true;
     }
     if (challenge?.scheme === 'basic') {
-      if (!this.options.credentials) {
+      const credentials = this.options.credentials;
+      if (!credentials) {
         throw new RegistryError(
-          `${this.options.registry} requires a login: give username and password (or an auth file with this registry).`,
+          `${this.options.registry} requires a login and no credentials were found for it: log in before this step (podman login, docker login, a login action), or give username and password.`,
+          401,
+          'UNAUTHORIZED',
+        );
+      }
+      if (credentials.identityToken && !credentials.password) {
+        throw new RegistryError(
+          `${this.options.registry} asks for a password (Basic auth), but its login holds only an identity token, which works with token servers: log in with a password instead.`,
           401,
           'UNAUTHORIZED',
         );
@@ -90,9 +98,7 @@ export class RegistryAuth {
     what: string,
     status = 401,
   ): RegistryError {
-    const user = this.options.credentials
-      ? `user '${this.options.credentials.username}'`
-      : 'anonymous access';
+    const user = who(this.options.credentials);
     const challenge = preferredChallenge(challenges);
     const lacking = missingActions(scopes, sent);
     if (challenge?.params.error === 'insufficient_scope' || lacking.length > 0) {
@@ -151,30 +157,29 @@ export class RegistryAuth {
         `${this.options.registry} names a token server that is not a URL: '${externalText(bearer.realm, 100)}'.`,
       );
     }
-    if (bearer.service) url.searchParams.set('service', bearer.service);
-    for (const scope of scopes) url.searchParams.append('scope', scope);
     const credentials = this.options.credentials;
-    // The docker token flow: Basic credentials on a GET. (An identity token would be exchanged here instead,
-    // with a POST of an OAuth2 refresh_token grant.)
-    const headers: Record<string, string> = credentials ? { authorization: basic(credentials) } : {};
     const server = `${url.origin}${url.pathname}`;
     const what = `get a token from ${server}`;
+    const request = credentials?.identityToken
+      ? oauth2Request(url, bearer.service, scopes, credentials.identityToken)
+      : basicRequest(url, bearer.service, scopes, credentials);
     let response: RegistryResponse;
     try {
       response = await this.options.send(
-        { method: 'GET', url, headers, ok: [200, 401, 403], what },
+        { ...request, ok: [200, 400, 401, 403], what },
         this.options.budget(),
       );
     } catch (error) {
       if (error instanceof TransientError) error.exhausted = true;
       throw error;
     }
-    const user = credentials ? `user '${credentials.username}'` : 'anonymous access';
+    const user =
+      credentials && !credentials.identityToken ? `the credentials of ${who(credentials)}` : who(credentials);
     if (response.status !== 200) {
       const body = await response.bytes(ERROR_BODY_LIMIT, what).catch(() => Buffer.alloc(0));
       const detail = externalText(body.toString('utf8'), 120);
       throw new RegistryError(
-        `${what}: the token server refused ${credentials ? `the credentials of ${user}` : user} for ${scopes.join(' ')} (HTTP ${response.status})${detail ? `: ${detail}` : ''}.`,
+        `${what}: the token server refused ${user} for ${scopes.join(' ')} (HTTP ${response.status})${detail ? `: ${detail}` : ''}.`,
         response.status,
         'UNAUTHORIZED',
       );
@@ -198,6 +203,52 @@ export class RegistryAuth {
     const lifetimeMs = lifetimeS * 1000;
     return { token, expiresAt: Date.now() + Math.max(lifetimeMs - TOKEN_EXPIRY_MARGIN_MS, lifetimeMs / 2) };
   }
+}
+
+/** The docker token flow: a GET with the scopes in the query, Basic credentials when there are any. */
+function basicRequest(
+  realm: URL,
+  service: string | undefined,
+  scopes: readonly string[],
+  credentials: Credential | undefined,
+): Pick<RequestSpec, 'method' | 'url' | 'headers'> {
+  const url = new URL(realm);
+  if (service) url.searchParams.set('service', service);
+  for (const scope of scopes) url.searchParams.append('scope', scope);
+  return { method: 'GET', url, headers: credentials ? { authorization: basic(credentials) } : {} };
+}
+
+/**
+ * An identity token (what `docker login` keeps for registries that hand one out) is an OAuth2 refresh token: it is
+ * exchanged with a POST of a refresh_token grant, as docker and containers/image do.
+ */
+function oauth2Request(
+  realm: URL,
+  service: string | undefined,
+  scopes: readonly string[],
+  identityToken: string,
+): Pick<RequestSpec, 'method' | 'url' | 'headers' | 'body'> {
+  const form = new URLSearchParams({
+    grant_type: 'refresh_token',
+    refresh_token: identityToken,
+    client_id: 'image-ci-actions',
+  });
+  if (service) form.set('service', service);
+  for (const scope of scopes) form.append('scope', scope);
+  return {
+    method: 'POST',
+    url: realm,
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: Buffer.from(form.toString()),
+  };
+}
+
+/** Who is asking, for messages: never a secret. */
+function who(credentials: Credential | undefined): string {
+  if (!credentials) return 'anonymous access';
+  const user = `user '${credentials.username}'`;
+  if (!credentials.identityToken) return user;
+  return credentials.username ? `the identity token of ${user}` : 'the identity token';
 }
 
 function basic(credentials: Credential): string {

@@ -8,9 +8,14 @@
  * when an upload's socket stops draining). A blob that keeps moving may take as long as it needs. Small
  * requests (manifests, tokens, HEADs) additionally end after `timeoutMs` overall, so a server that trickles an
  * endless answer cannot hold them.
+ *
+ * TLS as skopeo does it: the registry's certs.d material (tls.ts) on the transport's own dispatcher, and with
+ * `tlsVerify: false` https without verification, falling back to plain http when the registry speaks only that.
+ * The first request finds out (a failed handshake, then the same request over http); requests started
+ * meanwhile wait for its answer, so the fallback costs one handshake per registry, not one per request.
  */
 import type { Readable } from 'node:stream';
-import { Agent, type Dispatcher } from 'undici';
+import { Agent, buildConnector, type Dispatcher } from 'undici';
 import type { Credential } from '../auth.js';
 import { parseChallenges, preferredChallenge } from './challenge.js';
 import { RegistryError } from './errors.js';
@@ -19,12 +24,20 @@ import { DEFAULT_RETRY, RetryBudget, TransientError, isRetryableStatus, parseRet
 import type { RetryPolicy } from './retry.js';
 import { RegistryAuth } from './token.js';
 import { failureMessage, networkFailure, type RegistryResponse, wrapResponse } from './response.js';
+import { isTlsAlert, tlsConnectOptions, tlsFailure, type RegistryTls } from './tls.js';
 
 export interface TransportOptions {
   /** host[:port] as in an image reference (`docker.io` is reached at its API host). */
   registry: string;
   /** Plain http instead of https. */
   insecure?: boolean;
+  /**
+   * false: https without certificate verification, or plain http when the registry speaks only http (skopeo's
+   * `--tls-verify=false`, a registry in `insecure-registries`). Default true.
+   */
+  tlsVerify?: boolean;
+  /** Extra CAs and a client certificate for this registry (its certs.d directory), for the own dispatcher. */
+  tls?: RegistryTls;
   credentials?: Credential;
   /** Called with every new bearer token so the caller can mask it. */
   onToken?: (token: string) => void;
@@ -84,10 +97,26 @@ export class RegistryTransport {
   private readonly userAgent: string;
   private readonly dispatcher: Dispatcher;
   private readonly ownsDispatcher: boolean;
+  private readonly apiHost: string;
+  private readonly tls: RegistryTls | undefined;
+  /** http once an unverified registry turned out to speak only that. */
+  private scheme: 'https:' | 'http:';
+  /** Whether the scheme still has to be found out (tlsVerify false); the probe in flight, if any. */
+  private schemeUnknown: boolean;
+  private schemeProbe: Promise<unknown> | undefined;
+  /**
+   * The last TLS alert one of our connections got. A server refusing a client certificate (TLS 1.3) sends its
+   * alert after the handshake: undici then only reports "other side closed", the socket itself knows why.
+   */
+  private tlsAlert: unknown;
 
   constructor(options: TransportOptions) {
     this.registry = options.registry;
-    this.base = `${options.insecure ? 'http' : 'https'}://${registryApiHost(options.registry)}/v2/`;
+    this.apiHost = registryApiHost(options.registry);
+    this.scheme = options.insecure ? 'http:' : 'https:';
+    this.schemeUnknown = !options.insecure && options.tlsVerify === false;
+    this.tls = options.tls;
+    this.base = `${this.scheme}//${this.apiHost}/v2/`;
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.policy = {
       ...DEFAULT_RETRY,
@@ -96,13 +125,7 @@ export class RegistryTransport {
     };
     this.userAgent = options.userAgent ?? 'image-ci-actions';
     this.ownsDispatcher = !options.dispatcher;
-    this.dispatcher =
-      options.dispatcher ??
-      new Agent({
-        headersTimeout: this.timeoutMs,
-        bodyTimeout: this.timeoutMs,
-        connect: { timeout: this.timeoutMs },
-      });
+    this.dispatcher = options.dispatcher ?? this.ownAgent(options);
     this.auth = new RegistryAuth({
       registry: options.registry,
       credentials: options.credentials,
@@ -110,6 +133,35 @@ export class RegistryTransport {
       send: (spec, budget) => this.send(spec, budget),
       budget: () => this.budget(),
     });
+  }
+
+  private ownAgent(options: TransportOptions): Agent {
+    const connect = buildConnector({
+      timeout: this.timeoutMs,
+      ...tlsConnectOptions(options.tls, options.tlsVerify !== false),
+    });
+    return new Agent({
+      headersTimeout: this.timeoutMs,
+      bodyTimeout: this.timeoutMs,
+      connect: (connectOptions, callback) =>
+        connect(connectOptions, (...args) => {
+          args[1]?.on('error', (error) => {
+            if (isTlsAlert(error)) this.tlsAlert = error;
+          });
+          callback(...args);
+        }),
+    });
+  }
+
+  /** The TLS error behind a failed try: its own, or the alert its (closed) connection got. */
+  private tlsCause(error: unknown): unknown {
+    const code = (error as { code?: string }).code ?? '';
+    return ['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE'].includes(code) && this.tlsAlert ? this.tlsAlert : error;
+  }
+
+  /** What a failed try says about TLS, if anything, in words with the fix. */
+  private tlsProblem(error: unknown, what: string): Error | undefined {
+    return tlsFailure(this.tlsCause(error), what, this.registry, this.tls);
   }
 
   url(path: string): URL {
@@ -138,6 +190,8 @@ export class RegistryTransport {
       try {
         response = await this.dispatch(spec, authorization);
       } catch (error) {
+        const tlsProblem = this.tlsProblem(error, spec.what);
+        if (tlsProblem) throw tlsProblem;
         const failure = networkFailure(error, spec.what, this.timeoutMs);
         if (!(failure instanceof TransientError) || typeof spec.body === 'function') throw failure;
         await budget.next(failure);
@@ -183,14 +237,74 @@ export class RegistryTransport {
     }
   }
 
-  /** One try, following redirects of GET/HEAD (blob storage); credentials never leave the origin they are for. */
+  /**
+   * One try. While an unverified registry's scheme is unknown, the first request to it tries https and, when
+   * that fails, the same request over http (a streamed body cannot be sent twice: it waits for a probe).
+   */
   private async dispatch(spec: RequestSpec, authorization: string | undefined): Promise<RegistryResponse> {
+    while (this.schemeUnknown && this.isRegistryUrl(spec.url)) {
+      if (this.schemeProbe) {
+        await this.schemeProbe.catch(() => undefined);
+        continue;
+      }
+      const probe = this.probeScheme(spec, authorization);
+      this.schemeProbe = probe;
+      try {
+        return await probe;
+      } finally {
+        this.schemeProbe = undefined;
+      }
+    }
+    return this.dispatchOn(spec, authorization, this.scheme);
+  }
+
+  private async probeScheme(spec: RequestSpec, authorization: string | undefined): Promise<RegistryResponse> {
+    const probeSpec: RequestSpec =
+      typeof spec.body === 'function'
+        ? { method: 'GET', url: this.url(''), ok: [], what: `reach ${this.registry}` }
+        : spec;
+    let response: RegistryResponse;
+    try {
+      response = await this.dispatchOn(probeSpec, authorization, 'https:');
+    } catch (httpsError) {
+      // A server that got as far as a TLS alert speaks TLS: plain http is no way around its refusal.
+      if (isTlsAlert(this.tlsCause(httpsError))) throw httpsError;
+      try {
+        response = await this.dispatchOn(probeSpec, authorization, 'http:');
+      } catch {
+        // Neither answered: the https failure is the one to report (and retry).
+        throw httpsError;
+      }
+      if (response.status === 400) {
+        // What an https server says to plain http ("Client sent an HTTP request to an HTTPS server").
+        await response.drain();
+        throw httpsError;
+      }
+      this.scheme = 'http:';
+    }
+    this.schemeUnknown = false;
+    if (probeSpec === spec) return response;
+    await response.drain();
+    return this.dispatchOn(spec, authorization, this.scheme);
+  }
+
+  private isRegistryUrl(url: URL): boolean {
+    return url.host === this.apiHost && (url.protocol === 'https:' || url.protocol === 'http:');
+  }
+
+  /** Follows redirects of GET/HEAD (blob storage); credentials never leave the origin they are for. */
+  private async dispatchOn(
+    spec: RequestSpec,
+    authorization: string | undefined,
+    scheme: 'https:' | 'http:',
+  ): Promise<RegistryResponse> {
     const signal = spec.streaming ? undefined : AbortSignal.timeout(this.timeoutMs);
-    let url = spec.url;
+    const first = this.onScheme(spec.url, scheme);
+    let url = first;
     for (let redirects = 0; ; redirects++) {
       const headers: Record<string, string> = { ...spec.headers, 'user-agent': this.userAgent };
       if (authorization) headers.authorization = authorization;
-      if (url.origin !== spec.url.origin) delete headers.authorization;
+      if (url.origin !== first.origin) delete headers.authorization;
       this.stats.requests++;
       const data = await this.dispatcher.request({
         origin: url.origin,
@@ -210,5 +324,13 @@ export class RegistryTransport {
       if (redirects >= MAX_REDIRECTS) throw new RegistryError(`${spec.what}: too many redirects.`);
       url = new URL(location, url);
     }
+  }
+
+  /** The registry's own URLs on the scheme it speaks; other origins (token servers, storage) as they are. */
+  private onScheme(url: URL, scheme: 'https:' | 'http:'): URL {
+    if (!this.isRegistryUrl(url) || url.protocol === scheme) return url;
+    const moved = new URL(url);
+    moved.protocol = scheme;
+    return moved;
   }
 }

@@ -1,0 +1,275 @@
+/**
+ * The docker-daemon reader's two parts without an engine: the streaming tar reader against archives GNU tar
+ * writes (ustar, pax, gnu long names, links), and `docker save` exports in both formats an engine writes,
+ * built here as files and read back as streams in small pieces.
+ */
+import { describe, expect, it, beforeAll, afterAll } from '@jest/globals';
+import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  createReadStream,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { gunzipSync, gzipSync } from 'node:zlib';
+import { readOciLayout } from '../../src/core/oci/layout.js';
+import { dockerSaveToLayout } from '../../src/actions/push-multi-tag/docker-save.js';
+import { readTar, type TarEntry } from '../../src/actions/push-multi-tag/tar-stream.js';
+
+const sha = (data: Buffer) => `sha256:${createHash('sha256').update(data).digest('hex')}`;
+let work: string;
+beforeAll(() => {
+  work = mkdtempSync(join(tmpdir(), 'ici-save-'));
+});
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+/** `tar` of a directory's entries in the given order; the archive read back in 1000-byte pieces. */
+function archive(dir: string, names: string[], format: 'ustar' | 'pax' | 'gnu' = 'pax'): string {
+  const file = join(work, `${randomBytes(4).toString('hex')}.tar`);
+  execFileSync('tar', [`--format=${format}`, '-cf', file, '-C', dir, ...names]);
+  return file;
+}
+const pieces = (file: string) => createReadStream(file, { highWaterMark: 1000 }) as AsyncIterable<Buffer>;
+
+async function entries(file: string): Promise<Array<TarEntry & { sha?: string }>> {
+  const seen: Array<TarEntry & { sha?: string }> = [];
+  await readTar(pieces(file), async (entry, body) => {
+    const parts: Buffer[] = [];
+    for await (const part of body) parts.push(part);
+    seen.push(entry.type === 'file' ? { ...entry, sha: sha(Buffer.concat(parts)) } : entry);
+  });
+  return seen;
+}
+
+describe('readTar', () => {
+  it.each(['ustar', 'pax', 'gnu'] as const)(
+    '%s: names, sizes, links and contents, across piece boundaries',
+    async (format) => {
+      const dir = mkdtempSync(join(work, 'src-'));
+      const big = randomBytes(70_001);
+      const longDir = 'd'.repeat(60);
+      mkdirSync(join(dir, longDir));
+      const longName = `${longDir}/${'f'.repeat(80)}.json`;
+      writeFileSync(join(dir, longName), '{}');
+      writeFileSync(join(dir, 'big.bin'), big);
+      writeFileSync(join(dir, 'empty'), '');
+      symlinkSync(`../big.bin`, join(dir, longDir, 'link'));
+      const file = archive(dir, ['big.bin', 'empty', longDir], format);
+      const seen = await entries(file);
+      expect(seen.find((e) => e.name === 'big.bin')).toMatchObject({
+        type: 'file',
+        size: 70_001,
+        sha: sha(big),
+      });
+      expect(seen.find((e) => e.name === 'empty')).toMatchObject({ type: 'file', size: 0 });
+      expect(seen.find((e) => e.name === longName)).toMatchObject({ type: 'file', size: 2 });
+      expect(seen.find((e) => e.name === `${longDir}/link`)).toMatchObject({
+        type: 'symlink',
+        linkname: '../big.bin',
+      });
+      expect(
+        seen.find((e) => e.name === `${longDir}/`)?.type ?? seen.find((e) => e.name === longDir)?.type,
+      ).toBe('directory');
+    },
+  );
+
+  it('skips what a handler does not read; refuses a damaged or cut archive', async () => {
+    const dir = mkdtempSync(join(work, 'src-'));
+    writeFileSync(join(dir, 'a'), randomBytes(3000));
+    writeFileSync(join(dir, 'b'), 'second');
+    const file = archive(dir, ['a', 'b']);
+    const names: string[] = [];
+    await readTar(pieces(file), async (entry) => {
+      names.push(entry.name);
+    });
+    expect(names).toEqual(['a', 'b']);
+
+    const damaged = readFileSync(file);
+    damaged[10] ^= 0xff;
+    await expect(readTar(Readable.from([damaged]), async () => undefined)).rejects.toThrow(
+      'bad header checksum',
+    );
+    const cut = readFileSync(file).subarray(0, 2000);
+    await expect(readTar(Readable.from([cut]), async () => undefined)).rejects.toThrow(
+      'ends in the middle of an entry',
+    );
+  });
+});
+
+/** A layer tar holding one file. */
+function layerTar(name: string, content: Buffer): Buffer {
+  const dir = mkdtempSync(join(work, 'layer-'));
+  writeFileSync(join(dir, name), content);
+  return readFileSync(archive(dir, [name], 'ustar'));
+}
+
+interface Export {
+  file: string;
+  config: Buffer;
+  diffIds: string[];
+  layers: Buffer[];
+}
+
+/** A `docker save` export in the classic format: `<id>/layer.tar`, a repeated layer as a symlink, `<hex>.json`. */
+function classicExport(): Export {
+  const dir = mkdtempSync(join(work, 'classic-'));
+  const l1 = layerTar('one', randomBytes(5000));
+  const l2 = layerTar('two', Buffer.from('two'));
+  const diffIds = [sha(l1), sha(l2), sha(l1)];
+  const config = Buffer.from(
+    JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: diffIds } }),
+  );
+  const ids = ['a', 'b', 'c'].map((c) => c.repeat(64));
+  for (const id of ids) mkdirSync(join(dir, id));
+  writeFileSync(join(dir, ids[0]!, 'layer.tar'), l1);
+  writeFileSync(join(dir, ids[1]!, 'layer.tar'), l2);
+  symlinkSync(`../${ids[0]}/layer.tar`, join(dir, ids[2]!, 'layer.tar'));
+  const configName = `${sha(config).slice(7)}.json`;
+  writeFileSync(join(dir, configName), config);
+  writeFileSync(
+    join(dir, 'manifest.json'),
+    JSON.stringify([
+      { Config: configName, RepoTags: ['localhost/x:1'], Layers: ids.map((id) => `${id}/layer.tar`) },
+    ]),
+  );
+  writeFileSync(join(dir, 'repositories'), '{}');
+  return {
+    file: archive(dir, [...ids, configName, 'manifest.json', 'repositories']),
+    config,
+    diffIds,
+    layers: [l1, l2, l1],
+  };
+}
+
+/** Docker ≥ 25's format: blobs/sha256/<hex>, layers uncompressed, or (containerd image store) gzip as pulled. */
+function blobsExport(options: { gzipFirst?: boolean; bigLayer?: boolean; lie?: boolean } = {}): Export {
+  const dir = mkdtempSync(join(work, 'blobs-'));
+  mkdirSync(join(dir, 'blobs', 'sha256'), { recursive: true });
+  const l1 = layerTar('big', randomBytes(options.bigLayer ? 5 * 1024 * 1024 : 2000));
+  const l2 = layerTar('small', Buffer.from('small'));
+  const stored = [options.gzipFirst ? gzipSync(l1) : l1, l2];
+  const diffIds = [sha(l1), options.lie ? sha(Buffer.from('other')) : sha(l2)];
+  const config = Buffer.from(JSON.stringify({ os: 'linux', rootfs: { type: 'layers', diff_ids: diffIds } }));
+  for (const blob of [...stored, config])
+    writeFileSync(join(dir, 'blobs', 'sha256', sha(blob).slice(7)), blob);
+  writeFileSync(
+    join(dir, 'manifest.json'),
+    JSON.stringify([
+      {
+        Config: `blobs/sha256/${sha(config).slice(7)}`,
+        Layers: stored.map((b) => `blobs/sha256/${sha(b).slice(7)}`),
+      },
+    ]),
+  );
+  writeFileSync(join(dir, 'index.json'), '{"schemaVersion":2,"manifests":[]}');
+  writeFileSync(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+  return {
+    file: archive(dir, ['blobs', 'index.json', 'manifest.json', 'oci-layout']),
+    config,
+    diffIds,
+    layers: stored,
+  };
+}
+
+async function toLayout(exp: Export, compress: 'gzip' | 'none' = 'gzip') {
+  const layoutDir = mkdtempSync(join(work, 'layout-'));
+  await dockerSaveToLayout(pieces(exp.file), { layoutDir, compress, what: 'docker-daemon:x' });
+  return readOciLayout(layoutDir, 'image');
+}
+
+describe('dockerSaveToLayout', () => {
+  it('classic format: config bytes kept (digest = image ID), layers gzip-compressed in order, a repeated layer through its symlink', async () => {
+    const exp = classicExport();
+    const image = await toLayout(exp);
+    const [config, ...layers] = image.blobs;
+    expect(config!.digest).toBe(sha(exp.config));
+    const manifest = JSON.parse(image.root.bytes.toString('utf8')) as {
+      layers: { digest: string; mediaType: string }[];
+    };
+    expect(manifest.layers).toHaveLength(3);
+    expect(manifest.layers[0]!.digest).toBe(manifest.layers[2]!.digest);
+    expect(manifest.layers.map((l) => l.mediaType)).toEqual(
+      Array(3).fill('application/vnd.oci.image.layer.v1.tar+gzip'),
+    );
+    for (const [i, layer] of manifest.layers.entries()) {
+      const blob = readFileSync(join(image.dir, 'blobs', 'sha256', layer.digest.slice(7)));
+      expect(sha(gunzipSync(blob))).toBe(exp.diffIds[i]);
+    }
+    expect(layers).toHaveLength(2);
+  });
+
+  it('Docker 25 format: a 5 MiB layer streamed into the layout as it arrives', async () => {
+    const exp = blobsExport({ bigLayer: true });
+    const image = await toLayout(exp);
+    const manifest = JSON.parse(image.root.bytes.toString('utf8')) as {
+      layers: { digest: string; size: number }[];
+    };
+    const first = readFileSync(join(image.dir, 'blobs', 'sha256', manifest.layers[0]!.digest.slice(7)));
+    expect(sha(gunzipSync(first))).toBe(exp.diffIds[0]);
+    expect(manifest.layers[0]!.size).toBe(first.length);
+  });
+
+  it('containerd image store: a layer exported gzip-compressed is kept as it is', async () => {
+    const exp = blobsExport({ gzipFirst: true });
+    const image = await toLayout(exp);
+    const manifest = JSON.parse(image.root.bytes.toString('utf8')) as {
+      layers: { digest: string; mediaType: string }[];
+    };
+    expect(manifest.layers[0]).toEqual(
+      expect.objectContaining({
+        digest: sha(exp.layers[0]!),
+        mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
+      }),
+    );
+  });
+
+  it('an empty layer (a tar of end blocks only, as docker writes for metadata-only steps) is compressed like any other', async () => {
+    const dir = mkdtempSync(join(work, 'empty-'));
+    const empty = Buffer.alloc(1024);
+    const config = Buffer.from(JSON.stringify({ rootfs: { type: 'layers', diff_ids: [sha(empty)] } }));
+    mkdirSync(join(dir, 'l'));
+    writeFileSync(join(dir, 'l', 'layer.tar'), empty);
+    writeFileSync(join(dir, 'c.json'), config);
+    writeFileSync(
+      join(dir, 'manifest.json'),
+      JSON.stringify([{ Config: 'c.json', Layers: ['l/layer.tar'] }]),
+    );
+    const image = await toLayout({
+      file: archive(dir, ['l', 'c.json', 'manifest.json']),
+      config,
+      diffIds: [],
+      layers: [],
+    });
+    const manifest = JSON.parse(image.root.bytes.toString('utf8')) as { layers: { digest: string }[] };
+    const blob = readFileSync(join(image.dir, 'blobs', 'sha256', manifest.layers[0]!.digest.slice(7)));
+    expect(gunzipSync(blob)).toEqual(empty);
+  });
+
+  it('compress: none keeps layers uncompressed (their digest is their diff_id)', async () => {
+    const exp = blobsExport();
+    const image = await toLayout(exp, 'none');
+    const manifest = JSON.parse(image.root.bytes.toString('utf8')) as {
+      layers: { digest: string; mediaType: string }[];
+    };
+    expect(manifest.layers.map((l) => l.digest)).toEqual(exp.diffIds);
+    expect(manifest.layers[0]!.mediaType).toBe('application/vnd.oci.image.layer.v1.tar');
+  });
+
+  it('refuses an export that contradicts itself or is not one', async () => {
+    await expect(toLayout(blobsExport({ lie: true }))).rejects.toThrow(
+      /docker-daemon:x: layer 2 \(blobs\/sha256\/[0-9a-f]+\) has content sha256:[0-9a-f]+; the config says sha256:/,
+    );
+    const dir = mkdtempSync(join(work, 'notsave-'));
+    writeFileSync(join(dir, 'hello'), 'x');
+    await expect(
+      toLayout({ file: archive(dir, ['hello']), config: Buffer.alloc(0), diffIds: [], layers: [] }),
+    ).rejects.toThrow('docker-daemon:x: the export has no manifest.json; is it a docker save archive?');
+  });
+});

@@ -1,0 +1,74 @@
+/**
+ * docker credential helpers (`docker-credential-<name> get`): the server URL on stdin, `{ServerURL, Username,
+ * Secret}` on stdout. A helper that is not installed, or that says "credentials not found", means no credential
+ * (as for docker); any other failure is an error naming the helper. A Username of `<token>` marks the Secret as an
+ * identity token (docker-credential-helpers' convention).
+ */
+import type { Credential } from '../../core/auth.js';
+import { exec, which } from '../../core/exec.js';
+import { externalText } from '../../core/oci/response.js';
+import { ActionError } from '../../core/run.js';
+
+/** The helper's own words for "nothing stored for this server" (docker-credential-helpers' ErrCredentialsNotFound). */
+const NOT_FOUND = 'credentials not found in native keychain';
+/** Helpers may ask a cloud service (ecr-login, gcloud); give them time, not forever. */
+const HELPER_TIMEOUT_MS = 120_000;
+const HELPER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+export type HelperAnswer =
+  | { kind: 'found'; credential: Credential }
+  | { kind: 'not-found' }
+  | { kind: 'not-installed'; program: string };
+
+/**
+ * The server URLs to ask a helper for, in order: Docker Hub's credentials are stored under docker's index URL
+ * by `docker login`, under `docker.io` by containers tools.
+ */
+function serverUrls(registry: string): string[] {
+  return registry === 'docker.io' ? ['https://index.docker.io/v1/', 'docker.io'] : [registry];
+}
+
+export async function askHelper(
+  helper: string,
+  registry: string,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<HelperAnswer> {
+  const program = `docker-credential-${helper}`;
+  // The name comes from a config file: it must name a program on PATH, not a path.
+  if (!HELPER_NAME.test(helper)) {
+    throw new ActionError(`credential helper '${externalText(helper, 60)}' is not a valid helper name.`);
+  }
+  const path = await which(program, env);
+  if (!path) return { kind: 'not-installed', program };
+  for (const server of serverUrls(registry)) {
+    const result = await exec(path, ['get'], {
+      timeoutMs: HELPER_TIMEOUT_MS,
+      env,
+      input: server,
+      allowFailure: true,
+    });
+    const out = result.stdout.trim();
+    if (result.exitCode !== 0) {
+      if (out === NOT_FOUND || result.stderr.trim() === NOT_FOUND) continue;
+      const said = externalText(result.stderr.trim() || out, 160);
+      throw new ActionError(
+        `${program} get ${registry} failed (exit ${result.exitCode})${said ? `: ${said}` : ''}.`,
+      );
+    }
+    let answer: { Username?: unknown; Secret?: unknown };
+    try {
+      answer = JSON.parse(out) as typeof answer;
+    } catch {
+      throw new ActionError(`${program} get ${registry} did not answer with JSON.`);
+    }
+    const username = typeof answer.Username === 'string' ? answer.Username : '';
+    const secret = typeof answer.Secret === 'string' ? answer.Secret : '';
+    if (!secret) continue;
+    const credential: Credential =
+      username === '<token>'
+        ? { username: '', password: '', identityToken: secret }
+        : { username, password: secret };
+    return { kind: 'found', credential };
+  }
+  return { kind: 'not-found' };
+}

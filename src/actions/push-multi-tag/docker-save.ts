@@ -1,0 +1,250 @@
+/**
+ * `docker save` output, read as it streams, written as an OCI layout in one pass. Both formats a Docker engine
+ * writes are read through their manifest.json: the classic one (`<id>/layer.tar`, `<config>.json`, symlinks for
+ * repeated layers) and Docker ≥ 25's (`blobs/sha256/...`, uncompressed, or as pulled with the containerd image
+ * store, possibly gzip or zstd). manifest.json comes last, so each entry is kept as it arrives: small ones in
+ * memory, an uncompressed layer gzip-compressed on the fly into the layout (its uncompressed digest checked
+ * against the config's diff_ids at the end), an already compressed layer as it is.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { join, posix } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { createGzip } from 'node:zlib';
+import { digestOf } from '../../core/oci/digest.js';
+import { MediaType, type Descriptor } from '../../core/oci/media-types.js';
+import { REF_NAME_ANNOTATION } from '../../core/oci/layout.js';
+import { readTar } from './tar-stream.js';
+
+const LAYER_TAR = 'application/vnd.oci.image.layer.v1.tar';
+const CONFIG = 'application/vnd.oci.image.config.v1+json';
+/**
+ * JSON entries (configs, manifests) wait in memory for manifest.json to say what they are, up to this size;
+ * anything that looks like a layer goes to the layout at once, whatever its size.
+ */
+const JSON_LIMIT = 16 * 1024 * 1024;
+/** At most this small, a layer can only be an empty tar: kept in memory too. */
+const TINY = 1024;
+
+export interface DockerSaveOptions {
+  /** The OCI layout to write (created); the image is named `image` in its index.json. */
+  layoutDir: string;
+  /** gzip: compress uncompressed layers on the way; none: keep them as they are (for another compressor). */
+  compress: 'gzip' | 'none';
+  /** What is being read, for messages. */
+  what: string;
+}
+
+/** A stored entry: its bytes in memory, or a blob already in the layout. */
+interface StoredBlob {
+  kind: 'blob';
+  descriptor: Descriptor;
+  /** The uncompressed digest, for a layer that came uncompressed. */
+  diffId?: string;
+}
+type Stored = { kind: 'memory'; data: Buffer } | StoredBlob;
+
+interface SaveManifestEntry {
+  Config?: unknown;
+  Layers?: unknown;
+  RepoTags?: unknown;
+}
+
+function compressionOf(head: Buffer): 'gzip' | 'zstd' | undefined {
+  if (head.length < 4) return undefined;
+  if (head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
+  if (head.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
+  return undefined;
+}
+
+/** A tar's first header: the ustar magic (POSIX "ustar\0", GNU "ustar "), as every layer writer puts it. */
+function isTar(head: Buffer): boolean {
+  return head.length >= 263 && head.subarray(257, 262).toString('latin1') === 'ustar';
+}
+
+/** Collects at least `n` bytes of `body` (or all of it), and an iterable that replays them before the rest. */
+async function peek(
+  body: AsyncIterable<Buffer>,
+  n: number,
+): Promise<{ head: Buffer; all: AsyncIterable<Buffer> }> {
+  const iterator = body[Symbol.asyncIterator]();
+  const seen: Buffer[] = [];
+  let length = 0;
+  let done = false;
+  while (length < n) {
+    const next = await iterator.next();
+    if (next.done) {
+      done = true;
+      break;
+    }
+    seen.push(next.value);
+    length += next.value.length;
+  }
+  const all = (async function* () {
+    yield* seen;
+    if (done) return;
+    for (let next = await iterator.next(); !next.done; next = await iterator.next()) yield next.value;
+  })();
+  return { head: Buffer.concat(seen), all };
+}
+
+/** Streams `data` into the layout as a blob, compressing an uncompressed layer when asked. */
+async function storeBlob(
+  layoutDir: string,
+  data: AsyncIterable<Buffer> | Iterable<Buffer>,
+  head: Buffer,
+  compress: DockerSaveOptions['compress'],
+): Promise<StoredBlob> {
+  const compressed = compressionOf(head);
+  const gzip = !compressed && compress === 'gzip';
+  const diff = createHash('sha256');
+  const blob = createHash('sha256');
+  let size = 0;
+  const temp = join(layoutDir, 'blobs', `.incoming-${randomBytes(6).toString('hex')}`);
+  const stages: Array<NodeJS.ReadWriteStream | ((source: AsyncIterable<Buffer>) => AsyncIterable<Buffer>)> = [
+    async function* (source: AsyncIterable<Buffer>) {
+      for await (const chunk of source) {
+        diff.update(chunk);
+        yield chunk;
+      }
+    },
+  ];
+  if (gzip) stages.push(createGzip());
+  stages.push(async function* (source: AsyncIterable<Buffer>) {
+    for await (const chunk of source) {
+      blob.update(chunk);
+      size += chunk.length;
+      yield chunk;
+    }
+  });
+  try {
+    await (pipeline as (...streams: unknown[]) => Promise<void>)(
+      data,
+      ...stages,
+      createWriteStream(temp, { flags: 'wx' }),
+    );
+  } catch (error) {
+    await rm(temp, { force: true });
+    throw error;
+  }
+  const digest = `sha256:${blob.digest('hex')}`;
+  await rename(temp, join(layoutDir, 'blobs', 'sha256', digest.slice(7)));
+  const mediaType = compressed ? `${LAYER_TAR}+${compressed}` : gzip ? `${LAYER_TAR}+gzip` : LAYER_TAR;
+  const descriptor: Descriptor = { mediaType, digest, size };
+  return compressed
+    ? { kind: 'blob', descriptor }
+    : { kind: 'blob', descriptor, diffId: `sha256:${diff.digest('hex')}` };
+}
+
+function parseJson(data: Buffer, what: string): unknown {
+  try {
+    return JSON.parse(data.toString('utf8')) as unknown;
+  } catch {
+    throw new Error(`${what} is not JSON.`);
+  }
+}
+
+/**
+ * Reads a `docker save` stream into `options.layoutDir` and returns the manifest's descriptor. Throws when the
+ * stream is not a complete export of exactly one image or contradicts itself.
+ */
+export async function dockerSaveToLayout(
+  stream: AsyncIterable<Buffer>,
+  options: DockerSaveOptions,
+): Promise<Descriptor> {
+  const { layoutDir, what } = options;
+  await mkdir(join(layoutDir, 'blobs', 'sha256'), { recursive: true });
+  const stored = new Map<string, Stored>();
+  const links = new Map<string, string>();
+  const unread = new Set<string>();
+  await readTar(stream, async (entry, body) => {
+    if (entry.type === 'symlink') {
+      links.set(entry.name, posix.normalize(posix.join(posix.dirname(entry.name), entry.linkname)));
+    } else if (entry.type === 'hardlink') {
+      links.set(entry.name, posix.normalize(entry.linkname));
+    } else if (entry.type === 'file') {
+      const { head, all } = await peek(body, 512);
+      if (entry.size > TINY && (isTar(head) || compressionOf(head))) {
+        stored.set(entry.name, await storeBlob(layoutDir, all, head, options.compress));
+      } else if (entry.size <= JSON_LIMIT) {
+        const parts: Buffer[] = [];
+        for await (const part of all) parts.push(part);
+        stored.set(entry.name, { kind: 'memory', data: Buffer.concat(parts) });
+      }
+      // Anything else is neither a layer nor metadata: left unread (an error if manifest.json names it).
+      else unread.add(entry.name);
+    }
+  });
+
+  const resolve = (name: unknown): Stored => {
+    let path = typeof name === 'string' ? posix.normalize(name) : '';
+    for (let hops = 0; links.has(path) && hops < 16; hops++) path = links.get(path)!;
+    const found = stored.get(path);
+    if (!found) {
+      const named = typeof name === 'string' ? name : 'an entry';
+      throw new Error(
+        unread.has(path)
+          ? `${what}: ${named} is too large for image metadata and is no layer.`
+          : `${what}: the export lacks ${named} named in manifest.json.`,
+      );
+    }
+    return found;
+  };
+  const index = stored.get('manifest.json');
+  if (!index || index.kind !== 'memory')
+    throw new Error(`${what}: the export has no manifest.json; is it a docker save archive?`);
+  const images = parseJson(index.data, `${what}: manifest.json`);
+  if (!Array.isArray(images) || images.length !== 1) {
+    throw new Error(
+      `${what}: the export holds ${Array.isArray(images) ? images.length : 'no'} images; expected one.`,
+    );
+  }
+  const image = images[0] as SaveManifestEntry;
+  const config = resolve(image.Config);
+  if (config.kind !== 'memory') throw new Error(`${what}: the image config is a layer, not JSON.`);
+  const diffIds = (parseJson(config.data, `${what}: the image config`) as { rootfs?: { diff_ids?: unknown } })
+    .rootfs?.diff_ids;
+  const layerNames = Array.isArray(image.Layers) ? (image.Layers as unknown[]) : [];
+  if (!Array.isArray(diffIds) || diffIds.length !== layerNames.length) {
+    throw new Error(
+      `${what}: manifest.json lists ${layerNames.length} layers, the config ${Array.isArray(diffIds) ? diffIds.length : 'no'} diff_ids.`,
+    );
+  }
+
+  const layers: Descriptor[] = [];
+  for (const [i, name] of layerNames.entries()) {
+    const entry = resolve(name);
+    const layer =
+      entry.kind === 'memory'
+        ? await storeBlob(layoutDir, [entry.data], entry.data.subarray(0, 512), options.compress)
+        : entry;
+    if (layer.diffId !== undefined && layer.diffId !== diffIds[i]) {
+      throw new Error(
+        `${what}: layer ${i + 1} (${String(name)}) has content ${layer.diffId}; the config says ${String(diffIds[i])}.`,
+      );
+    }
+    layers.push(layer.descriptor);
+  }
+  const configDescriptor = await writeBlob(layoutDir, config.data, CONFIG);
+  const manifest = Buffer.from(
+    JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociManifest, config: configDescriptor, layers }),
+  );
+  const manifestDescriptor = await writeBlob(layoutDir, manifest, MediaType.ociManifest);
+  await writeFile(join(layoutDir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+  await writeFile(
+    join(layoutDir, 'index.json'),
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MediaType.ociIndex,
+      manifests: [{ ...manifestDescriptor, annotations: { [REF_NAME_ANNOTATION]: 'image' } }],
+    }),
+  );
+  return manifestDescriptor;
+}
+
+async function writeBlob(layoutDir: string, data: Buffer, mediaType: string): Promise<Descriptor> {
+  const digest = digestOf(data);
+  await writeFile(join(layoutDir, 'blobs', 'sha256', digest.slice(7)), data);
+  return { mediaType, digest, size: data.length };
+}
