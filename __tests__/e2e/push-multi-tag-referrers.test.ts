@@ -7,99 +7,32 @@
  * schema; the registry WITH the referrers API is a relay double in front of another docker-registry.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { createHash, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { generateKeyPairSync, verify, type KeyObject } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { updateFallbackIndex } from '../../src/actions/push-multi-tag/fallback-index.js';
 import { RegistryClient } from '../../src/core/oci/client.js';
+import { readOciLayout } from '../../src/core/oci/layout.js';
+import {
+  cosignSignature,
+  OCI_INDEX,
+  OCI_MANIFEST,
+  pushArtifact,
+  putManifestBytes,
+  referrer,
+  referrersIndex,
+  schemaTag,
+  sha256,
+  type Artifact,
+} from '../support/artifacts.js';
 import { runAction } from '../support/harness.js';
 import { generateLayout, type GeneratedLayout } from '../support/oci-layout.js';
 import { startProxy, type CountingProxy } from '../support/proxy.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
 
-const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
-const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
-const EMPTY = 'application/vnd.oci.empty.v1+json';
 const SIG_TYPE = 'application/vnd.dev.cosign.artifact.sig.v1+json';
 const SBOM_TYPE = 'application/spdx+json';
-
-const sha256 = (data: Buffer) => `sha256:${createHash('sha256').update(data).digest('hex')}`;
-const schemaTag = (digest: string) => digest.replace(':', '-');
-
-interface Artifact {
-  digest: string;
-  bytes: Buffer;
-  mediaType: string;
-  blobs: Buffer[];
-}
-
-function manifest(body: object, blobs: Buffer[]): Artifact {
-  const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, ...body }));
-  return { digest: sha256(bytes), bytes, mediaType: OCI_MANIFEST, blobs };
-}
-
-const descriptor = (mediaType: string, data: Buffer, annotations?: Record<string, string>) => ({
-  mediaType,
-  digest: sha256(data),
-  size: data.length,
-  ...(annotations ? { annotations } : {}),
-});
-
-/** An OCI 1.1 referrer: empty config, one layer, `subject` naming what it is about. */
-function referrer(
-  subject: { digest: string; size: number; mediaType: string },
-  artifactType: string,
-  payload: string,
-) {
-  const empty = Buffer.from('{}');
-  const layer = Buffer.from(payload);
-  return manifest(
-    {
-      artifactType,
-      config: descriptor(EMPTY, empty),
-      layers: [descriptor(artifactType, layer)],
-      subject,
-      annotations: { 'org.opencontainers.image.created': '2026-12-01T00:00:00Z', 'test.kind': artifactType },
-    },
-    [empty, layer],
-  );
-}
-
-/** What `cosign sign` stores under `sha256-<hex>.sig`: simple-signing payload, signature in an annotation. */
-function cosignSignature(key: KeyObject, reference: string, digest: string) {
-  const payload = Buffer.from(
-    JSON.stringify({
-      critical: {
-        identity: { 'docker-reference': reference },
-        image: { 'docker-manifest-digest': digest },
-        type: 'cosign container image signature',
-      },
-      optional: null,
-    }),
-  );
-  const config = Buffer.from(
-    JSON.stringify({
-      architecture: '',
-      created: '0001-01-01T00:00:00Z',
-      history: [{ created: '0001-01-01T00:00:00Z' }],
-      os: '',
-      rootfs: { type: 'layers', diff_ids: [sha256(payload)] },
-      config: {},
-    }),
-  );
-  const signature = sign('sha256', payload, key).toString('base64');
-  return manifest(
-    {
-      config: descriptor('application/vnd.oci.image.config.v1+json', config),
-      layers: [
-        descriptor('application/vnd.dev.cosign.simplesigning.v1+json', payload, {
-          'dev.cosignproject.cosign/signature': signature,
-        }),
-      ],
-    },
-    [config, payload],
-  );
-}
 
 let work: string;
 let image: GeneratedLayout;
@@ -137,17 +70,6 @@ function client(host: string) {
   return new RegistryClient({ registry: host, insecure: true, retryBaseDelayMs: 10 });
 }
 
-async function putArtifact(c: RegistryClient, repository: string, a: Artifact, tag?: string) {
-  for (const blob of a.blobs) {
-    const path = join(work, sha256(blob).slice(7));
-    writeFileSync(path, blob);
-    if (!(await c.headBlob(repository, sha256(blob)))) {
-      await c.uploadBlob(repository, { digest: sha256(blob), size: blob.length, path });
-    }
-  }
-  await c.putManifest(repository, tag ?? a.digest, a.bytes, a.mediaType);
-}
-
 interface Attached {
   signature: Artifact;
   sbom: Artifact;
@@ -163,8 +85,7 @@ async function publishSource(via: string, repository: string, withApi: boolean):
   const c = client(via);
   const child = image.children[1]!;
   const root = { mediaType: OCI_INDEX, digest: image.digest, size: 0 };
-  const fs = await import('node:fs');
-  root.size = fs.statSync(join(image.dir, 'blobs', 'sha256', image.digest.slice(7))).size;
+  root.size = statSync(join(image.dir, 'blobs', 'sha256', image.digest.slice(7))).size;
   const attached: Attached = {
     signature: referrer(root, SIG_TYPE, 'signature-1'),
     sbom: referrer(root, SBOM_TYPE, '{"spdxVersion":"SPDX-2.3"}'),
@@ -177,7 +98,6 @@ async function publishSource(via: string, repository: string, withApi: boolean):
   };
   try {
     // The image itself, as any pipeline would have pushed it to staging.
-    const { readOciLayout } = await import('../../src/core/oci/layout.js');
     const local = await readOciLayout(image.dir);
     for (const b of local.blobs) {
       await c.uploadBlob(repository, { ...b, path: join(image.dir, 'blobs', 'sha256', b.digest.slice(7)) });
@@ -185,33 +105,21 @@ async function publishSource(via: string, repository: string, withApi: boolean):
     for (const m of local.manifests) await c.putManifest(repository, m.digest, m.bytes, m.mediaType);
     await c.putManifest(repository, 'staging', local.root.bytes, local.root.mediaType);
     for (const a of [attached.signature, attached.sbom, attached.childSignature])
-      await putArtifact(c, repository, a);
-    await putArtifact(c, repository, attached.cosign, `${schemaTag(image.digest)}.sig`);
+      await pushArtifact(via, repository, a);
+    await pushArtifact(via, repository, attached.cosign, `${schemaTag(image.digest)}.sig`);
     if (!withApi) {
-      const index = (items: Artifact[]) =>
-        Buffer.from(
-          JSON.stringify({
-            schemaVersion: 2,
-            mediaType: OCI_INDEX,
-            manifests: items.map((a) => {
-              const parsed = JSON.parse(a.bytes.toString()) as { artifactType: string; annotations: object };
-              return {
-                mediaType: a.mediaType,
-                digest: a.digest,
-                size: a.bytes.length,
-                artifactType: parsed.artifactType,
-                annotations: parsed.annotations,
-              };
-            }),
-          }),
-        );
       await c.putManifest(
         repository,
         schemaTag(image.digest),
-        index([attached.signature, attached.sbom]),
+        referrersIndex([attached.signature, attached.sbom]),
         OCI_INDEX,
       );
-      await c.putManifest(repository, schemaTag(child.digest), index([attached.childSignature]), OCI_INDEX);
+      await c.putManifest(
+        repository,
+        schemaTag(child.digest),
+        referrersIndex([attached.childSignature]),
+        OCI_INDEX,
+      );
     }
   } finally {
     await c.close();
@@ -238,7 +146,7 @@ async function expectArtifactsAt(host: string, repository: string, attached: Att
     ).layers[0]!;
     const path = join(work, 'payload-read-back');
     await c.downloadBlob(repository, layer.digest, path);
-    const payload = (await import('node:fs')).readFileSync(path);
+    const payload = readFileSync(path);
     const signed = JSON.parse(payload.toString()) as {
       critical: { image: { 'docker-manifest-digest': string } };
     };
@@ -287,9 +195,9 @@ describe.each([
       'application/vnd.other',
       'kept',
     );
-    const pc = client(plain.host);
-    await putArtifact(pc, 'prod/app', other);
-    await pc.putManifest(
+    await pushArtifact(plain.host, 'prod/app', other);
+    await putManifestBytes(
+      plain.host,
       'prod/app',
       schemaTag(image.digest),
       Buffer.from(
@@ -308,7 +216,6 @@ describe.each([
       ),
       OCI_INDEX,
     );
-    await pc.close();
 
     const r = await runAction({
       action: 'push-multi-tag',
@@ -382,18 +289,17 @@ it('referrers: false leaves them behind', async () => {
 it('an OCI layout that holds referrers and a cosign tag brings them along', async () => {
   const dest = await registry();
   const layout = generateLayout(join(work, 'with-referrers'), { layers: [10_000] });
-  const fs = await import('node:fs');
   const subject = { mediaType: OCI_MANIFEST, digest: layout.digest, size: 0 };
-  subject.size = fs.statSync(join(layout.dir, 'blobs', 'sha256', layout.digest.slice(7))).size;
+  subject.size = statSync(join(layout.dir, 'blobs', 'sha256', layout.digest.slice(7))).size;
   const sbom = referrer(subject, SBOM_TYPE, '{"spdxVersion":"SPDX-2.3","name":"layout"}');
   const sig = cosignSignature(keys.privateKey, 'staging/app', layout.digest);
   for (const a of [sbom, sig]) {
     for (const blob of [...a.blobs, a.bytes]) {
-      fs.writeFileSync(join(layout.dir, 'blobs', 'sha256', sha256(blob).slice(7)), blob);
+      writeFileSync(join(layout.dir, 'blobs', 'sha256', sha256(blob).slice(7)), blob);
     }
   }
   const indexPath = join(layout.dir, 'index.json');
-  const index = JSON.parse(fs.readFileSync(indexPath, 'utf8')) as { manifests: object[] };
+  const index = JSON.parse(readFileSync(indexPath, 'utf8')) as { manifests: object[] };
   index.manifests.push(
     { mediaType: OCI_MANIFEST, digest: sbom.digest, size: sbom.bytes.length, artifactType: SBOM_TYPE },
     {
@@ -403,7 +309,7 @@ it('an OCI layout that holds referrers and a cosign tag brings them along', asyn
       annotations: { 'org.opencontainers.image.ref.name': `${schemaTag(layout.digest)}.sig` },
     },
   );
-  fs.writeFileSync(indexPath, JSON.stringify(index));
+  writeFileSync(indexPath, JSON.stringify(index));
 
   const r = await runAction({
     action: 'push-multi-tag',
@@ -424,7 +330,6 @@ it('an OCI layout that holds referrers and a cosign tag brings them along', asyn
 });
 
 it('a referrers index update lost to a concurrent writer is read back and merged again', async () => {
-  const { updateFallbackIndex } = await import('../../src/actions/push-multi-tag/fallback-index.js');
   const dest = await registry();
   const subject = image.digest;
   const tag = schemaTag(subject);
@@ -438,17 +343,16 @@ it('a referrers index update lost to a concurrent writer is read back and merged
     size: ourArtifact.bytes.length,
     artifactType: SIG_TYPE,
   };
-  const seed = client(dest.host);
   // docker-registry checks that an index lists manifests it has: store both artifacts first.
-  await putArtifact(seed, 'race/app', theirArtifact);
-  await putArtifact(seed, 'race/app', ourArtifact);
-  await seed.putManifest(
+  await pushArtifact(dest.host, 'race/app', theirArtifact);
+  await pushArtifact(dest.host, 'race/app', ourArtifact);
+  await putManifestBytes(
+    dest.host,
     'race/app',
     tag,
     Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [theirs] })),
     OCI_INDEX,
   );
-  await seed.close();
   // Our first PUT "succeeds" but another writer's index is what stays under the tag (the relay answers 201
   // without storing), as when two pipelines update the tag at once on a registry without conditional PUTs.
   const racing = await startProxy({
