@@ -133,7 +133,7 @@ export async function pushArtifact(
     const put = await ok(
       await fetch(url, {
         method: 'PUT',
-        body: blob,
+        body: new Uint8Array(blob),
         headers: { 'content-type': 'application/octet-stream' },
       }),
       'upload',
@@ -153,7 +153,7 @@ export async function putManifestBytes(
   const put = await ok(
     await fetch(`http://${host}/v2/${repository}/manifests/${reference}`, {
       method: 'PUT',
-      body: bytes,
+      body: new Uint8Array(bytes),
       headers: { 'content-type': mediaType },
     }),
     `PUT manifest ${reference}`,

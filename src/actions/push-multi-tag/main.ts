@@ -226,7 +226,14 @@ class RegistryRun {
   /** Lookups for every repository at once, then (unless dry run) phase 1 repository by repository. */
   async storeByDigest(): Promise<boolean> {
     try {
-      const seen = await Promise.all(this.targets.map((t) => inspect(t, this.content, this.inputs.tags)));
+      // Settled, not raced: nothing may still be asking when the client closes.
+      const looked = await Promise.allSettled(
+        this.targets.map((t) => inspect(t, this.content, this.inputs.tags)),
+      );
+      const seen = looked.map((l) => {
+        if (l.status === 'rejected') throw l.reason;
+        return l.value;
+      });
       this.targets.forEach((t, i) => {
         this.outcomes[i]!.plan = planRepository(t, this.content, this.inputs.tags, seen[i]!);
       });

@@ -64,6 +64,9 @@ export async function inspect(
   return { blobs, manifests, tags: tagged, referrersApi, fallback };
 }
 
+/** Blobs up to this size go in the small-blob lane of phase 1. */
+const SMALL_BLOB = 256 * 1024;
+
 export interface StoreOptions {
   concurrency: number;
   chunkSize: number;
@@ -94,7 +97,7 @@ export async function storeByDigest(
     subjectIgnored: false,
   };
   const files = new Map(content.blobs.map((b) => [b.digest, b]));
-  await mapLimit(plan.blobs, options.concurrency, async (blob) => {
+  const store = async (blob: RepositoryPlan['blobs'][number]) => {
     if (blob.action === 'skip') {
       result.skipped++;
       return;
@@ -113,7 +116,17 @@ export async function storeByDigest(
     });
     result.uploaded++;
     result.bytesUploaded += blob.size;
-  });
+  };
+  // Small blobs (configs, signatures, SBOMs) in a lane of their own, so they never wait behind large layers
+  // for one of `concurrency` slots: they cost round trips, not bandwidth.
+  const small = plan.blobs.filter((b) => b.size <= SMALL_BLOB);
+  const large = plan.blobs.filter((b) => b.size > SMALL_BLOB);
+  // Both lanes settle before a failure is reported: nothing may still be sending when the client closes.
+  const lanes = await Promise.allSettled([
+    mapLimit(large, options.concurrency, store),
+    mapLimit(small, MANIFEST_CONCURRENCY, store),
+  ]);
+  for (const lane of lanes) if (lane.status === 'rejected') throw lane.reason;
 
   const referrers = new Set(content.referrers.map((r) => r.descriptor.digest));
   const toStore = new Set(plan.manifests.filter((m) => m.store).map((m) => m.digest));

@@ -77,10 +77,12 @@ interface Store {
 }
 
 class Collector {
-  readonly manifests = new Map<string, PushManifest>();
-  readonly blobs = new Map<string, PushBlob>();
-  readonly referrers: Referrer[] = [];
-  readonly artifactTags: ArtifactTag[] = [];
+  /** Promises, so parallel lookups that meet the same manifest or blob (the empty config) fetch it once. */
+  private readonly manifests = new Map<string, Promise<void>>();
+  private readonly taken: PushManifest[] = [];
+  private readonly blobs = new Map<string, Promise<PushBlob>>();
+  private readonly referrers: Referrer[] = [];
+  private readonly artifactTags: ArtifactTag[] = [];
 
   constructor(
     private readonly store: Store,
@@ -88,22 +90,36 @@ class Collector {
     private readonly known: ReadonlySet<string>,
   ) {}
 
-  /** A manifest, its children (one level of index) and all their blobs; children are stored first. */
-  async take(manifest: PushManifest, depth = 0): Promise<void> {
-    if (this.manifests.has(manifest.digest)) return;
+  /** A manifest, its children (one level of index) and all their blobs; children are listed first. */
+  take(manifest: PushManifest, depth = 0): Promise<void> {
+    let taking = this.manifests.get(manifest.digest);
+    if (!taking) {
+      taking = this.takeNew(manifest, depth);
+      this.manifests.set(manifest.digest, taking);
+    }
+    return taking;
+  }
+
+  private async takeNew(manifest: PushManifest, depth: number): Promise<void> {
     const parsed = parseManifest(manifest.bytes, `manifest ${manifest.digest}`);
     if (manifest.isIndex && depth === 0) {
-      for (const child of parsed.manifests ?? []) {
-        const found = await this.store.manifest(child.digest);
-        if (!found) throw new Error(`manifest ${child.digest} (listed by ${manifest.digest}) is missing.`);
-        await this.take(found, depth + 1);
-      }
+      await Promise.all(
+        (parsed.manifests ?? []).map(async (child) => {
+          const found = await this.store.manifest(child.digest);
+          if (!found) throw new Error(`manifest ${child.digest} (listed by ${manifest.digest}) is missing.`);
+          await this.take(found, depth + 1);
+        }),
+      );
     }
-    for (const d of blobsOf(parsed)) {
-      if (this.known.has(d.digest) || this.blobs.has(d.digest)) continue;
-      this.blobs.set(d.digest, await this.store.blob(d));
-    }
-    this.manifests.set(manifest.digest, manifest);
+    await Promise.all(
+      blobsOf(parsed)
+        .filter((d) => !this.known.has(d.digest))
+        .map((d) => {
+          if (!this.blobs.has(d.digest)) this.blobs.set(d.digest, this.store.blob(d));
+          return this.blobs.get(d.digest)!;
+        }),
+    );
+    this.taken.push(manifest);
   }
 
   async referrer(subject: string, digest: string): Promise<void> {
@@ -112,19 +128,20 @@ class Collector {
     if (!manifest) throw new Error(`referrer ${digest} of ${subject} is listed but missing.`);
     // A list may say anything; only a manifest that names this subject is one of its referrers.
     if (parseManifest(manifest.bytes, `referrer ${digest}`).subject?.digest !== subject) return;
-    await this.take(manifest);
+    if (this.referrers.some((r) => r.subject === subject && r.descriptor.digest === digest)) return;
     this.referrers.push({ subject, descriptor: referrerDescriptor(manifest) });
+    await this.take(manifest);
   }
 
   async artifactTag(tag: string, manifest: PushManifest): Promise<void> {
-    await this.take(manifest);
     this.artifactTags.push({ tag, manifest });
+    await this.take(manifest);
   }
 
-  result(): Attachments {
+  async result(): Promise<Attachments> {
     return {
-      manifests: [...this.manifests.values()],
-      blobs: [...this.blobs.values()],
+      manifests: this.taken,
+      blobs: await Promise.all(this.blobs.values()),
       referrers: this.referrers,
       artifactTags: this.artifactTags,
     };
@@ -181,12 +198,14 @@ export async function attachmentsInRegistry(
     if (!api && fallback && isIndexMediaType(fallback.mediaType)) {
       listed = indexDescriptors(fallback.bytes, `referrers tag ${repository}:${tag}`);
     }
-    for (const d of listed) await collector.referrer(subject, d.digest);
-    for (const [i, found] of cosign.entries()) {
-      if (found) await collector.artifactTag(`${tag}.${COSIGN_SUFFIXES[i]}`, asPush(found));
-    }
+    await Promise.all([
+      ...listed.map((d) => collector.referrer(subject, d.digest)),
+      ...cosign.map((found, i) =>
+        found ? collector.artifactTag(`${tag}.${COSIGN_SUFFIXES[i]}`, asPush(found)) : undefined,
+      ),
+    ]);
   });
-  return collector.result();
+  return await collector.result();
 }
 
 /** Referrers and cosign artifacts of `subjects` that an OCI layout's index.json lists. */
@@ -241,5 +260,5 @@ export async function attachmentsInLayout(
       await collector.referrer(parsed.subject.digest, entry.digest);
     }
   }
-  return collector.result();
+  return await collector.result();
 }
