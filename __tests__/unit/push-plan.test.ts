@@ -12,7 +12,11 @@ import {
 import { referrerDescriptor } from '../../src/actions/push-multi-tag/referrers.js';
 import { pushSummary } from '../../src/actions/push-multi-tag/summary.js';
 import { readInputs } from '../../src/actions/push-multi-tag/inputs.js';
+import { failureOf } from '../../src/actions/push-multi-tag/failure.js';
 import { MapInputSource } from '../../src/core/inputs.js';
+import { DigestMismatchError } from '../../src/core/oci/digest.js';
+import { RegistryError } from '../../src/core/oci/errors.js';
+import { TransientError } from '../../src/core/oci/retry.js';
 
 const d = (c: string) => `sha256:${c.repeat(64)}`;
 const ROOT = d('a');
@@ -179,6 +183,25 @@ describe('referrers tag schema and index', () => {
   });
 });
 
+describe('failure reasons for outputs and the summary', () => {
+  it('keep the status and a well-formed OCI code, never the text a registry chose', () => {
+    expect(failureOf(new RegistryError('x: HTTP 403 DENIED: ::add-mask::', 403, 'DENIED'))).toEqual({
+      detail: 'x: HTTP 403 DENIED: ::add-mask::',
+      reason: 'the registry answered HTTP 403 DENIED',
+    });
+    expect(failureOf(new RegistryError('y', 400, '::set-output name=a::b')).reason).toBe(
+      'the registry answered HTTP 400',
+    );
+    expect(failureOf(new TransientError('z: socket hang up')).reason).toBe(
+      'no usable answer from the registry (network failure or timeout)',
+    );
+    expect(failureOf(new DigestMismatchError('m', 'sha256:a', 'sha256:b')).reason).toBe(
+      'content did not match its digest',
+    );
+    expect(failureOf(new Error('disk full ::error::')).reason).toBe('failed (the log says why)');
+  });
+});
+
 describe('push summary', () => {
   const inputs = readInputs(
     new MapInputSource({ source: 'oci:/l', repositories: 'ghcr.io/org/app', tags: '1, latest' }),
@@ -223,10 +246,15 @@ describe('push summary', () => {
     expect(md).toContain('Phase 1 (by digest): 1.0 s; phase 2 (tags): 500 ms.');
   });
 
-  it('names the failed registry and why, and every ref that did not move', () => {
+  it('names the failed registry and why in its own words (no registry text), and every ref that did not move', () => {
+    const hostile = new RegistryError(
+      'PUT manifest a/b:sha256:1: HTTP 500 BLOB_UNKNOWN: ![x](http://evil/)',
+      500,
+      'BLOB_UNKNOWN',
+    );
     const md = pushSummary(
       outcome({
-        phase1Failures: new Map([['quay.io', 'PUT manifest a/b:sha256:1: HTTP 500']]),
+        phase1Failures: new Map([['quay.io', failureOf(hostile)]]),
         refs: [
           {
             ref: 'ghcr.io/org/app:latest',
@@ -234,7 +262,7 @@ describe('push summary', () => {
             before: OLD,
             after: ROOT,
             release: true,
-            error: 'not tagged',
+            failure: { detail: 'not tagged', reason: 'not tagged' },
           },
         ],
       }),
@@ -242,7 +270,8 @@ describe('push summary', () => {
       1500,
     );
     expect(md).toContain('phase 1 failed on quay.io, no tag moved anywhere');
-    expect(md).toContain('| quay.io | PUT manifest a/b:sha256:1: HTTP 500 |');
+    expect(md).toContain('| quay.io | the registry answered HTTP 500 BLOB_UNKNOWN |');
+    expect(md).not.toContain('evil');
     expect(md).toContain(
       '| ghcr.io/org/app:latest | `sha256:bbbbbbbbbbbb…` | `sha256:aaaaaaaaaaaa…` | failed: not tagged |',
     );

@@ -19,12 +19,14 @@ import { InputError } from '../../core/inputs.js';
 import { RegistryClient } from '../../core/oci/client.js';
 import type { LocalImage } from '../../core/oci/layout.js';
 import { parseReference } from '../../core/oci/reference.js';
+import { externalText } from '../../core/oci/response.js';
 import { openImageSource, formatImageSource } from '../../core/oci/source.js';
-import { ActionError, errorMessage } from '../../core/run.js';
+import { ActionError } from '../../core/run.js';
 import { formatBytes, formatDuration } from '../../core/summary.js';
 import { removeScratchDirs, scratchDir } from '../../core/workspace.js';
 import { NO_ATTACHMENTS, pushContent, type Attachments, type PushContent } from './content.js';
 import { credentialsByRegistry } from './credentials.js';
+import { failureOf, type Failure } from './failure.js';
 import { EXPORT_TIMEOUT_MS, Output, REQUEST_TIMEOUT_MS } from './constants.js';
 import { Input, type Destination, type PushInputs } from './inputs.js';
 import {
@@ -63,7 +65,7 @@ export interface PushOutcome {
   repositories: RepositoryOutcome[];
   traffic: RegistryTraffic[];
   /** Registries whose lookups or phase 1 failed, with the reason. */
-  phase1Failures: Map<string, string>;
+  phase1Failures: Map<string, Failure>;
   /** Refs with their before/after digests and, where they failed, why. */
   refs: RefOutcome[];
   phase1Ms: number;
@@ -128,7 +130,7 @@ export async function pushMultiTag(host: Host, inputs: PushInputs): Promise<void
     const durationMs = Date.now() - started;
     report(host, inputs, outcome, durationMs);
     await host.appendSummary(pushSummary(outcome, inputs, durationMs));
-    const failed = outcome.refs.filter((r) => r.error);
+    const failed = outcome.refs.filter((r) => r.failure);
     if (outcome.phase1Failures.size > 0 || failed.length > 0)
       throw new ActionError(failureText(inputs, outcome));
     if (inputs.digestFile && !inputs.dryRun) await writeFile(inputs.digestFile, `${content.root.digest}\n`);
@@ -182,7 +184,10 @@ async function findAttachments(
   host.info(
     `Attached to ${image.root.digest}: ${found.referrers.length} referrer(s)` +
       found.referrers
-        .map((r) => `\n  ${r.descriptor.artifactType ?? r.descriptor.mediaType} ${r.descriptor.digest}`)
+        .map(
+          (r) =>
+            `\n  ${externalText(r.descriptor.artifactType ?? r.descriptor.mediaType, 100)} ${r.descriptor.digest}`,
+        )
         .join('') +
       `; ${found.artifactTags.length} cosign tag(s)${found.artifactTags.map((a) => `\n  ${a.tag}`).join('')}`,
   );
@@ -194,7 +199,7 @@ class RegistryRun {
   readonly client: RegistryClient;
   readonly targets: Target[];
   readonly outcomes: RepositoryOutcome[];
-  failure?: string;
+  failure?: Failure;
 
   constructor(
     readonly registry: string,
@@ -250,8 +255,8 @@ class RegistryRun {
       }
       return true;
     } catch (error) {
-      this.failure = errorMessage(error);
-      this.host.info(`${this.registry}: phase 1 failed: ${this.failure}`);
+      this.failure = failureOf(error);
+      this.host.info(`${this.registry}: phase 1 failed: ${this.failure.detail}`);
       return false;
     }
   }
@@ -265,7 +270,7 @@ class RegistryRun {
           maintainFallback:
             plan.fallback.length > 0 && (!plan.referrersApi || outcome.stored!.subjectIgnored),
         });
-        const failed = outcome.tagged.outcomes.filter((o) => o.error).length;
+        const failed = outcome.tagged.outcomes.filter((o) => o.failure).length;
         const t = outcome.tagged;
         this.host.info(
           `${this.registry}/${target.repository}: phase 2 done: ${t.outcomes.length - failed} ref(s) set` +
@@ -278,8 +283,11 @@ class RegistryRun {
     );
   }
 
-  /** Every ref of this registry as not moved, for a phase 1 that failed here or elsewhere. */
-  blockedRefs(reason: string): RefOutcome[] {
+  /** Every ref of this registry as not moved: its own phase 1 failed, or (atomic) another registry's did. */
+  blockedRefs(elsewhere?: string): RefOutcome[] {
+    const failure = this.failure
+      ? { detail: this.failure.detail, reason: `phase 1 failed here: ${this.failure.reason}` }
+      : { detail: elsewhere!, reason: elsewhere! };
     return this.outcomes.flatMap((o) =>
       (
         o.plan?.tags ??
@@ -288,7 +296,7 @@ class RegistryRun {
         ref: `${this.registry}/${o.repository}:${m.tag}`,
         ...m,
         release: this.inputs.tags.includes(m.tag),
-        error: reason,
+        failure,
       })),
     );
   }
@@ -336,8 +344,7 @@ async function pushEverywhere(
           for (const run of runs) {
             refs.push(
               ...run.blockedRefs(
-                run.failure ??
-                  `not tagged: phase 1 failed on ${failed.join(', ')} (atomic: no tag moves anywhere)`,
+                `not tagged: phase 1 failed on ${failed.join(', ')} (atomic: no tag moves anywhere)`,
               ),
             );
           }
@@ -348,7 +355,7 @@ async function pushEverywhere(
       await Promise.all(
         runs.map(async (run, i) => {
           if (await phase1[i]!) await run.moveTags();
-          else refs.push(...run.blockedRefs(run.failure!));
+          else refs.push(...run.blockedRefs());
         }),
       );
       phase1Ms = Date.now() - started;
@@ -381,19 +388,23 @@ function failureText(inputs: PushInputs, outcome: PushOutcome): string {
         `${outcome.phase1Failures.size === 1 ? 'y' : 'ies'}` +
         (inputs.atomic ? '; no tag was moved on any registry:' : '; the tags of the others were moved:'),
     );
-    for (const [registry, why] of outcome.phase1Failures) lines.push(`${registry}: ${why}`);
+    for (const [registry, why] of outcome.phase1Failures) lines.push(`${registry}: ${why.detail}`);
   }
-  const failedTags = outcome.refs.filter((r) => r.error && !outcome.phase1Failures.has(r.ref.split('/')[0]!));
+  const failedTags = outcome.refs.filter(
+    (r) => r.failure && !outcome.phase1Failures.has(r.ref.split('/')[0]!),
+  );
   if (failedTags.length > 0 && !(inputs.atomic && outcome.phase1Failures.size > 0)) {
     lines.push(`phase 2 could not set ${failedTags.length} ref(s):`);
-    for (const r of failedTags) lines.push(`${r.ref}: ${r.error}`);
+    for (const r of failedTags) lines.push(`${r.ref}: ${r.failure!.detail}`);
   }
   return `push failed: ${lines.join('\n')}`;
 }
 
 function report(host: Host, inputs: PushInputs, outcome: PushOutcome, durationMs: number): void {
-  const pushed = outcome.refs.filter((r) => r.release && !r.error).map((r) => `${r.ref}@${r.after}`);
-  const failed = outcome.refs.filter((r) => r.error).map((r) => ({ ref: r.ref, reason: r.error }));
+  const pushed = outcome.refs.filter((r) => r.release && !r.failure).map((r) => `${r.ref}@${r.after}`);
+  const failed = outcome.refs
+    .filter((r) => r.failure)
+    .map((r) => ({ ref: r.ref, reason: r.failure!.reason }));
   const stored = outcome.repositories.flatMap((r) => (r.stored ? [r.stored] : []));
   const sum = (key: 'uploaded' | 'mounted' | 'skipped' | 'bytesUploaded') =>
     String(stored.reduce((n, s) => n + s[key], 0));

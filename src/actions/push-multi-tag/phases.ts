@@ -10,8 +10,8 @@
  */
 import type { RegistryClient } from '../../core/oci/client.js';
 import { mapLimit } from '../../core/oci/pool.js';
-import { errorMessage } from '../../core/run.js';
 import { referrersTag, type PushContent } from './content.js';
+import { failureOf, type Failure } from './failure.js';
 import { readFallbackIndex, updateFallbackIndex, type FallbackState } from './fallback-index.js';
 import type { Inspection, RepositoryPlan } from './plan.js';
 import { MANIFEST_CONCURRENCY, tagManifest } from './tagging.js';
@@ -153,7 +153,8 @@ export interface RefOutcome {
   after: string;
   /** A release tag (as opposed to a cosign tag or a referrers index). */
   release: boolean;
-  error?: string;
+  /** Why the ref was not set. */
+  failure?: Failure;
 }
 
 export interface TagResult {
@@ -185,7 +186,7 @@ export async function moveTags(
       try {
         await client.putManifest(repository, move.tag, manifest.bytes, manifest.mediaType);
       } catch (error) {
-        outcomes.push({ ref: refOf(move.tag), ...move, release: false, error: errorMessage(error) });
+        outcomes.push({ ref: refOf(move.tag), ...move, release: false, failure: failureOf(error) });
         return;
       }
       outcomes.push({ ref: refOf(move.tag), ...move, release: false });
@@ -207,19 +208,19 @@ export async function moveTags(
           before: f.before,
           after: '',
           release: false,
-          error: errorMessage(error),
+          failure: failureOf(error),
         });
       }
     }),
   ]);
   for (const move of plan.tags) {
     if (!release.has(move.tag) && move.before !== move.after) continue;
-    const error = tagging.failed.get(move.tag);
+    const failure = tagging.failed.get(move.tag);
     outcomes.push({
       ref: refOf(move.tag),
       ...move,
       release: release.has(move.tag),
-      ...(error ? { error } : {}),
+      ...(failure ? { failure } : {}),
     });
   }
   return { outcomes, multiTag: tagging.multiTag, tagRequests: tagging.requests };

@@ -7,7 +7,7 @@ import { blobCounts, shortDigest } from './plan.js';
 function title(outcome: PushOutcome, inputs: PushInputs, durationMs: number): string {
   const n = outcome.repositories.length;
   if (outcome.dryRun) return `push-multi-tag (dry run, nothing changed): plan for ${n} repositories`;
-  const failed = outcome.refs.filter((r) => r.error).length;
+  const failed = outcome.refs.filter((r) => r.failure).length;
   const state =
     outcome.phase1Failures.size > 0
       ? `phase 1 failed on ${[...outcome.phase1Failures.keys()].join(', ')}${inputs.atomic ? ', no tag moved anywhere' : ''}`
@@ -48,7 +48,7 @@ export function pushSummary(outcome: PushOutcome, inputs: PushInputs, durationMs
         r.ref,
         r.before ? `\`${shortDigest(r.before)}\`` : '(new)',
         r.after ? `\`${shortDigest(r.after)}\`` : '-',
-        r.error ? `failed: ${r.error}` : r.before === r.after ? 'unchanged' : 'moved',
+        r.failure ? `failed: ${r.failure.reason}` : r.before === r.after ? 'unchanged' : 'moved',
       ])
     : outcome.repositories.flatMap((r) =>
         (r.plan?.tags ?? []).map((m) => [
@@ -58,7 +58,7 @@ export function pushSummary(outcome: PushOutcome, inputs: PushInputs, durationMs
           m.before === m.after ? 'unchanged' : 'would move',
         ]),
       );
-  const failures = [...outcome.phase1Failures].map(([registry, why]) => [registry, why]);
+  const failures = [...outcome.phase1Failures].map(([registry, why]) => [registry, why.reason]);
   return (
     heading(title(outcome, inputs, durationMs)) +
     markdownTable(['Ref', 'Digest', 'Uploaded', 'Mounted', 'Skipped'], repositoryRows) +

@@ -9,7 +9,7 @@
 import type { RegistryClient } from '../../core/oci/client.js';
 import { RegistryError } from '../../core/oci/errors.js';
 import { mapLimit } from '../../core/oci/pool.js';
-import { errorMessage } from '../../core/run.js';
+import { failureOf, type Failure } from './failure.js';
 
 /** Manifest PUTs are a few KiB each: run more at once than blob uploads so tagging costs one round trip. */
 export const MANIFEST_CONCURRENCY = 16;
@@ -32,7 +32,7 @@ export interface TaggingResult {
   /** Tags that point at the manifest now. */
   tagged: string[];
   /** Tags that could not be set (after the transport's retries), with the reason. */
-  failed: Map<string, string>;
+  failed: Map<string, Failure>;
   /** Every tag was confirmed by multi-tag PUTs. */
   multiTag: boolean;
   /** Manifest PUTs spent. */
@@ -60,7 +60,7 @@ export async function tagManifest(
     } catch (error) {
       if (!(error instanceof RegistryError) || !TAG_QUERY_REFUSED.has(error.status ?? 0)) {
         // Not about `?tag=`: the tags of this batch failed; the rest still get their own chance.
-        for (const tag of batch) result.failed.set(tag, errorMessage(error));
+        for (const tag of batch) result.failed.set(tag, failureOf(error));
         queue = queue.slice(batch.length);
         continue;
       }
@@ -84,7 +84,7 @@ export async function tagManifest(
       await put(tag);
       result.tagged.push(tag);
     } catch (error) {
-      result.failed.set(tag, errorMessage(error));
+      result.failed.set(tag, failureOf(error));
     }
   });
   result.multiTag = tags.length > 0 && oneByOne.length === 0 && result.failed.size === 0;
