@@ -8,7 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { generateKeyPairSync, verify, type KeyObject } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { updateFallbackIndex } from '../../src/actions/push-multi-tag/fallback-index.js';
@@ -264,6 +264,46 @@ describe.each([
     expect(summary).toContain(`| ${plain.host}/prod/app:${schemaTag(image.digest)} | \``);
     expect(JSON.parse(r.outputs['pushed-refs']!)).toHaveLength(4);
   });
+});
+
+it('dry-run finds the referrers and plans the referrers index without writing anything', async () => {
+  const [source, dest] = await Promise.all([registry(), registry()]);
+  await publishSource(source.host, 'staging/app', false);
+  const files = (dir: string) => {
+    const out: string[] = [];
+    const walk = (d: string) => {
+      for (const e of readdirSync(d, { withFileTypes: true })) {
+        if (e.isDirectory()) walk(join(d, e.name));
+        else out.push(`${join(d, e.name)}:${sha256(readFileSync(join(d, e.name)))}`);
+      }
+    };
+    walk(dir);
+    return out.sort();
+  };
+  const before = files(dest.dir);
+  const r = await runAction({
+    action: 'push-multi-tag',
+    inputs: {
+      source: `docker://${source.host}/staging/app@${image.digest}`,
+      repositories: `${dest.host}/prod/app`,
+      tags: 'latest',
+      'tls-verify': 'false',
+      'dry-run': 'true',
+    },
+  });
+  expect(r.errors).toEqual([]);
+  expect(files(dest.dir)).toEqual(before);
+  const [plan] = JSON.parse(r.outputs.plan!) as Array<{
+    referrersApi: boolean;
+    referrersIndexes: Array<{ tag: string; before: string | null; add: number }>;
+    tags: Array<{ tag: string }>;
+  }>;
+  expect(plan!.referrersApi).toBe(false);
+  expect(plan!.referrersIndexes).toEqual([
+    { tag: schemaTag(image.digest), before: null, add: 2 },
+    { tag: schemaTag(image.children[1]!.digest), before: null, add: 1 },
+  ]);
+  expect(plan!.tags.map((t) => t.tag)).toEqual(['latest', `${schemaTag(image.digest)}.sig`]);
 });
 
 it('referrers: false leaves them behind', async () => {

@@ -325,6 +325,7 @@ async function pushEverywhere(
   );
   const started = Date.now();
   let phase1Ms = 0;
+  let phase2Ms = 0;
   const refs: RefOutcome[] = [];
   let traffic: RegistryTraffic[] = [];
   try {
@@ -338,6 +339,7 @@ async function pushEverywhere(
             `Phase 1 (blobs and manifests by digest) done everywhere in ${formatDuration(phase1Ms)}; moving tags.`,
           );
           await Promise.all(runs.map((r) => r.moveTags()));
+          phase2Ms = Date.now() - started - phase1Ms;
         } else {
           const failed = runs.filter((r) => r.failure).map((r) => r.registry);
           host.info(`Phase 1 failed on ${failed.join(', ')}: no tag moves on any registry (atomic).`);
@@ -352,20 +354,27 @@ async function pushEverywhere(
       }
     } else {
       // Each registry on its own, for mirrors that may lag: its tags move as soon as its own phase 1 is done.
+      // The phase times reported are the longest of any registry.
       await Promise.all(
         runs.map(async (run, i) => {
-          if (await phase1[i]!) await run.moveTags();
-          else refs.push(...run.blockedRefs());
+          const ok = await phase1[i]!;
+          const own1 = Date.now() - started;
+          phase1Ms = Math.max(phase1Ms, own1);
+          if (!ok) {
+            refs.push(...run.blockedRefs());
+            return;
+          }
+          await run.moveTags();
+          phase2Ms = Math.max(phase2Ms, Date.now() - started - own1);
         }),
       );
-      phase1Ms = Date.now() - started;
     }
   } finally {
     traffic = await Promise.all(runs.map((r) => r.close()));
   }
-  const phase2Ms = inputs.dryRun ? 0 : Date.now() - started - phase1Ms;
-  if (!inputs.dryRun)
+  if (!inputs.dryRun) {
     host.info(`Phase 1 took ${formatDuration(phase1Ms)}, phase 2 ${formatDuration(phase2Ms)}.`);
+  }
   const repositories = runs.flatMap((r) => r.outcomes);
   refs.unshift(...repositories.flatMap((o) => o.tagged?.outcomes ?? []));
   return {
