@@ -159,7 +159,8 @@ async function findAttachments(
   scratch: string,
   credentials: Map<string, Credential>,
 ): Promise<Attachments> {
-  const subjects = image.manifests.map((m) => m.digest);
+  // The image first, then its children: the order the plan and the summary list their referrers in.
+  const subjects = [image.root, ...image.manifests.filter((m) => m !== image.root)].map((m) => m.digest);
   const known = new Set(image.blobs.map((b) => b.digest));
   let found: Attachments;
   if (inputs.source.transport === 'docker') {

@@ -138,12 +138,16 @@ class Collector {
     await this.take(manifest);
   }
 
-  async result(): Promise<Attachments> {
+  /** What was found, in a stable order (subjects as given, then by digest or tag) whatever finished first. */
+  async result(subjects: readonly string[]): Promise<Attachments> {
+    const bySubject = (a: Referrer, b: Referrer) =>
+      subjects.indexOf(a.subject) - subjects.indexOf(b.subject) ||
+      a.descriptor.digest.localeCompare(b.descriptor.digest);
     return {
       manifests: this.taken,
       blobs: await Promise.all(this.blobs.values()),
-      referrers: this.referrers,
-      artifactTags: this.artifactTags,
+      referrers: [...this.referrers].sort(bySubject),
+      artifactTags: [...this.artifactTags].sort((a, b) => a.tag.localeCompare(b.tag)),
     };
   }
 }
@@ -205,7 +209,7 @@ export async function attachmentsInRegistry(
       ),
     ]);
   });
-  return await collector.result();
+  return await collector.result(subjects);
 }
 
 /** Referrers and cosign artifacts of `subjects` that an OCI layout's index.json lists. */
@@ -260,5 +264,5 @@ export async function attachmentsInLayout(
       await collector.referrer(parsed.subject.digest, entry.digest);
     }
   }
-  return await collector.result();
+  return await collector.result(subjects);
 }
