@@ -73,7 +73,7 @@ function groupByRegistry(destinations: readonly Destination[]): Map<string, stri
 }
 
 async function checkSourceExists(inputs: PushInputs): Promise<void> {
-  if (inputs.source.transport === 'containers-storage' || inputs.source.transport === 'docker') return;
+  if (['containers-storage', 'docker', 'docker-daemon'].includes(inputs.source.transport)) return;
   try {
     await access(inputs.source.location);
   } catch {
