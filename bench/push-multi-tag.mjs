@@ -1,9 +1,12 @@
 // Benchmark: push one image (3 incompressible layers, ~60 MiB) under 10 tags to 2 registries through relays that
 // add 50 ms each way (100 ms RTT) and count the bytes crossing them; this action vs a `skopeo copy` loop vs a
-// `podman push` loop, each against fresh registries. Also one tag to one registry: the action vs one skopeo copy.
+// `podman push` loop, each against fresh registries. Also one tag to one registry: the action vs one skopeo copy,
+// and a promotion from a docker:// source (behind the same latency) without and with its referrers (3 signatures
+// and 1 SBOM, OCI 1.1 referrers kept in the referrers tag schema, as on a registry without the referrers API).
+// The action's rows show its phase 1 (blobs and manifests by digest) and phase 2 (tags) times from its log.
 // Usage (after `npm run build`): node bench/push-multi-tag.mjs [--layer-mib 20] [--latency-ms 50]
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -38,6 +41,7 @@ execFileSync(
     '__tests__/support/registry.ts',
     '__tests__/support/proxy.ts',
     '__tests__/support/oci-layout.ts',
+    '__tests__/support/artifacts.ts',
   ],
   { stdio: 'inherit' },
 );
@@ -46,6 +50,8 @@ const load = (name) => import(pathToFileURL(join(work, 'support', `${name}.js`))
 const { startRegistry } = await load('registry');
 const { startProxy } = await load('proxy');
 const { generateLayout } = await load('oci-layout');
+const { pushArtifact, putManifestBytes, referrer, referrersIndex, schemaTag, OCI_MANIFEST } =
+  await load('artifacts');
 
 function run(cmd, args, env = process.env) {
   return new Promise((resolve, reject) => {
@@ -57,7 +63,7 @@ function run(cmd, args, env = process.env) {
     const timer = setTimeout(() => child.kill('SIGKILL'), 20 * 60_000);
     child.on('close', (code) => {
       clearTimeout(timer);
-      if (code === 0) resolve(out);
+      if (code === 0) resolve({ out, err });
       else reject(new Error(`${cmd} ${args.slice(0, 3).join(' ')} exited ${code}: ${err.slice(-2000)}`));
     });
   });
@@ -71,10 +77,11 @@ async function withRegistries(count, fn) {
   );
   try {
     const started = performance.now();
-    await fn(relays.map((r) => r.host));
+    const result = await fn(relays.map((r) => r.host));
     const seconds = (performance.now() - started) / 1000;
     return {
       seconds,
+      phases: phasesOf(result?.err),
       bytesUp: relays.reduce((n, r) => n + r.bytesUp(), 0),
       requests: relays.reduce((n, r) => n + r.records.length, 0),
     };
@@ -102,12 +109,21 @@ await run(
   podmanEnv,
 );
 
-const action = (hosts, tags) =>
+/** `Phase 1 took 1.2 s, phase 2 340 ms.` from the action's log, in seconds. */
+function phasesOf(log) {
+  const m = /Phase 1 took ([\d.]+) (ms|s), phase 2 ([\d.]+) (ms|s)\./.exec(log ?? '');
+  if (!m) return undefined;
+  const s = (v, unit) => Number(v) / (unit === 'ms' ? 1000 : 1);
+  return { phase1: s(m[1], m[2]), phase2: s(m[3], m[4]) };
+}
+
+const action = (hosts, tags, source = layout.transportRef, extra = []) =>
   run(process.execPath, [
     'dist/cli.js',
     'push-multi-tag',
     '--source',
-    layout.transportRef,
+    source,
+    ...extra,
     '--repositories',
     hosts.map((h) => `${h}/bench/app`).join(','),
     '--tags',
@@ -161,6 +177,47 @@ record(
 record('image-ci, 1 tag', 1, 1, await withRegistries(1, (hosts) => action(hosts, ['only'])));
 record('skopeo copy, 1 tag', 1, 1, await withRegistries(1, (hosts) => skopeoCopy(hosts[0], 'only')));
 
+// Promotion from a staging registry: the image plus 3 signatures and 1 SBOM attached to it (not timed).
+const staging = await startRegistry();
+const stagingRelay = await startProxy({ target: staging.host, latencyMs: LATENCY_MS });
+await run('skopeo', [
+  'copy',
+  '--quiet',
+  '--dest-tls-verify=false',
+  layout.transportRef,
+  `docker://${staging.host}/staging/app:rc`,
+]);
+const subject = {
+  mediaType: OCI_MANIFEST,
+  digest: layout.digest,
+  size: statSync(join(layout.dir, 'blobs', 'sha256', layout.digest.slice(7))).size,
+};
+const attached = [
+  ...[1, 2, 3].map((i) =>
+    referrer(subject, 'application/vnd.dev.cosign.artifact.sig.v1+json', `signature ${i}`),
+  ),
+  referrer(subject, 'application/spdx+json', JSON.stringify({ spdxVersion: 'SPDX-2.3', packages: [] })),
+];
+for (const a of attached) await pushArtifact(staging.host, 'staging/app', a);
+await putManifestBytes(
+  staging.host,
+  'staging/app',
+  schemaTag(layout.digest),
+  referrersIndex(attached),
+  'application/vnd.oci.image.index.v1+json',
+);
+const promote = (referrers) => (hosts) =>
+  action(hosts, TAGS, `docker://${stagingRelay.host}/staging/app@${layout.digest}`, [
+    '--referrers',
+    String(referrers),
+    '--tls-verify',
+    'false',
+  ]);
+record('image-ci promote, no referrers', 2, 10, await withRegistries(2, promote(false)));
+record('image-ci promote + 3 sigs + 1 SBOM', 2, 10, await withRegistries(2, promote(true)));
+await stagingRelay.stop();
+await staging.stop();
+
 await run('podman', ['rmi', '-a', '-f'], podmanEnv).catch(() => undefined);
 rmSync(work, { recursive: true, force: true });
 
@@ -171,13 +228,15 @@ console.log(
   `\npush-multi-tag benchmark: ${mib(unique)} MiB unique blobs (3 layers), relay latency ${LATENCY_MS} ms each way\n`,
 );
 console.log(
-  '| contender | registries × tags | wall s | requests | MiB up | bytes / unique per registry | time vs skopeo |',
+  '| contender | registries × tags | wall s | phase 1 s | phase 2 s | requests | MiB up | bytes / unique per registry | time vs skopeo |',
 );
-console.log('| --- | --- | --- | --- | --- | --- | --- |');
+console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
 for (const r of results) {
   const base = r.tags === 1 ? skopeoOne : skopeoLoop;
+  const phase = (key) => (r.phases ? r.phases[key].toFixed(2) : '-');
   console.log(
-    `| ${r.name} | ${r.registries} × ${r.tags} | ${r.seconds.toFixed(2)} | ${r.requests} | ${mib(r.bytesUp)} | ` +
-      `${(r.bytesUp / (unique * r.registries)).toFixed(3)} | ${(r.seconds / base.seconds).toFixed(3)}x |`,
+    `| ${r.name} | ${r.registries} × ${r.tags} | ${r.seconds.toFixed(2)} | ${phase('phase1')} | ${phase('phase2')} | ` +
+      `${r.requests} | ${mib(r.bytesUp)} | ${(r.bytesUp / (unique * r.registries)).toFixed(3)} | ` +
+      `${(r.seconds / base.seconds).toFixed(3)}x |`,
   );
 }

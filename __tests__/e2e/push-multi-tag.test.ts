@@ -187,7 +187,9 @@ describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
         },
       });
       expect(r.main.exitCode).toBe(0);
-      expect(double.count('manifest-put')).toBe(2);
+      // Per repository: the manifest by digest in phase 1, then every tag in one PUT in phase 2.
+      expect(double.count('manifest-put', (rec) => !rec.query.has('tag'))).toBe(2);
+      expect(double.count('manifest-put', (rec) => rec.query.getAll('tag').length === TAGS.length)).toBe(2);
       expect(r.log).toContain('in one request');
       for (const tag of TAGS)
         expect(await remoteDigest(`${regA.host}/multitag/two:${tag}`)).toBe(layout.digest);

@@ -3,7 +3,8 @@
  * repository, bytes each way, status) and, per request, can answer with any status itself (429/503 with
  * Retry-After, a 401 with a challenge), drop the connection part-way through a request or a response body,
  * throttle a response, answer with an endless body, corrupt a body, or rewrite response headers. Relay-level switches refuse
- * `Range` requests and stand in for registries with the OCI 1.1 multi-tag PUT (with a cap, or refusing `?tag=`).
+ * `Range` requests and stand in for registries with the OCI 1.1 multi-tag PUT (with a cap, or refusing `?tag=`)
+ * or with the OCI 1.1 referrers API (which docker-registry 2.8 lacks).
  * The Host header is passed through, so the registry builds Location URLs that point back at the relay.
  */
 import {
@@ -29,6 +30,7 @@ export type RequestKind =
   | 'manifest-head'
   | 'manifest-get'
   | 'manifest-put'
+  | 'referrers'
   | 'other';
 
 export interface RequestRecord {
@@ -72,6 +74,8 @@ export interface ProxyOptions {
     index: number;
     contentLength: number;
     query: URLSearchParams;
+    /** The last path component: a manifest's digest or tag, a blob's digest. */
+    reference: string;
   }) => Fault | undefined;
   /**
    * Act as a registry with the OCI 1.1 multi-tag PUT (`PUT .../manifests/<digest>?tag=a&tag=b`, answered with
@@ -80,6 +84,12 @@ export interface ProxyOptions {
    * header per tag.
    */
   multiTag?: boolean | { cap?: number; joined?: boolean };
+  /**
+   * Act as a registry with the OCI 1.1 referrers API: manifest PUTs with a `subject` are indexed by the relay
+   * (and answered with OCI-Subject), and `GET /v2/<name>/referrers/<digest>` is answered from that index.
+   * Without it the relay passes the request on and docker-registry answers 404 (no API).
+   */
+  referrersApi?: boolean;
   /** Answer this status to any manifest PUT carrying `tag` query parameters (a registry refusing them). */
   refuseTagQuery?: number;
   /** Strip `Range` from requests and `Accept-Ranges` from answers: a registry without range support. */
@@ -118,6 +128,8 @@ export function classify(
     if (method === 'HEAD') return { kind: 'blob-head', repository: blob[1] };
     if (method === 'GET') return { kind: 'blob-get', repository: blob[1] };
   }
+  const referrers = /^\/v2\/(.+)\/referrers\/([^/]+)$/.exec(path);
+  if (referrers && method === 'GET') return { kind: 'referrers', repository: referrers[1] };
   const manifest = /^\/v2\/(.+)\/manifests\/([^/]+)$/.exec(path);
   if (manifest) {
     if (method === 'HEAD') return { kind: 'manifest-head', repository: manifest[1] };
@@ -134,6 +146,8 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
   const latency = options.latencyMs ?? 0;
   const records: RequestRecord[] = [];
   const kindCounts = new Map<RequestKind, number>();
+  /** `<repository>@<subject digest>` -> referrer descriptors, for the referrers API double. */
+  const referrerIndex = new Map<string, object[]>();
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     const url = new URL(req.url ?? '/', 'http://relay');
@@ -158,6 +172,7 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
       index,
       contentLength,
       query: url.searchParams,
+      reference: url.pathname.slice(url.pathname.lastIndexOf('/') + 1),
     });
     if (fault) record.fault = fault;
     // Counted in each branch at the moment the body is consumed: a 'data' listener set earlier would start the
@@ -193,6 +208,30 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
         options.target,
         options.multiTag === true ? {} : options.multiTag,
       );
+      return;
+    }
+    if (options.referrersApi && kind === 'referrers' && !fault) {
+      await consume(req, countUp);
+      const digest = url.pathname.slice(url.pathname.lastIndexOf('/') + 1);
+      const body = JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.index.v1+json',
+        manifests: referrerIndex.get(`${repository}@${digest}`) ?? [],
+      });
+      await delay(latency);
+      record.status = 200;
+      record.bytesDown += body.length;
+      res.writeHead(200, { 'content-type': 'application/vnd.oci.image.index.v1+json' }).end(body);
+      return;
+    }
+    if (options.referrersApi && kind === 'manifest-put' && !fault) {
+      await relayReferrer(req, res, url, record, options.target, latency, (subject, descriptor) => {
+        const key = `${repository}@${subject}`;
+        const list = (referrerIndex.get(key) ?? []).filter(
+          (d) => (d as { digest: string }).digest !== (descriptor as { digest: string }).digest,
+        );
+        referrerIndex.set(key, [...list, descriptor]);
+      });
       return;
     }
     if (fault && 'status' in fault) {
@@ -367,4 +406,61 @@ async function relayMultiTag(
     'oci-tag': options.joined ? tags.join(', ') : tags,
   });
   res.end();
+}
+
+/**
+ * A manifest PUT through the referrers API double: relayed to the registry; when it is stored and carries a
+ * `subject`, indexed as a referrer (artifactType, else the config's media type; annotations) and answered with
+ * OCI-Subject, as a registry with the API must.
+ */
+async function relayReferrer(
+  req: IncomingMessage,
+  res: ServerResponse,
+  url: URL,
+  record: RequestRecord,
+  target: string,
+  latency: number,
+  index: (subject: string, descriptor: object) => void,
+): Promise<void> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of req) {
+    chunks.push(chunk as Buffer);
+    record.bytesUp += (chunk as Buffer).length;
+  }
+  const body = Buffer.concat(chunks);
+  const headers: Record<string, string> = { 'content-type': req.headers['content-type'] ?? '' };
+  if (req.headers.authorization) headers.authorization = req.headers.authorization;
+  const upstream = await fetch(`http://${target}${url.pathname}${url.search}`, {
+    method: 'PUT',
+    headers,
+    body,
+  });
+  const answer = Buffer.from(await upstream.arrayBuffer());
+  const out: Record<string, string> = {};
+  upstream.headers.forEach((value, name) => {
+    if (!['content-length', 'transfer-encoding', 'connection'].includes(name)) out[name] = value;
+  });
+  if (upstream.ok) {
+    const manifest = JSON.parse(body.toString('utf8')) as {
+      mediaType?: string;
+      artifactType?: string;
+      config?: { mediaType?: string };
+      subject?: { digest?: string };
+      annotations?: Record<string, string>;
+    };
+    const subject = manifest.subject?.digest;
+    if (subject) {
+      index(subject, {
+        mediaType: manifest.mediaType ?? req.headers['content-type'],
+        digest: upstream.headers.get('docker-content-digest'),
+        size: body.length,
+        artifactType: manifest.artifactType ?? manifest.config?.mediaType,
+        ...(manifest.annotations ? { annotations: manifest.annotations } : {}),
+      });
+      out['oci-subject'] = subject;
+    }
+  }
+  await delay(latency);
+  record.status = upstream.status;
+  res.writeHead(upstream.status, out).end(answer);
 }

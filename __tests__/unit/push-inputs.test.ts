@@ -1,7 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import { MapInputSource } from '../../src/core/inputs.js';
 import { readInputs } from '../../src/actions/push-multi-tag/inputs.js';
-import { pushSummary } from '../../src/actions/push-multi-tag/summary.js';
 
 const base = {
   source: 'oci:/tmp/layout:v1',
@@ -40,6 +39,17 @@ describe('push-multi-tag readInputs', () => {
       chunkSize: 16 * 1024 * 1024,
       compression: 'zstd',
       digestFile: '/tmp/d',
+      atomic: true,
+      referrers: true,
+      dryRun: false,
+    });
+  });
+
+  it('reads atomic, referrers and dry-run strictly', () => {
+    expect(read({ atomic: 'false', referrers: 'no', 'dry-run': 'yes' })).toMatchObject({
+      atomic: false,
+      referrers: false,
+      dryRun: true,
     });
   });
 
@@ -81,34 +91,9 @@ describe('push-multi-tag readInputs', () => {
     [{ concurrency: '0' }, "Input 'concurrency': must be at least 1"],
     [{ 'chunk-size': 'big' }, "Input 'chunk-size': expected a size like 5MiB"],
     [{ compression: 'xz' }, "Input 'compression': must be one of gzip, zstd; got 'xz'."],
+    [{ atomic: 'sometimes' }, "Input 'atomic': expected true or false"],
+    [{ 'dry-run': 'perhaps' }, "Input 'dry-run': expected true or false"],
   ])('refuses %j', (extra, message) => {
     expect(() => read(extra)).toThrow(message);
-  });
-});
-
-describe('push-multi-tag summary', () => {
-  it('has one row per repository with its tags and blob counts', () => {
-    const md = pushSummary(
-      [
-        {
-          registry: 'ghcr.io',
-          repository: 'org/app',
-          digest: 'sha256:abc',
-          tags: ['1', 'latest'],
-          uploaded: 3,
-          mounted: 0,
-          skipped: 1,
-          bytesUploaded: 2048,
-          multiTag: false,
-          tagRequests: 2,
-        },
-      ],
-      [{ registry: 'ghcr.io', requests: 14, retries: 3, bytesUploaded: 2048 }],
-      1500,
-    );
-    expect(md).toContain('### push-multi-tag: 1 repositories in 1.5 s');
-    expect(md).toContain('| ghcr.io/org/app:1, latest | `sha256:abc` | 3 (2.0 KiB) | 0 | 1 |');
-    expect(md).toContain('| Registry | Requests | Retries | Blob bytes sent |');
-    expect(md).toContain('| ghcr.io | 14 | 3 | 2.0 KiB |');
   });
 });

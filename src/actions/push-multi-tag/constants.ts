@@ -1,6 +1,8 @@
 export const Output = {
   digest: 'digest',
   pushedRefs: 'pushed-refs',
+  failedRefs: 'failed-refs',
+  plan: 'plan',
   bytesUploaded: 'bytes-uploaded',
   blobsUploaded: 'blobs-uploaded',
   blobsMounted: 'blobs-mounted',

@@ -31,6 +31,12 @@ export interface PushInputs {
   chunkSize: number;
   compression?: Compression;
   digestFile?: string;
+  /** Tags move only once every registry holds everything by digest. */
+  atomic: boolean;
+  /** Copy the image's referrers and cosign artifacts along with it. */
+  referrers: boolean;
+  /** Look and report, change nothing. */
+  dryRun: boolean;
 }
 
 export const Input = {
@@ -46,6 +52,9 @@ export const Input = {
   chunkSize: 'chunk-size',
   compression: 'compression',
   digestFile: 'digest-file',
+  atomic: 'atomic',
+  referrers: 'referrers',
+  dryRun: 'dry-run',
 } as const;
 
 function readDestinations(src: InputSource): Destination[] {
@@ -114,5 +123,8 @@ export function readInputs(src: InputSource): PushInputs {
         ? undefined
         : readEnum<Compression>(src, Input.compression, ['gzip', 'zstd'], 'gzip'),
     digestFile: readString(src, Input.digestFile),
+    atomic: readBoolean(src, Input.atomic, true),
+    referrers: readBoolean(src, Input.referrers, true),
+    dryRun: readBoolean(src, Input.dryRun, false),
   };
 }

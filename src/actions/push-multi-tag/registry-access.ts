@@ -21,6 +21,8 @@ export interface PushAccess {
   destinations: Map<string, RegistryAccess>;
   /** skopeo's options for a `docker://` source (tls-verify alone for other sources). */
   source: RemoteSourceAccess;
+  /** RegistryClient options for a `docker://` source's registry (its referrers are read directly). */
+  sourceRegistry?: RegistryAccess;
   /** Removes the source's private auth file (post removes it too, should main not get there). */
   release(): Promise<void>;
 }
@@ -76,6 +78,7 @@ export async function preparePushAccess(host: Host, inputs: PushInputs): Promise
   }
   return {
     destinations,
+    sourceRegistry: src,
     source: {
       tlsVerify: src.tlsVerify ?? true,
       ...(auth ? { authFile: auth.authFile } : { anonymous: true }),

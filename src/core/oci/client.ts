@@ -4,7 +4,7 @@
  * retry policy, timeouts). Every digest is verified.
  */
 import { downloadBlob, type DownloadOptions } from './download.js';
-import { getManifest, headBlob, headManifest } from './pull.js';
+import { findManifest, getManifest, getReferrers, headBlob, headManifest } from './pull.js';
 import { RegistryTransport, type TransportOptions, type TransportStats } from './transport.js';
 import { mountBlob, putManifest, uploadBlob, type BlobFile, type UploadOptions } from './upload.js';
 
@@ -39,6 +39,14 @@ export class RegistryClient {
 
   getManifest(...args: DropFirst<Parameters<typeof getManifest>>): ReturnType<typeof getManifest> {
     return getManifest(this.transport, ...args);
+  }
+
+  findManifest(...args: DropFirst<Parameters<typeof findManifest>>): ReturnType<typeof findManifest> {
+    return findManifest(this.transport, ...args);
+  }
+
+  getReferrers(...args: DropFirst<Parameters<typeof getReferrers>>): ReturnType<typeof getReferrers> {
+    return getReferrers(this.transport, ...args);
   }
 
   headBlob(...args: DropFirst<Parameters<typeof headBlob>>): ReturnType<typeof headBlob> {

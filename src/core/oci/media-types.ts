@@ -21,6 +21,8 @@ export interface Descriptor {
   mediaType: string;
   digest: string;
   size: number;
+  /** The artifact a referrer holds (OCI 1.1), as the referrers API and its tag schema list it. */
+  artifactType?: string;
   annotations?: Record<string, string>;
   platform?: { architecture: string; os: string; variant?: string };
 }

@@ -4,7 +4,7 @@
  */
 import { DigestMismatchError, digestOf, verifyDigest } from './digest.js';
 import { RegistryError } from './errors.js';
-import { MANIFEST_MEDIA_TYPES } from './media-types.js';
+import { MANIFEST_MEDIA_TYPES, MediaType, type Descriptor } from './media-types.js';
 import { isValidDigest } from './reference.js';
 import type { RegistryResponse } from './response.js';
 import { pullScope } from './token.js';
@@ -64,6 +64,80 @@ export async function getManifest(
     if (claimed) verifyDigest(`manifest ${repository}:${reference}`, bytes, claimed);
   }
   return { bytes, mediaType: contentType(response), digest };
+}
+
+/** A manifest by tag or digest, or undefined when the registry has none under that reference (404). */
+export async function findManifest(
+  transport: RegistryTransport,
+  repository: string,
+  reference: string,
+  accept: readonly string[] = MANIFEST_MEDIA_TYPES,
+): Promise<{ bytes: Buffer; mediaType: string; digest: string } | undefined> {
+  try {
+    return await getManifest(transport, repository, reference, accept);
+  } catch (error) {
+    if (error instanceof RegistryError && error.status === 404) return undefined;
+    throw error;
+  }
+}
+
+/** Upper bound on referrers pages followed: a `Link` loop from a hostile registry must end. */
+const MAX_REFERRER_PAGES = 20;
+
+/**
+ * The OCI 1.1 referrers API (`GET /v2/<name>/referrers/<digest>`, `Link` pages followed): the descriptors of
+ * the manifests whose `subject` is `digest`, or undefined when the registry answers 404, which the
+ * distribution-spec defines as "no referrers API here" (the caller falls back to the referrers tag schema).
+ */
+export async function getReferrers(
+  transport: RegistryTransport,
+  repository: string,
+  digest: string,
+): Promise<Descriptor[] | undefined> {
+  const what = `GET referrers of ${repository}@${digest}`;
+  const found: Descriptor[] = [];
+  let url: URL | undefined = transport.url(`${repository}/referrers/${digest}`);
+  for (let page = 0; url && page < MAX_REFERRER_PAGES; page++) {
+    const response = await transport.send({
+      method: 'GET',
+      url,
+      scopes: [pullScope(repository)],
+      headers: { accept: MediaType.ociIndex },
+      ok: [200, 404],
+      what,
+    });
+    if (response.status === 404) {
+      await response.drain();
+      return page === 0 ? undefined : found;
+    }
+    const body = await response.bytes(MANIFEST_LIMIT, what);
+    found.push(...indexDescriptors(body, what));
+    const next = /<([^>]+)>\s*;\s*rel="?next"?/.exec(response.header('link') ?? '');
+    const nextUrl = next ? new URL(next[1]!, response.url) : undefined;
+    // Pages stay on the registry's own origin: a Link elsewhere would carry our token to another host.
+    url = nextUrl && nextUrl.origin === response.url.origin ? nextUrl : undefined;
+  }
+  return found;
+}
+
+/** The descriptors of an image index body; anything that is not an index is refused. */
+export function indexDescriptors(bytes: Buffer, what: string): Descriptor[] {
+  let parsed: { manifests?: unknown };
+  try {
+    parsed = JSON.parse(bytes.toString('utf8')) as { manifests?: unknown };
+  } catch {
+    throw new RegistryError(`${what}: the answer is not JSON.`);
+  }
+  if (!Array.isArray(parsed.manifests)) throw new RegistryError(`${what}: the answer is not an image index.`);
+  return (parsed.manifests as Descriptor[]).filter(
+    (d) =>
+      typeof d === 'object' &&
+      d !== null &&
+      typeof d.digest === 'string' &&
+      isValidDigest(d.digest) &&
+      typeof d.mediaType === 'string' &&
+      Number.isSafeInteger(d.size),
+  );
 }
 
 export async function headBlob(

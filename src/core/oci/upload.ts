@@ -265,7 +265,8 @@ async function hashFileRange(path: string, start: number, end: number, hash: Has
 /**
  * PUTs manifest bytes exactly as given. With `tags`, asks for the OCI 1.1 multi-tag PUT (`?tag=a&tag=b`);
  * `confirmedTags` lists only the tags the registry confirmed with OCI-Tag headers (one comma-joined header or
- * one header per tag); a registry that ignores the query confirms none.
+ * one header per tag); a registry that ignores the query confirms none. `subject` is the OCI-Subject header,
+ * by which a registry with the referrers API says it indexed the manifest's `subject`.
  */
 export async function putManifest(
   transport: RegistryTransport,
@@ -274,7 +275,7 @@ export async function putManifest(
   bytes: Buffer,
   mediaType: string,
   tags: readonly string[] = [],
-): Promise<{ digest: string; confirmedTags: string[] }> {
+): Promise<{ digest: string; confirmedTags: string[]; subject?: string }> {
   const digest = digestOf(bytes);
   if (isValidDigest(reference)) verifyDigest(`manifest for ${repository}`, bytes, reference);
   const url = transport.url(`${repository}/manifests/${reference}`);
@@ -292,7 +293,11 @@ export async function putManifest(
   await response.drain();
   const stored = response.header('docker-content-digest');
   if (stored && stored !== digest) throw new DigestMismatchError(what, digest, stored);
-  return { digest, confirmedTags: confirmedTags(response.headerList('oci-tag'), tags) };
+  return {
+    digest,
+    confirmedTags: confirmedTags(response.headerList('oci-tag'), tags),
+    subject: response.header('oci-subject'),
+  };
 }
 
 export function confirmedTags(headers: readonly string[], asked: readonly string[]): string[] {

@@ -1,0 +1,413 @@
+/**
+ * Referrers follow the image. The source is a real docker-registry 2.8 holding a multi-arch release with
+ * attached artifacts: two signatures and an SBOM as OCI 1.1 referrers (one on the index, one on a child), and a
+ * cosign-shaped `sha256-<hex>.sig` tag whose signature is real ECDSA over cosign's simple-signing payload
+ * (made here with node's crypto; Debian bookworm ships no cosign, so the graph is read back and the signature
+ * verified instead). docker-registry 2.8 has no referrers API, so it serves them through the referrers tag
+ * schema; the registry WITH the referrers API is a relay double in front of another docker-registry.
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { generateKeyPairSync, verify, type KeyObject } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { updateFallbackIndex } from '../../src/actions/push-multi-tag/fallback-index.js';
+import { RegistryClient } from '../../src/core/oci/client.js';
+import { readOciLayout } from '../../src/core/oci/layout.js';
+import {
+  cosignSignature,
+  OCI_INDEX,
+  OCI_MANIFEST,
+  pushArtifact,
+  putManifestBytes,
+  referrer,
+  referrersIndex,
+  schemaTag,
+  sha256,
+  type Artifact,
+} from '../support/artifacts.js';
+import { runAction } from '../support/harness.js';
+import { generateLayout, type GeneratedLayout } from '../support/oci-layout.js';
+import { startProxy, type CountingProxy } from '../support/proxy.js';
+import { startRegistry, type RegistryService } from '../support/registry.js';
+
+const SIG_TYPE = 'application/vnd.dev.cosign.artifact.sig.v1+json';
+const SBOM_TYPE = 'application/spdx+json';
+
+let work: string;
+let image: GeneratedLayout;
+let keys: { privateKey: KeyObject; publicKey: KeyObject };
+const services: Array<{ stop(): Promise<void> }> = [];
+
+beforeAll(() => {
+  work = mkdtempSync(join(tmpdir(), 'ici-referrers-'));
+  image = generateLayout(join(work, 'image'), {
+    layers: [30_000],
+    platforms: [
+      { os: 'linux', architecture: 'amd64' },
+      { os: 'linux', architecture: 'arm64' },
+    ],
+  });
+  keys = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+});
+afterAll(async () => {
+  await Promise.all(services.splice(0).map((s) => s.stop()));
+  rmSync(work, { recursive: true, force: true });
+});
+
+async function registry(): Promise<RegistryService> {
+  const r = await startRegistry();
+  services.push(r);
+  return r;
+}
+async function relay(target: string, referrersApi: boolean): Promise<CountingProxy> {
+  const r = await startProxy({ target, referrersApi });
+  services.push(r);
+  return r;
+}
+
+function client(host: string) {
+  return new RegistryClient({ registry: host, insecure: true, retryBaseDelayMs: 10 });
+}
+
+interface Attached {
+  signature: Artifact;
+  sbom: Artifact;
+  childSignature: Artifact;
+  cosign: Artifact;
+}
+
+/**
+ * The release on `host` (through `via`, which may be a referrers-API double) with its artifacts; where the
+ * registry has no referrers API the test keeps the `sha256-<hex>` indexes itself, as cosign/oras would.
+ */
+async function publishSource(via: string, repository: string, withApi: boolean): Promise<Attached> {
+  const c = client(via);
+  const child = image.children[1]!;
+  const root = { mediaType: OCI_INDEX, digest: image.digest, size: 0 };
+  root.size = statSync(join(image.dir, 'blobs', 'sha256', image.digest.slice(7))).size;
+  const attached: Attached = {
+    signature: referrer(root, SIG_TYPE, 'signature-1'),
+    sbom: referrer(root, SBOM_TYPE, '{"spdxVersion":"SPDX-2.3"}'),
+    childSignature: referrer(
+      { mediaType: OCI_MANIFEST, digest: child.digest, size: child.size },
+      SIG_TYPE,
+      'child-sig',
+    ),
+    cosign: cosignSignature(keys.privateKey, `${via}/${repository}`, image.digest),
+  };
+  try {
+    // The image itself, as any pipeline would have pushed it to staging.
+    const local = await readOciLayout(image.dir);
+    for (const b of local.blobs) {
+      await c.uploadBlob(repository, { ...b, path: join(image.dir, 'blobs', 'sha256', b.digest.slice(7)) });
+    }
+    for (const m of local.manifests) await c.putManifest(repository, m.digest, m.bytes, m.mediaType);
+    await c.putManifest(repository, 'staging', local.root.bytes, local.root.mediaType);
+    for (const a of [attached.signature, attached.sbom, attached.childSignature])
+      await pushArtifact(via, repository, a);
+    await pushArtifact(via, repository, attached.cosign, `${schemaTag(image.digest)}.sig`);
+    if (!withApi) {
+      await c.putManifest(
+        repository,
+        schemaTag(image.digest),
+        referrersIndex([attached.signature, attached.sbom]),
+        OCI_INDEX,
+      );
+      await c.putManifest(
+        repository,
+        schemaTag(child.digest),
+        referrersIndex([attached.childSignature]),
+        OCI_INDEX,
+      );
+    }
+  } finally {
+    await c.close();
+  }
+  return attached;
+}
+
+/** Reads the destination's graph back: every artifact by digest with its blobs, the cosign tag, the signature. */
+async function expectArtifactsAt(host: string, repository: string, attached: Attached) {
+  const c = client(host);
+  try {
+    for (const a of Object.values(attached)) {
+      const got = await c.getManifest(repository, a.digest);
+      expect(got.bytes.equals(a.bytes)).toBe(true);
+      for (const blob of a.blobs)
+        expect(await c.headBlob(repository, sha256(blob))).toEqual({ size: blob.length });
+    }
+    const sig = await c.getManifest(repository, `${schemaTag(image.digest)}.sig`);
+    expect(sig.digest).toBe(attached.cosign.digest);
+    const layer = (
+      JSON.parse(sig.bytes.toString()) as {
+        layers: Array<{ digest: string; annotations: Record<string, string> }>;
+      }
+    ).layers[0]!;
+    const path = join(work, 'payload-read-back');
+    await c.downloadBlob(repository, layer.digest, path);
+    const payload = readFileSync(path);
+    const signed = JSON.parse(payload.toString()) as {
+      critical: { image: { 'docker-manifest-digest': string } };
+    };
+    expect(signed.critical.image['docker-manifest-digest']).toBe(image.digest);
+    expect(
+      verify(
+        'sha256',
+        payload,
+        keys.publicKey,
+        Buffer.from(layer.annotations['dev.cosignproject.cosign/signature']!, 'base64'),
+      ),
+    ).toBe(true);
+  } finally {
+    await c.close();
+  }
+}
+
+async function fallbackIndex(host: string, repository: string, subject: string) {
+  const c = client(host);
+  try {
+    const found = await c.findManifest(repository, schemaTag(subject));
+    return (
+      found &&
+      (JSON.parse(found.bytes.toString()) as {
+        mediaType: string;
+        manifests: Array<{ digest: string; artifactType?: string; annotations?: Record<string, string> }>;
+      })
+    );
+  } finally {
+    await c.close();
+  }
+}
+
+describe.each([
+  ['docker-registry 2.8 (referrers tag schema)', false],
+  ['a registry with the referrers API (relay double)', true],
+])('promote by digest from a source with %s', (_name, sourceApi) => {
+  it('copies every referrer and the cosign tag; keeps the sha256-<hex> index where the destination lacks the API', async () => {
+    const [source, plain, withApi] = await Promise.all([registry(), registry(), registry()]);
+    const sourceVia = sourceApi ? (await relay(source.host, true)).host : source.host;
+    const attached = await publishSource(sourceVia, 'staging/app', sourceApi);
+    const apiRelay = await relay(withApi.host, true);
+    // Something else already listed for the image at the plain destination: it must survive the merge.
+    const other = referrer(
+      { mediaType: OCI_INDEX, digest: image.digest, size: 1 },
+      'application/vnd.other',
+      'kept',
+    );
+    await pushArtifact(plain.host, 'prod/app', other);
+    await putManifestBytes(
+      plain.host,
+      'prod/app',
+      schemaTag(image.digest),
+      Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: OCI_INDEX,
+          manifests: [
+            {
+              mediaType: OCI_MANIFEST,
+              digest: other.digest,
+              size: other.bytes.length,
+              artifactType: 'application/vnd.other',
+            },
+          ],
+        }),
+      ),
+      OCI_INDEX,
+    );
+
+    const r = await runAction({
+      action: 'push-multi-tag',
+      inputs: {
+        source: `docker://${sourceVia}/staging/app@${image.digest}`,
+        repositories: `${plain.host}/prod/app\n${apiRelay.host}/prod/app`,
+        tags: '1.0.0, latest',
+        'tls-verify': 'false',
+      },
+    });
+    expect(r.errors).toEqual([]);
+    expect(r.main.exitCode).toBe(0);
+    expect(r.log).toContain('3 referrer(s)');
+    expect(r.log).toContain(`1 cosign tag(s)\n  ${schemaTag(image.digest)}.sig`);
+
+    await expectArtifactsAt(plain.host, 'prod/app', attached);
+    await expectArtifactsAt(withApi.host, 'prod/app', attached);
+
+    // No referrers API at the plain registry: the tag schema lists every referrer, merged with what was there.
+    const rootIndex = await fallbackIndex(plain.host, 'prod/app', image.digest);
+    expect(rootIndex!.mediaType).toBe(OCI_INDEX);
+    expect(rootIndex!.manifests.map((d) => d.digest).sort()).toEqual(
+      [other.digest, attached.signature.digest, attached.sbom.digest].sort(),
+    );
+    const sbom = rootIndex!.manifests.find((d) => d.digest === attached.sbom.digest)!;
+    expect(sbom.artifactType).toBe(SBOM_TYPE);
+    expect(sbom.annotations).toEqual({
+      'org.opencontainers.image.created': '2026-12-01T00:00:00Z',
+      'test.kind': SBOM_TYPE,
+    });
+    const childIndex = await fallbackIndex(plain.host, 'prod/app', image.children[1]!.digest);
+    expect(childIndex!.manifests.map((d) => d.digest)).toEqual([attached.childSignature.digest]);
+
+    // The registry with the API indexed them itself (OCI-Subject): no tag-schema index is written there.
+    expect(await fallbackIndex(withApi.host, 'prod/app', image.digest)).toBeUndefined();
+    const api = client(apiRelay.host);
+    const listed = await api.getReferrers('prod/app', image.digest);
+    await api.close();
+    expect(listed!.map((d) => d.digest).sort()).toEqual(
+      [attached.signature.digest, attached.sbom.digest].sort(),
+    );
+
+    // Referrer manifests and blobs in phase 1 (by digest); the index tag and the cosign tag in phase 2.
+    const summary = r.main.summary;
+    expect(summary).toContain(`| ${plain.host}/prod/app:${schemaTag(image.digest)}.sig | (new) |`);
+    expect(summary).toContain(`| ${plain.host}/prod/app:${schemaTag(image.digest)} | \``);
+    expect(JSON.parse(r.outputs['pushed-refs']!)).toHaveLength(4);
+  });
+});
+
+it('dry-run finds the referrers and plans the referrers index without writing anything', async () => {
+  const [source, dest] = await Promise.all([registry(), registry()]);
+  await publishSource(source.host, 'staging/app', false);
+  const files = (dir: string) => {
+    const out: string[] = [];
+    const walk = (d: string) => {
+      for (const e of readdirSync(d, { withFileTypes: true })) {
+        if (e.isDirectory()) walk(join(d, e.name));
+        else out.push(`${join(d, e.name)}:${sha256(readFileSync(join(d, e.name)))}`);
+      }
+    };
+    walk(dir);
+    return out.sort();
+  };
+  const before = files(dest.dir);
+  const r = await runAction({
+    action: 'push-multi-tag',
+    inputs: {
+      source: `docker://${source.host}/staging/app@${image.digest}`,
+      repositories: `${dest.host}/prod/app`,
+      tags: 'latest',
+      'tls-verify': 'false',
+      'dry-run': 'true',
+    },
+  });
+  expect(r.errors).toEqual([]);
+  expect(files(dest.dir)).toEqual(before);
+  const [plan] = JSON.parse(r.outputs.plan!) as Array<{
+    referrersApi: boolean;
+    referrersIndexes: Array<{ tag: string; before: string | null; add: number }>;
+    tags: Array<{ tag: string }>;
+  }>;
+  expect(plan!.referrersApi).toBe(false);
+  expect(plan!.referrersIndexes).toEqual([
+    { tag: schemaTag(image.digest), before: null, add: 2 },
+    { tag: schemaTag(image.children[1]!.digest), before: null, add: 1 },
+  ]);
+  expect(plan!.tags.map((t) => t.tag)).toEqual(['latest', `${schemaTag(image.digest)}.sig`]);
+});
+
+it('referrers: false leaves them behind', async () => {
+  const [source, dest] = await Promise.all([registry(), registry()]);
+  await publishSource(source.host, 'staging/app', false);
+  const r = await runAction({
+    action: 'push-multi-tag',
+    inputs: {
+      source: `docker://${source.host}/staging/app:staging`,
+      repositories: `${dest.host}/prod/app`,
+      tags: 'latest',
+      'tls-verify': 'false',
+      referrers: 'false',
+    },
+  });
+  expect(r.main.exitCode).toBe(0);
+  expect(await fallbackIndex(dest.host, 'prod/app', image.digest)).toBeUndefined();
+  const c = client(dest.host);
+  expect(await c.headManifest('prod/app', `${schemaTag(image.digest)}.sig`)).toBeUndefined();
+  await c.close();
+});
+
+it('an OCI layout that holds referrers and a cosign tag brings them along', async () => {
+  const dest = await registry();
+  const layout = generateLayout(join(work, 'with-referrers'), { layers: [10_000] });
+  const subject = { mediaType: OCI_MANIFEST, digest: layout.digest, size: 0 };
+  subject.size = statSync(join(layout.dir, 'blobs', 'sha256', layout.digest.slice(7))).size;
+  const sbom = referrer(subject, SBOM_TYPE, '{"spdxVersion":"SPDX-2.3","name":"layout"}');
+  const sig = cosignSignature(keys.privateKey, 'staging/app', layout.digest);
+  for (const a of [sbom, sig]) {
+    for (const blob of [...a.blobs, a.bytes]) {
+      writeFileSync(join(layout.dir, 'blobs', 'sha256', sha256(blob).slice(7)), blob);
+    }
+  }
+  const indexPath = join(layout.dir, 'index.json');
+  const index = JSON.parse(readFileSync(indexPath, 'utf8')) as { manifests: object[] };
+  index.manifests.push(
+    { mediaType: OCI_MANIFEST, digest: sbom.digest, size: sbom.bytes.length, artifactType: SBOM_TYPE },
+    {
+      mediaType: OCI_MANIFEST,
+      digest: sig.digest,
+      size: sig.bytes.length,
+      annotations: { 'org.opencontainers.image.ref.name': `${schemaTag(layout.digest)}.sig` },
+    },
+  );
+  writeFileSync(indexPath, JSON.stringify(index));
+
+  const r = await runAction({
+    action: 'push-multi-tag',
+    inputs: {
+      source: layout.transportRef,
+      repositories: `${dest.host}/prod/layout`,
+      tags: 'v1',
+      'tls-verify': 'false',
+    },
+  });
+  expect(r.errors).toEqual([]);
+  const fallback = await fallbackIndex(dest.host, 'prod/layout', layout.digest);
+  expect(fallback!.manifests.map((d) => [d.digest, d.artifactType])).toEqual([[sbom.digest, SBOM_TYPE]]);
+  const c = client(dest.host);
+  expect((await c.headManifest('prod/layout', `${schemaTag(layout.digest)}.sig`))?.digest).toBe(sig.digest);
+  expect((await c.headManifest('prod/layout', 'v1'))?.digest).toBe(layout.digest);
+  await c.close();
+});
+
+it('a referrers index update lost to a concurrent writer is read back and merged again', async () => {
+  const dest = await registry();
+  const subject = image.digest;
+  const tag = schemaTag(subject);
+  const subjectRef = { mediaType: OCI_INDEX, digest: subject, size: 1 };
+  const theirArtifact = referrer(subjectRef, 'application/vnd.theirs', 'theirs');
+  const ourArtifact = referrer(subjectRef, SIG_TYPE, 'ours');
+  const theirs = { mediaType: OCI_MANIFEST, digest: theirArtifact.digest, size: theirArtifact.bytes.length };
+  const ours = {
+    mediaType: OCI_MANIFEST,
+    digest: ourArtifact.digest,
+    size: ourArtifact.bytes.length,
+    artifactType: SIG_TYPE,
+  };
+  // docker-registry checks that an index lists manifests it has: store both artifacts first.
+  await pushArtifact(dest.host, 'race/app', theirArtifact);
+  await pushArtifact(dest.host, 'race/app', ourArtifact);
+  await putManifestBytes(
+    dest.host,
+    'race/app',
+    tag,
+    Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [theirs] })),
+    OCI_INDEX,
+  );
+  // Our first PUT "succeeds" but another writer's index is what stays under the tag (the relay answers 201
+  // without storing), as when two pipelines update the tag at once on a registry without conditional PUTs.
+  const racing = await startProxy({
+    target: dest.host,
+    fault: ({ kind, method, reference, index }) =>
+      kind === 'manifest-put' && method === 'PUT' && reference === tag && index === 0
+        ? { status: 201 }
+        : undefined,
+  });
+  services.push(racing);
+  const c = client(racing.host);
+  const done = await updateFallbackIndex(c, 'race/app', tag, [ours]);
+  await c.close();
+  expect(racing.count('manifest-put')).toBe(2);
+  expect(done.added).toBe(1);
+  const now = await fallbackIndex(dest.host, 'race/app', subject);
+  expect(now!.manifests.map((d) => d.digest)).toEqual([theirs.digest, ours.digest]);
+});

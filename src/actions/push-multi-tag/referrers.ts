@@ -1,0 +1,268 @@
+/**
+ * Finds what is attached to an image so it can follow the image to its destinations: OCI 1.1 referrers
+ * (manifests whose `subject` is the image's index or one of its children) and cosign's tag-named artifacts
+ * (`sha256-<hex>.sig`, `.att`, `.sbom`). At a source registry: the referrers API where it answers, else the
+ * referrers tag schema (`sha256-<hex>`, an index of referrer descriptors), and the cosign tags in any case
+ * (cosign writes them even where the API exists). In an OCI layout: what its index.json lists.
+ *
+ * Everything read here comes from outside: every manifest is checked against its digest, a referrer must name
+ * the subject it was found for, and blobs are downloaded verified into the scratch directory.
+ */
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { RegistryClient } from '../../core/oci/client.js';
+import { verifyDigest } from '../../core/oci/digest.js';
+import { blobPath, REF_NAME_ANNOTATION } from '../../core/oci/layout.js';
+import { isIndexMediaType, type Descriptor } from '../../core/oci/media-types.js';
+import { mapLimit } from '../../core/oci/pool.js';
+import { indexDescriptors } from '../../core/oci/pull.js';
+import { isValidDigest } from '../../core/oci/reference.js';
+import {
+  COSIGN_SUFFIXES,
+  referrersTag,
+  type ArtifactTag,
+  type Attachments,
+  type PushBlob,
+  type PushManifest,
+  type Referrer,
+} from './content.js';
+
+interface ManifestJson {
+  mediaType?: string;
+  artifactType?: string;
+  config?: Descriptor;
+  layers?: Descriptor[];
+  manifests?: Descriptor[];
+  subject?: Descriptor;
+  annotations?: Record<string, string>;
+}
+
+function parseManifest(bytes: Buffer, what: string): ManifestJson {
+  try {
+    const parsed = JSON.parse(bytes.toString('utf8')) as unknown;
+    if (typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed))
+      return parsed as ManifestJson;
+  } catch {
+    // reported below
+  }
+  throw new Error(`${what} is not a JSON manifest.`);
+}
+
+/** The descriptor a referrers list holds for a manifest (distribution-spec "Listing Referrers"). */
+export function referrerDescriptor(manifest: PushManifest): Descriptor {
+  const parsed = parseManifest(manifest.bytes, `manifest ${manifest.digest}`);
+  const artifactType = parsed.artifactType || (manifest.isIndex ? undefined : parsed.config?.mediaType);
+  const descriptor: Descriptor = {
+    mediaType: manifest.mediaType,
+    digest: manifest.digest,
+    size: manifest.bytes.length,
+  };
+  if (artifactType) descriptor.artifactType = artifactType;
+  if (parsed.annotations && Object.keys(parsed.annotations).length > 0) {
+    descriptor.annotations = parsed.annotations;
+  }
+  return descriptor;
+}
+
+function blobsOf(parsed: ManifestJson): Descriptor[] {
+  return [...(parsed.config ? [parsed.config] : []), ...(parsed.layers ?? [])].filter(
+    (d) => typeof d?.digest === 'string' && isValidDigest(d.digest) && Number.isSafeInteger(d.size),
+  );
+}
+
+/** Reads manifests and blobs from somewhere; a registry and a layout each provide one. */
+interface Store {
+  manifest(reference: string): Promise<PushManifest | undefined>;
+  blob(descriptor: Descriptor): Promise<PushBlob>;
+}
+
+class Collector {
+  /** Promises, so parallel lookups that meet the same manifest or blob (the empty config) fetch it once. */
+  private readonly manifests = new Map<string, Promise<void>>();
+  private readonly taken: PushManifest[] = [];
+  private readonly blobs = new Map<string, Promise<PushBlob>>();
+  private readonly referrers: Referrer[] = [];
+  private readonly artifactTags: ArtifactTag[] = [];
+
+  constructor(
+    private readonly store: Store,
+    /** Blobs the image itself brings: never fetched twice. */
+    private readonly known: ReadonlySet<string>,
+  ) {}
+
+  /** A manifest, its children (one level of index) and all their blobs; children are listed first. */
+  take(manifest: PushManifest, depth = 0): Promise<void> {
+    let taking = this.manifests.get(manifest.digest);
+    if (!taking) {
+      taking = this.takeNew(manifest, depth);
+      this.manifests.set(manifest.digest, taking);
+    }
+    return taking;
+  }
+
+  private async takeNew(manifest: PushManifest, depth: number): Promise<void> {
+    const parsed = parseManifest(manifest.bytes, `manifest ${manifest.digest}`);
+    if (manifest.isIndex && depth === 0) {
+      await Promise.all(
+        (parsed.manifests ?? []).map(async (child) => {
+          const found = await this.store.manifest(child.digest);
+          if (!found) throw new Error(`manifest ${child.digest} (listed by ${manifest.digest}) is missing.`);
+          await this.take(found, depth + 1);
+        }),
+      );
+    }
+    await Promise.all(
+      blobsOf(parsed)
+        .filter((d) => !this.known.has(d.digest))
+        .map((d) => {
+          if (!this.blobs.has(d.digest)) this.blobs.set(d.digest, this.store.blob(d));
+          return this.blobs.get(d.digest)!;
+        }),
+    );
+    this.taken.push(manifest);
+  }
+
+  async referrer(subject: string, digest: string): Promise<void> {
+    if (this.referrers.some((r) => r.subject === subject && r.descriptor.digest === digest)) return;
+    const manifest = await this.store.manifest(digest);
+    if (!manifest) throw new Error(`referrer ${digest} of ${subject} is listed but missing.`);
+    // A list may say anything; only a manifest that names this subject is one of its referrers.
+    if (parseManifest(manifest.bytes, `referrer ${digest}`).subject?.digest !== subject) return;
+    if (this.referrers.some((r) => r.subject === subject && r.descriptor.digest === digest)) return;
+    this.referrers.push({ subject, descriptor: referrerDescriptor(manifest) });
+    await this.take(manifest);
+  }
+
+  async artifactTag(tag: string, manifest: PushManifest): Promise<void> {
+    this.artifactTags.push({ tag, manifest });
+    await this.take(manifest);
+  }
+
+  /** What was found, in a stable order (subjects as given, then by digest or tag) whatever finished first. */
+  async result(subjects: readonly string[]): Promise<Attachments> {
+    const bySubject = (a: Referrer, b: Referrer) =>
+      subjects.indexOf(a.subject) - subjects.indexOf(b.subject) ||
+      a.descriptor.digest.localeCompare(b.descriptor.digest);
+    return {
+      manifests: this.taken,
+      blobs: await Promise.all(this.blobs.values()),
+      referrers: [...this.referrers].sort(bySubject),
+      artifactTags: [...this.artifactTags].sort((a, b) => a.tag.localeCompare(b.tag)),
+    };
+  }
+}
+
+/** Subjects checked at once at a source registry. */
+const SUBJECT_CONCURRENCY = 8;
+
+export interface RegistrySource {
+  client: RegistryClient;
+  repository: string;
+  /** Where downloaded blobs go (removed by the caller). */
+  scratch: string;
+}
+
+/** Referrers and cosign artifacts of `subjects` in a registry repository. */
+export async function attachmentsInRegistry(
+  source: RegistrySource,
+  subjects: readonly string[],
+  known: ReadonlySet<string>,
+): Promise<Attachments> {
+  const { client, repository } = source;
+  const dir = join(source.scratch, 'attached');
+  await mkdir(join(dir, 'blobs', 'sha256'), { recursive: true });
+  const asPush = (m: { bytes: Buffer; mediaType: string; digest: string }): PushManifest => ({
+    ...m,
+    isIndex: isIndexMediaType(m.mediaType),
+  });
+  const collector = new Collector(
+    {
+      manifest: async (reference) => {
+        const found = await client.findManifest(repository, reference);
+        return found && asPush(found);
+      },
+      blob: async (d) => {
+        const path = blobPath(dir, d.digest);
+        await mkdir(join(path, '..'), { recursive: true });
+        await client.downloadBlob(repository, d.digest, path, { size: d.size });
+        return { digest: d.digest, size: d.size, path };
+      },
+    },
+    known,
+  );
+  await mapLimit(subjects, SUBJECT_CONCURRENCY, async (subject) => {
+    const tag = referrersTag(subject);
+    // All lookups at once: one round trip whatever the source supports.
+    const [api, fallback, ...cosign] = await Promise.all([
+      client.getReferrers(repository, subject),
+      client.findManifest(repository, tag),
+      ...COSIGN_SUFFIXES.map((s) => client.findManifest(repository, `${tag}.${s}`)),
+    ]);
+    let listed: Descriptor[] = api ?? [];
+    if (!api && fallback && isIndexMediaType(fallback.mediaType)) {
+      listed = indexDescriptors(fallback.bytes, `referrers tag ${repository}:${tag}`);
+    }
+    await Promise.all([
+      ...listed.map((d) => collector.referrer(subject, d.digest)),
+      ...cosign.map((found, i) =>
+        found ? collector.artifactTag(`${tag}.${COSIGN_SUFFIXES[i]}`, asPush(found)) : undefined,
+      ),
+    ]);
+  });
+  return await collector.result(subjects);
+}
+
+/** Referrers and cosign artifacts of `subjects` that an OCI layout's index.json lists. */
+export async function attachmentsInLayout(
+  dir: string,
+  subjects: readonly string[],
+  known: ReadonlySet<string>,
+): Promise<Attachments> {
+  const readBlob = async (digest: string): Promise<Buffer | undefined> => {
+    if (!isValidDigest(digest)) return undefined;
+    const bytes = await readFile(blobPath(dir, digest)).catch(() => undefined);
+    if (bytes) verifyDigest(`manifest ${digest} in ${dir}`, bytes, digest);
+    return bytes;
+  };
+  const collector = new Collector(
+    {
+      manifest: async (digest) => {
+        const bytes = await readBlob(digest);
+        if (!bytes) return undefined;
+        const mediaType = parseManifest(bytes, `manifest ${digest}`).mediaType ?? '';
+        return { digest, mediaType, bytes, isIndex: isIndexMediaType(mediaType) };
+      },
+      blob: async (d) => {
+        const path = blobPath(dir, d.digest);
+        const info = await stat(path).catch(() => undefined);
+        if (!info) throw new Error(`the OCI layout ${dir} lacks blob ${d.digest}.`);
+        return { digest: d.digest, size: d.size, path };
+      },
+    },
+    known,
+  );
+  const index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as { manifests?: Descriptor[] };
+  const bySchemaTag = new Map(subjects.map((s) => [referrersTag(s), s]));
+  const wanted = new Set(subjects);
+  for (const entry of index.manifests ?? []) {
+    if (wanted.has(entry.digest)) continue;
+    const name = entry.annotations?.[REF_NAME_ANNOTATION] ?? '';
+    const cosign = /^(.+)\.(sig|att|sbom)$/.exec(name);
+    const bytes = await readBlob(entry.digest);
+    if (!bytes) continue;
+    const parsed = parseManifest(bytes, `manifest ${entry.digest} in ${dir}`);
+    const mediaType = entry.mediaType || parsed.mediaType || '';
+    const manifest = { digest: entry.digest, mediaType, bytes, isIndex: isIndexMediaType(mediaType) };
+    if (cosign && bySchemaTag.has(cosign[1]!)) {
+      await collector.artifactTag(name, manifest);
+    } else if (bySchemaTag.has(name) && manifest.isIndex) {
+      const subject = bySchemaTag.get(name)!;
+      for (const d of indexDescriptors(bytes, `referrers index ${name} in ${dir}`)) {
+        await collector.referrer(subject, d.digest);
+      }
+    } else if (parsed.subject && wanted.has(parsed.subject.digest)) {
+      await collector.referrer(parsed.subject.digest, entry.digest);
+    }
+  }
+  return await collector.result(subjects);
+}
