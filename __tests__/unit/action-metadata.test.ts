@@ -3,7 +3,8 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { loadActionMetadata } from '../../src/core/action-metadata.js';
-import { MapInputSource, RecordingInputSource } from '../../src/core/inputs.js';
+import { MapInputSource } from '../../src/core/inputs.js';
+import { RecordingInputSource } from '../support/recording-input-source.js';
 import { ACTION_NAMES, ACTIONS } from '../../src/actions/registry.js';
 import { REPO_ROOT } from '../support/harness.js';
 

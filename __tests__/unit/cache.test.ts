@@ -1,12 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
-import {
-  buildCacheKey,
-  cacheBackend,
-  cacheKeyPrefix,
-  planCacheSave,
-  runPlannedSave,
-  setCacheOutputs,
-} from '../../src/core/cache.js';
+import { cacheBackend, planCacheSave, runPlannedSave } from '../../src/core/cache.js';
+import { buildCacheKey, cacheKeyPrefix } from '../../src/core/cache-key.js';
 import { cacheCallTimeoutMs, classifySaveFailure, type LibraryLine } from '../../src/core/cache-actions.js';
 import { matchEntry } from '../../src/core/cache-dir.js';
 import { CliHost } from '../../src/core/host.js';
@@ -166,7 +160,7 @@ describe('classifySaveFailure (why @actions/cache returned -1)', () => {
   });
 });
 
-describe('outputs and the main -> post plan', () => {
+describe('the main -> post plan', () => {
   const saved: Record<string, string | undefined> = {};
   const vars = ['ACTIONS_CACHE_SERVICE_V2', 'ACTIONS_RESULTS_URL', 'ACTIONS_CACHE_URL', 'IMAGE_CI_CACHE_DIR'];
   beforeEach(() => {
@@ -177,14 +171,6 @@ describe('outputs and the main -> post plan', () => {
   });
   afterEach(() => {
     for (const v of vars) if (saved[v] !== undefined) process.env[v] = saved[v];
-  });
-
-  it('sets cache-hit and cache-matched-key', () => {
-    const { host } = cliHost();
-    setCacheOutputs(host, { hit: false, matchedKey: 'k-old', backend: 'actions' });
-    expect(Object.fromEntries(host.outputs)).toEqual({ 'cache-hit': 'false', 'cache-matched-key': 'k-old' });
-    setCacheOutputs(host, { hit: false, backend: 'none' });
-    expect(host.outputs.get('cache-matched-key')).toBe('');
   });
 
   it('runs a planned save once; without a plan post does nothing', async () => {

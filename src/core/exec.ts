@@ -7,8 +7,6 @@
  * inputs or a credential by forgetting to filter.
  */
 import { spawn } from 'node:child_process';
-import { access, constants } from 'node:fs/promises';
-import { delimiter, join } from 'node:path';
 import { registeredSecrets, SECRET_ENV_VARS } from './secrets.js';
 
 export interface ExecOptions {
@@ -144,22 +142,4 @@ export function exec(command: string, args: readonly string[], options: ExecOpti
       }
     });
   });
-}
-
-/** The absolute path of a command on PATH, or undefined. */
-export async function which(
-  command: string,
-  env: NodeJS.ProcessEnv = process.env,
-): Promise<string | undefined> {
-  for (const dir of (env.PATH ?? '').split(delimiter)) {
-    if (!dir) continue;
-    const candidate = join(dir, command);
-    try {
-      await access(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // not in this directory
-    }
-  }
-  return undefined;
 }

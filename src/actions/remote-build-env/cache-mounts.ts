@@ -8,7 +8,8 @@
  * contents are known, so `cache-hit` means "something was restored".
  */
 import { join } from 'node:path';
-import { cacheKeyPrefix, restoreCache, saveCache } from '../../core/cache.js';
+import { restoreCache, saveCache } from '../../core/cache.js';
+import { cacheKeyPrefix } from '../../core/cache-key.js';
 import type { Host } from '../../core/host.js';
 import { EMPTY_FINGERPRINT, fingerprintDir } from './fingerprint.js';
 import type { CacheState } from './state.js';
@@ -35,8 +36,9 @@ export async function restoreCacheMounts(
   return state;
 }
 
-export function saveKey(cache: CacheState, fingerprint: string): string {
-  return `${cache.keyPrefix}${fingerprint.slice(0, KEY_FINGERPRINT_CHARS)}`;
+/** `keyPrefix` is `cacheKeyPrefix` of the `cache-key` input. */
+export function saveKey(keyPrefix: string, fingerprint: string): string {
+  return `${keyPrefix}${fingerprint.slice(0, KEY_FINGERPRINT_CHARS)}`;
 }
 
 /** Saves the cache-mount dir when the builds changed it. Never throws (saveCache reports problems as warnings). */
@@ -50,5 +52,5 @@ export async function saveCacheMounts(host: Host, cache: CacheState): Promise<vo
     host.info(`Cache mounts: unchanged since ${cache.matchedKey ?? 'the restore'}, not saved again.`);
     return;
   }
-  await saveCache(host, [cache.path], saveKey(cache, fingerprint));
+  await saveCache(host, [cache.path], saveKey(cache.keyPrefix, fingerprint));
 }
