@@ -146,6 +146,21 @@ describe('classifySaveFailure (why @actions/cache returned -1)', () => {
     ).toBe('too-large');
   });
 
+  it('a write denied by policy is a skip, like a read-only cache mode (the library only warns)', () => {
+    const denied = warning(
+      'Failed to save: Unable to reserve cache with key k. More details: cache write denied: event is read-only',
+    );
+    expect(classifySaveFailure([denied], 'cache write denied:')).toEqual({
+      outcome: 'skipped',
+      message: denied.text,
+    });
+  });
+
+  it('an HTTP 5xx the library logs as an error is an outage whatever its text', () => {
+    const line: LibraryLine = { kind: 'error', text: 'Failed to save: Bad Gateway' };
+    expect(classifySaveFailure([line]).outcome).toBe('unavailable');
+  });
+
   it('a cache-mode that forbids writes is a skip; anything else is a failure with the library text', () => {
     expect(
       classifySaveFailure([
