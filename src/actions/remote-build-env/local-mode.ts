@@ -4,6 +4,7 @@ import { mkdir, readFile, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { which } from '@actions/io';
 import type { Host } from '../../core/host.js';
+import { InputError } from '../../core/inputs.js';
 import { CONTAINERS_CONF, containersConfVariable, podmanVersion } from '../../core/podman.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { formatDuration, heading, markdownTable } from '../../core/summary.js';
@@ -12,7 +13,7 @@ import { waitUntilAnswering } from './answering.js';
 import { cacheMountDir, restoreCacheMounts, saveCacheMounts } from './cache-mounts.js';
 import { registeredChild, removeOwnedPaths, showLog, stopChild } from './cleanup.js';
 import type { LocalOptions } from './inputs.js';
-import { Outputs } from './constants.js';
+import { Inputs, Outputs } from './constants.js';
 import { podmanRemote, SERVICE, socketUrl, spawnService, type ServicePlan } from './local-service.js';
 import type { ServingMode } from './mode.js';
 import { isRunning, type StopOutcome } from './process-group.js';
@@ -46,8 +47,9 @@ async function serviceTmpdir(
 
 async function startLocalService(host: Host, inputs: LocalOptions, interrupted?: AbortSignal): Promise<void> {
   if (process.platform !== 'linux') {
-    throw new ActionError(
-      '`mode: local` needs Linux (podman system service runs only there); use `mode: ssh` against a Linux host or podman machine.',
+    throw new InputError(
+      Inputs.mode,
+      '`local` needs Linux (podman system service runs only there); use `mode: ssh` against a Linux host or podman machine.',
     );
   }
   if (!(await which('podman'))) throw new ActionError('podman is not installed (not found on PATH).');

@@ -153,7 +153,7 @@ function tunnelFiles(scratch: string, socket: string, inputs: SshOptions): Tunne
 
 async function connectSsh(host: Host, inputs: SshOptions, interrupted?: AbortSignal): Promise<void> {
   for (const value of keyMaskValues(inputs.sshKey)) host.setSecret(value);
-  if (process.platform === 'win32') throw new ActionError('`mode: ssh` needs a Linux or macOS runner.');
+  if (process.platform === 'win32') throw new InputError(Inputs.mode, '`ssh` needs a Linux or macOS runner.');
   if (!(await which('ssh')))
     throw new ActionError('ssh (openssh-client) is not installed (not found on PATH).');
   if (inputs.knownHosts !== undefined && !(await which('ssh-keygen')))
