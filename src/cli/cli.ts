@@ -84,6 +84,10 @@ export function parseArgs(meta: ActionMetadata, args: readonly string[]): Parsed
     allowNegative: true,
     tokens: true,
   });
+  const namesOption = (arg: string) => {
+    const flag = /^--(?:no-)?([^=]+)/.exec(arg)?.[1];
+    return flag !== undefined && flag in options;
+  };
   const values = new Map<string, string>();
   const globals = new Map<string, string>();
   let help = false;
@@ -118,7 +122,8 @@ export function parseArgs(meta: ActionMetadata, args: readonly string[]): Parsed
       value = negated ? 'false' : (token.value ?? 'true');
     } else {
       if (negated) throw new InputError(name, `is not a true/false input; give --${name} <value>.`);
-      if (token.value === undefined || (!token.inlineValue && token.value.startsWith('--'))) {
+      // A value may start with dashes (an ssh key's armour); the next flag taken as one may not.
+      if (token.value === undefined || (!token.inlineValue && namesOption(token.value))) {
         throw new InputError(name, `needs a value: --${name} <value>.`);
       }
       value = token.value;
