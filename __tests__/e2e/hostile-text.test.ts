@@ -10,7 +10,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { which } from '../../src/core/exec.js';
+import { which } from '@actions/io';
 import {
   foreignCommands,
   runAction,

@@ -1,6 +1,6 @@
 /**
- * prune-simplestreams as shipped: dist/ through the runner harness and through the CLI, killed at every
- * mutation step by the test-only crash hook, and run twice at once against the repository lock.
+ * prune-simplestreams as shipped: dist/ through the runner harness and through the CLI, SIGKILLed right after
+ * each change it makes in the repository, and run twice at once against the repository lock.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { spawn } from 'node:child_process';
@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { acquireLock } from '../../src/core/atomic.js';
 import { REPO_ROOT, runAction } from '../support/harness.js';
+import { killAtChange } from '../support/kill-at-change.js';
 import {
   listFiles,
   pruneOutcome,
@@ -259,7 +260,7 @@ describe('prune-simplestreams verify failure', () => {
   });
 });
 
-describe('crash safety (test-only IMAGE_CI_TEST_CRASH_AT_STEP hook)', () => {
+describe('crash safety (SIGKILL right after each change the prune makes in the repository)', () => {
   it('leaves a valid repository when killed at any step, and the next run converges', async () => {
     const args = (root: string) => ['--path', root, '--keep-versions', '1', '--grace-period', '0s'];
     const reference = freshCopy(small);
@@ -270,23 +271,31 @@ describe('crash safety (test-only IMAGE_CI_TEST_CRASH_AT_STEP hook)', () => {
 
     const brokenBefore = repoProblems(small);
     expect(brokenBefore).toHaveLength(1); // the fixture's broken alpine version
-    /** Kills a prune at `step`; returns false when the run had fewer steps (it then finished normally). */
-    const crashAt = async (step: number): Promise<boolean> => {
+    let killedWithLock = 0;
+    /** Kills a prune at its `event`-th change; returns false when the run made fewer (it then finished). */
+    const crashAt = async (event: number): Promise<boolean> => {
       const root = freshCopy(small);
-      const crashed = cli(args(root), { IMAGE_CI_TEST_CRASH_AT_STEP: String(step) });
-      const code = await crashed.code;
-      if (code === 0) return false;
-      expect(code).toBe(86);
-      expect(crashed.stderr.join('\n')).toContain(`test-only crash after step ${step}`);
+      const killed = await killAtChange(
+        root,
+        event,
+        process.execPath,
+        [CLI, 'prune-simplestreams', ...args(root)],
+        {
+          ...process.env,
+          NODE_OPTIONS: '',
+        },
+      );
+      if (!killed) return false;
       // Valid for clients: whatever the metadata references is there, except what was missing before the prune.
       expect(repoProblems(root).filter((p) => !brokenBefore.includes(p))).toEqual([]);
-      expect(existsSync(join(root, LOCK))).toBe(true); // a crash cannot release it: the next run must break it
+      // A kill cannot release the lock: the next run must find it stale and take it over.
+      if (existsSync(join(root, LOCK))) killedWithLock++;
       const next = cli(args(root));
-      expect(await next.code).toBe(0);
+      expect({ code: await next.code, log: next.stderr.join('\n') }).toMatchObject({ code: 0 });
       expect(pruneOutcome(root)).toEqual(expected);
       return true;
     };
-    // Spawning node dominates: four steps at a time keep the whole matrix short.
+    // Spawning node dominates: four kills at a time keep the whole matrix short.
     let crashes = 0;
     for (let first = 1; crashes === first - 1; first += 4) {
       const crashed = await Promise.all([0, 1, 2, 3].map((i) => crashAt(first + i)));
@@ -294,6 +303,7 @@ describe('crash safety (test-only IMAGE_CI_TEST_CRASH_AT_STEP hook)', () => {
     }
     // lock, state, images.json, index.json, every deletion, state again, every emptied directory
     expect(crashes).toBeGreaterThan(10);
+    expect(killedWithLock).toBeGreaterThan(0);
   });
 });
 

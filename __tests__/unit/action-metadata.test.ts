@@ -3,7 +3,9 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { loadActionMetadata } from '../../src/core/action-metadata.js';
-import { MapInputSource, RecordingInputSource } from '../../src/core/inputs.js';
+import { MapInputSource } from '../../src/core/inputs.js';
+import { RecordingInputSource } from '../support/recording-input-source.js';
+import { withDefaults } from '../../src/cli/cli.js';
 import { ACTION_NAMES, ACTIONS } from '../../src/actions/registry.js';
 import { REPO_ROOT } from '../support/harness.js';
 
@@ -13,6 +15,31 @@ const MINIMAL_VALID: Record<string, Record<string, string>> = {
   'prune-simplestreams': { path: '/srv/images' },
   'preseed-podman-vm': {},
   'remote-build-env': {},
+};
+
+/**
+ * Settings that between them reach every reader with a default: some are read only in one mode (ssh) or with
+ * another input set (init).
+ */
+const SCENARIOS: Record<string, Array<Record<string, string>>> = {
+  ...Object.fromEntries(Object.entries(MINIMAL_VALID).map(([name, given]) => [name, [given]])),
+  'preseed-podman-vm': [{}, { init: 'true', 'cache-scope': 'machine', start: 'true' }],
+  'remote-build-env': [
+    {},
+    {
+      mode: 'ssh',
+      host: 'ssh://ci@build.example/run/podman/podman.sock',
+      'ssh-key': 'KEY',
+      'known-hosts': 'x',
+    },
+  ],
+};
+
+/** The constants.ts of each action whose skeleton is done (push-multi-tag's is still `Input`/`Output`). */
+const CONSTANTS: Record<string, () => Promise<{ Inputs: object; Outputs: object }>> = {
+  'preseed-podman-vm': () => import('../../src/actions/preseed-podman-vm/constants.js'),
+  'prune-simplestreams': () => import('../../src/actions/prune-simplestreams/constants.js'),
+  'remote-build-env': () => import('../../src/actions/remote-build-env/constants.js'),
 };
 
 describe('action.yml files agree with the code', () => {
@@ -59,4 +86,29 @@ describe('action.yml files agree with the code', () => {
       for (const output of Object.keys(meta.outputs)) expect(root.outputs[output]).toBeDefined();
     }
   });
+
+  /*
+   * The runner passes action.yml defaults as INPUT_*, the CLI applies them from the same file; the readers'
+   * fallbacks only act when an input arrives empty. So reading with the action.yml defaults and reading with no
+   * defaults at all must give the same inputs, in every scenario: a code default that differs from action.yml
+   * (or one action.yml lacks) shows up as a difference.
+   */
+  it.each(ACTION_NAMES)('%s: every default in the code is the action.yml default', (name) => {
+    const meta = loadActionMetadata(name, REPO_ROOT);
+    for (const given of SCENARIOS[name]!) {
+      const withYmlDefaults = new MapInputSource(withDefaults(meta, new Map(Object.entries(given))));
+      const withoutDefaults = new MapInputSource(given);
+      expect(ACTIONS[name]!.readInputs(withoutDefaults)).toEqual(ACTIONS[name]!.readInputs(withYmlDefaults));
+    }
+  });
+
+  it.each(Object.keys(CONSTANTS))(
+    '%s: constants.ts names exactly the inputs and outputs of action.yml',
+    async (name) => {
+      const meta = loadActionMetadata(name, REPO_ROOT);
+      const { Inputs, Outputs } = await CONSTANTS[name]!();
+      expect(Object.values(Inputs).sort()).toEqual(Object.keys(meta.inputs).sort());
+      expect(Object.values(Outputs).sort()).toEqual(Object.keys(meta.outputs).sort());
+    },
+  );
 });

@@ -1,12 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
-import {
-  buildCacheKey,
-  cacheBackend,
-  cacheKeyPrefix,
-  planCacheSave,
-  runPlannedSave,
-  setCacheOutputs,
-} from '../../src/core/cache.js';
+import { cacheBackend, planCacheSave, runPlannedSave } from '../../src/core/cache.js';
+import { buildCacheKey, cacheKeyPrefix } from '../../src/core/cache-key.js';
 import { cacheCallTimeoutMs, classifySaveFailure, type LibraryLine } from '../../src/core/cache-actions.js';
 import { matchEntry } from '../../src/core/cache-dir.js';
 import { CliHost } from '../../src/core/host.js';
@@ -152,6 +146,21 @@ describe('classifySaveFailure (why @actions/cache returned -1)', () => {
     ).toBe('too-large');
   });
 
+  it('a write denied by policy is a skip, like a read-only cache mode (the library only warns)', () => {
+    const denied = warning(
+      'Failed to save: Unable to reserve cache with key k. More details: cache write denied: event is read-only',
+    );
+    expect(classifySaveFailure([denied], 'cache write denied:')).toEqual({
+      outcome: 'skipped',
+      message: denied.text,
+    });
+  });
+
+  it('an HTTP 5xx the library logs as an error is an outage whatever its text', () => {
+    const line: LibraryLine = { kind: 'error', text: 'Failed to save: Bad Gateway' };
+    expect(classifySaveFailure([line]).outcome).toBe('unavailable');
+  });
+
   it('a cache-mode that forbids writes is a skip; anything else is a failure with the library text', () => {
     expect(
       classifySaveFailure([
@@ -166,7 +175,7 @@ describe('classifySaveFailure (why @actions/cache returned -1)', () => {
   });
 });
 
-describe('outputs and the main -> post plan', () => {
+describe('the main -> post plan', () => {
   const saved: Record<string, string | undefined> = {};
   const vars = ['ACTIONS_CACHE_SERVICE_V2', 'ACTIONS_RESULTS_URL', 'ACTIONS_CACHE_URL', 'IMAGE_CI_CACHE_DIR'];
   beforeEach(() => {
@@ -177,14 +186,6 @@ describe('outputs and the main -> post plan', () => {
   });
   afterEach(() => {
     for (const v of vars) if (saved[v] !== undefined) process.env[v] = saved[v];
-  });
-
-  it('sets cache-hit and cache-matched-key', () => {
-    const { host } = cliHost();
-    setCacheOutputs(host, { hit: false, matchedKey: 'k-old', backend: 'actions' });
-    expect(Object.fromEntries(host.outputs)).toEqual({ 'cache-hit': 'false', 'cache-matched-key': 'k-old' });
-    setCacheOutputs(host, { hit: false, backend: 'none' });
-    expect(host.outputs.get('cache-matched-key')).toBe('');
   });
 
   it('runs a planned save once; without a plan post does nothing', async () => {

@@ -47,6 +47,26 @@ describe('parseArgs', () => {
     expect(parseArgs(prune, ['--dry-run', '--path', '/x']).values.get('dry-run')).toBe('true');
   });
 
+  it('takes a value that starts with dashes (a key), but not the next flag as a value', () => {
+    const rbe = loadActionMetadata('remote-build-env');
+    const key = '-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----';
+    expect(parseArgs(rbe, ['--ssh-key', key, '--mode', 'ssh']).values.get('ssh-key')).toBe(key);
+    expect(() => parseArgs(prune, ['--path', '--dry-run'])).toThrow("Input 'path': needs a value");
+    expect(() => parseArgs(prune, ['--path', '--no-dry-run'])).toThrow("Input 'path': needs a value");
+  });
+
+  it('takes --flag=false for true/false inputs, as podman does, and says how when given a separate value', () => {
+    expect(parseArgs(prune, ['--dry-run=false', '--keep-broken=yes']).values).toEqual(
+      new Map([
+        ['dry-run', 'false'],
+        ['keep-broken', 'yes'],
+      ]),
+    );
+    expect(() => parseArgs(prune, ['--dry-run', 'false'])).toThrow(
+      "Input 'false': unexpected argument; inputs are given as --<input> <value>. A true/false input takes its value after '=': --dry-run=false.",
+    );
+  });
+
   it('rejects unknown flags and missing values, naming them', () => {
     expect(() => parseArgs(prune, ['--keep', '2'])).toThrow(InputError);
     expect(() => parseArgs(prune, ['--keep', '2'])).toThrow("Input 'keep': is not an input of");

@@ -1,5 +1,5 @@
 import { describe, expect, it } from '@jest/globals';
-import { childEnv, exec, ExecError, which } from '../../src/core/exec.js';
+import { childEnv, exec, ExecError } from '../../src/core/exec.js';
 import { CliHost } from '../../src/core/host.js';
 import { MapInputSource } from '../../src/core/inputs.js';
 
@@ -44,11 +44,6 @@ describe('exec', () => {
       onLine: (l) => lines.push(l),
     });
     expect(lines).toEqual(['from-env', '/']);
-  });
-
-  it('which finds commands on PATH', async () => {
-    expect(await which('sh')).toMatch(/\/sh$/);
-    expect(await which('no-such-command-ici')).toBeUndefined();
   });
 });
 

@@ -11,7 +11,7 @@ import {
 } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { acquireLock, LockTimeoutError, withLock, writeFileAtomic } from '../../src/core/atomic.js';
+import { acquireLock, LockTimeoutError, writeFileAtomic } from '../../src/core/atomic.js';
 import {
   createIsolatedAuth,
   findCredential,
@@ -67,8 +67,9 @@ describe('locks', () => {
     const path = join(tempDir(), 'repo.lock');
     const first = await acquireLock(path, { timeoutMs: 1000 });
     const order: string[] = [];
-    const second = withLock(path, { timeoutMs: 5000, pollMs: 20 }, async () => {
+    const second = acquireLock(path, { timeoutMs: 5000, pollMs: 20 }).then(async (lock) => {
       order.push('second');
+      await lock.release();
     });
     await new Promise((r) => setTimeout(r, 100));
     order.push('first releases');

@@ -28,7 +28,10 @@ describe('parseReference', () => {
   it.each([
     ['', /empty/],
     ['docker://quay.io/a', /URL scheme/],
-    ['quay.io/UPPER/case', /invalid repository path component 'UPPER'/],
+    [
+      'quay.io/UPPER/case',
+      /invalid repository path 'UPPER\/case': repository names must be lower-case \(write 'upper\/case'\)/,
+    ],
     ['quay.io/a:bad tag', /invalid tag/],
     ['quay.io/a:-leading', /invalid tag/],
     ['quay.io/a@sha256:short', /invalid digest/],

@@ -58,7 +58,9 @@ describe('setMachineImage', () => {
 
 describe('planContainersConf', () => {
   it('writes only the image for CONTAINERS_CONF_OVERRIDE (podman >= 4.4)', async () => {
-    const plan = await planContainersConf('/i.qcow2.zst', true, join(tmp, 'own.conf'), { HOME: tmp });
+    const plan = await planContainersConf('/i.qcow2.zst', 'CONTAINERS_CONF_OVERRIDE', join(tmp, 'own.conf'), {
+      HOME: tmp,
+    });
     expect(plan).toEqual({
       variable: 'CONTAINERS_CONF_OVERRIDE',
       text: '[machine]\nimage = "/i.qcow2.zst"\n',
@@ -70,7 +72,9 @@ describe('planContainersConf', () => {
     mkdirSync(join(home, '.config', 'containers'), { recursive: true });
     const user = join(home, '.config', 'containers', 'containers.conf');
     writeFileSync(user, '[engine]\nruntime = "crun"\n');
-    const plan = await planContainersConf('/i.qcow2.zst', false, join(tmp, 'own.conf'), { HOME: home });
+    const plan = await planContainersConf('/i.qcow2.zst', 'CONTAINERS_CONF', join(tmp, 'own.conf'), {
+      HOME: home,
+    });
     expect(plan.variable).toBe('CONTAINERS_CONF');
     expect(plan.base).toBe(user);
     expect(plan.text).toBe('[engine]\nruntime = "crun"\n\n[machine]\nimage = "/i.qcow2.zst"\n');
@@ -82,8 +86,8 @@ describe('planContainersConf', () => {
     const own = join(tmp, 'own.conf');
     writeFileSync(own, '[machine]\nimage = "/old"\n');
     const env = { HOME: join(tmp, 'nohome'), CONTAINERS_CONF: earlier };
-    expect((await planContainersConf('/i', false, own, env)).base).toBe(earlier);
-    const again = await planContainersConf('/i', false, own, { ...env, CONTAINERS_CONF: own });
+    expect((await planContainersConf('/i', 'CONTAINERS_CONF', own, env)).base).toBe(earlier);
+    const again = await planContainersConf('/i', 'CONTAINERS_CONF', own, { ...env, CONTAINERS_CONF: own });
     expect(again.base).not.toBe(own);
   });
 });

@@ -1,6 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import { loadActionMetadata } from '../../src/core/action-metadata.js';
-import { InputError, MapInputSource, RecordingInputSource } from '../../src/core/inputs.js';
+import { InputError, MapInputSource } from '../../src/core/inputs.js';
+import { RecordingInputSource } from '../support/recording-input-source.js';
 import { classifyImage } from '../../src/actions/preseed-podman-vm/image-source.js';
 import { readInputs } from '../../src/actions/preseed-podman-vm/inputs.js';
 import { REPO_ROOT } from '../support/harness.js';
@@ -66,6 +67,7 @@ describe('image input', () => {
     expect(classifyImage('docker://quay.io/podman/machine-os:5.3')).toEqual({
       kind: 'registry',
       reference: 'quay.io/podman/machine-os:5.3',
+      parsed: { registry: 'quay.io', repository: 'podman/machine-os', tag: '5.3' },
     });
     expect(classifyImage('https://example.com/a/disk.qcow2.zst')).toEqual({
       kind: 'url',

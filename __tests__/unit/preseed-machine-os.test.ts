@@ -1,11 +1,11 @@
 import { describe, expect, it } from '@jest/globals';
-import { parsePodmanVersion } from '../../src/actions/preseed-podman-vm/podman-host.js';
+import type { Descriptor } from '../../src/core/oci/media-types.js';
+import { parsePodmanVersion } from '../../src/core/podman.js';
 import {
   defaultImage,
   diskLayer,
   podmanCacheFileName,
   selectDiskChild,
-  type Descriptor,
   type ImageIndex,
 } from '../../src/actions/preseed-podman-vm/machine-os.js';
 

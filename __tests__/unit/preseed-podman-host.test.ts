@@ -1,28 +1,9 @@
 import { describe, expect, it } from '@jest/globals';
 import { InputError } from '../../src/core/inputs.js';
-import {
-  defaultVmType,
-  machineDirs,
-  parsePodmanVersion,
-  resolveArch,
-  supportsConfOverride,
-} from '../../src/actions/preseed-podman-vm/podman-host.js';
+import { parsePodmanVersion } from '../../src/core/podman.js';
+import { defaultVmType, machineDirs, resolveArch } from '../../src/actions/preseed-podman-vm/podman-host.js';
 
 const v = (text: string) => parsePodmanVersion(text)!;
-
-describe('podman version', () => {
-  it('reads release and dev versions from `podman --version`', () => {
-    expect(v('podman version 4.3.1')).toMatchObject({ major: 4, minor: 3, patch: 1 });
-    expect(v('podman version 5.3.0-dev')).toMatchObject({ major: 5, minor: 3, patch: 0, text: '5.3.0-dev' });
-    expect(parsePodmanVersion('no version here')).toBeUndefined();
-  });
-
-  it('knows CONTAINERS_CONF_OVERRIDE starts at 4.4', () => {
-    expect(supportsConfOverride(v('4.3.1'))).toBe(false);
-    expect(supportsConfOverride(v('4.4.0'))).toBe(true);
-    expect(supportsConfOverride(v('5.0.0'))).toBe(true);
-  });
-});
 
 describe('vm type detection', () => {
   it('follows the platform and podman major version', () => {

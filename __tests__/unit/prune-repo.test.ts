@@ -66,7 +66,7 @@ async function prune(i: PruneInputs, nowMs = NOW): Promise<{ report: PruneReport
     log: (l) => log.push(l),
     out: (l) => log.push(l),
   });
-  const report = await pruneRepository(i, host, { now: () => nowMs, env: {} });
+  const report = await pruneRepository(i, host, { now: () => nowMs });
   return { report, log };
 }
 
@@ -323,7 +323,7 @@ describe('refused repositories (nothing changed)', () => {
     );
     rmSync(join(repo.root, 'streams/v1/index.json'));
     expect((await pruneError(inputs(repo.root))).message).toMatch(/streams\/v1\/index.json is missing/);
-    expect((await pruneError(inputs(join(base, 'nope')))).message).toMatch(/is not a directory/);
+    expect((await pruneError(inputs(join(base, 'nope')))).message).toMatch(/nope does not exist/);
   });
 });
 

@@ -2,13 +2,18 @@
  * `image-ci <action> --<input> value ...`: the same readInputs/main/post as the action, with inputs from flags
  * and defaults from the action's action.yml. Exit codes: 0 ok, 1 failed, 2 bad input.
  */
+import { parseArgs as parseArgv } from 'node:util';
+import packageJson from '../../package.json' with { type: 'json' };
 import { loadActionMetadata, type ActionMetadata } from '../core/action-metadata.js';
 import { CliHost, type Host } from '../core/host.js';
 import { InputError, MapInputSource } from '../core/inputs.js';
 import { interceptStdout, parseLibraryCommand } from '../core/library-output.js';
-import { EXIT_BAD_INPUT, EXIT_OK, runMain, runPost } from '../core/run.js';
+import { errorMessage, EXIT_BAD_INPUT, EXIT_OK, runMain, runPost } from '../core/run.js';
 import { CLI_PASSWORD_ENV } from '../core/secrets.js';
 import { ACTIONS, ACTION_NAMES } from '../actions/registry.js';
+
+/** From package.json as it was when the bundle was built: ncc inlines the import. */
+export const VERSION: string = packageJson.version;
 
 const PASSWORD_INPUT = 'password';
 const PASSWORD_STDIN = 'password-stdin';
@@ -56,46 +61,76 @@ export interface ParsedArgs {
   help: boolean;
 }
 
-/** Parses `--name value`, `--name=value`, bare `--flag` / `--no-flag` for boolean inputs; repeats join as a list. */
+/**
+ * `--name value`, `--name=value`, bare `--flag` / `--no-flag` and `--flag=false` (as podman spells it) for
+ * true/false inputs; repeats of a list input join as its lines. node:util.parseArgs splits the arguments; its
+ * strict mode would report mistakes without naming the input, so they are judged here, on its tokens.
+ */
 export function parseArgs(meta: ActionMetadata, args: readonly string[]): ParsedArgs {
+  const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = {
+    help: { type: 'boolean', short: 'h' },
+  };
+  for (const name of Object.keys(GLOBAL_FLAGS)) {
+    options[name] = { type: GLOBAL_SWITCHES.has(name) ? 'boolean' : 'string' };
+  }
+  for (const name of Object.keys(meta.inputs)) {
+    options[name] = { type: isBooleanInput(meta, name) ? 'boolean' : 'string' };
+  }
+  const { tokens } = parseArgv({
+    args: [...args],
+    options,
+    strict: false,
+    allowPositionals: true,
+    allowNegative: true,
+    tokens: true,
+  });
+  const namesOption = (arg: string) => {
+    const flag = /^--(?:no-)?([^=]+)/.exec(arg)?.[1];
+    return flag !== undefined && flag in options;
+  };
   const values = new Map<string, string>();
   const globals = new Map<string, string>();
   let help = false;
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i]!;
-    if (arg === '--help' || arg === '-h') {
+  for (const [i, token] of tokens.entries()) {
+    if (token.kind === 'option-terminator') continue;
+    if (token.kind === 'positional') {
+      const before = tokens[i - 1];
+      const hint =
+        before?.kind === 'option' && options[before.name]?.type === 'boolean' && before.value === undefined
+          ? ` A true/false input takes its value after '=': --${before.name}=${token.value}.`
+          : '';
+      throw new InputError(token.value, `unexpected argument; inputs are given as --<input> <value>.${hint}`);
+    }
+    const { name, rawName } = token;
+    const option = options[name];
+    if (!option) {
+      throw new InputError(
+        rawName.replace(/^--?/, ''),
+        `is not an input of ${meta.name || 'this action'}; see --help.`,
+      );
+    }
+    if (name === 'help') {
       help = true;
       continue;
     }
-    if (!arg.startsWith('--')) {
-      throw new InputError(arg, `unexpected argument; inputs are given as --<input> <value>.`);
-    }
-    const eq = arg.indexOf('=');
-    let name = eq > 0 ? arg.slice(2, eq) : arg.slice(2);
-    let value: string | undefined = eq > 0 ? arg.slice(eq + 1) : undefined;
-    if (value === undefined && name.startsWith('no-') && isBooleanInput(meta, name.slice(3))) {
-      name = name.slice(3);
-      value = 'false';
-    }
-    const isGlobal = name in GLOBAL_FLAGS;
-    if (!isGlobal && !(name in meta.inputs)) {
-      throw new InputError(name, `is not an input of ${meta.name || 'this action'}; see --help.`);
-    }
-    if (value === undefined) {
-      const next = args[i + 1];
-      const flagLike = (isGlobal && GLOBAL_SWITCHES.has(name)) || isBooleanInput(meta, name);
-      if (flagLike && (next === undefined || next.startsWith('--'))) {
-        value = 'true';
-      } else if (next === undefined) {
-        throw new InputError(name, 'needs a value: --' + name + ' <value>.');
-      } else {
-        value = next;
-        i++;
+    const negated = rawName === `--no-${name}`;
+    let value: string;
+    if (option.type === 'boolean') {
+      if (negated && token.value !== undefined) {
+        throw new InputError(name, `--no-${name} takes no value; give --${name}=<true|false>.`);
       }
+      value = negated ? 'false' : (token.value ?? 'true');
+    } else {
+      if (negated) throw new InputError(name, `is not a true/false input; give --${name} <value>.`);
+      // A value may start with dashes (an ssh key's armour); the next flag taken as one may not.
+      if (token.value === undefined || (!token.inlineValue && namesOption(token.value))) {
+        throw new InputError(name, `needs a value: --${name} <value>.`);
+      }
+      value = token.value;
     }
-    const target = isGlobal ? globals : values;
+    const target = name in GLOBAL_FLAGS ? globals : values;
     const previous = target.get(name);
-    target.set(name, previous === undefined ? value : `${previous}\n${value}`);
+    target.set(name, previous === undefined || option.type === 'boolean' ? value : `${previous}\n${value}`);
   }
   return { values, globals, help };
 }
@@ -132,6 +167,7 @@ function generalHelp(): string {
   return [
     'usage: image-ci <action> [--<input> <value> ...]',
     '       image-ci <action> --help',
+    '       image-ci --version',
     '',
     'Actions:',
     ...ACTION_NAMES.map((n) => `  ${n}`),
@@ -144,6 +180,10 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo): Pr
     io.out(generalHelp());
     return action ? EXIT_OK : EXIT_BAD_INPUT;
   }
+  if (action === '--version' || action === '-V') {
+    io.out(`image-ci ${VERSION}`);
+    return EXIT_OK;
+  }
   const definition = ACTIONS[action];
   if (!definition) {
     io.err(`error: unknown action '${action}'.\n${generalHelp()}`);
@@ -154,7 +194,7 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo): Pr
   try {
     parsed = parseArgs(meta, rest);
   } catch (error) {
-    io.err(`error: ${(error as Error).message}`);
+    io.err(`error: ${errorMessage(error)}`);
     return EXIT_BAD_INPUT;
   }
   if (parsed.help) {
@@ -167,7 +207,7 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo): Pr
   try {
     password = await readPassword(meta, parsed, io);
   } catch (error) {
-    io.err(`error: ${(error as Error).message}`);
+    io.err(`error: ${errorMessage(error)}`);
     return EXIT_BAD_INPUT;
   }
   const values = new Map(parsed.values);

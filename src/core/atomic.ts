@@ -370,12 +370,3 @@ function heldLock(path: string, content: string): Lock {
     },
   };
 }
-
-export async function withLock<T>(path: string, options: LockOptions, fn: () => Promise<T>): Promise<T> {
-  const lock = await acquireLock(path, options);
-  try {
-    return await fn();
-  } finally {
-    await lock.release();
-  }
-}

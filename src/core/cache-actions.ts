@@ -3,12 +3,16 @@
  * the unmodified @actions/cache library for anything the stream does not handle; saves always use the library.
  * The library is loaded on first use: actions that never touch the cache do not pay for parsing it.
  *
- * What the library does not tell its caller:
- * saveCache returns -1 for every failure and restoreCache returns undefined for misses and outages alike; the
- * reason exists only in what the library logs through @actions/core (which writes workflow commands to stdout).
- * So each call runs with stdout captured: the library's lines are re-emitted through the Host (progress as info,
- * its debug as debug, its masks as secrets) and its warnings/errors are kept to classify the outcome, which the
- * wrapper then reports once, in its own words (no error annotation for a cache that merely was unavailable).
+ * What the library tells its caller, and what only its log does: saveCache returns the entry id, throws its
+ * ValidationError (a key or paths it refuses) and a few errors it raises before it starts (no paths exist), and
+ * catches everything else itself (ReserveCacheError, FinalizeCacheError, HTTP and network errors), logs it
+ * through @actions/core and returns -1; restoreCache returns undefined for misses and outages alike. So the
+ * outcome is read from the return value and the thrown error first, and only a -1 or an undefined is explained
+ * from the log: each call runs with stdout captured, the library's lines are re-emitted through the Host
+ * (progress as info, its debug as debug, its masks as secrets) and its warnings/errors are kept to classify the
+ * outcome, which the wrapper then reports once, in its own words. The log lines read are the ones the
+ * library's catch blocks write per error class; cache-library.test.ts checks them against the installed
+ * version.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
@@ -35,6 +39,14 @@ export function cacheCallTimeoutMs(env: NodeJS.ProcessEnv = process.env): number
   return ms;
 }
 
+/** The library call outlived IMAGE_CI_CACHE_TIMEOUT: the service is as good as unavailable. */
+class CacheDeadline extends Error {
+  constructor(ms: number) {
+    super(`the cache service did not answer: timed out after ${formatDuration(ms)}`);
+    this.name = 'CacheDeadline';
+  }
+}
+
 /**
  * Stops waiting for `promise` after `ms`. The library call cannot be cancelled; it is abandoned (its late result
  * ignored), which is still better than a step that never ends.
@@ -42,10 +54,7 @@ export function cacheCallTimeoutMs(env: NodeJS.ProcessEnv = process.env): number
 function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`the cache service did not answer: timed out after ${formatDuration(ms)}`)),
-      ms,
-    );
+    timer = setTimeout(() => reject(new CacheDeadline(ms)), ms);
   });
   promise.catch(() => undefined);
   return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
@@ -139,7 +148,6 @@ async function captureWhile<T>(
 const UNAVAILABLE =
   /\(5\d\d\)|responded with 5\d\d|after \d+ attempts|Unable to make request|ECONNREFUSED|ECONNRESET|ENOTFOUND|ETIMEDOUT|EHOSTUNREACH|socket hang up|Rate limited|timed out/i;
 const TOO_LARGE = /over the (10GB|data cap) limit|too large|exceeds|quota has been hit/i;
-const ALREADY_EXISTS = /\(409\)|already exists/i;
 
 function problems(lines: LibraryLine[]): string[] {
   return lines.filter((l) => l.kind === 'warning' || l.kind === 'error').map((l) => l.text);
@@ -187,44 +195,70 @@ async function restoreWithLibrary(
 }
 
 export async function saveToActionsCache(host: Host, paths: string[], key: string): Promise<SaveResult> {
+  const cache = await loadLibrary();
   let id: number;
   let lines: LibraryLine[];
   try {
-    const cache = await loadLibrary();
     ({ value: id, lines } = await withLibraryLog(host, () => cache.saveCache(paths, key)));
   } catch (error) {
-    const message = errorMessage(error);
-    return { outcome: UNAVAILABLE.test(message) ? 'unavailable' : 'failed', message };
+    if (error instanceof CacheDeadline) return { outcome: 'unavailable', message: error.message };
+    if (error instanceof cache.ValidationError) {
+      return { outcome: 'failed', message: `@actions/cache refused the entry: ${error.message}` };
+    }
+    return { outcome: 'failed', message: errorMessage(error) };
   }
   if (id !== -1) return { outcome: 'saved', message: `entry ${id}` };
-  return classifySaveFailure(lines);
+  return classifySaveFailure(lines, cache.CACHE_WRITE_DENIED_PREFIX);
 }
 
+/** How the library's save logs each error it catches (saveCacheV1/V2 in its cache.js). */
+export const LIBRARY_SAVE_LOG = {
+  /** info, before anything is tried: ACTIONS_CACHE_MODE forbids writes. */
+  skipped: 'Cache save skipped: ',
+  /** info for a ReserveCacheError; warning for any other error, error when it was an HTTP 5xx. */
+  failed: 'Failed to save: ',
+  /** debug, v2: why the reservation failed; the library turns every such failure into a ReserveCacheError. */
+  reserveCause: 'Failed to reserve cache: ',
+  /** warning, v2: the service's answer to the reservation, logged before the ReserveCacheError. */
+  reservation: 'Cache reservation failed: ',
+} as const;
+
 /**
- * Reads why saveCache returned -1. Its v2 path reports every failed reservation, including an outage, as
- * "another job may be creating this cache" (info) and keeps the real cause in a debug line, so the debug
- * lines are searched first.
+ * Why saveCache returned -1, from what its catch block logged (the error itself never reaches the caller):
+ * a ReserveCacheError (info `Failed to save:`) means another job holds the key, unless its cause (v2: a debug
+ * line) was an outage or a size refusal; a warning without the prefix is a FinalizeCacheError; a write denied by
+ * policy (`writeDeniedPrefix`, the library's own constant) is a skip, like a read-only cache mode.
  */
-export function classifySaveFailure(lines: readonly LibraryLine[]): SaveResult {
-  const all = lines.map((l) => l.text);
-  const skipped = all.find((t) => t.startsWith('Cache save skipped'));
-  if (skipped) return { outcome: 'skipped', message: skipped };
-  const evidence = [
-    ...new Set([
-      ...all.filter((t) => t.startsWith('Failed to reserve cache:')),
-      ...problems([...lines]),
-      ...all.filter((t) => t.startsWith('Failed to save:')),
-    ]),
-  ];
-  const first = (pattern: RegExp) => evidence.find((t) => pattern.test(t));
-  const tooLarge = first(TOO_LARGE);
-  if (tooLarge) return { outcome: 'too-large', message: tooLarge };
-  const outage = first(UNAVAILABLE);
-  if (outage) return { outcome: 'unavailable', message: outage };
-  const exists = first(ALREADY_EXISTS) ?? first(/another job may be/);
-  if (exists) return { outcome: 'exists', message: exists };
-  return {
-    outcome: 'failed',
-    message: evidence.join('; ') || '@actions/cache did not save the entry and gave no reason',
-  };
+export function classifySaveFailure(lines: readonly LibraryLine[], writeDeniedPrefix?: string): SaveResult {
+  const skipped = lines.find((l) => l.kind === 'info' && l.text.startsWith(LIBRARY_SAVE_LOG.skipped));
+  if (skipped) return { outcome: 'skipped', message: skipped.text };
+  const denied = writeDeniedPrefix && lines.find((l) => l.text.includes(writeDeniedPrefix));
+  if (denied) return { outcome: 'skipped', message: denied.text };
+
+  const reserve = lines.find((l) => l.kind === 'info' && l.text.startsWith(LIBRARY_SAVE_LOG.failed));
+  if (reserve) {
+    const cause =
+      lines.find((l) => l.kind === 'debug' && l.text.startsWith(LIBRARY_SAVE_LOG.reserveCause))?.text ??
+      reserve.text;
+    if (TOO_LARGE.test(cause)) return { outcome: 'too-large', message: cause };
+    if (UNAVAILABLE.test(cause)) return { outcome: 'unavailable', message: cause };
+    return { outcome: 'exists', message: cause };
+  }
+  const failed = lines.find(
+    (l) => (l.kind === 'warning' || l.kind === 'error') && l.text.startsWith(LIBRARY_SAVE_LOG.failed),
+  );
+  if (failed) {
+    if (TOO_LARGE.test(failed.text)) return { outcome: 'too-large', message: failed.text };
+    if (failed.kind === 'error' || UNAVAILABLE.test(failed.text)) {
+      return { outcome: 'unavailable', message: failed.text };
+    }
+    return { outcome: 'failed', message: failed.text };
+  }
+  const finalize = lines.find(
+    (l) => l.kind === 'warning' && !l.text.startsWith(LIBRARY_SAVE_LOG.reservation),
+  );
+  if (finalize) {
+    return { outcome: TOO_LARGE.test(finalize.text) ? 'too-large' : 'failed', message: finalize.text };
+  }
+  return { outcome: 'failed', message: '@actions/cache did not save the entry and gave no reason' };
 }

@@ -10,6 +10,7 @@
  * a half-done extraction is undone: the consumer must find either the whole entry or what was there before,
  * never a truncated file that looks restored.
  */
+import { which } from '@actions/io';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, rm, rmdir } from 'node:fs/promises';
@@ -17,9 +18,9 @@ import { resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { BackendRestore, RestoreOptions } from './cache.js';
+import { cacheKeyProblem } from './cache-key.js';
 import { lookupEntry } from './cache-lookup.js';
 import { cacheReadable, cacheServiceVersion, cacheVersion, compressionMethod } from './cache-version.js';
-import { which } from './exec.js';
 import type { Host } from './host.js';
 import { DEFAULT_RETRY } from './oci/retry.js';
 import { downloadInOrder, type RangedDownloadResult } from './ranged-download.js';
@@ -37,7 +38,6 @@ export class StreamUnusable extends Error {
 
 /** The library's own limits: its ValidationError would be thrown from the fallback anyway. */
 const MAX_KEYS = 10;
-const MAX_KEY_LENGTH = 512;
 /** Like the library's Azure download: 4 MiB ranges, 8 at a time (32 MiB in memory at most). */
 const CHUNK_BYTES = 4 * 1024 * 1024;
 const CONCURRENCY = 8;
@@ -134,7 +134,7 @@ function checkUsable(env: NodeJS.ProcessEnv, keys: string[]): void {
   // @actions/http-client honours the runner's proxy settings; our requests would not.
   const proxy = ['https_proxy', 'HTTPS_PROXY', 'http_proxy', 'HTTP_PROXY'].find((v) => env[v]);
   if (proxy) throw new StreamUnusable(`${proxy} is set`);
-  if (keys.length > MAX_KEYS || keys.some((k) => !k || k.length > MAX_KEY_LENGTH || k.includes(','))) {
+  if (keys.length > MAX_KEYS || keys.some((k) => cacheKeyProblem(k) !== undefined)) {
     throw new StreamUnusable('a key the library would refuse');
   }
 }
@@ -147,8 +147,9 @@ interface TarCommand {
 /** The tar @actions/cache runs: GNU tar (gtar on macOS when installed, with its macOS option), else BSD tar. */
 async function tarCommand(): Promise<TarCommand> {
   if (process.platform === 'win32') throw new StreamUnusable('Windows (the library picks its tar there)');
-  const gtar = process.platform === 'darwin' ? await which('gtar') : undefined;
-  const path = gtar ?? (await which('tar'));
+  // @actions/io's which answers '' for a command that is not on PATH.
+  const gtar = process.platform === 'darwin' ? await which('gtar') : '';
+  const path = gtar || (await which('tar'));
   if (!path) throw new StreamUnusable('tar is not on PATH');
   const args = ['-xf', '-', '-P'];
   if (gtar) args.push('--delay-directory-restore');

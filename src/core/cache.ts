@@ -1,27 +1,18 @@
 /**
- * The cache layer every action uses: key building, restore (with restore-keys and lookup-only), a save that
- * reports a typed outcome and never throws into the action, the cache-hit outputs, and a main -> post hand-off
- * so post saves only what main decided.
+ * The cache layer every action uses: restore (with restore-keys and lookup-only), a save that reports a typed
+ * outcome and never throws into the action, and a main -> post hand-off so post saves only what main decided.
+ * Keys are built and checked in cache-key.ts.
  *
  * Two backends behind one contract: the Actions cache service through the unmodified @actions/cache library,
  * and a plain directory (the CLI's --cache-dir, for CI systems that mount a persistent volume). Caching is an
  * optimisation: a broken or absent cache is a warning, never a failed step.
  */
-import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import { validateCacheKey } from './cache-key.js';
 import type { Host } from './host.js';
 import { errorMessage } from './run.js';
 import { restoreFromActionsCache, saveToActionsCache } from './cache-actions.js';
 import { restoreFromDirCache, saveToDirCache } from './cache-dir.js';
-
-export interface CacheKeyParts {
-  prefix: string;
-  os?: string;
-  arch?: string;
-  /** hashed (sha256, 12 hex) into the key */
-  inputs?: Record<string, string>;
-  suffix?: string;
-}
 
 export type CacheBackend = 'actions' | 'dir' | 'none';
 
@@ -70,59 +61,7 @@ export interface BackendRestore {
 }
 
 export const CACHE_DIR_ENV = 'IMAGE_CI_CACHE_DIR';
-export const CACHE_OUTPUTS = { hit: 'cache-hit', matchedKey: 'cache-matched-key' } as const;
 const PLAN_STATE = 'ici-cache-plan';
-/** @actions/cache refuses longer keys and keys with commas (the service joins restore keys with commas). */
-const MAX_KEY_LENGTH = 512;
-
-const RUNNER_OS_NAMES: Partial<Record<NodeJS.Platform, string>> = {
-  linux: 'Linux',
-  darwin: 'macOS',
-  win32: 'Windows',
-};
-const RUNNER_ARCH_NAMES: Record<string, string> = { x64: 'X64', arm64: 'ARM64', arm: 'ARM', ia32: 'X86' };
-
-function runnerOs(env: NodeJS.ProcessEnv): string {
-  return env.RUNNER_OS || RUNNER_OS_NAMES[process.platform] || process.platform;
-}
-
-function runnerArch(env: NodeJS.ProcessEnv): string {
-  return env.RUNNER_ARCH || RUNNER_ARCH_NAMES[process.arch] || process.arch;
-}
-
-/** sha256 of the inputs in key order, so the same inputs always give the same key whatever their order. */
-export function hashInputs(inputs: Record<string, string>): string {
-  const sorted = Object.keys(inputs)
-    .sort()
-    .map((k) => [k, inputs[k]]);
-  return createHash('sha256').update(JSON.stringify(sorted)).digest('hex').slice(0, 12);
-}
-
-export function validateCacheKey(key: string): void {
-  if (!key) throw new Error('cache key is empty');
-  if (key.includes(','))
-    throw new Error(`cache key "${key}" contains a comma, which the cache service refuses`);
-  if (key.length > MAX_KEY_LENGTH) {
-    throw new Error(`cache key "${key.slice(0, 40)}..." is longer than ${MAX_KEY_LENGTH} characters`);
-  }
-}
-
-/**
- * The key prefix shared by every entry of this kind on this OS/arch: `${prefix}-${os}-${arch}-`. Use it as a
- * restore key so a later run with changed inputs still starts from the newest older entry.
- */
-export function cacheKeyPrefix(parts: CacheKeyParts, env: NodeJS.ProcessEnv = process.env): string {
-  return `${parts.prefix}-${parts.os ?? runnerOs(env)}-${parts.arch ?? runnerArch(env)}-`;
-}
-
-/** `${prefix}-${os}-${arch}-${hash of inputs}[-${suffix}]`; the hash is left out when there are no inputs. */
-export function buildCacheKey(parts: CacheKeyParts, env: NodeJS.ProcessEnv = process.env): string {
-  let key = `${parts.prefix}-${parts.os ?? runnerOs(env)}-${parts.arch ?? runnerArch(env)}`;
-  if (parts.inputs && Object.keys(parts.inputs).length > 0) key += `-${hashInputs(parts.inputs)}`;
-  if (parts.suffix) key += `-${parts.suffix}`;
-  validateCacheKey(key);
-  return key;
-}
 
 /**
  * 'actions' when the runner provides the Actions cache service (v2: ACTIONS_CACHE_SERVICE_V2 +
@@ -230,11 +169,6 @@ function logSaveResult(host: Host, key: string, result: SaveResult): void {
   }
 }
 
-export function setCacheOutputs(host: Host, result: RestoreResult): void {
-  host.setOutput(CACHE_OUTPUTS.hit, result.hit ? 'true' : 'false');
-  host.setOutput(CACHE_OUTPUTS.matchedKey, result.matchedKey ?? '');
-}
-
 /** Records in state what post must save; a later call replaces an earlier plan. */
 export function planCacheSave(host: Host, plan: PlannedSave): void {
   validateCacheKey(plan.key);
@@ -246,13 +180,16 @@ export async function runPlannedSave(host: Host): Promise<SaveResult | undefined
   const raw = host.getState(PLAN_STATE);
   if (!raw) return undefined;
   host.saveState(PLAN_STATE, '');
-  let plan: PlannedSave;
+  let plan: PlannedSave | undefined;
   try {
-    plan = parsePlan(raw);
-  } catch (error) {
+    plan = asPlannedSave(JSON.parse(raw));
+  } catch {
+    plan = undefined;
+  }
+  if (!plan) {
     const result: SaveResult = {
       outcome: 'failed',
-      message: `unreadable cache plan in state: ${errorMessage(error)}`,
+      message: 'unreadable cache plan in state: expected {paths: string[], key: string}',
     };
     host.warning(result.message);
     return result;
@@ -260,16 +197,17 @@ export async function runPlannedSave(host: Host): Promise<SaveResult | undefined
   return saveCache(host, plan.paths, plan.key);
 }
 
-function parsePlan(raw: string): PlannedSave {
-  const parsed = JSON.parse(raw) as Partial<PlannedSave>;
+/** `value` when it is a PlannedSave, else undefined: state is read back from another process, never trusted. */
+export function asPlannedSave(value: unknown): PlannedSave | undefined {
+  const plan = value as Partial<PlannedSave> | null;
   if (
-    typeof parsed.key !== 'string' ||
-    !Array.isArray(parsed.paths) ||
-    !parsed.paths.every((p) => typeof p === 'string')
+    typeof plan?.key !== 'string' ||
+    !Array.isArray(plan.paths) ||
+    !plan.paths.every((p) => typeof p === 'string')
   ) {
-    throw new Error('expected {paths: string[], key: string}');
+    return undefined;
   }
-  return { key: parsed.key, paths: parsed.paths };
+  return { key: plan.key, paths: plan.paths };
 }
 
 function requireCacheDir(): string {

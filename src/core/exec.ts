@@ -7,8 +7,6 @@
  * inputs or a credential by forgetting to filter.
  */
 import { spawn } from 'node:child_process';
-import { access, constants } from 'node:fs/promises';
-import { delimiter, join } from 'node:path';
 import { registeredSecrets, SECRET_ENV_VARS } from './secrets.js';
 
 export interface ExecOptions {
@@ -36,6 +34,8 @@ export class ExecError extends Error {
   constructor(
     message: string,
     readonly result: ExecResult | undefined,
+    /** Why the program could not be started at all (ENOENT: not on PATH), when that is the failure. */
+    readonly spawnCode?: string,
   ) {
     super(message);
     this.name = 'ExecError';
@@ -118,7 +118,9 @@ export function exec(command: string, args: readonly string[], options: ExecOpti
     child.on('error', (e) => {
       clearTimeout(timer);
       if (killTimer) clearTimeout(killTimer);
-      reject(new ExecError(`could not run ${command}: ${e.message}`, undefined));
+      reject(
+        new ExecError(`could not run ${command}: ${e.message}`, undefined, (e as NodeJS.ErrnoException).code),
+      );
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
@@ -144,22 +146,4 @@ export function exec(command: string, args: readonly string[], options: ExecOpti
       }
     });
   });
-}
-
-/** The absolute path of a command on PATH, or undefined. */
-export async function which(
-  command: string,
-  env: NodeJS.ProcessEnv = process.env,
-): Promise<string | undefined> {
-  for (const dir of (env.PATH ?? '').split(delimiter)) {
-    if (!dir) continue;
-    const candidate = join(dir, command);
-    try {
-      await access(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // not in this directory
-    }
-  }
-  return undefined;
 }

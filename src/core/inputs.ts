@@ -6,13 +6,23 @@
  * unless the caller passes one explicitly.
  */
 
-/** A mistake in what the user gave us. Reported without a stack trace; the CLI exits with 2. */
+/**
+ * What the user gave and can fix: an input, a CLI flag, an environment variable the workflow sets, or a path or
+ * reference in one of them that names nothing usable. Exit 2, no stack; the message names the setting and says
+ * how to fix it. The other side of the rule is ActionError (core/run.ts): what the world did, exit 1.
+ *
+ * Thrown wherever the mistake is found, also in main (a `path` that does not exist is found when it is opened):
+ * runMain reports it the same way. Never wrap one in an ActionError.
+ */
 export class InputError extends Error {
   constructor(
+    /** The input, flag or variable name. */
     readonly input: string,
     message: string,
+    /** Where the setting came from: an action input (or its CLI flag), or an environment variable. */
+    readonly origin: 'input' | 'environment' = 'input',
   ) {
-    super(`Input '${input}': ${message}`);
+    super(`${origin === 'input' ? `Input '${input}'` : `Environment variable ${input}`}: ${message}`);
     this.name = 'InputError';
   }
 }
@@ -50,20 +60,16 @@ export class MapInputSource implements InputSource {
   }
 }
 
-/** Wraps a source to remember which names were read, so a test can prove readInputs reads every action.yml input. */
-export class RecordingInputSource implements InputSource {
-  readonly read = new Set<string>();
+/*
+ * The readers take the action.yml default as `fallback` where the input has one: the runner passes it anyway,
+ * but an input given as '' counts as not given. A reader given a fallback returns a value (no `!` at the call
+ * site); a unit test (action-metadata.test.ts) proves every fallback equals the action.yml default.
+ */
 
-  constructor(private readonly inner: InputSource) {}
-
-  get(name: string): string | undefined {
-    this.read.add(name);
-    return this.inner.get(name);
-  }
-}
-
-export function readString(src: InputSource, name: string): string | undefined {
-  return src.get(name);
+export function readString(src: InputSource, name: string): string | undefined;
+export function readString(src: InputSource, name: string, fallback: string): string;
+export function readString(src: InputSource, name: string, fallback?: string): string | undefined {
+  return src.get(name) ?? fallback;
 }
 
 export function readRequiredString(src: InputSource, name: string): string {
@@ -94,12 +100,24 @@ export function readList(src: InputSource, name: string): string[] {
     .filter((s) => s !== '' && !s.startsWith('#'));
 }
 
+export interface IntegerBounds {
+  min?: number;
+  max?: number;
+}
+
+export function readInteger(src: InputSource, name: string, fallback: number, bounds?: IntegerBounds): number;
 export function readInteger(
   src: InputSource,
   name: string,
-  fallback: number,
-  bounds: { min?: number; max?: number } = {},
-): number {
+  fallback: undefined,
+  bounds?: IntegerBounds,
+): number | undefined;
+export function readInteger(
+  src: InputSource,
+  name: string,
+  fallback: number | undefined,
+  bounds: IntegerBounds = {},
+): number | undefined {
   const value = src.get(name);
   if (value === undefined) return fallback;
   if (!/^-?\d+$/.test(value)) throw new InputError(name, `expected a whole number, got '${value}'.`);
@@ -156,6 +174,8 @@ export function parseDuration(text: string): number | undefined {
   return Math.round(total);
 }
 
+export function readDuration(src: InputSource, name: string): number | undefined;
+export function readDuration(src: InputSource, name: string, fallbackMs: number): number;
 export function readDuration(src: InputSource, name: string, fallbackMs?: number): number | undefined {
   const value = src.get(name);
   if (value === undefined) return fallbackMs;

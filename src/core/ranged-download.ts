@@ -9,6 +9,7 @@ import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from
 import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import { backoffDelay, isRetryableStatus, type RetryPolicy } from './oci/retry.js';
 import { sleep } from './process.js';
+import { errorMessage } from './run.js';
 
 export interface RangedDownloadOptions {
   chunkBytes: number;
@@ -190,9 +191,7 @@ async function collectRange(res: IncomingMessage, range: Range): Promise<Answer>
       length += (chunk as Buffer).length;
     }
   } catch (error) {
-    throw new RetryableError(
-      `connection lost after ${length} of ${expected} bytes: ${(error as Error).message}`,
-    );
+    throw new RetryableError(`connection lost after ${length} of ${expected} bytes: ${errorMessage(error)}`);
   }
   if (length !== expected) throw new RetryableError(`got ${length} of ${expected} bytes`);
   return { kind: 'range', body: chunks, total: Number(m[3]) };

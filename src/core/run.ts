@@ -18,7 +18,14 @@ export const EXIT_OK = 0;
 export const EXIT_FAILED = 1;
 export const EXIT_BAD_INPUT = 2;
 
-/** A failure with a message meant for the user, e.g. "registry refused the credentials"; no stack is printed. */
+/**
+ * What the world did: a registry refused or failed, a service did not answer, a tool exited non-zero, a download
+ * was cut, a cached entry was damaged. Exit 1, no stack; the message says what happened and, where there is one,
+ * what to try. The other side of the rule is InputError (core/inputs.ts): what the user gave and can fix, exit 2.
+ *
+ * Anything else that reaches runMain is a bug: exit 1 as well, with the stack in the debug log. So wrap a
+ * library's or tool's error in an ActionError where the user should see it as an event, never an InputError.
+ */
 export class ActionError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
@@ -26,8 +33,10 @@ export class ActionError extends Error {
   }
 }
 
+/** The message of anything thrown; duck-typed, since an Error from another realm (vm, worker) is no `instanceof Error`. */
 export function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+  const message = (error as { message?: unknown } | null)?.message;
+  return typeof message === 'string' ? message : String(error);
 }
 
 /** Runs an action's main step; returns the process exit code (the caller decides whether to exit). */

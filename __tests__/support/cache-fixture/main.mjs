@@ -2,13 +2,8 @@
 // code the bundle would, in a child process started by the runner harness.
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import {
-  buildCacheKey,
-  cacheKeyPrefix,
-  planCacheSave,
-  restoreCache,
-  setCacheOutputs,
-} from '../../../lib/core/cache.js';
+import { planCacheSave, restoreCache } from '../../../lib/core/cache.js';
+import { buildCacheKey, cacheKeyPrefix } from '../../../lib/core/cache-key.js';
 import { ActionsHost } from '../../../lib/core/host.js';
 import { readBoolean, readRequiredString } from '../../../lib/core/inputs.js';
 import { stableDir } from '../../../lib/core/workspace.js';
@@ -24,7 +19,8 @@ const file = join(dir, 'content.txt');
 let hit = false;
 if (readBoolean(host.inputs, 'restore', true)) {
   const result = await restoreCache(host, [dir], key, [cacheKeyPrefix(parts)]);
-  setCacheOutputs(host, result);
+  host.setOutput('cache-hit', result.hit ? 'true' : 'false');
+  host.setOutput('cache-matched-key', result.matchedKey ?? '');
   hit = result.hit;
 }
 host.setOutput('restored-content', existsSync(file) ? readFileSync(file, 'utf8') : '');

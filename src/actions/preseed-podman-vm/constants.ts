@@ -1,3 +1,23 @@
+/** The names action.yml gives inputs and outputs, the state key, and the action's fixed paths. */
+
+export const Inputs = {
+  image: 'image',
+  vmType: 'vm-type',
+  arch: 'arch',
+  cache: 'cache',
+  cacheKeyPrefix: 'cache-key-prefix',
+  cacheScope: 'cache-scope',
+  setDefault: 'set-default',
+  init: 'init',
+  machineName: 'machine-name',
+  cpus: 'cpus',
+  memory: 'memory',
+  diskSize: 'disk-size',
+  rootful: 'rootful',
+  start: 'start',
+  cleanup: 'cleanup',
+} as const;
+
 export const Outputs = {
   imagePath: 'image-path',
   imageDigest: 'image-digest',
@@ -8,12 +28,8 @@ export const Outputs = {
 } as const;
 
 export const State = {
-  /** A machine this action created and post should remove (set only with `cleanup: true`). */
-  createdMachine: 'pvm-created-machine',
-  /** Env podman ran with in main (CONTAINERS_MACHINE_PROVIDER), so post talks to the same provider. */
-  provider: 'pvm-provider',
-  /** cache-scope: machine missed: {paths, key} of the staged machine for post to save. */
-  machineSave: 'pvm-machine-save',
+  /** The whole PreseedState (state.ts) as JSON. The image's cache save is core/cache's planned save. */
+  run: 'preseed-podman-vm',
 } as const;
 
 /** `$RUNNER_TEMP/ici-pvm`: short, and the same path every run (cache paths are part of the cache version). */

@@ -7,9 +7,7 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-
-export const CONF_OVERRIDE_ENV = 'CONTAINERS_CONF_OVERRIDE';
-export const CONF_ENV = 'CONTAINERS_CONF';
+import { CONTAINERS_CONF, CONTAINERS_CONF_OVERRIDE, type ContainersConfVariable } from '../../core/podman.js';
 
 /** A TOML basic string. */
 export function tomlString(value: string): string {
@@ -62,7 +60,7 @@ export function baseConfCandidates(env: NodeJS.ProcessEnv = process.env): string
   const home = env.HOME ?? '';
   const configHome = env.XDG_CONFIG_HOME || join(home, '.config');
   return [
-    ...(env[CONF_ENV] ? [env[CONF_ENV]] : []),
+    ...(env[CONTAINERS_CONF] ? [env[CONTAINERS_CONF]] : []),
     join(configHome, 'containers', 'containers.conf'),
     '/etc/containers/containers.conf',
     '/usr/share/containers/containers.conf',
@@ -71,7 +69,7 @@ export function baseConfCandidates(env: NodeJS.ProcessEnv = process.env): string
 
 export interface ConfPlan {
   /** The variable to export: CONTAINERS_CONF_OVERRIDE or CONTAINERS_CONF. */
-  variable: string;
+  variable: ContainersConfVariable;
   text: string;
   /** The file whose settings were carried over (CONTAINERS_CONF only). */
   base?: string;
@@ -79,15 +77,15 @@ export interface ConfPlan {
 
 export async function planContainersConf(
   imagePath: string,
-  overrideSupported: boolean,
+  variable: ContainersConfVariable,
   ownPath: string,
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<ConfPlan> {
-  if (overrideSupported) {
-    return { variable: CONF_OVERRIDE_ENV, text: setMachineImage('', imagePath) };
+  if (variable === CONTAINERS_CONF_OVERRIDE) {
+    return { variable, text: setMachineImage('', imagePath) };
   }
   // Our own file from an earlier step is not a base: that would only nest our edit.
   const base = baseConfCandidates(env).find((p) => p !== ownPath && existsSync(p));
   const baseText = base ? await readFile(base, 'utf8') : '';
-  return { variable: CONF_ENV, text: setMachineImage(baseText, imagePath), base };
+  return { variable, text: setMachineImage(baseText, imagePath), base };
 }

@@ -10,6 +10,8 @@
  * checksum (pkg/machine/wsl/fedora.go), which cannot be verified or keyed, so it is not resolved here.
  */
 import { InputError } from '../../core/inputs.js';
+import { errorMessage } from '../../core/run.js';
+import { Inputs } from './constants.js';
 import type { MachineArch, VmType } from './podman-host.js';
 
 export const FCOS_STREAMS = ['testing', 'stable', 'next'] as const;
@@ -46,11 +48,11 @@ export function fcosArtifact(vmType: VmType): { artifact: string; format: string
       return { artifact: 'hyperv', format: 'vhdx.zip' };
     case 'wsl':
       throw new InputError(
-        'image',
+        Inputs.image,
         'podman 4 on WSL downloads an unversioned Fedora rootfs (releases/latest/download/rootfs.tar.xz) without a published checksum; give its URL or a local file as `image`, or use podman 5.',
       );
     case 'libkrun':
-      throw new InputError('vm-type', 'libkrun needs podman 5.2 or later.');
+      throw new InputError(Inputs.vmType, 'libkrun needs podman 5.2 or later.');
   }
 }
 
@@ -118,7 +120,7 @@ export async function resolveFcosDisk(
     try {
       response = await fetch(streamUrl, { signal: AbortSignal.timeout(STREAM_TIMEOUT_MS) });
     } catch (error) {
-      last = (error as Error).message;
+      last = errorMessage(error);
       continue;
     }
     if (response.status >= 500 || response.status === 429) {

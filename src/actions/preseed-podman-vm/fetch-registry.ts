@@ -4,20 +4,10 @@
  * a mismatch.
  */
 import { RegistryClient, TransientError } from '../../core/oci/client.js';
-import { parseReference } from '../../core/oci/reference.js';
+import { isIndexMediaType, MediaType, type Descriptor } from '../../core/oci/media-types.js';
+import { formatReference, type ImageReference } from '../../core/oci/reference.js';
 import type { Host } from '../../core/host.js';
-import { InputError } from '../../core/inputs.js';
-import {
-  DOCKER_MANIFEST_LIST,
-  OCI_INDEX,
-  OCI_MANIFEST,
-  diskLayer,
-  isIndex,
-  selectDiskChild,
-  type Descriptor,
-  type ImageIndex,
-  type ImageManifest,
-} from './machine-os.js';
+import { diskLayer, selectDiskChild, type ImageIndex, type ImageManifest } from './machine-os.js';
 import type { MachineArch, VmType } from './podman-host.js';
 import { ProgressLog } from './progress.js';
 
@@ -41,46 +31,36 @@ export function isLoopbackRegistry(registry: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\./.test(host);
 }
 
-export function registryClientFor(reference: string): {
-  client: RegistryClient;
-  repository: string;
-  ref: string;
-} {
-  let parsed: ReturnType<typeof parseReference>;
-  try {
-    parsed = parseReference(reference);
-  } catch (error) {
-    throw new InputError(
-      'image',
-      `'docker://${reference}' is not an image reference: ${(error as Error).message}`,
-    );
-  }
-  const client = new RegistryClient({
-    registry: parsed.registry,
-    insecure: isLoopbackRegistry(parsed.registry),
+function registryClientFor(reference: ImageReference): RegistryClient {
+  return new RegistryClient({
+    registry: reference.registry,
+    insecure: isLoopbackRegistry(reference.registry),
     timeoutMs: REGISTRY_TIMEOUT_MS,
     retries: REGISTRY_RETRIES,
   });
-  return { client, repository: parsed.repository, ref: parsed.digest ?? parsed.tag ?? 'latest' };
 }
 
 export async function resolveDisk(
-  reference: string,
+  reference: ImageReference,
   arch: MachineArch,
   vmType: VmType,
 ): Promise<ResolvedDisk> {
-  const { client, repository, ref } = registryClientFor(reference);
+  const client = registryClientFor(reference);
+  const { repository } = reference;
+  const ref = reference.digest ?? reference.tag ?? 'latest';
   try {
-    const index = await client.getManifest(repository, ref, [OCI_INDEX, DOCKER_MANIFEST_LIST]);
-    if (!isIndex(index.mediaType)) {
-      throw new Error(`docker://${reference} is a ${index.mediaType}, not an image index of machine disks.`);
+    const index = await client.getManifest(repository, ref, [MediaType.ociIndex, MediaType.dockerList]);
+    if (!isIndexMediaType(index.mediaType)) {
+      throw new Error(
+        `docker://${formatReference(reference)} is a ${index.mediaType}, not an image index of machine disks.`,
+      );
     }
     const child = selectDiskChild(
       JSON.parse(Buffer.from(index.bytes).toString('utf8')) as ImageIndex,
       arch,
       vmType,
     );
-    const manifest = await client.getManifest(repository, child.digest, [OCI_MANIFEST]);
+    const manifest = await client.getManifest(repository, child.digest, [MediaType.ociManifest]);
     const { layer, title } = diskLayer(
       JSON.parse(Buffer.from(manifest.bytes).toString('utf8')) as ImageManifest,
     );
@@ -92,11 +72,11 @@ export async function resolveDisk(
 
 export async function downloadDisk(
   host: Host,
-  reference: string,
+  reference: ImageReference,
   disk: ResolvedDisk,
   dest: string,
 ): Promise<number> {
-  const { client } = registryClientFor(reference);
+  const client = registryClientFor(reference);
   const progress = new ProgressLog(host, `Downloading ${disk.title}`, disk.layer.size);
   try {
     // The descriptor's size bounds the download and is checked against the free space before it starts;

@@ -2,13 +2,17 @@
  * What the `image` input names: a registry reference, a Fedora CoreOS stream (podman 4's default source), a
  * URL, or a file already on this machine.
  */
-import { existsSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { InputError } from '../../core/inputs.js';
+import { parseReference, type ImageReference } from '../../core/oci/reference.js';
+import { errorMessage } from '../../core/run.js';
+import { Inputs } from './constants.js';
 import { FCOS_STREAMS, fcosStreamUrl } from './fcos-stream.js';
 
 export type ImageSource =
-  | { kind: 'registry'; reference: string }
+  /** `reference` as given (after `docker://`), `parsed` as the registry client needs it. */
+  | { kind: 'registry'; reference: string; parsed: ImageReference }
   | { kind: 'fcos'; stream: string; streamUrl: string }
   | { kind: 'url'; url: string }
   | { kind: 'file'; path: string };
@@ -23,29 +27,55 @@ export function classifyImage(text: string): ImageSource {
   }
   if (text.startsWith('docker://')) {
     const reference = text.slice('docker://'.length);
-    if (!reference) throw new InputError('image', 'a `docker://` reference needs a repository after it.');
-    return { kind: 'registry', reference };
+    if (!reference)
+      throw new InputError(Inputs.image, 'a `docker://` reference needs a repository after it.');
+    try {
+      return { kind: 'registry', reference, parsed: parseReference(reference) };
+    } catch (error) {
+      throw new InputError(Inputs.image, `'${text}' is not an image reference: ${errorMessage(error)}`);
+    }
   }
   if (/^https?:\/\//i.test(text)) {
     let url: URL;
     try {
       url = new URL(text);
     } catch {
-      throw new InputError('image', `'${text}' is not a valid URL.`);
+      throw new InputError(Inputs.image, `'${text}' is not a valid URL.`);
     }
     const streamFile = /\/([^/]+)\.json$/i.exec(url.pathname);
     if (streamFile) return { kind: 'fcos', stream: streamFile[1]!, streamUrl: url.toString() };
     return { kind: 'url', url: url.toString() };
   }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) {
-    throw new InputError('image', `unsupported scheme in '${text}': use docker://, https:// or a file path.`);
+    throw new InputError(
+      Inputs.image,
+      `unsupported scheme in '${text}': use docker://, https:// or a file path.`,
+    );
   }
   const path = resolve(text);
-  if (!existsSync(path) || !statSync(path).isFile()) {
+  const kind = fileKind(path);
+  if (kind !== 'file') {
+    const what = {
+      missing: `the file ${path} does not exist`,
+      directory: `${path} is a directory`,
+      other: `${path} is not a regular file`,
+    }[kind];
     throw new InputError(
-      'image',
-      `the file ${path} does not exist; give an existing image file, a docker:// reference or an https:// URL.`,
+      Inputs.image,
+      `${what}; give an image file (e.g. a .qcow2.zst), a docker:// reference or an https:// URL.`,
     );
   }
   return { kind: 'file', path };
+}
+
+/** An unreadable parent counts as missing, as it does for existsSync. */
+function fileKind(path: string): 'file' | 'directory' | 'other' | 'missing' {
+  let info;
+  try {
+    info = statSync(path, { throwIfNoEntry: false });
+  } catch {
+    return 'missing';
+  }
+  if (!info) return 'missing';
+  return info.isFile() ? 'file' : info.isDirectory() ? 'directory' : 'other';
 }

@@ -8,6 +8,7 @@ import { copyFile, link, mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
 import { digestFile } from '../../core/oci/digest.js';
+import { errorMessage } from '../../core/run.js';
 import { fcosArtifact } from './fcos-stream.js';
 import { diskKind, diskTypeFor } from './machine-os.js';
 import type { ImageSource } from './image-source.js';
@@ -96,7 +97,7 @@ export async function verifyStored(
       const actual = restoredDigest ?? (await digestFile(paths.image));
       if (actual !== record.fileDigest) reason = `sha256 is ${actual}, expected ${record.fileDigest}`;
     } catch (error) {
-      reason = `cannot read ${paths.image}: ${(error as Error).message}`;
+      reason = `cannot read ${paths.image}: ${errorMessage(error)}`;
     }
   }
   if (reason === undefined) return { ok: true };

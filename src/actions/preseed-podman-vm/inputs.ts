@@ -1,3 +1,4 @@
+import { cacheKeyPrefix, readCacheKeyInput } from '../../core/cache-key.js';
 import {
   InputError,
   readBoolean,
@@ -6,6 +7,7 @@ import {
   readString,
   type InputSource,
 } from '../../core/inputs.js';
+import { Inputs } from './constants.js';
 
 export const VM_TYPES = ['auto', 'qemu', 'applehv', 'libkrun', 'hyperv', 'wsl'] as const;
 export type VmTypeInput = (typeof VM_TYPES)[number];
@@ -31,33 +33,38 @@ export interface PreseedInputs {
   cleanup: boolean;
 }
 
-function readOptionalPositive(src: InputSource, name: string): number | undefined {
-  return src.get(name) === undefined ? undefined : readInteger(src, name, 0, { min: 1 });
+/**
+ * The longest key main builds from the prefix: the image's, `<prefix>-<os>-<machine arch>-<12 hex of the
+ * inputs>-<64 hex of the digest>` (main.ts: cacheKeyBase, then the digest).
+ */
+function longestCacheKey(prefix: string): string {
+  return `${cacheKeyPrefix({ prefix, arch: 'aarch64' })}${'0'.repeat(12)}-${'0'.repeat(64)}`;
 }
 
 export function readInputs(src: InputSource): PreseedInputs {
-  const init = readBoolean(src, 'init', false);
-  const start = readBoolean(src, 'start', false);
-  if (start && !init) throw new InputError('start', 'needs `init: true` (there is no machine to start).');
-  const cacheScope = readEnum(src, 'cache-scope', CACHE_SCOPES, 'image');
+  const init = readBoolean(src, Inputs.init, false);
+  const start = readBoolean(src, Inputs.start, false);
+  if (start && !init)
+    throw new InputError(Inputs.start, 'needs `init: true` (there is no machine to start).');
+  const cacheScope = readEnum(src, Inputs.cacheScope, CACHE_SCOPES, 'image');
   if (cacheScope === 'machine' && !init) {
-    throw new InputError('cache-scope', '`machine` needs `init: true` (there is no machine to cache).');
+    throw new InputError(Inputs.cacheScope, '`machine` needs `init: true` (there is no machine to cache).');
   }
   return {
-    image: readString(src, 'image'),
-    vmType: readEnum(src, 'vm-type', VM_TYPES, 'auto'),
-    arch: readEnum(src, 'arch', ARCHES, 'auto'),
-    cache: readBoolean(src, 'cache', true),
-    cacheKeyPrefix: readString(src, 'cache-key-prefix') ?? 'podman-machine-os',
+    image: readString(src, Inputs.image),
+    vmType: readEnum(src, Inputs.vmType, VM_TYPES, 'auto'),
+    arch: readEnum(src, Inputs.arch, ARCHES, 'auto'),
+    cache: readBoolean(src, Inputs.cache, true),
+    cacheKeyPrefix: readCacheKeyInput(src, Inputs.cacheKeyPrefix, 'podman-machine-os', longestCacheKey),
     cacheScope,
-    setDefault: readBoolean(src, 'set-default', true),
+    setDefault: readBoolean(src, Inputs.setDefault, true),
     init,
-    machineName: readString(src, 'machine-name') ?? 'podman-machine-default',
-    cpus: readOptionalPositive(src, 'cpus'),
-    memoryMiB: readOptionalPositive(src, 'memory'),
-    diskSizeGiB: readOptionalPositive(src, 'disk-size'),
-    rootful: readBoolean(src, 'rootful', false),
+    machineName: readString(src, Inputs.machineName, 'podman-machine-default'),
+    cpus: readInteger(src, Inputs.cpus, undefined, { min: 1 }),
+    memoryMiB: readInteger(src, Inputs.memory, undefined, { min: 1 }),
+    diskSizeGiB: readInteger(src, Inputs.diskSize, undefined, { min: 1 }),
+    rootful: readBoolean(src, Inputs.rootful, false),
     start,
-    cleanup: readBoolean(src, 'cleanup', true),
+    cleanup: readBoolean(src, Inputs.cleanup, true),
   };
 }

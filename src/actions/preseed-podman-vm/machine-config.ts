@@ -6,6 +6,7 @@
  * the new ones; then every file the machine needs must exist, or the move is refused and nothing is touched.
  */
 import { existsSync } from 'node:fs';
+import { errorMessage } from '../../core/run.js';
 
 /** The directories a machine's paths were derived from. */
 export interface MachineRoots {
@@ -131,7 +132,7 @@ export function relocateMachineConfig(
   try {
     parsed = JSON.parse(text);
   } catch (error) {
-    throw new MachineRelocationError(`the machine config is not JSON: ${(error as Error).message}`, []);
+    throw new MachineRelocationError(`the machine config is not JSON: ${errorMessage(error)}`, []);
   }
   if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
     throw new MachineRelocationError('the machine config is not a JSON object.', []);

@@ -1,5 +1,5 @@
 /** The `podman machine` command lines this action runs: init with the local image, start, and cleanup. */
-import type { PodmanVersion } from './podman-host.js';
+import type { PodmanVersion } from '../../core/podman.js';
 
 export interface InitOptions {
   name: string;
@@ -31,10 +31,4 @@ export function stopArgs(name: string): string[] {
 
 export function removeArgs(name: string): string[] {
   return ['machine', 'rm', '--force', name];
-}
-
-/** Names of the machines `podman machine ls --format json` lists (podman 4 and 5 both print `Name`). */
-export function parseMachineList(json: string): string[] {
-  const parsed = JSON.parse(json || '[]') as Array<{ Name?: string }> | null;
-  return (parsed ?? []).map((m) => (m.Name ?? '').replace(/\*$/, '')).filter(Boolean);
 }

@@ -3,22 +3,12 @@
  * pulls by default, which child of the index holds the disk for a provider and arch, and the file name podman
  * gives that disk in its own image cache.
  */
+import type { Descriptor } from '../../core/oci/media-types.js';
+import type { PodmanVersion } from '../../core/podman.js';
 import { PODMAN4_DEFAULT_STREAM } from './fcos-stream.js';
-import type { MachineArch, PodmanVersion, VmType } from './podman-host.js';
+import type { MachineArch, VmType } from './podman-host.js';
 
-export const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
-export const DOCKER_MANIFEST_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json';
-export const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
-export const DISK_LAYER_MEDIA_TYPE = 'application/zstd';
 export const TITLE_ANNOTATION = 'org.opencontainers.image.title';
-
-export interface Descriptor {
-  mediaType: string;
-  digest: string;
-  size: number;
-  annotations?: Record<string, string>;
-  platform?: { os?: string; architecture?: string; variant?: string };
-}
 
 export interface ImageIndex {
   mediaType?: string;
@@ -89,10 +79,6 @@ export function digestHex(digest: string): string {
   const m = /^sha256:([0-9a-f]{64})$/.exec(digest);
   if (!m) throw new Error(`not a sha256 digest: ${digest}`);
   return m[1]!;
-}
-
-export function isIndex(mediaType: string | undefined): boolean {
-  return mediaType === OCI_INDEX || mediaType === DOCKER_MANIFEST_LIST;
 }
 
 /**

@@ -4,14 +4,17 @@
  */
 import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { buildCacheKey, planCacheSave, restoreCache, type RestoreResult } from '../../core/cache.js';
+import { planCacheSave, restoreCache, type RestoreResult } from '../../core/cache.js';
+import { buildCacheKey } from '../../core/cache-key.js';
 import { writeFileAtomic } from '../../core/atomic.js';
 import { exec } from '../../core/exec.js';
 import type { Host } from '../../core/host.js';
+import { InputError } from '../../core/inputs.js';
+import { containersConfVariable, podmanVersion, type PodmanVersion } from '../../core/podman.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { formatBytes, heading, markdownTable } from '../../core/summary.js';
 import { stableDir } from '../../core/workspace.js';
-import { MACHINE_STAGE_DIR, Outputs, STABLE_DIR_NAME, State } from './constants.js';
+import { MACHINE_STAGE_DIR, Outputs, STABLE_DIR_NAME } from './constants.js';
 import { planContainersConf } from './containers-conf.js';
 import { resolveFcosDisk, StreamUnreachable } from './fcos-stream.js';
 import { downloadDisk, isUnreachable, resolveDisk } from './fetch-registry.js';
@@ -32,15 +35,14 @@ import { restoreMachine, stageMachine } from './machine-cache.js';
 import { initArgs, startArgs } from './machine-init.js';
 import { defaultImage, diskTypeFor, digestHex, podmanCacheFileName } from './machine-os.js';
 import {
-  detectPodmanVersion,
   machineDirs,
+  PROVIDER_ENV,
   resolveArch,
   resolveVmType,
-  supportsConfOverride,
   type MachineArch,
-  type PodmanVersion,
   type VmType,
 } from './podman-host.js';
+import { saveRunState, type PreseedState } from './state.js';
 
 const MACHINE_TIMEOUT_MS = 15 * 60_000;
 
@@ -51,7 +53,7 @@ interface Located {
   size: number;
 }
 
-export async function preseedMain(host: Host, inputs: PreseedInputs): Promise<void> {
+export async function main(host: Host, inputs: PreseedInputs): Promise<void> {
   const version = await detectPodman();
   const vmType = resolveVmType(inputs.vmType, version);
   const arch = resolveArch(inputs.arch, inputs.init);
@@ -86,11 +88,11 @@ export async function preseedMain(host: Host, inputs: PreseedInputs): Promise<vo
   let machineFromCache = false;
   if (inputs.init) {
     machine = inputs.machineName;
-    host.saveState(State.provider, vmType);
+    const state: PreseedState = {};
     if (inputs.cache && inputs.cacheScope === 'machine') {
-      machineFromCache = await restoreOrInitMachine(host, inputs, version, vmType, arch, located);
+      machineFromCache = await restoreOrInitMachine(host, inputs, state, version, vmType, arch, located);
     } else {
-      markCreated(host, inputs);
+      markCreated(host, inputs, state, vmType);
       await initMachine(host, inputs, version, vmType, located.path);
     }
     if (inputs.start) await startMachine(host, inputs.machineName, vmType);
@@ -119,7 +121,7 @@ export async function preseedMain(host: Host, inputs: PreseedInputs): Promise<vo
 
 async function detectPodman(): Promise<PodmanVersion> {
   try {
-    return await detectPodmanVersion();
+    return await podmanVersion();
   } catch (error) {
     throw new ActionError(`podman is needed to pick the machine image: ${errorMessage(error)}`);
   }
@@ -153,7 +155,7 @@ async function resolveRemote(
   arch: MachineArch,
 ): Promise<Resolved | undefined> {
   if (source.kind === 'registry') {
-    const disk = await resolveDisk(source.reference, arch, vmType);
+    const disk = await resolveDisk(source.parsed, arch, vmType);
     host.info(
       `Resolved ${imageText}: disk manifest ${disk.manifestDigest} (${disk.title}, ${formatBytes(disk.layer.size)})`,
     );
@@ -165,7 +167,7 @@ async function resolveRemote(
         digest: disk.manifestDigest,
         fileDigest: disk.layer.digest,
         title: disk.title,
-        size: await downloadDisk(h, source.reference, disk, temp),
+        size: await downloadDisk(h, source.parsed, disk, temp),
       }),
     };
   }
@@ -211,6 +213,7 @@ async function locateRemote(
   try {
     resolved = await resolveRemote(host, source, imageText, vmType, arch);
   } catch (error) {
+    if (error instanceof InputError) throw error;
     if (!unreachable(error)) throw new ActionError(`cannot resolve ${imageText}: ${errorMessage(error)}`);
     offlineReason = errorMessage(error);
     host.warning(
@@ -318,7 +321,7 @@ async function placeForPodman(
 
 async function writeContainersConf(host: Host, version: PodmanVersion, imagePath: string): Promise<string> {
   const confPath = join(await stableDir(STABLE_DIR_NAME), 'containers.conf');
-  const plan = await planContainersConf(imagePath, supportsConfOverride(version), confPath);
+  const plan = await planContainersConf(imagePath, containersConfVariable(version), confPath);
   // 0644 and owned by the runner user: podman 4 writes its machine connections into the CONTAINERS_CONF file.
   await writeFileAtomic(confPath, plan.text, 0o644);
   host.exportVariable(plan.variable, confPath);
@@ -332,12 +335,14 @@ async function writeContainersConf(host: Host, version: PodmanVersion, imagePath
  * From here post removes the machine (with `cleanup`). Set before init, which may fail half way, but only after
  * a restore succeeded: a refused restore may have met a machine of the same name that is not ours.
  */
-function markCreated(host: Host, inputs: PreseedInputs): void {
-  if (inputs.cleanup) host.saveState(State.createdMachine, inputs.machineName);
+function markCreated(host: Host, inputs: PreseedInputs, state: PreseedState, vmType: VmType): void {
+  if (!inputs.cleanup) return;
+  state.removeMachine = { name: inputs.machineName, provider: vmType };
+  saveRunState(host, state);
 }
 
 function machineEnv(vmType: VmType): NodeJS.ProcessEnv {
-  return { ...process.env, CONTAINERS_MACHINE_PROVIDER: vmType };
+  return { ...process.env, [PROVIDER_ENV]: vmType };
 }
 
 async function initMachine(
@@ -377,6 +382,7 @@ async function startMachine(host: Host, name: string, vmType: VmType): Promise<v
 async function restoreOrInitMachine(
   host: Host,
   inputs: PreseedInputs,
+  state: PreseedState,
   version: PodmanVersion,
   vmType: VmType,
   arch: MachineArch,
@@ -402,18 +408,19 @@ async function restoreOrInitMachine(
   const restored = await restoreCache(host, [stageDir], key);
   if (restored.hit) {
     const machine = await host.group('Restoring the cached machine', () => restoreMachine(stageDir));
-    markCreated(host, inputs);
+    markCreated(host, inputs, state, vmType);
     host.info(
       `Restored machine ${machine.name} from the cache (podman machine init was not run): ${machine.configPath}; files: ${machine.files.join(', ')}`,
     );
     return true;
   }
-  markCreated(host, inputs);
+  markCreated(host, inputs, state, vmType);
   await initMachine(host, inputs, version, vmType, located.path);
   const manifest = await stageMachine(stageDir, vmType, inputs.machineName);
   host.info(
     `Staged machine ${manifest.name} (${manifest.files.length + 1} files) in ${stageDir} for the cache.`,
   );
-  host.saveState(State.machineSave, JSON.stringify({ paths: [stageDir], key }));
+  state.machineSave = { paths: [stageDir], key };
+  saveRunState(host, state);
   return false;
 }

@@ -1,46 +1,19 @@
 /**
- * What the installed podman and this host imply for the machine image: podman's version (the default image tag
- * and the init flag names depend on it), the machine provider, the machine architecture, and where podman keeps
+ * What the installed podman and this host imply for the machine image, given podman's version (core/podman.ts;
+ * the default image tag and the init flag names depend on it): the machine provider, the machine architecture, and where podman keeps
  * machine files.
  */
 import { join } from 'node:path';
-import { exec } from '../../core/exec.js';
 import { InputError } from '../../core/inputs.js';
+import type { PodmanVersion } from '../../core/podman.js';
+import { Inputs } from './constants.js';
 import type { ArchInput, VmTypeInput } from './inputs.js';
 
 export type VmType = Exclude<VmTypeInput, 'auto'>;
 export type MachineArch = Exclude<ArchInput, 'auto'>;
 
-export interface PodmanVersion {
-  major: number;
-  minor: number;
-  patch: number;
-  text: string;
-}
-
-const VERSION_TIMEOUT_MS = 30_000;
-
-/** Parses `podman version 5.2.1` / `5.3.0-dev` style text. */
-export function parsePodmanVersion(text: string): PodmanVersion | undefined {
-  const m = /(\d+)\.(\d+)\.(\d+)(\S*)/.exec(text);
-  if (!m) return undefined;
-  return { major: Number(m[1]), minor: Number(m[2]), patch: Number(m[3]), text: m[0] };
-}
-
-export async function detectPodmanVersion(podman = 'podman'): Promise<PodmanVersion> {
-  const result = await exec(podman, ['--version'], { timeoutMs: VERSION_TIMEOUT_MS });
-  const version = parsePodmanVersion(result.stdout);
-  if (!version)
-    throw new Error(`cannot read a version from \`${podman} --version\`: ${result.stdout.trim()}`);
-  return version;
-}
-
-/** `CONTAINERS_CONF_OVERRIDE` (an extra file on top of the normal ones) exists from podman 4.4 on. */
-export function supportsConfOverride(v: PodmanVersion): boolean {
-  return v.major > 4 || (v.major === 4 && v.minor >= 4);
-}
-
-const PROVIDER_ENV = 'CONTAINERS_MACHINE_PROVIDER';
+/** Podman's own choice of provider; main runs podman with it set, and post with the same value. */
+export const PROVIDER_ENV = 'CONTAINERS_MACHINE_PROVIDER';
 const KNOWN_VM_TYPES: readonly VmType[] = ['qemu', 'applehv', 'libkrun', 'hyperv', 'wsl'];
 
 /**
@@ -56,7 +29,12 @@ export function defaultVmType(
   if (fromEnv) {
     const match = KNOWN_VM_TYPES.find((t) => t === fromEnv);
     if (!match) {
-      throw new InputError('vm-type', `${PROVIDER_ENV}=${fromEnv} is not a podman machine provider.`);
+      throw new InputError(
+        PROVIDER_ENV,
+        `'${fromEnv}' is not a podman machine provider (${KNOWN_VM_TYPES.join(', ')}); ` +
+          `unset it or set the input \`${Inputs.vmType}\`.`,
+        'environment',
+      );
     }
     return match;
   }
@@ -73,7 +51,11 @@ export function resolveVmType(input: VmTypeInput, version: PodmanVersion): VmTyp
 export function hostMachineArch(nodeArch: string = process.arch): MachineArch {
   if (nodeArch === 'x64') return 'x86_64';
   if (nodeArch === 'arm64') return 'aarch64';
-  throw new InputError('arch', `podman machine has no image for this host's architecture (${nodeArch}).`);
+  throw new InputError(
+    Inputs.arch,
+    `podman machine has no image for this host's architecture (${nodeArch}); set \`${Inputs.arch}\` to ` +
+      'x86_64 or aarch64 to fetch one of those without `init`.',
+  );
 }
 
 /**
@@ -84,7 +66,7 @@ export function resolveArch(input: ArchInput, init: boolean, nodeArch: string = 
   if (input === 'auto') return hostMachineArch(nodeArch);
   if (init && input !== hostMachineArch(nodeArch)) {
     throw new InputError(
-      'arch',
+      Inputs.arch,
       `is ${input} but this host is ${hostMachineArch(nodeArch)}; podman can only init a machine of the host's arch (drop \`init\` or \`arch\`).`,
     );
   }

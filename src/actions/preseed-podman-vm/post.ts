@@ -1,41 +1,34 @@
 /**
  * post: save the image and (cache-scope: machine) the staged machine on a cache miss, as main planned, and
- * remove a machine main created. Never fails.
+ * remove a machine main created. Never fails; a second run finds nothing left to do.
  */
 import { runPlannedSave, saveCache } from '../../core/cache.js';
 import { exec } from '../../core/exec.js';
 import type { Host } from '../../core/host.js';
 import { errorMessage } from '../../core/run.js';
-import { State } from './constants.js';
 import { removeArgs, stopArgs } from './machine-init.js';
+import { PROVIDER_ENV } from './podman-host.js';
+import { loadRunState, saveRunState } from './state.js';
 
 const CLEANUP_TIMEOUT_MS = 5 * 60_000;
 
-export async function preseedPost(host: Host): Promise<void> {
+export async function post(host: Host): Promise<void> {
   await runPlannedSave(host);
-  await saveStagedMachine(host);
-  const machine = host.getState(State.createdMachine);
-  if (!machine) return;
-  const env = { ...process.env, CONTAINERS_MACHINE_PROVIDER: host.getState(State.provider) || undefined };
+  const state = loadRunState(host);
+  const { machineSave, removeMachine } = state;
+  // Taken out of state before acting on it, so a repeated post does not do it again.
+  saveRunState(host, {});
+  // saveCache never throws; it logs why a save did not happen.
+  if (machineSave) await saveCache(host, machineSave.paths, machineSave.key);
+  if (!removeMachine) return;
+  const { name, provider } = removeMachine;
+  const env = { ...process.env, [PROVIDER_ENV]: provider };
   // Stop may fail for a machine that never started; rm --force handles both states.
-  await exec('podman', stopArgs(machine), { timeoutMs: CLEANUP_TIMEOUT_MS, env, allowFailure: true });
+  await exec('podman', stopArgs(name), { timeoutMs: CLEANUP_TIMEOUT_MS, env, allowFailure: true });
   try {
-    await exec('podman', removeArgs(machine), { timeoutMs: CLEANUP_TIMEOUT_MS, env });
-    host.info(`Removed podman machine ${machine}.`);
+    await exec('podman', removeArgs(name), { timeoutMs: CLEANUP_TIMEOUT_MS, env });
+    host.info(`Removed podman machine ${name}.`);
   } catch (error) {
-    host.warning(`Could not remove podman machine ${machine}: ${errorMessage(error)}`);
-  }
-}
-
-/** The image save has core/cache's single plan slot; the machine, a second entry, has its own state. */
-async function saveStagedMachine(host: Host): Promise<void> {
-  const raw = host.getState(State.machineSave);
-  if (!raw) return;
-  host.saveState(State.machineSave, '');
-  try {
-    const plan = JSON.parse(raw) as { paths: string[]; key: string };
-    await saveCache(host, plan.paths, plan.key);
-  } catch (error) {
-    host.warning(`The machine was not saved to the cache: ${errorMessage(error)}`);
+    host.warning(`Could not remove podman machine ${name}: ${errorMessage(error)}`);
   }
 }

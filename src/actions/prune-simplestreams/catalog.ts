@@ -4,7 +4,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ActionError } from '../../core/run.js';
+import { ActionError, errorMessage } from '../../core/run.js';
 import { normaliseRepoPath } from './repo-paths.js';
 import { compareC } from './versions.js';
 
@@ -85,7 +85,7 @@ export function parseJsonDoc(path: string, text: string, what: string, mode = 0o
   try {
     data = JSON.parse(text);
   } catch (error) {
-    throw new RepoError(`${path} is not valid JSON (${(error as Error).message}).`);
+    throw new RepoError(`${path} is not valid JSON (${errorMessage(error)}).`);
   }
   if (!isObject(data)) throw new RepoError(`${path} must hold a JSON object (${what}).`);
   return { path, text, data, style: detectStyle(text), mode };
@@ -100,7 +100,7 @@ async function readJsonDoc(root: string, path: string, what: string): Promise<Js
     const code = (error as NodeJS.ErrnoException).code;
     if (code === 'ENOENT')
       throw new RepoError(`${path} is missing: ${root} is not a simplestreams repository.`);
-    throw new RepoError(`cannot read ${path}: ${(error as Error).message}.`);
+    throw new RepoError(`cannot read ${path}: ${errorMessage(error)}.`);
   }
 }
 

@@ -1,40 +1,9 @@
-import { mkdir } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
-import { writeFileAtomic } from '../../core/atomic.js';
-import { ActionError, type ActionDefinition } from '../../core/run.js';
-import { listProblems } from './catalog.js';
+import type { ActionDefinition } from '../../core/run.js';
 import { readInputs, type PruneInputs } from './inputs.js';
-import { pruneRepository } from './prune.js';
-import { summaryMarkdown } from './report.js';
-
-export const Outputs = {
-  removedVersions: 'removed-versions',
-  removedFiles: 'removed-files',
-  deferredFiles: 'deferred-files',
-  freedBytes: 'freed-bytes',
-  reportFile: 'report-file',
-} as const;
+import { main } from './main.js';
 
 export const definition: ActionDefinition<PruneInputs> = {
   name: 'prune-simplestreams',
   readInputs,
-  async main(host, inputs) {
-    const report = await pruneRepository(inputs, host);
-    host.setOutput(Outputs.removedVersions, String(report.totals.removedVersions));
-    host.setOutput(Outputs.removedFiles, String(report.totals.removedFiles));
-    host.setOutput(Outputs.deferredFiles, String(report.totals.deferredFiles));
-    host.setOutput(Outputs.freedBytes, String(report.totals.freedBytes));
-    if (inputs.reportFile) {
-      const file = resolve(inputs.reportFile);
-      await mkdir(dirname(file), { recursive: true });
-      await writeFileAtomic(file, `${JSON.stringify(report, null, 2)}\n`);
-      host.setOutput(Outputs.reportFile, file);
-    }
-    await host.appendSummary(summaryMarkdown(report));
-    if ('problems' in report.verify && report.verify.problems.length > 0) {
-      throw new ActionError(
-        listProblems(`verify (${report.verify.mode}) failed after pruning`, report.verify.problems),
-      );
-    }
-  },
+  main,
 };

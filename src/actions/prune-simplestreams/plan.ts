@@ -18,7 +18,7 @@ import { productMatcher, unmatchedPatterns, type UnmatchedPattern } from './prod
 import { baseOf, isSidecar, parentOf } from './repo-paths.js';
 import type { RepoFacts } from './scan.js';
 import type { UnreferencedSince } from './state-file.js';
-import { compareC, versionTimeMs } from './versions.js';
+import { compareC, isClientVersion, versionTimeMs } from './versions.js';
 
 export interface PlanOptions {
   keepVersions: number;
@@ -108,9 +108,9 @@ function planProduct(
 ): ProductPlan {
   const plan = emptyProductPlan(product.name, true);
   const listed = product.versions
-    .filter((v) => versionTimeMs(v.name) !== undefined)
+    .filter((v) => isClientVersion(v.name))
     .sort((a, b) => compareC(b.name, a.name));
-  plan.ignored = product.versions.filter((v) => versionTimeMs(v.name) === undefined).map((v) => v.name);
+  plan.ignored = product.versions.filter((v) => !isClientVersion(v.name)).map((v) => v.name);
 
   const problems = new Map(listed.map((v) => [v.name, versionProblems(v, facts)]));
   const candidates: CatalogVersion[] = [];

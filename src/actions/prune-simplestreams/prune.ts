@@ -6,11 +6,12 @@ import { realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { acquireLock, LockTimeoutError, type Lock } from '../../core/atomic.js';
 import type { Host } from '../../core/host.js';
-import { ActionError } from '../../core/run.js';
+import { InputError } from '../../core/inputs.js';
+import { ActionError, errorMessage } from '../../core/run.js';
 import { formatDuration } from '../../core/summary.js';
 import { applyPlan, type ApplyResult } from './apply.js';
 import { loadCatalog } from './catalog.js';
-import { CrashHook } from './crash-hook.js';
+import { Inputs } from './constants.js';
 import type { PruneInputs } from './inputs.js';
 import { planPrune } from './plan.js';
 import { LOCK_FILE_NAME } from './repo-paths.js';
@@ -21,17 +22,38 @@ import { verifyItems } from './verify.js';
 
 export interface PruneEnvironment {
   now?: () => number;
-  env?: NodeJS.ProcessEnv;
 }
 
+/**
+ * The repository root as a real path. A `path` that names no directory on this machine is the user's to fix; an
+ * I/O error on one that does is not.
+ */
 async function repositoryRoot(path: string): Promise<string> {
-  try {
-    const root = await realpath(path);
-    if (!(await stat(root)).isDirectory()) throw new Error('not a directory');
-    return root;
-  } catch (error) {
-    throw new ActionError(`path '${path}' is not a directory (${(error as Error).message}).`);
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(path)) {
+    throw new InputError(
+      Inputs.path,
+      `'${path}' is a URL; prune works on the repository's directory on this machine (mount or sync it here first).`,
+    );
   }
+  let root: string;
+  try {
+    root = await realpath(path);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') {
+      throw new InputError(
+        Inputs.path,
+        `${path} does not exist; give the directory that holds streams/v1/ of the repository.`,
+      );
+    }
+    throw new ActionError(`cannot open the repository ${path}: ${errorMessage(error)}`);
+  }
+  const info = await stat(root);
+  if (!info.isDirectory()) {
+    const what = info.isFile() ? 'is a file, not a directory' : 'is not a directory';
+    throw new InputError(Inputs.path, `${path} ${what}; give the repository's root directory.`);
+  }
+  return root;
 }
 
 function contentDirsText(dirs: readonly string[]): string {
@@ -65,12 +87,10 @@ export async function pruneRepository(
   environment: PruneEnvironment = {},
 ): Promise<PruneReport> {
   const now = environment.now ?? Date.now;
-  const hook = new CrashHook(environment.env);
   const startedMs = now();
   const root = await repositoryRoot(inputs.path);
   const lock = inputs.dryRun ? undefined : await takeLock(root, inputs, host);
   const acquiredMs = now();
-  if (lock) hook.reached('lock taken');
   let report: PruneReport;
   try {
     const { catalog, state, facts } = await host.group('Reading the repository', async () => {
@@ -90,7 +110,7 @@ export async function pruneRepository(
     });
     let applied: ApplyResult | undefined;
     if (!inputs.dryRun) {
-      applied = await host.group('Applying', () => applyPlan(root, catalog, plan, state, hook));
+      applied = await host.group('Applying', () => applyPlan(root, catalog, plan, state));
     }
     const verify =
       inputs.dryRun || inputs.verify === 'none'

@@ -5,7 +5,7 @@
  * identity token (docker-credential-helpers' convention).
  */
 import type { Credential } from '../../core/auth.js';
-import { exec, which } from '../../core/exec.js';
+import { exec, ExecError, type ExecResult } from '../../core/exec.js';
 import { externalText } from '../../core/oci/response.js';
 import { ActionError } from '../../core/run.js';
 
@@ -38,15 +38,21 @@ export async function askHelper(
   if (!HELPER_NAME.test(helper)) {
     throw new ActionError(`credential helper '${externalText(helper, 60)}' is not a valid helper name.`);
   }
-  const path = await which(program, env);
-  if (!path) return { kind: 'not-installed', program };
   for (const server of serverUrls(registry)) {
-    const result = await exec(path, ['get'], {
-      timeoutMs: HELPER_TIMEOUT_MS,
-      env,
-      input: server,
-      allowFailure: true,
-    });
+    let result: ExecResult;
+    try {
+      // Looked up on the PATH of `env`, as docker does.
+      result = await exec(program, ['get'], {
+        timeoutMs: HELPER_TIMEOUT_MS,
+        env,
+        input: server,
+        allowFailure: true,
+      });
+    } catch (error) {
+      if (error instanceof ExecError && error.spawnCode === 'ENOENT')
+        return { kind: 'not-installed', program };
+      throw error;
+    }
     const out = result.stdout.trim();
     if (result.exitCode !== 0) {
       if (out === NOT_FOUND || result.stderr.trim() === NOT_FOUND) continue;

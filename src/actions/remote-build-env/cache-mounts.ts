@@ -8,10 +8,11 @@
  * contents are known, so `cache-hit` means "something was restored".
  */
 import { join } from 'node:path';
-import { cacheKeyPrefix, restoreCache, saveCache } from '../../core/cache.js';
+import { restoreCache, saveCache } from '../../core/cache.js';
+import { cacheKeyPrefix } from '../../core/cache-key.js';
 import type { Host } from '../../core/host.js';
 import { EMPTY_FINGERPRINT, fingerprintDir } from './fingerprint.js';
-import type { Version } from './podman.js';
+import type { PodmanVersion } from '../../core/podman.js';
 import type { CacheState } from './state.js';
 
 /** Enough of the fingerprint to tell cache generations apart. */
@@ -22,7 +23,7 @@ const KEY_FINGERPRINT_CHARS = 16;
  * `$TMPDIR/buildah-cache-<uid>` from podman 4.4 (buildah 1.29) on, uid being the service's user (0 rootful).
  * The service runs as this process's user.
  */
-export function cacheMountDir(tmpdir: string, podman: Version, uid = process.getuid?.() ?? 0): string {
+export function cacheMountDir(tmpdir: string, podman: PodmanVersion, uid = process.getuid?.() ?? 0): string {
   const perUser = podman.major > 4 || (podman.major === 4 && podman.minor >= 4);
   return join(tmpdir, perUser ? `buildah-cache-${uid}` : 'buildah-cache');
 }
@@ -42,8 +43,9 @@ export async function restoreCacheMounts(
   return state;
 }
 
-export function saveKey(cache: CacheState, fingerprint: string): string {
-  return `${cache.keyPrefix}${fingerprint.slice(0, KEY_FINGERPRINT_CHARS)}`;
+/** `keyPrefix` is `cacheKeyPrefix` of the `cache-key` input. */
+export function saveKey(keyPrefix: string, fingerprint: string): string {
+  return `${keyPrefix}${fingerprint.slice(0, KEY_FINGERPRINT_CHARS)}`;
 }
 
 /** Saves the cache-mount dir when the builds changed it. Never throws (saveCache reports problems as warnings). */
@@ -57,5 +59,5 @@ export async function saveCacheMounts(host: Host, cache: CacheState): Promise<vo
     host.info(`Cache mounts: unchanged since ${cache.matchedKey ?? 'the restore'}, not saved again.`);
     return;
   }
-  await saveCache(host, [cache.path], saveKey(cache, fingerprint));
+  await saveCache(host, [cache.path], saveKey(cache.keyPrefix, fingerprint));
 }

@@ -1,11 +1,11 @@
 import type { ActionDefinition } from '../../core/run.js';
 import { readInputs, type RemoteBuildInputs } from './inputs.js';
-import { cleanupRemoteBuildEnv } from './post.js';
-import { runRemoteBuildEnv } from './main.js';
+import { main } from './main.js';
+import { post } from './post.js';
 
 export const definition: ActionDefinition<RemoteBuildInputs> = {
   name: 'remote-build-env',
   readInputs,
-  main: runRemoteBuildEnv,
-  post: cleanupRemoteBuildEnv,
+  main,
+  post,
 };

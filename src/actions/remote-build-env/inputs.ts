@@ -1,5 +1,6 @@
 import { accessSync, constants, statSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { cacheKeyPrefix, readCacheKeyInput } from '../../core/cache-key.js';
 import {
   InputError,
   readBoolean,
@@ -9,6 +10,9 @@ import {
   readString,
   type InputSource,
 } from '../../core/inputs.js';
+import { errorMessage } from '../../core/run.js';
+import { saveKey } from './cache-mounts.js';
+import { Inputs } from './constants.js';
 import { socketPathProblem } from './socket-path.js';
 
 export const MODES = ['local', 'ssh'] as const;
@@ -51,9 +55,6 @@ export interface SshOptions {
 
 export type RemoteBuildInputs = LocalOptions | SshOptions;
 
-/** actions/cache refuses keys with commas and longer than 512 characters; a suffix is appended to ours. */
-const MAX_CACHE_KEY_LENGTH = 400;
-
 /** Names ssh, `-l` and known_hosts take literally: no option-like dash, no %-tokens, no shell or config syntax. */
 const SAFE_USER = /^[\w.@+][\w.@+-]*$/;
 const SAFE_HOSTNAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
@@ -61,7 +62,10 @@ const IPV6_IN_URL = /^\[([0-9A-Fa-f:.]+)\]$/;
 
 export function parseSshHost(value: string): SshTarget {
   const fail = (why: string) =>
-    new InputError('host', `${why}; expected ssh://user@host[:port]/path/to/podman.sock, got '${value}'.`);
+    new InputError(
+      Inputs.host,
+      `${why}; expected ssh://user@host[:port]/path/to/podman.sock, got '${value}'.`,
+    );
   let url: URL;
   try {
     url = new URL(value);
@@ -95,7 +99,7 @@ export function parseSshHost(value: string): SshTarget {
 }
 
 function readContainersConf(src: InputSource): string | undefined {
-  const given = readString(src, 'containers-conf');
+  const given = readString(src, Inputs.containersConf);
   if (given === undefined) return undefined;
   const path = resolve(given);
   try {
@@ -103,31 +107,27 @@ function readContainersConf(src: InputSource): string | undefined {
     accessSync(path, constants.R_OK);
   } catch (error) {
     throw new InputError(
-      'containers-conf',
-      `cannot read '${given}' (${(error as Error).message}); give the path of a readable containers.conf.`,
+      Inputs.containersConf,
+      `cannot read '${given}' (${errorMessage(error)}); give the path of a readable containers.conf.`,
     );
   }
   return path;
 }
 
 function readSocket(src: InputSource): string | undefined {
-  const given = readString(src, 'socket');
+  const given = readString(src, Inputs.socket);
   if (given === undefined) return undefined;
   const socket = resolve(given);
   const problem = socketPathProblem(socket, process.platform);
-  if (problem) throw new InputError('socket', `${problem}; choose a shorter path.`);
+  if (problem) throw new InputError(Inputs.socket, `${problem}; choose a shorter path.`);
   return socket;
 }
 
+/** Saved keys are `<cache-key>-<os>-<arch>-<fingerprint>` (cache-mounts.ts): the longest is a full one. */
 function readCacheKey(src: InputSource): string {
-  const key = readString(src, 'cache-key') ?? 'podman-cache-mounts';
-  if (key.includes(',') || key.length > MAX_CACHE_KEY_LENGTH) {
-    throw new InputError(
-      'cache-key',
-      `must have no commas and at most ${MAX_CACHE_KEY_LENGTH} characters; got '${key.slice(0, 60)}'.`,
-    );
-  }
-  return key;
+  return readCacheKeyInput(src, Inputs.cacheKey, 'podman-cache-mounts', (key) =>
+    saveKey(cacheKeyPrefix({ prefix: key }), 'f'.repeat(64)),
+  );
 }
 
 /** Inputs that only one mode uses must not be set in the other: a silently ignored setting hides a mistake. */
@@ -150,47 +150,47 @@ function rejectForMode(
 }
 
 export function readInputs(src: InputSource): RemoteBuildInputs {
-  const mode = readEnum(src, 'mode', MODES, 'local');
-  const startupTimeoutMs = readDuration(src, 'startup-timeout', 30_000)!;
-  if (startupTimeoutMs <= 0) throw new InputError('startup-timeout', 'must be longer than zero.');
-  const host = readString(src, 'host');
-  if (readString(src, 'ssh-key') !== undefined && host === undefined) {
-    throw new InputError('ssh-key', 'was given without `host`; set `host: ssh://user@host/path`.');
+  const mode = readEnum(src, Inputs.mode, MODES, 'local');
+  const startupTimeoutMs = readDuration(src, Inputs.startupTimeout, 30_000);
+  if (startupTimeoutMs <= 0) throw new InputError(Inputs.startupTimeout, 'must be longer than zero.');
+  const host = readString(src, Inputs.host);
+  if (readString(src, Inputs.sshKey) !== undefined && host === undefined) {
+    throw new InputError(Inputs.sshKey, 'was given without `host`; set `host: ssh://user@host/path`.');
   }
 
   if (mode === 'ssh') {
     rejectForMode(
       src,
       'ssh',
-      ['containers-conf', 'restore-keys'],
-      ['isolate-storage', 'export-docker-host', 'cache-mounts'],
+      [Inputs.containersConf, Inputs.restoreKeys],
+      [Inputs.isolateStorage, Inputs.exportDockerHost, Inputs.cacheMounts],
     );
-    if (host === undefined) throw new InputError('host', 'is required when `mode: ssh`.');
+    if (host === undefined) throw new InputError(Inputs.host, 'is required when `mode: ssh`.');
     const target = parseSshHost(host);
-    const sshKey = readString(src, 'ssh-key');
-    if (sshKey === undefined) throw new InputError('ssh-key', 'is required when `mode: ssh`.');
-    const insecureHostKey = readBoolean(src, 'insecure-host-key', false);
-    const knownHosts = readString(src, 'known-hosts');
+    const sshKey = readString(src, Inputs.sshKey);
+    if (sshKey === undefined) throw new InputError(Inputs.sshKey, 'is required when `mode: ssh`.');
+    const insecureHostKey = readBoolean(src, Inputs.insecureHostKey, false);
+    const knownHosts = readString(src, Inputs.knownHosts);
     if (knownHosts === undefined && !insecureHostKey) {
       throw new InputError(
-        'known-hosts',
+        Inputs.knownHosts,
         'is required with `mode: ssh` (e.g. the output of `ssh-keyscan -p PORT HOST`), unless `insecure-host-key: true`.',
       );
     }
     return { mode, target, socket: readSocket(src), sshKey, knownHosts, insecureHostKey, startupTimeoutMs };
   }
 
-  rejectForMode(src, 'local', ['host', 'known-hosts'], ['insecure-host-key']);
+  rejectForMode(src, 'local', [Inputs.host, Inputs.knownHosts], [Inputs.insecureHostKey]);
   const socket = readSocket(src);
   return {
     mode,
     socket,
-    isolateStorage: readBoolean(src, 'isolate-storage', false),
+    isolateStorage: readBoolean(src, Inputs.isolateStorage, false),
     containersConf: readContainersConf(src),
     startupTimeoutMs,
-    exportDockerHost: readBoolean(src, 'export-docker-host', false),
-    cacheMounts: readBoolean(src, 'cache-mounts', false),
+    exportDockerHost: readBoolean(src, Inputs.exportDockerHost, false),
+    cacheMounts: readBoolean(src, Inputs.cacheMounts, false),
     cacheKey: readCacheKey(src),
-    restoreKeys: readList(src, 'restore-keys'),
+    restoreKeys: readList(src, Inputs.restoreKeys),
   };
 }

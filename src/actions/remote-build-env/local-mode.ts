@@ -2,8 +2,10 @@
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { which } from '../../core/exec.js';
+import { which } from '@actions/io';
 import type { Host } from '../../core/host.js';
+import { InputError } from '../../core/inputs.js';
+import { CONTAINERS_CONF, containersConfVariable, podmanVersion } from '../../core/podman.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { formatDuration, heading, markdownTable } from '../../core/summary.js';
 import { scratchDir, stableDir } from '../../core/workspace.js';
@@ -11,8 +13,9 @@ import { waitUntilAnswering } from './answering.js';
 import { cacheMountDir, restoreCacheMounts, saveCacheMounts } from './cache-mounts.js';
 import { registeredChild, removeOwnedPaths, showLog, stopChild } from './cleanup.js';
 import type { LocalOptions } from './inputs.js';
-import { SERVICE, socketUrl, spawnService, type ServicePlan } from './local-service.js';
-import { containersConfVariable, podmanClientVersion, podmanRemote } from './podman.js';
+import { Inputs, Outputs } from './constants.js';
+import { podmanRemote, SERVICE, socketUrl, spawnService, type ServicePlan } from './local-service.js';
+import type { ServingMode } from './mode.js';
 import { isRunning, type StopOutcome } from './process-group.js';
 import { planSocket } from './socket-path.js';
 import { saveRunState, type LocalState } from './state.js';
@@ -42,18 +45,15 @@ async function serviceTmpdir(
   return { tmpdir, stable: true };
 }
 
-export async function startLocalService(
-  host: Host,
-  inputs: LocalOptions,
-  interrupted?: AbortSignal,
-): Promise<void> {
+async function startLocalService(host: Host, inputs: LocalOptions, interrupted?: AbortSignal): Promise<void> {
   if (process.platform !== 'linux') {
-    throw new ActionError(
-      '`mode: local` needs Linux (podman system service runs only there); use `mode: ssh` against a Linux host or podman machine.',
+    throw new InputError(
+      Inputs.mode,
+      '`local` needs Linux (podman system service runs only there); use `mode: ssh` against a Linux host or podman machine.',
     );
   }
   if (!(await which('podman'))) throw new ActionError('podman is not installed (not found on PATH).');
-  const version = await podmanClientVersion(VERSION_TIMEOUT_MS);
+  const version = await podmanVersion(VERSION_TIMEOUT_MS);
   interrupted?.throwIfAborted();
   const scratch = await scratchDir(host);
   const placed = await planSocket(inputs.socket, scratch);
@@ -66,7 +66,7 @@ export async function startLocalService(
   }
   if (inputs.containersConf) {
     const variable = containersConfVariable(version);
-    if (variable === 'CONTAINERS_CONF' && process.env.CONTAINERS_CONF) {
+    if (variable === CONTAINERS_CONF && process.env.CONTAINERS_CONF) {
       host.warning(
         `podman ${version.text} has no CONTAINERS_CONF_OVERRIDE: the service reads only ${inputs.containersConf}, ` +
           `not CONTAINERS_CONF=${process.env.CONTAINERS_CONF}.`,
@@ -121,12 +121,12 @@ export async function startLocalService(
   const url = socketUrl(plan.socket);
   host.exportVariable('CONTAINER_HOST', url);
   if (inputs.exportDockerHost) host.exportVariable('DOCKER_HOST', url);
-  host.setOutput('socket', plan.socket);
-  host.setOutput('container-host', url);
-  host.setOutput('tmpdir', tmpdir);
-  host.setOutput('cache-dir', cacheDir);
-  host.setOutput('cache-hit', state.cache?.matchedKey ? 'true' : 'false');
-  host.setOutput('cache-matched-key', state.cache?.matchedKey ?? '');
+  host.setOutput(Outputs.socket, plan.socket);
+  host.setOutput(Outputs.containerHost, url);
+  host.setOutput(Outputs.tmpdir, tmpdir);
+  host.setOutput(Outputs.cacheDir, cacheDir);
+  host.setOutput(Outputs.cacheHit, state.cache?.matchedKey ? 'true' : 'false');
+  host.setOutput(Outputs.cacheMatchedKey, state.cache?.matchedKey ?? '');
   state.ready = true;
   saveRunState(host, state);
   await host.appendSummary(
@@ -163,7 +163,7 @@ async function serviceLogWorthShowing(state: LocalState, outcome: StopOutcome): 
 }
 
 /** Stops the service and removes everything main created. Best-effort and repeatable: a second run finds nothing. */
-export async function stopLocalService(host: Host, state: LocalState): Promise<void> {
+async function stopLocalService(host: Host, state: LocalState): Promise<void> {
   const service = await registeredChild(state, SERVICE, state.service);
   if (service && state.isolatedStorage && (await isRunning(service))) {
     // Containers in a private store would keep its mounts busy and outlive the service; they are ours.
@@ -183,3 +183,8 @@ export async function stopLocalService(host: Host, state: LocalState): Promise<v
   await showLog(host, 'podman service log', state.logFile, await serviceLogWorthShowing(state, outcome));
   await removeOwnedPaths(host, state);
 }
+
+export const localMode: ServingMode<LocalOptions, LocalState> = {
+  start: startLocalService,
+  stop: stopLocalService,
+};

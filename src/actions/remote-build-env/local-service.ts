@@ -3,7 +3,8 @@
  * node process exits, and later steps of the job must still reach the service. Hence a tracked child (tracked.ts:
  * its own session and process group, which post finds and signals as a whole, however main ended).
  */
-import { withoutRemoteClientEnv } from './podman.js';
+import { exec, type ExecResult } from '../../core/exec.js';
+import { withoutRemoteClientEnv, type ContainersConfVariable } from '../../core/podman.js';
 import { spawnTracked, type TrackedChild } from './tracked.js';
 
 export interface ServicePlan {
@@ -13,7 +14,7 @@ export interface ServicePlan {
   logFile: string;
   /** A private image store instead of the default one. */
   storage?: { root: string; runroot: string; libpodTmp: string };
-  containersConf?: { path: string; variable: 'CONTAINERS_CONF' | 'CONTAINERS_CONF_OVERRIDE' };
+  containersConf?: { path: string; variable: ContainersConfVariable };
 }
 
 export function socketUrl(socket: string): string {
@@ -50,4 +51,17 @@ export const SERVICE = 'service';
 export function spawnService(plan: ServicePlan, registry: string): Promise<TrackedChild> {
   const { args, env } = serviceCommand(plan, process.env);
   return spawnTracked(registry, SERVICE, 'podman', args, { env, logFile: plan.logFile });
+}
+
+/** Runs `podman --url <url> ...` as a client of one particular service, whatever CONTAINER_HOST says. */
+export function podmanRemote(
+  url: string,
+  args: readonly string[],
+  options: { timeoutMs: number; allowFailure?: boolean },
+): Promise<ExecResult> {
+  return exec('podman', ['--url', url, ...args], {
+    timeoutMs: options.timeoutMs,
+    env: withoutRemoteClientEnv(process.env),
+    allowFailure: options.allowFailure,
+  });
 }

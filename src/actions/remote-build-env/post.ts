@@ -1,11 +1,11 @@
 import type { Host } from '../../core/host.js';
 import { removeScratchDirs } from '../../core/workspace.js';
 import { cleanupFinished } from './interrupt.js';
-import { stopLocalService } from './local-mode.js';
-import { disconnectSsh } from './ssh-mode.js';
+import { localMode } from './local-mode.js';
+import { sshMode } from './ssh-mode.js';
 import { loadRunState } from './state.js';
 
-export async function cleanupRemoteBuildEnv(host: Host): Promise<void> {
+export async function post(host: Host): Promise<void> {
   try {
     const state = loadRunState(host);
     if (!state) {
@@ -13,8 +13,8 @@ export async function cleanupRemoteBuildEnv(host: Host): Promise<void> {
       await removeScratchDirs(host);
       return;
     }
-    if (state.mode === 'ssh') await disconnectSsh(host, state);
-    else await stopLocalService(host, state);
+    if (state.mode === 'ssh') await sshMode.stop(host, state);
+    else await localMode.stop(host, state);
   } finally {
     cleanupFinished();
   }

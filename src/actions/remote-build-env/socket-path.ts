@@ -6,7 +6,7 @@
 import { dirname, join } from 'node:path';
 import { pathExists } from '../../core/files.js';
 import { InputError } from '../../core/inputs.js';
-import { ActionError } from '../../core/run.js';
+import { Inputs } from './constants.js';
 
 const SUN_PATH_BYTES: Partial<Record<NodeJS.Platform, number>> = {
   linux: 108,
@@ -49,16 +49,14 @@ export async function planSocket(given: string | undefined, scratch: string): Pr
     const problem = socketPathProblem(socket, process.platform);
     if (problem) {
       throw new InputError(
-        'socket',
+        Inputs.socket,
         `${problem} (RUNNER_TEMP is long); set it to a shorter path such as /tmp/podman-build.sock.`,
       );
     }
     return { socket, outside: false };
   }
   if (await pathExists(given)) {
-    throw new ActionError(
-      `the socket path ${given} is already in use; choose another \`socket\` or remove it.`,
-    );
+    throw new InputError(Inputs.socket, `${given} is already in use; choose another path or remove it.`);
   }
   const createDir = await topmostMissingDir(dirname(given));
   return createDir ? { socket: given, outside: true, createDir } : { socket: given, outside: true };

@@ -15,7 +15,8 @@
  */
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { exec, which } from '../../core/exec.js';
+import { which } from '@actions/io';
+import { exec } from '../../core/exec.js';
 import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
 import { ActionError, errorMessage } from '../../core/run.js';
@@ -23,8 +24,10 @@ import { formatDuration, heading, markdownTable } from '../../core/summary.js';
 import { scratchDir } from '../../core/workspace.js';
 import { waitUntilAnswering } from './answering.js';
 import { registeredChild, removeOwnedPaths, showLog, stopChild } from './cleanup.js';
+import { Inputs, Outputs } from './constants.js';
 import type { SshOptions, SshTarget } from './inputs.js';
 import { socketUrl } from './local-service.js';
+import type { ServingMode } from './mode.js';
 import { planSocket } from './socket-path.js';
 import { saveRunState, type SshState } from './state.js';
 import { spawnTracked } from './tracked.js';
@@ -125,7 +128,7 @@ async function checkKnownHostsCover(file: string, target: SshTarget): Promise<vo
         ? `ssh-keyscan ${target.hostname}`
         : `ssh-keyscan -p ${target.port} ${target.hostname}`;
     throw new InputError(
-      'known-hosts',
+      Inputs.knownHosts,
       `has no entry for ${name}; add the host's keys (e.g. the output of \`${scan}\`).`,
     );
   }
@@ -135,7 +138,7 @@ async function checkKnownHostsCover(file: string, target: SshTarget): Promise<vo
 function tunnelFiles(scratch: string, socket: string, inputs: SshOptions): TunnelFiles {
   const socketProblem = sshPathProblem(socket);
   if (socketProblem && inputs.socket !== undefined) {
-    throw new InputError('socket', `${socketProblem}; choose another path.`);
+    throw new InputError(Inputs.socket, `${socketProblem}; choose another path.`);
   }
   const scratchProblem = socketProblem ?? sshPathProblem(scratch);
   if (scratchProblem) {
@@ -148,9 +151,9 @@ function tunnelFiles(scratch: string, socket: string, inputs: SshOptions): Tunne
   };
 }
 
-export async function connectSsh(host: Host, inputs: SshOptions, interrupted?: AbortSignal): Promise<void> {
+async function connectSsh(host: Host, inputs: SshOptions, interrupted?: AbortSignal): Promise<void> {
   for (const value of keyMaskValues(inputs.sshKey)) host.setSecret(value);
-  if (process.platform === 'win32') throw new ActionError('`mode: ssh` needs a Linux or macOS runner.');
+  if (process.platform === 'win32') throw new InputError(Inputs.mode, '`ssh` needs a Linux or macOS runner.');
   if (!(await which('ssh')))
     throw new ActionError('ssh (openssh-client) is not installed (not found on PATH).');
   if (inputs.knownHosts !== undefined && !(await which('ssh-keygen')))
@@ -172,8 +175,8 @@ export async function connectSsh(host: Host, inputs: SshOptions, interrupted?: A
   await mkdir(state.registry, { mode: 0o700 });
   if (placed.createDir) await mkdir(dirname(placed.socket), { recursive: true, mode: 0o700 });
   await writeFile(files.key, `${inputs.sshKey.trim()}\n`, { mode: 0o600, flag: 'wx' });
-  if (files.knownHosts) {
-    await writeFile(files.knownHosts, `${inputs.knownHosts!.trim()}\n`, { mode: 0o600 });
+  if (files.knownHosts && inputs.knownHosts !== undefined) {
+    await writeFile(files.knownHosts, `${inputs.knownHosts.trim()}\n`, { mode: 0o600 });
     await checkKnownHostsCover(files.knownHosts, target);
   } else {
     host.warning(
@@ -217,9 +220,9 @@ export async function connectSsh(host: Host, inputs: SshOptions, interrupted?: A
 
   const url = socketUrl(placed.socket);
   host.exportVariable('CONTAINER_HOST', url);
-  host.setOutput('socket', placed.socket);
-  host.setOutput('container-host', url);
-  host.setOutput('cache-hit', 'false');
+  host.setOutput(Outputs.socket, placed.socket);
+  host.setOutput(Outputs.containerHost, url);
+  host.setOutput(Outputs.cacheHit, 'false');
   state.ready = true;
   saveRunState(host, state);
   await host.appendSummary(
@@ -241,7 +244,7 @@ export async function connectSsh(host: Host, inputs: SshOptions, interrupted?: A
 }
 
 /** Closes the tunnel and removes the socket, the key and the private known_hosts. Repeatable. */
-export async function disconnectSsh(host: Host, state: SshState): Promise<void> {
+async function disconnectSsh(host: Host, state: SshState): Promise<void> {
   const tunnel = await registeredChild(state, TUNNEL, state.tunnel);
   const outcome = await stopChild(host, 'ssh tunnel', tunnel, STOP_GRACE_MS);
   let reason: string | undefined;
@@ -252,3 +255,5 @@ export async function disconnectSsh(host: Host, state: SshState): Promise<void> 
   await removeOwnedPaths(host, state);
   host.info('Removed the tunnel socket and the ssh key.');
 }
+
+export const sshMode: ServingMode<SshOptions, SshState> = { start: connectSsh, stop: disconnectSsh };

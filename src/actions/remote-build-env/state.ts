@@ -3,9 +3,8 @@
  * still tells post exactly what to stop and remove.
  */
 import type { Host } from '../../core/host.js';
+import { State } from './constants.js';
 import type { ProcessIdentity } from './process-group.js';
-
-const STATE_KEY = 'remote-build-env';
 
 export interface CacheState {
   /** The path handed to the cache library; saving must use the very same string (it is hashed into the version). */
@@ -52,11 +51,11 @@ export interface SshState extends ServingState {
 export type RunState = LocalState | SshState;
 
 export function saveRunState(host: Host, state: RunState): void {
-  host.saveState(STATE_KEY, JSON.stringify(state));
+  host.saveState(State.run, JSON.stringify(state));
 }
 
 export function loadRunState(host: Host): RunState | undefined {
-  const raw = host.getState(STATE_KEY);
+  const raw = host.getState(State.run);
   if (!raw) return undefined;
   try {
     const parsed = JSON.parse(raw) as RunState;
@@ -64,8 +63,4 @@ export function loadRunState(host: Host): RunState | undefined {
   } catch {
     return undefined;
   }
-}
-
-export function clearRunState(host: Host): void {
-  host.saveState(STATE_KEY, '');
 }

@@ -87,6 +87,12 @@ export function parseReference(text: string): ImageReference {
   if (!rest) throw new Error(`'${input}' has no repository path.`);
   const components = rest.split('/');
   for (const c of components) {
+    // As containers/image: a registry host may be upper-case (DNS is not case-sensitive), a repository not.
+    if (!PATH_COMPONENT_RE.test(c) && PATH_COMPONENT_RE.test(c.toLowerCase())) {
+      throw new Error(
+        `'${input}' has an invalid repository path '${rest}': repository names must be lower-case (write '${rest.toLowerCase()}').`,
+      );
+    }
     if (!PATH_COMPONENT_RE.test(c)) {
       throw new Error(
         `'${input}' has an invalid repository path component '${c}' (lower-case letters, digits and . _ - separators).`,

@@ -1,0 +1,22 @@
+/** The names action.yml gives inputs and outputs. No post step, so no state. */
+
+export const Inputs = {
+  path: 'path',
+  keepVersions: 'keep-versions',
+  maxAge: 'max-age',
+  gracePeriod: 'grace-period',
+  products: 'products',
+  keepBroken: 'keep-broken',
+  dryRun: 'dry-run',
+  reportFile: 'report-file',
+  verify: 'verify',
+  lockTimeout: 'lock-timeout',
+} as const;
+
+export const Outputs = {
+  removedVersions: 'removed-versions',
+  removedFiles: 'removed-files',
+  deferredFiles: 'deferred-files',
+  freedBytes: 'freed-bytes',
+  reportFile: 'report-file',
+} as const;

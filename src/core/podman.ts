@@ -1,0 +1,60 @@
+/**
+ * What more than one action needs to know about the installed podman client: its version, which variable
+ * layers a containers.conf on top of the user's (that depends on the version), and which variables would turn
+ * a podman call into a remote call somewhere else.
+ */
+import { exec } from './exec.js';
+import { ActionError } from './run.js';
+
+export interface PodmanVersion {
+  major: number;
+  minor: number;
+  patch: number;
+  /** As podman spells it, suffix included (`5.3.0-dev`). */
+  text: string;
+}
+
+const VERSION_TIMEOUT_MS = 30_000;
+
+/** Reads `podman version 5.2.1`, `5.3.0-dev` or a bare `4.3` (patch 0) out of `text`. */
+export function parsePodmanVersion(text: string): PodmanVersion | undefined {
+  const m = /(\d+)\.(\d+)(?:\.(\d+))?(\S*)/.exec(text);
+  if (!m) return undefined;
+  return { major: Number(m[1]), minor: Number(m[2]), patch: Number(m[3] ?? 0), text: m[0] };
+}
+
+/**
+ * Variables that turn podman into a remote client or point it elsewhere. A step before may have exported them
+ * (remote-build-env does, for the steps after it); a service we start and our own version checks must not
+ * inherit them.
+ */
+const REMOTE_CLIENT_VARIABLES = ['CONTAINER_HOST', 'CONTAINER_CONNECTION', 'CONTAINER_SSHKEY', 'DOCKER_HOST'];
+
+export function withoutRemoteClientEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const clean = { ...env };
+  for (const name of REMOTE_CLIENT_VARIABLES) delete clean[name];
+  return clean;
+}
+
+/** The local client's version (`podman --version` never contacts a service). */
+export async function podmanVersion(timeoutMs = VERSION_TIMEOUT_MS): Promise<PodmanVersion> {
+  const r = await exec('podman', ['--version'], { timeoutMs, env: withoutRemoteClientEnv(process.env) });
+  const version = parsePodmanVersion(r.stdout);
+  if (!version)
+    throw new ActionError(`cannot read a version from \`podman --version\`: '${r.stdout.trim()}'`);
+  return version;
+}
+
+export const CONTAINERS_CONF = 'CONTAINERS_CONF';
+export const CONTAINERS_CONF_OVERRIDE = 'CONTAINERS_CONF_OVERRIDE';
+export type ContainersConfVariable = typeof CONTAINERS_CONF | typeof CONTAINERS_CONF_OVERRIDE;
+
+/**
+ * CONTAINERS_CONF_OVERRIDE (read on top of the normal containers.conf files) arrived in podman 4.4; before it
+ * only CONTAINERS_CONF existed, which REPLACES every other containers.conf.
+ */
+export function containersConfVariable(version: PodmanVersion): ContainersConfVariable {
+  return version.major > 4 || (version.major === 4 && version.minor >= 4)
+    ? CONTAINERS_CONF_OVERRIDE
+    : CONTAINERS_CONF;
+}
