@@ -12,7 +12,7 @@ import { validateCacheKey } from './cache-key.js';
 import type { Host } from './host.js';
 import { errorMessage } from './run.js';
 import { restoreFromActionsCache, saveToActionsCache } from './cache-actions.js';
-import { restoreFromDirCache, saveToDirCache } from './cache-dir.js';
+import { cacheDirSizeBudget, restoreFromDirCache, saveToDirCache } from './cache-dir.js';
 
 export type CacheBackend = 'actions' | 'dir' | 'none';
 
@@ -74,8 +74,9 @@ export function cacheBackend(env: NodeJS.ProcessEnv = process.env): CacheBackend
 }
 
 /**
- * Restores `paths` from the newest entry matching the primary key or a restore key. Never throws: an outage or
- * a broken entry is logged as a warning and reported as a miss, so the action simply does the work uncached.
+ * Restores `paths` from the newest entry matching the primary key or a restore key. An outage or a broken entry
+ * is logged as a warning and reported as a miss, so the action simply does the work uncached. Throws only an
+ * InputError, for a cache setting in the environment that is wrong (found here, in main, not at the save).
  */
 export async function restoreCache(
   host: Host,
