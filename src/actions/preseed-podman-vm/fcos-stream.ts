@@ -108,6 +108,23 @@ export class StreamUnreachable extends Error {
   }
 }
 
+/** The body as text, or undefined (and the transfer stopped) once it is longer than `max` bytes, chunked or not. */
+async function readCapped(response: Response, max: number): Promise<string | undefined> {
+  if (Number(response.headers.get('content-length') ?? 0) > max) {
+    await response.body?.cancel();
+    return undefined;
+  }
+  const chunks: Uint8Array[] = [];
+  let length = 0;
+  // Leaving the loop early cancels the body: the connection is closed, not read to its end.
+  for await (const chunk of response.body ?? []) {
+    length += chunk.length;
+    if (length > max) return undefined;
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
 export async function resolveFcosDisk(
   streamUrl: string,
   arch: MachineArch,
@@ -132,11 +149,9 @@ export async function resolveFcosDisk(
       await response.body?.cancel();
       throw new Error(`${streamUrl} answered HTTP ${response.status}`);
     }
-    if (Number(response.headers.get('content-length') ?? 0) > MAX_STREAM_BYTES) {
-      await response.body?.cancel();
-      throw new Error(`${streamUrl} is not stream metadata (too large)`);
-    }
-    const text = await response.text();
+    const text = await readCapped(response, MAX_STREAM_BYTES);
+    if (text === undefined)
+      throw new Error(`${streamUrl} is not stream metadata (over ${MAX_STREAM_BYTES} bytes)`);
     let parsed: unknown;
     try {
       parsed = JSON.parse(text);
