@@ -33,6 +33,15 @@ export interface FcosDisk {
   title: string;
 }
 
+/**
+ * A name that is safe as one file name here and in podman's cache dir: no separator, no `..`, nothing a shell or a
+ * log would read as more. Every disk title that becomes a file name is checked with this, wherever it comes from
+ * (the stream, or a cached record of it).
+ */
+export function isPlainFileName(name: string): boolean {
+  return /^[A-Za-z0-9][A-Za-z0-9._+-]*$/.test(name);
+}
+
 export function fcosStreamUrl(stream: string): string {
   return `${FCOS_STREAM_BASE}${stream}.json`;
 }
@@ -93,7 +102,7 @@ export function selectFcosDisk(stream: unknown, arch: MachineArch, vmType: VmTyp
   }
   const title = url.pathname.split('/').pop() ?? '';
   // The name becomes a file name here and in podman's cache dir.
-  if (!/^[A-Za-z0-9][A-Za-z0-9._+-]*$/.test(title) || !title.endsWith(`.${format}`)) {
+  if (!isPlainFileName(title) || !title.endsWith(`.${format}`)) {
     throw new Error(`the ${where} disk location does not end in a plain *.${format} file name`);
   }
   const release = typeof platform?.release === 'string' ? platform.release : '';
