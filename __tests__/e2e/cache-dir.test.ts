@@ -342,13 +342,17 @@ describe('directory cache backend, eviction', () => {
       const { image, record } = await disk(data(`evict-bare-${value}`), MiB);
       const { host } = cliHost();
       await expect(restoreCache(host, [image, record], `ev-bare-${value}`)).rejects.toThrow(message);
-      await expect(restoreCache(host, [image, record], `ev-bare-${value}`)).rejects.toBeInstanceOf(InputError);
+      await expect(restoreCache(host, [image, record], `ev-bare-${value}`)).rejects.toBeInstanceOf(
+        InputError,
+      );
       const saved = cliHost();
       expect((await saveCache(saved.host, [image, record], `ev-bare-${value}`)).outcome).toBe('failed');
       const { log } = saved;
       expect(keys()).toEqual(before);
       expect(log.filter((l) => l.startsWith('warning:'))).toEqual([
-        expect.stringMatching(new RegExp(`^warning: Cache save of ev-bare-${value} failed: .*${message.source}`)),
+        expect.stringMatching(
+          new RegExp(`^warning: Cache save of ev-bare-${value} failed: .*${message.source}`),
+        ),
       ]);
     },
   );

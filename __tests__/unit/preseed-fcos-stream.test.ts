@@ -103,7 +103,7 @@ describe('Fedora CoreOS stream metadata over HTTP', () => {
     // Valid metadata behind 64 MiB of JSON whitespace, sent chunked: only a cap while reading refuses it.
     const padding = Buffer.alloc(1024 * 1024, 0x20);
     let sent = 0;
-    const server = createServer((req, res) => {
+    const server = createServer((_req, res) => {
       res.writeHead(200, { 'content-type': 'application/json' });
       const more = () => {
         while (sent < 64 * padding.length) {

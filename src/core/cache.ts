@@ -58,6 +58,8 @@ export interface BackendRestore {
   fileDigests?: Record<string, string>;
   /** Set when the cache could not be asked (outage, broken download): the result is then a miss. */
   problem?: string;
+  /** Set when the entry found is not one to restore (see cache-stream.ts): the result is then a miss. */
+  refused?: string;
 }
 
 export const CACHE_DIR_ENV = 'IMAGE_CI_CACHE_DIR';
@@ -90,6 +92,7 @@ export async function restoreCache(
     host.info(`Cache not restored: no cache backend (no Actions cache service and no ${CACHE_DIR_ENV}).`);
     return { hit: false, backend };
   }
+  if (backend === 'dir') cacheDirSizeBudget();
   const verb = options.lookupOnly ? 'Looking up' : 'Restoring';
   host.info(`${verb} cache ${primaryKey} (${backend} backend) for ${paths.join(', ')}`);
   let found: BackendRestore;
@@ -103,6 +106,10 @@ export async function restoreCache(
   }
   if (found.problem) {
     host.warning(`Cache unavailable, continuing without it (${backend} backend): ${found.problem}`);
+    return { hit: false, backend };
+  }
+  if (found.refused) {
+    host.warning(`Cache entry refused, continuing without it (${backend} backend): ${found.refused}`);
     return { hit: false, backend };
   }
   if (!found.matchedKey) {
