@@ -446,16 +446,16 @@ describe('streaming restore, cache service v2', () => {
         else process.env[k] = v;
       }
     }
-    expect(result).toEqual({ hit: false, backend: 'actions' });
-    expect(fallbacks(log)).toEqual([
-      'Streaming restore not used (https_proxy is set); restoring through @actions/cache.',
-    ]);
     expect(
       stdout
         .join('')
         .split('\n')
         .filter((l) => l.startsWith('::')),
     ).toEqual([]);
+    expect(result).toEqual({ hit: false, backend: 'actions' });
+    expect(fallbacks(log)).toEqual([
+      'Streaming restore not used (https_proxy is set); restoring through @actions/cache.',
+    ]);
     // Logged as text, between stop-commands markers.
     expect(log.join('\n')).toMatch(/::stop-commands::(\w+)\n::set-output name=pwned::1\n::\1::/);
     expect(log.filter((l) => l.startsWith('warning:'))).toEqual([
