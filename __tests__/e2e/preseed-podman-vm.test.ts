@@ -23,7 +23,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { formatBytes } from '../../src/core/summary.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
-import { REPO_ROOT, runAction, type RunResult } from '../support/harness.js';
+import { REPO_ROOT, runAction, runnerTempLeftovers, type RunResult } from '../support/harness.js';
 import { buildMachineOsLayout, publishMachineOs, type FakeMachineOs } from '../support/machine-os.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
 
@@ -257,12 +257,14 @@ describe('preseed-podman-vm with a registry and the Actions cache', () => {
         runnerTemp: shared.runnerTemp,
         home: shared.home,
         workspace: shared.workspace,
-        keepInRunnerTemp: [CACHE_DIR],
+        // One RUNNER_TEMP for both: checked once both posts are done (either may still be working at the other's end).
+        keepInRunnerTemp: 'unchecked',
       });
     const [p1, p2] = await Promise.all([post(), post()]);
     for (const p of [p1, p2]) {
       expect(p.post?.exitCode).toBe(0);
       expect(p.warnings).toEqual([]);
+      expect(runnerTempLeftovers(p, [CACHE_DIR])).toEqual([]);
     }
     const logs = [p1.log, p2.log].join('\n');
     expect(logs).toMatch(/Cache saved: podman-machine-os-/);
