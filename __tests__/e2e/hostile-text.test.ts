@@ -29,7 +29,7 @@ const MARKER = 'ICI-INJECTED';
 const PAYLOAD =
   `\n::add-mask::${MARKER}-sha256` +
   `\n::set-output name=image-path::${MARKER}/evil` +
-  `\r::save-state name=ici-auth-dir::${MARKER}/home` +
+  `\r::save-state name=push-multi-tag::{"authDir":"${MARKER}/home"}` +
   `\n  ::stop-commands::${MARKER}` +
   `\n::error::${MARKER} forged annotation` +
   `\nx ##[set-env name=NODE_OPTIONS;]${MARKER}`;

@@ -257,7 +257,7 @@ describe('push-multi-tag: credentials and TLS as podman, skopeo and docker find 
     );
     expect(await remoteDigest(plain, 'copied/app:v1')).toBe(layout.digest);
     // The private auth file existed for skopeo only, and is gone.
-    const authDir = r.main.state['ici-auth-dir'];
+    const authDir = (JSON.parse(r.main.state['push-multi-tag'] ?? '{}') as { authDir?: string }).authDir;
     expect(authDir).toBeTruthy();
     expect(existsSync(authDir!)).toBe(false);
     expect(secretOnlyAfterMask(r.main, privateCa.password!)).toBe(true);

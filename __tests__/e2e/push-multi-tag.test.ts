@@ -27,7 +27,8 @@ async function remoteDigest(ref: string, creds?: string): Promise<string> {
 }
 
 function authDirOf(result: RunResult): string | undefined {
-  return result.main.state['ici-auth-dir'];
+  const raw = result.main.state['push-multi-tag'];
+  return raw ? (JSON.parse(raw) as { authDir?: string }).authDir : undefined;
 }
 
 describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {

@@ -35,10 +35,11 @@ const SCENARIOS: Record<string, Array<Record<string, string>>> = {
   ],
 };
 
-/** The constants.ts of each action whose skeleton is done (push-multi-tag's is still `Input`/`Output`). */
+/** Every action's constants.ts: one skeleton, so every action has one. */
 const CONSTANTS: Record<string, () => Promise<{ Inputs: object; Outputs: object }>> = {
   'preseed-podman-vm': () => import('../../src/actions/preseed-podman-vm/constants.js'),
   'prune-simplestreams': () => import('../../src/actions/prune-simplestreams/constants.js'),
+  'push-multi-tag': () => import('../../src/actions/push-multi-tag/constants.js'),
   'remote-build-env': () => import('../../src/actions/remote-build-env/constants.js'),
 };
 
@@ -101,6 +102,21 @@ describe('action.yml files agree with the code', () => {
       expect(ACTIONS[name]!.readInputs(withoutDefaults)).toEqual(ACTIONS[name]!.readInputs(withYmlDefaults));
     }
   });
+
+  it.each(ACTION_NAMES)(
+    '%s: has the one skeleton (state.ts and post.ts exactly when action.yml has a post)',
+    (name) => {
+      const files = readdirSync(join(REPO_ROOT, 'src/actions', name));
+      const hasPost = Boolean(
+        parse(readFileSync(join(REPO_ROOT, 'actions', name, 'action.yml'), 'utf8')).runs.post,
+      );
+      const skeleton = ['constants.ts', 'index.ts', 'inputs.ts', 'main.ts', 'post.ts', 'state.ts'];
+      expect(skeleton.filter((f) => files.includes(f))).toEqual(
+        skeleton.filter((f) => hasPost || (f !== 'post.ts' && f !== 'state.ts')),
+      );
+      expect(Object.keys(CONSTANTS)).toContain(name);
+    },
+  );
 
   it.each(Object.keys(CONSTANTS))(
     '%s: constants.ts names exactly the inputs and outputs of action.yml',

@@ -18,7 +18,7 @@ import {
   normaliseAuthKey,
   parseAuthConfig,
   removeIsolatedAuth,
-} from '../../src/core/auth.js';
+} from '../../src/actions/push-multi-tag/auth-files.js';
 import { CliHost } from '../../src/core/host.js';
 import { MapInputSource } from '../../src/core/inputs.js';
 import { formatBytes, formatDuration, heading, markdownTable } from '../../src/core/summary.js';

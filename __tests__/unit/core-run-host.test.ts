@@ -165,7 +165,7 @@ async function runnerStdout(fn: () => unknown): Promise<LogLine[]> {
 /** Text an attacker controls: every way the runner could be made to read a line as a command. */
 const HOSTILE = [
   'disk.qcow2.zst\n::add-mask::sha256\n::set-output name=image-path::/evil',
-  'title\r::save-state name=ici-auth-dir::/home',
+  'title\r::save-state name=push-multi-tag::{"authDir":"/home"}',
   '  \t::set-env name=NODE_OPTIONS::--require /tmp/x',
   '\u0085::add-path::/tmp/evil',
   'product ##[set-output name=digest;]evil',

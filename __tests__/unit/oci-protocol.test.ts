@@ -10,7 +10,7 @@ import {
   TransientError,
 } from '../../src/core/oci/retry.js';
 import { confirmedTags } from '../../src/core/oci/upload.js';
-import { parseImageSource, formatImageSource } from '../../src/core/oci/source.js';
+import { parseImageSource, formatImageSource } from '../../src/actions/push-multi-tag/source.js';
 import { mapLimit } from '../../src/core/oci/pool.js';
 
 describe('WWW-Authenticate (RFC 7235 challenge lists)', () => {

@@ -7,7 +7,7 @@ import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ExecError } from '../../src/core/exec.js';
-import { childFailure, remoteSourceFlags } from '../../src/core/oci/source.js';
+import { childFailure, remoteSourceFlags } from '../../src/actions/push-multi-tag/source.js';
 import {
   certDirCandidates,
   findRegistryTls,

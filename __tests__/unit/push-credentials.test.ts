@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { normaliseAuthKey, parseAuthConfig } from '../../src/core/auth.js';
+import { normaliseAuthKey, parseAuthConfig } from '../../src/actions/push-multi-tag/auth-files.js';
 import { MapInputSource } from '../../src/core/inputs.js';
 import { CliHost } from '../../src/core/host.js';
 import {

@@ -1,4 +1,23 @@
-export const Output = {
+/** The names action.yml gives inputs and outputs, and the state key. */
+export const Inputs = {
+  source: 'source',
+  repositories: 'repositories',
+  tags: 'tags',
+  username: 'username',
+  password: 'password',
+  authFile: 'auth-file',
+  tlsVerify: 'tls-verify',
+  insecureRegistries: 'insecure-registries',
+  concurrency: 'concurrency',
+  chunkSize: 'chunk-size',
+  compression: 'compression',
+  digestFile: 'digest-file',
+  atomic: 'atomic',
+  referrers: 'referrers',
+  dryRun: 'dry-run',
+} as const;
+
+export const Outputs = {
   digest: 'digest',
   pushedRefs: 'pushed-refs',
   failedRefs: 'failed-refs',
@@ -8,6 +27,11 @@ export const Output = {
   blobsMounted: 'blobs-mounted',
   blobsSkipped: 'blobs-skipped',
   durationMs: 'duration-ms',
+} as const;
+
+export const State = {
+  /** The whole PushState (state.ts) as JSON. */
+  run: 'push-multi-tag',
 } as const;
 
 /** How long exporting a local image (skopeo/podman) may take. */

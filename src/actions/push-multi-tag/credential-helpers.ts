@@ -4,7 +4,7 @@
  * (as for docker); any other failure is an error naming the helper. A Username of `<token>` marks the Secret as an
  * identity token (docker-credential-helpers' convention).
  */
-import type { Credential } from '../../core/auth.js';
+import type { Credential } from '../../core/oci/credential.js';
 import { exec, ExecError, type ExecResult } from '../../core/exec.js';
 import { externalText } from '../../core/oci/response.js';
 import { ActionError } from '../../core/run.js';

@@ -13,13 +13,15 @@
 import { readFile, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { findCredential, parseAuthConfig, type AuthConfig, type Credential } from '../../core/auth.js';
+import type { Credential } from '../../core/oci/credential.js';
+import { findCredential, parseAuthConfig, type AuthConfig } from './auth-files.js';
 import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
 import { externalText } from '../../core/oci/response.js';
 import { ActionError, errorMessage } from '../../core/run.js';
+import { Inputs } from './constants.js';
 import { askHelper, type HelperAnswer } from './credential-helpers.js';
-import { Input, type Destination, type PushInputs } from './inputs.js';
+import { type Destination, type PushInputs } from './inputs.js';
 
 export interface AuthFileSpec {
   path: string;
@@ -141,7 +143,7 @@ async function readAuthConfig(
     const code = (error as { code?: unknown }).code;
     if (!file.fromInput && (code === 'ENOENT' || code === 'ENOTDIR')) return undefined;
     const reason = externalText(errorMessage(error), 160);
-    if (file.fromInput) throw new InputError(Input.authFile, `cannot read ${file.path}: ${reason}`);
+    if (file.fromInput) throw new InputError(Inputs.authFile, `cannot read ${file.path}: ${reason}`);
     throw new ActionError(`cannot read the auth file ${file.path}: ${reason}. Fix or remove it.`);
   }
 }
@@ -207,7 +209,7 @@ export async function resolveCredentials(
         host.info(describe(registry, found, lookup.files));
       } else if (!sameCredential(first.found?.credential, found?.credential)) {
         throw new InputError(
-          Input.repositories,
+          Inputs.repositories,
           `${registry}/${first.repository} and ${registry}/${repository} have different logins ` +
             `(${first.found?.source ?? 'none'}; ${found?.source ?? 'none'}), and one push uses one login per registry: ` +
             'push them in separate steps.',

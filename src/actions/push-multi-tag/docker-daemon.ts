@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { Agent } from 'undici';
 import { readOciLayout, type LocalImage } from '../../core/oci/layout.js';
 import { externalText, ERROR_BODY_LIMIT } from '../../core/oci/response.js';
-import { openImageSource, type Compression } from '../../core/oci/source.js';
+import { openImageSource, type Compression } from './source.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { dockerSaveToLayout } from './docker-save.js';
 

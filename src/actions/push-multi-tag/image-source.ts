@@ -1,6 +1,6 @@
 /** The push's source, read once: from the Docker engine for `docker-daemon:`, else as core/oci/source.ts does. */
 import type { LocalImage } from '../../core/oci/layout.js';
-import { openImageSource, type ImageSourceSpec, type OpenSourceOptions } from '../../core/oci/source.js';
+import { openImageSource, type ImageSourceSpec, type OpenSourceOptions } from './source.js';
 import { readDockerDaemonImage } from './docker-daemon.js';
 
 export function readImageSource(spec: ImageSourceSpec, options: OpenSourceOptions): Promise<LocalImage> {

@@ -10,7 +10,9 @@ import {
   type InputSource,
 } from '../../core/inputs.js';
 import { isValidTag, parseRepository } from '../../core/oci/reference.js';
-import { parseImageSource, type Compression, type ImageSourceSpec } from '../../core/oci/source.js';
+import { errorMessage } from '../../core/run.js';
+import { Inputs } from './constants.js';
+import { parseImageSource, type Compression, type ImageSourceSpec } from './source.js';
 
 export interface Destination {
   /** host[:port] */
@@ -39,92 +41,77 @@ export interface PushInputs {
   dryRun: boolean;
 }
 
-export const Input = {
-  source: 'source',
-  repositories: 'repositories',
-  tags: 'tags',
-  username: 'username',
-  password: 'password',
-  authFile: 'auth-file',
-  tlsVerify: 'tls-verify',
-  insecureRegistries: 'insecure-registries',
-  concurrency: 'concurrency',
-  chunkSize: 'chunk-size',
-  compression: 'compression',
-  digestFile: 'digest-file',
-  atomic: 'atomic',
-  referrers: 'referrers',
-  dryRun: 'dry-run',
-} as const;
-
 function readDestinations(src: InputSource): Destination[] {
-  const list = readList(src, Input.repositories);
-  if (list.length === 0) throw new InputError(Input.repositories, 'is required but was not given.');
+  const list = readList(src, Inputs.repositories);
+  if (list.length === 0) throw new InputError(Inputs.repositories, 'is required but was not given.');
   const seen = new Set<string>();
   return list.map((text) => {
     let parsed: Destination;
     try {
       parsed = parseRepository(text);
     } catch (error) {
-      throw new InputError(Input.repositories, `${(error as Error).message} Write host[:port]/path.`);
+      throw new InputError(Inputs.repositories, `${errorMessage(error)} Write host[:port]/path.`);
     }
     const explicitHost = text.split('/')[0]!;
     if (!text.includes('/') || !/[.:]|^localhost$/.test(explicitHost)) {
       throw new InputError(
-        Input.repositories,
+        Inputs.repositories,
         `'${text}' names no registry host; write host[:port]/path (e.g. ghcr.io/org/app or docker.io/org/app).`,
       );
     }
     const key = `${parsed.registry}/${parsed.repository}`;
-    if (seen.has(key)) throw new InputError(Input.repositories, `'${text}' is listed twice.`);
+    if (seen.has(key)) throw new InputError(Inputs.repositories, `'${text}' is listed twice.`);
     seen.add(key);
     return parsed;
   });
 }
 
 function readTags(src: InputSource): string[] {
-  const tags = readList(src, Input.tags);
+  const tags = readList(src, Inputs.tags);
   if (tags.length === 0)
-    throw new InputError(Input.tags, 'is required but was not given (e.g. `1.2.3, latest`).');
+    throw new InputError(Inputs.tags, 'is required but was not given (e.g. `1.2.3, latest`).');
   for (const tag of tags) {
     if (!isValidTag(tag)) {
-      throw new InputError(Input.tags, `'${tag}' is not a valid tag: use [A-Za-z0-9_][A-Za-z0-9._-]{0,127}.`);
+      throw new InputError(
+        Inputs.tags,
+        `'${tag}' is not a valid tag: use [A-Za-z0-9_][A-Za-z0-9._-]{0,127}.`,
+      );
     }
   }
   return [...new Set(tags)];
 }
 
 export function readInputs(src: InputSource): PushInputs {
-  const password = readString(src, Input.password);
-  const username = readString(src, Input.username);
-  if (password && !username) throw new InputError(Input.password, 'was given without `username`; set both.');
-  if (username && !password) throw new InputError(Input.username, 'was given without `password`; set both.');
-  const sourceText = readRequiredString(src, Input.source);
+  const password = readString(src, Inputs.password);
+  const username = readString(src, Inputs.username);
+  if (password && !username) throw new InputError(Inputs.password, 'was given without `username`; set both.');
+  if (username && !password) throw new InputError(Inputs.username, 'was given without `password`; set both.');
+  const sourceText = readRequiredString(src, Inputs.source);
   let source: ImageSourceSpec;
   try {
     source = parseImageSource(sourceText);
   } catch (error) {
-    throw new InputError(Input.source, (error as Error).message);
+    throw new InputError(Inputs.source, errorMessage(error));
   }
-  const compression = readString(src, Input.compression);
+  const compression = readString(src, Inputs.compression);
   return {
     source,
     repositories: readDestinations(src),
     tags: readTags(src),
     username,
     password,
-    authFile: readString(src, Input.authFile),
-    tlsVerify: readBoolean(src, Input.tlsVerify, true),
-    insecureRegistries: readList(src, Input.insecureRegistries).map((r) => r.toLowerCase()),
-    concurrency: readInteger(src, Input.concurrency, 4, { min: 1, max: 64 }),
-    chunkSize: readBytes(src, Input.chunkSize, 0),
+    authFile: readString(src, Inputs.authFile),
+    tlsVerify: readBoolean(src, Inputs.tlsVerify, true),
+    insecureRegistries: readList(src, Inputs.insecureRegistries).map((r) => r.toLowerCase()),
+    concurrency: readInteger(src, Inputs.concurrency, 4, { min: 1, max: 64 }),
+    chunkSize: readBytes(src, Inputs.chunkSize, 0),
     compression:
       compression === undefined
         ? undefined
-        : readEnum<Compression>(src, Input.compression, ['gzip', 'zstd'], 'gzip'),
-    digestFile: readString(src, Input.digestFile),
-    atomic: readBoolean(src, Input.atomic, true),
-    referrers: readBoolean(src, Input.referrers, true),
-    dryRun: readBoolean(src, Input.dryRun, false),
+        : readEnum<Compression>(src, Inputs.compression, ['gzip', 'zstd'], 'gzip'),
+    digestFile: readString(src, Inputs.digestFile),
+    atomic: readBoolean(src, Inputs.atomic, true),
+    referrers: readBoolean(src, Inputs.referrers, true),
+    dryRun: readBoolean(src, Inputs.dryRun, false),
   };
 }

@@ -13,15 +13,15 @@ import { RegistryClient } from '../../core/oci/client.js';
 import type { LocalImage } from '../../core/oci/layout.js';
 import { parseReference } from '../../core/oci/reference.js';
 import { externalText } from '../../core/oci/response.js';
-import { formatImageSource } from '../../core/oci/source.js';
+import { formatImageSource } from './source.js';
 import { ActionError } from '../../core/run.js';
 import { formatBytes, formatDuration } from '../../core/summary.js';
 import { removeScratchDirs, scratchDir } from '../../core/workspace.js';
 import { NO_ATTACHMENTS, pushContent, type Attachments, type PushContent } from './content.js';
 import { failureOf, type Failure } from './failure.js';
-import { EXPORT_TIMEOUT_MS, Output, REQUEST_TIMEOUT_MS } from './constants.js';
+import { EXPORT_TIMEOUT_MS, Inputs, Outputs, REQUEST_TIMEOUT_MS } from './constants.js';
 import { readImageSource } from './image-source.js';
-import { Input, type Destination, type PushInputs } from './inputs.js';
+import { type Destination, type PushInputs } from './inputs.js';
 import {
   inspect,
   moveTags,
@@ -77,7 +77,7 @@ async function checkSourceExists(inputs: PushInputs): Promise<void> {
   try {
     await access(inputs.source.location);
   } catch {
-    throw new InputError(Input.source, `${inputs.source.location} does not exist.`);
+    throw new InputError(Inputs.source, `${inputs.source.location} does not exist.`);
   }
 }
 
@@ -393,18 +393,18 @@ function report(host: Host, inputs: PushInputs, outcome: PushOutcome, durationMs
   const stored = outcome.repositories.flatMap((r) => (r.stored ? [r.stored] : []));
   const sum = (key: 'uploaded' | 'mounted' | 'skipped' | 'bytesUploaded') =>
     String(stored.reduce((n, s) => n + s[key], 0));
-  host.setOutput(Output.digest, outcome.digest);
-  host.setOutput(Output.pushedRefs, JSON.stringify(pushed));
-  host.setOutput(Output.failedRefs, JSON.stringify(failed));
+  host.setOutput(Outputs.digest, outcome.digest);
+  host.setOutput(Outputs.pushedRefs, JSON.stringify(pushed));
+  host.setOutput(Outputs.failedRefs, JSON.stringify(failed));
   host.setOutput(
-    Output.plan,
+    Outputs.plan,
     JSON.stringify(planJson(outcome.repositories.flatMap((r) => (r.plan ? [r.plan] : [])))),
   );
-  host.setOutput(Output.bytesUploaded, sum('bytesUploaded'));
-  host.setOutput(Output.blobsUploaded, sum('uploaded'));
-  host.setOutput(Output.blobsMounted, sum('mounted'));
-  host.setOutput(Output.blobsSkipped, sum('skipped'));
-  host.setOutput(Output.durationMs, String(durationMs));
+  host.setOutput(Outputs.bytesUploaded, sum('bytesUploaded'));
+  host.setOutput(Outputs.blobsUploaded, sum('uploaded'));
+  host.setOutput(Outputs.blobsMounted, sum('mounted'));
+  host.setOutput(Outputs.blobsSkipped, sum('skipped'));
+  host.setOutput(Outputs.durationMs, String(durationMs));
   if (inputs.dryRun) host.info(`Dry run: nothing was changed (${formatDuration(durationMs)}).`);
   else host.info(`Tagged ${pushed.length} refs, ${failed.length} failed, in ${formatDuration(durationMs)}.`);
 }

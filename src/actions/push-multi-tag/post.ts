@@ -1,4 +1,4 @@
-import { removeIsolatedAuth } from '../../core/auth.js';
+import { removeIsolatedAuth } from './auth-files.js';
 import type { Host } from '../../core/host.js';
 import { removeScratchDirs } from '../../core/workspace.js';
 

@@ -4,11 +4,12 @@
  * https without verification, or plain http when that is all the registry speaks). A `docker://` source gets
  * the same rules through skopeo's flags, and a private auth file holding its one credential, if it has one.
  */
-import { createIsolatedAuth, type Credential, type IsolatedAuth } from '../../core/auth.js';
+import type { Credential } from '../../core/oci/credential.js';
+import { createIsolatedAuth, type IsolatedAuth } from './auth-files.js';
 import type { Host } from '../../core/host.js';
 import type { RegistryClientOptions } from '../../core/oci/client.js';
 import { parseReference } from '../../core/oci/reference.js';
-import type { RemoteSourceAccess } from '../../core/oci/source.js';
+import type { RemoteSourceAccess } from './source.js';
 import { findRegistryTls, type RegistryTls } from '../../core/oci/tls.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { resolveCredentials } from './credentials.js';

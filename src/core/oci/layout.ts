@@ -5,6 +5,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { errorMessage } from '../run.js';
 import { verifyDigest } from './digest.js';
 import { isIndexMediaType, type Descriptor } from './media-types.js';
 
@@ -96,7 +97,7 @@ export async function readOciLayout(dir: string, ref?: string): Promise<LocalIma
   try {
     index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as IndexJson;
   } catch (error) {
-    throw new Error(`${dir} is not a readable OCI image layout (index.json: ${(error as Error).message}).`);
+    throw new Error(`${dir} is not a readable OCI image layout (index.json: ${errorMessage(error)}).`);
   }
   const root = await readManifest(dir, selectDescriptor(dir, index, ref));
   const manifests: ManifestNode[] = [];

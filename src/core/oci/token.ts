@@ -3,7 +3,7 @@
  * fetched once per (realm, scope) at a time — every request that needs it waits on the same fetch, which runs
  * under one retry budget and the transport's timeouts — and is reused until shortly before it expires.
  */
-import type { Credential } from '../auth.js';
+import type { Credential } from './credential.js';
 import { preferredChallenge, type Challenge } from './challenge.js';
 import { RegistryError } from './errors.js';
 import { ERROR_BODY_LIMIT, externalText, type RegistryResponse } from './response.js';

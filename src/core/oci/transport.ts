@@ -16,7 +16,7 @@
  */
 import type { Readable } from 'node:stream';
 import { Agent, buildConnector, type Dispatcher } from 'undici';
-import type { Credential } from '../auth.js';
+import type { Credential } from './credential.js';
 import { parseChallenges, preferredChallenge } from './challenge.js';
 import { RegistryError } from './errors.js';
 import { registryApiHost } from './reference.js';

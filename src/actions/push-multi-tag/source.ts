@@ -9,11 +9,11 @@
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { exec, ExecError } from '../exec.js';
-import { ActionError } from '../run.js';
-import { readOciLayout, type LocalImage } from './layout.js';
-import { parseReference } from './reference.js';
-import { externalText } from './response.js';
+import { exec, ExecError } from '../../core/exec.js';
+import { ActionError } from '../../core/run.js';
+import { readOciLayout, type LocalImage } from '../../core/oci/layout.js';
+import { parseReference } from '../../core/oci/reference.js';
+import { externalText } from '../../core/oci/response.js';
 
 export type SourceTransport =
   'containers-storage' | 'oci' | 'oci-archive' | 'docker-archive' | 'docker' | 'docker-daemon';

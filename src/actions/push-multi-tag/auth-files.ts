@@ -6,18 +6,10 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Host } from './host.js';
-import { runnerTemp } from './workspace.js';
-
-export interface Credential {
-  username: string;
-  password: string;
-  /**
-   * An OAuth2 refresh token (docker's `identitytoken`), exchanged with the registry's token server for access
-   * tokens; username and password are then only descriptive.
-   */
-  identityToken?: string;
-}
+import type { Host } from '../../core/host.js';
+import type { Credential } from '../../core/oci/credential.js';
+import { runnerTemp } from '../../core/workspace.js';
+import { loadRunState, saveRunState } from './state.js';
 
 export interface RegistryCredential extends Credential {
   /** A registry host[:port], optionally with a repository path for a narrower match. */
@@ -33,7 +25,6 @@ export interface AuthConfig {
   credsStore?: string;
 }
 
-const AUTH_DIR_STATE = 'ici-auth-dir';
 const DOCKER_HUB_ALIASES = new Set(['docker.io', 'index.docker.io', 'registry-1.docker.io']);
 
 function encodeAuth(c: Credential): string {
@@ -160,7 +151,7 @@ export async function createIsolatedAuth(
   }
   const dir = join(runnerTemp(), `ici-auth-${randomBytes(3).toString('hex')}`);
   await mkdir(dir, { mode: 0o700 });
-  host.saveState(AUTH_DIR_STATE, dir);
+  saveRunState(host, { authDir: dir });
   const body = `${JSON.stringify({ auths }, null, 2)}\n`;
   const authFile = join(dir, 'auth.json');
   const dockerConfigDir = join(dir, 'docker');
@@ -178,8 +169,9 @@ export async function createIsolatedAuth(
 
 /** Post-step cleanup from state; safe to call when main never got that far or already removed it. */
 export async function removeIsolatedAuth(host: Host): Promise<string | undefined> {
-  const dir = host.getState(AUTH_DIR_STATE);
+  const dir = loadRunState(host).authDir;
   if (!dir) return undefined;
   await rm(dir, { recursive: true, force: true });
+  saveRunState(host, {});
   return dir;
 }
