@@ -45,6 +45,8 @@ export interface RequestRecord {
   bytesDown: number;
   /** The status the client saw; 0 when the relay dropped the connection before answering. */
   status: number;
+  /** Whether the request carried an Authorization header (which credentials reach which origin). */
+  authorized: boolean;
   fault?: Fault;
 }
 
@@ -164,6 +166,7 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
       bytesUp: 0,
       bytesDown: 0,
       status: 0,
+      authorized: req.headers.authorization !== undefined,
     };
     records.push(record);
     const fault = options.fault?.({

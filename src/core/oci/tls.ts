@@ -158,6 +158,12 @@ export function isTlsAlert(error: unknown): boolean {
   );
 }
 
+/** True when a TLS handshake was answered in plain http (the one sign that a registry speaks only http). */
+export function isPlainHttpAnswer(error: unknown): boolean {
+  const code = tlsErrorCode(error);
+  return code !== undefined && PLAIN_HTTP.has(code);
+}
+
 /**
  * The TLS failure in words, with what to do about it; undefined when `error` is not about TLS. These never fix
  * themselves, so they are not retried.
