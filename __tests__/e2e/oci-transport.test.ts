@@ -229,15 +229,14 @@ describe('credentials stay with the registry (htpasswd)', () => {
 
   it('an upload Location on another origin gets no Authorization header (and no challenge round)', async () => {
     // The registry names another host:port for the upload (as a storage backend or a hostile registry may).
-    let foreign: CountingProxy | undefined;
+    const foreign = await relay({ target: registry.host });
     const own = await relay({
       target: registry.host,
       mapResponseHeaders: (kind, headers) =>
         kind === 'upload-start' && typeof headers.location === 'string'
-          ? { ...headers, location: headers.location.replace(own.host, foreign!.host) }
+          ? { ...headers, location: headers.location.replace(own.host, foreign.host) }
           : headers,
     });
-    foreign = await relay({ target: registry.host });
     const c = client(own.host, { credentials: creds() });
     const error = await c.uploadBlob('origin/app', blob).catch((e: unknown) => e);
     await c.close();
@@ -255,7 +254,9 @@ describe('credentials stay with the registry (htpasswd)', () => {
         fault: ({ kind }) => (kind === 'mount' ? { status } : undefined),
       });
       const c = client(r.host, { credentials: creds() });
-      expect(await c.mountBlob(`mount${status}/app`, blob.digest, 'elsewhere/app')).toEqual({ mounted: false });
+      expect(await c.mountBlob(`mount${status}/app`, blob.digest, 'elsewhere/app')).toEqual({
+        mounted: false,
+      });
       await c.uploadBlob(`mount${status}/app`, blob);
       expect(await c.headBlob(`mount${status}/app`, blob.digest)).toEqual({ size: blob.size });
       // Refused once, not retried.
