@@ -359,6 +359,10 @@ describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
           expect(r.outputs['blobs-mounted']).toBe(String(layout.blobs.length));
           expect(r.masks[0]).toBe(registry.password);
           expect(secretOnlyAfterMask(r.main, registry.password!)).toBe(true);
+          // The Basic header's value is the password too, in base64: an echoed header must not show it.
+          const basic = Buffer.from(`${registry.username}:${registry.password}`).toString('base64');
+          expect(r.masks).toContain(basic);
+          expect(secretOnlyAfterMask(r.main, basic)).toBe(true);
           expect(r.post!.lines.some((l) => l.text.includes(registry.password!))).toBe(false);
           // Only a child tool (skopeo for a docker:// source) gets credentials in a file; a layout source needs none.
           expect(authDirOf(r)).toBeUndefined();

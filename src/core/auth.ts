@@ -36,8 +36,21 @@ export interface AuthConfig {
 const AUTH_DIR_STATE = 'ici-auth-dir';
 const DOCKER_HUB_ALIASES = new Set(['docker.io', 'index.docker.io', 'registry-1.docker.io']);
 
-function encodeAuth(c: Credential): string {
+/** `base64(user:password)`: the `auth` of an auth file, and the value of an `Authorization: Basic` header. */
+export function encodeAuth(c: Credential): string {
   return Buffer.from(`${c.username}:${c.password}`, 'utf8').toString('base64');
+}
+
+/**
+ * Masks everything of a credential that could be printed: the password, its Basic form (an echoed request
+ * header, a debug log) and an identity token.
+ */
+export function maskCredential(host: Pick<Host, 'setSecret'>, c: Credential | undefined): void {
+  if (c?.password) {
+    host.setSecret(c.password);
+    host.setSecret(encodeAuth(c));
+  }
+  if (c?.identityToken) host.setSecret(c.identityToken);
 }
 
 /**
@@ -148,11 +161,7 @@ export async function createIsolatedAuth(
 ): Promise<IsolatedAuth> {
   const auths: Record<string, { auth: string; identitytoken?: string }> = {};
   for (const c of creds) {
-    if (c.password) {
-      host.setSecret(c.password);
-      host.setSecret(encodeAuth(c));
-    }
-    if (c.identityToken) host.setSecret(c.identityToken);
+    maskCredential(host, c);
     auths[normaliseAuthKey(c.registry)] = {
       auth: encodeAuth(c),
       ...(c.identityToken ? { identitytoken: c.identityToken } : {}),

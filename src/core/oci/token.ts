@@ -3,7 +3,7 @@
  * fetched once per (realm, scope) at a time — every request that needs it waits on the same fetch, which runs
  * under one retry budget and the transport's timeouts — and is reused until shortly before it expires.
  */
-import type { Credential } from '../auth.js';
+import { encodeAuth, type Credential } from '../auth.js';
 import { preferredChallenge, type Challenge } from './challenge.js';
 import { RegistryError } from './errors.js';
 import { ERROR_BODY_LIMIT, externalText, type RegistryResponse } from './response.js';
@@ -252,7 +252,7 @@ function who(credentials: Credential | undefined): string {
 }
 
 function basic(credentials: Credential): string {
-  return `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64')}`;
+  return `Basic ${encodeAuth(credentials)}`;
 }
 
 function scopeKey(scopes: readonly string[]): string {
