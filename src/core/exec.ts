@@ -157,13 +157,14 @@ function lineSplitter(onLine: ((line: string) => void) | undefined): {
 /**
  * Children run in process groups of their own, so a timeout reaches what they started too. A signal that ends
  * this process must then reach them itself (Ctrl-C no longer does): while any child runs, SIGINT/SIGTERM/SIGHUP
- * are passed on to every live group, then this process ends by the same signal.
+ * end every live group, then this process ends by the same signal. The groups get SIGTERM whatever came: a
+ * shell's background jobs ignore SIGINT, and a tool's stop signal is SIGTERM.
  */
 const liveGroups = new Set<number>();
 const FORWARDED: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
 function forwardSignal(signal: NodeJS.Signals): void {
-  for (const pid of liveGroups) signalGroup(pid, signal);
+  for (const pid of liveGroups) signalGroup(pid, 'SIGTERM');
   for (const s of FORWARDED) process.removeListener(s, forwardSignal);
   process.kill(process.pid, signal);
 }
