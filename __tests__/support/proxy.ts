@@ -73,6 +73,7 @@ export interface ProxyOptions {
   fault?: (request: {
     method: string;
     kind: RequestKind;
+    repository?: string;
     index: number;
     contentLength: number;
     query: URLSearchParams;
@@ -172,6 +173,7 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
     const fault = options.fault?.({
       method: record.method,
       kind,
+      repository,
       index,
       contentLength,
       query: url.searchParams,
