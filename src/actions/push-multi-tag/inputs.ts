@@ -9,6 +9,7 @@ import {
   readString,
   type InputSource,
 } from '../../core/inputs.js';
+import { normaliseAuthKey } from '../../core/auth.js';
 import { isValidTag, parseRepository } from '../../core/oci/reference.js';
 import { parseImageSource, type Compression, type ImageSourceSpec } from '../../core/oci/source.js';
 
@@ -115,7 +116,7 @@ export function readInputs(src: InputSource): PushInputs {
     password,
     authFile: readString(src, Input.authFile),
     tlsVerify: readBoolean(src, Input.tlsVerify, true),
-    insecureRegistries: readList(src, Input.insecureRegistries).map((r) => r.toLowerCase()),
+    insecureRegistries: readList(src, Input.insecureRegistries).map(insecureRegistry),
     concurrency: readInteger(src, Input.concurrency, 4, { min: 1, max: 64 }),
     chunkSize: readBytes(src, Input.chunkSize, 0),
     compression:
@@ -127,4 +128,20 @@ export function readInputs(src: InputSource): PushInputs {
     referrers: readBoolean(src, Input.referrers, true),
     dryRun: readBoolean(src, Input.dryRun, false),
   };
+}
+
+/**
+ * An insecure-registries entry as a registry name: written as a URL, with a trailing slash or by a Docker Hub
+ * alias it still means the registry (as docker and podman read it); a path would suggest it covers only part
+ * of one, which it cannot: one registry has one TLS setting.
+ */
+function insecureRegistry(entry: string): string {
+  const registry = normaliseAuthKey(entry);
+  if (registry.includes('/')) {
+    throw new InputError(
+      Input.insecureRegistries,
+      `'${entry}' names a path; list registries as host[:port] (the setting covers a whole registry).`,
+    );
+  }
+  return registry;
 }
