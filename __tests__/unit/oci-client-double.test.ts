@@ -139,6 +139,20 @@ describe('RegistryClient protocol details (in-process double)', () => {
     expect(plain.seen).toEqual([]);
   });
 
+  it('refuses a token realm that is not an http(s) URL at once, without retries', async () => {
+    const { host, seen } = await double((_req, _body, res) => {
+      res.writeHead(401, { 'www-authenticate': 'Bearer realm="file:///etc/passwd",service="svc"' }).end();
+    });
+    const c = client(host, { credentials: { username: 'alice', password: 'pw-123456' } });
+    const error = await c.headBlob('r', `sha256:${'a'.repeat(64)}`).catch((e: unknown) => e);
+    await c.close();
+    expect(String(error)).toContain(
+      `${host} names a token server that is not an http(s) URL: 'file:///etc/passwd'.`,
+    );
+    expect(seen).toHaveLength(1);
+    expect(c.stats.retries).toBe(0);
+  });
+
   it('waits as Retry-After says and retries 503s, then gives up with the OCI error', async () => {
     let heads = 0;
     const { host } = await double((req, _body, res) => {

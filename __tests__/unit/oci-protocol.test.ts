@@ -150,6 +150,10 @@ describe('image sources', () => {
     ['docker-daemon:./x', /invalid|reference/],
     ['oci:', /names no image/],
     ['docker://', /names no image|empty/],
+    ['./layout', "'./layout' is a path, not an image name: write oci:./layout for an OCI layout directory"],
+    ['/tmp/x/layout', "'/tmp/x/layout' is a path, not an image name: write oci:/tmp/x/layout for an OCI"],
+    ['layout/', "'layout/' is a path, not an image name"],
+    ['image.tar', 'or oci-archive:image.tar / docker-archive:image.tar for a tar file.'],
   ])('refuses %s', (text, message) => {
     expect(() => parseImageSource(text)).toThrow(message);
   });

@@ -113,6 +113,12 @@ export function parseImageSource(text: string): ImageSourceSpec {
         `unknown transport '${m[1]}:'; use one of ${TRANSPORTS.map((t) => `${t}:`).join(', ')}.`,
       );
     }
+    // A path is no image name; say which transport reads what it probably is.
+    if (!m && (/^[./~]/.test(trimmed) || trimmed.endsWith('/') || /\.tar$/i.test(trimmed))) {
+      throw new Error(
+        `'${trimmed}' is a path, not an image name: write oci:${trimmed} for an OCI layout directory, or oci-archive:${trimmed} / docker-archive:${trimmed} for a tar file.`,
+      );
+    }
     parseReference(trimmed);
     return { transport: 'containers-storage', location: trimmed };
   }

@@ -149,12 +149,16 @@ export class RegistryAuth {
 
   private async fetchToken(scopes: readonly string[]): Promise<Token> {
     const bearer = this.bearer!;
-    let url: URL;
+    let url: URL | undefined;
     try {
       url = new URL(bearer.realm);
     } catch {
+      // reported below
+    }
+    // Any other scheme (file:, ftp:) is no token server; no retry can make it one.
+    if (url?.protocol !== 'https:' && url?.protocol !== 'http:') {
       throw new RegistryError(
-        `${this.options.registry} names a token server that is not a URL: '${externalText(bearer.realm, 100)}'.`,
+        `${this.options.registry} names a token server that is not an http(s) URL: '${externalText(bearer.realm, 100)}'.`,
       );
     }
     const credentials = this.options.credentials;
