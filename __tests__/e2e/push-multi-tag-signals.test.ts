@@ -10,16 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO_ROOT } from '../support/harness.js';
 import { generateLayout, type GeneratedLayout } from '../support/oci-layout.js';
-
-/** Alive and not a zombie (an orphan this container's pid 1 never reaps stays one). */
-function running(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return !/^[ZX]$/.test(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0]!);
-  } catch {
-    return false;
-  }
-}
+import { running } from '../support/process-state.js';
 
 describe('push-multi-tag ended by a signal', () => {
   let work: string;

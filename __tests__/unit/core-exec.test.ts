@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { childEnv, exec, ExecError, OUTPUT_LIMIT_BYTES } from '../../src/core/exec.js';
 import { CliHost } from '../../src/core/host.js';
 import { MapInputSource } from '../../src/core/inputs.js';
+import { running } from '../support/process-state.js';
 
 describe('exec', () => {
   it('captures stdout, stderr and the exit code', async () => {
@@ -31,16 +32,6 @@ describe('exec', () => {
     expect((error as ExecError).message).toMatch(/timed out after 300 ms/);
     expect((error as ExecError).result?.exitCode).toBe(128);
   });
-
-  /** Alive and not a zombie (an orphan this container's pid 1 never reaps stays one). */
-  function running(pid: number): boolean {
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      return !/^[ZX]$/.test(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0]!);
-    } catch {
-      return false;
-    }
-  }
 
   it('a timeout ends what the child started as well (its process group), and the call returns', async () => {
     // A credential helper as they are written: a shell waiting on a child of its own. SIGTERM to the shell alone
