@@ -274,8 +274,12 @@ export function exec(command: string, args: readonly string[], options: ExecOpti
       // What a stopped child started goes with it; then the output it wrote is read to its end, for a bounded
       // time: a background process it left holding the pipes does not hold the call.
       if (stopped) killGroup('SIGKILL');
-      drainTimer = setTimeout(() => finish(code, signal), DRAIN_MS);
       child.once('close', () => finish(code, signal));
+      // Counted from after this turn's reads (setImmediate runs after them), which take in all the child wrote
+      // before it exited: a process that was not scheduled for a while must not lose its output to the timer.
+      setImmediate(() => {
+        if (!settled) drainTimer = setTimeout(() => finish(code, signal), DRAIN_MS);
+      });
     });
   });
 }
