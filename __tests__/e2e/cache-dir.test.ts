@@ -19,6 +19,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
 import { registerReader } from '../../src/core/cache-dir.js';
+import { InputError } from '../../src/core/inputs.js';
 import { laterRun } from '../support/cache-service.js';
 import {
   cacheEnv,
@@ -280,7 +281,7 @@ describe('directory cache backend, eviction', () => {
   }
 
   const keys = () =>
-    readdirSync(join(root, 'entries'))
+    (existsSync(join(root, 'entries')) ? readdirSync(join(root, 'entries')) : [])
       .flatMap((v) => readdirSync(join(root, 'entries', v)).map((e) => join(root, 'entries', v, e)))
       .map((d) => (JSON.parse(readFileSync(join(d, 'entry.json'), 'utf8')) as { key: string }).key)
       .sort();
@@ -330,13 +331,29 @@ describe('directory cache backend, eviction', () => {
     expect(readdirSync(join(root, 'tmp'))).toEqual([]);
   });
 
-  it('warns once about a budget that is not a size, and evicts nothing', async () => {
-    process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = 'lots';
-    const before = keys();
-    const { log } = await saveDisk('ev-g');
-    expect(keys()).toEqual([...before, 'ev-g'].sort());
-    expect(log.filter((l) => l.startsWith('warning:'))).toEqual([
-      "warning: IMAGE_CI_CACHE_DIR_MAX_SIZE='lots' is not a size (e.g. 20GiB); nothing is evicted.",
-    ]);
-  });
+  it.each([
+    ['20', /IMAGE_CI_CACHE_DIR_MAX_SIZE: '20' has no unit; write 20GiB, 20GB or 20MiB\./],
+    ['lots', /IMAGE_CI_CACHE_DIR_MAX_SIZE: 'lots' is not a size; write it like 50GiB or 500MB\./],
+  ])(
+    'refuses a budget of %s (a bare number could mean any unit): main stops with an input error, a save evicts nothing',
+    async (value, message) => {
+      process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = value;
+      const before = keys();
+      const { image, record } = await disk(data(`evict-bare-${value}`), MiB);
+      const { host } = cliHost();
+      await expect(restoreCache(host, [image, record], `ev-bare-${value}`)).rejects.toThrow(message);
+      await expect(restoreCache(host, [image, record], `ev-bare-${value}`)).rejects.toBeInstanceOf(
+        InputError,
+      );
+      const saved = cliHost();
+      expect((await saveCache(saved.host, [image, record], `ev-bare-${value}`)).outcome).toBe('failed');
+      const { log } = saved;
+      expect(keys()).toEqual(before);
+      expect(log.filter((l) => l.startsWith('warning:'))).toEqual([
+        expect.stringMatching(
+          new RegExp(`^warning: Cache save of ev-bare-${value} failed: .*${message.source}`),
+        ),
+      ]);
+    },
+  );
 });

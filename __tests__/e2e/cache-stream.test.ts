@@ -5,8 +5,20 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
 import * as cache from '@actions/cache';
+import { which } from '@actions/io';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  linkSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
 import { restoreCacheMounts } from '../../src/actions/remote-build-env/cache-mounts.js';
@@ -32,6 +44,20 @@ async function saveWithLibrary(paths: string[], key: string): Promise<void> {
   const { value } = await captureStdout(() => cache.saveCache(paths, key));
   expect(value).toBeGreaterThan(0);
 }
+
+/**
+ * Puts a crafted archive in place of the entry saved under `key` (a poisoned cache): `build` writes a tar file
+ * with real tar (absolute names, -P, as an attacker would), which is then compressed like the library's.
+ */
+function poison(key: string, build: (tarFile: string) => void): void {
+  const tarFile = join(dirs.base, `poison-${key}.tar`);
+  rmSync(tarFile, { force: true });
+  build(tarFile);
+  execFileSync('zstd', ['-q', '-f', '--long=30', tarFile, '-o', `${tarFile}.zst`]);
+  service.replaceArchive(key, `${tarFile}.zst`);
+}
+
+const tarP = (...args: string[]) => execFileSync('tar', ['--posix', '-P', ...args]);
 
 const fallbacks = (log: string[]) => log.filter((l) => FALLBACK.test(l));
 const ranged = () => service.counters.rangedDownloads;
@@ -198,6 +224,245 @@ describe('streaming restore, cache service v2', () => {
       service.limitDownloads(undefined);
     }
     expect(log.some((l) => /^warning: Cache unavailable.*timed out after 2\.0 s/.test(l))).toBe(true);
+    expect(existsSync(dir)).toBe(false);
+  });
+
+  it('a path whose last member is a hard link (not the file hashed before) gets no digest: the caller reads it', async () => {
+    const dir = join(dirs.runnerTemp, 'ici-relinked');
+    mkdirSync(dir, { recursive: true });
+    const image = join(dir, 'image.zst');
+    const record = join(dir, 'image.json');
+    writeFileSync(image, 'the real disk');
+    writeFileSync(record, '{"fileDigest":"sha256 of the real disk"}');
+    await saveWithLibrary([image, record], 'relinked-key');
+    // The real disk and its record, then the disk's path again: a hard link to other bytes.
+    poison('relinked-key', (tarFile) => {
+      tarP('-cf', tarFile, image, record);
+      rmSync(image);
+      linkSync(record, image);
+      tarP('-rf', tarFile, record, image);
+    });
+    await laterRun([dirs.runnerTemp]);
+    const { host, log } = cliHost();
+    const result = await restoreCache(host, [image, record], 'relinked-key', [], { fileDigests: true });
+    expect(result.hit).toBe(true);
+    expect(fallbacks(log)).toEqual([]);
+    expect(readFileSync(image, 'utf8')).toBe(readFileSync(record, 'utf8'));
+    // The digest of 'the real disk' would vouch for bytes the path no longer holds.
+    const sha = (text: string) => `sha256:${createHash('sha256').update(text).digest('hex')}`;
+    expect(result.fileDigests?.[image]).toBeUndefined();
+    expect(result.fileDigests?.[record]).toBe(sha(readFileSync(record, 'utf8')));
+  });
+
+  it('refuses an entry the service matched under a key that was not asked for (no download, no library)', async () => {
+    const dir = join(dirs.runnerTemp, 'ici-forged');
+    await fillTree(dir, 1, MiB);
+    await saveWithLibrary([dir], 'forged-Linux-aaa');
+    await laterRun([dirs.runnerTemp]);
+    const { host, log } = cliHost();
+    const downloads = service.counters.requests.Download ?? 0;
+    service.forgeMatchedKey(() => 'someone-elses-key');
+    expect(await restoreCache(host, [dir], 'forged-Linux-bbb', ['forged-Linux-'])).toEqual({
+      hit: false,
+      backend: 'actions',
+    });
+    expect(log.filter((l) => l.startsWith('warning:'))).toEqual([
+      'warning: Cache entry refused, continuing without it (actions backend): the cache service answered with the key "someone-elses-key", which is neither the key nor a prefix match of a restore key',
+    ]);
+    expect(service.counters.requests.Download ?? 0).toBe(downloads);
+    expect(fallbacks(log)).toEqual([]);
+    expect(existsSync(dir)).toBe(false);
+  });
+
+  describe('an entry with a member outside the cache paths is refused whole: nothing planted, nothing restored, no library fallback', () => {
+    const outside = () => join(dirs.base, 'outside');
+    const cases: Array<[string, (dir: string, tarFile: string) => void, RegExp]> = [
+      [
+        'an absolute name',
+        (dir, tarFile) => {
+          writeFileSync(join(outside(), 'planted'), 'planted');
+          tarP('-cf', tarFile, dir, join(outside(), 'planted'));
+          rmSync(join(outside(), 'planted'));
+        },
+        /archive member '.*\/outside\/planted' is outside the cache paths/,
+      ],
+      [
+        'a ../ name (tar -P writes it relative to the workspace)',
+        (dir, tarFile) => {
+          writeFileSync(join(outside(), 'planted'), 'planted');
+          tarP('-cf', tarFile, dir, '-C', dirs.workspace, '../outside/planted');
+          rmSync(join(outside(), 'planted'));
+        },
+        /archive member '\.\.\/outside\/planted' is outside the cache paths/,
+      ],
+      [
+        'a symlink out of the path, then a file written through it',
+        (dir, tarFile) => {
+          symlinkSync(outside(), join(dir, 'link'));
+          tarP('-cf', tarFile, dir);
+          rmSync(join(dir, 'link'));
+          mkdirSync(join(dir, 'link'));
+          writeFileSync(join(dir, 'link', 'planted'), 'planted');
+          tarP('-rf', tarFile, join(dir, 'link', 'planted'));
+        },
+        /archive member '.*\/link' is a symlink to '.*\/outside', outside the cache paths/,
+      ],
+      [
+        'a hard link to a file outside the path',
+        (dir, tarFile) => {
+          writeFileSync(join(outside(), 'secret'), 'not yours');
+          linkSync(join(outside(), 'secret'), join(dir, 'hard'));
+          tarP('-cf', tarFile, join(outside(), 'secret'), dir);
+          execFileSync('tar', ['-P', '--delete', '-f', tarFile, join(outside(), 'secret')]);
+        },
+        /archive member '.*\/hard' is a hard link to '.*\/outside\/secret', outside the cache paths/,
+      ],
+      [
+        // Unread, it would go to the library, whose tar -P extracts everything up to the break unchecked.
+        'a member the check cannot read as tar does (GNU sparse), before an absolute name',
+        (dir, tarFile) => {
+          execFileSync('truncate', ['-s', '1M', join(dir, 'sparse')]);
+          writeFileSync(join(outside(), 'planted'), 'planted');
+          execFileSync('tar', [
+            '--format=gnu',
+            '--sparse',
+            '-P',
+            '-cf',
+            tarFile,
+            dir,
+            join(outside(), 'planted'),
+          ]);
+          rmSync(join(outside(), 'planted'));
+        },
+        /unreadable archive: unsupported tar member type 'S'/,
+      ],
+    ];
+
+    it.each(cases)('%s', async (_what, build, reason) => {
+      rmSync(outside(), { recursive: true, force: true });
+      mkdirSync(outside(), { recursive: true });
+      const dir = join(dirs.runnerTemp, 'ici-planting');
+      rmSync(dir, { recursive: true, force: true });
+      await fillTree(dir, 1, MiB);
+      const key = `planting-${cases.findIndex((c) => c[1] === build)}`;
+      await saveWithLibrary([dir], key);
+      poison(key, (tarFile) => build(dir, tarFile));
+      await laterRun([dirs.runnerTemp]);
+      const { host, log } = cliHost();
+      const plain = plainDownloads();
+      expect(await restoreCache(host, [dir], key)).toEqual({ hit: false, backend: 'actions' });
+      const warnings = log.filter((l) => l.startsWith('warning:'));
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]).toMatch(
+        /^warning: Cache entry refused, continuing without it \(actions backend\): /,
+      );
+      expect(warnings[0]).toMatch(reason);
+      expect(readdirSync(outside()).filter((f) => f !== 'secret')).toEqual([]);
+      expect(existsSync(dir)).toBe(false);
+      // The library would have extracted the very same archive.
+      expect(fallbacks(log)).toEqual([]);
+      expect(plainDownloads()).toBe(plain);
+    });
+  });
+
+  it('gives zstd and tar an environment without the action inputs and credentials', async () => {
+    const dir = join(dirs.runnerTemp, 'ici-env');
+    await fillTree(dir, 1, MiB);
+    await saveWithLibrary([dir], 'env-key');
+    await laterRun([dirs.runnerTemp]);
+    // Shims on PATH record the environment each tool gets, then run the real one.
+    const shims = join(dirs.base, 'env-shims');
+    const dumps = join(dirs.base, 'env-dumps');
+    mkdirSync(shims, { recursive: true });
+    mkdirSync(dumps, { recursive: true });
+    for (const tool of ['zstd', 'tar']) {
+      const real = await which(tool, true);
+      writeFileSync(join(shims, tool), `#!/bin/sh\nenv > ${dumps}/${tool}.$$\nexec ${real} "$@"\n`);
+      chmodSync(join(shims, tool), 0o755);
+    }
+    const saved = { PATH: process.env.PATH, INPUT_PASSWORD: process.env.INPUT_PASSWORD };
+    process.env.PATH = `${shims}:${process.env.PATH}`;
+    process.env.INPUT_PASSWORD = 'input-password-value';
+    try {
+      const { host } = cliHost();
+      expect((await restoreCache(host, [dir], 'env-key')).hit).toBe(true);
+    } finally {
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+    const seen = readdirSync(dumps).map((f) => [f.split('.')[0], readFileSync(join(dumps, f), 'utf8')]);
+    expect(seen.map(([tool]) => tool).sort()).toEqual(['tar', 'zstd']);
+    for (const [, env] of seen) {
+      expect(env).toContain(`PATH=${shims}:`);
+      expect(env).not.toMatch(/^INPUT_/m);
+      expect(env).not.toContain(service.token);
+    }
+  });
+
+  it.each([
+    ['an absurd size (more than the disk holds): stops at the first answer', () => 1e13, 1],
+    ['a size its own answers contradict: stops without retrying', (real: number) => real + 64 * MiB, 9],
+  ])('a signed URL that claims %s, and the library restores', async (_what, claim, maxRanged) => {
+    const dir = join(dirs.runnerTemp, 'ici-claim');
+    rmSync(dir, { recursive: true, force: true });
+    const digest = await fillTree(dir, 1, 7 * MiB);
+    const key = `claim-${maxRanged}`;
+    await saveWithLibrary([dir], key);
+    await laterRun([dirs.runnerTemp]);
+    const { host, log } = cliHost();
+    const before = ranged();
+    service.claimArchiveSize(claim(service.list().find((e) => e.key === key)!.sizeBytes));
+    expect((await restoreCache(host, [dir], key)).hit).toBe(true);
+    expect(treeDigest(dir)).toBe(digest);
+    expect(ranged() - before).toBeLessThanOrEqual(maxRanged);
+    expect(log.filter((l) => l.startsWith('Retrying'))).toEqual([]);
+    expect(fallbacks(log)).toHaveLength(1);
+  });
+
+  it("never lets the library's output start a workflow command: a forged key with command lines is refused and undone", async () => {
+    const dir = join(dirs.runnerTemp, 'ici-lib-forged');
+    await fillTree(dir, 1, MiB);
+    await saveWithLibrary([dir], 'lib-forged-key');
+    await laterRun([dirs.runnerTemp]);
+    const { host, log } = cliHost();
+    // The library logs the key it restored: these lines would reach the runner as commands.
+    service.forgeMatchedKey((asked) => `${asked}\n::set-output name=pwned::1\n::stop-commands::tok`);
+    const stdout: string[] = [];
+    const write = process.stdout.write;
+    process.stdout.write = ((chunk: string | Uint8Array) => stdout.push(String(chunk)) > 0) as typeof write;
+    // A proxy setting leaves the restore to the library (which honours no_proxy for the local service).
+    const saved = { https_proxy: process.env.https_proxy, no_proxy: process.env.no_proxy };
+    process.env.https_proxy = 'http://127.0.0.1:9';
+    process.env.no_proxy = '127.0.0.1';
+    let result;
+    try {
+      result = await restoreCache(host, [dir], 'lib-forged-key');
+    } finally {
+      process.stdout.write = write;
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+    expect(
+      stdout
+        .join('')
+        .split('\n')
+        .filter((l) => l.startsWith('::')),
+    ).toEqual([]);
+    expect(result).toEqual({ hit: false, backend: 'actions' });
+    expect(fallbacks(log)).toEqual([
+      'Streaming restore not used (https_proxy is set); restoring through @actions/cache.',
+    ]);
+    // Logged as text, between stop-commands markers.
+    expect(log.join('\n')).toMatch(/::stop-commands::(\w+)\n::set-output name=pwned::1\n::\1::/);
+    expect(log.filter((l) => l.startsWith('warning:'))).toEqual([
+      expect.stringMatching(
+        /^warning: Cache entry refused, .*: @actions\/cache restored the key .*which holds control characters$/,
+      ),
+    ]);
     expect(existsSync(dir)).toBe(false);
   });
 

@@ -94,7 +94,24 @@ describe('runner harness on the echo fixture action', () => {
         `import { rmSync } from 'node:fs'; rmSync(process.env.RUNNER_TEMP + '/ici-removed', { recursive: true });`,
       );
       const runnerTemp = join(dir, 'temp');
-      const first = await runAction({ mainScript: main, postScript: post, runnerTemp });
+      // Every runAction checks the rule after post, unless told which cache paths may stay.
+      await expect(
+        runAction({ mainScript: main, postScript: post, runnerTemp: join(dir, 'checked') }),
+      ).rejects.toThrow(/^leftovers rule: main and post left ici-a1b2c3, ici-cache-data in RUNNER_TEMP /);
+      await expect(
+        runAction({
+          mainScript: main,
+          postScript: post,
+          runnerTemp: join(dir, 'declared'),
+          keepInRunnerTemp: ['ici-cache-data'],
+        }),
+      ).rejects.toThrow(/^leftovers rule: main and post left ici-a1b2c3 in RUNNER_TEMP /);
+      const first = await runAction({
+        mainScript: main,
+        postScript: post,
+        runnerTemp,
+        keepInRunnerTemp: 'unchecked',
+      });
       expect(runnerTempLeftovers(first, ['ici-cache-data']).sort()).toEqual(['ici-a1b2c3']);
       expect(runnerTempLeftovers(first, [join(runnerTemp, 'ici-cache-data', 'x')]).sort()).toEqual([
         'ici-a1b2c3',

@@ -97,6 +97,8 @@ describe.each(podmanVersions())('[$label] cache-scope: machine, real podman as a
 
   async function run(env: Record<string, string | undefined>, extra: Record<string, string> = {}) {
     return runAction({
+      // The action's cache path stays for the next job's save or restore.
+      keepInRunnerTemp: ['ici-pvm'],
       ...stepScripts(podman, ACTION, work, user),
       inputs: {
         image,

@@ -81,6 +81,8 @@ describe('podman machine command lines (podman TEST DOUBLE: no VM can run here)'
   it('podman 5: init --image with resources, CONTAINERS_CONF_OVERRIDE, post stops and removes the machine', async () => {
     const double = podmanDouble('5.2.1');
     const r = await runAction({
+      // The action's cache path stays for the next job's save or restore.
+      keepInRunnerTemp: ['ici-pvm'],
       action: ACTION,
       inputs: { ...inputs, image },
       env: { PATH: `${double.bin}:${process.env.PATH}` },
@@ -102,6 +104,8 @@ describe('podman machine command lines (podman TEST DOUBLE: no VM can run here)'
   it('podman 4: init --image-path, start when asked, no cleanup when cleanup is false', async () => {
     const double = podmanDouble('4.9.4');
     const r = await runAction({
+      // The action's cache path stays for the next job's save or restore.
+      keepInRunnerTemp: ['ici-pvm'],
       action: ACTION,
       inputs: { image, init: 'true', start: 'true', cleanup: 'false', 'machine-name': 'm4' },
       env: { PATH: `${double.bin}:${process.env.PATH}` },
@@ -133,7 +137,11 @@ describe('input mistakes fail with exit 2 and name the input', () => {
   ];
   for (const [name, inputs, message] of cases) {
     it(name, async () => {
-      const r = await runAction({ action: ACTION, inputs: { image, ...inputs } });
+      const r = await runAction({
+        action: ACTION,
+        inputs: { image, ...inputs },
+        keepInRunnerTemp: ['ici-pvm'],
+      });
       expect(r.main.exitCode).toBe(2);
       expect(r.errors.join('\n')).toMatch(message);
     });
@@ -147,7 +155,11 @@ describe.each(podmanVersions())(
 
     it('uses the image named by the containers.conf the action exported', async () => {
       // The action runs as root (as before any user exists), with this row's node and podman.
-      const r = await runAction({ ...stepScripts(podman, ACTION, work), inputs: { image } });
+      const r = await runAction({
+        ...stepScripts(podman, ACTION, work),
+        inputs: { image },
+        keepInRunnerTemp: ['ici-pvm'],
+      });
       expect({ exit: r.main.exitCode, errors: r.errors }).toEqual({ exit: 0, errors: [] });
       const variable = confOverride(podman) ? 'CONTAINERS_CONF_OVERRIDE' : 'CONTAINERS_CONF';
       const conf = r.exportedEnv[variable];

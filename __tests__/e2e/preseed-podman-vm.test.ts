@@ -4,11 +4,12 @@
  * corrupted cache entry, concurrent saves, then the registry is stopped for the offline runs.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { createHash } from 'node:crypto';
 import {
   existsSync,
+  linkSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
@@ -19,10 +20,10 @@ import {
 import { createServer, request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import { formatBytes } from '../../src/core/summary.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
-import { REPO_ROOT, runAction, runnerTempLeftovers, type RunResult } from '../support/harness.js';
+import { REPO_ROOT, runAction, type RunResult } from '../support/harness.js';
 import { buildMachineOsLayout, publishMachineOs, type FakeMachineOs } from '../support/machine-os.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
 
@@ -95,8 +96,8 @@ async function run(
     home: j.home,
     workspace: j.workspace,
     skipPost,
+    keepInRunnerTemp: [CACHE_DIR],
   });
-  if (!skipPost) expect(runnerTempLeftovers(r, [CACHE_DIR])).toEqual([]);
   return r;
 }
 
@@ -256,12 +257,12 @@ describe('preseed-podman-vm with a registry and the Actions cache', () => {
         runnerTemp: shared.runnerTemp,
         home: shared.home,
         workspace: shared.workspace,
+        keepInRunnerTemp: [CACHE_DIR],
       });
     const [p1, p2] = await Promise.all([post(), post()]);
     for (const p of [p1, p2]) {
       expect(p.post?.exitCode).toBe(0);
       expect(p.warnings).toEqual([]);
-      expect(runnerTempLeftovers(p, [CACHE_DIR])).toEqual([]);
     }
     const logs = [p1.log, p2.log].join('\n');
     expect(logs).toMatch(/Cache saved: podman-machine-os-/);
@@ -479,6 +480,87 @@ describe('preseed-podman-vm on podman 4: a Fedora CoreOS stream [mock of builds.
       expect(readFileSync(image).equals(disk)).toBe(true);
       expect(mock.requests.filter((q) => q.includes('.qcow2.xz'))).toHaveLength(1);
       expect(later.log).not.toMatch(/Streaming restore not used/);
+    } finally {
+      await mock.stop();
+    }
+  });
+
+  /** A cold run of the FCOS source that caches its disk; returns the paths it cached and the entry's key. */
+  async function coldFcos(j: Job, cache: CacheService, streamUrl: string) {
+    const r = await run(j, cache, { image: streamUrl });
+    expectStepsOk(r);
+    const image = r.outputs['image-path']!;
+    return { image, record: `${image}.json`, key: cache.list()[0]!.key };
+  }
+
+  const podmanCacheOf = (j: Job) => join(j.home, '.local/share/containers/podman/machine/qemu/cache');
+
+  it('an entry whose image path is replaced by a later hard link member (other bytes) is read, refused and downloaded again', async () => {
+    const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
+    const mock = await startFcosMock(disk);
+    const cache = await newCacheService();
+    const j = job('fcos-relinked');
+    try {
+      const { image, record, key } = await coldFcos(j, cache, mock.streamUrl);
+      // The real disk and its record (hashed on the way), then the disk's path again: a hard link to the record.
+      const tarFile = join(work, 'fcos-relinked.tar');
+      execFileSync('tar', ['--posix', '-P', '-cf', tarFile, image, record]);
+      rmSync(image);
+      linkSync(record, image);
+      execFileSync('tar', ['--posix', '-P', '-rf', tarFile, record, image]);
+      execFileSync('zstd', ['-q', '-f', '--long=30', tarFile, '-o', `${tarFile}.zst`]);
+      cache.replaceArchive(key, `${tarFile}.zst`);
+      await laterRun([j.runnerTemp, j.home]);
+
+      const later = await run(j, cache, { image: mock.streamUrl });
+      expectStepsOk(later);
+      expect(later.log).not.toMatch(/sha256 verified/);
+      expect(later.warnings.join('\n')).toMatch(
+        /cached image is unusable \(sha256 is sha256:[0-9a-f]{64}, expected/,
+      );
+      expect(later.outputs['cache-hit']).toBe('false');
+      expect(mock.requests.filter((q) => q.includes('.qcow2.xz'))).toHaveLength(2);
+      expect(readFileSync(image).equals(disk)).toBe(true);
+      expect(readFileSync(join(podmanCacheOf(j), mock.title)).equals(disk)).toBe(true);
+    } finally {
+      await mock.stop();
+    }
+  });
+
+  it("a cached record whose disk title climbs out of podman's cache dir is refused: nothing outside is replaced", async () => {
+    const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
+    const mock = await startFcosMock(disk);
+    const cold = await newCacheService();
+    const j = job('fcos-title');
+    try {
+      const { image, record, key } = await coldFcos(j, cold, mock.streamUrl);
+      const victim = join(j.home, 'victim.txt');
+      const fields = JSON.parse(readFileSync(record, 'utf8')) as Record<string, unknown>;
+      writeFileSync(record, JSON.stringify({ ...fields, title: relative(podmanCacheOf(j), victim) }));
+      const poisoned = await newCacheService();
+      await saveWithActionsCache(poisoned, j, [image, record], key);
+
+      for (const online of [true, false]) {
+        await laterRun([j.runnerTemp, j.home]);
+        mkdirSync(dirname(victim), { recursive: true });
+        writeFileSync(victim, 'precious');
+        if (!online) await mock.stop();
+        const later = await run(j, poisoned, { image: mock.streamUrl });
+        expect(readFileSync(victim, 'utf8')).toBe('precious');
+        expect(later.log).not.toMatch(/sha256 verified/);
+        if (online) {
+          expectStepsOk(later);
+          expect(later.warnings.join('\n')).toMatch(
+            /cached image is unusable \(its record names the disk "\.\.\/.*victim\.txt", which is no plain file name\)/,
+          );
+          expect(readFileSync(join(podmanCacheOf(j), mock.title)).equals(disk)).toBe(true);
+        } else {
+          expect(later.main.exitCode).toBe(1);
+          expect(later.errors.join('\n')).toMatch(
+            /its record names the disk "\.\.\/.*victim\.txt", which is no plain file name/,
+          );
+        }
+      }
     } finally {
       await mock.stop();
     }

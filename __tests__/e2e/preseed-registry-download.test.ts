@@ -41,6 +41,8 @@ it('a disk download cut mid-body resumes with Range: the disk crosses the link ~
   const dirs = { runnerTemp: join(work, 'temp'), home: join(work, 'home'), workspace: join(work, 'ws') };
   for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true });
   const r = await runAction({
+    // The action's cache path stays for the next job's save or restore.
+    keepInRunnerTemp: ['ici-pvm'],
     action: 'preseed-podman-vm',
     inputs: { image: `docker://${relay.host}/${REPO}:5.3`, cache: 'false' },
     env: { XDG_DATA_HOME: undefined },

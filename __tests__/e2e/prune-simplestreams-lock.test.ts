@@ -18,7 +18,7 @@ import {
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO_ROOT } from '../support/harness.js';
-import { killAtChange } from '../support/kill-at-change.js';
+import { countChanges, crashPoints, killAtChange } from '../support/kill-at-change.js';
 import {
   ageEmptyLockTemps,
   pruneOutcome,
@@ -64,15 +64,15 @@ interface Finished {
   stderr: string;
 }
 
+const pruneArgs = (root: string) => ['--path', root, '--keep-versions', '1', '--grace-period', '0s'];
+
 function prune(
   root: string,
   extra: string[] = [],
 ): { child: ChildProcessWithoutNullStreams; done: Promise<Finished> } {
-  const child = spawn(
-    process.execPath,
-    [CLI, 'prune-simplestreams', '--path', root, '--keep-versions', '1', '--grace-period', '0s', ...extra],
-    { env: { ...process.env, NODE_OPTIONS: '' } },
-  );
+  const child = spawn(process.execPath, [CLI, 'prune-simplestreams', ...pruneArgs(root), ...extra], {
+    env: { ...process.env, NODE_OPTIONS: '' },
+  });
   let stderr = '';
   child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
   child.stdout.resume();
@@ -93,16 +93,7 @@ describe('prune main killed at any point (SIGKILL)', () => {
     let killedWithLock = 0;
     const sweep = async (event: number): Promise<boolean> => {
       const root = freshCopy();
-      const killed = await killAtChange(event, [
-        CLI,
-        'prune-simplestreams',
-        '--path',
-        root,
-        '--keep-versions',
-        '1',
-        '--grace-period',
-        '0s',
-      ]);
+      const killed = await killAtChange(event, [CLI, 'prune-simplestreams', ...pruneArgs(root)]);
       if (!killed) return false;
       expect(repoProblems(root).filter((p) => !brokenBefore.includes(p))).toEqual([]);
       if (existsSync(join(root, LOCK))) killedWithLock++;
@@ -119,20 +110,16 @@ describe('prune main killed at any point (SIGKILL)', () => {
       expect(pruneOutcome(root)).toEqual(expected);
       return true;
     };
-    // Every change while the lock is being taken, then every third one; two kills at a time.
-    const events = [
-      ...Array.from({ length: 12 }, (_, i) => i + 1),
-      ...Array.from({ length: 40 }, (_, i) => 15 + 3 * i),
-    ];
-    let kills = 0;
-    for (let i = 0; i < events.length; i += 2) {
-      const results = await Promise.all(events.slice(i, i + 2).map(sweep));
-      kills += results.filter(Boolean).length;
-      if (results.includes(false)) break;
+    // Every change while the lock is being taken, then every third one, the last one; two kills at a time. Each
+    // must kill the run (the kill comes from inside, at that very change).
+    const points = crashPoints(await countChanges([CLI, 'prune-simplestreams', ...pruneArgs(freshCopy())]));
+    expect(points.length).toBeGreaterThan(10);
+    for (let i = 0; i < points.length; i += 2) {
+      const batch = points.slice(i, i + 2);
+      expect(await Promise.all(batch.map(sweep))).toEqual(batch.map(() => true));
     }
-    expect(kills).toBeGreaterThan(10);
     expect(killedWithLock).toBeGreaterThan(0);
-  });
+  }, 900_000);
 });
 
 /** A separate process that takes the lock when told to and holds it until told again. */

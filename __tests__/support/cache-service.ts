@@ -15,10 +15,13 @@
  * primary key first, then the newest prefix match of the key and of each restore key in order. A key+version
  * already finalized or being created is refused (409), so the first writer wins. Counters and fault switches
  * let tests prove what went over the wire and what happens when the service breaks; a bandwidth limit shared
- * by all downloads stands in for the hosted cache's speed in benchmarks.
+ * by all downloads stands in for the hosted cache's speed in benchmarks. Hostile switches make it lie the way a
+ * compromised or buggy service (or whoever can write to a repository's cache) could: another matched key, a
+ * crafted archive in place of a saved one, an absurd archive size.
  */
 import { randomBytes } from 'node:crypto';
 import {
+  copyFileSync,
   createReadStream,
   createWriteStream,
   existsSync,
@@ -108,6 +111,8 @@ export class CacheService {
   private plainRefusal: number | undefined;
   private damageFrom: number | undefined;
   private throttle: Throttle | undefined;
+  private forgedKey: ((asked: string) => string) | undefined;
+  private claimedSize: number | undefined;
   private hanging = new Set<CacheCall>();
   /** Answers held back by hang(), so dropHung() can end them the way a dying proxy does. */
   private readonly held: ServerResponse[] = [];
@@ -197,6 +202,27 @@ export class CacheService {
     this.damageFrom = offset;
   }
 
+  /**
+   * Lookups answer `forge(key asked for)` as the matched key: with the matched entry's archive when there is
+   * one, else (v2 only) with a hit whose archive URL answers 404 (so a restore fails after the lookup).
+   */
+  forgeMatchedKey(forge: (asked: string) => string): void {
+    this.forgedKey = forge;
+  }
+
+  /** Ranged GETs claim the archive is `bytes` long (Content-Range total); the bytes sent stay the real ones. */
+  claimArchiveSize(bytes: number): void {
+    this.claimedSize = bytes;
+  }
+
+  /** Replaces the archive of the finalized entry `key` with the file `archive`, as a poisoned cache would. */
+  replaceArchive(key: string, archive: string): void {
+    const entry = [...this.entries.values()].find((e) => e.key === key && e.finalized);
+    if (!entry) throw new Error(`no finalized entry ${key}`);
+    copyFileSync(archive, entry.file);
+    entry.sizeBytes = statSync(entry.file).size;
+  }
+
   /** Limits all downloads together to `bytesPerSecond` (undefined: no limit). */
   limitDownloads(bytesPerSecond: number | undefined): void {
     this.throttle = bytesPerSecond ? new Throttle(bytesPerSecond) : undefined;
@@ -210,6 +236,8 @@ export class CacheService {
     this.rangeRefusal = undefined;
     this.plainRefusal = undefined;
     this.damageFrom = undefined;
+    this.forgedKey = undefined;
+    this.claimedSize = undefined;
   }
 
   list(): CacheEntryInfo[] {
@@ -300,6 +328,14 @@ export class CacheService {
           String(body.key ?? ''),
           ...(body.restore_keys ?? []),
         ]);
+        if (this.forgedKey) {
+          const missing = `${this.url}${ACCOUNT}/${CONTAINER}/0?sig=none`;
+          return sendJson(res, 200, {
+            ok: true,
+            signed_download_url: entry ? this.blobUrl(entry) : missing,
+            matched_key: this.forgedKey(String(body.key ?? '')),
+          });
+        }
         if (!entry) return sendJson(res, 200, { ok: false, signed_download_url: '', matched_key: '' });
         return sendJson(res, 200, {
           ok: true,
@@ -341,7 +377,7 @@ export class CacheService {
           return;
         }
         return sendJson(res, 200, {
-          cacheKey: entry.key,
+          cacheKey: this.forgedKey ? this.forgedKey(keys[0] ?? '') : entry.key,
           scope: 'refs/heads/main',
           cacheVersion: entry.version,
           creationTime: new Date(entry.createdAt).toISOString(),
@@ -516,7 +552,9 @@ export class CacheService {
       }
       if (m[2]) end = Math.min(end, Number(m[2]));
       status = 206;
-      headers['Content-Range'] = `bytes ${start}-${end}/${entry.sizeBytes}`;
+      const claimed = this.claimedSize ?? entry.sizeBytes;
+      const claimedEnd = m[2] ? Math.min(Number(m[2]), claimed - 1) : claimed - 1;
+      headers['Content-Range'] = `bytes ${start}-${claimedEnd}/${claimed}`;
     } else if (this.plainRefusal !== undefined) {
       throw new HttpFailure(this.plainRefusal, 'plain downloads refused');
     }

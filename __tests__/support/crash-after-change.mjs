@@ -1,6 +1,6 @@
 /*
  * Test preload (node --import): SIGKILLs this process right after its N-th change to the filesystem, N from
- * IMAGE_CI_TEST_CRASH_AFTER. A change is a completed create, write, rename, link, delete or mkdir through node:fs
+ * IMAGE_CI_TEST_CRASH_AFTER (0: count only). A change is a completed create, write, rename, link, delete or mkdir through node:fs
  * or node:fs/promises. The kill is sent from inside the process, so it lands at exactly that point however loaded
  * the machine is (an outside watcher's kill arrives "some changes later" under load). The product has no hook:
  * the bundle reaches node:fs through the module objects patched here.
@@ -9,13 +9,18 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import { syncBuiltinESMExports } from 'node:module';
 
+// 0: never kill, only count (the total is written to IMAGE_CI_TEST_CHANGES_FILE when the process exits).
 const target = Number(process.env.IMAGE_CI_TEST_CRASH_AFTER);
-if (!Number.isInteger(target) || target < 1)
-  throw new Error('IMAGE_CI_TEST_CRASH_AFTER must be a positive integer');
+if (!Number.isInteger(target) || target < 0)
+  throw new Error('IMAGE_CI_TEST_CRASH_AFTER must be a whole number');
 let changes = 0;
 const changed = () => {
   if (++changes === target) process.kill(process.pid, 'SIGKILL');
 };
+const countFile = process.env.IMAGE_CI_TEST_CHANGES_FILE;
+// Taken before the patching below, so writing the count is not counted.
+const writeCount = fs.writeFileSync;
+if (countFile) process.on('exit', () => writeCount(countFile, String(changes)));
 
 const writesFlags = (flags) =>
   typeof flags === 'number' ? (flags & 3) !== 0 : /[wa+]/.test(String(flags ?? 'r'));

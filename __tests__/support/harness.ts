@@ -68,6 +68,11 @@ export interface RunOptions {
   skipPost?: boolean;
   /** Kill a step after this long (default 5 minutes). */
   timeoutMs?: number;
+  /**
+   * The leftovers rule, checked after every post: RUNNER_TEMP holds nothing new except these cache paths (see
+   * runnerTempLeftovers). `unchecked` only for tests of the harness itself or of what a killed step leaves.
+   */
+  keepInRunnerTemp?: readonly string[] | 'unchecked';
 }
 
 const SCRUBBED_PREFIXES = ['INPUT_', 'STATE_', 'GITHUB_', 'ACTIONS_', 'RUNNER_'];
@@ -336,7 +341,7 @@ export async function runAction(options: RunOptions): Promise<RunResult> {
     post = await runStep(postScript, postEnv, join(runDir, 'post'), workspace, timeoutMs);
   }
   const steps = post ? [main, post] : [main];
-  return {
+  const result: RunResult = {
     main,
     post,
     outputs: main.outputs,
@@ -348,6 +353,16 @@ export async function runAction(options: RunOptions): Promise<RunResult> {
     runnerTemp,
     runnerTempBefore,
   };
+  const keep = options.keepInRunnerTemp ?? [];
+  if (post && keep !== 'unchecked') {
+    const left = runnerTempLeftovers(result, keep);
+    if (left.length > 0) {
+      throw new Error(
+        `leftovers rule: main and post left ${left.join(', ')} in RUNNER_TEMP ${runnerTemp}\n${result.log}`,
+      );
+    }
+  }
+  return result;
 }
 
 /**
@@ -359,9 +374,9 @@ export function runnerTempLeftovers(result: RunResult, cachePaths: readonly stri
   const kept = new Set(
     cachePaths.map((p) => (isAbsolute(p) ? relative(result.runnerTemp, p).split(sep)[0]! : p)),
   );
-  return readdirSync(result.runnerTemp).filter(
-    (entry) => !result.runnerTempBefore.includes(entry) && !kept.has(entry),
-  );
+  return readdirSync(result.runnerTemp)
+    .sort()
+    .filter((entry) => !result.runnerTempBefore.includes(entry) && !kept.has(entry));
 }
 
 /**

@@ -1,4 +1,6 @@
 import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO_ROOT } from './harness.js';
 
@@ -20,8 +22,27 @@ export async function killAtChange(
   args: readonly string[],
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<Killed | undefined> {
+  return runWithPreload(args, { ...env, IMAGE_CI_TEST_CRASH_AFTER: String(event) });
+}
+
+/** How many changes `node args` makes when nothing kills it: the crash points a sweep has to cover. */
+export async function countChanges(
+  args: readonly string[],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<number> {
+  const dir = mkdtempSync(join(tmpdir(), 'ici-changes-'));
+  try {
+    const file = join(dir, 'count');
+    await runWithPreload(args, { ...env, IMAGE_CI_TEST_CRASH_AFTER: '0', IMAGE_CI_TEST_CHANGES_FILE: file });
+    return Number(readFileSync(file, 'utf8'));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function runWithPreload(args: readonly string[], env: NodeJS.ProcessEnv): Promise<Killed | undefined> {
   const child = spawn(process.execPath, ['--import', PRELOAD, ...args], {
-    env: { ...env, NODE_OPTIONS: '', IMAGE_CI_TEST_CRASH_AFTER: String(event) },
+    env: { ...env, NODE_OPTIONS: '' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderr = '';
@@ -30,4 +51,15 @@ export async function killAtChange(
     child.on('close', (_code, s) => resolve(s)),
   );
   return signal === 'SIGKILL' ? { signal, stderr } : undefined;
+}
+
+/**
+ * Where a sweep kills a run that makes `total` changes: each of the first `dense` (taking a lock, the first
+ * writes), then every `stride`-th, and the last one; in order, no repeats.
+ */
+export function crashPoints(total: number, dense = 12, stride = 3): number[] {
+  const points = new Set<number>();
+  for (let event = 1; event <= total; event += event < dense ? 1 : stride) points.add(event);
+  if (total > 0) points.add(total);
+  return [...points];
 }

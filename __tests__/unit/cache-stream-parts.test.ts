@@ -18,7 +18,8 @@ import {
   cacheVersion,
   compressionMethod,
 } from '../../src/core/cache-version.js';
-import { TarMemberWatcher } from '../../src/core/tar-members.js';
+import { confineMembers, EntryRefused } from '../../src/core/cache-confinement.js';
+import { TarMemberWatcher, type TarMember } from '../../src/core/tar-members.js';
 
 interface LibraryInternals {
   getCacheVersion(paths: string[], method?: string, crossOs?: boolean): string;
@@ -140,7 +141,7 @@ describe('tar member watcher', () => {
       expect(byName.get(`src/${long}`)).toMatchObject({ type: 'file', sha256: sha('long named content') });
       expect(byName.get('src/empty')).toMatchObject({ type: 'file', size: 0, sha256: sha('') });
       expect(byName.get('src/big.bin')).toMatchObject({ type: 'file', sha256: sha(Buffer.alloc(70_000, 7)) });
-      expect(byName.get('src/link')?.type).toBe('other');
+      expect(byName.get('src/link')).toMatchObject({ type: 'symlink', link: 'big.bin' });
     },
   );
 
@@ -157,5 +158,175 @@ describe('tar member watcher', () => {
       }),
     ).rejects.toThrow(/not a tar stream/);
     expect(watcher.failure).toBeDefined();
+  });
+});
+
+/** One ustar header block (name, type, size, link, magic as given), with its checksum. */
+function header(fields: {
+  name: string;
+  type?: string;
+  size?: string;
+  link?: string;
+  magic?: string;
+  prefix?: string;
+}): Buffer {
+  const block = Buffer.alloc(512);
+  block.write(fields.name, 0, 100, 'utf8');
+  block.write('0000644\0', 100, 'latin1');
+  block.write('0000000\0', 108, 'latin1');
+  block.write('0000000\0', 116, 'latin1');
+  block.write(fields.size ?? '00000000000\0', 124, 12, 'latin1');
+  block.write('00000000000\0', 136, 'latin1');
+  block.write(fields.type ?? '0', 156, 'latin1');
+  block.write(fields.link ?? '', 157, 100, 'utf8');
+  block.write(fields.magic ?? 'ustar\x0000', 257, 8, 'latin1');
+  block.write(fields.prefix ?? '', 345, 155, 'utf8');
+  let sum = 0;
+  for (let i = 0; i < 512; i++) sum += i >= 148 && i < 156 ? 0x20 : block[i]!;
+  block.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+  return block;
+}
+
+const octal = (n: number) => `${n.toString(8).padStart(11, '0')}\0`;
+const pad = (data: Buffer) => Buffer.concat([data, Buffer.alloc((512 - (data.length % 512)) % 512)]);
+const paxRecord = (key: string, value: string) => {
+  const body = ` ${key}=${value}\n`;
+  let length = body.length + 1;
+  while (`${length}${body}`.length !== length) length++;
+  return `${length}${body}`;
+};
+const meta = (type: string, data: string) =>
+  Buffer.concat([
+    header({ name: 'meta', type, size: octal(Buffer.byteLength(data)) }),
+    pad(Buffer.from(data)),
+  ]);
+const end = Buffer.alloc(1024);
+
+async function membersOf(...blocks: Buffer[]): Promise<TarMember[]> {
+  const watcher = new TarMemberWatcher(false);
+  await pipeline(Readable.from([Buffer.concat(blocks)]), watcher, async (src) => {
+    for await (const _ of src) void _;
+  });
+  return watcher.members;
+}
+
+describe('tar member watcher: reads names as GNU tar does, or refuses', () => {
+  it('joins the ustar prefix only in POSIX (`ustar\\0`) headers, as GNU tar does', async () => {
+    expect(await membersOf(header({ name: 'f', prefix: 'dir' }), end)).toMatchObject([{ name: 'dir/f' }]);
+    // GNU's old header keeps other fields where the prefix would be.
+    expect(await membersOf(header({ name: 'f', prefix: 'dir', magic: 'ustar  \0' }), end)).toMatchObject([
+      { name: 'f' },
+    ]);
+  });
+
+  it('gives a pax path precedence over a GNU long name in either order, and reads link targets', async () => {
+    const pax = meta('x', paxRecord('path', 'from-pax'));
+    const long = meta('L', 'from-long-name\0');
+    for (const order of [
+      [pax, long],
+      [long, pax],
+    ]) {
+      expect(await membersOf(...order, header({ name: 'short' }), end)).toMatchObject([{ name: 'from-pax' }]);
+    }
+    expect(
+      await membersOf(meta('K', 'long-target\0'), header({ name: 'l', type: '2', link: 'short' }), end),
+    ).toEqual([{ name: 'l', type: 'symlink', size: 0, link: 'long-target' }]);
+  });
+
+  const refused: Array<[string, Buffer[]]> = [
+    // GNU tar skips one leading NUL and would read 0o777 bytes of data here, this watcher none.
+    [
+      'a size with a leading NUL',
+      [header({ name: 'f', size: '\x000000000777 ' }), pad(Buffer.alloc(511)), end],
+    ],
+    ['a size that is not octal', [header({ name: 'f', size: '0000000001x\0' }), end]],
+    [
+      'two pax headers for one member',
+      [meta('x', paxRecord('path', 'a')), meta('x', paxRecord('mtime', '1')), header({ name: 'f' }), end],
+    ],
+    ['a sparse file', [header({ name: 'f', type: 'S' }), end]],
+    ['a pax sparse name', [meta('x', paxRecord('GNU.sparse.name', '/etc/x')), header({ name: 'f' }), end]],
+    [
+      'a global header that sets a path',
+      [meta('g', paxRecord('path', '/etc/x')), header({ name: 'f' }), end],
+    ],
+    [
+      'a directory with data',
+      [header({ name: 'd/', type: '5', size: octal(512) }), pad(Buffer.alloc(1)), end],
+    ],
+    ['a file named like a directory', [header({ name: 'd/', type: '0' }), end]],
+    [
+      'a NUL in a pax path',
+      [meta('x', paxRecord('path', '/etc/passwd\0/../ok')), header({ name: 'f' }), end],
+    ],
+  ];
+
+  it.each(refused)('refuses %s', async (_what, blocks) => {
+    await expect(membersOf(...blocks)).rejects.toThrow();
+  });
+});
+
+describe('confineMembers: where an archive may write', () => {
+  const ws = '/w/ws';
+  const member = (name: string, type: TarMember['type'] = 'file', link?: string): TarMember =>
+    link === undefined ? { name, type, size: 0 } : { name, type, size: 0, link };
+
+  function run(paths: string[], members: TarMember[]): string | undefined {
+    const check = confineMembers(ws, paths);
+    try {
+      members.forEach(check);
+      return undefined;
+    } catch (error) {
+      expect(error).toBeInstanceOf(EntryRefused);
+      return (error as Error).message;
+    }
+  }
+
+  it('takes what @actions/cache writes: names relative to the workspace, links inside', () => {
+    expect(
+      run(
+        ['/w/temp/ici-x'],
+        [
+          member('../temp/ici-x/', 'dir'),
+          member('../temp/ici-x/a'),
+          member('../temp/ici-x/b', 'hardlink', '../temp/ici-x/a'),
+          member('../temp/ici-x/bin/tool', 'symlink', '../lib/tool'),
+          member('../temp/ici-x/abs', 'symlink', '/w/temp/ici-x/a'),
+        ],
+      ),
+    ).toBeUndefined();
+  });
+
+  it.each([
+    ['a sibling with the same prefix', [member('/w/temp/ici-x2/f')], /outside the cache paths/],
+    ['.. after a directory name', [member('/w/temp/ici-x/../ici-y/f')], /climbs/],
+    [
+      'a file under a symlink of the archive',
+      [member('/w/temp/ici-x/s', 'symlink', 'sub'), member('/w/temp/ici-x/s/f')],
+      /reached through the archive's symlink/,
+    ],
+    ["a symlink to the paths' parent", [member('/w/temp/ici-x/s', 'symlink', '..')], /outside/],
+    [
+      // Lexically ici-x/a -> ici-x, but ici-x/up is ici-x itself: its `..` is /w/temp.
+      'a symlink whose target goes through another symlink',
+      [member('/w/temp/ici-x/up', 'symlink', '.'), member('/w/temp/ici-x/a', 'symlink', 'up/..')],
+      /goes through the archive's symlink/,
+    ],
+    [
+      'a symlink made later in place of a directory an earlier target goes through',
+      [member('/w/temp/ici-x/a', 'symlink', 'up/../f'), member('/w/temp/ici-x/up', 'symlink', '.')],
+      /in place of a directory another symlink goes through/,
+    ],
+    [
+      'a hard link to a symlink (its relative target moves)',
+      [
+        member('/w/temp/ici-x/d/s', 'symlink', '../f'),
+        member('/w/temp/ici-x/h', 'hardlink', '/w/temp/ici-x/d/s'),
+      ],
+      /hard link to the archive's symlink/,
+    ],
+    ['a device node', [member('/w/temp/ici-x/sda', 'device')], /device node/],
+  ])('refuses %s', (_what, members, reason) => {
+    expect(run(['/w/temp/ici-x'], members)).toMatch(reason);
   });
 });

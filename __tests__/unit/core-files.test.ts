@@ -206,4 +206,12 @@ describe('summary', () => {
     expect(formatDuration(12_345)).toBe('12.3 s');
     expect(formatDuration(125_000)).toBe('2m5s');
   });
+
+  it('shows a size that rounds up to 1024 of a unit in the next unit', () => {
+    expect(formatBytes(1023.99 * 1024)).toBe('1.0 MiB');
+    expect(formatBytes(1024 * 1024 * 1024 - 1)).toBe('1.0 GiB');
+    expect(formatBytes(1023.9 * 1024)).toBe('1023.9 KiB');
+    expect(formatBytes(1023.6)).toBe('1.0 KiB');
+    expect(formatBytes(1023)).toBe('1023 B');
+  });
 });

@@ -3,7 +3,13 @@
  * publishes (coreos/stream-metadata-go `stream.Stream`), read as podman v4.9's GetFCOSDownload reads it.
  */
 import { describe, expect, it } from '@jest/globals';
-import { fcosArtifact, selectFcosDisk } from '../../src/actions/preseed-podman-vm/fcos-stream.js';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import {
+  fcosArtifact,
+  resolveFcosDisk,
+  selectFcosDisk,
+} from '../../src/actions/preseed-podman-vm/fcos-stream.js';
 import { InputError } from '../../src/core/inputs.js';
 
 const sha = (n: number) => n.toString(16).padStart(64, '0');
@@ -89,5 +95,36 @@ describe('Fedora CoreOS stream metadata (podman 4)', () => {
     expect(() => fcosArtifact('wsl')).toThrow(InputError);
     expect(() => fcosArtifact('wsl')).toThrow(/without a published checksum/);
     expect(() => fcosArtifact('libkrun')).toThrow(/podman 5\.2/);
+  });
+});
+
+describe('Fedora CoreOS stream metadata over HTTP', () => {
+  it('stops reading a chunked body (no Content-Length) at 16 MiB instead of taking it whole', async () => {
+    // Valid metadata behind 64 MiB of JSON whitespace, sent chunked: only a cap while reading refuses it.
+    const padding = Buffer.alloc(1024 * 1024, 0x20);
+    let sent = 0;
+    const server = createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      const more = () => {
+        while (sent < 64 * padding.length) {
+          sent += padding.length;
+          if (!res.write(padding)) return void res.once('drain', more);
+        }
+        res.end(JSON.stringify(stream));
+      };
+      more();
+    });
+    await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
+    try {
+      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/testing.json`;
+      await expect(resolveFcosDisk(url, 'x86_64', 'qemu')).rejects.toThrow(
+        `${url} is not stream metadata (over 16777216 bytes)`,
+      );
+      // The transfer was stopped: the server never got to send the rest.
+      expect(sent).toBeLessThan(64 * padding.length);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((done) => server.close(done));
+    }
   });
 });

@@ -15,7 +15,11 @@
  * version.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
+import { existsSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
+import { matchedKeyProblem } from './cache-key.js';
 import { streamRestore, StreamUnusable } from './cache-stream.js';
 import type { Host } from './host.js';
 import { parseDuration } from './inputs.js';
@@ -68,9 +72,11 @@ export interface LibraryLine {
 /** The library's own failure lines; the wrapper restates them with the real reason. */
 const LIBRARY_FAILURE = /^Failed to (save|restore):/;
 
-function parseLine(
-  line: string,
-): LibraryLine | { kind: 'mask'; text: string } | { kind: 'raw'; text: string } {
+/**
+ * A line of the library's output. Only the commands it writes itself are read as commands; any other line, even
+ * one that looks like a command (a matched key from the service can hold line breaks), is logged as text.
+ */
+function parseLine(line: string): LibraryLine | { kind: 'mask'; text: string } {
   const command = parseLibraryCommand(line);
   if (!command) return { kind: 'info', text: line };
   switch (command.name) {
@@ -84,7 +90,7 @@ function parseLine(
     case 'error':
       return { kind: 'error', text: command.data };
     default:
-      return { kind: 'raw', text: line };
+      return { kind: 'info', text: line };
   }
 }
 
@@ -111,12 +117,12 @@ async function captureWhile<T>(
   const lines: LibraryLine[] = [];
   const call = {};
   // The Host writes through @actions/core too: interceptStdout sends its own lines straight out, and so do
-  // writes that are not this library call's (the rest of the process meanwhile).
+  // writes that are not this library call's (the rest of the process meanwhile). Every line of the library's
+  // goes through the Host, which keeps it from starting a workflow command.
   const restore = interceptStdout(
-    (line, passthrough) => {
+    (line) => {
       const parsed = parseLine(line);
       if (parsed.kind === 'mask') host.setSecret(parsed.text);
-      else if (parsed.kind === 'raw') passthrough(`${parsed.text}\n`);
       else {
         lines.push(parsed);
         if (parsed.kind === 'info' && !LIBRARY_FAILURE.test(parsed.text)) host.info(parsed.text);
@@ -180,13 +186,22 @@ async function restoreWithLibrary(
   restoreKeys: string[],
   options: RestoreOptions,
 ): Promise<BackendRestore> {
+  const workspace = process.env.GITHUB_WORKSPACE ?? process.cwd();
+  const absent = paths.map((p) => resolve(workspace, p)).filter((p) => !existsSync(p));
   try {
     const cache = await loadLibrary();
     const { value, lines } = await withLibraryLog(host, () =>
       cache.restoreCache(paths, primaryKey, restoreKeys, { lookupOnly: options.lookupOnly ?? false }),
     );
-    // A returned key means the files are in place, whatever the library grumbled about on the way.
-    if (value) return { matchedKey: value };
+    if (value) {
+      // The files are in place, whatever the library grumbled about on the way; but an entry the caller did
+      // not ask for is no hit (the library takes any key the service names). What it put where nothing was
+      // goes again; files it overwrote cannot be put back.
+      const unasked = matchedKeyProblem(value, primaryKey, restoreKeys);
+      if (!unasked) return { matchedKey: value };
+      await Promise.all(absent.map((p) => rm(p, { recursive: true, force: true })));
+      return { refused: `@actions/cache restored ${unasked}` };
+    }
     const failures = problems(lines);
     return failures.length > 0 ? { problem: failures.join('; ') } : {};
   } catch (error) {

@@ -40,7 +40,7 @@ import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
 import { fsyncDir, judgeOwnerFile, ownerRecord, writeFileAtomic, type LockOwner } from './atomic.js';
 import { exec } from './exec.js';
 import type { Host } from './host.js';
-import { parseBytes } from './inputs.js';
+import { InputError, parseBytes } from './inputs.js';
 import { formatBytes } from './summary.js';
 
 export const CACHE_DIR_MAX_SIZE_ENV = 'IMAGE_CI_CACHE_DIR_MAX_SIZE';
@@ -290,6 +290,7 @@ export async function saveToDirCache(
   paths: string[],
   key: string,
 ): Promise<SaveResult> {
+  const budget = cacheDirSizeBudget();
   const version = dirCacheVersion(paths);
   const target = entryDir(root, version, key);
   if (existsSync(target)) return { outcome: 'exists', message: `entry already present in ${root}` };
@@ -341,19 +342,27 @@ export async function saveToDirCache(
   } finally {
     await rm(temp, { recursive: true, force: true });
   }
-  await evictOverBudget(host, root, target);
+  if (budget !== undefined) await evictOverBudget(host, root, target, budget);
   return result;
 }
 
-/** The size budget from IMAGE_CI_CACHE_DIR_MAX_SIZE; undefined (no eviction) when unset or unreadable. */
-function sizeBudget(host: Host, env: NodeJS.ProcessEnv): number | undefined {
-  const raw = env[CACHE_DIR_MAX_SIZE_ENV];
+/**
+ * The size budget from IMAGE_CI_CACHE_DIR_MAX_SIZE, undefined (no eviction) when unset. A value that is not a
+ * size with a unit is a mistake in the workflow: `20` could mean 20 GB as well as the 20 bytes it would be.
+ */
+export function cacheDirSizeBudget(env: NodeJS.ProcessEnv = process.env): number | undefined {
+  const raw = env[CACHE_DIR_MAX_SIZE_ENV]?.trim();
   if (!raw) return undefined;
-  const bytes = parseBytes(raw);
-  if (bytes === undefined) {
-    host.warning(`${CACHE_DIR_MAX_SIZE_ENV}='${raw}' is not a size (e.g. 20GiB); nothing is evicted.`);
-  }
-  return bytes;
+  const bare = /^\d+(?:\.\d+)?$/.test(raw);
+  const bytes = bare ? undefined : parseBytes(raw);
+  if (bytes !== undefined) return bytes;
+  throw new InputError(
+    CACHE_DIR_MAX_SIZE_ENV,
+    bare
+      ? `'${raw}' has no unit; write ${raw}GiB, ${raw}GB or ${raw}MiB.`
+      : `'${raw}' is not a size; write it like 50GiB or 500MB.`,
+    'environment',
+  );
 }
 
 async function allEntries(root: string): Promise<Array<Entry & { lastUsed: number }>> {
@@ -374,14 +383,7 @@ async function allEntries(root: string): Promise<Array<Entry & { lastUsed: numbe
  * that registers after the move finds nothing (a miss) instead of half a deleted entry; one that registered
  * before is seen, and the entry is put back.
  */
-export async function evictOverBudget(
-  host: Host,
-  root: string,
-  keep: string,
-  env: NodeJS.ProcessEnv = process.env,
-): Promise<void> {
-  const budget = sizeBudget(host, env);
-  if (budget === undefined) return;
+async function evictOverBudget(host: Host, root: string, keep: string, budget: number): Promise<void> {
   const entries = await allEntries(root);
   let total = entries.reduce((sum, e) => sum + e.sizeBytes, 0);
   const over = () => `${formatBytes(total)} > ${CACHE_DIR_MAX_SIZE_ENV}=${formatBytes(budget)}`;

@@ -43,6 +43,26 @@ export function cacheKeyProblem(key: string): string | undefined {
   return undefined;
 }
 
+/**
+ * Why an entry the cache service matched is not one the caller asked for, or undefined when it is: the service
+ * matches the key exactly, else the newest entry whose key starts with the key or one of the restore keys.
+ * Anything else is not trusted, nor is a key with control characters: no caller builds one, and a line break in
+ * it would reach the log through the library.
+ */
+export function matchedKeyProblem(
+  matched: string,
+  key: string,
+  restoreKeys: readonly string[],
+): string | undefined {
+  const shown = JSON.stringify(matched.length > 80 ? `${matched.slice(0, 80)}…` : matched);
+  if (/[\p{C}]/u.test(matched)) return `the key ${shown}, which holds control characters`;
+  if (cacheKeyProblem(matched)) return `the key ${shown}, which the cache service refuses`;
+  if (![key, ...restoreKeys].some((prefix) => matched.startsWith(prefix))) {
+    return `the key ${shown}, which is neither the key nor a prefix match of a restore key`;
+  }
+  return undefined;
+}
+
 export function validateCacheKey(key: string): void {
   const problem = cacheKeyProblem(key);
   if (problem) throw new Error(`cache key "${key.slice(0, 40)}${key.length > 40 ? '...' : ''}" ${problem}`);

@@ -9,18 +9,24 @@
  * tar or zstd error) throws StreamUnusable, and the caller restores through the library instead. Before that,
  * a half-done extraction is undone: the consumer must find either the whole entry or what was there before,
  * never a truncated file that looks restored.
+ *
+ * An entry that is not what was asked for is refused instead, and not handed to the library (which would take
+ * it): a matched key that is neither the key nor one of its prefixes, or an archive with a member that would be
+ * written outside the cache paths (see cache-confinement.ts).
  */
 import { which } from '@actions/io';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, rm, rmdir } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { mkdir, rm, rmdir, statfs } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { BackendRestore, RestoreOptions } from './cache.js';
-import { cacheKeyProblem } from './cache-key.js';
+import { EntryRefused, confineMembers } from './cache-confinement.js';
+import { cacheKeyProblem, matchedKeyProblem } from './cache-key.js';
 import { lookupEntry } from './cache-lookup.js';
 import { cacheReadable, cacheServiceVersion, cacheVersion, compressionMethod } from './cache-version.js';
+import { childEnv } from './exec.js';
 import type { Host } from './host.js';
 import { DEFAULT_RETRY } from './oci/retry.js';
 import { downloadInOrder, type RangedDownloadResult } from './ranged-download.js';
@@ -89,22 +95,21 @@ export async function streamRestore(
     if (found.kind === 'miss') return {};
     if (found.kind === 'outage') return { problem: found.message };
     if (found.kind === 'unknown-answer') throw new StreamUnusable(found.reason);
+    const unasked = matchedKeyProblem(found.matchedKey, primaryKey, restoreKeys);
+    if (unasked) return { refused: `the cache service answered with ${unasked}` };
     host.info(`Cache hit for${found.matchedKey === primaryKey ? '' : ' restore-key'}: ${found.matchedKey}`);
     if (options.lookupOnly) return { matchedKey: found.matchedKey };
 
     const workspace = env.GITHUB_WORKSPACE ?? process.cwd();
     await mkdir(workspace, { recursive: true });
-    const absent = paths.map((p) => resolve(workspace, p)).filter((p) => !existsSync(p));
-    // The tar stream passes through this process only when it must be read: for digests, or to know which
-    // files to undo inside paths that existed before. Otherwise zstd writes straight into tar.
-    const watch =
-      options.fileDigests || absent.length < paths.length
-        ? new TarMemberWatcher(options.fileDigests ?? false)
-        : undefined;
+    const targets = paths.map((p) => resolve(workspace, p));
+    const absent = targets.filter((p) => !existsSync(p));
+    // Every member is seen (and may be refused) before tar gets it; the watcher also learns what to undo.
+    const watch = new TarMemberWatcher(options.fileDigests ?? false, confineMembers(workspace, paths));
     const run = new Extraction(tar, workspace, watch, deadline.signal);
     const started = Date.now();
     try {
-      const { bytes, ranges, retries } = await run.from(found.url, (what, error) =>
+      const { bytes, ranges, retries } = await run.from(found.url, await freeSpace(targets), (what, error) =>
         host.info(`Retrying ${what} of the cache archive: ${error.message}`),
       );
       const ms = Date.now() - started;
@@ -114,8 +119,9 @@ export async function streamRestore(
       host.info('Cache restored successfully');
       return { matchedKey: found.matchedKey, fileDigests: run.fileDigests() };
     } catch (error) {
-      await undoExtraction(workspace, watch?.members ?? [], absent);
+      await undoExtraction(workspace, watch.members, absent);
       if (deadline.signal.aborted) return timedOut;
+      if (error instanceof EntryRefused) return { refused: error.message };
       throw error;
     }
   } finally {
@@ -137,6 +143,21 @@ function checkUsable(env: NodeJS.ProcessEnv, keys: string[]): void {
   if (keys.length > MAX_KEYS || keys.some((k) => cacheKeyProblem(k) !== undefined)) {
     throw new StreamUnusable('a key the library would refuse');
   }
+}
+
+/**
+ * The most an archive for these paths can sensibly be: the free space where it is extracted (the largest among
+ * the paths' filesystems). A server claiming more is not believed.
+ */
+async function freeSpace(targets: string[]): Promise<number> {
+  let most = 0;
+  for (const target of targets) {
+    let dir = target;
+    while (!existsSync(dir) && dir !== dirname(dir)) dir = dirname(dir);
+    const fs = await statfs(dir);
+    most = Math.max(most, fs.bavail * fs.bsize);
+  }
+  return most;
 }
 
 interface TarCommand {
@@ -207,27 +228,27 @@ class Extraction {
   constructor(
     private readonly tar: TarCommand,
     private readonly workspace: string,
-    private readonly watcher: TarMemberWatcher | undefined,
+    private readonly watcher: TarMemberWatcher,
     private readonly signal: AbortSignal,
   ) {}
 
-  async from(url: string, onRetry: (what: string, error: Error) => void): Promise<RangedDownloadResult> {
-    const zstd = spawn('zstd', ['-d', '--long=30', '-c'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  async from(
+    url: string,
+    maxBytes: number,
+    onRetry: (what: string, error: Error) => void,
+  ): Promise<RangedDownloadResult> {
+    const env = childEnv();
+    const zstd = spawn('zstd', ['-d', '--long=30', '-c'], { stdio: ['pipe', 'pipe', 'pipe'], env });
     const tar = spawn(this.tar.path, [...this.tar.args, '-C', this.workspace], {
-      stdio: [this.watcher ? 'pipe' : zstd.stdout, 'ignore', 'pipe'],
+      stdio: ['pipe', 'ignore', 'pipe'],
+      env,
     });
     const exits = Promise.all([exitOf('zstd', zstd), exitOf('tar', tar)]);
     zstd.stdin.on('error', () => undefined);
-    let piped: Promise<Error | undefined> = Promise.resolve(undefined);
-    if (this.watcher) {
-      piped = pipeline(zstd.stdout as Readable, this.watcher, tar.stdin as Writable).then(
-        () => undefined,
-        (error: Error) => error,
-      );
-    } else {
-      // tar holds the pipe's read end now; ours would keep zstd's output open (and its 'close' pending).
-      zstd.stdout.destroy();
-    }
+    const piped = pipeline(zstd.stdout as Readable, this.watcher, tar.stdin as Writable).then(
+      () => undefined,
+      (error: Error) => error,
+    );
     let failure: unknown;
     let result: RangedDownloadResult = { bytes: 0, ranges: 0, retries: 0 };
     // Set when zstd stopped taking input: then it is exiting on its own and its complaint is the cause.
@@ -244,6 +265,7 @@ class Extraction {
         idleTimeoutMs: IDLE_TIMEOUT_MS,
         retryBudget: RETRY_BUDGET,
         retry: RANGE_RETRY,
+        maxBytes,
         signal: this.signal,
         onRetry,
       });
@@ -265,27 +287,38 @@ class Extraction {
       zstd.stdin.destroy();
     }
     const [pipeError, [zstdExit, tarExit]] = await Promise.all([piped, exits]);
+    // A refused member is the cause, whatever tar and zstd said about their input ending. So is an archive the
+    // watcher cannot read as tar does: handed to the library, it would be extracted unchecked (tar -P), up to
+    // whatever broke it.
+    if (this.watcher.failure instanceof EntryRefused) throw this.watcher.failure;
+    if (this.watcher.failure) throw new EntryRefused(this.watcher.failure.message);
     const reason =
       failure !== undefined && !inputClosed
         ? errorMessage(failure)
         : // The first cause wins over its consequences (broken pipes, truncated input, children we killed).
           [
             ownFailure(zstdExit),
-            this.watcher?.failure && `tar stream: ${this.watcher.failure.message}`,
             ownFailure(tarExit),
             failure === undefined ? undefined : errorMessage(failure),
             pipeError && `tar stream: ${pipeError.message}`,
-            this.watcher?.ended === false && 'the archive ended before its end-of-archive block',
+            !this.watcher.ended && 'the archive ended before its end-of-archive block',
           ].find((r) => r);
     if (reason) throw new StreamUnusable(reason);
     return result;
   }
 
-  /** `sha256:<hex>` of each regular file, by absolute path (only when hashing was asked for). */
+  /**
+   * `sha256:<hex>` of each regular file, by absolute path (only when hashing was asked for). What a path holds
+   * is what its last member put there: a later link or directory at the same path leaves no digest for it.
+   */
   fileDigests(): Record<string, string> | undefined {
-    const files = (this.watcher?.members ?? []).filter((m: TarMember) => m.sha256);
-    if (files.length === 0) return undefined;
-    return Object.fromEntries(files.map((m) => [resolve(this.workspace, m.name), `sha256:${m.sha256}`]));
+    const digests = new Map<string, string>();
+    for (const member of this.watcher.members) {
+      const path = resolve(this.workspace, member.name);
+      if (member.sha256) digests.set(path, `sha256:${member.sha256}`);
+      else digests.delete(path);
+    }
+    return digests.size > 0 ? Object.fromEntries(digests) : undefined;
   }
 }
 

@@ -12,7 +12,7 @@ import { validateCacheKey } from './cache-key.js';
 import type { Host } from './host.js';
 import { errorMessage } from './run.js';
 import { restoreFromActionsCache, saveToActionsCache } from './cache-actions.js';
-import { restoreFromDirCache, saveToDirCache } from './cache-dir.js';
+import { cacheDirSizeBudget, restoreFromDirCache, saveToDirCache } from './cache-dir.js';
 
 export type CacheBackend = 'actions' | 'dir' | 'none';
 
@@ -58,6 +58,8 @@ export interface BackendRestore {
   fileDigests?: Record<string, string>;
   /** Set when the cache could not be asked (outage, broken download): the result is then a miss. */
   problem?: string;
+  /** Set when the entry found is not one to restore (see cache-stream.ts): the result is then a miss. */
+  refused?: string;
 }
 
 export const CACHE_DIR_ENV = 'IMAGE_CI_CACHE_DIR';
@@ -74,8 +76,9 @@ export function cacheBackend(env: NodeJS.ProcessEnv = process.env): CacheBackend
 }
 
 /**
- * Restores `paths` from the newest entry matching the primary key or a restore key. Never throws: an outage or
- * a broken entry is logged as a warning and reported as a miss, so the action simply does the work uncached.
+ * Restores `paths` from the newest entry matching the primary key or a restore key. An outage or a broken entry
+ * is logged as a warning and reported as a miss, so the action simply does the work uncached. Throws only an
+ * InputError, for a cache setting in the environment that is wrong (found here, in main, not at the save).
  */
 export async function restoreCache(
   host: Host,
@@ -89,6 +92,7 @@ export async function restoreCache(
     host.info(`Cache not restored: no cache backend (no Actions cache service and no ${CACHE_DIR_ENV}).`);
     return { hit: false, backend };
   }
+  if (backend === 'dir') cacheDirSizeBudget();
   const verb = options.lookupOnly ? 'Looking up' : 'Restoring';
   host.info(`${verb} cache ${primaryKey} (${backend} backend) for ${paths.join(', ')}`);
   let found: BackendRestore;
@@ -102,6 +106,10 @@ export async function restoreCache(
   }
   if (found.problem) {
     host.warning(`Cache unavailable, continuing without it (${backend} backend): ${found.problem}`);
+    return { hit: false, backend };
+  }
+  if (found.refused) {
+    host.warning(`Cache entry refused, continuing without it (${backend} backend): ${found.refused}`);
     return { hit: false, backend };
   }
   if (!found.matchedKey) {

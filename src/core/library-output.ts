@@ -22,23 +22,21 @@ export function parseLibraryCommand(line: string): LibraryCommand | undefined {
 
 /**
  * Takes over process.stdout.write until the returned function is called (which also hands over a last line
- * without its newline). Each complete line goes to `onLine` with a `passthrough` that writes to the real stdout.
- * Whatever `onLine` itself writes to process.stdout (a host logging through @actions/core) goes straight out
+ * without its newline). Each complete line goes to `onLine`, never to stdout as it is. Whatever `onLine` itself writes to process.stdout (a host logging through @actions/core) goes straight out
  * instead of coming back as another line, and so does any write for which `captures` says no.
  */
 export function interceptStdout(
-  onLine: (line: string, passthrough: (text: string) => void) => void,
+  onLine: (line: string) => void,
   options: { captures?: () => boolean } = {},
 ): () => void {
   const original = process.stdout.write;
-  const passthrough = (text: string) => void original.call(process.stdout, text);
   let handling = false;
   let released = false;
   let pending = '';
   const handle = (line: string) => {
     handling = true;
     try {
-      onLine(line.replace(/\r$/, ''), passthrough);
+      onLine(line.replace(/\r$/, ''));
     } finally {
       handling = false;
     }

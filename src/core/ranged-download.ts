@@ -1,15 +1,20 @@
 /**
  * Downloads one large object (a signed cache-archive URL) as parallel ranged GETs and hands the bytes to a
  * consumer strictly in order, so a decompressor can start on the first megabytes while later ones are still on
- * the wire. At most `concurrency` ranges are in memory. A range that fails (connection cut, short body, 5xx,
- * timeout) is asked for again with backoff, drawing on one retry budget for the whole download; a 4xx means the
- * URL itself is no good and is not retried.
+ * the wire. At most `concurrency` ranges exist at a time, in flight or in memory. A range that fails (connection
+ * cut, short body, 5xx, timeout) is asked for again with backoff, drawing on one retry budget for the whole
+ * download; a 4xx means the URL itself is no good and is not retried.
+ *
+ * The size comes from the server (the first answer's Content-Range), so it is not trusted: above `maxBytes` the
+ * download stops at once, and an answer that contradicts it (another total, a Content-Length that is not the
+ * range's) ends the download instead of being retried.
  */
 import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from 'node:http';
 import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import { backoffDelay, isRetryableStatus, type RetryPolicy } from './oci/retry.js';
 import { sleep } from './process.js';
 import { errorMessage } from './run.js';
+import { formatBytes } from './summary.js';
 
 export interface RangedDownloadOptions {
   chunkBytes: number;
@@ -19,6 +24,8 @@ export interface RangedDownloadOptions {
   /** Retries shared by all ranges of the download (`retry.retries` is the limit for one range). */
   retryBudget: number;
   retry: RetryPolicy;
+  /** The largest object the caller can take (e.g. the free space it is extracted to). */
+  maxBytes: number;
   signal?: AbortSignal;
   headers?: Record<string, string>;
   onRetry?: (what: string, error: Error) => void;
@@ -76,17 +83,23 @@ export async function downloadInOrder(
       return { bytes, ranges: 1, retries: state.retries };
     }
     const total = first.total;
-    const ranges: Range[] = [];
+    tooLarge(total, options.maxBytes);
     const firstLength = first.body.reduce((sum, piece) => sum + piece.length, 0);
-    for (let start = firstLength; start < total; start += options.chunkBytes) {
-      ranges.push({ start, end: Math.min(total, start + options.chunkBytes) - 1 });
-    }
+    // Ranges are made as they are sent for: the count follows from the server's word, memory must not.
+    const rangeAt = (start: number): Range => ({
+      start,
+      end: Math.min(total, start + options.chunkBytes) - 1,
+    });
+    const ranges = Math.ceil((total - firstLength) / options.chunkBytes);
     let next = 0;
     const fill = () => {
-      while (next < ranges.length && inFlight.size < options.concurrency) {
+      while (next < ranges && inFlight.size < options.concurrency) {
         const index = next++;
-        const promise = get(ranges[index]).then((r) => {
+        const promise = get(rangeAt(firstLength + index * options.chunkBytes)).then((r) => {
           if (r.kind !== 'range') throw new Error('the server stopped honouring Range');
+          if (r.total !== total) {
+            throw new Error(`the archive size changed from ${total} to ${r.total} bytes`);
+          }
           return r.body;
         });
         // Rejections are observed when the consumer reaches this range (or after an earlier failure, never).
@@ -96,13 +109,13 @@ export async function downloadInOrder(
     };
     fill();
     await consume(first.body);
-    for (let i = 0; i < ranges.length; i++) {
+    for (let i = 0; i < ranges; i++) {
       const body = await inFlight.get(i)!;
       inFlight.delete(i);
       fill();
       await consume(body);
     }
-    return { bytes: total, ranges: ranges.length + 1, retries: state.retries };
+    return { bytes: total, ranges: ranges + 1, retries: state.retries };
   } finally {
     stop.abort();
     agent.destroy();
@@ -162,7 +175,7 @@ function fetchOnce(
       if (status === 206 && range) {
         collectRange(res, range).then(resolve, reject);
       } else if (status === 200 && range?.start === 0) {
-        resolve({ kind: 'whole', stream: (consume) => streamWhole(res, consume) });
+        resolve({ kind: 'whole', stream: (consume) => streamWhole(res, consume, options.maxBytes) });
       } else {
         res.resume();
         if (isRetryableStatus(status)) reject(new RetryableError(`HTTP ${status}`));
@@ -183,26 +196,50 @@ async function collectRange(res: IncomingMessage, range: Range): Promise<Answer>
     );
   }
   const expected = Number(m[2]) - range.start + 1;
+  const declared = res.headers['content-length'];
+  if (declared !== undefined && Number(declared) !== expected) {
+    res.destroy();
+    throw new Error(
+      `Content-Length ${declared} for a Content-Range of ${expected} bytes (${res.headers['content-range']})`,
+    );
+  }
   const chunks: Buffer[] = [];
   let length = 0;
   try {
     for await (const chunk of res) {
-      chunks.push(chunk as Buffer);
       length += (chunk as Buffer).length;
+      if (length > expected) break;
+      chunks.push(chunk as Buffer);
     }
   } catch (error) {
     throw new RetryableError(`connection lost after ${length} of ${expected} bytes: ${errorMessage(error)}`);
   }
+  if (length > expected)
+    throw new Error(`more than the ${expected} bytes of ${res.headers['content-range']}`);
   if (length !== expected) throw new RetryableError(`got ${length} of ${expected} bytes`);
   return { kind: 'range', body: chunks, total: Number(m[3]) };
 }
 
+function tooLarge(bytes: number, maxBytes: number): void {
+  if (bytes > maxBytes) {
+    throw new Error(
+      `the server says the archive is ${formatBytes(bytes)}, more than the ${formatBytes(maxBytes)} it can be extracted to`,
+    );
+  }
+}
+
 /** A server that ignores Range: pass the single body on as it comes; a cut here cannot be resumed. */
-async function streamWhole(res: IncomingMessage, consume: Consumer): Promise<number> {
+async function streamWhole(res: IncomingMessage, consume: Consumer, maxBytes: number): Promise<number> {
   const declared = res.headers['content-length'];
+  const limit = declared === undefined ? maxBytes : Number(declared);
+  tooLarge(limit, maxBytes);
   let length = 0;
   for await (const chunk of res) {
     length += (chunk as Buffer).length;
+    if (length > limit) {
+      res.destroy();
+      throw new Error(`the download sent more than ${limit} bytes`);
+    }
     await consume([chunk as Buffer]);
   }
   if (declared !== undefined && Number(declared) !== length) {

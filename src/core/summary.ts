@@ -22,11 +22,13 @@ const BYTE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
 export function formatBytes(bytes: number): string {
   let value = bytes;
   let unit = 0;
-  while (Math.abs(value) >= 1024 && unit < BYTE_UNITS.length - 1) {
+  // A value that rounds up to 1024 (1023.96 KiB) is shown in the next unit, as 1.0 MiB, not as "1024.0 KiB".
+  const shown = () => (unit === 0 ? Math.round(value) : Math.round(value * 10) / 10);
+  while (Math.abs(shown()) >= 1024 && unit < BYTE_UNITS.length - 1) {
     value /= 1024;
     unit++;
   }
-  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${BYTE_UNITS[unit]}`;
+  return unit === 0 ? `${shown()} B` : `${value.toFixed(1)} ${BYTE_UNITS[unit]}`;
 }
 
 export function formatDuration(ms: number): string {

@@ -33,6 +33,15 @@ export interface FcosDisk {
   title: string;
 }
 
+/**
+ * A name that is safe as one file name here and in podman's cache dir: no separator, no `..`, nothing a shell or a
+ * log would read as more. Every disk title that becomes a file name is checked with this, wherever it comes from
+ * (the stream, or a cached record of it).
+ */
+export function isPlainFileName(name: string): boolean {
+  return /^[A-Za-z0-9][A-Za-z0-9._+-]*$/.test(name);
+}
+
 export function fcosStreamUrl(stream: string): string {
   return `${FCOS_STREAM_BASE}${stream}.json`;
 }
@@ -93,7 +102,7 @@ export function selectFcosDisk(stream: unknown, arch: MachineArch, vmType: VmTyp
   }
   const title = url.pathname.split('/').pop() ?? '';
   // The name becomes a file name here and in podman's cache dir.
-  if (!/^[A-Za-z0-9][A-Za-z0-9._+-]*$/.test(title) || !title.endsWith(`.${format}`)) {
+  if (!isPlainFileName(title) || !title.endsWith(`.${format}`)) {
     throw new Error(`the ${where} disk location does not end in a plain *.${format} file name`);
   }
   const release = typeof platform?.release === 'string' ? platform.release : '';
@@ -106,6 +115,23 @@ export class StreamUnreachable extends Error {
     super(message);
     this.name = 'StreamUnreachable';
   }
+}
+
+/** The body as text, or undefined (and the transfer stopped) once it is longer than `max` bytes, chunked or not. */
+async function readCapped(response: Response, max: number): Promise<string | undefined> {
+  if (Number(response.headers.get('content-length') ?? 0) > max) {
+    await response.body?.cancel();
+    return undefined;
+  }
+  const chunks: Uint8Array[] = [];
+  let length = 0;
+  // Leaving the loop early cancels the body: the connection is closed, not read to its end.
+  for await (const chunk of response.body ?? []) {
+    length += chunk.length;
+    if (length > max) return undefined;
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 export async function resolveFcosDisk(
@@ -132,11 +158,9 @@ export async function resolveFcosDisk(
       await response.body?.cancel();
       throw new Error(`${streamUrl} answered HTTP ${response.status}`);
     }
-    if (Number(response.headers.get('content-length') ?? 0) > MAX_STREAM_BYTES) {
-      await response.body?.cancel();
-      throw new Error(`${streamUrl} is not stream metadata (too large)`);
-    }
-    const text = await response.text();
+    const text = await readCapped(response, MAX_STREAM_BYTES);
+    if (text === undefined)
+      throw new Error(`${streamUrl} is not stream metadata (over ${MAX_STREAM_BYTES} bytes)`);
     let parsed: unknown;
     try {
       parsed = JSON.parse(text);

@@ -9,7 +9,7 @@ import { basename, join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
 import { digestFile } from '../../core/oci/digest.js';
 import { errorMessage } from '../../core/run.js';
-import { fcosArtifact } from './fcos-stream.js';
+import { fcosArtifact, isPlainFileName } from './fcos-stream.js';
 import { diskKind, diskTypeFor } from './machine-os.js';
 import type { ImageSource } from './image-source.js';
 import type { MachineArch, VmType } from './podman-host.js';
@@ -117,14 +117,18 @@ export async function commitDownload(
 }
 
 /**
- * Puts the image where podman 5 looks before pulling (`<cache dir>/<manifest hex>.<kind>.<compression>`), as a
- * hard link when possible (no second GiB on disk), else a copy.
+ * Puts the image where podman looks before pulling (podman 5: `<cache dir>/<manifest hex>.<kind>.<compression>`,
+ * podman 4: the stream's file name), as a hard link when possible (no second GiB on disk), else a copy. The name
+ * comes from outside (a stream, a cached record): whatever is at it is replaced, so it must stay in `cacheDir`.
  */
 export async function placeInPodmanCache(
   imagePath: string,
   cacheDir: string,
   fileName: string,
 ): Promise<string> {
+  if (!isPlainFileName(fileName)) {
+    throw new Error(`refusing ${JSON.stringify(fileName)} as a file name in podman's image cache`);
+  }
   await mkdir(cacheDir, { recursive: true });
   const target = join(cacheDir, fileName);
   await rm(target, { force: true });

@@ -16,7 +16,7 @@ import { formatBytes, heading, markdownTable } from '../../core/summary.js';
 import { stableDir } from '../../core/workspace.js';
 import { MACHINE_STAGE_DIR, Outputs, STABLE_DIR_NAME } from './constants.js';
 import { planContainersConf } from './containers-conf.js';
-import { resolveFcosDisk, StreamUnreachable } from './fcos-stream.js';
+import { isPlainFileName, resolveFcosDisk, StreamUnreachable } from './fcos-stream.js';
 import { downloadDisk, isUnreachable, resolveDisk } from './fetch-registry.js';
 import { downloadUrl } from './fetch-url.js';
 import { digestFile } from '../../core/oci/digest.js';
@@ -143,6 +143,8 @@ interface Resolved {
   digest: string;
   /** The sha256 the image file itself must have, as the registry or stream says (not as a cache entry says). */
   fileDigest: string;
+  /** The disk's original file name, as the registry or stream says. */
+  title: string;
   download(host: Host, temp: string): Promise<StoredImageRecord>;
 }
 
@@ -162,6 +164,7 @@ async function resolveRemote(
     return {
       digest: disk.manifestDigest,
       fileDigest: disk.layer.digest,
+      title: disk.title,
       download: async (h, temp) => ({
         source: `docker://${source.reference}`,
         digest: disk.manifestDigest,
@@ -178,6 +181,7 @@ async function resolveRemote(
     return {
       digest,
       fileDigest: digest,
+      title: disk.title,
       download: async (h, temp) => {
         const size = await downloadUrl(h, disk.location, temp);
         const actual = await digestFile(temp);
@@ -235,12 +239,17 @@ async function locateRemote(
   if (restored?.matchedKey) {
     const record = await readRecord(paths);
     const check = await verifyStored(paths, record, restored.fileDigests?.[paths.image]);
-    // Online, the source says what the file must be: a cache entry whose record vouches for other bytes is
-    // refused. Offline only the record is there, which still catches a damaged file.
+    // Online, the source says what the file must be: a cache entry whose record vouches for other bytes (or
+    // names it otherwise) is refused. Offline only the record is there, which still catches a damaged file. A
+    // stream disk's title becomes a file name in podman's cache dir: a record cannot make it climb out of it.
     const expected = resolved?.digest;
     const current =
-      !resolved || (record?.digest === resolved.digest && record.fileDigest === resolved.fileDigest);
-    if (check.ok && record && current) {
+      !resolved ||
+      (record?.digest === resolved.digest &&
+        record.fileDigest === resolved.fileDigest &&
+        record.title === resolved.title);
+    const titleOk = source.kind !== 'fcos' || (record !== undefined && isPlainFileName(record.title));
+    if (check.ok && record && current && titleOk) {
       host.info(`Using the cached image ${paths.image} (${record.digest}), sha256 verified.`);
       await placeForPodman(host, paths.image, record, source, vmType);
       return { path: paths.image, digest: record.digest, fromCache: true, size: record.size };
@@ -249,9 +258,11 @@ async function locateRemote(
       await rm(paths.image, { force: true });
       await rm(paths.record, { force: true });
     }
-    const why = check.ok
-      ? `it is ${record?.digest} with file ${record?.fileDigest}, not ${expected} with file ${resolved?.fileDigest}`
-      : check.reason;
+    const why = !check.ok
+      ? check.reason
+      : !titleOk
+        ? `its record names the disk ${JSON.stringify(record?.title)}, which is no plain file name`
+        : `it is ${record?.digest} with file ${record?.fileDigest}, not ${expected} with file ${resolved?.fileDigest}${record?.title === resolved?.title ? '' : ` (named ${JSON.stringify(record?.title)}, not ${resolved?.title})`}`;
     if (offlineReason) {
       throw new ActionError(
         `the cached image for ${imageText} is unusable (${why}) and the ${origin} is unreachable (${offlineReason}); it was deleted.`,
