@@ -5,6 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RegistryClient, type RegistryClientOptions } from '../../src/core/oci/client.js';
@@ -215,5 +216,108 @@ describe('with token auth', () => {
     );
     expect(String(error)).not.toContain(reader.password);
     await c.close();
+  });
+});
+
+describe('credentials stay with the registry (htpasswd)', () => {
+  let registry: RegistryService;
+  beforeAll(async () => {
+    registry = await startRegistry({ auth: 'htpasswd' });
+  });
+  afterAll(() => registry.stop());
+  const creds = () => ({ username: registry.username!, password: registry.password! });
+
+  it('an upload Location on another origin gets no Authorization header (and no challenge round)', async () => {
+    // The registry names another host:port for the upload (as a storage backend or a hostile registry may).
+    const foreign = await relay({ target: registry.host });
+    const own = await relay({
+      target: registry.host,
+      mapResponseHeaders: (kind, headers) =>
+        kind === 'upload-start' && typeof headers.location === 'string'
+          ? { ...headers, location: headers.location.replace(own.host, foreign.host) }
+          : headers,
+    });
+    const c = client(own.host, { credentials: creds() });
+    const error = await c.uploadBlob('origin/app', blob).catch((e: unknown) => e);
+    await c.close();
+    // docker-registry wants credentials at the foreign origin too, so the upload fails there: without them.
+    expect(String(error)).toContain('HTTP 401');
+    expect(own.count('upload-start', (rec) => rec.authorized && rec.status === 202)).toBe(1);
+    expect(foreign.records.map((rec) => `${rec.kind} ${rec.authorized}`)).toEqual(['upload-put false']);
+  });
+
+  it.each([401, 403])(
+    'a cross-repository mount refused with %i is "mount not possible": the blob is uploaded normally',
+    async (status) => {
+      const r = await relay({
+        target: registry.host,
+        fault: ({ kind }) => (kind === 'mount' ? { status } : undefined),
+      });
+      const c = client(r.host, { credentials: creds() });
+      expect(await c.mountBlob(`mount${status}/app`, blob.digest, 'elsewhere/app')).toEqual({
+        mounted: false,
+      });
+      await c.uploadBlob(`mount${status}/app`, blob);
+      expect(await c.headBlob(`mount${status}/app`, blob.digest)).toEqual({ size: blob.size });
+      // Refused once, not retried.
+      expect(r.count('mount')).toBe(1);
+      await c.close();
+    },
+  );
+});
+
+describe('an insecure https registry whose first TLS connection is reset', () => {
+  let registry: RegistryService;
+  beforeAll(async () => {
+    registry = await startRegistry({ auth: 'htpasswd', tls: 'server' });
+  });
+  afterAll(() => registry.stop());
+
+  it('retries https and never falls back to plain http (where something else answers on the same port)', async () => {
+    // One port, two listeners as a front server might have them: TLS goes to the registry, plain http gets a
+    // web server's 404. The first TLS connection is reset: a transient failure, not a sign of plain http.
+    let connections = 0;
+    let plainRequests = 0;
+    const sockets = new Set<Socket>();
+    const front = createNetServer((socket) => {
+      sockets.add(socket);
+      socket.on('close', () => sockets.delete(socket));
+      socket.on('error', () => undefined);
+      if (connections++ === 0) return void socket.resetAndDestroy();
+      socket.once('data', (first: Buffer) => {
+        if (first[0] !== 0x16) {
+          plainRequests++;
+          socket.end('HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+          return;
+        }
+        const [host, port] = registry.host.split(':');
+        const upstream = connect(Number(port), host!);
+        sockets.add(upstream);
+        upstream.on('close', () => sockets.delete(upstream));
+        upstream.on('error', () => socket.destroy());
+        socket.on('error', () => upstream.destroy());
+        upstream.write(first);
+        socket.pipe(upstream).pipe(socket);
+      });
+    });
+    await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
+    const host = `127.0.0.1:${(front.address() as AddressInfo).port}`;
+    const c = new RegistryClient({
+      registry: host,
+      tlsVerify: false,
+      credentials: { username: registry.username!, password: registry.password! },
+      retryBaseDelayMs: 10,
+      timeoutMs: 10_000,
+    });
+    try {
+      await c.uploadBlob('reset/app', blob);
+      expect(await c.headBlob('reset/app', blob.digest)).toEqual({ size: blob.size });
+      expect(plainRequests).toBe(0);
+      expect(c.stats.retries).toBe(1);
+    } finally {
+      await c.close();
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => front.close(resolve));
+    }
   });
 });

@@ -167,6 +167,14 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
     const remote = await remoteImage(`${registry.host}/src/docker-archive:two`);
     expect(remote.digest).toBe(fromDocker.outputs.digest);
     expect(remote.layers).toHaveLength(layout.blobs.length - 1);
+
+    // An image named with a registry port and a tag: the path ends at the first colon (containers/image's rule).
+    const named = join(work, 'image-named.tar');
+    const name = 'registry.example:5000/org/app:v1';
+    await run('skopeo', ['copy', '--quiet', layout.transportRef, `docker-archive:${named}:${name}`]);
+    const fromNamed = await push(`docker-archive:${named}:${name}`, 'src/docker-archive-named');
+    expect(fromNamed.errors).toEqual([]);
+    expect(fromNamed.outputs.digest).toBe(fromDocker.outputs.digest);
   });
 
   it('docker:// copies registry to registry with the manifest unchanged, mounting on the same registry', async () => {

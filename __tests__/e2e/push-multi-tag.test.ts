@@ -298,6 +298,37 @@ describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
     }
   });
 
+  it('a mount then an upload of one blob share one retry budget: a registry that always answers 503 gets 6 tries per blob', async () => {
+    const down = await startProxy({
+      target: regB.host,
+      // budget/one is stored first (its blobs uploaded); budget/two, which mounts from it, meets the 503s.
+      fault: ({ kind, repository }) =>
+        kind === 'mount' || (kind === 'upload-start' && repository === 'budget/two')
+          ? { status: 503 }
+          : undefined,
+    });
+    try {
+      const r = await runAction({
+        action: 'push-multi-tag',
+        inputs: {
+          ...pushInputs(),
+          repositories: `${down.host}/budget/one\n${down.host}/budget/two`,
+          'insecure-registries': down.host,
+        },
+      });
+      expect(r.main.exitCode).toBe(1);
+      const blobs = layout.blobs.length;
+      const tries =
+        down.count('mount') + down.count('upload-start', (rec) => rec.repository === 'budget/two');
+      // Six tries per blob at most (the old client gave the mount six and the upload six more).
+      expect(tries).toBeGreaterThanOrEqual(6);
+      expect(tries).toBeLessThanOrEqual(6 * blobs);
+      expect(r.errors.join('\n')).toContain('into budget/two: HTTP 503');
+    } finally {
+      await down.stop();
+    }
+  });
+
   it('runs the same way from the CLI: image-ci push-multi-tag --source ... --repositories ... --tags ...', async () => {
     const cli = await new Promise<{ code: number; stdout: string }>((resolve) => {
       execFile(
@@ -360,6 +391,10 @@ describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
           expect(r.outputs['blobs-mounted']).toBe(String(layout.blobs.length));
           expect(r.masks[0]).toBe(registry.password);
           expect(secretOnlyAfterMask(r.main, registry.password!)).toBe(true);
+          // The Basic header's value is the password too, in base64: an echoed header must not show it.
+          const basic = Buffer.from(`${registry.username}:${registry.password}`).toString('base64');
+          expect(r.masks).toContain(basic);
+          expect(secretOnlyAfterMask(r.main, basic)).toBe(true);
           expect(r.post!.lines.some((l) => l.text.includes(registry.password!))).toBe(false);
           // Only a child tool (skopeo for a docker:// source) gets credentials in a file; a layout source needs none.
           expect(authDirOf(r)).toBeUndefined();

@@ -45,6 +45,8 @@ export interface RequestRecord {
   bytesDown: number;
   /** The status the client saw; 0 when the relay dropped the connection before answering. */
   status: number;
+  /** Whether the request carried an Authorization header (which credentials reach which origin). */
+  authorized: boolean;
   fault?: Fault;
 }
 
@@ -71,6 +73,7 @@ export interface ProxyOptions {
   fault?: (request: {
     method: string;
     kind: RequestKind;
+    repository?: string;
     index: number;
     contentLength: number;
     query: URLSearchParams;
@@ -164,11 +167,13 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
       bytesUp: 0,
       bytesDown: 0,
       status: 0,
+      authorized: req.headers.authorization !== undefined,
     };
     records.push(record);
     const fault = options.fault?.({
       method: record.method,
       kind,
+      repository,
       index,
       contentLength,
       query: url.searchParams,

@@ -1,7 +1,11 @@
 import { describe, expect, it } from '@jest/globals';
-import { childEnv, exec, ExecError } from '../../src/core/exec.js';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { childEnv, exec, ExecError, OUTPUT_LIMIT_BYTES } from '../../src/core/exec.js';
 import { CliHost } from '../../src/core/host.js';
 import { MapInputSource } from '../../src/core/inputs.js';
+import { running } from '../support/process-state.js';
 
 describe('exec', () => {
   it('captures stdout, stderr and the exit code', async () => {
@@ -28,6 +32,69 @@ describe('exec', () => {
     expect((error as ExecError).message).toMatch(/timed out after 300 ms/);
     expect((error as ExecError).result?.exitCode).toBe(128);
   });
+
+  it('a timeout ends what the child started as well (its process group), and the call returns', async () => {
+    // A credential helper as they are written: a shell waiting on a child of its own. SIGTERM to the shell alone
+    // left the child holding the pipes, and the call waited for them to close (100000 s).
+    const dir = mkdtempSync(join(tmpdir(), 'ici-exec-'));
+    const pidFile = join(dir, 'pid');
+    try {
+      const error = await exec('sh', ['-c', `sleep 100000 & echo $! > ${pidFile}; wait`], {
+        timeoutMs: 500,
+      }).catch((e: unknown) => e);
+      expect((error as ExecError).message).toMatch(/sh -c timed out after 500 ms/);
+      const grandchild = Number(readFileSync(pidFile, 'utf8'));
+      // Signalled with the shell; it ends when the kernel next runs it. Left alone (the old code), it never does.
+      while (running(grandchild)) await new Promise((resolve) => setTimeout(resolve, 50));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
+
+  it('a child that ignores SIGTERM and hides its pipes in a grandchild is killed after the grace period', async () => {
+    const error = await exec('sh', ['-c', `trap '' TERM; sh -c 'trap "" TERM; sleep 100000' & wait; wait`], {
+      timeoutMs: 300,
+    }).catch((e: unknown) => e);
+    expect((error as ExecError).message).toMatch(/timed out after 300 ms/);
+  }, 30_000);
+
+  it('a background process the child leaves running does not hold the call once the child exited', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ici-exec-'));
+    const pidFile = join(dir, 'pid');
+    try {
+      const r = await exec('sh', ['-c', `sleep 100000 & echo $! > ${pidFile}; echo done`], {
+        timeoutMs: 60_000,
+      });
+      expect(r).toMatchObject({ exitCode: 0, stdout: 'done\n' });
+      // Not ours to end: a tool may start a service that must outlive it.
+      const background = Number(readFileSync(pidFile, 'utf8'));
+      expect(running(background)).toBe(true);
+      process.kill(background, 'SIGKILL');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
+
+  it('stops a child that prints without end, keeping the head and tail of its output', async () => {
+    // 700 MB on stdout: all of it buffered, then one string of it, crashed the process outside any error boundary.
+    const seen: string[] = [];
+    const error = await exec('sh', ['-c', "echo first; head -c 700000000 /dev/zero | tr '\\0' A"], {
+      timeoutMs: 60_000,
+      allowFailure: true,
+      onLine: (line) => seen.push(line),
+    }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ExecError);
+    const { message, result } = error as ExecError;
+    expect(message).toBe(
+      `sh -c printed more than ${OUTPUT_LIMIT_BYTES / 1024 / 1024} MiB of output and was stopped`,
+    );
+    expect(result!.stdout.startsWith('first\nAAAA')).toBe(true);
+    expect(result!.stdout).toMatch(/\[… \d+ bytes of output left out …\]/);
+    expect(result!.stdout.length).toBeLessThan(3 * 1024 * 1024);
+    // The endless "line" reached onLine in bounded pieces.
+    expect(seen[0]).toBe('first');
+    expect(Math.max(...seen.map((l) => l.length))).toBeLessThanOrEqual(64 * 1024);
+  }, 60_000);
 
   it('reports a missing command clearly', async () => {
     await expect(exec('no-such-command-ici', [], { timeoutMs: 1000 })).rejects.toThrow(

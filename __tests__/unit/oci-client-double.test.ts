@@ -4,12 +4,14 @@
  */
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RegistryClient } from '../../src/core/oci/client.js';
+import { makeTestCa } from '../support/test-ca.js';
 
 type Handler = (req: IncomingMessage, body: Buffer, res: ServerResponse) => void;
 interface Seen {
@@ -104,6 +106,51 @@ describe('RegistryClient protocol details (in-process double)', () => {
     expect(await c.mountBlob('r', b.digest, 'other')).toEqual({ mounted: false });
     const puts = seen.filter((s) => s.method === 'PUT').map((s) => s.url.split('?')[0]);
     expect(puts).toEqual(['/v2/r/blobs/uploads/m1']);
+  });
+
+  it('refuses an upload Location that leaves https for plain http, and sends nothing there', async () => {
+    const b = blob('payload');
+    const plain = await double((_req, _body, res) => void res.writeHead(201).end());
+    const ca = makeTestCa(dir!);
+    const server = createHttpsServer(
+      { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) },
+      (req, res) => {
+        req.resume();
+        req.on('end', () => {
+          if (!req.headers.authorization) {
+            return void res.writeHead(401, { 'www-authenticate': 'Basic realm="r"' }).end();
+          }
+          res.writeHead(202, { location: `http://${plain.host}/upload/u1` }).end();
+        });
+      },
+    );
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const c = new RegistryClient({
+      registry: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+      tlsVerify: false,
+      credentials: { username: 'alice', password: 'S3cretPassw0rd' },
+      retryBaseDelayMs: 5,
+      timeoutMs: 5000,
+    });
+    const error = await c.uploadBlob('team/app', b).catch((e: unknown) => e);
+    await c.close();
+    expect(String(error)).toMatch(/sent the upload to http:\/\/127\.0\.0\.1:\d+, leaving https; refused/);
+    expect(plain.seen).toEqual([]);
+  });
+
+  it('refuses a token realm that is not an http(s) URL at once, without retries', async () => {
+    const { host, seen } = await double((_req, _body, res) => {
+      res.writeHead(401, { 'www-authenticate': 'Bearer realm="file:///etc/passwd",service="svc"' }).end();
+    });
+    const c = client(host, { credentials: { username: 'alice', password: 'pw-123456' } });
+    const error = await c.headBlob('r', `sha256:${'a'.repeat(64)}`).catch((e: unknown) => e);
+    await c.close();
+    expect(String(error)).toContain(
+      `${host} names a token server that is not an http(s) URL: 'file:///etc/passwd'.`,
+    );
+    expect(seen).toHaveLength(1);
+    expect(c.stats.retries).toBe(0);
   });
 
   it('waits as Retry-After says and retries 503s, then gives up with the OCI error', async () => {

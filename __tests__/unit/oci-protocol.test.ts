@@ -118,6 +118,16 @@ describe('image sources', () => {
     ['oci:/tmp/l:v1', { transport: 'oci', location: '/tmp/l', ref: 'v1' }],
     ['oci-archive:/tmp/a.tar:rel', { transport: 'oci-archive', location: '/tmp/a.tar', ref: 'rel' }],
     ['docker-archive:/tmp/d.tar', { transport: 'docker-archive', location: '/tmp/d.tar' }],
+    // The reference may hold a registry port and a tag: the path ends at the first colon, as in containers/image.
+    [
+      'docker-archive:/tmp/d.tar:registry.example:5000/org/app:v1',
+      { transport: 'docker-archive', location: '/tmp/d.tar', ref: 'registry.example:5000/org/app:v1' },
+    ],
+    [
+      'docker-archive:/tmp/d.tar:app:v1',
+      { transport: 'docker-archive', location: '/tmp/d.tar', ref: 'app:v1' },
+    ],
+    ['docker-archive:/tmp/d.tar:@1', { transport: 'docker-archive', location: '/tmp/d.tar', ref: '@1' }],
     ['docker://quay.io/a/b:1', { transport: 'docker', location: 'quay.io/a/b:1' }],
     ['containers-storage:localhost/x', { transport: 'containers-storage', location: 'localhost/x' }],
     ['docker-daemon:localhost/x:1', { transport: 'docker-daemon', location: 'localhost/x:1' }],
@@ -140,6 +150,10 @@ describe('image sources', () => {
     ['docker-daemon:./x', /invalid|reference/],
     ['oci:', /names no image/],
     ['docker://', /names no image|empty/],
+    ['./layout', "'./layout' is a path, not an image name: write oci:./layout for an OCI layout directory"],
+    ['/tmp/x/layout', "'/tmp/x/layout' is a path, not an image name: write oci:/tmp/x/layout for an OCI"],
+    ['layout/', "'layout/' is a path, not an image name"],
+    ['image.tar', 'or oci-archive:image.tar / docker-archive:image.tar for a tar file.'],
   ])('refuses %s', (text, message) => {
     expect(() => parseImageSource(text)).toThrow(message);
   });

@@ -3,7 +3,7 @@
  * mean for the user, and the one-line summary of a failed source export (skopeo's real error texts).
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ExecError } from '../../src/core/exec.js';
@@ -79,6 +79,21 @@ describe('certs.d', () => {
     );
     await expect(loadCertDir(certDir({ 'client.key': ca.clientKey }))).rejects.toThrow(
       /client\.key has no client certificate client\.cert/,
+    );
+  });
+});
+
+describe('certs.d mistakes are named', () => {
+  it('a directory named ca.crt, or a link to nothing, is reported with its path and what it is', async () => {
+    const withDir = certDir({});
+    mkdirSync(join(withDir, 'ca.crt'));
+    await expect(loadCertDir(withDir)).rejects.toThrow(
+      `${withDir}/ca.crt is a directory; a certs.d directory holds certificate files.`,
+    );
+    const withLink = certDir({});
+    symlinkSync(join(work, 'nonexistent'), join(withLink, 'ca.crt'));
+    await expect(loadCertDir(withLink)).rejects.toThrow(
+      `${withLink}/ca.crt is a link to a file that does not exist.`,
     );
   });
 });

@@ -137,6 +137,12 @@ describe('CredentialLookup (real files, real helper scripts on PATH)', () => {
         '  *) echo "credentials not found in native keychain"; exit 1;;\nesac',
     );
     helper('broken', 'echo "dbus: no session" >&2; exit 2');
+    // Failing helpers that print the secret on stdout anyway.
+    helper(
+      'leaky',
+      'echo \'{"Username":"u","Secret":"leaked-helper-secret"}\'; echo "keyring locked" >&2; exit 1',
+    );
+    helper('leaky-silent', 'echo "leaked-helper-secret"; exit 3');
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -181,6 +187,27 @@ describe('CredentialLookup (real files, real helper scripts on PATH)', () => {
       password: 'hub-pw',
     });
     expect(await l.find('z.example', 'x')).toBeUndefined();
+  });
+
+  it('a failing helper: its stdout is never quoted, and a Secret in it is masked before the error is made', async () => {
+    const masked: string[] = [];
+    const helpers = file('leaky.json', {
+      credHelpers: { 'l.example': 'leaky', 's.example': 'leaky-silent' },
+    });
+    const l = new CredentialLookup(
+      [helpers],
+      (line) => logs.push(line),
+      { ...process.env, PATH: `${bin}:/usr/bin:/bin` },
+      (secret) => masked.push(secret),
+    );
+    const leaky = await l.find('l.example', 'x').catch((e: unknown) => e);
+    expect(String(leaky)).toContain('docker-credential-leaky get l.example failed (exit 1): keyring locked.');
+    expect(masked).toEqual(['leaked-helper-secret']);
+    const silent = await l.find('s.example', 'x').catch((e: unknown) => e);
+    expect(String(silent)).toContain(
+      'docker-credential-leaky-silent get s.example failed (exit 3) (its stdout is not shown: it may hold a secret).',
+    );
+    expect(String(silent)).not.toContain('leaked-helper-secret');
   });
 
   it('a helper that is not installed means anonymous (said in the log); one that fails is an error naming it', async () => {

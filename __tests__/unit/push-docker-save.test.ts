@@ -149,7 +149,9 @@ function classicExport(): Export {
 }
 
 /** Docker ≥ 25's format: blobs/sha256/<hex>, layers uncompressed, or (containerd image store) gzip as pulled. */
-function blobsExport(options: { gzipFirst?: boolean; bigLayer?: boolean; lie?: boolean } = {}): Export {
+function blobsExport(
+  options: { gzipFirst?: boolean; bigLayer?: boolean; lie?: boolean; swapFirst?: Buffer } = {},
+): Export {
   const dir = mkdtempSync(join(work, 'blobs-'));
   mkdirSync(join(dir, 'blobs', 'sha256'), { recursive: true });
   const l1 = layerTar('big', randomBytes(options.bigLayer ? 5 * 1024 * 1024 : 2000));
@@ -159,6 +161,9 @@ function blobsExport(options: { gzipFirst?: boolean; bigLayer?: boolean; lie?: b
   const config = Buffer.from(JSON.stringify({ os: 'linux', rootfs: { type: 'layers', diff_ids: diffIds } }));
   for (const blob of [...stored, config])
     writeFileSync(join(dir, 'blobs', 'sha256', sha(blob).slice(7)), blob);
+  // Other bytes under the first layer's name (a damaged or doctored export).
+  if (options.swapFirst)
+    writeFileSync(join(dir, 'blobs', 'sha256', sha(stored[0]!).slice(7)), options.swapFirst);
   writeFileSync(
     join(dir, 'manifest.json'),
     JSON.stringify([
@@ -260,6 +265,21 @@ describe('dockerSaveToLayout', () => {
     };
     expect(manifest.layers.map((l) => l.digest)).toEqual(exp.diffIds);
     expect(manifest.layers[0]!.mediaType).toBe('application/vnd.oci.image.layer.v1.tar');
+  });
+
+  it.each([
+    ['a gzip-compressed layer', true],
+    ['an uncompressed layer', false],
+  ])('refuses %s whose bytes are not the digest its name says', async (_name, gzipFirst) => {
+    const other = gzipFirst
+      ? gzipSync(layerTar('evil', randomBytes(3000)))
+      : layerTar('evil', randomBytes(3000));
+    const exp = blobsExport({ gzipFirst, swapFirst: other });
+    await expect(toLayout(exp)).rejects.toThrow(
+      new RegExp(
+        `docker-daemon:x: blobs/sha256/${sha(exp.layers[0]!).slice(7)} holds content ${sha(other)}, not the content its name is the digest of.`,
+      ),
+    );
   });
 
   it('refuses an export that contradicts itself or is not one', async () => {

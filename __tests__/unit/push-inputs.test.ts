@@ -45,6 +45,21 @@ describe('push-multi-tag readInputs', () => {
     });
   });
 
+  it('reads insecure-registries entries as registries: URL forms, trailing slashes and Docker Hub aliases', () => {
+    const entries =
+      'http://127.0.0.1:5000, https://127.0.0.1:5001/, 127.0.0.1:5002/, INDEX.docker.io, registry-1.docker.io';
+    expect(read({ 'insecure-registries': entries }).insecureRegistries).toEqual([
+      '127.0.0.1:5000',
+      '127.0.0.1:5001',
+      '127.0.0.1:5002',
+      'docker.io',
+      'docker.io',
+    ]);
+    expect(() => read({ 'insecure-registries': '127.0.0.1:5000/team' })).toThrow(
+      "Input 'insecure-registries': '127.0.0.1:5000/team' names a path; list registries as host[:port] (the setting covers a whole registry).",
+    );
+  });
+
   it('reads atomic, referrers and dry-run strictly', () => {
     expect(read({ atomic: 'false', referrers: 'no', 'dry-run': 'yes' })).toMatchObject({
       atomic: false,

@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Host } from '../../core/host.js';
-import type { Credential } from '../../core/oci/credential.js';
+import { encodeAuth, type Credential } from '../../core/oci/credential.js';
 import { runnerTemp } from '../../core/workspace.js';
 import { loadRunState, saveRunState } from './state.js';
 
@@ -27,8 +27,16 @@ export interface AuthConfig {
 
 const DOCKER_HUB_ALIASES = new Set(['docker.io', 'index.docker.io', 'registry-1.docker.io']);
 
-function encodeAuth(c: Credential): string {
-  return Buffer.from(`${c.username}:${c.password}`, 'utf8').toString('base64');
+/**
+ * Masks everything of a credential that could be printed: the password, its Basic form (an echoed request
+ * header, a debug log) and an identity token.
+ */
+export function maskCredential(host: Pick<Host, 'setSecret'>, c: Credential | undefined): void {
+  if (c?.password) {
+    host.setSecret(c.password);
+    host.setSecret(encodeAuth(c));
+  }
+  if (c?.identityToken) host.setSecret(c.identityToken);
 }
 
 /**
@@ -139,11 +147,7 @@ export async function createIsolatedAuth(
 ): Promise<IsolatedAuth> {
   const auths: Record<string, { auth: string; identitytoken?: string }> = {};
   for (const c of creds) {
-    if (c.password) {
-      host.setSecret(c.password);
-      host.setSecret(encodeAuth(c));
-    }
-    if (c.identityToken) host.setSecret(c.identityToken);
+    maskCredential(host, c);
     auths[normaliseAuthKey(c.registry)] = {
       auth: encodeAuth(c),
       ...(c.identityToken ? { identitytoken: c.identityToken } : {}),

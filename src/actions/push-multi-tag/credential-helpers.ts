@@ -3,6 +3,9 @@
  * Secret}` on stdout. A helper that is not installed, or that says "credentials not found", means no credential
  * (as for docker); any other failure is an error naming the helper. A Username of `<token>` marks the Secret as an
  * identity token (docker-credential-helpers' convention).
+ *
+ * A helper's stdout is where it puts the secret, so it is never quoted in a message: a Secret in it is masked at
+ * once (whatever the exit code), and a failure is told by the helper's stderr alone.
  */
 import type { Credential } from '../../core/oci/credential.js';
 import { exec, ExecError, type ExecResult } from '../../core/exec.js';
@@ -31,7 +34,8 @@ function serverUrls(registry: string): string[] {
 export async function askHelper(
   helper: string,
   registry: string,
-  env: NodeJS.ProcessEnv = process.env,
+  env: NodeJS.ProcessEnv,
+  mask: (secret: string) => void,
 ): Promise<HelperAnswer> {
   const program = `docker-credential-${helper}`;
   // The name comes from a config file: it must name a program on PATH, not a path.
@@ -54,21 +58,19 @@ export async function askHelper(
       throw error;
     }
     const out = result.stdout.trim();
+    const answer = parseAnswer(out);
+    const secret = typeof answer?.Secret === 'string' ? answer.Secret : '';
+    if (secret) mask(secret);
     if (result.exitCode !== 0) {
-      if (out === NOT_FOUND || result.stderr.trim() === NOT_FOUND) continue;
-      const said = externalText(result.stderr.trim() || out, 160);
+      const err = result.stderr.trim();
+      if (out === NOT_FOUND || err === NOT_FOUND) continue;
+      const said = externalText(secret ? err.replaceAll(secret, '***') : err, 160);
       throw new ActionError(
-        `${program} get ${registry} failed (exit ${result.exitCode})${said ? `: ${said}` : ''}.`,
+        `${program} get ${registry} failed (exit ${result.exitCode})${said ? `: ${said}` : out ? ' (its stdout is not shown: it may hold a secret)' : ''}.`,
       );
     }
-    let answer: { Username?: unknown; Secret?: unknown };
-    try {
-      answer = JSON.parse(out) as typeof answer;
-    } catch {
-      throw new ActionError(`${program} get ${registry} did not answer with JSON.`);
-    }
+    if (!answer) throw new ActionError(`${program} get ${registry} did not answer with a JSON object.`);
     const username = typeof answer.Username === 'string' ? answer.Username : '';
-    const secret = typeof answer.Secret === 'string' ? answer.Secret : '';
     if (!secret) continue;
     const credential: Credential =
       username === '<token>'
@@ -77,4 +79,15 @@ export async function askHelper(
     return { kind: 'found', credential };
   }
   return { kind: 'not-found' };
+}
+
+function parseAnswer(out: string): { Username?: unknown; Secret?: unknown } | undefined {
+  try {
+    const parsed: unknown = JSON.parse(out);
+    return parsed !== null && typeof parsed === 'object'
+      ? (parsed as { Username?: unknown; Secret?: unknown })
+      : undefined;
+  } catch {
+    return undefined;
+  }
 }

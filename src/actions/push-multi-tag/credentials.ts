@@ -14,11 +14,12 @@ import { readFile, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import type { Credential } from '../../core/oci/credential.js';
-import { findCredential, parseAuthConfig, type AuthConfig } from './auth-files.js';
+import { findCredential, maskCredential, parseAuthConfig, type AuthConfig } from './auth-files.js';
 import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
 import { externalText } from '../../core/oci/response.js';
 import { ActionError, errorMessage } from '../../core/run.js';
+import { registerSecret } from '../../core/secrets.js';
 import { Inputs } from './constants.js';
 import { askHelper, type HelperAnswer } from './credential-helpers.js';
 import { type Destination, type PushInputs } from './inputs.js';
@@ -75,6 +76,8 @@ export class CredentialLookup {
     readonly files: readonly AuthFileSpec[],
     private readonly log: (line: string) => void,
     private readonly env: NodeJS.ProcessEnv = process.env,
+    /** Masks a secret a helper printed, as soon as it is seen (before any message could quote it). */
+    private readonly mask: (secret: string) => void = registerSecret,
   ) {}
 
   /** The credential for `registry/repository`, or undefined (anonymous). */
@@ -107,7 +110,7 @@ export class CredentialLookup {
     const key = `${helper}\n${registry}`;
     let answer = this.helperAnswers.get(key);
     if (!answer) {
-      answer = askHelper(helper, registry, this.env).then((a) => {
+      answer = askHelper(helper, registry, this.env, this.mask).then((a) => {
         if (a.kind === 'not-installed')
           this.log(`${registry}: ${a.program} (${named}) is not on PATH; looking further.`);
         return a;
@@ -171,12 +174,6 @@ function describe(
   return `${registry}: credentials (${who}) from ${found.source}.`;
 }
 
-/** Masks a credential's secrets before anything could print them. */
-function mask(host: Host, credential: Credential | undefined): void {
-  if (credential?.password) host.setSecret(credential.password);
-  if (credential?.identityToken) host.setSecret(credential.identityToken);
-}
-
 /**
  * Credentials for every destination registry and a `docker://` source, logging per registry where each came
  * from. `username`/`password` win for the destinations (and for a source on one of their registries).
@@ -185,8 +182,11 @@ export async function resolveCredentials(
   host: Host,
   inputs: PushInputs,
   sourceRepository: { registry: string; repository: string } | undefined,
-  lookup: CredentialLookup = new CredentialLookup(authFileSearchPath(inputs.authFile), (line) =>
-    host.info(line),
+  lookup: CredentialLookup = new CredentialLookup(
+    authFileSearchPath(inputs.authFile),
+    (line) => host.info(line),
+    process.env,
+    (secret) => host.setSecret(secret),
   ),
 ): Promise<ResolvedCredentials> {
   const given: Credential | undefined =
@@ -203,7 +203,7 @@ export async function resolveCredentials(
     let first: { repository: string; found: FoundCredential | undefined } | undefined;
     for (const { repository } of repositories) {
       const found = await lookup.find(registry, repository);
-      mask(host, found?.credential);
+      maskCredential(host, found?.credential);
       if (!first) {
         first = { repository, found };
         host.info(describe(registry, found, lookup.files));
@@ -222,7 +222,7 @@ export async function resolveCredentials(
   const { registry, repository } = sourceRepository;
   if (given && byRegistry.has(registry)) return { destinations, source: given };
   const found = await lookup.find(registry, repository);
-  mask(host, found?.credential);
+  maskCredential(host, found?.credential);
   host.info(describe(`${registry} (source)`, found, lookup.files));
   return found ? { destinations, source: found.credential } : { destinations };
 }

@@ -40,6 +40,8 @@ export interface DockerSaveOptions {
 interface StoredBlob {
   kind: 'blob';
   descriptor: Descriptor;
+  /** The digest of the bytes as the export held them (before any compression on the way). */
+  sourceDigest: string;
   /** The uncompressed digest, for a layer that came uncompressed. */
   diffId?: string;
 }
@@ -129,12 +131,25 @@ async function storeBlob(
     throw error;
   }
   const digest = `sha256:${blob.digest('hex')}`;
+  const sourceDigest = `sha256:${diff.digest('hex')}`;
   await rename(temp, join(layoutDir, 'blobs', 'sha256', digest.slice(7)));
   const mediaType = compressed ? `${LAYER_TAR}+${compressed}` : gzip ? `${LAYER_TAR}+gzip` : LAYER_TAR;
   const descriptor: Descriptor = { mediaType, digest, size };
   return compressed
-    ? { kind: 'blob', descriptor }
-    : { kind: 'blob', descriptor, diffId: `sha256:${diff.digest('hex')}` };
+    ? { kind: 'blob', descriptor, sourceDigest }
+    : { kind: 'blob', descriptor, sourceDigest, diffId: sourceDigest };
+}
+
+/**
+ * Docker ≥ 25 names entries by their digest (`blobs/sha256/<hex>`): content that is not what its name says is
+ * refused, as a pull refuses it. This is the only check a compressed layer gets (its diff_id would need it
+ * decompressed); an uncompressed one is checked against the config's diff_ids as well.
+ */
+function checkContentAddress(what: string, name: string, digest: string): void {
+  const m = /^blobs\/sha256\/([0-9a-f]{64})$/.exec(posix.normalize(name));
+  if (m && `sha256:${m[1]}` !== digest) {
+    throw new Error(`${what}: ${name} holds content ${digest}, not the content its name is the digest of.`);
+  }
 }
 
 function parseJson(data: Buffer, what: string): unknown {
@@ -166,11 +181,15 @@ export async function dockerSaveToLayout(
     } else if (entry.type === 'file') {
       const { head, all } = await peek(body, 512);
       if (entry.size > TINY && (isTar(head) || compressionOf(head))) {
-        stored.set(entry.name, await storeBlob(layoutDir, all, head, options.compress));
+        const blob = await storeBlob(layoutDir, all, head, options.compress);
+        checkContentAddress(what, entry.name, blob.sourceDigest);
+        stored.set(entry.name, blob);
       } else if (entry.size <= JSON_LIMIT) {
         const parts: Buffer[] = [];
         for await (const part of all) parts.push(part);
-        stored.set(entry.name, { kind: 'memory', data: Buffer.concat(parts) });
+        const data = Buffer.concat(parts);
+        checkContentAddress(what, entry.name, digestOf(data));
+        stored.set(entry.name, { kind: 'memory', data });
       }
       // Anything else is neither a layer nor metadata: left unread (an error if manifest.json names it).
       else unread.add(entry.name);

@@ -11,6 +11,7 @@ import {
 } from '../../core/inputs.js';
 import { isValidTag, parseRepository } from '../../core/oci/reference.js';
 import { errorMessage } from '../../core/run.js';
+import { normaliseAuthKey } from './auth-files.js';
 import { Inputs } from './constants.js';
 import { parseImageSource, type Compression, type ImageSourceSpec } from './source.js';
 
@@ -102,7 +103,7 @@ export function readInputs(src: InputSource): PushInputs {
     password,
     authFile: readString(src, Inputs.authFile),
     tlsVerify: readBoolean(src, Inputs.tlsVerify, true),
-    insecureRegistries: readList(src, Inputs.insecureRegistries).map((r) => r.toLowerCase()),
+    insecureRegistries: readList(src, Inputs.insecureRegistries).map(insecureRegistry),
     concurrency: readInteger(src, Inputs.concurrency, 4, { min: 1, max: 64 }),
     chunkSize: readBytes(src, Inputs.chunkSize, 0),
     compression:
@@ -114,4 +115,20 @@ export function readInputs(src: InputSource): PushInputs {
     referrers: readBoolean(src, Inputs.referrers, true),
     dryRun: readBoolean(src, Inputs.dryRun, false),
   };
+}
+
+/**
+ * An insecure-registries entry as a registry name: written as a URL, with a trailing slash or by a Docker Hub
+ * alias it still means the registry (as docker and podman read it); a path would suggest it covers only part
+ * of one, which it cannot: one registry has one TLS setting.
+ */
+function insecureRegistry(entry: string): string {
+  const registry = normaliseAuthKey(entry);
+  if (registry.includes('/')) {
+    throw new InputError(
+      Inputs.insecureRegistries,
+      `'${entry}' names a path; list registries as host[:port] (the setting covers a whole registry).`,
+    );
+  }
+  return registry;
 }

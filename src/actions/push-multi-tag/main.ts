@@ -7,6 +7,7 @@
  * error (if any) reaches the one error boundary.
  */
 import { access, writeFile } from 'node:fs/promises';
+import { maskCredential } from './auth-files.js';
 import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
 import { RegistryClient } from '../../core/oci/client.js';
@@ -83,7 +84,7 @@ async function checkSourceExists(inputs: PushInputs): Promise<void> {
 
 export async function pushMultiTag(host: Host, inputs: PushInputs): Promise<void> {
   // Mask before anything else can print it.
-  if (inputs.password) host.setSecret(inputs.password);
+  if (inputs.password) maskCredential(host, { username: inputs.username ?? '', password: inputs.password });
   const started = Date.now();
   await checkSourceExists(inputs);
   let access: PushAccess | undefined;

@@ -102,9 +102,11 @@ export async function storeByDigest(
       result.skipped++;
       return;
     }
+    // Mount then upload is one operation with one retry budget.
+    const budget = client.transport.budget();
     const mount =
       blob.action === 'mount' && plan.mountFrom
-        ? await client.mountBlob(repository, blob.digest, plan.mountFrom)
+        ? await client.mountBlob(repository, blob.digest, plan.mountFrom, budget)
         : undefined;
     if (mount?.mounted) {
       result.mounted++;
@@ -113,6 +115,7 @@ export async function storeByDigest(
     await client.uploadBlob(repository, files.get(blob.digest)!, {
       chunkSize: options.chunkSize,
       location: mount?.location,
+      budget,
     });
     result.uploaded++;
     result.bytesUploaded += blob.size;

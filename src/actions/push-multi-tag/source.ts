@@ -113,6 +113,12 @@ export function parseImageSource(text: string): ImageSourceSpec {
         `unknown transport '${m[1]}:'; use one of ${TRANSPORTS.map((t) => `${t}:`).join(', ')}.`,
       );
     }
+    // A path is no image name; say which transport reads what it probably is.
+    if (!m && (/^[./~]/.test(trimmed) || trimmed.endsWith('/') || /\.tar$/i.test(trimmed))) {
+      throw new Error(
+        `'${trimmed}' is a path, not an image name: write oci:${trimmed} for an OCI layout directory, or oci-archive:${trimmed} / docker-archive:${trimmed} for a tar file.`,
+      );
+    }
     parseReference(trimmed);
     return { transport: 'containers-storage', location: trimmed };
   }
@@ -129,6 +135,15 @@ export function parseImageSource(text: string): ImageSourceSpec {
       // skopeo's form: a name with a tag or digest, or an image ID (sha256:<hex>).
       if (!/^sha256:[0-9a-f]{64}$/.test(rest)) parseReference(rest);
       return { transport, location: rest };
+    case 'docker-archive': {
+      // containers/image's form: path[:docker-reference] or path[:@index], split at the first colon, since the
+      // reference may hold colons of its own (a registry port, a tag).
+      const colon = rest.indexOf(':');
+      if (colon <= 0) return { transport, location: rest };
+      const ref = rest.slice(colon + 1);
+      if (!/^@\d+$/.test(ref)) parseReference(ref);
+      return { transport, location: rest.slice(0, colon), ref };
+    }
     default: {
       const { location, ref } = splitPathRef(rest);
       return ref === undefined ? { transport, location } : { transport, location, ref };

@@ -8,3 +8,8 @@ export interface Credential {
    */
   identityToken?: string;
 }
+
+/** `base64(user:password)`: the `auth` of an auth file, and the value of an `Authorization: Basic` header. */
+export function encodeAuth(c: Credential): string {
+  return Buffer.from(`${c.username}:${c.password}`, 'utf8').toString('base64');
+}

@@ -58,7 +58,7 @@ export async function loadCertDir(dir: string): Promise<RegistryTls> {
   const result: RegistryTls = { certDir: dir, ca: [] };
   for (const name of names) {
     if (name.endsWith('.crt')) {
-      result.ca.push(await readFile(join(dir, name), 'utf8'));
+      result.ca.push(await readPem(join(dir, name)));
     } else if (name.endsWith('.cert')) {
       const keyName = `${name.slice(0, -'.cert'.length)}.key`;
       if (!names.includes(keyName)) {
@@ -67,8 +67,8 @@ export async function loadCertDir(dir: string): Promise<RegistryTls> {
         );
       }
       result.clientCert ??= {
-        cert: await readFile(join(dir, name), 'utf8'),
-        key: await readFile(join(dir, keyName), 'utf8'),
+        cert: await readPem(join(dir, name)),
+        key: await readPem(join(dir, keyName)),
         certFile: join(dir, name),
       };
     } else if (name.endsWith('.key')) {
@@ -79,6 +79,19 @@ export async function loadCertDir(dir: string): Promise<RegistryTls> {
     }
   }
   return result;
+}
+
+/** A certificate or key file, with a failure that names the file and what is wrong with it. */
+async function readPem(path: string): Promise<string> {
+  try {
+    return await readFile(path, 'utf8');
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EISDIR')
+      throw new Error(`${path} is a directory; a certs.d directory holds certificate files.`);
+    if (code === 'ENOENT') throw new Error(`${path} is a link to a file that does not exist.`);
+    throw new Error(`${path} cannot be read: ${(error as Error).message}`);
+  }
 }
 
 /**
@@ -156,6 +169,12 @@ export function isTlsAlert(error: unknown): boolean {
     code !== undefined &&
     (CLIENT_CERT_REFUSED.has(code) || UNTRUSTED_CERTIFICATE.has(code) || INVALID_CERTIFICATE.has(code))
   );
+}
+
+/** True when a TLS handshake was answered in plain http (the one sign that a registry speaks only http). */
+export function isPlainHttpAnswer(error: unknown): boolean {
+  const code = tlsErrorCode(error);
+  return code !== undefined && PLAIN_HTTP.has(code);
 }
 
 /**

@@ -3,7 +3,7 @@
  * fetched once per (realm, scope) at a time — every request that needs it waits on the same fetch, which runs
  * under one retry budget and the transport's timeouts — and is reused until shortly before it expires.
  */
-import type { Credential } from './credential.js';
+import { encodeAuth, type Credential } from './credential.js';
 import { preferredChallenge, type Challenge } from './challenge.js';
 import { RegistryError } from './errors.js';
 import { ERROR_BODY_LIMIT, externalText, type RegistryResponse } from './response.js';
@@ -149,12 +149,16 @@ export class RegistryAuth {
 
   private async fetchToken(scopes: readonly string[]): Promise<Token> {
     const bearer = this.bearer!;
-    let url: URL;
+    let url: URL | undefined;
     try {
       url = new URL(bearer.realm);
     } catch {
+      // reported below
+    }
+    // Any other scheme (file:, ftp:) is no token server; no retry can make it one.
+    if (url?.protocol !== 'https:' && url?.protocol !== 'http:') {
       throw new RegistryError(
-        `${this.options.registry} names a token server that is not a URL: '${externalText(bearer.realm, 100)}'.`,
+        `${this.options.registry} names a token server that is not an http(s) URL: '${externalText(bearer.realm, 100)}'.`,
       );
     }
     const credentials = this.options.credentials;
@@ -252,7 +256,7 @@ function who(credentials: Credential | undefined): string {
 }
 
 function basic(credentials: Credential): string {
-  return `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64')}`;
+  return `Basic ${encodeAuth(credentials)}`;
 }
 
 function scopeKey(scopes: readonly string[]): string {

@@ -24,7 +24,7 @@ import { DEFAULT_RETRY, RetryBudget, TransientError, isRetryableStatus, parseRet
 import type { RetryPolicy } from './retry.js';
 import { RegistryAuth } from './token.js';
 import { failureMessage, networkFailure, type RegistryResponse, wrapResponse } from './response.js';
-import { isTlsAlert, tlsConnectOptions, tlsFailure, type RegistryTls } from './tls.js';
+import { isPlainHttpAnswer, isTlsAlert, tlsConnectOptions, tlsFailure, type RegistryTls } from './tls.js';
 
 export interface TransportOptions {
   /** host[:port] as in an image reference (`docker.io` is reached at its API host). */
@@ -184,6 +184,9 @@ export class RegistryTransport {
    */
   async send(spec: RequestSpec, budget: RetryBudget = this.budget()): Promise<RegistryResponse> {
     const answered = new Set<'anonymous' | 'refused'>();
+    // Registry credentials are for the registry's own origin only (as docker keys its challenges by host): an
+    // upload Location on another host (storage, or whoever the registry names) gets no Authorization at all.
+    if (spec.scopes && !this.isRegistryUrl(spec.url)) spec = { ...spec, scopes: undefined };
     for (;;) {
       const authorization = spec.scopes ? await this.auth.authorization(spec.scopes) : undefined;
       let response: RegistryResponse;
@@ -267,8 +270,10 @@ export class RegistryTransport {
     try {
       response = await this.dispatchOn(probeSpec, authorization, 'https:');
     } catch (httpsError) {
-      // A server that got as far as a TLS alert speaks TLS: plain http is no way around its refusal.
-      if (isTlsAlert(this.tlsCause(httpsError))) throw httpsError;
+      // Only a server that answered the TLS handshake in plain http may be spoken to in plain http. A reset, a
+      // timeout or a TLS alert says nothing of the kind: falling back then would send credentials in clear
+      // text to whatever listens there; the https failure is retried (or reported) instead.
+      if (!isPlainHttpAnswer(httpsError)) throw httpsError;
       try {
         response = await this.dispatchOn(probeSpec, authorization, 'http:');
       } catch {

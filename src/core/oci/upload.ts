@@ -13,7 +13,7 @@ import type { Readable } from 'node:stream';
 import { DigestMismatchError, HashingStream, digestOf, hashDigest, newHash, verifyDigest } from './digest.js';
 import { RegistryError } from './errors.js';
 import { isValidDigest } from './reference.js';
-import type { RegistryResponse } from './response.js';
+import { externalText, type RegistryResponse } from './response.js';
 import { TransientError, type RetryBudget } from './retry.js';
 import { pullScope, pushScope } from './token.js';
 import type { RegistryTransport } from './transport.js';
@@ -29,6 +29,8 @@ export interface UploadOptions {
   chunkSize?: number;
   /** An upload session the registry already opened (a mount answered 202). */
   location?: URL;
+  /** The blob's retry budget when a mount tried first: storing one blob is one operation. */
+  budget?: RetryBudget;
 }
 
 /** Large reads: fewer, bigger writes to the socket when streaming blobs. */
@@ -36,31 +38,38 @@ const READ_CHUNK = 1024 * 1024;
 
 /**
  * Asks the registry to link a blob from another repository it holds. `mounted: false` with a location means
- * the registry opened a normal upload session instead (202); any failure means "upload it normally".
+ * the registry opened a normal upload session instead (202); any failure means "upload it normally" — a 401 or
+ * 403 too (no pull right on the source repository, as the distribution spec and containers/image treat it):
+ * the upload that follows asks for the push right alone and reports a real refusal itself. Only a registry that
+ * failed every try of `budget` (shared with the upload that would follow) ends the blob's operation here.
  */
 export async function mountBlob(
   transport: RegistryTransport,
   repository: string,
   digest: string,
   fromRepository: string,
+  budget: RetryBudget = transport.budget(),
 ): Promise<{ mounted: true } | { mounted: false; location?: URL }> {
   const url = transport.url(`${repository}/blobs/uploads/`);
   url.searchParams.set('mount', digest);
   url.searchParams.set('from', fromRepository);
   try {
-    const response = await transport.send({
-      method: 'POST',
-      url,
-      scopes: [pushScope(repository), pullScope(fromRepository)],
-      headers: { 'content-length': '0' },
-      ok: [201, 202],
-      what: `mount blob ${digest} from ${fromRepository} into ${repository}`,
-    });
+    const response = await transport.send(
+      {
+        method: 'POST',
+        url,
+        scopes: [pushScope(repository), pullScope(fromRepository)],
+        headers: { 'content-length': '0' },
+        ok: [201, 202],
+        what: `mount blob ${digest} from ${fromRepository} into ${repository}`,
+      },
+      budget,
+    );
     await response.drain();
     if (response.status === 201) return { mounted: true };
     return { mounted: false, location: location(response) };
   } catch (error) {
-    if (error instanceof RegistryError && (error.status === 401 || error.status === 403)) throw error;
+    if (error instanceof TransientError && error.exhausted) throw error;
     return { mounted: false };
   }
 }
@@ -80,7 +89,7 @@ export async function uploadBlob(
   options: UploadOptions = {},
 ): Promise<void> {
   const what = `upload blob ${blob.digest} to ${repository}`;
-  const budget = transport.budget();
+  const budget = options.budget ?? transport.budget();
   const chunkSize = options.chunkSize && options.chunkSize < blob.size ? options.chunkSize : 0;
   let at: Position = options.location
     ? { session: options.location, offset: 0, hash: newHash(blob.digest) }
@@ -305,9 +314,18 @@ export function confirmedTags(headers: readonly string[], asked: readonly string
   return asked.filter((t) => named.has(t));
 }
 
-/** Upload Location headers may be relative; resolve against the request URL and keep their query (state). */
+/**
+ * Upload Location headers may be relative; resolve against the request URL and keep their query (state). A
+ * Location from https to plain http is refused: the blob (and anything sent with it) would cross in clear text.
+ */
 function location(response: RegistryResponse): URL {
   const value = response.header('location');
   if (!value) throw new RegistryError(`the registry answered ${response.status} without a Location header.`);
-  return new URL(value, response.url);
+  const url = new URL(value, response.url);
+  if (response.url.protocol === 'https:' && url.protocol !== 'https:') {
+    throw new RegistryError(
+      `the registry at ${response.url.host} sent the upload to ${externalText(url.origin)}, leaving https; refused.`,
+    );
+  }
+  return url;
 }
