@@ -205,6 +205,10 @@ describe('summary', () => {
     expect(formatDuration(250)).toBe('250 ms');
     expect(formatDuration(12_345)).toBe('12.3 s');
     expect(formatDuration(125_000)).toBe('2m5s');
+    // Rounding carries into the next unit instead of showing 1000 ms, 60.0 s or 1m60s.
+    expect(formatDuration(999.7)).toBe('1.0 s');
+    expect(formatDuration(59_970)).toBe('1m0s');
+    expect(formatDuration(119_600)).toBe('2m0s');
   });
 
   it('shows a size that rounds up to 1024 of a unit in the next unit', () => {
