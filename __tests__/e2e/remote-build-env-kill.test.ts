@@ -4,10 +4,12 @@
  * cancelled job), and the CLI signalled before it was ready and again while it cleans up.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { CliProcess, killMainOptions, killPoints, leftovers } from '../support/leftovers.js';
+import { sleep } from '../../src/core/process.js';
 import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
 import { startSplitJob } from '../support/split-job.js';
 
@@ -125,6 +127,33 @@ describe('remote-build-env, mode local, killed and signalled (real podman servic
     expect(await cli.exited).toBe(0);
     expect(cli.stderr).toMatch(/podman service \(pid \d+\) stopped\./);
     expect(await leftovers(runnerTemp)).toEqual([]);
+  }, 120_000);
+
+  it('CLI: its log reader gone (a closed terminal or pipe), then SIGTERM: it still cleans up (exit 0, nothing left)', async () => {
+    const { cli, runnerTemp } = startCli();
+    await cli.waitFor(/Press Ctrl-C/);
+    cli.closeOutput();
+    cli.signal('SIGTERM'); // its "stopping" line now meets a pipe without a reader (EPIPE)
+    expect({ exit: await cli.exited, left: await leftovers(runnerTemp) }).toEqual({ exit: 0, left: [] });
+  }, 120_000);
+
+  it('CLI: `image-ci remote-build-env 2>&1 | tee log`, Ctrl-C ends tee first: the CLI still cleans up', async () => {
+    const runnerTemp = newRunnerTemp();
+    const log = join(runnerTemp, '..', `${basename(runnerTemp)}.log`);
+    const tee = spawn('tee', [log], { stdio: ['pipe', 'ignore', 'inherit'] });
+    const teeExited = new Promise((resolve) => tee.on('exit', resolve));
+    try {
+      const cli = new CliProcess(ACTION, [], { ...pm.env, RUNNER_TEMP: runnerTemp }, tee.stdin);
+      tee.stdin.destroy(); // the CLI holds the only writing end, as in a shell pipeline
+      while (!(await readFile(log, 'utf8').catch(() => '')).includes('Press Ctrl-C')) await sleep(20);
+      // A terminal's Ctrl-C reaches both; tee goes first here, so the CLI's next line finds no reader.
+      tee.kill('SIGINT');
+      await teeExited;
+      cli.signal('SIGINT');
+      expect({ exit: await cli.exited, left: await leftovers(runnerTemp) }).toEqual({ exit: 0, left: [] });
+    } finally {
+      await rm(log, { force: true });
+    }
   }, 120_000);
 
   it('CLI: a signal storm from startup through cleanup still ends with nothing left', async () => {

@@ -328,6 +328,43 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
     }
   });
 
+  it('CLI: `image-ci remote-build-env --mode ssh ... 2>&1 | head -2` keeps going once head is gone, and leaves nothing', async () => {
+    const runnerTemp = newRunnerTemp();
+    const home = await newHome();
+    const head = spawn('head', ['-2'], { stdio: ['pipe', 'ignore', 'inherit'] });
+    const headExited = new Promise((resolve) => head.on('exit', resolve));
+    const args = [
+      '--mode',
+      'ssh',
+      '--host',
+      hostUrl(),
+      '--ssh-key',
+      clientKey,
+      '--known-hosts',
+      knownHostsLine,
+    ];
+    const cli = new CliProcess(
+      'remote-build-env',
+      args,
+      { ...pm.env, RUNNER_TEMP: runnerTemp, HOME: home },
+      head.stdin,
+    );
+    head.stdin.destroy(); // the CLI holds the only writing end, as in a shell pipeline
+    await headExited;
+    // Its log unread, the CLI must still connect, drop the key and serve: seen on disk.
+    const scratchOf = async () => (await readdir(runnerTemp)).find((n) => n.startsWith('ici-'));
+    let exited = false;
+    void cli.exited.then(() => (exited = true));
+    for (;;) {
+      const scratch = await scratchOf();
+      const files = scratch ? await readdir(join(runnerTemp, scratch)).catch(() => []) : [];
+      if (exited || (files.includes('podman.sock') && !files.includes('id'))) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    cli.signal('SIGTERM');
+    expect({ exit: await cli.exited, left: await leftovers(runnerTemp) }).toEqual({ exit: 0, left: [] });
+  });
+
   it('names known-hosts when its lines do not cover the host, and requires it unless insecure-host-key', async () => {
     const wrongHost = await runSshJob({ 'known-hosts': knownHostsLine.replace(`:${port}`, `:${port + 1}`) });
     const missing = await runSshJob({});
