@@ -41,7 +41,6 @@ export class CliProcess {
   stdout = '';
   stderr = '';
   readonly exited: Promise<number | null>;
-  readonly pid: number;
   private readonly child;
 
   constructor(action: string, args: readonly string[], env: Record<string, string>, output?: Writable) {
@@ -49,7 +48,6 @@ export class CliProcess {
       env: { ...process.env, ...env, NODE_OPTIONS: '' },
       stdio: ['ignore', output ?? 'pipe', output ?? 'pipe'],
     });
-    this.pid = this.child.pid!;
     this.child.stdout?.on('data', (c: Buffer) => (this.stdout += c.toString()));
     this.child.stderr?.on('data', (c: Buffer) => (this.stderr += c.toString()));
     this.exited = new Promise((resolve) => this.child.on('close', (code) => resolve(code)));
