@@ -6,8 +6,9 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
-import { readFile, rm } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
+import { CacheService } from '../support/cache-service.js';
 import { CliProcess, killMainOptions, killPoints, leftovers } from '../support/leftovers.js';
 import { sleep } from '../../src/core/process.js';
 import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
@@ -85,6 +86,39 @@ describe('remote-build-env, mode local, killed and signalled (real podman servic
     // The sweep reached the part of startup where a service runs (else it proved nothing about it).
     expect(killedWithService).toBeGreaterThan(0);
   }, 900_000);
+
+  it('cache-mounts: main SIGKILLed while it holds the cache-key stage does not block the next run, and post leaves nothing', async () => {
+    const cacheService = await CacheService.start();
+    try {
+      const runnerTemp = newRunnerTemp();
+      const inputs = { 'cache-mounts': 'true', 'cache-key': 'e2e-killed-in-restore' };
+      const env = { ...pm.env, ...cacheService.env() };
+      cacheService.hang(['GetCacheEntryDownloadURL']); // the restore waits, holding the stage lock
+      const kill = killMainOptions(ACTION, /^Restoring cache /, { afterLine: true, delayMs: 200 });
+      const killed = await startSplitJob({
+        action: ACTION,
+        inputs,
+        runnerTemp,
+        mainScript: kill.mainScript,
+        env: { ...env, ...kill.env },
+      });
+      expect(killed.main.main.exitCode).toBe(137);
+      expect((await readdir(runnerTemp)).filter((n) => n.endsWith('.lock'))).toHaveLength(1);
+      cacheService.heal();
+      cacheService.dropHung();
+
+      // Its owner is gone: the next run with this cache-key takes the lock over at once.
+      const next = await startSplitJob({ action: ACTION, inputs, runnerTemp, env });
+      expect(next.main.main.exitCode).toBe(0);
+      expect(next.main.warnings).toEqual([
+        expect.stringMatching(/^removed the stale lock .*\.lock: its owner, pid \d+ on .*, is gone$/),
+      ]);
+      for (const job of [killed, next]) expect((await job.post()).exitCode).toBe(0);
+      expect(await leftovers(runnerTemp)).toEqual([]);
+    } finally {
+      await cacheService.stop();
+    }
+  }, 120_000);
 
   it('CLI: SIGINT or SIGTERM before the service is ready stops and removes everything (exit 1)', async () => {
     let beforeReady = 0;
