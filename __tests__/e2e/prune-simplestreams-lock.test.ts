@@ -13,13 +13,18 @@ import {
   readFileSync,
   rmSync,
   utimesSync,
-  watch,
   writeFileSync,
 } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO_ROOT } from '../support/harness.js';
-import { pruneOutcome, repoProblems, SimplestreamsRepo } from '../support/simplestreams-fixture.js';
+import { killAtChange } from '../support/kill-at-change.js';
+import {
+  ageEmptyLockTemps,
+  pruneOutcome,
+  repoProblems,
+  SimplestreamsRepo,
+} from '../support/simplestreams-fixture.js';
 
 const HOUR = 3_600_000;
 const CLI = join(REPO_ROOT, 'dist/cli.js');
@@ -77,25 +82,6 @@ function prune(
   return { child, done };
 }
 
-/**
- * Runs a prune and SIGKILLs it right after the `event`-th change it makes in the repository (inotify, recursive):
- * lock temp file, lock link, state file, images.json, index.json, each deletion. Returns undefined when the prune
- * finished before that many changes.
- */
-async function killAtEvent(root: string, event: number): Promise<Finished | undefined> {
-  const run = prune(root);
-  let seen = 0;
-  const watcher = watch(root, { recursive: true }, () => {
-    if (++seen === event) run.child.kill('SIGKILL');
-  });
-  try {
-    const finished = await run.done;
-    return finished.signal === 'SIGKILL' ? finished : undefined;
-  } finally {
-    watcher.close();
-  }
-}
-
 describe('prune main killed at any point (SIGKILL)', () => {
   it('leaves a valid repository, and the next prune gets the lock at once and converges', async () => {
     const reference = freshCopy();
@@ -107,7 +93,16 @@ describe('prune main killed at any point (SIGKILL)', () => {
     let killedWithLock = 0;
     const sweep = async (event: number): Promise<boolean> => {
       const root = freshCopy();
-      const killed = await killAtEvent(root, event);
+      const killed = await killAtChange(event, [
+        CLI,
+        'prune-simplestreams',
+        '--path',
+        root,
+        '--keep-versions',
+        '1',
+        '--grace-period',
+        '0s',
+      ]);
       if (!killed) return false;
       expect(repoProblems(root).filter((p) => !brokenBefore.includes(p))).toEqual([]);
       if (existsSync(join(root, LOCK))) killedWithLock++;
@@ -118,16 +113,7 @@ describe('prune main killed at any point (SIGKILL)', () => {
           new RegExp(`removed the stale lock ${root}/${LOCK}: its owner, pid \\d+`),
         );
       }
-      // A kill between creating a lock temp file and writing it leaves an empty one, which only its age can
-      // condemn: a minute later (aged here) the next prune sweeps it.
-      const emptyTemps = readdirSync(root).filter(
-        (n) =>
-          /^\.\.image-ci-prune\.lock\.[0-9a-f]{8}\.tmp$/.test(n) &&
-          readFileSync(join(root, n), 'utf8') === '',
-      );
-      if (emptyTemps.length > 0) {
-        const old = new Date(Date.now() - 2 * 60_000);
-        for (const n of emptyTemps) utimesSync(join(root, n), old, old);
+      if (ageEmptyLockTemps(root) > 0) {
         expect((await prune(root, ['--lock-timeout', '0s']).done).code).toBe(0);
       }
       expect(pruneOutcome(root)).toEqual(expected);

@@ -342,3 +342,18 @@ export function pruneOutcome(root: string): {
     files: listFiles(root),
   };
 }
+
+/**
+ * A kill between creating a lock temp file and writing it leaves an empty one, which only its age can condemn (a
+ * live prune may be between those two steps). Ages such files past the one-minute rule, so the next prune sweeps
+ * them; returns how many there were.
+ */
+export function ageEmptyLockTemps(root: string): number {
+  const empty = readdirSync(root).filter(
+    (n) =>
+      /^\.\.image-ci-prune\.lock\.[0-9a-f]{8}\.tmp$/.test(n) && readFileSync(join(root, n), 'utf8') === '',
+  );
+  const old = new Date(Date.now() - 2 * 60_000);
+  for (const n of empty) utimesSync(join(root, n), old, old);
+  return empty.length;
+}
