@@ -5,9 +5,12 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
+import { acquireLock } from '../../src/core/atomic.js';
 import { CacheService } from '../support/cache-service.js';
 import { CliProcess, killMainOptions, killPoints, leftovers } from '../support/leftovers.js';
 import { sleep } from '../../src/core/process.js';
@@ -21,9 +24,9 @@ const STARTING = /^Starting podman /;
 let pm: PodmanTestEnv;
 const runnerTemps: string[] = [];
 
-/** Short (socket paths) and removed after the tests. */
+/** Short (socket paths), under the run's TMPDIR (the leftovers check lists it), and removed after the tests. */
 function newRunnerTemp(): string {
-  const dir = mkdtempSync('/tmp/ici-rk-');
+  const dir = mkdtempSync(join(tmpdir(), 'ici-rk-'));
   runnerTemps.push(dir);
   return dir;
 }
@@ -118,6 +121,31 @@ describe('remote-build-env, mode local, killed and signalled (real podman servic
     } finally {
       await cacheService.stop();
     }
+  }, 120_000);
+
+  it('cache-mounts, CLI: SIGINT while it waits for the stage another run holds ends the wait at once (exit 1, nothing left)', async () => {
+    const runnerTemp = newRunnerTemp();
+    const cacheDir = mkdtempSync(join(tmpdir(), 'ici-rk-cache-'));
+    const id = createHash('sha256').update('held-key').digest('hex').slice(0, 8);
+    const other = await acquireLock(join(runnerTemp, `ici-rbe-${id}.lock`), {
+      timeoutMs: 0,
+      purpose: 'test: another run restoring',
+    });
+    try {
+      const cli = new CliProcess(
+        ACTION,
+        ['--cache-mounts', '--cache-key', 'held-key', '--cache-dir', cacheDir],
+        { ...pm.env, RUNNER_TEMP: runnerTemp },
+      );
+      await cli.waitFor(/Waiting for .*\.lock \(another run with this cache-key/);
+      cli.signal('SIGINT');
+      expect(await cli.exited).toBe(1);
+      expect(cli.stderr).toContain('interrupted by SIGINT before it was ready');
+    } finally {
+      await other.release();
+      await rm(cacheDir, { recursive: true, force: true });
+    }
+    expect(await leftovers(runnerTemp)).toEqual([]);
   }, 120_000);
 
   it('CLI: SIGINT or SIGTERM before the service is ready stops and removes everything (exit 1)', async () => {

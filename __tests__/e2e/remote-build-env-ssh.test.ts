@@ -9,6 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createConnection, createServer, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { exec } from '../../src/core/exec.js';
 import { runAction, secretOnlyAfterMask } from '../support/harness.js';
@@ -83,7 +84,7 @@ async function keygen(path: string): Promise<string> {
 beforeAll(async () => {
   pm = await createPodmanTestEnv();
   service = await pm.startService({ name: 'remote' });
-  work = mkdtempSync('/tmp/ici-ssh-');
+  work = mkdtempSync(join(tmpdir(), 'ici-ssh-'));
   const hostPub = await keygen(join(work, 'host_key'));
   const clientPub = await keygen(join(work, 'client_key'));
   clientKey = await readFile(join(work, 'client_key'), 'utf8');
@@ -133,16 +134,16 @@ function hostUrl(): string {
   return `ssh://root@127.0.0.1:${port}${service.socket}`;
 }
 
-/** Short (socket paths) and removed after the tests. */
+/** Short (socket paths), under the run's TMPDIR (the leftovers check lists it), and removed after the tests. */
 function newRunnerTemp(): string {
-  const dir = mkdtempSync('/tmp/ici-rs-');
+  const dir = mkdtempSync(join(tmpdir(), 'ici-rs-'));
   runnerTemps.push(dir);
   return dir;
 }
 
 /** A HOME for one job, with this known_hosts in it when given. */
 async function newHome(knownHostsBefore?: string): Promise<string> {
-  const home = mkdtempSync('/tmp/ici-home-');
+  const home = mkdtempSync(join(tmpdir(), 'ici-home-'));
   runnerTemps.push(home);
   if (knownHostsBefore !== undefined) {
     await mkdir(join(home, '.ssh'), { mode: 0o700 });

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isRunning, type ProcessIdentity } from '../../src/actions/remote-build-env/process-group.js';
 import { REPO_ROOT } from '../support/harness.js';
@@ -32,9 +33,9 @@ interface Job extends SplitJob {
   runnerTemp: string;
 }
 
-/** Short (socket paths) and removed after the tests. */
+/** Short (socket paths), under the run's TMPDIR (the leftovers check lists it), and removed after the tests. */
 function newRunnerTemp(): string {
-  const dir = mkdtempSync('/tmp/ici-rt-');
+  const dir = mkdtempSync(join(tmpdir(), 'ici-rt-'));
   runnerTemps.push(dir);
   return dir;
 }

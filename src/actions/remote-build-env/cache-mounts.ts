@@ -33,6 +33,8 @@ import type { CacheState } from './state.js';
 const KEY_FINGERPRINT_CHARS = 16;
 /** Another run holds the stage only while it restores or saves; a transfer of many GB fits in this. */
 const STAGE_LOCK_TIMEOUT_MS = 15 * 60_000;
+/** How often a wait for the stage looks at `interrupted`. */
+const STAGE_LOCK_ATTEMPT_MS = 1_000;
 
 /**
  * Where the service's buildah keeps cache mounts: `$TMPDIR/buildah-cache` up to podman 4.3 (buildah 1.28), and
@@ -44,24 +46,37 @@ export function cacheMountDir(tmpdir: string, podman: PodmanVersion, uid = proce
   return join(tmpdir, perUser ? `buildah-cache-${uid}` : 'buildah-cache');
 }
 
-/** The stage's lock, a file beside it (the stage itself is emptied while held). */
-async function lockStage(host: Host, stage: string): Promise<Lock> {
+/** Whether to wait for the stage another run holds: 'yes', 'no', or until the CLI is interrupted. */
+type StageWait = 'yes' | 'no' | AbortSignal;
+
+/**
+ * The stage's lock, a file beside it (the stage itself is emptied while held). Waited for in short attempts so
+ * that a signal to the CLI (`interrupted`) ends the wait at once instead of after the other run's transfer.
+ */
+async function lockStage(host: Host, stage: string, wait: StageWait): Promise<Lock> {
   const path = `${stage}.lock`;
   const options = { purpose: 'remote-build-env cache mounts', warn: (m: string) => host.warning(m) };
-  try {
-    return await acquireLock(path, { ...options, timeoutMs: 0 });
-  } catch (error) {
-    if (!(error instanceof LockTimeoutError)) throw error;
-    host.info(
-      `Waiting for ${path} (another run with this cache-key is restoring or saving; up to ${formatDuration(STAGE_LOCK_TIMEOUT_MS)}): ${error.message}`,
-    );
+  if (wait === 'no') return acquireLock(path, { ...options, timeoutMs: 0 });
+  const interrupted = wait === 'yes' ? undefined : wait;
+  const deadline = Date.now() + STAGE_LOCK_TIMEOUT_MS;
+  for (let waiting = false; ; waiting = true) {
+    try {
+      return await acquireLock(path, { ...options, timeoutMs: waiting ? STAGE_LOCK_ATTEMPT_MS : 0 });
+    } catch (error) {
+      if (!(error instanceof LockTimeoutError) || Date.now() >= deadline) throw error;
+      interrupted?.throwIfAborted();
+      if (!waiting) {
+        host.info(
+          `Waiting for ${path} (another run with this cache-key is restoring or saving; up to ${formatDuration(STAGE_LOCK_TIMEOUT_MS)}): ${error.message}`,
+        );
+      }
+    }
   }
-  return acquireLock(path, { ...options, timeoutMs: STAGE_LOCK_TIMEOUT_MS });
 }
 
 /** Runs `fn` holding the stage, which is empty when `fn` starts (whatever a killed run left) and when it ends. */
-async function withStage<T>(host: Host, stage: string, fn: () => Promise<T>): Promise<T> {
-  const lock = await lockStage(host, stage);
+async function withStage<T>(host: Host, stage: string, wait: StageWait, fn: () => Promise<T>): Promise<T> {
+  const lock = await lockStage(host, stage, wait);
   try {
     await removeTree(host, stage);
     return await fn();
@@ -87,6 +102,7 @@ export async function restoreCacheMounts(
   paths: CacheMountPaths,
   cacheKey: string,
   restoreKeys: readonly string[],
+  interrupted?: AbortSignal,
 ): Promise<CacheState> {
   const prefix = cacheKeyPrefix({ prefix: cacheKey });
   const state: CacheState = {
@@ -96,7 +112,7 @@ export async function restoreCacheMounts(
     fingerprint: EMPTY_FINGERPRINT,
   };
   try {
-    await withStage(host, paths.stage, async () => {
+    await withStage(host, paths.stage, interrupted ?? 'yes', async () => {
       // The prefix is passed as a restore key too: only restore keys are matched by prefix everywhere.
       const result = await restoreCache(host, [state.path], prefix, [prefix, ...restoreKeys]);
       state.fingerprint = await fingerprintDir(state.path);
@@ -117,7 +133,7 @@ export function saveKey(keyPrefix: string, fingerprint: string): string {
 
 /** Moves the live cache mounts back to the stage and saves them when the builds changed them. */
 export async function saveCacheMounts(host: Host, stage: string, cache: CacheState): Promise<void> {
-  await withStage(host, stage, async () => {
+  await withStage(host, stage, 'yes', async () => {
     if (await pathExists(cache.live)) {
       await mkdir(stage, { mode: 0o700 });
       await rename(cache.live, cache.path);
@@ -135,7 +151,15 @@ export async function saveCacheMounts(host: Host, stage: string, cache: CacheSta
   });
 }
 
-/** Empties a stage a killed main may have left half-restored, when there is nothing to save. */
+/**
+ * Empties a stage a killed main may have left half-restored, when there is nothing to save. Its lock then names
+ * a process that is gone and is taken over at once; a live owner is another run, which empties the stage itself
+ * when it is done, so there is nothing to wait for.
+ */
 export async function clearStage(host: Host, stage: string): Promise<void> {
-  await withStage(host, stage, async () => undefined);
+  try {
+    await withStage(host, stage, 'no', async () => undefined);
+  } catch (error) {
+    if (!(error instanceof LockTimeoutError)) throw error;
+  }
 }

@@ -60,7 +60,7 @@ const SAFE_USER = /^[\w.@+][\w.@+-]*$/;
 const SAFE_HOSTNAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
 const IPV6_IN_URL = /^\[([0-9A-Fa-f:.]+)\]$/;
 // eslint-disable-next-line no-control-regex -- control characters are what it looks for
-const CONTROL_CHARACTER = /[\x00-\x1f\x7f]/;
+export const CONTROL_CHARACTER = /[\x00-\x1f\x7f]/;
 
 export function parseSshHost(value: string): SshTarget {
   // Escaped when it holds control characters, so a NUL or a newline cannot garble the log line.

@@ -8,7 +8,7 @@ import { InputError } from '../../core/inputs.js';
 import { CONTAINERS_CONF, containersConfVariable, podmanVersion } from '../../core/podman.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { formatDuration, heading, markdownTable } from '../../core/summary.js';
-import { scratchDir, stableDir } from '../../core/workspace.js';
+import { scratchDir, stablePath } from '../../core/workspace.js';
 import { waitUntilAnswering } from './answering.js';
 import { cacheMountDir, clearStage, restoreCacheMounts, saveCacheMounts } from './cache-mounts.js';
 import { registeredChild, removeOwnedPaths, showLog, stopChild } from './cleanup.js';
@@ -82,7 +82,8 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
   };
   if (inputs.cacheMounts) {
     const id = createHash('sha256').update(inputs.cacheKey).digest('hex').slice(0, 8);
-    state.cacheStage = await stableDir(`rbe-${id}`);
+    // Only a path here: the stage is made and emptied under its lock (cache-mounts.ts), never outside it.
+    state.cacheStage = stablePath(`rbe-${id}`);
   }
   saveRunState(host, state);
   await mkdir(tmpdir, { mode: 0o700 });
@@ -97,7 +98,7 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
   const stage = state.cacheStage;
   if (stage) {
     state.cache = await host.group('Restore cache mounts', () =>
-      restoreCacheMounts(host, { stage, live: cacheDir }, inputs.cacheKey, inputs.restoreKeys),
+      restoreCacheMounts(host, { stage, live: cacheDir }, inputs.cacheKey, inputs.restoreKeys, interrupted),
     );
     saveRunState(host, state);
   }

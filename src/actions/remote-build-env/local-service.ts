@@ -5,6 +5,7 @@
  */
 import { exec, type ExecResult } from '../../core/exec.js';
 import { withoutRemoteClientEnv, type ContainersConfVariable } from '../../core/podman.js';
+import { CONTROL_CHARACTER } from './inputs.js';
 import { spawnTracked, type TrackedChild } from './tracked.js';
 
 export interface ServicePlan {
@@ -31,7 +32,8 @@ export function socketUrl(socket: string): string {
  * `%` that starts no valid escape (or a control character) is a path docker cannot be pointed at at all.
  */
 export function dockerHost(socket: string): string | undefined {
-  return /%(?![0-9A-Fa-f]{2})|[\x00-\x1f\x7f]/.test(socket) ? undefined : `unix://${socket}`;
+  const unparsable = /%(?![0-9A-Fa-f]{2})/.test(socket) || CONTROL_CHARACTER.test(socket);
+  return unparsable ? undefined : `unix://${socket}`;
 }
 
 /** The command line and environment of the service; pure so the plan can be checked without podman. */
