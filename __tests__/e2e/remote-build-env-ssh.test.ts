@@ -134,6 +134,11 @@ function hostUrl(): string {
   return `ssh://root@127.0.0.1:${port}${service.socket}`;
 }
 
+/** The CLI's flags for a tunnel to the test sshd. */
+function sshCliArgs(): string[] {
+  return ['--mode', 'ssh', '--host', hostUrl(), '--ssh-key', clientKey, '--known-hosts', knownHostsLine];
+}
+
 /** Short (socket paths), under the run's TMPDIR (the leftovers check lists it), and removed after the tests. */
 function newRunnerTemp(): string {
   const dir = mkdtempSync(join(tmpdir(), 'ici-rs-'));
@@ -302,16 +307,7 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
     ] as const) {
       const runnerTemp = newRunnerTemp();
       const home = await newHome();
-      const args = [
-        '--mode',
-        'ssh',
-        '--host',
-        hostUrl(),
-        '--ssh-key',
-        clientKey,
-        '--known-hosts',
-        knownHostsLine,
-      ];
+      const args = sshCliArgs();
       const cli = new CliProcess('remote-build-env', args, {
         ...pm.env,
         RUNNER_TEMP: runnerTemp,
@@ -334,16 +330,7 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
     const home = await newHome();
     const head = spawn('head', ['-2'], { stdio: ['pipe', 'ignore', 'inherit'] });
     const headExited = new Promise((resolve) => head.on('exit', resolve));
-    const args = [
-      '--mode',
-      'ssh',
-      '--host',
-      hostUrl(),
-      '--ssh-key',
-      clientKey,
-      '--known-hosts',
-      knownHostsLine,
-    ];
+    const args = sshCliArgs();
     const cli = new CliProcess(
       'remote-build-env',
       args,

@@ -399,6 +399,15 @@ describe('remote-build-env, mode local (real podman services)', () => {
     expect(badEscape.main.errors[0]).toMatch(
       /^Input 'host': has a socket path with a '%' that starts no valid escape \(write a literal % as %25\)/,
     );
+    const longTemp = join(newRunnerTemp(), 'a-runner-temp-long-enough-for-podman');
+    await mkdir(longTemp);
+    const isolated = await startJob({ 'isolate-storage': 'true' }, {}, longTemp);
+    expect(isolated.main.main.exitCode).toBe(2);
+    expect(isolated.main.errors[0]).toMatch(
+      /^Input 'isolate-storage': podman refuses a runroot longer than 50 characters, and below RUNNER_TEMP it would be '.*' \(\d+\); run with a shorter RUNNER_TEMP or without isolate-storage\.$/,
+    );
+    expect((await isolated.post()).exitCode).toBe(0);
+    expect(await leftovers(longTemp)).toEqual([]);
     const unreadable = await startJob({ 'containers-conf': join(pm.dir, 'missing.conf') });
     expect(unreadable.main.main.exitCode).toBe(2);
     expect(unreadable.main.errors[0]).toMatch(/^Input 'containers-conf': cannot read/);

@@ -30,6 +30,7 @@ import { saveRunState, type LocalState } from './state.js';
 const VERSION_TIMEOUT_MS = 15_000;
 const STOP_GRACE_MS = 10_000;
 const REMOVE_CONTAINERS_TIMEOUT_MS = 60_000;
+const MAX_RUNROOT_CHARS = 50;
 
 async function startLocalService(host: Host, inputs: LocalOptions, interrupted?: AbortSignal): Promise<void> {
   if (process.platform !== 'linux') {
@@ -56,7 +57,15 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
   const plan: ServicePlan = { socket: placed.socket, tmpdir, logFile: join(scratch, 'service.log') };
   if (inputs.isolateStorage) {
     const base = join(scratch, 'storage');
-    plan.storage = { root: join(base, 'root'), runroot: join(base, 'run'), libpodTmp: join(base, 'libpod') };
+    // Podman refuses a runroot over 50 characters (sockets live below it), so it gets the shortest name.
+    const runroot = join(scratch, 'r');
+    if (runroot.length > MAX_RUNROOT_CHARS) {
+      throw new InputError(
+        Inputs.isolateStorage,
+        `podman refuses a runroot longer than ${MAX_RUNROOT_CHARS} characters, and below RUNNER_TEMP it would be '${runroot}' (${runroot.length}); run with a shorter RUNNER_TEMP or without isolate-storage.`,
+      );
+    }
+    plan.storage = { root: join(base, 'root'), runroot, libpodTmp: join(base, 'libpod') };
   }
   if (inputs.containersConf) {
     const variable = containersConfVariable(version);
