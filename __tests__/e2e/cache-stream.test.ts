@@ -19,7 +19,7 @@ import {
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
 import { restoreCacheMounts } from '../../src/actions/remote-build-env/cache-mounts.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
@@ -467,16 +467,19 @@ describe('streaming restore, cache service v2', () => {
   });
 
   it("restores remote-build-env's cache mounts through the stream", async () => {
-    // The service's cache-mount dir (cacheMountDir of its TMPDIR); its name does not matter here.
-    const mounts = join(dirs.runnerTemp, 'ici-rbe', 'buildah-cache');
+    // Saved from the stage dir; restored through it into the service's cache-mount dir (names do not matter here).
+    const stage = join(dirs.runnerTemp, 'ici-rbe');
+    const mounts = join(stage, 'buildah-cache');
     const digest = await fillTree(mounts, 1, 6 * MiB);
     await saveWithLibrary([mounts], 'rbe-mounts-Linux-X64-0123456789abcdef');
     await laterRun([dirs.runnerTemp]);
+    const live = join(dirs.runnerTemp, 'ici-svc', 'buildah-cache');
+    mkdirSync(dirname(live));
     const { host, log } = cliHost();
     const before = ranged();
-    const state = await restoreCacheMounts(host, mounts, 'rbe-mounts', []);
+    const state = await restoreCacheMounts(host, { stage, live }, 'rbe-mounts', []);
     expect(state.matchedKey).toBe('rbe-mounts-Linux-X64-0123456789abcdef');
-    expect(treeDigest(mounts)).toBe(digest);
+    expect(treeDigest(live)).toBe(digest);
     expect(ranged()).toBeGreaterThan(before);
     expect(fallbacks(log)).toEqual([]);
   });

@@ -5,11 +5,19 @@
  */
 import { describe, expect, it } from '@jest/globals';
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { findLeftovers, MARKER_ENV, removeRun } from '../../.ci/leftovers.mjs';
 import { isRunning, identify } from '../../src/actions/remote-build-env/process-group.js';
+import { REPO_ROOT } from '../support/harness.js';
+
+/** Test sources below `dir` (.ts, .mjs), recursively. */
+function listSources(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? listSources(join(dir, e.name)) : /\.(ts|mjs)$/.test(e.name) ? [join(dir, e.name)] : [],
+  );
+}
 
 function fakeRun() {
   const runDir = mkdtempSync(join(tmpdir(), 'ici-fake-run-'));
@@ -51,6 +59,15 @@ describe('leftovers check', () => {
     } finally {
       removeRun(run);
     }
+  });
+
+  it("sees every temp dir the tests make: they make them under TMPDIR (the run's), never straight in /tmp", () => {
+    // A dir in /tmp itself is outside the run, so one a test leaks would pass the check unseen.
+    const straightInTmp = /mkdtemp(?:Sync)?\(\s*['"`]\/tmp\//;
+    const offenders = listSources(join(REPO_ROOT, '__tests__')).filter((file) =>
+      straightInTmp.test(readFileSync(file, 'utf8')),
+    );
+    expect(offenders.map((f) => relative(REPO_ROOT, f))).toEqual([]);
   });
 
   it('reports nothing for a clean run', () => {

@@ -194,6 +194,35 @@ describe('prune-simplestreams through the CLI', () => {
   });
 });
 
+describe('a crafted repository: products named __proto__ and constructor', () => {
+  it('prunes them exactly as the same repository with ordinary names, in images.json and index.json', async () => {
+    const named = {
+      'debian:bookworm:default:amd64': '__proto__',
+      'alpine:3.19:default:amd64': 'constructor',
+    };
+    const rename = (text: string) =>
+      Object.entries(named).reduce((t, [from, to]) => t.replaceAll(`"${from}"`, `"${to}"`), text);
+    const plain = freshCopy(small);
+    const crafted = freshCopy(small);
+    for (const file of ['streams/v1/images.json', 'streams/v1/index.json']) {
+      writeFileSync(join(crafted, file), rename(readFileSync(join(crafted, file), 'utf8')));
+    }
+    for (const root of [plain, crafted]) {
+      expect(await cli(['--path', root, '--keep-versions', '1', '--grace-period', '0s']).code).toBe(0);
+    }
+    const images = (root: string) => readFileSync(join(root, 'streams/v1/images.json'), 'utf8');
+    expect(images(plain)).toContain('"debian:bookworm:default:amd64"'); // the plain run kept both products
+    expect(images(crafted)).toBe(rename(images(plain)));
+    const indexProducts = (root: string) =>
+      (
+        JSON.parse(readFileSync(join(root, 'streams/v1/index.json'), 'utf8')) as {
+          index: { images: { products: string[] } };
+        }
+      ).index.images.products;
+    expect([...indexProducts(crafted)].sort()).toEqual(['__proto__', 'constructor']);
+  });
+});
+
 describe('a crafted repository: a referenced rootfs is a symlink into private/', () => {
   /** The reported fixture: private/ also holds files no index names, a month old. */
   function crafted(): { root: string; link: string } {

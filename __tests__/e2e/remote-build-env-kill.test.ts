@@ -4,10 +4,16 @@
  * cancelled job), and the CLI signalled before it was ready and again while it cleans up.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
-import { readFile, rm } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
+import { acquireLock } from '../../src/core/atomic.js';
+import { CacheService } from '../support/cache-service.js';
 import { CliProcess, killMainOptions, killPoints, leftovers } from '../support/leftovers.js';
+import { sleep } from '../../src/core/process.js';
 import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
 import { startSplitJob } from '../support/split-job.js';
 
@@ -18,9 +24,9 @@ const STARTING = /^Starting podman /;
 let pm: PodmanTestEnv;
 const runnerTemps: string[] = [];
 
-/** Short (socket paths) and removed after the tests. */
+/** Short (socket paths), under the run's TMPDIR (the leftovers check lists it), and removed after the tests. */
 function newRunnerTemp(): string {
-  const dir = mkdtempSync('/tmp/ici-rk-');
+  const dir = mkdtempSync(join(tmpdir(), 'ici-rk-'));
   runnerTemps.push(dir);
   return dir;
 }
@@ -84,6 +90,64 @@ describe('remote-build-env, mode local, killed and signalled (real podman servic
     expect(killedWithService).toBeGreaterThan(0);
   }, 900_000);
 
+  it('cache-mounts: main SIGKILLed while it holds the cache-key stage does not block the next run, and post leaves nothing', async () => {
+    const cacheService = await CacheService.start();
+    try {
+      const runnerTemp = newRunnerTemp();
+      const inputs = { 'cache-mounts': 'true', 'cache-key': 'e2e-killed-in-restore' };
+      const env = { ...pm.env, ...cacheService.env() };
+      cacheService.hang(['GetCacheEntryDownloadURL']); // the restore waits, holding the stage lock
+      const kill = killMainOptions(ACTION, /^Restoring cache /, { afterLine: true, delayMs: 200 });
+      const killed = await startSplitJob({
+        action: ACTION,
+        inputs,
+        runnerTemp,
+        mainScript: kill.mainScript,
+        env: { ...env, ...kill.env },
+      });
+      expect(killed.main.main.exitCode).toBe(137);
+      expect((await readdir(runnerTemp)).filter((n) => n.endsWith('.lock'))).toHaveLength(1);
+      cacheService.heal();
+      cacheService.dropHung();
+
+      // Its owner is gone: the next run with this cache-key takes the lock over at once.
+      const next = await startSplitJob({ action: ACTION, inputs, runnerTemp, env });
+      expect(next.main.main.exitCode).toBe(0);
+      expect(next.main.warnings).toEqual([
+        expect.stringMatching(/^removed the stale lock .*\.lock: its owner, pid \d+ on .*, is gone$/),
+      ]);
+      for (const job of [killed, next]) expect((await job.post()).exitCode).toBe(0);
+      expect(await leftovers(runnerTemp)).toEqual([]);
+    } finally {
+      await cacheService.stop();
+    }
+  }, 120_000);
+
+  it('cache-mounts, CLI: SIGINT while it waits for the stage another run holds ends the wait at once (exit 1, nothing left)', async () => {
+    const runnerTemp = newRunnerTemp();
+    const cacheDir = mkdtempSync(join(tmpdir(), 'ici-rk-cache-'));
+    const id = createHash('sha256').update('held-key').digest('hex').slice(0, 8);
+    const other = await acquireLock(join(runnerTemp, `ici-rbe-${id}.lock`), {
+      timeoutMs: 0,
+      purpose: 'test: another run restoring',
+    });
+    try {
+      const cli = new CliProcess(
+        ACTION,
+        ['--cache-mounts', '--cache-key', 'held-key', '--cache-dir', cacheDir],
+        { ...pm.env, RUNNER_TEMP: runnerTemp },
+      );
+      await cli.waitFor(/Waiting for .*\.lock \(another run with this cache-key/);
+      cli.signal('SIGINT');
+      expect(await cli.exited).toBe(1);
+      expect(cli.stderr).toContain('interrupted by SIGINT before it was ready');
+    } finally {
+      await other.release();
+      await rm(cacheDir, { recursive: true, force: true });
+    }
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  }, 120_000);
+
   it('CLI: SIGINT or SIGTERM before the service is ready stops and removes everything (exit 1)', async () => {
     let beforeReady = 0;
     for (const [signal, delayMs] of [
@@ -125,6 +189,33 @@ describe('remote-build-env, mode local, killed and signalled (real podman servic
     expect(await cli.exited).toBe(0);
     expect(cli.stderr).toMatch(/podman service \(pid \d+\) stopped\./);
     expect(await leftovers(runnerTemp)).toEqual([]);
+  }, 120_000);
+
+  it('CLI: its log reader gone (a closed terminal or pipe), then SIGTERM: it still cleans up (exit 0, nothing left)', async () => {
+    const { cli, runnerTemp } = startCli();
+    await cli.waitFor(/Press Ctrl-C/);
+    cli.closeOutput();
+    cli.signal('SIGTERM'); // its "stopping" line now meets a pipe without a reader (EPIPE)
+    expect({ exit: await cli.exited, left: await leftovers(runnerTemp) }).toEqual({ exit: 0, left: [] });
+  }, 120_000);
+
+  it('CLI: `image-ci remote-build-env 2>&1 | tee log`, Ctrl-C ends tee first: the CLI still cleans up', async () => {
+    const runnerTemp = newRunnerTemp();
+    const log = join(runnerTemp, '..', `${basename(runnerTemp)}.log`);
+    const tee = spawn('tee', [log], { stdio: ['pipe', 'ignore', 'inherit'] });
+    const teeExited = new Promise((resolve) => tee.on('exit', resolve));
+    try {
+      const cli = new CliProcess(ACTION, [], { ...pm.env, RUNNER_TEMP: runnerTemp }, tee.stdin);
+      tee.stdin.destroy(); // the CLI holds the only writing end, as in a shell pipeline
+      while (!(await readFile(log, 'utf8').catch(() => '')).includes('Press Ctrl-C')) await sleep(20);
+      // A terminal's Ctrl-C reaches both; tee goes first here, so the CLI's next line finds no reader.
+      tee.kill('SIGINT');
+      await teeExited;
+      cli.signal('SIGINT');
+      expect({ exit: await cli.exited, left: await leftovers(runnerTemp) }).toEqual({ exit: 0, left: [] });
+    } finally {
+      await rm(log, { force: true });
+    }
   }, 120_000);
 
   it('CLI: a signal storm from startup through cleanup still ends with nothing left', async () => {

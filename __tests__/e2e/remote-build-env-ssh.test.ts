@@ -9,6 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createConnection, createServer, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { exec } from '../../src/core/exec.js';
 import { runAction, secretOnlyAfterMask } from '../support/harness.js';
@@ -83,7 +84,7 @@ async function keygen(path: string): Promise<string> {
 beforeAll(async () => {
   pm = await createPodmanTestEnv();
   service = await pm.startService({ name: 'remote' });
-  work = mkdtempSync('/tmp/ici-ssh-');
+  work = mkdtempSync(join(tmpdir(), 'ici-ssh-'));
   const hostPub = await keygen(join(work, 'host_key'));
   const clientPub = await keygen(join(work, 'client_key'));
   clientKey = await readFile(join(work, 'client_key'), 'utf8');
@@ -133,16 +134,21 @@ function hostUrl(): string {
   return `ssh://root@127.0.0.1:${port}${service.socket}`;
 }
 
-/** Short (socket paths) and removed after the tests. */
+/** The CLI's flags for a tunnel to the test sshd. */
+function sshCliArgs(): string[] {
+  return ['--mode', 'ssh', '--host', hostUrl(), '--ssh-key', clientKey, '--known-hosts', knownHostsLine];
+}
+
+/** Short (socket paths), under the run's TMPDIR (the leftovers check lists it), and removed after the tests. */
 function newRunnerTemp(): string {
-  const dir = mkdtempSync('/tmp/ici-rs-');
+  const dir = mkdtempSync(join(tmpdir(), 'ici-rs-'));
   runnerTemps.push(dir);
   return dir;
 }
 
 /** A HOME for one job, with this known_hosts in it when given. */
 async function newHome(knownHostsBefore?: string): Promise<string> {
-  const home = mkdtempSync('/tmp/ici-home-');
+  const home = mkdtempSync(join(tmpdir(), 'ici-home-'));
   runnerTemps.push(home);
   if (knownHostsBefore !== undefined) {
     await mkdir(join(home, '.ssh'), { mode: 0o700 });
@@ -301,16 +307,7 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
     ] as const) {
       const runnerTemp = newRunnerTemp();
       const home = await newHome();
-      const args = [
-        '--mode',
-        'ssh',
-        '--host',
-        hostUrl(),
-        '--ssh-key',
-        clientKey,
-        '--known-hosts',
-        knownHostsLine,
-      ];
+      const args = sshCliArgs();
       const cli = new CliProcess('remote-build-env', args, {
         ...pm.env,
         RUNNER_TEMP: runnerTemp,
@@ -326,6 +323,34 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
       });
       expect(await pathExists(join(home, '.ssh'))).toBe(false);
     }
+  });
+
+  it('CLI: `image-ci remote-build-env --mode ssh ... 2>&1 | head -2` keeps going once head is gone, and leaves nothing', async () => {
+    const runnerTemp = newRunnerTemp();
+    const home = await newHome();
+    const head = spawn('head', ['-2'], { stdio: ['pipe', 'ignore', 'inherit'] });
+    const headExited = new Promise((resolve) => head.on('exit', resolve));
+    const args = sshCliArgs();
+    const cli = new CliProcess(
+      'remote-build-env',
+      args,
+      { ...pm.env, RUNNER_TEMP: runnerTemp, HOME: home },
+      head.stdin,
+    );
+    head.stdin.destroy(); // the CLI holds the only writing end, as in a shell pipeline
+    await headExited;
+    // Its log unread, the CLI must still connect, drop the key and serve: seen on disk.
+    const scratchOf = async () => (await readdir(runnerTemp)).find((n) => n.startsWith('ici-'));
+    let exited = false;
+    void cli.exited.then(() => (exited = true));
+    for (;;) {
+      const scratch = await scratchOf();
+      const files = scratch ? await readdir(join(runnerTemp, scratch)).catch(() => []) : [];
+      if (exited || (files.includes('podman.sock') && !files.includes('id'))) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    cli.signal('SIGTERM');
+    expect({ exit: await cli.exited, left: await leftovers(runnerTemp) }).toEqual({ exit: 0, left: [] });
   });
 
   it('names known-hosts when its lines do not cover the host, and requires it unless insecure-host-key', async () => {

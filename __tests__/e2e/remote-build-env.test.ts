@@ -1,12 +1,15 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isRunning, type ProcessIdentity } from '../../src/actions/remote-build-env/process-group.js';
 import { REPO_ROOT } from '../support/harness.js';
+import { leftovers } from '../support/leftovers.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
 import { importBusyboxImage } from '../support/images.js';
+import { exec } from '../../src/core/exec.js';
 import { pathExists } from '../../src/core/files.js';
 import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
 import {
@@ -30,9 +33,9 @@ interface Job extends SplitJob {
   runnerTemp: string;
 }
 
-/** Short (socket paths) and removed after the tests. */
+/** Short (socket paths), under the run's TMPDIR (the leftovers check lists it), and removed after the tests. */
 function newRunnerTemp(): string {
-  const dir = mkdtempSync('/tmp/ici-rt-');
+  const dir = mkdtempSync(join(tmpdir(), 'ici-rt-'));
   runnerTemps.push(dir);
   return dir;
 }
@@ -151,6 +154,32 @@ describe('remote-build-env, mode local (real podman services)', () => {
     expect((await a.post()).exitCode).toBe(0);
   });
 
+  it('cache-mounts: two instances with one cache-key at once (one RUNNER_TEMP) each keep their own live cache mounts, and both save', async () => {
+    const cacheService = await CacheService.start();
+    try {
+      const runnerTemp = newRunnerTemp();
+      const env = cacheService.env();
+      const inputs = { 'cache-mounts': 'true', 'cache-key': 'e2e-one-key' };
+      const a = await startJob(inputs, env, runnerTemp);
+      expect(a.main.main.exitCode).toBe(0);
+      expect(await buildWritingMarker(a.main.exportedEnv, 'job-a')).toEqual(['job-a']);
+      const b = await startJob(inputs, env, runnerTemp);
+      expect(b.main.main.exitCode).toBe(0);
+      // B's start must not have touched what A's builds are using.
+      expect(await buildWritingMarker(a.main.exportedEnv, 'job-a2')).toEqual(['job-a', 'job-a2']);
+      expect(b.main.outputs.tmpdir).not.toBe(a.main.outputs.tmpdir);
+      expect(await buildWritingMarker(b.main.exportedEnv, 'job-b')).toEqual(['job-b']);
+      const [postA, postB] = await Promise.all([a.post(), b.post()]);
+      expect([postA.warnings, postB.warnings]).toEqual([[], []]);
+      expect(cacheService.list().filter((e) => e.finalized).length).toBe(2);
+      await expectNoLeaks(stateOf(a));
+      await expectNoLeaks(stateOf(b));
+      expect(await leftovers(runnerTemp)).toEqual([]);
+    } finally {
+      await cacheService.stop();
+    }
+  });
+
   it('WITHOUT the action: two clients of one shared service see each other’s cache-mount files (the collision)', async () => {
     const shared = await pm.startService({ name: 'shared' });
     try {
@@ -188,6 +217,61 @@ describe('remote-build-env, mode local (real podman services)', () => {
     expect(post.exitCode).toBe(0);
     await expectNoLeaks(state);
     expect(await pathExists(join(runnerTemp, 'chosen'))).toBe(false);
+  });
+
+  it('a chosen socket path with %, # and a space: podman (CONTAINER_HOST, URL-encoded) and docker (DOCKER_HOST, raw) both reach the service', async () => {
+    const runnerTemp = newRunnerTemp();
+    const socket = join(runnerTemp, 'a%25b#c d', 'build.sock');
+    const job = await startJob({ socket, 'export-docker-host': 'true' }, {}, runnerTemp);
+    expect(job.main.main.exitCode).toBe(0);
+    expect(job.main.exportedEnv.CONTAINER_HOST).toBe(`unix://${runnerTemp}/a%2525b%23c%20d/build.sock`);
+    expect(job.main.exportedEnv.DOCKER_HOST).toBe(`unix://${socket}`);
+    expect(await buildWritingMarker(job.main.exportedEnv, 'odd-path')).toEqual(['odd-path']);
+    const docker = await exec('docker', ['version', '--format', '{{.Server.Os}}'], {
+      timeoutMs: 60_000,
+      env: { ...process.env, DOCKER_HOST: job.main.exportedEnv.DOCKER_HOST! },
+    });
+    expect(docker.stdout.trim()).toBe('linux');
+    const state = stateOf(job);
+    expect((await job.post()).exitCode).toBe(0);
+    await expectNoLeaks(state);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  });
+
+  it('a socket path docker cannot take (a % that starts no escape) with export-docker-host is an input error; without, podman still works', async () => {
+    const runnerTemp = newRunnerTemp();
+    const socket = join(runnerTemp, '100%', 'build.sock');
+    const refused = await startJob({ socket, 'export-docker-host': 'true' }, {}, runnerTemp);
+    expect(refused.main.main.exitCode).toBe(2);
+    expect(refused.main.errors[0]).toBe(
+      `Input 'export-docker-host': the docker CLI cannot use the socket path '${socket}' (it holds a '%' that starts no URL escape, or a control character); set \`socket\` to a path without them, or turn \`export-docker-host\` off.`,
+    );
+    expect((await refused.post()).exitCode).toBe(0);
+    const job = await startJob({ socket }, {}, runnerTemp);
+    expect(job.main.main.exitCode).toBe(0);
+    expect(job.main.exportedEnv.CONTAINER_HOST).toBe(`unix://${runnerTemp}/100%25/build.sock`);
+    expect(await buildWritingMarker(job.main.exportedEnv, 'percent')).toEqual(['percent']);
+    expect((await job.post()).exitCode).toBe(0);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  });
+
+  it('post removes the dirs it made for a chosen socket only while empty: a file put there later stays, with a warning', async () => {
+    const runnerTemp = newRunnerTemp();
+    const socket = join(runnerTemp, 'made', 'below', 'build.sock');
+    const job = await startJob({ socket }, {}, runnerTemp);
+    expect(job.main.main.exitCode).toBe(0);
+    const theirs = join(runnerTemp, 'made', 'theirs.txt');
+    await writeFile(theirs, 'not the action’s\n');
+    const post = await job.post();
+    expect(post.exitCode).toBe(0);
+    expect(post.warnings).toEqual([
+      `left ${join(runnerTemp, 'made')} (made for the socket): it holds files this run did not put there.`,
+    ]);
+    expect(await readFile(theirs, 'utf8')).toBe('not the action’s\n');
+    expect(await pathExists(join(runnerTemp, 'made', 'below'))).toBe(false);
+    await expectNoLeaks(stateOf(job));
+    await rm(join(runnerTemp, 'made'), { recursive: true });
+    expect(await leftovers(runnerTemp)).toEqual([]);
   });
 
   it('a service that cannot start (bad containers.conf) fails main with its log, and post still cleans up', async () => {
@@ -306,6 +390,24 @@ describe('remote-build-env, mode local (real podman services)', () => {
     expect(longSocket.main.errors[0]).toMatch(
       /^Input 'socket': the socket path .* is 130 bytes, but linux allows at most 107/,
     );
+    const badEscape = await startJob({
+      mode: 'ssh',
+      host: 'ssh://ci@build.example/run/100%.sock',
+      'ssh-key': 'K',
+    });
+    expect(badEscape.main.main.exitCode).toBe(2);
+    expect(badEscape.main.errors[0]).toMatch(
+      /^Input 'host': has a socket path with a '%' that starts no valid escape \(write a literal % as %25\)/,
+    );
+    const longTemp = join(newRunnerTemp(), 'a-runner-temp-long-enough-for-podman');
+    await mkdir(longTemp);
+    const isolated = await startJob({ 'isolate-storage': 'true' }, {}, longTemp);
+    expect(isolated.main.main.exitCode).toBe(2);
+    expect(isolated.main.errors[0]).toMatch(
+      /^Input 'isolate-storage': podman refuses a runroot longer than 50 characters, and below RUNNER_TEMP it would be '.*' \(\d+\); run with a shorter RUNNER_TEMP or without isolate-storage\.$/,
+    );
+    expect((await isolated.post()).exitCode).toBe(0);
+    expect(await leftovers(longTemp)).toEqual([]);
     const unreadable = await startJob({ 'containers-conf': join(pm.dir, 'missing.conf') });
     expect(unreadable.main.main.exitCode).toBe(2);
     expect(unreadable.main.errors[0]).toMatch(/^Input 'containers-conf': cannot read/);

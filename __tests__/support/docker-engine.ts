@@ -5,6 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, openSync, closeSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from 'undici';
 import { exec, type ExecResult } from '../../src/core/exec.js';
@@ -48,7 +49,7 @@ function stopChild(child: ChildProcess): Promise<void> {
 
 export async function startDockerEngine(): Promise<DockerEngineService> {
   // Short: containerd's socket lives below the exec root, and unix socket paths must stay under 108 bytes.
-  const dir = mkdtempSync('/tmp/ici-dk-');
+  const dir = mkdtempSync(join(tmpdir(), 'ici-dk-'));
   const socket = join(dir, 'docker.sock');
   const logFile = join(dir, 'dockerd.log');
   const fd = openSync(logFile, 'a');

@@ -6,6 +6,7 @@
 import { spawn } from 'node:child_process';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Writable } from 'node:stream';
 import { REPO_ROOT } from './harness.js';
 
 /** Live processes (not zombies: those have no cmdline or environ) whose command line or environment holds `text`. */
@@ -32,21 +33,30 @@ export async function leftovers(runnerTemp: string): Promise<string[]> {
   return [...files.map((f) => `file ${join(runnerTemp, f)}`), ...(await processesMentioning(runnerTemp))];
 }
 
-/** `image-ci <action>` as a child process a test can signal, with its output as it arrives. */
+/**
+ * `image-ci <action>` as a child process a test can signal, with its output as it arrives; or, given `output`
+ * (the stdin of a reader such as `tee` or `head`), with stdout and stderr both going there, as `2>&1 | reader`.
+ */
 export class CliProcess {
   stdout = '';
   stderr = '';
   readonly exited: Promise<number | null>;
   private readonly child;
 
-  constructor(action: string, args: readonly string[], env: Record<string, string>) {
+  constructor(action: string, args: readonly string[], env: Record<string, string>, output?: Writable) {
     this.child = spawn(process.execPath, [join(REPO_ROOT, 'dist/cli.js'), action, ...args], {
       env: { ...process.env, ...env, NODE_OPTIONS: '' },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: ['ignore', output ?? 'pipe', output ?? 'pipe'],
     });
-    this.child.stdout.on('data', (c: Buffer) => (this.stdout += c.toString()));
-    this.child.stderr.on('data', (c: Buffer) => (this.stderr += c.toString()));
+    this.child.stdout?.on('data', (c: Buffer) => (this.stdout += c.toString()));
+    this.child.stderr?.on('data', (c: Buffer) => (this.stderr += c.toString()));
     this.exited = new Promise((resolve) => this.child.on('close', (code) => resolve(code)));
+  }
+
+  /** The reader goes away (a closed terminal, a `| head` that has its lines): the CLI's writes fail from now on. */
+  closeOutput(): void {
+    this.child.stdout?.destroy();
+    this.child.stderr?.destroy();
   }
 
   /** Resolves once stderr matches (checked as output arrives); rejects if the CLI exits first. */

@@ -194,9 +194,24 @@ describe('ssh host URL', () => {
     ['ssh://u%25h@host/p.sock', "has a user name ssh would not take literally ('u%h')"],
     ['ssh://u@host:0/p.sock', 'has port 0'],
     ['ssh://u@host/run/a:b.sock', 'has a socket path with a colon, which ssh cannot forward'],
+    [
+      'ssh://u@host/run/100%.sock',
+      "has a socket path with a '%' that starts no valid escape (write a literal % as %25)",
+    ],
+    [
+      'ssh://u%zz@host/p.sock',
+      "has a user name with a '%' that starts no valid escape (write a literal % as %25)",
+    ],
+    ['ssh://u@host/run/a%00b.sock', 'has a socket path with an escaped control character'],
   ])('rejects %s', (url, why) => {
     expect(inputError(() => parseSshHost(url)).message).toBe(
       `Input 'host': ${why}; expected ssh://user@host[:port]/path/to/podman.sock, got '${url}'.`,
+    );
+  });
+
+  it('rejects a raw control character, and shows the value escaped', () => {
+    expect(inputError(() => parseSshHost('ssh://u@host/run/a\0b.sock')).message).toBe(
+      `Input 'host': holds a control character (a NUL byte, a newline, ...); expected ssh://user@host[:port]/path/to/podman.sock, got "ssh://u@host/run/a\\u0000b.sock".`,
     );
   });
 });

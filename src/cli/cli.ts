@@ -5,7 +5,7 @@
 import { parseArgs as parseArgv } from 'node:util';
 import packageJson from '../../package.json' with { type: 'json' };
 import { loadActionMetadata, type ActionMetadata } from '../core/action-metadata.js';
-import { CliHost, type Host } from '../core/host.js';
+import { CliHost, outliveLostReaders, type Host } from '../core/host.js';
 import { InputError, MapInputSource } from '../core/inputs.js';
 import { interceptStdout, parseLibraryCommand } from '../core/library-output.js';
 import { errorMessage, EXIT_BAD_INPUT, EXIT_OK, runMain, runPost } from '../core/run.js';
@@ -175,6 +175,7 @@ function generalHelp(): string {
 }
 
 export async function runCli(argv: readonly string[], io: CliIo = defaultIo): Promise<number> {
+  outliveLostReaders();
   const [action, ...rest] = argv;
   if (!action || action === '--help' || action === '-h' || action === 'help') {
     io.out(generalHelp());

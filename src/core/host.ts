@@ -54,6 +54,26 @@ export function withoutWorkflowCommands(text: string): string {
   return `::stop-commands::${token}\n${text}\n::${token}::`;
 }
 
+/** How a write fails once its reader is gone: a pipe without a reader (EPIPE), a terminal that was closed (EIO). */
+const READER_GONE: ReadonlySet<string | undefined> = new Set(['EPIPE', 'EIO']);
+let outlivingReaders = false;
+
+/**
+ * Keeps the process going when whoever reads its stdout or stderr goes away: a `| head` that has its lines, a
+ * `| tee` ended by the same Ctrl-C, a closed terminal. Node reports the failed write as an 'error' event, which
+ * unhandled ends the process at once, in the middle of the cleanup that must still stop a service and delete
+ * an ssh key. The lines nobody can read are dropped; any other write error stays fatal. Idempotent.
+ */
+export function outliveLostReaders(): void {
+  if (outlivingReaders) return;
+  outlivingReaders = true;
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (error: NodeJS.ErrnoException) => {
+      if (!READER_GONE.has(error.code)) throw error;
+    });
+  }
+}
+
 export class ActionsHost implements Host {
   readonly kind = 'actions' as const;
   readonly inputs: InputSource = new EnvInputSource();

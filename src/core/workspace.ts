@@ -17,9 +17,14 @@ export function runnerTemp(env: NodeJS.ProcessEnv = process.env): string {
   return env.RUNNER_TEMP || tmpdir();
 }
 
+/** The path of stableDir(name), not made: for a caller that must record it before anything exists there. */
+export function stablePath(name: string, env: NodeJS.ProcessEnv = process.env): string {
+  return join(runnerTemp(env), `ici-${name}`);
+}
+
 /** A directory whose path is the same in every run (for cache paths); not removed by post. */
 export async function stableDir(name: string, env: NodeJS.ProcessEnv = process.env): Promise<string> {
-  const dir = join(runnerTemp(env), `ici-${name}`);
+  const dir = stablePath(name, env);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   return dir;
 }

@@ -211,35 +211,38 @@ export function isEmptyRemovals(r: Removals): boolean {
   return r.products.size === 0 && r.versions.size === 0 && r.items.size === 0;
 }
 
-/** A copy of images.json data without the removed parts; untouched subtrees are shared, key order is kept. */
+/** A product without its removed versions and items; the very same object when none of it is removed. */
+function productWithout(name: string, product: JsonObject, removals: Removals): JsonObject {
+  const droppedVersions = removals.versions.get(name);
+  const versions = product.versions as Record<string, JsonObject>;
+  const touched =
+    droppedVersions !== undefined || Object.keys(versions).some((v) => removals.items.has(itemKey(name, v)));
+  if (!touched) return product;
+  const nextVersions = Object.fromEntries(
+    Object.entries(versions)
+      .filter(([versionName]) => !droppedVersions?.has(versionName))
+      .map(([versionName, version]) => {
+        const droppedItems = removals.items.get(itemKey(name, versionName));
+        if (!droppedItems) return [versionName, version];
+        const items = Object.entries(version.items as JsonObject).filter(([k]) => !droppedItems.has(k));
+        return [versionName, { ...version, items: Object.fromEntries(items) }];
+      }),
+  );
+  return { ...product, versions: nextVersions };
+}
+
+/**
+ * A copy of images.json data without the removed parts; untouched subtrees are shared, key order is kept.
+ * Names come from the repository, so new objects are built with Object.fromEntries (own properties): assigning
+ * to a key named `__proto__` would set the object's prototype instead and lose that product or version.
+ */
 export function applyRemovals(data: JsonObject, removals: Removals): JsonObject {
   const products = data.products as Record<string, JsonObject>;
-  const nextProducts: Record<string, unknown> = {};
-  for (const [name, product] of Object.entries(products)) {
-    if (removals.products.has(name)) continue;
-    const droppedVersions = removals.versions.get(name);
-    const versions = product.versions as Record<string, JsonObject>;
-    const touched =
-      droppedVersions !== undefined ||
-      Object.keys(versions).some((v) => removals.items.has(itemKey(name, v)));
-    if (!touched) {
-      nextProducts[name] = product;
-      continue;
-    }
-    const nextVersions: Record<string, unknown> = {};
-    for (const [versionName, version] of Object.entries(versions)) {
-      if (droppedVersions?.has(versionName)) continue;
-      const droppedItems = removals.items.get(itemKey(name, versionName));
-      if (!droppedItems) {
-        nextVersions[versionName] = version;
-        continue;
-      }
-      const items = version.items as Record<string, unknown>;
-      const nextItems = Object.fromEntries(Object.entries(items).filter(([k]) => !droppedItems.has(k)));
-      nextVersions[versionName] = { ...version, items: nextItems };
-    }
-    nextProducts[name] = { ...product, versions: nextVersions };
-  }
+  const nextProducts = Object.fromEntries(
+    Object.entries(products)
+      .filter(([name]) => !removals.products.has(name))
+      .map(([name, product]) => [name, productWithout(name, product, removals)]),
+  );
   return { ...data, products: nextProducts };
 }
 

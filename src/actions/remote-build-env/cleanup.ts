@@ -1,5 +1,6 @@
 /** Post's part shared by both modes: stop what serves the socket, show its log when needed, remove our paths. */
-import { readFile, rm } from 'node:fs/promises';
+import { readFile, rm, rmdir } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { exec } from '../../core/exec.js';
 import type { Host } from '../../core/host.js';
 import { errorMessage } from '../../core/run.js';
@@ -62,7 +63,8 @@ export async function showLog(host: Host, title: string, logFile: string, reason
   });
 }
 
-async function removeTree(host: Host, dir: string): Promise<void> {
+/** Removes `dir`, unmounting what podman left mounted below it first. */
+export async function removeTree(host: Host, dir: string): Promise<void> {
   const stuck = await unmountUnder(dir);
   if (stuck.length) host.warning(`could not unmount ${stuck.join(', ')}`);
   try {
@@ -74,9 +76,35 @@ async function removeTree(host: Host, dir: string): Promise<void> {
   }
 }
 
+/**
+ * Removes the dirs main made for a chosen socket path, from the socket's dir up to `top`, each only if empty:
+ * a file someone put there after main made it is theirs, so it stays, and so do the dirs holding it.
+ */
+async function removeSocketDirs(host: Host, socket: string, top: string): Promise<void> {
+  for (let dir = dirname(socket); ; dir = dirname(dir)) {
+    try {
+      await rmdir(dir);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOTEMPTY' || code === 'EEXIST') {
+        host.warning(`left ${dir} (made for the socket): it holds files this run did not put there.`);
+        return;
+      }
+      if (code !== 'ENOENT') throw error;
+    }
+    if (dir === top || dir === dirname(dir)) return;
+  }
+}
+
 /** Removes the socket and every dir main made. Best-effort: one failure does not keep the rest. */
 export async function removeOwnedPaths(host: Host, state: RunState): Promise<void> {
   if (state.socketOutsideDirs) await rm(state.socket, { force: true });
+  if (state.socketDirCreated) {
+    const top = state.socketDirCreated;
+    await removeSocketDirs(host, state.socket, top).catch((error) =>
+      host.warning(`could not remove ${top}: ${errorMessage(error)}`),
+    );
+  }
   for (const dir of state.removeDirs) {
     await removeTree(host, dir).catch((error) =>
       host.warning(`could not remove ${dir}: ${errorMessage(error)}`),

@@ -59,27 +59,38 @@ export type RemoteBuildInputs = LocalOptions | SshOptions;
 const SAFE_USER = /^[\w.@+][\w.@+-]*$/;
 const SAFE_HOSTNAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
 const IPV6_IN_URL = /^\[([0-9A-Fa-f:.]+)\]$/;
+// eslint-disable-next-line no-control-regex -- control characters are what it looks for
+export const CONTROL_CHARACTER = /[\x00-\x1f\x7f]/;
 
 export function parseSshHost(value: string): SshTarget {
+  // Escaped when it holds control characters, so a NUL or a newline cannot garble the log line.
+  const shown = CONTROL_CHARACTER.test(value) ? JSON.stringify(value) : `'${value}'`;
   const fail = (why: string) =>
-    new InputError(
-      Inputs.host,
-      `${why}; expected ssh://user@host[:port]/path/to/podman.sock, got '${value}'.`,
-    );
+    new InputError(Inputs.host, `${why}; expected ssh://user@host[:port]/path/to/podman.sock, got ${shown}.`);
+  // The URL parser would drop leading and trailing ones silently and percent-encode the rest.
+  if (CONTROL_CHARACTER.test(value)) throw fail('holds a control character (a NUL byte, a newline, ...)');
   let url: URL;
   try {
     url = new URL(value);
   } catch {
     throw fail('is not a URL');
   }
+  const decode = (part: string, what: string): string => {
+    try {
+      return decodeURIComponent(part);
+    } catch {
+      throw fail(`has a ${what} with a '%' that starts no valid escape (write a literal % as %25)`);
+    }
+  };
   if (url.protocol !== 'ssh:') throw fail(`uses ${url.protocol.replace(/:$/, '')}:// instead of ssh://`);
   if (!url.username) throw fail('names no user');
   if (url.password) throw fail('must not hold a password (use `ssh-key`)');
   if (!url.hostname) throw fail('names no host');
-  const socketPath = decodeURIComponent(url.pathname);
+  const socketPath = decode(url.pathname, 'socket path');
   if (socketPath === '' || socketPath === '/') throw fail('names no socket path on the remote host');
+  if (CONTROL_CHARACTER.test(socketPath)) throw fail('has a socket path with an escaped control character');
   if (url.search || url.hash) throw fail('must not have a query or fragment');
-  const user = decodeURIComponent(url.username);
+  const user = decode(url.username, 'user name');
   if (!SAFE_USER.test(user)) throw fail(`has a user name ssh would not take literally ('${user}')`);
   // WHATWG URL keeps the brackets of an IPv6 host in `hostname`; ssh and known_hosts want the bare address.
   const ipv6 = IPV6_IN_URL.exec(url.hostname);

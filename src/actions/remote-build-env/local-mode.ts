@@ -1,6 +1,6 @@
 /** Mode `local`: a podman service of this job's own, started in main and stopped in post. */
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { which } from '@actions/io';
 import type { Host } from '../../core/host.js';
@@ -8,13 +8,20 @@ import { InputError } from '../../core/inputs.js';
 import { CONTAINERS_CONF, containersConfVariable, podmanVersion } from '../../core/podman.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { formatDuration, heading, markdownTable } from '../../core/summary.js';
-import { scratchDir, stableDir } from '../../core/workspace.js';
+import { scratchDir, stablePath } from '../../core/workspace.js';
 import { waitUntilAnswering } from './answering.js';
-import { cacheMountDir, restoreCacheMounts, saveCacheMounts } from './cache-mounts.js';
+import { cacheMountDir, clearStage, restoreCacheMounts, saveCacheMounts } from './cache-mounts.js';
 import { registeredChild, removeOwnedPaths, showLog, stopChild } from './cleanup.js';
 import type { LocalOptions } from './inputs.js';
 import { Inputs, Outputs } from './constants.js';
-import { podmanRemote, SERVICE, socketUrl, spawnService, type ServicePlan } from './local-service.js';
+import {
+  dockerHost,
+  podmanRemote,
+  SERVICE,
+  socketUrl,
+  spawnService,
+  type ServicePlan,
+} from './local-service.js';
 import type { ServingMode } from './mode.js';
 import { isRunning, type StopOutcome } from './process-group.js';
 import { planSocket } from './socket-path.js';
@@ -23,27 +30,7 @@ import { saveRunState, type LocalState } from './state.js';
 const VERSION_TIMEOUT_MS = 15_000;
 const STOP_GRACE_MS = 10_000;
 const REMOVE_CONTAINERS_TIMEOUT_MS = 60_000;
-
-/**
- * The cache-mount dir must have the same path in every run (the cache library versions entries by path), so
- * with `cache-mounts` the service's TMPDIR is a stable dir named after the cache key.
- */
-async function serviceTmpdir(
-  inputs: LocalOptions,
-  scratch: string,
-): Promise<{ tmpdir: string; stable: boolean }> {
-  if (!inputs.cacheMounts) {
-    const tmpdir = join(scratch, 'tmp');
-    await mkdir(tmpdir, { mode: 0o700 });
-    return { tmpdir, stable: false };
-  }
-  const id = createHash('sha256').update(inputs.cacheKey).digest('hex').slice(0, 8);
-  const tmpdir = await stableDir(`rbe-${id}`);
-  // Whatever a crashed earlier run left here must not mix with what is restored from the cache.
-  await rm(tmpdir, { recursive: true, force: true });
-  await mkdir(tmpdir, { recursive: true, mode: 0o700 });
-  return { tmpdir, stable: true };
-}
+const MAX_RUNROOT_CHARS = 50;
 
 async function startLocalService(host: Host, inputs: LocalOptions, interrupted?: AbortSignal): Promise<void> {
   if (process.platform !== 'linux') {
@@ -57,12 +44,28 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
   interrupted?.throwIfAborted();
   const scratch = await scratchDir(host);
   const placed = await planSocket(inputs.socket, scratch);
-  const { tmpdir, stable } = await serviceTmpdir(inputs, scratch);
+  const docker = dockerHost(placed.socket);
+  if (inputs.exportDockerHost && !docker) {
+    throw new InputError(
+      Inputs.exportDockerHost,
+      `the docker CLI cannot use the socket path '${placed.socket}' (it holds a '%' that starts no URL escape, or a control character); set \`socket\` to a path without them, or turn \`export-docker-host\` off.`,
+    );
+  }
+  // Private to this service whatever the cache settings: buildah keeps the cache mounts below it.
+  const tmpdir = join(scratch, 'tmp');
   const cacheDir = cacheMountDir(tmpdir, version);
   const plan: ServicePlan = { socket: placed.socket, tmpdir, logFile: join(scratch, 'service.log') };
   if (inputs.isolateStorage) {
     const base = join(scratch, 'storage');
-    plan.storage = { root: join(base, 'root'), runroot: join(base, 'run'), libpodTmp: join(base, 'libpod') };
+    // Podman refuses a runroot over 50 characters (sockets live below it), so it gets the shortest name.
+    const runroot = join(scratch, 'r');
+    if (runroot.length > MAX_RUNROOT_CHARS) {
+      throw new InputError(
+        Inputs.isolateStorage,
+        `podman refuses a runroot longer than ${MAX_RUNROOT_CHARS} characters, and below RUNNER_TEMP it would be '${runroot}' (${runroot.length}); run with a shorter RUNNER_TEMP or without isolate-storage.`,
+      );
+    }
+    plan.storage = { root: join(base, 'root'), runroot, libpodTmp: join(base, 'libpod') };
   }
   if (inputs.containersConf) {
     const variable = containersConfVariable(version);
@@ -81,11 +84,18 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
     socketOutsideDirs: placed.outside,
     logFile: plan.logFile,
     tmpdir,
-    removeDirs: [scratch, ...(stable ? [tmpdir] : []), ...(placed.createDir ? [placed.createDir] : [])],
+    removeDirs: [scratch],
+    ...(placed.createDir ? { socketDirCreated: placed.createDir } : {}),
     ready: false,
     isolatedStorage: inputs.isolateStorage,
   };
+  if (inputs.cacheMounts) {
+    const id = createHash('sha256').update(inputs.cacheKey).digest('hex').slice(0, 8);
+    // Only a path here: the stage is made and emptied under its lock (cache-mounts.ts), never outside it.
+    state.cacheStage = stablePath(`rbe-${id}`);
+  }
   saveRunState(host, state);
+  await mkdir(tmpdir, { mode: 0o700 });
   await mkdir(state.registry, { mode: 0o700 });
   if (placed.createDir) await mkdir(dirname(placed.socket), { recursive: true, mode: 0o700 });
 
@@ -94,9 +104,10 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
       `${plan.storage ? `, private storage in ${join(scratch, 'storage')}` : ''}` +
       `${plan.containersConf ? `, ${plan.containersConf.variable}=${plan.containersConf.path}` : ''}.`,
   );
-  if (inputs.cacheMounts) {
+  const stage = state.cacheStage;
+  if (stage) {
     state.cache = await host.group('Restore cache mounts', () =>
-      restoreCacheMounts(host, cacheDir, inputs.cacheKey, inputs.restoreKeys),
+      restoreCacheMounts(host, { stage, live: cacheDir }, inputs.cacheKey, inputs.restoreKeys, interrupted),
     );
     saveRunState(host, state);
   }
@@ -120,7 +131,7 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
 
   const url = socketUrl(plan.socket);
   host.exportVariable('CONTAINER_HOST', url);
-  if (inputs.exportDockerHost) host.exportVariable('DOCKER_HOST', url);
+  if (docker && inputs.exportDockerHost) host.exportVariable('DOCKER_HOST', docker);
   host.setOutput(Outputs.socket, plan.socket);
   host.setOutput(Outputs.containerHost, url);
   host.setOutput(Outputs.tmpdir, tmpdir);
@@ -173,12 +184,16 @@ async function stopLocalService(host: Host, state: LocalState): Promise<void> {
     }).catch((e) => host.warning(`could not remove the service's containers: ${errorMessage(e)}`));
   }
   const outcome = await stopChild(host, 'podman service', service, STOP_GRACE_MS);
+  const { cache, cacheStage: stage } = state;
   // A service that survived SIGKILL may still be writing: saving half-written cache mounts would spread them.
-  if (state.cache && outcome !== 'survived') {
-    const cache = state.cache;
+  if (stage && cache && outcome !== 'survived') {
     await host
-      .group('Save cache mounts', () => saveCacheMounts(host, cache))
+      .group('Save cache mounts', () => saveCacheMounts(host, stage, cache))
       .catch((error) => host.warning(`cache mounts not saved: ${errorMessage(error)}`));
+  } else if (stage) {
+    await clearStage(host, stage).catch((error) =>
+      host.warning(`could not empty ${stage}: ${errorMessage(error)}`),
+    );
   }
   await showLog(host, 'podman service log', state.logFile, await serviceLogWorthShowing(state, outcome));
   await removeOwnedPaths(host, state);

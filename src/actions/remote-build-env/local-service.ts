@@ -5,6 +5,7 @@
  */
 import { exec, type ExecResult } from '../../core/exec.js';
 import { withoutRemoteClientEnv, type ContainersConfVariable } from '../../core/podman.js';
+import { CONTROL_CHARACTER } from './inputs.js';
 import { spawnTracked, type TrackedChild } from './tracked.js';
 
 export interface ServicePlan {
@@ -17,8 +18,22 @@ export interface ServicePlan {
   containersConf?: { path: string; variable: ContainersConfVariable };
 }
 
+/**
+ * `unix://` + the path, percent-encoded: podman parses CONTAINER_HOST and its own listen address as URLs and
+ * takes the decoded path, so a raw `%`, `#` or `?` in a dir name would fail to parse or cut the path short.
+ */
 export function socketUrl(socket: string): string {
-  return `unix://${socket}`;
+  return `unix://${socket.split('/').map(encodeURIComponent).join('/')}`;
+}
+
+/**
+ * DOCKER_HOST for the socket, or undefined when the docker CLI cannot reach it. Docker checks that the value
+ * parses as a URL but then dials the text after `unix://` as it stands, undecoded: the raw path is right, and a
+ * `%` that starts no valid escape (or a control character) is a path docker cannot be pointed at at all.
+ */
+export function dockerHost(socket: string): string | undefined {
+  const unparsable = /%(?![0-9A-Fa-f]{2})/.test(socket) || CONTROL_CHARACTER.test(socket);
+  return unparsable ? undefined : `unix://${socket}`;
 }
 
 /** The command line and environment of the service; pure so the plan can be checked without podman. */

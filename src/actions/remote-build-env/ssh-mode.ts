@@ -168,7 +168,8 @@ async function connectSsh(host: Host, inputs: SshOptions, interrupted?: AbortSig
     socket: placed.socket,
     socketOutsideDirs: placed.outside,
     logFile: join(scratch, 'ssh.log'),
-    removeDirs: [scratch, ...(placed.createDir ? [placed.createDir] : [])],
+    removeDirs: [scratch],
+    ...(placed.createDir ? { socketDirCreated: placed.createDir } : {}),
     ready: false,
   };
   saveRunState(host, state);

@@ -7,8 +7,13 @@ import { State } from './constants.js';
 import type { ProcessIdentity } from './process-group.js';
 
 export interface CacheState {
-  /** The path handed to the cache library; saving must use the very same string (it is hashed into the version). */
+  /**
+   * The path handed to the cache library, below the stage dir; saving must use the very same string (it is
+   * hashed into the version).
+   */
   path: string;
+  /** Where the service keeps the cache mounts (below its private TMPDIR) between restore and save. */
+  live: string;
   /** `<cache-key>-<os>-<arch>-`: restored by prefix, saved with a fingerprint appended. */
   keyPrefix: string;
   /** The key of the entry restored, if any. */
@@ -25,6 +30,11 @@ interface ServingState {
   socket: string;
   /** A socket path the user chose lives outside our dirs and is removed on its own. */
   socketOutsideDirs: boolean;
+  /**
+   * The topmost dir main made for a socket path the user chose; post removes it (and those below it on the way
+   * to the socket) only while empty: anything else put there later is not ours.
+   */
+  socketDirCreated?: string;
   /** stdout/stderr of the child serving the socket (the service or the ssh tunnel). */
   logFile: string;
   /** Dirs post removes after stopping the child (unmounting anything podman left mounted below them). */
@@ -39,6 +49,8 @@ export interface LocalState extends ServingState {
   service?: ProcessIdentity;
   /** Podman's own containers in a private storage die with it; shared storage is left alone. */
   isolatedStorage: boolean;
+  /** With cache-mounts: the stable dir restores and saves go through, under its lock (cache-mounts.ts). */
+  cacheStage?: string;
   cache?: CacheState;
 }
 
