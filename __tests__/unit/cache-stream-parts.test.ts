@@ -6,7 +6,7 @@
 import { describe, expect, it } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -20,6 +20,7 @@ import {
 } from '../../src/core/cache-version.js';
 import { confineMembers, EntryRefused } from '../../src/core/cache-confinement.js';
 import { TarMemberWatcher, type TarMember } from '../../src/core/tar-members.js';
+import { verifyStored } from '../../src/actions/preseed-podman-vm/image-store.js';
 
 interface LibraryInternals {
   getCacheVersion(paths: string[], method?: string, crossOs?: boolean): string;
@@ -408,5 +409,32 @@ describe('confineMembers: where an archive may write', () => {
     ],
   ])('takes symlinks wherever they point: %s', (_what, members) => {
     expect(run(['/w/temp/ici-x'], members)).toBeUndefined();
+  });
+});
+
+describe("preseed's check of a restored image", () => {
+  it('trusts no digest for a symlink or FIFO at the image path: not a regular file, deleted with its record', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ici-unit-image-'));
+    try {
+      writeFileSync(join(dir, 'real'), 'the real disk');
+      const fileDigest = `sha256:${createHash('sha256').update('the real disk').digest('hex')}`;
+      const record = { source: 'x', digest: fileDigest, fileDigest, title: 'disk.raw', size: 13 };
+      for (const make of [
+        (image: string) => symlinkSync(join(dir, 'real'), image),
+        (image: string) => execFileSync('mkfifo', [image]),
+      ]) {
+        const paths = { image: join(dir, 'disk.raw'), record: join(dir, 'disk.json') };
+        make(paths.image);
+        writeFileSync(paths.record, '{}');
+        // The digest a restore could report for the path; the symlink even leads to the very bytes.
+        expect(await verifyStored(paths, record, fileDigest)).toEqual({
+          ok: false,
+          reason: expect.stringMatching(/not a regular file/),
+        });
+        expect(readdirSync(dir)).toEqual(['real']);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

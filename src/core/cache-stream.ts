@@ -356,9 +356,9 @@ async function undoExtraction(
           left.push(`${path.toString()} (${error.code ?? error.message})`);
       },
     );
-  for (const member of members) {
-    if (member.type === 'dir') await openToOwner(resolve(workspace, member.name));
-  }
+  // Parents first (shorter paths), whatever order the archive gave them in: a locked parent hides its children.
+  const dirs = members.filter((m) => m.type === 'dir').map((m) => resolve(workspace, m.name));
+  for (const dir of dirs.sort((a, b) => a.length - b.length)) await openToOwner(dir);
   for (const path of absent) await removeTree(Buffer.from(path), attempt);
   for (const member of [...members].reverse()) {
     const path = resolve(workspace, member.name);
