@@ -250,11 +250,14 @@ describe('tar member watcher: reads names as GNU tar does, or refuses', () => {
         ),
         header({ name: 'short' }),
         header({ name: 'na\u00efve', type: '2', link: '\u00e9t\u00e9' }),
+        // A leading byte-order mark is part of the name (a decoder that drops it makes it another name's).
+        header({ name: '\ufeffshort' }),
         end,
       ),
     ).toEqual([
       { name: 'caf\u00e9/\u{1f600}', type: 'file', size: 0 },
       { name: 'na\u00efve', type: 'symlink', size: 0, link: '\u00e9t\u00e9' },
+      { name: '\ufeffshort', type: 'file', size: 0 },
     ]);
   });
 
