@@ -7,14 +7,17 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/glob
 import * as cache from '@actions/cache';
 import { which } from '@actions/io';
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   chmodSync,
+  chownSync,
   existsSync,
   linkSync,
+  lstatSync,
   mkdirSync,
   readdirSync,
   readFileSync,
+  readlinkSync,
   rmSync,
   symlinkSync,
   writeFileSync,
@@ -23,6 +26,7 @@ import { dirname, join } from 'node:path';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
 import { restoreCacheMounts } from '../../src/actions/remote-build-env/cache-mounts.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
+import { testUser } from '../support/podman-matrix.js';
 import { cacheEnv, captureStdout, cliHost, fillRandom, jobDirs, treeDigest } from '../support/cache-files.js';
 
 const MiB = 1024 * 1024;
@@ -58,6 +62,33 @@ function poison(key: string, build: (tarFile: string) => void): void {
 }
 
 const tarP = (...args: string[]) => execFileSync('tar', ['--posix', '-P', ...args]);
+
+/** A path whose last name ends in raw bytes (not UTF-8: no string can name it). */
+const rawPath = (path: string, ...bytes: number[]) => Buffer.concat([Buffer.from(path), Buffer.from(bytes)]);
+
+/** Archives (or appends, `-rf`) exactly these paths, in this order, whatever bytes their names hold. */
+function tarRaw(tarFile: string, paths: Array<string | Buffer>, op = '-cf'): void {
+  const list = `${tarFile}.list`;
+  writeFileSync(list, Buffer.concat(paths.flatMap((p) => [Buffer.from(p), Buffer.alloc(1)])));
+  tarP('--no-recursion', '--null', op, tarFile, '-T', list);
+  rmSync(list);
+}
+
+/** What a tree holds, without following its symlinks: each entry's kind and link target or content digest. */
+function listTree(dir: string, at = ''): string[] {
+  return readdirSync(join(dir, at))
+    .sort()
+    .flatMap((name) => {
+      const rel = join(at, name);
+      const st = lstatSync(join(dir, rel));
+      if (st.isSymbolicLink()) return [`l ${rel} -> ${readlinkSync(join(dir, rel))}`];
+      if (st.isDirectory()) return [`d ${rel}`, ...listTree(dir, rel)];
+      const content = createHash('sha256')
+        .update(readFileSync(join(dir, rel)))
+        .digest('hex');
+      return [`f ${rel} ${st.mode & 0o777} ${content}`];
+    });
+}
 
 const fallbacks = (log: string[]) => log.filter((l) => FALLBACK.test(l));
 const ranged = () => service.counters.rangedDownloads;
@@ -254,6 +285,114 @@ describe('streaming restore, cache service v2', () => {
     expect(result.fileDigests?.[record]).toBe(sha(readFileSync(record, 'utf8')));
   });
 
+  it('never reports a digest for bytes a later member put there under another raw-byte name (U+FFFD alias)', async () => {
+    const dir = join(dirs.runnerTemp, 'ici-alias');
+    const image = join(dir, 'disk.raw');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(image, 'GOOD');
+    await saveWithLibrary([dir], 'alias-key');
+    // \xff is a symlink to the directory, \xfe (one name with it once decoded leniently) took it out of the
+    // check, and disk.raw is written again through \xff after its digest was taken.
+    poison('alias-key', (tarFile) => {
+      const alias = rawPath(`${dir}/`, 0xff);
+      symlinkSync('.', alias);
+      writeFileSync(rawPath(`${dir}/`, 0xfe), '');
+      tarRaw(tarFile, [dir, alias, rawPath(`${dir}/`, 0xfe), image]);
+      writeFileSync(image, 'EVIL');
+      tarRaw(tarFile, [Buffer.concat([alias, Buffer.from('/disk.raw')])], '-rf');
+    });
+    await laterRun([dirs.runnerTemp]);
+    const { host, log } = cliHost();
+    const result = await restoreCache(host, [dir], 'alias-key', [], { fileDigests: true });
+    // The old code vouched for GOOD with the disk holding EVIL; now nothing is vouched for, nothing is there.
+    const digestOf = (path: string) =>
+      `sha256:${createHash('sha256').update(readFileSync(path)).digest('hex')}`;
+    expect({
+      vouched: result.fileDigests?.[image],
+      onDisk: existsSync(image) ? digestOf(image) : undefined,
+    }).toEqual({ vouched: undefined, onDisk: undefined });
+    expect(result).toEqual({ hit: false, backend: 'actions' });
+    expect(log.filter((l) => l.startsWith('warning:'))).toEqual([
+      expect.stringMatching(/Cache entry refused.*not valid UTF-8/),
+    ]);
+    expect(existsSync(dir)).toBe(false);
+    expect(fallbacks(log)).toEqual([]);
+  });
+
+  it('restores symlinks wherever they point, byte-identically: a venv (bin/python -> /usr/bin/python3), lib64 -> lib', async () => {
+    const dir = join(dirs.runnerTemp, 'ici-venv');
+    mkdirSync(join(dir, 'bin'), { recursive: true });
+    mkdirSync(join(dir, 'lib', 'python3', 'site-packages'), { recursive: true });
+    writeFileSync(join(dir, 'lib', 'python3', 'site-packages', 'mod.py'), 'x = 1\n');
+    writeFileSync(join(dir, 'bin', 'activate'), '# venv\n', { mode: 0o755 });
+    symlinkSync('/usr/bin/python3', join(dir, 'bin', 'python'));
+    symlinkSync('python', join(dir, 'bin', 'python3'));
+    symlinkSync('lib', join(dir, 'lib64'));
+    // Goes through the archive's own lib64 symlink, then up and out of the path and back.
+    symlinkSync('../lib64/python3/site-packages/mod.py', join(dir, 'bin', 'mod.py'));
+    symlinkSync('../ici-venv/lib', join(dir, 'up-and-over'));
+    symlinkSync('not/there', join(dir, 'dangling'));
+    const before = listTree(dir);
+    await saveWithLibrary([dir], 'venv-key');
+    await laterRun([dirs.runnerTemp]);
+    const { host, log } = cliHost();
+    const result = await restoreCache(host, [dir], 'venv-key', [], { fileDigests: true });
+    expect(log.filter((l) => l.startsWith('warning:'))).toEqual([]);
+    expect(result.hit).toBe(true);
+    expect(listTree(dir)).toEqual(before);
+    expect(fallbacks(log)).toEqual([]);
+    // Digests only for regular files, never for a symlink's path.
+    expect(Object.keys(result.fileDigests ?? {}).sort()).toEqual(
+      [join(dir, 'bin', 'activate'), join(dir, 'lib', 'python3', 'site-packages', 'mod.py')].sort(),
+    );
+  });
+
+  it('keeps an entry refused when its undo meets a directory the archive locked (mode 000, non-root runner): no library fallback', async () => {
+    const user = testUser();
+    const dir = join(dirs.runnerTemp, 'ici-locked');
+    const outside = join(dirs.base, 'outside-locked');
+    mkdirSync(dir, { recursive: true });
+    mkdirSync(outside, { recursive: true });
+    writeFileSync(join(dir, 'seed'), 'seed');
+    await saveWithLibrary([dir], 'locked-key');
+    poison('locked-key', (tarFile) => {
+      mkdirSync(join(dir, 'locked'));
+      writeFileSync(join(dir, 'locked', 'f'), 'f');
+      chmodSync(join(dir, 'locked'), 0);
+      // tar gives a directory its mode once it reads a member outside it: this one reaches tar before the refusal.
+      writeFileSync(join(dir, 'big'), randomBytes(2 * MiB));
+      writeFileSync(join(outside, 'planted'), 'planted');
+      const members = [dir, join(dir, 'locked'), join(dir, 'locked', 'f'), join(dir, 'big')];
+      tarP('--no-recursion', '-cf', tarFile, ...members, join(outside, 'planted'));
+      rmSync(join(outside, 'planted'));
+    });
+    await laterRun([dirs.runnerTemp]);
+    // A runner's user (root opens any directory) owning the job's directories; the service's files readable.
+    const opened = [dirs.base, service.root];
+    opened.forEach((d) => chmodSync(d, 0o755));
+    [dirs.runnerTemp, outside].forEach((d) => chownSync(d, user.uid, user.gid));
+    const { host, log } = cliHost();
+    const { seteuid, setegid } = process;
+    if (!seteuid || !setegid) throw new Error('switching the effective user needs a POSIX process');
+    setegid(user.gid);
+    seteuid(user.uid);
+    let result;
+    try {
+      result = await restoreCache(host, [dir], 'locked-key');
+    } finally {
+      seteuid(0);
+      setegid(0);
+      opened.forEach((d) => chmodSync(d, 0o700));
+    }
+    expect(result).toEqual({ hit: false, backend: 'actions' });
+    expect(log.filter((l) => l.startsWith('warning:'))).toEqual([
+      expect.stringMatching(/Cache entry refused.*outside-locked\/planted' is outside the cache paths$/),
+    ]);
+    expect(fallbacks(log)).toEqual([]);
+    expect(readdirSync(outside)).toEqual([]);
+    expect(existsSync(dir)).toBe(false);
+  });
+
   it('refuses an entry the service matched under a key that was not asked for (no download, no library)', async () => {
     const dir = join(dirs.runnerTemp, 'ici-forged');
     await fillTree(dir, 1, MiB);
@@ -305,7 +444,47 @@ describe('streaming restore, cache service v2', () => {
           writeFileSync(join(dir, 'link', 'planted'), 'planted');
           tarP('-rf', tarFile, join(dir, 'link', 'planted'));
         },
-        /archive member '.*\/link' is a symlink to '.*\/outside', outside the cache paths/,
+        /archive member '.*\/link\/planted' is reached through the archive's symlink '.*\/link'/,
+      ],
+      [
+        // Decoded leniently, \xff and \xfe were both U+FFFD: the file \xfe took the symlink \xff out of the check,
+        // \xfd went up through it, \xfc took \xfd out, and a file was written through \xfd into outside/.
+        'raw-byte names that are one name once decoded leniently (a symlink dropped from the check)',
+        (dir, tarFile) => {
+          const [z, w] = [rawPath(`${dir}/`, 0xfd), rawPath(`${dir}/`, 0xfc)];
+          const e = join(dir, 'd', 'e');
+          mkdirSync(e, { recursive: true });
+          symlinkSync('../..', rawPath(`${e}/`, 0xff));
+          writeFileSync(rawPath(`${e}/`, 0xfe), '');
+          symlinkSync(
+            Buffer.concat([Buffer.from('d/e/'), Buffer.from([0xff]), Buffer.from('/../../outside')]),
+            z,
+          );
+          writeFileSync(w, '');
+          writeFileSync(join(outside(), 'planted'), 'planted');
+          const through = Buffer.concat([z, Buffer.from('/planted')]);
+          tarRaw(tarFile, [
+            dir,
+            join(dir, 'd'),
+            e,
+            rawPath(`${e}/`, 0xff),
+            rawPath(`${e}/`, 0xfe),
+            z,
+            w,
+            through,
+          ]);
+          rmSync(join(outside(), 'planted'));
+        },
+        /unreadable archive: a member name or link target is not valid UTF-8/,
+      ],
+      [
+        // Whoever reads it (preseed hashing its disk image) would block forever.
+        'a FIFO',
+        (dir, tarFile) => {
+          execFileSync('mkfifo', [join(dir, 'disk.raw')]);
+          tarP('-cf', tarFile, dir);
+        },
+        /archive member '.*\/disk\.raw' is a FIFO/,
       ],
       [
         'a hard link to a file outside the path',

@@ -6,7 +6,7 @@
 import { describe, expect, it } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -20,6 +20,7 @@ import {
 } from '../../src/core/cache-version.js';
 import { confineMembers, EntryRefused } from '../../src/core/cache-confinement.js';
 import { TarMemberWatcher, type TarMember } from '../../src/core/tar-members.js';
+import { verifyStored } from '../../src/actions/preseed-podman-vm/image-store.js';
 
 interface LibraryInternals {
   getCacheVersion(paths: string[], method?: string, crossOs?: boolean): string;
@@ -163,22 +164,22 @@ describe('tar member watcher', () => {
 
 /** One ustar header block (name, type, size, link, magic as given), with its checksum. */
 function header(fields: {
-  name: string;
+  name: string | Buffer;
   type?: string;
   size?: string;
-  link?: string;
+  link?: string | Buffer;
   magic?: string;
   prefix?: string;
 }): Buffer {
   const block = Buffer.alloc(512);
-  block.write(fields.name, 0, 100, 'utf8');
+  Buffer.from(fields.name).copy(block, 0, 0, 100);
   block.write('0000644\0', 100, 'latin1');
   block.write('0000000\0', 108, 'latin1');
   block.write('0000000\0', 116, 'latin1');
   block.write(fields.size ?? '00000000000\0', 124, 12, 'latin1');
   block.write('00000000000\0', 136, 'latin1');
   block.write(fields.type ?? '0', 156, 'latin1');
-  block.write(fields.link ?? '', 157, 100, 'utf8');
+  Buffer.from(fields.link ?? '').copy(block, 157, 0, 100);
   block.write(fields.magic ?? 'ustar\x0000', 257, 8, 'latin1');
   block.write(fields.prefix ?? '', 345, 155, 'utf8');
   let sum = 0;
@@ -189,13 +190,13 @@ function header(fields: {
 
 const octal = (n: number) => `${n.toString(8).padStart(11, '0')}\0`;
 const pad = (data: Buffer) => Buffer.concat([data, Buffer.alloc((512 - (data.length % 512)) % 512)]);
-const paxRecord = (key: string, value: string) => {
-  const body = ` ${key}=${value}\n`;
+const paxRecord = (key: string, value: string | Buffer) => {
+  const body = Buffer.concat([Buffer.from(` ${key}=`), Buffer.from(value), Buffer.from('\n')]);
   let length = body.length + 1;
-  while (`${length}${body}`.length !== length) length++;
-  return `${length}${body}`;
+  while (`${length}`.length + body.length !== length) length++;
+  return Buffer.concat([Buffer.from(`${length}`), body]);
 };
-const meta = (type: string, data: string) =>
+const meta = (type: string, data: string | Buffer) =>
   Buffer.concat([
     header({ name: 'meta', type, size: octal(Buffer.byteLength(data)) }),
     pad(Buffer.from(data)),
@@ -231,6 +232,49 @@ describe('tar member watcher: reads names as GNU tar does, or refuses', () => {
     expect(
       await membersOf(meta('K', 'long-target\0'), header({ name: 'l', type: '2', link: 'short' }), end),
     ).toEqual([{ name: 'l', type: 'symlink', size: 0, link: 'long-target' }]);
+  });
+
+  // \xff and \xfe are distinct names to tar; a lenient decoder makes both U+FFFD, and the checks keyed by name
+  // (symlinks made, digests) would take one for the other.
+  const notUtf8 = (text: string, byte: number) => Buffer.concat([Buffer.from(text), Buffer.from([byte])]);
+
+  it('keeps names byte-exact: valid UTF-8 as is, and raw bytes in pax values that are not names', async () => {
+    expect(
+      await membersOf(
+        meta(
+          'x',
+          Buffer.concat([
+            paxRecord('path', 'caf\u00e9/\u{1f600}'),
+            paxRecord('SCHILY.xattr.user.x', notUtf8('', 0xff)),
+          ]),
+        ),
+        header({ name: 'short' }),
+        header({ name: 'na\u00efve', type: '2', link: '\u00e9t\u00e9' }),
+        // A leading byte-order mark is part of the name (a decoder that drops it makes it another name's).
+        header({ name: '\ufeffshort' }),
+        end,
+      ),
+    ).toEqual([
+      { name: 'caf\u00e9/\u{1f600}', type: 'file', size: 0 },
+      { name: 'na\u00efve', type: 'symlink', size: 0, link: '\u00e9t\u00e9' },
+      { name: '\ufeffshort', type: 'file', size: 0 },
+    ]);
+  });
+
+  it.each([
+    ['a header name', [header({ name: notUtf8('d/', 0xff) }), end]],
+    ['a header link target', [header({ name: 'l', type: '2', link: notUtf8('t', 0xfe) }), end]],
+    ['a pax path', [meta('x', paxRecord('path', notUtf8('d/', 0xfd))), header({ name: 'f' }), end]],
+    [
+      'a pax linkpath',
+      [meta('x', paxRecord('linkpath', notUtf8('', 0xc3))), header({ name: 'l', type: '1' }), end],
+    ],
+    [
+      'a GNU long name',
+      [meta('L', Buffer.concat([notUtf8('d/', 0xfc), Buffer.alloc(1)])), header({ name: 'f' }), end],
+    ],
+  ])('refuses a member whose name is not valid UTF-8: %s', async (_what, blocks) => {
+    await expect(membersOf(...blocks)).rejects.toThrow(/not valid UTF-8/);
   });
 
   const refused: Array<[string, Buffer[]]> = [
@@ -305,17 +349,23 @@ describe('confineMembers: where an archive may write', () => {
       [member('/w/temp/ici-x/s', 'symlink', 'sub'), member('/w/temp/ici-x/s/f')],
       /reached through the archive's symlink/,
     ],
-    ["a symlink to the paths' parent", [member('/w/temp/ici-x/s', 'symlink', '..')], /outside/],
     [
-      // Lexically ici-x/a -> ici-x, but ici-x/up is ici-x itself: its `..` is /w/temp.
-      'a symlink whose target goes through another symlink',
-      [member('/w/temp/ici-x/up', 'symlink', '.'), member('/w/temp/ici-x/a', 'symlink', 'up/..')],
-      /goes through the archive's symlink/,
+      // ici-x/up is ici-x itself, so ici-x/a is /w/temp: the file is written outside.
+      'a file under a symlink whose target goes through another symlink',
+      [
+        member('/w/temp/ici-x/up', 'symlink', '.'),
+        member('/w/temp/ici-x/a', 'symlink', 'up/..'),
+        member('/w/temp/ici-x/a/f'),
+      ],
+      /reached through the archive's symlink '\/w\/temp\/ici-x\/a'/,
     ],
     [
-      'a symlink made later in place of a directory an earlier target goes through',
-      [member('/w/temp/ici-x/a', 'symlink', 'up/../f'), member('/w/temp/ici-x/up', 'symlink', '.')],
-      /in place of a directory another symlink goes through/,
+      'a hard link to a file reached through a symlink of the archive',
+      [
+        member('/w/temp/ici-x/s', 'symlink', '/etc'),
+        member('/w/temp/ici-x/h', 'hardlink', '/w/temp/ici-x/s/passwd'),
+      ],
+      /hard link to '.*', reached through the archive's symlink/,
     ],
     [
       'a hard link to a symlink (its relative target moves)',
@@ -326,7 +376,68 @@ describe('confineMembers: where an archive may write', () => {
       /hard link to the archive's symlink/,
     ],
     ['a device node', [member('/w/temp/ici-x/sda', 'device')], /device node/],
+    // Whoever reads it (preseed hashing a disk image) would block forever.
+    ['a FIFO', [member('/w/temp/ici-x/disk.raw', 'fifo')], /is a FIFO/],
   ])('refuses %s', (_what, members, reason) => {
     expect(run(['/w/temp/ici-x'], members)).toMatch(reason);
+  });
+
+  // tar never follows a symlink it made, and what is written through one is refused by name: the target is free.
+  it.each([
+    [
+      "a venv's interpreter links (absolute, to the system)",
+      [
+        member('/w/temp/ici-x/bin/', 'dir'),
+        member('/w/temp/ici-x/bin/python', 'symlink', '/usr/bin/python3'),
+        member('/w/temp/ici-x/bin/python3', 'symlink', 'python'),
+      ],
+    ],
+    [
+      'lib64 -> lib and a link that goes through it',
+      [
+        member('/w/temp/ici-x/lib/', 'dir'),
+        member('/w/temp/ici-x/lib/libz.so.1'),
+        member('/w/temp/ici-x/lib64', 'symlink', 'lib'),
+        member('/w/temp/ici-x/libz.so', 'symlink', 'lib64/libz.so.1'),
+      ],
+    ],
+    [
+      "links to the paths' parent, dangling, and one made where a later one's target goes",
+      [
+        member('/w/temp/ici-x/s', 'symlink', '..'),
+        member('/w/temp/ici-x/dangling', 'symlink', 'none/here'),
+        member('/w/temp/ici-x/a', 'symlink', 'up/../f'),
+        member('/w/temp/ici-x/up', 'symlink', '.'),
+      ],
+    ],
+  ])('takes symlinks wherever they point: %s', (_what, members) => {
+    expect(run(['/w/temp/ici-x'], members)).toBeUndefined();
+  });
+});
+
+describe("preseed's check of a restored image", () => {
+  it('trusts no digest for a symlink or FIFO at the image path: not a regular file, deleted with its record', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ici-unit-image-'));
+    try {
+      writeFileSync(join(dir, 'real'), 'the real disk');
+      const fileDigest = `sha256:${createHash('sha256').update('the real disk').digest('hex')}`;
+      const record = { source: 'x', digest: fileDigest, fileDigest, title: 'disk.raw', size: 13 };
+      for (const make of [
+        (image: string) => symlinkSync(join(dir, 'real'), image),
+        (image: string) => execFileSync('mkfifo', [image]),
+      ]) {
+        const paths = { image: join(dir, 'disk.raw'), record: join(dir, 'disk.json') };
+        make(paths.image);
+        writeFileSync(paths.record, '{}');
+        // The digest a restore could report for the path; the symlink even leads to the very bytes.
+        expect(await verifyStored(paths, record, fileDigest)).toEqual({
+          ok: false,
+          reason: expect.stringMatching(/not a regular file/),
+        });
+        expect(readdirSync(dir)).toEqual(['real']);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

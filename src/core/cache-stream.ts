@@ -17,7 +17,7 @@
 import { which } from '@actions/io';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, rm, rmdir, statfs } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readdir, rmdir, statfs, unlink } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -119,9 +119,11 @@ export async function streamRestore(
       host.info('Cache restored successfully');
       return { matchedKey: found.matchedKey, fileDigests: run.fileDigests() };
     } catch (error) {
-      await undoExtraction(workspace, watch.members, absent);
-      if (deadline.signal.aborted) return timedOut;
-      if (error instanceof EntryRefused) return { refused: error.message };
+      // Whatever the undo meets, a refused entry stays refused: the library would extract it unchecked.
+      const left = leftovers(await undoExtraction(workspace, watch.members, absent));
+      if (deadline.signal.aborted) return { problem: timedOut.problem + left };
+      if (error instanceof EntryRefused) return { refused: error.message + left };
+      if (error instanceof StreamUnusable && left) throw new StreamUnusable(error.message + left);
       throw error;
     }
   } finally {
@@ -239,9 +241,11 @@ class Extraction {
   ): Promise<RangedDownloadResult> {
     const env = childEnv();
     const zstd = spawn('zstd', ['-d', '--long=30', '-c'], { stdio: ['pipe', 'pipe', 'pipe'], env });
+    // In the C locale GNU tar writes pax names with the very bytes the watcher checked; in another one it would
+    // convert them from UTF-8 to that locale's charset first.
     const tar = spawn(this.tar.path, [...this.tar.args, '-C', this.workspace], {
       stdio: ['pipe', 'ignore', 'pipe'],
-      env,
+      env: { ...env, LC_ALL: 'C' },
     });
     const exits = Promise.all([exitOf('zstd', zstd), exitOf('tar', tar)]);
     zstd.stdin.on('error', () => undefined);
@@ -322,20 +326,68 @@ class Extraction {
   }
 }
 
+/** The one clause the warning gets for what the undo could not remove. */
+function leftovers(paths: string[]): string {
+  if (paths.length === 0) return '';
+  const more = paths.length > 5 ? ` and ${paths.length - 5} more` : '';
+  return `; could not remove ${paths.slice(0, 5).join(', ')}${more}`;
+}
+
+/** Errors that mean the path is already gone or was never ours to remove (a directory holding other files). */
+const NOTHING_TO_UNDO = new Set(['ENOENT', 'ENOTEMPTY', 'EEXIST', 'ENOTDIR', 'EISDIR']);
+
 /**
  * Removes what a failed extraction wrote: the cache paths that did not exist before, then every member the tar
  * stream announced (newest first, so directories are emptied before their removal is tried; a directory that
- * still holds something that was not ours stays).
+ * still holds something that was not ours stays). The archive's own directories may have any mode (000 keeps a
+ * non-root runner out of them): each is opened to its owner first. Never throws; answers what stayed.
  */
 async function undoExtraction(
   workspace: string,
   members: readonly TarMember[],
   absent: string[],
-): Promise<void> {
-  for (const path of absent) await rm(path, { recursive: true, force: true });
+): Promise<string[]> {
+  const left: string[] = [];
+  const attempt = (path: string | Buffer, action: Promise<unknown>): Promise<void> =>
+    action.then(
+      () => undefined,
+      (error: NodeJS.ErrnoException) => {
+        if (!NOTHING_TO_UNDO.has(error.code ?? ''))
+          left.push(`${path.toString()} (${error.code ?? error.message})`);
+      },
+    );
+  // Parents first (shorter paths), whatever order the archive gave them in: a locked parent hides its children.
+  const dirs = members.filter((m) => m.type === 'dir').map((m) => resolve(workspace, m.name));
+  for (const dir of dirs.sort((a, b) => a.length - b.length)) await openToOwner(dir);
+  for (const path of absent) await removeTree(Buffer.from(path), attempt);
   for (const member of [...members].reverse()) {
     const path = resolve(workspace, member.name);
-    if (member.type === 'dir') await rmdir(path).catch(() => undefined);
-    else await rm(path, { force: true }).catch(() => undefined);
+    await attempt(path, member.type === 'dir' ? rmdir(path) : unlink(path));
   }
+  return left;
+}
+
+async function openToOwner(dir: string | Buffer): Promise<void> {
+  const stats = await lstat(dir).catch(() => undefined);
+  if (stats?.isDirectory()) await chmod(dir, (stats.mode & 0o7777) | 0o700).catch(() => undefined);
+}
+
+/** `rm -rf` that opens each directory to its owner on the way, byte-exact whatever the names. */
+async function removeTree(
+  path: Buffer,
+  attempt: (path: Buffer, action: Promise<unknown>) => Promise<void>,
+): Promise<void> {
+  const stats = await lstat(path).catch(() => undefined);
+  if (!stats?.isDirectory()) {
+    if (stats) await attempt(path, unlink(path));
+    return;
+  }
+  await openToOwner(path);
+  let entries: Buffer[] = [];
+  await attempt(
+    path,
+    readdir(path, { encoding: 'buffer' }).then((e) => (entries = e)),
+  );
+  for (const entry of entries) await removeTree(Buffer.concat([path, Buffer.from('/'), entry]), attempt);
+  await attempt(path, rmdir(path));
 }

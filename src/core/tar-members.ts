@@ -43,9 +43,24 @@ interface Overrides {
   size?: number;
 }
 
+/**
+ * Names are checked and undone by their text, and Node turns that text back into UTF-8 bytes for every path it
+ * touches; so only names whose bytes ARE that UTF-8 can be checked: any other byte sequence (which a lenient
+ * decoder would map to U+FFFD, making distinct names equal) is refused.
+ */
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+function nameText(bytes: Buffer): string {
+  try {
+    return utf8.decode(bytes);
+  } catch {
+    throw new TarFormatError('a member name or link target is not valid UTF-8');
+  }
+}
+
 function cString(block: Buffer, start: number, length: number): string {
   const end = block.indexOf(0, start);
-  return block.toString('utf8', start, end === -1 || end > start + length ? start + length : end);
+  return nameText(block.subarray(start, end === -1 || end > start + length ? start + length : end));
 }
 
 /**
@@ -89,14 +104,15 @@ function parsePax(data: Buffer): Overrides {
     if (!length || end > data.length || data[end - 1] !== 0x0a) {
       throw new TarFormatError('malformed pax extended header');
     }
-    const record = data.toString('utf8', space + 1, end - 1);
-    const eq = record.indexOf('=');
-    if (eq <= 0) throw new TarFormatError('malformed pax extended header');
-    const key = record.slice(0, eq);
-    const value = record.slice(eq + 1);
-    if (key === 'path') result.path = value;
-    else if (key === 'linkpath') result.linkpath = value;
+    const eq = data.indexOf(0x3d, space + 1);
+    if (eq === -1 || eq <= space + 1 || eq >= end) throw new TarFormatError('malformed pax extended header');
+    const key = data.toString('latin1', space + 1, eq);
+    // Only the names are text; other values (xattrs, ...) may be any bytes and are not read.
+    const raw = data.subarray(eq + 1, end - 1);
+    if (key === 'path') result.path = nameText(raw);
+    else if (key === 'linkpath') result.linkpath = nameText(raw);
     else if (key === 'size') {
+      const value = raw.toString('latin1');
       if (!/^[0-9]+$/.test(value) || !Number.isSafeInteger(Number(value))) {
         throw new TarFormatError(`pax size '${value}' is not a size`);
       }
@@ -239,14 +255,15 @@ export class TarMemberWatcher extends Transform {
     const base = cString(block, 0, 100);
     // pax path wins over a GNU long name whatever their order, as in GNU tar.
     const name = this.pax?.path ?? this.longName ?? (prefix ? `${prefix}/${base}` : base);
-    const link = this.pax?.linkpath ?? this.longLink ?? cString(block, 157, 100);
+    const linked = kind === 'symlink' || kind === 'hardlink';
+    const link = linked ? (this.pax?.linkpath ?? this.longLink ?? cString(block, 157, 100)) : '';
     if (name.includes('\0') || link.includes('\0'))
       throw new TarFormatError('a member name holds a NUL byte');
     // A regular file named `x/` is extracted as a directory by GNU tar, which then reads no data.
     if (kind === 'file' && name.endsWith('/'))
       throw new TarFormatError(`a file member named like a directory`);
     const member: TarMember = { name, type: kind, size };
-    if (kind === 'symlink' || kind === 'hardlink') member.link = link;
+    if (linked) member.link = link;
     this.pax = undefined;
     this.longName = undefined;
     this.longLink = undefined;

@@ -4,7 +4,7 @@
  * registry still learns the digest of what it restored and can verify every byte before using it.
  */
 import { createHash } from 'node:crypto';
-import { copyFile, link, mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { copyFile, link, lstat, mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
 import { digestFile } from '../../core/oci/digest.js';
@@ -94,6 +94,9 @@ export async function verifyStored(
     reason = `no readable record ${paths.record}`;
   } else {
     try {
+      // A restored digest is of the bytes a file member carried; a symlink (or FIFO) there is no such file, and
+      // reading through it could block or read what the link points at.
+      if (!(await lstat(paths.image)).isFile()) throw new Error('not a regular file');
       const actual = restoredDigest ?? (await digestFile(paths.image));
       if (actual !== record.fileDigest) reason = `sha256 is ${actual}, expected ${record.fileDigest}`;
     } catch (error) {
