@@ -5,6 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -246,6 +247,53 @@ describe('credentials stay with the registry (htpasswd)', () => {
     expect(foreign.records.map((rec) => `${rec.kind} ${rec.authorized}`)).toEqual(['upload-put false']);
   });
 
+  it("a redirect target's 401 is not the registry's challenge: its token realm never sees the credentials", async () => {
+    // Storage on another origin (plain http) answers the redirected blob GET with a Bearer challenge naming a
+    // realm of its own: whoever sits on that leg would collect the password from the token request.
+    const seen: string[] = [];
+    const storage = createHttpServer((req, res) => {
+      seen.push(`${req.method} ${req.url} ${req.headers.authorization ?? '-'}`);
+      req.resume();
+      if (req.url?.startsWith('/token')) return void res.writeHead(200).end('{"token":"evil"}');
+      const realm = `http://127.0.0.1:${(storage.address() as AddressInfo).port}/token`;
+      res.writeHead(401, { 'www-authenticate': `Bearer realm="${realm}",service="x"` }).end();
+    });
+    await new Promise<void>((resolve) => storage.listen(0, '127.0.0.1', resolve));
+    try {
+      const location = `http://127.0.0.1:${(storage.address() as AddressInfo).port}/storage/blob`;
+      const r = await relay({
+        target: registry.host,
+        fault: ({ kind }) => (kind === 'blob-get' ? { status: 307, headers: { location } } : undefined),
+      });
+      const c = client(r.host, { credentials: creds() });
+      await c.uploadBlob('redirected/app', blob);
+      const error = await c
+        .downloadBlob('redirected/app', blob.digest, join(work, 'redirected'), { size: blob.size })
+        .catch((e: unknown) => e);
+      await c.close();
+      expect(String(error)).toContain(
+        `HTTP 401 from http://127.0.0.1:${(storage.address() as AddressInfo).port}`,
+      );
+      expect(seen.filter((line) => line.includes('/token') || !line.endsWith(' -'))).toEqual([]);
+    } finally {
+      storage.closeAllConnections();
+      await new Promise((resolve) => storage.close(resolve));
+    }
+  });
+
+  it('credentials still go to an insecure registry written localhost:80 (the URL parser drops the port)', async () => {
+    // Port 80 needs root, as the suite runs.
+    const r = await relay({ target: registry.host, listen: { host: 'localhost', port: 80 } });
+    const c = client('localhost:80', { credentials: creds() });
+    try {
+      await c.uploadBlob('forms/app', blob);
+      expect(await c.headBlob('forms/app', blob.digest)).toEqual({ size: blob.size });
+      expect(r.count('upload-start', (rec) => rec.authorized)).toBe(1);
+    } finally {
+      await c.close();
+    }
+  });
+
   it.each([401, 403])(
     'a cross-repository mount refused with %i is "mount not possible": the blob is uploaded normally',
     async (status) => {
@@ -272,6 +320,43 @@ describe('an insecure https registry whose first TLS connection is reset', () =>
     registry = await startRegistry({ auth: 'htpasswd', tls: 'server' });
   });
   afterAll(() => registry.stop());
+
+  it.each([
+    ['127.0.0.1', 443, '127.0.0.1:443'],
+    ['::1', 0, '[0:0::1]:PORT'],
+  ])(
+    'credentials still go to the registry written %s:%s as %s (the URL parser rewrites that host)',
+    async (listenHost, listenPort, written) => {
+      // A TCP forwarder on that address in front of the TLS registry (443 needs root, as the suite runs).
+      const sockets = new Set<Socket>();
+      const forward = createNetServer((socket) => {
+        const [host, port] = registry.host.split(':');
+        const upstream = connect(Number(port), host!);
+        for (const s of [socket, upstream]) {
+          sockets.add(s);
+          s.on('close', () => sockets.delete(s));
+          s.on('error', () => undefined);
+        }
+        socket.pipe(upstream).pipe(socket);
+      });
+      await new Promise<void>((resolve) => forward.listen(listenPort, listenHost, resolve));
+      const c = new RegistryClient({
+        registry: written.replace('PORT', String((forward.address() as AddressInfo).port)),
+        tlsVerify: false,
+        credentials: { username: registry.username!, password: registry.password! },
+        retryBaseDelayMs: 10,
+        timeoutMs: 10_000,
+      });
+      try {
+        await c.uploadBlob('forms/app', blob);
+        expect(await c.headBlob('forms/app', blob.digest)).toEqual({ size: blob.size });
+      } finally {
+        await c.close();
+        for (const socket of sockets) socket.destroy();
+        await new Promise((resolve) => forward.close(resolve));
+      }
+    },
+  );
 
   it('retries https and never falls back to plain http (where something else answers on the same port)', async () => {
     // One port, two listeners as a front server might have them: TLS goes to the registry, plain http gets a

@@ -67,6 +67,8 @@ export type Fault =
 export interface ProxyOptions {
   /** host:port of the registry. */
   target: string;
+  /** Where the relay listens (default 127.0.0.1 on a free port): e.g. ::1, or a scheme's default port. */
+  listen?: { host?: string; port?: number };
   /** Added before forwarding a request and again before relaying the response. */
   latencyMs?: number;
   /** Decides per request whether to inject a fault; `index` counts requests of that kind so far (from 0). */
@@ -279,10 +281,14 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
   };
 
   const server: Server = createServer((req, res) => void handle(req, res));
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const listenHost = options.listen?.host ?? '127.0.0.1';
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.listen?.port ?? 0, listenHost, resolve);
+  });
   const { port } = server.address() as AddressInfo;
   return {
-    host: `127.0.0.1:${port}`,
+    host: `${listenHost.includes(':') ? `[${listenHost}]` : listenHost}:${port}`,
     records,
     bytesUp: () => records.reduce((n, r) => n + r.bytesUp, 0),
     count: (kind, filter) => records.filter((r) => r.kind === kind && (!filter || filter(r))).length,

@@ -1,3 +1,5 @@
+import { registerSecret } from '../../src/core/secrets.js';
+import { externalText } from '../../src/core/oci/response.js';
 import { describe, expect, it } from '@jest/globals';
 import { parseChallenges, preferredChallenge } from '../../src/core/oci/challenge.js';
 import { parseOciError } from '../../src/core/oci/errors.js';
@@ -177,5 +179,18 @@ describe('mapLimit', () => {
     await expect(mapLimit([1, 2], 2, async (n) => Promise.reject(new Error(`no ${n}`)))).rejects.toThrow(
       'no 1',
     );
+  });
+});
+
+describe('server text in messages', () => {
+  it('takes registered secrets out before cutting, so no prefix of one survives the cut', () => {
+    // An error body echoing the request's Authorization header, long enough that the cut falls inside it.
+    const basic = Buffer.from('alice:Tok3n-x7Q9x7Q9x7Q9x7Q9x7Q9x7Q9', 'utf8').toString('base64');
+    registerSecret(basic);
+    const body = `${'x'.repeat(150)} you sent Authorization: Basic ${basic}`;
+    const text = externalText(body);
+    expect(text).toContain('Basic ***');
+    expect(text).not.toContain(basic.slice(0, 8));
+    expect(externalText(body, 200).length).toBeLessThanOrEqual(201);
   });
 });

@@ -55,6 +55,17 @@ describe('push-multi-tag readInputs', () => {
       'docker.io',
       'docker.io',
     ]);
+    // Forms docker and podman take elsewhere that would match nothing here: refused, not silently unused.
+    for (const [entry, what] of [
+      ['10.0.0.0/8', 'is a CIDR range'],
+      ['fd00::/8', 'is a CIDR range'],
+      ['*.example.com', 'is a wildcard'],
+      ['http://user@registry.example:5000', 'carries a user name'],
+    ]) {
+      expect(() => read({ 'insecure-registries': entry })).toThrow(
+        `Input 'insecure-registries': '${entry}' ${what}, which this input does not take; list each registry as host[:port].`,
+      );
+    }
     expect(() => read({ 'insecure-registries': '127.0.0.1:5000/team' })).toThrow(
       "Input 'insecure-registries': '127.0.0.1:5000/team' names a path; list registries as host[:port] (the setting covers a whole registry).",
     );

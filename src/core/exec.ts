@@ -158,12 +158,16 @@ function lineSplitter(onLine: ((line: string) => void) | undefined): {
  * Children run in process groups of their own, so a timeout reaches what they started too. A signal that ends
  * this process must then reach them itself (Ctrl-C no longer does): while any child runs, SIGINT/SIGTERM/SIGHUP
  * end every live group, then this process ends by the same signal. The groups get SIGTERM whatever came: a
- * shell's background jobs ignore SIGINT, and a tool's stop signal is SIGTERM.
+ * shell's background jobs ignore SIGINT, and a tool's stop signal is SIGTERM. Only when nothing else listens:
+ * a process that handles the signal itself does not end by it.
  */
 const liveGroups = new Set<number>();
 const FORWARDED: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
 function forwardSignal(signal: NodeJS.Signals): void {
+  // Another listener owns this signal (the CLI's trap, which keeps the process up until post has cleaned up):
+  // the process does not end by it, so its children, cleanup commands included, are left to run.
+  if (process.listenerCount(signal) > 1) return;
   for (const pid of liveGroups) signalGroup(pid, 'SIGTERM');
   for (const s of FORWARDED) process.removeListener(s, forwardSignal);
   process.kill(process.pid, signal);

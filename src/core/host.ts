@@ -11,7 +11,7 @@
 import { randomBytes } from 'node:crypto';
 import * as core from '@actions/core';
 import { EnvInputSource, type InputSource } from './inputs.js';
-import { maskValues, registerSecret } from './secrets.js';
+import { maskValues, redact, registerSecret } from './secrets.js';
 
 export interface Host {
   readonly kind: 'actions' | 'cli';
@@ -161,11 +161,7 @@ export class CliHost implements Host {
   }
 
   private redact(text: string): string {
-    let result = text;
-    // Longest first: a whole multi-line secret before the lines it is made of.
-    for (const s of [...this.secrets].sort((a, b) => b.length - a.length))
-      result = result.split(s).join('***');
-    return result;
+    return redact(text, this.secrets);
   }
 
   setOutput(name: string, value: string): void {

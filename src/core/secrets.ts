@@ -48,3 +48,18 @@ export function maskValues(value: string): string[] {
     .filter((l) => l.length >= MIN_LINE_MASK && l !== value);
   return [value, ...new Set(lines)];
 }
+
+/** `text` with every mask replaced by `***`, longest first (a whole multi-line secret before its lines). */
+export function redact(text: string, masks: Iterable<string>): string {
+  let result = text;
+  for (const mask of [...masks].sort((a, b) => b.length - a.length)) result = result.split(mask).join('***');
+  return result;
+}
+
+/**
+ * `text` without any registered secret. For server text that is cut short before it reaches a log: a cut through
+ * a secret leaves a prefix no mask matches any more (an error body echoing the Authorization header).
+ */
+export function withoutSecrets(text: string): string {
+  return redact(text, [...registered].flatMap(maskValues));
+}

@@ -123,6 +123,21 @@ export function readInputs(src: InputSource): PushInputs {
  * of one, which it cannot: one registry has one TLS setting.
  */
 function insecureRegistry(entry: string): string {
+  // docker's daemon.json takes CIDR ranges and podman's registries.conf wildcards; here each would match nothing
+  // and leave the setting silently unused.
+  const unsupported = /^[\d.]+\/\d+$|^[\da-f:]+\/\d+$/i.test(entry)
+    ? 'is a CIDR range'
+    : entry.includes('*')
+      ? 'is a wildcard'
+      : /^([a-z]+:\/\/)?[^/]*@/i.test(entry)
+        ? 'carries a user name'
+        : undefined;
+  if (unsupported) {
+    throw new InputError(
+      Inputs.insecureRegistries,
+      `'${entry}' ${unsupported}, which this input does not take; list each registry as host[:port].`,
+    );
+  }
   const registry = normaliseAuthKey(entry);
   if (registry.includes('/')) {
     throw new InputError(

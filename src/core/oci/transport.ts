@@ -98,6 +98,8 @@ export class RegistryTransport {
   private readonly dispatcher: Dispatcher;
   private readonly ownsDispatcher: boolean;
   private readonly apiHost: string;
+  /** apiHost as parsed: its hostname, and its port when one is written (else the scheme's default). */
+  private readonly registryOrigin: { hostname: string; port?: string };
   private readonly tls: RegistryTls | undefined;
   /** http once an unverified registry turned out to speak only that. */
   private scheme: 'https:' | 'http:';
@@ -113,6 +115,10 @@ export class RegistryTransport {
   constructor(options: TransportOptions) {
     this.registry = options.registry;
     this.apiHost = registryApiHost(options.registry);
+    this.registryOrigin = {
+      hostname: new URL(`http://${this.apiHost}`).hostname,
+      port: /:(\d+)$/.exec(this.apiHost)?.[1]?.replace(/^0+(?=\d)/, ''),
+    };
     this.scheme = options.insecure ? 'http:' : 'https:';
     this.schemeUnknown = !options.insecure && options.tlsVerify === false;
     this.tls = options.tls;
@@ -199,6 +205,20 @@ export class RegistryTransport {
         if (!(failure instanceof TransientError) || typeof spec.body === 'function') throw failure;
         await budget.next(failure);
         continue;
+      }
+      if (
+        response.status === 401 &&
+        spec.scopes &&
+        !spec.ok.includes(401) &&
+        !this.isRegistryUrl(response.url)
+      ) {
+        // A redirect target (storage, a CDN, or whoever sits on a plain-http leg) has no say in how we log in to
+        // the registry: its challenge could name a token realm that would be sent our credentials.
+        await response.drain();
+        throw new RegistryError(
+          `${spec.what}: HTTP 401 from ${response.url.origin}, where the registry redirected it (no registry credentials are sent there).`,
+          401,
+        );
       }
       if (response.status === 401 && spec.scopes && !spec.ok.includes(401)) {
         const challenges = parseChallenges(response.headerList('www-authenticate'));
@@ -293,8 +313,17 @@ export class RegistryTransport {
     return this.dispatchOn(spec, authorization, this.scheme);
   }
 
+  /**
+   * The registry's own origin, on either scheme: compared as the URL parser writes hosts (IPv6 compressed, a
+   * default port dropped), so `host:443`, `[0:0::1]:5000` and `localhost:80` still match the URLs built from them.
+   */
   private isRegistryUrl(url: URL): boolean {
-    return url.host === this.apiHost && (url.protocol === 'https:' || url.protocol === 'http:');
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') return false;
+    const defaultPort = url.protocol === 'https:' ? '443' : '80';
+    return (
+      url.hostname === this.registryOrigin.hostname &&
+      (url.port || defaultPort) === (this.registryOrigin.port ?? defaultPort)
+    );
   }
 
   /** Follows redirects of GET/HEAD (blob storage); credentials never leave the origin they are for. */
