@@ -67,10 +67,9 @@ async function readLimited(body: Readable, limit: number, what: string): Promise
 /** Server text for a message: one line, printable, short. */
 export function externalText(text: string, max = 200): string {
   // Secrets out before the cut: a cut secret is a prefix no mask matches.
+  const flat = withoutSecrets(text);
   // eslint-disable-next-line no-control-regex
-  const line = withoutSecrets(text)
-    .replace(/[\u0000-\u001f\u007f\u2028\u2029]+/g, ' ')
-    .trim();
+  const line = flat.replace(/[\u0000-\u001f\u007f\u2028\u2029]+/g, ' ').trim();
   return line.length > max ? `${line.slice(0, max)}…` : line;
 }
 
