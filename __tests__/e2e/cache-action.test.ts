@@ -6,7 +6,13 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { existsSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { REPO_ROOT, runAction, secretOnlyAfterMask, type RunResult } from '../support/harness.js';
+import {
+  REPO_ROOT,
+  runAction,
+  runnerTempLeftovers,
+  secretOnlyAfterMask,
+  type RunResult,
+} from '../support/harness.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
 import { jobDirs } from '../support/cache-files.js';
 
@@ -53,10 +59,14 @@ function job(label: string): ReturnType<typeof jobDirs> {
   return dirs;
 }
 
+/** The fixture's cache path: a stable `ici-<name>` dir, which stays in RUNNER_TEMP for the next job. */
+const CACHE_PATH = 'ici-fixture-data';
+
 function runFixture(
   dirs: ReturnType<typeof jobDirs>,
   inputs: Record<string, string>,
   env: Record<string, string | undefined>,
+  keepInRunnerTemp: readonly string[] | 'unchecked' = [CACHE_PATH],
 ): Promise<RunResult> {
   return runAction({
     mainScript: join(fixture, 'main.mjs'),
@@ -67,7 +77,7 @@ function runFixture(
     runnerTemp: dirs.runnerTemp,
     workspace: dirs.workspace,
     home: dirs.home,
-    keepInRunnerTemp: ['ici-fixture-data'],
+    keepInRunnerTemp,
   });
 }
 
@@ -112,11 +122,13 @@ describe('core/cache through the runner harness, Actions cache service (v2)', ()
   it('two jobs saving one key concurrently both succeed; one entry exists and the second says why it skipped', async () => {
     const dirs = job('cache-race');
     const inputs = { 'key-prefix': 'race', content: 'same', restore: 'false' };
+    // One RUNNER_TEMP for both: checked once both are done (either may still be working at the other's end).
     const [a, b] = await Promise.all([
-      runFixture(dirs, inputs, service.env()),
-      runFixture(dirs, inputs, service.env()),
+      runFixture(dirs, inputs, service.env(), 'unchecked'),
+      runFixture(dirs, inputs, service.env(), 'unchecked'),
     ]);
     for (const r of [a, b]) {
+      expect(runnerTempLeftovers(r, [CACHE_PATH])).toEqual([]);
       expect(r.main.exitCode).toBe(0);
       expect(r.post?.exitCode).toBe(0);
       expect(r.warnings).toEqual([]);
