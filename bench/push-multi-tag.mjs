@@ -208,10 +208,8 @@ await putManifestBytes(
 );
 const promote = (referrers) => (hosts) =>
   action(hosts, TAGS, `docker://${stagingRelay.host}/staging/app@${layout.digest}`, [
-    '--referrers',
-    String(referrers),
-    '--tls-verify',
-    'false',
+    `--referrers=${referrers}`,
+    '--tls-verify=false',
   ]);
 record('image-ci promote, no referrers', 2, 10, await withRegistries(2, promote(false)));
 record('image-ci promote + 3 sigs + 1 SBOM', 2, 10, await withRegistries(2, promote(true)));
