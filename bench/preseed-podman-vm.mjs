@@ -83,6 +83,8 @@ try {
       ...dirs,
       skipPost,
       timeoutMs: 1_800_000,
+      // The action's cache path stays in RUNNER_TEMP for the next run (the harness checks the rest after post).
+      keepInRunnerTemp: ['ici-pvm'],
     });
   const sweep = () => {
     for (const d of readdirSync(work).filter((n) => n.includes('.earlier-')))
@@ -220,6 +222,9 @@ try {
   await service.stop();
   await registry.stop();
   rmSync(work, { recursive: true, force: true });
+  // The harness leaves its run dirs to jest's test environment (removeAfterFile); outside jest they go here.
+  for (const dir of globalThis[Symbol.for('image-ci.removeAfterFile')] ?? [])
+    rmSync(dir, { recursive: true, force: true });
   rmSync(out, { recursive: true, force: true });
 }
 

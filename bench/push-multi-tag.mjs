@@ -21,6 +21,8 @@ const LATENCY_MS = arg('latency-ms', 50);
 const TAGS = Array.from({ length: 10 }, (_, i) => `t${i + 1}`);
 
 const work = mkdtempSync(join(tmpdir(), 'ici-bench-'));
+// Also when a step fails: the error is printed, and nothing of the run stays in /tmp.
+process.on('exit', () => rmSync(work, { recursive: true, force: true }));
 // The registry, relay and layout helpers are the test support's TypeScript; compile them once for this run.
 execFileSync(
   process.execPath,
@@ -180,44 +182,46 @@ record('skopeo copy, 1 tag', 1, 1, await withRegistries(1, (hosts) => skopeoCopy
 // Promotion from a staging registry: the image plus 3 signatures and 1 SBOM attached to it (not timed).
 const staging = await startRegistry();
 const stagingRelay = await startProxy({ target: staging.host, latencyMs: LATENCY_MS });
-await run('skopeo', [
-  'copy',
-  '--quiet',
-  '--dest-tls-verify=false',
-  layout.transportRef,
-  `docker://${staging.host}/staging/app:rc`,
-]);
-const subject = {
-  mediaType: OCI_MANIFEST,
-  digest: layout.digest,
-  size: statSync(join(layout.dir, 'blobs', 'sha256', layout.digest.slice(7))).size,
-};
-const attached = [
-  ...[1, 2, 3].map((i) =>
-    referrer(subject, 'application/vnd.dev.cosign.artifact.sig.v1+json', `signature ${i}`),
-  ),
-  referrer(subject, 'application/spdx+json', JSON.stringify({ spdxVersion: 'SPDX-2.3', packages: [] })),
-];
-for (const a of attached) await pushArtifact(staging.host, 'staging/app', a);
-await putManifestBytes(
-  staging.host,
-  'staging/app',
-  schemaTag(layout.digest),
-  referrersIndex(attached),
-  'application/vnd.oci.image.index.v1+json',
-);
-const promote = (referrers) => (hosts) =>
-  action(hosts, TAGS, `docker://${stagingRelay.host}/staging/app@${layout.digest}`, [
-    `--referrers=${referrers}`,
-    '--tls-verify=false',
+try {
+  await run('skopeo', [
+    'copy',
+    '--quiet',
+    '--dest-tls-verify=false',
+    layout.transportRef,
+    `docker://${staging.host}/staging/app:rc`,
   ]);
-record('image-ci promote, no referrers', 2, 10, await withRegistries(2, promote(false)));
-record('image-ci promote + 3 sigs + 1 SBOM', 2, 10, await withRegistries(2, promote(true)));
-await stagingRelay.stop();
-await staging.stop();
+  const subject = {
+    mediaType: OCI_MANIFEST,
+    digest: layout.digest,
+    size: statSync(join(layout.dir, 'blobs', 'sha256', layout.digest.slice(7))).size,
+  };
+  const attached = [
+    ...[1, 2, 3].map((i) =>
+      referrer(subject, 'application/vnd.dev.cosign.artifact.sig.v1+json', `signature ${i}`),
+    ),
+    referrer(subject, 'application/spdx+json', JSON.stringify({ spdxVersion: 'SPDX-2.3', packages: [] })),
+  ];
+  for (const a of attached) await pushArtifact(staging.host, 'staging/app', a);
+  await putManifestBytes(
+    staging.host,
+    'staging/app',
+    schemaTag(layout.digest),
+    referrersIndex(attached),
+    'application/vnd.oci.image.index.v1+json',
+  );
+  const promote = (referrers) => (hosts) =>
+    action(hosts, TAGS, `docker://${stagingRelay.host}/staging/app@${layout.digest}`, [
+      `--referrers=${referrers}`,
+      '--tls-verify=false',
+    ]);
+  record('image-ci promote, no referrers', 2, 10, await withRegistries(2, promote(false)));
+  record('image-ci promote + 3 sigs + 1 SBOM', 2, 10, await withRegistries(2, promote(true)));
+} finally {
+  await stagingRelay.stop();
+  await staging.stop();
+}
 
 await run('podman', ['rmi', '-a', '-f'], podmanEnv).catch(() => undefined);
-rmSync(work, { recursive: true, force: true });
 
 const mib = (n) => (n / 1024 / 1024).toFixed(1);
 const skopeoLoop = results.find((r) => r.name === 'skopeo copy loop');
