@@ -1113,7 +1113,7 @@ module.exports = clean
 
 
 
-const eq = __webpack_require__(2701)
+const eq = __webpack_require__(5082)
 const neq = __webpack_require__(4974)
 const gt = __webpack_require__(6599)
 const gte = __webpack_require__(1236)
@@ -1347,7 +1347,7 @@ module.exports = diff
 
 /***/ }),
 
-/***/ 2701:
+/***/ 5082:
 /***/ ((module, __unused_webpack_exports, __webpack_require__) => {
 
 
@@ -1633,7 +1633,7 @@ module.exports = truncate
 
 /***/ }),
 
-/***/ 6399:
+/***/ 8780:
 /***/ ((module, __unused_webpack_exports, __webpack_require__) => {
 
 
@@ -1659,7 +1659,7 @@ const constants = __webpack_require__(5101)
 const SemVer = __webpack_require__(7163)
 const identifiers = __webpack_require__(3348)
 const parse = __webpack_require__(6353)
-const valid = __webpack_require__(6399)
+const valid = __webpack_require__(8780)
 const clean = __webpack_require__(1799)
 const inc = __webpack_require__(2338)
 const diff = __webpack_require__(711)
@@ -1675,7 +1675,7 @@ const sort = __webpack_require__(9872)
 const rsort = __webpack_require__(7192)
 const gt = __webpack_require__(6599)
 const lt = __webpack_require__(3872)
-const eq = __webpack_require__(2701)
+const eq = __webpack_require__(5082)
 const neq = __webpack_require__(4974)
 const gte = __webpack_require__(1236)
 const lte = __webpack_require__(6717)

@@ -3,6 +3,7 @@
  * bodies are read up to a limit, and text from them is cut to one short line before it reaches a message.
  */
 import type { Readable } from 'node:stream';
+import { STATUS_CODES } from 'node:http';
 import type { Dispatcher } from 'undici';
 import { parseOciError, RegistryError } from './errors.js';
 import { withoutSecrets } from '../secrets.js';
@@ -34,7 +35,8 @@ export function wrapResponse(data: Dispatcher.ResponseData, url: URL): RegistryR
   };
   return {
     status: data.statusCode,
-    statusText: data.statusText,
+    // The standard phrase: undici 6 does not keep the server's own (which would be outside text to neutralise).
+    statusText: STATUS_CODES[data.statusCode] ?? '',
     url,
     header: (name) => (list(name).length > 0 ? list(name).join(', ') : undefined),
     headerList: list,
