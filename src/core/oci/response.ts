@@ -4,7 +4,7 @@
  */
 import type { Readable } from 'node:stream';
 import { STATUS_CODES } from 'node:http';
-import type { Dispatcher } from 'undici';
+import { DecoratorHandler, type Dispatcher } from 'undici';
 import { parseOciError, RegistryError } from './errors.js';
 import { withoutSecrets } from '../secrets.js';
 import { TransientError } from './retry.js';
@@ -51,6 +51,41 @@ export function wrapResponse(data: Dispatcher.ResponseData, url: URL): RegistryR
     },
   };
 }
+
+/** Header names that are members of Object.prototype once lowercased, as undici stores them. */
+const PROTOTYPE_NAMES = new Set(['constructor', '__proto__']);
+
+function withoutPrototypeNames<T extends Buffer | string>(raw: T[]): T[] {
+  const kept: T[] = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    if (!PROTOTYPE_NAMES.has(raw[i]!.toString().toLowerCase())) kept.push(raw[i]!, raw[i + 1]!);
+  }
+  return kept;
+}
+
+class PrototypeNameFilter extends DecoratorHandler {
+  constructor(private readonly handler: Dispatcher.DispatchHandlers) {
+    super(handler);
+  }
+
+  onHeaders(statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
+    return this.handler.onHeaders?.(statusCode, withoutPrototypeNames(headers), resume, statusText) ?? true;
+  }
+
+  onComplete(trailers: string[] | null): void {
+    this.handler.onComplete?.(trailers && withoutPrototypeNames(trailers));
+  }
+}
+
+/**
+ * undici 6 collects response headers (and trailers) in a plain object and fails the whole request ("val.push is
+ * not a function") on a name that is an Object.prototype member, so a server sending one could not be talked to
+ * at all (fixed in undici 7 by nodejs/undici#4923, not in 6). We read no header of that name: they are dropped
+ * before undici sees them.
+ */
+export const withoutPrototypeHeaderNames: Dispatcher.DispatcherComposeInterceptor =
+  (dispatch) => (options, handler) =>
+    dispatch(options, new PrototypeNameFilter(handler));
 
 async function readLimited(body: Readable, limit: number, what: string): Promise<Buffer> {
   const chunks: Buffer[] = [];

@@ -23,7 +23,13 @@ import { registryApiHost } from './reference.js';
 import { DEFAULT_RETRY, RetryBudget, TransientError, isRetryableStatus, parseRetryAfter } from './retry.js';
 import type { RetryPolicy } from './retry.js';
 import { RegistryAuth } from './token.js';
-import { failureMessage, networkFailure, type RegistryResponse, wrapResponse } from './response.js';
+import {
+  failureMessage,
+  networkFailure,
+  type RegistryResponse,
+  withoutPrototypeHeaderNames,
+  wrapResponse,
+} from './response.js';
 import { isPlainHttpAnswer, isTlsAlert, tlsConnectOptions, tlsFailure, type RegistryTls } from './tls.js';
 
 export interface TransportOptions {
@@ -131,7 +137,7 @@ export class RegistryTransport {
     };
     this.userAgent = options.userAgent ?? 'image-ci-actions';
     this.ownsDispatcher = !options.dispatcher;
-    this.dispatcher = options.dispatcher ?? this.ownAgent(options);
+    this.dispatcher = (options.dispatcher ?? this.ownAgent(options)).compose(withoutPrototypeHeaderNames);
     this.auth = new RegistryAuth({
       registry: options.registry,
       credentials: options.credentials,
