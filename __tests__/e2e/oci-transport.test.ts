@@ -4,8 +4,8 @@
  * endless bodies, rewritten challenges, a token that dies mid-upload, a user without the push right.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { createServer as createHttpServer } from 'node:http';
+import { mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -417,6 +417,83 @@ describe('an insecure https registry whose first TLS connection is reset', () =>
       await c.close();
       for (const socket of sockets) socket.destroy();
       await new Promise((resolve) => front.close(resolve));
+    }
+  });
+});
+
+describe('a server that goes silent, or words its status itself (a raw http server)', () => {
+  /** An http server answering as `answer` says; closed with its connections after the test. */
+  async function rawServer(answer: (req: IncomingMessage, res: ServerResponse) => void) {
+    const server = createHttpServer(answer);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return {
+      host: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+      server,
+      stop: () => {
+        server.closeAllConnections();
+        return new Promise((resolve) => server.close(resolve));
+      },
+    };
+  }
+
+  async function failure<T>(host: string, use: (c: RegistryClient) => Promise<T>): Promise<string> {
+    const c = client(host, { timeoutMs: 500, retries: 0 });
+    try {
+      return String(await use(c).catch((e: unknown) => e));
+    } finally {
+      await c.close();
+    }
+  }
+
+  it('a status is told with its standard phrase, never the words the server put after it', async () => {
+    const s = await rawServer((_req, res) => {
+      res.statusMessage = '::add-mask::the server says';
+      res.writeHead(404, { 'content-type': 'text/plain' }).end();
+    });
+    try {
+      const message = await failure(s.host, (c) => c.getManifest('raw/app', 'v1'));
+      expect(message).toMatch(/GET manifest raw\/app:v1: HTTP 404 Not Found$/);
+    } finally {
+      await s.stop();
+    }
+  });
+
+  it('no answer, an answer that stops mid-body, an upload the server stops reading: each ends after the silence timeout', async () => {
+    const sparse = join(work, 'sparse-blob');
+    // Larger than the socket buffers on both sides, so the upload stalls with the client still writing.
+    truncateSync((writeFileSync(sparse, ''), sparse), 64 * 1024 * 1024);
+    let uploadSocket: Socket | undefined;
+    const s = await rawServer((req, res) => {
+      if (req.method === 'POST')
+        return void res.writeHead(202, { location: '/v2/raw/app/blobs/uploads/s1' }).end();
+      if (req.method === 'PUT') {
+        req.pause();
+        uploadSocket = req.socket;
+        return;
+      }
+      if (req.url?.includes('/blobs/'))
+        return void res.writeHead(200, { 'content-length': '100' }).write('0123456789');
+      // a manifest request: never answered
+    });
+    try {
+      // A small request also has its overall deadline, as long as the silence timeout: either may end it.
+      expect(await failure(s.host, (c) => c.getManifest('raw/app', 'v1'))).toMatch(
+        /GET manifest raw\/app:v1: no (complete )?answer within 0.5 s$/,
+      );
+      const digest = `sha256:${'0'.repeat(64)}`;
+      expect(
+        await failure(s.host, (c) => c.downloadBlob('raw/app', digest, join(work, 'stalled'), { size: 100 })),
+      ).toMatch(/GET blob sha256:0+ from raw\/app: no data for 0.5 s \(stalled\)$/);
+      expect(
+        await failure(s.host, (c) =>
+          c.uploadBlob('raw/app', { digest, size: 64 * 1024 * 1024, path: sparse }),
+        ),
+      ).toMatch(/upload blob sha256:0+ to raw\/app: no answer within 0.5 s$/);
+      // The server stopped reading with most of the blob still to come: the stall was mid-body.
+      expect(uploadSocket!.bytesRead).toBeLessThan(32 * 1024 * 1024);
+    } finally {
+      await s.stop();
+      rmSync(sparse);
     }
   });
 });
