@@ -497,3 +497,30 @@ describe('a server that goes silent, or words its status itself (a raw http serv
     }
   });
 });
+
+describe('a blob file that cannot be read', () => {
+  let registry: RegistryService;
+  beforeAll(async () => {
+    registry = await startRegistry();
+  });
+  afterAll(() => registry.stop());
+
+  it.each([
+    ['in one PUT', 0],
+    ['in PATCH chunks', 64 * 1024],
+  ])(
+    'fails the upload (%s) with the read error, at once, and nothing is left sending',
+    async (_, chunkSize) => {
+      // A directory where the blob file should be: open succeeds, the first read fails (EISDIR), as a file on a
+      // failing disk or a vanished network mount would mid-upload.
+      const unreadable = mkdtempSync(join(work, 'unreadable-'));
+      const c = client(registry.host);
+      const error = await c
+        .uploadBlob('unreadable/app', { ...blob, path: unreadable }, { chunkSize })
+        .catch((e: unknown) => e);
+      expect((error as Error | undefined)?.message).toMatch(/EISDIR/);
+      expect(c.stats.retries).toBe(0);
+      await c.close();
+    },
+  );
+});

@@ -9,7 +9,7 @@
  */
 import { createReadStream } from 'node:fs';
 import type { Hash } from 'node:crypto';
-import type { Readable } from 'node:stream';
+import { pipeline, type Readable } from 'node:stream';
 import { DigestMismatchError, HashingStream, digestOf, hashDigest, newHash, verifyDigest } from './digest.js';
 import { RegistryError } from './errors.js';
 import { isValidDigest } from './reference.js';
@@ -259,9 +259,16 @@ function isLostSession(error: unknown): error is RegistryError {
 }
 
 function fileRange(path: string, start: number, end: number, hash: Hash): Readable {
-  return createReadStream(path, { start, end: end - 1, highWaterMark: READ_CHUNK }).pipe(
-    new HashingStream(hash),
+  const hashing = new HashingStream(hash);
+  // Not pipe(): it carries no errors, so a read error was an uncaught exception and the body never ended (the
+  // upload hung); nor does it close the file when the request drops the body. pipeline() ends the body with the
+  // read error, which the transport reports as a local file problem, and closes the file either way.
+  pipeline(
+    createReadStream(path, { start, end: end - 1, highWaterMark: READ_CHUNK }),
+    hashing,
+    () => undefined,
   );
+  return hashing;
 }
 
 async function hashFileRange(path: string, start: number, end: number, hash: Hash): Promise<void> {
