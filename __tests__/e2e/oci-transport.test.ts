@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RegistryClient, type RegistryClientOptions } from '../../src/core/oci/client.js';
 import { digestFile } from '../../src/core/oci/digest.js';
+import { MediaType } from '../../src/core/oci/media-types.js';
 import { generateLayout, type BlobInfo, type GeneratedLayout } from '../support/oci-layout.js';
 import { startProxy, type CountingProxy, type ProxyOptions } from '../support/proxy.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
@@ -454,6 +455,42 @@ describe('a server that goes silent, or words its status itself (a raw http serv
       const message = await failure(s.host, (c) => c.getManifest('raw/app', 'v1'));
       expect(message).toMatch(/GET manifest raw\/app:v1: HTTP 404 Not Found$/);
     } finally {
+      await s.stop();
+    }
+  });
+
+  it('a manifest whose body is cut is asked for again; one that trickles past the deadline says which request it was', async () => {
+    const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociManifest }));
+    let gets = 0;
+    const s = await rawServer((req, res) => {
+      if (req.url?.endsWith('/manifests/cut')) {
+        res.writeHead(200, {
+          'content-type': MediaType.ociManifest,
+          'content-length': String(manifest.length),
+        });
+        // The first answer stops after half the body and the connection drops, as a flaky proxy does.
+        if (gets++ === 0) {
+          res.write(manifest.subarray(0, manifest.length >> 1));
+          setTimeout(() => res.destroy(), 50);
+        } else res.end(manifest);
+        return;
+      }
+      // A body that keeps coming, a byte every 100 ms, never complete: only the overall deadline ends it.
+      res.writeHead(200, { 'content-type': MediaType.ociManifest, 'content-length': '100000' });
+      const drip = setInterval(() => res.write('{'), 100);
+      res.on('close', () => clearInterval(drip));
+    });
+    const c = client(s.host, { timeoutMs: 500 });
+    try {
+      const got = await c.getManifest('raw/app', 'cut');
+      expect(got.bytes.equals(manifest)).toBe(true);
+      expect(gets).toBe(2);
+      expect(c.stats.retries).toBe(1);
+      expect(await failure(s.host, (f) => f.getManifest('raw/app', 'trickle'))).toMatch(
+        /GET manifest raw\/app:trickle: no complete answer within 0.5 s$/,
+      );
+    } finally {
+      await c.close();
       await s.stop();
     }
   });

@@ -45,15 +45,17 @@ export async function getManifest(
   accept: readonly string[] = MANIFEST_MEDIA_TYPES,
 ): Promise<{ bytes: Buffer; mediaType: string; digest: string }> {
   const what = `GET manifest ${repository}:${reference}`;
-  const response = await transport.send({
-    method: 'GET',
-    url: transport.url(`${repository}/manifests/${reference}`),
-    scopes: [pullScope(repository)],
-    headers: { accept: accept.join(', ') },
-    ok: [200],
-    what,
-  });
-  const bytes = await response.bytes(MANIFEST_LIMIT, what);
+  const { response, bytes } = await transport.sendAndRead(
+    {
+      method: 'GET',
+      url: transport.url(`${repository}/manifests/${reference}`),
+      scopes: [pullScope(repository)],
+      headers: { accept: accept.join(', ') },
+      ok: [200],
+      what,
+    },
+    MANIFEST_LIMIT,
+  );
   let digest: string;
   if (isValidDigest(reference)) {
     verifyDigest(`manifest ${repository}@${reference}`, bytes, reference);
@@ -98,20 +100,19 @@ export async function getReferrers(
   const found: Descriptor[] = [];
   let url: URL | undefined = transport.url(`${repository}/referrers/${digest}`);
   for (let page = 0; url && page < MAX_REFERRER_PAGES; page++) {
-    const response = await transport.send({
-      method: 'GET',
-      url,
-      scopes: [pullScope(repository)],
-      headers: { accept: MediaType.ociIndex },
-      ok: [200, 404],
-      what,
-    });
-    if (response.status === 404) {
-      await response.drain();
-      return page === 0 ? undefined : found;
-    }
-    const body = await response.bytes(MANIFEST_LIMIT, what);
-    found.push(...indexDescriptors(body, what));
+    const { response, bytes } = await transport.sendAndRead(
+      {
+        method: 'GET',
+        url,
+        scopes: [pullScope(repository)],
+        headers: { accept: MediaType.ociIndex },
+        ok: [200, 404],
+        what,
+      },
+      MANIFEST_LIMIT,
+    );
+    if (response.status === 404) return page === 0 ? undefined : found;
+    found.push(...indexDescriptors(bytes, what));
     const next = /<([^>]+)>\s*;\s*rel="?next"?/.exec(response.header('link') ?? '');
     const nextUrl = next ? new URL(next[1]!, response.url) : undefined;
     // Pages stay on the registry's own origin: a Link elsewhere would carry our token to another host.

@@ -190,6 +190,27 @@ export class RegistryTransport {
   }
 
   /**
+   * send() for an answer read whole (a manifest, a referrers page): a body cut short, stalled or past the
+   * deadline is a failed try like a failed request, retried within the same budget and told with `spec.what`.
+   */
+  async sendAndRead(
+    spec: RequestSpec,
+    limit: number,
+    budget: RetryBudget = this.budget(),
+  ): Promise<{ response: RegistryResponse; bytes: Buffer }> {
+    for (;;) {
+      const response = await this.send(spec, budget);
+      try {
+        return { response, bytes: await response.bytes(limit, spec.what) };
+      } catch (error) {
+        const failure = networkFailure(error, spec.what, this.timeoutMs);
+        if (!(failure instanceof TransientError)) throw failure;
+        await budget.next(failure);
+      }
+    }
+  }
+
+  /**
    * Sends a request until it gets an answer the caller handles. Network failures, stalls and 429/5xx are
    * retried within `budget` (Retry-After honoured); a 401 is answered with credentials as the challenge asks
    * (these protocol steps are not failures and are not counted as retries).
