@@ -495,6 +495,42 @@ describe('a server that goes silent, or words its status itself (a raw http serv
     }
   });
 
+  it('a token answer cut mid-body is asked for again, and the request it was for goes through', async () => {
+    const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociManifest }));
+    const token = Buffer.from(JSON.stringify({ token: 'fresh-token', expires_in: 300 }));
+    let tokenGets = 0;
+    const s = await rawServer((req, res) => {
+      if (req.url?.startsWith('/token')) {
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(token.length) });
+        if (tokenGets++ === 0) {
+          res.write(token.subarray(0, 5));
+          setTimeout(() => res.destroy(), 50);
+        } else res.end(token);
+        return;
+      }
+      if (req.headers.authorization !== 'Bearer fresh-token') {
+        res.writeHead(401, {
+          'www-authenticate': `Bearer realm="http://${req.headers.host}/token",service="raw",scope="repository:raw/app:pull"`,
+        });
+        return void res.end();
+      }
+      res.writeHead(200, {
+        'content-type': MediaType.ociManifest,
+        'content-length': String(manifest.length),
+      });
+      res.end(manifest);
+    });
+    const c = client(s.host, { timeoutMs: 5000 });
+    try {
+      const got = await c.getManifest('raw/app', 'v1');
+      expect(got.bytes.equals(manifest)).toBe(true);
+      expect(tokenGets).toBe(2);
+    } finally {
+      await c.close();
+      await s.stop();
+    }
+  });
+
   it('no answer, an answer that stops mid-body, an upload the server stops reading: each ends after the silence timeout', async () => {
     const sparse = join(work, 'sparse-blob');
     // Larger than the socket buffers on both sides, so the upload stalls with the client still writing.

@@ -14,7 +14,12 @@ interface AuthOptions {
   registry: string;
   credentials?: Credential;
   onToken?: (token: string) => void;
-  send: (spec: RequestSpec, budget: RetryBudget) => Promise<RegistryResponse>;
+  /** Sends a request and reads its answer whole (a cut or stalled body is retried as a failed try). */
+  sendAndRead: (
+    spec: RequestSpec,
+    limit: number,
+    budget: RetryBudget,
+  ) => Promise<{ response: RegistryResponse; bytes: Buffer }>;
   budget: () => RetryBudget;
 }
 
@@ -168,11 +173,13 @@ export class RegistryAuth {
       ? oauth2Request(url, bearer.service, scopes, credentials.identityToken)
       : basicRequest(url, bearer.service, scopes, credentials);
     let response: RegistryResponse;
+    let bytes: Buffer;
     try {
-      response = await this.options.send(
+      ({ response, bytes } = await this.options.sendAndRead(
         { ...request, ok: [200, 400, 401, 403], what },
+        ERROR_BODY_LIMIT,
         this.options.budget(),
-      );
+      ));
     } catch (error) {
       if (error instanceof TransientError) error.exhausted = true;
       throw error;
@@ -180,15 +187,14 @@ export class RegistryAuth {
     const user =
       credentials && !credentials.identityToken ? `the credentials of ${who(credentials)}` : who(credentials);
     if (response.status !== 200) {
-      const body = await response.bytes(ERROR_BODY_LIMIT, what).catch(() => Buffer.alloc(0));
-      const detail = externalText(body.toString('utf8'), 120);
+      const detail = externalText(bytes.toString('utf8'), 120);
       throw new RegistryError(
         `${what}: the token server refused ${user} for ${scopes.join(' ')} (HTTP ${response.status})${detail ? `: ${detail}` : ''}.`,
         response.status,
         'UNAUTHORIZED',
       );
     }
-    const text = (await response.bytes(ERROR_BODY_LIMIT, what)).toString('utf8');
+    const text = bytes.toString('utf8');
     let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
     try {
       body = JSON.parse(text) as typeof body;

@@ -142,7 +142,7 @@ export class RegistryTransport {
       registry: options.registry,
       credentials: options.credentials,
       onToken: options.onToken,
-      send: (spec, budget) => this.send(spec, budget),
+      sendAndRead: (spec, limit, budget) => this.sendAndRead(spec, limit, budget),
       budget: () => this.budget(),
     });
   }
