@@ -10,7 +10,7 @@ import { connect, createServer as createNetServer, type AddressInfo, type Socket
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RegistryClient, type RegistryClientOptions } from '../../src/core/oci/client.js';
-import { digestFile } from '../../src/core/oci/digest.js';
+import { digestFile, digestOf } from '../../src/core/oci/digest.js';
 import { MediaType } from '../../src/core/oci/media-types.js';
 import { generateLayout, type BlobInfo, type GeneratedLayout } from '../support/oci-layout.js';
 import { startProxy, type CountingProxy, type ProxyOptions } from '../support/proxy.js';
@@ -422,30 +422,30 @@ describe('an insecure https registry whose first TLS connection is reset', () =>
   });
 });
 
+/** An http server answering as `answer` says; closed with its connections after the test. */
+async function rawServer(answer: (req: IncomingMessage, res: ServerResponse) => void) {
+  const server = createHttpServer(answer);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    host: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+    server,
+    stop: () => {
+      server.closeAllConnections();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+async function failure<T>(host: string, use: (c: RegistryClient) => Promise<T>): Promise<string> {
+  const c = client(host, { timeoutMs: 500, retries: 0 });
+  try {
+    return String(await use(c).catch((e: unknown) => e));
+  } finally {
+    await c.close();
+  }
+}
+
 describe('a server that goes silent, or words its status itself (a raw http server)', () => {
-  /** An http server answering as `answer` says; closed with its connections after the test. */
-  async function rawServer(answer: (req: IncomingMessage, res: ServerResponse) => void) {
-    const server = createHttpServer(answer);
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    return {
-      host: `127.0.0.1:${(server.address() as AddressInfo).port}`,
-      server,
-      stop: () => {
-        server.closeAllConnections();
-        return new Promise((resolve) => server.close(resolve));
-      },
-    };
-  }
-
-  async function failure<T>(host: string, use: (c: RegistryClient) => Promise<T>): Promise<string> {
-    const c = client(host, { timeoutMs: 500, retries: 0 });
-    try {
-      return String(await use(c).catch((e: unknown) => e));
-    } finally {
-      await c.close();
-    }
-  }
-
   it('a status is told with its standard phrase, never the words the server put after it', async () => {
     const s = await rawServer((_req, res) => {
       res.statusMessage = '::add-mask::the server says';
@@ -596,4 +596,273 @@ describe('a blob file that cannot be read', () => {
       await c.close();
     },
   );
+});
+
+describe('answers read whole (manifests, referrers, tokens): cut, oversized and trickling bodies', () => {
+  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociManifest }));
+  const alice = { username: 'alice', password: 'alice-pw-1' };
+
+  /** Half of `body` under a content-length for all of it, then the connection drops. */
+  function cut(res: ServerResponse, status: number, body: Buffer, headers: Record<string, string> = {}) {
+    res.writeHead(status, { ...headers, 'content-length': String(body.length) });
+    res.write(body.subarray(0, body.length >> 1));
+    setTimeout(() => res.destroy(), 20);
+  }
+
+  function challenge(req: IncomingMessage, res: ServerResponse) {
+    res.writeHead(401, {
+      'www-authenticate': `Bearer realm="http://${req.headers.host}/token",service="raw",scope="repository:raw/app:pull"`,
+    });
+    res.end();
+  }
+
+  const token = Buffer.from(JSON.stringify({ token: 'fresh-token', expires_in: 300 }));
+
+  it('a manifest cut every time costs one budget: retries + 1 GETs in all, the last cut told with the request', async () => {
+    let gets = 0;
+    const s = await rawServer((_req, res) => {
+      gets++;
+      cut(res, 200, manifest, { 'content-type': MediaType.ociManifest });
+    });
+    const c = client(s.host, { retries: 2 });
+    try {
+      const error = await c.getManifest('raw/app', 'cut').catch((e: unknown) => e);
+      expect(String(error)).toMatch(/^TransientError: GET manifest raw\/app:cut: \S/);
+      expect(gets).toBe(3);
+      expect(c.stats.retries).toBe(2);
+    } finally {
+      await c.close();
+      await s.stop();
+    }
+  });
+
+  it('a manifest cut every time behind a token: one token, one 401, then the budget of GETs', async () => {
+    const seen: string[] = [];
+    const s = await rawServer((req, res) => {
+      if (req.url?.startsWith('/token')) {
+        seen.push('token');
+        return void res.writeHead(200, { 'content-type': 'application/json' }).end(token);
+      }
+      if (req.headers.authorization !== 'Bearer fresh-token')
+        return void (seen.push('401'), challenge(req, res));
+      seen.push('get');
+      cut(res, 200, manifest, { 'content-type': MediaType.ociManifest });
+    });
+    const c = client(s.host, { retries: 2, credentials: alice });
+    try {
+      const error = await c.getManifest('raw/app', 'cut').catch((e: unknown) => e);
+      expect(String(error)).toMatch(/^TransientError: GET manifest raw\/app:cut: \S/);
+      expect(seen).toEqual(['401', 'token', 'get', 'get', 'get']);
+    } finally {
+      await c.close();
+      await s.stop();
+    }
+  });
+
+  it('a manifest named by digest, cut once and then answered with other bytes: a digest mismatch, not another try', async () => {
+    const digest = digestOf(manifest);
+    let gets = 0;
+    const s = await rawServer((_req, res) => {
+      const other = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociIndex }));
+      if (gets++ === 0) return cut(res, 200, manifest, { 'content-type': MediaType.ociManifest });
+      res.writeHead(200, { 'content-type': MediaType.ociManifest }).end(other);
+    });
+    const c = client(s.host);
+    try {
+      const error = await c.getManifest('raw/app', digest).catch((e: unknown) => e);
+      expect(String(error)).toContain(`manifest raw/app@${digest}: content has digest`);
+      expect(gets).toBe(2);
+    } finally {
+      await c.close();
+      await s.stop();
+    }
+  });
+
+  it.each([
+    ['cut', (res: ServerResponse) => cut(res, 404, Buffer.from('{"errors":[{"code":"NOT_FOUND"}]}'))],
+    ['of 5 MiB', (res: ServerResponse) => void res.writeHead(404).end(Buffer.alloc(5 * 1024 * 1024, 0x20))],
+  ])(
+    'a referrers 404 whose body is %s still means "no referrers API", at the first try',
+    async (_, answer) => {
+      let gets = 0;
+      const s = await rawServer((_req, res) => {
+        gets++;
+        answer(res);
+      });
+      const c = client(s.host);
+      try {
+        expect(await c.getReferrers('raw/app', digestOf(manifest))).toBeUndefined();
+        expect(gets).toBe(1);
+        expect(c.stats.retries).toBe(0);
+      } finally {
+        await c.close();
+        await s.stop();
+      }
+    },
+  );
+
+  it('Link-paged referrers with the middle page cut once: that page is asked for again, every descriptor kept', async () => {
+    const page = (n: number) =>
+      Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: MediaType.ociIndex,
+          manifests: [
+            { mediaType: MediaType.ociManifest, size: n, digest: `sha256:${String(n).repeat(64)}` },
+          ],
+        }),
+      );
+    const pages: string[] = [];
+    const s = await rawServer((req, res) => {
+      const n = Number(new URL(req.url!, 'http://x').searchParams.get('page') ?? '1');
+      pages.push(String(n));
+      const headers: Record<string, string> = { 'content-type': MediaType.ociIndex };
+      if (n < 3) headers.link = `<${req.url!.split('?')[0]}?page=${n + 1}>; rel="next"`;
+      if (n === 2 && pages.filter((p) => p === '2').length === 1) return cut(res, 200, page(n), headers);
+      res.writeHead(200, headers).end(page(n));
+    });
+    const c = client(s.host);
+    try {
+      const found = await c.getReferrers('raw/app', digestOf(manifest));
+      expect(found?.map((d) => d.size)).toEqual([1, 2, 3]);
+      expect(pages).toEqual(['1', '2', '2', '3']);
+      expect(c.stats.retries).toBe(1);
+    } finally {
+      await c.close();
+      await s.stop();
+    }
+  });
+
+  it.each([
+    [
+      '401 with a 100 KiB page',
+      (res: ServerResponse) => void res.writeHead(401).end(Buffer.alloc(100 * 1024, 'x')),
+    ],
+    [
+      '403 with a body cut short',
+      (res: ServerResponse) => cut(res, 403, Buffer.from('{"details":"denied"}')),
+    ],
+  ])('a token server answering %s: the refusal is told at once, with the user', async (_, answer) => {
+    let tokens = 0;
+    const s = await rawServer((req, res) => {
+      if (req.url?.startsWith('/token')) return void (tokens++, answer(res));
+      challenge(req, res);
+    });
+    const c = client(s.host, { credentials: alice });
+    try {
+      const error = await c.getManifest('raw/app', 'v1').catch((e: unknown) => e);
+      expect(String(error)).toContain(
+        `the token server refused the credentials of user 'alice' for repository:raw/app:pull (HTTP`,
+      );
+      expect(tokens).toBe(1);
+      expect(c.stats.retries).toBe(0);
+    } finally {
+      await c.close();
+      await s.stop();
+    }
+  });
+
+  it('a token answer cut every time: the budget of token requests, then the pull and the push stop (no second round)', async () => {
+    const seen: string[] = [];
+    const s = await rawServer((req, res) => {
+      req.resume();
+      if (req.url?.startsWith('/token')) {
+        seen.push('token');
+        return cut(res, 200, token, { 'content-type': 'application/json' });
+      }
+      seen.push(`${req.method}`);
+      challenge(req, res);
+    });
+    const c = client(s.host, { retries: 2, credentials: alice });
+    try {
+      const pull = await c.getManifest('raw/app', 'v1').catch((e: unknown) => e);
+      expect(String(pull)).toMatch(new RegExp(`get a token from http://${s.host}/token: \\S`));
+      expect(seen).toEqual(['GET', 'token', 'token', 'token']);
+      seen.length = 0;
+      const push = await c.uploadBlob('raw/app', blob).catch((e: unknown) => e);
+      expect(String(push)).toMatch(new RegExp(`get a token from http://${s.host}/token: \\S`));
+      // The registry asked for a token before: the push goes to the token server first, and stops there.
+      expect(seen).toEqual(['token', 'token', 'token']);
+    } finally {
+      await c.close();
+      await s.stop();
+    }
+  });
+
+  it('a token server that trickles past the deadline: each try ends at the deadline, told with the token server', async () => {
+    let tokens = 0;
+    const s = await rawServer((req, res) => {
+      if (req.url?.startsWith('/token')) {
+        tokens++;
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': '1000' });
+        const drip = setInterval(() => res.write(' '), 50);
+        return void res.on('close', () => clearInterval(drip));
+      }
+      challenge(req, res);
+    });
+    const c = client(s.host, { retries: 1, timeoutMs: 300, credentials: alice });
+    try {
+      const error = await c.getManifest('raw/app', 'v1').catch((e: unknown) => e);
+      expect(String(error)).toMatch(
+        new RegExp(`get a token from http://${s.host}/token: no complete answer within 0.3 s$`),
+      );
+      expect(tokens).toBe(2);
+    } finally {
+      await c.close();
+      await s.stop();
+    }
+  });
+});
+
+describe('answers carrying headers or trailers named constructor and __proto__ (a raw http server)', () => {
+  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociManifest }));
+  const hostile = Object.fromEntries([
+    ['constructor', 'x'],
+    ['__proto__', 'y'],
+    ['Constructor', 'z'],
+  ]);
+  function withHostileHeaders(res: ServerResponse) {
+    for (const [name, value] of Object.entries(hostile)) res.setHeader(name, value);
+  }
+
+  it('HEAD, a followed 307, a chunked answer with such trailers, 201 and 204: each read at the first try', async () => {
+    const seen: string[] = [];
+    const s = await rawServer((req, res) => {
+      req.resume();
+      seen.push(`${req.method} ${req.url}`);
+      withHostileHeaders(res);
+      if (req.method === 'HEAD') {
+        return void res
+          .writeHead(200, {
+            'docker-content-digest': digestOf(manifest),
+            'content-type': MediaType.ociManifest,
+          })
+          .end();
+      }
+      if (req.url === '/v2/raw/app/manifests/moved') {
+        return void res.writeHead(307, { location: '/v2/raw/app/manifests/v1' }).end();
+      }
+      if (req.method === 'GET') {
+        res.writeHead(200, { 'content-type': MediaType.ociManifest, trailer: 'constructor, __proto__' });
+        res.write(manifest);
+        res.addTrailers(hostile);
+        return void res.end();
+      }
+      if (req.method === 'POST') return void res.writeHead(201).end();
+      res.writeHead(204).end();
+    });
+    const c = client(s.host);
+    try {
+      expect((await c.headManifest('raw/app', 'v1'))?.digest).toBe(digestOf(manifest));
+      expect((await c.getManifest('raw/app', 'moved')).bytes.equals(manifest)).toBe(true);
+      expect(await c.mountBlob('raw/app', blob.digest, 'other/app')).toEqual({ mounted: true });
+      const put = await c.putManifest('raw/app', 'v2', manifest, MediaType.ociManifest);
+      expect(put.digest).toBe(digestOf(manifest));
+      expect(c.stats.retries).toBe(0);
+      expect(seen.filter((line) => !line.startsWith('GET /v2/ '))).toHaveLength(5);
+    } finally {
+      await c.close();
+      await s.stop();
+    }
+  });
 });
