@@ -4,7 +4,15 @@
  * endless bodies, rewritten challenges, a token that dies mid-upload, a user without the push right.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readlinkSync,
+  rmSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -863,6 +871,151 @@ describe('answers carrying headers or trailers named constructor and __proto__ (
     } finally {
       await c.close();
       await s.stop();
+    }
+  });
+});
+
+describe('a blob file that changes or fails while it is uploaded', () => {
+  /** A blob of `size` bytes in a fresh file, for one test to damage. */
+  function ownBlob(size: number): BlobInfo & { path: string } {
+    const path = join(mkdtempSync(join(work, 'own-')), 'blob');
+    const bytes = Buffer.alloc(size, 'a');
+    writeFileSync(path, bytes);
+    return { path, size, digest: digestOf(bytes), mediaType: 'application/octet-stream' };
+  }
+
+  /** The descriptors this process holds open on `path`. */
+  function openOn(path: string): string[] {
+    return readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`) === path;
+      } catch {
+        return false;
+      }
+    });
+  }
+
+  /** Waits (bounded) for the stream machinery to close what it destroyed: fs close is asynchronous. */
+  async function settled(path: string): Promise<string[]> {
+    for (let i = 0; i < 100 && openOn(path).length > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    return openOn(path);
+  }
+
+  /**
+   * An upload endpoint taking PATCH chunks and telling where the session stands, as docker-registry does;
+   * `onPatch` runs once a chunk has arrived whole, before the 202.
+   */
+  async function uploads(onPatch: (index: number) => void = () => undefined) {
+    const seen: string[] = [];
+    let patches = 0;
+    let held = 0;
+    const s = await rawServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('error', () => undefined);
+      req.on('end', () => {
+        seen.push(`${req.method} ${Buffer.concat(chunks).length}`);
+        if (req.method === 'POST')
+          return void res.writeHead(202, { location: '/v2/raw/app/blobs/uploads/s1' }).end();
+        const location = '/v2/raw/app/blobs/uploads/s1';
+        if (req.method === 'PATCH' && req.complete) {
+          held += Buffer.concat(chunks).length;
+          onPatch(patches++);
+          return void res.writeHead(202, { location }).end();
+        }
+        if (req.method === 'GET') return void res.writeHead(204, { location, range: `0-${held - 1}` }).end();
+        res.writeHead(201).end();
+      });
+    });
+    return { s, seen };
+  }
+
+  it('a read error after two chunks went through fails the upload at once with that error', async () => {
+    const b = ownBlob(24);
+    const { s, seen } = await uploads((index) => {
+      if (index === 1) {
+        rmSync(b.path);
+        mkdirSync(b.path);
+      }
+    });
+    const c = client(s.host);
+    try {
+      const error = await c.uploadBlob('raw/app', b, { chunkSize: 8 }).catch((e: unknown) => e);
+      expect((error as Error | undefined)?.message).toMatch(/EISDIR/);
+      expect(c.stats.retries).toBe(0);
+      expect(seen.filter((line) => line === 'PATCH 8')).toHaveLength(2);
+      expect(seen.filter((line) => line.startsWith('PUT'))).toEqual([]);
+    } finally {
+      await c.close();
+      await s.stop();
+    }
+  });
+
+  it('a file cut shorter after the first chunk fails at once, saying the local file changed (no retry can help)', async () => {
+    const b = ownBlob(24);
+    const { s, seen } = await uploads((index) => {
+      if (index === 0) truncateSync(b.path, 12);
+    });
+    const c = client(s.host);
+    try {
+      const error = await c.uploadBlob('raw/app', b, { chunkSize: 8 }).catch((e: unknown) => e);
+      expect(String(error)).toBe(
+        `Error: local blob ${b.path} is 12 bytes now, not 24: it changed during the upload.`,
+      );
+      expect(c.stats.retries).toBe(0);
+      // The second chunk never arrived whole; nothing was sent after it.
+      expect(seen).toEqual(['POST 0', 'PATCH 8']);
+    } finally {
+      await c.close();
+      await s.stop();
+      expect(await settled(b.path)).toEqual([]);
+    }
+  });
+
+  it('a PUT the server drops mid-body leaves the blob file closed', async () => {
+    const sparse = join(mkdtempSync(join(work, 'dropped-')), 'blob');
+    truncateSync((writeFileSync(sparse, ''), sparse), 64 * 1024 * 1024);
+    const s = await rawServer((req, res) => {
+      if (req.method === 'POST')
+        return void res.writeHead(202, { location: '/v2/raw/app/blobs/uploads/s1' }).end();
+      let got = 0;
+      req.on('data', (c: Buffer) => {
+        got += c.length;
+        if (got > 1024 * 1024) req.socket.destroy();
+      });
+    });
+    const c = client(s.host, { retries: 0 });
+    try {
+      const digest = `sha256:${'0'.repeat(64)}`;
+      const error = await c
+        .uploadBlob('raw/app', { digest, size: 64 * 1024 * 1024, path: sparse })
+        .catch((e: unknown) => e);
+      expect(String(error)).toMatch(/^TransientError: upload blob sha256:0+ to raw\/app: /);
+      expect(await settled(sparse)).toEqual([]);
+    } finally {
+      await c.close();
+      await s.stop();
+    }
+  });
+
+  it('a PATCH dropped mid-body is resumed from what the registry holds, and the blob file is closed after', async () => {
+    const registry = await startRegistry();
+    try {
+      const b = ownBlob(600_000);
+      const r = await relay({
+        target: registry.host,
+        fault: ({ kind, index }) =>
+          kind === 'upload-chunk' && index === 2 ? { drop: 'mid-body' } : undefined,
+      });
+      const c = client(r.host);
+      await c.uploadBlob('resume/app', b, { chunkSize: 100_000 });
+      expect(r.count('upload-status')).toBe(1);
+      expect(c.stats.retries).toBe(1);
+      expect(await c.headBlob('resume/app', b.digest)).toEqual({ size: b.size });
+      await c.close();
+      expect(await settled(b.path)).toEqual([]);
+    } finally {
+      await registry.stop();
     }
   });
 });

@@ -8,6 +8,7 @@
  * draws from the upload's one retry budget.
  */
 import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import type { Hash } from 'node:crypto';
 import { pipeline, type Readable } from 'node:stream';
 import { DigestMismatchError, HashingStream, digestOf, hashDigest, newHash, verifyDigest } from './digest.js';
@@ -110,6 +111,8 @@ export async function uploadBlob(
         continue;
       }
       if (!(error instanceof TransientError)) throw error;
+      // A blob file that changed size fails every try alike (a body shorter than its length): no retry.
+      await sameSize(blob);
       await budget.next(error);
       at = await resumePosition(transport, repository, blob, at, budget);
     }
@@ -256,6 +259,15 @@ function isLostSession(error: unknown): error is RegistryError {
     !(error instanceof TransientError) &&
     (error.status === 404 || error.code === 'BLOB_UPLOAD_INVALID' || error.code === 'BLOB_UPLOAD_UNKNOWN')
   );
+}
+
+async function sameSize(blob: BlobFile): Promise<void> {
+  const { size } = await stat(blob.path);
+  if (size !== blob.size) {
+    throw new Error(
+      `local blob ${blob.path} is ${size} bytes now, not ${blob.size}: it changed during the upload.`,
+    );
+  }
 }
 
 function fileRange(path: string, start: number, end: number, hash: Hash): Readable {
