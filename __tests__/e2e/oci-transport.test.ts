@@ -599,7 +599,7 @@ describe('a blob file that cannot be read', () => {
       const error = await c
         .uploadBlob('unreadable/app', { ...blob, path: unreadable }, { chunkSize })
         .catch((e: unknown) => e);
-      expect((error as Error | undefined)?.message).toMatch(/EISDIR/);
+      expect((error as Error | undefined)?.message).toMatch(/cannot read .*unreadable-.*: EISDIR/);
       expect(c.stats.retries).toBe(0);
       await c.close();
     },

@@ -275,11 +275,18 @@ function fileRange(path: string, start: number, end: number, hash: Hash): Readab
   // Not pipe(): it carries no errors, so a read error was an uncaught exception and the body never ended (the
   // upload hung); nor does it close the file when the request drops the body. pipeline() ends the body with the
   // read error, which the transport reports as a local file problem, and closes the file either way.
-  pipeline(
-    createReadStream(path, { start, end: end - 1, highWaterMark: READ_CHUNK }),
-    hashing,
-    () => undefined,
+  const file = createReadStream(path, { start, end: end - 1, highWaterMark: READ_CHUNK });
+  // Node's read errors name no file ("EISDIR: illegal operation on a directory, read"); the code stays, so the
+  // transport still takes it for a local file problem. Runs before pipeline's own handler, which then finds the
+  // body already ended.
+  file.once('error', (error: NodeJS.ErrnoException) =>
+    hashing.destroy(
+      Object.assign(new Error(`cannot read ${path}: ${error.message}`, { cause: error }), {
+        code: error.code,
+      }),
+    ),
   );
+  pipeline(file, hashing, () => undefined);
   return hashing;
 }
 
