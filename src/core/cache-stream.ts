@@ -19,10 +19,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { chmod, lstat, mkdir, readdir, rmdir, statfs, unlink } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
-import type { Readable, Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import type { Writable } from 'node:stream';
 import type { BackendRestore, RestoreOptions } from './cache.js';
 import { EntryRefused, confineMembers } from './cache-confinement.js';
+import { ChildOutputRelay } from './child-output-relay.js';
 import { cacheKeyProblem, matchedKeyProblem } from './cache-key.js';
 import { lookupEntry } from './cache-lookup.js';
 import { cacheReadable, cacheServiceVersion, cacheVersion, compressionMethod } from './cache-version.js';
@@ -239,20 +239,22 @@ class Extraction {
     maxBytes: number,
     onRetry: (what: string, error: Error) => void,
   ): Promise<RangedDownloadResult> {
+    const relay = await ChildOutputRelay.open().catch((error: unknown) => {
+      throw new StreamUnusable(`no socket for zstd's output: ${errorMessage(error)}`);
+    });
     const env = childEnv();
-    const zstd = spawn('zstd', ['-d', '--long=30', '-c'], { stdio: ['pipe', 'pipe', 'pipe'], env });
     // In the C locale GNU tar writes pax names with the very bytes the watcher checked; in another one it would
     // convert them from UTF-8 to that locale's charset first.
     const tar = spawn(this.tar.path, [...this.tar.args, '-C', this.workspace], {
       stdio: ['pipe', 'ignore', 'pipe'],
       env: { ...env, LC_ALL: 'C' },
     });
+    // Every tar block is shown to the watcher before tar gets it.
+    const piped = relay.into(tar.stdin as Writable, (chunk) => this.watcher.inspect(chunk));
+    const zstd = spawn('zstd', ['-d', '--long=30', '-c'], { stdio: ['pipe', relay.childEnd, 'pipe'], env });
+    relay.handedOver();
     const exits = Promise.all([exitOf('zstd', zstd), exitOf('tar', tar)]);
     zstd.stdin.on('error', () => undefined);
-    const piped = pipeline(zstd.stdout as Readable, this.watcher, tar.stdin as Writable).then(
-      () => undefined,
-      (error: Error) => error,
-    );
     let failure: unknown;
     let result: RangedDownloadResult = { bytes: 0, ranges: 0, retries: 0 };
     // Set when zstd stopped taking input: then it is exiting on its own and its complaint is the cause.

@@ -2,7 +2,7 @@
  * Watches an uncompressed tar stream on its way to `tar -x` and learns what it holds: every member's name, type
  * and link target (so a member can be refused before tar sees it, and a failed extraction undone exactly) and,
  * on request, the sha256 of each regular file (so a consumer can verify a restored file without reading it back
- * from disk). The bytes pass through unchanged.
+ * from disk). It only reads the chunks it is shown, and keeps none of them (the caller reuses its buffer).
  *
  * Reads the formats @actions/cache writes (`tar --posix`: ustar headers with pax `x` records) plus GNU long
  * names, which covers what GNU and BSD tar produce. A check of member names is only worth something if tar reads
@@ -11,7 +11,6 @@
  * those.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { Transform, type TransformCallback } from 'node:stream';
 
 const BLOCK = 512;
 /** pax and GNU long-name records are a few hundred bytes; anything this large is not one. */
@@ -159,7 +158,7 @@ function flagKind(flag: string): Flag {
   }
 }
 
-export class TarMemberWatcher extends Transform {
+export class TarMemberWatcher {
   readonly members: TarMember[] = [];
   private header = Buffer.alloc(0);
   /** Bytes of the current member's data still to come, then its padding to the block size. */
@@ -175,26 +174,23 @@ export class TarMemberWatcher extends Transform {
   private longLink: string | undefined;
   /** Set once the end-of-archive block went by: the stream held a whole archive. */
   ended = false;
-  /** Why the stream was not passed on: not readable as tar, or a member `check` refused. */
+  /** Why the stream must not go on: not readable as tar, or a member `check` refused. */
   failure: Error | undefined;
 
   constructor(
     private readonly hashFiles: boolean,
     /** Called with each member before tar sees its header; throws to stop the stream there. */
     private readonly check: (member: TarMember) => void = () => undefined,
-  ) {
-    super();
-  }
+  ) {}
 
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+  /** Reads the next bytes of the stream; throws (and keeps the reason as `failure`) where tar must not get them. */
+  inspect(chunk: Buffer): void {
     try {
       this.consume(chunk);
     } catch (error) {
       this.failure = error as Error;
-      callback(this.failure);
-      return;
+      throw error;
     }
-    callback(null, chunk);
   }
 
   private consume(chunk: Buffer): void {

@@ -1,0 +1,108 @@
+/**
+ * The relay between zstd and tar reads into one buffer and reuses it: these tests hold it to handing on exactly
+ * the bytes a real child wrote, however late the destination takes them, and to stopping both ends as
+ * pipeline() does when the check or the destination fails.
+ */
+import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { ChildOutputRelay } from '../../src/core/child-output-relay.js';
+
+let dir: string;
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'ici-unit-relay-'));
+});
+afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+/** The relay's socket directories in the temp dir (none may stay once it is open). */
+const relayDirs = () => readdirSync(tmpdir()).filter((name) => name.startsWith('image-ci-relay-'));
+
+const exited = (child: ChildProcess) =>
+  new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) =>
+    child.on('close', (code, signal) => done({ code, signal })),
+  );
+
+/** Takes each chunk only after a delay, copying it then: a relay that reused its buffer early would corrupt it. */
+function lateCollector(delayMs: number) {
+  const parts: Buffer[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      setTimeout(() => {
+        parts.push(Buffer.from(chunk));
+        done();
+      }, delayMs);
+    },
+  });
+  return { sink, bytes: () => Buffer.concat(parts) };
+}
+
+describe('child output relay', () => {
+  it('hands on exactly what the child wrote, in order, to a destination that takes it late', async () => {
+    const data = randomBytes(24 * 1024 * 1024);
+    const file = join(dir, 'data');
+    writeFileSync(file, data);
+    const relay = await ChildOutputRelay.open();
+    expect(relayDirs()).toEqual([]);
+    const { sink, bytes } = lateCollector(1);
+    let shown = 0;
+    const relayed = relay.into(sink, (chunk) => (shown += chunk.length));
+    const child = exited(spawn('cat', [file], { stdio: ['ignore', relay.childEnd, 'inherit'] }));
+    relay.handedOver();
+    expect(await relayed).toBeUndefined();
+    expect(await child).toEqual({ code: 0, signal: null });
+    expect(relayDirs()).toEqual([]);
+    expect(shown).toBe(data.length);
+    expect(bytes().equals(data)).toBe(true);
+  });
+
+  it('loses nothing the child wrote before the relay started', async () => {
+    const relay = await ChildOutputRelay.open();
+    const child = exited(spawn('printf', ['early bytes'], { stdio: ['ignore', relay.childEnd, 'inherit'] }));
+    relay.handedOver();
+    await child;
+    const { sink, bytes } = lateCollector(0);
+    expect(await relay.into(sink, () => undefined)).toBeUndefined();
+    expect(bytes().toString()).toBe('early bytes');
+  });
+
+  it('stops at a chunk the check refuses: none of it goes on, and the child is cut off', async () => {
+    const relay = await ChildOutputRelay.open();
+    const { sink, bytes } = lateCollector(0);
+    let chunks = 0;
+    const relayed = relay.into(sink, () => {
+      if (++chunks === 3) throw new Error('refused member');
+    });
+    // Writes forever: only a closed output stops it.
+    const child = exited(spawn('cat', ['/dev/zero'], { stdio: ['ignore', relay.childEnd, 'inherit'] }));
+    relay.handedOver();
+    const error = await relayed;
+    expect(error?.message).toBe('refused member');
+    expect(sink.destroyed).toBe(true);
+    // cat's write fails (EPIPE, or SIGPIPE) once the relay closed its end.
+    const exit = await child;
+    expect(exit.code !== 0 || exit.signal !== null).toBe(true);
+    // The first two chunks went on, the refused third did not.
+    expect(bytes().length).toBeGreaterThan(0);
+    expect(bytes().length).toBeLessThanOrEqual(2 * 1024 * 1024);
+  });
+
+  it('stops when the destination fails, and cuts the child off', async () => {
+    const relay = await ChildOutputRelay.open();
+    const broken = new Writable({
+      write(_chunk, _encoding, done) {
+        done(new Error('tar went away'));
+      },
+    });
+    broken.on('error', () => undefined);
+    const relayed = relay.into(broken, () => undefined);
+    const child = exited(spawn('cat', ['/dev/zero'], { stdio: ['ignore', relay.childEnd, 'inherit'] }));
+    relay.handedOver();
+    expect((await relayed)?.message).toBe('tar went away');
+    const exit = await child;
+    expect(exit.code !== 0 || exit.signal !== null).toBe(true);
+  });
+});
