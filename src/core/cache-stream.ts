@@ -26,7 +26,7 @@ import { ChildOutputRelay } from './child-output-relay.js';
 import { cacheKeyProblem, matchedKeyProblem } from './cache-key.js';
 import { lookupEntry } from './cache-lookup.js';
 import { cacheReadable, cacheServiceVersion, cacheVersion, compressionMethod } from './cache-version.js';
-import { childEnv } from './exec.js';
+import { childEnv, exec } from './exec.js';
 import type { Host } from './host.js';
 import { DEFAULT_RETRY } from './oci/retry.js';
 import { downloadInOrder, type RangedDownloadResult } from './ranged-download.js';
@@ -53,6 +53,7 @@ const RANGE_RETRY = { ...DEFAULT_RETRY, retries: 4 };
 const RETRY_BUDGET = 20;
 const LOOKUP = { timeoutMs: 30_000, attempts: 3, retry: { ...DEFAULT_RETRY, baseDelayMs: 1000 } };
 const STDERR_TAIL = 2000;
+const TAR_PROBE_TIMEOUT_MS = 30_000;
 /** How long zstd and tar get to exit by themselves after one of them stopped reading. */
 const EXIT_GRACE_MS = 5000;
 
@@ -167,7 +168,13 @@ interface TarCommand {
   args: string[];
 }
 
-/** The tar @actions/cache runs: GNU tar (gtar on macOS when installed, with its macOS option), else BSD tar. */
+/**
+ * The tar @actions/cache runs: GNU tar (gtar on macOS when installed, with its macOS option), else BSD tar.
+ * GNU tar also gets 1 MiB records: with its default 10 KiB ones it makes about 100,000 reads and as many writes
+ * per GiB, and `zstd -dc | tar -x` of the 1 GiB bench archive took 1.4–1.9 s (2.2–2.7 CPU-s) against 0.9 s
+ * (1.3 CPU-s). It reads full records from a pipe whatever the sizes of the writes, and the record size does not
+ * change how members are read.
+ */
 async function tarCommand(): Promise<TarCommand> {
   if (process.platform === 'win32') throw new StreamUnusable('Windows (the library picks its tar there)');
   // @actions/io's which answers '' for a command that is not on PATH.
@@ -176,7 +183,23 @@ async function tarCommand(): Promise<TarCommand> {
   if (!path) throw new StreamUnusable('tar is not on PATH');
   const args = ['-xf', '-', '-P'];
   if (gtar) args.push('--delay-directory-restore');
+  if (await isGnuTar(path)) args.push('--blocking-factor=2048');
   return { path, args };
+}
+
+const gnuTar = new Map<string, Promise<boolean>>();
+
+/** Asked once per tar per process, like the library's own `tar --version`. */
+function isGnuTar(path: string): Promise<boolean> {
+  let answer = gnuTar.get(path);
+  if (!answer) {
+    answer = exec(path, ['--version'], { timeoutMs: TAR_PROBE_TIMEOUT_MS, allowFailure: true }).then(
+      (r) => r.exitCode === 0 && r.stdout.includes('GNU tar'),
+      () => false,
+    );
+    gnuTar.set(path, answer);
+  }
+  return answer;
 }
 
 interface Exit {
