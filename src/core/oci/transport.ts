@@ -190,7 +190,7 @@ export class RegistryTransport {
   }
 
   /**
-   * send() for an answer read whole (a manifest, a referrers page): a body cut short, stalled or past the
+   * send() for an answer read whole (a manifest, a referrers page, a token): a body cut short, stalled or past the
    * deadline is a failed try like a failed request, retried within the same budget and told with `spec.what`.
    * Only a 2xx body is the answer: an error status the caller handles (a referrers 404, a token server's 401)
    * stands as it is when its body cannot be read, with no bytes, as failureMessage keeps a status.
