@@ -8,10 +8,15 @@
  * The size comes from the server (the first answer's Content-Range), so it is not trusted: above `maxBytes` the
  * download stops at once, and an answer that contradicts it (another total, a Content-Length that is not the
  * range's) ends the download instead of being retried.
+ *
+ * The first range goes through node's HTTP client, which takes whatever the server does (it may ignore Range and
+ * send everything). The ranges after it go through RangeConnection, which reads only the answer expected by then
+ * into buffers that are used again once the consumer handed the bytes on.
  */
 import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from 'node:http';
 import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import { backoffDelay, isRetryableStatus, type RetryPolicy } from './oci/retry.js';
+import { RangeConnection, RangeFailure, type ByteRange } from './range-connection.js';
 import { sleep } from './process.js';
 import { errorMessage } from './run.js';
 import { formatBytes } from './summary.js';
@@ -27,7 +32,6 @@ export interface RangedDownloadOptions {
   /** The largest object the caller can take (e.g. the free space it is extracted to). */
   maxBytes: number;
   signal?: AbortSignal;
-  headers?: Record<string, string>;
   onRetry?: (what: string, error: Error) => void;
 }
 
@@ -48,14 +52,9 @@ export class UrlRefusedError extends Error {
 
 class RetryableError extends Error {}
 
-interface Range {
-  start: number;
-  end: number; // inclusive
-}
-
 /**
  * Takes the next bytes in order, as the pieces they arrived in (joining 4 MiB ranges into one buffer would copy
- * every byte once more); resolves when they are handed on.
+ * every byte once more); resolves when they are handed on: the pieces' memory is then read into again.
  */
 type Consumer = (pieces: Buffer[]) => Promise<void>;
 
@@ -73,9 +72,10 @@ export async function downloadInOrder(
   // Stops the ranges still in flight (and their retries) once the download has failed or finished.
   const stop = new AbortController();
   const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
-  const get = (range: Range | undefined) =>
-    withRetries(target, secure, agent, range, { ...options, signal }, state);
-  const inFlight = new Map<number, Promise<Buffer[]>>();
+  const get = (range: ByteRange) =>
+    withRetries(range, options, state, () => fetchOnce(target, secure, agent, range, { ...options, signal }));
+  const pool = new RangePool(target, options.idleTimeoutMs, options.chunkBytes);
+  const inFlight = new Map<number, Promise<Lent>>();
   try {
     const first = await get({ start: 0, end: options.chunkBytes - 1 });
     if (first.kind === 'whole') {
@@ -86,7 +86,7 @@ export async function downloadInOrder(
     tooLarge(total, options.maxBytes);
     const firstLength = first.body.reduce((sum, piece) => sum + piece.length, 0);
     // Ranges are made as they are sent for: the count follows from the server's word, memory must not.
-    const rangeAt = (start: number): Range => ({
+    const rangeAt = (start: number): ByteRange => ({
       start,
       end: Math.min(total, start + options.chunkBytes) - 1,
     });
@@ -94,56 +94,120 @@ export async function downloadInOrder(
     let next = 0;
     const fill = () => {
       while (next < ranges && inFlight.size < options.concurrency) {
-        const index = next++;
-        const promise = get(rangeAt(firstLength + index * options.chunkBytes)).then((r) => {
-          if (r.kind !== 'range') throw new Error('the server stopped honouring Range');
-          if (r.total !== total) {
-            throw new Error(`the archive size changed from ${total} to ${r.total} bytes`);
+        const range = rangeAt(firstLength + next * options.chunkBytes);
+        const promise = withRetries(range, options, state, () => pool.fetch(range, signal)).then((lent) => {
+          if (lent.total !== total) {
+            lent.release();
+            throw new Error(`the archive size changed from ${total} to ${lent.total} bytes`);
           }
-          return r.body;
+          return lent;
         });
         // Rejections are observed when the consumer reaches this range (or after an earlier failure, never).
         promise.catch(() => undefined);
-        inFlight.set(index, promise);
+        inFlight.set(next++, promise);
       }
     };
     fill();
     await consume(first.body);
     for (let i = 0; i < ranges; i++) {
-      const body = await inFlight.get(i)!;
+      const lent = await inFlight.get(i)!;
       inFlight.delete(i);
       fill();
-      await consume(body);
+      await consume([lent.bytes]);
+      lent.release();
     }
     return { bytes: total, ranges: ranges + 1, retries: state.retries };
   } finally {
     stop.abort();
     agent.destroy();
+    pool.close();
   }
+}
+
+/** A range's bytes in a buffer of the pool, until `release` gives the buffer back. */
+interface Lent {
+  bytes: Buffer;
+  total: number;
+  release(): void;
+}
+
+/**
+ * The connections and buffers of the ranges after the first: at most one connection per range in flight, kept
+ * open between ranges, and one buffer per range in flight or being consumed, each used again once released.
+ */
+class RangePool {
+  private readonly connections: RangeConnection[] = [];
+  private readonly spare: Buffer[] = [];
+
+  constructor(
+    private readonly url: URL,
+    private readonly idleTimeoutMs: number,
+    private readonly bufferBytes: number,
+  ) {}
+
+  async fetch(range: ByteRange, signal: AbortSignal): Promise<Lent> {
+    const buffer = this.spare.pop() ?? Buffer.allocUnsafe(this.bufferBytes);
+    let connection = this.connections.find((c) => c.usable);
+    if (!connection) {
+      connection = new RangeConnection(this.url, this.idleTimeoutMs);
+      this.connections.push(connection);
+    }
+    let total: number;
+    try {
+      total = await connection.get(range, buffer, signal);
+    } catch (error) {
+      this.spare.push(buffer);
+      throw downloadError(error as Error);
+    } finally {
+      this.forgetClosed();
+    }
+    const length = Math.min(range.end, total - 1) - range.start + 1;
+    return { bytes: buffer.subarray(0, length), total, release: () => this.spare.push(buffer) };
+  }
+
+  close(): void {
+    for (const connection of this.connections) connection.close();
+  }
+
+  private forgetClosed(): void {
+    for (let i = this.connections.length - 1; i >= 0; i--) {
+      if (this.connections[i]!.isClosed) this.connections.splice(i, 1);
+    }
+  }
+}
+
+/** What a failed range means here: the same as the first range's failures through node's client. */
+function downloadError(error: Error): Error {
+  if (!(error instanceof RangeFailure)) return error;
+  if (error.status === 200) return new Error('the server stopped honouring Range');
+  if (error.status !== undefined) {
+    return isRetryableStatus(error.status)
+      ? new RetryableError(error.message)
+      : new UrlRefusedError(error.status);
+  }
+  return error.retryable ? new RetryableError(error.message) : error;
 }
 
 type Answer =
   | { kind: 'range'; body: Buffer[]; total: number }
   | { kind: 'whole'; stream: (consume: Consumer) => Promise<number> };
 
-async function withRetries(
-  url: URL,
-  secure: boolean,
-  agent: HttpAgent,
-  range: Range | undefined,
+async function withRetries<T>(
+  range: ByteRange,
   options: RangedDownloadOptions,
   state: { retries: number },
-): Promise<Answer> {
+  fetch: () => Promise<T>,
+): Promise<T> {
   for (let attempt = 0; ; attempt++) {
     try {
-      return await fetchOnce(url, secure, agent, range, options);
+      return await fetch();
     } catch (error) {
       if (!(error instanceof RetryableError) || options.signal?.aborted) throw error;
       if (attempt >= options.retry.retries || state.retries >= options.retryBudget) {
         throw new Error(`gave up after ${state.retries} retries: ${error.message}`);
       }
       state.retries++;
-      options.onRetry?.(range ? `bytes ${range.start}-${range.end}` : 'the download', error);
+      options.onRetry?.(`bytes ${range.start}-${range.end}`, error);
       await sleep(backoffDelay(attempt, options.retry));
     }
   }
@@ -153,12 +217,11 @@ function fetchOnce(
   url: URL,
   secure: boolean,
   agent: HttpAgent,
-  range: Range | undefined,
+  range: ByteRange,
   options: RangedDownloadOptions,
 ): Promise<Answer> {
   return new Promise((resolve, reject) => {
-    const headers: Record<string, string> = { ...options.headers };
-    if (range) headers.Range = `bytes=${range.start}-${range.end}`;
+    const headers = { Range: `bytes=${range.start}-${range.end}` };
     const req = (secure ? httpsRequest : httpRequest)(url, { agent, headers, signal: options.signal });
     req.setTimeout(options.idleTimeoutMs, () =>
       req.destroy(new RetryableError(`no data for ${options.idleTimeoutMs} ms`)),
@@ -172,9 +235,9 @@ function fetchOnce(
     );
     req.on('response', (res) => {
       const status = res.statusCode ?? 0;
-      if (status === 206 && range) {
+      if (status === 206) {
         collectRange(res, range).then(resolve, reject);
-      } else if (status === 200 && range?.start === 0) {
+      } else if (status === 200 && range.start === 0) {
         resolve({ kind: 'whole', stream: (consume) => streamWhole(res, consume, options.maxBytes) });
       } else {
         res.resume();
@@ -187,7 +250,7 @@ function fetchOnce(
 }
 
 /** Reads one 206 answer, checking that it is exactly the range asked for. */
-async function collectRange(res: IncomingMessage, range: Range): Promise<Answer> {
+async function collectRange(res: IncomingMessage, range: ByteRange): Promise<Answer> {
   const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(String(res.headers['content-range'] ?? ''));
   if (!m || Number(m[1]) !== range.start || Number(m[2]) !== Math.min(range.end, Number(m[3]) - 1)) {
     res.resume();

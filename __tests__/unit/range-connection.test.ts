@@ -1,0 +1,296 @@
+/**
+ * The lean range client reads answers it parses itself, from servers that may be hostile: these raw servers
+ * answer exactly the bytes each test scripts, and count connections and requests.
+ */
+import { afterEach, describe, expect, it } from '@jest/globals';
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer as createHttpsServer } from 'node:https';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { RangeConnection, RangeFailure } from '../../src/core/range-connection.js';
+import { REPO_ROOT } from '../support/harness.js';
+import { makeTestCa } from '../support/test-ca.js';
+
+const data = randomBytes(300_000);
+const servers: Server[] = [];
+const connections: RangeConnection[] = [];
+afterEach(() => {
+  for (const c of connections.splice(0)) c.close();
+  for (const s of servers.splice(0)) s.close();
+});
+
+/** A raw server: `answer` gets each request's Range and writes whatever it likes on the socket. */
+async function rawServer(answer: (socket: Socket, start: number, end: number, index: number) => void) {
+  const stats = { connections: 0, requests: 0 };
+  const server = createServer((socket) => {
+    stats.connections++;
+    let pending = '';
+    socket.on('data', (chunk: Buffer) => {
+      pending += chunk.toString('latin1');
+      for (let end = pending.indexOf('\r\n\r\n'); end !== -1; end = pending.indexOf('\r\n\r\n')) {
+        const head = pending.slice(0, end);
+        pending = pending.slice(end + 4);
+        const m = /Range: bytes=(\d+)-(\d+)/.exec(head)!;
+        answer(socket, Number(m[1]), Number(m[2]), stats.requests++);
+      }
+    });
+    socket.on('error', () => undefined);
+  });
+  servers.push(server);
+  await new Promise<void>((ready) => server.listen(0, '127.0.0.1', ready));
+  const url = new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}/archive?sig=a%20b`);
+  return { url, stats };
+}
+
+const partial = (start: number, end: number, extra = '') =>
+  `HTTP/1.1 206 Partial Content\r\nContent-Range: bytes ${start}-${end}/${data.length}\r\n` +
+  `Content-Length: ${end - start + 1}\r\n${extra}\r\n`;
+
+function open(url: URL, idleMs = 5000) {
+  const c = new RangeConnection(url, idleMs);
+  connections.push(c);
+  return c;
+}
+
+async function failure(promise: Promise<unknown>): Promise<RangeFailure> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(RangeFailure);
+  return error as RangeFailure;
+}
+
+describe('range connection', () => {
+  it('reads ranges one after another on one kept-alive connection, into the buffer it is lent', async () => {
+    const { url, stats } = await rawServer((socket, start, asked) => {
+      const end = Math.min(asked, data.length - 1);
+      socket.write(partial(start, end));
+      socket.write(data.subarray(start, end + 1));
+    });
+    const c = open(url);
+    const into = Buffer.alloc(200_000);
+    expect(await c.get({ start: 0, end: 199_999 }, into)).toBe(data.length);
+    expect(into.equals(data.subarray(0, 200_000))).toBe(true);
+    expect(c.usable).toBe(true);
+    // The last range is shorter than asked for, as the total says.
+    expect(await c.get({ start: 200_000, end: 399_999 }, into)).toBe(data.length);
+    expect(into.subarray(0, 100_000).equals(data.subarray(200_000))).toBe(true);
+    expect(stats).toEqual({ connections: 1, requests: 2 });
+  });
+
+  it('reads a head and body that arrive a byte at a time', async () => {
+    const { url } = await rawServer((socket, start, end) => {
+      const bytes = Buffer.concat([Buffer.from(partial(start, end)), data.subarray(start, end + 1)]);
+      let i = 0;
+      const drip = () => {
+        if (i < bytes.length) socket.write(bytes.subarray(i, ++i), drip);
+      };
+      drip();
+    });
+    const into = Buffer.alloc(300);
+    expect(await open(url).get({ start: 10, end: 309 }, into)).toBe(data.length);
+    expect(into.equals(data.subarray(10, 310))).toBe(true);
+  });
+
+  it('asks with the URL as given, percent-encoding kept, and the Host it names', async () => {
+    let request = '';
+    const server = createServer((socket) =>
+      socket.once('data', (chunk: Buffer) => {
+        request = chunk.toString('latin1');
+        socket.end(`${partial(0, 0)}${data.subarray(0, 1).toString('latin1')}`, 'latin1');
+      }),
+    );
+    servers.push(server);
+    await new Promise<void>((ready) => server.listen(0, '127.0.0.1', ready));
+    const { port } = server.address() as AddressInfo;
+    await open(new URL(`http://127.0.0.1:${port}/a/b?sv=1&sig=x%2By`)).get(
+      { start: 0, end: 0 },
+      Buffer.alloc(1),
+    );
+    expect(request).toBe(
+      `GET /a/b?sv=1&sig=x%2By HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nRange: bytes=0-0\r\n\r\n`,
+    );
+  });
+
+  it.each([
+    [
+      'a cut body',
+      (s: Socket, a: number, b: number) => s.end(partial(a, b) + 'x'.repeat(10)),
+      /connection lost after 10 of 100 bytes/,
+    ],
+    ['a close before any answer', (s: Socket) => s.end(), /closed before an answer/],
+    ['a reset', (s: Socket) => s.resetAndDestroy(), /ECONNRESET|closed before an answer/],
+  ])('%s is a failure worth another try', async (_what, answer, message) => {
+    const { url } = await rawServer(answer);
+    const error = await failure(open(url).get({ start: 0, end: 99 }, Buffer.alloc(100)));
+    expect(error.retryable).toBe(true);
+    expect(error.message).toMatch(message);
+  });
+
+  it('is a failure worth another try when no byte comes for the idle time', async () => {
+    const { url } = await rawServer(() => undefined);
+    const error = await failure(open(url, 200).get({ start: 0, end: 99 }, Buffer.alloc(100)));
+    expect(error).toMatchObject({ retryable: true, message: 'no data for 200 ms' });
+  });
+
+  it.each([
+    [
+      'bytes after the body',
+      (a: number, b: number) => partial(a, b) + 'x'.repeat(101),
+      /more than the 100 bytes/,
+    ],
+    [
+      'a chunked range',
+      (a: number, b: number) =>
+        `HTTP/1.1 206 OK\r\nContent-Range: bytes ${a}-${b}/${data.length}\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n`,
+      /Transfer-Encoding chunked/,
+    ],
+    [
+      'no Content-Length',
+      (a: number, b: number) => `HTTP/1.1 206 OK\r\nContent-Range: bytes ${a}-${b}/${data.length}\r\n\r\n`,
+      /Content-Length \(none\)/,
+    ],
+    [
+      'a Content-Length other than the range',
+      (a: number, b: number) => partial(a, b).replace('Content-Length: 100', 'Content-Length: 99'),
+      /Content-Length 99 for a Content-Range of 100/,
+    ],
+    [
+      'two Content-Length headers',
+      (a: number, b: number) => partial(a, b, 'Content-Length: 100\r\n'),
+      /two content-length headers/,
+    ],
+    [
+      'another range',
+      (a: number, b: number) => partial(a + 1, b + 1),
+      /unexpected Content-Range 'bytes 1-100\/300000' for 0-99/,
+    ],
+    [
+      'a folded header line',
+      (a: number, b: number) => partial(a, b, 'X-A: 1\r\n  folded\r\n'),
+      /malformed header line/,
+    ],
+    [
+      'a head of more than 64 KiB',
+      () => `HTTP/1.1 206 OK\r\n${'X-Pad: y\r\n'.repeat(7000)}`,
+      /head of more than 65536 bytes/,
+    ],
+    ['not HTTP', () => 'SSH-2.0-OpenSSH_9.2\r\n\r\n', /not an HTTP\/1.x answer/],
+  ])('refuses %s, without another try', async (_what, answer, message) => {
+    const { url } = await rawServer((socket, start, end) => socket.write(answer(start, end), 'latin1'));
+    const c = open(url);
+    const error = await failure(c.get({ start: 0, end: 99 }, Buffer.alloc(100)));
+    expect(error).toMatchObject({ retryable: false, status: undefined });
+    expect(error.message).toMatch(message);
+    expect(c.usable).toBe(false);
+  });
+
+  it.each([503, 200, 403, 101])(
+    'reports status %s as that status, without reading its body',
+    async (status) => {
+      const { url } = await rawServer((socket) =>
+        socket.write(`HTTP/1.1 ${status} Whatever\r\nContent-Length: 5\r\n\r\nhello`),
+      );
+      const c = open(url);
+      const error = await failure(c.get({ start: 0, end: 99 }, Buffer.alloc(100)));
+      expect(error).toMatchObject({ status, message: `HTTP ${status}` });
+      expect(c.usable).toBe(false);
+    },
+  );
+
+  it('is not reused after Connection: close or an HTTP/1.0 answer', async () => {
+    for (const variant of ['close', '1.0']) {
+      const { url } = await rawServer((socket, start, end) => {
+        const head =
+          variant === 'close'
+            ? partial(start, end, 'Connection: keep-alive, close\r\n')
+            : partial(start, end).replace('HTTP/1.1', 'HTTP/1.0');
+        socket.write(head);
+        socket.write(data.subarray(start, end + 1));
+      });
+      const c = open(url);
+      const into = Buffer.alloc(100);
+      await c.get({ start: 0, end: 99 }, into);
+      expect(into.equals(data.subarray(0, 100))).toBe(true);
+      expect(c.usable).toBe(false);
+      expect((await failure(c.get({ start: 100, end: 199 }, into))).message).toMatch(/cannot be reused/);
+    }
+  });
+
+  it('closes a kept-alive connection that receives bytes nobody asked for', async () => {
+    const { url } = await rawServer((socket, start, end) => {
+      socket.write(partial(start, end));
+      socket.write(data.subarray(start, end + 1));
+      setTimeout(() => socket.write('HTTP/1.1 206 smuggled\r\n\r\n'), 50);
+    });
+    const c = open(url);
+    await c.get({ start: 0, end: 99 }, Buffer.alloc(100));
+    await new Promise((settle) => setTimeout(settle, 300));
+    expect(c.usable).toBe(false);
+  });
+
+  it('stops at once when the download is abandoned (its signal), closing the connection', async () => {
+    const { url } = await rawServer((socket, start, end) => socket.write(partial(start, end)));
+    const c = open(url);
+    const abandon = new AbortController();
+    const got = c.get({ start: 0, end: 99 }, Buffer.alloc(100), abandon.signal);
+    setTimeout(() => abandon.abort(new Error('deadline')), 50);
+    await expect(got).rejects.toThrow('deadline');
+    expect(c.usable).toBe(false);
+  });
+
+  it('reads over TLS, trusting what node trusts (here a test CA given by NODE_EXTRA_CA_CERTS)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ici-unit-range-tls-'));
+    try {
+      const ca = makeTestCa(dir);
+      const server = createHttpsServer(
+        { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) },
+        (req, res) => {
+          const [, a, b] = /bytes=(\d+)-(\d+)/.exec(req.headers.range!)!.map(Number) as [
+            number,
+            number,
+            number,
+          ];
+          res.writeHead(206, {
+            'Content-Range': `bytes ${a}-${b}/${data.length}`,
+            'Content-Length': b - a + 1,
+          });
+          res.end(data.subarray(a, b + 1));
+        },
+      );
+      await new Promise<void>((ready) => server.listen(0, '127.0.0.1', ready));
+      try {
+        const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}/archive`;
+        // The connection module runs in a node of its own: NODE_EXTRA_CA_CERTS is read when node starts.
+        const script = `
+          import { RangeConnection } from ${JSON.stringify(join(REPO_ROOT, 'lib/core/range-connection.js'))};
+          import { createHash } from 'node:crypto';
+          const c = new RangeConnection(new URL(process.argv[1]), 5000);
+          const into = Buffer.alloc(200000);
+          await c.get({ start: 0, end: 199999 }, into);
+          await c.get({ start: 200000, end: 299999 }, into.subarray(100000));
+          c.close();
+          console.log(createHash('sha256').update(into).digest('hex'));`;
+        const out = await new Promise<string>((done, fail) => {
+          const child = spawn(process.execPath, ['--input-type=module', '-e', script, url], {
+            env: { ...process.env, NODE_EXTRA_CA_CERTS: ca.caCert },
+            stdio: ['ignore', 'pipe', 'inherit'],
+          });
+          let text = '';
+          child.stdout.on('data', (d: Buffer) => (text += d.toString()));
+          child.on('close', (code) => (code === 0 ? done(text.trim()) : fail(new Error(`exit ${code}`))));
+        });
+        const expected = Buffer.concat([data.subarray(0, 100000), data.subarray(200000)]);
+        expect(out).toBe(createHash('sha256').update(expected).digest('hex'));
+      } finally {
+        server.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

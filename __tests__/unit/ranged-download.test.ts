@@ -1,0 +1,125 @@
+/**
+ * downloadInOrder with the first range through node's client and the others through RangeConnection: the
+ * bytes come out whole and in order through buffers that are used again, and a later range's failure means
+ * what the same failure of the first range means.
+ */
+import { afterEach, describe, expect, it } from '@jest/globals';
+import { randomBytes } from 'node:crypto';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { DEFAULT_RETRY } from '../../src/core/oci/retry.js';
+import { downloadInOrder, UrlRefusedError } from '../../src/core/ranged-download.js';
+
+const CHUNK = 64 * 1024;
+const data = randomBytes(40 * CHUNK + 123);
+const servers: Server[] = [];
+afterEach(() => {
+  for (const s of servers.splice(0)) s.close();
+});
+
+/**
+ * Answers each ranged GET with its bytes, or with what `special` writes for the n-th request (from 0); every
+ * answer closes the connection when `close` is set.
+ */
+async function archiveServer(options: {
+  close?: boolean;
+  special?: (index: number, socket: Socket) => boolean;
+}) {
+  const stats = { connections: 0, requests: 0 };
+  const server = createServer((socket) => {
+    stats.connections++;
+    let pending = '';
+    socket.on('error', () => undefined);
+    socket.on('data', (chunk: Buffer) => {
+      pending += chunk.toString('latin1');
+      for (let end = pending.indexOf('\r\n\r\n'); end !== -1; end = pending.indexOf('\r\n\r\n')) {
+        const m = /Range: bytes=(\d+)-(\d+)/i.exec(pending.slice(0, end))!;
+        pending = pending.slice(end + 4);
+        const index = stats.requests++;
+        if (options.special?.(index, socket)) continue;
+        const start = Number(m[1]);
+        const last = Math.min(Number(m[2]), data.length - 1);
+        socket.write(
+          `HTTP/1.1 206 Partial Content\r\nContent-Range: bytes ${start}-${last}/${data.length}\r\n` +
+            `Content-Length: ${last - start + 1}\r\n${options.close ? 'Connection: close\r\n' : ''}\r\n`,
+        );
+        socket.write(data.subarray(start, last + 1));
+        if (options.close) socket.end();
+      }
+    });
+  });
+  servers.push(server);
+  await new Promise<void>((ready) => server.listen(0, '127.0.0.1', ready));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/archive`, stats };
+}
+
+async function download(url: string) {
+  const received: Buffer[] = [];
+  const retried: string[] = [];
+  const result = await downloadInOrder(
+    url,
+    async (pieces) => {
+      // Taken late, as a slow consumer would: the pieces must hold their bytes until this resolves.
+      await new Promise((later) => setTimeout(later, 1));
+      for (const piece of pieces) received.push(Buffer.from(piece));
+    },
+    {
+      chunkBytes: CHUNK,
+      concurrency: 4,
+      idleTimeoutMs: 5000,
+      retryBudget: 5,
+      retry: { ...DEFAULT_RETRY, baseDelayMs: 1, maxDelayMs: 5 },
+      maxBytes: 1e9,
+      onRetry: (what) => retried.push(what),
+    },
+  );
+  return { result, bytes: Buffer.concat(received), retried };
+}
+
+describe('ranged download', () => {
+  it('hands on every byte in order through reused buffers, on at most one connection per range in flight', async () => {
+    const { url, stats } = await archiveServer({});
+    const { result, bytes } = await download(url);
+    expect(bytes.equals(data)).toBe(true);
+    expect(result).toEqual({ bytes: data.length, ranges: 41, retries: 0 });
+    // The first range's connection (node's client), and the pool's four kept alive for the 40 others.
+    expect(stats.connections).toBeLessThanOrEqual(5);
+  });
+
+  it('opens new connections where the server closes each one, and asks again for a range answered 503', async () => {
+    const { url, stats } = await archiveServer({
+      close: true,
+      special: (index, socket) => {
+        if (index !== 3) return false;
+        socket.end('HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n');
+        return true;
+      },
+    });
+    const { result, bytes, retried } = await download(url);
+    expect(bytes.equals(data)).toBe(true);
+    expect(result.retries).toBe(1);
+    expect(retried).toHaveLength(1);
+    expect(stats.connections).toBe(42);
+  });
+
+  it.each([
+    ['404', 'HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n', UrlRefusedError, 'HTTP 404'],
+    ['200', 'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello', Error, 'stopped honouring Range'],
+  ])(
+    'a later range answered %s fails the download at once, as the first range would',
+    async (_status, answer, type, message) => {
+      const { url } = await archiveServer({
+        special: (index, socket) => {
+          if (index !== 5) return false;
+          socket.end(answer);
+          return true;
+        },
+      });
+      const error = await download(url).then(
+        () => undefined,
+        (e: unknown) => e as Error,
+      );
+      expect(error).toBeInstanceOf(type);
+      expect(error?.message).toContain(message);
+    },
+  );
+});
