@@ -6,7 +6,7 @@
 import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -105,4 +105,17 @@ describe('child output relay', () => {
     const exit = await child;
     expect(exit.code !== 0 || exit.signal !== null).toBe(true);
   });
+
+  it('refuses a temp dir whose socket path would not fit a unix socket address, leaving nothing there', async () => {
+    // libuv cuts a longer path to the address size: the socket would be made outside the private dir, and stay.
+    // (TMPDIR itself cannot be changed here: jest gives the test a copy of the environment, os.tmpdir() not.)
+    const long = join(dir, 'd'.repeat(100));
+    mkdirSync(long);
+    await expect(ChildOutputRelay.open(long)).rejects.toThrow(
+      /^the temp dir's path is too long for a socket: .*\/s \(1\d\d bytes, at most 10\d\); set TMPDIR to a shorter path$/,
+    );
+    expect(readdirSync(long)).toEqual([]);
+    expect(readdirSync(dir)).toEqual(['d'.repeat(100)]);
+  });
+
 });

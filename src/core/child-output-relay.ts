@@ -17,6 +17,11 @@ import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 
 const BUFFER_BYTES = 1024 * 1024;
+/**
+ * The longest socket path: a unix socket address holds 108 bytes on Linux, 104 on macOS, with the final NUL.
+ * libuv silently cuts a longer one, which would put the socket outside its private directory, to stay there.
+ */
+const MAX_SOCKET_PATH = process.platform === 'linux' ? 107 : 103;
 
 /** Where each chunk read goes; set by `into` (the source stays paused until then). */
 interface Reader {
@@ -31,13 +36,20 @@ export class ChildOutputRelay {
     private readonly reader: Reader,
   ) {}
 
-  static async open(): Promise<ChildOutputRelay> {
+  /** The socket's private directory is made in `parent` (the temp dir: TMPDIR). */
+  static async open(parent = tmpdir()): Promise<ChildOutputRelay> {
     // mkdtemp's directory is 0700: no other user can connect before we do.
-    const dir = await mkdtemp(join(tmpdir(), 'image-ci-relay-'));
+    const dir = await mkdtemp(join(parent, 'image-ci-relay-'));
     const path = join(dir, 's');
     // The child's end is not read here: only the child writes into it.
     const server = createServer({ pauseOnConnect: true });
     try {
+      const bytes = Buffer.byteLength(path);
+      if (bytes > MAX_SOCKET_PATH) {
+        throw new Error(
+          `the temp dir's path is too long for a socket: ${path} (${bytes} bytes, at most ${MAX_SOCKET_PATH}); set TMPDIR to a shorter path`,
+        );
+      }
       server.listen(path);
       await once(server, 'listening');
       const accepted = once(server, 'connection') as Promise<[Socket]>;
