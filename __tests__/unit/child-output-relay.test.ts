@@ -118,4 +118,20 @@ describe('child output relay', () => {
     expect(readdirSync(dir)).toEqual(['d'.repeat(100)]);
   });
 
+  it('settles when the destination is closed after the last write, before the child ends its output', async () => {
+    // A child's stdin is destroyed when the child exits: GNU tar exits at the end-of-archive block, without
+    // waiting for the end of its input.
+    const closedEarly = new Writable({
+      write(_chunk, _encoding, done) {
+        done();
+        this.destroy();
+      },
+    });
+    const relay = await ChildOutputRelay.open();
+    const relayed = relay.into(closedEarly, () => undefined);
+    const child = exited(spawn('printf', ['last bytes'], { stdio: ['ignore', relay.childEnd, 'inherit'] }));
+    relay.handedOver();
+    expect(await child).toEqual({ code: 0, signal: null });
+    expect((await relayed)?.message).toBe('Premature close');
+  });
 });

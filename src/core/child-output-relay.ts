@@ -14,7 +14,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Writable } from 'node:stream';
+import { finished, type Writable } from 'node:stream';
 
 const BUFFER_BYTES = 1024 * 1024;
 /**
@@ -84,32 +84,30 @@ export class ChildOutputRelay {
     const { source } = this;
     return new Promise((settle) => {
       let settled = false;
-      const fail = (error: Error) => {
+      const done = (error?: Error) => {
         if (settled) return;
         settled = true;
-        source.destroy();
-        dest.destroy();
+        if (error) {
+          source.destroy();
+          dest.destroy();
+        }
         settle(error);
       };
       this.reader.forward = (chunk) => {
         try {
           check(chunk);
         } catch (error) {
-          fail(error as Error);
+          done(error as Error);
           return;
         }
         // The buffer is free again only once the destination took the bytes.
-        dest.write(chunk, (error) => (error ? fail(error) : settled || source.resume()));
+        dest.write(chunk, (error) => (error ? done(error) : settled || source.resume()));
       };
-      source.once('error', fail);
-      dest.once('error', fail);
-      source.once('end', () => {
-        dest.end(() => {
-          if (settled) return;
-          settled = true;
-          settle(undefined);
-        });
-      });
+      source.once('error', done);
+      source.once('end', () => dest.end());
+      // Also settles when `dest` closes before its end (a child's stdin is destroyed when the child exits): its
+      // end() would never call back then.
+      finished(dest, (error) => done(error ?? undefined));
       source.resume();
     });
   }
