@@ -4,10 +4,11 @@
  * pipeline() does when the check or the destination fails.
  */
 import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { Server } from 'node:net';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { ChildOutputRelay } from '../../src/core/child-output-relay.js';
@@ -133,5 +134,32 @@ describe('child output relay', () => {
     relay.handedOver();
     expect(await child).toEqual({ code: 0, signal: null });
     expect((await relayed)?.message).toBe('Premature close');
+  });
+
+  it('takes its own connection as the child end when another process of the user connected first', async () => {
+    // The other process connects (and goes) between listen and the relay's own connect: its connection is
+    // accepted first. (Another user cannot: the socket's directory is 0700.)
+    const emit = Server.prototype.emit;
+    Server.prototype.emit = function (this: Server, event: string | symbol, ...args: unknown[]) {
+      if (event === 'listening') {
+        Server.prototype.emit = emit;
+        const script = `require('net').connect(process.argv[1]).on('connect', () => process.exit())`;
+        execFileSync(process.execPath, ['-e', script, this.address() as string]);
+      }
+      return emit.call(this, event, ...args);
+    };
+    let relay: ChildOutputRelay;
+    try {
+      relay = await ChildOutputRelay.open();
+    } finally {
+      Server.prototype.emit = emit;
+    }
+    const { sink, bytes } = lateCollector(0);
+    const relayed = relay.into(sink, () => undefined);
+    const child = exited(spawn('printf', ['the bytes'], { stdio: ['ignore', relay.childEnd, 'inherit'] }));
+    relay.handedOver();
+    expect(await child).toEqual({ code: 0, signal: null });
+    expect(await relayed).toBeUndefined();
+    expect(bytes().toString()).toBe('the bytes');
   });
 });

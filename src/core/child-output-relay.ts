@@ -9,6 +9,7 @@
  * a socket it connected itself (`onread`), so the child writes into a unix socket instead of a pipe. Its path
  * exists, in a private directory, only until the two ends are connected.
  */
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { connect, createServer, type Socket } from 'node:net';
@@ -52,7 +53,28 @@ export class ChildOutputRelay {
       }
       server.listen(path);
       await once(server, 'listening');
-      const accepted = once(server, 'connection') as Promise<[Socket]>;
+      // Another process of this user may connect first (another user cannot: the directory is 0700). The
+      // child's end is the connection that sends this token; any other is closed.
+      const token = randomBytes(16);
+      const others = new Set<Socket>();
+      const accepted = new Promise<Socket>((found) =>
+        server.on('connection', (socket: Socket) => {
+          others.add(socket);
+          socket.on('error', () => undefined);
+          let seen = Buffer.alloc(0);
+          socket.on('data', (data: Buffer) => {
+            seen = Buffer.concat([seen, data]);
+            if (seen.length < token.length) return;
+            socket.removeAllListeners('data');
+            socket.pause();
+            if (seen.equals(token)) {
+              others.delete(socket);
+              found(socket);
+            }
+          });
+          socket.resume();
+        }),
+      );
       const reader: Reader = {};
       const buffer = Buffer.allocUnsafe(BUFFER_BYTES);
       const source = connect({
@@ -63,7 +85,9 @@ export class ChildOutputRelay {
       // Nothing is read before `into` resumes it.
       source.pause();
       await once(source, 'connect');
-      const [childEnd] = await accepted;
+      source.write(token);
+      const childEnd = await accepted;
+      for (const other of others) other.destroy();
       return new ChildOutputRelay(childEnd, source, reader);
     } finally {
       server.close();
