@@ -140,14 +140,14 @@ describe('child output relay', () => {
     // The other process connects (and goes) between listen and the relay's own connect: its connection is
     // accepted first. (Another user cannot: the socket's directory is 0700.)
     const emit = Server.prototype.emit;
-    Server.prototype.emit = function (this: Server, event: string | symbol, ...args: unknown[]) {
+    Server.prototype.emit = function (this: Server, event: string | symbol, ...args: unknown[]): boolean {
       if (event === 'listening') {
         Server.prototype.emit = emit;
         const script = `require('net').connect(process.argv[1]).on('connect', () => process.exit())`;
         execFileSync(process.execPath, ['-e', script, this.address() as string]);
       }
-      return emit.call(this, event, ...args);
-    };
+      return Reflect.apply(emit, this, [event, ...args]) as boolean;
+    } as typeof emit;
     let relay: ChildOutputRelay;
     try {
       relay = await ChildOutputRelay.open();
