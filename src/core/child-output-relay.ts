@@ -42,8 +42,10 @@ export class ChildOutputRelay {
     // mkdtemp's directory is 0700: no other user can connect before we do.
     const dir = await mkdtemp(join(parent, 'image-ci-relay-'));
     const path = join(dir, 's');
-    // The child's end is not read here: only the child writes into it.
+    // The child's end is read here only for the token below; then only the child writes into it.
     const server = createServer({ pauseOnConnect: true });
+    const others = new Set<Socket>();
+    let source: Socket | undefined;
     try {
       const bytes = Buffer.byteLength(path);
       if (bytes > MAX_SOCKET_PATH) {
@@ -56,8 +58,9 @@ export class ChildOutputRelay {
       // Another process of this user may connect first (another user cannot: the directory is 0700). The
       // child's end is the connection that sends this token; any other is closed.
       const token = randomBytes(16);
-      const others = new Set<Socket>();
-      const accepted = new Promise<Socket>((found) =>
+      const accepted = new Promise<Socket>((found, failed) => {
+        // An accept error (EMFILE) ends the wait instead of going unhandled.
+        server.once('error', failed);
         server.on('connection', (socket: Socket) => {
           others.add(socket);
           socket.on('error', () => undefined);
@@ -73,11 +76,11 @@ export class ChildOutputRelay {
             }
           });
           socket.resume();
-        }),
-      );
+        });
+      });
       const reader: Reader = {};
       const buffer = Buffer.allocUnsafe(BUFFER_BYTES);
-      const source = connect({
+      source = connect({
         path,
         // Returning false pauses reading: the buffer is not read into again before `forward` resumes it.
         onread: { buffer, callback: (bytes: number) => (reader.forward!(buffer.subarray(0, bytes)), false) },
@@ -87,9 +90,12 @@ export class ChildOutputRelay {
       await once(source, 'connect');
       source.write(token);
       const childEnd = await accepted;
-      for (const other of others) other.destroy();
       return new ChildOutputRelay(childEnd, source, reader);
+    } catch (error) {
+      source?.destroy();
+      throw error;
     } finally {
+      for (const other of others) other.destroy();
       server.close();
       await rm(dir, { recursive: true, force: true });
     }
