@@ -663,6 +663,73 @@ describe('streaming restore, cache service v2', () => {
     expect(ranged()).toBeGreaterThan(before);
     expect(fallbacks(log)).toEqual([]);
   });
+
+  /** Runs `fn` with shell scripts in front of the real tools on PATH (`$REAL` in a script is the real tool). */
+  async function withShims<T>(
+    name: string,
+    scripts: Record<string, string>,
+    fn: () => Promise<T>,
+  ): Promise<T> {
+    const shims = join(dirs.base, name);
+    mkdirSync(shims, { recursive: true });
+    for (const [tool, body] of Object.entries(scripts)) {
+      writeFileSync(join(shims, tool), `#!/bin/sh\nREAL=${await which(tool, true)}\n${body}\n`);
+      chmodSync(join(shims, tool), 0o755);
+    }
+    const path = process.env.PATH;
+    process.env.PATH = `${shims}:${path}`;
+    try {
+      return await fn();
+    } finally {
+      process.env.PATH = path;
+    }
+  }
+
+  it('finishes when tar exits at the end-of-archive block before zstd closes its output: no hang, no fallback', async () => {
+    const dir = join(dirs.runnerTemp, 'ici-tar-first');
+    const digest = await fillTree(dir, 1, 3 * MiB);
+    await saveWithLibrary([dir], 'tar-first-key');
+    await laterRun([dirs.runnerTemp]);
+    // zstd keeps its output open until tar has exited and been reaped (GNU tar does not wait for the end of its
+    // input): tar's stdin is then destroyed before the relay sees the end of zstd's output.
+    const pidFile = join(dirs.base, 'tar-first.pid');
+    const { host, log } = cliHost();
+    const result = await withShims(
+      'tar-first-shims',
+      {
+        tar: `echo $$ > ${pidFile}\nexec "$REAL" "$@"`,
+        zstd: [
+          '"$REAL" "$@"; rc=$?',
+          `[ "$1" = -d ] && { until [ -s ${pidFile} ]; do sleep 0.01; done; while kill -0 $(cat ${pidFile}) 2>/dev/null; do sleep 0.01; done; }`,
+          'exit $rc',
+        ].join('\n'),
+      },
+      () => restoreCache(host, [dir], 'tar-first-key'),
+    );
+    expect(result.hit).toBe(true);
+    expect(treeDigest(dir)).toBe(digest);
+    expect(fallbacks(log)).toEqual([]);
+  });
+
+  it('does not report a restore when tar is killed by a signal after taking the whole stream; the library restores', async () => {
+    const dir = join(dirs.runnerTemp, 'ici-tar-killed');
+    const digest = await fillTree(dir, 1, 3 * MiB);
+    await saveWithLibrary([dir], 'tar-killed-key');
+    await laterRun([dirs.runnerTemp]);
+    const { host, log } = cliHost();
+    // The streaming restore's tar (`-xf -`) reads everything, then dies as the OOM killer would kill it; the
+    // library's tar (`-xf <archive>`) is the real one.
+    const result = await withShims(
+      'tar-killed-shims',
+      { tar: 'if [ "$2" = - ]; then cat > /dev/null; kill -KILL $$; fi\nexec "$REAL" "$@"' },
+      () => restoreCache(host, [dir], 'tar-killed-key'),
+    );
+    expect(result.hit).toBe(true);
+    expect(treeDigest(dir)).toBe(digest);
+    expect(fallbacks(log)).toEqual([
+      'Streaming restore not used (tar was killed by SIGKILL); restoring through @actions/cache.',
+    ]);
+  });
 });
 
 describe('streaming restore, cache service v1 (GHES)', () => {

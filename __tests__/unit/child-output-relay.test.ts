@@ -4,10 +4,11 @@
  * pipeline() does when the check or the destination fails.
  */
 import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { Server } from 'node:net';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { ChildOutputRelay } from '../../src/core/child-output-relay.js';
@@ -104,5 +105,61 @@ describe('child output relay', () => {
     expect((await relayed)?.message).toBe('tar went away');
     const exit = await child;
     expect(exit.code !== 0 || exit.signal !== null).toBe(true);
+  });
+
+  it('refuses a temp dir whose socket path would not fit a unix socket address, leaving nothing there', async () => {
+    // libuv cuts a longer path to the address size: the socket would be made outside the private dir, and stay.
+    // (TMPDIR itself cannot be changed here: jest gives the test a copy of the environment, os.tmpdir() not.)
+    const long = join(dir, 'd'.repeat(100));
+    mkdirSync(long);
+    await expect(ChildOutputRelay.open(long)).rejects.toThrow(
+      /^the temp dir's path is too long for a socket: .*\/s \(1\d\d bytes, at most 10\d\); set TMPDIR to a shorter path$/,
+    );
+    expect(readdirSync(long)).toEqual([]);
+    expect(readdirSync(dir)).toEqual(['d'.repeat(100)]);
+  });
+
+  it('settles when the destination is closed after the last write, before the child ends its output', async () => {
+    // A child's stdin is destroyed when the child exits: GNU tar exits at the end-of-archive block, without
+    // waiting for the end of its input.
+    const closedEarly = new Writable({
+      write(_chunk, _encoding, done) {
+        done();
+        this.destroy();
+      },
+    });
+    const relay = await ChildOutputRelay.open();
+    const relayed = relay.into(closedEarly, () => undefined);
+    const child = exited(spawn('printf', ['last bytes'], { stdio: ['ignore', relay.childEnd, 'inherit'] }));
+    relay.handedOver();
+    expect(await child).toEqual({ code: 0, signal: null });
+    expect((await relayed)?.message).toBe('Premature close');
+  });
+
+  it('takes its own connection as the child end when another process of the user connected first', async () => {
+    // The other process connects (and goes) between listen and the relay's own connect: its connection is
+    // accepted first. (Another user cannot: the socket's directory is 0700.)
+    const emit = Server.prototype.emit;
+    Server.prototype.emit = function (this: Server, event: string | symbol, ...args: unknown[]): boolean {
+      if (event === 'listening') {
+        Server.prototype.emit = emit;
+        const script = `require('net').connect(process.argv[1]).on('connect', () => process.exit())`;
+        execFileSync(process.execPath, ['-e', script, this.address() as string]);
+      }
+      return Reflect.apply(emit, this, [event, ...args]) as boolean;
+    } as typeof emit;
+    let relay: ChildOutputRelay;
+    try {
+      relay = await ChildOutputRelay.open();
+    } finally {
+      Server.prototype.emit = emit;
+    }
+    const { sink, bytes } = lateCollector(0);
+    const relayed = relay.into(sink, () => undefined);
+    const child = exited(spawn('printf', ['the bytes'], { stdio: ['ignore', relay.childEnd, 'inherit'] }));
+    relay.handedOver();
+    expect(await child).toEqual({ code: 0, signal: null });
+    expect(await relayed).toBeUndefined();
+    expect(bytes().toString()).toBe('the bytes');
   });
 });

@@ -219,9 +219,13 @@ function exitOf(name: string, child: ChildProcess): Promise<Exit> {
   });
 }
 
-/** A child that could not start or exited with an error code of its own (not killed by a signal). */
-function ownFailure(exit: Exit): string | undefined {
+/**
+ * A child that could not start, exited with an error code of its own, or was killed by a signal neither we sent
+ * (`killed`) nor its output's reader caused (SIGPIPE: whoever stopped reading is the cause).
+ */
+function ownFailure(exit: Exit, killed: boolean): string | undefined {
   if (exit.error) return `${exit.name}: ${exit.error.message}`;
+  if (exit.signal && !killed && exit.signal !== 'SIGPIPE') return `${exit.name} was killed by ${exit.signal}`;
   if (exit.code === 0 || exit.code === null) return undefined;
   // One log line: the child's distinct complaints, in order.
   const lines = [
@@ -321,15 +325,20 @@ class Extraction {
     // whatever broke it.
     if (this.watcher.failure instanceof EntryRefused) throw this.watcher.failure;
     if (this.watcher.failure) throw new EntryRefused(this.watcher.failure.message);
+    // GNU tar exits at the end-of-archive block without reading to the end of its input: with both children
+    // content and the whole archive seen, tar's input closing early is no failure.
+    const complete = zstdExit.code === 0 && tarExit.code === 0 && this.watcher.ended;
+    // Killed by us when the download failed.
+    const killed = failure !== undefined;
     const reason =
       failure !== undefined && !inputClosed
         ? errorMessage(failure)
         : // The first cause wins over its consequences (broken pipes, truncated input, children we killed).
           [
-            ownFailure(zstdExit),
-            ownFailure(tarExit),
+            ownFailure(zstdExit, killed),
+            ownFailure(tarExit, killed),
             failure === undefined ? undefined : errorMessage(failure),
-            pipeError && `tar stream: ${pipeError.message}`,
+            pipeError && !complete && `tar stream: ${pipeError.message}`,
             !this.watcher.ended && 'the archive ended before its end-of-archive block',
           ].find((r) => r);
     if (reason) throw new StreamUnusable(reason);

@@ -9,14 +9,20 @@
  * a socket it connected itself (`onread`), so the child writes into a unix socket instead of a pipe. Its path
  * exists, in a private directory, only until the two ends are connected.
  */
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Writable } from 'node:stream';
+import { finished, type Writable } from 'node:stream';
 
 const BUFFER_BYTES = 1024 * 1024;
+/**
+ * The longest socket path: a unix socket address holds 108 bytes on Linux, 104 on macOS, with the final NUL.
+ * libuv silently cuts a longer one, which would put the socket outside its private directory, to stay there.
+ */
+const MAX_SOCKET_PATH = process.platform === 'linux' ? 107 : 103;
 
 /** Where each chunk read goes; set by `into` (the source stays paused until then). */
 interface Reader {
@@ -31,19 +37,50 @@ export class ChildOutputRelay {
     private readonly reader: Reader,
   ) {}
 
-  static async open(): Promise<ChildOutputRelay> {
+  /** The socket's private directory is made in `parent` (the temp dir: TMPDIR). */
+  static async open(parent = tmpdir()): Promise<ChildOutputRelay> {
     // mkdtemp's directory is 0700: no other user can connect before we do.
-    const dir = await mkdtemp(join(tmpdir(), 'image-ci-relay-'));
+    const dir = await mkdtemp(join(parent, 'image-ci-relay-'));
     const path = join(dir, 's');
-    // The child's end is not read here: only the child writes into it.
+    // The child's end is read here only for the token below; then only the child writes into it.
     const server = createServer({ pauseOnConnect: true });
+    const others = new Set<Socket>();
+    let source: Socket | undefined;
     try {
+      const bytes = Buffer.byteLength(path);
+      if (bytes > MAX_SOCKET_PATH) {
+        throw new Error(
+          `the temp dir's path is too long for a socket: ${path} (${bytes} bytes, at most ${MAX_SOCKET_PATH}); set TMPDIR to a shorter path`,
+        );
+      }
       server.listen(path);
       await once(server, 'listening');
-      const accepted = once(server, 'connection') as Promise<[Socket]>;
+      // Another process of this user may connect first (another user cannot: the directory is 0700). The
+      // child's end is the connection that sends this token; any other is closed.
+      const token = randomBytes(16);
+      const accepted = new Promise<Socket>((found, failed) => {
+        // An accept error (EMFILE) ends the wait instead of going unhandled.
+        server.once('error', failed);
+        server.on('connection', (socket: Socket) => {
+          others.add(socket);
+          socket.on('error', () => undefined);
+          let seen = Buffer.alloc(0);
+          socket.on('data', (data: Buffer) => {
+            seen = Buffer.concat([seen, data]);
+            if (seen.length < token.length) return;
+            socket.removeAllListeners('data');
+            socket.pause();
+            if (seen.equals(token)) {
+              others.delete(socket);
+              found(socket);
+            }
+          });
+          socket.resume();
+        });
+      });
       const reader: Reader = {};
       const buffer = Buffer.allocUnsafe(BUFFER_BYTES);
-      const source = connect({
+      source = connect({
         path,
         // Returning false pauses reading: the buffer is not read into again before `forward` resumes it.
         onread: { buffer, callback: (bytes: number) => (reader.forward!(buffer.subarray(0, bytes)), false) },
@@ -51,9 +88,14 @@ export class ChildOutputRelay {
       // Nothing is read before `into` resumes it.
       source.pause();
       await once(source, 'connect');
-      const [childEnd] = await accepted;
+      source.write(token);
+      const childEnd = await accepted;
       return new ChildOutputRelay(childEnd, source, reader);
+    } catch (error) {
+      source?.destroy();
+      throw error;
     } finally {
+      for (const other of others) other.destroy();
       server.close();
       await rm(dir, { recursive: true, force: true });
     }
@@ -72,32 +114,30 @@ export class ChildOutputRelay {
     const { source } = this;
     return new Promise((settle) => {
       let settled = false;
-      const fail = (error: Error) => {
+      const done = (error?: Error) => {
         if (settled) return;
         settled = true;
-        source.destroy();
-        dest.destroy();
+        if (error) {
+          source.destroy();
+          dest.destroy();
+        }
         settle(error);
       };
       this.reader.forward = (chunk) => {
         try {
           check(chunk);
         } catch (error) {
-          fail(error as Error);
+          done(error as Error);
           return;
         }
         // The buffer is free again only once the destination took the bytes.
-        dest.write(chunk, (error) => (error ? fail(error) : settled || source.resume()));
+        dest.write(chunk, (error) => (error ? done(error) : settled || source.resume()));
       };
-      source.once('error', fail);
-      dest.once('error', fail);
-      source.once('end', () => {
-        dest.end(() => {
-          if (settled) return;
-          settled = true;
-          settle(undefined);
-        });
-      });
+      source.once('error', done);
+      source.once('end', () => dest.end());
+      // Also settles when `dest` closes before its end (a child's stdin is destroyed when the child exits): its
+      // end() would never call back then.
+      finished(dest, (error) => done(error ?? undefined));
       source.resume();
     });
   }
