@@ -691,13 +691,15 @@ describe('streaming restore, cache service v2', () => {
     await saveWithLibrary([dir], 'tar-first-key');
     await laterRun([dirs.runnerTemp]);
     // zstd keeps its output open until tar has exited and been reaped (GNU tar does not wait for the end of its
-    // input): tar's stdin is then destroyed before the relay sees the end of zstd's output.
+    // input): tar's stdin is then destroyed before the relay sees the end of zstd's output. GNU tar stops at
+    // the end-of-archive block only once it has read the record holding it: with the stream's 1 MiB records
+    // that is the end of this small archive's input, so the shim gives tar its default 10 KiB records back.
     const pidFile = join(dirs.base, 'tar-first.pid');
     const { host, log } = cliHost();
     const result = await withShims(
       'tar-first-shims',
       {
-        tar: `echo $$ > ${pidFile}\nexec "$REAL" "$@"`,
+        tar: `[ "$1" = -xf ] && echo $$ > ${pidFile}\nexec "$REAL" "$@" --blocking-factor=20`,
         zstd: [
           '"$REAL" "$@"; rc=$?',
           `[ "$1" = -d ] && { until [ -s ${pidFile} ]; do sleep 0.01; done; while kill -0 $(cat ${pidFile}) 2>/dev/null; do sleep 0.01; done; }`,
