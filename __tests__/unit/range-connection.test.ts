@@ -96,6 +96,47 @@ describe('range connection', () => {
     expect(into.equals(data.subarray(10, 310))).toBe(true);
   });
 
+  it('reads the right bytes whatever read the head ends in, the end of head split at every position', async () => {
+    const { url, stats } = await rawServer((socket, start, end, index) => {
+      const bytes = Buffer.concat([Buffer.from(partial(start, end)), data.subarray(start, end + 1)]);
+      // The n-th answer is cut after its n-th byte, the second part written once the first is on its way.
+      socket.write(bytes.subarray(0, index + 1), () =>
+        setImmediate(() => socket.write(bytes.subarray(index + 1))),
+      );
+    });
+    const c = open(url);
+    const into = Buffer.alloc(100);
+    const headLength = partial(0, 99).length;
+    for (let i = 0; i < headLength + 4; i++) {
+      into.fill(0);
+      expect(await c.get({ start: i, end: i + 99 }, into)).toBe(data.length);
+      expect(into.equals(data.subarray(i, i + 100))).toBe(true);
+    }
+    expect(stats.connections).toBe(1);
+  });
+
+  it("skips interim answers (100 Continue, 103 Early Hints) before the 206, as node's client does", async () => {
+    const { url } = await rawServer((socket, start, end, index) => {
+      const interim =
+        'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n';
+      const bytes = Buffer.concat([
+        Buffer.from(interim + partial(start, end)),
+        data.subarray(start, end + 1),
+      ]);
+      // Once in one piece, once with the interim answers and the final head in reads of their own.
+      if (index === 0) socket.write(bytes);
+      else for (const cut of [interim.length - 5, interim.length + 7]) socket.write(bytes.subarray(0, cut));
+      if (index !== 0) socket.write(bytes.subarray(interim.length + 7));
+    });
+    const c = open(url);
+    const into = Buffer.alloc(100);
+    for (const start of [0, 1000]) {
+      expect(await c.get({ start, end: start + 99 }, into)).toBe(data.length);
+      expect(into.equals(data.subarray(start, start + 100))).toBe(true);
+    }
+    expect(c.usable).toBe(true);
+  });
+
   it('asks with the URL as given, percent-encoding kept, and the Host it names', async () => {
     let request = '';
     const server = createServer((socket) =>
@@ -180,6 +221,24 @@ describe('range connection', () => {
       /head of more than 65536 bytes/,
     ],
     ['not HTTP', () => 'SSH-2.0-OpenSSH_9.2\r\n\r\n', /not an HTTP\/1.x answer/],
+    // The next two never send the blank line ending an HTTP/1.1 head: they are refused at once, not when the
+    // idle time ran out (which would be a failure worth another try).
+    [
+      'an HTTP/2 server (its SETTINGS frame)',
+      () => '\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x64',
+      /not an HTTP\/1.x answer/,
+    ],
+    [
+      'a head with bare LF line ends',
+      (a: number, b: number) => partial(a, b).replaceAll('\r\n', '\n'),
+      /a line of the answer head that does not end in CRLF/,
+    ],
+    ['a NUL in a header', (a: number, b: number) => partial(a, b, 'X-A: a\0b\r\n'), /malformed header line/],
+    [
+      'a space before a header colon',
+      (a: number, b: number) => partial(a, b).replace('Content-Length:', 'Content-Length :'),
+      /malformed header line/,
+    ],
   ])('refuses %s, without another try', async (_what, answer, message) => {
     const { url } = await rawServer((socket, start, end) => socket.write(answer(start, end), 'latin1'));
     const c = open(url);
@@ -219,6 +278,16 @@ describe('range connection', () => {
       expect(c.usable).toBe(false);
       expect((await failure(c.get({ start: 100, end: 199 }, into))).message).toMatch(/cannot be reused/);
     }
+  });
+
+  it('is not reused when any of its Connection headers says close (node reads all of them)', async () => {
+    const { url } = await rawServer((socket, start, end) => {
+      socket.write(partial(start, end, 'Connection: close\r\nConnection: keep-alive\r\n'));
+      socket.write(data.subarray(start, end + 1));
+    });
+    const c = open(url);
+    await c.get({ start: 0, end: 99 }, Buffer.alloc(100));
+    expect(c.usable).toBe(false);
   });
 
   it('closes a kept-alive connection that receives bytes nobody asked for', async () => {

@@ -18,6 +18,9 @@ const READ_BUFFER_BYTES = 256 * 1024;
 /** Blob stores answer with a few hundred bytes of head; a server sending more is not one. */
 const MAX_HEAD_BYTES = 64 * 1024;
 const HEAD_END = Buffer.from('\r\n\r\n');
+const HEAD_START = Buffer.from('HTTP/1.');
+/** A header as node's parser takes it: a token, a colon, a value without control characters but tab. */
+const HEADER_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*$/;
 
 export interface ByteRange {
   start: number;
@@ -144,12 +147,15 @@ export class RangeConnection {
     // Bytes nobody asked for: whatever this server is doing, the connection is not reused.
     if (!request) throw new RangeFailure('the server sent bytes that were not asked for', false);
     let offset = 0;
-    if (request.expected === undefined) {
-      const copied = data.copy(this.head, this.headBytes);
+    // More than one head when interim (1xx) answers come first.
+    while (request.expected === undefined) {
+      const copied = data.copy(this.head, this.headBytes, offset);
       // The end may straddle the previous read.
       const end = this.head
         .subarray(0, this.headBytes + copied)
         .indexOf(HEAD_END, Math.max(0, this.headBytes - 3));
+      // What follows the head is body, any byte allowed.
+      this.checkHeadBytes(this.headBytes, end === -1 ? this.headBytes + copied : end + HEAD_END.length);
       if (end === -1) {
         this.headBytes += copied;
         if (this.headBytes === MAX_HEAD_BYTES) {
@@ -157,7 +163,8 @@ export class RangeConnection {
         }
         return;
       }
-      offset = end + HEAD_END.length - this.headBytes;
+      offset += end + HEAD_END.length - this.headBytes;
+      this.headBytes = 0;
       this.readHead(request, this.head.toString('latin1', 0, end));
     }
     const body = data.length - offset;
@@ -173,22 +180,45 @@ export class RangeConnection {
     }
   }
 
+  /**
+   * Fails as soon as the head's bytes from `from` to `to` show it is not HTTP/1.x, rather than waiting for an end
+   * of head that such an answer never sends (the idle timeout would make it a failure worth another try).
+   */
+  private checkHeadBytes(from: number, to: number): void {
+    const prefix = Math.min(to, HEAD_START.length);
+    if (from < prefix && this.head.compare(HEAD_START, from, prefix, from, prefix) !== 0) {
+      throw new RangeFailure('not an HTTP/1.x answer', false);
+    }
+    for (let lf = this.head.indexOf(10, from); lf !== -1 && lf < to; lf = this.head.indexOf(10, lf + 1)) {
+      // Node's parser refuses a bare LF too.
+      if (lf === 0 || this.head[lf - 1] !== 13) {
+        throw new RangeFailure('a line of the answer head that does not end in CRLF', false);
+      }
+    }
+  }
+
   private readHead(request: Request, head: string): void {
     const [statusLine = '', ...lines] = head.split('\r\n');
-    const status = /^HTTP\/1\.([01]) ([1-9][0-9]{2})(?: |$)/.exec(statusLine);
+    const status = /^HTTP\/1\.([01]) ([1-9][0-9]{2})(?: [^\x00-\x08\x0a-\x1f\x7f]*)?$/.exec(statusLine);
     if (!status) throw new RangeFailure('not an HTTP/1.x answer', false);
     const headers = new Map<string, string>();
     for (const line of lines) {
-      const colon = line.indexOf(':');
-      // Folded or nameless lines are how request smuggling starts; a blob store sends neither.
-      if (colon <= 0 || /^[ \t]/.test(line)) throw new RangeFailure('a malformed header line', false);
-      const name = line.slice(0, colon).trim().toLowerCase();
-      if (headers.has(name) && ['content-length', 'content-range', 'transfer-encoding'].includes(name)) {
+      // Folded lines, a space before the colon and control characters are how request smuggling starts; a blob
+      // store sends none of them, and node's parser refuses them.
+      const header = HEADER_LINE.exec(line);
+      if (!header) throw new RangeFailure('a malformed header line', false);
+      const name = header[1]!.toLowerCase();
+      const previous = headers.get(name);
+      if (previous !== undefined && ['content-length', 'content-range', 'transfer-encoding'].includes(name)) {
         throw new RangeFailure(`two ${name} headers`, false);
       }
-      headers.set(name, line.slice(colon + 1).trim());
+      // As node joins them: a close in any Connection header counts.
+      headers.set(name, previous === undefined ? header[2]! : `${previous}, ${header[2]}`);
     }
     const code = Number(status[2]);
+    // Interim answers have no body; node's client passes over them to the answer that follows (101 is not one:
+    // it switches protocols).
+    if (code < 200 && code !== 101) return;
     if (code !== 206) {
       // Its body is not read: the connection goes, and the caller decides what the status means.
       this.reusable = false;
