@@ -290,6 +290,22 @@ describe('range connection', () => {
     expect(c.usable).toBe(false);
   });
 
+  it('tells a kept-alive connection lost before any byte of the next answer from one that never answered', async () => {
+    const { url } = await rawServer((socket, start, end, index) => {
+      // The first answer as it should be; the next request finds the connection closing under it.
+      if (index !== 0) return socket.destroy();
+      socket.write(partial(start, end));
+      socket.write(data.subarray(start, end + 1));
+    });
+    const c = open(url);
+    await c.get({ start: 0, end: 99 }, Buffer.alloc(100));
+    const error = await failure(c.get({ start: 100, end: 199 }, Buffer.alloc(100)));
+    expect(error).toMatchObject({ retryable: true, staleConnection: true });
+    // A new connection that loses its first request is a failure like any other.
+    const fresh = await failure(open(url).get({ start: 100, end: 199 }, Buffer.alloc(100)));
+    expect(fresh).toMatchObject({ retryable: true, staleConnection: false });
+  });
+
   it('closes a kept-alive connection that receives bytes nobody asked for', async () => {
     const { url } = await rawServer((socket, start, end) => {
       socket.write(partial(start, end));

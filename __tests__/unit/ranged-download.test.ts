@@ -22,6 +22,8 @@ afterEach(() => {
  */
 async function archiveServer(options: {
   close?: boolean;
+  /** Close each connection after its answer without saying so (no Connection: close). */
+  silentClose?: boolean;
   special?: (index: number, socket: Socket) => boolean;
 }) {
   const stats = { connections: 0, requests: 0 };
@@ -43,7 +45,7 @@ async function archiveServer(options: {
             `Content-Length: ${last - start + 1}\r\n${options.close ? 'Connection: close\r\n' : ''}\r\n`,
         );
         socket.write(data.subarray(start, last + 1));
-        if (options.close) socket.end();
+        if (options.close || options.silentClose) socket.end();
       }
     });
   });
@@ -99,6 +101,14 @@ describe('ranged download', () => {
     expect(result.retries).toBe(1);
     expect(retried).toHaveLength(1);
     expect(stats.connections).toBe(42);
+  });
+
+  it('costs no retry when the server closes each kept-alive connection after its answer without saying so', async () => {
+    const { url } = await archiveServer({ silentClose: true });
+    const { result, bytes, retried } = await download(url);
+    expect(bytes.equals(data)).toBe(true);
+    expect(retried).toEqual([]);
+    expect(result).toEqual({ bytes: data.length, ranges: 41, retries: 0 });
   });
 
   it.each([

@@ -35,6 +35,11 @@ export class RangeFailure extends Error {
     readonly retryable: boolean,
     /** The status of an answer that was not 206. */
     readonly status?: number,
+    /**
+     * Lost before any byte of the answer, on a connection that had answered before: a kept-alive connection
+     * the server closed as the request went out. Any keep-alive client asks once more on a new connection.
+     */
+    readonly staleConnection = false,
   ) {
     super(message);
     this.name = 'RangeFailure';
@@ -45,6 +50,8 @@ interface Request {
   range: ByteRange;
   into: Buffer;
   filled: number;
+  /** Every byte of the answer so far, interim answers and head included. */
+  received: number;
   /** Set once the head is read. */
   expected?: number;
   total?: number;
@@ -59,6 +66,7 @@ export class RangeConnection {
   private request: Request | undefined;
   private reusable = true;
   private closed = false;
+  private answered = 0;
 
   constructor(
     private readonly url: URL,
@@ -84,8 +92,10 @@ export class RangeConnection {
     this.socket.setTimeout(idleTimeoutMs, () =>
       this.fail(new RangeFailure(`no data for ${idleTimeoutMs} ms`, true)),
     );
-    this.socket.on('error', (error) => this.fail(new RangeFailure(error.message, true)));
-    this.socket.on('close', () => this.fail(new RangeFailure(this.lostMessage(), true)));
+    this.socket.on('error', (error) => this.lost(error.message));
+    // The server's end of a kept-alive connection: the close follows, a request sent before it would be lost.
+    this.socket.on('end', () => (this.reusable = false));
+    this.socket.on('close', () => this.lost(this.lostMessage()));
   }
 
   get isClosed(): boolean {
@@ -111,6 +121,7 @@ export class RangeConnection {
         range,
         into,
         filled: 0,
+        received: 0,
         done: (error, total) => {
           signal?.removeEventListener('abort', onAbort);
           if (error) reject(error);
@@ -146,6 +157,7 @@ export class RangeConnection {
     const request = this.request;
     // Bytes nobody asked for: whatever this server is doing, the connection is not reused.
     if (!request) throw new RangeFailure('the server sent bytes that were not asked for', false);
+    request.received += data.length;
     let offset = 0;
     // More than one head when interim (1xx) answers come first.
     while (request.expected === undefined) {
@@ -175,6 +187,7 @@ export class RangeConnection {
     request.filled += body;
     if (request.filled === request.expected) {
       this.request = undefined;
+      this.answered++;
       request.done(undefined, request.total);
       if (!this.reusable) this.close();
     }
@@ -266,6 +279,11 @@ export class RangeConnection {
     if (!request) return 'the connection closed';
     if (request.expected === undefined) return 'the connection closed before an answer';
     return `connection lost after ${request.filled} of ${request.expected} bytes`;
+  }
+
+  private lost(message: string): void {
+    const stale = this.answered > 0 && this.request?.received === 0;
+    this.fail(new RangeFailure(message, true, undefined, stale));
   }
 
   private fail(error: Error): void {

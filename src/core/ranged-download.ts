@@ -147,14 +147,16 @@ class RangePool {
 
   async fetch(range: ByteRange, signal: AbortSignal): Promise<Lent> {
     const buffer = this.spare.pop() ?? Buffer.allocUnsafe(this.bufferBytes);
-    let connection = this.connections.find((c) => c.usable);
-    if (!connection) {
-      connection = new RangeConnection(this.url, this.idleTimeoutMs);
-      this.connections.push(connection);
-    }
     let total: number;
     try {
-      total = await connection.get(range, buffer, signal);
+      try {
+        total = await (this.connections.find((c) => c.usable) ?? this.open()).get(range, buffer, signal);
+      } catch (error) {
+        // The server closed a kept-alive connection as the request went out (it may do so at any time, with or
+        // without saying so): asking on a new one is not a retry. Its own loss would not be stale.
+        if (!(error instanceof RangeFailure && error.staleConnection)) throw error;
+        total = await this.open().get(range, buffer, signal);
+      }
     } catch (error) {
       this.spare.push(buffer);
       throw downloadError(error as Error);
@@ -167,6 +169,12 @@ class RangePool {
 
   close(): void {
     for (const connection of this.connections) connection.close();
+  }
+
+  private open(): RangeConnection {
+    const connection = new RangeConnection(this.url, this.idleTimeoutMs);
+    this.connections.push(connection);
+    return connection;
   }
 
   private forgetClosed(): void {
