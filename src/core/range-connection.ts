@@ -20,7 +20,7 @@ const MAX_HEAD_BYTES = 64 * 1024;
 const HEAD_END = Buffer.from('\r\n\r\n');
 const HEAD_START = Buffer.from('HTTP/1.');
 /** A header as node's parser takes it: a token, a colon, a value without control characters but tab. */
-const HEADER_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*$/;
+const HEADER_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*$/;
 
 export interface ByteRange {
   start: number;
@@ -212,7 +212,7 @@ export class RangeConnection {
 
   private readHead(request: Request, head: string): void {
     const [statusLine = '', ...lines] = head.split('\r\n');
-    const status = /^HTTP\/1\.([01]) ([1-9][0-9]{2})(?: [^\x00-\x08\x0a-\x1f\x7f]*)?$/.exec(statusLine);
+    const status = /^HTTP\/1\.([01]) ([1-9][0-9]{2})(?: [\t\x20-\x7e\x80-\xff]*)?$/.exec(statusLine);
     if (!status) throw new RangeFailure('not an HTTP/1.x answer', false);
     const headers = new Map<string, string>();
     for (const line of lines) {
