@@ -6,6 +6,7 @@ import { afterEach, describe, expect, it } from '@jest/globals';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { get as httpGet } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -155,6 +156,28 @@ describe('range connection', () => {
     expect(request).toBe(
       `GET /a/b?sv=1&sig=x%2By HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nRange: bytes=0-0\r\n\r\n`,
     );
+  });
+
+  it("sends the URL's user and password as node's client does (Basic), and nothing else of it", async () => {
+    const requests: string[] = [];
+    const server = createServer((socket) =>
+      socket.once('data', (chunk: Buffer) => {
+        requests.push(chunk.toString('latin1'));
+        socket.end(`${partial(0, 0)}${data.subarray(0, 1).toString('latin1')}`, 'latin1');
+      }),
+    );
+    servers.push(server);
+    await new Promise<void>((ready) => server.listen(0, '127.0.0.1', ready));
+    const { port } = server.address() as AddressInfo;
+    const url = new URL(`http://us%0D%0Aer:p%40ss@127.0.0.1:${port}/a?b#frag`);
+    await new Promise((done) =>
+      httpGet(url, { headers: { Range: 'bytes=0-0' } }, (res) => res.resume().on('end', done)),
+    );
+    await open(url).get({ start: 0, end: 0 }, Buffer.alloc(1));
+    const authorization = (request: string) => /^authorization: (.*)\r$/im.exec(request)?.[1];
+    expect(authorization(requests[0]!)).toBe(`Basic ${Buffer.from('us\r\ner:p@ss').toString('base64')}`);
+    expect(authorization(requests[1]!)).toBe(authorization(requests[0]!));
+    expect(requests[1]).toMatch(/^GET \/a\?b HTTP\/1\.1\r\n/);
   });
 
   it.each([

@@ -61,6 +61,8 @@ interface Request {
 
 export class RangeConnection {
   private readonly socket: Socket;
+  /** The request but its Range. */
+  private readonly requestHead: string;
   private readonly head = Buffer.allocUnsafe(MAX_HEAD_BYTES);
   private headBytes = 0;
   private request: Request | undefined;
@@ -68,10 +70,15 @@ export class RangeConnection {
   private closed = false;
   private answered = 0;
 
-  constructor(
-    private readonly url: URL,
-    idleTimeoutMs: number,
-  ) {
+  constructor(url: URL, idleTimeoutMs: number) {
+    // pathname and search come out of URL percent-encoded: no byte here can end the request line early. The
+    // user and password go as node's client sends them (the first range went through it).
+    const credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
+    const auth =
+      url.username || url.password
+        ? `Authorization: Basic ${Buffer.from(credentials).toString('base64')}\r\n`
+        : '';
+    this.requestHead = `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n${auth}`;
     const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
     // URL keeps brackets around an IPv6 literal, which connect() does not take.
     const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
@@ -132,11 +139,7 @@ export class RangeConnection {
         onAbort();
         return;
       }
-      // pathname and search come out of URL percent-encoded: no byte here can end the request line early.
-      this.socket.write(
-        `GET ${this.url.pathname}${this.url.search} HTTP/1.1\r\nHost: ${this.url.host}\r\n` +
-          `Range: bytes=${range.start}-${range.end}\r\n\r\n`,
-      );
+      this.socket.write(`${this.requestHead}Range: bytes=${range.start}-${range.end}\r\n\r\n`);
     });
   }
 
