@@ -6,9 +6,10 @@
  * this way.
  *
  * Only the answer that steady state needs is read: 206 with a Content-Length and exactly the Content-Range asked
- * for. Another status ends the connection and is reported as that status; an answer framed in any other way
- * (chunked, without a length, with bytes after the body or an oversized head) is reported as not readable here,
- * and the caller gives up the download rather than guess.
+ * for (interim 1xx answers before it are passed over, as node's client does). Another status ends the connection
+ * and is reported as that status; an answer framed in any other way (chunked, without a length, with bytes after
+ * the body, an oversized head, a head node's parser refuses) is reported as not readable here, and the caller
+ * gives up the download rather than guess.
  */
 import { connect as netConnect, isIP, type OnReadOpts, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
