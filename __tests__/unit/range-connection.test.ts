@@ -316,7 +316,10 @@ describe('range connection', () => {
   it('tells a kept-alive connection lost before any byte of the next answer from one that never answered', async () => {
     const { url } = await rawServer((socket, start, end, index) => {
       // The first answer as it should be; the next request finds the connection closing under it.
-      if (index !== 0) return socket.destroy();
+      if (index !== 0) {
+        socket.destroy();
+        return;
+      }
       socket.write(partial(start, end));
       socket.write(data.subarray(start, end + 1));
     });
