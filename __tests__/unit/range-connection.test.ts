@@ -6,6 +6,7 @@ import { afterEach, describe, expect, it } from '@jest/globals';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { get as httpGet } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -96,6 +97,47 @@ describe('range connection', () => {
     expect(into.equals(data.subarray(10, 310))).toBe(true);
   });
 
+  it('reads the right bytes whatever read the head ends in, the end of head split at every position', async () => {
+    const { url, stats } = await rawServer((socket, start, end, index) => {
+      const bytes = Buffer.concat([Buffer.from(partial(start, end)), data.subarray(start, end + 1)]);
+      // The n-th answer is cut after its n-th byte, the second part written once the first is on its way.
+      socket.write(bytes.subarray(0, index + 1), () =>
+        setImmediate(() => socket.write(bytes.subarray(index + 1))),
+      );
+    });
+    const c = open(url);
+    const into = Buffer.alloc(100);
+    const headLength = partial(0, 99).length;
+    for (let i = 0; i < headLength + 4; i++) {
+      into.fill(0);
+      expect(await c.get({ start: i, end: i + 99 }, into)).toBe(data.length);
+      expect(into.equals(data.subarray(i, i + 100))).toBe(true);
+    }
+    expect(stats.connections).toBe(1);
+  });
+
+  it("skips interim answers (100 Continue, 103 Early Hints) before the 206, as node's client does", async () => {
+    const { url } = await rawServer((socket, start, end, index) => {
+      const interim =
+        'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n';
+      const bytes = Buffer.concat([
+        Buffer.from(interim + partial(start, end)),
+        data.subarray(start, end + 1),
+      ]);
+      // Once in one piece, once with the interim answers and the final head in reads of their own.
+      if (index === 0) socket.write(bytes);
+      else for (const cut of [interim.length - 5, interim.length + 7]) socket.write(bytes.subarray(0, cut));
+      if (index !== 0) socket.write(bytes.subarray(interim.length + 7));
+    });
+    const c = open(url);
+    const into = Buffer.alloc(100);
+    for (const start of [0, 1000]) {
+      expect(await c.get({ start, end: start + 99 }, into)).toBe(data.length);
+      expect(into.equals(data.subarray(start, start + 100))).toBe(true);
+    }
+    expect(c.usable).toBe(true);
+  });
+
   it('asks with the URL as given, percent-encoding kept, and the Host it names', async () => {
     let request = '';
     const server = createServer((socket) =>
@@ -114,6 +156,28 @@ describe('range connection', () => {
     expect(request).toBe(
       `GET /a/b?sv=1&sig=x%2By HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nRange: bytes=0-0\r\n\r\n`,
     );
+  });
+
+  it("sends the URL's user and password as node's client does (Basic), and nothing else of it", async () => {
+    const requests: string[] = [];
+    const server = createServer((socket) =>
+      socket.once('data', (chunk: Buffer) => {
+        requests.push(chunk.toString('latin1'));
+        socket.end(`${partial(0, 0)}${data.subarray(0, 1).toString('latin1')}`, 'latin1');
+      }),
+    );
+    servers.push(server);
+    await new Promise<void>((ready) => server.listen(0, '127.0.0.1', ready));
+    const { port } = server.address() as AddressInfo;
+    const url = new URL(`http://us%0D%0Aer:p%40ss@127.0.0.1:${port}/a?b#frag`);
+    await new Promise((done) =>
+      httpGet(url, { headers: { Range: 'bytes=0-0' } }, (res) => res.resume().on('end', done)),
+    );
+    await open(url).get({ start: 0, end: 0 }, Buffer.alloc(1));
+    const authorization = (request: string) => /^authorization: (.*)\r$/im.exec(request)?.[1];
+    expect(authorization(requests[0]!)).toBe(`Basic ${Buffer.from('us\r\ner:p@ss').toString('base64')}`);
+    expect(authorization(requests[1]!)).toBe(authorization(requests[0]!));
+    expect(requests[1]).toMatch(/^GET \/a\?b HTTP\/1\.1\r\n/);
   });
 
   it.each([
@@ -180,6 +244,24 @@ describe('range connection', () => {
       /head of more than 65536 bytes/,
     ],
     ['not HTTP', () => 'SSH-2.0-OpenSSH_9.2\r\n\r\n', /not an HTTP\/1.x answer/],
+    // The next two never send the blank line ending an HTTP/1.1 head: they are refused at once, not when the
+    // idle time ran out (which would be a failure worth another try).
+    [
+      'an HTTP/2 server (its SETTINGS frame)',
+      () => '\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x64',
+      /not an HTTP\/1.x answer/,
+    ],
+    [
+      'a head with bare LF line ends',
+      (a: number, b: number) => partial(a, b).replaceAll('\r\n', '\n'),
+      /a line of the answer head that does not end in CRLF/,
+    ],
+    ['a NUL in a header', (a: number, b: number) => partial(a, b, 'X-A: a\0b\r\n'), /malformed header line/],
+    [
+      'a space before a header colon',
+      (a: number, b: number) => partial(a, b).replace('Content-Length:', 'Content-Length :'),
+      /malformed header line/,
+    ],
   ])('refuses %s, without another try', async (_what, answer, message) => {
     const { url } = await rawServer((socket, start, end) => socket.write(answer(start, end), 'latin1'));
     const c = open(url);
@@ -219,6 +301,35 @@ describe('range connection', () => {
       expect(c.usable).toBe(false);
       expect((await failure(c.get({ start: 100, end: 199 }, into))).message).toMatch(/cannot be reused/);
     }
+  });
+
+  it('is not reused when any of its Connection headers says close (node reads all of them)', async () => {
+    const { url } = await rawServer((socket, start, end) => {
+      socket.write(partial(start, end, 'Connection: close\r\nConnection: keep-alive\r\n'));
+      socket.write(data.subarray(start, end + 1));
+    });
+    const c = open(url);
+    await c.get({ start: 0, end: 99 }, Buffer.alloc(100));
+    expect(c.usable).toBe(false);
+  });
+
+  it('tells a kept-alive connection lost before any byte of the next answer from one that never answered', async () => {
+    const { url } = await rawServer((socket, start, end, index) => {
+      // The first answer as it should be; the next request finds the connection closing under it.
+      if (index !== 0) {
+        socket.destroy();
+        return;
+      }
+      socket.write(partial(start, end));
+      socket.write(data.subarray(start, end + 1));
+    });
+    const c = open(url);
+    await c.get({ start: 0, end: 99 }, Buffer.alloc(100));
+    const error = await failure(c.get({ start: 100, end: 199 }, Buffer.alloc(100)));
+    expect(error).toMatchObject({ retryable: true, staleConnection: true });
+    // A new connection that loses its first request is a failure like any other.
+    const fresh = await failure(open(url).get({ start: 100, end: 199 }, Buffer.alloc(100)));
+    expect(fresh).toMatchObject({ retryable: true, staleConnection: false });
   });
 
   it('closes a kept-alive connection that receives bytes nobody asked for', async () => {

@@ -22,7 +22,9 @@ afterEach(() => {
  */
 async function archiveServer(options: {
   close?: boolean;
-  special?: (index: number, socket: Socket) => boolean;
+  /** Close each connection after its answer without saying so (no Connection: close). */
+  silentClose?: boolean;
+  special?: (index: number, socket: Socket, start: number) => boolean;
 }) {
   const stats = { connections: 0, requests: 0 };
   const server = createServer((socket) => {
@@ -35,15 +37,15 @@ async function archiveServer(options: {
         const m = /Range: bytes=(\d+)-(\d+)/i.exec(pending.slice(0, end))!;
         pending = pending.slice(end + 4);
         const index = stats.requests++;
-        if (options.special?.(index, socket)) continue;
         const start = Number(m[1]);
+        if (options.special?.(index, socket, start)) continue;
         const last = Math.min(Number(m[2]), data.length - 1);
         socket.write(
           `HTTP/1.1 206 Partial Content\r\nContent-Range: bytes ${start}-${last}/${data.length}\r\n` +
             `Content-Length: ${last - start + 1}\r\n${options.close ? 'Connection: close\r\n' : ''}\r\n`,
         );
         socket.write(data.subarray(start, last + 1));
-        if (options.close) socket.end();
+        if (options.close || options.silentClose) socket.end();
       }
     });
   });
@@ -99,6 +101,51 @@ describe('ranged download', () => {
     expect(result.retries).toBe(1);
     expect(retried).toHaveLength(1);
     expect(stats.connections).toBe(42);
+  });
+
+  it('costs no retry when the server closes each kept-alive connection after its answer without saying so', async () => {
+    const { url } = await archiveServer({ silentClose: true });
+    const { result, bytes, retried } = await download(url);
+    expect(bytes.equals(data)).toBe(true);
+    expect(retried).toEqual([]);
+    expect(result).toEqual({ bytes: data.length, ranges: 41, retries: 0 });
+  });
+
+  it('leaves no backoff timer behind when the download fails while other ranges wait to be asked again', async () => {
+    let waiting = 0;
+    let refuse: (() => void) | undefined;
+    const { url } = await archiveServer({
+      special: (_index, socket, start) => {
+        if (start === CHUNK) {
+          // The range the consumer needs first is refused once the three after it wait to be asked again.
+          refuse = () => socket.end('HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n');
+          if (waiting === 3) refuse();
+          return true;
+        }
+        if (start > CHUNK) socket.write('HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n');
+        return start > CHUNK;
+      },
+    });
+    const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+    const before = timers();
+    const error = await downloadInOrder(url, async () => undefined, {
+      chunkBytes: CHUNK,
+      concurrency: 4,
+      idleTimeoutMs: 60_000,
+      retryBudget: 5,
+      retry: { ...DEFAULT_RETRY, baseDelayMs: 30_000, maxDelayMs: 30_000 },
+      maxBytes: 1e9,
+      onRetry: () => {
+        if (++waiting === 3) refuse?.();
+      },
+    }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(UrlRefusedError);
+    expect(waiting).toBe(3);
+    // The three waits ended with the download: nothing keeps the process alive for them.
+    expect(timers()).toBe(before);
   });
 
   it.each([

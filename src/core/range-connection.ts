@@ -6,9 +6,10 @@
  * this way.
  *
  * Only the answer that steady state needs is read: 206 with a Content-Length and exactly the Content-Range asked
- * for. Another status ends the connection and is reported as that status; an answer framed in any other way
- * (chunked, without a length, with bytes after the body or an oversized head) is reported as not readable here,
- * and the caller gives up the download rather than guess.
+ * for (interim 1xx answers before it are passed over, as node's client does). Another status ends the connection
+ * and is reported as that status; an answer framed in any other way (chunked, without a length, with bytes after
+ * the body, an oversized head, a head node's parser refuses) is reported as not readable here, and the caller
+ * gives up the download rather than guess.
  */
 import { connect as netConnect, isIP, type OnReadOpts, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
@@ -18,6 +19,9 @@ const READ_BUFFER_BYTES = 256 * 1024;
 /** Blob stores answer with a few hundred bytes of head; a server sending more is not one. */
 const MAX_HEAD_BYTES = 64 * 1024;
 const HEAD_END = Buffer.from('\r\n\r\n');
+const HEAD_START = Buffer.from('HTTP/1.');
+/** A header as node's parser takes it: a token, a colon, a value without control characters but tab. */
+const HEADER_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*$/;
 
 export interface ByteRange {
   start: number;
@@ -32,6 +36,11 @@ export class RangeFailure extends Error {
     readonly retryable: boolean,
     /** The status of an answer that was not 206. */
     readonly status?: number,
+    /**
+     * Lost before any byte of the answer, on a connection that had answered before: a kept-alive connection
+     * the server closed as the request went out. Any keep-alive client asks once more on a new connection.
+     */
+    readonly staleConnection = false,
   ) {
     super(message);
     this.name = 'RangeFailure';
@@ -42,6 +51,8 @@ interface Request {
   range: ByteRange;
   into: Buffer;
   filled: number;
+  /** Every byte of the answer so far, interim answers and head included. */
+  received: number;
   /** Set once the head is read. */
   expected?: number;
   total?: number;
@@ -51,16 +62,24 @@ interface Request {
 
 export class RangeConnection {
   private readonly socket: Socket;
+  /** The request but its Range. */
+  private readonly requestHead: string;
   private readonly head = Buffer.allocUnsafe(MAX_HEAD_BYTES);
   private headBytes = 0;
   private request: Request | undefined;
   private reusable = true;
   private closed = false;
+  private answered = 0;
 
-  constructor(
-    private readonly url: URL,
-    idleTimeoutMs: number,
-  ) {
+  constructor(url: URL, idleTimeoutMs: number) {
+    // pathname and search come out of URL percent-encoded: no byte here can end the request line early. The
+    // user and password go as node's client sends them (the first range went through it).
+    const credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
+    const auth =
+      url.username || url.password
+        ? `Authorization: Basic ${Buffer.from(credentials).toString('base64')}\r\n`
+        : '';
+    this.requestHead = `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n${auth}`;
     const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
     // URL keeps brackets around an IPv6 literal, which connect() does not take.
     const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
@@ -81,8 +100,10 @@ export class RangeConnection {
     this.socket.setTimeout(idleTimeoutMs, () =>
       this.fail(new RangeFailure(`no data for ${idleTimeoutMs} ms`, true)),
     );
-    this.socket.on('error', (error) => this.fail(new RangeFailure(error.message, true)));
-    this.socket.on('close', () => this.fail(new RangeFailure(this.lostMessage(), true)));
+    this.socket.on('error', (error) => this.lost(error.message));
+    // The server's end of a kept-alive connection: the close follows, a request sent before it would be lost.
+    this.socket.on('end', () => (this.reusable = false));
+    this.socket.on('close', () => this.lost(this.lostMessage()));
   }
 
   get isClosed(): boolean {
@@ -108,6 +129,7 @@ export class RangeConnection {
         range,
         into,
         filled: 0,
+        received: 0,
         done: (error, total) => {
           signal?.removeEventListener('abort', onAbort);
           if (error) reject(error);
@@ -118,11 +140,7 @@ export class RangeConnection {
         onAbort();
         return;
       }
-      // pathname and search come out of URL percent-encoded: no byte here can end the request line early.
-      this.socket.write(
-        `GET ${this.url.pathname}${this.url.search} HTTP/1.1\r\nHost: ${this.url.host}\r\n` +
-          `Range: bytes=${range.start}-${range.end}\r\n\r\n`,
-      );
+      this.socket.write(`${this.requestHead}Range: bytes=${range.start}-${range.end}\r\n\r\n`);
     });
   }
 
@@ -143,13 +161,17 @@ export class RangeConnection {
     const request = this.request;
     // Bytes nobody asked for: whatever this server is doing, the connection is not reused.
     if (!request) throw new RangeFailure('the server sent bytes that were not asked for', false);
+    request.received += data.length;
     let offset = 0;
-    if (request.expected === undefined) {
-      const copied = data.copy(this.head, this.headBytes);
+    // More than one head when interim (1xx) answers come first.
+    while (request.expected === undefined) {
+      const copied = data.copy(this.head, this.headBytes, offset);
       // The end may straddle the previous read.
       const end = this.head
         .subarray(0, this.headBytes + copied)
         .indexOf(HEAD_END, Math.max(0, this.headBytes - 3));
+      // What follows the head is body, any byte allowed.
+      this.checkHeadBytes(this.headBytes, end === -1 ? this.headBytes + copied : end + HEAD_END.length);
       if (end === -1) {
         this.headBytes += copied;
         if (this.headBytes === MAX_HEAD_BYTES) {
@@ -157,7 +179,8 @@ export class RangeConnection {
         }
         return;
       }
-      offset = end + HEAD_END.length - this.headBytes;
+      offset += end + HEAD_END.length - this.headBytes;
+      this.headBytes = 0;
       this.readHead(request, this.head.toString('latin1', 0, end));
     }
     const body = data.length - offset;
@@ -168,27 +191,51 @@ export class RangeConnection {
     request.filled += body;
     if (request.filled === request.expected) {
       this.request = undefined;
+      this.answered++;
       request.done(undefined, request.total);
       if (!this.reusable) this.close();
     }
   }
 
+  /**
+   * Fails as soon as the head's bytes from `from` to `to` show it is not HTTP/1.x, rather than waiting for an end
+   * of head that such an answer never sends (the idle timeout would make it a failure worth another try).
+   */
+  private checkHeadBytes(from: number, to: number): void {
+    const prefix = Math.min(to, HEAD_START.length);
+    if (from < prefix && this.head.compare(HEAD_START, from, prefix, from, prefix) !== 0) {
+      throw new RangeFailure('not an HTTP/1.x answer', false);
+    }
+    for (let lf = this.head.indexOf(10, from); lf !== -1 && lf < to; lf = this.head.indexOf(10, lf + 1)) {
+      // Node's parser refuses a bare LF too.
+      if (lf === 0 || this.head[lf - 1] !== 13) {
+        throw new RangeFailure('a line of the answer head that does not end in CRLF', false);
+      }
+    }
+  }
+
   private readHead(request: Request, head: string): void {
     const [statusLine = '', ...lines] = head.split('\r\n');
-    const status = /^HTTP\/1\.([01]) ([1-9][0-9]{2})(?: |$)/.exec(statusLine);
+    const status = /^HTTP\/1\.([01]) ([1-9][0-9]{2})(?: [\t\x20-\x7e\x80-\xff]*)?$/.exec(statusLine);
     if (!status) throw new RangeFailure('not an HTTP/1.x answer', false);
     const headers = new Map<string, string>();
     for (const line of lines) {
-      const colon = line.indexOf(':');
-      // Folded or nameless lines are how request smuggling starts; a blob store sends neither.
-      if (colon <= 0 || /^[ \t]/.test(line)) throw new RangeFailure('a malformed header line', false);
-      const name = line.slice(0, colon).trim().toLowerCase();
-      if (headers.has(name) && ['content-length', 'content-range', 'transfer-encoding'].includes(name)) {
+      // Folded lines, a space before the colon and control characters are how request smuggling starts; a blob
+      // store sends none of them, and node's parser refuses them.
+      const header = HEADER_LINE.exec(line);
+      if (!header) throw new RangeFailure('a malformed header line', false);
+      const name = header[1]!.toLowerCase();
+      const previous = headers.get(name);
+      if (previous !== undefined && ['content-length', 'content-range', 'transfer-encoding'].includes(name)) {
         throw new RangeFailure(`two ${name} headers`, false);
       }
-      headers.set(name, line.slice(colon + 1).trim());
+      // As node joins them: a close in any Connection header counts.
+      headers.set(name, previous === undefined ? header[2]! : `${previous}, ${header[2]}`);
     }
     const code = Number(status[2]);
+    // Interim answers have no body; node's client passes over them to the answer that follows (101 is not one:
+    // it switches protocols).
+    if (code < 200 && code !== 101) return;
     if (code !== 206) {
       // Its body is not read: the connection goes, and the caller decides what the status means.
       this.reusable = false;
@@ -236,6 +283,11 @@ export class RangeConnection {
     if (!request) return 'the connection closed';
     if (request.expected === undefined) return 'the connection closed before an answer';
     return `connection lost after ${request.filled} of ${request.expected} bytes`;
+  }
+
+  private lost(message: string): void {
+    const stale = this.answered > 0 && this.request?.received === 0;
+    this.fail(new RangeFailure(message, true, undefined, stale));
   }
 
   private fail(error: Error): void {

@@ -15,9 +15,9 @@
  */
 import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from 'node:http';
 import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
+import { setTimeout as delay } from 'node:timers/promises';
 import { backoffDelay, isRetryableStatus, type RetryPolicy } from './oci/retry.js';
 import { RangeConnection, RangeFailure, type ByteRange } from './range-connection.js';
-import { sleep } from './process.js';
 import { errorMessage } from './run.js';
 import { formatBytes } from './summary.js';
 
@@ -73,7 +73,9 @@ export async function downloadInOrder(
   const stop = new AbortController();
   const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
   const get = (range: ByteRange) =>
-    withRetries(range, options, state, () => fetchOnce(target, secure, agent, range, { ...options, signal }));
+    withRetries(range, options, state, signal, () =>
+      fetchOnce(target, secure, agent, range, { ...options, signal }),
+    );
   const pool = new RangePool(target, options.idleTimeoutMs, options.chunkBytes);
   const inFlight = new Map<number, Promise<Lent>>();
   try {
@@ -95,13 +97,15 @@ export async function downloadInOrder(
     const fill = () => {
       while (next < ranges && inFlight.size < options.concurrency) {
         const range = rangeAt(firstLength + next * options.chunkBytes);
-        const promise = withRetries(range, options, state, () => pool.fetch(range, signal)).then((lent) => {
-          if (lent.total !== total) {
-            lent.release();
-            throw new Error(`the archive size changed from ${total} to ${lent.total} bytes`);
-          }
-          return lent;
-        });
+        const promise = withRetries(range, options, state, signal, () => pool.fetch(range, signal)).then(
+          (lent) => {
+            if (lent.total !== total) {
+              lent.release();
+              throw new Error(`the archive size changed from ${total} to ${lent.total} bytes`);
+            }
+            return lent;
+          },
+        );
         // Rejections are observed when the consumer reaches this range (or after an earlier failure, never).
         promise.catch(() => undefined);
         inFlight.set(next++, promise);
@@ -147,14 +151,16 @@ class RangePool {
 
   async fetch(range: ByteRange, signal: AbortSignal): Promise<Lent> {
     const buffer = this.spare.pop() ?? Buffer.allocUnsafe(this.bufferBytes);
-    let connection = this.connections.find((c) => c.usable);
-    if (!connection) {
-      connection = new RangeConnection(this.url, this.idleTimeoutMs);
-      this.connections.push(connection);
-    }
     let total: number;
     try {
-      total = await connection.get(range, buffer, signal);
+      try {
+        total = await (this.connections.find((c) => c.usable) ?? this.open()).get(range, buffer, signal);
+      } catch (error) {
+        // The server closed a kept-alive connection as the request went out (it may do so at any time, with or
+        // without saying so): asking on a new one is not a retry. Its own loss would not be stale.
+        if (!(error instanceof RangeFailure && error.staleConnection)) throw error;
+        total = await this.open().get(range, buffer, signal);
+      }
     } catch (error) {
       this.spare.push(buffer);
       throw downloadError(error as Error);
@@ -167,6 +173,12 @@ class RangePool {
 
   close(): void {
     for (const connection of this.connections) connection.close();
+  }
+
+  private open(): RangeConnection {
+    const connection = new RangeConnection(this.url, this.idleTimeoutMs);
+    this.connections.push(connection);
+    return connection;
   }
 
   private forgetClosed(): void {
@@ -196,19 +208,23 @@ async function withRetries<T>(
   range: ByteRange,
   options: RangedDownloadOptions,
   state: { retries: number },
+  /** Ends the wait for the next try too: a failed or abandoned download leaves no timer running. */
+  signal: AbortSignal,
   fetch: () => Promise<T>,
 ): Promise<T> {
   for (let attempt = 0; ; attempt++) {
     try {
       return await fetch();
     } catch (error) {
-      if (!(error instanceof RetryableError) || options.signal?.aborted) throw error;
+      if (!(error instanceof RetryableError) || signal.aborted) throw error;
       if (attempt >= options.retry.retries || state.retries >= options.retryBudget) {
         throw new Error(`gave up after ${state.retries} retries: ${error.message}`);
       }
       state.retries++;
       options.onRetry?.(`bytes ${range.start}-${range.end}`, error);
-      await sleep(backoffDelay(attempt, options.retry));
+      await delay(backoffDelay(attempt, options.retry), undefined, { signal }).catch(() => {
+        throw signal.reason;
+      });
     }
   }
 }
