@@ -47,6 +47,40 @@ export class RangeFailure extends Error {
   }
 }
 
+export interface RangeAnswered {
+  /** The body's length. */
+  expected: number;
+  /** The whole object's size, as the server gives it. */
+  total: number;
+}
+
+/**
+ * What a 206 answer to `range` must say, through either client: exactly that range (up to the total for the
+ * last one) and, where a Content-Length is given, as many bytes; `lengthRequired` when it must be given.
+ */
+export function rangeAnswered(
+  range: ByteRange,
+  contentRange: string | undefined,
+  contentLength: string | undefined,
+  lengthRequired: boolean,
+): RangeAnswered {
+  const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(contentRange ?? '');
+  if (!m || Number(m[1]) !== range.start || Number(m[2]) !== Math.min(range.end, Number(m[3]) - 1)) {
+    throw new Error(`unexpected Content-Range '${contentRange ?? ''}' for ${range.start}-${range.end}`);
+  }
+  const expected = Number(m[2]) - range.start + 1;
+  const wrongLength =
+    contentLength === undefined
+      ? lengthRequired
+      : !/^\d+$/.test(contentLength) || Number(contentLength) !== expected;
+  if (wrongLength) {
+    throw new Error(
+      `Content-Length ${contentLength ?? '(none)'} for a Content-Range of ${expected} bytes (${contentRange})`,
+    );
+  }
+  return { expected, total: Number(m[3]) };
+}
+
 interface Request {
   range: ByteRange;
   into: Buffer;
@@ -250,23 +284,14 @@ export class RangeConnection {
         false,
       );
     }
-    const contentRange = headers.get('content-range') ?? '';
-    const { range } = request;
-    const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(contentRange);
-    if (!m || Number(m[1]) !== range.start || Number(m[2]) !== Math.min(range.end, Number(m[3]) - 1)) {
-      throw new RangeFailure(
-        `unexpected Content-Range '${contentRange}' for ${range.start}-${range.end}`,
-        false,
-      );
+    const contentRange = headers.get('content-range');
+    let answered: RangeAnswered;
+    try {
+      answered = rangeAnswered(request.range, contentRange, headers.get('content-length'), true);
+    } catch (error) {
+      throw new RangeFailure((error as Error).message, false);
     }
-    const expected = Number(m[2]) - range.start + 1;
-    const declared = headers.get('content-length');
-    if (declared === undefined || !/^\d+$/.test(declared) || Number(declared) !== expected) {
-      throw new RangeFailure(
-        `Content-Length ${declared ?? '(none)'} for a Content-Range of ${expected} bytes (${contentRange})`,
-        false,
-      );
-    }
+    const { expected, total } = answered;
     if (expected > request.into.length) {
       throw new RangeFailure(
         `a range of ${expected} bytes where ${request.into.length} were asked for`,
@@ -274,7 +299,7 @@ export class RangeConnection {
       );
     }
     request.expected = expected;
-    request.total = Number(m[3]);
+    request.total = total;
     request.contentRange = contentRange;
   }
 

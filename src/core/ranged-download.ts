@@ -17,7 +17,13 @@ import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from
 import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import { setTimeout as delay } from 'node:timers/promises';
 import { backoffDelay, isRetryableStatus, type RetryPolicy } from './oci/retry.js';
-import { RangeConnection, RangeFailure, type ByteRange } from './range-connection.js';
+import {
+  RangeConnection,
+  RangeFailure,
+  rangeAnswered,
+  type ByteRange,
+  type RangeAnswered,
+} from './range-connection.js';
 import { errorMessage } from './run.js';
 import { formatBytes } from './summary.js';
 
@@ -267,21 +273,14 @@ function fetchOnce(
 
 /** Reads one 206 answer, checking that it is exactly the range asked for. */
 async function collectRange(res: IncomingMessage, range: ByteRange): Promise<Answer> {
-  const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(String(res.headers['content-range'] ?? ''));
-  if (!m || Number(m[1]) !== range.start || Number(m[2]) !== Math.min(range.end, Number(m[3]) - 1)) {
-    res.resume();
-    throw new Error(
-      `unexpected Content-Range '${res.headers['content-range']}' for ${range.start}-${range.end}`,
-    );
-  }
-  const expected = Number(m[2]) - range.start + 1;
-  const declared = res.headers['content-length'];
-  if (declared !== undefined && Number(declared) !== expected) {
+  let answered: RangeAnswered;
+  try {
+    answered = rangeAnswered(range, res.headers['content-range'], res.headers['content-length'], false);
+  } catch (error) {
     res.destroy();
-    throw new Error(
-      `Content-Length ${declared} for a Content-Range of ${expected} bytes (${res.headers['content-range']})`,
-    );
+    throw error;
   }
+  const { expected, total } = answered;
   const chunks: Buffer[] = [];
   let length = 0;
   try {
@@ -296,7 +295,7 @@ async function collectRange(res: IncomingMessage, range: ByteRange): Promise<Ans
   if (length > expected)
     throw new Error(`more than the ${expected} bytes of ${res.headers['content-range']}`);
   if (length !== expected) throw new RetryableError(`got ${length} of ${expected} bytes`);
-  return { kind: 'range', body: chunks, total: Number(m[3]) };
+  return { kind: 'range', body: chunks, total };
 }
 
 function tooLarge(bytes: number, maxBytes: number): void {
