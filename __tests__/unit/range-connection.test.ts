@@ -344,6 +344,27 @@ describe('range connection', () => {
     expect(c.usable).toBe(false);
   });
 
+  it('reads a body into the lent buffer up to its range and no further, whatever follows it on the wire', async () => {
+    // Bodies are read straight into the lent buffer: bytes sent right behind one (here in the same write) must
+    // neither land past its range nor be taken for it; as node's client does, the body is the answer and the
+    // connection goes.
+    const { url } = await rawServer((socket, start, end) => {
+      socket.write(partial(start, end));
+      setImmediate(() =>
+        socket.write(
+          Buffer.concat([data.subarray(start, end + 1), Buffer.from('HTTP/1.1 206 smuggled\r\n\r\n')]),
+        ),
+      );
+    });
+    const c = open(url);
+    const into = Buffer.alloc(250_000, 0xaa);
+    expect(await c.get({ start: 1000, end: 200_999 }, into)).toBe(data.length);
+    expect(into.subarray(0, 200_000).equals(data.subarray(1000, 201_000))).toBe(true);
+    expect(into.subarray(200_000).every((b) => b === 0xaa)).toBe(true);
+    await new Promise((settle) => setTimeout(settle, 100));
+    expect(c.usable).toBe(false);
+  });
+
   it('stops at once when the download is abandoned (its signal), closing the connection', async () => {
     const { url } = await rawServer((socket, start, end) => socket.write(partial(start, end)));
     const c = open(url);

@@ -72,8 +72,7 @@ export async function streamRestore(
 ): Promise<BackendRestore> {
   const env = process.env;
   checkUsable(env, [primaryKey, ...restoreKeys]);
-  const tar = await tarCommand();
-  const method = await compressionMethod();
+  const [tar, method] = await Promise.all([tarCommand(), compressionMethod()]);
   if (method !== 'zstd-without-long') throw new StreamUnusable('zstd is not installed (gzip archives)');
 
   const deadline = new AbortController();
