@@ -24,6 +24,7 @@ import {
 } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
+import { compressionMethod } from '../../src/core/cache-version.js';
 import { restoreCacheMounts } from '../../src/actions/remote-build-env/cache-mounts.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
 import { testUser } from '../support/podman-matrix.js';
@@ -711,6 +712,33 @@ describe('streaming restore, cache service v2', () => {
     expect(result.hit).toBe(true);
     expect(treeDigest(dir)).toBe(digest);
     expect(fallbacks(log)).toEqual([]);
+  });
+
+  it('leaves no tar running when zstd cannot be started (spawn throws ELOOP): the library is asked instead', async () => {
+    const dir = join(dirs.runnerTemp, 'ici-zstd-unstartable');
+    await fillTree(dir, 1, 1 * MiB);
+    await saveWithLibrary([dir], 'zstd-unstartable-key');
+    await laterRun([dirs.runnerTemp]);
+    // zstd was found when the stream asked (once per process); by the time it is started, the name on PATH is a
+    // symlink loop, which node's spawn throws on at once instead of reporting it as the child's error.
+    await compressionMethod();
+    const pidFile = join(dirs.base, 'zstd-unstartable.pid');
+    const { host, log } = cliHost();
+    await withShims(
+      'zstd-unstartable-shims',
+      { tar: `[ "$2" = - ] && echo $$ > ${pidFile}\nexec "$REAL" "$@"` },
+      () => {
+        const loop = join(dirs.base, 'zstd-unstartable-shims', 'zstd');
+        symlinkSync(loop, loop);
+        return restoreCache(host, [dir], 'zstd-unstartable-key');
+      },
+    );
+    expect(fallbacks(log)[0]).toMatch(
+      /^Streaming restore not used \(zstd could not be started: spawn ELOOP\)/,
+    );
+    // The stream's tar was started, and is gone (killed and reaped), not waiting for input that never comes.
+    const tarPid = Number(readFileSync(pidFile, 'utf8'));
+    expect(() => process.kill(tarPid, 0)).toThrow(expect.objectContaining({ code: 'ESRCH' }));
   });
 
   it('does not report a restore when tar is killed by a signal after taking the whole stream; the library restores', async () => {

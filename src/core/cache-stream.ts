@@ -15,11 +15,12 @@
  * written outside the cache paths (see cache-confinement.ts).
  */
 import { which } from '@actions/io';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess, type ChildProcessByStdio } from 'node:child_process';
+import { once } from 'node:events';
 import { existsSync } from 'node:fs';
 import { chmod, lstat, mkdir, readdir, rmdir, statfs, unlink } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
-import type { Writable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import type { BackendRestore, RestoreOptions } from './cache.js';
 import { EntryRefused, confineMembers } from './cache-confinement.js';
 import { ChildOutputRelay } from './child-output-relay.js';
@@ -209,6 +210,22 @@ interface Exit {
   stderr: string;
 }
 
+/**
+ * A child running with all its stdio, or a StreamUnusable here: spawn throws some failures (ELOOP, ENOMEM) and
+ * reports others a tick later (EMFILE, EAGAIN, ENOENT), with no stdio then.
+ */
+async function launch<T extends ChildProcess>(name: string, start: () => T): Promise<T> {
+  let child: T;
+  try {
+    child = start();
+  } catch (error) {
+    throw new StreamUnusable(`${name} could not be started: ${errorMessage(error)}`);
+  }
+  if (child.pid !== undefined) return child;
+  const [error] = (await once(child, 'error')) as [Error];
+  throw new StreamUnusable(`${name} could not be started: ${error.message}`);
+}
+
 function exitOf(name: string, child: ChildProcess): Promise<Exit> {
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString('utf8')).slice(-STDERR_TAIL)));
@@ -269,16 +286,33 @@ class Extraction {
       throw new StreamUnusable(`no socket for zstd's output: ${errorMessage(error)}`);
     });
     const env = childEnv();
-    // In the C locale GNU tar writes pax names with the very bytes the watcher checked; in another one it would
-    // convert them from UTF-8 to that locale's charset first.
-    const tar = spawn(this.tar.path, [...this.tar.args, '-C', this.workspace], {
-      stdio: ['pipe', 'ignore', 'pipe'],
-      env: { ...env, LC_ALL: 'C' },
-    });
-    // Every tar block is shown to the watcher before tar gets it.
-    const piped = relay.into(tar.stdin as Writable, (chunk) => this.watcher.inspect(chunk));
-    const zstd = spawn('zstd', ['-d', '--long=30', '-c'], { stdio: ['pipe', relay.childEnd, 'pipe'], env });
+    let tar: ChildProcessByStdio<Writable, null, Readable> | undefined;
+    let zstd: ChildProcessByStdio<Writable, null, Readable>;
+    try {
+      // In the C locale GNU tar writes pax names with the very bytes the watcher checked; in another one it
+      // would convert them from UTF-8 to that locale's charset first.
+      tar = await launch('tar', () =>
+        spawn(this.tar.path, [...this.tar.args, '-C', this.workspace], {
+          stdio: ['pipe', 'ignore', 'pipe'],
+          env: { ...env, LC_ALL: 'C' },
+        }),
+      );
+      zstd = await launch('zstd', () =>
+        spawn('zstd', ['-d', '--long=30', '-c'], { stdio: ['pipe', relay.childEnd, 'pipe'], env }),
+      );
+    } catch (error) {
+      // Nothing may stay behind: a tar waiting for its input, or the relay's sockets, would keep the step alive.
+      relay.close();
+      if (tar) {
+        const exited = exitOf('tar', tar);
+        tar.kill('SIGKILL');
+        await exited;
+      }
+      throw error;
+    }
     relay.handedOver();
+    // Every tar block is shown to the watcher before tar gets it.
+    const piped = relay.into(tar.stdin, (chunk) => this.watcher.inspect(chunk));
     const exits = Promise.all([exitOf('zstd', zstd), exitOf('tar', tar)]);
     zstd.stdin.on('error', () => undefined);
     let failure: unknown;

@@ -106,6 +106,12 @@ export class ChildOutputRelay {
     this.childEnd.destroy();
   }
 
+  /** Both ends closed, for a child that never started: open, they would keep the process alive. */
+  close(): void {
+    this.childEnd.destroy();
+    this.source.destroy();
+  }
+
   /**
    * Relays until the child's output ends, then ends `dest`. Resolves with the first error (the check's, a read
    * or a write error), after destroying both ends as pipeline() does; with undefined once `dest` took all.
