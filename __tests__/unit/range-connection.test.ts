@@ -11,6 +11,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
 import { RangeConnection, RangeFailure } from '../../src/core/range-connection.js';
 import { REPO_ROOT } from '../support/harness.js';
 import { makeTestCa } from '../support/test-ca.js';
@@ -23,10 +24,16 @@ afterEach(() => {
   for (const s of servers.splice(0)) s.close();
 });
 
-/** A raw server: `answer` gets each request's Range and writes whatever it likes on the socket. */
-async function rawServer(answer: (socket: Socket, start: number, end: number, index: number) => void) {
+/**
+ * A raw server (over TLS given `tls`): `answer` gets each request's Range and writes whatever it likes on the
+ * socket.
+ */
+async function rawServer(
+  answer: (socket: Socket, start: number, end: number, index: number) => void,
+  tls?: TlsOptions,
+) {
   const stats = { connections: 0, requests: 0 };
-  const server = createServer((socket) => {
+  const onSocket = (socket: Socket) => {
     stats.connections++;
     let pending = '';
     socket.on('data', (chunk: Buffer) => {
@@ -39,12 +46,34 @@ async function rawServer(answer: (socket: Socket, start: number, end: number, in
       }
     });
     socket.on('error', () => undefined);
-  });
+  };
+  const server = tls ? createTlsServer(tls, onSocket) : createServer(onSocket);
   servers.push(server);
   await new Promise<void>((ready) => server.listen(0, '127.0.0.1', ready));
-  const url = new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}/archive?sig=a%20b`);
+  const port = (server.address() as AddressInfo).port;
+  const url = new URL(`${tls ? 'https' : 'http'}://127.0.0.1:${port}/archive?sig=a%20b`);
   return { url, stats };
 }
+
+/**
+ * Runs `script` (an ES module importing the built connection module) in a node of its own trusting `caCert`:
+ * NODE_EXTRA_CA_CERTS is read when node starts. Resolves with what it prints.
+ */
+function nodeTrusting(caCert: string, script: string, url: URL | string): Promise<string> {
+  const module = JSON.stringify(join(REPO_ROOT, 'lib/core/range-connection.js'));
+  const source = `import { RangeConnection } from ${module};\nimport { createHash } from 'node:crypto';\n${script}`;
+  return new Promise<string>((done, fail) => {
+    const child = spawn(process.execPath, ['--input-type=module', '-e', source, String(url)], {
+      env: { ...process.env, NODE_EXTRA_CA_CERTS: caCert },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let text = '';
+    child.stdout.on('data', (d: Buffer) => (text += d.toString()));
+    child.on('close', (code) => (code === 0 ? done(text.trim()) : fail(new Error(`exit ${code}`))));
+  });
+}
+
+const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
 
 const partial = (start: number, end: number, extra = '') =>
   `HTTP/1.1 206 Partial Content\r\nContent-Range: bytes ${start}-${end}/${data.length}\r\n` +
@@ -346,8 +375,8 @@ describe('range connection', () => {
 
   it('reads a body into the lent buffer up to its range and no further, whatever follows it on the wire', async () => {
     // Bodies are read straight into the lent buffer: bytes sent right behind one (here in the same write) must
-    // neither land past its range nor be taken for it; as node's client does, the body is the answer and the
-    // connection goes.
+    // neither land past its range nor be taken for it; they are seen with the body's last byte, and the answer
+    // is refused as one with bytes after its body.
     const { url } = await rawServer((socket, start, end) => {
       socket.write(partial(start, end));
       setImmediate(() =>
@@ -358,11 +387,42 @@ describe('range connection', () => {
     });
     const c = open(url);
     const into = Buffer.alloc(250_000, 0xaa);
-    expect(await c.get({ start: 1000, end: 200_999 }, into)).toBe(data.length);
-    expect(into.subarray(0, 200_000).equals(data.subarray(1000, 201_000))).toBe(true);
+    const error = await failure(c.get({ start: 1000, end: 200_999 }, into));
+    expect(error).toMatchObject({
+      retryable: false,
+      message: expect.stringMatching(/more than the 200000 bytes/),
+    });
     expect(into.subarray(200_000).every((b) => b === 0xaa)).toBe(true);
-    await new Promise((settle) => setTimeout(settle, 100));
     expect(c.usable).toBe(false);
+  });
+
+  it('does not take a response sent right behind a long body for the answer to the next range asked at once', async () => {
+    // The rest of a body is read straight into the lent buffer, exactly up to its range: whatever the server sent
+    // behind it (here a whole forged answer, in the same write) must not wait in the socket to be read as the
+    // answer to the next range, asked for as soon as the first is in (as RangePool does).
+    const forged = Buffer.alloc(100, 0x66);
+    const { url, stats } = await rawServer((socket, start, end) => {
+      socket.write(
+        Buffer.concat([
+          Buffer.from(partial(start, end)),
+          data.subarray(start, end + 1),
+          Buffer.from(partial(end + 1, end + 100)),
+          forged,
+        ]),
+      );
+    });
+    const c = open(url);
+    const into = Buffer.alloc(50_000);
+    const next = Buffer.alloc(100);
+    const first = c.get({ start: 0, end: 49_999 }, into);
+    const [a, b] = await Promise.allSettled([
+      first,
+      first.then(() => c.get({ start: 50_000, end: 50_099 }, next)),
+    ]);
+    expect(b.status).toBe('rejected');
+    expect(next.equals(forged)).toBe(false);
+    expect(a).toMatchObject({ status: 'rejected', reason: { message: /more than the 50000 bytes/ } });
+    expect(stats.requests).toBe(1);
   });
 
   it('stops at once when the download is abandoned (its signal), closing the connection', async () => {
@@ -397,30 +457,63 @@ describe('range connection', () => {
       await new Promise<void>((ready) => server.listen(0, '127.0.0.1', ready));
       try {
         const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}/archive`;
-        // The connection module runs in a node of its own: NODE_EXTRA_CA_CERTS is read when node starts.
         const script = `
-          import { RangeConnection } from ${JSON.stringify(join(REPO_ROOT, 'lib/core/range-connection.js'))};
-          import { createHash } from 'node:crypto';
           const c = new RangeConnection(new URL(process.argv[1]), 5000);
           const into = Buffer.alloc(200000);
           await c.get({ start: 0, end: 199999 }, into);
           await c.get({ start: 200000, end: 299999 }, into.subarray(100000));
           c.close();
           console.log(createHash('sha256').update(into).digest('hex'));`;
-        const out = await new Promise<string>((done, fail) => {
-          const child = spawn(process.execPath, ['--input-type=module', '-e', script, url], {
-            env: { ...process.env, NODE_EXTRA_CA_CERTS: ca.caCert },
-            stdio: ['ignore', 'pipe', 'inherit'],
-          });
-          let text = '';
-          child.stdout.on('data', (d: Buffer) => (text += d.toString()));
-          child.on('close', (code) => (code === 0 ? done(text.trim()) : fail(new Error(`exit ${code}`))));
-        });
+        const out = await nodeTrusting(ca.caCert, script, url);
         const expected = Buffer.concat([data.subarray(0, 100000), data.subarray(200000)]);
-        expect(out).toBe(createHash('sha256').update(expected).digest('hex'));
+        expect(out).toBe(sha256(expected));
       } finally {
         server.close();
       }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('reads long bodies over TLS whatever its records are cut at, and refuses one with bytes sent right behind it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ici-unit-range-tls-'));
+    try {
+      const ca = makeTestCa(dir);
+      const tls = { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) };
+      const { url } = await rawServer((socket, start, end, index) => {
+        const answer = Buffer.concat([Buffer.from(partial(start, end)), data.subarray(start, end + 1)]);
+        if (index === 0) {
+          // Records of every odd size around the 16 KiB most reads bring, each write one record or more.
+          const sizes = [16_385, 1, 7, 4093, 16_384, 40_000];
+          let at = 0;
+          for (let i = 0; at < answer.length; i++)
+            socket.write(answer.subarray(at, (at += sizes[i % sizes.length]!)));
+        } else {
+          socket.write(
+            Buffer.concat([answer, Buffer.from(partial(end + 1, end + 100)), Buffer.alloc(100, 0x66)]),
+          );
+        }
+      }, tls);
+      const script = `
+        const c = new RangeConnection(new URL(process.argv[1]), 5000);
+        const into = Buffer.alloc(200000);
+        await c.get({ start: 0, end: 199999 }, into);
+        const next = Buffer.alloc(100);
+        const first = c.get({ start: 200000, end: 249999 }, Buffer.alloc(50000));
+        const [a, b] = await Promise.allSettled([first, first.then(() => c.get({ start: 250000, end: 250099 }, next))]);
+        c.close();
+        console.log(JSON.stringify({
+          hash: createHash('sha256').update(into).digest('hex'),
+          first: a.status === 'rejected' ? a.reason.message : a.status,
+          second: b.status,
+          forged: next.every((byte) => byte === 0x66),
+        }));`;
+      expect(JSON.parse(await nodeTrusting(ca.caCert, script, url))).toEqual({
+        hash: sha256(data.subarray(0, 200_000)),
+        first: expect.stringMatching(/more than the 50000 bytes/),
+        second: 'rejected',
+        forged: false,
+      });
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

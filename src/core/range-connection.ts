@@ -193,11 +193,15 @@ export class RangeConnection {
     this.socket.destroy();
   }
 
-  /** The part of the lent buffer the body's next bytes go to, while a body is being read. */
+  /**
+   * The part of the lent buffer the body's next bytes go to, while a body is being read: all but its last byte,
+   * which is read into our buffer with whatever the server sent right behind it. A read that ended exactly at the
+   * body would leave such bytes in the socket, to be read as the answer to the next range asked for at once.
+   */
   private bodyRest(): Buffer | undefined {
     const request = this.request;
-    if (request?.expected === undefined || request.filled >= request.expected) return undefined;
-    return request.into.subarray(request.filled, request.expected);
+    if (request?.expected === undefined || request.filled >= request.expected - 1) return undefined;
+    return request.into.subarray(request.filled, request.expected - 1);
   }
 
   /** `bytes` of the body were read into the lent buffer, where `bodyRest` said. */
