@@ -216,6 +216,11 @@ describe('streaming restore short of resources, in a process of its own', () => 
     expect(outcomes[0]).toMatch(/^0: miss/);
   });
 
+  it('ends by itself with an answer, nothing running or left, at every descriptor limit (probes answered before)', async () => {
+    const outcomes = await sweep('sweep-probed', 'probed');
+    expect(outcomes[0]).toMatch(/^0: miss/);
+  });
+
   /** Shim bodies: each answers the probe (`--version`) like the real tool, then breaks as named. */
   const afterProbe = (tool: string, breakIt: string) =>
     `if [ "$1" = --version ] || [ "$2" = --version ]; then "$REAL" "$@"; rc=$?; ${breakIt}; exit $rc; fi\nexec "$REAL" "$@"`;
