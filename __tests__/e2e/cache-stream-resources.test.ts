@@ -8,7 +8,8 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import * as cache from '@actions/cache';
 import { which } from '@actions/io';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CacheService, laterRun } from '../support/cache-service.js';
@@ -20,12 +21,16 @@ const MiB = 1024 * 1024;
 const LIVENESS_MS = 60_000;
 const RESULT = 'ici-result ';
 const FALLBACK = /^Streaming restore not used \((.*)\); restoring through @actions\/cache\.$/;
-const KEY = 'resources-key';
 const env = cacheEnv();
 let service: CacheService;
 let dirs: ReturnType<typeof jobDirs>;
-let dataDir: string;
-let digest: string;
+/** A saved cache entry: its one path, its key and the digest of the tree saved. */
+interface Entry {
+  dir: string;
+  key: string;
+  digest: string;
+}
+let entry: Entry;
 
 /**
  * The restore as an action's main runs it, from the compiled product (lib/). With a limit, everything is loaded
@@ -65,7 +70,7 @@ interface ChildRun {
 
 /**
  * A PATH dir with shims that record each tar's and zstd's pid, then run the real one (or `bodies[tool]`), and
- * prlimit: nothing else, so a zstd or tar made unstartable here is not found further down PATH.
+ * prlimit and unzstd: nothing else, so a zstd or tar made unstartable here is not found further down PATH.
  */
 async function shimDir(name: string, bodies: { tar?: string; zstd?: string } = {}): Promise<string> {
   const dir = join(dirs.base, name);
@@ -76,14 +81,16 @@ async function shimDir(name: string, bodies: { tar?: string; zstd?: string } = {
     writeFileSync(join(dir, tool), script);
     chmodSync(join(dir, tool), 0o755);
   }
-  const prlimit = await which('prlimit', true);
-  writeFileSync(join(dir, 'prlimit'), `#!/bin/sh\nexec ${prlimit} "$@"\n`);
-  chmodSync(join(dir, 'prlimit'), 0o755);
+  // The library's tar runs `unzstd`.
+  for (const tool of ['prlimit', 'unzstd']) {
+    writeFileSync(join(dir, tool), `#!/bin/sh\nexec ${await which(tool, true)} "$@"\n`);
+    chmodSync(join(dir, tool), 0o755);
+  }
   return dir;
 }
 
 /** A later run's restore in a child process; `extra` = N lets it open only N more descriptors than it holds. */
-async function restoreInChild(shims: string, extra = '', probed = ''): Promise<ChildRun> {
+async function restoreInChild(shims: string, extra = '', probed = '', target = entry): Promise<ChildRun> {
   await laterRun([dirs.runnerTemp]);
   const tmp = join(dirs.base, 'child-tmp');
   mkdirSync(tmp, { recursive: true });
@@ -92,7 +99,7 @@ async function restoreInChild(shims: string, extra = '', probed = ''): Promise<C
   // From the repository, so that the script's bare import finds node_modules.
   const child = spawn(
     process.execPath,
-    ['--input-type=module', '-e', CHILD, join(REPO_ROOT, 'lib'), dataDir, KEY, extra, probed],
+    ['--input-type=module', '-e', CHILD, join(REPO_ROOT, 'lib'), target.dir, target.key, extra, probed],
     {
       cwd: REPO_ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -144,7 +151,7 @@ const alive = (pid: number) => {
 const fallbackReason = (run: ChildRun) => run.result?.log.map((l) => FALLBACK.exec(l)?.[1]).find((r) => r);
 
 /** What every run must hold, whatever failed: an answer, an exit by itself, nothing left, never half a tree. */
-function expectClean(run: ChildRun, label: string): void {
+function expectClean(run: ChildRun, label: string, target = entry): void {
   // What the child said on stderr is shown only when it did not end well (an unhandled error's stack).
   const ended = { label, hung: run.hung, code: run.code, answered: run.result !== undefined };
   expect({ ...ended, stderr: run.code === 0 ? '' : run.stderr }).toEqual({
@@ -159,7 +166,9 @@ function expectClean(run: ChildRun, label: string): void {
     running: [],
     tmpLeft: [],
   });
-  if (existsSync(dataDir)) expect({ label, tree: treeDigest(dataDir) }).toEqual({ label, tree: digest });
+  if (existsSync(target.dir)) {
+    expect({ label, tree: treeDigest(target.dir) }).toEqual({ label, tree: target.digest });
+  }
 }
 
 /**
@@ -179,16 +188,20 @@ async function sweep(name: string, probed: string): Promise<string[]> {
   throw new Error(`never streamed:\n${outcomes.join('\n')}`);
 }
 
+async function saveWithLibrary(saved: Entry): Promise<void> {
+  const { value } = await captureStdout(() => cache.saveCache([saved.dir], saved.key));
+  expect(value).toBeGreaterThan(0);
+}
+
 beforeAll(async () => {
   service = await CacheService.start();
   dirs = jobDirs('cache-stream-resources');
   env.use(service.env({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp }));
-  dataDir = join(dirs.runnerTemp, 'ici-res');
+  const dir = join(dirs.runnerTemp, 'ici-res');
   // 9 ranges of 4 MiB: the stream opens its 8 connections while zstd and tar run.
-  await fillRandom(dataDir, 3, 11 * MiB);
-  digest = treeDigest(dataDir);
-  const { value } = await captureStdout(() => cache.saveCache([dataDir], KEY));
-  expect(value).toBeGreaterThan(0);
+  await fillRandom(dir, 3, 11 * MiB);
+  entry = { dir, key: 'resources-key', digest: treeDigest(dir) };
+  await saveWithLibrary(entry);
 });
 
 afterAll(async () => {
@@ -205,7 +218,7 @@ describe('streaming restore short of resources, in a process of its own', () => 
       hit: true,
       fallback: undefined,
     });
-    expect(treeDigest(dataDir)).toBe(digest);
+    expect(treeDigest(entry.dir)).toBe(entry.digest);
     // tar and zstd were both started (the shims saw them), and are gone.
     expect(run.pids.length).toBeGreaterThanOrEqual(2);
   });
@@ -261,5 +274,30 @@ describe('streaming restore short of resources, in a process of its own', () => 
     const run = await restoreInChild(await shimDir(name, { [tool]: body }));
     expectClean(run, name);
     expect(fallbackReason(run)).toMatch(reason);
+  });
+
+  it('ends by itself with the path whole or absent when the disk fills up during the extraction', async () => {
+    // A small filesystem of its own (tmpfs, root only): the entry is saved while it has room, restored once
+    // it has not. Zeros compress to almost nothing: the stream believes the archive fits and tar runs out of
+    // space on the way; so does the library's tar after it.
+    const mount = join(dirs.base, 'small-fs');
+    mkdirSync(mount, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=48m', 'tmpfs', mount]);
+    try {
+      const dir = join(mount, 'ici-full');
+      mkdirSync(dir);
+      writeFileSync(join(dir, 'a-random.bin'), randomBytes(2 * MiB));
+      writeFileSync(join(dir, 'b-zeros.bin'), Buffer.alloc(30 * MiB));
+      const full: Entry = { dir, key: 'disk-full-key', digest: treeDigest(dir) };
+      await saveWithLibrary(full);
+      rmSync(dir, { recursive: true });
+      execFileSync('mount', ['-o', 'remount,size=8m', mount]);
+      const run = await restoreInChild(await shimDir('disk-full'), '', '', full);
+      expectClean(run, 'disk full', full);
+      expect(fallbackReason(run)).toMatch(/No space left on device/);
+      expect(existsSync(dir)).toBe(false);
+    } finally {
+      execFileSync('umount', [mount]);
+    }
   });
 });
