@@ -235,26 +235,26 @@ describe('streaming restore short of resources, in a process of its own', () => 
   });
 
   /** Shim bodies: each answers the probe (`--version`) like the real tool, then breaks as named. */
-  const afterProbe = (tool: string, breakIt: string) =>
+  const afterProbe = (breakIt: string) =>
     `if [ "$1" = --version ] || [ "$2" = --version ]; then "$REAL" "$@"; rc=$?; ${breakIt}; exit $rc; fi\nexec "$REAL" "$@"`;
 
   it.each([
     [
       'zstd loses its execute permission',
       'zstd',
-      afterProbe('zstd', '/bin/chmod 000 "$0"'),
+      afterProbe('/bin/chmod 000 "$0"'),
       /^zstd could not be started: spawn zstd EACCES$/,
     ],
     [
       'zstd becomes a directory',
       'zstd',
-      afterProbe('zstd', '/bin/rm "$0"; /bin/mkdir "$0"'),
+      afterProbe('/bin/rm "$0"; /bin/mkdir "$0"'),
       /^zstd could not be started: spawn zstd EACCES$/,
     ],
     [
       'tar loses its execute permission',
       'tar',
-      afterProbe('tar', '/bin/chmod 000 "$0"'),
+      afterProbe('/bin/chmod 000 "$0"'),
       /^tar could not be started: spawn \S+ EACCES$/,
     ],
     [
