@@ -188,6 +188,7 @@ async function restoreWithLibrary(
 ): Promise<BackendRestore> {
   const workspace = process.env.GITHUB_WORKSPACE ?? process.cwd();
   const absent = paths.map((p) => resolve(workspace, p)).filter((p) => !existsSync(p));
+  const removeNew = () => Promise.all(absent.map((p) => rm(p, { recursive: true, force: true })));
   try {
     const cache = await loadLibrary();
     const { value, lines } = await withLibraryLog(host, () =>
@@ -199,9 +200,12 @@ async function restoreWithLibrary(
       // goes again; files it overwrote cannot be put back.
       const unasked = matchedKeyProblem(value, primaryKey, restoreKeys);
       if (!unasked) return { matchedKey: value };
-      await Promise.all(absent.map((p) => rm(p, { recursive: true, force: true })));
+      await removeNew();
       return { refused: `@actions/cache restored ${unasked}` };
     }
+    // The library leaves what its tar wrote before failing (a full disk): a truncated file must not look
+    // restored. What it put where nothing was goes again; files it overwrote cannot be put back.
+    if (!options.lookupOnly) await removeNew();
     const failures = problems(lines);
     return failures.length > 0 ? { problem: failures.join('; ') } : {};
   } catch (error) {

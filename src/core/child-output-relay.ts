@@ -80,17 +80,24 @@ export class ChildOutputRelay {
       });
       const reader: Reader = {};
       const buffer = Buffer.allocUnsafe(BUFFER_BYTES);
-      source = connect({
+      const client = connect({
         path,
         // Returning false pauses reading: the buffer is not read into again before `forward` resumes it.
         onread: { buffer, callback: (bytes: number) => (reader.forward!(buffer.subarray(0, bytes)), false) },
       });
+      source = client;
       // Nothing is read before `into` resumes it.
-      source.pause();
-      await once(source, 'connect');
-      source.write(token);
-      const childEnd = await accepted;
-      return new ChildOutputRelay(childEnd, source, reader);
+      client.pause();
+      // Out of descriptors, accept drops the connection: writing the token then fails (EPIPE) on our end, and
+      // the server's accept error may come later or not at all. Either fails the open instead of going unhandled.
+      let clientError: (error: Error) => void = () => undefined;
+      const failed = new Promise<never>((_, reject) => (clientError = reject));
+      client.once('error', clientError);
+      await Promise.race([once(client, 'connect'), failed, accepted]);
+      client.write(token);
+      const childEnd = await Promise.race([accepted, failed]);
+      client.removeListener('error', clientError);
+      return new ChildOutputRelay(childEnd, client, reader);
     } catch (error) {
       source?.destroy();
       throw error;

@@ -192,7 +192,16 @@ export function exec(command: string, args: readonly string[], options: ExecOpti
       stdio: ['pipe', 'pipe', 'pipe'],
       detached: true,
     });
-    const untrack = child.pid !== undefined ? track(child.pid) : () => undefined;
+    const couldNotRun = (e: Error) =>
+      new ExecError(`could not run ${command}: ${e.message}`, undefined, (e as NodeJS.ErrnoException).code);
+    if (child.pid === undefined) {
+      // spawn reports EMFILE, EAGAIN and ENOENT a tick later, on a child that may have no stdio at all (EMFILE):
+      // its 'error' is all there is to wait for, and unheard it would end the process.
+      child.once('error', (e) => reject(couldNotRun(e)));
+      return;
+    }
+    const pid = child.pid;
+    const untrack = track(pid);
     const out = new BoundedOutput();
     const err = new BoundedOutput();
     let printed = 0;
@@ -200,9 +209,7 @@ export function exec(command: string, args: readonly string[], options: ExecOpti
     let killTimer: NodeJS.Timeout | undefined;
     let drainTimer: NodeJS.Timeout | undefined;
     let settled = false;
-    const killGroup = (signal: NodeJS.Signals) => {
-      if (child.pid !== undefined) signalGroup(child.pid, signal);
-    };
+    const killGroup = (signal: NodeJS.Signals) => signalGroup(pid, signal);
     const stop = (why: 'timeout' | 'output') => {
       if (stopped) return;
       stopped = why;
@@ -238,9 +245,7 @@ export function exec(command: string, args: readonly string[], options: ExecOpti
     child.on('error', (e) => {
       if (settled) return;
       cleanUp();
-      reject(
-        new ExecError(`could not run ${command}: ${e.message}`, undefined, (e as NodeJS.ErrnoException).code),
-      );
+      reject(couldNotRun(e));
     });
     const finish = (code: number | null, signal: NodeJS.Signals | null) => {
       if (settled) return;
