@@ -3,7 +3,8 @@
  * the caller lends (heads go into one reused buffer of its own). It serves the steady state of a ranged download
  * (every range after the first). Node's HTTP client allocates a fresh buffer per socket read: 1 GiB in 4 MiB
  * ranges from a local server cost it 2.0–2.4 CPU-seconds (most of them the garbage collector's, on helper
- * threads), and 0.6–0.7 read this way with one copy per body byte.
+ * threads), and 0.6–0.7 read into one reused buffer and copied out; reading bodies straight into the lent buffer
+ * saved a further 0.15–0.2 CPU-seconds of a 1 GiB warm start's main thread.
  *
  * Only the answer that steady state needs is read: 206 with a Content-Length and exactly the Content-Range asked
  * for (interim 1xx answers before it are passed over, as node's client does). Another status ends the connection
@@ -122,8 +123,8 @@ export class RangeConnection {
     const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
     const buffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
     // Node asks for the buffer of each next read after the callback of the last one: the rest of a body whose
-    // head is read goes into the caller's buffer (no more than the body, so bytes after it are not taken for it),
-    // anything else into ours, which is copied out before the callback returns: reading never has to pause.
+    // head is read goes into the caller's buffer (all of it but its last byte, see bodyRest), anything else into
+    // ours, which is copied out before the callback returns: reading never has to pause.
     const onread: OnReadOpts = {
       buffer: () => this.bodyRest() ?? buffer,
       callback: (bytes, into) => {
@@ -204,14 +205,13 @@ export class RangeConnection {
     return request.into.subarray(request.filled, request.expected - 1);
   }
 
-  /** `bytes` of the body were read into the lent buffer, where `bodyRest` said. */
+  /** `bytes` of the body were read into the lent buffer, where `bodyRest` said (its last byte comes to `take`). */
   private bodyRead(bytes: number): void {
     const request = this.request;
     // A failed request closes the socket before it reads again; should a read still land, it is not believed.
     if (!request) throw new RangeFailure('the server sent bytes that were not asked for', false);
     request.received += bytes;
     request.filled += bytes;
-    this.bodyFilled(request);
   }
 
   private take(data: Buffer): void {
@@ -246,15 +246,12 @@ export class RangeConnection {
     }
     data.copy(request.into, request.filled, offset);
     request.filled += body;
-    this.bodyFilled(request);
-  }
-
-  private bodyFilled(request: Request): void {
-    if (request.filled !== request.expected) return;
-    this.request = undefined;
-    this.answered++;
-    request.done(undefined, request.total);
-    if (!this.reusable) this.close();
+    if (request.filled === request.expected) {
+      this.request = undefined;
+      this.answered++;
+      request.done(undefined, request.total);
+      if (!this.reusable) this.close();
+    }
   }
 
   /**
