@@ -44,6 +44,14 @@ async function fillTree(dir: string, files = 3, bytesEach = 7 * MiB): Promise<st
   return treeDigest(dir);
 }
 
+/** A tree filled at `dir` and saved under `key` by an earlier job; this job starts later. Answers its digest. */
+async function savedTree(dir: string, key: string, files?: number, bytesEach?: number): Promise<string> {
+  const digest = await fillTree(dir, files, bytesEach);
+  await saveWithLibrary([dir], key);
+  await laterRun([dirs.runnerTemp]);
+  return digest;
+}
+
 /** Saves with the unmodified library, as an earlier job (or actions/cache itself) would. */
 async function saveWithLibrary(paths: string[], key: string): Promise<void> {
   const { value } = await captureStdout(() => cache.saveCache(paths, key));
@@ -159,9 +167,7 @@ describe('streaming restore, cache service v2', () => {
 
   it('resumes after connections are cut mid-range: the cut ranges are asked for again', async () => {
     const dir = join(dirs.runnerTemp, 'ici-cut');
-    const digest = await fillTree(dir, 2, 6 * MiB);
-    await saveWithLibrary([dir], 'cut-key');
-    await laterRun([dirs.runnerTemp]);
+    const digest = await savedTree(dir, 'cut-key', 2, 6 * MiB);
     const { host, log } = cliHost();
     service.cutDownloads(3, 512 * 1024);
     expect((await restoreCache(host, [dir], 'cut-key')).hit).toBe(true);
@@ -172,9 +178,7 @@ describe('streaming restore, cache service v2', () => {
 
   it('falls back to the library, with one line, when the signed URL refuses ranges (4xx)', async () => {
     const dir = join(dirs.runnerTemp, 'ici-refused');
-    const digest = await fillTree(dir, 1, 5 * MiB);
-    await saveWithLibrary([dir], 'refused-key');
-    await laterRun([dirs.runnerTemp]);
+    const digest = await savedTree(dir, 'refused-key', 1, 5 * MiB);
     const { host, log } = cliHost();
     service.refuseRanges(403);
     const plain = plainDownloads();
@@ -188,9 +192,7 @@ describe('streaming restore, cache service v2', () => {
 
   it('undoes a half-done extraction when zstd | tar meet damaged bytes, then the library restores the entry', async () => {
     const dir = join(dirs.runnerTemp, 'ici-damaged');
-    const digest = await fillTree(dir, 4, 5 * MiB);
-    await saveWithLibrary([dir], 'damaged-key');
-    await laterRun([dirs.runnerTemp]);
+    const digest = await savedTree(dir, 'damaged-key', 4, 5 * MiB);
     const { host, log } = cliHost();
     service.damageRangesFrom(12 * MiB);
     expect((await restoreCache(host, [dir], 'damaged-key')).hit).toBe(true);
@@ -201,9 +203,7 @@ describe('streaming restore, cache service v2', () => {
 
   it('leaves nothing half-extracted when the stream breaks and the library cannot restore either', async () => {
     const dir = join(dirs.runnerTemp, 'ici-undo');
-    await fillTree(dir, 4, 5 * MiB);
-    await saveWithLibrary([dir], 'undo-key');
-    await laterRun([dirs.runnerTemp]);
+    await savedTree(dir, 'undo-key', 4, 5 * MiB);
     // The consumer's dir exists already and holds a file of its own: that must survive, nothing else appear.
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, 'mine.txt'), 'not from the cache');
@@ -243,9 +243,7 @@ describe('streaming restore, cache service v2', () => {
 
   it('gives up after IMAGE_CI_CACHE_TIMEOUT in the middle of a slow download and undoes it', async () => {
     const dir = join(dirs.runnerTemp, 'ici-slow');
-    await fillTree(dir, 1, 8 * MiB);
-    await saveWithLibrary([dir], 'slow-key');
-    await laterRun([dirs.runnerTemp]);
+    await savedTree(dir, 'slow-key', 1, 8 * MiB);
     const { host, log } = cliHost();
     service.limitDownloads(2 * MiB);
     process.env.IMAGE_CI_CACHE_TIMEOUT = '2s';
@@ -396,9 +394,7 @@ describe('streaming restore, cache service v2', () => {
 
   it('refuses an entry the service matched under a key that was not asked for (no download, no library)', async () => {
     const dir = join(dirs.runnerTemp, 'ici-forged');
-    await fillTree(dir, 1, MiB);
-    await saveWithLibrary([dir], 'forged-Linux-aaa');
-    await laterRun([dirs.runnerTemp]);
+    await savedTree(dir, 'forged-Linux-aaa', 1, MiB);
     const { host, log } = cliHost();
     const downloads = service.counters.requests.Download ?? 0;
     service.forgeMatchedKey(() => 'someone-elses-key');
@@ -547,9 +543,7 @@ describe('streaming restore, cache service v2', () => {
 
   it('gives zstd and tar an environment without the action inputs and credentials', async () => {
     const dir = join(dirs.runnerTemp, 'ici-env');
-    await fillTree(dir, 1, MiB);
-    await saveWithLibrary([dir], 'env-key');
-    await laterRun([dirs.runnerTemp]);
+    await savedTree(dir, 'env-key', 1, MiB);
     // Shims on PATH record the environment each tool gets, then run the real one.
     const shims = join(dirs.base, 'env-shims');
     const dumps = join(dirs.base, 'env-dumps');
@@ -604,9 +598,7 @@ describe('streaming restore, cache service v2', () => {
 
   it("never lets the library's output start a workflow command: a forged key with command lines is refused and undone", async () => {
     const dir = join(dirs.runnerTemp, 'ici-lib-forged');
-    await fillTree(dir, 1, MiB);
-    await saveWithLibrary([dir], 'lib-forged-key');
-    await laterRun([dirs.runnerTemp]);
+    await savedTree(dir, 'lib-forged-key', 1, MiB);
     const { host, log } = cliHost();
     // The library logs the key it restored: these lines would reach the runner as commands.
     service.forgeMatchedKey((asked) => `${asked}\n::set-output name=pwned::1\n::stop-commands::tok`);
@@ -651,9 +643,7 @@ describe('streaming restore, cache service v2', () => {
     // Saved from the stage dir; restored through it into the service's cache-mount dir (names do not matter here).
     const stage = join(dirs.runnerTemp, 'ici-rbe');
     const mounts = join(stage, 'buildah-cache');
-    const digest = await fillTree(mounts, 1, 6 * MiB);
-    await saveWithLibrary([mounts], 'rbe-mounts-Linux-X64-0123456789abcdef');
-    await laterRun([dirs.runnerTemp]);
+    const digest = await savedTree(mounts, 'rbe-mounts-Linux-X64-0123456789abcdef', 1, 6 * MiB);
     const live = join(dirs.runnerTemp, 'ici-svc', 'buildah-cache');
     mkdirSync(dirname(live));
     const { host, log } = cliHost();
@@ -688,9 +678,7 @@ describe('streaming restore, cache service v2', () => {
 
   it('finishes when tar exits at the end-of-archive block before zstd closes its output: no hang, no fallback', async () => {
     const dir = join(dirs.runnerTemp, 'ici-tar-first');
-    const digest = await fillTree(dir, 1, 3 * MiB);
-    await saveWithLibrary([dir], 'tar-first-key');
-    await laterRun([dirs.runnerTemp]);
+    const digest = await savedTree(dir, 'tar-first-key', 1, 3 * MiB);
     // zstd keeps its output open until tar has exited and been reaped (GNU tar does not wait for the end of its
     // input): tar's stdin is then destroyed before the relay sees the end of zstd's output. GNU tar stops at
     // the end-of-archive block only once it has read the record holding it: with the stream's 1 MiB records
@@ -716,9 +704,7 @@ describe('streaming restore, cache service v2', () => {
 
   it('leaves no tar running when zstd cannot be started (spawn throws ELOOP): the library is asked instead', async () => {
     const dir = join(dirs.runnerTemp, 'ici-zstd-unstartable');
-    await fillTree(dir, 1, 1 * MiB);
-    await saveWithLibrary([dir], 'zstd-unstartable-key');
-    await laterRun([dirs.runnerTemp]);
+    await savedTree(dir, 'zstd-unstartable-key', 1, 1 * MiB);
     // zstd was found when the stream asked (once per process); by the time it is started, the name on PATH is a
     // symlink loop, which node's spawn throws on at once instead of reporting it as the child's error.
     await compressionMethod();
@@ -749,9 +735,7 @@ describe('streaming restore, cache service v2', () => {
 
   it('does not report a restore when tar is killed by a signal after taking the whole stream; the library restores', async () => {
     const dir = join(dirs.runnerTemp, 'ici-tar-killed');
-    const digest = await fillTree(dir, 1, 3 * MiB);
-    await saveWithLibrary([dir], 'tar-killed-key');
-    await laterRun([dirs.runnerTemp]);
+    const digest = await savedTree(dir, 'tar-killed-key', 1, 3 * MiB);
     const { host, log } = cliHost();
     // The streaming restore's tar (`-xf -`) reads everything, then dies as the OOM killer would kill it; the
     // library's tar (`-xf <archive>`) is the real one.
