@@ -13,6 +13,7 @@ import {
   truncateSync,
   writeFileSync,
 } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -1018,4 +1019,59 @@ describe('a blob file that changes or fails while it is uploaded', () => {
       await registry.stop();
     }
   });
+});
+
+describe('a receiver that takes the body slowly (every write of it waits for the socket)', () => {
+  /**
+   * An upload endpoint that reads a little, then pauses, and answers the closing PUT with 201 only when what
+   * arrived has the digest asked for (as a registry checks it), else 400 DIGEST_INVALID. Uploads read the file
+   * into one reused buffer: a chunk overwritten while its write still waits would arrive as other bytes.
+   */
+  async function slowReceiver() {
+    const hash = createHash('sha256');
+    let received = 0;
+    const s = await rawServer((req, res) => {
+      const location = '/v2/slow/app/blobs/uploads/s1';
+      if (req.method === 'POST') return void res.writeHead(202, { location }).end();
+      let pauses = 0;
+      req.on('data', (c: Buffer) => {
+        hash.update(c);
+        received += c.length;
+        req.pause();
+        // A long first pause fills the socket buffers on both ends; short ones after keep them full.
+        setTimeout(() => req.resume(), pauses++ === 0 ? 300 : 1);
+      });
+      req.on('end', () => {
+        if (req.method === 'PATCH') return void res.writeHead(202, { location }).end();
+        const wanted = new URL(req.url!, 'http://x').searchParams.get('digest');
+        const got = `sha256:${hash.digest('hex')}`;
+        if (got !== wanted) {
+          return void res
+            .writeHead(400, { 'content-type': 'application/json' })
+            .end(JSON.stringify({ errors: [{ code: 'DIGEST_INVALID', message: `got ${got}` }] }));
+        }
+        res.writeHead(201).end();
+      });
+    });
+    return { s, received: () => received };
+  }
+
+  // 12 MiB (more than loopback's socket buffers hold) and an odd tail: full 1 MiB reads, a short last one, and chunks that do not line up with reads.
+  const size = 12 * 1024 * 1024 + 12_345;
+  for (const chunkSize of [0, 4_500_000]) {
+    it(`every byte arrives as the file holds it (${chunkSize ? 'PATCH chunks' : 'one PUT'})`, async () => {
+      const bytes = randomBytes(size);
+      const path = join(mkdtempSync(join(work, 'slow-')), 'blob');
+      writeFileSync(path, bytes);
+      const { s, received } = await slowReceiver();
+      const c = client(s.host, { retries: 0 });
+      try {
+        await c.uploadBlob('slow/app', { path, size, digest: digestOf(bytes) }, { chunkSize });
+        expect(received()).toBe(size);
+      } finally {
+        await c.close();
+        await s.stop();
+      }
+    });
+  }
 });

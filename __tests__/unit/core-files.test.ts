@@ -12,6 +12,7 @@ import {
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { acquireLock, LockTimeoutError, writeFileAtomic } from '../../src/core/atomic.js';
+import { fileChunks } from '../../src/core/files.js';
 import {
   createIsolatedAuth,
   findCredential,
@@ -217,5 +218,55 @@ describe('summary', () => {
     expect(formatBytes(1023.9 * 1024)).toBe('1023.9 KiB');
     expect(formatBytes(1023.6)).toBe('1.0 KiB');
     expect(formatBytes(1023)).toBe('1023 B');
+  });
+});
+
+describe('fileChunks', () => {
+  const file = (size: number) => {
+    const path = join(tempDir(), 'f');
+    const bytes = Buffer.from(Array.from({ length: size }, (_, i) => (i * 7) % 251));
+    writeFileSync(path, bytes);
+    return { path, bytes };
+  };
+  /** Copies of what was yielded (the chunks themselves are one reused buffer), and the buffers seen. */
+  const read = async (...args: Parameters<typeof fileChunks>) => {
+    const chunks: Buffer[] = [];
+    const buffers = new Set<ArrayBufferLike>();
+    for await (const chunk of fileChunks(...args)) {
+      chunks.push(Buffer.from(chunk));
+      buffers.add(chunk.buffer);
+    }
+    return { chunks, buffers };
+  };
+
+  it('reads [start, end) in full chunks but the last, all through one buffer', async () => {
+    const { path, bytes } = file(10_000);
+    const { chunks, buffers } = await read(path, 1_000, 9_500, 4_096);
+    expect(chunks.map((c) => c.length)).toEqual([4_096, 4_096, 308]);
+    expect(Buffer.concat(chunks)).toEqual(bytes.subarray(1_000, 9_500));
+    expect(buffers.size).toBe(1);
+  });
+
+  it('reads to the end of the file without an end, and nothing for an empty range', async () => {
+    const { path, bytes } = file(9_000);
+    expect(Buffer.concat((await read(path, 0, Infinity, 4_096)).chunks)).toEqual(bytes);
+    expect((await read(path, 9_000, Infinity, 4_096)).chunks).toEqual([]);
+    expect((await read(path, 5, 5)).chunks).toEqual([]);
+  });
+
+  it('fails, naming the file, when it ends before `end` (it changed) or cannot be read', async () => {
+    const { path } = file(5_000);
+    await expect(read(path, 0, 6_000, 4_096)).rejects.toThrow(
+      `${path} ended at byte 5000, before byte 6000: it changed while being read.`,
+    );
+    const dir = tempDir();
+    await expect(read(dir)).rejects.toMatchObject({
+      code: 'EISDIR',
+      message: expect.stringContaining(`cannot read ${dir}: EISDIR`),
+    });
+    await expect(read(join(dir, 'none'))).rejects.toMatchObject({
+      code: 'ENOENT',
+      message: expect.stringContaining(`cannot read ${join(dir, 'none')}: ENOENT`),
+    });
   });
 });

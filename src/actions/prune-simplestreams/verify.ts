@@ -1,8 +1,7 @@
 /** Checks that what images.json still references after the prune is there, as `incus-simplestreams verify` would. */
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { digestFile } from '../../core/oci/digest.js';
 import type { CatalogItem } from './catalog.js';
 import type { VerifyMode } from './inputs.js';
 import { mapLimit } from './scan.js';
@@ -11,12 +10,6 @@ export interface VerifyResult {
   mode: VerifyMode;
   checkedFiles: number;
   problems: string[];
-}
-
-async function sha256Of(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest('hex');
 }
 
 async function checkItem(root: string, item: CatalogItem, mode: VerifyMode): Promise<string | undefined> {
@@ -30,7 +23,7 @@ async function checkItem(root: string, item: CatalogItem, mode: VerifyMode): Pro
   if (item.size !== undefined && size !== item.size)
     return `${item.path} has ${size} bytes, expected ${item.size}`;
   if (mode === 'sha256' && item.sha256 !== undefined) {
-    const actual = await sha256Of(abs);
+    const actual = (await digestFile(abs)).slice('sha256:'.length);
     if (actual !== item.sha256.toLowerCase())
       return `${item.path} has sha256 ${actual}, expected ${item.sha256}`;
   }

@@ -1,7 +1,6 @@
 /** Content digests: every blob and manifest is checked against the digest that names it. */
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { Transform, type TransformCallback } from 'node:stream';
+import { fileChunks } from '../files.js';
 
 const SUPPORTED = new Set(['sha256', 'sha512']);
 
@@ -27,18 +26,6 @@ export function verifyDigest(what: string, data: Buffer, expected: string): void
   if (actual !== expected) throw new DigestMismatchError(what, expected, actual);
 }
 
-/** A pass-through stream that feeds what flows through it into a hash (an upload verifies what it sent). */
-export class HashingStream extends Transform {
-  constructor(private readonly hash: Hash) {
-    super();
-  }
-
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.hash.update(chunk);
-    callback(null, chunk);
-  }
-}
-
 export function newHash(digest: string): Hash {
   return createHash(digestAlgorithm(digest));
 }
@@ -47,9 +34,9 @@ export function hashDigest(hash: Hash, expected: string): string {
   return `${digestAlgorithm(expected)}:${hash.digest('hex')}`;
 }
 
-/** The digest of a file on disk (used by preseed-podman-vm to check cached images). */
+/** The digest of a file on disk (preseed-podman-vm's images, prune-simplestreams' verify). */
 export async function digestFile(path: string, algorithm = 'sha256'): Promise<string> {
   const hash = createHash(algorithm);
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  for await (const chunk of fileChunks(path)) hash.update(chunk);
   return `${algorithm}:${hash.digest('hex')}`;
 }

@@ -14,7 +14,6 @@
  * The first request finds out (a failed handshake, then the same request over http); requests started
  * meanwhile wait for its answer, so the fallback costs one handshake per registry, not one per request.
  */
-import type { Readable } from 'node:stream';
 import { Agent, buildConnector, type Dispatcher } from 'undici';
 import type { Credential } from './credential.js';
 import { parseChallenges, preferredChallenge } from './challenge.js';
@@ -79,9 +78,10 @@ export interface RequestSpec {
   headers?: Record<string, string>;
   /**
    * A Buffer is replayed as often as the budget allows. A streamed body is made for one try: the transport
-   * does not replay it but throws a TransientError, and the operation resumes as the protocol allows.
+   * does not replay it but throws a TransientError, and the operation resumes as the protocol allows. Its
+   * chunks go to undici as they are, not through a Readable that would read ahead: fileChunks reuses one buffer.
    */
-  body?: Buffer | (() => Readable);
+  body?: Buffer | (() => AsyncIterable<Buffer>);
   /** Statuses the caller handles; anything else becomes a RegistryError (or is retried). */
   ok: readonly number[];
   /** What the request is for, in error messages ("HEAD blob sha256:... in repo"). */
@@ -375,7 +375,10 @@ export class RegistryTransport {
         path: `${url.pathname}${url.search}`,
         method: spec.method,
         headers,
-        body: typeof spec.body === 'function' ? spec.body() : spec.body,
+        // undici sends an async iterable as it is (its documentation says so; its types name only Readable).
+        body: (typeof spec.body === 'function'
+          ? spec.body()
+          : spec.body) as Dispatcher.RequestOptions['body'],
         signal,
         headersTimeout: this.timeoutMs,
         bodyTimeout: this.timeoutMs,

@@ -7,11 +7,10 @@
  * `Range: 0-<last byte>`) and the upload goes on from there; only a lost session starts over. Every restart
  * draws from the upload's one retry budget.
  */
-import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import type { Hash } from 'node:crypto';
-import { pipeline, type Readable } from 'node:stream';
-import { DigestMismatchError, HashingStream, digestOf, hashDigest, newHash, verifyDigest } from './digest.js';
+import { fileChunks } from '../files.js';
+import { DigestMismatchError, digestOf, hashDigest, newHash, verifyDigest } from './digest.js';
 import { RegistryError } from './errors.js';
 import { isValidDigest } from './reference.js';
 import { externalText, type RegistryResponse } from './response.js';
@@ -33,9 +32,6 @@ export interface UploadOptions {
   /** The blob's retry budget when a mount tried first: storing one blob is one operation. */
   budget?: RetryBudget;
 }
-
-/** Large reads: fewer, bigger writes to the socket when streaming blobs. */
-const READ_CHUNK = 1024 * 1024;
 
 /**
  * Asks the registry to link a blob from another repository it holds. `mounted: false` with a location means
@@ -270,31 +266,16 @@ async function sameSize(blob: BlobFile): Promise<void> {
   }
 }
 
-function fileRange(path: string, start: number, end: number, hash: Hash): Readable {
-  const hashing = new HashingStream(hash);
-  // Not pipe(): it carries no errors, so a read error was an uncaught exception and the body never ended (the
-  // upload hung); nor does it close the file when the request drops the body. pipeline() ends the body with the
-  // read error, which the transport reports as a local file problem, and closes the file either way.
-  const file = createReadStream(path, { start, end: end - 1, highWaterMark: READ_CHUNK });
-  // Node's read errors name no file ("EISDIR: illegal operation on a directory, read"); the code stays, so the
-  // transport still takes it for a local file problem. Runs before pipeline's own handler, which then finds the
-  // body already ended.
-  file.once('error', (error: NodeJS.ErrnoException) =>
-    hashing.destroy(
-      Object.assign(new Error(`cannot read ${path}: ${error.message}`, { cause: error }), {
-        code: error.code,
-      }),
-    ),
-  );
-  pipeline(file, hashing, () => undefined);
-  return hashing;
+/** The body of an upload: the file's bytes, hashed as they go out (the upload verifies what it sent). */
+async function* fileRange(path: string, start: number, end: number, hash: Hash): AsyncGenerator<Buffer> {
+  for await (const chunk of fileChunks(path, start, end)) {
+    hash.update(chunk);
+    yield chunk;
+  }
 }
 
 async function hashFileRange(path: string, start: number, end: number, hash: Hash): Promise<void> {
-  if (end <= start) return;
-  for await (const chunk of createReadStream(path, { start, end: end - 1, highWaterMark: READ_CHUNK })) {
-    hash.update(chunk as Buffer);
-  }
+  for await (const chunk of fileChunks(path, start, end)) hash.update(chunk);
 }
 
 /**
