@@ -1075,3 +1075,95 @@ describe('a receiver that takes the body slowly (every write of it waits for the
     });
   }
 });
+
+describe('a plain-http registry reached with TLS verification off (the scheme found out by a probe)', () => {
+  /**
+   * One port as a plain-http registry has it: a TLS handshake gets an HTTP 400, as from any http server.
+   * `answer` answers each http request; requests in flight at once are counted.
+   */
+  async function plainHttpFront(answer: (req: IncomingMessage, res: ServerResponse, index: number) => void) {
+    let index = 0;
+    let inFlight = 0;
+    let maxInFlight = 0;
+    const http = createHttpServer((req, res) => {
+      maxInFlight = Math.max(maxInFlight, ++inFlight);
+      res.on('close', () => inFlight--);
+      answer(req, res, index++);
+    });
+    const sockets = new Set<Socket>();
+    const front = createNetServer((socket) => {
+      sockets.add(socket);
+      socket.on('close', () => sockets.delete(socket));
+      socket.on('error', () => undefined);
+      socket.once('data', (first: Buffer) => {
+        if (first[0] === 0x16) {
+          socket.end('HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+          return;
+        }
+        socket.unshift(first);
+        http.emit('connection', socket);
+      });
+    });
+    await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
+    return {
+      host: `127.0.0.1:${(front.address() as AddressInfo).port}`,
+      maxInFlight: () => maxInFlight,
+      stop: async () => {
+        for (const socket of sockets) socket.destroy();
+        await new Promise((resolve) => front.close(resolve));
+      },
+    };
+  }
+  const digests = [1, 2, 3, 4].map((i) => `sha256:${String(i).repeat(64)}`);
+  const probeClient = (host: string) =>
+    new RegistryClient({ registry: host, tlsVerify: false, retries: 0, timeoutMs: 10_000 });
+
+  it("lookups go out over http beside the probe's own http try, not after its answer", async () => {
+    // Every answer is held until all lookups are in (or for 3 s, so that lookups waiting for the probe's
+    // answer end too).
+    const held: Array<() => void> = [];
+    const front = await plainHttpFront((_req, res) => {
+      const reply = () => void (res.headersSent || res.writeHead(404, { 'content-length': '0' }).end());
+      held.push(reply);
+      if (held.length === digests.length) held.splice(0).forEach((release) => release());
+      else setTimeout(reply, 3_000).unref();
+    });
+    const c = probeClient(front.host);
+    try {
+      expect(await Promise.all(digests.map((d) => c.headBlob('probe/app', d)))).toEqual(
+        digests.map(() => undefined),
+      );
+      // The held probe and the three other lookups at once; one https try and four http requests in all.
+      expect(front.maxInFlight()).toBe(digests.length);
+      expect(c.stats.requests).toBe(digests.length + 1);
+    } finally {
+      await c.close();
+      await front.stop();
+    }
+  });
+
+  it('lookups sent beside a probe whose http try is refused (400) are dropped: each fails as the probe does', async () => {
+    const front = await plainHttpFront(
+      (_req, res) => void res.writeHead(400, { 'content-length': '0' }).end(),
+    );
+    const c = probeClient(front.host);
+    try {
+      const errors = await Promise.all(
+        digests.map((d) =>
+          c.headBlob('probe/app', d).then(
+            () => 'found',
+            (e: unknown) => String(e),
+          ),
+        ),
+      );
+      for (const error of errors) {
+        expect(error).not.toMatch(/HTTP 400/);
+        expect(error).toMatch(/HEAD blob sha256:\d+/);
+      }
+      expect(new Set(errors.map((e) => e.replace(/sha256:\d+/, '')))).toHaveProperty('size', 1);
+    } finally {
+      await c.close();
+      await front.stop();
+    }
+  });
+});

@@ -13,6 +13,9 @@
  * `tlsVerify: false` https without verification, falling back to plain http when the registry speaks only that.
  * The first request finds out (a failed handshake, then the same request over http); requests started
  * meanwhile wait for its answer, so the fallback costs one handshake per registry, not one per request.
+ * Lookups (GET/HEAD without a body) do not wait for the http answer: once the handshake met a plain-http
+ * answer they go over http beside the probe's own try, carrying no more than it does, and are kept only if
+ * the probe settles on http. That saves a push's lookups one round trip.
  */
 import { Agent, buildConnector, type Dispatcher } from 'undici';
 import type { Credential } from './credential.js';
@@ -67,6 +70,13 @@ export interface TransportStats {
   bytesUploaded: number;
 }
 
+/** The first request to a registry of unknown scheme, while it finds out. */
+interface SchemeProbe {
+  answer: Promise<RegistryResponse>;
+  /** true once its https try met a plain-http answer (its http try is then under way); false when it ended. */
+  plainHttp: Promise<boolean>;
+}
+
 export interface RequestSpec {
   method: Dispatcher.HttpMethod;
   url: URL;
@@ -111,7 +121,7 @@ export class RegistryTransport {
   private scheme: 'https:' | 'http:';
   /** Whether the scheme still has to be found out (tlsVerify false); the probe in flight, if any. */
   private schemeUnknown: boolean;
-  private schemeProbe: Promise<unknown> | undefined;
+  private schemeProbe: SchemeProbe | undefined;
   /**
    * The last TLS alert one of our connections got. A server refusing a client certificate (TLS 1.3) sends its
    * alert after the handshake: undici then only reports "other side closed", the socket itself knows why.
@@ -292,26 +302,55 @@ export class RegistryTransport {
 
   /**
    * One try. While an unverified registry's scheme is unknown, the first request to it tries https and, when
-   * that fails, the same request over http (a streamed body cannot be sent twice: it waits for a probe).
+   * that fails, the same request over http (a streamed body cannot be sent twice: it waits for a probe). Other
+   * requests wait for its answer; lookups only for its handshake (besideProbe).
    */
   private async dispatch(spec: RequestSpec, authorization: string | undefined): Promise<RegistryResponse> {
     while (this.schemeUnknown && this.isRegistryUrl(spec.url)) {
       if (this.schemeProbe) {
-        await this.schemeProbe.catch(() => undefined);
+        const probe = this.schemeProbe;
+        const lookup = (spec.method === 'GET' || spec.method === 'HEAD') && spec.body === undefined;
+        if (lookup && (await probe.plainHttp)) return this.besideProbe(spec, authorization, probe);
+        await probe.answer.catch(() => undefined);
         continue;
       }
-      const probe = this.probeScheme(spec, authorization);
-      this.schemeProbe = probe;
+      let heard!: (plainHttp: boolean) => void;
+      const plainHttp = new Promise<boolean>((resolve) => (heard = resolve));
+      const answer = this.probeScheme(spec, authorization, () => heard(true));
+      this.schemeProbe = { answer, plainHttp };
       try {
-        return await probe;
+        return await answer;
       } finally {
+        heard(false);
         this.schemeProbe = undefined;
       }
     }
     return this.dispatchOn(spec, authorization, this.scheme);
   }
 
-  private async probeScheme(spec: RequestSpec, authorization: string | undefined): Promise<RegistryResponse> {
+  /** A lookup sent over http while the probe's http try is under way: its answer stands if the probe's does. */
+  private async besideProbe(
+    spec: RequestSpec,
+    authorization: string | undefined,
+    probe: SchemeProbe,
+  ): Promise<RegistryResponse> {
+    const sent = this.dispatchOn(spec, authorization, 'http:');
+    sent.catch(() => undefined); // read below, once the probe has settled
+    await probe.answer.catch(() => undefined);
+    if (!this.schemeUnknown && this.scheme === 'http:') return sent;
+    // Not http after all (or not yet known): this answer came from a server we do not speak to.
+    await sent.then(
+      (response) => response.drain(),
+      () => undefined,
+    );
+    return this.dispatch(spec, authorization);
+  }
+
+  private async probeScheme(
+    spec: RequestSpec,
+    authorization: string | undefined,
+    onPlainHttp: () => void,
+  ): Promise<RegistryResponse> {
     const probeSpec: RequestSpec =
       typeof spec.body === 'function'
         ? { method: 'GET', url: this.url(''), ok: [], what: `reach ${this.registry}` }
@@ -324,6 +363,7 @@ export class RegistryTransport {
       // timeout or a TLS alert says nothing of the kind: falling back then would send credentials in clear
       // text to whatever listens there; the https failure is retried (or reported) instead.
       if (!isPlainHttpAnswer(httpsError)) throw httpsError;
+      onPlainHttp();
       try {
         response = await this.dispatchOn(probeSpec, authorization, 'http:');
       } catch {
