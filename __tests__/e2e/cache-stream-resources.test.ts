@@ -56,6 +56,26 @@ const result = await restoreCache(host, [path], key);
 process.stdout.write('\\n${RESULT}' + JSON.stringify({ hit: result.hit, log }) + '\\n');
 `;
 
+/**
+ * The cache version's zstd probe (core/cache-version.js) asked while every descriptor is taken, then again once
+ * they are free: the first answer is the library's for a zstd it cannot start (gzip), the second must not be it.
+ */
+const PROBE_CHILD = `
+import { execFileSync } from 'node:child_process';
+import { closeSync, openSync, readdirSync } from 'node:fs';
+const { compressionMethod } = await import(process.argv[1] + '/core/cache-version.js');
+const limit = readdirSync('/proc/self/fd').length + 16;
+execFileSync('prlimit', ['--pid', String(process.pid), '--nofile=' + limit + ':' + limit]);
+const held = [];
+try {
+  for (;;) held.push(openSync('/dev/null', 'r'));
+} catch {}
+const starved = await compressionMethod();
+for (const fd of held) closeSync(fd);
+const freed = await compressionMethod();
+process.stdout.write(JSON.stringify({ held: held.length, starved, freed }));
+`;
+
 interface ChildRun {
   code: number | null;
   /** Killed by the liveness timer: it would not have ended by itself. */
@@ -232,6 +252,19 @@ describe('streaming restore short of resources, in a process of its own', () => 
   it('ends by itself with an answer, nothing running or left, at every descriptor limit (probes answered before)', async () => {
     const outcomes = await sweep('sweep-probed', 'probed');
     expect(outcomes[0]).toMatch(/^0: miss/);
+  });
+
+  it('a zstd probe that failed for lack of descriptors is asked again once they are free, not remembered', () => {
+    const out = execFileSync(
+      process.execPath,
+      ['--input-type=module', '-e', PROBE_CHILD, join(REPO_ROOT, 'lib')],
+      { cwd: REPO_ROOT, encoding: 'utf8', timeout: LIVENESS_MS, env: { ...process.env, NODE_OPTIONS: '' } },
+    );
+    expect(JSON.parse(out)).toEqual({
+      held: expect.any(Number),
+      starved: 'gzip',
+      freed: 'zstd-without-long',
+    });
   });
 
   /** Shim bodies: each answers the probe (`--version`) like the real tool, then breaks as named. */

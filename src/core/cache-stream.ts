@@ -27,7 +27,7 @@ import { ChildOutputRelay } from './child-output-relay.js';
 import { cacheKeyProblem, matchedKeyProblem } from './cache-key.js';
 import { lookupEntry } from './cache-lookup.js';
 import { cacheReadable, cacheServiceVersion, cacheVersion, compressionMethod } from './cache-version.js';
-import { childEnv, exec } from './exec.js';
+import { childEnv, exec, failedForLackOfResources } from './exec.js';
 import type { Host } from './host.js';
 import { DEFAULT_RETRY } from './oci/retry.js';
 import { downloadInOrder, type RangedDownloadResult } from './ranged-download.js';
@@ -189,13 +189,19 @@ async function tarCommand(): Promise<TarCommand> {
 
 const gnuTar = new Map<string, Promise<boolean>>();
 
-/** Asked once per tar per process, like the library's own `tar --version`. */
+/**
+ * Asked once per tar per process, like the library's own `tar --version`; not kept when tar could not be
+ * started for lack of descriptors or memory (the answer, no GNU tar, then only costs that restore its 1 MiB records).
+ */
 function isGnuTar(path: string): Promise<boolean> {
   let answer = gnuTar.get(path);
   if (!answer) {
     answer = exec(path, ['--version'], { timeoutMs: TAR_PROBE_TIMEOUT_MS, allowFailure: true }).then(
       (r) => r.exitCode === 0 && r.stdout.includes('GNU tar'),
-      () => false,
+      (error: unknown) => {
+        if (failedForLackOfResources(error)) gnuTar.delete(path);
+        return false;
+      },
     );
     gnuTar.set(path, answer);
   }

@@ -4,7 +4,7 @@
  * service matches entries only within one version: a single differing byte here is a permanent miss.
  */
 import { createHash } from 'node:crypto';
-import { exec } from './exec.js';
+import { exec, failedForLackOfResources } from './exec.js';
 
 /** The library's CompressionMethod values that can occur with @actions/cache 6 (it never picks `zstd`). */
 export type CompressionMethod = 'zstd-without-long' | 'gzip';
@@ -16,12 +16,16 @@ let probed: Promise<CompressionMethod> | undefined;
 
 /**
  * The library runs `zstd --quiet --version` and uses zstd whenever that prints anything (stdout or stderr,
- * whatever the exit code), otherwise gzip. Probed once per process, like the library does per call.
+ * whatever the exit code), otherwise gzip (also when zstd cannot be started). Probed once per process, like the
+ * library does per call; a probe that could not start zstd for lack of descriptors or memory is not kept.
  */
 export function compressionMethod(): Promise<CompressionMethod> {
   probed ??= exec('zstd', ['--quiet', '--version'], { timeoutMs: PROBE_TIMEOUT_MS, allowFailure: true }).then(
     (r) => ((r.stdout + r.stderr).trim() ? 'zstd-without-long' : 'gzip'),
-    () => 'gzip' as const,
+    (error: unknown) => {
+      if (failedForLackOfResources(error)) probed = undefined;
+      return 'gzip' as const;
+    },
   );
   return probed;
 }

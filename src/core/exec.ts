@@ -48,6 +48,17 @@ export class ExecError extends Error {
   }
 }
 
+/** What a failed start says about the machine right now (descriptors, processes, memory), not about the program. */
+const SHORTAGES = new Set(['EMFILE', 'ENFILE', 'EAGAIN', 'ENOMEM']);
+
+/**
+ * Whether `error` is a program that could not be started for lack of resources: a probe that failed so has
+ * learnt nothing about the program, and is asked again next time instead of being remembered.
+ */
+export function failedForLackOfResources(error: unknown): boolean {
+  return error instanceof ExecError && SHORTAGES.has(error.spawnCode ?? '');
+}
+
 /**
  * Below this length a secret only matches a variable's whole value: a 3-letter password found inside PATH
  * must not take PATH away from every child.
