@@ -43,7 +43,8 @@ export async function* fileChunks(
     // A FIFO or character device has no end a digest or a declared size could rely on (/dev/zero never ends);
     // a directory goes on to fail its first read with EISDIR, as node words it.
     const info = await file.stat();
-    if (info.isFIFO() || info.isCharacterDevice()) throw new Error(`cannot read ${path}: not a regular file.`);
+    if (info.isFIFO() || info.isCharacterDevice())
+      throw new Error(`cannot read ${path}: not a regular file.`);
     const buffer = Buffer.allocUnsafeSlow(Math.min(chunkSize, end - start));
     for (let at = start; at < end;) {
       let filled = 0;

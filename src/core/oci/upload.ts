@@ -287,7 +287,12 @@ async function sendRange(
 }
 
 /** The body of an upload: the file's bytes, hashed as they go out (the upload verifies what it sent). */
-async function* fileRange(path: string, start: number, end: number, hash: Hash): AsyncGenerator<Buffer, void> {
+async function* fileRange(
+  path: string,
+  start: number,
+  end: number,
+  hash: Hash,
+): AsyncGenerator<Buffer, void> {
   for await (const chunk of fileChunks(path, start, end)) {
     hash.update(chunk);
     yield chunk;
