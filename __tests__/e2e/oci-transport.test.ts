@@ -999,6 +999,47 @@ describe('a blob file that changes or fails while it is uploaded', () => {
     }
   });
 
+  it('a server that answers an upload early and then resets the connection leaves the blob file closed', async () => {
+    const sparse = join(mkdtempSync(join(work, 'early-')), 'blob');
+    truncateSync((writeFileSync(sparse, ''), sparse), 64 * 1024 * 1024);
+    // Raw TCP: an answer with no length (it ends with the connection) to a PUT it never reads, then a reset while
+    // the client still writes. undici takes the answer as complete and abandons the body where it stands.
+    const server = createNetServer((socket) => {
+      socket.on('error', () => undefined);
+      let head = '';
+      const onData = (data: Buffer) => {
+        head += data.toString('latin1');
+        const end = head.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        if (head.startsWith('POST')) {
+          head = head.slice(end + 4);
+          return void socket.write(
+            'HTTP/1.1 202 Accepted\r\nLocation: /v2/raw/app/blobs/uploads/s1\r\nContent-Length: 0\r\n\r\n',
+          );
+        }
+        socket.off('data', onData).pause();
+        socket.write('HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\n\r\ntoo large');
+        // Unread bytes make the close a reset; the pause lets the answer's head reach the client first.
+        setTimeout(() => socket.destroy(), 100);
+      };
+      socket.on('data', onData);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const c = client(`127.0.0.1:${(server.address() as AddressInfo).port}`, { retries: 0 });
+    try {
+      const digest = `sha256:${'0'.repeat(64)}`;
+      const error = await c
+        .uploadBlob('raw/app', { digest, size: 64 * 1024 * 1024, path: sparse })
+        .catch((e: unknown) => e);
+      // The answer, not the reset: the connection closed after undici had the status.
+      expect(String(error)).toMatch(/HTTP 413 Payload Too Large/);
+      expect(await settled(sparse)).toEqual([]);
+    } finally {
+      await c.close();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
   it('a PATCH dropped mid-body is resumed from what the registry holds, and the blob file is closed after', async () => {
     const registry = await startRegistry();
     try {

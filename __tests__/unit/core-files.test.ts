@@ -1,5 +1,5 @@
 import { describe, expect, it } from '@jest/globals';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import {
   existsSync,
   mkdtempSync,
@@ -269,4 +269,11 @@ describe('fileChunks', () => {
       message: expect.stringContaining(`cannot read ${join(dir, 'none')}: ENOENT`),
     });
   });
+
+  it('refuses at once what is no regular file: a FIFO nobody writes (open would block), an endless device', async () => {
+    const fifo = join(tempDir(), 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    await expect(read(fifo)).rejects.toThrow(`cannot read ${fifo}: not a regular file.`);
+    await expect(read('/dev/zero')).rejects.toThrow('cannot read /dev/zero: not a regular file.');
+  }, 10_000);
 });

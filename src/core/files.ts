@@ -1,3 +1,4 @@
+import { constants } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 
 /** Whether anything (file, dir, socket) exists at `path`; unreadable parents count as absent. */
@@ -22,7 +23,8 @@ const FILE_CHUNK = 1024 * 1024;
  * Every chunk but the last fills the buffer: a consumer that writes it to a socket (undici asks for the next
  * chunk only after 'drain' when write() returns false, as it does for anything above the socket's 16–64 KiB
  * high-water mark) is done with it before it is overwritten. A file that ends before `end` is an error: it
- * changed while being read. Errors name the file and keep node's code (ENOENT, EISDIR...).
+ * changed while being read. Only regular files are read. Errors name the file and keep node's code (ENOENT,
+ * EISDIR...).
  */
 export async function* fileChunks(
   path: string,
@@ -33,8 +35,16 @@ export async function* fileChunks(
   if (end <= start) return;
   const named = (error: NodeJS.ErrnoException) =>
     Object.assign(new Error(`cannot read ${path}: ${error.message}`, { cause: error }), { code: error.code });
-  const file = await open(path, 'r').catch((error: NodeJS.ErrnoException) => Promise.reject(named(error)));
+  // Non-blocking so that a FIFO does not hold a thread until someone writes to it (regular files ignore it).
+  const file = await open(path, constants.O_RDONLY | constants.O_NONBLOCK).catch(
+    (error: NodeJS.ErrnoException) => Promise.reject(named(error)),
+  );
   try {
+    // A FIFO or character device has no end a digest or a declared size could rely on (/dev/zero never ends);
+    // a directory goes on to fail its first read with EISDIR, as node words it.
+    const info = await file.stat();
+    if (info.isFIFO() || info.isCharacterDevice())
+      throw new Error(`cannot read ${path}: not a regular file.`);
     const buffer = Buffer.allocUnsafeSlow(Math.min(chunkSize, end - start));
     for (let at = start; at < end;) {
       let filled = 0;

@@ -16,7 +16,7 @@ import { isValidDigest } from './reference.js';
 import { externalText, type RegistryResponse } from './response.js';
 import { TransientError, type RetryBudget } from './retry.js';
 import { pullScope, pushScope } from './token.js';
-import type { RegistryTransport } from './transport.js';
+import type { RegistryTransport, RequestSpec } from './transport.js';
 
 export interface BlobFile {
   digest: string;
@@ -150,7 +150,9 @@ async function sendChunk(
   end: number,
 ): Promise<Position> {
   const hash = at.hash.copy();
-  const response = await transport.send(
+  const response = await sendRange(
+    transport,
+    budget,
     {
       method: 'PATCH',
       url: at.session,
@@ -160,14 +162,12 @@ async function sendChunk(
         'content-range': `${at.offset}-${end - 1}`,
         'content-length': String(end - at.offset),
       },
-      body: () => fileRange(blob.path, at.offset, end, hash),
       ok: [202],
       what,
       streaming: true,
     },
-    budget,
+    fileRange(blob.path, at.offset, end, hash),
   );
-  await response.drain();
   return { session: location(response), offset: end, hash };
 }
 
@@ -182,20 +182,20 @@ async function finish(
   const url = new URL(at.session);
   url.searchParams.set('digest', blob.digest);
   const length = blob.size - at.offset;
-  const response = await transport.send(
+  const response = await sendRange(
+    transport,
+    budget,
     {
       method: 'PUT',
       url,
       scopes: [pushScope(repository)],
       headers: { 'content-type': 'application/octet-stream', 'content-length': String(length) },
-      body: length > 0 ? () => fileRange(blob.path, at.offset, blob.size, hash) : undefined,
       ok: [201, 204],
       what,
       streaming: true,
     },
-    budget,
+    length > 0 ? fileRange(blob.path, at.offset, blob.size, hash) : undefined,
   );
-  await response.drain();
   const actual = hashDigest(hash, blob.digest);
   if (actual !== blob.digest) throw new DigestMismatchError(`local blob ${blob.path}`, blob.digest, actual);
   const stored = response.header('docker-content-digest');
@@ -266,8 +266,33 @@ async function sameSize(blob: BlobFile): Promise<void> {
   }
 }
 
+/**
+ * One try of an upload request with `body`, its answer read whole. The body is ended here, whatever became of
+ * the request: undici drops an iterable body where it stands when the connection closes without an error (an
+ * answer that ends with the connection, to a request it never read, then a reset), and the file stayed open.
+ */
+async function sendRange(
+  transport: RegistryTransport,
+  budget: RetryBudget,
+  spec: Omit<RequestSpec, 'body'>,
+  body: AsyncGenerator<Buffer, void> | undefined,
+): Promise<RegistryResponse> {
+  try {
+    const response = await transport.send({ ...spec, body: body && (() => body) }, budget);
+    await response.drain();
+    return response;
+  } finally {
+    await body?.return(undefined);
+  }
+}
+
 /** The body of an upload: the file's bytes, hashed as they go out (the upload verifies what it sent). */
-async function* fileRange(path: string, start: number, end: number, hash: Hash): AsyncGenerator<Buffer> {
+async function* fileRange(
+  path: string,
+  start: number,
+  end: number,
+  hash: Hash,
+): AsyncGenerator<Buffer, void> {
   for await (const chunk of fileChunks(path, start, end)) {
     hash.update(chunk);
     yield chunk;
