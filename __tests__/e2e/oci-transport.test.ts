@@ -1083,6 +1083,7 @@ describe('a plain-http registry reached with TLS verification off (the scheme fo
    */
   async function plainHttpFront(answer: (req: IncomingMessage, res: ServerResponse, index: number) => void) {
     let index = 0;
+    let handshakes = 0;
     let inFlight = 0;
     let maxInFlight = 0;
     const http = createHttpServer((req, res) => {
@@ -1097,6 +1098,7 @@ describe('a plain-http registry reached with TLS verification off (the scheme fo
       socket.on('error', () => undefined);
       socket.once('data', (first: Buffer) => {
         if (first[0] === 0x16) {
+          handshakes++;
           socket.end('HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
           return;
         }
@@ -1108,6 +1110,8 @@ describe('a plain-http registry reached with TLS verification off (the scheme fo
     return {
       host: `127.0.0.1:${(front.address() as AddressInfo).port}`,
       maxInFlight: () => maxInFlight,
+      handshakes: () => handshakes,
+      httpRequests: () => index,
       stop: async () => {
         for (const socket of sockets) socket.destroy();
         await new Promise((resolve) => front.close(resolve));
@@ -1161,6 +1165,30 @@ describe('a plain-http registry reached with TLS verification off (the scheme fo
         expect(error).toMatch(/HEAD blob sha256:\d+/);
       }
       expect(new Set(errors.map((e) => e.replace(/sha256:\d+/, '')))).toHaveProperty('size', 1);
+    } finally {
+      await c.close();
+      await front.stop();
+    }
+  });
+
+  it('50 lookups beside probes whose http try is refused: each goes beside a probe once, then waits (no storm)', async () => {
+    // Each probe's failure ends one lookup; the others go on. Sent beside every later probe too, they would
+    // cost n²/2 clear-text requests; waiting for the later probes' answers, as before lookups went beside,
+    // each costs at most its own probe and one request beside the first one.
+    const front = await plainHttpFront(
+      (_req, res) => void res.writeHead(400, { 'content-length': '0' }).end(),
+    );
+    const c = probeClient(front.host);
+    const lookups = 50;
+    const many = Array.from({ length: lookups }, (_, i) => `sha256:${i.toString(16).padStart(64, '0')}`);
+    try {
+      const errors = await Promise.all(
+        many.map((d) => c.headBlob('probe/app', d).then(() => 'found', (e: unknown) => String(e))),
+      );
+      for (const error of errors) expect(error).toMatch(/answered plain http, not https/);
+      expect(front.handshakes()).toBe(lookups);
+      expect(front.httpRequests()).toBe(2 * lookups - 1);
+      expect(c.stats.retries).toBe(0);
     } finally {
       await c.close();
       await front.stop();
