@@ -1183,7 +1183,12 @@ describe('a plain-http registry reached with TLS verification off (the scheme fo
     const many = Array.from({ length: lookups }, (_, i) => `sha256:${i.toString(16).padStart(64, '0')}`);
     try {
       const errors = await Promise.all(
-        many.map((d) => c.headBlob('probe/app', d).then(() => 'found', (e: unknown) => String(e))),
+        many.map((d) =>
+          c.headBlob('probe/app', d).then(
+            () => 'found',
+            (e: unknown) => String(e),
+          ),
+        ),
       );
       for (const error of errors) expect(error).toMatch(/answered plain http, not https/);
       expect(front.handshakes()).toBe(lookups);
