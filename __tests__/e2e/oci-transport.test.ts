@@ -1171,6 +1171,30 @@ describe('a plain-http registry reached with TLS verification off (the scheme fo
     }
   });
 
+  it("a probe whose http try is reset is retried like any reset: the lookups and the probe's own request find their answers", async () => {
+    // The registry answered the handshake in plain http, so it is in insecure-registries as it should be:
+    // 'add it to insecure-registries' is no answer to a reset of the next connection.
+    const front = await plainHttpFront((req, res, index) => {
+      if (index === 0) return void req.socket.destroy();
+      res.writeHead(404, { 'content-length': '0' }).end();
+    });
+    const c = new RegistryClient({
+      registry: front.host,
+      tlsVerify: false,
+      retryBaseDelayMs: 10,
+      timeoutMs: 10_000,
+    });
+    try {
+      expect(await Promise.all(digests.map((d) => c.headBlob('probe/app', d)))).toEqual(
+        digests.map(() => undefined),
+      );
+      expect(c.stats.retries).toBe(1);
+    } finally {
+      await c.close();
+      await front.stop();
+    }
+  });
+
   it('50 lookups beside probes whose http try is refused: each goes beside a probe once, then waits (no storm)', async () => {
     // Each probe's failure ends one lookup; the others go on. Sent beside every later probe too, they would
     // cost n²/2 clear-text requests; waiting for the later probes' answers, as before lookups went beside,

@@ -369,12 +369,9 @@ export class RegistryTransport {
       // text to whatever listens there; the https failure is retried (or reported) instead.
       if (!isPlainHttpAnswer(httpsError)) throw httpsError;
       onPlainHttp();
-      try {
-        response = await this.dispatchOn(probeSpec, authorization, 'http:');
-      } catch {
-        // Neither answered: the https failure is the one to report (and retry).
-        throw httpsError;
-      }
+      // The http try's own failure (a reset, a timeout) is retried as such; the next try probes again. Reported
+      // as the https failure it would read "answered plain http: add it to insecure-registries", not retried.
+      response = await this.dispatchOn(probeSpec, authorization, 'http:');
       if (response.status === 400) {
         // What an https server says to plain http ("Client sent an HTTP request to an HTTPS server").
         await response.drain();
