@@ -271,6 +271,30 @@ describe('credentials stay with the registry (htpasswd)', () => {
     expect(foreign.records.map((rec) => `${rec.kind} ${rec.authorized}`)).toEqual(['upload-put false']);
   });
 
+  it('insecure-registries, plain http: a reset of the first request is retried; credentials only after the scheme is known', async () => {
+    // The relay (a node http server) answers a TLS handshake with an HTTP 400, as docker-registry's own would.
+    // The reset hits the probe's http try while lookups for the other blobs go beside it.
+    let dropped = false;
+    const r = await relay({
+      target: registry.host,
+      fault: () => (dropped ? undefined : ((dropped = true), { drop: 'mid-body' })),
+    });
+    const c = client(r.host, { insecure: false, tlsVerify: false, credentials: creds() });
+    try {
+      await Promise.all(layout.blobs.map((b) => c.headBlob('reset-http/app', b.digest)));
+      await c.uploadBlob('reset-http/app', blob);
+      expect(await c.headBlob('reset-http/app', blob.digest)).toEqual({ size: blob.size });
+      expect(c.stats.retries).toBe(1);
+      expect(r.records[0]).toMatchObject({ status: 0, authorized: false });
+      expect(r.count('upload-put')).toBe(1);
+      // Every request before the registry's first answer went without credentials.
+      const firstAnswer = r.records.findIndex((rec) => rec.status === 401);
+      expect(r.records.slice(0, firstAnswer + 1).filter((rec) => rec.authorized)).toEqual([]);
+    } finally {
+      await c.close();
+    }
+  });
+
   it("a redirect target's 401 is not the registry's challenge: its token realm never sees the credentials", async () => {
     // Storage on another origin (plain http) answers the redirected blob GET with a Bearer challenge naming a
     // realm of its own: whoever sits on that leg would collect the password from the token request.
