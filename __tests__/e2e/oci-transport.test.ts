@@ -271,6 +271,30 @@ describe('credentials stay with the registry (htpasswd)', () => {
     expect(foreign.records.map((rec) => `${rec.kind} ${rec.authorized}`)).toEqual(['upload-put false']);
   });
 
+  it('insecure-registries, plain http: a reset of the first request is retried; credentials only after the scheme is known', async () => {
+    // The relay (a node http server) answers a TLS handshake with an HTTP 400, as docker-registry's own would.
+    // The reset hits the probe's http try while lookups for the other blobs go beside it.
+    let dropped = false;
+    const r = await relay({
+      target: registry.host,
+      fault: () => (dropped ? undefined : ((dropped = true), { drop: 'mid-body' })),
+    });
+    const c = client(r.host, { insecure: false, tlsVerify: false, credentials: creds() });
+    try {
+      await Promise.all(layout.blobs.map((b) => c.headBlob('reset-http/app', b.digest)));
+      await c.uploadBlob('reset-http/app', blob);
+      expect(await c.headBlob('reset-http/app', blob.digest)).toEqual({ size: blob.size });
+      expect(c.stats.retries).toBe(1);
+      expect(r.records[0]).toMatchObject({ status: 0, authorized: false });
+      expect(r.count('upload-put')).toBe(1);
+      // Every request before the registry's first answer went without credentials.
+      const firstAnswer = r.records.findIndex((rec) => rec.status === 401);
+      expect(r.records.slice(0, firstAnswer + 1).filter((rec) => rec.authorized)).toEqual([]);
+    } finally {
+      await c.close();
+    }
+  });
+
   it("a redirect target's 401 is not the registry's challenge: its token realm never sees the credentials", async () => {
     // Storage on another origin (plain http) answers the redirected blob GET with a Bearer challenge naming a
     // realm of its own: whoever sits on that leg would collect the password from the token request.
@@ -1124,6 +1148,7 @@ describe('a plain-http registry reached with TLS verification off (the scheme fo
    */
   async function plainHttpFront(answer: (req: IncomingMessage, res: ServerResponse, index: number) => void) {
     let index = 0;
+    let handshakes = 0;
     let inFlight = 0;
     let maxInFlight = 0;
     const http = createHttpServer((req, res) => {
@@ -1138,6 +1163,7 @@ describe('a plain-http registry reached with TLS verification off (the scheme fo
       socket.on('error', () => undefined);
       socket.once('data', (first: Buffer) => {
         if (first[0] === 0x16) {
+          handshakes++;
           socket.end('HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
           return;
         }
@@ -1149,6 +1175,8 @@ describe('a plain-http registry reached with TLS verification off (the scheme fo
     return {
       host: `127.0.0.1:${(front.address() as AddressInfo).port}`,
       maxInFlight: () => maxInFlight,
+      handshakes: () => handshakes,
+      httpRequests: () => index,
       stop: async () => {
         for (const socket of sockets) socket.destroy();
         await new Promise((resolve) => front.close(resolve));
@@ -1202,6 +1230,59 @@ describe('a plain-http registry reached with TLS verification off (the scheme fo
         expect(error).toMatch(/HEAD blob sha256:\d+/);
       }
       expect(new Set(errors.map((e) => e.replace(/sha256:\d+/, '')))).toHaveProperty('size', 1);
+    } finally {
+      await c.close();
+      await front.stop();
+    }
+  });
+
+  it("a probe whose http try is reset is retried like any reset: the lookups and the probe's own request find their answers", async () => {
+    // The registry answered the handshake in plain http, so it is in insecure-registries as it should be:
+    // 'add it to insecure-registries' is no answer to a reset of the next connection.
+    const front = await plainHttpFront((req, res, index) => {
+      if (index === 0) return void req.socket.destroy();
+      res.writeHead(404, { 'content-length': '0' }).end();
+    });
+    const c = new RegistryClient({
+      registry: front.host,
+      tlsVerify: false,
+      retryBaseDelayMs: 10,
+      timeoutMs: 10_000,
+    });
+    try {
+      expect(await Promise.all(digests.map((d) => c.headBlob('probe/app', d)))).toEqual(
+        digests.map(() => undefined),
+      );
+      expect(c.stats.retries).toBe(1);
+    } finally {
+      await c.close();
+      await front.stop();
+    }
+  });
+
+  it('50 lookups beside probes whose http try is refused: each goes beside a probe once, then waits (no storm)', async () => {
+    // Each probe's failure ends one lookup; the others go on. Sent beside every later probe too, they would
+    // cost n²/2 clear-text requests; waiting for the later probes' answers, as before lookups went beside,
+    // each costs at most its own probe and one request beside the first one.
+    const front = await plainHttpFront(
+      (_req, res) => void res.writeHead(400, { 'content-length': '0' }).end(),
+    );
+    const c = probeClient(front.host);
+    const lookups = 50;
+    const many = Array.from({ length: lookups }, (_, i) => `sha256:${i.toString(16).padStart(64, '0')}`);
+    try {
+      const errors = await Promise.all(
+        many.map((d) =>
+          c.headBlob('probe/app', d).then(
+            () => 'found',
+            (e: unknown) => String(e),
+          ),
+        ),
+      );
+      for (const error of errors) expect(error).toMatch(/answered plain http, not https/);
+      expect(front.handshakes()).toBe(lookups);
+      expect(front.httpRequests()).toBe(2 * lookups - 1);
+      expect(c.stats.retries).toBe(0);
     } finally {
       await c.close();
       await front.stop();

@@ -303,13 +303,18 @@ export class RegistryTransport {
   /**
    * One try. While an unverified registry's scheme is unknown, the first request to it tries https and, when
    * that fails, the same request over http (a streamed body cannot be sent twice: it waits for a probe). Other
-   * requests wait for its answer; lookups only for its handshake (besideProbe).
+   * requests wait for its answer; lookups only for its handshake (besideProbe), once: a lookup sent beside
+   * every probe would cost n²/2 clear-text requests when each probe's http try is refused in turn.
    */
-  private async dispatch(spec: RequestSpec, authorization: string | undefined): Promise<RegistryResponse> {
+  private async dispatch(
+    spec: RequestSpec,
+    authorization: string | undefined,
+    beside = true,
+  ): Promise<RegistryResponse> {
     while (this.schemeUnknown && this.isRegistryUrl(spec.url)) {
       if (this.schemeProbe) {
         const probe = this.schemeProbe;
-        const lookup = (spec.method === 'GET' || spec.method === 'HEAD') && spec.body === undefined;
+        const lookup = beside && (spec.method === 'GET' || spec.method === 'HEAD') && spec.body === undefined;
         if (lookup && (await probe.plainHttp)) return this.besideProbe(spec, authorization, probe);
         await probe.answer.catch(() => undefined);
         continue;
@@ -343,7 +348,7 @@ export class RegistryTransport {
       (response) => response.drain(),
       () => undefined,
     );
-    return this.dispatch(spec, authorization);
+    return this.dispatch(spec, authorization, false);
   }
 
   private async probeScheme(
@@ -364,12 +369,9 @@ export class RegistryTransport {
       // text to whatever listens there; the https failure is retried (or reported) instead.
       if (!isPlainHttpAnswer(httpsError)) throw httpsError;
       onPlainHttp();
-      try {
-        response = await this.dispatchOn(probeSpec, authorization, 'http:');
-      } catch {
-        // Neither answered: the https failure is the one to report (and retry).
-        throw httpsError;
-      }
+      // The http try's own failure (a reset, a timeout) is retried as such; the next try probes again. Reported
+      // as the https failure it would read "answered plain http: add it to insecure-registries", not retried.
+      response = await this.dispatchOn(probeSpec, authorization, 'http:');
       if (response.status === 400) {
         // What an https server says to plain http ("Client sent an HTTP request to an HTTPS server").
         await response.drain();
