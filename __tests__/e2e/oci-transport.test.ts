@@ -13,6 +13,7 @@ import {
   truncateSync,
   writeFileSync,
 } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
@@ -970,6 +971,24 @@ describe('a blob file that changes or fails while it is uploaded', () => {
       expect(c.stats.retries).toBe(0);
       expect(seen.filter((line) => line === 'PATCH 8')).toHaveLength(2);
       expect(seen.filter((line) => line.startsWith('PUT'))).toEqual([]);
+    } finally {
+      await c.close();
+      await s.stop();
+    }
+  });
+
+  it('a FIFO where the blob file should be fails the upload at once, saying it is no regular file', async () => {
+    const path = join(mkdtempSync(join(work, 'fifo-')), 'blob');
+    execFileSync('mkfifo', [path]);
+    const { s, seen } = await uploads();
+    const c = client(s.host);
+    try {
+      const error = await c
+        .uploadBlob('raw/app', { path, size: 24, digest: digestOf(Buffer.alloc(24)) })
+        .catch((e: unknown) => e);
+      expect(String(error)).toBe(`Error: cannot read ${path}: not a regular file.`);
+      expect(c.stats.retries).toBe(0);
+      expect(seen.filter((line) => line.startsWith('PUT') && line !== 'PUT 0')).toEqual([]);
     } finally {
       await c.close();
       await s.stop();

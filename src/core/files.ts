@@ -11,6 +11,9 @@ export async function pathExists(path: string): Promise<boolean> {
   }
 }
 
+/** The code of fileChunks' refusal of a FIFO or device: a local file problem, like node's ENOENT or EISDIR. */
+export const NOT_A_REGULAR_FILE = 'ERR_NOT_A_REGULAR_FILE';
+
 /** What one read asks for: large reads mean fewer, bigger writes to a socket or pipe downstream. */
 const FILE_CHUNK = 1024 * 1024;
 
@@ -43,8 +46,11 @@ export async function* fileChunks(
     // A FIFO or character device has no end a digest or a declared size could rely on (/dev/zero never ends);
     // a directory goes on to fail its first read with EISDIR, as node words it.
     const info = await file.stat();
-    if (info.isFIFO() || info.isCharacterDevice())
-      throw new Error(`cannot read ${path}: not a regular file.`);
+    if (info.isFIFO() || info.isCharacterDevice()) {
+      throw Object.assign(new Error(`cannot read ${path}: not a regular file.`), {
+        code: NOT_A_REGULAR_FILE,
+      });
+    }
     const buffer = Buffer.allocUnsafeSlow(Math.min(chunkSize, end - start));
     for (let at = start; at < end;) {
       let filled = 0;

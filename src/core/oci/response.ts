@@ -6,6 +6,7 @@ import type { Readable } from 'node:stream';
 import { STATUS_CODES } from 'node:http';
 import { DecoratorHandler, type Dispatcher } from 'undici';
 import { parseOciError, RegistryError } from './errors.js';
+import { NOT_A_REGULAR_FILE } from '../files.js';
 import { withoutSecrets } from '../secrets.js';
 import { TransientError } from './retry.js';
 
@@ -125,7 +126,15 @@ export async function failureMessage(
   return { text: externalText(`${what}: HTTP ${response.status} ${detail}`), code: oci.code };
 }
 
-const LOCAL_FILE_CODES = new Set(['ENOENT', 'EACCES', 'EISDIR', 'ENOSPC', 'EROFS', 'EMFILE']);
+const LOCAL_FILE_CODES = new Set([
+  'ENOENT',
+  'EACCES',
+  'EISDIR',
+  'ENOSPC',
+  'EROFS',
+  'EMFILE',
+  NOT_A_REGULAR_FILE,
+]);
 
 /**
  * What a failed try means: a local file problem (will not fix itself) stays as it is; anything else that went
