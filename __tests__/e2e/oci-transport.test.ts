@@ -1203,6 +1203,16 @@ describe('a plain-http registry reached with TLS verification off (the scheme fo
     };
   }
   const digests = [1, 2, 3, 4].map((i) => `sha256:${String(i).repeat(64)}`);
+  /** Each lookup's outcome: 'found', or its error as text. */
+  const lookupOutcomes = (c: RegistryClient, list: readonly string[]) =>
+    Promise.all(
+      list.map((d) =>
+        c.headBlob('probe/app', d).then(
+          () => 'found',
+          (e: unknown) => String(e),
+        ),
+      ),
+    );
   const probeClient = (host: string) =>
     new RegistryClient({ registry: host, tlsVerify: false, retries: 0, timeoutMs: 10_000 });
 
@@ -1236,14 +1246,7 @@ describe('a plain-http registry reached with TLS verification off (the scheme fo
     );
     const c = probeClient(front.host);
     try {
-      const errors = await Promise.all(
-        digests.map((d) =>
-          c.headBlob('probe/app', d).then(
-            () => 'found',
-            (e: unknown) => String(e),
-          ),
-        ),
-      );
+      const errors = await lookupOutcomes(c, digests);
       for (const error of errors) {
         expect(error).not.toMatch(/HTTP 400/);
         expect(error).toMatch(/HEAD blob sha256:\d+/);
@@ -1290,14 +1293,7 @@ describe('a plain-http registry reached with TLS verification off (the scheme fo
     const lookups = 50;
     const many = Array.from({ length: lookups }, (_, i) => `sha256:${i.toString(16).padStart(64, '0')}`);
     try {
-      const errors = await Promise.all(
-        many.map((d) =>
-          c.headBlob('probe/app', d).then(
-            () => 'found',
-            (e: unknown) => String(e),
-          ),
-        ),
-      );
+      const errors = await lookupOutcomes(c, many);
       for (const error of errors) expect(error).toMatch(/answered plain http, not https/);
       expect(front.handshakes()).toBe(lookups);
       expect(front.httpRequests()).toBe(2 * lookups - 1);
