@@ -493,6 +493,35 @@ describe('a server that goes silent, or words its status itself (a raw http serv
     }
   });
 
+  it("a proxy's error page is told by its title (nginx refusing a request without a client certificate), flattened", async () => {
+    // nginx's own page, byte for byte, when `ssl_verify_client on` gets no certificate.
+    const nginx =
+      '<html>\r\n<head><title>400 No required SSL certificate was sent</title></head>\r\n<body>\r\n' +
+      '<center><h1>400 Bad Request</h1></center>\r\n<center>No required SSL certificate was sent</center>\r\n' +
+      '<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n';
+    const hostile = `<html><title>\n::error::forged ${'x'.repeat(1000)}</title></html>`;
+    const plain = '<html><head><title>404 Not Found</title></head></html>';
+    const s = await rawServer((req, res) => {
+      const page = req.url?.endsWith('/nginx') ? nginx : req.url?.endsWith('/hostile') ? hostile : plain;
+      res.writeHead(req.url?.endsWith('/plain') ? 404 : 400, { 'content-type': 'text/html' }).end(page);
+    });
+    try {
+      expect(await failure(s.host, (c) => c.getManifest('raw/app', 'nginx'))).toMatch(
+        /GET manifest raw\/app:nginx: HTTP 400 Bad Request \(its page says "400 No required SSL certificate was sent"\)$/,
+      );
+      const forged = await failure(s.host, (c) => c.getManifest('raw/app', 'hostile'));
+      expect(forged).toMatch(/HTTP 400 Bad Request \(its page says ":: ?error::forged x+…/);
+      expect(forged).not.toMatch(/\n/);
+      expect(forged.length).toBeLessThan(300);
+      // A page that only repeats the status adds nothing.
+      expect(await failure(s.host, (c) => c.getManifest('raw/app', 'plain'))).toMatch(
+        /GET manifest raw\/app:plain: HTTP 404 Not Found$/,
+      );
+    } finally {
+      await s.stop();
+    }
+  });
+
   it('a manifest whose body is cut is asked for again; one that trickles past the deadline says which request it was', async () => {
     const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociManifest }));
     let gets = 0;

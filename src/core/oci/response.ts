@@ -122,8 +122,21 @@ export async function failureMessage(
     // keep the status line
   }
   const oci = parseOciError(body);
-  const detail = oci.code ? `${oci.code}: ${oci.message ?? ''}` : response.statusText;
+  const title = oci.code ? undefined : pageTitle(body);
+  const detail = oci.code
+    ? `${oci.code}: ${oci.message ?? ''}`
+    : title && title !== `${response.status} ${response.statusText}`
+      ? `${response.statusText} (its page says "${externalText(title, 100)}")`
+      : response.statusText;
   return { text: externalText(`${what}: HTTP ${response.status} ${detail}`), code: oci.code };
+}
+
+/**
+ * The title of an HTML error page: what a proxy in front of the registry says (nginx answers a missing client
+ * certificate with 400 and "No required SSL certificate was sent"), where the status alone says nothing.
+ */
+function pageTitle(body: string): string | undefined {
+  return /<title>([^<]+)<\/title>/i.exec(body)?.[1]?.trim() || undefined;
 }
 
 const LOCAL_FILE_CODES = new Set([
