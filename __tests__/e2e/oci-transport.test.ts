@@ -8,6 +8,7 @@ import {
   mkdirSync,
   mkdtempSync,
   readdirSync,
+  readFileSync,
   readlinkSync,
   rmSync,
   truncateSync,
@@ -17,6 +18,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RegistryClient, type RegistryClientOptions } from '../../src/core/oci/client.js';
@@ -25,6 +27,7 @@ import { MediaType } from '../../src/core/oci/media-types.js';
 import { generateLayout, type BlobInfo, type GeneratedLayout } from '../support/oci-layout.js';
 import { startProxy, type CountingProxy, type ProxyOptions } from '../support/proxy.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
+import { makeTestCa } from '../support/test-ca.js';
 
 let work: string;
 let layout: GeneratedLayout;
@@ -406,6 +409,46 @@ describe('an insecure https registry whose first TLS connection is reset', () =>
       }
     },
   );
+
+  it('a TLS 1.2 server refusing a missing client certificate (handshake_failure) is told once, with the certs.d hint', async () => {
+    // OpenSSL-based servers (HAProxy, stunnel, node) say it so in TLS 1.2; TLS 1.3 has certificate_required.
+    const ca = makeTestCa(mkdtempSync(join(work, 'tls12-')));
+    let handshakes = 0;
+    const server = createTlsServer(
+      {
+        key: readFileSync(ca.serverKey),
+        cert: readFileSync(ca.serverCert),
+        ca: readFileSync(ca.caCert),
+        requestCert: true,
+        rejectUnauthorized: true,
+        maxVersion: 'TLSv1.2',
+      },
+      (socket) => socket.end('HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n'),
+    );
+    server.on('tlsClientError', () => handshakes++);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const host = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const c = new RegistryClient({
+      registry: host,
+      tlsVerify: false,
+      retryBaseDelayMs: 10,
+      timeoutMs: 10_000,
+    });
+    try {
+      const error = String(await c.headBlob('tls12/app', blob.digest).catch((e: unknown) => e));
+      expect(error).toMatch(
+        new RegExp(
+          `^RegistryError: HEAD blob \\S+ in tls12/app: the TLS handshake with ${host} failed \\([^\\n]*alert handshake failure[^\\n]*\\): ` +
+            `if it requires a TLS client certificate, put the certificate and key as client\\.cert and client\\.key in .*${host}/ .*; ` +
+            'otherwise it shares no TLS version or cipher with this client\\.$',
+        ),
+      );
+      expect({ retries: c.stats.retries, handshakes }).toEqual({ retries: 0, handshakes: 1 });
+    } finally {
+      await c.close();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
 
   it('retries https and never falls back to plain http (where something else answers on the same port)', async () => {
     // One port, two listeners as a front server might have them: TLS goes to the registry, plain http gets a

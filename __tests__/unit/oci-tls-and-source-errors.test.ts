@@ -111,6 +111,10 @@ describe('TLS failures in words', () => {
       /r:1 answered plain http, not https: add r:1 to insecure-registries \(or set tls-verify: false\)\./,
     ],
     [
+      'ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE',
+      /the TLS handshake with r:1 failed \(boom .*\): if it requires a TLS client certificate, put .*client\.cert and client\.key in \/etc\/containers\/certs\.d\/r:1\/ .*; otherwise it shares no TLS version or cipher/,
+    ],
+    [
       'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED',
       /r:1 requires a TLS client certificate .*client\.cert and client\.key in \/etc\/containers\/certs\.d\/r:1\//,
     ],

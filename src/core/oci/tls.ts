@@ -154,6 +154,12 @@ const CLIENT_CERT_REFUSED = new Set([
   'ERR_SSL_TLSV1_ALERT_ACCESS_DENIED',
 ]);
 
+/**
+ * TLS 1.2's way of refusing a missing client certificate (OpenSSL-based servers: HAProxy, stunnel, node), and
+ * also of finding no TLS version or cipher in common: never fixed by another try.
+ */
+const HANDSHAKE_FAILURE = new Set(['ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE']);
+
 function tlsErrorCode(error: unknown): string | undefined {
   for (let e = error as { code?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 4; depth++) {
     if (typeof e.code === 'string') return e.code;
@@ -189,7 +195,7 @@ export function tlsFailure(
 ): RegistryError | undefined {
   const code = tlsErrorCode(error);
   if (!code) return undefined;
-  const detail = error instanceof Error ? error.message : String(error);
+  const detail = (error instanceof Error ? error.message : String(error)).replace(/\s+/g, ' ').trim();
   const dirs = certDirCandidates(registry);
   if (UNTRUSTED_CERTIFICATE.has(code) || INVALID_CERTIFICATE.has(code)) {
     const trust = material?.ca.length
@@ -210,6 +216,14 @@ export function tlsFailure(
       ? `it refused the client certificate ${material.clientCert.certFile}`
       : `put the certificate and key as client.cert and client.key in ${dirs[1]}/ (or ${dirs[0]})`;
     return new RegistryError(`${what}: ${registry} requires a TLS client certificate (${detail}): ${sent}.`);
+  }
+  if (HANDSHAKE_FAILURE.has(code)) {
+    const cert = material?.clientCert
+      ? `it may have refused the client certificate ${material.clientCert.certFile}`
+      : `if it requires a TLS client certificate, put the certificate and key as client.cert and client.key in ${dirs[1]}/ (or ${dirs[0]})`;
+    return new RegistryError(
+      `${what}: the TLS handshake with ${registry} failed (${detail}): ${cert}; otherwise it shares no TLS version or cipher with this client.`,
+    );
   }
   return undefined;
 }
