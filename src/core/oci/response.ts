@@ -106,8 +106,15 @@ async function readLimited(body: Readable, limit: number, what: string): Promise
 export function externalText(text: string, max = 200): string {
   // Secrets out before the cut: a cut secret is a prefix no mask matches.
   const flat = withoutSecrets(text);
-  // eslint-disable-next-line no-control-regex
-  const line = flat.replace(/[\u0000-\u001f\u007f\u2028\u2029]+/g, ' ').trim();
+  // Invisible format characters (bidi overrides that show a line reordered, zero-width ones) go without a trace;
+  // controls, C1 included (U+009B is CSI to some terminals), become spaces. Masked again after: taking out what
+  // sat inside a secret must not put it back together.
+  const line = withoutSecrets(
+    flat
+      .replace(/\p{Cf}+/gu, '')
+      .replace(/[\p{Cc}\u2028\u2029]+/gu, ' ')
+      .trim(),
+  );
   return line.length > max ? `${line.slice(0, max)}…` : line;
 }
 
