@@ -22,6 +22,7 @@ import { join } from 'node:path';
 import { RegistryClient, type RegistryClientOptions } from '../../src/core/oci/client.js';
 import { digestFile, digestOf } from '../../src/core/oci/digest.js';
 import { MediaType } from '../../src/core/oci/media-types.js';
+import { registerSecret } from '../../src/core/secrets.js';
 import { generateLayout, type BlobInfo, type GeneratedLayout } from '../support/oci-layout.js';
 import { startProxy, type CountingProxy, type ProxyOptions } from '../support/proxy.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
@@ -517,6 +518,32 @@ describe('a server that goes silent, or words its status itself (a raw http serv
       expect(await failure(s.host, (c) => c.getManifest('raw/app', 'plain'))).toMatch(
         /GET manifest raw\/app:plain: HTTP 404 Not Found$/,
       );
+    } finally {
+      await s.stop();
+    }
+  });
+
+  it("a page's title is found however its tag is written, read as text (entities decoded, spaces folded), and masked", async () => {
+    registerSecret('pa&ss<w0rd>');
+    const pages: Record<string, string> = {
+      // Apache and IIS write the tag in capitals; some pages give it attributes or a space before '>'.
+      upper: '<HTML><HEAD><TITLE >Service Unavailable &#8212; maintenance</TITLE ></HEAD></HTML>',
+      attrs: '<html><title lang="en" dir="ltr">Access denied &amp; logged</title></html>',
+      // A page escapes what it echoes: the secret it quotes is the secret, entities or not.
+      echo: '<title>Bad login pa&amp;ss&lt;w0rd&gt;&#x1b;[31m &constructor;</title>',
+      folded: '<title>\r\n  400\r\n  Bad   Request\r\n</title>',
+    };
+    const s = await rawServer((req, res) => {
+      res.writeHead(400, { 'content-type': 'text/html' }).end(pages[req.url!.split('/').pop()!]);
+    });
+    try {
+      const says = (tag: string) => failure(s.host, (c) => c.getManifest('raw/app', tag));
+      expect(await says('upper')).toMatch(
+        /HTTP 400 Bad Request \(its page says "Service Unavailable — maintenance"\)$/,
+      );
+      expect(await says('attrs')).toMatch(/HTTP 400 Bad Request \(its page says "Access denied & logged"\)$/);
+      expect(await says('echo')).toMatch(/HTTP 400 Bad Request \(its page says "Bad login \*\*\* \[31m &constructor;"\)$/);
+      expect(await says('folded')).toMatch(/GET manifest raw\/app:folded: HTTP 400 Bad Request$/);
     } finally {
       await s.stop();
     }

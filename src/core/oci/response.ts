@@ -143,7 +143,31 @@ export async function failureMessage(
  * certificate with 400 and "No required SSL certificate was sent"), where the status alone says nothing.
  */
 function pageTitle(body: string): string | undefined {
-  return /<title>([^<]+)<\/title>/i.exec(body)?.[1]?.trim() || undefined;
+  // [^<>] keeps the search linear on a body of unclosed '<title' tags. Entities are decoded so a secret the page
+  // quotes escaped is the secret the masks know; spaces are folded so a wrapped "400 Bad Request" still repeats.
+  const raw = /<title\b[^<>]*>([^<]+)<\/title\s*>/i.exec(body)?.[1];
+  return raw && decodeEntities(raw).replace(/\s+/g, ' ').trim();
+}
+
+// A Map, not an object: '&constructor;' must not find Object.prototype's.
+const NAMED_ENTITIES: ReadonlyMap<string, string> = new Map([
+  ['amp', '&'],
+  ['lt', '<'],
+  ['gt', '>'],
+  ['quot', '"'],
+  ['apos', "'"],
+  ['nbsp', ' '],
+]);
+
+function decodeEntities(text: string): string {
+  return text.replace(
+    /&(?:#(\d{1,7})|#x([\da-f]{1,6})|([a-z]+));/gi,
+    (entity, dec?: string, hex?: string, name?: string) => {
+      if (name) return NAMED_ENTITIES.get(name.toLowerCase()) ?? entity;
+      const code = dec ? Number(dec) : parseInt(hex!, 16);
+      return code <= 0x10ffff ? String.fromCodePoint(code) : entity;
+    },
+  );
 }
 
 const LOCAL_FILE_CODES = new Set([
