@@ -542,7 +542,9 @@ describe('a server that goes silent, or words its status itself (a raw http serv
         /HTTP 400 Bad Request \(its page says "Service Unavailable — maintenance"\)$/,
       );
       expect(await says('attrs')).toMatch(/HTTP 400 Bad Request \(its page says "Access denied & logged"\)$/);
-      expect(await says('echo')).toMatch(/HTTP 400 Bad Request \(its page says "Bad login \*\*\* \[31m &constructor;"\)$/);
+      expect(await says('echo')).toMatch(
+        /HTTP 400 Bad Request \(its page says "Bad login \*\*\* \[31m &constructor;"\)$/,
+      );
       expect(await says('folded')).toMatch(/GET manifest raw\/app:folded: HTTP 400 Bad Request$/);
     } finally {
       await s.stop();
@@ -1033,23 +1035,44 @@ describe('a blob file that changes or fails while it is uploaded', () => {
     }
   });
 
-  it('a FIFO where the blob file should be fails the upload at once, saying it is no regular file', async () => {
-    const path = join(mkdtempSync(join(work, 'fifo-')), 'blob');
-    execFileSync('mkfifo', [path]);
-    const { s, seen } = await uploads();
-    const c = client(s.host);
-    try {
-      const error = await c
-        .uploadBlob('raw/app', { path, size: 24, digest: digestOf(Buffer.alloc(24)) })
-        .catch((e: unknown) => e);
-      expect(String(error)).toBe(`Error: cannot read ${path}: not a regular file.`);
-      expect(c.stats.retries).toBe(0);
-      expect(seen.filter((line) => line.startsWith('PUT') && line !== 'PUT 0')).toEqual([]);
-    } finally {
-      await c.close();
-      await s.stop();
-    }
-  });
+  it.each<[string, (path: string) => Promise<(() => Promise<unknown>) | undefined>]>([
+    [
+      'a FIFO',
+      (path) => {
+        execFileSync('mkfifo', [path]);
+        return Promise.resolve(undefined);
+      },
+    ],
+    [
+      // open() fails with ENXIO: no network failure to try again.
+      'a socket',
+      async (path) => {
+        const server = createNetServer();
+        await new Promise<void>((resolve) => server.listen(path, resolve));
+        return () => new Promise<unknown>((resolve) => server.close(resolve));
+      },
+    ],
+  ])(
+    '%s where the blob file should be fails the upload at once, saying it is no regular file',
+    async (_, make) => {
+      const path = join(mkdtempSync(join(work, 'fifo-')), 'blob');
+      const unmake = await make(path);
+      const { s, seen } = await uploads();
+      const c = client(s.host);
+      try {
+        const error = await c
+          .uploadBlob('raw/app', { path, size: 24, digest: digestOf(Buffer.alloc(24)) })
+          .catch((e: unknown) => e);
+        expect(String(error)).toBe(`Error: cannot read ${path}: not a regular file.`);
+        expect(c.stats.retries).toBe(0);
+        expect(seen.filter((line) => line.startsWith('PUT') && line !== 'PUT 0')).toEqual([]);
+      } finally {
+        await c.close();
+        await s.stop();
+        await unmake?.();
+      }
+    },
+  );
 
   it('a file cut shorter after the first chunk fails at once, saying the local file changed (no retry can help)', async () => {
     const b = ownBlob(24);
