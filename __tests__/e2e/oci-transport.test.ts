@@ -523,7 +523,7 @@ describe('a server that goes silent, or words its status itself (a raw http serv
     }
   });
 
-  it("a page's title is found however its tag is written, read as text (entities decoded, spaces folded), and masked", async () => {
+  it("a page's title is found however its tag is written, read as text (entities decoded, spaces folded), masked, and in a page too large to read whole", async () => {
     registerSecret('pa&ss<w0rd>');
     const pages: Record<string, string> = {
       // Apache and IIS write the tag in capitals; some pages give it attributes or a space before '>'.
@@ -532,6 +532,8 @@ describe('a server that goes silent, or words its status itself (a raw http serv
       // A page escapes what it echoes: the secret it quotes is the secret, entities or not.
       echo: '<title>Bad login pa&amp;ss&lt;w0rd&gt;&#x1b;[31m &constructor;</title>',
       folded: '<title>\r\n  400\r\n  Bad   Request\r\n</title>',
+      // A filtering proxy's block page, its style and logo inline: larger than an error body may be.
+      large: `<html><head><title>Blocked by policy</title><style>${'x'.repeat(200 * 1024)}</style></head></html>`,
     };
     const s = await rawServer((req, res) => {
       res.writeHead(400, { 'content-type': 'text/html' }).end(pages[req.url!.split('/').pop()!]);
@@ -546,6 +548,7 @@ describe('a server that goes silent, or words its status itself (a raw http serv
         /HTTP 400 Bad Request \(its page says "Bad login \*\*\* \[31m &constructor;"\)$/,
       );
       expect(await says('folded')).toMatch(/GET manifest raw\/app:folded: HTTP 400 Bad Request$/);
+      expect(await says('large')).toMatch(/HTTP 400 Bad Request \(its page says "Blocked by policy"\)$/);
     } finally {
       await s.stop();
     }

@@ -102,6 +102,21 @@ async function readLimited(body: Readable, limit: number, what: string): Promise
   return Buffer.concat(chunks);
 }
 
+/**
+ * The first `limit` bytes of a body, the rest left unread (the connection is closed). For error answers: a
+ * proxy's page with its style inline can be larger than the limit, and what it says is in its head.
+ */
+async function readPrefix(body: Readable, limit: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    chunks.push(chunk as Buffer);
+    size += (chunk as Buffer).length;
+    if (size >= limit) break;
+  }
+  return Buffer.concat(chunks).subarray(0, limit);
+}
+
 /** Server text for a message: one line, printable, short. */
 export function externalText(text: string, max = 200): string {
   // Secrets out before the cut: a cut secret is a prefix no mask matches.
@@ -124,7 +139,7 @@ export async function failureMessage(
 ): Promise<{ text: string; code?: string }> {
   let body = '';
   try {
-    body = (await response.bytes(ERROR_BODY_LIMIT, what)).toString('utf8');
+    body = (await readPrefix(response.body, ERROR_BODY_LIMIT)).toString('utf8');
   } catch {
     // keep the status line
   }
