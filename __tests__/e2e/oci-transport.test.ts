@@ -24,6 +24,7 @@ import { join } from 'node:path';
 import { RegistryClient, type RegistryClientOptions } from '../../src/core/oci/client.js';
 import { digestFile, digestOf } from '../../src/core/oci/digest.js';
 import { MediaType } from '../../src/core/oci/media-types.js';
+import { registerSecret } from '../../src/core/secrets.js';
 import { generateLayout, type BlobInfo, type GeneratedLayout } from '../support/oci-layout.js';
 import { startProxy, type CountingProxy, type ProxyOptions } from '../support/proxy.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
@@ -565,6 +566,37 @@ describe('a server that goes silent, or words its status itself (a raw http serv
     }
   });
 
+  it("a page's title is found however its tag is written, read as text (entities decoded, spaces folded), masked, and in a page too large to read whole", async () => {
+    registerSecret('pa&ss<w0rd>');
+    const pages: Record<string, string> = {
+      // Apache and IIS write the tag in capitals; some pages give it attributes or a space before '>'.
+      upper: '<HTML><HEAD><TITLE >Service Unavailable &#8212; maintenance</TITLE ></HEAD></HTML>',
+      attrs: '<html><title lang="en" dir="ltr">Access denied &amp; logged</title></html>',
+      // A page escapes what it echoes: the secret it quotes is the secret, entities or not.
+      echo: '<title>Bad login pa&amp;ss&lt;w0rd&gt;&#x1b;[31m &constructor;</title>',
+      folded: '<title>\r\n  400\r\n  Bad   Request\r\n</title>',
+      // A filtering proxy's block page, its style and logo inline: larger than an error body may be.
+      large: `<html><head><title>Blocked by policy</title><style>${'x'.repeat(200 * 1024)}</style></head></html>`,
+    };
+    const s = await rawServer((req, res) => {
+      res.writeHead(400, { 'content-type': 'text/html' }).end(pages[req.url!.split('/').pop()!]);
+    });
+    try {
+      const says = (tag: string) => failure(s.host, (c) => c.getManifest('raw/app', tag));
+      expect(await says('upper')).toMatch(
+        /HTTP 400 Bad Request \(its page says "Service Unavailable — maintenance"\)$/,
+      );
+      expect(await says('attrs')).toMatch(/HTTP 400 Bad Request \(its page says "Access denied & logged"\)$/);
+      expect(await says('echo')).toMatch(
+        /HTTP 400 Bad Request \(its page says "Bad login \*\*\* \[31m &constructor;"\)$/,
+      );
+      expect(await says('folded')).toMatch(/GET manifest raw\/app:folded: HTTP 400 Bad Request$/);
+      expect(await says('large')).toMatch(/HTTP 400 Bad Request \(its page says "Blocked by policy"\)$/);
+    } finally {
+      await s.stop();
+    }
+  });
+
   it('a manifest whose body is cut is asked for again; one that trickles past the deadline says which request it was', async () => {
     const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociManifest }));
     let gets = 0;
@@ -1049,23 +1081,44 @@ describe('a blob file that changes or fails while it is uploaded', () => {
     }
   });
 
-  it('a FIFO where the blob file should be fails the upload at once, saying it is no regular file', async () => {
-    const path = join(mkdtempSync(join(work, 'fifo-')), 'blob');
-    execFileSync('mkfifo', [path]);
-    const { s, seen } = await uploads();
-    const c = client(s.host);
-    try {
-      const error = await c
-        .uploadBlob('raw/app', { path, size: 24, digest: digestOf(Buffer.alloc(24)) })
-        .catch((e: unknown) => e);
-      expect(String(error)).toBe(`Error: cannot read ${path}: not a regular file.`);
-      expect(c.stats.retries).toBe(0);
-      expect(seen.filter((line) => line.startsWith('PUT') && line !== 'PUT 0')).toEqual([]);
-    } finally {
-      await c.close();
-      await s.stop();
-    }
-  });
+  it.each<[string, (path: string) => Promise<(() => Promise<unknown>) | undefined>]>([
+    [
+      'a FIFO',
+      (path) => {
+        execFileSync('mkfifo', [path]);
+        return Promise.resolve(undefined);
+      },
+    ],
+    [
+      // open() fails with ENXIO: no network failure to try again.
+      'a socket',
+      async (path) => {
+        const server = createNetServer();
+        await new Promise<void>((resolve) => server.listen(path, resolve));
+        return () => new Promise<unknown>((resolve) => server.close(resolve));
+      },
+    ],
+  ])(
+    '%s where the blob file should be fails the upload at once, saying it is no regular file',
+    async (_, make) => {
+      const path = join(mkdtempSync(join(work, 'fifo-')), 'blob');
+      const unmake = await make(path);
+      const { s, seen } = await uploads();
+      const c = client(s.host);
+      try {
+        const error = await c
+          .uploadBlob('raw/app', { path, size: 24, digest: digestOf(Buffer.alloc(24)) })
+          .catch((e: unknown) => e);
+        expect(String(error)).toBe(`Error: cannot read ${path}: not a regular file.`);
+        expect(c.stats.retries).toBe(0);
+        expect(seen.filter((line) => line.startsWith('PUT') && line !== 'PUT 0')).toEqual([]);
+      } finally {
+        await c.close();
+        await s.stop();
+        await unmake?.();
+      }
+    },
+  );
 
   it('a file cut shorter after the first chunk fails at once, saying the local file changed (no retry can help)', async () => {
     const b = ownBlob(24);

@@ -102,6 +102,17 @@ describe('exec', () => {
     );
   });
 
+  it('a start that spawn refuses at once (E2BIG here; ENOMEM from fork takes the same path) is an ExecError with its code', async () => {
+    // Node throws these from spawn() itself rather than emitting 'error' as it does for ENOENT, EMFILE and EAGAIN:
+    // without the code, a probe could not tell a machine short of memory from an answer worth keeping.
+    const error = await exec('true', ['x'.repeat(200_000)], { timeoutMs: 1000, allowFailure: true }).catch(
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(ExecError);
+    expect((error as ExecError).spawnCode).toBe('E2BIG');
+    expect((error as ExecError).message).toMatch(/^could not run true: /);
+  });
+
   it('streams lines as they arrive and honours env and cwd', async () => {
     const lines: string[] = [];
     await exec('sh', ['-c', 'echo "$X"; pwd'], {

@@ -9,10 +9,11 @@ import {
   utimesSync,
   writeFileSync,
 } from 'node:fs';
+import { createServer } from 'node:net';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { acquireLock, LockTimeoutError, writeFileAtomic } from '../../src/core/atomic.js';
-import { fileChunks } from '../../src/core/files.js';
+import { fileChunks, NOT_A_REGULAR_FILE } from '../../src/core/files.js';
 import {
   createIsolatedAuth,
   findCredential,
@@ -276,4 +277,28 @@ describe('fileChunks', () => {
     await expect(read(fifo)).rejects.toThrow(`cannot read ${fifo}: not a regular file.`);
     await expect(read('/dev/zero')).rejects.toThrow('cannot read /dev/zero: not a regular file.');
   }, 10_000);
+
+  it('refuses a socket (open fails with ENXIO) and a block device as no regular file too, with its code', async () => {
+    const socket = join(tempDir(), 'sock');
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(socket, resolve));
+    try {
+      await expect(read(socket)).rejects.toMatchObject({
+        code: NOT_A_REGULAR_FILE,
+        message: `cannot read ${socket}: not a regular file.`,
+      });
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+    // A loop device reads as whatever it is backed by (nothing, when unused): a whole disk is no blob either.
+    const block = readdirSync('/dev')
+      .map((name) => join('/dev', name))
+      .find((path) => statSync(path, { throwIfNoEntry: false })?.isBlockDevice());
+    if (block) {
+      await expect(read(block)).rejects.toMatchObject({
+        code: NOT_A_REGULAR_FILE,
+        message: `cannot read ${block}: not a regular file.`,
+      });
+    }
+  });
 });

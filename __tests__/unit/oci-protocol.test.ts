@@ -193,4 +193,13 @@ describe('server text in messages', () => {
     expect(text).not.toContain(basic.slice(0, 8));
     expect(externalText(body, 200).length).toBeLessThanOrEqual(201);
   });
+
+  it('drops what would make a log line read differently from its bytes: C1 controls, bidi overrides, zero-width', () => {
+    // U+202E shows 'exe.gnp' as 'png.exe' (Trojan Source); U+009B is a one-byte CSI to some terminals.
+    const text = externalText('a\u202egnp.exe\u202c b\u2066c\u2069\u009b31m d\u200be\ufeff f\u061cg\u200f');
+    expect(text).toBe('agnp.exe bc 31m de fg');
+    // Taking them out cannot put back together a secret they were hiding in.
+    registerSecret('Tok3n-bidi-x7Q9x7Q9');
+    expect(externalText('echo Tok3n-bidi-\u200bx7Q9x7Q9')).toBe('echo ***');
+  });
 });

@@ -6,7 +6,7 @@
  * Every child gets `childEnv(...)` of the environment it is given: no call site can hand a tool the action's
  * inputs or a credential by forgetting to filter.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { StringDecoder } from 'node:string_decoder';
 import { signalGroup } from './process.js';
 import { registeredSecrets, SECRET_ENV_VARS } from './secrets.js';
@@ -197,14 +197,22 @@ export function exec(command: string, args: readonly string[], options: ExecOpti
   const started = Date.now();
   const name = `${command} ${args[0] ?? ''}`;
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, {
-      cwd: options.cwd,
-      env: childEnv(options.env),
-      stdio: ['pipe', 'pipe', 'pipe'],
-      detached: true,
-    });
     const couldNotRun = (e: Error) =>
       new ExecError(`could not run ${command}: ${e.message}`, undefined, (e as NodeJS.ErrnoException).code);
+    let child: ChildProcessWithoutNullStreams;
+    try {
+      child = spawn(command, args, {
+        cwd: options.cwd,
+        env: childEnv(options.env),
+        stdio: ['pipe', 'pipe', 'pipe'],
+        detached: true,
+      });
+    } catch (e) {
+      // What fork or exec refused other than ENOENT, EACCES, EAGAIN, EMFILE, ENFILE (ENOMEM, E2BIG) Node
+      // throws here instead of emitting 'error': told the same way, with its code.
+      reject(couldNotRun(e as Error));
+      return;
+    }
     if (child.pid === undefined) {
       // spawn reports EMFILE, EAGAIN and ENOENT a tick later, on a child that may have no stdio at all (EMFILE):
       // its 'error' is all there is to wait for, and unheard it would end the process.

@@ -38,19 +38,19 @@ export async function* fileChunks(
   if (end <= start) return;
   const named = (error: NodeJS.ErrnoException) =>
     Object.assign(new Error(`cannot read ${path}: ${error.message}`, { cause: error }), { code: error.code });
+  const notRegular = () =>
+    Object.assign(new Error(`cannot read ${path}: not a regular file.`), { code: NOT_A_REGULAR_FILE });
   // Non-blocking so that a FIFO does not hold a thread until someone writes to it (regular files ignore it).
+  // A socket cannot be opened at all (ENXIO): no regular file either, not a device gone missing to try again.
   const file = await open(path, constants.O_RDONLY | constants.O_NONBLOCK).catch(
-    (error: NodeJS.ErrnoException) => Promise.reject(named(error)),
+    (error: NodeJS.ErrnoException) => Promise.reject(error.code === 'ENXIO' ? notRegular() : named(error)),
   );
   try {
-    // A FIFO or character device has no end a digest or a declared size could rely on (/dev/zero never ends);
-    // a directory goes on to fail its first read with EISDIR, as node words it.
+    // A FIFO or character device has no end a digest or a declared size could rely on (/dev/zero never ends), a
+    // block device is a disk (an unused loop device reads as empty); a directory goes on to fail its first read
+    // with EISDIR, as node words it.
     const info = await file.stat();
-    if (info.isFIFO() || info.isCharacterDevice()) {
-      throw Object.assign(new Error(`cannot read ${path}: not a regular file.`), {
-        code: NOT_A_REGULAR_FILE,
-      });
-    }
+    if (!info.isFile() && !info.isDirectory()) throw notRegular();
     const buffer = Buffer.allocUnsafeSlow(Math.min(chunkSize, end - start));
     for (let at = start; at < end;) {
       let filled = 0;

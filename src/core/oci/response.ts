@@ -102,12 +102,34 @@ async function readLimited(body: Readable, limit: number, what: string): Promise
   return Buffer.concat(chunks);
 }
 
+/**
+ * The first `limit` bytes of a body, the rest left unread (the connection is closed). For error answers: a
+ * proxy's page with its style inline can be larger than the limit, and what it says is in its head.
+ */
+async function readPrefix(body: Readable, limit: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    chunks.push(chunk as Buffer);
+    size += (chunk as Buffer).length;
+    if (size >= limit) break;
+  }
+  return Buffer.concat(chunks).subarray(0, limit);
+}
+
 /** Server text for a message: one line, printable, short. */
 export function externalText(text: string, max = 200): string {
   // Secrets out before the cut: a cut secret is a prefix no mask matches.
   const flat = withoutSecrets(text);
-  // eslint-disable-next-line no-control-regex
-  const line = flat.replace(/[\u0000-\u001f\u007f\u2028\u2029]+/g, ' ').trim();
+  // Invisible format characters (bidi overrides that show a line reordered, zero-width ones) go without a trace;
+  // controls, C1 included (U+009B is CSI to some terminals), become spaces. Masked again after: taking out what
+  // sat inside a secret must not put it back together.
+  const line = withoutSecrets(
+    flat
+      .replace(/\p{Cf}+/gu, '')
+      .replace(/[\p{Cc}\u2028\u2029]+/gu, ' ')
+      .trim(),
+  );
   return line.length > max ? `${line.slice(0, max)}…` : line;
 }
 
@@ -117,7 +139,7 @@ export async function failureMessage(
 ): Promise<{ text: string; code?: string }> {
   let body = '';
   try {
-    body = (await response.bytes(ERROR_BODY_LIMIT, what)).toString('utf8');
+    body = (await readPrefix(response.body, ERROR_BODY_LIMIT)).toString('utf8');
   } catch {
     // keep the status line
   }
@@ -136,7 +158,31 @@ export async function failureMessage(
  * certificate with 400 and "No required SSL certificate was sent"), where the status alone says nothing.
  */
 function pageTitle(body: string): string | undefined {
-  return /<title>([^<]+)<\/title>/i.exec(body)?.[1]?.trim() || undefined;
+  // [^<>] keeps the search linear on a body of unclosed '<title' tags. Entities are decoded so a secret the page
+  // quotes escaped is the secret the masks know; spaces are folded so a wrapped "400 Bad Request" still repeats.
+  const raw = /<title\b[^<>]*>([^<]+)<\/title\s*>/i.exec(body)?.[1];
+  return raw && decodeEntities(raw).replace(/\s+/g, ' ').trim();
+}
+
+// A Map, not an object: '&constructor;' must not find Object.prototype's.
+const NAMED_ENTITIES: ReadonlyMap<string, string> = new Map([
+  ['amp', '&'],
+  ['lt', '<'],
+  ['gt', '>'],
+  ['quot', '"'],
+  ['apos', "'"],
+  ['nbsp', ' '],
+]);
+
+function decodeEntities(text: string): string {
+  return text.replace(
+    /&(?:#(\d{1,7})|#x([\da-f]{1,6})|([a-z]+));/gi,
+    (entity, dec?: string, hex?: string, name?: string) => {
+      if (name) return NAMED_ENTITIES.get(name.toLowerCase()) ?? entity;
+      const code = dec ? Number(dec) : parseInt(hex!, 16);
+      return code <= 0x10ffff ? String.fromCodePoint(code) : entity;
+    },
+  );
 }
 
 const LOCAL_FILE_CODES = new Set([
