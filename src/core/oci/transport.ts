@@ -373,9 +373,11 @@ export class RegistryTransport {
       // as the https failure it would read "answered plain http: add it to insecure-registries", not retried.
       response = await this.dispatchOn(probeSpec, authorization, 'http:');
       if (response.status === 400) {
-        // What an https server says to plain http ("Client sent an HTTP request to an HTTPS server").
-        await response.drain();
-        throw httpsError;
+        // Plain http both ways, and refused: not taken for the registry's scheme (what an https server says to
+        // plain http is a 400 too). Its own words tell why; the https failure's advice, "add it to
+        // insecure-registries", would be wrong: the probe runs only for registries listed there.
+        const message = await failureMessage(response, probeSpec.what);
+        throw new RegistryError(message.text, 400, message.code);
       }
       this.scheme = 'http:';
     }
