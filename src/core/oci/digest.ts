@@ -37,6 +37,11 @@ export function hashDigest(hash: Hash, expected: string): string {
 /** The digest of a file on disk (preseed-podman-vm's images, prune-simplestreams' verify). */
 export async function digestFile(path: string, algorithm = 'sha256'): Promise<string> {
   const hash = createHash(algorithm);
-  for await (const chunk of fileChunks(path)) hash.update(chunk);
+  await hashFile(hash, path);
   return `${algorithm}:${hash.digest('hex')}`;
+}
+
+/** Feeds the bytes [start, end) of a file (all of it by default) into `hash`. */
+export async function hashFile(hash: Hash, path: string, start?: number, end?: number): Promise<void> {
+  for await (const chunk of fileChunks(path, start, end)) hash.update(chunk);
 }

@@ -89,22 +89,16 @@ export const withoutPrototypeHeaderNames: Dispatcher.DispatcherComposeIntercepto
     dispatch(options, new PrototypeNameFilter(handler));
 
 async function readLimited(body: Readable, limit: number, what: string): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body) {
-    size += (chunk as Buffer).length;
-    if (size > limit) {
-      body.destroy();
-      throw new RegistryError(`${what}: the answer is larger than ${limit} bytes; refused.`);
-    }
-    chunks.push(chunk as Buffer);
-  }
-  return Buffer.concat(chunks);
+  const bytes = await readPrefix(body, limit + 1);
+  if (bytes.length > limit)
+    throw new RegistryError(`${what}: the answer is larger than ${limit} bytes; refused.`);
+  return bytes;
 }
 
 /**
- * The first `limit` bytes of a body, the rest left unread (the connection is closed). For error answers: a
- * proxy's page with its style inline can be larger than the limit, and what it says is in its head.
+ * The first `limit` bytes of a body, the rest left unread (the body is destroyed, closing the connection). For
+ * error answers: a proxy's page with its style inline can be larger than the limit, and what it says is in its
+ * head.
  */
 async function readPrefix(body: Readable, limit: number): Promise<Buffer> {
   const chunks: Buffer[] = [];

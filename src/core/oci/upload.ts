@@ -10,7 +10,7 @@
 import { stat } from 'node:fs/promises';
 import type { Hash } from 'node:crypto';
 import { fileChunks } from '../files.js';
-import { DigestMismatchError, digestOf, hashDigest, newHash, verifyDigest } from './digest.js';
+import { DigestMismatchError, digestOf, hashDigest, hashFile, newHash, verifyDigest } from './digest.js';
 import { RegistryError } from './errors.js';
 import { isValidDigest } from './reference.js';
 import { externalText, type RegistryResponse } from './response.js';
@@ -241,7 +241,7 @@ async function resumePosition(
   // The registry kept part of the failed request (or less than we thought): hash up to its offset.
   const from = offset > at.offset ? at.offset : 0;
   const hash = from === 0 ? newHash(blob.digest) : at.hash.copy();
-  await hashFileRange(blob.path, from, offset, hash);
+  await hashFile(hash, blob.path, from, offset);
   return { session, offset, hash };
 }
 
@@ -297,10 +297,6 @@ async function* fileRange(
     hash.update(chunk);
     yield chunk;
   }
-}
-
-async function hashFileRange(path: string, start: number, end: number, hash: Hash): Promise<void> {
-  for await (const chunk of fileChunks(path, start, end)) hash.update(chunk);
 }
 
 /**
