@@ -101,6 +101,8 @@ export interface ProxyOptions {
   noRanges?: boolean;
   /** Rewrites the headers of the registry's answers (e.g. the WWW-Authenticate challenge). */
   mapResponseHeaders?: (kind: RequestKind, headers: IncomingHttpHeaders) => IncomingHttpHeaders;
+  /** Holds a request (before anything else is done with it) until the promise it returns settles. */
+  hold?: (record: RequestRecord) => Promise<void> | undefined;
 }
 
 export interface CountingProxy {
@@ -182,6 +184,7 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
       reference: url.pathname.slice(url.pathname.lastIndexOf('/') + 1),
     });
     if (fault) record.fault = fault;
+    await options.hold?.(record);
     // Counted in each branch at the moment the body is consumed: a 'data' listener set earlier would start the
     // flow before the upstream pipe exists and lose the first chunks.
     const countUp = (chunk: Buffer) => (record.bytesUp += chunk.length);

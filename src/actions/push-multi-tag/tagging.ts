@@ -4,7 +4,13 @@
  * it is idempotent (phase 1 stored the manifest there already) and moves exactly the tags it names. A registry
  * that refuses the parameters (400/404/405/414/431 — the extension is not in a released spec, and registries
  * may reject unknown query parameters) or ignores them gets one PUT per tag; a 414 (URI too long: zot caps the
- * tags per request) halves the batch first.
+ * tags per request) halves the batch.
+ *
+ * Only a registry's answer tells whether it takes `?tag=`, and most ignore or refuse it (distribution and the
+ * registries built on it, GHCR, Quay, ECR). Waiting for that answer before the per-tag PUTs would cost every
+ * push to them a round trip. So while a registry's support is unknown, its multi-tag PUT goes beside one PUT
+ * per tag: the tags are set in one round trip either way, and the answer decides for the manifests tagged on
+ * that registry after it (more repositories, the `atomic: false` flow).
  */
 import type { RegistryClient } from '../../core/oci/client.js';
 import { RegistryError } from '../../core/oci/errors.js';
@@ -19,8 +25,20 @@ const MAX_TAGS_PER_PUT = 10;
 /** Answers that mean "no `?tag=` here" rather than "no manifest here". */
 const TAG_QUERY_REFUSED = new Set([400, 404, 405, 414, 431]);
 
-/** Per client: false once a registry showed it ignores or refuses `?tag=`, so later repositories skip it. */
-const multiTagSupport = new WeakMap<RegistryClient, boolean>();
+/** What a registry (one client) showed of `?tag=` so far. */
+interface MultiTagSupport {
+  /** true: it confirmed tags; false: it ignored or refused them; undefined: not known yet. */
+  confirmed?: boolean;
+  /** Tags per request: halved by every 414. */
+  batchSize: number;
+}
+const supportByClient = new WeakMap<RegistryClient, MultiTagSupport>();
+
+function supportOf(client: RegistryClient): MultiTagSupport {
+  let support = supportByClient.get(client);
+  if (!support) supportByClient.set(client, (support = { batchSize: MAX_TAGS_PER_PUT }));
+  return support;
+}
 
 export interface StoredManifest {
   digest: string;
@@ -33,11 +51,13 @@ export interface TaggingResult {
   tagged: string[];
   /** Tags that could not be set (after the transport's retries), with the reason. */
   failed: Map<string, Failure>;
-  /** Every tag was confirmed by multi-tag PUTs. */
+  /** Every tag was set by multi-tag PUTs alone. */
   multiTag: boolean;
   /** Manifest PUTs spent. */
   requests: number;
 }
+
+type Put = (reference: string, tags?: readonly string[]) => Promise<{ confirmedTags: string[] }>;
 
 export async function tagManifest(
   client: RegistryClient,
@@ -45,14 +65,69 @@ export async function tagManifest(
   manifest: StoredManifest,
   tags: readonly string[],
 ): Promise<TaggingResult> {
-  const put = (reference: string, batch: readonly string[] = []) =>
+  const put: Put = (reference, batch = []) =>
     client.putManifest(repository, reference, manifest.bytes, manifest.mediaType, batch);
+  const support = supportOf(client);
   const result: TaggingResult = { tagged: [], failed: new Map(), multiTag: false, requests: 0 };
+  if (tags.length === 0) return result;
+  if (support.confirmed === undefined) {
+    await Promise.all([probe(put, manifest, tags, support, result), onePutPerTag(put, tags, result)]);
+    return result;
+  }
+  const rest = support.confirmed ? await inBatches(put, manifest, tags, support, result) : tags;
+  await onePutPerTag(put, rest, result);
+  result.multiTag = rest.length === 0 && result.failed.size === 0;
+  return result;
+}
+
+/**
+ * The multi-tag PUT sent beside the per-tag PUTs while support is unknown: it only learns. A tag it confirms
+ * counts as set even if its own PUT failed.
+ */
+async function probe(
+  put: Put,
+  manifest: StoredManifest,
+  tags: readonly string[],
+  support: MultiTagSupport,
+  result: TaggingResult,
+): Promise<void> {
+  const batch = tags.slice(0, support.batchSize);
+  result.requests++;
+  let confirmed: string[];
+  try {
+    confirmed = (await put(manifest.digest, batch)).confirmedTags;
+  } catch (error) {
+    if (error instanceof RegistryError && TAG_QUERY_REFUSED.has(error.status ?? 0)) {
+      learnRefusal(error, batch.length, support);
+    }
+    return; // any other failure says nothing about `?tag=`; the per-tag PUTs report their own
+  }
+  const set = batch.filter((t) => confirmed.includes(t));
+  support.confirmed = set.length > 0;
+  for (const tag of set) {
+    result.failed.delete(tag);
+    if (!result.tagged.includes(tag)) result.tagged.push(tag);
+  }
+}
+
+/** A 414 halves the batch (down to one tag); any other refusal means "no `?tag=` here". */
+function learnRefusal(error: RegistryError, sent: number, support: MultiTagSupport): void {
+  if (error.status === 414 && sent > 1) support.batchSize = Math.ceil(sent / 2);
+  else support.confirmed = false;
+}
+
+/** Multi-tag PUTs on a registry that confirmed them; returns the tags still to PUT one by one. */
+async function inBatches(
+  put: Put,
+  manifest: StoredManifest,
+  tags: readonly string[],
+  support: MultiTagSupport,
+  result: TaggingResult,
+): Promise<string[]> {
   let queue = [...tags];
   const oneByOne: string[] = [];
-  let batchSize = MAX_TAGS_PER_PUT;
-  while (queue.length > 0 && multiTagSupport.get(client) !== false) {
-    const batch = queue.slice(0, batchSize);
+  while (queue.length > 0 && support.confirmed) {
+    const batch = queue.slice(0, support.batchSize);
     let confirmed: string[];
     try {
       result.requests++;
@@ -64,29 +139,26 @@ export async function tagManifest(
         queue = queue.slice(batch.length);
         continue;
       }
-      if (error.status === 414 && batch.length > 1) {
-        batchSize = Math.ceil(batch.length / 2);
-        continue;
-      }
-      multiTagSupport.set(client, false);
-      break;
+      learnRefusal(error, batch.length, support);
+      continue;
     }
     queue = queue.slice(batch.length);
     result.tagged.push(...batch.filter((t) => confirmed.includes(t)));
     oneByOne.push(...batch.filter((t) => !confirmed.includes(t)));
-    // A registry that ignores the parameters stored the manifest by digest only: no point asking again.
-    multiTagSupport.set(client, confirmed.length > 0);
+    // A registry that stops confirming stored this manifest by digest only: no point asking again.
+    if (confirmed.length === 0) support.confirmed = false;
   }
-  oneByOne.push(...queue);
-  await mapLimit(oneByOne, MANIFEST_CONCURRENCY, async (tag) => {
+  return [...oneByOne, ...queue];
+}
+
+async function onePutPerTag(put: Put, tags: readonly string[], result: TaggingResult): Promise<void> {
+  await mapLimit(tags, MANIFEST_CONCURRENCY, async (tag) => {
     result.requests++;
     try {
       await put(tag);
-      result.tagged.push(tag);
+      if (!result.tagged.includes(tag)) result.tagged.push(tag);
     } catch (error) {
-      result.failed.set(tag, failureOf(error));
+      if (!result.tagged.includes(tag)) result.failed.set(tag, failureOf(error));
     }
   });
-  result.multiTag = tags.length > 0 && oneByOne.length === 0 && result.failed.size === 0;
-  return result;
 }
