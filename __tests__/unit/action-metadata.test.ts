@@ -2,7 +2,7 @@ import { describe, expect, it } from '@jest/globals';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'yaml';
-import { loadActionMetadata } from '../../src/core/action-metadata.js';
+import { BUILT_METADATA_FILE, loadActionMetadata } from '../../src/core/action-metadata.js';
 import { MapInputSource } from '../../src/core/inputs.js';
 import { RecordingInputSource } from '../support/recording-input-source.js';
 import { withDefaults } from '../../src/cli/cli.js';
@@ -46,6 +46,13 @@ const CONSTANTS: Record<string, () => Promise<{ Inputs: object; Outputs: object 
 describe('action.yml files agree with the code', () => {
   it('every action directory is registered, and every registered action has an action.yml', () => {
     expect(readdirSync(join(REPO_ROOT, 'actions')).sort()).toEqual([...ACTION_NAMES].sort());
+  });
+
+  it('the build wrote dist/actions.json (what the bundled CLI reads) from the action.yml files as they are', () => {
+    const built = JSON.parse(readFileSync(join(REPO_ROOT, 'dist', BUILT_METADATA_FILE), 'utf8')) as object;
+    expect(built).toEqual(
+      Object.fromEntries(ACTION_NAMES.map((name) => [name, loadActionMetadata(name, REPO_ROOT)])),
+    );
   });
 
   it.each(ACTION_NAMES)('%s: readInputs reads exactly the inputs its action.yml declares', (name) => {

@@ -53,6 +53,25 @@ export function parseActionMetadata(text: string): ActionMetadata {
   return { name: doc.name ?? '', description: doc.description ?? '', inputs, outputs };
 }
 
-export function loadActionMetadata(action: string, root: string = packageRoot()): ActionMetadata {
-  return parseActionMetadata(readFileSync(join(root, 'actions', action, 'action.yml'), 'utf8'));
+/**
+ * Every action's metadata as JSON, which the build writes next to the bundle (.ci/build.mjs) from the same
+ * action.yml files, so the CLI starts without parsing YAML (about 30 ms of its 0.3 s start). The sources have
+ * none beside them: run from there, the action.yml files are read.
+ */
+export const BUILT_METADATA_FILE = 'actions.json';
+
+function builtMetadata(): Record<string, ActionMetadata> | undefined {
+  const path = join(dirname(fileURLToPath(import.meta.url)), BUILT_METADATA_FILE);
+  return existsSync(path)
+    ? (JSON.parse(readFileSync(path, 'utf8')) as Record<string, ActionMetadata>)
+    : undefined;
+}
+
+/** An action's metadata: from the build's JSON when running the bundle, else (or for another `root`) its YAML. */
+export function loadActionMetadata(action: string, root?: string): ActionMetadata {
+  const built = root === undefined ? builtMetadata()?.[action] : undefined;
+  return (
+    built ??
+    parseActionMetadata(readFileSync(join(root ?? packageRoot(), 'actions', action, 'action.yml'), 'utf8'))
+  );
 }
