@@ -27,6 +27,10 @@ execFileSync(
     out,
     '--target',
     'es2022',
+    // As docker/* ship theirs: every action step starts the bundle twice (main and post), and a minified one
+    // starts about 30 ms sooner. ncc's minify only drops comments and shortens local names (class and function
+    // names stay, so stack traces still name them); it compresses nothing.
+    '--minify',
     '-q',
   ],
   { stdio: 'inherit' },
