@@ -222,6 +222,47 @@ describe('summary', () => {
   });
 });
 
+/**
+ * Names opened in `dir`, as inotify reports them (IN_OPEN; a stat() is none), in a python3 watcher: node's
+ * fs.watch does not report opens. `openedUntil(marker)` creates the marker and returns what was opened before.
+ */
+async function watchOpens(dir: string): Promise<{ openedUntil(marker: string): Promise<string[]> }> {
+  const script = `
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init()
+if fd < 0 or libc.inotify_add_watch(fd, sys.argv[1].encode(), 0x20 | 0x100) < 0: sys.exit(3)
+print("ready", flush=True)
+while True:
+    buf = os.read(fd, 65536)
+    i = 0
+    while i < len(buf):
+        _, mask, _, size = struct.unpack_from("iIII", buf, i)
+        name = buf[i + 16:i + 16 + size].rstrip(b"\\0").decode()
+        i += 16 + size
+        if mask & 0x100 and name == "done": sys.exit(0)
+        if mask & 0x20: print("open " + name, flush=True)
+`;
+  const child = spawn('python3', ['-c', script, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', () => out.startsWith('ready\n') && resolve());
+    child.on('exit', (code) => reject(new Error(`inotify watcher exited ${code}`)));
+  });
+  return {
+    async openedUntil(marker) {
+      const exited = new Promise((resolve) => child.on('exit', resolve));
+      writeFileSync(marker, '');
+      await exited;
+      return out
+        .split('\n')
+        .filter((line) => line.startsWith('open '))
+        .map((line) => line.slice(5));
+    },
+  };
+}
+
 describe('fileChunks', () => {
   const file = (size: number) => {
     const path = join(tempDir(), 'f');
@@ -276,6 +317,16 @@ describe('fileChunks', () => {
     execFileSync('mkfifo', [fifo]);
     await expect(read(fifo)).rejects.toThrow(`cannot read ${fifo}: not a regular file.`);
     await expect(read('/dev/zero')).rejects.toThrow('cannot read /dev/zero: not a regular file.');
+  }, 10_000);
+
+  it('never opens what it refuses (opening a FIFO lets a waiting writer through, opening a device can act)', async () => {
+    const dir = tempDir();
+    const fifo = join(dir, 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    const watcher = await watchOpens(dir);
+    await expect(read(fifo)).rejects.toThrow(`cannot read ${fifo}: not a regular file.`);
+    // The watcher reports in order: anything opened in the directory before the marker file appears.
+    expect(await watcher.openedUntil(join(dir, 'done'))).toEqual([]);
   }, 10_000);
 
   it('refuses a socket (open fails with ENXIO) and a block device as no regular file too, with its code', async () => {

@@ -40,15 +40,19 @@ export async function* fileChunks(
     Object.assign(new Error(`cannot read ${path}: ${error.message}`, { cause: error }), { code: error.code });
   const notRegular = () =>
     Object.assign(new Error(`cannot read ${path}: not a regular file.`), { code: NOT_A_REGULAR_FILE });
-  // Non-blocking so that a FIFO does not hold a thread until someone writes to it (regular files ignore it).
-  // A socket cannot be opened at all (ENXIO): no regular file either, not a device gone missing to try again.
+  // Refused before it is opened: opening a device can act (a tape rewinds, /dev/watchdog arms the machine's
+  // watchdog, a FIFO's waiting writer is let through), and paths come from layouts and repositories.
+  const before = await stat(path).catch((error: NodeJS.ErrnoException) => Promise.reject(named(error)));
+  if (!before.isFile() && !before.isDirectory()) throw notRegular();
+  // Non-blocking so that a FIFO put there since does not hold a thread until someone writes to it (regular
+  // files ignore it). A socket cannot be opened at all (ENXIO): no regular file either, nothing to try again.
   const file = await open(path, constants.O_RDONLY | constants.O_NONBLOCK).catch(
     (error: NodeJS.ErrnoException) => Promise.reject(error.code === 'ENXIO' ? notRegular() : named(error)),
   );
   try {
-    // A FIFO or character device has no end a digest or a declared size could rely on (/dev/zero never ends), a
-    // block device is a disk (an unused loop device reads as empty); a directory goes on to fail its first read
-    // with EISDIR, as node words it.
+    // Checked again on what was opened, in case the path changed since. A FIFO or character device has no end
+    // a digest or a declared size could rely on (/dev/zero never ends), a block device is a disk (an unused
+    // loop device reads as empty); a directory goes on to fail its first read with EISDIR, as node words it.
     const info = await file.stat();
     if (!info.isFile() && !info.isDirectory()) throw notRegular();
     const buffer = Buffer.allocUnsafeSlow(Math.min(chunkSize, end - start));
