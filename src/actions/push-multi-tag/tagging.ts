@@ -6,9 +6,9 @@
  * may reject unknown query parameters) or ignores them gets one PUT per tag; a 414 (URI too long: zot caps the
  * tags per request) halves the batch.
  *
- * Only a registry's answer tells whether it takes `?tag=`, and most ignore or refuse it (distribution and the
- * registries built on it, GHCR, Quay, ECR). Waiting for that answer before the per-tag PUTs would cost every
- * push to them a round trip. So while a registry's support is unknown, its multi-tag PUT goes beside one PUT
+ * Only a registry's answer tells whether it takes `?tag=`, and few do: distribution ignores it (zot is the one
+ * implementation known). Waiting for that answer before the per-tag PUTs would cost every push to the others a
+ * round trip. So while a registry's support is unknown, its multi-tag PUT goes beside one PUT
  * per tag: the tags are set in one round trip either way, and the answer decides for the manifests tagged on
  * that registry after it (more repositories, the `atomic: false` flow).
  */
