@@ -25,7 +25,8 @@ export async function runAction(name: string, phase: Phase): Promise<void> {
 export async function runRootAction(phase: Phase): Promise<void> {
   const host = new ActionsHost();
   const name = host.inputs.get('action');
-  if (!name || !ACTIONS[name]) {
+  // Own keys only: `constructor` or `__proto__` is no action.
+  if (!name || !Object.hasOwn(ACTIONS, name)) {
     if (phase === 'post') return; // main already reported it
     const error = new InputError(
       'action',

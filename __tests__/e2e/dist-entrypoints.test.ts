@@ -1,11 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execFile, execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { BUILT_METADATA_FILE } from '../../src/core/action-metadata.js';
 import { REPO_ROOT, runAction } from '../support/harness.js';
 import { generateLayout } from '../support/oci-layout.js';
 import { startProxy } from '../support/proxy.js';
@@ -66,6 +67,21 @@ describe('dist entry points as the runner and a shell start them', () => {
     expect(dispatched.errors).toEqual(["Input 'keep-versions': must be at least 1, got 0."]);
   });
 
+  it.each(['constructor', '__proto__'])(
+    'the root action refuses `action: %s` (a name every object has) as it refuses any unknown one',
+    async (name) => {
+      const r = await runAction({
+        mainScript: join(REPO_ROOT, 'dist/main.js'),
+        postScript: join(REPO_ROOT, 'dist/post.js'),
+        actionYml: join(REPO_ROOT, 'action.yml'),
+        inputs: { action: name },
+      });
+      expect(r.errors).toEqual([expect.stringContaining(`Input 'action': must name one of`)]);
+      expect(r.main.exitCode).toBe(2);
+      expect(r.post?.exitCode).toBe(0);
+    },
+  );
+
   it('image-ci <action> --help prints the inputs of its action.yml', () => {
     const text = execFileSync(
       process.execPath,
@@ -76,6 +92,27 @@ describe('dist entry points as the runner and a shell start them', () => {
     );
     expect(text).toContain('--repositories (required)');
     expect(text).toContain('--chunk-size (default: 0)');
+  });
+
+  it('a damaged dist/actions.json (a cut-short install) leaves the CLI on its action.yml files: same --help', () => {
+    const copy = mkdtempSync(join(tmpdir(), 'ici-cli-copy-'));
+    try {
+      for (const part of ['dist', 'actions', 'action.yml', 'package.json']) {
+        cpSync(join(REPO_ROOT, part), join(copy, part), { recursive: true });
+      }
+      const json = join(copy, 'dist', BUILT_METADATA_FILE);
+      writeFileSync(json, readFileSync(json, 'utf8').slice(0, 500));
+      const help = (root: string) =>
+        spawnSync(process.execPath, [join(root, 'dist/cli.js'), 'push-multi-tag', '--help'], {
+          encoding: 'utf8',
+        });
+      const damaged = help(copy);
+      expect(damaged.stderr).toBe('');
+      expect(damaged.status).toBe(0);
+      expect(damaged.stdout).toBe(help(REPO_ROOT).stdout);
+    } finally {
+      rmSync(copy, { recursive: true, force: true });
+    }
   });
 
   it('the CLI exits 2 on bad input with the message on stderr', () => {

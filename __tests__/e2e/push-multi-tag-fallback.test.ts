@@ -202,6 +202,28 @@ describe('a registry with the multi-tag PUT (relay doubles)', () => {
   });
 });
 
+describe('a multi-tag PUT that fails for good (5xx after every retry)', () => {
+  it('says nothing about `?tag=`: each tag stands on its own PUT, the next repository asks again', async () => {
+    const repositories = ['broken/a', 'broken/b'];
+    const phases = await pushThrough(
+      {
+        fault: ({ kind, query, reference }) =>
+          kind === 'manifest-put' && (query.has('tag') || reference === 't2') ? { status: 500 } : undefined,
+      },
+      repositories,
+      tags(3),
+    );
+    for (const [i, phase] of phases.entries()) {
+      expect(phase.tagged).toEqual(Array(6).fill('3:500')); // the first try and 5 retries
+      expect(phase.result.outcomes.filter((o) => o.failure).map((o) => o.tag)).toEqual(['t2']);
+      const direct = new RegistryClient({ registry: registry.host, insecure: true });
+      expect(await direct.headManifest(repositories[i]!, 't2')).toBeUndefined();
+      await direct.close();
+      await expectTagged(repositories[i]!, ['t1', 't3']);
+    }
+  });
+});
+
 it('push-multi-tag (dist) through a registry answering 400 to `?tag=` exits 0 with every tag created', async () => {
   const relay = await startProxy({ target: registry.host, refuseTagQuery: 400 });
   relays.push(relay);

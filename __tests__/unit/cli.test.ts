@@ -107,6 +107,15 @@ describe('runCli', () => {
     expect(c.out.join('\n')).toContain('usage: image-ci <action>');
     expect(await runCli(['--help'], capture().io)).toBe(0);
   });
+
+  it.each(['constructor', '__proto__', 'toString'])(
+    "'%s' (a name every object has) is an unknown action, exit 2",
+    async (name) => {
+      const c = capture();
+      expect(await runCli([name, '--help'], c.io)).toBe(2);
+      expect(c.err.join('\n')).toContain(`error: unknown action '${name}'.`);
+    },
+  );
 });
 
 describe('the password (push-multi-tag) off the command line', () => {

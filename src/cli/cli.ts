@@ -185,7 +185,8 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo): Pr
     io.out(`image-ci ${VERSION}`);
     return EXIT_OK;
   }
-  const definition = ACTIONS[action];
+  // Own keys only: `constructor` or `__proto__` is no action.
+  const definition = Object.hasOwn(ACTIONS, action) ? ACTIONS[action] : undefined;
   if (!definition) {
     io.err(`error: unknown action '${action}'.\n${generalHelp()}`);
     return EXIT_BAD_INPUT;

@@ -1,5 +1,5 @@
 /**
- * Reads actions/<name>/action.yml at run time: the CLI takes defaults and --help text from it, so the action
+ * Reads actions/<name>/action.yml (or the bundle's JSON copy of them) at run time: the CLI takes defaults and --help text from it, so the action
  * and the CLI share one definition of every input.
  */
 import { existsSync, readFileSync } from 'node:fs';
@@ -62,9 +62,12 @@ export const BUILT_METADATA_FILE = 'actions.json';
 
 function builtMetadata(): Record<string, ActionMetadata> | undefined {
   const path = join(dirname(fileURLToPath(import.meta.url)), BUILT_METADATA_FILE);
-  return existsSync(path)
-    ? (JSON.parse(readFileSync(path, 'utf8')) as Record<string, ActionMetadata>)
-    : undefined;
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as Record<string, ActionMetadata>;
+  } catch {
+    // Absent (the sources) or damaged (an install cut short): only a copy of the action.yml files shipped beside it.
+    return undefined;
+  }
 }
 
 /** An action's metadata: from the build's JSON when running the bundle, else (or for another `root`) its YAML. */
