@@ -13,7 +13,7 @@ export { runCli } from './cli/cli.js';
 export type Phase = 'main' | 'post';
 
 export async function runAction(name: string, phase: Phase): Promise<void> {
-  const definition = ACTIONS[name];
+  const definition = Object.hasOwn(ACTIONS, name) ? ACTIONS[name] : undefined;
   if (!definition) throw new Error(`unknown action ${name}`);
   const host = new ActionsHost();
   const code = phase === 'main' ? await runMain(definition, host) : await runPost(definition, host);

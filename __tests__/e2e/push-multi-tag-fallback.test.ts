@@ -187,6 +187,25 @@ describe('a registry with the multi-tag PUT (relay doubles)', () => {
     for (const repository of repositories) await expectTagged(repository, tags(4));
   });
 
+  it('a batch that fails for another reason than `?tag=` (403 here) leaves each of its tags to its own PUT', async () => {
+    const phases = await pushThrough(
+      {
+        multiTag: true,
+        fault: ({ kind, query, repository }) =>
+          kind === 'manifest-put' && query.has('tag') && repository === 'forbidden/b'
+            ? { status: 403 }
+            : undefined,
+      },
+      ['forbidden/a', 'forbidden/b'],
+      tags(3),
+    );
+    // The first repository taught the client that the registry confirms `?tag=`: the second sends a batch.
+    expect(phases[1]!.tagged).toEqual(['3:403']);
+    expect(phases[1]!.untagged).toEqual(tags(3));
+    expect(phases[1]!.result.outcomes.filter((o) => o.failure)).toEqual([]);
+    await expectTagged('forbidden/b', tags(3));
+  });
+
   it('a tag whose own PUT failed is set when the multi-tag PUT beside it confirmed it', async () => {
     const [phase] = await pushThrough(
       {

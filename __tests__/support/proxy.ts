@@ -208,6 +208,13 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
           .writeHead(status, { 'content-type': 'application/json', ...headers })
           .end(`{"errors":[{"code":"INJECTED","message":"HTTP ${status} injected by test relay"}]}`);
       });
+    // An injected status comes first, also for the requests the doubles below would answer themselves.
+    if (fault && 'status' in fault) {
+      await delay(latency);
+      const headers = { ...fault.headers };
+      if (fault.retryAfterSeconds !== undefined) headers['retry-after'] = String(fault.retryAfterSeconds);
+      return answer(fault.status, headers);
+    }
     if (tagged && options.refuseTagQuery) return answer(options.refuseTagQuery);
     if (tagged && options.multiTag) {
       await relayMultiTag(
@@ -243,12 +250,6 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
         referrerIndex.set(key, [...list, descriptor]);
       });
       return;
-    }
-    if (fault && 'status' in fault) {
-      await delay(latency);
-      const headers = { ...fault.headers };
-      if (fault.retryAfterSeconds !== undefined) headers['retry-after'] = String(fault.retryAfterSeconds);
-      return answer(fault.status, headers);
     }
     if (fault && 'endless' in fault) {
       await consume(req, countUp);

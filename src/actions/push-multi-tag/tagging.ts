@@ -134,8 +134,9 @@ async function inBatches(
       confirmed = (await put(manifest.digest, batch)).confirmedTags;
     } catch (error) {
       if (!(error instanceof RegistryError) || !TAG_QUERY_REFUSED.has(error.status ?? 0)) {
-        // Not about `?tag=`: the tags of this batch failed; the rest still get their own chance.
-        for (const tag of batch) result.failed.set(tag, failureOf(error));
+        // Not about `?tag=` (and retried already): each tag of the batch gets its own PUT, as before support
+        // was known, and fails only on its own answer.
+        oneByOne.push(...batch);
         queue = queue.slice(batch.length);
         continue;
       }
