@@ -221,8 +221,8 @@ describe('a registry with the multi-tag PUT (relay doubles)', () => {
   });
 });
 
-describe('a multi-tag PUT that fails for good (5xx after every retry)', () => {
-  it('says nothing about `?tag=`: each tag stands on its own PUT, the next repository asks again', async () => {
+describe('a multi-tag PUT that fails (5xx)', () => {
+  it('is not retried and says nothing about `?tag=`: each tag stands on its own PUT, the next repository asks again', async () => {
     const repositories = ['broken/a', 'broken/b'];
     const phases = await pushThrough(
       {
@@ -233,7 +233,8 @@ describe('a multi-tag PUT that fails for good (5xx after every retry)', () => {
       tags(3),
     );
     for (const [i, phase] of phases.entries()) {
-      expect(phase.tagged).toEqual(Array(6).fill('3:500')); // the first try and 5 retries
+      // One try: the per-tag PUTs set the tags meanwhile, and retries would hold phase 2 for their backoff.
+      expect(phase.tagged).toEqual(['3:500']);
       expect(phase.result.outcomes.filter((o) => o.failure).map((o) => o.tag)).toEqual(['t2']);
       const direct = new RegistryClient({ registry: registry.host, insecure: true });
       expect(await direct.headManifest(repositories[i]!, 't2')).toBeUndefined();

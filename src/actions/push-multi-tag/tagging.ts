@@ -57,7 +57,11 @@ export interface TaggingResult {
   requests: number;
 }
 
-type Put = (reference: string, tags?: readonly string[]) => Promise<{ confirmedTags: string[] }>;
+type Put = (
+  reference: string,
+  tags?: readonly string[],
+  tries?: 'once',
+) => Promise<{ confirmedTags: string[] }>;
 
 export async function tagManifest(
   client: RegistryClient,
@@ -65,8 +69,15 @@ export async function tagManifest(
   manifest: StoredManifest,
   tags: readonly string[],
 ): Promise<TaggingResult> {
-  const put: Put = (reference, batch = []) =>
-    client.putManifest(repository, reference, manifest.bytes, manifest.mediaType, batch);
+  const put: Put = (reference, batch = [], tries) =>
+    client.putManifest(
+      repository,
+      reference,
+      manifest.bytes,
+      manifest.mediaType,
+      batch,
+      client.transport.budget(tries === 'once' ? 0 : undefined),
+    );
   const support = supportOf(client);
   const result: TaggingResult = { tagged: [], failed: new Map(), multiTag: false, requests: 0 };
   if (tags.length === 0) return result;
@@ -81,8 +92,9 @@ export async function tagManifest(
 }
 
 /**
- * The multi-tag PUT sent beside the per-tag PUTs while support is unknown: it only learns. A tag it confirms
- * counts as set even if its own PUT failed.
+ * The multi-tag PUT sent beside the per-tag PUTs while support is unknown: it only learns, so it gets one try
+ * (retries with backoff would hold phase 2 for seconds after the per-tag PUTs set every tag). A tag it
+ * confirms counts as set even if its own PUT failed.
  */
 async function probe(
   put: Put,
@@ -95,7 +107,7 @@ async function probe(
   result.requests++;
   let confirmed: string[];
   try {
-    confirmed = (await put(manifest.digest, batch)).confirmedTags;
+    confirmed = (await put(manifest.digest, batch, 'once')).confirmedTags;
   } catch (error) {
     if (error instanceof RegistryError && TAG_QUERY_REFUSED.has(error.status ?? 0)) {
       learnRefusal(error, batch.length, support);

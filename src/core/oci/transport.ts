@@ -190,9 +190,12 @@ export class RegistryTransport {
     return new URL(path, this.base);
   }
 
-  /** A fresh retry budget for one operation; every layer that restarts the operation draws from it. */
-  budget(): RetryBudget {
-    return new RetryBudget(this.policy, () => this.stats.retries++);
+  /**
+   * A fresh retry budget for one operation; every layer that restarts the operation draws from it. `retries`
+   * lowers the policy's for an operation that is only worth one try.
+   */
+  budget(retries = this.policy.retries): RetryBudget {
+    return new RetryBudget({ ...this.policy, retries }, () => this.stats.retries++);
   }
 
   async close(): Promise<void> {

@@ -312,21 +312,25 @@ export async function putManifest(
   bytes: Buffer,
   mediaType: string,
   tags: readonly string[] = [],
+  budget: RetryBudget = transport.budget(),
 ): Promise<{ digest: string; confirmedTags: string[]; subject?: string }> {
   const digest = digestOf(bytes);
   if (isValidDigest(reference)) verifyDigest(`manifest for ${repository}`, bytes, reference);
   const url = transport.url(`${repository}/manifests/${reference}`);
   for (const tag of tags) url.searchParams.append('tag', tag);
   const what = `PUT manifest ${repository}:${reference}`;
-  const response = await transport.send({
-    method: 'PUT',
-    url,
-    scopes: [pushScope(repository)],
-    headers: { 'content-type': mediaType, 'content-length': String(bytes.length) },
-    body: bytes,
-    ok: [201, 200, 204],
-    what,
-  });
+  const response = await transport.send(
+    {
+      method: 'PUT',
+      url,
+      scopes: [pushScope(repository)],
+      headers: { 'content-type': mediaType, 'content-length': String(bytes.length) },
+      body: bytes,
+      ok: [201, 200, 204],
+      what,
+    },
+    budget,
+  );
   await response.drain();
   const stored = response.header('docker-content-digest');
   if (stored && stored !== digest) throw new DigestMismatchError(what, digest, stored);
