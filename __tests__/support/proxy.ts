@@ -412,7 +412,9 @@ async function relayMultiTag(
   const failed = responses.find((r) => !r.ok);
   record.status = failed?.status ?? first.status;
   if (failed) {
-    res.writeHead(failed.status).end();
+    // The registry's challenge goes with a 401, as a registry with the extension would send its own.
+    const challenge = failed.headers.get('www-authenticate');
+    res.writeHead(failed.status, challenge ? { 'www-authenticate': challenge } : {}).end();
     return;
   }
   res.writeHead(201, {
