@@ -10,9 +10,11 @@ import {
   mkdtempSync,
   readFileSync,
   rmSync,
+  statSync,
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CliHost } from '../../src/core/host.js';
@@ -23,6 +25,7 @@ import { planPrune } from '../../src/actions/prune-simplestreams/plan.js';
 import { pruneRepository } from '../../src/actions/prune-simplestreams/prune.js';
 import { summaryMarkdown, type PruneReport } from '../../src/actions/prune-simplestreams/report.js';
 import { scanRepository } from '../../src/actions/prune-simplestreams/scan.js';
+import { verifyItems } from '../../src/actions/prune-simplestreams/verify.js';
 import {
   listFiles,
   listItems,
@@ -222,6 +225,29 @@ describe('verify', () => {
       mode: 'none',
       skipped: 'verify: none',
     });
+  });
+});
+
+describe('verify of a kept file that cannot be hashed', () => {
+  it('lists it as a problem (a FIFO, a directory of the listed size) instead of ending the prune with no report', async () => {
+    const root = mkdtempSync(join(base, 'unreadable-'));
+    mkdirSync(join(root, 'dir'));
+    execFileSync('mkfifo', [join(root, 'fifo')]);
+    const items = [
+      { name: 'fifo', path: 'fifo', ftype: 'root.tar.xz', sha256: '0'.repeat(64) },
+      {
+        name: 'dir',
+        path: 'dir',
+        ftype: 'root.tar.xz',
+        size: statSync(join(root, 'dir')).size,
+        sha256: '0'.repeat(64),
+      },
+    ];
+    const result = await verifyItems(root, items, 'sha256');
+    expect(result.problems).toEqual([
+      `fifo cannot be read: cannot read ${join(root, 'fifo')}: not a regular file.`,
+      `dir cannot be read: cannot read ${join(root, 'dir')}: EISDIR: illegal operation on a directory, read`,
+    ]);
   });
 });
 
