@@ -329,6 +329,60 @@ describe('fileChunks', () => {
     expect(await watcher.openedUntil(join(dir, 'done'))).toEqual([]);
   }, 10_000);
 
+  const refused = 'ERR_NOT_A_REGULAR_FILE: cannot read P: not a regular file.';
+  it.each([
+    ['a FIFO', 'mkfifo "$d/x"', [refused]],
+    ['a link to /dev/zero', 'ln -s /dev/zero "$d/x"', [refused]],
+    [
+      'a symlink loop',
+      // Through a loop of two more links: a link to itself would be "the same file" as the one it replaces to mv.
+      '[ -L "$d/a" ] || { ln -s b "$d/a"; ln -s a "$d/b"; }; ln -s a "$d/x"',
+      ['stat', 'open'].map(
+        (call) => `ELOOP: cannot read P: ELOOP: too many symbolic links encountered, ${call} 'P'`,
+      ),
+    ],
+    [
+      'nothing',
+      ':',
+      ['stat', 'open'].map((call) => `ENOENT: cannot read P: ENOENT: no such file or directory, ${call} 'P'`),
+    ],
+  ])(
+    'a path swapped between a regular file and %s while it is read: its bytes, or the error that names it',
+    async (_name, make, errors) => {
+      const { path, bytes } = file(10_000);
+      const dir = join(path, '..');
+      writeFileSync(join(dir, 'keep'), bytes);
+      // rename(2) swaps either in atomically, as fast as the shell can: every read meets one or the other.
+      const swapper = spawn(
+        'sh',
+        [
+          '-c',
+          `d=${dir}; while :; do rm -f "$d/x"; ${make}; mv -f "$d/x" "$d/f" 2>/dev/null || rm -f "$d/f"; cp "$d/keep" "$d/y"; mv -f "$d/y" "$d/f"; done`,
+        ],
+        { stdio: 'ignore' },
+      );
+      const seen = new Set<string>();
+      try {
+        for (let i = 0; i < 400; i++) {
+          const outcome = await read(path, 0, Infinity, 4_096).then(
+            ({ chunks }) =>
+              Buffer.concat(chunks).equals(bytes) ? 'read' : `bytes ${Buffer.concat(chunks).length}`,
+            (error: NodeJS.ErrnoException) =>
+              `${error.code}: ${error.message.replace(path, 'P').replace(path, 'P')}`,
+          );
+          seen.add(outcome);
+        }
+      } finally {
+        swapper.kill();
+      }
+      // Never a hang on a FIFO, never /dev/zero's endless bytes, never another error: the check on what was
+      // opened (fstat) covers the window between stat and open.
+      expect(seen).toContain('read');
+      expect([...seen].filter((s) => s !== 'read' && !errors.includes(s))).toEqual([]);
+    },
+    60_000,
+  );
+
   it('refuses a socket (open fails with ENXIO) and a block device as no regular file too, with its code', async () => {
     const socket = join(tempDir(), 'sock');
     const server = createServer();
