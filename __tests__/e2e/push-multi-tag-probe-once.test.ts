@@ -181,3 +181,69 @@ it('a TLS registry with htpasswd (docker-registry ignores `?tag=`): one multi-ta
   }
   expect(client.stats.retries).toBe(0);
 });
+
+describe('a registry that confirmed `?tag=` once, then answers oddly (the next repository, batches of at most 10)', () => {
+  const MANY = Array.from({ length: 12 }, (_, i) => `t${i + 1}`);
+
+  /** Tags `first`, then `next` through one client: the second sees the support the first learnt. */
+  async function tagTwice(options: Omit<ProxyOptions, 'target'>, name: string) {
+    const registry = await registryOf({});
+    const relay = await relayTo(registry, options);
+    const client = clientFor(registry, relay.host);
+    const [first, next] = [`${name}/first`, `${name}/next`];
+    for (const repository of [first, next]) await storeIn(client, relay.host, repository);
+    await tagManifest(client, first, content.root, MANY);
+    relay.reset();
+    const result = await tagManifest(client, next, content.root, MANY);
+    const puts = relay.records.filter((r) => r.kind === 'manifest-put');
+    const direct = clientFor(registry, registry.host);
+    const digests = await Promise.all(MANY.map((t) => direct.headManifest(next, t)));
+    expect(digests.map((d) => d?.digest)).toEqual(MANY.map(() => content.root.digest));
+    return {
+      result,
+      batches: puts
+        .filter((r) => r.query.has('tag'))
+        .map((r) => `${r.query.getAll('tag').length}:${r.status}`),
+      perTag: puts.filter((r) => !r.query.has('tag')).length,
+    };
+  }
+
+  it('confirms only the first tag of each batch: the rest go per tag, each tag once in tagged, requests as sent', async () => {
+    const { result, batches, perTag } = await tagTwice(
+      { multiTag: { confirm: (asked) => asked.slice(0, 1) } },
+      'fewer',
+    );
+    expect(batches).toEqual(['10:201', '2:201']);
+    expect(perTag).toBe(10);
+    expect(result).toMatchObject({ multiTag: false, requests: 12, failed: new Map() });
+    expect([...result.tagged].sort()).toEqual([...MANY].sort());
+  });
+
+  it('confirms only tags it was not asked for: learnt as no support, every tag per tag', async () => {
+    const { result, batches, perTag } = await tagTwice(
+      { multiTag: { confirm: (asked) => (asked.length === 10 ? ['latest', 'evil'] : asked) } },
+      'others',
+    );
+    // The first repository's multi-tag PUT (10 tags) was "confirmed" with other tags only: no support.
+    expect(batches).toEqual([]);
+    expect(perTag).toBe(12);
+    expect(result).toMatchObject({ multiTag: false, requests: 12, failed: new Map() });
+    expect(result.tagged).not.toContain('latest');
+  });
+
+  it('answers 414 to every batch from then on: halves down to one tag, then per tag, no loop', async () => {
+    const { result, batches, perTag } = await tagTwice(
+      {
+        multiTag: true,
+        fault: ({ kind, query, repository }) =>
+          kind === 'manifest-put' && query.has('tag') && repository?.endsWith('/next')
+            ? { status: 414 }
+            : undefined,
+      },
+      'uri-too-long',
+    );
+    expect(batches).toEqual(['10:414', '5:414', '3:414', '2:414', '1:414']);
+    expect(perTag).toBe(12);
+    expect(result).toMatchObject({ multiTag: false, requests: 17, failed: new Map() });
+  });
+});

@@ -86,9 +86,9 @@ export interface ProxyOptions {
    * Act as a registry with the OCI 1.1 multi-tag PUT (`PUT .../manifests/<digest>?tag=a&tag=b`, answered with
    * OCI-Tag), which docker-registry 2.8 lacks: the relay stores each tag upstream itself. `cap` answers 414
    * above that many tags (as zot does above 46); `joined` sends one comma-joined OCI-Tag header instead of one
-   * header per tag.
+   * header per tag; `confirm` picks the tags OCI-Tag names (a registry that confirms fewer, or others).
    */
-  multiTag?: boolean | { cap?: number; joined?: boolean };
+  multiTag?: boolean | { cap?: number; joined?: boolean; confirm?: (asked: string[]) => string[] };
   /**
    * Act as a registry with the OCI 1.1 referrers API: manifest PUTs with a `subject` are indexed by the relay
    * (and answered with OCI-Subject), and `GET /v2/<name>/referrers/<digest>` is answered from that index.
@@ -385,7 +385,7 @@ async function relayMultiTag(
   url: URL,
   record: RequestRecord,
   target: string,
-  options: { cap?: number; joined?: boolean },
+  options: { cap?: number; joined?: boolean; confirm?: (asked: string[]) => string[] },
 ): Promise<void> {
   const chunks: Buffer[] = [];
   for await (const chunk of req) {
@@ -417,10 +417,11 @@ async function relayMultiTag(
     res.writeHead(failed.status, challenge ? { 'www-authenticate': challenge } : {}).end();
     return;
   }
+  const confirmed = options.confirm ? options.confirm(tags) : tags;
   res.writeHead(201, {
     'docker-content-digest': first.headers.get('docker-content-digest') ?? '',
     location: first.headers.get('location') ?? url.pathname,
-    'oci-tag': options.joined ? tags.join(', ') : tags,
+    'oci-tag': options.joined ? confirmed.join(', ') : confirmed,
   });
   res.end();
 }
