@@ -6,6 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import {
   mkdirSync,
+  symlinkSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
@@ -1116,6 +1117,38 @@ describe('a blob file that changes or fails while it is uploaded', () => {
         await c.close();
         await s.stop();
         await unmake?.();
+      }
+    },
+  );
+
+  it.each<[string, string, (dir: string) => string]>([
+    ['a symlink loop', 'ELOOP', (dir) => (symlinkSync('blob', join(dir, 'blob')), join(dir, 'blob'))],
+    [
+      'a path below a regular file',
+      'ENOTDIR',
+      (dir) => (writeFileSync(join(dir, 'file'), ''), join(dir, 'file/blob')),
+    ],
+    ['nothing', 'ENOENT', (dir) => join(dir, 'blob')],
+    ['a directory', 'EISDIR', (dir) => (mkdirSync(join(dir, 'blob')), join(dir, 'blob'))],
+  ])(
+    'a blob path that leads to %s fails the upload at once, saying it cannot read the file (%s)',
+    async (_, code, make) => {
+      const path = make(mkdtempSync(join(work, 'unreadable-')));
+      const { s, seen } = await uploads();
+      const c = client(s.host);
+      try {
+        const error = await c
+          .uploadBlob('raw/app', { path, size: 24, digest: digestOf(Buffer.alloc(24)) })
+          .catch((e: unknown) => e);
+        expect(error).toMatchObject({
+          code,
+          message: expect.stringMatching(`^cannot read ${path}: ${code}: `),
+        });
+        expect(c.stats.retries).toBe(0);
+        expect(seen).toEqual(['POST 0']);
+      } finally {
+        await c.close();
+        await s.stop();
       }
     },
   );

@@ -181,6 +181,9 @@ function decodeEntities(text: string): string {
 
 const LOCAL_FILE_CODES = new Set([
   'ENOENT',
+  'ENOTDIR',
+  'ELOOP',
+  'ENAMETOOLONG',
   'EACCES',
   'EISDIR',
   'ENOSPC',
