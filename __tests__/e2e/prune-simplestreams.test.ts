@@ -3,8 +3,17 @@
  * each change it makes in the repository, and run twice at once against the repository lock.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { spawn } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import {
+  chmodSync,
+  chownSync,
+  cpSync,
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { acquireLock } from '../../src/core/atomic.js';
@@ -19,6 +28,7 @@ import {
   snapshotTree,
   versionsOf,
 } from '../support/simplestreams-fixture.js';
+import { testUser, type User } from '../support/podman-matrix.js';
 
 const HOUR = 3_600_000;
 const CLI = join(REPO_ROOT, 'dist/cli.js');
@@ -61,10 +71,11 @@ interface Cli {
   waitFor(text: string): Promise<void>;
 }
 
-function cli(args: string[], env: Record<string, string> = {}): Cli {
+function cli(args: string[], env: Record<string, string> = {}, user?: User): Cli {
   const child = spawn(process.execPath, [CLI, 'prune-simplestreams', ...args], {
     env: { ...process.env, NODE_OPTIONS: '', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
+    ...(user ? { uid: user.uid, gid: user.gid } : {}),
   });
   const stdout: string[] = [];
   const stderr: string[] = [];
@@ -286,6 +297,25 @@ describe('prune-simplestreams verify failure', () => {
     expect(run.stdout).toContain('removed-versions=3');
     expect(run.stderr.join('\n')).toMatch(
       /verify \(sha256\) failed after pruning:\n {2}- images\/alpine\/3.19\/amd64\/default\/20240101_01:00\/rootfs.squashfs has sha256/,
+    );
+  });
+});
+
+describe('prune-simplestreams verify as an ordinary user', () => {
+  it('lists a kept file it may not read as a verify problem and exits 1 after writing outputs', async () => {
+    const user = testUser();
+    const root = freshCopy();
+    // The repository is the user's (its parent passable), but for one kept file only root may read.
+    chmodSync(base, 0o755);
+    execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, root]);
+    const unreadable = 'images/alpine/3.19/amd64/default/20240101_01:00/rootfs.squashfs';
+    chownSync(join(root, unreadable), 0, 0);
+    chmodSync(join(root, unreadable), 0o600);
+    const run = cli(['--path', root, '--keep-versions', '2', '--verify', 'sha256'], {}, user);
+    expect(await run.code).toBe(1);
+    expect(run.stdout).toContain('removed-versions=3');
+    expect(run.stderr.join('\n')).toContain(
+      `verify (sha256) failed after pruning:\n  - ${unreadable} cannot be read: cannot read ${join(root, unreadable)}: EACCES`,
     );
   });
 });
