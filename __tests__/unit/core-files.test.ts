@@ -383,6 +383,17 @@ describe('fileChunks', () => {
     60_000,
   );
 
+  it('reads a /proc file (size 0 by stat, content when read) to its end; a path past PATH_MAX fails naming it', async () => {
+    expect(statSync('/proc/self/mounts').size).toBe(0);
+    const { chunks } = await read('/proc/self/mounts', 0, Infinity, 4_096);
+    expect(Buffer.concat(chunks).toString('utf8')).toContain(' / ');
+    const long = join(tempDir(), 'd'.repeat(200), ...Array.from({ length: 25 }, () => 'x'.repeat(200)));
+    await expect(read(long)).rejects.toMatchObject({
+      code: 'ENAMETOOLONG',
+      message: expect.stringMatching(/^cannot read \/.* ENAMETOOLONG: /),
+    });
+  });
+
   it('refuses a socket (open fails with ENXIO) and a block device as no regular file too, with its code', async () => {
     const socket = join(tempDir(), 'sock');
     const server = createServer();
