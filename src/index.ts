@@ -6,14 +6,14 @@
 import { ActionsHost } from './core/host.js';
 import { InputError } from './core/inputs.js';
 import { runMain, runPost, EXIT_BAD_INPUT } from './core/run.js';
-import { ACTIONS } from './actions/registry.js';
+import { ACTION_NAMES, actionNamed } from './actions/registry.js';
 
 export { runCli } from './cli/cli.js';
 
 export type Phase = 'main' | 'post';
 
 export async function runAction(name: string, phase: Phase): Promise<void> {
-  const definition = Object.hasOwn(ACTIONS, name) ? ACTIONS[name] : undefined;
+  const definition = actionNamed(name);
   if (!definition) throw new Error(`unknown action ${name}`);
   const host = new ActionsHost();
   const code = phase === 'main' ? await runMain(definition, host) : await runPost(definition, host);
@@ -25,12 +25,11 @@ export async function runAction(name: string, phase: Phase): Promise<void> {
 export async function runRootAction(phase: Phase): Promise<void> {
   const host = new ActionsHost();
   const name = host.inputs.get('action');
-  // Own keys only: `constructor` or `__proto__` is no action.
-  if (!name || !Object.hasOwn(ACTIONS, name)) {
+  if (!name || !actionNamed(name)) {
     if (phase === 'post') return; // main already reported it
     const error = new InputError(
       'action',
-      `must name one of ${Object.keys(ACTIONS).join(', ')}; got '${name ?? ''}'.`,
+      `must name one of ${ACTION_NAMES.join(', ')}; got '${name ?? ''}'.`,
     );
     host.error(error.message);
     process.exit(EXIT_BAD_INPUT);

@@ -13,3 +13,8 @@ export const ACTIONS: Readonly<Record<string, ActionDefinition<never>>> = {
 };
 
 export const ACTION_NAMES = Object.keys(ACTIONS);
+
+/** The action of that name; only own keys, so `constructor` or `__proto__` (user input) is no action. */
+export function actionNamed(name: string): ActionDefinition<never> | undefined {
+  return Object.hasOwn(ACTIONS, name) ? ACTIONS[name] : undefined;
+}

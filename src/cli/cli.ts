@@ -10,7 +10,7 @@ import { InputError, MapInputSource } from '../core/inputs.js';
 import { interceptStdout, parseLibraryCommand } from '../core/library-output.js';
 import { errorMessage, EXIT_BAD_INPUT, EXIT_OK, runMain, runPost } from '../core/run.js';
 import { CLI_PASSWORD_ENV } from '../core/secrets.js';
-import { ACTIONS, ACTION_NAMES } from '../actions/registry.js';
+import { ACTION_NAMES, actionNamed } from '../actions/registry.js';
 
 /** From package.json as it was when the bundle was built: ncc inlines the import. */
 export const VERSION: string = packageJson.version;
@@ -185,8 +185,7 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo): Pr
     io.out(`image-ci ${VERSION}`);
     return EXIT_OK;
   }
-  // Own keys only: `constructor` or `__proto__` is no action.
-  const definition = Object.hasOwn(ACTIONS, action) ? ACTIONS[action] : undefined;
+  const definition = actionNamed(action);
   if (!definition) {
     io.err(`error: unknown action '${action}'.\n${generalHelp()}`);
     return EXIT_BAD_INPUT;

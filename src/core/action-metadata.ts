@@ -1,6 +1,6 @@
 /**
- * Reads actions/<name>/action.yml (or the bundle's JSON copy of them) at run time: the CLI takes defaults and --help text from it, so the action
- * and the CLI share one definition of every input.
+ * Reads actions/<name>/action.yml (or the bundle's JSON copy of them) at run time: the CLI takes defaults and
+ * --help text from it, so the action and the CLI share one definition of every input.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -65,7 +65,8 @@ function builtMetadata(): Record<string, ActionMetadata> | undefined {
   try {
     return JSON.parse(readFileSync(path, 'utf8')) as Record<string, ActionMetadata>;
   } catch {
-    // Absent (the sources) or damaged (an install cut short): only a copy of the action.yml files shipped beside it.
+    // Absent (the sources) or damaged (an install cut short): it is only a copy of the action.yml files, which
+    // are shipped beside it.
     return undefined;
   }
 }

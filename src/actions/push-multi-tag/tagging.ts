@@ -8,9 +8,9 @@
  *
  * Only a registry's answer tells whether it takes `?tag=`, and few do: distribution ignores it (zot is the one
  * implementation known). Waiting for that answer before the per-tag PUTs would cost every push to the others a
- * round trip. So while a registry's support is unknown, its multi-tag PUT goes beside one PUT
- * per tag: the tags are set in one round trip either way, and the answer decides for the manifests tagged on
- * that registry after it (more repositories, the `atomic: false` flow).
+ * round trip. So while a registry's support is unknown, its multi-tag PUT goes beside one PUT per tag: the
+ * tags are set in one round trip either way, and the answer decides for the manifests tagged on that registry
+ * after it (more repositories, the `atomic: false` flow).
  */
 import type { RegistryClient } from '../../core/oci/client.js';
 import { RegistryError } from '../../core/oci/errors.js';
