@@ -224,26 +224,32 @@ describe('summary', () => {
 
 /**
  * Names opened in `dir`, as inotify reports them (IN_OPEN; a stat() is none), in a python3 watcher: node's
- * fs.watch does not report opens. `openedUntil(marker)` creates the marker and returns what was opened before.
+ * fs.watch does not report opens. `inodes` are watched themselves, whatever name they are opened by, and reported
+ * by the path given. `openedUntil(marker)` creates the marker (in `dir`) and returns what was opened before.
  */
-async function watchOpens(dir: string): Promise<{ openedUntil(marker: string): Promise<string[]> }> {
+async function watchOpens(
+  dir: string,
+  inodes: string[] = [],
+): Promise<{ openedUntil(marker: string): Promise<string[]> }> {
   const script = `
 import ctypes, os, struct, sys
 libc = ctypes.CDLL(None, use_errno=True)
 fd = libc.inotify_init()
 if fd < 0 or libc.inotify_add_watch(fd, sys.argv[1].encode(), 0x20 | 0x100) < 0: sys.exit(3)
+inodes = {libc.inotify_add_watch(fd, p.encode(), 0x20): p for p in sys.argv[2:]}
+if -1 in inodes: sys.exit(3)
 print("ready", flush=True)
 while True:
     buf = os.read(fd, 65536)
     i = 0
     while i < len(buf):
-        _, mask, _, size = struct.unpack_from("iIII", buf, i)
-        name = buf[i + 16:i + 16 + size].rstrip(b"\\0").decode()
+        wd, mask, _, size = struct.unpack_from("iIII", buf, i)
+        name = inodes.get(wd) or buf[i + 16:i + 16 + size].rstrip(b"\\0").decode()
         i += 16 + size
         if mask & 0x100 and name == "done": sys.exit(0)
         if mask & 0x20: print("open " + name, flush=True)
 `;
-  const child = spawn('python3', ['-c', script, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn('python3', ['-c', script, dir, ...inodes], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
   await new Promise<void>((resolve, reject) => {
@@ -382,6 +388,40 @@ describe('fileChunks', () => {
     },
     60_000,
   );
+
+  it('never opens a FIFO renamed into place between the check and the open: the inode checked is the one opened', async () => {
+    const { path, bytes } = file(10_000);
+    const dir = join(path, '..');
+    writeFileSync(join(dir, 'keep'), bytes);
+    const fifo = join(dir, 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    const watcher = await watchOpens(dir, [fifo]);
+    // The same FIFO (a hard link) and a regular file take turns at the path, swapped in by rename(2).
+    const swapper = spawn(
+      'sh',
+      [
+        '-c',
+        `d=${dir}; while :; do ln "$d/fifo" "$d/x"; mv -f "$d/x" "$d/f"; cp "$d/keep" "$d/y"; mv -f "$d/y" "$d/f"; done`,
+      ],
+      { stdio: 'ignore' },
+    );
+    const seen = new Set<string>();
+    try {
+      for (let i = 0; i < 1_000; i++) {
+        seen.add(
+          await read(path, 0, Infinity, 4_096).then(
+            ({ chunks }) => (Buffer.concat(chunks).equals(bytes) ? 'read' : 'other bytes'),
+            (error: NodeJS.ErrnoException) => error.code ?? 'no code',
+          ),
+        );
+      }
+    } finally {
+      swapper.kill();
+    }
+    expect([...seen].sort()).toEqual([NOT_A_REGULAR_FILE, 'read']);
+    // Checked by path, then opened by path, the FIFO was opened whenever it came in between (the old code).
+    expect(await watcher.openedUntil(join(dir, 'done'))).not.toContain(fifo);
+  }, 60_000);
 
   it('reads a /proc file (size 0 by stat, content when read) to its end; a path past PATH_MAX fails naming it', async () => {
     expect(statSync('/proc/self/mounts').size).toBe(0);

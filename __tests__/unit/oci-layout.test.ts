@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { blobPath, readOciLayout } from '../../src/core/oci/layout.js';
@@ -53,5 +55,64 @@ describe('readOciLayout', () => {
       readFileSync(manifestFile, 'utf8').replace('"schemaVersion":2', '"schemaVersion": 2'),
     );
     await expect(readOciLayout(g.dir, 'v1')).rejects.toThrow(`expected ${g.digest}`);
+  });
+
+  it('refuses a manifest or index.json that is a FIFO, a device or huge, at once and naming it', async () => {
+    const g = generateLayout(join(work, 'hostile'), { layers: [1000], ref: 'v1' });
+    const manifestFile = blobPath(g.dir, g.digest);
+    const unreadable = `the OCI layout ${g.dir} has an unreadable manifest ${g.digest}: cannot read ${manifestFile}`;
+    // A FIFO nobody writes: reading it whole used to wait forever for a writer.
+    rmSync(manifestFile);
+    execFileSync('mkfifo', [manifestFile]);
+    await expect(readOciLayout(g.dir, 'v1')).rejects.toThrow(`${unreadable}: not a regular file.`);
+    rmSync(manifestFile);
+    // An endless device: read whole, it would fill the memory.
+    symlinkSync('/dev/zero', manifestFile);
+    await expect(readOciLayout(g.dir, 'v1')).rejects.toThrow(`${unreadable}: not a regular file.`);
+    rmSync(manifestFile);
+    // A disk-sized file (sparse here) is no manifest: refused after 4 MiB, not buffered.
+    writeFileSync(manifestFile, '');
+    truncateSync(manifestFile, 2 ** 40);
+    await expect(readOciLayout(g.dir, 'v1')).rejects.toThrow(
+      `${unreadable}: it is larger than 4194304 bytes.`,
+    );
+
+    const indexJson = join(g.dir, 'index.json');
+    rmSync(indexJson);
+    execFileSync('mkfifo', [indexJson]);
+    await expect(readOciLayout(g.dir, 'v1')).rejects.toThrow(
+      `${g.dir} is not a readable OCI image layout (index.json: cannot read ${indexJson}: not a regular file.)`,
+    );
+  }, 20_000);
+
+  it('reads a manifest once however often indexes list it', async () => {
+    const g = generateLayout(join(work, 'repeated'), { layers: [500] });
+    // An index listing one image 20,000 times: one read, not 20,000 files open at once.
+    const child = { digest: g.digest, size: readFileSync(blobPath(g.dir, g.digest)).length };
+    const indexBytes = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.index.v1+json',
+        manifests: Array.from({ length: 20_000 }, () => ({
+          mediaType: 'application/vnd.oci.image.manifest.v1+json',
+          digest: child.digest,
+          size: child.size,
+        })),
+      }),
+    );
+    const digest = `sha256:${createHash('sha256').update(indexBytes).digest('hex')}`;
+    writeFileSync(blobPath(g.dir, digest), indexBytes);
+    writeFileSync(
+      join(g.dir, 'index.json'),
+      JSON.stringify({
+        schemaVersion: 2,
+        manifests: [
+          { mediaType: 'application/vnd.oci.image.index.v1+json', digest, size: indexBytes.length },
+        ],
+      }),
+    );
+    const image = await readOciLayout(g.dir);
+    expect(image.manifests.map((m) => m.digest)).toEqual([child.digest, digest]);
+    expect(image.root.children).toHaveLength(20_000);
   });
 });

@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { open, stat } from 'node:fs/promises';
+import { open, stat, type FileHandle } from 'node:fs/promises';
 
 /** Whether anything (file, dir, socket) exists at `path`; unreadable parents count as absent. */
 export async function pathExists(path: string): Promise<boolean> {
@@ -13,9 +13,81 @@ export async function pathExists(path: string): Promise<boolean> {
 
 /** The code of fileChunks' refusal of a FIFO or device: a local file problem, like node's ENOENT or EISDIR. */
 export const NOT_A_REGULAR_FILE = 'ERR_NOT_A_REGULAR_FILE';
+/** The code of readRegularFile's refusal of a file past its limit. */
+export const FILE_TOO_LARGE = 'ERR_FILE_TOO_LARGE';
+
+/** Linux's O_PATH (node's fs.constants lacks it): a handle on the inode that opens nothing, so nothing acts. */
+const O_PATH = 0o10000000;
+
+/** An error naming the file (`shownAs` is how node's message names it), with node's code (ENOENT, EISDIR...). */
+function namedError(path: string, shownAs = path): (error: NodeJS.ErrnoException) => Error {
+  return (error) => {
+    const message = `cannot read ${path}: ${error.message.replace(shownAs, path)}`;
+    return Object.assign(new Error(message, { cause: error }), { code: error.code });
+  };
+}
+
+function notRegular(path: string): Error {
+  return Object.assign(new Error(`cannot read ${path}: not a regular file.`), { code: NOT_A_REGULAR_FILE });
+}
+
+/**
+ * A FIFO or character device has no end a digest or a declared size could rely on (/dev/zero never ends), a
+ * block device is a disk (an unused loop device reads as empty), a socket cannot be read as a file; a directory
+ * goes on to fail its first read with EISDIR, as node words it.
+ */
+const readable = (info: { isFile(): boolean; isDirectory(): boolean }) => info.isFile() || info.isDirectory();
+
+/**
+ * `path` opened for reading, refused unopened when it is no regular file: opening a device can act (a tape
+ * rewinds, /dev/watchdog arms the machine's watchdog, a FIFO's waiting writer is let through), and paths come
+ * from layouts and repositories. On Linux the check and the open are on one inode (an O_PATH handle, checked,
+ * then opened again through /proc/self/fd), so a FIFO renamed into place meanwhile is never opened. Elsewhere,
+ * or without /proc, the path is checked, then opened and checked again: a FIFO renamed into place between the
+ * two is opened once (non-blocking, so it holds no thread) and refused.
+ */
+async function openRegularFile(path: string): Promise<FileHandle> {
+  const named = namedError(path);
+  if (process.platform === 'linux') {
+    const handle = await open(path, O_PATH).catch((error: NodeJS.ErrnoException) =>
+      Promise.reject(named(error)),
+    );
+    try {
+      if (!readable(await handle.stat())) throw notRegular(path);
+      const proc = `/proc/self/fd/${handle.fd}`;
+      const reopened = await open(proc, constants.O_RDONLY | constants.O_NONBLOCK).catch(
+        (error: NodeJS.ErrnoException) =>
+          error.code === 'ENOENT' ? undefined : Promise.reject(namedError(path, proc)(error)),
+      );
+      if (reopened) return reopened;
+    } finally {
+      await handle.close();
+    }
+  } else {
+    const before = await stat(path).catch((error: NodeJS.ErrnoException) => Promise.reject(named(error)));
+    if (!readable(before)) throw notRegular(path);
+  }
+  // Non-blocking so that a FIFO put there since does not hold a thread until someone writes to it (regular
+  // files ignore it). A socket cannot be opened at all (ENXIO): no regular file either, nothing to try again.
+  const file = await open(path, constants.O_RDONLY | constants.O_NONBLOCK).catch(
+    (error: NodeJS.ErrnoException) =>
+      Promise.reject(error.code === 'ENXIO' ? notRegular(path) : named(error)),
+  );
+  // Checked again on what was opened, in case the path changed since.
+  const info = await file.stat().catch(async (error: NodeJS.ErrnoException) => {
+    await file.close();
+    throw named(error);
+  });
+  if (!readable(info)) {
+    await file.close();
+    throw notRegular(path);
+  }
+  return file;
+}
 
 /** What one read asks for: large reads mean fewer, bigger writes to a socket or pipe downstream. */
 const FILE_CHUNK = 1024 * 1024;
+const SMALL_CHUNK = 64 * 1024;
 
 /**
  * The bytes [start, end) of a file (to its end without `end`), read into ONE buffer that every chunk reuses: a
@@ -36,26 +108,13 @@ export async function* fileChunks(
   chunkSize = FILE_CHUNK,
 ): AsyncGenerator<Buffer, void, undefined> {
   if (end <= start) return;
-  const named = (error: NodeJS.ErrnoException) =>
-    Object.assign(new Error(`cannot read ${path}: ${error.message}`, { cause: error }), { code: error.code });
-  const notRegular = () =>
-    Object.assign(new Error(`cannot read ${path}: not a regular file.`), { code: NOT_A_REGULAR_FILE });
-  // Refused before it is opened: opening a device can act (a tape rewinds, /dev/watchdog arms the machine's
-  // watchdog, a FIFO's waiting writer is let through), and paths come from layouts and repositories.
-  const before = await stat(path).catch((error: NodeJS.ErrnoException) => Promise.reject(named(error)));
-  if (!before.isFile() && !before.isDirectory()) throw notRegular();
-  // Non-blocking so that a FIFO put there since does not hold a thread until someone writes to it (regular
-  // files ignore it). A socket cannot be opened at all (ENXIO): no regular file either, nothing to try again.
-  const file = await open(path, constants.O_RDONLY | constants.O_NONBLOCK).catch(
-    (error: NodeJS.ErrnoException) => Promise.reject(error.code === 'ENXIO' ? notRegular() : named(error)),
-  );
+  const named = namedError(path);
+  const file = await openRegularFile(path);
   try {
-    // Checked again on what was opened, in case the path changed since. A FIFO or character device has no end
-    // a digest or a declared size could rely on (/dev/zero never ends), a block device is a disk (an unused
-    // loop device reads as empty); a directory goes on to fail its first read with EISDIR, as node words it.
-    const info = await file.stat();
-    if (!info.isFile() && !info.isDirectory()) throw notRegular();
-    const buffer = Buffer.allocUnsafeSlow(Math.min(chunkSize, end - start));
+    // No larger than the file (the buffer of a 300-byte manifest read at once need not be 1 MiB), and never
+    // small: /proc files say 0 bytes, and a file may grow while it is read.
+    const { size } = await file.stat();
+    const buffer = Buffer.allocUnsafeSlow(Math.min(chunkSize, end - start, Math.max(size + 1, SMALL_CHUNK)));
     for (let at = start; at < end;) {
       let filled = 0;
       while (filled < buffer.length && at + filled < end) {
@@ -80,4 +139,24 @@ export async function* fileChunks(
   } finally {
     await file.close();
   }
+}
+
+/**
+ * A small file (a manifest, an index.json) read whole, refused past `limit` bytes as a file that cannot be meant
+ * (a layout's blob linked to a disk image) rather than buffered. Refuses what fileChunks refuses.
+ */
+export async function readRegularFile(path: string, limit: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of fileChunks(path, 0, Infinity)) {
+    size += chunk.length;
+    if (size > limit) {
+      throw Object.assign(new Error(`cannot read ${path}: it is larger than ${limit} bytes.`), {
+        code: FILE_TOO_LARGE,
+      });
+    }
+    // The chunk's buffer is read into again for the next one.
+    chunks.push(Buffer.from(chunk));
+  }
+  return Buffer.concat(chunks);
 }

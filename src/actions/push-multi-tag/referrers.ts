@@ -8,12 +8,13 @@
  * Everything read here comes from outside: every manifest is checked against its digest, a referrer must name
  * the subject it was found for, and blobs are downloaded verified into the scratch directory.
  */
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { readRegularFile } from '../../core/files.js';
 import type { RegistryClient } from '../../core/oci/client.js';
 import { verifyDigest } from '../../core/oci/digest.js';
-import { blobPath, REF_NAME_ANNOTATION } from '../../core/oci/layout.js';
-import { isIndexMediaType, type Descriptor } from '../../core/oci/media-types.js';
+import { blobPath, INDEX_JSON_LIMIT, REF_NAME_ANNOTATION } from '../../core/oci/layout.js';
+import { isIndexMediaType, MANIFEST_LIMIT, type Descriptor } from '../../core/oci/media-types.js';
 import { mapLimit } from '../../core/oci/pool.js';
 import { indexDescriptors } from '../../core/oci/pull.js';
 import { isValidDigest } from '../../core/oci/reference.js';
@@ -220,7 +221,9 @@ export async function attachmentsInLayout(
 ): Promise<Attachments> {
   const readBlob = async (digest: string): Promise<Buffer | undefined> => {
     if (!isValidDigest(digest)) return undefined;
-    const bytes = await readFile(blobPath(dir, digest)).catch(() => undefined);
+    const bytes = await readRegularFile(blobPath(dir, digest), MANIFEST_LIMIT).catch(
+      (error: NodeJS.ErrnoException) => (error.code === 'ENOENT' ? undefined : Promise.reject(error)),
+    );
     if (bytes) verifyDigest(`manifest ${digest} in ${dir}`, bytes, digest);
     return bytes;
   };
@@ -241,7 +244,11 @@ export async function attachmentsInLayout(
     },
     known,
   );
-  const index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as { manifests?: Descriptor[] };
+  const index = JSON.parse(
+    (await readRegularFile(join(dir, 'index.json'), INDEX_JSON_LIMIT)).toString('utf8'),
+  ) as {
+    manifests?: Descriptor[];
+  };
   const bySchemaTag = new Map(subjects.map((s) => [referrersTag(s), s]));
   const wanted = new Set(subjects);
   for (const entry of index.manifests ?? []) {

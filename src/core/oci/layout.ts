@@ -3,11 +3,13 @@
  * child manifests, and the configs and layers they use. Every manifest is checked against its digest as it is
  * read; blobs are checked as they are streamed to a registry.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { readRegularFile } from '../files.js';
 import { errorMessage } from '../run.js';
 import { verifyDigest } from './digest.js';
-import { isIndexMediaType, type Descriptor } from './media-types.js';
+import { MANIFEST_LIMIT, isIndexMediaType, type Descriptor } from './media-types.js';
+import { mapLimit } from './pool.js';
 
 export const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name';
 
@@ -46,11 +48,37 @@ interface ManifestJson {
   layers?: Descriptor[];
 }
 
-async function readManifest(dir: string, descriptor: Descriptor): Promise<ManifestNode> {
+/** index.json lists every image of the layout: room for tens of thousands of them, not for a disk image. */
+export const INDEX_JSON_LIMIT = 16 * 1024 * 1024;
+/** Manifests of one index read at once (each holds a file open). */
+const READ_CONCURRENCY = 16;
+
+/** Each manifest read once per layout, however many indexes list it (or how often one does). */
+type ManifestReads = Map<string, Promise<ManifestNode>>;
+
+function readManifest(dir: string, descriptor: Descriptor, reads: ManifestReads): Promise<ManifestNode> {
+  let read = reads.get(descriptor.digest);
+  if (!read) {
+    read = readManifestOnce(dir, descriptor, reads);
+    reads.set(descriptor.digest, read);
+  }
+  return read;
+}
+
+async function readManifestOnce(
+  dir: string,
+  descriptor: Descriptor,
+  reads: ManifestReads,
+): Promise<ManifestNode> {
   let bytes: Buffer;
   try {
-    bytes = await readFile(blobPath(dir, descriptor.digest));
-  } catch {
+    bytes = await readRegularFile(blobPath(dir, descriptor.digest), MANIFEST_LIMIT);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
+      throw new Error(
+        `the OCI layout ${dir} has an unreadable manifest ${descriptor.digest}: ${errorMessage(error)}`,
+      );
+    }
     throw new Error(
       `the OCI layout ${dir} lacks manifest ${descriptor.digest}${descriptor.platform ? ` (${descriptor.platform.os}/${descriptor.platform.architecture})` : ''}; copy the image with all its platforms (skopeo copy --all).`,
     );
@@ -59,7 +87,9 @@ async function readManifest(dir: string, descriptor: Descriptor): Promise<Manife
   const parsed = JSON.parse(bytes.toString('utf8')) as ManifestJson;
   const mediaType = descriptor.mediaType || parsed.mediaType || '';
   if (isIndexMediaType(mediaType) || (parsed.manifests && !parsed.layers)) {
-    const children = await Promise.all((parsed.manifests ?? []).map((d) => readManifest(dir, d)));
+    const children = await mapLimit(parsed.manifests ?? [], READ_CONCURRENCY, (d) =>
+      readManifest(dir, d, reads),
+    );
     return { digest: descriptor.digest, mediaType, bytes, children, blobs: [] };
   }
   if (!parsed.config) throw new Error(`manifest ${descriptor.digest} in ${dir} has no config.`);
@@ -95,11 +125,13 @@ function selectDescriptor(dir: string, index: IndexJson, ref: string | undefined
 export async function readOciLayout(dir: string, ref?: string): Promise<LocalImage> {
   let index: IndexJson;
   try {
-    index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as IndexJson;
+    index = JSON.parse(
+      (await readRegularFile(join(dir, 'index.json'), INDEX_JSON_LIMIT)).toString('utf8'),
+    ) as IndexJson;
   } catch (error) {
     throw new Error(`${dir} is not a readable OCI image layout (index.json: ${errorMessage(error)}).`);
   }
-  const root = await readManifest(dir, selectDescriptor(dir, index, ref));
+  const root = await readManifest(dir, selectDescriptor(dir, index, ref), new Map());
   const manifests: ManifestNode[] = [];
   const blobs = new Map<string, Descriptor>();
   const visit = (node: ManifestNode) => {

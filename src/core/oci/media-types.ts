@@ -6,6 +6,9 @@ export const MediaType = {
   dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
 } as const;
 
+/** containers/image's limit: a larger "manifest" is an attack or a mistake, not something to buffer. */
+export const MANIFEST_LIMIT = 4 * 1024 * 1024;
+
 export const MANIFEST_MEDIA_TYPES: readonly string[] = [
   MediaType.ociIndex,
   MediaType.ociManifest,

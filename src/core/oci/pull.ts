@@ -4,14 +4,11 @@
  */
 import { DigestMismatchError, digestOf, verifyDigest } from './digest.js';
 import { RegistryError } from './errors.js';
-import { MANIFEST_MEDIA_TYPES, MediaType, type Descriptor } from './media-types.js';
+import { MANIFEST_LIMIT, MANIFEST_MEDIA_TYPES, MediaType, type Descriptor } from './media-types.js';
 import { isValidDigest } from './reference.js';
 import type { RegistryResponse } from './response.js';
 import { pullScope } from './token.js';
 import type { RegistryTransport } from './transport.js';
-
-/** containers/image's limit: a larger "manifest" is an attack or a mistake, not something to buffer. */
-const MANIFEST_LIMIT = 4 * 1024 * 1024;
 
 export async function headManifest(
   transport: RegistryTransport,
