@@ -4,19 +4,24 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
 import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import {
+  closeSync,
+  constants,
   existsSync,
   mkdirSync,
   mkdtempSync,
+  openSync,
   readdirSync,
   readFileSync,
   rmSync,
   statSync,
+  symlinkSync,
   utimesSync,
   writeFileSync,
 } from 'node:fs';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
 import { registerReader } from '../../src/core/cache-dir.js';
 import { InputError } from '../../src/core/inputs.js';
@@ -356,4 +361,153 @@ describe('directory cache backend, eviction', () => {
       ]);
     },
   );
+});
+
+/**
+ * The volume is shared by every job that mounts it, so what it holds is written by others: an entry may say
+ * anything in its entry.json and hold anything in place of its files. A restore puts bytes only at the paths it
+ * was asked for and never blocks on what it finds there.
+ */
+describe('directory cache backend, hostile volume content', () => {
+  let root: string;
+
+  beforeAll(() => {
+    root = join(dirs.base, 'hostile-volume');
+    process.env.IMAGE_CI_CACHE_DIR = root;
+  });
+
+  afterAll(() => {
+    process.env.IMAGE_CI_CACHE_DIR = volume;
+    delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+  });
+
+  /** Saves a small disk under `key` and returns its paths and entry dir. */
+  async function saved(key: string): Promise<{ image: string; record: string; entry: string }> {
+    const { image, record } = await disk(data(`hostile-${key}`), MiB);
+    expect((await saveCache(cliHost().host, [image, record], key)).outcome).toBe('saved');
+    return { image, record, entry: entryDirOf(root, key) };
+  }
+
+  function rewriteMeta(entry: string, change: (meta: Record<string, unknown>) => void): void {
+    const path = join(entry, 'entry.json');
+    const meta = JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
+    change(meta);
+    writeFileSync(path, JSON.stringify(meta));
+  }
+
+  /** Makes a FIFO at `path`; afterEach opens it for writing, which ends an open() still blocked on it. */
+  const fifos: string[] = [];
+  function fifo(path: string): void {
+    rmSync(path, { recursive: true, force: true });
+    execFileSync('mkfifo', [path]);
+    fifos.push(path);
+  }
+
+  afterEach(() => {
+    for (const path of fifos.splice(0)) {
+      try {
+        // A reader blocked in open() (the old code) gets EOF and the test process can exit.
+        closeSync(openSync(path, constants.O_WRONLY | constants.O_NONBLOCK));
+      } catch {
+        // nobody is waiting
+      }
+    }
+  });
+
+  it('refuses an entry whose entry.json puts a file outside the paths asked for, and writes nothing there', async () => {
+    const { image, record, entry } = await saved('hostile-path');
+    const victim = join(data('hostile-victim'), 'authorized_keys');
+    rewriteMeta(entry, (meta) => {
+      (meta.files as Array<{ path: string }>)[1]!.path = victim;
+    });
+    await laterRun([dirs.runnerTemp]);
+    mkdirSync(dirname(victim), { recursive: true });
+    writeFileSync(victim, 'mine\n');
+    const { host, log } = cliHost();
+    expect(await restoreCache(host, [image, record], 'hostile-path')).toEqual({ hit: false, backend: 'dir' });
+    expect(readFileSync(victim, 'utf8')).toBe('mine\n');
+    expect(existsSync(image)).toBe(false);
+    expect(log).toContainEqual(
+      expect.stringMatching(
+        /^warning: Cache entry refused, continuing without it \(dir backend\): .* not one of the paths asked for/,
+      ),
+    );
+  });
+
+  it('refuses an entry whose entry.json names a stored file outside the entry', async () => {
+    const { image, record, entry } = await saved('hostile-name');
+    const secret = join(dirs.base, 'secret');
+    writeFileSync(secret, 'secret\n');
+    rewriteMeta(entry, (meta) => {
+      (meta.files as Array<{ name: string }>)[0]!.name = `../../../../secret`;
+    });
+    await laterRun([dirs.runnerTemp]);
+    const { host } = cliHost();
+    expect(await restoreCache(host, [image, record], 'hostile-name')).toEqual({ hit: false, backend: 'dir' });
+    expect(existsSync(image)).toBe(false);
+  });
+
+  it('does not take an entry whose entry.json claims another key than the one it is stored under', async () => {
+    const { image, record, entry } = await saved('hostile-claim-a');
+    rewriteMeta(entry, (meta) => {
+      meta.key = 'hostile-claim-b';
+    });
+    await laterRun([dirs.runnerTemp]);
+    const { host } = cliHost();
+    expect(await restoreCache(host, [image, record], 'hostile-claim-b')).toEqual({
+      hit: false,
+      backend: 'dir',
+    });
+    expect(existsSync(image)).toBe(false);
+  });
+
+  it.each([
+    ['its entry.json', 'entry.json'],
+    ['a stored file', 'files/0'],
+  ])('does not block on a FIFO in place of %s: a miss', async (_what, member) => {
+    const key = `hostile-fifo-${member.replace('/', '-')}`;
+    const { image, record, entry } = await saved(key);
+    fifo(join(entry, member));
+    await laterRun([dirs.runnerTemp]);
+    const { host } = cliHost();
+    expect((await restoreCache(host, [image, record], key)).hit).toBe(false);
+    expect(existsSync(image)).toBe(false);
+  });
+
+  it('does not block on a FIFO in place of an archive', async () => {
+    const dir = data('hostile-tar');
+    writeFileSync(join(dir, 'x'), 'x');
+    expect((await saveCache(cliHost().host, [dir], 'hostile-fifo-tar')).outcome).toBe('saved');
+    fifo(join(entryDirOf(root, 'hostile-fifo-tar'), 'archive.tar.zst'));
+    await laterRun([dirs.runnerTemp]);
+    expect((await restoreCache(cliHost().host, [dir], 'hostile-fifo-tar')).hit).toBe(false);
+  });
+
+  it('does not follow a stored file that is a symlink (it would copy whatever it points at)', async () => {
+    const { image, record, entry } = await saved('hostile-symlink');
+    const secret = join(dirs.base, 'secret-2');
+    writeFileSync(secret, 'secret\n', { mode: 0o600 });
+    rmSync(join(entry, 'files', '0'));
+    symlinkSync(secret, join(entry, 'files', '0'));
+    await laterRun([dirs.runnerTemp]);
+    expect((await restoreCache(cliHost().host, [image, record], 'hostile-symlink')).hit).toBe(false);
+    expect(existsSync(image)).toBe(false);
+  });
+
+  it('evicts past a FIFO in place of a restore registration instead of blocking every save', async () => {
+    const { entry } = await saved('hostile-fifo-reader');
+    mkdirSync(join(entry, 'readers'), { recursive: true });
+    const registration = join(entry, 'readers', '1-deadbeef');
+    fifo(registration);
+    const old = new Date(Date.now() - 2 * 60_000);
+    utimesSync(join(entry, 'used'), old, old);
+    execFileSync('touch', ['-h', '-d', '@' + Math.floor(old.getTime() / 1000), registration]);
+    process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1.5MiB';
+    try {
+      await saved('hostile-fifo-reader-2');
+      expect(existsSync(entry)).toBe(false);
+    } finally {
+      delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    }
+  });
 });

@@ -28,14 +28,13 @@ import {
   mkdir,
   open,
   readdir,
-  readFile,
   rename,
   rm,
   stat,
-  utimes,
+  lutimes,
   writeFile,
 } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
 import { fsyncDir, judgeOwnerFile, ownerRecord, writeFileAtomic, type LockOwner } from './atomic.js';
 import { exec } from './exec.js';
@@ -86,14 +85,61 @@ export function dirCacheVersion(paths: readonly string[]): string {
     .digest('hex');
 }
 
+const entryName = (key: string) => createHash('sha256').update(key).digest('hex');
+
 function entryDir(root: string, version: string, key: string): string {
-  return join(root, 'entries', version, createHash('sha256').update(key).digest('hex'));
+  return join(root, 'entries', version, entryName(key));
+}
+
+/** More than any entry.json this backend writes (a path list and a few numbers). */
+const MAX_META_BYTES = 1024 * 1024;
+
+/**
+ * The content of a regular file in the volume, or undefined for anything else. Opened without blocking and
+ * without following a symlink: the volume is written by other jobs, and a FIFO there would hold a read forever.
+ */
+async function readVolumeFile(path: string, maxBytes: number): Promise<string | undefined> {
+  let handle;
+  try {
+    handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
+  } catch {
+    return undefined;
+  }
+  try {
+    const info = await handle.stat();
+    if (!info.isFile() || info.size > maxBytes) return undefined;
+    return await handle.readFile('utf8');
+  } finally {
+    await handle.close();
+  }
+}
+
+/** The stored file names this backend writes; anything else would name a file outside the entry. */
+const STORED_NAME = new RegExp(`^${FILES}/\\d+$`);
+
+function wellFormed(meta: Partial<EntryMeta> | null, dir: string): meta is EntryMeta {
+  if (typeof meta?.key !== 'string' || typeof meta.createdAt !== 'number') return false;
+  if (typeof meta.sizeBytes !== 'number' || !(meta.sizeBytes >= 0)) return false;
+  // Stored under another key's name, it would be taken for that key's exact match.
+  if (basename(dir) !== entryName(meta.key)) return false;
+  if (meta.format !== 'files') return true;
+  return (
+    Array.isArray(meta.files) &&
+    meta.files.every(
+      (f) =>
+        typeof f?.path === 'string' &&
+        typeof f.name === 'string' &&
+        STORED_NAME.test(f.name) &&
+        typeof f.size === 'number',
+    )
+  );
 }
 
 async function readEntry(dir: string): Promise<Entry | undefined> {
   try {
-    const meta = JSON.parse(await readFile(join(dir, META), 'utf8')) as EntryMeta;
-    if (typeof meta.key === 'string' && typeof meta.createdAt === 'number') return { ...meta, dir };
+    const raw = await readVolumeFile(join(dir, META), MAX_META_BYTES);
+    const meta = raw === undefined ? undefined : (JSON.parse(raw) as Partial<EntryMeta> | null);
+    if (meta !== undefined && wellFormed(meta, dir)) return { ...meta, dir };
   } catch {
     // not an entry (or damaged by hand): never matched
   }
@@ -184,8 +230,11 @@ export async function restoreFromDirCache(
   const lease = await registerReader(entry.dir);
   if (!lease) return {};
   try {
+    const refused = await unrestorable(entry, paths);
+    if (refused) return { refused: `${entry.dir} ${refused}` };
     const now = new Date();
-    await utimes(join(entry.dir, USED), now, now).catch(() => undefined);
+    // lutimes: `used` is the volume's content, and a symlink there must not let a restore touch another file.
+    await lutimes(join(entry.dir, USED), now, now).catch(() => undefined);
     if (entry.format === 'files') {
       for (const file of entry.files ?? []) {
         const how = await placeFile(join(entry.dir, file.name), file.path, options.readOnly ?? false);
@@ -201,6 +250,24 @@ export async function restoreFromDirCache(
     await lease.release();
   }
   return { matchedKey: entry.key };
+}
+
+/**
+ * Why the entry is no restore of `paths`, or undefined. Its entry.json is written by whoever shares the volume: a
+ * stored file goes only to one of the paths asked for, and what is read from the entry must be a regular file (a
+ * symlink would be followed by the copy, a FIFO would block it forever).
+ */
+async function unrestorable(entry: Entry, paths: string[]): Promise<string | undefined> {
+  const asked = new Set(paths.map((p) => resolve(p)));
+  const stored = entry.format === 'files' ? (entry.files ?? []) : [{ name: ARCHIVE, path: undefined }];
+  for (const file of stored) {
+    if (file.path !== undefined && !asked.has(file.path)) {
+      return `would write ${JSON.stringify(file.path)}, which is not one of the paths asked for`;
+    }
+    const info = await lstat(join(entry.dir, file.name)).catch(() => undefined);
+    if (!info?.isFile()) return `holds no regular file ${file.name}`;
+  }
+  return undefined;
 }
 
 /**
@@ -370,7 +437,7 @@ async function allEntries(root: string): Promise<Array<Entry & { lastUsed: numbe
   const entries: Array<Entry & { lastUsed: number }> = [];
   for (const version of versions) {
     for (const entry of await readEntries(root, version)) {
-      const used = await stat(join(entry.dir, USED)).catch(() => undefined);
+      const used = await lstat(join(entry.dir, USED)).catch(() => undefined);
       entries.push({ ...entry, lastUsed: used?.mtimeMs ?? entry.createdAt });
     }
   }
