@@ -14,6 +14,7 @@ import {
   openSync,
   readdirSync,
   readFileSync,
+  readlinkSync,
   rmSync,
   statSync,
   symlinkSync,
@@ -481,6 +482,42 @@ describe('directory cache backend, hostile volume content', () => {
     fifo(join(entryDirOf(root, 'hostile-fifo-tar'), 'archive.tar.zst'));
     await laterRun([dirs.runnerTemp]);
     expect((await restoreCache(cliHost().host, [dir], 'hostile-fifo-tar')).hit).toBe(false);
+  });
+
+  it('refuses an archive with a member outside the paths asked for, before tar writes it', async () => {
+    const dir = data('hostile-archive');
+    writeFileSync(join(dir, 'x'), 'x');
+    expect((await saveCache(cliHost().host, [dir], 'hostile-archive')).outcome).toBe('saved');
+    // What another job with the volume could put there: the same absolute names tar -P writes, one outside.
+    const planted = join(data('hostile-planted'), 'bashrc');
+    writeFileSync(planted, 'planted\n');
+    const archive = join(entryDirOf(root, 'hostile-archive'), 'archive.tar.zst');
+    rmSync(archive, { force: true });
+    execFileSync('tar', ['-c', '-P', '--posix', '--zstd', '-f', archive, dir, planted]);
+    await laterRun([dirs.runnerTemp]);
+    const { host, log } = cliHost();
+    expect(await restoreCache(host, [dir], 'hostile-archive')).toEqual({ hit: false, backend: 'dir' });
+    expect(existsSync(planted)).toBe(false);
+    expect(log).toContainEqual(
+      expect.stringMatching(
+        /^warning: Cache entry refused, continuing without it \(dir backend\): .*bashrc' is outside the cache paths/,
+      ),
+    );
+  });
+
+  it('restores a tree whose symlinks point outside it (nothing is written through them)', async () => {
+    const dir = data('symlinks-out');
+    writeFileSync(join(dir, 'x'), 'x');
+    symlinkSync('/etc', join(dir, 'etc'));
+    symlinkSync('/usr/bin/python3', join(dir, 'python'));
+    expect((await saveCache(cliHost().host, [dir], 'symlinks-out')).outcome).toBe('saved');
+    await laterRun([dirs.runnerTemp]);
+    expect((await restoreCache(cliHost().host, [dir], 'symlinks-out')).hit).toBe(true);
+    expect([readlinkSync(join(dir, 'etc')), readlinkSync(join(dir, 'python'))]).toEqual([
+      '/etc',
+      '/usr/bin/python3',
+    ]);
+    expect(readFileSync(join(dir, 'x'), 'utf8')).toBe('x');
   });
 
   it('does not follow a stored file that is a symlink (it would copy whatever it points at)', async () => {

@@ -37,10 +37,13 @@ import {
 import { basename, dirname, join, resolve } from 'node:path';
 import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
 import { fsyncDir, judgeOwnerFile, ownerRecord, writeFileAtomic, type LockOwner } from './atomic.js';
+import { EntryRefused } from './cache-confinement.js';
+import { extractConfined } from './cache-dir-extract.js';
 import { exec } from './exec.js';
 import type { Host } from './host.js';
 import { InputError, parseBytes } from './inputs.js';
 import { formatBytes } from './summary.js';
+import { TarFormatError } from './tar-members.js';
 
 export const CACHE_DIR_MAX_SIZE_ENV = 'IMAGE_CI_CACHE_DIR_MAX_SIZE';
 /** Archiving gigabytes (VM images, build caches) takes minutes, never hours. */
@@ -242,10 +245,13 @@ export async function restoreFromDirCache(
       }
     } else {
       host.info(`Extracting ${formatBytes(entry.sizeBytes)} from ${entry.dir}`);
-      await exec('tar', ['-x', '-P', '-f', join(entry.dir, ARCHIVE), '--use-compress-program', 'unzstd'], {
-        timeoutMs: TAR_TIMEOUT_MS,
-      });
+      await extractConfined(join(entry.dir, ARCHIVE), paths, TAR_TIMEOUT_MS);
     }
+  } catch (error) {
+    if (error instanceof EntryRefused || error instanceof TarFormatError) {
+      return { refused: `${entry.dir}: ${error.message}` };
+    }
+    throw error;
   } finally {
     await lease.release();
   }
