@@ -19,10 +19,12 @@ import {
   statSync,
   symlinkSync,
   utimesSync,
+  watch,
   writeFileSync,
 } from 'node:fs';
 import { hostname } from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
+import { acquireLock } from '../../src/core/atomic.js';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
 import { registerReader } from '../../src/core/cache-dir.js';
 import { InputError } from '../../src/core/inputs.js';
@@ -335,6 +337,49 @@ describe('directory cache backend, eviction', () => {
       expect.stringMatching(/^Cache dir: evicted ev-a /),
     ]);
     expect(readdirSync(join(root, 'tmp'))).toEqual([]);
+  });
+
+  it('never moves an entry a restore has registered for, not even for a moment', async () => {
+    // A restore opens the entry's files one after the other: an entry moved aside and back between two of them
+    // fails it. inotify sees every rename of the entry's dir.
+    lastRestored('ev-e', 90);
+    const dir = entryDirOf(root, 'ev-e');
+    const renames: string[] = [];
+    const watcher = watch(dirname(dir), (type, name) => {
+      if (type === 'rename') renames.push(String(name));
+    });
+    const lease = await registerReader(dir);
+    process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1.5MiB';
+    try {
+      const { log } = await saveDisk('ev-g');
+      expect(log).toContain(
+        `Cache dir: not evicting ev-e, being restored by pid ${process.pid} on ${hostname()}`,
+      );
+      // inotify keeps order: once the sentinel's event is in, every earlier one is too.
+      const sentinel = join(dirname(dir), 'sentinel');
+      writeFileSync(sentinel, '');
+      while (!renames.includes('sentinel')) await new Promise((r) => setTimeout(r, 10));
+      rmSync(sentinel);
+      expect(renames.filter((name) => name === basename(dir))).toEqual([]);
+    } finally {
+      watcher.close();
+      await lease!.release();
+      process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '2.5MiB';
+    }
+  });
+
+  it('a restore that meets an eviction deciding on its entry is a miss, and leaves the entry whole', async () => {
+    const dir = entryDirOf(root, 'ev-g');
+    const lock = await acquireLock(join(dir, 'evicting'), { timeoutMs: 0 });
+    try {
+      const image = join(dirs.runnerTemp, 'ici-evict-ev-g', 'machine-os-qemu-x86_64.qcow2.zst');
+      const r = await restoreCache(cliHost().host, [image, `${image}.json`], 'ev-g');
+      expect(r).toEqual({ hit: false, backend: 'dir' });
+      expect(readdirSync(join(dir, 'readers'))).toEqual([]);
+    } finally {
+      await lock.release();
+    }
+    expect(keys()).toContain('ev-g');
   });
 
   it.each([

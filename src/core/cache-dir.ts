@@ -9,6 +9,7 @@
  *                                  /files/<n>         regular files: stored as they are, read-only
  *                                  /used              its mtime says when the entry was last restored
  *                                  /readers/<id>      restores in progress (shared lock against eviction)
+ *                                  /evicting          held while an eviction decides (exclusive lock)
  *   tmp/<random>/                                 entries being written, or being evicted
  * An entry is written in tmp, fsynced, then renamed into place in one step: readers never see half an entry,
  * a crash leaves only a stray tmp dir, and a rename onto an existing entry fails, so concurrent writers of one
@@ -36,7 +37,15 @@ import {
 } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
-import { fsyncDir, judgeOwnerFile, ownerRecord, writeFileAtomic, type LockOwner } from './atomic.js';
+import {
+  acquireLock,
+  fsyncDir,
+  judgeOwnerFile,
+  ownerRecord,
+  writeFileAtomic,
+  type Lock,
+  type LockOwner,
+} from './atomic.js';
 import { EntryRefused } from './cache-confinement.js';
 import { extractConfined } from './cache-dir-extract.js';
 import { exec } from './exec.js';
@@ -57,6 +66,9 @@ const READERS = 'readers';
 const STALE_TEMP_MS = 24 * 3_600_000;
 /** A reader registration this old is from a restore that died on another host (same host: its pid is checked). */
 const STALE_READER_MS = 6 * 3_600_000;
+/** An eviction holds its lock for a look at the readers and a rename: milliseconds. */
+const STALE_EVICTING_MS = 60_000;
+const EVICTING = 'evicting';
 /** Bumped if the archive format changes, so old entries are not misread. */
 const FORMAT = 'ici-dir-1';
 
@@ -187,7 +199,11 @@ export interface ReaderLease {
 
 /**
  * Registers a restore of the entry in `dir` (its shared lock): eviction leaves the entry alone while a live
- * registration exists. Undefined when the entry is gone (evicted between lookup and now).
+ * registration exists. Undefined when the entry is gone (evicted between lookup and now) or being evicted.
+ *
+ * A reader registers, then looks for an eviction's lock; an eviction takes its lock, then looks for readers.
+ * Whichever comes second sees the other, so an entry is never moved while a restore reads it (moving it aside
+ * even for a moment would fail a restore that opens its next file then).
  */
 export async function registerReader(dir: string): Promise<ReaderLease | undefined> {
   const me = ownerRecord('restore');
@@ -195,7 +211,13 @@ export async function registerReader(dir: string): Promise<ReaderLease | undefin
   for (let attempt = 0; ; attempt++) {
     try {
       await writeFile(file, JSON.stringify(me), { flag: 'wx' });
-      return { release: () => rm(file, { force: true }) };
+      const release = () => rm(file, { force: true });
+      const evicting = await judgeOwnerFile(join(dir, EVICTING), STALE_EVICTING_MS);
+      if (evicting && !evicting.stale) {
+        await release();
+        return undefined;
+      }
+      return { release };
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'ENOENT' || attempt > 0) return undefined;
     }
@@ -452,9 +474,8 @@ async function allEntries(root: string): Promise<Array<Entry & { lastUsed: numbe
 
 /**
  * Keeps the cache under its budget: least recently restored entries go first; the entry just saved and every
- * entry a restore is reading stay. An entry is moved into tmp before its readers are checked, so a restore
- * that registers after the move finds nothing (a miss) instead of half a deleted entry; one that registered
- * before is seen, and the entry is put back.
+ * entry a restore is reading stay. Each entry is judged under its eviction lock (see registerReader): with no
+ * live reader it is moved into tmp, so nobody finds half a deleted entry, and removed there.
  */
 async function evictOverBudget(host: Host, root: string, keep: string, budget: number): Promise<void> {
   const entries = await allEntries(root);
@@ -463,18 +484,29 @@ async function evictOverBudget(host: Host, root: string, keep: string, budget: n
   for (const entry of entries.sort((a, b) => a.lastUsed - b.lastUsed)) {
     if (total <= budget) return;
     if (entry.dir === keep) continue;
+    let lock: Lock;
+    try {
+      lock = await acquireLock(join(entry.dir, EVICTING), {
+        timeoutMs: 0,
+        staleMs: STALE_EVICTING_MS,
+        purpose: 'cache dir eviction',
+      });
+    } catch {
+      continue; // another job is evicting it, or has evicted it meanwhile
+    }
+    const readers = await liveReaders(entry.dir);
+    if (readers.length > 0) {
+      await lock.release();
+      host.info(
+        `Cache dir: not evicting ${entry.key}, being restored by pid ${readers[0]!.pid} on ${readers[0]!.host}`,
+      );
+      continue;
+    }
     const aside = join(root, 'tmp', `evict-${randomBytes(6).toString('hex')}`);
     try {
       await rename(entry.dir, aside);
     } catch {
-      continue; // evicted by another job meanwhile
-    }
-    const readers = await liveReaders(aside);
-    if (readers.length > 0) {
-      await rename(aside, entry.dir).catch(() => undefined);
-      host.info(
-        `Cache dir: not evicting ${entry.key}, being restored by pid ${readers[0]!.pid} on ${readers[0]!.host}`,
-      );
+      await lock.release();
       continue;
     }
     await rm(aside, { recursive: true, force: true });
