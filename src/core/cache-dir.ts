@@ -11,6 +11,7 @@
  *                                  /readers/<id>      restores in progress (shared lock against eviction)
  *                                  /evicting          held while an eviction decides (exclusive lock)
  *   tmp/<random>/                                 entries being written, or being evicted
+ *      <random>.owner                             the job doing that (written first, removed last)
  * An entry is written in tmp, fsynced, then renamed into place in one step: readers never see half an entry,
  * a crash leaves only a stray tmp dir, and a rename onto an existing entry fails, so concurrent writers of one
  * key cannot clobber each other (the loser reports 'exists').
@@ -62,8 +63,13 @@ const FILES = 'files';
 const META = 'entry.json';
 const USED = 'used';
 const READERS = 'readers';
-/** A tmp dir this old belongs to a writer that crashed (no save takes a day); it is removed by the next save. */
+/**
+ * A tmp dir this old belongs to a writer that crashed (no save takes a day); it is removed by the next save. One
+ * whose writer (or evicting job) ran on this host and is gone is removed at once: a killed job must not leave
+ * gigabytes the budget does not count.
+ */
 const STALE_TEMP_MS = 24 * 3_600_000;
+const OWNER_SUFFIX = '.owner';
 /** A reader registration this old is from a restore that died on another host (same host: its pid is checked). */
 const STALE_READER_MS = 6 * 3_600_000;
 /** An eviction holds its lock for a look at the readers and a rename: milliseconds. */
@@ -349,10 +355,36 @@ async function removeStaleTemps(tmpRoot: string): Promise<void> {
     return;
   }
   for (const name of names) {
-    const dir = join(tmpRoot, name);
-    const info = await stat(dir).catch(() => undefined);
-    if (info && Date.now() - info.mtimeMs > STALE_TEMP_MS) await rm(dir, { recursive: true, force: true });
+    const path = join(tmpRoot, name);
+    if (name.endsWith(OWNER_SUFFIX)) {
+      const owner = await judgeOwnerFile(path, STALE_TEMP_MS).catch(() => undefined);
+      if (!owner?.stale) continue;
+      await rm(path.slice(0, -OWNER_SUFFIX.length), { recursive: true, force: true });
+      await rm(path, { force: true });
+    } else if (!names.includes(`${name}${OWNER_SUFFIX}`)) {
+      // Left by a version that recorded no owner: judged by its age alone.
+      const info = await stat(path).catch(() => undefined);
+      if (info && Date.now() - info.mtimeMs > STALE_TEMP_MS) await rm(path, { recursive: true, force: true });
+    }
   }
+}
+
+/**
+ * A fresh path in tmp, its owner recorded beside it before anything is made there: whatever a kill leaves, the
+ * next save tells it from a live job's work. `done` removes both, the owner last.
+ */
+async function claimTemp(root: string, prefix = ''): Promise<{ path: string; done(): Promise<void> }> {
+  await mkdir(join(root, 'tmp'), { recursive: true });
+  const path = join(root, 'tmp', `${prefix}${randomBytes(8).toString('hex')}`);
+  const owner = `${path}${OWNER_SUFFIX}`;
+  await writeFile(owner, JSON.stringify(ownerRecord('cache dir')), { flag: 'wx' });
+  return {
+    path,
+    done: async () => {
+      await rm(path, { recursive: true, force: true });
+      await rm(owner, { force: true });
+    },
+  };
 }
 
 /** Regular files are stored as they are; anything else (a directory, a mix) as one zstd tar. */
@@ -392,10 +424,11 @@ export async function saveToDirCache(
 
   const present = paths.map((p) => resolve(p)).filter((p) => existsSync(p));
   await removeStaleTemps(join(root, 'tmp'));
-  const temp = join(root, 'tmp', randomBytes(8).toString('hex'));
-  await mkdir(join(temp, READERS), { recursive: true });
+  const claimed = await claimTemp(root);
+  const temp = claimed.path;
   let result: SaveResult;
   try {
+    await mkdir(join(temp, READERS), { recursive: true });
     let meta: EntryMeta;
     if (await allRegularFiles(present)) {
       const files = await writeFiles(temp, present);
@@ -435,7 +468,7 @@ export async function saveToDirCache(
     const how = meta.format === 'files' ? `${meta.files!.length} file(s) as they are` : 'a zstd tar';
     result = { outcome: 'saved', message: `${formatBytes(meta.sizeBytes)} in ${root}, ${how}` };
   } finally {
-    await rm(temp, { recursive: true, force: true });
+    await claimed.done();
   }
   if (budget !== undefined) await evictOverBudget(host, root, target, budget);
   return result;
@@ -502,14 +535,15 @@ async function evictOverBudget(host: Host, root: string, keep: string, budget: n
       );
       continue;
     }
-    const aside = join(root, 'tmp', `evict-${randomBytes(6).toString('hex')}`);
+    const aside = await claimTemp(root, 'evict-');
     try {
-      await rename(entry.dir, aside);
+      await rename(entry.dir, aside.path);
     } catch {
       await lock.release();
+      await aside.done();
       continue;
     }
-    await rm(aside, { recursive: true, force: true });
+    await aside.done();
     host.info(
       `Cache dir: evicted ${entry.key} (${formatBytes(entry.sizeBytes)}, last restored ${new Date(entry.lastUsed).toISOString()}): ${over()}`,
     );
