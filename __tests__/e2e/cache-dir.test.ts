@@ -211,6 +211,39 @@ describe('directory cache backend, single files', () => {
     expect(log).toContain(`Restored ${image} (4.0 MiB) as a hard link of ${entry}/files/0`);
   });
 
+  it('a job that writes through a hard-linked restore (root ignores 0444) spoils the entry: the next restore refuses and drops it, and a save replaces it', async () => {
+    const { image, record } = await disk(data('file-spoiled'));
+    const digest = sha(image);
+    const { host } = cliHost();
+    expect((await saveCache(host, [image, record], 'disk-spoiled')).outcome).toBe('saved');
+    await laterRun([dirs.runnerTemp]);
+    expect((await restoreCache(host, [image, record], 'disk-spoiled', [], { readOnly: true })).hit).toBe(
+      true,
+    );
+    writeFileSync(image, 'a job wrote here', { flag: 'r+' });
+    expect(sha(join(entryDirOf(volume, 'disk-spoiled'), 'files', '0'))).not.toBe(digest);
+
+    await laterRun([dirs.runnerTemp]);
+    const later = cliHost();
+    expect(await restoreCache(later.host, [image, record], 'disk-spoiled', [], { readOnly: true })).toEqual({
+      hit: false,
+      backend: 'dir',
+    });
+    expect(later.log).toContainEqual(
+      expect.stringMatching(
+        /^warning: Cache entry refused, .*files\/0 was written since it was saved .*; removed, so the next save replaces it$/,
+      ),
+    );
+    const { image: again, record: againRecord } = await disk(data('file-spoiled'));
+    expect((await saveCache(host, [again, againRecord], 'disk-spoiled')).outcome).toBe('saved');
+    const fresh = sha(again);
+    await laterRun([dirs.runnerTemp]);
+    expect((await restoreCache(host, [image, record], 'disk-spoiled', [], { readOnly: true })).hit).toBe(
+      true,
+    );
+    expect(sha(image)).toBe(fresh);
+  });
+
   it('restores a writable copy when the caller may write (ext4 has no reflinks)', async () => {
     const { image, record } = await disk(data('file-copy'));
     const { host, log } = cliHost();

@@ -84,6 +84,11 @@ interface StoredFile {
   /** Inside the entry dir. */
   name: string;
   size: number;
+  /**
+   * The stored file's mtime once written. A job may write a file restored as a hard link (root ignores its
+   * 0444), which changes the entry's bytes for everyone; its mtime then differs.
+   */
+  mtimeMs?: number;
 }
 
 interface EntryMeta {
@@ -151,7 +156,8 @@ function wellFormed(meta: Partial<EntryMeta> | null, dir: string): meta is Entry
         typeof f?.path === 'string' &&
         typeof f.name === 'string' &&
         STORED_NAME.test(f.name) &&
-        typeof f.size === 'number',
+        typeof f.size === 'number' &&
+        (f.mtimeMs === undefined || typeof f.mtimeMs === 'number'),
     )
   );
 }
@@ -263,6 +269,14 @@ export async function restoreFromDirCache(
   try {
     const refused = await unrestorable(entry, paths);
     if (refused) return { refused: `${entry.dir} ${refused}` };
+    const changed = await changedSinceSaved(entry);
+    if (changed) {
+      await lease.release();
+      const removed = (await removeEntry(root, entry)) === 'removed';
+      return {
+        refused: `${entry.dir}: ${changed} since it was saved (written through a hard-linked restore?)${removed ? '; removed, so the next save replaces it' : ''}`,
+      };
+    }
     const now = new Date();
     // lutimes: `used` is the volume's content, and a symlink there must not let a restore touch another file.
     await lutimes(join(entry.dir, USED), now, now).catch(() => undefined);
@@ -300,6 +314,16 @@ async function unrestorable(entry: Entry, paths: string[]): Promise<string | und
     }
     const info = await lstat(join(entry.dir, file.name)).catch(() => undefined);
     if (!info?.isFile()) return `holds no regular file ${file.name}`;
+  }
+  return undefined;
+}
+
+/** What about the entry's stored files differs from what its save recorded, or undefined. */
+async function changedSinceSaved(entry: Entry): Promise<string | undefined> {
+  for (const file of entry.format === 'files' ? (entry.files ?? []) : []) {
+    const info = await lstat(join(entry.dir, file.name));
+    if (info.size !== file.size) return `${file.name} is ${info.size} bytes, not ${file.size},`;
+    if (file.mtimeMs !== undefined && info.mtimeMs !== file.mtimeMs) return `${file.name} was written`;
   }
   return undefined;
 }
@@ -406,7 +430,8 @@ async function writeFiles(temp: string, present: string[]): Promise<StoredFile[]
     await copyFile(path, join(temp, name), constants.COPYFILE_FICLONE);
     await chmod(join(temp, name), 0o444);
     await fsyncFile(join(temp, name));
-    files.push({ path, name, size: (await stat(path)).size });
+    const stored = await stat(join(temp, name));
+    files.push({ path, name, size: stored.size, mtimeMs: stored.mtimeMs });
   }
   return files;
 }
@@ -506,9 +531,41 @@ async function allEntries(root: string): Promise<Array<Entry & { lastUsed: numbe
 }
 
 /**
+ * Removes an entry under its eviction lock (see registerReader): 'busy' when another job holds that lock or the
+ * entry is gone, its live readers when a restore reads it. It is moved into tmp first, so nobody finds half a
+ * deleted entry.
+ */
+async function removeEntry(root: string, entry: Entry): Promise<'removed' | 'busy' | LockOwner[]> {
+  let lock: Lock;
+  try {
+    lock = await acquireLock(join(entry.dir, EVICTING), {
+      timeoutMs: 0,
+      staleMs: STALE_EVICTING_MS,
+      purpose: 'cache dir eviction',
+    });
+  } catch {
+    return 'busy';
+  }
+  const readers = await liveReaders(entry.dir);
+  if (readers.length > 0) {
+    await lock.release();
+    return readers;
+  }
+  const aside = await claimTemp(root, 'evict-');
+  try {
+    await rename(entry.dir, aside.path);
+  } catch {
+    await lock.release();
+    return 'busy';
+  } finally {
+    await aside.done();
+  }
+  return 'removed';
+}
+
+/**
  * Keeps the cache under its budget: least recently restored entries go first; the entry just saved and every
- * entry a restore is reading stay. Each entry is judged under its eviction lock (see registerReader): with no
- * live reader it is moved into tmp, so nobody finds half a deleted entry, and removed there.
+ * entry a restore is reading stay (removeEntry).
  */
 async function evictOverBudget(host: Host, root: string, keep: string, budget: number): Promise<void> {
   const entries = await allEntries(root);
@@ -517,33 +574,14 @@ async function evictOverBudget(host: Host, root: string, keep: string, budget: n
   for (const entry of entries.sort((a, b) => a.lastUsed - b.lastUsed)) {
     if (total <= budget) return;
     if (entry.dir === keep) continue;
-    let lock: Lock;
-    try {
-      lock = await acquireLock(join(entry.dir, EVICTING), {
-        timeoutMs: 0,
-        staleMs: STALE_EVICTING_MS,
-        purpose: 'cache dir eviction',
-      });
-    } catch {
-      continue; // another job is evicting it, or has evicted it meanwhile
-    }
-    const readers = await liveReaders(entry.dir);
-    if (readers.length > 0) {
-      await lock.release();
+    const removed = await removeEntry(root, entry);
+    if (removed === 'busy') continue; // another job is evicting it, or has evicted it meanwhile
+    if (removed !== 'removed') {
       host.info(
-        `Cache dir: not evicting ${entry.key}, being restored by pid ${readers[0]!.pid} on ${readers[0]!.host}`,
+        `Cache dir: not evicting ${entry.key}, being restored by pid ${removed[0]!.pid} on ${removed[0]!.host}`,
       );
       continue;
     }
-    const aside = await claimTemp(root, 'evict-');
-    try {
-      await rename(entry.dir, aside.path);
-    } catch {
-      await lock.release();
-      await aside.done();
-      continue;
-    }
-    await aside.done();
     host.info(
       `Cache dir: evicted ${entry.key} (${formatBytes(entry.sizeBytes)}, last restored ${new Date(entry.lastUsed).toISOString()}): ${over()}`,
     );
