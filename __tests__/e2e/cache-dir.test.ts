@@ -209,6 +209,10 @@ describe('directory cache backend, single files', () => {
     expect(statSync(image).ino).toBe(statSync(join(entry, 'files', '0')).ino);
     expect(sha(image)).toBe(digest);
     expect(log).toContain(`Restored ${image} (4.0 MiB) as a hard link of ${entry}/files/0`);
+
+    // Once more in the same job: the link is already there, and nothing else is left beside it.
+    expect((await restoreCache(host, [image, record], 'disk-1', [], { readOnly: true })).hit).toBe(true);
+    expect(readdirSync(dirname(image)).sort()).toEqual([basename(image), basename(record)].sort());
   });
 
   it('a job that writes through a hard-linked restore (root ignores 0444) spoils the entry: the next restore refuses and drops it, and a save replaces it', async () => {

@@ -355,6 +355,9 @@ async function placeFile(source: string, target: string, readOnly: boolean): Pro
       await chmod(temp, 0o644);
     }
     await rename(temp, target);
+    // rename() between two links of one file does nothing (POSIX): restoring a hard link over the same hard link
+    // (a second restore of the entry) would leave the temp name behind.
+    await rm(temp, { force: true });
     return how;
   } catch (error) {
     await rm(temp, { force: true });
