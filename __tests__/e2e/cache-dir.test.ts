@@ -4,19 +4,27 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
 import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import {
+  closeSync,
+  constants,
   existsSync,
   mkdirSync,
   mkdtempSync,
+  openSync,
   readdirSync,
   readFileSync,
+  readlinkSync,
   rmSync,
   statSync,
+  symlinkSync,
   utimesSync,
+  watch,
   writeFileSync,
 } from 'node:fs';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
+import { acquireLock } from '../../src/core/atomic.js';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
 import { registerReader } from '../../src/core/cache-dir.js';
 import { InputError } from '../../src/core/inputs.js';
@@ -201,6 +209,43 @@ describe('directory cache backend, single files', () => {
     expect(statSync(image).ino).toBe(statSync(join(entry, 'files', '0')).ino);
     expect(sha(image)).toBe(digest);
     expect(log).toContain(`Restored ${image} (4.0 MiB) as a hard link of ${entry}/files/0`);
+
+    // Once more in the same job: the link is already there, and nothing else is left beside it.
+    expect((await restoreCache(host, [image, record], 'disk-1', [], { readOnly: true })).hit).toBe(true);
+    expect(readdirSync(dirname(image)).sort()).toEqual([basename(image), basename(record)].sort());
+  });
+
+  it('a job that writes through a hard-linked restore (root ignores 0444) spoils the entry: the next restore refuses and drops it, and a save replaces it', async () => {
+    const { image, record } = await disk(data('file-spoiled'));
+    const digest = sha(image);
+    const { host } = cliHost();
+    expect((await saveCache(host, [image, record], 'disk-spoiled')).outcome).toBe('saved');
+    await laterRun([dirs.runnerTemp]);
+    expect((await restoreCache(host, [image, record], 'disk-spoiled', [], { readOnly: true })).hit).toBe(
+      true,
+    );
+    writeFileSync(image, 'a job wrote here', { flag: 'r+' });
+    expect(sha(join(entryDirOf(volume, 'disk-spoiled'), 'files', '0'))).not.toBe(digest);
+
+    await laterRun([dirs.runnerTemp]);
+    const later = cliHost();
+    expect(await restoreCache(later.host, [image, record], 'disk-spoiled', [], { readOnly: true })).toEqual({
+      hit: false,
+      backend: 'dir',
+    });
+    expect(later.log).toContainEqual(
+      expect.stringMatching(
+        /^warning: Cache entry refused, .*files\/0 was written since it was saved .*; removed, so the next save replaces it$/,
+      ),
+    );
+    const { image: again, record: againRecord } = await disk(data('file-spoiled'));
+    expect((await saveCache(host, [again, againRecord], 'disk-spoiled')).outcome).toBe('saved');
+    const fresh = sha(again);
+    await laterRun([dirs.runnerTemp]);
+    expect((await restoreCache(host, [image, record], 'disk-spoiled', [], { readOnly: true })).hit).toBe(
+      true,
+    );
+    expect(sha(image)).toBe(fresh);
   });
 
   it('restores a writable copy when the caller may write (ext4 has no reflinks)', async () => {
@@ -331,6 +376,49 @@ describe('directory cache backend, eviction', () => {
     expect(readdirSync(join(root, 'tmp'))).toEqual([]);
   });
 
+  it('never moves an entry a restore has registered for, not even for a moment', async () => {
+    // A restore opens the entry's files one after the other: an entry moved aside and back between two of them
+    // fails it. inotify sees every rename of the entry's dir.
+    lastRestored('ev-e', 90);
+    const dir = entryDirOf(root, 'ev-e');
+    const renames: string[] = [];
+    const watcher = watch(dirname(dir), (type, name) => {
+      if (type === 'rename') renames.push(String(name));
+    });
+    const lease = await registerReader(dir);
+    process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1.5MiB';
+    try {
+      const { log } = await saveDisk('ev-g');
+      expect(log).toContain(
+        `Cache dir: not evicting ev-e, being restored by pid ${process.pid} on ${hostname()}`,
+      );
+      // inotify keeps order: once the sentinel's event is in, every earlier one is too.
+      const sentinel = join(dirname(dir), 'sentinel');
+      writeFileSync(sentinel, '');
+      while (!renames.includes('sentinel')) await new Promise((r) => setTimeout(r, 10));
+      rmSync(sentinel);
+      expect(renames.filter((name) => name === basename(dir))).toEqual([]);
+    } finally {
+      watcher.close();
+      await lease!.release();
+      process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '2.5MiB';
+    }
+  });
+
+  it('a restore that meets an eviction deciding on its entry is a miss, and leaves the entry whole', async () => {
+    const dir = entryDirOf(root, 'ev-g');
+    const lock = await acquireLock(join(dir, 'evicting'), { timeoutMs: 0 });
+    try {
+      const image = join(dirs.runnerTemp, 'ici-evict-ev-g', 'machine-os-qemu-x86_64.qcow2.zst');
+      const r = await restoreCache(cliHost().host, [image, `${image}.json`], 'ev-g');
+      expect(r).toEqual({ hit: false, backend: 'dir' });
+      expect(readdirSync(join(dir, 'readers'))).toEqual([]);
+    } finally {
+      await lock.release();
+    }
+    expect(keys()).toContain('ev-g');
+  });
+
   it.each([
     ['20', /IMAGE_CI_CACHE_DIR_MAX_SIZE: '20' has no unit; write 20GiB, 20GB or 20MiB\./],
     ['lots', /IMAGE_CI_CACHE_DIR_MAX_SIZE: 'lots' is not a size; write it like 50GiB or 500MB\./],
@@ -356,4 +444,189 @@ describe('directory cache backend, eviction', () => {
       ]);
     },
   );
+});
+
+/**
+ * The volume is shared by every job that mounts it, so what it holds is written by others: an entry may say
+ * anything in its entry.json and hold anything in place of its files. A restore puts bytes only at the paths it
+ * was asked for and never blocks on what it finds there.
+ */
+describe('directory cache backend, hostile volume content', () => {
+  let root: string;
+
+  beforeAll(() => {
+    root = join(dirs.base, 'hostile-volume');
+    process.env.IMAGE_CI_CACHE_DIR = root;
+  });
+
+  afterAll(() => {
+    process.env.IMAGE_CI_CACHE_DIR = volume;
+    delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+  });
+
+  /** Saves a small disk under `key` and returns its paths and entry dir. */
+  async function saved(key: string): Promise<{ image: string; record: string; entry: string }> {
+    const { image, record } = await disk(data(`hostile-${key}`), MiB);
+    expect((await saveCache(cliHost().host, [image, record], key)).outcome).toBe('saved');
+    return { image, record, entry: entryDirOf(root, key) };
+  }
+
+  function rewriteMeta(entry: string, change: (meta: Record<string, unknown>) => void): void {
+    const path = join(entry, 'entry.json');
+    const meta = JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
+    change(meta);
+    writeFileSync(path, JSON.stringify(meta));
+  }
+
+  /** Makes a FIFO at `path`; afterEach opens it for writing, which ends an open() still blocked on it. */
+  const fifos: string[] = [];
+  function fifo(path: string): void {
+    rmSync(path, { recursive: true, force: true });
+    execFileSync('mkfifo', [path]);
+    fifos.push(path);
+  }
+
+  afterEach(() => {
+    for (const path of fifos.splice(0)) {
+      try {
+        // A reader blocked in open() (the old code) gets EOF and the test process can exit.
+        closeSync(openSync(path, constants.O_WRONLY | constants.O_NONBLOCK));
+      } catch {
+        // nobody is waiting
+      }
+    }
+  });
+
+  it('refuses an entry whose entry.json puts a file outside the paths asked for, and writes nothing there', async () => {
+    const { image, record, entry } = await saved('hostile-path');
+    const victim = join(data('hostile-victim'), 'authorized_keys');
+    rewriteMeta(entry, (meta) => {
+      (meta.files as Array<{ path: string }>)[1]!.path = victim;
+    });
+    await laterRun([dirs.runnerTemp]);
+    mkdirSync(dirname(victim), { recursive: true });
+    writeFileSync(victim, 'mine\n');
+    const { host, log } = cliHost();
+    expect(await restoreCache(host, [image, record], 'hostile-path')).toEqual({ hit: false, backend: 'dir' });
+    expect(readFileSync(victim, 'utf8')).toBe('mine\n');
+    expect(existsSync(image)).toBe(false);
+    expect(log).toContainEqual(
+      expect.stringMatching(
+        /^warning: Cache entry refused, continuing without it \(dir backend\): .* not one of the paths asked for/,
+      ),
+    );
+  });
+
+  it('refuses an entry whose entry.json names a stored file outside the entry', async () => {
+    const { image, record, entry } = await saved('hostile-name');
+    const secret = join(dirs.base, 'secret');
+    writeFileSync(secret, 'secret\n');
+    rewriteMeta(entry, (meta) => {
+      (meta.files as Array<{ name: string }>)[0]!.name = `../../../../secret`;
+    });
+    await laterRun([dirs.runnerTemp]);
+    const { host } = cliHost();
+    expect(await restoreCache(host, [image, record], 'hostile-name')).toEqual({ hit: false, backend: 'dir' });
+    expect(existsSync(image)).toBe(false);
+  });
+
+  it('does not take an entry whose entry.json claims another key than the one it is stored under', async () => {
+    const { image, record, entry } = await saved('hostile-claim-a');
+    rewriteMeta(entry, (meta) => {
+      meta.key = 'hostile-claim-b';
+    });
+    await laterRun([dirs.runnerTemp]);
+    const { host } = cliHost();
+    expect(await restoreCache(host, [image, record], 'hostile-claim-b')).toEqual({
+      hit: false,
+      backend: 'dir',
+    });
+    expect(existsSync(image)).toBe(false);
+  });
+
+  it.each([
+    ['its entry.json', 'entry.json'],
+    ['a stored file', 'files/0'],
+  ])('does not block on a FIFO in place of %s: a miss', async (_what, member) => {
+    const key = `hostile-fifo-${member.replace('/', '-')}`;
+    const { image, record, entry } = await saved(key);
+    fifo(join(entry, member));
+    await laterRun([dirs.runnerTemp]);
+    const { host } = cliHost();
+    expect((await restoreCache(host, [image, record], key)).hit).toBe(false);
+    expect(existsSync(image)).toBe(false);
+  });
+
+  it('does not block on a FIFO in place of an archive', async () => {
+    const dir = data('hostile-tar');
+    writeFileSync(join(dir, 'x'), 'x');
+    expect((await saveCache(cliHost().host, [dir], 'hostile-fifo-tar')).outcome).toBe('saved');
+    fifo(join(entryDirOf(root, 'hostile-fifo-tar'), 'archive.tar.zst'));
+    await laterRun([dirs.runnerTemp]);
+    expect((await restoreCache(cliHost().host, [dir], 'hostile-fifo-tar')).hit).toBe(false);
+  });
+
+  it('refuses an archive with a member outside the paths asked for, before tar writes it', async () => {
+    const dir = data('hostile-archive');
+    writeFileSync(join(dir, 'x'), 'x');
+    expect((await saveCache(cliHost().host, [dir], 'hostile-archive')).outcome).toBe('saved');
+    // What another job with the volume could put there: the same absolute names tar -P writes, one outside.
+    const planted = join(data('hostile-planted'), 'bashrc');
+    writeFileSync(planted, 'planted\n');
+    const archive = join(entryDirOf(root, 'hostile-archive'), 'archive.tar.zst');
+    rmSync(archive, { force: true });
+    execFileSync('tar', ['-c', '-P', '--posix', '--zstd', '-f', archive, dir, planted]);
+    await laterRun([dirs.runnerTemp]);
+    const { host, log } = cliHost();
+    expect(await restoreCache(host, [dir], 'hostile-archive')).toEqual({ hit: false, backend: 'dir' });
+    expect(existsSync(planted)).toBe(false);
+    expect(log).toContainEqual(
+      expect.stringMatching(
+        /^warning: Cache entry refused, continuing without it \(dir backend\): .*bashrc' is outside the cache paths/,
+      ),
+    );
+  });
+
+  it('restores a tree whose symlinks point outside it (nothing is written through them)', async () => {
+    const dir = data('symlinks-out');
+    writeFileSync(join(dir, 'x'), 'x');
+    symlinkSync('/etc', join(dir, 'etc'));
+    symlinkSync('/usr/bin/python3', join(dir, 'python'));
+    expect((await saveCache(cliHost().host, [dir], 'symlinks-out')).outcome).toBe('saved');
+    await laterRun([dirs.runnerTemp]);
+    expect((await restoreCache(cliHost().host, [dir], 'symlinks-out')).hit).toBe(true);
+    expect([readlinkSync(join(dir, 'etc')), readlinkSync(join(dir, 'python'))]).toEqual([
+      '/etc',
+      '/usr/bin/python3',
+    ]);
+    expect(readFileSync(join(dir, 'x'), 'utf8')).toBe('x');
+  });
+
+  it('does not follow a stored file that is a symlink (it would copy whatever it points at)', async () => {
+    const { image, record, entry } = await saved('hostile-symlink');
+    const secret = join(dirs.base, 'secret-2');
+    writeFileSync(secret, 'secret\n', { mode: 0o600 });
+    rmSync(join(entry, 'files', '0'));
+    symlinkSync(secret, join(entry, 'files', '0'));
+    await laterRun([dirs.runnerTemp]);
+    expect((await restoreCache(cliHost().host, [image, record], 'hostile-symlink')).hit).toBe(false);
+    expect(existsSync(image)).toBe(false);
+  });
+
+  it('evicts past a FIFO in place of a restore registration instead of blocking every save', async () => {
+    const { entry } = await saved('hostile-fifo-reader');
+    mkdirSync(join(entry, 'readers'), { recursive: true });
+    const registration = join(entry, 'readers', '1-deadbeef');
+    fifo(registration);
+    const old = new Date(Date.now() - 2 * 60_000);
+    utimesSync(join(entry, 'used'), old, old);
+    execFileSync('touch', ['-h', '-d', '@' + Math.floor(old.getTime() / 1000), registration]);
+    process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1.5MiB';
+    try {
+      await saved('hostile-fifo-reader-2');
+      expect(existsSync(entry)).toBe(false);
+    } finally {
+      delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    }
+  });
 });

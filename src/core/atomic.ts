@@ -3,7 +3,7 @@
  * half-written one, and a crash between steps leaves at most a stray temp file (which the lock code sweeps up).
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync, readlinkSync } from 'node:fs';
+import { constants, readFileSync, readlinkSync } from 'node:fs';
 import { link, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
@@ -177,18 +177,22 @@ interface LockFile {
   mtimeMs: number;
 }
 
-/** Content and status of one file read through one handle (so both belong to the same file); undefined if gone. */
+/**
+ * Content and status of one file read through one handle (so both belong to the same file); undefined if gone.
+ * Opened without blocking: a FIFO put where a lock or registration belongs would hold the read forever; anything
+ * but a regular file reads as empty (no owner), so it is judged stale by its age.
+ */
 async function inspect(path: string): Promise<LockFile | undefined> {
   let handle;
   try {
-    handle = await open(path, 'r');
+    handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw error;
   }
   try {
     const info = await handle.stat();
-    const raw = await handle.readFile('utf8');
+    const raw = info.isFile() ? await handle.readFile('utf8') : '';
     return { raw, owner: parseOwner(raw), ino: info.ino, mtimeMs: info.mtimeMs };
   } finally {
     await handle.close();

@@ -9,7 +9,9 @@
  *                                  /files/<n>         regular files: stored as they are, read-only
  *                                  /used              its mtime says when the entry was last restored
  *                                  /readers/<id>      restores in progress (shared lock against eviction)
+ *                                  /evicting          held while an eviction decides (exclusive lock)
  *   tmp/<random>/                                 entries being written, or being evicted
+ *      <random>.owner                             the job doing that (written first, removed last)
  * An entry is written in tmp, fsynced, then renamed into place in one step: readers never see half an entry,
  * a crash leaves only a stray tmp dir, and a rename onto an existing entry fails, so concurrent writers of one
  * key cannot clobber each other (the loser reports 'exists').
@@ -28,20 +30,30 @@ import {
   mkdir,
   open,
   readdir,
-  readFile,
   rename,
   rm,
   stat,
-  utimes,
+  lutimes,
   writeFile,
 } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
-import { fsyncDir, judgeOwnerFile, ownerRecord, writeFileAtomic, type LockOwner } from './atomic.js';
+import {
+  acquireLock,
+  fsyncDir,
+  judgeOwnerFile,
+  ownerRecord,
+  writeFileAtomic,
+  type Lock,
+  type LockOwner,
+} from './atomic.js';
+import { EntryRefused } from './cache-confinement.js';
+import { extractConfined } from './cache-dir-extract.js';
 import { exec } from './exec.js';
 import type { Host } from './host.js';
 import { InputError, parseBytes } from './inputs.js';
 import { formatBytes } from './summary.js';
+import { TarFormatError } from './tar-members.js';
 
 export const CACHE_DIR_MAX_SIZE_ENV = 'IMAGE_CI_CACHE_DIR_MAX_SIZE';
 /** Archiving gigabytes (VM images, build caches) takes minutes, never hours. */
@@ -51,10 +63,18 @@ const FILES = 'files';
 const META = 'entry.json';
 const USED = 'used';
 const READERS = 'readers';
-/** A tmp dir this old belongs to a writer that crashed (no save takes a day); it is removed by the next save. */
+/**
+ * A tmp dir this old belongs to a writer that crashed (no save takes a day); it is removed by the next save. One
+ * whose writer (or evicting job) ran on this host and is gone is removed at once: a killed job must not leave
+ * gigabytes the budget does not count.
+ */
 const STALE_TEMP_MS = 24 * 3_600_000;
+const OWNER_SUFFIX = '.owner';
 /** A reader registration this old is from a restore that died on another host (same host: its pid is checked). */
 const STALE_READER_MS = 6 * 3_600_000;
+/** An eviction holds its lock for a look at the readers and a rename: milliseconds. */
+const STALE_EVICTING_MS = 60_000;
+const EVICTING = 'evicting';
 /** Bumped if the archive format changes, so old entries are not misread. */
 const FORMAT = 'ici-dir-1';
 
@@ -64,6 +84,11 @@ interface StoredFile {
   /** Inside the entry dir. */
   name: string;
   size: number;
+  /**
+   * The stored file's mtime once written. A job may write a file restored as a hard link (root ignores its
+   * 0444), which changes the entry's bytes for everyone; its mtime then differs.
+   */
+  mtimeMs?: number;
 }
 
 interface EntryMeta {
@@ -86,14 +111,62 @@ export function dirCacheVersion(paths: readonly string[]): string {
     .digest('hex');
 }
 
+const entryName = (key: string) => createHash('sha256').update(key).digest('hex');
+
 function entryDir(root: string, version: string, key: string): string {
-  return join(root, 'entries', version, createHash('sha256').update(key).digest('hex'));
+  return join(root, 'entries', version, entryName(key));
+}
+
+/** More than any entry.json this backend writes (a path list and a few numbers). */
+const MAX_META_BYTES = 1024 * 1024;
+
+/**
+ * The content of a regular file in the volume, or undefined for anything else. Opened without blocking and
+ * without following a symlink: the volume is written by other jobs, and a FIFO there would hold a read forever.
+ */
+async function readVolumeFile(path: string, maxBytes: number): Promise<string | undefined> {
+  let handle;
+  try {
+    handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
+  } catch {
+    return undefined;
+  }
+  try {
+    const info = await handle.stat();
+    if (!info.isFile() || info.size > maxBytes) return undefined;
+    return await handle.readFile('utf8');
+  } finally {
+    await handle.close();
+  }
+}
+
+/** The stored file names this backend writes; anything else would name a file outside the entry. */
+const STORED_NAME = new RegExp(`^${FILES}/\\d+$`);
+
+function wellFormed(meta: Partial<EntryMeta> | null, dir: string): meta is EntryMeta {
+  if (typeof meta?.key !== 'string' || typeof meta.createdAt !== 'number') return false;
+  if (typeof meta.sizeBytes !== 'number' || !(meta.sizeBytes >= 0)) return false;
+  // Stored under another key's name, it would be taken for that key's exact match.
+  if (basename(dir) !== entryName(meta.key)) return false;
+  if (meta.format !== 'files') return true;
+  return (
+    Array.isArray(meta.files) &&
+    meta.files.every(
+      (f) =>
+        typeof f?.path === 'string' &&
+        typeof f.name === 'string' &&
+        STORED_NAME.test(f.name) &&
+        typeof f.size === 'number' &&
+        (f.mtimeMs === undefined || typeof f.mtimeMs === 'number'),
+    )
+  );
 }
 
 async function readEntry(dir: string): Promise<Entry | undefined> {
   try {
-    const meta = JSON.parse(await readFile(join(dir, META), 'utf8')) as EntryMeta;
-    if (typeof meta.key === 'string' && typeof meta.createdAt === 'number') return { ...meta, dir };
+    const raw = await readVolumeFile(join(dir, META), MAX_META_BYTES);
+    const meta = raw === undefined ? undefined : (JSON.parse(raw) as Partial<EntryMeta> | null);
+    if (meta !== undefined && wellFormed(meta, dir)) return { ...meta, dir };
   } catch {
     // not an entry (or damaged by hand): never matched
   }
@@ -138,7 +211,11 @@ export interface ReaderLease {
 
 /**
  * Registers a restore of the entry in `dir` (its shared lock): eviction leaves the entry alone while a live
- * registration exists. Undefined when the entry is gone (evicted between lookup and now).
+ * registration exists. Undefined when the entry is gone (evicted between lookup and now) or being evicted.
+ *
+ * A reader registers, then looks for an eviction's lock; an eviction takes its lock, then looks for readers.
+ * Whichever comes second sees the other, so an entry is never moved while a restore reads it (moving it aside
+ * even for a moment would fail a restore that opens its next file then).
  */
 export async function registerReader(dir: string): Promise<ReaderLease | undefined> {
   const me = ownerRecord('restore');
@@ -146,7 +223,13 @@ export async function registerReader(dir: string): Promise<ReaderLease | undefin
   for (let attempt = 0; ; attempt++) {
     try {
       await writeFile(file, JSON.stringify(me), { flag: 'wx' });
-      return { release: () => rm(file, { force: true }) };
+      const release = () => rm(file, { force: true });
+      const evicting = await judgeOwnerFile(join(dir, EVICTING), STALE_EVICTING_MS);
+      if (evicting && !evicting.stale) {
+        await release();
+        return undefined;
+      }
+      return { release };
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'ENOENT' || attempt > 0) return undefined;
     }
@@ -184,8 +267,19 @@ export async function restoreFromDirCache(
   const lease = await registerReader(entry.dir);
   if (!lease) return {};
   try {
+    const refused = await unrestorable(entry, paths);
+    if (refused) return { refused: `${entry.dir} ${refused}` };
+    const changed = await changedSinceSaved(entry);
+    if (changed) {
+      await lease.release();
+      const removed = (await removeEntry(root, entry)) === 'removed';
+      return {
+        refused: `${entry.dir}: ${changed} since it was saved (written through a hard-linked restore?)${removed ? '; removed, so the next save replaces it' : ''}`,
+      };
+    }
     const now = new Date();
-    await utimes(join(entry.dir, USED), now, now).catch(() => undefined);
+    // lutimes: `used` is the volume's content, and a symlink there must not let a restore touch another file.
+    await lutimes(join(entry.dir, USED), now, now).catch(() => undefined);
     if (entry.format === 'files') {
       for (const file of entry.files ?? []) {
         const how = await placeFile(join(entry.dir, file.name), file.path, options.readOnly ?? false);
@@ -193,14 +287,45 @@ export async function restoreFromDirCache(
       }
     } else {
       host.info(`Extracting ${formatBytes(entry.sizeBytes)} from ${entry.dir}`);
-      await exec('tar', ['-x', '-P', '-f', join(entry.dir, ARCHIVE), '--use-compress-program', 'unzstd'], {
-        timeoutMs: TAR_TIMEOUT_MS,
-      });
+      await extractConfined(join(entry.dir, ARCHIVE), paths, TAR_TIMEOUT_MS);
     }
+  } catch (error) {
+    if (error instanceof EntryRefused || error instanceof TarFormatError) {
+      return { refused: `${entry.dir}: ${error.message}` };
+    }
+    throw error;
   } finally {
     await lease.release();
   }
   return { matchedKey: entry.key };
+}
+
+/**
+ * Why the entry is no restore of `paths`, or undefined. Its entry.json is written by whoever shares the volume: a
+ * stored file goes only to one of the paths asked for, and what is read from the entry must be a regular file (a
+ * symlink would be followed by the copy, a FIFO would block it forever).
+ */
+async function unrestorable(entry: Entry, paths: string[]): Promise<string | undefined> {
+  const asked = new Set(paths.map((p) => resolve(p)));
+  const stored = entry.format === 'files' ? (entry.files ?? []) : [{ name: ARCHIVE, path: undefined }];
+  for (const file of stored) {
+    if (file.path !== undefined && !asked.has(file.path)) {
+      return `would write ${JSON.stringify(file.path)}, which is not one of the paths asked for`;
+    }
+    const info = await lstat(join(entry.dir, file.name)).catch(() => undefined);
+    if (!info?.isFile()) return `holds no regular file ${file.name}`;
+  }
+  return undefined;
+}
+
+/** What about the entry's stored files differs from what its save recorded, or undefined. */
+async function changedSinceSaved(entry: Entry): Promise<string | undefined> {
+  for (const file of entry.format === 'files' ? (entry.files ?? []) : []) {
+    const info = await lstat(join(entry.dir, file.name));
+    if (info.size !== file.size) return `${file.name} is ${info.size} bytes, not ${file.size},`;
+    if (file.mtimeMs !== undefined && info.mtimeMs !== file.mtimeMs) return `${file.name} was written`;
+  }
+  return undefined;
 }
 
 /**
@@ -230,6 +355,9 @@ async function placeFile(source: string, target: string, readOnly: boolean): Pro
       await chmod(temp, 0o644);
     }
     await rename(temp, target);
+    // rename() between two links of one file does nothing (POSIX): restoring a hard link over the same hard link
+    // (a second restore of the entry) would leave the temp name behind.
+    await rm(temp, { force: true });
     return how;
   } catch (error) {
     await rm(temp, { force: true });
@@ -254,10 +382,36 @@ async function removeStaleTemps(tmpRoot: string): Promise<void> {
     return;
   }
   for (const name of names) {
-    const dir = join(tmpRoot, name);
-    const info = await stat(dir).catch(() => undefined);
-    if (info && Date.now() - info.mtimeMs > STALE_TEMP_MS) await rm(dir, { recursive: true, force: true });
+    const path = join(tmpRoot, name);
+    if (name.endsWith(OWNER_SUFFIX)) {
+      const owner = await judgeOwnerFile(path, STALE_TEMP_MS).catch(() => undefined);
+      if (!owner?.stale) continue;
+      await rm(path.slice(0, -OWNER_SUFFIX.length), { recursive: true, force: true });
+      await rm(path, { force: true });
+    } else if (!names.includes(`${name}${OWNER_SUFFIX}`)) {
+      // Left by a version that recorded no owner: judged by its age alone.
+      const info = await stat(path).catch(() => undefined);
+      if (info && Date.now() - info.mtimeMs > STALE_TEMP_MS) await rm(path, { recursive: true, force: true });
+    }
   }
+}
+
+/**
+ * A fresh path in tmp, its owner recorded beside it before anything is made there: whatever a kill leaves, the
+ * next save tells it from a live job's work. `done` removes both, the owner last.
+ */
+async function claimTemp(root: string, prefix = ''): Promise<{ path: string; done(): Promise<void> }> {
+  await mkdir(join(root, 'tmp'), { recursive: true });
+  const path = join(root, 'tmp', `${prefix}${randomBytes(8).toString('hex')}`);
+  const owner = `${path}${OWNER_SUFFIX}`;
+  await writeFile(owner, JSON.stringify(ownerRecord('cache dir')), { flag: 'wx' });
+  return {
+    path,
+    done: async () => {
+      await rm(path, { recursive: true, force: true });
+      await rm(owner, { force: true });
+    },
+  };
 }
 
 /** Regular files are stored as they are; anything else (a directory, a mix) as one zstd tar. */
@@ -279,7 +433,8 @@ async function writeFiles(temp: string, present: string[]): Promise<StoredFile[]
     await copyFile(path, join(temp, name), constants.COPYFILE_FICLONE);
     await chmod(join(temp, name), 0o444);
     await fsyncFile(join(temp, name));
-    files.push({ path, name, size: (await stat(path)).size });
+    const stored = await stat(join(temp, name));
+    files.push({ path, name, size: stored.size, mtimeMs: stored.mtimeMs });
   }
   return files;
 }
@@ -297,10 +452,11 @@ export async function saveToDirCache(
 
   const present = paths.map((p) => resolve(p)).filter((p) => existsSync(p));
   await removeStaleTemps(join(root, 'tmp'));
-  const temp = join(root, 'tmp', randomBytes(8).toString('hex'));
-  await mkdir(join(temp, READERS), { recursive: true });
+  const claimed = await claimTemp(root);
+  const temp = claimed.path;
   let result: SaveResult;
   try {
+    await mkdir(join(temp, READERS), { recursive: true });
     let meta: EntryMeta;
     if (await allRegularFiles(present)) {
       const files = await writeFiles(temp, present);
@@ -340,7 +496,7 @@ export async function saveToDirCache(
     const how = meta.format === 'files' ? `${meta.files!.length} file(s) as they are` : 'a zstd tar';
     result = { outcome: 'saved', message: `${formatBytes(meta.sizeBytes)} in ${root}, ${how}` };
   } finally {
-    await rm(temp, { recursive: true, force: true });
+    await claimed.done();
   }
   if (budget !== undefined) await evictOverBudget(host, root, target, budget);
   return result;
@@ -370,7 +526,7 @@ async function allEntries(root: string): Promise<Array<Entry & { lastUsed: numbe
   const entries: Array<Entry & { lastUsed: number }> = [];
   for (const version of versions) {
     for (const entry of await readEntries(root, version)) {
-      const used = await stat(join(entry.dir, USED)).catch(() => undefined);
+      const used = await lstat(join(entry.dir, USED)).catch(() => undefined);
       entries.push({ ...entry, lastUsed: used?.mtimeMs ?? entry.createdAt });
     }
   }
@@ -378,10 +534,41 @@ async function allEntries(root: string): Promise<Array<Entry & { lastUsed: numbe
 }
 
 /**
+ * Removes an entry under its eviction lock (see registerReader): 'busy' when another job holds that lock or the
+ * entry is gone, its live readers when a restore reads it. It is moved into tmp first, so nobody finds half a
+ * deleted entry.
+ */
+async function removeEntry(root: string, entry: Entry): Promise<'removed' | 'busy' | LockOwner[]> {
+  let lock: Lock;
+  try {
+    lock = await acquireLock(join(entry.dir, EVICTING), {
+      timeoutMs: 0,
+      staleMs: STALE_EVICTING_MS,
+      purpose: 'cache dir eviction',
+    });
+  } catch {
+    return 'busy';
+  }
+  const readers = await liveReaders(entry.dir);
+  if (readers.length > 0) {
+    await lock.release();
+    return readers;
+  }
+  const aside = await claimTemp(root, 'evict-');
+  try {
+    await rename(entry.dir, aside.path);
+  } catch {
+    await lock.release();
+    return 'busy';
+  } finally {
+    await aside.done();
+  }
+  return 'removed';
+}
+
+/**
  * Keeps the cache under its budget: least recently restored entries go first; the entry just saved and every
- * entry a restore is reading stay. An entry is moved into tmp before its readers are checked, so a restore
- * that registers after the move finds nothing (a miss) instead of half a deleted entry; one that registered
- * before is seen, and the entry is put back.
+ * entry a restore is reading stay (removeEntry).
  */
 async function evictOverBudget(host: Host, root: string, keep: string, budget: number): Promise<void> {
   const entries = await allEntries(root);
@@ -390,21 +577,14 @@ async function evictOverBudget(host: Host, root: string, keep: string, budget: n
   for (const entry of entries.sort((a, b) => a.lastUsed - b.lastUsed)) {
     if (total <= budget) return;
     if (entry.dir === keep) continue;
-    const aside = join(root, 'tmp', `evict-${randomBytes(6).toString('hex')}`);
-    try {
-      await rename(entry.dir, aside);
-    } catch {
-      continue; // evicted by another job meanwhile
-    }
-    const readers = await liveReaders(aside);
-    if (readers.length > 0) {
-      await rename(aside, entry.dir).catch(() => undefined);
+    const removed = await removeEntry(root, entry);
+    if (removed === 'busy') continue; // another job is evicting it, or has evicted it meanwhile
+    if (removed !== 'removed') {
       host.info(
-        `Cache dir: not evicting ${entry.key}, being restored by pid ${readers[0]!.pid} on ${readers[0]!.host}`,
+        `Cache dir: not evicting ${entry.key}, being restored by pid ${removed[0]!.pid} on ${removed[0]!.host}`,
       );
       continue;
     }
-    await rm(aside, { recursive: true, force: true });
     host.info(
       `Cache dir: evicted ${entry.key} (${formatBytes(entry.sizeBytes)}, last restored ${new Date(entry.lastUsed).toISOString()}): ${over()}`,
     );
