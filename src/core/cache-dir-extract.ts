@@ -5,40 +5,17 @@
  * the job can write. The stored archive is opened once, without following a link or blocking (a FIFO), and the
  * same descriptor is what zstd reads.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { confineMembers, EntryRefused } from './cache-confinement.js';
+import { exitOf, ownFailure } from './child-exit.js';
 import { childEnv } from './exec.js';
 import { errorMessage } from './run.js';
+import { formatDuration } from './summary.js';
 import { TarMemberWatcher } from './tar-members.js';
-
-const STDERR_TAIL = 2000;
-
-interface Exit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stderr: string;
-  error?: Error;
-}
-
-function exitOf(child: ChildProcess): Promise<Exit> {
-  let stderr = '';
-  child.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString('utf8')).slice(-STDERR_TAIL)));
-  return new Promise((done) => {
-    child.on('error', (error) => done({ code: null, signal: null, stderr, error }));
-    child.on('close', (code, signal) => done({ code, signal, stderr }));
-  });
-}
-
-function failure(name: string, exit: Exit): string | undefined {
-  if (exit.error) return `${name}: ${exit.error.message}`;
-  if (exit.code === 0) return undefined;
-  const why = exit.signal ? `was killed by ${exit.signal}` : `exited with ${exit.code}`;
-  return `${name} ${why}: ${exit.stderr.trim().split('\n').join('; ')}`;
-}
 
 /**
  * Extracts `archive` (a zstd tar of absolute names, as saveToDirCache writes it) for `paths`. Throws EntryRefused
@@ -53,12 +30,16 @@ export async function extractConfined(archive: string, paths: string[], timeoutM
     const env = { ...childEnv(), LC_ALL: 'C' };
     const zstd = spawn('zstd', ['-d', '--long=30', '-c'], { stdio: [handle.fd, 'pipe', 'pipe'], env });
     const tar = spawn('tar', ['-x', '-P', '-f', '-'], { stdio: ['pipe', 'ignore', 'pipe'], env });
-    const exits = Promise.all([exitOf(zstd), exitOf(tar)]);
+    const exits = Promise.all([exitOf('zstd', zstd), exitOf('tar', tar)]);
     const kill = () => {
       zstd.kill('SIGKILL');
       tar.kill('SIGKILL');
     };
-    const timer = setTimeout(kill, timeoutMs);
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      kill();
+    }, timeoutMs);
     const inspect = new Transform({
       transform(chunk: Buffer, _encoding, done) {
         try {
@@ -81,9 +62,12 @@ export async function extractConfined(archive: string, paths: string[], timeoutM
     const [unzstd, untar] = await exits;
     // A refusal is the cause; else what a child said is (a broken pipe only follows from it).
     if (watcher.failure) throw watcher.failure;
+    if (timedOut) throw new Error(`cannot extract ${archive}: not done after ${formatDuration(timeoutMs)}`);
+    // Killed by us after the pipe broke (or at the timeout): the children's own complaints come first.
+    const killed = broken !== undefined;
     const problem =
-      failure('zstd', unzstd) ??
-      failure('tar', untar) ??
+      ownFailure(unzstd, killed) ??
+      ownFailure(untar, killed) ??
       (broken === undefined ? undefined : errorMessage(broken));
     if (problem) throw new Error(`cannot extract ${archive}: ${problem}`);
   } finally {

@@ -23,6 +23,7 @@ import { dirname, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import type { BackendRestore, RestoreOptions } from './cache.js';
 import { EntryRefused, confineMembers } from './cache-confinement.js';
+import { exitOf, ownFailure } from './child-exit.js';
 import { ChildOutputRelay } from './child-output-relay.js';
 import { cacheKeyProblem, matchedKeyProblem } from './cache-key.js';
 import { lookupEntry } from './cache-lookup.js';
@@ -53,7 +54,6 @@ const IDLE_TIMEOUT_MS = 30_000;
 const RANGE_RETRY = { ...DEFAULT_RETRY, retries: 4 };
 const RETRY_BUDGET = 20;
 const LOOKUP = { timeoutMs: 30_000, attempts: 3, retry: { ...DEFAULT_RETRY, baseDelayMs: 1000 } };
-const STDERR_TAIL = 2000;
 const TAR_PROBE_TIMEOUT_MS = 30_000;
 /** How long zstd and tar get to exit by themselves after one of them stopped reading. */
 const EXIT_GRACE_MS = 5000;
@@ -208,14 +208,6 @@ function isGnuTar(path: string): Promise<boolean> {
   return answer;
 }
 
-interface Exit {
-  name: string;
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  error?: Error;
-  stderr: string;
-}
-
 /**
  * A child running with all its stdio, or a StreamUnusable here: spawn throws some failures (ELOOP, ENOMEM) and
  * reports others a tick later (EMFILE, EAGAIN, ENOENT), with no stdio then.
@@ -230,35 +222,6 @@ async function launch<T extends ChildProcess>(name: string, start: () => T): Pro
   if (child.pid !== undefined) return child;
   const [error] = (await once(child, 'error')) as [Error];
   throw new StreamUnusable(`${name} could not be started: ${error.message}`);
-}
-
-function exitOf(name: string, child: ChildProcess): Promise<Exit> {
-  let stderr = '';
-  child.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString('utf8')).slice(-STDERR_TAIL)));
-  return new Promise((resolveExit) => {
-    child.on('error', (error) => resolveExit({ name, code: null, signal: null, error, stderr }));
-    child.on('close', (code, signal) => resolveExit({ name, code, signal, stderr }));
-  });
-}
-
-/**
- * A child that could not start, exited with an error code of its own, or was killed by a signal neither we sent
- * (`killed`) nor its output's reader caused (SIGPIPE: whoever stopped reading is the cause).
- */
-function ownFailure(exit: Exit, killed: boolean): string | undefined {
-  if (exit.error) return `${exit.name}: ${exit.error.message}`;
-  if (exit.signal && !killed && exit.signal !== 'SIGPIPE') return `${exit.name} was killed by ${exit.signal}`;
-  if (exit.code === 0 || exit.code === null) return undefined;
-  // One log line: the child's distinct complaints, in order.
-  const lines = [
-    ...new Set(
-      exit.stderr
-        .split('\n')
-        .map((l) => l.trim())
-        .filter(Boolean),
-    ),
-  ];
-  return `${exit.name} exited with ${exit.code}: ${lines.join('; ')}`;
 }
 
 /** Queues all pieces at once (one syscall's worth each) and resolves when the last one is flushed. */
