@@ -90,16 +90,18 @@ const MAX_REFERRER_PAGES = 20;
  * The OCI 1.1 referrers API (`GET /v2/<name>/referrers/<digest>`, `Link` pages followed): the descriptors of
  * the manifests whose `subject` is `digest`, or undefined when the registry answers 404, which the
  * distribution-spec defines as "no referrers API here" (the caller falls back to the referrers tag schema).
+ * Pages stop once more than `max` descriptors are in: the caller refuses a list that long anyway.
  */
 export async function getReferrers(
   transport: RegistryTransport,
   repository: string,
   digest: string,
+  max = Infinity,
 ): Promise<Descriptor[] | undefined> {
   const what = `GET referrers of ${repository}@${digest}`;
   const found: Descriptor[] = [];
   let url: URL | undefined = transport.url(`${repository}/referrers/${digest}`);
-  for (let page = 0; url && page < MAX_REFERRER_PAGES; page++) {
+  for (let page = 0; url && page < MAX_REFERRER_PAGES && found.length <= max; page++) {
     const { response, bytes } = await transport.sendAndRead(
       {
         method: 'GET',
