@@ -1,0 +1,317 @@
+/**
+ * Promotion from a hostile `docker://` source: the image itself sits in a real docker-registry 2.8, but what the
+ * source says about its referrers comes from a relay that answers as an attacker would (the referrers API
+ * listing the same referrer many times or thousands of them, a referrer with hundreds of layers, a referrer
+ * index naming a path instead of a digest). Every answer is bounded: the relay counts what the push asked.
+ * The destination is a real docker-registry 2.8 (no referrers API: the `sha256-<hex>` index is kept there).
+ */
+import { afterAll, beforeAll, expect, it } from '@jest/globals';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { RegistryClient } from '../../src/core/oci/client.js';
+import { readOciLayout } from '../../src/core/oci/layout.js';
+import {
+  OCI_INDEX,
+  OCI_MANIFEST,
+  pushArtifact,
+  putManifestBytes,
+  referrer,
+  schemaTag,
+  sha256,
+  type Artifact,
+} from '../support/artifacts.js';
+import { runAction } from '../support/harness.js';
+import { generateLayout, type GeneratedLayout } from '../support/oci-layout.js';
+import { startProxy, type Fault, type ProxyOptions, type RequestRecord } from '../support/proxy.js';
+import { startRegistry, type RegistryService } from '../support/registry.js';
+
+const SIG_TYPE = 'application/vnd.dev.cosign.artifact.sig.v1+json';
+const REPO = 'staging/app';
+
+let work: string;
+let image: GeneratedLayout;
+let source: RegistryService;
+let subject: { mediaType: string; digest: string; size: number };
+const services: Array<{ stop(): Promise<void> }> = [];
+
+beforeAll(async () => {
+  work = mkdtempSync(join(tmpdir(), 'ici-hostile-referrers-'));
+  image = generateLayout(join(work, 'image'), { layers: [5_000] });
+  source = await startRegistry();
+  services.push(source);
+  const c = client(source.host);
+  try {
+    const local = await readOciLayout(image.dir);
+    for (const b of local.blobs) {
+      await c.uploadBlob(REPO, { ...b, path: join(image.dir, 'blobs', 'sha256', b.digest.slice(7)) });
+    }
+    await c.putManifest(REPO, local.root.digest, local.root.bytes, local.root.mediaType);
+    subject = { mediaType: local.root.mediaType, digest: local.root.digest, size: local.root.bytes.length };
+  } finally {
+    await c.close();
+  }
+});
+afterAll(async () => {
+  await Promise.all(services.splice(0).map((s) => s.stop()));
+  rmSync(work, { recursive: true, force: true });
+});
+
+function client(host: string) {
+  return new RegistryClient({ registry: host, insecure: true, retryBaseDelayMs: 10 });
+}
+
+async function registry(): Promise<RegistryService> {
+  const r = await startRegistry();
+  services.push(r);
+  return r;
+}
+
+async function relay(options: ProxyOptions) {
+  const r = await startProxy(options);
+  services.push(r);
+  return r;
+}
+
+/** What the hostile source answers itself, by request kind and last path component; the rest is relayed. */
+function hostile(answers: Map<string, Fault>): ProxyOptions['fault'] {
+  return ({ kind, reference }) => answers.get(`${kind} ${reference}`);
+}
+
+const referrersAnswer = (manifests: object[]): Fault => ({
+  status: 200,
+  headers: { 'content-type': OCI_INDEX },
+  body: JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests }),
+});
+
+const manifestAnswer = (bytes: Buffer, mediaType: string): Fault => ({
+  status: 200,
+  headers: { 'content-type': mediaType, 'docker-content-digest': sha256(bytes) },
+  body: bytes,
+});
+
+const descriptorOf = (a: { digest: string; bytes: Buffer; mediaType: string }) => ({
+  mediaType: a.mediaType,
+  digest: a.digest,
+  size: a.bytes.length,
+});
+
+function push(from: string, to: string, extra: Record<string, string> = {}) {
+  return runAction({
+    action: 'push-multi-tag',
+    inputs: {
+      source: `docker://${from}/${REPO}@${image.digest}`,
+      repositories: `${to}/prod/app`,
+      tags: 'latest',
+      'tls-verify': 'false',
+      ...extra,
+    },
+  });
+}
+
+const randomDigest = (i: number) => sha256(Buffer.from(`not there ${i} ${Math.random()}`));
+
+it('a referrer the referrers API lists 50 times is fetched once and listed once at the destination', async () => {
+  const sig = referrer(subject, SIG_TYPE, 'listed-many-times');
+  await pushArtifact(source.host, REPO, sig);
+  const via = await relay({
+    target: source.host,
+    fault: hostile(
+      new Map([[`referrers ${image.digest}`, referrersAnswer(Array(50).fill(descriptorOf(sig)))]]),
+    ),
+  });
+  const dest = await registry();
+  const r = await push(via.host, dest.host);
+  expect(r.errors).toEqual([]);
+  expect(r.main.exitCode).toBe(0);
+  expect(via.count('manifest-get', (rec) => rec.path.endsWith(sig.digest))).toBe(1);
+  const c = client(dest.host);
+  const index = await c.getManifest('prod/app', schemaTag(image.digest));
+  await c.close();
+  const listed = (JSON.parse(index.bytes.toString()) as { manifests: Array<{ digest: string }> }).manifests;
+  expect(listed.map((d) => d.digest)).toEqual([sig.digest]);
+});
+
+it('a referrers list longer than the limit is refused before any of it is fetched', async () => {
+  const listed = Array.from({ length: 1500 }, (_, i) => ({
+    mediaType: OCI_MANIFEST,
+    digest: randomDigest(i),
+    size: 100,
+  }));
+  const via = await relay({
+    target: source.host,
+    fault: hostile(new Map([[`referrers ${image.digest}`, referrersAnswer(listed)]])),
+  });
+  const dest = await registry();
+  const r = await push(via.host, dest.host);
+  expect(r.main.exitCode).toBe(1);
+  expect(r.errors.join('\n')).toMatch(/more than 1000 referrers/);
+  const asked = new Set(listed.map((d) => d.digest));
+  expect(via.count('manifest-get', (rec) => asked.has(rec.path.split('/').pop()!))).toBe(0);
+});
+
+it('a referrer with 200 layers: at most 8 requests at a time to the source, none after the first failure', async () => {
+  const empty = Buffer.from('{}');
+  const layers = Array.from({ length: 200 }, (_, i) => ({
+    mediaType: 'application/octet-stream',
+    digest: randomDigest(i),
+    size: 10,
+  }));
+  const bytes = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      artifactType: SIG_TYPE,
+      config: { mediaType: 'application/vnd.oci.empty.v1+json', digest: sha256(empty), size: 2 },
+      layers,
+      subject,
+    }),
+  );
+  const wide = { digest: sha256(bytes), bytes, mediaType: OCI_MANIFEST };
+  let inFlight = 0;
+  let most = 0;
+  const via = await relay({
+    target: source.host,
+    fault: hostile(
+      new Map([
+        [`referrers ${image.digest}`, referrersAnswer([descriptorOf(wide)])],
+        [`manifest-get ${wide.digest}`, manifestAnswer(bytes, OCI_MANIFEST)],
+      ]),
+    ),
+    // Each blob request is held a moment, so requests sent at once are seen at once.
+    hold: (rec: RequestRecord) => {
+      if (rec.kind !== 'blob-get') return undefined;
+      inFlight++;
+      most = Math.max(most, inFlight);
+      return new Promise<void>((resolve) =>
+        setTimeout(() => {
+          inFlight--;
+          resolve();
+        }, 100),
+      );
+    },
+  });
+  const dest = await registry();
+  const r = await push(via.host, dest.host);
+  expect(r.main.exitCode).toBe(1);
+  expect(most).toBeLessThanOrEqual(8);
+  expect(via.count('blob-get')).toBeLessThan(20);
+});
+
+it('a referrer index naming a child by a path, not a digest, is refused without asking outside the repository', async () => {
+  const bytes = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_INDEX,
+      artifactType: SIG_TYPE,
+      manifests: [{ mediaType: OCI_MANIFEST, digest: '../../../../other/app/manifests/latest', size: 10 }],
+      subject,
+    }),
+  );
+  const evil = { digest: sha256(bytes), bytes, mediaType: OCI_INDEX };
+  const via = await relay({
+    target: source.host,
+    fault: hostile(
+      new Map([
+        [`referrers ${image.digest}`, referrersAnswer([descriptorOf(evil)])],
+        [`manifest-get ${evil.digest}`, manifestAnswer(bytes, OCI_INDEX)],
+      ]),
+    ),
+  });
+  const dest = await registry();
+  const r = await push(via.host, dest.host);
+  expect(r.main.exitCode).toBe(1);
+  expect(r.errors.join('\n')).toMatch(/invalid digest/);
+  expect(via.records.filter((rec) => rec.repository && rec.repository !== REPO)).toEqual([]);
+});
+
+it("keeps the destination index's foreign entries and fields it does not understand, byte for byte", async () => {
+  const sig = referrer(subject, SIG_TYPE, 'merged-into-foreign');
+  await pushArtifact(source.host, REPO, sig);
+  const dest = await registry();
+  const theirs = referrer(subject, 'application/vnd.theirs', 'foreign');
+  await pushArtifact(dest.host, 'prod/app', theirs);
+  // Written by another tool: an entry without mediaType and an annotation on the index itself.
+  const foreignEntry = { digest: theirs.digest, size: theirs.bytes.length, 'x-tool': { keep: true } };
+  await putManifestBytes(
+    dest.host,
+    'prod/app',
+    schemaTag(image.digest),
+    Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: OCI_INDEX,
+        manifests: [foreignEntry],
+        annotations: { 'com.example.owner': 'other-tool' },
+      }),
+    ),
+    OCI_INDEX,
+  );
+  const via = await relay({
+    target: source.host,
+    fault: hostile(new Map([[`referrers ${image.digest}`, referrersAnswer([descriptorOf(sig)])]])),
+  });
+  const r = await push(via.host, dest.host);
+  expect(r.errors).toEqual([]);
+  const c = client(dest.host);
+  const index = await c.getManifest('prod/app', schemaTag(image.digest));
+  await c.close();
+  const parsed = JSON.parse(index.bytes.toString()) as {
+    manifests: Array<{ digest: string }>;
+    annotations?: object;
+  };
+  expect(parsed.manifests[0]).toEqual(foreignEntry);
+  expect(parsed.manifests.map((d) => d.digest)).toEqual([theirs.digest, sig.digest]);
+  expect(parsed.annotations).toEqual({ 'com.example.owner': 'other-tool' });
+});
+
+it('a dry run with hostile annotations writes nothing anywhere and lets none of them into log, outputs or summary', async () => {
+  const attack = '\n::error::pwned %0A::warning::x \u001b[31mred\u202eevil';
+  const sig = referrer(subject, `${SIG_TYPE}${attack}`, 'annotated');
+  const parsed = JSON.parse(sig.bytes.toString()) as { annotations: Record<string, string> };
+  parsed.annotations['x'] = attack;
+  const bytes = Buffer.from(JSON.stringify(parsed));
+  const annotated: Artifact = { ...sig, bytes, digest: sha256(bytes) };
+  await pushArtifact(source.host, REPO, annotated);
+  const dest = await registry();
+  const writes = (rec: RequestRecord) => !['GET', 'HEAD'].includes(rec.method);
+  const destVia = await relay({ target: dest.host });
+  // The source's referrers API lists the signature, with hostile text of its own in the descriptor.
+  const srcWithList = await relay({
+    target: source.host,
+    fault: hostile(
+      new Map([
+        [
+          `referrers ${image.digest}`,
+          referrersAnswer([
+            { ...descriptorOf(annotated), artifactType: `x${attack}`, annotations: parsed.annotations },
+          ]),
+        ],
+      ]),
+    ),
+  });
+  const files = (dir: string) => {
+    const out: string[] = [];
+    const walk = (d: string) => {
+      for (const e of readdirSync(d, { withFileTypes: true })) {
+        if (e.isDirectory()) walk(join(d, e.name));
+        else out.push(`${join(d, e.name)}:${sha256(readFileSync(join(d, e.name)))}`);
+      }
+    };
+    walk(dir);
+    return out.sort();
+  };
+  const before = [files(source.dir), files(dest.dir)];
+  const r = await push(srcWithList.host, destVia.host, { 'dry-run': 'true' });
+  expect(r.main.exitCode).toBe(0);
+  expect(r.errors).toEqual([]);
+  expect(r.warnings).toEqual([]);
+  expect([files(source.dir), files(dest.dir)]).toEqual(before);
+  expect(srcWithList.records.filter(writes)).toEqual([]);
+  expect(destVia.records.filter(writes)).toEqual([]);
+  const [plan] = JSON.parse(r.outputs.plan!) as Array<{ referrersIndexes: Array<{ add: number }> }>;
+  expect(plan!.referrersIndexes).toEqual([{ tag: schemaTag(image.digest), before: null, add: 1 }]);
+  for (const text of [r.main.summary, ...Object.values(r.outputs)]) {
+    expect(text).not.toMatch(/pwned|\u001b|\u202e/);
+  }
+});
