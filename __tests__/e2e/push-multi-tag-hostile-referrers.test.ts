@@ -312,6 +312,6 @@ it('a dry run with hostile annotations writes nothing anywhere and lets none of 
   const [plan] = JSON.parse(r.outputs.plan!) as Array<{ referrersIndexes: Array<{ add: number }> }>;
   expect(plan!.referrersIndexes).toEqual([{ tag: schemaTag(image.digest), before: null, add: 1 }]);
   for (const text of [r.main.summary, ...Object.values(r.outputs)]) {
-    expect(text).not.toMatch(/pwned|\u001b|\u202e/);
+    for (const bad of ['pwned', '\u001b', '\u202e']) expect(text).not.toContain(bad);
   }
 });

@@ -207,7 +207,8 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
     const answer = (status: number, headers: Record<string, string> = {}, body?: string | Buffer) =>
       consume(req, countUp).then(() => {
         record.status = status;
-        const sent = body ?? `{"errors":[{"code":"INJECTED","message":"HTTP ${status} injected by test relay"}]}`;
+        const sent =
+          body ?? `{"errors":[{"code":"INJECTED","message":"HTTP ${status} injected by test relay"}]}`;
         res.writeHead(status, { 'content-type': 'application/json', ...headers }).end(sent);
       });
     // An injected status comes first, also for the requests the doubles below would answer themselves.
