@@ -6,7 +6,7 @@
  * The destination is a real docker-registry 2.8 (no referrers API: the `sha256-<hex>` index is kept there).
  */
 import { afterAll, beforeAll, expect, it } from '@jest/globals';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RegistryClient } from '../../src/core/oci/client.js';
@@ -24,7 +24,7 @@ import {
 import { runAction } from '../support/harness.js';
 import { generateLayout, type GeneratedLayout } from '../support/oci-layout.js';
 import { startProxy, type Fault, type ProxyOptions, type RequestRecord } from '../support/proxy.js';
-import { startRegistry, type RegistryService } from '../support/registry.js';
+import { startRegistry, storageFingerprint, type RegistryService } from '../support/registry.js';
 
 const SIG_TYPE = 'application/vnd.dev.cosign.artifact.sig.v1+json';
 const REPO = 'staging/app';
@@ -290,23 +290,12 @@ it('a dry run with hostile annotations writes nothing anywhere and lets none of 
       ]),
     ),
   });
-  const files = (dir: string) => {
-    const out: string[] = [];
-    const walk = (d: string) => {
-      for (const e of readdirSync(d, { withFileTypes: true })) {
-        if (e.isDirectory()) walk(join(d, e.name));
-        else out.push(`${join(d, e.name)}:${sha256(readFileSync(join(d, e.name)))}`);
-      }
-    };
-    walk(dir);
-    return out.sort();
-  };
-  const before = [files(source.dir), files(dest.dir)];
+  const before = [storageFingerprint(source), storageFingerprint(dest)];
   const r = await push(srcWithList.host, destVia.host, { 'dry-run': 'true' });
   expect(r.main.exitCode).toBe(0);
   expect(r.errors).toEqual([]);
   expect(r.warnings).toEqual([]);
-  expect([files(source.dir), files(dest.dir)]).toEqual(before);
+  expect([storageFingerprint(source), storageFingerprint(dest)]).toEqual(before);
   expect(srcWithList.records.filter(writes)).toEqual([]);
   expect(destVia.records.filter(writes)).toEqual([]);
   const [plan] = JSON.parse(r.outputs.plan!) as Array<{ referrersIndexes: Array<{ add: number }> }>;

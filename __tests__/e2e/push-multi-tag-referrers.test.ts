@@ -8,7 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { generateKeyPairSync, verify, type KeyObject } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { updateFallbackIndex } from '../../src/actions/push-multi-tag/fallback-index.js';
@@ -29,7 +29,7 @@ import {
 import { runAction } from '../support/harness.js';
 import { generateLayout, type GeneratedLayout } from '../support/oci-layout.js';
 import { startProxy, type CountingProxy } from '../support/proxy.js';
-import { startRegistry, type RegistryService } from '../support/registry.js';
+import { startRegistry, storageFingerprint, type RegistryService } from '../support/registry.js';
 
 const SIG_TYPE = 'application/vnd.dev.cosign.artifact.sig.v1+json';
 const SBOM_TYPE = 'application/spdx+json';
@@ -269,18 +269,7 @@ describe.each([
 it('dry-run finds the referrers and plans the referrers index without writing anything', async () => {
   const [source, dest] = await Promise.all([registry(), registry()]);
   await publishSource(source.host, 'staging/app', false);
-  const files = (dir: string) => {
-    const out: string[] = [];
-    const walk = (d: string) => {
-      for (const e of readdirSync(d, { withFileTypes: true })) {
-        if (e.isDirectory()) walk(join(d, e.name));
-        else out.push(`${join(d, e.name)}:${sha256(readFileSync(join(d, e.name)))}`);
-      }
-    };
-    walk(dir);
-    return out.sort();
-  };
-  const before = files(dest.dir);
+  const before = storageFingerprint(dest);
   const r = await runAction({
     action: 'push-multi-tag',
     inputs: {
@@ -292,7 +281,7 @@ it('dry-run finds the referrers and plans the referrers index without writing an
     },
   });
   expect(r.errors).toEqual([]);
-  expect(files(dest.dir)).toEqual(before);
+  expect(storageFingerprint(dest)).toEqual(before);
   const [plan] = JSON.parse(r.outputs.plan!) as Array<{
     referrersApi: boolean;
     referrersIndexes: Array<{ tag: string; before: string | null; add: number }>;
