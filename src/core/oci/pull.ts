@@ -32,6 +32,9 @@ export async function headManifest(
   if (response.status === 404) return undefined;
   const digest = response.header('docker-content-digest');
   if (!digest) throw new RegistryError(`${what}: the registry sent no digest.`);
+  // It is reported (a tag's digest before a push) and compared: only a digest, never text of the registry's.
+  if (!isValidDigest(digest))
+    throw new RegistryError(`${what}: the registry's Docker-Content-Digest is not a digest.`);
   if (isValidDigest(reference) && digest !== reference) {
     throw new DigestMismatchError(`manifest ${repository}@${reference}`, reference, digest);
   }
