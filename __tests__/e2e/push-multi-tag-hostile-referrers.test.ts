@@ -304,3 +304,20 @@ it('a dry run with hostile annotations writes nothing anywhere and lets none of 
     for (const bad of ['pwned', '\u001b', '\u202e']) expect(text).not.toContain(bad);
   }
 });
+
+it('a tag lookup answered with a "digest" that is markup fails the lookups; none of it reaches summary or outputs', async () => {
+  const dest = await registry();
+  await pushArtifact(dest.host, 'prod/app', referrer(subject, SIG_TYPE, 'previous'), 'latest');
+  const lying = await relay({
+    target: dest.host,
+    // What the tag points at "before": markup that would leave the summary's code span.
+    mapResponseHeaders: (kind, headers) =>
+      kind === 'manifest-head' && headers['docker-content-digest']
+        ? { ...headers, 'docker-content-digest': '`<img src="http://evil.example/x.png">`:0' }
+        : headers,
+  });
+  const r = await push(source.host, lying.host);
+  expect(r.main.exitCode).toBe(1);
+  expect(r.errors.join('\n')).toMatch(/not a digest/);
+  for (const text of [r.main.summary, ...Object.values(r.outputs)]) expect(text).not.toContain('evil');
+});
