@@ -321,3 +321,53 @@ it('a tag lookup answered with a "digest" that is markup fails the lookups; none
   expect(r.errors.join('\n')).toMatch(/not a digest/);
   for (const text of [r.main.summary, ...Object.values(r.outputs)]) expect(text).not.toContain('evil');
 });
+
+it('an endless referrers answer is read up to the manifest limit (4 MiB), then refused', async () => {
+  const via = await relay({
+    target: source.host,
+    fault: ({ kind }) => (kind === 'referrers' ? { endless: true } : undefined),
+  });
+  const dest = await registry();
+  const r = await push(via.host, dest.host);
+  expect(r.main.exitCode).toBe(1);
+  expect(r.errors.join('\n')).toMatch(/larger than 4194304 bytes; refused/);
+  const sent = via.records.filter((rec) => rec.kind === 'referrers').reduce((n, rec) => n + rec.bytesDown, 0);
+  // What the relay managed to write before the push hung up, socket buffers included.
+  expect(sent).toBeLessThan(32 * 1024 * 1024);
+});
+
+it('a referrer whose bytes do not match its digest, and a cosign tag whose blob is absent, each fail the push', async () => {
+  const sig = referrer(subject, SIG_TYPE, 'corrupted on the way');
+  await pushArtifact(source.host, REPO, sig);
+  const corrupting = await relay({
+    target: source.host,
+    fault: hostile(
+      new Map<string, Fault>([
+        [`referrers ${image.digest}`, referrersAnswer([descriptorOf(sig)])],
+        [`manifest-get ${sig.digest}`, { corrupt: true }],
+      ]),
+    ),
+  });
+  const dest = await registry();
+  const r = await push(corrupting.host, dest.host);
+  expect(r.main.exitCode).toBe(1);
+  expect(r.errors.join('\n')).toMatch(new RegExp(`${sig.digest}.*content has digest`));
+
+  // cosign's tag names a signature manifest whose payload layer the source does not have.
+  const orphan = referrer(subject, SIG_TYPE, 'payload never uploaded');
+  await pushArtifact(source.host, 'elsewhere/app', orphan);
+  const missingLayer = JSON.parse(orphan.bytes.toString()) as { layers: Array<{ digest: string }> };
+  const tagged = await relay({
+    target: source.host,
+    fault: hostile(
+      new Map([[`manifest-get ${schemaTag(image.digest)}.sig`, manifestAnswer(orphan.bytes, OCI_MANIFEST)]]),
+    ),
+  });
+  const second = await push(tagged.host, dest.host);
+  expect(second.main.exitCode).toBe(1);
+  expect(second.errors.join('\n')).toContain(missingLayer.layers[0]!.digest);
+  // Nothing was tagged at the destination: attachments are read before phase 1.
+  const c = client(dest.host);
+  expect(await c.headManifest('prod/app', 'latest')).toBeUndefined();
+  await c.close();
+});
