@@ -371,3 +371,32 @@ it('a referrer whose bytes do not match its digest, and a cosign tag whose blob 
   expect(await c.headManifest('prod/app', 'latest')).toBeUndefined();
   await c.close();
 });
+
+it("a dry run tells that the destination's sha256-<hex> tag holds no index, as the real run then reports it", async () => {
+  const sig = referrer(subject, SIG_TYPE, 'for a blocked index');
+  await pushArtifact(source.host, REPO, sig);
+  const via = await relay({
+    target: source.host,
+    fault: hostile(new Map([[`referrers ${image.digest}`, referrersAnswer([descriptorOf(sig)])]])),
+  });
+  const dest = await registry();
+  // Someone pushed a plain manifest under the referrers tag.
+  const squatter = referrer(subject, 'application/vnd.squatter', 'not an index');
+  await pushArtifact(dest.host, 'prod/app', squatter, schemaTag(image.digest));
+  const dry = await push(via.host, dest.host, { 'dry-run': 'true' });
+  expect(dry.main.exitCode).toBe(0);
+  const [plan] = JSON.parse(dry.outputs.plan!) as Array<{ referrersIndexes: object[] }>;
+  expect(plan!.referrersIndexes).toEqual([
+    { tag: schemaTag(image.digest), before: squatter.digest, add: 1, index: false },
+  ]);
+  expect(dry.log).toContain(`referrers index ${schemaTag(image.digest)}: holds no image index`);
+
+  const real = await push(via.host, dest.host);
+  expect(real.main.exitCode).toBe(1);
+  expect(JSON.parse(real.outputs['failed-refs']!)).toEqual([
+    { ref: `${dest.host}/prod/app:${schemaTag(image.digest)}`, reason: 'failed (the log says why)' },
+  ]);
+  const c = client(dest.host);
+  expect((await c.headManifest('prod/app', schemaTag(image.digest)))?.digest).toBe(squatter.digest);
+  await c.close();
+});

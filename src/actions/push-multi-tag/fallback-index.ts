@@ -23,6 +23,19 @@ export interface FallbackState {
   descriptors: Descriptor[];
   /** Its other fields (annotations another tool set), written back as they are. */
   fields?: Record<string, unknown>;
+  /** The tag holds something else (`digest` is that): left alone, and reported as failed by phase 2. */
+  notIndex?: boolean;
+}
+
+/** The referrers tag holds something other than an image index. */
+export class NotAnIndexError extends Error {
+  constructor(
+    message: string,
+    readonly digest: string,
+  ) {
+    super(message);
+    this.name = 'NotAnIndexError';
+  }
 }
 
 /** The index under a referrers tag; throws when the tag holds something else (the spec's "report a failure"). */
@@ -34,8 +47,9 @@ export async function readFallbackIndex(
   const found = await client.findManifest(repository, tag);
   if (!found) return { descriptors: [] };
   const notIndex = (what: string) =>
-    new Error(
+    new NotAnIndexError(
       `${repository}:${tag} holds ${what}, not the image index of the referrers tag schema; left as it is.`,
+      found.digest,
     );
   if (found.mediaType !== MediaType.ociIndex)
     throw notIndex(`a ${found.mediaType || 'manifest of unknown type'}`);

@@ -12,7 +12,12 @@ import type { RegistryClient } from '../../core/oci/client.js';
 import { mapLimit } from '../../core/oci/pool.js';
 import { referrersTag, type PushContent } from './content.js';
 import { failureOf, type Failure } from './failure.js';
-import { readFallbackIndex, updateFallbackIndex, type FallbackState } from './fallback-index.js';
+import {
+  NotAnIndexError,
+  readFallbackIndex,
+  updateFallbackIndex,
+  type FallbackState,
+} from './fallback-index.js';
 import type { Inspection, RepositoryPlan } from './plan.js';
 import { MANIFEST_CONCURRENCY, tagManifest } from './tagging.js';
 
@@ -54,8 +59,12 @@ export async function inspect(
     });
     for (const subject of subjects) {
       lookups.push(async () => {
-        // A tag that holds something else is phase 2's failure to report, for that ref only.
-        const now = await readFallbackIndex(client, repository, referrersTag(subject)).catch(() => undefined);
+        // A tag that holds something else is phase 2's failure to report, for that ref only; the plan says so.
+        const now = await readFallbackIndex(client, repository, referrersTag(subject)).catch((error) =>
+          error instanceof NotAnIndexError
+            ? { digest: error.digest, descriptors: [], notIndex: true }
+            : undefined,
+        );
         if (now) fallback.set(subject, now);
       });
     }

@@ -39,6 +39,8 @@ export interface FallbackUpdate {
   wanted: Descriptor[];
   /** Those it lacks now. */
   add: number;
+  /** The tag holds no image index: phase 2 leaves it and reports the ref as failed. */
+  notIndex?: boolean;
 }
 
 export interface RepositoryPlan {
@@ -89,6 +91,7 @@ export function planRepository(
       before: now.digest,
       wanted,
       add: missingFrom(now, wanted).length,
+      ...(now.notIndex ? { notIndex: true } : {}),
     };
   });
   return {
@@ -141,10 +144,12 @@ export function planLines(plan: RepositoryPlan): string[] {
     `  manifests by digest: ${stored} to store, ${plan.manifests.length - stored} already there`,
     ...plan.tags.map((m) => `  tag ${moveText(m)}`),
     ...(plan.referrersApi ? [`  referrers: the registry indexes them itself (referrers API)`] : []),
-    ...(plan.referrersApi === false ? plan.fallback : []).map(
-      (f) =>
-        `  referrers index ${f.tag}: ${f.add} of ${f.wanted.length} referrer(s) to add` +
-        (f.before ? ` (now ${shortDigest(f.before)})` : ' (new)'),
+    ...(plan.referrersApi === false ? plan.fallback : []).map((f) =>
+      f.notIndex
+        ? `  referrers index ${f.tag}: holds no image index (now ${shortDigest(f.before)}); left as it is, ` +
+          'reported as failed'
+        : `  referrers index ${f.tag}: ${f.add} of ${f.wanted.length} referrer(s) to add` +
+          (f.before ? ` (now ${shortDigest(f.before)})` : ' (new)'),
     ),
   ];
   return lines;
@@ -174,6 +179,7 @@ export function planJson(plans: readonly RepositoryPlan[]): unknown {
         tag: f.tag,
         before: f.before ?? null,
         add: f.add,
+        ...(f.notIndex ? { index: false } : {}),
       })),
     };
   });
