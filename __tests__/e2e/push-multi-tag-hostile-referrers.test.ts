@@ -40,22 +40,27 @@ beforeAll(async () => {
   image = generateLayout(join(work, 'image'), { layers: [5_000] });
   source = await startRegistry();
   services.push(source);
-  const c = client(source.host);
-  try {
-    const local = await readOciLayout(image.dir);
-    for (const b of local.blobs) {
-      await c.uploadBlob(REPO, { ...b, path: join(image.dir, 'blobs', 'sha256', b.digest.slice(7)) });
-    }
-    await c.putManifest(REPO, local.root.digest, local.root.bytes, local.root.mediaType);
-    subject = { mediaType: local.root.mediaType, digest: local.root.digest, size: local.root.bytes.length };
-  } finally {
-    await c.close();
-  }
+  subject = await publishImage(REPO);
 });
 afterAll(async () => {
   await Promise.all(services.splice(0).map((s) => s.stop()));
   rmSync(work, { recursive: true, force: true });
 });
+
+/** The image in a repository of the source registry, by digest. */
+async function publishImage(repository: string) {
+  const c = client(source.host);
+  try {
+    const local = await readOciLayout(image.dir);
+    for (const b of local.blobs) {
+      await c.uploadBlob(repository, { ...b, path: join(image.dir, 'blobs', 'sha256', b.digest.slice(7)) });
+    }
+    await c.putManifest(repository, local.root.digest, local.root.bytes, local.root.mediaType);
+    return { mediaType: local.root.mediaType, digest: local.root.digest, size: local.root.bytes.length };
+  } finally {
+    await c.close();
+  }
+}
 
 function client(host: string) {
   return new RegistryClient({ registry: host, insecure: true, retryBaseDelayMs: 10 });
@@ -398,5 +403,40 @@ it("a dry run tells that the destination's sha256-<hex> tag holds no index, as t
   ]);
   const c = client(dest.host);
   expect((await c.headManifest('prod/app', schemaTag(image.digest)))?.digest).toBe(squatter.digest);
+  await c.close();
+});
+
+it('a referrers endpoint answering 200 with a web page is no referrers API: the tag schema is read instead', async () => {
+  const sig = referrer(subject, SIG_TYPE, 'found through the tag schema');
+  await pushArtifact(source.host, 'pages/app', sig);
+  await publishImage('pages/app');
+  await putManifestBytes(
+    source.host,
+    'pages/app',
+    schemaTag(image.digest),
+    Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [descriptorOf(sig)] })),
+    OCI_INDEX,
+  );
+  // As a proxy or a web front end does for any path it does not know (oras-go reads it the same way).
+  const via = await relay({
+    target: source.host,
+    fault: ({ kind }) =>
+      kind === 'referrers'
+        ? { status: 200, headers: { 'content-type': 'text/html' }, body: '<html>Welcome</html>' }
+        : undefined,
+  });
+  const dest = await registry();
+  const r = await runAction({
+    action: 'push-multi-tag',
+    inputs: {
+      source: `docker://${via.host}/pages/app@${image.digest}`,
+      repositories: `${dest.host}/prod/app`,
+      tags: 'latest',
+      'tls-verify': 'false',
+    },
+  });
+  expect(r.errors).toEqual([]);
+  const c = client(dest.host);
+  expect((await c.headManifest('prod/app', sig.digest))?.digest).toBe(sig.digest);
   await c.close();
 });
