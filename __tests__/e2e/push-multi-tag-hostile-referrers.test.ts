@@ -440,3 +440,64 @@ it('a referrers endpoint answering 200 with a web page is no referrers API: the 
   expect((await c.headManifest('prod/app', sig.digest))?.digest).toBe(sig.digest);
   await c.close();
 });
+
+it('a referrer layer larger than its descriptor says is cut off at the declared size', async () => {
+  const honest = referrer(subject, SIG_TYPE, 'x'.repeat(64 * 1024));
+  await pushArtifact(source.host, REPO, honest);
+  const parsed = JSON.parse(honest.bytes.toString()) as { layers: Array<{ size: number }> };
+  parsed.layers[0]!.size = 3;
+  const bytes = Buffer.from(JSON.stringify(parsed));
+  const lying = { digest: sha256(bytes), bytes, mediaType: OCI_MANIFEST };
+  const via = await relay({
+    target: source.host,
+    fault: hostile(
+      new Map([
+        [`referrers ${image.digest}`, referrersAnswer([descriptorOf(lying)])],
+        [`manifest-get ${lying.digest}`, manifestAnswer(bytes, OCI_MANIFEST)],
+      ]),
+    ),
+  });
+  const dest = await registry();
+  const r = await push(via.host, dest.host);
+  expect(r.main.exitCode).toBe(1);
+  expect(r.errors.join('\n')).toMatch(/more than the 3 bytes/);
+});
+
+it('source manifests whose bytes do not match their digest (the image index, one of its children) fail the push', async () => {
+  const multi = generateLayout(join(work, 'multi'), {
+    layers: [2_000],
+    platforms: [
+      { os: 'linux', architecture: 'amd64' },
+      { os: 'linux', architecture: 'arm64' },
+    ],
+  });
+  const c = client(source.host);
+  const local = await readOciLayout(multi.dir);
+  for (const b of local.blobs) {
+    await c.uploadBlob('multi/app', { ...b, path: join(multi.dir, 'blobs', 'sha256', b.digest.slice(7)) });
+  }
+  for (const m of local.manifests) await c.putManifest('multi/app', m.digest, m.bytes, m.mediaType);
+  await c.close();
+  const dest = await registry();
+  for (const corrupted of [multi.digest, multi.children[1]!.digest]) {
+    const via = await relay({
+      target: source.host,
+      fault: ({ kind, reference }) =>
+        kind === 'manifest-get' && reference === corrupted ? { corrupt: true } : undefined,
+    });
+    const r = await runAction({
+      action: 'push-multi-tag',
+      inputs: {
+        source: `docker://${via.host}/multi/app@${multi.digest}`,
+        repositories: `${dest.host}/prod/multi`,
+        tags: 'latest',
+        'tls-verify': 'false',
+      },
+    });
+    expect(r.main.exitCode).toBe(1);
+    expect(r.errors.join('\n')).toContain(`cannot read the source docker://${via.host}/multi/app`);
+  }
+  const d = client(dest.host);
+  expect(await d.headManifest('prod/multi', 'latest')).toBeUndefined();
+  await d.close();
+});
