@@ -51,15 +51,25 @@ function parseManifest(bytes: Buffer, what: string): ManifestJson {
 /** The descriptor a referrers list holds for a manifest (distribution-spec "Listing Referrers"). */
 export function referrerDescriptor(manifest: PushManifest): Descriptor {
   const parsed = parseManifest(manifest.bytes, `manifest ${manifest.digest}`);
-  const artifactType = parsed.artifactType || (manifest.isIndex ? undefined : parsed.config?.mediaType);
+  // The manifest says what it likes: only fields of the types the spec gives reach the descriptor.
+  const text = (value: unknown) => (typeof value === 'string' && value ? value : undefined);
+  const artifactType =
+    text(parsed.artifactType) ?? (manifest.isIndex ? undefined : text(parsed.config?.mediaType));
   const descriptor: Descriptor = {
     mediaType: manifest.mediaType,
     digest: manifest.digest,
     size: manifest.bytes.length,
   };
   if (artifactType) descriptor.artifactType = artifactType;
-  if (parsed.annotations && Object.keys(parsed.annotations).length > 0) {
-    descriptor.annotations = parsed.annotations;
+  const annotations: unknown = parsed.annotations;
+  if (
+    typeof annotations === 'object' &&
+    annotations !== null &&
+    !Array.isArray(annotations) &&
+    Object.keys(annotations).length > 0 &&
+    Object.values(annotations).every((v) => typeof v === 'string')
+  ) {
+    descriptor.annotations = annotations as Record<string, string>;
   }
   return descriptor;
 }
