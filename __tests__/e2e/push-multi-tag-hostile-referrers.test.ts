@@ -501,3 +501,27 @@ it('source manifests whose bytes do not match their digest (the image index, one
   expect(await d.headManifest('prod/multi', 'latest')).toBeUndefined();
   await d.close();
 });
+
+it("a referrer whose artifactType is not a string is copied; its index entry takes the config's media type", async () => {
+  const base = referrer(subject, SIG_TYPE, 'typed oddly');
+  const parsed = JSON.parse(base.bytes.toString()) as Record<string, unknown>;
+  parsed.artifactType = 42;
+  const bytes = Buffer.from(JSON.stringify(parsed));
+  const odd: Artifact = { ...base, bytes, digest: sha256(bytes) };
+  await pushArtifact(source.host, REPO, odd);
+  const via = await relay({
+    target: source.host,
+    fault: hostile(new Map([[`referrers ${image.digest}`, referrersAnswer([descriptorOf(odd)])]])),
+  });
+  const dest = await registry();
+  const r = await push(via.host, dest.host);
+  expect(r.errors).toEqual([]);
+  const c = client(dest.host);
+  const index = await c.getManifest('prod/app', schemaTag(image.digest));
+  await c.close();
+  const [entry] = (JSON.parse(index.bytes.toString()) as { manifests: Array<Record<string, unknown>> })
+    .manifests;
+  expect(entry!.digest).toBe(odd.digest);
+  // The empty config's media type stands in, as for a manifest without artifactType.
+  expect(entry!.artifactType).toBe('application/vnd.oci.empty.v1+json');
+});
