@@ -400,3 +400,70 @@ it('a referrers index update lost to a concurrent writer is read back and merged
   const now = await fallbackIndex(dest.host, 'race/app', subject);
   expect(now!.manifests.map((d) => d.digest)).toEqual([theirs.digest, ours.digest]);
 });
+
+it("a destination's cosign .sig holding a signature of its own keeps it; the source's is added, once", async () => {
+  const [source, dest] = await Promise.all([registry(), registry()]);
+  const attached = await publishSource(source.host, 'staging/app', false);
+  const sigTag = `${schemaTag(image.digest)}.sig`;
+  // Signed at production with a key of its own after an earlier promotion, as `cosign sign` appends there.
+  const prodKeys = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const prodSig = cosignSignature(prodKeys.privateKey, `${dest.host}/prod/app`, image.digest);
+  await pushArtifact(dest.host, 'prod/app', prodSig, sigTag);
+  const promote = () =>
+    runAction({
+      action: 'push-multi-tag',
+      inputs: {
+        source: `docker://${source.host}/staging/app@${image.digest}`,
+        repositories: `${dest.host}/prod/app`,
+        tags: 'latest',
+        'tls-verify': 'false',
+      },
+    });
+  const r = await promote();
+  expect(r.errors).toEqual([]);
+
+  const c = client(dest.host);
+  try {
+    const merged = await c.getManifest('prod/app', sigTag);
+    const parsed = JSON.parse(merged.bytes.toString()) as {
+      config: { digest: string };
+      layers: Array<{ digest: string; annotations: Record<string, string> }>;
+    };
+    const layerOf = (a: Artifact) =>
+      (JSON.parse(a.bytes.toString()) as { layers: Array<{ digest: string; annotations: object }> })
+        .layers[0];
+    expect(parsed.layers).toEqual(
+      [layerOf(prodSig), layerOf(attached.cosign)].map((l) => expect.objectContaining(l!)),
+    );
+    expect(r.log).toContain("(merged: the destination's entries kept)");
+    // Each signature still verifies over its payload with its own key.
+    for (const [layer, key] of [
+      [parsed.layers[0]!, prodKeys.publicKey],
+      [parsed.layers[1]!, keys.publicKey],
+    ] as const) {
+      const path = join(work, `payload-${layer.digest.slice(7, 19)}`);
+      await c.downloadBlob('prod/app', layer.digest, path);
+      const signature = Buffer.from(layer.annotations['dev.cosignproject.cosign/signature']!, 'base64');
+      expect(verify('sha256', readFileSync(path), key, signature)).toBe(true);
+    }
+    const configPath = join(work, 'merged-config');
+    await c.downloadBlob('prod/app', parsed.config.digest, configPath);
+    const config = JSON.parse(readFileSync(configPath, 'utf8')) as { rootfs: { diff_ids: string[] } };
+    expect(config.rootfs.diff_ids).toEqual(parsed.layers.map((l) => l.digest));
+
+    // Promoted again: everything is there, the tag stays where it is.
+    const again = await promote();
+    expect(again.errors).toEqual([]);
+    expect((await c.headManifest('prod/app', sigTag))?.digest).toBe(merged.digest);
+    const [plan] = JSON.parse(again.outputs.plan!) as Array<{
+      tags: Array<{ tag: string; before: string; after: string }>;
+    }>;
+    expect(plan!.tags.find((t) => t.tag === sigTag)).toEqual({
+      tag: sigTag,
+      before: merged.digest,
+      after: merged.digest,
+    });
+  } finally {
+    await c.close();
+  }
+});
