@@ -62,7 +62,7 @@ async function pushThrough(
   const phases: Phase2[] = [];
   try {
     for (const repository of repositories) {
-      const target = { registry: relay.host, repository, client };
+      const target = { registry: relay.host, repository, client, scratch: work };
       const plan = planRepository(target, content, tagList, await inspect(target, content, tagList));
       await storeByDigest(target, content, plan, { concurrency: 4, chunkSize: 0 });
       // Phase 2 alone: only tag PUTs are asserted on below.

@@ -69,7 +69,7 @@ function clientFor(registry: RegistryService, host: string, options: Partial<Reg
 
 /** Phase 1 (the manifest stored by digest, no tag) through `client`. */
 async function storeIn(client: RegistryClient, host: string, repository: string): Promise<void> {
-  const target = { registry: host, repository, client };
+  const target = { registry: host, repository, client, scratch: work };
   const plan = planRepository(target, content, TAGS, await inspect(target, content, TAGS));
   await storeByDigest(target, content, plan, { concurrency: 4, chunkSize: 0 });
 }

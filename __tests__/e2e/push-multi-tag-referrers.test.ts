@@ -8,7 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { generateKeyPairSync, verify, type KeyObject } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { updateFallbackIndex } from '../../src/actions/push-multi-tag/fallback-index.js';
@@ -29,7 +29,7 @@ import {
 import { runAction } from '../support/harness.js';
 import { generateLayout, type GeneratedLayout } from '../support/oci-layout.js';
 import { startProxy, type CountingProxy } from '../support/proxy.js';
-import { startRegistry, type RegistryService } from '../support/registry.js';
+import { startRegistry, storageFingerprint, type RegistryService } from '../support/registry.js';
 
 const SIG_TYPE = 'application/vnd.dev.cosign.artifact.sig.v1+json';
 const SBOM_TYPE = 'application/spdx+json';
@@ -269,18 +269,7 @@ describe.each([
 it('dry-run finds the referrers and plans the referrers index without writing anything', async () => {
   const [source, dest] = await Promise.all([registry(), registry()]);
   await publishSource(source.host, 'staging/app', false);
-  const files = (dir: string) => {
-    const out: string[] = [];
-    const walk = (d: string) => {
-      for (const e of readdirSync(d, { withFileTypes: true })) {
-        if (e.isDirectory()) walk(join(d, e.name));
-        else out.push(`${join(d, e.name)}:${sha256(readFileSync(join(d, e.name)))}`);
-      }
-    };
-    walk(dir);
-    return out.sort();
-  };
-  const before = files(dest.dir);
+  const before = storageFingerprint(dest);
   const r = await runAction({
     action: 'push-multi-tag',
     inputs: {
@@ -292,7 +281,7 @@ it('dry-run finds the referrers and plans the referrers index without writing an
     },
   });
   expect(r.errors).toEqual([]);
-  expect(files(dest.dir)).toEqual(before);
+  expect(storageFingerprint(dest)).toEqual(before);
   const [plan] = JSON.parse(r.outputs.plan!) as Array<{
     referrersApi: boolean;
     referrersIndexes: Array<{ tag: string; before: string | null; add: number }>;
@@ -410,4 +399,71 @@ it('a referrers index update lost to a concurrent writer is read back and merged
   expect(done.added).toBe(1);
   const now = await fallbackIndex(dest.host, 'race/app', subject);
   expect(now!.manifests.map((d) => d.digest)).toEqual([theirs.digest, ours.digest]);
+});
+
+it("a destination's cosign .sig holding a signature of its own keeps it; the source's is added, once", async () => {
+  const [source, dest] = await Promise.all([registry(), registry()]);
+  const attached = await publishSource(source.host, 'staging/app', false);
+  const sigTag = `${schemaTag(image.digest)}.sig`;
+  // Signed at production with a key of its own after an earlier promotion, as `cosign sign` appends there.
+  const prodKeys = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const prodSig = cosignSignature(prodKeys.privateKey, `${dest.host}/prod/app`, image.digest);
+  await pushArtifact(dest.host, 'prod/app', prodSig, sigTag);
+  const promote = () =>
+    runAction({
+      action: 'push-multi-tag',
+      inputs: {
+        source: `docker://${source.host}/staging/app@${image.digest}`,
+        repositories: `${dest.host}/prod/app`,
+        tags: 'latest',
+        'tls-verify': 'false',
+      },
+    });
+  const r = await promote();
+  expect(r.errors).toEqual([]);
+
+  const c = client(dest.host);
+  try {
+    const merged = await c.getManifest('prod/app', sigTag);
+    const parsed = JSON.parse(merged.bytes.toString()) as {
+      config: { digest: string };
+      layers: Array<{ digest: string; annotations: Record<string, string> }>;
+    };
+    const layerOf = (a: Artifact) =>
+      (JSON.parse(a.bytes.toString()) as { layers: Array<{ digest: string; annotations: object }> })
+        .layers[0];
+    expect(parsed.layers).toEqual(
+      [layerOf(prodSig), layerOf(attached.cosign)].map((l) => expect.objectContaining(l!)),
+    );
+    expect(r.log).toContain("(merged: the destination's entries kept)");
+    // Each signature still verifies over its payload with its own key.
+    for (const [layer, key] of [
+      [parsed.layers[0]!, prodKeys.publicKey],
+      [parsed.layers[1]!, keys.publicKey],
+    ] as const) {
+      const path = join(work, `payload-${layer.digest.slice(7, 19)}`);
+      await c.downloadBlob('prod/app', layer.digest, path);
+      const signature = Buffer.from(layer.annotations['dev.cosignproject.cosign/signature']!, 'base64');
+      expect(verify('sha256', readFileSync(path), key, signature)).toBe(true);
+    }
+    const configPath = join(work, 'merged-config');
+    await c.downloadBlob('prod/app', parsed.config.digest, configPath);
+    const config = JSON.parse(readFileSync(configPath, 'utf8')) as { rootfs: { diff_ids: string[] } };
+    expect(config.rootfs.diff_ids).toEqual(parsed.layers.map((l) => l.digest));
+
+    // Promoted again: everything is there, the tag stays where it is.
+    const again = await promote();
+    expect(again.errors).toEqual([]);
+    expect((await c.headManifest('prod/app', sigTag))?.digest).toBe(merged.digest);
+    const [plan] = JSON.parse(again.outputs.plan!) as Array<{
+      tags: Array<{ tag: string; before: string; after: string }>;
+    }>;
+    expect(plan!.tags.find((t) => t.tag === sigTag)).toEqual({
+      tag: sigTag,
+      before: merged.digest,
+      after: merged.digest,
+    });
+  } finally {
+    await c.close();
+  }
 });

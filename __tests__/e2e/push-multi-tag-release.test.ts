@@ -4,15 +4,14 @@
  * by counting relays in front of the registries; every tag is checked on the registry itself.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { createHash } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RegistryClient } from '../../src/core/oci/client.js';
 import { runAction } from '../support/harness.js';
 import { generateLayout, type GeneratedLayout } from '../support/oci-layout.js';
 import { startProxy, type CountingProxy, type ProxyOptions } from '../support/proxy.js';
-import { startRegistry, type RegistryService } from '../support/registry.js';
+import { startRegistry, storageFingerprint, type RegistryService } from '../support/registry.js';
 
 let work: string;
 let previous: GeneratedLayout;
@@ -187,34 +186,17 @@ describe('phase 2', () => {
   });
 });
 
-/** Every file under the registry's storage, with its content hash: equal before and after means untouched. */
-function storageFingerprint(dir: string): string {
-  const hash = createHash('sha256');
-  const walk = (path: string) => {
-    for (const entry of readdirSync(path, { withFileTypes: true }).sort((a, b) =>
-      a.name.localeCompare(b.name),
-    )) {
-      const full = join(path, entry.name);
-      hash.update(`${full}\n`);
-      if (entry.isDirectory()) walk(full);
-      else hash.update(readFileSync(full));
-    }
-  };
-  walk(join(dir, 'data'));
-  return hash.digest('hex');
-}
-
 describe('dry-run', () => {
   it('looks only: prints and reports the plan per registry, sets outputs, storage byte-identical', async () => {
     const repo = 'dry/app';
     expect((await push(previous, [regA.host], repo, 'latest')).main.exitCode).toBe(0);
-    const before = [storageFingerprint(regA.dir), storageFingerprint(regB.dir)];
+    const before = [storageFingerprint(regA), storageFingerprint(regB)];
     const a = await relay(regA);
     const b = await relay(regB);
     const r = await push(release, [a.host, b.host], repo, '1.1, latest', { 'dry-run': 'true' });
     expect(r.errors).toEqual([]);
     expect(r.main.exitCode).toBe(0);
-    expect([storageFingerprint(regA.dir), storageFingerprint(regB.dir)]).toEqual(before);
+    expect([storageFingerprint(regA), storageFingerprint(regB)]).toEqual(before);
     for (const relayed of [a, b]) {
       expect(relayed.records.filter((rec) => !['GET', 'HEAD'].includes(rec.method))).toEqual([]);
     }

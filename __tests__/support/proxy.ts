@@ -51,8 +51,11 @@ export interface RequestRecord {
 }
 
 export type Fault =
-  /** Answer with this status without asking the registry (the request body is read and counted first). */
-  | { status: number; retryAfterSeconds?: number; headers?: Record<string, string> }
+  /**
+   * Answer with this status without asking the registry (the request body is read and counted first); `body`
+   * stands in for the relay's own error JSON (a hostile registry's answer: any manifest, any referrers list).
+   */
+  | { status: number; retryAfterSeconds?: number; headers?: Record<string, string>; body?: string | Buffer }
   /** Cut the connection once half of the request body has arrived. */
   | { drop: 'mid-body' }
   /** Relay the registry's answer but cut the connection after this many body bytes. */
@@ -201,19 +204,19 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
     }
     await delay(latency);
     const tagged = kind === 'manifest-put' && url.searchParams.has('tag');
-    const answer = (status: number, headers: Record<string, string> = {}) =>
+    const answer = (status: number, headers: Record<string, string> = {}, body?: string | Buffer) =>
       consume(req, countUp).then(() => {
         record.status = status;
-        res
-          .writeHead(status, { 'content-type': 'application/json', ...headers })
-          .end(`{"errors":[{"code":"INJECTED","message":"HTTP ${status} injected by test relay"}]}`);
+        const sent =
+          body ?? `{"errors":[{"code":"INJECTED","message":"HTTP ${status} injected by test relay"}]}`;
+        res.writeHead(status, { 'content-type': 'application/json', ...headers }).end(sent);
       });
     // An injected status comes first, also for the requests the doubles below would answer themselves.
     if (fault && 'status' in fault) {
       await delay(latency);
       const headers = { ...fault.headers };
       if (fault.retryAfterSeconds !== undefined) headers['retry-after'] = String(fault.retryAfterSeconds);
-      return answer(fault.status, headers);
+      return answer(fault.status, headers, fault.body);
     }
     if (tagged && options.refuseTagQuery) return answer(options.refuseTagQuery);
     if (tagged && options.multiTag) {

@@ -6,8 +6,8 @@
  * CA made by the test, and then optionally requiring a client certificate signed by that CA.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { createSign, randomBytes, X509Certificate } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash, createSign, randomBytes, X509Certificate } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { createServer as createNetServer } from 'node:net';
@@ -337,4 +337,22 @@ async function startTokenServer(
   }
   await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
   return server;
+}
+
+/** Every file under a registry's storage, with its content hash: equal before and after means untouched. */
+export function storageFingerprint(registry: Pick<RegistryService, 'dir'>): string {
+  const hash = createHash('sha256');
+  const walk = (path: string) => {
+    for (const entry of readdirSync(path, { withFileTypes: true }).sort((a, b) =>
+      a.name.localeCompare(b.name),
+    )) {
+      const full = join(path, entry.name);
+      hash.update(`${full}\n`);
+      if (entry.isDirectory()) walk(full);
+      else hash.update(readFileSync(full));
+    }
+  };
+  // A registry that was never written to has no storage directory yet.
+  if (existsSync(join(registry.dir, 'data'))) walk(join(registry.dir, 'data'));
+  return hash.digest('hex');
 }

@@ -13,7 +13,7 @@ import {
 } from '../../src/core/oci/retry.js';
 import { confirmedTags } from '../../src/core/oci/upload.js';
 import { parseImageSource, formatImageSource } from '../../src/actions/push-multi-tag/source.js';
-import { mapLimit } from '../../src/core/oci/pool.js';
+import { boundedRunner, mapLimit } from '../../src/core/oci/pool.js';
 
 describe('WWW-Authenticate (RFC 7235 challenge lists)', () => {
   const bearer = {
@@ -179,6 +179,37 @@ describe('mapLimit', () => {
     await expect(mapLimit([1, 2], 2, async (n) => Promise.reject(new Error(`no ${n}`)))).rejects.toThrow(
       'no 1',
     );
+  });
+});
+
+describe('boundedRunner', () => {
+  it('keeps at most `limit` in flight whoever calls it, and starts nothing after the first failure', async () => {
+    const run = boundedRunner(2);
+    let inFlight = 0;
+    let peak = 0;
+    const started: number[] = [];
+    const task = (n: number) => () => {
+      started.push(n);
+      inFlight++;
+      peak = Math.max(peak, inFlight);
+      return new Promise<number>((resolve, reject) =>
+        setTimeout(() => {
+          inFlight--;
+          if (n === 3) reject(new Error('no 3'));
+          else resolve(n);
+        }, 5),
+      );
+    };
+    const all = [1, 2, 3, 4, 5, 6].map((n) => run(task(n)));
+    const settled = await Promise.allSettled(all);
+    expect(peak).toBe(2);
+    expect(settled.slice(0, 2).map((s) => s.status)).toEqual(['fulfilled', 'fulfilled']);
+    // 3 failed; 4 was already running beside it; 5 and 6 never started.
+    expect(started).toEqual([1, 2, 3, 4]);
+    expect(settled.slice(4).map((s) => (s as PromiseRejectedResult).reason)).toEqual([
+      new Error('no 3'),
+      new Error('no 3'),
+    ]);
   });
 });
 

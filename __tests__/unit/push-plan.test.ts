@@ -1,5 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import { referrersTag, type PushContent } from '../../src/actions/push-multi-tag/content.js';
+import { gathersEntries, mergeCosign } from '../../src/actions/push-multi-tag/cosign-merge.js';
 import { fallbackIndexBytes, missingFrom } from '../../src/actions/push-multi-tag/fallback-index.js';
 import type { PushOutcome } from '../../src/actions/push-multi-tag/main.js';
 import {
@@ -47,6 +48,7 @@ const seen = (over: Partial<Inspection> = {}): Inspection => ({
   manifests: new Set(),
   tags: new Map([['latest', OLD]]),
   fallback: new Map(),
+  merges: new Map(),
   ...over,
 });
 
@@ -292,5 +294,57 @@ describe('push summary', () => {
     expect(md).toContain(
       '| ghcr.io/org/app:latest | `sha256:bbbbbbbbbbbb…` | `sha256:aaaaaaaaaaaa…` | would move |',
     );
+  });
+});
+
+describe("merging into a destination's cosign tag", () => {
+  const layer = (n: string, signature: string) => ({
+    mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json',
+    digest: d(n),
+    size: 10,
+    annotations: { 'dev.cosignproject.cosign/signature': signature },
+  });
+  const sigManifest = (...layers: object[]) =>
+    Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: d('c'), size: 2 },
+        layers,
+      }),
+    );
+  const there = {
+    bytes: sigManifest(layer('1', 'theirs')),
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+  };
+  const config = Buffer.from(JSON.stringify({ rootfs: { type: 'layers', diff_ids: [d('1')] }, os: '' }));
+  const source = (bytes: Buffer) => ({ digest: d('9'), mediaType: there.mediaType, bytes, isIndex: false });
+
+  it('adds the entries the destination lacks (a same payload signed by another key is another entry)', () => {
+    const merge = mergeCosign(there, config, source(sigManifest(layer('1', 'ours'), layer('1', 'theirs'))));
+    expect(merge?.kind).toBe('merged');
+    if (merge?.kind !== 'merged') return;
+    const parsed = JSON.parse(merge.manifest.bytes.toString()) as {
+      layers: object[];
+      config: { digest: string };
+    };
+    expect(parsed.layers).toEqual([layer('1', 'theirs'), layer('1', 'ours')]);
+    expect(parsed.config.digest).toBe(merge.config.digest);
+    expect(JSON.parse(merge.config.bytes.toString())).toEqual({
+      rootfs: { type: 'layers', diff_ids: [d('1'), d('1')] },
+      os: '',
+    });
+  });
+
+  it('leaves a tag holding every entry already, and replaces what it cannot merge into', () => {
+    expect(mergeCosign(there, config, source(sigManifest(layer('1', 'theirs'))))).toEqual({
+      kind: 'present',
+    });
+    expect(
+      mergeCosign({ ...there, bytes: Buffer.from('{"manifests":[]}') }, config, source(there.bytes)),
+    ).toBe(undefined);
+    expect(gathersEntries('sha256-ab.sig')).toBe(true);
+    expect(gathersEntries('sha256-ab.att')).toBe(true);
+    expect(gathersEntries('sha256-ab.sbom')).toBe(false);
   });
 });

@@ -7,11 +7,11 @@
  * Another client may update the same tag meanwhile, and registries without the referrers API (distribution,
  * GHCR, Docker Hub) have no conditional PUT. So the index is read back after the PUT: a descriptor lost to a
  * concurrent writer (theirs replaced ours) is merged again into what is there now, a few times, and a loss we
- * cannot repair is reported. Descriptors the other writer added are always kept: we only ever add.
+ * cannot repair is reported. Descriptors the other writer added are always kept: we only ever add. What other
+ * tools wrote is kept as they wrote it, entries we would not write ourselves and fields of the index included.
  */
 import type { RegistryClient } from '../../core/oci/client.js';
 import { MediaType, type Descriptor } from '../../core/oci/media-types.js';
-import { indexDescriptors } from '../../core/oci/pull.js';
 
 /** Read-merge-write rounds before a concurrent writer wins. */
 const MAX_ROUNDS = 3;
@@ -19,7 +19,23 @@ const MAX_ROUNDS = 3;
 export interface FallbackState {
   /** Digest of the index under the tag now, if any. */
   digest?: string;
+  /** Its entries exactly as they are, foreign ones included (one without a media type too). */
   descriptors: Descriptor[];
+  /** Its other fields (annotations another tool set), written back as they are. */
+  fields?: Record<string, unknown>;
+  /** The tag holds something else (`digest` is that): left alone, and reported as failed by phase 2. */
+  notIndex?: boolean;
+}
+
+/** The referrers tag holds something other than an image index. */
+export class NotAnIndexError extends Error {
+  constructor(
+    message: string,
+    readonly digest: string,
+  ) {
+    super(message);
+    this.name = 'NotAnIndexError';
+  }
 }
 
 /** The index under a referrers tag; throws when the tag holds something else (the spec's "report a failure"). */
@@ -30,23 +46,40 @@ export async function readFallbackIndex(
 ): Promise<FallbackState> {
   const found = await client.findManifest(repository, tag);
   if (!found) return { descriptors: [] };
-  if (found.mediaType !== MediaType.ociIndex) {
-    throw new Error(
-      `${repository}:${tag} holds a ${found.mediaType || 'manifest of unknown type'}, not the image index of ` +
-        'the referrers tag schema; left as it is.',
+  const notIndex = (what: string) =>
+    new NotAnIndexError(
+      `${repository}:${tag} holds ${what}, not the image index of the referrers tag schema; left as it is.`,
+      found.digest,
     );
+  if (found.mediaType !== MediaType.ociIndex)
+    throw notIndex(`a ${found.mediaType || 'manifest of unknown type'}`);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(found.bytes.toString('utf8'));
+  } catch {
+    throw notIndex('something that is not JSON');
   }
-  return { digest: found.digest, descriptors: indexDescriptors(found.bytes, `${repository}:${tag}`) };
+  const {
+    manifests,
+    schemaVersion: _v,
+    mediaType: _m,
+    ...fields
+  } = (parsed ?? {}) as Record<string, unknown>;
+  if (!Array.isArray(manifests)) throw notIndex('a document without a manifests list');
+  return { digest: found.digest, descriptors: manifests as Descriptor[], fields };
 }
 
 export function missingFrom(state: FallbackState, wanted: readonly Descriptor[]): Descriptor[] {
-  const have = new Set(state.descriptors.map((d) => d.digest));
+  const have = new Set(state.descriptors.map((d) => (d as Partial<Descriptor> | null)?.digest));
   return wanted.filter((d) => !have.has(d.digest));
 }
 
-export function fallbackIndexBytes(descriptors: readonly Descriptor[]): Buffer {
+export function fallbackIndexBytes(
+  descriptors: readonly Descriptor[],
+  fields: Record<string, unknown> = {},
+): Buffer {
   return Buffer.from(
-    JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: descriptors }),
+    JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociIndex, ...fields, manifests: descriptors }),
   );
 }
 
@@ -68,7 +101,7 @@ export async function updateFallbackIndex(
         `${repository}:${tag} kept changing under concurrent updates; ${missing.length} referrer(s) not listed.`,
       );
     }
-    const bytes = fallbackIndexBytes([...state.descriptors, ...missing]);
+    const bytes = fallbackIndexBytes([...state.descriptors, ...missing], state.fields);
     await client.putManifest(repository, tag, bytes, MediaType.ociIndex);
     added += round === 1 ? missing.length : 0;
     state = await readFallbackIndex(client, repository, tag);

@@ -115,7 +115,7 @@ export async function pushMultiTag(host: Host, inputs: PushInputs): Promise<void
         `repositories × ${inputs.tags.length} tags: ${inputs.tags.join(', ')}`,
     );
     const outcome = await host.group(inputs.dryRun ? 'Plan (dry run: nothing is changed)' : 'Push', () =>
-      pushEverywhere(host, inputs, content, destinations),
+      pushEverywhere(host, inputs, content, destinations, scratch),
     );
     const durationMs = Date.now() - started;
     report(host, inputs, outcome, durationMs);
@@ -187,6 +187,7 @@ class RegistryRun {
     private readonly content: PushContent,
     access: RegistryAccess | undefined,
     origin: { registry: string; repository: string } | undefined,
+    scratch: string,
   ) {
     this.client = new RegistryClient({
       registry,
@@ -201,6 +202,7 @@ class RegistryRun {
       repository,
       client: this.client,
       mountFrom: i > 0 ? repositories[0] : origin?.registry === registry ? origin.repository : undefined,
+      scratch,
     }));
     this.outcomes = repositories.map((repository) => ({ registry, repository }));
   }
@@ -294,11 +296,12 @@ async function pushEverywhere(
   inputs: PushInputs,
   content: PushContent,
   access: Map<string, RegistryAccess>,
+  scratch: string,
 ): Promise<PushOutcome> {
   const origin = inputs.source.transport === 'docker' ? parseReference(inputs.source.location) : undefined;
   const runs = [...groupByRegistry(inputs.repositories)].map(
     ([registry, repositories]) =>
-      new RegistryRun(registry, repositories, host, inputs, content, access.get(registry), origin),
+      new RegistryRun(registry, repositories, host, inputs, content, access.get(registry), origin, scratch),
   );
   const started = Date.now();
   let phase1Ms = 0;

@@ -8,12 +8,21 @@
  * - phase 2: the tags (release tags on the image, cosign's tags, the referrers indexes). Each ref succeeds or
  *   fails on its own; the transport has retried it already.
  */
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { RegistryClient } from '../../core/oci/client.js';
+import { isValidDigest } from '../../core/oci/reference.js';
 import { mapLimit } from '../../core/oci/pool.js';
-import { referrersTag, type PushContent } from './content.js';
+import { referrersTag, type PushContent, type PushManifest } from './content.js';
+import { configOf, gathersEntries, mergeCosign } from './cosign-merge.js';
 import { failureOf, type Failure } from './failure.js';
-import { readFallbackIndex, updateFallbackIndex, type FallbackState } from './fallback-index.js';
-import type { Inspection, RepositoryPlan } from './plan.js';
+import {
+  NotAnIndexError,
+  readFallbackIndex,
+  updateFallbackIndex,
+  type FallbackState,
+} from './fallback-index.js';
+import type { Inspection, Merge, RepositoryPlan } from './plan.js';
 import { MANIFEST_CONCURRENCY, tagManifest } from './tagging.js';
 
 export interface Target {
@@ -21,6 +30,8 @@ export interface Target {
   repository: string;
   client: RegistryClient;
   mountFrom?: string;
+  /** Where the lookups keep what they read from this repository (cosign configs to merge into). */
+  scratch: string;
 }
 
 export async function inspect(
@@ -33,6 +44,7 @@ export async function inspect(
   const manifests = new Set<string>();
   const tagged = new Map<string, string>();
   const fallback = new Map<string, FallbackState>();
+  const merges = new Map<string, Merge>();
   let referrersApi: boolean | undefined;
   const subjects = [...new Set(content.referrers.map((r) => r.subject))];
   const lookups: Array<() => Promise<void>> = [
@@ -42,9 +54,23 @@ export async function inspect(
     ...content.manifests.map((m) => async () => {
       if (await client.headManifest(repository, m.digest)) manifests.add(m.digest);
     }),
-    ...[...tags, ...content.artifactTags.map((a) => a.tag)].map((tag) => async () => {
+    ...tags.map((tag) => async () => {
       const found = await client.headManifest(repository, tag);
       if (found) tagged.set(tag, found.digest);
+    }),
+    ...content.artifactTags.map((artifact) => async () => {
+      if (!gathersEntries(artifact.tag)) {
+        const found = await client.headManifest(repository, artifact.tag);
+        if (found) tagged.set(artifact.tag, found.digest);
+        return;
+      }
+      // Read, not just looked at: signatures there that the source lacks are kept (cosign-merge.ts).
+      const found = await client.findManifest(repository, artifact.tag);
+      if (!found) return;
+      tagged.set(artifact.tag, found.digest);
+      if (found.digest === artifact.manifest.digest) return;
+      const merge = await mergeAt(target, found, artifact.manifest);
+      if (merge) merges.set(artifact.tag, merge);
     }),
   ];
   if (subjects.length > 0) {
@@ -54,14 +80,44 @@ export async function inspect(
     });
     for (const subject of subjects) {
       lookups.push(async () => {
-        // A tag that holds something else is phase 2's failure to report, for that ref only.
-        const now = await readFallbackIndex(client, repository, referrersTag(subject)).catch(() => undefined);
+        // A tag that holds something else is phase 2's failure to report, for that ref only; the plan says so.
+        const now = await readFallbackIndex(client, repository, referrersTag(subject)).catch((error) =>
+          error instanceof NotAnIndexError
+            ? { digest: error.digest, descriptors: [], notIndex: true }
+            : undefined,
+        );
         if (now) fallback.set(subject, now);
       });
     }
   }
   await mapLimit(lookups, MANIFEST_CONCURRENCY, (lookup) => lookup());
-  return { blobs, manifests, tags: tagged, referrersApi, fallback };
+  return { blobs, manifests, tags: tagged, referrersApi, fallback, merges };
+}
+
+const COSIGN_CONFIG_LIMIT = 1024 * 1024;
+
+/** The destination's cosign manifest with the source's entries added (its config read into the scratch dir). */
+async function mergeAt(
+  target: Target,
+  there: { bytes: Buffer; mediaType: string },
+  source: PushManifest,
+): Promise<Merge | undefined> {
+  const config = configOf(there.bytes);
+  // cosign's config is a few hundred bytes; anything far larger is not one of its manifests.
+  if (!config || !isValidDigest(config.digest) || !(config.size <= COSIGN_CONFIG_LIMIT)) return undefined;
+  const dir = join(target.scratch, 'cosign', target.registry.replace(/[^\w.-]/g, '_'), target.repository);
+  await mkdir(dir, { recursive: true });
+  const path = join(dir, config.digest.replace(':', '-'));
+  await target.client.downloadBlob(target.repository, config.digest, path, { size: config.size });
+  const merge = mergeCosign(there, await readFile(path), source);
+  if (merge?.kind !== 'merged') return merge && { kind: 'present' };
+  const configPath = join(dir, merge.config.digest.replace(':', '-'));
+  await writeFile(configPath, merge.config.bytes);
+  return {
+    kind: 'merged',
+    manifest: merge.manifest,
+    config: { digest: merge.config.digest, size: merge.config.bytes.length, path: configPath },
+  };
 }
 
 /** Blobs up to this size go in the small-blob lane of phase 1. */
@@ -130,6 +186,13 @@ export async function storeByDigest(
     mapLimit(small, MANIFEST_CONCURRENCY, store),
   ]);
   for (const lane of lanes) if (lane.status === 'rejected') throw lane.reason;
+  // Merged cosign manifests: their new config, then (below) the manifest, both by digest like the rest.
+  const merged = [...plan.merges.values()].flatMap((m) => (m.kind === 'merged' ? [m] : []));
+  await mapLimit(merged, MANIFEST_CONCURRENCY, async (m) => {
+    await client.uploadBlob(repository, m.config);
+    result.uploaded++;
+    result.bytesUploaded += m.config.size;
+  });
 
   const referrers = new Set(content.referrers.map((r) => r.descriptor.digest));
   const toStore = new Set(plan.manifests.filter((m) => m.store).map((m) => m.digest));
@@ -145,6 +208,7 @@ export async function storeByDigest(
     put,
   );
   for (const index of manifests.filter((m) => m.isIndex)) await put(index);
+  await mapLimit(merged, MANIFEST_CONCURRENCY, (m) => put(m.manifest));
   return result;
 }
 
@@ -185,7 +249,11 @@ export async function moveTags(
   const [tagging] = await Promise.all([
     tagManifest(client, repository, content.root, releaseMoves),
     mapLimit(artifactMoves, MANIFEST_CONCURRENCY, async (move) => {
-      const manifest = content.artifactTags.find((a) => a.tag === move.tag)!.manifest;
+      const merge = plan.merges.get(move.tag);
+      const manifest =
+        merge?.kind === 'merged'
+          ? merge.manifest
+          : content.artifactTags.find((a) => a.tag === move.tag)!.manifest;
       try {
         await client.putManifest(repository, move.tag, manifest.bytes, manifest.mediaType);
       } catch (error) {

@@ -6,7 +6,7 @@
  */
 import type { Descriptor } from '../../core/oci/media-types.js';
 import { formatBytes } from '../../core/summary.js';
-import { referrersTag, type PushContent } from './content.js';
+import { referrersTag, type PushBlob, type PushContent, type PushManifest } from './content.js';
 import { missingFrom, type FallbackState } from './fallback-index.js';
 
 export type BlobAction = 'upload' | 'mount' | 'skip';
@@ -23,7 +23,16 @@ export interface Inspection {
   referrersApi?: boolean;
   /** The `sha256-<hex>` indexes now, per subject (read only where the referrers API is missing). */
   fallback: ReadonlyMap<string, FallbackState>;
+  /** cosign `.sig`/`.att` tags that hold entries of their own: what the tag gets instead of the source's. */
+  merges: ReadonlyMap<string, Merge>;
 }
+
+/** A cosign tag at the destination merged with the source's (cosign-merge.ts). */
+export type Merge =
+  /** It holds every entry of the source's already: the tag stays. */
+  | { kind: 'present' }
+  /** A new manifest and config, stored by digest in phase 1, tagged in phase 2. */
+  | { kind: 'merged'; manifest: PushManifest; config: PushBlob };
 
 export interface TagMove {
   tag: string;
@@ -39,6 +48,8 @@ export interface FallbackUpdate {
   wanted: Descriptor[];
   /** Those it lacks now. */
   add: number;
+  /** The tag holds no image index: phase 2 leaves it and reports the ref as failed. */
+  notIndex?: boolean;
 }
 
 export interface RepositoryPlan {
@@ -59,6 +70,7 @@ export interface RepositoryPlan {
    * missing, or where a registry stored a referrer without acknowledging its subject.
    */
   fallback: FallbackUpdate[];
+  merges: ReadonlyMap<string, Merge>;
 }
 
 export function planRepository(
@@ -74,11 +86,17 @@ export function planRepository(
   }));
   const moves: TagMove[] = [
     ...tags.map((tag) => ({ tag, before: seen.tags.get(tag), after: content.root.digest })),
-    ...content.artifactTags.map((a) => ({
-      tag: a.tag,
-      before: seen.tags.get(a.tag),
-      after: a.manifest.digest,
-    })),
+    ...content.artifactTags.map((a) => {
+      const before = seen.tags.get(a.tag);
+      const merge = seen.merges.get(a.tag);
+      const after =
+        merge?.kind === 'merged'
+          ? merge.manifest.digest
+          : merge?.kind === 'present'
+            ? before!
+            : a.manifest.digest;
+      return { tag: a.tag, before, after };
+    }),
   ];
   const fallback = [...new Set(content.referrers.map((r) => r.subject))].map((subject) => {
     const wanted = content.referrers.filter((r) => r.subject === subject).map((r) => r.descriptor);
@@ -89,6 +107,7 @@ export function planRepository(
       before: now.digest,
       wanted,
       add: missingFrom(now, wanted).length,
+      ...(now.notIndex ? { notIndex: true } : {}),
     };
   });
   return {
@@ -101,6 +120,7 @@ export function planRepository(
     releaseTags: [...tags],
     referrersApi: seen.referrersApi,
     fallback,
+    merges: seen.merges,
   };
 }
 
@@ -139,12 +159,18 @@ export function planLines(plan: RepositoryPlan): string[] {
       `${c.mount.count} to mount${plan.mountFrom ? ` from ${plan.mountFrom}` : ''} (${formatBytes(c.mount.bytes)}), ` +
       `${c.skip.count} already there (${formatBytes(c.skip.bytes)})`,
     `  manifests by digest: ${stored} to store, ${plan.manifests.length - stored} already there`,
-    ...plan.tags.map((m) => `  tag ${moveText(m)}`),
+    ...plan.tags.map(
+      (m) =>
+        `  tag ${moveText(m)}` +
+        (plan.merges.get(m.tag)?.kind === 'merged' ? " (merged: the destination's entries kept)" : ''),
+    ),
     ...(plan.referrersApi ? [`  referrers: the registry indexes them itself (referrers API)`] : []),
-    ...(plan.referrersApi === false ? plan.fallback : []).map(
-      (f) =>
-        `  referrers index ${f.tag}: ${f.add} of ${f.wanted.length} referrer(s) to add` +
-        (f.before ? ` (now ${shortDigest(f.before)})` : ' (new)'),
+    ...(plan.referrersApi === false ? plan.fallback : []).map((f) =>
+      f.notIndex
+        ? `  referrers index ${f.tag}: holds no image index (now ${shortDigest(f.before)}); left as it is, ` +
+          'reported as failed'
+        : `  referrers index ${f.tag}: ${f.add} of ${f.wanted.length} referrer(s) to add` +
+          (f.before ? ` (now ${shortDigest(f.before)})` : ' (new)'),
     ),
   ];
   return lines;
@@ -174,6 +200,7 @@ export function planJson(plans: readonly RepositoryPlan[]): unknown {
         tag: f.tag,
         before: f.before ?? null,
         add: f.add,
+        ...(f.notIndex ? { index: false } : {}),
       })),
     };
   });

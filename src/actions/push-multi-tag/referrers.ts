@@ -15,7 +15,7 @@ import type { RegistryClient } from '../../core/oci/client.js';
 import { verifyDigest } from '../../core/oci/digest.js';
 import { blobPath, INDEX_JSON_LIMIT, REF_NAME_ANNOTATION } from '../../core/oci/layout.js';
 import { isIndexMediaType, MANIFEST_LIMIT, type Descriptor } from '../../core/oci/media-types.js';
-import { mapLimit } from '../../core/oci/pool.js';
+import { boundedRunner, mapLimit } from '../../core/oci/pool.js';
 import { indexDescriptors } from '../../core/oci/pull.js';
 import { isValidDigest } from '../../core/oci/reference.js';
 import {
@@ -52,15 +52,25 @@ function parseManifest(bytes: Buffer, what: string): ManifestJson {
 /** The descriptor a referrers list holds for a manifest (distribution-spec "Listing Referrers"). */
 export function referrerDescriptor(manifest: PushManifest): Descriptor {
   const parsed = parseManifest(manifest.bytes, `manifest ${manifest.digest}`);
-  const artifactType = parsed.artifactType || (manifest.isIndex ? undefined : parsed.config?.mediaType);
+  // The manifest says what it likes: only fields of the types the spec gives reach the descriptor.
+  const text = (value: unknown) => (typeof value === 'string' && value ? value : undefined);
+  const artifactType =
+    text(parsed.artifactType) ?? (manifest.isIndex ? undefined : text(parsed.config?.mediaType));
   const descriptor: Descriptor = {
     mediaType: manifest.mediaType,
     digest: manifest.digest,
     size: manifest.bytes.length,
   };
   if (artifactType) descriptor.artifactType = artifactType;
-  if (parsed.annotations && Object.keys(parsed.annotations).length > 0) {
-    descriptor.annotations = parsed.annotations;
+  const annotations: unknown = parsed.annotations;
+  if (
+    typeof annotations === 'object' &&
+    annotations !== null &&
+    !Array.isArray(annotations) &&
+    Object.keys(annotations).length > 0 &&
+    Object.values(annotations).every((v) => typeof v === 'string')
+  ) {
+    descriptor.annotations = annotations as Record<string, string>;
   }
   return descriptor;
 }
@@ -77,13 +87,26 @@ interface Store {
   blob(descriptor: Descriptor): Promise<PushBlob>;
 }
 
+/**
+ * What one push copies at most from a source: each bound is a hostile registry's lever on our memory (manifests
+ * are held whole), disk and request count. Releases carry a handful of signatures, attestations and SBOMs.
+ */
+export const ATTACHED_LIMITS = { manifests: 1000, blobs: 10_000, manifestBytes: 64 * 1024 * 1024 } as const;
+
+/** Manifests and blobs fetched from the source at once while its graph is walked. */
+const FETCH_CONCURRENCY = 8;
+
 class Collector {
   /** Promises, so parallel lookups that meet the same manifest or blob (the empty config) fetch it once. */
   private readonly manifests = new Map<string, Promise<void>>();
+  private readonly fetched = new Map<string, Promise<PushManifest | undefined>>();
+  private readonly listed = new Map<string, Promise<void>>();
   private readonly taken: PushManifest[] = [];
   private readonly blobs = new Map<string, Promise<PushBlob>>();
   private readonly referrers: Referrer[] = [];
   private readonly artifactTags: ArtifactTag[] = [];
+  private manifestBytes = 0;
+  private readonly run = boundedRunner(FETCH_CONCURRENCY);
 
   constructor(
     private readonly store: Store,
@@ -101,13 +124,49 @@ class Collector {
     return taking;
   }
 
+  /** A manifest by digest from the store, fetched once, counted against the limits. */
+  private fetch(digest: string): Promise<PushManifest | undefined> {
+    let fetching = this.fetched.get(digest);
+    if (!fetching) {
+      const nth = this.fetched.size + 1;
+      fetching = this.run(async () => {
+        if (nth > ATTACHED_LIMITS.manifests) {
+          throw new Error(
+            `the source attaches more than ${ATTACHED_LIMITS.manifests} manifests to the image; refused.`,
+          );
+        }
+        const found = await this.store.manifest(digest);
+        if (found) this.count(found);
+        return found;
+      });
+      this.fetched.set(digest, fetching);
+    }
+    return fetching;
+  }
+
+  private count(manifest: PushManifest): void {
+    this.manifestBytes += manifest.bytes.length;
+    if (this.manifestBytes > ATTACHED_LIMITS.manifestBytes) {
+      throw new Error(
+        `the manifests attached to the image at the source exceed ${ATTACHED_LIMITS.manifestBytes} bytes; refused.`,
+      );
+    }
+  }
+
   private async takeNew(manifest: PushManifest, depth: number): Promise<void> {
     const parsed = parseManifest(manifest.bytes, `manifest ${manifest.digest}`);
     if (manifest.isIndex && depth === 0) {
+      const children: unknown = parsed.manifests ?? [];
+      if (!Array.isArray(children)) throw new Error(`manifest ${manifest.digest} is not an image index.`);
+      // A child is fetched by digest only: anything else would be a tag or a path elsewhere on the registry.
+      const digests = children.map((child: Descriptor | null) => child?.digest);
+      if (!digests.every((d): d is string => typeof d === 'string' && isValidDigest(d))) {
+        throw new Error(`manifest ${manifest.digest} lists a child with an invalid digest; refused.`);
+      }
       await Promise.all(
-        (parsed.manifests ?? []).map(async (child) => {
-          const found = await this.store.manifest(child.digest);
-          if (!found) throw new Error(`manifest ${child.digest} (listed by ${manifest.digest}) is missing.`);
+        digests.map(async (digest) => {
+          const found = await this.fetch(digest);
+          if (!found) throw new Error(`manifest ${digest} (listed by ${manifest.digest}) is missing.`);
           await this.take(found, depth + 1);
         }),
       );
@@ -116,25 +175,48 @@ class Collector {
       blobsOf(parsed)
         .filter((d) => !this.known.has(d.digest))
         .map((d) => {
-          if (!this.blobs.has(d.digest)) this.blobs.set(d.digest, this.store.blob(d));
+          if (!this.blobs.has(d.digest)) {
+            const nth = this.blobs.size + 1;
+            this.blobs.set(
+              d.digest,
+              this.run(() => {
+                if (nth > ATTACHED_LIMITS.blobs) {
+                  throw new Error(
+                    `the source attaches more than ${ATTACHED_LIMITS.blobs} blobs to the image; refused.`,
+                  );
+                }
+                return this.store.blob(d);
+              }),
+            );
+          }
           return this.blobs.get(d.digest)!;
         }),
     );
     this.taken.push(manifest);
   }
 
-  async referrer(subject: string, digest: string): Promise<void> {
-    if (this.referrers.some((r) => r.subject === subject && r.descriptor.digest === digest)) return;
-    const manifest = await this.store.manifest(digest);
+  /** A manifest a list names as a referrer of `subject`; a list naming one twice costs one fetch. */
+  referrer(subject: string, digest: string): Promise<void> {
+    const key = `${subject} ${digest}`;
+    let checking = this.listed.get(key);
+    if (!checking) {
+      checking = this.referrerNew(subject, digest);
+      this.listed.set(key, checking);
+    }
+    return checking;
+  }
+
+  private async referrerNew(subject: string, digest: string): Promise<void> {
+    const manifest = await this.fetch(digest);
     if (!manifest) throw new Error(`referrer ${digest} of ${subject} is listed but missing.`);
     // A list may say anything; only a manifest that names this subject is one of its referrers.
     if (parseManifest(manifest.bytes, `referrer ${digest}`).subject?.digest !== subject) return;
-    if (this.referrers.some((r) => r.subject === subject && r.descriptor.digest === digest)) return;
     this.referrers.push({ subject, descriptor: referrerDescriptor(manifest) });
     await this.take(manifest);
   }
 
   async artifactTag(tag: string, manifest: PushManifest): Promise<void> {
+    this.count(manifest);
     this.artifactTags.push({ tag, manifest });
     await this.take(manifest);
   }
@@ -195,13 +277,20 @@ export async function attachmentsInRegistry(
     const tag = referrersTag(subject);
     // All lookups at once: one round trip whatever the source supports.
     const [api, fallback, ...cosign] = await Promise.all([
-      client.getReferrers(repository, subject),
+      client.getReferrers(repository, subject, ATTACHED_LIMITS.manifests),
       client.findManifest(repository, tag),
       ...COSIGN_SUFFIXES.map((s) => client.findManifest(repository, `${tag}.${s}`)),
     ]);
     let listed: Descriptor[] = api ?? [];
     if (!api && fallback && isIndexMediaType(fallback.mediaType)) {
       listed = indexDescriptors(fallback.bytes, `referrers tag ${repository}:${tag}`);
+    }
+    // Refused before any is fetched: a list this long is an attack or a mistake, not a release.
+    if (new Set(listed.map((d) => d.digest)).size > ATTACHED_LIMITS.manifests) {
+      throw new Error(
+        `${repository}@${subject} lists more than ${ATTACHED_LIMITS.manifests} referrers at the source; ` +
+          'one push copies at most that many.',
+      );
     }
     await Promise.all([
       ...listed.map((d) => collector.referrer(subject, d.digest)),

@@ -21,3 +21,29 @@ export async function mapLimit<T, R>(
   if (failure) throw failure.error;
   return results;
 }
+
+/**
+ * A gate for work that cannot be listed up front (a graph found while it is walked): whoever calls `run`, at
+ * most `limit` tasks are in flight. After the first failure, tasks not yet started fail with it instead of
+ * starting, so a walk that is going to fail sends no more requests.
+ */
+export function boundedRunner(limit: number): <R>(task: () => Promise<R>) => Promise<R> {
+  let running = 0;
+  const waiting: Array<() => void> = [];
+  let failure: { error: unknown } | undefined;
+  return async (task) => {
+    if (running >= limit) await new Promise<void>((resolve) => waiting.push(resolve));
+    else running++;
+    try {
+      if (failure) throw failure.error;
+      return await task();
+    } catch (error) {
+      failure ??= { error };
+      throw error;
+    } finally {
+      const next = waiting.shift();
+      if (next) next();
+      else running--;
+    }
+  };
+}

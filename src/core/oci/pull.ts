@@ -29,6 +29,9 @@ export async function headManifest(
   if (response.status === 404) return undefined;
   const digest = response.header('docker-content-digest');
   if (!digest) throw new RegistryError(`${what}: the registry sent no digest.`);
+  // It is reported (a tag's digest before a push) and compared: only a digest, never text of the registry's.
+  if (!isValidDigest(digest))
+    throw new RegistryError(`${what}: the registry's Docker-Content-Digest is not a digest.`);
   if (isValidDigest(reference) && digest !== reference) {
     throw new DigestMismatchError(`manifest ${repository}@${reference}`, reference, digest);
   }
@@ -86,17 +89,19 @@ const MAX_REFERRER_PAGES = 20;
 /**
  * The OCI 1.1 referrers API (`GET /v2/<name>/referrers/<digest>`, `Link` pages followed): the descriptors of
  * the manifests whose `subject` is `digest`, or undefined when the registry answers 404, which the
- * distribution-spec defines as "no referrers API here" (the caller falls back to the referrers tag schema).
+ * distribution-spec defines as "no referrers API here" (the caller falls back to the referrers tag schema),
+ * or when it answers something that is not an image index. Pages stop once more than `max` descriptors are in: the caller refuses a list that long anyway.
  */
 export async function getReferrers(
   transport: RegistryTransport,
   repository: string,
   digest: string,
+  max = Infinity,
 ): Promise<Descriptor[] | undefined> {
   const what = `GET referrers of ${repository}@${digest}`;
   const found: Descriptor[] = [];
   let url: URL | undefined = transport.url(`${repository}/referrers/${digest}`);
-  for (let page = 0; url && page < MAX_REFERRER_PAGES; page++) {
+  for (let page = 0; url && page < MAX_REFERRER_PAGES && found.length <= max; page++) {
     const { response, bytes } = await transport.sendAndRead(
       {
         method: 'GET',
@@ -108,7 +113,11 @@ export async function getReferrers(
       },
       MANIFEST_LIMIT,
     );
-    if (response.status === 404) return page === 0 ? undefined : found;
+    // The API answers an image index (the spec's MUST); anything else at that path is a front end's catch-all
+    // page, not the API: read as "no API here", as oras-go does.
+    if (response.status === 404 || contentType(response) !== MediaType.ociIndex) {
+      return page === 0 ? undefined : found;
+    }
     found.push(...indexDescriptors(bytes, what));
     const next = /<([^>]+)>\s*;\s*rel="?next"?/.exec(response.header('link') ?? '');
     const nextUrl = next ? new URL(next[1]!, response.url) : undefined;
