@@ -7,7 +7,7 @@
 import { rmdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
-import { serializeJson, type Catalog } from './catalog.js';
+import { fileOf, serializeJson, type Catalog } from './catalog.js';
 import type { FileAction, Plan } from './plan.js';
 import { sameState, writeState, type UnreferencedSince } from './state-file.js';
 
@@ -31,11 +31,11 @@ export async function applyPlan(
   }
   if (plan.images) {
     const doc = catalog.images;
-    await writeFileAtomic(join(root, doc.path), serializeJson(plan.images, doc.style), doc.mode);
+    await writeFileAtomic(join(root, fileOf(doc)), serializeJson(plan.images, doc.style), doc.mode);
   }
   if (plan.index) {
     const doc = catalog.index;
-    await writeFileAtomic(join(root, doc.path), serializeJson(plan.index, doc.style), doc.mode);
+    await writeFileAtomic(join(root, fileOf(doc)), serializeJson(plan.index, doc.style), doc.mode);
   }
   // Synchronous for the reason scan.ts's walk gives: 10k unlinks measured 2.5x faster than via the promise API.
   const deleted: FileAction[] = [];

@@ -2,10 +2,10 @@
  * Loading and validating streams/v1/index.json and the images.json it points at, and writing them back with
  * every field we do not touch preserved and the original formatting (indent, trailing newline) kept.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { readFile, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ActionError, errorMessage } from '../../core/run.js';
-import { normaliseRepoPath } from './repo-paths.js';
+import { insideRoot, normaliseRepoPath } from './repo-paths.js';
 import { compareC } from './versions.js';
 
 export const INDEX_PATH = 'streams/v1/index.json';
@@ -27,6 +27,11 @@ export interface JsonDoc {
   style: JsonStyle;
   /** Permission bits, kept when the file is rewritten. */
   mode: number;
+  /**
+   * Where the file really is (repository-relative), when `path` is a symlink: it is rewritten there, so the link
+   * stays a link, and that file is as live as the metadata itself.
+   */
+  real?: string;
 }
 
 export interface CatalogItem {
@@ -91,10 +96,17 @@ export function parseJsonDoc(path: string, text: string, what: string, mode = 0o
   return { path, text, data, style: detectStyle(text), mode };
 }
 
+/**
+ * Reads one metadata file. A symlink may put it elsewhere in the repository, never outside: the prune rewrites it
+ * (and would otherwise write outside the repository because a symlink in it said so).
+ */
 async function readJsonDoc(root: string, path: string, what: string): Promise<JsonDoc> {
   try {
-    const text = await readFile(join(root, path), 'utf8');
-    return parseJsonDoc(path, text, what, (await stat(join(root, path))).mode & 0o777);
+    const real = insideRoot(root, await realpath(join(root, path)));
+    if (real === undefined || real === '') throw new RepoError(`${path} resolves outside the repository (symlink).`);
+    const text = await readFile(join(root, real), 'utf8');
+    const doc = parseJsonDoc(path, text, what, (await stat(join(root, real))).mode & 0o777);
+    return real === path ? doc : { ...doc, real };
   } catch (error) {
     if (error instanceof RepoError) throw error;
     const code = (error as NodeJS.ErrnoException).code;
@@ -169,6 +181,11 @@ function parseProducts(images: JsonDoc, problems: string[]): CatalogProduct[] {
     result.push({ name: productName, versions });
   }
   return result;
+}
+
+/** Where a metadata file is on disk, repository-relative: the file a rewrite replaces. */
+export function fileOf(doc: JsonDoc): string {
+  return doc.real ?? doc.path;
 }
 
 export function listProblems(intro: string, problems: readonly string[]): string {

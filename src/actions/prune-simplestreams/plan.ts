@@ -5,6 +5,7 @@
  */
 import {
   applyRemovals,
+  fileOf,
   isEmptyRemovals,
   itemKey,
   rebuildIndex,
@@ -162,9 +163,10 @@ function planProduct(
   return plan;
 }
 
-/** Every path images.json references, plus the real path behind each symlinked one. */
+/** Every path images.json references, plus the real path behind each symlinked one and the links on the way. */
 function referencedPaths(catalog: Catalog, facts: RepoFacts, removals?: Removals): Set<string> {
-  const paths = new Set<string>();
+  // index.json may keep images.json anywhere, a content directory included: the metadata is never an orphan.
+  const paths = new Set([catalog.index, catalog.images].flatMap((doc) => [doc.path, fileOf(doc)]));
   for (const product of catalog.products) {
     if (removals?.products.has(product.name)) continue;
     const droppedVersions = removals?.versions.get(product.name);
@@ -174,8 +176,9 @@ function referencedPaths(catalog: Catalog, facts: RepoFacts, removals?: Removals
       for (const item of version.items) {
         if (droppedItems?.has(item.name)) continue;
         paths.add(item.path);
-        const real = facts.referenced.get(item.path)?.real;
-        if (real) paths.add(real);
+        const fact = facts.referenced.get(item.path);
+        if (fact?.real) paths.add(fact.real);
+        for (const link of fact?.links ?? []) paths.add(link);
       }
     }
   }

@@ -4,9 +4,9 @@
  * written; see contentDirOf). Read-only; the plan is computed from these facts alone.
  */
 import { lstatSync, readdirSync } from 'node:fs';
-import { lstat, realpath, stat } from 'node:fs/promises';
-import { join } from 'node:path';
-import { listProblems, RepoError, type Catalog } from './catalog.js';
+import { lstat, readlink, realpath, stat } from 'node:fs/promises';
+import { isAbsolute, join } from 'node:path';
+import { fileOf, listProblems, RepoError, type Catalog } from './catalog.js';
 import { contentDirOf, IMAGES_DIR, insideRoot, parentOf, STATE_FILE_NAME } from './repo-paths.js';
 
 export interface ReferencedFact {
@@ -15,6 +15,8 @@ export interface ReferencedFact {
   size?: number;
   /** The real repository-relative path when it differs from the item path (symlinks inside the repo). */
   real?: string;
+  /** Every symlink the item path resolves through (directories on the way, chain hops), repository-relative. */
+  links?: string[];
 }
 
 export interface FileFact {
@@ -72,6 +74,44 @@ async function realAncestor(root: string, path: string): Promise<string> {
   }
 }
 
+/** Hops after which the kernel gives up on a path (ELOOP); realpath has already succeeded, so this is a guard. */
+const MAX_SYMLINK_HOPS = 40;
+
+/**
+ * The symlinks `path` resolves through, as the kernel follows them: a directory link on the way
+ * (`images/pool -> blobs`) and every hop of a chain. A client fetches the path as written, so each of them is
+ * as live as the file itself. Called only for paths realpath resolved inside the repository.
+ */
+async function linksOnTheWay(root: string, path: string): Promise<string[]> {
+  const links: string[] = [];
+  let done: string[] = [];
+  const pending = path.split('/');
+  while (pending.length > 0 && links.length <= MAX_SYMLINK_HOPS) {
+    const segment = pending.shift()!;
+    if (segment === '' || segment === '.') continue;
+    if (segment === '..') {
+      done.pop();
+      continue;
+    }
+    const here = [...done, segment].join('/');
+    if (!(await lstat(join(root, here))).isSymbolicLink()) {
+      done.push(segment);
+      continue;
+    }
+    links.push(here);
+    const target = await readlink(join(root, here));
+    if (isAbsolute(target)) {
+      const rel = insideRoot(root, target);
+      if (rel === undefined) break; // through a path outside, back in: realpath judged where it ends
+      done = [];
+      pending.unshift(...rel.split('/'));
+    } else {
+      pending.unshift(...target.split('/'));
+    }
+  }
+  return links;
+}
+
 async function factFor(root: string, path: string): Promise<ReferencedFact | string> {
   const abs = join(root, path);
   let real: string;
@@ -94,7 +134,8 @@ async function factFor(root: string, path: string): Promise<ReferencedFact | str
   if (rel === undefined || rel === '') return 'resolves outside the repository (symlink)';
   const info = await stat(real);
   if (!info.isFile()) return 'is not a regular file';
-  return rel === path ? { exists: true, size: info.size } : { exists: true, size: info.size, real: rel };
+  if (rel === path) return { exists: true, size: info.size };
+  return { exists: true, size: info.size, real: rel, links: await linksOnTheWay(root, path) };
 }
 
 /** Runs a sync fs call; a path that vanished meanwhile (someone else removed it) gives undefined. */
@@ -229,6 +270,6 @@ export async function scanRepository(
   if (problems.length > 0) {
     throw new RepoError(listProblems(`${catalog.images.path} references paths this prune refuses`, problems));
   }
-  findAtomicLeftovers(root, [catalog.index.path, catalog.images.path, STATE_FILE_NAME], facts);
+  findAtomicLeftovers(root, [fileOf(catalog.index), fileOf(catalog.images), STATE_FILE_NAME], facts);
   return facts;
 }
