@@ -84,6 +84,41 @@ export function serializeJson(data: unknown, style: JsonStyle): string {
   return style.trailingNewline ? `${body}\n` : body;
 }
 
+/**
+ * Keys that occur twice in one object (as `where.key`), in a text JSON.parse accepted. JSON.parse keeps the last
+ * one; incus and LXD read metadata with Go's encoding/json, which merges the objects of a repeated struct field
+ * (`versions`, `items`, `products`): the clients would see versions this prune never saw, and lose their files.
+ * A plain character loop: a regular expression over a hostile multi-megabyte string overflows the stack.
+ */
+export function duplicateKeys(text: string): string[] {
+  const found: string[] = [];
+  const stack: { where: string; keys?: Set<string>; atKey: boolean; key?: string }[] = [];
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    const top = stack[stack.length - 1];
+    if (c === '"') {
+      let end = i + 1;
+      while (text[end] !== '"') end += text[end] === '\\' ? 2 : 1;
+      if (top?.keys && top.atKey) {
+        const key = JSON.parse(text.slice(i, end + 1)) as string;
+        if (top.keys.has(key)) found.push(`${top.where}.${key}`.slice(1));
+        top.keys.add(key);
+        top.key = key;
+        top.atKey = false;
+      }
+      i = end;
+    } else if (c === '{' || c === '[') {
+      const where = top ? (top.keys ? `${top.where}.${top.key}` : `${top.where}[]`) : '';
+      stack.push({ where, keys: c === '{' ? new Set() : undefined, atKey: c === '{' });
+    } else if (c === '}' || c === ']') {
+      stack.pop();
+    } else if (c === ',' && top?.keys) {
+      top.atKey = true;
+    }
+  }
+  return found;
+}
+
 /** Parses one metadata file's text; `what` names the expected format in the error. */
 export function parseJsonDoc(path: string, text: string, what: string, mode = 0o644): JsonDoc {
   let data: unknown;
@@ -93,7 +128,25 @@ export function parseJsonDoc(path: string, text: string, what: string, mode = 0o
     throw new RepoError(`${path} is not valid JSON (${errorMessage(error)}).`);
   }
   if (!isObject(data)) throw new RepoError(`${path} must hold a JSON object (${what}).`);
+  const duplicates = duplicateKeys(text).map(
+    (key) => `duplicate key "${key}" (incus would merge or pick the last)`,
+  );
+  if (duplicates.length > 0) throw new RepoError(listProblems(`${path} is ambiguous`, duplicates));
   return { path, text, data, style: detectStyle(text), mode };
+}
+
+/**
+ * Keys of `object` Go's encoding/json would read as one of `fields` although spelled differently: it matches
+ * names case-insensitively with Unicode simple folding (`PATH`, `Versions`, `ver\u017fions` with a long s, a
+ * Kelvin sign for k), the last of several spellings winning. Such a field read by this prune and by the clients
+ * may differ, so they are refused.
+ */
+function goCaseTwins(object: JsonObject, fields: readonly string[], where: string, problems: string[]): void {
+  for (const key of Object.keys(object)) {
+    const folded = key.toLowerCase().replace(/\u017f/g, 's');
+    const field = fields.find((f) => f !== key && f === folded);
+    if (field) problems.push(`${where}: key "${key}" is read as "${field}" by incus; spell it "${field}"`);
+  }
 }
 
 /**
@@ -103,7 +156,8 @@ export function parseJsonDoc(path: string, text: string, what: string, mode = 0o
 async function readJsonDoc(root: string, path: string, what: string): Promise<JsonDoc> {
   try {
     const real = insideRoot(root, await realpath(join(root, path)));
-    if (real === undefined || real === '') throw new RepoError(`${path} resolves outside the repository (symlink).`);
+    if (real === undefined || real === '')
+      throw new RepoError(`${path} resolves outside the repository (symlink).`);
     const text = await readFile(join(root, real), 'utf8');
     const doc = parseJsonDoc(path, text, what, (await stat(join(root, real))).mode & 0o777);
     return real === path ? doc : { ...doc, real };
@@ -116,8 +170,20 @@ async function readJsonDoc(root: string, path: string, what: string): Promise<Js
   }
 }
 
+/** The item fields a prune reads. */
+const ITEM_FIELDS = ['path', 'size', 'sha256', 'ftype', 'delta_base'];
+
 function findIndexEntry(index: JsonDoc): { key: string; imagesPath: string } {
   const entries = index.data.index;
+  const problems: string[] = [];
+  goCaseTwins(index.data, ['index'], index.path, problems);
+  if (isObject(entries)) {
+    for (const [key, entry] of Object.entries(entries)) {
+      if (isObject(entry))
+        goCaseTwins(entry, ['datatype', 'path', 'products'], `${index.path}: index.${key}`, problems);
+    }
+  }
+  if (problems.length > 0) throw new RepoError(listProblems(`${index.path} is ambiguous`, problems));
   if (!isObject(entries)) throw new RepoError(`${index.path} has no "index" object.`);
   const matches = Object.entries(entries).filter(([, e]) => isObject(e) && e.datatype === IMAGE_DOWNLOADS);
   if (matches.length !== 1) {
@@ -137,6 +203,7 @@ function findIndexEntry(index: JsonDoc): { key: string; imagesPath: string } {
 
 function parseProducts(images: JsonDoc, problems: string[]): CatalogProduct[] {
   const products = images.data.products;
+  goCaseTwins(images.data, ['products'], images.path, problems);
   if (!isObject(products)) throw new RepoError(`${images.path} has no "products" object.`);
   const result: CatalogProduct[] = [];
   for (const [productName, product] of Object.entries(products)) {
@@ -145,12 +212,14 @@ function parseProducts(images: JsonDoc, problems: string[]): CatalogProduct[] {
       problems.push(`${where} has no "versions" object`);
       continue;
     }
+    goCaseTwins(product, ['versions'], where, problems);
     const versions: CatalogVersion[] = [];
     for (const [versionName, version] of Object.entries(product.versions)) {
       if (!isObject(version) || !isObject(version.items)) {
         problems.push(`${where} version ${versionName} has no "items" object`);
         continue;
       }
+      goCaseTwins(version, ['items'], `${where} version ${versionName}`, problems);
       const items: CatalogItem[] = [];
       for (const [itemName, item] of Object.entries(version.items)) {
         const at = `${where} version ${versionName} item ${itemName}`;
@@ -158,6 +227,7 @@ function parseProducts(images: JsonDoc, problems: string[]): CatalogProduct[] {
           problems.push(`${at} has no "path" string`);
           continue;
         }
+        goCaseTwins(item, ITEM_FIELDS, at, problems);
         const normalised = normaliseRepoPath(item.path);
         if ('error' in normalised) {
           problems.push(`${at}: path '${item.path}' ${normalised.error}`);
