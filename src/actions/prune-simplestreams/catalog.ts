@@ -4,6 +4,7 @@
  */
 import { readFile, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { externalText } from '../../core/oci/response.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { insideRoot, normaliseRepoPath } from './repo-paths.js';
 import { compareC } from './versions.js';
@@ -196,7 +197,9 @@ function findIndexEntry(index: JsonDoc): { key: string; imagesPath: string } {
     throw new RepoError(`${index.path}: index.${key}.path is not a string.`);
   const normalised = normaliseRepoPath(entry.path);
   if ('error' in normalised) {
-    throw new RepoError(`${index.path}: index.${key}.path '${entry.path}' ${normalised.error}.`);
+    throw new RepoError(
+      externalText(`${index.path}: index.${key}.path '${entry.path}' ${normalised.error}.`, 4000),
+    );
   }
   return { key, imagesPath: normalised.path };
 }
@@ -259,7 +262,8 @@ export function fileOf(doc: JsonDoc): string {
 }
 
 export function listProblems(intro: string, problems: readonly string[]): string {
-  const shown = problems.slice(0, MAX_LISTED_PROBLEMS).map((p) => `\n  - ${p}`);
+  // One line per problem: they name paths and products from images.json, which may hold line breaks.
+  const shown = problems.slice(0, MAX_LISTED_PROBLEMS).map((p) => `\n  - ${externalText(p, 4000)}`);
   const more =
     problems.length > MAX_LISTED_PROBLEMS
       ? `\n  - ... and ${problems.length - MAX_LISTED_PROBLEMS} more`

@@ -1,0 +1,224 @@
+/**
+ * Hostile repositories for the whole prune (scan, plan, apply) in-process: metadata that a Go client (incus,
+ * LXD: encoding/json) reads differently from JSON.parse, metadata that lives where the layout keeps images,
+ * symlinks on the way to a referenced file, and names that try to break the summary or the log.
+ */
+import { afterAll, describe, expect, it } from '@jest/globals';
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CliHost } from '../../src/core/host.js';
+import { MapInputSource } from '../../src/core/inputs.js';
+import { duplicateKeys } from '../../src/actions/prune-simplestreams/catalog.js';
+import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
+import { pruneRepository } from '../../src/actions/prune-simplestreams/prune.js';
+import { summaryMarkdown, type PruneReport } from '../../src/actions/prune-simplestreams/report.js';
+import { repoProblems, SimplestreamsRepo, snapshotTree } from '../support/simplestreams-fixture.js';
+
+const HOUR = 3_600_000;
+const DAY = 24 * HOUR;
+const NOW = Date.UTC(2024, 5, 1, 12);
+const P = 'debian:bookworm:default:amd64';
+const V = ['20240101_01:00', '20240201_01:00', '20240301_01:00', '20240401_01:00'];
+const base = mkdtempSync(join(tmpdir(), 'ici-prune-hostile-'));
+let counter = 0;
+afterAll(() => rmSync(base, { recursive: true, force: true }));
+
+function newRepo(layout: 'flat' | 'nested'): SimplestreamsRepo {
+  return new SimplestreamsRepo(join(base, `r${++counter}`), layout, NOW);
+}
+
+function inputs(path: string, o: Partial<PruneInputs> = {}): PruneInputs {
+  return {
+    path,
+    keepVersions: 1,
+    gracePeriodMs: 0,
+    products: [],
+    keepBroken: false,
+    dryRun: false,
+    verify: 'size',
+    lockTimeoutMs: 5000,
+    ...o,
+  };
+}
+
+async function prune(i: PruneInputs, nowMs = NOW): Promise<{ report: PruneReport; log: string[] }> {
+  const log: string[] = [];
+  const host = new CliHost({
+    inputs: new MapInputSource({}),
+    log: (l) => log.push(l),
+    out: (l) => log.push(l),
+  });
+  const report = await pruneRepository(i, host, { now: () => nowMs });
+  return { report, log };
+}
+
+async function pruneError(i: PruneInputs): Promise<Error> {
+  try {
+    await prune(i);
+  } catch (error) {
+    return error as Error;
+  }
+  throw new Error('expected the prune to fail');
+}
+
+const imagesJson = (repo: SimplestreamsRepo) => join(repo.root, 'streams/v1/images.json');
+
+describe('symlinks on the way to a referenced file', () => {
+  it('keeps an old symlinked directory that a referenced path goes through', async () => {
+    const repo = newRepo('flat');
+    const v = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    // images/pool -> images/blobs (a deduplicating publisher); images.json names the file through the link.
+    mkdirSync(join(repo.root, 'images/blobs'));
+    renameSync(join(repo.root, v.rootfs), join(repo.root, 'images/blobs/rootfs.squashfs'));
+    repo.symlink('images/pool', 'blobs', 30 * DAY);
+    type Items = Record<string, { path: string }>;
+    const products = repo.images.products as Record<string, { versions: Record<string, { items: Items }> }>;
+    products[P]!.versions[V[0]!]!.items.squashfs!.path = 'images/pool/rootfs.squashfs';
+    repo.write();
+    const { report } = await prune(inputs(repo.root, { keepVersions: 2 }));
+    expect(report.files.deleted.map((f) => f.path)).toEqual([]);
+    expect(lstatSync(join(repo.root, 'images/pool')).isSymbolicLink()).toBe(true);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+
+  it('keeps every link of a chain of symlinks that a referenced path resolves through', async () => {
+    const repo = newRepo('flat');
+    const v = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    // images.json names v.rootfs -> images/hop.squashfs -> images/blobs/rootfs.squashfs.
+    repo.moveBehindSymlink(v.rootfs, 'images/blobs/rootfs.squashfs');
+    rmSync(join(repo.root, v.rootfs));
+    repo.symlink(v.rootfs, 'hop.squashfs', 30 * DAY);
+    repo.symlink('images/hop.squashfs', 'blobs/rootfs.squashfs', 30 * DAY);
+    repo.write();
+    const { report } = await prune(inputs(repo.root, { keepVersions: 2 }));
+    expect(report.files.deleted.map((f) => f.path)).toEqual([]);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+});
+
+describe('the metadata files themselves', () => {
+  it('never deletes an images.json that index.json keeps inside a content directory', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    repo.write();
+    const index = JSON.parse(readFileSync(join(repo.root, 'streams/v1/index.json'), 'utf8'));
+    index.index.images.path = 'images/catalog.json';
+    writeFileSync(join(repo.root, 'streams/v1/index.json'), JSON.stringify(index));
+    renameSync(imagesJson(repo), join(repo.root, 'images/catalog.json'));
+    repo.age('images/catalog.json', 30 * DAY);
+    const { report } = await prune(inputs(repo.root));
+    expect(report.files.deleted.map((f) => f.path)).toEqual([]);
+    expect(existsSync(join(repo.root, 'images/catalog.json'))).toBe(true);
+  });
+
+  it('refuses metadata that a symlinked streams/ keeps outside the repository, writing nothing there', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.write();
+    const outside = join(base, `outside-${++counter}`);
+    renameSync(join(repo.root, 'streams'), outside);
+    symlinkSync(outside, join(repo.root, 'streams'));
+    const before = snapshotTree(outside);
+    const error = await pruneError(inputs(repo.root));
+    expect(error.message).toMatch(/streams\/v1\/index\.json resolves outside the repository/);
+    expect(snapshotTree(outside)).toEqual(before);
+  });
+
+  it('rewrites a metadata file that is a symlink inside the repository at its target, keeping the link', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.write();
+    renameSync(imagesJson(repo), join(repo.root, 'streams/v1/images-2024.json'));
+    symlinkSync('images-2024.json', imagesJson(repo));
+    await prune(inputs(repo.root, { gracePeriodMs: HOUR }));
+    expect(lstatSync(imagesJson(repo)).isSymbolicLink()).toBe(true);
+    expect(Object.keys(JSON.parse(readFileSync(imagesJson(repo), 'utf8')).products[P].versions)).toEqual([
+      V[1],
+    ]);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+});
+
+describe('metadata a Go client reads differently from JSON.parse', () => {
+  /** The repository's images.json text with `edit` applied to it (raw text: JSON.stringify cannot write these). */
+  function editedRepo(edit: (text: string) => string): SimplestreamsRepo {
+    const repo = newRepo('nested');
+    for (const v of V) repo.addVersion(P, v);
+    repo.write();
+    writeFileSync(imagesJson(repo), edit(readFileSync(imagesJson(repo), 'utf8')));
+    return repo;
+  }
+
+  it('refuses duplicate "versions" keys (encoding/json merges them), changing nothing', async () => {
+    // Split the product's versions over two "versions" keys: incus sees all four, JSON.parse only the last two.
+    const repo = editedRepo((text) => {
+      const images = JSON.parse(text);
+      const versions = images.products[P].versions;
+      const first = JSON.stringify({ [V[0]!]: versions[V[0]!], [V[1]!]: versions[V[1]!] });
+      const second = JSON.stringify({ [V[2]!]: versions[V[2]!], [V[3]!]: versions[V[3]!] });
+      images.products[P].versions = '@@VERSIONS@@';
+      return JSON.stringify(images).replace('"@@VERSIONS@@"', `${first}, "versions": ${second}`);
+    });
+    const before = snapshotTree(repo.root);
+    const error = await pruneError(inputs(repo.root));
+    expect(error.message).toMatch(`duplicate key "products.${P}.versions"`);
+    expect(error.message).toMatch(/Nothing was changed/);
+    expect(snapshotTree(repo.root)).toEqual(before);
+  });
+
+  it('refuses a field spelled in another case (encoding/json matches names case-insensitively)', async () => {
+    const repo = editedRepo((text) =>
+      text.replace(
+        /"path": "(images\/[^"]*\/20240401_01:00\/rootfs.squashfs)"/,
+        '"path": "$1", "PATH": "x/y"',
+      ),
+    );
+    const before = snapshotTree(repo.root);
+    const error = await pruneError(inputs(repo.root));
+    expect(error.message).toMatch(/"PATH"/);
+    expect(snapshotTree(repo.root)).toEqual(before);
+  });
+
+  it('finds repeated keys per object, wherever they nest, never inside strings', () => {
+    const text =
+      '{"a": {"b": 1, "b\\"": [{"c": 1, "c": 2}], "b": "}"}, "s": "{\\"a\\": 1, \\"a\\": 2}", "a": [], "": 0, "": 1}';
+    expect(JSON.parse(text)).toBeTruthy();
+    expect(duplicateKeys(text)).toEqual(['a.b"[].c', 'a.b', 'a', '']);
+  });
+
+  it('refuses the Unicode case twins Go folds into a field name (ſ for s, K for k)', async () => {
+    const repo = editedRepo((text) => text.replace('"versions"', '"ver\u017fions": {}, "versions"'));
+    const error = await pruneError(inputs(repo.root));
+    expect(error.message).toMatch(/ver\u017fions/);
+  });
+});
+
+describe('names from images.json in the summary and the log', () => {
+  it('cannot add a table row, hide text with bidi controls or colour the log with ANSI escapes', async () => {
+    const repo = newRepo('flat');
+    const evil = 'evil\r| injected | row |\u202e\u001b[31m';
+    for (const v of V.slice(0, 2)) repo.addVersion(evil, v);
+    repo.write();
+    const { report, log } = await prune(inputs(repo.root, { gracePeriodMs: HOUR }));
+    const summary = summaryMarkdown(report);
+    const rows = summary.split(/\r\n|\r|\n/).filter((l) => l.startsWith('|'));
+    expect(rows).toHaveLength(3);
+    expect(summary).not.toMatch(/[\u202e\u001b]/);
+    expect(log.join('\n')).not.toMatch(/[\u202e\u001b\r]/);
+  });
+});
