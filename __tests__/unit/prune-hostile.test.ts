@@ -222,3 +222,32 @@ describe('names from images.json in the summary and the log', () => {
     expect(log.join('\n')).not.toMatch(/[\u202e\u001b\r]/);
   });
 });
+
+describe('a lock path that is not a lock file', () => {
+  function lockedRepo(): { repo: SimplestreamsRepo; lock: string } {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    repo.write();
+    return { repo, lock: join(repo.root, '.image-ci-prune.lock') };
+  }
+
+  it('a directory: fails naming it, and changes nothing', async () => {
+    const { repo, lock } = lockedRepo();
+    mkdirSync(lock);
+    const before = snapshotTree(repo.root);
+    const error = await pruneError(inputs(repo.root, { lockTimeoutMs: 500 }));
+    expect(error.message).toContain(`${lock} is a directory, not a lock file`);
+    expect(snapshotTree(repo.root)).toEqual(before);
+  });
+
+  it('a symlink to a file outside: judged as an unreadable lock, never written or removed through', async () => {
+    const { repo, lock } = lockedRepo();
+    const victim = join(base, `victim-${++counter}`);
+    writeFileSync(victim, 'keep me');
+    symlinkSync(victim, lock);
+    const error = await pruneError(inputs(repo.root, { lockTimeoutMs: 500 }));
+    expect(error.message).toMatch(/held by an unknown owner/);
+    expect(readFileSync(victim, 'utf8')).toBe('keep me');
+    expect(lstatSync(lock).isSymbolicLink()).toBe(true);
+  });
+});
