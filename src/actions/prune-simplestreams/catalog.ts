@@ -138,9 +138,9 @@ export function parseJsonDoc(path: string, text: string, what: string, mode = 0o
 
 /**
  * Keys of `object` Go's encoding/json would read as one of `fields` although spelled differently: it matches
- * names case-insensitively with Unicode simple folding (`PATH`, `Versions`, `ver\u017fions` with a long s, a
- * Kelvin sign for k), the last of several spellings winning. Such a field read by this prune and by the clients
- * may differ, so they are refused.
+ * names case-insensitively with Unicode simple folding (`PATH`, `Versions`, `ver\u017fions` with a long s; a
+ * Kelvin sign lowercases to k), the last of several spellings winning. This prune and the clients could read
+ * different values for such a field, so it is refused.
  */
 function goCaseTwins(object: JsonObject, fields: readonly string[], where: string, problems: string[]): void {
   for (const key of Object.keys(object)) {
