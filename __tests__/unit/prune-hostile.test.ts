@@ -17,9 +17,12 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { duplicateKeys } from '../../src/actions/prune-simplestreams/catalog.js';
+import { applyPlan } from '../../src/actions/prune-simplestreams/apply.js';
+import { duplicateKeys, loadCatalog } from '../../src/actions/prune-simplestreams/catalog.js';
 import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
+import { planPrune } from '../../src/actions/prune-simplestreams/plan.js';
 import { summaryMarkdown } from '../../src/actions/prune-simplestreams/report.js';
+import { scanRepository } from '../../src/actions/prune-simplestreams/scan.js';
 import {
   pruneAt,
   pruneFailure,
@@ -224,5 +227,66 @@ describe('a lock path that is not a lock file', () => {
     expect(error.message).toMatch(/held by an unknown owner/);
     expect(readFileSync(victim, 'utf8')).toBe('keep me');
     expect(lstatSync(lock).isSymbolicLink()).toBe(true);
+  });
+});
+
+describe('a publisher that does not take the lock (incus-simplestreams add) writes images.json mid-prune', () => {
+  /** Loads, scans and plans like a prune, then lets `publish` change the repository before the plan is applied. */
+  async function applyAfter(repo: SimplestreamsRepo, publish: () => void, o: Partial<PruneInputs> = {}) {
+    const catalog = await loadCatalog(repo.root);
+    const facts = await scanRepository(repo.root, catalog, []);
+    const plan = planPrune(catalog, facts, new Map(), { ...inputs(repo.root, o), nowMs: NOW });
+    publish();
+    return applyPlan(repo.root, catalog, plan, new Map());
+  }
+
+  it('keeps the version it added: images.json is not overwritten with the plan made before', async () => {
+    const repo = newRepo('flat');
+    for (const v of V.slice(0, 3)) repo.addVersion(P, v);
+    repo.write();
+    const error = await applyAfter(repo, () => {
+      repo.addVersion(P, V[3]!);
+      repo.write();
+    }).catch((e: Error) => e);
+    expect((error as Error).message).toMatch(
+      /streams\/v1\/images\.json changed while this prune was planning/,
+    );
+    expect(Object.keys(JSON.parse(readFileSync(imagesJson(repo), 'utf8')).products[P].versions)).toEqual(V);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+
+  it('never deletes a file it references again (flat layout: files are named by content)', async () => {
+    const repo = newRepo('flat');
+    const old = repo.addVersion(P, V[0]!);
+    repo.addVersion('alpine:3.19:default:amd64', V[0]!);
+    repo.write();
+    // The version's files were unreferenced long ago: the plan deletes them; then the same image is added again.
+    const images = JSON.parse(readFileSync(imagesJson(repo), 'utf8'));
+    const versions = images.products[P].versions;
+    images.products[P].versions = {};
+    writeFileSync(imagesJson(repo), JSON.stringify(images));
+    const error = await applyAfter(repo, () => {
+      images.products[P].versions = versions;
+      writeFileSync(imagesJson(repo), JSON.stringify(images));
+    }).catch((e: Error) => e);
+    for (const path of old.paths) expect(existsSync(join(repo.root, path))).toBe(true);
+    expect((error as Error).message).toMatch(/changed while this prune was planning/);
+  });
+});
+
+describe('a state file older than the metadata on disk (a prune stopped between the two)', () => {
+  it('restarts the grace period of a file images.json still references, however early the state says', async () => {
+    const repo = newRepo('flat');
+    const old = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.write();
+    // A prune killed a day ago after writing its state file, before images.json: clients still fetch V[0].
+    repo.writeState(Object.fromEntries(old.paths.map((p) => [p, DAY])));
+    const { report } = await prune(inputs(repo.root, { gracePeriodMs: HOUR }));
+    expect(report.files.deleted).toEqual([]);
+    expect(report.files.deferred.map((f) => f.deletableAt)).toEqual(
+      old.paths.map(() => new Date(NOW + HOUR).toISOString()),
+    );
+    for (const path of old.paths) expect(existsSync(join(repo.root, path))).toBe(true);
   });
 });

@@ -213,7 +213,9 @@ function decideFiles(
       sidecars.push(path);
       continue;
     }
-    const since = state.get(path) ?? (before.has(path) ? now : undefined);
+    // Referenced by the metadata on disk, so fetched by clients until now: whatever the state file says (a prune
+    // stopped after writing it, before images.json) is too early.
+    const since = before.has(path) ? now : state.get(path);
     const deletableAtMs = Math.max(fact.mtimeMs, since ?? -Infinity) + grace;
     const action: FileAction = {
       path,
