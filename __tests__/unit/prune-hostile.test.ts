@@ -290,3 +290,27 @@ describe('a state file older than the metadata on disk (a prune stopped between 
     for (const path of old.paths) expect(existsSync(join(repo.root, path))).toBe(true);
   });
 });
+
+describe('a products filter', () => {
+  it("leaves other products' directories alone: no orphan or empty directory of theirs is deleted", async () => {
+    const repo = newRepo('nested');
+    const A = 'alpine:3.19:default:amd64';
+    for (const v of V.slice(0, 2)) repo.addVersion(P, v);
+    repo.addVersion(A, V[0]!);
+    const alpineDir = 'images/alpine/3.19/amd64/default';
+    const debianDir = 'images/debian/bookworm/amd64/default';
+    repo.addOrphan(`${alpineDir}/upload-in-progress.squashfs`, 30 * DAY);
+    mkdirSync(join(repo.root, `${alpineDir}/20240501_01:00`));
+    repo.age(`${alpineDir}/20240501_01:00`, 30 * DAY);
+    repo.addOrphan(`${debianDir}/stale.squashfs`, 30 * DAY);
+    repo.write();
+    const { report } = await prune(inputs(repo.root, { products: ['debian:*'] }));
+    const deleted = report.files.deleted.map((f) => f.path);
+    expect(deleted).toContain(`${debianDir}/stale.squashfs`);
+    expect(deleted.filter((p) => p.startsWith('images/alpine/'))).toEqual([]);
+    expect(report.files.dirsRemoved.filter((p) => p.startsWith('images/alpine/'))).toEqual([]);
+    expect(existsSync(join(repo.root, `${alpineDir}/upload-in-progress.squashfs`))).toBe(true);
+    expect(existsSync(join(repo.root, `${alpineDir}/20240501_01:00`))).toBe(true);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+});

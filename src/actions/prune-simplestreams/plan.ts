@@ -16,7 +16,7 @@ import {
   type Removals,
 } from './catalog.js';
 import { productMatcher, unmatchedPatterns, type UnmatchedPattern } from './product-filter.js';
-import { baseOf, isSidecar, parentOf } from './repo-paths.js';
+import { baseOf, contentDirOf, isSidecar, parentOf } from './repo-paths.js';
 import type { RepoFacts } from './scan.js';
 import type { UnreferencedSince } from './state-file.js';
 import { compareC, isClientVersion, versionTimeMs } from './versions.js';
@@ -185,6 +185,35 @@ function referencedPaths(catalog: Catalog, facts: RepoFacts, removals?: Removals
   return paths;
 }
 
+/**
+ * Whether a path lies in a content directory that only products the `products` filter left out use (nested
+ * layout: their product directories; the nearest content directory above the path decides). A filtered prune
+ * leaves everything there alone, uploads in progress and old empty directories included: they are those
+ * products' business. A directory shared with a selected product (the flat layout's `images/`) stays in scope.
+ */
+function othersOnly(catalog: Catalog, selected: (name: string) => boolean): (path: string) => boolean {
+  const mine = new Set<string>();
+  const others = new Set<string>();
+  for (const product of catalog.products) {
+    const dirs = selected(product.name) ? mine : others;
+    for (const version of product.versions) {
+      for (const item of version.items) {
+        const dir = contentDirOf(item.path);
+        if (dir !== undefined) dirs.add(dir);
+      }
+    }
+  }
+  for (const dir of mine) others.delete(dir);
+  if (others.size === 0) return () => false;
+  return (path) => {
+    for (let dir = parentOf(path); dir !== ''; dir = parentOf(dir)) {
+      if (mine.has(dir)) return false;
+      if (others.has(dir)) return true;
+    }
+    return false;
+  };
+}
+
 interface FileDecisions {
   delete: FileAction[];
   defer: FileAction[];
@@ -197,6 +226,7 @@ function decideFiles(
   state: UnreferencedSince,
   before: Set<string>,
   after: Set<string>,
+  leftAlone: (path: string) => boolean,
   options: PlanOptions,
 ): FileDecisions {
   const now = options.nowMs;
@@ -207,6 +237,12 @@ function decideFiles(
   for (const [path, fact] of facts.files) {
     if (after.has(path)) {
       fate.set(path, 'live');
+      continue;
+    }
+    if (leftAlone(path)) {
+      fate.set(path, 'live');
+      const since = state.get(path);
+      if (since !== undefined) for (const kept of [d.stateDuring, d.stateAfter]) kept.set(path, since);
       continue;
     }
     if (isSidecar(baseOf(path))) {
@@ -276,6 +312,7 @@ function emptyDirs(
   facts: RepoFacts,
   deleted: Set<string>,
   after: Set<string>,
+  leftAlone: (path: string) => boolean,
   options: PlanOptions,
 ): string[] {
   const nonEmpty = new Set<string>();
@@ -292,7 +329,7 @@ function emptyDirs(
   for (const dir of deepestFirst) {
     const mtimeMs = facts.dirs.get(dir)!.mtimeMs;
     const old = mtimeMs !== undefined && mtimeMs + options.gracePeriodMs <= options.nowMs;
-    if (!nonEmpty.has(dir) && (touched.has(dir) || old)) removable.push(dir);
+    if (!nonEmpty.has(dir) && (touched.has(dir) || old) && !leftAlone(`${dir}/x`)) removable.push(dir);
     else markUp(nonEmpty, `${dir}/x`);
   }
   return removable;
@@ -313,7 +350,8 @@ export function planPrune(
   });
   const before = referencedPaths(catalog, facts);
   const after = referencedPaths(catalog, facts, removals);
-  const files = decideFiles(facts, state, before, after, options);
+  const leftAlone = othersOnly(catalog, selected);
+  const files = decideFiles(facts, state, before, after, leftAlone, options);
   const deleted = new Set(files.delete.map((f) => f.path));
 
   let images: JsonObject | undefined;
@@ -333,7 +371,7 @@ export function planPrune(
     index: rebuildIndex(catalog.index.data, catalog.indexEntry, productNames),
     delete: files.delete,
     defer: files.defer,
-    dirsToRemove: emptyDirs(facts, deleted, after, options),
+    dirsToRemove: emptyDirs(facts, deleted, after, leftAlone, options),
     stateDuring: files.stateDuring,
     stateAfter: files.stateAfter,
     verifyItems,
