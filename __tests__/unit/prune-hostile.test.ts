@@ -314,3 +314,39 @@ describe('a products filter', () => {
     expect(repoProblems(repo.root)).toEqual([]);
   });
 });
+
+describe('item paths that point into directories images are not kept in', () => {
+  function repoWithItemAt(path: string, exists: boolean): SimplestreamsRepo {
+    const repo = newRepo('flat');
+    const v = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    type Items = Record<string, { path: string }>;
+    const products = repo.images.products as Record<string, { versions: Record<string, { items: Items }> }>;
+    // An existing file is moved there for the first version; a missing one is named by the second (broken).
+    products[P]!.versions[V[exists ? 0 : 1]!]!.items.squashfs!.path = path;
+    if (exists) {
+      mkdirSync(join(repo.root, path, '..'), { recursive: true });
+      renameSync(join(repo.root, v.rootfs), join(repo.root, path));
+    }
+    repo.write();
+    return repo;
+  }
+
+  it('a missing file (a typo, a broken version) does not make its directory a place to delete orphans in', async () => {
+    const repo = repoWithItemAt('docs/2024/rootfs.squashfs', false);
+    repo.addOrphan('docs/manual.pdf', 30 * DAY);
+    await prune(inputs(repo.root));
+    expect(existsSync(join(repo.root, 'docs/manual.pdf'))).toBe(true);
+  });
+
+  it('a hidden directory (.git of a repository published from git) is never searched for orphans', async () => {
+    const repo = repoWithItemAt('.git/lfs/objects/rootfs.squashfs', true);
+    repo.addOrphan('.git/config', 30 * DAY);
+    repo.addOrphan('.git/lfs/objects/other', 30 * DAY);
+    const { report } = await prune(inputs(repo.root, { keepVersions: 2 }));
+    expect(report.files.deleted.filter((f) => f.path.startsWith('.git/'))).toEqual([]);
+    expect(existsSync(join(repo.root, '.git/config'))).toBe(true);
+    expect(existsSync(join(repo.root, '.git/lfs/objects/other'))).toBe(true);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+});

@@ -239,10 +239,19 @@ export async function scanRepository(
   const paths = new Set<string>();
   for (const p of catalog.products) for (const v of p.versions) for (const i of v.items) paths.add(i.path);
   const facts: RepoFacts = { referenced: new Map(), files: new Map(), dirs: new Map(), contentRoots: [] };
-  const contentDirs = new Set<string>();
+  const itemsByDir = new Map<string, string[]>();
   for (const path of paths) {
     const dir = contentDirOf(path);
-    if (dir !== undefined) contentDirs.add(dir);
+    if (dir === undefined) continue;
+    const items = itemsByDir.get(dir);
+    if (items) items.push(path);
+    else itemsByDir.set(dir, [path]);
+  }
+  // A directory only missing files are named in (a typo, a broken version) is no place images are kept: what
+  // lies there is not judged. Usually the first item answers, so this costs one lstat per directory.
+  const contentDirs = new Set<string>();
+  for (const [dir, items] of itemsByDir) {
+    if (items.some((p) => attempt(() => lstatSync(join(root, p))) !== undefined)) contentDirs.add(dir);
   }
   // The state file names files referenced earlier, so the directory of a product that has left images.json stays
   // in view; but only inside images/ (where both layouts keep images) or a top-level directory images.json uses:
