@@ -176,7 +176,18 @@ describe('metadata a Go client reads differently from JSON.parse', () => {
     const text =
       '{"a": {"b": 1, "b\\"": [{"c": 1, "c": 2}], "b": "}"}, "s": "{\\"a\\": 1, \\"a\\": 2}", "a": [], "": 0, "": 1}';
     expect(JSON.parse(text)).toBeTruthy();
-    expect(duplicateKeys(text)).toEqual(['a.b"[].c', 'a.b', 'a', '']);
+    expect(duplicateKeys(text)).toEqual({ duplicates: ['a.b"[].c', 'a.b', 'a', ''], tooDeep: false });
+  });
+
+  it('refuses metadata nested too deep to rewrite before changing anything (JSON.stringify overflowed mid-prune)', async () => {
+    const depth = 200_000;
+    const repo = editedRepo((text) =>
+      text.replace('"x_vendor_field": 42', `"x_deep": ${'['.repeat(depth)}${']'.repeat(depth)}`),
+    );
+    const before = snapshotTree(repo.root);
+    const error = await pruneError(inputs(repo.root));
+    expect(error.message).toMatch(/nests objects or arrays more than 1000 levels deep/);
+    expect(snapshotTree(repo.root)).toEqual(before);
   });
 
   it('refuses a Unicode case twin Go folds into a field name (a long s, U+017F, for s)', async () => {

@@ -86,13 +86,20 @@ export function serializeJson(data: unknown, style: JsonStyle): string {
 }
 
 /**
- * Keys that occur twice in one object (as `where.key`), in a text JSON.parse accepted. JSON.parse keeps the last
- * one; incus and LXD read metadata with Go's encoding/json, which merges the objects of a repeated struct field
- * (`versions`, `items`, `products`): the clients would see versions this prune never saw, and lose their files.
- * A plain character loop: a regular expression over a hostile multi-megabyte string overflows the stack.
+ * How deep this prune lets metadata nest. Simplestreams needs six levels (products, versions, items and their
+ * fields); a rewrite of a much deeper file would overflow JSON.stringify's stack halfway through the prune.
  */
-export function duplicateKeys(text: string): string[] {
-  const found: string[] = [];
+const MAX_JSON_DEPTH = 1000;
+
+/**
+ * Keys that occur twice in one object (as `where.key`), in a text JSON.parse accepted, or `tooDeep` (and the
+ * search stopped) past MAX_JSON_DEPTH. JSON.parse keeps the last of repeated keys; incus and LXD read metadata
+ * with Go's encoding/json, which merges the objects of a repeated struct field (`versions`, `items`,
+ * `products`): the clients would see versions this prune never saw, and lose their files. A plain character
+ * loop: a regular expression over a hostile multi-megabyte string overflows the stack.
+ */
+export function duplicateKeys(text: string): { duplicates: string[]; tooDeep: boolean } {
+  const duplicates: string[] = [];
   const stack: { where: string; keys?: Set<string>; atKey: boolean; key?: string }[] = [];
   for (let i = 0; i < text.length; i++) {
     const c = text[i];
@@ -102,13 +109,14 @@ export function duplicateKeys(text: string): string[] {
       while (text[end] !== '"') end += text[end] === '\\' ? 2 : 1;
       if (top?.keys && top.atKey) {
         const key = JSON.parse(text.slice(i, end + 1)) as string;
-        if (top.keys.has(key)) found.push(`${top.where}.${key}`.slice(1));
+        if (top.keys.has(key)) duplicates.push(`${top.where}.${key}`.slice(1));
         top.keys.add(key);
         top.key = key;
         top.atKey = false;
       }
       i = end;
     } else if (c === '{' || c === '[') {
+      if (stack.length === MAX_JSON_DEPTH) return { duplicates, tooDeep: true };
       const where = top ? (top.keys ? `${top.where}.${top.key}` : `${top.where}[]`) : '';
       stack.push({ where, keys: c === '{' ? new Set() : undefined, atKey: c === '{' });
     } else if (c === '}' || c === ']') {
@@ -117,7 +125,7 @@ export function duplicateKeys(text: string): string[] {
       top.atKey = true;
     }
   }
-  return found;
+  return { duplicates, tooDeep: false };
 }
 
 /** Parses one metadata file's text; `what` names the expected format in the error. */
@@ -129,10 +137,15 @@ export function parseJsonDoc(path: string, text: string, what: string, mode = 0o
     throw new RepoError(`${path} is not valid JSON (${errorMessage(error)}).`);
   }
   if (!isObject(data)) throw new RepoError(`${path} must hold a JSON object (${what}).`);
-  const duplicates = duplicateKeys(text).map(
-    (key) => `duplicate key "${key}" (incus would merge or pick the last)`,
-  );
-  if (duplicates.length > 0) throw new RepoError(listProblems(`${path} is ambiguous`, duplicates));
+  const { duplicates, tooDeep } = duplicateKeys(text);
+  if (tooDeep) {
+    throw new RepoError(
+      `${path} nests objects or arrays more than ${MAX_JSON_DEPTH} levels deep (simplestreams needs 6); ` +
+        'this prune cannot rewrite it.',
+    );
+  }
+  const problems = duplicates.map((key) => `duplicate key "${key}" (incus would merge or pick the last)`);
+  if (problems.length > 0) throw new RepoError(listProblems(`${path} is ambiguous`, problems));
   return { path, text, data, style: detectStyle(text), mode };
 }
 
