@@ -9,12 +9,14 @@ import {
   lstatSync,
   mkdirSync,
   mkdtempSync,
+  readdirSync,
   readFileSync,
   renameSync,
   rmSync,
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { applyPlan } from '../../src/actions/prune-simplestreams/apply.js';
@@ -130,6 +132,26 @@ describe('the metadata files themselves', () => {
     ]);
     expect(repoProblems(repo.root)).toEqual([]);
   });
+});
+
+describe('metadata or state that is a FIFO (opening one waits for a writer, for ever)', () => {
+  it.each(['streams/v1/images.json', '.image-ci-prune-state.json'])(
+    '%s: refused, nothing changed',
+    async (path) => {
+      const repo = newRepo('flat');
+      repo.addVersion(P, V[0]!);
+      repo.write();
+      rmSync(join(repo.root, path), { force: true });
+      execFileSync('mkfifo', [join(repo.root, path)]);
+      // Not snapshotTree: reading the FIFO to compare it would wait for ever too.
+      const names = () => readdirSync(repo.root, { recursive: true }).sort();
+      const before = names();
+      const error = await pruneError(inputs(repo.root));
+      expect(error.message).toContain(`${path} is not a regular file`);
+      expect(names()).toEqual(before);
+      expect(lstatSync(join(repo.root, path)).isFIFO()).toBe(true);
+    },
+  );
 });
 
 describe('metadata a Go client reads differently from JSON.parse', () => {

@@ -172,8 +172,11 @@ async function readJsonDoc(root: string, path: string, what: string): Promise<Js
     const real = insideRoot(root, await realpath(join(root, path)));
     if (real === undefined || real === '')
       throw new RepoError(`${path} resolves outside the repository (symlink).`);
+    // Opening a FIFO waits for a writer, for ever: only a regular file is read.
+    const info = await stat(join(root, real));
+    if (!info.isFile()) throw new RepoError(`${path} is not a regular file.`);
     const text = await readFile(join(root, real), 'utf8');
-    const doc = parseJsonDoc(path, text, what, (await stat(join(root, real))).mode & 0o777);
+    const doc = parseJsonDoc(path, text, what, info.mode & 0o777);
     return real === path ? doc : { ...doc, real };
   } catch (error) {
     if (error instanceof RepoError) throw error;
