@@ -23,6 +23,11 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
+import { CliHost } from '../../src/core/host.js';
+import { MapInputSource } from '../../src/core/inputs.js';
+import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
+import { pruneRepository } from '../../src/actions/prune-simplestreams/prune.js';
+import type { PruneReport } from '../../src/actions/prune-simplestreams/report.js';
 
 export type Layout = 'flat' | 'nested';
 type Json = Record<string, unknown>;
@@ -356,4 +361,44 @@ export function ageEmptyLockTemps(root: string): number {
   const old = new Date(Date.now() - 2 * 60_000);
   for (const n of empty) utimesSync(join(root, n), old, old);
   return empty.length;
+}
+
+/** Inputs for an in-process prune of `path`: two versions kept, a one-hour grace period, sha256 verify. */
+export function pruneInputs(path: string, o: Partial<PruneInputs> = {}): PruneInputs {
+  return {
+    path,
+    keepVersions: 2,
+    gracePeriodMs: HOUR,
+    products: [],
+    keepBroken: false,
+    dryRun: false,
+    verify: 'sha256',
+    lockTimeoutMs: 5000,
+    ...o,
+  };
+}
+
+/** One whole prune in this process on the clock `nowMs`, with every log line it printed. */
+export async function pruneAt(
+  i: PruneInputs,
+  nowMs: number,
+): Promise<{ report: PruneReport; log: string[] }> {
+  const log: string[] = [];
+  const host = new CliHost({
+    inputs: new MapInputSource({}),
+    log: (l) => log.push(l),
+    out: (l) => log.push(l),
+  });
+  const report = await pruneRepository(i, host, { now: () => nowMs });
+  return { report, log };
+}
+
+/** The error a prune that must fail ends with. */
+export async function pruneFailure(i: PruneInputs, nowMs: number): Promise<Error> {
+  try {
+    await pruneAt(i, nowMs);
+  } catch (error) {
+    return error as Error;
+  }
+  throw new Error('expected the prune to fail');
 }

@@ -17,18 +17,18 @@ import {
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CliHost } from '../../src/core/host.js';
-import { MapInputSource } from '../../src/core/inputs.js';
 import { loadCatalog } from '../../src/actions/prune-simplestreams/catalog.js';
 import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
 import { planPrune } from '../../src/actions/prune-simplestreams/plan.js';
-import { pruneRepository } from '../../src/actions/prune-simplestreams/prune.js';
-import { summaryMarkdown, type PruneReport } from '../../src/actions/prune-simplestreams/report.js';
+import { summaryMarkdown } from '../../src/actions/prune-simplestreams/report.js';
 import { scanRepository } from '../../src/actions/prune-simplestreams/scan.js';
 import { verifyItems } from '../../src/actions/prune-simplestreams/verify.js';
 import {
   listFiles,
   listItems,
+  pruneAt,
+  pruneFailure,
+  pruneInputs,
   readImages,
   repoProblems,
   SimplestreamsRepo,
@@ -48,39 +48,9 @@ function newRepo(layout: Layout, nowMs = NOW): SimplestreamsRepo {
   return new SimplestreamsRepo(join(base, `r${++counter}`), layout, nowMs);
 }
 
-function inputs(path: string, o: Partial<PruneInputs> = {}): PruneInputs {
-  return {
-    path,
-    keepVersions: 2,
-    gracePeriodMs: HOUR,
-    products: [],
-    keepBroken: false,
-    dryRun: false,
-    verify: 'sha256',
-    lockTimeoutMs: 5000,
-    ...o,
-  };
-}
-
-async function prune(i: PruneInputs, nowMs = NOW): Promise<{ report: PruneReport; log: string[] }> {
-  const log: string[] = [];
-  const host = new CliHost({
-    inputs: new MapInputSource({}),
-    log: (l) => log.push(l),
-    out: (l) => log.push(l),
-  });
-  const report = await pruneRepository(i, host, { now: () => nowMs });
-  return { report, log };
-}
-
-async function pruneError(i: PruneInputs): Promise<Error> {
-  try {
-    await prune(i);
-  } catch (error) {
-    return error as Error;
-  }
-  throw new Error('expected the prune to fail');
-}
+const inputs = pruneInputs;
+const prune = (i: PruneInputs, nowMs = NOW) => pruneAt(i, nowMs);
+const pruneError = (i: PruneInputs) => pruneFailure(i, NOW);
 
 const V = ['20240101_01:00', '20240201_01:00', '20240301_01:00', '20240401_01:00'];
 

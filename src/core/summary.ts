@@ -1,7 +1,8 @@
 /** Markdown for job summaries and the CLI's closing report, shared by every action. */
 
 function escapeCell(value: string): string {
-  return value.replace(/\|/g, '\\|').replace(/\r?\n/g, '<br>');
+  // Markdown ends a line at a lone CR too: left in, it would end the row there and start one of its own.
+  return value.replace(/\|/g, '\\|').replace(/\r\n|\r|\n/g, '<br>');
 }
 
 export function markdownTable(headers: readonly string[], rows: readonly (readonly string[])[]): string {

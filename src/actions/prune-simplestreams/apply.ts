@@ -5,10 +5,13 @@
  * because a crash lost its "unreferenced since" time.
  */
 import { rmdirSync, unlinkSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
-import { serializeJson, type Catalog } from './catalog.js';
+import { ActionError } from '../../core/run.js';
+import { fileOf, serializeJson, type Catalog, type JsonDoc } from './catalog.js';
 import type { FileAction, Plan } from './plan.js';
+import { LOCK_FILE_NAME } from './repo-paths.js';
 import { sameState, writeState, type UnreferencedSince } from './state-file.js';
 
 export interface ApplyResult {
@@ -18,25 +21,53 @@ export interface ApplyResult {
   dirsRemoved: string[];
 }
 
+/**
+ * Fails unless each metadata file still holds `expected` (what the plan was made from, or what this prune wrote).
+ * Publishers that do not take the lock (incus-simplestreams) may add a version meanwhile: writing the plan over it
+ * would drop that version, and deleting by the plan could remove a file it references again (flat layouts name
+ * files by content). Checked right before each step, which narrows that race to the moment between read and
+ * rename; only the lock closes it.
+ */
+async function expectUnchanged(
+  root: string,
+  docs: readonly { doc: JsonDoc; expected: string }[],
+): Promise<void> {
+  for (const { doc, expected } of docs) {
+    const now = await readFile(join(root, fileOf(doc)), 'utf8').catch(() => undefined);
+    if (now !== expected) {
+      throw new ActionError(
+        `${doc.path} changed while this prune was planning (a publisher that does not take ${LOCK_FILE_NAME}?); ` +
+          'it was left as the publisher wrote it and nothing was deleted. Run the prune again.',
+      );
+    }
+  }
+}
+
 export async function applyPlan(
   root: string,
   catalog: Catalog,
   plan: Plan,
   stateOnDisk: UnreferencedSince,
 ): Promise<ApplyResult> {
+  const images = { doc: catalog.images, expected: catalog.images.text };
+  const index = { doc: catalog.index, expected: catalog.index.text };
+  await expectUnchanged(root, [images, index]);
   let onDisk = stateOnDisk;
   if (!sameState(onDisk, plan.stateDuring)) {
     await writeState(root, plan.stateDuring);
     onDisk = plan.stateDuring;
   }
   if (plan.images) {
-    const doc = catalog.images;
-    await writeFileAtomic(join(root, doc.path), serializeJson(plan.images, doc.style), doc.mode);
+    await expectUnchanged(root, [images]);
+    images.expected = serializeJson(plan.images, images.doc.style);
+    await writeFileAtomic(join(root, fileOf(images.doc)), images.expected, images.doc.mode);
   }
   if (plan.index) {
-    const doc = catalog.index;
-    await writeFileAtomic(join(root, doc.path), serializeJson(plan.index, doc.style), doc.mode);
+    await expectUnchanged(root, [index]);
+    index.expected = serializeJson(plan.index, index.doc.style);
+    await writeFileAtomic(join(root, fileOf(index.doc)), index.expected, index.doc.mode);
   }
+  if (plan.delete.length > 0) await expectUnchanged(root, [images, index]);
   // Synchronous for the reason scan.ts's walk gives: 10k unlinks measured 2.5x faster than via the promise API.
   const deleted: FileAction[] = [];
   for (const file of plan.delete) {

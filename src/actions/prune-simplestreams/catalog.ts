@@ -2,10 +2,11 @@
  * Loading and validating streams/v1/index.json and the images.json it points at, and writing them back with
  * every field we do not touch preserved and the original formatting (indent, trailing newline) kept.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { readFile, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { externalText } from '../../core/oci/response.js';
 import { ActionError, errorMessage } from '../../core/run.js';
-import { normaliseRepoPath } from './repo-paths.js';
+import { insideRoot, normaliseRepoPath } from './repo-paths.js';
 import { compareC } from './versions.js';
 
 export const INDEX_PATH = 'streams/v1/index.json';
@@ -27,6 +28,11 @@ export interface JsonDoc {
   style: JsonStyle;
   /** Permission bits, kept when the file is rewritten. */
   mode: number;
+  /**
+   * Where the file really is (repository-relative), when `path` is a symlink: it is rewritten there, so the link
+   * stays a link, and that file is as live as the metadata itself.
+   */
+  real?: string;
 }
 
 export interface CatalogItem {
@@ -79,6 +85,49 @@ export function serializeJson(data: unknown, style: JsonStyle): string {
   return style.trailingNewline ? `${body}\n` : body;
 }
 
+/**
+ * How deep this prune lets metadata nest. Simplestreams needs six levels (products, versions, items and their
+ * fields); a rewrite of a much deeper file would overflow JSON.stringify's stack halfway through the prune.
+ */
+const MAX_JSON_DEPTH = 1000;
+
+/**
+ * Keys that occur twice in one object (as `where.key`), in a text JSON.parse accepted, or `tooDeep` (and the
+ * search stopped) past MAX_JSON_DEPTH. JSON.parse keeps the last of repeated keys; incus and LXD read metadata
+ * with Go's encoding/json, which merges the objects of a repeated struct field (`versions`, `items`,
+ * `products`): the clients would see versions this prune never saw, and lose their files. A plain character
+ * loop: a regular expression over a hostile multi-megabyte string overflows the stack.
+ */
+export function duplicateKeys(text: string): { duplicates: string[]; tooDeep: boolean } {
+  const duplicates: string[] = [];
+  const stack: { where: string; keys?: Set<string>; atKey: boolean; key?: string }[] = [];
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    const top = stack[stack.length - 1];
+    if (c === '"') {
+      let end = i + 1;
+      while (text[end] !== '"') end += text[end] === '\\' ? 2 : 1;
+      if (top?.keys && top.atKey) {
+        const key = JSON.parse(text.slice(i, end + 1)) as string;
+        if (top.keys.has(key)) duplicates.push(`${top.where}.${key}`.slice(1));
+        top.keys.add(key);
+        top.key = key;
+        top.atKey = false;
+      }
+      i = end;
+    } else if (c === '{' || c === '[') {
+      if (stack.length === MAX_JSON_DEPTH) return { duplicates, tooDeep: true };
+      const where = top ? (top.keys ? `${top.where}.${top.key}` : `${top.where}[]`) : '';
+      stack.push({ where, keys: c === '{' ? new Set() : undefined, atKey: c === '{' });
+    } else if (c === '}' || c === ']') {
+      stack.pop();
+    } else if (c === ',' && top?.keys) {
+      top.atKey = true;
+    }
+  }
+  return { duplicates, tooDeep: false };
+}
+
 /** Parses one metadata file's text; `what` names the expected format in the error. */
 export function parseJsonDoc(path: string, text: string, what: string, mode = 0o644): JsonDoc {
   let data: unknown;
@@ -88,13 +137,47 @@ export function parseJsonDoc(path: string, text: string, what: string, mode = 0o
     throw new RepoError(`${path} is not valid JSON (${errorMessage(error)}).`);
   }
   if (!isObject(data)) throw new RepoError(`${path} must hold a JSON object (${what}).`);
+  const { duplicates, tooDeep } = duplicateKeys(text);
+  if (tooDeep) {
+    throw new RepoError(
+      `${path} nests objects or arrays more than ${MAX_JSON_DEPTH} levels deep (simplestreams needs 6); ` +
+        'this prune cannot rewrite it.',
+    );
+  }
+  const problems = duplicates.map((key) => `duplicate key "${key}" (incus would merge or pick the last)`);
+  if (problems.length > 0) throw new RepoError(listProblems(`${path} is ambiguous`, problems));
   return { path, text, data, style: detectStyle(text), mode };
 }
 
+/**
+ * Keys of `object` Go's encoding/json would read as one of `fields` although spelled differently: it matches
+ * names case-insensitively with Unicode simple folding (`PATH`, `Versions`, `ver\u017fions` with a long s; a
+ * Kelvin sign lowercases to k), the last of several spellings winning. This prune and the clients could read
+ * different values for such a field, so it is refused.
+ */
+function goCaseTwins(object: JsonObject, fields: readonly string[], where: string, problems: string[]): void {
+  for (const key of Object.keys(object)) {
+    const folded = key.toLowerCase().replace(/\u017f/g, 's');
+    const field = fields.find((f) => f !== key && f === folded);
+    if (field) problems.push(`${where}: key "${key}" is read as "${field}" by incus; spell it "${field}"`);
+  }
+}
+
+/**
+ * Reads one metadata file. A symlink may put it elsewhere in the repository, never outside: the prune rewrites it
+ * (and would otherwise write outside the repository because a symlink in it said so).
+ */
 async function readJsonDoc(root: string, path: string, what: string): Promise<JsonDoc> {
   try {
-    const text = await readFile(join(root, path), 'utf8');
-    return parseJsonDoc(path, text, what, (await stat(join(root, path))).mode & 0o777);
+    const real = insideRoot(root, await realpath(join(root, path)));
+    if (real === undefined || real === '')
+      throw new RepoError(`${path} resolves outside the repository (symlink).`);
+    // Opening a FIFO waits for a writer, for ever: only a regular file is read.
+    const info = await stat(join(root, real));
+    if (!info.isFile()) throw new RepoError(`${path} is not a regular file.`);
+    const text = await readFile(join(root, real), 'utf8');
+    const doc = parseJsonDoc(path, text, what, info.mode & 0o777);
+    return real === path ? doc : { ...doc, real };
   } catch (error) {
     if (error instanceof RepoError) throw error;
     const code = (error as NodeJS.ErrnoException).code;
@@ -104,8 +187,20 @@ async function readJsonDoc(root: string, path: string, what: string): Promise<Js
   }
 }
 
+/** The item fields a prune reads. */
+const ITEM_FIELDS = ['path', 'size', 'sha256', 'ftype', 'delta_base'];
+
 function findIndexEntry(index: JsonDoc): { key: string; imagesPath: string } {
   const entries = index.data.index;
+  const problems: string[] = [];
+  goCaseTwins(index.data, ['index'], index.path, problems);
+  if (isObject(entries)) {
+    for (const [key, entry] of Object.entries(entries)) {
+      if (isObject(entry))
+        goCaseTwins(entry, ['datatype', 'path', 'products'], `${index.path}: index.${key}`, problems);
+    }
+  }
+  if (problems.length > 0) throw new RepoError(listProblems(`${index.path} is ambiguous`, problems));
   if (!isObject(entries)) throw new RepoError(`${index.path} has no "index" object.`);
   const matches = Object.entries(entries).filter(([, e]) => isObject(e) && e.datatype === IMAGE_DOWNLOADS);
   if (matches.length !== 1) {
@@ -118,13 +213,16 @@ function findIndexEntry(index: JsonDoc): { key: string; imagesPath: string } {
     throw new RepoError(`${index.path}: index.${key}.path is not a string.`);
   const normalised = normaliseRepoPath(entry.path);
   if ('error' in normalised) {
-    throw new RepoError(`${index.path}: index.${key}.path '${entry.path}' ${normalised.error}.`);
+    throw new RepoError(
+      externalText(`${index.path}: index.${key}.path '${entry.path}' ${normalised.error}.`, 4000),
+    );
   }
   return { key, imagesPath: normalised.path };
 }
 
 function parseProducts(images: JsonDoc, problems: string[]): CatalogProduct[] {
   const products = images.data.products;
+  goCaseTwins(images.data, ['products'], images.path, problems);
   if (!isObject(products)) throw new RepoError(`${images.path} has no "products" object.`);
   const result: CatalogProduct[] = [];
   for (const [productName, product] of Object.entries(products)) {
@@ -133,12 +231,14 @@ function parseProducts(images: JsonDoc, problems: string[]): CatalogProduct[] {
       problems.push(`${where} has no "versions" object`);
       continue;
     }
+    goCaseTwins(product, ['versions'], where, problems);
     const versions: CatalogVersion[] = [];
     for (const [versionName, version] of Object.entries(product.versions)) {
       if (!isObject(version) || !isObject(version.items)) {
         problems.push(`${where} version ${versionName} has no "items" object`);
         continue;
       }
+      goCaseTwins(version, ['items'], `${where} version ${versionName}`, problems);
       const items: CatalogItem[] = [];
       for (const [itemName, item] of Object.entries(version.items)) {
         const at = `${where} version ${versionName} item ${itemName}`;
@@ -146,6 +246,7 @@ function parseProducts(images: JsonDoc, problems: string[]): CatalogProduct[] {
           problems.push(`${at} has no "path" string`);
           continue;
         }
+        goCaseTwins(item, ITEM_FIELDS, at, problems);
         const normalised = normaliseRepoPath(item.path);
         if ('error' in normalised) {
           problems.push(`${at}: path '${item.path}' ${normalised.error}`);
@@ -171,8 +272,14 @@ function parseProducts(images: JsonDoc, problems: string[]): CatalogProduct[] {
   return result;
 }
 
+/** Where a metadata file is on disk, repository-relative: the file a rewrite replaces. */
+export function fileOf(doc: JsonDoc): string {
+  return doc.real ?? doc.path;
+}
+
 export function listProblems(intro: string, problems: readonly string[]): string {
-  const shown = problems.slice(0, MAX_LISTED_PROBLEMS).map((p) => `\n  - ${p}`);
+  // One line per problem: they name paths and products from images.json, which may hold line breaks.
+  const shown = problems.slice(0, MAX_LISTED_PROBLEMS).map((p) => `\n  - ${externalText(p, 4000)}`);
   const more =
     problems.length > MAX_LISTED_PROBLEMS
       ? `\n  - ... and ${problems.length - MAX_LISTED_PROBLEMS} more`

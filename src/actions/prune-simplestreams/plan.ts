@@ -5,6 +5,7 @@
  */
 import {
   applyRemovals,
+  fileOf,
   isEmptyRemovals,
   itemKey,
   rebuildIndex,
@@ -15,7 +16,7 @@ import {
   type Removals,
 } from './catalog.js';
 import { productMatcher, unmatchedPatterns, type UnmatchedPattern } from './product-filter.js';
-import { baseOf, isSidecar, parentOf } from './repo-paths.js';
+import { baseOf, contentDirOf, isSidecar, parentOf } from './repo-paths.js';
 import type { RepoFacts } from './scan.js';
 import type { UnreferencedSince } from './state-file.js';
 import { compareC, isClientVersion, versionTimeMs } from './versions.js';
@@ -162,9 +163,10 @@ function planProduct(
   return plan;
 }
 
-/** Every path images.json references, plus the real path behind each symlinked one. */
+/** Every path images.json references, plus the real path behind each symlinked one and the links on the way. */
 function referencedPaths(catalog: Catalog, facts: RepoFacts, removals?: Removals): Set<string> {
-  const paths = new Set<string>();
+  // index.json may keep images.json anywhere, a content directory included: the metadata is never an orphan.
+  const paths = new Set([catalog.index, catalog.images].flatMap((doc) => [doc.path, fileOf(doc)]));
   for (const product of catalog.products) {
     if (removals?.products.has(product.name)) continue;
     const droppedVersions = removals?.versions.get(product.name);
@@ -174,12 +176,42 @@ function referencedPaths(catalog: Catalog, facts: RepoFacts, removals?: Removals
       for (const item of version.items) {
         if (droppedItems?.has(item.name)) continue;
         paths.add(item.path);
-        const real = facts.referenced.get(item.path)?.real;
-        if (real) paths.add(real);
+        const fact = facts.referenced.get(item.path);
+        if (fact?.real) paths.add(fact.real);
+        for (const link of fact?.links ?? []) paths.add(link);
       }
     }
   }
   return paths;
+}
+
+/**
+ * Whether a path lies in a content directory that only products the `products` filter left out use (nested
+ * layout: their product directories; the nearest content directory above the path decides). A filtered prune
+ * leaves everything there alone, uploads in progress and old empty directories included: they are those
+ * products' business. A directory shared with a selected product (the flat layout's `images/`) stays in scope.
+ */
+function othersOnly(catalog: Catalog, selected: (name: string) => boolean): (path: string) => boolean {
+  const mine = new Set<string>();
+  const others = new Set<string>();
+  for (const product of catalog.products) {
+    const dirs = selected(product.name) ? mine : others;
+    for (const version of product.versions) {
+      for (const item of version.items) {
+        const dir = contentDirOf(item.path);
+        if (dir !== undefined) dirs.add(dir);
+      }
+    }
+  }
+  for (const dir of mine) others.delete(dir);
+  if (others.size === 0) return () => false;
+  return (path) => {
+    for (let dir = parentOf(path); dir !== ''; dir = parentOf(dir)) {
+      if (mine.has(dir)) return false;
+      if (others.has(dir)) return true;
+    }
+    return false;
+  };
 }
 
 interface FileDecisions {
@@ -194,6 +226,7 @@ function decideFiles(
   state: UnreferencedSince,
   before: Set<string>,
   after: Set<string>,
+  leftAlone: (path: string) => boolean,
   options: PlanOptions,
 ): FileDecisions {
   const now = options.nowMs;
@@ -206,11 +239,19 @@ function decideFiles(
       fate.set(path, 'live');
       continue;
     }
+    if (leftAlone(path)) {
+      fate.set(path, 'live');
+      const since = state.get(path);
+      if (since !== undefined) for (const kept of [d.stateDuring, d.stateAfter]) kept.set(path, since);
+      continue;
+    }
     if (isSidecar(baseOf(path))) {
       sidecars.push(path);
       continue;
     }
-    const since = state.get(path) ?? (before.has(path) ? now : undefined);
+    // Referenced by the metadata on disk, so fetched by clients until now: whatever the state file says (a prune
+    // stopped after writing it, before images.json) is too early.
+    const since = before.has(path) ? now : state.get(path);
     const deletableAtMs = Math.max(fact.mtimeMs, since ?? -Infinity) + grace;
     const action: FileAction = {
       path,
@@ -271,6 +312,7 @@ function emptyDirs(
   facts: RepoFacts,
   deleted: Set<string>,
   after: Set<string>,
+  leftAlone: (path: string) => boolean,
   options: PlanOptions,
 ): string[] {
   const nonEmpty = new Set<string>();
@@ -287,7 +329,7 @@ function emptyDirs(
   for (const dir of deepestFirst) {
     const mtimeMs = facts.dirs.get(dir)!.mtimeMs;
     const old = mtimeMs !== undefined && mtimeMs + options.gracePeriodMs <= options.nowMs;
-    if (!nonEmpty.has(dir) && (touched.has(dir) || old)) removable.push(dir);
+    if (!nonEmpty.has(dir) && (touched.has(dir) || old) && !leftAlone(`${dir}/x`)) removable.push(dir);
     else markUp(nonEmpty, `${dir}/x`);
   }
   return removable;
@@ -308,7 +350,8 @@ export function planPrune(
   });
   const before = referencedPaths(catalog, facts);
   const after = referencedPaths(catalog, facts, removals);
-  const files = decideFiles(facts, state, before, after, options);
+  const leftAlone = othersOnly(catalog, selected);
+  const files = decideFiles(facts, state, before, after, leftAlone, options);
   const deleted = new Set(files.delete.map((f) => f.path));
 
   let images: JsonObject | undefined;
@@ -328,7 +371,7 @@ export function planPrune(
     index: rebuildIndex(catalog.index.data, catalog.indexEntry, productNames),
     delete: files.delete,
     defer: files.defer,
-    dirsToRemove: emptyDirs(facts, deleted, after, options),
+    dirsToRemove: emptyDirs(facts, deleted, after, leftAlone, options),
     stateDuring: files.stateDuring,
     stateAfter: files.stateAfter,
     verifyItems,

@@ -77,6 +77,13 @@ async function takeLock(root: string, inputs: PruneInputs, host: Host): Promise<
           'another prune or a publisher is working on this repository. Nothing was changed.',
       );
     }
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EISDIR') {
+      throw new ActionError(
+        `${file} is a directory, not a lock file; it is not this action's to remove: remove it if nothing ` +
+          'uses it, then run again. Nothing was changed.',
+      );
+    }
     throw error;
   }
 }

@@ -16,11 +16,13 @@ export const IMAGES_DIR = 'images';
  * The directory the layout gives an item path, as written (never where a symlink leads): orphans are looked for
  * only under these. Flat (`images/<sha256>.squashfs`, incus-simplestreams): `images`. Nested
  * (`images/<os>/<release>/<arch>/<variant>/<serial>/<file>`, images.linuxcontainers.org): the product directory,
- * the parent of the version directory. Paths at the root or under streams/ have none.
+ * the parent of the version directory. Paths at the root, under streams/ or in a hidden directory (`.git` of a
+ * repository published from git) have none.
  */
 export function contentDirOf(path: string): string | undefined {
   const segments = path.split('/');
   if (segments.length < 2 || segments[0] === STREAMS_DIR) return undefined;
+  if (segments.slice(0, -1).some((s) => s.startsWith('.'))) return undefined;
   return segments.slice(0, Math.max(1, segments.length - 2)).join('/');
 }
 

@@ -1,4 +1,5 @@
 /** The JSON report, the job summary and the log lines of a prune: one source (the plan) for all three. */
+import { externalText } from '../../core/oci/response.js';
 import { formatBytes, heading, markdownTable } from '../../core/summary.js';
 import type { ApplyResult } from './apply.js';
 import type { PruneInputs } from './inputs.js';
@@ -110,11 +111,20 @@ export function unmatchedMessage(u: UnmatchedPattern, productCount: number): str
     u.closest.length > 0
       ? `; close product names: ${u.closest.join(', ')}`
       : ` (it has ${productCount} product(s), none with a similar name)`;
-  return `products: pattern '${u.pattern}' matches no product in images.json, so it selects nothing${hint}`;
+  return shown(
+    `products: pattern '${u.pattern}' matches no product in images.json, so it selects nothing${hint}`,
+  );
 }
 
+/**
+ * Names and paths come from images.json: a log line or summary cell must show them as one printable line (no
+ * bidi override reordering what is read, no ANSI escape colouring or erasing the log, no line break). Long
+ * enough never to cut a line this report builds from names of ordinary length.
+ */
+const shown = (text: string) => externalText(text, 4000);
+
 /** Text from images.json or the inputs, inside a markdown code span. */
-const code = (text: string) => `\`${text.replace(/[`\r\n]/g, ' ')}\``;
+const code = (text: string) => `\`${shown(text).replace(/`/g, ' ')}\``;
 
 function listVersions(versions: readonly string[], max = 3): string {
   if (versions.length === 0) return '';
@@ -155,7 +165,10 @@ export function summaryMarkdown(r: PruneReport): string {
     heading(
       `prune-simplestreams${r.dryRun ? ' (dry run)' : ''}: ${r.totals.removedVersions} version(s) removed`,
     ) +
-    markdownTable(['Product', 'Kept', 'Dropped', 'Broken', 'Ignored', 'Notes'], rows) +
+    markdownTable(
+      ['Product', 'Kept', 'Dropped', 'Broken', 'Ignored', 'Notes'],
+      rows.map((row) => row.map(shown)),
+    ) +
     `\n${lines.join('\n\n')}\n`
   );
 }
@@ -187,5 +200,5 @@ export function planLines(plan: Plan, dryRun: boolean): string[] {
         `${plan.defer.length} waiting in total (report-file lists every one)`,
     );
   }
-  return lines;
+  return lines.map(shown);
 }

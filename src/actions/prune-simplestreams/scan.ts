@@ -4,9 +4,9 @@
  * written; see contentDirOf). Read-only; the plan is computed from these facts alone.
  */
 import { lstatSync, readdirSync } from 'node:fs';
-import { lstat, realpath, stat } from 'node:fs/promises';
-import { join } from 'node:path';
-import { listProblems, RepoError, type Catalog } from './catalog.js';
+import { lstat, readlink, realpath, stat } from 'node:fs/promises';
+import { isAbsolute, join } from 'node:path';
+import { fileOf, listProblems, RepoError, type Catalog } from './catalog.js';
 import { contentDirOf, IMAGES_DIR, insideRoot, parentOf, STATE_FILE_NAME } from './repo-paths.js';
 
 export interface ReferencedFact {
@@ -15,6 +15,8 @@ export interface ReferencedFact {
   size?: number;
   /** The real repository-relative path when it differs from the item path (symlinks inside the repo). */
   real?: string;
+  /** Every symlink the item path resolves through (directories on the way, chain hops), repository-relative. */
+  links?: string[];
 }
 
 export interface FileFact {
@@ -72,6 +74,44 @@ async function realAncestor(root: string, path: string): Promise<string> {
   }
 }
 
+/** Hops after which the kernel gives up on a path (ELOOP); realpath has already succeeded, so this is a guard. */
+const MAX_SYMLINK_HOPS = 40;
+
+/**
+ * The symlinks `path` resolves through, as the kernel follows them: a directory link on the way
+ * (`images/pool -> blobs`) and every hop of a chain. A client fetches the path as written, so each of them is
+ * as live as the file itself. Called only for paths realpath resolved inside the repository.
+ */
+async function linksOnTheWay(root: string, path: string): Promise<string[]> {
+  const links: string[] = [];
+  let done: string[] = [];
+  const pending = path.split('/');
+  while (pending.length > 0 && links.length <= MAX_SYMLINK_HOPS) {
+    const segment = pending.shift()!;
+    if (segment === '' || segment === '.') continue;
+    if (segment === '..') {
+      done.pop();
+      continue;
+    }
+    const here = [...done, segment].join('/');
+    if (!(await lstat(join(root, here))).isSymbolicLink()) {
+      done.push(segment);
+      continue;
+    }
+    links.push(here);
+    const target = await readlink(join(root, here));
+    if (isAbsolute(target)) {
+      const rel = insideRoot(root, target);
+      if (rel === undefined) break; // through a path outside, back in: realpath judged where it ends
+      done = [];
+      pending.unshift(...rel.split('/'));
+    } else {
+      pending.unshift(...target.split('/'));
+    }
+  }
+  return links;
+}
+
 async function factFor(root: string, path: string): Promise<ReferencedFact | string> {
   const abs = join(root, path);
   let real: string;
@@ -94,7 +134,8 @@ async function factFor(root: string, path: string): Promise<ReferencedFact | str
   if (rel === undefined || rel === '') return 'resolves outside the repository (symlink)';
   const info = await stat(real);
   if (!info.isFile()) return 'is not a regular file';
-  return rel === path ? { exists: true, size: info.size } : { exists: true, size: info.size, real: rel };
+  if (rel === path) return { exists: true, size: info.size };
+  return { exists: true, size: info.size, real: rel, links: await linksOnTheWay(root, path) };
 }
 
 /** Runs a sync fs call; a path that vanished meanwhile (someone else removed it) gives undefined. */
@@ -198,10 +239,19 @@ export async function scanRepository(
   const paths = new Set<string>();
   for (const p of catalog.products) for (const v of p.versions) for (const i of v.items) paths.add(i.path);
   const facts: RepoFacts = { referenced: new Map(), files: new Map(), dirs: new Map(), contentRoots: [] };
-  const contentDirs = new Set<string>();
+  const itemsByDir = new Map<string, string[]>();
   for (const path of paths) {
     const dir = contentDirOf(path);
-    if (dir !== undefined) contentDirs.add(dir);
+    if (dir === undefined) continue;
+    const items = itemsByDir.get(dir);
+    if (items) items.push(path);
+    else itemsByDir.set(dir, [path]);
+  }
+  // A directory only missing files are named in (a typo, a broken version) is no place images are kept: what
+  // lies there is not judged. Usually the first item answers, so this costs one lstat per directory.
+  const contentDirs = new Set<string>();
+  for (const [dir, items] of itemsByDir) {
+    if (items.some((p) => attempt(() => lstatSync(join(root, p))) !== undefined)) contentDirs.add(dir);
   }
   // The state file names files referenced earlier, so the directory of a product that has left images.json stays
   // in view; but only inside images/ (where both layouts keep images) or a top-level directory images.json uses:
@@ -229,6 +279,6 @@ export async function scanRepository(
   if (problems.length > 0) {
     throw new RepoError(listProblems(`${catalog.images.path} references paths this prune refuses`, problems));
   }
-  findAtomicLeftovers(root, [catalog.index.path, catalog.images.path, STATE_FILE_NAME], facts);
+  findAtomicLeftovers(root, [fileOf(catalog.index), fileOf(catalog.images), STATE_FILE_NAME], facts);
   return facts;
 }

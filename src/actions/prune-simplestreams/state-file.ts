@@ -3,7 +3,7 @@
  * a file is deleted only after clients that cached the old images.json (incus: up to an hour) stopped asking
  * for it. Written atomically; a prune that crashes leaves either the old or the new state.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
 import { RepoError } from './catalog.js';
@@ -15,18 +15,20 @@ const STATE_VERSION = 1;
 export type UnreferencedSince = Map<string, number>;
 
 export async function readState(root: string): Promise<UnreferencedSince> {
-  let text: string;
-  try {
-    text = await readFile(join(root, STATE_FILE_NAME), 'utf8');
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
-    throw error;
-  }
   const broken = (why: string) =>
     new RepoError(
       `${STATE_FILE_NAME} ${why}. It is written only by this action; remove it to start over ` +
         '(unreferenced files are then judged by their modification time).',
     );
+  let text: string;
+  try {
+    // Opening a FIFO waits for a writer, for ever: only a regular file is read.
+    if (!(await stat(join(root, STATE_FILE_NAME))).isFile()) throw broken('is not a regular file');
+    text = await readFile(join(root, STATE_FILE_NAME), 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
+    throw error;
+  }
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);

@@ -1,0 +1,385 @@
+/**
+ * Hostile repositories for the whole prune (scan, plan, apply) in-process: metadata that a Go client (incus,
+ * LXD: encoding/json) reads differently from JSON.parse, metadata that lives where the layout keeps images,
+ * symlinks on the way to a referenced file, and names that try to break the summary or the log.
+ */
+import { afterAll, describe, expect, it } from '@jest/globals';
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { applyPlan } from '../../src/actions/prune-simplestreams/apply.js';
+import { duplicateKeys, loadCatalog } from '../../src/actions/prune-simplestreams/catalog.js';
+import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
+import { planPrune } from '../../src/actions/prune-simplestreams/plan.js';
+import { summaryMarkdown } from '../../src/actions/prune-simplestreams/report.js';
+import { scanRepository } from '../../src/actions/prune-simplestreams/scan.js';
+import {
+  pruneAt,
+  pruneFailure,
+  pruneInputs,
+  repoProblems,
+  SimplestreamsRepo,
+  snapshotTree,
+} from '../support/simplestreams-fixture.js';
+
+const HOUR = 3_600_000;
+const DAY = 24 * HOUR;
+const NOW = Date.UTC(2024, 5, 1, 12);
+const P = 'debian:bookworm:default:amd64';
+const V = ['20240101_01:00', '20240201_01:00', '20240301_01:00', '20240401_01:00'];
+const base = mkdtempSync(join(tmpdir(), 'ici-prune-hostile-'));
+let counter = 0;
+afterAll(() => rmSync(base, { recursive: true, force: true }));
+
+function newRepo(layout: 'flat' | 'nested'): SimplestreamsRepo {
+  return new SimplestreamsRepo(join(base, `r${++counter}`), layout, NOW);
+}
+
+const inputs = (path: string, o: Partial<PruneInputs> = {}) =>
+  pruneInputs(path, { keepVersions: 1, gracePeriodMs: 0, verify: 'size', ...o });
+const prune = (i: PruneInputs, nowMs = NOW) => pruneAt(i, nowMs);
+const pruneError = (i: PruneInputs) => pruneFailure(i, NOW);
+
+const imagesJson = (repo: SimplestreamsRepo) => join(repo.root, 'streams/v1/images.json');
+
+describe('symlinks on the way to a referenced file', () => {
+  it('keeps an old symlinked directory that a referenced path goes through', async () => {
+    const repo = newRepo('flat');
+    const v = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    // images/pool -> images/blobs (a deduplicating publisher); images.json names the file through the link.
+    mkdirSync(join(repo.root, 'images/blobs'));
+    renameSync(join(repo.root, v.rootfs), join(repo.root, 'images/blobs/rootfs.squashfs'));
+    repo.symlink('images/pool', 'blobs', 30 * DAY);
+    type Items = Record<string, { path: string }>;
+    const products = repo.images.products as Record<string, { versions: Record<string, { items: Items }> }>;
+    products[P]!.versions[V[0]!]!.items.squashfs!.path = 'images/pool/rootfs.squashfs';
+    repo.write();
+    const { report } = await prune(inputs(repo.root, { keepVersions: 2 }));
+    expect(report.files.deleted.map((f) => f.path)).toEqual([]);
+    expect(lstatSync(join(repo.root, 'images/pool')).isSymbolicLink()).toBe(true);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+
+  it('keeps every link of a chain of symlinks that a referenced path resolves through', async () => {
+    const repo = newRepo('flat');
+    const v = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    // images.json names v.rootfs -> images/hop.squashfs -> images/blobs/rootfs.squashfs.
+    repo.moveBehindSymlink(v.rootfs, 'images/blobs/rootfs.squashfs');
+    rmSync(join(repo.root, v.rootfs));
+    repo.symlink(v.rootfs, 'hop.squashfs', 30 * DAY);
+    repo.symlink('images/hop.squashfs', 'blobs/rootfs.squashfs', 30 * DAY);
+    repo.write();
+    const { report } = await prune(inputs(repo.root, { keepVersions: 2 }));
+    expect(report.files.deleted.map((f) => f.path)).toEqual([]);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+});
+
+describe('the metadata files themselves', () => {
+  it('never deletes an images.json that index.json keeps inside a content directory', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    repo.write();
+    const index = JSON.parse(readFileSync(join(repo.root, 'streams/v1/index.json'), 'utf8'));
+    index.index.images.path = 'images/catalog.json';
+    writeFileSync(join(repo.root, 'streams/v1/index.json'), JSON.stringify(index));
+    renameSync(imagesJson(repo), join(repo.root, 'images/catalog.json'));
+    repo.age('images/catalog.json', 30 * DAY);
+    const { report } = await prune(inputs(repo.root));
+    expect(report.files.deleted.map((f) => f.path)).toEqual([]);
+    expect(existsSync(join(repo.root, 'images/catalog.json'))).toBe(true);
+  });
+
+  it('refuses metadata that a symlinked streams/ keeps outside the repository, writing nothing there', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.write();
+    const outside = join(base, `outside-${++counter}`);
+    renameSync(join(repo.root, 'streams'), outside);
+    symlinkSync(outside, join(repo.root, 'streams'));
+    const before = snapshotTree(outside);
+    const error = await pruneError(inputs(repo.root));
+    expect(error.message).toMatch(/streams\/v1\/index\.json resolves outside the repository/);
+    expect(snapshotTree(outside)).toEqual(before);
+  });
+
+  it('rewrites a metadata file that is a symlink inside the repository at its target, keeping the link', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.write();
+    renameSync(imagesJson(repo), join(repo.root, 'streams/v1/images-2024.json'));
+    symlinkSync('images-2024.json', imagesJson(repo));
+    await prune(inputs(repo.root, { gracePeriodMs: HOUR }));
+    expect(lstatSync(imagesJson(repo)).isSymbolicLink()).toBe(true);
+    expect(Object.keys(JSON.parse(readFileSync(imagesJson(repo), 'utf8')).products[P].versions)).toEqual([
+      V[1],
+    ]);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+});
+
+describe('metadata or state that is a FIFO (opening one waits for a writer, for ever)', () => {
+  it.each(['streams/v1/images.json', '.image-ci-prune-state.json'])(
+    '%s: refused, nothing changed',
+    async (path) => {
+      const repo = newRepo('flat');
+      repo.addVersion(P, V[0]!);
+      repo.write();
+      rmSync(join(repo.root, path), { force: true });
+      execFileSync('mkfifo', [join(repo.root, path)]);
+      // Not snapshotTree: reading the FIFO to compare it would wait for ever too.
+      const names = () => readdirSync(repo.root, { recursive: true }).sort();
+      const before = names();
+      const error = await pruneError(inputs(repo.root));
+      expect(error.message).toContain(`${path} is not a regular file`);
+      expect(names()).toEqual(before);
+      expect(lstatSync(join(repo.root, path)).isFIFO()).toBe(true);
+    },
+  );
+});
+
+describe('metadata a Go client reads differently from JSON.parse', () => {
+  /** The repository's images.json text with `edit` applied to it (raw text: JSON.stringify cannot write these). */
+  function editedRepo(edit: (text: string) => string): SimplestreamsRepo {
+    const repo = newRepo('nested');
+    for (const v of V) repo.addVersion(P, v);
+    repo.write();
+    writeFileSync(imagesJson(repo), edit(readFileSync(imagesJson(repo), 'utf8')));
+    return repo;
+  }
+
+  it('refuses duplicate "versions" keys (encoding/json merges them), changing nothing', async () => {
+    // Split the product's versions over two "versions" keys: incus sees all four, JSON.parse only the last two.
+    const repo = editedRepo((text) => {
+      const images = JSON.parse(text);
+      const versions = images.products[P].versions;
+      const first = JSON.stringify({ [V[0]!]: versions[V[0]!], [V[1]!]: versions[V[1]!] });
+      const second = JSON.stringify({ [V[2]!]: versions[V[2]!], [V[3]!]: versions[V[3]!] });
+      images.products[P].versions = '@@VERSIONS@@';
+      return JSON.stringify(images).replace('"@@VERSIONS@@"', `${first}, "versions": ${second}`);
+    });
+    const before = snapshotTree(repo.root);
+    const error = await pruneError(inputs(repo.root));
+    expect(error.message).toMatch(`duplicate key "products.${P}.versions"`);
+    expect(error.message).toMatch(/Nothing was changed/);
+    expect(snapshotTree(repo.root)).toEqual(before);
+  });
+
+  it('refuses a field spelled in another case (encoding/json matches names case-insensitively)', async () => {
+    const repo = editedRepo((text) =>
+      text.replace(
+        /"path": "(images\/[^"]*\/20240401_01:00\/rootfs.squashfs)"/,
+        '"path": "$1", "PATH": "x/y"',
+      ),
+    );
+    const before = snapshotTree(repo.root);
+    const error = await pruneError(inputs(repo.root));
+    expect(error.message).toMatch(/"PATH"/);
+    expect(snapshotTree(repo.root)).toEqual(before);
+  });
+
+  it('finds repeated keys per object, wherever they nest, never inside strings', () => {
+    const text =
+      '{"a": {"b": 1, "b\\"": [{"c": 1, "c": 2}], "b": "}"}, "s": "{\\"a\\": 1, \\"a\\": 2}", "a": [], "": 0, "": 1}';
+    expect(JSON.parse(text)).toBeTruthy();
+    expect(duplicateKeys(text)).toEqual({ duplicates: ['a.b"[].c', 'a.b', 'a', ''], tooDeep: false });
+  });
+
+  it('refuses metadata nested too deep to rewrite before changing anything (JSON.stringify overflowed mid-prune)', async () => {
+    const depth = 200_000;
+    const repo = editedRepo((text) =>
+      text.replace('"x_vendor_field": 42', `"x_deep": ${'['.repeat(depth)}${']'.repeat(depth)}`),
+    );
+    const before = snapshotTree(repo.root);
+    const error = await pruneError(inputs(repo.root));
+    expect(error.message).toMatch(/nests objects or arrays more than 1000 levels deep/);
+    expect(snapshotTree(repo.root)).toEqual(before);
+  });
+
+  it('refuses a Unicode case twin Go folds into a field name (a long s, U+017F, for s)', async () => {
+    const repo = editedRepo((text) => text.replace('"versions"', '"ver\u017fions": {}, "versions"'));
+    const error = await pruneError(inputs(repo.root));
+    expect(error.message).toMatch(/ver\u017fions/);
+  });
+});
+
+describe('names from images.json in the summary and the log', () => {
+  it('cannot add a table row, hide text with bidi controls or colour the log with ANSI escapes', async () => {
+    const repo = newRepo('flat');
+    const evil = 'evil\r| injected | row |\u202e\u001b[31m';
+    for (const v of V.slice(0, 2)) repo.addVersion(evil, v);
+    repo.write();
+    const { report, log } = await prune(inputs(repo.root, { gracePeriodMs: HOUR }));
+    const summary = summaryMarkdown(report);
+    const rows = summary.split(/\r\n|\r|\n/).filter((l) => l.startsWith('|'));
+    expect(rows).toHaveLength(3);
+    for (const hidden of ['\u202e', '\u001b']) expect(summary).not.toContain(hidden);
+    for (const hidden of ['\u202e', '\u001b', '\r']) expect(log.join('\n')).not.toContain(hidden);
+  });
+});
+
+describe('a lock path that is not a lock file', () => {
+  function lockedRepo(): { repo: SimplestreamsRepo; lock: string } {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    repo.write();
+    return { repo, lock: join(repo.root, '.image-ci-prune.lock') };
+  }
+
+  it('a directory: fails naming it, and changes nothing', async () => {
+    const { repo, lock } = lockedRepo();
+    mkdirSync(lock);
+    const before = snapshotTree(repo.root);
+    const error = await pruneError(inputs(repo.root, { lockTimeoutMs: 500 }));
+    expect(error.message).toContain(`${lock} is a directory, not a lock file`);
+    expect(snapshotTree(repo.root)).toEqual(before);
+  });
+
+  it('a symlink to a file outside: judged as an unreadable lock, never written or removed through', async () => {
+    const { repo, lock } = lockedRepo();
+    const victim = join(base, `victim-${++counter}`);
+    writeFileSync(victim, 'keep me');
+    symlinkSync(victim, lock);
+    const error = await pruneError(inputs(repo.root, { lockTimeoutMs: 500 }));
+    expect(error.message).toMatch(/held by an unknown owner/);
+    expect(readFileSync(victim, 'utf8')).toBe('keep me');
+    expect(lstatSync(lock).isSymbolicLink()).toBe(true);
+  });
+});
+
+describe('a publisher that does not take the lock (incus-simplestreams add) writes images.json mid-prune', () => {
+  /** Loads, scans and plans like a prune, then lets `publish` change the repository before the plan is applied. */
+  async function applyAfter(repo: SimplestreamsRepo, publish: () => void, o: Partial<PruneInputs> = {}) {
+    const catalog = await loadCatalog(repo.root);
+    const facts = await scanRepository(repo.root, catalog, []);
+    const plan = planPrune(catalog, facts, new Map(), { ...inputs(repo.root, o), nowMs: NOW });
+    publish();
+    return applyPlan(repo.root, catalog, plan, new Map());
+  }
+
+  it('keeps the version it added: images.json is not overwritten with the plan made before', async () => {
+    const repo = newRepo('flat');
+    for (const v of V.slice(0, 3)) repo.addVersion(P, v);
+    repo.write();
+    const error = await applyAfter(repo, () => {
+      repo.addVersion(P, V[3]!);
+      repo.write();
+    }).catch((e: Error) => e);
+    expect((error as Error).message).toMatch(
+      /streams\/v1\/images\.json changed while this prune was planning/,
+    );
+    expect(Object.keys(JSON.parse(readFileSync(imagesJson(repo), 'utf8')).products[P].versions)).toEqual(V);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+
+  it('never deletes a file it references again (flat layout: files are named by content)', async () => {
+    const repo = newRepo('flat');
+    const old = repo.addVersion(P, V[0]!);
+    repo.addVersion('alpine:3.19:default:amd64', V[0]!);
+    repo.write();
+    // The version's files were unreferenced long ago: the plan deletes them; then the same image is added again.
+    const images = JSON.parse(readFileSync(imagesJson(repo), 'utf8'));
+    const versions = images.products[P].versions;
+    images.products[P].versions = {};
+    writeFileSync(imagesJson(repo), JSON.stringify(images));
+    const error = await applyAfter(repo, () => {
+      images.products[P].versions = versions;
+      writeFileSync(imagesJson(repo), JSON.stringify(images));
+    }).catch((e: Error) => e);
+    for (const path of old.paths) expect(existsSync(join(repo.root, path))).toBe(true);
+    expect((error as Error).message).toMatch(/changed while this prune was planning/);
+  });
+});
+
+describe('a state file older than the metadata on disk (a prune stopped between the two)', () => {
+  it('restarts the grace period of a file images.json still references, however early the state says', async () => {
+    const repo = newRepo('flat');
+    const old = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.write();
+    // A prune killed a day ago after writing its state file, before images.json: clients still fetch V[0].
+    repo.writeState(Object.fromEntries(old.paths.map((p) => [p, DAY])));
+    const { report } = await prune(inputs(repo.root, { gracePeriodMs: HOUR }));
+    expect(report.files.deleted).toEqual([]);
+    expect(report.files.deferred.map((f) => f.deletableAt)).toEqual(
+      old.paths.map(() => new Date(NOW + HOUR).toISOString()),
+    );
+    for (const path of old.paths) expect(existsSync(join(repo.root, path))).toBe(true);
+  });
+});
+
+describe('a products filter', () => {
+  it("leaves other products' directories alone: no orphan or empty directory of theirs is deleted", async () => {
+    const repo = newRepo('nested');
+    const A = 'alpine:3.19:default:amd64';
+    for (const v of V.slice(0, 2)) repo.addVersion(P, v);
+    repo.addVersion(A, V[0]!);
+    const alpineDir = 'images/alpine/3.19/amd64/default';
+    const debianDir = 'images/debian/bookworm/amd64/default';
+    repo.addOrphan(`${alpineDir}/upload-in-progress.squashfs`, 30 * DAY);
+    mkdirSync(join(repo.root, `${alpineDir}/20240501_01:00`));
+    repo.age(`${alpineDir}/20240501_01:00`, 30 * DAY);
+    repo.addOrphan(`${debianDir}/stale.squashfs`, 30 * DAY);
+    repo.write();
+    const { report } = await prune(inputs(repo.root, { products: ['debian:*'] }));
+    const deleted = report.files.deleted.map((f) => f.path);
+    expect(deleted).toContain(`${debianDir}/stale.squashfs`);
+    expect(deleted.filter((p) => p.startsWith('images/alpine/'))).toEqual([]);
+    expect(report.files.dirsRemoved.filter((p) => p.startsWith('images/alpine/'))).toEqual([]);
+    expect(existsSync(join(repo.root, `${alpineDir}/upload-in-progress.squashfs`))).toBe(true);
+    expect(existsSync(join(repo.root, `${alpineDir}/20240501_01:00`))).toBe(true);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+});
+
+describe('item paths that point into directories images are not kept in', () => {
+  function repoWithItemAt(path: string, exists: boolean): SimplestreamsRepo {
+    const repo = newRepo('flat');
+    const v = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    type Items = Record<string, { path: string }>;
+    const products = repo.images.products as Record<string, { versions: Record<string, { items: Items }> }>;
+    // An existing file is moved there for the first version; a missing one is named by the second (broken).
+    products[P]!.versions[V[exists ? 0 : 1]!]!.items.squashfs!.path = path;
+    if (exists) {
+      mkdirSync(join(repo.root, path, '..'), { recursive: true });
+      renameSync(join(repo.root, v.rootfs), join(repo.root, path));
+    }
+    repo.write();
+    return repo;
+  }
+
+  it('a missing file (a typo, a broken version) does not make its directory a place to delete orphans in', async () => {
+    const repo = repoWithItemAt('docs/2024/rootfs.squashfs', false);
+    repo.addOrphan('docs/manual.pdf', 30 * DAY);
+    await prune(inputs(repo.root));
+    expect(existsSync(join(repo.root, 'docs/manual.pdf'))).toBe(true);
+  });
+
+  it('a hidden directory (.git of a repository published from git) is never searched for orphans', async () => {
+    const repo = repoWithItemAt('.git/lfs/objects/rootfs.squashfs', true);
+    repo.addOrphan('.git/config', 30 * DAY);
+    repo.addOrphan('.git/lfs/objects/other', 30 * DAY);
+    const { report } = await prune(inputs(repo.root, { keepVersions: 2 }));
+    expect(report.files.deleted.filter((f) => f.path.startsWith('.git/'))).toEqual([]);
+    expect(existsSync(join(repo.root, '.git/config'))).toBe(true);
+    expect(existsSync(join(repo.root, '.git/lfs/objects/other'))).toBe(true);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+});
