@@ -13,7 +13,7 @@ import {
 } from '../../src/core/oci/retry.js';
 import { confirmedTags } from '../../src/core/oci/upload.js';
 import { parseImageSource, formatImageSource } from '../../src/actions/push-multi-tag/source.js';
-import { boundedRunner, mapLimit } from '../../src/core/oci/pool.js';
+import { boundedRunner, mapLimit } from '../../src/core/pool.js';
 
 describe('WWW-Authenticate (RFC 7235 challenge lists)', () => {
   const bearer = {

@@ -180,7 +180,7 @@ interface LockFile {
 /**
  * Content and status of one file read through one handle (so both belong to the same file); undefined if gone.
  * Opened without blocking: a FIFO put where a lock or registration belongs would hold the read forever; anything
- * but a regular file reads as empty (no owner), so it is judged stale by its age.
+ * but a regular file or a directory reads as empty (no owner), so it is judged stale by its age.
  */
 async function inspect(path: string): Promise<LockFile | undefined> {
   let handle;
@@ -192,6 +192,12 @@ async function inspect(path: string): Promise<LockFile | undefined> {
   }
   try {
     const info = await handle.stat();
+    // A directory is no lock anybody took: callers tell it apart, as when reading it failed with EISDIR.
+    if (info.isDirectory()) {
+      throw Object.assign(new Error(`EISDIR: illegal operation on a directory, read '${path}'`), {
+        code: 'EISDIR',
+      });
+    }
     const raw = info.isFile() ? await handle.readFile('utf8') : '';
     return { raw, owner: parseOwner(raw), ino: info.ino, mtimeMs: info.mtimeMs };
   } finally {

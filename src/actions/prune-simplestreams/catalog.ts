@@ -2,16 +2,20 @@
  * Loading and validating streams/v1/index.json and the images.json it points at, and writing them back with
  * every field we do not touch preserved and the original formatting (indent, trailing newline) kept.
  */
-import { readFile, realpath, stat } from 'node:fs/promises';
+import { realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { FILE_TOO_LARGE, NOT_A_REGULAR_FILE, readRegularFile } from '../../core/files.js';
 import { externalText } from '../../core/oci/response.js';
 import { ActionError, errorMessage } from '../../core/run.js';
+import { formatBytes } from '../../core/summary.js';
 import { insideRoot, normaliseRepoPath } from './repo-paths.js';
 import { compareC } from './versions.js';
 
 export const INDEX_PATH = 'streams/v1/index.json';
 const IMAGE_DOWNLOADS = 'image-downloads';
 const MAX_LISTED_PROBLEMS = 10;
+/** About the longest string node makes (2^29 characters); a larger file could not be parsed anyway. */
+const METADATA_LIMIT = 512 * 1024 * 1024;
 
 export type JsonObject = Record<string, unknown>;
 
@@ -164,6 +168,22 @@ function goCaseTwins(object: JsonObject, fields: readonly string[], where: strin
 }
 
 /**
+ * A metadata file's bytes: only a regular file, and no larger than a string node can hold at all (images.json of
+ * a large repository is tens of MB). `shown` names it in errors.
+ */
+async function readMetadataFile(file: string, shown: string): Promise<Buffer> {
+  try {
+    return await readRegularFile(file, METADATA_LIMIT);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === NOT_A_REGULAR_FILE) throw new RepoError(`${shown} is not a regular file.`);
+    if (code === FILE_TOO_LARGE)
+      throw new RepoError(`${shown} is larger than ${formatBytes(METADATA_LIMIT)}.`);
+    throw error;
+  }
+}
+
+/**
  * Reads one metadata file. A symlink may put it elsewhere in the repository, never outside: the prune rewrites it
  * (and would otherwise write outside the repository because a symlink in it said so).
  */
@@ -172,11 +192,9 @@ async function readJsonDoc(root: string, path: string, what: string): Promise<Js
     const real = insideRoot(root, await realpath(join(root, path)));
     if (real === undefined || real === '')
       throw new RepoError(`${path} resolves outside the repository (symlink).`);
-    // Opening a FIFO waits for a writer, for ever: only a regular file is read.
-    const info = await stat(join(root, real));
-    if (!info.isFile()) throw new RepoError(`${path} is not a regular file.`);
-    const text = await readFile(join(root, real), 'utf8');
-    const doc = parseJsonDoc(path, text, what, info.mode & 0o777);
+    // Opening a FIFO waits for a writer, for ever: only a regular file is read (and opened).
+    const text = (await readMetadataFile(join(root, real), path)).toString('utf8');
+    const doc = parseJsonDoc(path, text, what, (await stat(join(root, real))).mode & 0o777);
     return real === path ? doc : { ...doc, real };
   } catch (error) {
     if (error instanceof RepoError) throw error;

@@ -6,6 +6,7 @@
 import { lstatSync, readdirSync } from 'node:fs';
 import { lstat, readlink, realpath, stat } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
+import { mapLimit } from '../../core/pool.js';
 import { fileOf, listProblems, RepoError, type Catalog } from './catalog.js';
 import { contentDirOf, IMAGES_DIR, insideRoot, parentOf, STATE_FILE_NAME } from './repo-paths.js';
 
@@ -39,24 +40,6 @@ export interface RepoFacts {
 
 /** Filesystem requests in flight at once. */
 const IO_CONCURRENCY = 64;
-
-/** Runs fn over items with at most `limit` in flight; results keep the input order. */
-export async function mapLimit<T, R>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<R>,
-): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
-}
 
 function isMissing(error: unknown): boolean {
   const code = (error as NodeJS.ErrnoException).code;

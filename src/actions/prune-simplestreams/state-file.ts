@@ -3,9 +3,10 @@
  * a file is deleted only after clients that cached the old images.json (incus: up to an hour) stopped asking
  * for it. Written atomically; a prune that crashes leaves either the old or the new state.
  */
-import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
+import { FILE_TOO_LARGE, NOT_A_REGULAR_FILE, readRegularFile } from '../../core/files.js';
+import { formatBytes } from '../../core/summary.js';
 import { RepoError } from './catalog.js';
 import { normaliseRepoPath, STATE_FILE_NAME } from './repo-paths.js';
 
@@ -13,6 +14,9 @@ const STATE_VERSION = 1;
 
 /** Repository-relative path -> epoch ms since when it has been unreferenced. */
 export type UnreferencedSince = Map<string, number>;
+
+/** A path and a time per unreferenced file: far less than this even for a repository of a million files. */
+const STATE_LIMIT = 256 * 1024 * 1024;
 
 export async function readState(root: string): Promise<UnreferencedSince> {
   const broken = (why: string) =>
@@ -22,11 +26,13 @@ export async function readState(root: string): Promise<UnreferencedSince> {
     );
   let text: string;
   try {
-    // Opening a FIFO waits for a writer, for ever: only a regular file is read.
-    if (!(await stat(join(root, STATE_FILE_NAME))).isFile()) throw broken('is not a regular file');
-    text = await readFile(join(root, STATE_FILE_NAME), 'utf8');
+    // Opening a FIFO waits for a writer, for ever: only a regular file is read (and opened).
+    text = (await readRegularFile(join(root, STATE_FILE_NAME), STATE_LIMIT)).toString('utf8');
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return new Map();
+    if (code === NOT_A_REGULAR_FILE) throw broken('is not a regular file');
+    if (code === FILE_TOO_LARGE) throw broken(`is larger than ${formatBytes(STATE_LIMIT)}`);
     throw error;
   }
   let parsed: unknown;

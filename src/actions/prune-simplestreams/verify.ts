@@ -5,7 +5,7 @@ import { digestFile } from '../../core/oci/digest.js';
 import { errorMessage } from '../../core/run.js';
 import type { CatalogItem } from './catalog.js';
 import type { VerifyMode } from './inputs.js';
-import { mapLimit } from './scan.js';
+import { mapLimit } from '../../core/pool.js';
 
 export interface VerifyResult {
   mode: VerifyMode;

@@ -12,7 +12,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { RegistryClient } from '../../core/oci/client.js';
 import { isValidDigest } from '../../core/oci/reference.js';
-import { mapLimit } from '../../core/oci/pool.js';
+import { mapLimit } from '../../core/pool.js';
 import { referrersTag, type PushContent, type PushManifest } from './content.js';
 import { configOf, gathersEntries, mergeCosign } from './cosign-merge.js';
 import { failureOf, type Failure } from './failure.js';

@@ -15,7 +15,7 @@ import type { RegistryClient } from '../../core/oci/client.js';
 import { verifyDigest } from '../../core/oci/digest.js';
 import { blobPath, INDEX_JSON_LIMIT, REF_NAME_ANNOTATION } from '../../core/oci/layout.js';
 import { isIndexMediaType, MANIFEST_LIMIT, type Descriptor } from '../../core/oci/media-types.js';
-import { boundedRunner, mapLimit } from '../../core/oci/pool.js';
+import { boundedRunner, mapLimit } from '../../core/pool.js';
 import { indexDescriptors } from '../../core/oci/pull.js';
 import { isValidDigest } from '../../core/oci/reference.js';
 import {

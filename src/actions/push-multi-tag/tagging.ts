@@ -14,7 +14,7 @@
  */
 import type { RegistryClient } from '../../core/oci/client.js';
 import { RegistryError } from '../../core/oci/errors.js';
-import { mapLimit } from '../../core/oci/pool.js';
+import { mapLimit } from '../../core/pool.js';
 import { failureOf, type Failure } from './failure.js';
 
 /** Manifest PUTs are a few KiB each: run more at once than blob uploads so tagging costs one round trip. */

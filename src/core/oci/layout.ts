@@ -9,7 +9,7 @@ import { readRegularFile } from '../files.js';
 import { errorMessage } from '../run.js';
 import { verifyDigest } from './digest.js';
 import { MANIFEST_LIMIT, isIndexMediaType, type Descriptor } from './media-types.js';
-import { mapLimit } from './pool.js';
+import { mapLimit } from '../pool.js';
 
 export const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name';
 
