@@ -1,7 +1,16 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  symlinkSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { blobPath, readOciLayout } from '../../src/core/oci/layout.js';
@@ -115,4 +124,72 @@ describe('readOciLayout', () => {
     expect(image.manifests.map((m) => m.digest)).toEqual([child.digest, digest]);
     expect(image.root.children).toHaveLength(20_000);
   });
+
+  /** Writes `json` as a blob of g's layout; its descriptor. */
+  const putBlob = (dir: string, mediaType: string, json: unknown) => {
+    const bytes = Buffer.from(JSON.stringify(json));
+    const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+    writeFileSync(blobPath(dir, digest), bytes);
+    return { mediaType, digest, size: bytes.length };
+  };
+  const INDEX = 'application/vnd.oci.image.index.v1+json';
+  const MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+  const setRoot = (dir: string, root: { digest: string }) =>
+    writeFileSync(join(dir, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [root] }));
+
+  it('walks indexes that each list the next one twice, 64 deep, once per manifest (not 2^64 times)', async () => {
+    const g = generateLayout(join(work, 'diamonds'), { layers: [10] });
+    let top = { mediaType: MANIFEST, digest: g.digest, size: readFileSync(blobPath(g.dir, g.digest)).length };
+    const indexes: string[] = [];
+    for (let level = 0; level < 64; level++) {
+      top = putBlob(g.dir, INDEX, { schemaVersion: 2, mediaType: INDEX, manifests: [top, top] });
+      indexes.push(top.digest);
+    }
+    setRoot(g.dir, top);
+    const image = await readOciLayout(g.dir);
+    expect(image.manifests.map((m) => m.digest)).toEqual([g.digest, ...indexes]);
+    expect(image.blobs).toHaveLength(g.blobs.length);
+  }, 20_000);
+
+  it('holds at most 16 manifests open at once, however deeply indexes nest', async () => {
+    const g = generateLayout(join(work, 'nested'), { layers: [10] });
+    const config = JSON.parse(readFileSync(blobPath(g.dir, g.digest), 'utf8')).config;
+    // 16 indexes of 32 distinct images each: read index by index, 16 x 16 manifests were open at once.
+    const indexes = Array.from({ length: 16 }, (_, i) =>
+      putBlob(g.dir, INDEX, {
+        schemaVersion: 2,
+        mediaType: INDEX,
+        manifests: Array.from({ length: 32 }, (_, j) =>
+          putBlob(g.dir, MANIFEST, {
+            schemaVersion: 2,
+            mediaType: MANIFEST,
+            config,
+            layers: [],
+            annotations: { image: `${i}.${j}` },
+          }),
+        ),
+      }),
+    );
+    setRoot(g.dir, putBlob(g.dir, INDEX, { schemaVersion: 2, mediaType: INDEX, manifests: indexes }));
+    // Counted between the reads' steps; a read holds two descriptors for a moment (the O_PATH one, reopened).
+    const blobs = join(g.dir, 'blobs');
+    const openBlobs = () =>
+      readdirSync('/proc/self/fd').filter((fd) => {
+        try {
+          return readlinkSync(`/proc/self/fd/${fd}`).startsWith(blobs);
+        } catch {
+          return false; // the descriptor readdir itself used
+        }
+      }).length;
+    let most = 0;
+    let reading = true;
+    const count = () => {
+      most = Math.max(most, openBlobs());
+      if (reading) setImmediate(count);
+    };
+    count();
+    const image = await readOciLayout(g.dir).finally(() => (reading = false));
+    expect(image.manifests).toHaveLength(16 * 32 + 16 + 1);
+    expect(most).toBeLessThanOrEqual(2 * 16);
+  }, 20_000);
 });

@@ -50,26 +50,16 @@ interface ManifestJson {
 
 /** index.json lists every image of the layout: room for tens of thousands of them, not for a disk image. */
 export const INDEX_JSON_LIMIT = 16 * 1024 * 1024;
-/** Manifests of one index read at once (each holds a file open). */
+/** Manifests read at once in a whole layout, however its indexes nest (each read holds a file open). */
 const READ_CONCURRENCY = 16;
 
-/** Each manifest read once per layout, however many indexes list it (or how often one does). */
-type ManifestReads = Map<string, Promise<ManifestNode>>;
-
-function readManifest(dir: string, descriptor: Descriptor, reads: ManifestReads): Promise<ManifestNode> {
-  let read = reads.get(descriptor.digest);
-  if (!read) {
-    read = readManifestOnce(dir, descriptor, reads);
-    reads.set(descriptor.digest, read);
-  }
-  return read;
+/** One manifest as read, with the descriptors it lists (an index's children), not yet linked to their nodes. */
+interface ManifestRead {
+  node: ManifestNode;
+  listed: Descriptor[];
 }
 
-async function readManifestOnce(
-  dir: string,
-  descriptor: Descriptor,
-  reads: ManifestReads,
-): Promise<ManifestNode> {
+async function readManifestFile(dir: string, descriptor: Descriptor): Promise<ManifestRead> {
   let bytes: Buffer;
   try {
     bytes = await readRegularFile(blobPath(dir, descriptor.digest), MANIFEST_LIMIT);
@@ -86,20 +76,30 @@ async function readManifestOnce(
   verifyDigest(`manifest ${descriptor.digest} in ${dir}`, bytes, descriptor.digest);
   const parsed = JSON.parse(bytes.toString('utf8')) as ManifestJson;
   const mediaType = descriptor.mediaType || parsed.mediaType || '';
+  const node: ManifestNode = { digest: descriptor.digest, mediaType, bytes, children: [], blobs: [] };
   if (isIndexMediaType(mediaType) || (parsed.manifests && !parsed.layers)) {
-    const children = await mapLimit(parsed.manifests ?? [], READ_CONCURRENCY, (d) =>
-      readManifest(dir, d, reads),
-    );
-    return { digest: descriptor.digest, mediaType, bytes, children, blobs: [] };
+    return { node, listed: parsed.manifests ?? [] };
   }
   if (!parsed.config) throw new Error(`manifest ${descriptor.digest} in ${dir} has no config.`);
-  return {
-    digest: descriptor.digest,
-    mediaType,
-    bytes,
-    children: [],
-    blobs: [parsed.config, ...(parsed.layers ?? [])],
-  };
+  return { node: { ...node, blobs: [parsed.config, ...(parsed.layers ?? [])] }, listed: [] };
+}
+
+/**
+ * The manifest `root` names and all it lists, each read once however many indexes list it (or how often one
+ * does), level by level: one bound on open files for the whole layout, where reading each index's children as
+ * it is read let nested indexes multiply it.
+ */
+async function readManifestTree(dir: string, root: Descriptor): Promise<ManifestNode> {
+  const reads = new Map<string, ManifestRead>();
+  let level = [root];
+  while (level.length > 0) {
+    const fresh = [...new Map(level.map((d) => [d.digest, d])).values()].filter((d) => !reads.has(d.digest));
+    const read = await mapLimit(fresh, READ_CONCURRENCY, (d) => readManifestFile(dir, d));
+    read.forEach((r) => reads.set(r.node.digest, r));
+    level = read.flatMap((r) => r.listed);
+  }
+  for (const { node, listed } of reads.values()) node.children = listed.map((d) => reads.get(d.digest)!.node);
+  return reads.get(root.digest)!.node;
 }
 
 function selectDescriptor(dir: string, index: IndexJson, ref: string | undefined): Descriptor {
@@ -131,12 +131,16 @@ export async function readOciLayout(dir: string, ref?: string): Promise<LocalIma
   } catch (error) {
     throw new Error(`${dir} is not a readable OCI image layout (index.json: ${errorMessage(error)}).`);
   }
-  const root = await readManifest(dir, selectDescriptor(dir, index, ref), new Map());
+  const root = await readManifestTree(dir, selectDescriptor(dir, index, ref));
   const manifests: ManifestNode[] = [];
   const blobs = new Map<string, Descriptor>();
+  // Once per manifest: indexes that each list the next one twice would otherwise be walked 2^depth times.
+  const visited = new Set<string>();
   const visit = (node: ManifestNode) => {
+    if (visited.has(node.digest)) return;
+    visited.add(node.digest);
     node.children.forEach(visit);
-    if (!manifests.some((m) => m.digest === node.digest)) manifests.push(node);
+    manifests.push(node);
     for (const b of node.blobs) if (!blobs.has(b.digest)) blobs.set(b.digest, b);
   };
   visit(root);
