@@ -6,6 +6,7 @@ import {
   readdirSync,
   readFileSync,
   statSync,
+  symlinkSync,
   utimesSync,
   writeFileSync,
 } from 'node:fs';
@@ -13,7 +14,7 @@ import { createServer } from 'node:net';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { acquireLock, LockTimeoutError, writeFileAtomic } from '../../src/core/atomic.js';
-import { fileChunks, NOT_A_REGULAR_FILE } from '../../src/core/files.js';
+import { FILE_TOO_LARGE, fileChunks, NOT_A_REGULAR_FILE, readRegularFile } from '../../src/core/files.js';
 import {
   createIsolatedAuth,
   findCredential,
@@ -457,4 +458,48 @@ describe('fileChunks', () => {
       });
     }
   });
+});
+
+describe('readRegularFile', () => {
+  it('reads a file of exactly `limit` bytes and refuses one byte more, naming it', async () => {
+    const dir = tempDir();
+    for (const limit of [1, 65_536, 1024 * 1024, 4 * 1024 * 1024]) {
+      const path = join(dir, `f${limit}`);
+      const bytes = Buffer.alloc(limit + 1, 'manifest');
+      writeFileSync(path, bytes.subarray(0, limit));
+      expect((await readRegularFile(path, limit)).equals(bytes.subarray(0, limit))).toBe(true);
+      writeFileSync(path, bytes);
+      await expect(readRegularFile(path, limit)).rejects.toMatchObject({
+        code: FILE_TOO_LARGE,
+        message: `cannot read ${path}: it is larger than ${limit} bytes.`,
+      });
+    }
+  });
+
+  it('leaves no descriptor open after any refusal or failure', async () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, 'big'), Buffer.alloc(100));
+    symlinkSync('loop', join(dir, 'loop'));
+    execFileSync('mkfifo', [join(dir, 'fifo')]);
+    const socket = join(dir, 'sock');
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(socket, resolve));
+    const failing = ['none', 'loop', 'fifo', 'sock', 'big', 'big/x', '.'].map((name) => join(dir, name));
+    const open = () => readdirSync('/proc/self/fd').length;
+    try {
+      const before = open();
+      const codes = new Set<string>();
+      for (let round = 0; round < 200; round++) {
+        for (const path of [...failing, '/dev/zero']) {
+          await readRegularFile(path, 50).catch((error: NodeJS.ErrnoException) => codes.add(error.code!));
+        }
+      }
+      expect([...codes].sort()).toEqual(
+        ['EISDIR', 'ELOOP', 'ENOENT', 'ENOTDIR', FILE_TOO_LARGE, NOT_A_REGULAR_FILE].sort(),
+      );
+      expect(open()).toBe(before);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+  }, 30_000);
 });
