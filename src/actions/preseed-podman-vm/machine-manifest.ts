@@ -109,6 +109,20 @@ export function currentRoots(env: NodeJS.ProcessEnv, uid: number): MachineRoots 
   };
 }
 
+/** What podman accepts as a machine name (pkg/machine/define `NameRegex`, as for containers). */
+const MACHINE_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
+
+/**
+ * One of the two connections machineConnections derives: the machine's name (or `<name>-root`) and an ssh URI to
+ * localhost. A cached manifest names them, and they are passed to `podman system connection add`.
+ */
+function isMachineConnection(name: string, c: MachineConnection): boolean {
+  return (
+    (c.name === name || c.name === `${name}-root`) &&
+    /^ssh:\/\/[A-Za-z0-9_.-]+@localhost:\d{1,5}\/[A-Za-z0-9_./-]+$/.test(c.uri)
+  );
+}
+
 export function parseManifest(text: string): MachineManifest {
   const m = JSON.parse(text) as Partial<MachineManifest>;
   const roots = m.roots as Partial<MachineRoots> | undefined;
@@ -124,7 +138,10 @@ export function parseManifest(text: string): MachineManifest {
     Array.isArray(m.files) &&
     m.files.every((f) => typeof f?.staged === 'string' && typeof f.original === 'string') &&
     Array.isArray(m.connections) &&
-    m.connections.every((c) => typeof c?.name === 'string' && typeof c.uri === 'string');
+    m.connections.every(
+      (c) => typeof c?.name === 'string' && typeof c.uri === 'string' && isMachineConnection(m.name!, c),
+    ) &&
+    MACHINE_NAME.test(m.name);
   if (!ok) throw new Error('the cached machine manifest is not a version 1 manifest.');
   return m as MachineManifest;
 }
