@@ -3,7 +3,7 @@
  * `podman machine init` finds it, and optionally init/start the machine.
  */
 import { rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { planCacheSave, restoreCache, type RestoreResult } from '../../core/cache.js';
 import { buildCacheKey } from '../../core/cache-key.js';
 import { writeFileAtomic } from '../../core/atomic.js';
@@ -13,7 +13,7 @@ import { InputError } from '../../core/inputs.js';
 import { containersConfVariable, podmanVersion, type PodmanVersion } from '../../core/podman.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { formatBytes, heading, markdownTable } from '../../core/summary.js';
-import { stableDir } from '../../core/workspace.js';
+import { scratchDir, stableDir } from '../../core/workspace.js';
 import { MACHINE_STAGE_DIR, Outputs, STABLE_DIR_NAME } from './constants.js';
 import { planContainersConf } from './containers-conf.js';
 import { isPlainFileName, resolveFcosDisk, StreamUnreachable } from './fcos-stream.js';
@@ -287,8 +287,10 @@ async function download(
   resolved: Resolved | undefined,
   paths: StorePaths,
 ): Promise<Located & { record: StoredImageRecord }> {
-  const temp = `${paths.image}.partial`;
-  await rm(temp, { force: true });
+  // In a scratch dir post removes (beside the stable dir, so the final rename stays on one filesystem): a main
+  // killed mid-download leaves its partial file there, never in the stable dir, which no one empties.
+  const scratch = await scratchDir(host);
+  const temp = join(scratch, basename(paths.image));
   let record: StoredImageRecord;
   try {
     if (resolved) {
@@ -302,10 +304,11 @@ async function download(
       throw new Error('a registry or stream image must be resolved before it is downloaded');
     }
   } catch (error) {
-    await rm(temp, { force: true });
+    await rm(scratch, { recursive: true, force: true });
     throw new ActionError(`download failed (nothing was kept): ${errorMessage(error)}`);
   }
   await commitDownload(temp, paths, record);
+  await rm(scratch, { recursive: true, force: true });
   host.info(`Stored ${record.title} at ${paths.image} (${formatBytes(record.size)}, ${record.digest})`);
   return { path: paths.image, digest: record.digest, fromCache: false, size: record.size, record };
 }
