@@ -127,4 +127,27 @@ describe('Fedora CoreOS stream metadata over HTTP', () => {
       await new Promise((done) => server.close(done));
     }
   });
+
+  it('says what went wrong when the stream cannot be fetched: a redirect loop, a refused connection', async () => {
+    let requests = 0;
+    const server = createServer((req, res) => {
+      requests++;
+      res.writeHead(302, { location: req.url }).end();
+    });
+    await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      await expect(
+        resolveFcosDisk(`http://127.0.0.1:${port}/testing.json`, 'x86_64', 'qemu'),
+      ).rejects.toThrow(/redirect/i);
+      expect(requests).toBeGreaterThan(0);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((done) => server.close(done));
+    }
+    // The port is free again: nothing listens there.
+    await expect(resolveFcosDisk(`http://127.0.0.1:${port}/testing.json`, 'x86_64', 'qemu')).rejects.toThrow(
+      /ECONNREFUSED/,
+    );
+  });
 });

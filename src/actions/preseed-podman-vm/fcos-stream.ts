@@ -10,7 +10,7 @@
  * checksum (pkg/machine/wsl/fedora.go), which cannot be verified or keyed, so it is not resolved here.
  */
 import { InputError } from '../../core/inputs.js';
-import { errorMessage } from '../../core/run.js';
+import { networkFailure } from '../../core/oci/response.js';
 import { Inputs } from './constants.js';
 import type { MachineArch, VmType } from './podman-host.js';
 
@@ -146,12 +146,13 @@ export async function resolveFcosDisk(
     try {
       response = await fetch(streamUrl, { signal: AbortSignal.timeout(STREAM_TIMEOUT_MS) });
     } catch (error) {
-      last = errorMessage(error);
+      // fetch says only "fetch failed"; what happened (refused, a redirect loop, DNS, the timeout) is its cause.
+      last = networkFailure(error, streamUrl, STREAM_TIMEOUT_MS).message;
       continue;
     }
     if (response.status >= 500 || response.status === 429) {
       await response.body?.cancel();
-      last = `HTTP ${response.status}`;
+      last = `${streamUrl}: HTTP ${response.status}`;
       continue;
     }
     if (response.status !== 200) {
@@ -169,5 +170,5 @@ export async function resolveFcosDisk(
     }
     return selectFcosDisk(parsed, arch, vmType);
   }
-  throw new StreamUnreachable(`${streamUrl}: ${last} (after ${STREAM_ATTEMPTS} attempts)`);
+  throw new StreamUnreachable(`${last} (after ${STREAM_ATTEMPTS} attempts)`);
 }
