@@ -76,8 +76,15 @@ export function podmanCacheFileName(diskManifestDigest: string, vmType: VmType):
   return `${digestHex(diskManifestDigest)}.${kindWithCompression(vmType)}`;
 }
 
+const SHA256_DIGEST = /^sha256:([0-9a-f]{64})$/;
+
+/** Podman names and keys its machine images by sha256 only. */
+export function isSha256Digest(digest: unknown): digest is string {
+  return typeof digest === 'string' && SHA256_DIGEST.test(digest);
+}
+
 export function digestHex(digest: string): string {
-  const m = /^sha256:([0-9a-f]{64})$/.exec(digest);
+  const m = SHA256_DIGEST.exec(digest);
   if (!m) throw new Error(`not a sha256 digest: ${digest}`);
   return m[1]!;
 }
