@@ -91,6 +91,20 @@ describe('Fedora CoreOS stream metadata (podman 4)', () => {
     }
   });
 
+  it('keeps the release (a log line shows it) to one line of plain text', () => {
+    const disk = { location: 'https://h/x/f.qcow2.xz', sha256: sha(1) };
+    const hostile = {
+      architectures: {
+        x86_64: {
+          artifacts: {
+            qemu: { release: '41\u001b[2K\u202eevil\n::error::x', formats: { 'qcow2.xz': { disk } } },
+          },
+        },
+      },
+    };
+    expect(selectFcosDisk(hostile, 'x86_64', 'qemu').release).toBe('41 [2Kevil ::error::x');
+  });
+
   it('has no stream artifact for WSL (podman 4 uses an unversioned rootfs there) or libkrun (podman 5.2+)', () => {
     expect(() => fcosArtifact('wsl')).toThrow(InputError);
     expect(() => fcosArtifact('wsl')).toThrow(/without a published checksum/);

@@ -10,7 +10,7 @@
  * checksum (pkg/machine/wsl/fedora.go), which cannot be verified or keyed, so it is not resolved here.
  */
 import { InputError } from '../../core/inputs.js';
-import { networkFailure } from '../../core/oci/response.js';
+import { externalText, networkFailure } from '../../core/oci/response.js';
 import { Inputs } from './constants.js';
 import type { MachineArch, VmType } from './podman-host.js';
 
@@ -105,7 +105,8 @@ export function selectFcosDisk(stream: unknown, arch: MachineArch, vmType: VmTyp
   if (!isPlainFileName(title) || !title.endsWith(`.${format}`)) {
     throw new Error(`the ${where} disk location does not end in a plain *.${format} file name`);
   }
-  const release = typeof platform?.release === 'string' ? platform.release : '';
+  // Shown in the log only: one line of plain text, whatever the stream sends.
+  const release = typeof platform?.release === 'string' ? externalText(platform.release, 100) : '';
   return { location: url.toString(), sha256, release, title };
 }
 

@@ -20,6 +20,7 @@ import { isPlainFileName, resolveFcosDisk, StreamUnreachable } from './fcos-stre
 import { downloadDisk, isUnreachable, resolveDisk } from './fetch-registry.js';
 import { downloadUrl } from './fetch-url.js';
 import { digestFile } from '../../core/oci/digest.js';
+import { externalText } from '../../core/oci/response.js';
 import { classifyImage, type ImageSource } from './image-source.js';
 import {
   commitDownload,
@@ -159,7 +160,7 @@ async function resolveRemote(
   if (source.kind === 'registry') {
     const disk = await resolveDisk(source.parsed, arch, vmType);
     host.info(
-      `Resolved ${imageText}: disk manifest ${disk.manifestDigest} (${disk.title}, ${formatBytes(disk.layer.size)})`,
+      `Resolved ${imageText}: disk manifest ${disk.manifestDigest} (${externalText(disk.title)}, ${formatBytes(disk.layer.size)})`,
     );
     return {
       digest: disk.manifestDigest,
@@ -261,8 +262,8 @@ async function locateRemote(
     const why = !check.ok
       ? check.reason
       : !titleOk
-        ? `its record names the disk ${JSON.stringify(record?.title)}, which is no plain file name`
-        : `it is ${record?.digest} with file ${record?.fileDigest}, not ${expected} with file ${resolved?.fileDigest}${record?.title === resolved?.title ? '' : ` (named ${JSON.stringify(record?.title)}, not ${resolved?.title})`}`;
+        ? `its record names the disk ${JSON.stringify(externalText(record?.title ?? ''))}, which is no plain file name`
+        : `it is ${record?.digest} with file ${record?.fileDigest}, not ${expected} with file ${resolved?.fileDigest}${record?.title === resolved?.title ? '' : ` (named ${JSON.stringify(externalText(record?.title ?? ''))}, not ${externalText(resolved?.title ?? '')})`}`;
     if (offlineReason) {
       throw new ActionError(
         `the cached image for ${imageText} is unusable (${why}) and the ${origin} is unreachable (${offlineReason}); it was deleted.`,
@@ -309,7 +310,9 @@ async function download(
   }
   await commitDownload(temp, paths, record);
   await rm(scratch, { recursive: true, force: true });
-  host.info(`Stored ${record.title} at ${paths.image} (${formatBytes(record.size)}, ${record.digest})`);
+  host.info(
+    `Stored ${externalText(record.title)} at ${paths.image} (${formatBytes(record.size)}, ${record.digest})`,
+  );
   return { path: paths.image, digest: record.digest, fromCache: false, size: record.size, record };
 }
 
