@@ -91,6 +91,22 @@ describe('Fedora CoreOS stream metadata (podman 4)', () => {
     }
   });
 
+  it('names what a stream offers in one short line, whatever its keys', () => {
+    const artifacts = Object.fromEntries(
+      Array.from({ length: 10_000 }, (_, i) => [`art\u001b[31m\u202e${i}\n::error::x`, {}]),
+    );
+    const error = (() => {
+      try {
+        selectFcosDisk({ architectures: { x86_64: { artifacts } } }, 'x86_64', 'qemu');
+      } catch (e) {
+        return (e as Error).message;
+      }
+    })();
+    expect(error).toMatch(/^the stream has no x86_64\/qemu\/qcow2\.xz disk; it offers art/);
+    expect(error!.length).toBeLessThan(400);
+    expect(error).not.toMatch(/[\p{Cc}\p{Cf}]/u);
+  });
+
   it('keeps the release (a log line shows it) to one line of plain text', () => {
     const disk = { location: 'https://h/x/f.qcow2.xz', sha256: sha(1) };
     const hostile = {

@@ -157,6 +157,24 @@ describe('hostile image indexes', () => {
     expect(selectDiskChild(hostile as never, 'x86_64', 'qemu').digest).toBe(d(10));
   });
 
+  it('names what a hostile index offers in one short line', () => {
+    const hostile = {
+      manifests: Array.from({ length: 5000 }, (_, i) =>
+        disk(100 + i, `x\u001b[31m\u202e${i}\n::error::`, 'qemu'),
+      ),
+    };
+    const error = (() => {
+      try {
+        selectDiskChild(hostile, 'x86_64', 'qemu');
+      } catch (e) {
+        return (e as Error).message;
+      }
+    })();
+    expect(error).toMatch(/^the image index has no x86_64 disk of type qemu; it offers x/);
+    expect(error!.length).toBeLessThan(400);
+    expect(error).not.toMatch(/[\p{Cc}\p{Cf}]/u);
+  });
+
   it('refuses an index whose manifests are not a list', () => {
     expect(() => selectDiskChild({ manifests: { length: 1 } } as never, 'x86_64', 'qemu')).toThrow(
       /not an image index/,

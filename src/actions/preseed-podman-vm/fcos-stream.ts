@@ -83,7 +83,7 @@ export function selectFcosDisk(stream: unknown, arch: MachineArch, vmType: VmTyp
   const disk = record(record(record(platform?.formats)?.[format])?.disk);
   if (!disk) {
     throw new Error(
-      `the stream has no ${where} disk; it offers ${Object.keys(artifacts).join(', ') || 'nothing'}`,
+      `the stream has no ${where} disk; it offers ${externalText(Object.keys(artifacts).join(', ')) || 'nothing'}`,
     );
   }
   const location = disk.location;

@@ -5,6 +5,7 @@
  */
 import { MediaType, type Descriptor } from '../../core/oci/media-types.js';
 import { isValidDigest } from '../../core/oci/reference.js';
+import { externalText } from '../../core/oci/response.js';
 import type { PodmanVersion } from '../../core/podman.js';
 import { PODMAN4_DEFAULT_STREAM } from './fcos-stream.js';
 import type { MachineArch, VmType } from './podman-host.js';
@@ -127,7 +128,7 @@ export function selectDiskChild(index: ImageIndex, arch: MachineArch, vmType: Vm
   if (match) return match;
   const offered = disks.map((d) => `${String(d.platform?.architecture)}/${d.annotations?.disktype}`);
   throw new Error(
-    `the image index has no ${arch} disk of type ${diskType}; it offers ${offered.length ? offered.join(', ') : 'no disk images'}.`,
+    `the image index has no ${arch} disk of type ${diskType}; it offers ${offered.length ? externalText(offered.join(', ')) : 'no disk images'}.`,
   );
 }
 
