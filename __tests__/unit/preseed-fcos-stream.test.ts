@@ -101,6 +101,7 @@ describe('Fedora CoreOS stream metadata (podman 4)', () => {
       } catch (e) {
         return (e as Error).message;
       }
+      return undefined;
     })();
     expect(error).toMatch(/^the stream has no x86_64\/qemu\/qcow2\.xz disk; it offers art/);
     expect(error!.length).toBeLessThan(400);

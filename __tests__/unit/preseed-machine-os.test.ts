@@ -169,6 +169,7 @@ describe('hostile image indexes', () => {
       } catch (e) {
         return (e as Error).message;
       }
+      return undefined;
     })();
     expect(error).toMatch(/^the image index has no x86_64 disk of type qemu; it offers x/);
     expect(error!.length).toBeLessThan(400);
