@@ -65,7 +65,8 @@ export function fcosArtifact(vmType: VmType): { artifact: string; format: string
   }
 }
 
-function record(value: unknown): Record<string, unknown> | undefined {
+/** A JSON value as an object to read fields from, or undefined when it is none (null, a list, text). */
+export function jsonObject(value: unknown): Record<string, unknown> | undefined {
   return value !== null && typeof value === 'object' && !Array.isArray(value)
     ? (value as Record<string, unknown>)
     : undefined;
@@ -75,12 +76,12 @@ function record(value: unknown): Record<string, unknown> | undefined {
 export function selectFcosDisk(stream: unknown, arch: MachineArch, vmType: VmType): FcosDisk {
   const { artifact, format } = fcosArtifact(vmType);
   const where = `${arch}/${artifact}/${format}`;
-  const arches = record(record(stream)?.architectures);
+  const arches = jsonObject(jsonObject(stream)?.architectures);
   if (!arches) throw new Error('the stream metadata has no architectures');
-  const artifacts = record(record(arches[arch])?.artifacts);
+  const artifacts = jsonObject(jsonObject(arches[arch])?.artifacts);
   if (!artifacts) throw new Error(`the stream has no ${arch} artifacts`);
-  const platform = record(artifacts[artifact]);
-  const disk = record(record(record(platform?.formats)?.[format])?.disk);
+  const platform = jsonObject(artifacts[artifact]);
+  const disk = jsonObject(jsonObject(jsonObject(platform?.formats)?.[format])?.disk);
   if (!disk) {
     throw new Error(
       `the stream has no ${where} disk; it offers ${externalText(Object.keys(artifacts).join(', ')) || 'nothing'}`,

@@ -7,7 +7,7 @@ import { MediaType, type Descriptor } from '../../core/oci/media-types.js';
 import { isValidDigest } from '../../core/oci/reference.js';
 import { externalText } from '../../core/oci/response.js';
 import type { PodmanVersion } from '../../core/podman.js';
-import { PODMAN4_DEFAULT_STREAM } from './fcos-stream.js';
+import { jsonObject, PODMAN4_DEFAULT_STREAM } from './fcos-stream.js';
 import type { MachineArch, VmType } from './podman-host.js';
 
 export const TITLE_ANNOTATION = 'org.opencontainers.image.title';
@@ -90,24 +90,18 @@ export function digestHex(digest: string): string {
   return m[1]!;
 }
 
-type Json = Record<string, unknown>;
-
-function object(value: unknown): Json | undefined {
-  return value !== null && typeof value === 'object' && !Array.isArray(value) ? (value as Json) : undefined;
-}
-
 /**
  * An index entry that can be a disk child: a descriptor with a real digest, an OCI manifest media type (never an
  * index: a disk is one manifest), and platform/annotations that are objects. Registry JSON is hostile; anything
  * else is skipped, not dereferenced.
  */
 function diskCandidate(value: unknown): Descriptor | undefined {
-  const d = object(value);
+  const d = jsonObject(value);
   if (!d || typeof d.digest !== 'string' || !isValidDigest(d.digest)) return undefined;
   if (d.mediaType !== MediaType.ociManifest) return undefined;
-  const annotations = object(d.annotations);
+  const annotations = jsonObject(d.annotations);
   if (!annotations || typeof annotations.disktype !== 'string') return undefined;
-  if (!object(d.platform)) return undefined;
+  if (!jsonObject(d.platform)) return undefined;
   return d as unknown as Descriptor;
 }
 
@@ -145,14 +139,14 @@ export function diskLayer(manifest: ImageManifest): { layer: Descriptor; title: 
   if (manifest.layers.length !== 1) {
     throw new Error(`a machine disk manifest has exactly one layer; this one has ${manifest.layers.length}.`);
   }
-  const layer = object(manifest.layers[0]);
+  const layer = jsonObject(manifest.layers[0]);
   if (!layer || typeof layer.digest !== 'string' || !isValidDigest(layer.digest)) {
     throw new Error('the disk layer has no valid digest.');
   }
   if (!Number.isSafeInteger(layer.size) || (layer.size as number) < 0) {
     throw new Error('the disk layer declares no valid size.');
   }
-  const title = object(layer.annotations)?.[TITLE_ANNOTATION];
+  const title = jsonObject(layer.annotations)?.[TITLE_ANNOTATION];
   if (typeof title !== 'string' || !title) {
     throw new Error(`the disk layer has no ${TITLE_ANNOTATION} annotation (its file name).`);
   }
