@@ -3,7 +3,7 @@
  * small JSON record beside it saying what it is. Both files are cached together, so a run that cannot reach the
  * registry still learns the digest of what it restored and can verify every byte before using it.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { copyFile, link, lstat, mkdir, rename, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
@@ -145,11 +145,19 @@ export async function placeInPodmanCache(
   }
   await mkdir(cacheDir, { recursive: true });
   const target = join(cacheDir, fileName);
-  await rm(target, { force: true });
+  // Podman takes a file of this name as its image without checking it: a copy cut short (a cancelled job, a
+  // full disk) must stay under another name, which podman ignores (and deletes when it pulls).
+  const temp = join(cacheDir, `.${fileName}.${randomBytes(4).toString('hex')}.part`);
   try {
-    await link(imagePath, target);
-  } catch {
-    await copyFile(imagePath, target);
+    try {
+      await link(imagePath, temp);
+    } catch {
+      await copyFile(imagePath, temp);
+    }
+    await rename(temp, target);
+  } finally {
+    // rename leaves both names when they are links to one file already (the same image placed again).
+    await rm(temp, { force: true });
   }
   return target;
 }
