@@ -129,6 +129,14 @@ describe('restoreMachine refuses and writes nothing', () => {
     expect(readFileSync(join(caseDir, 'precious'), 'utf8')).toBe('a file the VM must never write');
   });
 
+  it('when the staged config is a symlink (to a config elsewhere)', async () => {
+    writeFileSync(join(caseDir, 'other.json'), configText);
+    rmSync(join(stage, 'config.json'));
+    symlinkSync(join(caseDir, 'other.json'), join(stage, 'config.json'));
+    await expect(restoreMachine(stage, { HOME: home })).rejects.toThrow(/config\.json is not a regular file/);
+    expect(tree(home)).toEqual([]);
+  });
+
   it("when the config's disk is an existing file outside the new HOME, not the restored disk", async () => {
     const outside = join(caseDir, 'outside.qcow2.zst');
     writeFileSync(outside, 'someone else');

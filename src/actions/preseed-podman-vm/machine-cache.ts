@@ -150,7 +150,7 @@ export async function restoreMachine(
   const targets = [plan.configTarget, ...plan.files.map((f) => f.target)];
   const problems = (
     await Promise.all([
-      ...plan.files.map((f) => irregularStaged(stageDir, f.staged)),
+      ...[CONFIG_FILE, ...plan.files.map((f) => f.staged)].map((f) => irregularStaged(stageDir, f)),
       ...targets.map(placeable),
     ])
   ).filter((p): p is string => !!p);
