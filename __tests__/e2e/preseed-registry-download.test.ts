@@ -58,3 +58,27 @@ it('a disk download cut mid-body resumes with Range: the disk crosses the link ~
   expect(percents.at(-1)).toBe(100);
   expect(Math.max(...percents)).toBe(100);
 });
+
+it('a disk title carrying a terminal escape, a bidi override and a forged workflow command reaches the log inert', async () => {
+  const hostile = buildMachineOsLayout(join(work, 'hostile'), {
+    diskBytes: 64 * 1024,
+    disks: [['x86_64', 'qemu']],
+    title: () => 'disk\u001b[2K\u001b[1Ahidden\u202etxt.exe\n::error::forged.qcow2.zst',
+  });
+  await publishMachineOs(hostile, registry.host, 'podman/hostile-title', '5.3');
+  const dirs = { runnerTemp: join(work, 'temp2'), home: join(work, 'home2'), workspace: join(work, 'ws2') };
+  for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true });
+  const r = await runAction({
+    keepInRunnerTemp: ['ici-pvm'],
+    action: 'preseed-podman-vm',
+    inputs: { image: `docker://${registry.host}/podman/hostile-title:5.3`, cache: 'false' },
+    env: { XDG_DATA_HOME: undefined },
+    ...dirs,
+  });
+  expect(r.main.exitCode).toBe(0);
+  expect(r.errors).toEqual([]);
+  // The title is still shown (it says which disk this is), as text: no escape, no reordering, one line.
+  expect(r.log).toMatch(/Downloading disk.*hidden.*txt\.exe ::error::forged\.qcow2\.zst: /);
+  expect(r.log).not.toContain('\u001b');
+  expect(r.log).not.toContain('\u202e');
+});

@@ -91,6 +91,37 @@ describe('Fedora CoreOS stream metadata (podman 4)', () => {
     }
   });
 
+  it('names what a stream offers in one short line, whatever its keys', () => {
+    const artifacts = Object.fromEntries(
+      Array.from({ length: 10_000 }, (_, i) => [`art\u001b[31m\u202e${i}\n::error::x`, {}]),
+    );
+    const error = (() => {
+      try {
+        selectFcosDisk({ architectures: { x86_64: { artifacts } } }, 'x86_64', 'qemu');
+      } catch (e) {
+        return (e as Error).message;
+      }
+      return undefined;
+    })();
+    expect(error).toMatch(/^the stream has no x86_64\/qemu\/qcow2\.xz disk; it offers art/);
+    expect(error!.length).toBeLessThan(400);
+    expect(error).not.toMatch(/[\p{Cc}\p{Cf}]/u);
+  });
+
+  it('keeps the release (a log line shows it) to one line of plain text', () => {
+    const disk = { location: 'https://h/x/f.qcow2.xz', sha256: sha(1) };
+    const hostile = {
+      architectures: {
+        x86_64: {
+          artifacts: {
+            qemu: { release: '41\u001b[2K\u202eevil\n::error::x', formats: { 'qcow2.xz': { disk } } },
+          },
+        },
+      },
+    };
+    expect(selectFcosDisk(hostile, 'x86_64', 'qemu').release).toBe('41 [2Kevil ::error::x');
+  });
+
   it('has no stream artifact for WSL (podman 4 uses an unversioned rootfs there) or libkrun (podman 5.2+)', () => {
     expect(() => fcosArtifact('wsl')).toThrow(InputError);
     expect(() => fcosArtifact('wsl')).toThrow(/without a published checksum/);
@@ -126,5 +157,28 @@ describe('Fedora CoreOS stream metadata over HTTP', () => {
       server.closeAllConnections();
       await new Promise((done) => server.close(done));
     }
+  });
+
+  it('says what went wrong when the stream cannot be fetched: a redirect loop, a refused connection', async () => {
+    let requests = 0;
+    const server = createServer((req, res) => {
+      requests++;
+      res.writeHead(302, { location: req.url }).end();
+    });
+    await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      await expect(
+        resolveFcosDisk(`http://127.0.0.1:${port}/testing.json`, 'x86_64', 'qemu'),
+      ).rejects.toThrow(/redirect/i);
+      expect(requests).toBeGreaterThan(0);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((done) => server.close(done));
+    }
+    // The port is free again: nothing listens there.
+    await expect(resolveFcosDisk(`http://127.0.0.1:${port}/testing.json`, 'x86_64', 'qemu')).rejects.toThrow(
+      /ECONNREFUSED/,
+    );
   });
 });

@@ -101,6 +101,22 @@ describe('parseManifest', () => {
     ['no roots', { ...manifest, roots: undefined }],
     ['a file without a path', { ...manifest, files: [{ staged: 'disk' }] }],
     ['no name', { ...manifest, name: '' }],
+    // The name reaches log lines and podman's command line; connections are added with `podman system
+    // connection add <name> <uri>`, so a cached manifest must not choose either freely.
+    ['a name with a newline and a workflow command', { ...manifest, name: 'tm1\n::error::forged' }],
+    ['a name that is an option', { ...manifest, name: '--default' }],
+    [
+      'a connection named as an option',
+      { ...manifest, connections: [{ name: '--default', uri: 'ssh://core@localhost:1/run/p.sock' }] },
+    ],
+    [
+      "a connection that is not the machine's",
+      { ...manifest, connections: [{ name: 'production', uri: 'ssh://core@localhost:1/run/p.sock' }] },
+    ],
+    [
+      'a connection to another host',
+      { ...manifest, connections: [{ name: 'tm1', uri: 'ssh://root@build.example.com:22/run/p.sock' }] },
+    ],
   ])('refuses %s', (_, value) => {
     expect(() => parseManifest(JSON.stringify(value))).toThrow(/not a version 1 manifest/);
   });

@@ -111,4 +111,74 @@ describe('disk layer', () => {
     expect(() => diskLayer({ config, layers: [layer, layer] })).toThrow(/exactly one layer/);
     expect(() => diskLayer({ config, layers: [{ ...layer, annotations: {} }] })).toThrow(/title/);
   });
+
+  // A hostile registry's manifest: the declared size is the download's only bound and the free-space check, and
+  // the title ends up in the record every later run must read back as a string.
+  it.each([
+    ['no size (the download would have no bound)', { ...layer, size: undefined }],
+    ['a size that is text', { ...layer, size: '123' }],
+    ['a negative size', { ...layer, size: -1 }],
+    ['a digest that is no digest', { ...layer, digest: 'sha256:../../etc/passwd' }],
+    ['a title that is not text', { ...layer, annotations: { 'org.opencontainers.image.title': 7 } }],
+  ])('refuses a layer with %s', (_, bad) => {
+    expect(() => diskLayer(JSON.parse(JSON.stringify({ config, layers: [bad] })) as never)).toThrow(
+      /the disk layer/,
+    );
+  });
+
+  it('says so when the disk child is an index (an index of indexes), instead of failing on a missing field', () => {
+    expect(() =>
+      diskLayer({ mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [] } as never),
+    ).toThrow(/not an image manifest/);
+  });
+});
+
+describe('hostile image indexes', () => {
+  it('skips entries that are not descriptors (null, text, annotations that are not an object)', () => {
+    const hostile = {
+      manifests: [
+        null,
+        'x',
+        { ...disk(30, 'x86_64', 'qemu'), annotations: 'qemu' },
+        disk(10, 'x86_64', 'qemu'),
+      ],
+    };
+    expect(selectDiskChild(hostile as never, 'x86_64', 'qemu').digest).toBe(d(10));
+  });
+
+  it('never picks an entry with a bad digest or one that claims to be an index', () => {
+    const hostile = {
+      manifests: [
+        { ...disk(31, 'x86_64', 'qemu'), digest: 'sha256:../../../x' },
+        { ...disk(32, 'x86_64', 'qemu'), mediaType: 'application/vnd.oci.image.index.v1+json' },
+        disk(10, 'x86_64', 'qemu'),
+      ],
+    };
+    expect(selectDiskChild(hostile as never, 'x86_64', 'qemu').digest).toBe(d(10));
+  });
+
+  it('names what a hostile index offers in one short line', () => {
+    const hostile = {
+      manifests: Array.from({ length: 5000 }, (_, i) =>
+        disk(100 + i, `x\u001b[31m\u202e${i}\n::error::`, 'qemu'),
+      ),
+    };
+    const error = (() => {
+      try {
+        selectDiskChild(hostile, 'x86_64', 'qemu');
+      } catch (e) {
+        return (e as Error).message;
+      }
+      return undefined;
+    })();
+    expect(error).toMatch(/^the image index has no x86_64 disk of type qemu; it offers x/);
+    expect(error!.length).toBeLessThan(400);
+    expect(error).not.toMatch(/[\p{Cc}\p{Cf}]/u);
+  });
+
+  it('refuses an index whose manifests are not a list', () => {
+    expect(() => selectDiskChild({ manifests: { length: 1 } } as never, 'x86_64', 'qemu')).toThrow(
+      /not an image index/,
+    );
+  });
 });

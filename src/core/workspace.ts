@@ -32,10 +32,11 @@ export async function stableDir(name: string, env: NodeJS.ProcessEnv = process.e
 /** A fresh private directory that post removes (also when main failed after creating it). */
 export async function scratchDir(host: Host, env: NodeJS.ProcessEnv = process.env): Promise<string> {
   const dir = join(runnerTemp(env), `ici-${randomBytes(3).toString('hex')}`);
-  await mkdir(dir, { recursive: true, mode: 0o700 });
+  // Recorded before it exists: a main killed right after the mkdir still tells post about it.
   const known = readScratchDirs(host);
   known.push(dir);
   host.saveState(SCRATCH_STATE, JSON.stringify(known));
+  await mkdir(dir, { recursive: true, mode: 0o700 });
   return dir;
 }
 

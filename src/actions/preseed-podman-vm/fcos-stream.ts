@@ -10,7 +10,7 @@
  * checksum (pkg/machine/wsl/fedora.go), which cannot be verified or keyed, so it is not resolved here.
  */
 import { InputError } from '../../core/inputs.js';
-import { errorMessage } from '../../core/run.js';
+import { externalText, networkFailure } from '../../core/oci/response.js';
 import { Inputs } from './constants.js';
 import type { MachineArch, VmType } from './podman-host.js';
 
@@ -65,7 +65,8 @@ export function fcosArtifact(vmType: VmType): { artifact: string; format: string
   }
 }
 
-function record(value: unknown): Record<string, unknown> | undefined {
+/** A JSON value as an object to read fields from, or undefined when it is none (null, a list, text). */
+export function jsonObject(value: unknown): Record<string, unknown> | undefined {
   return value !== null && typeof value === 'object' && !Array.isArray(value)
     ? (value as Record<string, unknown>)
     : undefined;
@@ -75,15 +76,15 @@ function record(value: unknown): Record<string, unknown> | undefined {
 export function selectFcosDisk(stream: unknown, arch: MachineArch, vmType: VmType): FcosDisk {
   const { artifact, format } = fcosArtifact(vmType);
   const where = `${arch}/${artifact}/${format}`;
-  const arches = record(record(stream)?.architectures);
+  const arches = jsonObject(jsonObject(stream)?.architectures);
   if (!arches) throw new Error('the stream metadata has no architectures');
-  const artifacts = record(record(arches[arch])?.artifacts);
+  const artifacts = jsonObject(jsonObject(arches[arch])?.artifacts);
   if (!artifacts) throw new Error(`the stream has no ${arch} artifacts`);
-  const platform = record(artifacts[artifact]);
-  const disk = record(record(record(platform?.formats)?.[format])?.disk);
+  const platform = jsonObject(artifacts[artifact]);
+  const disk = jsonObject(jsonObject(jsonObject(platform?.formats)?.[format])?.disk);
   if (!disk) {
     throw new Error(
-      `the stream has no ${where} disk; it offers ${Object.keys(artifacts).join(', ') || 'nothing'}`,
+      `the stream has no ${where} disk; it offers ${externalText(Object.keys(artifacts).join(', ')) || 'nothing'}`,
     );
   }
   const location = disk.location;
@@ -105,7 +106,8 @@ export function selectFcosDisk(stream: unknown, arch: MachineArch, vmType: VmTyp
   if (!isPlainFileName(title) || !title.endsWith(`.${format}`)) {
     throw new Error(`the ${where} disk location does not end in a plain *.${format} file name`);
   }
-  const release = typeof platform?.release === 'string' ? platform.release : '';
+  // Shown in the log only: one line of plain text, whatever the stream sends.
+  const release = typeof platform?.release === 'string' ? externalText(platform.release, 100) : '';
   return { location: url.toString(), sha256, release, title };
 }
 
@@ -146,12 +148,13 @@ export async function resolveFcosDisk(
     try {
       response = await fetch(streamUrl, { signal: AbortSignal.timeout(STREAM_TIMEOUT_MS) });
     } catch (error) {
-      last = errorMessage(error);
+      // fetch says only "fetch failed"; what happened (refused, a redirect loop, DNS, the timeout) is its cause.
+      last = networkFailure(error, streamUrl, STREAM_TIMEOUT_MS).message;
       continue;
     }
     if (response.status >= 500 || response.status === 429) {
       await response.body?.cancel();
-      last = `HTTP ${response.status}`;
+      last = `${streamUrl}: HTTP ${response.status}`;
       continue;
     }
     if (response.status !== 200) {
@@ -169,5 +172,5 @@ export async function resolveFcosDisk(
     }
     return selectFcosDisk(parsed, arch, vmType);
   }
-  throw new StreamUnreachable(`${streamUrl}: ${last} (after ${STREAM_ATTEMPTS} attempts)`);
+  throw new StreamUnreachable(`${last} (after ${STREAM_ATTEMPTS} attempts)`);
 }

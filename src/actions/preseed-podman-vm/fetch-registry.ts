@@ -6,6 +6,7 @@
 import { RegistryClient, TransientError } from '../../core/oci/client.js';
 import { isIndexMediaType, MediaType, type Descriptor } from '../../core/oci/media-types.js';
 import { formatReference, type ImageReference } from '../../core/oci/reference.js';
+import { externalText } from '../../core/oci/response.js';
 import type { Host } from '../../core/host.js';
 import { diskLayer, selectDiskChild, type ImageIndex, type ImageManifest } from './machine-os.js';
 import type { MachineArch, VmType } from './podman-host.js';
@@ -77,7 +78,7 @@ export async function downloadDisk(
   dest: string,
 ): Promise<number> {
   const client = registryClientFor(reference);
-  const progress = new ProgressLog(host, `Downloading ${disk.title}`, disk.layer.size);
+  const progress = new ProgressLog(host, `Downloading ${externalText(disk.title)}`, disk.layer.size);
   try {
     // The descriptor's size bounds the download and is checked against the free space before it starts;
     // a cut connection resumes where the file stands, so progress never passes 100 %.

@@ -3,14 +3,15 @@
  * small JSON record beside it saying what it is. Both files are cached together, so a run that cannot reach the
  * registry still learns the digest of what it restored and can verify every byte before using it.
  */
-import { createHash } from 'node:crypto';
-import { copyFile, link, lstat, mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { copyFile, link, lstat, mkdir, rename, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
+import { readRegularFile } from '../../core/files.js';
 import { digestFile } from '../../core/oci/digest.js';
 import { errorMessage } from '../../core/run.js';
 import { fcosArtifact, isPlainFileName } from './fcos-stream.js';
-import { diskKind, diskTypeFor } from './machine-os.js';
+import { diskKind, diskTypeFor, isSha256Digest } from './machine-os.js';
 import type { ImageSource } from './image-source.js';
 import type { MachineArch, VmType } from './podman-host.js';
 
@@ -55,15 +56,25 @@ export function storePaths(dir: string, source: ImageSource, vmType: VmType, arc
   return { image, record: `${image}.json` };
 }
 
+/** A record is a few hundred bytes; what is larger (or no regular file: a restored symlink may point anywhere) is none. */
+const RECORD_LIMIT = 64 * 1024;
+
+/**
+ * The record as a cache entry brought it back. Its digest becomes the image-digest output and names podman's
+ * cache file, so every field is checked, not just typed.
+ */
 export async function readRecord(paths: StorePaths): Promise<StoredImageRecord | undefined> {
   try {
-    const parsed = JSON.parse(await readFile(paths.record, 'utf8')) as Partial<StoredImageRecord>;
+    const text = (await readRegularFile(paths.record, RECORD_LIMIT)).toString('utf8');
+    const parsed = JSON.parse(text) as Partial<StoredImageRecord> | null;
     if (
-      typeof parsed.digest === 'string' &&
-      typeof parsed.fileDigest === 'string' &&
+      parsed &&
+      isSha256Digest(parsed.digest) &&
+      isSha256Digest(parsed.fileDigest) &&
       typeof parsed.source === 'string' &&
       typeof parsed.title === 'string' &&
-      typeof parsed.size === 'number'
+      Number.isSafeInteger(parsed.size) &&
+      parsed.size! >= 0
     ) {
       return parsed as StoredImageRecord;
     }
@@ -134,11 +145,19 @@ export async function placeInPodmanCache(
   }
   await mkdir(cacheDir, { recursive: true });
   const target = join(cacheDir, fileName);
-  await rm(target, { force: true });
+  // Podman takes a file of this name as its image without checking it: a copy cut short (a cancelled job, a
+  // full disk) must stay under another name, which podman ignores (and deletes when it pulls).
+  const temp = join(cacheDir, `.${fileName}.${randomBytes(4).toString('hex')}.part`);
   try {
-    await link(imagePath, target);
-  } catch {
-    await copyFile(imagePath, target);
+    try {
+      await link(imagePath, temp);
+    } catch {
+      await copyFile(imagePath, temp);
+    }
+    await rename(temp, target);
+  } finally {
+    // rename leaves both names when they are links to one file already (the same image placed again).
+    await rm(temp, { force: true });
   }
   return target;
 }

@@ -5,12 +5,18 @@
  * it writes anything and never deletes: a refusal leaves the user's files and the cached copy as they were.
  */
 import { constants, existsSync } from 'node:fs';
-import { access, copyFile, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { access, copyFile, lstat, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
+import { readRegularFile } from '../../core/files.js';
 import { exec } from '../../core/exec.js';
 import { ActionError, errorMessage } from '../../core/run.js';
-import { MachineRelocationError, relocateMachineConfig, type Relocated } from './machine-config.js';
+import {
+  machineOwnFiles,
+  MachineRelocationError,
+  relocateMachineConfig,
+  type Relocated,
+} from './machine-config.js';
 import {
   CONFIG_FILE,
   MANIFEST_FILE,
@@ -93,6 +99,23 @@ async function placeable(path: string): Promise<string | undefined> {
   return undefined;
 }
 
+/** The staged JSON files are a few KB; what is not a small regular file is no staged machine. */
+const STAGED_JSON_LIMIT = 1024 * 1024;
+
+async function readStagedJson(path: string): Promise<string> {
+  return (await readRegularFile(path, STAGED_JSON_LIMIT)).toString('utf8');
+}
+
+/**
+ * A staged file that is a symlink would be moved as the link: the machine's disk (which the VM writes) would be
+ * whatever it points at. A cache entry carries regular files only.
+ */
+async function irregularStaged(stageDir: string, staged: string): Promise<string | undefined> {
+  const info = await lstat(join(stageDir, staged)).catch(() => undefined);
+  if (!info) return `the staged ${staged} is missing`;
+  return info.isFile() ? undefined : `the staged ${staged} is not a regular file`;
+}
+
 export interface RestoredMachine {
   name: string;
   configPath: string;
@@ -109,7 +132,7 @@ export async function restoreMachine(
 ): Promise<RestoredMachine> {
   let manifest: MachineManifest;
   try {
-    manifest = parseManifest(await readFile(join(stageDir, MANIFEST_FILE), 'utf8'));
+    manifest = parseManifest(await readStagedJson(join(stageDir, MANIFEST_FILE)));
   } catch (error) {
     throw new ActionError(`the cached machine is unreadable: ${errorMessage(error)}`);
   }
@@ -125,7 +148,12 @@ export async function restoreMachine(
     throw refuse(errorMessage(error));
   }
   const targets = [plan.configTarget, ...plan.files.map((f) => f.target)];
-  const problems = (await Promise.all(targets.map(placeable))).filter((p): p is string => !!p);
+  const problems = (
+    await Promise.all([
+      ...[CONFIG_FILE, ...plan.files.map((f) => f.staged)].map((f) => irregularStaged(stageDir, f)),
+      ...targets.map(placeable),
+    ])
+  ).filter((p): p is string => !!p);
   if (problems.length) throw refuse(problems.join('; '));
 
   // The check runs against the files as they will be once placed: nothing is written if it fails.
@@ -133,14 +161,22 @@ export async function restoreMachine(
   let relocated: Relocated;
   try {
     relocated = relocateMachineConfig(
-      await readFile(join(stageDir, CONFIG_FILE), 'utf8'),
+      await readStagedJson(join(stageDir, CONFIG_FILE)),
       manifest.roots,
       to,
       (p) => placed.has(p) || existsSync(p),
     );
   } catch (error) {
     if (error instanceof MachineRelocationError) throw refuse(error.message);
-    throw error;
+    throw refuse(`its config cannot be read: ${errorMessage(error)}`);
+  }
+  // The config, not the manifest, is what podman reads: each of the machine's own files it names must be one this
+  // restore places, never some other file that happens to exist (a disk the VM would write into).
+  const foreign = machineOwnFiles(JSON.parse(relocated.text) as Record<string, unknown>).filter(
+    (f) => !placed.has(f),
+  );
+  if (foreign.length) {
+    throw refuse(`its config names ${foreign.join(', ')}, not one of the files restored from the cache`);
   }
 
   for (const f of plan.files) {

@@ -92,6 +92,18 @@ export function machineConfigShape(config: Json): MachineConfigShape {
  * are not required.
  */
 export function requiredFiles(config: Json): string[] {
+  const files = [...machineOwnFiles(config)];
+  for (const m of Array.isArray(config.Mounts) ? (config.Mounts as Json[]) : []) {
+    if (typeof m?.Source === 'string') files.push(m.Source);
+  }
+  return [...new Set(files.filter((f) => f !== ''))];
+}
+
+/**
+ * The files that belong to the machine itself (disk, its config, ignition, ssh identity), as opposed to the host
+ * directories it mounts: a restore must be the one placing each of them.
+ */
+export function machineOwnFiles(config: Json): string[] {
   const shape = machineConfigShape(config);
   const image = vmFilePath(config.ImagePath);
   if (!image) throw new MachineRelocationError('the machine config names no ImagePath.', []);
@@ -103,10 +115,7 @@ export function requiredFiles(config: Json): string[] {
     const ssh = config.SSH as Json;
     files.push(typeof ssh.IdentityPath === 'string' ? ssh.IdentityPath : undefined);
   }
-  for (const m of Array.isArray(config.Mounts) ? (config.Mounts as Json[]) : []) {
-    if (typeof m?.Source === 'string') files.push(m.Source);
-  }
-  return [...new Set(files.filter((f): f is string => typeof f === 'string' && f !== ''))];
+  return files.filter((f): f is string => typeof f === 'string' && f !== '');
 }
 
 export interface Relocated {

@@ -3,7 +3,7 @@
  * the staging dir that goes into the cache, the manifest recording where they came from, and where each one
  * belongs in another HOME / XDG layout.
  */
-import { dirname, join } from 'node:path';
+import { dirname, isAbsolute, join } from 'node:path';
 import { machineConfigShape, pathRewriter, type MachineRoots } from './machine-config.js';
 
 export const MANIFEST_FILE = 'manifest.json';
@@ -51,6 +51,12 @@ function identityOf(config: Json): string | undefined {
 
 /** Staged files a machine may lack: the public key, and podman 5's ignition (a WSL machine has none). */
 export const OPTIONAL_FILES: ReadonlySet<string> = new Set(['identity.pub', 'ignition']);
+
+/**
+ * Every name a staged file can have. The manifest comes back from a cache entry: a name outside this set
+ * (`../x`) would make the restore move a file from outside the staging dir into the new HOME.
+ */
+const STAGED_NAMES: ReadonlySet<string> = new Set(['disk', 'ignition', 'identity', 'identity.pub']);
 
 /**
  * The files besides the config JSON (at `configPath`) that a machine is made of: its disk, ignition file and ssh
@@ -103,6 +109,20 @@ export function currentRoots(env: NodeJS.ProcessEnv, uid: number): MachineRoots 
   };
 }
 
+/** What podman accepts as a machine name (pkg/machine/define `NameRegex`, as for containers). */
+const MACHINE_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
+
+/**
+ * One of the two connections machineConnections derives: the machine's name (or `<name>-root`) and an ssh URI to
+ * localhost. A cached manifest names them, and they are passed to `podman system connection add`.
+ */
+function isMachineConnection(name: string, c: MachineConnection): boolean {
+  return (
+    (c.name === name || c.name === `${name}-root`) &&
+    /^ssh:\/\/[A-Za-z0-9_.-]+@localhost:\d{1,5}\/[A-Za-z0-9_./-]+$/.test(c.uri)
+  );
+}
+
 export function parseManifest(text: string): MachineManifest {
   const m = JSON.parse(text) as Partial<MachineManifest>;
   const roots = m.roots as Partial<MachineRoots> | undefined;
@@ -118,7 +138,10 @@ export function parseManifest(text: string): MachineManifest {
     Array.isArray(m.files) &&
     m.files.every((f) => typeof f?.staged === 'string' && typeof f.original === 'string') &&
     Array.isArray(m.connections) &&
-    m.connections.every((c) => typeof c?.name === 'string' && typeof c.uri === 'string');
+    m.connections.every(
+      (c) => typeof c?.name === 'string' && typeof c.uri === 'string' && isMachineConnection(m.name!, c),
+    ) &&
+    MACHINE_NAME.test(m.name);
   if (!ok) throw new Error('the cached machine manifest is not a version 1 manifest.');
   return m as MachineManifest;
 }
@@ -129,19 +152,33 @@ export interface RestorePlan {
   files: Array<{ staged: string; target: string }>;
 }
 
+/** Absolute, with no `.` or `..` segment: a root prefix then says where it lands (`<HOME>/../x` is not in HOME). */
+function isPlainAbsolute(path: string): boolean {
+  return isAbsolute(path) && !path.split('/').some((s) => s === '.' || s === '..') && !path.includes('\0');
+}
+
 /**
  * Where each saved file goes under the new roots. A file saved outside every old root would land at the same
- * absolute path as before, which another HOME cannot be trusted to hold: that is refused.
+ * absolute path as before, which another HOME cannot be trusted to hold: that is refused, and so is a path that
+ * climbs out of its root with `..`.
  */
 export function restorePlan(manifest: MachineManifest, to: MachineRoots): RestorePlan {
   const rewrite = pathRewriter(manifest.roots, to);
   const move = (original: string) => {
+    if (!isPlainAbsolute(original)) throw new Error(`${JSON.stringify(original)} is no plain absolute path.`);
     const target = rewrite(original);
     if (target === original && !sameRoots(manifest.roots, to)) {
       throw new Error(`${original} is outside HOME and the XDG dirs it was saved from; it cannot be moved.`);
     }
     return target;
   };
+  const seen = new Set<string>();
+  for (const { staged } of manifest.files) {
+    if (!STAGED_NAMES.has(staged) || seen.has(staged)) {
+      throw new Error(`${JSON.stringify(staged)} is not a staged machine file name (or named twice).`);
+    }
+    seen.add(staged);
+  }
   return {
     configTarget: move(manifest.configPath),
     files: manifest.files.map((f) => ({ staged: f.staged, target: move(f.original) })),

@@ -3,9 +3,11 @@
  * pulls by default, which child of the index holds the disk for a provider and arch, and the file name podman
  * gives that disk in its own image cache.
  */
-import type { Descriptor } from '../../core/oci/media-types.js';
+import { MediaType, type Descriptor } from '../../core/oci/media-types.js';
+import { isValidDigest } from '../../core/oci/reference.js';
+import { externalText } from '../../core/oci/response.js';
 import type { PodmanVersion } from '../../core/podman.js';
-import { PODMAN4_DEFAULT_STREAM } from './fcos-stream.js';
+import { jsonObject, PODMAN4_DEFAULT_STREAM } from './fcos-stream.js';
 import type { MachineArch, VmType } from './podman-host.js';
 
 export const TITLE_ANNOTATION = 'org.opencontainers.image.title';
@@ -75,39 +77,78 @@ export function podmanCacheFileName(diskManifestDigest: string, vmType: VmType):
   return `${digestHex(diskManifestDigest)}.${kindWithCompression(vmType)}`;
 }
 
+const SHA256_DIGEST = /^sha256:([0-9a-f]{64})$/;
+
+/** Podman names and keys its machine images by sha256 only. */
+export function isSha256Digest(digest: unknown): digest is string {
+  return typeof digest === 'string' && SHA256_DIGEST.test(digest);
+}
+
 export function digestHex(digest: string): string {
-  const m = /^sha256:([0-9a-f]{64})$/.exec(digest);
+  const m = SHA256_DIGEST.exec(digest);
   if (!m) throw new Error(`not a sha256 digest: ${digest}`);
   return m[1]!;
 }
 
 /**
+ * An index entry that can be a disk child: a descriptor with a real digest, an OCI manifest media type (never an
+ * index: a disk is one manifest), and platform/annotations that are objects. Registry JSON is hostile; anything
+ * else is skipped, not dereferenced.
+ */
+function diskCandidate(value: unknown): Descriptor | undefined {
+  const d = jsonObject(value);
+  if (!d || typeof d.digest !== 'string' || !isValidDigest(d.digest)) return undefined;
+  if (d.mediaType !== MediaType.ociManifest) return undefined;
+  const annotations = jsonObject(d.annotations);
+  if (!annotations || typeof annotations.disktype !== 'string') return undefined;
+  if (!jsonObject(d.platform)) return undefined;
+  return d as unknown as Descriptor;
+}
+
+/**
  * The disk child for arch + provider, matched as podman matches it: an entry with a `disktype` annotation,
  * `platform.os` linux and `platform.architecture` x86_64/aarch64. Plain container children (amd64/arm64, no
- * annotation) never match.
+ * annotation) never match. The first match wins, as in podman.
  */
 export function selectDiskChild(index: ImageIndex, arch: MachineArch, vmType: VmType): Descriptor {
+  if (!Array.isArray(index.manifests))
+    throw new Error('the answer is not an image index (no manifests list).');
+  const disks = index.manifests.map(diskCandidate).filter((d): d is Descriptor => d !== undefined);
   const diskType = diskTypeFor(vmType);
-  const match = index.manifests.find(
+  const match = disks.find(
     (d) =>
       d.annotations?.disktype === diskType && d.platform?.os === 'linux' && d.platform?.architecture === arch,
   );
   if (match) return match;
-  const offered = index.manifests
-    .filter((d) => d.annotations?.disktype !== undefined)
-    .map((d) => `${d.platform?.architecture ?? '?'}/${d.annotations?.disktype}`);
+  const offered = disks.map((d) => `${String(d.platform?.architecture)}/${d.annotations?.disktype}`);
   throw new Error(
-    `the image index has no ${arch} disk of type ${diskType}; it offers ${offered.length ? offered.join(', ') : 'no disk images'}.`,
+    `the image index has no ${arch} disk of type ${diskType}; it offers ${offered.length ? externalText(offered.join(', ')) : 'no disk images'}.`,
   );
 }
 
-/** The one zstd layer of a disk manifest, and the original file name podman keeps from its title. */
+/**
+ * The one zstd layer of a disk manifest, and the original file name podman keeps from its title. Its size is
+ * required: it bounds the download and is checked against the free space before the first byte.
+ */
 export function diskLayer(manifest: ImageManifest): { layer: Descriptor; title: string } {
+  if (!Array.isArray(manifest.layers)) {
+    throw new Error(
+      `the disk child is not an image manifest (it has no layers; media type ${String(manifest.mediaType)}).`,
+    );
+  }
   if (manifest.layers.length !== 1) {
     throw new Error(`a machine disk manifest has exactly one layer; this one has ${manifest.layers.length}.`);
   }
-  const layer = manifest.layers[0]!;
-  const title = layer.annotations?.[TITLE_ANNOTATION];
-  if (!title) throw new Error(`the disk layer has no ${TITLE_ANNOTATION} annotation (its file name).`);
-  return { layer, title };
+  const layer = jsonObject(manifest.layers[0]);
+  if (!layer || typeof layer.digest !== 'string' || !isValidDigest(layer.digest)) {
+    throw new Error('the disk layer has no valid digest.');
+  }
+  if (!Number.isSafeInteger(layer.size) || (layer.size as number) < 0) {
+    throw new Error('the disk layer declares no valid size.');
+  }
+  const title = jsonObject(layer.annotations)?.[TITLE_ANNOTATION];
+  if (typeof title !== 'string' || !title) {
+    throw new Error(`the disk layer has no ${TITLE_ANNOTATION} annotation (its file name).`);
+  }
+  return { layer: layer as unknown as Descriptor, title };
 }

@@ -3,7 +3,7 @@
  * `podman machine init` finds it, and optionally init/start the machine.
  */
 import { rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { planCacheSave, restoreCache, type RestoreResult } from '../../core/cache.js';
 import { buildCacheKey } from '../../core/cache-key.js';
 import { writeFileAtomic } from '../../core/atomic.js';
@@ -13,13 +13,14 @@ import { InputError } from '../../core/inputs.js';
 import { containersConfVariable, podmanVersion, type PodmanVersion } from '../../core/podman.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { formatBytes, heading, markdownTable } from '../../core/summary.js';
-import { stableDir } from '../../core/workspace.js';
+import { scratchDir, stableDir } from '../../core/workspace.js';
 import { MACHINE_STAGE_DIR, Outputs, STABLE_DIR_NAME } from './constants.js';
 import { planContainersConf } from './containers-conf.js';
 import { isPlainFileName, resolveFcosDisk, StreamUnreachable } from './fcos-stream.js';
 import { downloadDisk, isUnreachable, resolveDisk } from './fetch-registry.js';
 import { downloadUrl } from './fetch-url.js';
 import { digestFile } from '../../core/oci/digest.js';
+import { externalText } from '../../core/oci/response.js';
 import { classifyImage, type ImageSource } from './image-source.js';
 import {
   commitDownload,
@@ -159,7 +160,7 @@ async function resolveRemote(
   if (source.kind === 'registry') {
     const disk = await resolveDisk(source.parsed, arch, vmType);
     host.info(
-      `Resolved ${imageText}: disk manifest ${disk.manifestDigest} (${disk.title}, ${formatBytes(disk.layer.size)})`,
+      `Resolved ${imageText}: disk manifest ${disk.manifestDigest} (${externalText(disk.title)}, ${formatBytes(disk.layer.size)})`,
     );
     return {
       digest: disk.manifestDigest,
@@ -261,8 +262,8 @@ async function locateRemote(
     const why = !check.ok
       ? check.reason
       : !titleOk
-        ? `its record names the disk ${JSON.stringify(record?.title)}, which is no plain file name`
-        : `it is ${record?.digest} with file ${record?.fileDigest}, not ${expected} with file ${resolved?.fileDigest}${record?.title === resolved?.title ? '' : ` (named ${JSON.stringify(record?.title)}, not ${resolved?.title})`}`;
+        ? `its record names the disk ${JSON.stringify(externalText(record?.title ?? ''))}, which is no plain file name`
+        : `it is ${record?.digest} with file ${record?.fileDigest}, not ${expected} with file ${resolved?.fileDigest}${record?.title === resolved?.title ? '' : ` (named ${JSON.stringify(externalText(record?.title ?? ''))}, not ${externalText(resolved?.title ?? '')})`}`;
     if (offlineReason) {
       throw new ActionError(
         `the cached image for ${imageText} is unusable (${why}) and the ${origin} is unreachable (${offlineReason}); it was deleted.`,
@@ -287,8 +288,10 @@ async function download(
   resolved: Resolved | undefined,
   paths: StorePaths,
 ): Promise<Located & { record: StoredImageRecord }> {
-  const temp = `${paths.image}.partial`;
-  await rm(temp, { force: true });
+  // In a scratch dir post removes (beside the stable dir, so the final rename stays on one filesystem): a main
+  // killed mid-download leaves its partial file there, never in the stable dir, which no one empties.
+  const scratch = await scratchDir(host);
+  const temp = join(scratch, basename(paths.image));
   let record: StoredImageRecord;
   try {
     if (resolved) {
@@ -302,11 +305,14 @@ async function download(
       throw new Error('a registry or stream image must be resolved before it is downloaded');
     }
   } catch (error) {
-    await rm(temp, { force: true });
+    await rm(scratch, { recursive: true, force: true });
     throw new ActionError(`download failed (nothing was kept): ${errorMessage(error)}`);
   }
   await commitDownload(temp, paths, record);
-  host.info(`Stored ${record.title} at ${paths.image} (${formatBytes(record.size)}, ${record.digest})`);
+  await rm(scratch, { recursive: true, force: true });
+  host.info(
+    `Stored ${externalText(record.title)} at ${paths.image} (${formatBytes(record.size)}, ${record.digest})`,
+  );
   return { path: paths.image, digest: record.digest, fromCache: false, size: record.size, record };
 }
 

@@ -6,6 +6,7 @@ import { runPlannedSave, saveCache } from '../../core/cache.js';
 import { exec } from '../../core/exec.js';
 import type { Host } from '../../core/host.js';
 import { errorMessage } from '../../core/run.js';
+import { removeScratchDirs } from '../../core/workspace.js';
 import { removeArgs, stopArgs } from './machine-init.js';
 import { PROVIDER_ENV } from './podman-host.js';
 import { loadRunState, saveRunState } from './state.js';
@@ -14,6 +15,10 @@ const CLEANUP_TIMEOUT_MS = 5 * 60_000;
 
 export async function post(host: Host): Promise<void> {
   await runPlannedSave(host);
+  // A download main did not finish (killed, cancelled) left its partial file in a scratch dir.
+  await removeScratchDirs(host).catch((error) =>
+    host.warning(`Could not remove a partial download: ${errorMessage(error)}`),
+  );
   const state = loadRunState(host);
   const { machineSave, removeMachine } = state;
   // Taken out of state before acting on it, so a repeated post does not do it again.

@@ -9,6 +9,7 @@ import { parseOciError, RegistryError } from './errors.js';
 import { NOT_A_REGULAR_FILE } from '../files.js';
 import { withoutSecrets } from '../secrets.js';
 import { TransientError } from './retry.js';
+import { errorMessage } from '../run.js';
 
 export interface RegistryResponse {
   status: number;
@@ -221,12 +222,10 @@ function errorCode(error: unknown): string | undefined {
   return typeof code === 'string' ? code : undefined;
 }
 
+/** Duck-typed like errorMessage: fetch's errors and their causes may come from another realm (vm, worker). */
 function describe(error: unknown): string {
-  if (!(error instanceof Error)) return String(error);
-  const cause = (error as { cause?: unknown }).cause;
-  const text =
-    cause instanceof Error && cause.message !== error.message
-      ? `${error.message} (${cause.message})`
-      : error.message;
-  return externalText(text);
+  const message = errorMessage(error);
+  const cause = (error as { cause?: unknown } | null)?.cause;
+  const causeMessage = cause === undefined ? undefined : errorMessage(cause);
+  return externalText(causeMessage && causeMessage !== message ? `${message} (${causeMessage})` : message);
 }
