@@ -4,7 +4,7 @@
  * it touches nothing of the machine's. Stopping it unmounts what dockerd mounted below the dir, then removes it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, openSync, closeSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from 'undici';
@@ -52,6 +52,8 @@ export async function startDockerEngine(): Promise<DockerEngineService> {
   const dir = mkdtempSync(join(tmpdir(), 'ici-dk-'));
   const socket = join(dir, 'docker.sock');
   const logFile = join(dir, 'dockerd.log');
+  const engineTmp = join(dir, 'tmp');
+  mkdirSync(engineTmp);
   const fd = openSync(logFile, 'a');
   const child = spawn(
     'dockerd',
@@ -68,7 +70,9 @@ export async function startDockerEngine(): Promise<DockerEngineService> {
       '--pidfile',
       join(dir, 'dockerd.pid'),
     ],
-    { stdio: ['ignore', fd, fd] },
+    // containerd dumps its stacks into TMPDIR when dockerd finds it slow to answer (a loaded machine): in the
+    // engine's own dir, that goes with it.
+    { stdio: ['ignore', fd, fd], env: { ...process.env, TMPDIR: engineTmp } },
   );
   closeSync(fd);
   const host = `unix://${socket}`;

@@ -192,4 +192,37 @@ describe('readOciLayout', () => {
     expect(image.manifests).toHaveLength(16 * 32 + 16 + 1);
     expect(most).toBeLessThanOrEqual(2 * 16);
   }, 20_000);
+
+  it('refuses a manifest, child or blob named by something that is no digest (it could name any file)', async () => {
+    const g = generateLayout(join(work, 'not-a-digest'), { layers: [100] });
+    const outside = join(work, 'outside.json');
+    writeFileSync(outside, '{"schemaVersion":2}');
+    const hostile = 'sha256:../../../outside.json';
+    const sha = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+    const publish = (manifest: object) => {
+      const bytes = Buffer.from(JSON.stringify(manifest));
+      writeFileSync(blobPath(g.dir, sha(bytes)), bytes);
+      writeFileSync(
+        join(g.dir, 'index.json'),
+        JSON.stringify({
+          schemaVersion: 2,
+          manifests: [{ mediaType: manifest.mediaType, digest: sha(bytes), size: bytes.length }],
+        }),
+      );
+    };
+    const image = JSON.parse(readFileSync(blobPath(g.dir, g.digest), 'utf8')) as {
+      layers: { digest: string }[];
+    };
+    image.layers[0]!.digest = hostile;
+    publish(image as unknown as { mediaType: string });
+    await expect(readOciLayout(g.dir)).rejects.toThrow(`names a blob by "${hostile}", which is no digest.`);
+    publish({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.index.v1+json',
+      manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: hostile, size: 19 }],
+    });
+    await expect(readOciLayout(g.dir)).rejects.toThrow(
+      `names a manifest by "${hostile}", which is no digest.`,
+    );
+  });
 });

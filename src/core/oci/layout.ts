@@ -8,6 +8,8 @@ import { join } from 'node:path';
 import { readRegularFile } from '../files.js';
 import { errorMessage } from '../run.js';
 import { verifyDigest } from './digest.js';
+import { isValidDigest } from './reference.js';
+import { externalText } from './response.js';
 import { MANIFEST_LIMIT, isIndexMediaType, type Descriptor } from './media-types.js';
 import { mapLimit } from '../pool.js';
 
@@ -59,7 +61,16 @@ interface ManifestRead {
   listed: Descriptor[];
 }
 
+/** A digest names a file under blobs/: one that is no digest (`sha256:../../x`) could name any file. */
+function checkDigest(dir: string, what: string, descriptor: Descriptor): void {
+  if (typeof descriptor?.digest !== 'string' || !isValidDigest(descriptor.digest)) {
+    const shown = externalText(JSON.stringify(descriptor?.digest ?? null)).slice(0, 100);
+    throw new Error(`the OCI layout ${dir} names a ${what} by ${shown}, which is no digest.`);
+  }
+}
+
 async function readManifestFile(dir: string, descriptor: Descriptor): Promise<ManifestRead> {
+  checkDigest(dir, 'manifest', descriptor);
   let bytes: Buffer;
   try {
     bytes = await readRegularFile(blobPath(dir, descriptor.digest), MANIFEST_LIMIT);
@@ -81,7 +92,9 @@ async function readManifestFile(dir: string, descriptor: Descriptor): Promise<Ma
     return { node, listed: parsed.manifests ?? [] };
   }
   if (!parsed.config) throw new Error(`manifest ${descriptor.digest} in ${dir} has no config.`);
-  return { node: { ...node, blobs: [parsed.config, ...(parsed.layers ?? [])] }, listed: [] };
+  const blobs = [parsed.config, ...(parsed.layers ?? [])];
+  for (const blob of blobs) checkDigest(dir, 'blob', blob);
+  return { node: { ...node, blobs }, listed: [] };
 }
 
 /**
