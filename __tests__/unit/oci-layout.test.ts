@@ -199,7 +199,7 @@ describe('readOciLayout', () => {
     writeFileSync(outside, '{"schemaVersion":2}');
     const hostile = 'sha256:../../../outside.json';
     const sha = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-    const publish = (manifest: object) => {
+    const publish = (manifest: { mediaType: string; [field: string]: unknown }) => {
       const bytes = Buffer.from(JSON.stringify(manifest));
       writeFileSync(blobPath(g.dir, sha(bytes)), bytes);
       writeFileSync(
@@ -211,10 +211,11 @@ describe('readOciLayout', () => {
       );
     };
     const image = JSON.parse(readFileSync(blobPath(g.dir, g.digest), 'utf8')) as {
+      mediaType: string;
       layers: { digest: string }[];
     };
     image.layers[0]!.digest = hostile;
-    publish(image as unknown as { mediaType: string });
+    publish(image);
     await expect(readOciLayout(g.dir)).rejects.toThrow(`names a blob by "${hostile}", which is no digest.`);
     publish({
       schemaVersion: 2,
