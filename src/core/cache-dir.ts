@@ -50,6 +50,7 @@ import {
 import { EntryRefused } from './cache-confinement.js';
 import { extractConfined } from './cache-dir-extract.js';
 import { exec } from './exec.js';
+import { readRegularFile } from './files.js';
 import type { Host } from './host.js';
 import { InputError, parseBytes } from './inputs.js';
 import { formatBytes } from './summary.js';
@@ -121,23 +122,14 @@ function entryDir(root: string, version: string, key: string): string {
 const MAX_META_BYTES = 1024 * 1024;
 
 /**
- * The content of a regular file in the volume, or undefined for anything else. Opened without blocking and
- * without following a symlink: the volume is written by other jobs, and a FIFO there would hold a read forever.
+ * The content of a regular file in the volume, or undefined for anything else. Never opened when it is a FIFO
+ * or device, and a symlink is not followed: the volume is written by other jobs.
  */
 async function readVolumeFile(path: string, maxBytes: number): Promise<string | undefined> {
-  let handle;
-  try {
-    handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
-  } catch {
-    return undefined;
-  }
-  try {
-    const info = await handle.stat();
-    if (!info.isFile() || info.size > maxBytes) return undefined;
-    return await handle.readFile('utf8');
-  } finally {
-    await handle.close();
-  }
+  return readRegularFile(path, maxBytes, { followLinks: false }).then(
+    (bytes) => bytes.toString('utf8'),
+    () => undefined,
+  );
 }
 
 /** The stored file names this backend writes; anything else would name a file outside the entry. */

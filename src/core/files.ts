@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { open, stat, type FileHandle } from 'node:fs/promises';
+import { lstat, open, stat, type FileHandle } from 'node:fs/promises';
 
 /** Whether anything (file, dir, socket) exists at `path`; unreadable parents count as absent. */
 export async function pathExists(path: string): Promise<boolean> {
@@ -46,10 +46,12 @@ const readable = (info: { isFile(): boolean; isDirectory(): boolean }) => info.i
  * or without /proc, the path is checked, then opened and checked again: a FIFO renamed into place between the
  * two is opened once (non-blocking, so it holds no thread) and refused.
  */
-async function openRegularFile(path: string): Promise<FileHandle> {
+async function openRegularFile(path: string, followLinks: boolean): Promise<FileHandle> {
   const named = namedError(path);
+  // Without following, a symlink at the path is itself what is checked (and refused), or fails to open (ELOOP).
+  const noFollow = followLinks ? 0 : constants.O_NOFOLLOW;
   if (process.platform === 'linux') {
-    const handle = await open(path, O_PATH).catch((error: NodeJS.ErrnoException) =>
+    const handle = await open(path, O_PATH | noFollow).catch((error: NodeJS.ErrnoException) =>
       Promise.reject(named(error)),
     );
     try {
@@ -64,12 +66,14 @@ async function openRegularFile(path: string): Promise<FileHandle> {
       await handle.close();
     }
   } else {
-    const before = await stat(path).catch((error: NodeJS.ErrnoException) => Promise.reject(named(error)));
+    const before = await (followLinks ? stat : lstat)(path).catch((error: NodeJS.ErrnoException) =>
+      Promise.reject(named(error)),
+    );
     if (!readable(before)) throw notRegular(path);
   }
   // Non-blocking so that a FIFO put there since does not hold a thread until someone writes to it (regular
   // files ignore it). A socket cannot be opened at all (ENXIO): no regular file either, nothing to try again.
-  const file = await open(path, constants.O_RDONLY | constants.O_NONBLOCK).catch(
+  const file = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | noFollow).catch(
     (error: NodeJS.ErrnoException) =>
       Promise.reject(error.code === 'ENXIO' ? notRegular(path) : named(error)),
   );
@@ -108,8 +112,18 @@ export async function* fileChunks(
   chunkSize = FILE_CHUNK,
 ): AsyncGenerator<Buffer, void, undefined> {
   if (end <= start) return;
+  yield* chunksOf(await openRegularFile(path, true), path, start, end, chunkSize);
+}
+
+/** fileChunks' reading of an opened file, which it closes. */
+async function* chunksOf(
+  file: FileHandle,
+  path: string,
+  start: number,
+  end: number,
+  chunkSize: number,
+): AsyncGenerator<Buffer, void, undefined> {
   const named = namedError(path);
-  const file = await openRegularFile(path);
   try {
     // No larger than the file (the buffer of a 300-byte manifest read at once need not be 1 MiB), and never
     // small: /proc files say 0 bytes, and a file may grow while it is read.
@@ -143,12 +157,18 @@ export async function* fileChunks(
 
 /**
  * A small file (a manifest, an index.json) read whole, refused past `limit` bytes as a file that cannot be meant
- * (a layout's blob linked to a disk image) rather than buffered. Refuses what fileChunks refuses.
+ * (a layout's blob linked to a disk image) rather than buffered. Refuses what fileChunks refuses, and with
+ * `followLinks: false` a symlink at the path too (files in a volume other jobs write).
  */
-export async function readRegularFile(path: string, limit: number): Promise<Buffer> {
+export async function readRegularFile(
+  path: string,
+  limit: number,
+  { followLinks = true }: { followLinks?: boolean } = {},
+): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of fileChunks(path, 0, Infinity)) {
+  const file = await openRegularFile(path, followLinks);
+  for await (const chunk of chunksOf(file, path, 0, Infinity, FILE_CHUNK)) {
     size += chunk.length;
     if (size > limit) {
       throw Object.assign(new Error(`cannot read ${path}: it is larger than ${limit} bytes.`), {
