@@ -1,8 +1,9 @@
 /**
  * A job killed at any point of a directory-cache restore, save or eviction (SIGKILL from inside the process,
  * right after its N-th filesystem change: support/kill-at-change.ts), then the next job on the same volume: it
- * finds every entry whole or not at all, is never blocked by what the killed job held, and its save leaves no
- * leftover of the killed job in the volume (space the size budget would not count).
+ * finds every entry whole or not at all, is never blocked by what the killed job held, its restore leaves no temp
+ * of the killed restore beside the files, and its save leaves no leftover of the killed job in the volume (space
+ * the size budget would not count).
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
@@ -119,6 +120,9 @@ describe('directory cache backend, a job killed at every point', () => {
         }
         paths.forEach((p, i) => existsSync(backup[i]!) && execFileSync('mv', ['-f', backup[i]!, p]));
       }
+      // Its restore of the killed job's files removed the temps the killed restore left beside them.
+      const beside = readdirSync(join(dirs.base, 'a')).filter((name) => name.includes('.ici-'));
+      if (beside.length) problems.push(`#${point}: left beside the restored files: ${beside.join(', ')}`);
       // Its save sweeps up what the killed job left in the volume.
       const d = await disk(join(dirs.base, `d-${point}`));
       expect((await saveCache(cliHost().host, d, `sweep-d-${point}`)).outcome).toBe('saved');

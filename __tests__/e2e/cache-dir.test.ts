@@ -260,6 +260,48 @@ describe('directory cache backend, single files', () => {
     expect(log.some((l) => l.startsWith(`Restored ${image} (4.0 MiB) as a copy of`))).toBe(true);
   });
 
+  it("removes the temps a killed restore left beside its target, never a live restore's or another name", async () => {
+    const { image, record } = await disk(data('file-temps'));
+    const { host } = cliHost();
+    expect((await saveCache(host, [image, record], 'disk-temps')).outcome).toBe('saved');
+    await laterRun([dirs.runnerTemp]);
+    const dir = dirname(image);
+    mkdirSync(dir, { recursive: true });
+    const owned = (name: string, pid: number) => {
+      writeFileSync(join(dir, name), 'a partial copy');
+      writeFileSync(
+        join(dir, `${name}.owner`),
+        JSON.stringify({ pid, host: hostname(), time: new Date().toISOString() }),
+      );
+    };
+    // A process that has exited (its pid is free again) and this one, which is restoring.
+    const gone = Number(execFileSync('sh', ['-c', 'echo $$']).toString());
+    owned(`${basename(image)}.ici-0badc0de`, gone);
+    writeFileSync(
+      join(dir, `${basename(image)}.ici-5ca1ab1e.owner`),
+      JSON.stringify({ pid: gone, host: hostname(), time: new Date().toISOString() }),
+    );
+    owned(`${basename(image)}.ici-a11e0000`, process.pid);
+    // Left by a version that recorded no owner, a minute ago; and names that are not a restore's temp.
+    const others = [
+      `${basename(image)}.ici-feedf00d`,
+      `${basename(image)}.ici-notours`,
+      `${basename(image)}.orig`,
+    ];
+    for (const name of others) writeFileSync(join(dir, name), 'not judged');
+
+    expect((await restoreCache(host, [image, record], 'disk-temps', [], { readOnly: true })).hit).toBe(true);
+    expect(readdirSync(dir).sort()).toEqual(
+      [
+        basename(image),
+        basename(record),
+        `${basename(image)}.ici-a11e0000`,
+        `${basename(image)}.ici-a11e0000.owner`,
+        ...others,
+      ].sort(),
+    );
+  });
+
   it('copies across filesystems, even for read-only use (volume on tmpfs, job dirs on ext4)', async () => {
     const tmpfsVolume = mkdtempSync('/dev/shm/ici-cache-dir-');
     process.env.IMAGE_CI_CACHE_DIR = tmpfsVolume;

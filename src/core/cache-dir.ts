@@ -320,13 +320,22 @@ async function changedSinceSaved(entry: Entry): Promise<string | undefined> {
   return undefined;
 }
 
+/** What a restore's temp beside its target is named: `<target>.ici-<8 hex>`, with `.owner` beside it. */
+const TEMP_MARK = '.ici-';
+const TEMP_NAME = /^[0-9a-f]{8}(\.owner)?$/;
+
 /**
  * Puts a stored file at `target` in one rename (a reader of `target` sees the old file or the new one). A hard
  * link only for read-only use: it shares the entry's bytes; else a reflink, which shares them copy-on-write.
  */
 async function placeFile(source: string, target: string, readOnly: boolean): Promise<string> {
   await mkdir(dirname(target), { recursive: true });
-  const temp = `${target}.ici-${randomBytes(4).toString('hex')}`;
+  await removeStaleTempsBeside(target);
+  const temp = `${target}${TEMP_MARK}${randomBytes(4).toString('hex')}`;
+  // Recorded before the temp exists and removed after it is gone: a restore killed at any point (a cancelled
+  // job; a copy of a GiB disk takes seconds) leaves a temp the next restore of this target can tell from a live one.
+  const owner = `${temp}${OWNER_SUFFIX}`;
+  await writeFile(owner, JSON.stringify(ownerRecord('restore')), { flag: 'wx' });
   try {
     const linked =
       readOnly &&
@@ -354,6 +363,36 @@ async function placeFile(source: string, target: string, readOnly: boolean): Pro
   } catch (error) {
     await rm(temp, { force: true });
     throw error;
+  } finally {
+    await rm(owner, { force: true });
+  }
+}
+
+/**
+ * Removes the temps a killed restore left beside `target`: those whose owner no longer runs (or, left by a
+ * version that recorded no owner, whose link or copy is a day old). Best effort: what it cannot judge or remove
+ * stays, and the restore goes on.
+ */
+async function removeStaleTempsBeside(target: string): Promise<void> {
+  const dir = dirname(target);
+  const prefix = `${basename(target)}${TEMP_MARK}`;
+  const names = await readdir(dir).catch(() => [] as string[]);
+  for (const name of names) {
+    if (!name.startsWith(prefix) || !TEMP_NAME.test(name.slice(prefix.length))) continue;
+    const temp = join(dir, name.endsWith(OWNER_SUFFIX) ? name.slice(0, -OWNER_SUFFIX.length) : name);
+    try {
+      const owner = await judgeOwnerFile(`${temp}${OWNER_SUFFIX}`, STALE_TEMP_MS);
+      if (owner && !owner.stale) continue;
+      if (!owner) {
+        // ctime: a hard link keeps the entry's old mtime, but linking it changed the inode.
+        const info = await lstat(temp).catch(() => undefined);
+        if (info && Date.now() - info.ctimeMs <= STALE_TEMP_MS) continue;
+      }
+      await rm(temp, { force: true });
+      await rm(`${temp}${OWNER_SUFFIX}`, { force: true });
+    } catch {
+      // a name we cannot judge or remove (a directory, no permission) is not ours to force
+    }
   }
 }
 
