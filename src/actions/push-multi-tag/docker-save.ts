@@ -24,6 +24,11 @@ const CONFIG = 'application/vnd.oci.image.config.v1+json';
  * anything that looks like a layer goes to the layout at once, whatever its size.
  */
 const JSON_LIMIT = 16 * 1024 * 1024;
+/**
+ * All entries held in memory at once: an export's metadata is a few configs and manifests, while an archive of
+ * thousands of 16 MiB entries that are no layer would otherwise all be held until the end.
+ */
+const HELD_LIMIT = 64 * 1024 * 1024;
 /** At most this small, a layer can only be an empty tar: kept in memory too. */
 const TINY = 1024;
 
@@ -173,29 +178,41 @@ export async function dockerSaveToLayout(
   const stored = new Map<string, Stored>();
   const links = new Map<string, string>();
   const unread = new Set<string>();
+  let held = 0;
   await readTar(stream, async (entry, body) => {
+    // One name, one file, the last entry's, as unpacking the archive (docker load) would leave it: `a//b` is
+    // `a/b`, and a file after a symlink of its name replaces the link (and the other way round).
+    const name = posix.normalize(entry.name);
+    const before = stored.get(name);
+    if (before?.kind === 'memory') held -= before.data.length;
+    stored.delete(name);
+    links.delete(name);
+    unread.delete(name);
     if (entry.type === 'symlink') {
-      links.set(entry.name, posix.normalize(posix.join(posix.dirname(entry.name), entry.linkname)));
+      links.set(name, posix.normalize(posix.join(posix.dirname(name), entry.linkname)));
     } else if (entry.type === 'hardlink') {
-      links.set(entry.name, posix.normalize(entry.linkname));
+      links.set(name, posix.normalize(entry.linkname));
     } else if (entry.type === 'file') {
       const { head, all } = await peek(body, 512);
       if (entry.size > TINY && (isTar(head) || compressionOf(head))) {
         const blob = await storeBlob(layoutDir, all, head, options.compress);
-        checkContentAddress(what, entry.name, blob.sourceDigest);
-        stored.set(entry.name, blob);
-      } else if (entry.size <= JSON_LIMIT) {
+        checkContentAddress(what, name, blob.sourceDigest);
+        stored.set(name, blob);
+      } else if (entry.size <= JSON_LIMIT && held + entry.size <= HELD_LIMIT) {
         const parts: Buffer[] = [];
         for await (const part of all) parts.push(part);
         const data = Buffer.concat(parts);
-        checkContentAddress(what, entry.name, digestOf(data));
-        stored.set(entry.name, { kind: 'memory', data });
+        checkContentAddress(what, name, digestOf(data));
+        stored.set(name, { kind: 'memory', data });
+        held += data.length;
       }
       // Anything else is neither a layer nor metadata: left unread (an error if manifest.json names it).
-      else unread.add(entry.name);
+      else unread.add(name);
     }
   });
 
+  const tooLarge = (named: string) =>
+    `${what}: ${named} is too large for image metadata (over ${JSON_LIMIT / 1024 / 1024} MiB, or past ${HELD_LIMIT / 1024 / 1024} MiB of metadata in all) and is no layer.`;
   const resolve = (name: unknown): Stored => {
     let path = typeof name === 'string' ? posix.normalize(name) : '';
     for (let hops = 0; links.has(path) && hops < 16; hops++) path = links.get(path)!;
@@ -203,14 +220,13 @@ export async function dockerSaveToLayout(
     if (!found) {
       const named = typeof name === 'string' ? name : 'an entry';
       throw new Error(
-        unread.has(path)
-          ? `${what}: ${named} is too large for image metadata and is no layer.`
-          : `${what}: the export lacks ${named} named in manifest.json.`,
+        unread.has(path) ? tooLarge(named) : `${what}: the export lacks ${named} named in manifest.json.`,
       );
     }
     return found;
   };
   const index = stored.get('manifest.json');
+  if (unread.has('manifest.json')) throw new Error(tooLarge('manifest.json'));
   if (!index || index.kind !== 'memory')
     throw new Error(`${what}: the export has no manifest.json; is it a docker save archive?`);
   const images = parseJson(index.data, `${what}: manifest.json`);

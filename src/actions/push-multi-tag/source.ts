@@ -7,7 +7,7 @@
  * A child tool's failure becomes one line that says what it means and what to do, with the tool's own words
  * (cut short) at the end; its raw output goes to the debug log only, so nothing is printed twice.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { exec, ExecError } from '../../core/exec.js';
 import { ActionError } from '../../core/run.js';
@@ -179,6 +179,7 @@ export async function openImageSource(
       await mkdir(layout, { recursive: true });
       options.log(`Unpacking ${spec.location}`);
       await run('tar', ['-xf', spec.location, '-C', layout]);
+      await refuseSpecialMembers(layout, subject);
       dir = layout;
     }
     const image = await readOciLayout(dir, spec.ref);
@@ -218,6 +219,23 @@ export async function openImageSource(
   options.log(`Exporting ${from} to an OCI layout`);
   await run('skopeo', [...copyArgs, from, `oci:${layout}:image`]);
   return readOciLayout(layout, 'image');
+}
+
+/**
+ * tar writes only inside the directory, but it makes what the archive says there: a symlink `index.json ->
+ * /etc/shadow` (whose first bytes a JSON error would quote in the log), a blob that links to any file of the
+ * runner, or (as root) a device node. skopeo and podman write an OCI archive of files and directories only.
+ */
+async function refuseSpecialMembers(dir: string, subject: string, under = ''): Promise<void> {
+  for (const entry of await readdir(join(dir, under), { withFileTypes: true })) {
+    const name = under ? `${under}/${entry.name}` : entry.name;
+    if (entry.isDirectory()) await refuseSpecialMembers(dir, subject, name);
+    else if (!entry.isFile()) {
+      throw new ActionError(
+        `cannot read the source ${subject}: the archive holds ${externalText(name, 120)}, a ${entry.isSymbolicLink() ? 'symlink' : 'device, FIFO or socket'}; an OCI archive holds only files and directories.`,
+      );
+    }
+  }
 }
 
 /** skopeo's --src-* flags for a registry source; never a secret (credentials travel in the auth file). */

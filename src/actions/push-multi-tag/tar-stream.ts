@@ -130,6 +130,9 @@ const TYPES: Record<string, TarEntryType> = {
   '1': 'hardlink',
 };
 
+/** Link, symlink, character device, block device, directory, FIFO: a header and nothing after it. */
+const HEADER_ONLY = new Set(['1', '2', '3', '4', '5', '6']);
+
 /**
  * Calls `onEntry` for every entry, in order; its body must be consumed or left alone (the rest is skipped).
  * Resolves at the end-of-archive blocks (or at the end of the stream after a whole entry).
@@ -168,10 +171,15 @@ export async function readTar(
       size = Number(pax.size);
       if (!Number.isSafeInteger(size) || size < 0) throw new Error('a tar PAX size is malformed.');
     }
+    // Go's archive/tar (what docker load reads with) and GNU tar read no data after a link, directory, device
+    // or FIFO whatever its size says; skipping it would hide from us the entries they read there.
+    if (HEADER_ONLY.has(flag) && size !== 0) {
+      throw new Error(`a tar ${TYPES[flag] ?? 'device or FIFO'} entry claims ${size} bytes of data.`);
+    }
     const entry: TarEntry = {
       name: rawName.replace(/^(\.\/)+/, ''),
       type: TYPES[flag] ?? 'other',
-      size: TYPES[flag] === 'file' ? size : flag === '2' || flag === '1' || flag === '5' ? 0 : size,
+      size,
       linkname: pax.linkpath ?? longLink ?? text(header, 157, 100),
     };
     pax = {};

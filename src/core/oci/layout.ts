@@ -136,13 +136,18 @@ function selectDescriptor(dir: string, index: IndexJson, ref: string | undefined
 }
 
 export async function readOciLayout(dir: string, ref?: string): Promise<LocalImage> {
-  let index: IndexJson;
+  let text: string;
   try {
-    index = JSON.parse(
-      (await readRegularFile(join(dir, 'index.json'), INDEX_JSON_LIMIT)).toString('utf8'),
-    ) as IndexJson;
+    text = (await readRegularFile(join(dir, 'index.json'), INDEX_JSON_LIMIT)).toString('utf8');
   } catch (error) {
     throw new Error(`${dir} is not a readable OCI image layout (index.json: ${errorMessage(error)}).`);
+  }
+  let index: IndexJson;
+  try {
+    index = JSON.parse(text) as IndexJson;
+  } catch {
+    // Not JSON.parse's words: they quote the text, and index.json may be a link to any file on the machine.
+    throw new Error(`${dir} is not a readable OCI image layout (index.json is not JSON).`);
   }
   const root = await readManifestTree(dir, selectDescriptor(dir, index, ref));
   const manifests: ManifestNode[] = [];

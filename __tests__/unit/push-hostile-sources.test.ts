@@ -1,0 +1,171 @@
+/**
+ * push-multi-tag's local sources fed what a broken or hostile producer could write: tar headers that lie, an
+ * export whose metadata would not fit in memory, a name given twice, an OCI archive of links out of its
+ * directory. Archives are built here block by block (no tar writer makes these), read back as streams.
+ */
+import { describe, expect, it, beforeAll, afterAll } from '@jest/globals';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { readOciLayout } from '../../src/core/oci/layout.js';
+import { dockerSaveToLayout } from '../../src/actions/push-multi-tag/docker-save.js';
+import { openImageSource } from '../../src/actions/push-multi-tag/source.js';
+import { readTar } from '../../src/actions/push-multi-tag/tar-stream.js';
+
+const sha = (data: Buffer) => `sha256:${createHash('sha256').update(data).digest('hex')}`;
+let work: string;
+beforeAll(() => {
+  work = mkdtempSync(join(tmpdir(), 'ici-hostile-'));
+});
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+/** One ustar header block, with whatever size and type it is told to claim. */
+function header(name: string, size: number, type = '0', link = ''): Buffer {
+  const block = Buffer.alloc(512);
+  block.write(name, 0, 100, 'utf8');
+  block.write('0000644\0', 100, 'ascii');
+  block.write('0000000\0', 108, 'ascii');
+  block.write('0000000\0', 116, 'ascii');
+  block.write(`${size.toString(8).padStart(11, '0')}\0`, 124, 'ascii');
+  block.write('00000000000\0', 136, 'ascii');
+  block.write(type, 156, 'ascii');
+  block.write(link, 157, 100, 'utf8');
+  block.write('ustar\x0000', 257, 'ascii');
+  block.fill(0x20, 148, 156);
+  let sum = 0;
+  for (const byte of block) sum += byte;
+  block.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'ascii');
+  return block;
+}
+
+const pad = (data: Buffer) => Buffer.concat([data, Buffer.alloc((512 - (data.length % 512)) % 512)]);
+const file = (name: string, data: Buffer) => [header(name, data.length), pad(data)];
+const END = Buffer.alloc(1024);
+
+/** A layer (an empty tar, as docker writes for metadata-only steps), its config and a manifest.json. */
+function image(configName = 'c.json', extra: object = {}) {
+  const layer = Buffer.alloc(1024);
+  const config = Buffer.from(
+    JSON.stringify({ ...extra, rootfs: { type: 'layers', diff_ids: [sha(layer)] } }),
+  );
+  const manifest = Buffer.from(JSON.stringify([{ Config: configName, Layers: ['l/layer.tar'] }]));
+  return { layer, config, manifest };
+}
+
+async function toLayout(stream: AsyncIterable<Buffer>) {
+  const layoutDir = mkdtempSync(join(work, 'layout-'));
+  await dockerSaveToLayout(stream, { layoutDir, compress: 'none', what: 'docker-daemon:x' });
+  return readOciLayout(layoutDir, 'image');
+}
+
+describe('readTar against headers that lie', () => {
+  it.each([
+    ['symlink', '2'],
+    ['hardlink', '1'],
+    ['directory', '5'],
+    ['device or FIFO', '6'],
+  ])('a %s that claims data is refused: Go and GNU tar read the next header there', async (kind, type) => {
+    // What docker load would read as the archive's manifest.json sits where the link claims its data is.
+    const hidden = header('manifest.json', 2);
+    const stream = Buffer.concat([header('x', 1024, type, 'y'), hidden, pad(Buffer.from('[]')), END]);
+    const names: string[] = [];
+    await expect(
+      readTar(Readable.from([stream]), async (entry) => {
+        names.push(entry.name);
+      }),
+    ).rejects.toThrow(`a tar ${kind} entry claims 1024 bytes of data.`);
+    expect(names).toEqual([]);
+  });
+});
+
+describe('dockerSaveToLayout against a hostile export', () => {
+  it('holds at most 64 MiB of entries that are no layer in memory, and says so when what it needs came past it', async () => {
+    const { layer, config, manifest } = image();
+    const filler = Buffer.alloc(16 * 1024 * 1024, 0x20);
+    async function* stream() {
+      // Four 16 MiB entries that are neither layers nor too large for metadata, each kept until manifest.json.
+      for (let i = 0; i < 4; i++) yield* file(`junk${i}`, filler);
+      yield* file('c.json', config);
+      yield* file('l/layer.tar', layer);
+      yield* file('manifest.json', manifest);
+      yield END;
+    }
+    await expect(toLayout(stream())).rejects.toThrow(
+      'docker-daemon:x: manifest.json is too large for image metadata (over 16 MiB, or past 64 MiB of metadata in all) and is no layer.',
+    );
+
+    // The same name given again replaces what it held: only what is still named counts.
+    async function* again() {
+      for (let i = 0; i < 5; i++) yield* file('junk', filler);
+      yield* file('c.json', config);
+      yield* file('l/layer.tar', layer);
+      yield* file('manifest.json', manifest);
+      yield END;
+    }
+    expect((await toLayout(again())).blobs[0]!.digest).toBe(sha(config));
+  });
+
+  it('a name given twice is what the later entry holds, a file after a symlink of that name too (as docker load unpacks it)', async () => {
+    const { layer, config, manifest } = image();
+    const decoy = image('c.json', { os: 'decoy' }).config;
+    const stream = Buffer.concat([
+      ...file('decoy.json', decoy),
+      header('c.json', 0, '2', 'decoy.json'),
+      ...file('c.json', config),
+      ...file('l/layer.tar', layer),
+      ...file('manifest.json', Buffer.from('[]')),
+      ...file('manifest.json', manifest),
+      END,
+    ]);
+    const read = await toLayout(Readable.from([stream]));
+    expect(read.blobs[0]!.digest).toBe(sha(config));
+  });
+});
+
+describe('an OCI archive or layout that points out of itself', () => {
+  const secret = () => {
+    const path = join(work, `secret-${Math.random().toString(36).slice(2)}`);
+    writeFileSync(path, 'root:$6$SECRETHASH:19000:0:99999:7:::\n');
+    return path;
+  };
+
+  it.each([
+    ['index.json', 'index.json'],
+    ['a blob', `blobs/sha256/${'a'.repeat(64)}`],
+  ])(
+    'oci-archive: %s that is a symlink to a file of the runner is refused, its content never read',
+    async (_what, member) => {
+      const dir = mkdtempSync(join(work, 'archive-'));
+      mkdirSync(join(dir, 'blobs', 'sha256'), { recursive: true });
+      writeFileSync(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+      if (member !== 'index.json') writeFileSync(join(dir, 'index.json'), '{"manifests":[]}');
+      symlinkSync(secret(), join(dir, member));
+      const archive = join(work, `${Math.random().toString(36).slice(2)}.tar`);
+      execFileSync('tar', ['-cf', archive, '-C', dir, '.']);
+      const scratch = mkdtempSync(join(work, 'scratch-'));
+      const failure = await openImageSource(
+        { transport: 'oci-archive', location: archive },
+        { scratch, timeoutMs: 30_000, log: () => undefined, tlsVerify: true },
+      ).then(
+        () => new Error('read'),
+        (error: Error) => error,
+      );
+      expect(failure.message).toBe(
+        `cannot read the source oci-archive:${archive}: the archive holds ${member}, a symlink; an OCI archive holds only files and directories.`,
+      );
+    },
+  );
+
+  it('a layout whose index.json is no JSON: the error does not quote it (it may be a link to any file)', async () => {
+    const dir = mkdtempSync(join(work, 'layout-'));
+    symlinkSync(secret(), join(dir, 'index.json'));
+    const failure = await readOciLayout(dir).then(
+      () => new Error('read'),
+      (error: Error) => error,
+    );
+    expect(failure.message).toBe(`${dir} is not a readable OCI image layout (index.json is not JSON).`);
+  });
+});
