@@ -7,11 +7,13 @@ import { describe, expect, it, beforeAll, afterAll } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createServer, type ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { readOciLayout } from '../../src/core/oci/layout.js';
 import { dockerSaveToLayout } from '../../src/actions/push-multi-tag/docker-save.js';
+import { readDockerDaemonImage } from '../../src/actions/push-multi-tag/docker-daemon.js';
 import { openImageSource } from '../../src/actions/push-multi-tag/source.js';
 import { readTar } from '../../src/actions/push-multi-tag/tar-stream.js';
 
@@ -167,5 +169,62 @@ describe('an OCI archive or layout that points out of itself', () => {
       (error: Error) => error,
     );
     expect(failure.message).toBe(`${dir} is not a readable OCI image layout (index.json is not JSON).`);
+  });
+});
+
+/**
+ * A broken engine cannot be made of dockerd: this one is a mock (an HTTP server on a unix socket, as DOCKER_HOST
+ * names one), answering `GET /images/get` with what it is told.
+ */
+describe('docker-daemon: a mock engine that answers 200 with no image export', () => {
+  async function exportFrom(answer: (res: ServerResponse) => void, timeoutMs = 30_000): Promise<string> {
+    const dir = mkdtempSync(join(work, 'engine-'));
+    const socket = join(dir, 'docker.sock');
+    const server = createServer((_req, res) => answer(res));
+    await new Promise<void>((resolve) => server.listen(socket, resolve));
+    try {
+      return await readDockerDaemonImage('x:1', {
+        scratch: dir,
+        timeoutMs,
+        log: () => undefined,
+        env: { DOCKER_HOST: `unix://${socket}` },
+      }).then(
+        () => 'read',
+        (error: Error) => error.message,
+      );
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
+  }
+
+  it('an error page: no tar archive, said once, in one line whatever the export names', async () => {
+    expect(
+      await exportFrom((res) =>
+        res.writeHead(200, { 'content-type': 'text/html' }).end('<html>oops</html>'.repeat(40)),
+      ),
+    ).toBe(
+      'cannot read the source docker-daemon:x:1: the stream is not a tar archive (bad header checksum).',
+    );
+    const { config } = image();
+    const hostile = Buffer.from(
+      JSON.stringify([{ Config: 'c.json', Layers: ['\n::error::pwned\u202e\u001b[31m'] }]),
+    );
+    const said = await exportFrom((res) =>
+      res
+        .writeHead(200)
+        .end(Buffer.concat([...file('c.json', config), ...file('manifest.json', hostile), END])),
+    );
+    expect(said).toMatch(
+      /^cannot read the source docker-daemon:x:1: the export lacks {2}::error::pwned \[31m named in manifest\.json\.$/,
+    );
+  });
+
+  it('a body that stops coming fails at the export deadline, saying so', async () => {
+    expect(
+      await exportFrom((res) => {
+        res.writeHead(200).write(header('l/layer.tar', 1 << 20));
+      }, 1000),
+    ).toBe("cannot read the source docker-daemon:x:1: the Docker engine's export did not end within 1.0 s.");
   });
 });

@@ -24,6 +24,7 @@ import { externalText, ERROR_BODY_LIMIT } from '../../core/oci/response.js';
 import { openImageSource, type Compression } from './source.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { dockerSaveToLayout } from './docker-save.js';
+import { formatDuration } from '../../core/summary.js';
 
 const DEFAULT_DOCKER_HOST = 'unix:///var/run/docker.sock';
 /** The engine may prepare the whole export before its first byte (classic `docker save` does). */
@@ -185,9 +186,13 @@ export async function readDockerDaemonImage(ref: string, options: DockerDaemonOp
       });
     } catch (error) {
       if (error instanceof ActionError) throw error;
-      throw new ActionError(`cannot read the source ${subject}: ${externalText(errorMessage(error), 300)}`, {
-        cause: error,
-      });
+      // The export's own messages name the source already.
+      const said = errorMessage(error).replace(`${subject}: `, '');
+      const why =
+        (error as { name?: unknown }).name === 'TimeoutError'
+          ? `the Docker engine's export did not end within ${formatDuration(options.timeoutMs)}.`
+          : externalText(said, 300);
+      throw new ActionError(`cannot read the source ${subject}: ${why}`, { cause: error });
     }
   } finally {
     // destroy, not close: after a failure mid-export the rest of the body is not wanted, and close would wait for it.

@@ -102,7 +102,12 @@ function number(block: Buffer, offset: number, length: number): number {
 function checksumOk(block: Buffer): boolean {
   let sum = 0;
   for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : block[i]!;
-  return sum === number(block, 148, 8);
+  try {
+    return sum === number(block, 148, 8);
+  } catch {
+    // No number where the checksum goes (an HTML error page): no tar header, not a damaged one.
+    return false;
+  }
 }
 
 function parsePax(data: Buffer): Record<string, string> {
