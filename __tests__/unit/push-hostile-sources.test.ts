@@ -127,6 +127,30 @@ describe('dockerSaveToLayout against a hostile export', () => {
   });
 });
 
+describe('dockerSaveToLayout against an export listing one layer 30,000 times', () => {
+  it('is refused at once: no registry takes a manifest that large (4 MiB)', async () => {
+    // A real layer tar (a header and the end blocks), stored to disk like any other.
+    const layer = Buffer.concat([header('f', 0), END]);
+    const count = 30_000;
+    const config = Buffer.from(JSON.stringify({ rootfs: { diff_ids: Array(count).fill(sha(layer)) } }));
+    const manifest = Buffer.from(
+      JSON.stringify([{ Config: 'c.json', Layers: Array(count).fill('l/layer.tar') }]),
+    );
+    const stream = Buffer.concat([
+      ...file('c.json', config),
+      ...file('l/layer.tar', layer),
+      ...file('manifest.json', manifest),
+      END,
+    ]);
+    const layoutDir = mkdtempSync(join(work, 'layout-'));
+    await expect(
+      dockerSaveToLayout(Readable.from([stream]), { layoutDir, compress: 'gzip', what: 'docker-daemon:x' }),
+    ).rejects.toThrow(
+      /^docker-daemon:x: the image lists 30000 layers; its manifest would be \d+ bytes, more than registries take \(4194304\)\.$/,
+    );
+  });
+});
+
 describe('an OCI archive or layout that points out of itself', () => {
   const secret = () => {
     const path = join(work, `secret-${Math.random().toString(36).slice(2)}`);

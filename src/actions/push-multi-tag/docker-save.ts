@@ -13,7 +13,7 @@ import { join, posix } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { digestOf } from '../../core/oci/digest.js';
-import { MediaType, type Descriptor } from '../../core/oci/media-types.js';
+import { MANIFEST_LIMIT, MediaType, type Descriptor } from '../../core/oci/media-types.js';
 import { REF_NAME_ANNOTATION } from '../../core/oci/layout.js';
 import { readTar } from './tar-stream.js';
 
@@ -248,12 +248,18 @@ export async function dockerSaveToLayout(
   }
 
   const layers: Descriptor[] = [];
+  // A small layer listed again (an empty one, after each metadata-only step) is compressed once, however often.
+  const converted = new Map<Buffer, StoredBlob>();
   for (const [i, name] of layerNames.entries()) {
     const entry = resolve(name);
-    const layer =
-      entry.kind === 'memory'
-        ? await storeBlob(layoutDir, [entry.data], entry.data.subarray(0, 512), options.compress)
-        : entry;
+    let layer: StoredBlob;
+    if (entry.kind === 'blob') layer = entry;
+    else {
+      layer =
+        converted.get(entry.data) ??
+        (await storeBlob(layoutDir, [entry.data], entry.data.subarray(0, 512), options.compress));
+      converted.set(entry.data, layer);
+    }
     if (layer.diffId !== undefined && layer.diffId !== diffIds[i]) {
       throw new Error(
         `${what}: layer ${i + 1} (${String(name)}) has content ${layer.diffId}; the config says ${String(diffIds[i])}.`,
@@ -265,6 +271,11 @@ export async function dockerSaveToLayout(
   const manifest = Buffer.from(
     JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociManifest, config: configDescriptor, layers }),
   );
+  if (manifest.length > MANIFEST_LIMIT) {
+    throw new Error(
+      `${what}: the image lists ${layers.length} layers; its manifest would be ${manifest.length} bytes, more than registries take (${MANIFEST_LIMIT}).`,
+    );
+  }
   const manifestDescriptor = await writeBlob(layoutDir, manifest, MediaType.ociManifest);
   await writeFile(join(layoutDir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
   await writeFile(
