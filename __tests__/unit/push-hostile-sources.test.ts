@@ -36,6 +36,11 @@ function header(name: string, size: number, type = '0', link = ''): Buffer {
   block.write(type, 156, 'ascii');
   block.write(link, 157, 100, 'utf8');
   block.write('ustar\x0000', 257, 'ascii');
+  return sealed(block);
+}
+
+/** The block with its checksum (again), after it was written to. */
+function sealed(block: Buffer): Buffer {
   block.fill(0x20, 148, 156);
   let sum = 0;
   for (const byte of block) sum += byte;
@@ -80,6 +85,27 @@ describe('readTar against headers that lie', () => {
       }),
     ).rejects.toThrow(`a tar ${kind} entry claims 1024 bytes of data.`);
     expect(names).toEqual([]);
+  });
+});
+
+describe('readTar reads names as Go and GNU tar do', () => {
+  it("a GNU header's time fields are no name prefix", async () => {
+    const gnu = header('manifest.json', 0);
+    gnu.write('ustar  \0', 257, 'latin1');
+    gnu.write('evil', 345, 'latin1');
+    sealed(gnu);
+    const names: string[] = [];
+    await readTar(Readable.from([Buffer.concat([gnu, END])]), async (entry) => {
+      names.push(entry.name);
+    });
+    expect(names).toEqual(['manifest.json']);
+  });
+
+  it('a GNU sparse file (whose map may go on past its header) is refused', async () => {
+    const stream = Buffer.concat([header('x', 512, 'S'), Buffer.alloc(512), END]);
+    await expect(readTar(Readable.from([stream]), async () => undefined)).rejects.toThrow(
+      'a tar entry is a GNU sparse file; an image export holds none.',
+    );
   });
 });
 

@@ -169,7 +169,9 @@ export async function readTar(
       else if (flag === 'K') longLink = text(data, 0, data.length);
       continue;
     }
-    const prefix = header.subarray(257, 262).toString('ascii') === 'ustar' ? text(header, 345, 155) : '';
+    // Only POSIX `ustar\0` headers have a prefix; GNU's `ustar ` keeps times there, which Go and GNU tar never
+    // read as part of the name.
+    const prefix = header.subarray(257, 263).toString('latin1') === 'ustar\0' ? text(header, 345, 155) : '';
     const rawName =
       pax.path ?? longName ?? (prefix ? `${prefix}/${text(header, 0, 100)}` : text(header, 0, 100));
     if (pax.size !== undefined) {
@@ -181,6 +183,8 @@ export async function readTar(
     if (HEADER_ONLY.has(flag) && size !== 0) {
       throw new Error(`a tar ${TYPES[flag] ?? 'device or FIFO'} entry claims ${size} bytes of data.`);
     }
+    // A GNU sparse file's map may go on in blocks after its header, which Go reads and we would take for data.
+    if (flag === 'S') throw new Error('a tar entry is a GNU sparse file; an image export holds none.');
     const entry: TarEntry = {
       name: rawName.replace(/^(\.\/)+/, ''),
       type: TYPES[flag] ?? 'other',
