@@ -74,18 +74,22 @@ describe('readTar against headers that lie', () => {
     ['hardlink', '1'],
     ['directory', '5'],
     ['device or FIFO', '6'],
-  ])('a %s that claims data is refused: Go and GNU tar read the next header there', async (kind, type) => {
-    // What docker load would read as the archive's manifest.json sits where the link claims its data is.
-    const hidden = header('manifest.json', 2);
-    const stream = Buffer.concat([header('x', 1024, type, 'y'), hidden, pad(Buffer.from('[]')), END]);
-    const names: string[] = [];
-    await expect(
-      readTar(Readable.from([stream]), async (entry) => {
-        names.push(entry.name);
-      }),
-    ).rejects.toThrow(`a tar ${kind} entry claims 1024 bytes of data.`);
-    expect(names).toEqual([]);
-  });
+    ['directory', '\0', 'x/'],
+  ])(
+    'a %s that claims data is refused: Go and GNU tar read the next header there',
+    async (kind, type, name = 'x') => {
+      // What docker load would read as the archive's manifest.json sits where the link claims its data is.
+      const hidden = header('manifest.json', 2);
+      const stream = Buffer.concat([header(name, 1024, type, 'y'), hidden, pad(Buffer.from('[]')), END]);
+      const names: string[] = [];
+      await expect(
+        readTar(Readable.from([stream]), async (entry) => {
+          names.push(entry.name);
+        }),
+      ).rejects.toThrow(`a tar ${kind} entry claims 1024 bytes of data.`);
+      expect(names).toEqual([]);
+    },
+  );
 });
 
 describe('readTar reads names as Go and GNU tar do', () => {

@@ -178,16 +178,18 @@ export async function readTar(
       size = Number(pax.size);
       if (!Number.isSafeInteger(size) || size < 0) throw new Error('a tar PAX size is malformed.');
     }
+    // An old-style file entry named like a directory is one to Go and GNU tar (and so has no data).
+    const kind = flag === '\0' && rawName.endsWith('/') ? '5' : flag;
     // Go's archive/tar (what docker load reads with) and GNU tar read no data after a link, directory, device
     // or FIFO whatever its size says; skipping it would hide from us the entries they read there.
-    if (HEADER_ONLY.has(flag) && size !== 0) {
-      throw new Error(`a tar ${TYPES[flag] ?? 'device or FIFO'} entry claims ${size} bytes of data.`);
+    if (HEADER_ONLY.has(kind) && size !== 0) {
+      throw new Error(`a tar ${TYPES[kind] ?? 'device or FIFO'} entry claims ${size} bytes of data.`);
     }
     // A GNU sparse file's map may go on in blocks after its header, which Go reads and we would take for data.
-    if (flag === 'S') throw new Error('a tar entry is a GNU sparse file; an image export holds none.');
+    if (kind === 'S') throw new Error('a tar entry is a GNU sparse file; an image export holds none.');
     const entry: TarEntry = {
       name: rawName.replace(/^(\.\/)+/, ''),
-      type: TYPES[flag] ?? 'other',
+      type: TYPES[kind] ?? 'other',
       size,
       linkname: pax.linkpath ?? longLink ?? text(header, 157, 100),
     };
