@@ -74,7 +74,7 @@ describe('readTar against headers that lie', () => {
     ['hardlink', '1', 'x', 'hardlink'],
     ['directory', '5', 'x', 'directory'],
     ['FIFO', '6', 'x', 'device or FIFO'],
-    ['type-0 file named x/ (a directory to Go)', '\0', 'x/', 'directory'],
+    ['NUL-typed (old-style) file named x/, a directory to Go,', '\0', 'x/', 'directory'],
   ])(
     'a %s that claims data is refused: Go and GNU tar read the next header there',
     async (_what, type, name, kind) => {
