@@ -216,8 +216,13 @@ export async function openImageSource(
     await run('podman', ['--url', remote, 'save', '--format', 'oci-archive', '-o', archive, spec.location]);
     from = `oci-archive:${archive}`;
   }
+  // containers/image puts its big temporary files (an oci-archive unpacked, a compressed docker-archive
+  // decompressed) in /var/tmp whatever TMPDIR says, where a killed step would leave them: here they go with the
+  // scratch dir, which post removes too.
+  const tmp = join(options.scratch, 'tmp');
+  await mkdir(tmp, { recursive: true });
   options.log(`Exporting ${from} to an OCI layout`);
-  await run('skopeo', [...copyArgs, from, `oci:${layout}:image`]);
+  await run('skopeo', ['--tmpdir', tmp, ...copyArgs, from, `oci:${layout}:image`]);
   return readOciLayout(layout, 'image');
 }
 
