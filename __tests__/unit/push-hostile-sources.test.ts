@@ -157,6 +157,38 @@ describe('dockerSaveToLayout against a hostile export', () => {
   });
 });
 
+describe('dockerSaveToLayout finds names as docker load does (the archive unpacked in a chroot)', () => {
+  it('`/manifest.json` is manifest.json, and the later one wins', async () => {
+    const { layer, config, manifest } = image();
+    const decoy = image('decoy.json').manifest;
+    const stream = Buffer.concat([
+      ...file('decoy.json', image('c.json', { os: 'decoy' }).config),
+      ...file('c.json', config),
+      ...file('l/layer.tar', layer),
+      ...file('manifest.json', decoy),
+      ...file('/manifest.json', manifest),
+      END,
+    ]);
+    expect((await toLayout(Readable.from([stream]))).blobs[0]!.digest).toBe(sha(config));
+  });
+
+  it('an absolute symlink target is read from the archive root, not from the link directory', async () => {
+    const { layer, config } = image();
+    const stream = Buffer.concat([
+      ...file('x.json', config),
+      ...file('a/x.json', image('c.json', { os: 'decoy' }).config),
+      header('a/c.json', 0, '2', '/x.json'),
+      ...file('l/layer.tar', layer),
+      ...file(
+        'manifest.json',
+        Buffer.from(JSON.stringify([{ Config: 'a/c.json', Layers: ['l/layer.tar'] }])),
+      ),
+      END,
+    ]);
+    expect((await toLayout(Readable.from([stream]))).blobs[0]!.digest).toBe(sha(config));
+  });
+});
+
 describe('dockerSaveToLayout against an export listing one layer 30,000 times', () => {
   it('is refused at once: no registry takes a manifest that large (4 MiB)', async () => {
     // A real layer tar (a header and the end blocks), stored to disk like any other.

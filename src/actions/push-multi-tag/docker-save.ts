@@ -157,6 +157,11 @@ function checkContentAddress(what: string, name: string, digest: string): void {
   }
 }
 
+/** A path in the archive as docker load finds it: the archive is unpacked in a chroot, where `/x` and `../x` are `x`. */
+function inArchive(path: string): string {
+  return posix.join('/', path).slice(1);
+}
+
 function parseJson(data: Buffer, what: string): unknown {
   try {
     return JSON.parse(data.toString('utf8')) as unknown;
@@ -180,18 +185,18 @@ export async function dockerSaveToLayout(
   const unread = new Set<string>();
   let held = 0;
   await readTar(stream, async (entry, body) => {
-    // One name, one file, the last entry's, as unpacking the archive (docker load) would leave it: `a//b` is
-    // `a/b`, and a file after a symlink of its name replaces the link (and the other way round).
-    const name = posix.normalize(entry.name);
+    // One name, one file, the last entry's, as unpacking the archive (docker load) would leave it: `a//b` and
+    // `/a/b` are `a/b`, and a file after a symlink of its name replaces the link (and the other way round).
+    const name = inArchive(entry.name);
     const before = stored.get(name);
     if (before?.kind === 'memory') held -= before.data.length;
     stored.delete(name);
     links.delete(name);
     unread.delete(name);
     if (entry.type === 'symlink') {
-      links.set(name, posix.normalize(posix.join(posix.dirname(name), entry.linkname)));
+      links.set(name, inArchive(posix.resolve('/', posix.dirname(name), entry.linkname)));
     } else if (entry.type === 'hardlink') {
-      links.set(name, posix.normalize(entry.linkname));
+      links.set(name, inArchive(entry.linkname));
     } else if (entry.type === 'file') {
       const { head, all } = await peek(body, 512);
       if (entry.size > TINY && (isTar(head) || compressionOf(head))) {
@@ -214,7 +219,7 @@ export async function dockerSaveToLayout(
   const tooLarge = (named: string) =>
     `${what}: ${named} is too large for image metadata (over ${JSON_LIMIT / 1024 / 1024} MiB, or past ${HELD_LIMIT / 1024 / 1024} MiB of metadata in all) and is no layer.`;
   const resolve = (name: unknown): Stored => {
-    let path = typeof name === 'string' ? posix.normalize(name) : '';
+    let path = typeof name === 'string' ? inArchive(name) : '';
     for (let hops = 0; links.has(path) && hops < 16; hops++) path = links.get(path)!;
     const found = stored.get(path);
     if (!found) {
