@@ -105,8 +105,31 @@ describe('readTar reads names as Go and GNU tar do', () => {
     expect(names).toEqual(['manifest.json']);
   });
 
-  it('a GNU sparse file (whose map may go on past its header) is refused', async () => {
-    const stream = Buffer.concat([header('x', 512, 'S'), Buffer.alloc(512), END]);
+  /** PAX records, each `<length> <key>=<value>\n` where the length counts itself. */
+  const paxRecords = (records: Record<string, string>) =>
+    Buffer.from(
+      Object.entries(records)
+        .map(([key, value]) => {
+          const body = ` ${key}=${value}\n`;
+          const length = body.length + String(body.length + 2).length;
+          return `${length}${body}`;
+        })
+        .join(''),
+    );
+  const sparsePax = paxRecords({
+    'GNU.sparse.major': '1',
+    'GNU.sparse.minor': '0',
+    'GNU.sparse.name': 'manifest.json',
+    'GNU.sparse.realsize': '2',
+  });
+  it.each([
+    ['an old GNU one (its map may go on past its header)', [header('x', 512, 'S'), Buffer.alloc(512)]],
+    [
+      'a PAX one (its map starts its data; GNU.sparse.name is its real name to Go)',
+      [header('PaxHeaders/x', sparsePax.length, 'x'), pad(sparsePax), header('x', 512), Buffer.alloc(512)],
+    ],
+  ])('a GNU sparse file, %s, is refused', async (_what, blocks) => {
+    const stream = Buffer.concat([...blocks, END]);
     await expect(readTar(Readable.from([stream]), async () => undefined)).rejects.toThrow(
       'a tar entry is a GNU sparse file; an image export holds none.',
     );

@@ -185,8 +185,10 @@ export async function readTar(
     if (HEADER_ONLY.has(kind) && size !== 0) {
       throw new Error(`a tar ${TYPES[kind] ?? 'device or FIFO'} entry claims ${size} bytes of data.`);
     }
-    // A GNU sparse file's map may go on in blocks after its header, which Go reads and we would take for data.
-    if (kind === 'S') throw new Error('a tar entry is a GNU sparse file; an image export holds none.');
+    // A GNU sparse file's map goes on in blocks after its header (old GNU) or at the start of its data (PAX, with
+    // its real name in GNU.sparse.name): Go reads it, we would take it for data.
+    if (kind === 'S' || Object.keys(pax).some((key) => key.startsWith('GNU.sparse.')))
+      throw new Error('a tar entry is a GNU sparse file; an image export holds none.');
     const entry: TarEntry = {
       name: rawName.replace(/^(\.\/)+/, ''),
       type: TYPES[kind] ?? 'other',
