@@ -329,6 +329,22 @@ describe('docker-daemon: a mock engine that answers 200 with no image export', (
     );
   });
 
+  it('an error answer whose body never ends: its start is quoted at once, the rest never read', async () => {
+    const said = await exportFrom((res) => {
+      res.writeHead(500);
+      res.write('{"message":"engine trouble"}');
+      const more = Buffer.alloc(64 * 1024, 0x20);
+      const write = () => {
+        while (res.write(more));
+        res.once('drain', write);
+      };
+      write();
+    }, 3000);
+    expect(said).toBe(
+      'cannot read the source docker-daemon:x:1: the Docker engine answered HTTP 500: engine trouble.',
+    );
+  });
+
   it('a body that stops coming fails at the export deadline, saying so', async () => {
     expect(
       await exportFrom((res) => {

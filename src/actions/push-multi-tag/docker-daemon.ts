@@ -20,7 +20,7 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from 'undici';
 import { readOciLayout, type LocalImage } from '../../core/oci/layout.js';
-import { externalText, ERROR_BODY_LIMIT } from '../../core/oci/response.js';
+import { externalText, ERROR_BODY_LIMIT, readPrefix } from '../../core/oci/response.js';
 import { openImageSource, type Compression } from './source.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { dockerSaveToLayout } from './docker-save.js';
@@ -173,9 +173,10 @@ export async function readDockerDaemonImage(ref: string, options: DockerDaemonOp
         throw new ActionError(`cannot read the source ${subject}: ${unreachable(error, engine.address)}`);
       });
     if (response.statusCode !== 200) {
-      const body = await response.body.text().catch(() => '');
+      // Its start only: an engine (or what answers in its place) may send an error page that never ends.
+      const body = await readPrefix(response.body, ERROR_BODY_LIMIT).catch(() => Buffer.alloc(0));
       throw new ActionError(
-        `cannot read the source ${subject}: ${engineRefusal(response.statusCode, body.slice(0, ERROR_BODY_LIMIT), ref)}`,
+        `cannot read the source ${subject}: ${engineRefusal(response.statusCode, body.toString('utf8'), ref)}`,
       );
     }
     try {
