@@ -2,6 +2,7 @@
  * An OCI layout is content from outside (a build step, a downloaded artifact): a manifest, an index.json or a
  * referrer in it that is a FIFO or a device must fail the push at once, naming the file, before any tag moves.
  * Reading one whole used to wait forever for a writer that never comes. Real docker-registry as destination.
+ * An oci-archive's directory of mode 0000 must not outlive the step on a runner that is not root.
  */
 import { afterAll, beforeAll, expect, it } from '@jest/globals';
 import { execFileSync, spawn } from 'node:child_process';
