@@ -163,6 +163,22 @@ describe('dockerSaveToLayout against a hostile export', () => {
     expect((await toLayout(again())).blobs[0]!.digest).toBe(sha(config));
   });
 
+  it('keeps at most 16 MiB of entry names: an export of megabyte names (that may never end) is refused', async () => {
+    async function* stream() {
+      for (let i = 0; i < 20; i++) {
+        const record = Buffer.from(` path=${String(i).padStart(1_000_000, 'n')}\n`);
+        const pax = Buffer.concat([Buffer.from(String(record.length + 7)), record]);
+        yield header('PaxHeaders/n', pax.length, 'x');
+        yield pad(pax);
+        yield* file('n', Buffer.from('{}'));
+      }
+      yield END;
+    }
+    await expect(toLayout(stream())).rejects.toThrow(
+      "docker-daemon:x: the export's entry names pass 16 MiB; no image has that many.",
+    );
+  });
+
   it('a name given twice is what the later entry holds, a file after a symlink of that name too (as docker load unpacks it)', async () => {
     const { layer, config, manifest } = image();
     const decoy = image('c.json', { os: 'decoy' }).config;

@@ -29,6 +29,8 @@ const JSON_LIMIT = 16 * 1024 * 1024;
  * thousands of 16 MiB entries that are no layer would otherwise all be held until the end.
  */
 const HELD_LIMIT = 64 * 1024 * 1024;
+/** Entry names and link targets, all kept until manifest.json: an export's come to a few KiB. */
+const NAMES_LIMIT = 16 * 1024 * 1024;
 /** At most this small, a layer can only be an empty tar: kept in memory too. */
 const TINY = 1024;
 
@@ -184,10 +186,20 @@ export async function dockerSaveToLayout(
   const links = new Map<string, string>();
   const unread = new Set<string>();
   let held = 0;
+  let named = 0;
   await readTar(stream, async (entry, body) => {
     // One name, one file, the last entry's, as unpacking the archive (docker load) would leave it: `a//b` and
     // `/a/b` are `a/b`, and a file after a symlink of its name replaces the link (and the other way round).
     const name = inArchive(entry.name);
+    if (entry.type === 'file' || entry.type === 'symlink' || entry.type === 'hardlink') {
+      // Bounded like the data held: an export that never ends, of entries with megabyte names, would be kept whole.
+      named += name.length + entry.linkname.length;
+      if (named > NAMES_LIMIT) {
+        throw new Error(
+          `${what}: the export's entry names pass ${NAMES_LIMIT / 1024 / 1024} MiB; no image has that many.`,
+        );
+      }
+    }
     const before = stored.get(name);
     if (before?.kind === 'memory') held -= before.data.length;
     stored.delete(name);
