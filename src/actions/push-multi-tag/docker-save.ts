@@ -29,8 +29,12 @@ const JSON_LIMIT = 16 * 1024 * 1024;
  * thousands of 16 MiB entries that are no layer would otherwise all be held until the end.
  */
 const HELD_LIMIT = 64 * 1024 * 1024;
-/** Entry names and link targets, all kept until manifest.json: an export's come to a few KiB. */
+/**
+ * What is kept of every entry until manifest.json: its name and link target, and ENTRY_COST bytes (generously)
+ * for the bookkeeping. At most 16,384 entries then, where an export has a few hundred.
+ */
 const NAMES_LIMIT = 16 * 1024 * 1024;
+const ENTRY_COST = 1024;
 /** At most this small, a layer can only be an empty tar: kept in memory too. */
 const TINY = 1024;
 
@@ -193,10 +197,10 @@ export async function dockerSaveToLayout(
     const name = inArchive(entry.name);
     if (entry.type === 'file' || entry.type === 'symlink' || entry.type === 'hardlink') {
       // Bounded like the data held: an export that never ends, of entries with megabyte names, would be kept whole.
-      named += name.length + entry.linkname.length;
+      named += name.length + entry.linkname.length + ENTRY_COST;
       if (named > NAMES_LIMIT) {
         throw new Error(
-          `${what}: the export's entry names pass ${NAMES_LIMIT / 1024 / 1024} MiB; no image has that many.`,
+          `${what}: the export's entries and their names pass ${NAMES_LIMIT / 1024 / 1024} MiB; no image has that many.`,
         );
       }
     }
