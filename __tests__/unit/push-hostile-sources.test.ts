@@ -259,6 +259,56 @@ describe('dockerSaveToLayout against an export listing one layer 30,000 times', 
   });
 });
 
+describe('JSON of the wrong shape: said as such, not as a TypeError', () => {
+  it.each([
+    [
+      'manifest.json of [null]',
+      Buffer.from('[null]'),
+      image().config,
+      'the export lacks an entry named in manifest.json.',
+    ],
+    [
+      'a config of null',
+      image().manifest,
+      Buffer.from('null'),
+      'manifest.json lists 1 layers, the config no diff_ids.',
+    ],
+  ])('docker-daemon: %s', async (_what, manifest, config, message) => {
+    const stream = Buffer.concat([
+      ...file('c.json', config),
+      ...file('l/layer.tar', image().layer),
+      ...file('manifest.json', manifest),
+      END,
+    ]);
+    await expect(toLayout(Readable.from([stream]))).rejects.toThrow(`docker-daemon:x: ${message}`);
+  });
+
+  it.each([
+    ['null', 'index.json of DIR is no JSON object.'],
+    ['{"manifests":5}', "index.json of DIR has 'manifests' that is no list of descriptors."],
+    ['{"manifests":[null]}', "index.json of DIR has 'manifests' that is no list of descriptors."],
+  ])('an OCI layout whose index.json is %s', async (index, message) => {
+    const dir = mkdtempSync(join(work, 'layout-'));
+    writeFileSync(join(dir, 'index.json'), index);
+    await expect(readOciLayout(dir, 'x')).rejects.toThrow(message.replace('DIR', dir));
+  });
+
+  it.each([
+    ['null', 'is no JSON object.'],
+    ['{"config":{},"layers":{}}', "has 'layers' that is no list of descriptors."],
+  ])('an OCI layout whose manifest is %s', async (manifest, message) => {
+    const dir = mkdtempSync(join(work, 'layout-'));
+    const digest = sha(Buffer.from(manifest));
+    mkdirSync(join(dir, 'blobs', 'sha256'), { recursive: true });
+    writeFileSync(join(dir, 'blobs', 'sha256', digest.slice(7)), manifest);
+    writeFileSync(
+      join(dir, 'index.json'),
+      JSON.stringify({ manifests: [{ digest, size: manifest.length }] }),
+    );
+    await expect(readOciLayout(dir)).rejects.toThrow(`manifest ${digest} in ${dir} ${message}`);
+  });
+});
+
 describe('an OCI archive or layout that points out of itself', () => {
   const secret = () => {
     const path = join(work, `secret-${Math.random().toString(36).slice(2)}`);

@@ -256,11 +256,13 @@ export async function dockerSaveToLayout(
       `${what}: the export holds ${Array.isArray(images) ? images.length : 'no'} images; expected one.`,
     );
   }
-  const image = images[0] as SaveManifestEntry;
+  // `null` is JSON too, where an object belongs.
+  const image = (images[0] ?? {}) as SaveManifestEntry;
   const config = resolve(image.Config);
   if (config.kind !== 'memory') throw new Error(`${what}: the image config is a layer, not JSON.`);
-  const diffIds = (parseJson(config.data, `${what}: the image config`) as { rootfs?: { diff_ids?: unknown } })
-    .rootfs?.diff_ids;
+  const diffIds = (
+    parseJson(config.data, `${what}: the image config`) as { rootfs?: { diff_ids?: unknown } } | null
+  )?.rootfs?.diff_ids;
   const layerNames = Array.isArray(image.Layers) ? (image.Layers as unknown[]) : [];
   if (!Array.isArray(diffIds) || diffIds.length !== layerNames.length) {
     throw new Error(
