@@ -188,11 +188,12 @@ export async function readDockerDaemonImage(ref: string, options: DockerDaemonOp
     } catch (error) {
       if (error instanceof ActionError) throw error;
       // The export's own messages name the source already.
-      const said = errorMessage(error).replace(`${subject}: `, '');
+      const said = errorMessage(error);
+      const own = said.startsWith(`${subject}: `) ? said.slice(subject.length + 2) : said;
       const why =
         (error as { name?: unknown }).name === 'TimeoutError'
           ? `the Docker engine's export did not end within ${formatDuration(options.timeoutMs)}.`
-          : externalText(said, 300);
+          : externalText(own, 300);
       throw new ActionError(`cannot read the source ${subject}: ${why}`, { cause: error });
     }
   } finally {

@@ -190,15 +190,15 @@ export async function dockerSaveToLayout(
   const links = new Map<string, string>();
   const unread = new Set<string>();
   let held = 0;
-  let named = 0;
+  let bookkept = 0;
   await readTar(stream, async (entry, body) => {
     // One name, one file, the last entry's, as unpacking the archive (docker load) would leave it: `a//b` and
     // `/a/b` are `a/b`, and a file after a symlink of its name replaces the link (and the other way round).
     const name = inArchive(entry.name);
     if (entry.type === 'file' || entry.type === 'symlink' || entry.type === 'hardlink') {
       // Bounded like the data held: an export that never ends, of entries with megabyte names, would be kept whole.
-      named += name.length + entry.linkname.length + ENTRY_COST;
-      if (named > NAMES_LIMIT) {
+      bookkept += name.length + entry.linkname.length + ENTRY_COST;
+      if (bookkept > NAMES_LIMIT) {
         throw new Error(
           `${what}: the export's entries and their names pass ${NAMES_LIMIT / 1024 / 1024} MiB; no image has that many.`,
         );

@@ -187,8 +187,9 @@ export async function readTar(
     }
     // A GNU sparse file's map goes on in blocks after its header (old GNU) or at the start of its data (PAX, with
     // its real name in GNU.sparse.name): Go reads it, we would take it for data.
-    if (kind === 'S' || Object.keys(pax).some((key) => key.startsWith('GNU.sparse.')))
+    if (kind === 'S' || Object.keys(pax).some((key) => key.startsWith('GNU.sparse.'))) {
       throw new Error('a tar entry is a GNU sparse file; an image export holds none.');
+    }
     const entry: TarEntry = {
       name: rawName.replace(/^(\.\/)+/, ''),
       type: TYPES[kind] ?? 'other',

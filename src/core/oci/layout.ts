@@ -101,8 +101,8 @@ async function readManifestFile(dir: string, descriptor: Descriptor): Promise<Ma
       `the OCI layout ${dir} lacks manifest ${descriptor.digest}${descriptor.platform ? ` (${descriptor.platform.os}/${descriptor.platform.architecture})` : ''}; copy the image with all its platforms (skopeo copy --all).`,
     );
   }
-  verifyDigest(`manifest ${descriptor.digest} in ${dir}`, bytes, descriptor.digest);
   const what = `manifest ${descriptor.digest} in ${dir}`;
+  verifyDigest(what, bytes, descriptor.digest);
   const parsed = jsonObject(JSON.parse(bytes.toString('utf8')), what) as ManifestJson;
   const mediaType = descriptor.mediaType || parsed.mediaType || '';
   const node: ManifestNode = { digest: descriptor.digest, mediaType, bytes, children: [], blobs: [] };
