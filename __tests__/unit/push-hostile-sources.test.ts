@@ -6,7 +6,7 @@
 import { describe, expect, it, beforeAll, afterAll } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -359,8 +359,11 @@ describe('an OCI archive or layout that points out of itself', () => {
  * names one), answering `GET /images/get` with what it is told.
  */
 describe('docker-daemon: a mock engine that answers 200 with no image export', () => {
+  /** The scratch dir of the last export. */
+  let scratch = '';
   async function exportFrom(answer: (res: ServerResponse) => void, timeoutMs = 30_000): Promise<string> {
     const dir = mkdtempSync(join(work, 'engine-'));
+    scratch = dir;
     const socket = join(dir, 'docker.sock');
     const server = createServer((_req, res) => answer(res));
     await new Promise<void>((resolve) => server.listen(socket, resolve));
@@ -416,6 +419,20 @@ describe('docker-daemon: a mock engine that answers 200 with no image export', (
     expect(said).toBe(
       'cannot read the source docker-daemon:x:1: the Docker engine answered HTTP 500: engine trouble.',
     );
+  });
+
+  it('a connection dropped in the middle of a layer: said so, and no part of the layer is left', async () => {
+    const said = await exportFrom((res) => {
+      res
+        .writeHead(200)
+        .write(Buffer.concat([header('l/layer.tar', 1 << 20), header('f', 0), Buffer.alloc(100_000)]));
+      setImmediate(() => res.socket!.destroy());
+    });
+    expect(said).toBe(
+      'cannot read the source docker-daemon:x:1: the Docker engine closed the connection before the export ended (other side closed).',
+    );
+    expect(readdirSync(join(scratch, 'layout', 'blobs'))).toEqual(['sha256']);
+    expect(readdirSync(join(scratch, 'layout', 'blobs', 'sha256'))).toEqual([]);
   });
 
   it('a body that stops coming fails at the export deadline, saying so', async () => {

@@ -193,7 +193,9 @@ export async function readDockerDaemonImage(ref: string, options: DockerDaemonOp
       const why =
         (error as { name?: unknown }).name === 'TimeoutError'
           ? `the Docker engine's export did not end within ${formatDuration(options.timeoutMs)}.`
-          : externalText(own, 300);
+          : (error as { code?: unknown }).code === 'UND_ERR_SOCKET'
+            ? `the Docker engine closed the connection before the export ended (${externalText(own, 100)}).`
+            : externalText(own, 300);
       throw new ActionError(`cannot read the source ${subject}: ${why}`, { cause: error });
     }
   } finally {
