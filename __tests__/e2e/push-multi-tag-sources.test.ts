@@ -194,7 +194,7 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
     expect((await remoteImage(`${registry.host}/src/copied:one`)).digest).toBe(layout.digest);
   });
 
-  it('a containers-storage image of a remote podman service (CONTAINER_HOST) goes through podman save', async () => {
+  it('a containers-storage image of a remote podman service (CONTAINER_HOST) goes through podman save, unpacked in the scratch dir (not /var/tmp)', async () => {
     const conf = join(work, 'containers.conf');
     writeFileSync(conf, '[engine]\nruntime = "runc"\n\n[containers]\ndefault_ulimits = []\n');
     const sockDir = join(work, 'sock');
@@ -220,6 +220,16 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
         emptyStorage,
         `[storage]\ndriver = "vfs"\ngraphroot = "${join(work, 'graph2')}"\nrunroot = "${join(work, 'run2')}"\n`,
       );
+      // skopeo unpacks the saved oci-archive into /var/tmp unless told otherwise, where a killed step leaves it:
+      // the action's skopeo runs in a mount namespace where /var/tmp is read-only.
+      const shims = join(work, 'shims');
+      mkdirSync(shims);
+      const skopeo = (await run('sh', ['-c', 'command -v skopeo'])).trim();
+      writeFileSync(
+        join(shims, 'skopeo'),
+        `#!/bin/sh\nexec unshare -m sh -c 'mount -t tmpfs -o ro tmpfs /var/tmp && exec "$0" "$@"' ${skopeo} "$@"\n`,
+        { mode: 0o755 },
+      );
       const r = await push(
         'localhost/pmt/app:built',
         'src/remote',
@@ -227,6 +237,7 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
         {
           CONTAINER_HOST: `unix://${socket}`,
           CONTAINERS_STORAGE_CONF: emptyStorage,
+          PATH: `${shims}:${process.env.PATH}`,
         },
       );
       expect(r.errors).toEqual([]);

@@ -20,10 +20,11 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from 'undici';
 import { readOciLayout, type LocalImage } from '../../core/oci/layout.js';
-import { externalText, ERROR_BODY_LIMIT } from '../../core/oci/response.js';
+import { externalText, ERROR_BODY_LIMIT, readPrefix } from '../../core/oci/response.js';
 import { openImageSource, type Compression } from './source.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { dockerSaveToLayout } from './docker-save.js';
+import { formatDuration } from '../../core/summary.js';
 
 const DEFAULT_DOCKER_HOST = 'unix:///var/run/docker.sock';
 /** The engine may prepare the whole export before its first byte (classic `docker save` does). */
@@ -172,9 +173,10 @@ export async function readDockerDaemonImage(ref: string, options: DockerDaemonOp
         throw new ActionError(`cannot read the source ${subject}: ${unreachable(error, engine.address)}`);
       });
     if (response.statusCode !== 200) {
-      const body = await response.body.text().catch(() => '');
+      // Its start only: an engine (or what answers in its place) may send an error page that never ends.
+      const body = await readPrefix(response.body, ERROR_BODY_LIMIT).catch(() => Buffer.alloc(0));
       throw new ActionError(
-        `cannot read the source ${subject}: ${engineRefusal(response.statusCode, body.slice(0, ERROR_BODY_LIMIT), ref)}`,
+        `cannot read the source ${subject}: ${engineRefusal(response.statusCode, body.toString('utf8'), ref)}`,
       );
     }
     try {
@@ -185,9 +187,16 @@ export async function readDockerDaemonImage(ref: string, options: DockerDaemonOp
       });
     } catch (error) {
       if (error instanceof ActionError) throw error;
-      throw new ActionError(`cannot read the source ${subject}: ${externalText(errorMessage(error), 300)}`, {
-        cause: error,
-      });
+      // The export's own messages name the source already.
+      const said = errorMessage(error);
+      const own = said.startsWith(`${subject}: `) ? said.slice(subject.length + 2) : said;
+      const why =
+        (error as { name?: unknown }).name === 'TimeoutError'
+          ? `the Docker engine's export did not end within ${formatDuration(options.timeoutMs)}.`
+          : (error as { code?: unknown }).code === 'UND_ERR_SOCKET'
+            ? `the Docker engine closed the connection before the export ended (${externalText(own, 100)}).`
+            : externalText(own, 300);
+      throw new ActionError(`cannot read the source ${subject}: ${why}`, { cause: error });
     }
   } finally {
     // destroy, not close: after a failure mid-export the rest of the body is not wanted, and close would wait for it.

@@ -13,7 +13,7 @@ import { join, posix } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { digestOf } from '../../core/oci/digest.js';
-import { MediaType, type Descriptor } from '../../core/oci/media-types.js';
+import { MANIFEST_LIMIT, MediaType, type Descriptor } from '../../core/oci/media-types.js';
 import { REF_NAME_ANNOTATION } from '../../core/oci/layout.js';
 import { readTar } from './tar-stream.js';
 
@@ -24,6 +24,17 @@ const CONFIG = 'application/vnd.oci.image.config.v1+json';
  * anything that looks like a layer goes to the layout at once, whatever its size.
  */
 const JSON_LIMIT = 16 * 1024 * 1024;
+/**
+ * All entries held in memory at once: an export's metadata is a few configs and manifests, while an archive of
+ * thousands of 16 MiB entries that are no layer would otherwise all be held until the end.
+ */
+const HELD_LIMIT = 64 * 1024 * 1024;
+/**
+ * What is kept of every entry until manifest.json: its name and link target, and ENTRY_COST bytes (generously)
+ * for the bookkeeping. At most 16,384 entries then, where an export has a few hundred.
+ */
+const NAMES_LIMIT = 16 * 1024 * 1024;
+const ENTRY_COST = 1024;
 /** At most this small, a layer can only be an empty tar: kept in memory too. */
 const TINY = 1024;
 
@@ -152,6 +163,11 @@ function checkContentAddress(what: string, name: string, digest: string): void {
   }
 }
 
+/** A path in the archive as docker load finds it: the archive is unpacked in a chroot, where `/x` and `../x` are `x`. */
+function inArchive(path: string): string {
+  return posix.join('/', path).slice(1);
+}
+
 function parseJson(data: Buffer, what: string): unknown {
   try {
     return JSON.parse(data.toString('utf8')) as unknown;
@@ -173,44 +189,65 @@ export async function dockerSaveToLayout(
   const stored = new Map<string, Stored>();
   const links = new Map<string, string>();
   const unread = new Set<string>();
+  let held = 0;
+  let bookkept = 0;
   await readTar(stream, async (entry, body) => {
+    // One name, one file, the last entry's, as unpacking the archive (docker load) would leave it: `a//b` and
+    // `/a/b` are `a/b`, and a file after a symlink of its name replaces the link (and the other way round).
+    const name = inArchive(entry.name);
+    if (entry.type === 'file' || entry.type === 'symlink' || entry.type === 'hardlink') {
+      // Bounded like the data held: an export that never ends, of entries with megabyte names, would be kept whole.
+      bookkept += name.length + entry.linkname.length + ENTRY_COST;
+      if (bookkept > NAMES_LIMIT) {
+        throw new Error(
+          `${what}: the export's entries and their names pass ${NAMES_LIMIT / 1024 / 1024} MiB; no image has that many.`,
+        );
+      }
+    }
+    const before = stored.get(name);
+    if (before?.kind === 'memory') held -= before.data.length;
+    stored.delete(name);
+    links.delete(name);
+    unread.delete(name);
     if (entry.type === 'symlink') {
-      links.set(entry.name, posix.normalize(posix.join(posix.dirname(entry.name), entry.linkname)));
+      links.set(name, inArchive(posix.resolve('/', posix.dirname(name), entry.linkname)));
     } else if (entry.type === 'hardlink') {
-      links.set(entry.name, posix.normalize(entry.linkname));
+      links.set(name, inArchive(entry.linkname));
     } else if (entry.type === 'file') {
       const { head, all } = await peek(body, 512);
       if (entry.size > TINY && (isTar(head) || compressionOf(head))) {
         const blob = await storeBlob(layoutDir, all, head, options.compress);
-        checkContentAddress(what, entry.name, blob.sourceDigest);
-        stored.set(entry.name, blob);
-      } else if (entry.size <= JSON_LIMIT) {
+        checkContentAddress(what, name, blob.sourceDigest);
+        stored.set(name, blob);
+      } else if (entry.size <= JSON_LIMIT && held + entry.size <= HELD_LIMIT) {
         const parts: Buffer[] = [];
         for await (const part of all) parts.push(part);
         const data = Buffer.concat(parts);
-        checkContentAddress(what, entry.name, digestOf(data));
-        stored.set(entry.name, { kind: 'memory', data });
+        checkContentAddress(what, name, digestOf(data));
+        stored.set(name, { kind: 'memory', data });
+        held += data.length;
       }
       // Anything else is neither a layer nor metadata: left unread (an error if manifest.json names it).
-      else unread.add(entry.name);
+      else unread.add(name);
     }
   });
 
+  const tooLarge = (named: string) =>
+    `${what}: ${named} is too large for image metadata (over ${JSON_LIMIT / 1024 / 1024} MiB, or past ${HELD_LIMIT / 1024 / 1024} MiB of metadata in all) and is no layer.`;
   const resolve = (name: unknown): Stored => {
-    let path = typeof name === 'string' ? posix.normalize(name) : '';
+    let path = typeof name === 'string' ? inArchive(name) : '';
     for (let hops = 0; links.has(path) && hops < 16; hops++) path = links.get(path)!;
     const found = stored.get(path);
     if (!found) {
       const named = typeof name === 'string' ? name : 'an entry';
       throw new Error(
-        unread.has(path)
-          ? `${what}: ${named} is too large for image metadata and is no layer.`
-          : `${what}: the export lacks ${named} named in manifest.json.`,
+        unread.has(path) ? tooLarge(named) : `${what}: the export lacks ${named} named in manifest.json.`,
       );
     }
     return found;
   };
   const index = stored.get('manifest.json');
+  if (unread.has('manifest.json')) throw new Error(tooLarge('manifest.json'));
   if (!index || index.kind !== 'memory')
     throw new Error(`${what}: the export has no manifest.json; is it a docker save archive?`);
   const images = parseJson(index.data, `${what}: manifest.json`);
@@ -219,11 +256,13 @@ export async function dockerSaveToLayout(
       `${what}: the export holds ${Array.isArray(images) ? images.length : 'no'} images; expected one.`,
     );
   }
-  const image = images[0] as SaveManifestEntry;
+  // `null` is JSON too, where an object belongs.
+  const image = (images[0] ?? {}) as SaveManifestEntry;
   const config = resolve(image.Config);
   if (config.kind !== 'memory') throw new Error(`${what}: the image config is a layer, not JSON.`);
-  const diffIds = (parseJson(config.data, `${what}: the image config`) as { rootfs?: { diff_ids?: unknown } })
-    .rootfs?.diff_ids;
+  const diffIds = (
+    parseJson(config.data, `${what}: the image config`) as { rootfs?: { diff_ids?: unknown } } | null
+  )?.rootfs?.diff_ids;
   const layerNames = Array.isArray(image.Layers) ? (image.Layers as unknown[]) : [];
   if (!Array.isArray(diffIds) || diffIds.length !== layerNames.length) {
     throw new Error(
@@ -232,12 +271,18 @@ export async function dockerSaveToLayout(
   }
 
   const layers: Descriptor[] = [];
+  // A small layer listed again (an empty one, after each metadata-only step) is compressed once, however often.
+  const converted = new Map<Buffer, StoredBlob>();
   for (const [i, name] of layerNames.entries()) {
     const entry = resolve(name);
-    const layer =
-      entry.kind === 'memory'
-        ? await storeBlob(layoutDir, [entry.data], entry.data.subarray(0, 512), options.compress)
-        : entry;
+    let layer: StoredBlob;
+    if (entry.kind === 'blob') layer = entry;
+    else {
+      layer =
+        converted.get(entry.data) ??
+        (await storeBlob(layoutDir, [entry.data], entry.data.subarray(0, 512), options.compress));
+      converted.set(entry.data, layer);
+    }
     if (layer.diffId !== undefined && layer.diffId !== diffIds[i]) {
       throw new Error(
         `${what}: layer ${i + 1} (${String(name)}) has content ${layer.diffId}; the config says ${String(diffIds[i])}.`,
@@ -249,6 +294,11 @@ export async function dockerSaveToLayout(
   const manifest = Buffer.from(
     JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociManifest, config: configDescriptor, layers }),
   );
+  if (manifest.length > MANIFEST_LIMIT) {
+    throw new Error(
+      `${what}: the image lists ${layers.length} layers; its manifest would be ${manifest.length} bytes, more than registries take (${MANIFEST_LIMIT}).`,
+    );
+  }
   const manifestDescriptor = await writeBlob(layoutDir, manifest, MediaType.ociManifest);
   await writeFile(join(layoutDir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
   await writeFile(

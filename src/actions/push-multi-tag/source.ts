@@ -7,7 +7,7 @@
  * A child tool's failure becomes one line that says what it means and what to do, with the tool's own words
  * (cut short) at the end; its raw output goes to the debug log only, so nothing is printed twice.
  */
-import { mkdir } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { exec, ExecError } from '../../core/exec.js';
 import { ActionError } from '../../core/run.js';
@@ -178,7 +178,18 @@ export async function openImageSource(
     if (spec.transport === 'oci-archive') {
       await mkdir(layout, { recursive: true });
       options.log(`Unpacking ${spec.location}`);
-      await run('tar', ['-xf', spec.location, '-C', layout]);
+      const untar = await run('tar', ['-xf', spec.location, '-C', layout]).then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+      // Also after a failed tar: the directories it made are opened to us, so the scratch dir can be removed.
+      const oddity = await unpackedOddity(layout);
+      if (untar) throw untar;
+      if (oddity) {
+        throw new ActionError(
+          `cannot read the source ${subject}: the archive holds ${oddity}; an OCI archive holds only files and directories.`,
+        );
+      }
       dir = layout;
     }
     const image = await readOciLayout(dir, spec.ref);
@@ -215,9 +226,40 @@ export async function openImageSource(
     await run('podman', ['--url', remote, 'save', '--format', 'oci-archive', '-o', archive, spec.location]);
     from = `oci-archive:${archive}`;
   }
+  // containers/image puts its big temporary files (an oci-archive unpacked, a compressed docker-archive
+  // decompressed) in /var/tmp whatever TMPDIR says, where a killed step would leave them: here they go with the
+  // scratch dir, which post removes too.
+  const tmp = join(options.scratch, 'tmp');
+  await mkdir(tmp, { recursive: true });
   options.log(`Exporting ${from} to an OCI layout`);
-  await run('skopeo', [...copyArgs, from, `oci:${layout}:image`]);
+  await run('skopeo', ['--tmpdir', tmp, ...copyArgs, from, `oci:${layout}:image`]);
   return readOciLayout(layout, 'image');
+}
+
+/**
+ * What an unpacked archive holds besides files and directories, if anything. tar writes only inside the
+ * directory, but it makes what the archive says there: a symlink `index.json -> /etc/shadow` (whose first bytes a
+ * JSON error would quote in the log), a blob that links to any file of the runner, or (as root) a device node;
+ * skopeo and podman write an OCI archive of files and directories only. tar also gives each directory the
+ * archive's mode: one of 0000 could not be read, nor anything in it removed, by a runner that is not root, so each
+ * is opened to its owner (us) on the way.
+ */
+async function unpackedOddity(dir: string, under = ''): Promise<string | undefined> {
+  const path = join(dir, under);
+  const info = await lstat(path);
+  await chmod(path, (info.mode & 0o7777) | 0o700);
+  let found: string | undefined;
+  for (const entry of await readdir(path, { withFileTypes: true })) {
+    const name = under ? `${under}/${entry.name}` : entry.name;
+    // Every directory is opened, after an oddity too.
+    const odd = entry.isDirectory()
+      ? await unpackedOddity(dir, name)
+      : entry.isFile()
+        ? undefined
+        : `${externalText(name, 120)}, a ${entry.isSymbolicLink() ? 'symlink' : 'device, FIFO or socket'}`;
+    found ??= odd;
+  }
+  return found;
 }
 
 /** skopeo's --src-* flags for a registry source; never a secret (credentials travel in the auth file). */

@@ -102,7 +102,12 @@ function number(block: Buffer, offset: number, length: number): number {
 function checksumOk(block: Buffer): boolean {
   let sum = 0;
   for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : block[i]!;
-  return sum === number(block, 148, 8);
+  try {
+    return sum === number(block, 148, 8);
+  } catch {
+    // No number where the checksum goes (an HTML error page): no tar header, not a damaged one.
+    return false;
+  }
 }
 
 function parsePax(data: Buffer): Record<string, string> {
@@ -129,6 +134,9 @@ const TYPES: Record<string, TarEntryType> = {
   '2': 'symlink',
   '1': 'hardlink',
 };
+
+/** Link, symlink, character device, block device, directory, FIFO: a header and nothing after it. */
+const HEADER_ONLY = new Set(['1', '2', '3', '4', '5', '6']);
 
 /**
  * Calls `onEntry` for every entry, in order; its body must be consumed or left alone (the rest is skipped).
@@ -161,17 +169,31 @@ export async function readTar(
       else if (flag === 'K') longLink = text(data, 0, data.length);
       continue;
     }
-    const prefix = header.subarray(257, 262).toString('ascii') === 'ustar' ? text(header, 345, 155) : '';
+    // Only POSIX `ustar\0` headers have a prefix; GNU's `ustar ` keeps times there, which Go and GNU tar never
+    // read as part of the name.
+    const prefix = header.subarray(257, 263).toString('latin1') === 'ustar\0' ? text(header, 345, 155) : '';
     const rawName =
       pax.path ?? longName ?? (prefix ? `${prefix}/${text(header, 0, 100)}` : text(header, 0, 100));
     if (pax.size !== undefined) {
       size = Number(pax.size);
       if (!Number.isSafeInteger(size) || size < 0) throw new Error('a tar PAX size is malformed.');
     }
+    // An old-style file entry named like a directory is one to Go and GNU tar (and so has no data).
+    const kind = flag === '\0' && rawName.endsWith('/') ? '5' : flag;
+    // Go's archive/tar (what docker load reads with) and GNU tar read no data after a link, directory, device
+    // or FIFO whatever its size says; skipping it would hide from us the entries they read there.
+    if (HEADER_ONLY.has(kind) && size !== 0) {
+      throw new Error(`a tar ${TYPES[kind] ?? 'device or FIFO'} entry claims ${size} bytes of data.`);
+    }
+    // A GNU sparse file's map goes on in blocks after its header (old GNU) or at the start of its data (PAX, with
+    // its real name in GNU.sparse.name): Go reads it, we would take it for data.
+    if (kind === 'S' || Object.keys(pax).some((key) => key.startsWith('GNU.sparse.'))) {
+      throw new Error('a tar entry is a GNU sparse file; an image export holds none.');
+    }
     const entry: TarEntry = {
       name: rawName.replace(/^(\.\/)+/, ''),
-      type: TYPES[flag] ?? 'other',
-      size: TYPES[flag] === 'file' ? size : flag === '2' || flag === '1' || flag === '5' ? 0 : size,
+      type: TYPES[kind] ?? 'other',
+      size,
       linkname: pax.linkpath ?? longLink ?? text(header, 157, 100),
     };
     pax = {};

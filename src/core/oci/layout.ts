@@ -61,6 +61,23 @@ interface ManifestRead {
   listed: Descriptor[];
 }
 
+/** `value` as the JSON object an index or manifest is: not `null`, a number or a list, which it could be too. */
+function jsonObject(value: unknown, what: string): Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new Error(`${what} is no JSON object.`);
+  }
+  return value as Record<string, unknown>;
+}
+
+/** The descriptors an index or manifest lists under `key` (none when it has none), each a JSON object. */
+function descriptors(list: unknown, what: string, key: string): Descriptor[] {
+  if (list === undefined) return [];
+  if (!Array.isArray(list) || list.some((d) => typeof d !== 'object' || d === null || Array.isArray(d))) {
+    throw new Error(`${what} has '${key}' that is no list of descriptors.`);
+  }
+  return list as Descriptor[];
+}
+
 /** A digest names a file under blobs/: one that is no digest (`sha256:../../x`) could name any file. */
 function checkDigest(dir: string, what: string, descriptor: Descriptor): void {
   if (typeof descriptor?.digest !== 'string' || !isValidDigest(descriptor.digest)) {
@@ -84,15 +101,16 @@ async function readManifestFile(dir: string, descriptor: Descriptor): Promise<Ma
       `the OCI layout ${dir} lacks manifest ${descriptor.digest}${descriptor.platform ? ` (${descriptor.platform.os}/${descriptor.platform.architecture})` : ''}; copy the image with all its platforms (skopeo copy --all).`,
     );
   }
-  verifyDigest(`manifest ${descriptor.digest} in ${dir}`, bytes, descriptor.digest);
-  const parsed = JSON.parse(bytes.toString('utf8')) as ManifestJson;
+  const what = `manifest ${descriptor.digest} in ${dir}`;
+  verifyDigest(what, bytes, descriptor.digest);
+  const parsed = jsonObject(JSON.parse(bytes.toString('utf8')), what) as ManifestJson;
   const mediaType = descriptor.mediaType || parsed.mediaType || '';
   const node: ManifestNode = { digest: descriptor.digest, mediaType, bytes, children: [], blobs: [] };
   if (isIndexMediaType(mediaType) || (parsed.manifests && !parsed.layers)) {
-    return { node, listed: parsed.manifests ?? [] };
+    return { node, listed: descriptors(parsed.manifests, what, 'manifests') };
   }
-  if (!parsed.config) throw new Error(`manifest ${descriptor.digest} in ${dir} has no config.`);
-  const blobs = [parsed.config, ...(parsed.layers ?? [])];
+  if (!parsed.config) throw new Error(`${what} has no config.`);
+  const blobs = [parsed.config, ...descriptors(parsed.layers, what, 'layers')];
   for (const blob of blobs) checkDigest(dir, 'blob', blob);
   return { node: { ...node, blobs }, listed: [] };
 }
@@ -116,7 +134,7 @@ async function readManifestTree(dir: string, root: Descriptor): Promise<Manifest
 }
 
 function selectDescriptor(dir: string, index: IndexJson, ref: string | undefined): Descriptor {
-  const manifests = index.manifests ?? [];
+  const manifests = descriptors(index.manifests, `index.json of ${dir}`, 'manifests');
   if (ref !== undefined) {
     const byName = manifests.find((m) => m.annotations?.[REF_NAME_ANNOTATION] === ref);
     const byDigest = manifests.find((m) => m.digest === ref);
@@ -136,14 +154,20 @@ function selectDescriptor(dir: string, index: IndexJson, ref: string | undefined
 }
 
 export async function readOciLayout(dir: string, ref?: string): Promise<LocalImage> {
-  let index: IndexJson;
+  let text: string;
   try {
-    index = JSON.parse(
-      (await readRegularFile(join(dir, 'index.json'), INDEX_JSON_LIMIT)).toString('utf8'),
-    ) as IndexJson;
+    text = (await readRegularFile(join(dir, 'index.json'), INDEX_JSON_LIMIT)).toString('utf8');
   } catch (error) {
     throw new Error(`${dir} is not a readable OCI image layout (index.json: ${errorMessage(error)}).`);
   }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    // Not JSON.parse's words: they quote the text, and index.json may be a link to any file on the machine.
+    throw new Error(`${dir} is not a readable OCI image layout (index.json is not JSON).`);
+  }
+  const index = jsonObject(parsed, `index.json of ${dir}`) as IndexJson;
   const root = await readManifestTree(dir, selectDescriptor(dir, index, ref));
   const manifests: ManifestNode[] = [];
   const blobs = new Map<string, Descriptor>();

@@ -101,7 +101,7 @@ async function readLimited(body: Readable, limit: number, what: string): Promise
  * error answers: a proxy's page with its style inline can be larger than the limit, and what it says is in its
  * head.
  */
-async function readPrefix(body: Readable, limit: number): Promise<Buffer> {
+export async function readPrefix(body: Readable, limit: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of body) {
