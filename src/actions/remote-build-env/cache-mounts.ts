@@ -24,7 +24,7 @@ import { pathExists } from '../../core/files.js';
 import type { Host } from '../../core/host.js';
 import { errorMessage } from '../../core/run.js';
 import { formatDuration } from '../../core/summary.js';
-import { EMPTY_FINGERPRINT, fingerprintDir } from './fingerprint.js';
+import { EMPTY_FINGERPRINT, fingerprintDir, removeUnrestorable } from './fingerprint.js';
 import type { PodmanVersion } from '../../core/podman.js';
 import { removeTree } from './cleanup.js';
 import type { CacheState } from './state.js';
@@ -137,6 +137,12 @@ export async function saveCacheMounts(host: Host, stage: string, cache: CacheSta
     if (await pathExists(cache.live)) {
       await mkdir(stage, { mode: 0o700 });
       await rename(cache.live, cache.path);
+    }
+    const removed = await removeUnrestorable(cache.path);
+    if (removed.length) {
+      host.info(
+        `Cache mounts: not saving ${removed.length} FIFO(s), socket(s) or device node(s) a build left there (a restore refuses them): ${removed.slice(0, 5).join(', ')}${removed.length > 5 ? ', ...' : ''}.`,
+      );
     }
     const fingerprint = await fingerprintDir(cache.path);
     if (fingerprint === EMPTY_FINGERPRINT) {

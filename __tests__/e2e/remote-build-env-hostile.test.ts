@@ -1,0 +1,91 @@
+/**
+ * remote-build-env (mode local) in a hostile world, with real podman services and real caches: builds that leave
+ * odd things in their cache mounts, entries someone else saved, and a service whose log carries command text.
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { mkdtempSync } from 'node:fs';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { laterRun } from '../support/cache-service.js';
+import { importBusyboxImage } from '../support/images.js';
+import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
+import { stepScripts } from '../support/podman-matrix.js';
+import { startSplitJob, type SplitJob } from '../support/split-job.js';
+
+const ACTION = 'remote-build-env';
+
+let pm: PodmanTestEnv;
+let image: string;
+const temps: string[] = [];
+const jobs: SplitJob[] = [];
+
+/** Short (socket paths), under the run's TMPDIR (the leftovers check lists it), and removed after the tests. */
+function newTemp(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  temps.push(dir);
+  return dir;
+}
+
+async function startJob(
+  inputs: Record<string, string>,
+  env: Record<string, string>,
+  runnerTemp: string,
+): Promise<SplitJob> {
+  const job = await startSplitJob({
+    action: ACTION,
+    ...stepScripts(pm.variant, ACTION, pm.dir),
+    inputs,
+    env: { ...pm.env, ...env },
+    runnerTemp,
+  });
+  jobs.push(job);
+  return job;
+}
+
+/** Builds `steps` (RUN lines, each with the cache mount at /c) against the job's service; returns its stdout. */
+async function build(job: SplitJob, name: string, steps: string[]): Promise<string> {
+  const ctx = join(pm.dir, `ctx-${name}`);
+  await mkdir(ctx, { recursive: true });
+  const runs = steps.map((s) => `RUN --mount=type=cache,target=/c ${s}\n`).join('');
+  await writeFile(join(ctx, 'Containerfile'), `FROM ${image}\n${runs}`);
+  const r = await pm.podman(['--remote', 'build', '--no-cache', ctx], { env: job.main.exportedEnv });
+  return r.stdout;
+}
+
+beforeAll(async () => {
+  pm = await createPodmanTestEnv();
+  image = await importBusyboxImage(pm);
+});
+afterAll(async () => {
+  for (const job of jobs) if (!job.posted) await job.post();
+  await pm?.remove();
+  for (const dir of temps) await rm(dir, { recursive: true, force: true });
+});
+
+describe('remote-build-env, mode local, hostile cache mounts (real podman, directory cache)', () => {
+  it('a build that leaves a FIFO, a device node and a hard-linked symlink in its cache mount: post saves the rest, and the next run restores it', async () => {
+    const runnerTemp = newTemp('ici-rh-');
+    const env = { IMAGE_CI_CACHE_DIR: newTemp('ici-rhc-') };
+    const inputs = { 'cache-mounts': 'true', 'cache-key': 'hostile-fifo' };
+    const a = await startJob(inputs, env, runnerTemp);
+    expect(a.main.main.exitCode).toBe(0);
+    await build(a, 'fifo', [
+      'echo kept >/c/kept && mkfifo /c/pipe && mknod /c/null c 1 3 && ln -s kept /c/link && ln /c/link /c/link2',
+    ]);
+    const postA = await a.post();
+    expect(postA.exitCode).toBe(0);
+    expect(postA.warnings).toEqual([]);
+    expect(postA.lines.map((l) => l.text).join('\n')).toMatch(/not saving 2 FIFO.*: c\/null, c\/pipe\./);
+
+    temps.push(...(await laterRun([runnerTemp])));
+    const b = await startJob(inputs, env, runnerTemp);
+    expect(b.main.warnings).toEqual([]);
+    expect(b.main.outputs['cache-hit']).toBe('true');
+    const listing = await build(b, 'fifo-read', [
+      `echo "listing: $(ls /c | grep -v lockfile | tr '\\n' ' ')"`,
+    ]);
+    expect(listing).toContain('listing: kept link link2 \n');
+    await b.post();
+  });
+});
