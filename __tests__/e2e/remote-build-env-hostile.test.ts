@@ -89,3 +89,22 @@ describe('remote-build-env, mode local, hostile cache mounts (real podman, direc
     await b.post();
   });
 });
+
+describe('remote-build-env, mode local, what the service logs (real podman)', () => {
+  it('a service log shown after a server error keeps build args (a token, percent-escaped past the runner masking) out of the job log', async () => {
+    const a = await startJob({}, {}, newTemp('ici-rh-'));
+    const ctx = join(pm.dir, 'ctx-arg');
+    await mkdir(ctx, { recursive: true });
+    await writeFile(join(ctx, 'Containerfile'), `FROM ${image}\nARG TOKEN\nRUN true\n`);
+    const env = a.main.exportedEnv;
+    await pm.podman(['--remote', 'build', '--build-arg', 'TOKEN=Zq7tok/en+val=ue', ctx], { env });
+    // Killing a container that never ran is answered with a 500: the sign post shows the whole log by.
+    await pm.podman(['--remote', 'create', '--name', 'never-ran', image, 'true'], { env });
+    await pm.podman(['--remote', 'kill', 'never-ran'], { env, allowFailure: true });
+    const post = await a.post();
+    const log = post.lines.map((l) => l.text).join('\n');
+    expect(log).toContain('podman service log (the service answered a request with a server error)');
+    expect(log).toMatch(/"POST \/v[\d.]+\/libpod\/build\?… HTTP\/1\.1" 200 /);
+    expect(log).not.toContain('Zq7');
+  });
+});
