@@ -3,14 +3,17 @@
  * odd things in their cache mounts, entries someone else saved, and a service whose log carries command text.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { createHash } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { saveToDirCache } from '../../src/core/cache-dir.js';
 import { laterRun } from '../support/cache-service.js';
+import { cliHost } from '../support/cache-files.js';
 import { importBusyboxImage } from '../support/images.js';
 import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
-import { stepScripts } from '../support/podman-matrix.js';
+import { buildahCacheDir, stepScripts } from '../support/podman-matrix.js';
 import { startSplitJob, type SplitJob } from '../support/split-job.js';
 
 const ACTION = 'remote-build-env';
@@ -88,6 +91,57 @@ describe('remote-build-env, mode local, hostile cache mounts (real podman, direc
     expect(listing).toContain('listing: kept link link2 \n');
     await b.post();
   });
+});
+
+/**
+ * Saves, as someone sharing the cache volume could, an entry for `cacheKey` whose cache-mount dir is `plant`ed
+ * (made by the callback) at the path remote-build-env restores from `runnerTemp`; returns the key.
+ */
+async function plantEntry(
+  cacheDir: string,
+  runnerTemp: string,
+  cacheKey: string,
+  plant: (path: string) => Promise<void>,
+): Promise<string> {
+  const stage = join(
+    runnerTemp,
+    `ici-rbe-${createHash('sha256').update(cacheKey).digest('hex').slice(0, 8)}`,
+  );
+  const path = buildahCacheDir(pm.variant, stage);
+  await mkdir(stage, { recursive: true });
+  await plant(path);
+  const key = `${cacheKey}-Linux-${process.arch === 'arm64' ? 'ARM64' : 'X64'}-planted`;
+  const saved = await saveToDirCache(cliHost().host, cacheDir, [path], key);
+  expect(saved.outcome).toBe('saved');
+  await rm(stage, { recursive: true });
+  return key;
+}
+
+describe('remote-build-env, mode local, cache entries saved by someone else (real podman, directory cache)', () => {
+  it.each([
+    ['a symlink to a dir outside', (path: string, outside: string) => symlink(outside, path)],
+    ['a regular file', (path: string) => writeFile(path, 'not a dir\n')],
+  ])(
+    'an entry whose cache-mount dir itself is %s is not restored: the service gets a dir of its own',
+    async (_, plant) => {
+      const runnerTemp = newTemp('ici-rh-');
+      const outside = newTemp('ici-rhv-');
+      const cacheDir = newTemp('ici-rhc-');
+      const key = await plantEntry(cacheDir, runnerTemp, 'hostile-root', (p) => plant(p, outside));
+      const job = await startJob(
+        { 'cache-mounts': 'true', 'cache-key': 'hostile-root' },
+        { IMAGE_CI_CACHE_DIR: cacheDir },
+        runnerTemp,
+      );
+      expect(job.main.main.exitCode).toBe(0);
+      expect(job.main.warnings).toEqual([expect.stringContaining(`cache mounts from ${key} not used`)]);
+      expect(job.main.outputs['cache-hit']).toBe('false');
+      await build(job, 'root', ['touch /c/written']);
+      expect((await lstat(job.main.outputs['cache-dir']!)).isDirectory()).toBe(true);
+      expect(await readdir(outside)).toEqual([]);
+      expect((await job.post()).exitCode).toBe(0);
+    },
+  );
 });
 
 describe('remote-build-env, mode local, what the service logs (real podman)', () => {

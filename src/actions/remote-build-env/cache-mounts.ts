@@ -15,7 +15,7 @@
  * (move back, save, empty the stage). The lock names the process holding it; a run killed meanwhile leaves a lock
  * the next one takes over at once (its owner is gone) and a stage it empties first.
  */
-import { mkdir, rename } from 'node:fs/promises';
+import { lstat, mkdir, rename } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { acquireLock, LockTimeoutError, type Lock } from '../../core/atomic.js';
 import { restoreCache, saveCache } from '../../core/cache.js';
@@ -115,6 +115,15 @@ export async function restoreCacheMounts(
     await withStage(host, paths.stage, interrupted ?? 'yes', async () => {
       // The prefix is passed as a restore key too: only restore keys are matched by prefix everywhere.
       const result = await restoreCache(host, [state.path], prefix, [prefix, ...restoreKeys]);
+      // An entry is confined to the path, but the path itself may come back as a symlink (the service's cache
+      // mounts would then live wherever it points) or a file (no build could use a cache mount).
+      const restored = await lstat(state.path).catch(() => undefined);
+      if (result.matchedKey && restored && !restored.isDirectory()) {
+        host.warning(
+          `cache mounts from ${result.matchedKey} not used: the entry holds no directory at ${state.path}; starting without them.`,
+        );
+        return;
+      }
       state.fingerprint = await fingerprintDir(state.path);
       if (result.matchedKey) state.matchedKey = result.matchedKey;
       if (await pathExists(state.path)) await rename(state.path, state.live);
