@@ -142,6 +142,33 @@ describe('remote-build-env, mode local, cache entries saved by someone else (rea
       expect((await job.post()).exitCode).toBe(0);
     },
   );
+
+  it('symlinks in an entry that lead out of the cache-mount dir are removed: buildah would follow them and mount a host dir into the build', async () => {
+    const runnerTemp = newTemp('ici-rh-');
+    const outside = newTemp('ici-rhv-');
+    const cacheDir = newTemp('ici-rhc-');
+    await writeFile(join(outside, 'host-file'), 'host\n');
+    const key = await plantEntry(cacheDir, runnerTemp, 'hostile-links', async (p) => {
+      await mkdir(join(p, 'd', 'sub'), { recursive: true });
+      await symlink(outside, join(p, 'c'));
+      await symlink('../../..', join(p, 'd', 'up'));
+      await symlink('sub', join(p, 'd', 'kept'));
+      await symlink('gone', join(p, 'd', 'nowhere'));
+    });
+    const job = await startJob(
+      { 'cache-mounts': 'true', 'cache-key': 'hostile-links' },
+      { IMAGE_CI_CACHE_DIR: cacheDir },
+      runnerTemp,
+    );
+    expect(job.main.warnings).toEqual([
+      `cache mounts from ${key}: removed 3 symlink(s) leading out of the cache-mount dir (buildah would follow them to mount what they point at into builds): c, d/nowhere, d/up.`,
+    ]);
+    expect(job.main.outputs['cache-hit']).toBe('true');
+    await build(job, 'links', ['touch /c/written']);
+    expect((await readdir(join(job.main.outputs['cache-dir']!, 'd'))).sort()).toEqual(['kept', 'sub']);
+    expect(await readdir(outside)).toEqual(['host-file']);
+    expect((await job.post()).exitCode).toBe(0);
+  });
 });
 
 describe('remote-build-env, mode local, what the service logs (real podman)', () => {

@@ -24,7 +24,7 @@ import { pathExists } from '../../core/files.js';
 import type { Host } from '../../core/host.js';
 import { errorMessage } from '../../core/run.js';
 import { formatDuration } from '../../core/summary.js';
-import { EMPTY_FINGERPRINT, fingerprintDir, removeUnrestorable } from './fingerprint.js';
+import { EMPTY_FINGERPRINT, fingerprintDir, removeLinksOut, removeUnrestorable } from './fingerprint.js';
 import type { PodmanVersion } from '../../core/podman.js';
 import { removeTree } from './cleanup.js';
 import type { CacheState } from './state.js';
@@ -123,6 +123,12 @@ export async function restoreCacheMounts(
           `cache mounts from ${result.matchedKey} not used: the entry holds no directory at ${state.path}; starting without them.`,
         );
         return;
+      }
+      const linksOut = result.matchedKey ? await removeLinksOut(state.path) : [];
+      if (linksOut.length) {
+        host.warning(
+          `cache mounts from ${result.matchedKey}: removed ${linksOut.length} symlink(s) leading out of the cache-mount dir (buildah would follow them to mount what they point at into builds): ${linksOut.slice(0, 5).join(', ')}${linksOut.length > 5 ? ', ...' : ''}.`,
+        );
       }
       state.fingerprint = await fingerprintDir(state.path);
       if (result.matchedKey) state.matchedKey = result.matchedKey;

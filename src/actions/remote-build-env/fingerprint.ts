@@ -2,12 +2,12 @@
  * The cache-mount dir as post finds it after the builds: a cheap "did this directory change" check (names,
  * types, modes, sizes, mtimes and link targets, not contents: any build step that writes into a cache mount
  * changes at least one of them, and reading metadata stays fast for caches of many gigabytes), and the removal of
- * what a build left there that no restore would take.
+ * what a build left there that no restore would take; and, on restore, the removal of symlinks that lead out of it.
  */
 import { createHash } from 'node:crypto';
 import type { Stats } from 'node:fs';
-import { lstat, readdir, readlink, rm, symlink } from 'node:fs/promises';
-import { join } from 'node:path';
+import { lstat, readdir, readlink, realpath, rm, symlink } from 'node:fs/promises';
+import { isAbsolute, join, sep } from 'node:path';
 
 /** Calls `visit` for everything below `root`, in name order, a directory before what it holds. */
 async function walk(
@@ -60,6 +60,28 @@ export async function removeUnrestorable(dir: string): Promise<string[]> {
       await rm(full);
       removed.push(path);
     }
+  });
+  return removed;
+}
+
+/**
+ * Removes every symlink below `dir` that, followed on this host, leads out of `dir` or nowhere, and returns their
+ * paths relative to `dir`. Buildah follows symlinks on the host when it looks up a cache mount's dir
+ * (`<cache-mount dir>/<id>`, the id being the target path unless given): a restored `root/.cache -> /` would
+ * mount the host's root into the build. An absolute target goes too, even one into `dir`: the dir is moved
+ * before the service uses it. Links that stay inside (`node_modules/.bin`) are kept.
+ */
+export async function removeLinksOut(dir: string): Promise<string[]> {
+  const root = await realpath(dir);
+  const removed: string[] = [];
+  await walk(dir, '', async (path, info) => {
+    if (!info.isSymbolicLink()) return;
+    const full = join(dir, path);
+    const target = await readlink(full);
+    const resolved = isAbsolute(target) ? undefined : await realpath(full).catch(() => undefined);
+    if (resolved === root || resolved?.startsWith(root + sep)) return;
+    await rm(full);
+    removed.push(path);
   });
   return removed;
 }
