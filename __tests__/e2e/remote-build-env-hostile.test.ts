@@ -9,6 +9,7 @@ import { lstat, mkdir, readdir, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { saveToDirCache } from '../../src/core/cache-dir.js';
+import { exec } from '../../src/core/exec.js';
 import { laterRun } from '../support/cache-service.js';
 import { cliHost } from '../support/cache-files.js';
 import { importBusyboxImage } from '../support/images.js';
@@ -90,6 +91,29 @@ describe('remote-build-env, mode local, hostile cache mounts (real podman, direc
     ]);
     expect(listing).toContain('listing: kept link link2 \n');
     await b.post();
+  });
+
+  it('a cache-dir replaced by a symlink before post: post neither saves nor tidies up what it points at', async () => {
+    const runnerTemp = newTemp('ici-rh-');
+    const outside = newTemp('ici-rhv-');
+    const cacheDir = newTemp('ici-rhc-');
+    const job = await startJob(
+      { 'cache-mounts': 'true', 'cache-key': 'hostile-swap' },
+      { IMAGE_CI_CACHE_DIR: cacheDir },
+      runnerTemp,
+    );
+    const live = job.main.outputs['cache-dir']!;
+    await build(job, 'swap', ['touch /c/written']);
+    await exec('mkfifo', [join(outside, 'pipe')], { timeoutMs: 10_000 });
+    await rm(live, { recursive: true });
+    await symlink(outside, live);
+    const post = await job.post();
+    expect(post.exitCode).toBe(0);
+    expect(post.warnings).toEqual([
+      `cache mounts not saved: ${live} is no directory any more (a symlink or a file).`,
+    ]);
+    expect(await readdir(outside)).toEqual(['pipe']);
+    expect(await readdir(cacheDir).catch(() => [])).not.toContain('entries');
   });
 });
 

@@ -153,6 +153,13 @@ export async function saveCacheMounts(host: Host, stage: string, cache: CacheSta
       await mkdir(stage, { mode: 0o700 });
       await rename(cache.live, cache.path);
     }
+    // A later step may have put a symlink where the outputs' cache-dir was: what it points at is not ours to
+    // tidy up or to save.
+    const moved = await lstat(cache.path).catch(() => undefined);
+    if (moved && !moved.isDirectory()) {
+      host.warning(`cache mounts not saved: ${cache.live} is no directory any more (a symlink or a file).`);
+      return;
+    }
     const removed = await removeUnrestorable(cache.path);
     if (removed.length) {
       host.info(
