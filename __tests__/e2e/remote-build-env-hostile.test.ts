@@ -5,16 +5,18 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { createHash } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
-import { lstat, mkdir, readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { restoreCacheMounts } from '../../src/actions/remote-build-env/cache-mounts.js';
+import { CACHE_DIR_ENV } from '../../src/core/cache.js';
 import { saveToDirCache } from '../../src/core/cache-dir.js';
 import { exec } from '../../src/core/exec.js';
 import { laterRun } from '../support/cache-service.js';
 import { cliHost } from '../support/cache-files.js';
 import { importBusyboxImage } from '../support/images.js';
 import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
-import { buildahCacheDir, stepScripts } from '../support/podman-matrix.js';
+import { buildahCacheDir, stepScripts, testUser } from '../support/podman-matrix.js';
 import { startSplitJob, type SplitJob } from '../support/split-job.js';
 
 const ACTION = 'remote-build-env';
@@ -192,6 +194,52 @@ describe('remote-build-env, mode local, cache entries saved by someone else (rea
     expect((await readdir(join(job.main.outputs['cache-dir']!, 'd'))).sort()).toEqual(['kept', 'sub']);
     expect(await readdir(outside)).toEqual(['host-file']);
     expect((await job.post()).exitCode).toBe(0);
+  });
+});
+
+describe('remote-build-env cache mounts restored by a non-root runner (directory cache; in process, as the test user)', () => {
+  it('an entry holding a directory its user cannot read (mode 000) is not used: main goes on without it instead of failing', async () => {
+    const user = testUser();
+    const runnerTemp = newTemp('ici-rh-');
+    const cacheDir = newTemp('ici-rhc-');
+    const key = await plantEntry(cacheDir, runnerTemp, 'hostile-locked', async (p) => {
+      await mkdir(join(p, 'locked'), { recursive: true });
+      await writeFile(join(p, 'locked', 'f'), 'f\n');
+      await chmod(join(p, 'locked'), 0);
+    });
+    const stage = join(
+      runnerTemp,
+      `ici-rbe-${createHash('sha256').update('hostile-locked').digest('hex').slice(0, 8)}`,
+    );
+    const live = join(runnerTemp, 'scratch', 'tmp', 'buildah-cache');
+    await mkdir(dirname(live), { recursive: true });
+    // The runner's user owns the job's dirs and the cache volume; the dirs above them must let it through.
+    await exec('chown', ['-R', `${user.uid}:${user.gid}`, runnerTemp, cacheDir], { timeoutMs: 10_000 });
+    const above = [dirname(tmpdir()), tmpdir()];
+    const modes = await Promise.all(above.map(async (d) => (await stat(d)).mode & 0o7777));
+    await Promise.all(above.map((d) => chmod(d, 0o755)));
+    const { host, log } = cliHost();
+    const { seteuid, setegid } = process;
+    if (!seteuid || !setegid) throw new Error('switching the effective user needs a POSIX process');
+    process.env[CACHE_DIR_ENV] = cacheDir;
+    setegid(user.gid);
+    seteuid(user.uid);
+    let state;
+    try {
+      state = await restoreCacheMounts(host, { stage, live }, 'hostile-locked', []);
+    } finally {
+      seteuid(0);
+      setegid(0);
+      delete process.env[CACHE_DIR_ENV];
+      await Promise.all(above.map((d, i) => chmod(d, modes[i]!)));
+    }
+    expect(state.matchedKey).toBeUndefined();
+    expect(log).toContainEqual(
+      expect.stringMatching(
+        new RegExp(`^warning: cache mounts from ${key} not used, starting without them: EACCES`),
+      ),
+    );
+    expect(await readdir(dirname(live))).toEqual([]);
   });
 });
 

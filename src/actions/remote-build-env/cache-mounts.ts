@@ -94,6 +94,28 @@ export interface CacheMountPaths {
 }
 
 /**
+ * Readies a restored entry for the service and returns its fingerprint, or undefined (with a warning) when it is
+ * not to be used; the stage is emptied after either way. The entry is confined to `path`, but `path` itself may
+ * come back as a symlink (the service's cache mounts would live wherever it points) or a file, and what is below
+ * it may be unreadable to a non-root runner (a directory of mode 000): a cache never fails the step.
+ */
+async function takeRestored(host: Host, path: string, matchedKey: string): Promise<string | undefined> {
+  try {
+    if (!(await lstat(path)).isDirectory()) throw new Error(`the entry holds no directory at ${path}`);
+    const linksOut = await removeLinksOut(path);
+    if (linksOut.length) {
+      host.warning(
+        `cache mounts from ${matchedKey}: removed ${linksOut.length} symlink(s) leading out of the cache-mount dir (buildah would follow them to mount what they point at into builds): ${linksOut.slice(0, 5).join(', ')}${linksOut.length > 5 ? ', ...' : ''}.`,
+      );
+    }
+    return await fingerprintDir(path);
+  } catch (error) {
+    host.warning(`cache mounts from ${matchedKey} not used, starting without them: ${errorMessage(error)}.`);
+    return undefined;
+  }
+}
+
+/**
  * Restores the newest entry under the key prefix and moves it to `live`. Never throws for the cache's sake: a
  * stage held too long by another run means starting without the cache, as a cache outage does.
  */
@@ -115,24 +137,12 @@ export async function restoreCacheMounts(
     await withStage(host, paths.stage, interrupted ?? 'yes', async () => {
       // The prefix is passed as a restore key too: only restore keys are matched by prefix everywhere.
       const result = await restoreCache(host, [state.path], prefix, [prefix, ...restoreKeys]);
-      // An entry is confined to the path, but the path itself may come back as a symlink (the service's cache
-      // mounts would then live wherever it points) or a file (no build could use a cache mount).
-      const restored = await lstat(state.path).catch(() => undefined);
-      if (result.matchedKey && restored && !restored.isDirectory()) {
-        host.warning(
-          `cache mounts from ${result.matchedKey} not used: the entry holds no directory at ${state.path}; starting without them.`,
-        );
-        return;
-      }
-      const linksOut = result.matchedKey ? await removeLinksOut(state.path) : [];
-      if (linksOut.length) {
-        host.warning(
-          `cache mounts from ${result.matchedKey}: removed ${linksOut.length} symlink(s) leading out of the cache-mount dir (buildah would follow them to mount what they point at into builds): ${linksOut.slice(0, 5).join(', ')}${linksOut.length > 5 ? ', ...' : ''}.`,
-        );
-      }
-      state.fingerprint = await fingerprintDir(state.path);
-      if (result.matchedKey) state.matchedKey = result.matchedKey;
-      if (await pathExists(state.path)) await rename(state.path, state.live);
+      if (!result.matchedKey) return;
+      const fingerprint = await takeRestored(host, state.path, result.matchedKey);
+      if (fingerprint === undefined) return;
+      state.fingerprint = fingerprint;
+      state.matchedKey = result.matchedKey;
+      await rename(state.path, state.live);
     });
   } catch (error) {
     if (!(error instanceof LockTimeoutError)) throw error;
