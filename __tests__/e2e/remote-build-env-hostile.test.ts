@@ -95,6 +95,26 @@ describe('remote-build-env, mode local, hostile cache mounts (real podman, direc
     await b.post();
   });
 
+  it('a tree deeper than PATH_MAX in a cache mount: post still removes it (and the stage), and the next run starts', async () => {
+    const runnerTemp = newTemp('ici-rh-');
+    const env = { IMAGE_CI_CACHE_DIR: newTemp('ici-rhc-') };
+    const inputs = { 'cache-mounts': 'true', 'cache-key': 'hostile-deep' };
+    const a = await startJob(inputs, env, runnerTemp);
+    // 5400 bytes of path: what `mkdir d; cd d` 600 times in a RUN step leaves, made from outside, faster.
+    const half = Array(300).fill('aaaaaaaa').join('/');
+    const deep = `mkdir -p ${half} && cd ${half} && mkdir -p ${half} && cd ${half} && touch f`;
+    await exec('bash', ['-c', `mkdir -p "$0/c" && cd "$0/c" && ${deep}`, a.main.outputs['cache-dir']!], {
+      timeoutMs: 60_000,
+    });
+    const post = await a.post();
+    expect(post.exitCode).toBe(0);
+    expect(post.warnings).toEqual([expect.stringMatching(/^cache mounts not saved: ENAMETOOLONG/)]);
+    expect(await readdir(runnerTemp)).toEqual([]);
+    const b = await startJob(inputs, env, runnerTemp);
+    expect(b.main.main.exitCode).toBe(0);
+    expect((await b.post()).exitCode).toBe(0);
+  });
+
   it('a cache-dir replaced by a symlink before post: post neither saves nor tidies up what it points at', async () => {
     const runnerTemp = newTemp('ici-rh-');
     const outside = newTemp('ici-rhv-');

@@ -76,10 +76,13 @@ export async function removeTree(host: Host, dir: string): Promise<void> {
   if (stuck.length) host.warning(`could not unmount ${stuck.join(', ')}`);
   try {
     await rm(dir, { recursive: true, force: true });
-  } catch (error) {
-    if (process.getuid?.() === 0) throw error;
-    // Rootless podman writes image layers as sub-uids this user cannot delete outside its user namespace.
-    await exec('podman', ['unshare', 'rm', '-rf', dir], { timeoutMs: REMOVE_TIMEOUT_MS });
+  } catch {
+    // Node's rm goes by whole paths, so a tree deeper than PATH_MAX (a build can make one in a cache mount) fails
+    // with ENAMETOOLONG; rm(1) goes by descriptors. Rootless podman writes image layers as sub-uids this user
+    // cannot delete outside its user namespace.
+    const rmTree = ['rm', '-rf', '--one-file-system', '--', dir];
+    if (process.getuid?.() === 0) await exec(rmTree[0]!, rmTree.slice(1), { timeoutMs: REMOVE_TIMEOUT_MS });
+    else await exec('podman', ['unshare', ...rmTree], { timeoutMs: REMOVE_TIMEOUT_MS });
   }
 }
 
