@@ -80,9 +80,9 @@ export async function removeTree(host: Host, dir: string): Promise<void> {
     // Node's rm goes by whole paths, so a tree deeper than PATH_MAX (a build can make one in a cache mount) fails
     // with ENAMETOOLONG; rm(1) goes by descriptors. Rootless podman writes image layers as sub-uids this user
     // cannot delete outside its user namespace.
-    const rmTree = ['rm', '-rf', '--one-file-system', '--', dir];
-    if (process.getuid?.() === 0) await exec(rmTree[0]!, rmTree.slice(1), { timeoutMs: REMOVE_TIMEOUT_MS });
-    else await exec('podman', ['unshare', ...rmTree], { timeoutMs: REMOVE_TIMEOUT_MS });
+    const args = ['-rf', '--', dir];
+    if (process.getuid?.() === 0) await exec('rm', args, { timeoutMs: REMOVE_TIMEOUT_MS });
+    else await exec('podman', ['unshare', 'rm', ...args], { timeoutMs: REMOVE_TIMEOUT_MS });
   }
 }
 
