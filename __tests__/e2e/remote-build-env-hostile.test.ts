@@ -78,14 +78,19 @@ describe('remote-build-env, mode local, hostile cache mounts (real podman, direc
     expect(a.main.main.exitCode).toBe(0);
     await build(a, 'fifo', [
       'echo kept >/c/kept && mkfifo /c/pipe && mknod /c/null c 1 3 && ln -s kept /c/link && ln /c/link /c/link2',
+      // A name that is a workflow command on its own line: the log shows it as text.
+      'mkfifo "/c/$(printf "x\\n::add-mask::planted")"',
     ]);
     const postA = await a.post();
     expect(postA.exitCode).toBe(0);
     expect(postA.warnings).toEqual([]);
-    expect(postA.lines.map((l) => l.text).join('\n')).toMatch(/not saving 2 FIFO.*: c\/null, c\/pipe\./);
+    const text = postA.lines.map((l) => l.text).join('\n');
+    expect(text).toMatch(/not saving 3 FIFO.*: c\/null, c\/pipe, c\/x\n::add-mask::planted\./);
+    expect(postA.masks).toEqual([]);
 
     temps.push(...(await laterRun([runnerTemp])));
     const b = await startJob(inputs, env, runnerTemp);
+    expect(b.main.errors).toEqual([]);
     expect(b.main.warnings).toEqual([]);
     expect(b.main.outputs['cache-hit']).toBe('true');
     const listing = await build(b, 'fifo-read', [
