@@ -220,6 +220,33 @@ describe('remote-build-env, mode local, cache entries saved by someone else (rea
     expect(await readdir(outside)).toEqual(['host-file']);
     expect((await job.post()).exitCode).toBe(0);
   });
+  it('setuid and setgid bits in an entry are cleared: a planted setuid-root file would make root of a build step run as another user', async () => {
+    const runnerTemp = newTemp('ici-rh-');
+    const cacheDir = newTemp('ici-rhc-');
+    const key = await plantEntry(cacheDir, runnerTemp, 'hostile-suid', async (p) => {
+      await mkdir(join(p, 'c'), { recursive: true });
+      for (const [name, mode] of [
+        ['suid', 0o4755],
+        ['sgid', 0o2755],
+        ['plain', 0o755],
+      ] as const) {
+        await writeFile(join(p, 'c', name), '#!/bin/sh\n');
+        await chmod(join(p, 'c', name), mode);
+      }
+    });
+    const job = await startJob(
+      { 'cache-mounts': 'true', 'cache-key': 'hostile-suid' },
+      { IMAGE_CI_CACHE_DIR: cacheDir },
+      runnerTemp,
+    );
+    expect(job.main.warnings).toEqual([
+      `cache mounts from ${key}: cleared the setuid/setgid bits of 2 file(s): c/sgid, c/suid.`,
+    ]);
+    const live = join(job.main.outputs['cache-dir']!, 'c');
+    const modes = async (name: string) => (await stat(join(live, name))).mode & 0o7777;
+    expect([await modes('suid'), await modes('sgid'), await modes('plain')]).toEqual([0o755, 0o755, 0o755]);
+    expect((await job.post()).exitCode).toBe(0);
+  });
 });
 
 describe('remote-build-env cache mounts restored by a non-root runner (directory cache; in process, as the test user)', () => {

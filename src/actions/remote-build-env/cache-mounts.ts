@@ -24,7 +24,7 @@ import { pathExists } from '../../core/files.js';
 import type { Host } from '../../core/host.js';
 import { errorMessage } from '../../core/run.js';
 import { formatDuration } from '../../core/summary.js';
-import { EMPTY_FINGERPRINT, fingerprintDir, removeLinksOut, removeUnrestorable } from './fingerprint.js';
+import { confineRestored, EMPTY_FINGERPRINT, fingerprintDir, removeUnrestorable } from './fingerprint.js';
 import type { PodmanVersion } from '../../core/podman.js';
 import { removeTree } from './cleanup.js';
 import type { CacheState } from './state.js';
@@ -93,6 +93,11 @@ export interface CacheMountPaths {
   live: string;
 }
 
+/** The first few of `paths`, for a log line. */
+function listed(paths: readonly string[]): string {
+  return `${paths.slice(0, 5).join(', ')}${paths.length > 5 ? ', ...' : ''}`;
+}
+
 /**
  * Readies a restored entry for the service and returns its fingerprint, or undefined (with a warning) when it is
  * not to be used; the stage is emptied after either way. The entry is confined to `path`, but `path` itself may
@@ -102,10 +107,15 @@ export interface CacheMountPaths {
 async function takeRestored(host: Host, path: string, matchedKey: string): Promise<string | undefined> {
   try {
     if (!(await lstat(path)).isDirectory()) throw new Error(`the entry holds no directory at ${path}`);
-    const linksOut = await removeLinksOut(path);
+    const { linksOut, setuid } = await confineRestored(path);
     if (linksOut.length) {
       host.warning(
-        `cache mounts from ${matchedKey}: removed ${linksOut.length} symlink(s) leading out of the cache-mount dir (buildah would follow them to mount what they point at into builds): ${linksOut.slice(0, 5).join(', ')}${linksOut.length > 5 ? ', ...' : ''}.`,
+        `cache mounts from ${matchedKey}: removed ${linksOut.length} symlink(s) leading out of the cache-mount dir (buildah would follow them to mount what they point at into builds): ${listed(linksOut)}.`,
+      );
+    }
+    if (setuid.length) {
+      host.warning(
+        `cache mounts from ${matchedKey}: cleared the setuid/setgid bits of ${setuid.length} file(s): ${listed(setuid)}.`,
       );
     }
     return await fingerprintDir(path);
@@ -173,7 +183,7 @@ export async function saveCacheMounts(host: Host, stage: string, cache: CacheSta
     const removed = await removeUnrestorable(cache.path);
     if (removed.length) {
       host.info(
-        `Cache mounts: not saving ${removed.length} FIFO(s), socket(s) or device node(s) a build left there (a restore refuses them): ${removed.slice(0, 5).join(', ')}${removed.length > 5 ? ', ...' : ''}.`,
+        `Cache mounts: not saving ${removed.length} FIFO(s), socket(s) or device node(s) a build left there (a restore refuses them): ${listed(removed)}.`,
       );
     }
     const fingerprint = await fingerprintDir(cache.path);

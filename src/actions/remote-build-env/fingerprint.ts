@@ -2,11 +2,11 @@
  * The cache-mount dir as post finds it after the builds: a cheap "did this directory change" check (names,
  * types, modes, sizes, mtimes and link targets, not contents: any build step that writes into a cache mount
  * changes at least one of them, and reading metadata stays fast for caches of many gigabytes), and the removal of
- * what a build left there that no restore would take; and, on restore, the removal of symlinks that lead out of it.
+ * what a build left there that no restore would take; and, on restore, what an entry must not bring along.
  */
 import { createHash } from 'node:crypto';
 import type { Stats } from 'node:fs';
-import { lstat, readdir, readlink, realpath, rm, symlink } from 'node:fs/promises';
+import { chmod, lstat, readdir, readlink, realpath, rm, symlink } from 'node:fs/promises';
 import { isAbsolute, join, sep } from 'node:path';
 
 /** Calls `visit` for everything below `root`, in name order, a directory before what it holds. */
@@ -64,24 +64,37 @@ export async function removeUnrestorable(dir: string): Promise<string[]> {
   return removed;
 }
 
+export interface Confined {
+  /** Symlinks removed, relative to the dir. */
+  linksOut: string[];
+  /** Files whose setuid/setgid bits were cleared, relative to the dir. */
+  setuid: string[];
+}
+
 /**
- * Removes every symlink below `dir` that, followed on this host, leads out of `dir` or nowhere, and returns their
- * paths relative to `dir`. Buildah follows symlinks on the host when it looks up a cache mount's dir
- * (`<cache-mount dir>/<id>`, the id being the target path unless given): a restored `root/.cache -> /` would
- * mount the host's root into the build. An absolute target goes too, even one into `dir`: the dir is moved
- * before the service uses it. Links that stay inside (`node_modules/.bin`) are kept.
+ * Makes a restored tree (anyone who can write the cache may have saved it) safe to hand to the service, in one
+ * walk. Removes every symlink that, followed on this host, leads out of `dir` or nowhere: buildah follows
+ * symlinks on the host when it looks up a cache mount's dir (`<cache-mount dir>/<id>`, the id being the target
+ * path unless given), so a restored `root/.cache -> /` would mount the host's root into the build. An absolute
+ * target goes too, even one into `dir`: the dir is moved before the service uses it. Links that stay inside
+ * (`node_modules/.bin`) are kept. And clears setuid/setgid bits, which tar restores for root: a planted
+ * setuid-root file would make root of a build step that dropped to another user.
  */
-export async function removeLinksOut(dir: string): Promise<string[]> {
+export async function confineRestored(dir: string): Promise<Confined> {
   const root = await realpath(dir);
-  const removed: string[] = [];
+  const confined: Confined = { linksOut: [], setuid: [] };
   await walk(dir, '', async (path, info) => {
-    if (!info.isSymbolicLink()) return;
     const full = join(dir, path);
+    if (info.isFile() && info.mode & 0o6000) {
+      await chmod(full, info.mode & 0o1777);
+      confined.setuid.push(path);
+    }
+    if (!info.isSymbolicLink()) return;
     const target = await readlink(full);
     const resolved = isAbsolute(target) ? undefined : await realpath(full).catch(() => undefined);
     if (resolved === root || resolved?.startsWith(root + sep)) return;
     await rm(full);
-    removed.push(path);
+    confined.linksOut.push(path);
   });
-  return removed;
+  return confined;
 }
