@@ -205,6 +205,9 @@ describe('remote-build-env, mode local, cache entries saved by someone else (rea
       await symlink('../../..', join(p, 'd', 'up'));
       await symlink('sub', join(p, 'd', 'kept'));
       await symlink('gone', join(p, 'd', 'nowhere'));
+      // Inside, read as text; outside, followed by the kernel (y is d): only the latter counts.
+      await symlink('..', join(p, 'd', 'sub', 'y'));
+      await symlink('y/../..', join(p, 'd', 'sub', 'x'));
     });
     const job = await startJob(
       { 'cache-mounts': 'true', 'cache-key': 'hostile-links' },
@@ -212,11 +215,12 @@ describe('remote-build-env, mode local, cache entries saved by someone else (rea
       runnerTemp,
     );
     expect(job.main.warnings).toEqual([
-      `cache mounts from ${key}: removed 3 symlink(s) leading out of the cache-mount dir (buildah would follow them to mount what they point at into builds): c, d/nowhere, d/up.`,
+      `cache mounts from ${key}: removed 4 symlink(s) leading out of the cache-mount dir (buildah would follow them to mount what they point at into builds): c, d/nowhere, d/sub/x, d/up.`,
     ]);
     expect(job.main.outputs['cache-hit']).toBe('true');
     await build(job, 'links', ['touch /c/written']);
     expect((await readdir(join(job.main.outputs['cache-dir']!, 'd'))).sort()).toEqual(['kept', 'sub']);
+    expect(await readdir(join(job.main.outputs['cache-dir']!, 'd', 'sub'))).toEqual(['y']);
     expect(await readdir(outside)).toEqual(['host-file']);
     expect((await job.post()).exitCode).toBe(0);
   });
