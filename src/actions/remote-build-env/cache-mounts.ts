@@ -15,7 +15,7 @@
  * (move back, save, empty the stage). The lock names the process holding it; a run killed meanwhile leaves a lock
  * the next one takes over at once (its owner is gone) and a stage it empties first.
  */
-import { mkdir, rename } from 'node:fs/promises';
+import { lstat, mkdir, rename } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { acquireLock, LockTimeoutError, type Lock } from '../../core/atomic.js';
 import { restoreCache, saveCache } from '../../core/cache.js';
@@ -24,7 +24,7 @@ import { pathExists } from '../../core/files.js';
 import type { Host } from '../../core/host.js';
 import { errorMessage } from '../../core/run.js';
 import { formatDuration } from '../../core/summary.js';
-import { EMPTY_FINGERPRINT, fingerprintDir } from './fingerprint.js';
+import { confineRestored, EMPTY_FINGERPRINT, fingerprintDir, removeUnrestorable } from './fingerprint.js';
 import type { PodmanVersion } from '../../core/podman.js';
 import { removeTree } from './cleanup.js';
 import type { CacheState } from './state.js';
@@ -93,6 +93,38 @@ export interface CacheMountPaths {
   live: string;
 }
 
+/** The first few of `paths`, for a log line. */
+function listed(paths: readonly string[]): string {
+  return `${paths.slice(0, 5).join(', ')}${paths.length > 5 ? ', ...' : ''}`;
+}
+
+/**
+ * Readies a restored entry for the service and returns its fingerprint, or undefined (with a warning) when it is
+ * not to be used; the stage is emptied after either way. The entry is confined to `path`, but `path` itself may
+ * come back as a symlink (the service's cache mounts would live wherever it points) or a file, and what is below
+ * it may be unreadable to a non-root runner (a directory of mode 000): a cache never fails the step.
+ */
+async function takeRestored(host: Host, path: string, matchedKey: string): Promise<string | undefined> {
+  try {
+    if (!(await lstat(path)).isDirectory()) throw new Error(`the entry holds no directory at ${path}`);
+    const { linksOut, setuid } = await confineRestored(path);
+    if (linksOut.length) {
+      host.warning(
+        `cache mounts from ${matchedKey}: removed ${linksOut.length} symlink(s) leading out of the cache-mount dir (buildah would follow them to mount what they point at into builds): ${listed(linksOut)}.`,
+      );
+    }
+    if (setuid.length) {
+      host.warning(
+        `cache mounts from ${matchedKey}: cleared the setuid/setgid bits of ${setuid.length} file(s): ${listed(setuid)}.`,
+      );
+    }
+    return await fingerprintDir(path);
+  } catch (error) {
+    host.warning(`cache mounts from ${matchedKey} not used, starting without them: ${errorMessage(error)}.`);
+    return undefined;
+  }
+}
+
 /**
  * Restores the newest entry under the key prefix and moves it to `live`. Never throws for the cache's sake: a
  * stage held too long by another run means starting without the cache, as a cache outage does.
@@ -115,9 +147,12 @@ export async function restoreCacheMounts(
     await withStage(host, paths.stage, interrupted ?? 'yes', async () => {
       // The prefix is passed as a restore key too: only restore keys are matched by prefix everywhere.
       const result = await restoreCache(host, [state.path], prefix, [prefix, ...restoreKeys]);
-      state.fingerprint = await fingerprintDir(state.path);
-      if (result.matchedKey) state.matchedKey = result.matchedKey;
-      if (await pathExists(state.path)) await rename(state.path, state.live);
+      if (!result.matchedKey) return;
+      const fingerprint = await takeRestored(host, state.path, result.matchedKey);
+      if (fingerprint === undefined) return;
+      state.fingerprint = fingerprint;
+      state.matchedKey = result.matchedKey;
+      await rename(state.path, state.live);
     });
   } catch (error) {
     if (!(error instanceof LockTimeoutError)) throw error;
@@ -137,6 +172,19 @@ export async function saveCacheMounts(host: Host, stage: string, cache: CacheSta
     if (await pathExists(cache.live)) {
       await mkdir(stage, { mode: 0o700 });
       await rename(cache.live, cache.path);
+    }
+    // A later step may have put a symlink where the outputs' cache-dir was: what it points at is not ours to
+    // tidy up or to save.
+    const moved = await lstat(cache.path).catch(() => undefined);
+    if (moved && !moved.isDirectory()) {
+      host.warning(`cache mounts not saved: ${cache.live} is no directory any more (a symlink or a file).`);
+      return;
+    }
+    const removed = await removeUnrestorable(cache.path);
+    if (removed.length) {
+      host.info(
+        `Cache mounts: not saving ${removed.length} FIFO(s), socket(s) or device node(s) a build left there (a restore refuses them): ${listed(removed)}.`,
+      );
     }
     const fingerprint = await fingerprintDir(cache.path);
     if (fingerprint === EMPTY_FINGERPRINT) {

@@ -46,6 +46,13 @@ export async function stopChild(
   return outcome;
 }
 
+/**
+ * The query of a request line in the service's access log (`"POST /v4.3.1/libpod/build?buildargs=... HTTP/1.1"`).
+ * It carries build args, which hold tokens in many workflows, percent- and JSON-escaped: a form the runner's
+ * masking of the secret's plain value does not catch. The method and path say which call it was.
+ */
+const REQUEST_QUERY = /("[A-Z]+ [^"?\s]*)\?\S*( HTTP\/[\d.]+")/g;
+
 /** Prints the log in a folded group when `reason` says something went wrong, else one line about it. */
 export async function showLog(host: Host, title: string, logFile: string, reason: string | undefined) {
   let log = '';
@@ -59,7 +66,7 @@ export async function showLog(host: Host, title: string, logFile: string, reason
     return;
   }
   await host.group(`${title} (${reason})`, async () => {
-    for (const line of log.trimEnd().split('\n')) host.info(line);
+    for (const line of log.trimEnd().split('\n')) host.info(line.replace(REQUEST_QUERY, '$1?…$2'));
   });
 }
 
@@ -69,10 +76,13 @@ export async function removeTree(host: Host, dir: string): Promise<void> {
   if (stuck.length) host.warning(`could not unmount ${stuck.join(', ')}`);
   try {
     await rm(dir, { recursive: true, force: true });
-  } catch (error) {
-    if (process.getuid?.() === 0) throw error;
-    // Rootless podman writes image layers as sub-uids this user cannot delete outside its user namespace.
-    await exec('podman', ['unshare', 'rm', '-rf', dir], { timeoutMs: REMOVE_TIMEOUT_MS });
+  } catch {
+    // Node's rm goes by whole paths, so a tree deeper than PATH_MAX (a build can make one in a cache mount) fails
+    // with ENAMETOOLONG; rm(1) goes by descriptors. Rootless podman writes image layers as sub-uids this user
+    // cannot delete outside its user namespace.
+    const args = ['-rf', '--', dir];
+    if (process.getuid?.() === 0) await exec('rm', args, { timeoutMs: REMOVE_TIMEOUT_MS });
+    else await exec('podman', ['unshare', 'rm', ...args], { timeoutMs: REMOVE_TIMEOUT_MS });
   }
 }
 

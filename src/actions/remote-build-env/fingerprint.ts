@@ -1,13 +1,20 @@
 /**
- * A cheap "did this directory change" check for the cache-mount dir: names, types, modes, sizes, mtimes and
- * link targets, not contents. Any build step that writes into a cache mount changes at least one of them, and
- * reading metadata stays fast for caches of many gigabytes.
+ * The cache-mount dir as post finds it after the builds: a cheap "did this directory change" check (names,
+ * types, modes, sizes, mtimes and link targets, not contents: any build step that writes into a cache mount
+ * changes at least one of them, and reading metadata stays fast for caches of many gigabytes), and the removal of
+ * what a build left there that no restore would take; and, on restore, what an entry must not bring along.
  */
 import { createHash } from 'node:crypto';
-import { lstat, readdir, readlink } from 'node:fs/promises';
-import { join } from 'node:path';
+import type { Stats } from 'node:fs';
+import { chmod, lstat, readdir, readlink, realpath, rm, symlink } from 'node:fs/promises';
+import { isAbsolute, join, sep } from 'node:path';
 
-async function walk(root: string, rel: string, hash: ReturnType<typeof createHash>): Promise<void> {
+/** Calls `visit` for everything below `root`, in name order, a directory before what it holds. */
+async function walk(
+  root: string,
+  rel: string,
+  visit: (path: string, info: Stats) => Promise<void>,
+): Promise<void> {
   let names: string[];
   try {
     names = (await readdir(join(root, rel))).sort();
@@ -18,17 +25,76 @@ async function walk(root: string, rel: string, hash: ReturnType<typeof createHas
   for (const name of names) {
     const path = join(rel, name);
     const info = await lstat(join(root, path));
-    const target = info.isSymbolicLink() ? await readlink(join(root, path)) : '';
-    hash.update(`${path}\0${info.mode}\0${info.size}\0${info.mtimeMs}\0${target}\n`);
-    if (info.isDirectory()) await walk(root, path, hash);
+    await visit(path, info);
+    if (info.isDirectory()) await walk(root, path, visit);
   }
 }
 
 /** Hex digest of the tree's metadata; a missing or empty directory gives the digest of nothing. */
 export async function fingerprintDir(dir: string): Promise<string> {
   const hash = createHash('sha256');
-  await walk(dir, '', hash);
+  await walk(dir, '', async (path, info) => {
+    const target = info.isSymbolicLink() ? await readlink(join(dir, path)) : '';
+    hash.update(`${path}\0${info.mode}\0${info.size}\0${info.mtimeMs}\0${target}\n`);
+  });
   return hash.digest('hex');
 }
 
 export const EMPTY_FINGERPRINT = createHash('sha256').digest('hex');
+
+/**
+ * Makes the tree one a restore takes (cache-confinement.ts refuses a whole entry for one FIFO, device node or
+ * hard link to a symlink, and would then refuse every later save of it too): FIFOs, sockets and device nodes
+ * (a build's leftovers, worth nothing in a later run) are removed, and a symlink with more than one name gets a
+ * fresh inode per name. Returns the paths removed, relative to `dir`.
+ */
+export async function removeUnrestorable(dir: string): Promise<string[]> {
+  const removed: string[] = [];
+  await walk(dir, '', async (path, info) => {
+    const full = join(dir, path);
+    if (info.isSymbolicLink() && info.nlink > 1) {
+      const target = await readlink(full);
+      await rm(full);
+      await symlink(target, full);
+    } else if (!info.isFile() && !info.isDirectory() && !info.isSymbolicLink()) {
+      await rm(full);
+      removed.push(path);
+    }
+  });
+  return removed;
+}
+
+export interface Confined {
+  /** Symlinks removed, relative to the dir. */
+  linksOut: string[];
+  /** Files whose setuid/setgid bits were cleared, relative to the dir. */
+  setuid: string[];
+}
+
+/**
+ * Makes a restored tree (anyone who can write the cache may have saved it) safe to hand to the service, in one
+ * walk. Removes every symlink that, followed on this host, leads out of `dir` or nowhere: buildah follows
+ * symlinks on the host when it looks up a cache mount's dir (`<cache-mount dir>/<id>`, the id being the target
+ * path unless given), so a restored `root/.cache -> /` would mount the host's root into the build. An absolute
+ * target goes too, even one into `dir`: the dir is moved before the service uses it. Links that stay inside
+ * (`node_modules/.bin`) are kept. And clears setuid/setgid bits, which tar restores for root: a planted
+ * setuid-root file would make root of a build step that dropped to another user.
+ */
+export async function confineRestored(dir: string): Promise<Confined> {
+  const root = await realpath(dir);
+  const confined: Confined = { linksOut: [], setuid: [] };
+  await walk(dir, '', async (path, info) => {
+    const full = join(dir, path);
+    if (info.isFile() && info.mode & 0o6000) {
+      await chmod(full, info.mode & 0o1777);
+      confined.setuid.push(path);
+    }
+    if (!info.isSymbolicLink()) return;
+    const target = await readlink(full);
+    const resolved = isAbsolute(target) ? undefined : await realpath(full).catch(() => undefined);
+    if (resolved === root || resolved?.startsWith(root + sep)) return;
+    await rm(full);
+    confined.linksOut.push(path);
+  });
+  return confined;
+}
