@@ -314,7 +314,9 @@ describe('a publisher that does not take the lock (incus-simplestreams add) writ
       unlinkSync(imagesJson(repo));
       execFileSync('mkfifo', [imagesJson(repo)]);
     }).catch((e: Error) => e);
-    expect((error as Error).message).toMatch(/streams\/v1\/images\.json changed while this prune was planning/);
+    expect((error as Error).message).toMatch(
+      /streams\/v1\/images\.json changed while this prune was planning/,
+    );
     expect(lstatSync(imagesJson(repo)).isFIFO()).toBe(true);
   }, 10_000);
 });
