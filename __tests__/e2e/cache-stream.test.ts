@@ -702,6 +702,31 @@ describe('streaming restore, cache service v2', () => {
     expect(fallbacks(log)).toEqual([]);
   });
 
+  it('ends tar at IMAGE_CI_CACHE_TIMEOUT when it hangs after taking the whole stream (a stuck disk): nothing left running', async () => {
+    const dir = join(dirs.runnerTemp, 'ici-tar-hangs');
+    await savedTree(dir, 'tar-hangs-key', 1, 1 * MiB);
+    const pidFile = join(dirs.base, 'tar-hangs.pid');
+    const { host, log } = cliHost();
+    process.env.IMAGE_CI_CACHE_TIMEOUT = '2s';
+    try {
+      // The download is over when tar stops: only the deadline is left to end the wait for it.
+      const result = await withShims(
+        'tar-hangs-shims',
+        {
+          tar: `if [ "$2" = - ]; then cat > /dev/null; echo $$ > ${pidFile}; exec sleep 600; fi\nexec "$REAL" "$@"`,
+        },
+        () => restoreCache(host, [dir], 'tar-hangs-key'),
+      );
+      expect(result).toEqual({ hit: false, backend: 'actions' });
+    } finally {
+      delete process.env.IMAGE_CI_CACHE_TIMEOUT;
+    }
+    expect(log.some((l) => /^warning: Cache unavailable.*timed out after 2\.0 s/.test(l))).toBe(true);
+    const tarPid = Number(readFileSync(pidFile, 'utf8'));
+    expect(() => process.kill(tarPid, 0)).toThrow(expect.objectContaining({ code: 'ESRCH' }));
+    expect(existsSync(dir)).toBe(false);
+  }, 30_000);
+
   it('leaves no tar running when zstd cannot be started (spawn throws ELOOP): the library is asked instead', async () => {
     const dir = join(dirs.runnerTemp, 'ici-zstd-unstartable');
     await savedTree(dir, 'zstd-unstartable-key', 1, 1 * MiB);

@@ -14,6 +14,7 @@ import {
   renameSync,
   rmSync,
   symlinkSync,
+  unlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { execFileSync } from 'node:child_process';
@@ -305,6 +306,19 @@ describe('a publisher that does not take the lock (incus-simplestreams add) writ
     for (const path of old.paths) expect(existsSync(join(repo.root, path))).toBe(true);
     expect((error as Error).message).toMatch(/changed while this prune was planning/);
   });
+  it('puts a FIFO where images.json was: the prune fails naming the change instead of waiting for a writer', async () => {
+    const repo = newRepo('flat');
+    for (const v of V.slice(0, 3)) repo.addVersion(P, v);
+    repo.write();
+    const error = await applyAfter(repo, () => {
+      unlinkSync(imagesJson(repo));
+      execFileSync('mkfifo', [imagesJson(repo)]);
+    }).catch((e: Error) => e);
+    expect((error as Error).message).toMatch(
+      /streams\/v1\/images\.json changed while this prune was planning/,
+    );
+    expect(lstatSync(imagesJson(repo)).isFIFO()).toBe(true);
+  }, 10_000);
 });
 
 describe('a state file older than the metadata on disk (a prune stopped between the two)', () => {

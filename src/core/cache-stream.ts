@@ -283,6 +283,14 @@ class Extraction {
     // Every tar block is shown to the watcher before tar gets it.
     const piped = relay.into(tar.stdin, (chunk) => this.watcher.inspect(chunk));
     const exits = Promise.all([exitOf('zstd', zstd), exitOf('tar', tar)]);
+    // The deadline ends the children too: with the download done, a tar stuck on its disk (or a zstd that never
+    // exits) would otherwise hold the restore for good.
+    const stopChildren = () => {
+      zstd.kill('SIGKILL');
+      tar.kill('SIGKILL');
+    };
+    this.signal.addEventListener('abort', stopChildren, { once: true });
+    void exits.then(() => this.signal.removeEventListener('abort', stopChildren));
     zstd.stdin.on('error', () => undefined);
     let failure: unknown;
     let result: RangedDownloadResult = { bytes: 0, ranges: 0, retries: 0 };

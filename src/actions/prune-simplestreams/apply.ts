@@ -5,9 +5,9 @@
  * because a crash lost its "unreferenced since" time.
  */
 import { rmdirSync, unlinkSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
+import { readRegularFile } from '../../core/files.js';
 import { ActionError } from '../../core/run.js';
 import { fileOf, serializeJson, type Catalog, type JsonDoc } from './catalog.js';
 import type { FileAction, Plan } from './plan.js';
@@ -33,7 +33,12 @@ async function expectUnchanged(
   docs: readonly { doc: JsonDoc; expected: string }[],
 ): Promise<void> {
   for (const { doc, expected } of docs) {
-    const now = await readFile(join(root, fileOf(doc)), 'utf8').catch(() => undefined);
+    // The publisher may have put anything there meanwhile: a FIFO must not hold the prune (and its lock) until
+    // someone writes to it, and a file longer than what was planned from is changed without reading all of it.
+    const now = await readRegularFile(join(root, fileOf(doc)), Buffer.byteLength(expected) + 1).then(
+      (bytes) => bytes.toString('utf8'),
+      () => undefined,
+    );
     if (now !== expected) {
       throw new ActionError(
         `${doc.path} changed while this prune was planning (a publisher that does not take ${LOCK_FILE_NAME}?); ` +
