@@ -49,6 +49,8 @@ const actions = readdirSync('actions').sort();
 mkdirSync('dist', { recursive: true });
 // Inside dist/, so on its filesystem: rename(2) cannot cross one.
 const out = mkdtempSync(join('dist', STAGE_PREFIX));
+// Also when the build fails: a stage left in dist/ could be committed with it.
+process.on('exit', () => rmSync(out, { recursive: true, force: true }));
 execFileSync(
   process.execPath,
   [
@@ -100,5 +102,4 @@ writeFileSync(
 );
 chmodSync(join(out, 'cli.js'), 0o755);
 publish(out, 'dist');
-rmSync(out, { recursive: true, force: true });
 writeRootActionYml(actions);
