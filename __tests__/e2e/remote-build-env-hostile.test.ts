@@ -90,6 +90,13 @@ describe('remote-build-env, mode local, hostile cache mounts (real podman, direc
 
     temps.push(...(await laterRun([runnerTemp])));
     const b = await startJob(inputs, env, runnerTemp);
+    // A step that dies before its error boundary (a module missing while dist/ is rebuilt beside the test) logs
+    // no ::error:: and sets no output: then its raw output says why.
+    if (b.main.main.exitCode !== 0) {
+      throw new Error(
+        `main exited ${b.main.main.exitCode}:\n${b.main.main.lines.map((l) => l.text).join('\n')}`,
+      );
+    }
     expect(b.main.errors).toEqual([]);
     expect(b.main.warnings).toEqual([]);
     expect(b.main.outputs['cache-hit']).toBe('true');
