@@ -8,7 +8,7 @@
 import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { Transform } from 'node:stream';
+import { finished, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { confineMembers, EntryRefused } from './cache-confinement.js';
 import { exitOf, ownFailure } from './child-exit.js';
@@ -40,26 +40,38 @@ export async function extractConfined(archive: string, paths: string[], timeoutM
       timedOut = true;
       kill();
     }, timeoutMs);
-    const inspect = new Transform({
-      transform(chunk: Buffer, _encoding, done) {
+    // tar exits at the end-of-archive block without reading the rest of its input, and node then destroys its
+    // stdin, maybe before our last write called back (that failed about 1 restore in 7 under load). Yet zstd must
+    // be read to its end: its exit status (the frame checksum) only comes once all its output was taken. So past
+    // that block bytes are drained, not handed on, and tar's input going away is no failure.
+    const stdin = tar.stdin!;
+    stdin.on('error', () => undefined); // reported to the callbacks below
+    const unlessEnded = (done: (error?: Error | null) => void) => (error?: Error | null) =>
+      done(error && !watcher.ended ? error : null);
+    const toTar = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        if (watcher.ended) return done();
         try {
           watcher.inspect(chunk);
-          done(null, chunk);
         } catch (error) {
-          done(error as Error);
+          return done(error as Error);
         }
+        stdin.write(chunk, unlessEnded(done));
+      },
+      final(done) {
+        stdin.end();
+        finished(stdin, unlessEnded(done));
       },
     });
     let broken: unknown;
     try {
-      await pipeline(zstd.stdout!, inspect, tar.stdin!);
+      await pipeline(zstd.stdout!, toTar);
     } catch (error) {
       broken = error;
-      kill();
-    } finally {
-      clearTimeout(timer);
+      // Past the end-of-archive block both children end on their own, and kills would spoil their exit codes.
+      if (!watcher.ended) kill();
     }
-    const [unzstd, untar] = await exits;
+    const [unzstd, untar] = await exits.finally(() => clearTimeout(timer));
     // A refusal is the cause; else what a child said is (a broken pipe only follows from it).
     if (watcher.failure) throw watcher.failure;
     if (timedOut) throw new Error(`cannot extract ${archive}: not done after ${formatDuration(timeoutMs)}`);
