@@ -22,7 +22,9 @@ import {
   symlinkSync,
   utimesSync,
   writeFileSync,
+  type Stats,
 } from 'node:fs';
+import { setTimeout as delay } from 'node:timers/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import { CliHost } from '../../src/core/host.js';
 import { MapInputSource } from '../../src/core/inputs.js';
@@ -346,26 +348,37 @@ export function repoProblems(root: string): string[] {
   return problems;
 }
 
+/** Every entry under root (dot files included, symlinks not followed) with its lstat, parents first. */
+function* entries(root: string, rel = ''): Generator<{ path: string; info: Stats }> {
+  for (const entry of readdirSync(rel ? join(root, rel) : root, { withFileTypes: true })) {
+    const path = rel ? `${rel}/${entry.name}` : entry.name;
+    const info = lstatSync(join(root, path));
+    yield { path, info };
+    if (info.isDirectory()) yield* entries(root, path);
+  }
+}
+
 /** Every entry under root (dot files included) with size, mtime and content hash: equal snapshots = untouched. */
 export function snapshotTree(root: string): Map<string, string> {
   const result = new Map<string, string>();
-  const visit = (rel: string) => {
-    const abs = rel ? join(root, rel) : root;
-    for (const entry of readdirSync(abs, { withFileTypes: true })) {
-      const path = rel ? `${rel}/${entry.name}` : entry.name;
-      const info = lstatSync(join(root, path));
-      if (entry.isDirectory()) {
-        result.set(`${path}/`, `${info.mtimeMs}`);
-        visit(path);
-      } else if (entry.isSymbolicLink()) {
-        result.set(path, `-> ${readlinkSync(join(root, path))}`);
-      } else {
-        result.set(path, `${info.size}:${info.mtimeMs}:${sha256(readFileSync(join(root, path)))}`);
-      }
-    }
-  };
-  visit('');
+  for (const { path, info } of entries(root)) {
+    if (info.isDirectory()) result.set(`${path}/`, `${info.mtimeMs}`);
+    else if (info.isSymbolicLink()) result.set(path, `-> ${readlinkSync(join(root, path))}`);
+    else result.set(path, `${info.size}:${info.mtimeMs}:${sha256(readFileSync(join(root, path)))}`);
+  }
   return result;
+}
+
+/**
+ * Waits until nothing under `root` changed for `ms`, by the later of mtime and ctime as a prune counts: a copy (cp
+ * -p, rsync -a) is new to a prune however old its mtimes are, and for a prune run from dist/ on the real clock
+ * only time makes it old.
+ */
+export async function waitUnchangedFor(root: string, ms: number): Promise<void> {
+  let changed = 0;
+  for (const { info } of entries(root)) changed = Math.max(changed, info.mtimeMs, info.ctimeMs);
+  const left = changed + ms - Date.now();
+  if (left > 0) await delay(left);
 }
 
 /** Regular files under root (relative paths, sorted), without the prune's own state file. */
