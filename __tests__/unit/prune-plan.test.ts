@@ -418,14 +418,14 @@ describe('planPrune: sidecars and directories', () => {
   it('counts from ctime when it is later than mtime (rsync -a, cp -p, tar -x: a new copy with an old mtime)', () => {
     const c = catalogOf({ 'a:b:c:d': { '20240301': nested('20240301') } });
     const f = factsOf(c);
-    const copied = (agoMs: number) => ({ size: 5, mtimeMs: NOW - 3 * DAY, ctimeMs: NOW - agoMs, regular: true });
+    const built = NOW - 3 * DAY;
+    const copied = (agoMs: number) => ({ size: 5, mtimeMs: built, ctimeMs: NOW - agoMs, regular: true });
     // Just copied in, not yet in images.json; a stray sidecar beside them; one file unreferenced for 2 h but
     // copied in again 30 min ago (flat layouts name files by content: a publisher may be bringing it back).
-    for (const path of ['images/d/20240401/rootfs.squashfs', 'images/d/20240401/SHA256SUMS', 'images/d/x.asc']) {
-      f.files.set(path, copied(60_000));
-    }
+    const fresh = ['images/d/20240401/rootfs.squashfs', 'images/d/20240401/SHA256SUMS', 'images/d/x.asc'];
+    for (const path of fresh) f.files.set(path, copied(60_000));
     f.files.set('images/d/20240101/incus.tar.xz', copied(30 * 60_000));
-    f.dirs.set('images/d/empty-copied', { times: { mtimeMs: NOW - 3 * DAY, ctimeMs: NOW - 60_000 } });
+    f.dirs.set('images/d/empty-copied', { times: { mtimeMs: built, ctimeMs: NOW - 60_000 } });
     const state = new Map([['images/d/20240101/incus.tar.xz', NOW - 2 * HOUR]]);
     const plan = planPrune(c, f, state, options());
     expect(plan.delete).toEqual([]);
