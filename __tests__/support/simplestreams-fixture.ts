@@ -65,7 +65,7 @@ const HOUR = 3_600_000;
  * fixture wrote the file (utimes cannot set it back): on this clock it lies that far in the past, so the mtimes
  * the fixture sets relative to the clock decide every age the tests tell apart (all much shorter).
  */
-export const CLOCK_AHEAD_DAYS = 60;
+const CLOCK_AHEAD_DAYS = 60;
 
 export function clockAhead(): number {
   return Date.now() + CLOCK_AHEAD_DAYS * 24 * HOUR;
@@ -370,9 +370,9 @@ export function snapshotTree(root: string): Map<string, string> {
 }
 
 /**
- * Waits until nothing under `root` changed for `ms`, by the later of mtime and ctime as a prune counts: a copy (cp
- * -p, rsync -a) is new to a prune however old its mtimes are, and for a prune run from dist/ on the real clock
- * only time makes it old.
+ * Waits until nothing under `root` changed for `ms`, by the later of mtime and ctime as a prune counts: a copy
+ * (`cp -p`, `rsync -a`) is new to a prune however old its mtimes are, and for a prune that runs dist/ on the real
+ * clock only time makes it old.
  */
 export async function waitUnchangedFor(root: string, ms: number): Promise<void> {
   let changed = 0;
