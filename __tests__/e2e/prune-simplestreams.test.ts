@@ -269,13 +269,14 @@ describe('a crafted repository: a referenced rootfs is a symlink into private/',
       JSON.parse(readFileSync(reportFile, 'utf8')) as { files: { deleted: { path: string }[] } }
     ).files.deleted.map((f) => f.path);
 
-  it('through the runner harness with the default grace period: nothing in private/ is deleted', async () => {
+  it('through the runner harness, its month-old files past the grace period: nothing in private/ is deleted', async () => {
     const { root } = crafted();
     const before = privateFiles(root);
     const reportFile = join(base, `report-${counter}.json`);
+    await waitUnchangedFor(root, GRACE_MS);
     const r = await runAction({
       action: 'prune-simplestreams',
-      inputs: { path: root, 'report-file': reportFile },
+      inputs: { path: root, 'grace-period': GRACE, 'report-file': reportFile },
     });
     expect(r.main.exitCode).toBe(0);
     expect(r.errors).toEqual([]);
