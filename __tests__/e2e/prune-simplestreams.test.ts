@@ -27,10 +27,17 @@ import {
   SimplestreamsRepo,
   snapshotTree,
   versionsOf,
+  waitUnchangedFor,
 } from '../support/simplestreams-fixture.js';
 import { testUser, type User } from '../support/podman-matrix.js';
 
 const HOUR = 3_600_000;
+/**
+ * A copy's orphans are new to a prune (their ctime) however old their mtimes: with this grace period and a short
+ * wait they are old enough, while files a prune just dropped from images.json still wait for it.
+ */
+const GRACE = '500ms';
+const GRACE_MS = 500;
 const CLI = join(REPO_ROOT, 'dist/cli.js');
 const LOCK = '.image-ci-prune.lock';
 const DEBIAN_DIR = 'images/debian/bookworm/amd64/default';
@@ -114,9 +121,16 @@ describe('prune-simplestreams through the runner harness', () => {
   it('prunes, sets outputs, writes the report and a summary table per product', async () => {
     const root = freshCopy();
     const reportFile = join(base, `report-${counter}.json`);
+    await waitUnchangedFor(root, GRACE_MS);
     const r = await runAction({
       action: 'prune-simplestreams',
-      inputs: { path: root, 'keep-versions': '2', 'report-file': reportFile, verify: 'sha256' },
+      inputs: {
+        path: root,
+        'keep-versions': '2',
+        'grace-period': GRACE,
+        'report-file': reportFile,
+        verify: 'sha256',
+      },
     });
     expect(r.main.exitCode).toBe(0);
     expect(r.errors).toEqual([]);
@@ -178,7 +192,8 @@ describe('prune-simplestreams through the CLI', () => {
   it('--dry-run prints the plan and outputs and changes nothing', async () => {
     const root = freshCopy();
     const before = snapshotTree(root);
-    const run = cli(['--path', root, '--keep-versions', '2', '--dry-run']);
+    await waitUnchangedFor(root, GRACE_MS);
+    const run = cli(['--path', root, '--keep-versions', '2', '--grace-period', GRACE, '--dry-run']);
     expect(await run.code).toBe(0);
     expect(run.stdout).toContain('removed-versions=3');
     expect(run.stdout).toContain('removed-files=2');
@@ -254,13 +269,14 @@ describe('a crafted repository: a referenced rootfs is a symlink into private/',
       JSON.parse(readFileSync(reportFile, 'utf8')) as { files: { deleted: { path: string }[] } }
     ).files.deleted.map((f) => f.path);
 
-  it('through the runner harness with the default grace period: nothing in private/ is deleted', async () => {
+  it('through the runner harness, its month-old files past the grace period: nothing in private/ is deleted', async () => {
     const { root } = crafted();
     const before = privateFiles(root);
     const reportFile = join(base, `report-${counter}.json`);
+    await waitUnchangedFor(root, GRACE_MS);
     const r = await runAction({
       action: 'prune-simplestreams',
-      inputs: { path: root, 'report-file': reportFile },
+      inputs: { path: root, 'grace-period': GRACE, 'report-file': reportFile },
     });
     expect(r.main.exitCode).toBe(0);
     expect(r.errors).toEqual([]);

@@ -6,8 +6,9 @@
  *   rootfs.squashfs, disk.qcow2, delta-<prev>.vcdiff, SHA256SUMS, *.asc; versions like 20240101_12:00.
  * Items carry real sizes and sha256 sums; lxd.tar.xz and incus.tar.xz share one file as on real servers.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
+  copyFileSync,
   existsSync,
   lstatSync,
   lutimesSync,
@@ -21,8 +22,10 @@ import {
   symlinkSync,
   utimesSync,
   writeFileSync,
+  type Stats,
 } from 'node:fs';
-import { dirname, join, relative } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { basename, dirname, join, relative } from 'node:path';
 import { CliHost } from '../../src/core/host.js';
 import { MapInputSource } from '../../src/core/inputs.js';
 import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
@@ -55,6 +58,18 @@ export interface WrittenVersion {
 }
 
 const HOUR = 3_600_000;
+
+/**
+ * A clock for in-process prunes (the repo's `nowMs` and pruneAt's) that runs CLOCK_AHEAD_DAYS ahead of the real
+ * one. A prune counts a file's age from the later of its mtime and ctime, and ctime is always the real time the
+ * fixture wrote the file (utimes cannot set it back): on this clock it lies that far in the past, so the mtimes
+ * the fixture sets relative to the clock decide every age the tests tell apart (all much shorter).
+ */
+const CLOCK_AHEAD_DAYS = 60;
+
+export function clockAhead(): number {
+  return Date.now() + CLOCK_AHEAD_DAYS * 24 * HOUR;
+}
 
 function sha256(data: Buffer | string): string {
   return createHash('sha256').update(data).digest('hex');
@@ -89,7 +104,7 @@ export class SimplestreamsRepo {
     return { size: data.length, sha256: sha256(data) };
   }
 
-  /** Sets a file's (or directory's) mtime to `ageMs` before the repo's clock. */
+  /** Sets a file's (or directory's) mtime to `ageMs` before the repo's clock (see clockAhead: not its ctime). */
   age(path: string, ageMs: number): void {
     const t = (this.nowMs - ageMs) / 1000;
     utimesSync(join(this.root, path), t, t);
@@ -239,6 +254,36 @@ export class SimplestreamsRepo {
   }
 }
 
+/**
+ * Copies the subtree `top` of `from` into `to` the way `rsync -a` publishes (no lock taken): each directory made
+ * before its contents and given the source's mtime after them; each file written to a temp `.<name>.XXXXXX` beside
+ * it, given the source's mtime, then renamed into place; symlinks copied as links with their own mtime. The
+ * preserved mtimes are as old as the build; only ctime tells the copies are new. Call it for `images` first and
+ * `streams` last, as rsync's sorted order does.
+ */
+export function copyLikeRsync(from: string, to: string, top: string): void {
+  const copy = (rel: string) => {
+    const src = join(from, rel);
+    const dst = join(to, rel);
+    const info = lstatSync(src);
+    if (info.isDirectory()) {
+      mkdirSync(dst, { recursive: true });
+      for (const name of readdirSync(src).sort()) copy(`${rel}/${name}`);
+      utimesSync(dst, info.atime, info.mtime);
+    } else if (info.isSymbolicLink()) {
+      rmSync(dst, { force: true });
+      symlinkSync(readlinkSync(src), dst);
+      lutimesSync(dst, info.atime, info.mtime);
+    } else {
+      const temp = join(dirname(dst), `.${basename(dst)}.${randomBytes(3).toString('hex')}`);
+      copyFileSync(src, temp);
+      utimesSync(temp, info.atime, info.mtime);
+      renameSync(temp, dst);
+    }
+  };
+  copy(top);
+}
+
 export function readImages(root: string): Json {
   return JSON.parse(readFileSync(join(root, 'streams/v1/images.json'), 'utf8')) as Json;
 }
@@ -303,26 +348,37 @@ export function repoProblems(root: string): string[] {
   return problems;
 }
 
+/** Every entry under root (dot files included, symlinks not followed) with its lstat, parents first. */
+function* entries(root: string, rel = ''): Generator<{ path: string; info: Stats }> {
+  for (const entry of readdirSync(rel ? join(root, rel) : root, { withFileTypes: true })) {
+    const path = rel ? `${rel}/${entry.name}` : entry.name;
+    const info = lstatSync(join(root, path));
+    yield { path, info };
+    if (info.isDirectory()) yield* entries(root, path);
+  }
+}
+
 /** Every entry under root (dot files included) with size, mtime and content hash: equal snapshots = untouched. */
 export function snapshotTree(root: string): Map<string, string> {
   const result = new Map<string, string>();
-  const visit = (rel: string) => {
-    const abs = rel ? join(root, rel) : root;
-    for (const entry of readdirSync(abs, { withFileTypes: true })) {
-      const path = rel ? `${rel}/${entry.name}` : entry.name;
-      const info = lstatSync(join(root, path));
-      if (entry.isDirectory()) {
-        result.set(`${path}/`, `${info.mtimeMs}`);
-        visit(path);
-      } else if (entry.isSymbolicLink()) {
-        result.set(path, `-> ${readlinkSync(join(root, path))}`);
-      } else {
-        result.set(path, `${info.size}:${info.mtimeMs}:${sha256(readFileSync(join(root, path)))}`);
-      }
-    }
-  };
-  visit('');
+  for (const { path, info } of entries(root)) {
+    if (info.isDirectory()) result.set(`${path}/`, `${info.mtimeMs}`);
+    else if (info.isSymbolicLink()) result.set(path, `-> ${readlinkSync(join(root, path))}`);
+    else result.set(path, `${info.size}:${info.mtimeMs}:${sha256(readFileSync(join(root, path)))}`);
+  }
   return result;
+}
+
+/**
+ * Waits until nothing under `root` changed for `ms`, by the later of mtime and ctime as a prune counts: a copy
+ * (`cp -p`, `rsync -a`) is new to a prune however old its mtimes are, and for a prune that runs dist/ on the real
+ * clock only time makes it old.
+ */
+export async function waitUnchangedFor(root: string, ms: number): Promise<void> {
+  let changed = 0;
+  for (const { info } of entries(root)) changed = Math.max(changed, info.mtimeMs, info.ctimeMs);
+  const left = changed + ms - Date.now();
+  if (left > 0) await delay(left);
 }
 
 /** Regular files under root (relative paths, sorted), without the prune's own state file. */

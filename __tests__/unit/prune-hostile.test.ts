@@ -27,6 +27,7 @@ import { planPrune } from '../../src/actions/prune-simplestreams/plan.js';
 import { summaryMarkdown } from '../../src/actions/prune-simplestreams/report.js';
 import { scanRepository } from '../../src/actions/prune-simplestreams/scan.js';
 import {
+  clockAhead,
   pruneAt,
   pruneFailure,
   pruneInputs,
@@ -37,7 +38,8 @@ import {
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
-const NOW = Date.UTC(2024, 5, 1, 12);
+// Ahead of the real clock: files the fixture writes age by the mtimes it sets, not their (real) ctime.
+const NOW = clockAhead();
 const P = 'debian:bookworm:default:amd64';
 const V = ['20240101_01:00', '20240201_01:00', '20240301_01:00', '20240401_01:00'];
 const base = mkdtempSync(join(tmpdir(), 'ici-prune-hostile-'));

@@ -10,12 +10,15 @@ import {
 import { planPrune, type PlanOptions } from '../../src/actions/prune-simplestreams/plan.js';
 import { globDistance, productMatcher } from '../../src/actions/prune-simplestreams/product-filter.js';
 import { normaliseRepoPath } from '../../src/actions/prune-simplestreams/repo-paths.js';
-import type { RepoFacts } from '../../src/actions/prune-simplestreams/scan.js';
+import type { RepoFacts, Times } from '../../src/actions/prune-simplestreams/scan.js';
 import { compareC, isClientVersion, versionTimeMs } from '../../src/actions/prune-simplestreams/versions.js';
 
 const NOW = Date.UTC(2024, 5, 1);
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
+
+/** Times of an entry written in place `ageMs` ago: its ctime is its mtime. */
+const aged = (ageMs: number): Times => ({ mtimeMs: NOW - ageMs, ctimeMs: NOW - ageMs });
 
 type ItemSpec = { path: string; size?: number; ftype?: string; delta_base?: string };
 type Spec = Record<string, Record<string, Record<string, ItemSpec>>>;
@@ -67,13 +70,13 @@ function factsOf(catalog: Catalog, extra: Record<string, number> = {}, missing: 
       for (const i of v.items) {
         const exists = !missing.includes(i.path);
         facts.referenced.set(i.path, exists ? { exists, size: 10 } : { exists });
-        if (exists) facts.files.set(i.path, { size: 10, mtimeMs: NOW - 7 * DAY, regular: true });
+        if (exists) facts.files.set(i.path, { size: 10, ...aged(7 * DAY), regular: true });
       }
   for (const [path, ageMs] of Object.entries(extra))
-    facts.files.set(path, { size: 5, mtimeMs: NOW - ageMs, regular: true });
+    facts.files.set(path, { size: 5, ...aged(ageMs), regular: true });
   for (const path of facts.files.keys()) {
     for (let d = path.slice(0, path.lastIndexOf('/')); d.includes('/'); d = d.slice(0, d.lastIndexOf('/'))) {
-      facts.dirs.set(d, { mtimeMs: NOW - 7 * DAY });
+      facts.dirs.set(d, { times: aged(7 * DAY) });
     }
   }
   return facts;
@@ -361,7 +364,7 @@ describe('planPrune: grace period and state', () => {
     expect([...plan.stateDuring.keys()].sort()).toEqual(['images/p-20240101.meta', 'images/p-20240101.sq']);
   });
 
-  it('judges never-referenced files by mtime (uploads in progress survive)', () => {
+  it('judges never-referenced files by when they last changed (uploads in progress survive)', () => {
     const c = catalogOf({ 'a:b:c:d': simple(['20240201']) });
     const plan = planPrune(
       c,
@@ -412,12 +415,35 @@ describe('planPrune: sidecars and directories', () => {
     expect(plan.dirsToRemove).toEqual(['images/d/20240101']);
   });
 
+  it('counts from ctime when it is later than mtime (rsync -a, cp -p, tar -x: a new copy with an old mtime)', () => {
+    const c = catalogOf({ 'a:b:c:d': { '20240301': nested('20240301') } });
+    const f = factsOf(c);
+    const built = NOW - 3 * DAY;
+    const copied = (agoMs: number) => ({ size: 5, mtimeMs: built, ctimeMs: NOW - agoMs, regular: true });
+    // Just copied in, not yet in images.json; a stray sidecar beside them; one file unreferenced for 2 h but
+    // copied in again 30 min ago (flat layouts name files by content: a publisher may be bringing it back).
+    const fresh = ['images/d/20240401/rootfs.squashfs', 'images/d/20240401/SHA256SUMS', 'images/d/x.asc'];
+    for (const path of fresh) f.files.set(path, copied(60_000));
+    f.files.set('images/d/20240101/incus.tar.xz', copied(30 * 60_000));
+    f.dirs.set('images/d/empty-copied', { times: { mtimeMs: built, ctimeMs: NOW - 60_000 } });
+    const state = new Map([['images/d/20240101/incus.tar.xz', NOW - 2 * HOUR]]);
+    const plan = planPrune(c, f, state, options());
+    expect(plan.delete).toEqual([]);
+    expect(plan.defer.map((x) => [x.path, x.reason, x.deletableAtMs])).toEqual([
+      ['images/d/20240101/incus.tar.xz', 'unreferenced', NOW + 30 * 60_000],
+      ['images/d/20240401/SHA256SUMS', 'sidecar', NOW - 60_000 + HOUR],
+      ['images/d/20240401/rootfs.squashfs', 'orphan', NOW - 60_000 + HOUR],
+      ['images/d/x.asc', 'sidecar', NOW - 60_000 + HOUR],
+    ]);
+    expect(plan.dirsToRemove).toEqual([]);
+  });
+
   it('removes old empty directories but not fresh ones (a publisher may be about to fill them)', () => {
     const c = catalogOf({ 'a:b:c:d': { '20240301': nested('20240301') } });
     const f = factsOf(c);
-    f.dirs.set('images/empty-old', { mtimeMs: NOW - 2 * HOUR });
-    f.dirs.set('images/empty-old/sub', { mtimeMs: NOW - 2 * HOUR });
-    f.dirs.set('images/empty-new', { mtimeMs: NOW - 60_000 });
+    f.dirs.set('images/empty-old', { times: aged(2 * HOUR) });
+    f.dirs.set('images/empty-old/sub', { times: aged(2 * HOUR) });
+    f.dirs.set('images/empty-new', { times: aged(60_000) });
     expect(planPrune(c, f, new Map(), options()).dirsToRemove).toEqual([
       'images/empty-old/sub',
       'images/empty-old',

@@ -24,6 +24,7 @@ import { summaryMarkdown } from '../../src/actions/prune-simplestreams/report.js
 import { scanRepository } from '../../src/actions/prune-simplestreams/scan.js';
 import { verifyItems } from '../../src/actions/prune-simplestreams/verify.js';
 import {
+  clockAhead,
   listFiles,
   listItems,
   pruneAt,
@@ -39,7 +40,8 @@ import {
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
-const NOW = Date.UTC(2024, 5, 1, 12);
+// Ahead of the real clock: files the fixture writes age by the mtimes it sets, not their (real) ctime.
+const NOW = clockAhead();
 const base = mkdtempSync(join(tmpdir(), 'ici-prune-'));
 let counter = 0;
 afterAll(() => rmSync(base, { recursive: true, force: true }));

@@ -17,7 +17,7 @@ import {
 } from './catalog.js';
 import { productMatcher, unmatchedPatterns, type UnmatchedPattern } from './product-filter.js';
 import { baseOf, contentDirOf, isSidecar, parentOf } from './repo-paths.js';
-import type { RepoFacts } from './scan.js';
+import type { RepoFacts, Times } from './scan.js';
 import type { UnreferencedSince } from './state-file.js';
 import { compareC, isClientVersion, versionTimeMs } from './versions.js';
 
@@ -214,6 +214,16 @@ function othersOnly(catalog: Catalog, selected: (name: string) => boolean): (pat
   };
 }
 
+/**
+ * Since when an entry may have been in the repository: the later of its mtime and ctime. A publisher that copies
+ * a repository built elsewhere (`rsync -a`, `cp -p`, `tar -x`) and takes no lock sets mtimes hours or days back,
+ * and sends images/ before streams/v1/: by mtime alone, a prune in between deletes the new files just before the
+ * new images.json names them. Nothing sets ctime back (utimes, rename and link all move it to now).
+ */
+function changedMs(times: Times): number {
+  return Math.max(times.mtimeMs, times.ctimeMs);
+}
+
 interface FileDecisions {
   delete: FileAction[];
   defer: FileAction[];
@@ -252,7 +262,7 @@ function decideFiles(
     // Referenced by the metadata on disk, so fetched by clients until now: whatever the state file says (a prune
     // stopped after writing it, before images.json) is too early.
     const since = before.has(path) ? now : state.get(path);
-    const deletableAtMs = Math.max(fact.mtimeMs, since ?? -Infinity) + grace;
+    const deletableAtMs = Math.max(changedMs(fact), since ?? -Infinity) + grace;
     const action: FileAction = {
       path,
       size: fact.size,
@@ -297,7 +307,7 @@ function decideFiles(
     } else if (dirDeferredUntil.has(dir)) {
       deletableAtMs = dirDeferredUntil.get(dir)!;
     } else {
-      deletableAtMs = dirDeleted.has(dir) ? now : fact.mtimeMs + grace;
+      deletableAtMs = dirDeleted.has(dir) ? now : changedMs(fact) + grace;
     }
     if (deletableAtMs === 'live') continue;
     const action: FileAction = { path, size: fact.size, reason: 'sidecar', deletableAtMs };
@@ -327,8 +337,8 @@ function emptyDirs(
   );
   const removable: string[] = [];
   for (const dir of deepestFirst) {
-    const mtimeMs = facts.dirs.get(dir)!.mtimeMs;
-    const old = mtimeMs !== undefined && mtimeMs + options.gracePeriodMs <= options.nowMs;
+    const times = facts.dirs.get(dir)!.times;
+    const old = times !== undefined && changedMs(times) + options.gracePeriodMs <= options.nowMs;
     if (!nonEmpty.has(dir) && (touched.has(dir) || old) && !leftAlone(`${dir}/x`)) removable.push(dir);
     else markUp(nonEmpty, `${dir}/x`);
   }

@@ -3,7 +3,7 @@
  * and every file and directory under the content directories (where the layout puts images.json's paths, as
  * written; see contentDirOf). Read-only; the plan is computed from these facts alone.
  */
-import { lstatSync, readdirSync } from 'node:fs';
+import { lstatSync, readdirSync, type Stats } from 'node:fs';
 import { lstat, readlink, realpath, stat } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
 import { mapLimit } from '../../core/pool.js';
@@ -20,9 +20,14 @@ export interface ReferencedFact {
   links?: string[];
 }
 
-export interface FileFact {
-  size: number;
+/** An entry's own times (lstat: a symlink's, not its target's); plan.ts counts its age from the later one. */
+export interface Times {
   mtimeMs: number;
+  ctimeMs: number;
+}
+
+export interface FileFact extends Times {
+  size: number;
   /** False for symlinks and other non-regular entries. */
   regular: boolean;
 }
@@ -32,8 +37,8 @@ export interface RepoFacts {
   referenced: Map<string, ReferencedFact>;
   /** Files and symlinks under the content directories, by repository-relative path (no symlink on the way). */
   files: Map<string, FileFact>;
-  /** Directories strictly inside the content directories; mtime only for those that held no files. */
-  dirs: Map<string, { mtimeMs?: number }>;
+  /** Directories strictly inside the content directories; times only for those that held no files. */
+  dirs: Map<string, { times?: Times }>;
   /** The content directories walked (outermost only; none reached through a symlink). */
   contentRoots: string[];
 }
@@ -121,6 +126,10 @@ async function factFor(root: string, path: string): Promise<ReferencedFact | str
   return { exists: true, size: info.size, real: rel, links: await linksOnTheWay(root, path) };
 }
 
+function timesOf(info: Stats): Times {
+  return { mtimeMs: info.mtimeMs, ctimeMs: info.ctimeMs };
+}
+
 /** Runs a sync fs call; a path that vanished meanwhile (someone else removed it) gives undefined. */
 function attempt<T>(fn: () => T): T | undefined {
   try {
@@ -162,12 +171,12 @@ function walk(root: string, contentDirs: Iterable<string>, facts: RepoFacts): vo
       const info = attempt(() => lstatSync(join(root, child)));
       if (!info) continue;
       files++;
-      facts.files.set(child, { size: info.size, mtimeMs: info.mtimeMs, regular: info.isFile() });
+      facts.files.set(child, { size: info.size, ...timesOf(info), regular: info.isFile() });
     }
-    // Only a directory without files can be removed for its age (see plan.ts): only then its mtime matters.
+    // Only a directory without files can be removed for its age (see plan.ts): only then its times matter.
     if (files === 0 && facts.dirs.has(path)) {
       const info = attempt(() => lstatSync(join(root, path)));
-      if (info) facts.dirs.set(path, { mtimeMs: info.mtimeMs });
+      if (info) facts.dirs.set(path, { times: timesOf(info) });
     }
   };
   const realDir = new Map<string, boolean>();
@@ -191,7 +200,7 @@ function walk(root: string, contentDirs: Iterable<string>, facts: RepoFacts): vo
 
 /**
  * Temp files of an atomic write (`.<name>.<8 hex>.tmp`, see core/atomic.ts) of the metadata or the state file,
- * left by a process killed mid-write. They join the walked files, so the mtime rule deletes them in time.
+ * left by a process killed mid-write. They join the walked files, so the age rule deletes them in time.
  */
 function findAtomicLeftovers(root: string, targets: readonly string[], facts: RepoFacts): void {
   const wanted = new Set(targets);
@@ -202,7 +211,7 @@ function findAtomicLeftovers(root: string, targets: readonly string[], facts: Re
       if (!target || !wanted.has(target)) continue;
       const path = dir ? `${dir}/${name}` : name;
       const info = attempt(() => lstatSync(join(root, path)));
-      if (info?.isFile()) facts.files.set(path, { size: info.size, mtimeMs: info.mtimeMs, regular: true });
+      if (info?.isFile()) facts.files.set(path, { size: info.size, ...timesOf(info), regular: true });
     }
   }
 }

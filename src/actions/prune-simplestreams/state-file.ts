@@ -22,7 +22,7 @@ export async function readState(root: string): Promise<UnreferencedSince> {
   const broken = (why: string) =>
     new RepoError(
       `${STATE_FILE_NAME} ${why}. It is written only by this action; remove it to start over ` +
-        '(unreferenced files are then judged by their modification time).',
+        '(unreferenced files are then judged by when they last changed: the later of mtime and ctime).',
     );
   let text: string;
   try {
