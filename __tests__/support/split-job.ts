@@ -8,8 +8,8 @@ import { REPO_ROOT, runAction, type RunOptions, type RunResult, type StepResult 
 
 export interface SplitJob {
   main: RunResult;
-  /** Runs the post step; may be called again (post must be idempotent). */
-  post(): Promise<StepResult>;
+  /** Runs the post step (`env` on top of main's); may be called again (post must be idempotent). */
+  post(env?: Record<string, string>): Promise<StepResult>;
   readonly posted: boolean;
 }
 
@@ -21,7 +21,7 @@ export async function startSplitJob(options: RunOptions & { action: string }): P
     get posted() {
       return posted;
     },
-    async post() {
+    async post(env = {}) {
       posted = true;
       const stateEnv: Record<string, string> = {};
       for (const [k, v] of Object.entries(main.main.state)) stateEnv[`STATE_${k}`] = v;
@@ -30,7 +30,7 @@ export async function startSplitJob(options: RunOptions & { action: string }): P
         ...rest,
         mainScript: options.postScript ?? join(REPO_ROOT, 'dist', action, 'post.js'),
         actionYml: join(REPO_ROOT, 'actions', action, 'action.yml'),
-        env: { ...options.env, ...main.exportedEnv, ...stateEnv },
+        env: { ...options.env, ...main.exportedEnv, ...stateEnv, ...env },
         skipPost: true,
       });
       return r.main;

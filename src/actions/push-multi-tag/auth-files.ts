@@ -154,8 +154,9 @@ export async function createIsolatedAuth(
     };
   }
   const dir = join(runnerTemp(), `ici-auth-${randomBytes(3).toString('hex')}`);
-  await mkdir(dir, { mode: 0o700 });
+  // Named in the state before it exists: a main killed right after the mkdir still leaves post its path.
   saveRunState(host, { authDir: dir });
+  await mkdir(dir, { mode: 0o700 });
   const body = `${JSON.stringify({ auths }, null, 2)}\n`;
   const authFile = join(dir, 'auth.json');
   const dockerConfigDir = join(dir, 'docker');
