@@ -1,8 +1,8 @@
 /** Post's part shared by both modes: stop what serves the socket, show its log when needed, remove our paths. */
 import { readFile, rm, rmdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { exec } from '../../core/exec.js';
 import type { Host } from '../../core/host.js';
+import { execAsStorageRoot } from '../../core/podman.js';
 import { errorMessage } from '../../core/run.js';
 import { removeScratchDirs } from '../../core/workspace.js';
 import { unmountUnder } from './mounts.js';
@@ -78,11 +78,9 @@ export async function removeTree(host: Host, dir: string): Promise<void> {
     await rm(dir, { recursive: true, force: true });
   } catch {
     // Node's rm goes by whole paths, so a tree deeper than PATH_MAX (a build can make one in a cache mount) fails
-    // with ENAMETOOLONG; rm(1) goes by descriptors. Rootless podman writes image layers as sub-uids this user
-    // cannot delete outside its user namespace.
-    const args = ['-rf', '--', dir];
-    if (process.getuid?.() === 0) await exec('rm', args, { timeoutMs: REMOVE_TIMEOUT_MS });
-    else await exec('podman', ['unshare', 'rm', ...args], { timeoutMs: REMOVE_TIMEOUT_MS });
+    // with ENAMETOOLONG; rm(1) goes by descriptors. Rootless podman writes image layers and what builds leave in
+    // cache mounts as sub-uids this user cannot delete outside its user namespace.
+    await execAsStorageRoot('rm', ['-rf', '--', dir], { timeoutMs: REMOVE_TIMEOUT_MS });
   }
 }
 
