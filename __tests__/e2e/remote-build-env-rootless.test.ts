@@ -131,13 +131,26 @@ describe.each([hostPodman()])('[$label] remote-build-env as an ordinary user (ro
     expect(await build(b.main.exportedEnv, 'b')).toEqual(['root: 0:0 700 a b', 'user: 1000:1000 700 a b']);
     const postB = await b.post();
     expect(postB.warnings).toEqual([]);
-    expect(cacheService.list().filter((e) => e.finalized).length).toBe(2);
+    const keys = cacheService.list().map((e) => e.key);
+    expect(keys.length).toBe(2);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+
+    // Owners and modes restored, then recorded again: a run without builds finds nothing changed.
+    for (const aside of await laterRun([runnerTemp])) dirs.push(aside);
+    ownRunnerTemp(runnerTemp);
+    const c = await startJob(inputs, runnerTemp);
+    expect(c.main.outputs['cache-matched-key']).toBe(keys[1]);
+    const postC = await c.post();
+    expect(postC.warnings).toEqual([]);
+    expect(postC.lines.map((l) => l.text)).toContain(`Cache mounts: unchanged since ${keys[1]}, not saved again.`);
+    expect(cacheService.list().length).toBe(2);
     expect(await leftovers(runnerTemp)).toEqual([]);
   });
 
-  it('without cache-mounts, post removes a TMPDIR holding cache-mount files of subordinate uids', async () => {
+  it('isolate-storage, without cache-mounts: post removes the private store and a TMPDIR holding files of subordinate uids', async () => {
     const runnerTemp = ownRunnerTemp();
-    const job = await startJob({}, runnerTemp);
+    const job = await startJob({ 'isolate-storage': 'true' }, runnerTemp);
+    await importBusyboxImage(pm, { url: job.main.exportedEnv.CONTAINER_HOST!, name: image });
     expect(await build(job.main.exportedEnv, 'x')).toEqual(['root: 0:0 700 x', 'user: 1000:1000 700 x']);
     const post = await job.post();
     expect(post.warnings).toEqual([]);

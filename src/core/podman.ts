@@ -45,7 +45,7 @@ export function withoutRemoteClientEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEn
 export function execAsStorageRoot(
   command: string,
   args: readonly string[],
-  options: { timeoutMs: number; input?: string },
+  options: { timeoutMs: number; input?: string; allowFailure?: boolean },
 ): Promise<ExecResult> {
   const env = withoutRemoteClientEnv(process.env);
   if (process.getuid?.() === 0) return exec(command, args, { ...options, env });

@@ -79,7 +79,12 @@ export async function removeTree(host: Host, dir: string): Promise<void> {
   } catch {
     // Node's rm goes by whole paths, so a tree deeper than PATH_MAX (a build can make one in a cache mount) fails
     // with ENAMETOOLONG; rm(1) goes by descriptors. Rootless podman writes image layers and what builds leave in
-    // cache mounts as sub-uids this user cannot delete outside its user namespace.
+    // cache mounts as sub-uids this user cannot delete outside its user namespace, and leaves a private
+    // store's overlay mounted in that namespace.
+    if (process.getuid?.() !== 0) {
+      const stuckInside = await unmountUnder(dir, undefined, true);
+      if (stuckInside.length) host.warning(`could not unmount ${stuckInside.join(', ')}`);
+    }
     await execAsStorageRoot('rm', ['-rf', '--', dir], { timeoutMs: REMOVE_TIMEOUT_MS });
   }
 }
