@@ -14,7 +14,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ExecResult } from '../../src/core/exec.js';
 import { unmountUnder } from '../../src/actions/remote-build-env/mounts.js';
-import { isRunning, identify, stopProcessGroup } from '../../src/actions/remote-build-env/process-group.js';
+import { pauseProcess } from '../../src/actions/remote-build-env/local-service.js';
+import {
+  isRunning,
+  identify,
+  stopProcess,
+  stopProcessGroup,
+} from '../../src/actions/remote-build-env/process-group.js';
 import { commandFor, hostPodman, runWith, type PodmanVariant, type User } from './podman-matrix.js';
 
 /** Hard limits of this process (`unlimited` gives undefined) from /proc/self/limits. */
@@ -219,29 +225,6 @@ function rootlessDirs(dir: string, user: User): Record<string, string> {
   return { HOME: home, XDG_RUNTIME_DIR: runtime };
 }
 
-/**
- * Rootless podman keeps a pause process per XDG_RUNTIME_DIR (holding its user namespace) that outlives every
- * podman command; on a runner it belongs to the user's session, here to this env.
- */
-async function stopPauseProcess(runtimeDir: string): Promise<void> {
-  const pid = Number(await readFile(join(runtimeDir, 'libpod/tmp/pause.pid'), 'utf8').catch(() => ''));
-  if (!pid) return;
-  const identity = await identify(pid);
-  // It does not lead its process group, so it is signalled on its own.
-  const signal = (name: NodeJS.Signals) => {
-    try {
-      process.kill(pid, name);
-    } catch {
-      // gone meanwhile
-    }
-  };
-  if (await isRunning(identity)) signal('SIGTERM');
-  for (let waited = 0; (await isRunning(identity)) && waited < 5_000; waited += 100) {
-    await new Promise((res) => setTimeout(res, 100));
-  }
-  if (await isRunning(identity)) signal('SIGKILL');
-}
-
 export async function createPodmanTestEnv(
   variant: PodmanVariant = hostPodman(),
   options: { user?: User } = {},
@@ -289,7 +272,9 @@ export async function createPodmanTestEnv(
     async remove() {
       for (const s of services) await s.stop();
       await waitForCleanups(dir);
-      if (user) await stopPauseProcess(env.XDG_RUNTIME_DIR!);
+      // Rootless podman's pause process outlives every command; on a runner it is the user session's, here ours.
+      const pause = user ? await pauseProcess(env.XDG_RUNTIME_DIR!) : undefined;
+      if (pause) await stopProcess(pause, 5_000);
       // A podman inside a root mounts its overlays below the root's mount point.
       if (variant.root !== '/') await unmountUnder(join(variant.root, dir));
       await unmountUnder(dir);

@@ -6,7 +6,7 @@ import { execAsStorageRoot } from '../../core/podman.js';
 import { errorMessage } from '../../core/run.js';
 import { removeScratchDirs } from '../../core/workspace.js';
 import { unmountUnder } from './mounts.js';
-import { stopProcessGroup, type ProcessIdentity, type StopOutcome } from './process-group.js';
+import { stopProcess, stopProcessGroup, type ProcessIdentity, type StopOutcome } from './process-group.js';
 import type { RunState } from './state.js';
 import { closeRegistry } from './tracked.js';
 
@@ -32,15 +32,19 @@ const VERDICT: Record<StopOutcome, string> = {
   survived: 'survived SIGKILL',
 };
 
-/** Stops the child's process group and says how that went; `label` like `podman service`. */
+/**
+ * Stops the child's process group (or, `alone`, the process by itself) and says how that went; `label` like
+ * `podman service`.
+ */
 export async function stopChild(
   host: Host,
   label: string,
   identity: ProcessIdentity | undefined,
   graceMs: number,
+  alone = false,
 ): Promise<StopOutcome> {
   if (!identity) return 'not-running';
-  const outcome = await stopProcessGroup(identity, graceMs);
+  const outcome = await (alone ? stopProcess : stopProcessGroup)(identity, graceMs);
   const say = outcome === 'survived' ? host.warning.bind(host) : host.info.bind(host);
   say(`${label} (pid ${identity.pid}) ${VERDICT[outcome]}.`);
   return outcome;
