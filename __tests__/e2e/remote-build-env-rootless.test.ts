@@ -14,13 +14,7 @@ import { CacheService, laterRun } from '../support/cache-service.js';
 import { importBusyboxImage } from '../support/images.js';
 import { leftovers } from '../support/leftovers.js';
 import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
-import {
-  hostPodman,
-  requireAvailable,
-  stepScripts,
-  testUser,
-  type User,
-} from '../support/podman-matrix.js';
+import { hostPodman, requireAvailable, stepScripts, testUser, type User } from '../support/podman-matrix.js';
 import { startSplitJob, type SplitJob } from '../support/split-job.js';
 
 const ACTION = 'remote-build-env';
@@ -148,7 +142,9 @@ describe.each([hostPodman()])('[$label] remote-build-env as an ordinary user (ro
     expect(c.main.outputs['cache-matched-key']).toBe(keys[1]);
     const postC = await c.post();
     expect(postC.warnings).toEqual([]);
-    expect(postC.lines.map((l) => l.text)).toContain(`Cache mounts: unchanged since ${keys[1]}, not saved again.`);
+    expect(postC.lines.map((l) => l.text)).toContain(
+      `Cache mounts: unchanged since ${keys[1]}, not saved again.`,
+    );
     expect(cacheService.list().length).toBe(2);
     expect(await leftovers(runnerTemp)).toEqual([]);
   });

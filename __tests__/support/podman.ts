@@ -263,7 +263,8 @@ export async function createPodmanTestEnv(
     podman: run,
     remote: (url, args, options) => run(['--url', url, ...args], options),
     async startService(options = {}) {
-      if (user) throw new Error('startService runs podman as root; rootless services are started by the action');
+      if (user)
+        throw new Error('startService runs podman as root; rootless services are started by the action');
       const service = await spawnService(variant, dir, env, options);
       services.push(service); // before waiting: remove() must stop it even if it never answers
       await waitForService(testEnv, service);
