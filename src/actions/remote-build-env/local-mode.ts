@@ -58,10 +58,11 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
     );
   }
   if (!(await which('podman'))) throw new ActionError('podman is not installed (not found on PATH).');
+  // Before the first podman call: even `podman --version` makes a rootless runtime dir.
   const runtimeDir = await privateRuntimeDir(host);
-  const scratch = await scratchDir(host);
   const version = await podmanVersion(VERSION_TIMEOUT_MS);
   interrupted?.throwIfAborted();
+  const scratch = await scratchDir(host);
   const placed = await planSocket(inputs.socket, scratch);
   const docker = dockerHost(placed.socket);
   if (inputs.exportDockerHost && !docker) {
