@@ -8,14 +8,20 @@
  * takes it as `runAction({env})`.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, mkdirSync, mkdtempSync, openSync, readFileSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ExecResult } from '../../src/core/exec.js';
 import { unmountUnder } from '../../src/actions/remote-build-env/mounts.js';
-import { isRunning, identify, stopProcessGroup } from '../../src/actions/remote-build-env/process-group.js';
-import { commandFor, hostPodman, runWith, type PodmanVariant } from './podman-matrix.js';
+import { pauseProcess } from '../../src/actions/remote-build-env/local-service.js';
+import {
+  isRunning,
+  identify,
+  stopProcess,
+  stopProcessGroup,
+} from '../../src/actions/remote-build-env/process-group.js';
+import { commandFor, hostPodman, runWith, type PodmanVariant, type User } from './podman-matrix.js';
 
 /** Hard limits of this process (`unlimited` gives undefined) from /proc/self/limits. */
 function hardLimit(name: string): number | undefined {
@@ -40,8 +46,11 @@ function hardLimit(name: string): number | undefined {
  *   podman 5 (nftables) would otherwise manage one `podman0` bridge and 10.88.0.0/16 in this one network
  *   namespace, and nothing here tests container networking.
  */
-export function testContainersConf(major: number): string {
-  if (major < 5) return `[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n`;
+export function testContainersConf(major: number, rootless = false): string {
+  // Rootless RUN steps get the host network too: slirp4netns fails here (`failed to read from slirp4netns sync
+  // pipe: EOF`).
+  const netns = rootless ? 'netns = "host"\n' : '';
+  if (major < 5) return `[containers]\ndefault_ulimits = []\n${netns}\n[engine]\nruntime = "runc"\n`;
   const limits: string[] = [];
   for (const [name, label] of [
     ['nofile', 'Max open files'],
@@ -66,6 +75,8 @@ export interface PodmanOptions {
 export interface PodmanTestEnv {
   /** The podman this env runs: the host's or the trixie root's. */
   variant: PodmanVariant;
+  /** Set for a rootless env: podman() and remote() run as this user (services: as root only). */
+  user?: User;
   /** A short temp dir (socket paths must stay short) holding the configs and the storage. */
   dir: string;
   containersConf: string;
@@ -200,26 +211,51 @@ async function waitForCleanups(dir: string): Promise<void> {
   }
 }
 
-export async function createPodmanTestEnv(variant: PodmanVariant = hostPodman()): Promise<PodmanTestEnv> {
+/**
+ * Rootless podman as `user` (it needs /etc/subuid and /etc/subgid ranges, which `useradd` gave the test user):
+ * the env's dir becomes the user's, with a HOME and an XDG_RUNTIME_DIR in it, and image storage in it too
+ * (rootless podman ignores `graphroot`, it reads `rootless_storage_path`).
+ */
+function rootlessDirs(dir: string, user: User): Record<string, string> {
+  const home = join(dir, 'home');
+  const runtime = join(dir, 'xdg-run');
+  for (const d of [home, runtime]) mkdirSync(d, { mode: 0o700 });
+  for (const d of [dir, home, runtime]) chownSync(d, user.uid, user.gid);
+  chmodSync(dir, 0o755);
+  return { HOME: home, XDG_RUNTIME_DIR: runtime };
+}
+
+export async function createPodmanTestEnv(
+  variant: PodmanVariant = hostPodman(),
+  options: { user?: User } = {},
+): Promise<PodmanTestEnv> {
+  const { user } = options;
   const dir = mkdtempSync(join(tmpdir(), 'ici-pm-'));
   const containersConf = join(dir, 'containers.conf');
   const storageConf = join(dir, 'storage.conf');
-  await writeFile(containersConf, testContainersConf(variant.major));
+  await writeFile(containersConf, testContainersConf(variant.major, user !== undefined));
   // overlay, as on CI runners; it leaves mounts behind, which remove() undoes.
   await writeFile(
     storageConf,
-    `[storage]\ndriver = "overlay"\ngraphroot = "${dir}/storage"\nrunroot = "${dir}/run"\n`,
+    `[storage]\ndriver = "overlay"\ngraphroot = "${dir}/storage"\nrunroot = "${dir}/run"\n` +
+      (user ? `rootless_storage_path = "${dir}/storage"\n` : ''),
   );
-  const env = { CONTAINERS_CONF: containersConf, CONTAINERS_STORAGE_CONF: storageConf };
+  const env: Record<string, string> = {
+    CONTAINERS_CONF: containersConf,
+    CONTAINERS_STORAGE_CONF: storageConf,
+    ...(user ? rootlessDirs(dir, user) : {}),
+  };
   const services: TestPodmanService[] = [];
   const run = (args: readonly string[], options: PodmanOptions = {}) =>
     runWith(variant, 'podman', args, {
       timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
       allowFailure: options.allowFailure,
       env: { ...cleanEnv(env), ...options.env },
+      ...(user ? { user, cwd: '/' } : {}),
     });
   const testEnv: PodmanTestEnv = {
     variant,
+    ...(user ? { user } : {}),
     dir,
     containersConf,
     storageConf,
@@ -227,6 +263,8 @@ export async function createPodmanTestEnv(variant: PodmanVariant = hostPodman())
     podman: run,
     remote: (url, args, options) => run(['--url', url, ...args], options),
     async startService(options = {}) {
+      if (user)
+        throw new Error('startService runs podman as root; rootless services are started by the action');
       const service = await spawnService(variant, dir, env, options);
       services.push(service); // before waiting: remove() must stop it even if it never answers
       await waitForService(testEnv, service);
@@ -235,6 +273,9 @@ export async function createPodmanTestEnv(variant: PodmanVariant = hostPodman())
     async remove() {
       for (const s of services) await s.stop();
       await waitForCleanups(dir);
+      // Rootless podman's pause process outlives every command; on a runner it is the user session's, here ours.
+      const pause = user ? await pauseProcess(env.XDG_RUNTIME_DIR!) : undefined;
+      if (pause) await stopProcess(pause, 5_000);
       // A podman inside a root mounts its overlays below the root's mount point.
       if (variant.root !== '/') await unmountUnder(join(variant.root, dir));
       await unmountUnder(dir);

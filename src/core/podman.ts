@@ -3,7 +3,7 @@
  * layers a containers.conf on top of the user's (that depends on the version), and which variables would turn
  * a podman call into a remote call somewhere else.
  */
-import { exec } from './exec.js';
+import { exec, type ExecResult } from './exec.js';
 import { ActionError } from './run.js';
 
 export interface PodmanVersion {
@@ -34,6 +34,22 @@ export function withoutRemoteClientEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEn
   const clean = { ...env };
   for (const name of REMOTE_CLIENT_VARIABLES) delete clean[name];
   return clean;
+}
+
+/**
+ * Runs `command` as root of rootless podman's user namespace (`podman unshare`), where this user is root over
+ * its own id and its /etc/subuid range: what rootless builds write belongs to those ids, out of this user's
+ * reach outside it. As root it runs directly. Never as a remote client: `podman unshare` refuses to be one, and
+ * a step before may have exported CONTAINER_HOST.
+ */
+export function execAsStorageRoot(
+  command: string,
+  args: readonly string[],
+  options: { timeoutMs: number; input?: string; allowFailure?: boolean },
+): Promise<ExecResult> {
+  const env = withoutRemoteClientEnv(process.env);
+  if (process.getuid?.() === 0) return exec(command, args, { ...options, env });
+  return exec('podman', ['unshare', command, ...args], { ...options, env });
 }
 
 /** The local client's version (`podman --version` never contacts a service). */

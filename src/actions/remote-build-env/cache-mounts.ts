@@ -27,6 +27,7 @@ import { formatDuration } from '../../core/summary.js';
 import { confineRestored, EMPTY_FINGERPRINT, fingerprintDir, removeUnrestorable } from './fingerprint.js';
 import type { PodmanVersion } from '../../core/podman.js';
 import { removeTree } from './cleanup.js';
+import { readOwners, restoreOwners, takeOwnership } from './owners.js';
 import type { CacheState } from './state.js';
 
 /** Enough of the fingerprint to tell cache generations apart. */
@@ -102,7 +103,8 @@ function listed(paths: readonly string[]): string {
  * Readies a restored entry for the service and returns its fingerprint, or undefined (with a warning) when it is
  * not to be used; the stage is emptied after either way. The entry is confined to `path`, but `path` itself may
  * come back as a symlink (the service's cache mounts would live wherever it points) or a file, and what is below
- * it may be unreadable to a non-root runner (a directory of mode 000): a cache never fails the step.
+ * it may be unreadable to a non-root runner (a directory of mode 000): a cache never fails the step. Owners and
+ * modes a rootless save recorded are put back last (owners.ts), once the entry is known to be used.
  */
 async function takeRestored(host: Host, path: string, matchedKey: string): Promise<string | undefined> {
   try {
@@ -118,7 +120,10 @@ async function takeRestored(host: Host, path: string, matchedKey: string): Promi
         `cache mounts from ${matchedKey}: cleared the setuid/setgid bits of ${setuid.length} file(s): ${listed(setuid)}.`,
       );
     }
-    return await fingerprintDir(path);
+    const owners = await readOwners(path);
+    const fingerprint = await fingerprintDir(path, owners);
+    if (owners) await restoreOwners(path, owners);
+    return fingerprint;
   } catch (error) {
     host.warning(`cache mounts from ${matchedKey} not used, starting without them: ${errorMessage(error)}.`);
     return undefined;
@@ -180,13 +185,15 @@ export async function saveCacheMounts(host: Host, stage: string, cache: CacheSta
       host.warning(`cache mounts not saved: ${cache.live} is no directory any more (a symlink or a file).`);
       return;
     }
+    // Rootless, what builds wrote as other container users is out of this user's reach until handed over.
+    if (process.getuid?.() !== 0) await takeOwnership(cache.path);
     const removed = await removeUnrestorable(cache.path);
     if (removed.length) {
       host.info(
         `Cache mounts: not saving ${removed.length} FIFO(s), socket(s) or device node(s) a build left there (a restore refuses them): ${listed(removed)}.`,
       );
     }
-    const fingerprint = await fingerprintDir(cache.path);
+    const fingerprint = await fingerprintDir(cache.path, await readOwners(cache.path));
     if (fingerprint === EMPTY_FINGERPRINT) {
       host.info('Cache mounts: nothing to save (no build used a cache mount).');
       return;

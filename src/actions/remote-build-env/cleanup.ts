@@ -1,12 +1,12 @@
 /** Post's part shared by both modes: stop what serves the socket, show its log when needed, remove our paths. */
 import { readFile, rm, rmdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { exec } from '../../core/exec.js';
 import type { Host } from '../../core/host.js';
+import { execAsStorageRoot } from '../../core/podman.js';
 import { errorMessage } from '../../core/run.js';
 import { removeScratchDirs } from '../../core/workspace.js';
 import { unmountUnder } from './mounts.js';
-import { stopProcessGroup, type ProcessIdentity, type StopOutcome } from './process-group.js';
+import { stopProcess, stopProcessGroup, type ProcessIdentity, type StopOutcome } from './process-group.js';
 import type { RunState } from './state.js';
 import { closeRegistry } from './tracked.js';
 
@@ -32,15 +32,19 @@ const VERDICT: Record<StopOutcome, string> = {
   survived: 'survived SIGKILL',
 };
 
-/** Stops the child's process group and says how that went; `label` like `podman service`. */
+/**
+ * Stops the child's process group (or, `alone`, the process by itself) and says how that went; `label` like
+ * `podman service`.
+ */
 export async function stopChild(
   host: Host,
   label: string,
   identity: ProcessIdentity | undefined,
   graceMs: number,
+  alone = false,
 ): Promise<StopOutcome> {
   if (!identity) return 'not-running';
-  const outcome = await stopProcessGroup(identity, graceMs);
+  const outcome = await (alone ? stopProcess : stopProcessGroup)(identity, graceMs);
   const say = outcome === 'survived' ? host.warning.bind(host) : host.info.bind(host);
   say(`${label} (pid ${identity.pid}) ${VERDICT[outcome]}.`);
   return outcome;
@@ -78,11 +82,14 @@ export async function removeTree(host: Host, dir: string): Promise<void> {
     await rm(dir, { recursive: true, force: true });
   } catch {
     // Node's rm goes by whole paths, so a tree deeper than PATH_MAX (a build can make one in a cache mount) fails
-    // with ENAMETOOLONG; rm(1) goes by descriptors. Rootless podman writes image layers as sub-uids this user
-    // cannot delete outside its user namespace.
-    const args = ['-rf', '--', dir];
-    if (process.getuid?.() === 0) await exec('rm', args, { timeoutMs: REMOVE_TIMEOUT_MS });
-    else await exec('podman', ['unshare', 'rm', ...args], { timeoutMs: REMOVE_TIMEOUT_MS });
+    // with ENAMETOOLONG; rm(1) goes by descriptors. Rootless podman writes image layers and what builds leave in
+    // cache mounts as sub-uids this user cannot delete outside its user namespace, and leaves a private
+    // store's overlay mounted in that namespace.
+    if (process.getuid?.() !== 0) {
+      const stuckInside = await unmountUnder(dir, undefined, true);
+      if (stuckInside.length) host.warning(`could not unmount ${stuckInside.join(', ')}`);
+    }
+    await execAsStorageRoot('rm', ['-rf', '--', dir], { timeoutMs: REMOVE_TIMEOUT_MS });
   }
 }
 

@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto';
 import type { Stats } from 'node:fs';
 import { chmod, lstat, readdir, readlink, realpath, rm, symlink } from 'node:fs/promises';
 import { isAbsolute, join, sep } from 'node:path';
+import { OWNERS_FILE, type Owners } from './owners.js';
 
 /** Calls `visit` for everything below `root`, in name order, a directory before what it holds. */
 async function walk(
@@ -30,12 +31,19 @@ async function walk(
   }
 }
 
-/** Hex digest of the tree's metadata; a missing or empty directory gives the digest of nothing. */
-export async function fingerprintDir(dir: string): Promise<string> {
+/**
+ * Hex digest of the tree's metadata; a missing or empty directory gives the digest of nothing. With `owners`
+ * (a rootless tree, owners.ts) the recorded owners and modes count instead of those on disk, which are the
+ * runner's user's and widened (and, after a restore, narrowed by tar's umask); the manifest itself never counts.
+ */
+export async function fingerprintDir(dir: string, owners?: Owners): Promise<string> {
   const hash = createHash('sha256');
   await walk(dir, '', async (path, info) => {
+    if (path === OWNERS_FILE) return;
     const target = info.isSymbolicLink() ? await readlink(join(dir, path)) : '';
-    hash.update(`${path}\0${info.mode}\0${info.size}\0${info.mtimeMs}\0${target}\n`);
+    const owner = owners?.get(path);
+    const mode = owner ? `${info.mode & 0o170000}:${owner.mode}:${owner.uid}:${owner.gid}` : info.mode;
+    hash.update(`${path}\0${mode}\0${info.size}\0${info.mtimeMs}\0${target}\n`);
   });
   return hash.digest('hex');
 }

@@ -16,6 +16,7 @@ import type { LocalOptions } from './inputs.js';
 import { Inputs, Outputs } from './constants.js';
 import {
   dockerHost,
+  pauseProcess,
   podmanRemote,
   SERVICE,
   socketUrl,
@@ -32,6 +33,23 @@ const STOP_GRACE_MS = 10_000;
 const REMOVE_CONTAINERS_TIMEOUT_MS = 60_000;
 const MAX_RUNROOT_CHARS = 50;
 
+const rootful = process.getuid?.() === 0;
+
+/**
+ * Rootless podman without XDG_RUNTIME_DIR (a runner service outside a login session) makes its runtime dir, and
+ * the pause process holding its user namespace, below $TMPDIR: the service's private one, so a pause process
+ * left behind by every job, and post's `podman unshare` (with the runner's TMPDIR) in another namespace. So this
+ * job's podman calls get a runtime dir of its own (process-wide: the CLI runs post in this process), whose pause
+ * process post stops. A scratch dir apart from the service's: post removes it last, after its last `podman
+ * unshare`. Returns it, or undefined when podman's own choice stands.
+ */
+async function privateRuntimeDir(host: Host): Promise<string | undefined> {
+  if (rootful || process.env.XDG_RUNTIME_DIR) return undefined;
+  const dir = await scratchDir(host);
+  process.env.XDG_RUNTIME_DIR = dir;
+  return dir;
+}
+
 async function startLocalService(host: Host, inputs: LocalOptions, interrupted?: AbortSignal): Promise<void> {
   if (process.platform !== 'linux') {
     throw new InputError(
@@ -40,6 +58,8 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
     );
   }
   if (!(await which('podman'))) throw new ActionError('podman is not installed (not found on PATH).');
+  // Before the first podman call: even `podman --version` makes a rootless runtime dir.
+  const runtimeDir = await privateRuntimeDir(host);
   const version = await podmanVersion(VERSION_TIMEOUT_MS);
   interrupted?.throwIfAborted();
   const scratch = await scratchDir(host);
@@ -65,7 +85,8 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
         `podman refuses a runroot longer than ${MAX_RUNROOT_CHARS} characters, and below RUNNER_TEMP it would be '${runroot}' (${runroot.length}); run with a shorter RUNNER_TEMP or without isolate-storage.`,
       );
     }
-    plan.storage = { root: join(base, 'root'), runroot, libpodTmp: join(base, 'libpod') };
+    plan.storage = { root: join(base, 'root'), runroot };
+    if (rootful) plan.storage.libpodTmp = join(base, 'libpod');
   }
   if (inputs.containersConf) {
     const variable = containersConfVariable(version);
@@ -88,6 +109,7 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
     ...(placed.createDir ? { socketDirCreated: placed.createDir } : {}),
     ready: false,
     isolatedStorage: inputs.isolateStorage,
+    ...(runtimeDir ? { runtimeDir } : {}),
   };
   if (inputs.cacheMounts) {
     const id = createHash('sha256').update(inputs.cacheKey).digest('hex').slice(0, 8);
@@ -175,6 +197,7 @@ async function serviceLogWorthShowing(state: LocalState, outcome: StopOutcome): 
 
 /** Stops the service and removes everything main created. Best-effort and repeatable: a second run finds nothing. */
 async function stopLocalService(host: Host, state: LocalState): Promise<void> {
+  if (state.runtimeDir) process.env.XDG_RUNTIME_DIR = state.runtimeDir;
   const service = await registeredChild(state, SERVICE, state.service);
   if (service && state.isolatedStorage && (await isRunning(service))) {
     // Containers in a private store would keep its mounts busy and outlive the service; they are ours.
@@ -196,7 +219,10 @@ async function stopLocalService(host: Host, state: LocalState): Promise<void> {
     );
   }
   await showLog(host, 'podman service log', state.logFile, await serviceLogWorthShowing(state, outcome));
+  // Its pid file goes with the runtime dir, and removing what rootless builds left still needs its namespace.
+  const pause = state.runtimeDir ? await pauseProcess(state.runtimeDir) : undefined;
   await removeOwnedPaths(host, state);
+  await stopChild(host, 'podman pause process', pause, STOP_GRACE_MS, true);
 }
 
 export const localMode: ServingMode<LocalOptions, LocalState> = {

@@ -3,9 +3,12 @@
  * node process exits, and later steps of the job must still reach the service. Hence a tracked child (tracked.ts:
  * its own session and process group, which post finds and signals as a whole, however main ended).
  */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { exec, type ExecResult } from '../../core/exec.js';
 import { withoutRemoteClientEnv, type ContainersConfVariable } from '../../core/podman.js';
 import { CONTROL_CHARACTER } from './inputs.js';
+import { identify, isRunning, type ProcessIdentity } from './process-group.js';
 import { spawnTracked, type TrackedChild } from './tracked.js';
 
 export interface ServicePlan {
@@ -14,7 +17,11 @@ export interface ServicePlan {
   tmpdir: string;
   logFile: string;
   /** A private image store instead of the default one. */
-  storage?: { root: string; runroot: string; libpodTmp: string };
+  /**
+   * A private image store instead of the default one; `libpodTmp` only rootful: rootless podman keeps its pause
+   * process's pid file there, and post's `podman unshare` must join that same user namespace (and its mounts).
+   */
+  storage?: { root: string; runroot: string; libpodTmp?: string };
   containersConf?: { path: string; variable: ContainersConfVariable };
 }
 
@@ -43,14 +50,8 @@ export function serviceCommand(
 ): { args: string[]; env: NodeJS.ProcessEnv } {
   const args: string[] = [];
   if (plan.storage) {
-    args.push(
-      '--root',
-      plan.storage.root,
-      '--runroot',
-      plan.storage.runroot,
-      '--tmpdir',
-      plan.storage.libpodTmp,
-    );
+    args.push('--root', plan.storage.root, '--runroot', plan.storage.runroot);
+    if (plan.storage.libpodTmp) args.push('--tmpdir', plan.storage.libpodTmp);
   }
   // info level makes the log an access log of API calls: what a failed job's log needs to show.
   args.push('--log-level', 'info', 'system', 'service', '--time=0', socketUrl(plan.socket));
@@ -79,4 +80,17 @@ export function podmanRemote(
     env: withoutRemoteClientEnv(process.env),
     allowFailure: options.allowFailure,
   });
+}
+
+/**
+ * Rootless podman's pause process for `runtimeDir` (its XDG_RUNTIME_DIR): it holds the user namespace that every
+ * podman command with that runtime dir joins (`podman unshare` too), and outlives them all. Undefined when none
+ * runs.
+ */
+export async function pauseProcess(runtimeDir: string): Promise<ProcessIdentity | undefined> {
+  const text = await readFile(join(runtimeDir, 'libpod/tmp/pause.pid'), 'utf8').catch(() => '');
+  const pid = Number(text.trim());
+  if (!Number.isInteger(pid) || pid <= 0) return undefined;
+  const identity = await identify(pid);
+  return (await isRunning(identity)) ? identity : undefined;
 }

@@ -74,16 +74,37 @@ function signalGroup(pid: number, signal: NodeJS.Signals): void {
 
 export type StopOutcome = 'not-running' | 'terminated' | 'killed' | 'survived';
 
-/** SIGTERM to the group, wait up to graceMs, then SIGKILL and wait again. Never throws. */
-export async function stopProcessGroup(id: ProcessIdentity, graceMs: number): Promise<StopOutcome> {
+function signalProcess(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(pid, signal);
+  } catch {
+    // already gone
+  }
+}
+
+async function stop(
+  id: ProcessIdentity,
+  graceMs: number,
+  signal: (pid: number, signal: NodeJS.Signals) => void,
+): Promise<StopOutcome> {
   if (!(await isRunning(id))) return 'not-running';
-  signalGroup(id.pid, 'SIGTERM');
+  signal(id.pid, 'SIGTERM');
   if (await waitGone(id, graceMs)) {
     // Children still in the group (a RUN step's runtime) must not outlive the service; the group id cannot
     // have been reused while they hold it.
-    signalGroup(id.pid, 'SIGKILL');
+    signal(id.pid, 'SIGKILL');
     return 'terminated';
   }
-  signalGroup(id.pid, 'SIGKILL');
+  signal(id.pid, 'SIGKILL');
   return (await waitGone(id, 5000)) ? 'killed' : 'survived';
+}
+
+/** SIGTERM to the group, wait up to graceMs, then SIGKILL and wait again. Never throws. */
+export function stopProcessGroup(id: ProcessIdentity, graceMs: number): Promise<StopOutcome> {
+  return stop(id, graceMs, signalGroup);
+}
+
+/** The same for a process that leads no group of its own (podman's pause process). */
+export function stopProcess(id: ProcessIdentity, graceMs: number): Promise<StopOutcome> {
+  return stop(id, graceMs, signalProcess);
 }

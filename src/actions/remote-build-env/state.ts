@@ -49,6 +49,11 @@ export interface LocalState extends ServingState {
   service?: ProcessIdentity;
   /** Podman's own containers in a private storage die with it; shared storage is left alone. */
   isolatedStorage: boolean;
+  /**
+   * Rootless without XDG_RUNTIME_DIR: the runtime dir (a scratch dir) main gave its podman calls and the
+   * service, post's too; post stops the pause process podman started for it.
+   */
+  runtimeDir?: string;
   /** With cache-mounts: the stable dir restores and saves go through, under its lock (cache-mounts.ts). */
   cacheStage?: string;
   cache?: CacheState;

@@ -1,0 +1,164 @@
+/**
+ * remote-build-env on a runner whose user is not root: main and post run as the ordinary test user, so the
+ * service is ROOTLESS podman (a user namespace mapping container uid 0 to that user and the rest to its
+ * /etc/subuid range). Files a build writes as a non-root container user are then owned on the host by a
+ * subordinate uid the runner's user cannot read or delete without entering that namespace.
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { chownSync, mkdtempSync } from 'node:fs';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathExists } from '../../src/core/files.js';
+import { CacheService, laterRun } from '../support/cache-service.js';
+import { importBusyboxImage } from '../support/images.js';
+import { leftovers } from '../support/leftovers.js';
+import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
+import { hostPodman, requireAvailable, stepScripts, testUser, type User } from '../support/podman-matrix.js';
+import { startSplitJob, type SplitJob } from '../support/split-job.js';
+
+const ACTION = 'remote-build-env';
+
+/** The uid:gid a build's second RUN step runs as: it maps to a subordinate id on the host. */
+const CONTAINER_USER = '1000:1000';
+
+interface StateSeen {
+  tmpdir: string;
+  removeDirs: string[];
+}
+
+// Only the host's podman: the kernel refuses to make a user namespace inside a chroot (`cannot clone: Operation
+// not permitted`), so rootless podman 5 cannot run in the trixie root as the matrix mounts it.
+describe.each([hostPodman()])('[$label] remote-build-env as an ordinary user (rootless podman)', (podman) => {
+  let user: User;
+  let pm: PodmanTestEnv;
+  let image: string;
+  let cacheService: CacheService;
+  const jobs: SplitJob[] = [];
+  const dirs: string[] = [];
+
+  /** A RUNNER_TEMP the runner's user owns; short, because the service's socket lives below it. */
+  function ownRunnerTemp(dir = mkdtempSync(join(tmpdir(), 'ici-rt-'))): string {
+    chownSync(dir, user.uid, user.gid);
+    if (!dirs.includes(dir)) dirs.push(dir);
+    return dir;
+  }
+
+  async function startJob(
+    inputs: Record<string, string>,
+    runnerTemp: string,
+    env: Record<string, string | undefined> = {},
+  ): Promise<SplitJob> {
+    const job = await startSplitJob({
+      action: ACTION,
+      ...stepScripts(podman, ACTION, pm.dir, user),
+      inputs,
+      env: { ...pm.env, ...cacheService.env(), ...env },
+      runnerTemp,
+    });
+    jobs.push(job);
+    expect(job.main.errors).toEqual([]);
+    expect(job.main.main.exitCode).toBe(0);
+    return job;
+  }
+
+  function stateOf(job: SplitJob): StateSeen {
+    return JSON.parse(job.main.main.state[ACTION]!) as StateSeen;
+  }
+
+  /**
+   * One build, two cache mounts: one written as container root, one as CONTAINER_USER; each gets a private (0700)
+   * dir holding a 0600 file named `marker`. Returns what each step saw in its dir, and the dir's owner and mode.
+   */
+  async function build(env: Record<string, string>, marker: string): Promise<string[]> {
+    const ctx = join(pm.dir, 'ctx');
+    await mkdir(ctx, { recursive: true });
+    const step = (dir: string, label: string) =>
+      `mkdir -p ${dir}/private && touch ${dir}/private/$MARKER && chmod 700 ${dir}/private && ` +
+      `chmod 600 ${dir}/private/$MARKER && echo "${label}: $(stat -c '%u:%g %a' ${dir}/private) ` +
+      `$(ls ${dir}/private | tr '\\n' ' ')"`;
+    await writeFile(
+      join(ctx, 'Containerfile'),
+      `FROM ${image}\nARG MARKER\n` +
+        `RUN --mount=type=cache,target=/c,sharing=locked ${step('/c', 'root')}\n` +
+        `USER ${CONTAINER_USER}\n` +
+        `RUN --mount=type=cache,target=/u,uid=1000,gid=1000,sharing=locked ${step('/u', 'user')}\n`,
+    );
+    const r = await pm.podman(['--remote', 'build', '--no-cache', '--build-arg', `MARKER=${marker}`, ctx], {
+      env,
+      allowFailure: true,
+    });
+    const seen = r.stdout.split('\n').filter((l) => /^(root|user): /.test(l));
+    if (r.exitCode !== 0 || seen.length !== 2) {
+      throw new Error(`build ${marker} failed (${r.exitCode}):\n${r.stdout}\n${r.stderr}`);
+    }
+    return seen.map((l) => l.trim());
+  }
+
+  beforeAll(async () => {
+    requireAvailable(podman);
+    user = testUser();
+    pm = await createPodmanTestEnv(podman, { user });
+    image = await importBusyboxImage(pm);
+    cacheService = await CacheService.start();
+  });
+
+  afterAll(async () => {
+    for (const job of jobs) if (!job.posted) await job.post();
+    await cacheService?.stop();
+    await pm?.remove();
+    for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('cache-mounts written as root and as a non-root container user are saved in post, restored (owners and modes) by the next run, and nothing stays behind', async () => {
+    const runnerTemp = ownRunnerTemp();
+    const inputs = { 'cache-mounts': 'true', 'cache-key': 'rootless' };
+    const a = await startJob(inputs, runnerTemp);
+    expect(a.main.outputs['cache-hit']).toBe('false');
+    expect(await build(a.main.exportedEnv, 'a')).toEqual(['root: 0:0 700 a', 'user: 1000:1000 700 a']);
+    const postA = await a.post();
+    expect(postA.warnings).toEqual([]);
+    expect(postA.exitCode).toBe(0);
+    expect(cacheService.list().filter((e) => e.finalized).length).toBe(1);
+    for (const dir of stateOf(a).removeDirs) expect(await pathExists(dir)).toBe(false);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+
+    // The next run: the same RUNNER_TEMP path, its old contents gone (facts.md).
+    for (const aside of await laterRun([runnerTemp])) dirs.push(aside);
+    ownRunnerTemp(runnerTemp);
+    const b = await startJob(inputs, runnerTemp);
+    expect(b.main.outputs['cache-hit']).toBe('true');
+    expect(await build(b.main.exportedEnv, 'b')).toEqual(['root: 0:0 700 a b', 'user: 1000:1000 700 a b']);
+    const postB = await b.post();
+    expect(postB.warnings).toEqual([]);
+    const keys = cacheService.list().map((e) => e.key);
+    expect(keys.length).toBe(2);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+
+    // Owners and modes restored, then recorded again: a run without builds finds nothing changed.
+    for (const aside of await laterRun([runnerTemp])) dirs.push(aside);
+    ownRunnerTemp(runnerTemp);
+    const c = await startJob(inputs, runnerTemp);
+    expect(c.main.outputs['cache-matched-key']).toBe(keys[1]);
+    const postC = await c.post();
+    expect(postC.warnings).toEqual([]);
+    expect(postC.lines.map((l) => l.text)).toContain(
+      `Cache mounts: unchanged since ${keys[1]}, not saved again.`,
+    );
+    expect(cacheService.list().length).toBe(2);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  });
+
+  it('isolate-storage, no cache-mounts, no XDG_RUNTIME_DIR (a runner service outside a login session): post removes the private store, the files of subordinate uids and podman’s pause process', async () => {
+    const runnerTemp = ownRunnerTemp();
+    const job = await startJob({ 'isolate-storage': 'true' }, runnerTemp, { XDG_RUNTIME_DIR: undefined });
+    await importBusyboxImage(pm, { url: job.main.exportedEnv.CONTAINER_HOST!, name: image });
+    expect(await build(job.main.exportedEnv, 'x')).toEqual(['root: 0:0 700 x', 'user: 1000:1000 700 x']);
+    const post = await job.post();
+    expect(post.warnings).toEqual([]);
+    expect(post.exitCode).toBe(0);
+    expect(await pathExists(stateOf(job).tmpdir)).toBe(false);
+    // The pause process (whose environment names RUNNER_TEMP) is gone too.
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  });
+});

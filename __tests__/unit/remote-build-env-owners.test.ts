@@ -1,0 +1,86 @@
+/**
+ * The owners manifest of rootless cache mounts (owners.ts). These tests run as root, where the manifest's helper
+ * runs directly instead of through `podman unshare` (the rootless path is the e2e test
+ * remote-build-env-rootless.test.ts): same script, same checks.
+ */
+import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
+import { mkdtempSync } from 'node:fs';
+import { chmod, lchown, lstat, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fingerprintDir } from '../../src/actions/remote-build-env/fingerprint.js';
+import {
+  OWNERS_FILE,
+  readOwners,
+  restoreOwners,
+  takeOwnership,
+} from '../../src/actions/remote-build-env/owners.js';
+
+let work: string;
+let dir: string;
+
+beforeEach(async () => {
+  work = mkdtempSync(join(tmpdir(), 'ici-own-'));
+  dir = join(work, 'buildah-cache');
+  await mkdir(join(dir, 'u/private'), { recursive: true });
+  await writeFile(join(dir, 'u/private/f'), 'x');
+  await symlink('f', join(dir, 'u/private/link'));
+  await chmod(join(dir, 'u/private/f'), 0o640);
+  await chmod(join(dir, 'u/private'), 0o750);
+  for (const p of ['u', 'u/private', 'u/private/f', 'u/private/link']) await lchown(join(dir, p), 1000, 1001);
+});
+
+afterEach(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+async function ownerOf(path: string): Promise<string> {
+  const info = await lstat(path);
+  return `${info.uid}:${info.gid} ${(info.mode & 0o7777).toString(8)}`;
+}
+
+describe('remote-build-env cache-mount owners', () => {
+  it('records owners and modes, hands the tree over with owner access, and puts them back', async () => {
+    await takeOwnership(dir);
+    expect(await ownerOf(join(dir, 'u/private'))).toBe('0:0 750');
+    expect(await ownerOf(join(dir, 'u/private/f'))).toBe('0:0 640');
+    expect((await lstat(join(dir, 'u/private/link'))).uid).toBe(0);
+    const owners = (await readOwners(dir))!;
+    expect(owners.get('u/private/f')).toEqual({ uid: 1000, gid: 1001, mode: 0o640 });
+    const fingerprint = await fingerprintDir(dir, owners);
+    // What tar's umask does to modes on a restore does not count: the recorded modes do.
+    await chmod(join(dir, 'u/private'), 0o700);
+    expect(await fingerprintDir(dir, owners)).toBe(fingerprint);
+
+    await restoreOwners(dir, owners);
+    expect(await ownerOf(join(dir, 'u/private'))).toBe('1000:1001 750');
+    expect(await ownerOf(join(dir, 'u/private/f'))).toBe('1000:1001 640');
+    expect((await lstat(join(dir, 'u/private/link'))).uid).toBe(1000);
+    expect(await readOwners(dir)).toBeUndefined();
+  });
+
+  it('a planted manifest touches nothing outside the tree, follows no symlink and sets no setuid bit', async () => {
+    const outside = join(work, 'outside');
+    await writeFile(outside, 'host file');
+    await chmod(outside, 0o600);
+    await symlink(outside, join(dir, 'u/out'));
+    await restoreOwners(
+      dir,
+      new Map([
+        ['../outside', { uid: 7, gid: 7, mode: 0o777 }],
+        ['u/out', { uid: 7, gid: 7, mode: 0o777 }],
+        ['u/private/f', { uid: 5, gid: 5, mode: 0o6755 }],
+      ]),
+    );
+    expect(await ownerOf(outside)).toBe('0:0 600');
+    expect((await lstat(join(dir, 'u/out'))).uid).toBe(7);
+    expect(await ownerOf(join(dir, 'u/private/f'))).toBe('5:5 755');
+
+    await writeFile(join(dir, OWNERS_FILE), JSON.stringify([['u/private/f', 0, 0, 0o4755]]));
+    expect((await readOwners(dir))!.get('u/private/f')).toEqual({ uid: 0, gid: 0, mode: 0o755 });
+    for (const bad of ['{"u": 1}', '[["u", -1, 0, 0]]', '[["u", 0, 0]]', '[[1, 0, 0, 0]]']) {
+      await writeFile(join(dir, OWNERS_FILE), bad);
+      await expect(readOwners(dir)).rejects.toThrow(`${OWNERS_FILE} holds`);
+    }
+  });
+});

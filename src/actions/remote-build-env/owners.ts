@@ -1,0 +1,120 @@
+/**
+ * Cache mounts of a ROOTLESS service. Its user namespace maps container uid 0 to the runner's user and the other
+ * ids to the user's /etc/subuid range, so what a build writes into a cache mount as a non-root container user
+ * belongs on the host to a subordinate uid, often with modes (0700, 0600) that shut the runner's user out: tar
+ * could not read it to save it. And tar, restoring as the runner's user, gives every file to that user (container
+ * root), so a build step running as `USER 1000` could no longer write its own cache dir.
+ *
+ * So before a save, post enters podman's user namespace (`podman unshare`, root there over every mapped id),
+ * records each entry's owner and mode as the builds see them in a manifest saved with the entry (OWNERS_FILE, at
+ * the top of the cache-mount dir, where buildah keeps only mount dirs), and gives everything to the runner's user
+ * with owner read and write. A restore puts the recorded owners and modes back the same way, so an entry saved
+ * rootless also restores right on a rootful runner (as root, directly). A rootful save needs no manifest: tar
+ * running as root keeps owners and modes itself.
+ */
+import { readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execAsStorageRoot } from '../../core/podman.js';
+
+export const OWNERS_FILE = '.image-ci-owners.json';
+
+/** Owner and mode of one entry as the builds see them (ids of the container, not of the host). */
+export interface Owner {
+  uid: number;
+  gid: number;
+  /** Permission bits (setuid/setgid never restored). */
+  mode: number;
+}
+
+/** By path relative to the cache-mount dir. */
+export type Owners = ReadonlyMap<string, Owner>;
+
+/** Metadata only, but a cache may hold millions of files. */
+const OWNERS_TIMEOUT_MS = 10 * 60_000;
+
+/**
+ * Runs as root of the user namespace, with the node running this action, so it needs nothing installed. Walks
+ * without following symlinks (lstat, lchown; chmod only what is no symlink), so nothing outside `dir` is touched,
+ * and `apply` touches only entries it finds there, whatever the manifest names.
+ * argv: `record <dir> <manifest>` writes the manifest and hands the tree over; `apply <dir>` reads the manifest
+ * (checked by the action first) from stdin.
+ */
+const SCRIPT = `'use strict';
+const fs = require('node:fs');
+const { join } = require('node:path');
+const [op, dir, manifest] = process.argv.slice(1);
+const skip = ${JSON.stringify(OWNERS_FILE)};
+function walk(rel, visit) {
+  for (const name of fs.readdirSync(join(dir, rel)).sort()) {
+    if (!rel && name === skip) continue;
+    const path = rel ? join(rel, name) : name;
+    const info = fs.lstatSync(join(dir, path));
+    visit(path, join(dir, path), info);
+    if (info.isDirectory()) walk(path, visit);
+  }
+}
+if (op === 'record') {
+  const entries = [];
+  walk('', (path, full, info) => {
+    entries.push([path, info.uid, info.gid, info.mode & 0o7777]);
+    if (info.uid !== 0 || info.gid !== 0) fs.lchownSync(full, 0, 0);
+    if (!info.isSymbolicLink()) fs.chmodSync(full, (info.mode & 0o1777) | (info.isDirectory() ? 0o700 : 0o600));
+  });
+  fs.writeFileSync(manifest, JSON.stringify(entries));
+} else if (op === 'apply') {
+  const owners = new Map(JSON.parse(fs.readFileSync(0, 'utf8')).map((e) => [e[0], e]));
+  walk('', (path, full, info) => {
+    const owner = owners.get(path);
+    if (!owner) return;
+    fs.lchownSync(full, owner[1], owner[2]);
+    if (!info.isSymbolicLink()) fs.chmodSync(full, owner[3] & 0o1777);
+  });
+} else {
+  throw new Error('unknown operation ' + op);
+}
+`;
+
+const MAX_ID = 0xfffffffe;
+
+function isId(value: unknown): value is number {
+  return Number.isInteger(value) && (value as number) >= 0 && (value as number) <= MAX_ID;
+}
+
+/** The manifest below `dir`, checked (anyone who can write the cache may have saved it); undefined when none. */
+export async function readOwners(dir: string): Promise<Owners | undefined> {
+  let text: string;
+  try {
+    text = await readFile(join(dir, OWNERS_FILE), 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+  const parsed: unknown = JSON.parse(text);
+  if (!Array.isArray(parsed)) throw new Error(`${OWNERS_FILE} holds no list`);
+  const owners = new Map<string, Owner>();
+  for (const entry of parsed as unknown[]) {
+    const [path, uid, gid, mode] = Array.isArray(entry) ? (entry as unknown[]) : [];
+    if (typeof path !== 'string' || !isId(uid) || !isId(gid) || !Number.isInteger(mode)) {
+      throw new Error(`${OWNERS_FILE} holds a malformed entry`);
+    }
+    owners.set(path, { uid, gid, mode: (mode as number) & 0o1777 });
+  }
+  return owners;
+}
+
+/** Records owners and modes into the manifest and hands the tree to the runner's user (see the top of the file). */
+export async function takeOwnership(dir: string): Promise<void> {
+  await execAsStorageRoot(process.execPath, ['-e', SCRIPT, 'record', dir, join(dir, OWNERS_FILE)], {
+    timeoutMs: OWNERS_TIMEOUT_MS,
+  });
+}
+
+/** Gives the entries below `dir` the recorded owners and modes, and removes the manifest. */
+export async function restoreOwners(dir: string, owners: Owners): Promise<void> {
+  await rm(join(dir, OWNERS_FILE), { force: true });
+  const entries = [...owners].map(([path, o]) => [path, o.uid, o.gid, o.mode]);
+  await execAsStorageRoot(process.execPath, ['-e', SCRIPT, 'apply', dir], {
+    timeoutMs: OWNERS_TIMEOUT_MS,
+    input: JSON.stringify(entries),
+  });
+}
