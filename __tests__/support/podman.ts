@@ -274,7 +274,7 @@ export async function createPodmanTestEnv(
       for (const s of services) await s.stop();
       await waitForCleanups(dir);
       // Rootless podman's pause process outlives every command; on a runner it is the user session's, here ours.
-      const pause = user ? await pauseProcess(env.XDG_RUNTIME_DIR!) : undefined;
+      const pause = user ? await pauseProcess(env.XDG_RUNTIME_DIR!, user.uid) : undefined;
       if (pause) await stopProcess(pause, 5_000);
       // A podman inside a root mounts its overlays below the root's mount point.
       if (variant.root !== '/') await unmountUnder(join(variant.root, dir));

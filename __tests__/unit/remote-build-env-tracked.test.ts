@@ -1,12 +1,14 @@
 /** The registry of tracked children (tracked.ts), with real processes (`sleep`, `touch`) and a real filesystem. */
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { mkdtempSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { chmod, copyFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathExists } from '../../src/core/files.js';
 import { isRunning, stopProcessGroup } from '../../src/actions/remote-build-env/process-group.js';
 import { closeRegistry, spawnTracked } from '../../src/actions/remote-build-env/tracked.js';
+import { pauseProcess } from '../../src/actions/remote-build-env/local-service.js';
 
 const dirs: string[] = [];
 
@@ -72,5 +74,28 @@ describe('tracked children', () => {
     const { registry } = await registryDir();
     await rename(registry, `${registry}-elsewhere`);
     expect(await closeRegistry(registry)).toEqual(new Map());
+  });
+});
+
+describe("rootless podman's pause process, from its pid file", () => {
+  it('is found only while the pid names a pause process of this user: a reused pid names a stranger post must not stop', async () => {
+    const { dir } = await registryDir();
+    const runtimeDir = join(dir, 'runtime');
+    await mkdir(join(runtimeDir, 'libpod/tmp'), { recursive: true });
+    // A copy of sleep is named as podman's pause process is (/proc/<pid>/comm comes from the file name).
+    const catatonit = join(dir, 'catatonit');
+    await copyFile('/bin/sleep', catatonit);
+    await chmod(catatonit, 0o755);
+    const children = [spawn(catatonit, ['60']), spawn('sleep', ['60'])];
+    try {
+      const [pause, stranger] = children.map((c) => c.pid!);
+      await writeFile(join(runtimeDir, 'libpod/tmp/pause.pid'), `${pause}\n`);
+      expect((await pauseProcess(runtimeDir))?.pid).toBe(pause);
+      expect(await pauseProcess(runtimeDir, 4242)).toBeUndefined(); // another user's
+      await writeFile(join(runtimeDir, 'libpod/tmp/pause.pid'), `${stranger}\n`);
+      expect(await pauseProcess(runtimeDir)).toBeUndefined();
+    } finally {
+      for (const c of children) c.kill('SIGKILL');
+    }
   });
 });

@@ -82,15 +82,28 @@ export function podmanRemote(
   });
 }
 
+/** What podman names its pause process: catatonit's, or podman's own (`podman pause`) where catatonit is missing. */
+const PAUSE_COMMAND = /^(catatonit|podman pause)$/;
+
 /**
  * Rootless podman's pause process for `runtimeDir` (its XDG_RUNTIME_DIR): it holds the user namespace that every
  * podman command with that runtime dir joins (`podman unshare` too), and outlives them all. Undefined when none
- * runs.
+ * runs. The pid file outlives the process it names: once that pid is reused (pids wrap within minutes on a busy
+ * runner), it names a stranger, which post must not stop. So the process must also be named as podman names its
+ * pause process, and be `uid`'s (this user's).
  */
-export async function pauseProcess(runtimeDir: string): Promise<ProcessIdentity | undefined> {
+export async function pauseProcess(
+  runtimeDir: string,
+  uid = process.getuid?.(),
+): Promise<ProcessIdentity | undefined> {
   const text = await readFile(join(runtimeDir, 'libpod/tmp/pause.pid'), 'utf8').catch(() => '');
   const pid = Number(text.trim());
   if (!Number.isInteger(pid) || pid <= 0) return undefined;
   const identity = await identify(pid);
+  const [comm, status] = await Promise.all(
+    ['comm', 'status'].map((name) => readFile(`/proc/${pid}/${name}`, 'utf8').catch(() => '')),
+  );
+  const owner = /^Uid:\s+(\d+)/m.exec(status!)?.[1];
+  if (!PAUSE_COMMAND.test(comm!.trim()) || owner !== String(uid)) return undefined;
   return (await isRunning(identity)) ? identity : undefined;
 }
