@@ -100,10 +100,10 @@ describe('a registry slow to answer what changes it', () => {
 
   it('a closing PUT answered only after even that wait: the blob the registry committed meanwhile is found (HEAD), not sent again', async () => {
     const blob = randomBlob('late', 1024 * 1024);
-    // Commit wait at 0.3 s: 1.5 s, fired by 2.5 s at the latest; the registry's answer comes at 2.8 s.
+    // Commit wait at 0.3 s: 1.5 s, fired by 2.5 s at the latest; the registry's answer comes at 3.2 s.
     const r = await relay({
       fault: ({ kind, index }) =>
-        kind === 'upload-put' && index === 0 ? { answerDelayMs: 2800 } : undefined,
+        kind === 'upload-put' && index === 0 ? { answerDelayMs: 3200 } : undefined,
     });
     const c = client(r.host, { timeoutMs: 300, retries: 2 });
     try {
@@ -119,10 +119,10 @@ describe('a registry slow to answer what changes it', () => {
 });
 
 describe('a slow but steady link', () => {
-  it('a 4 MiB layer pushed over a 2 MB/s uplink (twice the silence timeout to drain what sits in the socket buffers): one PUT, no retry', async () => {
-    const blob = randomBlob('uplink', 4 * 1024 * 1024);
+  it('a 6 MiB layer pushed over a 3 MB/s uplink (the socket buffers still draining after the body was handed over): one PUT, no retry', async () => {
+    const blob = randomBlob('uplink', 6 * 1024 * 1024);
     const r = await relay({
-      fault: ({ kind }) => (kind === 'upload-put' ? { throttleUpBytesPerSecond: 2_000_000 } : undefined),
+      fault: ({ kind }) => (kind === 'upload-put' ? { throttleUpBytesPerSecond: 3_000_000 } : undefined),
     });
     const c = client(r.host, { timeoutMs: 1000, retries: 1 });
     try {

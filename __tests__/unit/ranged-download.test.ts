@@ -169,4 +169,54 @@ describe('ranged download', () => {
       expect(error?.message).toContain(message);
     },
   );
+
+  it.each([
+    ['the first range (node client)', 0],
+    ['a later range (range connection)', 3],
+  ])(
+    '%s trickling under 1 KiB/s, never silent for the idle time, is asked for again as a stall',
+    async (_which, trickled) => {
+      const { url } = await archiveServer({
+        special: (index, socket, start) => {
+          if (index !== trickled) return false;
+          socket.write(
+            `HTTP/1.1 206 Partial Content\r\nContent-Range: bytes ${start}-${start + CHUNK - 1}/${data.length}\r\n` +
+              `Content-Length: ${CHUNK}\r\n\r\n`,
+          );
+          // 20 bytes every 50 ms; cut after 3 s, so that a client without the limit ends too (then as a cut).
+          let sent = 0;
+          const trickle = setInterval(() => {
+            socket.write(data.subarray(start + sent, start + sent + 20));
+            sent += 20;
+          }, 50);
+          const cut = setTimeout(() => socket.destroy(), 3000);
+          socket.on('close', () => {
+            clearInterval(trickle);
+            clearTimeout(cut);
+          });
+          return true;
+        },
+      });
+      const reasons: string[] = [];
+      const received: Buffer[] = [];
+      const result = await downloadInOrder(
+        url,
+        async (pieces) => {
+          for (const piece of pieces) received.push(Buffer.from(piece));
+        },
+        {
+          chunkBytes: CHUNK,
+          concurrency: 4,
+          idleTimeoutMs: 300,
+          retryBudget: 5,
+          retry: { ...DEFAULT_RETRY, baseDelayMs: 1, maxDelayMs: 5 },
+          maxBytes: 1e9,
+          onRetry: (_what, error) => reasons.push(error.message),
+        },
+      );
+      expect(Buffer.concat(received).equals(data)).toBe(true);
+      expect(result.retries).toBe(1);
+      expect(reasons).toEqual([expect.stringMatching(/ in 0\.\d s, under 1\.0 KiB\/s \(stalled\)$/)]);
+    },
+  );
 });

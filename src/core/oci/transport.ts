@@ -489,6 +489,14 @@ export class RegistryTransport {
 }
 
 /**
+ * The pieces a watched body is handed over in. Small enough that a slow link takes one well within the
+ * silence timeout (4.4 KiB/s at 60 s: a whole 1 MiB file chunk would need 17 KiB/s), and above the socket's
+ * 16–64 KiB high-water mark, so undici still waits for 'drain' before it asks for the next piece, and the file
+ * buffer behind them is not read into while a piece of it waits to be sent.
+ */
+const WATCHED_PIECE = 256 * 1024;
+
+/**
  * A streamed request body whose request is aborted (`signal`) when the socket takes no piece of it for
  * `timeoutMs`: undici asks for the next piece once the last one is written out (after 'drain' when the socket
  * was full), so the wait between two asks is how long the receiver took nothing. `stop` ends the watch once an
@@ -505,20 +513,18 @@ function watchedBody(
     stopped = true;
     clearTimeout(timer);
   };
+  const stalled = () =>
+    abort.abort(
+      Object.assign(new Error(`no piece of the body taken for ${timeoutMs} ms`), { code: SEND_STALLED }),
+    );
   async function* watched(): AsyncGenerator<Buffer, void, undefined> {
     try {
       for await (const chunk of body) {
-        if (!stopped) {
-          timer = setTimeout(() => {
-            abort.abort(
-              Object.assign(new Error(`no piece of the body taken for ${timeoutMs} ms`), {
-                code: SEND_STALLED,
-              }),
-            );
-          }, timeoutMs);
+        for (let at = 0; at < chunk.length; at += WATCHED_PIECE) {
+          if (!stopped) timer = setTimeout(stalled, timeoutMs);
+          yield chunk.subarray(at, at + WATCHED_PIECE);
+          clearTimeout(timer);
         }
-        yield chunk;
-        clearTimeout(timer);
       }
     } finally {
       clearTimeout(timer);
