@@ -7,6 +7,8 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RegistryClient, type RegistryClientOptions } from '../../src/core/oci/client.js';
@@ -163,6 +165,37 @@ describe('a download that trickles', () => {
       expect(progress.at(-1)).toBe(blob.size);
     } finally {
       await c.close();
+    }
+  });
+});
+
+describe('a blob GET redirected to storage', () => {
+  it('storage slow to start answering (past the silence timeout) once: the retry asks the registry again for a fresh URL, and the blob arrives', async () => {
+    const blob = randomBlob('stored', 256 * 1024);
+    const direct = client(registry.host);
+    await direct.uploadBlob('slow/stored', blob).finally(() => direct.close());
+    const storage = await relay({
+      fault: ({ kind, index }) => (kind === 'blob-get' && index === 0 ? { answerDelayMs: 2500 } : undefined),
+    });
+    // The registry's side: every blob GET answered 307 to storage, as registries on S3 or GCS do.
+    let redirects = 0;
+    const front = createServer((req, res) => {
+      redirects++;
+      res.writeHead(307, { location: `http://${storage.host}${req.url}` }).end();
+    });
+    await new Promise<void>((ready) => front.listen(0, '127.0.0.1', ready));
+    const c = client(`127.0.0.1:${(front.address() as AddressInfo).port}`, { timeoutMs: 500, retries: 2 });
+    const dest = join(work, 'stored.out');
+    try {
+      await c.downloadBlob('slow/stored', blob.digest, dest, { size: blob.size });
+      expect(await digestFile(dest)).toBe(blob.digest);
+      expect(c.stats.retries).toBe(1);
+      expect(redirects).toBe(2);
+      expect(storage.count('blob-get')).toBe(2);
+    } finally {
+      await c.close();
+      front.closeAllConnections();
+      await new Promise((closed) => front.close(closed));
     }
   });
 });

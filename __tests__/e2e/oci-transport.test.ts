@@ -700,7 +700,7 @@ describe('a server that goes silent, or words its status itself (a raw http serv
         await failure(s.host, (c) =>
           c.uploadBlob('raw/app', { digest, size: 64 * 1024 * 1024, path: sparse }),
         ),
-      ).toMatch(/upload blob sha256:0+ to raw\/app: no answer within 0.5 s$/);
+      ).toMatch(/upload blob sha256:0+ to raw\/app: the server took no data for 0.5 s \(stalled\)$/);
       // The server stopped reading with most of the blob still to come: the stall was mid-body.
       expect(uploadSocket!.bytesRead).toBeLessThan(32 * 1024 * 1024);
     } finally {
