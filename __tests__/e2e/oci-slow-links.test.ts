@@ -74,25 +74,33 @@ function client(host: string, extra: Partial<RegistryClientOptions> = {}): Regis
 }
 
 describe('a registry slow to answer what changes it', () => {
-  it('a closing PUT, a manifest PUT and a mount answered 4× the silence timeout after their last byte: each waited for, sent once', async () => {
+  it('a closing PUT, a PATCH, a manifest PUT and a mount answered 4× the silence timeout after their last byte: each waited for, sent once', async () => {
     const big = randomBlob('big', 2 * 1024 * 1024);
+    const chunked = randomBlob('chunked', 2 * 1024 * 1024);
     const r = await relay({
-      fault: ({ kind }) =>
-        ['upload-put', 'manifest-put', 'mount'].includes(kind) ? { answerDelayMs: 2000 } : undefined,
+      fault: ({ kind, repository, index }) =>
+        ['manifest-put', 'mount'].includes(kind) ||
+        (kind === 'upload-put' && repository === 'slow/big') ||
+        (kind === 'upload-chunk' && index === 0)
+          ? { answerDelayMs: 2000 }
+          : undefined,
     });
     const c = client(r.host, { timeoutMs: 500, retries: 2 });
     try {
       const manifest = readFileSync(join(layout.dir, 'blobs', 'sha256', layout.digest.slice(7)));
-      const [, put, mount] = await Promise.all([
+      const [, , put, mount] = await Promise.all([
         c.uploadBlob('slow/big', big),
+        c.uploadBlob('slow/chunked', chunked, { chunkSize: 1024 * 1024 }),
         c.putManifest('slow/manifest', 'v1', manifest, layout.mediaType),
         c.mountBlob('slow/target', layout.blobs[0]!.digest, 'slow/source'),
       ]);
       expect(put.digest).toBe(layout.digest);
       expect(mount).toEqual({ mounted: true });
       expect(await c.headBlob('slow/big', big.digest)).toEqual({ size: big.size });
+      expect(await c.headBlob('slow/chunked', chunked.digest)).toEqual({ size: chunked.size });
       expect(c.stats.retries).toBe(0);
-      expect(r.count('upload-put')).toBe(1);
+      expect(r.count('upload-put')).toBe(2);
+      expect(r.count('upload-chunk')).toBe(2);
       expect(r.count('manifest-put')).toBe(1);
       expect(r.count('mount')).toBe(1);
     } finally {
@@ -121,7 +129,7 @@ describe('a registry slow to answer what changes it', () => {
 });
 
 describe('a slow but steady link', () => {
-  it('a 6 MiB layer pushed over a 3 MB/s uplink (the socket buffers still draining after the body was handed over): one PUT, no retry', async () => {
+  it('a 6 MiB layer pushed over a 3 MB/s uplink (twice the silence timeout in all): no false stall, one PUT, no retry', async () => {
     const blob = randomBlob('uplink', 6 * 1024 * 1024);
     const r = await relay({
       fault: ({ kind }) => (kind === 'upload-put' ? { throttleUpBytesPerSecond: 3_000_000 } : undefined),
