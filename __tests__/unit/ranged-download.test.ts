@@ -219,4 +219,32 @@ describe('ranged download', () => {
       expect(reasons).toEqual([expect.stringMatching(/ in 0\.\d s, under 1\.0 KiB\/s \(stalled\)$/)]);
     },
   );
+
+  it('a server that ignores Range and trickles the whole body under 1 KiB/s fails the download as stalled (a whole body cannot be resumed)', async () => {
+    const { url } = await archiveServer({
+      special: (_index, socket) => {
+        socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${data.length}\r\n\r\n`);
+        let sent = 0;
+        const trickle = setInterval(() => socket.write(data.subarray(sent, (sent += 20))), 50);
+        const cut = setTimeout(() => socket.destroy(), 3000);
+        socket.on('close', () => {
+          clearInterval(trickle);
+          clearTimeout(cut);
+        });
+        return true;
+      },
+    });
+    const error = await downloadInOrder(url, async () => undefined, {
+      chunkBytes: CHUNK,
+      concurrency: 4,
+      idleTimeoutMs: 300,
+      retryBudget: 5,
+      retry: { ...DEFAULT_RETRY, baseDelayMs: 1, maxDelayMs: 5 },
+      maxBytes: 1e9,
+    }).then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
+    expect(error?.message).toMatch(/^the download got only \d+ B in 0\.\d s, under 1\.0 KiB\/s \(stalled\)$/);
+  });
 });

@@ -332,7 +332,7 @@ async function streamWhole(
   const body = withLowSpeedLimit(
     res as AsyncIterable<Buffer>,
     idleTimeoutMs,
-    (reason) => new Error(`the download ${reason}`),
+    (reason) => new Error(`the download got ${reason}`),
   );
   for await (const chunk of body) {
     length += (chunk as Buffer).length;
