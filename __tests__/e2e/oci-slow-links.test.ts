@@ -11,12 +11,12 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { RegistryClient, type RegistryClientOptions } from '../../src/core/oci/client.js';
 import { digestFile, digestOf } from '../../src/core/oci/digest.js';
 import type { BlobFile } from '../../src/core/oci/upload.js';
 import { generateLayout, type GeneratedLayout } from '../support/oci-layout.js';
 import { startProxy, type CountingProxy, type ProxyOptions } from '../support/proxy.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
+import { testClient } from '../support/oci-client.js';
 
 let work: string;
 let registry: RegistryService;
@@ -63,14 +63,14 @@ async function relay(options: Omit<ProxyOptions, 'target'>): Promise<CountingPro
   return r;
 }
 
-function client(host: string, extra: Partial<RegistryClientOptions> = {}): RegistryClient {
-  return new RegistryClient({
-    registry: host,
-    insecure: true,
-    retryBaseDelayMs: 10,
-    timeoutMs: 10_000,
-    ...extra,
-  });
+const client = testClient;
+
+/** A blob of `size` random bytes stored in `repository` directly (not through a relay). */
+async function storedBlob(repository: string, size: number): Promise<BlobFile> {
+  const blob = randomBlob(repository.replace('/', '-'), size);
+  const direct = client(registry.host);
+  await direct.uploadBlob(repository, blob).finally(() => direct.close());
+  return blob;
 }
 
 describe('a registry slow to answer what changes it', () => {
@@ -148,9 +148,7 @@ describe('a slow but steady link', () => {
 
 describe('a download that trickles', () => {
   it('a blob GET trickling under 1 KiB/s (never silent) is a stall: resumed with Range, progress counted once', async () => {
-    const blob = randomBlob('trickle', 8 * 1024);
-    const direct = client(registry.host);
-    await direct.uploadBlob('slow/trickle', blob).finally(() => direct.close());
+    const blob = await storedBlob('slow/trickle', 8 * 1024);
     // 50 bytes every 0.1 s: the whole blob would take 16 s, a silence timeout never fires.
     const r = await relay({
       fault: ({ kind, index }) =>
@@ -179,9 +177,7 @@ describe('a download that trickles', () => {
 
 describe('a blob GET redirected to storage', () => {
   it('storage slow to start answering (past the silence timeout) once: the retry asks the registry again for a fresh URL, and the blob arrives', async () => {
-    const blob = randomBlob('stored', 256 * 1024);
-    const direct = client(registry.host);
-    await direct.uploadBlob('slow/stored', blob).finally(() => direct.close());
+    const blob = await storedBlob('slow/stored', 256 * 1024);
     const storage = await relay({
       fault: ({ kind, index }) => (kind === 'blob-get' && index === 0 ? { answerDelayMs: 2500 } : undefined),
     });
