@@ -129,8 +129,8 @@ describe('a registry slow to answer what changes it', () => {
 });
 
 describe('a slow but steady link', () => {
-  it('a 6 MiB layer pushed over a 3 MB/s uplink (twice the silence timeout in all): no false stall, one PUT, no retry', async () => {
-    const blob = randomBlob('uplink', 6 * 1024 * 1024);
+  it('a 4 MiB layer pushed over a 3 MB/s uplink (1.4 × the silence timeout in all): no false stall, one PUT, no retry', async () => {
+    const blob = randomBlob('uplink', 4 * 1024 * 1024);
     const r = await relay({
       fault: ({ kind }) => (kind === 'upload-put' ? { throttleUpBytesPerSecond: 3_000_000 } : undefined),
     });

@@ -82,3 +82,33 @@ it('a disk title carrying a terminal escape, a bidi override and a forged workfl
   expect(r.log).not.toContain('\u001b');
   expect(r.log).not.toContain('\u202e');
 });
+
+it('a disk over a slow but steady link (1 MB/s) arrives at the first try; progress ends at 100 % with a sane rate', async () => {
+  const disk = fake.disk('x86_64', 'qemu');
+  const slow = await startProxy({
+    target: registry.host,
+    fault: ({ kind }) => (kind === 'blob-get' ? { throttleBytesPerSecond: 1_000_000 } : undefined),
+  });
+  try {
+    const dirs = { runnerTemp: join(work, 'temp3'), home: join(work, 'home3'), workspace: join(work, 'ws3') };
+    for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true });
+    const r = await runAction({
+      keepInRunnerTemp: ['ici-pvm'],
+      action: 'preseed-podman-vm',
+      inputs: { image: `docker://${slow.host}/${REPO}:5.3`, cache: 'false' },
+      env: { XDG_DATA_HOME: undefined },
+      ...dirs,
+    });
+    expect(r.errors).toEqual([]);
+    expect(r.main.exitCode).toBe(0);
+    expect(readFileSync(r.outputs['image-path']!).equals(readFileSync(disk.blobPath))).toBe(true);
+    expect(slow.records.filter((rec) => rec.kind === 'blob-get').map((g) => g.status)).toEqual([200]);
+    const done = /Downloading [^:]+: .* \((\d+)%\) at ([\d.]+) (KiB|MiB)\/s, done in /.exec(r.log);
+    expect(done?.[1]).toBe('100');
+    const rate = Number(done![2]) * (done![3] === 'MiB' ? 1024 * 1024 : 1024);
+    expect(rate).toBeGreaterThan(100_000);
+    expect(rate).toBeLessThan(1_500_000);
+  } finally {
+    await slow.stop();
+  }
+});
