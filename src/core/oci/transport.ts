@@ -443,6 +443,8 @@ export class RegistryTransport {
     scheme: 'https:' | 'http:',
   ): Promise<RegistryResponse> {
     const answerMs = this.answerMs(spec);
+    // One deadline for a small request and the redirects it follows.
+    const deadline = spec.streaming ? undefined : AbortSignal.timeout(answerMs);
     const first = this.onScheme(spec.url, scheme);
     let url = first;
     for (let redirects = 0; ; redirects++) {
@@ -462,7 +464,7 @@ export class RegistryTransport {
           headers,
           // undici sends an async iterable as it is (its documentation says so; its types name only Readable).
           body: (sending?.body ?? spec.body) as Dispatcher.RequestOptions['body'],
-          signal: sending?.signal ?? (spec.streaming ? undefined : AbortSignal.timeout(answerMs)),
+          signal: sending?.signal ?? deadline,
           headersTimeout: answerMs,
           bodyTimeout: this.timeoutMs,
         });
