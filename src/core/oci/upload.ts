@@ -113,20 +113,25 @@ export async function uploadBlob(
       if (!(error instanceof TransientError)) throw error;
       // A blob file that changed size fails every try alike (a body shorter than its length): no retry.
       await sameSize(blob);
-      await budget.next(error);
+      const spent = await budget.next(error).then(
+        () => undefined,
+        (exhausted: unknown) => exhausted,
+      );
       if (closing && (await committedMeanwhile(transport, repository, blob))) {
         transport.stats.bytesUploaded += blob.size;
         return;
       }
+      if (spent) throw spent;
       at = await resumePosition(transport, repository, blob, at, budget);
     }
   }
 }
 
 /**
- * After a closing PUT that got no answer: the registry may have finished verifying and moving the blob after we
- * stopped waiting (its session is then gone, and a resume would upload it all again). The blob as the registry
- * now holds it answers that; a HEAD that fails too leaves it to the resume.
+ * After a closing PUT that got no answer (on its last try too): the registry may have finished verifying and
+ * moving the blob after we stopped waiting (its session is then gone, and a resume would upload it all again).
+ * The blob as the registry now holds it answers that; one HEAD, and when that fails too, the resume (or the
+ * failure) goes on as it would have.
  */
 async function committedMeanwhile(
   transport: RegistryTransport,
@@ -134,7 +139,7 @@ async function committedMeanwhile(
   blob: BlobFile,
 ): Promise<boolean> {
   try {
-    return (await headBlob(transport, repository, blob.digest))?.size === blob.size;
+    return (await headBlob(transport, repository, blob.digest, transport.budget(0)))?.size === blob.size;
   } catch {
     return false;
   }
