@@ -36,18 +36,27 @@ afterAll(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
-it('a disk download cut mid-body resumes with Range: the disk crosses the link ~once, progress ends at 100 %', async () => {
-  const disk = fake.disk('x86_64', 'qemu');
-  const dirs = { runnerTemp: join(work, 'temp'), home: join(work, 'home'), workspace: join(work, 'ws') };
+/** The built action pulling `image` without its cache, in job dirs of its own named `name`. */
+async function preseedFrom(image: string, name: string) {
+  const dirs = {
+    runnerTemp: join(work, `temp-${name}`),
+    home: join(work, `home-${name}`),
+    workspace: join(work, `ws-${name}`),
+  };
   for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true });
-  const r = await runAction({
+  return runAction({
     // The action's cache path stays for the next job's save or restore.
     keepInRunnerTemp: ['ici-pvm'],
     action: 'preseed-podman-vm',
-    inputs: { image: `docker://${relay.host}/${REPO}:5.3`, cache: 'false' },
+    inputs: { image, cache: 'false' },
     env: { XDG_DATA_HOME: undefined },
     ...dirs,
   });
+}
+
+it('a disk download cut mid-body resumes with Range: the disk crosses the link ~once, progress ends at 100 %', async () => {
+  const disk = fake.disk('x86_64', 'qemu');
+  const r = await preseedFrom(`docker://${relay.host}/${REPO}:5.3`, 'cut');
   expect(r.errors).toEqual([]);
   expect(r.main.exitCode).toBe(0);
   expect(readFileSync(r.outputs['image-path']!).equals(readFileSync(disk.blobPath))).toBe(true);
@@ -66,15 +75,7 @@ it('a disk title carrying a terminal escape, a bidi override and a forged workfl
     title: () => 'disk\u001b[2K\u001b[1Ahidden\u202etxt.exe\n::error::forged.qcow2.zst',
   });
   await publishMachineOs(hostile, registry.host, 'podman/hostile-title', '5.3');
-  const dirs = { runnerTemp: join(work, 'temp2'), home: join(work, 'home2'), workspace: join(work, 'ws2') };
-  for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true });
-  const r = await runAction({
-    keepInRunnerTemp: ['ici-pvm'],
-    action: 'preseed-podman-vm',
-    inputs: { image: `docker://${registry.host}/podman/hostile-title:5.3`, cache: 'false' },
-    env: { XDG_DATA_HOME: undefined },
-    ...dirs,
-  });
+  const r = await preseedFrom(`docker://${registry.host}/podman/hostile-title:5.3`, 'hostile');
   expect(r.main.exitCode).toBe(0);
   expect(r.errors).toEqual([]);
   // The title is still shown (it says which disk this is), as text: no escape, no reordering, one line.
@@ -90,15 +91,7 @@ it('a disk over a slow but steady link (1 MB/s) arrives at the first try; progre
     fault: ({ kind }) => (kind === 'blob-get' ? { throttleBytesPerSecond: 1_000_000 } : undefined),
   });
   try {
-    const dirs = { runnerTemp: join(work, 'temp3'), home: join(work, 'home3'), workspace: join(work, 'ws3') };
-    for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true });
-    const r = await runAction({
-      keepInRunnerTemp: ['ici-pvm'],
-      action: 'preseed-podman-vm',
-      inputs: { image: `docker://${slow.host}/${REPO}:5.3`, cache: 'false' },
-      env: { XDG_DATA_HOME: undefined },
-      ...dirs,
-    });
+    const r = await preseedFrom(`docker://${slow.host}/${REPO}:5.3`, 'steady');
     expect(r.errors).toEqual([]);
     expect(r.main.exitCode).toBe(0);
     expect(readFileSync(r.outputs['image-path']!).equals(readFileSync(disk.blobPath))).toBe(true);
