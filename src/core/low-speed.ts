@@ -30,7 +30,8 @@ export class LowSpeedLimit {
     this.waitedMs += Math.max(0, waitedMs);
     this.bytes += bytes;
     if (this.waitedMs < this.windowMs) return undefined;
-    const slow = (this.bytes * 1000) / this.waitedMs < this.bytesPerSecond;
+    // A window without a byte is silence, which each caller's silence timeout tells as such.
+    const slow = this.bytes > 0 && (this.bytes * 1000) / this.waitedMs < this.bytesPerSecond;
     const seconds = Math.round(this.waitedMs / 100) / 10;
     const got = this.bytes;
     this.waitedMs = 0;
