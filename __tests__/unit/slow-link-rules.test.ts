@@ -27,6 +27,8 @@ describe('low-speed limit', () => {
     const trickle = new LowSpeedLimit(60_000);
     for (let s = 0; s < 59; s++) expect(trickle.arrived(500, 1000)).toBeUndefined();
     expect(trickle.arrived(500, 1000)).toBe('only 29.3 KiB in 60 s, under 1.0 KiB/s (stalled)');
+    // Silence is the silence timeout's to tell, in its own words.
+    expect(new LowSpeedLimit(60_000).arrived(0, 60_000)).toBeUndefined();
   });
 
   it('counts only the time spent waiting for the source, not the time its reader takes', async () => {
