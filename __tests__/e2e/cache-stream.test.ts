@@ -176,6 +176,23 @@ describe('streaming restore, cache service v2', () => {
     expect(fallbacks(log)).toEqual([]);
   });
 
+  it('restores over a slow but steady link (3 MiB/s) without a retry or a fallback', async () => {
+    const dir = join(dirs.runnerTemp, 'ici-steady');
+    const digest = await savedTree(dir, 'steady-key', 1, 4 * MiB);
+    const { host, log } = cliHost();
+    const rangedBefore = ranged();
+    service.limitDownloads(3 * MiB);
+    try {
+      expect((await restoreCache(host, [dir], 'steady-key')).hit).toBe(true);
+    } finally {
+      service.limitDownloads(undefined);
+    }
+    expect(treeDigest(dir)).toBe(digest);
+    expect(log.filter((l) => l.startsWith('Retrying bytes '))).toEqual([]);
+    expect(fallbacks(log)).toEqual([]);
+    expect(ranged()).toBeGreaterThan(rangedBefore);
+  });
+
   it('falls back to the library, with one line, when the signed URL refuses ranges (4xx)', async () => {
     const dir = join(dirs.runnerTemp, 'ici-refused');
     const digest = await savedTree(dir, 'refused-key', 1, 5 * MiB);

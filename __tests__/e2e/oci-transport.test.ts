@@ -22,7 +22,7 @@ import { connect, createServer as createNetServer, type AddressInfo, type Socket
 import { createServer as createTlsServer } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { RegistryClient, type RegistryClientOptions } from '../../src/core/oci/client.js';
+import { RegistryClient } from '../../src/core/oci/client.js';
 import { digestFile, digestOf } from '../../src/core/oci/digest.js';
 import { MediaType } from '../../src/core/oci/media-types.js';
 import { registerSecret } from '../../src/core/secrets.js';
@@ -30,6 +30,7 @@ import { generateLayout, type BlobInfo, type GeneratedLayout } from '../support/
 import { startProxy, type CountingProxy, type ProxyOptions } from '../support/proxy.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
 import { makeTestCa } from '../support/test-ca.js';
+import { testClient } from '../support/oci-client.js';
 
 let work: string;
 let layout: GeneratedLayout;
@@ -53,15 +54,7 @@ async function relay(options: ProxyOptions): Promise<CountingProxy> {
   return r;
 }
 
-function client(host: string, extra: Partial<RegistryClientOptions> = {}): RegistryClient {
-  return new RegistryClient({
-    registry: host,
-    insecure: true,
-    retryBaseDelayMs: 10,
-    timeoutMs: 10_000,
-    ...extra,
-  });
-}
+const client = testClient;
 
 const blobGets = (r: CountingProxy) => r.records.filter((rec) => rec.kind === 'blob-get');
 
@@ -700,7 +693,7 @@ describe('a server that goes silent, or words its status itself (a raw http serv
         await failure(s.host, (c) =>
           c.uploadBlob('raw/app', { digest, size: 64 * 1024 * 1024, path: sparse }),
         ),
-      ).toMatch(/upload blob sha256:0+ to raw\/app: no answer within 0.5 s$/);
+      ).toMatch(/upload blob sha256:0+ to raw\/app: the server took no data for 0.5 s \(stalled\)$/);
       // The server stopped reading with most of the blob still to come: the stall was mid-body.
       expect(uploadSocket!.bytesRead).toBeLessThan(32 * 1024 * 1024);
     } finally {

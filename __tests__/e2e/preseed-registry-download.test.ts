@@ -36,18 +36,27 @@ afterAll(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
-it('a disk download cut mid-body resumes with Range: the disk crosses the link ~once, progress ends at 100 %', async () => {
-  const disk = fake.disk('x86_64', 'qemu');
-  const dirs = { runnerTemp: join(work, 'temp'), home: join(work, 'home'), workspace: join(work, 'ws') };
+/** The built action pulling `image` without its cache, in job dirs of its own named `name`. */
+async function preseedFrom(image: string, name: string) {
+  const dirs = {
+    runnerTemp: join(work, `temp-${name}`),
+    home: join(work, `home-${name}`),
+    workspace: join(work, `ws-${name}`),
+  };
   for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true });
-  const r = await runAction({
+  return runAction({
     // The action's cache path stays for the next job's save or restore.
     keepInRunnerTemp: ['ici-pvm'],
     action: 'preseed-podman-vm',
-    inputs: { image: `docker://${relay.host}/${REPO}:5.3`, cache: 'false' },
+    inputs: { image, cache: 'false' },
     env: { XDG_DATA_HOME: undefined },
     ...dirs,
   });
+}
+
+it('a disk download cut mid-body resumes with Range: the disk crosses the link ~once, progress ends at 100 %', async () => {
+  const disk = fake.disk('x86_64', 'qemu');
+  const r = await preseedFrom(`docker://${relay.host}/${REPO}:5.3`, 'cut');
   expect(r.errors).toEqual([]);
   expect(r.main.exitCode).toBe(0);
   expect(readFileSync(r.outputs['image-path']!).equals(readFileSync(disk.blobPath))).toBe(true);
@@ -66,19 +75,33 @@ it('a disk title carrying a terminal escape, a bidi override and a forged workfl
     title: () => 'disk\u001b[2K\u001b[1Ahidden\u202etxt.exe\n::error::forged.qcow2.zst',
   });
   await publishMachineOs(hostile, registry.host, 'podman/hostile-title', '5.3');
-  const dirs = { runnerTemp: join(work, 'temp2'), home: join(work, 'home2'), workspace: join(work, 'ws2') };
-  for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true });
-  const r = await runAction({
-    keepInRunnerTemp: ['ici-pvm'],
-    action: 'preseed-podman-vm',
-    inputs: { image: `docker://${registry.host}/podman/hostile-title:5.3`, cache: 'false' },
-    env: { XDG_DATA_HOME: undefined },
-    ...dirs,
-  });
+  const r = await preseedFrom(`docker://${registry.host}/podman/hostile-title:5.3`, 'hostile');
   expect(r.main.exitCode).toBe(0);
   expect(r.errors).toEqual([]);
   // The title is still shown (it says which disk this is), as text: no escape, no reordering, one line.
   expect(r.log).toMatch(/Downloading disk.*hidden.*txt\.exe ::error::forged\.qcow2\.zst: /);
   expect(r.log).not.toContain('\u001b');
   expect(r.log).not.toContain('\u202e');
+});
+
+it('a disk over a slow but steady link (1 MB/s) arrives at the first try; progress ends at 100 % with a sane rate', async () => {
+  const disk = fake.disk('x86_64', 'qemu');
+  const slow = await startProxy({
+    target: registry.host,
+    fault: ({ kind }) => (kind === 'blob-get' ? { throttleBytesPerSecond: 1_000_000 } : undefined),
+  });
+  try {
+    const r = await preseedFrom(`docker://${slow.host}/${REPO}:5.3`, 'steady');
+    expect(r.errors).toEqual([]);
+    expect(r.main.exitCode).toBe(0);
+    expect(readFileSync(r.outputs['image-path']!).equals(readFileSync(disk.blobPath))).toBe(true);
+    expect(slow.records.filter((rec) => rec.kind === 'blob-get').map((g) => g.status)).toEqual([200]);
+    const done = /Downloading [^:]+: .* \((\d+)%\) at ([\d.]+) (KiB|MiB)\/s, done in /.exec(r.log);
+    expect(done?.[1]).toBe('100');
+    const rate = Number(done![2]) * (done![3] === 'MiB' ? 1024 * 1024 : 1024);
+    expect(rate).toBeGreaterThan(100_000);
+    expect(rate).toBeLessThan(1_500_000);
+  } finally {
+    await slow.stop();
+  }
 });

@@ -62,6 +62,13 @@ export type Fault =
   | { drop: 'mid-response'; afterBytes: number }
   /** Relay the registry's answer at this many body bytes per second, in tenths of a second. */
   | { throttleBytesPerSecond: number }
+  /** Pass the request body on at this many bytes per second, in tenths of a second (a slow uplink). */
+  | { throttleUpBytesPerSecond: number }
+  /**
+   * Hold the registry's answer this long before relaying it: a registry still verifying and moving a blob
+   * in its storage after the last byte (or committing a manifest slowly).
+   */
+  | { answerDelayMs: number }
   /** Answer 200 with zeros until the client gives up (bounded at 1 GiB so the relay stops by itself). */
   | { endless: true }
   /** Relay the registry's answer with the first body byte flipped (content that does not match its digest). */
@@ -266,7 +273,7 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
     const upstream = httpRequest(
       { host: targetHost, port: Number(targetPort), method: req.method, path: req.url, headers },
       (upstreamRes) => {
-        void delay(latency).then(async () => {
+        void delay(latency + (fault && 'answerDelayMs' in fault ? fault.answerDelayMs : 0)).then(async () => {
           record.status = upstreamRes.statusCode ?? 0;
           let answerHeaders = { ...upstreamRes.headers };
           if (options.noRanges) delete answerHeaders['accept-ranges'];
@@ -283,6 +290,10 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
       },
     );
     upstream.on('error', () => res.destroy());
+    if (fault && 'throttleUpBytesPerSecond' in fault) {
+      void throttleUp(req, upstream, record, fault.throttleUpBytesPerSecond);
+      return;
+    }
     req.on('data', countUp);
     req.pipe(upstream);
   };
@@ -380,6 +391,33 @@ async function throttle(
     }
   }
   res.end();
+}
+
+/** A request body passed on at `bytesPerSecond` on average; the client's writes wait as on a slow uplink. */
+async function throttleUp(
+  from: IncomingMessage,
+  to: ReturnType<typeof httpRequest>,
+  record: RequestRecord,
+  bytesPerSecond: number,
+): Promise<void> {
+  const started = Date.now();
+  try {
+    for await (const chunk of from) {
+      record.bytesUp += (chunk as Buffer).length;
+      if (!to.write(chunk)) {
+        await new Promise((resolve) => {
+          to.once('drain', resolve);
+          to.once('close', resolve);
+        });
+      }
+      if (to.destroyed) return;
+      // Socket reads are at most 64 KiB: pacing whole reads keeps the average without slicing them.
+      await delay(started + (record.bytesUp / bytesPerSecond) * 1000 - Date.now());
+    }
+    to.end();
+  } catch {
+    to.destroy();
+  }
 }
 
 async function relayMultiTag(

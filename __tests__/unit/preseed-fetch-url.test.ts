@@ -51,3 +51,21 @@ it('a server that stops mid-body: the download fails after the stall time, namin
     `download of ${url} made no progress for 2 s`,
   );
 });
+
+it('a server that trickles under 1 KiB/s (never silent for the stall time): the download fails as stalled, naming the URL', async () => {
+  const url = await serve((res) => {
+    res.writeHead(200, { 'content-length': String(1024 * 1024) });
+    // 20 bytes every 50 ms; cut after 4 s, so that a watch without the limit ends too.
+    const drip = setInterval(() => res.write(Buffer.alloc(20)), 50);
+    const cut = setTimeout(() => res.destroy(), 4000);
+    res.on('close', () => {
+      clearInterval(drip);
+      clearTimeout(cut);
+    });
+  });
+  await expect(downloadUrl(host, url, join(tmp, 'c'), 1500)).rejects.toThrow(
+    new RegExp(
+      `^download of ${url.replace(/[.]/g, '\\.')}: only \\d+ B in [\\d.]+ s, under 1\\.0 KiB/s \\(stalled\\)$`,
+    ),
+  );
+});

@@ -54,9 +54,10 @@ async function archiveServer(options: {
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/archive`, stats };
 }
 
-async function download(url: string) {
+async function download(url: string, idleTimeoutMs = 5000) {
   const received: Buffer[] = [];
   const retried: string[] = [];
+  const reasons: string[] = [];
   const result = await downloadInOrder(
     url,
     async (pieces) => {
@@ -67,14 +68,33 @@ async function download(url: string) {
     {
       chunkBytes: CHUNK,
       concurrency: 4,
-      idleTimeoutMs: 5000,
+      idleTimeoutMs,
       retryBudget: 5,
       retry: { ...DEFAULT_RETRY, baseDelayMs: 1, maxDelayMs: 5 },
       maxBytes: 1e9,
-      onRetry: (what) => retried.push(what),
+      onRetry: (what, error) => {
+        retried.push(what);
+        reasons.push(error.message);
+      },
     },
   );
-  return { result, bytes: Buffer.concat(received), retried };
+  return { result, bytes: Buffer.concat(received), retried, reasons };
+}
+
+/**
+ * Writes `head`, then the archive from `start` 20 bytes every 50 ms (400 B/s, never silent for long), and cuts
+ * the connection after 3 s, so that a client without a low-speed limit ends too (then as a cut).
+ */
+function trickle(socket: Socket, head: string, start: number): true {
+  socket.write(head);
+  let sent = start;
+  const drip = setInterval(() => socket.write(data.subarray(sent, (sent += 20))), 50);
+  const cut = setTimeout(() => socket.destroy(), 3000);
+  socket.on('close', () => {
+    clearInterval(drip);
+    clearTimeout(cut);
+  });
+  return true;
 }
 
 describe('ranged download', () => {
@@ -169,4 +189,39 @@ describe('ranged download', () => {
       expect(error?.message).toContain(message);
     },
   );
+
+  it.each([
+    ['the first range (node client)', 0],
+    ['a later range (range connection)', 3],
+  ])(
+    '%s trickling under 1 KiB/s, never silent for the idle time, is asked for again as a stall',
+    async (_which, trickled) => {
+      const { url } = await archiveServer({
+        special: (index, socket, start) =>
+          index === trickled &&
+          trickle(
+            socket,
+            `HTTP/1.1 206 Partial Content\r\nContent-Range: bytes ${start}-${start + CHUNK - 1}/${data.length}\r\n` +
+              `Content-Length: ${CHUNK}\r\n\r\n`,
+            start,
+          ),
+      });
+      const { result, bytes, reasons } = await download(url, 300);
+      expect(bytes.equals(data)).toBe(true);
+      expect(result.retries).toBe(1);
+      expect(reasons).toEqual([expect.stringMatching(/ in 0\.\d s, under 1\.0 KiB\/s \(stalled\)$/)]);
+    },
+  );
+
+  it('a server that ignores Range and trickles the whole body under 1 KiB/s fails the download as stalled (a whole body cannot be resumed)', async () => {
+    const { url } = await archiveServer({
+      special: (_index, socket) =>
+        trickle(socket, `HTTP/1.1 200 OK\r\nContent-Length: ${data.length}\r\n\r\n`, 0),
+    });
+    const error = await download(url, 300).then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
+    expect(error?.message).toMatch(/^the download got only \d+ B in 0\.\d s, under 1\.0 KiB\/s \(stalled\)$/);
+  });
 });

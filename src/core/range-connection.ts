@@ -14,6 +14,7 @@
  */
 import { connect as netConnect, isIP, type OnReadOpts, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
+import { LowSpeedLimit } from './low-speed.js';
 
 /**
  * Where heads are read (and the first body bytes that come with them). Once a head is read, the rest of the body
@@ -105,11 +106,17 @@ export class RangeConnection {
   private readonly head = Buffer.allocUnsafe(MAX_HEAD_BYTES);
   private headBytes = 0;
   private request: Request | undefined;
+  /** The low-speed limit of the request in flight; every read counts (nothing here waits for the caller). */
+  private speed: LowSpeedLimit | undefined;
+  private lastRead = 0;
   private reusable = true;
   private closed = false;
   private answered = 0;
 
-  constructor(url: URL, idleTimeoutMs: number) {
+  constructor(
+    url: URL,
+    private readonly idleTimeoutMs: number,
+  ) {
     // pathname and search come out of URL percent-encoded: no byte here can end the request line early. The
     // user and password go as node's client sends them (the first range went through it).
     const credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
@@ -131,6 +138,7 @@ export class RangeConnection {
         try {
           if (into === buffer) this.take(buffer.subarray(0, bytes));
           else this.bodyRead(bytes);
+          this.checkSpeed(bytes);
         } catch (error) {
           this.fail(error as Error);
         }
@@ -170,6 +178,8 @@ export class RangeConnection {
       const onAbort = () => this.fail(signal!.reason as Error);
       signal?.addEventListener('abort', onAbort, { once: true });
       this.headBytes = 0;
+      this.speed = new LowSpeedLimit(this.idleTimeoutMs);
+      this.lastRead = performance.now();
       this.request = {
         range,
         into,
@@ -252,6 +262,15 @@ export class RangeConnection {
       request.done(undefined, request.total);
       if (!this.reusable) this.close();
     }
+  }
+
+  /** A range still in flight that trickles is a stall like one that went silent: worth another try. */
+  private checkSpeed(bytes: number): void {
+    if (!this.request || !this.speed) return;
+    const now = performance.now();
+    const slow = this.speed.arrived(bytes, now - this.lastRead);
+    this.lastRead = now;
+    if (slow) throw new RangeFailure(slow, true);
   }
 
   /**

@@ -3,7 +3,8 @@
  * consumer strictly in order, so a decompressor can start on the first megabytes while later ones are still on
  * the wire. At most `concurrency` ranges exist at a time, in flight or in memory. A range that fails (connection
  * cut, short body, 5xx, timeout) is asked for again with backoff, drawing on one retry budget for the whole
- * download; a 4xx means the URL itself is no good and is not retried.
+ * download; a 4xx means the URL itself is no good and is not retried. A range that trickles (under the low-speed
+ * limit of low-speed.ts over the idle timeout) is a failed range too: asked for again rather than waited on.
  *
  * The size comes from the server (the first answer's Content-Range), so it is not trusted: above `maxBytes` the
  * download stops at once, and an answer that contradicts it (another total, a Content-Length that is not the
@@ -16,6 +17,7 @@
 import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from 'node:http';
 import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import { setTimeout as delay } from 'node:timers/promises';
+import { withLowSpeedLimit } from './low-speed.js';
 import { backoffDelay, isRetryableStatus, type RetryPolicy } from './oci/retry.js';
 import {
   RangeConnection,
@@ -258,9 +260,12 @@ function fetchOnce(
     req.on('response', (res) => {
       const status = res.statusCode ?? 0;
       if (status === 206) {
-        collectRange(res, range).then(resolve, reject);
+        collectRange(res, range, options.idleTimeoutMs).then(resolve, reject);
       } else if (status === 200 && range.start === 0) {
-        resolve({ kind: 'whole', stream: (consume) => streamWhole(res, consume, options.maxBytes) });
+        resolve({
+          kind: 'whole',
+          stream: (consume) => streamWhole(res, consume, options.maxBytes, options.idleTimeoutMs),
+        });
       } else {
         res.resume();
         if (isRetryableStatus(status)) reject(new RetryableError(`HTTP ${status}`));
@@ -272,7 +277,7 @@ function fetchOnce(
 }
 
 /** Reads one 206 answer, checking that it is exactly the range asked for. */
-async function collectRange(res: IncomingMessage, range: ByteRange): Promise<Answer> {
+async function collectRange(res: IncomingMessage, range: ByteRange, idleTimeoutMs: number): Promise<Answer> {
   let answered: RangeAnswered;
   try {
     answered = rangeAnswered(range, res.headers['content-range'], res.headers['content-length'], false);
@@ -283,13 +288,19 @@ async function collectRange(res: IncomingMessage, range: ByteRange): Promise<Ans
   const { expected, total } = answered;
   const chunks: Buffer[] = [];
   let length = 0;
+  const body = withLowSpeedLimit(
+    res as AsyncIterable<Buffer>,
+    idleTimeoutMs,
+    (reason) => new RetryableError(reason),
+  );
   try {
-    for await (const chunk of res) {
+    for await (const chunk of body) {
       length += (chunk as Buffer).length;
       if (length > expected) break;
       chunks.push(chunk as Buffer);
     }
   } catch (error) {
+    if (error instanceof RetryableError) throw error;
     throw new RetryableError(`connection lost after ${length} of ${expected} bytes: ${errorMessage(error)}`);
   }
   if (length > expected)
@@ -307,12 +318,23 @@ function tooLarge(bytes: number, maxBytes: number): void {
 }
 
 /** A server that ignores Range: pass the single body on as it comes; a cut here cannot be resumed. */
-async function streamWhole(res: IncomingMessage, consume: Consumer, maxBytes: number): Promise<number> {
+async function streamWhole(
+  res: IncomingMessage,
+  consume: Consumer,
+  maxBytes: number,
+  idleTimeoutMs: number,
+): Promise<number> {
   const declared = res.headers['content-length'];
   const limit = declared === undefined ? maxBytes : Number(declared);
   tooLarge(limit, maxBytes);
   let length = 0;
-  for await (const chunk of res) {
+  // Only the waits for the server count: the consumer's own pace (a slow extraction) is not a trickle.
+  const body = withLowSpeedLimit(
+    res as AsyncIterable<Buffer>,
+    idleTimeoutMs,
+    (reason) => new Error(`the download got ${reason}`),
+  );
+  for await (const chunk of body) {
     length += (chunk as Buffer).length;
     if (length > limit) {
       res.destroy();

@@ -12,7 +12,10 @@ import { diskLayer, selectDiskChild, type ImageIndex, type ImageManifest } from 
 import type { MachineArch, VmType } from './podman-host.js';
 import { ProgressLog } from './progress.js';
 
-/** The longest silence: no answer, or no byte of the disk, for this long (a slow but moving link is fine). */
+/**
+ * The longest silence: no answer, or no byte of the disk, for this long (a slow but moving link is fine; a
+ * trickle under the low-speed limit over this long counts as silence).
+ */
 const REGISTRY_TIMEOUT_MS = 60_000;
 /** Fewer than the client's default: an unreachable registry falls back to the cache after a few seconds. */
 const REGISTRY_RETRIES = 3;

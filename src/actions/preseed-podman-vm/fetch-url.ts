@@ -1,10 +1,12 @@
 /**
  * Downloading an image from a URL with @actions/tool-cache (retries 5xx/408/429, proxy settings of the runner).
  * That API has no progress callback or timeout, so the growing file is watched: it gives the progress line and
- * fails a download that stops growing.
+ * fails a download that stops growing, or that grows slower than the low-speed limit over the stall time (a
+ * server trickling a few bytes every few seconds would otherwise hold the job until its 6 h limit).
  */
 import { stat } from 'node:fs/promises';
 import type { Host } from '../../core/host.js';
+import { LowSpeedLimit } from '../../core/low-speed.js';
 import { ProgressLog } from './progress.js';
 
 const POLL_MS = 1000;
@@ -27,10 +29,17 @@ export async function downloadUrl(
   const progress = new ProgressLog(host, `Downloading ${url}`, undefined);
   let lastSize = 0;
   let lastGrowth = Date.now();
+  let lastPoll = Date.now();
+  const speed = new LowSpeedLimit(stallMs);
   let timer: NodeJS.Timeout | undefined;
   const stalled = new Promise<never>((_, reject) => {
     timer = setInterval(() => {
       void sizeOf(dest).then((size) => {
+        const now = Date.now();
+        // A file the library started over (a retry) has not grown.
+        const slow = speed.arrived(Math.max(0, size - lastSize), now - lastPoll);
+        lastPoll = now;
+        if (slow) reject(new Error(`download of ${url}: ${slow}`));
         if (size !== lastSize) {
           lastSize = size;
           lastGrowth = Date.now();

@@ -1,6 +1,6 @@
 /**
  * Blob downloads to a file, for blobs of any size on any link: no deadline while bytes keep coming (only the
- * transport's silence timeout); a retry after a cut connection asks for the rest with `Range` and appends when
+ * transport's silence timeout, and the low-speed limit against a body that trickles); a retry after a cut connection asks for the rest with `Range` and appends when
  * the registry answers 206, else starts the file over; the size the descriptor declares is a hard limit and
  * must fit on the target filesystem before the first byte is asked for. The digest is verified before the file
  * gets its name; on any failure nothing is left behind.
@@ -8,6 +8,7 @@
 import { randomBytes, type Hash } from 'node:crypto';
 import { open, rename, rm, statfs, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { withLowSpeedLimit } from '../low-speed.js';
 import { ActionError } from '../run.js';
 import { formatBytes } from '../summary.js';
 import { DigestMismatchError, hashDigest, newHash } from './digest.js';
@@ -109,7 +110,13 @@ async function fetchRest(
         'the descriptor declares; download refused.',
     );
   }
-  for await (const chunk of response.body as AsyncIterable<Buffer>) {
+  // A body that trickles is a stall too: resumed with Range like a cut one, not waited on for hours.
+  const body = withLowSpeedLimit(
+    response.body as AsyncIterable<Buffer>,
+    transport.timeoutMs,
+    (reason) => new TransientError(`${what}: ${reason}`),
+  );
+  for await (const chunk of body) {
     if (limit !== undefined && partial.written + chunk.length > limit) {
       response.body.destroy();
       throw new RegistryError(

@@ -7,6 +7,7 @@ import { RegistryError } from './errors.js';
 import { MANIFEST_LIMIT, MANIFEST_MEDIA_TYPES, MediaType, type Descriptor } from './media-types.js';
 import { isValidDigest } from './reference.js';
 import type { RegistryResponse } from './response.js';
+import type { RetryBudget } from './retry.js';
 import { pullScope } from './token.js';
 import type { RegistryTransport } from './transport.js';
 
@@ -151,14 +152,18 @@ export async function headBlob(
   transport: RegistryTransport,
   repository: string,
   digest: string,
+  budget: RetryBudget = transport.budget(),
 ): Promise<{ size: number } | undefined> {
-  const response = await transport.send({
-    method: 'HEAD',
-    url: transport.url(`${repository}/blobs/${digest}`),
-    scopes: [pullScope(repository)],
-    ok: [200, 404],
-    what: `HEAD blob ${digest} in ${repository}`,
-  });
+  const response = await transport.send(
+    {
+      method: 'HEAD',
+      url: transport.url(`${repository}/blobs/${digest}`),
+      scopes: [pullScope(repository)],
+      ok: [200, 404],
+      what: `HEAD blob ${digest} in ${repository}`,
+    },
+    budget,
+  );
   await response.drain();
   if (response.status === 404) return undefined;
   return { size: Number(response.header('content-length') ?? '0') };

@@ -193,26 +193,33 @@ const LOCAL_FILE_CODES = new Set([
   NOT_A_REGULAR_FILE,
 ]);
 
+/** The code of the error a streamed request body's watch aborts its request with (transport.ts). */
+export const SEND_STALLED = 'ICI_SEND_STALLED';
+
 /**
  * What a failed try means: a local file problem (will not fix itself) stays as it is; anything else that went
  * wrong on the way — refused or reset connections, silence past the timeout, a body cut short — is a
- * TransientError worth another try. An error we made ourselves (a RegistryError) passes through.
+ * TransientError worth another try. An error we made ourselves (a RegistryError) passes through. `answerMs` is
+ * how long the request waited for its answer, when that is not the silence timeout (a commit's).
  */
-export function networkFailure(error: unknown, what: string, timeoutMs: number): Error {
+export function networkFailure(error: unknown, what: string, timeoutMs: number, answerMs = timeoutMs): Error {
   if (error instanceof RegistryError) return error;
   const code = errorCode(error);
   if (code && LOCAL_FILE_CODES.has(code)) return error as Error;
-  const seconds = `${Math.round(timeoutMs / 100) / 10} s`;
+  const inSeconds = (ms: number) => `${Math.round(ms / 100) / 10} s`;
+  const seconds = inSeconds(timeoutMs);
   const reason =
     code === 'UND_ERR_HEADERS_TIMEOUT'
-      ? `no answer within ${seconds}`
+      ? `no answer within ${inSeconds(answerMs)}`
       : code === 'UND_ERR_BODY_TIMEOUT'
         ? `no data for ${seconds} (stalled)`
-        : code === 'UND_ERR_CONNECT_TIMEOUT'
-          ? `could not connect within ${seconds}`
-          : (error as Error | undefined)?.name === 'TimeoutError'
-            ? `no complete answer within ${seconds}`
-            : describe(error);
+        : code === SEND_STALLED
+          ? `the server took no data for ${seconds} (stalled)`
+          : code === 'UND_ERR_CONNECT_TIMEOUT'
+            ? `could not connect within ${seconds}`
+            : (error as Error | undefined)?.name === 'TimeoutError'
+              ? `no complete answer within ${inSeconds(answerMs)}`
+              : describe(error);
   return new TransientError(`${what}: ${reason}`);
 }
 

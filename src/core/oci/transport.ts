@@ -3,11 +3,22 @@
  * challenge flow (Basic, or Bearer tokens per scope), the one retry policy and the timeouts. The operations in
  * pull.ts and upload.ts build requests; everything about getting an answer lives here.
  *
- * Timeouts are about silence, never about total time: `timeoutMs` bounds the wait for response headers and
- * each gap between two pieces of a body (undici's headersTimeout/bodyTimeout; the headers timer also fires
- * when an upload's socket stops draining). A blob that keeps moving may take as long as it needs. Small
- * requests (manifests, tokens, HEADs) additionally end after `timeoutMs` overall, so a server that trickles an
- * endless answer cannot hold them.
+ * Timeouts are about silence, never about total time: `timeoutMs` bounds the wait for a lookup's response
+ * headers, each gap between two pieces of a body (undici's headersTimeout/bodyTimeout), and each wait for an
+ * upload's socket to take the next piece of a streamed body. A blob that keeps moving may take as long as it
+ * needs (downloads have a low-speed limit against a trickle, low-speed.ts). Small requests (manifests, tokens,
+ * HEADs) additionally end after their answer wait overall, so a server that trickles an endless answer cannot
+ * hold them.
+ *
+ * A request that changes what the registry holds (POST, PATCH, PUT, DELETE) may leave the registry working
+ * after its last byte: the closing PUT of a blob makes it verify the digest and move the blob in its storage
+ * (an S3 or GCS copy: minutes of silence for a multi-GiB layer are normal), Harbor and Quay can be slow to
+ * commit a manifest or a mount. skopeo and docker wait for those answers without any limit; a 60 s limit here
+ * made a big layer impossible to push (each retry uploads it again and times out again). Their answer wait is
+ * commitAnswerMs: five silence timeouts, plus 2 minutes per GiB the registry works on (the whole blob for a
+ * closing PUT, the chunk for a PATCH) — storage that verifies and copies at 8.5 MiB/s still answers in time.
+ * The five silence timeouts also cover the bytes still in the socket buffers when the body has been handed
+ * over (several MiB on a fast LAN), which a slow link drains after the body "ended".
  *
  * TLS as skopeo does it: the registry's certs.d material (tls.ts) on the transport's own dispatcher, and with
  * `tlsVerify: false` https without verification, falling back to plain http when the registry speaks only that.
@@ -28,6 +39,7 @@ import { RegistryAuth } from './token.js';
 import {
   failureMessage,
   networkFailure,
+  SEND_STALLED,
   type RegistryResponse,
   withoutPrototypeHeaderNames,
   wrapResponse,
@@ -98,6 +110,22 @@ export interface RequestSpec {
   what: string;
   /** A blob's body follows: no overall deadline, only the silence timeout. */
   streaming?: boolean;
+  /**
+   * Set for a request that changes what the registry holds: the bytes it may work on after the body before it
+   * answers (the whole blob for an upload's closing PUT, the chunk for a PATCH, 0 for a POST). Its answer wait
+   * is commitAnswerMs instead of the silence timeout.
+   */
+  commitBytes?: number;
+}
+
+/** How many silence timeouts a registry may take to answer a request that changes what it holds. */
+const COMMIT_TIMEOUTS = 5;
+/** And for each GiB it verifies and moves before it answers (S3/GCS copy, a digest read back). */
+const COMMIT_MS_PER_GIB = 120_000;
+
+/** The longest wait for the answer to a request that changes what the registry holds (see the top). */
+export function commitAnswerMs(timeoutMs: number, bytes: number): number {
+  return COMMIT_TIMEOUTS * timeoutMs + Math.ceil((bytes / 1024 ** 3) * COMMIT_MS_PER_GIB);
 }
 
 const DEFAULT_TIMEOUT_MS = 60_000;
@@ -186,6 +214,11 @@ export class RegistryTransport {
     return tlsFailure(this.tlsCause(error), what, this.registry, this.tls);
   }
 
+  /** How long `spec` waits for its answer (and, unless it streams, for all of it). */
+  private answerMs(spec: RequestSpec): number {
+    return spec.commitBytes === undefined ? this.timeoutMs : commitAnswerMs(this.timeoutMs, spec.commitBytes);
+  }
+
   url(path: string): URL {
     return new URL(path, this.base);
   }
@@ -219,7 +252,7 @@ export class RegistryTransport {
         return { response, bytes: await response.bytes(limit, spec.what) };
       } catch (error) {
         if (response.status >= 300) return { response, bytes: Buffer.alloc(0) };
-        const failure = networkFailure(error, spec.what, this.timeoutMs);
+        const failure = networkFailure(error, spec.what, this.timeoutMs, this.answerMs(spec));
         if (!(failure instanceof TransientError)) throw failure;
         await budget.next(failure);
       }
@@ -244,7 +277,7 @@ export class RegistryTransport {
       } catch (error) {
         const tlsProblem = this.tlsProblem(error, spec.what);
         if (tlsProblem) throw tlsProblem;
-        const failure = networkFailure(error, spec.what, this.timeoutMs);
+        const failure = networkFailure(error, spec.what, this.timeoutMs, this.answerMs(spec));
         if (!(failure instanceof TransientError) || typeof spec.body === 'function') throw failure;
         await budget.next(failure);
         continue;
@@ -409,7 +442,9 @@ export class RegistryTransport {
     authorization: string | undefined,
     scheme: 'https:' | 'http:',
   ): Promise<RegistryResponse> {
-    const signal = spec.streaming ? undefined : AbortSignal.timeout(this.timeoutMs);
+    const answerMs = this.answerMs(spec);
+    // One deadline for a small request and the redirects it follows.
+    const deadline = spec.streaming ? undefined : AbortSignal.timeout(answerMs);
     const first = this.onScheme(spec.url, scheme);
     let url = first;
     for (let redirects = 0; ; redirects++) {
@@ -417,19 +452,25 @@ export class RegistryTransport {
       if (authorization) headers.authorization = authorization;
       if (url.origin !== first.origin) delete headers.authorization;
       this.stats.requests++;
-      const data = await this.dispatcher.request({
-        origin: url.origin,
-        path: `${url.pathname}${url.search}`,
-        method: spec.method,
-        headers,
-        // undici sends an async iterable as it is (its documentation says so; its types name only Readable).
-        body: (typeof spec.body === 'function'
-          ? spec.body()
-          : spec.body) as Dispatcher.RequestOptions['body'],
-        signal,
-        headersTimeout: this.timeoutMs,
-        bodyTimeout: this.timeoutMs,
-      });
+      // undici's headers timer, stretched to a commit's answer wait, would let a socket that stopped taking
+      // the body hang as long: a streamed body is watched for that by its own silence timeout.
+      const sending = typeof spec.body === 'function' ? watchedBody(spec.body(), this.timeoutMs) : undefined;
+      let data: Dispatcher.ResponseData;
+      try {
+        data = await this.dispatcher.request({
+          origin: url.origin,
+          path: `${url.pathname}${url.search}`,
+          method: spec.method,
+          headers,
+          // undici sends an async iterable as it is (its documentation says so; its types name only Readable).
+          body: (sending?.body ?? spec.body) as Dispatcher.RequestOptions['body'],
+          signal: sending?.signal ?? deadline,
+          headersTimeout: answerMs,
+          bodyTimeout: this.timeoutMs,
+        });
+      } finally {
+        sending?.stop();
+      }
       const response = wrapResponse(data, url);
       const location = response.header('location');
       const follow = spec.method === 'GET' || spec.method === 'HEAD';
@@ -447,4 +488,49 @@ export class RegistryTransport {
     moved.protocol = scheme;
     return moved;
   }
+}
+
+/**
+ * The pieces a watched body is handed over in. Small enough that a slow link takes one well within the
+ * silence timeout (4.4 KiB/s at 60 s: a whole 1 MiB file chunk would need 17 KiB/s), and above the socket's
+ * 16–64 KiB high-water mark, so undici still waits for 'drain' before it asks for the next piece, and the file
+ * buffer behind them is not read into while a piece of it waits to be sent.
+ */
+const WATCHED_PIECE = 256 * 1024;
+
+/**
+ * A streamed request body whose request is aborted (`signal`) when the socket takes no piece of it for
+ * `timeoutMs`: undici asks for the next piece once the last one is written out (after 'drain' when the socket
+ * was full), so the wait between two asks is how long the receiver took nothing. `stop` ends the watch once an
+ * answer came (a server may answer before it read the whole body).
+ */
+function watchedBody(
+  body: AsyncIterable<Buffer>,
+  timeoutMs: number,
+): { body: AsyncIterable<Buffer>; signal: AbortSignal; stop: () => void } {
+  const abort = new AbortController();
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+  const stop = () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+  const stalled = () =>
+    abort.abort(
+      Object.assign(new Error(`no piece of the body taken for ${timeoutMs} ms`), { code: SEND_STALLED }),
+    );
+  async function* watched(): AsyncGenerator<Buffer, void, undefined> {
+    try {
+      for await (const chunk of body) {
+        for (let at = 0; at < chunk.length; at += WATCHED_PIECE) {
+          if (!stopped) timer = setTimeout(stalled, timeoutMs);
+          yield chunk.subarray(at, at + WATCHED_PIECE);
+          clearTimeout(timer);
+        }
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  return { body: watched(), signal: abort.signal, stop };
 }

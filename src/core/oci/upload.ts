@@ -12,6 +12,7 @@ import type { Hash } from 'node:crypto';
 import { fileChunks } from '../files.js';
 import { DigestMismatchError, digestOf, hashDigest, hashFile, newHash, verifyDigest } from './digest.js';
 import { RegistryError } from './errors.js';
+import { headBlob } from './pull.js';
 import { isValidDigest } from './reference.js';
 import { externalText, type RegistryResponse } from './response.js';
 import { TransientError, type RetryBudget } from './retry.js';
@@ -59,6 +60,7 @@ export async function mountBlob(
         headers: { 'content-length': '0' },
         ok: [201, 202],
         what: `mount blob ${digest} from ${fromRepository} into ${repository}`,
+        commitBytes: 0,
       },
       budget,
     );
@@ -92,11 +94,13 @@ export async function uploadBlob(
     ? { session: options.location, offset: 0, hash: newHash(blob.digest) }
     : await newSession(transport, repository, blob, budget);
   for (;;) {
+    let closing = false;
     try {
       while (chunkSize > 0 && at.offset < blob.size) {
         const end = Math.min(blob.size, at.offset + chunkSize);
         at = await sendChunk(transport, budget, { repository, blob, what }, at, end);
       }
+      closing = true;
       await finish(transport, budget, { repository, blob, what }, at);
       transport.stats.bytesUploaded += blob.size;
       return;
@@ -109,9 +113,35 @@ export async function uploadBlob(
       if (!(error instanceof TransientError)) throw error;
       // A blob file that changed size fails every try alike (a body shorter than its length): no retry.
       await sameSize(blob);
-      await budget.next(error);
+      const spent = await budget.next(error).then(
+        () => undefined,
+        (exhausted: unknown) => exhausted,
+      );
+      if (closing && (await committedMeanwhile(transport, repository, blob))) {
+        transport.stats.bytesUploaded += blob.size;
+        return;
+      }
+      if (spent) throw spent;
       at = await resumePosition(transport, repository, blob, at, budget);
     }
+  }
+}
+
+/**
+ * After a closing PUT that got no answer (on its last try too): the registry may have finished verifying and
+ * moving the blob after we stopped waiting (its session is then gone, and a resume would upload it all again).
+ * The blob as the registry now holds it answers that; one HEAD, and when that fails too, the resume (or the
+ * failure) goes on as it would have.
+ */
+async function committedMeanwhile(
+  transport: RegistryTransport,
+  repository: string,
+  blob: BlobFile,
+): Promise<boolean> {
+  try {
+    return (await headBlob(transport, repository, blob.digest, transport.budget(0)))?.size === blob.size;
+  } catch {
+    return false;
   }
 }
 
@@ -129,6 +159,7 @@ async function newSession(
       headers: { 'content-length': '0' },
       ok: [202],
       what: `start upload to ${repository}`,
+      commitBytes: 0,
     },
     budget,
   );
@@ -165,6 +196,7 @@ async function sendChunk(
       ok: [202],
       what,
       streaming: true,
+      commitBytes: end - at.offset,
     },
     fileRange(blob.path, at.offset, end, hash),
   );
@@ -193,6 +225,8 @@ async function finish(
       ok: [201, 204],
       what,
       streaming: true,
+      // The registry verifies and moves the whole blob before it answers, whatever this request carried.
+      commitBytes: blob.size,
     },
     length > 0 ? fileRange(blob.path, at.offset, blob.size, hash) : undefined,
   );
@@ -328,6 +362,7 @@ export async function putManifest(
       body: bytes,
       ok: [201, 200, 204],
       what,
+      commitBytes: bytes.length,
     },
     budget,
   );

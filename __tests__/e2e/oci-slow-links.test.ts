@@ -1,0 +1,206 @@
+/**
+ * The registry client on slow links and in front of slow registries, against a real docker-registry behind the
+ * fault relay: a registry that verifies and moves a blob (or commits a manifest, a mount) for a long time after
+ * the last byte, a slow uplink, a download that trickles. Timeouts are small here (0.5–1 s) so that nothing
+ * waits for a real minute; undici's header timer fires up to 1 s late, which the delays below allow for.
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { digestFile, digestOf } from '../../src/core/oci/digest.js';
+import type { BlobFile } from '../../src/core/oci/upload.js';
+import { generateLayout, type GeneratedLayout } from '../support/oci-layout.js';
+import { startProxy, type CountingProxy, type ProxyOptions } from '../support/proxy.js';
+import { startRegistry, type RegistryService } from '../support/registry.js';
+import { testClient } from '../support/oci-client.js';
+
+let work: string;
+let registry: RegistryService;
+let layout: GeneratedLayout;
+const relays: CountingProxy[] = [];
+
+/** A blob file of `size` random bytes. */
+function randomBlob(name: string, size: number): BlobFile {
+  const bytes = randomBytes(size);
+  const path = join(work, name);
+  writeFileSync(path, bytes);
+  return { path, size, digest: digestOf(bytes) };
+}
+
+const layoutBlob = (digest: string): BlobFile => {
+  const path = join(layout.dir, 'blobs', 'sha256', digest.slice(7));
+  return { path, digest, size: readFileSync(path).length };
+};
+
+beforeAll(async () => {
+  work = mkdtempSync(join(tmpdir(), 'ici-slow-'));
+  layout = generateLayout(join(work, 'layout'), { layers: [20_000] });
+  registry = await startRegistry();
+  // What the slow commits below refer to, stored directly: a manifest's blobs, a mount's source.
+  const direct = client(registry.host);
+  try {
+    for (const b of layout.blobs) {
+      await direct.uploadBlob('slow/manifest', layoutBlob(b.digest));
+      await direct.uploadBlob('slow/source', layoutBlob(b.digest));
+    }
+  } finally {
+    await direct.close();
+  }
+});
+afterAll(async () => {
+  await Promise.all(relays.splice(0).map((r) => r.stop()));
+  await registry?.stop();
+  rmSync(work, { recursive: true, force: true });
+});
+
+async function relay(options: Omit<ProxyOptions, 'target'>): Promise<CountingProxy> {
+  const r = await startProxy({ target: registry.host, ...options });
+  relays.push(r);
+  return r;
+}
+
+const client = testClient;
+
+/** A blob of `size` random bytes stored in `repository` directly (not through a relay). */
+async function storedBlob(repository: string, size: number): Promise<BlobFile> {
+  const blob = randomBlob(repository.replace('/', '-'), size);
+  const direct = client(registry.host);
+  await direct.uploadBlob(repository, blob).finally(() => direct.close());
+  return blob;
+}
+
+describe('a registry slow to answer what changes it', () => {
+  it('a closing PUT, a PATCH, a manifest PUT and a mount answered 4× the silence timeout after their last byte: each waited for, sent once', async () => {
+    const big = randomBlob('big', 2 * 1024 * 1024);
+    const chunked = randomBlob('chunked', 2 * 1024 * 1024);
+    const r = await relay({
+      fault: ({ kind, repository, index }) =>
+        ['manifest-put', 'mount'].includes(kind) ||
+        (kind === 'upload-put' && repository === 'slow/big') ||
+        (kind === 'upload-chunk' && index === 0)
+          ? { answerDelayMs: 2000 }
+          : undefined,
+    });
+    const c = client(r.host, { timeoutMs: 500, retries: 2 });
+    try {
+      const manifest = readFileSync(join(layout.dir, 'blobs', 'sha256', layout.digest.slice(7)));
+      const [, , put, mount] = await Promise.all([
+        c.uploadBlob('slow/big', big),
+        c.uploadBlob('slow/chunked', chunked, { chunkSize: 1024 * 1024 }),
+        c.putManifest('slow/manifest', 'v1', manifest, layout.mediaType),
+        c.mountBlob('slow/target', layout.blobs[0]!.digest, 'slow/source'),
+      ]);
+      expect(put.digest).toBe(layout.digest);
+      expect(mount).toEqual({ mounted: true });
+      expect(await c.headBlob('slow/big', big.digest)).toEqual({ size: big.size });
+      expect(await c.headBlob('slow/chunked', chunked.digest)).toEqual({ size: chunked.size });
+      expect(c.stats.retries).toBe(0);
+      expect(r.count('upload-put')).toBe(2);
+      expect(r.count('upload-chunk')).toBe(2);
+      expect(r.count('manifest-put')).toBe(1);
+      expect(r.count('mount')).toBe(1);
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('a closing PUT answered only after even that wait, on its last try: the blob the registry committed meanwhile is found (HEAD), not sent again', async () => {
+    const blob = randomBlob('late', 1024 * 1024);
+    // Commit wait at 0.3 s: 1.5 s, fired by 2.5 s at the latest; the registry's answer comes at 3.2 s.
+    const r = await relay({
+      fault: ({ kind, index }) =>
+        kind === 'upload-put' && index === 0 ? { answerDelayMs: 3200 } : undefined,
+    });
+    // No retry left after the PUT: the HEAD is asked all the same.
+    const c = client(r.host, { timeoutMs: 300, retries: 0 });
+    try {
+      await c.uploadBlob('slow/late', blob);
+      expect(r.count('upload-put')).toBe(1);
+      expect(r.count('blob-head')).toBe(1);
+      expect(r.bytesUp()).toBeLessThan(1.1 * blob.size);
+      expect(c.stats.bytesUploaded).toBe(blob.size);
+    } finally {
+      await c.close();
+    }
+  });
+});
+
+describe('a slow but steady link', () => {
+  it('a 4 MiB layer pushed over a 3 MB/s uplink (1.4 × the silence timeout in all): no false stall, one PUT, no retry', async () => {
+    const blob = randomBlob('uplink', 4 * 1024 * 1024);
+    const r = await relay({
+      fault: ({ kind }) => (kind === 'upload-put' ? { throttleUpBytesPerSecond: 3_000_000 } : undefined),
+    });
+    const c = client(r.host, { timeoutMs: 1000, retries: 1 });
+    try {
+      await c.uploadBlob('slow/uplink', blob);
+      expect(c.stats.retries).toBe(0);
+      expect(r.count('upload-put')).toBe(1);
+      expect(await c.headBlob('slow/uplink', blob.digest)).toEqual({ size: blob.size });
+    } finally {
+      await c.close();
+    }
+  });
+});
+
+describe('a download that trickles', () => {
+  it('a blob GET trickling under 1 KiB/s (never silent) is a stall: resumed with Range, progress counted once', async () => {
+    const blob = await storedBlob('slow/trickle', 8 * 1024);
+    // 50 bytes every 0.1 s: the whole blob would take 16 s, a silence timeout never fires.
+    const r = await relay({
+      fault: ({ kind, index }) =>
+        kind === 'blob-get' && index === 0 ? { throttleBytesPerSecond: 500 } : undefined,
+    });
+    const c = client(r.host, { timeoutMs: 500, retries: 2 });
+    const progress: number[] = [];
+    const dest = join(work, 'trickle.out');
+    try {
+      await c.downloadBlob('slow/trickle', blob.digest, dest, {
+        size: blob.size,
+        onProgress: (n) => progress.push(n),
+      });
+      expect(await digestFile(dest)).toBe(blob.digest);
+      expect(c.stats.retries).toBe(1);
+      const gets = r.records.filter((g) => g.kind === 'blob-get');
+      expect(gets.map((g) => g.status)).toEqual([200, 206]);
+      expect(gets[0]!.bytesDown).toBeGreaterThan(0);
+      expect(progress).toEqual([...progress].sort((a, b) => a - b));
+      expect(progress.at(-1)).toBe(blob.size);
+    } finally {
+      await c.close();
+    }
+  });
+});
+
+describe('a blob GET redirected to storage', () => {
+  it('storage slow to start answering (past the silence timeout) once: the retry asks the registry again for a fresh URL, and the blob arrives', async () => {
+    const blob = await storedBlob('slow/stored', 256 * 1024);
+    const storage = await relay({
+      fault: ({ kind, index }) => (kind === 'blob-get' && index === 0 ? { answerDelayMs: 2500 } : undefined),
+    });
+    // The registry's side: every blob GET answered 307 to storage, as registries on S3 or GCS do.
+    let redirects = 0;
+    const front = createServer((req, res) => {
+      redirects++;
+      res.writeHead(307, { location: `http://${storage.host}${req.url}` }).end();
+    });
+    await new Promise<void>((ready) => front.listen(0, '127.0.0.1', ready));
+    const c = client(`127.0.0.1:${(front.address() as AddressInfo).port}`, { timeoutMs: 500, retries: 2 });
+    const dest = join(work, 'stored.out');
+    try {
+      await c.downloadBlob('slow/stored', blob.digest, dest, { size: blob.size });
+      expect(await digestFile(dest)).toBe(blob.digest);
+      expect(c.stats.retries).toBe(1);
+      expect(redirects).toBe(2);
+      expect(storage.count('blob-get')).toBe(2);
+    } finally {
+      await c.close();
+      front.closeAllConnections();
+      await new Promise((closed) => front.close(closed));
+    }
+  });
+});
