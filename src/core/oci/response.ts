@@ -10,6 +10,7 @@ import { NOT_A_REGULAR_FILE } from '../files.js';
 import { withoutSecrets } from '../secrets.js';
 import { TransientError } from './retry.js';
 import { errorMessage } from '../run.js';
+import { ProxyError } from '../proxy-env.js';
 
 export interface RegistryResponse {
   status: number;
@@ -200,6 +201,12 @@ const LOCAL_FILE_CODES = new Set([
  */
 export function networkFailure(error: unknown, what: string, timeoutMs: number): Error {
   if (error instanceof RegistryError) return error;
+  // The proxy's own words name it and say whether another try may help (its 502/503, or no connection to it).
+  if (error instanceof ProxyError) {
+    return error.retryable
+      ? new TransientError(`${what}: ${error.message}`, error.status)
+      : new ProxyError(`${what}: ${error.message}`, error.status, false);
+  }
   const code = errorCode(error);
   if (code && LOCAL_FILE_CODES.has(code)) return error as Error;
   const seconds = `${Math.round(timeoutMs / 100) / 10} s`;

@@ -33,6 +33,7 @@ import {
   wrapResponse,
 } from './response.js';
 import { isPlainHttpAnswer, isTlsAlert, tlsConnectOptions, tlsFailure, type RegistryTls } from './tls.js';
+import { forwardHttp, forwardRefusal, proxyConnector } from '../proxy-env.js';
 
 export interface TransportOptions {
   /** host[:port] as in an image reference (`docker.io` is reached at its API host). */
@@ -157,11 +158,18 @@ export class RegistryTransport {
     });
   }
 
-  private ownAgent(options: TransportOptions): Agent {
-    const connect = buildConnector({
-      timeout: this.timeoutMs,
-      ...tlsConnectOptions(options.tls, options.tlsVerify !== false),
-    });
+  /**
+   * Through the environment's proxy where one applies (proxy-env.ts): the registry's TLS settings then hold for
+   * the TLS session inside the CONNECT tunnel, exactly as without a proxy.
+   */
+  private ownAgent(options: TransportOptions): Dispatcher {
+    const connect = proxyConnector(
+      buildConnector({
+        timeout: this.timeoutMs,
+        ...tlsConnectOptions(options.tls, options.tlsVerify !== false),
+      }),
+      this.timeoutMs,
+    );
     return new Agent({
       headersTimeout: this.timeoutMs,
       bodyTimeout: this.timeoutMs,
@@ -172,7 +180,7 @@ export class RegistryTransport {
           });
           callback(...args);
         }),
-    });
+    }).compose(forwardHttp());
   }
 
   /** The TLS error behind a failed try: its own, or the alert its (closed) connection got. */
@@ -248,6 +256,11 @@ export class RegistryTransport {
         if (!(failure instanceof TransientError) || typeof spec.body === 'function') throw failure;
         await budget.next(failure);
         continue;
+      }
+      const proxyRefused = forwardRefusal(response.url, response.status, response.statusText);
+      if (proxyRefused) {
+        await response.drain();
+        throw proxyRefused;
       }
       if (
         response.status === 401 &&

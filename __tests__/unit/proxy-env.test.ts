@@ -1,0 +1,143 @@
+/**
+ * The proxy environment read as Go's httpproxy reads it (the NO_PROXY table), and what the registry transport
+ * makes of a proxy's refusals, against the real test forward proxy (no registry needed: the proxy answers
+ * before any registry would be reached).
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { childEnv } from '../../src/core/exec.js';
+import { RegistryTransport } from '../../src/core/oci/transport.js';
+import { TransientError } from '../../src/core/oci/retry.js';
+import { ProxyError, proxyFor, readProxySettings } from '../../src/core/proxy-env.js';
+import { registerSecret } from '../../src/core/secrets.js';
+import { startForwardProxy, type ForwardProxy } from '../support/forward-proxy.js';
+
+describe('proxy settings from the environment (Go httpproxy rules)', () => {
+  const env = (noProxy: string) =>
+    readProxySettings({
+      HTTPS_PROXY: 'http://proxy.corp:3128',
+      HTTP_PROXY: 'proxy.corp:8080',
+      NO_PROXY: noProxy,
+    });
+  const proxied = (url: string, noProxy: string) => proxyFor(new URL(url), env(noProxy))?.name;
+
+  it.each<[string, string, string | undefined]>([
+    // [target, NO_PROXY, proxy used]
+    ['https://ghcr.io/v2/', '', 'http://proxy.corp:3128'],
+    ['http://ghcr.io/v2/', '', 'http://proxy.corp:8080'],
+    ['https://ghcr.io/v2/', '*', undefined],
+    ['https://ghcr.io/v2/', 'ghcr.io', undefined],
+    ['https://a.b.ghcr.io/', 'ghcr.io', undefined],
+    ['https://badghcr.io/', 'ghcr.io', 'http://proxy.corp:3128'],
+    ['https://ghcr.io/', '.ghcr.io', 'http://proxy.corp:3128'],
+    ['https://x.ghcr.io/', '.ghcr.io', undefined],
+    ['https://x.ghcr.io/', '*.ghcr.io', undefined],
+    ['https://GHCR.IO/', ' GhCr.Io ', undefined],
+    ['https://reg.corp:5000/', 'reg.corp:5000', undefined],
+    ['https://reg.corp:5001/', 'reg.corp:5000', 'http://proxy.corp:3128'],
+    ['https://reg.corp/', 'reg.corp:443', undefined],
+    ['https://10.1.2.3/', '10.0.0.0/8', undefined],
+    ['https://11.1.2.3/', '10.0.0.0/8', 'http://proxy.corp:3128'],
+    ['https://10.1.2.3:5000/', '10.1.2.3', undefined],
+    ['https://10.1.2.3:5000/', '10.1.2.3:5001', 'http://proxy.corp:3128'],
+    ['https://[fd00::5]:5000/', 'fd00::/8', undefined],
+    ['https://[fd00::5]:5000/', '[fd00::5]:5000', undefined],
+    ['https://[fd00::5]/', 'fd00:0::5', undefined],
+    // loopback never goes through a proxy (Go and @actions/http-client agree)
+    ['https://localhost:5000/', '', undefined],
+    ['https://127.0.0.2:5000/', '', undefined],
+    ['https://[::1]:5000/', '', undefined],
+    ['https://sub.localhost/', '', 'http://proxy.corp:3128'],
+  ])('%s with NO_PROXY=%j: %s', (target, noProxy, expected) => {
+    expect(proxied(target, noProxy)).toBe(expected);
+  });
+
+  it('upper case wins, empty means unset, no fallback from https to HTTP_PROXY', () => {
+    const s = readProxySettings({
+      HTTPS_PROXY: '',
+      https_proxy: 'http://lower:1',
+      HTTP_PROXY: 'http://up:2',
+      http_proxy: 'http://low:3',
+    });
+    expect(s.https?.name).toBe('http://lower:1');
+    expect(s.http?.name).toBe('http://up:2');
+    expect(
+      proxyFor(new URL('https://x.example/'), readProxySettings({ HTTP_PROXY: 'http://p:1' })),
+    ).toBeUndefined();
+  });
+
+  it('credentials become Basic proxy authorization and secrets, never part of the name', () => {
+    const s = readProxySettings({ HTTPS_PROXY: 'http://us%40er:p%3Ass@proxy.corp:3128/' });
+    expect(s.https?.name).toBe('http://proxy.corp:3128');
+    expect(s.https?.authorization).toBe(`Basic ${Buffer.from('us@er:p:ss').toString('base64')}`);
+    expect(s.https?.secrets).toEqual(expect.arrayContaining(['p:ss', 'p%3Ass']));
+  });
+
+  it('children keep the proxy variables though they hold the (registered) proxy password', () => {
+    registerSecret('hunter2-proxy-secret');
+    const out = childEnv({
+      HTTPS_PROXY: 'http://u:hunter2-proxy-secret@p:1',
+      OTHER: 'x hunter2-proxy-secret',
+    });
+    expect(out.HTTPS_PROXY).toBe('http://u:hunter2-proxy-secret@p:1');
+    expect(out.OTHER).toBeUndefined();
+  });
+});
+
+describe('the registry transport behind a refusing proxy (real forward proxy)', () => {
+  let proxy: ForwardProxy;
+  const saved = { ...process.env };
+
+  beforeAll(async () => {
+    proxy = await startForwardProxy();
+    // Read once per process, on first use: set before any transport exists.
+    process.env.HTTPS_PROXY = proxy.url;
+  });
+  afterAll(async () => {
+    process.env.HTTPS_PROXY = saved.HTTPS_PROXY;
+    if (saved.HTTPS_PROXY === undefined) delete process.env.HTTPS_PROXY;
+    await proxy.stop();
+  });
+
+  const ping = async () => {
+    const transport = new RegistryTransport({
+      registry: 'registry.proxytest:5999',
+      retries: 2,
+      retryBaseDelayMs: 1,
+    });
+    try {
+      await transport.send({ method: 'GET', url: transport.url(''), ok: [200], what: 'ping' });
+      return undefined;
+    } catch (error) {
+      return error;
+    } finally {
+      await transport.close();
+    }
+  };
+
+  it.each([
+    [403, false],
+    [407, false],
+    [502, true],
+    [503, true],
+  ])('CONNECT answered %i: retried %s, the error names the proxy and the status', async (status, retried) => {
+    proxy.records.length = 0;
+    proxy.refuse = status;
+    const error = (await ping()) as Error;
+    proxy.refuse = undefined;
+    expect(error.message).toContain(
+      `ping: proxy ${proxy.url} refused CONNECT registry.proxytest:5999: HTTP ${status}`,
+    );
+    expect(error).toBeInstanceOf(retried ? TransientError : ProxyError);
+    expect(proxy.records.length).toBe(retried ? 3 : 1);
+  });
+
+  it('an unreachable proxy: named, and retried like an unreachable registry', async () => {
+    const url = proxy.url;
+    await proxy.stop();
+    const error = (await ping()) as Error;
+    proxy = await startForwardProxy();
+    process.env.HTTPS_PROXY = proxy.url;
+    expect(error).toBeInstanceOf(TransientError);
+    expect(error.message).toContain(`ping: cannot reach proxy ${url} (HTTPS_PROXY): connect ECONNREFUSED`);
+  });
+});
