@@ -15,6 +15,7 @@ import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
 import { RangeConnection, RangeFailure } from '../../src/core/range-connection.js';
 import { REPO_ROOT } from '../support/harness.js';
 import { makeTestCa } from '../support/test-ca.js';
+import { startForwardProxy } from '../support/forward-proxy.js';
 
 const data = randomBytes(300_000);
 const servers: Server[] = [];
@@ -59,12 +60,20 @@ async function rawServer(
  * Runs `script` (an ES module importing the built connection module) in a node of its own trusting `caCert`:
  * NODE_EXTRA_CA_CERTS is read when node starts. Resolves with what it prints.
  */
-function nodeTrusting(caCert: string, script: string, url: URL | string): Promise<string> {
+function nodeTrusting(
+  caCert: string,
+  script: string,
+  url: URL | string,
+  env: Record<string, string> = {},
+): Promise<string> {
   const module = JSON.stringify(join(REPO_ROOT, 'lib/core/range-connection.js'));
-  const source = `import { RangeConnection } from ${module};\nimport { createHash } from 'node:crypto';\n${script}`;
+  const download = JSON.stringify(join(REPO_ROOT, 'lib/core/ranged-download.js'));
+  const source =
+    `import { RangeConnection } from ${module};\nimport { downloadInOrder } from ${download};\n` +
+    `import { createHash } from 'node:crypto';\n${script}`;
   return new Promise<string>((done, fail) => {
     const child = spawn(process.execPath, ['--input-type=module', '-e', source, String(url)], {
-      env: { ...process.env, NODE_EXTRA_CA_CERTS: caCert },
+      env: { ...process.env, NODE_EXTRA_CA_CERTS: caCert, ...env },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     let text = '';
@@ -471,6 +480,49 @@ describe('range connection', () => {
         server.close();
       }
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('reads over TLS inside a CONNECT tunnel of the HTTPS_PROXY, first range and the ones after it alike', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ici-unit-range-proxy-'));
+    const proxy = await startForwardProxy();
+    try {
+      const ca = makeTestCa(dir, 'ici-test', ['range.proxytest']);
+      const server = createHttpsServer(
+        { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) },
+        (req, res) => {
+          const [, a, b] = /bytes=(\d+)-(\d+)/.exec(req.headers.range!)!.map(Number) as [
+            number,
+            number,
+            number,
+          ];
+          const end = Math.min(b, data.length - 1);
+          res.writeHead(206, {
+            'Content-Range': `bytes ${a}-${end}/${data.length}`,
+            'Content-Length': end - a + 1,
+          });
+          res.end(data.subarray(a, end + 1));
+        },
+      );
+      servers.push(server);
+      await new Promise<void>((ready) => server.listen(0, '127.0.0.1', ready));
+      // A name only the proxy resolves: reaching it at all means the tunnel was used.
+      const url = `https://range.proxytest:${(server.address() as AddressInfo).port}/archive`;
+      const script = `
+        const pieces = [];
+        await downloadInOrder(process.argv[1], async (p) => { for (const x of p) pieces.push(Buffer.from(x)); }, {
+          chunkBytes: 100000, concurrency: 2, idleTimeoutMs: 5000, retryBudget: 0,
+          retry: { retries: 0, baseDelayMs: 1, maxDelayMs: 1 }, maxBytes: 1e9 });
+        console.log(createHash('sha256').update(Buffer.concat(pieces)).digest('hex'));`;
+      const out = await nodeTrusting(ca.caCert, script, url, { HTTPS_PROXY: proxy.url, NO_PROXY: '' });
+      expect(out).toBe(sha256(data));
+      const tunnels = proxy.records.filter((r) => r.method === 'CONNECT');
+      // The first range's agent, and at least one keep-alive range connection.
+      expect(tunnels.length).toBeGreaterThanOrEqual(2);
+      expect(tunnels.every((r) => r.target === new URL(url).host && r.status === 200)).toBe(true);
+    } finally {
+      await proxy.stop();
       rmSync(dir, { recursive: true, force: true });
     }
   });

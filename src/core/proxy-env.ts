@@ -342,6 +342,9 @@ export function openTunnel(
           return;
         }
         if (rest.length > 0) socket.unshift(rest);
+        // Whoever takes the socket listens for its errors; until then (and for a TLS session wrapped around
+        // it, which reports them itself) one must not end the process.
+        socket.on('error', () => undefined);
         resolve(socket);
         return;
       }
