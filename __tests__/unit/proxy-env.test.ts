@@ -4,6 +4,9 @@
  * before any registry would be reached).
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { resolveFcosDisk } from '../../src/actions/preseed-podman-vm/fcos-stream.js';
 import { childEnv } from '../../src/core/exec.js';
 import { RegistryTransport } from '../../src/core/oci/transport.js';
 import { TransientError } from '../../src/core/oci/retry.js';
@@ -89,12 +92,15 @@ describe('the registry transport behind a refusing proxy (real forward proxy)', 
 
   beforeAll(async () => {
     proxy = await startForwardProxy();
-    // Read once per process, on first use: set before any transport exists.
+    // Read once per process, on first use: set before any client exists.
     process.env.HTTPS_PROXY = proxy.url;
+    process.env.HTTP_PROXY = proxy.url;
   });
   afterAll(async () => {
-    process.env.HTTPS_PROXY = saved.HTTPS_PROXY;
-    if (saved.HTTPS_PROXY === undefined) delete process.env.HTTPS_PROXY;
+    for (const k of ['HTTPS_PROXY', 'HTTP_PROXY']) {
+      if (saved[k] === undefined) delete process.env[k];
+      else process.env[k] = saved[k];
+    }
     await proxy.stop();
   });
 
@@ -129,6 +135,32 @@ describe('the registry transport behind a refusing proxy (real forward proxy)', 
     );
     expect(error).toBeInstanceOf(retried ? TransientError : ProxyError);
     expect(proxy.records.length).toBe(retried ? 3 : 1);
+  });
+
+  it("preseed's Fedora CoreOS stream fetch goes through HTTP_PROXY (absolute form); a 407 names the proxy", async () => {
+    const disk = { location: 'https://example.org/fcos.x86_64.qcow2.xz', sha256: 'a'.repeat(64) };
+    const metadata = {
+      architectures: {
+        x86_64: { artifacts: { qemu: { release: '40.1', formats: { 'qcow2.xz': { disk } } } } },
+      },
+    };
+    const server = createServer((_req, res) => res.end(JSON.stringify(metadata)));
+    await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
+    try {
+      proxy.records.length = 0;
+      // A name only the proxy resolves.
+      const url = `http://fcos.proxytest:${(server.address() as AddressInfo).port}/streams/testing.json`;
+      await expect(resolveFcosDisk(url, 'x86_64', 'qemu')).resolves.toMatchObject({ sha256: disk.sha256 });
+      expect(proxy.records).toMatchObject([{ method: 'GET', path: '/streams/testing.json', status: 0 }]);
+      proxy.refuse = 407;
+      await expect(resolveFcosDisk(url, 'x86_64', 'qemu')).rejects.toThrow(
+        `${url}: proxy ${proxy.url} refused ${new URL(url).origin}: HTTP 407 Proxy Authentication Required`,
+      );
+    } finally {
+      proxy.refuse = undefined;
+      server.closeAllConnections();
+      await new Promise((done) => server.close(done));
+    }
   });
 
   it('an unreachable proxy: named, and retried like an unreachable registry', async () => {

@@ -10,7 +10,7 @@
  */
 import { fetch, type Dispatcher, type Response } from 'undici';
 import type { Host } from './host.js';
-import { forwardRefusal, proxiedAgent, ProxyError } from './proxy-env.js';
+import { proxiedAgent, ProxyError } from './proxy-env.js';
 import { backoffDelay, type RetryPolicy } from './oci/retry.js';
 import { sleep } from './process.js';
 import { errorMessage } from './run.js';
@@ -95,8 +95,6 @@ async function lookupThrough(
       continue;
     }
     const text = await response.text().catch(() => '');
-    const refused = forwardRefusal(url, response.status, response.statusText);
-    if (refused) return { kind: 'outage', message: `GetCacheEntryDownloadURL: ${refused.message}` };
     if (response.status >= 500 || response.status === 429 || response.status === 408) {
       last = `GetCacheEntryDownloadURL answered HTTP ${response.status}`;
       continue;

@@ -20,7 +20,7 @@
 import { BlockList, connect as netConnect, isIP, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { domainToASCII } from 'node:url';
-import { Agent, buildConnector, type Dispatcher } from 'undici';
+import { Agent, buildConnector, DecoratorHandler, type Dispatcher } from 'undici';
 import type { Host } from './host.js';
 import { externalText } from './oci/response.js';
 import { ActionError } from './run.js';
@@ -436,9 +436,29 @@ export function forwardHttp(
         path: `${origin.origin}${options.path}`,
         headers: merged,
       },
-      handler,
+      new ProxyAnswerFilter(handler, proxy, origin.origin),
     );
   };
+}
+
+/**
+ * A 407 can only be the proxy's (a server has no say about proxy credentials): an error naming the proxy, not
+ * an answer. fetch would make it "fetch failed" without a cause, as the Fetch standard turns 407 into a network
+ * error. Thrown from onHeaders, undici aborts the request with it.
+ */
+class ProxyAnswerFilter extends DecoratorHandler {
+  constructor(
+    private readonly handler: Dispatcher.DispatchHandlers,
+    private readonly proxy: ProxyServer,
+    private readonly target: string,
+  ) {
+    super(handler);
+  }
+
+  onHeaders(statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
+    if (statusCode === 407) throw proxyRefusal(this.proxy, statusCode, statusText, this.target);
+    return this.handler.onHeaders?.(statusCode, headers, resume, statusText) ?? true;
+  }
 }
 
 /** A proxy's own refusal of an absolute-form request (407), as an error naming it; undefined otherwise. */

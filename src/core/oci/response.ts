@@ -202,10 +202,12 @@ const LOCAL_FILE_CODES = new Set([
 export function networkFailure(error: unknown, what: string, timeoutMs: number): Error {
   if (error instanceof RegistryError) return error;
   // The proxy's own words name it and say whether another try may help (its 502/503, or no connection to it).
-  if (error instanceof ProxyError) {
-    return error.retryable
-      ? new TransientError(`${what}: ${error.message}`, error.status)
-      : new ProxyError(`${what}: ${error.message}`, error.status, false);
+  const cause = (error as { cause?: unknown } | undefined)?.cause;
+  const proxyError = error instanceof ProxyError ? error : cause instanceof ProxyError ? cause : undefined;
+  if (proxyError) {
+    return proxyError.retryable
+      ? new TransientError(`${what}: ${proxyError.message}`, proxyError.status)
+      : new ProxyError(`${what}: ${proxyError.message}`, proxyError.status, false);
   }
   const code = errorCode(error);
   if (code && LOCAL_FILE_CODES.has(code)) return error as Error;

@@ -33,7 +33,7 @@ import {
   wrapResponse,
 } from './response.js';
 import { isPlainHttpAnswer, isTlsAlert, tlsConnectOptions, tlsFailure, type RegistryTls } from './tls.js';
-import { forwardHttp, forwardRefusal, proxyConnector } from '../proxy-env.js';
+import { forwardHttp, proxyConnector } from '../proxy-env.js';
 
 export interface TransportOptions {
   /** host[:port] as in an image reference (`docker.io` is reached at its API host). */
@@ -256,11 +256,6 @@ export class RegistryTransport {
         if (!(failure instanceof TransientError) || typeof spec.body === 'function') throw failure;
         await budget.next(failure);
         continue;
-      }
-      const proxyRefused = forwardRefusal(response.url, response.status, response.statusText);
-      if (proxyRefused) {
-        await response.drain();
-        throw proxyRefused;
       }
       if (
         response.status === 401 &&
