@@ -97,6 +97,27 @@ describe('push-multi-tag through an HTTP proxy (real registry behind a real forw
     expect(r.log.replaceAll(`::add-mask::${PROXY_PASSWORD}`, '')).not.toContain(PROXY_PASSWORD);
   });
 
+  it('an insecure plain-http registry behind the proxy: the https try through a tunnel, then absolute-form http', async () => {
+    proxy.records.length = 0;
+    const target = `${NAME}:${direct.host.split(':')[1]}`;
+    const r = await push(
+      {
+        repositories: `${target}/team/app`,
+        username: direct.username!,
+        password: direct.password!,
+        'insecure-registries': target,
+      },
+      { HTTPS_PROXY: proxy.urlWithCredentials, HTTP_PROXY: proxy.urlWithCredentials },
+    );
+    expect(r.errors).toEqual([]);
+    expect(r.outputs.digest).toBe(layout.digest);
+    // The https probe met a plain-http answer inside its tunnel; everything after went as plain http requests.
+    expect(proxy.records.filter((x) => x.method === 'CONNECT').length).toBeGreaterThan(0);
+    const plain = proxy.records.filter((x) => x.method !== 'CONNECT');
+    expect(plain.some((x) => x.method === 'PUT' && x.path.includes('/manifests/'))).toBe(true);
+    expect(plain.every((x) => x.target === target && x.proxyAuthorization)).toBe(true);
+  });
+
   it('NO_PROXY naming the registry: a direct connection, the proxy carries nothing', async () => {
     proxy.records.length = 0;
     const target = `${localName}:${direct.host.split(':')[1]}`;

@@ -63,6 +63,19 @@ export async function startForwardProxy(options: ForwardProxyOptions = {}): Prom
   const records: ProxyRecord[] = [];
   const state: { refuse: number | undefined } = { refuse: undefined };
 
+  const recordOf = (req: IncomingMessage, target: string, path: string): ProxyRecord => {
+    const record: ProxyRecord = {
+      method: req.method ?? '',
+      target,
+      path,
+      range: req.headers.range,
+      proxyAuthorization: req.headers['proxy-authorization'] !== undefined,
+      status: 0,
+    };
+    records.push(record);
+    return record;
+  };
+
   /** The status to answer with instead of carrying the request, if any. */
   const refusal = (req: IncomingMessage): number | undefined => {
     if (state.refuse !== undefined) return state.refuse;
@@ -83,15 +96,7 @@ export async function startForwardProxy(options: ForwardProxyOptions = {}): Prom
       res.writeHead(400).end();
       return;
     }
-    const record: ProxyRecord = {
-      method: req.method ?? '',
-      target: url.host,
-      path: `${url.pathname}${url.search}`,
-      range: req.headers.range,
-      proxyAuthorization: req.headers['proxy-authorization'] !== undefined,
-      status: 0,
-    };
-    records.push(record);
+    const record = recordOf(req, url.host, `${url.pathname}${url.search}`);
     const refused = refusal(req);
     if (refused !== undefined) {
       record.status = refused;
@@ -130,14 +135,7 @@ export async function startForwardProxy(options: ForwardProxyOptions = {}): Prom
     sockets.add(client);
     client.on('close', () => sockets.delete(client));
     client.on('error', () => undefined);
-    const record: ProxyRecord = {
-      method: 'CONNECT',
-      target: req.url ?? '',
-      path: '',
-      proxyAuthorization: req.headers['proxy-authorization'] !== undefined,
-      status: 0,
-    };
-    records.push(record);
+    const record = recordOf(req, req.url ?? '', '');
     const refused = refusal(req);
     if (refused !== undefined) {
       record.status = refused;

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
 import { RangeConnection, RangeFailure } from '../../src/core/range-connection.js';
 import { REPO_ROOT } from '../support/harness.js';
-import { makeTestCa } from '../support/test-ca.js';
+import { makeTestCa, type TestCa } from '../support/test-ca.js';
 import { startForwardProxy } from '../support/forward-proxy.js';
 
 const data = randomBytes(300_000);
@@ -80,6 +80,25 @@ function nodeTrusting(
     child.stdout.on('data', (d: Buffer) => (text += d.toString()));
     child.on('close', (code) => (code === 0 ? done(text.trim()) : fail(new Error(`exit ${code}`))));
   });
+}
+
+/** An https server (closed after the test) answering each Range with its bytes of `data`; resolves its port. */
+async function httpsRangeServer(ca: TestCa): Promise<number> {
+  const server = createHttpsServer(
+    { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) },
+    (req, res) => {
+      const [, a, b] = /bytes=(\d+)-(\d+)/.exec(req.headers.range!)!.map(Number) as [number, number, number];
+      const end = Math.min(b, data.length - 1);
+      res.writeHead(206, {
+        'Content-Range': `bytes ${a}-${end}/${data.length}`,
+        'Content-Length': end - a + 1,
+      });
+      res.end(data.subarray(a, end + 1));
+    },
+  );
+  servers.push(server);
+  await new Promise<void>((ready) => server.listen(0, '127.0.0.1', ready));
+  return (server.address() as AddressInfo).port;
 }
 
 const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
@@ -448,37 +467,18 @@ describe('range connection', () => {
     const dir = mkdtempSync(join(tmpdir(), 'ici-unit-range-tls-'));
     try {
       const ca = makeTestCa(dir);
-      const server = createHttpsServer(
-        { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) },
-        (req, res) => {
-          const [, a, b] = /bytes=(\d+)-(\d+)/.exec(req.headers.range!)!.map(Number) as [
-            number,
-            number,
-            number,
-          ];
-          res.writeHead(206, {
-            'Content-Range': `bytes ${a}-${b}/${data.length}`,
-            'Content-Length': b - a + 1,
-          });
-          res.end(data.subarray(a, b + 1));
-        },
-      );
-      await new Promise<void>((ready) => server.listen(0, '127.0.0.1', ready));
-      try {
-        const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}/archive`;
-        const script = `
-          const c = new RangeConnection(new URL(process.argv[1]), 5000);
-          const into = Buffer.alloc(200000);
-          await c.get({ start: 0, end: 199999 }, into);
-          await c.get({ start: 200000, end: 299999 }, into.subarray(100000));
-          c.close();
-          console.log(createHash('sha256').update(into).digest('hex'));`;
-        const out = await nodeTrusting(ca.caCert, script, url);
-        const expected = Buffer.concat([data.subarray(0, 100000), data.subarray(200000)]);
-        expect(out).toBe(sha256(expected));
-      } finally {
-        server.close();
-      }
+      const port = await httpsRangeServer(ca);
+      const url = `https://127.0.0.1:${port}/archive`;
+      const script = `
+        const c = new RangeConnection(new URL(process.argv[1]), 5000);
+        const into = Buffer.alloc(200000);
+        await c.get({ start: 0, end: 199999 }, into);
+        await c.get({ start: 200000, end: 299999 }, into.subarray(100000));
+        c.close();
+        console.log(createHash('sha256').update(into).digest('hex'));`;
+      const out = await nodeTrusting(ca.caCert, script, url);
+      const expected = Buffer.concat([data.subarray(0, 100000), data.subarray(200000)]);
+      expect(out).toBe(sha256(expected));
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -489,26 +489,9 @@ describe('range connection', () => {
     const proxy = await startForwardProxy();
     try {
       const ca = makeTestCa(dir, 'ici-test', ['range.proxytest']);
-      const server = createHttpsServer(
-        { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) },
-        (req, res) => {
-          const [, a, b] = /bytes=(\d+)-(\d+)/.exec(req.headers.range!)!.map(Number) as [
-            number,
-            number,
-            number,
-          ];
-          const end = Math.min(b, data.length - 1);
-          res.writeHead(206, {
-            'Content-Range': `bytes ${a}-${end}/${data.length}`,
-            'Content-Length': end - a + 1,
-          });
-          res.end(data.subarray(a, end + 1));
-        },
-      );
-      servers.push(server);
-      await new Promise<void>((ready) => server.listen(0, '127.0.0.1', ready));
+      const port = await httpsRangeServer(ca);
       // A name only the proxy resolves: reaching it at all means the tunnel was used.
-      const url = `https://range.proxytest:${(server.address() as AddressInfo).port}/archive`;
+      const url = `https://range.proxytest:${port}/archive`;
       const script = `
         const pieces = [];
         await downloadInOrder(process.argv[1], async (p) => { for (const x of p) pieces.push(Buffer.from(x)); }, {

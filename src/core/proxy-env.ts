@@ -243,6 +243,19 @@ export function maskProxyCredentials(host: Pick<Host, 'setSecret'>, settings = p
     for (const secret of proxy?.secrets ?? []) host.setSecret(secret);
 }
 
+/** An http:// or https:// proxy, the kinds that take absolute-form requests and CONNECT (socks5 does not). */
+export function speaksHttp(proxy: ProxyServer): boolean {
+  return proxy.protocol === 'http:' || proxy.protocol === 'https:';
+}
+
+export function unsupportedProxy(proxy: ProxyServer): ProxyError {
+  return new ProxyError(
+    `proxy ${proxy.name} (${proxy.variable}): only http:// and https:// proxies are supported.`,
+    undefined,
+    false,
+  );
+}
+
 /** host:port as a request target writes it (IPv6 in brackets). */
 function authority(hostname: string, port: string | number): string {
   const bare = hostname.replace(/^\[|\]$/g, '');
@@ -284,14 +297,8 @@ export function openTunnel(
   timeoutMs: number,
 ): Promise<Socket> {
   const where = authority(target.hostname, target.port);
-  if (proxy.protocol !== 'http:' && proxy.protocol !== 'https:') {
-    return Promise.reject(
-      new ProxyError(
-        `proxy ${proxy.name} (${proxy.variable}): only http:// and https:// proxies are supported.`,
-        undefined,
-        false,
-      ),
-    );
+  if (!speaksHttp(proxy)) {
+    return Promise.reject(unsupportedProxy(proxy));
   }
   return new Promise((resolve, reject) => {
     const socket =
@@ -422,7 +429,8 @@ export function forwardHttp(
   return (dispatch) => (options, handler) => {
     const origin = new URL(String(options.origin));
     const proxy = origin.protocol === 'http:' ? proxyFor(origin, settings) : undefined;
-    if (!proxy) return dispatch(options, handler);
+    // Other proxies get no request of ours: the connector reports them unsupported.
+    if (!proxy || !speaksHttp(proxy)) return dispatch(options, handler);
     const extra: Record<string, string> = { host: origin.host };
     if (proxy.authorization) extra['proxy-authorization'] = proxy.authorization;
     const headers = options.headers;

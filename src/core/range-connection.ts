@@ -14,7 +14,14 @@
  */
 import { connect as netConnect, isIP, type OnReadOpts, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
-import { openTunnel, ProxyError, proxyFor, proxySettings, type ProxySettings } from './proxy-env.js';
+import {
+  openTunnel,
+  ProxyError,
+  proxyFor,
+  proxySettings,
+  speaksHttp,
+  type ProxySettings,
+} from './proxy-env.js';
 
 /**
  * Where heads are read (and the first body bytes that come with them). Once a head is read, the rest of the body
@@ -121,7 +128,7 @@ export class RangeConnection {
    */
   constructor(url: URL, idleTimeoutMs: number, settings: ProxySettings = proxySettings()) {
     const proxy = proxyFor(url, settings);
-    const forward = proxy !== undefined && url.protocol === 'http:';
+    const forward = proxy !== undefined && speaksHttp(proxy) && url.protocol === 'http:';
     // pathname and search come out of URL percent-encoded: no byte here can end the request line early. The
     // user and password go as node's client sends them (the first range went through it).
     const credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;

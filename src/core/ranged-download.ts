@@ -21,7 +21,15 @@ import {
 } from 'node:https';
 import type { Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions as TlsConnectionOptions } from 'node:tls';
-import { forwardRefusal, openTunnel, ProxyError, proxyFor, type ProxyServer } from './proxy-env.js';
+import {
+  forwardRefusal,
+  openTunnel,
+  ProxyError,
+  proxyFor,
+  speaksHttp,
+  unsupportedProxy,
+  type ProxyServer,
+} from './proxy-env.js';
 import { setTimeout as delay } from 'node:timers/promises';
 import { backoffDelay, isRetryableStatus, type RetryPolicy } from './oci/retry.js';
 import {
@@ -258,6 +266,10 @@ function fetchOnce(
     // An http URL behind a proxy is asked of the proxy, in absolute form (an https one goes through the agent's
     // tunnel).
     const proxy = secure ? undefined : proxyFor(url);
+    if (proxy && !speaksHttp(proxy)) {
+      reject(unsupportedProxy(proxy));
+      return;
+    }
     if (proxy?.authorization) headers['Proxy-Authorization'] = proxy.authorization;
     const req = proxy
       ? httpRequest({
