@@ -116,6 +116,8 @@ export async function startForwardProxy(options: ForwardProxyOptions = {}): Prom
         method: req.method,
         path: record.path,
         headers,
+        // One connection per request: nothing of the proxy's outlives stop().
+        agent: false,
         timeout: 30_000,
       },
       (answer) => {

@@ -205,10 +205,7 @@ export function proxyFor(
   const proxy =
     target.protocol === 'https:' ? settings.https : target.protocol === 'http:' ? settings.http : undefined;
   if (!proxy || settings.noProxyAll) return undefined;
-  const host = target.hostname
-    .replace(/^\[|\]$/g, '')
-    .toLowerCase()
-    .replace(/\.$/, '');
+  const host = target.hostname.replace(/^\[|\]$/g, '').toLowerCase();
   const port = String(target.port || defaultPort(target.protocol));
   if (host === 'localhost') return undefined;
   const family = isIP(host);
