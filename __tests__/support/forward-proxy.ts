@@ -18,6 +18,8 @@ export interface ProxyRecord {
   target: string;
   /** Path of an absolute-form request ('' for a tunnel). */
   path: string;
+  /** The request line's target as sent (the absolute URL, or host:port for CONNECT). */
+  requestTarget: string;
   /** The request's Range header, if any (absolute-form only). */
   range?: string;
   /** Whether the client sent Proxy-Authorization (right or wrong). */
@@ -68,6 +70,7 @@ export async function startForwardProxy(options: ForwardProxyOptions = {}): Prom
       method: req.method ?? '',
       target,
       path,
+      requestTarget: req.url ?? '',
       range: req.headers.range,
       proxyAuthorization: req.headers['proxy-authorization'] !== undefined,
       status: 0,

@@ -9,7 +9,8 @@ import type { AddressInfo } from 'node:net';
 import { resolveFcosDisk } from '../../src/actions/preseed-podman-vm/fcos-stream.js';
 import { childEnv } from '../../src/core/exec.js';
 import { RegistryTransport } from '../../src/core/oci/transport.js';
-import { TransientError } from '../../src/core/oci/retry.js';
+import { DEFAULT_RETRY, TransientError } from '../../src/core/oci/retry.js';
+import { downloadInOrder } from '../../src/core/ranged-download.js';
 import { ProxyError, proxyFor, readProxySettings } from '../../src/core/proxy-env.js';
 import { registerSecret } from '../../src/core/secrets.js';
 import { startForwardProxy, type ForwardProxy } from '../support/forward-proxy.js';
@@ -158,6 +159,53 @@ describe('the registry transport behind a refusing proxy (real forward proxy)', 
       );
     } finally {
       proxy.refuse = undefined;
+      server.closeAllConnections();
+      await new Promise((done) => server.close(done));
+    }
+  });
+
+  it("a cache archive URL's user and password go to the server as Authorization, never in the proxy's request line", async () => {
+    const archive = Buffer.alloc(250_000, 0x5a);
+    const seen: Array<string | undefined> = [];
+    const server = createServer((req, res) => {
+      seen.push(req.headers.authorization);
+      const [, a, b] = /bytes=(\d+)-(\d+)/.exec(req.headers.range ?? '')!.map(Number) as [
+        number,
+        number,
+        number,
+      ];
+      const end = Math.min(b, archive.length - 1);
+      res.writeHead(206, {
+        'content-range': `bytes ${a}-${end}/${archive.length}`,
+        'content-length': end - a + 1,
+      });
+      res.end(archive.subarray(a, end + 1));
+    });
+    await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
+    try {
+      proxy.records.length = 0;
+      const url = `http://us%40er:s3cret-pass@files.proxytest:${(server.address() as AddressInfo).port}/a?sig=x`;
+      const pieces: Buffer[] = [];
+      const result = await downloadInOrder(
+        url,
+        async (p) => void pieces.push(...p.map((x) => Buffer.from(x))),
+        {
+          chunkBytes: 100_000,
+          concurrency: 2,
+          idleTimeoutMs: 5000,
+          retryBudget: 0,
+          retry: { ...DEFAULT_RETRY, retries: 0 },
+          maxBytes: 1e9,
+        },
+      );
+      expect(result.ranges).toBe(3);
+      expect(Buffer.concat(pieces).equals(archive)).toBe(true);
+      const basic = `Basic ${Buffer.from('us@er:s3cret-pass').toString('base64')}`;
+      expect(seen).toEqual([basic, basic, basic]);
+      expect(proxy.records.map((r) => r.requestTarget)).toEqual(
+        Array(3).fill(`http://files.proxytest:${(server.address() as AddressInfo).port}/a?sig=x`),
+      );
+    } finally {
       server.closeAllConnections();
       await new Promise((done) => server.close(done));
     }

@@ -275,7 +275,8 @@ function fetchOnce(
       ? httpRequest({
           host: proxy.hostname,
           port: proxy.port,
-          path: url.href.replace(/#.*$/, ''),
+          // Without user and password (they go as Authorization, as without a proxy) and without a fragment.
+          path: `${url.protocol}//${url.host}${url.pathname}${url.search}`,
           agent,
           headers: { ...headers, Host: url.host, ...basicAuth(url) },
           signal: options.signal,
