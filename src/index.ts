@@ -5,6 +5,7 @@
  */
 import { ActionsHost } from './core/host.js';
 import { InputError } from './core/inputs.js';
+import { maskProxyCredentials } from './core/proxy-env.js';
 import { runMain, runPost, EXIT_BAD_INPUT } from './core/run.js';
 import { ACTION_NAMES, actionNamed } from './actions/registry.js';
 
@@ -16,6 +17,7 @@ export async function runAction(name: string, phase: Phase): Promise<void> {
   const definition = actionNamed(name);
   if (!definition) throw new Error(`unknown action ${name}`);
   const host = new ActionsHost();
+  maskProxyCredentials(host);
   const code = phase === 'main' ? await runMain(definition, host) : await runPost(definition, host);
   // Exit now: a cache call abandoned after its timeout can hold a socket open and keep a finished step alive.
   process.exit(code);

@@ -617,24 +617,21 @@ describe('streaming restore, cache service v2', () => {
     const dir = join(dirs.runnerTemp, 'ici-lib-forged');
     await savedTree(dir, 'lib-forged-key', 1, MiB);
     const { host, log } = cliHost();
-    // The library logs the key it restored: these lines would reach the runner as commands.
-    service.forgeMatchedKey((asked) => `${asked}\n::set-output name=pwned::1\n::stop-commands::tok`);
+    // The library logs the key it restored: these lines would reach the runner as commands. The stream's own
+    // lookup gets the true key, and its ranges are refused: the restore goes on through the library.
+    let lookups = 0;
+    service.forgeMatchedKey((asked) =>
+      lookups++ === 0 ? asked : `${asked}\n::set-output name=pwned::1\n::stop-commands::tok`,
+    );
+    service.refuseRanges(403);
     const stdout: string[] = [];
     const write = process.stdout.write;
     process.stdout.write = ((chunk: string | Uint8Array) => stdout.push(String(chunk)) > 0) as typeof write;
-    // A proxy setting leaves the restore to the library (which honours no_proxy for the local service).
-    const saved = { https_proxy: process.env.https_proxy, no_proxy: process.env.no_proxy };
-    process.env.https_proxy = 'http://127.0.0.1:9';
-    process.env.no_proxy = '127.0.0.1';
     let result;
     try {
       result = await restoreCache(host, [dir], 'lib-forged-key');
     } finally {
       process.stdout.write = write;
-      for (const [k, v] of Object.entries(saved)) {
-        if (v === undefined) delete process.env[k];
-        else process.env[k] = v;
-      }
     }
     expect(
       stdout
@@ -644,7 +641,7 @@ describe('streaming restore, cache service v2', () => {
     ).toEqual([]);
     expect(result).toEqual({ hit: false, backend: 'actions' });
     expect(fallbacks(log)).toEqual([
-      'Streaming restore not used (https_proxy is set); restoring through @actions/cache.',
+      'Streaming restore not used (the download URL answered HTTP 403); restoring through @actions/cache.',
     ]);
     // Logged as text, between stop-commands markers.
     expect(log.join('\n')).toMatch(/::stop-commands::(\w+)\n::set-output name=pwned::1\n::\1::/);

@@ -135,8 +135,19 @@ export class CacheService {
     return service;
   }
 
+  /** The host name in the service's URLs (its own and the signed ones it hands out). */
+  private hostName = '127.0.0.1';
+
+  /**
+   * Hands out URLs under `name` (e.g. one only a test forward proxy resolves) from now on; no name: 127.0.0.1.
+   * The service still listens on 127.0.0.1.
+   */
+  reachAs(name = '127.0.0.1'): void {
+    this.hostName = name;
+  }
+
   get url(): string {
-    return `http://127.0.0.1:${this.port}/`;
+    return `http://${this.hostName}:${this.port}/`;
   }
 
   /** What a child process needs to use this service through the v2 (github.com) protocol. */

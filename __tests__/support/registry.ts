@@ -32,6 +32,11 @@ export interface RegistryOptions {
   identityTokens?: string[];
   /** Serve https with a certificate from a CA made for this registry; `client-cert` also requires one. */
   tls?: 'server' | 'client-cert';
+  /**
+   * A host name the registry and its token server are reached by through a test forward proxy
+   * (forward-proxy.ts): in the server certificate, and as the token realm's host, so token fetches go there too.
+   */
+  proxiedName?: string;
 }
 
 export interface TokenRequest {
@@ -81,7 +86,10 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
   const host = `127.0.0.1:${port}`;
   const tokenRequests: TokenRequest[] = [];
   let tokenServer: Server | undefined;
-  const ca = options.tls ? makeTestCa(dir, `ici-test ${port}`) : undefined;
+  const ca = options.tls
+    ? makeTestCa(dir, `ici-test ${port}`, options.proxiedName ? [options.proxiedName] : [])
+    : undefined;
+  const realmHost = options.proxiedName ?? '127.0.0.1';
   let authConfig = '';
   let challenge: string | undefined;
   if (auth === 'htpasswd') {
@@ -97,9 +105,9 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
       identityTokens: Object.fromEntries((options.identityTokens ?? []).map((t) => [t, username!])),
       hook: options.tokenHook,
     });
-    challenge = `Bearer realm="http://127.0.0.1:${tokenPort}/token",service="${TOKEN_SERVICE}"`;
+    challenge = `Bearer realm="http://${realmHost}:${tokenPort}/token",service="${TOKEN_SERVICE}"`;
     authConfig =
-      `auth:\n  token:\n    realm: http://127.0.0.1:${tokenPort}/token\n    service: ${TOKEN_SERVICE}\n` +
+      `auth:\n  token:\n    realm: http://${realmHost}:${tokenPort}/token\n    service: ${TOKEN_SERVICE}\n` +
       `    issuer: ${TOKEN_ISSUER}\n    rootcertbundle: ${signer.certPath}\n`;
   }
   const config =

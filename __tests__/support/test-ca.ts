@@ -57,8 +57,11 @@ function issue(
   ]);
 }
 
-/** Makes the CA and its two certificates in `dir` (which must exist). */
-export function makeTestCa(dir: string, label = 'ici-test'): TestCa {
+/**
+ * Makes the CA and its two certificates in `dir` (which must exist). `dnsNames`: names the server certificate is
+ * valid for besides 127.0.0.1 (a registry reached by a name only a test proxy resolves).
+ */
+export function makeTestCa(dir: string, label = 'ici-test', dnsNames: readonly string[] = []): TestCa {
   const ca = { cert: join(dir, 'ca.crt'), key: join(dir, 'ca.key') };
   openssl([
     'req',
@@ -77,7 +80,8 @@ export function makeTestCa(dir: string, label = 'ici-test'): TestCa {
     '-addext',
     'keyUsage=critical,keyCertSign,cRLSign',
   ]);
-  issue(dir, 'server', '/CN=127.0.0.1', 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n', ca);
+  const altNames = ['IP:127.0.0.1', ...dnsNames.map((n) => `DNS:${n}`)].join(',');
+  issue(dir, 'server', '/CN=127.0.0.1', `subjectAltName=${altNames}\nextendedKeyUsage=serverAuth\n`, ca);
   issue(dir, 'client', `/CN=${label} client`, 'extendedKeyUsage=clientAuth\n', ca);
   return {
     dir,

@@ -14,7 +14,8 @@ import { join } from 'node:path';
 import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
 import { RangeConnection, RangeFailure } from '../../src/core/range-connection.js';
 import { REPO_ROOT } from '../support/harness.js';
-import { makeTestCa } from '../support/test-ca.js';
+import { makeTestCa, type TestCa } from '../support/test-ca.js';
+import { startForwardProxy } from '../support/forward-proxy.js';
 
 const data = randomBytes(300_000);
 const servers: Server[] = [];
@@ -59,18 +60,45 @@ async function rawServer(
  * Runs `script` (an ES module importing the built connection module) in a node of its own trusting `caCert`:
  * NODE_EXTRA_CA_CERTS is read when node starts. Resolves with what it prints.
  */
-function nodeTrusting(caCert: string, script: string, url: URL | string): Promise<string> {
+function nodeTrusting(
+  caCert: string,
+  script: string,
+  url: URL | string,
+  env: Record<string, string> = {},
+): Promise<string> {
   const module = JSON.stringify(join(REPO_ROOT, 'lib/core/range-connection.js'));
-  const source = `import { RangeConnection } from ${module};\nimport { createHash } from 'node:crypto';\n${script}`;
+  const download = JSON.stringify(join(REPO_ROOT, 'lib/core/ranged-download.js'));
+  const source =
+    `import { RangeConnection } from ${module};\nimport { downloadInOrder } from ${download};\n` +
+    `import { createHash } from 'node:crypto';\n${script}`;
   return new Promise<string>((done, fail) => {
     const child = spawn(process.execPath, ['--input-type=module', '-e', source, String(url)], {
-      env: { ...process.env, NODE_EXTRA_CA_CERTS: caCert },
+      env: { ...process.env, NODE_EXTRA_CA_CERTS: caCert, ...env },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     let text = '';
     child.stdout.on('data', (d: Buffer) => (text += d.toString()));
     child.on('close', (code) => (code === 0 ? done(text.trim()) : fail(new Error(`exit ${code}`))));
   });
+}
+
+/** An https server (closed after the test) answering each Range with its bytes of `data`; resolves its port. */
+async function httpsRangeServer(ca: TestCa): Promise<number> {
+  const server = createHttpsServer(
+    { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) },
+    (req, res) => {
+      const [, a, b] = /bytes=(\d+)-(\d+)/.exec(req.headers.range!)!.map(Number) as [number, number, number];
+      const end = Math.min(b, data.length - 1);
+      res.writeHead(206, {
+        'Content-Range': `bytes ${a}-${end}/${data.length}`,
+        'Content-Length': end - a + 1,
+      });
+      res.end(data.subarray(a, end + 1));
+    },
+  );
+  servers.push(server);
+  await new Promise<void>((ready) => server.listen(0, '127.0.0.1', ready));
+  return (server.address() as AddressInfo).port;
 }
 
 const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
@@ -439,38 +467,45 @@ describe('range connection', () => {
     const dir = mkdtempSync(join(tmpdir(), 'ici-unit-range-tls-'));
     try {
       const ca = makeTestCa(dir);
-      const server = createHttpsServer(
-        { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) },
-        (req, res) => {
-          const [, a, b] = /bytes=(\d+)-(\d+)/.exec(req.headers.range!)!.map(Number) as [
-            number,
-            number,
-            number,
-          ];
-          res.writeHead(206, {
-            'Content-Range': `bytes ${a}-${b}/${data.length}`,
-            'Content-Length': b - a + 1,
-          });
-          res.end(data.subarray(a, b + 1));
-        },
-      );
-      await new Promise<void>((ready) => server.listen(0, '127.0.0.1', ready));
-      try {
-        const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}/archive`;
-        const script = `
-          const c = new RangeConnection(new URL(process.argv[1]), 5000);
-          const into = Buffer.alloc(200000);
-          await c.get({ start: 0, end: 199999 }, into);
-          await c.get({ start: 200000, end: 299999 }, into.subarray(100000));
-          c.close();
-          console.log(createHash('sha256').update(into).digest('hex'));`;
-        const out = await nodeTrusting(ca.caCert, script, url);
-        const expected = Buffer.concat([data.subarray(0, 100000), data.subarray(200000)]);
-        expect(out).toBe(sha256(expected));
-      } finally {
-        server.close();
-      }
+      const port = await httpsRangeServer(ca);
+      const url = `https://127.0.0.1:${port}/archive`;
+      const script = `
+        const c = new RangeConnection(new URL(process.argv[1]), 5000);
+        const into = Buffer.alloc(200000);
+        await c.get({ start: 0, end: 199999 }, into);
+        await c.get({ start: 200000, end: 299999 }, into.subarray(100000));
+        c.close();
+        console.log(createHash('sha256').update(into).digest('hex'));`;
+      const out = await nodeTrusting(ca.caCert, script, url);
+      const expected = Buffer.concat([data.subarray(0, 100000), data.subarray(200000)]);
+      expect(out).toBe(sha256(expected));
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('reads over TLS inside a CONNECT tunnel of the HTTPS_PROXY, first range and the ones after it alike', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ici-unit-range-proxy-'));
+    const proxy = await startForwardProxy();
+    try {
+      const ca = makeTestCa(dir, 'ici-test', ['range.proxytest']);
+      const port = await httpsRangeServer(ca);
+      // A name only the proxy resolves: reaching it at all means the tunnel was used.
+      const url = `https://range.proxytest:${port}/archive`;
+      const script = `
+        const pieces = [];
+        await downloadInOrder(process.argv[1], async (p) => { for (const x of p) pieces.push(Buffer.from(x)); }, {
+          chunkBytes: 100000, concurrency: 2, idleTimeoutMs: 5000, retryBudget: 0,
+          retry: { retries: 0, baseDelayMs: 1, maxDelayMs: 1 }, maxBytes: 1e9 });
+        console.log(createHash('sha256').update(Buffer.concat(pieces)).digest('hex'));`;
+      const out = await nodeTrusting(ca.caCert, script, url, { HTTPS_PROXY: proxy.url, NO_PROXY: '' });
+      expect(out).toBe(sha256(data));
+      const tunnels = proxy.records.filter((r) => r.method === 'CONNECT');
+      // The first range's agent, and at least one keep-alive range connection.
+      expect(tunnels.length).toBeGreaterThanOrEqual(2);
+      expect(tunnels.every((r) => r.target === new URL(url).host && r.status === 200)).toBe(true);
+    } finally {
+      await proxy.stop();
       rmSync(dir, { recursive: true, force: true });
     }
   });

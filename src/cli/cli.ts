@@ -9,6 +9,7 @@ import { CliHost, outliveLostReaders, type Host } from '../core/host.js';
 import { InputError, MapInputSource } from '../core/inputs.js';
 import { interceptStdout, parseLibraryCommand } from '../core/library-output.js';
 import { errorMessage, EXIT_BAD_INPUT, EXIT_OK, runMain, runPost } from '../core/run.js';
+import { maskProxyCredentials } from '../core/proxy-env.js';
 import { CLI_PASSWORD_ENV } from '../core/secrets.js';
 import { ACTION_NAMES, actionNamed } from '../actions/registry.js';
 
@@ -220,6 +221,7 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo): Pr
     out: io.out,
   });
   if (password) host.setSecret(password.value);
+  maskProxyCredentials(host);
   if (password?.from === 'argv') {
     host.warning(
       `--${PASSWORD_INPUT} on the command line is visible to other users (ps) and in shell history; ` +

@@ -8,7 +8,9 @@
  * library; an answer we do not understand (4xx such as an unknown method, a malformed body) means this service
  * is not the one we know, and the library gets to handle it.
  */
+import { fetch, type Dispatcher, type Response } from 'undici';
 import type { Host } from './host.js';
+import { proxiedAgent, ProxyError } from './proxy-env.js';
 import { backoffDelay, type RetryPolicy } from './oci/retry.js';
 import { sleep } from './process.js';
 import { errorMessage } from './run.js';
@@ -51,6 +53,22 @@ export async function lookupEntry(
     ...(request.restoreKeys.length ? { restore_keys: request.restoreKeys } : {}),
     version: request.version,
   });
+  // Through the environment's proxy, as the library's own lookup (@actions/http-client) goes.
+  const dispatcher = proxiedAgent(options.timeoutMs);
+  try {
+    return await lookupThrough(dispatcher, host, url, body, options);
+  } finally {
+    await dispatcher.destroy();
+  }
+}
+
+async function lookupThrough(
+  dispatcher: Dispatcher,
+  host: Host,
+  url: URL,
+  body: string,
+  options: LookupOptions,
+): Promise<LookupResult> {
   let last = '';
   for (let attempt = 0; attempt < options.attempts && !options.signal.aborted; attempt++) {
     if (attempt > 0) await sleep(backoffDelay(attempt - 1, options.retry));
@@ -65,9 +83,15 @@ export async function lookupEntry(
         },
         body,
         signal: AbortSignal.any([AbortSignal.timeout(options.timeoutMs), options.signal]),
+        dispatcher,
       });
     } catch (error) {
-      last = `GetCacheEntryDownloadURL: ${errorMessage(error)}`;
+      // fetch says only "fetch failed"; a proxy's refusal (its cause) says who refused and why.
+      const cause = (error as { cause?: unknown }).cause;
+      if (cause instanceof ProxyError && !cause.retryable) {
+        return { kind: 'outage', message: `GetCacheEntryDownloadURL: ${cause.message}` };
+      }
+      last = `GetCacheEntryDownloadURL: ${errorMessage(cause instanceof ProxyError ? cause : error)}`;
       continue;
     }
     const text = await response.text().catch(() => '');

@@ -5,7 +5,7 @@
  * library's tar options. The library instead downloads the whole archive to a temp file and only then extracts
  * it, so its restore costs download + write + read + extract in sequence.
  *
- * Whatever this code does not recognise (another service version, GHES, a proxy, a 4xx from the signed URL, a
+ * Whatever this code does not recognise (another service version, GHES, a 4xx from the signed URL, a
  * tar or zstd error) throws StreamUnusable, and the caller restores through the library instead. Before that,
  * a half-done extraction is undone: the consumer must find either the whole entry or what was there before,
  * never a truncated file that looks restored.
@@ -140,9 +140,6 @@ function checkUsable(env: NodeJS.ProcessEnv, keys: string[]): void {
     throw new StreamUnusable('ACTIONS_RESULTS_URL or ACTIONS_RUNTIME_TOKEN is not set');
   }
   if (!cacheReadable(env)) throw new StreamUnusable(`ACTIONS_CACHE_MODE=${env.ACTIONS_CACHE_MODE}`);
-  // @actions/http-client honours the runner's proxy settings; our requests would not.
-  const proxy = ['https_proxy', 'HTTPS_PROXY', 'http_proxy', 'HTTP_PROXY'].find((v) => env[v]);
-  if (proxy) throw new StreamUnusable(`${proxy} is set`);
   if (keys.length > MAX_KEYS || keys.some((k) => cacheKeyProblem(k) !== undefined)) {
     throw new StreamUnusable('a key the library would refuse');
   }

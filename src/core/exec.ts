@@ -10,6 +10,7 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { StringDecoder } from 'node:string_decoder';
 import { signalGroup } from './process.js';
 import { registeredSecrets, SECRET_ENV_VARS } from './secrets.js';
+import { PROXY_ENV_VARS } from './proxy-env.js';
 
 export interface ExecOptions {
   /**
@@ -79,7 +80,9 @@ export function childEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEn
   const result: NodeJS.ProcessEnv = {};
   for (const [name, value] of Object.entries(env)) {
     if (value === undefined || name.toUpperCase().startsWith('INPUT_')) continue;
-    if (SECRET_ENV_VARS.includes(name) || holdsSecret(value, secrets)) continue;
+    // The proxy variables hold the proxy's password, and the tools we start need them to reach anything.
+    const proxyVariable = PROXY_ENV_VARS.includes(name);
+    if (SECRET_ENV_VARS.includes(name) || (!proxyVariable && holdsSecret(value, secrets))) continue;
     result[name] = value;
   }
   return result;

@@ -15,6 +15,14 @@
 import { connect as netConnect, isIP, type OnReadOpts, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import { LowSpeedLimit } from './low-speed.js';
+import {
+  openTunnel,
+  ProxyError,
+  proxyFor,
+  proxySettings,
+  speaksHttp,
+  type ProxySettings,
+} from './proxy-env.js';
 
 /**
  * Where heads are read (and the first body bytes that come with them). Once a head is read, the rest of the body
@@ -100,7 +108,12 @@ interface Request {
 }
 
 export class RangeConnection {
-  private readonly socket: Socket;
+  /** Undefined while a proxy tunnel is being opened. */
+  private socket: Socket | undefined;
+  /** A request asked for before the tunnel was open. */
+  private unsent: string | undefined;
+  /** Why the tunnel could not be opened, for a request asked for after. */
+  private openFailure: Error | undefined;
   /** The request but its Range. */
   private readonly requestHead: string;
   private readonly head = Buffer.allocUnsafe(MAX_HEAD_BYTES);
@@ -113,10 +126,17 @@ export class RangeConnection {
   private closed = false;
   private answered = 0;
 
+  /**
+   * Through the environment's proxy where one applies (proxy-env.ts): an https URL inside a CONNECT tunnel, an
+   * http one in absolute form to the proxy, as the first range went through node's client.
+   */
   constructor(
     url: URL,
     private readonly idleTimeoutMs: number,
+    settings: ProxySettings = proxySettings(),
   ) {
+    const proxy = proxyFor(url, settings);
+    const forward = proxy !== undefined && speaksHttp(proxy) && url.protocol === 'http:';
     // pathname and search come out of URL percent-encoded: no byte here can end the request line early. The
     // user and password go as node's client sends them (the first range went through it).
     const credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
@@ -124,7 +144,9 @@ export class RangeConnection {
       url.username || url.password
         ? `Authorization: Basic ${Buffer.from(credentials).toString('base64')}\r\n`
         : '';
-    this.requestHead = `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n${auth}`;
+    const proxyAuth = forward && proxy.authorization ? `Proxy-Authorization: ${proxy.authorization}\r\n` : '';
+    const target = `${forward ? `${url.protocol}//${url.host}` : ''}${url.pathname}${url.search}`;
+    this.requestHead = `GET ${target} HTTP/1.1\r\nHost: ${url.host}\r\n${auth}${proxyAuth}`;
     const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
     // URL keeps brackets around an IPv6 literal, which connect() does not take.
     const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
@@ -146,17 +168,59 @@ export class RangeConnection {
       },
     };
     // tls.connect takes onread as net.connect does (node docs), but @types/node does not declare it there.
-    this.socket =
-      url.protocol === 'https:'
-        ? tlsConnect({ host, port, servername: isIP(host) ? undefined : host, onread } as ConnectionOptions)
-        : netConnect({ host, port, onread });
-    this.socket.setTimeout(idleTimeoutMs, () =>
+    const tlsTo = (to: string, options: ConnectionOptions, reads: OnReadOpts | undefined = onread) =>
+      tlsConnect({ ...options, servername: isIP(to) ? undefined : to, onread: reads } as ConnectionOptions);
+    if (proxy && !forward) {
+      openTunnel(proxy, { hostname: host, port }, idleTimeoutMs).then(
+        (raw) => {
+          if (this.closed) {
+            raw.destroy();
+            return;
+          }
+          // onread does not apply to a TLS session over a socket given to it: its reads come as data events,
+          // copied like any read into our buffer.
+          const socket = tlsTo(host, { socket: raw }, undefined);
+          socket.on('data', (chunk: Buffer) => {
+            try {
+              this.take(chunk);
+            } catch (error) {
+              this.fail(error as Error);
+            }
+          });
+          this.attach(socket, idleTimeoutMs);
+        },
+        (error: Error) => {
+          const retryable = error instanceof ProxyError ? error.retryable : true;
+          this.openFailure = new RangeFailure(error.message, retryable);
+          this.fail(this.openFailure);
+        },
+      );
+    } else if (proxy) {
+      this.attach(
+        proxy.protocol === 'https:'
+          ? tlsTo(proxy.hostname, { host: proxy.hostname, port: proxy.port })
+          : netConnect({ host: proxy.hostname, port: proxy.port, onread }),
+        idleTimeoutMs,
+      );
+    } else {
+      this.attach(
+        url.protocol === 'https:' ? tlsTo(host, { host, port }) : netConnect({ host, port, onread }),
+        idleTimeoutMs,
+      );
+    }
+  }
+
+  private attach(socket: Socket, idleTimeoutMs: number): void {
+    this.socket = socket;
+    socket.setTimeout(idleTimeoutMs, () =>
       this.fail(new RangeFailure(`no data for ${idleTimeoutMs} ms`, true)),
     );
-    this.socket.on('error', (error) => this.lost(error.message));
+    socket.on('error', (error) => this.lost(error.message));
     // The server's end of a kept-alive connection: the close follows, a request sent before it would be lost.
-    this.socket.on('end', () => (this.reusable = false));
-    this.socket.on('close', () => this.lost(this.lostMessage()));
+    socket.on('end', () => (this.reusable = false));
+    socket.on('close', () => this.lost(this.lostMessage()));
+    if (this.unsent !== undefined) socket.write(this.unsent);
+    this.unsent = undefined;
   }
 
   get isClosed(): boolean {
@@ -173,7 +237,9 @@ export class RangeConnection {
    * server gave. The connection is closed on any failure and on `signal`.
    */
   get(range: ByteRange, into: Buffer, signal?: AbortSignal): Promise<number> {
-    if (!this.usable) return Promise.reject(new RangeFailure('the connection cannot be reused', true));
+    if (!this.usable) {
+      return Promise.reject(this.openFailure ?? new RangeFailure('the connection cannot be reused', true));
+    }
     return new Promise((resolve, reject) => {
       const onAbort = () => this.fail(signal!.reason as Error);
       signal?.addEventListener('abort', onAbort, { once: true });
@@ -195,13 +261,15 @@ export class RangeConnection {
         onAbort();
         return;
       }
-      this.socket.write(`${this.requestHead}Range: bytes=${range.start}-${range.end}\r\n\r\n`);
+      const head = `${this.requestHead}Range: bytes=${range.start}-${range.end}\r\n\r\n`;
+      if (this.socket) this.socket.write(head);
+      else this.unsent = head;
     });
   }
 
   close(): void {
     this.closed = true;
-    this.socket.destroy();
+    this.socket?.destroy();
   }
 
   /**

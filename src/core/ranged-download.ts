@@ -15,7 +15,22 @@
  * into buffers that are used again once the consumer handed the bytes on.
  */
 import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from 'node:http';
-import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
+import {
+  request as httpsRequest,
+  Agent as HttpsAgent,
+  type AgentOptions as HttpsAgentOptions,
+} from 'node:https';
+import type { Socket } from 'node:net';
+import { connect as tlsConnect, type ConnectionOptions as TlsConnectionOptions } from 'node:tls';
+import {
+  forwardRefusal,
+  openTunnel,
+  ProxyError,
+  proxyFor,
+  speaksHttp,
+  unsupportedProxy,
+  type ProxyServer,
+} from './proxy-env.js';
 import { setTimeout as delay } from 'node:timers/promises';
 import { withLowSpeedLimit } from './low-speed.js';
 import { backoffDelay, isRetryableStatus, type RetryPolicy } from './oci/retry.js';
@@ -73,9 +88,13 @@ export async function downloadInOrder(
 ): Promise<RangedDownloadResult> {
   const target = new URL(url);
   const secure = target.protocol === 'https:';
+  const proxy = proxyFor(target);
+  const agentOptions = { keepAlive: true, maxSockets: options.concurrency };
   const agent = secure
-    ? new HttpsAgent({ keepAlive: true, maxSockets: options.concurrency })
-    : new HttpAgent({ keepAlive: true, maxSockets: options.concurrency });
+    ? proxy
+      ? tunnellingAgent(proxy, agentOptions, options.idleTimeoutMs)
+      : new HttpsAgent(agentOptions)
+    : new HttpAgent(agentOptions);
   const state = { retries: 0 };
   // Stops the ranges still in flight (and their retries) once the download has failed or finished.
   const stop = new AbortController();
@@ -245,14 +264,34 @@ function fetchOnce(
   options: RangedDownloadOptions,
 ): Promise<Answer> {
   return new Promise((resolve, reject) => {
-    const headers = { Range: `bytes=${range.start}-${range.end}` };
-    const req = (secure ? httpsRequest : httpRequest)(url, { agent, headers, signal: options.signal });
+    const headers: Record<string, string> = { Range: `bytes=${range.start}-${range.end}` };
+    // An http URL behind a proxy is asked of the proxy, in absolute form (an https one goes through the agent's
+    // tunnel).
+    const proxy = secure ? undefined : proxyFor(url);
+    if (proxy && !speaksHttp(proxy)) {
+      reject(unsupportedProxy(proxy));
+      return;
+    }
+    if (proxy?.authorization) headers['Proxy-Authorization'] = proxy.authorization;
+    const req = proxy
+      ? httpRequest({
+          host: proxy.hostname,
+          port: proxy.port,
+          // Without user and password (they go as Authorization, as without a proxy) and without a fragment.
+          path: `${url.protocol}//${url.host}${url.pathname}${url.search}`,
+          agent,
+          headers: { ...headers, Host: url.host, ...basicAuth(url) },
+          signal: options.signal,
+        })
+      : (secure ? httpsRequest : httpRequest)(url, { agent, headers, signal: options.signal });
     req.setTimeout(options.idleTimeoutMs, () =>
       req.destroy(new RetryableError(`no data for ${options.idleTimeoutMs} ms`)),
     );
     req.on('error', (error) =>
       reject(
-        error instanceof RetryableError || options.signal?.aborted
+        error instanceof RetryableError ||
+          options.signal?.aborted ||
+          (error instanceof ProxyError && !error.retryable)
           ? error
           : new RetryableError(error.message),
       ),
@@ -268,13 +307,47 @@ function fetchOnce(
         });
       } else {
         res.resume();
-        if (isRetryableStatus(status)) reject(new RetryableError(`HTTP ${status}`));
+        const refused = forwardRefusal(url, status, res.statusMessage ?? '');
+        if (refused) reject(refused);
+        else if (isRetryableStatus(status)) reject(new RetryableError(`HTTP ${status}`));
         else reject(new UrlRefusedError(status));
       }
     });
     req.end();
   });
 }
+
+/** The URL's user and password as node's client sends them when it is given the URL itself. */
+function basicAuth(url: URL): Record<string, string> {
+  if (!url.username && !url.password) return {};
+  const credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
+  return { Authorization: `Basic ${Buffer.from(credentials).toString('base64')}` };
+}
+
+/**
+ * An https agent whose connections are CONNECT tunnels through `proxy`, TLS to the target inside them (node's
+ * Agent takes a socket from createConnection's callback).
+ */
+function tunnellingAgent(proxy: ProxyServer, options: HttpsAgentOptions, timeoutMs: number): HttpsAgent {
+  const agent = new HttpsAgent(options);
+  (agent as unknown as { createConnection: CreateConnection }).createConnection = (
+    connectOptions,
+    callback,
+  ) => {
+    const hostname = connectOptions.host ?? 'localhost';
+    openTunnel(proxy, { hostname, port: connectOptions.port ?? 443 }, timeoutMs).then(
+      (socket) => callback(null, tlsConnect({ ...connectOptions, socket })),
+      (error: Error) => callback(error, undefined),
+    );
+    return undefined;
+  };
+  return agent;
+}
+
+type CreateConnection = (
+  options: TlsConnectionOptions & { host?: string; port?: number },
+  callback: (error: Error | null, socket: Socket | undefined) => void,
+) => Socket | undefined;
 
 /** Reads one 206 answer, checking that it is exactly the range asked for. */
 async function collectRange(res: IncomingMessage, range: ByteRange, idleTimeoutMs: number): Promise<Answer> {

@@ -11,6 +11,8 @@
  */
 import { InputError } from '../../core/inputs.js';
 import { externalText, networkFailure } from '../../core/oci/response.js';
+import { proxiedAgent, ProxyError } from '../../core/proxy-env.js';
+import { fetch, type Dispatcher, type Response } from 'undici';
 import { Inputs } from './constants.js';
 import type { MachineArch, VmType } from './podman-host.js';
 
@@ -142,14 +144,32 @@ export async function resolveFcosDisk(
   vmType: VmType,
 ): Promise<FcosDisk> {
   fcosArtifact(vmType);
+  // Through the environment's proxy, as podman itself fetches the stream.
+  const dispatcher = proxiedAgent(STREAM_TIMEOUT_MS);
+  try {
+    return await fetchFcosDisk(dispatcher, streamUrl, arch, vmType);
+  } finally {
+    await dispatcher.destroy();
+  }
+}
+
+async function fetchFcosDisk(
+  dispatcher: Dispatcher,
+  streamUrl: string,
+  arch: MachineArch,
+  vmType: VmType,
+): Promise<FcosDisk> {
   let last = '';
   for (let attempt = 0; attempt < STREAM_ATTEMPTS; attempt++) {
     let response: Response;
     try {
-      response = await fetch(streamUrl, { signal: AbortSignal.timeout(STREAM_TIMEOUT_MS) });
+      response = await fetch(streamUrl, { signal: AbortSignal.timeout(STREAM_TIMEOUT_MS), dispatcher });
     } catch (error) {
       // fetch says only "fetch failed"; what happened (refused, a redirect loop, DNS, the timeout) is its cause.
-      last = networkFailure(error, streamUrl, STREAM_TIMEOUT_MS).message;
+      const failure = networkFailure(error, streamUrl, STREAM_TIMEOUT_MS);
+      // A proxy's 407 or 403 stays one however often it is asked.
+      if (failure instanceof ProxyError) throw new StreamUnreachable(failure.message);
+      last = failure.message;
       continue;
     }
     if (response.status >= 500 || response.status === 429) {

@@ -10,6 +10,7 @@ import { NOT_A_REGULAR_FILE } from '../files.js';
 import { withoutSecrets } from '../secrets.js';
 import { TransientError } from './retry.js';
 import { errorMessage } from '../run.js';
+import { ProxyError } from '../proxy-env.js';
 
 export interface RegistryResponse {
   status: number;
@@ -204,6 +205,14 @@ export const SEND_STALLED = 'ICI_SEND_STALLED';
  */
 export function networkFailure(error: unknown, what: string, timeoutMs: number, answerMs = timeoutMs): Error {
   if (error instanceof RegistryError) return error;
+  // The proxy's own words name it and say whether another try may help (its 502/503, or no connection to it).
+  const cause = (error as { cause?: unknown } | undefined)?.cause;
+  const proxyError = error instanceof ProxyError ? error : cause instanceof ProxyError ? cause : undefined;
+  if (proxyError) {
+    return proxyError.retryable
+      ? new TransientError(`${what}: ${proxyError.message}`, proxyError.status)
+      : new ProxyError(`${what}: ${proxyError.message}`, proxyError.status, false);
+  }
   const code = errorCode(error);
   if (code && LOCAL_FILE_CODES.has(code)) return error as Error;
   const inSeconds = (ms: number) => `${Math.round(ms / 100) / 10} s`;

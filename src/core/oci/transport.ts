@@ -45,6 +45,7 @@ import {
   wrapResponse,
 } from './response.js';
 import { isPlainHttpAnswer, isTlsAlert, tlsConnectOptions, tlsFailure, type RegistryTls } from './tls.js';
+import { forwardHttp, proxyConnector } from '../proxy-env.js';
 
 export interface TransportOptions {
   /** host[:port] as in an image reference (`docker.io` is reached at its API host). */
@@ -185,11 +186,18 @@ export class RegistryTransport {
     });
   }
 
-  private ownAgent(options: TransportOptions): Agent {
-    const connect = buildConnector({
-      timeout: this.timeoutMs,
-      ...tlsConnectOptions(options.tls, options.tlsVerify !== false),
-    });
+  /**
+   * Through the environment's proxy where one applies (proxy-env.ts): the registry's TLS settings then hold for
+   * the TLS session inside the CONNECT tunnel, exactly as without a proxy.
+   */
+  private ownAgent(options: TransportOptions): Dispatcher {
+    const connect = proxyConnector(
+      buildConnector({
+        timeout: this.timeoutMs,
+        ...tlsConnectOptions(options.tls, options.tlsVerify !== false),
+      }),
+      this.timeoutMs,
+    );
     return new Agent({
       headersTimeout: this.timeoutMs,
       bodyTimeout: this.timeoutMs,
@@ -200,7 +208,7 @@ export class RegistryTransport {
           });
           callback(...args);
         }),
-    });
+    }).compose(forwardHttp());
   }
 
   /** The TLS error behind a failed try: its own, or the alert its (closed) connection got. */

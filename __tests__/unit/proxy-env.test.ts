@@ -1,0 +1,223 @@
+/**
+ * The proxy environment read as Go's httpproxy reads it (the NO_PROXY table), and what the registry transport
+ * makes of a proxy's refusals, against the real test forward proxy (no registry needed: the proxy answers
+ * before any registry would be reached).
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { resolveFcosDisk } from '../../src/actions/preseed-podman-vm/fcos-stream.js';
+import { childEnv } from '../../src/core/exec.js';
+import { RegistryTransport } from '../../src/core/oci/transport.js';
+import { DEFAULT_RETRY, TransientError } from '../../src/core/oci/retry.js';
+import { downloadInOrder } from '../../src/core/ranged-download.js';
+import { ProxyError, proxyFor, readProxySettings } from '../../src/core/proxy-env.js';
+import { registerSecret } from '../../src/core/secrets.js';
+import { startForwardProxy, type ForwardProxy } from '../support/forward-proxy.js';
+
+describe('proxy settings from the environment (Go httpproxy rules)', () => {
+  const env = (noProxy: string) =>
+    readProxySettings({
+      HTTPS_PROXY: 'http://proxy.corp:3128',
+      HTTP_PROXY: 'proxy.corp:8080',
+      NO_PROXY: noProxy,
+    });
+  const proxied = (url: string, noProxy: string) => proxyFor(new URL(url), env(noProxy))?.name;
+
+  it.each<[string, string, string | undefined]>([
+    // [target, NO_PROXY, proxy used]
+    ['https://ghcr.io/v2/', '', 'http://proxy.corp:3128'],
+    ['http://ghcr.io/v2/', '', 'http://proxy.corp:8080'],
+    ['https://ghcr.io/v2/', '*', undefined],
+    ['https://ghcr.io/v2/', 'ghcr.io', undefined],
+    ['https://a.b.ghcr.io/', 'ghcr.io', undefined],
+    ['https://badghcr.io/', 'ghcr.io', 'http://proxy.corp:3128'],
+    ['https://ghcr.io/', '.ghcr.io', 'http://proxy.corp:3128'],
+    ['https://x.ghcr.io/', '.ghcr.io', undefined],
+    ['https://x.ghcr.io/', '*.ghcr.io', undefined],
+    ['https://GHCR.IO/', ' GhCr.Io ', undefined],
+    ['https://reg.corp:5000/', 'reg.corp:5000', undefined],
+    ['https://reg.corp:5001/', 'reg.corp:5000', 'http://proxy.corp:3128'],
+    ['https://reg.corp/', 'reg.corp:443', undefined],
+    ['https://10.1.2.3/', '10.0.0.0/8', undefined],
+    ['https://11.1.2.3/', '10.0.0.0/8', 'http://proxy.corp:3128'],
+    ['https://10.1.2.3:5000/', '10.1.2.3', undefined],
+    ['https://10.1.2.3:5000/', '10.1.2.3:5001', 'http://proxy.corp:3128'],
+    ['https://[fd00::5]:5000/', 'fd00::/8', undefined],
+    ['https://[fd00::5]:5000/', '[fd00::5]:5000', undefined],
+    ['https://[fd00::5]/', 'fd00:0::5', undefined],
+    // loopback never goes through a proxy (Go and @actions/http-client agree)
+    ['https://localhost:5000/', '', undefined],
+    ['https://127.0.0.2:5000/', '', undefined],
+    ['https://[::1]:5000/', '', undefined],
+    ['https://sub.localhost/', '', 'http://proxy.corp:3128'],
+  ])('%s with NO_PROXY=%j: %s', (target, noProxy, expected) => {
+    expect(proxied(target, noProxy)).toBe(expected);
+  });
+
+  it('upper case wins, empty means unset, no fallback from https to HTTP_PROXY', () => {
+    const s = readProxySettings({
+      HTTPS_PROXY: '',
+      https_proxy: 'http://lower:1',
+      HTTP_PROXY: 'http://up:2',
+      http_proxy: 'http://low:3',
+    });
+    expect(s.https?.name).toBe('http://lower:1');
+    expect(s.http?.name).toBe('http://up:2');
+    expect(
+      proxyFor(new URL('https://x.example/'), readProxySettings({ HTTP_PROXY: 'http://p:1' })),
+    ).toBeUndefined();
+  });
+
+  it('credentials become Basic proxy authorization and secrets, never part of the name', () => {
+    const s = readProxySettings({ HTTPS_PROXY: 'http://us%40er:p%3Ass@proxy.corp:3128/' });
+    expect(s.https?.name).toBe('http://proxy.corp:3128');
+    expect(s.https?.authorization).toBe(`Basic ${Buffer.from('us@er:p:ss').toString('base64')}`);
+    expect(s.https?.secrets).toEqual(expect.arrayContaining(['p:ss', 'p%3Ass']));
+  });
+
+  it('children keep the proxy variables though they hold the (registered) proxy password', () => {
+    registerSecret('hunter2-proxy-secret');
+    const out = childEnv({
+      HTTPS_PROXY: 'http://u:hunter2-proxy-secret@p:1',
+      OTHER: 'x hunter2-proxy-secret',
+    });
+    expect(out.HTTPS_PROXY).toBe('http://u:hunter2-proxy-secret@p:1');
+    expect(out.OTHER).toBeUndefined();
+  });
+});
+
+describe('the registry transport behind a refusing proxy (real forward proxy)', () => {
+  let proxy: ForwardProxy;
+  const saved = { ...process.env };
+
+  beforeAll(async () => {
+    proxy = await startForwardProxy();
+    // Read once per process, on first use: set before any client exists.
+    process.env.HTTPS_PROXY = proxy.url;
+    process.env.HTTP_PROXY = proxy.url;
+  });
+  afterAll(async () => {
+    for (const k of ['HTTPS_PROXY', 'HTTP_PROXY']) {
+      if (saved[k] === undefined) delete process.env[k];
+      else process.env[k] = saved[k];
+    }
+    await proxy.stop();
+  });
+
+  const ping = async () => {
+    const transport = new RegistryTransport({
+      registry: 'registry.proxytest:5999',
+      retries: 2,
+      retryBaseDelayMs: 1,
+    });
+    try {
+      await transport.send({ method: 'GET', url: transport.url(''), ok: [200], what: 'ping' });
+      return undefined;
+    } catch (error) {
+      return error;
+    } finally {
+      await transport.close();
+    }
+  };
+
+  it.each([
+    [403, false],
+    [407, false],
+    [502, true],
+    [503, true],
+  ])('CONNECT answered %i: retried %s, the error names the proxy and the status', async (status, retried) => {
+    proxy.records.length = 0;
+    proxy.refuse = status;
+    const error = (await ping()) as Error;
+    proxy.refuse = undefined;
+    expect(error.message).toContain(
+      `ping: proxy ${proxy.url} refused CONNECT registry.proxytest:5999: HTTP ${status}`,
+    );
+    expect(error).toBeInstanceOf(retried ? TransientError : ProxyError);
+    expect(proxy.records.length).toBe(retried ? 3 : 1);
+  });
+
+  it("preseed's Fedora CoreOS stream fetch goes through HTTP_PROXY (absolute form); a 407 names the proxy", async () => {
+    const disk = { location: 'https://example.org/fcos.x86_64.qcow2.xz', sha256: 'a'.repeat(64) };
+    const metadata = {
+      architectures: {
+        x86_64: { artifacts: { qemu: { release: '40.1', formats: { 'qcow2.xz': { disk } } } } },
+      },
+    };
+    const server = createServer((_req, res) => res.end(JSON.stringify(metadata)));
+    await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
+    try {
+      proxy.records.length = 0;
+      // A name only the proxy resolves.
+      const url = `http://fcos.proxytest:${(server.address() as AddressInfo).port}/streams/testing.json`;
+      await expect(resolveFcosDisk(url, 'x86_64', 'qemu')).resolves.toMatchObject({ sha256: disk.sha256 });
+      expect(proxy.records).toMatchObject([{ method: 'GET', path: '/streams/testing.json', status: 0 }]);
+      proxy.refuse = 407;
+      await expect(resolveFcosDisk(url, 'x86_64', 'qemu')).rejects.toThrow(
+        `${url}: proxy ${proxy.url} refused ${new URL(url).origin}: HTTP 407 Proxy Authentication Required`,
+      );
+    } finally {
+      proxy.refuse = undefined;
+      server.closeAllConnections();
+      await new Promise((done) => server.close(done));
+    }
+  });
+
+  it("a cache archive URL's user and password go to the server as Authorization, never in the proxy's request line", async () => {
+    const archive = Buffer.alloc(250_000, 0x5a);
+    const seen: Array<string | undefined> = [];
+    const server = createServer((req, res) => {
+      seen.push(req.headers.authorization);
+      const [, a, b] = /bytes=(\d+)-(\d+)/.exec(req.headers.range ?? '')!.map(Number) as [
+        number,
+        number,
+        number,
+      ];
+      const end = Math.min(b, archive.length - 1);
+      res.writeHead(206, {
+        'content-range': `bytes ${a}-${end}/${archive.length}`,
+        'content-length': end - a + 1,
+      });
+      res.end(archive.subarray(a, end + 1));
+    });
+    await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
+    try {
+      proxy.records.length = 0;
+      const url = `http://us%40er:s3cret-pass@files.proxytest:${(server.address() as AddressInfo).port}/a?sig=x`;
+      const pieces: Buffer[] = [];
+      const result = await downloadInOrder(
+        url,
+        async (p) => void pieces.push(...p.map((x) => Buffer.from(x))),
+        {
+          chunkBytes: 100_000,
+          concurrency: 2,
+          idleTimeoutMs: 5000,
+          retryBudget: 0,
+          retry: { ...DEFAULT_RETRY, retries: 0 },
+          maxBytes: 1e9,
+        },
+      );
+      expect(result.ranges).toBe(3);
+      expect(Buffer.concat(pieces).equals(archive)).toBe(true);
+      const basic = `Basic ${Buffer.from('us@er:s3cret-pass').toString('base64')}`;
+      expect(seen).toEqual([basic, basic, basic]);
+      expect(proxy.records.map((r) => r.requestTarget)).toEqual(
+        Array(3).fill(`http://files.proxytest:${(server.address() as AddressInfo).port}/a?sig=x`),
+      );
+    } finally {
+      server.closeAllConnections();
+      await new Promise((done) => server.close(done));
+    }
+  });
+
+  it('an unreachable proxy: named, and retried like an unreachable registry', async () => {
+    const url = proxy.url;
+    await proxy.stop();
+    const error = (await ping()) as Error;
+    proxy = await startForwardProxy();
+    process.env.HTTPS_PROXY = proxy.url;
+    expect(error).toBeInstanceOf(TransientError);
+    expect(error.message).toContain(`ping: cannot reach proxy ${url} (HTTPS_PROXY): connect ECONNREFUSED`);
+  });
+});
