@@ -83,4 +83,31 @@ describe('remote-build-env cache-mount owners', () => {
       await expect(readOwners(dir)).rejects.toThrow(`${OWNERS_FILE} holds`);
     }
   });
+
+  it('a planted manifest of more JSON than the tree accounts for is refused unread', async () => {
+    // Parsed, a few hundred MB of `[0,0,...` end the process (heap exhausted), and compress to nothing in a cache
+    // entry. Whitespace keeps this one cheap to parse, were it parsed.
+    await writeFile(join(dir, OWNERS_FILE), `[${' '.repeat(2 * 1024 * 1024)}]`);
+    await expect(readOwners(dir)).rejects.toThrow('larger than');
+  });
+
+  it('the text of a planted manifest that is no JSON stays out of the message', async () => {
+    // JSON.parse quotes the text it stopped at, here escape sequences a terminal or the job log would act on.
+    await writeFile(join(dir, OWNERS_FILE), '\u001b]8;;https://evil.example\u0007click\u001b]8;;\u0007');
+    const refusal = await readOwners(dir).then(
+      () => 'accepted',
+      (error: Error) => error.message,
+    );
+    expect(refusal).toBe(`${OWNERS_FILE} holds no valid JSON`);
+  });
+
+  it('a manifest that is no regular file (a symlink, even to a good one; a dir) is refused', async () => {
+    const manifest = join(dir, OWNERS_FILE);
+    await writeFile(join(dir, 'u/good.json'), JSON.stringify([['u', 5, 5, 0o755]]));
+    await symlink('u/good.json', manifest);
+    await expect(readOwners(dir)).rejects.toThrow('not a regular file');
+    await rm(manifest);
+    await mkdir(manifest);
+    await expect(readOwners(dir)).rejects.toThrow('EISDIR');
+  });
 });
