@@ -7,7 +7,8 @@ import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
 import { mkdtempSync } from 'node:fs';
 import { chmod, lchown, lstat, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
+import { restoreCacheMounts } from '../../src/actions/remote-build-env/cache-mounts.js';
 import { fingerprintDir } from '../../src/actions/remote-build-env/fingerprint.js';
 import {
   OWNERS_FILE,
@@ -15,6 +16,9 @@ import {
   restoreOwners,
   takeOwnership,
 } from '../../src/actions/remote-build-env/owners.js';
+import { CACHE_DIR_ENV } from '../../src/core/cache.js';
+import { saveToDirCache } from '../../src/core/cache-dir.js';
+import { cliHost } from '../support/cache-files.js';
 
 let work: string;
 let dir: string;
@@ -109,5 +113,35 @@ describe('remote-build-env cache-mount owners', () => {
     await rm(manifest);
     await mkdir(manifest);
     await expect(readOwners(dir)).rejects.toThrow('EISDIR');
+  });
+
+  it('names from a planted entry reach the log with their escape sequences flattened (directory cache, in process)', async () => {
+    const cacheDir = join(work, 'cache');
+    const stage = join(work, 'stage');
+    const live = join(work, 'scratch', 'buildah-cache');
+    const planted = join(stage, basename(live));
+    // OSC 52 has a terminal put text on the clipboard; ESC [2J clears the screen.
+    await mkdir(planted, { recursive: true });
+    await writeFile(join(planted, 'x\u001b]52;c;cHduZWQ=\u0007'), '');
+    await chmod(join(planted, 'x\u001b]52;c;cHduZWQ=\u0007'), 0o4755);
+    await symlink('/etc', join(planted, 'y\u001b[2J'));
+    const { host, log } = cliHost();
+    const key = `names-Linux-${process.arch === 'arm64' ? 'ARM64' : 'X64'}-planted`;
+    expect((await saveToDirCache(host, cacheDir, [planted], key)).outcome).toBe('saved');
+    await rm(stage, { recursive: true });
+    await mkdir(dirname(live));
+    process.env[CACHE_DIR_ENV] = cacheDir;
+    try {
+      expect((await restoreCacheMounts(host, { stage, live }, 'names', [])).matchedKey).toBe(key);
+    } finally {
+      delete process.env[CACHE_DIR_ENV];
+    }
+    expect(log.filter((line) => line.startsWith('warning: cache mounts from'))).toEqual([
+      expect.stringContaining(
+        'leading out of the cache-mount dir (buildah would follow them to mount what they point at into builds): y?[2J.',
+      ),
+      expect.stringContaining('cleared the setuid/setgid bits of 1 file(s): x?]52;c;cHduZWQ=?.'),
+    ]);
+    expect(log.join('\n')).not.toContain('\u001b');
   });
 });
