@@ -92,6 +92,9 @@ describe('remote-build-env cache-mount owners', () => {
     // Parsed, a few hundred MB of `[0,0,...` end the process (heap exhausted), and compress to nothing in a cache
     // entry. Whitespace keeps this one cheap to parse, were it parsed.
     await writeFile(join(dir, OWNERS_FILE), `[${' '.repeat(2 * 1024 * 1024)}]`);
+    // What the tree lists is counted without following its symlinks, out of it or round a loop.
+    await symlink('/usr', join(dir, 'u/usr'));
+    await symlink('..', join(dir, 'u/private/up'));
     await expect(readOwners(dir)).rejects.toThrow('larger than');
   });
 

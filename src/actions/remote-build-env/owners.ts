@@ -12,10 +12,11 @@
  * rootless also restores right on a rootful runner (as root, directly). A rootful save needs no manifest: tar
  * running as root keeps owners and modes itself.
  */
-import { lstat, readdir, rm } from 'node:fs/promises';
+import { lstat, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readRegularFile } from '../../core/files.js';
 import { execAsStorageRoot } from '../../core/podman.js';
+import { walk } from './tree.js';
 
 export const OWNERS_FILE = '.image-ci-owners.json';
 
@@ -93,10 +94,9 @@ const MANIFEST_FLOOR_BYTES = 1024 * 1024;
  */
 async function manifestLimit(dir: string): Promise<number> {
   let limit = MANIFEST_FLOOR_BYTES;
-  // Recursive readdir goes by entry types, so it follows no symlink out of the tree.
-  for (const path of await readdir(dir, { recursive: true })) {
+  await walk(dir, '', async (path) => {
     limit += 2 * (Buffer.byteLength(JSON.stringify(path)) + ENTRY_BYTES);
-  }
+  });
   return limit;
 }
 
