@@ -5,7 +5,7 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
 import { mkdtempSync } from 'node:fs';
-import { chmod, lchown, lstat, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, lchown, lstat, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { restoreCacheMounts } from '../../src/actions/remote-build-env/cache-mounts.js';
@@ -88,6 +88,16 @@ describe('remote-build-env cache-mount owners', () => {
     }
   });
 
+  it('post records the manifest beside, not through, a symlink a build planted by its name', async () => {
+    const outside = join(work, 'authorized_keys');
+    await writeFile(outside, 'ssh-ed25519 AAAA runner\n');
+    await symlink(outside, join(dir, OWNERS_FILE));
+    await takeOwnership(dir);
+    expect(await readFile(outside, 'utf8')).toBe('ssh-ed25519 AAAA runner\n');
+    expect((await lstat(join(dir, OWNERS_FILE))).isFile()).toBe(true);
+    expect((await readOwners(dir))!.get('u/private/f')).toEqual({ uid: 1000, gid: 1001, mode: 0o640 });
+  });
+
   it('a planted manifest of more JSON than the tree accounts for is refused unread', async () => {
     // Parsed, a few hundred MB of `[0,0,...` end the process (heap exhausted), and compress to nothing in a cache
     // entry. Whitespace keeps this one cheap to parse, were it parsed.
@@ -108,8 +118,15 @@ describe('remote-build-env cache-mount owners', () => {
     expect(refusal).toBe(`${OWNERS_FILE} holds no valid JSON`);
   });
 
-  it('a manifest that is no regular file (a symlink, even to a good one; a dir) is refused', async () => {
+  it('a manifest that is no regular file (a symlink out of the tree or to a good one inside, a dir) is refused unread', async () => {
     const manifest = join(dir, OWNERS_FILE);
+    // A build with a cache mount of id=. reaches the top of the cache-mount dir: a rootful post reads what it
+    // planted there, and JSON.parse would quote the start of the file it points at.
+    const secret = join(work, 'shadow');
+    await writeFile(secret, 'root:$y$j9T$secret:19000:0:99999:7:::\n');
+    await symlink(secret, manifest);
+    await expect(readOwners(dir)).rejects.toThrow('not a regular file');
+    await rm(manifest);
     await writeFile(join(dir, 'u/good.json'), JSON.stringify([['u', 5, 5, 0o755]]));
     await symlink('u/good.json', manifest);
     await expect(readOwners(dir)).rejects.toThrow('not a regular file');

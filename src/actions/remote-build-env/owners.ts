@@ -62,7 +62,10 @@ if (op === 'record') {
     if (info.uid !== 0 || info.gid !== 0) fs.lchownSync(full, 0, 0);
     if (!info.isSymbolicLink()) fs.chmodSync(full, (info.mode & 0o1777) | (info.isDirectory() ? 0o700 : 0o600));
   });
-  fs.writeFileSync(manifest, JSON.stringify(entries));
+  // A build can reach the top (a cache mount with id=.) and put a symlink, FIFO or dir there by this name: written
+  // through, it would overwrite what the link points at (as root of the namespace) or hang post.
+  fs.rmSync(manifest, { force: true, recursive: true });
+  fs.writeFileSync(manifest, JSON.stringify(entries), { flag: 'wx' });
 } else if (op === 'apply') {
   const owners = new Map(JSON.parse(fs.readFileSync(0, 'utf8')).map((e) => [e[0], e]));
   walk('', (path, full, info) => {
