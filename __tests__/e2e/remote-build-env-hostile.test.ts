@@ -127,6 +127,32 @@ describe('remote-build-env, mode local, hostile cache mounts (real podman, direc
     expect((await b.post()).exitCode).toBe(0);
   });
 
+  it('a build that plants a symlink by the owners manifest’s name at the top of the cache-mount dir (a cache mount with id=.): post does not read through it', async () => {
+    const runnerTemp = newTemp('ici-rh-');
+    const secret = join(newTemp('ici-rhv-'), 'shadow');
+    await writeFile(secret, 'root:$y$j9T$planted:19000:0:99999:7:::\n');
+    const job = await startJob(
+      { 'cache-mounts': 'true', 'cache-key': 'hostile-manifest' },
+      { IMAGE_CI_CACHE_DIR: newTemp('ici-rhc-') },
+      runnerTemp,
+    );
+    const ctx = join(pm.dir, 'ctx-manifest');
+    await mkdir(ctx);
+    await writeFile(
+      join(ctx, 'Containerfile'),
+      `FROM ${image}\nRUN --mount=type=cache,id=.,target=/c ln -s ${secret} /c/.image-ci-owners.json\n`,
+    );
+    await pm.podman(['--remote', 'build', '--no-cache', ctx], { env: job.main.exportedEnv });
+    const post = await job.post();
+    expect(post.exitCode).toBe(0);
+    expect(post.warnings).toEqual([
+      expect.stringMatching(
+        /^cache mounts not saved: cannot read \S+\/\.image-ci-owners\.json: not a regular file\.$/,
+      ),
+    ]);
+    expect(post.lines.map((l) => l.text).join('\n')).not.toContain('root:');
+  });
+
   it('a cache-dir replaced by a symlink before post: post neither saves nor tidies up what it points at', async () => {
     const runnerTemp = newTemp('ici-rh-');
     const outside = newTemp('ici-rhv-');
