@@ -127,6 +127,21 @@ describe('remote-build-env, mode local, hostile cache mounts (real podman, direc
     expect((await b.post()).exitCode).toBe(0);
   });
 
+  it('a build that leaves a name that is no UTF-8 (with an escape sequence) in its cache mount: post does not save, and its warning shows the name printable', async () => {
+    const job = await startJob(
+      { 'cache-mounts': 'true', 'cache-key': 'hostile-name' },
+      { IMAGE_CI_CACHE_DIR: newTemp('ici-rhc-') },
+      newTemp('ici-rh-'),
+    );
+    await build(job, 'name', [`touch "/c/$(printf 'x\\033[2J\\377')"`]);
+    const post = await job.post();
+    expect(post.exitCode).toBe(0);
+    expect(post.warnings).toEqual([
+      expect.stringMatching(/^cache mounts not saved: ENOENT.*\/c\/x\?\[2J\uFFFD'$/),
+    ]);
+    expect(post.lines.map((l) => l.text).join('\n')).not.toContain('\u001b');
+  });
+
   it('a build that plants a symlink by the owners manifest’s name at the top of the cache-mount dir (a cache mount with id=.): post does not read through it', async () => {
     const runnerTemp = newTemp('ici-rh-');
     const secret = join(newTemp('ici-rhv-'), 'shadow');
