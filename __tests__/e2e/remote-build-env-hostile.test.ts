@@ -78,14 +78,14 @@ describe('remote-build-env, mode local, hostile cache mounts (real podman, direc
     expect(a.main.main.exitCode).toBe(0);
     await build(a, 'fifo', [
       'echo kept >/c/kept && mkfifo /c/pipe && mknod /c/null c 1 3 && ln -s kept /c/link && ln /c/link /c/link2',
-      // A name that is a workflow command on its own line: the log shows it as text.
+      // A name that would put a workflow command on a line of its own: the log shows it as text, its newline as ?.
       'mkfifo "/c/$(printf "x\\n::add-mask::planted")"',
     ]);
     const postA = await a.post();
     expect(postA.exitCode).toBe(0);
     expect(postA.warnings).toEqual([]);
     const text = postA.lines.map((l) => l.text).join('\n');
-    expect(text).toMatch(/not saving 3 FIFO.*: c\/null, c\/pipe, c\/x\n::add-mask::planted\./);
+    expect(text).toMatch(/not saving 3 FIFO.*: c\/null, c\/pipe, c\/x\?::add-mask::planted\./);
     expect(postA.masks).toEqual([]);
 
     temps.push(...(await laterRun([runnerTemp])));
@@ -125,6 +125,47 @@ describe('remote-build-env, mode local, hostile cache mounts (real podman, direc
     const b = await startJob(inputs, env, runnerTemp);
     expect(b.main.main.exitCode).toBe(0);
     expect((await b.post()).exitCode).toBe(0);
+  });
+
+  it('a build that leaves a name that is no UTF-8 (with an escape sequence) in its cache mount: post does not save, and its warning shows the name printable', async () => {
+    const job = await startJob(
+      { 'cache-mounts': 'true', 'cache-key': 'hostile-name' },
+      { IMAGE_CI_CACHE_DIR: newTemp('ici-rhc-') },
+      newTemp('ici-rh-'),
+    );
+    await build(job, 'name', [`touch "/c/$(printf 'x\\033[2J\\377')"`]);
+    const post = await job.post();
+    expect(post.exitCode).toBe(0);
+    expect(post.warnings).toEqual([
+      expect.stringMatching(/^cache mounts not saved: ENOENT.*\/c\/x\?\[2J\uFFFD'$/),
+    ]);
+    expect(post.lines.map((l) => l.text).join('\n')).not.toContain('\u001b');
+  });
+
+  it('a build that plants a symlink by the owners manifest’s name at the top of the cache-mount dir (a cache mount with id=.): post does not read through it', async () => {
+    const runnerTemp = newTemp('ici-rh-');
+    const secret = join(newTemp('ici-rhv-'), 'shadow');
+    await writeFile(secret, 'root:$y$j9T$planted:19000:0:99999:7:::\n');
+    const job = await startJob(
+      { 'cache-mounts': 'true', 'cache-key': 'hostile-manifest' },
+      { IMAGE_CI_CACHE_DIR: newTemp('ici-rhc-') },
+      runnerTemp,
+    );
+    const ctx = join(pm.dir, 'ctx-manifest');
+    await mkdir(ctx);
+    await writeFile(
+      join(ctx, 'Containerfile'),
+      `FROM ${image}\nRUN --mount=type=cache,id=.,target=/c ln -s ${secret} /c/.image-ci-owners.json\n`,
+    );
+    await pm.podman(['--remote', 'build', '--no-cache', ctx], { env: job.main.exportedEnv });
+    const post = await job.post();
+    expect(post.exitCode).toBe(0);
+    expect(post.warnings).toEqual([
+      expect.stringMatching(
+        /^cache mounts not saved: cannot read \S+\/\.image-ci-owners\.json: not a regular file\.$/,
+      ),
+    ]);
+    expect(post.lines.map((l) => l.text).join('\n')).not.toContain('root:');
   });
 
   it('a cache-dir replaced by a symlink before post: post neither saves nor tidies up what it points at', async () => {

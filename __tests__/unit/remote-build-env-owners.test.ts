@@ -5,9 +5,10 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
 import { mkdtempSync } from 'node:fs';
-import { chmod, lchown, lstat, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, lchown, lstat, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
+import { restoreCacheMounts } from '../../src/actions/remote-build-env/cache-mounts.js';
 import { fingerprintDir } from '../../src/actions/remote-build-env/fingerprint.js';
 import {
   OWNERS_FILE,
@@ -15,6 +16,9 @@ import {
   restoreOwners,
   takeOwnership,
 } from '../../src/actions/remote-build-env/owners.js';
+import { CACHE_DIR_ENV } from '../../src/core/cache.js';
+import { saveToDirCache } from '../../src/core/cache-dir.js';
+import { cliHost } from '../support/cache-files.js';
 
 let work: string;
 let dir: string;
@@ -82,5 +86,82 @@ describe('remote-build-env cache-mount owners', () => {
       await writeFile(join(dir, OWNERS_FILE), bad);
       await expect(readOwners(dir)).rejects.toThrow(`${OWNERS_FILE} holds`);
     }
+  });
+
+  it('post records the manifest beside, not through, a symlink a build planted by its name', async () => {
+    const outside = join(work, 'authorized_keys');
+    await writeFile(outside, 'ssh-ed25519 AAAA runner\n');
+    await symlink(outside, join(dir, OWNERS_FILE));
+    await takeOwnership(dir);
+    expect(await readFile(outside, 'utf8')).toBe('ssh-ed25519 AAAA runner\n');
+    expect((await lstat(join(dir, OWNERS_FILE))).isFile()).toBe(true);
+    expect((await readOwners(dir))!.get('u/private/f')).toEqual({ uid: 1000, gid: 1001, mode: 0o640 });
+  });
+
+  it('a planted manifest of more JSON than the tree accounts for is refused unread', async () => {
+    // Parsed, a few hundred MB of `[0,0,...` end the process (heap exhausted), and compress to nothing in a cache
+    // entry. Whitespace keeps this one cheap to parse, were it parsed.
+    await writeFile(join(dir, OWNERS_FILE), `[${' '.repeat(2 * 1024 * 1024)}]`);
+    // What the tree lists is counted without following its symlinks, out of it or round a loop.
+    await symlink('/usr', join(dir, 'u/usr'));
+    await symlink('..', join(dir, 'u/private/up'));
+    await expect(readOwners(dir)).rejects.toThrow('larger than');
+  });
+
+  it('the text of a planted manifest that is no JSON stays out of the message', async () => {
+    // JSON.parse quotes the text it stopped at, here escape sequences a terminal or the job log would act on.
+    await writeFile(join(dir, OWNERS_FILE), '\u001b]8;;https://evil.example\u0007click\u001b]8;;\u0007');
+    const refusal = await readOwners(dir).then(
+      () => 'accepted',
+      (error: Error) => error.message,
+    );
+    expect(refusal).toBe(`${OWNERS_FILE} holds no valid JSON`);
+  });
+
+  it('a manifest that is no regular file (a symlink out of the tree or to a good one inside, a dir) is refused unread', async () => {
+    const manifest = join(dir, OWNERS_FILE);
+    // A build with a cache mount of id=. reaches the top of the cache-mount dir: a rootful post reads what it
+    // planted there, and JSON.parse would quote the start of the file it points at.
+    const secret = join(work, 'shadow');
+    await writeFile(secret, 'root:$y$j9T$secret:19000:0:99999:7:::\n');
+    await symlink(secret, manifest);
+    await expect(readOwners(dir)).rejects.toThrow('not a regular file');
+    await rm(manifest);
+    await writeFile(join(dir, 'u/good.json'), JSON.stringify([['u', 5, 5, 0o755]]));
+    await symlink('u/good.json', manifest);
+    await expect(readOwners(dir)).rejects.toThrow('not a regular file');
+    await rm(manifest);
+    await mkdir(manifest);
+    await expect(readOwners(dir)).rejects.toThrow('EISDIR');
+  });
+
+  it('names from a planted entry reach the log with their escape sequences flattened (directory cache, in process)', async () => {
+    const cacheDir = join(work, 'cache');
+    const stage = join(work, 'stage');
+    const live = join(work, 'scratch', 'buildah-cache');
+    const planted = join(stage, basename(live));
+    // OSC 52 has a terminal put text on the clipboard; ESC [2J clears the screen.
+    await mkdir(planted, { recursive: true });
+    await writeFile(join(planted, 'x\u001b]52;c;cHduZWQ=\u0007'), '');
+    await chmod(join(planted, 'x\u001b]52;c;cHduZWQ=\u0007'), 0o4755);
+    await symlink('/etc', join(planted, 'y\u001b[2J'));
+    const { host, log } = cliHost();
+    const key = `names-Linux-${process.arch === 'arm64' ? 'ARM64' : 'X64'}-planted`;
+    expect((await saveToDirCache(host, cacheDir, [planted], key)).outcome).toBe('saved');
+    await rm(stage, { recursive: true });
+    await mkdir(dirname(live));
+    process.env[CACHE_DIR_ENV] = cacheDir;
+    try {
+      expect((await restoreCacheMounts(host, { stage, live }, 'names', [])).matchedKey).toBe(key);
+    } finally {
+      delete process.env[CACHE_DIR_ENV];
+    }
+    expect(log.filter((line) => line.startsWith('warning: cache mounts from'))).toEqual([
+      expect.stringContaining(
+        'leading out of the cache-mount dir (buildah would follow them to mount what they point at into builds): y?[2J.',
+      ),
+      expect.stringContaining('cleared the setuid/setgid bits of 1 file(s): x?]52;c;cHduZWQ=?.'),
+    ]);
+    expect(log.join('\n')).not.toContain('\u001b');
   });
 });

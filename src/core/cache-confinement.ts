@@ -29,9 +29,17 @@ export class EntryRefused extends Error {
   }
 }
 
+/**
+ * `text` with each control or format character (ESC, CR, NUL, U+202E...) shown as `?`: names from an entry
+ * reach log lines, where escape sequences would act on the terminal or the log viewer.
+ */
+export function printable(text: string): string {
+  return text.replace(/[\p{C}]/gu, '?');
+}
+
 /** A printable, one-line form of a hostile name for a log line. */
 function shown(name: string): string {
-  const flat = name.replace(/[\p{C}]/gu, '?');
+  const flat = printable(name);
   return flat.length > 200 ? `${flat.slice(0, 200)}…` : flat;
 }
 

@@ -19,6 +19,7 @@ import { lstat, mkdir, rename } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { acquireLock, LockTimeoutError, type Lock } from '../../core/atomic.js';
 import { restoreCache, saveCache } from '../../core/cache.js';
+import { printable } from '../../core/cache-confinement.js';
 import { cacheKeyPrefix } from '../../core/cache-key.js';
 import { pathExists } from '../../core/files.js';
 import type { Host } from '../../core/host.js';
@@ -94,9 +95,9 @@ export interface CacheMountPaths {
   live: string;
 }
 
-/** The first few of `paths`, for a log line. */
+/** The first few of `paths` (names from an entry or a build), for a log line. */
 function listed(paths: readonly string[]): string {
-  return `${paths.slice(0, 5).join(', ')}${paths.length > 5 ? ', ...' : ''}`;
+  return `${paths.slice(0, 5).map(printable).join(', ')}${paths.length > 5 ? ', ...' : ''}`;
 }
 
 /**
@@ -125,7 +126,10 @@ async function takeRestored(host: Host, path: string, matchedKey: string): Promi
     if (owners) await restoreOwners(path, owners);
     return fingerprint;
   } catch (error) {
-    host.warning(`cache mounts from ${matchedKey} not used, starting without them: ${errorMessage(error)}.`);
+    // Errors name the entry's files (and a failed owners script's output quotes them).
+    host.warning(
+      `cache mounts from ${matchedKey} not used, starting without them: ${printable(errorMessage(error))}.`,
+    );
     return undefined;
   }
 }

@@ -5,31 +5,10 @@
  * what a build left there that no restore would take; and, on restore, what an entry must not bring along.
  */
 import { createHash } from 'node:crypto';
-import type { Stats } from 'node:fs';
-import { chmod, lstat, readdir, readlink, realpath, rm, symlink } from 'node:fs/promises';
+import { chmod, readlink, realpath, rm, symlink } from 'node:fs/promises';
 import { isAbsolute, join, sep } from 'node:path';
 import { OWNERS_FILE, type Owners } from './owners.js';
-
-/** Calls `visit` for everything below `root`, in name order, a directory before what it holds. */
-async function walk(
-  root: string,
-  rel: string,
-  visit: (path: string, info: Stats) => Promise<void>,
-): Promise<void> {
-  let names: string[];
-  try {
-    names = (await readdir(join(root, rel))).sort();
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw error;
-  }
-  for (const name of names) {
-    const path = join(rel, name);
-    const info = await lstat(join(root, path));
-    await visit(path, info);
-    if (info.isDirectory()) await walk(root, path, visit);
-  }
-}
+import { walk } from './tree.js';
 
 /**
  * Hex digest of the tree's metadata; a missing or empty directory gives the digest of nothing. With `owners`

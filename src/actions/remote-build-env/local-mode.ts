@@ -5,6 +5,7 @@ import { dirname, join } from 'node:path';
 import { which } from '@actions/io';
 import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
+import { printable } from '../../core/cache-confinement.js';
 import { CONTAINERS_CONF, containersConfVariable, podmanVersion } from '../../core/podman.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { formatDuration, heading, markdownTable } from '../../core/summary.js';
@@ -212,7 +213,8 @@ async function stopLocalService(host: Host, state: LocalState): Promise<void> {
   if (stage && cache && outcome !== 'survived') {
     await host
       .group('Save cache mounts', () => saveCacheMounts(host, stage, cache))
-      .catch((error) => host.warning(`cache mounts not saved: ${errorMessage(error)}`));
+      // The error may name a file a build made (a name that is no UTF-8 cannot be looked up again).
+      .catch((error) => host.warning(`cache mounts not saved: ${printable(errorMessage(error))}`));
   } else if (stage) {
     await clearStage(host, stage).catch((error) =>
       host.warning(`could not empty ${stage}: ${errorMessage(error)}`),

@@ -12,9 +12,11 @@
  * rootless also restores right on a rootful runner (as root, directly). A rootful save needs no manifest: tar
  * running as root keeps owners and modes itself.
  */
-import { readFile, rm } from 'node:fs/promises';
+import { lstat, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { readRegularFile } from '../../core/files.js';
 import { execAsStorageRoot } from '../../core/podman.js';
+import { walk } from './tree.js';
 
 export const OWNERS_FILE = '.image-ci-owners.json';
 
@@ -60,7 +62,10 @@ if (op === 'record') {
     if (info.uid !== 0 || info.gid !== 0) fs.lchownSync(full, 0, 0);
     if (!info.isSymbolicLink()) fs.chmodSync(full, (info.mode & 0o1777) | (info.isDirectory() ? 0o700 : 0o600));
   });
-  fs.writeFileSync(manifest, JSON.stringify(entries));
+  // A build can reach the top (a cache mount with id=.) and put a symlink, FIFO or dir there by this name: written
+  // through, it would overwrite what the link points at (as root of the namespace) or hang post.
+  fs.rmSync(manifest, { force: true, recursive: true });
+  fs.writeFileSync(manifest, JSON.stringify(entries), { flag: 'wx' });
 } else if (op === 'apply') {
   const owners = new Map(JSON.parse(fs.readFileSync(0, 'utf8')).map((e) => [e[0], e]));
   walk('', (path, full, info) => {
@@ -80,16 +85,44 @@ function isId(value: unknown): value is number {
   return Number.isInteger(value) && (value as number) >= 0 && (value as number) <= MAX_ID;
 }
 
-/** The manifest below `dir`, checked (anyone who can write the cache may have saved it); undefined when none. */
+/** A manifest entry besides its path, at most: brackets, 3 commas, 2 ids of 10 digits, a mode of 4, a comma. */
+const ENTRY_BYTES = 30;
+/** Room for any small tree's manifest. */
+const MANIFEST_FLOOR_BYTES = 1024 * 1024;
+
+/**
+ * The most a manifest of the tree below `dir` can hold (twice what listing each entry with the longest ids
+ * takes): a larger one was not recorded from this tree, and parsing it could exhaust the heap and end the
+ * process (a few hundred MB of JSON zstd-compresses to almost nothing in a cache entry).
+ */
+async function manifestLimit(dir: string): Promise<number> {
+  let limit = MANIFEST_FLOOR_BYTES;
+  await walk(dir, '', async (path) => {
+    limit += 2 * (Buffer.byteLength(JSON.stringify(path)) + ENTRY_BYTES);
+  });
+  return limit;
+}
+
+/**
+ * The manifest below `dir`, checked (anyone who can write the cache may have saved it); undefined when none.
+ * Only a regular file of a size the tree accounts for is read: post's record writes nothing else. Its text
+ * never reaches a message (JSON.parse quotes the text it stopped at).
+ */
 export async function readOwners(dir: string): Promise<Owners | undefined> {
-  let text: string;
+  const manifest = join(dir, OWNERS_FILE);
   try {
-    text = await readFile(join(dir, OWNERS_FILE), 'utf8');
+    await lstat(manifest);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw error;
   }
-  const parsed: unknown = JSON.parse(text);
+  const bytes = await readRegularFile(manifest, await manifestLimit(dir), { followLinks: false });
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(bytes.toString('utf8'));
+  } catch {
+    throw new Error(`${OWNERS_FILE} holds no valid JSON`);
+  }
   if (!Array.isArray(parsed)) throw new Error(`${OWNERS_FILE} holds no list`);
   const owners = new Map<string, Owner>();
   for (const entry of parsed as unknown[]) {
