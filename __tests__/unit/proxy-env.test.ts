@@ -3,15 +3,21 @@
  * makes of a proxy's refusals, against the real test forward proxy (no registry needed: the proxy answers
  * before any registry would be reached).
  */
-import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer as createNetServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { resolveFcosDisk } from '../../src/actions/preseed-podman-vm/fcos-stream.js';
 import { childEnv } from '../../src/core/exec.js';
 import { RegistryTransport } from '../../src/core/oci/transport.js';
 import { DEFAULT_RETRY, TransientError } from '../../src/core/oci/retry.js';
 import { downloadInOrder } from '../../src/core/ranged-download.js';
-import { ProxyError, proxyFor, readProxySettings } from '../../src/core/proxy-env.js';
+import {
+  openTunnel,
+  ProxyError,
+  proxyFor,
+  readProxySettings,
+  type ProxyServer,
+} from '../../src/core/proxy-env.js';
 import { registerSecret } from '../../src/core/secrets.js';
 import { startForwardProxy, type ForwardProxy } from '../support/forward-proxy.js';
 
@@ -220,4 +226,100 @@ describe('the registry transport behind a refusing proxy (real forward proxy)', 
     expect(error).toBeInstanceOf(TransientError);
     expect(error.message).toContain(`ping: cannot reach proxy ${url} (HTTPS_PROXY): connect ECONNREFUSED`);
   });
+});
+
+describe('openTunnel against a hostile proxy (raw scripted proxy)', () => {
+  const servers: Server[] = [];
+  const sockets = new Set<Socket>();
+  afterEach(async () => {
+    for (const socket of sockets) socket.destroy();
+    for (const server of servers.splice(0)) await new Promise((done) => server.close(done));
+  });
+
+  /** A proxy that answers a CONNECT with whatever `answer` writes (it gets the request's head). */
+  async function scriptedProxy(answer: (socket: Socket, head: string) => void): Promise<ProxyServer> {
+    const server = createNetServer((socket) => {
+      sockets.add(socket);
+      socket.on('close', () => sockets.delete(socket));
+      socket.on('error', () => undefined);
+      let pending = '';
+      socket.on('data', (chunk: Buffer) => {
+        pending += chunk.toString('latin1');
+        const end = pending.indexOf('\r\n\r\n');
+        if (end >= 0) answer(socket, pending.slice(0, end));
+      });
+    });
+    servers.push(server);
+    await new Promise<void>((ready) => server.listen(0, '127.0.0.1', ready));
+    const port = (server.address() as AddressInfo).port;
+    return readProxySettings({ HTTPS_PROXY: `http://u:tunnel-pw@127.0.0.1:${port}` }).https!;
+  }
+  const target = { hostname: 'registry.example', port: 443 };
+
+  // Before: no error and no close handler, so the promise never settled and the job hung (the idle timer
+  // died with the socket).
+  it.each([
+    ['without answering', ''],
+    ['mid-answer', 'HTTP/1.1 200 Conn'],
+  ])(
+    'a proxy that hangs up %s: a retryable error at once, not a hang',
+    async (_, said) => {
+      const proxy = await scriptedProxy((socket) => socket.end(said));
+      const error = (await openTunnel(proxy, target, 60_000).catch((e: unknown) => e)) as ProxyError;
+      expect(error).toBeInstanceOf(ProxyError);
+      expect(error.message).toBe(
+        `proxy ${proxy.name} closed the connection before answering CONNECT registry.example:443`,
+      );
+      expect(error.retryable).toBe(true);
+    },
+    5000,
+  );
+
+  it('a header block dripped a byte at a time: the timeout bounds the whole answer', async () => {
+    const proxy = await scriptedProxy((socket) => {
+      socket.write('HTTP/1.1 200 OK\r\nX-Drip: ');
+      const timer = setInterval(() => socket.write('a'), 30);
+      socket.on('close', () => clearInterval(timer));
+    });
+    await expect(openTunnel(proxy, target, 300)).rejects.toThrow(
+      /no answer to CONNECT registry.example:443 within 0.3 s/,
+    );
+  }, 5000);
+
+  it('a status of more than three digits is no 200', async () => {
+    const proxy = await scriptedProxy((socket) => socket.write('HTTP/1.1 2000 OK\r\n\r\n'));
+    await expect(openTunnel(proxy, target, 2000)).rejects.toThrow(
+      `proxy ${proxy.name} did not answer CONNECT registry.example:443 in HTTP.`,
+    );
+  }, 5000);
+
+  it('a header block far over 64 KiB: refused', async () => {
+    const proxy = await scriptedProxy((socket) =>
+      socket.write(`HTTP/1.1 200 OK\r\nX: ${'a'.repeat(100_000)}`),
+    );
+    await expect(openTunnel(proxy, target, 2000)).rejects.toThrow(/too large/);
+  }, 5000);
+
+  it('a 407 whose reason phrase holds escapes and the proxy password: neither reaches the message', async () => {
+    registerSecret('tunnel-pw');
+    const proxy = await scriptedProxy((socket) =>
+      socket.end('HTTP/1.1 407 \x1b[31m::add-mask::x\x07 tunnel-pw\r\nContent-Length: 5\r\n\r\n<b>x'),
+    );
+    const error = (await openTunnel(proxy, target, 2000).catch((e: unknown) => e)) as ProxyError;
+    expect(error.message).toContain(`refused CONNECT registry.example:443: HTTP 407`);
+    expect(error.message).not.toMatch(/[\x00-\x1f]|tunnel-pw/);
+    expect(error.retryable).toBe(false);
+  }, 5000);
+
+  it('the CONNECT request names only host:port (brackets for IPv6), with the proxy credentials', async () => {
+    let seen = '';
+    const proxy = await scriptedProxy((socket, head) => {
+      seen = head;
+      socket.end('HTTP/1.1 403 Forbidden\r\n\r\n');
+    });
+    await expect(openTunnel(proxy, { hostname: 'fd00::1', port: '5000' }, 2000)).rejects.toThrow(/HTTP 403/);
+    expect(seen).toBe(
+      `CONNECT [fd00::1]:5000 HTTP/1.1\r\nHost: [fd00::1]:5000\r\nProxy-Authorization: ${proxy.authorization}`,
+    );
+  }, 5000);
 });

@@ -286,7 +286,8 @@ const MAX_CONNECT_ANSWER = 16 * 1024;
 
 /**
  * A socket to `target` through `proxy` (a CONNECT tunnel), ready for TLS or plain HTTP. Bounded by `timeoutMs`
- * from the first byte sent to the proxy's answer.
+ * from the connection attempt to the end of the proxy's answer, as a whole: an idle timeout would let a proxy
+ * that drips its header block a byte at a time hold the job for days.
  */
 export function openTunnel(
   proxy: ProxyServer,
@@ -307,8 +308,14 @@ export function openTunnel(
           })
         : netConnect({ host: proxy.hostname, port: proxy.port });
     let answer = Buffer.alloc(0);
-    const fail = (error: ProxyError) => {
+    const settle = () => {
+      clearTimeout(timer);
       socket.off('readable', onReadable);
+      socket.off('error', onError);
+      socket.off('close', onClose);
+    };
+    const fail = (error: ProxyError) => {
+      settle();
       socket.destroy();
       reject(error);
     };
@@ -318,7 +325,7 @@ export function openTunnel(
         answer = Buffer.concat([answer, chunk]);
         const end = answer.indexOf('\r\n\r\n');
         if (end < 0) {
-          if (answer.length > MAX_CONNECT_ANSWER)
+          if (answer.length > MAX_CONNECT_ANSWER) {
             fail(
               new ProxyError(
                 `proxy ${proxy.name}: its answer to CONNECT ${where} is too large.`,
@@ -326,15 +333,15 @@ export function openTunnel(
                 false,
               ),
             );
+            return;
+          }
           continue;
         }
-        socket.off('readable', onReadable);
-        socket.off('error', onError);
-        socket.setTimeout(0);
-        socket.off('timeout', onTimeout);
+        settle();
         const head = answer.subarray(0, end).toString('latin1');
         const rest = answer.subarray(end + 4);
-        const status = /^HTTP\/\d(?:\.\d)? (\d{3})(?: (.*))?/.exec(head.split('\r\n', 1)[0] ?? '');
+        // The whole status line: `HTTP/1.1 2000` is no 200 (Go refuses it too).
+        const status = /^HTTP\/\d(?:\.\d)? (\d{3})(?: (.*))?$/.exec(head.split('\r\n', 1)[0] ?? '');
         if (!status) {
           fail(
             new ProxyError(`proxy ${proxy.name} did not answer CONNECT ${where} in HTTP.`, undefined, false),
@@ -361,16 +368,28 @@ export function openTunnel(
           true,
         ),
       );
-    const onTimeout = () =>
+    // A proxy that hangs up without (a whole) answer raises no error: without this the promise never settled.
+    const onClose = () =>
       fail(
         new ProxyError(
-          `proxy ${proxy.name}: no answer to CONNECT ${where} within ${Math.round(timeoutMs / 100) / 10} s`,
+          `proxy ${proxy.name} closed the connection before answering CONNECT ${where}`,
           undefined,
           true,
         ),
       );
+    const timer = setTimeout(
+      () =>
+        fail(
+          new ProxyError(
+            `proxy ${proxy.name}: no answer to CONNECT ${where} within ${Math.round(timeoutMs / 100) / 10} s`,
+            undefined,
+            true,
+          ),
+        ),
+      timeoutMs,
+    );
     socket.on('error', onError);
-    socket.setTimeout(timeoutMs, onTimeout);
+    socket.on('close', onClose);
     socket.once(proxy.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
       const auth = proxy.authorization ? `Proxy-Authorization: ${proxy.authorization}\r\n` : '';
       socket.write(`CONNECT ${where} HTTP/1.1\r\nHost: ${where}\r\n${auth}\r\n`);
