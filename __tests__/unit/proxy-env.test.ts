@@ -57,6 +57,18 @@ describe('proxy settings from the environment (Go httpproxy rules)', () => {
     ['https://127.0.0.2:5000/', '', undefined],
     ['https://[::1]:5000/', '', undefined],
     ['https://sub.localhost/', '', 'http://proxy.corp:3128'],
+    // `*` anywhere turns the proxy off; empty entries and spaces are nothing
+    ['https://ghcr.io/', 'a.example, *', undefined],
+    ['https://ghcr.io/', ' , ,ghcr.io,', undefined],
+    // an empty port is no port (Go's SplitHostPort): the entry holds for every port
+    ['https://reg.corp:5001/', 'reg.corp:', undefined],
+    ['https://[fd00::5]:5001/', '[fd00::5]:', undefined],
+    // trailing dots are compared as written (Go does not strip them)
+    ['https://GHCR.IO./', 'ghcr.io', 'http://proxy.corp:3128'],
+    ['https://ghcr.io/', 'ghcr.io.', 'http://proxy.corp:3128'],
+    // an IPv4-mapped IPv6 address is the IPv4 address (Go's IP.Equal and IPNet.Contains)
+    ['https://[::ffff:10.1.2.3]/', '10.1.2.3', undefined],
+    ['https://[::ffff:10.1.2.3]/', '10.0.0.0/8', undefined],
   ])('%s with NO_PROXY=%j: %s', (target, noProxy, expected) => {
     expect(proxied(target, noProxy)).toBe(expected);
   });
@@ -80,6 +92,15 @@ describe('proxy settings from the environment (Go httpproxy rules)', () => {
     expect(s.https?.name).toBe('http://proxy.corp:3128');
     expect(s.https?.authorization).toBe(`Basic ${Buffer.from('us@er:p:ss').toString('base64')}`);
     expect(s.https?.secrets).toEqual(expect.arrayContaining(['p:ss', 'p%3Ass']));
+  });
+
+  it('a malformed %-escape in the user or password: the variable is ignored as Go ignores it, no URIError', () => {
+    const s = readProxySettings({
+      HTTPS_PROXY: 'http://u:p%zz@proxy.corp:1',
+      HTTP_PROXY: 'http://u%e0:p@proxy.corp:2',
+    });
+    expect(s.https).toBeUndefined();
+    expect(s.http).toBeUndefined();
   });
 
   it('children keep the proxy variables though they hold the (registered) proxy password', () => {

@@ -115,8 +115,16 @@ function parseProxy(variable: string, value: string): ProxyServer | undefined {
   const secrets: string[] = [];
   let authorization: string | undefined;
   if (url.username || url.password) {
-    const user = decodeURIComponent(url.username);
-    const password = decodeURIComponent(url.password);
+    let user: string;
+    let password: string;
+    try {
+      user = decodeURIComponent(url.username);
+      password = decodeURIComponent(url.password);
+    } catch {
+      // A malformed %-escape (`p%zz`): Go's url.Parse refuses the URL, and httpproxy ignores the variable. Thrown
+      // here it was a URIError before any step ran, with the password not yet masked.
+      return undefined;
+    }
     const basic = Buffer.from(`${user}:${password}`).toString('base64');
     authorization = `Basic ${basic}`;
     secrets.push(basic);
@@ -153,10 +161,12 @@ function parseNoProxy(value: string): { entries: NoProxyEntry[]; all: boolean } 
     }
     let host = p;
     let port: string | undefined;
-    const bracketed = /^\[([^\]]+)\](?::(\d+))?$/.exec(p);
-    const withPort = /^([^:]+):(\d+)$/.exec(p);
+    // An empty port (`host:`) is no port, as Go's SplitHostPort reads it: the entry matches every port.
+    const bracketed = /^\[([^\]]+)\](?::(\d*))?$/.exec(p);
+    const withPort = /^([^:]+):(\d*)$/.exec(p);
     if (bracketed) [, host = '', port] = bracketed;
     else if (withPort) [, host = '', port] = withPort;
+    port ||= undefined;
     if (!host) continue;
     const family = isIP(host);
     if (family) {
