@@ -42,6 +42,8 @@ export interface ForwardProxy {
   records: ProxyRecord[];
   /** Answer every request with this status instead of carrying it (undefined: carry). */
   refuse: number | undefined;
+  /** Close each CONNECT's connection without a word (a proxy that drops what it will not carry). */
+  hangUp: boolean;
   stop(): Promise<void>;
 }
 
@@ -63,7 +65,7 @@ export async function startForwardProxy(options: ForwardProxyOptions = {}): Prom
       : undefined;
   const sockets = new Set<Socket>();
   const records: ProxyRecord[] = [];
-  const state: { refuse: number | undefined } = { refuse: undefined };
+  const state: { refuse: number | undefined; hangUp: boolean } = { refuse: undefined, hangUp: false };
 
   const recordOf = (req: IncomingMessage, target: string, path: string): ProxyRecord => {
     const record: ProxyRecord = {
@@ -141,6 +143,10 @@ export async function startForwardProxy(options: ForwardProxyOptions = {}): Prom
     client.on('close', () => sockets.delete(client));
     client.on('error', () => undefined);
     const record = recordOf(req, req.url ?? '', '');
+    if (state.hangUp) {
+      client.destroy();
+      return;
+    }
     const refused = refusal(req);
     if (refused !== undefined) {
       record.status = refused;
@@ -188,6 +194,12 @@ export async function startForwardProxy(options: ForwardProxyOptions = {}): Prom
     },
     set refuse(status: number | undefined) {
       state.refuse = status;
+    },
+    get hangUp() {
+      return state.hangUp;
+    },
+    set hangUp(hangUp: boolean) {
+      state.hangUp = hangUp;
     },
     async stop() {
       for (const socket of sockets) socket.destroy();

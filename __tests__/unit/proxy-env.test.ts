@@ -165,6 +165,18 @@ describe('the registry transport behind a refusing proxy (real forward proxy)', 
     expect(proxy.records.length).toBe(retried ? 3 : 1);
   });
 
+  it('a proxy that hangs up on CONNECT: retried like a lost connection, named, no hang', async () => {
+    proxy.records.length = 0;
+    proxy.hangUp = true;
+    const error = (await ping()) as Error;
+    proxy.hangUp = false;
+    expect(error).toBeInstanceOf(TransientError);
+    expect(error.message).toContain(
+      `ping: proxy ${proxy.url} closed the connection before answering CONNECT registry.proxytest:5999`,
+    );
+    expect(proxy.records.length).toBe(3);
+  }, 10_000);
+
   it("preseed's Fedora CoreOS stream fetch goes through HTTP_PROXY (absolute form); a 407 names the proxy", async () => {
     const disk = { location: 'https://example.org/fcos.x86_64.qcow2.xz', sha256: 'a'.repeat(64) };
     const metadata = {
