@@ -326,6 +326,13 @@ describe('openTunnel against a hostile proxy (raw scripted proxy)', () => {
     );
   }, 5000);
 
+  it('lines ended by a bare LF are read as Go reads them: a 200 opens the tunnel, a 407 refuses at once', async () => {
+    const open = await scriptedProxy((socket) => socket.write('HTTP/1.1 200 OK\nVia: 1.1 squid\n\n'));
+    (await openTunnel(open, target, 60_000)).destroy();
+    const refusing = await scriptedProxy((socket) => socket.write('HTTP/1.0 407 Who\r\nX: y\n\r\n'));
+    await expect(openTunnel(refusing, target, 60_000)).rejects.toThrow('HTTP 407 Who');
+  }, 5000);
+
   it('a header block far over 64 KiB: refused', async () => {
     const proxy = await scriptedProxy((socket) =>
       socket.write(`HTTP/1.1 200 OK\r\nX: ${'a'.repeat(100_000)}`),

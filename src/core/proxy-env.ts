@@ -333,8 +333,11 @@ export function openTunnel(
       let chunk: Buffer | null;
       while ((chunk = socket.read() as Buffer | null) !== null) {
         answer = Buffer.concat([answer, chunk]);
-        const end = answer.indexOf('\r\n\r\n');
-        if (end < 0) {
+        // Lines end in LF with an optional CR before it, as Go's textproto reads them (skopeo takes such a
+        // proxy): waiting for a CRLF CRLF that never comes only ended in the timeout, tried again and again.
+        const text = answer.toString('latin1');
+        const blank = /\n\r?\n/.exec(text);
+        if (!blank) {
           if (answer.length > MAX_CONNECT_ANSWER) {
             fail(
               new ProxyError(
@@ -348,10 +351,10 @@ export function openTunnel(
           continue;
         }
         settle();
-        const head = answer.subarray(0, end).toString('latin1');
-        const rest = answer.subarray(end + 4);
+        const rest = answer.subarray(blank.index + blank[0].length);
+        const statusLine = text.slice(0, blank.index).split('\n', 1)[0]!.replace(/\r$/, '');
         // The whole status line: `HTTP/1.1 2000` is no 200 (Go refuses it too).
-        const status = /^HTTP\/\d(?:\.\d)? (\d{3})(?: (.*))?$/.exec(head.split('\r\n', 1)[0] ?? '');
+        const status = /^HTTP\/\d(?:\.\d)? (\d{3})(?: (.*))?$/.exec(statusLine);
         if (!status) {
           fail(
             new ProxyError(`proxy ${proxy.name} did not answer CONNECT ${where} in HTTP.`, undefined, false),
