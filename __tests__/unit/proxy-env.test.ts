@@ -69,6 +69,9 @@ describe('proxy settings from the environment (Go httpproxy rules)', () => {
     // an IPv4-mapped IPv6 address is the IPv4 address (Go's IP.Equal and IPNet.Contains)
     ['https://[::ffff:10.1.2.3]/', '10.1.2.3', undefined],
     ['https://[::ffff:10.1.2.3]/', '10.0.0.0/8', undefined],
+    // a name entry never matches an address (Go's domainMatch), though it is a suffix of it
+    ['https://10.1.2.3/', '2.3', 'http://proxy.corp:3128'],
+    ['https://10.1.2.3/', '.1.2.3', 'http://proxy.corp:3128'],
   ])('%s with NO_PROXY=%j: %s', (target, noProxy, expected) => {
     expect(proxied(target, noProxy)).toBe(expected);
   });

@@ -224,7 +224,8 @@ export function proxyFor(
     if (entry.port && entry.port !== port) continue;
     if (entry.addresses && family && entry.addresses.check(host, family === 6 ? 'ipv6' : 'ipv4'))
       return undefined;
-    if (entry.domain) {
+    // Go's domainMatch never matches an address: NO_PROXY=2.3 is no suffix of 10.1.2.3.
+    if (entry.domain && !family) {
       const { suffix, matchHost } = entry.domain;
       if (host.endsWith(suffix) || (matchHost && host === suffix.slice(1))) return undefined;
     }
