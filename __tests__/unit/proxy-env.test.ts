@@ -350,7 +350,7 @@ describe('openTunnel against a hostile proxy (raw scripted proxy)', () => {
     );
     const error = (await openTunnel(proxy, target, 2000).catch((e: unknown) => e)) as ProxyError;
     expect(error.message).toContain(`refused CONNECT registry.example:443: HTTP 407`);
-    expect(error.message).not.toMatch(/[\x00-\x1f]|tunnel-pw/);
+    expect(error.message).not.toMatch(/[\p{Cc}\p{Cf}]|tunnel-pw/u);
     expect(error.retryable).toBe(false);
   }, 5000);
 
