@@ -279,11 +279,15 @@ describe('openTunnel against a hostile proxy (raw scripted proxy)', () => {
       socket.on('close', () => sockets.delete(socket));
       socket.on('error', () => undefined);
       let pending = '';
-      socket.on('data', (chunk: Buffer) => {
+      const onData = (chunk: Buffer) => {
         pending += chunk.toString('latin1');
         const end = pending.indexOf('\r\n\r\n');
-        if (end >= 0) answer(socket, pending.slice(0, end));
-      });
+        if (end < 0) return;
+        // What follows the request is the answer's business (an echo, say).
+        socket.off('data', onData);
+        answer(socket, pending.slice(0, end));
+      };
+      socket.on('data', onData);
     });
     servers.push(server);
     await new Promise<void>((ready) => server.listen(0, '127.0.0.1', ready));
@@ -334,6 +338,18 @@ describe('openTunnel against a hostile proxy (raw scripted proxy)', () => {
     (await openTunnel(open, target, 60_000)).destroy();
     const refusing = await scriptedProxy((socket) => socket.write('HTTP/1.0 407 Who\r\nX: y\n\r\n'));
     await expect(openTunnel(refusing, target, 60_000)).rejects.toThrow('HTTP 407 Who');
+  }, 5000);
+
+  it("bytes sent with the 200 (a body, whatever its Content-Length says) are the proxy's: the tunnel starts after them", async () => {
+    const proxy = await scriptedProxy((socket) => {
+      socket.write('HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n<html>');
+      socket.on('data', (chunk: Buffer) => socket.write(`echo:${chunk.toString('latin1')}`));
+    });
+    const tunnel = await openTunnel(proxy, target, 2000);
+    const first = new Promise<string>((done) => tunnel.once('data', (d: Buffer) => done(d.toString())));
+    tunnel.write('hello');
+    expect(await first).toBe('echo:hello');
+    tunnel.destroy();
   }, 5000);
 
   it('a header block far over 64 KiB: refused', async () => {

@@ -352,7 +352,6 @@ export function openTunnel(
           continue;
         }
         settle();
-        const rest = answer.subarray(blank.index + blank[0].length);
         const statusLine = text.slice(0, blank.index).split('\n', 1)[0]!.replace(/\r$/, '');
         // The whole status line: `HTTP/1.1 2000` is no 200 (Go refuses it too).
         const status = /^HTTP\/\d(?:\.\d)? (\d{3})(?: (.*))?$/.exec(statusLine);
@@ -366,7 +365,9 @@ export function openTunnel(
           fail(proxyRefusal(proxy, Number(status[1]), status[2] ?? '', `CONNECT ${where}`));
           return;
         }
-        if (rest.length > 0) socket.unshift(rest);
+        // Bytes that came with the 200 are the proxy's, not the target's (a 2xx to CONNECT has no content, and
+        // the TLS server inside the tunnel does not speak first): dropped, as Go drops them. Passed on, they were
+        // a TLS error blamed on the registry.
         // Whoever takes the socket listens for its errors; until then (and for a TLS session wrapped around
         // it, which reports them itself) one must not end the process.
         socket.on('error', () => undefined);
