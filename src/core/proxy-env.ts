@@ -304,6 +304,8 @@ export function openTunnel(
   proxy: ProxyServer,
   target: { hostname: string; port: string | number },
   timeoutMs: number,
+  /** Gives up the tunnel not yet open (its socket and timer would otherwise outlive the caller). */
+  signal?: AbortSignal,
 ): Promise<Socket> {
   const where = authority(target.hostname, target.port);
   if (!speaksHttp(proxy)) {
@@ -321,6 +323,7 @@ export function openTunnel(
     let answer = Buffer.alloc(0);
     const settle = () => {
       clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
       socket.off('readable', onReadable);
       socket.off('error', onError);
       socket.off('close', onClose);
@@ -403,6 +406,13 @@ export function openTunnel(
         ),
       timeoutMs,
     );
+    const onAbort = () =>
+      fail(new ProxyError(`CONNECT ${where} through proxy ${proxy.name}: given up`, undefined, false));
+    if (signal?.aborted) {
+      onAbort();
+      return;
+    }
+    signal?.addEventListener('abort', onAbort, { once: true });
     socket.on('error', onError);
     socket.on('close', onClose);
     socket.once(proxy.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
