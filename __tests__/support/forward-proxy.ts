@@ -44,6 +44,10 @@ export interface ForwardProxy {
   refuse: number | undefined;
   /** Close each CONNECT's connection without a word (a proxy that drops what it will not carry). */
   hangUp: boolean;
+  /** Leave each CONNECT unanswered, its connection open. */
+  silent: boolean;
+  /** Sockets open now (to clients and to targets). */
+  readonly connections: number;
   stop(): Promise<void>;
 }
 
@@ -65,7 +69,7 @@ export async function startForwardProxy(options: ForwardProxyOptions = {}): Prom
       : undefined;
   const sockets = new Set<Socket>();
   const records: ProxyRecord[] = [];
-  const state: { refuse: number | undefined; hangUp: boolean } = { refuse: undefined, hangUp: false };
+  const state = { refuse: undefined as number | undefined, hangUp: false, silent: false };
 
   const recordOf = (req: IncomingMessage, target: string, path: string): ProxyRecord => {
     const record: ProxyRecord = {
@@ -147,6 +151,12 @@ export async function startForwardProxy(options: ForwardProxyOptions = {}): Prom
       client.destroy();
       return;
     }
+    if (state.silent) {
+      // Reading, so the client's hang-up is seen (the server's sockets are half-open: close it then).
+      client.on('end', () => client.destroy());
+      client.resume();
+      return;
+    }
     const refused = refusal(req);
     if (refused !== undefined) {
       record.status = refused;
@@ -200,6 +210,15 @@ export async function startForwardProxy(options: ForwardProxyOptions = {}): Prom
     },
     set hangUp(hangUp: boolean) {
       state.hangUp = hangUp;
+    },
+    get silent() {
+      return state.silent;
+    },
+    set silent(silent: boolean) {
+      state.silent = silent;
+    },
+    get connections() {
+      return sockets.size;
     },
     async stop() {
       for (const socket of sockets) socket.destroy();

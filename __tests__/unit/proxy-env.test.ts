@@ -19,6 +19,7 @@ import {
   type ProxyServer,
 } from '../../src/core/proxy-env.js';
 import { registerSecret } from '../../src/core/secrets.js';
+import { sleep } from '../../src/core/process.js';
 import { startForwardProxy, type ForwardProxy } from '../support/forward-proxy.js';
 
 describe('proxy settings from the environment (Go httpproxy rules)', () => {
@@ -179,6 +180,29 @@ describe('the registry transport behind a refusing proxy (real forward proxy)', 
     );
     expect(proxy.records.length).toBe(3);
   }, 10_000);
+
+  it('a download given up while its CONNECT is unanswered leaves no connection to the proxy behind', async () => {
+    proxy.records.length = 0;
+    proxy.silent = true;
+    const abandon = new AbortController();
+    try {
+      const download = downloadInOrder('https://files.proxytest:1/a', async () => undefined, {
+        chunkBytes: 100_000,
+        concurrency: 2,
+        idleTimeoutMs: 60_000,
+        retryBudget: 0,
+        retry: { ...DEFAULT_RETRY, retries: 0 },
+        maxBytes: 1e9,
+        signal: abandon.signal,
+      });
+      while (proxy.records.length === 0) await sleep(10);
+      abandon.abort(new Error('given up'));
+      await expect(download).rejects.toThrow('given up');
+      while (proxy.connections > 0) await sleep(10);
+    } finally {
+      proxy.silent = false;
+    }
+  }, 5000);
 
   it("preseed's Fedora CoreOS stream fetch goes through HTTP_PROXY (absolute form); a 407 names the proxy", async () => {
     const disk = { location: 'https://example.org/fcos.x86_64.qcow2.xz', sha256: 'a'.repeat(64) };

@@ -328,7 +328,7 @@ export function openTunnel(
       socket.off('error', onError);
       socket.off('close', onClose);
     };
-    const fail = (error: ProxyError) => {
+    const fail = (error: Error) => {
       settle();
       socket.destroy();
       reject(error);
@@ -406,8 +406,13 @@ export function openTunnel(
         ),
       timeoutMs,
     );
+    // The caller's reason, as for any request it gave up.
     const onAbort = () =>
-      fail(new ProxyError(`CONNECT ${where} through proxy ${proxy.name}: given up`, undefined, false));
+      fail(
+        signal?.reason instanceof Error
+          ? signal.reason
+          : new ProxyError(`CONNECT ${where} through proxy ${proxy.name}: given up`, undefined, false),
+      );
     if (signal?.aborted) {
       onAbort();
       return;
