@@ -42,6 +42,12 @@ export interface ForwardProxy {
   records: ProxyRecord[];
   /** Answer every request with this status instead of carrying it (undefined: carry). */
   refuse: number | undefined;
+  /** Close each CONNECT's connection without a word (a proxy that drops what it will not carry). */
+  hangUp: boolean;
+  /** Leave each CONNECT unanswered, its connection open. */
+  silent: boolean;
+  /** Sockets open now (to clients and to targets). */
+  readonly connections: number;
   stop(): Promise<void>;
 }
 
@@ -63,7 +69,7 @@ export async function startForwardProxy(options: ForwardProxyOptions = {}): Prom
       : undefined;
   const sockets = new Set<Socket>();
   const records: ProxyRecord[] = [];
-  const state: { refuse: number | undefined } = { refuse: undefined };
+  const state = { refuse: undefined as number | undefined, hangUp: false, silent: false };
 
   const recordOf = (req: IncomingMessage, target: string, path: string): ProxyRecord => {
     const record: ProxyRecord = {
@@ -141,6 +147,16 @@ export async function startForwardProxy(options: ForwardProxyOptions = {}): Prom
     client.on('close', () => sockets.delete(client));
     client.on('error', () => undefined);
     const record = recordOf(req, req.url ?? '', '');
+    if (state.hangUp) {
+      client.destroy();
+      return;
+    }
+    if (state.silent) {
+      // Reading, so the client's hang-up is seen (the server's sockets are half-open: close it then).
+      client.on('end', () => client.destroy());
+      client.resume();
+      return;
+    }
     const refused = refusal(req);
     if (refused !== undefined) {
       record.status = refused;
@@ -188,6 +204,21 @@ export async function startForwardProxy(options: ForwardProxyOptions = {}): Prom
     },
     set refuse(status: number | undefined) {
       state.refuse = status;
+    },
+    get hangUp() {
+      return state.hangUp;
+    },
+    set hangUp(hangUp: boolean) {
+      state.hangUp = hangUp;
+    },
+    get silent() {
+      return state.silent;
+    },
+    set silent(silent: boolean) {
+      state.silent = silent;
+    },
+    get connections() {
+      return sockets.size;
     },
     async stop() {
       for (const socket of sockets) socket.destroy();

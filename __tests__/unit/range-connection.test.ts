@@ -16,6 +16,7 @@ import { RangeConnection, RangeFailure } from '../../src/core/range-connection.j
 import { REPO_ROOT } from '../support/harness.js';
 import { makeTestCa, type TestCa } from '../support/test-ca.js';
 import { startForwardProxy } from '../support/forward-proxy.js';
+import { readProxySettings } from '../../src/core/proxy-env.js';
 
 const data = randomBytes(300_000);
 const servers: Server[] = [];
@@ -462,6 +463,28 @@ describe('range connection', () => {
     await expect(got).rejects.toThrow('deadline');
     expect(c.usable).toBe(false);
   });
+
+  it('closed while its CONNECT tunnel is still unanswered, gives the tunnel up at once (no socket left to the timeout)', async () => {
+    let proxySide: Socket | undefined;
+    const connected = new Promise<void>((done) => {
+      const silent = createServer((socket) => {
+        proxySide = socket;
+        socket.on('error', () => undefined);
+        done();
+      });
+      servers.push(silent);
+      silent.listen(0, '127.0.0.1');
+    });
+    await new Promise<void>((ready) => servers.at(-1)!.once('listening', ready));
+    const port = (servers.at(-1)!.address() as AddressInfo).port;
+    const settings = readProxySettings({ HTTPS_PROXY: `http://127.0.0.1:${port}` });
+    const c = new RangeConnection(new URL('https://blobs.example/archive'), 60_000, settings);
+    connections.push(c);
+    await connected;
+    const gone = new Promise((done) => proxySide!.once('close', done));
+    c.close();
+    await gone;
+  }, 5000);
 
   it('reads over TLS, trusting what node trusts (here a test CA given by NODE_EXTRA_CA_CERTS)', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'ici-unit-range-tls-'));

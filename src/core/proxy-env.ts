@@ -115,8 +115,16 @@ function parseProxy(variable: string, value: string): ProxyServer | undefined {
   const secrets: string[] = [];
   let authorization: string | undefined;
   if (url.username || url.password) {
-    const user = decodeURIComponent(url.username);
-    const password = decodeURIComponent(url.password);
+    let user: string;
+    let password: string;
+    try {
+      user = decodeURIComponent(url.username);
+      password = decodeURIComponent(url.password);
+    } catch {
+      // A malformed %-escape (`p%zz`): Go's url.Parse refuses the URL, and httpproxy ignores the variable. Thrown
+      // here it was a URIError before any step ran, with the password not yet masked.
+      return undefined;
+    }
     const basic = Buffer.from(`${user}:${password}`).toString('base64');
     authorization = `Basic ${basic}`;
     secrets.push(basic);
@@ -153,10 +161,12 @@ function parseNoProxy(value: string): { entries: NoProxyEntry[]; all: boolean } 
     }
     let host = p;
     let port: string | undefined;
-    const bracketed = /^\[([^\]]+)\](?::(\d+))?$/.exec(p);
-    const withPort = /^([^:]+):(\d+)$/.exec(p);
+    // An empty port (`host:`) is no port, as Go's SplitHostPort reads it: the entry matches every port.
+    const bracketed = /^\[([^\]]+)\](?::(\d*))?$/.exec(p);
+    const withPort = /^([^:]+):(\d*)$/.exec(p);
     if (bracketed) [, host = '', port] = bracketed;
     else if (withPort) [, host = '', port] = withPort;
+    port ||= undefined;
     if (!host) continue;
     const family = isIP(host);
     if (family) {
@@ -214,7 +224,8 @@ export function proxyFor(
     if (entry.port && entry.port !== port) continue;
     if (entry.addresses && family && entry.addresses.check(host, family === 6 ? 'ipv6' : 'ipv4'))
       return undefined;
-    if (entry.domain) {
+    // Go's domainMatch never matches an address: NO_PROXY=2.3 is no suffix of 10.1.2.3.
+    if (entry.domain && !family) {
       const { suffix, matchHost } = entry.domain;
       if (host.endsWith(suffix) || (matchHost && host === suffix.slice(1))) return undefined;
     }
@@ -286,12 +297,15 @@ const MAX_CONNECT_ANSWER = 16 * 1024;
 
 /**
  * A socket to `target` through `proxy` (a CONNECT tunnel), ready for TLS or plain HTTP. Bounded by `timeoutMs`
- * from the first byte sent to the proxy's answer.
+ * from the connection attempt to the end of the proxy's answer, as a whole: an idle timeout would let a proxy
+ * that drips its header block a byte at a time hold the job for days.
  */
 export function openTunnel(
   proxy: ProxyServer,
   target: { hostname: string; port: string | number },
   timeoutMs: number,
+  /** Gives up the tunnel not yet open (its socket and timer would otherwise outlive the caller). */
+  signal?: AbortSignal,
 ): Promise<Socket> {
   const where = authority(target.hostname, target.port);
   if (!speaksHttp(proxy)) {
@@ -307,8 +321,15 @@ export function openTunnel(
           })
         : netConnect({ host: proxy.hostname, port: proxy.port });
     let answer = Buffer.alloc(0);
-    const fail = (error: ProxyError) => {
+    const settle = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
       socket.off('readable', onReadable);
+      socket.off('error', onError);
+      socket.off('close', onClose);
+    };
+    const fail = (error: Error) => {
+      settle();
       socket.destroy();
       reject(error);
     };
@@ -316,9 +337,12 @@ export function openTunnel(
       let chunk: Buffer | null;
       while ((chunk = socket.read() as Buffer | null) !== null) {
         answer = Buffer.concat([answer, chunk]);
-        const end = answer.indexOf('\r\n\r\n');
-        if (end < 0) {
-          if (answer.length > MAX_CONNECT_ANSWER)
+        // Lines end in LF with an optional CR before it, as Go's textproto reads them (skopeo takes such a
+        // proxy): waiting for a CRLF CRLF that never comes only ended in the timeout, tried again and again.
+        const text = answer.toString('latin1');
+        const blank = /\n\r?\n/.exec(text);
+        if (!blank) {
+          if (answer.length > MAX_CONNECT_ANSWER) {
             fail(
               new ProxyError(
                 `proxy ${proxy.name}: its answer to CONNECT ${where} is too large.`,
@@ -326,15 +350,14 @@ export function openTunnel(
                 false,
               ),
             );
+            return;
+          }
           continue;
         }
-        socket.off('readable', onReadable);
-        socket.off('error', onError);
-        socket.setTimeout(0);
-        socket.off('timeout', onTimeout);
-        const head = answer.subarray(0, end).toString('latin1');
-        const rest = answer.subarray(end + 4);
-        const status = /^HTTP\/\d(?:\.\d)? (\d{3})(?: (.*))?/.exec(head.split('\r\n', 1)[0] ?? '');
+        settle();
+        const statusLine = text.slice(0, blank.index).split('\n', 1)[0]!.replace(/\r$/, '');
+        // The whole status line: `HTTP/1.1 2000` is no 200 (Go refuses it too).
+        const status = /^HTTP\/\d(?:\.\d)? (\d{3})(?: (.*))?$/.exec(statusLine);
         if (!status) {
           fail(
             new ProxyError(`proxy ${proxy.name} did not answer CONNECT ${where} in HTTP.`, undefined, false),
@@ -345,7 +368,9 @@ export function openTunnel(
           fail(proxyRefusal(proxy, Number(status[1]), status[2] ?? '', `CONNECT ${where}`));
           return;
         }
-        if (rest.length > 0) socket.unshift(rest);
+        // Bytes that came with the 200 are the proxy's, not the target's (a 2xx to CONNECT has no content, and
+        // the TLS server inside the tunnel does not speak first): dropped, as Go drops them. Passed on, they were
+        // a TLS error blamed on the registry.
         // Whoever takes the socket listens for its errors; until then (and for a TLS session wrapped around
         // it, which reports them itself) one must not end the process.
         socket.on('error', () => undefined);
@@ -361,16 +386,40 @@ export function openTunnel(
           true,
         ),
       );
-    const onTimeout = () =>
+    // A proxy that hangs up without (a whole) answer raises no error: without this the promise never settled.
+    const onClose = () =>
       fail(
         new ProxyError(
-          `proxy ${proxy.name}: no answer to CONNECT ${where} within ${Math.round(timeoutMs / 100) / 10} s`,
+          `proxy ${proxy.name} closed the connection before answering CONNECT ${where}`,
           undefined,
           true,
         ),
       );
+    const timer = setTimeout(
+      () =>
+        fail(
+          new ProxyError(
+            `proxy ${proxy.name}: no answer to CONNECT ${where} within ${Math.round(timeoutMs / 100) / 10} s`,
+            undefined,
+            true,
+          ),
+        ),
+      timeoutMs,
+    );
+    // The caller's reason, as for any request it gave up.
+    const onAbort = () =>
+      fail(
+        signal?.reason instanceof Error
+          ? signal.reason
+          : new ProxyError(`CONNECT ${where} through proxy ${proxy.name}: given up`, undefined, false),
+      );
+    if (signal?.aborted) {
+      onAbort();
+      return;
+    }
+    signal?.addEventListener('abort', onAbort, { once: true });
     socket.on('error', onError);
-    socket.setTimeout(timeoutMs, onTimeout);
+    socket.on('close', onClose);
     socket.once(proxy.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
       const auth = proxy.authorization ? `Proxy-Authorization: ${proxy.authorization}\r\n` : '';
       socket.write(`CONNECT ${where} HTTP/1.1\r\nHost: ${where}\r\n${auth}\r\n`);

@@ -114,6 +114,8 @@ export class RangeConnection {
   private unsent: string | undefined;
   /** Why the tunnel could not be opened, for a request asked for after. */
   private openFailure: Error | undefined;
+  /** Closing gives up a tunnel still being opened: its socket would hold the process until the timeout. */
+  private readonly opening = new AbortController();
   /** The request but its Range. */
   private readonly requestHead: string;
   private readonly head = Buffer.allocUnsafe(MAX_HEAD_BYTES);
@@ -171,7 +173,7 @@ export class RangeConnection {
     const tlsTo = (to: string, options: ConnectionOptions, reads: OnReadOpts | undefined = onread) =>
       tlsConnect({ ...options, servername: isIP(to) ? undefined : to, onread: reads } as ConnectionOptions);
     if (proxy && !forward) {
-      openTunnel(proxy, { hostname: host, port }, idleTimeoutMs).then(
+      openTunnel(proxy, { hostname: host, port }, idleTimeoutMs, this.opening.signal).then(
         (raw) => {
           if (this.closed) {
             raw.destroy();
@@ -269,6 +271,7 @@ export class RangeConnection {
 
   close(): void {
     this.closed = true;
+    this.opening.abort();
     this.socket?.destroy();
   }
 

@@ -89,16 +89,16 @@ export async function downloadInOrder(
   const target = new URL(url);
   const secure = target.protocol === 'https:';
   const proxy = proxyFor(target);
-  const agentOptions = { keepAlive: true, maxSockets: options.concurrency };
-  const agent = secure
-    ? proxy
-      ? tunnellingAgent(proxy, agentOptions, options.idleTimeoutMs)
-      : new HttpsAgent(agentOptions)
-    : new HttpAgent(agentOptions);
-  const state = { retries: 0 };
   // Stops the ranges still in flight (and their retries) once the download has failed or finished.
   const stop = new AbortController();
   const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
+  const agentOptions = { keepAlive: true, maxSockets: options.concurrency };
+  const agent = secure
+    ? proxy
+      ? tunnellingAgent(proxy, agentOptions, options.idleTimeoutMs, signal)
+      : new HttpsAgent(agentOptions)
+    : new HttpAgent(agentOptions);
+  const state = { retries: 0 };
   const get = (range: ByteRange) =>
     withRetries(range, options, state, signal, () =>
       fetchOnce(target, secure, agent, range, { ...options, signal }),
@@ -328,14 +328,23 @@ function basicAuth(url: URL): Record<string, string> {
  * An https agent whose connections are CONNECT tunnels through `proxy`, TLS to the target inside them (node's
  * Agent takes a socket from createConnection's callback).
  */
-function tunnellingAgent(proxy: ProxyServer, options: HttpsAgentOptions, timeoutMs: number): HttpsAgent {
+function tunnellingAgent(
+  proxy: ProxyServer,
+  options: HttpsAgentOptions,
+  timeoutMs: number,
+  /**
+   * The download's end: it gives up the tunnels still being opened. Node's request reports its own abort only
+   * once it has a socket, so an abandoned download waited for the proxy's answer or the whole timeout.
+   */
+  opening: AbortSignal,
+): HttpsAgent {
   const agent = new HttpsAgent(options);
   (agent as unknown as { createConnection: CreateConnection }).createConnection = (
     connectOptions,
     callback,
   ) => {
     const hostname = connectOptions.host ?? 'localhost';
-    openTunnel(proxy, { hostname, port: connectOptions.port ?? 443 }, timeoutMs).then(
+    openTunnel(proxy, { hostname, port: connectOptions.port ?? 443 }, timeoutMs, opening).then(
       (socket) => callback(null, tlsConnect({ ...connectOptions, socket })),
       (error: Error) => callback(error, undefined),
     );
