@@ -18,7 +18,7 @@ import { startSplitJob } from '../support/split-job.js';
 
 const PRELOAD = join(REPO_ROOT, '__tests__/support/crash-after-change.mjs');
 /** At most this many kill points, spread over all of main's changes (each costs a main and a post). */
-const POINTS = 24;
+const POINTS = 16;
 
 let work: string;
 let registry: RegistryService;

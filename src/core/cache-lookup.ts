@@ -10,7 +10,7 @@
  */
 import { fetch, type Dispatcher, type Response } from 'undici';
 import type { Host } from './host.js';
-import { proxiedAgent, ProxyError } from './proxy-env.js';
+import { discard, proxiedAgent, ProxyError } from './proxy-env.js';
 import { backoffDelay, type RetryPolicy } from './oci/retry.js';
 import { sleep } from './process.js';
 import { errorMessage } from './run.js';
@@ -58,7 +58,7 @@ export async function lookupEntry(
   try {
     return await lookupThrough(dispatcher, host, url, body, options);
   } finally {
-    await dispatcher.destroy();
+    discard(dispatcher);
   }
 }
 

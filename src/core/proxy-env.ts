@@ -527,6 +527,15 @@ export function forwardRefusal(
   return proxy && proxyRefusal(proxy, status, statusText, `${url.origin}`);
 }
 
+/**
+ * Ends a dispatcher from proxiedAgent without waiting for it: a connection attempt that never settles (seen when
+ * the process is out of file descriptors: the request times out, the connect never calls back) keeps undici's
+ * destroy() pending for good, and awaiting it hung the restore instead of letting it fall back.
+ */
+export function discard(dispatcher: Dispatcher): void {
+  dispatcher.destroy().catch(() => undefined);
+}
+
 /** An undici dispatcher for plain requests (no per-target TLS) that honours the proxy settings. */
 export function proxiedAgent(timeoutMs: number, settings: ProxySettings = proxySettings()): Dispatcher {
   return new Agent({

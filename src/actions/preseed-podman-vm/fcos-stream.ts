@@ -11,7 +11,7 @@
  */
 import { InputError } from '../../core/inputs.js';
 import { externalText, networkFailure } from '../../core/oci/response.js';
-import { proxiedAgent, ProxyError } from '../../core/proxy-env.js';
+import { discard, proxiedAgent, ProxyError } from '../../core/proxy-env.js';
 import { fetch, type Dispatcher, type Response } from 'undici';
 import { Inputs } from './constants.js';
 import type { MachineArch, VmType } from './podman-host.js';
@@ -149,7 +149,7 @@ export async function resolveFcosDisk(
   try {
     return await fetchFcosDisk(dispatcher, streamUrl, arch, vmType);
   } finally {
-    await dispatcher.destroy();
+    discard(dispatcher);
   }
 }
 
