@@ -10,7 +10,7 @@
  */
 import { fetch, type Dispatcher, type Response } from 'undici';
 import type { Host } from './host.js';
-import { discard, proxiedAgent, ProxyError } from './proxy-env.js';
+import { discard, proxiedAgent, ProxyError, proxyFor } from './proxy-env.js';
 import { backoffDelay, type RetryPolicy } from './oci/retry.js';
 import { sleep } from './process.js';
 import { errorMessage } from './run.js';
@@ -53,7 +53,9 @@ export async function lookupEntry(
     ...(request.restoreKeys.length ? { restore_keys: request.restoreKeys } : {}),
     version: request.version,
   });
-  // Through the environment's proxy, as the library's own lookup (@actions/http-client) goes.
+  // Through the environment's proxy, as the library's own lookup (@actions/http-client) goes. Without one, node's
+  // own fetch as before: a dispatcher of our own, out of file descriptors, once left the restore hanging.
+  if (!proxyFor(url)) return lookupThrough(undefined, host, url, body, options);
   const dispatcher = proxiedAgent(options.timeoutMs);
   try {
     return await lookupThrough(dispatcher, host, url, body, options);
@@ -63,7 +65,7 @@ export async function lookupEntry(
 }
 
 async function lookupThrough(
-  dispatcher: Dispatcher,
+  dispatcher: Dispatcher | undefined,
   host: Host,
   url: URL,
   body: string,
@@ -74,7 +76,7 @@ async function lookupThrough(
     if (attempt > 0) await sleep(backoffDelay(attempt - 1, options.retry));
     let response: Response;
     try {
-      response = await fetch(url, {
+      const init = {
         method: 'POST',
         headers: {
           'Content-Type': 'application/json',
@@ -83,8 +85,10 @@ async function lookupThrough(
         },
         body,
         signal: AbortSignal.any([AbortSignal.timeout(options.timeoutMs), options.signal]),
-        dispatcher,
-      });
+      };
+      response = dispatcher
+        ? await fetch(url, { ...init, dispatcher })
+        : ((await globalThis.fetch(url, init)) as unknown as Response);
     } catch (error) {
       // fetch says only "fetch failed"; a proxy's refusal (its cause) says who refused and why.
       const cause = (error as { cause?: unknown }).cause;
