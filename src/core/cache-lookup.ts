@@ -8,9 +8,9 @@
  * library; an answer we do not understand (4xx such as an unknown method, a malformed body) means this service
  * is not the one we know, and the library gets to handle it.
  */
-import { fetch, type Dispatcher, type Response } from 'undici';
+import type { Response } from 'undici';
 import type { Host } from './host.js';
-import { discard, proxiedAgent, ProxyError, proxyFor } from './proxy-env.js';
+import { ProxyError, withProxiedFetch, type ProxiedFetch } from './proxy-env.js';
 import { backoffDelay, type RetryPolicy } from './oci/retry.js';
 import { sleep } from './process.js';
 import { errorMessage } from './run.js';
@@ -53,19 +53,12 @@ export async function lookupEntry(
     ...(request.restoreKeys.length ? { restore_keys: request.restoreKeys } : {}),
     version: request.version,
   });
-  // Through the environment's proxy, as the library's own lookup (@actions/http-client) goes. Without one, node's
-  // own fetch as before: a dispatcher of our own, out of file descriptors, once left the restore hanging.
-  if (!proxyFor(url)) return lookupThrough(undefined, host, url, body, options);
-  const dispatcher = proxiedAgent(options.timeoutMs);
-  try {
-    return await lookupThrough(dispatcher, host, url, body, options);
-  } finally {
-    discard(dispatcher);
-  }
+  // Through the environment's proxy, as the library's own lookup (@actions/http-client) goes.
+  return withProxiedFetch(options.timeoutMs, (fetch) => lookupThrough(fetch, host, url, body, options));
 }
 
 async function lookupThrough(
-  dispatcher: Dispatcher | undefined,
+  fetch: ProxiedFetch,
   host: Host,
   url: URL,
   body: string,
@@ -76,7 +69,7 @@ async function lookupThrough(
     if (attempt > 0) await sleep(backoffDelay(attempt - 1, options.retry));
     let response: Response;
     try {
-      const init = {
+      response = await fetch(url, {
         method: 'POST',
         headers: {
           'Content-Type': 'application/json',
@@ -85,10 +78,7 @@ async function lookupThrough(
         },
         body,
         signal: AbortSignal.any([AbortSignal.timeout(options.timeoutMs), options.signal]),
-      };
-      response = dispatcher
-        ? await fetch(url, { ...init, dispatcher })
-        : ((await globalThis.fetch(url, init)) as unknown as Response);
+      });
     } catch (error) {
       // fetch says only "fetch failed"; a proxy's refusal (its cause) says who refused and why.
       const cause = (error as { cause?: unknown }).cause;

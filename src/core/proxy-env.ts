@@ -20,7 +20,7 @@
 import { BlockList, connect as netConnect, isIP, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { domainToASCII } from 'node:url';
-import { Agent, buildConnector, DecoratorHandler, type Dispatcher } from 'undici';
+import { Agent, buildConnector, DecoratorHandler, fetch, type Dispatcher, type Response } from 'undici';
 import type { Host } from './host.js';
 import { externalText } from './oci/response.js';
 import { ActionError } from './run.js';
@@ -527,20 +527,40 @@ export function forwardRefusal(
   return proxy && proxyRefusal(proxy, status, statusText, `${url.origin}`);
 }
 
-/**
- * Ends a dispatcher from proxiedAgent without waiting for it: a connection attempt that never settles (seen when
- * the process is out of file descriptors: the request times out, the connect never calls back) keeps undici's
- * destroy() pending for good, and awaiting it hung the restore instead of letting it fall back.
- */
-export function discard(dispatcher: Dispatcher): void {
-  dispatcher.destroy().catch(() => undefined);
-}
-
 /** An undici dispatcher for plain requests (no per-target TLS) that honours the proxy settings. */
-export function proxiedAgent(timeoutMs: number, settings: ProxySettings = proxySettings()): Dispatcher {
+function proxiedAgent(timeoutMs: number, settings: ProxySettings = proxySettings()): Dispatcher {
   return new Agent({
     headersTimeout: timeoutMs,
     bodyTimeout: timeoutMs,
     connect: proxyConnector(buildConnector({ timeout: timeoutMs }), timeoutMs, settings),
   }).compose(forwardHttp(settings));
+}
+
+/** A fetch for small requests (method, headers, a text body); what withProxiedFetch lends. */
+export type ProxiedFetch = (
+  url: string | URL,
+  init: { method?: string; headers?: Record<string, string>; body?: string; signal?: AbortSignal },
+) => Promise<Response>;
+
+/**
+ * Runs `use` with a fetch that honours the proxy settings, for requests that each take at most `timeoutMs`.
+ * Without a proxy that fetch is node's own, as before proxies were honoured; with one, it goes through a
+ * dispatcher of its own, ended afterwards without waiting: out of file descriptors, a connect that never calls
+ * back keeps undici's destroy() pending for good, and awaiting it (or, it seems, using our dispatcher at all
+ * there) hung a cache restore instead of letting it fall back.
+ */
+export async function withProxiedFetch<T>(
+  timeoutMs: number,
+  use: (fetch: ProxiedFetch) => Promise<T>,
+  settings: ProxySettings = proxySettings(),
+): Promise<T> {
+  if ((!settings.https && !settings.http) || settings.noProxyAll) {
+    return use((url, init) => globalThis.fetch(url, init) as unknown as Promise<Response>);
+  }
+  const dispatcher = proxiedAgent(timeoutMs, settings);
+  try {
+    return await use((url, init) => fetch(url, { ...init, dispatcher }));
+  } finally {
+    dispatcher.destroy().catch(() => undefined);
+  }
 }

@@ -11,8 +11,8 @@
  */
 import { InputError } from '../../core/inputs.js';
 import { externalText, networkFailure } from '../../core/oci/response.js';
-import { discard, proxiedAgent, ProxyError } from '../../core/proxy-env.js';
-import { fetch, type Dispatcher, type Response } from 'undici';
+import { ProxyError, withProxiedFetch, type ProxiedFetch } from '../../core/proxy-env.js';
+import type { Response } from 'undici';
 import { Inputs } from './constants.js';
 import type { MachineArch, VmType } from './podman-host.js';
 
@@ -145,16 +145,11 @@ export async function resolveFcosDisk(
 ): Promise<FcosDisk> {
   fcosArtifact(vmType);
   // Through the environment's proxy, as podman itself fetches the stream.
-  const dispatcher = proxiedAgent(STREAM_TIMEOUT_MS);
-  try {
-    return await fetchFcosDisk(dispatcher, streamUrl, arch, vmType);
-  } finally {
-    discard(dispatcher);
-  }
+  return withProxiedFetch(STREAM_TIMEOUT_MS, (fetch) => fetchFcosDisk(fetch, streamUrl, arch, vmType));
 }
 
 async function fetchFcosDisk(
-  dispatcher: Dispatcher,
+  fetch: ProxiedFetch,
   streamUrl: string,
   arch: MachineArch,
   vmType: VmType,
@@ -163,7 +158,7 @@ async function fetchFcosDisk(
   for (let attempt = 0; attempt < STREAM_ATTEMPTS; attempt++) {
     let response: Response;
     try {
-      response = await fetch(streamUrl, { signal: AbortSignal.timeout(STREAM_TIMEOUT_MS), dispatcher });
+      response = await fetch(streamUrl, { signal: AbortSignal.timeout(STREAM_TIMEOUT_MS) });
     } catch (error) {
       // fetch says only "fetch failed"; what happened (refused, a redirect loop, DNS, the timeout) is its cause.
       const failure = networkFailure(error, streamUrl, STREAM_TIMEOUT_MS);
