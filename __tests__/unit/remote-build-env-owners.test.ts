@@ -5,7 +5,7 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
 import { mkdtempSync } from 'node:fs';
-import { chmod, lchown, lstat, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, lchown, lstat, mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { restoreCacheMounts } from '../../src/actions/remote-build-env/cache-mounts.js';
@@ -86,6 +86,61 @@ describe('remote-build-env cache-mount owners', () => {
       await writeFile(join(dir, OWNERS_FILE), bad);
       await expect(readOwners(dir)).rejects.toThrow(`${OWNERS_FILE} holds`);
     }
+  });
+
+  // The helper script runs as root; a local process may swap an entry for a symlink out of the tree between the
+  // script's look at it and its chown/chmod. A preload makes that swap happen right after the script's first
+  // look at the named entry (lstat or open), so the race is hit every time.
+  it.each([
+    ['a file swapped for a symlink to a host file', 'u/private/f'],
+    ['a directory swapped for a symlink to a host directory', 'u'],
+  ])('apply and record touch nothing outside the tree when %s mid-walk', async (_, entry) => {
+    const owners = new Map([
+      ['u', { uid: 1000, gid: 1001, mode: 0o750 }],
+      ['u/private', { uid: 1000, gid: 1001, mode: 0o750 }],
+      ['u/private/f', { uid: 1000, gid: 1001, mode: 0o640 }],
+    ]);
+    const host = join(work, 'host');
+    await mkdir(join(host, 'private'), { recursive: true });
+    await writeFile(join(host, 'private/f'), 'host file');
+    for (const p of ['', 'private', 'private/f']) await chmod(join(host, p), 0o755);
+    const target = entry === 'u' ? host : join(host, 'private/f');
+    const preload = join(work, 'swap.cjs');
+    await writeFile(
+      preload,
+      `const fs = require('node:fs');
+const path = require('node:path');
+const victim = ${JSON.stringify(join(dir, entry))};
+let swapped = false;
+for (const name of ['lstatSync', 'openSync']) {
+  const real = fs[name];
+  fs[name] = function (p, ...rest) {
+    const result = real.call(this, p, ...rest);
+    if (!swapped && typeof p === 'string' && path.basename(p) === path.basename(victim)) {
+      swapped = true;
+      fs.renameSync(victim, victim + '.moved');
+      fs.symlinkSync(${JSON.stringify(target)}, victim);
+    }
+    return result;
+  };
+}
+`,
+    );
+    const saved = process.env.NODE_OPTIONS;
+    process.env.NODE_OPTIONS = `--require ${preload}`;
+    try {
+      await restoreOwners(dir, owners);
+      expect((await lstat(join(dir, entry))).isSymbolicLink()).toBe(true);
+      // Back as it was, for post's record to meet the same swap.
+      await rm(join(dir, entry));
+      await rename(join(dir, `${entry}.moved`), join(dir, entry));
+      await takeOwnership(dir);
+      expect((await lstat(join(dir, entry))).isSymbolicLink()).toBe(true);
+    } finally {
+      if (saved === undefined) delete process.env.NODE_OPTIONS;
+      else process.env.NODE_OPTIONS = saved;
+    }
+    for (const p of ['', 'private', 'private/f']) expect(await ownerOf(join(host, p))).toBe('0:0 755');
   });
 
   it('post records the manifest beside, not through, a symlink a build planted by its name', async () => {

@@ -35,44 +35,71 @@ export type Owners = ReadonlyMap<string, Owner>;
 const OWNERS_TIMEOUT_MS = 10 * 60_000;
 
 /**
- * Runs as root of the user namespace, with the node running this action, so it needs nothing installed. Walks
- * without following symlinks (lstat, lchown; chmod only what is no symlink), so nothing outside `dir` is touched,
- * and `apply` touches only entries it finds there, whatever the manifest names.
- * argv: `record <dir> <manifest>` writes the manifest and hands the tree over; `apply <dir>` reads the manifest
- * (checked by the action first) from stdin.
+ * Runs as root of the user namespace (as root itself on a rootful runner), with the node running this action, so
+ * it needs nothing installed, and touches nothing outside `dir` even while a local process swaps entries below it
+ * for symlinks: each entry is pinned by an O_PATH descriptor opened without following it, owner and mode are set
+ * on that very inode through /proc/self/fd (chmod would follow a symlink put there after a check), a directory is
+ * entered through its descriptor, never by its name again, and a symlink is only ever lchown'd by its name in a
+ * directory so pinned. `apply` touches only entries it finds there, whatever the manifest names. Linux only, as
+ * the service is.
+ * argv: `record <dir>` writes the manifest and hands the tree over; `apply <dir>` reads the manifest (checked by
+ * the action first) from stdin.
  */
 const SCRIPT = `'use strict';
 const fs = require('node:fs');
-const { join } = require('node:path');
-const [op, dir, manifest] = process.argv.slice(1);
+const [op, dir] = process.argv.slice(1);
 const skip = ${JSON.stringify(OWNERS_FILE)};
-function walk(rel, visit) {
-  for (const name of fs.readdirSync(join(dir, rel)).sort()) {
+const O_PATH = 0o10000000;
+const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW } = fs.constants;
+const self = (fd) => '/proc/self/fd/' + fd;
+const at = (dirFd, name) => self(dirFd) + '/' + name;
+function walk(dirFd, rel, visit) {
+  for (const name of fs.readdirSync(self(dirFd)).sort()) {
     if (!rel && name === skip) continue;
-    const path = rel ? join(rel, name) : name;
-    const info = fs.lstatSync(join(dir, path));
-    visit(path, join(dir, path), info);
-    if (info.isDirectory()) walk(path, visit);
+    let fd;
+    try {
+      fd = fs.openSync(at(dirFd, name), O_PATH | O_NOFOLLOW);
+    } catch (error) {
+      if (error.code === 'ENOENT') continue;
+      throw error;
+    }
+    try {
+      const info = fs.fstatSync(fd);
+      const path = rel ? rel + '/' + name : name;
+      visit(path, info, (uid, gid, mode) => {
+        if (info.isSymbolicLink()) return fs.lchownSync(at(dirFd, name), uid, gid);
+        if (info.uid !== uid || info.gid !== gid) fs.chownSync(self(fd), uid, gid);
+        fs.chmodSync(self(fd), mode);
+      });
+      if (info.isDirectory()) {
+        const inner = fs.openSync(self(fd), O_RDONLY | O_DIRECTORY);
+        try {
+          walk(inner, path, visit);
+        } finally {
+          fs.closeSync(inner);
+        }
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
   }
 }
+const top = fs.openSync(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
 if (op === 'record') {
   const entries = [];
-  walk('', (path, full, info) => {
+  walk(top, '', (path, info, set) => {
     entries.push([path, info.uid, info.gid, info.mode & 0o7777]);
-    if (info.uid !== 0 || info.gid !== 0) fs.lchownSync(full, 0, 0);
-    if (!info.isSymbolicLink()) fs.chmodSync(full, (info.mode & 0o1777) | (info.isDirectory() ? 0o700 : 0o600));
+    set(0, 0, (info.mode & 0o1777) | (info.isDirectory() ? 0o700 : 0o600));
   });
   // A build can reach the top (a cache mount with id=.) and put a symlink, FIFO or dir there by this name: written
   // through, it would overwrite what the link points at (as root of the namespace) or hang post.
-  fs.rmSync(manifest, { force: true, recursive: true });
-  fs.writeFileSync(manifest, JSON.stringify(entries), { flag: 'wx' });
+  fs.rmSync(at(top, skip), { force: true, recursive: true });
+  fs.writeFileSync(at(top, skip), JSON.stringify(entries), { flag: 'wx' });
 } else if (op === 'apply') {
   const owners = new Map(JSON.parse(fs.readFileSync(0, 'utf8')).map((e) => [e[0], e]));
-  walk('', (path, full, info) => {
+  walk(top, '', (path, info, set) => {
     const owner = owners.get(path);
-    if (!owner) return;
-    fs.lchownSync(full, owner[1], owner[2]);
-    if (!info.isSymbolicLink()) fs.chmodSync(full, owner[3] & 0o1777);
+    if (owner) set(owner[1], owner[2], owner[3] & 0o1777);
   });
 } else {
   throw new Error('unknown operation ' + op);
@@ -137,7 +164,7 @@ export async function readOwners(dir: string): Promise<Owners | undefined> {
 
 /** Records owners and modes into the manifest and hands the tree to the runner's user (see the top of the file). */
 export async function takeOwnership(dir: string): Promise<void> {
-  await execAsStorageRoot(process.execPath, ['-e', SCRIPT, 'record', dir, join(dir, OWNERS_FILE)], {
+  await execAsStorageRoot(process.execPath, ['-e', SCRIPT, 'record', dir], {
     timeoutMs: OWNERS_TIMEOUT_MS,
   });
 }
