@@ -105,6 +105,27 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
     );
   });
 
+  // `podman build -t app` stores localhost/app:latest, and redhat-actions/buildah-build outputs `app:latest`;
+  // skopeo alone reads such a short name as docker.io/library/app and finds nothing.
+  it.each([
+    ['pmt/app:built', 'localhost/pmt/app:built'],
+    ['shortapp', 'localhost/shortapp:latest'],
+  ])('a short name (%s) finds %s in local storage, as podman resolves it', async (short, stored) => {
+    if (stored !== 'localhost/pmt/app:built') {
+      await run('skopeo', ['copy', '--quiet', layout.transportRef, `containers-storage:${stored}`], {
+        ...process.env,
+        ...storageEnv,
+      });
+    }
+    const r = await push(short, 'src/short', {}, storageEnv);
+    expect(r.errors).toEqual([]);
+    expect(r.main.exitCode).toBe(0);
+    expect(r.log).toMatch(
+      new RegExp(`${short} is image [0-9a-f]{12} in local storage \\(resolved by podman`),
+    );
+    expect((await remoteImage(`${registry.host}/src/short:one`)).config).toBe(configDigest);
+  });
+
   it('compression=zstd compresses an uncompressed source with zstd', async () => {
     const r = await push(
       'containers-storage:localhost/pmt/app:built',

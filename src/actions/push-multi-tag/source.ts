@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { exec, ExecError } from '../../core/exec.js';
 import { ActionError } from '../../core/run.js';
 import { readOciLayout, type LocalImage } from '../../core/oci/layout.js';
-import { parseReference } from '../../core/oci/reference.js';
+import { looksLikeHost, parseReference } from '../../core/oci/reference.js';
 import { externalText } from '../../core/oci/response.js';
 
 export type SourceTransport =
@@ -226,6 +226,10 @@ export async function openImageSource(
     await run('podman', ['--url', remote, 'save', '--format', 'oci-archive', '-o', archive, spec.location]);
     from = `oci-archive:${archive}`;
   }
+  if (spec.transport === 'containers-storage' && !remote) {
+    const id = await localImageId(spec.location, { ...options, env });
+    if (id) from = `containers-storage:${id}`;
+  }
   // containers/image puts its big temporary files (an oci-archive unpacked, a compressed docker-archive
   // decompressed) in /var/tmp whatever TMPDIR says, where a killed step would leave them: here they go with the
   // scratch dir, which post removes too.
@@ -234,6 +238,48 @@ export async function openImageSource(
   options.log(`Exporting ${from} to an OCI layout`);
   await run('skopeo', ['--tmpdir', tmp, ...copyArgs, from, `oci:${layout}:image`]);
   return readOciLayout(layout, 'image');
+}
+
+/** A local lookup reads storage metadata only. */
+const LOOKUP_TIMEOUT_MS = 60_000;
+/** The tools that build into containers-storage, in the order asked: each resolves short names the same way. */
+const STORAGE_TOOLS: ReadonlyArray<[string, string[]]> = [
+  ['podman', ['image', 'inspect', '--format', '{{.Id}}']],
+  ['buildah', ['inspect', '--type', 'image', '--format', '{{.FromImageID}}']],
+];
+
+/**
+ * The image ID a short name (no registry host) has in local storage, as podman and buildah resolve it, or
+ * undefined for a full name or when neither tool is installed or knows it (skopeo then looks it up as before).
+ * `podman build -t app` stores `localhost/app:latest` and redhat-actions/buildah-build outputs `app:latest`, while
+ * skopeo's containers-storage transport reads a short name as `docker.io/library/app` and finds nothing. The export
+ * then reads the image by that ID, so it is the one resolved even if the name moves meanwhile.
+ */
+async function localImageId(
+  name: string,
+  options: Pick<OpenSourceOptions, 'log' | 'env'>,
+): Promise<string | undefined> {
+  if (name.includes('/') && looksLikeHost(name.split('/')[0]!)) return undefined;
+  for (const [tool, args] of STORAGE_TOOLS) {
+    let result;
+    try {
+      result = await exec(tool, [...args, name], {
+        timeoutMs: LOOKUP_TIMEOUT_MS,
+        env: options.env,
+        allowFailure: true,
+      });
+    } catch (error) {
+      if (error instanceof ExecError && error.spawnCode === 'ENOENT') continue;
+      throw error;
+    }
+    const id = result.stdout.trim();
+    if (result.exitCode !== 0 || !/^[0-9a-f]{64}$/.test(id)) return undefined;
+    options.log(
+      `${name} is image ${id.slice(0, 12)} in local storage (resolved by ${tool}, as it resolves short names)`,
+    );
+    return id;
+  }
+  return undefined;
 }
 
 /**

@@ -30,7 +30,7 @@ export function isValidDigest(digest: string): boolean {
   return DIGEST_RE.test(digest);
 }
 
-function looksLikeHost(component: string): boolean {
+export function looksLikeHost(component: string): boolean {
   return component.includes('.') || component.includes(':') || component === 'localhost';
 }
 
