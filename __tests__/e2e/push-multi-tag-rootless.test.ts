@@ -1,0 +1,69 @@
+/**
+ * push-multi-tag as GitHub's hosted runners run it: main and post as an ordinary user (the `runner` account, not
+ * root), the image built by that user's rootless podman into its own storage and named as
+ * redhat-actions/buildah-build outputs it (`app:build`, no registry host: stored as `localhost/app:build`), and
+ * the registry's password given as an input.
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { chownSync, mkdtempSync } from 'node:fs';
+import { readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { importBusyboxImage } from '../support/images.js';
+import { leftovers } from '../support/leftovers.js';
+import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
+import { hostPodman, requireAvailable, stepScripts, testUser } from '../support/podman-matrix.js';
+import { startRegistry, type RegistryService } from '../support/registry.js';
+import { startSplitJob } from '../support/split-job.js';
+
+const ACTION = 'push-multi-tag';
+
+// Only the host's podman: the kernel makes no user namespace inside the trixie root (see remote-build-env-rootless).
+describe.each([hostPodman()])('[$label] push-multi-tag as an ordinary user (rootless storage)', (podman) => {
+  let pm: PodmanTestEnv;
+  let registry: RegistryService;
+  let runnerTemp: string;
+
+  beforeAll(async () => {
+    requireAvailable(podman);
+    const user = testUser();
+    pm = await createPodmanTestEnv(podman, { user });
+    await importBusyboxImage(pm, { name: 'app:build' });
+    registry = await startRegistry({ auth: 'htpasswd' });
+    runnerTemp = mkdtempSync(join(tmpdir(), 'ici-rt-'));
+    chownSync(runnerTemp, user.uid, user.gid);
+  });
+
+  afterAll(async () => {
+    await registry?.stop();
+    await pm?.remove();
+    if (runnerTemp) await rm(runnerTemp, { recursive: true, force: true });
+  });
+
+  it('pushes a short-named image of its own storage with a password, and post leaves nothing behind', async () => {
+    const job = await startSplitJob({
+      action: ACTION,
+      ...stepScripts(podman, ACTION, pm.dir, testUser()),
+      inputs: {
+        source: 'app:build',
+        repositories: `${registry.host}/team/app`,
+        tags: 'one, two',
+        username: registry.username!,
+        password: registry.password!,
+        'insecure-registries': registry.host,
+      },
+      env: pm.env,
+      runnerTemp,
+    });
+    expect(job.main.errors).toEqual([]);
+    expect(job.main.main.exitCode).toBe(0);
+    expect(job.main.log).toMatch(/app:build is image [0-9a-f]{12} in local storage \(resolved by podman/);
+    expect(JSON.parse(job.main.outputs['pushed-refs']!)).toHaveLength(2);
+    const post = await job.post();
+    expect(post.exitCode).toBe(0);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+    // Nothing the user's own tools read keeps the password: the login went through the step's own auth file.
+    const config = await readFile(join(pm.env.HOME!, '.docker/config.json'), 'utf8').catch(() => '');
+    expect(config).not.toContain(registry.password!);
+  });
+});
