@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { chownSync, mkdtempSync } from 'node:fs';
-import { readFile, rm } from 'node:fs/promises';
+import { chown, mkdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { importBusyboxImage } from '../support/images.js';
@@ -65,5 +65,37 @@ describe.each([hostPodman()])('[$label] push-multi-tag as an ordinary user (root
     // Nothing the user's own tools read keeps the password: the login went through the step's own auth file.
     const config = await readFile(join(pm.env.HOME!, '.docker/config.json'), 'utf8').catch(() => '');
     expect(config).not.toContain(registry.password!);
+  });
+
+  // A self-hosted runner as a systemd service has no login session: no XDG_RUNTIME_DIR. Rootless `podman login`
+  // then writes below a runtime dir of its own choosing ($TMPDIR/podman-run-<uid> here, no /run/user/<uid>).
+  it('finds the login rootless `podman login` made without XDG_RUNTIME_DIR', async () => {
+    const user = testUser();
+    const tmp = join(pm.dir, 'tmp');
+    await mkdir(tmp, { mode: 0o700 });
+    await chown(tmp, user.uid, user.gid);
+    const noSession = { XDG_RUNTIME_DIR: '', TMPDIR: tmp };
+    await pm.podman(
+      ['login', '--tls-verify=false', '-u', registry.username!, '-p', registry.password!, registry.host],
+      { env: noSession },
+    );
+    const job = await startSplitJob({
+      action: ACTION,
+      ...stepScripts(podman, ACTION, pm.dir, user),
+      inputs: {
+        source: 'app:build',
+        repositories: `${registry.host}/team/logged-in`,
+        tags: 'one',
+        'insecure-registries': registry.host,
+      },
+      env: { ...pm.env, ...noSession },
+      runnerTemp,
+    });
+    expect(job.main.errors).toEqual([]);
+    expect(job.main.log).toContain(
+      `${registry.host}: credentials (user '${registry.username!}') from ${join(tmp, `podman-run-${user.uid}`, 'containers/auth.json')}`,
+    );
+    expect((await job.post()).exitCode).toBe(0);
+    expect(await leftovers(runnerTemp)).toEqual([]);
   });
 });

@@ -3,8 +3,8 @@
  * that answers, credHelpers before entries, the longest host/path prefix, docker.io aliases, identity tokens,
  * and credential helpers as real scripts on PATH. Real files in temp dirs; nothing is mocked.
  */
-import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from '@jest/globals';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { normaliseAuthKey, parseAuthConfig } from '../../src/actions/push-multi-tag/auth-files.js';
@@ -95,8 +95,9 @@ describe('the search path', () => {
   it('uses /run/containers/<uid>, ~/.config and $DOCKER_CONFIG when so set; root also reads /etc/containers/auth.json', () => {
     const paths = (env: NodeJS.ProcessEnv, uid: number) =>
       authFileSearchPath(undefined, env, uid).map((f) => f.path);
-    expect(paths({ HOME: home, DOCKER_CONFIG: '/dc' }, 1000)).toEqual([
+    expect(paths({ HOME: home, DOCKER_CONFIG: '/dc', TMPDIR: '/nonexistent' }, 1000)).toEqual([
       '/run/containers/1000/auth.json',
+      '/home/u/rundir/containers/auth.json',
       '/home/u/.config/containers/auth.json',
       '/dc/config.json',
       '/home/u/.dockercfg',
@@ -104,6 +105,51 @@ describe('the search path', () => {
     expect(paths({ HOME: '/root' }, 0).at(-1)).toBe('/etc/containers/auth.json');
     // A systemd service (INVOCATION_ID) run as root reads the system file first, as containers/image does.
     expect(paths({ HOME: '/root', INVOCATION_ID: 'x' }, 0)[0]).toBe('/etc/containers/auth.json');
+  });
+});
+
+describe("rootless podman's own runtime dir without XDG_RUNTIME_DIR", () => {
+  // podman login (rootless, XDG_RUNTIME_DIR unset) writes to $TMPDIR/podman-run-<uid>/containers/auth.json when
+  // /run/user/<uid> is not the user's: seen with podman 4.3 as an ordinary user here.
+  const uid = 54321;
+  let tmp: string;
+  beforeEach(() => {
+    tmp = mkdtempSync(join(tmpdir(), 'ici-prd-'));
+  });
+  afterEach(() => rmSync(tmp, { recursive: true, force: true }));
+  const paths = () => authFileSearchPath(undefined, { HOME: '/home/u', TMPDIR: tmp }, uid).map((f) => f.path);
+
+  it('is searched after /run/containers/<uid> when it is a 0700 dir of the user', () => {
+    const dir = join(tmp, `podman-run-${uid}`);
+    mkdirSync(dir, { mode: 0o700 });
+    chownSync(dir, uid, uid);
+    expect(paths().slice(0, 2)).toEqual([
+      `/run/containers/${uid}/auth.json`,
+      join(dir, 'containers/auth.json'),
+    ]);
+  });
+
+  it.each([
+    ['owned by another user', 0o700, 0],
+    ['writable by others', 0o777, uid],
+  ])('is not searched when %s (planted in a shared /tmp)', (_, mode, owner) => {
+    const dir = join(tmp, `podman-run-${uid}`);
+    mkdirSync(dir);
+    chmodSync(dir, mode);
+    chownSync(dir, owner, owner);
+    expect(paths()).not.toContain(join(dir, 'containers/auth.json'));
+    expect(paths()[1]).toBe('/home/u/rundir/containers/auth.json');
+  });
+
+  it('is never searched for root, nor when XDG_RUNTIME_DIR is set', () => {
+    expect(authFileSearchPath(undefined, { HOME: '/root', TMPDIR: tmp }, 0).map((f) => f.path)).not.toContain(
+      '/root/rundir/containers/auth.json',
+    );
+    expect(
+      authFileSearchPath(undefined, { HOME: '/home/u', XDG_RUNTIME_DIR: '/x', TMPDIR: tmp }, uid).map(
+        (f) => f.path,
+      )[0],
+    ).toBe('/x/containers/auth.json');
   });
 });
 

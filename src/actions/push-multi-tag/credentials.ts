@@ -2,7 +2,8 @@
  * Which credential each registry gets, found where podman, skopeo and docker logins put them. Without the
  * `username`/`password` inputs, each registry is looked up in these files in order, first match wins:
  * the `auth-file` input, REGISTRY_AUTH_FILE, `$XDG_RUNTIME_DIR/containers/auth.json` (podman login's default;
- * `/run/containers/<uid>/auth.json` without XDG_RUNTIME_DIR), `$XDG_CONFIG_HOME/containers/auth.json`,
+ * without XDG_RUNTIME_DIR `/run/containers/<uid>/auth.json`, then for a user not root the runtime dir rootless
+ * podman picks itself), `$XDG_CONFIG_HOME/containers/auth.json`,
  * `$DOCKER_CONFIG/config.json` (docker login's; default `~/.docker/config.json`), `~/.dockercfg`, and for root
  * `/etc/containers/auth.json` (first instead of last in a systemd service, as containers/image does). In each file,
  * as containers/image reads it: a `credHelpers` entry for the host decides that file's answer; else the entry with
@@ -10,6 +11,7 @@
  *
  * Files are only read (lazily, each once) and helpers only asked (`get`); nothing is ever written to them.
  */
+import { statSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -42,6 +44,24 @@ export interface FoundCredential {
 
 const SYSTEM_AUTH_FILE = '/etc/containers/auth.json';
 
+/**
+ * Where rootless podman writes its logins when XDG_RUNTIME_DIR is unset (a runner service outside a login
+ * session): podman then picks a runtime dir of its own and sets XDG_RUNTIME_DIR to it for its own process only, so
+ * `podman login` writes below it while containers/image, reading the variable, would look in /run/containers/<uid>.
+ * Its choice, as in podman's GetRuntimeDir: /run/user/<uid>, else $TMPDIR/podman-run-<uid>, else $HOME/rundir; one
+ * of the first two counts only when it is a directory the user owns that no one else may write (so nobody else can
+ * have planted one in /tmp).
+ */
+function podmanRuntimeDir(env: NodeJS.ProcessEnv, uid: number, home: string): string[] {
+  if (uid === 0) return [];
+  const auth = (dir: string) => [join(dir, 'containers', 'auth.json')];
+  for (const dir of [`/run/user/${uid}`, join(env.TMPDIR || '/tmp', `podman-run-${uid}`)]) {
+    const info = statSync(dir, { throwIfNoEntry: false });
+    if (info?.isDirectory() && info.uid === uid && (info.mode & 0o777) === 0o700) return auth(dir);
+  }
+  return auth(join(home, 'rundir'));
+}
+
 /** The files to search, in order, for this environment (the module comment lists the rule). */
 export function authFileSearchPath(
   authFileInput: string | undefined,
@@ -55,7 +75,7 @@ export function authFileSearchPath(
   const runtime = env.XDG_RUNTIME_DIR
     ? [join(env.XDG_RUNTIME_DIR, 'containers', 'auth.json')]
     : uid !== undefined
-      ? [`/run/containers/${uid}/auth.json`]
+      ? [`/run/containers/${uid}/auth.json`, ...podmanRuntimeDir(env, uid, home)]
       : [];
   const defaults: AuthFileSpec[] = [
     ...runtime.map((path) => ({ path })),
