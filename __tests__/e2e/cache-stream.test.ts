@@ -842,7 +842,7 @@ describe('streaming restore, cache service v1 (GHES)', () => {
     expect(readdirSync(dirs.runnerTemp)).toEqual(['ici-v1']);
   });
 
-  it('finds a restore-key match over v1 and looks up without downloading', async () => {
+  it('finds a restore-key match over v1 and looks up without downloading; a miss (204) stays a miss', async () => {
     const { host, log } = cliHost();
     const downloads = service.counters.requests.Download ?? 0;
     expect(await restoreCache(host, [dir()], 'v1-other', ['v1-'], { lookupOnly: true })).toEqual({
@@ -852,6 +852,8 @@ describe('streaming restore, cache service v1 (GHES)', () => {
     });
     expect(service.counters.requests.Download ?? 0).toBe(downloads);
     expect(log).toContain('Cache hit for restore-key: v1-key');
+    // A miss (204) is a miss, not a reason to ask the library.
+    expect(await restoreCache(host, [dir()], 'v2-key', ['v2-'])).toEqual({ hit: false, backend: 'actions' });
     expect(fallbacks(log)).toEqual([]);
   });
 
@@ -873,11 +875,20 @@ describe('streaming restore, cache service v1 (GHES)', () => {
     },
   );
 
-  it('falls back to the library, with one line, on a v1 lookup answer it does not know (HTTP 203)', async () => {
+  it('falls back to the library, with one line, on a v1 lookup answer it does not know (HTTP 203); both asked alike', async () => {
     service.answerV1HitsWith(203);
-    const log = await restoreV1();
+    const seen = service.v1Lookups.length;
+    await laterRun([dirs.runnerTemp]);
+    const { host, log } = cliHost();
+    expect((await restoreCache(host, [dir()], 'v1-key', ['v1-k', 'v1-'])).hit).toBe(true);
+    expect(treeDigest(dir())).toBe(digest);
     expect(fallbacks(log)).toEqual([
       'Streaming restore not used (getCacheEntry answered HTTP 203); restoring through @actions/cache.',
     ]);
+    // The stream's lookup, then the library's: the same keys, version, Accept header and token, byte for byte.
+    const [ours, library] = service.v1Lookups.slice(seen);
+    expect(service.v1Lookups.length - seen).toBe(2);
+    expect(ours).toEqual(library);
+    expect(ours!.path).toContain(`keys=${encodeURIComponent('v1-key,v1-k,v1-')}&version=`);
   });
 });

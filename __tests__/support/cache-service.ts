@@ -100,6 +100,8 @@ export class CacheService {
     bytesDownloaded: 0,
     rangedDownloads: 0,
   };
+  /** Every v1 lookup as it arrived (path with query, Accept, Authorization): who asks how. */
+  readonly v1Lookups: Array<{ path: string; accept?: string; authorization?: string }> = [];
   /** Entries larger than this are refused (v1 at reserve with 400, v2 at finalize), like the repo quota. */
   maxEntryBytes = Number.POSITIVE_INFINITY;
   private failing: Set<CacheCall> | 'all' = new Set();
@@ -390,6 +392,11 @@ export class CacheService {
       case 'Download':
         return this.download(req, res, this.blobEntry(url, true));
       case 'V1Lookup': {
+        this.v1Lookups.push({
+          path: req.url ?? '',
+          accept: req.headers.accept,
+          authorization: req.headers.authorization,
+        });
         // What the library always sends (cacheHttpClient.js): a client without it is not asking as it does.
         if (!String(req.headers.accept).includes('api-version=6.0-preview.1'))
           throw new HttpFailure(400, 'Accept must name api-version=6.0-preview.1');
