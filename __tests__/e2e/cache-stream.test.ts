@@ -26,7 +26,7 @@ import { dirname, join } from 'node:path';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
 import { compressionMethod } from '../../src/core/cache-version.js';
 import { restoreCacheMounts } from '../../src/actions/remote-build-env/cache-mounts.js';
-import { CacheService, laterRun } from '../support/cache-service.js';
+import { CacheService, laterRun, type CacheCall } from '../support/cache-service.js';
 import { testUser } from '../support/podman-matrix.js';
 import { cacheEnv, captureStdout, cliHost, fillRandom, jobDirs, treeDigest } from '../support/cache-files.js';
 
@@ -97,6 +97,141 @@ function listTree(dir: string, at = ''): string[] {
         .digest('hex');
       return [`f ${rel} ${st.mode & 0o777} ${content}`];
     });
+}
+
+const outside = () => join(dirs.base, 'outside');
+const plantings: Array<[string, (dir: string, tarFile: string) => void, RegExp]> = [
+  [
+    'an absolute name',
+    (dir, tarFile) => {
+      writeFileSync(join(outside(), 'planted'), 'planted');
+      tarP('-cf', tarFile, dir, join(outside(), 'planted'));
+      rmSync(join(outside(), 'planted'));
+    },
+    /archive member '.*\/outside\/planted' is outside the cache paths/,
+  ],
+  [
+    'a ../ name (tar -P writes it relative to the workspace)',
+    (dir, tarFile) => {
+      writeFileSync(join(outside(), 'planted'), 'planted');
+      tarP('-cf', tarFile, dir, '-C', dirs.workspace, '../outside/planted');
+      rmSync(join(outside(), 'planted'));
+    },
+    /archive member '\.\.\/outside\/planted' is outside the cache paths/,
+  ],
+  [
+    'a symlink out of the path, then a file written through it',
+    (dir, tarFile) => {
+      symlinkSync(outside(), join(dir, 'link'));
+      tarP('-cf', tarFile, dir);
+      rmSync(join(dir, 'link'));
+      mkdirSync(join(dir, 'link'));
+      writeFileSync(join(dir, 'link', 'planted'), 'planted');
+      tarP('-rf', tarFile, join(dir, 'link', 'planted'));
+    },
+    /archive member '.*\/link\/planted' is reached through the archive's symlink '.*\/link'/,
+  ],
+  [
+    // Decoded leniently, \xff and \xfe were both U+FFFD: the file \xfe took the symlink \xff out of the check,
+    // \xfd went up through it, \xfc took \xfd out, and a file was written through \xfd into outside/.
+    'raw-byte names that are one name once decoded leniently (a symlink dropped from the check)',
+    (dir, tarFile) => {
+      const [z, w] = [rawPath(`${dir}/`, 0xfd), rawPath(`${dir}/`, 0xfc)];
+      const e = join(dir, 'd', 'e');
+      mkdirSync(e, { recursive: true });
+      symlinkSync('../..', rawPath(`${e}/`, 0xff));
+      writeFileSync(rawPath(`${e}/`, 0xfe), '');
+      symlinkSync(
+        Buffer.concat([Buffer.from('d/e/'), Buffer.from([0xff]), Buffer.from('/../../outside')]),
+        z,
+      );
+      writeFileSync(w, '');
+      writeFileSync(join(outside(), 'planted'), 'planted');
+      const through = Buffer.concat([z, Buffer.from('/planted')]);
+      tarRaw(tarFile, [
+        dir,
+        join(dir, 'd'),
+        e,
+        rawPath(`${e}/`, 0xff),
+        rawPath(`${e}/`, 0xfe),
+        z,
+        w,
+        through,
+      ]);
+      rmSync(join(outside(), 'planted'));
+    },
+    /unreadable archive: a member name or link target is not valid UTF-8/,
+  ],
+  [
+    // Whoever reads it (preseed hashing its disk image) would block forever.
+    'a FIFO',
+    (dir, tarFile) => {
+      execFileSync('mkfifo', [join(dir, 'disk.raw')]);
+      tarP('-cf', tarFile, dir);
+    },
+    /archive member '.*\/disk\.raw' is a FIFO/,
+  ],
+  [
+    'a hard link to a file outside the path',
+    (dir, tarFile) => {
+      writeFileSync(join(outside(), 'secret'), 'not yours');
+      linkSync(join(outside(), 'secret'), join(dir, 'hard'));
+      tarP('-cf', tarFile, join(outside(), 'secret'), dir);
+      execFileSync('tar', ['-P', '--delete', '-f', tarFile, join(outside(), 'secret')]);
+    },
+    /archive member '.*\/hard' is a hard link to '.*\/outside\/secret', outside the cache paths/,
+  ],
+  [
+    // Unread, it would go to the library, whose tar -P extracts everything up to the break unchecked.
+    'a member the check cannot read as tar does (GNU sparse), before an absolute name',
+    (dir, tarFile) => {
+      execFileSync('truncate', ['-s', '1M', join(dir, 'sparse')]);
+      writeFileSync(join(outside(), 'planted'), 'planted');
+      execFileSync('tar', [
+        '--format=gnu',
+        '--sparse',
+        '-P',
+        '-cf',
+        tarFile,
+        dir,
+        join(outside(), 'planted'),
+      ]);
+      rmSync(join(outside(), 'planted'));
+    },
+    /unreadable archive: unsupported tar member type 'S'/,
+  ],
+];
+
+/**
+ * Saves a small tree under `key` with the library, puts the archive `build` crafts in its place, and checks that
+ * a restore refuses it whole: one warning naming `reason`, nothing planted, nothing restored, no library fallback
+ * (the library would have extracted the very same archive).
+ */
+async function expectPlantingRefused(
+  key: string,
+  build: (dir: string, tarFile: string) => void,
+  reason: RegExp,
+): Promise<void> {
+  rmSync(outside(), { recursive: true, force: true });
+  mkdirSync(outside(), { recursive: true });
+  const dir = join(dirs.runnerTemp, 'ici-planting');
+  rmSync(dir, { recursive: true, force: true });
+  await fillTree(dir, 1, MiB);
+  await saveWithLibrary([dir], key);
+  poison(key, (tarFile) => build(dir, tarFile));
+  await laterRun([dirs.runnerTemp]);
+  const { host, log } = cliHost();
+  const plain = plainDownloads();
+  const result = await restoreCache(host, [dir], key);
+  expect(readdirSync(outside()).filter((f) => f !== 'secret')).toEqual([]);
+  expect(result).toEqual({ hit: false, backend: 'actions' });
+  const warnings = log.filter((l) => l.startsWith('warning:'));
+  expect(warnings).toHaveLength(1);
+  expect(warnings[0]).toMatch(/^warning: Cache entry refused, continuing without it \(actions backend\): /);
+  expect(warnings[0]).toMatch(reason);
+  expect(existsSync(dir)).toBe(false);
+  expect(fallbacks(log)).toEqual([]);
+  expect(plainDownloads()).toBe(plain);
 }
 
 const fallbacks = (log: string[]) => log.filter((l) => FALLBACK.test(l));
@@ -428,134 +563,9 @@ describe('streaming restore, cache service v2', () => {
   });
 
   describe('an entry with a member outside the cache paths is refused whole: nothing planted, nothing restored, no library fallback', () => {
-    const outside = () => join(dirs.base, 'outside');
-    const cases: Array<[string, (dir: string, tarFile: string) => void, RegExp]> = [
-      [
-        'an absolute name',
-        (dir, tarFile) => {
-          writeFileSync(join(outside(), 'planted'), 'planted');
-          tarP('-cf', tarFile, dir, join(outside(), 'planted'));
-          rmSync(join(outside(), 'planted'));
-        },
-        /archive member '.*\/outside\/planted' is outside the cache paths/,
-      ],
-      [
-        'a ../ name (tar -P writes it relative to the workspace)',
-        (dir, tarFile) => {
-          writeFileSync(join(outside(), 'planted'), 'planted');
-          tarP('-cf', tarFile, dir, '-C', dirs.workspace, '../outside/planted');
-          rmSync(join(outside(), 'planted'));
-        },
-        /archive member '\.\.\/outside\/planted' is outside the cache paths/,
-      ],
-      [
-        'a symlink out of the path, then a file written through it',
-        (dir, tarFile) => {
-          symlinkSync(outside(), join(dir, 'link'));
-          tarP('-cf', tarFile, dir);
-          rmSync(join(dir, 'link'));
-          mkdirSync(join(dir, 'link'));
-          writeFileSync(join(dir, 'link', 'planted'), 'planted');
-          tarP('-rf', tarFile, join(dir, 'link', 'planted'));
-        },
-        /archive member '.*\/link\/planted' is reached through the archive's symlink '.*\/link'/,
-      ],
-      [
-        // Decoded leniently, \xff and \xfe were both U+FFFD: the file \xfe took the symlink \xff out of the check,
-        // \xfd went up through it, \xfc took \xfd out, and a file was written through \xfd into outside/.
-        'raw-byte names that are one name once decoded leniently (a symlink dropped from the check)',
-        (dir, tarFile) => {
-          const [z, w] = [rawPath(`${dir}/`, 0xfd), rawPath(`${dir}/`, 0xfc)];
-          const e = join(dir, 'd', 'e');
-          mkdirSync(e, { recursive: true });
-          symlinkSync('../..', rawPath(`${e}/`, 0xff));
-          writeFileSync(rawPath(`${e}/`, 0xfe), '');
-          symlinkSync(
-            Buffer.concat([Buffer.from('d/e/'), Buffer.from([0xff]), Buffer.from('/../../outside')]),
-            z,
-          );
-          writeFileSync(w, '');
-          writeFileSync(join(outside(), 'planted'), 'planted');
-          const through = Buffer.concat([z, Buffer.from('/planted')]);
-          tarRaw(tarFile, [
-            dir,
-            join(dir, 'd'),
-            e,
-            rawPath(`${e}/`, 0xff),
-            rawPath(`${e}/`, 0xfe),
-            z,
-            w,
-            through,
-          ]);
-          rmSync(join(outside(), 'planted'));
-        },
-        /unreadable archive: a member name or link target is not valid UTF-8/,
-      ],
-      [
-        // Whoever reads it (preseed hashing its disk image) would block forever.
-        'a FIFO',
-        (dir, tarFile) => {
-          execFileSync('mkfifo', [join(dir, 'disk.raw')]);
-          tarP('-cf', tarFile, dir);
-        },
-        /archive member '.*\/disk\.raw' is a FIFO/,
-      ],
-      [
-        'a hard link to a file outside the path',
-        (dir, tarFile) => {
-          writeFileSync(join(outside(), 'secret'), 'not yours');
-          linkSync(join(outside(), 'secret'), join(dir, 'hard'));
-          tarP('-cf', tarFile, join(outside(), 'secret'), dir);
-          execFileSync('tar', ['-P', '--delete', '-f', tarFile, join(outside(), 'secret')]);
-        },
-        /archive member '.*\/hard' is a hard link to '.*\/outside\/secret', outside the cache paths/,
-      ],
-      [
-        // Unread, it would go to the library, whose tar -P extracts everything up to the break unchecked.
-        'a member the check cannot read as tar does (GNU sparse), before an absolute name',
-        (dir, tarFile) => {
-          execFileSync('truncate', ['-s', '1M', join(dir, 'sparse')]);
-          writeFileSync(join(outside(), 'planted'), 'planted');
-          execFileSync('tar', [
-            '--format=gnu',
-            '--sparse',
-            '-P',
-            '-cf',
-            tarFile,
-            dir,
-            join(outside(), 'planted'),
-          ]);
-          rmSync(join(outside(), 'planted'));
-        },
-        /unreadable archive: unsupported tar member type 'S'/,
-      ],
-    ];
-
-    it.each(cases)('%s', async (_what, build, reason) => {
-      rmSync(outside(), { recursive: true, force: true });
-      mkdirSync(outside(), { recursive: true });
-      const dir = join(dirs.runnerTemp, 'ici-planting');
-      rmSync(dir, { recursive: true, force: true });
-      await fillTree(dir, 1, MiB);
-      const key = `planting-${cases.findIndex((c) => c[1] === build)}`;
-      await saveWithLibrary([dir], key);
-      poison(key, (tarFile) => build(dir, tarFile));
-      await laterRun([dirs.runnerTemp]);
-      const { host, log } = cliHost();
-      const plain = plainDownloads();
-      expect(await restoreCache(host, [dir], key)).toEqual({ hit: false, backend: 'actions' });
-      const warnings = log.filter((l) => l.startsWith('warning:'));
-      expect(warnings).toHaveLength(1);
-      expect(warnings[0]).toMatch(
-        /^warning: Cache entry refused, continuing without it \(actions backend\): /,
-      );
-      expect(warnings[0]).toMatch(reason);
-      expect(readdirSync(outside()).filter((f) => f !== 'secret')).toEqual([]);
-      expect(existsSync(dir)).toBe(false);
-      // The library would have extracted the very same archive.
-      expect(fallbacks(log)).toEqual([]);
-      expect(plainDownloads()).toBe(plain);
-    });
+    it.each(plantings)('%s', (_what, build, reason) =>
+      expectPlantingRefused(`planting-${plantings.findIndex((c) => c[1] === build)}`, build, reason),
+    );
   });
 
   it('gives zstd and tar an environment without the action inputs and credentials', async () => {
@@ -792,20 +802,93 @@ describe('streaming restore, cache service v2', () => {
 });
 
 describe('streaming restore, cache service v1 (GHES)', () => {
-  beforeAll(() => env.use(service.envV1({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
+  const dir = () => join(dirs.runnerTemp, 'ici-v1');
+  let digest: string;
+  const v1Calls = () =>
+    ['V1Reserve', 'V1Upload', 'V1Commit'].map((c) => service.counters.requests[c as CacheCall] ?? 0);
 
-  it('leaves v1 to the library, which still restores (one line says so)', async () => {
-    const dir = join(dirs.runnerTemp, 'ici-v1');
-    const digest = await fillTree(dir, 1, 2 * MiB);
-    const { host, log } = cliHost();
-    expect((await saveCache(host, [dir], 'v1-key')).outcome).toBe('saved');
+  beforeAll(async () => {
+    env.use(service.envV1({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp }));
+    digest = await fillTree(dir(), 1, 5 * MiB);
+    const before = v1Calls();
+    const { host } = cliHost();
+    // Saved through our wrapper: the library's own v1 save (reserve, PATCH chunks, commit).
+    expect((await saveCache(host, [dir()], 'v1-key')).outcome).toBe('saved');
+    expect(v1Calls().map((n, i) => n - before[i]!)).toEqual([1, 1, 1]);
+  });
+
+  /** A later job's restore of the entry the library saved over v1, with what it logged. */
+  async function restoreV1(): Promise<string[]> {
     await laterRun([dirs.runnerTemp]);
-    const before = ranged();
-    expect((await restoreCache(host, [dir], 'v1-key')).hit).toBe(true);
-    expect(treeDigest(dir)).toBe(digest);
-    expect(ranged()).toBe(before);
+    const { host, log } = cliHost();
+    expect((await restoreCache(host, [dir()], 'v1-key')).hit).toBe(true);
+    expect(treeDigest(dir())).toBe(digest);
+    return log;
+  }
+
+  it('restores an entry the real @actions/cache saved over v1 byte-identically, streamed through ranged GETs (not the library)', async () => {
+    const before = {
+      ranged: ranged(),
+      plain: plainDownloads(),
+      lookups: service.counters.requests.V1Lookup ?? 0,
+    };
+    const log = await restoreV1();
+    expect(fallbacks(log)).toEqual([]);
+    expect(log.some((l) => /^Cache Size: .* streamed into tar in /.test(l))).toBe(true);
+    expect(service.counters.requests.V1Lookup! - before.lookups).toBe(1);
+    // 5 MiB of archive in 4 MiB ranges; the library's single plain GET was never made, nor its temp archive.
+    expect(ranged() - before.ranged).toBe(2);
+    expect(plainDownloads()).toBe(before.plain);
+    expect(readdirSync(dirs.runnerTemp)).toEqual(['ici-v1']);
+  });
+
+  it('finds a restore-key match over v1 and looks up without downloading; a miss (204) stays a miss', async () => {
+    const { host, log } = cliHost();
+    const downloads = service.counters.requests.Download ?? 0;
+    expect(await restoreCache(host, [dir()], 'v1-other', ['v1-'], { lookupOnly: true })).toEqual({
+      hit: false,
+      matchedKey: 'v1-key',
+      backend: 'actions',
+    });
+    expect(service.counters.requests.Download ?? 0).toBe(downloads);
+    expect(log).toContain('Cache hit for restore-key: v1-key');
+    // A miss (204) is a miss, not a reason to ask the library.
+    expect(await restoreCache(host, [dir()], 'v2-key', ['v2-'])).toEqual({ hit: false, backend: 'actions' });
+    expect(fallbacks(log)).toEqual([]);
+  });
+
+  it('refuses an entry with a member outside the cache paths over v1 (the library would extract it with tar -P)', () =>
+    expectPlantingRefused('v1-planting', plantings[0]![1], plantings[0]![2]));
+
+  it.each([
+    [403, /^the download URL answered HTTP 403$/],
+    [503, /HTTP 503/],
+  ])(
+    'falls back to the library, with one line, when the v1 archive URL answers ranged GETs with %i',
+    async (status, reason) => {
+      service.refuseRanges(status);
+      const plain = plainDownloads();
+      const log = await restoreV1();
+      expect(fallbacks(log)).toHaveLength(1);
+      expect(fallbacks(log)[0]!.match(FALLBACK)![1]).toMatch(reason);
+      expect(plainDownloads()).toBe(plain + 1);
+    },
+  );
+
+  it('falls back to the library, with one line, on a v1 lookup answer it does not know (HTTP 203); both asked alike', async () => {
+    service.answerV1HitsWith(203);
+    const seen = service.v1Lookups.length;
+    await laterRun([dirs.runnerTemp]);
+    const { host, log } = cliHost();
+    expect((await restoreCache(host, [dir()], 'v1-key', ['v1-k', 'v1-'])).hit).toBe(true);
+    expect(treeDigest(dir())).toBe(digest);
     expect(fallbacks(log)).toEqual([
-      'Streaming restore not used (cache service v1 (GHES or no ACTIONS_CACHE_SERVICE_V2)); restoring through @actions/cache.',
+      'Streaming restore not used (getCacheEntry answered HTTP 203); restoring through @actions/cache.',
     ]);
+    // The stream's lookup, then the library's: the same keys, version, Accept header and token, byte for byte.
+    const [ours, library] = service.v1Lookups.slice(seen);
+    expect(service.v1Lookups.length - seen).toBe(2);
+    expect(ours).toEqual(library);
+    expect(ours!.path).toContain(`keys=${encodeURIComponent('v1-key,v1-k,v1-')}&version=`);
   });
 });

@@ -99,12 +99,14 @@ describe('core/cache on the Actions cache backend, CLI host', () => {
 describe('core/cache on the Actions cache backend, v1 (GHES)', () => {
   beforeAll(() => env.use(service.envV1({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp })));
 
-  // v1, where restores go through the library (v2 restores stream, under their own deadline): a library call
-  // abandoned at its deadline keeps running, and must stay quiet when it fails later.
+  // A restore the stream leaves to the library (a lookup answer it does not know: v1's 203), whose download then
+  // hangs: a library call abandoned at its deadline keeps running, and must stay quiet when it fails later.
   it('stops waiting for a hung service after IMAGE_CI_CACHE_TIMEOUT and carries on; the abandoned call stays quiet', async () => {
     const dir = data('hung', 'z');
     const { host, log } = cliHost(true);
-    service.hang(['V1Lookup']);
+    expect((await saveCache(host, [dir], 'hung-key')).outcome).toBe('saved');
+    service.answerV1HitsWith(203);
+    service.hang(['Download']);
     process.env.IMAGE_CI_CACHE_TIMEOUT = '1s';
     // stdout as the CLI's caller sees it, for the whole life of the abandoned call.
     const { value, lines } = await captureStdout(async () => {
@@ -128,7 +130,7 @@ describe('core/cache on the Actions cache backend, v1 (GHES)', () => {
     expect(lines).toEqual([]);
     service.heal();
     // The abandoned call does not block the next one.
-    expect((await saveCache(host, [dir], 'hung-key')).outcome).toBe('saved');
+    expect((await saveCache(host, [dir], 'hung-key-after')).outcome).toBe('saved');
   });
 
   it('reports an entry over the size limit as too-large (v1: refused at reserve)', async () => {

@@ -100,6 +100,8 @@ export class CacheService {
     bytesDownloaded: 0,
     rangedDownloads: 0,
   };
+  /** Every v1 lookup as it arrived (path with query, Accept, Authorization): who asks how. */
+  readonly v1Lookups: Array<{ path: string; accept?: string; authorization?: string }> = [];
   /** Entries larger than this are refused (v1 at reserve with 400, v2 at finalize), like the repo quota. */
   maxEntryBytes = Number.POSITIVE_INFINITY;
   private failing: Set<CacheCall> | 'all' = new Set();
@@ -112,6 +114,7 @@ export class CacheService {
   private throttle: Throttle | undefined;
   private forgedKey: ((asked: string) => string) | undefined;
   private claimedSize: number | undefined;
+  private v1HitStatus = 200;
   private hanging = new Set<CacheCall>();
   /** Answers held back by hang(), so dropHung() can end them the way a dying proxy does. */
   private readonly held: ServerResponse[] = [];
@@ -220,6 +223,14 @@ export class CacheService {
     this.forgedKey = forge;
   }
 
+  /**
+   * v1 lookups that hit answer `status` (another 2xx, which the library takes as it takes a 200) with the same
+   * body: an answer the streaming restore does not know.
+   */
+  answerV1HitsWith(status: number): void {
+    this.v1HitStatus = status;
+  }
+
   /** Ranged GETs claim the archive is `bytes` long (Content-Range total); the bytes sent stay the real ones. */
   claimArchiveSize(bytes: number): void {
     this.claimedSize = bytes;
@@ -248,6 +259,7 @@ export class CacheService {
     this.damageFrom = undefined;
     this.forgedKey = undefined;
     this.claimedSize = undefined;
+    this.v1HitStatus = 200;
   }
 
   list(): CacheEntryInfo[] {
@@ -380,13 +392,21 @@ export class CacheService {
       case 'Download':
         return this.download(req, res, this.blobEntry(url, true));
       case 'V1Lookup': {
+        this.v1Lookups.push({
+          path: req.url ?? '',
+          accept: req.headers.accept,
+          authorization: req.headers.authorization,
+        });
+        // What the library always sends (cacheHttpClient.js): a client without it is not asking as it does.
+        if (!String(req.headers.accept).includes('api-version=6.0-preview.1'))
+          throw new HttpFailure(400, 'Accept must name api-version=6.0-preview.1');
         const keys = (url.searchParams.get('keys') ?? '').split(',').filter(Boolean);
         const entry = this.match(url.searchParams.get('version') ?? '', keys);
         if (!entry) {
           res.writeHead(204).end();
           return;
         }
-        return sendJson(res, 200, {
+        return sendJson(res, this.v1HitStatus, {
           cacheKey: this.forgedKey ? this.forgedKey(keys[0] ?? '') : entry.key,
           scope: 'refs/heads/main',
           cacheVersion: entry.version,

@@ -1,18 +1,19 @@
 /**
- * Restore from the Actions cache (service v2) at the speed of the bytes: the entry is looked up as @actions/cache
- * 6 looks it up (same key, restore keys and version, so entries the library saved are found), then the signed
- * archive URL is read as parallel ranged GETs, in order, straight into `zstd -d --long=30 | tar -x` with the
- * library's tar options. The library instead downloads the whole archive to a temp file and only then extracts
- * it, so its restore costs download + write + read + extract in sequence.
+ * Restore from the Actions cache at the speed of the bytes: the entry is looked up as @actions/cache 6 looks it
+ * up (service v2 on github.com, v1 on GHES; same key, restore keys and version, so entries the library saved are
+ * found), then the archive URL the service names is read as parallel ranged GETs, in order, straight into
+ * `zstd -d --long=30 | tar -x` with the library's tar options (a server that ignores Range sends it whole, in one
+ * GET). The library instead downloads the whole archive to a temp file and only then extracts it, so its
+ * restore costs download + write + read + extract in sequence.
  *
- * Whatever this code does not recognise (another service version, GHES, a 4xx from the signed URL, a
+ * Whatever this code does not recognise (a lookup answer of an unknown shape, a 4xx from the archive URL, a
  * tar or zstd error) throws StreamUnusable, and the caller restores through the library instead. Before that,
  * a half-done extraction is undone: the consumer must find either the whole entry or what was there before,
  * never a truncated file that looks restored.
  *
  * An entry that is not what was asked for is refused instead, and not handed to the library (which would take
- * it): a matched key that is neither the key nor one of its prefixes, or an archive with a member that would be
- * written outside the cache paths (see cache-confinement.ts).
+ * it, and extract it with `tar -P` unchecked): a matched key that is neither the key nor one of its prefixes, or
+ * an archive with a member that would be written outside the cache paths (see cache-confinement.ts).
  */
 import { which } from '@actions/io';
 import { spawn, type ChildProcess, type ChildProcessByStdio } from 'node:child_process';
@@ -26,7 +27,7 @@ import { EntryRefused, confineMembers } from './cache-confinement.js';
 import { exitOf, ownFailure } from './child-exit.js';
 import { ChildOutputRelay } from './child-output-relay.js';
 import { cacheKeyProblem, matchedKeyProblem } from './cache-key.js';
-import { lookupEntry } from './cache-lookup.js';
+import { lookupEntry, type CacheService } from './cache-lookup.js';
 import { cacheReadable, cacheServiceVersion, cacheVersion, compressionMethod } from './cache-version.js';
 import { childEnv, exec, failedForLackOfResources } from './exec.js';
 import type { Host } from './host.js';
@@ -72,7 +73,7 @@ export async function streamRestore(
   settings: StreamSettings,
 ): Promise<BackendRestore> {
   const env = process.env;
-  checkUsable(env, [primaryKey, ...restoreKeys]);
+  const service = usableService(env, [primaryKey, ...restoreKeys]);
   const [tar, method] = await Promise.all([tarCommand(), compressionMethod()]);
   if (method !== 'zstd-without-long') throw new StreamUnusable('zstd is not installed (gzip archives)');
 
@@ -86,7 +87,7 @@ export async function streamRestore(
       host,
       { key: primaryKey, restoreKeys, version: cacheVersion(paths, method) },
       {
-        resultsUrl: env.ACTIONS_RESULTS_URL!,
+        service,
         token: env.ACTIONS_RUNTIME_TOKEN!,
         signal: deadline.signal,
         ...LOOKUP,
@@ -132,17 +133,20 @@ export async function streamRestore(
   }
 }
 
-function checkUsable(env: NodeJS.ProcessEnv, keys: string[]): void {
-  const version = cacheServiceVersion(env);
-  if (version !== 'v2')
-    throw new StreamUnusable(`cache service ${version} (GHES or no ACTIONS_CACHE_SERVICE_V2)`);
-  if (!env.ACTIONS_RESULTS_URL || !env.ACTIONS_RUNTIME_TOKEN) {
-    throw new StreamUnusable('ACTIONS_RESULTS_URL or ACTIONS_RUNTIME_TOKEN is not set');
+/** The service to ask, where the library would ask it, when the stream can serve this restore at all. */
+function usableService(env: NodeJS.ProcessEnv, keys: string[]): CacheService {
+  // config.js: v1 asks ACTIONS_CACHE_URL, or ACTIONS_RESULTS_URL when that is unset; v2 only the latter.
+  const v2 = cacheServiceVersion(env) === 'v2';
+  const url = v2 ? env.ACTIONS_RESULTS_URL : env.ACTIONS_CACHE_URL || env.ACTIONS_RESULTS_URL;
+  if (!url || !env.ACTIONS_RUNTIME_TOKEN) {
+    const urls = v2 ? 'ACTIONS_RESULTS_URL' : 'ACTIONS_CACHE_URL (or ACTIONS_RESULTS_URL)';
+    throw new StreamUnusable(`${urls} or ACTIONS_RUNTIME_TOKEN is not set`);
   }
   if (!cacheReadable(env)) throw new StreamUnusable(`ACTIONS_CACHE_MODE=${env.ACTIONS_CACHE_MODE}`);
   if (keys.length > MAX_KEYS || keys.some((k) => cacheKeyProblem(k) !== undefined)) {
     throw new StreamUnusable('a key the library would refuse');
   }
+  return v2 ? { version: 'v2', resultsUrl: url } : { version: 'v1', cacheUrl: url };
 }
 
 /**
