@@ -116,6 +116,21 @@ describe('push-multi-tag from docker-daemon: the image the name was, by its ID (
     }
   });
 
+  it('an engine whose answer for the name holds no image ID (relay answers /_ping instead): one line, nothing exported', async () => {
+    const relay = await startEngineRelay(service.url, (path) =>
+      path.endsWith('/json') ? '/_ping' : undefined,
+    );
+    try {
+      const r = await push(relay.host, 'id/no-id');
+      expect(r.errors).toEqual([
+        "push-multi-tag failed: cannot read the source docker-daemon:app:build: the Docker engine's answer for app:build (GET /images/…/json) names no image ID (sha256:<64 hex>): OK.",
+      ]);
+      expect(relay.paths.some((p) => p.startsWith('/images/get'))).toBe(false);
+    } finally {
+      await relay.stop();
+    }
+  });
+
   it('an export holding two images where one was asked for (relay adds a second name): refused naming each ID', async () => {
     const relay = await startEngineRelay(service.url, (path) =>
       path.startsWith('/images/get') ? `${path}&names=${other}` : undefined,
