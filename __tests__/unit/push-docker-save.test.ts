@@ -382,6 +382,17 @@ describe('dockerSaveToLayout', () => {
     );
   });
 
+  it('an ID whose name in the export is a link to a manifest of other bytes does not name that manifest', async () => {
+    const exp = blobsExport({ gzipFirst: true, manifests: {} });
+    const dir = mkdtempSync(join(work, 'linked-'));
+    execFileSync('tar', ['-xf', exp.file, '-C', dir]);
+    const claimed = sha(Buffer.from('an image the engine never had'));
+    symlinkSync(sha(exp.manifests![0]!).slice(7), join(dir, 'blobs', 'sha256', claimed.slice(7)));
+    await expect(toLayout({ ...exp, file: archive(dir, ['.']) }, 'gzip', claimed)).rejects.toThrow(
+      `docker-daemon:x: the export is image ${sha(exp.config)}, not ${claimed}, the image asked for.`,
+    );
+  });
+
   it('a compressed layer no manifest of the image ID lists is decompressed and checked against its diff_id', async () => {
     const exp = blobsExport({ gzipFirst: true, lieFirst: true });
     await expect(toLayout(exp, 'gzip', sha(exp.config))).rejects.toThrow(

@@ -327,14 +327,17 @@ export async function dockerSaveToLayout(
   // A layer the engine kept compressed was checked against its name in the export only. Where a manifest the
   // image ID names lists it, that binds it to the config; else its content is checked against the diff_id here.
   if (!boundByManifest) {
+    const checked = new Set<string>();
     for (const [i, layer] of stores.entries()) {
-      if (layer.diffId === undefined)
-        await checkCompressedDiffId(
-          layoutDir,
-          layer.descriptor,
-          diffIds[i],
-          `${what}: layer ${i + 1} (${String(layerNames[i])})`,
-        );
+      const key = `${layer.descriptor.digest} ${String(diffIds[i])}`;
+      if (layer.diffId !== undefined || checked.has(key)) continue;
+      checked.add(key);
+      await checkCompressedDiffId(
+        layoutDir,
+        layer.descriptor,
+        diffIds[i],
+        `${what}: layer ${i + 1} (${String(layerNames[i])})`,
+      );
     }
   }
   const configDescriptor = await writeBlob(layoutDir, config.data, CONFIG);
@@ -372,7 +375,8 @@ function leadsTo(
   depth = 0,
 ): boolean {
   const entry = /^sha256:[0-9a-f]{64}$/.test(id) ? blob(id) : undefined;
-  if (entry?.kind !== 'memory') return false;
+  // Hashed here, not taken from its name: the name may be a link to an entry of any name.
+  if (entry?.kind !== 'memory' || digestOf(entry.data) !== id) return false;
   let doc: { config?: { digest?: unknown }; layers?: unknown; manifests?: unknown } | null;
   try {
     doc = JSON.parse(entry.data.toString('utf8')) as typeof doc;
