@@ -93,6 +93,9 @@ describe('push-multi-tag from docker-daemon: (real Docker engine, real docker-re
     expect(r.log).toContain(
       `Exporting localhost/ici/app:v1 from the Docker engine at ${engine.host} (DOCKER_HOST)`,
     );
+    expect(r.log).toContain(
+      `localhost/ici/app:v1 is the engine's image ${imageId}; exporting that image by its ID`,
+    );
     const manifest = await remote('daemon/app:latest');
     expect(manifest.config.digest).toBe(imageId);
     expect(manifest.layers.map((l) => l.mediaType)).toEqual(

@@ -5,6 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { createServer, request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from 'undici';
@@ -104,5 +105,63 @@ export async function startDockerEngine(): Promise<DockerEngineService> {
       exec('docker', ['-H', host, ...args], { timeoutMs: 120_000, allowFailure: options.allowFailure }),
     log,
     stop,
+  };
+}
+
+export interface EngineRelay {
+  /** `unix://<socket>`, for DOCKER_HOST. */
+  host: string;
+  /** Every request's path as it arrived, in order. */
+  paths: string[];
+  stop(): Promise<void>;
+}
+
+/**
+ * A relay on a unix socket in front of a real engine's socket, for what an engine cannot be made to do on cue:
+ * `before` sees each request's path before the engine does, and may act first (re-tag an image mid-step) or
+ * return another path to ask the engine in its place (an engine answering another image, or two).
+ */
+export async function startEngineRelay(
+  engineHost: string,
+  before: (path: string) => Promise<string | void> | string | void,
+): Promise<EngineRelay> {
+  const target = engineHost.replace(/^unix:\/\//, '');
+  const dir = mkdtempSync(join(tmpdir(), 'ici-er-'));
+  const socket = join(dir, 'relay.sock');
+  const paths: string[] = [];
+  const server = createServer((req, res) => {
+    const path = req.url ?? '/';
+    paths.push(path);
+    void (async () => (await before(path)) ?? path)().then(
+      (asked) => {
+        const upstream = httpRequest(
+          { socketPath: target, path: asked, method: req.method, headers: req.headers, timeout: 60_000 },
+          (answer) => {
+            res.writeHead(answer.statusCode ?? 502, answer.headers);
+            answer.pipe(res);
+          },
+        );
+        upstream.on('error', () => res.destroy());
+        upstream.on('timeout', () => upstream.destroy());
+        req.pipe(upstream);
+      },
+      (error: unknown) => {
+        res.writeHead(500, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ message: `relay: ${String(error)}` }));
+      },
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socket, resolve);
+  });
+  return {
+    host: `unix://${socket}`,
+    paths,
+    async stop() {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      rmSync(dir, { recursive: true, force: true });
+    },
   };
 }

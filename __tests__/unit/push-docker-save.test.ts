@@ -115,6 +115,8 @@ interface Export {
   config: Buffer;
   diffIds: string[];
   layers: Buffer[];
+  /** For blobsExport's `manifests`: the manifest's bytes, then the index's. */
+  manifests?: Buffer[];
 }
 
 /** A `docker save` export in the classic format: `<id>/layer.tar`, a repeated layer as a symlink, `<hex>.json`. */
@@ -150,16 +152,60 @@ function classicExport(): Export {
 
 /** Docker ≥ 25's format: blobs/sha256/<hex>, layers uncompressed, or (containerd image store) gzip as pulled. */
 function blobsExport(
-  options: { gzipFirst?: boolean; bigLayer?: boolean; lie?: boolean; swapFirst?: Buffer } = {},
+  options: {
+    gzipFirst?: boolean;
+    bigLayer?: boolean;
+    lie?: boolean;
+    lieFirst?: boolean;
+    swapFirst?: Buffer;
+    /** An OCI manifest of the image, and an index listing it, as blobs (the containerd image store's export). */
+    manifests?: { layers?: Buffer[] };
+  } = {},
 ): Export {
   const dir = mkdtempSync(join(work, 'blobs-'));
   mkdirSync(join(dir, 'blobs', 'sha256'), { recursive: true });
   const l1 = layerTar('big', randomBytes(options.bigLayer ? 5 * 1024 * 1024 : 2000));
   const l2 = layerTar('small', Buffer.from('small'));
   const stored = [options.gzipFirst ? gzipSync(l1) : l1, l2];
-  const diffIds = [sha(l1), options.lie ? sha(Buffer.from('other')) : sha(l2)];
+  const diffIds = [
+    options.lieFirst ? sha(Buffer.from('other')) : sha(l1),
+    options.lie ? sha(Buffer.from('other')) : sha(l2),
+  ];
   const config = Buffer.from(JSON.stringify({ os: 'linux', rootfs: { type: 'layers', diff_ids: diffIds } }));
-  for (const blob of [...stored, config])
+  const extra: Buffer[] = [];
+  if (options.manifests) {
+    const manifest = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        config: {
+          mediaType: 'application/vnd.oci.image.config.v1+json',
+          digest: sha(config),
+          size: config.length,
+        },
+        layers: (options.manifests.layers ?? stored).map((b) => ({
+          mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
+          digest: sha(b),
+          size: b.length,
+        })),
+      }),
+    );
+    const index = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.index.v1+json',
+        manifests: [
+          {
+            mediaType: 'application/vnd.oci.image.manifest.v1+json',
+            digest: sha(manifest),
+            size: manifest.length,
+          },
+        ],
+      }),
+    );
+    extra.push(manifest, index);
+  }
+  for (const blob of [...stored, config, ...extra])
     writeFileSync(join(dir, 'blobs', 'sha256', sha(blob).slice(7)), blob);
   // Other bytes under the first layer's name (a damaged or doctored export).
   if (options.swapFirst)
@@ -180,12 +226,18 @@ function blobsExport(
     config,
     diffIds,
     layers: stored,
+    manifests: extra,
   };
 }
 
-async function toLayout(exp: Export, compress: 'gzip' | 'none' = 'gzip') {
+async function toLayout(exp: Export, compress: 'gzip' | 'none' = 'gzip', imageId?: string) {
   const layoutDir = mkdtempSync(join(work, 'layout-'));
-  await dockerSaveToLayout(pieces(exp.file), { layoutDir, compress, what: 'docker-daemon:x' });
+  await dockerSaveToLayout(pieces(exp.file), {
+    layoutDir,
+    compress,
+    what: 'docker-daemon:x',
+    ...(imageId ? { imageId } : {}),
+  });
   return readOciLayout(layoutDir, 'image');
 }
 
@@ -291,5 +343,65 @@ describe('dockerSaveToLayout', () => {
     await expect(
       toLayout({ file: archive(dir, ['hello']), config: Buffer.alloc(0), diffIds: [], layers: [] }),
     ).rejects.toThrow('docker-daemon:x: the export has no manifest.json; is it a docker save archive?');
+  });
+
+  it('given the image ID asked for: an export of another image, or of two, is refused naming the IDs', async () => {
+    const exp = classicExport();
+    const asked = sha(Buffer.from('the image asked for'));
+    await expect(toLayout(exp, 'gzip', sha(exp.config))).resolves.toBeDefined();
+    await expect(toLayout(exp, 'gzip', asked)).rejects.toThrow(
+      `docker-daemon:x: the export is image ${sha(exp.config)}, not ${asked}, the image asked for.`,
+    );
+    // Two images: the classic export's, and a second one beside it.
+    const dir = mkdtempSync(join(work, 'two-'));
+    execFileSync('tar', ['-xf', exp.file, '-C', dir]);
+    const other = Buffer.from(JSON.stringify({ rootfs: { type: 'layers', diff_ids: [] } }));
+    writeFileSync(join(dir, 'other.json'), other);
+    const entries = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as unknown[];
+    writeFileSync(
+      join(dir, 'manifest.json'),
+      JSON.stringify([...entries, { Config: 'other.json', RepoTags: ['localhost/y:1'], Layers: [] }]),
+    );
+    const two = archive(dir, ['.']);
+    await expect(toLayout({ ...exp, file: two }, 'gzip', sha(exp.config))).rejects.toThrow(
+      `docker-daemon:x: the export holds 2 images (${sha(exp.config)}, ${sha(other)}) where ${sha(exp.config)} was asked for; expected one.`,
+    );
+  });
+
+  it('containerd image store: an ID naming a manifest (or an index) in the export that lists this config and these layers is that image; one listing other layers is not', async () => {
+    const exp = blobsExport({ gzipFirst: true, manifests: {} });
+    const [manifest, index] = exp.manifests!;
+    await expect(toLayout(exp, 'gzip', sha(manifest!))).resolves.toBeDefined();
+    await expect(toLayout(exp, 'gzip', sha(index!))).resolves.toBeDefined();
+    const swapped = blobsExport({
+      gzipFirst: true,
+      manifests: { layers: [gzipSync(Buffer.from('x')), Buffer.alloc(1)] },
+    });
+    await expect(toLayout(swapped, 'gzip', sha(swapped.manifests![1]!))).rejects.toThrow(
+      `docker-daemon:x: the export is image ${sha(swapped.config)}, not ${sha(swapped.manifests![1]!)}, the image asked for.`,
+    );
+  });
+
+  it('an ID whose name in the export is a link to a manifest of other bytes does not name that manifest', async () => {
+    const exp = blobsExport({ gzipFirst: true, manifests: {} });
+    const dir = mkdtempSync(join(work, 'linked-'));
+    execFileSync('tar', ['-xf', exp.file, '-C', dir]);
+    const claimed = sha(Buffer.from('an image the engine never had'));
+    symlinkSync(sha(exp.manifests![0]!).slice(7), join(dir, 'blobs', 'sha256', claimed.slice(7)));
+    await expect(toLayout({ ...exp, file: archive(dir, ['.']) }, 'gzip', claimed)).rejects.toThrow(
+      `docker-daemon:x: the export is image ${sha(exp.config)}, not ${claimed}, the image asked for.`,
+    );
+  });
+
+  it('a compressed layer no manifest of the image ID lists is decompressed and checked against its diff_id', async () => {
+    const exp = blobsExport({ gzipFirst: true, lieFirst: true });
+    await expect(toLayout(exp, 'gzip', sha(exp.config))).rejects.toThrow(
+      new RegExp(
+        `docker-daemon:x: layer 1 \\(blobs/sha256/${sha(exp.layers[0]!).slice(7)}\\) has content ${sha(gunzipSync(exp.layers[0]!))}; the config says ${exp.diffIds[0]}\\.`,
+      ),
+    );
+    // The same lie, bound by the manifest the ID names: the engine's own image, as it keeps it.
+    const bound = blobsExport({ gzipFirst: true, lieFirst: true, manifests: {} });
+    await expect(toLayout(bound, 'gzip', sha(bound.manifests![0]!))).resolves.toBeDefined();
   });
 });

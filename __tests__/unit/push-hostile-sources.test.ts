@@ -365,7 +365,12 @@ describe('docker-daemon: a mock engine that answers 200 with no image export', (
     const dir = mkdtempSync(join(work, 'engine-'));
     scratch = dir;
     const socket = join(dir, 'docker.sock');
-    const server = createServer((_req, res) => answer(res));
+    // Which image x:1 is, answered as an engine does; the export is what the test is about.
+    const server = createServer((req, res) =>
+      req.url === '/images/x:1/json'
+        ? res.writeHead(200).end(JSON.stringify({ Id: `sha256:${'1'.repeat(64)}` }))
+        : answer(res),
+    );
     await new Promise<void>((resolve) => server.listen(socket, resolve));
     try {
       return await readDockerDaemonImage('x:1', {

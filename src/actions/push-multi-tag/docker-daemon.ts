@@ -31,6 +31,11 @@ const DEFAULT_DOCKER_HOST = 'unix:///var/run/docker.sock';
 const HEADERS_TIMEOUT_MS = 30 * 60_000;
 /** Once bytes flow, a pause this long means the engine stopped. */
 const BODY_TIMEOUT_MS = 5 * 60_000;
+/** Which image a name is, the engine answers from its metadata at once. */
+const INSPECT_TIMEOUT_MS = 60_000;
+/** An image's inspect answer (its config, tags and digests) is kilobytes; more is no such answer. */
+const INSPECT_LIMIT = 4 * 1024 * 1024;
+const IMAGE_ID = /^sha256:[0-9a-f]{64}$/;
 
 export interface DockerEngine {
   /** Where the engine is, and what said so, for messages. */
@@ -154,18 +159,78 @@ export interface DockerDaemonOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-/** Exports `ref` from the engine into an OCI layout under `scratch` and reads the image from it. */
-export async function readDockerDaemonImage(ref: string, options: DockerDaemonOptions): Promise<LocalImage> {
+/**
+ * The engine's ID of `ref` (`GET /images/<ref>/json`, as `docker image inspect` asks). The export is asked for
+ * by that ID and must be that image: a tag another step moves meanwhile cannot change what is pushed, and no
+ * name has to match (podman's Docker API names `app:build` `localhost/app:build`).
+ */
+async function resolveImageId(engine: DockerEngine, ref: string, subject: string): Promise<string> {
+  // As the docker CLI sends it: the name's slashes and colons as they are, anything else escaped.
+  const name = encodeURIComponent(ref).replace(/%2F/g, '/').replace(/%3A/g, ':').replace(/%40/g, '@');
+  let body: Buffer;
+  try {
+    const response = await engine.dispatcher.request({
+      origin: engine.origin,
+      path: `/images/${name}/json`,
+      method: 'GET',
+      signal: AbortSignal.timeout(INSPECT_TIMEOUT_MS),
+    });
+    // An error page is read to its start only: it may never end.
+    body = await readPrefix(
+      response.body,
+      response.statusCode === 200 ? INSPECT_LIMIT + 1 : ERROR_BODY_LIMIT,
+    );
+    if (response.statusCode !== 200) {
+      throw new ActionError(
+        `cannot read the source ${subject}: ${engineRefusal(response.statusCode, body.toString('utf8'), ref)}`,
+      );
+    }
+  } catch (error) {
+    if (error instanceof ActionError) throw error;
+    const why =
+      (error as { name?: unknown }).name === 'TimeoutError'
+        ? `the Docker engine did not say which image ${ref} is within ${formatDuration(INSPECT_TIMEOUT_MS)}.`
+        : unreachable(error, engine.address);
+    throw new ActionError(`cannot read the source ${subject}: ${why}`, { cause: error });
+  }
+  let id: unknown;
+  try {
+    id =
+      body.length > INSPECT_LIMIT
+        ? undefined
+        : (JSON.parse(body.toString('utf8')) as { Id?: unknown } | null)?.Id;
+  } catch {
+    // not JSON: said below
+  }
+  if (typeof id !== 'string' || !IMAGE_ID.test(id)) {
+    throw new ActionError(
+      `cannot read the source ${subject}: the Docker engine's answer for ${ref} (GET /images/…/json) names no image ID (sha256:<64 hex>): ${externalText(body.toString('utf8'), 100) || 'empty'}.`,
+    );
+  }
+  return id;
+}
+
+/**
+ * Exports `ref` from the engine into an OCI layout under `scratch` and reads the image from it, with the
+ * engine's ID of that image (what `docker build` and `docker images` print), for the log and the summary.
+ */
+export async function readDockerDaemonImage(
+  ref: string,
+  options: DockerDaemonOptions,
+): Promise<LocalImage & { engineImageId: string }> {
   const engine = dockerEngine(options.env);
   const subject = `docker-daemon:${ref}`;
   const layoutDir = join(options.scratch, 'layout');
   const compression = options.compression ?? 'gzip';
   options.log(`Exporting ${ref} from the Docker engine at ${engine.address}`);
+  let imageId: string;
   try {
+    imageId = await resolveImageId(engine, ref, subject);
+    options.log(`${ref} is the engine's image ${imageId}; exporting that image by its ID`);
     const response = await engine.dispatcher
       .request({
         origin: engine.origin,
-        path: `/images/get?${new URLSearchParams({ names: ref }).toString()}`,
+        path: `/images/get?${new URLSearchParams({ names: imageId }).toString()}`,
         method: 'GET',
         signal: AbortSignal.timeout(options.timeoutMs),
       })
@@ -184,6 +249,7 @@ export async function readDockerDaemonImage(ref: string, options: DockerDaemonOp
         layoutDir,
         compress: compression === 'gzip' ? 'gzip' : 'none',
         what: subject,
+        imageId,
       });
     } catch (error) {
       if (error instanceof ActionError) throw error;
@@ -202,12 +268,15 @@ export async function readDockerDaemonImage(ref: string, options: DockerDaemonOp
     // destroy, not close: after a failure mid-export the rest of the body is not wanted, and close would wait for it.
     await engine.dispatcher.destroy();
   }
-  if (compression === 'gzip') return readOciLayout(layoutDir, 'image');
-  // zstd is left to skopeo, as for every other source (Node.js has no zstd before 22.15).
-  return openImageSource(
-    { transport: 'oci', location: layoutDir, ref: 'image' },
-    { ...options, compression, tlsVerify: true },
-  );
+  const image =
+    compression === 'gzip'
+      ? await readOciLayout(layoutDir, 'image')
+      : // zstd is left to skopeo, as for every other source (Node.js has no zstd before 22.15).
+        await openImageSource(
+          { transport: 'oci', location: layoutDir, ref: 'image' },
+          { ...options, compression, tlsVerify: true },
+        );
+  return { ...image, engineImageId: imageId };
 }
 
 function unreachable(error: unknown, address: string): string {

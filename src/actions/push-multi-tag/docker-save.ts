@@ -4,17 +4,18 @@
  * repeated layers) and Docker ≥ 25's (`blobs/sha256/...`, uncompressed, or as pulled with the containerd image
  * store, possibly gzip or zstd). manifest.json comes last, so each entry is kept as it arrives: small ones in
  * memory, an uncompressed layer gzip-compressed on the fly into the layout (its uncompressed digest checked
- * against the config's diff_ids at the end), an already compressed layer as it is.
+ * against the config's diff_ids at the end), an already compressed layer as it is. Given the engine's image ID,
+ * the export must be that image and no other.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { createGzip } from 'node:zlib';
+import { createGunzip, createGzip } from 'node:zlib';
 import { digestOf } from '../../core/oci/digest.js';
 import { MANIFEST_LIMIT, MediaType, type Descriptor } from '../../core/oci/media-types.js';
-import { REF_NAME_ANNOTATION } from '../../core/oci/layout.js';
+import { blobPath, REF_NAME_ANNOTATION } from '../../core/oci/layout.js';
 import { readTar } from './tar-stream.js';
 
 const LAYER_TAR = 'application/vnd.oci.image.layer.v1.tar';
@@ -45,6 +46,12 @@ export interface DockerSaveOptions {
   compress: 'gzip' | 'none';
   /** What is being read, for messages. */
   what: string;
+  /**
+   * The engine's ID of the image asked for (`sha256:<hex>`): the export must hold that image alone. It is the
+   * config's digest (classic image store, podman) or, with the containerd image store, the digest of a manifest
+   * or index in the export that leads to the exported config and layers.
+   */
+  imageId?: string;
 }
 
 /** A stored entry: its bytes in memory, or a blob already in the layout. */
@@ -153,8 +160,8 @@ async function storeBlob(
 
 /**
  * Docker ≥ 25 names entries by their digest (`blobs/sha256/<hex>`): content that is not what its name says is
- * refused, as a pull refuses it. This is the only check a compressed layer gets (its diff_id would need it
- * decompressed); an uncompressed one is checked against the config's diff_ids as well.
+ * refused, as a pull refuses it. A layer is also checked against the config: an uncompressed one by its diff_id,
+ * a compressed one through the manifest the image ID names (see leadsTo), or else decompressed.
  */
 function checkContentAddress(what: string, name: string, digest: string): void {
   const m = /^blobs\/sha256\/([0-9a-f]{64})$/.exec(posix.normalize(name));
@@ -234,10 +241,13 @@ export async function dockerSaveToLayout(
 
   const tooLarge = (named: string) =>
     `${what}: ${named} is too large for image metadata (over ${JSON_LIMIT / 1024 / 1024} MiB, or past ${HELD_LIMIT / 1024 / 1024} MiB of metadata in all) and is no layer.`;
-  const resolve = (name: unknown): Stored => {
+  const lookup = (name: unknown): { path: string; found?: Stored } => {
     let path = typeof name === 'string' ? inArchive(name) : '';
     for (let hops = 0; links.has(path) && hops < 16; hops++) path = links.get(path)!;
-    const found = stored.get(path);
+    return { path, found: stored.get(path) };
+  };
+  const resolve = (name: unknown): Stored => {
+    const { path, found } = lookup(name);
     if (!found) {
       const named = typeof name === 'string' ? name : 'an entry';
       throw new Error(
@@ -252,8 +262,15 @@ export async function dockerSaveToLayout(
     throw new Error(`${what}: the export has no manifest.json; is it a docker save archive?`);
   const images = parseJson(index.data, `${what}: manifest.json`);
   if (!Array.isArray(images) || images.length !== 1) {
+    // Named by their IDs (config digests) where the export holds their configs: what `docker images` shows.
+    const ids = Array.isArray(images)
+      ? images.map((i) => {
+          const { found } = lookup((i as SaveManifestEntry | null)?.Config);
+          return found?.kind === 'memory' ? digestOf(found.data) : 'an image without its config';
+        })
+      : [];
     throw new Error(
-      `${what}: the export holds ${Array.isArray(images) ? images.length : 'no'} images; expected one.`,
+      `${what}: the export holds ${Array.isArray(images) ? images.length : 'no'} images${ids.length ? ` (${ids.join(', ')})` : ''}${options.imageId ? ` where ${options.imageId} was asked for` : ''}; expected one.`,
     );
   }
   // `null` is JSON too, where an object belongs.
@@ -271,6 +288,7 @@ export async function dockerSaveToLayout(
   }
 
   const layers: Descriptor[] = [];
+  const stores: StoredBlob[] = [];
   // A small layer listed again (an empty one, after each metadata-only step) is compressed once, however often.
   const converted = new Map<Buffer, StoredBlob>();
   for (const [i, name] of layerNames.entries()) {
@@ -289,6 +307,38 @@ export async function dockerSaveToLayout(
       );
     }
     layers.push(layer.descriptor);
+    stores.push(layer);
+  }
+  const configDigest = digestOf(config.data);
+  const boundByManifest =
+    options.imageId !== undefined &&
+    options.imageId !== configDigest &&
+    leadsTo(
+      options.imageId,
+      configDigest,
+      stores.map((l) => l.sourceDigest),
+      (digest) => lookup(`blobs/sha256/${digest.slice(7)}`).found,
+    );
+  if (options.imageId !== undefined && options.imageId !== configDigest && !boundByManifest) {
+    throw new Error(
+      `${what}: the export is image ${configDigest}, not ${options.imageId}, the image asked for.`,
+    );
+  }
+  // A layer the engine kept compressed was checked against its name in the export only. Where a manifest the
+  // image ID names lists it, that binds it to the config; else its content is checked against the diff_id here.
+  if (!boundByManifest) {
+    const checked = new Set<string>();
+    for (const [i, layer] of stores.entries()) {
+      const key = `${layer.descriptor.digest} ${String(diffIds[i])}`;
+      if (layer.diffId !== undefined || checked.has(key)) continue;
+      checked.add(key);
+      await checkCompressedDiffId(
+        layoutDir,
+        layer.descriptor,
+        diffIds[i],
+        `${what}: layer ${i + 1} (${String(layerNames[i])})`,
+      );
+    }
   }
   const configDescriptor = await writeBlob(layoutDir, config.data, CONFIG);
   const manifest = Buffer.from(
@@ -310,6 +360,66 @@ export async function dockerSaveToLayout(
     }),
   );
   return manifestDescriptor;
+}
+
+/**
+ * Whether `id` (a containerd image store's image ID) is the digest of a manifest in the export that lists this
+ * config and these layers, or of an index listing such a manifest: the export's blobs were each checked against
+ * their names, so that chain binds the exported config and layers to the ID.
+ */
+function leadsTo(
+  id: string,
+  configDigest: string,
+  layerDigests: readonly string[],
+  blob: (digest: string) => Stored | undefined,
+  depth = 0,
+): boolean {
+  const entry = /^sha256:[0-9a-f]{64}$/.test(id) ? blob(id) : undefined;
+  // Hashed here, not taken from its name: the name may be a link to an entry of any name.
+  if (entry?.kind !== 'memory' || digestOf(entry.data) !== id) return false;
+  let doc: { config?: { digest?: unknown }; layers?: unknown; manifests?: unknown } | null;
+  try {
+    doc = JSON.parse(entry.data.toString('utf8')) as typeof doc;
+  } catch {
+    return false;
+  }
+  if (Array.isArray(doc?.manifests)) {
+    return (
+      depth < 2 &&
+      (doc.manifests as Array<{ digest?: unknown } | null>).some(
+        (m) =>
+          typeof m?.digest === 'string' && leadsTo(m.digest, configDigest, layerDigests, blob, depth + 1),
+      )
+    );
+  }
+  const listed = Array.isArray(doc?.layers) ? (doc.layers as Array<{ digest?: unknown } | null>) : [];
+  return (
+    doc?.config?.digest === configDigest &&
+    listed.length === layerDigests.length &&
+    listed.every((l, i) => l?.digest === layerDigests[i])
+  );
+}
+
+/** Decompresses a stored gzip layer and checks its content against the config's diff_id. */
+async function checkCompressedDiffId(
+  layoutDir: string,
+  descriptor: Descriptor,
+  diffId: unknown,
+  what: string,
+): Promise<void> {
+  if (!descriptor.mediaType.endsWith('+gzip')) {
+    // Node.js has no zstd before 22.15.
+    throw new Error(
+      `${what} is zstd-compressed and no manifest of the image lists it, so its content cannot be checked against the config.`,
+    );
+  }
+  const hash = createHash('sha256');
+  await pipeline(createReadStream(blobPath(layoutDir, descriptor.digest)), createGunzip(), async (source) => {
+    for await (const chunk of source) hash.update(chunk as Buffer);
+  });
+  const content = `sha256:${hash.digest('hex')}`;
+  if (content !== diffId)
+    throw new Error(`${what} has content ${content}; the config says ${String(diffId)}.`);
 }
 
 async function writeBlob(layoutDir: string, data: Buffer, mediaType: string): Promise<Descriptor> {

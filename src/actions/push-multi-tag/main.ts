@@ -119,7 +119,7 @@ export async function pushMultiTag(host: Host, inputs: PushInputs): Promise<void
     );
     const durationMs = Date.now() - started;
     report(host, inputs, outcome, durationMs);
-    await host.appendSummary(pushSummary(outcome, inputs, durationMs));
+    await host.appendSummary(pushSummary(outcome, inputs, durationMs, image.engineImageId));
     const failed = outcome.refs.filter((r) => r.failure);
     if (outcome.phase1Failures.size > 0 || failed.length > 0)
       throw new ActionError(failureText(inputs, outcome));

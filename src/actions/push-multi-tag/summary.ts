@@ -3,6 +3,7 @@ import { formatBytes, formatDuration, heading, markdownTable } from '../../core/
 import type { PushInputs } from './inputs.js';
 import type { PushOutcome } from './main.js';
 import { blobCounts, shortDigest } from './plan.js';
+import { formatImageSource } from './source.js';
 
 function title(outcome: PushOutcome, inputs: PushInputs, durationMs: number): string {
   const n = outcome.repositories.length;
@@ -17,7 +18,13 @@ function title(outcome: PushOutcome, inputs: PushInputs, durationMs: number): st
   return `push-multi-tag: ${n} repositories in ${formatDuration(durationMs)}: ${state}`;
 }
 
-export function pushSummary(outcome: PushOutcome, inputs: PushInputs, durationMs: number): string {
+/** `engineImageId`: the Docker engine's ID of a docker-daemon source, to match against the build's output. */
+export function pushSummary(
+  outcome: PushOutcome,
+  inputs: PushInputs,
+  durationMs: number,
+  engineImageId?: string,
+): string {
   const dry = outcome.dryRun;
   const repositoryRows = outcome.repositories.map((r) => {
     const name = `${r.registry}/${r.repository}:${inputs.tags.join(', ')}`;
@@ -61,6 +68,9 @@ export function pushSummary(outcome: PushOutcome, inputs: PushInputs, durationMs
   const failures = [...outcome.phase1Failures].map(([registry, why]) => [registry, why.reason]);
   return (
     heading(title(outcome, inputs, durationMs)) +
+    (engineImageId
+      ? `Source: \`${formatImageSource(inputs.source)}\`, the Docker engine's image \`${engineImageId}\`.\n\n`
+      : '') +
     markdownTable(['Ref', 'Digest', 'Uploaded', 'Mounted', 'Skipped'], repositoryRows) +
     '\n' +
     markdownTable(['Tag', 'Before', 'After', 'Result'], tagRows) +
