@@ -83,6 +83,13 @@ describe('retry policy', () => {
     expect(parseRetryAfter('soon')).toBeUndefined();
     expect(parseRetryAfter(null)).toBeUndefined();
   });
+  it('reads no date into Retry-After garbage that Date.parse takes for a day in 2001 (a wait of 0: retried at once)', () => {
+    expect(parseRetryAfter('1.5')).toBe(1500);
+    for (const garbage of ['-1', '5, 5', '+3', '1 2', 'Infinity'])
+      expect(parseRetryAfter(garbage)).toBeUndefined();
+    // The obsolete RFC 850 form still counts (RFC 9110 5.6.7).
+    expect(parseRetryAfter('Thursday, 01-Jan-70 00:00:10 GMT', 4_000)).toBe(6_000);
+  });
   it('grows exponentially and is capped; Retry-After wins and is honoured up to 120 s', () => {
     const policy = { retries: 5, baseDelayMs: 100, maxDelayMs: 1000, maxRetryAfterMs: 120_000 };
     expect(backoffDelay(0, policy)).toBeLessThanOrEqual(100);

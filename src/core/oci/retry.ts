@@ -29,11 +29,17 @@ export function isRetryableStatus(status: number): boolean {
   return status === 408 || status === 429 || (status >= 500 && status !== 501 && status !== 505);
 }
 
-/** Retry-After as seconds or an HTTP date; undefined when absent or unparseable. */
+/**
+ * Retry-After as seconds (a fraction too, as some servers send it) or an HTTP date; undefined when absent or
+ * unparseable. Only the HTTP-date forms are read as dates (all three start with the day's name): Date.parse
+ * also takes '1.5', '-1' or '5, 5' (a header sent twice, joined) for days in 2001, a wait of 0 that made every
+ * retry against a rate-limiting registry go at once.
+ */
 export function parseRetryAfter(value: string | undefined | null, now = Date.now()): number | undefined {
   if (!value) return undefined;
   const trimmed = value.trim();
-  if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000;
+  if (/^\d+(?:\.\d+)?$/.test(trimmed)) return Math.ceil(Number(trimmed) * 1000);
+  if (!/^[a-z]{3}/i.test(trimmed)) return undefined;
   const date = Date.parse(trimmed);
   return Number.isNaN(date) ? undefined : Math.max(0, date - now);
 }

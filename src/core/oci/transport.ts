@@ -322,7 +322,8 @@ export class RegistryTransport {
         const failure = new TransientError(
           (await failureMessage(response, spec.what)).text,
           response.status,
-          parseRetryAfter(response.header('retry-after')),
+          // The first one, as Go's Header.Get reads it: two proxies on the way may each have added theirs.
+          parseRetryAfter(response.headerList('retry-after')[0]),
         );
         if (typeof spec.body === 'function') throw failure;
         await budget.next(failure);
@@ -479,7 +480,7 @@ export class RegistryTransport {
       } finally {
         sending?.stop();
       }
-      const response = wrapResponse(data, url);
+      const response = wrapResponse(data, url, this.timeoutMs);
       const location = response.header('location');
       const follow = spec.method === 'GET' || spec.method === 'HEAD';
       if (!follow || ![301, 302, 303, 307, 308].includes(response.status) || !location) return response;
