@@ -533,6 +533,42 @@ describe('range connection', () => {
     }
   });
 
+  it('a range trickling under 1 KiB/s inside a CONNECT tunnel of the HTTPS_PROXY is a stall, as it is without the proxy', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ici-unit-range-proxy-'));
+    const proxy = await startForwardProxy();
+    try {
+      const ca = makeTestCa(dir, 'ici-test', ['range.proxytest']);
+      const tls = { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) };
+      // 20 bytes every 50 ms (400 B/s, never silent for the idle time), cut after 3 s so that a client without
+      // the limit ends too, then as a cut.
+      const { url } = await rawServer((socket, start, end) => {
+        socket.write(partial(start, end));
+        let sent = start;
+        const drip = setInterval(() => socket.write(data.subarray(sent, (sent += 20))), 50);
+        const cut = setTimeout(() => socket.destroy(), 3000);
+        socket.on('close', () => {
+          clearInterval(drip);
+          clearTimeout(cut);
+        });
+      }, tls);
+      const script = `
+        const c = new RangeConnection(new URL(process.argv[1]), 300);
+        const failed = await c.get({ start: 0, end: 99999 }, Buffer.alloc(100000)).then(() => 'read', (e) => e);
+        c.close();
+        console.log(JSON.stringify({ message: failed.message, retryable: failed.retryable }));`;
+      const tunnelled = `https://range.proxytest:${url.port}/archive`;
+      const out = await nodeTrusting(ca.caCert, script, tunnelled, { HTTPS_PROXY: proxy.url, NO_PROXY: '' });
+      expect(JSON.parse(out)).toEqual({
+        message: expect.stringMatching(/ in 0\.\d s, under 1\.0 KiB\/s \(stalled\)$/),
+        retryable: true,
+      });
+      expect(proxy.records.filter((r) => r.method === 'CONNECT')).toHaveLength(1);
+    } finally {
+      await proxy.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('reads long bodies over TLS whatever its records are cut at, and refuses one with bytes sent right behind it', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'ici-unit-range-tls-'));
     try {

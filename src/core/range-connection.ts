@@ -180,11 +180,13 @@ export class RangeConnection {
             return;
           }
           // onread does not apply to a TLS session over a socket given to it: its reads come as data events,
-          // copied like any read into our buffer.
+          // copied like any read into our buffer, and held to the low-speed limit as onread's are (without it a
+          // range trickling through the proxy was waited on until the cache's overall timeout).
           const socket = tlsTo(host, { socket: raw }, undefined);
           socket.on('data', (chunk: Buffer) => {
             try {
               this.take(chunk);
+              this.checkSpeed(chunk.length);
             } catch (error) {
               this.fail(error as Error);
             }
