@@ -260,7 +260,7 @@ describe('answers whose own body trickles', () => {
 });
 
 describe('Retry-After as registries and proxies send it', () => {
-  it('a 429 with Retry-After: 1 sent twice (two proxies on the way each added it) is waited 1 s, not taken for a date in 2001 and retried at once', async () => {
+  it('a 429 with Retry-After: 1 sent twice (two proxies on the way each added it) is waited 1 s, not taken for a date in 2001 and retried at once; the wait is told', async () => {
     const blob = await storedBlob('slow/ratelimited', 1024);
     const r = await relay({
       fault: ({ kind, index }) =>
@@ -268,9 +268,15 @@ describe('Retry-After as registries and proxies send it', () => {
           ? { status: 429, headers: { 'retry-after': ['1', '1'] } }
           : undefined,
     });
-    const c = client(r.host, { timeoutMs: 1000, retries: 2 });
+    const told: string[] = [];
+    const c = client(r.host, { timeoutMs: 1000, retries: 2, onServerWait: (line) => told.push(line) });
     try {
       expect(await c.headBlob('slow/ratelimited', blob.digest)).toEqual({ size: blob.size });
+      expect(told).toEqual([
+        expect.stringMatching(
+          /^HEAD blob sha256:\w+ in slow\/ratelimited: HTTP 429 .*; waiting 1 s as the registry asked \(Retry-After\)\.$/,
+        ),
+      ]);
       const heads = r.records.filter((h) => h.kind === 'blob-head');
       expect(heads.map((h) => h.status)).toEqual([429, 200]);
       // A lower bound only: a loaded machine makes the gap longer, never shorter.

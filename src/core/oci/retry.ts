@@ -73,8 +73,11 @@ export class RetryBudget {
 
   constructor(
     private readonly policy: RetryPolicy,
-    /** Counts each retry, for the per-registry log line and the job summary. */
-    private readonly onRetry: () => void,
+    /**
+     * Told each retry and how long it waits first: counted for the per-registry log line and the job summary,
+     * and told in the log when the server set the wait (serverWait).
+     */
+    private readonly onRetry: (error: TransientError, waitMs: number) => void,
   ) {}
 
   /**
@@ -89,7 +92,21 @@ export class RetryBudget {
     }
     const wait = backoffDelay(this.tries - 1, this.policy, error.retryAfterMs);
     this.tries++;
-    this.onRetry();
+    this.onRetry(error, wait);
     await sleep(wait);
   }
+}
+
+/**
+ * The log line for a retry whose wait the server set (Retry-After), else undefined: a rate-limited registry can
+ * hold an operation for minutes with nothing moving (6 tries, up to 120 s before each), and the log says why.
+ * `error` has its server text neutralised already (failureMessage).
+ */
+export function serverWait(error: TransientError, waitMs: number): string | undefined {
+  // 0 is no wait to explain (a Retry-After: 0, or the upload's restart after a 401 asked for new credentials).
+  if (!error.retryAfterMs) return undefined;
+  const seconds = (ms: number) => `${Math.round(ms / 100) / 10} s`;
+  const asked =
+    error.retryAfterMs > waitMs ? ` (it asked for ${seconds(error.retryAfterMs)}, more than the cap)` : '';
+  return `${error.message}; waiting ${seconds(waitMs)} as the registry asked (Retry-After)${asked}.`;
 }
