@@ -16,6 +16,7 @@ import { RangeConnection, RangeFailure } from '../../src/core/range-connection.j
 import { REPO_ROOT } from '../support/harness.js';
 import { makeTestCa, type TestCa } from '../support/test-ca.js';
 import { startForwardProxy } from '../support/forward-proxy.js';
+import { trickle } from '../support/trickle.js';
 import { readProxySettings } from '../../src/core/proxy-env.js';
 
 const data = randomBytes(300_000);
@@ -539,18 +540,10 @@ describe('range connection', () => {
     try {
       const ca = makeTestCa(dir, 'ici-test', ['range.proxytest']);
       const tls = { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) };
-      // 20 bytes every 50 ms (400 B/s, never silent for the idle time), cut after 3 s so that a client without
-      // the limit ends too, then as a cut.
-      const { url } = await rawServer((socket, start, end) => {
-        socket.write(partial(start, end));
-        let sent = start;
-        const drip = setInterval(() => socket.write(data.subarray(sent, (sent += 20))), 50);
-        const cut = setTimeout(() => socket.destroy(), 3000);
-        socket.on('close', () => {
-          clearInterval(drip);
-          clearTimeout(cut);
-        });
-      }, tls);
+      const { url } = await rawServer(
+        (socket, start, end) => trickle(socket, partial(start, end), data.subarray(start, end + 1)),
+        tls,
+      );
       const script = `
         const c = new RangeConnection(new URL(process.argv[1]), 300);
         const failed = await c.get({ start: 0, end: 99999 }, Buffer.alloc(100000)).then(() => 'read', (e) => e);

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { DEFAULT_RETRY } from '../../src/core/oci/retry.js';
 import { downloadInOrder, UrlRefusedError } from '../../src/core/ranged-download.js';
+import { trickle } from '../support/trickle.js';
 
 const CHUNK = 64 * 1024;
 const data = randomBytes(40 * CHUNK + 123);
@@ -79,22 +80,6 @@ async function download(url: string, idleTimeoutMs = 5000) {
     },
   );
   return { result, bytes: Buffer.concat(received), retried, reasons };
-}
-
-/**
- * Writes `head`, then the archive from `start` 20 bytes every 50 ms (400 B/s, never silent for long), and cuts
- * the connection after 3 s, so that a client without a low-speed limit ends too (then as a cut).
- */
-function trickle(socket: Socket, head: string, start: number): true {
-  socket.write(head);
-  let sent = start;
-  const drip = setInterval(() => socket.write(data.subarray(sent, (sent += 20))), 50);
-  const cut = setTimeout(() => socket.destroy(), 3000);
-  socket.on('close', () => {
-    clearInterval(drip);
-    clearTimeout(cut);
-  });
-  return true;
 }
 
 describe('ranged download', () => {
@@ -203,7 +188,7 @@ describe('ranged download', () => {
             socket,
             `HTTP/1.1 206 Partial Content\r\nContent-Range: bytes ${start}-${start + CHUNK - 1}/${data.length}\r\n` +
               `Content-Length: ${CHUNK}\r\n\r\n`,
-            start,
+            data.subarray(start),
           ),
       });
       const { result, bytes, reasons } = await download(url, 300);
@@ -216,7 +201,7 @@ describe('ranged download', () => {
   it('a server that ignores Range and trickles the whole body under 1 KiB/s fails the download as stalled (a whole body cannot be resumed)', async () => {
     const { url } = await archiveServer({
       special: (_index, socket) =>
-        trickle(socket, `HTTP/1.1 200 OK\r\nContent-Length: ${data.length}\r\n\r\n`, 0),
+        trickle(socket, `HTTP/1.1 200 OK\r\nContent-Length: ${data.length}\r\n\r\n`, data),
     });
     const error = await download(url, 300).then(
       () => undefined,
