@@ -82,6 +82,12 @@ async function download(url: string, idleTimeoutMs = 5000) {
   return { result, bytes: Buffer.concat(received), retried, reasons };
 }
 
+/** A request index that goes through node's client (the first range), and one through RangeConnection. */
+const BOTH_CLIENTS: [string, number][] = [
+  ['the first range (node client)', 0],
+  ['a later range (range connection)', 3],
+];
+
 describe('ranged download', () => {
   it('hands on every byte in order through reused buffers, on at most one connection per range in flight', async () => {
     const { url, stats } = await archiveServer({});
@@ -175,10 +181,7 @@ describe('ranged download', () => {
     },
   );
 
-  it.each([
-    ['the first range (node client)', 0],
-    ['a later range (range connection)', 3],
-  ])(
+  it.each(BOTH_CLIENTS)(
     '%s trickling under 1 KiB/s, never silent for the idle time, is asked for again as a stall',
     async (_which, trickled) => {
       const { url } = await archiveServer({
@@ -195,6 +198,26 @@ describe('ranged download', () => {
       expect(bytes.equals(data)).toBe(true);
       expect(result.retries).toBe(1);
       expect(reasons).toEqual([expect.stringMatching(/ in 0\.\d s, under 1\.0 KiB\/s \(stalled\)$/)]);
+    },
+  );
+
+  it.each(BOTH_CLIENTS)(
+    '%s answered 503 with Retry-After: 1 is asked for again after the wait the server asked for',
+    async (_which, busy) => {
+      const { url } = await archiveServer({
+        special: (index, socket) => {
+          if (index !== busy) return false;
+          socket.write('HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n');
+          return true;
+        },
+      });
+      const started = performance.now();
+      const { result, bytes, reasons } = await download(url);
+      expect(bytes.equals(data)).toBe(true);
+      expect(result.retries).toBe(1);
+      expect(reasons).toEqual(['HTTP 503 (Retry-After 1 s)']);
+      // A lower bound only: a loaded machine makes it longer, never shorter (the backoff alone is 1–5 ms here).
+      expect(performance.now() - started).toBeGreaterThanOrEqual(950);
     },
   );
 
