@@ -44,7 +44,7 @@ import {
   type RangeAnswered,
 } from './range-connection.js';
 import { errorMessage } from './run.js';
-import { formatBytes } from './summary.js';
+import { formatBytes, formatSeconds } from './summary.js';
 
 export interface RangedDownloadOptions {
   chunkBytes: number;
@@ -239,7 +239,7 @@ function downloadError(error: Error): Error {
 
 /** A 429/5xx, saying the wait the server asked for: the log line of the retry tells why it waits. */
 function busy(status: number, retryAfterMs: number | undefined): RetryableError {
-  const asked = retryAfterMs === undefined ? '' : ` (Retry-After ${Math.round(retryAfterMs / 100) / 10} s)`;
+  const asked = retryAfterMs === undefined ? '' : ` (Retry-After ${formatSeconds(retryAfterMs)})`;
   return new RetryableError(`HTTP ${status}${asked}`, retryAfterMs);
 }
 

@@ -11,6 +11,7 @@ import { withoutSecrets } from '../secrets.js';
 import { TransientError } from './retry.js';
 import { errorMessage } from '../run.js';
 import { ProxyError } from '../proxy-env.js';
+import { formatSeconds } from '../summary.js';
 
 export interface RegistryResponse {
   status: number;
@@ -234,11 +235,10 @@ export function networkFailure(error: unknown, what: string, timeoutMs: number, 
   }
   const code = errorCode(error);
   if (code && LOCAL_FILE_CODES.has(code)) return error as Error;
-  const inSeconds = (ms: number) => `${Math.round(ms / 100) / 10} s`;
-  const seconds = inSeconds(timeoutMs);
+  const seconds = formatSeconds(timeoutMs);
   const reason =
     code === 'UND_ERR_HEADERS_TIMEOUT'
-      ? `no answer within ${inSeconds(answerMs)}`
+      ? `no answer within ${formatSeconds(answerMs)}`
       : code === 'UND_ERR_BODY_TIMEOUT'
         ? `no data for ${seconds} (stalled)`
         : code === SEND_STALLED
@@ -246,7 +246,7 @@ export function networkFailure(error: unknown, what: string, timeoutMs: number, 
           : code === 'UND_ERR_CONNECT_TIMEOUT'
             ? `could not connect within ${seconds}`
             : (error as Error | undefined)?.name === 'TimeoutError'
-              ? `no complete answer within ${inSeconds(answerMs)}`
+              ? `no complete answer within ${formatSeconds(answerMs)}`
               : describe(error);
   return new TransientError(`${what}: ${reason}`);
 }

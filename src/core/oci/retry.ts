@@ -5,6 +5,7 @@
  * most `retries + 1` times in total and retries never multiply across layers.
  */
 import { sleep } from '../process.js';
+import { formatSeconds } from '../summary.js';
 import { RegistryError } from './errors.js';
 
 export interface RetryPolicy {
@@ -105,8 +106,9 @@ export class RetryBudget {
 export function serverWait(error: TransientError, waitMs: number): string | undefined {
   // 0 is no wait to explain (a Retry-After: 0, or the upload's restart after a 401 asked for new credentials).
   if (!error.retryAfterMs) return undefined;
-  const seconds = (ms: number) => `${Math.round(ms / 100) / 10} s`;
   const asked =
-    error.retryAfterMs > waitMs ? ` (it asked for ${seconds(error.retryAfterMs)}, more than the cap)` : '';
-  return `${error.message}; waiting ${seconds(waitMs)} as the registry asked (Retry-After)${asked}.`;
+    error.retryAfterMs > waitMs
+      ? ` (it asked for ${formatSeconds(error.retryAfterMs)}, more than the cap)`
+      : '';
+  return `${error.message}; waiting ${formatSeconds(waitMs)} as the registry asked (Retry-After)${asked}.`;
 }
