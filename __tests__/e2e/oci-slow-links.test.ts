@@ -204,3 +204,82 @@ describe('a blob GET redirected to storage', () => {
     }
   });
 });
+
+describe('answers whose own body trickles', () => {
+  // 64 KiB at 400 B/s: 164 s of a page that never falls silent, were it read to its end (or its 64 KiB limit).
+  const page = `<html><head><title>503 Service Unavailable</title></head><body>${'busy '.repeat(13_000)}</body></html>`;
+
+  /** Downloads `blob` from `repository` through `r` and checks its bytes; resolves the retries it took. */
+  async function retriesThrough(r: CountingProxy, repository: string, blob: BlobFile): Promise<number> {
+    const c = client(r.host, { timeoutMs: 500, retries: 2 });
+    const dest = join(work, `${repository.replace('/', '-')}.out`);
+    try {
+      await c.downloadBlob(repository, blob.digest, dest, { size: blob.size });
+      expect(await digestFile(dest)).toBe(blob.digest);
+      return c.stats.retries;
+    } finally {
+      await c.close();
+    }
+  }
+
+  it('a blob GET answered 503 with an error page trickling at 400 B/s: the page is given up after the silence timeout, the status retried', async () => {
+    const blob = await storedBlob('slow/errpage', 16 * 1024);
+    const r = await relay({
+      fault: ({ kind, index }) =>
+        kind === 'blob-get' && index === 0
+          ? { status: 503, headers: { 'content-type': 'text/html' }, body: page, trickleBytesPerSecond: 400 }
+          : undefined,
+    });
+    expect(await retriesThrough(r, 'slow/errpage', blob)).toBe(1);
+    const gets = r.records.filter((g) => g.kind === 'blob-get');
+    expect(gets.map((g) => g.status)).toEqual([503, 200]);
+    expect(gets[0]!.bytesDown).toBeLessThan(page.length / 4);
+  }, 20_000);
+
+  it('a blob GET redirected (307) with a page trickling at 400 B/s: the page is given up after the silence timeout and the redirect followed', async () => {
+    const blob = await storedBlob('slow/redirpage', 16 * 1024);
+    const storage = await relay({});
+    const r = await relay({
+      fault: ({ kind, index, repository, reference }) =>
+        kind === 'blob-get' && index === 0
+          ? {
+              status: 307,
+              headers: { location: `http://${storage.host}/v2/${repository}/blobs/${reference}` },
+              body: page,
+              trickleBytesPerSecond: 400,
+            }
+          : undefined,
+    });
+    expect(await retriesThrough(r, 'slow/redirpage', blob)).toBe(0);
+    expect(storage.count('blob-get')).toBe(1);
+    expect(r.records.filter((g) => g.kind === 'blob-get')[0]!.bytesDown).toBeLessThan(page.length / 4);
+  }, 20_000);
+});
+
+describe('Retry-After as registries and proxies send it', () => {
+  it('a 429 with Retry-After: 1 sent twice (two proxies on the way each added it) is waited 1 s, not taken for a date in 2001 and retried at once; the wait is told', async () => {
+    const blob = await storedBlob('slow/ratelimited', 1024);
+    const r = await relay({
+      fault: ({ kind, index }) =>
+        kind === 'blob-head' && index === 0
+          ? { status: 429, headers: { 'retry-after': ['1', '1'] } }
+          : undefined,
+    });
+    const told: string[] = [];
+    const c = client(r.host, { timeoutMs: 1000, retries: 2, onServerWait: (line) => told.push(line) });
+    try {
+      expect(await c.headBlob('slow/ratelimited', blob.digest)).toEqual({ size: blob.size });
+      expect(told).toEqual([
+        expect.stringMatching(
+          /^HEAD blob sha256:\w+ in slow\/ratelimited: HTTP 429 .*; waiting 1 s as the registry asked \(Retry-After\)\.$/,
+        ),
+      ]);
+      const heads = r.records.filter((h) => h.kind === 'blob-head');
+      expect(heads.map((h) => h.status)).toEqual([429, 200]);
+      // A lower bound only: a loaded machine makes the gap longer, never shorter.
+      expect(heads[1]!.arrivedAt - heads[0]!.arrivedAt).toBeGreaterThanOrEqual(950);
+    } finally {
+      await c.close();
+    }
+  });
+});

@@ -232,6 +232,10 @@ describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
         expect(await remoteDigest(`${regB.host}/faults/app:${tag}`)).toBe(layout.digest);
       // One retry per injected fault, counted in the log line and in the summary.
       expect(r.log).toMatch(new RegExp(`${faulty.host}: \\d+ requests, 4 retried`));
+      // The wait the registry set is told as it starts.
+      expect(r.log).toMatch(
+        /HEAD blob sha256:\w+ in faults\/app: HTTP 429 .*; waiting 1 s as the registry asked \(Retry-After\)\./,
+      );
       expect(r.main.summary).toContain('| Registry | Requests | Retries | Blob bytes sent |');
       expect(r.main.summary).toMatch(new RegExp(`\\| ${faulty.host} \\| \\d+ \\| 4 \\|`));
     } finally {

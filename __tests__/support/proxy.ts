@@ -48,6 +48,8 @@ export interface RequestRecord {
   /** Whether the request carried an Authorization header (which credentials reach which origin). */
   authorized: boolean;
   fault?: Fault;
+  /** When the request arrived (performance.now()): the wait a client kept between two tries. */
+  arrivedAt: number;
 }
 
 export type Fault =
@@ -55,7 +57,15 @@ export type Fault =
    * Answer with this status without asking the registry (the request body is read and counted first); `body`
    * stands in for the relay's own error JSON (a hostile registry's answer: any manifest, any referrers list).
    */
-  | { status: number; retryAfterSeconds?: number; headers?: Record<string, string>; body?: string | Buffer }
+  | {
+      status: number;
+      retryAfterSeconds?: number;
+      /** A list is sent as that many header lines (a header two proxies on the way each added). */
+      headers?: Record<string, string | string[]>;
+      body?: string | Buffer;
+      /** Send the body at this many bytes per second, in tenths of a second (a page that trickles). */
+      trickleBytesPerSecond?: number;
+    }
   /** Cut the connection once half of the request body has arrived. */
   | { drop: 'mid-body' }
   /** Relay the registry's answer but cut the connection after this many body bytes. */
@@ -182,6 +192,7 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
       bytesDown: 0,
       status: 0,
       authorized: req.headers.authorization !== undefined,
+      arrivedAt: performance.now(),
     };
     records.push(record);
     const fault = options.fault?.({
@@ -211,19 +222,27 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
     }
     await delay(latency);
     const tagged = kind === 'manifest-put' && url.searchParams.has('tag');
-    const answer = (status: number, headers: Record<string, string> = {}, body?: string | Buffer) =>
-      consume(req, countUp).then(() => {
+    const answer = (
+      status: number,
+      headers: Record<string, string | string[]> = {},
+      body?: string | Buffer,
+      trickleBytesPerSecond?: number,
+    ) =>
+      consume(req, countUp).then(async () => {
         record.status = status;
         const sent =
           body ?? `{"errors":[{"code":"INJECTED","message":"HTTP ${status} injected by test relay"}]}`;
-        res.writeHead(status, { 'content-type': 'application/json', ...headers }).end(sent);
+        res.writeHead(status, { 'content-type': 'application/json', ...headers });
+        if (trickleBytesPerSecond === undefined) return void res.end(sent);
+        res.flushHeaders();
+        await throttle([Buffer.from(sent)], res, record, trickleBytesPerSecond);
       });
     // An injected status comes first, also for the requests the doubles below would answer themselves.
     if (fault && 'status' in fault) {
       await delay(latency);
       const headers = { ...fault.headers };
       if (fault.retryAfterSeconds !== undefined) headers['retry-after'] = String(fault.retryAfterSeconds);
-      return answer(fault.status, headers, fault.body);
+      return answer(fault.status, headers, fault.body, fault.trickleBytesPerSecond);
     }
     if (tagged && options.refuseTagQuery) return answer(options.refuseTagQuery);
     if (tagged && options.multiTag) {
@@ -375,7 +394,7 @@ async function flipFirstByte(from: Readable, res: ServerResponse, record: Reques
 }
 
 async function throttle(
-  from: Readable,
+  from: Readable | Iterable<Buffer>,
   res: ServerResponse,
   record: RequestRecord,
   bytesPerSecond: number,
@@ -384,7 +403,7 @@ async function throttle(
   for await (const chunk of from) {
     for (let at = 0; at < (chunk as Buffer).length; at += slice) {
       if (!(await writeAll(res, record, (chunk as Buffer).subarray(at, at + slice)))) {
-        from.destroy();
+        if ('destroy' in from) from.destroy();
         return;
       }
       await delay(100);

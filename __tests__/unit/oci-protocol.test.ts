@@ -9,6 +9,7 @@ import {
   isRetryableStatus,
   parseRetryAfter,
   RetryBudget,
+  serverWait,
   TransientError,
 } from '../../src/core/oci/retry.js';
 import { confirmedTags } from '../../src/core/oci/upload.js';
@@ -83,6 +84,13 @@ describe('retry policy', () => {
     expect(parseRetryAfter('soon')).toBeUndefined();
     expect(parseRetryAfter(null)).toBeUndefined();
   });
+  it('reads no date into Retry-After garbage that Date.parse takes for a day in 2001 (a wait of 0: retried at once)', () => {
+    expect(parseRetryAfter('1.5')).toBe(1500);
+    for (const garbage of ['-1', '5, 5', '+3', '1 2', 'Infinity'])
+      expect(parseRetryAfter(garbage)).toBeUndefined();
+    // The obsolete RFC 850 form still counts (RFC 9110 5.6.7).
+    expect(parseRetryAfter('Thursday, 01-Jan-70 00:00:10 GMT', 4_000)).toBe(6_000);
+  });
   it('grows exponentially and is capped; Retry-After wins and is honoured up to 120 s', () => {
     const policy = { retries: 5, baseDelayMs: 100, maxDelayMs: 1000, maxRetryAfterMs: 120_000 };
     expect(backoffDelay(0, policy)).toBeLessThanOrEqual(100);
@@ -91,6 +99,21 @@ describe('retry policy', () => {
     expect(backoffDelay(0, policy, 700)).toBe(700);
     expect(backoffDelay(0, DEFAULT_RETRY, 30_000)).toBe(30_000);
     expect(backoffDelay(0, DEFAULT_RETRY, 600_000)).toBe(120_000);
+  });
+  it('tells a wait the server set, and what it asked when that was past the cap; no line for a wait of its own or of 0', async () => {
+    const told: (string | undefined)[] = [];
+    const budget = new RetryBudget(
+      { ...DEFAULT_RETRY, maxRetryAfterMs: 5, baseDelayMs: 1 },
+      (error, waitMs) => told.push(serverWait(error, waitMs)),
+    );
+    await budget.next(new TransientError('PUT manifest a:b: HTTP 429 Too Many Requests', 429, 3_600_000));
+    await budget.next(new TransientError('PUT manifest a:b: HTTP 503 Service Unavailable', 503));
+    await budget.next(new TransientError('upload: the registry asked for new credentials.', 401, 0));
+    expect(told).toEqual([
+      'PUT manifest a:b: HTTP 429 Too Many Requests; waiting 0 s as the registry asked (Retry-After) (it asked for 3600 s, more than the cap).',
+      undefined,
+      undefined,
+    ]);
   });
   it('a budget allows retries + 1 tries in all, and marks the failure it gives up on', async () => {
     let retries = 0;

@@ -16,6 +16,7 @@ import { RangeConnection, RangeFailure } from '../../src/core/range-connection.j
 import { REPO_ROOT } from '../support/harness.js';
 import { makeTestCa, type TestCa } from '../support/test-ca.js';
 import { startForwardProxy } from '../support/forward-proxy.js';
+import { trickle } from '../support/trickle.js';
 import { readProxySettings } from '../../src/core/proxy-env.js';
 
 const data = randomBytes(300_000);
@@ -527,6 +528,34 @@ describe('range connection', () => {
       // The first range's agent, and at least one keep-alive range connection.
       expect(tunnels.length).toBeGreaterThanOrEqual(2);
       expect(tunnels.every((r) => r.target === new URL(url).host && r.status === 200)).toBe(true);
+    } finally {
+      await proxy.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a range trickling under 1 KiB/s inside a CONNECT tunnel of the HTTPS_PROXY is a stall, as it is without the proxy', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ici-unit-range-proxy-'));
+    const proxy = await startForwardProxy();
+    try {
+      const ca = makeTestCa(dir, 'ici-test', ['range.proxytest']);
+      const tls = { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) };
+      const { url } = await rawServer(
+        (socket, start, end) => trickle(socket, partial(start, end), data.subarray(start, end + 1)),
+        tls,
+      );
+      const script = `
+        const c = new RangeConnection(new URL(process.argv[1]), 300);
+        const failed = await c.get({ start: 0, end: 99999 }, Buffer.alloc(100000)).then(() => 'read', (e) => e);
+        c.close();
+        console.log(JSON.stringify({ message: failed.message, retryable: failed.retryable }));`;
+      const tunnelled = `https://range.proxytest:${url.port}/archive`;
+      const out = await nodeTrusting(ca.caCert, script, tunnelled, { HTTPS_PROXY: proxy.url, NO_PROXY: '' });
+      expect(JSON.parse(out)).toEqual({
+        message: expect.stringMatching(/ in 0\.\d s, under 1\.0 KiB\/s \(stalled\)$/),
+        retryable: true,
+      });
+      expect(proxy.records.filter((r) => r.method === 'CONNECT')).toHaveLength(1);
     } finally {
       await proxy.stop();
       rmSync(dir, { recursive: true, force: true });

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { DEFAULT_RETRY } from '../../src/core/oci/retry.js';
 import { downloadInOrder, UrlRefusedError } from '../../src/core/ranged-download.js';
+import { trickle } from '../support/trickle.js';
 
 const CHUNK = 64 * 1024;
 const data = randomBytes(40 * CHUNK + 123);
@@ -81,21 +82,11 @@ async function download(url: string, idleTimeoutMs = 5000) {
   return { result, bytes: Buffer.concat(received), retried, reasons };
 }
 
-/**
- * Writes `head`, then the archive from `start` 20 bytes every 50 ms (400 B/s, never silent for long), and cuts
- * the connection after 3 s, so that a client without a low-speed limit ends too (then as a cut).
- */
-function trickle(socket: Socket, head: string, start: number): true {
-  socket.write(head);
-  let sent = start;
-  const drip = setInterval(() => socket.write(data.subarray(sent, (sent += 20))), 50);
-  const cut = setTimeout(() => socket.destroy(), 3000);
-  socket.on('close', () => {
-    clearInterval(drip);
-    clearTimeout(cut);
-  });
-  return true;
-}
+/** A request index that goes through node's client (the first range), and one through RangeConnection. */
+const BOTH_CLIENTS: [string, number][] = [
+  ['the first range (node client)', 0],
+  ['a later range (range connection)', 3],
+];
 
 describe('ranged download', () => {
   it('hands on every byte in order through reused buffers, on at most one connection per range in flight', async () => {
@@ -190,10 +181,7 @@ describe('ranged download', () => {
     },
   );
 
-  it.each([
-    ['the first range (node client)', 0],
-    ['a later range (range connection)', 3],
-  ])(
+  it.each(BOTH_CLIENTS)(
     '%s trickling under 1 KiB/s, never silent for the idle time, is asked for again as a stall',
     async (_which, trickled) => {
       const { url } = await archiveServer({
@@ -203,7 +191,7 @@ describe('ranged download', () => {
             socket,
             `HTTP/1.1 206 Partial Content\r\nContent-Range: bytes ${start}-${start + CHUNK - 1}/${data.length}\r\n` +
               `Content-Length: ${CHUNK}\r\n\r\n`,
-            start,
+            data.subarray(start),
           ),
       });
       const { result, bytes, reasons } = await download(url, 300);
@@ -213,10 +201,30 @@ describe('ranged download', () => {
     },
   );
 
+  it.each(BOTH_CLIENTS)(
+    '%s answered 503 with Retry-After: 1 is asked for again after the wait the server asked for',
+    async (_which, busy) => {
+      const { url } = await archiveServer({
+        special: (index, socket) => {
+          if (index !== busy) return false;
+          socket.write('HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n');
+          return true;
+        },
+      });
+      const started = performance.now();
+      const { result, bytes, reasons } = await download(url);
+      expect(bytes.equals(data)).toBe(true);
+      expect(result.retries).toBe(1);
+      expect(reasons).toEqual(['HTTP 503 (Retry-After 1 s)']);
+      // A lower bound only: a loaded machine makes it longer, never shorter (the backoff alone is 1–5 ms here).
+      expect(performance.now() - started).toBeGreaterThanOrEqual(950);
+    },
+  );
+
   it('a server that ignores Range and trickles the whole body under 1 KiB/s fails the download as stalled (a whole body cannot be resumed)', async () => {
     const { url } = await archiveServer({
       special: (_index, socket) =>
-        trickle(socket, `HTTP/1.1 200 OK\r\nContent-Length: ${data.length}\r\n\r\n`, 0),
+        trickle(socket, `HTTP/1.1 200 OK\r\nContent-Length: ${data.length}\r\n\r\n`, data),
     });
     const error = await download(url, 300).then(
       () => undefined,

@@ -15,6 +15,7 @@
 import { connect as netConnect, isIP, type OnReadOpts, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import { LowSpeedLimit } from './low-speed.js';
+import { parseRetryAfter } from './oci/retry.js';
 import {
   openTunnel,
   ProxyError,
@@ -54,6 +55,8 @@ export class RangeFailure extends Error {
      * the server closed as the request went out. Any keep-alive client asks once more on a new connection.
      */
     readonly staleConnection = false,
+    /** The Retry-After of an answer that was not 206. */
+    readonly retryAfterMs?: number,
   ) {
     super(message);
     this.name = 'RangeFailure';
@@ -180,11 +183,13 @@ export class RangeConnection {
             return;
           }
           // onread does not apply to a TLS session over a socket given to it: its reads come as data events,
-          // copied like any read into our buffer.
+          // copied like any read into our buffer, and held to the low-speed limit as onread's are (without it a
+          // range trickling through the proxy was waited on until the cache's overall timeout).
           const socket = tlsTo(host, { socket: raw }, undefined);
           socket.on('data', (chunk: Buffer) => {
             try {
               this.take(chunk);
+              this.checkSpeed(chunk.length);
             } catch (error) {
               this.fail(error as Error);
             }
@@ -386,7 +391,7 @@ export class RangeConnection {
     if (code !== 206) {
       // Its body is not read: the connection goes, and the caller decides what the status means.
       this.reusable = false;
-      throw new RangeFailure(`HTTP ${code}`, false, code);
+      throw new RangeFailure(`HTTP ${code}`, false, code, false, parseRetryAfter(headers.get('retry-after')));
     }
     if (status[1] === '0' || /(^|[\s,])close($|[\s,])/i.test(headers.get('connection') ?? '')) {
       this.reusable = false;

@@ -3,8 +3,10 @@
  * consumer strictly in order, so a decompressor can start on the first megabytes while later ones are still on
  * the wire. At most `concurrency` ranges exist at a time, in flight or in memory. A range that fails (connection
  * cut, short body, 5xx, timeout) is asked for again with backoff, drawing on one retry budget for the whole
- * download; a 4xx means the URL itself is no good and is not retried. A range that trickles (under the low-speed
- * limit of low-speed.ts over the idle timeout) is a failed range too: asked for again rather than waited on.
+ * download; a 429/5xx with Retry-After is asked for again after that wait (up to the policy's cap), not sooner:
+ * a throttled blob store asked at once answers the same, and the budget would be spent in seconds. A 4xx means
+ * the URL itself is no good and is not retried. A range that trickles (under the low-speed limit of
+ * low-speed.ts over the idle timeout) is a failed range too: asked for again rather than waited on.
  *
  * The size comes from the server (the first answer's Content-Range), so it is not trusted: above `maxBytes` the
  * download stops at once, and an answer that contradicts it (another total, a Content-Length that is not the
@@ -33,7 +35,7 @@ import {
 } from './proxy-env.js';
 import { setTimeout as delay } from 'node:timers/promises';
 import { withLowSpeedLimit } from './low-speed.js';
-import { backoffDelay, isRetryableStatus, type RetryPolicy } from './oci/retry.js';
+import { backoffDelay, isRetryableStatus, parseRetryAfter, type RetryPolicy } from './oci/retry.js';
 import {
   RangeConnection,
   RangeFailure,
@@ -42,7 +44,7 @@ import {
   type RangeAnswered,
 } from './range-connection.js';
 import { errorMessage } from './run.js';
-import { formatBytes } from './summary.js';
+import { formatBytes, formatSeconds } from './summary.js';
 
 export interface RangedDownloadOptions {
   chunkBytes: number;
@@ -73,7 +75,15 @@ export class UrlRefusedError extends Error {
   }
 }
 
-class RetryableError extends Error {}
+class RetryableError extends Error {
+  constructor(
+    message: string,
+    /** The server's Retry-After (a 429 or 503 from a throttled blob store), waited before the next try. */
+    readonly retryAfterMs?: number,
+  ) {
+    super(message);
+  }
+}
 
 /**
  * Takes the next bytes in order, as the pieces they arrived in (joining 4 MiB ranges into one buffer would copy
@@ -221,10 +231,16 @@ function downloadError(error: Error): Error {
   if (error.status === 200) return new Error('the server stopped honouring Range');
   if (error.status !== undefined) {
     return isRetryableStatus(error.status)
-      ? new RetryableError(error.message)
+      ? busy(error.status, error.retryAfterMs)
       : new UrlRefusedError(error.status);
   }
   return error.retryable ? new RetryableError(error.message) : error;
+}
+
+/** A 429/5xx, saying the wait the server asked for: the log line of the retry tells why it waits. */
+function busy(status: number, retryAfterMs: number | undefined): RetryableError {
+  const asked = retryAfterMs === undefined ? '' : ` (Retry-After ${formatSeconds(retryAfterMs)})`;
+  return new RetryableError(`HTTP ${status}${asked}`, retryAfterMs);
 }
 
 type Answer =
@@ -249,9 +265,11 @@ async function withRetries<T>(
       }
       state.retries++;
       options.onRetry?.(`bytes ${range.start}-${range.end}`, error);
-      await delay(backoffDelay(attempt, options.retry), undefined, { signal }).catch(() => {
-        throw signal.reason;
-      });
+      await delay(backoffDelay(attempt, options.retry, error.retryAfterMs), undefined, { signal }).catch(
+        () => {
+          throw signal.reason;
+        },
+      );
     }
   }
 }
@@ -309,7 +327,7 @@ function fetchOnce(
         res.resume();
         const refused = forwardRefusal(url, status, res.statusMessage ?? '');
         if (refused) reject(refused);
-        else if (isRetryableStatus(status)) reject(new RetryableError(`HTTP ${status}`));
+        else if (isRetryableStatus(status)) reject(busy(status, parseRetryAfter(res.headers['retry-after'])));
         else reject(new UrlRefusedError(status));
       }
     });

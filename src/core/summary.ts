@@ -32,6 +32,11 @@ export function formatBytes(bytes: number): string {
   return unit === 0 ? `${shown()} B` : `${value.toFixed(1)} ${BYTE_UNITS[unit]}`;
 }
 
+/** Seconds to a tenth, for timeouts and waits in messages ("1.5 s", "60 s"). */
+export function formatSeconds(ms: number): string {
+  return `${Math.round(ms / 100) / 10} s`;
+}
+
 export function formatDuration(ms: number): string {
   if (ms < 999.5) return `${Math.round(ms)} ms`;
   // Rounded before it is split, so 119.6 s is 2m0s, never 1m60s.

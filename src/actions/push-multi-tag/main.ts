@@ -147,6 +147,7 @@ async function findAttachments(
       registry: ref.registry,
       ...sourceRegistry,
       onToken: (token) => host.setSecret(token),
+      onServerWait: (line) => host.info(line),
       timeoutMs: REQUEST_TIMEOUT_MS,
     });
     try {
@@ -193,6 +194,7 @@ class RegistryRun {
       registry,
       ...access,
       onToken: (token) => host.setSecret(token),
+      onServerWait: (line) => host.info(line),
       timeoutMs: REQUEST_TIMEOUT_MS,
     });
     // The first repository mounts from the source repository when it is on this registry; the others from

@@ -11,6 +11,7 @@ import { withoutSecrets } from '../secrets.js';
 import { TransientError } from './retry.js';
 import { errorMessage } from '../run.js';
 import { ProxyError } from '../proxy-env.js';
+import { formatSeconds } from '../summary.js';
 
 export interface RegistryResponse {
   status: number;
@@ -26,12 +27,20 @@ export interface RegistryResponse {
   bytes(limit: number, what: string): Promise<Buffer>;
   /** Discards the body so the connection can be reused (or closes it when the body is large). */
   drain(): Promise<void>;
+  /** The body's first `limit` bytes, for the words of an error answer; the rest is left unread. */
+  prefix(limit: number): Promise<Buffer>;
 }
 
 /** Error bodies, token answers and manifests are small; anything larger is refused, not buffered. */
 export const ERROR_BODY_LIMIT = 64 * 1024;
 
-export function wrapResponse(data: Dispatcher.ResponseData, url: URL): RegistryResponse {
+/**
+ * `asideMs` bounds, in all, each read of a body we only drain or read for its words (an error page, a redirect's
+ * page, the body of a 201). A blob request has no overall deadline, only the silence timeout: without this a
+ * registry or proxy trickling its 503 page a few bytes at a time held the request until the 64 KiB limit, which
+ * at a byte per silence timeout is weeks. One silence timeout for 64 KiB is the low-speed limit's 1 KiB/s.
+ */
+export function wrapResponse(data: Dispatcher.ResponseData, url: URL, asideMs: number): RegistryResponse {
   const list = (name: string): string[] => {
     const value = data.headers[name];
     return value === undefined ? [] : Array.isArray(value) ? value : [value];
@@ -47,12 +56,23 @@ export function wrapResponse(data: Dispatcher.ResponseData, url: URL): RegistryR
     bytes: (limit, what) => readLimited(data.body, limit, what),
     async drain() {
       try {
-        await data.body.dump({ limit: ERROR_BODY_LIMIT });
+        await readAside(data.body, asideMs, () => data.body.dump({ limit: ERROR_BODY_LIMIT }));
       } catch {
         // the body is not needed; a broken one must not hide the status we already have
       }
     },
+    prefix: (limit) => readAside(data.body, asideMs, () => readPrefix(data.body, limit)),
   };
+}
+
+/** `read` of `body`, the body destroyed (failing or ending the read) once `ms` have passed. */
+async function readAside<T>(body: Readable, ms: number, read: () => Promise<T>): Promise<T> {
+  const timer = setTimeout(() => body.destroy(new Error(`the answer's body took more than ${ms} ms`)), ms);
+  try {
+    return await read();
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Header names that are members of Object.prototype once lowercased, as undici stores them. */
@@ -135,7 +155,7 @@ export async function failureMessage(
 ): Promise<{ text: string; code?: string }> {
   let body = '';
   try {
-    body = (await readPrefix(response.body, ERROR_BODY_LIMIT)).toString('utf8');
+    body = (await response.prefix(ERROR_BODY_LIMIT)).toString('utf8');
   } catch {
     // keep the status line
   }
@@ -215,11 +235,10 @@ export function networkFailure(error: unknown, what: string, timeoutMs: number, 
   }
   const code = errorCode(error);
   if (code && LOCAL_FILE_CODES.has(code)) return error as Error;
-  const inSeconds = (ms: number) => `${Math.round(ms / 100) / 10} s`;
-  const seconds = inSeconds(timeoutMs);
+  const seconds = formatSeconds(timeoutMs);
   const reason =
     code === 'UND_ERR_HEADERS_TIMEOUT'
-      ? `no answer within ${inSeconds(answerMs)}`
+      ? `no answer within ${formatSeconds(answerMs)}`
       : code === 'UND_ERR_BODY_TIMEOUT'
         ? `no data for ${seconds} (stalled)`
         : code === SEND_STALLED
@@ -227,7 +246,7 @@ export function networkFailure(error: unknown, what: string, timeoutMs: number, 
           : code === 'UND_ERR_CONNECT_TIMEOUT'
             ? `could not connect within ${seconds}`
             : (error as Error | undefined)?.name === 'TimeoutError'
-              ? `no complete answer within ${inSeconds(answerMs)}`
+              ? `no complete answer within ${formatSeconds(answerMs)}`
               : describe(error);
   return new TransientError(`${what}: ${reason}`);
 }

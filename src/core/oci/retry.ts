@@ -5,6 +5,7 @@
  * most `retries + 1` times in total and retries never multiply across layers.
  */
 import { sleep } from '../process.js';
+import { formatSeconds } from '../summary.js';
 import { RegistryError } from './errors.js';
 
 export interface RetryPolicy {
@@ -29,11 +30,17 @@ export function isRetryableStatus(status: number): boolean {
   return status === 408 || status === 429 || (status >= 500 && status !== 501 && status !== 505);
 }
 
-/** Retry-After as seconds or an HTTP date; undefined when absent or unparseable. */
+/**
+ * Retry-After as seconds (a fraction too, as some servers send it) or an HTTP date; undefined when absent or
+ * unparseable. Only the HTTP-date forms are read as dates (all three start with the day's name): Date.parse
+ * also takes '1.5', '-1' or '5, 5' (a header sent twice, joined) for days in 2001, a wait of 0 that made every
+ * retry against a rate-limiting registry go at once.
+ */
 export function parseRetryAfter(value: string | undefined | null, now = Date.now()): number | undefined {
   if (!value) return undefined;
   const trimmed = value.trim();
-  if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000;
+  if (/^\d+(?:\.\d+)?$/.test(trimmed)) return Math.ceil(Number(trimmed) * 1000);
+  if (!/^[a-z]{3}/i.test(trimmed)) return undefined;
   const date = Date.parse(trimmed);
   return Number.isNaN(date) ? undefined : Math.max(0, date - now);
 }
@@ -67,8 +74,11 @@ export class RetryBudget {
 
   constructor(
     private readonly policy: RetryPolicy,
-    /** Counts each retry, for the per-registry log line and the job summary. */
-    private readonly onRetry: () => void,
+    /**
+     * Told each retry and how long it waits first: counted for the per-registry log line and the job summary,
+     * and told in the log when the server set the wait (serverWait).
+     */
+    private readonly onRetry: (error: TransientError, waitMs: number) => void,
   ) {}
 
   /**
@@ -83,7 +93,22 @@ export class RetryBudget {
     }
     const wait = backoffDelay(this.tries - 1, this.policy, error.retryAfterMs);
     this.tries++;
-    this.onRetry();
+    this.onRetry(error, wait);
     await sleep(wait);
   }
+}
+
+/**
+ * The log line for a retry whose wait the server set (Retry-After), else undefined: a rate-limited registry can
+ * hold an operation for minutes with nothing moving (6 tries, up to 120 s before each), and the log says why.
+ * `error` has its server text neutralised already (failureMessage).
+ */
+export function serverWait(error: TransientError, waitMs: number): string | undefined {
+  // 0 is no wait to explain (a Retry-After: 0, or the upload's restart after a 401 asked for new credentials).
+  if (!error.retryAfterMs) return undefined;
+  const asked =
+    error.retryAfterMs > waitMs
+      ? ` (it asked for ${formatSeconds(error.retryAfterMs)}, more than the cap)`
+      : '';
+  return `${error.message}; waiting ${formatSeconds(waitMs)} as the registry asked (Retry-After)${asked}.`;
 }

@@ -33,7 +33,14 @@ import type { Credential } from './credential.js';
 import { parseChallenges, preferredChallenge } from './challenge.js';
 import { RegistryError } from './errors.js';
 import { registryApiHost } from './reference.js';
-import { DEFAULT_RETRY, RetryBudget, TransientError, isRetryableStatus, parseRetryAfter } from './retry.js';
+import {
+  DEFAULT_RETRY,
+  RetryBudget,
+  TransientError,
+  isRetryableStatus,
+  parseRetryAfter,
+  serverWait,
+} from './retry.js';
 import type { RetryPolicy } from './retry.js';
 import { RegistryAuth } from './token.js';
 import {
@@ -62,6 +69,8 @@ export interface TransportOptions {
   credentials?: Credential;
   /** Called with every new bearer token so the caller can mask it. */
   onToken?: (token: string) => void;
+  /** Told, as a log line, each wait before a retry that the registry set with Retry-After. */
+  onServerWait?: (line: string) => void;
   /** Longest silence: the wait for response headers, or between two pieces of a body (default 60 s). */
   timeoutMs?: number;
   /** Tries after the first one, for each operation as a whole (default 5: six tries). */
@@ -140,6 +149,7 @@ export class RegistryTransport {
   private readonly base: string;
   private readonly policy: RetryPolicy;
   private readonly userAgent: string;
+  private readonly onServerWait: ((line: string) => void) | undefined;
   private readonly dispatcher: Dispatcher;
   private readonly ownsDispatcher: boolean;
   private readonly apiHost: string;
@@ -175,6 +185,7 @@ export class RegistryTransport {
       baseDelayMs: options.retryBaseDelayMs ?? DEFAULT_RETRY.baseDelayMs,
     };
     this.userAgent = options.userAgent ?? 'image-ci-actions';
+    this.onServerWait = options.onServerWait;
     this.ownsDispatcher = !options.dispatcher;
     this.dispatcher = (options.dispatcher ?? this.ownAgent(options)).compose(withoutPrototypeHeaderNames);
     this.auth = new RegistryAuth({
@@ -236,7 +247,11 @@ export class RegistryTransport {
    * lowers the policy's for an operation that is only worth one try.
    */
   budget(retries = this.policy.retries): RetryBudget {
-    return new RetryBudget({ ...this.policy, retries }, () => this.stats.retries++);
+    return new RetryBudget({ ...this.policy, retries }, (error, waitMs) => {
+      this.stats.retries++;
+      const line = serverWait(error, waitMs);
+      if (line) this.onServerWait?.(line);
+    });
   }
 
   async close(): Promise<void> {
@@ -322,7 +337,8 @@ export class RegistryTransport {
         const failure = new TransientError(
           (await failureMessage(response, spec.what)).text,
           response.status,
-          parseRetryAfter(response.header('retry-after')),
+          // The first one, as Go's Header.Get reads it: two proxies on the way may each have added theirs.
+          parseRetryAfter(response.headerList('retry-after')[0]),
         );
         if (typeof spec.body === 'function') throw failure;
         await budget.next(failure);
@@ -479,7 +495,7 @@ export class RegistryTransport {
       } finally {
         sending?.stop();
       }
-      const response = wrapResponse(data, url);
+      const response = wrapResponse(data, url, this.timeoutMs);
       const location = response.header('location');
       const follow = spec.method === 'GET' || spec.method === 'HEAD';
       if (!follow || ![301, 302, 303, 307, 308].includes(response.status) || !location) return response;
