@@ -493,7 +493,8 @@ const LIMIT_1MIB = { IMAGE_CI_DOWNLOAD_MAX_SIZE: '1MiB' };
 async function startFcosMock(
   disk: Buffer,
   publishedSha = createHash('sha256').update(disk).digest('hex'),
-  serveDisk = (res: ServerResponse) => res.writeHead(200, { 'content-length': disk.length }).end(disk),
+  serveDisk = (res: ServerResponse): void =>
+    void res.writeHead(200, { 'content-length': disk.length }).end(disk),
 ) {
   const requests: string[] = [];
   const release = '41.20261101.2.0';

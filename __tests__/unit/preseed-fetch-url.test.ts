@@ -115,12 +115,16 @@ describe('IMAGE_CI_DOWNLOAD_MAX_SIZE', () => {
     expect(DEFAULT_DOWNLOAD_MAX_BYTES).toBe(8 * 1024 ** 3);
     expect(downloadSizeLimit({ IMAGE_CI_DOWNLOAD_MAX_SIZE: '16GiB' })).toBe(16 * 1024 ** 3);
     expect(() => downloadSizeLimit({ IMAGE_CI_DOWNLOAD_MAX_SIZE: '20' })).toThrow(
-      new InputError('IMAGE_CI_DOWNLOAD_MAX_SIZE', "'20' has no unit; write 20GiB, 20GB or 20MiB.", 'environment'),
+      new InputError(
+        'IMAGE_CI_DOWNLOAD_MAX_SIZE',
+        "'20' has no unit; write 20GiB, 20GB or 20MiB.",
+        'environment',
+      ),
     );
   });
 });
 
-it('a body longer than its Content-Length: node\'s HTTP parser ends it there, so only the announced bytes are kept', async () => {
+it("a body longer than its Content-Length: node's HTTP parser ends it there, so only the announced bytes are kept", async () => {
   const announced = Buffer.alloc(4096, 1);
   const url = await serve((res) => {
     // Raw bytes: node's server would not send more than the header it wrote.
@@ -135,6 +139,18 @@ it('a body longer than its Content-Length: node\'s HTTP parser ends it there, so
   rmSync(dest);
 });
 
+it('a Content-Length over the download limit is refused before the body, naming both sizes and the knob', async () => {
+  const url = await serve((res) => {
+    res.writeHead(200, { 'content-length': String(3 * 1024 * 1024) });
+    res.write(Buffer.alloc(64 * 1024));
+  });
+  const dest = join(tmp, 'limit');
+  await expect(downloadUrl(host, url, dest, { maxBytes: 1024 * 1024 })).rejects.toThrow(
+    `${url} announces 3.0 MiB (3145728 bytes), more than the download limit of 1.0 MiB (1048576 bytes); download refused. Raise IMAGE_CI_DOWNLOAD_MAX_SIZE if the image is that large.`,
+  );
+  expect(existsSync(dest)).toBe(false);
+});
+
 /** A 2 MiB tmpfs (needs root): a filesystem small enough to fill. Unmounted in afterAll. */
 describe('a destination filesystem too small for the download [2 MiB tmpfs]', () => {
   const small = join(tmp, 'small');
@@ -142,7 +158,9 @@ describe('a destination filesystem too small for the download [2 MiB tmpfs]', ()
     mkdirSync(small);
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', small]);
   });
-  afterAll(() => execFileSync('umount', [small]));
+  afterAll(() => {
+    execFileSync('umount', [small]);
+  });
 
   it('an announced size over the free space is refused before the body is read, naming both sizes', async () => {
     const url = await serve((res) => {
@@ -167,7 +185,9 @@ describe('a destination filesystem too small for the download [2 MiB tmpfs]', ()
       more();
     });
     await expect(downloadUrl(host, url, join(small, 'b'), { maxBytes: 1024 ** 3 })).rejects.toThrow(
-      new RegExp(`^${small} is full after [\\d.]+ \\w+ \\(\\d+ bytes\\) of ${url.replace(/[.]/g, '\\.')}; download stopped\\.$`),
+      new RegExp(
+        `^${small} is full after [\\d.]+ \\w+ \\(\\d+ bytes\\) of ${url.replace(/[.]/g, '\\.')}; download stopped\\.$`,
+      ),
     );
     expect(existsSync(join(small, 'b'))).toBe(false);
   });

@@ -17,7 +17,13 @@ import type { Host } from '../../core/host.js';
 import { readSizeEnv } from '../../core/inputs.js';
 import { withLowSpeedLimit } from '../../core/low-speed.js';
 import { externalText, networkFailure } from '../../core/oci/response.js';
-import { backoffDelay, isRetryableStatus, parseRetryAfter, TransientError, type RetryPolicy } from '../../core/oci/retry.js';
+import {
+  backoffDelay,
+  isRetryableStatus,
+  parseRetryAfter,
+  TransientError,
+  type RetryPolicy,
+} from '../../core/oci/retry.js';
 import { sleep } from '../../core/process.js';
 import { withProxiedFetch, type ProxiedFetch } from '../../core/proxy-env.js';
 import { ActionError } from '../../core/run.js';
@@ -27,7 +33,12 @@ import { ProgressLog } from './progress.js';
 const STALL_MS = 5 * 60_000;
 
 /** As @actions/tool-cache did before: three tries, the later ones after a pause. */
-const URL_RETRY: RetryPolicy = { retries: 2, baseDelayMs: 2000, maxDelayMs: 20_000, maxRetryAfterMs: 120_000 };
+const URL_RETRY: RetryPolicy = {
+  retries: 2,
+  baseDelayMs: 2000,
+  maxDelayMs: 20_000,
+  maxRetryAfterMs: 120_000,
+};
 
 export const DOWNLOAD_MAX_SIZE_ENV = 'IMAGE_CI_DOWNLOAD_MAX_SIZE';
 /**
@@ -99,7 +110,7 @@ export async function downloadUrl(
   const shown = externalText(url, 300);
   try {
     return await withProxiedFetch(stallMs, (fetch) =>
-      fetchWithRetries(host, fetch, url, shown, dest, stallMs, maxBytes),
+      fetchWithRetries({ host, fetch, url, shown, dest, stallMs, maxBytes }),
     );
   } catch (error) {
     await rm(dest, { force: true });
@@ -107,18 +118,22 @@ export async function downloadUrl(
   }
 }
 
-async function fetchWithRetries(
-  host: Host,
-  fetch: ProxiedFetch,
-  url: string,
-  shown: string,
-  dest: string,
-  stallMs: number,
-  maxBytes: number,
-): Promise<number> {
+/** One download: `shown` is the URL as messages may name it. */
+interface Transfer {
+  host: Host;
+  fetch: ProxiedFetch;
+  url: string;
+  shown: string;
+  dest: string;
+  stallMs: number;
+  maxBytes: number;
+}
+
+async function fetchWithRetries(transfer: Transfer): Promise<number> {
+  const { host, shown, stallMs } = transfer;
   for (let attempt = 0; ; attempt++) {
     try {
-      return await fetchOnce(host, fetch, url, shown, dest, stallMs, maxBytes);
+      return await fetchOnce(transfer);
     } catch (error) {
       const failure =
         error instanceof DownloadRefused || error instanceof Stalled
@@ -131,15 +146,7 @@ async function fetchWithRetries(
   }
 }
 
-async function fetchOnce(
-  host: Host,
-  fetch: ProxiedFetch,
-  url: string,
-  shown: string,
-  dest: string,
-  stallMs: number,
-  maxBytes: number,
-): Promise<number> {
+async function fetchOnce({ host, fetch, url, shown, dest, stallMs, maxBytes }: Transfer): Promise<number> {
   // Silence (before the headers or mid-body) aborts the request; every chunk starts the clock again.
   const silence = new AbortController();
   const stalled = new Stalled(`download of ${shown} made no progress for ${Math.round(stallMs / 1000)} s`);
@@ -151,7 +158,10 @@ async function fetchOnce(
   const file = await open(dest, 'w', 0o644);
   try {
     // Identity: the file's own bytes (what its sha256 is of), never a transfer coding fetch would undo.
-    const response = await fetch(url, { signal: silence.signal, headers: { 'accept-encoding': 'identity' } }).catch((error: unknown) => {
+    const response = await fetch(url, {
+      signal: silence.signal,
+      headers: { 'accept-encoding': 'identity' },
+    }).catch((error: unknown) => {
       throw silence.signal.aborted ? stalled : error;
     });
     progressed();
@@ -193,7 +203,7 @@ async function fetchOnce(
     try {
       for await (const chunk of body) {
         progressed();
-        for (let done = 0; done < chunk.length; ) {
+        for (let done = 0; done < chunk.length;) {
           done += (await file.write(chunk, done, chunk.length - done)).bytesWritten;
         }
         written += chunk.length;
