@@ -432,6 +432,29 @@ describe('preseed-podman-vm with an http(s) URL (against a local node:http serve
     }
   });
 
+  it('an IMAGE_CI_DOWNLOAD_MAX_SIZE without a unit stops main with an input error before anything is fetched', async () => {
+    const requests: string[] = [];
+    const server = createServer((req, res) => {
+      requests.push(`${req.method} ${req.url}`);
+      res.writeHead(404).end();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/disk.qcow2.zst`;
+    try {
+      const j = job('url-bad-limit');
+      const r = await run(j, await newCacheService(), { image: url }, false, {
+        IMAGE_CI_DOWNLOAD_MAX_SIZE: '20',
+      });
+      expect(r.main.exitCode).toBe(2);
+      expect(r.errors.join('\n')).toContain(
+        "Environment variable IMAGE_CI_DOWNLOAD_MAX_SIZE: '20' has no unit; write 20GiB, 20GB or 20MiB.",
+      );
+      expect(requests).toEqual([]);
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
   it('a size announced beyond the free space is refused before its first byte, naming both sizes', async () => {
     const announced = 10 ** 15;
     const server = createServer((_req, res) => {
