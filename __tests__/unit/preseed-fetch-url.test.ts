@@ -9,6 +9,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync }
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
+import { gzipSync } from 'node:zlib';
 import { join } from 'node:path';
 import { CliHost } from '../../src/core/host.js';
 import { InputError, MapInputSource } from '../../src/core/inputs.js';
@@ -149,6 +150,21 @@ it('a Content-Length over the download limit is refused before the body, naming 
     `${url} announces 3.0 MiB (3145728 bytes), more than the download limit of 1.0 MiB (1048576 bytes); download refused. Raise IMAGE_CI_DOWNLOAD_MAX_SIZE if the image is that large.`,
   );
   expect(existsSync(dest)).toBe(false);
+});
+
+it('a body the server gzip-encodes anyway is held to the limit, not to its (encoded) Content-Length', async () => {
+  const file = Buffer.alloc(256 * 1024, 3);
+  const encoded = gzipSync(file);
+  let asked: string | undefined;
+  const url = await serve((res) => {
+    asked = res.req.headers['accept-encoding'];
+    res.writeHead(200, { 'content-encoding': 'gzip', 'content-length': encoded.length }).end(encoded);
+  });
+  const dest = join(tmp, 'encoded');
+  expect(await downloadUrl(host, url, dest, { maxBytes: 1024 * 1024 })).toBe(file.length);
+  expect(readFileSync(dest).equals(file)).toBe(true);
+  expect(asked).toBe('identity');
+  rmSync(dest);
 });
 
 /** A 2 MiB tmpfs (needs root): a filesystem small enough to fill. Unmounted in afterAll. */
