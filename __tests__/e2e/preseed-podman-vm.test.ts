@@ -17,7 +17,7 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs';
-import { createServer, request as httpRequest } from 'node:http';
+import { createServer, request as httpRequest, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
@@ -87,11 +87,16 @@ async function run(
   cache: CacheService,
   inputs: Record<string, string> = {},
   skipPost = false,
+  env: Record<string, string> = {},
 ): Promise<RunResult> {
   const r = await runAction({
     action: ACTION,
     inputs: { image: `docker://${registry.host}/${REPO}:5.3`, ...inputs },
-    env: { ...cache.env({ runnerTemp: j.runnerTemp, workspace: j.workspace }), XDG_DATA_HOME: undefined },
+    env: {
+      ...cache.env({ runnerTemp: j.runnerTemp, workspace: j.workspace }),
+      XDG_DATA_HOME: undefined,
+      ...env,
+    },
     runnerTemp: j.runnerTemp,
     home: j.home,
     workspace: j.workspace,
@@ -354,7 +359,7 @@ describe('preseed-podman-vm with a registry and the Actions cache', () => {
   });
 });
 
-describe('preseed-podman-vm with an http(s) URL (@actions/tool-cache against a local node:http server)', () => {
+describe('preseed-podman-vm with an http(s) URL (against a local node:http server)', () => {
   it('downloads once, caches by URL, and a later run restores it with the server gone', async () => {
     const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
     const requests: string[] = [];
@@ -405,13 +410,115 @@ describe('preseed-podman-vm with an http(s) URL (@actions/tool-cache against a l
       await new Promise<void>((r) => server.close(() => r()));
     }
   });
+
+  it('an endless body without Content-Length is stopped at IMAGE_CI_DOWNLOAD_MAX_SIZE, naming the URL; nothing is kept', async () => {
+    let sent: Promise<number> | undefined;
+    const server = createServer((_req, res) => void (sent = endlessBody(res)));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/endless.qcow2.zst`;
+    try {
+      const j = job('url-endless');
+      const r = await run(j, await newCacheService(), { image: url }, false, LIMIT_1MIB);
+      expect(r.main.exitCode).toBe(1);
+      expect(r.errors.join('\n')).toContain(
+        `download failed (nothing was kept): ${url} sent more than the download limit of 1.0 MiB (1048576 bytes) without announcing a size; download stopped.`,
+      );
+      // The connection was dropped at the limit, not read to its end.
+      expect(await sent).toBeLessThan(16 * 1024 * 1024);
+      expect(readdirSync(join(j.runnerTemp, 'ici-pvm'))).toEqual([]);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
+  it('an IMAGE_CI_DOWNLOAD_MAX_SIZE without a unit stops main with an input error before anything is fetched', async () => {
+    const requests: string[] = [];
+    const server = createServer((req, res) => {
+      requests.push(`${req.method} ${req.url}`);
+      res.writeHead(404).end();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/disk.qcow2.zst`;
+    try {
+      const j = job('url-bad-limit');
+      const r = await run(j, await newCacheService(), { image: url }, false, {
+        IMAGE_CI_DOWNLOAD_MAX_SIZE: '20',
+      });
+      expect(r.main.exitCode).toBe(2);
+      expect(r.errors.join('\n')).toContain(
+        "Environment variable IMAGE_CI_DOWNLOAD_MAX_SIZE: '20' has no unit; write 20GiB, 20GB or 20MiB.",
+      );
+      expect(requests).toEqual([]);
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
+  it('a size announced beyond the free space is refused before its first byte, naming both sizes', async () => {
+    const announced = 10 ** 15;
+    const server = createServer((_req, res) => {
+      res.writeHead(200, { 'content-length': String(announced) });
+      // A first MiB, then the connection is cut: a client that does not look at the size starts writing.
+      res.write(Buffer.alloc(1024 * 1024));
+      setTimeout(() => res.destroy(), 3000).unref();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/huge.qcow2.zst`;
+    try {
+      const j = job('url-huge');
+      // The limit raised above the size, so that the free space is what refuses it.
+      const r = await run(j, await newCacheService(), { image: url }, false, {
+        IMAGE_CI_DOWNLOAD_MAX_SIZE: '2000TiB',
+      });
+      expect(r.main.exitCode).toBe(1);
+      expect(r.errors.join('\n')).toMatch(
+        new RegExp(
+          `download failed \\(nothing was kept\\): ${url.replace(/[.]/g, '\\.')}: the download is 909\\.5 TiB \\(${announced} bytes\\) but \\S+ has only [\\d.]+ \\w+ \\(\\d+ bytes\\) free\\. Download refused before its first byte\\.`,
+        ),
+      );
+      expect(readdirSync(join(j.runnerTemp, 'ici-pvm'))).toEqual([]);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
 });
+
+/**
+ * A body without Content-Length (chunked) that goes on far past the download limit the test sets, ended after
+ * `upTo` bytes so that a download without a limit finishes (and the test fails) instead of hanging. Resolves
+ * `sent` with what the server managed to write.
+ */
+function endlessBody(res: ServerResponse, upTo = 16 * 1024 * 1024): Promise<number> {
+  res.writeHead(200, { 'content-type': 'application/octet-stream' });
+  const chunk = Buffer.alloc(64 * 1024, 7);
+  let sent = 0;
+  return new Promise((resolve) => {
+    const more = () => {
+      while (sent < upTo && !res.destroyed) {
+        sent += chunk.length;
+        if (!res.write(chunk)) return void res.once('drain', more);
+      }
+      res.end();
+    };
+    res.on('close', () => resolve(sent));
+    more();
+  });
+}
+
+const LIMIT_1MIB = { IMAGE_CI_DOWNLOAD_MAX_SIZE: '1MiB' };
 
 /**
  * A stand-in for builds.coreos.fedoraproject.org, which cannot be reached here: stream metadata in the published
  * shape (coreos/stream-metadata-go) and the disk it points at, both on a local node:http server.
  */
-async function startFcosMock(disk: Buffer, publishedSha = createHash('sha256').update(disk).digest('hex')) {
+async function startFcosMock(
+  disk: Buffer,
+  publishedSha = createHash('sha256').update(disk).digest('hex'),
+  serveDisk = (res: ServerResponse): void =>
+    void res.writeHead(200, { 'content-length': disk.length }).end(disk),
+) {
   const requests: string[] = [];
   const release = '41.20261101.2.0';
   const title = `fedora-coreos-${release}-qemu.x86_64.qcow2.xz`;
@@ -432,7 +539,7 @@ async function startFcosMock(disk: Buffer, publishedSha = createHash('sha256').u
       });
       res.writeHead(200, { 'content-type': 'application/json' }).end(body);
     } else if (req.url === diskPath) {
-      res.writeHead(200, { 'content-length': disk.length }).end(disk);
+      serveDisk(res);
     } else {
       res.writeHead(404).end();
     }
@@ -563,6 +670,23 @@ describe('preseed-podman-vm on podman 4: a Fedora CoreOS stream [mock of builds.
           );
         }
       }
+    } finally {
+      await mock.stop();
+    }
+  });
+
+  it('a disk sent without Content-Length is stopped at IMAGE_CI_DOWNLOAD_MAX_SIZE before its sha256 is checked', async () => {
+    let sent: Promise<number> | undefined;
+    const mock = await startFcosMock(Buffer.alloc(0), undefined, (res) => void (sent = endlessBody(res)));
+    const j = job('fcos-endless');
+    try {
+      const r = await run(j, await newCacheService(), { image: mock.streamUrl }, false, LIMIT_1MIB);
+      expect(r.main.exitCode).toBe(1);
+      expect(r.errors.join('\n')).toMatch(
+        /download failed \(nothing was kept\): http:\/\/127\.0\.0\.1:\d+\/prod\/streams\/testing\/builds\/.*\.qcow2\.xz sent more than the download limit of 1\.0 MiB \(1048576 bytes\)/,
+      );
+      expect(await sent).toBeLessThan(16 * 1024 * 1024);
+      expect(readdirSync(join(j.runnerTemp, 'ici-pvm'))).toEqual([]);
     } finally {
       await mock.stop();
     }

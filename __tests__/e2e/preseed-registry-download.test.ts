@@ -1,12 +1,18 @@
 /**
  * preseed-podman-vm's registry download on a failing link: the built action (dist) pulls a fake machine-os disk
  * from a real docker-registry through a relay that cuts the blob GET part-way. The download resumes with Range
- * (the registry answers 206), so the disk crosses the link about once and progress never passes 100 %.
+ * (the registry answers 206), so the disk crosses the link about once and progress never passes 100 %. And
+ * behind a company proxy: the disk reachable only through the test's forward proxy, under `*.proxytest` names
+ * nothing else resolves, so a download that lands used the proxy.
  */
-import { afterAll, beforeAll, expect, it } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { PROXY_ENV_VARS } from '../../src/core/proxy-env.js';
+import { startForwardProxy, type ForwardProxy } from '../support/forward-proxy.js';
 import { runAction } from '../support/harness.js';
 import { buildMachineOsLayout, publishMachineOs, type FakeMachineOs } from '../support/machine-os.js';
 import { startProxy, type CountingProxy } from '../support/proxy.js';
@@ -37,7 +43,7 @@ afterAll(async () => {
 });
 
 /** The built action pulling `image` without its cache, in job dirs of its own named `name`. */
-async function preseedFrom(image: string, name: string) {
+async function preseedFrom(image: string, name: string, env: Record<string, string | undefined> = {}) {
   const dirs = {
     runnerTemp: join(work, `temp-${name}`),
     home: join(work, `home-${name}`),
@@ -49,7 +55,7 @@ async function preseedFrom(image: string, name: string) {
     keepInRunnerTemp: ['ici-pvm'],
     action: 'preseed-podman-vm',
     inputs: { image, cache: 'false' },
-    env: { XDG_DATA_HOME: undefined },
+    env: { XDG_DATA_HOME: undefined, ...env },
     ...dirs,
   });
 }
@@ -104,4 +110,67 @@ it('a disk over a slow but steady link (1 MB/s) arrives at the first try; progre
   } finally {
     await slow.stop();
   }
+});
+
+describe('behind a company proxy (a real forward proxy; nothing else resolves *.proxytest)', () => {
+  const NAME = 'registry.proxytest';
+  let tlsRegistry: RegistryService;
+  let proxy: ForwardProxy;
+  let files: Server;
+  let filesPort: number;
+  /** Only the variables a test names: none inherited from the machine. */
+  const onlyProxy = (env: Record<string, string>) => ({
+    ...Object.fromEntries(PROXY_ENV_VARS.map((name) => [name, undefined])),
+    ...env,
+  });
+
+  beforeAll(async () => {
+    [tlsRegistry, proxy] = await Promise.all([
+      startRegistry({ tls: 'server', proxiedName: NAME }),
+      startForwardProxy(),
+    ]);
+    await publishMachineOs(fake, tlsRegistry.host, REPO, '5.3', { tlsVerify: false });
+    const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
+    files = createServer((req, res) => {
+      if (req.url === '/images/disk.qcow2.zst')
+        res.writeHead(200, { 'content-length': disk.length }).end(disk);
+      else res.writeHead(404).end();
+    });
+    await new Promise<void>((r) => files.listen(0, '127.0.0.1', r));
+    filesPort = (files.address() as AddressInfo).port;
+  });
+  afterAll(async () => {
+    files?.closeAllConnections();
+    await new Promise((r) => files?.close(r));
+    await Promise.all([tlsRegistry?.stop(), proxy?.stop()]);
+  });
+
+  it('a registry disk comes through HTTPS_PROXY: index, manifest and blob inside CONNECT tunnels', async () => {
+    proxy.records.length = 0;
+    const port = tlsRegistry.host.split(':')[1]!;
+    // The registry's CA trusted as a runner trusts a company CA.
+    const env = onlyProxy({ HTTPS_PROXY: proxy.url, NODE_EXTRA_CA_CERTS: tlsRegistry.ca!.caCert });
+    const r = await preseedFrom(`docker://${NAME}:${port}/${REPO}:5.3`, 'proxied-registry', env);
+    expect(r.errors).toEqual([]);
+    expect(r.main.exitCode).toBe(0);
+    expect(
+      readFileSync(r.outputs['image-path']!).equals(readFileSync(fake.disk('x86_64', 'qemu').blobPath)),
+    ).toBe(true);
+    expect(proxy.records.length).toBeGreaterThan(0);
+    expect(proxy.records.every((rec) => rec.method === 'CONNECT' && rec.target === `${NAME}:${port}`)).toBe(
+      true,
+    );
+  });
+
+  it('a URL disk comes through HTTP_PROXY in absolute form', async () => {
+    proxy.records.length = 0;
+    const url = `http://disk.proxytest:${filesPort}/images/disk.qcow2.zst`;
+    const r = await preseedFrom(url, 'proxied-url', onlyProxy({ HTTP_PROXY: proxy.url }));
+    expect(r.errors).toEqual([]);
+    expect(r.main.exitCode).toBe(0);
+    expect(
+      readFileSync(r.outputs['image-path']!).equals(readFileSync(fake.disk('x86_64', 'qemu').blobPath)),
+    ).toBe(true);
+    expect(proxy.records.map((rec) => `${rec.method} ${rec.requestTarget}`)).toEqual([`GET ${url}`]);
+  });
 });

@@ -7,7 +7,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { RegistryClient, type BlobFile } from '../../src/core/oci/client.js';
+import { RegistryClient, type BlobFile, type RegistryClientOptions } from '../../src/core/oci/client.js';
 import {
   chmodSync,
   closeSync,
@@ -241,8 +241,10 @@ export async function publishMachineOs(
   registry: string,
   repo: string,
   tag: string,
+  /** How to reach the registry, when not over plain http (a TLS registry: `{ tlsVerify: false }`). */
+  reach: Partial<RegistryClientOptions> = { insecure: true },
 ): Promise<void> {
-  const client = new RegistryClient({ registry, insecure: true, timeoutMs: 600_000 });
+  const client = new RegistryClient({ registry, timeoutMs: 600_000, ...reach });
   for (const blob of fake.blobs) await client.uploadBlob(repo, blob);
   for (const m of fake.childManifests) {
     await client.putManifest(repo, m.digest, m.bytes, 'application/vnd.oci.image.manifest.v1+json');

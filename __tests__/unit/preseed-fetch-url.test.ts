@@ -1,16 +1,24 @@
 /**
- * downloadUrl (@actions/tool-cache, which has no timeout of its own) against a local server that goes silent:
- * before its headers, and mid-body. The stall watch must end both, saying which URL made no progress.
+ * downloadUrl against a local server that goes silent (before its headers, and mid-body: the stall watch ends
+ * both, saying which URL made no progress), that sends more than it announces, or more than the disk holds; and
+ * the counting that holds a body to its Content-Length or the download limit.
  */
-import { afterAll, afterEach, expect, it } from '@jest/globals';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
+import { gzipSync } from 'node:zlib';
 import { join } from 'node:path';
 import { CliHost } from '../../src/core/host.js';
-import { MapInputSource } from '../../src/core/inputs.js';
-import { downloadUrl } from '../../src/actions/preseed-podman-vm/fetch-url.js';
+import { InputError, MapInputSource } from '../../src/core/inputs.js';
+import {
+  boundedBody,
+  DEFAULT_DOWNLOAD_MAX_BYTES,
+  downloadSizeLimit,
+  downloadUrl,
+} from '../../src/actions/preseed-podman-vm/fetch-url.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'preseed-fu-'));
 const host = new CliHost({ inputs: new MapInputSource({}), log: () => undefined, out: () => undefined });
@@ -22,7 +30,7 @@ afterEach(async () => {
 });
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-async function serve(answer: (res: ServerResponse) => void): Promise<string> {
+async function serve(answer: (res: ServerResponse) => void, name = 'disk.qcow2.xz'): Promise<string> {
   const server = createServer((_req, res) => {
     held.push(res);
     answer(res);
@@ -32,12 +40,12 @@ async function serve(answer: (res: ServerResponse) => void): Promise<string> {
     server.closeAllConnections();
     await new Promise((done) => server.close(done));
   };
-  return `http://127.0.0.1:${(server.address() as AddressInfo).port}/disk.qcow2.xz`;
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}/${name}`;
 }
 
 it('a server that never answers: the download fails after the stall time, naming the URL', async () => {
   const url = await serve(() => undefined);
-  await expect(downloadUrl(host, url, join(tmp, 'a'), 1500)).rejects.toThrow(
+  await expect(downloadUrl(host, url, join(tmp, 'a'), { stallMs: 1500 })).rejects.toThrow(
     `download of ${url} made no progress for 2 s`,
   );
 });
@@ -47,7 +55,7 @@ it('a server that stops mid-body: the download fails after the stall time, namin
     res.writeHead(200, { 'content-length': String(1024 * 1024) });
     res.write(Buffer.alloc(64 * 1024));
   });
-  await expect(downloadUrl(host, url, join(tmp, 'b'), 1500)).rejects.toThrow(
+  await expect(downloadUrl(host, url, join(tmp, 'b'), { stallMs: 1500 })).rejects.toThrow(
     `download of ${url} made no progress for 2 s`,
   );
 });
@@ -63,9 +71,140 @@ it('a server that trickles under 1 KiB/s (never silent for the stall time): the 
       clearTimeout(cut);
     });
   });
-  await expect(downloadUrl(host, url, join(tmp, 'c'), 1500)).rejects.toThrow(
+  await expect(downloadUrl(host, url, join(tmp, 'c'), { stallMs: 1500 })).rejects.toThrow(
     new RegExp(
       `^download of ${url.replace(/[.]/g, '\\.')}: only \\d+ B in [\\d.]+ s, under 1\\.0 KiB/s \\(stalled\\)$`,
     ),
   );
+});
+
+async function collect<T>(source: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const item of source) out.push(item);
+  return out;
+}
+
+describe('boundedBody: the count that holds a body to what was announced, or to the limit', () => {
+  const chunks = [Buffer.alloc(600), Buffer.alloc(600), Buffer.alloc(600)];
+
+  it('passes a body of exactly the announced size', async () => {
+    expect(await collect(boundedBody(chunks, 'U', 1800, 10_000))).toHaveLength(3);
+  });
+
+  it('stops a body longer than its Content-Length before the chunk that passes it, naming both sizes', async () => {
+    const passed: Buffer[] = [];
+    await expect(
+      (async () => {
+        for await (const c of boundedBody(chunks, 'http://h/x', 1000, 10_000)) passed.push(c);
+      })(),
+    ).rejects.toThrow(
+      'http://h/x sent more than the 1000 bytes its Content-Length announces (1200 so far); download stopped.',
+    );
+    expect(passed).toHaveLength(1);
+  });
+
+  it('stops a body without Content-Length at the limit, saying how to raise it', async () => {
+    await expect(collect(boundedBody(chunks, 'http://h/x', undefined, 1000))).rejects.toThrow(
+      'http://h/x sent more than the download limit of 1000 B (1000 bytes) without announcing a size; download stopped. Raise IMAGE_CI_DOWNLOAD_MAX_SIZE (e.g. 16GiB) if the image is that large.',
+    );
+  });
+});
+
+describe('IMAGE_CI_DOWNLOAD_MAX_SIZE', () => {
+  it('defaults to 8 GiB, takes a size with a unit, and refuses a bare number as an input error', () => {
+    expect(downloadSizeLimit({})).toBe(DEFAULT_DOWNLOAD_MAX_BYTES);
+    expect(DEFAULT_DOWNLOAD_MAX_BYTES).toBe(8 * 1024 ** 3);
+    expect(downloadSizeLimit({ IMAGE_CI_DOWNLOAD_MAX_SIZE: '16GiB' })).toBe(16 * 1024 ** 3);
+    expect(() => downloadSizeLimit({ IMAGE_CI_DOWNLOAD_MAX_SIZE: '20' })).toThrow(
+      new InputError(
+        'IMAGE_CI_DOWNLOAD_MAX_SIZE',
+        "'20' has no unit; write 20GiB, 20GB or 20MiB.",
+        'environment',
+      ),
+    );
+  });
+});
+
+it("a body longer than its Content-Length: node's HTTP parser ends it there, so only the announced bytes are kept", async () => {
+  const announced = Buffer.alloc(4096, 1);
+  const url = await serve((res) => {
+    // Raw bytes: node's server would not send more than the header it wrote.
+    res.socket!.write(`HTTP/1.1 200 OK\r\ncontent-length: ${announced.length}\r\n\r\n`);
+    res.socket!.write(announced);
+    res.socket!.write(Buffer.alloc(1024 * 1024, 2));
+    res.socket!.end();
+  });
+  const dest = join(tmp, 'over');
+  expect(await downloadUrl(host, url, dest, { maxBytes: 1024 ** 3 })).toBe(announced.length);
+  expect(readFileSync(dest).equals(announced)).toBe(true);
+  rmSync(dest);
+});
+
+it('a Content-Length over the download limit is refused before the body, naming both sizes and the knob', async () => {
+  const url = await serve((res) => {
+    res.writeHead(200, { 'content-length': String(3 * 1024 * 1024) });
+    res.write(Buffer.alloc(64 * 1024));
+  });
+  const dest = join(tmp, 'limit');
+  await expect(downloadUrl(host, url, dest, { maxBytes: 1024 * 1024 })).rejects.toThrow(
+    `${url} announces 3.0 MiB (3145728 bytes), more than the download limit of 1.0 MiB (1048576 bytes); download refused. Raise IMAGE_CI_DOWNLOAD_MAX_SIZE if the image is that large.`,
+  );
+  expect(existsSync(dest)).toBe(false);
+});
+
+it('a body the server gzip-encodes anyway is held to the limit, not to its (encoded) Content-Length', async () => {
+  const file = Buffer.alloc(256 * 1024, 3);
+  const encoded = gzipSync(file);
+  let asked: string | undefined;
+  const url = await serve((res) => {
+    asked = res.req.headers['accept-encoding'];
+    res.writeHead(200, { 'content-encoding': 'gzip', 'content-length': encoded.length }).end(encoded);
+  });
+  const dest = join(tmp, 'encoded');
+  expect(await downloadUrl(host, url, dest, { maxBytes: 1024 * 1024 })).toBe(file.length);
+  expect(readFileSync(dest).equals(file)).toBe(true);
+  expect(asked).toBe('identity');
+  rmSync(dest);
+});
+
+/** A 2 MiB tmpfs (needs root): a filesystem small enough to fill. Unmounted in afterAll. */
+describe('a destination filesystem too small for the download [2 MiB tmpfs]', () => {
+  const small = join(tmp, 'small');
+  beforeAll(() => {
+    mkdirSync(small);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', small]);
+  });
+  afterAll(() => {
+    execFileSync('umount', [small]);
+  });
+
+  it('an announced size over the free space is refused before the body is read, naming both sizes', async () => {
+    const url = await serve((res) => {
+      res.writeHead(200, { 'content-length': String(4 * 1024 * 1024) });
+      res.write(Buffer.alloc(64 * 1024));
+    });
+    await expect(downloadUrl(host, url, join(small, 'a'), { maxBytes: 1024 ** 3 })).rejects.toThrow(
+      new RegExp(
+        `^${url.replace(/[.]/g, '\\.')}: the download is 4\\.0 MiB \\(4194304 bytes\\) but ${small} has only [\\d.]+ \\w+ \\(\\d+ bytes\\) free\\. Download refused before its first byte\\.$`,
+      ),
+    );
+    expect(readdirSync(small)).toEqual([]);
+  });
+
+  it('a body of unknown length that fills the disk fails saying so, and leaves no partial file', async () => {
+    const url = await serve((res) => {
+      res.writeHead(200);
+      const chunk = Buffer.alloc(64 * 1024);
+      const more = () => {
+        while (!res.destroyed) if (!res.write(chunk)) return void res.once('drain', more);
+      };
+      more();
+    });
+    await expect(downloadUrl(host, url, join(small, 'b'), { maxBytes: 1024 ** 3 })).rejects.toThrow(
+      new RegExp(
+        `^${small} is full after [\\d.]+ \\w+ \\(\\d+ bytes\\) of ${url.replace(/[.]/g, '\\.')}; download stopped\\.$`,
+      ),
+    );
+    expect(existsSync(join(small, 'b'))).toBe(false);
+  });
 });

@@ -268,7 +268,7 @@ export async function readPassword(
 
 /**
  * Libraries log through @actions/core, which writes workflow commands straight to process.stdout
- * (@actions/http-client and @actions/tool-cache call core.debug on every download). The CLI promises that
+ * (@actions/cache calls core.debug on every download). The CLI promises that
  * stdout holds only `name=value` outputs, so while an action runs whatever else is written there is read as
  * those commands and logged through the host instead. Returns the function that undoes it.
  */

@@ -52,7 +52,7 @@ import { extractConfined } from './cache-dir-extract.js';
 import { exec } from './exec.js';
 import { readRegularFile } from './files.js';
 import type { Host } from './host.js';
-import { InputError, parseBytes } from './inputs.js';
+import { readSizeEnv } from './inputs.js';
 import { formatBytes } from './summary.js';
 import { TarFormatError } from './tar-members.js';
 
@@ -538,18 +538,7 @@ export async function saveToDirCache(
  * size with a unit is a mistake in the workflow: `20` could mean 20 GB as well as the 20 bytes it would be.
  */
 export function cacheDirSizeBudget(env: NodeJS.ProcessEnv = process.env): number | undefined {
-  const raw = env[CACHE_DIR_MAX_SIZE_ENV]?.trim();
-  if (!raw) return undefined;
-  const bare = /^\d+(?:\.\d+)?$/.test(raw);
-  const bytes = bare ? undefined : parseBytes(raw);
-  if (bytes !== undefined) return bytes;
-  throw new InputError(
-    CACHE_DIR_MAX_SIZE_ENV,
-    bare
-      ? `'${raw}' has no unit; write ${raw}GiB, ${raw}GB or ${raw}MiB.`
-      : `'${raw}' is not a size; write it like 50GiB or 500MB.`,
-    'environment',
-  );
+  return readSizeEnv(CACHE_DIR_MAX_SIZE_ENV, env);
 }
 
 async function allEntries(root: string): Promise<Array<Entry & { lastUsed: number }>> {

@@ -1,5 +1,7 @@
 import { constants } from 'node:fs';
-import { lstat, open, stat, type FileHandle } from 'node:fs/promises';
+import { lstat, open, stat, statfs, type FileHandle } from 'node:fs/promises';
+import { ActionError } from './run.js';
+import { formatBytes } from './summary.js';
 
 /** Whether anything (file, dir, socket) exists at `path`; unreadable parents count as absent. */
 export async function pathExists(path: string): Promise<boolean> {
@@ -179,4 +181,19 @@ export async function readRegularFile(
     chunks.push(Buffer.from(chunk));
   }
   return Buffer.concat(chunks);
+}
+
+/**
+ * Refuses up front what cannot fit in `dir`, instead of filling the disk and failing half-way with ENOSPC. `what`
+ * names the thing in the message (`GET blob … : the blob`).
+ */
+export async function ensureRoom(dir: string, size: number, what: string): Promise<void> {
+  const stats = await statfs(dir);
+  const free = stats.bavail * stats.bsize;
+  if (size > free) {
+    throw new ActionError(
+      `${what} is ${formatBytes(size)} (${size} bytes) but ${dir} has only ` +
+        `${formatBytes(free)} (${free} bytes) free.`,
+    );
+  }
 }

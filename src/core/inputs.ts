@@ -213,6 +213,25 @@ export function parseBytes(text: string): number | undefined {
   return Math.round(Number(m[1]) * unit);
 }
 
+/**
+ * A size from an environment variable (`50GiB`, `500MB`), undefined when unset. It needs a unit: a bare `20`
+ * could mean 20 GB as well as the 20 bytes it would be, so it is a mistake in the workflow, refused by name.
+ */
+export function readSizeEnv(name: string, env: NodeJS.ProcessEnv = process.env): number | undefined {
+  const raw = env[name]?.trim();
+  if (!raw) return undefined;
+  const bare = /^\d+(?:\.\d+)?$/.test(raw);
+  const bytes = bare ? undefined : parseBytes(raw);
+  if (bytes !== undefined) return bytes;
+  throw new InputError(
+    name,
+    bare
+      ? `'${raw}' has no unit; write ${raw}GiB, ${raw}GB or ${raw}MiB.`
+      : `'${raw}' is not a size; write it like 50GiB or 500MB.`,
+    'environment',
+  );
+}
+
 export function readBytes(src: InputSource, name: string, fallback: number): number {
   const value = src.get(name);
   if (value === undefined) return fallback;

@@ -536,18 +536,19 @@ function proxiedAgent(timeoutMs: number, settings: ProxySettings = proxySettings
   }).compose(forwardHttp(settings));
 }
 
-/** A fetch for small requests (method, headers, a text body); what withProxiedFetch lends. */
+/** A fetch with a method, headers and a text body at most; what withProxiedFetch lends. */
 export type ProxiedFetch = (
   url: string | URL,
   init: { method?: string; headers?: Record<string, string>; body?: string; signal?: AbortSignal },
 ) => Promise<Response>;
 
 /**
- * Runs `use` with a fetch that honours the proxy settings, for requests that each take at most `timeoutMs`.
- * Without a proxy that fetch is node's own, as before proxies were honoured; with one, it goes through a
- * dispatcher of its own, ended afterwards without waiting: out of file descriptors, a connect that never calls
- * back keeps undici's destroy() pending for good, and awaiting it (or, it seems, using our dispatcher at all
- * there) hung a cache restore instead of letting it fall back.
+ * Runs `use` with a fetch that honours the proxy settings, for requests silent for at most `timeoutMs` at a time
+ * (undici's timeouts are idle ones: the wait for the headers, or between two pieces of a body). Without a proxy
+ * that fetch is node's own, as before proxies were honoured; with one, it goes through a dispatcher of its own,
+ * ended afterwards without waiting: out of file descriptors, a connect that never calls back keeps undici's
+ * destroy() pending for good, and awaiting it (or, it seems, using our dispatcher at all there) hung a cache
+ * restore instead of letting it fall back.
  */
 export async function withProxiedFetch<T>(
   timeoutMs: number,

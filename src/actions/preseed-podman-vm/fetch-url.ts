@@ -1,63 +1,227 @@
 /**
- * Downloading an image from a URL with @actions/tool-cache (retries 5xx/408/429, proxy settings of the runner).
- * That API has no progress callback or timeout, so the growing file is watched: it gives the progress line and
- * fails a download that stops growing, or that grows slower than the low-speed limit over the stall time (a
+ * Downloading an image from a URL: a user's `image: https://…`, or the disk a Fedora CoreOS stream names. It goes
+ * through the environment's proxy (as the stream itself is fetched), retries 5xx/408/429 and broken connections,
+ * and fails a download that makes no progress, or grows slower than the low-speed limit, over the stall time (a
  * server trickling a few bytes every few seconds would otherwise hold the job until its 6 h limit).
+ *
+ * Neither a URL nor a stream gives a size we could trust in advance, so nothing here may fill the runner's disk:
+ * a body is never taken past its Content-Length (node's HTTP parser ends the response there; the count below
+ * holds even if a client did not), nor past the download limit when it has none (an endless chunked body), and
+ * an announced size is refused at once when it is over that limit or over the free space of the destination.
+ * On any failure the partial file is removed here; main's scratch dir (removed by post) covers a killed job.
  */
-import { stat } from 'node:fs/promises';
+import { open, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { ensureRoom } from '../../core/files.js';
 import type { Host } from '../../core/host.js';
-import { LowSpeedLimit } from '../../core/low-speed.js';
+import { readSizeEnv } from '../../core/inputs.js';
+import { withLowSpeedLimit } from '../../core/low-speed.js';
+import { externalText, networkFailure } from '../../core/oci/response.js';
+import {
+  backoffDelay,
+  isRetryableStatus,
+  parseRetryAfter,
+  TransientError,
+  type RetryPolicy,
+} from '../../core/oci/retry.js';
+import { sleep } from '../../core/process.js';
+import { withProxiedFetch, type ProxiedFetch } from '../../core/proxy-env.js';
+import { ActionError } from '../../core/run.js';
+import { formatBytes } from '../../core/summary.js';
 import { ProgressLog } from './progress.js';
 
-const POLL_MS = 1000;
 const STALL_MS = 5 * 60_000;
 
-async function sizeOf(path: string): Promise<number> {
-  try {
-    return (await stat(path)).size;
-  } catch {
-    return 0;
+/** As @actions/tool-cache did before: three tries, the later ones after a pause. */
+const URL_RETRY: RetryPolicy = {
+  retries: 2,
+  baseDelayMs: 2000,
+  maxDelayMs: 20_000,
+  maxRetryAfterMs: 120_000,
+};
+
+export const DOWNLOAD_MAX_SIZE_ENV = 'IMAGE_CI_DOWNLOAD_MAX_SIZE';
+/**
+ * Podman machine disks are about 1 GiB compressed (machine-os `.zst`, Fedora CoreOS `.xz`/`.gz`/`.zip`), an
+ * uncompressed qcow2 about 2–3 GiB; 8 GiB leaves room for those and still stops a runaway body well before a
+ * hosted runner's disk (14 GB of SSD on the standard Linux runner) is full.
+ */
+export const DEFAULT_DOWNLOAD_MAX_BYTES = 8 * 1024 ** 3;
+
+/** The most a URL download may bring: IMAGE_CI_DOWNLOAD_MAX_SIZE (with a unit), else the default. */
+export function downloadSizeLimit(env: NodeJS.ProcessEnv = process.env): number {
+  return readSizeEnv(DOWNLOAD_MAX_SIZE_ENV, env) ?? DEFAULT_DOWNLOAD_MAX_BYTES;
+}
+
+export interface UrlDownloadOptions {
+  stallMs?: number;
+  /** The download limit (downloadSizeLimit); read by the caller so a mistake in it is an input error. */
+  maxBytes?: number;
+}
+
+/** A refusal that another try cannot change (too large, no room, the disk full): not retried. */
+class DownloadRefused extends ActionError {}
+
+/** No progress over the stall time: not retried (as before), a server that stalled once is likely to again. */
+class Stalled extends ActionError {}
+
+/**
+ * The body's chunks as they come, counted: throws once they pass what the server announced or, without an
+ * announcement, the download limit, before the chunk that passes it is handed on (so it is never written).
+ */
+export async function* boundedBody<T extends { length: number }>(
+  body: AsyncIterable<T> | Iterable<T>,
+  shown: string,
+  announced: number | undefined,
+  maxBytes: number,
+): AsyncGenerator<T, void, undefined> {
+  let received = 0;
+  for await (const chunk of body) {
+    received += chunk.length;
+    if (announced !== undefined && received > announced) {
+      throw new DownloadRefused(
+        `${shown} sent more than the ${announced} bytes its Content-Length announces (${received} so far); download stopped.`,
+      );
+    }
+    if (received > maxBytes) {
+      throw new DownloadRefused(
+        `${shown} sent more than the download limit of ${formatBytes(maxBytes)} (${maxBytes} bytes) without ` +
+          `announcing a size; download stopped. Raise ${DOWNLOAD_MAX_SIZE_ENV} (e.g. 16GiB) if the image is that large.`,
+      );
+    }
+    yield chunk;
   }
+}
+
+/** Content-Length as a byte count; undefined when absent or not a plain number (then the limit alone counts). */
+function announcedLength(value: string | null): number | undefined {
+  if (value === null || !/^\d+$/.test(value.trim())) return undefined;
+  const n = Number(value.trim());
+  return Number.isSafeInteger(n) ? n : undefined;
 }
 
 export async function downloadUrl(
   host: Host,
   url: string,
   dest: string,
-  stallMs = STALL_MS,
+  { stallMs = STALL_MS, maxBytes = DEFAULT_DOWNLOAD_MAX_BYTES }: UrlDownloadOptions = {},
 ): Promise<number> {
-  const progress = new ProgressLog(host, `Downloading ${url}`, undefined);
-  let lastSize = 0;
-  let lastGrowth = Date.now();
-  let lastPoll = Date.now();
-  const speed = new LowSpeedLimit(stallMs);
-  let timer: NodeJS.Timeout | undefined;
-  const stalled = new Promise<never>((_, reject) => {
-    timer = setInterval(() => {
-      void sizeOf(dest).then((size) => {
-        const now = Date.now();
-        // A file the library started over (a retry) has not grown.
-        const slow = speed.arrived(Math.max(0, size - lastSize), now - lastPoll);
-        lastPoll = now;
-        if (slow) reject(new Error(`download of ${url}: ${slow}`));
-        if (size !== lastSize) {
-          lastSize = size;
-          lastGrowth = Date.now();
-          progress.update(size);
-        } else if (Date.now() - lastGrowth > stallMs) {
-          reject(new Error(`download of ${url} made no progress for ${Math.round(stallMs / 1000)} s`));
-        }
-      });
-    }, POLL_MS);
-  });
+  // A stream's disk location comes from outside: it reaches messages as one line of plain text.
+  const shown = externalText(url, 300);
   try {
-    // Loaded here: every other action (and a cached image) never needs the library.
-    const { downloadTool } = await import('@actions/tool-cache');
-    await Promise.race([downloadTool(url, dest), stalled]);
-  } finally {
-    clearInterval(timer);
+    return await withProxiedFetch(stallMs, (fetch) =>
+      fetchWithRetries({ host, fetch, url, shown, dest, stallMs, maxBytes }),
+    );
+  } catch (error) {
+    await rm(dest, { force: true });
+    throw error;
   }
-  const size = await sizeOf(dest);
-  progress.done(size);
-  return size;
+}
+
+/** One download: `shown` is the URL as messages may name it. */
+interface Transfer {
+  host: Host;
+  fetch: ProxiedFetch;
+  url: string;
+  shown: string;
+  dest: string;
+  stallMs: number;
+  maxBytes: number;
+}
+
+async function fetchWithRetries(transfer: Transfer): Promise<number> {
+  const { host, shown, stallMs } = transfer;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fetchOnce(transfer);
+    } catch (error) {
+      const failure =
+        error instanceof DownloadRefused || error instanceof Stalled
+          ? error
+          : networkFailure(error, `download of ${shown}`, stallMs);
+      if (!(failure instanceof TransientError) || attempt >= URL_RETRY.retries) throw failure;
+      host.info(`${failure.message}; trying again`);
+      await sleep(backoffDelay(attempt, URL_RETRY, failure.retryAfterMs));
+    }
+  }
+}
+
+async function fetchOnce({ host, fetch, url, shown, dest, stallMs, maxBytes }: Transfer): Promise<number> {
+  // Silence (before the headers or mid-body) aborts the request; every chunk starts the clock again.
+  const silence = new AbortController();
+  const stalled = new Stalled(`download of ${shown} made no progress for ${Math.round(stallMs / 1000)} s`);
+  let timer = setTimeout(() => silence.abort(stalled), stallMs);
+  const progressed = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => silence.abort(stalled), stallMs);
+  };
+  const file = await open(dest, 'w', 0o644);
+  try {
+    // Identity: the file's own bytes (what its sha256 is of), never a transfer coding fetch would undo.
+    const response = await fetch(url, {
+      signal: silence.signal,
+      headers: { 'accept-encoding': 'identity' },
+    }).catch((error: unknown) => {
+      throw silence.signal.aborted ? stalled : error;
+    });
+    progressed();
+    if (response.status !== 200) {
+      await response.body?.cancel().catch(() => undefined);
+      const what = `download of ${shown}: the server answered HTTP ${response.status}`;
+      if (isRetryableStatus(response.status)) {
+        throw new TransientError(what, response.status, parseRetryAfter(response.headers.get('retry-after')));
+      }
+      throw new DownloadRefused(what);
+    }
+    const encoding = response.headers.get('content-encoding')?.trim().toLowerCase();
+    // fetch decodes a body the server encoded anyway: Content-Length counts the encoded bytes, so the decoded
+    // ones are held to the download limit instead.
+    const encoded = encoding !== undefined && encoding !== '' && encoding !== 'identity';
+    const announced = announcedLength(response.headers.get('content-length'));
+    if (announced !== undefined) {
+      if (announced > maxBytes) {
+        await response.body?.cancel().catch(() => undefined);
+        throw new DownloadRefused(
+          `${shown} announces ${formatBytes(announced)} (${announced} bytes), more than the download limit of ` +
+            `${formatBytes(maxBytes)} (${maxBytes} bytes); download refused. Raise ${DOWNLOAD_MAX_SIZE_ENV} if the image is that large.`,
+        );
+      }
+      try {
+        await ensureRoom(dirname(dest), announced, `${shown}: the download`);
+      } catch (error) {
+        await response.body?.cancel().catch(() => undefined);
+        throw new DownloadRefused(`${(error as Error).message} Download refused before its first byte.`);
+      }
+    }
+    const progress = new ProgressLog(host, `Downloading ${shown}`, encoded ? undefined : announced);
+    let written = 0;
+    const body = withLowSpeedLimit(
+      boundedBody(response.body ?? [], shown, encoded ? undefined : announced, maxBytes),
+      stallMs,
+      (reason) => new Stalled(`download of ${shown}: ${reason}`),
+    );
+    try {
+      for await (const chunk of body) {
+        progressed();
+        for (let done = 0; done < chunk.length;) {
+          done += (await file.write(chunk, done, chunk.length - done)).bytesWritten;
+        }
+        written += chunk.length;
+        progress.update(written);
+      }
+    } catch (error) {
+      if (silence.signal.aborted) throw stalled;
+      if ((error as NodeJS.ErrnoException).code === 'ENOSPC') {
+        throw new DownloadRefused(
+          `${dirname(dest)} is full after ${formatBytes(written)} (${written} bytes) of ${shown}; download stopped.`,
+        );
+      }
+      throw error;
+    }
+    progress.done(written);
+    return written;
+  } finally {
+    clearTimeout(timer);
+    await file.close();
+  }
 }

@@ -18,7 +18,7 @@ import { MACHINE_STAGE_DIR, Outputs, STABLE_DIR_NAME } from './constants.js';
 import { planContainersConf } from './containers-conf.js';
 import { isPlainFileName, resolveFcosDisk, StreamUnreachable } from './fcos-stream.js';
 import { downloadDisk, isUnreachable, resolveDisk } from './fetch-registry.js';
-import { downloadUrl } from './fetch-url.js';
+import { downloadSizeLimit, downloadUrl } from './fetch-url.js';
 import { digestFile } from '../../core/oci/digest.js';
 import { externalText } from '../../core/oci/response.js';
 import { classifyImage, type ImageSource } from './image-source.js';
@@ -62,6 +62,8 @@ export async function main(host: Host, inputs: PreseedInputs): Promise<void> {
   const source = classifyImage(imageText);
   host.info(`podman ${version.text}, provider ${vmType}, arch ${arch}, image ${imageText}`);
 
+  // Read before anything is fetched: a mistake in it is an input error on a warm run too.
+  const maxBytes = downloadSizeLimit();
   if (source.kind === 'file' && inputs.cache) {
     host.info(`The image is a local file (${source.path}): there is nothing to cache for it.`);
   }
@@ -74,7 +76,7 @@ export async function main(host: Host, inputs: PreseedInputs): Promise<void> {
           size: (await stat(source.path)).size,
         }))
       : await host.group('Getting the machine image', () =>
-          locateRemote(host, inputs, source, imageText, vmType, arch),
+          locateRemote(host, inputs, source, imageText, vmType, arch, maxBytes),
         );
 
   host.setOutput(Outputs.imagePath, located.path);
@@ -146,7 +148,8 @@ interface Resolved {
   fileDigest: string;
   /** The disk's original file name, as the registry or stream says. */
   title: string;
-  download(host: Host, temp: string): Promise<StoredImageRecord>;
+  /** `maxBytes`: the download limit for a body of unannounced size (a registry descriptor always gives one). */
+  download(host: Host, temp: string, maxBytes: number): Promise<StoredImageRecord>;
 }
 
 /** Asks the registry or the stream which disk is current; undefined for plain URLs (nothing to ask). */
@@ -183,8 +186,8 @@ async function resolveRemote(
       digest,
       fileDigest: digest,
       title: disk.title,
-      download: async (h, temp) => {
-        const size = await downloadUrl(h, disk.location, temp);
+      download: async (h, temp, maxBytes) => {
+        const size = await downloadUrl(h, disk.location, temp, { maxBytes });
         const actual = await digestFile(temp);
         if (actual !== digest) throw new Error(`${disk.title} has ${actual}, the stream publishes ${digest}`);
         return { source: source.streamUrl, digest, fileDigest: digest, title: disk.title, size };
@@ -207,6 +210,7 @@ async function locateRemote(
   imageText: string,
   vmType: VmType,
   arch: MachineArch,
+  maxBytes: number,
 ): Promise<Located> {
   const paths = storePaths(await stableDir(STABLE_DIR_NAME), source, vmType, arch);
   const cachePaths = [paths.image, paths.record];
@@ -276,7 +280,7 @@ async function locateRemote(
     );
   }
 
-  const located = await download(host, source, resolved, paths);
+  const located = await download(host, source, resolved, paths, maxBytes);
   if (inputs.cache) planCacheSave(host, { paths: cachePaths, key });
   await placeForPodman(host, paths.image, located.record, source, vmType);
   return located;
@@ -287,6 +291,7 @@ async function download(
   source: Exclude<ImageSource, { kind: 'file' }>,
   resolved: Resolved | undefined,
   paths: StorePaths,
+  maxBytes: number,
 ): Promise<Located & { record: StoredImageRecord }> {
   // In a scratch dir post removes (beside the stable dir, so the final rename stays on one filesystem): a main
   // killed mid-download leaves its partial file there, never in the stable dir, which no one empties.
@@ -295,9 +300,9 @@ async function download(
   let record: StoredImageRecord;
   try {
     if (resolved) {
-      record = await resolved.download(host, temp);
+      record = await resolved.download(host, temp, maxBytes);
     } else if (source.kind === 'url') {
-      const size = await downloadUrl(host, source.url, temp);
+      const size = await downloadUrl(host, source.url, temp, { maxBytes });
       const fileDigest = await digestFile(temp);
       const title = new URL(source.url).pathname.split('/').pop() ?? '';
       record = { source: source.url, digest: fileDigest, fileDigest, title, size };

@@ -6,11 +6,10 @@
  * gets its name; on any failure nothing is left behind.
  */
 import { randomBytes, type Hash } from 'node:crypto';
-import { open, rename, rm, statfs, type FileHandle } from 'node:fs/promises';
+import { open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { ensureRoom } from '../files.js';
 import { withLowSpeedLimit } from '../low-speed.js';
-import { ActionError } from '../run.js';
-import { formatBytes } from '../summary.js';
 import { DigestMismatchError, hashDigest, newHash } from './digest.js';
 import { RegistryError } from './errors.js';
 import { networkFailure, type RegistryResponse } from './response.js';
@@ -46,7 +45,7 @@ export async function downloadBlob(
         `${what}: the descriptor declares an impossible size (${String(options.size)}).`,
       );
     }
-    await ensureRoom(dirname(destPath), options.size, what);
+    await ensureRoom(dirname(destPath), options.size, `${what}: the blob`);
   }
   const temp = join(dirname(destPath), `.${basename(destPath)}.${randomBytes(4).toString('hex')}.part`);
   const partial: Partial = { file: await open(temp, 'w', 0o644), written: 0, hash: newHash(digest) };
@@ -147,16 +146,4 @@ async function startOver(partial: Partial, digest: string, options: DownloadOpti
   partial.written = 0;
   partial.hash = newHash(digest);
   options.onProgress?.(0);
-}
-
-/** Refuses up front what cannot fit, instead of filling the disk and failing at the end. */
-async function ensureRoom(dir: string, size: number, what: string): Promise<void> {
-  const stats = await statfs(dir);
-  const free = stats.bavail * stats.bsize;
-  if (size > free) {
-    throw new ActionError(
-      `${what}: the blob is ${formatBytes(size)} (${size} bytes) but ${dir} has only ` +
-        `${formatBytes(free)} (${free} bytes) free.`,
-    );
-  }
 }
