@@ -62,6 +62,33 @@ describe('preseed-podman-vm inputs', () => {
   });
 });
 
+describe('machine-name', () => {
+  it('takes the names podman takes', () => {
+    for (const name of ['ci-vm', 'podman-machine-default', 'a', 'vm_1.2', 'x'.repeat(30)]) {
+      expect(readInputs(new MapInputSource({ ...defaults, 'machine-name': name })).machineName).toBe(name);
+    }
+  });
+
+  // Before: the name went last into `podman machine init ... <name>`, so `--now` started a machine and
+  // `--rootful` made it rootful; a newline reached the log in `Removed podman machine <name>.`
+  it('refuses a name podman would read as an option, or refuse, before it reaches an argv or the log', () => {
+    for (const name of [
+      '--now',
+      '-h',
+      '--rootful',
+      'vm\n::stop-commands::x',
+      'a b',
+      'ä',
+      '.vm',
+      'x'.repeat(31),
+    ]) {
+      expect(() =>
+        readInputs(new MapInputSource({ ...defaults, init: 'true', 'machine-name': name })),
+      ).toThrow(expect.objectContaining({ input: 'machine-name' }) as unknown as InputError);
+    }
+  });
+});
+
 describe('image input', () => {
   it('tells references, URLs and files apart', () => {
     expect(classifyImage('docker://quay.io/podman/machine-os:5.3')).toEqual({
