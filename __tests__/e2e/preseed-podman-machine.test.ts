@@ -148,6 +148,63 @@ describe('input mistakes fail with exit 2 and name the input', () => {
   }
 });
 
+/**
+ * Runs `podman machine init <name>` as the test user, offline, with a throw-away HOME and a user-owned copy of
+ * the containers.conf the action exported (the runner user owns it in a real job; podman 4 writes its machine
+ * connections into CONTAINERS_CONF), checks that the disk podman made holds the seeded bytes, and returns the
+ * machine's config.
+ */
+async function initOffline(
+  podman: PodmanVariant,
+  exported: Record<string, string>,
+  name: string,
+): Promise<Record<string, unknown>> {
+  const variable = confOverride(podman) ? 'CONTAINERS_CONF_OVERRIDE' : 'CONTAINERS_CONF';
+  const conf = exported[variable];
+  expect(conf).toBeDefined();
+  const user = testUser();
+  const home = ownedDir(join(work, `home-${podman.version}-${name}`), user);
+  const ownConf = join(work, `user-containers-${podman.version}-${name}.conf`);
+  writeFileSync(ownConf, readFileSync(conf!));
+  chownSync(ownConf, user.uid, user.gid);
+  const env = {
+    PATH: process.env.PATH,
+    TMPDIR: process.env.TMPDIR,
+    HOME: home,
+    XDG_RUNTIME_DIR: ownedDir(join(home, 'run'), user),
+    [variable]: ownConf,
+    // Offline: any download attempt fails at once.
+    HTTP_PROXY: DEAD_PROXY,
+    HTTPS_PROXY: DEAD_PROXY,
+  };
+  const podmanAsUser = (args: string[]) =>
+    runWith(podman, 'podman', args, { user, env, cwd: home, timeoutMs: 60_000, allowFailure: true });
+  const init = await podmanAsUser(['machine', 'init', name]);
+  // Facts: podman 4.3 here prints `Error: exit status 1` after creating the machine, so for it the exit code
+  // is not the evidence; the machine files and `podman machine ls` are.
+  if (podman.major >= 5) expect({ exit: init.exitCode, stderr: init.stderr }).toMatchObject({ exit: 0 });
+  const dataDir = join(home, '.local/share/containers/podman/machine/qemu');
+  const machineJson = join(home, `.config/containers/podman/machine/qemu/${name}.json`);
+  expect({ init: init.stdout + init.stderr, json: existsSync(machineJson) }).toMatchObject({
+    json: true,
+  });
+  const config = JSON.parse(readFileSync(machineJson, 'utf8')) as { ImagePath: { Path: string } };
+  expect(config.ImagePath.Path.startsWith(dataDir)).toBe(true);
+  // podman 4 keeps the image's file name, podman 5 names the disk after the machine.
+  expect(basename(config.ImagePath.Path)).toBe(
+    podman.major >= 5 ? `${name}-${process.arch === 'arm64' ? 'arm64' : 'amd64'}.qcow2` : basename(image),
+  );
+  // The disk podman made holds the seeded bytes (decompressed; podman 5 also grew it), not a download.
+  const compare = spawnSync('qemu-img', ['compare', qcow2, config.ImagePath.Path], { encoding: 'utf8' });
+  expect({ status: compare.status, out: compare.stdout }).toMatchObject({
+    status: 0,
+    out: expect.stringContaining('Images are identical.') as unknown as string,
+  });
+  const ls = await podmanAsUser(['machine', 'ls', '--format', 'json']);
+  expect(ls.stdout).toContain(`"Name": "${name}`);
+  return config;
+}
+
 describe.each(podmanVersions())(
   '[$label] real podman machine init, offline, non-root, throw-away HOME',
   (podman) => {
@@ -161,53 +218,26 @@ describe.each(podmanVersions())(
         keepInRunnerTemp: ['ici-pvm'],
       });
       expect({ exit: r.main.exitCode, errors: r.errors }).toEqual({ exit: 0, errors: [] });
-      const variable = confOverride(podman) ? 'CONTAINERS_CONF_OVERRIDE' : 'CONTAINERS_CONF';
-      const conf = r.exportedEnv[variable];
-      expect(conf).toBeDefined();
-
-      // The runner user owns the file in a real job; podman 4 writes its connections into CONTAINERS_CONF.
-      const user = testUser();
-      const home = ownedDir(join(work, `home-${podman.version}`), user);
-      const ownConf = join(work, `user-containers-${podman.version}.conf`);
-      writeFileSync(ownConf, readFileSync(conf!));
-      chownSync(ownConf, user.uid, user.gid);
-      const env = {
-        PATH: process.env.PATH,
-        TMPDIR: process.env.TMPDIR,
-        HOME: home,
-        XDG_RUNTIME_DIR: ownedDir(join(home, 'run'), user),
-        [variable]: ownConf,
-        // Offline: any download attempt fails at once.
-        HTTP_PROXY: DEAD_PROXY,
-        HTTPS_PROXY: DEAD_PROXY,
-      };
-      const podmanAsUser = (args: string[]) =>
-        runWith(podman, 'podman', args, { user, env, cwd: home, timeoutMs: 60_000, allowFailure: true });
-      const init = await podmanAsUser(['machine', 'init', 'ci-offline']);
-      // Facts: podman 4.3 here prints `Error: exit status 1` after creating the machine, so for it the exit code
-      // is not the evidence; the machine files and `podman machine ls` are.
-      if (podman.major >= 5) expect({ exit: init.exitCode, stderr: init.stderr }).toMatchObject({ exit: 0 });
-      const dataDir = join(home, '.local/share/containers/podman/machine/qemu');
-      const machineJson = join(home, '.config/containers/podman/machine/qemu/ci-offline.json');
-      expect({ init: init.stdout + init.stderr, json: existsSync(machineJson) }).toMatchObject({
-        json: true,
-      });
-      const config = JSON.parse(readFileSync(machineJson, 'utf8')) as { ImagePath: { Path: string } };
-      expect(config.ImagePath.Path.startsWith(dataDir)).toBe(true);
-      // podman 4 keeps the image's file name, podman 5 names the disk after the machine.
-      expect(basename(config.ImagePath.Path)).toBe(
-        podman.major >= 5
-          ? `ci-offline-${process.arch === 'arm64' ? 'arm64' : 'amd64'}.qcow2`
-          : basename(image),
-      );
-      // The disk podman made holds the seeded bytes (decompressed; podman 5 also grew it), not a download.
-      const compare = spawnSync('qemu-img', ['compare', qcow2, config.ImagePath.Path], { encoding: 'utf8' });
-      expect({ status: compare.status, out: compare.stdout }).toMatchObject({
-        status: 0,
-        out: expect.stringContaining('Images are identical.') as unknown as string,
-      });
-      const ls = await podmanAsUser(['machine', 'ls', '--format', 'json']);
-      expect(ls.stdout).toContain('"Name": "ci-offline');
+      await initOffline(podman, r.exportedEnv, 'ci-offline');
     });
+
+    // Podman reads one CONTAINERS_CONF_OVERRIDE file (podman >= 4.4; older podman has none to keep). Before, the
+    // action exported its own and the user's settings were gone: the machine got podman's default CPUs.
+    (confOverride(podman) ? it : it.skip)(
+      'keeps the settings of a CONTAINERS_CONF_OVERRIDE an earlier step set (podman >= 4.4 only)',
+      async () => {
+        const earlier = join(work, `earlier-override-${podman.version}.conf`);
+        writeFileSync(earlier, '[machine]\ncpus = 3\nmemory = 1536\n');
+        const r = await runAction({
+          ...stepScripts(podman, ACTION, work),
+          inputs: { image },
+          env: { CONTAINERS_CONF_OVERRIDE: earlier },
+          keepInRunnerTemp: ['ici-pvm'],
+        });
+        expect({ exit: r.main.exitCode, errors: r.errors }).toEqual({ exit: 0, errors: [] });
+        const config = await initOffline(podman, r.exportedEnv, 'ci-override');
+        expect(config.Resources).toMatchObject({ CPUs: 3, Memory: 1536 });
+      },
+    );
   },
 );

@@ -67,6 +67,28 @@ describe('planContainersConf', () => {
     });
   });
 
+  // Before: the plan was the image alone, and podman reads one override file: the earlier one was dropped.
+  it('carries an override file an earlier step set into ours, and our own on a second step', async () => {
+    const earlier = join(tmp, 'earlier-override.conf');
+    writeFileSync(earlier, '[machine]\ncpus = 3\nimage = "/theirs"\n[engine]\nenv = ["A=1"]\n');
+    const own = join(tmp, 'own-override.conf');
+    const plan = await planContainersConf('/i', 'CONTAINERS_CONF_OVERRIDE', own, {
+      HOME: tmp,
+      CONTAINERS_CONF_OVERRIDE: earlier,
+    });
+    expect(plan).toEqual({
+      variable: 'CONTAINERS_CONF_OVERRIDE',
+      base: earlier,
+      text: '[machine]\ncpus = 3\nimage = "/i"\n[engine]\nenv = ["A=1"]\n',
+    });
+    writeFileSync(own, plan.text);
+    const again = await planContainersConf('/j', 'CONTAINERS_CONF_OVERRIDE', own, {
+      HOME: tmp,
+      CONTAINERS_CONF_OVERRIDE: own,
+    });
+    expect(again.text).toBe('[machine]\ncpus = 3\nimage = "/j"\n[engine]\nenv = ["A=1"]\n');
+  });
+
   it("carries the user's containers.conf into the CONTAINERS_CONF file (podman 4.3 replaces the whole conf)", async () => {
     const home = join(tmp, 'home');
     mkdirSync(join(home, '.config', 'containers'), { recursive: true });
