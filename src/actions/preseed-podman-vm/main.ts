@@ -231,8 +231,11 @@ async function locateRemote(
 
   let restored: RestoreResult | undefined;
   if (inputs.cache) {
-    // Hashed on the way in, so the check below needs no second read; podman only reads the image.
-    const options = { fileDigests: true, readOnly: true };
+    // Hashed on the way in, so the check below needs no second read. Not `readOnly`, although podman only reads
+    // the image: it gives the disk it makes the image file's mode, and the directory backend's read-only hard link
+    // made a disk that podman's own `qemu-img resize` (and qemu) cannot open as the runner user. A reflink where
+    // the filesystem has them, else a copy, owned and writable like a download.
+    const options = { fileDigests: true };
     restored = offlineReason
       ? await restoreCache(host, cachePaths, `${base}-`, [`${base}-`], options)
       : await restoreCache(host, cachePaths, key, [], options);
