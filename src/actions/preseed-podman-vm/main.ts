@@ -34,7 +34,13 @@ import {
 import type { PreseedInputs } from './inputs.js';
 import { restoreMachine, stageMachine } from './machine-cache.js';
 import { initArgs, startArgs } from './machine-init.js';
-import { defaultImage, diskTypeFor, digestHex, podmanCacheFileName } from './machine-os.js';
+import {
+  defaultImage,
+  diskTypeFor,
+  digestHex,
+  isPodmanCachedDisk,
+  podmanCacheFileName,
+} from './machine-os.js';
 import {
   machineDirs,
   PROVIDER_ENV,
@@ -335,8 +341,20 @@ async function placeForPodman(
   if (source.kind === 'registry') name = podmanCacheFileName(record.digest, vmType);
   else if (source.kind === 'fcos') name = record.title;
   else return;
-  const target = await placeInPodmanCache(imagePath, machineDirs(vmType).imageCache, name);
+  // Only podman 5's digest-named disks are ours to prune; podman 4 keeps stream files by their own names.
+  const outdated = source.kind === 'registry' ? isPodmanCachedDisk : undefined;
+  const { target, removed } = await placeInPodmanCache(
+    imagePath,
+    machineDirs(vmType).imageCache,
+    name,
+    outdated,
+  );
   host.info(`Placed in podman's image cache: ${target}`);
+  if (removed.length) {
+    host.info(
+      `Removed ${removed.length} outdated disk(s) from podman's image cache, as podman does when it pulls a newer one: ${removed.join(', ')}`,
+    );
+  }
 }
 
 async function writeContainersConf(host: Host, version: PodmanVersion, imagePath: string): Promise<string> {
