@@ -52,6 +52,9 @@ describe('preseed-podman-vm inputs', () => {
       [{ start: 'true' }, 'start'],
       [{ cpus: '0' }, 'cpus'],
       [{ memory: 'lots' }, 'memory'],
+      // Before: read as 1e+21 and passed to podman as `--cpus 1e+21`; the next one as 9007199254740992.
+      [{ cpus: '1000000000000000000000' }, 'cpus'],
+      [{ 'disk-size': '9007199254740993' }, 'disk-size'],
       [{ 'cache-scope': 'machine' }, 'cache-scope'],
     ];
     for (const [values, input] of bad) {

@@ -57,6 +57,12 @@ function readMachineName(src: InputSource): string {
 }
 
 /**
+ * Bounds of a machine resource: above 2^53 a number is no longer the digits given, and from 10^21 on it prints
+ * as `1e+21`, which podman's argv (and the machine cache key) would get instead.
+ */
+const RESOURCE = { min: 1, max: Number.MAX_SAFE_INTEGER };
+
+/**
  * The longest key main builds from the prefix: the image's, `<prefix>-<os>-<machine arch>-<12 hex of the
  * inputs>-<64 hex of the digest>` (main.ts: cacheKeyBase, then the digest).
  */
@@ -83,9 +89,9 @@ export function readInputs(src: InputSource): PreseedInputs {
     setDefault: readBoolean(src, Inputs.setDefault, true),
     init,
     machineName: readMachineName(src),
-    cpus: readInteger(src, Inputs.cpus, undefined, { min: 1 }),
-    memoryMiB: readInteger(src, Inputs.memory, undefined, { min: 1 }),
-    diskSizeGiB: readInteger(src, Inputs.diskSize, undefined, { min: 1 }),
+    cpus: readInteger(src, Inputs.cpus, undefined, RESOURCE),
+    memoryMiB: readInteger(src, Inputs.memory, undefined, RESOURCE),
+    diskSizeGiB: readInteger(src, Inputs.diskSize, undefined, RESOURCE),
     rootful: readBoolean(src, Inputs.rootful, false),
     start,
     cleanup: readBoolean(src, Inputs.cleanup, true),
