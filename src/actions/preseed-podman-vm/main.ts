@@ -42,6 +42,7 @@ import {
   podmanCacheFileName,
 } from './machine-os.js';
 import {
+  isHostArch,
   machineDirs,
   PROVIDER_ENV,
   resolveArch,
@@ -88,7 +89,14 @@ export async function main(host: Host, inputs: PreseedInputs): Promise<void> {
   host.setOutput(Outputs.cacheHit, located.fromCache ? 'true' : 'false');
 
   let confPath = '';
-  if (inputs.setDefault) confPath = await writeContainersConf(host, version, located.path);
+  if (inputs.setDefault && !isHostArch(arch)) {
+    // Podman only inits machines of the host's arch: a conf naming this disk would hand it to every later init.
+    host.info(
+      `Not exporting a containers.conf: the ${arch} disk is a prefetch; podman here inits ${process.arch} machines only. The disk is at ${located.path} (output image-path).`,
+    );
+  } else if (inputs.setDefault) {
+    confPath = await writeContainersConf(host, version, located.path);
+  }
   host.setOutput(Outputs.containersConf, confPath);
 
   let machine = '';
