@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, it } from '@jest/globals';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -87,6 +88,19 @@ describe('planContainersConf', () => {
       CONTAINERS_CONF_OVERRIDE: own,
     });
     expect(again.text).toBe('[machine]\ncpus = 3\nimage = "/j"\n[engine]\nenv = ["A=1"]\n');
+  });
+
+  it('refuses an override that is no regular file, naming the variable, instead of blocking on it', async () => {
+    const fifo = join(tmp, 'override.fifo');
+    execFileSync('mkfifo', [fifo]);
+    await expect(
+      planContainersConf('/i', 'CONTAINERS_CONF_OVERRIDE', join(tmp, 'own.conf'), {
+        HOME: tmp,
+        CONTAINERS_CONF_OVERRIDE: fifo,
+      }),
+    ).rejects.toThrow(
+      /^Environment variable CONTAINERS_CONF_OVERRIDE: names .*override\.fifo, which cannot be/,
+    );
   });
 
   it("carries the user's containers.conf into the CONTAINERS_CONF file (podman 4.3 replaces the whole conf)", async () => {

@@ -8,7 +8,13 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { readRegularFile } from '../../core/files.js';
+import { InputError } from '../../core/inputs.js';
 import { CONTAINERS_CONF, CONTAINERS_CONF_OVERRIDE, type ContainersConfVariable } from '../../core/podman.js';
+import { errorMessage } from '../../core/run.js';
+
+/** A containers.conf is a few KB; a larger file is no containers.conf. */
+const CONF_LIMIT = 1024 * 1024;
 
 /** A TOML basic string. */
 export function tomlString(value: string): string {
@@ -88,7 +94,19 @@ export async function planContainersConf(
     // file too (it already holds what was carried then).
     const earlier = env[CONTAINERS_CONF_OVERRIDE];
     const base = earlier && existsSync(earlier) ? earlier : undefined;
-    const baseText = base ? await readFile(base, 'utf8') : '';
+    let baseText = '';
+    if (base) {
+      // The variable may name anything; a FIFO or a device would block the read or never end.
+      try {
+        baseText = (await readRegularFile(base, CONF_LIMIT)).toString('utf8');
+      } catch (error) {
+        throw new InputError(
+          CONTAINERS_CONF_OVERRIDE,
+          `names ${base}, which cannot be carried into the action's containers.conf (${errorMessage(error)}); point it at a containers.conf file or unset it.`,
+          'environment',
+        );
+      }
+    }
     return { variable, text: setMachineImage(baseText, imagePath), ...(base ? { base } : {}) };
   }
   // Our own file from an earlier step is not a base: that would only nest our edit.
