@@ -58,13 +58,13 @@ function confOverride(podman: PodmanVariant): boolean {
 
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-/** A `podman` test double: records every call, answers --version with PODMAN_DOUBLE_VERSION. */
+/** A `podman` test double: records every call, answers --version with `version`, knows no machine (inspect fails). */
 function podmanDouble(version: string): { bin: string; calls: () => string[] } {
   const dir = mkdtempSync(join(work, 'double-'));
   const log = join(dir, 'calls');
   writeFileSync(
     join(dir, 'podman'),
-    `#!/bin/sh\nprintf '%s\\n' "$*" >> '${log}'\n[ "$1" = --version ] && echo 'podman version ${version}'\nexit 0\n`,
+    `#!/bin/sh\nprintf '%s\\n' "$*" >> '${log}'\n[ "$1" = --version ] && echo 'podman version ${version}'\n[ "$1 $2" = 'machine inspect' ] && exit 125\nexit 0\n`,
     { mode: 0o755 },
   );
   return { bin: dir, calls: () => (existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n') : []) };
@@ -93,6 +93,7 @@ describe('podman machine command lines (podman TEST DOUBLE: no VM can run here)'
     expect(r.post?.exitCode).toBe(0);
     expect(double.calls()).toEqual([
       '--version',
+      'machine inspect ci-vm',
       `machine init --image ${image} --cpus 2 --memory 2048 --disk-size 20 --rootful ci-vm`,
       'machine stop ci-vm',
       'machine rm --force ci-vm',
@@ -115,6 +116,7 @@ describe('podman machine command lines (podman TEST DOUBLE: no VM can run here)'
     expect(r.main.exitCode).toBe(0);
     expect(double.calls()).toEqual([
       '--version',
+      'machine inspect m4',
       `machine init --image-path ${image} m4`,
       'machine start m4',
     ]);
@@ -245,6 +247,53 @@ describe.each(podmanVersions())(
         expect({ exit: r.main.exitCode, errors: r.errors }).toEqual({ exit: 0, errors: [] });
         const config = await initOffline(podman, r.exportedEnv, 'ci-override');
         expect(config.Resources).toMatchObject({ CPUs: 3, Memory: 1536 });
+      },
+    );
+
+    // Before: init failed on the machine that was there (`VM already exists`), and post, with cleanup on,
+    // removed it: on a self-hosted runner, its own long-lived machine.
+    (podman.major >= 5 ? it : it.skip)(
+      'init: true on the name of a machine it did not make fails, and post leaves that machine alone',
+      async () => {
+        const user = testUser();
+        const home = ownedDir(join(work, `existing-${podman.version}`), user);
+        const runtime = ownedDir(join(home, 'run'), user);
+        const env = {
+          PATH: process.env.PATH,
+          TMPDIR: process.env.TMPDIR,
+          HOME: home,
+          XDG_RUNTIME_DIR: runtime,
+          HTTP_PROXY: DEAD_PROXY,
+          HTTPS_PROXY: DEAD_PROXY,
+        };
+        const podmanAsUser = (args: string[]) =>
+          runWith(podman, 'podman', args, { user, env, cwd: home, timeoutMs: 60_000, allowFailure: true });
+        const own = await podmanAsUser(['machine', 'init', '--image', image, 'ci-own']);
+        expect({ exit: own.exitCode, stderr: own.exitCode === 0 ? '' : own.stderr }).toEqual({
+          exit: 0,
+          stderr: '',
+        });
+        try {
+          const r = await runAction({
+            ...stepScripts(podman, ACTION, work, user),
+            inputs: { image, init: 'true', 'machine-name': 'ci-own' },
+            runnerTemp: ownedDir(join(home, 'temp'), user),
+            home,
+            env: { XDG_RUNTIME_DIR: runtime, XDG_DATA_HOME: undefined, XDG_CONFIG_HOME: undefined },
+            keepInRunnerTemp: ['ici-pvm'],
+          });
+          const inspect = await podmanAsUser(['machine', 'inspect', 'ci-own']);
+          expect({ post: r.post?.exitCode, inspect: inspect.exitCode === 0 ? 0 : inspect.stderr }).toEqual({
+            post: 0,
+            inspect: 0,
+          });
+          expect(r.main.exitCode).toBe(1);
+          expect(r.errors.join('\n')).toMatch(
+            /a qemu machine named ci-own exists already; it was not made by this step/,
+          );
+        } finally {
+          await podmanAsUser(['machine', 'rm', '--force', 'ci-own']);
+        }
       },
     );
 

@@ -53,6 +53,7 @@ import {
 import { saveRunState, type PreseedState } from './state.js';
 
 const MACHINE_TIMEOUT_MS = 15 * 60_000;
+const INSPECT_TIMEOUT_MS = 60_000;
 
 interface Located {
   path: string;
@@ -107,6 +108,7 @@ export async function main(host: Host, inputs: PreseedInputs): Promise<void> {
     if (inputs.cache && inputs.cacheScope === 'machine') {
       machineFromCache = await restoreOrInitMachine(host, inputs, state, version, vmType, arch, located);
     } else {
+      await refuseExistingMachine(inputs.machineName, vmType);
       markCreated(host, inputs, state, vmType);
       await initMachine(host, inputs, version, vmType, located.path);
     }
@@ -387,6 +389,24 @@ function markCreated(host: Host, inputs: PreseedInputs, state: PreseedState, vmT
   saveRunState(host, state);
 }
 
+/**
+ * A machine of this name that exists before init is not ours: init would fail on it, and post (with `cleanup`)
+ * would then remove it, such as a self-hosted runner's own long-lived machine. Checked before post is told to
+ * remove anything. An inspect that fails for another reason counts as no machine: init then says what is wrong.
+ */
+async function refuseExistingMachine(name: string, vmType: VmType): Promise<void> {
+  const inspect = await exec('podman', ['machine', 'inspect', name], {
+    timeoutMs: INSPECT_TIMEOUT_MS,
+    env: machineEnv(vmType),
+    allowFailure: true,
+  });
+  if (inspect.exitCode === 0) {
+    throw new ActionError(
+      `a ${vmType} machine named ${name} exists already; it was not made by this step, so it is neither initialised again nor removed. Set \`machine-name\` to another name, or remove it first.`,
+    );
+  }
+}
+
 function machineEnv(vmType: VmType): NodeJS.ProcessEnv {
   return { ...process.env, [PROVIDER_ENV]: vmType };
 }
@@ -460,6 +480,7 @@ async function restoreOrInitMachine(
     );
     return true;
   }
+  await refuseExistingMachine(inputs.machineName, vmType);
   markCreated(host, inputs, state, vmType);
   await initMachine(host, inputs, version, vmType, located.path);
   const manifest = await stageMachine(stageDir, vmType, inputs.machineName);
