@@ -199,6 +199,18 @@ describe('preseed-podman-vm with a registry and the Actions cache', () => {
     expect(r.exportedEnv.CONTAINERS_CONF).toBeUndefined();
   });
 
+  // Before: set-default (on by default) exported a conf naming the other arch's disk, and every later
+  // `podman machine init` on this host made a machine of it that cannot boot.
+  it("a prefetch for another arch exports no containers.conf: podman here inits the host's arch only", async () => {
+    const other = process.arch === 'arm64' ? 'x86_64' : 'aarch64';
+    const r = await run(job('other-arch'), await newCacheService(), { arch: other });
+    expectStepsOk(r);
+    expect(r.outputs['image-digest']).toBe(fake.disk(other, 'qemu').manifestDigest);
+    expect(r.outputs['containers-conf']).toBe('');
+    expect(Object.keys(r.exportedEnv).filter((k) => k.startsWith('CONTAINERS_CONF'))).toEqual([]);
+    expect(r.log).toContain(`Not exporting a containers.conf: the ${other} disk is a prefetch`);
+  });
+
   it('detects a corrupted byte in a restored image, deletes it and downloads again', async () => {
     const serviceB = await newCacheService();
     const key = serviceA.list()[0]!.key;

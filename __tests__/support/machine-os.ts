@@ -2,7 +2,7 @@
  * A fake quay.io/podman/machine-os index, shaped like the real one (containers/podman pkg/machine/ocipull): plain
  * container children for amd64/arm64 without annotations, and one disk child per arch x disktype whose manifest
  * has the empty config and exactly one `application/zstd` layer titled with the original file name. The "disks"
- * are small random files compressed with the real zstd, so the action's download and digest checks run on real
+ * are small random files (or a given file, such as a real qcow2) compressed with the real zstd, so the action's download and digest checks run on real
  * bytes. Written as an OCI layout and published with the core OCI client.
  */
 import { execFileSync } from 'node:child_process';
@@ -11,6 +11,7 @@ import { RegistryClient, type BlobFile, type RegistryClientOptions } from '../..
 import {
   chmodSync,
   closeSync,
+  copyFileSync,
   mkdirSync,
   openSync,
   readSync,
@@ -91,6 +92,8 @@ export function buildMachineOsLayout(
     disks?: ReadonlyArray<[FakeDisk['arch'], string]>;
     /** The disk layers' title annotation (default: podman's file name); a registry may serve anything here. */
     title?: (arch: string, disktype: string) => string;
+    /** A file whose bytes a disk holds (before zstd), e.g. a real qcow2 podman can init from; else random bytes. */
+    content?: (arch: string, disktype: string) => string | undefined;
   } = {},
 ): FakeMachineOs {
   const blobs = join(dir, 'blobs', 'sha256');
@@ -158,7 +161,9 @@ export function buildMachineOsLayout(
   for (const [arch, disktype] of options.disks ?? DEFAULT_DISKS) {
     // Through files, not buffers: the benchmark makes a 1 GiB disk.
     const raw = join(dir, `${arch}-${disktype}.raw`);
-    writeRandomFile(raw, options.diskBytes ?? 64 * 1024);
+    const content = options.content?.(arch, disktype);
+    if (content) copyFileSync(content, raw);
+    else writeRandomFile(raw, options.diskBytes ?? 64 * 1024);
     execFileSync('zstd', ['-q', '-1', '--rm', raw, '-o', `${raw}.zst`]);
     const blob = putFile(`${raw}.zst`);
     const title =

@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, it } from '@jest/globals';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -65,6 +66,41 @@ describe('planContainersConf', () => {
       variable: 'CONTAINERS_CONF_OVERRIDE',
       text: '[machine]\nimage = "/i.qcow2.zst"\n',
     });
+  });
+
+  // Before: the plan was the image alone, and podman reads one override file: the earlier one was dropped.
+  it('carries an override file an earlier step set into ours, and our own on a second step', async () => {
+    const earlier = join(tmp, 'earlier-override.conf');
+    writeFileSync(earlier, '[machine]\ncpus = 3\nimage = "/theirs"\n[engine]\nenv = ["A=1"]\n');
+    const own = join(tmp, 'own-override.conf');
+    const plan = await planContainersConf('/i', 'CONTAINERS_CONF_OVERRIDE', own, {
+      HOME: tmp,
+      CONTAINERS_CONF_OVERRIDE: earlier,
+    });
+    expect(plan).toEqual({
+      variable: 'CONTAINERS_CONF_OVERRIDE',
+      base: earlier,
+      text: '[machine]\ncpus = 3\nimage = "/i"\n[engine]\nenv = ["A=1"]\n',
+    });
+    writeFileSync(own, plan.text);
+    const again = await planContainersConf('/j', 'CONTAINERS_CONF_OVERRIDE', own, {
+      HOME: tmp,
+      CONTAINERS_CONF_OVERRIDE: own,
+    });
+    expect(again.text).toBe('[machine]\ncpus = 3\nimage = "/j"\n[engine]\nenv = ["A=1"]\n');
+  });
+
+  it('refuses an override that is no regular file, naming the variable, instead of blocking on it', async () => {
+    const fifo = join(tmp, 'override.fifo');
+    execFileSync('mkfifo', [fifo]);
+    await expect(
+      planContainersConf('/i', 'CONTAINERS_CONF_OVERRIDE', join(tmp, 'own.conf'), {
+        HOME: tmp,
+        CONTAINERS_CONF_OVERRIDE: fifo,
+      }),
+    ).rejects.toThrow(
+      /^Environment variable CONTAINERS_CONF_OVERRIDE: names .*override\.fifo, which cannot be/,
+    );
   });
 
   it("carries the user's containers.conf into the CONTAINERS_CONF file (podman 4.3 replaces the whole conf)", async () => {

@@ -52,12 +52,42 @@ describe('preseed-podman-vm inputs', () => {
       [{ start: 'true' }, 'start'],
       [{ cpus: '0' }, 'cpus'],
       [{ memory: 'lots' }, 'memory'],
+      // Before: read as 1e+21 and passed to podman as `--cpus 1e+21`; the next one as 9007199254740992.
+      [{ cpus: '1000000000000000000000' }, 'cpus'],
+      [{ 'disk-size': '9007199254740993' }, 'disk-size'],
       [{ 'cache-scope': 'machine' }, 'cache-scope'],
     ];
     for (const [values, input] of bad) {
       expect(() => readInputs(new MapInputSource({ ...defaults, ...values }))).toThrow(
         expect.objectContaining({ input }) as unknown as InputError,
       );
+    }
+  });
+});
+
+describe('machine-name', () => {
+  it('takes the names podman takes', () => {
+    for (const name of ['ci-vm', 'podman-machine-default', 'a', 'vm_1.2', 'x'.repeat(30)]) {
+      expect(readInputs(new MapInputSource({ ...defaults, 'machine-name': name })).machineName).toBe(name);
+    }
+  });
+
+  // Before: the name went last into `podman machine init ... <name>`, so `--now` started a machine and
+  // `--rootful` made it rootful; a newline reached the log in `Removed podman machine <name>.`
+  it('refuses a name podman would read as an option, or refuse, before it reaches an argv or the log', () => {
+    for (const name of [
+      '--now',
+      '-h',
+      '--rootful',
+      'vm\n::stop-commands::x',
+      'a b',
+      'ä',
+      '.vm',
+      'x'.repeat(31),
+    ]) {
+      expect(() =>
+        readInputs(new MapInputSource({ ...defaults, init: 'true', 'machine-name': name })),
+      ).toThrow(expect.objectContaining({ input: 'machine-name' }) as unknown as InputError);
     }
   });
 });

@@ -6,6 +6,7 @@
 import { afterAll, expect, it } from '@jest/globals';
 import {
   existsSync,
+  mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
@@ -18,6 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { placeInPodmanCache } from '../../src/actions/preseed-podman-vm/image-store.js';
+import { isPodmanCachedDisk } from '../../src/actions/preseed-podman-vm/machine-os.js';
 
 const here = mkdtempSync(join(tmpdir(), 'preseed-pc-'));
 // tmpfs: another filesystem than the temp dir, so link() fails with EXDEV and the image is copied.
@@ -61,4 +63,21 @@ it('placing the same image again (a hard link to the same file already there) le
   await placeInPodmanCache(image, cacheDir, 'x.qcow2.zst');
   expect(readdirSync(cacheDir)).toEqual(['x.qcow2.zst']);
   expect(readFileSync(join(cacheDir, 'x.qcow2.zst'), 'utf8')).toBe('disk');
+});
+
+// Before: every older disk stayed. Podman clears its cache only when it pulls, which it never does once the
+// containers.conf names our file: on a runner whose HOME persists, one disk per release (a GiB each) piled up.
+it("removes podman's older digest-named disks, and nothing else", async () => {
+  const cacheDir = join(here, 'prune');
+  mkdirSync(cacheDir);
+  const older = [`${'1'.repeat(64)}.qcow2.zst`, `${'2'.repeat(64)}.qcow2.xz`];
+  const kept = ['notes.txt', `.${'3'.repeat(64)}.qcow2.zst.0a1b2c3d.part`, `${'4'.repeat(63)}.qcow2.zst`];
+  for (const name of [...older, ...kept]) writeFileSync(join(cacheDir, name), 'old');
+  const image = join(here, 'new.qcow2.zst');
+  writeFileSync(image, 'new disk');
+  const name = `${'5'.repeat(64)}.qcow2.zst`;
+  const placed = await placeInPodmanCache(image, cacheDir, name, isPodmanCachedDisk);
+  expect(readdirSync(cacheDir).sort()).toEqual([name, ...kept].sort());
+  expect(placed.removed.sort()).toEqual(older.sort());
+  expect(readFileSync(join(cacheDir, name), 'utf8')).toBe('new disk');
 });

@@ -2,12 +2,19 @@
  * The containers.conf that makes every later `podman machine init` use the local image, whatever HOME it runs
  * with. Podman >= 4.4 reads CONTAINERS_CONF_OVERRIDE on top of its normal files, so a two-line file is enough.
  * Older podman only has CONTAINERS_CONF, which REPLACES every other containers.conf: that file must carry the
- * settings the user already had, so the base conf is copied with only `[machine] image` changed.
+ * settings the user already had, so the base conf is copied with only `[machine] image` changed. The same holds
+ * for an override file already set: there is only one.
  */
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { readRegularFile } from '../../core/files.js';
+import { InputError } from '../../core/inputs.js';
 import { CONTAINERS_CONF, CONTAINERS_CONF_OVERRIDE, type ContainersConfVariable } from '../../core/podman.js';
+import { errorMessage } from '../../core/run.js';
+
+/** A containers.conf is a few KB; a larger file is no containers.conf. */
+const CONF_LIMIT = 1024 * 1024;
 
 /** A TOML basic string. */
 export function tomlString(value: string): string {
@@ -71,7 +78,7 @@ export interface ConfPlan {
   /** The variable to export: CONTAINERS_CONF_OVERRIDE or CONTAINERS_CONF. */
   variable: ContainersConfVariable;
   text: string;
-  /** The file whose settings were carried over (CONTAINERS_CONF only). */
+  /** The file whose settings were carried over. */
   base?: string;
 }
 
@@ -82,7 +89,25 @@ export async function planContainersConf(
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<ConfPlan> {
   if (variable === CONTAINERS_CONF_OVERRIDE) {
-    return { variable, text: setMachineImage('', imagePath) };
+    // Podman reads ONE override file: exporting ours would drop one an earlier step or the job's env set, with
+    // every setting in it, so its text is carried over. Our own file from an earlier preseed step is such a
+    // file too (it already holds what was carried then).
+    const earlier = env[CONTAINERS_CONF_OVERRIDE];
+    const base = earlier && existsSync(earlier) ? earlier : undefined;
+    let baseText = '';
+    if (base) {
+      // The variable may name anything; a FIFO or a device would block the read or never end.
+      try {
+        baseText = (await readRegularFile(base, CONF_LIMIT)).toString('utf8');
+      } catch (error) {
+        throw new InputError(
+          CONTAINERS_CONF_OVERRIDE,
+          `names ${base}, which cannot be carried into the action's containers.conf (${errorMessage(error)}); point it at a containers.conf file or unset it.`,
+          'environment',
+        );
+      }
+    }
+    return { variable, text: setMachineImage(baseText, imagePath), ...(base ? { base } : {}) };
   }
   // Our own file from an earlier step is not a base: that would only nest our edit.
   const base = baseConfCandidates(env).find((p) => p !== ownPath && existsSync(p));

@@ -4,7 +4,7 @@
  * registry still learns the digest of what it restored and can verify every byte before using it.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { copyFile, link, lstat, mkdir, rename, rm } from 'node:fs/promises';
+import { copyFile, link, lstat, mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
 import { readRegularFile } from '../../core/files.js';
@@ -134,12 +134,16 @@ export async function commitDownload(
  * Puts the image where podman looks before pulling (podman 5: `<cache dir>/<manifest hex>.<kind>.<compression>`,
  * podman 4: the stream's file name), as a hard link when possible (no second GiB on disk), else a copy. The name
  * comes from outside (a stream, a cached record): whatever is at it is replaced, so it must stay in `cacheDir`.
+ * Then every other file `outdated` names is removed: podman clears its cache itself only when it pulls, which it
+ * never does once the containers.conf names our file, so on a runner whose HOME persists each release would stay
+ * (a GiB each).
  */
 export async function placeInPodmanCache(
   imagePath: string,
   cacheDir: string,
   fileName: string,
-): Promise<string> {
+  outdated: (name: string) => boolean = () => false,
+): Promise<{ target: string; removed: string[] }> {
   if (!isPlainFileName(fileName)) {
     throw new Error(`refusing ${JSON.stringify(fileName)} as a file name in podman's image cache`);
   }
@@ -159,5 +163,11 @@ export async function placeInPodmanCache(
     // rename leaves both names when they are links to one file already (the same image placed again).
     await rm(temp, { force: true });
   }
-  return target;
+  const removed: string[] = [];
+  for (const name of await readdir(cacheDir)) {
+    if (name === fileName || !outdated(name)) continue;
+    await rm(join(cacheDir, name), { force: true });
+    removed.push(name);
+  }
+  return { target, removed };
 }

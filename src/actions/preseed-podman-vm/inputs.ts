@@ -34,6 +34,35 @@ export interface PreseedInputs {
 }
 
 /**
+ * What podman accepts as a machine name: pkg/machine/define `NameRegex` (as for containers) and at most 30
+ * characters (cmd/podman/machine/init.go). Checked before the name reaches an argv: a name starting with `-`
+ * would be read as an option (`--now` starts a machine, `--rootful` changes it).
+ */
+const MACHINE_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
+const MAX_MACHINE_NAME = 30;
+
+export function isMachineName(name: string): boolean {
+  return name.length <= MAX_MACHINE_NAME && MACHINE_NAME.test(name);
+}
+
+function readMachineName(src: InputSource): string {
+  const name = readString(src, Inputs.machineName, 'podman-machine-default');
+  if (!isMachineName(name)) {
+    throw new InputError(
+      Inputs.machineName,
+      `${JSON.stringify(name.slice(0, 64))} is not a name podman accepts: a letter or digit, then letters, digits, '_', '.' or '-', at most ${MAX_MACHINE_NAME} characters.`,
+    );
+  }
+  return name;
+}
+
+/**
+ * Bounds of a machine resource: above 2^53 a number is no longer the digits given, and from 10^21 on it prints
+ * as `1e+21`, which podman's argv (and the machine cache key) would get instead.
+ */
+const RESOURCE = { min: 1, max: Number.MAX_SAFE_INTEGER };
+
+/**
  * The longest key main builds from the prefix: the image's, `<prefix>-<os>-<machine arch>-<12 hex of the
  * inputs>-<64 hex of the digest>` (main.ts: cacheKeyBase, then the digest).
  */
@@ -59,10 +88,10 @@ export function readInputs(src: InputSource): PreseedInputs {
     cacheScope,
     setDefault: readBoolean(src, Inputs.setDefault, true),
     init,
-    machineName: readString(src, Inputs.machineName, 'podman-machine-default'),
-    cpus: readInteger(src, Inputs.cpus, undefined, { min: 1 }),
-    memoryMiB: readInteger(src, Inputs.memory, undefined, { min: 1 }),
-    diskSizeGiB: readInteger(src, Inputs.diskSize, undefined, { min: 1 }),
+    machineName: readMachineName(src),
+    cpus: readInteger(src, Inputs.cpus, undefined, RESOURCE),
+    memoryMiB: readInteger(src, Inputs.memory, undefined, RESOURCE),
+    diskSizeGiB: readInteger(src, Inputs.diskSize, undefined, RESOURCE),
     rootful: readBoolean(src, Inputs.rootful, false),
     start,
     cleanup: readBoolean(src, Inputs.cleanup, true),

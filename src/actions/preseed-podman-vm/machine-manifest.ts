@@ -4,6 +4,7 @@
  * belongs in another HOME / XDG layout.
  */
 import { dirname, isAbsolute, join } from 'node:path';
+import { isMachineName } from './inputs.js';
 import { machineConfigShape, pathRewriter, type MachineRoots } from './machine-config.js';
 
 export const MANIFEST_FILE = 'manifest.json';
@@ -109,9 +110,6 @@ export function currentRoots(env: NodeJS.ProcessEnv, uid: number): MachineRoots 
   };
 }
 
-/** What podman accepts as a machine name (pkg/machine/define `NameRegex`, as for containers). */
-const MACHINE_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
-
 /**
  * One of the two connections machineConnections derives: the machine's name (or `<name>-root`) and an ssh URI to
  * localhost. A cached manifest names them, and they are passed to `podman system connection add`.
@@ -141,7 +139,7 @@ export function parseManifest(text: string): MachineManifest {
     m.connections.every(
       (c) => typeof c?.name === 'string' && typeof c.uri === 'string' && isMachineConnection(m.name!, c),
     ) &&
-    MACHINE_NAME.test(m.name);
+    isMachineName(m.name);
   if (!ok) throw new Error('the cached machine manifest is not a version 1 manifest.');
   return m as MachineManifest;
 }

@@ -77,6 +77,15 @@ export function podmanCacheFileName(diskManifestDigest: string, vmType: VmType):
   return `${digestHex(diskManifestDigest)}.${kindWithCompression(vmType)}`;
 }
 
+/**
+ * A disk podman itself cached under its digest-derived name (`<64 hex>.<kind>.<compression>`, the compression as
+ * the release's title had it). In podman 5's cache only such a file of another digest is outdated: podman deletes
+ * them when it pulls a newer disk, and this action keeps that rule (image-store.ts: placeInPodmanCache).
+ */
+export function isPodmanCachedDisk(name: string): boolean {
+  return /^[0-9a-f]{64}\.(qcow2|raw|vhdx|tar)\.(zst|xz|gz|bz2|zip)$/.test(name);
+}
+
 const SHA256_DIGEST = /^sha256:([0-9a-f]{64})$/;
 
 /** Podman names and keys its machine images by sha256 only. */

@@ -34,8 +34,15 @@ import {
 import type { PreseedInputs } from './inputs.js';
 import { restoreMachine, stageMachine } from './machine-cache.js';
 import { initArgs, startArgs } from './machine-init.js';
-import { defaultImage, diskTypeFor, digestHex, podmanCacheFileName } from './machine-os.js';
 import {
+  defaultImage,
+  diskTypeFor,
+  digestHex,
+  isPodmanCachedDisk,
+  podmanCacheFileName,
+} from './machine-os.js';
+import {
+  isHostArch,
   machineDirs,
   PROVIDER_ENV,
   resolveArch,
@@ -46,6 +53,7 @@ import {
 import { saveRunState, type PreseedState } from './state.js';
 
 const MACHINE_TIMEOUT_MS = 15 * 60_000;
+const INSPECT_TIMEOUT_MS = 60_000;
 
 interface Located {
   path: string;
@@ -84,7 +92,14 @@ export async function main(host: Host, inputs: PreseedInputs): Promise<void> {
   host.setOutput(Outputs.cacheHit, located.fromCache ? 'true' : 'false');
 
   let confPath = '';
-  if (inputs.setDefault) confPath = await writeContainersConf(host, version, located.path);
+  if (inputs.setDefault && !isHostArch(arch)) {
+    // Podman only inits machines of the host's arch: a conf naming this disk would hand it to every later init.
+    host.info(
+      `Not exporting a containers.conf: the ${arch} disk is a prefetch; podman here inits ${process.arch} machines only. The disk is at ${located.path} (output image-path).`,
+    );
+  } else if (inputs.setDefault) {
+    confPath = await writeContainersConf(host, version, located.path);
+  }
   host.setOutput(Outputs.containersConf, confPath);
 
   let machine = '';
@@ -95,6 +110,7 @@ export async function main(host: Host, inputs: PreseedInputs): Promise<void> {
     if (inputs.cache && inputs.cacheScope === 'machine') {
       machineFromCache = await restoreOrInitMachine(host, inputs, state, version, vmType, arch, located);
     } else {
+      await refuseExistingMachine(inputs.machineName, vmType);
       markCreated(host, inputs, state, vmType);
       await initMachine(host, inputs, version, vmType, located.path);
     }
@@ -235,8 +251,11 @@ async function locateRemote(
 
   let restored: RestoreResult | undefined;
   if (inputs.cache) {
-    // Hashed on the way in, so the check below needs no second read; podman only reads the image.
-    const options = { fileDigests: true, readOnly: true };
+    // Hashed on the way in, so the check below needs no second read. Not `readOnly`, although podman only reads
+    // the image: it gives the disk it makes the image file's mode, and the directory backend's read-only hard link
+    // made a disk that podman's own `qemu-img resize` (and qemu) cannot open as the runner user. A reflink where
+    // the filesystem has them, else a copy, owned and writable like a download.
+    const options = { fileDigests: true };
     restored = offlineReason
       ? await restoreCache(host, cachePaths, `${base}-`, [`${base}-`], options)
       : await restoreCache(host, cachePaths, key, [], options);
@@ -337,8 +356,20 @@ async function placeForPodman(
   if (source.kind === 'registry') name = podmanCacheFileName(record.digest, vmType);
   else if (source.kind === 'fcos') name = record.title;
   else return;
-  const target = await placeInPodmanCache(imagePath, machineDirs(vmType).imageCache, name);
+  // Only podman 5's digest-named disks are ours to prune; podman 4 keeps stream files by their own names.
+  const outdated = source.kind === 'registry' ? isPodmanCachedDisk : undefined;
+  const { target, removed } = await placeInPodmanCache(
+    imagePath,
+    machineDirs(vmType).imageCache,
+    name,
+    outdated,
+  );
   host.info(`Placed in podman's image cache: ${target}`);
+  if (removed.length) {
+    host.info(
+      `Removed ${removed.length} outdated disk(s) from podman's image cache, as podman does when it pulls a newer one: ${removed.join(', ')}`,
+    );
+  }
 }
 
 async function writeContainersConf(host: Host, version: PodmanVersion, imagePath: string): Promise<string> {
@@ -361,6 +392,24 @@ function markCreated(host: Host, inputs: PreseedInputs, state: PreseedState, vmT
   if (!inputs.cleanup) return;
   state.removeMachine = { name: inputs.machineName, provider: vmType };
   saveRunState(host, state);
+}
+
+/**
+ * A machine of this name that exists before init is not ours: init would fail on it, and post (with `cleanup`)
+ * would then remove it, such as a self-hosted runner's own long-lived machine. Checked before post is told to
+ * remove anything. An inspect that fails for another reason counts as no machine: init then says what is wrong.
+ */
+async function refuseExistingMachine(name: string, vmType: VmType): Promise<void> {
+  const inspect = await exec('podman', ['machine', 'inspect', name], {
+    timeoutMs: INSPECT_TIMEOUT_MS,
+    env: machineEnv(vmType),
+    allowFailure: true,
+  });
+  if (inspect.exitCode === 0) {
+    throw new ActionError(
+      `a ${vmType} machine named ${name} exists already; it was not made by this step, so it is neither initialised again nor removed. Set \`machine-name\` to another name, or remove it first.`,
+    );
+  }
 }
 
 function machineEnv(vmType: VmType): NodeJS.ProcessEnv {
@@ -436,6 +485,7 @@ async function restoreOrInitMachine(
     );
     return true;
   }
+  await refuseExistingMachine(inputs.machineName, vmType);
   markCreated(host, inputs, state, vmType);
   await initMachine(host, inputs, version, vmType, located.path);
   const manifest = await stageMachine(stageDir, vmType, inputs.machineName);

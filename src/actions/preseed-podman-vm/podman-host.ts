@@ -48,14 +48,24 @@ export function resolveVmType(input: VmTypeInput, version: PodmanVersion): VmTyp
 }
 
 /** Podman names machine architectures the way the machine-os index does. */
+const MACHINE_ARCH: ReadonlyMap<string, MachineArch> = new Map([
+  ['x64', 'x86_64'],
+  ['arm64', 'aarch64'],
+]);
+
 export function hostMachineArch(nodeArch: string = process.arch): MachineArch {
-  if (nodeArch === 'x64') return 'x86_64';
-  if (nodeArch === 'arm64') return 'aarch64';
+  const arch = MACHINE_ARCH.get(nodeArch);
+  if (arch) return arch;
   throw new InputError(
     Inputs.arch,
     `podman machine has no image for this host's architecture (${nodeArch}); set \`${Inputs.arch}\` to ` +
       'x86_64 or aarch64 to fetch one of those without `init`.',
   );
+}
+
+/** Whether podman on this host inits machines of `arch` (on a host of no machine arch, of none). */
+export function isHostArch(arch: MachineArch, nodeArch: string = process.arch): boolean {
+  return MACHINE_ARCH.get(nodeArch) === arch;
 }
 
 /**
