@@ -168,7 +168,16 @@ async function lookupThrough(
       last = `${call.name}: ${errorMessage(cause instanceof ProxyError ? cause : error)}`;
       continue;
     }
-    const text = await response.text().catch(() => '');
+    let text: string;
+    try {
+      text = await response.text();
+    } catch (error) {
+      // The answer broke off (connection cut, or no end within the timeout): the network failed, not the
+      // protocol. Read as an empty answer it was an unknown one, and the library, which has no timeout of its
+      // own, was asked instead.
+      last = `${call.name}: the answer broke off: ${errorMessage(error)}`;
+      continue;
+    }
     if (response.status >= 500 || response.status === 429 || response.status === 408) {
       last = `${call.name} answered HTTP ${response.status}`;
       continue;
