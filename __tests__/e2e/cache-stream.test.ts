@@ -896,6 +896,21 @@ describe('streaming restore, cache service v1 (GHES)', () => {
     expect(lookups() - before).toBe(3);
   });
 
+  it('looks up as the library does when ACTIONS_CACHE_URL holds a user and password (sent by neither, never logged)', async () => {
+    const v1 = service.envV1({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp });
+    env.use({ ...v1, ACTIONS_CACHE_URL: service.url.replace('http://', 'http://runner:s3cret@') });
+    try {
+      const seen = service.v1Lookups.length;
+      const log = await restoreV1();
+      expect(fallbacks(log)).toEqual([]);
+      expect(log.some((l) => /^Cache Size: .* streamed into tar in /.test(l))).toBe(true);
+      expect(log.filter((l) => l.includes('s3cret'))).toEqual([]);
+      expect(service.v1Lookups.slice(seen).map((l) => l.authorization)).toEqual([`Bearer ${service.token}`]);
+    } finally {
+      env.use(v1);
+    }
+  });
+
   it('follows a v1 archive URL that redirects (302), as the library does: streamed and checked, not handed to the library', async () => {
     service.redirectDownloads();
     const plain = plainDownloads();
