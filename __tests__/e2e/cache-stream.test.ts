@@ -896,6 +896,19 @@ describe('streaming restore, cache service v1 (GHES)', () => {
     expect(lookups() - before).toBe(3);
   });
 
+  it('stops reading a v1 answer past 1 MiB and reports the cache unavailable, without the library (which would read it all)', async () => {
+    service.padV1Answers(2 * MiB);
+    const before = service.counters.requests.V1Lookup ?? 0;
+    await laterRun([dirs.runnerTemp]);
+    const { host, log } = cliHost();
+    expect(await restoreCache(host, [dir()], 'v1-key')).toEqual({ hit: false, backend: 'actions' });
+    expect(log.filter((l) => l.startsWith('warning:'))).toEqual([
+      expect.stringMatching(/^warning: Cache unavailable.*: getCacheEntry answered more than 1 MiB$/),
+    ]);
+    expect(fallbacks(log)).toEqual([]);
+    expect(service.counters.requests.V1Lookup! - before).toBe(1);
+  });
+
   it('looks up as the library does when ACTIONS_CACHE_URL holds a user and password (sent by neither, never logged)', async () => {
     const v1 = service.envV1({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp });
     env.use({ ...v1, ACTIONS_CACHE_URL: service.url.replace('http://', 'http://runner:s3cret@') });

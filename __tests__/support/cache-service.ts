@@ -117,6 +117,7 @@ export class CacheService {
   private v1HitStatus = 200;
   private v1AnswerCuts = 0;
   private redirecting = false;
+  private v1Padding = 0;
   private hanging = new Set<CacheCall>();
   /** Answers held back by hang(), so dropHung() can end them the way a dying proxy does. */
   private readonly held: ServerResponse[] = [];
@@ -238,6 +239,11 @@ export class CacheService {
     this.v1AnswerCuts = count;
   }
 
+  /** v1 lookups that hit add a `padding` field of `bytes` characters to their JSON, sent chunked. */
+  padV1Answers(bytes: number): void {
+    this.v1Padding = bytes;
+  }
+
   /**
    * Archive GETs (ranged or not) answer 302 to the same blob URL with `redirected=1` added, which then serves it,
    * like a storage front end handing out its own signed URL.
@@ -277,6 +283,7 @@ export class CacheService {
     this.v1HitStatus = 200;
     this.v1AnswerCuts = 0;
     this.redirecting = false;
+    this.v1Padding = 0;
   }
 
   list(): CacheEntryInfo[] {
@@ -438,6 +445,12 @@ export class CacheService {
           creationTime: new Date(entry.createdAt).toISOString(),
           archiveLocation: this.blobUrl(entry),
         };
+        if (this.v1Padding > 0) {
+          // Chunked (no Content-Length): the client learns the size only by reading.
+          res.writeHead(200, { 'Content-Type': 'application/json' });
+          res.end(JSON.stringify({ ...answer, padding: 'x'.repeat(this.v1Padding) }));
+          return;
+        }
         if (this.v1AnswerCuts > 0) {
           this.v1AnswerCuts--;
           const body = Buffer.from(JSON.stringify(answer));
