@@ -91,9 +91,15 @@ describe('streaming restore through an HTTP proxy (cache service double behind a
     expect(log.filter((l) => l.startsWith('Streaming restore not used'))).toEqual([]);
     const carried = proxy.records.slice(records);
     expect(carried.filter((r) => r.path.includes('/_apis/artifactcache/cache?'))).toHaveLength(1);
-    expect(carried.filter((r) => r.range !== undefined)).toHaveLength(service.counters.rangedDownloads - before);
+    expect(carried.filter((r) => r.range !== undefined)).toHaveLength(
+      service.counters.rangedDownloads - before,
+    );
     for (const r of carried) {
-      expect(r).toMatchObject({ target: `cache.proxytest:${service.port}`, proxyAuthorization: true, status: 0 });
+      expect(r).toMatchObject({
+        target: `cache.proxytest:${service.port}`,
+        proxyAuthorization: true,
+        status: 0,
+      });
     }
   });
 });

@@ -890,7 +890,9 @@ describe('streaming restore, cache service v1 (GHES)', () => {
     expect(await restoreCache(host, [dir()], 'v1-key')).toEqual({ hit: false, backend: 'actions' });
     expect(fallbacks(broken)).toEqual([]);
     expect(broken.filter((l) => l.startsWith('warning:'))).toEqual([
-      expect.stringMatching(/^warning: Cache unavailable.*getCacheEntry: the answer broke off: .*\(after 3 attempts\)/),
+      expect.stringMatching(
+        /^warning: Cache unavailable.*getCacheEntry: the answer broke off: .*\(after 3 attempts\)/,
+      ),
     ]);
     // Three tries of the stream's own; the library (no timeout of its own) was not sent to the same service.
     expect(lookups() - before).toBe(3);

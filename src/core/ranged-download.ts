@@ -99,7 +99,8 @@ export async function downloadInOrder(
   for (let redirects = 0; ; redirects++) {
     const done = await downloadFrom(target, consume, options);
     if (!(done instanceof URL)) return done;
-    if (redirects === MAX_REDIRECTS) throw new Error(`the archive URL redirected more than ${MAX_REDIRECTS} times`);
+    if (redirects === MAX_REDIRECTS)
+      throw new Error(`the archive URL redirected more than ${MAX_REDIRECTS} times`);
     if (done.protocol !== 'https:' && done.protocol !== 'http:') {
       throw new Error(`the archive URL redirected to a ${done.protocol} URL`);
     }
