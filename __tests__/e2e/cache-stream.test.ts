@@ -898,6 +898,19 @@ describe('streaming restore, cache service v1 (GHES)', () => {
     expect(lookups() - before).toBe(3);
   });
 
+  it('refuses a v1 cacheKey that was not asked for, control characters and all (no download, no library)', async () => {
+    service.forgeMatchedKey(() => 'v1-key\n::error::forged');
+    const downloads = service.counters.requests.Download ?? 0;
+    const { host, log } = cliHost();
+    expect(await restoreCache(host, [dir()], 'v1-key')).toEqual({ hit: false, backend: 'actions' });
+    expect(log.filter((l) => l.startsWith('warning:'))).toEqual([
+      'warning: Cache entry refused, continuing without it (actions backend): the cache service answered with the key "v1-key\\n::error::forged", which holds control characters',
+    ]);
+    expect(log.filter((l) => l.startsWith('::'))).toEqual([]);
+    expect(service.counters.requests.Download ?? 0).toBe(downloads);
+    expect(fallbacks(log)).toEqual([]);
+  });
+
   it('stops reading a v1 answer past 1 MiB and reports the cache unavailable, without the library (which would read it all)', async () => {
     service.padV1Answers(2 * MiB);
     const before = service.counters.requests.V1Lookup ?? 0;
