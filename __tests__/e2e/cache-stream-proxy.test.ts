@@ -77,4 +77,29 @@ describe('streaming restore through an HTTP proxy (cache service double behind a
       });
     }
   });
+
+  it('looks up and reads every range through the proxy over v1 (GHES) as well', async () => {
+    // The entry the test above restored, asked for as a GHES runner would (still behind the proxy).
+    const dir = join(dirs.runnerTemp, 'ici-proxied');
+    const digest = treeDigest(dir);
+    await laterRun([dirs.runnerTemp]);
+    env.use(service.envV1({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp }));
+    const [records, before] = [proxy.records.length, service.counters.rangedDownloads];
+    const { host, log } = cliHost();
+    expect((await restoreCache(host, [dir], 'proxied-key')).hit).toBe(true);
+    expect(treeDigest(dir)).toBe(digest);
+    expect(log.filter((l) => l.startsWith('Streaming restore not used'))).toEqual([]);
+    const carried = proxy.records.slice(records);
+    expect(carried.filter((r) => r.path.includes('/_apis/artifactcache/cache?'))).toHaveLength(1);
+    expect(carried.filter((r) => r.range !== undefined)).toHaveLength(
+      service.counters.rangedDownloads - before,
+    );
+    for (const r of carried) {
+      expect(r).toMatchObject({
+        target: `cache.proxytest:${service.port}`,
+        proxyAuthorization: true,
+        status: 0,
+      });
+    }
+  });
 });

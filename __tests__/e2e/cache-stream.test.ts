@@ -875,6 +875,84 @@ describe('streaming restore, cache service v1 (GHES)', () => {
     },
   );
 
+  it('asks again when a v1 answer breaks off mid-body (the network, not an unknown answer); after 3 breaks the cache is unavailable, the library not asked', async () => {
+    const lookups = () => service.counters.requests.V1Lookup ?? 0;
+    service.cutV1Answers(1);
+    let before = lookups();
+    const log = await restoreV1();
+    expect(fallbacks(log)).toEqual([]);
+    expect(log.some((l) => /^Cache Size: .* streamed into tar in /.test(l))).toBe(true);
+    expect(lookups() - before).toBe(2);
+
+    service.cutV1Answers(3);
+    before = lookups();
+    const { host, log: broken } = cliHost();
+    expect(await restoreCache(host, [dir()], 'v1-key')).toEqual({ hit: false, backend: 'actions' });
+    expect(fallbacks(broken)).toEqual([]);
+    expect(broken.filter((l) => l.startsWith('warning:'))).toEqual([
+      expect.stringMatching(
+        /^warning: Cache unavailable.*getCacheEntry: the answer broke off: .*\(after 3 attempts\)/,
+      ),
+    ]);
+    // Three tries of the stream's own; the library (no timeout of its own) was not sent to the same service.
+    expect(lookups() - before).toBe(3);
+  });
+
+  it('refuses a v1 cacheKey that was not asked for, control characters and all (no download, no library)', async () => {
+    service.forgeMatchedKey(() => 'v1-key\n::error::forged');
+    const downloads = service.counters.requests.Download ?? 0;
+    const { host, log } = cliHost();
+    expect(await restoreCache(host, [dir()], 'v1-key')).toEqual({ hit: false, backend: 'actions' });
+    expect(log.filter((l) => l.startsWith('warning:'))).toEqual([
+      'warning: Cache entry refused, continuing without it (actions backend): the cache service answered with the key "v1-key\\n::error::forged", which holds control characters',
+    ]);
+    expect(log.filter((l) => l.startsWith('::'))).toEqual([]);
+    expect(service.counters.requests.Download ?? 0).toBe(downloads);
+    expect(fallbacks(log)).toEqual([]);
+  });
+
+  it('stops reading a v1 answer past 1 MiB and reports the cache unavailable, without the library (which would read it all)', async () => {
+    service.padV1Answers(2 * MiB);
+    const before = service.counters.requests.V1Lookup ?? 0;
+    await laterRun([dirs.runnerTemp]);
+    const { host, log } = cliHost();
+    expect(await restoreCache(host, [dir()], 'v1-key')).toEqual({ hit: false, backend: 'actions' });
+    expect(log.filter((l) => l.startsWith('warning:'))).toEqual([
+      expect.stringMatching(/^warning: Cache unavailable.*: getCacheEntry answered more than 1 MiB$/),
+    ]);
+    expect(fallbacks(log)).toEqual([]);
+    expect(service.counters.requests.V1Lookup! - before).toBe(1);
+  });
+
+  it('looks up as the library does when ACTIONS_CACHE_URL holds a user and password (sent by neither, never logged)', async () => {
+    const v1 = service.envV1({ workspace: dirs.workspace, runnerTemp: dirs.runnerTemp });
+    env.use({ ...v1, ACTIONS_CACHE_URL: service.url.replace('http://', 'http://runner:s3cret@') });
+    try {
+      const seen = service.v1Lookups.length;
+      const log = await restoreV1();
+      expect(fallbacks(log)).toEqual([]);
+      expect(log.some((l) => /^Cache Size: .* streamed into tar in /.test(l))).toBe(true);
+      expect(log.filter((l) => l.includes('s3cret'))).toEqual([]);
+      expect(service.v1Lookups.slice(seen).map((l) => l.authorization)).toEqual([`Bearer ${service.token}`]);
+    } finally {
+      env.use(v1);
+    }
+  });
+
+  it('follows a v1 archive URL that redirects (302), as the library does: streamed and checked, not handed to the library', async () => {
+    service.redirectDownloads();
+    const plain = plainDownloads();
+    const log = await restoreV1();
+    expect(fallbacks(log)).toEqual([]);
+    expect(log.some((l) => /^Cache Size: .* streamed into tar in /.test(l))).toBe(true);
+    expect(plainDownloads()).toBe(plain);
+  });
+
+  it('refuses a poisoned v1 entry behind a redirecting archive URL (the library would follow it and extract with tar -P)', async () => {
+    service.redirectDownloads();
+    await expectPlantingRefused('v1-redirected', plantings[0]![1], plantings[0]![2]);
+  });
+
   it('falls back to the library, with one line, on a v1 lookup answer it does not know (HTTP 203); both asked alike', async () => {
     service.answerV1HitsWith(203);
     const seen = service.v1Lookups.length;

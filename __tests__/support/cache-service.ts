@@ -115,6 +115,9 @@ export class CacheService {
   private forgedKey: ((asked: string) => string) | undefined;
   private claimedSize: number | undefined;
   private v1HitStatus = 200;
+  private v1AnswerCuts = 0;
+  private redirecting = false;
+  private v1Padding = 0;
   private hanging = new Set<CacheCall>();
   /** Answers held back by hang(), so dropHung() can end them the way a dying proxy does. */
   private readonly held: ServerResponse[] = [];
@@ -231,6 +234,24 @@ export class CacheService {
     this.v1HitStatus = status;
   }
 
+  /** The next `count` v1 lookups that hit send their headers and half their JSON, then drop the connection. */
+  cutV1Answers(count: number): void {
+    this.v1AnswerCuts = count;
+  }
+
+  /** v1 lookups that hit add a `padding` field of `bytes` characters to their JSON, sent chunked. */
+  padV1Answers(bytes: number): void {
+    this.v1Padding = bytes;
+  }
+
+  /**
+   * Archive GETs (ranged or not) answer 302 to the same blob URL with `redirected=1` added, which then serves it,
+   * like a storage front end handing out its own signed URL.
+   */
+  redirectDownloads(): void {
+    this.redirecting = true;
+  }
+
   /** Ranged GETs claim the archive is `bytes` long (Content-Range total); the bytes sent stay the real ones. */
   claimArchiveSize(bytes: number): void {
     this.claimedSize = bytes;
@@ -260,6 +281,9 @@ export class CacheService {
     this.forgedKey = undefined;
     this.claimedSize = undefined;
     this.v1HitStatus = 200;
+    this.v1AnswerCuts = 0;
+    this.redirecting = false;
+    this.v1Padding = 0;
   }
 
   list(): CacheEntryInfo[] {
@@ -390,6 +414,14 @@ export class CacheService {
         return sendBlobCreated(res);
       }
       case 'Download':
+        if (this.redirecting && !url.searchParams.has('redirected')) {
+          // Counted as what it answers: a ranged GET stays one (plain GETs are the library's).
+          if ((req.headers.range ?? req.headers['x-ms-range']) !== undefined) this.counters.rangedDownloads++;
+          url.searchParams.set('redirected', '1');
+          // Absolute: @actions/http-client does not resolve a relative Location.
+          res.writeHead(302, { Location: `${this.url}${url.pathname.slice(1)}${url.search}` }).end();
+          return;
+        }
         return this.download(req, res, this.blobEntry(url, true));
       case 'V1Lookup': {
         this.v1Lookups.push({
@@ -406,13 +438,27 @@ export class CacheService {
           res.writeHead(204).end();
           return;
         }
-        return sendJson(res, this.v1HitStatus, {
+        const answer = {
           cacheKey: this.forgedKey ? this.forgedKey(keys[0] ?? '') : entry.key,
           scope: 'refs/heads/main',
           cacheVersion: entry.version,
           creationTime: new Date(entry.createdAt).toISOString(),
           archiveLocation: this.blobUrl(entry),
-        });
+        };
+        if (this.v1Padding > 0) {
+          // Chunked (no Content-Length): the client learns the size only by reading.
+          res.writeHead(200, { 'Content-Type': 'application/json' });
+          res.end(JSON.stringify({ ...answer, padding: 'x'.repeat(this.v1Padding) }));
+          return;
+        }
+        if (this.v1AnswerCuts > 0) {
+          this.v1AnswerCuts--;
+          const body = Buffer.from(JSON.stringify(answer));
+          res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': body.length });
+          res.write(body.subarray(0, body.length >> 1), () => res.destroy());
+          return;
+        }
+        return sendJson(res, this.v1HitStatus, answer);
       }
       case 'V1List': {
         const key = url.searchParams.get('key') ?? '';

@@ -88,7 +88,26 @@ const BOTH_CLIENTS: [string, number][] = [
   ['a later range (range connection)', 3],
 ];
 
+/** Answers with a 302 to `location`. */
+function redirect(socket: Socket, location: string): true {
+  socket.write(`HTTP/1.1 302 Found\r\nLocation: ${location}\r\nContent-Length: 0\r\n\r\n`);
+  return true;
+}
+
 describe('ranged download', () => {
+  it('follows a redirect of the first range (a relative Location resolved against the URL), but not to another scheme, nor endlessly', async () => {
+    const moved = await archiveServer({
+      special: (i, socket) => i === 0 && redirect(socket, '/signed?sig=x'),
+    });
+    const { result, bytes } = await download(moved.url);
+    expect(bytes.equals(data)).toBe(true);
+    expect(result.ranges).toBe(41);
+    const loop = await archiveServer({ special: (_i, socket) => redirect(socket, '/again') });
+    await expect(download(loop.url)).rejects.toThrow('the archive URL redirected more than 10 times');
+    const file = await archiveServer({ special: (_i, socket) => redirect(socket, 'file:///etc/passwd') });
+    await expect(download(file.url)).rejects.toThrow('the archive URL redirected to a file: URL');
+  });
+
   it('hands on every byte in order through reused buffers, on at most one connection per range in flight', async () => {
     const { url, stats } = await archiveServer({});
     const { result, bytes } = await download(url);

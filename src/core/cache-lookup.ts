@@ -15,7 +15,7 @@
  */
 import type { Response } from 'undici';
 import type { Host } from './host.js';
-import { ProxyError, withProxiedFetch, type ProxiedFetch } from './proxy-env.js';
+import { ProxyError, readCapped, withProxiedFetch, type ProxiedFetch } from './proxy-env.js';
 import { backoffDelay, type RetryPolicy } from './oci/retry.js';
 import { sleep } from './process.js';
 import { errorMessage } from './run.js';
@@ -59,6 +59,9 @@ interface LookupCall {
   read(host: Host, status: number, text: string): LookupResult;
 }
 
+/** Answers of either service are a few hundred bytes. */
+const MAX_ANSWER_BYTES = 1024 * 1024;
+
 /** The v1 Accept header (cacheHttpClient.js createAcceptHeader): the service versions its answer by it. */
 const V1_ACCEPT = 'application/json;api-version=6.0-preview.1';
 
@@ -72,6 +75,10 @@ export async function lookupEntry(
       ? v2Call(request, options.service.resultsUrl)
       : v1Call(request, options.service.cacheUrl);
   if (typeof call === 'string') return { kind: 'unknown-answer', reason: call };
+  // The library's client (@actions/http-client) sends neither user nor password of the service URL; fetch
+  // refuses such a URL outright, in an error that quotes it, password and all.
+  call.url.username = '';
+  call.url.password = '';
   // Through the environment's proxy, as the library's own lookup (@actions/http-client) goes.
   return withProxiedFetch(options.timeoutMs, (fetch) => lookupThrough(fetch, host, call, options));
 }
@@ -168,7 +175,18 @@ async function lookupThrough(
       last = `${call.name}: ${errorMessage(cause instanceof ProxyError ? cause : error)}`;
       continue;
     }
-    const text = await response.text().catch(() => '');
+    let text: string | undefined;
+    try {
+      text = await readCapped(response, MAX_ANSWER_BYTES);
+    } catch (error) {
+      // The answer broke off (connection cut, or no end within the timeout): the network failed, not the
+      // protocol. Read as an empty answer it was an unknown one, and the library, which has no timeout of its
+      // own, was asked instead.
+      last = `${call.name}: the answer broke off: ${errorMessage(error)}`;
+      continue;
+    }
+    // Read whole, it could take all the memory; handed to the library, which reads answers whole, it would.
+    if (text === undefined) return { kind: 'outage', message: `${call.name} answered more than 1 MiB` };
     if (response.status >= 500 || response.status === 429 || response.status === 408) {
       last = `${call.name} answered HTTP ${response.status}`;
       continue;

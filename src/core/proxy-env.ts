@@ -542,6 +542,23 @@ export type ProxiedFetch = (
   init: { method?: string; headers?: Record<string, string>; body?: string; signal?: AbortSignal },
 ) => Promise<Response>;
 
+/** The body as text, or undefined (and the transfer stopped) once it is longer than `max` bytes, chunked or not. */
+export async function readCapped(response: Response, max: number): Promise<string | undefined> {
+  if (Number(response.headers.get('content-length') ?? 0) > max) {
+    await response.body?.cancel();
+    return undefined;
+  }
+  const chunks: Uint8Array[] = [];
+  let length = 0;
+  // Leaving the loop early cancels the body: the connection is closed, not read to its end.
+  for await (const chunk of response.body ?? []) {
+    length += chunk.length;
+    if (length > max) return undefined;
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
 /**
  * Runs `use` with a fetch that honours the proxy settings, for requests silent for at most `timeoutMs` at a time
  * (undici's timeouts are idle ones: the wait for the headers, or between two pieces of a body). Without a proxy

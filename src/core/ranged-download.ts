@@ -91,12 +91,43 @@ class RetryableError extends Error {
  */
 type Consumer = (pieces: Buffer[]) => Promise<void>;
 
+/** As many as a storage front end needs; @actions/http-client, which the library downloads with, follows 50. */
+const MAX_REDIRECTS = 10;
+const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
+
+/**
+ * The library follows the archive URL's redirects: refused here, the restore went to it, and it extracts the
+ * archive unchecked. The first range's answer decides: a redirect restarts the download at its target, which
+ * then serves every range.
+ */
 export async function downloadInOrder(
   url: string,
   consume: Consumer,
   options: RangedDownloadOptions,
 ): Promise<RangedDownloadResult> {
-  const target = new URL(url);
+  let target = new URL(url);
+  for (let redirects = 0; ; redirects++) {
+    const done = await downloadFrom(target, consume, options);
+    if (!(done instanceof URL)) return done;
+    if (redirects === MAX_REDIRECTS)
+      throw new Error(`the archive URL redirected more than ${MAX_REDIRECTS} times`);
+    if (done.protocol !== 'https:' && done.protocol !== 'http:') {
+      throw new Error(`the archive URL redirected to a ${done.protocol} URL`);
+    }
+    // As the library's client refuses it: whatever the https URL was signed to protect would go in the clear.
+    if (target.protocol === 'https:' && done.protocol === 'http:') {
+      throw new Error('the archive URL redirected from https to http');
+    }
+    target = done;
+  }
+}
+
+/** The download from `target`, or where its first range was redirected to. */
+async function downloadFrom(
+  target: URL,
+  consume: Consumer,
+  options: RangedDownloadOptions,
+): Promise<RangedDownloadResult | URL> {
   const secure = target.protocol === 'https:';
   const proxy = proxyFor(target);
   // Stops the ranges still in flight (and their retries) once the download has failed or finished.
@@ -117,6 +148,7 @@ export async function downloadInOrder(
   const inFlight = new Map<number, Promise<Lent>>();
   try {
     const first = await get({ start: 0, end: options.chunkBytes - 1 });
+    if (first.kind === 'redirect') return first.location;
     if (first.kind === 'whole') {
       const bytes = await first.stream(consume);
       return { bytes, ranges: 1, retries: state.retries };
@@ -245,7 +277,8 @@ function busy(status: number, retryAfterMs: number | undefined): RetryableError 
 
 type Answer =
   | { kind: 'range'; body: Buffer[]; total: number }
-  | { kind: 'whole'; stream: (consume: Consumer) => Promise<number> };
+  | { kind: 'whole'; stream: (consume: Consumer) => Promise<number> }
+  | { kind: 'redirect'; location: URL };
 
 async function withRetries<T>(
   range: ByteRange,
@@ -323,6 +356,13 @@ function fetchOnce(
           kind: 'whole',
           stream: (consume) => streamWhole(res, consume, options.maxBytes, options.idleTimeoutMs),
         });
+      } else if (REDIRECT_STATUSES.has(status) && range.start === 0 && res.headers.location) {
+        res.resume();
+        try {
+          resolve({ kind: 'redirect', location: new URL(res.headers.location, url) });
+        } catch {
+          reject(new Error('the archive URL redirected to something that is not a URL'));
+        }
       } else {
         res.resume();
         const refused = forwardRefusal(url, status, res.statusMessage ?? '');

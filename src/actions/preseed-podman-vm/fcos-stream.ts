@@ -11,7 +11,7 @@
  */
 import { InputError } from '../../core/inputs.js';
 import { externalText, networkFailure } from '../../core/oci/response.js';
-import { ProxyError, withProxiedFetch, type ProxiedFetch } from '../../core/proxy-env.js';
+import { ProxyError, readCapped, withProxiedFetch, type ProxiedFetch } from '../../core/proxy-env.js';
 import type { Response } from 'undici';
 import { Inputs } from './constants.js';
 import type { MachineArch, VmType } from './podman-host.js';
@@ -119,23 +119,6 @@ export class StreamUnreachable extends Error {
     super(message);
     this.name = 'StreamUnreachable';
   }
-}
-
-/** The body as text, or undefined (and the transfer stopped) once it is longer than `max` bytes, chunked or not. */
-async function readCapped(response: Response, max: number): Promise<string | undefined> {
-  if (Number(response.headers.get('content-length') ?? 0) > max) {
-    await response.body?.cancel();
-    return undefined;
-  }
-  const chunks: Uint8Array[] = [];
-  let length = 0;
-  // Leaving the loop early cancels the body: the connection is closed, not read to its end.
-  for await (const chunk of response.body ?? []) {
-    length += chunk.length;
-    if (length > max) return undefined;
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks).toString('utf8');
 }
 
 export async function resolveFcosDisk(
