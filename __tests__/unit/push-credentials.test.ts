@@ -129,9 +129,25 @@ describe("rootless podman's own runtime dir without XDG_RUNTIME_DIR", () => {
     ]);
   });
 
+  // Podman 4.3 as an ordinary user here took $TMPDIR/podman-run-<uid> at 0755, 0750, 0711, 0704 and 0740, and went
+  // on to $HOME/rundir at 0770, 0720, 0702, 0777, 0600 and 0500.
+  it.each([
+    ['0755', 0o755],
+    ['0750', 0o750],
+    ['0711', 0o711],
+  ])("is searched when it is the user's, mode %s (not writable by others)", (_, mode) => {
+    const dir = join(tmp, `podman-run-${uid}`);
+    mkdirSync(dir);
+    chmodSync(dir, mode);
+    chownSync(dir, uid, uid);
+    expect(paths()[1]).toBe(join(dir, 'containers/auth.json'));
+  });
+
   it.each([
     ['owned by another user', 0o700, 0],
     ['writable by others', 0o777, uid],
+    ['writable by its group', 0o770, uid],
+    ['not writable by the user', 0o500, uid],
   ])('is not searched when %s (planted in a shared /tmp)', (_, mode, owner) => {
     const dir = join(tmp, `podman-run-${uid}`);
     mkdirSync(dir);

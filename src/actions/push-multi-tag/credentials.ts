@@ -49,15 +49,16 @@ const SYSTEM_AUTH_FILE = '/etc/containers/auth.json';
  * session): podman then picks a runtime dir of its own and sets XDG_RUNTIME_DIR to it for its own process only, so
  * `podman login` writes below it while containers/image, reading the variable, would look in /run/containers/<uid>.
  * Its choice, as in podman's GetRuntimeDir: /run/user/<uid>, else $TMPDIR/podman-run-<uid>, else $HOME/rundir; one
- * of the first two counts only when it is a directory the user owns that no one else may write (so nobody else can
- * have planted one in /tmp).
+ * of the first two counts only when it is a directory the user owns, may use fully (rwx) and no one else may write
+ * (so nobody else can have planted one in /tmp). Podman 4.3 takes a 0755 or 0750 one too (seen here), so requiring
+ * exactly 0700 would look in $HOME/rundir while its login is in the dir podman took.
  */
 function podmanRuntimeDir(env: NodeJS.ProcessEnv, uid: number, home: string): string[] {
   if (uid === 0) return [];
   const auth = (dir: string) => [join(dir, 'containers', 'auth.json')];
   for (const dir of [`/run/user/${uid}`, join(env.TMPDIR || '/tmp', `podman-run-${uid}`)]) {
     const info = statSync(dir, { throwIfNoEntry: false });
-    if (info?.isDirectory() && info.uid === uid && (info.mode & 0o777) === 0o700) return auth(dir);
+    if (info?.isDirectory() && info.uid === uid && (info.mode & 0o722) === 0o700) return auth(dir);
   }
   return auth(join(home, 'rundir'));
 }
