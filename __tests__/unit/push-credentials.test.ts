@@ -4,7 +4,7 @@
  * and credential helpers as real scripts on PATH. Real files in temp dirs; nothing is mocked.
  */
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from '@jest/globals';
-import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { normaliseAuthKey, parseAuthConfig } from '../../src/actions/push-multi-tag/auth-files.js';
@@ -154,6 +154,28 @@ describe("rootless podman's own runtime dir without XDG_RUNTIME_DIR", () => {
     chmodSync(dir, mode);
     chownSync(dir, owner, owner);
     expect(paths()).not.toContain(join(dir, 'containers/auth.json'));
+    expect(paths()[1]).toBe('/home/u/rundir/containers/auth.json');
+  });
+
+  // Podman 5 (containers/common's GetRuntimeDir asks containers/storage first) made $TMPDIR/storage-run-<uid> as
+  // an ordinary user here; containers/storage takes it only when it is no symlink.
+  it('podman 5 storage-run-<uid> is searched, before podman 4 podman-run-<uid>; not through a symlink', () => {
+    const five = join(tmp, `storage-run-${uid}`);
+    const four = join(tmp, `podman-run-${uid}`);
+    mkdirSync(five, { mode: 0o700 });
+    chownSync(five, uid, uid);
+    expect(paths()[1]).toBe(join(five, 'containers/auth.json'));
+    mkdirSync(four, { mode: 0o700 });
+    chownSync(four, uid, uid);
+    expect(paths().slice(1, 3)).toEqual([
+      join(five, 'containers/auth.json'),
+      join(four, 'containers/auth.json'),
+    ]);
+    rmSync(four, { recursive: true });
+    rmSync(five, { recursive: true });
+    mkdirSync(join(tmp, 'elsewhere'), { mode: 0o700 });
+    chownSync(join(tmp, 'elsewhere'), uid, uid);
+    symlinkSync(join(tmp, 'elsewhere'), five);
     expect(paths()[1]).toBe('/home/u/rundir/containers/auth.json');
   });
 
