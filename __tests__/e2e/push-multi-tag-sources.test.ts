@@ -126,6 +126,41 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
     expect((await remoteImage(`${registry.host}/src/short:one`)).config).toBe(configDigest);
   });
 
+  // Before short names were resolved, skopeo read `dupe` as docker.io/library/dupe; podman prefers localhost/dupe.
+  // With both stored, silently switching to podman's pick would push another image than yesterday's step did.
+  it('a short name that podman and skopeo read as two different stored images is refused, naming both', async () => {
+    const other = generateLayout(join(work, 'other'), { layers: [1000] });
+    const storage = { ...process.env, ...storageEnv };
+    await run(
+      'skopeo',
+      ['copy', '--quiet', layout.transportRef, 'containers-storage:localhost/dupe:latest'],
+      storage,
+    );
+    await run(
+      'skopeo',
+      ['copy', '--quiet', other.transportRef, 'containers-storage:docker.io/library/dupe:latest'],
+      storage,
+    );
+    const r = await push('dupe', 'src/dupe', {}, storageEnv);
+    expect(r.main.exitCode).not.toBe(0);
+    expect(r.errors.join('\n')).toMatch(
+      /Input 'source': the containers-storage name 'dupe' names two images in local storage: podman resolves it to image [0-9a-f]{12} .*skopeo reads it as docker\.io\/library\/dupe:latest \(image [0-9a-f]{12}\)\. Write the full name/,
+    );
+    // The same image under both names is no ambiguity.
+    await run('podman', ['tag', 'localhost/dupe:latest', 'docker.io/library/dupe:latest'], storage);
+    expect((await push('dupe', 'src/dupe', {}, storageEnv)).main.exitCode).toBe(0);
+  });
+
+  // podman reads containers.conf, skopeo does not: with a broken one, the lookup's own complaint is what explains
+  // skopeo's "no such image" for docker.io/library/pmt/app.
+  it("says why podman could not look a short name up, instead of only skopeo's 'no such image'", async () => {
+    const conf = join(work, 'broken-containers.conf');
+    writeFileSync(conf, '[engine\n');
+    const r = await push('pmt/app:built', 'src/broken', {}, { ...storageEnv, CONTAINERS_CONF: conf });
+    expect(r.main.exitCode).not.toBe(0);
+    expect(r.log).toMatch(/podman could not look up pmt\/app:built \(exit \d+\): .*broken-containers\.conf/);
+  });
+
   it('compression=zstd compresses an uncompressed source with zstd', async () => {
     const r = await push(
       'containers-storage:localhost/pmt/app:built',

@@ -4,7 +4,7 @@
  * and credential helpers as real scripts on PATH. Real files in temp dirs; nothing is mocked.
  */
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from '@jest/globals';
-import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { normaliseAuthKey, parseAuthConfig } from '../../src/actions/push-multi-tag/auth-files.js';
@@ -129,15 +129,53 @@ describe("rootless podman's own runtime dir without XDG_RUNTIME_DIR", () => {
     ]);
   });
 
+  // Podman 4.3 as an ordinary user here took $TMPDIR/podman-run-<uid> at 0755, 0750, 0711, 0704 and 0740, and went
+  // on to $HOME/rundir at 0770, 0720, 0702, 0777, 0600 and 0500.
+  it.each([
+    ['0755', 0o755],
+    ['0750', 0o750],
+    ['0711', 0o711],
+  ])("is searched when it is the user's, mode %s (not writable by others)", (_, mode) => {
+    const dir = join(tmp, `podman-run-${uid}`);
+    mkdirSync(dir);
+    chmodSync(dir, mode);
+    chownSync(dir, uid, uid);
+    expect(paths()[1]).toBe(join(dir, 'containers/auth.json'));
+  });
+
   it.each([
     ['owned by another user', 0o700, 0],
     ['writable by others', 0o777, uid],
+    ['writable by its group', 0o770, uid],
+    ['not writable by the user', 0o500, uid],
   ])('is not searched when %s (planted in a shared /tmp)', (_, mode, owner) => {
     const dir = join(tmp, `podman-run-${uid}`);
     mkdirSync(dir);
     chmodSync(dir, mode);
     chownSync(dir, owner, owner);
     expect(paths()).not.toContain(join(dir, 'containers/auth.json'));
+    expect(paths()[1]).toBe('/home/u/rundir/containers/auth.json');
+  });
+
+  // Podman 5 (containers/common's GetRuntimeDir asks containers/storage first) made $TMPDIR/storage-run-<uid> as
+  // an ordinary user here; containers/storage takes it only when it is no symlink.
+  it('podman 5 storage-run-<uid> is searched, before podman 4 podman-run-<uid>; not through a symlink', () => {
+    const five = join(tmp, `storage-run-${uid}`);
+    const four = join(tmp, `podman-run-${uid}`);
+    mkdirSync(five, { mode: 0o700 });
+    chownSync(five, uid, uid);
+    expect(paths()[1]).toBe(join(five, 'containers/auth.json'));
+    mkdirSync(four, { mode: 0o700 });
+    chownSync(four, uid, uid);
+    expect(paths().slice(1, 3)).toEqual([
+      join(five, 'containers/auth.json'),
+      join(four, 'containers/auth.json'),
+    ]);
+    rmSync(four, { recursive: true });
+    rmSync(five, { recursive: true });
+    mkdirSync(join(tmp, 'elsewhere'), { mode: 0o700 });
+    chownSync(join(tmp, 'elsewhere'), uid, uid);
+    symlinkSync(join(tmp, 'elsewhere'), five);
     expect(paths()[1]).toBe('/home/u/rundir/containers/auth.json');
   });
 

@@ -11,7 +11,7 @@
  *
  * Files are only read (lazily, each once) and helpers only asked (`get`); nothing is ever written to them.
  */
-import { statSync } from 'node:fs';
+import { lstatSync, statSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -48,18 +48,27 @@ const SYSTEM_AUTH_FILE = '/etc/containers/auth.json';
  * Where rootless podman writes its logins when XDG_RUNTIME_DIR is unset (a runner service outside a login
  * session): podman then picks a runtime dir of its own and sets XDG_RUNTIME_DIR to it for its own process only, so
  * `podman login` writes below it while containers/image, reading the variable, would look in /run/containers/<uid>.
- * Its choice, as in podman's GetRuntimeDir: /run/user/<uid>, else $TMPDIR/podman-run-<uid>, else $HOME/rundir; one
- * of the first two counts only when it is a directory the user owns that no one else may write (so nobody else can
- * have planted one in /tmp).
+ * Its choice (containers/common GetRuntimeDir): /run/user/<uid>; else podman 5 takes containers/storage's
+ * $TMPDIR/storage-run-<uid> (not through a symlink) and podman 4 $TMPDIR/podman-run-<uid>; else $HOME/rundir. A dir
+ * counts only when the user owns it, may use it fully and no one else may write it (mode & 0722 == 0700, so nobody
+ * else can have planted one in /tmp); podman 4.3 took a 0755 one here and refused a 0770 one.
  */
 function podmanRuntimeDir(env: NodeJS.ProcessEnv, uid: number, home: string): string[] {
   if (uid === 0) return [];
-  const auth = (dir: string) => [join(dir, 'containers', 'auth.json')];
-  for (const dir of [`/run/user/${uid}`, join(env.TMPDIR || '/tmp', `podman-run-${uid}`)]) {
-    const info = statSync(dir, { throwIfNoEntry: false });
-    if (info?.isDirectory() && info.uid === uid && (info.mode & 0o777) === 0o700) return auth(dir);
-  }
-  return auth(join(home, 'rundir'));
+  const usable = (dir: string, follow: boolean) => {
+    const info = (follow ? statSync : lstatSync)(dir, { throwIfNoEntry: false });
+    return info?.isDirectory() === true && info.uid === uid && (info.mode & 0o722) === 0o700;
+  };
+  const auth = (dir: string) => join(dir, 'containers', 'auth.json');
+  const runUser = `/run/user/${uid}`;
+  if (usable(runUser, true)) return [auth(runUser)];
+  const tmp = env.TMPDIR || '/tmp';
+  // Both, in case podman 4 and 5 have both been used here: each looks in its own.
+  const found = [
+    [join(tmp, `storage-run-${uid}`), false] as const,
+    [join(tmp, `podman-run-${uid}`), true] as const,
+  ].filter(([dir, follow]) => usable(dir, follow));
+  return found.length > 0 ? found.map(([dir]) => auth(dir)) : [auth(join(home, 'rundir'))];
 }
 
 /** The files to search, in order, for this environment (the module comment lists the rule). */

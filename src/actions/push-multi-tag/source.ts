@@ -10,9 +10,11 @@
 import { chmod, lstat, mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { exec, ExecError } from '../../core/exec.js';
+import { InputError } from '../../core/inputs.js';
 import { ActionError } from '../../core/run.js';
+import { Inputs } from './constants.js';
 import { readOciLayout, type LocalImage } from '../../core/oci/layout.js';
-import { looksLikeHost, parseReference } from '../../core/oci/reference.js';
+import { formatReference, looksLikeHost, parseReference } from '../../core/oci/reference.js';
 import { externalText } from '../../core/oci/response.js';
 
 export type SourceTransport =
@@ -261,25 +263,60 @@ async function localImageId(
 ): Promise<string | undefined> {
   if (name.includes('/') && looksLikeHost(name.split('/')[0]!)) return undefined;
   for (const [tool, args] of STORAGE_TOOLS) {
-    let result;
-    try {
-      result = await exec(tool, [...args, name], {
+    const ask = async (what: string) => {
+      const result = await exec(tool, [...args, what], {
         timeoutMs: LOOKUP_TIMEOUT_MS,
         env: options.env,
         allowFailure: true,
       });
+      const id = result.stdout.trim();
+      return { result, id: result.exitCode === 0 && /^[0-9a-f]{64}$/.test(id) ? id : undefined };
+    };
+    let answer;
+    try {
+      answer = await ask(name);
     } catch (error) {
       if (error instanceof ExecError && error.spawnCode === 'ENOENT') continue;
       throw error;
     }
-    const id = result.stdout.trim();
-    if (result.exitCode !== 0 || !/^[0-9a-f]{64}$/.test(id)) return undefined;
+    const { result, id } = answer;
+    if (!id) {
+      // "not known" is the answer looked for; anything else (a broken containers.conf, say) would otherwise be
+      // hidden behind skopeo's "no such image" for the name it reads.
+      if (result.exitCode !== 0 && !/image not known/i.test(result.stderr)) {
+        options.log(
+          `${tool} could not look up ${name} (exit ${result.exitCode}): ${externalText(result.stderr.trim() || result.stdout.trim(), 300) || 'no message'}; reading it as skopeo does`,
+        );
+      }
+      return undefined;
+    }
+    // skopeo (and this step before short names were resolved) reads `app` as docker.io/library/app:latest, podman
+    // prefers localhost/app: when both are there and differ, which one is meant is the user's call, not ours.
+    const hubName = dockerHubReading(name);
+    const hub = hubName ? (await ask(hubName)).id : undefined;
+    if (hub && hub !== id) {
+      throw new InputError(
+        Inputs.source,
+        `the containers-storage name '${name}' names two images in local storage: ${tool} resolves it to image ${id.slice(0, 12)} (it looks in localhost/ first), skopeo reads it as ${hubName} (image ${hub.slice(0, 12)}). Write the full name of the one to push.`,
+      );
+    }
     options.log(
       `${name} is image ${id.slice(0, 12)} in local storage (resolved by ${tool}, as it resolves short names)`,
     );
     return id;
   }
   return undefined;
+}
+
+/** The full name skopeo's containers-storage transport reads a short name as (no tag: `latest`). */
+function dockerHubReading(name: string): string | undefined {
+  try {
+    const ref = parseReference(name);
+    if (ref.tag === undefined && ref.digest === undefined) ref.tag = 'latest';
+    return formatReference(ref);
+  } catch {
+    return undefined;
+  }
 }
 
 /**
