@@ -1,4 +1,4 @@
-import { afterAll, describe, expect, it } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -8,6 +8,7 @@ import {
   setMachineImage,
   tomlString,
 } from '../../src/actions/preseed-podman-vm/containers-conf.js';
+import { podmanVersions, requireAvailable, runWith } from '../support/podman-matrix.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'preseed-conf-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -125,5 +126,50 @@ describe('planContainersConf', () => {
     expect((await planContainersConf('/i', 'CONTAINERS_CONF', own, env)).base).toBe(earlier);
     const again = await planContainersConf('/i', 'CONTAINERS_CONF', own, { ...env, CONTAINERS_CONF: own });
     expect(again.base).not.toBe(own);
+  });
+});
+
+/**
+ * Valid TOML the line edit misread: a quoted table name or key (TOML's same table or key, so a second one is an
+ * error that stops every podman command) and lines inside a multi-line string (no table, no key).
+ */
+const HOSTILE_CONFS: Array<[string, string]> = [
+  ['a quoted table name', `[ "machine" ]\ncpus = 3\n`],
+  ['a quoted image key', `[machine]\ncpus = 3\n'image' = "/theirs"\n`],
+  [
+    'a [machine] line inside a multi-line string',
+    `[engine]\nenv = ["""A=\n[machine]\nimage = "/not/a/setting"\n"""]\n[machine]\ncpus = 3\n`,
+  ],
+  ['an image given as a multi-line string', `[machine]\nimage = '''\n/theirs'''\ncpus = 3\n`],
+];
+
+describe('setMachineImage on valid TOML a line edit can misread', () => {
+  it('edits the one [machine] table and keeps the text of a multi-line string', () => {
+    expect(setMachineImage(HOSTILE_CONFS[0]![1], '/i')).toBe('[ "machine" ]\nimage = "/i"\ncpus = 3\n');
+    expect(setMachineImage(HOSTILE_CONFS[1]![1], '/i')).toBe('[machine]\ncpus = 3\nimage = "/i"\n');
+    expect(setMachineImage(HOSTILE_CONFS[2]![1], '/i')).toBe(
+      `[engine]\nenv = ["""A=\n[machine]\nimage = "/not/a/setting"\n"""]\n[machine]\nimage = "/i"\ncpus = 3\n`,
+    );
+    expect(setMachineImage(HOSTILE_CONFS[3]![1], '/i')).toBe('[machine]\nimage = "/i"\ncpus = 3\n');
+  });
+});
+
+// The podman of each row reads the file back: `machine init --help` shows the image and cpus it would use.
+describe.each(podmanVersions())('[$label] podman reads the rewritten containers.conf', (v) => {
+  beforeAll(() => requireAvailable(v));
+
+  it.each(HOSTILE_CONFS)("with %s: our image and the user's cpus", async (_what, conf) => {
+    const file = join(tmp, `hostile-${v.major}.conf`);
+    const image = '/t/ici-pvm/machine-os.qcow2.zst';
+    writeFileSync(file, setMachineImage(conf, image));
+    const variable = v.major >= 5 ? 'CONTAINERS_CONF_OVERRIDE' : 'CONTAINERS_CONF';
+    const help = await runWith(v, 'podman', ['machine', 'init', '--help'], {
+      env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', HOME: tmp, [variable]: file },
+      timeoutMs: 30_000,
+      allowFailure: true,
+    });
+    const out = help.stdout + help.stderr;
+    expect(out).toMatch(/--image(-path)? string .*\(default "\/t\/ici-pvm\/machine-os\.qcow2\.zst"\)/);
+    expect(out).toMatch(/--cpus uint .*\(default 3\)/);
   });
 });

@@ -27,7 +27,56 @@ export function tomlString(value: string): string {
 }
 
 const TABLE_HEADER = /^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$/;
-const IMAGE_KEY = /^\s*image\s*=/;
+/** `image`, bare or quoted: TOML reads `"image" = ...` as the same key, and a second one is an error. */
+const IMAGE_KEY = /^\s*(?:image|"image"|'image')\s*=/;
+
+/** A table name as TOML reads it: `["machine"]` and `['machine']` are `[machine]`. */
+function tableName(raw: string): string {
+  return raw.replace(/^(["'])([^"']*)\1$/, '$2');
+}
+
+/** The multi-line string open at the end of a line, if any. */
+type OpenString = '' | '"""' | "'''";
+
+/**
+ * Follows TOML's strings through one line: lines inside a multi-line string are text, not tables or keys (a
+ * `[machine]` line in a multi-line value is no table, and `image = ...` there no setting).
+ */
+function openStringAfter(line: string, open: OpenString): OpenString {
+  let i = 0;
+  while (i < line.length) {
+    if (open) {
+      if (open === '"""' && line[i] === '\\') {
+        i += 2;
+      } else if (line.startsWith(open, i)) {
+        // Up to two quotes right before the closing delimiter belong to the string.
+        let run = 0;
+        while (run < 5 && line[i + run] === open[0]) run++;
+        i += run;
+        open = '';
+      } else {
+        i++;
+      }
+      continue;
+    }
+    const c = line[i];
+    if (c === '#') break;
+    if (line.startsWith('"""', i) || line.startsWith("'''", i)) {
+      open = line.slice(i, i + 3) as OpenString;
+      i += 3;
+    } else if (c === '"') {
+      i++;
+      while (i < line.length && line[i] !== '"') i += line[i] === '\\' ? 2 : 1;
+      i++;
+    } else if (c === "'") {
+      const end = line.indexOf("'", i + 1);
+      i = end < 0 ? line.length : end + 1;
+    } else {
+      i++;
+    }
+  }
+  return open;
+}
 
 /**
  * Sets `image` in the `[machine]` table of a containers.conf text, keeping everything else as written.
@@ -39,16 +88,25 @@ export function setMachineImage(conf: string, imagePath: string): string {
   let inMachine = false;
   let machineHeader = -1;
   let replaced = false;
+  let open: OpenString = '';
   for (let i = 0; i < lines.length; i++) {
+    const inString = open !== '';
+    open = openStringAfter(lines[i]!, open);
+    if (inString) continue;
     const header = TABLE_HEADER.exec(lines[i]!);
     if (header) {
-      inMachine = header[1] === 'machine';
+      inMachine = tableName(header[1]!) === 'machine';
       if (inMachine) machineHeader = i;
       continue;
     }
     if (inMachine && IMAGE_KEY.test(lines[i]!)) {
       lines[i] = line;
       replaced = true;
+      // The old value was a multi-line string: its other lines go with it.
+      while (open && i + 1 < lines.length) {
+        open = openStringAfter(lines[i + 1]!, open);
+        lines.splice(i + 1, 1);
+      }
     }
   }
   if (!replaced) {
