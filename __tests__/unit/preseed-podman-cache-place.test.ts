@@ -81,3 +81,17 @@ it("removes podman's older digest-named disks, and nothing else", async () => {
   expect(placed.removed.sort()).toEqual(older.sort());
   expect(readFileSync(join(cacheDir, name), 'utf8')).toBe('new disk');
 });
+
+// Before: rm() of a directory with a disk's name threw EISDIR after the disk was placed, and the step failed.
+it('leaves a directory named like a disk alone: pruning never fails the step', async () => {
+  const cacheDir = join(here, 'prune-dir');
+  const dir = join(cacheDir, `${'6'.repeat(64)}.qcow2.zst`);
+  mkdirSync(dir, { recursive: true });
+  const image = join(here, 'new-dir.qcow2.zst');
+  writeFileSync(image, 'new disk');
+  const name = `${'7'.repeat(64)}.qcow2.zst`;
+  const placed = await placeInPodmanCache(image, cacheDir, name, isPodmanCachedDisk);
+  expect(placed.removed).toEqual([]);
+  expect(statSync(dir).isDirectory()).toBe(true);
+  expect(readFileSync(join(cacheDir, name), 'utf8')).toBe('new disk');
+});

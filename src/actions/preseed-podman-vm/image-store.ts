@@ -166,8 +166,12 @@ export async function placeInPodmanCache(
   const removed: string[] = [];
   for (const name of await readdir(cacheDir)) {
     if (name === fileName || !outdated(name)) continue;
-    await rm(join(cacheDir, name), { force: true });
-    removed.push(name);
+    // Tidying up, not the step's work: the disk is in place. Podman only ever writes regular files here; what
+    // else has such a name (a directory) is not ours to judge, and one we cannot remove stays.
+    const path = join(cacheDir, name);
+    const info = await lstat(path).catch(() => undefined);
+    if (!info?.isFile()) continue;
+    if (await rm(path, { force: true }).then(() => true, () => false)) removed.push(name);
   }
   return { target, removed };
 }
