@@ -141,6 +141,7 @@ const HOSTILE_CONFS: Array<[string, string]> = [
     `[engine]\nenv = ["""A=\n[machine]\nimage = "/not/a/setting"\n"""]\n[machine]\ncpus = 3\n`,
   ],
   ['an image given as a multi-line string', `[machine]\nimage = '''\n/theirs'''\ncpus = 3\n`],
+  ['a BOM and CRLF line ends', `\uFEFF[machine]\r\ncpus = 3\r\nimage = "/theirs" # old\r\n`],
 ];
 
 describe('setMachineImage on valid TOML a line edit can misread', () => {

@@ -84,7 +84,9 @@ function openStringAfter(line: string, open: OpenString): OpenString {
  */
 export function setMachineImage(conf: string, imagePath: string): string {
   const line = `image = ${tomlString(imagePath)}`;
-  const lines = conf === '' ? [] : conf.replace(/\n$/, '').split('\n');
+  // Podman 5 skips a BOM; podman 4's TOML parser stops at it ("expected '.' or '=', but got '\ufeff'").
+  const text = conf.replace(/^\uFEFF/, '');
+  const lines = text === '' ? [] : text.replace(/\n$/, '').split('\n');
   let inMachine = false;
   let machineHeader = -1;
   let replaced = false;
