@@ -117,6 +117,21 @@ describe('planContainersConf', () => {
     expect(plan.text).toBe('[engine]\nruntime = "crun"\n\n[machine]\nimage = "/i.qcow2.zst"\n');
   });
 
+  // Before: the CONTAINERS_CONF base (podman < 4.4) was read with readFile, unchecked: a directory there threw
+  // a bare EISDIR, a FIFO blocked main for good, a disk image there was read whole into memory.
+  it('refuses a CONTAINERS_CONF that is no regular file of at most 1 MiB, naming the variable', async () => {
+    const big = join(tmp, 'big.conf');
+    writeFileSync(big, Buffer.alloc(1024 * 1024 + 1, 0x23));
+    for (const earlier of [big, tmp]) {
+      await expect(
+        planContainersConf('/i', 'CONTAINERS_CONF', join(tmp, 'own.conf'), {
+          HOME: tmp,
+          CONTAINERS_CONF: earlier,
+        }),
+      ).rejects.toThrow(/^Environment variable CONTAINERS_CONF: names .*, which cannot be carried/);
+    }
+  });
+
   it('prefers a CONTAINERS_CONF already set, but never nests its own earlier file', async () => {
     const earlier = join(tmp, 'earlier.conf');
     writeFileSync(earlier, '[engine]\nruntime = "runc"\n');

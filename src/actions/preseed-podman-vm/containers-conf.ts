@@ -6,12 +6,11 @@
  * for an override file already set: there is only one.
  */
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readRegularFile } from '../../core/files.js';
 import { InputError } from '../../core/inputs.js';
 import { CONTAINERS_CONF, CONTAINERS_CONF_OVERRIDE, type ContainersConfVariable } from '../../core/podman.js';
-import { errorMessage } from '../../core/run.js';
+import { ActionError, errorMessage } from '../../core/run.js';
 
 /** A containers.conf is a few KB; a larger file is no containers.conf. */
 const CONF_LIMIT = 1024 * 1024;
@@ -142,6 +141,26 @@ export interface ConfPlan {
   base?: string;
 }
 
+/**
+ * A conf to carry over, read as a regular file of at most CONF_LIMIT: the variables may name anything, and a FIFO
+ * or a device would block the read or never end. `variable` is the one that named it, if one did.
+ */
+async function readBaseConf(path: string, variable?: ContainersConfVariable): Promise<string> {
+  try {
+    return (await readRegularFile(path, CONF_LIMIT)).toString('utf8');
+  } catch (error) {
+    const why = `${path}, which cannot be carried into the action's containers.conf (${errorMessage(error)})`;
+    if (variable) {
+      throw new InputError(
+        variable,
+        `names ${why}; point it at a containers.conf file or unset it.`,
+        'environment',
+      );
+    }
+    throw new ActionError(`podman's containers.conf is ${why}.`);
+  }
+}
+
 export async function planContainersConf(
   imagePath: string,
   variable: ContainersConfVariable,
@@ -154,23 +173,12 @@ export async function planContainersConf(
     // file too (it already holds what was carried then).
     const earlier = env[CONTAINERS_CONF_OVERRIDE];
     const base = earlier && existsSync(earlier) ? earlier : undefined;
-    let baseText = '';
-    if (base) {
-      // The variable may name anything; a FIFO or a device would block the read or never end.
-      try {
-        baseText = (await readRegularFile(base, CONF_LIMIT)).toString('utf8');
-      } catch (error) {
-        throw new InputError(
-          CONTAINERS_CONF_OVERRIDE,
-          `names ${base}, which cannot be carried into the action's containers.conf (${errorMessage(error)}); point it at a containers.conf file or unset it.`,
-          'environment',
-        );
-      }
-    }
+    const baseText = base ? await readBaseConf(base, CONTAINERS_CONF_OVERRIDE) : '';
     return { variable, text: setMachineImage(baseText, imagePath), ...(base ? { base } : {}) };
   }
   // Our own file from an earlier step is not a base: that would only nest our edit.
   const base = baseConfCandidates(env).find((p) => p !== ownPath && existsSync(p));
-  const baseText = base ? await readFile(base, 'utf8') : '';
+  const named = base !== undefined && base === env[CONTAINERS_CONF] ? CONTAINERS_CONF : undefined;
+  const baseText = base ? await readBaseConf(base, named) : '';
   return { variable, text: setMachineImage(baseText, imagePath), base };
 }
