@@ -203,8 +203,16 @@ describe('preseed-podman-vm with a registry and the Actions cache', () => {
   // `podman machine init` on this host made a machine of it that cannot boot.
   it("a prefetch for another arch exports no containers.conf: podman here inits the host's arch only", async () => {
     const other = process.arch === 'arm64' ? 'x86_64' : 'aarch64';
-    const r = await run(job('other-arch'), await newCacheService(), { arch: other });
+    const j = job('other-arch');
+    // Before: the other arch's disk was placed in podman's image cache (one per provider, not per arch) and the
+    // host's disk an earlier step had placed there was pruned as outdated.
+    const podmanCache = join(j.home, '.local/share/containers/podman/machine/qemu/cache');
+    const hostDisk = `${fake.disk(other === 'aarch64' ? 'x86_64' : 'aarch64', 'qemu').manifestDigest.slice(7)}.qcow2.zst`;
+    mkdirSync(podmanCache, { recursive: true });
+    writeFileSync(join(podmanCache, hostDisk), 'the host disk');
+    const r = await run(j, await newCacheService(), { arch: other });
     expectStepsOk(r);
+    expect(readdirSync(podmanCache)).toEqual([hostDisk]);
     expect(r.outputs['image-digest']).toBe(fake.disk(other, 'qemu').manifestDigest);
     expect(r.outputs['containers-conf']).toBe('');
     expect(Object.keys(r.exportedEnv).filter((k) => k.startsWith('CONTAINERS_CONF'))).toEqual([]);

@@ -275,7 +275,7 @@ async function locateRemote(
     const titleOk = source.kind !== 'fcos' || (record !== undefined && isPlainFileName(record.title));
     if (check.ok && record && current && titleOk) {
       host.info(`Using the cached image ${paths.image} (${record.digest}), sha256 verified.`);
-      await placeForPodman(host, paths.image, record, source, vmType);
+      await placeForPodman(host, paths.image, record, source, vmType, arch);
       return { path: paths.image, digest: record.digest, fromCache: true, size: record.size };
     }
     if (check.ok) {
@@ -301,7 +301,7 @@ async function locateRemote(
 
   const located = await download(host, source, resolved, paths, maxBytes);
   if (inputs.cache) planCacheSave(host, { paths: cachePaths, key });
-  await placeForPodman(host, paths.image, located.record, source, vmType);
+  await placeForPodman(host, paths.image, located.record, source, vmType, arch);
   return located;
 }
 
@@ -351,7 +351,14 @@ async function placeForPodman(
   record: StoredImageRecord,
   source: ImageSource,
   vmType: VmType,
+  arch: MachineArch,
 ): Promise<void> {
+  // Podman's cache dir is per provider, not per arch, and podman here only inits the host's arch: another arch's
+  // disk there is never used, and pruning for it would remove the host's disk an earlier step (or podman) put there.
+  if (!isHostArch(arch)) {
+    host.info(`Not placed in podman's image cache: podman here inits ${process.arch} machines only.`);
+    return;
+  }
   let name: string;
   if (source.kind === 'registry') name = podmanCacheFileName(record.digest, vmType);
   else if (source.kind === 'fcos') name = record.title;
