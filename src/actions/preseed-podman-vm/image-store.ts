@@ -171,7 +171,12 @@ export async function placeInPodmanCache(
     const path = join(cacheDir, name);
     const info = await lstat(path).catch(() => undefined);
     if (!info?.isFile()) continue;
-    if (await rm(path, { force: true }).then(() => true, () => false)) removed.push(name);
+    try {
+      await rm(path, { force: true });
+      removed.push(name);
+    } catch {
+      // stays: the next step (or podman's next pull) tries again
+    }
   }
   return { target, removed };
 }
