@@ -5,12 +5,13 @@
  */
 import { describe, expect, it, beforeAll, afterAll } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
 import { readOciLayout } from '../../src/core/oci/layout.js';
 import { dockerSaveToLayout } from '../../src/actions/push-multi-tag/docker-save.js';
 import { readDockerDaemonImage } from '../../src/actions/push-multi-tag/docker-daemon.js';
@@ -361,14 +362,18 @@ describe('an OCI archive or layout that points out of itself', () => {
 describe('docker-daemon: a mock engine that answers 200 with no image export', () => {
   /** The scratch dir of the last export. */
   let scratch = '';
-  async function exportFrom(answer: (res: ServerResponse) => void, timeoutMs = 30_000): Promise<string> {
+  async function exportFrom(
+    answer: (res: ServerResponse) => void,
+    timeoutMs = 30_000,
+    id = `sha256:${'1'.repeat(64)}`,
+  ): Promise<string> {
     const dir = mkdtempSync(join(work, 'engine-'));
     scratch = dir;
     const socket = join(dir, 'docker.sock');
     // Which image x:1 is, answered as an engine does; the export is what the test is about.
     const server = createServer((req, res) =>
       req.url === '/images/x:1/json'
-        ? res.writeHead(200).end(JSON.stringify({ Id: `sha256:${'1'.repeat(64)}` }))
+        ? res.writeHead(200).end(JSON.stringify({ Id: id }))
         : answer(res),
     );
     await new Promise<void>((resolve) => server.listen(socket, resolve));
@@ -446,5 +451,44 @@ describe('docker-daemon: a mock engine that answers 200 with no image export', (
         res.writeHead(200).write(header('l/layer.tar', 1 << 20));
       }, 1000),
     ).toBe("cannot read the source docker-daemon:x:1: the Docker engine's export did not end within 1.0 s.");
+  });
+
+  it('a gzip layer no manifest binds that inflates without end (a gzip bomb): its check stops at the export deadline', async () => {
+    // 10 MB of gzip members of 64 MiB of zeros each: 10 GiB once inflated, where the export itself takes moments.
+    const member = gzipSync(Buffer.alloc(64 * 1024 * 1024));
+    const bomb = Buffer.concat(Array<Buffer>(160).fill(member));
+    const { config, manifest } = image();
+    const archive = Buffer.concat([
+      ...file('l/layer.tar', bomb),
+      ...file('c.json', config),
+      ...file('manifest.json', manifest),
+      END,
+    ]);
+    const said = await exportFrom((res) => res.writeHead(200).end(archive), 2000, sha(config));
+    expect(said).toBe(
+      "cannot read the source docker-daemon:x:1: layer 1 (l/layer.tar): decompressing it to check it against the config's diff_id did not end before the source's deadline.",
+    );
+  });
+});
+
+describe('dockerSaveToLayout: a gzip layer checked against its diff_id that is cut short', () => {
+  it('names the layer, not only zlib\'s "unexpected end of file"', async () => {
+    const { layer, config, manifest } = image();
+    const cut = gzipSync(Buffer.concat([layer, randomBytes(4000)])).subarray(0, 2000);
+    const stream = Buffer.concat([
+      ...file('l/layer.tar', cut),
+      ...file('c.json', config),
+      ...file('manifest.json', manifest),
+      END,
+    ]);
+    const layoutDir = mkdtempSync(join(work, 'layout-'));
+    await expect(
+      dockerSaveToLayout(Readable.from([stream]), {
+        layoutDir,
+        compress: 'gzip',
+        what: 'docker-daemon:x',
+        imageId: sha(config),
+      }),
+    ).rejects.toThrow('docker-daemon:x: layer 1 (l/layer.tar) is no complete gzip stream: unexpected end of file.');
   });
 });

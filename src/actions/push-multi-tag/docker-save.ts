@@ -17,6 +17,7 @@ import { digestOf } from '../../core/oci/digest.js';
 import { MANIFEST_LIMIT, MediaType, type Descriptor } from '../../core/oci/media-types.js';
 import { blobPath, REF_NAME_ANNOTATION } from '../../core/oci/layout.js';
 import { readTar } from './tar-stream.js';
+import { errorMessage } from '../../core/run.js';
 
 const LAYER_TAR = 'application/vnd.oci.image.layer.v1.tar';
 const CONFIG = 'application/vnd.oci.image.config.v1+json';
@@ -52,6 +53,11 @@ export interface DockerSaveOptions {
    * or index in the export that leads to the exported config and layers.
    */
   imageId?: string;
+  /**
+   * The source's deadline. The export's stream carries it until its end; a compressed layer decompressed after
+   * that, to check it against its diff_id, must stop at it too: a small gzip layer may inflate to terabytes.
+   */
+  signal?: AbortSignal;
 }
 
 /** A stored entry: its bytes in memory, or a blob already in the layout. */
@@ -337,6 +343,7 @@ export async function dockerSaveToLayout(
         layer.descriptor,
         diffIds[i],
         `${what}: layer ${i + 1} (${String(layerNames[i])})`,
+        options.signal,
       );
     }
   }
@@ -406,6 +413,7 @@ async function checkCompressedDiffId(
   descriptor: Descriptor,
   diffId: unknown,
   what: string,
+  signal: AbortSignal | undefined,
 ): Promise<void> {
   if (!descriptor.mediaType.endsWith('+gzip')) {
     // Node.js has no zstd before 22.15.
@@ -414,9 +422,25 @@ async function checkCompressedDiffId(
     );
   }
   const hash = createHash('sha256');
-  await pipeline(createReadStream(blobPath(layoutDir, descriptor.digest)), createGunzip(), async (source) => {
-    for await (const chunk of source) hash.update(chunk as Buffer);
-  });
+  try {
+    await pipeline(
+      createReadStream(blobPath(layoutDir, descriptor.digest)),
+      createGunzip(),
+      async (source: AsyncIterable<Buffer>) => {
+        for await (const chunk of source) hash.update(chunk);
+      },
+      signal ? { signal } : {},
+    );
+  } catch (error) {
+    if (signal?.aborted) {
+      throw new Error(
+        `${what}: decompressing it to check it against the config's diff_id did not end before the source's deadline.`,
+        { cause: error },
+      );
+    }
+    // zlib's own words ("unexpected end of file") name no layer.
+    throw new Error(`${what} is no complete gzip stream: ${errorMessage(error)}.`, { cause: error });
+  }
   const content = `sha256:${hash.digest('hex')}`;
   if (content !== diffId)
     throw new Error(`${what} has content ${content}; the config says ${String(diffId)}.`);
