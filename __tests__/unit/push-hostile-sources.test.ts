@@ -75,6 +75,15 @@ function image(configName = 'c.json', extra: object = {}) {
   return { layer, config, manifest };
 }
 
+/** An export of one image: `layer` as l/layer.tar, then the config and manifest.json (as image() makes them). */
+const exportOf = (layer: Buffer, config: Buffer, manifest: Buffer) =>
+  Buffer.concat([
+    ...file('l/layer.tar', layer),
+    ...file('c.json', config),
+    ...file('manifest.json', manifest),
+    END,
+  ]);
+
 async function toLayout(stream: AsyncIterable<Buffer>) {
   const layoutDir = mkdtempSync(join(work, 'layout-'));
   await dockerSaveToLayout(stream, { layoutDir, compress: 'none', what: 'docker-daemon:x' });
@@ -372,9 +381,7 @@ describe('docker-daemon: a mock engine that answers 200 with no image export', (
     const socket = join(dir, 'docker.sock');
     // Which image x:1 is, answered as an engine does; the export is what the test is about.
     const server = createServer((req, res) =>
-      req.url === '/images/x:1/json'
-        ? res.writeHead(200).end(JSON.stringify({ Id: id }))
-        : answer(res),
+      req.url === '/images/x:1/json' ? res.writeHead(200).end(JSON.stringify({ Id: id })) : answer(res),
     );
     await new Promise<void>((resolve) => server.listen(socket, resolve));
     try {
@@ -458,12 +465,7 @@ describe('docker-daemon: a mock engine that answers 200 with no image export', (
     const member = gzipSync(Buffer.alloc(64 * 1024 * 1024));
     const bomb = Buffer.concat(Array<Buffer>(160).fill(member));
     const { config, manifest } = image();
-    const archive = Buffer.concat([
-      ...file('l/layer.tar', bomb),
-      ...file('c.json', config),
-      ...file('manifest.json', manifest),
-      END,
-    ]);
+    const archive = exportOf(bomb, config, manifest);
     const said = await exportFrom((res) => res.writeHead(200).end(archive), 2000, sha(config));
     expect(said).toBe(
       "cannot read the source docker-daemon:x:1: layer 1 (l/layer.tar): decompressing it to check it against the config's diff_id did not end before the source's deadline.",
@@ -471,24 +473,26 @@ describe('docker-daemon: a mock engine that answers 200 with no image export', (
   });
 });
 
-describe('dockerSaveToLayout: a gzip layer checked against its diff_id that is cut short', () => {
-  it('names the layer, not only zlib\'s "unexpected end of file"', async () => {
-    const { layer, config, manifest } = image();
-    const cut = gzipSync(Buffer.concat([layer, randomBytes(4000)])).subarray(0, 2000);
-    const stream = Buffer.concat([
-      ...file('l/layer.tar', cut),
-      ...file('c.json', config),
-      ...file('manifest.json', manifest),
-      END,
-    ]);
+describe('dockerSaveToLayout: a gzip layer checked against its diff_id that is no valid gzip stream', () => {
+  const gzipped = gzipSync(Buffer.concat([Buffer.alloc(1024), randomBytes(4000)]));
+  it.each([
+    ['cut short', gzipped.subarray(0, 2000), 'unexpected end of file'],
+    // Go's gzip reader, which docker and containerd unpack layers with, refuses it too.
+    [
+      'followed by bytes that are no gzip member',
+      Buffer.concat([gzipped, Buffer.from('trailing')]),
+      'incorrect header check',
+    ],
+  ])("%s: the error names the layer, not only zlib's words", async (_what, layer, zlib) => {
+    const { config, manifest } = image();
     const layoutDir = mkdtempSync(join(work, 'layout-'));
     await expect(
-      dockerSaveToLayout(Readable.from([stream]), {
+      dockerSaveToLayout(Readable.from([exportOf(layer, config, manifest)]), {
         layoutDir,
         compress: 'gzip',
         what: 'docker-daemon:x',
         imageId: sha(config),
       }),
-    ).rejects.toThrow('docker-daemon:x: layer 1 (l/layer.tar) is no complete gzip stream: unexpected end of file.');
+    ).rejects.toThrow(`docker-daemon:x: layer 1 (l/layer.tar) is not a valid gzip stream (${zlib}).`);
   });
 });

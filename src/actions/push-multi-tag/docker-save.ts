@@ -438,8 +438,9 @@ async function checkCompressedDiffId(
         { cause: error },
       );
     }
+    if (!String((error as { code?: unknown }).code).startsWith('Z_')) throw error;
     // zlib's own words ("unexpected end of file") name no layer.
-    throw new Error(`${what} is no complete gzip stream: ${errorMessage(error)}.`, { cause: error });
+    throw new Error(`${what} is not a valid gzip stream (${errorMessage(error)}).`, { cause: error });
   }
   const content = `sha256:${hash.digest('hex')}`;
   if (content !== diffId)
