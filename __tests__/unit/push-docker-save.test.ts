@@ -262,6 +262,34 @@ describe('dockerSaveToLayout', () => {
     expect(layers).toHaveLength(2);
   });
 
+  it('a layer over 16 MiB in the v7 tar format (no ustar magic, as `docker import` of such a tarball keeps it) is a layer', async () => {
+    const dir = mkdtempSync(join(work, 'v7-'));
+    writeFileSync(join(dir, 'big'), Buffer.alloc(17 * 1024 * 1024));
+    const file = join(dir, 'layer.tar');
+    execFileSync('tar', ['--format=v7', '-cf', file, '-C', dir, 'big']);
+    const layer = readFileSync(file);
+    expect(layer.subarray(257, 262).toString('latin1')).not.toBe('ustar');
+    mkdirSync(join(dir, 'l'));
+    writeFileSync(join(dir, 'l', 'layer.tar'), layer);
+    const config = Buffer.from(JSON.stringify({ rootfs: { type: 'layers', diff_ids: [sha(layer)] } }));
+    writeFileSync(join(dir, 'c.json'), config);
+    writeFileSync(
+      join(dir, 'manifest.json'),
+      JSON.stringify([{ Config: 'c.json', Layers: ['l/layer.tar'] }]),
+    );
+    // Read in 64 KiB pieces: 17 MiB in the 1000-byte pieces of toLayout would take seconds.
+    const layoutDir = mkdtempSync(join(work, 'layout-'));
+    await dockerSaveToLayout(createReadStream(archive(dir, ['l', 'c.json', 'manifest.json'])), {
+      layoutDir,
+      compress: 'none',
+      what: 'docker-daemon:x',
+      imageId: sha(config),
+    });
+    const image = await readOciLayout(layoutDir, 'image');
+    const manifest = JSON.parse(image.root.bytes.toString('utf8')) as { layers: { digest: string }[] };
+    expect(manifest.layers.map((l) => l.digest)).toEqual([sha(layer)]);
+  });
+
   it('Docker 25 format: a 5 MiB layer streamed into the layout as it arrives', async () => {
     const exp = blobsExport({ bigLayer: true });
     const image = await toLayout(exp);

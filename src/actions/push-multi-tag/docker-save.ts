@@ -16,7 +16,7 @@ import { createGunzip, createGzip } from 'node:zlib';
 import { digestOf } from '../../core/oci/digest.js';
 import { MANIFEST_LIMIT, MediaType, type Descriptor } from '../../core/oci/media-types.js';
 import { blobPath, REF_NAME_ANNOTATION } from '../../core/oci/layout.js';
-import { readTar } from './tar-stream.js';
+import { checksumOk, readTar } from './tar-stream.js';
 import { errorMessage } from '../../core/run.js';
 
 const LAYER_TAR = 'application/vnd.oci.image.layer.v1.tar';
@@ -84,9 +84,12 @@ function compressionOf(head: Buffer): 'gzip' | 'zstd' | undefined {
   return undefined;
 }
 
-/** A tar's first header: the ustar magic (POSIX "ustar\0", GNU "ustar "), as every layer writer puts it. */
+/**
+ * A tar's first header, by its checksum: not by the ustar magic, which a v7 tar lacks (`docker import` keeps a
+ * tarball's bytes as given, and a classic engine exports them so), and a v7 layer over 16 MiB would be no layer.
+ */
 function isTar(head: Buffer): boolean {
-  return head.length >= 263 && head.subarray(257, 262).toString('latin1') === 'ustar';
+  return head.length >= 512 && checksumOk(head.subarray(0, 512));
 }
 
 /** Collects at least `n` bytes of `body` (or all of it), and an iterable that replays them before the rest. */
