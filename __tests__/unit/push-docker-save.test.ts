@@ -262,6 +262,34 @@ describe('dockerSaveToLayout', () => {
     expect(layers).toHaveLength(2);
   });
 
+  it('a layer over 16 MiB in the v7 tar format (no ustar magic, as `docker import` of such a tarball keeps it) is a layer', async () => {
+    const dir = mkdtempSync(join(work, 'v7-'));
+    writeFileSync(join(dir, 'big'), Buffer.alloc(17 * 1024 * 1024));
+    const file = join(dir, 'layer.tar');
+    execFileSync('tar', ['--format=v7', '-cf', file, '-C', dir, 'big']);
+    const layer = readFileSync(file);
+    expect(layer.subarray(257, 262).toString('latin1')).not.toBe('ustar');
+    mkdirSync(join(dir, 'l'));
+    writeFileSync(join(dir, 'l', 'layer.tar'), layer);
+    const config = Buffer.from(JSON.stringify({ rootfs: { type: 'layers', diff_ids: [sha(layer)] } }));
+    writeFileSync(join(dir, 'c.json'), config);
+    writeFileSync(
+      join(dir, 'manifest.json'),
+      JSON.stringify([{ Config: 'c.json', Layers: ['l/layer.tar'] }]),
+    );
+    // Read in 64 KiB pieces: 17 MiB in the 1000-byte pieces of toLayout would take seconds.
+    const layoutDir = mkdtempSync(join(work, 'layout-'));
+    await dockerSaveToLayout(createReadStream(archive(dir, ['l', 'c.json', 'manifest.json'])), {
+      layoutDir,
+      compress: 'none',
+      what: 'docker-daemon:x',
+      imageId: sha(config),
+    });
+    const image = await readOciLayout(layoutDir, 'image');
+    const manifest = JSON.parse(image.root.bytes.toString('utf8')) as { layers: { digest: string }[] };
+    expect(manifest.layers.map((l) => l.digest)).toEqual([sha(layer)]);
+  });
+
   it('Docker 25 format: a 5 MiB layer streamed into the layout as it arrives', async () => {
     const exp = blobsExport({ bigLayer: true });
     const image = await toLayout(exp);
@@ -380,6 +408,106 @@ describe('dockerSaveToLayout', () => {
     await expect(toLayout(swapped, 'gzip', sha(swapped.manifests![1]!))).rejects.toThrow(
       `docker-daemon:x: the export is image ${sha(swapped.config)}, not ${sha(swapped.manifests![1]!)}, the image asked for.`,
     );
+  });
+
+  it('containerd image store, a multi-platform image pulled for the host only (as on a runner): the ID is the index, the export holds it and the host manifest with its blobs (not the other platform), and an attestation manifest without its blobs', async () => {
+    // What moby's ExportImage (all platforms, the host's preferred, containerd's WithSkipMissing) writes for
+    // `GET /images/get?names=<index digest>`, the ID `GET /images/<name>/json` gives: see the README.
+    const dir = mkdtempSync(join(work, 'multi-'));
+    mkdirSync(join(dir, 'blobs', 'sha256'), { recursive: true });
+    const put = (data: Buffer) => {
+      writeFileSync(join(dir, 'blobs', 'sha256', sha(data).slice(7)), data);
+      return data;
+    };
+    const tar = layerTar('app', randomBytes(3000));
+    // The empty layer old images carry (32 bytes of gzip), smaller than any layer the reader streams.
+    const empty = Buffer.alloc(1024);
+    const layers = [put(gzipSync(tar)), put(gzipSync(empty))];
+    const config = put(
+      Buffer.from(
+        JSON.stringify({
+          architecture: 'amd64',
+          os: 'linux',
+          rootfs: { type: 'layers', diff_ids: [sha(tar), sha(empty)] },
+        }),
+      ),
+    );
+    const descriptor = (data: Buffer, mediaType: string, extra: object = {}) => ({
+      mediaType,
+      digest: sha(data),
+      size: data.length,
+      ...extra,
+    });
+    const manifestOf = (cfg: Buffer, ls: Buffer[], configType = 'application/vnd.oci.image.config.v1+json') =>
+      Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: 'application/vnd.oci.image.manifest.v1+json',
+          config: descriptor(cfg, configType),
+          layers: ls.map((l) => descriptor(l, 'application/vnd.oci.image.layer.v1.tar+gzip')),
+        }),
+      );
+    const host = put(manifestOf(config, layers));
+    // Another platform: neither its manifest nor its blobs were pulled.
+    const arm = manifestOf(Buffer.from('{"architecture":"arm64"}'), [gzipSync(Buffer.from('arm'))]);
+    // An attestation manifest whose manifest is here but not its blobs: exported alone.
+    const attestation = put(
+      manifestOf(Buffer.from('{}'), [Buffer.from('{"predicate":{}}')], 'application/vnd.in-toto+json'),
+    );
+    const index = put(
+      Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: 'application/vnd.oci.image.index.v1+json',
+          manifests: [
+            descriptor(host, 'application/vnd.oci.image.manifest.v1+json', {
+              platform: { architecture: 'amd64', os: 'linux' },
+            }),
+            descriptor(arm, 'application/vnd.oci.image.manifest.v1+json', {
+              platform: { architecture: 'arm64', os: 'linux', variant: 'v8' },
+            }),
+            descriptor(attestation, 'application/vnd.oci.image.manifest.v1+json', {
+              platform: { architecture: 'unknown', os: 'unknown' },
+              annotations: { 'vnd.docker.reference.type': 'attestation-manifest' },
+            }),
+          ],
+        }),
+      ),
+    );
+    writeFileSync(
+      join(dir, 'index.json'),
+      JSON.stringify({
+        schemaVersion: 2,
+        manifests: [descriptor(index, 'application/vnd.oci.image.index.v1+json')],
+      }),
+    );
+    writeFileSync(
+      join(dir, 'manifest.json'),
+      JSON.stringify([
+        {
+          Config: `blobs/sha256/${sha(config).slice(7)}`,
+          RepoTags: null,
+          Layers: layers.map((l) => `blobs/sha256/${sha(l).slice(7)}`),
+        },
+      ]),
+    );
+    writeFileSync(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+    // containerd writes its records sorted by name.
+    const exp = {
+      file: archive(dir, ['blobs', 'index.json', 'manifest.json', 'oci-layout']),
+      config,
+      diffIds: [],
+      layers,
+    };
+    const image = await toLayout(exp, 'gzip', sha(index));
+    const pushed = JSON.parse(image.root.bytes.toString('utf8')) as {
+      config: { digest: string };
+      layers: { digest: string }[];
+    };
+    expect(pushed.config.digest).toBe(sha(config));
+    expect(pushed.layers.map((l) => l.digest)).toEqual(layers.map(sha));
+    // The index's manifest (what an engine on another platform would name) is that image too.
+    await expect(toLayout(exp, 'gzip', sha(host))).resolves.toBeDefined();
   });
 
   it('an ID whose name in the export is a link to a manifest of other bytes does not name that manifest', async () => {

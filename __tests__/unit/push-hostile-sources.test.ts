@@ -5,12 +5,13 @@
  */
 import { describe, expect, it, beforeAll, afterAll } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
 import { readOciLayout } from '../../src/core/oci/layout.js';
 import { dockerSaveToLayout } from '../../src/actions/push-multi-tag/docker-save.js';
 import { readDockerDaemonImage } from '../../src/actions/push-multi-tag/docker-daemon.js';
@@ -73,6 +74,15 @@ function image(configName = 'c.json', extra: object = {}) {
   const manifest = Buffer.from(JSON.stringify([{ Config: configName, Layers: ['l/layer.tar'] }]));
   return { layer, config, manifest };
 }
+
+/** An export of one image: `layer` as l/layer.tar, then the config and manifest.json (as image() makes them). */
+const exportOf = (layer: Buffer, config: Buffer, manifest: Buffer) =>
+  Buffer.concat([
+    ...file('l/layer.tar', layer),
+    ...file('c.json', config),
+    ...file('manifest.json', manifest),
+    END,
+  ]);
 
 async function toLayout(stream: AsyncIterable<Buffer>) {
   const layoutDir = mkdtempSync(join(work, 'layout-'));
@@ -361,15 +371,17 @@ describe('an OCI archive or layout that points out of itself', () => {
 describe('docker-daemon: a mock engine that answers 200 with no image export', () => {
   /** The scratch dir of the last export. */
   let scratch = '';
-  async function exportFrom(answer: (res: ServerResponse) => void, timeoutMs = 30_000): Promise<string> {
+  async function exportFrom(
+    answer: (res: ServerResponse) => void,
+    timeoutMs = 30_000,
+    id = `sha256:${'1'.repeat(64)}`,
+  ): Promise<string> {
     const dir = mkdtempSync(join(work, 'engine-'));
     scratch = dir;
     const socket = join(dir, 'docker.sock');
     // Which image x:1 is, answered as an engine does; the export is what the test is about.
     const server = createServer((req, res) =>
-      req.url === '/images/x:1/json'
-        ? res.writeHead(200).end(JSON.stringify({ Id: `sha256:${'1'.repeat(64)}` }))
-        : answer(res),
+      req.url === '/images/x:1/json' ? res.writeHead(200).end(JSON.stringify({ Id: id })) : answer(res),
     );
     await new Promise<void>((resolve) => server.listen(socket, resolve));
     try {
@@ -446,5 +458,41 @@ describe('docker-daemon: a mock engine that answers 200 with no image export', (
         res.writeHead(200).write(header('l/layer.tar', 1 << 20));
       }, 1000),
     ).toBe("cannot read the source docker-daemon:x:1: the Docker engine's export did not end within 1.0 s.");
+  });
+
+  it('a gzip layer no manifest binds that inflates without end (a gzip bomb): its check stops at the export deadline', async () => {
+    // 10 MB of gzip members of 64 MiB of zeros each: 10 GiB once inflated, where the export itself takes moments.
+    const member = gzipSync(Buffer.alloc(64 * 1024 * 1024));
+    const bomb = Buffer.concat(Array<Buffer>(160).fill(member));
+    const { config, manifest } = image();
+    const archive = exportOf(bomb, config, manifest);
+    const said = await exportFrom((res) => res.writeHead(200).end(archive), 2000, sha(config));
+    expect(said).toBe(
+      "cannot read the source docker-daemon:x:1: layer 1 (l/layer.tar): decompressing it to check it against the config's diff_id did not end before the source's deadline.",
+    );
+  });
+});
+
+describe('dockerSaveToLayout: a gzip layer checked against its diff_id that is no valid gzip stream', () => {
+  const gzipped = gzipSync(Buffer.concat([Buffer.alloc(1024), randomBytes(4000)]));
+  it.each([
+    ['cut short', gzipped.subarray(0, 2000), 'unexpected end of file'],
+    // Go's gzip reader, which docker and containerd unpack layers with, refuses it too.
+    [
+      'followed by bytes that are no gzip member',
+      Buffer.concat([gzipped, Buffer.from('trailing')]),
+      'incorrect header check',
+    ],
+  ])("%s: the error names the layer, not only zlib's words", async (_what, layer, zlib) => {
+    const { config, manifest } = image();
+    const layoutDir = mkdtempSync(join(work, 'layout-'));
+    await expect(
+      dockerSaveToLayout(Readable.from([exportOf(layer, config, manifest)]), {
+        layoutDir,
+        compress: 'gzip',
+        what: 'docker-daemon:x',
+        imageId: sha(config),
+      }),
+    ).rejects.toThrow(`docker-daemon:x: layer 1 (l/layer.tar) is not a valid gzip stream (${zlib}).`);
   });
 });

@@ -224,6 +224,8 @@ export async function readDockerDaemonImage(
   const compression = options.compression ?? 'gzip';
   options.log(`Exporting ${ref} from the Docker engine at ${engine.address}`);
   let imageId: string;
+  // One deadline for the export: its stream, and the checks of what it held once it has ended.
+  const deadline = AbortSignal.timeout(options.timeoutMs);
   try {
     imageId = await resolveImageId(engine, ref, subject);
     options.log(`${ref} is the engine's image ${imageId}; exporting that image by its ID`);
@@ -232,7 +234,7 @@ export async function readDockerDaemonImage(
         origin: engine.origin,
         path: `/images/get?${new URLSearchParams({ names: imageId }).toString()}`,
         method: 'GET',
-        signal: AbortSignal.timeout(options.timeoutMs),
+        signal: deadline,
       })
       .catch((error: unknown) => {
         throw new ActionError(`cannot read the source ${subject}: ${unreachable(error, engine.address)}`);
@@ -250,6 +252,7 @@ export async function readDockerDaemonImage(
         compress: compression === 'gzip' ? 'gzip' : 'none',
         what: subject,
         imageId,
+        signal: deadline,
       });
     } catch (error) {
       if (error instanceof ActionError) throw error;

@@ -16,7 +16,8 @@ import { createGunzip, createGzip } from 'node:zlib';
 import { digestOf } from '../../core/oci/digest.js';
 import { MANIFEST_LIMIT, MediaType, type Descriptor } from '../../core/oci/media-types.js';
 import { blobPath, REF_NAME_ANNOTATION } from '../../core/oci/layout.js';
-import { readTar } from './tar-stream.js';
+import { checksumOk, readTar } from './tar-stream.js';
+import { errorMessage } from '../../core/run.js';
 
 const LAYER_TAR = 'application/vnd.oci.image.layer.v1.tar';
 const CONFIG = 'application/vnd.oci.image.config.v1+json';
@@ -52,6 +53,11 @@ export interface DockerSaveOptions {
    * or index in the export that leads to the exported config and layers.
    */
   imageId?: string;
+  /**
+   * The source's deadline. The export's stream carries it until its end; a compressed layer decompressed after
+   * that, to check it against its diff_id, must stop at it too: a small gzip layer may inflate to terabytes.
+   */
+  signal?: AbortSignal;
 }
 
 /** A stored entry: its bytes in memory, or a blob already in the layout. */
@@ -78,9 +84,12 @@ function compressionOf(head: Buffer): 'gzip' | 'zstd' | undefined {
   return undefined;
 }
 
-/** A tar's first header: the ustar magic (POSIX "ustar\0", GNU "ustar "), as every layer writer puts it. */
+/**
+ * A tar's first header, by its checksum: not by the ustar magic, which a v7 tar lacks (`docker import` keeps a
+ * tarball's bytes as given, and a classic engine exports them so), and a v7 layer over 16 MiB would be no layer.
+ */
 function isTar(head: Buffer): boolean {
-  return head.length >= 263 && head.subarray(257, 262).toString('latin1') === 'ustar';
+  return head.length >= 512 && checksumOk(head.subarray(0, 512));
 }
 
 /** Collects at least `n` bytes of `body` (or all of it), and an iterable that replays them before the rest. */
@@ -337,6 +346,7 @@ export async function dockerSaveToLayout(
         layer.descriptor,
         diffIds[i],
         `${what}: layer ${i + 1} (${String(layerNames[i])})`,
+        options.signal,
       );
     }
   }
@@ -406,6 +416,7 @@ async function checkCompressedDiffId(
   descriptor: Descriptor,
   diffId: unknown,
   what: string,
+  signal: AbortSignal | undefined,
 ): Promise<void> {
   if (!descriptor.mediaType.endsWith('+gzip')) {
     // Node.js has no zstd before 22.15.
@@ -414,9 +425,26 @@ async function checkCompressedDiffId(
     );
   }
   const hash = createHash('sha256');
-  await pipeline(createReadStream(blobPath(layoutDir, descriptor.digest)), createGunzip(), async (source) => {
-    for await (const chunk of source) hash.update(chunk as Buffer);
-  });
+  try {
+    await pipeline(
+      createReadStream(blobPath(layoutDir, descriptor.digest)),
+      createGunzip(),
+      async (source: AsyncIterable<Buffer>) => {
+        for await (const chunk of source) hash.update(chunk);
+      },
+      signal ? { signal } : {},
+    );
+  } catch (error) {
+    if (signal?.aborted) {
+      throw new Error(
+        `${what}: decompressing it to check it against the config's diff_id did not end before the source's deadline.`,
+        { cause: error },
+      );
+    }
+    if (!String((error as { code?: unknown }).code).startsWith('Z_')) throw error;
+    // zlib's own words ("unexpected end of file") name no layer.
+    throw new Error(`${what} is not a valid gzip stream (${errorMessage(error)}).`, { cause: error });
+  }
   const content = `sha256:${hash.digest('hex')}`;
   if (content !== diffId)
     throw new Error(`${what} has content ${content}; the config says ${String(diffId)}.`);

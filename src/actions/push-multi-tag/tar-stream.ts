@@ -99,7 +99,8 @@ function number(block: Buffer, offset: number, length: number): number {
   return digits ? parseInt(digits, 8) : 0;
 }
 
-function checksumOk(block: Buffer): boolean {
+/** Whether `block` is a tar header: its checksum is right (every tar format has one; v7 has no magic). */
+export function checksumOk(block: Buffer): boolean {
   let sum = 0;
   for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : block[i]!;
   try {
