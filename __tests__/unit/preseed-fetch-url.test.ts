@@ -152,18 +152,27 @@ it('a Content-Length over the download limit is refused before the body, naming 
   expect(existsSync(dest)).toBe(false);
 });
 
-it('a body the server gzip-encodes anyway is held to the limit, not to its (encoded) Content-Length', async () => {
+it("a .raw.gz a mirror labels Content-Encoding: gzip is kept as sent (as tool-cache did), not decoded: its bytes, size and sha256 are the published file's", async () => {
   const file = Buffer.alloc(256 * 1024, 3);
   const encoded = gzipSync(file);
   let asked: string | undefined;
   const url = await serve((res) => {
     asked = res.req.headers['accept-encoding'];
     res.writeHead(200, { 'content-encoding': 'gzip', 'content-length': encoded.length }).end(encoded);
+  }, 'disk.raw.gz');
+  const lines: string[] = [];
+  const logged = new CliHost({
+    inputs: new MapInputSource({}),
+    log: (l) => lines.push(l),
+    out: () => undefined,
   });
   const dest = join(tmp, 'encoded');
-  expect(await downloadUrl(host, url, dest, { maxBytes: 1024 * 1024 })).toBe(file.length);
-  expect(readFileSync(dest).equals(file)).toBe(true);
+  expect(await downloadUrl(logged, url, dest, { maxBytes: 1024 * 1024 })).toBe(encoded.length);
+  expect(readFileSync(dest).equals(encoded)).toBe(true);
   expect(asked).toBe('identity');
+  expect(lines).toContain(
+    `${url} comes with Content-Encoding: gzip; kept as sent (not decoded), as the file's own bytes.`,
+  );
   rmSync(dest);
 });
 

@@ -20,7 +20,15 @@
 import { BlockList, connect as netConnect, isIP, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { domainToASCII } from 'node:url';
-import { Agent, buildConnector, DecoratorHandler, fetch, type Dispatcher, type Response } from 'undici';
+import {
+  Agent,
+  buildConnector,
+  DecoratorHandler,
+  fetch,
+  getGlobalDispatcher,
+  type Dispatcher,
+  type Response,
+} from 'undici';
 import type { Host } from './host.js';
 import { externalText } from './oci/response.js';
 import { ActionError } from './run.js';
@@ -536,6 +544,34 @@ function proxiedAgent(timeoutMs: number, settings: ProxySettings = proxySettings
   }).compose(forwardHttp(settings));
 }
 
+/** Where a response's Content-Encoding goes when the body is taken as sent (see keepEncoding). */
+export const SENT_ENCODING_HEADER = 'x-image-ci-content-encoding';
+
+/**
+ * An interceptor that moves a response's Content-Encoding to SENT_ENCODING_HEADER, so that fetch, which has no
+ * switch for it, does not decode the body: a download keeps the bytes the server sent, as @actions/tool-cache,
+ * curl and wget do. A `.raw.gz` that a mirror labels `Content-Encoding: gzip` (Apache's `AddEncoding x-gzip .gz`,
+ * an S3 object with that metadata) is the file itself; decoded, it no longer matched its published sha256.
+ */
+function keepEncoding(): Dispatcher.DispatcherComposeInterceptor {
+  return (dispatch) => (options, handler) => dispatch(options, new EncodingKeeper(handler));
+}
+
+class EncodingKeeper extends DecoratorHandler {
+  constructor(private readonly handler: Dispatcher.DispatchHandlers) {
+    super(handler);
+  }
+
+  onHeaders(statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
+    const renamed = headers.map((value, i) =>
+      i % 2 === 0 && String(value).toLowerCase() === 'content-encoding'
+        ? Buffer.from(SENT_ENCODING_HEADER)
+        : value,
+    );
+    return this.handler.onHeaders?.(statusCode, renamed, resume, statusText) ?? true;
+  }
+}
+
 /** A fetch with a method, headers and a text body at most; what withProxiedFetch lends. */
 export type ProxiedFetch = (
   url: string | URL,
@@ -565,20 +601,28 @@ export async function readCapped(response: Response, max: number): Promise<strin
  * that fetch is node's own, as before proxies were honoured; with one, it goes through a dispatcher of its own,
  * ended afterwards without waiting: out of file descriptors, a connect that never calls back keeps undici's
  * destroy() pending for good, and awaiting it (or, it seems, using our dispatcher at all there) hung a cache
- * restore instead of letting it fall back.
+ * restore instead of letting it fall back. `bodyAsSent`: a body is never decoded (keepEncoding), for downloads.
  */
 export async function withProxiedFetch<T>(
   timeoutMs: number,
   use: (fetch: ProxiedFetch) => Promise<T>,
   settings: ProxySettings = proxySettings(),
+  { bodyAsSent = false }: { bodyAsSent?: boolean } = {},
 ): Promise<T> {
   if ((!settings.https && !settings.http) || settings.noProxyAll) {
-    return use((url, init) => globalThis.fetch(url, init) as unknown as Promise<Response>);
+    if (!bodyAsSent) return use((url, init) => globalThis.fetch(url, init) as unknown as Promise<Response>);
+    // node's own dispatcher, composed (nothing of ours to end afterwards).
+    const dispatcher = getGlobalDispatcher().compose(keepEncoding());
+    return use(
+      (url, init) =>
+        globalThis.fetch(url, { ...init, dispatcher } as RequestInit) as unknown as Promise<Response>,
+    );
   }
-  const dispatcher = proxiedAgent(timeoutMs, settings);
+  const proxied = proxiedAgent(timeoutMs, settings);
+  const dispatcher = bodyAsSent ? proxied.compose(keepEncoding()) : proxied;
   try {
     return await use((url, init) => fetch(url, { ...init, dispatcher }));
   } finally {
-    dispatcher.destroy().catch(() => undefined);
+    proxied.destroy().catch(() => undefined);
   }
 }

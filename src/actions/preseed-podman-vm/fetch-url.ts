@@ -25,7 +25,7 @@ import {
   type RetryPolicy,
 } from '../../core/oci/retry.js';
 import { sleep } from '../../core/process.js';
-import { withProxiedFetch, type ProxiedFetch } from '../../core/proxy-env.js';
+import { SENT_ENCODING_HEADER, withProxiedFetch, type ProxiedFetch } from '../../core/proxy-env.js';
 import { ActionError } from '../../core/run.js';
 import { formatBytes } from '../../core/summary.js';
 import { ProgressLog } from './progress.js';
@@ -109,8 +109,11 @@ export async function downloadUrl(
   // A stream's disk location comes from outside: it reaches messages as one line of plain text.
   const shown = externalText(url, 300);
   try {
-    return await withProxiedFetch(stallMs, (fetch) =>
-      fetchWithRetries({ host, fetch, url, shown, dest, stallMs, maxBytes }),
+    return await withProxiedFetch(
+      stallMs,
+      (fetch) => fetchWithRetries({ host, fetch, url, shown, dest, stallMs, maxBytes }),
+      undefined,
+      { bodyAsSent: true },
     );
   } catch (error) {
     await rm(dest, { force: true });
@@ -157,7 +160,7 @@ async function fetchOnce({ host, fetch, url, shown, dest, stallMs, maxBytes }: T
   };
   const file = await open(dest, 'w', 0o644);
   try {
-    // Identity: the file's own bytes (what its sha256 is of), never a transfer coding fetch would undo.
+    // Identity: the file's own bytes (what its sha256 is of), so a server compressing on the fly leaves them be.
     const response = await fetch(url, {
       signal: silence.signal,
       headers: { 'accept-encoding': 'identity' },
@@ -173,10 +176,14 @@ async function fetchOnce({ host, fetch, url, shown, dest, stallMs, maxBytes }: T
       }
       throw new DownloadRefused(what);
     }
-    const encoding = response.headers.get('content-encoding')?.trim().toLowerCase();
-    // fetch decodes a body the server encoded anyway: Content-Length counts the encoded bytes, so the decoded
-    // ones are held to the download limit instead.
-    const encoded = encoding !== undefined && encoding !== '' && encoding !== 'identity';
+    // Kept as sent (withProxiedFetch's bodyAsSent): a mirror that labels a `.gz` `Content-Encoding: gzip` serves
+    // the file itself, whose sha256 is published; Content-Length counts those bytes.
+    const encoding = externalText(response.headers.get(SENT_ENCODING_HEADER) ?? '', 40);
+    if (encoding !== '' && encoding.toLowerCase() !== 'identity') {
+      host.info(
+        `${shown} comes with Content-Encoding: ${encoding}; kept as sent (not decoded), as the file's own bytes.`,
+      );
+    }
     const announced = announcedLength(response.headers.get('content-length'));
     if (announced !== undefined) {
       if (announced > maxBytes) {
@@ -193,10 +200,10 @@ async function fetchOnce({ host, fetch, url, shown, dest, stallMs, maxBytes }: T
         throw new DownloadRefused(`${(error as Error).message} Download refused before its first byte.`);
       }
     }
-    const progress = new ProgressLog(host, `Downloading ${shown}`, encoded ? undefined : announced);
+    const progress = new ProgressLog(host, `Downloading ${shown}`, announced);
     let written = 0;
     const body = withLowSpeedLimit(
-      boundedBody(response.body ?? [], shown, encoded ? undefined : announced, maxBytes),
+      boundedBody(response.body ?? [], shown, announced, maxBytes),
       stallMs,
       (reason) => new Stalled(`download of ${shown}: ${reason}`),
     );
