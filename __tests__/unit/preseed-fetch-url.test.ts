@@ -7,10 +7,12 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/glob
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { gzipSync } from 'node:zlib';
 import { join } from 'node:path';
+import { Agent, getGlobalDispatcher, setGlobalDispatcher } from 'undici';
 import { CliHost } from '../../src/core/host.js';
 import { InputError, MapInputSource } from '../../src/core/inputs.js';
 import {
@@ -19,6 +21,7 @@ import {
   downloadSizeLimit,
   downloadUrl,
 } from '../../src/actions/preseed-podman-vm/fetch-url.js';
+import { makeTestCa } from '../support/test-ca.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'preseed-fu-'));
 const host = new CliHost({ inputs: new MapInputSource({}), log: () => undefined, out: () => undefined });
@@ -174,6 +177,60 @@ it("a .raw.gz a mirror labels Content-Encoding: gzip is kept as sent (as tool-ca
     `${url} comes with Content-Encoding: gzip; kept as sent (not decoded), as the file's own bytes.`,
   );
   rmSync(dest);
+});
+
+describe('redirects', () => {
+  it('are followed (a release asset to its storage host), but a loop is refused after 10 and not tried again', async () => {
+    const asked: string[] = [];
+    const url = await serve((res) => {
+      const path = res.req.url ?? '';
+      asked.push(path);
+      if (path === '/asset') res.writeHead(302, { location: '/storage/disk.raw?sig=1' }).end();
+      else if (path.startsWith('/storage/')) res.writeHead(200, { 'content-length': 3 }).end('abc');
+      else res.writeHead(301, { location: `/loop${asked.length}` }).end();
+    }, 'asset');
+    expect(await downloadUrl(host, url, join(tmp, 'asset'), {})).toBe(3);
+    expect(readFileSync(join(tmp, 'asset'), 'utf8')).toBe('abc');
+    rmSync(join(tmp, 'asset'));
+    asked.length = 0;
+    await expect(downloadUrl(host, url.replace('/asset', '/loop'), join(tmp, 'loop'))).rejects.toThrow(
+      `download of ${url.replace('/asset', '/loop')}: more than 10 redirects; download refused.`,
+    );
+    expect(asked).toHaveLength(11);
+    expect(existsSync(join(tmp, 'loop'))).toBe(false);
+  });
+
+  it('from https to plain http is refused before the http URL is asked, as tool-cache did [test CA trusted through the global dispatcher]', async () => {
+    let plainAsked = false;
+    const target = await serve((res) => {
+      plainAsked = true;
+      res.writeHead(200, { 'content-length': 3 }).end('bad');
+    }, 'disk.raw?sig=secret');
+    const dir = mkdtempSync(join(tmp, 'ca-'));
+    const ca = makeTestCa(dir);
+    const tls = createHttpsServer(
+      { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) },
+      (_req, res) => res.writeHead(302, { location: target }).end(),
+    );
+    await new Promise<void>((done) => tls.listen(0, '127.0.0.1', done));
+    const before = getGlobalDispatcher();
+    const trusting = new Agent({ connect: { ca: readFileSync(ca.caCert) } });
+    setGlobalDispatcher(trusting);
+    try {
+      const url = `https://127.0.0.1:${(tls.address() as AddressInfo).port}/disk.raw`;
+      await expect(downloadUrl(host, url, join(tmp, 'downgrade'))).rejects.toThrow(
+        `download of ${url}: ${new URL(url).origin} redirected from https to plain http (${new URL(target).origin}); download refused.`,
+      );
+      expect(plainAsked).toBe(false);
+      expect(existsSync(join(tmp, 'downgrade'))).toBe(false);
+    } finally {
+      setGlobalDispatcher(before);
+      await trusting.close();
+      tls.closeAllConnections();
+      await new Promise((done) => tls.close(done));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 /** A 2 MiB tmpfs (needs root): a filesystem small enough to fill. Unmounted in afterAll. */

@@ -575,7 +575,13 @@ class EncodingKeeper extends DecoratorHandler {
 /** A fetch with a method, headers and a text body at most; what withProxiedFetch lends. */
 export type ProxiedFetch = (
   url: string | URL,
-  init: { method?: string; headers?: Record<string, string>; body?: string; signal?: AbortSignal },
+  init: {
+    method?: string;
+    headers?: Record<string, string>;
+    body?: string;
+    signal?: AbortSignal;
+    redirect?: 'follow' | 'manual';
+  },
 ) => Promise<Response>;
 
 /** The body as text, or undefined (and the transfer stopped) once it is longer than `max` bytes, chunked or not. */

@@ -149,6 +149,55 @@ async function fetchWithRetries(transfer: Transfer): Promise<number> {
   }
 }
 
+/** As many as a storage front end needs (a GitHub release asset takes one); fetch's own limit is 20. */
+const MAX_REDIRECTS = 10;
+const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
+
+/**
+ * The answer at the end of `url`'s redirects, followed here because fetch follows one from https to http (the
+ * Fetch standard allows it): that hop, as @actions/tool-cache's client did, is refused, since a disk over plain
+ * http can be swapped on the way and a URL image has no published checksum to notice. A redirect's target may
+ * be a signed URL: messages name its origin only.
+ */
+async function openFollowing(
+  fetch: ProxiedFetch,
+  url: string,
+  shown: string,
+  signal: AbortSignal,
+): Promise<Response> {
+  let at = new URL(url);
+  for (let redirects = 0; ; redirects++) {
+    // Identity: the file's own bytes (what its sha256 is of), so a server compressing on the fly leaves them be.
+    const response = await fetch(at, {
+      signal,
+      redirect: 'manual',
+      headers: { 'accept-encoding': 'identity' },
+    });
+    const location = response.headers.get('location');
+    if (!REDIRECT_STATUSES.has(response.status) || location === null) return response;
+    await response.body?.cancel().catch(() => undefined);
+    if (redirects === MAX_REDIRECTS) {
+      throw new DownloadRefused(
+        `download of ${shown}: more than ${MAX_REDIRECTS} redirects; download refused.`,
+      );
+    }
+    const next = URL.canParse(location, at.href) ? new URL(location, at) : undefined;
+    const refused = !next
+      ? 'to an invalid URL'
+      : next.protocol === 'http:' && at.protocol === 'https:'
+        ? `from https to plain http (${externalText(next.origin, 100)})`
+        : next.protocol !== 'https:' && next.protocol !== 'http:'
+          ? `to a ${externalText(next.protocol, 20)} URL`
+          : undefined;
+    if (!next || refused) {
+      throw new DownloadRefused(
+        `download of ${shown}: ${externalText(at.origin, 100)} redirected ${refused}; download refused.`,
+      );
+    }
+    at = next;
+  }
+}
+
 async function fetchOnce({ host, fetch, url, shown, dest, stallMs, maxBytes }: Transfer): Promise<number> {
   // Silence (before the headers or mid-body) aborts the request; every chunk starts the clock again.
   const silence = new AbortController();
@@ -160,11 +209,7 @@ async function fetchOnce({ host, fetch, url, shown, dest, stallMs, maxBytes }: T
   };
   const file = await open(dest, 'w', 0o644);
   try {
-    // Identity: the file's own bytes (what its sha256 is of), so a server compressing on the fly leaves them be.
-    const response = await fetch(url, {
-      signal: silence.signal,
-      headers: { 'accept-encoding': 'identity' },
-    }).catch((error: unknown) => {
+    const response = await openFollowing(fetch, url, shown, silence.signal).catch((error: unknown) => {
       throw silence.signal.aborted ? stalled : error;
     });
     progressed();
