@@ -200,6 +200,40 @@ describe('redirects', () => {
     expect(existsSync(join(tmp, 'loop'))).toBe(false);
   });
 
+  it('a URL with user:password@ sends them as Basic auth to its own host only, not to the host it redirects to, and never names the password', async () => {
+    const sent: Record<string, string | undefined> = {};
+    const storage = createServer((req, res) => {
+      sent.storage = req.headers.authorization;
+      res.writeHead(200, { 'content-length': 3 }).end('abc');
+    });
+    await new Promise<void>((done) => storage.listen(0, '127.0.0.1', done));
+    try {
+      const to = `http://127.0.0.1:${(storage.address() as AddressInfo).port}/disk.raw`;
+      const url = await serve((res) => {
+        sent.origin = res.req.headers.authorization;
+        res.writeHead(302, { location: to }).end();
+      }, 'private/disk.raw');
+      const lines: string[] = [];
+      const logged = new CliHost({
+        inputs: new MapInputSource({}),
+        log: (l) => lines.push(l),
+        out: () => undefined,
+      });
+      const withUser = url.replace('http://', 'http://bob:hunt%40er2@');
+      expect(await downloadUrl(logged, withUser, join(tmp, 'private'))).toBe(3);
+      expect(sent).toEqual({
+        origin: `Basic ${Buffer.from('bob:hunt@er2').toString('base64')}`,
+        storage: undefined,
+      });
+      expect(lines.join('\n')).toContain(`Downloading ${url}`);
+      expect(lines.join('\n')).not.toMatch(/hunt/);
+      rmSync(join(tmp, 'private'));
+    } finally {
+      storage.closeAllConnections();
+      await new Promise((done) => storage.close(done));
+    }
+  });
+
   it('from https to plain http is refused before the http URL is asked, as tool-cache did [test CA trusted through the global dispatcher]', async () => {
     let plainAsked = false;
     const target = await serve((res) => {

@@ -120,23 +120,13 @@ function parseProxy(variable: string, value: string): ProxyServer | undefined {
     }
   }
   const port = Number(url.port || (url.protocol === 'https:' ? 443 : url.protocol === 'socks5:' ? 1080 : 80));
-  const secrets: string[] = [];
-  let authorization: string | undefined;
-  if (url.username || url.password) {
-    let user: string;
-    let password: string;
-    try {
-      user = decodeURIComponent(url.username);
-      password = decodeURIComponent(url.password);
-    } catch {
-      // A malformed %-escape (`p%zz`): Go's url.Parse refuses the URL, and httpproxy ignores the variable. Thrown
-      // here it was a URIError before any step ran, with the password not yet masked.
-      return undefined;
-    }
-    const basic = Buffer.from(`${user}:${password}`).toString('base64');
-    authorization = `Basic ${basic}`;
-    secrets.push(basic);
-    if (password) secrets.push(password, url.password);
+  let credentials: UrlCredentials | undefined;
+  try {
+    credentials = urlCredentials(url);
+  } catch {
+    // A malformed %-escape (`p%zz`): Go's url.Parse refuses the URL, and httpproxy ignores the variable. Thrown
+    // here it was a URIError before any step ran, with the password not yet masked.
+    return undefined;
   }
   return {
     name: `${url.protocol}//${url.hostname}:${port}`,
@@ -144,9 +134,30 @@ function parseProxy(variable: string, value: string): ProxyServer | undefined {
     protocol: url.protocol,
     hostname: url.hostname.replace(/^\[|\]$/g, ''),
     port,
-    authorization,
-    secrets: [...new Set(secrets)],
+    authorization: credentials?.authorization,
+    secrets: credentials?.secrets ?? [],
   };
+}
+
+export interface UrlCredentials {
+  /** `Basic …` of the user and password. */
+  authorization: string;
+  /** What to mask: the password as written and decoded, and the Basic value. */
+  secrets: string[];
+}
+
+/**
+ * A URL's `user:password@` as a Basic Authorization, as curl and Go send it; undefined without one. Throws a
+ * URIError on a malformed %-escape (`p%zz`), which the caller turns into its own refusal.
+ */
+export function urlCredentials(url: URL): UrlCredentials | undefined {
+  if (!url.username && !url.password) return undefined;
+  const user = decodeURIComponent(url.username);
+  const password = decodeURIComponent(url.password);
+  const basic = Buffer.from(`${user}:${password}`).toString('base64');
+  const secrets = [basic];
+  if (password) secrets.push(password, url.password);
+  return { authorization: `Basic ${basic}`, secrets: [...new Set(secrets)] };
 }
 
 function parseNoProxy(value: string): { entries: NoProxyEntry[]; all: boolean } {

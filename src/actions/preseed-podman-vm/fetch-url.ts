@@ -25,7 +25,13 @@ import {
   type RetryPolicy,
 } from '../../core/oci/retry.js';
 import { sleep } from '../../core/process.js';
-import { SENT_ENCODING_HEADER, withProxiedFetch, type ProxiedFetch } from '../../core/proxy-env.js';
+import {
+  SENT_ENCODING_HEADER,
+  urlCredentials,
+  withProxiedFetch,
+  type ProxiedFetch,
+  type UrlCredentials,
+} from '../../core/proxy-env.js';
 import { ActionError } from '../../core/run.js';
 import { formatBytes } from '../../core/summary.js';
 import { ProgressLog } from './progress.js';
@@ -106,15 +112,35 @@ export async function downloadUrl(
   dest: string,
   { stallMs = STALL_MS, maxBytes = DEFAULT_DOWNLOAD_MAX_BYTES }: UrlDownloadOptions = {},
 ): Promise<number> {
-  // A stream's disk location comes from outside: it reaches messages as one line of plain text.
-  const shown = externalText(url, 300);
+  // `user:password@` is sent as Basic auth (fetch refuses a URL holding it), to that host only; masked, and
+  // left out of the URL that messages name.
+  const target = new URL(url);
+  let credentials: UrlCredentials | undefined;
   try {
-    return await withProxiedFetch(
-      stallMs,
-      (fetch) => fetchWithRetries({ host, fetch, url, shown, dest, stallMs, maxBytes }),
-      undefined,
-      { bodyAsSent: true },
+    credentials = urlCredentials(target);
+  } catch {
+    throw new DownloadRefused(
+      "the download URL's user or password has a malformed %-escape; download refused.",
     );
+  }
+  for (const secret of credentials?.secrets ?? []) host.setSecret(secret);
+  target.username = '';
+  target.password = '';
+  // A stream's disk location comes from outside: it reaches messages as one line of plain text.
+  const shown = externalText(target.href, 300);
+  const transfer = {
+    host,
+    url: target.href,
+    authorization: credentials?.authorization,
+    shown,
+    dest,
+    stallMs,
+    maxBytes,
+  };
+  try {
+    return await withProxiedFetch(stallMs, (fetch) => fetchWithRetries({ ...transfer, fetch }), undefined, {
+      bodyAsSent: true,
+    });
   } catch (error) {
     await rm(dest, { force: true });
     throw error;
@@ -126,6 +152,8 @@ interface Transfer {
   host: Host;
   fetch: ProxiedFetch;
   url: string;
+  /** Basic auth from the URL's `user:password@`: sent to the URL's own origin, never to a redirect's other one. */
+  authorization: string | undefined;
   shown: string;
   dest: string;
   stallMs: number;
@@ -160,19 +188,16 @@ const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
  * be a signed URL: messages name its origin only.
  */
 async function openFollowing(
-  fetch: ProxiedFetch,
-  url: string,
-  shown: string,
+  { fetch, url, authorization, shown }: Transfer,
   signal: AbortSignal,
 ): Promise<Response> {
+  const origin = new URL(url).origin;
   let at = new URL(url);
   for (let redirects = 0; ; redirects++) {
     // Identity: the file's own bytes (what its sha256 is of), so a server compressing on the fly leaves them be.
-    const response = await fetch(at, {
-      signal,
-      redirect: 'manual',
-      headers: { 'accept-encoding': 'identity' },
-    });
+    const headers: Record<string, string> = { 'accept-encoding': 'identity' };
+    if (authorization && at.origin === origin) headers.authorization = authorization;
+    const response = await fetch(at, { signal, redirect: 'manual', headers });
     const location = response.headers.get('location');
     if (!REDIRECT_STATUSES.has(response.status) || location === null) return response;
     await response.body?.cancel().catch(() => undefined);
@@ -198,7 +223,8 @@ async function openFollowing(
   }
 }
 
-async function fetchOnce({ host, fetch, url, shown, dest, stallMs, maxBytes }: Transfer): Promise<number> {
+async function fetchOnce(transfer: Transfer): Promise<number> {
+  const { host, shown, dest, stallMs, maxBytes } = transfer;
   // Silence (before the headers or mid-body) aborts the request; every chunk starts the clock again.
   const silence = new AbortController();
   const stalled = new Stalled(`download of ${shown} made no progress for ${Math.round(stallMs / 1000)} s`);
@@ -209,7 +235,7 @@ async function fetchOnce({ host, fetch, url, shown, dest, stallMs, maxBytes }: T
   };
   const file = await open(dest, 'w', 0o644);
   try {
-    const response = await openFollowing(fetch, url, shown, silence.signal).catch((error: unknown) => {
+    const response = await openFollowing(transfer, silence.signal).catch((error: unknown) => {
       throw silence.signal.aborted ? stalled : error;
     });
     progressed();
