@@ -33,6 +33,17 @@ afterEach(async () => {
 });
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
+/** A host whose log lines (secrets masked, as CliHost prints them) the test reads. */
+function loggingHost(): { logged: CliHost; lines: string[] } {
+  const lines: string[] = [];
+  const logged = new CliHost({
+    inputs: new MapInputSource({}),
+    log: (l) => lines.push(l),
+    out: () => undefined,
+  });
+  return { logged, lines };
+}
+
 async function serve(answer: (res: ServerResponse) => void, name = 'disk.qcow2.xz'): Promise<string> {
   const server = createServer((_req, res) => {
     held.push(res);
@@ -163,12 +174,7 @@ it("a .raw.gz a mirror labels Content-Encoding: gzip is kept as sent (as tool-ca
     asked = res.req.headers['accept-encoding'];
     res.writeHead(200, { 'content-encoding': 'gzip', 'content-length': encoded.length }).end(encoded);
   }, 'disk.raw.gz');
-  const lines: string[] = [];
-  const logged = new CliHost({
-    inputs: new MapInputSource({}),
-    log: (l) => lines.push(l),
-    out: () => undefined,
-  });
+  const { logged, lines } = loggingHost();
   const dest = join(tmp, 'encoded');
   expect(await downloadUrl(logged, url, dest, { maxBytes: 1024 * 1024 })).toBe(encoded.length);
   expect(readFileSync(dest).equals(encoded)).toBe(true);
@@ -213,12 +219,7 @@ describe('redirects', () => {
         sent.origin = res.req.headers.authorization;
         res.writeHead(302, { location: to }).end();
       }, 'private/disk.raw');
-      const lines: string[] = [];
-      const logged = new CliHost({
-        inputs: new MapInputSource({}),
-        log: (l) => lines.push(l),
-        out: () => undefined,
-      });
+      const { logged, lines } = loggingHost();
       const withUser = url.replace('http://', 'http://bob:hunt%40er2@');
       expect(await downloadUrl(logged, withUser, join(tmp, 'private'))).toBe(3);
       expect(sent).toEqual({
