@@ -1,6 +1,7 @@
 /**
  * Downloading an image from a URL: a user's `image: https://…`, or the disk a Fedora CoreOS stream names. It goes
- * through the environment's proxy (as the stream itself is fetched), retries 5xx/408/429 and broken connections,
+ * through the environment's proxy (as the stream itself is fetched), keeps the bytes as sent (never decoded),
+ * follows redirects but not from https to http, retries 5xx/408/429 and broken connections,
  * and fails a download that makes no progress, or grows slower than the low-speed limit, over the stall time (a
  * server trickling a few bytes every few seconds would otherwise hold the job until its 6 h limit).
  *
