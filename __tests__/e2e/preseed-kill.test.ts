@@ -6,6 +6,8 @@
  */
 import { afterAll, beforeAll, expect, it } from '@jest/globals';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -139,3 +141,45 @@ it('main SIGKILLed at 20 moments around its download, each followed by post: no 
   expect(await processesMentioning(last!.runnerTemp)).toEqual([]);
   await rm(report, { force: true });
 }, 900_000);
+
+it("main SIGKILLed halfway through a URL download, then post: nothing left in RUNNER_TEMP or podman's image cache", async () => {
+  // Half the announced body, then silence: main is inside the download whenever it is killed.
+  const held: ServerResponse[] = [];
+  const server = createServer((_req, res) => {
+    held.push(res);
+    res.writeHead(200, { 'content-length': 1024 * 1024 }).write(Buffer.alloc(512 * 1024, 7));
+  });
+  await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
+  try {
+    const dirs = jobDirs('kill-url');
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/disk.qcow2.xz`;
+    const kill = killMainOptions(ACTION, /image http:/, { afterLine: true, delayMs: 1500 });
+    const job = await startSplitJob({
+      action: ACTION,
+      inputs: { image: url, cache: 'false', 'set-default': 'false' },
+      ...dirs,
+      mainScript: kill.mainScript,
+      env: { XDG_DATA_HOME: undefined, XDG_CONFIG_HOME: undefined, ...kill.env },
+      keepInRunnerTemp: 'unchecked',
+    });
+    expect(job.main.main.exitCode).toBe(137);
+    expect(held).toHaveLength(1);
+    // The kill left a partial file (in main's scratch dir): what post has to remove.
+    const partial = (await readdir(dirs.runnerTemp, { recursive: true })).filter((p) =>
+      p.endsWith('.qcow2.xz'),
+    );
+    expect(partial.length).toBeGreaterThan(0);
+    expect((await job.post()).exitCode).toBe(0);
+    const stable = join(dirs.runnerTemp, 'ici-pvm');
+    expect(await leftovers(dirs.runnerTemp)).toEqual(
+      (await readdir(dirs.runnerTemp)).includes('ici-pvm') ? [`file ${stable}`] : [],
+    );
+    expect(await readdir(stable).catch(() => [])).toEqual([]);
+    const cache = join(dirs.home, '.local/share/containers/podman/machine/qemu/cache');
+    expect(await readdir(cache).catch(() => [])).toEqual([]);
+  } finally {
+    for (const res of held) res.destroy();
+    server.closeAllConnections();
+    await new Promise((done) => server.close(done));
+  }
+}, 120_000);

@@ -6,6 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
+import { gzipSync } from 'node:zlib';
 import { createHash } from 'node:crypto';
 import {
   existsSync,
@@ -23,7 +24,14 @@ import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { formatBytes } from '../../src/core/summary.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
-import { REPO_ROOT, runAction, runnerTempLeftovers, type RunResult } from '../support/harness.js';
+import { PROXY_TEST_DOMAIN, startForwardProxy } from '../support/forward-proxy.js';
+import {
+  REPO_ROOT,
+  runAction,
+  runnerTempLeftovers,
+  secretOnlyAfterMask,
+  type RunResult,
+} from '../support/harness.js';
 import { buildMachineOsLayout, publishMachineOs, type FakeMachineOs } from '../support/machine-os.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
 
@@ -414,6 +422,45 @@ describe('preseed-podman-vm with an http(s) URL (against a local node:http serve
     expect(later.outputs).toMatchObject({ 'image-digest': digest, 'cache-hit': 'true' });
     expect(readFileSync(later.outputs['image-path']!).equals(disk)).toBe(true);
     expect(requests).toHaveLength(1);
+  });
+
+  it('through a proxy: a URL with user:password@ (Basic, masked before the input is printed) serving a .raw.gz labelled Content-Encoding: gzip keeps the published bytes', async () => {
+    const published = gzipSync(Buffer.alloc(256 * 1024, 5));
+    const expected = `Basic ${Buffer.from('bob:s3cr@t!').toString('base64')}`;
+    const server = createServer((req, res) => {
+      if (req.headers.authorization !== expected) return void res.writeHead(401).end();
+      res.writeHead(200, { 'content-encoding': 'gzip', 'content-length': published.length }).end(published);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const proxy = await startForwardProxy();
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const url = `http://bob:s3cr%40t!@disk.${PROXY_TEST_DOMAIN}:${port}/fcos-applehv.raw.gz`;
+      const r = await run(job('url-auth-gz'), await newCacheService(), { image: url }, false, {
+        HTTP_PROXY: proxy.url,
+        NO_PROXY: '127.0.0.1',
+      });
+      expectStepsOk(r);
+      expect(r.outputs['image-digest']).toBe(
+        `sha256:${createHash('sha256').update(published).digest('hex')}`,
+      );
+      expect(readFileSync(r.outputs['image-path']!).equals(published)).toBe(true);
+      expect(proxy.records.map((p) => p.target)).toContain(`disk.${PROXY_TEST_DOMAIN}:${port}`);
+      // Both forms masked (the runner's `::add-mask::` data is %-escaped: the harness reads it unescaped) before
+      // the first line that shows the URL.
+      expect(r.masks).toEqual(expect.arrayContaining(['s3cr@t!', 's3cr%40t!']));
+      expect(secretOnlyAfterMask(r.main, 's3cr@t!')).toBe(true);
+      const shown = r.main.lines.findIndex(
+        (l) => l.text.includes('s3cr%40t!') && !l.text.startsWith('::add-mask::'),
+      );
+      const masked = r.main.lines.findIndex((l) => l.text === '::add-mask::s3cr%2540t!');
+      expect(masked).toBeGreaterThanOrEqual(0);
+      expect(masked).toBeLessThan(shown);
+    } finally {
+      await proxy.stop();
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
   });
 
   it('a URL that answers 404 fails the step and keeps nothing', async () => {

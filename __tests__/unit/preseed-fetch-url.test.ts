@@ -7,10 +7,12 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/glob
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { gzipSync } from 'node:zlib';
 import { join } from 'node:path';
+import { Agent, getGlobalDispatcher, setGlobalDispatcher } from 'undici';
 import { CliHost } from '../../src/core/host.js';
 import { InputError, MapInputSource } from '../../src/core/inputs.js';
 import {
@@ -19,6 +21,7 @@ import {
   downloadSizeLimit,
   downloadUrl,
 } from '../../src/actions/preseed-podman-vm/fetch-url.js';
+import { makeTestCa } from '../support/test-ca.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'preseed-fu-'));
 const host = new CliHost({ inputs: new MapInputSource({}), log: () => undefined, out: () => undefined });
@@ -29,6 +32,17 @@ afterEach(async () => {
   await close?.();
 });
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+/** A host whose log lines (secrets masked, as CliHost prints them) the test reads. */
+function loggingHost(): { logged: CliHost; lines: string[] } {
+  const lines: string[] = [];
+  const logged = new CliHost({
+    inputs: new MapInputSource({}),
+    log: (l) => lines.push(l),
+    out: () => undefined,
+  });
+  return { logged, lines };
+}
 
 async function serve(answer: (res: ServerResponse) => void, name = 'disk.qcow2.xz'): Promise<string> {
   const server = createServer((_req, res) => {
@@ -152,19 +166,106 @@ it('a Content-Length over the download limit is refused before the body, naming 
   expect(existsSync(dest)).toBe(false);
 });
 
-it('a body the server gzip-encodes anyway is held to the limit, not to its (encoded) Content-Length', async () => {
+it("a .raw.gz a mirror labels Content-Encoding: gzip is kept as sent (as tool-cache did), not decoded: its bytes, size and sha256 are the published file's", async () => {
   const file = Buffer.alloc(256 * 1024, 3);
   const encoded = gzipSync(file);
   let asked: string | undefined;
   const url = await serve((res) => {
     asked = res.req.headers['accept-encoding'];
     res.writeHead(200, { 'content-encoding': 'gzip', 'content-length': encoded.length }).end(encoded);
-  });
+  }, 'disk.raw.gz');
+  const { logged, lines } = loggingHost();
   const dest = join(tmp, 'encoded');
-  expect(await downloadUrl(host, url, dest, { maxBytes: 1024 * 1024 })).toBe(file.length);
-  expect(readFileSync(dest).equals(file)).toBe(true);
+  expect(await downloadUrl(logged, url, dest, { maxBytes: 1024 * 1024 })).toBe(encoded.length);
+  expect(readFileSync(dest).equals(encoded)).toBe(true);
   expect(asked).toBe('identity');
+  expect(lines).toContain(
+    `${url} comes with Content-Encoding: gzip; kept as sent (not decoded), as the file's own bytes.`,
+  );
   rmSync(dest);
+});
+
+describe('redirects', () => {
+  it('are followed (a release asset to its storage host), but a loop is refused after 10 and not tried again', async () => {
+    const asked: string[] = [];
+    const url = await serve((res) => {
+      const path = res.req.url ?? '';
+      asked.push(path);
+      if (path === '/asset') res.writeHead(302, { location: '/storage/disk.raw?sig=1' }).end();
+      else if (path.startsWith('/storage/')) res.writeHead(200, { 'content-length': 3 }).end('abc');
+      else res.writeHead(301, { location: `/loop${asked.length}` }).end();
+    }, 'asset');
+    expect(await downloadUrl(host, url, join(tmp, 'asset'), {})).toBe(3);
+    expect(readFileSync(join(tmp, 'asset'), 'utf8')).toBe('abc');
+    rmSync(join(tmp, 'asset'));
+    asked.length = 0;
+    await expect(downloadUrl(host, url.replace('/asset', '/loop'), join(tmp, 'loop'))).rejects.toThrow(
+      `download of ${url.replace('/asset', '/loop')}: more than 10 redirects; download refused.`,
+    );
+    expect(asked).toHaveLength(11);
+    expect(existsSync(join(tmp, 'loop'))).toBe(false);
+  });
+
+  it('a URL with user:password@ sends them as Basic auth to its own host only, not to the host it redirects to, and never names the password', async () => {
+    const sent: Record<string, string | undefined> = {};
+    const storage = createServer((req, res) => {
+      sent.storage = req.headers.authorization;
+      res.writeHead(200, { 'content-length': 3 }).end('abc');
+    });
+    await new Promise<void>((done) => storage.listen(0, '127.0.0.1', done));
+    try {
+      const to = `http://127.0.0.1:${(storage.address() as AddressInfo).port}/disk.raw`;
+      const url = await serve((res) => {
+        sent.origin = res.req.headers.authorization;
+        res.writeHead(302, { location: to }).end();
+      }, 'private/disk.raw');
+      const { logged, lines } = loggingHost();
+      const withUser = url.replace('http://', 'http://bob:hunt%40er2@');
+      expect(await downloadUrl(logged, withUser, join(tmp, 'private'))).toBe(3);
+      expect(sent).toEqual({
+        origin: `Basic ${Buffer.from('bob:hunt@er2').toString('base64')}`,
+        storage: undefined,
+      });
+      expect(lines.join('\n')).toContain(`Downloading ${url}`);
+      expect(lines.join('\n')).not.toMatch(/hunt/);
+      rmSync(join(tmp, 'private'));
+    } finally {
+      storage.closeAllConnections();
+      await new Promise((done) => storage.close(done));
+    }
+  });
+
+  it('from https to plain http is refused before the http URL is asked, as tool-cache did [test CA trusted through the global dispatcher]', async () => {
+    let plainAsked = false;
+    const target = await serve((res) => {
+      plainAsked = true;
+      res.writeHead(200, { 'content-length': 3 }).end('bad');
+    }, 'disk.raw?sig=secret');
+    const dir = mkdtempSync(join(tmp, 'ca-'));
+    const ca = makeTestCa(dir);
+    const tls = createHttpsServer(
+      { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) },
+      (_req, res) => res.writeHead(302, { location: target }).end(),
+    );
+    await new Promise<void>((done) => tls.listen(0, '127.0.0.1', done));
+    const before = getGlobalDispatcher();
+    const trusting = new Agent({ connect: { ca: readFileSync(ca.caCert) } });
+    setGlobalDispatcher(trusting);
+    try {
+      const url = `https://127.0.0.1:${(tls.address() as AddressInfo).port}/disk.raw`;
+      await expect(downloadUrl(host, url, join(tmp, 'downgrade'))).rejects.toThrow(
+        `download of ${url}: ${new URL(url).origin} redirected from https to plain http (${new URL(target).origin}); download refused.`,
+      );
+      expect(plainAsked).toBe(false);
+      expect(existsSync(join(tmp, 'downgrade'))).toBe(false);
+    } finally {
+      setGlobalDispatcher(before);
+      await trusting.close();
+      tls.closeAllConnections();
+      await new Promise((done) => tls.close(done));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 /** A 2 MiB tmpfs (needs root): a filesystem small enough to fill. Unmounted in afterAll. */

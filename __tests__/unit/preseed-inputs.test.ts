@@ -2,7 +2,7 @@ import { describe, expect, it } from '@jest/globals';
 import { loadActionMetadata } from '../../src/core/action-metadata.js';
 import { InputError, MapInputSource } from '../../src/core/inputs.js';
 import { RecordingInputSource } from '../support/recording-input-source.js';
-import { classifyImage } from '../../src/actions/preseed-podman-vm/image-source.js';
+import { classifyImage, imageUrlSecrets } from '../../src/actions/preseed-podman-vm/image-source.js';
 import { readInputs } from '../../src/actions/preseed-podman-vm/inputs.js';
 import { REPO_ROOT } from '../support/harness.js';
 
@@ -121,6 +121,18 @@ describe('image input', () => {
       stream: 'next',
       streamUrl: 'http://mirror.example:8080/fcos/streams/next.json',
     });
+  });
+
+  it("a URL's user:password@ is masked before the input is printed; a malformed %-escape in it is refused without echoing it", () => {
+    expect(imageUrlSecrets(classifyImage('https://bob:p%40ss@mirror.example/disk.raw'))).toEqual([
+      Buffer.from('bob:p@ss').toString('base64'),
+      'p@ss',
+      'p%40ss',
+    ]);
+    expect(imageUrlSecrets(classifyImage('https://mirror.example/disk.raw'))).toEqual([]);
+    expect(() => classifyImage('https://bob:p%zzss@mirror.example/disk.raw')).toThrow(
+      "Input 'image': the URL's user or password has a malformed %-escape; write % as %25.",
+    );
   });
 
   it('rejects missing files and other schemes', () => {

@@ -20,7 +20,15 @@
 import { BlockList, connect as netConnect, isIP, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { domainToASCII } from 'node:url';
-import { Agent, buildConnector, DecoratorHandler, fetch, type Dispatcher, type Response } from 'undici';
+import {
+  Agent,
+  buildConnector,
+  DecoratorHandler,
+  fetch,
+  getGlobalDispatcher,
+  type Dispatcher,
+  type Response,
+} from 'undici';
 import type { Host } from './host.js';
 import { externalText } from './oci/response.js';
 import { ActionError } from './run.js';
@@ -112,23 +120,13 @@ function parseProxy(variable: string, value: string): ProxyServer | undefined {
     }
   }
   const port = Number(url.port || (url.protocol === 'https:' ? 443 : url.protocol === 'socks5:' ? 1080 : 80));
-  const secrets: string[] = [];
-  let authorization: string | undefined;
-  if (url.username || url.password) {
-    let user: string;
-    let password: string;
-    try {
-      user = decodeURIComponent(url.username);
-      password = decodeURIComponent(url.password);
-    } catch {
-      // A malformed %-escape (`p%zz`): Go's url.Parse refuses the URL, and httpproxy ignores the variable. Thrown
-      // here it was a URIError before any step ran, with the password not yet masked.
-      return undefined;
-    }
-    const basic = Buffer.from(`${user}:${password}`).toString('base64');
-    authorization = `Basic ${basic}`;
-    secrets.push(basic);
-    if (password) secrets.push(password, url.password);
+  let credentials: UrlCredentials | undefined;
+  try {
+    credentials = urlCredentials(url);
+  } catch {
+    // A malformed %-escape (`p%zz`): Go's url.Parse refuses the URL, and httpproxy ignores the variable. Thrown
+    // here it was a URIError before any step ran, with the password not yet masked.
+    return undefined;
   }
   return {
     name: `${url.protocol}//${url.hostname}:${port}`,
@@ -136,9 +134,30 @@ function parseProxy(variable: string, value: string): ProxyServer | undefined {
     protocol: url.protocol,
     hostname: url.hostname.replace(/^\[|\]$/g, ''),
     port,
-    authorization,
-    secrets: [...new Set(secrets)],
+    authorization: credentials?.authorization,
+    secrets: credentials?.secrets ?? [],
   };
+}
+
+export interface UrlCredentials {
+  /** `Basic …` of the user and password. */
+  authorization: string;
+  /** What to mask: the password as written and decoded, and the Basic value. */
+  secrets: string[];
+}
+
+/**
+ * A URL's `user:password@` as a Basic Authorization, as curl and Go send it; undefined without one. Throws a
+ * URIError on a malformed %-escape (`p%zz`), which the caller turns into its own refusal.
+ */
+export function urlCredentials(url: URL): UrlCredentials | undefined {
+  if (!url.username && !url.password) return undefined;
+  const user = decodeURIComponent(url.username);
+  const password = decodeURIComponent(url.password);
+  const basic = Buffer.from(`${user}:${password}`).toString('base64');
+  const secrets = [basic];
+  if (password) secrets.push(password, url.password);
+  return { authorization: `Basic ${basic}`, secrets: [...new Set(secrets)] };
 }
 
 function parseNoProxy(value: string): { entries: NoProxyEntry[]; all: boolean } {
@@ -536,10 +555,44 @@ function proxiedAgent(timeoutMs: number, settings: ProxySettings = proxySettings
   }).compose(forwardHttp(settings));
 }
 
+/** Where a response's Content-Encoding goes when the body is taken as sent (see keepEncoding). */
+export const SENT_ENCODING_HEADER = 'x-image-ci-content-encoding';
+
+/**
+ * An interceptor that moves a response's Content-Encoding to SENT_ENCODING_HEADER, so that fetch, which has no
+ * switch for it, does not decode the body: a download keeps the bytes the server sent, as @actions/tool-cache,
+ * curl and wget do. A `.raw.gz` that a mirror labels `Content-Encoding: gzip` (Apache's `AddEncoding x-gzip .gz`,
+ * an S3 object with that metadata) is the file itself; decoded, it no longer matched its published sha256.
+ */
+function keepEncoding(): Dispatcher.DispatcherComposeInterceptor {
+  return (dispatch) => (options, handler) => dispatch(options, new EncodingKeeper(handler));
+}
+
+class EncodingKeeper extends DecoratorHandler {
+  constructor(private readonly handler: Dispatcher.DispatchHandlers) {
+    super(handler);
+  }
+
+  onHeaders(statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
+    const renamed = headers.map((value, i) =>
+      i % 2 === 0 && String(value).toLowerCase() === 'content-encoding'
+        ? Buffer.from(SENT_ENCODING_HEADER)
+        : value,
+    );
+    return this.handler.onHeaders?.(statusCode, renamed, resume, statusText) ?? true;
+  }
+}
+
 /** A fetch with a method, headers and a text body at most; what withProxiedFetch lends. */
 export type ProxiedFetch = (
   url: string | URL,
-  init: { method?: string; headers?: Record<string, string>; body?: string; signal?: AbortSignal },
+  init: {
+    method?: string;
+    headers?: Record<string, string>;
+    body?: string;
+    signal?: AbortSignal;
+    redirect?: 'follow' | 'manual';
+  },
 ) => Promise<Response>;
 
 /** The body as text, or undefined (and the transfer stopped) once it is longer than `max` bytes, chunked or not. */
@@ -565,20 +618,28 @@ export async function readCapped(response: Response, max: number): Promise<strin
  * that fetch is node's own, as before proxies were honoured; with one, it goes through a dispatcher of its own,
  * ended afterwards without waiting: out of file descriptors, a connect that never calls back keeps undici's
  * destroy() pending for good, and awaiting it (or, it seems, using our dispatcher at all there) hung a cache
- * restore instead of letting it fall back.
+ * restore instead of letting it fall back. `bodyAsSent`: a body is never decoded (keepEncoding), for downloads.
  */
 export async function withProxiedFetch<T>(
   timeoutMs: number,
   use: (fetch: ProxiedFetch) => Promise<T>,
   settings: ProxySettings = proxySettings(),
+  { bodyAsSent = false }: { bodyAsSent?: boolean } = {},
 ): Promise<T> {
   if ((!settings.https && !settings.http) || settings.noProxyAll) {
-    return use((url, init) => globalThis.fetch(url, init) as unknown as Promise<Response>);
+    if (!bodyAsSent) return use((url, init) => globalThis.fetch(url, init) as unknown as Promise<Response>);
+    // node's own dispatcher, composed (nothing of ours to end afterwards).
+    const dispatcher = getGlobalDispatcher().compose(keepEncoding());
+    return use(
+      (url, init) =>
+        globalThis.fetch(url, { ...init, dispatcher } as RequestInit) as unknown as Promise<Response>,
+    );
   }
-  const dispatcher = proxiedAgent(timeoutMs, settings);
+  const proxied = proxiedAgent(timeoutMs, settings);
+  const dispatcher = bodyAsSent ? proxied.compose(keepEncoding()) : proxied;
   try {
     return await use((url, init) => fetch(url, { ...init, dispatcher }));
   } finally {
-    dispatcher.destroy().catch(() => undefined);
+    proxied.destroy().catch(() => undefined);
   }
 }

@@ -1,6 +1,7 @@
 /**
  * Downloading an image from a URL: a user's `image: https://…`, or the disk a Fedora CoreOS stream names. It goes
- * through the environment's proxy (as the stream itself is fetched), retries 5xx/408/429 and broken connections,
+ * through the environment's proxy (as the stream itself is fetched), keeps the bytes as sent (never decoded),
+ * follows redirects but not from https to http, retries 5xx/408/429 and broken connections,
  * and fails a download that makes no progress, or grows slower than the low-speed limit, over the stall time (a
  * server trickling a few bytes every few seconds would otherwise hold the job until its 6 h limit).
  *
@@ -25,7 +26,13 @@ import {
   type RetryPolicy,
 } from '../../core/oci/retry.js';
 import { sleep } from '../../core/process.js';
-import { withProxiedFetch, type ProxiedFetch } from '../../core/proxy-env.js';
+import {
+  SENT_ENCODING_HEADER,
+  urlCredentials,
+  withProxiedFetch,
+  type ProxiedFetch,
+  type UrlCredentials,
+} from '../../core/proxy-env.js';
 import { ActionError } from '../../core/run.js';
 import { formatBytes } from '../../core/summary.js';
 import { ProgressLog } from './progress.js';
@@ -106,12 +113,35 @@ export async function downloadUrl(
   dest: string,
   { stallMs = STALL_MS, maxBytes = DEFAULT_DOWNLOAD_MAX_BYTES }: UrlDownloadOptions = {},
 ): Promise<number> {
-  // A stream's disk location comes from outside: it reaches messages as one line of plain text.
-  const shown = externalText(url, 300);
+  // `user:password@` is sent as Basic auth (fetch refuses a URL holding it), to that host only; masked, and
+  // left out of the URL that messages name.
+  const target = new URL(url);
+  let credentials: UrlCredentials | undefined;
   try {
-    return await withProxiedFetch(stallMs, (fetch) =>
-      fetchWithRetries({ host, fetch, url, shown, dest, stallMs, maxBytes }),
+    credentials = urlCredentials(target);
+  } catch {
+    throw new DownloadRefused(
+      "the download URL's user or password has a malformed %-escape; download refused.",
     );
+  }
+  for (const secret of credentials?.secrets ?? []) host.setSecret(secret);
+  target.username = '';
+  target.password = '';
+  // A stream's disk location comes from outside: it reaches messages as one line of plain text.
+  const shown = externalText(target.href, 300);
+  const transfer = {
+    host,
+    url: target.href,
+    authorization: credentials?.authorization,
+    shown,
+    dest,
+    stallMs,
+    maxBytes,
+  };
+  try {
+    return await withProxiedFetch(stallMs, (fetch) => fetchWithRetries({ ...transfer, fetch }), undefined, {
+      bodyAsSent: true,
+    });
   } catch (error) {
     await rm(dest, { force: true });
     throw error;
@@ -123,6 +153,8 @@ interface Transfer {
   host: Host;
   fetch: ProxiedFetch;
   url: string;
+  /** Basic auth from the URL's `user:password@`: sent to the URL's own origin, never to a redirect's other one. */
+  authorization: string | undefined;
   shown: string;
   dest: string;
   stallMs: number;
@@ -146,7 +178,54 @@ async function fetchWithRetries(transfer: Transfer): Promise<number> {
   }
 }
 
-async function fetchOnce({ host, fetch, url, shown, dest, stallMs, maxBytes }: Transfer): Promise<number> {
+/** As many as a storage front end needs (a GitHub release asset takes one); fetch's own limit is 20. */
+const MAX_REDIRECTS = 10;
+const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
+
+/**
+ * The answer at the end of `url`'s redirects, followed here because fetch follows one from https to http (the
+ * Fetch standard allows it): that hop, as @actions/tool-cache's client did, is refused, since a disk over plain
+ * http can be swapped on the way and a URL image has no published checksum to notice. A redirect's target may
+ * be a signed URL: messages name its origin only.
+ */
+async function openFollowing(
+  { fetch, url, authorization, shown }: Transfer,
+  signal: AbortSignal,
+): Promise<Response> {
+  const origin = new URL(url).origin;
+  let at = new URL(url);
+  for (let redirects = 0; ; redirects++) {
+    // Identity: the file's own bytes (what its sha256 is of), so a server compressing on the fly leaves them be.
+    const headers: Record<string, string> = { 'accept-encoding': 'identity' };
+    if (authorization && at.origin === origin) headers.authorization = authorization;
+    const response = await fetch(at, { signal, redirect: 'manual', headers });
+    const location = response.headers.get('location');
+    if (!REDIRECT_STATUSES.has(response.status) || location === null) return response;
+    await response.body?.cancel().catch(() => undefined);
+    if (redirects === MAX_REDIRECTS) {
+      throw new DownloadRefused(
+        `download of ${shown}: more than ${MAX_REDIRECTS} redirects; download refused.`,
+      );
+    }
+    const next = URL.canParse(location, at.href) ? new URL(location, at) : undefined;
+    const refused = !next
+      ? 'to an invalid URL'
+      : next.protocol === 'http:' && at.protocol === 'https:'
+        ? `from https to plain http (${externalText(next.origin, 100)})`
+        : next.protocol !== 'https:' && next.protocol !== 'http:'
+          ? `to a ${externalText(next.protocol, 20)} URL`
+          : undefined;
+    if (!next || refused) {
+      throw new DownloadRefused(
+        `download of ${shown}: ${externalText(at.origin, 100)} redirected ${refused}; download refused.`,
+      );
+    }
+    at = next;
+  }
+}
+
+async function fetchOnce(transfer: Transfer): Promise<number> {
+  const { host, shown, dest, stallMs, maxBytes } = transfer;
   // Silence (before the headers or mid-body) aborts the request; every chunk starts the clock again.
   const silence = new AbortController();
   const stalled = new Stalled(`download of ${shown} made no progress for ${Math.round(stallMs / 1000)} s`);
@@ -157,11 +236,7 @@ async function fetchOnce({ host, fetch, url, shown, dest, stallMs, maxBytes }: T
   };
   const file = await open(dest, 'w', 0o644);
   try {
-    // Identity: the file's own bytes (what its sha256 is of), never a transfer coding fetch would undo.
-    const response = await fetch(url, {
-      signal: silence.signal,
-      headers: { 'accept-encoding': 'identity' },
-    }).catch((error: unknown) => {
+    const response = await openFollowing(transfer, silence.signal).catch((error: unknown) => {
       throw silence.signal.aborted ? stalled : error;
     });
     progressed();
@@ -173,10 +248,14 @@ async function fetchOnce({ host, fetch, url, shown, dest, stallMs, maxBytes }: T
       }
       throw new DownloadRefused(what);
     }
-    const encoding = response.headers.get('content-encoding')?.trim().toLowerCase();
-    // fetch decodes a body the server encoded anyway: Content-Length counts the encoded bytes, so the decoded
-    // ones are held to the download limit instead.
-    const encoded = encoding !== undefined && encoding !== '' && encoding !== 'identity';
+    // Kept as sent (withProxiedFetch's bodyAsSent): a mirror that labels a `.gz` `Content-Encoding: gzip` serves
+    // the file itself, whose sha256 is published; Content-Length counts those bytes.
+    const encoding = externalText(response.headers.get(SENT_ENCODING_HEADER) ?? '', 40);
+    if (encoding !== '' && encoding.toLowerCase() !== 'identity') {
+      host.info(
+        `${shown} comes with Content-Encoding: ${encoding}; kept as sent (not decoded), as the file's own bytes.`,
+      );
+    }
     const announced = announcedLength(response.headers.get('content-length'));
     if (announced !== undefined) {
       if (announced > maxBytes) {
@@ -193,10 +272,10 @@ async function fetchOnce({ host, fetch, url, shown, dest, stallMs, maxBytes }: T
         throw new DownloadRefused(`${(error as Error).message} Download refused before its first byte.`);
       }
     }
-    const progress = new ProgressLog(host, `Downloading ${shown}`, encoded ? undefined : announced);
+    const progress = new ProgressLog(host, `Downloading ${shown}`, announced);
     let written = 0;
     const body = withLowSpeedLimit(
-      boundedBody(response.body ?? [], shown, encoded ? undefined : announced, maxBytes),
+      boundedBody(response.body ?? [], shown, announced, maxBytes),
       stallMs,
       (reason) => new Stalled(`download of ${shown}: ${reason}`),
     );

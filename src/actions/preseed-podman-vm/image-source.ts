@@ -6,6 +6,7 @@ import { statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { InputError } from '../../core/inputs.js';
 import { parseReference, type ImageReference } from '../../core/oci/reference.js';
+import { urlCredentials } from '../../core/proxy-env.js';
 import { errorMessage } from '../../core/run.js';
 import { Inputs } from './constants.js';
 import { FCOS_STREAMS, fcosStreamUrl } from './fcos-stream.js';
@@ -41,6 +42,15 @@ export function classifyImage(text: string): ImageSource {
       url = new URL(text);
     } catch {
       throw new InputError(Inputs.image, `'${text}' is not a valid URL.`);
+    }
+    try {
+      urlCredentials(url);
+    } catch {
+      // Without the text: it holds the password.
+      throw new InputError(
+        Inputs.image,
+        "the URL's user or password has a malformed %-escape; write % as %25.",
+      );
     }
     const streamFile = /\/([^/]+)\.json$/i.exec(url.pathname);
     if (streamFile) return { kind: 'fcos', stream: streamFile[1]!, streamUrl: url.toString() };
@@ -78,4 +88,13 @@ function fileKind(path: string): 'file' | 'directory' | 'other' | 'missing' {
   }
   if (!info) return 'missing';
   return info.isFile() ? 'file' : info.isDirectory() ? 'directory' : 'other';
+}
+
+/**
+ * What to mask of an image URL's `user:password@` before anything prints the input (the download sends them
+ * as Basic auth to the URL's own host).
+ */
+export function imageUrlSecrets(source: ImageSource): string[] {
+  const url = source.kind === 'url' ? source.url : source.kind === 'fcos' ? source.streamUrl : undefined;
+  return (url && urlCredentials(new URL(url))?.secrets) || [];
 }

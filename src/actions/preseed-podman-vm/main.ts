@@ -21,7 +21,7 @@ import { downloadDisk, isUnreachable, resolveDisk } from './fetch-registry.js';
 import { downloadSizeLimit, downloadUrl } from './fetch-url.js';
 import { digestFile } from '../../core/oci/digest.js';
 import { externalText } from '../../core/oci/response.js';
-import { classifyImage, type ImageSource } from './image-source.js';
+import { classifyImage, imageUrlSecrets, type ImageSource } from './image-source.js';
 import {
   commitDownload,
   placeInPodmanCache,
@@ -68,6 +68,7 @@ export async function main(host: Host, inputs: PreseedInputs): Promise<void> {
   const arch = resolveArch(inputs.arch, inputs.init);
   const imageText = inputs.image ?? defaultImage(version, vmType);
   const source = classifyImage(imageText);
+  for (const secret of imageUrlSecrets(source)) host.setSecret(secret);
   host.info(`podman ${version.text}, provider ${vmType}, arch ${arch}, image ${imageText}`);
 
   // Read before anything is fetched: a mistake in it is an input error on a warm run too.
@@ -324,7 +325,11 @@ async function download(
       const size = await downloadUrl(host, source.url, temp, { maxBytes });
       const fileDigest = await digestFile(temp);
       const title = new URL(source.url).pathname.split('/').pop() ?? '';
-      record = { source: source.url, digest: fileDigest, fileDigest, title, size };
+      // The record is cached: without the URL's `user:password@`.
+      const shownSource = new URL(source.url);
+      shownSource.username = '';
+      shownSource.password = '';
+      record = { source: shownSource.href, digest: fileDigest, fileDigest, title, size };
     } else {
       throw new Error('a registry or stream image must be resolved before it is downloaded');
     }
