@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execFile, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runAction } from '../support/harness.js';
@@ -158,7 +158,23 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
     writeFileSync(conf, '[engine\n');
     const r = await push('pmt/app:built', 'src/broken', {}, { ...storageEnv, CONTAINERS_CONF: conf });
     expect(r.main.exitCode).not.toBe(0);
-    expect(r.log).toMatch(/podman could not look up pmt\/app:built \(exit \d+\): .*broken-containers\.conf/);
+    expect(r.log).toMatch(/podman could not look up pmt\/app:built \(exit \d+: .*broken-containers\.conf/);
+  });
+
+  // The lookup is a courtesy: a podman that cannot be run at all (here: not executable; a storage lock held past
+  // the lookup's timeout ends the same way) is said in one line, and skopeo gets its turn, instead of the step
+  // ending with the lookup's bare error.
+  it('falls back to skopeo, saying why, when podman cannot be run for the lookup', async () => {
+    // Only these two on PATH: a podman that is no executable, and the real skopeo.
+    const bin = join(work, 'bin-broken-podman');
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(join(bin, 'podman'), '#!/bin/sh\nexit 0\n', { mode: 0o644 });
+    symlinkSync('/usr/bin/skopeo', join(bin, 'skopeo'));
+    const r = await push('pmt/app:built', 'src/noexec', {}, { ...storageEnv, PATH: bin });
+    expect(r.log).toMatch(
+      /podman could not look up pmt\/app:built \(.*EACCES.*\); reading it as skopeo does/,
+    );
+    expect(r.errors.join('\n')).toMatch(/no such image/);
   });
 
   it('compression=zstd compresses an uncompressed source with zstd', async () => {

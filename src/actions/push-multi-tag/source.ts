@@ -272,28 +272,33 @@ async function localImageId(
       const id = result.stdout.trim();
       return { result, id: result.exitCode === 0 && /^[0-9a-f]{64}$/.test(id) ? id : undefined };
     };
+    // "not known" is the answer looked for; anything else (a broken containers.conf, a storage lock held past the
+    // timeout, a tool that cannot be run) would otherwise be hidden behind skopeo's "no such image" for the name
+    // it reads, or end the step with the bare error of a lookup that is only a courtesy.
+    const cannot = (why: string) => {
+      options.log(`${tool} could not look up ${name} (${why}); reading it as skopeo does`);
+      return undefined;
+    };
     let answer;
+    let hub: string | undefined;
+    const hubName = dockerHubReading(name);
     try {
       answer = await ask(name);
+      // skopeo (and this step before short names were resolved) reads `app` as docker.io/library/app:latest,
+      // podman prefers localhost/app: when both are there and differ, which one is meant is the user's call.
+      if (answer.id && hubName) hub = (await ask(hubName)).id;
     } catch (error) {
-      if (error instanceof ExecError && error.spawnCode === 'ENOENT') continue;
-      throw error;
+      if (!(error instanceof ExecError)) throw error;
+      if (error.spawnCode === 'ENOENT') continue;
+      return cannot(externalText(error.message, 300));
     }
     const { result, id } = answer;
     if (!id) {
-      // "not known" is the answer looked for; anything else (a broken containers.conf, say) would otherwise be
-      // hidden behind skopeo's "no such image" for the name it reads.
-      if (result.exitCode !== 0 && !/image not known/i.test(result.stderr)) {
-        options.log(
-          `${tool} could not look up ${name} (exit ${result.exitCode}): ${externalText(result.stderr.trim() || result.stdout.trim(), 300) || 'no message'}; reading it as skopeo does`,
-        );
-      }
-      return undefined;
+      if (result.exitCode === 0 || /image not known/i.test(result.stderr)) return undefined;
+      return cannot(
+        `exit ${result.exitCode}: ${externalText(result.stderr.trim() || result.stdout.trim(), 300) || 'no message'}`,
+      );
     }
-    // skopeo (and this step before short names were resolved) reads `app` as docker.io/library/app:latest, podman
-    // prefers localhost/app: when both are there and differ, which one is meant is the user's call, not ours.
-    const hubName = dockerHubReading(name);
-    const hub = hubName ? (await ask(hubName)).id : undefined;
     if (hub && hub !== id) {
       throw new InputError(
         Inputs.source,
