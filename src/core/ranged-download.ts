@@ -45,6 +45,7 @@ import {
 } from './range-connection.js';
 import { errorMessage } from './run.js';
 import { formatBytes, formatSeconds } from './summary.js';
+import { MAX_REDIRECTS, REDIRECT_STATUSES, refusedRedirect } from './redirects.js';
 
 export interface RangedDownloadOptions {
   chunkBytes: number;
@@ -91,10 +92,6 @@ class RetryableError extends Error {
  */
 type Consumer = (pieces: Buffer[]) => Promise<void>;
 
-/** As many as a storage front end needs; @actions/http-client, which the library downloads with, follows 50. */
-const MAX_REDIRECTS = 10;
-const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
-
 /**
  * The library follows the archive URL's redirects: refused here, the restore went to it, and it extracts the
  * archive unchecked. The first range's answer decides: a redirect restarts the download at its target, which
@@ -111,13 +108,8 @@ export async function downloadInOrder(
     if (!(done instanceof URL)) return done;
     if (redirects === MAX_REDIRECTS)
       throw new Error(`the archive URL redirected more than ${MAX_REDIRECTS} times`);
-    if (done.protocol !== 'https:' && done.protocol !== 'http:') {
-      throw new Error(`the archive URL redirected to a ${done.protocol} URL`);
-    }
-    // As the library's client refuses it: whatever the https URL was signed to protect would go in the clear.
-    if (target.protocol === 'https:' && done.protocol === 'http:') {
-      throw new Error('the archive URL redirected from https to http');
-    }
+    const refused = refusedRedirect(target, done);
+    if (refused) throw new Error(`the archive URL redirected ${refused}`);
     target = done;
   }
 }

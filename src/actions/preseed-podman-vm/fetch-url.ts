@@ -36,6 +36,7 @@ import {
 import { ActionError } from '../../core/run.js';
 import { formatBytes } from '../../core/summary.js';
 import { ProgressLog } from './progress.js';
+import { MAX_REDIRECTS, REDIRECT_STATUSES, refusedRedirect } from '../../core/redirects.js';
 
 const STALL_MS = 5 * 60_000;
 
@@ -178,10 +179,6 @@ async function fetchWithRetries(transfer: Transfer): Promise<number> {
   }
 }
 
-/** As many as a storage front end needs (a GitHub release asset takes one); fetch's own limit is 20. */
-const MAX_REDIRECTS = 10;
-const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
-
 /**
  * The answer at the end of `url`'s redirects, followed here because fetch follows one from https to http (the
  * Fetch standard allows it): that hop, as @actions/tool-cache's client did, is refused, since a disk over plain
@@ -208,13 +205,7 @@ async function openFollowing(
       );
     }
     const next = URL.canParse(location, at.href) ? new URL(location, at) : undefined;
-    const refused = !next
-      ? 'to an invalid URL'
-      : next.protocol === 'http:' && at.protocol === 'https:'
-        ? `from https to plain http (${externalText(next.origin, 100)})`
-        : next.protocol !== 'https:' && next.protocol !== 'http:'
-          ? `to a ${externalText(next.protocol, 20)} URL`
-          : undefined;
+    const refused = next ? refusedRedirect(at, next) : 'to an invalid URL';
     if (!next || refused) {
       throw new DownloadRefused(
         `download of ${shown}: ${externalText(at.origin, 100)} redirected ${refused}; download refused.`,
