@@ -6,6 +6,7 @@ import { chmod, copyFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathExists } from '../../src/core/files.js';
+import { sleep } from '../../src/core/process.js';
 import { isRunning, stopProcessGroup } from '../../src/actions/remote-build-env/process-group.js';
 import { closeRegistry, spawnTracked } from '../../src/actions/remote-build-env/tracked.js';
 import { pauseProcess } from '../../src/actions/remote-build-env/local-service.js';
@@ -20,6 +21,10 @@ async function registryDir(): Promise<{ dir: string; registry: string }> {
   return { dir, registry };
 }
 
+async function entryWritten(path: string): Promise<void> {
+  while (!(await readFile(path, 'utf8').catch(() => '')).endsWith('\n')) await sleep(5);
+}
+
 afterEach(async () => {
   for (const dir of dirs.splice(0)) await rm(dir, { recursive: true, force: true });
 });
@@ -31,7 +36,11 @@ describe('tracked children', () => {
       env: { PATH: process.env.PATH, INPUT_SSH_KEY: 'secret' },
       logFile: join(dir, 'log'),
     });
+    let outcome;
     try {
+      // The wrapper is a process of its own: 'spawn' can come before it wrote its entry, and a registry closed
+      // before that stops the command (as it must, the next test). Main's caller waits for the service to answer.
+      await entryWritten(join(registry, 'sleeper'));
       const found = await closeRegistry(registry);
       expect(found).toEqual(new Map([['sleeper', child.identity]]));
       expect(child.identity.startTime).toMatch(/^\d+$/);
@@ -43,8 +52,10 @@ describe('tracked children', () => {
       // A later post run reads the closed registry again.
       expect(await closeRegistry(registry)).toEqual(found);
     } finally {
-      expect(await stopProcessGroup(child.identity, 5000)).toBe('terminated');
+      // Asserted after: a failed expect above must not be masked by this one.
+      outcome = await stopProcessGroup(child.identity, 5000);
     }
+    expect(outcome).toBe('terminated');
     expect(await child.exited).toBe(128);
   });
 
