@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from '@jest/globals';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { get as httpGet } from 'node:http';
+import { createServer as createHttpServer, get as httpGet } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -530,6 +530,41 @@ describe('range connection', () => {
       expect(tunnels.every((r) => r.target === new URL(url).host && r.status === 200)).toBe(true);
     } finally {
       await proxy.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a redirect of the archive from https to plain http is refused before the http URL is asked', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ici-unit-range-downgrade-'));
+    try {
+      let plainAsked = 0;
+      const plain = createHttpServer((_req, res) => {
+        plainAsked++;
+        res.writeHead(200, { 'Content-Length': data.length }).end(data);
+      });
+      servers.push(plain);
+      await new Promise<void>((ready) => plain.listen(0, '127.0.0.1', ready));
+      const target = `http://127.0.0.1:${(plain.address() as AddressInfo).port}/archive?sig=secret`;
+      const ca = makeTestCa(dir);
+      const tls = createHttpsServer(
+        { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) },
+        (_req, res) => res.writeHead(302, { Location: target, 'Content-Length': 0 }).end(),
+      );
+      servers.push(tls);
+      await new Promise<void>((ready) => tls.listen(0, '127.0.0.1', ready));
+      const url = `https://127.0.0.1:${(tls.address() as AddressInfo).port}/archive`;
+      const script = `
+        try {
+          await downloadInOrder(process.argv[1], async () => undefined, {
+            chunkBytes: 100000, concurrency: 2, idleTimeoutMs: 5000, retryBudget: 0,
+            retry: { retries: 0, baseDelayMs: 1, maxDelayMs: 1 }, maxBytes: 1e9 });
+          console.log('downloaded');
+        } catch (e) { console.log(e.message); }`;
+      expect(await nodeTrusting(ca.caCert, script, url)).toBe(
+        `the archive URL redirected from https to plain http (${new URL(target).origin})`,
+      );
+      expect(plainAsked).toBe(0);
+    } finally {
       rmSync(dir, { recursive: true, force: true });
     }
   });
