@@ -81,6 +81,11 @@ export class RetryBudget {
     private readonly onRetry: (error: TransientError, waitMs: number) => void,
   ) {}
 
+  /** Failed tries so far that were followed by another: one of them may have been applied, its answer lost. */
+  get retried(): number {
+    return this.tries - 1;
+  }
+
   /**
    * Called after a failed try: waits before the next one, or rethrows the failure when the budget is spent
    * (the thrown error is then marked exhausted, so an enclosing operation does not start its own round).
