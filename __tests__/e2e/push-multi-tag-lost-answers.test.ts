@@ -64,10 +64,10 @@ const targetOf = (repository: string, mountFrom?: string) => ({
 });
 
 /** Phase 1 for `repository` through the relay (tags planned: none). */
-async function store(repository: string, mountFrom?: string) {
+async function store(repository: string, mountFrom?: string, chunkSize = 0) {
   const target = targetOf(repository, mountFrom);
   const plan = planRepository(target, content, [], await inspect(target, content, []));
-  return storeByDigest(target, content, plan, { concurrency: 4, chunkSize: 0 });
+  return storeByDigest(target, content, plan, { concurrency: 4, chunkSize });
 }
 
 const puts = (reference: string) =>
@@ -214,6 +214,28 @@ describe('phase 1 writes whose answer is lost on every try', () => {
     expect(await direct.headBlob('blob/cut', large.digest)).toEqual({ size: large.size });
     expect(told).toEqual([
       expect.stringMatching(/^upload blob sha256:\w+ to blob\/cut: .*: not sent again\.$/),
+    ]);
+  });
+
+  it("a chunked upload's closing PUT (no body) whose answer is cut: its retry finds the session closed, a HEAD finds the blob, nothing is sent again", async () => {
+    const large = content.blobs.reduce((a, b) => (b.size > a.size ? b : a));
+    let cut = false;
+    // The closing PUT after the chunks carries no bytes; cut the first one's answer.
+    begin(({ kind, contentLength }) =>
+      kind === 'upload-put' && contentLength === 0 && !cut
+        ? ((cut = true), { lostAnswer: 'drop' })
+        : undefined,
+    );
+    const stored = await store('blob/chunked', undefined, 100_000);
+    expect(stored.uploaded).toBe(content.blobs.length);
+    const chunks = relay.records.filter((r) => r.kind === 'upload-chunk');
+    expect(chunks.reduce((n, r) => n + r.bytesUp, 0)).toBe(large.size);
+    expect(relay.count('upload-start')).toBe(content.blobs.length);
+    expect(await direct.headBlob('blob/chunked', large.digest)).toEqual({ size: large.size });
+    expect(told).toEqual([
+      expect.stringMatching(
+        new RegExp(`^upload blob ${large.digest} to blob/chunked: .*: not sent again\\.$`),
+      ),
     ]);
   });
 });

@@ -117,6 +117,15 @@ export async function uploadBlob(
       return;
     } catch (error) {
       if (isLostSession(error)) {
+        // A closing PUT retried after its answer was lost (one without a body is retried as it is) finds the
+        // session closed when the lost try completed the blob: starting over would send all of it again.
+        if (
+          closing &&
+          (await blobArrived(transport, repository, blob.digest, error, 'not sent again', blob.size))
+        ) {
+          transport.stats.bytesUploaded += blob.size;
+          return;
+        }
         await budget.next(new TransientError(error.message, error.status));
         at = await newSession(transport, repository, blob, budget);
         continue;
@@ -152,7 +161,7 @@ async function blobArrived(
   transport: RegistryTransport,
   repository: string,
   digest: string,
-  failure: TransientError,
+  failure: RegistryError,
   outcome: string,
   size?: number,
 ): Promise<boolean> {
