@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import type { RegistryClient } from '../../src/core/oci/client.js';
 import { readOciLayout } from '../../src/core/oci/layout.js';
 import { MediaType } from '../../src/core/oci/media-types.js';
-import { pushContent, type PushContent } from '../../src/actions/push-multi-tag/content.js';
+import { pushContent, referrersTag, type PushContent } from '../../src/actions/push-multi-tag/content.js';
+import { updateFallbackIndex } from '../../src/actions/push-multi-tag/fallback-index.js';
 import { inspect, storeByDigest } from '../../src/actions/push-multi-tag/phases.js';
 import { planRepository } from '../../src/actions/push-multi-tag/plan.js';
 import { tagManifest } from '../../src/actions/push-multi-tag/tagging.js';
@@ -170,6 +171,27 @@ describe('a tag PUT whose answer is lost on every try: a HEAD decides', () => {
     expect(await direct.headManifest('tagput/other', 'absent')).toBeUndefined();
     expect(told).toEqual([]);
   });
+});
+
+it("a referrers index (the tag schema) whose PUT's answer is cut every time: the HEAD finds it, the read-back lists the referrer", async () => {
+  begin(undefined);
+  await store('referrers/app');
+  const tag = referrersTag(content.root.digest);
+  const listed = {
+    mediaType: content.root.mediaType,
+    digest: content.root.digest,
+    size: content.root.bytes.length,
+  };
+  begin(({ kind, reference }) =>
+    kind === 'manifest-put' && reference === tag ? { lostAnswer: 'drop' } : undefined,
+  );
+  const done = await updateFallbackIndex(client, 'referrers/app', tag, [listed]);
+  expect(done).toMatchObject({ before: undefined, added: 1 });
+  expect(puts(tag)).toBe(6);
+  const there = await direct.getManifest('referrers/app', tag);
+  expect(there.digest).toBe(done.after);
+  expect((JSON.parse(there.bytes.toString('utf8')) as { manifests: unknown[] }).manifests).toEqual([listed]);
+  expect(told).toEqual([expect.stringContaining(`; but referrers/app:${tag} is ${done.after} now (HEAD)`)]);
 });
 
 describe('phase 1 writes whose answer is lost on every try', () => {
