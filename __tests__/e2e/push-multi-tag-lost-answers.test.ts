@@ -289,6 +289,8 @@ it('the action: a release tag whose PUT gets a 504 every time though the registr
       `PUT manifest action/app:v2: HTTP 504 .*; but action/app:v2 is ${layout.digest} now \\(HEAD\\): counted as done\\.`,
     ),
   );
-  expect(r.main.summary).toContain('v2');
+  expect(r.main.summary).toContain(
+    `| ${relay.host}/action/app:v2 | (new) | \`${layout.digest.slice(0, 19)}…\` | moved |`,
+  );
   expect(r.post?.exitCode).toBe(0);
 });

@@ -71,6 +71,7 @@ export class TransientError extends RegistryError {
 
 export class RetryBudget {
   private tries = 1;
+  private refused = false;
 
   constructor(
     private readonly policy: RetryPolicy,
@@ -87,12 +88,21 @@ export class RetryBudget {
   }
 
   /**
+   * Every try of this operation failed without a usable answer: this budget refused the next one (not a
+   * failure that came exhausted from elsewhere, such as a shared token fetch).
+   */
+  get spent(): boolean {
+    return this.refused;
+  }
+
+  /**
    * Called after a failed try: waits before the next one, or rethrows the failure when the budget is spent
    * (the thrown error is then marked exhausted, so an enclosing operation does not start its own round).
    */
   async next(error: TransientError): Promise<void> {
     if (error.exhausted) throw error;
     if (this.tries > this.policy.retries) {
+      this.refused = true;
       error.exhausted = true;
       throw error;
     }

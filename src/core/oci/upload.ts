@@ -53,7 +53,6 @@ export async function mountBlob(
   const url = transport.url(`${repository}/blobs/uploads/`);
   url.searchParams.set('mount', digest);
   url.searchParams.set('from', fromRepository);
-  const what = `mount blob ${digest} from ${fromRepository} into ${repository}`;
   try {
     const response = await transport.send(
       {
@@ -62,7 +61,7 @@ export async function mountBlob(
         scopes: [pushScope(repository), pullScope(fromRepository)],
         headers: { 'content-length': '0' },
         ok: [201, 202],
-        what,
+        what: `mount blob ${digest} from ${fromRepository} into ${repository}`,
         commitBytes: 0,
       },
       budget,
@@ -72,12 +71,10 @@ export async function mountBlob(
     return { mounted: false, location: location(response) };
   } catch (error) {
     if (error instanceof TransientError && error.exhausted) {
-      // Every answer lost: the mount may have been made all the same (the token's own failure is no such case).
-      if (
-        error.message.startsWith(what) &&
-        (await blobArrived(transport, repository, digest, error, 'mounted'))
-      )
+      // Every answer lost: the mount may have been made all the same.
+      if (budget.spent && (await blobArrived(transport, repository, digest, error, 'mounted'))) {
         return { mounted: true };
+      }
       throw error;
     }
     return { mounted: false };
@@ -399,7 +396,7 @@ export async function putManifest(
       budget,
     );
   } catch (error) {
-    if (!answerMayBeLost(error, what, budget) || tags.length > 0) throw error;
+    if (!answerMayBeLost(error, budget) || tags.length > 0) throw error;
     // A HEAD cannot tell which tags a multi-tag PUT set (the per-tag PUTs beside it say so themselves).
     await settleByHead(transport, repository, reference, digest, error);
     return { digest, confirmedTags: [] };
@@ -415,14 +412,15 @@ export async function putManifest(
 }
 
 /**
- * Whether the write `what` failed in a way that leaves it open whether the registry applied it: no usable
- * answer on any try (the connection cut after the registry took it, a gateway's 502/504, no answer in time),
- * or a refusal on a retry after such a try: a registry with immutable tags (Harbor, Artifactory, Quay) refuses
- * to write a tag again that the lost try set. A failure of the token fetch (its own words) says nothing of it.
+ * Whether a write failed in a way that leaves it open whether the registry applied it: no usable answer on any
+ * of its tries (the connection cut after the registry took it, a gateway's 502/504, no answer in time), or a
+ * refusal on a retry after such a try: a registry with immutable tags (Harbor, Artifactory, Quay) refuses to
+ * write a tag again that the lost try set. The write's own budget tells: a token fetch that failed on its own
+ * budget says nothing of the write.
  */
-function answerMayBeLost(error: unknown, what: string, budget: RetryBudget): error is RegistryError {
-  if (!(error instanceof RegistryError) || !error.message.startsWith(what)) return false;
-  if (error instanceof TransientError) return error.exhausted;
+function answerMayBeLost(error: unknown, budget: RetryBudget): error is RegistryError {
+  if (!(error instanceof RegistryError)) return false;
+  if (error instanceof TransientError) return budget.spent;
   return error.status !== undefined && budget.retried > 0;
 }
 
