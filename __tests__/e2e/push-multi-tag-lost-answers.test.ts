@@ -194,6 +194,43 @@ it("a referrers index (the tag schema) whose PUT's answer is cut every time: the
   expect(told).toEqual([expect.stringContaining(`; but referrers/app:${tag} is ${done.after} now (HEAD)`)]);
 });
 
+it('a tag PUT that failed because its token could not be fetched is no lost answer: no HEAD, no second round of token requests', async () => {
+  let failing = false;
+  const guarded = await startRegistry({
+    auth: 'token',
+    tokenHook: (req, res) => {
+      if (
+        !failing ||
+        !new URL(req.url!, 'http://t').searchParams.getAll('scope').some((s) => s.endsWith(',push'))
+      )
+        return false;
+      res.writeHead(503, { 'content-type': 'text/plain' }).end('down');
+      return true;
+    },
+  });
+  const credentials = { username: guarded.username!, password: guarded.password! };
+  const storing = testClient(guarded.host, { credentials });
+  const tagging = testClient(guarded.host, { credentials });
+  try {
+    const target = { registry: guarded.host, repository: 'token/app', client: storing, scratch: work };
+    const plan = planRepository(target, content, [], await inspect(target, content, []));
+    await storeByDigest(target, content, plan, { concurrency: 4, chunkSize: 0 });
+    // A client without a token yet, and a token server that now refuses every push token (pull still works).
+    failing = true;
+    const before = guarded.tokenRequests.length;
+    const result = await tagManifest(tagging, 'token/app', content.root, ['v1']);
+    expect(result.failed.get('v1')?.detail).toMatch(/^get a token from .*: HTTP 503/);
+    const asked = guarded.tokenRequests.slice(before);
+    // The probe's and the PUT's fetch are one (shared): six tries, all for the push token; none for a HEAD.
+    expect(asked).toHaveLength(6);
+    expect(asked.every((t) => t.scopes.some((scope) => scope.endsWith(',push')))).toBe(true);
+  } finally {
+    failing = false;
+    await Promise.all([storing.close(), tagging.close()]);
+    await guarded.stop();
+  }
+});
+
 describe('phase 1 writes whose answer is lost on every try', () => {
   it('a manifest PUT by digest the registry took counts as stored', async () => {
     begin(({ kind, reference }) =>
@@ -284,11 +321,14 @@ it('the action: a release tag whose PUT gets a 504 every time though the registr
   expect(r.outputs['bytes-uploaded']).toBe(String(layout.blobs.reduce((n, b) => n + b.size, 0)));
   expect((await direct.headManifest('action/app', 'v2'))?.digest).toBe(layout.digest);
   expect(puts('v2')).toBe(6);
-  expect(r.log).toMatch(
-    new RegExp(
-      `PUT manifest action/app:v2: HTTP 504 .*; but action/app:v2 is ${layout.digest} now \\(HEAD\\): counted as done\\.`,
+  const settled = r.log.split('\n').filter((line) => line.includes('(HEAD): counted as done.'));
+  expect(settled).toEqual([
+    expect.stringMatching(
+      new RegExp(`PUT manifest action/app:v2: HTTP 504 .*; but action/app:v2 is ${layout.digest} now`),
     ),
-  );
+  ]);
+  // The five retries of the PUT are counted; the HEAD after them is one more request.
+  expect(r.log).toMatch(new RegExp(`${relay.host}: \\d+ requests, 5 retried`));
   expect(r.main.summary).toContain(
     `| ${relay.host}/action/app:v2 | (new) | \`${layout.digest.slice(0, 19)}…\` | moved |`,
   );
