@@ -72,8 +72,8 @@ export interface TransportOptions {
   /** Told, as a log line, each wait before a retry that the registry set with Retry-After. */
   onServerWait?: (line: string) => void;
   /**
-   * Told, as a log line, each write whose answer was lost (no answer, or a 5xx, on every try) and that a HEAD
-   * then showed done: counted as done, and the log says why.
+   * Told, as a log line, each write whose answer was lost (no usable answer on any try, or a retry refused
+   * after such a try) and that a HEAD then showed done: counted as done, and the log says why.
    */
   onLostAnswer?: (line: string) => void;
   /** Longest silence: the wait for response headers, or between two pieces of a body (default 60 s). */
