@@ -2,6 +2,7 @@
  * A counting HTTP relay in front of a registry, for a misbehaving world: records every request (method, kind,
  * repository, bytes each way, status) and, per request, can answer with any status itself (429/503 with
  * Retry-After, a 401 with a challenge), drop the connection part-way through a request or a response body,
+ * lose the registry's answer to a request it applied (cut, or replaced by a gateway's 502/504),
  * throttle a response, answer with an endless body, corrupt a body, or rewrite response headers. Relay-level switches refuse
  * `Range` requests and stand in for registries with the OCI 1.1 multi-tag PUT (with a cap, or refusing `?tag=`)
  * or with the OCI 1.1 referrers API (which docker-registry 2.8 lacks).
@@ -82,7 +83,13 @@ export type Fault =
   /** Answer 200 with zeros until the client gives up (bounded at 1 GiB so the relay stops by itself). */
   | { endless: true }
   /** Relay the registry's answer with the first body byte flipped (content that does not match its digest). */
-  | { corrupt: true };
+  | { corrupt: true }
+  /**
+   * The registry gets the whole request and answers it, and that answer is lost on the way back: the relay
+   * cuts the connection instead (`'drop'`), or answers this status itself (a load balancer's 502/504), with
+   * Retry-After when given. A write is then applied though the client never hears so.
+   */
+  | { lostAnswer: 'drop' | number; retryAfterSeconds?: number };
 
 export interface ProxyOptions {
   /** host:port of the registry. */
@@ -293,6 +300,7 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
       { host: targetHost, port: Number(targetPort), method: req.method, path: req.url, headers },
       (upstreamRes) => {
         void delay(latency + (fault && 'answerDelayMs' in fault ? fault.answerDelayMs : 0)).then(async () => {
+          if (fault && 'lostAnswer' in fault) return loseAnswer(upstreamRes, res, record, fault);
           record.status = upstreamRes.statusCode ?? 0;
           let answerHeaders = { ...upstreamRes.headers };
           if (options.noRanges) delete answerHeaders['accept-ranges'];
@@ -355,6 +363,23 @@ async function writeAll(res: ServerResponse, record: RequestRecord, chunk: Buffe
     });
   }
   return !res.destroyed;
+}
+
+/** The registry's whole answer read and thrown away; the client gets no answer, or the relay's own status. */
+async function loseAnswer(
+  from: Readable,
+  res: ServerResponse,
+  record: RequestRecord,
+  fault: { lostAnswer: 'drop' | number; retryAfterSeconds?: number },
+): Promise<void> {
+  for await (const _ of from);
+  if (fault.lostAnswer === 'drop') return void res.socket?.destroy();
+  record.status = fault.lostAnswer;
+  const headers: Record<string, string> = { 'content-type': 'text/html' };
+  if (fault.retryAfterSeconds !== undefined) headers['retry-after'] = String(fault.retryAfterSeconds);
+  res
+    .writeHead(fault.lostAnswer, headers)
+    .end(`<html><title>${fault.lostAnswer} Gateway Error</title></html>`);
 }
 
 async function writeEndless(res: ServerResponse, record: RequestRecord): Promise<void> {

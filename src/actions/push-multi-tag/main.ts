@@ -195,6 +195,7 @@ class RegistryRun {
       ...access,
       onToken: (token) => host.setSecret(token),
       onServerWait: (line) => host.info(line),
+      onLostAnswer: (line) => host.info(line),
       timeoutMs: REQUEST_TIMEOUT_MS,
     });
     // The first repository mounts from the source repository when it is on this registry; the others from

@@ -16,16 +16,20 @@ export async function headManifest(
   repository: string,
   reference: string,
   accept: readonly string[] = MANIFEST_MEDIA_TYPES,
+  budget: RetryBudget = transport.budget(),
 ): Promise<{ digest: string; mediaType: string; size: number } | undefined> {
   const what = `HEAD manifest ${repository}:${reference}`;
-  const response = await transport.send({
-    method: 'HEAD',
-    url: transport.url(`${repository}/manifests/${reference}`),
-    scopes: [pullScope(repository)],
-    headers: { accept: accept.join(', ') },
-    ok: [200, 404],
-    what,
-  });
+  const response = await transport.send(
+    {
+      method: 'HEAD',
+      url: transport.url(`${repository}/manifests/${reference}`),
+      scopes: [pullScope(repository)],
+      headers: { accept: accept.join(', ') },
+      ok: [200, 404],
+      what,
+    },
+    budget,
+  );
   await response.drain();
   if (response.status === 404) return undefined;
   const digest = response.header('docker-content-digest');

@@ -71,6 +71,7 @@ export class TransientError extends RegistryError {
 
 export class RetryBudget {
   private tries = 1;
+  private refused = false;
 
   constructor(
     private readonly policy: RetryPolicy,
@@ -81,6 +82,19 @@ export class RetryBudget {
     private readonly onRetry: (error: TransientError, waitMs: number) => void,
   ) {}
 
+  /** Failed tries so far that were followed by another: one of them may have been applied, its answer lost. */
+  get retried(): number {
+    return this.tries - 1;
+  }
+
+  /**
+   * Every try of this operation failed without a usable answer: this budget refused the next one (not a
+   * failure that came exhausted from elsewhere, such as a shared token fetch).
+   */
+  get spent(): boolean {
+    return this.refused;
+  }
+
   /**
    * Called after a failed try: waits before the next one, or rethrows the failure when the budget is spent
    * (the thrown error is then marked exhausted, so an enclosing operation does not start its own round).
@@ -88,6 +102,7 @@ export class RetryBudget {
   async next(error: TransientError): Promise<void> {
     if (error.exhausted) throw error;
     if (this.tries > this.policy.retries) {
+      this.refused = true;
       error.exhausted = true;
       throw error;
     }

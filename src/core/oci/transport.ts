@@ -71,6 +71,11 @@ export interface TransportOptions {
   onToken?: (token: string) => void;
   /** Told, as a log line, each wait before a retry that the registry set with Retry-After. */
   onServerWait?: (line: string) => void;
+  /**
+   * Told, as a log line, each write whose answer was lost (no usable answer on any try, or a retry refused
+   * after such a try) and that a HEAD then showed done: counted as done, and the log says why.
+   */
+  onLostAnswer?: (line: string) => void;
   /** Longest silence: the wait for response headers, or between two pieces of a body (default 60 s). */
   timeoutMs?: number;
   /** Tries after the first one, for each operation as a whole (default 5: six tries). */
@@ -150,6 +155,7 @@ export class RegistryTransport {
   private readonly policy: RetryPolicy;
   private readonly userAgent: string;
   private readonly onServerWait: ((line: string) => void) | undefined;
+  readonly onLostAnswer: ((line: string) => void) | undefined;
   private readonly dispatcher: Dispatcher;
   private readonly ownsDispatcher: boolean;
   private readonly apiHost: string;
@@ -186,6 +192,7 @@ export class RegistryTransport {
     };
     this.userAgent = options.userAgent ?? 'image-ci-actions';
     this.onServerWait = options.onServerWait;
+    this.onLostAnswer = options.onLostAnswer;
     this.ownsDispatcher = !options.dispatcher;
     this.dispatcher = (options.dispatcher ?? this.ownAgent(options)).compose(withoutPrototypeHeaderNames);
     this.auth = new RegistryAuth({

@@ -10,9 +10,11 @@
 import { stat } from 'node:fs/promises';
 import type { Hash } from 'node:crypto';
 import { fileChunks } from '../files.js';
+import { errorMessage } from '../run.js';
 import { DigestMismatchError, digestOf, hashDigest, hashFile, newHash, verifyDigest } from './digest.js';
 import { RegistryError } from './errors.js';
-import { headBlob } from './pull.js';
+import { MANIFEST_MEDIA_TYPES } from './media-types.js';
+import { headBlob, headManifest } from './pull.js';
 import { isValidDigest } from './reference.js';
 import { externalText, type RegistryResponse } from './response.js';
 import { TransientError, type RetryBudget } from './retry.js';
@@ -68,7 +70,13 @@ export async function mountBlob(
     if (response.status === 201) return { mounted: true };
     return { mounted: false, location: location(response) };
   } catch (error) {
-    if (error instanceof TransientError && error.exhausted) throw error;
+    if (error instanceof TransientError && error.exhausted) {
+      // Every answer lost: the mount may have been made all the same.
+      if (budget.spent && (await blobArrived(transport, repository, digest, error, 'mounted'))) {
+        return { mounted: true };
+      }
+      throw error;
+    }
     return { mounted: false };
   }
 }
@@ -106,6 +114,15 @@ export async function uploadBlob(
       return;
     } catch (error) {
       if (isLostSession(error)) {
+        // A closing PUT retried after its answer was lost (one without a body is retried as it is) finds the
+        // session closed when the lost try completed the blob: starting over would send all of it again.
+        if (
+          closing &&
+          (await blobArrived(transport, repository, blob.digest, error, 'not sent again', blob.size))
+        ) {
+          transport.stats.bytesUploaded += blob.size;
+          return;
+        }
         await budget.next(new TransientError(error.message, error.status));
         at = await newSession(transport, repository, blob, budget);
         continue;
@@ -117,7 +134,10 @@ export async function uploadBlob(
         () => undefined,
         (exhausted: unknown) => exhausted,
       );
-      if (closing && (await committedMeanwhile(transport, repository, blob))) {
+      if (
+        closing &&
+        (await blobArrived(transport, repository, blob.digest, error, 'not sent again', blob.size))
+      ) {
         transport.stats.bytesUploaded += blob.size;
         return;
       }
@@ -128,21 +148,28 @@ export async function uploadBlob(
 }
 
 /**
- * After a closing PUT that got no answer (on its last try too): the registry may have finished verifying and
- * moving the blob after we stopped waiting (its session is then gone, and a resume would upload it all again).
- * The blob as the registry now holds it answers that; one HEAD, and when that fails too, the resume (or the
- * failure) goes on as it would have.
+ * After a closing PUT or a mount that got no usable answer: the registry may have done it all the same (a
+ * blob verified and moved after we stopped waiting, an answer cut or replaced by a gateway's 5xx; the
+ * session is then gone, and a resume would upload it all again). The blob as the registry now holds it answers
+ * that, told in one log line; one HEAD, and when that fails too, the resume (or the failure) goes on as it
+ * would have.
  */
-async function committedMeanwhile(
+async function blobArrived(
   transport: RegistryTransport,
   repository: string,
-  blob: BlobFile,
+  digest: string,
+  failure: RegistryError,
+  outcome: string,
+  size?: number,
 ): Promise<boolean> {
   try {
-    return (await headBlob(transport, repository, blob.digest, transport.budget(0)))?.size === blob.size;
+    const there = await headBlob(transport, repository, digest, transport.budget(0));
+    if (!there || (size !== undefined && there.size !== size)) return false;
   } catch {
     return false;
   }
+  transport.onLostAnswer?.(`${failure.message}; but ${repository} has ${digest} now (HEAD): ${outcome}.`);
+  return true;
 }
 
 async function newSession(
@@ -353,19 +380,27 @@ export async function putManifest(
   const url = transport.url(`${repository}/manifests/${reference}`);
   for (const tag of tags) url.searchParams.append('tag', tag);
   const what = `PUT manifest ${repository}:${reference}`;
-  const response = await transport.send(
-    {
-      method: 'PUT',
-      url,
-      scopes: [pushScope(repository)],
-      headers: { 'content-type': mediaType, 'content-length': String(bytes.length) },
-      body: bytes,
-      ok: [201, 200, 204],
-      what,
-      commitBytes: bytes.length,
-    },
-    budget,
-  );
+  let response: RegistryResponse;
+  try {
+    response = await transport.send(
+      {
+        method: 'PUT',
+        url,
+        scopes: [pushScope(repository)],
+        headers: { 'content-type': mediaType, 'content-length': String(bytes.length) },
+        body: bytes,
+        ok: [201, 200, 204],
+        what,
+        commitBytes: bytes.length,
+      },
+      budget,
+    );
+  } catch (error) {
+    if (!answerMayBeLost(error, budget) || tags.length > 0) throw error;
+    // A HEAD cannot tell which tags a multi-tag PUT set (the per-tag PUTs beside it say so themselves).
+    await settleByHead(transport, repository, reference, digest, error);
+    return { digest, confirmedTags: [] };
+  }
   await response.drain();
   const stored = response.header('docker-content-digest');
   if (stored && stored !== digest) throw new DigestMismatchError(what, digest, stored);
@@ -374,6 +409,58 @@ export async function putManifest(
     confirmedTags: confirmedTags(response.headerList('oci-tag'), tags),
     subject: response.header('oci-subject'),
   };
+}
+
+/**
+ * Whether a write failed in a way that leaves it open whether the registry applied it: no usable answer on any
+ * of its tries (the connection cut after the registry took it, a gateway's 502/504, no answer in time), or a
+ * refusal on a retry after such a try: a registry with immutable tags (Harbor, Artifactory, Quay) refuses to
+ * write a tag again that the lost try set. The write's own budget tells: a token fetch that failed on its own
+ * budget says nothing of the write.
+ */
+function answerMayBeLost(error: unknown, budget: RetryBudget): error is RegistryError {
+  if (!(error instanceof RegistryError)) return false;
+  if (error instanceof TransientError) return budget.spent;
+  return error.status !== undefined && budget.retried > 0;
+}
+
+/**
+ * A manifest PUT whose answer may have been lost (answerMayBeLost) may well have been applied. One HEAD
+ * decides: the reference naming exactly this digest now counts as done (told in one log line); anything else
+ * (another digest, nothing, no answer to the HEAD either) is the PUT's failure as it was, with what the HEAD
+ * found added.
+ */
+async function settleByHead(
+  transport: RegistryTransport,
+  repository: string,
+  reference: string,
+  digest: string,
+  failure: RegistryError,
+): Promise<void> {
+  let found: string;
+  try {
+    const there = await headManifest(
+      transport,
+      repository,
+      reference,
+      MANIFEST_MEDIA_TYPES,
+      transport.budget(0),
+    );
+    if (there?.digest === digest) {
+      transport.onLostAnswer?.(
+        `${failure.message}; but ${repository}:${reference} is ${digest} now (HEAD): counted as done.`,
+      );
+      return;
+    }
+    found = there ? `it is ${there.digest} there, not ${digest}` : 'the registry has nothing under it';
+  } catch (error) {
+    found = `the HEAD failed too (${errorMessage(error)})`;
+  }
+  const message = `${failure.message}; a HEAD after it: ${found}.`;
+  if (!(failure instanceof TransientError)) throw new RegistryError(message, failure.status, failure.code);
+  const told = new TransientError(message, failure.status);
+  told.exhausted = true;
+  throw told;
 }
 
 export function confirmedTags(headers: readonly string[], asked: readonly string[]): string[] {
