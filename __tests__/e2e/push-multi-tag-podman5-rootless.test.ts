@@ -13,10 +13,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pauseProcess } from '../../src/actions/remote-build-env/local-service.js';
 import { stopProcess } from '../../src/actions/remote-build-env/process-group.js';
-import { busyboxRootfsTar, importBusyboxImage } from '../support/images.js';
+import { importBusyboxImage } from '../support/images.js';
 import { leftovers } from '../support/leftovers.js';
 import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
-import { podmanVersions, requireAvailable, stepScripts, testUser, type User } from '../support/podman-matrix.js';
+import {
+  podmanVersions,
+  requireAvailable,
+  stepScripts,
+  testUser,
+  type User,
+} from '../support/podman-matrix.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
 import { startSplitJob, type SplitJob } from '../support/split-job.js';
 
@@ -100,7 +106,9 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
         `${registry.host}: credentials (user '${registry.username!}') from ${authFile} (entry ${registry.host})`,
       );
       expect(job.main.log).toContain(`app:build is image ${imageId.slice(0, 12)} in local storage`);
-      expect(job.main.log).toMatch(/skopeo (is not installed|cannot be run \(spawn EACCES[^)]*\)): exporting with podman save/);
+      expect(job.main.log).toMatch(
+        /skopeo (is not installed|cannot be run \(spawn EACCES[^)]*\)): exporting with podman save/,
+      );
       expect(JSON.parse(job.main.outputs['pushed-refs']!)).toHaveLength(1);
     }
 
@@ -118,7 +126,9 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
           authorization: `Basic ${Buffer.from(`${registry.username!}:${registry.password!}`).toString('base64')}`,
         },
       });
-      expect(((await manifest.json()) as { config: { digest: string } }).config.digest).toBe(`sha256:${imageId}`);
+      expect(((await manifest.json()) as { config: { digest: string } }).config.digest).toBe(
+        `sha256:${imageId}`,
+      );
     });
 
     it('with XDG_RUNTIME_DIR, and with REGISTRY_AUTH_FILE: finds the login podman 5 made there', async () => {
@@ -169,8 +179,12 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
         env: { ...pm.env, ...env, CONTAINERS_STORAGE_CONF: storageConf },
         runnerTemp,
       });
-      expect(job.main.log).toMatch(/podman could not look up app:build \(exit 125: configure storage: loading/);
-      expect(job.main.errors.join('\n')).toMatch(/cannot read the source containers-storage:app:build: .*configure storage/);
+      expect(job.main.log).toMatch(
+        /podman could not look up app:build \(exit 125: configure storage: loading/,
+      );
+      expect(job.main.errors.join('\n')).toMatch(
+        /cannot read the source containers-storage:app:build: .*configure storage/,
+      );
       expect(job.main.log).not.toMatch(/look up app:build \([^)]*cgroups-v1/);
       expect(await leftovers(runnerTemp)).toEqual([]);
     });
@@ -178,8 +192,14 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
     // podman resolves `app:build` to localhost/app:build first; skopeo's reading (docker.io/library/app:build)
     // differing from it is refused, another registry's app:build is not podman's pick and changes nothing.
     it('pushes localhost/<name> for a short name another registry also has; refuses one docker.io also has', async () => {
-      const tar = await busyboxRootfsTar();
-      await pm.podman(['import', '--change', 'CMD ["/bin/true"]', tar, 'quay.io/app:build']);
+      // The other one built by `podman build`, as a workflow's build step would.
+      const context = join(pm.dir, 'context');
+      await mkdir(context);
+      await writeFile(join(context, 'Containerfile'), 'FROM scratch\nCOPY hello /hello\n');
+      await writeFile(join(context, 'hello'), 'hello\n');
+      for (const path of [context, join(context, 'Containerfile'), join(context, 'hello')])
+        await chown(path, user.uid, user.gid);
+      await pm.podman(['build', '--quiet', '-t', 'quay.io/app:build', context]);
       const env = { XDG_RUNTIME_DIR: pm.env.XDG_RUNTIME_DIR! };
       await login({});
       try {

@@ -96,7 +96,10 @@ const PIVOT_SCRIPT =
   '/mnt/usr/bin/umount --lazy /mnt && exec "$@"';
 
 /** The command and leading arguments that enter this row's system as `options` say, up to `env -i`. */
-function entry(v: PodmanVariant, options: Pick<RunAs, 'user' | 'pivot'>): { command: string; args: string[] } {
+function entry(
+  v: PodmanVariant,
+  options: Pick<RunAs, 'user' | 'pivot'>,
+): { command: string; args: string[] } {
   const { user } = options;
   if (user && options.pivot && v.root !== '/') {
     const setpriv = ['/usr/bin/setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--init-groups'];

@@ -1,7 +1,8 @@
 /**
  * Image sources a push can start from, and how each becomes an OCI layout on disk, once: `oci:` is read in
  * place, `oci-archive:` is unpacked, and containers-storage / docker-archive / docker:// are exported with
- * skopeo (containers-storage through `podman save` when CONTAINER_HOST points at a remote podman service).
+ * skopeo (containers-storage through `podman save` when CONTAINER_HOST points at a remote podman service, or when
+ * skopeo cannot be run).
  * `docker-daemon:` is parsed here and read by the push action itself (from the engine's export API).
  *
  * A child tool's failure becomes one line that says what it means and what to do, with the tool's own words
@@ -368,7 +369,7 @@ async function localImageId(
       if (answer.id && hubName) hub = (await ask(hubName)).id;
     } catch (error) {
       if (!(error instanceof ExecError)) throw error;
-      if (notRunnable(error)) continue;
+      if (error.spawnCode === 'ENOENT') continue;
       return cannot(externalText(error.message, 300));
     }
     const { result, id } = answer;
