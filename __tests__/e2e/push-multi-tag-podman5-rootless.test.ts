@@ -189,6 +189,13 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
       expect(await leftovers(runnerTemp)).toEqual([]);
     });
 
+    it('without skopeo, compression: zstd fails saying skopeo is needed for it', async () => {
+      const job = await push({ XDG_RUNTIME_DIR: pm.env.XDG_RUNTIME_DIR! }, { compression: 'zstd' });
+      expect(job.main.errors.join('\n')).toMatch(
+        /cannot read the source containers-storage:app:build: skopeo (is not installed|cannot be run \(spawn EACCES[^)]*\)), and compression: zstd needs it/,
+      );
+    });
+
     // podman resolves `app:build` to localhost/app:build first; skopeo's reading (docker.io/library/app:build)
     // differing from it is refused, another registry's app:build is not podman's pick and changes nothing.
     it('pushes localhost/<name> for a short name another registry also has; refuses one docker.io also has', async () => {

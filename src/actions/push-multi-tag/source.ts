@@ -252,7 +252,13 @@ export async function openImageSource(
     if (!missing || spec.transport !== 'containers-storage' || remote) throw error;
     // Debian's and Fedora's podman packages do not pull skopeo in: a podman-only runner still has podman's own
     // export, the archive `podman save` writes, read as the docker-daemon source reads an engine's export.
-    options.log(`${cannotStart('skopeo', missing)}: exporting with podman save instead`);
+    const why = cannotStart('skopeo', missing);
+    if (options.compression === 'zstd') {
+      throw new ActionError(
+        `cannot read the source ${subject}: ${why}, and compression: zstd needs it (Node.js 20 has no zstd); install skopeo, or leave compression unset (gzip).`,
+      );
+    }
+    options.log(`${why}: exporting with podman save instead`);
     await savedByPodman(spec, from.slice('containers-storage:'.length), layout, { ...options, env });
   }
   return readOciLayout(layout, 'image');
@@ -275,7 +281,7 @@ function cannotStart(tool: string, code: string): string {
 
 /**
  * Exports a containers-storage image with `podman save` (docker-archive: layers uncompressed, gzip-compressed here
- * on the way into the layout, each checked against the config's diff_ids). `image` is the image ID resolved before,
+ * on the way into the layout, each checked against the config's diff_ids; zstd is the caller's refusal). `image` is the image ID resolved before,
  * or the name as given.
  */
 async function savedByPodman(
@@ -285,11 +291,6 @@ async function savedByPodman(
   options: OpenSourceOptions & { env: NodeJS.ProcessEnv },
 ): Promise<void> {
   const subject = formatImageSource(spec);
-  if (options.compression === 'zstd') {
-    throw new ActionError(
-      `cannot read the source ${subject}: skopeo is not installed, and compression: zstd needs it (Node.js 20 has no zstd); install skopeo, or leave compression unset (gzip).`,
-    );
-  }
   const archive = join(options.scratch, 'saved.tar');
   const id = /^[0-9a-f]{64}$/.test(image) ? `sha256:${image}` : undefined;
   const deadline = AbortSignal.timeout(options.timeoutMs);
