@@ -281,8 +281,8 @@ function cannotStart(tool: string, code: string): string {
 
 /**
  * Exports a containers-storage image with `podman save` (docker-archive: layers uncompressed, gzip-compressed here
- * on the way into the layout, each checked against the config's diff_ids; zstd is the caller's refusal). `image` is the image ID resolved before,
- * or the name as given.
+ * on the way into the layout, each checked against the config's diff_ids; zstd is refused by the caller). `image`
+ * is the image ID resolved before, or the name as given.
  */
 async function savedByPodman(
   spec: ExportableSource,
