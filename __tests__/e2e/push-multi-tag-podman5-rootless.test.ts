@@ -100,6 +100,16 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
       return job;
     }
 
+    function registryGet(path: string): Promise<Response> {
+      return fetch(`${registry.url}/v2/${path}`, {
+        headers: {
+          accept: 'application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json',
+          authorization: `Basic ${Buffer.from(`${registry.username!}:${registry.password!}`).toString('base64')}`,
+        },
+        signal: AbortSignal.timeout(30_000),
+      });
+    }
+
     function expectPushedFrom(job: SplitJob, authFile: string): void {
       expect(job.main.errors).toEqual([]);
       expect(job.main.log).toContain(
@@ -120,12 +130,7 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
       // podman 5 warned (on stderr, in the debug log) and its answers were read all the same.
       expect(job.main.log).toContain('Using cgroups-v1 which is deprecated');
       // The image pushed is the one podman resolved: its config is podman's image ID.
-      const manifest = await fetch(`${registry.url}/v2/team/app/manifests/one`, {
-        headers: {
-          accept: 'application/vnd.oci.image.manifest.v1+json',
-          authorization: `Basic ${Buffer.from(`${registry.username!}:${registry.password!}`).toString('base64')}`,
-        },
-      });
+      const manifest = await registryGet('team/app/manifests/one');
       expect(((await manifest.json()) as { config: { digest: string } }).config.digest).toBe(
         `sha256:${imageId}`,
       );
@@ -198,7 +203,10 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
 
     // podman resolves `app:build` to localhost/app:build first; skopeo's reading (docker.io/library/app:build)
     // differing from it is refused, another registry's app:build is not podman's pick and changes nothing.
-    it('pushes localhost/<name> for a short name another registry also has; refuses one docker.io also has', async () => {
+    // A manifest list (`podman build --platform a,b --manifest multi`; here two images of this storage given two
+    // platforms) is what `podman image inspect multi` resolves to the runner's platform's image: that alone was
+    // pushed.
+    it('short names: localhost/ before another registry, docker.io differing refused, a manifest list whole', async () => {
       // The other one built by `podman build`, as a workflow's build step would.
       const context = join(pm.dir, 'context');
       await mkdir(context);
@@ -218,7 +226,32 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
         expect(refused.main.errors.join('\n')).toContain(
           `the containers-storage name 'app:build' names two images in local storage: podman resolves it to image ${imageId.slice(0, 12)}`,
         );
+        await pm.podman(['manifest', 'create', 'multi']);
+        await pm.podman([
+          'manifest',
+          'add',
+          '--arch',
+          'amd64',
+          'multi',
+          'containers-storage:localhost/app:build',
+        ]);
+        await pm.podman([
+          'manifest',
+          'add',
+          '--arch',
+          'arm64',
+          'multi',
+          'containers-storage:quay.io/app:build',
+        ]);
+        const list = await push(env, { source: 'multi', tags: 'list' });
+        expect(list.main.errors).toEqual([]);
+        expect(list.main.log).toContain('multi is a manifest list in local storage');
+        const index = (await (await registryGet('team/app/manifests/list')).json()) as {
+          manifests: { platform: { architecture: string } }[];
+        };
+        expect(index.manifests.map((m) => m.platform.architecture)).toEqual(['amd64', 'arm64']);
       } finally {
+        await pm.podman(['manifest', 'rm', 'multi'], { allowFailure: true });
         await pm.podman(['rmi', '--force', 'quay.io/app:build', 'docker.io/library/app:build'], {
           allowFailure: true,
         });

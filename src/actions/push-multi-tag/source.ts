@@ -236,6 +236,26 @@ export async function openImageSource(
     from = `oci-archive:${archive}`;
   }
   if (spec.transport === 'containers-storage' && !remote) {
+    if (await isManifestList(spec.location, env)) {
+      // `podman image inspect` resolves a list's name to the runner's own platform's image: that ID alone would be
+      // pushed, silently one architecture of `podman build --platform a,b --manifest app`. podman writes the list
+      // and every image in it to the layout itself (layers compressed as asked).
+      options.log(
+        `${spec.location} is a manifest list in local storage: exporting it and all its images with podman manifest push --all`,
+      );
+      const format = options.compression ?? 'gzip';
+      await run('podman', [
+        'manifest',
+        'push',
+        '--all',
+        '--quiet',
+        '--compression-format',
+        format,
+        spec.location,
+        `oci:${layout}:image`,
+      ]);
+      return readOciLayout(layout, 'image');
+    }
     const id = await localImageId(spec.location, { ...options, env });
     if (id) from = `containers-storage:${id}`;
   }
@@ -325,6 +345,24 @@ async function savedByPodman(
 
 /** A local lookup reads storage metadata only. */
 const LOOKUP_TIMEOUT_MS = 60_000;
+
+/**
+ * Whether podman knows `name` as a manifest list (`podman manifest exists`: exit 0). Anything else, podman missing
+ * or failing included, is "no": the image lookup that follows says what is wrong.
+ */
+async function isManifestList(name: string, env: NodeJS.ProcessEnv): Promise<boolean> {
+  try {
+    const result = await exec('podman', ['manifest', 'exists', name], {
+      timeoutMs: LOOKUP_TIMEOUT_MS,
+      env,
+      allowFailure: true,
+    });
+    return result.exitCode === 0;
+  } catch (error) {
+    if (error instanceof ExecError) return false;
+    throw error;
+  }
+}
 /** The tools that build into containers-storage, in the order asked: each resolves short names the same way. */
 const STORAGE_TOOLS: ReadonlyArray<[string, string[]]> = [
   ['podman', ['image', 'inspect', '--format', '{{.Id}}']],
