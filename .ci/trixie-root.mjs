@@ -5,9 +5,10 @@
 // mount point podman 5 needs its root to be (else `podman import` fails to remount /). Inside, /proc, /sys, /dev,
 // /tmp, the run's TMPDIR and the checkout appear at the same paths as outside, so temp dirs, sockets and dist/
 // mean the same on both sides; /sys and /dev recursively and as slaves (runc needs the cgroup mounts below /sys,
-// and nothing done inside may propagate back). The test user is added to the root's passwd (ssh-keygen needs it).
+// and nothing done inside may propagate back). The test user is added to the root's passwd (ssh-keygen needs it)
+// and subuid/subgid (rootless podman needs its ranges).
 import { execFileSync } from 'node:child_process';
-import { appendFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -41,6 +42,18 @@ function addUser(mountPoint, user) {
     ) {
       appendFileSync(path, `${line}\n`);
     }
+  }
+  // Its subordinate ids too: rootless podman 5 in the root maps them with the root's newuidmap, which reads the
+  // root's files.
+  for (const file of ['subuid', 'subgid']) {
+    const hostFile = join('/etc', file);
+    if (!existsSync(hostFile)) continue;
+    const host = readFileSync(hostFile, 'utf8').split('\n');
+    const lines = host.filter((l) => l.startsWith(`${user.name}:`) || l.startsWith(`${user.uid}:`));
+    const path = join(mountPoint, 'etc', file);
+    const present = existsSync(path) ? readFileSync(path, 'utf8').split('\n') : [];
+    const missing = lines.filter((l) => !present.includes(l));
+    if (missing.length > 0) appendFileSync(path, missing.map((l) => `${l}\n`).join(''));
   }
 }
 

@@ -18,7 +18,8 @@ import { startSplitJob } from '../support/split-job.js';
 
 const ACTION = 'push-multi-tag';
 
-// Only the host's podman: the kernel makes no user namespace inside the trixie root (see remote-build-env-rootless).
+// Only the host's podman: the kernel makes no user namespace inside the trixie root entered by chroot (see
+// remote-build-env-rootless). Rootless podman 5, entered by pivot_root: push-multi-tag-podman5-rootless.test.ts.
 describe.each([hostPodman()])('[$label] push-multi-tag as an ordinary user (rootless storage)', (podman) => {
   let pm: PodmanTestEnv;
   let registry: RegistryService;

@@ -69,6 +69,12 @@ export function testUser(): User & { name: string } {
 export interface RunAs {
   /** Run as this user instead of root. */
   user?: User;
+  /**
+   * With `user` in a root: enter the root by pivot_root in a mount namespace of its own, not by chroot, so that
+   * rootless podman can make its user namespace (the kernel refuses one to a chrooted process: `cannot clone:
+   * Operation not permitted`).
+   */
+  pivot?: boolean;
   /** The COMPLETE environment (nothing is inherited inside a root). */
   env: NodeJS.ProcessEnv;
   cwd?: string;
@@ -77,6 +83,32 @@ export interface RunAs {
 /** Variables every podman of this row needs: podman 5 warns about cgroups v1 on every call on this host. */
 export function variantEnv(v: PodmanVariant): Record<string, string> {
   return v.major >= 5 ? { PODMAN_IGNORE_CGROUPSV1_WARNING: '1' } : {};
+}
+
+/**
+ * Makes the root the mount namespace's own root (pivot_root; the old root is detached) and execs the rest of the
+ * arguments there. The root's mount point is shared inside, as rootless podman wants `/` to be. Run by the host's
+ * sh under `unshare --mount --propagation private`; the root's Debian has no mount(8), so the host's is used
+ * through the old root before it goes.
+ */
+const PIVOT_SCRIPT =
+  'cd "$1" && shift && pivot_root . mnt && cd / && /mnt/usr/bin/mount --make-rshared / && ' +
+  '/mnt/usr/bin/umount --lazy /mnt && exec "$@"';
+
+/** The command and leading arguments that enter this row's system as `options` say, up to `env -i`. */
+function entry(
+  v: PodmanVariant,
+  options: Pick<RunAs, 'user' | 'pivot'>,
+): { command: string; args: string[] } {
+  const { user } = options;
+  if (user && options.pivot && v.root !== '/') {
+    const setpriv = ['/usr/bin/setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--init-groups'];
+    return {
+      command: 'unshare',
+      args: ['--mount', '--propagation', 'private', 'sh', '-c', PIVOT_SCRIPT, 'sh', v.root, ...setpriv],
+    };
+  }
+  return { command: 'chroot', args: [...(user ? [`--userspec=${user.uid}:${user.gid}`] : []), v.root] };
 }
 
 /** The command line that runs `command args` as `options` say with this row's system. */
@@ -91,11 +123,11 @@ export function commandFor(
   const pairs = Object.entries(env)
     .filter((e): e is [string, string] => e[1] !== undefined)
     .map(([k, value]) => `${k}=${value}`);
+  const enter = entry(v, options);
   return {
-    command: 'chroot',
+    command: enter.command,
     args: [
-      ...(options.user ? [`--userspec=${options.user.uid}:${options.user.gid}`] : []),
-      v.root,
+      ...enter.args,
       '/usr/bin/env',
       '-i',
       ...(options.cwd ? ['-C', options.cwd] : []),
@@ -132,19 +164,31 @@ export interface StepScripts {
  * root's node and podman; dist/ is at the same path there) and, with `user`, as that user the way a runner runs
  * steps as its own user: the step's files are handed over to the user first.
  */
-export function stepScripts(v: PodmanVariant, action: string, dir: string, user?: User): StepScripts {
+export function stepScripts(
+  v: PodmanVariant,
+  action: string,
+  dir: string,
+  user?: User,
+  options: {
+    /** See RunAs.pivot. */
+    pivot?: boolean;
+    /** Leave podman 5's cgroups-v1 warnings on, as a user on such a host sees them. */
+    warnings?: boolean;
+  } = {},
+): StepScripts {
   const dist = (phase: string) => join(REPO_ROOT, 'dist', action, `${phase}.js`);
   const actionYml = join(REPO_ROOT, 'actions', action, 'action.yml');
   if (v.root === '/' && !user) return { mainScript: dist('main'), postScript: dist('post'), actionYml };
   const write = (phase: string) => {
     const spec = {
-      root: v.root,
+      enter: entry(v, { user, pivot: options.pivot }),
       user,
       node: v.root === '/' ? process.execPath : '/usr/bin/node',
       target: dist(phase),
-      extraEnv: variantEnv(v),
+      extraEnv: options.warnings ? {} : variantEnv(v),
     };
-    const path = join(dir, `${action}-${phase}-${v.version}${user ? `-${user.uid}` : ''}.mjs`);
+    const variant = `${user ? `-${user.uid}` : ''}${options.pivot ? '-pivot' : ''}${options.warnings ? '-warn' : ''}`;
+    const path = join(dir, `${action}-${phase}-${v.version}${variant}.mjs`);
     writeFileSync(path, `const spec = ${JSON.stringify(spec)};\n${STEP_WRAPPER}`);
     return path;
   };
@@ -160,10 +204,9 @@ if (spec.user) {
   for (const p of [dirname(e.GITHUB_OUTPUT), e.GITHUB_OUTPUT, e.GITHUB_STATE, e.GITHUB_ENV, e.GITHUB_PATH,
     e.GITHUB_STEP_SUMMARY, e.GITHUB_WORKSPACE]) chownSync(p, spec.user.uid, spec.user.gid);
 }
-const args = [...(spec.user ? ['--userspec=' + spec.user.uid + ':' + spec.user.gid] : []), spec.root,
-  '/usr/bin/env', '-i', '-C', e.GITHUB_WORKSPACE, ...Object.entries(e).map(([k, v]) => k + '=' + v),
-  spec.node, spec.target];
-const child = spawn('chroot', args, { stdio: 'inherit' });
+const args = [...spec.enter.args, '/usr/bin/env', '-i', '-C', e.GITHUB_WORKSPACE,
+  ...Object.entries(e).map(([k, v]) => k + '=' + v), spec.node, spec.target];
+const child = spawn(spec.enter.command, args, { stdio: 'inherit' });
 for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => child.kill(signal));
 child.on('close', (code, signal) => process.exit(code ?? (signal ? 137 : 1)));
 `;

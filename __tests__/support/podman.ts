@@ -227,9 +227,9 @@ function rootlessDirs(dir: string, user: User): Record<string, string> {
 
 export async function createPodmanTestEnv(
   variant: PodmanVariant = hostPodman(),
-  options: { user?: User } = {},
+  options: { user?: User; pivot?: boolean } = {},
 ): Promise<PodmanTestEnv> {
-  const { user } = options;
+  const { user, pivot } = options;
   const dir = mkdtempSync(join(tmpdir(), 'ici-pm-'));
   const containersConf = join(dir, 'containers.conf');
   const storageConf = join(dir, 'storage.conf');
@@ -251,7 +251,7 @@ export async function createPodmanTestEnv(
       timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
       allowFailure: options.allowFailure,
       env: { ...cleanEnv(env), ...options.env },
-      ...(user ? { user, cwd: '/' } : {}),
+      ...(user ? { user, pivot, cwd: '/' } : {}),
     });
   const testEnv: PodmanTestEnv = {
     variant,

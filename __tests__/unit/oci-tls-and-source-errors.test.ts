@@ -201,6 +201,23 @@ describe('a failed source export in one line', () => {
     );
   });
 
+  // podman 5.4.2 (rootless, cgroups v1 here) printed exactly this for `podman save` of a storage whose image list
+  // is no JSON: before, the line quoted the first warning and cut the error off.
+  it("podman 5's cgroups-v1 warnings are passed over for its Error line", () => {
+    const warning =
+      'time="2026-12-02T15:51:43Z" level=warning msg="Using cgroups-v1 which is deprecated in favor of cgroups-v2 with Podman v5 and will be removed in a future version. Set environment variable `PODMAN_IGNORE_CGROUPSV1_WARNING` to hide this warning."\n';
+    const error =
+      'Error: configure storage: loading "/s/overlay-images/images.json": []*storage.Image: storage.Image.ID: ReadString: expects " or n, but found b, error found in #9 byte of ...|[{"id": broken\n|..., bigger context ...|[{"id": broken\n|...\n';
+    const line = childFailure('podman', failed(warning + warning + error), {
+      transport: 'containers-storage',
+      location: 'app:build',
+    });
+    expect(line).toMatch(
+      /^cannot read the source containers-storage:app:build: podman: configure storage: loading "\/s\/overlay-images\/images.json"/,
+    );
+    expect(line).not.toContain('cgroups-v1');
+  });
+
   it('skopeo flags carry trust and the private auth file, never a secret', () => {
     expect(
       remoteSourceFlags({ tlsVerify: false, certDir: '/etc/containers/certs.d/r', authFile: '/t/auth.json' }),

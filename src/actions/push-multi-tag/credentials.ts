@@ -48,10 +48,12 @@ const SYSTEM_AUTH_FILE = '/etc/containers/auth.json';
  * Where rootless podman writes its logins when XDG_RUNTIME_DIR is unset (a runner service outside a login
  * session): podman then picks a runtime dir of its own and sets XDG_RUNTIME_DIR to it for its own process only, so
  * `podman login` writes below it while containers/image, reading the variable, would look in /run/containers/<uid>.
- * Its choice (containers/common GetRuntimeDir): /run/user/<uid>; else podman 5 takes containers/storage's
- * $TMPDIR/storage-run-<uid> (not through a symlink) and podman 4 $TMPDIR/podman-run-<uid>; else $HOME/rundir. A dir
- * counts only when the user owns it, may use it fully and no one else may write it (mode & 0722 == 0700, so nobody
- * else can have planted one in /tmp); podman 4.3 took a 0755 one here and refused a 0770 one.
+ * Its choice: /run/user/<uid>; else podman 5 takes containers/storage's $TMPDIR/storage-run-<uid> and podman 4
+ * $TMPDIR/podman-run-<uid>; else $HOME/rundir (podman 4; podman 5 fails instead). A dir counts only when the user
+ * owns it, may use it fully and no one else may write it (mode & 0722 == 0700, so nobody else can have planted one
+ * in /tmp); podman 4.3 took a 0755 one here and refused a 0770 one. Podman 5 (containers/storage homedir.RuntimeDir)
+ * takes neither dir through a symlink, where podman 4 follows one to /run/user/<uid>: a symlinked /run/user/<uid>
+ * (seen with podman 5.4.2: its login went to storage-run-<uid>) is searched first, then the temp dirs.
  */
 function podmanRuntimeDir(env: NodeJS.ProcessEnv, uid: number, home: string): string[] {
   if (uid === 0) return [];
@@ -61,14 +63,16 @@ function podmanRuntimeDir(env: NodeJS.ProcessEnv, uid: number, home: string): st
   };
   const auth = (dir: string) => join(dir, 'containers', 'auth.json');
   const runUser = `/run/user/${uid}`;
-  if (usable(runUser, true)) return [auth(runUser)];
+  if (usable(runUser, false)) return [auth(runUser)];
+  const podman4RunUser = usable(runUser, true) ? [auth(runUser)] : [];
   const tmp = env.TMPDIR || '/tmp';
   // Both, in case podman 4 and 5 have both been used here: each looks in its own.
   const found = [
     [join(tmp, `storage-run-${uid}`), false] as const,
     [join(tmp, `podman-run-${uid}`), true] as const,
   ].filter(([dir, follow]) => usable(dir, follow));
-  return found.length > 0 ? found.map(([dir]) => auth(dir)) : [auth(join(home, 'rundir'))];
+  const temp = found.length > 0 ? found.map(([dir]) => auth(dir)) : [auth(join(home, 'rundir'))];
+  return [...podman4RunUser, ...temp];
 }
 
 /** The files to search, in order, for this environment (the module comment lists the rule). */

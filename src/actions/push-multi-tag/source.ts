@@ -1,17 +1,20 @@
 /**
  * Image sources a push can start from, and how each becomes an OCI layout on disk, once: `oci:` is read in
  * place, `oci-archive:` is unpacked, and containers-storage / docker-archive / docker:// are exported with
- * skopeo (containers-storage through `podman save` when CONTAINER_HOST points at a remote podman service).
+ * skopeo (containers-storage through `podman save` when CONTAINER_HOST points at a remote podman service, or when
+ * skopeo cannot be run).
  * `docker-daemon:` is parsed here and read by the push action itself (from the engine's export API).
  *
  * A child tool's failure becomes one line that says what it means and what to do, with the tool's own words
  * (cut short) at the end; its raw output goes to the debug log only, so nothing is printed twice.
  */
-import { chmod, lstat, mkdir, readdir } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { chmod, lstat, mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { exec, ExecError } from '../../core/exec.js';
 import { InputError } from '../../core/inputs.js';
-import { ActionError } from '../../core/run.js';
+import { ActionError, errorMessage } from '../../core/run.js';
+import { dockerSaveToLayout } from './docker-save.js';
 import { Inputs } from './constants.js';
 import { readOciLayout, type LocalImage } from '../../core/oci/layout.js';
 import { formatReference, looksLikeHost, parseReference } from '../../core/oci/reference.js';
@@ -170,8 +173,12 @@ export async function openImageSource(
     try {
       return await exec(cmd, args, { timeoutMs: options.timeoutMs, env, onLine: options.debug });
     } catch (error) {
-      if (error instanceof ExecError) throw new ActionError(childFailure(cmd, error, spec), { cause: error });
-      throw error;
+      if (!(error instanceof ExecError)) throw error;
+      const code = notRunnable(error);
+      const why = code
+        ? `cannot read the source ${subject}: ${cannotStart(cmd, code)}; it reads ${spec.transport}: sources.`
+        : childFailure(cmd, error, spec);
+      throw new ActionError(why, { cause: error });
     }
   };
   const layout = join(options.scratch, 'layout');
@@ -229,6 +236,26 @@ export async function openImageSource(
     from = `oci-archive:${archive}`;
   }
   if (spec.transport === 'containers-storage' && !remote) {
+    if (await isManifestList(spec.location, env)) {
+      // `podman image inspect` resolves a list's name to the runner's own platform's image: that ID alone would be
+      // pushed, silently one architecture of `podman build --platform a,b --manifest app`. podman writes the list
+      // and every image in it to the layout itself (layers compressed as asked).
+      options.log(
+        `${spec.location} is a manifest list in local storage: exporting it and all its images with podman manifest push --all`,
+      );
+      const format = options.compression ?? 'gzip';
+      await run('podman', [
+        'manifest',
+        'push',
+        '--all',
+        '--quiet',
+        '--compression-format',
+        format,
+        spec.location,
+        `oci:${layout}:image`,
+      ]);
+      return readOciLayout(layout, 'image');
+    }
     const id = await localImageId(spec.location, { ...options, env });
     if (id) from = `containers-storage:${id}`;
   }
@@ -238,12 +265,104 @@ export async function openImageSource(
   const tmp = join(options.scratch, 'tmp');
   await mkdir(tmp, { recursive: true });
   options.log(`Exporting ${from} to an OCI layout`);
-  await run('skopeo', ['--tmpdir', tmp, ...copyArgs, from, `oci:${layout}:image`]);
+  try {
+    await run('skopeo', ['--tmpdir', tmp, ...copyArgs, from, `oci:${layout}:image`]);
+  } catch (error) {
+    const missing = error instanceof ActionError ? notRunnable(error.cause) : undefined;
+    if (!missing || spec.transport !== 'containers-storage' || remote) throw error;
+    // Debian's and Fedora's podman packages do not pull skopeo in: a podman-only runner still has podman's own
+    // export, the archive `podman save` writes, read as the docker-daemon source reads an engine's export.
+    const why = cannotStart('skopeo', missing);
+    if (options.compression === 'zstd') {
+      throw new ActionError(
+        `cannot read the source ${subject}: ${why}, and compression: zstd needs it (Node.js 20 has no zstd); install skopeo, or leave compression unset (gzip).`,
+      );
+    }
+    options.log(`${why}: exporting with podman save instead`);
+    await savedByPodman(spec, from.slice('containers-storage:'.length), layout, { ...options, env });
+  }
   return readOciLayout(layout, 'image');
+}
+
+/**
+ * Why a tool could not be started at all, if that is the failure: ENOENT, or EACCES, which execvp also answers for
+ * a missing tool when a PATH dir cannot be searched (a runner user's PATH naming /root/.cargo/bin).
+ */
+function notRunnable(error: unknown): string | undefined {
+  const code = error instanceof ExecError ? error.spawnCode : undefined;
+  return code === 'ENOENT' || code === 'EACCES' ? code : undefined;
+}
+
+function cannotStart(tool: string, code: string): string {
+  return code === 'ENOENT'
+    ? `${tool} is not installed`
+    : `${tool} cannot be run (spawn EACCES: not installed, or not executable by this user)`;
+}
+
+/**
+ * Exports a containers-storage image with `podman save` (docker-archive: layers uncompressed, gzip-compressed here
+ * on the way into the layout, each checked against the config's diff_ids; zstd is refused by the caller). `image`
+ * is the image ID resolved before, or the name as given.
+ */
+async function savedByPodman(
+  spec: ExportableSource,
+  image: string,
+  layout: string,
+  options: OpenSourceOptions & { env: NodeJS.ProcessEnv },
+): Promise<void> {
+  const subject = formatImageSource(spec);
+  const archive = join(options.scratch, 'saved.tar');
+  const id = /^[0-9a-f]{64}$/.test(image) ? `sha256:${image}` : undefined;
+  const deadline = AbortSignal.timeout(options.timeoutMs);
+  try {
+    await exec('podman', ['save', '--quiet', '--format', 'docker-archive', '-o', archive, image], {
+      timeoutMs: options.timeoutMs,
+      env: options.env,
+      onLine: options.debug,
+    });
+    await dockerSaveToLayout(createReadStream(archive), {
+      layoutDir: layout,
+      compress: 'gzip',
+      what: subject,
+      imageId: id,
+      signal: deadline,
+    });
+  } catch (error) {
+    if (error instanceof ExecError) {
+      const code = notRunnable(error);
+      const why = code
+        ? `neither skopeo nor podman can be run (${cannotStart('podman', code)}); install skopeo`
+        : childFailure('podman', error, spec).slice(`cannot read the source ${subject}: `.length);
+      throw new ActionError(`cannot read the source ${subject}: ${why}`, { cause: error });
+    }
+    const said = errorMessage(error);
+    const own = said.startsWith(`${subject}: `) ? said.slice(subject.length + 2) : said;
+    throw new ActionError(`cannot read the source ${subject}: ${externalText(own, 300)}`, { cause: error });
+  } finally {
+    await rm(archive, { force: true });
+  }
 }
 
 /** A local lookup reads storage metadata only. */
 const LOOKUP_TIMEOUT_MS = 60_000;
+
+/**
+ * Whether podman knows `name` as a manifest list (`podman manifest exists`: exit 0). Anything else, podman missing
+ * or failing included, is "no": the image lookup that follows says what is wrong.
+ */
+async function isManifestList(name: string, env: NodeJS.ProcessEnv): Promise<boolean> {
+  try {
+    const result = await exec('podman', ['manifest', 'exists', name], {
+      timeoutMs: LOOKUP_TIMEOUT_MS,
+      env,
+      allowFailure: true,
+    });
+    return result.exitCode === 0;
+  } catch (error) {
+    if (error instanceof ExecError) return false;
+    throw error;
+  }
+}
 /** The tools that build into containers-storage, in the order asked: each resolves short names the same way. */
 const STORAGE_TOOLS: ReadonlyArray<[string, string[]]> = [
   ['podman', ['image', 'inspect', '--format', '{{.Id}}']],
@@ -296,7 +415,7 @@ async function localImageId(
     if (!id) {
       if (result.exitCode === 0 || /image not known/i.test(result.stderr)) return undefined;
       return cannot(
-        `exit ${result.exitCode}: ${externalText(result.stderr.trim() || result.stdout.trim(), 300) || 'no message'}`,
+        `exit ${result.exitCode}: ${toolMessage(tool, result.stderr.trim() || result.stdout.trim()) || 'no message'}`,
       );
     }
     if (hub && hub !== id) {
@@ -398,10 +517,23 @@ const LOCAL_MEANINGS: ReadonlyArray<[RegExp, string]> = [
   [/timed out after/i, 'it did not finish in time'],
 ];
 
-/** The tool's own words: skopeo's `msg="..."` of its fatal line, or the first line it printed. */
+/** A logrus line that is no error: podman 5 prints two cgroups-v1 deprecation warnings before anything else. */
+const NOT_AN_ERROR = /^time="[^"]*" level=(?:warning|info|debug)\b/;
+
+/**
+ * The tool's own words: skopeo's `msg="..."` of its fatal line, else podman's last `Error: ` line, else the first
+ * line that is no warning (else the first line). Podman 5 on a cgroups-v1 host starts every stderr with two
+ * deprecation warnings of 230 characters, which would otherwise be all the log shows of the failure.
+ */
 function toolMessage(tool: string, text: string): string {
   const fatal = /level=fatal msg="((?:[^"\\]|\\.)*)"/.exec(text);
-  const line = fatal ? fatal[1]!.replace(/\\"/g, '"') : (text.split('\n').find((l) => l.trim()) ?? text);
+  const lines = text.split('\n').filter((l) => l.trim());
+  const line = fatal
+    ? fatal[1]!.replace(/\\"/g, '"')
+    : (lines.findLast((l) => l.startsWith('Error: ')) ??
+      lines.find((l) => !NOT_AN_ERROR.test(l)) ??
+      lines[0] ??
+      text);
   return externalText(line.replace(/^Error: /, '').replace(`${tool}: `, ''), 240);
 }
 
