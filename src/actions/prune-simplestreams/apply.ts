@@ -4,14 +4,24 @@
  * directories. Metadata never references a deleted file, and a file's grace period never restarts from zero
  * because a crash lost its "unreferenced since" time.
  */
-import { rmdirSync, unlinkSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  lstatSync,
+  openSync,
+  readlinkSync,
+  realpathSync,
+  rmdirSync,
+  unlinkSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
 import { readRegularFile } from '../../core/files.js';
 import { ActionError } from '../../core/run.js';
-import { fileOf, serializeJson, type Catalog, type JsonDoc } from './catalog.js';
+import { fileOf, printableLines, serializeJson, type Catalog, type JsonDoc } from './catalog.js';
 import type { FileAction, Plan } from './plan.js';
-import { LOCK_FILE_NAME } from './repo-paths.js';
+import { baseOf, LOCK_FILE_NAME, parentOf } from './repo-paths.js';
+import type { FileFact } from './scan.js';
 import { sameState, writeState, type UnreferencedSince } from './state-file.js';
 
 export interface ApplyResult {
@@ -19,6 +29,149 @@ export interface ApplyResult {
   indexWritten: boolean;
   deleted: FileAction[];
   dirsRemoved: string[];
+  /** Planned removals left alone: the entry, or the directory it is in, is no longer what the scan saw. */
+  changed: string[];
+}
+
+const codeOf = (error: unknown) => (error as NodeJS.ErrnoException).code;
+
+/**
+ * The directories entries are removed from, each opened once (O_NOFOLLOW) and proven to be the very directory at
+ * its path in the repository (/proc/self/fd names where an open directory really is): whoever may write in the
+ * repository (a publisher's account) can swap a directory for a symlink between the scan and the deletions, and
+ * an unlink by path would follow it and delete outside the repository with this prune's rights. Entries are then
+ * removed through /proc/self/fd/<fd>/<name>, which the kernel resolves from the open directory itself (unlinkat(2),
+ * which node lacks), whatever is renamed or swapped after the check. Without /proc the path is checked right before
+ * each removal: a narrower window, not none. One directory is held at a time (callers go directory by directory).
+ */
+class PinnedDirs {
+  private current?: { dir: string; base?: string; fd?: number };
+
+  constructor(private readonly realRoot: string) {}
+
+  /** Where to remove `path` by, 'gone' when its directory is, 'changed' when that is not the one scanned. */
+  at(path: string): string | 'gone' | 'changed' {
+    const dir = parentOf(path);
+    if (this.current?.dir !== dir) {
+      this.close();
+      this.current = this.pin(dir);
+    }
+    const { base } = this.current!;
+    return base === undefined || base === 'gone' ? (base ?? 'changed') : `${base}/${baseOf(path)}`;
+  }
+
+  private pin(dir: string): { dir: string; base?: string; fd?: number } {
+    const expected = join(this.realRoot, dir);
+    let fd: number;
+    try {
+      fd = openSync(expected, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+    } catch (error) {
+      // ELOOP: the directory itself is a symlink now; ENOTDIR: a file, or a symlink to one, on the way.
+      return { dir, base: codeOf(error) === 'ENOENT' ? 'gone' : undefined };
+    }
+    let where: string | undefined;
+    try {
+      where = readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      closeSync(fd); // no /proc: judged by path
+      const real = (() => {
+        try {
+          return realpathSync(expected);
+        } catch {
+          return undefined;
+        }
+      })();
+      return { dir, base: real === expected ? expected : undefined };
+    }
+    if (where !== expected) {
+      closeSync(fd);
+      return { dir };
+    }
+    return { dir, base: `/proc/self/fd/${fd}`, fd };
+  }
+
+  close(): void {
+    if (this.current?.fd !== undefined) closeSync(this.current.fd);
+    this.current = undefined;
+  }
+}
+
+/** Whether the entry at `at` is still the one the scan judged (same inode, unchanged since): a new upload is not. */
+function unchanged(at: string, seen: FileFact): boolean | 'gone' {
+  let now;
+  try {
+    now = lstatSync(at);
+  } catch (error) {
+    if (codeOf(error) === 'ENOENT') return 'gone';
+    throw error;
+  }
+  return (
+    (seen.ino === undefined || now.ino === seen.ino) &&
+    now.ctimeMs === seen.ctimeMs &&
+    now.mtimeMs === seen.mtimeMs &&
+    now.size === seen.size &&
+    now.isFile() === seen.regular
+  );
+}
+
+/** Deletes the planned files directory by directory (see PinnedDirs); returns those deleted, or found gone. */
+function deleteFiles(realRoot: string, files: readonly FileAction[], changed: string[]): FileAction[] {
+  const byDir = [...files].sort((a, b) => {
+    const [x, y] = [parentOf(a.path), parentOf(b.path)];
+    return x < y ? -1 : x > y ? 1 : 0;
+  });
+  const done = new Set<FileAction>();
+  const dirs = new PinnedDirs(realRoot);
+  try {
+    for (const file of byDir) {
+      const at = dirs.at(file.path);
+      const state = at === 'gone' || at === 'changed' ? at : unchanged(at, file.seen);
+      if (state === false || state === 'changed') {
+        changed.push(file.path);
+        continue;
+      }
+      if (state === true) {
+        try {
+          unlinkSync(at);
+        } catch (error) {
+          if (codeOf(error) !== 'ENOENT') throw error;
+        }
+      }
+      done.add(file);
+    }
+  } finally {
+    dirs.close();
+  }
+  return files.filter((f) => done.has(f));
+}
+
+/** Removes the planned directories that are still empty, deepest first, each through its pinned parent. */
+function removeDirs(realRoot: string, planned: readonly string[], changed: string[]): string[] {
+  const removed: string[] = [];
+  const parents = new PinnedDirs(realRoot);
+  try {
+    for (const dir of planned) {
+      const at = parents.at(dir);
+      if (at === 'gone') continue;
+      if (at === 'changed') {
+        changed.push(dir);
+        continue;
+      }
+      try {
+        rmdirSync(at);
+        removed.push(dir);
+      } catch (error) {
+        // A publisher that does not take the lock may have put a file there meanwhile: then the dir stays.
+        // ENOTDIR: a symlink or a file is there now, no directory the scan saw.
+        const code = codeOf(error);
+        if (code === 'ENOTDIR') changed.push(dir);
+        else if (code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOENT') throw error;
+      }
+    }
+  } finally {
+    parents.close();
+  }
+  return removed;
 }
 
 /**
@@ -41,7 +194,7 @@ async function expectUnchanged(
     );
     if (now !== expected) {
       throw new ActionError(
-        `${doc.path} changed while this prune was planning (a publisher that does not take ${LOCK_FILE_NAME}?); ` +
+        `${printableLines(doc.path)} changed while this prune was planning (a publisher that does not take ${LOCK_FILE_NAME}?); ` +
           'it was left as the publisher wrote it and nothing was deleted. Run the prune again.',
       );
     }
@@ -74,33 +227,18 @@ export async function applyPlan(
   }
   if (plan.delete.length > 0) await expectUnchanged(root, [images, index]);
   // Synchronous for the reason scan.ts's walk gives: 10k unlinks measured 2.5x faster than via the promise API.
-  const deleted: FileAction[] = [];
-  for (const file of plan.delete) {
-    try {
-      unlinkSync(join(root, file.path));
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-    }
-    deleted.push(file);
-  }
+  const realRoot = realpathSync(root);
+  const changed: string[] = [];
+  const deleted = deleteFiles(realRoot, plan.delete, changed);
   if (!sameState(onDisk, plan.stateAfter)) {
     await writeState(root, plan.stateAfter);
   }
-  const dirsRemoved: string[] = [];
-  for (const dir of plan.dirsToRemove) {
-    try {
-      rmdirSync(join(root, dir));
-      dirsRemoved.push(dir);
-    } catch (error) {
-      // A publisher that does not take the lock may have put a file there meanwhile: then the dir stays.
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOENT') throw error;
-    }
-  }
+  const dirsRemoved = removeDirs(realRoot, plan.dirsToRemove, changed);
   return {
     imagesWritten: plan.images !== undefined,
     indexWritten: plan.index !== undefined,
     deleted,
     dirsRemoved,
+    changed,
   };
 }

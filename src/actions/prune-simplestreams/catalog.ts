@@ -67,10 +67,22 @@ export interface Catalog {
   products: CatalogProduct[];
 }
 
+/**
+ * Each line of `text` as one printable line (see externalText), its indent and the line breaks between kept: the
+ * messages this prune builds quote the repository (keys, paths, JSON.parse's quote of a file's first characters),
+ * and an escape sequence there would colour or erase the log, a bidi control reorder what is read.
+ */
+export function printableLines(text: string): string {
+  return text
+    .split('\n')
+    .map((line) => `${/^ */.exec(line)![0]}${externalText(line, 16_000)}`)
+    .join('\n');
+}
+
 /** A repository this prune refuses to touch: malformed or unsafe metadata. Nothing has been changed. */
 export class RepoError extends ActionError {
   constructor(message: string) {
-    super(`${message} Nothing was changed.`);
+    super(printableLines(`${message} Nothing was changed.`));
     this.name = 'RepoError';
   }
 }

@@ -10,12 +10,12 @@ import { InputError } from '../../core/inputs.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { formatDuration } from '../../core/summary.js';
 import { applyPlan, type ApplyResult } from './apply.js';
-import { loadCatalog } from './catalog.js';
+import { loadCatalog, printableLines } from './catalog.js';
 import { Inputs } from './constants.js';
 import type { PruneInputs } from './inputs.js';
 import { planPrune } from './plan.js';
 import { LOCK_FILE_NAME } from './repo-paths.js';
-import { buildReport, planLines, unmatchedMessage, type PruneReport } from './report.js';
+import { buildReport, changedMessage, planLines, unmatchedMessage, type PruneReport } from './report.js';
 import { scanRepository } from './scan.js';
 import { readState } from './state-file.js';
 import { verifyItems } from './verify.js';
@@ -72,8 +72,9 @@ async function takeLock(root: string, inputs: PruneInputs, host: Host): Promise<
     });
   } catch (error) {
     if (error instanceof LockTimeoutError) {
+      // The owner's host and time are the lock file's text, written by anyone who may write in the repository.
       throw new ActionError(
-        `${error.message} for longer than lock-timeout (${formatDuration(inputs.lockTimeoutMs)}); ` +
+        `${printableLines(error.message)} for longer than lock-timeout (${formatDuration(inputs.lockTimeoutMs)}); ` +
           'another prune or a publisher is working on this repository. Nothing was changed.',
       );
     }
@@ -118,6 +119,7 @@ export async function pruneRepository(
     let applied: ApplyResult | undefined;
     if (!inputs.dryRun) {
       applied = await host.group('Applying', () => applyPlan(root, catalog, plan, state));
+      if (applied.changed.length > 0) host.warning(changedMessage(applied.changed));
     }
     const verify =
       inputs.dryRun || inputs.verify === 'none'
