@@ -22,8 +22,10 @@ import { loadCatalog } from '../../src/actions/prune-simplestreams/catalog.js';
 import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
 import { planPrune } from '../../src/actions/prune-simplestreams/plan.js';
 import { scanRepository } from '../../src/actions/prune-simplestreams/scan.js';
+import { versionTimeMs } from '../../src/actions/prune-simplestreams/versions.js';
 import {
   clockAhead,
+  pruneAt,
   pruneFailure,
   pruneInputs,
   repoProblems,
@@ -164,5 +166,24 @@ describe('repository text in error messages reaches the log as one printable lin
     expect(error.message).toMatch(/is held by pid 1 on/);
     printable(error.message);
     expect(existsSync(lock)).toBe(true);
+  });
+});
+
+describe('version names clients read differently from Date.UTC', () => {
+  it('counts a version dated in the years 0-99 as clients do (Go parses 0050 as year 50, Date.UTC as 1950)', async () => {
+    const repo = newRepo('flat');
+    const ancient = repo.addVersion(P, '00500101');
+    repo.addVersion(P, V[0]!);
+    repo.write();
+    expect(versionTimeMs('00500101')).toBe(new Date('0050-01-01T00:00:00Z').getTime());
+    expect(versionTimeMs('00000229_12:30')).toBe(new Date('0000-02-29T12:30:00Z').getTime());
+    const { report } = await pruneAt(inputs(repo.root), NOW);
+    expect(report.products[0]).toMatchObject({
+      kept: [V[0]],
+      dropped: [{ version: '00500101' }],
+      ignored: [],
+    });
+    for (const path of ancient.paths) expect(existsSync(join(repo.root, path))).toBe(false);
+    expect(repoProblems(repo.root)).toEqual([]);
   });
 });
