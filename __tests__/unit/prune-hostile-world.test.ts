@@ -187,3 +187,42 @@ describe('version names clients read differently from Date.UTC', () => {
     expect(repoProblems(repo.root)).toEqual([]);
   });
 });
+
+describe("index.json's images path, as clients resolve it (Go's url.JoinPath takes it as escaped)", () => {
+  it('reads the images.json clients read, not a decoy named by the escaped spelling', async () => {
+    const repo = newRepo('flat');
+    const old = repo.addVersion(P, V[0]!);
+    const kept = repo.addVersion(P, V[1]!);
+    repo.write();
+    const indexFile = join(repo.root, 'streams/v1/index.json');
+    const index = JSON.parse(readFileSync(indexFile, 'utf8'));
+    index.index.images.path = 'streams/v1/images%2Ejson';
+    writeFileSync(indexFile, JSON.stringify(index));
+    // The file a literal reading finds: only the newer version, so the older one's files look like orphans.
+    const decoy = JSON.parse(readFileSync(join(repo.root, 'streams/v1/images.json'), 'utf8'));
+    delete decoy.products[P].versions[V[0]!];
+    writeFileSync(join(repo.root, 'streams/v1/images%2Ejson'), JSON.stringify(decoy));
+    const { report } = await pruneAt(inputs(repo.root, { keepVersions: 2 }), NOW);
+    expect(report.products[0]).toMatchObject({ kept: [V[1], V[0]], dropped: [] });
+    for (const path of [...old.paths, ...kept.paths]) expect(existsSync(join(repo.root, path))).toBe(true);
+  });
+
+  it('refuses an escape that decodes to .., and a % that starts no escape (the clients fail on it)', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    repo.write();
+    const indexFile = join(repo.root, 'streams/v1/index.json');
+    const index = JSON.parse(readFileSync(indexFile, 'utf8'));
+    for (const [path, why] of [
+      [
+        'streams/v1/%2e%2e/%2E%2E/images.json',
+        /\(as clients decode it: 'streams\/v1\/\.\.\/\.\.\/images\.json'\) contains '\.\.'/,
+      ],
+      ['streams/v1/images%zz.json', /has a '%' that starts no %XX escape/],
+    ] as const) {
+      index.index.images.path = path;
+      writeFileSync(indexFile, JSON.stringify(index));
+      expect((await pruneFailure(inputs(repo.root), NOW)).message).toMatch(why);
+    }
+  });
+});
