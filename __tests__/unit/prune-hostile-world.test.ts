@@ -5,10 +5,12 @@
  */
 import { afterAll, describe, expect, it } from '@jest/globals';
 import {
+  cpSync,
   existsSync,
   lstatSync,
   mkdirSync,
   mkdtempSync,
+  readdirSync,
   readFileSync,
   renameSync,
   rmSync,
@@ -77,6 +79,28 @@ describe('the repository changes between the scan and the deletions', () => {
     expect(applied).toMatchObject({ deleted: [], changed: [`${dir}/rootfs.squashfs`, dir] });
     expect(lstatSync(join(repo.root, dir)).isSymbolicLink()).toBe(true);
     expect(repoProblems(repo.root)).toEqual([]);
+  });
+
+  it('never writes metadata outside the repository through a streams/v1 swapped for a symlink after the scan', async () => {
+    const repo = newRepo('flat');
+    for (const v of V) repo.addVersion(P, v);
+    repo.write();
+    // A copy of the metadata outside, so that the check that it is unchanged passes there.
+    const outside = join(base, `outside-${++counter}`);
+    cpSync(join(repo.root, 'streams/v1'), outside, { recursive: true });
+    const before = readFileSync(join(outside, 'images.json'), 'utf8');
+    const { plan, applied } = await applyAfter(repo, () => {
+      renameSync(join(repo.root, 'streams/v1'), join(repo.root, 'streams/v1.moved'));
+      symlinkSync(outside, join(repo.root, 'streams/v1'));
+    });
+    expect(plan.images).toBeDefined();
+    expect(readdirSync(outside).sort()).toEqual(['images.json', 'index.json']);
+    expect(readFileSync(join(outside, 'images.json'), 'utf8')).toBe(before);
+    expect((applied as Error).message).toMatch(
+      /streams\/v1\/images\.json changed while this prune was planning/,
+    );
+    expect(plan.delete.length).toBeGreaterThan(0);
+    for (const f of plan.delete) expect(existsSync(join(repo.root, f.path))).toBe(true);
   });
 
   it('keeps an old orphan a publisher writes again after the scan, before it names it in images.json', async () => {
@@ -207,7 +231,7 @@ describe("index.json's images path, as clients resolve it (Go's url.JoinPath tak
     for (const path of [...old.paths, ...kept.paths]) expect(existsSync(join(repo.root, path))).toBe(true);
   });
 
-  it('refuses an escape that decodes to .., and a % that starts no escape (the clients fail on it)', async () => {
+  it('refuses an escape that decodes to .., and a % that starts no escape (clients never get that file)', async () => {
     const repo = newRepo('flat');
     repo.addVersion(P, V[0]!);
     repo.write();

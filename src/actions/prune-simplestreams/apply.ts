@@ -182,23 +182,35 @@ function removeDirs(realRoot: string, planned: readonly string[], changed: strin
  * rename; only the lock closes it.
  */
 async function expectUnchanged(
-  root: string,
+  dirs: PinnedDirs,
   docs: readonly { doc: JsonDoc; expected: string }[],
 ): Promise<void> {
   for (const { doc, expected } of docs) {
     // The publisher may have put anything there meanwhile: a FIFO must not hold the prune (and its lock) until
     // someone writes to it, and a file longer than what was planned from is changed without reading all of it.
-    const now = await readRegularFile(join(root, fileOf(doc)), Buffer.byteLength(expected) + 1).then(
+    const now = await readRegularFile(metadataAt(dirs, doc), Buffer.byteLength(expected) + 1).then(
       (bytes) => bytes.toString('utf8'),
       () => undefined,
     );
-    if (now !== expected) {
-      throw new ActionError(
-        `${printableLines(doc.path)} changed while this prune was planning (a publisher that does not take ${LOCK_FILE_NAME}?); ` +
-          'it was left as the publisher wrote it and nothing was deleted. Run the prune again.',
-      );
-    }
+    if (now !== expected) throw changedMeanwhile(doc);
   }
+}
+
+function changedMeanwhile(doc: JsonDoc): ActionError {
+  return new ActionError(
+    `${printableLines(doc.path)} changed while this prune was planning (a publisher that does not take ${LOCK_FILE_NAME}?); ` +
+      'it was left as the publisher wrote it and nothing was deleted. Run the prune again.',
+  );
+}
+
+/**
+ * Where to read and replace a metadata file: in its directory as loaded (see PinnedDirs), so a `streams/v1` swapped
+ * for a symlink meanwhile never has this prune write outside the repository. Valid until the next `dirs.at`.
+ */
+function metadataAt(dirs: PinnedDirs, doc: JsonDoc): string {
+  const at = dirs.at(fileOf(doc));
+  if (at === 'gone' || at === 'changed') throw changedMeanwhile(doc);
+  return at;
 }
 
 export async function applyPlan(
@@ -207,27 +219,42 @@ export async function applyPlan(
   plan: Plan,
   stateOnDisk: UnreferencedSince,
 ): Promise<ApplyResult> {
+  const realRoot = realpathSync(root);
   const images = { doc: catalog.images, expected: catalog.images.text };
   const index = { doc: catalog.index, expected: catalog.index.text };
-  await expectUnchanged(root, [images, index]);
-  let onDisk = stateOnDisk;
-  if (!sameState(onDisk, plan.stateDuring)) {
-    await writeState(root, plan.stateDuring);
-    onDisk = plan.stateDuring;
+  const dirs = new PinnedDirs(realRoot);
+  try {
+    await expectUnchanged(dirs, [images, index]);
+    let onDisk = stateOnDisk;
+    if (!sameState(onDisk, plan.stateDuring)) {
+      await writeState(root, plan.stateDuring);
+      onDisk = plan.stateDuring;
+    }
+    if (plan.images) {
+      await expectUnchanged(dirs, [images]);
+      images.expected = serializeJson(plan.images, images.doc.style);
+      await writeFileAtomic(metadataAt(dirs, images.doc), images.expected, images.doc.mode);
+    }
+    if (plan.index) {
+      await expectUnchanged(dirs, [index]);
+      index.expected = serializeJson(plan.index, index.doc.style);
+      await writeFileAtomic(metadataAt(dirs, index.doc), index.expected, index.doc.mode);
+    }
+    if (plan.delete.length > 0) await expectUnchanged(dirs, [images, index]);
+    return await finish(root, realRoot, plan, onDisk);
+  } finally {
+    dirs.close();
   }
-  if (plan.images) {
-    await expectUnchanged(root, [images]);
-    images.expected = serializeJson(plan.images, images.doc.style);
-    await writeFileAtomic(join(root, fileOf(images.doc)), images.expected, images.doc.mode);
-  }
-  if (plan.index) {
-    await expectUnchanged(root, [index]);
-    index.expected = serializeJson(plan.index, index.doc.style);
-    await writeFileAtomic(join(root, fileOf(index.doc)), index.expected, index.doc.mode);
-  }
-  if (plan.delete.length > 0) await expectUnchanged(root, [images, index]);
+}
+
+/** Deletions, the final state and empty directories: the metadata no longer names anything removed here. */
+async function finish(
+  root: string,
+  realRoot: string,
+  plan: Plan,
+  onDisk: UnreferencedSince,
+): Promise<ApplyResult> {
   // Synchronous for the reason scan.ts's walk gives: 10k unlinks measured 2.5x faster than via the promise API.
-  const realRoot = realpathSync(root);
   const changed: string[] = [];
   const deleted = deleteFiles(realRoot, plan.delete, changed);
   if (!sameState(onDisk, plan.stateAfter)) {
