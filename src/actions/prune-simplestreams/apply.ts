@@ -21,7 +21,7 @@ import { ActionError } from '../../core/run.js';
 import { fileOf, printableLines, serializeJson, type Catalog, type JsonDoc } from './catalog.js';
 import type { FileAction, Plan } from './plan.js';
 import { baseOf, LOCK_FILE_NAME, parentOf } from './repo-paths.js';
-import type { FileFact } from './scan.js';
+import { attempt, type FileFact } from './scan.js';
 import { sameState, writeState, type UnreferencedSince } from './state-file.js';
 
 export interface ApplyResult {
@@ -62,32 +62,25 @@ class PinnedDirs {
 
   private pin(dir: string): { dir: string; base?: string; fd?: number } {
     const expected = join(this.realRoot, dir);
-    let fd: number;
-    try {
-      fd = openSync(expected, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
-    } catch (error) {
-      // ELOOP: the directory itself is a symlink now; ENOTDIR: a file, or a symlink to one, on the way.
-      return { dir, base: codeOf(error) === 'ENOENT' ? 'gone' : undefined };
-    }
-    let where: string | undefined;
-    try {
-      where = readlinkSync(`/proc/self/fd/${fd}`);
-    } catch {
-      closeSync(fd); // no /proc: judged by path
-      const real = (() => {
-        try {
-          return realpathSync(expected);
-        } catch {
-          return undefined;
-        }
-      })();
-      return { dir, base: real === expected ? expected : undefined };
-    }
-    if (where !== expected) {
+    if (process.platform === 'linux') {
+      let fd: number;
+      try {
+        fd = openSync(expected, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+      } catch (error) {
+        // ELOOP: the directory itself is a symlink now; ENOTDIR: a file, or a symlink to one, on the way.
+        const code = codeOf(error);
+        if (code === 'ENOENT') return { dir, base: 'gone' };
+        if (code === 'ELOOP' || code === 'ENOTDIR') return { dir };
+        throw error;
+      }
+      const where = attempt(() => readlinkSync(`/proc/self/fd/${fd}`));
+      if (where === expected) return { dir, base: `/proc/self/fd/${fd}`, fd };
       closeSync(fd);
-      return { dir };
+      if (where !== undefined) return { dir };
     }
-    return { dir, base: `/proc/self/fd/${fd}`, fd };
+    const real = attempt(() => realpathSync(expected));
+    if (real === expected) return { dir, base: expected };
+    return { dir, base: attempt(() => lstatSync(expected)) === undefined ? 'gone' : undefined };
   }
 
   close(): void {

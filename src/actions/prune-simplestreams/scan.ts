@@ -132,8 +132,11 @@ function timesOf(info: Stats): Times {
   return { mtimeMs: info.mtimeMs, ctimeMs: info.ctimeMs };
 }
 
-/** Runs a sync fs call; a path that vanished meanwhile (someone else removed it) gives undefined. */
-function attempt<T>(fn: () => T): T | undefined {
+/**
+ * Runs a sync fs call; a path that vanished meanwhile (someone else removed it), or that a file or a symlink loop
+ * now blocks, gives undefined (as /proc/self/fd does where /proc is not mounted).
+ */
+export function attempt<T>(fn: () => T): T | undefined {
   try {
     return fn();
   } catch (error) {
