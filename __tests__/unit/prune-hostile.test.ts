@@ -9,6 +9,7 @@ import { afterAll, describe, expect, it } from '@jest/globals';
 import {
   cpSync,
   existsSync,
+  linkSync,
   lstatSync,
   mkdirSync,
   mkdtempSync,
@@ -477,6 +478,20 @@ describe('the repository changes between the scan and the deletions', () => {
     expect(plan.delete.map((f) => f.path)).toEqual([file]);
     expect(readFileSync(join(repo.root, file), 'utf8')).toBe('the upload of a publisher that takes no lock');
     expect(applied).toMatchObject({ deleted: [], changed: [file] });
+  });
+});
+
+describe('hard-linked copies (a deduplicating tool)', () => {
+  it('deletes every name of an old orphan inode in one prune: unlinking one name moves the others’ ctime', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    repo.addOrphan('images/a.squashfs', 30 * DAY);
+    linkSync(join(repo.root, 'images/a.squashfs'), join(repo.root, 'images/b.squashfs'));
+    repo.write();
+    const { report, log } = await pruneAt(inputs(repo.root), NOW);
+    expect(report.files.deleted.map((f) => f.path)).toEqual(['images/a.squashfs', 'images/b.squashfs']);
+    expect(existsSync(join(repo.root, 'images/b.squashfs'))).toBe(false);
+    expect(log.join('\n')).not.toMatch(/changed since the scan/);
   });
 });
 

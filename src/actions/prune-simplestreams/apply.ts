@@ -89,8 +89,12 @@ class PinnedDirs {
   }
 }
 
-/** Whether the entry at `at` is still the one the scan judged (same inode, unchanged since): a new upload is not. */
-function unchanged(at: string, seen: FileFact): boolean | 'gone' {
+/**
+ * Whether the entry at `at` is still the one the scan judged (same inode, unchanged since): a new upload is not.
+ * Unlinking another name of an inode moves its ctime: for an inode this prune unlinked a name of (hard-linked
+ * copies, as deduplicating tools leave them), ctime is not compared; a rewrite still shows in mtime or size.
+ */
+function unchanged(at: string, seen: FileFact, unlinked: ReadonlySet<number>): boolean | 'gone' {
   let now;
   try {
     now = lstatSync(at);
@@ -100,7 +104,7 @@ function unchanged(at: string, seen: FileFact): boolean | 'gone' {
   }
   return (
     (seen.ino === undefined || now.ino === seen.ino) &&
-    now.ctimeMs === seen.ctimeMs &&
+    (now.ctimeMs === seen.ctimeMs || unlinked.has(now.ino)) &&
     now.mtimeMs === seen.mtimeMs &&
     now.size === seen.size &&
     now.isFile() === seen.regular
@@ -114,11 +118,12 @@ function deleteFiles(realRoot: string, files: readonly FileAction[], changed: st
     return x < y ? -1 : x > y ? 1 : 0;
   });
   const done = new Set<FileAction>();
+  const unlinked = new Set<number>();
   const dirs = new PinnedDirs(realRoot);
   try {
     for (const file of byDir) {
       const at = dirs.at(file.path);
-      const state = at === 'gone' || at === 'changed' ? at : unchanged(at, file.seen);
+      const state = at === 'gone' || at === 'changed' ? at : unchanged(at, file.seen, unlinked);
       if (state === false || state === 'changed') {
         changed.push(file.path);
         continue;
@@ -126,6 +131,7 @@ function deleteFiles(realRoot: string, files: readonly FileAction[], changed: st
       if (state === true) {
         try {
           unlinkSync(at);
+          if (file.seen.ino !== undefined) unlinked.add(file.seen.ino);
         } catch (error) {
           if (codeOf(error) !== 'ENOENT') throw error;
         }
