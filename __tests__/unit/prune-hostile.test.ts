@@ -24,7 +24,10 @@ import {
 import { execFileSync } from 'node:child_process';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { CliHost } from '../../src/core/host.js';
+import { MapInputSource } from '../../src/core/inputs.js';
 import { duplicateKeys } from '../../src/actions/prune-simplestreams/catalog.js';
+import { pruneRepository } from '../../src/actions/prune-simplestreams/prune.js';
 import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
 import { summaryMarkdown } from '../../src/actions/prune-simplestreams/report.js';
 import { versionTimeMs } from '../../src/actions/prune-simplestreams/versions.js';
@@ -478,6 +481,33 @@ describe('the repository changes between the scan and the deletions', () => {
     expect(plan.delete.map((f) => f.path)).toEqual([file]);
     expect(readFileSync(join(repo.root, file), 'utf8')).toBe('the upload of a publisher that takes no lock');
     expect(applied).toMatchObject({ deleted: [], changed: [file] });
+  });
+});
+
+describe('a whole prune whose plan a publisher overtakes', () => {
+  it('warns, naming the file it left because it was written again after the scan, and reports it not deleted', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    const file = 'images/fedcba9876543210.squashfs';
+    repo.addOrphan(file, 30 * DAY);
+    repo.write();
+    const log: string[] = [];
+    // The log line a group starts with comes right before the group runs: the moment between plan and apply.
+    const host = new CliHost({
+      inputs: new MapInputSource({}),
+      log: (line) => {
+        log.push(line);
+        if (line === '== Applying') writeFileSync(join(repo.root, file), 'uploaded again');
+      },
+      out: (line) => log.push(line),
+    });
+    const report = await pruneRepository(inputs(repo.root), host, { now: () => NOW });
+    expect(report.files.deleted).toEqual([]);
+    expect(readFileSync(join(repo.root, file), 'utf8')).toBe('uploaded again');
+    expect(log).toContain(
+      'warning: left 1 planned removal(s) alone: the entry or its directory changed since the scan (a publisher ' +
+        `that does not take the lock?); the next prune judges them again: ${file}`,
+    );
   });
 });
 
