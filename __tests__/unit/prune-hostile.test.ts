@@ -5,7 +5,7 @@
  * world: someone who may write in the repository (a publisher's account) changing it between the scan and the
  * deletions, metadata, state and lock files whose text error messages quote.
  */
-import { afterAll, describe, expect, it } from '@jest/globals';
+import { afterAll, describe, expect, it, jest } from '@jest/globals';
 import {
   cpSync,
   existsSync,
@@ -508,6 +508,28 @@ describe('a whole prune whose plan a publisher overtakes', () => {
       'warning: left 1 planned removal(s) alone: the entry or its directory changed since the scan (a publisher ' +
         `that does not take the lock?); the next prune judges them again: ${file}`,
     );
+  });
+});
+
+describe("this machine's clock ahead of the repository's file system (an NFS server's)", () => {
+  it('keeps a fresh upload for its grace period (Date.now mocked 2 h ahead: a clock cannot be skewed here)', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    repo.write();
+    // Written now by the file system's clock, as a publisher's upload in progress is.
+    const upload = join(repo.root, 'images/upload-in-progress.squashfs');
+    writeFileSync(upload, 'half an image');
+    const ahead = Date.now() + 2 * HOUR;
+    const clock = jest.spyOn(Date, 'now').mockImplementation(() => ahead);
+    try {
+      const { report, log } = await pruneAt(inputs(repo.root, { gracePeriodMs: HOUR }), ahead);
+      expect(report.files.deleted).toEqual([]);
+      expect(report.files.deferred.map((f) => f.path)).toEqual(['images/upload-in-progress.squashfs']);
+      expect(log.join('\n')).toMatch(/this machine's clock is 1[12]\dm\d+s ahead of the repository's file system/);
+    } finally {
+      clock.mockRestore();
+    }
+    expect(existsSync(upload)).toBe(true);
   });
 });
 
