@@ -525,7 +525,9 @@ describe("this machine's clock ahead of the repository's file system (an NFS ser
       const { report, log } = await pruneAt(inputs(repo.root, { gracePeriodMs: HOUR }), ahead);
       expect(report.files.deleted).toEqual([]);
       expect(report.files.deferred.map((f) => f.path)).toEqual(['images/upload-in-progress.squashfs']);
-      expect(log.join('\n')).toMatch(/this machine's clock is 1[12]\dm\d+s ahead of the repository's file system/);
+      expect(log.join('\n')).toMatch(
+        /this machine's clock is 1[12]\dm\d+s ahead of the repository's file system/,
+      );
     } finally {
       clock.mockRestore();
     }
