@@ -28,8 +28,12 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import { CliHost } from '../../src/core/host.js';
 import { MapInputSource } from '../../src/core/inputs.js';
+import { applyPlan, type ApplyResult } from '../../src/actions/prune-simplestreams/apply.js';
+import { loadCatalog } from '../../src/actions/prune-simplestreams/catalog.js';
 import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
+import { planPrune, type Plan } from '../../src/actions/prune-simplestreams/plan.js';
 import { pruneRepository } from '../../src/actions/prune-simplestreams/prune.js';
+import { scanRepository } from '../../src/actions/prune-simplestreams/scan.js';
 import type { PruneReport } from '../../src/actions/prune-simplestreams/report.js';
 
 export type Layout = 'flat' | 'nested';
@@ -457,4 +461,22 @@ export async function pruneFailure(i: PruneInputs, nowMs: number): Promise<Error
     return error as Error;
   }
   throw new Error('expected the prune to fail');
+}
+
+/**
+ * Loads, scans and plans like a prune of `i.path` at `nowMs` (no state file), then lets `meanwhile` change the
+ * repository (a publisher that takes no lock) before the plan is applied: the plan, and what applying it returned
+ * or threw.
+ */
+export async function applyAfter(
+  i: PruneInputs,
+  nowMs: number,
+  meanwhile: () => void,
+): Promise<{ plan: Plan; applied: ApplyResult | Error }> {
+  const catalog = await loadCatalog(i.path);
+  const facts = await scanRepository(i.path, catalog, []);
+  const plan = planPrune(catalog, facts, new Map(), { ...i, nowMs });
+  meanwhile();
+  const applied = await applyPlan(i.path, catalog, plan, new Map()).catch((error: Error) => error);
+  return { plan, applied };
 }

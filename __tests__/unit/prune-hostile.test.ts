@@ -1,11 +1,15 @@
 /**
  * Hostile repositories for the whole prune (scan, plan, apply) in-process: metadata that a Go client (incus,
  * LXD: encoding/json) reads differently from JSON.parse, metadata that lives where the layout keeps images,
- * symlinks on the way to a referenced file, and names that try to break the summary or the log.
+ * symlinks on the way to a referenced file, and names that try to break the summary or the log; and a hostile
+ * world: someone who may write in the repository (a publisher's account) changing it between the scan and the
+ * deletions, metadata, state and lock files whose text error messages quote.
  */
-import { afterAll, describe, expect, it } from '@jest/globals';
+import { afterAll, describe, expect, it, jest } from '@jest/globals';
 import {
+  cpSync,
   existsSync,
+  linkSync,
   lstatSync,
   mkdirSync,
   mkdtempSync,
@@ -18,15 +22,17 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { execFileSync } from 'node:child_process';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { applyPlan } from '../../src/actions/prune-simplestreams/apply.js';
-import { duplicateKeys, loadCatalog } from '../../src/actions/prune-simplestreams/catalog.js';
+import { CliHost } from '../../src/core/host.js';
+import { MapInputSource } from '../../src/core/inputs.js';
+import { duplicateKeys } from '../../src/actions/prune-simplestreams/catalog.js';
+import { pruneRepository } from '../../src/actions/prune-simplestreams/prune.js';
 import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
-import { planPrune } from '../../src/actions/prune-simplestreams/plan.js';
 import { summaryMarkdown } from '../../src/actions/prune-simplestreams/report.js';
-import { scanRepository } from '../../src/actions/prune-simplestreams/scan.js';
+import { versionTimeMs } from '../../src/actions/prune-simplestreams/versions.js';
 import {
+  applyAfter as applyAfterPlan,
   clockAhead,
   pruneAt,
   pruneFailure,
@@ -267,13 +273,11 @@ describe('a lock path that is not a lock file', () => {
 });
 
 describe('a publisher that does not take the lock (incus-simplestreams add) writes images.json mid-prune', () => {
-  /** Loads, scans and plans like a prune, then lets `publish` change the repository before the plan is applied. */
+  /** The error a prune ends with when `publish` changes the repository between its plan and applying it. */
   async function applyAfter(repo: SimplestreamsRepo, publish: () => void, o: Partial<PruneInputs> = {}) {
-    const catalog = await loadCatalog(repo.root);
-    const facts = await scanRepository(repo.root, catalog, []);
-    const plan = planPrune(catalog, facts, new Map(), { ...inputs(repo.root, o), nowMs: NOW });
-    publish();
-    return applyPlan(repo.root, catalog, plan, new Map());
+    const { applied } = await applyAfterPlan(inputs(repo.root, o), NOW, publish);
+    if (applied instanceof Error) throw applied;
+    return applied;
   }
 
   it('keeps the version it added: images.json is not overwritten with the plan made before', async () => {
@@ -397,5 +401,270 @@ describe('item paths that point into directories images are not kept in', () => 
     expect(existsSync(join(repo.root, '.git/config'))).toBe(true);
     expect(existsSync(join(repo.root, '.git/lfs/objects/other'))).toBe(true);
     expect(repoProblems(repo.root)).toEqual([]);
+  });
+});
+
+/** A plan made, then `meanwhile` changes the repository (anyone who may write there), then the plan applied. */
+const applyMeanwhile = (repo: SimplestreamsRepo, meanwhile: () => void) =>
+  applyAfterPlan(inputs(repo.root), NOW, meanwhile);
+
+type IndexJson = { index: Record<string, Record<string, unknown>> };
+
+/** Rewrites index.json with `change` made to its data. */
+function editIndex(repo: SimplestreamsRepo, change: (index: IndexJson) => void): void {
+  const file = join(repo.root, 'streams/v1/index.json');
+  const index = JSON.parse(readFileSync(file, 'utf8')) as IndexJson;
+  change(index);
+  writeFileSync(file, JSON.stringify(index));
+}
+
+/** Points index.json's image-downloads entry at `path`, as written. */
+const setImagesPath = (repo: SimplestreamsRepo, path: string) =>
+  editIndex(repo, (index) => {
+    index.index.images!.path = path;
+  });
+
+describe('the repository changes between the scan and the deletions', () => {
+  it('never deletes outside the repository through a directory swapped for a symlink after the scan', async () => {
+    const repo = newRepo('nested');
+    repo.addVersion(P, V[1]!);
+    // An old version directory images.json no longer names: its file and then the directory are deleted.
+    const dir = 'images/debian/bookworm/amd64/default/20230101_01:00';
+    repo.addOrphan(`${dir}/rootfs.squashfs`, 30 * DAY);
+    repo.write();
+    const outside = join(base, `outside-${++counter}`);
+    mkdirSync(outside);
+    writeFileSync(join(outside, 'rootfs.squashfs'), 'not the repository’s');
+    const { plan, applied } = await applyMeanwhile(repo, () => {
+      renameSync(join(repo.root, dir), join(repo.root, `${dir}.moved`));
+      symlinkSync(outside, join(repo.root, dir));
+    });
+    expect(plan.delete.map((f) => f.path)).toEqual([`${dir}/rootfs.squashfs`]);
+    expect(readFileSync(join(outside, 'rootfs.squashfs'), 'utf8')).toBe('not the repository’s');
+    expect(applied).toMatchObject({ deleted: [], changed: [`${dir}/rootfs.squashfs`, dir] });
+    expect(lstatSync(join(repo.root, dir)).isSymbolicLink()).toBe(true);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+
+  it('never writes metadata outside the repository through a streams/v1 swapped for a symlink after the scan', async () => {
+    const repo = newRepo('flat');
+    for (const v of V) repo.addVersion(P, v);
+    repo.write();
+    // A copy of the metadata outside, so that the check that it is unchanged passes there.
+    const outside = join(base, `outside-${++counter}`);
+    cpSync(join(repo.root, 'streams/v1'), outside, { recursive: true });
+    const before = readFileSync(join(outside, 'images.json'), 'utf8');
+    const { plan, applied } = await applyMeanwhile(repo, () => {
+      renameSync(join(repo.root, 'streams/v1'), join(repo.root, 'streams/v1.moved'));
+      symlinkSync(outside, join(repo.root, 'streams/v1'));
+    });
+    expect(plan.images).toBeDefined();
+    expect(readdirSync(outside).sort()).toEqual(['images.json', 'index.json']);
+    expect(readFileSync(join(outside, 'images.json'), 'utf8')).toBe(before);
+    expect((applied as Error).message).toMatch(
+      /streams\/v1\/images\.json changed while this prune was planning/,
+    );
+    expect(plan.delete.length).toBeGreaterThan(0);
+    for (const f of plan.delete) expect(existsSync(join(repo.root, f.path))).toBe(true);
+  });
+
+  it('keeps an old orphan a publisher writes again after the scan, before it names it in images.json', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[1]!);
+    // Flat layout: files are named by their content, so re-adding an image writes the very same name.
+    const file = 'images/0123456789abcdef.squashfs';
+    repo.addOrphan(file, 30 * DAY);
+    repo.write();
+    const { plan, applied } = await applyMeanwhile(repo, () => {
+      writeFileSync(join(repo.root, file), 'the upload of a publisher that takes no lock');
+    });
+    expect(plan.delete.map((f) => f.path)).toEqual([file]);
+    expect(readFileSync(join(repo.root, file), 'utf8')).toBe('the upload of a publisher that takes no lock');
+    expect(applied).toMatchObject({ deleted: [], changed: [file] });
+  });
+});
+
+describe('a whole prune whose plan a publisher overtakes', () => {
+  it('warns, naming the file it left because it was written again after the scan, and reports it not deleted', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    const file = 'images/fedcba9876543210.squashfs';
+    repo.addOrphan(file, 30 * DAY);
+    repo.write();
+    const log: string[] = [];
+    // The log line a group starts with comes right before the group runs: the moment between plan and apply.
+    const host = new CliHost({
+      inputs: new MapInputSource({}),
+      log: (line) => {
+        log.push(line);
+        if (line === '== Applying') writeFileSync(join(repo.root, file), 'uploaded again');
+      },
+      out: (line) => log.push(line),
+    });
+    const report = await pruneRepository(inputs(repo.root), host, { now: () => NOW });
+    expect(report.files.deleted).toEqual([]);
+    expect(readFileSync(join(repo.root, file), 'utf8')).toBe('uploaded again');
+    expect(log).toContain(
+      'warning: left 1 planned removal(s) alone: the entry or its directory changed since the scan (a publisher ' +
+        `that does not take the lock?); the next prune judges them again: ${file}`,
+    );
+  });
+});
+
+describe("this machine's clock ahead of the repository's file system (an NFS server's)", () => {
+  it('keeps a fresh upload for its grace period (Date.now mocked 2 h ahead: a clock cannot be skewed here)', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    repo.write();
+    // Written now by the file system's clock, as a publisher's upload in progress is.
+    const upload = join(repo.root, 'images/upload-in-progress.squashfs');
+    writeFileSync(upload, 'half an image');
+    const ahead = Date.now() + 2 * HOUR;
+    const clock = jest.spyOn(Date, 'now').mockImplementation(() => ahead);
+    try {
+      const { report, log } = await pruneAt(inputs(repo.root, { gracePeriodMs: HOUR }), ahead);
+      expect(report.files.deleted).toEqual([]);
+      expect(report.files.deferred.map((f) => f.path)).toEqual(['images/upload-in-progress.squashfs']);
+      expect(log.join('\n')).toMatch(
+        /this machine's clock is 1[12]\dm\d+s ahead of the repository's file system/,
+      );
+    } finally {
+      clock.mockRestore();
+    }
+    expect(existsSync(upload)).toBe(true);
+  });
+});
+
+describe('hard-linked copies (a deduplicating tool)', () => {
+  it('deletes every name of an old orphan inode in one prune: unlinking one name moves the others’ ctime', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    repo.addOrphan('images/a.squashfs', 30 * DAY);
+    linkSync(join(repo.root, 'images/a.squashfs'), join(repo.root, 'images/b.squashfs'));
+    repo.write();
+    const { report, log } = await pruneAt(inputs(repo.root), NOW);
+    expect(report.files.deleted.map((f) => f.path)).toEqual(['images/a.squashfs', 'images/b.squashfs']);
+    expect(existsSync(join(repo.root, 'images/b.squashfs'))).toBe(false);
+    expect(log.join('\n')).not.toMatch(/changed since the scan/);
+  });
+});
+
+describe('repository text in error messages reaches the log as one printable line', () => {
+  const hostile = '\u001b[2J\u001b[31m\u202e';
+  const printable = (message: string) => {
+    for (const c of ['\u001b', '\u202e', '\r']) expect(message).not.toContain(c);
+  };
+
+  it('images.json that is not JSON (JSON.parse quotes the start of the text)', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    repo.write();
+    writeFileSync(join(repo.root, 'streams/v1/images.json'), `${hostile}not json`);
+    const error = await pruneFailure(inputs(repo.root), NOW);
+    expect(error.message).toMatch(/streams\/v1\/images\.json is not valid JSON/);
+    printable(error.message);
+  });
+
+  it('an index entry key, an images.json path named by index.json, and a state file entry', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    repo.write();
+    editIndex(repo, (index) => {
+      index.index = { [hostile]: { datatype: 'image-downloads' } };
+    });
+    const keyError = await pruneFailure(inputs(repo.root), NOW);
+    expect(keyError.message).toMatch(/\.path is not a string/);
+    printable(keyError.message);
+
+    repo.write();
+    setImagesPath(repo, `streams/v1/${hostile}images.json`);
+    const pathError = await pruneFailure(inputs(repo.root), NOW);
+    expect(pathError.message).toMatch(/images\.json is missing/);
+    printable(pathError.message);
+
+    repo.write();
+    writeFileSync(
+      join(repo.root, '.image-ci-prune-state.json'),
+      JSON.stringify({ version: 1, unreferencedSince: { [`images/${hostile}x`]: 'never' } }),
+    );
+    const stateError = await pruneFailure(inputs(repo.root), NOW);
+    expect(stateError.message).toMatch(/has an invalid entry/);
+    printable(stateError.message);
+  });
+
+  it('an images.json path named by index.json, in the message about a publisher changing it mid-prune', async () => {
+    const repo = newRepo('flat');
+    for (const v of V) repo.addVersion(P, v);
+    repo.write();
+    setImagesPath(repo, `streams/v1/${hostile}images.json`);
+    const images = join(repo.root, `streams/v1/${hostile}images.json`);
+    renameSync(join(repo.root, 'streams/v1/images.json'), images);
+    const { applied } = await applyMeanwhile(repo, () => writeFileSync(images, '{"products": {}}'));
+    expect((applied as Error).message).toMatch(/images\.json changed while this prune was planning/);
+    printable((applied as Error).message);
+  });
+
+  it("a lock held by another host whose name and time are the lock file's text", async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    repo.write();
+    const lock = join(repo.root, '.image-ci-prune.lock');
+    writeFileSync(lock, JSON.stringify({ pid: 1, host: `${hostname()}-other${hostile}`, time: hostile }));
+    const error = await pruneFailure(inputs(repo.root, { lockTimeoutMs: 300 }), NOW);
+    expect(error.message).toMatch(/is held by pid 1 on/);
+    printable(error.message);
+    expect(existsSync(lock)).toBe(true);
+  });
+});
+
+describe('version names clients read differently from Date.UTC', () => {
+  it('counts a version dated in the years 0-99 as clients do (Go parses 0050 as year 50, Date.UTC as 1950)', async () => {
+    const repo = newRepo('flat');
+    const ancient = repo.addVersion(P, '00500101');
+    repo.addVersion(P, V[0]!);
+    repo.write();
+    expect(versionTimeMs('00500101')).toBe(new Date('0050-01-01T00:00:00Z').getTime());
+    expect(versionTimeMs('00000229_12:30')).toBe(new Date('0000-02-29T12:30:00Z').getTime());
+    const { report } = await pruneAt(inputs(repo.root), NOW);
+    expect(report.products[0]).toMatchObject({
+      kept: [V[0]],
+      dropped: [{ version: '00500101' }],
+      ignored: [],
+    });
+    for (const path of ancient.paths) expect(existsSync(join(repo.root, path))).toBe(false);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
+});
+
+describe("index.json's images path, as clients resolve it (Go's url.JoinPath takes it as escaped)", () => {
+  it('reads the images.json clients read, not a decoy named by the escaped spelling', async () => {
+    const repo = newRepo('flat');
+    const old = repo.addVersion(P, V[0]!);
+    const kept = repo.addVersion(P, V[1]!);
+    repo.write();
+    setImagesPath(repo, 'streams/v1/images%2Ejson');
+    // The file a literal reading finds: only the newer version, so the older one's files look like orphans.
+    const decoy = JSON.parse(readFileSync(join(repo.root, 'streams/v1/images.json'), 'utf8'));
+    delete decoy.products[P].versions[V[0]!];
+    writeFileSync(join(repo.root, 'streams/v1/images%2Ejson'), JSON.stringify(decoy));
+    const { report } = await pruneAt(inputs(repo.root, { keepVersions: 2 }), NOW);
+    expect(report.products[0]).toMatchObject({ kept: [V[1], V[0]], dropped: [] });
+    for (const path of [...old.paths, ...kept.paths]) expect(existsSync(join(repo.root, path))).toBe(true);
+  });
+
+  it('refuses an escape that decodes to .., and a % that starts no escape (clients never get that file)', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    repo.write();
+    for (const [path, why] of [
+      [
+        'streams/v1/%2e%2e/%2E%2E/images.json',
+        /\(as clients decode it: 'streams\/v1\/\.\.\/\.\.\/images\.json'\) contains '\.\.'/,
+      ],
+      ['streams/v1/images%zz.json', /has a '%' that starts no %XX escape/],
+    ] as const) {
+      setImagesPath(repo, path);
+      expect((await pruneFailure(inputs(repo.root), NOW)).message).toMatch(why);
+    }
   });
 });

@@ -4,14 +4,24 @@
  * directories. Metadata never references a deleted file, and a file's grace period never restarts from zero
  * because a crash lost its "unreferenced since" time.
  */
-import { rmdirSync, unlinkSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  lstatSync,
+  openSync,
+  readlinkSync,
+  realpathSync,
+  rmdirSync,
+  unlinkSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
 import { readRegularFile } from '../../core/files.js';
 import { ActionError } from '../../core/run.js';
-import { fileOf, serializeJson, type Catalog, type JsonDoc } from './catalog.js';
+import { fileOf, printableLines, serializeJson, type Catalog, type JsonDoc } from './catalog.js';
 import type { FileAction, Plan } from './plan.js';
-import { LOCK_FILE_NAME } from './repo-paths.js';
+import { baseOf, LOCK_FILE_NAME, parentOf } from './repo-paths.js';
+import { attempt, type FileFact } from './scan.js';
 import { sameState, writeState, type UnreferencedSince } from './state-file.js';
 
 export interface ApplyResult {
@@ -19,6 +29,148 @@ export interface ApplyResult {
   indexWritten: boolean;
   deleted: FileAction[];
   dirsRemoved: string[];
+  /** Planned removals left alone: the entry, or the directory it is in, is no longer what the scan saw. */
+  changed: string[];
+}
+
+const codeOf = (error: unknown) => (error as NodeJS.ErrnoException).code;
+
+/**
+ * The directories entries are removed from, each opened once (O_NOFOLLOW) and proven to be the very directory at
+ * its path in the repository (/proc/self/fd names where an open directory really is): whoever may write in the
+ * repository (a publisher's account) can swap a directory for a symlink between the scan and the deletions, and
+ * an unlink by path would follow it and delete outside the repository with this prune's rights. Entries are then
+ * removed through /proc/self/fd/<fd>/<name>, which the kernel resolves from the open directory itself (unlinkat(2),
+ * which node lacks), whatever is renamed or swapped after the check. Without /proc the path is checked right before
+ * each removal: a narrower window, not none. One directory is held at a time (callers go directory by directory).
+ */
+class PinnedDirs {
+  private current?: { dir: string; base?: string; fd?: number };
+
+  constructor(private readonly realRoot: string) {}
+
+  /** Where to remove `path` by, 'gone' when its directory is, 'changed' when that is not the one scanned. */
+  at(path: string): string | 'gone' | 'changed' {
+    const dir = parentOf(path);
+    if (this.current?.dir !== dir) {
+      this.close();
+      this.current = this.pin(dir);
+    }
+    const { base } = this.current!;
+    return base === undefined || base === 'gone' ? (base ?? 'changed') : `${base}/${baseOf(path)}`;
+  }
+
+  private pin(dir: string): { dir: string; base?: string; fd?: number } {
+    const expected = join(this.realRoot, dir);
+    if (process.platform === 'linux') {
+      let fd: number;
+      try {
+        fd = openSync(expected, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+      } catch (error) {
+        // ELOOP: the directory itself is a symlink now; ENOTDIR: a file, or a symlink to one, on the way.
+        const code = codeOf(error);
+        if (code === 'ENOENT') return { dir, base: 'gone' };
+        if (code === 'ELOOP' || code === 'ENOTDIR') return { dir };
+        throw error;
+      }
+      const where = attempt(() => readlinkSync(`/proc/self/fd/${fd}`));
+      if (where === expected) return { dir, base: `/proc/self/fd/${fd}`, fd };
+      closeSync(fd);
+      if (where !== undefined) return { dir };
+    }
+    const real = attempt(() => realpathSync(expected));
+    if (real === expected) return { dir, base: expected };
+    return { dir, base: attempt(() => lstatSync(expected)) === undefined ? 'gone' : undefined };
+  }
+
+  close(): void {
+    if (this.current?.fd !== undefined) closeSync(this.current.fd);
+    this.current = undefined;
+  }
+}
+
+/**
+ * Whether the entry at `at` is still the one the scan judged (same inode, unchanged since): a new upload is not.
+ * Unlinking another name of an inode moves its ctime: for an inode this prune unlinked a name of (hard-linked
+ * copies, as deduplicating tools leave them), ctime is not compared; a rewrite still shows in mtime or size.
+ */
+function unchanged(at: string, seen: FileFact, unlinked: ReadonlySet<number>): boolean | 'gone' {
+  let now;
+  try {
+    now = lstatSync(at);
+  } catch (error) {
+    if (codeOf(error) === 'ENOENT') return 'gone';
+    throw error;
+  }
+  return (
+    (seen.ino === undefined || now.ino === seen.ino) &&
+    (now.ctimeMs === seen.ctimeMs || unlinked.has(now.ino)) &&
+    now.mtimeMs === seen.mtimeMs &&
+    now.size === seen.size &&
+    now.isFile() === seen.regular
+  );
+}
+
+/** Deletes the planned files directory by directory (see PinnedDirs); returns those deleted, or found gone. */
+function deleteFiles(realRoot: string, files: readonly FileAction[], changed: string[]): FileAction[] {
+  const byDir = [...files].sort((a, b) => {
+    const [x, y] = [parentOf(a.path), parentOf(b.path)];
+    return x < y ? -1 : x > y ? 1 : 0;
+  });
+  const done = new Set<FileAction>();
+  const unlinked = new Set<number>();
+  const dirs = new PinnedDirs(realRoot);
+  try {
+    for (const file of byDir) {
+      const at = dirs.at(file.path);
+      const state = at === 'gone' || at === 'changed' ? at : unchanged(at, file.seen, unlinked);
+      if (state === false || state === 'changed') {
+        changed.push(file.path);
+        continue;
+      }
+      if (state === true) {
+        try {
+          unlinkSync(at);
+          if (file.seen.ino !== undefined) unlinked.add(file.seen.ino);
+        } catch (error) {
+          if (codeOf(error) !== 'ENOENT') throw error;
+        }
+      }
+      done.add(file);
+    }
+  } finally {
+    dirs.close();
+  }
+  return files.filter((f) => done.has(f));
+}
+
+/** Removes the planned directories that are still empty, deepest first, each through its pinned parent. */
+function removeDirs(realRoot: string, planned: readonly string[], changed: string[]): string[] {
+  const removed: string[] = [];
+  const parents = new PinnedDirs(realRoot);
+  try {
+    for (const dir of planned) {
+      const at = parents.at(dir);
+      if (at === 'gone') continue;
+      if (at === 'changed') {
+        changed.push(dir);
+        continue;
+      }
+      try {
+        rmdirSync(at);
+        removed.push(dir);
+      } catch (error) {
+        // A publisher that does not take the lock may have put a file there meanwhile: then the dir stays.
+        // ENOTDIR: a symlink or a file is there now, no directory the scan saw.
+        const code = codeOf(error);
+        if (code === 'ENOTDIR') changed.push(dir);
+        else if (code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOENT') throw error;
+      }
+    }
+  } finally {
+    parents.close();
+  }
+  return removed;
 }
 
 /**
@@ -29,23 +181,35 @@ export interface ApplyResult {
  * rename; only the lock closes it.
  */
 async function expectUnchanged(
-  root: string,
+  dirs: PinnedDirs,
   docs: readonly { doc: JsonDoc; expected: string }[],
 ): Promise<void> {
   for (const { doc, expected } of docs) {
     // The publisher may have put anything there meanwhile: a FIFO must not hold the prune (and its lock) until
     // someone writes to it, and a file longer than what was planned from is changed without reading all of it.
-    const now = await readRegularFile(join(root, fileOf(doc)), Buffer.byteLength(expected) + 1).then(
+    const now = await readRegularFile(metadataAt(dirs, doc), Buffer.byteLength(expected) + 1).then(
       (bytes) => bytes.toString('utf8'),
       () => undefined,
     );
-    if (now !== expected) {
-      throw new ActionError(
-        `${doc.path} changed while this prune was planning (a publisher that does not take ${LOCK_FILE_NAME}?); ` +
-          'it was left as the publisher wrote it and nothing was deleted. Run the prune again.',
-      );
-    }
+    if (now !== expected) throw changedMeanwhile(doc);
   }
+}
+
+function changedMeanwhile(doc: JsonDoc): ActionError {
+  return new ActionError(
+    `${printableLines(doc.path)} changed while this prune was planning (a publisher that does not take ${LOCK_FILE_NAME}?); ` +
+      'it was left as the publisher wrote it and nothing was deleted. Run the prune again.',
+  );
+}
+
+/**
+ * Where to read and replace a metadata file: in its directory as loaded (see PinnedDirs), so a `streams/v1` swapped
+ * for a symlink meanwhile never has this prune write outside the repository. Valid until the next `dirs.at`.
+ */
+function metadataAt(dirs: PinnedDirs, doc: JsonDoc): string {
+  const at = dirs.at(fileOf(doc));
+  if (at === 'gone' || at === 'changed') throw changedMeanwhile(doc);
+  return at;
 }
 
 export async function applyPlan(
@@ -54,53 +218,53 @@ export async function applyPlan(
   plan: Plan,
   stateOnDisk: UnreferencedSince,
 ): Promise<ApplyResult> {
+  const realRoot = realpathSync(root);
   const images = { doc: catalog.images, expected: catalog.images.text };
   const index = { doc: catalog.index, expected: catalog.index.text };
-  await expectUnchanged(root, [images, index]);
-  let onDisk = stateOnDisk;
-  if (!sameState(onDisk, plan.stateDuring)) {
-    await writeState(root, plan.stateDuring);
-    onDisk = plan.stateDuring;
-  }
-  if (plan.images) {
-    await expectUnchanged(root, [images]);
-    images.expected = serializeJson(plan.images, images.doc.style);
-    await writeFileAtomic(join(root, fileOf(images.doc)), images.expected, images.doc.mode);
-  }
-  if (plan.index) {
-    await expectUnchanged(root, [index]);
-    index.expected = serializeJson(plan.index, index.doc.style);
-    await writeFileAtomic(join(root, fileOf(index.doc)), index.expected, index.doc.mode);
-  }
-  if (plan.delete.length > 0) await expectUnchanged(root, [images, index]);
-  // Synchronous for the reason scan.ts's walk gives: 10k unlinks measured 2.5x faster than via the promise API.
-  const deleted: FileAction[] = [];
-  for (const file of plan.delete) {
-    try {
-      unlinkSync(join(root, file.path));
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  const dirs = new PinnedDirs(realRoot);
+  try {
+    await expectUnchanged(dirs, [images, index]);
+    let onDisk = stateOnDisk;
+    if (!sameState(onDisk, plan.stateDuring)) {
+      await writeState(root, plan.stateDuring);
+      onDisk = plan.stateDuring;
     }
-    deleted.push(file);
+    if (plan.images) {
+      await expectUnchanged(dirs, [images]);
+      images.expected = serializeJson(plan.images, images.doc.style);
+      await writeFileAtomic(metadataAt(dirs, images.doc), images.expected, images.doc.mode);
+    }
+    if (plan.index) {
+      await expectUnchanged(dirs, [index]);
+      index.expected = serializeJson(plan.index, index.doc.style);
+      await writeFileAtomic(metadataAt(dirs, index.doc), index.expected, index.doc.mode);
+    }
+    if (plan.delete.length > 0) await expectUnchanged(dirs, [images, index]);
+    return await finish(root, realRoot, plan, onDisk);
+  } finally {
+    dirs.close();
   }
+}
+
+/** Deletions, the final state and empty directories: the metadata no longer names anything removed here. */
+async function finish(
+  root: string,
+  realRoot: string,
+  plan: Plan,
+  onDisk: UnreferencedSince,
+): Promise<ApplyResult> {
+  // Synchronous for the reason scan.ts's walk gives: 10k unlinks measured 2.5x faster than via the promise API.
+  const changed: string[] = [];
+  const deleted = deleteFiles(realRoot, plan.delete, changed);
   if (!sameState(onDisk, plan.stateAfter)) {
     await writeState(root, plan.stateAfter);
   }
-  const dirsRemoved: string[] = [];
-  for (const dir of plan.dirsToRemove) {
-    try {
-      rmdirSync(join(root, dir));
-      dirsRemoved.push(dir);
-    } catch (error) {
-      // A publisher that does not take the lock may have put a file there meanwhile: then the dir stays.
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOENT') throw error;
-    }
-  }
+  const dirsRemoved = removeDirs(realRoot, plan.dirsToRemove, changed);
   return {
     imagesWritten: plan.images !== undefined,
     indexWritten: plan.index !== undefined,
     deleted,
     dirsRemoved,
+    changed,
   };
 }

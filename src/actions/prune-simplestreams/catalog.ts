@@ -67,10 +67,22 @@ export interface Catalog {
   products: CatalogProduct[];
 }
 
+/**
+ * Each line of `text` as one printable line (see externalText), its indent and the line breaks between kept: the
+ * messages this prune builds quote the repository (keys, paths, JSON.parse's quote of a file's first characters),
+ * and an escape sequence there would colour or erase the log, a bidi control reorder what is read.
+ */
+export function printableLines(text: string): string {
+  return text
+    .split('\n')
+    .map((line) => `${/^ */.exec(line)![0]}${externalText(line, 16_000)}`)
+    .join('\n');
+}
+
 /** A repository this prune refuses to touch: malformed or unsafe metadata. Nothing has been changed. */
 export class RepoError extends ActionError {
   constructor(message: string) {
-    super(`${message} Nothing was changed.`);
+    super(printableLines(`${message} Nothing was changed.`));
     this.name = 'RepoError';
   }
 }
@@ -229,13 +241,36 @@ function findIndexEntry(index: JsonDoc): { key: string; imagesPath: string } {
   const [key, entry] = matches[0]! as [string, JsonObject];
   if (typeof entry.path !== 'string')
     throw new RepoError(`${index.path}: index.${key}.path is not a string.`);
-  const normalised = normaliseRepoPath(entry.path);
-  if ('error' in normalised) {
+  const unescaped = unescapeUrlPath(entry.path);
+  if (unescaped === undefined) {
     throw new RepoError(
-      externalText(`${index.path}: index.${key}.path '${entry.path}' ${normalised.error}.`, 4000),
+      `${index.path}: index.${key}.path '${entry.path}' has a '%' that starts no %XX escape; incus reads ` +
+        'this path as an escaped URL path, which it is not, so clients never get the file it names.',
     );
   }
+  const normalised = normaliseRepoPath(unescaped);
+  if ('error' in normalised) {
+    const decoded = unescaped === entry.path ? '' : ` (as clients decode it: '${unescaped}')`;
+    throw new RepoError(`${index.path}: index.${key}.path '${entry.path}'${decoded} ${normalised.error}.`);
+  }
   return { key, imagesPath: normalised.path };
+}
+
+/**
+ * index.json's `path` as the file clients get: incus and LXD join it to the repository URL with Go's url.JoinPath,
+ * which takes it as already escaped, so a web server decodes `%2E` before it maps the path to a file
+ * (`images%2Ejson` is images.json, `%2e%2e` is `..`). Undefined for a `%` that starts no escape (Go's join then
+ * keeps the repository URL's own path: clients never ask for this one).
+ * Item paths are not decoded: clients set those as the URL's plain path, so `%` in them is a literal `%`.
+ */
+export function unescapeUrlPath(raw: string): string | undefined {
+  if (!raw.includes('%')) return raw;
+  if (/%(?![0-9A-Fa-f]{2})/.test(raw)) return undefined;
+  const parts = raw.split(/(%[0-9A-Fa-f]{2})/);
+  const bytes = parts.map((part) =>
+    part.startsWith('%') ? Buffer.from([parseInt(part.slice(1), 16)]) : Buffer.from(part, 'utf8'),
+  );
+  return Buffer.concat(bytes).toString('utf8');
 }
 
 function parseProducts(images: JsonDoc, problems: string[]): CatalogProduct[] {

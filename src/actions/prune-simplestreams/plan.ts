@@ -17,7 +17,7 @@ import {
 } from './catalog.js';
 import { productMatcher, unmatchedPatterns, type UnmatchedPattern } from './product-filter.js';
 import { baseOf, contentDirOf, isSidecar, parentOf } from './repo-paths.js';
-import type { RepoFacts, Times } from './scan.js';
+import type { FileFact, RepoFacts, Times } from './scan.js';
 import type { UnreferencedSince } from './state-file.js';
 import { compareC, isClientVersion, versionTimeMs } from './versions.js';
 
@@ -56,6 +56,8 @@ export interface FileAction {
   reason: FileReason;
   /** When the grace period of this file ends (epoch ms); <= now for deletions. */
   deletableAtMs: number;
+  /** The entry as the scan saw it: a file changed or replaced since then is not the one judged, and stays. */
+  seen: FileFact;
 }
 
 export interface Plan {
@@ -268,6 +270,7 @@ function decideFiles(
       size: fact.size,
       reason: since === undefined ? 'orphan' : 'unreferenced',
       deletableAtMs,
+      seen: fact,
     };
     fate.set(path, action);
     if (since !== undefined) d.stateDuring.set(path, since);
@@ -310,7 +313,7 @@ function decideFiles(
       deletableAtMs = dirDeleted.has(dir) ? now : changedMs(fact) + grace;
     }
     if (deletableAtMs === 'live') continue;
-    const action: FileAction = { path, size: fact.size, reason: 'sidecar', deletableAtMs };
+    const action: FileAction = { path, size: fact.size, reason: 'sidecar', deletableAtMs, seen: fact };
     (deletableAtMs <= now ? d.delete : d.defer).push(action);
   }
   d.delete.sort((a, b) => compareC(a.path, b.path));

@@ -2,7 +2,7 @@
  * One prune run: lock -> load and validate -> scan -> plan -> apply -> verify -> report. A dry run takes no lock
  * and writes nothing inside the repository (not even the lock or state file).
  */
-import { realpath, stat } from 'node:fs/promises';
+import { lstat, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { acquireLock, LockTimeoutError, type Lock } from '../../core/atomic.js';
 import type { Host } from '../../core/host.js';
@@ -10,12 +10,12 @@ import { InputError } from '../../core/inputs.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { formatDuration } from '../../core/summary.js';
 import { applyPlan, type ApplyResult } from './apply.js';
-import { loadCatalog } from './catalog.js';
+import { loadCatalog, printableLines } from './catalog.js';
 import { Inputs } from './constants.js';
 import type { PruneInputs } from './inputs.js';
 import { planPrune } from './plan.js';
 import { LOCK_FILE_NAME } from './repo-paths.js';
-import { buildReport, planLines, unmatchedMessage, type PruneReport } from './report.js';
+import { buildReport, changedMessage, planLines, unmatchedMessage, type PruneReport } from './report.js';
 import { scanRepository } from './scan.js';
 import { readState } from './state-file.js';
 import { verifyItems } from './verify.js';
@@ -72,8 +72,9 @@ async function takeLock(root: string, inputs: PruneInputs, host: Host): Promise<
     });
   } catch (error) {
     if (error instanceof LockTimeoutError) {
+      // The owner's host and time are the lock file's text, written by anyone who may write in the repository.
       throw new ActionError(
-        `${error.message} for longer than lock-timeout (${formatDuration(inputs.lockTimeoutMs)}); ` +
+        `${printableLines(error.message)} for longer than lock-timeout (${formatDuration(inputs.lockTimeoutMs)}); ` +
           'another prune or a publisher is working on this repository. Nothing was changed.',
       );
     }
@@ -88,6 +89,21 @@ async function takeLock(root: string, inputs: PruneInputs, host: Host): Promise<
   }
 }
 
+/**
+ * How far this machine's clock runs ahead of the repository's file system (the file server's, over NFS), from the
+ * mtime the file system gave the lock file just created: file ages are counted from times the file system sets,
+ * so a clock ahead by an hour would make an upload of a minute ago look an hour older and cut its grace period
+ * short. A clock behind is harmless (files look younger and wait longer), and so is a dry run's (it deletes
+ * nothing). Less than SKEW_TOLERANCE_MS counts as none: the file system's coarser clock and the moments since the
+ * lock was created always make a few milliseconds, and a grace period is minutes or hours.
+ */
+async function clockAheadOfFiles(lock: Lock): Promise<number> {
+  const aheadMs = Date.now() - (await lstat(lock.path)).mtimeMs;
+  return aheadMs < SKEW_TOLERANCE_MS ? 0 : aheadMs;
+}
+
+const SKEW_TOLERANCE_MS = 60_000;
+
 export async function pruneRepository(
   inputs: PruneInputs,
   host: Host,
@@ -98,6 +114,13 @@ export async function pruneRepository(
   const root = await repositoryRoot(inputs.path);
   const lock = inputs.dryRun ? undefined : await takeLock(root, inputs, host);
   const acquiredMs = now();
+  const skewMs = lock ? await clockAheadOfFiles(lock) : 0;
+  if (skewMs > 0) {
+    host.warning(
+      `this machine's clock is ${formatDuration(skewMs)} ahead of the repository's file system; ` +
+        "file ages are counted by the file system's clock",
+    );
+  }
   let report: PruneReport;
   try {
     const { catalog, state, facts } = await host.group('Reading the repository', async () => {
@@ -110,7 +133,7 @@ export async function pruneRepository(
       );
       return { catalog, state, facts };
     });
-    const plan = planPrune(catalog, facts, state, { ...inputs, nowMs: now() });
+    const plan = planPrune(catalog, facts, state, { ...inputs, nowMs: now() - skewMs });
     for (const u of plan.unmatchedPatterns) host.warning(unmatchedMessage(u, catalog.products.length));
     await host.group(inputs.dryRun ? 'Plan (dry run: nothing is changed)' : 'Plan', async () => {
       for (const line of planLines(plan, inputs.dryRun)) host.info(line);
@@ -118,6 +141,7 @@ export async function pruneRepository(
     let applied: ApplyResult | undefined;
     if (!inputs.dryRun) {
       applied = await host.group('Applying', () => applyPlan(root, catalog, plan, state));
+      if (applied.changed.length > 0) host.warning(changedMessage(applied.changed));
     }
     const verify =
       inputs.dryRun || inputs.verify === 'none'

@@ -116,6 +116,15 @@ export function unmatchedMessage(u: UnmatchedPattern, productCount: number): str
   );
 }
 
+/** The warning for planned removals apply.ts left alone because they changed since the scan. */
+export function changedMessage(paths: readonly string[]): string {
+  const more = paths.length > 5 ? `, and ${paths.length - 5} more` : '';
+  return shown(
+    `left ${paths.length} planned removal(s) alone: the entry or its directory changed since the scan (a ` +
+      `publisher that does not take the lock?); the next prune judges them again: ${paths.slice(0, 5).join(', ')}${more}`,
+  );
+}
+
 /**
  * Names and paths come from images.json: a log line or summary cell must show them as one printable line (no
  * bidi override reordering what is read, no ANSI escape colouring or erasing the log, no line break). Long

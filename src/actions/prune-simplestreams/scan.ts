@@ -30,6 +30,8 @@ export interface FileFact extends Times {
   size: number;
   /** False for symlinks and other non-regular entries. */
   regular: boolean;
+  /** The inode the scan saw: apply.ts deletes an entry only while it is still that one, unchanged. */
+  ino?: number;
 }
 
 export interface RepoFacts {
@@ -130,8 +132,11 @@ function timesOf(info: Stats): Times {
   return { mtimeMs: info.mtimeMs, ctimeMs: info.ctimeMs };
 }
 
-/** Runs a sync fs call; a path that vanished meanwhile (someone else removed it) gives undefined. */
-function attempt<T>(fn: () => T): T | undefined {
+/**
+ * Runs a sync fs call; a path that vanished meanwhile (someone else removed it), or that a file or a symlink loop
+ * now blocks, gives undefined (as /proc/self/fd does where /proc is not mounted).
+ */
+export function attempt<T>(fn: () => T): T | undefined {
   try {
     return fn();
   } catch (error) {
@@ -171,7 +176,7 @@ function walk(root: string, contentDirs: Iterable<string>, facts: RepoFacts): vo
       const info = attempt(() => lstatSync(join(root, child)));
       if (!info) continue;
       files++;
-      facts.files.set(child, { size: info.size, ...timesOf(info), regular: info.isFile() });
+      facts.files.set(child, { size: info.size, ...timesOf(info), regular: info.isFile(), ino: info.ino });
     }
     // Only a directory without files can be removed for its age (see plan.ts): only then its times matter.
     if (files === 0 && facts.dirs.has(path)) {
@@ -211,7 +216,9 @@ function findAtomicLeftovers(root: string, targets: readonly string[], facts: Re
       if (!target || !wanted.has(target)) continue;
       const path = dir ? `${dir}/${name}` : name;
       const info = attempt(() => lstatSync(join(root, path)));
-      if (info?.isFile()) facts.files.set(path, { size: info.size, ...timesOf(info), regular: true });
+      if (info?.isFile()) {
+        facts.files.set(path, { size: info.size, ...timesOf(info), regular: true, ino: info.ino });
+      }
     }
   }
 }

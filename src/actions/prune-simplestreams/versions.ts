@@ -13,14 +13,15 @@ export function versionTimeMs(name: string): number | undefined {
   const [year, month, day] = [Number(m[1]), Number(m[2]), Number(m[3])];
   const hour = m[4] === undefined ? 0 : Number(m[4]);
   const minute = m[5] === undefined ? 0 : Number(m[5]);
-  const ms = Date.UTC(year, month - 1, day, hour, minute);
-  const date = new Date(ms);
-  // Date.UTC rolls 20240231 over to March; clients' strict parse rejects it, so do we.
+  // Not Date.UTC: it reads years 0-99 as 1900-1999, where Go's time.Parse (the clients') takes 0050 as is.
+  const date = new Date(0);
+  date.setUTCFullYear(year, month - 1, day);
+  // 20240231 rolls over to March; clients' strict parse rejects it, so do we.
   if (date.getUTCFullYear() !== year || date.getUTCMonth() !== month - 1 || date.getUTCDate() !== day) {
     return undefined;
   }
-  if (hour > 23 || minute > 59) return Date.UTC(year, month - 1, day);
-  return ms;
+  if (hour > 23 || minute > 59) return date.getTime();
+  return date.getTime() + (hour * 60 + minute) * 60_000;
 }
 
 /** True when incus/LXD clients would show this version (its name starts with a valid YYYYMMDD date). */
