@@ -26,7 +26,7 @@ import {
 } from './local-service.js';
 import type { ServingMode } from './mode.js';
 import { isRunning, type StopOutcome } from './process-group.js';
-import { planSocket } from './socket-path.js';
+import { claimSocket, planSocket } from './socket-path.js';
 import { saveRunState, type LocalState } from './state.js';
 
 const VERSION_TIMEOUT_MS = 15_000;
@@ -103,7 +103,8 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
     mode: 'local',
     registry: join(scratch, 'registry'),
     socket: placed.socket,
-    socketOutsideDirs: placed.outside,
+    // Not ours to remove until claimed below: the path may be another job's socket.
+    socketOutsideDirs: false,
     logFile: plan.logFile,
     tmpdir,
     removeDirs: [scratch],
@@ -121,6 +122,12 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
   await mkdir(tmpdir, { mode: 0o700 });
   await mkdir(state.registry, { mode: 0o700 });
   if (placed.createDir) await mkdir(dirname(placed.socket), { recursive: true, mode: 0o700 });
+  if (placed.outside) {
+    // Before the restore, which can take minutes: the path is this job's from now on (socket-path.ts).
+    await claimSocket(placed.socket);
+    state.socketOutsideDirs = true;
+    saveRunState(host, state);
+  }
 
   host.info(
     `Starting podman ${version.text} service on ${socketUrl(plan.socket)} with TMPDIR=${tmpdir}` +

@@ -3,6 +3,7 @@
  * 104 on macOS and the BSDs. Go's net package (podman) refuses a path that fills the whole buffer, so the usable
  * length is one byte less. A path too long fails late and obscurely ("bind: invalid argument"), so check early.
  */
+import { writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pathExists } from '../../core/files.js';
 import { InputError } from '../../core/inputs.js';
@@ -42,6 +43,26 @@ async function topmostMissingDir(dir: string): Promise<string | undefined> {
   return missing;
 }
 
+function socketInUse(path: string): InputError {
+  return new InputError(Inputs.socket, `${path} is already in use; choose another path or remove it.`);
+}
+
+/**
+ * Takes a chosen socket path for this run: an empty file, created only if nothing is there, which the service
+ * replaces with its socket (podman unlinks whatever is at its listen path before it binds). The check in
+ * planSocket alone leaves a window up to the bind, a cache restore long: two jobs on one host given the same path
+ * would both pass it, and the later service would take the socket over from the earlier one, whose later steps
+ * would then build on the other job's service and whose post would remove the other's socket.
+ */
+export async function claimSocket(path: string): Promise<void> {
+  try {
+    await writeFile(path, '', { flag: 'wx', mode: 0o600 });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw socketInUse(path);
+    throw error;
+  }
+}
+
 /** Where CONTAINER_HOST will point: the `socket` input, or `<scratch>/podman.sock`. Creates nothing. */
 export async function planSocket(given: string | undefined, scratch: string): Promise<SocketPlan> {
   if (given === undefined) {
@@ -55,9 +76,7 @@ export async function planSocket(given: string | undefined, scratch: string): Pr
     }
     return { socket, outside: false };
   }
-  if (await pathExists(given)) {
-    throw new InputError(Inputs.socket, `${given} is already in use; choose another path or remove it.`);
-  }
+  if (await pathExists(given)) throw socketInUse(given);
   const createDir = await topmostMissingDir(dirname(given));
   return createDir ? { socket: given, outside: true, createDir } : { socket: given, outside: true };
 }
