@@ -5,12 +5,14 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { createHash } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
-import { readdir, rm } from 'node:fs/promises';
+import { lstat, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { acquireLock } from '../../src/core/atomic.js';
 import { pathExists } from '../../src/core/files.js';
 import { sleep } from '../../src/core/process.js';
+import { REPO_ROOT } from '../support/harness.js';
 import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
 import { stepScripts } from '../support/podman-matrix.js';
 import { startSplitJob, type SplitJob } from '../support/split-job.js';
@@ -110,4 +112,41 @@ describe('remote-build-env, mode local, two jobs on one host (real podman, direc
     expect(await readdir(tempA)).toEqual([]);
     expect(await readdir(tempB)).toEqual([]);
   }, 90_000);
+
+  it('main SIGKILLed right after each of its file changes up to the service start, with a chosen socket path: post removes the path it claimed, and only that', async () => {
+    // Main under the crash preload (it kills at the N-th change: the claim's symlink, the state saved after it, ...).
+    const wrapper = join(newTemp('ici-rs-'), 'main.mjs');
+    const url = (path: string) => JSON.stringify(pathToFileURL(path).href);
+    await writeFile(
+      wrapper,
+      `await import(${url(join(REPO_ROOT, '__tests__/support/crash-after-change.mjs'))});\n` +
+        `await import(${url(join(REPO_ROOT, 'dist', ACTION, 'main.js'))});\n`,
+    );
+    const problems: string[] = [];
+    let claimedAndKilled = 0;
+    for (let event = 1; ; event++) {
+      const dir = newTemp('ici-rs-');
+      const socket = join(dir, 'build.sock');
+      const job = await startSplitJob({
+        action: ACTION,
+        mainScript: wrapper,
+        postScript: join(REPO_ROOT, 'dist', ACTION, 'post.js'),
+        inputs: { socket },
+        env: { ...pm.env, IMAGE_CI_TEST_CRASH_AFTER: String(event) },
+        runnerTemp: newTemp('ici-rs-'),
+      });
+      jobs.push(job);
+      const killed = job.main.main.exitCode === 137;
+      if (killed && (await lstat(socket).catch(() => undefined))?.isSymbolicLink()) claimedAndKilled++;
+      const post = await job.post();
+      if (post.exitCode !== 0) problems.push(`killed at change ${event}: post exited ${post.exitCode}`);
+      const left = await readdir(dir);
+      if (left.length) problems.push(`killed at change ${event}: left ${left.join(', ')}`);
+      // Past the service's start, the kill sweep in remote-build-env-kill.test.ts covers the rest.
+      if (!killed || post.lines.some((l) => /^podman service \(pid \d+\)/.test(l.text))) break;
+      if (event === 60) throw new Error('main made 60 changes without starting its service');
+    }
+    expect(problems).toEqual([]);
+    expect(claimedAndKilled).toBeGreaterThan(0);
+  }, 120_000);
 });

@@ -3,7 +3,7 @@
  * 104 on macOS and the BSDs. Go's net package (podman) refuses a path that fills the whole buffer, so the usable
  * length is one byte less. A path too long fails late and obscurely ("bind: invalid argument"), so check early.
  */
-import { writeFile } from 'node:fs/promises';
+import { readlink, symlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pathExists } from '../../core/files.js';
 import { InputError } from '../../core/inputs.js';
@@ -47,20 +47,31 @@ function socketInUse(path: string): InputError {
   return new InputError(Inputs.socket, `${path} is already in use; choose another path or remove it.`);
 }
 
+/** What the claim of a chosen socket path points at: a name below the run's scratch dir, so unique to the run. */
+export function claimTarget(scratch: string): string {
+  return join(scratch, 'socket-claim');
+}
+
 /**
- * Takes a chosen socket path for this run: an empty file, created only if nothing is there, which the service
- * replaces with its socket (podman unlinks whatever is at its listen path before it binds). The check in
- * planSocket alone leaves a window up to the bind, a cache restore long: two jobs on one host given the same path
- * would both pass it, and the later service would take the socket over from the earlier one, whose later steps
- * would then build on the other job's service and whose post would remove the other's socket.
+ * Takes a chosen socket path for this run: a symlink to `target` (claimTarget), made only if nothing is there,
+ * which the service replaces with its socket (podman unlinks whatever is at its listen path before it binds).
+ * The check in planSocket alone leaves a window up to the bind, a cache restore long: two jobs on one host given
+ * the same path would both pass it, and the later service would take the socket over from the earlier one, whose
+ * later steps would then build on the other job's service and whose post would remove the other's socket. A
+ * symlink, not a file: it can be told apart from anyone else's by where it points (isClaim), on any filesystem.
  */
-export async function claimSocket(path: string): Promise<void> {
+export async function claimSocket(path: string, target: string): Promise<void> {
   try {
-    await writeFile(path, '', { flag: 'wx', mode: 0o600 });
+    await symlink(target, path);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw socketInUse(path);
     throw error;
   }
+}
+
+/** Whether `path` is still this run's claim: what a main killed right after claiming, before recording it, left. */
+export async function isClaim(path: string, target: string): Promise<boolean> {
+  return (await readlink(path).catch(() => undefined)) === target;
 }
 
 /** Where CONTAINER_HOST will point: the `socket` input, or `<scratch>/podman.sock`. Creates nothing. */
