@@ -26,7 +26,7 @@ import {
 } from './local-service.js';
 import type { ServingMode } from './mode.js';
 import { isRunning, type StopOutcome } from './process-group.js';
-import { claimSocket, claimTarget, planSocket } from './socket-path.js';
+import { claimChosenSocket, claimTarget, planSocket } from './socket-path.js';
 import { saveRunState, type LocalState } from './state.js';
 
 const VERSION_TIMEOUT_MS = 15_000;
@@ -122,12 +122,8 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
   await mkdir(tmpdir, { mode: 0o700 });
   await mkdir(state.registry, { mode: 0o700 });
   if (placed.createDir) await mkdir(dirname(placed.socket), { recursive: true, mode: 0o700 });
-  if (state.socketClaim) {
-    // Before the restore, which can take minutes: the path is this job's from now on (socket-path.ts).
-    await claimSocket(placed.socket, state.socketClaim);
-    state.socketClaimed = true;
-    saveRunState(host, state);
-  }
+  // Before the restore, which can take minutes: the path is this job's from now on (socket-path.ts).
+  await claimChosenSocket(host, state);
 
   host.info(
     `Starting podman ${version.text} service on ${socketUrl(plan.socket)} with TMPDIR=${tmpdir}` +

@@ -6,8 +6,10 @@
 import { readlink, symlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pathExists } from '../../core/files.js';
+import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
 import { Inputs } from './constants.js';
+import { saveRunState, type RunState } from './state.js';
 
 const SUN_PATH_BYTES: Partial<Record<NodeJS.Platform, number>> = {
   linux: 108,
@@ -67,6 +69,17 @@ export async function claimSocket(path: string, target: string): Promise<void> {
     if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw socketInUse(path);
     throw error;
   }
+}
+
+/**
+ * Claims the chosen socket path main recorded in `state` (none for a path in our own dirs) and records that it
+ * did: from then on post removes the path whatever is there (the service's or tunnel's socket replaces the claim).
+ */
+export async function claimChosenSocket(host: Host, state: RunState): Promise<void> {
+  if (!state.socketClaim) return;
+  await claimSocket(state.socket, state.socketClaim);
+  state.socketClaimed = true;
+  saveRunState(host, state);
 }
 
 /** Whether `path` is still this run's claim: what a main killed right after claiming, before recording it, left. */
