@@ -216,7 +216,7 @@ async function stopLocalService(host: Host, state: LocalState): Promise<void> {
   if (stage && cache && outcome !== 'survived') {
     await host
       .group('Save cache mounts', () => saveCacheMounts(host, stage, cache))
-      // The error may name a file a build made (a name that is no UTF-8 cannot be looked up again).
+      // The error may name a file a build made, control characters and all.
       .catch((error) => host.warning(`cache mounts not saved: ${printable(errorMessage(error))}`));
   } else if (stage) {
     await clearStage(host, stage).catch((error) =>
