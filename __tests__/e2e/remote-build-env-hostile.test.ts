@@ -16,8 +16,8 @@ import { laterRun } from '../support/cache-service.js';
 import { cliHost } from '../support/cache-files.js';
 import { importBusyboxImage } from '../support/images.js';
 import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
-import { buildahCacheDir, stepScripts, testUser } from '../support/podman-matrix.js';
-import { startSplitJob, type SplitJob } from '../support/split-job.js';
+import { buildahCacheDir, testUser } from '../support/podman-matrix.js';
+import { startSplitJobOn, type SplitJob } from '../support/split-job.js';
 
 const ACTION = 'remote-build-env';
 
@@ -38,13 +38,7 @@ async function startJob(
   env: Record<string, string>,
   runnerTemp: string,
 ): Promise<SplitJob> {
-  const job = await startSplitJob({
-    action: ACTION,
-    ...stepScripts(pm.variant, ACTION, pm.dir),
-    inputs,
-    env: { ...pm.env, ...env },
-    runnerTemp,
-  });
+  const job = await startSplitJobOn(pm, ACTION, inputs, env, runnerTemp);
   jobs.push(job);
   return job;
 }

@@ -18,10 +18,9 @@ import {
   hostPodman,
   podmanVersions,
   requireAvailable,
-  stepScripts,
   type PodmanVariant,
 } from '../support/podman-matrix.js';
-import { startSplitJob, type SplitJob } from '../support/split-job.js';
+import { startSplitJob, startSplitJobOn, type SplitJob } from '../support/split-job.js';
 
 const ACTION = 'remote-build-env';
 
@@ -35,19 +34,8 @@ function newTemp(prefix: string): string {
   return dir;
 }
 
-async function startJob(
-  pm: PodmanTestEnv,
-  inputs: Record<string, string>,
-  env: Record<string, string>,
-  runnerTemp: string,
-): Promise<SplitJob> {
-  const job = await startSplitJob({
-    action: ACTION,
-    ...stepScripts(pm.variant, ACTION, pm.dir),
-    inputs,
-    env: { ...pm.env, ...env },
-    runnerTemp,
-  });
+/** Posted after the tests if a failed test did not. */
+function tracked(job: SplitJob): SplitJob {
   jobs.push(job);
   return job;
 }
@@ -99,14 +87,15 @@ describe.each(podmanVersions())(
       let startingA: Promise<SplitJob>;
       let b: SplitJob;
       try {
-        startingA = startJob(
+        startingA = startSplitJobOn(
           pm,
+          ACTION,
           { socket, 'cache-mounts': 'true', 'cache-key': 'shared-socket' },
           { IMAGE_CI_CACHE_DIR: newTemp('ici-rsc-') },
           tempA,
-        );
+        ).then(tracked);
         await pastSocketCheck(tempA);
-        b = await startJob(pm, { socket }, {}, tempB);
+        b = tracked(await startSplitJobOn(pm, ACTION, { socket }, {}, tempB));
       } finally {
         await held.release();
       }
@@ -159,8 +148,7 @@ describe.each([hostPodman()])(
           env: { ...pm.env, ...env },
           runnerTemp: newTemp('ici-rs-'),
         });
-        jobs.push(job);
-        return job;
+        return tracked(job);
       };
       // Where the claim falls: a main whose claim fails (a stale claim is there) makes its changes up to it.
       const counted = newTemp('ici-rs-');
