@@ -14,12 +14,7 @@ import { pathExists } from '../../src/core/files.js';
 import { sleep } from '../../src/core/process.js';
 import { REPO_ROOT } from '../support/harness.js';
 import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
-import {
-  hostPodman,
-  podmanVersions,
-  requireAvailable,
-  type PodmanVariant,
-} from '../support/podman-matrix.js';
+import { hostPodman, requireAvailable, type PodmanVariant } from '../support/podman-matrix.js';
 import { startSplitJob, startSplitJobOn, type SplitJob } from '../support/split-job.js';
 
 const ACTION = 'remote-build-env';
@@ -69,8 +64,10 @@ afterAll(async () => {
   for (const dir of temps) await rm(dir, { recursive: true, force: true });
 });
 
-describe.each(podmanVersions())(
-  '[$label] remote-build-env, mode local, two jobs on one host (real podman, directory cache)',
+// The host's podman only (the suite's time budget): podman 5.4.2 binds over the claim too (checked with this
+// test on podmanVersions()); the kill test runs the host's node with the crash preload.
+describe.each([hostPodman()])(
+  '[$label] remote-build-env, mode local, a chosen socket path on a host running other jobs (real podman, directory cache)',
   (podman) => {
     const podmanEnv = podmanFor(podman);
     it('two jobs given one socket path, the first still restoring cache mounts when the second starts: the second is refused, never served by or taking over the first one’s socket', async () => {
@@ -121,13 +118,6 @@ describe.each(podmanVersions())(
       expect(await readdir(tempA)).toEqual([]);
       expect(await readdir(tempB)).toEqual([]);
     }, 90_000);
-  },
-);
-
-describe.each([hostPodman()])(
-  '[$label] remote-build-env, mode local, killed around its socket claim (real podman)',
-  (podman) => {
-    const podmanEnv = podmanFor(podman);
 
     it('main SIGKILLed right before the claim of a chosen socket path, right after it, and right after recording it: post removes the path it claimed, and a claim that failed leaves the path alone', async () => {
       const pm = podmanEnv();
