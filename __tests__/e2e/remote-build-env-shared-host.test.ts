@@ -4,30 +4,22 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { createHash } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
-import { lstat, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { lstat, readdir, readFile, readlink, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { acquireLock } from '../../src/core/atomic.js';
 import { pathExists } from '../../src/core/files.js';
 import { sleep } from '../../src/core/process.js';
 import { REPO_ROOT } from '../support/harness.js';
+import { tempDirForFile } from '../support/run-dir.js';
 import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
 import { hostPodman, requireAvailable, type PodmanVariant } from '../support/podman-matrix.js';
 import { startSplitJob, startSplitJobOn, type SplitJob } from '../support/split-job.js';
 
 const ACTION = 'remote-build-env';
 
-const temps: string[] = [];
 const jobs: SplitJob[] = [];
-
-/** Short (socket paths), under the run's TMPDIR (the leftovers check lists it), and removed after the tests. */
-function newTemp(prefix: string): string {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  temps.push(dir);
-  return dir;
-}
+const newTemp = tempDirForFile;
 
 /** Posted after the tests if a failed test did not. */
 function tracked(job: SplitJob): SplitJob {
@@ -59,10 +51,6 @@ function podmanFor(podman: PodmanVariant): () => PodmanTestEnv {
   });
   return () => pm!;
 }
-
-afterAll(async () => {
-  for (const dir of temps) await rm(dir, { recursive: true, force: true });
-});
 
 // The host's podman only (the suite's time budget): podman 5.4.2 binds over the claim too (checked with this
 // test on podmanVersions()); the kill test runs the host's node with the crash preload.
