@@ -8,12 +8,12 @@ import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { createConnection, createServer, type AddressInfo } from 'node:net';
+import { createConnection, createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { exec } from '../../src/core/exec.js';
 import { runAction, secretOnlyAfterMask } from '../support/harness.js';
-import { startSplitJob } from '../support/split-job.js';
+import { startSplitJob, type SplitJob } from '../support/split-job.js';
 import { pathExists } from '../../src/core/files.js';
 import { CliProcess, killMainOptions, killPoints, leftovers, type KillPoint } from '../support/leftovers.js';
 import { createPodmanTestEnv, type PodmanTestEnv, type TestPodmanService } from '../support/podman.js';
@@ -351,6 +351,74 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
     }
     cli.signal('SIGTERM');
     expect({ exit: await cli.exited, left: await leftovers(runnerTemp) }).toEqual({ exit: 0, left: [] });
+  });
+
+  it('two jobs given one socket path, the first still connecting over a slow link when the second starts: the second is refused, and the first is never answered by the second one’s tunnel', async () => {
+    // A relay to the sshd that holds each connection until released: the first job's link is slow.
+    const held: Array<() => void> = [];
+    const streams: Socket[] = [];
+    const relay = createServer((client) => {
+      streams.push(client);
+      client.pause();
+      held.push(() => {
+        const upstream = createConnection({ host: '127.0.0.1', port });
+        streams.push(upstream);
+        upstream.on('error', () => client.destroy());
+        client.on('error', () => upstream.destroy());
+        client.pipe(upstream).pipe(client);
+        client.resume();
+      });
+    });
+    await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+    const relayPort = (relay.address() as AddressInfo).port;
+    const socket = join(newRunnerTemp(), 'tunnel.sock');
+    const jobs: Promise<SplitJob>[] = [];
+    const job = (host: string, known: string) => {
+      const started = newHome().then((home) =>
+        startSplitJob({
+          action: 'remote-build-env',
+          inputs: { mode: 'ssh', host, 'ssh-key': clientKey, 'known-hosts': known, socket },
+          env: pm.env,
+          home,
+          runnerTemp: newRunnerTemp(),
+        }),
+      );
+      jobs.push(started);
+      return started;
+    };
+    try {
+      const startingA = job(
+        `ssh://root@127.0.0.1:${relayPort}${service.socket}`,
+        knownHostsEntry(`[127.0.0.1]:${relayPort}`),
+      );
+      for (let i = 0; held.length === 0; i++) {
+        if (i === 300) throw new Error('the first job never connected');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const b = await job(hostUrl(), knownHostsLine);
+      for (const release of held.splice(0)) release();
+      const a = await startingA;
+      expect(a.main.errors).toEqual([]);
+      // Before: B's tunnel bound the free path; A, checking the path while it connected, was answered by B's
+      // tunnel and exported it (its own ssh then failed to bind), and B's post removed the socket A was using.
+      expect(b.main.errors).toEqual([
+        `Input 'socket': ${socket} is already in use; choose another path or remove it.`,
+      ]);
+      expect((await b.post()).exitCode).toBe(0);
+      expect(await remoteVersion(a.main.exportedEnv, await newHome())).toMatch(/^\d+\.\d+/);
+      const post = await a.post();
+      expect(post.lines.map((l) => l.text)).toContainEqual(
+        expect.stringMatching(/^ssh tunnel \(pid \d+\) stopped\.$/),
+      );
+      expect(await pathExists(socket)).toBe(false);
+    } finally {
+      for (const release of held.splice(0)) release();
+      for (const started of await Promise.allSettled(jobs)) {
+        if (started.status === 'fulfilled' && !started.value.posted) await started.value.post();
+      }
+      for (const stream of streams) stream.destroy();
+      await new Promise((resolve) => relay.close(resolve));
+    }
   });
 
   it('names known-hosts when its lines do not cover the host, and requires it unless insecure-host-key', async () => {

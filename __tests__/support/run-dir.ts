@@ -3,7 +3,7 @@
  * run's TMPDIR, the trixie root mount and fixtures the run's test files share; it is removed after the run.
  * Fixtures kept here rather than in TMPDIR are not leftovers: everything left in TMPDIR fails the run.
  */
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 
@@ -23,4 +23,11 @@ const REMOVE_AFTER_FILE = Symbol.for('image-ci.removeAfterFile');
 export function removeAfterFile(path: string): void {
   const registry = globalThis as unknown as Record<symbol, string[] | undefined>;
   (registry[REMOVE_AFTER_FILE] ??= []).push(path);
+}
+
+/** A fresh dir under the run's TMPDIR (short: socket paths go below it), removed once the test file has finished. */
+export function tempDirForFile(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  removeAfterFile(dir);
+  return dir;
 }

@@ -5,6 +5,8 @@
  */
 import { join } from 'node:path';
 import { REPO_ROOT, runAction, type RunOptions, type RunResult, type StepResult } from './harness.js';
+import type { PodmanTestEnv } from './podman.js';
+import { stepScripts } from './podman-matrix.js';
 
 export interface SplitJob {
   main: RunResult;
@@ -36,4 +38,21 @@ export async function startSplitJob(options: RunOptions & { action: string }): P
       return r.main;
     },
   };
+}
+
+/** A split job of `action` run as `pm`'s podman row runs it (its podman, and its node inside a root), `env` on top. */
+export function startSplitJobOn(
+  pm: PodmanTestEnv,
+  action: string,
+  inputs: Record<string, string>,
+  env: Record<string, string>,
+  runnerTemp: string,
+): Promise<SplitJob> {
+  return startSplitJob({
+    action,
+    ...stepScripts(pm.variant, action, pm.dir),
+    inputs,
+    env: { ...pm.env, ...env },
+    runnerTemp,
+  });
 }

@@ -7,6 +7,7 @@ import { errorMessage } from '../../core/run.js';
 import { removeScratchDirs } from '../../core/workspace.js';
 import { unmountUnder } from './mounts.js';
 import { stopProcess, stopProcessGroup, type ProcessIdentity, type StopOutcome } from './process-group.js';
+import { isClaim } from './socket-path.js';
 import type { RunState } from './state.js';
 import { closeRegistry } from './tracked.js';
 
@@ -113,9 +114,15 @@ async function removeSocketDirs(host: Host, socket: string, top: string): Promis
   }
 }
 
+/** Whether the chosen socket path is this run's: not when its claim failed (or never came), as it may be another's. */
+async function ownsSocketPath(state: RunState): Promise<boolean> {
+  if (!state.socketClaim || state.socketClaimed) return true;
+  return isClaim(state.socket, state.socketClaim);
+}
+
 /** Removes the socket and every dir main made. Best-effort: one failure does not keep the rest. */
 export async function removeOwnedPaths(host: Host, state: RunState): Promise<void> {
-  if (state.socketOutsideDirs) await rm(state.socket, { force: true });
+  if (state.socketOutsideDirs && (await ownsSocketPath(state))) await rm(state.socket, { force: true });
   if (state.socketDirCreated) {
     const top = state.socketDirCreated;
     await removeSocketDirs(host, state.socket, top).catch((error) =>

@@ -4,6 +4,7 @@
  * changes at least one of them, and reading metadata stays fast for caches of many gigabytes), and the removal of
  * what a build left there that no restore would take; and, on restore, what an entry must not bring along.
  */
+import { isUtf8 } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import { chmod, readlink, realpath, rm, symlink } from 'node:fs/promises';
 import { isAbsolute, join, sep } from 'node:path';
@@ -30,24 +31,38 @@ export async function fingerprintDir(dir: string, owners?: Owners): Promise<stri
 export const EMPTY_FINGERPRINT = createHash('sha256').digest('hex');
 
 /**
- * Makes the tree one a restore takes (cache-confinement.ts refuses a whole entry for one FIFO, device node or
- * hard link to a symlink, and would then refuse every later save of it too): FIFOs, sockets and device nodes
- * (a build's leftovers, worth nothing in a later run) are removed, and a symlink with more than one name gets a
- * fresh inode per name. Returns the paths removed, relative to `dir`.
+ * Makes the tree one a restore takes (cache-confinement.ts refuses a whole entry for one FIFO, device node, hard
+ * link to a symlink or name that is no UTF-8, and would then refuse every later save of it too): FIFOs, sockets
+ * and device nodes (a build's leftovers, worth nothing in a later run), and entries named, or symlinks pointing,
+ * in bytes that are no UTF-8, are removed, and a symlink with more than one name gets a fresh inode per name.
+ * Returns the paths removed, relative to `dir` (a name that is no UTF-8 with U+FFFD for its odd bytes).
  */
 export async function removeUnrestorable(dir: string): Promise<string[]> {
   const removed: string[] = [];
-  await walk(dir, '', async (path, info) => {
-    const full = join(dir, path);
-    if (info.isSymbolicLink() && info.nlink > 1) {
-      const target = await readlink(full);
-      await rm(full);
-      await symlink(target, full);
-    } else if (!info.isFile() && !info.isDirectory() && !info.isSymbolicLink()) {
-      await rm(full);
-      removed.push(path);
-    }
-  });
+  await walk(
+    dir,
+    '',
+    async (path, info) => {
+      const full = join(dir, path);
+      if (info.isSymbolicLink()) {
+        const target = await readlink(full, { encoding: 'buffer' });
+        if (!isUtf8(target)) {
+          await rm(full);
+          removed.push(path);
+        } else if (info.nlink > 1) {
+          await rm(full);
+          await symlink(target, full);
+        }
+      } else if (!info.isFile() && !info.isDirectory()) {
+        await rm(full);
+        removed.push(path);
+      }
+    },
+    async (raw, shown) => {
+      await rm(raw, { recursive: true, force: true });
+      removed.push(shown);
+    },
+  );
   return removed;
 }
 

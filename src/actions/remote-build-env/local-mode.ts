@@ -26,7 +26,7 @@ import {
 } from './local-service.js';
 import type { ServingMode } from './mode.js';
 import { isRunning, type StopOutcome } from './process-group.js';
-import { planSocket } from './socket-path.js';
+import { claimChosenSocket, claimTarget, planSocket } from './socket-path.js';
 import { saveRunState, type LocalState } from './state.js';
 
 const VERSION_TIMEOUT_MS = 15_000;
@@ -104,6 +104,7 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
     registry: join(scratch, 'registry'),
     socket: placed.socket,
     socketOutsideDirs: placed.outside,
+    ...(placed.outside ? { socketClaim: claimTarget(scratch) } : {}),
     logFile: plan.logFile,
     tmpdir,
     removeDirs: [scratch],
@@ -121,6 +122,8 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
   await mkdir(tmpdir, { mode: 0o700 });
   await mkdir(state.registry, { mode: 0o700 });
   if (placed.createDir) await mkdir(dirname(placed.socket), { recursive: true, mode: 0o700 });
+  // Before the restore, which can take minutes: the path is this job's from now on (socket-path.ts).
+  await claimChosenSocket(host, state);
 
   host.info(
     `Starting podman ${version.text} service on ${socketUrl(plan.socket)} with TMPDIR=${tmpdir}` +
@@ -213,7 +216,7 @@ async function stopLocalService(host: Host, state: LocalState): Promise<void> {
   if (stage && cache && outcome !== 'survived') {
     await host
       .group('Save cache mounts', () => saveCacheMounts(host, stage, cache))
-      // The error may name a file a build made (a name that is no UTF-8 cannot be looked up again).
+      // The error may name a file a build made, control characters and all.
       .catch((error) => host.warning(`cache mounts not saved: ${printable(errorMessage(error))}`));
   } else if (stage) {
     await clearStage(host, stage).catch((error) =>

@@ -3,10 +3,13 @@
  * 104 on macOS and the BSDs. Go's net package (podman) refuses a path that fills the whole buffer, so the usable
  * length is one byte less. A path too long fails late and obscurely ("bind: invalid argument"), so check early.
  */
+import { readlink, symlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pathExists } from '../../core/files.js';
+import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
 import { Inputs } from './constants.js';
+import { saveRunState, type RunState } from './state.js';
 
 const SUN_PATH_BYTES: Partial<Record<NodeJS.Platform, number>> = {
   linux: 108,
@@ -42,6 +45,48 @@ async function topmostMissingDir(dir: string): Promise<string | undefined> {
   return missing;
 }
 
+function socketInUse(path: string): InputError {
+  return new InputError(Inputs.socket, `${path} is already in use; choose another path or remove it.`);
+}
+
+/** What the claim of a chosen socket path points at: a name below the run's scratch dir, so unique to the run. */
+export function claimTarget(scratch: string): string {
+  return join(scratch, 'socket-claim');
+}
+
+/**
+ * Takes a chosen socket path for this run: a symlink to `target` (claimTarget), made only if nothing is there,
+ * which the service replaces with its socket (podman unlinks whatever is at its listen path before it binds).
+ * The check in planSocket alone leaves a window up to the bind, a cache restore long: two jobs on one host given
+ * the same path would both pass it, and the later service would take the socket over from the earlier one, whose
+ * later steps would then build on the other job's service and whose post would remove the other's socket. A
+ * symlink, not a file: it can be told apart from anyone else's by where it points (isClaim), on any filesystem.
+ */
+export async function claimSocket(path: string, target: string): Promise<void> {
+  try {
+    await symlink(target, path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw socketInUse(path);
+    throw error;
+  }
+}
+
+/**
+ * Claims the chosen socket path main recorded in `state` (none for a path in our own dirs) and records that it
+ * did: from then on post removes the path whatever is there (the service's or tunnel's socket replaces the claim).
+ */
+export async function claimChosenSocket(host: Host, state: RunState): Promise<void> {
+  if (!state.socketClaim) return;
+  await claimSocket(state.socket, state.socketClaim);
+  state.socketClaimed = true;
+  saveRunState(host, state);
+}
+
+/** Whether `path` is still this run's claim: what a main killed right after claiming, before recording it, left. */
+export async function isClaim(path: string, target: string): Promise<boolean> {
+  return (await readlink(path).catch(() => undefined)) === target;
+}
+
 /** Where CONTAINER_HOST will point: the `socket` input, or `<scratch>/podman.sock`. Creates nothing. */
 export async function planSocket(given: string | undefined, scratch: string): Promise<SocketPlan> {
   if (given === undefined) {
@@ -55,9 +100,7 @@ export async function planSocket(given: string | undefined, scratch: string): Pr
     }
     return { socket, outside: false };
   }
-  if (await pathExists(given)) {
-    throw new InputError(Inputs.socket, `${given} is already in use; choose another path or remove it.`);
-  }
+  if (await pathExists(given)) throw socketInUse(given);
   const createDir = await topmostMissingDir(dirname(given));
   return createDir ? { socket: given, outside: true, createDir } : { socket: given, outside: true };
 }

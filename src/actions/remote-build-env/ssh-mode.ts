@@ -28,7 +28,7 @@ import { Inputs, Outputs } from './constants.js';
 import type { SshOptions, SshTarget } from './inputs.js';
 import { socketUrl } from './local-service.js';
 import type { ServingMode } from './mode.js';
-import { planSocket } from './socket-path.js';
+import { claimChosenSocket, claimTarget, planSocket } from './socket-path.js';
 import { saveRunState, type SshState } from './state.js';
 import { spawnTracked } from './tracked.js';
 
@@ -91,6 +91,8 @@ export function sshTunnelArgs(target: SshTarget, files: TunnelFiles, connectTime
     'CheckHostIP=no',
     'ExitOnForwardFailure=yes',
     'StreamLocalBindMask=0177',
+    // The path holds this run's claim (socket-path.ts), which ssh would otherwise refuse to bind over.
+    'StreamLocalBindUnlink=yes',
     `ConnectTimeout=${Math.max(1, Math.ceil(connectTimeoutMs / 1000))}`,
     `ServerAliveInterval=${SERVER_ALIVE_INTERVAL_S}`,
     `ServerAliveCountMax=${SERVER_ALIVE_COUNT}`,
@@ -167,6 +169,7 @@ async function connectSsh(host: Host, inputs: SshOptions, interrupted?: AbortSig
     registry: join(scratch, 'registry'),
     socket: placed.socket,
     socketOutsideDirs: placed.outside,
+    ...(placed.outside ? { socketClaim: claimTarget(scratch) } : {}),
     logFile: join(scratch, 'ssh.log'),
     removeDirs: [scratch],
     ...(placed.createDir ? { socketDirCreated: placed.createDir } : {}),
@@ -175,6 +178,8 @@ async function connectSsh(host: Host, inputs: SshOptions, interrupted?: AbortSig
   saveRunState(host, state);
   await mkdir(state.registry, { mode: 0o700 });
   if (placed.createDir) await mkdir(dirname(placed.socket), { recursive: true, mode: 0o700 });
+  // Else another job's tunnel bound there while this one connects would answer this job's readiness check.
+  await claimChosenSocket(host, state);
   await writeFile(files.key, `${inputs.sshKey.trim()}\n`, { mode: 0o600, flag: 'wx' });
   if (files.knownHosts && inputs.knownHosts !== undefined) {
     await writeFile(files.knownHosts, `${inputs.knownHosts.trim()}\n`, { mode: 0o600 });

@@ -31,6 +31,13 @@ interface ServingState {
   /** A socket path the user chose lives outside our dirs and is removed on its own. */
   socketOutsideDirs: boolean;
   /**
+   * A chosen socket path is claimed with a symlink to this (socket-path.ts), recorded before the claim is made;
+   * `socketClaimed` once it was. Until then the path is post's to remove only while it is still that symlink:
+   * the claim may have failed because the path is another job's socket.
+   */
+  socketClaim?: string;
+  socketClaimed?: boolean;
+  /**
    * The topmost dir main made for a socket path the user chose; post removes it (and those below it on the way
    * to the socket) only while empty: anything else put there later is not ours.
    */

@@ -1,27 +1,44 @@
+import { isUtf8 } from 'node:buffer';
 import type { Stats } from 'node:fs';
 import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 
 /**
+ * Called for an entry whose name is no UTF-8, with its path as bytes (for fs calls) and as text (for messages; its
+ * odd bytes shown as U+FFFD), instead of visiting it or anything below it.
+ */
+export type ForeignName = (raw: Buffer, shown: string) => Promise<void>;
+
+/**
  * Calls `visit` for everything below `root`, in name order, a directory before what it holds, following no
  * symlink (node 20's recursive readdir follows symlinks to directories, out of the tree and round loops).
+ * Names are read as bytes: as text, a name that is no UTF-8 comes back with U+FFFD for its odd bytes, equal to
+ * another such name or to one really holding U+FFFD, and a lookup by that text finds another file or none. Such
+ * an entry goes to `foreign`; without it, the walk fails naming it.
  */
 export async function walk(
   root: string,
   rel: string,
   visit: (path: string, info: Stats) => Promise<void>,
+  foreign?: ForeignName,
 ): Promise<void> {
-  let names: string[];
+  let raw: Buffer[];
   try {
-    names = (await readdir(join(root, rel))).sort();
+    raw = await readdir(join(root, rel), { encoding: 'buffer' });
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
     throw error;
   }
-  for (const name of names) {
+  const names = raw.filter((name) => isUtf8(name)).map((name) => name.toString('utf8'));
+  for (const name of names.sort()) {
     const path = join(rel, name);
     const info = await lstat(join(root, path));
     await visit(path, info);
-    if (info.isDirectory()) await walk(root, path, visit);
+    if (info.isDirectory()) await walk(root, path, visit, foreign);
+  }
+  for (const name of raw.filter((n) => !isUtf8(n))) {
+    const shown = join(rel, name.toString('utf8'));
+    if (!foreign) throw new Error(`${shown} is named in bytes that are no UTF-8`);
+    await foreign(Buffer.concat([Buffer.from(`${join(root, rel)}/`), name]), shown);
   }
 }

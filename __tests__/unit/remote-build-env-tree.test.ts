@@ -1,0 +1,58 @@
+/**
+ * Names that are no UTF-8 in a cache-mount dir as post finds it (tree.ts, fingerprint.ts), on the real
+ * filesystem: a build can name files in any bytes, and Node's text names turn odd bytes into U+FFFD.
+ */
+import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
+import { mkdtempSync } from 'node:fs';
+import { lstat, mkdir, readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fingerprintDir, removeUnrestorable } from '../../src/actions/remote-build-env/fingerprint.js';
+import { walk } from '../../src/actions/remote-build-env/tree.js';
+import { exec } from '../../src/core/exec.js';
+
+let dir: string;
+
+/** `name` below `dir` as bytes: latin1 keeps each char code as one byte, so '\xff' is the byte 0xff. */
+function raw(name: string): Buffer {
+  return Buffer.concat([Buffer.from(`${dir}/`), Buffer.from(name, 'latin1')]);
+}
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'ici-tree-'));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('remote-build-env cache-mount trees with names that are no UTF-8', () => {
+  it('a FIFO named in other bytes beside a file really named with U+FFFD: post removes the FIFO (a restore refuses it), not the file', async () => {
+    await writeFile(join(dir, 'p\uFFFD'), 'kept\n');
+    // Node has no mkfifo; printf makes the byte.
+    await exec('sh', ['-c', `mkfifo "$(printf '%s/p\\377' "$0")"`, dir], { timeoutMs: 10_000 });
+    // Before: both read back as 'p\uFFFD', both looked up as the file: the FIFO was saved, and every restore
+    // of that entry refused it.
+    expect(await removeUnrestorable(dir)).toEqual(['p\uFFFD']);
+    const left = await readdir(dir, { encoding: 'buffer' });
+    expect(left.map((n) => n.toString('hex'))).toEqual([Buffer.from('p\uFFFD').toString('hex')]);
+    expect((await lstat(join(dir, 'p\uFFFD'))).isFile()).toBe(true);
+  });
+
+  it('a dir named in other bytes (with what it holds) and a symlink pointing in other bytes are removed; the rest is kept and fingerprinted', async () => {
+    await mkdir(raw('d\xfe'));
+    await writeFile(Buffer.concat([raw('d\xfe'), Buffer.from('/f')]), 'x');
+    await writeFile(join(dir, 'kept'), 'kept\n');
+    await symlink(Buffer.from('t\xfd', 'latin1'), join(dir, 'link'));
+    await symlink('kept', join(dir, 'good-link'));
+    expect((await removeUnrestorable(dir)).sort()).toEqual(['d\uFFFD', 'link']);
+    expect((await readdir(dir)).sort()).toEqual(['good-link', 'kept']);
+    expect(await fingerprintDir(dir)).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it('a walk without a handler for them fails naming the entry, rather than looking up another file or none', async () => {
+    await writeFile(raw('x\x1b[2J\xff'), 'x');
+    await expect(walk(dir, '', async () => undefined)).rejects.toThrow(
+      'x\u001b[2J\uFFFD is named in bytes that are no UTF-8',
+    );
+  });
+});
