@@ -175,7 +175,8 @@ describe('ranged download', () => {
     expect(error).toBeInstanceOf(UrlRefusedError);
     expect(waiting).toBe(3);
     // The three waits ended with the download: nothing keeps the process alive for them.
-    expect(timers()).toBe(before);
+    // At most: a timer of an earlier test (a closed server's keep-alive socket) may end meanwhile (seen in CI).
+    expect(timers()).toBeLessThanOrEqual(before);
   });
 
   it.each([
