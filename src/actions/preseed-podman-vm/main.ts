@@ -407,9 +407,17 @@ function markCreated(host: Host, inputs: PreseedInputs, state: PreseedState, vmT
 }
 
 /**
+ * What podman says for a machine that is not there: `<name>: VM does not exist` (podman 4's ErrNoSuchVM,
+ * podman 5's ErrVMDoesNotExist; every provider).
+ */
+const NO_SUCH_MACHINE = /\bVM does not exist\b/;
+
+/**
  * A machine of this name that exists before init is not ours: init would fail on it, and post (with `cleanup`)
  * would then remove it, such as a self-hosted runner's own long-lived machine. Checked before post is told to
- * remove anything. An inspect that fails for another reason counts as no machine: init then says what is wrong.
+ * remove anything. Only podman's own "does not exist" counts as no machine: an inspect that fails otherwise (a
+ * config it cannot parse or open, podman itself failing) may hide a machine of that name, which podman 4.3's
+ * init would then write over and post would remove.
  */
 async function refuseExistingMachine(name: string, vmType: VmType): Promise<void> {
   const inspect = await exec('podman', ['machine', 'inspect', name], {
@@ -420,6 +428,12 @@ async function refuseExistingMachine(name: string, vmType: VmType): Promise<void
   if (inspect.exitCode === 0) {
     throw new ActionError(
       `a ${vmType} machine named ${name} exists already; it was not made by this step, so it is neither initialised again nor removed. Set \`machine-name\` to another name, or remove it first.`,
+    );
+  }
+  if (!NO_SUCH_MACHINE.test(inspect.stderr)) {
+    const said = externalText(inspect.stderr.trim().split('\n').pop() ?? '', 300);
+    throw new ActionError(
+      `cannot tell whether a ${vmType} machine named ${name} exists: \`podman machine inspect ${name}\` failed (exit ${inspect.exitCode}${said ? `: ${said}` : ''}), so it is neither initialised nor removed. Repair or remove that machine (its config is in ${machineDirs(vmType).config}), or set \`machine-name\` to another name.`,
     );
   }
 }
