@@ -157,6 +157,21 @@ const HOSTILE_CONFS: Array<[string, string]> = [
   ],
   ['an image given as a multi-line string', `[machine]\nimage = '''\n/theirs'''\ncpus = 3\n`],
   ['a BOM and CRLF line ends', `\uFEFF[machine]\r\ncpus = 3\r\nimage = "/theirs" # old\r\n`],
+  // The top-level table defining [machine] as an inline table or by dotted keys: before, a [machine] table was
+  // added after it, the same table twice (podman: "Key 'machine' has already been defined").
+  [
+    'an inline [machine] table with an image',
+    `machine = { cpus = 3, image = "/theirs" } # inline\n[engine]\n`,
+  ],
+  [
+    'an inline [machine] table with "}" and "," in a string, CRLF',
+    `machine = {volumes = ["/tmp/a,}:/b"], cpus = 3}\r\n[engine]\r\n`,
+  ],
+  [
+    'dotted machine keys with an image',
+    `machine.cpus = 3\n"machine" . 'image' = "/theirs" # old\n[engine]\n`,
+  ],
+  ['dotted machine keys without an image', `# mine\nmachine.cpus = 3 # three\n[engine]\nenv = ["A=1"]\n`],
 ];
 
 describe('setMachineImage on valid TOML a line edit can misread', () => {
@@ -167,6 +182,32 @@ describe('setMachineImage on valid TOML a line edit can misread', () => {
       `[engine]\nenv = ["""A=\n[machine]\nimage = "/not/a/setting"\n"""]\n[machine]\nimage = "/i"\ncpus = 3\n`,
     );
     expect(setMachineImage(HOSTILE_CONFS[3]![1], '/i')).toBe('[machine]\nimage = "/i"\ncpus = 3\n');
+  });
+
+  it('sets the image inside an inline [machine] table, or as a dotted key beside dotted ones', () => {
+    expect(setMachineImage(HOSTILE_CONFS[5]![1], '/i')).toBe(
+      'machine = { cpus = 3, image = "/i" } # inline\n[engine]\n',
+    );
+    expect(setMachineImage(HOSTILE_CONFS[6]![1], '/i')).toBe(
+      'machine = {volumes = ["/tmp/a,}:/b"], cpus = 3, image = "/i" }\r\n[engine]\r\n',
+    );
+    expect(setMachineImage('machine = {}\n', '/i')).toBe('machine = { image = "/i" }\n');
+    expect(setMachineImage(HOSTILE_CONFS[7]![1], '/i')).toBe(
+      'machine.cpus = 3\nmachine.image = "/i"\n[engine]\n',
+    );
+    expect(setMachineImage(HOSTILE_CONFS[8]![1], '/i')).toBe(
+      'machine.image = "/i"\n# mine\nmachine.cpus = 3 # three\n[engine]\nenv = ["A=1"]\n',
+    );
+    // Not top-level: [containers] machine.image is another key.
+    expect(setMachineImage('[containers]\nmachine.image = "x"\n', '/i')).toBe(
+      '[containers]\nmachine.image = "x"\n\n[machine]\nimage = "/i"\n',
+    );
+  });
+
+  it('refuses an inline [machine] table that does not close on its line (TOML 1.1) instead of breaking it', () => {
+    expect(() => setMachineImage('machine = {\n  cpus = 3\n}\n', '/i')).toThrow(
+      /inline table that does not close on its line; write it as a \[machine\] table/,
+    );
   });
 });
 
