@@ -10,7 +10,7 @@ import { writeFileAtomic } from '../../core/atomic.js';
 import { readRegularFile } from '../../core/files.js';
 import { digestFile } from '../../core/oci/digest.js';
 import { errorMessage } from '../../core/run.js';
-import { fcosArtifact, isPlainFileName } from './fcos-stream.js';
+import { fcosArtifact, isPlainFileName, withoutCredentials } from './fcos-stream.js';
 import { diskKind, diskTypeFor, isSha256Digest } from './machine-os.js';
 import type { ImageSource } from './image-source.js';
 import type { MachineArch, VmType } from './podman-host.js';
@@ -41,13 +41,14 @@ export function storePaths(dir: string, source: ImageSource, vmType: VmType, arc
   let name: string;
   if (source.kind === 'url') {
     const last = basename(new URL(source.url).pathname).replace(/[^A-Za-z0-9._-]/g, '_') || 'image';
-    const tag = createHash('sha256').update(source.url).digest('hex').slice(0, 12);
+    // Of the URL without `user:password@`: the path is logged, and a short hash of a password can be guessed.
+    const tag = createHash('sha256').update(withoutCredentials(source.url)).digest('hex').slice(0, 12);
     name = `url-${tag}-${last}`;
   } else if (source.kind === 'fcos') {
     // Podman 4 decompresses a local image by its extension (xz, gz, zip).
     const { artifact, format } = fcosArtifact(vmType);
     const stream = source.stream.replace(/[^A-Za-z0-9._-]/g, '_');
-    const tag = createHash('sha256').update(source.streamUrl).digest('hex').slice(0, 12);
+    const tag = createHash('sha256').update(withoutCredentials(source.streamUrl)).digest('hex').slice(0, 12);
     name = `fcos-${stream}-${tag}-${artifact}-${arch}.${format}`;
   } else {
     name = `machine-os-${diskTypeFor(vmType)}-${arch}.${diskKind(vmType)}.zst`;

@@ -16,7 +16,7 @@ import { formatBytes, heading, markdownTable } from '../../core/summary.js';
 import { scratchDir, stableDir } from '../../core/workspace.js';
 import { MACHINE_STAGE_DIR, Outputs, STABLE_DIR_NAME } from './constants.js';
 import { planContainersConf } from './containers-conf.js';
-import { isPlainFileName, resolveFcosDisk, StreamUnreachable } from './fcos-stream.js';
+import { isPlainFileName, resolveFcosDisk, StreamUnreachable, withoutCredentials } from './fcos-stream.js';
 import { downloadDisk, isUnreachable, resolveDisk } from './fetch-registry.js';
 import { downloadSizeLimit, downloadUrl } from './fetch-url.js';
 import { digestFile } from '../../core/oci/digest.js';
@@ -207,7 +207,9 @@ async function resolveRemote(
         const size = await downloadUrl(h, disk.location, temp, { maxBytes });
         const actual = await digestFile(temp);
         if (actual !== digest) throw new Error(`${disk.title} has ${actual}, the stream publishes ${digest}`);
-        return { source: source.streamUrl, digest, fileDigest: digest, title: disk.title, size };
+        // The record is cached: without the URL's `user:password@`.
+        const shown = withoutCredentials(source.streamUrl);
+        return { source: shown, digest, fileDigest: digest, title: disk.title, size };
       },
     };
   }
@@ -231,7 +233,10 @@ async function locateRemote(
 ): Promise<Located> {
   const paths = storePaths(await stableDir(STABLE_DIR_NAME), source, vmType, arch);
   const cachePaths = [paths.image, paths.record];
-  const base = cacheKeyBase(inputs, imageText, vmType, arch);
+  // Keys are listed to anyone who can read the repository: a URL's `user:password@` stays out of them.
+  const url = source.kind === 'url' ? source.url : source.kind === 'fcos' ? source.streamUrl : undefined;
+  const keyText = url && imageUrlSecrets(source).length ? withoutCredentials(url) : imageText;
+  const base = cacheKeyBase(inputs, keyText, vmType, arch);
 
   const origin = { registry: 'registry', fcos: 'stream', url: 'server' }[source.kind];
   let resolved: Resolved | undefined;
@@ -326,10 +331,7 @@ async function download(
       const fileDigest = await digestFile(temp);
       const title = new URL(source.url).pathname.split('/').pop() ?? '';
       // The record is cached: without the URL's `user:password@`.
-      const shownSource = new URL(source.url);
-      shownSource.username = '';
-      shownSource.password = '';
-      record = { source: shownSource.href, digest: fileDigest, fileDigest, title, size };
+      record = { source: withoutCredentials(source.url), digest: fileDigest, fileDigest, title, size };
     } else {
       throw new Error('a registry or stream image must be resolved before it is downloaded');
     }
