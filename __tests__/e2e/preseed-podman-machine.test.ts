@@ -109,6 +109,8 @@ describe('podman machine command lines (podman TEST DOUBLE: no VM can run here)'
     expect(r.outputs['image-path']).toBe(image);
     const conf = r.exportedEnv.CONTAINERS_CONF_OVERRIDE!;
     expect(readFileSync(conf, 'utf8')).toBe(`[machine]\nimage = "${image}"\n`);
+    // Before, nothing said that podman run through `sudo -u` (which resets the environment) does not see it.
+    expect(r.log).toContain('`sudo --preserve-env=CONTAINERS_CONF_OVERRIDE -u <user> podman machine init`');
   });
 
   it('podman 4: init --image-path, start when asked, no cleanup when cleanup is false', async () => {

@@ -395,6 +395,11 @@ async function writeContainersConf(host: Host, version: PodmanVersion, imagePath
   host.info(
     `Wrote ${confPath} ([machine] image = ${imagePath}${plan.base ? `, other settings from ${plan.base}` : ''}) and exported ${plan.variable}.`,
   );
+  // Podman finds the file only through the variable: sudo resets the environment (env_reset), so a
+  // `sudo -u other podman machine init` would download the default image instead, and nothing here can tell.
+  host.info(
+    `podman run without this environment (\`sudo -u <user>\`, \`env -i\`) does not see it and downloads its default image: pass ${plan.variable} on (\`sudo --preserve-env=${plan.variable} -u <user> podman machine init\`); that user must be able to read ${confPath} and the image.`,
+  );
   return confPath;
 }
 
