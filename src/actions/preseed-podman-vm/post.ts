@@ -6,7 +6,9 @@ import { runPlannedSave, saveCache } from '../../core/cache.js';
 import { exec } from '../../core/exec.js';
 import type { Host } from '../../core/host.js';
 import { errorMessage } from '../../core/run.js';
-import { removeScratchDirs } from '../../core/workspace.js';
+import { removeAtomicTemps } from '../../core/atomic.js';
+import { removeScratchDirs, stablePath } from '../../core/workspace.js';
+import { STABLE_DIR_NAME } from './constants.js';
 import { removeArgs, stopArgs } from './machine-init.js';
 import { PROVIDER_ENV } from './podman-host.js';
 import { loadRunState, saveRunState } from './state.js';
@@ -18,6 +20,10 @@ export async function post(host: Host): Promise<void> {
   // A download main did not finish (killed, cancelled) left its partial file in a scratch dir.
   await removeScratchDirs(host).catch((error) =>
     host.warning(`Could not remove a partial download: ${errorMessage(error)}`),
+  );
+  // A main killed while it wrote the containers.conf or an image's record left the temp file beside it.
+  await removeAtomicTemps(stablePath(STABLE_DIR_NAME)).catch((error) =>
+    host.warning(`Could not remove a partly written file: ${errorMessage(error)}`),
   );
   const state = loadRunState(host);
   const { machineSave, removeMachine } = state;
