@@ -117,6 +117,26 @@ describe('planContainersConf', () => {
     expect(plan.text).toBe('[engine]\nruntime = "crun"\n\n[machine]\nimage = "/i.qcow2.zst"\n');
   });
 
+  // Before: nothing said that podman 4.3 ignores every containers.conf.d drop-in once CONTAINERS_CONF is set
+  // (checked: a drop-in's `cpus = 3` became podman's default of 1).
+  it('names the drop-in files CONTAINERS_CONF makes podman < 4.4 skip, unless one was set before', async () => {
+    const home = join(tmp, 'home-dropin');
+    const dropIns = join(home, '.config', 'containers', 'containers.conf.d');
+    mkdirSync(dropIns, { recursive: true });
+    writeFileSync(join(dropIns, '50-cpus.conf'), '[machine]\ncpus = 3\n');
+    writeFileSync(join(dropIns, 'README'), 'not a drop-in');
+    const plan = await planContainersConf('/i', 'CONTAINERS_CONF', join(tmp, 'own.conf'), { HOME: home });
+    expect(plan.dropped).toContain(join(dropIns, '50-cpus.conf'));
+    expect(plan.dropped).not.toContain(join(dropIns, 'README'));
+    const earlier = join(tmp, 'earlier-dropin.conf');
+    writeFileSync(earlier, '');
+    const set = await planContainersConf('/i', 'CONTAINERS_CONF', join(tmp, 'own.conf'), {
+      HOME: home,
+      CONTAINERS_CONF: earlier,
+    });
+    expect(set.dropped).toBeUndefined();
+  });
+
   // Before: the CONTAINERS_CONF base (podman < 4.4) was read with readFile, unchecked: a directory there threw
   // a bare EISDIR, a FIFO blocked main for good, a disk image there was read whole into memory.
   it('refuses a CONTAINERS_CONF that is no regular file of at most 1 MiB, naming the variable', async () => {

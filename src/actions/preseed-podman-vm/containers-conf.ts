@@ -5,7 +5,7 @@
  * settings the user already had, so the base conf is copied with only `[machine] image` changed. The same holds
  * for an override file already set: there is only one.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { readRegularFile } from '../../core/files.js';
 import { InputError } from '../../core/inputs.js';
@@ -207,6 +207,29 @@ export interface ConfPlan {
   text: string;
   /** The file whose settings were carried over. */
   base?: string;
+  /** CONTAINERS_CONF only: drop-in files podman reads now and will no longer read (not carried over). */
+  dropped?: string[];
+}
+
+/**
+ * The drop-in files podman < 4.4 reads when CONTAINERS_CONF is not set (containers/common v0.50 systemConfigs:
+ * `/etc/containers/containers.conf.d` and, rootless, the user's `containers.conf.d`) and ignores once it is. They
+ * cannot be merged into one file line by line (the same table twice is an error), so they are only named.
+ */
+function dropInFiles(env: NodeJS.ProcessEnv): string[] {
+  const home = env.HOME ?? '';
+  const configHome = env.XDG_CONFIG_HOME || join(home, '.config');
+  const dirs = ['/etc/containers/containers.conf.d', join(configHome, 'containers', 'containers.conf.d')];
+  return dirs.flatMap((dir) => {
+    try {
+      return readdirSync(dir)
+        .filter((name) => name.endsWith('.conf'))
+        .sort()
+        .map((name) => join(dir, name));
+    } catch {
+      return [];
+    }
+  });
 }
 
 /**
@@ -248,5 +271,12 @@ export async function planContainersConf(
   const base = baseConfCandidates(env).find((p) => p !== ownPath && existsSync(p));
   const named = base !== undefined && base === env[CONTAINERS_CONF] ? CONTAINERS_CONF : undefined;
   const baseText = base ? await readBaseConf(base, named) : '';
-  return { variable, text: setMachineImage(baseText, imagePath), base };
+  // A CONTAINERS_CONF set before already made podman skip them.
+  const dropped = env[CONTAINERS_CONF] ? [] : dropInFiles(env);
+  return {
+    variable,
+    text: setMachineImage(baseText, imagePath),
+    base,
+    ...(dropped.length ? { dropped } : {}),
+  };
 }

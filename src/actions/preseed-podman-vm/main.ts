@@ -395,6 +395,11 @@ async function writeContainersConf(host: Host, version: PodmanVersion, imagePath
   host.info(
     `Wrote ${confPath} ([machine] image = ${imagePath}${plan.base ? `, other settings from ${plan.base}` : ''}) and exported ${plan.variable}.`,
   );
+  if (plan.dropped) {
+    host.warning(
+      `podman ${version.text} reads only the ${plan.variable} file, so the settings in ${externalText(plan.dropped.join(', '), 500)} no longer apply in this job's later steps: move the ones you need into ${plan.base ?? 'your containers.conf'}, or use podman 4.4 or later (CONTAINERS_CONF_OVERRIDE).`,
+    );
+  }
   // Podman finds the file only through the variable: sudo resets the environment (env_reset), so a
   // `sudo -u other podman machine init` would download the default image instead, and nothing here can tell.
   host.info(
