@@ -139,11 +139,16 @@ export async function commitDownload(
  * never does once the containers.conf names our file, so on a runner whose HOME persists each release would stay
  * (a GiB each).
  */
+/** The temporary name a copy into podman's cache has until it is complete: `.<file name>.<8 hex>.part`. */
+export const PODMAN_CACHE_TEMP = /^\..+\.[0-9a-f]{8}\.part$/;
+
 export async function placeInPodmanCache(
   imagePath: string,
   cacheDir: string,
   fileName: string,
   outdated: (name: string) => boolean = () => false,
+  /** Told the temporary name before it exists, so a killed process's post can remove it. */
+  beforeTemp: (temp: string) => void = () => undefined,
 ): Promise<{ target: string; removed: string[] }> {
   if (!isPlainFileName(fileName)) {
     throw new Error(`refusing ${JSON.stringify(fileName)} as a file name in podman's image cache`);
@@ -153,6 +158,7 @@ export async function placeInPodmanCache(
   // Podman takes a file of this name as its image without checking it: a copy cut short (a cancelled job, a
   // full disk) must stay under another name, which podman ignores (and deletes when it pulls).
   const temp = join(cacheDir, `.${fileName}.${randomBytes(4).toString('hex')}.part`);
+  beforeTemp(temp);
   try {
     try {
       await link(imagePath, temp);

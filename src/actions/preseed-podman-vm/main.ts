@@ -372,11 +372,14 @@ async function placeForPodman(
   else return;
   // Only podman 5's digest-named disks are ours to prune; podman 4 keeps stream files by their own names.
   const outdated = source.kind === 'registry' ? isPodmanCachedDisk : undefined;
+  // A main killed between the link and the rename would leave the temporary name in podman's cache, in HOME (which
+  // persists on a self-hosted runner), keeping a whole disk alive: post removes it.
   const { target, removed } = await placeInPodmanCache(
     imagePath,
     machineDirs(vmType).imageCache,
     name,
     outdated,
+    (temp) => saveRunState(host, { podmanCacheTemp: temp }),
   );
   host.info(`Placed in podman's image cache: ${target}`);
   if (removed.length) {

@@ -2,6 +2,7 @@
  * post: save the image and (cache-scope: machine) the staged machine on a cache miss, as main planned, and
  * remove a machine main created. Never fails; a second run finds nothing left to do.
  */
+import { rm } from 'node:fs/promises';
 import { runPlannedSave, saveCache } from '../../core/cache.js';
 import { exec } from '../../core/exec.js';
 import type { Host } from '../../core/host.js';
@@ -26,9 +27,14 @@ export async function post(host: Host): Promise<void> {
     host.warning(`Could not remove a partly written file: ${errorMessage(error)}`),
   );
   const state = loadRunState(host);
-  const { machineSave, removeMachine } = state;
+  const { machineSave, removeMachine, podmanCacheTemp } = state;
   // Taken out of state before acting on it, so a repeated post does not do it again.
   saveRunState(host, {});
+  if (podmanCacheTemp) {
+    await rm(podmanCacheTemp, { force: true }).catch((error: unknown) =>
+      host.warning(`Could not remove a partial copy in podman's image cache: ${errorMessage(error)}`),
+    );
+  }
   // saveCache never throws; it logs why a save did not happen.
   if (machineSave) await saveCache(host, machineSave.paths, machineSave.key);
   if (!removeMachine) return;
