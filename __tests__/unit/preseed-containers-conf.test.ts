@@ -224,9 +224,19 @@ describe('setMachineImage on valid TOML a line edit can misread', () => {
     );
   });
 
-  it('refuses an inline [machine] table that does not close on its line (TOML 1.1) instead of breaking it', () => {
+  it('refuses an inline [machine] table that does not close on its line (TOML 1.1) instead of breaking it', async () => {
     expect(() => setMachineImage('machine = {\n  cpus = 3\n}\n', '/i')).toThrow(
       /inline table that does not close on its line; write it as a \[machine\] table/,
+    );
+    const earlier = join(tmp, 'multi-line-inline.conf');
+    writeFileSync(earlier, 'machine = {\n  cpus = 3\n}\n');
+    await expect(
+      planContainersConf('/i', 'CONTAINERS_CONF_OVERRIDE', join(tmp, 'own.conf'), {
+        HOME: tmp,
+        CONTAINERS_CONF_OVERRIDE: earlier,
+      }),
+    ).rejects.toThrow(
+      /^cannot set \[machine\] image in .*multi-line-inline\.conf: it sets `machine = \{ \.\.\. \}`/,
     );
   });
 });

@@ -127,7 +127,7 @@ function setInlineImage(line: string, value: string): string {
     i++;
   }
   throw new ActionError(
-    'the containers.conf sets `machine = { ... }` as an inline table that does not close on its line; write it as a [machine] table so the action can set `image` in it.',
+    'it sets `machine = { ... }` as an inline table that does not close on its line; write it as a [machine] table so the action can set `image` in it.',
   );
 }
 
@@ -252,6 +252,17 @@ async function readBaseConf(path: string, variable?: ContainersConfVariable): Pr
   }
 }
 
+/** setMachineImage on a carried-over file; a file it cannot edit is named. */
+function editBase(text: string, imagePath: string, base: string | undefined): string {
+  try {
+    return setMachineImage(text, imagePath);
+  } catch (error) {
+    throw new ActionError(
+      `cannot set [machine] image in ${base ?? 'the containers.conf'}: ${errorMessage(error)}`,
+    );
+  }
+}
+
 export async function planContainersConf(
   imagePath: string,
   variable: ContainersConfVariable,
@@ -265,7 +276,7 @@ export async function planContainersConf(
     const earlier = env[CONTAINERS_CONF_OVERRIDE];
     const base = earlier && existsSync(earlier) ? earlier : undefined;
     const baseText = base ? await readBaseConf(base, CONTAINERS_CONF_OVERRIDE) : '';
-    return { variable, text: setMachineImage(baseText, imagePath), ...(base ? { base } : {}) };
+    return { variable, text: editBase(baseText, imagePath, base), ...(base ? { base } : {}) };
   }
   // Our own file from an earlier step is not a base: that would only nest our edit.
   const base = baseConfCandidates(env).find((p) => p !== ownPath && existsSync(p));
@@ -275,7 +286,7 @@ export async function planContainersConf(
   const dropped = env[CONTAINERS_CONF] ? [] : dropInFiles(env);
   return {
     variable,
-    text: setMachineImage(baseText, imagePath),
+    text: editBase(baseText, imagePath, base),
     base,
     ...(dropped.length ? { dropped } : {}),
   };

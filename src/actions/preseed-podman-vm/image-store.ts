@@ -131,6 +131,9 @@ export async function commitDownload(
   await writeRecord(paths, record);
 }
 
+/** The temporary name a copy into podman's cache has until it is complete: `.<file name>.<8 hex>.part`. */
+export const PODMAN_CACHE_TEMP = /^\..+\.[0-9a-f]{8}\.part$/;
+
 /**
  * Puts the image where podman looks before pulling (podman 5: `<cache dir>/<manifest hex>.<kind>.<compression>`,
  * podman 4: the stream's file name), as a hard link when possible (no second GiB on disk), else a copy. The name
@@ -139,9 +142,6 @@ export async function commitDownload(
  * never does once the containers.conf names our file, so on a runner whose HOME persists each release would stay
  * (a GiB each).
  */
-/** The temporary name a copy into podman's cache has until it is complete: `.<file name>.<8 hex>.part`. */
-export const PODMAN_CACHE_TEMP = /^\..+\.[0-9a-f]{8}\.part$/;
-
 export async function placeInPodmanCache(
   imagePath: string,
   cacheDir: string,

@@ -400,7 +400,7 @@ async function writeContainersConf(host: Host, version: PodmanVersion, imagePath
   );
   if (plan.dropped) {
     host.warning(
-      `podman ${version.text} reads only the ${plan.variable} file, so the settings in ${externalText(plan.dropped.join(', '), 500)} no longer apply in this job's later steps: move the ones you need into ${plan.base ?? 'your containers.conf'}, or use podman 4.4 or later (CONTAINERS_CONF_OVERRIDE).`,
+      `podman ${version.text} reads only the ${plan.variable} file, so the settings in ${externalText(plan.dropped.join(', '), 500)} no longer apply in this job's later steps: set the ones you need in your containers.conf before this step (it copies the most specific one, here ${plan.base ?? 'none'}), or use podman 4.4 or later (CONTAINERS_CONF_OVERRIDE).`,
     );
   }
   // Podman finds the file only through the variable: sudo resets the environment (env_reset), so a
