@@ -34,11 +34,11 @@ describe('push-multi-tag: a podman manifest list (host podman 4.3, real docker-r
     await registry?.stop();
   });
 
-  const push = (repository: string, env: Record<string, string>) =>
+  const push = (repository: string, env: Record<string, string>, source = 'localhost/pml/list:1') =>
     runAction({
       action: 'push-multi-tag',
       inputs: {
-        source: 'localhost/pml/list:1',
+        source,
         repositories: `${registry.host}/${repository}`,
         tags: 'one',
         'insecure-registries': registry.host,
@@ -77,5 +77,32 @@ describe('push-multi-tag: a podman manifest list (host podman 4.3, real docker-r
     });
     const body = (await index.json()) as { manifests?: unknown[] };
     expect(body.manifests).toHaveLength(1);
+  });
+
+  // `podman manifest add app docker://…` records a reference, not the image: `manifest push --all` reads it from
+  // that registry, here over https from one that speaks http. podman's error begins with the storage's paths and
+  // the list's ID, and the step's line was cut before the cause ("… pinging container registry 127.0.0.1:3900…").
+  it('a list whose image is not in local storage and cannot be read from where it came: the error names that image and why', async () => {
+    const layout = generateLayout(join(tempDirForFile('ici-pml-src-'), 'layout'), { layers: [1_000] });
+    await exec(
+      'skopeo',
+      ['copy', '--quiet', '--dest-tls-verify=false', layout.transportRef, `docker://${registry.host}/lists/src:1`],
+      { timeoutMs: 60_000 },
+    );
+    await podman.podman(['manifest', 'create', 'localhost/pml/refers:1']);
+    await podman.podman([
+      'manifest',
+      'add',
+      '--tls-verify=false',
+      'localhost/pml/refers:1',
+      `docker://${registry.host}/lists/src:1`,
+    ]);
+    const r = await push('lists/refers', podman.env, 'localhost/pml/refers:1');
+    expect(r.main.exitCode).not.toBe(0);
+    expect(r.errors.join('\n')).toMatch(
+      new RegExp(
+        `cannot read the source containers-storage:localhost/pml/refers:1: an image of the manifest list is not in local storage, and podman could not read it from docker://${registry.host}/lists/src:1, where the list says it came from \\(podman: .*server gave HTTP response to HTTPS client`,
+      ),
+    );
   });
 });

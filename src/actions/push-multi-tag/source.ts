@@ -553,8 +553,17 @@ export function childFailure(tool: string, error: ExecError, spec: ExportableSou
   const text = timedOut
     ? error.message
     : error.result?.stderr.trim() || error.result?.stdout.trim() || error.message;
-  const said = toolMessage(tool, text);
   const subject = formatImageSource(spec);
+  // `podman manifest push --all` reads an image a list only refers to (`podman manifest add docker://…`) from that
+  // registry. Its error names the storage and the list first (130 characters and more), which cut off the cause.
+  const fetched =
+    spec.transport === 'containers-storage'
+      ? /opening "docker:\/\/([^"\n]*)" as image source: ([^\n]*)/.exec(text)
+      : null;
+  if (fetched) {
+    return `cannot read the source ${subject}: an image of the manifest list is not in local storage, and podman could not read it from docker://${externalText(fetched[1]!, 200)}, where the list says it came from (${tool}: ${toolMessage(tool, fetched[2]!)})`;
+  }
+  const said = toolMessage(tool, text);
   let meaning: string | undefined;
   if (spec.transport === 'docker') {
     const registry = parseReference(spec.location).registry;
