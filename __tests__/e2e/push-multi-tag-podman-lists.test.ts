@@ -26,7 +26,12 @@ describe('push-multi-tag: a podman manifest list (host podman 4.3, real docker-r
       env: { ...process.env, ...podman.env },
     });
     await podman.podman(['manifest', 'create', 'localhost/pml/list:1']);
-    await podman.podman(['manifest', 'add', 'localhost/pml/list:1', 'containers-storage:localhost/pml/app:1']);
+    await podman.podman([
+      'manifest',
+      'add',
+      'localhost/pml/list:1',
+      'containers-storage:localhost/pml/app:1',
+    ]);
     service = await podman.startService();
   });
   afterAll(async () => {
@@ -52,7 +57,10 @@ describe('push-multi-tag: a podman manifest list (host podman 4.3, real docker-r
     // The action's own process sees an empty local storage: only the service has the list.
     const empty = tempDirForFile('ici-pml-empty-');
     const storageConf = join(empty, 'storage.conf');
-    writeFileSync(storageConf, `[storage]\ndriver = "vfs"\ngraphroot = "${empty}/graph"\nrunroot = "${empty}/run"\n`);
+    writeFileSync(
+      storageConf,
+      `[storage]\ndriver = "vfs"\ngraphroot = "${empty}/graph"\nrunroot = "${empty}/run"\n`,
+    );
     const r = await push('lists/remote', {
       ...podman.env,
       CONTAINERS_STORAGE_CONF: storageConf,
@@ -72,7 +80,8 @@ describe('push-multi-tag: a podman manifest list (host podman 4.3, real docker-r
     expect(r.log).toContain('is a manifest list in local storage: exporting it and all its images');
     const index = await fetch(`http://${registry.host}/v2/lists/local/manifests/one`, {
       headers: {
-        accept: 'application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json',
+        accept:
+          'application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json',
       },
     });
     const body = (await index.json()) as { manifests?: unknown[] };
@@ -86,7 +95,13 @@ describe('push-multi-tag: a podman manifest list (host podman 4.3, real docker-r
     const layout = generateLayout(join(tempDirForFile('ici-pml-src-'), 'layout'), { layers: [1_000] });
     await exec(
       'skopeo',
-      ['copy', '--quiet', '--dest-tls-verify=false', layout.transportRef, `docker://${registry.host}/lists/src:1`],
+      [
+        'copy',
+        '--quiet',
+        '--dest-tls-verify=false',
+        layout.transportRef,
+        `docker://${registry.host}/lists/src:1`,
+      ],
       { timeoutMs: 60_000 },
     );
     await podman.podman(['manifest', 'create', 'localhost/pml/refers:1']);
