@@ -26,7 +26,7 @@ import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CliHost } from '../../src/core/host.js';
 import { MapInputSource } from '../../src/core/inputs.js';
-import { duplicateKeys } from '../../src/actions/prune-simplestreams/catalog.js';
+import { duplicateKeys, unescapeUrlPath } from '../../src/actions/prune-simplestreams/catalog.js';
 import { pruneRepository } from '../../src/actions/prune-simplestreams/prune.js';
 import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
 import { summaryMarkdown } from '../../src/actions/prune-simplestreams/report.js';
@@ -650,6 +650,27 @@ describe("index.json's images path, as clients resolve it (Go's url.JoinPath tak
     const { report } = await pruneAt(inputs(repo.root, { keepVersions: 2 }), NOW);
     expect(report.products[0]).toMatchObject({ kept: [V[1], V[0]], dropped: [] });
     for (const path of [...old.paths, ...kept.paths]) expect(existsSync(join(repo.root, path))).toBe(true);
+  });
+
+  it('refuses escapes that decode to no UTF-8 (clients open the raw bytes; U+FFFD names a decoy)', async () => {
+    const repo = newRepo('flat');
+    const old = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.write();
+    const dir = join(repo.root, 'streams/v1');
+    // What clients get for images%FF.json: the file named by the byte 0xFF, listing both versions; the decoy
+    // at U+FFFD lists only the newer one, so the older one's files look like orphans.
+    const decoy = JSON.parse(readFileSync(join(dir, 'images.json'), 'utf8'));
+    delete decoy.products[P].versions[V[0]!];
+    renameSync(join(dir, 'images.json'), Buffer.from(`${dir}/images\xff.json`, 'latin1'));
+    writeFileSync(join(dir, 'images\ufffd.json'), JSON.stringify(decoy));
+    setImagesPath(repo, 'streams/v1/images%FF.json');
+    const error = await pruneFailure(inputs(repo.root, { keepVersions: 2 }), NOW);
+    expect(error.message).toMatch(/images%FF\.json' decodes to a file name that is not UTF-8/);
+    for (const path of old.paths) expect(existsSync(join(repo.root, path))).toBe(true);
+    // A byte order mark decoded is part of the name, not dropped; `+` is a plus, `%252e` decodes once.
+    expect(unescapeUrlPath('%EF%BB%BFimages%2ejson')).toBe('\ufeffimages.json');
+    expect(unescapeUrlPath('a+b%252e')).toBe('a+b%2e');
   });
 
   it('refuses an escape that decodes to .., and a % that starts no escape (clients never get that file)', async () => {
