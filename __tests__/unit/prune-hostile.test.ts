@@ -535,6 +535,28 @@ describe("this machine's clock ahead of the repository's file system (an NFS ser
   });
 });
 
+describe("this machine's clock behind the repository's file system, then a prune from one that is right", () => {
+  it('keeps the grace period of files the first prune unreferenced (Date.now mocked 2 h behind)', async () => {
+    const repo = newRepo('flat');
+    const old = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.write();
+    const behind = Date.now() - 2 * HOUR;
+    const clock = jest.spyOn(Date, 'now').mockImplementation(() => behind);
+    const first = await pruneAt(inputs(repo.root, { gracePeriodMs: HOUR }), NOW - 2 * HOUR).finally(() =>
+      clock.mockRestore(),
+    );
+    expect(first.report.files.deferred.map((f) => f.path).sort()).toEqual([...old.paths].sort());
+    // Minutes later by the file system's clock: clients that cached the old images.json still fetch these.
+    const { report } = await pruneAt(inputs(repo.root, { gracePeriodMs: HOUR }), NOW);
+    expect(report.files.deleted).toEqual([]);
+    for (const path of old.paths) expect(existsSync(join(repo.root, path))).toBe(true);
+    expect(first.log.join('\n')).toMatch(
+      /this machine's clock is 1[12]\dm\d+s behind the repository's file system/,
+    );
+  });
+});
+
 describe('hard-linked copies (a deduplicating tool)', () => {
   it('deletes every name of an old orphan inode in one prune: unlinking one name moves the others’ ctime', async () => {
     const repo = newRepo('flat');
