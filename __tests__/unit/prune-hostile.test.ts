@@ -7,6 +7,7 @@
  */
 import { afterAll, describe, expect, it, jest } from '@jest/globals';
 import {
+  chmodSync,
   cpSync,
   existsSync,
   linkSync,
@@ -524,6 +525,27 @@ describe('a whole prune whose plan a publisher overtakes', () => {
       'warning: left 1 planned removal(s) alone: the entry or its directory changed since the scan (a publisher ' +
         `that does not take the lock?); the next prune judges them again: ${file}`,
     );
+  });
+});
+
+describe('a sync tool that chmods an old orphan between the scan and the deletions', () => {
+  it('leaves it, and the report file and the summary say so, not only a log warning', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    const file = 'images/0123456789abcdef.squashfs';
+    repo.addOrphan(file, 30 * DAY);
+    repo.write();
+    const host = new CliHost({
+      inputs: new MapInputSource({}),
+      log: (line) => {
+        if (line === '== Applying') chmodSync(join(repo.root, file), 0o644);
+      },
+      out: () => undefined,
+    });
+    const report = await pruneRepository(inputs(repo.root), host, { now: () => NOW });
+    expect(report.files).toMatchObject({ deleted: [], deferred: [], leftAlone: [file] });
+    expect(existsSync(join(repo.root, file))).toBe(true);
+    expect(summaryMarkdown(report)).toContain('Left 1 planned removal(s) alone: changed since the scan');
   });
 });
 
