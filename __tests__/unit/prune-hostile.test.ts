@@ -609,6 +609,38 @@ describe('hard-linked copies (a deduplicating tool)', () => {
   });
 });
 
+describe('content directories on file systems of their own (a ZFS dataset per product) [tmpfs, needs root]', () => {
+  it('leaves an emptied mount point, and an inode number unlinked on one excuses no changed file on another', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    const mounts = ['images/a', 'images/b'].map((dir) => join(repo.root, dir));
+    for (const dir of mounts) {
+      mkdirSync(dir);
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', dir]);
+    }
+    try {
+      // Each new tmpfs numbers its inodes from the start: both orphans get the same number.
+      for (const name of ['a/old.squashfs', 'b/old.squashfs']) repo.addOrphan(`images/${name}`, 30 * DAY);
+      const [a, b] = ['images/a/old.squashfs', 'images/b/old.squashfs'];
+      expect(lstatSync(join(repo.root, a)).ino).toBe(lstatSync(join(repo.root, b)).ino);
+      repo.write();
+      const host = new CliHost({
+        inputs: new MapInputSource({}),
+        log: (line) => {
+          if (line === '== Applying') chmodSync(join(repo.root, b), 0o600);
+        },
+        out: () => undefined,
+      });
+      const report = await pruneRepository(inputs(repo.root), host, { now: () => NOW });
+      expect(report.files.deleted.map((f) => f.path)).toEqual([a]);
+      expect(existsSync(join(repo.root, b))).toBe(true);
+      expect(report.files).toMatchObject({ dirsRemoved: [], leftAlone: [b] });
+    } finally {
+      for (const dir of mounts) execFileSync('umount', [dir]);
+    }
+  });
+});
+
 describe('repository text in error messages reaches the log as one printable line', () => {
   const hostile = '\u001b[2J\u001b[31m\u202e';
   const printable = (message: string) => {
