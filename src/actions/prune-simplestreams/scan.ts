@@ -178,7 +178,13 @@ function walk(root: string, contentDirs: Iterable<string>, facts: RepoFacts): vo
       const info = attempt(() => lstatSync(join(root, child)));
       if (!info) continue;
       files++;
-      facts.files.set(child, { size: info.size, ...timesOf(info), regular: info.isFile(), ino: info.ino, dev: info.dev });
+      facts.files.set(child, {
+        size: info.size,
+        ...timesOf(info),
+        regular: info.isFile(),
+        ino: info.ino,
+        dev: info.dev,
+      });
     }
     // Only a directory without files can be removed for its age (see plan.ts): only then its times matter.
     if (files === 0 && facts.dirs.has(path)) {
@@ -219,7 +225,13 @@ function findAtomicLeftovers(root: string, targets: readonly string[], facts: Re
       const path = dir ? `${dir}/${name}` : name;
       const info = attempt(() => lstatSync(join(root, path)));
       if (info?.isFile()) {
-        facts.files.set(path, { size: info.size, ...timesOf(info), regular: true, ino: info.ino, dev: info.dev });
+        facts.files.set(path, {
+          size: info.size,
+          ...timesOf(info),
+          regular: true,
+          ino: info.ino,
+          dev: info.dev,
+        });
       }
     }
   }
