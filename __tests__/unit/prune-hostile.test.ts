@@ -501,6 +501,20 @@ describe('the repository changes between the scan and the deletions', () => {
   });
 });
 
+/** A whole prune at NOW that runs `change` between its plan and its apply; its log lines go to `log`. */
+async function pruneChangingBeforeApply(repo: SimplestreamsRepo, change: () => void, log: string[] = []) {
+  // The log line a group starts with comes right before the group runs: the moment between plan and apply.
+  const host = new CliHost({
+    inputs: new MapInputSource({}),
+    log: (line) => {
+      log.push(line);
+      if (line === '== Applying') change();
+    },
+    out: (line) => log.push(line),
+  });
+  return pruneRepository(inputs(repo.root), host, { now: () => NOW });
+}
+
 describe('a whole prune whose plan a publisher overtakes', () => {
   it('warns, naming the file it left because it was written again after the scan, and reports it not deleted', async () => {
     const repo = newRepo('flat');
@@ -509,16 +523,11 @@ describe('a whole prune whose plan a publisher overtakes', () => {
     repo.addOrphan(file, 30 * DAY);
     repo.write();
     const log: string[] = [];
-    // The log line a group starts with comes right before the group runs: the moment between plan and apply.
-    const host = new CliHost({
-      inputs: new MapInputSource({}),
-      log: (line) => {
-        log.push(line);
-        if (line === '== Applying') writeFileSync(join(repo.root, file), 'uploaded again');
-      },
-      out: (line) => log.push(line),
-    });
-    const report = await pruneRepository(inputs(repo.root), host, { now: () => NOW });
+    const report = await pruneChangingBeforeApply(
+      repo,
+      () => writeFileSync(join(repo.root, file), 'uploaded again'),
+      log,
+    );
     expect(report.files.deleted).toEqual([]);
     expect(readFileSync(join(repo.root, file), 'utf8')).toBe('uploaded again');
     expect(log).toContain(
@@ -535,14 +544,7 @@ describe('a sync tool that chmods an old orphan between the scan and the deletio
     const file = 'images/0123456789abcdef.squashfs';
     repo.addOrphan(file, 30 * DAY);
     repo.write();
-    const host = new CliHost({
-      inputs: new MapInputSource({}),
-      log: (line) => {
-        if (line === '== Applying') chmodSync(join(repo.root, file), 0o644);
-      },
-      out: () => undefined,
-    });
-    const report = await pruneRepository(inputs(repo.root), host, { now: () => NOW });
+    const report = await pruneChangingBeforeApply(repo, () => chmodSync(join(repo.root, file), 0o644));
     expect(report.files).toMatchObject({ deleted: [], deferred: [], leftAlone: [file] });
     expect(existsSync(join(repo.root, file))).toBe(true);
     expect(summaryMarkdown(report)).toContain('Left 1 planned removal(s) alone: changed since the scan');
@@ -624,14 +626,7 @@ describe('content directories on file systems of their own (a ZFS dataset per pr
       const [a, b] = ['images/a/old.squashfs', 'images/b/old.squashfs'];
       expect(lstatSync(join(repo.root, a)).ino).toBe(lstatSync(join(repo.root, b)).ino);
       repo.write();
-      const host = new CliHost({
-        inputs: new MapInputSource({}),
-        log: (line) => {
-          if (line === '== Applying') chmodSync(join(repo.root, b), 0o600);
-        },
-        out: () => undefined,
-      });
-      const report = await pruneRepository(inputs(repo.root), host, { now: () => NOW });
+      const report = await pruneChangingBeforeApply(repo, () => chmodSync(join(repo.root, b), 0o600));
       expect(report.files.deleted.map((f) => f.path)).toEqual([a]);
       expect(existsSync(join(repo.root, b))).toBe(true);
       expect(report.files).toMatchObject({ dirsRemoved: [], leftAlone: [b] });
