@@ -515,40 +515,29 @@ async function pruneChangingBeforeApply(repo: SimplestreamsRepo, change: () => v
   return pruneRepository(inputs(repo.root), host, { now: () => NOW });
 }
 
-describe('a whole prune whose plan a publisher overtakes', () => {
-  it('warns, naming the file it left because it was written again after the scan, and reports it not deleted', async () => {
-    const repo = newRepo('flat');
-    repo.addVersion(P, V[0]!);
-    const file = 'images/fedcba9876543210.squashfs';
-    repo.addOrphan(file, 30 * DAY);
-    repo.write();
-    const log: string[] = [];
-    const report = await pruneChangingBeforeApply(
-      repo,
-      () => writeFileSync(join(repo.root, file), 'uploaded again'),
-      log,
-    );
-    expect(report.files.deleted).toEqual([]);
-    expect(readFileSync(join(repo.root, file), 'utf8')).toBe('uploaded again');
-    expect(log).toContain(
-      'warning: left 1 planned removal(s) alone: the entry or its directory changed since the scan (a publisher ' +
-        `that does not take the lock?); the next prune judges them again: ${file}`,
-    );
-  });
-});
-
-describe('a sync tool that chmods an old orphan between the scan and the deletions', () => {
-  it('leaves it, and the report file and the summary say so, not only a log warning', async () => {
-    const repo = newRepo('flat');
-    repo.addVersion(P, V[0]!);
-    const file = 'images/0123456789abcdef.squashfs';
-    repo.addOrphan(file, 30 * DAY);
-    repo.write();
-    const report = await pruneChangingBeforeApply(repo, () => chmodSync(join(repo.root, file), 0o644));
-    expect(report.files).toMatchObject({ deleted: [], deferred: [], leftAlone: [file] });
-    expect(existsSync(join(repo.root, file))).toBe(true);
-    expect(summaryMarkdown(report)).toContain('Left 1 planned removal(s) alone: changed since the scan');
-  });
+describe('a whole prune whose plan a publisher or a sync tool overtakes', () => {
+  it.each([
+    ['written again (a publisher)', (file: string) => writeFileSync(file, 'uploaded again')],
+    ['chmod-ed (a sync tool)', (file: string) => chmodSync(file, 0o644)],
+  ])(
+    'leaves an old orphan %s after the scan; the warning, the report file and the summary name it',
+    async (_, change) => {
+      const repo = newRepo('flat');
+      repo.addVersion(P, V[0]!);
+      const file = 'images/fedcba9876543210.squashfs';
+      repo.addOrphan(file, 30 * DAY);
+      repo.write();
+      const log: string[] = [];
+      const report = await pruneChangingBeforeApply(repo, () => change(join(repo.root, file)), log);
+      expect(report.files).toMatchObject({ deleted: [], deferred: [], leftAlone: [file] });
+      expect(existsSync(join(repo.root, file))).toBe(true);
+      expect(log).toContain(
+        'warning: left 1 planned removal(s) alone: the entry or its directory changed since the scan (a publisher ' +
+          `that does not take the lock?); the next prune judges them again: ${file}`,
+      );
+      expect(summaryMarkdown(report)).toContain('Left 1 planned removal(s) alone: changed since the scan');
+    },
+  );
 });
 
 describe("this machine's clock ahead of the repository's file system (an NFS server's)", () => {
