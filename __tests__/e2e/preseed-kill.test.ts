@@ -15,6 +15,7 @@ import { killMainOptions, leftovers, processesMentioning } from '../support/left
 import { buildMachineOsLayout, publishMachineOs, type FakeMachineOs } from '../support/machine-os.js';
 import { startProxy, type CountingProxy } from '../support/proxy.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
+import { REPO_ROOT } from '../support/harness.js';
 import { startSplitJob } from '../support/split-job.js';
 
 const ACTION = 'preseed-podman-vm';
@@ -57,7 +58,8 @@ function jobDirs(name: string) {
 function splitJob(dirs: ReturnType<typeof jobDirs>, kill: ReturnType<typeof killMainOptions>) {
   return startSplitJob({
     action: ACTION,
-    inputs: { image: `docker://${relay.host}/${REPO}:5.3`, cache: 'false', 'set-default': 'false' },
+    // set-default on: a kill after the download may come while the containers.conf is written and exported.
+    inputs: { image: `docker://${relay.host}/${REPO}:5.3`, cache: 'false' },
     ...dirs,
     mainScript: kill.mainScript,
     env: { XDG_DATA_HOME: undefined, XDG_CONFIG_HOME: undefined, ...kill.env },
@@ -67,25 +69,44 @@ function splitJob(dirs: ReturnType<typeof jobDirs>, kill: ReturnType<typeof kill
 
 /**
  * What a killed main and its post may leave: in RUNNER_TEMP only the stable dir, holding nothing or the complete
- * image (with or without its record); in podman's image cache nothing or the complete disk. Anything else is
- * named.
+ * image (with or without its record) and a containers.conf naming it; in podman's image cache nothing or the
+ * complete disk; in the env main exported, no containers.conf that is missing or names an incomplete image.
+ * Anything else is named.
  */
-async function problemsIn(dirs: ReturnType<typeof jobDirs>): Promise<string[]> {
+async function problemsIn(
+  dirs: ReturnType<typeof jobDirs>,
+  exported: Record<string, string> = {},
+): Promise<string[]> {
   const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
   const problems: string[] = [];
   for (const entry of await leftovers(dirs.runnerTemp)) {
     if (entry !== `file ${join(dirs.runnerTemp, 'ici-pvm')}`) problems.push(entry);
   }
   const stable = join(dirs.runnerTemp, 'ici-pvm');
+  const image = join(stable, 'machine-os-qemu-x86_64.qcow2.zst');
+  const complete = async (path: string) => (await readFile(path).catch(() => undefined))?.equals(disk);
+  const conf = join(stable, 'containers.conf');
   for (const name of await readdir(stable).catch(() => [] as string[])) {
     const path = join(stable, name);
     if (name === 'machine-os-qemu-x86_64.qcow2.zst.json') continue;
-    if (name !== 'machine-os-qemu-x86_64.qcow2.zst') problems.push(`file ${path}`);
-    else if (!(await readFile(path)).equals(disk)) problems.push(`incomplete image ${path}`);
+    if (path === conf) continue;
+    if (path !== image) problems.push(`file ${path}`);
+    else if (!(await complete(path))) problems.push(`incomplete image ${path}`);
+  }
+  const confs = [conf, ...['CONTAINERS_CONF', 'CONTAINERS_CONF_OVERRIDE'].flatMap((v) => exported[v] ?? [])];
+  for (const path of new Set(confs)) {
+    const text = await readFile(path, 'utf8').catch(() => undefined);
+    if (text === undefined) {
+      if (path !== conf) problems.push(`exported ${path} is missing`);
+    } else if (!text.includes(`image = "${image}"`) || !(await complete(image))) {
+      problems.push(`${path} does not name the complete image`);
+    }
   }
   const cache = join(dirs.home, '.local/share/containers/podman/machine/qemu/cache');
   for (const name of await readdir(cache).catch(() => [] as string[])) {
-    if (!(await readFile(join(cache, name))).equals(disk)) problems.push(`incomplete ${join(cache, name)}`);
+    if (name.endsWith('.part')) problems.push(`temporary ${join(cache, name)}`);
+    else if (!(await readFile(join(cache, name))).equals(disk))
+      problems.push(`incomplete ${join(cache, name)}`);
   }
   return problems;
 }
@@ -120,7 +141,7 @@ it('main SIGKILLed at 20 moments around its download, each followed by post: no 
     const post = await job.post();
     const where = `killed ${point.delayMs} ms after ${point.afterLine ? 'the resolved line' : 'start'} (main exit ${job.main.main.exitCode})`;
     if (post.exitCode !== 0) problems.push(`${where}: post exited ${post.exitCode}`);
-    for (const p of await problemsIn(dirs)) problems.push(`${where}: ${p}`);
+    for (const p of await problemsIn(dirs, job.main.exportedEnv)) problems.push(`${where}: ${p}`);
     if (job.main.main.exitCode === 137 && job.main.log.includes('Resolved docker:')) killedInDownload++;
     last = dirs;
   }
@@ -132,7 +153,8 @@ it('main SIGKILLed at 20 moments around its download, each followed by post: no 
   const again = await splitJob(last!, killMainOptions(ACTION, RESOLVED, undefined));
   expect(again.main.main.exitCode).toBe(0);
   expect((await again.post()).exitCode).toBe(0);
-  expect(await problemsIn(last!)).toEqual([]);
+  expect(await problemsIn(last!, again.main.exportedEnv)).toEqual([]);
+  expect(again.main.exportedEnv).toHaveProperty(['CONTAINERS_CONF']);
   expect(
     readFileSync(again.main.outputs['image-path']!).equals(
       readFileSync(fake.disk('x86_64', 'qemu').blobPath),
@@ -141,6 +163,51 @@ it('main SIGKILLed at 20 moments around its download, each followed by post: no 
   expect(await processesMentioning(last!.runnerTemp)).toEqual([]);
   await rm(report, { force: true });
 }, 900_000);
+
+// Before: a main killed between creating a temp file and its rename left it: `.containers.conf.<hex>.tmp` in the
+// stable dir (post did not remove it), or `.<disk>.<hex>.part` in podman's image cache, in HOME, holding a whole disk.
+it("main SIGKILLed right after each change to the stable dir, podman's image cache and GITHUB_ENV, then post: nothing partial is left", async () => {
+  const preload = `--import ${join(REPO_ROOT, '__tests__/support/crash-after-change.mjs')}`;
+  const job = (dirs: ReturnType<typeof jobDirs>, crash: Record<string, string>) =>
+    startSplitJob({
+      action: ACTION,
+      inputs: { image: `docker://${registry.host}/${REPO}:5.3`, cache: 'false' },
+      ...dirs,
+      env: {
+        XDG_DATA_HOME: undefined,
+        XDG_CONFIG_HOME: undefined,
+        NODE_OPTIONS: preload,
+        // Not the download's writes (their number depends on how the bytes arrive): what comes after it.
+        IMAGE_CI_TEST_CRASH_PATHS: '/ici-pvm/|/machine/qemu/cache|/env$',
+        ...crash,
+      },
+      keepInRunnerTemp: 'unchecked',
+    });
+  const countFile = join(work, 'changes.count');
+  const whole = await job(jobDirs('changes'), {
+    IMAGE_CI_TEST_CRASH_AFTER: '0',
+    IMAGE_CI_TEST_CHANGES_FILE: countFile,
+  });
+  expect(whole.main.main.exitCode).toBe(0);
+  const total = Number(readFileSync(countFile, 'utf8'));
+  const problems: string[] = [];
+  let exported = 0;
+  for (let event = 1; event <= total; event++) {
+    const dirs = jobDirs(`change-${event}`);
+    const killed = await job(dirs, { IMAGE_CI_TEST_CRASH_AFTER: String(event) });
+    const where = `killed after change ${event} of ${total} (main exit ${killed.main.main.exitCode})`;
+    // Post only where main left something to clean up (it runs about a second per point otherwise).
+    if ((await problemsIn(dirs, killed.main.exportedEnv)).length > 0) {
+      const post = await killed.post({ IMAGE_CI_TEST_CRASH_AFTER: '0' });
+      if (post.exitCode !== 0) problems.push(`${where}: post exited ${post.exitCode}`);
+      for (const p of await problemsIn(dirs, killed.main.exportedEnv)) problems.push(`${where}: ${p}`);
+    }
+    if (killed.main.exportedEnv.CONTAINERS_CONF) exported++;
+  }
+  expect(problems).toEqual([]);
+  // The sweep reached the export (and, being after the stable dir's changes, everything before it).
+  expect(exported).toBeGreaterThan(0);
+}, 120_000);
 
 it("main SIGKILLed halfway through a URL download, then post: nothing left in RUNNER_TEMP or podman's image cache", async () => {
   // Half the announced body, then silence: main is inside the download whenever it is killed.

@@ -12,6 +12,7 @@ import {
   mkdirSync,
   mkdtempSync,
   readFileSync,
+  readdirSync,
   rmSync,
   writeFileSync,
   existsSync,
@@ -58,13 +59,19 @@ function confOverride(podman: PodmanVariant): boolean {
 
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-/** A `podman` test double: records every call, answers --version with `version`, knows no machine (inspect fails). */
-function podmanDouble(version: string): { bin: string; calls: () => string[] } {
+/**
+ * A `podman` test double: records every call, answers --version with `version`, knows no machine (inspect fails
+ * as podman does for a name it has no machine of, unless `inspectError` gives another failure).
+ */
+function podmanDouble(
+  version: string,
+  inspectError = 'Error: $3: VM does not exist',
+): { bin: string; calls: () => string[] } {
   const dir = mkdtempSync(join(work, 'double-'));
   const log = join(dir, 'calls');
   writeFileSync(
     join(dir, 'podman'),
-    `#!/bin/sh\nprintf '%s\\n' "$*" >> '${log}'\n[ "$1" = --version ] && echo 'podman version ${version}'\n[ "$1 $2" = 'machine inspect' ] && exit 125\nexit 0\n`,
+    `#!/bin/sh\nprintf '%s\\n' "$*" >> '${log}'\n[ "$1" = --version ] && echo 'podman version ${version}'\n[ "$1 $2" = 'machine inspect' ] && echo "${inspectError}" >&2 && exit 125\nexit 0\n`,
     { mode: 0o755 },
   );
   return { bin: dir, calls: () => (existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n') : []) };
@@ -102,6 +109,8 @@ describe('podman machine command lines (podman TEST DOUBLE: no VM can run here)'
     expect(r.outputs['image-path']).toBe(image);
     const conf = r.exportedEnv.CONTAINERS_CONF_OVERRIDE!;
     expect(readFileSync(conf, 'utf8')).toBe(`[machine]\nimage = "${image}"\n`);
+    // Before, nothing said that podman run through `sudo -u` (which resets the environment) does not see it.
+    expect(r.log).toContain('`sudo --preserve-env=CONTAINERS_CONF_OVERRIDE -u <user> podman machine init`');
   });
 
   it('podman 4: init --image-path, start when asked, no cleanup when cleanup is false', async () => {
@@ -121,6 +130,26 @@ describe('podman machine command lines (podman TEST DOUBLE: no VM can run here)'
       'machine start m4',
     ]);
     expect(r.exportedEnv.CONTAINERS_CONF_OVERRIDE).toBeDefined();
+  });
+
+  // Before: any failed inspect counted as "no such machine": init ran on a name podman could not read (podman 4.3
+  // wrote a new machine over it), and post, with cleanup on, removed it.
+  it('an inspect that fails for another reason than "does not exist" fails the step; no init, no removal', async () => {
+    const double = podmanDouble('5.2.1', 'Error: database is locked');
+    const r = await runAction({
+      keepInRunnerTemp: ['ici-pvm'],
+      action: ACTION,
+      inputs: { image, init: 'true', 'machine-name': 'ci-vm' },
+      env: { PATH: `${double.bin}:${process.env.PATH}` },
+    });
+    expect({ calls: double.calls(), main: r.main.exitCode, post: r.post?.exitCode }).toEqual({
+      calls: ['--version', 'machine inspect ci-vm'],
+      main: 1,
+      post: 0,
+    });
+    expect(r.errors.join('\n')).toMatch(
+      /cannot tell whether a qemu machine named ci-vm exists: `podman machine inspect ci-vm` failed \(exit 125: Error: database is locked\), so it is neither initialised nor removed/,
+    );
   });
 });
 
@@ -296,6 +325,56 @@ describe.each(podmanVersions())(
         }
       },
     );
+
+    // Before: an inspect failing on the machine's unreadable config counted as "no machine". Podman 4.3 then
+    // wrote a new machine over that config and post removed it; podman 5's init failed on it, and the step
+    // said only that.
+    it('init: true on a machine whose config podman cannot read fails saying so; the config stays', async () => {
+      const user = testUser();
+      const home = ownedDir(join(work, `broken-${podman.version}`), user);
+      const configDir = ownedDir(join(home, '.config/containers/podman/machine/qemu'), user);
+      for (const dir of [
+        join(home, '.config'),
+        join(home, '.config/containers'),
+        join(home, '.config/containers/podman'),
+        join(home, '.config/containers/podman/machine'),
+      ]) {
+        chownSync(dir, user.uid, user.gid);
+      }
+      const config = join(configDir, 'ci-broken.json');
+      writeFileSync(config, '{broken');
+      chownSync(config, user.uid, user.gid);
+      const r = await runAction({
+        ...stepScripts(podman, ACTION, work, user),
+        inputs: { image, init: 'true', 'machine-name': 'ci-broken' },
+        runnerTemp: ownedDir(join(home, 'temp'), user),
+        home,
+        env: {
+          XDG_RUNTIME_DIR: ownedDir(join(home, 'run'), user),
+          XDG_DATA_HOME: undefined,
+          XDG_CONFIG_HOME: undefined,
+          HTTP_PROXY: DEAD_PROXY,
+          HTTPS_PROXY: DEAD_PROXY,
+        },
+        keepInRunnerTemp: ['ici-pvm'],
+      });
+      expect({ main: r.main.exitCode, post: r.post?.exitCode, config: readFileSync(config, 'utf8') }).toEqual(
+        {
+          main: 1,
+          post: 0,
+          config: '{broken',
+        },
+      );
+      expect(r.errors.join('\n')).toMatch(
+        /cannot tell whether a qemu machine named ci-broken exists: `podman machine inspect ci-broken` failed \(exit 125: Error: .*invalid character 'b'.*\), so it is neither initialised nor removed/,
+      );
+      // No disk was made (podman 5 makes the empty dirs on inspect).
+      const dataDir = join(home, '.local/share/containers/podman/machine/qemu');
+      const disks = existsSync(dataDir)
+        ? readdirSync(dataDir, { withFileTypes: true }).filter((e) => e.isFile())
+        : [];
+      expect(disks.map((e) => e.name)).toEqual([]);
+    });
 
     // Podman gives the disk it makes the mode of its image file (pkg/machine/compression: compressedFileMode), so
     // a read-only image makes a disk its own `qemu-img resize` cannot open. Before, the directory backend restored

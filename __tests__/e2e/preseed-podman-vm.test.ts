@@ -22,6 +22,7 @@ import { createServer, request as httpRequest, type ServerResponse } from 'node:
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
+import { buildCacheKey } from '../../src/core/cache-key.js';
 import { formatBytes } from '../../src/core/summary.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
 import { PROXY_TEST_DOMAIN, startForwardProxy } from '../support/forward-proxy.js';
@@ -585,13 +586,20 @@ async function startFcosMock(
   publishedSha = createHash('sha256').update(disk).digest('hex'),
   serveDisk = (res: ServerResponse): void =>
     void res.writeHead(200, { 'content-length': disk.length }).end(disk),
+  /** An Authorization header every request must carry (else 401). */
+  requireAuthorization?: string,
 ) {
   const requests: string[] = [];
+  const authorizations: Array<string | undefined> = [];
   const release = '41.20261101.2.0';
   const title = `fedora-coreos-${release}-qemu.x86_64.qcow2.xz`;
   const diskPath = `/prod/streams/testing/builds/${release}/x86_64/${title}`;
   const server = createServer((req, res) => {
     requests.push(`${req.method} ${req.url}`);
+    authorizations.push(req.headers.authorization);
+    if (requireAuthorization && req.headers.authorization !== requireAuthorization) {
+      return void res.writeHead(401).end();
+    }
     const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
     if (req.url === '/streams/testing.json') {
       const qemu = {
@@ -614,6 +622,7 @@ async function startFcosMock(
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return {
     requests,
+    authorizations,
     title,
     streamUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}/streams/testing.json`,
     stop: async () => {
@@ -656,6 +665,38 @@ describe('preseed-podman-vm on podman 4: a Fedora CoreOS stream [mock of builds.
       expect(readFileSync(image).equals(disk)).toBe(true);
       expect(mock.requests.filter((q) => q.includes('.qcow2.xz'))).toHaveLength(1);
       expect(later.log).not.toMatch(/Streaming restore not used/);
+    } finally {
+      await mock.stop();
+    }
+  });
+
+  // Before: the stream was fetched with the credentials in its URL, which fetch refuses ("Request cannot be
+  // constructed from a URL that includes credentials"): the step called the stream unreachable and failed.
+  it('a stream URL with user:password@ sends Basic auth to the stream and its same-origin disk; no credentials in the record, path or key', async () => {
+    const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
+    const sha = createHash('sha256').update(disk).digest('hex');
+    const expected = `Basic ${Buffer.from('bob:s3cr@t!').toString('base64')}`;
+    const mock = await startFcosMock(disk, undefined, undefined, expected);
+    const cache = await newCacheService();
+    try {
+      const r = await run(job('fcos-auth'), cache, {
+        image: mock.streamUrl.replace('http://', 'http://bob:s3cr%40t!@'),
+      });
+      expectStepsOk(r);
+      expect(mock.authorizations).toEqual([expected, expected]);
+      const image = r.outputs['image-path']!;
+      const record = JSON.parse(readFileSync(`${image}.json`, 'utf8')) as { source: string };
+      expect(record.source).toBe(mock.streamUrl);
+      // Path and key as for the URL without credentials: a short hash of a password can be guessed.
+      const plainTag = createHash('sha256').update(mock.streamUrl).digest('hex').slice(0, 12);
+      expect(image).toContain(`fcos-testing-${plainTag}-`);
+      const base = buildCacheKey({
+        prefix: 'podman-machine-os',
+        arch: 'x86_64',
+        inputs: { image: mock.streamUrl, disktype: 'qemu' },
+      });
+      expect(cache.list().map((e) => e.key)).toEqual([`${base}-${sha}`]);
+      expect(secretOnlyAfterMask(r.main, 's3cr@t!')).toBe(true);
     } finally {
       await mock.stop();
     }

@@ -14,9 +14,21 @@ const target = Number(process.env.IMAGE_CI_TEST_CRASH_AFTER);
 if (!Number.isInteger(target) || target < 0)
   throw new Error('IMAGE_CI_TEST_CRASH_AFTER must be a whole number');
 let changes = 0;
-const changed = () => {
+// With IMAGE_CI_TEST_CRASH_PATHS (a regular expression), only changes to matching paths (a rename's or link's
+// target) count: a sweep can cover the changes that matter, in the same order on every run, instead of every
+// write of a download, whose number depends on how the bytes arrive.
+const paths = process.env.IMAGE_CI_TEST_CRASH_PATHS
+  ? new RegExp(process.env.IMAGE_CI_TEST_CRASH_PATHS)
+  : undefined;
+const changed = (path) => {
+  if (paths && !paths.test(String(path))) return;
   if (++changes === target) process.kill(process.pid, 'SIGKILL');
 };
+/** The path a call changes: the target of a rename, link, symlink or copy, else its first argument. */
+const TWO_PATHS = new Set(['rename', 'link', 'symlink', 'copyFile']);
+const changedPath = (name, args) => (TWO_PATHS.has(name.replace(/Sync$/, '')) ? args[1] : args[0]);
+const handlePaths = new WeakMap();
+const fdPaths = new Map();
 const countFile = process.env.IMAGE_CI_TEST_CHANGES_FILE;
 // Taken before the patching below, so writing the count is not counted.
 const writeCount = fs.writeFileSync;
@@ -41,7 +53,7 @@ for (const name of promiseCalls) {
   const original = fsp[name];
   fsp[name] = async function (...args) {
     const result = await original.apply(this, args);
-    changed();
+    changed(changedPath(name, args));
     return result;
   };
 }
@@ -50,14 +62,15 @@ for (const name of syncCalls) {
   const original = fs[name];
   fs[name] = function (...args) {
     const result = original.apply(this, args);
-    changed();
+    changed(name === 'writeSync' ? fdPaths.get(args[0]) : changedPath(name, args));
     return result;
   };
 }
 const openSync = fs.openSync;
 fs.openSync = function (path, flags, ...rest) {
   const fd = openSync.call(this, path, flags, ...rest);
-  if (writesFlags(flags)) changed();
+  fdPaths.set(fd, path);
+  if (writesFlags(flags)) changed(path);
   return fd;
 };
 
@@ -72,12 +85,13 @@ fsp.open = async function (path, flags, ...rest) {
       const original = proto[name];
       proto[name] = async function (...args) {
         const result = await original.apply(this, args);
-        changed();
+        changed(handlePaths.get(this));
         return result;
       };
     }
   }
-  if (writesFlags(flags)) changed();
+  handlePaths.set(handle, path);
+  if (writesFlags(flags)) changed(path);
   return handle;
 };
 syncBuiltinESMExports();

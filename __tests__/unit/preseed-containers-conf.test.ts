@@ -117,6 +117,26 @@ describe('planContainersConf', () => {
     expect(plan.text).toBe('[engine]\nruntime = "crun"\n\n[machine]\nimage = "/i.qcow2.zst"\n');
   });
 
+  // Before: nothing said that podman 4.3 ignores every containers.conf.d drop-in once CONTAINERS_CONF is set
+  // (checked: a drop-in's `cpus = 3` became podman's default of 1).
+  it('names the drop-in files CONTAINERS_CONF makes podman < 4.4 skip, unless one was set before', async () => {
+    const home = join(tmp, 'home-dropin');
+    const dropIns = join(home, '.config', 'containers', 'containers.conf.d');
+    mkdirSync(dropIns, { recursive: true });
+    writeFileSync(join(dropIns, '50-cpus.conf'), '[machine]\ncpus = 3\n');
+    writeFileSync(join(dropIns, 'README'), 'not a drop-in');
+    const plan = await planContainersConf('/i', 'CONTAINERS_CONF', join(tmp, 'own.conf'), { HOME: home });
+    expect(plan.dropped).toContain(join(dropIns, '50-cpus.conf'));
+    expect(plan.dropped).not.toContain(join(dropIns, 'README'));
+    const earlier = join(tmp, 'earlier-dropin.conf');
+    writeFileSync(earlier, '');
+    const set = await planContainersConf('/i', 'CONTAINERS_CONF', join(tmp, 'own.conf'), {
+      HOME: home,
+      CONTAINERS_CONF: earlier,
+    });
+    expect(set.dropped).toBeUndefined();
+  });
+
   // Before: the CONTAINERS_CONF base (podman < 4.4) was read with readFile, unchecked: a directory there threw
   // a bare EISDIR, a FIFO blocked main for good, a disk image there was read whole into memory.
   it('refuses a CONTAINERS_CONF that is no regular file of at most 1 MiB, naming the variable', async () => {
@@ -157,6 +177,21 @@ const HOSTILE_CONFS: Array<[string, string]> = [
   ],
   ['an image given as a multi-line string', `[machine]\nimage = '''\n/theirs'''\ncpus = 3\n`],
   ['a BOM and CRLF line ends', `\uFEFF[machine]\r\ncpus = 3\r\nimage = "/theirs" # old\r\n`],
+  // The top-level table defining [machine] as an inline table or by dotted keys: before, a [machine] table was
+  // added after it, the same table twice (podman: "Key 'machine' has already been defined").
+  [
+    'an inline [machine] table with an image',
+    `machine = { cpus = 3, image = "/theirs" } # inline\n[engine]\n`,
+  ],
+  [
+    'an inline [machine] table with "}" and "," in a string, CRLF',
+    `machine = {volumes = ["/tmp/a,}:/b"], cpus = 3}\r\n[engine]\r\n`,
+  ],
+  [
+    'dotted machine keys with an image',
+    `machine.cpus = 3\n"machine" . 'image' = "/theirs" # old\n[engine]\n`,
+  ],
+  ['dotted machine keys without an image', `# mine\nmachine.cpus = 3 # three\n[engine]\nenv = ["A=1"]\n`],
 ];
 
 describe('setMachineImage on valid TOML a line edit can misread', () => {
@@ -167,6 +202,42 @@ describe('setMachineImage on valid TOML a line edit can misread', () => {
       `[engine]\nenv = ["""A=\n[machine]\nimage = "/not/a/setting"\n"""]\n[machine]\nimage = "/i"\ncpus = 3\n`,
     );
     expect(setMachineImage(HOSTILE_CONFS[3]![1], '/i')).toBe('[machine]\nimage = "/i"\ncpus = 3\n');
+  });
+
+  it('sets the image inside an inline [machine] table, or as a dotted key beside dotted ones', () => {
+    expect(setMachineImage(HOSTILE_CONFS[5]![1], '/i')).toBe(
+      'machine = { cpus = 3, image = "/i" } # inline\n[engine]\n',
+    );
+    expect(setMachineImage(HOSTILE_CONFS[6]![1], '/i')).toBe(
+      'machine = {volumes = ["/tmp/a,}:/b"], cpus = 3, image = "/i" }\r\n[engine]\r\n',
+    );
+    expect(setMachineImage('machine = {}\n', '/i')).toBe('machine = { image = "/i" }\n');
+    expect(setMachineImage(HOSTILE_CONFS[7]![1], '/i')).toBe(
+      'machine.cpus = 3\nmachine.image = "/i"\n[engine]\n',
+    );
+    expect(setMachineImage(HOSTILE_CONFS[8]![1], '/i')).toBe(
+      'machine.image = "/i"\n# mine\nmachine.cpus = 3 # three\n[engine]\nenv = ["A=1"]\n',
+    );
+    // Not top-level: [containers] machine.image is another key.
+    expect(setMachineImage('[containers]\nmachine.image = "x"\n', '/i')).toBe(
+      '[containers]\nmachine.image = "x"\n\n[machine]\nimage = "/i"\n',
+    );
+  });
+
+  it('refuses an inline [machine] table that does not close on its line (TOML 1.1) instead of breaking it', async () => {
+    expect(() => setMachineImage('machine = {\n  cpus = 3\n}\n', '/i')).toThrow(
+      /inline table that does not close on its line; write it as a \[machine\] table/,
+    );
+    const earlier = join(tmp, 'multi-line-inline.conf');
+    writeFileSync(earlier, 'machine = {\n  cpus = 3\n}\n');
+    await expect(
+      planContainersConf('/i', 'CONTAINERS_CONF_OVERRIDE', join(tmp, 'own.conf'), {
+        HOME: tmp,
+        CONTAINERS_CONF_OVERRIDE: earlier,
+      }),
+    ).rejects.toThrow(
+      /^cannot set \[machine\] image in .*multi-line-inline\.conf: it sets `machine = \{ \.\.\. \}`/,
+    );
   });
 });
 

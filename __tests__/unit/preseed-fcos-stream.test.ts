@@ -130,6 +130,35 @@ describe('Fedora CoreOS stream metadata (podman 4)', () => {
 });
 
 describe('Fedora CoreOS stream metadata over HTTP', () => {
+  it("sends a stream URL's user:password@ as Basic auth, and passes it on to a disk on that origin only", async () => {
+    const seen: Array<string | undefined> = [];
+    let diskHost = '';
+    const server = createServer((req, res) => {
+      seen.push(req.headers.authorization);
+      const doc = JSON.parse(JSON.stringify(stream)) as typeof stream;
+      const port = (server.address() as AddressInfo).port;
+      doc.architectures.x86_64.artifacts.qemu.formats['qcow2.xz'].disk.location =
+        `http://${diskHost}:${port}/d/fedora-coreos-qemu.x86_64.qcow2.xz`;
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(doc));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      diskHost = '127.0.0.1';
+      const url = `http://bob:s3cr%40t@127.0.0.1:${port}/streams/testing.json`;
+      const same = await resolveFcosDisk(url, 'x86_64', 'qemu');
+      expect(seen).toEqual([`Basic ${Buffer.from('bob:s3cr@t').toString('base64')}`]);
+      expect(same.location).toBe(
+        `http://bob:s3cr%40t@127.0.0.1:${port}/d/fedora-coreos-qemu.x86_64.qcow2.xz`,
+      );
+      diskHost = 'localhost';
+      const other = await resolveFcosDisk(url, 'x86_64', 'qemu');
+      expect(other.location).toBe(`http://localhost:${port}/d/fedora-coreos-qemu.x86_64.qcow2.xz`);
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
   it('stops reading a chunked body (no Content-Length) at 16 MiB instead of taking it whole', async () => {
     // Valid metadata behind 64 MiB of JSON whitespace, sent chunked: only a cap while reading refuses it.
     const padding = Buffer.alloc(1024 * 1024, 0x20);

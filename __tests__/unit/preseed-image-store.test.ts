@@ -5,6 +5,9 @@ import { closeSync, constants, mkdtempSync, openSync, rmSync, symlinkSync, write
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readRecord } from '../../src/actions/preseed-podman-vm/image-store.js';
+import { State } from '../../src/actions/preseed-podman-vm/constants.js';
+import { loadRunState, saveRunState } from '../../src/actions/preseed-podman-vm/state.js';
+import { cliHost } from '../support/cache-files.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'preseed-is-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -52,4 +55,23 @@ describe('readRecord', () => {
     silentWriter = openSync(fifo, constants.O_RDWR);
     expect(await readRecord(p)).toBeUndefined();
   }, 10_000);
+});
+
+// Post deletes the path main saved for its copy into podman's image cache: state is text from another process.
+describe('the podman cache temp name in the run state', () => {
+  it('is kept only as an absolute path of that temp name shape', () => {
+    const { host } = cliHost();
+    const temp = `/home/u/.local/share/containers/podman/machine/qemu/cache/.${'ab'.repeat(32)}.qcow2.zst.0a1b2c3d.part`;
+    saveRunState(host, { podmanCacheTemp: temp });
+    expect(loadRunState(host).podmanCacheTemp).toBe(temp);
+    for (const hostile of [
+      '/home/u/.ssh/id_rsa',
+      'relative/.x.0a1b2c3d.part',
+      '/home/u/.x.0a1b2c3d.part/..',
+      7,
+    ]) {
+      host.saveState(State.run, JSON.stringify({ podmanCacheTemp: hostile }));
+      expect(loadRunState(host).podmanCacheTemp).toBeUndefined();
+    }
+  });
 });

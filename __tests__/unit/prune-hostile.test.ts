@@ -7,6 +7,7 @@
  */
 import { afterAll, describe, expect, it, jest } from '@jest/globals';
 import {
+  chmodSync,
   cpSync,
   existsSync,
   linkSync,
@@ -26,7 +27,7 @@ import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CliHost } from '../../src/core/host.js';
 import { MapInputSource } from '../../src/core/inputs.js';
-import { duplicateKeys } from '../../src/actions/prune-simplestreams/catalog.js';
+import { duplicateKeys, unescapeUrlPath } from '../../src/actions/prune-simplestreams/catalog.js';
 import { pruneRepository } from '../../src/actions/prune-simplestreams/prune.js';
 import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
 import { summaryMarkdown } from '../../src/actions/prune-simplestreams/report.js';
@@ -425,7 +426,22 @@ const setImagesPath = (repo: SimplestreamsRepo, path: string) =>
   });
 
 describe('the repository changes between the scan and the deletions', () => {
-  it('never deletes outside the repository through a directory swapped for a symlink after the scan', async () => {
+  // Another platform (no /proc/self/fd: the path is checked right before each removal) is simulated by
+  // overriding process.platform, the only thing apply.ts asks.
+  it.each(['linux', 'darwin'])(
+    'never deletes outside the repository through a directory swapped for a symlink after the scan (%s)',
+    async (platform) => {
+      const real = process.platform;
+      Object.defineProperty(process, 'platform', { value: platform });
+      try {
+        await swappedDirectory();
+      } finally {
+        Object.defineProperty(process, 'platform', { value: real });
+      }
+    },
+  );
+
+  async function swappedDirectory(): Promise<void> {
     const repo = newRepo('nested');
     repo.addVersion(P, V[1]!);
     // An old version directory images.json no longer names: its file and then the directory are deleted.
@@ -434,17 +450,18 @@ describe('the repository changes between the scan and the deletions', () => {
     repo.write();
     const outside = join(base, `outside-${++counter}`);
     mkdirSync(outside);
-    writeFileSync(join(outside, 'rootfs.squashfs'), 'not the repository’s');
+    // The very inode the scan judged, under a name outside: only the check of the directory keeps it.
+    linkSync(join(repo.root, `${dir}/rootfs.squashfs`), join(outside, 'rootfs.squashfs'));
     const { plan, applied } = await applyMeanwhile(repo, () => {
       renameSync(join(repo.root, dir), join(repo.root, `${dir}.moved`));
       symlinkSync(outside, join(repo.root, dir));
     });
     expect(plan.delete.map((f) => f.path)).toEqual([`${dir}/rootfs.squashfs`]);
-    expect(readFileSync(join(outside, 'rootfs.squashfs'), 'utf8')).toBe('not the repository’s');
+    expect(existsSync(join(outside, 'rootfs.squashfs'))).toBe(true);
     expect(applied).toMatchObject({ deleted: [], changed: [`${dir}/rootfs.squashfs`, dir] });
     expect(lstatSync(join(repo.root, dir)).isSymbolicLink()).toBe(true);
     expect(repoProblems(repo.root)).toEqual([]);
-  });
+  }
 
   it('never writes metadata outside the repository through a streams/v1 swapped for a symlink after the scan', async () => {
     const repo = newRepo('flat');
@@ -484,31 +501,43 @@ describe('the repository changes between the scan and the deletions', () => {
   });
 });
 
-describe('a whole prune whose plan a publisher overtakes', () => {
-  it('warns, naming the file it left because it was written again after the scan, and reports it not deleted', async () => {
-    const repo = newRepo('flat');
-    repo.addVersion(P, V[0]!);
-    const file = 'images/fedcba9876543210.squashfs';
-    repo.addOrphan(file, 30 * DAY);
-    repo.write();
-    const log: string[] = [];
-    // The log line a group starts with comes right before the group runs: the moment between plan and apply.
-    const host = new CliHost({
-      inputs: new MapInputSource({}),
-      log: (line) => {
-        log.push(line);
-        if (line === '== Applying') writeFileSync(join(repo.root, file), 'uploaded again');
-      },
-      out: (line) => log.push(line),
-    });
-    const report = await pruneRepository(inputs(repo.root), host, { now: () => NOW });
-    expect(report.files.deleted).toEqual([]);
-    expect(readFileSync(join(repo.root, file), 'utf8')).toBe('uploaded again');
-    expect(log).toContain(
-      'warning: left 1 planned removal(s) alone: the entry or its directory changed since the scan (a publisher ' +
-        `that does not take the lock?); the next prune judges them again: ${file}`,
-    );
+/** A whole prune at NOW that runs `change` between its plan and its apply; its log lines go to `log`. */
+async function pruneChangingBeforeApply(repo: SimplestreamsRepo, change: () => void, log: string[] = []) {
+  // The log line a group starts with comes right before the group runs: the moment between plan and apply.
+  const host = new CliHost({
+    inputs: new MapInputSource({}),
+    log: (line) => {
+      log.push(line);
+      if (line === '== Applying') change();
+    },
+    out: (line) => log.push(line),
   });
+  return pruneRepository(inputs(repo.root), host, { now: () => NOW });
+}
+
+describe('a whole prune whose plan a publisher or a sync tool overtakes', () => {
+  it.each([
+    ['written again (a publisher)', (file: string) => writeFileSync(file, 'uploaded again')],
+    ['chmod-ed (a sync tool)', (file: string) => chmodSync(file, 0o644)],
+  ])(
+    'leaves an old orphan %s after the scan; the warning, the report file and the summary name it',
+    async (_, change) => {
+      const repo = newRepo('flat');
+      repo.addVersion(P, V[0]!);
+      const file = 'images/fedcba9876543210.squashfs';
+      repo.addOrphan(file, 30 * DAY);
+      repo.write();
+      const log: string[] = [];
+      const report = await pruneChangingBeforeApply(repo, () => change(join(repo.root, file)), log);
+      expect(report.files).toMatchObject({ deleted: [], deferred: [], leftAlone: [file] });
+      expect(existsSync(join(repo.root, file))).toBe(true);
+      expect(log).toContain(
+        'warning: left 1 planned removal(s) alone: the entry or its directory changed since the scan (a publisher ' +
+          `that does not take the lock?); the next prune judges them again: ${file}`,
+      );
+      expect(summaryMarkdown(report)).toContain('Left 1 planned removal(s) alone: changed since the scan');
+    },
+  );
 });
 
 describe("this machine's clock ahead of the repository's file system (an NFS server's)", () => {
@@ -535,6 +564,28 @@ describe("this machine's clock ahead of the repository's file system (an NFS ser
   });
 });
 
+describe("this machine's clock behind the repository's file system, then a prune from one that is right", () => {
+  it('keeps the grace period of files the first prune unreferenced (Date.now mocked 2 h behind)', async () => {
+    const repo = newRepo('flat');
+    const old = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.write();
+    const behind = Date.now() - 2 * HOUR;
+    const clock = jest.spyOn(Date, 'now').mockImplementation(() => behind);
+    const first = await pruneAt(inputs(repo.root, { gracePeriodMs: HOUR }), NOW - 2 * HOUR).finally(() =>
+      clock.mockRestore(),
+    );
+    expect(first.report.files.deferred.map((f) => f.path).sort()).toEqual([...old.paths].sort());
+    // Minutes later by the file system's clock: clients that cached the old images.json still fetch these.
+    const { report } = await pruneAt(inputs(repo.root, { gracePeriodMs: HOUR }), NOW);
+    expect(report.files.deleted).toEqual([]);
+    for (const path of old.paths) expect(existsSync(join(repo.root, path))).toBe(true);
+    expect(first.log.join('\n')).toMatch(
+      /this machine's clock is 1[12]\dm\d+s behind the repository's file system/,
+    );
+  });
+});
+
 describe('hard-linked copies (a deduplicating tool)', () => {
   it('deletes every name of an old orphan inode in one prune: unlinking one name moves the others’ ctime', async () => {
     const repo = newRepo('flat');
@@ -546,6 +597,31 @@ describe('hard-linked copies (a deduplicating tool)', () => {
     expect(report.files.deleted.map((f) => f.path)).toEqual(['images/a.squashfs', 'images/b.squashfs']);
     expect(existsSync(join(repo.root, 'images/b.squashfs'))).toBe(false);
     expect(log.join('\n')).not.toMatch(/changed since the scan/);
+  });
+});
+
+describe('content directories on file systems of their own (a ZFS dataset per product) [tmpfs, needs root]', () => {
+  it('leaves an emptied mount point, and an inode number unlinked on one excuses no changed file on another', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    const mounts = ['images/a', 'images/b'].map((dir) => join(repo.root, dir));
+    for (const dir of mounts) {
+      mkdirSync(dir);
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', dir]);
+    }
+    try {
+      // Each new tmpfs numbers its inodes from the start: both orphans get the same number.
+      for (const name of ['a/old.squashfs', 'b/old.squashfs']) repo.addOrphan(`images/${name}`, 30 * DAY);
+      const [a, b] = ['images/a/old.squashfs', 'images/b/old.squashfs'];
+      expect(lstatSync(join(repo.root, a)).ino).toBe(lstatSync(join(repo.root, b)).ino);
+      repo.write();
+      const report = await pruneChangingBeforeApply(repo, () => chmodSync(join(repo.root, b), 0o600));
+      expect(report.files.deleted.map((f) => f.path)).toEqual([a]);
+      expect(existsSync(join(repo.root, b))).toBe(true);
+      expect(report.files).toMatchObject({ dirsRemoved: [], leftAlone: [b] });
+    } finally {
+      for (const dir of mounts) execFileSync('umount', [dir]);
+    }
   });
 });
 
@@ -650,6 +726,27 @@ describe("index.json's images path, as clients resolve it (Go's url.JoinPath tak
     const { report } = await pruneAt(inputs(repo.root, { keepVersions: 2 }), NOW);
     expect(report.products[0]).toMatchObject({ kept: [V[1], V[0]], dropped: [] });
     for (const path of [...old.paths, ...kept.paths]) expect(existsSync(join(repo.root, path))).toBe(true);
+  });
+
+  it('refuses escapes that decode to no UTF-8 (clients open the raw bytes; U+FFFD names a decoy)', async () => {
+    const repo = newRepo('flat');
+    const old = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.write();
+    const dir = join(repo.root, 'streams/v1');
+    // What clients get for images%FF.json: the file named by the byte 0xFF, listing both versions; the decoy
+    // at U+FFFD lists only the newer one, so the older one's files look like orphans.
+    const decoy = JSON.parse(readFileSync(join(dir, 'images.json'), 'utf8'));
+    delete decoy.products[P].versions[V[0]!];
+    renameSync(join(dir, 'images.json'), Buffer.from(`${dir}/images\xff.json`, 'latin1'));
+    writeFileSync(join(dir, 'images\ufffd.json'), JSON.stringify(decoy));
+    setImagesPath(repo, 'streams/v1/images%FF.json');
+    const error = await pruneFailure(inputs(repo.root, { keepVersions: 2 }), NOW);
+    expect(error.message).toMatch(/images%FF\.json' decodes to a file name that is not UTF-8/);
+    for (const path of old.paths) expect(existsSync(join(repo.root, path))).toBe(true);
+    // A byte order mark decoded is part of the name, not dropped; `+` is a plus, `%252e` decodes once.
+    expect(unescapeUrlPath('%EF%BB%BFimages%2ejson')).toBe('\ufeffimages.json');
+    expect(unescapeUrlPath('a+b%252e')).toBe('a+b%2e');
   });
 
   it('refuses an escape that decodes to .., and a % that starts no escape (clients never get that file)', async () => {

@@ -40,6 +40,24 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
   await fsyncDir(dir);
 }
 
+/** The temp name writeFileAtomic writes `.<name>.<8 hex>.tmp` under, before renaming it to `<name>`. */
+const ATOMIC_TEMP = /^\..+\.[0-9a-f]{8}\.tmp$/;
+
+/**
+ * Removes what writeFileAtomic leaves in `dir` when its process is killed between creating the temp file and the
+ * rename; returns the names removed. Only for a dir no other process is writing in at the time (such as a job's
+ * own dir, from post): a live writer's temp file would go too.
+ */
+export async function removeAtomicTemps(dir: string): Promise<string[]> {
+  const removed: string[] = [];
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    if (!ATOMIC_TEMP.test(name)) continue;
+    await rm(join(dir, name), { force: true });
+    removed.push(name);
+  }
+  return removed;
+}
+
 /**
  * What a lock file holds. Publishers may write just pid, host and time; the rest is what this module adds so a
  * waiter can tell a dead owner from a live one without waiting for the age rule.

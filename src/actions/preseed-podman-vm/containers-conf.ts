@@ -5,7 +5,7 @@
  * settings the user already had, so the base conf is copied with only `[machine] image` changed. The same holds
  * for an override file already set: there is only one.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { readRegularFile } from '../../core/files.js';
 import { InputError } from '../../core/inputs.js';
@@ -28,6 +28,13 @@ export function tomlString(value: string): string {
 const TABLE_HEADER = /^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$/;
 /** `image`, bare or quoted: TOML reads `"image" = ...` as the same key, and a second one is an error. */
 const IMAGE_KEY = /^\s*(?:image|"image"|'image')\s*=/;
+
+/** `machine.image` as a dotted key of the top-level table, bare or quoted parts. */
+const DOTTED_IMAGE_KEY = /^\s*(?:machine|"machine"|'machine')\s*\.\s*(?:image|"image"|'image')\s*=/;
+/** Any `machine.<key>` dotted key of the top-level table: the [machine] table is defined by dotted keys. */
+const DOTTED_MACHINE_KEY = /^\s*(?:machine|"machine"|'machine')\s*\./;
+/** `machine = { ... }`: the [machine] table as an inline table, closed to any other key. */
+const INLINE_MACHINE = /^\s*(?:machine|"machine"|'machine')\s*=\s*\{/;
 
 /** A table name as TOML reads it: `["machine"]` and `['machine']` are `[machine]`. */
 function tableName(raw: string): string {
@@ -77,6 +84,53 @@ function openStringAfter(line: string, open: OpenString): OpenString {
   return open;
 }
 
+/** The index after the string that starts at `i` (a basic or literal one-line string). */
+function afterString(line: string, i: number): number {
+  const quote = line[i];
+  i++;
+  while (i < line.length && line[i] !== quote) i += quote === '"' && line[i] === '\\' ? 2 : 1;
+  return i + 1;
+}
+
+/**
+ * Sets `image` in a one-line inline table `machine = { ... }` (TOML 1.0 has no others): its value replaced, or
+ * the key added before the closing brace. Entries are split at the commas outside strings and nested values.
+ */
+function setInlineImage(line: string, value: string): string {
+  const open = line.indexOf('{');
+  let depth = 0;
+  let entryStart = open + 1;
+  let i = open;
+  while (i < line.length) {
+    const c = line[i]!;
+    if (c === '"' || c === "'") {
+      i = afterString(line, i);
+      continue;
+    }
+    if (c === '{' || c === '[') depth++;
+    else if (c === ']') depth--;
+    else if ((c === ',' && depth === 1) || (c === '}' && depth === 1)) {
+      const entry = line.slice(entryStart, i);
+      const key = /^(\s*(?:image|"image"|'image')\s*=\s*)/.exec(entry);
+      if (key) {
+        const trailing = /\s*$/.exec(entry)![0];
+        return `${line.slice(0, entryStart)}${key[1]}${value}${trailing}${line.slice(i)}`;
+      }
+      if (c === '}') {
+        const before = line.slice(0, i).replace(/\s*$/, '');
+        const sep = before.endsWith('{') ? ' ' : ', ';
+        return `${before}${sep}image = ${value} ${line.slice(i)}`;
+      }
+      entryStart = i + 1;
+    } else if (c === '}') depth--;
+    else if (c === '#' && depth === 0) break;
+    i++;
+  }
+  throw new ActionError(
+    'it sets `machine = { ... }` as an inline table that does not close on its line; write it as a [machine] table so the action can set `image` in it.',
+  );
+}
+
 /**
  * Sets `image` in the `[machine]` table of a containers.conf text, keeping everything else as written.
  * (A line-based edit instead of a TOML round trip: comments and formatting of the user's file survive.)
@@ -87,7 +141,9 @@ export function setMachineImage(conf: string, imagePath: string): string {
   const text = conf.replace(/^\uFEFF/, '');
   const lines = text === '' ? [] : text.replace(/\n$/, '').split('\n');
   let inMachine = false;
+  let topLevel = true;
   let machineHeader = -1;
+  let dottedMachine = false;
   let replaced = false;
   let open: OpenString = '';
   for (let i = 0; i < lines.length; i++) {
@@ -97,11 +153,21 @@ export function setMachineImage(conf: string, imagePath: string): string {
     const header = TABLE_HEADER.exec(lines[i]!);
     if (header) {
       inMachine = tableName(header[1]!) === 'machine';
+      topLevel = false;
       if (inMachine) machineHeader = i;
       continue;
     }
-    if (inMachine && IMAGE_KEY.test(lines[i]!)) {
-      lines[i] = line;
+    // The top-level table may define [machine] by dotted keys or as an inline table: a [machine] table added
+    // after them would define it twice, and podman 4 and 5 then fail on every command.
+    if (topLevel && INLINE_MACHINE.test(lines[i]!)) {
+      lines[i] = setInlineImage(lines[i]!, tomlString(imagePath));
+      replaced = true;
+      continue;
+    }
+    if (topLevel && DOTTED_MACHINE_KEY.test(lines[i]!)) dottedMachine = true;
+    const dottedImage = topLevel && DOTTED_IMAGE_KEY.test(lines[i]!);
+    if (dottedImage || (inMachine && IMAGE_KEY.test(lines[i]!))) {
+      lines[i] = dottedImage ? `machine.${line}` : line;
       replaced = true;
       // The old value was a multi-line string: its other lines go with it.
       while (open && i + 1 < lines.length) {
@@ -112,6 +178,8 @@ export function setMachineImage(conf: string, imagePath: string): string {
   }
   if (!replaced) {
     if (machineHeader >= 0) lines.splice(machineHeader + 1, 0, line);
+    // The first line is always in the top-level table, where the other dotted keys are.
+    else if (dottedMachine) lines.unshift(`machine.${line}`);
     else lines.push(...(lines.length ? [''] : []), '[machine]', line);
   }
   return `${lines.join('\n')}\n`;
@@ -139,6 +207,29 @@ export interface ConfPlan {
   text: string;
   /** The file whose settings were carried over. */
   base?: string;
+  /** CONTAINERS_CONF only: drop-in files podman reads now and will no longer read (not carried over). */
+  dropped?: string[];
+}
+
+/**
+ * The drop-in files podman < 4.4 reads when CONTAINERS_CONF is not set (containers/common v0.50 systemConfigs:
+ * `/etc/containers/containers.conf.d` and, rootless, the user's `containers.conf.d`) and ignores once it is. They
+ * cannot be merged into one file line by line (the same table twice is an error), so they are only named.
+ */
+function dropInFiles(env: NodeJS.ProcessEnv): string[] {
+  const home = env.HOME ?? '';
+  const configHome = env.XDG_CONFIG_HOME || join(home, '.config');
+  const dirs = ['/etc/containers/containers.conf.d', join(configHome, 'containers', 'containers.conf.d')];
+  return dirs.flatMap((dir) => {
+    try {
+      return readdirSync(dir)
+        .filter((name) => name.endsWith('.conf'))
+        .sort()
+        .map((name) => join(dir, name));
+    } catch {
+      return [];
+    }
+  });
 }
 
 /**
@@ -161,6 +252,17 @@ async function readBaseConf(path: string, variable?: ContainersConfVariable): Pr
   }
 }
 
+/** setMachineImage on a carried-over file; a file it cannot edit is named. */
+function editBase(text: string, imagePath: string, base: string | undefined): string {
+  try {
+    return setMachineImage(text, imagePath);
+  } catch (error) {
+    throw new ActionError(
+      `cannot set [machine] image in ${base ?? 'the containers.conf'}: ${errorMessage(error)}`,
+    );
+  }
+}
+
 export async function planContainersConf(
   imagePath: string,
   variable: ContainersConfVariable,
@@ -174,11 +276,18 @@ export async function planContainersConf(
     const earlier = env[CONTAINERS_CONF_OVERRIDE];
     const base = earlier && existsSync(earlier) ? earlier : undefined;
     const baseText = base ? await readBaseConf(base, CONTAINERS_CONF_OVERRIDE) : '';
-    return { variable, text: setMachineImage(baseText, imagePath), ...(base ? { base } : {}) };
+    return { variable, text: editBase(baseText, imagePath, base), ...(base ? { base } : {}) };
   }
   // Our own file from an earlier step is not a base: that would only nest our edit.
   const base = baseConfCandidates(env).find((p) => p !== ownPath && existsSync(p));
   const named = base !== undefined && base === env[CONTAINERS_CONF] ? CONTAINERS_CONF : undefined;
   const baseText = base ? await readBaseConf(base, named) : '';
-  return { variable, text: setMachineImage(baseText, imagePath), base };
+  // A CONTAINERS_CONF set before already made podman skip them.
+  const dropped = env[CONTAINERS_CONF] ? [] : dropInFiles(env);
+  return {
+    variable,
+    text: editBase(baseText, imagePath, base),
+    base,
+    ...(dropped.length ? { dropped } : {}),
+  };
 }

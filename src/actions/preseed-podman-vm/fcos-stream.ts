@@ -11,7 +11,13 @@
  */
 import { InputError } from '../../core/inputs.js';
 import { externalText, networkFailure } from '../../core/oci/response.js';
-import { ProxyError, readCapped, withProxiedFetch, type ProxiedFetch } from '../../core/proxy-env.js';
+import {
+  ProxyError,
+  readCapped,
+  urlCredentials,
+  withProxiedFetch,
+  type ProxiedFetch,
+} from '../../core/proxy-env.js';
 import type { Response } from 'undici';
 import { Inputs } from './constants.js';
 import type { MachineArch, VmType } from './podman-host.js';
@@ -121,19 +127,44 @@ export class StreamUnreachable extends Error {
   }
 }
 
+/**
+ * A stream URL's `user:password@` is sent as Basic auth to the stream's own origin (fetch drops it on a redirect
+ * to another one), as the URL download sends it; the disk the stream names gets it only on that same origin (a
+ * mirror serving both behind one login). Fetch refuses a URL holding them, and messages never name them.
+ */
 export async function resolveFcosDisk(
   streamUrl: string,
   arch: MachineArch,
   vmType: VmType,
 ): Promise<FcosDisk> {
   fcosArtifact(vmType);
+  const url = new URL(streamUrl);
+  const authorization = urlCredentials(url)?.authorization;
+  const plain = withoutCredentials(url);
   // Through the environment's proxy, as podman itself fetches the stream.
-  return withProxiedFetch(STREAM_TIMEOUT_MS, (fetch) => fetchFcosDisk(fetch, streamUrl, arch, vmType));
+  const disk = await withProxiedFetch(STREAM_TIMEOUT_MS, (fetch) =>
+    fetchFcosDisk(fetch, plain, authorization, arch, vmType),
+  );
+  const location = new URL(disk.location);
+  if (authorization && location.origin === url.origin) {
+    location.username = url.username;
+    location.password = url.password;
+  }
+  return { ...disk, location: location.href };
+}
+
+/** `url` without its `user:password@`, as messages and records may name it. */
+export function withoutCredentials(url: string | URL): string {
+  const plain = new URL(url);
+  plain.username = '';
+  plain.password = '';
+  return plain.href;
 }
 
 async function fetchFcosDisk(
   fetch: ProxiedFetch,
   streamUrl: string,
+  authorization: string | undefined,
   arch: MachineArch,
   vmType: VmType,
 ): Promise<FcosDisk> {
@@ -141,7 +172,10 @@ async function fetchFcosDisk(
   for (let attempt = 0; attempt < STREAM_ATTEMPTS; attempt++) {
     let response: Response;
     try {
-      response = await fetch(streamUrl, { signal: AbortSignal.timeout(STREAM_TIMEOUT_MS) });
+      response = await fetch(streamUrl, {
+        signal: AbortSignal.timeout(STREAM_TIMEOUT_MS),
+        ...(authorization ? { headers: { authorization } } : {}),
+      });
     } catch (error) {
       // fetch says only "fetch failed"; what happened (refused, a redirect loop, DNS, the timeout) is its cause.
       const failure = networkFailure(error, streamUrl, STREAM_TIMEOUT_MS);

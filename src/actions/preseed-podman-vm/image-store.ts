@@ -10,7 +10,7 @@ import { writeFileAtomic } from '../../core/atomic.js';
 import { readRegularFile } from '../../core/files.js';
 import { digestFile } from '../../core/oci/digest.js';
 import { errorMessage } from '../../core/run.js';
-import { fcosArtifact, isPlainFileName } from './fcos-stream.js';
+import { fcosArtifact, isPlainFileName, withoutCredentials } from './fcos-stream.js';
 import { diskKind, diskTypeFor, isSha256Digest } from './machine-os.js';
 import type { ImageSource } from './image-source.js';
 import type { MachineArch, VmType } from './podman-host.js';
@@ -41,13 +41,14 @@ export function storePaths(dir: string, source: ImageSource, vmType: VmType, arc
   let name: string;
   if (source.kind === 'url') {
     const last = basename(new URL(source.url).pathname).replace(/[^A-Za-z0-9._-]/g, '_') || 'image';
-    const tag = createHash('sha256').update(source.url).digest('hex').slice(0, 12);
+    // Of the URL without `user:password@`: the path is logged, and a short hash of a password can be guessed.
+    const tag = createHash('sha256').update(withoutCredentials(source.url)).digest('hex').slice(0, 12);
     name = `url-${tag}-${last}`;
   } else if (source.kind === 'fcos') {
     // Podman 4 decompresses a local image by its extension (xz, gz, zip).
     const { artifact, format } = fcosArtifact(vmType);
     const stream = source.stream.replace(/[^A-Za-z0-9._-]/g, '_');
-    const tag = createHash('sha256').update(source.streamUrl).digest('hex').slice(0, 12);
+    const tag = createHash('sha256').update(withoutCredentials(source.streamUrl)).digest('hex').slice(0, 12);
     name = `fcos-${stream}-${tag}-${artifact}-${arch}.${format}`;
   } else {
     name = `machine-os-${diskTypeFor(vmType)}-${arch}.${diskKind(vmType)}.zst`;
@@ -130,6 +131,9 @@ export async function commitDownload(
   await writeRecord(paths, record);
 }
 
+/** The temporary name a copy into podman's cache has until it is complete: `.<file name>.<8 hex>.part`. */
+export const PODMAN_CACHE_TEMP = /^\..+\.[0-9a-f]{8}\.part$/;
+
 /**
  * Puts the image where podman looks before pulling (podman 5: `<cache dir>/<manifest hex>.<kind>.<compression>`,
  * podman 4: the stream's file name), as a hard link when possible (no second GiB on disk), else a copy. The name
@@ -143,6 +147,8 @@ export async function placeInPodmanCache(
   cacheDir: string,
   fileName: string,
   outdated: (name: string) => boolean = () => false,
+  /** Told the temporary name before it exists, so a killed process's post can remove it. */
+  beforeTemp: (temp: string) => void = () => undefined,
 ): Promise<{ target: string; removed: string[] }> {
   if (!isPlainFileName(fileName)) {
     throw new Error(`refusing ${JSON.stringify(fileName)} as a file name in podman's image cache`);
@@ -152,6 +158,7 @@ export async function placeInPodmanCache(
   // Podman takes a file of this name as its image without checking it: a copy cut short (a cancelled job, a
   // full disk) must stay under another name, which podman ignores (and deletes when it pulls).
   const temp = join(cacheDir, `.${fileName}.${randomBytes(4).toString('hex')}.part`);
+  beforeTemp(temp);
   try {
     try {
       await link(imagePath, temp);

@@ -16,7 +16,7 @@ import { formatBytes, heading, markdownTable } from '../../core/summary.js';
 import { scratchDir, stableDir } from '../../core/workspace.js';
 import { MACHINE_STAGE_DIR, Outputs, STABLE_DIR_NAME } from './constants.js';
 import { planContainersConf } from './containers-conf.js';
-import { isPlainFileName, resolveFcosDisk, StreamUnreachable } from './fcos-stream.js';
+import { isPlainFileName, resolveFcosDisk, StreamUnreachable, withoutCredentials } from './fcos-stream.js';
 import { downloadDisk, isUnreachable, resolveDisk } from './fetch-registry.js';
 import { downloadSizeLimit, downloadUrl } from './fetch-url.js';
 import { digestFile } from '../../core/oci/digest.js';
@@ -207,7 +207,9 @@ async function resolveRemote(
         const size = await downloadUrl(h, disk.location, temp, { maxBytes });
         const actual = await digestFile(temp);
         if (actual !== digest) throw new Error(`${disk.title} has ${actual}, the stream publishes ${digest}`);
-        return { source: source.streamUrl, digest, fileDigest: digest, title: disk.title, size };
+        // The record is cached: without the URL's `user:password@`.
+        const shown = withoutCredentials(source.streamUrl);
+        return { source: shown, digest, fileDigest: digest, title: disk.title, size };
       },
     };
   }
@@ -231,7 +233,10 @@ async function locateRemote(
 ): Promise<Located> {
   const paths = storePaths(await stableDir(STABLE_DIR_NAME), source, vmType, arch);
   const cachePaths = [paths.image, paths.record];
-  const base = cacheKeyBase(inputs, imageText, vmType, arch);
+  // Keys are listed to anyone who can read the repository: a URL's `user:password@` stays out of them.
+  const url = source.kind === 'url' ? source.url : source.kind === 'fcos' ? source.streamUrl : undefined;
+  const keyText = url && imageUrlSecrets(source).length ? withoutCredentials(url) : imageText;
+  const base = cacheKeyBase(inputs, keyText, vmType, arch);
 
   const origin = { registry: 'registry', fcos: 'stream', url: 'server' }[source.kind];
   let resolved: Resolved | undefined;
@@ -326,10 +331,7 @@ async function download(
       const fileDigest = await digestFile(temp);
       const title = new URL(source.url).pathname.split('/').pop() ?? '';
       // The record is cached: without the URL's `user:password@`.
-      const shownSource = new URL(source.url);
-      shownSource.username = '';
-      shownSource.password = '';
-      record = { source: shownSource.href, digest: fileDigest, fileDigest, title, size };
+      record = { source: withoutCredentials(source.url), digest: fileDigest, fileDigest, title, size };
     } else {
       throw new Error('a registry or stream image must be resolved before it is downloaded');
     }
@@ -370,11 +372,14 @@ async function placeForPodman(
   else return;
   // Only podman 5's digest-named disks are ours to prune; podman 4 keeps stream files by their own names.
   const outdated = source.kind === 'registry' ? isPodmanCachedDisk : undefined;
+  // A main killed between the link and the rename would leave the temporary name in podman's cache, in HOME (which
+  // persists on a self-hosted runner), keeping a whole disk alive: post removes it.
   const { target, removed } = await placeInPodmanCache(
     imagePath,
     machineDirs(vmType).imageCache,
     name,
     outdated,
+    (temp) => saveRunState(host, { podmanCacheTemp: temp }),
   );
   host.info(`Placed in podman's image cache: ${target}`);
   if (removed.length) {
@@ -393,6 +398,16 @@ async function writeContainersConf(host: Host, version: PodmanVersion, imagePath
   host.info(
     `Wrote ${confPath} ([machine] image = ${imagePath}${plan.base ? `, other settings from ${plan.base}` : ''}) and exported ${plan.variable}.`,
   );
+  if (plan.dropped) {
+    host.warning(
+      `podman ${version.text} reads only the ${plan.variable} file, so the settings in ${externalText(plan.dropped.join(', '), 500)} no longer apply in this job's later steps: set the ones you need in your containers.conf before this step (it copies the most specific one, here ${plan.base ?? 'none'}), or use podman 4.4 or later (CONTAINERS_CONF_OVERRIDE).`,
+    );
+  }
+  // Podman finds the file only through the variable: sudo resets the environment (env_reset), so a
+  // `sudo -u other podman machine init` would download the default image instead, and nothing here can tell.
+  host.info(
+    `podman run without this environment (\`sudo -u <user>\`, \`env -i\`) does not see it and downloads its default image: pass ${plan.variable} on (\`sudo --preserve-env=${plan.variable} -u <user> podman machine init\`); that user must be able to read ${confPath} and the image.`,
+  );
   return confPath;
 }
 
@@ -407,9 +422,17 @@ function markCreated(host: Host, inputs: PreseedInputs, state: PreseedState, vmT
 }
 
 /**
+ * What podman says for a machine that is not there: `<name>: VM does not exist` (podman 4's ErrNoSuchVM,
+ * podman 5's ErrVMDoesNotExist; every provider).
+ */
+const NO_SUCH_MACHINE = /\bVM does not exist\b/;
+
+/**
  * A machine of this name that exists before init is not ours: init would fail on it, and post (with `cleanup`)
  * would then remove it, such as a self-hosted runner's own long-lived machine. Checked before post is told to
- * remove anything. An inspect that fails for another reason counts as no machine: init then says what is wrong.
+ * remove anything. Only podman's own "does not exist" counts as no machine: an inspect that fails otherwise (a
+ * config it cannot parse or open, podman itself failing) may hide a machine of that name, which podman 4.3's
+ * init would then write over and post would remove.
  */
 async function refuseExistingMachine(name: string, vmType: VmType): Promise<void> {
   const inspect = await exec('podman', ['machine', 'inspect', name], {
@@ -420,6 +443,12 @@ async function refuseExistingMachine(name: string, vmType: VmType): Promise<void
   if (inspect.exitCode === 0) {
     throw new ActionError(
       `a ${vmType} machine named ${name} exists already; it was not made by this step, so it is neither initialised again nor removed. Set \`machine-name\` to another name, or remove it first.`,
+    );
+  }
+  if (!NO_SUCH_MACHINE.test(inspect.stderr)) {
+    const said = externalText(inspect.stderr.trim().split('\n').pop() ?? '', 300);
+    throw new ActionError(
+      `cannot tell whether a ${vmType} machine named ${name} exists: \`podman machine inspect ${name}\` failed (exit ${inspect.exitCode}${said ? `: ${said}` : ''}), so it is neither initialised nor removed. Repair or remove that machine (its config is in ${machineDirs(vmType).config}), or set \`machine-name\` to another name.`,
     );
   }
 }

@@ -2,11 +2,14 @@
  * post: save the image and (cache-scope: machine) the staged machine on a cache miss, as main planned, and
  * remove a machine main created. Never fails; a second run finds nothing left to do.
  */
+import { rm } from 'node:fs/promises';
 import { runPlannedSave, saveCache } from '../../core/cache.js';
 import { exec } from '../../core/exec.js';
 import type { Host } from '../../core/host.js';
 import { errorMessage } from '../../core/run.js';
-import { removeScratchDirs } from '../../core/workspace.js';
+import { removeAtomicTemps } from '../../core/atomic.js';
+import { removeScratchDirs, stablePath } from '../../core/workspace.js';
+import { STABLE_DIR_NAME } from './constants.js';
 import { removeArgs, stopArgs } from './machine-init.js';
 import { PROVIDER_ENV } from './podman-host.js';
 import { loadRunState, saveRunState } from './state.js';
@@ -19,10 +22,19 @@ export async function post(host: Host): Promise<void> {
   await removeScratchDirs(host).catch((error) =>
     host.warning(`Could not remove a partial download: ${errorMessage(error)}`),
   );
+  // A main killed while it wrote the containers.conf or an image's record left the temp file beside it.
+  await removeAtomicTemps(stablePath(STABLE_DIR_NAME)).catch((error) =>
+    host.warning(`Could not remove a partly written file: ${errorMessage(error)}`),
+  );
   const state = loadRunState(host);
-  const { machineSave, removeMachine } = state;
+  const { machineSave, removeMachine, podmanCacheTemp } = state;
   // Taken out of state before acting on it, so a repeated post does not do it again.
   saveRunState(host, {});
+  if (podmanCacheTemp) {
+    await rm(podmanCacheTemp, { force: true }).catch((error: unknown) =>
+      host.warning(`Could not remove a partial copy in podman's image cache: ${errorMessage(error)}`),
+    );
+  }
   // saveCache never throws; it logs why a save did not happen.
   if (machineSave) await saveCache(host, machineSave.paths, machineSave.key);
   if (!removeMachine) return;

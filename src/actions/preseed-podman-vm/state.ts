@@ -3,9 +3,11 @@
  * image's own cache save goes through core/cache's planned save. Post reads only this, and checks it: state
  * is text from another process.
  */
+import { basename, isAbsolute, normalize } from 'node:path';
 import { asPlannedSave, type PlannedSave } from '../../core/cache.js';
 import type { Host } from '../../core/host.js';
 import { State } from './constants.js';
+import { PODMAN_CACHE_TEMP } from './image-store.js';
 import { VM_TYPES } from './inputs.js';
 import type { VmType } from './podman-host.js';
 
@@ -18,6 +20,8 @@ export interface PreseedState {
   };
   /** cache-scope: machine missed: the staged machine post saves. */
   machineSave?: PlannedSave;
+  /** The temporary name of a copy into podman's image cache, saved before it exists; post removes it if it is left. */
+  podmanCacheTemp?: string;
 }
 
 export function saveRunState(host: Host, state: PreseedState): void {
@@ -28,7 +32,11 @@ export function saveRunState(host: Host, state: PreseedState): void {
 export function loadRunState(host: Host): PreseedState {
   const raw = host.getState(State.run);
   if (!raw) return {};
-  let parsed: { removeMachine?: { name?: unknown; provider?: unknown }; machineSave?: unknown };
+  let parsed: {
+    removeMachine?: { name?: unknown; provider?: unknown };
+    machineSave?: unknown;
+    podmanCacheTemp?: unknown;
+  };
   try {
     parsed = JSON.parse(raw) as typeof parsed;
   } catch {
@@ -45,5 +53,15 @@ export function loadRunState(host: Host): PreseedState {
   }
   const machineSave = asPlannedSave(parsed.machineSave);
   if (machineSave) state.machineSave = machineSave;
+  // Post deletes it: only an absolute path of our temporary name's shape.
+  const temp = parsed.podmanCacheTemp;
+  if (
+    typeof temp === 'string' &&
+    isAbsolute(temp) &&
+    normalize(temp) === temp &&
+    PODMAN_CACHE_TEMP.test(basename(temp))
+  ) {
+    state.podmanCacheTemp = temp;
+  }
   return state;
 }

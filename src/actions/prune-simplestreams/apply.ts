@@ -89,12 +89,15 @@ class PinnedDirs {
   }
 }
 
+/** An inode across the file systems mounted inside the repository (a product directory on its own ZFS dataset). */
+const inodeOf = (info: { dev?: number; ino?: number }) => `${info.dev}:${info.ino}`;
+
 /**
  * Whether the entry at `at` is still the one the scan judged (same inode, unchanged since): a new upload is not.
  * Unlinking another name of an inode moves its ctime: for an inode this prune unlinked a name of (hard-linked
  * copies, as deduplicating tools leave them), ctime is not compared; a rewrite still shows in mtime or size.
  */
-function unchanged(at: string, seen: FileFact, unlinked: ReadonlySet<number>): boolean | 'gone' {
+function unchanged(at: string, seen: FileFact, unlinked: ReadonlySet<string>): boolean | 'gone' {
   let now;
   try {
     now = lstatSync(at);
@@ -104,7 +107,8 @@ function unchanged(at: string, seen: FileFact, unlinked: ReadonlySet<number>): b
   }
   return (
     (seen.ino === undefined || now.ino === seen.ino) &&
-    (now.ctimeMs === seen.ctimeMs || unlinked.has(now.ino)) &&
+    (seen.dev === undefined || now.dev === seen.dev) &&
+    (now.ctimeMs === seen.ctimeMs || unlinked.has(inodeOf(now))) &&
     now.mtimeMs === seen.mtimeMs &&
     now.size === seen.size &&
     now.isFile() === seen.regular
@@ -118,7 +122,7 @@ function deleteFiles(realRoot: string, files: readonly FileAction[], changed: st
     return x < y ? -1 : x > y ? 1 : 0;
   });
   const done = new Set<FileAction>();
-  const unlinked = new Set<number>();
+  const unlinked = new Set<string>();
   const dirs = new PinnedDirs(realRoot);
   try {
     for (const file of byDir) {
@@ -131,7 +135,7 @@ function deleteFiles(realRoot: string, files: readonly FileAction[], changed: st
       if (state === true) {
         try {
           unlinkSync(at);
-          if (file.seen.ino !== undefined) unlinked.add(file.seen.ino);
+          if (file.seen.ino !== undefined) unlinked.add(inodeOf(file.seen));
         } catch (error) {
           if (codeOf(error) !== 'ENOENT') throw error;
         }
@@ -161,10 +165,11 @@ function removeDirs(realRoot: string, planned: readonly string[], changed: strin
         removed.push(dir);
       } catch (error) {
         // A publisher that does not take the lock may have put a file there meanwhile: then the dir stays.
-        // ENOTDIR: a symlink or a file is there now, no directory the scan saw.
+        // ENOTDIR: a symlink or a file is there now, no directory the scan saw. EBUSY: a mount point (a file
+        // system mounted inside the repository); it stays, as the mount is not this prune's to undo.
         const code = codeOf(error);
         if (code === 'ENOTDIR') changed.push(dir);
-        else if (code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOENT') throw error;
+        else if (!['ENOTEMPTY', 'EEXIST', 'ENOENT', 'EBUSY'].includes(code ?? '')) throw error;
       }
     }
   } finally {

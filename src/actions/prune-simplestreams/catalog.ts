@@ -248,6 +248,13 @@ function findIndexEntry(index: JsonDoc): { key: string; imagesPath: string } {
         'this path as an escaped URL path, which it is not, so clients never get the file it names.',
     );
   }
+  if (unescaped === NOT_UTF8) {
+    throw new RepoError(
+      `${index.path}: index.${key}.path '${entry.path}' decodes to a file name that is not UTF-8; clients get ` +
+        'the file of those very bytes, which this prune cannot name (it would read another). Name images.json ' +
+        'in UTF-8.',
+    );
+  }
   const normalised = normaliseRepoPath(unescaped);
   if ('error' in normalised) {
     const decoded = unescaped === entry.path ? '' : ` (as clients decode it: '${unescaped}')`;
@@ -256,21 +263,30 @@ function findIndexEntry(index: JsonDoc): { key: string; imagesPath: string } {
   return { key, imagesPath: normalised.path };
 }
 
+/** unescapeUrlPath's answer for escapes that make bytes no UTF-8 string holds. */
+export const NOT_UTF8 = Symbol('not UTF-8');
+
 /**
  * index.json's `path` as the file clients get: incus and LXD join it to the repository URL with Go's url.JoinPath,
  * which takes it as already escaped, so a web server decodes `%2E` before it maps the path to a file
  * (`images%2Ejson` is images.json, `%2e%2e` is `..`). Undefined for a `%` that starts no escape (Go's join then
  * keeps the repository URL's own path: clients never ask for this one).
+ * NOT_UTF8 when the bytes decoded are not UTF-8 (`%FF`): the server opens the file of those raw bytes, while a
+ * lenient decode would turn them into U+FFFD, the name of another file (a decoy).
  * Item paths are not decoded: clients set those as the URL's plain path, so `%` in them is a literal `%`.
  */
-export function unescapeUrlPath(raw: string): string | undefined {
+export function unescapeUrlPath(raw: string): string | typeof NOT_UTF8 | undefined {
   if (!raw.includes('%')) return raw;
   if (/%(?![0-9A-Fa-f]{2})/.test(raw)) return undefined;
   const parts = raw.split(/(%[0-9A-Fa-f]{2})/);
   const bytes = parts.map((part) =>
     part.startsWith('%') ? Buffer.from([parseInt(part.slice(1), 16)]) : Buffer.from(part, 'utf8'),
   );
-  return Buffer.concat(bytes).toString('utf8');
+  try {
+    return new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(Buffer.concat(bytes));
+  } catch {
+    return NOT_UTF8;
+  }
 }
 
 function parseProducts(images: JsonDoc, problems: string[]): CatalogProduct[] {

@@ -28,6 +28,11 @@ export interface PlanOptions {
   products: readonly string[];
   keepBroken: boolean;
   nowMs: number;
+  /**
+   * The time the state file records for a file that stops being referenced now, when not `nowMs`: the repository
+   * file system's clock, which every prune's state shares whatever its own machine's clock says.
+   */
+  recordNowMs?: number;
 }
 
 export type DropReason = 'retention' | 'max-age' | 'broken';
@@ -263,7 +268,7 @@ function decideFiles(
     }
     // Referenced by the metadata on disk, so fetched by clients until now: whatever the state file says (a prune
     // stopped after writing it, before images.json) is too early.
-    const since = before.has(path) ? now : state.get(path);
+    const since = before.has(path) ? (options.recordNowMs ?? now) : state.get(path);
     const deletableAtMs = Math.max(changedMs(fact), since ?? -Infinity) + grace;
     const action: FileAction = {
       path,

@@ -90,16 +90,19 @@ async function takeLock(root: string, inputs: PruneInputs, host: Host): Promise<
 }
 
 /**
- * How far this machine's clock runs ahead of the repository's file system (the file server's, over NFS), from the
- * mtime the file system gave the lock file just created: file ages are counted from times the file system sets,
- * so a clock ahead by an hour would make an upload of a minute ago look an hour older and cut its grace period
- * short. A clock behind is harmless (files look younger and wait longer), and so is a dry run's (it deletes
- * nothing). Less than SKEW_TOLERANCE_MS counts as none: the file system's coarser clock and the moments since the
- * lock was created always make a few milliseconds, and a grace period is minutes or hours.
+ * How far this machine's clock runs ahead of the repository's file system (the file server's, over NFS; negative:
+ * behind), from the mtime the file system gave the lock file just created. File ages are counted from times the
+ * file system sets, so a clock ahead by an hour would make an upload of a minute ago look an hour older and cut its
+ * grace period short: the plan counts by this machine's clock less that. A clock behind makes files look younger
+ * (they wait longer), but the times it would record in the state file ("unreferenced since") are early by as much,
+ * and the next prune, from a machine whose clock is right, would cut those grace periods short: the state records
+ * the file system's time. A dry run's clock is this machine's (it takes no lock and records nothing). Less than
+ * SKEW_TOLERANCE_MS counts as none: the file system's coarser clock and the moments since the lock was created
+ * always make a few milliseconds, and a grace period is minutes or hours.
  */
 async function clockAheadOfFiles(lock: Lock): Promise<number> {
   const aheadMs = Date.now() - (await lstat(lock.path)).mtimeMs;
-  return aheadMs < SKEW_TOLERANCE_MS ? 0 : aheadMs;
+  return Math.abs(aheadMs) < SKEW_TOLERANCE_MS ? 0 : aheadMs;
 }
 
 const SKEW_TOLERANCE_MS = 60_000;
@@ -120,6 +123,11 @@ export async function pruneRepository(
       `this machine's clock is ${formatDuration(skewMs)} ahead of the repository's file system; ` +
         "file ages are counted by the file system's clock",
     );
+  } else if (skewMs < 0) {
+    host.warning(
+      `this machine's clock is ${formatDuration(-skewMs)} behind the repository's file system; ` +
+        "the state file records the file system's time",
+    );
   }
   let report: PruneReport;
   try {
@@ -133,7 +141,12 @@ export async function pruneRepository(
       );
       return { catalog, state, facts };
     });
-    const plan = planPrune(catalog, facts, state, { ...inputs, nowMs: now() - skewMs });
+    const planNowMs = now();
+    const plan = planPrune(catalog, facts, state, {
+      ...inputs,
+      nowMs: planNowMs - Math.max(skewMs, 0),
+      recordNowMs: planNowMs - skewMs,
+    });
     for (const u of plan.unmatchedPatterns) host.warning(unmatchedMessage(u, catalog.products.length));
     await host.group(inputs.dryRun ? 'Plan (dry run: nothing is changed)' : 'Plan', async () => {
       for (const line of planLines(plan, inputs.dryRun)) host.info(line);

@@ -31,6 +31,11 @@ export interface PruneReport {
     deleted: { path: string; size: number; reason: FileReason }[];
     deferred: { path: string; size: number; reason: FileReason; deletableAt: string }[];
     dirsRemoved: string[];
+    /**
+     * Planned removals (files and directories) left alone because they changed since the scan (rewritten,
+     * touched, chmod-ed by a sync tool); the next prune judges them again, their age counted from that change.
+     */
+    leftAlone: string[];
   };
   totals: { removedVersions: number; removedFiles: number; deferredFiles: number; freedBytes: number };
   verify: VerifyResult | { mode: string; skipped: string };
@@ -94,6 +99,7 @@ export function buildReport(c: ReportContext): PruneReport {
         deletableAt: iso(f.deletableAtMs),
       })),
       dirsRemoved: c.applied ? c.applied.dirsRemoved : plan.dirsToRemove,
+      leftAlone: c.applied ? c.applied.changed : [],
     },
     totals: {
       removedVersions: selected.reduce((n, p) => n + p.dropped.length, 0),
@@ -163,6 +169,12 @@ export function summaryMarkdown(r: PruneReport): string {
       '.',
     `images.json ${r.metadata.imagesJson}, index.json ${r.metadata.indexJson}.`,
   ];
+  if (r.files.leftAlone.length > 0) {
+    lines.push(
+      `Left ${r.files.leftAlone.length} planned removal(s) alone: changed since the scan ` +
+        `(report-file lists them; the next prune judges them again).`,
+    );
+  }
   for (const u of r.unmatchedPatterns) {
     const hint = u.closest.length ? ` (close names: ${u.closest.map(code).join(', ')})` : '';
     lines.push(`Warning: \`products\` pattern ${code(u.pattern)} matches no product${hint}.`);

@@ -32,6 +32,8 @@ export interface FileFact extends Times {
   regular: boolean;
   /** The inode the scan saw: apply.ts deletes an entry only while it is still that one, unchanged. */
   ino?: number;
+  /** The file system of `ino`: inode numbers repeat across the file systems mounted inside a repository. */
+  dev?: number;
 }
 
 export interface RepoFacts {
@@ -132,6 +134,10 @@ function timesOf(info: Stats): Times {
   return { mtimeMs: info.mtimeMs, ctimeMs: info.ctimeMs };
 }
 
+function fileFact(info: Stats): FileFact {
+  return { size: info.size, ...timesOf(info), regular: info.isFile(), ino: info.ino, dev: info.dev };
+}
+
 /**
  * Runs a sync fs call; a path that vanished meanwhile (someone else removed it), or that a file or a symlink loop
  * now blocks, gives undefined (as /proc/self/fd does where /proc is not mounted).
@@ -176,7 +182,7 @@ function walk(root: string, contentDirs: Iterable<string>, facts: RepoFacts): vo
       const info = attempt(() => lstatSync(join(root, child)));
       if (!info) continue;
       files++;
-      facts.files.set(child, { size: info.size, ...timesOf(info), regular: info.isFile(), ino: info.ino });
+      facts.files.set(child, fileFact(info));
     }
     // Only a directory without files can be removed for its age (see plan.ts): only then its times matter.
     if (files === 0 && facts.dirs.has(path)) {
@@ -217,7 +223,7 @@ function findAtomicLeftovers(root: string, targets: readonly string[], facts: Re
       const path = dir ? `${dir}/${name}` : name;
       const info = attempt(() => lstatSync(join(root, path)));
       if (info?.isFile()) {
-        facts.files.set(path, { size: info.size, ...timesOf(info), regular: true, ino: info.ino });
+        facts.files.set(path, fileFact(info));
       }
     }
   }

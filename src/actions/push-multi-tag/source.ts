@@ -229,6 +229,15 @@ export async function openImageSource(
   }
   const remote = env.CONTAINER_HOST;
   if (spec.transport === 'containers-storage' && remote) {
+    // A service's `podman save` of a list's name writes the image of the service's own platform alone (seen with
+    // podman 4.3), and its `manifest push` writes on the service's side: pushed, it would be one architecture of
+    // `podman --remote build --platform a,b --manifest app`, silently.
+    if (await isManifestList(spec.location, env, remote)) {
+      throw new InputError(
+        Inputs.source,
+        `${spec.location} is a manifest list in the storage of the podman service at ${remote} (CONTAINER_HOST): a podman service exports one image of a list, not the list. Run the step without CONTAINER_HOST where that storage is local, or push the list to a registry (podman manifest push --all) and use docker:// as the source.`,
+      );
+    }
     // skopeo reads only local storage; a remote service hands the image over as an archive instead.
     const archive = join(options.scratch, 'saved.tar');
     options.log(`Saving ${spec.location} from the podman service at ${remote}`);
@@ -347,12 +356,13 @@ async function savedByPodman(
 const LOOKUP_TIMEOUT_MS = 60_000;
 
 /**
- * Whether podman knows `name` as a manifest list (`podman manifest exists`: exit 0). Anything else, podman missing
- * or failing included, is "no": the image lookup that follows says what is wrong.
+ * Whether podman (the service at `remote`, if given) knows `name` as a manifest list (`podman manifest exists`:
+ * exit 0). Anything else, podman missing or failing included, is "no": the lookup or export that follows says
+ * what is wrong.
  */
-async function isManifestList(name: string, env: NodeJS.ProcessEnv): Promise<boolean> {
+async function isManifestList(name: string, env: NodeJS.ProcessEnv, remote?: string): Promise<boolean> {
   try {
-    const result = await exec('podman', ['manifest', 'exists', name], {
+    const result = await exec('podman', [...(remote ? ['--url', remote] : []), 'manifest', 'exists', name], {
       timeoutMs: LOOKUP_TIMEOUT_MS,
       env,
       allowFailure: true,
@@ -543,8 +553,17 @@ export function childFailure(tool: string, error: ExecError, spec: ExportableSou
   const text = timedOut
     ? error.message
     : error.result?.stderr.trim() || error.result?.stdout.trim() || error.message;
-  const said = toolMessage(tool, text);
   const subject = formatImageSource(spec);
+  // `podman manifest push --all` reads an image a list only refers to (`podman manifest add docker://…`) from that
+  // registry. Its error names the storage and the list first (130 characters and more), which cut off the cause.
+  const fetched =
+    spec.transport === 'containers-storage'
+      ? /opening "docker:\/\/([^"\n]*)" as image source: ([^\n]*)/.exec(text)
+      : null;
+  if (fetched) {
+    return `cannot read the source ${subject}: an image of the manifest list is not in local storage, and podman could not read it from docker://${externalText(fetched[1]!, 200)}, where the list says it came from (${tool}: ${toolMessage(tool, fetched[2]!)})`;
+  }
+  const said = toolMessage(tool, text);
   let meaning: string | undefined;
   if (spec.transport === 'docker') {
     const registry = parseReference(spec.location).registry;
