@@ -425,7 +425,7 @@ describe('preseed-podman-vm with an http(s) URL (against a local node:http serve
     expect(requests).toHaveLength(1);
   });
 
-  it('through a proxy: a URL with user:password@ (Basic, masked before the input is printed) serving a .raw.gz labelled Content-Encoding: gzip keeps the published bytes', async () => {
+  it('through a proxy: a URL with user:password@ (Basic, masked before the input is printed, not in the summary) serving a .raw.gz labelled Content-Encoding: gzip keeps the published bytes', async () => {
     const published = gzipSync(Buffer.alloc(256 * 1024, 5));
     const expected = `Basic ${Buffer.from('bob:s3cr@t!').toString('base64')}`;
     const server = createServer((req, res) => {
@@ -451,6 +451,9 @@ describe('preseed-podman-vm with an http(s) URL (against a local node:http serve
       // the first line that shows the URL.
       expect(r.masks).toEqual(expect.arrayContaining(['s3cr@t!', 's3cr%40t!']));
       expect(secretOnlyAfterMask(r.main, 's3cr@t!')).toBe(true);
+      // The summary is a file beside the log: before, it named the input with its password (s3cr%40t!).
+      expect(r.main.summary).not.toContain('s3cr');
+      expect(r.main.summary).toContain(url.replace('bob:s3cr%40t!@', ''));
       const shown = r.main.lines.findIndex(
         (l) => l.text.includes('s3cr%40t!') && !l.text.startsWith('::add-mask::'),
       );
@@ -672,7 +675,7 @@ describe('preseed-podman-vm on podman 4: a Fedora CoreOS stream [mock of builds.
 
   // Before: the stream was fetched with the credentials in its URL, which fetch refuses ("Request cannot be
   // constructed from a URL that includes credentials"): the step called the stream unreachable and failed.
-  it('a stream URL with user:password@ sends Basic auth to the stream and its same-origin disk; no credentials in the record, path or key', async () => {
+  it('a stream URL with user:password@ sends Basic auth to the stream and its same-origin disk; no credentials in the record, path, key or summary', async () => {
     const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
     const sha = createHash('sha256').update(disk).digest('hex');
     const expected = `Basic ${Buffer.from('bob:s3cr@t!').toString('base64')}`;
@@ -697,6 +700,9 @@ describe('preseed-podman-vm on podman 4: a Fedora CoreOS stream [mock of builds.
       });
       expect(cache.list().map((e) => e.key)).toEqual([`${base}-${sha}`]);
       expect(secretOnlyAfterMask(r.main, 's3cr@t!')).toBe(true);
+      // Before, the summary named the stream URL with its password.
+      expect(r.main.summary).not.toContain('s3cr');
+      expect(r.main.summary).toContain(mock.streamUrl);
     } finally {
       await mock.stop();
     }

@@ -9,7 +9,7 @@ import { parseReference, type ImageReference } from '../../core/oci/reference.js
 import { urlCredentials } from '../../core/proxy-env.js';
 import { errorMessage } from '../../core/run.js';
 import { Inputs } from './constants.js';
-import { FCOS_STREAMS, fcosStreamUrl } from './fcos-stream.js';
+import { FCOS_STREAMS, fcosStreamUrl, withoutCredentials } from './fcos-stream.js';
 
 export type ImageSource =
   /** `reference` as given (after `docker://`), `parsed` as the registry client needs it. */
@@ -97,4 +97,13 @@ function fileKind(path: string): 'file' | 'directory' | 'other' | 'missing' {
 export function imageUrlSecrets(source: ImageSource): string[] {
   const url = source.kind === 'url' ? source.url : source.kind === 'fcos' ? source.streamUrl : undefined;
   return (url && urlCredentials(new URL(url))?.secrets) || [];
+}
+
+/**
+ * The `image` input as text that is not masked may show it (the cache key, listed to anyone who can read the
+ * repository; the job summary, a file beside the log): a URL without its `user:password@`, anything else as given.
+ */
+export function shownImageText(source: ImageSource, text: string): string {
+  const url = source.kind === 'url' ? source.url : source.kind === 'fcos' ? source.streamUrl : undefined;
+  return url && imageUrlSecrets(source).length ? withoutCredentials(url) : text;
 }

@@ -21,7 +21,7 @@ import { downloadDisk, isUnreachable, resolveDisk } from './fetch-registry.js';
 import { downloadSizeLimit, downloadUrl } from './fetch-url.js';
 import { digestFile } from '../../core/oci/digest.js';
 import { externalText } from '../../core/oci/response.js';
-import { classifyImage, imageUrlSecrets, type ImageSource } from './image-source.js';
+import { classifyImage, imageUrlSecrets, shownImageText, type ImageSource } from './image-source.js';
 import {
   commitDownload,
   placeInPodmanCache,
@@ -126,7 +126,8 @@ export async function main(host: Host, inputs: PreseedInputs): Promise<void> {
         ['image', 'digest', 'size', 'from cache', 'path', 'containers.conf', 'machine'],
         [
           [
-            imageText,
+            // The summary is a file the runner keeps beside the log: a URL's `user:password@` stays out of it.
+            shownImageText(source, imageText),
             located.digest,
             formatBytes(located.size),
             located.fromCache ? 'yes' : 'no',
@@ -233,10 +234,7 @@ async function locateRemote(
 ): Promise<Located> {
   const paths = storePaths(await stableDir(STABLE_DIR_NAME), source, vmType, arch);
   const cachePaths = [paths.image, paths.record];
-  // Keys are listed to anyone who can read the repository: a URL's `user:password@` stays out of them.
-  const url = source.kind === 'url' ? source.url : source.kind === 'fcos' ? source.streamUrl : undefined;
-  const keyText = url && imageUrlSecrets(source).length ? withoutCredentials(url) : imageText;
-  const base = cacheKeyBase(inputs, keyText, vmType, arch);
+  const base = cacheKeyBase(inputs, shownImageText(source, imageText), vmType, arch);
 
   const origin = { registry: 'registry', fcos: 'stream', url: 'server' }[source.kind];
   let resolved: Resolved | undefined;
