@@ -708,6 +708,29 @@ describe('preseed-podman-vm on podman 4: a Fedora CoreOS stream [mock of builds.
     }
   });
 
+  // Before: `abc%2Fdef=;x` as written was masked in neither form (parsed `abc%2Fdef%3D%3Bx`, decoded
+  // `abc/def=;x`), and the first line of the log printed it.
+  it('a stream password the URL parser escapes further (%2F with = and ;) is masked as written before the input is printed', async () => {
+    const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
+    const expected = `Basic ${Buffer.from('bob:abc/def=;x').toString('base64')}`;
+    const mock = await startFcosMock(disk, undefined, undefined, expected);
+    try {
+      const written = 'abc%2Fdef=;x';
+      const r = await run(job('fcos-auth-written'), await newCacheService(), {
+        image: mock.streamUrl.replace('http://', `http://bob:${written}@`),
+      });
+      expectStepsOk(r);
+      expect(mock.authorizations).toEqual([expected, expected]);
+      expect(r.masks).toContain(written);
+      const masked = r.main.lines.findIndex((l) => l.text.startsWith('::add-mask::abc%252Fdef=;x'));
+      const shown = r.main.lines.findIndex((l) => l.text.includes(written));
+      expect(masked).toBeGreaterThanOrEqual(0);
+      expect(shown).toBeGreaterThan(masked);
+    } finally {
+      await mock.stop();
+    }
+  });
+
   /** A cold run of the FCOS source that caches its disk; returns the paths it cached and the entry's key. */
   async function coldFcos(j: Job, cache: CacheService, streamUrl: string) {
     const r = await run(j, cache, { image: streamUrl });

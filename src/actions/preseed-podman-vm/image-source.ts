@@ -91,12 +91,19 @@ function fileKind(path: string): 'file' | 'directory' | 'other' | 'missing' {
 }
 
 /**
- * What to mask of an image URL's `user:password@` before anything prints the input (the download sends them
- * as Basic auth to the URL's own host).
+ * What to mask of an image URL's `user:password@` before anything prints the input `text` (the download sends
+ * them as Basic auth to the URL's own host): the parsed and decoded forms, and the password as `text` writes it.
  */
-export function imageUrlSecrets(source: ImageSource): string[] {
+export function imageUrlSecrets(source: ImageSource, text: string): string[] {
   const url = source.kind === 'url' ? source.url : source.kind === 'fcos' ? source.streamUrl : undefined;
-  return (url && urlCredentials(new URL(url))?.secrets) || [];
+  const secrets = (url && urlCredentials(new URL(url))?.secrets) || [];
+  if (!secrets.length) return [];
+  // The URL parser escapes `=`, `;`, space and more in a password, so one that also holds a %-escape
+  // (`abc%2Fdef=`) is written in the input as neither its parsed (`abc%2Fdef%3D`) nor its decoded form.
+  const authority = /^\s*[a-z][a-z0-9+.-]*:\/\/([^/?#\\]*)/i.exec(text)?.[1] ?? '';
+  const userinfo = authority.slice(0, Math.max(authority.lastIndexOf('@'), 0));
+  const written = userinfo.includes(':') ? userinfo.slice(userinfo.indexOf(':') + 1) : '';
+  return [...new Set([...secrets, ...(written ? [written] : [])])];
 }
 
 /**
@@ -105,5 +112,5 @@ export function imageUrlSecrets(source: ImageSource): string[] {
  */
 export function shownImageText(source: ImageSource, text: string): string {
   const url = source.kind === 'url' ? source.url : source.kind === 'fcos' ? source.streamUrl : undefined;
-  return url && imageUrlSecrets(source).length ? withoutCredentials(url) : text;
+  return url && imageUrlSecrets(source, text).length ? withoutCredentials(url) : text;
 }

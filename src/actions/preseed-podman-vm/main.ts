@@ -68,7 +68,7 @@ export async function main(host: Host, inputs: PreseedInputs): Promise<void> {
   const arch = resolveArch(inputs.arch, inputs.init);
   const imageText = inputs.image ?? defaultImage(version, vmType);
   const source = classifyImage(imageText);
-  for (const secret of imageUrlSecrets(source)) host.setSecret(secret);
+  for (const secret of imageUrlSecrets(source, imageText)) host.setSecret(secret);
   host.info(`podman ${version.text}, provider ${vmType}, arch ${arch}, image ${imageText}`);
 
   // Read before anything is fetched: a mistake in it is an input error on a warm run too.
