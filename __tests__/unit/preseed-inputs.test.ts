@@ -151,6 +151,16 @@ describe('image input', () => {
     expect(imageUrlSecrets(classifyImage(user), user)).toEqual([Buffer.from('bob:').toString('base64')]);
   });
 
+  // Before: the message quoted the input whole, password included, before anything was masked.
+  it('a URL that does not parse, or has another scheme, is refused without its user:password@', () => {
+    expect(() => classifyImage('https://bob:s3cr@t@mirror.example:99999/streams/testing.json')).toThrow(
+      "Input 'image': 'https://mirror.example:99999/streams/testing.json' is not a valid URL.",
+    );
+    expect(() => classifyImage('ftp://bob:s3cret@mirror.example/disk.raw')).toThrow(
+      "Input 'image': unsupported scheme in 'ftp://mirror.example/disk.raw': use docker://, https:// or a file path.",
+    );
+  });
+
   it('rejects missing files and other schemes', () => {
     expect(() => classifyImage('/no/such/disk.qcow2.zst')).toThrow(/Input 'image': the file \/no\/such/);
     expect(() => classifyImage('ftp://host/disk')).toThrow(/unsupported scheme/);

@@ -41,7 +41,7 @@ export function classifyImage(text: string): ImageSource {
     try {
       url = new URL(text);
     } catch {
-      throw new InputError(Inputs.image, `'${text}' is not a valid URL.`);
+      throw new InputError(Inputs.image, `'${withoutUserinfo(text)}' is not a valid URL.`);
     }
     try {
       urlCredentials(url);
@@ -59,7 +59,7 @@ export function classifyImage(text: string): ImageSource {
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) {
     throw new InputError(
       Inputs.image,
-      `unsupported scheme in '${text}': use docker://, https:// or a file path.`,
+      `unsupported scheme in '${withoutUserinfo(text)}': use docker://, https:// or a file path.`,
     );
   }
   const path = resolve(text);
@@ -76,6 +76,14 @@ export function classifyImage(text: string): ImageSource {
     );
   }
   return { kind: 'file', path };
+}
+
+/**
+ * `text` without the `user:password@` of a URL, for a message about a URL that could not be parsed: nothing is
+ * masked yet then, and the password is what the user least wants printed.
+ */
+function withoutUserinfo(text: string): string {
+  return text.replace(/^(\s*[a-z][a-z0-9+.-]*:\/\/)[^/?#\\]*@/i, '$1');
 }
 
 /** An unreadable parent counts as missing, as it does for existsSync. */
