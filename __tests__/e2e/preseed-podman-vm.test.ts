@@ -604,6 +604,9 @@ async function startFcosMock(
       return void res.writeHead(401).end();
     }
     const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    // `/hop/<port><rest>` redirects to <rest> on that port of 127.0.0.1: another origin, or this one.
+    const hop = /^\/hop\/(\d+)(\/.*)$/.exec(req.url ?? '');
+    if (hop) return void res.writeHead(302, { location: `http://127.0.0.1:${hop[1]}${hop[2]}` }).end();
     if (req.url === '/streams/testing.json') {
       const qemu = {
         disk: { location: `${base}${diskPath}`, sha256: publishedSha, signature: `${base}${diskPath}.sig` },
@@ -726,6 +729,47 @@ describe('preseed-podman-vm on podman 4: a Fedora CoreOS stream [mock of builds.
       const shown = r.main.lines.findIndex((l) => l.text.includes(written));
       expect(masked).toBeGreaterThanOrEqual(0);
       expect(shown).toBeGreaterThan(masked);
+    } finally {
+      await mock.stop();
+    }
+  });
+
+  // Before: fetch dropped the Authorization at the hop to the other origin and did not send it again on the way
+  // back, so the stream answered 401 and the step failed ("... answered HTTP 401").
+  it('a stream URL with user:password@ that redirects through another origin and back sends Basic auth again on its own origin', async () => {
+    const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
+    const expected = `Basic ${Buffer.from('bob:s3cr@t!').toString('base64')}`;
+    const own = await startFcosMock(disk, undefined, undefined, expected);
+    const other = await startFcosMock(disk);
+    try {
+      const port = (u: string) => new URL(u).port;
+      const streamUrl = own.streamUrl.replace(
+        '/streams/',
+        `/hop/${port(other.streamUrl)}/hop/${port(own.streamUrl)}/streams/`,
+      );
+      const r = await run(job('fcos-auth-hops'), await newCacheService(), {
+        image: streamUrl.replace('http://', 'http://bob:s3cr%40t!@'),
+      });
+      expectStepsOk(r);
+      expect(own.authorizations).toEqual([expected, expected, expected]);
+      expect(other.authorizations).toEqual([undefined]);
+    } finally {
+      await own.stop();
+      await other.stop();
+    }
+  });
+
+  // Before: "cannot resolve http://bob:wrong@…: … answered HTTP 401" named the input with its password.
+  it('a stream that refuses the credentials fails the step with a message that names the URL without them', async () => {
+    const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
+    const mock = await startFcosMock(disk, undefined, undefined, 'Basic other');
+    try {
+      const r = await run(job('fcos-auth-401'), await newCacheService(), {
+        image: mock.streamUrl.replace('http://', 'http://bob:wr0ng-pw@'),
+      });
+      expect(r.main.errors).toEqual([
+        `preseed-podman-vm failed: cannot resolve ${mock.streamUrl}: ${mock.streamUrl} answered HTTP 401`,
+      ]);
     } finally {
       await mock.stop();
     }

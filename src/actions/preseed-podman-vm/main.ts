@@ -85,7 +85,7 @@ export async function main(host: Host, inputs: PreseedInputs): Promise<void> {
           size: (await stat(source.path)).size,
         }))
       : await host.group('Getting the machine image', () =>
-          locateRemote(host, inputs, source, imageText, vmType, arch, maxBytes),
+          locateRemote(host, inputs, source, shownImageText(source, imageText), vmType, arch, maxBytes),
         );
 
   host.setOutput(Outputs.imagePath, located.path);
@@ -222,7 +222,10 @@ function unreachable(error: unknown): boolean {
   return isUnreachable(error) || error instanceof StreamUnreachable;
 }
 
-/** Registry, stream or URL image: resolve, restore or download once, verify, and place it for podman. */
+/**
+ * Registry, stream or URL image: resolve, restore or download once, verify, and place it for podman. `imageText`
+ * is the input without a URL's `user:password@` (shownImageText): it is in the cache key and in error messages.
+ */
 async function locateRemote(
   host: Host,
   inputs: PreseedInputs,
@@ -234,7 +237,7 @@ async function locateRemote(
 ): Promise<Located> {
   const paths = storePaths(await stableDir(STABLE_DIR_NAME), source, vmType, arch);
   const cachePaths = [paths.image, paths.record];
-  const base = cacheKeyBase(inputs, shownImageText(source, imageText), vmType, arch);
+  const base = cacheKeyBase(inputs, imageText, vmType, arch);
 
   const origin = { registry: 'registry', fcos: 'stream', url: 'server' }[source.kind];
   let resolved: Resolved | undefined;
