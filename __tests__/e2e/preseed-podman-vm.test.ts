@@ -425,7 +425,7 @@ describe('preseed-podman-vm with an http(s) URL (against a local node:http serve
     expect(requests).toHaveLength(1);
   });
 
-  it('through a proxy: a URL with user:password@ (Basic, masked before the input is printed) serving a .raw.gz labelled Content-Encoding: gzip keeps the published bytes', async () => {
+  it('through a proxy: a URL with user:password@ (Basic, masked before the input is printed, not in the summary) serving a .raw.gz labelled Content-Encoding: gzip keeps the published bytes', async () => {
     const published = gzipSync(Buffer.alloc(256 * 1024, 5));
     const expected = `Basic ${Buffer.from('bob:s3cr@t!').toString('base64')}`;
     const server = createServer((req, res) => {
@@ -451,6 +451,9 @@ describe('preseed-podman-vm with an http(s) URL (against a local node:http serve
       // the first line that shows the URL.
       expect(r.masks).toEqual(expect.arrayContaining(['s3cr@t!', 's3cr%40t!']));
       expect(secretOnlyAfterMask(r.main, 's3cr@t!')).toBe(true);
+      // The summary is a file beside the log: before, it named the input with its password (s3cr%40t!).
+      expect(r.main.summary).not.toContain('s3cr');
+      expect(r.main.summary).toContain(url.replace('bob:s3cr%40t!@', ''));
       const shown = r.main.lines.findIndex(
         (l) => l.text.includes('s3cr%40t!') && !l.text.startsWith('::add-mask::'),
       );
@@ -601,6 +604,9 @@ async function startFcosMock(
       return void res.writeHead(401).end();
     }
     const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    // `/hop/<port><rest>` redirects to <rest> on that port of 127.0.0.1: another origin, or this one.
+    const hop = /^\/hop\/(\d+)(\/.*)$/.exec(req.url ?? '');
+    if (hop) return void res.writeHead(302, { location: `http://127.0.0.1:${hop[1]}${hop[2]}` }).end();
     if (req.url === '/streams/testing.json') {
       const qemu = {
         disk: { location: `${base}${diskPath}`, sha256: publishedSha, signature: `${base}${diskPath}.sig` },
@@ -672,7 +678,7 @@ describe('preseed-podman-vm on podman 4: a Fedora CoreOS stream [mock of builds.
 
   // Before: the stream was fetched with the credentials in its URL, which fetch refuses ("Request cannot be
   // constructed from a URL that includes credentials"): the step called the stream unreachable and failed.
-  it('a stream URL with user:password@ sends Basic auth to the stream and its same-origin disk; no credentials in the record, path or key', async () => {
+  it('a stream URL with user:password@ sends Basic auth to the stream and its same-origin disk; no credentials in the record, path, key or summary', async () => {
     const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
     const sha = createHash('sha256').update(disk).digest('hex');
     const expected = `Basic ${Buffer.from('bob:s3cr@t!').toString('base64')}`;
@@ -697,6 +703,73 @@ describe('preseed-podman-vm on podman 4: a Fedora CoreOS stream [mock of builds.
       });
       expect(cache.list().map((e) => e.key)).toEqual([`${base}-${sha}`]);
       expect(secretOnlyAfterMask(r.main, 's3cr@t!')).toBe(true);
+      // Before, the summary named the stream URL with its password.
+      expect(r.main.summary).not.toContain('s3cr');
+      expect(r.main.summary).toContain(mock.streamUrl);
+    } finally {
+      await mock.stop();
+    }
+  });
+
+  // Before: `abc%2Fdef=;x` as written was masked in neither form (parsed `abc%2Fdef%3D%3Bx`, decoded
+  // `abc/def=;x`), and the first line of the log printed it.
+  it('a stream password the URL parser escapes further (%2F with = and ;) is masked as written before the input is printed', async () => {
+    const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
+    const expected = `Basic ${Buffer.from('bob:abc/def=;x').toString('base64')}`;
+    const mock = await startFcosMock(disk, undefined, undefined, expected);
+    try {
+      const written = 'abc%2Fdef=;x';
+      const r = await run(job('fcos-auth-written'), await newCacheService(), {
+        image: mock.streamUrl.replace('http://', `http://bob:${written}@`),
+      });
+      expectStepsOk(r);
+      expect(mock.authorizations).toEqual([expected, expected]);
+      expect(r.masks).toContain(written);
+      const masked = r.main.lines.findIndex((l) => l.text.startsWith('::add-mask::abc%252Fdef=;x'));
+      const shown = r.main.lines.findIndex((l) => l.text.includes(written));
+      expect(masked).toBeGreaterThanOrEqual(0);
+      expect(shown).toBeGreaterThan(masked);
+    } finally {
+      await mock.stop();
+    }
+  });
+
+  // Before: fetch dropped the Authorization at the hop to the other origin and did not send it again on the way
+  // back, so the stream answered 401 and the step failed ("... answered HTTP 401").
+  it('a stream URL with user:password@ that redirects through another origin and back sends Basic auth again on its own origin', async () => {
+    const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
+    const expected = `Basic ${Buffer.from('bob:s3cr@t!').toString('base64')}`;
+    const own = await startFcosMock(disk, undefined, undefined, expected);
+    const other = await startFcosMock(disk);
+    try {
+      const port = (u: string) => new URL(u).port;
+      const streamUrl = own.streamUrl.replace(
+        '/streams/',
+        `/hop/${port(other.streamUrl)}/hop/${port(own.streamUrl)}/streams/`,
+      );
+      const r = await run(job('fcos-auth-hops'), await newCacheService(), {
+        image: streamUrl.replace('http://', 'http://bob:s3cr%40t!@'),
+      });
+      expectStepsOk(r);
+      expect(own.authorizations).toEqual([expected, expected, expected]);
+      expect(other.authorizations).toEqual([undefined]);
+    } finally {
+      await own.stop();
+      await other.stop();
+    }
+  });
+
+  // Before: "cannot resolve http://bob:wrong@…: … answered HTTP 401" named the input with its password.
+  it('a stream that refuses the credentials fails the step with a message that names the URL without them', async () => {
+    const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
+    const mock = await startFcosMock(disk, undefined, undefined, 'Basic other');
+    try {
+      const r = await run(job('fcos-auth-401'), await newCacheService(), {
+        image: mock.streamUrl.replace('http://', 'http://bob:wr0ng-pw@'),
+      });
+      expect(r.main.errors).toEqual([
+        `preseed-podman-vm failed: cannot resolve ${mock.streamUrl}: ${mock.streamUrl} answered HTTP 401`,
+      ]);
     } finally {
       await mock.stop();
     }

@@ -192,6 +192,15 @@ const HOSTILE_CONFS: Array<[string, string]> = [
     `machine.cpus = 3\n"machine" . 'image' = "/theirs" # old\n[engine]\n`,
   ],
   ['dotted machine keys without an image', `# mine\nmachine.cpus = 3 # three\n[engine]\nenv = ["A=1"]\n`],
+  // TOML 1.0 lets a value inside an inline table span lines: before, the step refused these as TOML 1.1.
+  [
+    'an inline [machine] table whose array spans lines, with a comment',
+    `machine = { volumes = [\n  "/a:/a", # a } comment "\n], cpus = 3 }\n[engine]\n`,
+  ],
+  [
+    'an inline [machine] table whose image is a multi-line string',
+    `machine = { image = """\n/theirs""", cpus = 3 } # old\n[engine]\nenv = ["A=1"]\n`,
+  ],
 ];
 
 describe('setMachineImage on valid TOML a line edit can misread', () => {
@@ -224,9 +233,18 @@ describe('setMachineImage on valid TOML a line edit can misread', () => {
     );
   });
 
-  it('refuses an inline [machine] table that does not close on its line (TOML 1.1) instead of breaking it', async () => {
+  it('sets the image inside an inline [machine] table whose values span lines (TOML 1.0)', () => {
+    expect(setMachineImage(HOSTILE_CONFS[9]![1], '/i')).toBe(
+      `machine = { volumes = [\n  "/a:/a", # a } comment "\n], cpus = 3, image = "/i" }\n[engine]\n`,
+    );
+    expect(setMachineImage(HOSTILE_CONFS[10]![1], '/i')).toBe(
+      'machine = { image = "/i", cpus = 3 } # old\n[engine]\nenv = ["A=1"]\n',
+    );
+  });
+
+  it('refuses an inline [machine] table with a line break between entries (TOML 1.1) instead of breaking it', async () => {
     expect(() => setMachineImage('machine = {\n  cpus = 3\n}\n', '/i')).toThrow(
-      /inline table that does not close on its line; write it as a \[machine\] table/,
+      /inline table with a line break between its entries \(TOML 1\.1, which podman refuses too\); write it as a \[machine\] table/,
     );
     const earlier = join(tmp, 'multi-line-inline.conf');
     writeFileSync(earlier, 'machine = {\n  cpus = 3\n}\n');
@@ -245,18 +263,30 @@ describe('setMachineImage on valid TOML a line edit can misread', () => {
 describe.each(podmanVersions())('[$label] podman reads the rewritten containers.conf', (v) => {
   beforeAll(() => requireAvailable(v));
 
-  it.each(HOSTILE_CONFS)("with %s: our image and the user's cpus", async (_what, conf) => {
-    const file = join(tmp, `hostile-${v.major}.conf`);
-    const image = '/t/ici-pvm/machine-os.qcow2.zst';
-    writeFileSync(file, setMachineImage(conf, image));
+  /** What `podman machine init --help` prints (defaults, or why the conf was not read) with `file` as the conf. */
+  async function initHelp(file: string): Promise<string> {
     const variable = v.major >= 5 ? 'CONTAINERS_CONF_OVERRIDE' : 'CONTAINERS_CONF';
     const help = await runWith(v, 'podman', ['machine', 'init', '--help'], {
       env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', HOME: tmp, [variable]: file },
       timeoutMs: 30_000,
       allowFailure: true,
     });
-    const out = help.stdout + help.stderr;
+    return help.stdout + help.stderr;
+  }
+
+  it.each(HOSTILE_CONFS)("with %s: our image and the user's cpus", async (_what, conf) => {
+    const file = join(tmp, `hostile-${v.major}.conf`);
+    const image = '/t/ici-pvm/machine-os.qcow2.zst';
+    writeFileSync(file, setMachineImage(conf, image));
+    const out = await initHelp(file);
     expect(out).toMatch(/--image(-path)? string .*\(default "\/t\/ici-pvm\/machine-os\.qcow2\.zst"\)/);
     expect(out).toMatch(/--cpus uint .*\(default 3\)/);
+  });
+
+  // What the step refuses podman refuses too, so no file podman reads is turned away.
+  it('refuses an inline table with a line break between its entries (TOML 1.1), as the step does', async () => {
+    const file = join(tmp, `toml11-${v.major}.conf`);
+    writeFileSync(file, 'machine = {\n  cpus = 3 }\n');
+    expect(await initHelp(file)).toMatch(/newlines not allowed within inline tables/);
   });
 });

@@ -124,14 +124,40 @@ describe('image input', () => {
   });
 
   it("a URL's user:password@ is masked before the input is printed; a malformed %-escape in it is refused without echoing it", () => {
-    expect(imageUrlSecrets(classifyImage('https://bob:p%40ss@mirror.example/disk.raw'))).toEqual([
+    const secrets = (text: string) => imageUrlSecrets(classifyImage(text), text);
+    expect(secrets('https://bob:p%40ss@mirror.example/disk.raw')).toEqual([
       Buffer.from('bob:p@ss').toString('base64'),
       'p@ss',
       'p%40ss',
     ]);
-    expect(imageUrlSecrets(classifyImage('https://mirror.example/disk.raw'))).toEqual([]);
+    expect(secrets('https://mirror.example/disk.raw')).toEqual([]);
     expect(() => classifyImage('https://bob:p%zzss@mirror.example/disk.raw')).toThrow(
       "Input 'image': the URL's user or password has a malformed %-escape; write % as %25.",
+    );
+  });
+
+  // Before: only the parsed (`abc%2Fdef%3D;x`) and decoded (`abc/def=;x`) forms were masked, and the log line
+  // that prints the input showed the password as written.
+  it('masks a password as the input writes it when the URL parser escapes more of it (`=`, `;`)', () => {
+    const text = 'https://bob:abc%2Fdef=;x@mirror.example/streams/testing.json';
+    expect(imageUrlSecrets(classifyImage(text), text)).toEqual([
+      Buffer.from('bob:abc/def=;x').toString('base64'),
+      'abc/def=;x',
+      'abc%2Fdef%3D%3Bx',
+      'abc%2Fdef=;x',
+    ]);
+    // A user without a password has none to mask but the Basic value; an `@` in the path is no userinfo.
+    const user = 'https://bob@mirror.example/a@b/disk.raw';
+    expect(imageUrlSecrets(classifyImage(user), user)).toEqual([Buffer.from('bob:').toString('base64')]);
+  });
+
+  // Before: the message quoted the input whole, password included, before anything was masked.
+  it('a URL that does not parse, or has another scheme, is refused without its user:password@', () => {
+    expect(() => classifyImage('https://bob:s3cr@t@mirror.example:99999/streams/testing.json')).toThrow(
+      "Input 'image': 'https://mirror.example:99999/streams/testing.json' is not a valid URL.",
+    );
+    expect(() => classifyImage('ftp://bob:s3cret@mirror.example/disk.raw')).toThrow(
+      "Input 'image': unsupported scheme in 'ftp://mirror.example/disk.raw': use docker://, https:// or a file path.",
     );
   });
 

@@ -84,51 +84,75 @@ function openStringAfter(line: string, open: OpenString): OpenString {
   return open;
 }
 
-/** The index after the string that starts at `i` (a basic or literal one-line string). */
-function afterString(line: string, i: number): number {
-  const quote = line[i];
-  i++;
-  while (i < line.length && line[i] !== quote) i += quote === '"' && line[i] === '\\' ? 2 : 1;
-  return i + 1;
+/** The index after the string that starts at `i`: basic or literal, one-line or multi-line. */
+function afterString(text: string, i: number): number {
+  const quote = text[i]!;
+  const delimiter = text.startsWith(quote.repeat(3), i) ? quote.repeat(3) : quote;
+  i += delimiter.length;
+  while (i < text.length && !text.startsWith(delimiter, i)) i += quote === '"' && text[i] === '\\' ? 2 : 1;
+  let end = i + delimiter.length;
+  // Up to two quotes right before a multi-line string's closing delimiter belong to the string.
+  if (delimiter.length === 3) while (end < i + 5 && text[end] === quote) end++;
+  return end;
 }
 
 /**
- * Sets `image` in a one-line inline table `machine = { ... }` (TOML 1.0 has no others): its value replaced, or
- * the key added before the closing brace. Entries are split at the commas outside strings and nested values.
+ * Sets `image` in an inline table `machine = { ... }` at the start of `lines`: its value replaced, or the key added
+ * before the closing brace. Entries are split at the commas outside strings and nested values. TOML 1.0 lets a
+ * value inside it span lines (an array, a multi-line string), which podman 4 and 5 read; a line break between its
+ * entries is TOML 1.1, which they refuse. Returns the edited lines and how many of `lines` the table took.
  */
-function setInlineImage(line: string, value: string): string {
-  const open = line.indexOf('{');
-  let depth = 0;
+function setInlineImage(lines: string[], value: string): { edited: string[]; taken: number } {
+  const text = lines.join('\n');
+  const open = text.indexOf('{');
+  // Brackets open around `i`: '{' is the inline table itself (and nested ones), '[' an array.
+  const nesting: string[] = [];
   let entryStart = open + 1;
-  let i = open;
-  while (i < line.length) {
-    const c = line[i]!;
+  let image: { start: number; key: string; end: number } | undefined;
+  for (let i = open; i < text.length; i++) {
+    const c = text[i]!;
     if (c === '"' || c === "'") {
-      i = afterString(line, i);
-      continue;
-    }
-    if (c === '{' || c === '[') depth++;
-    else if (c === ']') depth--;
-    else if ((c === ',' && depth === 1) || (c === '}' && depth === 1)) {
-      const entry = line.slice(entryStart, i);
-      const key = /^(\s*(?:image|"image"|'image')\s*=\s*)/.exec(entry);
-      if (key) {
-        const trailing = /\s*$/.exec(entry)![0];
-        return `${line.slice(0, entryStart)}${key[1]}${value}${trailing}${line.slice(i)}`;
-      }
-      if (c === '}') {
-        const before = line.slice(0, i).replace(/\s*$/, '');
-        const sep = before.endsWith('{') ? ' ' : ', ';
-        return `${before}${sep}image = ${value} ${line.slice(i)}`;
-      }
+      i = afterString(text, i) - 1;
+    } else if (c === '#' || c === '\n') {
+      // A comment or line break is allowed inside an array only; elsewhere the table is not TOML 1.0.
+      if (nesting[nesting.length - 1] !== '[') break;
+      if (c === '#') i = (text.indexOf('\n', i) + 1 || text.length) - 1;
+    } else if (c === '{' || c === '[') {
+      nesting.push(c);
+    } else if ((c === ',' || c === '}') && nesting.length === 1) {
+      const entry = text.slice(entryStart, i);
+      const key = /^\s*(?:image|"image"|'image')\s*=\s*/.exec(entry);
+      // The value ends before the entry's trailing blanks, which stay.
+      if (key) image = { start: entryStart, key: key[0], end: entryStart + entry.trimEnd().length };
+      if (c === '}') return inlineEdit(text, i, image, value);
       entryStart = i + 1;
-    } else if (c === '}') depth--;
-    else if (c === '#' && depth === 0) break;
-    i++;
+    } else if (c === ']' || c === '}') {
+      nesting.pop();
+    }
   }
   throw new ActionError(
-    'it sets `machine = { ... }` as an inline table that does not close on its line; write it as a [machine] table so the action can set `image` in it.',
+    'it sets `machine = { ... }` as an inline table with a line break between its entries (TOML 1.1, which podman refuses too); write it as a [machine] table so the action can set `image` in it.',
   );
+}
+
+/** The lines of `text` up to the one holding the inline table's closing brace at `close`, with `image` set. */
+function inlineEdit(
+  text: string,
+  close: number,
+  image: { start: number; key: string; end: number } | undefined,
+  value: string,
+): { edited: string[]; taken: number } {
+  let edited: string;
+  if (image) {
+    edited = `${text.slice(0, image.start)}${image.key}${value}${text.slice(image.end)}`;
+  } else {
+    const before = text.slice(0, close).trimEnd();
+    edited = `${before}${before.endsWith('{') ? ' ' : ', '}image = ${value} ${text.slice(close)}`;
+  }
+  // The edit is before the closing brace: what follows its line is unchanged, shifted by the edit's length.
+  const lineEnd = text.indexOf('\n', close) < 0 ? text.length : text.indexOf('\n', close);
+  const own = edited.slice(0, lineEnd + edited.length - text.length);
+  return { edited: own.split('\n'), taken: text.slice(0, close).split('\n').length };
 }
 
 /**
@@ -160,7 +184,11 @@ export function setMachineImage(conf: string, imagePath: string): string {
     // The top-level table may define [machine] by dotted keys or as an inline table: a [machine] table added
     // after them would define it twice, and podman 4 and 5 then fail on every command.
     if (topLevel && INLINE_MACHINE.test(lines[i]!)) {
-      lines[i] = setInlineImage(lines[i]!, tomlString(imagePath));
+      const { edited, taken } = setInlineImage(lines.slice(i), tomlString(imagePath));
+      lines.splice(i, taken, ...edited);
+      i += edited.length - 1;
+      // The table closed every string it opened.
+      open = '';
       replaced = true;
       continue;
     }

@@ -9,7 +9,7 @@ import { parseReference, type ImageReference } from '../../core/oci/reference.js
 import { urlCredentials } from '../../core/proxy-env.js';
 import { errorMessage } from '../../core/run.js';
 import { Inputs } from './constants.js';
-import { FCOS_STREAMS, fcosStreamUrl } from './fcos-stream.js';
+import { FCOS_STREAMS, fcosStreamUrl, withoutCredentials } from './fcos-stream.js';
 
 export type ImageSource =
   /** `reference` as given (after `docker://`), `parsed` as the registry client needs it. */
@@ -41,7 +41,7 @@ export function classifyImage(text: string): ImageSource {
     try {
       url = new URL(text);
     } catch {
-      throw new InputError(Inputs.image, `'${text}' is not a valid URL.`);
+      throw new InputError(Inputs.image, `'${withoutUserinfo(text)}' is not a valid URL.`);
     }
     try {
       urlCredentials(url);
@@ -59,7 +59,7 @@ export function classifyImage(text: string): ImageSource {
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) {
     throw new InputError(
       Inputs.image,
-      `unsupported scheme in '${text}': use docker://, https:// or a file path.`,
+      `unsupported scheme in '${withoutUserinfo(text)}': use docker://, https:// or a file path.`,
     );
   }
   const path = resolve(text);
@@ -78,6 +78,14 @@ export function classifyImage(text: string): ImageSource {
   return { kind: 'file', path };
 }
 
+/**
+ * `text` without the `user:password@` of a URL, for a message about a URL that could not be parsed: nothing is
+ * masked yet then, and the password is what the user least wants printed.
+ */
+function withoutUserinfo(text: string): string {
+  return text.replace(/^(\s*[a-z][a-z0-9+.-]*:\/\/)[^/?#\\]*@/i, '$1');
+}
+
 /** An unreadable parent counts as missing, as it does for existsSync. */
 function fileKind(path: string): 'file' | 'directory' | 'other' | 'missing' {
   let info;
@@ -91,10 +99,26 @@ function fileKind(path: string): 'file' | 'directory' | 'other' | 'missing' {
 }
 
 /**
- * What to mask of an image URL's `user:password@` before anything prints the input (the download sends them
- * as Basic auth to the URL's own host).
+ * What to mask of an image URL's `user:password@` before anything prints the input `text` (the download sends
+ * them as Basic auth to the URL's own host): the parsed and decoded forms, and the password as `text` writes it.
  */
-export function imageUrlSecrets(source: ImageSource): string[] {
+export function imageUrlSecrets(source: ImageSource, text: string): string[] {
   const url = source.kind === 'url' ? source.url : source.kind === 'fcos' ? source.streamUrl : undefined;
-  return (url && urlCredentials(new URL(url))?.secrets) || [];
+  const secrets = (url && urlCredentials(new URL(url))?.secrets) || [];
+  if (!secrets.length) return [];
+  // The URL parser escapes `=`, `;`, space and more in a password, so one that also holds a %-escape
+  // (`abc%2Fdef=`) is written in the input as neither its parsed (`abc%2Fdef%3D`) nor its decoded form.
+  const authority = /^\s*[a-z][a-z0-9+.-]*:\/\/([^/?#\\]*)/i.exec(text)?.[1] ?? '';
+  const userinfo = authority.slice(0, Math.max(authority.lastIndexOf('@'), 0));
+  const written = userinfo.includes(':') ? userinfo.slice(userinfo.indexOf(':') + 1) : '';
+  return [...new Set([...secrets, ...(written ? [written] : [])])];
+}
+
+/**
+ * The `image` input as text that is not masked may show it (the cache key, listed to anyone who can read the
+ * repository; the job summary, a file beside the log): a URL without its `user:password@`, anything else as given.
+ */
+export function shownImageText(source: ImageSource, text: string): string {
+  const url = source.kind === 'url' ? source.url : source.kind === 'fcos' ? source.streamUrl : undefined;
+  return url && imageUrlSecrets(source, text).length ? withoutCredentials(url) : text;
 }

@@ -21,7 +21,7 @@ import { downloadDisk, isUnreachable, resolveDisk } from './fetch-registry.js';
 import { downloadSizeLimit, downloadUrl } from './fetch-url.js';
 import { digestFile } from '../../core/oci/digest.js';
 import { externalText } from '../../core/oci/response.js';
-import { classifyImage, imageUrlSecrets, type ImageSource } from './image-source.js';
+import { classifyImage, imageUrlSecrets, shownImageText, type ImageSource } from './image-source.js';
 import {
   commitDownload,
   placeInPodmanCache,
@@ -68,7 +68,7 @@ export async function main(host: Host, inputs: PreseedInputs): Promise<void> {
   const arch = resolveArch(inputs.arch, inputs.init);
   const imageText = inputs.image ?? defaultImage(version, vmType);
   const source = classifyImage(imageText);
-  for (const secret of imageUrlSecrets(source)) host.setSecret(secret);
+  for (const secret of imageUrlSecrets(source, imageText)) host.setSecret(secret);
   host.info(`podman ${version.text}, provider ${vmType}, arch ${arch}, image ${imageText}`);
 
   // Read before anything is fetched: a mistake in it is an input error on a warm run too.
@@ -85,7 +85,7 @@ export async function main(host: Host, inputs: PreseedInputs): Promise<void> {
           size: (await stat(source.path)).size,
         }))
       : await host.group('Getting the machine image', () =>
-          locateRemote(host, inputs, source, imageText, vmType, arch, maxBytes),
+          locateRemote(host, inputs, source, shownImageText(source, imageText), vmType, arch, maxBytes),
         );
 
   host.setOutput(Outputs.imagePath, located.path);
@@ -126,7 +126,8 @@ export async function main(host: Host, inputs: PreseedInputs): Promise<void> {
         ['image', 'digest', 'size', 'from cache', 'path', 'containers.conf', 'machine'],
         [
           [
-            imageText,
+            // The summary is a file the runner keeps beside the log: a URL's `user:password@` stays out of it.
+            shownImageText(source, imageText),
             located.digest,
             formatBytes(located.size),
             located.fromCache ? 'yes' : 'no',
@@ -221,7 +222,10 @@ function unreachable(error: unknown): boolean {
   return isUnreachable(error) || error instanceof StreamUnreachable;
 }
 
-/** Registry, stream or URL image: resolve, restore or download once, verify, and place it for podman. */
+/**
+ * Registry, stream or URL image: resolve, restore or download once, verify, and place it for podman. `imageText`
+ * is the input without a URL's `user:password@` (shownImageText): it is in the cache key and in error messages.
+ */
 async function locateRemote(
   host: Host,
   inputs: PreseedInputs,
@@ -233,10 +237,7 @@ async function locateRemote(
 ): Promise<Located> {
   const paths = storePaths(await stableDir(STABLE_DIR_NAME), source, vmType, arch);
   const cachePaths = [paths.image, paths.record];
-  // Keys are listed to anyone who can read the repository: a URL's `user:password@` stays out of them.
-  const url = source.kind === 'url' ? source.url : source.kind === 'fcos' ? source.streamUrl : undefined;
-  const keyText = url && imageUrlSecrets(source).length ? withoutCredentials(url) : imageText;
-  const base = cacheKeyBase(inputs, keyText, vmType, arch);
+  const base = cacheKeyBase(inputs, imageText, vmType, arch);
 
   const origin = { registry: 'registry', fcos: 'stream', url: 'server' }[source.kind];
   let resolved: Resolved | undefined;
