@@ -26,7 +26,7 @@ import {
 } from './local-service.js';
 import type { ServingMode } from './mode.js';
 import { isRunning, type StopOutcome } from './process-group.js';
-import { claimChosenSocket, claimTarget, planSocket } from './socket-path.js';
+import { claimChosenSocket, claimTarget, planSocket, recordChosenSocket } from './socket-path.js';
 import { saveRunState, type LocalState } from './state.js';
 
 const VERSION_TIMEOUT_MS = 15_000;
@@ -153,6 +153,7 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
     advice: 'raise `startup-timeout` if the machine is slow.',
   });
   const startupMs = Date.now() - started;
+  await recordChosenSocket(host, state);
   host.info(`The service (pid ${service.identity.pid}) answered after ${formatDuration(startupMs)}.`);
 
   const url = socketUrl(plan.socket);

@@ -3,7 +3,7 @@
  * 104 on macOS and the BSDs. Go's net package (podman) refuses a path that fills the whole buffer, so the usable
  * length is one byte less. A path too long fails late and obscurely ("bind: invalid argument"), so check early.
  */
-import { readlink, symlink } from 'node:fs/promises';
+import { lstat, readlink, symlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pathExists } from '../../core/files.js';
 import type { Host } from '../../core/host.js';
@@ -82,9 +82,27 @@ export async function claimChosenSocket(host: Host, state: RunState): Promise<vo
   saveRunState(host, state);
 }
 
+/** Records which socket answered at a chosen path (see socketIdentity in state.ts); call once it answered. */
+export async function recordChosenSocket(host: Host, state: RunState): Promise<void> {
+  if (!state.socketClaim) return;
+  const identity = await fileIdentity(state.socket);
+  if (identity) state.socketIdentity = identity;
+  saveRunState(host, state);
+}
+
 /** Whether `path` is still this run's claim: what a main killed right after claiming, before recording it, left. */
 export async function isClaim(path: string, target: string): Promise<boolean> {
   return (await readlink(path).catch(() => undefined)) === target;
+}
+
+/**
+ * Which file is at `path` now (device, inode and change time: an inode number alone is soon reused once the file
+ * is gone), or undefined when nothing is. Recorded for the socket that answered, so post can tell it from a
+ * socket another job made at the same path after this run's post freed it.
+ */
+export async function fileIdentity(path: string): Promise<string | undefined> {
+  const info = await lstat(path, { bigint: true }).catch(() => undefined);
+  return info && `${info.dev}:${info.ino}:${info.ctimeNs}`;
 }
 
 /** Where CONTAINER_HOST will point: the `socket` input, or `<scratch>/podman.sock`. Creates nothing. */

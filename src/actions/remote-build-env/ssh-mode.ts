@@ -28,7 +28,7 @@ import { Inputs, Outputs } from './constants.js';
 import type { SshOptions, SshTarget } from './inputs.js';
 import { socketUrl } from './local-service.js';
 import type { ServingMode } from './mode.js';
-import { claimChosenSocket, claimTarget, planSocket } from './socket-path.js';
+import { claimChosenSocket, claimTarget, planSocket, recordChosenSocket } from './socket-path.js';
 import { saveRunState, type SshState } from './state.js';
 import { spawnTracked } from './tracked.js';
 
@@ -220,6 +220,7 @@ async function connectSsh(host: Host, inputs: SshOptions, interrupted?: AbortSig
     throw new ActionError(`cannot reach the podman service at ${target.url}: ${errorMessage(error)}`);
   }
   const readyMs = Date.now() - started;
+  await recordChosenSocket(host, state);
   // The tunnel has authenticated and never reconnects: no later step needs the key, so it leaves the disk now.
   await rm(files.key, { force: true });
   host.info(`Remote podman ${version} answers through the tunnel (after ${formatDuration(readyMs)}).`);
