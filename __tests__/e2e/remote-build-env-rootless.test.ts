@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { chownSync, mkdtempSync } from 'node:fs';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathExists } from '../../src/core/files.js';
@@ -108,6 +108,27 @@ describe.each([hostPodman()])('[$label] remote-build-env as an ordinary user (ro
     await cacheService?.stop();
     await pm?.remove();
     for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('a chosen socket path in a dir the runner’s user cannot write (root’s) fails on `socket`, naming the path and the fix; post leaves that dir alone', async () => {
+    const theirs = mkdtempSync(join(tmpdir(), 'ici-rs-'));
+    dirs.push(theirs);
+    await chmod(theirs, 0o755);
+    const socket = join(theirs, 'build.sock');
+    const job = await startSplitJob({
+      action: ACTION,
+      ...stepScripts(podman, ACTION, pm.dir, user),
+      inputs: { socket },
+      env: pm.env,
+      runnerTemp: ownRunnerTemp(),
+    });
+    jobs.push(job);
+    // Before (e127448): "EACCES: permission denied, symlink '<RUNNER_TEMP>/ici-…/socket-claim' -> '<socket>'".
+    expect(job.main.errors).toEqual([
+      `Input 'socket': cannot create ${socket} (EACCES); choose a path in a dir this user (uid ${user.uid}) can write.`,
+    ]);
+    expect((await job.post()).exitCode).toBe(0);
+    expect(await readdir(theirs)).toEqual([]);
   });
 
   it('cache-mounts written as root and as a non-root container user are saved in post, restored (owners and modes) by the next run, and nothing stays behind', async () => {

@@ -1,7 +1,7 @@
 /** Mode `local`: a podman service of this job's own, started in main and stopped in post. */
 import { createHash } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { which } from '@actions/io';
 import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
@@ -121,7 +121,6 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
   saveRunState(host, state);
   await mkdir(tmpdir, { mode: 0o700 });
   await mkdir(state.registry, { mode: 0o700 });
-  if (placed.createDir) await mkdir(dirname(placed.socket), { recursive: true, mode: 0o700 });
   // Before the restore, which can take minutes: the path is this job's from now on (socket-path.ts).
   await claimChosenSocket(host, state);
 

@@ -3,7 +3,7 @@
  * 104 on macOS and the BSDs. Go's net package (podman) refuses a path that fills the whole buffer, so the usable
  * length is one byte less. A path too long fails late and obscurely ("bind: invalid argument"), so check early.
  */
-import { lstat, readlink, symlink } from 'node:fs/promises';
+import { lstat, mkdir, readlink, symlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pathExists } from '../../core/files.js';
 import type { Host } from '../../core/host.js';
@@ -71,13 +71,30 @@ export async function claimSocket(path: string, target: string): Promise<void> {
   }
 }
 
+/** Why a path cannot be made there: another user's dir (a rootless runner), a read-only one, a file on the way. */
+const UNWRITABLE = new Set(['EACCES', 'EPERM', 'EROFS', 'ENOTDIR', 'ENOENT']);
+
 /**
- * Claims the chosen socket path main recorded in `state` (none for a path in our own dirs) and records that it
- * did: from then on post removes the path whatever is there (the service's or tunnel's socket replaces the claim).
+ * Makes the dirs planSocket found missing and claims the chosen socket path main recorded in `state` (none for a
+ * path in our own dirs), and records that it did: from then on post removes the path while the claim or the
+ * socket that answered is there (the service's or tunnel's socket replaces the claim).
  */
 export async function claimChosenSocket(host: Host, state: RunState): Promise<void> {
   if (!state.socketClaim) return;
-  await claimSocket(state.socket, state.socketClaim);
+  try {
+    if (state.socketDirCreated) await mkdir(dirname(state.socket), { recursive: true, mode: 0o700 });
+    await claimSocket(state.socket, state.socketClaim);
+  } catch (error) {
+    // Node's message would name the claim's target in our scratch dir, not the path the user chose.
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code && UNWRITABLE.has(code)) {
+      throw new InputError(
+        Inputs.socket,
+        `cannot create ${state.socket} (${code}); choose a path in a dir this user (uid ${process.getuid?.()}) can write.`,
+      );
+    }
+    throw error;
+  }
   state.socketClaimed = true;
   saveRunState(host, state);
 }

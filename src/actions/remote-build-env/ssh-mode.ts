@@ -14,7 +14,7 @@
  * The key lives in a private file only until the tunnel has authenticated: later steps never need it.
  */
 import { mkdir, rm, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { which } from '@actions/io';
 import { exec } from '../../core/exec.js';
 import type { Host } from '../../core/host.js';
@@ -177,7 +177,6 @@ async function connectSsh(host: Host, inputs: SshOptions, interrupted?: AbortSig
   };
   saveRunState(host, state);
   await mkdir(state.registry, { mode: 0o700 });
-  if (placed.createDir) await mkdir(dirname(placed.socket), { recursive: true, mode: 0o700 });
   // Else another job's tunnel bound there while this one connects would answer this job's readiness check.
   await claimChosenSocket(host, state);
   await writeFile(files.key, `${inputs.sshKey.trim()}\n`, { mode: 0o600, flag: 'wx' });
