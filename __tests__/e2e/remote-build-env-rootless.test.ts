@@ -170,6 +170,29 @@ describe.each([hostPodman()])('[$label] remote-build-env as an ordinary user (ro
     expect(await leftovers(runnerTemp)).toEqual([]);
   });
 
+  it('a dir named in bytes that are no UTF-8, made by a non-root container user in a cache mount: post leaves it out and saves the rest', async () => {
+    const runnerTemp = ownRunnerTemp();
+    const inputs = { 'cache-mounts': 'true', 'cache-key': 'rootless-name' };
+    const a = await startJob(inputs, runnerTemp);
+    const ctx = join(pm.dir, 'ctx-name');
+    await mkdir(ctx, { recursive: true });
+    await writeFile(
+      join(ctx, 'Containerfile'),
+      `FROM ${image}\nUSER ${CONTAINER_USER}\n` +
+        'RUN --mount=type=cache,target=/u,uid=1000,gid=1000 d="/u/$(printf \'d\\377\')" && ' +
+        'mkdir "$d" && echo x > "$d/f" && echo kept > /u/kept\n',
+    );
+    await pm.podman(['--remote', 'build', '--no-cache', ctx], { env: a.main.exportedEnv });
+    const saved = cacheService.list().length;
+    const post = await a.post();
+    // Before (e127448): the owners walk (names as text) never handed the dir over, so removing it failed and the
+    // whole save was given up ('cache mounts not saved: EACCES: ...').
+    expect(post.warnings).toEqual([]);
+    expect(post.lines.map((l) => l.text).join('\n')).toMatch(/not saving 1 FIFO.*: u\/d\uFFFD\./);
+    expect(cacheService.list().length).toBe(saved + 1);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  });
+
   it('isolate-storage, no cache-mounts, no XDG_RUNTIME_DIR (a runner service outside a login session): post removes the private store, the files of subordinate uids and podman’s pause process', async () => {
     const runnerTemp = ownRunnerTemp();
     const job = await startJob({ 'isolate-storage': 'true' }, runnerTemp, { XDG_RUNTIME_DIR: undefined });
