@@ -4,7 +4,8 @@
  * length is one byte less. A path too long fails late and obscurely ("bind: invalid argument"), so check early.
  */
 import { lstat, mkdir, readlink, symlink } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { createConnection } from 'node:net';
+import { basename, dirname, join } from 'node:path';
 import { pathExists } from '../../core/files.js';
 import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
@@ -45,13 +46,51 @@ async function topmostMissingDir(dir: string): Promise<string | undefined> {
   return missing;
 }
 
-function socketInUse(path: string): InputError {
+const CLAIM_NAME = 'socket-claim';
+const PROBE_TIMEOUT_MS = 2000;
+
+/** Whether something listens on the unix socket at `path`: false only when the kernel says no one does. */
+function listening(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createConnection({ path });
+    socket.setTimeout(PROBE_TIMEOUT_MS, () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.on('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.on('error', (error: NodeJS.ErrnoException) => resolve(error.code !== 'ECONNREFUSED'));
+  });
+}
+
+/**
+ * The refusal of a chosen path something is at. What a run left that ended without its post step (a runner killed
+ * with its job) is told apart, as it is no job's: a claim into a scratch dir that is gone (the runner empties its
+ * temp dir before the next job), or a socket no one listens on. Only told: which job may remove it is the user's call
+ * (two jobs removing it at once could each take the path from the other).
+ */
+async function socketInUse(path: string): Promise<InputError> {
+  const target = await readlink(path).catch(() => undefined);
+  let left: string | undefined;
+  if (target !== undefined && basename(target) === CLAIM_NAME && !(await pathExists(dirname(target)))) {
+    left = `a claim pointing into ${dirname(target)}, which is gone`;
+  } else if (target === undefined && (await lstat(path).catch(() => undefined))?.isSocket()) {
+    if (!(await listening(path))) left = 'a socket no one listens on';
+  }
+  if (left) {
+    return new InputError(
+      Inputs.socket,
+      `${path} is left from a run that ended without its post step (${left}); remove it, or choose another path.`,
+    );
+  }
   return new InputError(Inputs.socket, `${path} is already in use; choose another path or remove it.`);
 }
 
 /** What the claim of a chosen socket path points at: a name below the run's scratch dir, so unique to the run. */
 export function claimTarget(scratch: string): string {
-  return join(scratch, 'socket-claim');
+  return join(scratch, CLAIM_NAME);
 }
 
 /**
@@ -66,7 +105,7 @@ export async function claimSocket(path: string, target: string): Promise<void> {
   try {
     await symlink(target, path);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw socketInUse(path);
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw await socketInUse(path);
     throw error;
   }
 }
@@ -135,7 +174,7 @@ export async function planSocket(given: string | undefined, scratch: string): Pr
     }
     return { socket, outside: false };
   }
-  if (await pathExists(given)) throw socketInUse(given);
+  if (await pathExists(given)) throw await socketInUse(given);
   const createDir = await topmostMissingDir(dirname(given));
   return createDir ? { socket: given, outside: true, createDir } : { socket: given, outside: true };
 }
