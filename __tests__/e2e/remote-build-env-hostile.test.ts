@@ -136,7 +136,11 @@ describe('remote-build-env, mode local, hostile cache mounts (real podman, direc
     const env = { IMAGE_CI_CACHE_DIR: newTemp('ici-rhc-') };
     const inputs = { 'cache-mounts': 'true', 'cache-key': 'hostile-name' };
     const a = await startJob(inputs, env, runnerTemp);
-    await build(a, 'name', [`echo kept >/c/kept && touch "/c/$(printf 'x\\033[2J\\377')"`]);
+    // Beside it, names that are UTF-8 but odd (a newline, 255 bytes): saved and restored as they are.
+    await build(a, 'name', [
+      `echo kept >/c/kept && touch "/c/$(printf 'x\\033[2J\\377')" && echo nl > "/c/$(printf 'a\\nb')" && ` +
+        `echo long > "/c/$(printf '%0255d' 0)"`,
+    ]);
     const post = await a.post();
     expect(post.exitCode).toBe(0);
     // Before: the whole save was given up ('cache mounts not saved: ENOENT: ... lstat ...'), for one odd name.
@@ -149,7 +153,10 @@ describe('remote-build-env, mode local, hostile cache mounts (real podman, direc
     const b = await startJob(inputs, env, runnerTemp);
     expect(b.main.warnings).toEqual([]);
     expect(b.main.outputs['cache-hit']).toBe('true');
-    expect(await readdir(join(b.main.outputs['cache-dir']!, 'c'))).toContain('kept');
+    const restored = join(b.main.outputs['cache-dir']!, 'c');
+    expect((await readdir(restored)).sort()).toEqual(['0'.repeat(255), 'a\nb', 'kept']);
+    expect(await readFile(join(restored, 'a\nb'), 'utf8')).toBe('nl\n');
+    expect(await readFile(join(restored, '0'.repeat(255)), 'utf8')).toBe('long\n');
     expect((await b.post()).exitCode).toBe(0);
   });
 
