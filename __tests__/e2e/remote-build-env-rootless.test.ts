@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { chownSync, mkdtempSync } from 'node:fs';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathExists } from '../../src/core/files.js';
@@ -110,6 +110,27 @@ describe.each([hostPodman()])('[$label] remote-build-env as an ordinary user (ro
     for (const dir of dirs) await rm(dir, { recursive: true, force: true });
   });
 
+  it('a chosen socket path in a dir the runner’s user cannot write (root’s) fails on `socket`, naming the path and the fix; post leaves that dir alone', async () => {
+    const theirs = mkdtempSync(join(tmpdir(), 'ici-rs-'));
+    dirs.push(theirs);
+    await chmod(theirs, 0o755);
+    const socket = join(theirs, 'build.sock');
+    const job = await startSplitJob({
+      action: ACTION,
+      ...stepScripts(podman, ACTION, pm.dir, user),
+      inputs: { socket },
+      env: pm.env,
+      runnerTemp: ownRunnerTemp(),
+    });
+    jobs.push(job);
+    // Before (e127448): "EACCES: permission denied, symlink '<RUNNER_TEMP>/ici-…/socket-claim' -> '<socket>'".
+    expect(job.main.errors).toEqual([
+      `Input 'socket': cannot create ${socket} (EACCES); choose a path in a dir this user (uid ${user.uid}) can write.`,
+    ]);
+    expect((await job.post()).exitCode).toBe(0);
+    expect(await readdir(theirs)).toEqual([]);
+  });
+
   it('cache-mounts written as root and as a non-root container user are saved in post, restored (owners and modes) by the next run, and nothing stays behind', async () => {
     const runnerTemp = ownRunnerTemp();
     const inputs = { 'cache-mounts': 'true', 'cache-key': 'rootless' };
@@ -146,6 +167,29 @@ describe.each([hostPodman()])('[$label] remote-build-env as an ordinary user (ro
       `Cache mounts: unchanged since ${keys[1]}, not saved again.`,
     );
     expect(cacheService.list().length).toBe(2);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  });
+
+  it('a dir named in bytes that are no UTF-8, made by a non-root container user in a cache mount: post leaves it out and saves the rest', async () => {
+    const runnerTemp = ownRunnerTemp();
+    const inputs = { 'cache-mounts': 'true', 'cache-key': 'rootless-name' };
+    const a = await startJob(inputs, runnerTemp);
+    const ctx = join(pm.dir, 'ctx-name');
+    await mkdir(ctx, { recursive: true });
+    await writeFile(
+      join(ctx, 'Containerfile'),
+      `FROM ${image}\nUSER ${CONTAINER_USER}\n` +
+        'RUN --mount=type=cache,target=/u,uid=1000,gid=1000 d="/u/$(printf \'d\\377\')" && ' +
+        'mkdir "$d" && echo x > "$d/f" && echo kept > /u/kept\n',
+    );
+    await pm.podman(['--remote', 'build', '--no-cache', ctx], { env: a.main.exportedEnv });
+    const saved = cacheService.list().length;
+    const post = await a.post();
+    // Before (e127448): the owners walk (names as text) never handed the dir over, so removing it failed and the
+    // whole save was given up ('cache mounts not saved: EACCES: ...').
+    expect(post.warnings).toEqual([]);
+    expect(post.lines.map((l) => l.text).join('\n')).toMatch(/not saving 1 FIFO.*: u\/d\uFFFD\./);
+    expect(cacheService.list().length).toBe(saved + 1);
     expect(await leftovers(runnerTemp)).toEqual([]);
   });
 

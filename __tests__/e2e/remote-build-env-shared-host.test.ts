@@ -52,8 +52,8 @@ function podmanFor(podman: PodmanVariant): () => PodmanTestEnv {
   return () => pm!;
 }
 
-// The host's podman only (the suite's time budget): podman 5.4.2 binds over the claim too (checked with this
-// test on podmanVersions()); the kill test runs the host's node with the crash preload.
+// The host's podman only (the suite's time budget): podman 5.4.2 binds over the claim too (checked with these
+// tests on podmanVersions()); the kill test runs the host's node with the crash preload.
 describe.each([hostPodman()])(
   '[$label] remote-build-env, mode local, a chosen socket path on a host running other jobs (real podman, directory cache)',
   (podman) => {
@@ -156,5 +156,25 @@ describe.each([hostPodman()])(
         '137 claimed, post 0, left []',
       ]);
     }, 120_000);
+
+    it('post run a second time after another job took the freed path: the other job’s socket stays and still answers', async () => {
+      const pm = podmanEnv();
+      const socket = join(newTemp('ici-rs-'), 'build.sock');
+      const a = tracked(await startSplitJobOn(pm, ACTION, { socket }, {}, newTemp('ici-rs-')));
+      expect(a.main.errors).toEqual([]);
+      expect((await a.post()).exitCode).toBe(0);
+      const b = tracked(await startSplitJobOn(pm, ACTION, { socket }, {}, newTemp('ici-rs-')));
+      expect(b.main.errors).toEqual([]);
+
+      expect((await a.post()).exitCode).toBe(0);
+      // Before (e127448): A's second post removed the path whatever was there (it had claimed it once), so B lost its socket.
+      expect((await lstat(socket).catch(() => undefined))?.isSocket()).toBe(true);
+      const info = await pm.podman(['--remote', 'info', '--format', '{{.Host.RemoteSocket.Path}}'], {
+        env: b.main.exportedEnv,
+      });
+      expect(info.stdout.trim()).toContain(socket);
+      expect((await b.post()).exitCode).toBe(0);
+      expect(await pathExists(socket)).toBe(false);
+    }, 90_000);
   },
 );

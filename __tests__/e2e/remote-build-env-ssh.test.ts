@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
-import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createConnection, createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -178,6 +178,31 @@ async function remoteVersion(exported: Record<string, string>, home: string): Pr
 }
 
 describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podman service)', () => {
+  it('post run a second time after another job’s tunnel took the freed socket path: that tunnel’s socket stays', async () => {
+    const socket = join(newRunnerTemp(), 'tunnel.sock');
+    const start = async () =>
+      startSplitJob({
+        action: 'remote-build-env',
+        inputs: { mode: 'ssh', host: hostUrl(), 'ssh-key': clientKey, 'known-hosts': knownHostsLine, socket },
+        env: pm.env,
+        home: await newHome(),
+        runnerTemp: newRunnerTemp(),
+      });
+    const a = await start();
+    expect(a.main.errors).toEqual([]);
+    expect((await a.post()).exitCode).toBe(0);
+    const b = await start();
+    expect(b.main.errors).toEqual([]);
+    try {
+      expect((await a.post()).exitCode).toBe(0);
+      // Before (e127448): A's second post removed B's tunnel socket.
+      expect((await lstat(socket).catch(() => undefined))?.isSocket()).toBe(true);
+    } finally {
+      expect((await b.post()).exitCode).toBe(0);
+    }
+    expect(await pathExists(socket)).toBe(false);
+  });
+
   it('opens a tunnel, exports CONTAINER_HOST to its socket, keeps no key on disk, and closes it in post', async () => {
     const home = await newHome();
     const runnerTemp = newRunnerTemp();

@@ -116,7 +116,9 @@ for (const name of ['lstatSync', 'openSync']) {
   const real = fs[name];
   fs[name] = function (p, ...rest) {
     const result = real.call(this, p, ...rest);
-    if (!swapped && typeof p === 'string' && path.basename(p) === path.basename(victim)) {
+    // The script names entries in bytes (Buffer paths).
+    const name = Buffer.isBuffer(p) ? p.toString() : p;
+    if (!swapped && typeof name === 'string' && path.basename(name) === path.basename(victim)) {
       swapped = true;
       fs.renameSync(victim, victim + '.moved');
       fs.symlinkSync(${JSON.stringify(target)}, victim);

@@ -4,7 +4,7 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
 import { mkdtempSync } from 'node:fs';
-import { lstat, mkdir, readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fingerprintDir, removeUnrestorable } from '../../src/actions/remote-build-env/fingerprint.js';
@@ -22,7 +22,8 @@ beforeEach(() => {
   dir = mkdtempSync(join(tmpdir(), 'ici-tree-'));
 });
 afterEach(async () => {
-  await rm(dir, { recursive: true, force: true });
+  // rm(1): a tree deeper than PATH_MAX left by a failed test is beyond Node's rm.
+  await exec('rm', ['-rf', '--', dir], { timeoutMs: 20_000 });
 });
 
 describe('remote-build-env cache-mount trees with names that are no UTF-8', () => {
@@ -47,6 +48,29 @@ describe('remote-build-env cache-mount trees with names that are no UTF-8', () =
     expect((await removeUnrestorable(dir)).sort()).toEqual(['d\uFFFD', 'link']);
     expect((await readdir(dir)).sort()).toEqual(['good-link', 'kept']);
     expect(await fingerprintDir(dir)).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it('a dir tree nested deeper than PATH_MAX: post removes what no path can name and keeps and fingerprints the rest', async () => {
+    await writeFile(join(dir, 'kept'), 'kept\n');
+    // 30 dirs of 200 characters: made in two halves, the second from inside the first, as no path names it all.
+    const half = Array.from({ length: 15 }, () => 'd'.repeat(200)).join('/');
+    await exec(
+      'sh',
+      ['-c', 'mkdir -p "$0/$1" && cd "$0/$1" && mkdir -p "$1" && echo x > "$1/f"', dir, half],
+      {
+        timeoutMs: 20_000,
+      },
+    );
+    // Before (e127448): ENAMETOOLONG from lstat, and the whole save was given up.
+    const removed = await removeUnrestorable(dir);
+    expect(removed).toHaveLength(1);
+    expect(removed[0]).toMatch(/^…[d/]{200}$/);
+    expect(await fingerprintDir(dir)).toMatch(/^[0-9a-f]{64}$/);
+    expect(await readdir(dir)).toEqual(['d'.repeat(200), 'kept']);
+    // Everything left is reachable by path, so the walks of a restore can check it.
+    const paths: string[] = [];
+    await walk(dir, '', async (path) => void paths.push(path));
+    expect(Math.max(...paths.map((p) => Buffer.byteLength(join(dir, p))))).toBeLessThan(4096);
   });
 
   it('a walk without a handler for them fails naming the entry, rather than looking up another file or none', async () => {

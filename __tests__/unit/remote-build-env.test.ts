@@ -1,4 +1,5 @@
 import { describe, expect, it } from '@jest/globals';
+import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { mkdir, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -12,7 +13,13 @@ import { parseSshHost, readInputs } from '../../src/actions/remote-build-env/inp
 import { serviceCommand } from '../../src/actions/remote-build-env/local-service.js';
 import { mountPointsUnder } from '../../src/actions/remote-build-env/mounts.js';
 import { parseProcStat } from '../../src/actions/remote-build-env/process-group.js';
-import { maxSocketPathBytes, socketPathProblem } from '../../src/actions/remote-build-env/socket-path.js';
+import {
+  claimSocket,
+  claimTarget,
+  maxSocketPathBytes,
+  planSocket,
+  socketPathProblem,
+} from '../../src/actions/remote-build-env/socket-path.js';
 import {
   keyMaskValues,
   knownHostsName,
@@ -227,6 +234,42 @@ describe('socket path limits', () => {
     expect(socketPathProblem(`/${'é'.repeat(52)}`, 'darwin')).toMatch(
       /is 105 bytes, but darwin allows at most 103/,
     );
+  });
+});
+
+describe('a chosen socket path something is at', () => {
+  it('tells a claim into a scratch dir that is gone and a socket no one listens on (a run ended without post) from a path in use', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ici-sp-'));
+    const mine = claimTarget(join(dir, 'ici-mine'));
+    try {
+      const stale = join(dir, 'stale.sock');
+      await symlink(claimTarget(join(dir, 'ici-gone')), stale);
+      // Before (e127448): 'is already in use; choose another path or remove it.', as for a live job's path.
+      await expect(claimSocket(stale, mine)).rejects.toThrow(
+        `Input 'socket': ${stale} is left from a run that ended without its post step (a claim pointing into ${join(dir, 'ici-gone')}, which is gone); remove it, or choose another path.`,
+      );
+      await mkdir(join(dir, 'ici-live'));
+      const live = join(dir, 'live.sock');
+      await symlink(claimTarget(join(dir, 'ici-live')), live);
+      await expect(claimSocket(live, mine)).rejects.toThrow(`${live} is already in use;`);
+
+      // The socket of a service killed with its runner: the file stays, nothing listens.
+      const dead = join(dir, 'dead.sock');
+      const server = spawn(process.execPath, [
+        '-e',
+        `require('node:net').createServer().listen(${JSON.stringify(dead)}, () => console.log('up'))`,
+      ]);
+      await new Promise((resolve) => server.stdout.once('data', resolve));
+      await expect(planSocket(dead, dir)).rejects.toThrow(`${dead} is already in use;`);
+      const exited = new Promise((resolve) => server.once('exit', resolve));
+      server.kill('SIGKILL');
+      await exited;
+      await expect(planSocket(dead, dir)).rejects.toThrow(
+        `${dead} is left from a run that ended without its post step (a socket no one listens on);`,
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 

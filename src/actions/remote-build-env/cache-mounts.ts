@@ -194,7 +194,7 @@ export async function saveCacheMounts(host: Host, stage: string, cache: CacheSta
     const removed = await removeUnrestorable(cache.path);
     if (removed.length) {
       host.info(
-        `Cache mounts: not saving ${removed.length} FIFO(s), socket(s), device node(s) or names that are no UTF-8 a build left there (a restore refuses them): ${listed(removed)}.`,
+        `Cache mounts: not saving ${removed.length} FIFO(s), socket(s), device node(s), names that are no UTF-8 or paths longer than PATH_MAX a build left there (a restore refuses them): ${listed(removed)}.`,
       );
     }
     const fingerprint = await fingerprintDir(cache.path, await readOwners(cache.path));

@@ -7,7 +7,7 @@ import { errorMessage } from '../../core/run.js';
 import { removeScratchDirs } from '../../core/workspace.js';
 import { unmountUnder } from './mounts.js';
 import { stopProcess, stopProcessGroup, type ProcessIdentity, type StopOutcome } from './process-group.js';
-import { isClaim } from './socket-path.js';
+import { fileIdentity, isClaim } from './socket-path.js';
 import type { RunState } from './state.js';
 import { closeRegistry } from './tracked.js';
 
@@ -114,10 +114,17 @@ async function removeSocketDirs(host: Host, socket: string, top: string): Promis
   }
 }
 
-/** Whether the chosen socket path is this run's: not when its claim failed (or never came), as it may be another's. */
+/**
+ * Whether the chosen socket path is this run's: not when its claim failed (or never came), as it may be another's,
+ * nor once the socket that answered is gone from it (an earlier post removed it: the path is free for others).
+ */
 async function ownsSocketPath(state: RunState): Promise<boolean> {
-  if (!state.socketClaim || state.socketClaimed) return true;
-  return isClaim(state.socket, state.socketClaim);
+  if (!state.socketClaim) return true;
+  if (await isClaim(state.socket, state.socketClaim)) return true;
+  if (!state.socketClaimed) return false;
+  if (state.socketIdentity) return (await fileIdentity(state.socket)) === state.socketIdentity;
+  // Main ended between the claim and the answer: whatever serves there is this run's service or tunnel.
+  return true;
 }
 
 /** Removes the socket and every dir main made. Best-effort: one failure does not keep the rest. */

@@ -8,6 +8,7 @@ import { isUtf8 } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import { chmod, readlink, realpath, rm, symlink } from 'node:fs/promises';
 import { isAbsolute, join, sep } from 'node:path';
+import { exec } from '../../core/exec.js';
 import { OWNERS_FILE, type Owners } from './owners.js';
 import { walk } from './tree.js';
 
@@ -28,13 +29,17 @@ export async function fingerprintDir(dir: string, owners?: Owners): Promise<stri
   return hash.digest('hex');
 }
 
+/** A build may leave many files below a too-deep dir. */
+const REMOVE_TIMEOUT_MS = 60_000;
+
 export const EMPTY_FINGERPRINT = createHash('sha256').digest('hex');
 
 /**
  * Makes the tree one a restore takes (cache-confinement.ts refuses a whole entry for one FIFO, device node, hard
  * link to a symlink or name that is no UTF-8, and would then refuse every later save of it too): FIFOs, sockets
  * and device nodes (a build's leftovers, worth nothing in a later run), and entries named, or symlinks pointing,
- * in bytes that are no UTF-8, are removed, and a symlink with more than one name gets a fresh inode per name.
+ * in bytes that are no UTF-8, or at paths longer than PATH_MAX (which tar saves, but no walk here could check on
+ * restore), are removed, and a symlink with more than one name gets a fresh inode per name.
  * Returns the paths removed, relative to `dir` (a name that is no UTF-8 with U+FFFD for its odd bytes).
  */
 export async function removeUnrestorable(dir: string): Promise<string[]> {
@@ -60,6 +65,11 @@ export async function removeUnrestorable(dir: string): Promise<string[]> {
     },
     async (raw, shown) => {
       await rm(raw, { recursive: true, force: true });
+      removed.push(shown);
+    },
+    async (parent, name, shown) => {
+      // Node cannot name it; rm(1) reached from its dir can, and goes below it by descriptors.
+      await exec('rm', ['-rf', '--', name], { cwd: parent, timeoutMs: REMOVE_TIMEOUT_MS });
       removed.push(shown);
     },
   );

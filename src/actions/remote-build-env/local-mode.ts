@@ -1,7 +1,7 @@
 /** Mode `local`: a podman service of this job's own, started in main and stopped in post. */
 import { createHash } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { which } from '@actions/io';
 import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
@@ -26,7 +26,7 @@ import {
 } from './local-service.js';
 import type { ServingMode } from './mode.js';
 import { isRunning, type StopOutcome } from './process-group.js';
-import { claimChosenSocket, claimTarget, planSocket } from './socket-path.js';
+import { claimChosenSocket, claimTarget, planSocket, recordChosenSocket } from './socket-path.js';
 import { saveRunState, type LocalState } from './state.js';
 
 const VERSION_TIMEOUT_MS = 15_000;
@@ -121,7 +121,6 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
   saveRunState(host, state);
   await mkdir(tmpdir, { mode: 0o700 });
   await mkdir(state.registry, { mode: 0o700 });
-  if (placed.createDir) await mkdir(dirname(placed.socket), { recursive: true, mode: 0o700 });
   // Before the restore, which can take minutes: the path is this job's from now on (socket-path.ts).
   await claimChosenSocket(host, state);
 
@@ -153,6 +152,7 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
     advice: 'raise `startup-timeout` if the machine is slow.',
   });
   const startupMs = Date.now() - started;
+  await recordChosenSocket(host, state);
   host.info(`The service (pid ${service.identity.pid}) answered after ${formatDuration(startupMs)}.`);
 
   const url = socketUrl(plan.socket);

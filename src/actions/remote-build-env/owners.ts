@@ -51,11 +51,15 @@ const [op, dir] = process.argv.slice(1);
 const skip = ${JSON.stringify(OWNERS_FILE)};
 const O_PATH = 0o10000000;
 const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW } = fs.constants;
+const { isUtf8 } = require('node:buffer');
 const self = (fd) => '/proc/self/fd/' + fd;
-const at = (dirFd, name) => self(dirFd) + '/' + name;
+const at = (dirFd, name) => Buffer.concat([Buffer.from(self(dirFd) + '/'), Buffer.from(name)]);
+// Names as bytes: one that is no UTF-8 would read back as text with U+FFFD and be found under no name, so never
+// handed over, and post could not remove it. Such an entry (and what is below it) has no path: it is handed over
+// but not recorded (post leaves it out of the save).
 function walk(dirFd, rel, visit) {
-  for (const name of fs.readdirSync(self(dirFd)).sort()) {
-    if (!rel && name === skip) continue;
+  for (const name of fs.readdirSync(self(dirFd), { encoding: 'buffer' }).sort(Buffer.compare)) {
+    if (rel === '' && name.equals(Buffer.from(skip))) continue;
     let fd;
     try {
       fd = fs.openSync(at(dirFd, name), O_PATH | O_NOFOLLOW);
@@ -65,7 +69,8 @@ function walk(dirFd, rel, visit) {
     }
     try {
       const info = fs.fstatSync(fd);
-      const path = rel ? rel + '/' + name : name;
+      const text = rel === null || !isUtf8(name) ? null : name.toString('utf8');
+      const path = text === null ? null : rel ? rel + '/' + text : text;
       visit(path, info, (uid, gid, mode) => {
         if (info.isSymbolicLink()) return fs.lchownSync(at(dirFd, name), uid, gid);
         if (info.uid !== uid || info.gid !== gid) fs.chownSync(self(fd), uid, gid);
@@ -88,7 +93,7 @@ const top = fs.openSync(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
 if (op === 'record') {
   const entries = [];
   walk(top, '', (path, info, set) => {
-    entries.push([path, info.uid, info.gid, info.mode & 0o7777]);
+    if (path !== null) entries.push([path, info.uid, info.gid, info.mode & 0o7777]);
     set(0, 0, (info.mode & 0o1777) | (info.isDirectory() ? 0o700 : 0o600));
   });
   // A build can reach the top (a cache mount with id=.) and put a symlink, FIFO or dir there by this name: written

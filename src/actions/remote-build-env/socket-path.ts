@@ -3,8 +3,9 @@
  * 104 on macOS and the BSDs. Go's net package (podman) refuses a path that fills the whole buffer, so the usable
  * length is one byte less. A path too long fails late and obscurely ("bind: invalid argument"), so check early.
  */
-import { readlink, symlink } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { lstat, mkdir, readlink, symlink } from 'node:fs/promises';
+import { createConnection } from 'node:net';
+import { basename, dirname, join } from 'node:path';
 import { pathExists } from '../../core/files.js';
 import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
@@ -45,13 +46,51 @@ async function topmostMissingDir(dir: string): Promise<string | undefined> {
   return missing;
 }
 
-function socketInUse(path: string): InputError {
+const CLAIM_NAME = 'socket-claim';
+const PROBE_TIMEOUT_MS = 2000;
+
+/** Whether something listens on the unix socket at `path`: false only when the kernel says no one does. */
+function listening(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createConnection({ path });
+    socket.setTimeout(PROBE_TIMEOUT_MS, () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.on('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.on('error', (error: NodeJS.ErrnoException) => resolve(error.code !== 'ECONNREFUSED'));
+  });
+}
+
+/**
+ * The refusal of a chosen path something is at. What a run left that ended without its post step (a runner killed
+ * with its job) is told apart, as it is no job's: a claim into a scratch dir that is gone (the runner empties its
+ * temp dir before the next job), or a socket no one listens on. Only told: which job may remove it is the user's call
+ * (two jobs removing it at once could each take the path from the other).
+ */
+async function socketInUse(path: string): Promise<InputError> {
+  const target = await readlink(path).catch(() => undefined);
+  let left: string | undefined;
+  if (target !== undefined && basename(target) === CLAIM_NAME && !(await pathExists(dirname(target)))) {
+    left = `a claim pointing into ${dirname(target)}, which is gone`;
+  } else if (target === undefined && (await lstat(path).catch(() => undefined))?.isSocket()) {
+    if (!(await listening(path))) left = 'a socket no one listens on';
+  }
+  if (left) {
+    return new InputError(
+      Inputs.socket,
+      `${path} is left from a run that ended without its post step (${left}); remove it, or choose another path.`,
+    );
+  }
   return new InputError(Inputs.socket, `${path} is already in use; choose another path or remove it.`);
 }
 
 /** What the claim of a chosen socket path points at: a name below the run's scratch dir, so unique to the run. */
 export function claimTarget(scratch: string): string {
-  return join(scratch, 'socket-claim');
+  return join(scratch, CLAIM_NAME);
 }
 
 /**
@@ -66,25 +105,60 @@ export async function claimSocket(path: string, target: string): Promise<void> {
   try {
     await symlink(target, path);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw socketInUse(path);
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw await socketInUse(path);
     throw error;
   }
 }
 
+/** Why a path cannot be made there: another user's dir (a rootless runner), a read-only one, a file on the way. */
+const UNWRITABLE = new Set(['EACCES', 'EPERM', 'EROFS', 'ENOTDIR', 'ENOENT']);
+
 /**
- * Claims the chosen socket path main recorded in `state` (none for a path in our own dirs) and records that it
- * did: from then on post removes the path whatever is there (the service's or tunnel's socket replaces the claim).
+ * Makes the dirs planSocket found missing and claims the chosen socket path main recorded in `state` (none for a
+ * path in our own dirs), and records that it did: from then on post removes the path while the claim or the
+ * socket that answered is there (the service's or tunnel's socket replaces the claim).
  */
 export async function claimChosenSocket(host: Host, state: RunState): Promise<void> {
   if (!state.socketClaim) return;
-  await claimSocket(state.socket, state.socketClaim);
+  try {
+    if (state.socketDirCreated) await mkdir(dirname(state.socket), { recursive: true, mode: 0o700 });
+    await claimSocket(state.socket, state.socketClaim);
+  } catch (error) {
+    // Node's message would name the claim's target in our scratch dir, not the path the user chose.
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code && UNWRITABLE.has(code)) {
+      throw new InputError(
+        Inputs.socket,
+        `cannot create ${state.socket} (${code}); choose a path in a dir this user (uid ${process.getuid?.()}) can write.`,
+      );
+    }
+    throw error;
+  }
   state.socketClaimed = true;
+  saveRunState(host, state);
+}
+
+/** Records which socket answered at a chosen path (see socketIdentity in state.ts); call once it answered. */
+export async function recordChosenSocket(host: Host, state: RunState): Promise<void> {
+  if (!state.socketClaim) return;
+  const identity = await fileIdentity(state.socket);
+  if (identity) state.socketIdentity = identity;
   saveRunState(host, state);
 }
 
 /** Whether `path` is still this run's claim: what a main killed right after claiming, before recording it, left. */
 export async function isClaim(path: string, target: string): Promise<boolean> {
   return (await readlink(path).catch(() => undefined)) === target;
+}
+
+/**
+ * Which file is at `path` now (device, inode and change time: an inode number alone is soon reused once the file
+ * is gone), or undefined when nothing is. Recorded for the socket that answered, so post can tell it from a
+ * socket another job made at the same path after this run's post freed it.
+ */
+export async function fileIdentity(path: string): Promise<string | undefined> {
+  const info = await lstat(path, { bigint: true }).catch(() => undefined);
+  return info && `${info.dev}:${info.ino}:${info.ctimeNs}`;
 }
 
 /** Where CONTAINER_HOST will point: the `socket` input, or `<scratch>/podman.sock`. Creates nothing. */
@@ -100,7 +174,7 @@ export async function planSocket(given: string | undefined, scratch: string): Pr
     }
     return { socket, outside: false };
   }
-  if (await pathExists(given)) throw socketInUse(given);
+  if (await pathExists(given)) throw await socketInUse(given);
   const createDir = await topmostMissingDir(dirname(given));
   return createDir ? { socket: given, outside: true, createDir } : { socket: given, outside: true };
 }

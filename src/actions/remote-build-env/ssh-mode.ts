@@ -14,7 +14,7 @@
  * The key lives in a private file only until the tunnel has authenticated: later steps never need it.
  */
 import { mkdir, rm, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { which } from '@actions/io';
 import { exec } from '../../core/exec.js';
 import type { Host } from '../../core/host.js';
@@ -28,7 +28,7 @@ import { Inputs, Outputs } from './constants.js';
 import type { SshOptions, SshTarget } from './inputs.js';
 import { socketUrl } from './local-service.js';
 import type { ServingMode } from './mode.js';
-import { claimChosenSocket, claimTarget, planSocket } from './socket-path.js';
+import { claimChosenSocket, claimTarget, planSocket, recordChosenSocket } from './socket-path.js';
 import { saveRunState, type SshState } from './state.js';
 import { spawnTracked } from './tracked.js';
 
@@ -177,7 +177,6 @@ async function connectSsh(host: Host, inputs: SshOptions, interrupted?: AbortSig
   };
   saveRunState(host, state);
   await mkdir(state.registry, { mode: 0o700 });
-  if (placed.createDir) await mkdir(dirname(placed.socket), { recursive: true, mode: 0o700 });
   // Else another job's tunnel bound there while this one connects would answer this job's readiness check.
   await claimChosenSocket(host, state);
   await writeFile(files.key, `${inputs.sshKey.trim()}\n`, { mode: 0o600, flag: 'wx' });
@@ -220,6 +219,7 @@ async function connectSsh(host: Host, inputs: SshOptions, interrupted?: AbortSig
     throw new ActionError(`cannot reach the podman service at ${target.url}: ${errorMessage(error)}`);
   }
   const readyMs = Date.now() - started;
+  await recordChosenSocket(host, state);
   // The tunnel has authenticated and never reconnects: no later step needs the key, so it leaves the disk now.
   await rm(files.key, { force: true });
   host.info(`Remote podman ${version} answers through the tunnel (after ${formatDuration(readyMs)}).`);

@@ -38,6 +38,11 @@ interface ServingState {
   socketClaim?: string;
   socketClaimed?: boolean;
   /**
+   * fileIdentity of the chosen socket once it answered: from then on post removes the path only while it is that
+   * socket (or still the claim). Post may run again after it freed the path, when another job may have taken it.
+   */
+  socketIdentity?: string;
+  /**
    * The topmost dir main made for a socket path the user chose; post removes it (and those below it on the way
    * to the socket) only while empty: anything else put there later is not ours.
    */
