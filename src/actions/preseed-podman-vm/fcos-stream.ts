@@ -10,7 +10,7 @@
  * checksum (pkg/machine/wsl/fedora.go), which cannot be verified or keyed, so it is not resolved here.
  */
 import { InputError } from '../../core/inputs.js';
-import { MAX_REDIRECTS, REDIRECT_STATUSES, refusedRedirect } from '../../core/redirects.js';
+import { fetchFollowing, RedirectNotFollowed } from '../../core/redirects.js';
 import { externalText, networkFailure } from '../../core/oci/response.js';
 import {
   ProxyError,
@@ -162,49 +162,6 @@ export function withoutCredentials(url: string | URL): string {
   return plain.href;
 }
 
-/** A redirect the stream is not followed through: an answer, not an unreachable stream. */
-class RedirectRefused extends Error {}
-
-/**
- * The stream's answer at the end of its redirects, followed by hand under the one rule for that (core/redirects):
- * fetch drops the Authorization header at a hop to another origin and does not send it again when a later hop
- * comes back, so a stream that redirects through another origin and back answered 401. Here it goes to every
- * request on the stream URL's own origin, as the disk download sends it.
- */
-async function openStream(
-  fetch: ProxiedFetch,
-  streamUrl: string,
-  authorization: string | undefined,
-  signal: AbortSignal,
-): Promise<Response> {
-  const origin = new URL(streamUrl).origin;
-  let at = new URL(streamUrl);
-  for (let redirects = 0; ; redirects++) {
-    const own = authorization && at.origin === origin;
-    const response = await fetch(at, {
-      signal,
-      redirect: 'manual',
-      ...(own ? { headers: { authorization } } : {}),
-    });
-    const location = response.headers.get('location');
-    if (!REDIRECT_STATUSES.has(response.status) || location === null) return response;
-    await response.body?.cancel().catch(() => undefined);
-    const next = URL.canParse(location, at.href) ? new URL(location, at) : undefined;
-    const refused =
-      redirects === MAX_REDIRECTS
-        ? `more than ${MAX_REDIRECTS} times`
-        : next
-          ? refusedRedirect(at, next)
-          : 'to an invalid URL';
-    if (!next || refused) {
-      throw new RedirectRefused(
-        `${streamUrl}: ${externalText(at.origin, 100)} redirected ${refused}; not followed.`,
-      );
-    }
-    at = next;
-  }
-}
-
 async function fetchFcosDisk(
   fetch: ProxiedFetch,
   streamUrl: string,
@@ -216,9 +173,16 @@ async function fetchFcosDisk(
   for (let attempt = 0; attempt < STREAM_ATTEMPTS; attempt++) {
     let response: Response;
     try {
-      response = await openStream(fetch, streamUrl, authorization, AbortSignal.timeout(STREAM_TIMEOUT_MS));
+      // Followed by hand (core/redirects): fetch would not send the credentials again on the stream's own origin
+      // after a hop through another, and the stream is where the disk's sha256 comes from.
+      response = await fetchFollowing(fetch, streamUrl, {
+        signal: AbortSignal.timeout(STREAM_TIMEOUT_MS),
+        authorization,
+      });
     } catch (error) {
-      if (error instanceof RedirectRefused) throw error;
+      // A redirect not followed is an answer, not an unreachable stream.
+      if (error instanceof RedirectNotFollowed)
+        throw new Error(`${streamUrl}: ${error.message}; not followed.`);
       // fetch says only "fetch failed"; what happened (refused, a redirect loop, DNS, the timeout) is its cause.
       const failure = networkFailure(error, streamUrl, STREAM_TIMEOUT_MS);
       // A proxy's 407 or 403 stays one however often it is asked.

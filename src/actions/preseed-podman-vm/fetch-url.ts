@@ -36,7 +36,7 @@ import {
 import { ActionError } from '../../core/run.js';
 import { formatBytes } from '../../core/summary.js';
 import { ProgressLog } from './progress.js';
-import { MAX_REDIRECTS, REDIRECT_STATUSES, refusedRedirect } from '../../core/redirects.js';
+import { fetchFollowing, MAX_REDIRECTS, RedirectNotFollowed } from '../../core/redirects.js';
 
 const STALL_MS = 5 * 60_000;
 
@@ -180,39 +180,27 @@ async function fetchWithRetries(transfer: Transfer): Promise<number> {
 }
 
 /**
- * The answer at the end of `url`'s redirects, followed here because fetch follows one from https to http (the
- * Fetch standard allows it): that hop, as @actions/tool-cache's client did, is refused, since a disk over plain
- * http can be swapped on the way and a URL image has no published checksum to notice. A redirect's target may
- * be a signed URL: messages name its origin only.
+ * `url`'s answer at the end of its redirects (core/redirects' rule: a hop from https to http is refused, as
+ * @actions/tool-cache's client did, since a disk over plain http can be swapped on the way and a URL image has no
+ * published checksum to notice), asking for the file's own bytes (what its sha256 is of), so a server compressing
+ * on the fly leaves them be.
  */
 async function openFollowing(
   { fetch, url, authorization, shown }: Transfer,
   signal: AbortSignal,
 ): Promise<Response> {
-  const origin = new URL(url).origin;
-  let at = new URL(url);
-  for (let redirects = 0; ; redirects++) {
-    // Identity: the file's own bytes (what its sha256 is of), so a server compressing on the fly leaves them be.
-    const headers: Record<string, string> = { 'accept-encoding': 'identity' };
-    if (authorization && at.origin === origin) headers.authorization = authorization;
-    const response = await fetch(at, { signal, redirect: 'manual', headers });
-    const location = response.headers.get('location');
-    if (!REDIRECT_STATUSES.has(response.status) || location === null) return response;
-    await response.body?.cancel().catch(() => undefined);
-    if (redirects === MAX_REDIRECTS) {
-      throw new DownloadRefused(
-        `download of ${shown}: more than ${MAX_REDIRECTS} redirects; download refused.`,
-      );
-    }
-    const next = URL.canParse(location, at.href) ? new URL(location, at) : undefined;
-    const refused = next ? refusedRedirect(at, next) : 'to an invalid URL';
-    if (!next || refused) {
-      throw new DownloadRefused(
-        `download of ${shown}: ${externalText(at.origin, 100)} redirected ${refused}; download refused.`,
-      );
-    }
-    at = next;
-  }
+  return fetchFollowing(fetch, url, {
+    signal,
+    headers: { 'accept-encoding': 'identity' },
+    authorization,
+  }).catch((error: unknown) => {
+    if (!(error instanceof RedirectNotFollowed)) throw error;
+    throw new DownloadRefused(
+      error.tooMany
+        ? `download of ${shown}: more than ${MAX_REDIRECTS} redirects; download refused.`
+        : `download of ${shown}: ${error.message}; download refused.`,
+    );
+  });
 }
 
 async function fetchOnce(transfer: Transfer): Promise<number> {
