@@ -4,7 +4,17 @@
  * the two must not take the new files for old orphans. Real clock throughout: only the copy's ctime is new.
  */
 import { afterAll, describe, expect, it } from '@jest/globals';
-import { copyFileSync, existsSync, lutimesSync, mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  lutimesSync,
+  mkdirSync,
+  mkdtempSync,
+  renameSync,
+  rmSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -73,5 +83,29 @@ describe('a publisher that copies with preserved mtimes and takes no lock (rsync
       expect([path, deferred.get(path)! >= copiedFrom - 1000 + HOUR]).toEqual([path, true]);
     }
     expect(dry.report.files).toEqual(report.files);
+  });
+});
+
+describe('an mtime in the future (a publisher clock years ahead, touch -d 2100-01-01)', () => {
+  it('does not keep an orphan until that date: it ages from when it arrived (ctime), like any other', async () => {
+    const repo = new SimplestreamsRepo(join(base, 'future'), 'nested');
+    repo.addVersion(P, V[0]!);
+    repo.write();
+    const orphans = [`${DIR}/stray-future.bin`, `${DIR}/stray-now.bin`];
+    for (const orphan of orphans) writeFileSync(join(repo.root, orphan), 'not named by any metadata');
+    const year2100 = Date.UTC(2100, 0, 1) / 1000;
+    utimesSync(join(repo.root, orphans[0]!), year2100, year2100);
+    const options = pruneInputs(repo.root, { keepVersions: 3, gracePeriodMs: HOUR, verify: 'size' });
+
+    // Now: both arrived a moment ago, both wait out the grace period from their arrival, not from 2100.
+    const early = await pruneAt({ ...options, dryRun: true }, Date.now());
+    expect(early.report.files.deleted).toEqual([]);
+    const until = new Map(early.report.files.deferred.map((f) => [f.path, Date.parse(f.deletableAt)]));
+    expect(until.get(orphans[0]!)! - until.get(orphans[1]!)!).toBeLessThan(60_000);
+
+    // Two hours on (the grace period is one), both are deleted.
+    const { report } = await pruneAt(options, Date.now() + 2 * HOUR);
+    expect(report.files.deleted.map((f) => f.path).sort()).toEqual(orphans);
+    expect(orphans.filter((o) => existsSync(join(repo.root, o)))).toEqual([]);
   });
 });

@@ -20,3 +20,9 @@ export const Outputs = {
   freedBytes: 'freed-bytes',
   reportFile: 'report-file',
 } as const;
+
+/**
+ * Clocks closer than this count as equal: a file system's coarser clock and the moments between a file's change
+ * and its reading always make a few milliseconds, and a grace period is minutes or hours.
+ */
+export const CLOCK_TOLERANCE_MS = 60_000;

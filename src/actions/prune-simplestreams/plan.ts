@@ -15,6 +15,7 @@ import {
   type JsonObject,
   type Removals,
 } from './catalog.js';
+import { CLOCK_TOLERANCE_MS } from './constants.js';
 import { productMatcher, unmatchedPatterns, type UnmatchedPattern } from './product-filter.js';
 import { baseOf, contentDirOf, isSidecar, parentOf } from './repo-paths.js';
 import type { FileFact, RepoFacts, Times } from './scan.js';
@@ -226,9 +227,13 @@ function othersOnly(catalog: Catalog, selected: (name: string) => boolean): (pat
  * a repository built elsewhere (`rsync -a`, `cp -p`, `tar -x`) and takes no lock sets mtimes hours or days back,
  * and sends images/ before streams/v1/: by mtime alone, a prune in between deletes the new files just before the
  * new images.json names them. Nothing sets ctime back (utimes, rename and link all move it to now).
+ *
+ * An mtime still ahead of the file system's clock (`now`) is left out: whoever set it (a publisher's clock years
+ * ahead, `touch -d 2100-01-01`) did so at ctime, which is then when the entry last arrived. Counted, it would
+ * keep an orphan until that date.
  */
-function changedMs(times: Times): number {
-  return Math.max(times.mtimeMs, times.ctimeMs);
+function changedMs(times: Times, nowMs: number): number {
+  return times.mtimeMs > nowMs + CLOCK_TOLERANCE_MS ? times.ctimeMs : Math.max(times.mtimeMs, times.ctimeMs);
 }
 
 interface FileDecisions {
@@ -269,7 +274,7 @@ function decideFiles(
     // Referenced by the metadata on disk, so fetched by clients until now: whatever the state file says (a prune
     // stopped after writing it, before images.json) is too early.
     const since = before.has(path) ? (options.recordNowMs ?? now) : state.get(path);
-    const deletableAtMs = Math.max(changedMs(fact), since ?? -Infinity) + grace;
+    const deletableAtMs = Math.max(changedMs(fact, now), since ?? -Infinity) + grace;
     const action: FileAction = {
       path,
       size: fact.size,
@@ -315,7 +320,7 @@ function decideFiles(
     } else if (dirDeferredUntil.has(dir)) {
       deletableAtMs = dirDeferredUntil.get(dir)!;
     } else {
-      deletableAtMs = dirDeleted.has(dir) ? now : changedMs(fact) + grace;
+      deletableAtMs = dirDeleted.has(dir) ? now : changedMs(fact, now) + grace;
     }
     if (deletableAtMs === 'live') continue;
     const action: FileAction = { path, size: fact.size, reason: 'sidecar', deletableAtMs, seen: fact };
@@ -346,7 +351,8 @@ function emptyDirs(
   const removable: string[] = [];
   for (const dir of deepestFirst) {
     const times = facts.dirs.get(dir)!.times;
-    const old = times !== undefined && changedMs(times) + options.gracePeriodMs <= options.nowMs;
+    const old =
+      times !== undefined && changedMs(times, options.nowMs) + options.gracePeriodMs <= options.nowMs;
     if (!nonEmpty.has(dir) && (touched.has(dir) || old) && !leftAlone(`${dir}/x`)) removable.push(dir);
     else markUp(nonEmpty, `${dir}/x`);
   }

@@ -11,7 +11,7 @@ import { ActionError, errorMessage } from '../../core/run.js';
 import { formatDuration } from '../../core/summary.js';
 import { applyPlan, type ApplyResult } from './apply.js';
 import { loadCatalog, printableLines } from './catalog.js';
-import { Inputs } from './constants.js';
+import { CLOCK_TOLERANCE_MS, Inputs } from './constants.js';
 import type { PruneInputs } from './inputs.js';
 import { planPrune } from './plan.js';
 import { LOCK_FILE_NAME } from './repo-paths.js';
@@ -97,15 +97,13 @@ async function takeLock(root: string, inputs: PruneInputs, host: Host): Promise<
  * (they wait longer), but the times it would record in the state file ("unreferenced since") are early by as much,
  * and the next prune, from a machine whose clock is right, would cut those grace periods short: the state records
  * the file system's time. A dry run's clock is this machine's (it takes no lock and records nothing). Less than
- * SKEW_TOLERANCE_MS counts as none: the file system's coarser clock and the moments since the lock was created
+ * CLOCK_TOLERANCE_MS counts as none: the file system's coarser clock and the moments since the lock was created
  * always make a few milliseconds, and a grace period is minutes or hours.
  */
 async function clockAheadOfFiles(lock: Lock): Promise<number> {
   const aheadMs = Date.now() - (await lstat(lock.path)).mtimeMs;
-  return Math.abs(aheadMs) < SKEW_TOLERANCE_MS ? 0 : aheadMs;
+  return Math.abs(aheadMs) < CLOCK_TOLERANCE_MS ? 0 : aheadMs;
 }
-
-const SKEW_TOLERANCE_MS = 60_000;
 
 export async function pruneRepository(
   inputs: PruneInputs,
