@@ -16,7 +16,8 @@ import {
 } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { basename, join } from 'node:path';
 import { loadCatalog } from '../../src/actions/prune-simplestreams/catalog.js';
 import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
 import { planPrune } from '../../src/actions/prune-simplestreams/plan.js';
@@ -557,4 +558,42 @@ describe('property: random repositories', () => {
       for (const item of listItems(repo.root)) expect(existsSync(join(repo.root, item.path))).toBe(true);
     },
   );
+});
+
+describe('verify of a kept file swapped for a link after the scan', () => {
+  it("reports a link out of the repository without the outside file's size or sha256; a link within it (a pool) verifies", async () => {
+    const root = mkdtempSync(join(base, 'swapped-'));
+    const outside = mkdtempSync(join(base, 'outside-'));
+    const secret = 'root:$6$not-for-the-log:19000:0:99999:7:::\n';
+    writeFileSync(join(outside, 'shadow'), secret);
+    mkdirSync(join(root, 'pool'));
+    writeFileSync(join(root, 'pool', 'disk'), 'disk bytes');
+    symlinkSync('pool/disk', join(root, 'pooled'));
+    symlinkSync(join(outside, 'shadow'), join(root, 'swapped'));
+    // Relative, through the pool dir and back out: resolved, not judged by its text.
+    symlinkSync('../' + join('..', basename(outside), 'shadow'), join(root, 'pool', 'sneaky'));
+    const sha = (text: string) => createHash('sha256').update(text).digest('hex');
+    const item = (path: string, content: string) => ({
+      name: path,
+      path,
+      ftype: 'root.tar.xz',
+      size: Buffer.byteLength(content) + 1,
+      sha256: sha(content),
+    });
+    const result = await verifyItems(
+      root,
+      [item('pooled', 'disk bytes'), item('swapped', 'other'), item('pool/sneaky', 'other')],
+      'sha256',
+    );
+    expect(result.problems).toEqual([
+      'pooled has 10 bytes, expected 11',
+      'swapped leads out of the repository (a link swapped in?)',
+      'pool/sneaky leads out of the repository (a link swapped in?)',
+    ]);
+    const exact = await verifyItems(root, [{ ...item('pooled', 'disk bytes'), size: 10 }], 'sha256');
+    expect(exact.problems).toEqual([]);
+    const report = JSON.stringify(result);
+    expect(report).not.toContain(sha(secret));
+    expect(report).not.toContain(`has ${Buffer.byteLength(secret)} bytes`);
+  });
 });

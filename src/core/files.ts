@@ -1,5 +1,6 @@
 import { constants } from 'node:fs';
-import { lstat, open, stat, statfs, type FileHandle } from 'node:fs/promises';
+import { lstat, open, readlink, realpath, stat, statfs, type FileHandle } from 'node:fs/promises';
+import { sep } from 'node:path';
 import { ActionError } from './run.js';
 import { formatBytes } from './summary.js';
 
@@ -17,6 +18,8 @@ export async function pathExists(path: string): Promise<boolean> {
 export const NOT_A_REGULAR_FILE = 'ERR_NOT_A_REGULAR_FILE';
 /** The code of readRegularFile's refusal of a file past its limit. */
 export const FILE_TOO_LARGE = 'ERR_FILE_TOO_LARGE';
+/** The code of openRegularFileWithin's refusal of a path that leads out of its directory. */
+export const OUTSIDE_DIRECTORY = 'ERR_OUTSIDE_DIRECTORY';
 
 /** Linux's O_PATH (node's fs.constants lacks it): a handle on the inode that opens nothing, so nothing acts. */
 const O_PATH = 0o10000000;
@@ -31,6 +34,12 @@ function namedError(path: string, shownAs = path): (error: NodeJS.ErrnoException
 
 function notRegular(path: string): Error {
   return Object.assign(new Error(`cannot read ${path}: not a regular file.`), { code: NOT_A_REGULAR_FILE });
+}
+
+/** `dir` must be a real path (no symlink in it): `real` is compared with it as text. */
+function checkWithin(path: string, real: string, dir: string): void {
+  if (real === dir || real.startsWith(dir.endsWith(sep) ? dir : dir + sep)) return;
+  throw Object.assign(new Error(`cannot read ${path}: it leads out of ${dir}.`), { code: OUTSIDE_DIRECTORY });
 }
 
 /**
@@ -48,7 +57,7 @@ const readable = (info: { isFile(): boolean; isDirectory(): boolean }) => info.i
  * or without /proc, the path is checked, then opened and checked again: a FIFO renamed into place between the
  * two is opened once (non-blocking, so it holds no thread) and refused.
  */
-async function openRegularFile(path: string, followLinks: boolean): Promise<FileHandle> {
+async function openRegularFile(path: string, followLinks: boolean, within?: string): Promise<FileHandle> {
   const named = namedError(path);
   // Without following, a symlink at the path is itself what is checked (and refused), or fails to open (ELOOP).
   const noFollow = followLinks ? 0 : constants.O_NOFOLLOW;
@@ -59,6 +68,8 @@ async function openRegularFile(path: string, followLinks: boolean): Promise<File
     try {
       if (!readable(await handle.stat())) throw notRegular(path);
       const proc = `/proc/self/fd/${handle.fd}`;
+      // Where the inode held open is, whatever links led there or were swapped since.
+      if (within !== undefined) checkWithin(path, await readlink(proc), within);
       const reopened = await open(proc, constants.O_RDONLY | constants.O_NONBLOCK).catch(
         (error: NodeJS.ErrnoException) =>
           error.code === 'ENOENT' ? undefined : Promise.reject(namedError(path, proc)(error)),
@@ -72,6 +83,8 @@ async function openRegularFile(path: string, followLinks: boolean): Promise<File
       Promise.reject(named(error)),
     );
     if (!readable(before)) throw notRegular(path);
+    // Without /proc the path is resolved, then opened: a link swapped in between is not seen.
+    if (within !== undefined) checkWithin(path, await realpath(path), within);
   }
   // Non-blocking so that a FIFO put there since does not hold a thread until someone writes to it (regular
   // files ignore it). A socket cannot be opened at all (ENXIO): no regular file either, nothing to try again.
@@ -155,6 +168,20 @@ async function* chunksOf(
   } finally {
     await file.close();
   }
+}
+
+/**
+ * `path` opened for reading as fileChunks opens it, refused (OUTSIDE_DIRECTORY) when the inode it leads to lies
+ * outside `dir`, a real path: links are followed, but only to files of the same tree. On Linux the inode opened is
+ * the one checked, so a file swapped for a link to /etc/shadow after the caller looked is never read.
+ */
+export function openRegularFileWithin(dir: string, path: string): Promise<FileHandle> {
+  return openRegularFile(path, true, dir);
+}
+
+/** The chunks of a file opened by openRegularFileWithin, as fileChunks gives them; closes it. */
+export function handleChunks(file: FileHandle, path: string): AsyncGenerator<Buffer, void, undefined> {
+  return chunksOf(file, path, 0, Infinity, FILE_CHUNK);
 }
 
 /**
