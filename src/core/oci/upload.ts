@@ -62,7 +62,6 @@ export async function mountBlob(
         headers: { 'content-length': '0' },
         ok: [201, 202],
         what: `mount blob ${digest} from ${fromRepository} into ${repository}`,
-        commitBytes: 0,
       },
       budget,
     );
@@ -186,7 +185,6 @@ async function newSession(
       headers: { 'content-length': '0' },
       ok: [202],
       what: `start upload to ${repository}`,
-      commitBytes: 0,
     },
     budget,
   );
