@@ -36,6 +36,8 @@ export const State = {
 
 /** How long exporting a local image (skopeo/podman) may take. */
 export const EXPORT_TIMEOUT_MS = 30 * 60_000;
+/** How long a lookup in local storage (which image a name is, whether it is a manifest list) may take. */
+export const LOOKUP_TIMEOUT_MS = 60_000;
 /**
  * The longest silence on a registry call: no answer, or no progress on a body (a moving transfer runs on). What
  * sends the registry content to store (a blob's PATCH or closing PUT, a manifest PUT) waits longer for its
