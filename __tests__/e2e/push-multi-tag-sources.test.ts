@@ -195,7 +195,7 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
         (error: Error) => error,
       );
       expect(failure.message).toBe(
-        'cannot read the source containers-storage:pmt/app:built: podman did not say within 300 ms what pmt/app:built is in local storage; a process holding its lock (a podman, buildah or skopeo that hangs) is the usual cause, and the export would wait for that lock too.',
+        'cannot read the source containers-storage:pmt/app:built: podman did not say within 0.3 s what pmt/app:built is in local storage; a process holding its lock (a podman, buildah or skopeo that hangs) is the usual cause, and the export would wait for that lock too.',
       );
     } finally {
       holder.stdin.end();

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { exec, ExecError } from '../../core/exec.js';
 import { InputError } from '../../core/inputs.js';
 import { ActionError, errorMessage } from '../../core/run.js';
-import { formatDuration } from '../../core/summary.js';
+import { formatSeconds } from '../../core/summary.js';
 import { dockerSaveToLayout } from './docker-save.js';
 import { Inputs, LOOKUP_TIMEOUT_MS } from './constants.js';
 import { readOciLayout, type LocalImage } from '../../core/oci/layout.js';
@@ -66,7 +66,7 @@ export interface OpenSourceOptions extends RemoteSourceAccess {
    */
   compression?: Compression;
   timeoutMs: number;
-  /** How long podman may take to say what a containers-storage name is (default LOOKUP_TIMEOUT_MS). */
+  /** How long podman (or buildah) may take to say what a containers-storage name is (LOOKUP_TIMEOUT_MS). */
   lookupTimeoutMs?: number;
   log: (line: string) => void;
   /** Where a child tool's raw output goes (the step's debug log). */
@@ -386,7 +386,7 @@ async function isManifestList(name: string, options: LookupOptions, remote?: str
 function lookupHung(tool: string, name: string, timeoutMs: number, remote?: string): ActionError {
   const storage = remote ? `the storage of the podman service at ${remote}` : 'local storage';
   return new ActionError(
-    `cannot read the source containers-storage:${name}: ${tool} did not say within ${formatDuration(timeoutMs)} what ${name} is in ${storage}; a process holding its lock (a podman, buildah or skopeo that hangs) is the usual cause, and the export would wait for that lock too.`,
+    `cannot read the source containers-storage:${name}: ${tool} did not say within ${formatSeconds(timeoutMs)} what ${name} is in ${storage}; a process holding its lock (a podman, buildah or skopeo that hangs) is the usual cause, and the export would wait for that lock too.`,
   );
 }
 
