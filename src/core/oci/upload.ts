@@ -464,8 +464,9 @@ async function settleByHead(
 
 /**
  * The tags of a multi-tag PUT whose answer may have been lost (answerMayBeLost) that name `digest` now: one HEAD
- * each, all at once (one round trip; no HEAD can say which tags a multi-tag PUT set). Those count as done, told
- * in one log line; the others (another digest, nothing, no answer to the HEAD) are left to their own PUTs.
+ * each, all at once (one round trip; a HEAD of the digest cannot say which tags the PUT set). Those count as
+ * done, told in one log line; the others (another digest, nothing, no answer to the HEAD) are left to their own
+ * PUTs.
  */
 export async function settleTagsByHead(
   transport: RegistryTransport,
