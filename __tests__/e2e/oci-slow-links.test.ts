@@ -1,8 +1,9 @@
 /**
  * The registry client on slow links and in front of slow registries, against a real docker-registry behind the
- * fault relay: a registry that verifies and moves a blob (or commits a manifest, a mount) for a long time after
- * the last byte, a slow uplink, a download that trickles. Timeouts are small here (0.5–1 s) so that nothing
- * waits for a real minute; undici's header timer fires up to 1 s late, which the delays below allow for.
+ * fault relay: a registry that verifies and moves a blob (or commits a manifest) for a long time after the last
+ * byte, one that never answers a bodyless POST, a slow uplink, a download that trickles. Timeouts are small here
+ * (0.3–1 s) so that nothing waits for a real minute; undici's header timer fires up to 1 s late, which the
+ * delays below allow for.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
@@ -74,12 +75,12 @@ async function storedBlob(repository: string, size: number): Promise<BlobFile> {
 }
 
 describe('a registry slow to answer what changes it', () => {
-  it('a closing PUT, a PATCH, a manifest PUT and a mount answered 4× the silence timeout after their last byte: each waited for, sent once', async () => {
+  it('a closing PUT, a PATCH and a manifest PUT answered 4× the silence timeout after their last byte: each waited for, sent once', async () => {
     const big = randomBlob('big', 2 * 1024 * 1024);
     const chunked = randomBlob('chunked', 2 * 1024 * 1024);
     const r = await relay({
       fault: ({ kind, repository, index }) =>
-        ['manifest-put', 'mount'].includes(kind) ||
+        kind === 'manifest-put' ||
         (kind === 'upload-put' && repository === 'slow/big') ||
         (kind === 'upload-chunk' && index === 0)
           ? { answerDelayMs: 2000 }
@@ -88,21 +89,51 @@ describe('a registry slow to answer what changes it', () => {
     const c = client(r.host, { timeoutMs: 500, retries: 2 });
     try {
       const manifest = readFileSync(join(layout.dir, 'blobs', 'sha256', layout.digest.slice(7)));
-      const [, , put, mount] = await Promise.all([
+      const [, , put] = await Promise.all([
         c.uploadBlob('slow/big', big),
         c.uploadBlob('slow/chunked', chunked, { chunkSize: 1024 * 1024 }),
         c.putManifest('slow/manifest', 'v1', manifest, layout.mediaType),
-        c.mountBlob('slow/target', layout.blobs[0]!.digest, 'slow/source'),
       ]);
       expect(put.digest).toBe(layout.digest);
-      expect(mount).toEqual({ mounted: true });
       expect(await c.headBlob('slow/big', big.digest)).toEqual({ size: big.size });
       expect(await c.headBlob('slow/chunked', chunked.digest)).toEqual({ size: chunked.size });
       expect(c.stats.retries).toBe(0);
       expect(r.count('upload-put')).toBe(2);
       expect(r.count('upload-chunk')).toBe(2);
       expect(r.count('manifest-put')).toBe(1);
-      expect(r.count('mount')).toBe(1);
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('an upload POST and a mount never answered (no body to commit): each try waits one silence timeout, not the commit wait', async () => {
+    // Accepted and never answered, as a wedged registry does: the relay holds the POSTs until it stops.
+    const r = await relay({
+      hold: ({ kind }) => (kind === 'upload-start' || kind === 'mount' ? new Promise(() => {}) : undefined),
+    });
+    const c = client(r.host, { timeoutMs: 300, retries: 1 });
+    try {
+      const [start, mount] = await Promise.allSettled([
+        c.uploadBlob('slow/wedged', randomBlob('wedged', 1000)),
+        c.mountBlob('slow/wedged', layout.blobs[0]!.digest, 'slow/source'),
+      ]);
+      // The commit wait would be 1.5 s (5 × 0.3 s); the message names the wait each try had.
+      expect(start).toMatchObject({
+        status: 'rejected',
+        reason: {
+          message: expect.stringMatching(
+            /^start upload to slow\/wedged: no (complete )?answer within 0\.3 s$/,
+          ),
+        },
+      });
+      expect(mount).toMatchObject({
+        status: 'rejected',
+        reason: { message: expect.stringMatching(/^mount blob .*: no (complete )?answer within 0\.3 s$/) },
+      });
+      expect(r.count('upload-start')).toBe(2);
+      expect(r.count('mount')).toBe(2);
+      // The mount's last try is followed by one HEAD (the blob is not there): no upload.
+      expect(r.count('blob-head')).toBe(1);
     } finally {
       await c.close();
     }

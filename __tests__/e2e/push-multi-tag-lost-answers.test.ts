@@ -1,9 +1,9 @@
 /**
  * Writes the registry applied whose answer was lost on the way back (the relay forwards the request to a real
  * docker-registry, then cuts the connection or answers a gateway's 502/504 itself): a tag PUT, a manifest PUT
- * by digest, a cross-repository mount, a blob's closing PUT, an upload's first POST. What the registry holds
- * is read directly (not through the relay), and the relay counts every request of each kind: no blob is sent
- * twice, and a write counts as done only when a HEAD finds exactly what was written.
+ * by digest, a multi-tag `?tag=` batch, a cross-repository mount, a blob's closing PUT, an upload's first POST.
+ * What the registry holds is read directly (not through the relay), and the relay counts every request of each
+ * kind: no blob is sent twice, and a write counts as done only when a HEAD finds exactly what was written.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -169,6 +169,87 @@ describe('a tag PUT whose answer is lost on every try: a HEAD decides', () => {
     );
     expect((await direct.headManifest('tagput/other', 'held'))?.digest).toBe(otherDigest);
     expect(await direct.headManifest('tagput/other', 'absent')).toBeUndefined();
+    expect(told).toEqual([]);
+  });
+});
+
+describe('a multi-tag `?tag=` batch whose answer is lost, on a registry that confirmed `?tag=` before', () => {
+  let batchRelay: CountingProxy;
+  let batchClient: RegistryClient;
+  const tags = ['b1', 'b2', 'b3'];
+
+  beforeAll(async () => {
+    batchRelay = await startProxy({
+      target: registry.host,
+      multiTag: true,
+      fault: (request) => fault?.(request),
+    });
+    batchClient = testClient(batchRelay.host, { onLostAnswer: (line) => told.push(line) });
+  });
+  afterAll(async () => {
+    await batchClient?.close();
+    await batchRelay?.stop();
+  });
+
+  /** Phase 1 and a first tagging (which learns that the registry confirms `?tag=`), then the faulted one. */
+  async function tagBatch(repository: string, next: ProxyOptions['fault']) {
+    begin(undefined);
+    const target = { registry: batchRelay.host, repository, client: batchClient, scratch: work };
+    const plan = planRepository(target, content, [], await inspect(target, content, []));
+    await storeByDigest(target, content, plan, { concurrency: 4, chunkSize: 0 });
+    expect((await tagManifest(batchClient, repository, content.root, ['first'])).tagged).toEqual(['first']);
+    begin(next);
+    batchRelay.reset();
+    return tagManifest(batchClient, repository, content.root, tags);
+  }
+  const batchPuts = () => batchRelay.count('manifest-put', (r) => r.query.has('tag'));
+  const tagPuts = () => batchRelay.count('manifest-put', (r) => !r.query.has('tag'));
+  const tagHeads = () => batchRelay.count('manifest-head');
+
+  it('cut on every try though the registry set the tags: one HEAD per tag settles it, no per-tag PUT', async () => {
+    const result = await tagBatch('batch/cut', ({ kind, query }) =>
+      kind === 'manifest-put' && query.has('tag') ? { lostAnswer: 'drop' } : undefined,
+    );
+    expect(result.failed).toEqual(new Map());
+    expect([...result.tagged].sort()).toEqual(tags);
+    expect(batchPuts()).toBe(6);
+    expect(tagPuts()).toBe(0);
+    expect(tagHeads()).toBe(tags.length);
+    for (const tag of tags) {
+      expect((await direct.headManifest('batch/cut', tag))?.digest).toBe(content.root.digest);
+    }
+    expect(told).toEqual([
+      expect.stringMatching(
+        new RegExp(
+          `^PUT manifest batch/cut:${content.root.digest}: .*; but batch/cut:b1, b2, b3 are ${content.root.digest} now \\(HEAD\\): counted as done\\.$`,
+        ),
+      ),
+    ]);
+  });
+
+  it('a retry refused as an overwrite (immutable tags) after a try whose answer was cut: no false failure', async () => {
+    let tries = 0;
+    // What a registry with tag immutability answers to any later PUT of a tag that exists (no forwarding).
+    const body = '{"errors":[{"code":"DENIED","message":"the tag is immutable"}]}';
+    const result = await tagBatch('batch/frozen', ({ kind }) =>
+      kind !== 'manifest-put' ? undefined : tries++ === 0 ? { lostAnswer: 'drop' } : { status: 412, body },
+    );
+    expect(result.failed).toEqual(new Map());
+    expect([...result.tagged].sort()).toEqual(tags);
+    expect(batchPuts()).toBe(2);
+    expect(tagPuts()).toBe(0);
+    expect(told).toEqual([expect.stringMatching(/: HTTP 412 DENIED: .*: counted as done\.$/)]);
+  });
+
+  it('a gateway 502 on every try, the registry never reached: the HEADs find no tag, per-tag PUTs set them', async () => {
+    const result = await tagBatch('batch/unreached', ({ kind, query }) =>
+      kind === 'manifest-put' && query.has('tag') ? { status: 502, retryAfterSeconds: 0 } : undefined,
+    );
+    expect(result.failed).toEqual(new Map());
+    expect([...result.tagged].sort()).toEqual(tags);
+    expect(batchPuts()).toBe(6);
+    expect(tagHeads()).toBe(tags.length);
+    expect(tagPuts()).toBe(tags.length);
     expect(told).toEqual([]);
   });
 });

@@ -3,6 +3,7 @@ import { execFile, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { openImageSource } from '../../src/actions/push-multi-tag/source.js';
 import { runAction } from '../support/harness.js';
 import { generateLayout, type GeneratedLayout } from '../support/oci-layout.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
@@ -161,9 +162,49 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
     expect(r.log).toMatch(/podman could not look up pmt\/app:built \(exit \d+: .*broken-containers\.conf/);
   });
 
-  // The lookup is a courtesy: a podman that cannot be run at all (here: not executable; a storage lock held past
-  // the lookup's timeout ends the same way) is said in one line, and skopeo gets its turn, instead of the step
-  // ending with the lookup's bare error.
+  // A lookup that hangs is another matter: skopeo would wait for the same storage lock (checked by hand: skopeo
+  // inspect blocks as podman does), up to the export's 30 minutes. The lock is real: containers/storage takes
+  // fcntl locks, and python's lockf holds one on the storage's storage.lock as a hung podman would.
+  it('a lookup that gets no answer (the storage lock held by another process) fails the read within the lookup timeout, saying why', async () => {
+    const holder = spawn(
+      'python3',
+      [
+        '-c',
+        'import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\nfcntl.lockf(fd, fcntl.LOCK_EX)\nprint("locked", flush=True)\nsys.stdin.read()',
+        join(work, 'graph', 'storage.lock'),
+      ],
+      { stdio: ['pipe', 'pipe', 'inherit'] },
+    );
+    try {
+      await new Promise((resolve, reject) => {
+        holder.stdout.once('data', resolve);
+        holder.once('exit', reject);
+      });
+      const failure = await openImageSource(
+        { transport: 'containers-storage', location: 'pmt/app:built' },
+        {
+          scratch: mkdtempSync(join(work, 'scratch-')),
+          env: { ...process.env, ...storageEnv },
+          timeoutMs: 60_000,
+          lookupTimeoutMs: 300,
+          log: () => undefined,
+          tlsVerify: true,
+        },
+      ).then(
+        () => new Error('read'),
+        (error: Error) => error,
+      );
+      expect(failure.message).toBe(
+        'cannot read the source containers-storage:pmt/app:built: podman did not say within 0.3 s what pmt/app:built is in local storage; a process holding its lock (a podman, buildah or skopeo that hangs) is the usual cause, and the export would wait for that lock too.',
+      );
+    } finally {
+      holder.stdin.end();
+      await new Promise((resolve) => (holder.exitCode === null ? holder.once('exit', resolve) : resolve(0)));
+    }
+  }, 20_000);
+
+  // The lookup is a courtesy: a podman that cannot be run at all (here: not executable) is said in one line, and
+  // skopeo gets its turn, instead of the step ending with the lookup's bare error.
   it('falls back to skopeo, saying why, when podman cannot be run for the lookup', async () => {
     // Only these two on PATH: a podman that is no executable, and the real skopeo.
     const bin = join(work, 'bin-broken-podman');

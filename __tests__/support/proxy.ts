@@ -87,9 +87,12 @@ export type Fault =
   /**
    * The registry gets the whole request and answers it, and that answer is lost on the way back: the relay
    * cuts the connection instead (`'drop'`), or answers this status itself (a load balancer's 502/504), with
-   * Retry-After when given. A write is then applied though the client never hears so.
+   * Retry-After when given. A write is then applied though the client never hears so. Also for the multi-tag
+   * PUTs the relay answers itself (`multiTag`): the tags are stored, the answer lost.
    */
-  | { lostAnswer: 'drop' | number; retryAfterSeconds?: number };
+  | LostAnswer;
+
+type LostAnswer = { lostAnswer: 'drop' | number; retryAfterSeconds?: number };
 
 export interface ProxyOptions {
   /** host:port of the registry. */
@@ -260,6 +263,7 @@ export async function startProxy(options: ProxyOptions): Promise<CountingProxy> 
         record,
         options.target,
         options.multiTag === true ? {} : options.multiTag,
+        fault && 'lostAnswer' in fault ? fault : undefined,
       );
       return;
     }
@@ -370,9 +374,14 @@ async function loseAnswer(
   from: Readable,
   res: ServerResponse,
   record: RequestRecord,
-  fault: { lostAnswer: 'drop' | number; retryAfterSeconds?: number },
+  fault: LostAnswer,
 ): Promise<void> {
   for await (const _ of from);
+  answerLost(res, record, fault);
+}
+
+/** In place of an answer the registry gave: the connection cut, or the gateway's own status. */
+function answerLost(res: ServerResponse, record: RequestRecord, fault: LostAnswer): void {
   if (fault.lostAnswer === 'drop') return void res.socket?.destroy();
   record.status = fault.lostAnswer;
   const headers: Record<string, string> = { 'content-type': 'text/html' };
@@ -471,6 +480,7 @@ async function relayMultiTag(
   record: RequestRecord,
   target: string,
   options: { cap?: number; joined?: boolean; confirm?: (asked: string[]) => string[] },
+  lost: LostAnswer | undefined,
 ): Promise<void> {
   const chunks: Buffer[] = [];
   for await (const chunk of req) {
@@ -495,6 +505,7 @@ async function relayMultiTag(
   const first = responses[0]!;
   for (const r of responses) await r.arrayBuffer();
   const failed = responses.find((r) => !r.ok);
+  if (lost) return answerLost(res, record, lost);
   record.status = failed?.status ?? first.status;
   if (failed) {
     // The registry's challenge goes with a 401, as a registry with the extension would send its own.

@@ -3,14 +3,21 @@
  * publishes (coreos/stream-metadata-go `stream.Stream`), read as podman v4.9's GetFCOSDownload reads it.
  */
 import { describe, expect, it } from '@jest/globals';
-import { createServer } from 'node:http';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import {
   fcosArtifact,
   resolveFcosDisk,
   selectFcosDisk,
 } from '../../src/actions/preseed-podman-vm/fcos-stream.js';
 import { InputError } from '../../src/core/inputs.js';
+import { REPO_ROOT } from '../support/harness.js';
+import { nodeTrusting } from '../support/node-trusting.js';
+import { makeTestCa } from '../support/test-ca.js';
 
 const sha = (n: number) => n.toString(16).padStart(64, '0');
 const BASE = 'https://builds.coreos.fedoraproject.org/prod/streams/testing/builds/41.20261101.2.0';
@@ -185,6 +192,49 @@ describe('Fedora CoreOS stream metadata over HTTP', () => {
     } finally {
       server.closeAllConnections();
       await new Promise((done) => server.close(done));
+    }
+  });
+
+  // The stream is where the disk's sha256 comes from: over plain http it could be swapped on the way. The https
+  // server needs a CA node trusts, which NODE_EXTRA_CA_CERTS sets only for a node started with it.
+  it('refuses a redirect of the stream from https to plain http before the http URL is asked', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ici-unit-fcos-downgrade-'));
+    const servers: Server[] = [];
+    const listen = async (server: Server) => {
+      servers.push(server);
+      await new Promise<void>((ready) => server.listen(0, '127.0.0.1', ready));
+      return (server.address() as AddressInfo).port;
+    };
+    try {
+      let plainAsked = 0;
+      const plainPort = await listen(
+        createServer((_req, res) => {
+          plainAsked++;
+          res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(stream));
+        }),
+      );
+      const target = `http://127.0.0.1:${plainPort}/streams/testing.json`;
+      const ca = makeTestCa(dir);
+      const tlsPort = await listen(
+        createHttpsServer(
+          { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) },
+          (_req, res) => res.writeHead(302, { location: target, 'content-length': 0 }).end(),
+        ),
+      );
+      const url = `https://127.0.0.1:${tlsPort}/streams/testing.json`;
+      const module = JSON.stringify(join(REPO_ROOT, 'lib/actions/preseed-podman-vm/fcos-stream.js'));
+      const script = `import { resolveFcosDisk } from ${module};
+        const said = await resolveFcosDisk(process.argv[1], 'x86_64', 'qemu').then(
+          (disk) => 'resolved ' + disk.location, (e) => e.message);
+        console.log(said);`;
+      expect(await nodeTrusting(ca.caCert, script, [url])).toBe(
+        `${url}: https://127.0.0.1:${tlsPort} redirected from https to plain http (http://127.0.0.1:${plainPort}); not followed.`,
+      );
+      expect(plainAsked).toBe(0);
+    } finally {
+      for (const server of servers) server.closeAllConnections();
+      await Promise.all(servers.map((server) => new Promise((done) => server.close(done))));
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

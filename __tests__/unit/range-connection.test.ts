@@ -3,7 +3,6 @@
  * answer exactly the bytes each test scripts, and count connections and requests.
  */
 import { afterEach, describe, expect, it } from '@jest/globals';
-import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer as createHttpServer, get as httpGet } from 'node:http';
@@ -14,6 +13,7 @@ import { join } from 'node:path';
 import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
 import { RangeConnection, RangeFailure } from '../../src/core/range-connection.js';
 import { REPO_ROOT } from '../support/harness.js';
+import { nodeTrusting as runTrusting } from '../support/node-trusting.js';
 import { makeTestCa, type TestCa } from '../support/test-ca.js';
 import { startForwardProxy } from '../support/forward-proxy.js';
 import { trickle } from '../support/trickle.js';
@@ -58,10 +58,7 @@ async function rawServer(
   return { url, stats };
 }
 
-/**
- * Runs `script` (an ES module importing the built connection module) in a node of its own trusting `caCert`:
- * NODE_EXTRA_CA_CERTS is read when node starts. Resolves with what it prints.
- */
+/** Runs `script` (an ES module importing the built connection module) in a node trusting `caCert`. */
 function nodeTrusting(
   caCert: string,
   script: string,
@@ -73,15 +70,7 @@ function nodeTrusting(
   const source =
     `import { RangeConnection } from ${module};\nimport { downloadInOrder } from ${download};\n` +
     `import { createHash } from 'node:crypto';\n${script}`;
-  return new Promise<string>((done, fail) => {
-    const child = spawn(process.execPath, ['--input-type=module', '-e', source, String(url)], {
-      env: { ...process.env, NODE_EXTRA_CA_CERTS: caCert, ...env },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let text = '';
-    child.stdout.on('data', (d: Buffer) => (text += d.toString()));
-    child.on('close', (code) => (code === 0 ? done(text.trim()) : fail(new Error(`exit ${code}`))));
-  });
+  return runTrusting(caCert, source, [String(url)], env);
 }
 
 /** An https server (closed after the test) answering each Range with its bytes of `data`; resolves its port. */

@@ -36,9 +36,11 @@ export const State = {
 
 /** How long exporting a local image (skopeo/podman) may take. */
 export const EXPORT_TIMEOUT_MS = 30 * 60_000;
+/** How long a lookup in local storage (which image a name is, whether it is a manifest list) may take. */
+export const LOOKUP_TIMEOUT_MS = 60_000;
 /**
  * The longest silence on a registry call: no answer, or no progress on a body (a moving transfer runs on). What
- * changes the registry (a blob's closing PUT, a manifest PUT, a mount) waits longer for its answer: the
- * transport's commitAnswerMs, from this.
+ * sends the registry content to store (a blob's PATCH or closing PUT, a manifest PUT) waits longer for its
+ * answer: the transport's commitAnswerMs, from this.
  */
 export const REQUEST_TIMEOUT_MS = 60_000;

@@ -14,8 +14,9 @@ import { join } from 'node:path';
 import { exec, ExecError } from '../../core/exec.js';
 import { InputError } from '../../core/inputs.js';
 import { ActionError, errorMessage } from '../../core/run.js';
+import { formatSeconds } from '../../core/summary.js';
 import { dockerSaveToLayout } from './docker-save.js';
-import { Inputs } from './constants.js';
+import { Inputs, LOOKUP_TIMEOUT_MS } from './constants.js';
 import { readOciLayout, type LocalImage } from '../../core/oci/layout.js';
 import { formatReference, looksLikeHost, parseReference } from '../../core/oci/reference.js';
 import { externalText } from '../../core/oci/response.js';
@@ -65,6 +66,8 @@ export interface OpenSourceOptions extends RemoteSourceAccess {
    */
   compression?: Compression;
   timeoutMs: number;
+  /** How long podman (or buildah) may take to say what a containers-storage name is (LOOKUP_TIMEOUT_MS). */
+  lookupTimeoutMs?: number;
   log: (line: string) => void;
   /** Where a child tool's raw output goes (the step's debug log). */
   debug?: (line: string) => void;
@@ -232,7 +235,7 @@ export async function openImageSource(
     // A service's `podman save` of a list's name writes the image of the service's own platform alone (seen with
     // podman 4.3), and its `manifest push` writes on the service's side: pushed, it would be one architecture of
     // `podman --remote build --platform a,b --manifest app`, silently.
-    if (await isManifestList(spec.location, env, remote)) {
+    if (await isManifestList(spec.location, { ...options, env }, remote)) {
       throw new InputError(
         Inputs.source,
         `${spec.location} is a manifest list in the storage of the podman service at ${remote} (CONTAINER_HOST): a podman service exports one image of a list, not the list. Run the step without CONTAINER_HOST where that storage is local, or push the list to a registry (podman manifest push --all) and use docker:// as the source.`,
@@ -245,7 +248,7 @@ export async function openImageSource(
     from = `oci-archive:${archive}`;
   }
   if (spec.transport === 'containers-storage' && !remote) {
-    if (await isManifestList(spec.location, env)) {
+    if (await isManifestList(spec.location, { ...options, env })) {
       // `podman image inspect` resolves a list's name to the runner's own platform's image: that ID alone would be
       // pushed, silently one architecture of `podman build --platform a,b --manifest app`. podman writes the list
       // and every image in it to the layout itself (layers compressed as asked).
@@ -352,27 +355,46 @@ async function savedByPodman(
   }
 }
 
-/** A local lookup reads storage metadata only. */
-const LOOKUP_TIMEOUT_MS = 60_000;
+type LookupOptions = Pick<OpenSourceOptions, 'log' | 'lookupTimeoutMs'> & { env: NodeJS.ProcessEnv };
 
 /**
  * Whether podman (the service at `remote`, if given) knows `name` as a manifest list (`podman manifest exists`:
  * exit 0). Anything else, podman missing or failing included, is "no": the lookup or export that follows says
- * what is wrong.
+ * what is wrong. Only no answer in time ends the step (lookupHung).
  */
-async function isManifestList(name: string, env: NodeJS.ProcessEnv, remote?: string): Promise<boolean> {
+async function isManifestList(name: string, options: LookupOptions, remote?: string): Promise<boolean> {
+  const timeoutMs = options.lookupTimeoutMs ?? LOOKUP_TIMEOUT_MS;
   try {
     const result = await exec('podman', [...(remote ? ['--url', remote] : []), 'manifest', 'exists', name], {
-      timeoutMs: LOOKUP_TIMEOUT_MS,
-      env,
+      timeoutMs,
+      env: options.env,
       allowFailure: true,
     });
     return result.exitCode === 0;
   } catch (error) {
-    if (error instanceof ExecError) return false;
-    throw error;
+    if (!(error instanceof ExecError)) throw error;
+    if (timedOut(error)) throw lookupHung('podman', name, timeoutMs, remote);
+    return false;
   }
 }
+
+/**
+ * A lookup that got no answer: the tool hangs, most often on a lock of the storage that another process holds
+ * (a podman, buildah or skopeo that hangs itself). skopeo and `podman save` read the same storage and would wait
+ * for the same lock until the export's timeout, so the step ends here, saying so.
+ */
+function lookupHung(tool: string, name: string, timeoutMs: number, remote?: string): ActionError {
+  const storage = remote ? `the storage of the podman service at ${remote}` : 'local storage';
+  return new ActionError(
+    `cannot read the source containers-storage:${name}: ${tool} did not say within ${formatSeconds(timeoutMs)} what ${name} is in ${storage}; a process holding its lock (a podman, buildah or skopeo that hangs) is the usual cause, and the export would wait for that lock too.`,
+  );
+}
+
+/** Whether exec stopped the tool at its timeout. */
+function timedOut(error: ExecError): boolean {
+  return /timed out after/.test(error.message);
+}
+
 /** The tools that build into containers-storage, in the order asked: each resolves short names the same way. */
 const STORAGE_TOOLS: ReadonlyArray<[string, string[]]> = [
   ['podman', ['image', 'inspect', '--format', '{{.Id}}']],
@@ -386,24 +408,22 @@ const STORAGE_TOOLS: ReadonlyArray<[string, string[]]> = [
  * skopeo's containers-storage transport reads a short name as `docker.io/library/app` and finds nothing. The export
  * then reads the image by that ID, so it is the one resolved even if the name moves meanwhile.
  */
-async function localImageId(
-  name: string,
-  options: Pick<OpenSourceOptions, 'log' | 'env'>,
-): Promise<string | undefined> {
+async function localImageId(name: string, options: LookupOptions): Promise<string | undefined> {
+  const timeoutMs = options.lookupTimeoutMs ?? LOOKUP_TIMEOUT_MS;
   if (name.includes('/') && looksLikeHost(name.split('/')[0]!)) return undefined;
   for (const [tool, args] of STORAGE_TOOLS) {
     const ask = async (what: string) => {
       const result = await exec(tool, [...args, what], {
-        timeoutMs: LOOKUP_TIMEOUT_MS,
+        timeoutMs,
         env: options.env,
         allowFailure: true,
       });
       const id = result.stdout.trim();
       return { result, id: result.exitCode === 0 && /^[0-9a-f]{64}$/.test(id) ? id : undefined };
     };
-    // "not known" is the answer looked for; anything else (a broken containers.conf, a storage lock held past the
-    // timeout, a tool that cannot be run) would otherwise be hidden behind skopeo's "no such image" for the name
-    // it reads, or end the step with the bare error of a lookup that is only a courtesy.
+    // "not known" is the answer looked for; anything else (a broken containers.conf, a tool that cannot be run)
+    // would otherwise be hidden behind skopeo's "no such image" for the name it reads, or end the step with the
+    // bare error of a lookup that is only a courtesy. No answer in time is no courtesy: skopeo would hang too.
     const cannot = (why: string) => {
       options.log(`${tool} could not look up ${name} (${why}); reading it as skopeo does`);
       return undefined;
@@ -419,6 +439,7 @@ async function localImageId(
     } catch (error) {
       if (!(error instanceof ExecError)) throw error;
       if (error.spawnCode === 'ENOENT') continue;
+      if (timedOut(error)) throw lookupHung(tool, name, timeoutMs);
       return cannot(externalText(error.message, 300));
     }
     const { result, id } = answer;
@@ -549,8 +570,7 @@ function toolMessage(tool: string, text: string): string {
 
 /** One line for a failed export: what could not be read, what that means and what to do, then the tool's words. */
 export function childFailure(tool: string, error: ExecError, spec: ExportableSource): string {
-  const timedOut = /timed out after/.test(error.message);
-  const text = timedOut
+  const text = timedOut(error)
     ? error.message
     : error.result?.stderr.trim() || error.result?.stdout.trim() || error.message;
   const subject = formatImageSource(spec);

@@ -4,7 +4,8 @@
  * it is idempotent (phase 1 stored the manifest there already) and moves exactly the tags it names. A registry
  * that refuses the parameters (400/404/405/414/431 — the extension is not in a released spec, and registries
  * may reject unknown query parameters) or ignores them gets one PUT per tag; a 414 (URI too long: zot caps the
- * tags per request) halves the batch.
+ * tags per request) halves the batch. A batch whose answer was lost (answerMayBeLost) is settled by one HEAD
+ * per tag, at once: a tag naming the manifest counts as set; only the others get their own PUT.
  *
  * Only a registry's answer tells whether it takes `?tag=`, and few do: distribution ignores it (zot is the one
  * implementation known). Waiting for that answer before the per-tag PUTs would cost every push to the others a
@@ -14,6 +15,7 @@
  */
 import type { RegistryClient } from '../../core/oci/client.js';
 import { RegistryError } from '../../core/oci/errors.js';
+import { answerMayBeLost, settleTagsByHead } from '../../core/oci/upload.js';
 import { mapLimit } from '../../core/pool.js';
 import { failureOf, type Failure } from './failure.js';
 
@@ -69,15 +71,27 @@ export async function tagManifest(
   manifest: StoredManifest,
   tags: readonly string[],
 ): Promise<TaggingResult> {
-  const put: Put = (reference, batch = [], tries) =>
-    client.putManifest(
-      repository,
-      reference,
-      manifest.bytes,
-      manifest.mediaType,
-      batch,
-      client.transport.budget(tries === 'once' ? 0 : undefined),
-    );
+  const put: Put = async (reference, batch = [], tries) => {
+    const budget = client.transport.budget(tries === 'once' ? 0 : undefined);
+    try {
+      return await client.putManifest(
+        repository,
+        reference,
+        manifest.bytes,
+        manifest.mediaType,
+        batch,
+        budget,
+      );
+    } catch (error) {
+      // A batch whose answer was lost may have set its tags: sending them again one by one would write each
+      // twice, and a registry with immutable tags would refuse those writes. The probe's tags are settled by
+      // the per-tag PUTs beside it.
+      if (batch.length === 0 || tries === 'once' || !answerMayBeLost(error, budget)) throw error;
+      const settled = await settleTagsByHead(client.transport, repository, batch, manifest.digest, error);
+      if (settled.length === 0) throw error;
+      return { confirmedTags: settled };
+    }
+  };
   const support = supportOf(client);
   const result: TaggingResult = { tagged: [], failed: new Map(), multiTag: false, requests: 0 };
   if (tags.length === 0) return result;

@@ -10,15 +10,18 @@
  * HEADs) additionally end after their answer wait overall, so a server that trickles an endless answer cannot
  * hold them.
  *
- * A request that changes what the registry holds (POST, PATCH, PUT, DELETE) may leave the registry working
- * after its last byte: the closing PUT of a blob makes it verify the digest and move the blob in its storage
- * (an S3 or GCS copy: minutes of silence for a multi-GiB layer are normal), Harbor and Quay can be slow to
- * commit a manifest or a mount. skopeo and docker wait for those answers without any limit; a 60 s limit here
- * made a big layer impossible to push (each retry uploads it again and times out again). Their answer wait is
- * commitAnswerMs: five silence timeouts, plus 2 minutes per GiB the registry works on (the whole blob for a
- * closing PUT, the chunk for a PATCH) — storage that verifies and copies at 8.5 MiB/s still answers in time.
- * The five silence timeouts also cover the bytes still in the socket buffers when the body has been handed
- * over (several MiB on a fast LAN), which a slow link drains after the body "ended".
+ * A request that sends content to the registry (PATCH, PUT) may leave the registry working after its last
+ * byte: the closing PUT of a blob makes it verify the digest and move the blob in its storage (an S3 or GCS
+ * copy: minutes of silence for a multi-GiB layer are normal), Harbor and Quay can be slow to commit a
+ * manifest. skopeo and docker wait for those answers without any limit; a 60 s limit here made a big layer
+ * impossible to push (each retry uploads it again and times out again). Their answer wait is commitAnswerMs:
+ * five silence timeouts, plus 2 minutes per GiB the registry works on (the whole blob for a closing PUT, the
+ * chunk for a PATCH) — storage that verifies and copies at 8.5 MiB/s still answers in time. The five silence
+ * timeouts also cover the bytes still in the socket buffers when the body has been handed over (several MiB
+ * on a fast LAN), which a slow link drains after the body "ended". A bodyless POST (an upload's start, a
+ * mount) has neither: it waits the silence timeout, so a registry that never answers it holds a try for one
+ * silence timeout, not five. A mount answered late is not lost: its retry, or the HEAD after its last try,
+ * finds the blob linked.
  *
  * TLS as skopeo does it: the registry's certs.d material (tls.ts) on the transport's own dispatcher, and with
  * `tlsVerify: false` https without verification, falling back to plain http when the registry speaks only that.
@@ -126,9 +129,9 @@ export interface RequestSpec {
   /** A blob's body follows: no overall deadline, only the silence timeout. */
   streaming?: boolean;
   /**
-   * Set for a request that changes what the registry holds: the bytes it may work on after the body before it
-   * answers (the whole blob for an upload's closing PUT, the chunk for a PATCH, 0 for a POST). Its answer wait
-   * is commitAnswerMs instead of the silence timeout.
+   * Set for a request that sends the registry content to store: the bytes it may work on after the body before
+   * it answers (the whole blob for an upload's closing PUT, the chunk for a PATCH, the manifest for its PUT).
+   * Its answer wait is commitAnswerMs instead of the silence timeout. Not set for a bodyless POST (see the top).
    */
   commitBytes?: number;
 }

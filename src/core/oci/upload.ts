@@ -62,7 +62,6 @@ export async function mountBlob(
         headers: { 'content-length': '0' },
         ok: [201, 202],
         what: `mount blob ${digest} from ${fromRepository} into ${repository}`,
-        commitBytes: 0,
       },
       budget,
     );
@@ -186,7 +185,6 @@ async function newSession(
       headers: { 'content-length': '0' },
       ok: [202],
       what: `start upload to ${repository}`,
-      commitBytes: 0,
     },
     budget,
   );
@@ -396,8 +394,9 @@ export async function putManifest(
       budget,
     );
   } catch (error) {
+    // A multi-tag PUT's tags are settled by its caller, who knows whether per-tag PUTs went beside it
+    // (settleTagsByHead).
     if (!answerMayBeLost(error, budget) || tags.length > 0) throw error;
-    // A HEAD cannot tell which tags a multi-tag PUT set (the per-tag PUTs beside it say so themselves).
     await settleByHead(transport, repository, reference, digest, error);
     return { digest, confirmedTags: [] };
   }
@@ -418,7 +417,7 @@ export async function putManifest(
  * write a tag again that the lost try set. The write's own budget tells: a token fetch that failed on its own
  * budget says nothing of the write.
  */
-function answerMayBeLost(error: unknown, budget: RetryBudget): error is RegistryError {
+export function answerMayBeLost(error: unknown, budget: RetryBudget): error is RegistryError {
   if (!(error instanceof RegistryError)) return false;
   if (error instanceof TransientError) return budget.spent;
   return error.status !== undefined && budget.retried > 0;
@@ -461,6 +460,37 @@ async function settleByHead(
   const told = new TransientError(message, failure.status);
   told.exhausted = true;
   throw told;
+}
+
+/**
+ * The tags of a multi-tag PUT whose answer may have been lost (answerMayBeLost) that name `digest` now: one HEAD
+ * each, all at once (one round trip; a HEAD of the digest cannot say which tags the PUT set). Those count as
+ * done, told in one log line; the others (another digest, nothing, no answer to the HEAD) are left to their own
+ * PUTs.
+ */
+export async function settleTagsByHead(
+  transport: RegistryTransport,
+  repository: string,
+  tags: readonly string[],
+  digest: string,
+  failure: RegistryError,
+): Promise<string[]> {
+  const found = await Promise.all(
+    tags.map((tag) =>
+      headManifest(transport, repository, tag, MANIFEST_MEDIA_TYPES, transport.budget(0)).then(
+        (there) => there?.digest === digest,
+        () => false,
+      ),
+    ),
+  );
+  const settled = tags.filter((_, i) => found[i]);
+  if (settled.length > 0) {
+    const are = settled.length === 1 ? 'is' : 'are';
+    transport.onLostAnswer?.(
+      `${failure.message}; but ${repository}:${settled.join(', ')} ${are} ${digest} now (HEAD): counted as done.`,
+    );
+  }
+  return settled;
 }
 
 export function confirmedTags(headers: readonly string[], asked: readonly string[]): string[] {
