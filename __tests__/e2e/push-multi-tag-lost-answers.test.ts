@@ -275,6 +275,57 @@ it("a referrers index (the tag schema) whose PUT's answer is cut every time: the
   expect(told).toEqual([expect.stringContaining(`; but referrers/app:${tag} is ${done.after} now (HEAD)`)]);
 });
 
+it("a referrers index whose PUT's answer is cut while another pipeline's index takes the tag: ours is merged into theirs, both listed", async () => {
+  begin(undefined);
+  await store('referrers/race');
+  // The other pipeline's referrer: a manifest of its own in the same repository (distribution checks that an
+  // index's entries exist).
+  const other = pushContent(
+    await readOciLayout(generateLayout(join(work, 'other-layout'), { layers: [1000] }).dir),
+  );
+  await storeByDigest(
+    targetOf('referrers/race'),
+    other,
+    planRepository(
+      targetOf('referrers/race'),
+      other,
+      [],
+      await inspect(targetOf('referrers/race'), other, []),
+    ),
+    { concurrency: 2, chunkSize: 0 },
+  );
+  const tag = referrersTag(content.root.digest);
+  const descriptor = (c: PushContent) => ({
+    mediaType: c.root.mediaType,
+    digest: c.root.digest,
+    size: c.root.bytes.length,
+  });
+  const theirs = Buffer.from(
+    JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [descriptor(other)] }),
+  );
+  // Every try of the first round: the registry takes our index, the other pipeline's replaces it, our answer is
+  // cut. The HEAD after the last try finds theirs.
+  begin(({ kind, reference, index }) =>
+    kind === 'manifest-put' && reference === tag && index < 6
+      ? {
+          lostAnswer: 'drop',
+          meanwhile: async () => {
+            await direct.putManifest('referrers/race', tag, theirs, MediaType.ociIndex);
+          },
+        }
+      : undefined,
+  );
+  const done = await updateFallbackIndex(client, 'referrers/race', tag, [descriptor(content)]);
+  const there = await direct.getManifest('referrers/race', tag);
+  expect(there.digest).toBe(done.after);
+  expect((JSON.parse(there.bytes.toString('utf8')) as { manifests: unknown[] }).manifests).toEqual([
+    descriptor(other),
+    descriptor(content),
+  ]);
+  // One round whose answers were all lost, then the merge, answered.
+  expect(puts(tag)).toBe(7);
+});
+
 it('a tag PUT that failed because its token could not be fetched is no lost answer: no HEAD, no second round of token requests', async () => {
   let failing = false;
   const guarded = await startRegistry({

@@ -92,7 +92,12 @@ export type Fault =
    */
   | LostAnswer;
 
-type LostAnswer = { lostAnswer: 'drop' | number; retryAfterSeconds?: number };
+type LostAnswer = {
+  lostAnswer: 'drop' | number;
+  retryAfterSeconds?: number;
+  /** Runs once the registry has answered, before the answer is lost: another client's write in between. */
+  meanwhile?: () => Promise<void>;
+};
 
 export interface ProxyOptions {
   /** host:port of the registry. */
@@ -377,6 +382,7 @@ async function loseAnswer(
   fault: LostAnswer,
 ): Promise<void> {
   for await (const _ of from);
+  await fault.meanwhile?.();
   answerLost(res, record, fault);
 }
 

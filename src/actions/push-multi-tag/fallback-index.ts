@@ -12,6 +12,7 @@
  */
 import type { RegistryClient } from '../../core/oci/client.js';
 import { MediaType, type Descriptor } from '../../core/oci/media-types.js';
+import { overtakenAfterLostAnswer } from '../../core/oci/upload.js';
 
 /** Read-merge-write rounds before a concurrent writer wins. */
 const MAX_ROUNDS = 3;
@@ -102,7 +103,13 @@ export async function updateFallbackIndex(
       );
     }
     const bytes = fallbackIndexBytes([...state.descriptors, ...missing], state.fields);
-    await client.putManifest(repository, tag, bytes, MediaType.ociIndex);
+    try {
+      await client.putManifest(repository, tag, bytes, MediaType.ociIndex);
+    } catch (error) {
+      // Its answer lost, and another writer's index under the tag by the time of the HEAD: the read-back
+      // below merges ours into theirs, as after any concurrent write.
+      if (!overtakenAfterLostAnswer(error)) throw error;
+    }
     added += round === 1 ? missing.length : 0;
     state = await readFallbackIndex(client, repository, tag);
   }

@@ -437,6 +437,7 @@ async function settleByHead(
   failure: RegistryError,
 ): Promise<void> {
   let found: string;
+  let overtaken: string | undefined;
   try {
     const there = await headManifest(
       transport,
@@ -452,14 +453,29 @@ async function settleByHead(
       return;
     }
     found = there ? `it is ${there.digest} there, not ${digest}` : 'the registry has nothing under it';
+    overtaken = there?.digest;
   } catch (error) {
     found = `the HEAD failed too (${errorMessage(error)})`;
   }
   const message = `${failure.message}; a HEAD after it: ${found}.`;
-  if (!(failure instanceof TransientError)) throw new RegistryError(message, failure.status, failure.code);
-  const told = new TransientError(message, failure.status);
-  told.exhausted = true;
+  const told =
+    failure instanceof TransientError
+      ? Object.assign(new TransientError(message, failure.status), { exhausted: true })
+      : new RegistryError(message, failure.status, failure.code);
+  if (overtaken) overtakenWrites.set(told, overtaken);
   throw told;
+}
+
+/** Writes whose answer was lost while the HEAD after them found another digest under the reference. */
+const overtakenWrites = new WeakMap<Error, string>();
+
+/**
+ * The digest another writer put under the reference of a manifest PUT whose answer was lost (the HEAD after
+ * it found that one instead), or undefined for any other failure. A caller that merges with what is there (the
+ * referrers tag schema) reads it back and goes on; for others it stays the PUT's failure.
+ */
+export function overtakenAfterLostAnswer(error: unknown): string | undefined {
+  return error instanceof Error ? overtakenWrites.get(error) : undefined;
 }
 
 /**
