@@ -219,8 +219,20 @@ describe('verify of a kept file that cannot be hashed', () => {
     const result = await verifyItems(root, items, 'sha256');
     expect(result.problems).toEqual([
       `fifo cannot be read: cannot read ${join(root, 'fifo')}: not a regular file.`,
-      `dir cannot be read: cannot read ${join(root, 'dir')}: EISDIR: illegal operation on a directory, read`,
+      'dir is a directory',
     ]);
+  });
+});
+
+describe('verify of a kept path that is a directory', () => {
+  it('lists it in size mode too, where nothing is read: a directory of the listed size, or a link to one', async () => {
+    const root = mkdtempSync(join(base, 'directory-'));
+    mkdirSync(join(root, 'pool', 'dir'), { recursive: true });
+    symlinkSync('pool/dir', join(root, 'linked'));
+    const size = statSync(join(root, 'pool', 'dir')).size;
+    const items = ['pool/dir', 'linked'].map((path) => ({ name: path, path, ftype: 'root.tar.xz', size }));
+    const result = await verifyItems(root, items, 'size');
+    expect(result.problems).toEqual(['pool/dir is a directory', 'linked is a directory']);
   });
 });
 
