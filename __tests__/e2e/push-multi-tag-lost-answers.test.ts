@@ -192,12 +192,13 @@ describe('a multi-tag `?tag=` batch whose answer is lost, on a registry that con
   });
 
   /** Phase 1 and a first tagging (which learns that the registry confirms `?tag=`), then the faulted one. */
-  async function tagBatch(repository: string, next: ProxyOptions['fault']) {
+  async function tagBatch(repository: string, next: ProxyOptions['fault'], meanwhile?: () => Promise<void>) {
     begin(undefined);
     const target = { registry: batchRelay.host, repository, client: batchClient, scratch: work };
     const plan = planRepository(target, content, [], await inspect(target, content, []));
     await storeByDigest(target, content, plan, { concurrency: 4, chunkSize: 0 });
     expect((await tagManifest(batchClient, repository, content.root, ['first'])).tagged).toEqual(['first']);
+    await meanwhile?.();
     begin(next);
     batchRelay.reset();
     return tagManifest(batchClient, repository, content.root, tags);
@@ -239,6 +240,41 @@ describe('a multi-tag `?tag=` batch whose answer is lost, on a registry that con
     expect(batchPuts()).toBe(2);
     expect(tagPuts()).toBe(0);
     expect(told).toEqual([expect.stringMatching(/: HTTP 412 DENIED: .*: counted as done\.$/)]);
+  });
+
+  it('the registry applied part of the batch (b1 set, b2 still another manifest, b3 nothing): only b1 is settled by its HEAD', async () => {
+    const other = Buffer.from(
+      JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] }),
+    );
+    let otherDigest = '';
+    // What a registry that died half-way through the batch holds; the gateway's 502 never reached it.
+    const result = await tagBatch(
+      'batch/partial',
+      ({ kind, query }) =>
+        kind === 'manifest-put' && query.has('tag') ? { status: 502, retryAfterSeconds: 0 } : undefined,
+      async () => {
+        await direct.putManifest('batch/partial', 'b1', content.root.bytes, content.root.mediaType);
+        otherDigest = (await direct.putManifest('batch/partial', 'b2', other, MediaType.ociIndex)).digest;
+      },
+    );
+    expect(result.failed).toEqual(new Map());
+    expect([...result.tagged].sort()).toEqual(tags);
+    expect(tagHeads()).toBe(tags.length);
+    expect(
+      batchRelay.records
+        .filter((r) => r.kind === 'manifest-put' && !r.query.has('tag'))
+        .map((r) => r.path.split('/').pop())
+        .sort(),
+    ).toEqual(['b2', 'b3']);
+    for (const tag of tags) {
+      expect((await direct.headManifest('batch/partial', tag))?.digest).toBe(content.root.digest);
+    }
+    expect(otherDigest).not.toBe(content.root.digest);
+    expect(told).toEqual([
+      expect.stringMatching(
+        /; but batch\/partial:b1 is sha256:[0-9a-f]{64} now \(HEAD\): counted as done\.$/,
+      ),
+    ]);
   });
 
   it('a gateway 502 on every try, the registry never reached: the HEADs find no tag, per-tag PUTs set them', async () => {

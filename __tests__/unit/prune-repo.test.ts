@@ -219,8 +219,70 @@ describe('verify of a kept file that cannot be hashed', () => {
     const result = await verifyItems(root, items, 'sha256');
     expect(result.problems).toEqual([
       `fifo cannot be read: cannot read ${join(root, 'fifo')}: not a regular file.`,
-      `dir cannot be read: cannot read ${join(root, 'dir')}: EISDIR: illegal operation on a directory, read`,
+      'dir is a directory',
     ]);
+  });
+});
+
+describe('verify of links by the way they go', () => {
+  // Another platform (no /proc/self/fd: the path is resolved, then opened) by overriding process.platform, the
+  // only thing core/files asks.
+  it.each(['linux', 'darwin'])(
+    'judges where a link ends, not its text: the root through a symlink or relative, /proc/self/root, a way out and back, a loop (%s)',
+    async (platform) => {
+      const real = process.platform;
+      Object.defineProperty(process, 'platform', { value: platform });
+      try {
+        await linkWays();
+      } finally {
+        Object.defineProperty(process, 'platform', { value: real });
+      }
+    },
+  );
+
+  async function linkWays(): Promise<void> {
+    const real = mkdtempSync(join(base, 'ways-'));
+    const elsewhere = mkdtempSync(join(base, 'elsewhere-'));
+    writeFileSync(join(real, 'b'), 'disk bytes');
+    writeFileSync(join(elsewhere, 'c'), 'disk bytes');
+    symlinkSync(join(elsewhere, '..', basename(real), 'b'), join(real, 'out-and-back'));
+    symlinkSync(join('/proc/self/root', real, 'b'), join(real, 'via-proc'));
+    symlinkSync(join('/proc/self/root', elsewhere, 'c'), join(real, 'proc-out'));
+    symlinkSync('loop', join(real, 'loop'));
+    const alias = join(base, `alias-${++counter}`);
+    symlinkSync(real, alias);
+    const sha256 = createHash('sha256').update('disk bytes').digest('hex');
+    const items = ['b', 'out-and-back', 'via-proc', 'proc-out', 'loop'].map((path) => ({
+      name: path,
+      path,
+      ftype: 'root.tar.xz',
+      size: 10,
+      sha256,
+    }));
+    const expected = [
+      'proc-out leads out of the repository (a link swapped in?)',
+      expect.stringMatching(/^loop cannot be read: .*ELOOP/),
+    ];
+    expect((await verifyItems(alias, items, 'sha256')).problems).toEqual(expected);
+    const cwd = process.cwd();
+    process.chdir(base);
+    try {
+      expect((await verifyItems(basename(alias), items, 'sha256')).problems).toEqual(expected);
+    } finally {
+      process.chdir(cwd);
+    }
+  }
+});
+
+describe('verify of a kept path that is a directory', () => {
+  it('lists it in size mode too, where nothing is read: a directory of the listed size, or a link to one', async () => {
+    const root = mkdtempSync(join(base, 'directory-'));
+    mkdirSync(join(root, 'pool', 'dir'), { recursive: true });
+    symlinkSync('pool/dir', join(root, 'linked'));
+    const size = statSync(join(root, 'pool', 'dir')).size;
+    const items = ['pool/dir', 'linked'].map((path) => ({ name: path, path, ftype: 'root.tar.xz', size }));
+    const result = await verifyItems(root, items, 'size');
+    expect(result.problems).toEqual(['pool/dir is a directory', 'linked is a directory']);
   });
 });
 

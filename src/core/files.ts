@@ -42,6 +42,13 @@ function checkWithin(path: string, real: string, dir: string): void {
   throw Object.assign(new Error(`cannot read ${path}: it leads out of ${dir}.`), { code: OUTSIDE_DIRECTORY });
 }
 
+/** Where /proc says the inode an open handle (`proc`, its /proc/self/fd link) holds is; undefined without /proc. */
+function placeOf(path: string, proc: string): Promise<string | undefined> {
+  return readlink(proc).catch((error: NodeJS.ErrnoException) =>
+    error.code === 'ENOENT' ? undefined : Promise.reject(namedError(path, proc)(error)),
+  );
+}
+
 /**
  * A FIFO or character device has no end a digest or a declared size could rely on (/dev/zero never ends), a
  * block device is a disk (an unused loop device reads as empty), a socket cannot be read as a file; a directory
@@ -68,8 +75,12 @@ async function openRegularFile(path: string, followLinks: boolean, within?: stri
     try {
       if (!readable(await handle.stat())) throw notRegular(path);
       const proc = `/proc/self/fd/${handle.fd}`;
-      // Where the inode held open is, whatever links led there or were swapped since.
-      if (within !== undefined) checkWithin(path, await readlink(proc), within);
+      // Where the inode held open is, whatever links led there or were swapped since. Without /proc (a chroot,
+      // a sandbox) neither this nor the reopening below can be done: the path is checked as elsewhere.
+      if (within !== undefined) {
+        const place = await placeOf(path, proc);
+        if (place !== undefined) checkWithin(path, place, within);
+      }
       const reopened = await open(proc, constants.O_RDONLY | constants.O_NONBLOCK).catch(
         (error: NodeJS.ErrnoException) =>
           error.code === 'ENOENT' ? undefined : Promise.reject(namedError(path, proc)(error)),
@@ -83,9 +94,9 @@ async function openRegularFile(path: string, followLinks: boolean, within?: stri
       Promise.reject(named(error)),
     );
     if (!readable(before)) throw notRegular(path);
-    // Without /proc the path is resolved, then opened: a link swapped in between is not seen.
-    if (within !== undefined) checkWithin(path, await realpath(path), within);
   }
+  // Without /proc the path is resolved, then opened: a link swapped in between is not seen.
+  if (within !== undefined) checkWithin(path, await realpath(path), within);
   // Non-blocking so that a FIFO put there since does not hold a thread until someone writes to it (regular
   // files ignore it). A socket cannot be opened at all (ENXIO): no regular file either, nothing to try again.
   const file = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | noFollow).catch(

@@ -1,5 +1,6 @@
 /** Checks that what images.json still references after the prune is there, as `incus-simplestreams verify` would. */
 import { createHash } from 'node:crypto';
+import type { Stats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { realpath } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -31,13 +32,19 @@ async function checkItem(root: string, item: CatalogItem, mode: VerifyMode): Pro
       ? `missing ${item.path}`
       : `${item.path} cannot be read: ${errorMessage(error)}`;
   }
-  let size: number;
+  let info: Stats;
   try {
-    size = (await file.stat()).size;
+    info = await file.stat();
   } catch (error) {
     await file.close();
     return `${item.path} cannot be read: ${errorMessage(error)}`;
   }
+  // A directory opens (only reading it fails), and its size could be the listed one: in size mode nothing reads.
+  if (info.isDirectory()) {
+    await file.close();
+    return `${item.path} is a directory`;
+  }
+  const { size } = info;
   if ((item.size !== undefined && size !== item.size) || mode !== 'sha256' || item.sha256 === undefined) {
     await file.close();
     return item.size !== undefined && size !== item.size
