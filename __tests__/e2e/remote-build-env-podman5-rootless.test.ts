@@ -1,15 +1,17 @@
 /**
- * remote-build-env as a podman 5 user on a runner service runs it: main and post as the ordinary test user with
- * the trixie root's ROOTLESS podman 5.4, entered by pivot_root (the kernel makes no user namespace for a chrooted
- * process), without XDG_RUNTIME_DIR (a runner service outside a login session: the action then owns the runtime
- * dir and its pause process). The user has never run podman before: the action's calls are the first to meet
- * the user's image store.
+ * remote-build-env as a podman 5 user runs it: main and post as the ordinary test user with the trixie root's
+ * ROOTLESS podman 5.4, entered by pivot_root (the kernel makes no user namespace for a chrooted process). Once as
+ * a runner service runs it, without XDG_RUNTIME_DIR (the action then owns the runtime dir and its pause process)
+ * and as a user who never ran podman (the action's calls are the first to meet the user's image store); once
+ * with the session's XDG_RUNTIME_DIR and the user's store holding the image the build starts from.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { chownSync, mkdtempSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pauseProcess } from '../../src/actions/remote-build-env/local-service.js';
+import { isRunning } from '../../src/actions/remote-build-env/process-group.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
 import { importBusyboxImage } from '../support/images.js';
 import { leftovers } from '../support/leftovers.js';
@@ -49,12 +51,17 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
       for (const dir of dirs) await rm(dir, { recursive: true, force: true });
     });
 
-    async function startJob(inputs: Record<string, string>, runnerTemp: string): Promise<SplitJob> {
+    /** `runtimeDir`: the session's XDG_RUNTIME_DIR; none by default (a runner service). */
+    async function startJob(
+      inputs: Record<string, string>,
+      runnerTemp: string,
+      runtimeDir?: string,
+    ): Promise<SplitJob> {
       const job = await startSplitJob({
         action: ACTION,
         ...stepScripts(podman, ACTION, pm.dir, user, { pivot: true }),
         inputs,
-        env: { ...pm.env, ...cacheService.env(), XDG_RUNTIME_DIR: undefined },
+        env: { ...pm.env, ...cacheService.env(), XDG_RUNTIME_DIR: runtimeDir },
         runnerTemp,
       });
       jobs.push(job);
@@ -66,7 +73,6 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
     /** A build through the job's CONTAINER_HOST whose non-root RUN step adds `marker` to a cache mount; what it saw. */
     async function build(job: SplitJob, marker: string): Promise<string> {
       const env = job.main.exportedEnv;
-      await importBusyboxImage(pm, { url: env.CONTAINER_HOST!, name: 'bb' });
       const ctx = join(pm.dir, `ctx-${marker}`);
       await mkdir(ctx);
       await writeFile(
@@ -100,6 +106,7 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
       const inputs = { 'cache-mounts': 'true', 'cache-key': 'p5', 'isolate-storage': 'true' };
       const a = await startJob(inputs, runnerTemp);
       expect(a.main.outputs['cache-hit']).toBe('false');
+      await importBusyboxImage(pm, { url: a.main.exportedEnv.CONTAINER_HOST!, name: 'bb' });
       expect(await build(a, 'a')).toBe('seen: a');
       await expectNothingLeft(a, runnerTemp);
       expect(cacheService.list().filter((e) => e.finalized).length).toBe(1);
@@ -113,9 +120,34 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
       chownSync(runnerTemp, user.uid, user.gid);
       const b = await startJob(inputs, runnerTemp);
       expect(b.main.outputs['cache-hit']).toBe('true');
+      await importBusyboxImage(pm, { url: b.main.exportedEnv.CONTAINER_HOST!, name: 'bb' });
       expect(await build(b, 'b')).toBe('seen: a b');
       await expectNothingLeft(b, runnerTemp);
       expect(cacheService.list().filter((e) => e.finalized).length).toBe(2);
+    });
+
+    it('shared store, cache-mounts, the session’s XDG_RUNTIME_DIR: the build sees the user’s images, post saves the mounts and leaves nothing but the session’s own pause process', async () => {
+      const runnerTemp = mkdtempSync(join(tmpdir(), 'ici-rt-'));
+      chownSync(runnerTemp, user.uid, user.gid);
+      dirs.push(runnerTemp);
+      await importBusyboxImage(pm, { name: 'bb' });
+      const session = await pauseProcess(pm.env.XDG_RUNTIME_DIR!, user.uid);
+      expect(session).toBeDefined();
+      const job = await startJob(
+        { 'cache-mounts': 'true', 'cache-key': 'p5-shared' },
+        runnerTemp,
+        pm.env.XDG_RUNTIME_DIR!,
+      );
+      expect(await build(job, 'x')).toBe('seen: x');
+      const saved = cacheService.list().filter((e) => e.finalized).length;
+      const post = await job.post();
+      expect(post.warnings).toEqual([]);
+      expect(post.exitCode).toBe(0);
+      expect(cacheService.list().filter((e) => e.finalized).length).toBe(saved + 1);
+      expect(post.lines.map((l) => l.text).join('\n')).not.toContain('pause process');
+      expect(await isRunning(session!)).toBe(true);
+      expect(await leftovers(runnerTemp)).toEqual([]);
+      expect(mountsUnder(podman, runnerTemp)).toEqual([]);
     });
   },
 );
