@@ -65,8 +65,9 @@ export function execAsStorageRoot(
 ): Promise<ExecResult> {
   const env = withoutRemoteClientEnv(process.env);
   if (process.getuid?.() === 0) return exec(command, args, { ...options, env });
+  // vfs: the store stays empty, and vfs works on any file system, where overlay may not for this user.
   const store = unshareStore
-    ? ['--root', join(unshareStore, 'store'), '--runroot', join(unshareStore, 'u')]
+    ? ['--root', join(unshareStore, 'store'), '--runroot', join(unshareStore, 'u'), '--storage-driver', 'vfs']
     : [];
   return exec('podman', [...store, 'unshare', command, ...args], { ...options, env });
 }
