@@ -27,8 +27,8 @@ interface StateSeen {
   removeDirs: string[];
 }
 
-// Only the host's podman: the kernel refuses to make a user namespace inside a chroot (`cannot clone: Operation
-// not permitted`), so rootless podman 5 cannot run in the trixie root as the matrix mounts it.
+// Only the host's podman here: rootless podman 5 needs the trixie root entered by pivot_root (the kernel makes no
+// user namespace for a chrooted process); remote-build-env-podman5-rootless.test.ts runs its scenarios that way.
 describe.each([hostPodman()])('[$label] remote-build-env as an ordinary user (rootless podman)', (podman) => {
   let user: User;
   let pm: PodmanTestEnv;

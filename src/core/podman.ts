@@ -3,6 +3,7 @@
  * layers a containers.conf on top of the user's (that depends on the version), and which variables would turn
  * a podman call into a remote call somewhere else.
  */
+import { join } from 'node:path';
 import { exec, type ExecResult } from './exec.js';
 import { ActionError } from './run.js';
 
@@ -36,6 +37,21 @@ export function withoutRemoteClientEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEn
   return clean;
 }
 
+/** Set by unshareStoreBelow. */
+let unshareStore: string | undefined;
+
+/**
+ * Gives execAsStorageRoot's `podman unshare` a store of its own below `dir` (process-wide, like the runtime dir it
+ * goes with; undefined: the user's store again). Podman records the runroot and tmp dir of the first command that
+ * opens a store in that store's database, and every later command on it uses those instead of its own (naming
+ * others is refused: `database configuration mismatch`). So a runtime dir that is gone after the job must never
+ * be what opens the user's store: every later podman of that user would make it again and keep its state there.
+ * `podman unshare` needs no store, only the user namespace, which the runtime dir's pause process holds.
+ */
+export function unshareStoreBelow(dir: string | undefined): void {
+  unshareStore = dir;
+}
+
 /**
  * Runs `command` as root of rootless podman's user namespace (`podman unshare`), where this user is root over
  * its own id and its /etc/subuid range: what rootless builds write belongs to those ids, out of this user's
@@ -49,7 +65,11 @@ export function execAsStorageRoot(
 ): Promise<ExecResult> {
   const env = withoutRemoteClientEnv(process.env);
   if (process.getuid?.() === 0) return exec(command, args, { ...options, env });
-  return exec('podman', ['unshare', command, ...args], { ...options, env });
+  // vfs: the store stays empty, and vfs works on any file system, where overlay may not for this user.
+  const store = unshareStore
+    ? ['--root', join(unshareStore, 'store'), '--runroot', join(unshareStore, 'u'), '--storage-driver', 'vfs']
+    : [];
+  return exec('podman', [...store, 'unshare', command, ...args], { ...options, env });
 }
 
 /** The local client's version (`podman --version` never contacts a service). */

@@ -6,7 +6,12 @@ import { which } from '@actions/io';
 import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
 import { printable } from '../../core/cache-confinement.js';
-import { CONTAINERS_CONF, containersConfVariable, podmanVersion } from '../../core/podman.js';
+import {
+  CONTAINERS_CONF,
+  containersConfVariable,
+  podmanVersion,
+  unshareStoreBelow,
+} from '../../core/podman.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { formatDuration, heading, markdownTable } from '../../core/summary.js';
 import { scratchDir, stablePath } from '../../core/workspace.js';
@@ -41,13 +46,15 @@ const rootful = process.getuid?.() === 0;
  * the pause process holding its user namespace, below $TMPDIR: the service's private one, so a pause process
  * left behind by every job, and post's `podman unshare` (with the runner's TMPDIR) in another namespace. So this
  * job's podman calls get a runtime dir of its own (process-wide: the CLI runs post in this process), whose pause
- * process post stops. A scratch dir apart from the service's: post removes it last, after its last `podman
- * unshare`. Returns it, or undefined when podman's own choice stands.
+ * process post stops, and their `podman unshare` a store below it (unshareStoreBelow: the user's store must not
+ * remember a dir that goes with the job). A scratch dir apart from the service's: post removes it last, after its
+ * last `podman unshare`. Returns it, or undefined when podman's own choice stands.
  */
 async function privateRuntimeDir(host: Host): Promise<string | undefined> {
   if (rootful || process.env.XDG_RUNTIME_DIR) return undefined;
   const dir = await scratchDir(host);
   process.env.XDG_RUNTIME_DIR = dir;
+  unshareStoreBelow(dir);
   return dir;
 }
 
@@ -201,7 +208,10 @@ async function serviceLogWorthShowing(state: LocalState, outcome: StopOutcome): 
 
 /** Stops the service and removes everything main created. Best-effort and repeatable: a second run finds nothing. */
 async function stopLocalService(host: Host, state: LocalState): Promise<void> {
-  if (state.runtimeDir) process.env.XDG_RUNTIME_DIR = state.runtimeDir;
+  if (state.runtimeDir) {
+    process.env.XDG_RUNTIME_DIR = state.runtimeDir;
+    unshareStoreBelow(state.runtimeDir);
+  }
   const service = await registeredChild(state, SERVICE, state.service);
   if (service && state.isolatedStorage && (await isRunning(service))) {
     // Containers in a private store would keep its mounts busy and outlive the service; they are ours.
