@@ -12,6 +12,7 @@ import { createConnection, createServer, type AddressInfo, type Socket } from 'n
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { exec } from '../../src/core/exec.js';
+import { mapLimit } from '../../src/core/pool.js';
 import { runAction, secretOnlyAfterMask } from '../support/harness.js';
 import { startSplitJob, type SplitJob } from '../support/split-job.js';
 import { pathExists } from '../../src/core/files.js';
@@ -507,7 +508,9 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
 
     const problems: string[] = [];
     let killedWithTunnel = 0;
-    for (const [i, point] of killPoints(timing.lineMs, timing.endMs).entries()) {
+    // Two jobs at a time, each with its own HOME and RUNNER_TEMP: jest runs one file at a time on two CPUs, and
+    // a kill delay counts from that main's own start or line.
+    await mapLimit(killPoints(timing.lineMs, timing.endMs), 2, async (point, i) => {
       const inputs = trust[i % 2]!;
       const r = await run(inputs, point);
       const where = `${JSON.stringify(inputs).slice(2, 12)}… killed ${point.delayMs} ms after ${point.afterLine ? 'the connect line' : 'start'}`;
@@ -515,7 +518,7 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
         problems.push(`${where} (main exit ${r.main.exitCode}): ${r.problems.join('; ')}`);
       if (r.main.exitCode === 137 && r.post.lines.some((l) => /^ssh tunnel \(pid \d+\)/.test(l.text)))
         killedWithTunnel++;
-    }
+    });
     expect(problems).toEqual([]);
     expect(killedWithTunnel).toBeGreaterThan(0);
   }, 900_000);
