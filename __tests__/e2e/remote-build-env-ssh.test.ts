@@ -179,6 +179,31 @@ async function remoteVersion(exported: Record<string, string>, home: string): Pr
 }
 
 describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podman service)', () => {
+  /** Main against a remote path where nothing listens waits out its startup-timeout: it starts beside the tests. */
+  let noService: { runnerTemp: string; job: Promise<SplitJob> };
+  beforeAll(async () => {
+    const runnerTemp = newRunnerTemp();
+    const home = await newHome();
+    const job = startSplitJob({
+      action: 'remote-build-env',
+      inputs: {
+        mode: 'ssh',
+        host: `ssh://root@127.0.0.1:${port}${work}/nothing-here.sock`,
+        'ssh-key': clientKey,
+        'known-hosts': knownHostsLine,
+        'startup-timeout': '3s',
+      },
+      env: pm.env,
+      home,
+      runnerTemp,
+    });
+    job.catch(() => undefined);
+    noService = { runnerTemp, job };
+  });
+  afterAll(async () => {
+    await noService?.job.catch(() => undefined);
+  });
+
   it('post run a second time after another job’s tunnel took the freed socket path: that tunnel’s socket stays', async () => {
     const socket = join(newRunnerTemp(), 'tunnel.sock');
     const start = async () =>
@@ -303,21 +328,8 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
   });
 
   it('a remote socket path where no service listens fails main with advice, and post leaves nothing', async () => {
-    const runnerTemp = newRunnerTemp();
-    const home = await newHome();
-    const job = await startSplitJob({
-      action: 'remote-build-env',
-      inputs: {
-        mode: 'ssh',
-        host: `ssh://root@127.0.0.1:${port}${work}/nothing-here.sock`,
-        'ssh-key': clientKey,
-        'known-hosts': knownHostsLine,
-        'startup-timeout': '3s',
-      },
-      env: pm.env,
-      home,
-      runnerTemp,
-    });
+    const { runnerTemp } = noService;
+    const job = await noService.job;
     expect(job.main.main.exitCode).toBe(1);
     expect(job.main.errors[0]).toContain(
       `is podman's API service listening on ${work}/nothing-here.sock on the remote host`,
