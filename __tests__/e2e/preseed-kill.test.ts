@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { mapLimit } from '../../src/core/pool.js';
 import { killMainOptions, leftovers, processesMentioning } from '../support/leftovers.js';
 import { buildMachineOsLayout, publishMachineOs, type FakeMachineOs } from '../support/machine-os.js';
 import { startProxy, type CountingProxy } from '../support/proxy.js';
@@ -134,8 +135,9 @@ it('main SIGKILLed at 20 moments around its download, each followed by post: no 
       delayMs: Math.round(((timing.endMs - timing.lineMs) * i) / 14),
     })),
   ];
-  let last: ReturnType<typeof jobDirs> | undefined;
-  for (const [i, point] of points.entries()) {
+  // Two jobs at a time, each on paths of its own: most of a point is the throttled download's idle time, and a
+  // kill delay counts from that job's own start or line.
+  await mapLimit(points, 2, async (point, i) => {
     const dirs = jobDirs(`kill-${i}`);
     const job = await splitJob(dirs, killMainOptions(ACTION, RESOLVED, point));
     const post = await job.post();
@@ -143,24 +145,24 @@ it('main SIGKILLed at 20 moments around its download, each followed by post: no 
     if (post.exitCode !== 0) problems.push(`${where}: post exited ${post.exitCode}`);
     for (const p of await problemsIn(dirs, job.main.exportedEnv)) problems.push(`${where}: ${p}`);
     if (job.main.main.exitCode === 137 && job.main.log.includes('Resolved docker:')) killedInDownload++;
-    last = dirs;
-  }
+  });
   expect(problems).toEqual([]);
   // The sweep reached the download (else it proved nothing about it).
   expect(killedInDownload).toBeGreaterThan(5);
 
   // A later job on the last killed job's paths (as a runner reuses them) downloads and keeps a whole image.
-  const again = await splitJob(last!, killMainOptions(ACTION, RESOLVED, undefined));
+  const last = jobDirs(`kill-${points.length - 1}`);
+  const again = await splitJob(last, killMainOptions(ACTION, RESOLVED, undefined));
   expect(again.main.main.exitCode).toBe(0);
   expect((await again.post()).exitCode).toBe(0);
-  expect(await problemsIn(last!, again.main.exportedEnv)).toEqual([]);
+  expect(await problemsIn(last, again.main.exportedEnv)).toEqual([]);
   expect(again.main.exportedEnv).toHaveProperty(['CONTAINERS_CONF']);
   expect(
     readFileSync(again.main.outputs['image-path']!).equals(
       readFileSync(fake.disk('x86_64', 'qemu').blobPath),
     ),
   ).toBe(true);
-  expect(await processesMentioning(last!.runnerTemp)).toEqual([]);
+  expect(await processesMentioning(last.runnerTemp)).toEqual([]);
   await rm(report, { force: true });
 }, 900_000);
 
@@ -192,7 +194,9 @@ it("main SIGKILLed right after each change to the stable dir, podman's image cac
   const total = Number(readFileSync(countFile, 'utf8'));
   const problems: string[] = [];
   let exported = 0;
-  for (let event = 1; event <= total; event++) {
+  const events = Array.from({ length: total }, (_, i) => i + 1);
+  // Two at a time, each job on paths of its own (the kill comes from inside main, at that very change).
+  await mapLimit(events, 2, async (event) => {
     const dirs = jobDirs(`change-${event}`);
     const killed = await job(dirs, { IMAGE_CI_TEST_CRASH_AFTER: String(event) });
     const where = `killed after change ${event} of ${total} (main exit ${killed.main.main.exitCode})`;
@@ -203,7 +207,7 @@ it("main SIGKILLed right after each change to the stable dir, podman's image cac
       for (const p of await problemsIn(dirs, killed.main.exportedEnv)) problems.push(`${where}: ${p}`);
     }
     if (killed.main.exportedEnv.CONTAINERS_CONF) exported++;
-  }
+  });
   expect(problems).toEqual([]);
   // The sweep reached the export (and, being after the stable dir's changes, everything before it).
   expect(exported).toBeGreaterThan(0);

@@ -349,13 +349,16 @@ describe('preseed-podman-vm with a registry and the Actions cache', () => {
     });
 
     it('a later run (same paths, wiped) restores from the cache: same digest, file present, conf names it', async () => {
-      // Another RUNNER_TEMP path is another cache version: nothing to restore, and no registry to pull from.
-      const r0 = await run(job('elsewhere'), serviceA);
+      // Another RUNNER_TEMP path is another cache version: nothing to restore, and no registry to pull from. That
+      // run and the later one on cold's paths share nothing but the cache, which r0 finds nothing in: both wait
+      // out the unreachable registry's retries at once.
+      const [r0, r] = await Promise.all([
+        run(job('elsewhere'), serviceA),
+        laterRun([cold.runnerTemp, cold.home]).then(() => run(cold, serviceA)),
+      ]);
       expect(r0.main.exitCode).toBe(1);
       expect(r0.errors.join('\n')).toMatch(/registry is unreachable .* and no cached image exists/);
 
-      await laterRun([cold.runnerTemp, cold.home]);
-      const r = await run(cold, serviceA);
       expectStepsOk(r);
       const paths = stablePaths(cold);
       expect(r.outputs).toMatchObject({

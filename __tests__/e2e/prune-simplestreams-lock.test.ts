@@ -17,6 +17,7 @@ import {
 } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { mapLimit } from '../../src/core/pool.js';
 import { REPO_ROOT } from '../support/harness.js';
 import { countChanges, crashPoints, killAtChange } from '../support/kill-at-change.js';
 import {
@@ -183,27 +184,32 @@ describe('concurrent stale takeovers (separate processes)', () => {
           JSON.stringify({ pid: dead.pid, host: hostname(), time: new Date().toISOString() }),
         ),
     ];
-    for (let round = 0; round < 8; round++) {
-      const path = join(mkdtempSync(join(base, 'race-')), LOCK);
-      staleKinds[round % 2]!(path);
-      const contenders = [0, 1, 2].map(() => contender(path, 1500));
-      await Promise.all(contenders.map((c) => c.waitFor(/^ready$/)));
-      for (const c of contenders) c.child.stdin.write('go\n');
-      const outcomes = await Promise.all(contenders.map((c) => c.waitFor(/^(acquired|failed)/)));
-      expect(outcomes.filter((o) => o === 'acquired')).toHaveLength(1);
-      expect(outcomes.filter((o) => o !== 'acquired')).toEqual([
-        'failed LockTimeoutError',
-        'failed LockTimeoutError',
-      ]);
-      expect(contenders.flatMap((c) => c.lines).filter((l) => l.startsWith('warn '))).toEqual([
-        expect.stringContaining(`warn removed the stale lock ${path}: `),
-      ]);
-      const winner = contenders[outcomes.indexOf('acquired')]!;
-      expect(JSON.parse(readFileSync(path, 'utf8')).pid).toBe(winner.child.pid);
-      winner.child.stdin.write('release\n');
-      await winner.waitFor(/^released$/);
-      expect(await Promise.all(contenders.map((c) => c.closed))).toEqual([0, 0, 0]);
-      expect(readdirSync(join(path, '..'))).toEqual([]);
-    }
+    // Each round races for a lock of its own, and most of a round is the losers' idle wait: four run at once.
+    await mapLimit(
+      Array.from({ length: 8 }, (_, round) => round),
+      4,
+      async (round) => {
+        const path = join(mkdtempSync(join(base, 'race-')), LOCK);
+        staleKinds[round % 2]!(path);
+        const contenders = [0, 1, 2].map(() => contender(path, 1500));
+        await Promise.all(contenders.map((c) => c.waitFor(/^ready$/)));
+        for (const c of contenders) c.child.stdin.write('go\n');
+        const outcomes = await Promise.all(contenders.map((c) => c.waitFor(/^(acquired|failed)/)));
+        expect(outcomes.filter((o) => o === 'acquired')).toHaveLength(1);
+        expect(outcomes.filter((o) => o !== 'acquired')).toEqual([
+          'failed LockTimeoutError',
+          'failed LockTimeoutError',
+        ]);
+        expect(contenders.flatMap((c) => c.lines).filter((l) => l.startsWith('warn '))).toEqual([
+          expect.stringContaining(`warn removed the stale lock ${path}: `),
+        ]);
+        const winner = contenders[outcomes.indexOf('acquired')]!;
+        expect(JSON.parse(readFileSync(path, 'utf8')).pid).toBe(winner.child.pid);
+        winner.child.stdin.write('release\n');
+        await winner.waitFor(/^released$/);
+        expect(await Promise.all(contenders.map((c) => c.closed))).toEqual([0, 0, 0]);
+        expect(readdirSync(join(path, '..'))).toEqual([]);
+      },
+    );
   });
 });

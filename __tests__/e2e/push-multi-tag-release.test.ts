@@ -18,17 +18,30 @@ let previous: GeneratedLayout;
 let release: GeneratedLayout;
 let regA: RegistryService;
 let regB: RegistryService;
+/** The registry of the run whose tag PUT always meets a 503 (the dry run compares regA's storage). */
+let regRetry: RegistryService;
+let flaky: CountingProxy;
+/** That run waits out the client's backoff (~6 s): it starts in beforeAll, beside the other tests. */
+let flakyRun: ReturnType<typeof push>;
 const relays: CountingProxy[] = [];
+const FLAKY_REPO = 'phase2/app';
 
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), 'ici-release-'));
   previous = generateLayout(join(work, 'previous'), { layers: [40_000, 20_000] });
   release = generateLayout(join(work, 'release'), { layers: [40_000, 20_000] });
-  [regA, regB] = await Promise.all([startRegistry(), startRegistry()]);
+  [regA, regB, regRetry] = await Promise.all([startRegistry(), startRegistry(), startRegistry()]);
+  flaky = await relay(regRetry, {
+    fault: ({ kind, reference }) =>
+      kind === 'manifest-put' && reference === 'broken' ? { status: 503 } : undefined,
+  });
+  flakyRun = push(release, [flaky.host], FLAKY_REPO, '2.0, broken, latest');
+  flakyRun.catch(() => undefined);
 });
 afterAll(async () => {
+  await flakyRun?.catch(() => undefined);
   await Promise.all(relays.splice(0).map((r) => r.stop()));
-  await Promise.all([regA?.stop(), regB?.stop()]);
+  await Promise.all([regA?.stop(), regB?.stop(), regRetry?.stop()]);
   rmSync(work, { recursive: true, force: true });
 });
 
@@ -137,55 +150,6 @@ describe('atomic: false keeps per-registry behaviour', () => {
   });
 });
 
-describe('phase 2', () => {
-  it('a tag PUT that keeps failing is retried, then reported for that ref alone', async () => {
-    const repo = 'phase2/app';
-    const flaky = await relay(regA, {
-      fault: ({ kind, reference }) =>
-        kind === 'manifest-put' && reference === 'broken' ? { status: 503 } : undefined,
-    });
-    const r = await push(release, [flaky.host], repo, '2.0, broken, latest');
-    expect(r.main.exitCode).toBe(1);
-    expect(flaky.count('manifest-put', (rec) => rec.path.endsWith('/broken'))).toBe(6);
-    expect(JSON.parse(r.outputs['pushed-refs']!)).toEqual([
-      `${flaky.host}/${repo}:2.0@${release.digest}`,
-      `${flaky.host}/${repo}:latest@${release.digest}`,
-    ]);
-    const failed = JSON.parse(r.outputs['failed-refs']!) as Array<{ ref: string; reason: string }>;
-    expect(failed).toEqual([
-      { ref: `${flaky.host}/${repo}:broken`, reason: 'the registry answered HTTP 503' },
-    ]);
-    expect(r.errors.join('\n')).toContain(`phase 2 could not set 1 ref(s):\n${flaky.host}/${repo}:broken: `);
-    expect(await tagDigest(regA, repo, 'latest')).toBe(release.digest);
-  });
-
-  it('shows each tag move before → after in the summary, from HEAD lookups (never a manifest GET)', async () => {
-    const repo = 'moves/app';
-    expect((await push(previous, [regA.host], repo, '1, latest')).main.exitCode).toBe(0);
-    const watched = await relay(regA);
-    const r = await push(release, [watched.host], repo, '2, latest, 1');
-    expect(r.main.exitCode).toBe(0);
-    const short = (digest: string) => `\`${digest.slice(0, 19)}…\``;
-    expect(r.main.summary).toContain(
-      `| ${watched.host}/${repo}:latest | ${short(previous.digest)} | ${short(release.digest)} | moved |`,
-    );
-    expect(r.main.summary).toContain(
-      `| ${watched.host}/${repo}:2 | (new) | ${short(release.digest)} | moved |`,
-    );
-    expect(r.log).toContain(`tag latest: ${previous.digest.slice(0, 19)}… → ${release.digest.slice(0, 19)}…`);
-    expect(watched.count('manifest-get')).toBe(0);
-    expect(watched.count('manifest-head')).toBeGreaterThanOrEqual(3);
-    // Pushed again: nothing moves, no tag PUT is needed.
-    watched.reset();
-    const again = await push(release, [watched.host], repo, '2, latest, 1');
-    expect(again.main.exitCode).toBe(0);
-    expect(watched.count('manifest-put')).toBe(0);
-    expect(again.main.summary).toContain(
-      `| ${watched.host}/${repo}:latest | ${short(release.digest)} | ${short(release.digest)} | unchanged |`,
-    );
-  });
-});
-
 describe('dry-run', () => {
   it('looks only: prints and reports the plan per registry, sets outputs, storage byte-identical', async () => {
     const repo = 'dry/app';
@@ -233,5 +197,51 @@ describe('dry-run', () => {
     expect(r.log).toContain(`${a.host}/${repo}:\n  blobs: 3 to upload`);
     expect(r.main.summary).toContain('dry run, nothing changed');
     expect(r.main.summary).toContain('would move');
+  });
+});
+
+describe('phase 2', () => {
+  it('shows each tag move before → after in the summary, from HEAD lookups (never a manifest GET)', async () => {
+    const repo = 'moves/app';
+    expect((await push(previous, [regA.host], repo, '1, latest')).main.exitCode).toBe(0);
+    const watched = await relay(regA);
+    const r = await push(release, [watched.host], repo, '2, latest, 1');
+    expect(r.main.exitCode).toBe(0);
+    const short = (digest: string) => `\`${digest.slice(0, 19)}…\``;
+    expect(r.main.summary).toContain(
+      `| ${watched.host}/${repo}:latest | ${short(previous.digest)} | ${short(release.digest)} | moved |`,
+    );
+    expect(r.main.summary).toContain(
+      `| ${watched.host}/${repo}:2 | (new) | ${short(release.digest)} | moved |`,
+    );
+    expect(r.log).toContain(`tag latest: ${previous.digest.slice(0, 19)}… → ${release.digest.slice(0, 19)}…`);
+    expect(watched.count('manifest-get')).toBe(0);
+    expect(watched.count('manifest-head')).toBeGreaterThanOrEqual(3);
+    // Pushed again: nothing moves, no tag PUT is needed.
+    watched.reset();
+    const again = await push(release, [watched.host], repo, '2, latest, 1');
+    expect(again.main.exitCode).toBe(0);
+    expect(watched.count('manifest-put')).toBe(0);
+    expect(again.main.summary).toContain(
+      `| ${watched.host}/${repo}:latest | ${short(release.digest)} | ${short(release.digest)} | unchanged |`,
+    );
+  });
+
+  // Last in the file: its run started in beforeAll and has had the other tests' time to finish.
+  it('a tag PUT that keeps failing is retried, then reported for that ref alone', async () => {
+    const repo = FLAKY_REPO;
+    const r = await flakyRun;
+    expect(r.main.exitCode).toBe(1);
+    expect(flaky.count('manifest-put', (rec) => rec.path.endsWith('/broken'))).toBe(6);
+    expect(JSON.parse(r.outputs['pushed-refs']!)).toEqual([
+      `${flaky.host}/${repo}:2.0@${release.digest}`,
+      `${flaky.host}/${repo}:latest@${release.digest}`,
+    ]);
+    const failed = JSON.parse(r.outputs['failed-refs']!) as Array<{ ref: string; reason: string }>;
+    expect(failed).toEqual([
+      { ref: `${flaky.host}/${repo}:broken`, reason: 'the registry answered HTTP 503' },
+    ]);
+    expect(r.errors.join('\n')).toContain(`phase 2 could not set 1 ref(s):\n${flaky.host}/${repo}:broken: `);
+    expect(await tagDigest(regRetry, repo, 'latest')).toBe(release.digest);
   });
 });

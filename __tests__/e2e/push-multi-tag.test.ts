@@ -38,18 +38,82 @@ describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
   let regB: RegistryService;
   let proxyA: CountingProxy;
   let proxyB: CountingProxy;
+  /** The registry of the runs that meet nothing but 503s (none of the other tests count what it holds). */
+  let regDown: RegistryService;
+  /** Its token server answers 503 while this is set. */
+  let tokensFailing = true;
+  let tokenDown: RegistryService;
+  let uploadStartDown: CountingProxy;
+  let mountDown: CountingProxy;
+  /** The runs that retry 503s until the budget is spent: each waits out the client's backoff (~6 s). */
+  let uploadStartRun: Promise<RunResult>;
+  let mountRun: Promise<RunResult>;
+  let tokenRun: Promise<RunResult>;
 
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), 'ici-push-'));
     layout = generateLayout(join(work, 'layout'), { layers: [600_000, 300_000, 150_000] });
-    [regA, regB] = await Promise.all([startRegistry(), startRegistry()]);
-    [proxyA, proxyB] = await Promise.all([
+    [regA, regB, regDown] = await Promise.all([startRegistry(), startRegistry(), startRegistry()]);
+    [proxyA, proxyB, uploadStartDown, mountDown, tokenDown] = await Promise.all([
       startProxy({ target: regA.host }),
       startProxy({ target: regB.host }),
+      startProxy({
+        target: regDown.host,
+        fault: ({ kind }) => (kind === 'upload-start' ? { status: 503 } : undefined),
+      }),
+      startProxy({
+        target: regDown.host,
+        // budget/one is stored first (its blobs uploaded); budget/two, which mounts from it, meets the 503s.
+        fault: ({ kind, repository }) =>
+          kind === 'mount' || (kind === 'upload-start' && repository === 'budget/two')
+            ? { status: 503 }
+            : undefined,
+      }),
+      startRegistry({
+        auth: 'token',
+        tokenHook: (_req, res) => {
+          if (!tokensFailing) return false;
+          res.writeHead(503, { 'content-type': 'text/plain' }).end('down');
+          return true;
+        },
+      }),
     ]);
+    // Those runs are mostly idle time: they start now, run beside the other tests, and their tests await them.
+    uploadStartRun = runAction({
+      action: 'push-multi-tag',
+      inputs: {
+        ...pushInputs(),
+        repositories: `${uploadStartDown.host}/down/app`,
+        'insecure-registries': uploadStartDown.host,
+      },
+    });
+    mountRun = runAction({
+      action: 'push-multi-tag',
+      inputs: {
+        ...pushInputs(),
+        repositories: `${mountDown.host}/budget/one\n${mountDown.host}/budget/two`,
+        'insecure-registries': mountDown.host,
+      },
+    });
+    tokenRun = runAction({
+      action: 'push-multi-tag',
+      inputs: {
+        source: layout.transportRef,
+        repositories: `${tokenDown.host}/tok/one`,
+        tags: 'v1',
+        username: tokenDown.username!,
+        password: tokenDown.password!,
+        'tls-verify': 'false',
+      },
+    });
+    for (const run of [uploadStartRun, mountRun, tokenRun]) run.catch(() => undefined);
   });
   afterAll(async () => {
-    await Promise.all([proxyA?.stop(), proxyB?.stop(), regA?.stop(), regB?.stop()]);
+    await Promise.allSettled([uploadStartRun, mountRun, tokenRun]);
+    tokensFailing = false;
+    await Promise.all(
+      [proxyA, proxyB, uploadStartDown, mountDown, regA, regB, regDown, tokenDown].map((s) => s?.stop()),
+    );
     rmSync(work, { recursive: true, force: true });
   });
 
@@ -283,58 +347,29 @@ describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
   });
 
   it('a registry that always answers 503 to an upload start gets at most 6 POSTs per blob (one retry budget)', async () => {
-    const down = await startProxy({
-      target: regB.host,
-      fault: ({ kind }) => (kind === 'upload-start' ? { status: 503 } : undefined),
-    });
-    try {
-      const r = await runAction({
-        action: 'push-multi-tag',
-        inputs: { ...pushInputs(), repositories: `${down.host}/down/app`, 'insecure-registries': down.host },
-      });
-      expect(r.main.exitCode).toBe(1);
-      expect(r.errors.join('\n')).toContain('start upload to down/app: HTTP 503');
-      const blobs = layout.blobs.length;
-      expect(down.count('upload-start')).toBeGreaterThanOrEqual(6);
-      expect(down.count('upload-start')).toBeLessThanOrEqual(6 * blobs);
-      // The per-registry line is logged on failure too, with the retries counted.
-      const line = new RegExp(`${down.host}: \\d+ requests, (\\d+) retried`).exec(r.log);
-      expect(Number(line?.[1])).toBe((down.count('upload-start') / 6) * 5);
-      expect(r.post?.exitCode).toBe(0);
-    } finally {
-      await down.stop();
-    }
+    const r = await uploadStartRun;
+    const down = uploadStartDown;
+    expect(r.main.exitCode).toBe(1);
+    expect(r.errors.join('\n')).toContain('start upload to down/app: HTTP 503');
+    const blobs = layout.blobs.length;
+    expect(down.count('upload-start')).toBeGreaterThanOrEqual(6);
+    expect(down.count('upload-start')).toBeLessThanOrEqual(6 * blobs);
+    // The per-registry line is logged on failure too, with the retries counted.
+    const line = new RegExp(`${down.host}: \\d+ requests, (\\d+) retried`).exec(r.log);
+    expect(Number(line?.[1])).toBe((down.count('upload-start') / 6) * 5);
+    expect(r.post?.exitCode).toBe(0);
   });
 
   it('a mount then an upload of one blob share one retry budget: a registry that always answers 503 gets 6 tries per blob', async () => {
-    const down = await startProxy({
-      target: regB.host,
-      // budget/one is stored first (its blobs uploaded); budget/two, which mounts from it, meets the 503s.
-      fault: ({ kind, repository }) =>
-        kind === 'mount' || (kind === 'upload-start' && repository === 'budget/two')
-          ? { status: 503 }
-          : undefined,
-    });
-    try {
-      const r = await runAction({
-        action: 'push-multi-tag',
-        inputs: {
-          ...pushInputs(),
-          repositories: `${down.host}/budget/one\n${down.host}/budget/two`,
-          'insecure-registries': down.host,
-        },
-      });
-      expect(r.main.exitCode).toBe(1);
-      const blobs = layout.blobs.length;
-      const tries =
-        down.count('mount') + down.count('upload-start', (rec) => rec.repository === 'budget/two');
-      // Six tries per blob at most (the old client gave the mount six and the upload six more).
-      expect(tries).toBeGreaterThanOrEqual(6);
-      expect(tries).toBeLessThanOrEqual(6 * blobs);
-      expect(r.errors.join('\n')).toContain('into budget/two: HTTP 503');
-    } finally {
-      await down.stop();
-    }
+    const r = await mountRun;
+    const down = mountDown;
+    expect(r.main.exitCode).toBe(1);
+    const blobs = layout.blobs.length;
+    const tries = down.count('mount') + down.count('upload-start', (rec) => rec.repository === 'budget/two');
+    // Six tries per blob at most (the old client gave the mount six and the upload six more).
+    expect(tries).toBeGreaterThanOrEqual(6);
+    expect(tries).toBeLessThanOrEqual(6 * blobs);
+    expect(r.errors.join('\n')).toContain('into budget/two: HTTP 503');
   });
 
   it('runs the same way from the CLI: image-ci push-multi-tag --source ... --repositories ... --tags ...', async () => {
@@ -422,35 +457,11 @@ describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
     );
 
     it('a token server that always answers 503 gets at most 6 token requests in all, named in the error', async () => {
-      let failing = true;
-      const registry = await startRegistry({
-        auth: 'token',
-        tokenHook: (_req, res) => {
-          if (!failing) return false;
-          res.writeHead(503, { 'content-type': 'text/plain' }).end('down');
-          return true;
-        },
-      });
-      try {
-        const r = await runAction({
-          action: 'push-multi-tag',
-          inputs: {
-            source: layout.transportRef,
-            repositories: `${registry.host}/tok/one`,
-            tags: 'v1',
-            username: registry.username!,
-            password: registry.password!,
-            'tls-verify': 'false',
-          },
-        });
-        expect(r.main.exitCode).toBe(1);
-        // The parallel blob HEADs all wait on one fetch, which has the one budget of six tries.
-        expect(registry.tokenRequests).toHaveLength(6);
-        expect(r.errors.join('\n')).toMatch(/get a token from http:\/\/127\.0\.0\.1:\d+\/token: HTTP 503/);
-      } finally {
-        failing = false;
-        await registry.stop();
-      }
+      const r = await tokenRun;
+      expect(r.main.exitCode).toBe(1);
+      // The parallel blob HEADs all wait on one fetch, which has the one budget of six tries.
+      expect(tokenDown.tokenRequests).toHaveLength(6);
+      expect(r.errors.join('\n')).toMatch(/get a token from http:\/\/127\.0\.0\.1:\d+\/token: HTTP 503/);
     });
 
     it('reads credentials from auth-file and leaves that file untouched', async () => {

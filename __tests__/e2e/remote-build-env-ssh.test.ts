@@ -12,6 +12,7 @@ import { createConnection, createServer, type AddressInfo, type Socket } from 'n
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { exec } from '../../src/core/exec.js';
+import { mapLimit } from '../../src/core/pool.js';
 import { runAction, secretOnlyAfterMask } from '../support/harness.js';
 import { startSplitJob, type SplitJob } from '../support/split-job.js';
 import { pathExists } from '../../src/core/files.js';
@@ -178,6 +179,31 @@ async function remoteVersion(exported: Record<string, string>, home: string): Pr
 }
 
 describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podman service)', () => {
+  /** Main against a remote path where nothing listens waits out its startup-timeout: it starts beside the tests. */
+  let noService: { runnerTemp: string; job: Promise<SplitJob> };
+  beforeAll(async () => {
+    const runnerTemp = newRunnerTemp();
+    const home = await newHome();
+    const job = startSplitJob({
+      action: 'remote-build-env',
+      inputs: {
+        mode: 'ssh',
+        host: `ssh://root@127.0.0.1:${port}${work}/nothing-here.sock`,
+        'ssh-key': clientKey,
+        'known-hosts': knownHostsLine,
+        'startup-timeout': '3s',
+      },
+      env: pm.env,
+      home,
+      runnerTemp,
+    });
+    job.catch(() => undefined);
+    noService = { runnerTemp, job };
+  });
+  afterAll(async () => {
+    await noService?.job.catch(() => undefined);
+  });
+
   it('post run a second time after another job’s tunnel took the freed socket path: that tunnel’s socket stays', async () => {
     const socket = join(newRunnerTemp(), 'tunnel.sock');
     const start = async () =>
@@ -302,21 +328,8 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
   });
 
   it('a remote socket path where no service listens fails main with advice, and post leaves nothing', async () => {
-    const runnerTemp = newRunnerTemp();
-    const home = await newHome();
-    const job = await startSplitJob({
-      action: 'remote-build-env',
-      inputs: {
-        mode: 'ssh',
-        host: `ssh://root@127.0.0.1:${port}${work}/nothing-here.sock`,
-        'ssh-key': clientKey,
-        'known-hosts': knownHostsLine,
-        'startup-timeout': '3s',
-      },
-      env: pm.env,
-      home,
-      runnerTemp,
-    });
+    const { runnerTemp } = noService;
+    const job = await noService.job;
     expect(job.main.main.exitCode).toBe(1);
     expect(job.main.errors[0]).toContain(
       `is podman's API service listening on ${work}/nothing-here.sock on the remote host`,
@@ -507,7 +520,9 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
 
     const problems: string[] = [];
     let killedWithTunnel = 0;
-    for (const [i, point] of killPoints(timing.lineMs, timing.endMs).entries()) {
+    // Two jobs at a time, each with its own HOME and RUNNER_TEMP: jest runs one file at a time on two CPUs, and
+    // a kill delay counts from that main's own start or line.
+    await mapLimit(killPoints(timing.lineMs, timing.endMs), 2, async (point, i) => {
       const inputs = trust[i % 2]!;
       const r = await run(inputs, point);
       const where = `${JSON.stringify(inputs).slice(2, 12)}… killed ${point.delayMs} ms after ${point.afterLine ? 'the connect line' : 'start'}`;
@@ -515,7 +530,7 @@ describe('remote-build-env, mode ssh (real sshd on 127.0.0.1 in front of a podma
         problems.push(`${where} (main exit ${r.main.exitCode}): ${r.problems.join('; ')}`);
       if (r.main.exitCode === 137 && r.post.lines.some((l) => /^ssh tunnel \(pid \d+\)/.test(l.text)))
         killedWithTunnel++;
-    }
+    });
     expect(problems).toEqual([]);
     expect(killedWithTunnel).toBeGreaterThan(0);
   }, 900_000);

@@ -1,4 +1,4 @@
-import { describe, expect, it } from '@jest/globals';
+import { beforeAll, describe, expect, it } from '@jest/globals';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,6 +8,15 @@ import { MapInputSource } from '../../src/core/inputs.js';
 import { running } from '../support/process-state.js';
 
 describe('exec', () => {
+  // The grace period before SIGKILL is a fixed 5 s: this call starts with the file and runs beside the other
+  // tests; the last test of this block awaits it.
+  let graceful: Promise<unknown>;
+  beforeAll(() => {
+    graceful = exec('sh', ['-c', `trap '' TERM; sh -c 'trap "" TERM; sleep 100000' & wait; wait`], {
+      timeoutMs: 300,
+    }).catch((e: unknown) => e);
+  });
+
   it('captures stdout, stderr and the exit code', async () => {
     const r = await exec('sh', ['-c', 'echo out; echo err >&2'], { timeoutMs: 10_000 });
     expect(r).toMatchObject({ exitCode: 0, stdout: 'out\n', stderr: 'err\n' });
@@ -49,13 +58,6 @@ describe('exec', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
-  }, 30_000);
-
-  it('a child that ignores SIGTERM and hides its pipes in a grandchild is killed after the grace period', async () => {
-    const error = await exec('sh', ['-c', `trap '' TERM; sh -c 'trap "" TERM; sleep 100000' & wait; wait`], {
-      timeoutMs: 300,
-    }).catch((e: unknown) => e);
-    expect((error as ExecError).message).toMatch(/timed out after 300 ms/);
   }, 30_000);
 
   it('a background process the child leaves running does not hold the call once the child exited', async () => {
@@ -123,6 +125,11 @@ describe('exec', () => {
     });
     expect(lines).toEqual(['from-env', '/']);
   });
+
+  it('a child that ignores SIGTERM and hides its pipes in a grandchild is killed after the grace period', async () => {
+    const error = await graceful;
+    expect((error as ExecError).message).toMatch(/timed out after 300 ms/);
+  }, 30_000);
 });
 
 describe('child environments', () => {
