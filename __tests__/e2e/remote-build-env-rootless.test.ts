@@ -223,4 +223,20 @@ describe.each([hostPodman()])('[$label] remote-build-env as an ordinary user (ro
     expect(await pathExists(stateOf(job).tmpdir)).toBe(false);
     expect(await leftovers(runnerTemp)).toEqual([]);
   });
+
+  it('no XDG_RUNTIME_DIR, a RUNNER_TEMP as long as a self-hosted runner’s (`podman --runroot` takes at most 50 characters): post saves cache mounts written by subordinate uids and removes them', async () => {
+    // Longer than /home/runner/actions-runner/_work/_temp (39), a runner installed as a service where it says.
+    const runnerTemp = ownRunnerTemp(mkdtempSync(join(tmpdir(), 'ici-rt-long-runner-temp-')));
+    const inputs = { 'cache-mounts': 'true', 'cache-key': 'rootless-long' };
+    const job = await startJob(inputs, runnerTemp, { XDG_RUNTIME_DIR: undefined });
+    expect(await build(job.main.exportedEnv, 'l')).toEqual(['root: 0:0 700 l', 'user: 1000:1000 700 l']);
+    const saved = cacheService.list().length;
+    const post = await job.post();
+    // Before (a8ac78c): every `podman unshare` of the job failed, 'Error: the specified runroot is longer than 50
+    // characters' (its throwaway store's `--runroot <RUNNER_TEMP>/ici-…/u`): cache mounts not saved, not emptied.
+    expect(post.warnings).toEqual([]);
+    expect(post.exitCode).toBe(0);
+    expect(cacheService.list().length).toBe(saved + 1);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  });
 });
