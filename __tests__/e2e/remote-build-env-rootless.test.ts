@@ -239,4 +239,17 @@ describe.each([hostPodman()])('[$label] remote-build-env as an ordinary user (ro
     expect(cacheService.list().length).toBe(saved + 1);
     expect(await leftovers(runnerTemp)).toEqual([]);
   });
+
+  it('cache-mounts, a job that ran no build: post says there is nothing to save, without a warning', async () => {
+    const runnerTemp = ownRunnerTemp();
+    const job = await startJob({ 'cache-mounts': 'true', 'cache-key': 'rootless-none' }, runnerTemp);
+    const post = await job.post();
+    // Before (c3b67ed): 'cache mounts not saved: ... ENOENT: no such file or directory, open '<stage>/buildah-cache''
+    // (handing over ownership of a dir no build made).
+    expect(post.warnings).toEqual([]);
+    expect(post.lines.map((l) => l.text)).toContain(
+      'Cache mounts: nothing to save (no build used a cache mount).',
+    );
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  });
 });
