@@ -210,8 +210,8 @@ async function serviceLogWorthShowing(state: LocalState, outcome: StopOutcome): 
 
 /**
  * The pause process of the job's runtime dir. One that died since a service ran (killed, or `podman system
- * migrate`) is started again here: removing what rootless builds left may need `podman unshare`, which would start
- * it anyway, after its pid file is gone with the runtime dir, so nothing would stop it.
+ * migrate`) is started again here: removing what rootless builds left may need `podman unshare`, which would
+ * start one anyway, unseen by post, which looks for it only here (its pid file goes with the runtime dir).
  */
 async function runtimeDirPause(
   runtimeDir: string,
