@@ -149,5 +149,19 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
       expect(await leftovers(runnerTemp)).toEqual([]);
       expect(mountsUnder(podman, runnerTemp)).toEqual([]);
     });
+
+    it('shared store, cache-mounts, no XDG_RUNTIME_DIR, a RUNNER_TEMP as long as a self-hosted runner’s: post saves the mounts and leaves nothing', async () => {
+      // Longer than /home/runner/actions-runner/_work/_temp. Podman 4.3 refuses a `--runroot` over 50 characters
+      // (remote-build-env-rootless.test.ts); this checks the unshare store's own storage.conf on podman 5.
+      const runnerTemp = mkdtempSync(join(tmpdir(), 'ici-rt-long-runner-temp-'));
+      chownSync(runnerTemp, user.uid, user.gid);
+      dirs.push(runnerTemp);
+      await importBusyboxImage(pm, { name: 'bb' });
+      const job = await startJob({ 'cache-mounts': 'true', 'cache-key': 'p5-long' }, runnerTemp);
+      expect(await build(job, 'l')).toBe('seen: l');
+      const saved = cacheService.list().filter((e) => e.finalized).length;
+      await expectNothingLeft(job, runnerTemp);
+      expect(cacheService.list().filter((e) => e.finalized).length).toBe(saved + 1);
+    });
   },
 );

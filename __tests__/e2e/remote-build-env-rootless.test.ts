@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { chownSync, mkdtempSync } from 'node:fs';
-import { chmod, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathExists } from '../../src/core/files.js';
@@ -25,6 +25,7 @@ const CONTAINER_USER = '1000:1000';
 interface StateSeen {
   tmpdir: string;
   removeDirs: string[];
+  runtimeDir?: string;
 }
 
 // Only the host's podman here: rootless podman 5 needs the trixie root entered by pivot_root (the kernel makes no
@@ -203,6 +204,52 @@ describe.each([hostPodman()])('[$label] remote-build-env as an ordinary user (ro
     expect(post.exitCode).toBe(0);
     expect(await pathExists(stateOf(job).tmpdir)).toBe(false);
     // The pause process (whose environment names RUNNER_TEMP) is gone too.
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  });
+
+  it('no XDG_RUNTIME_DIR, the pause process killed between main and post: post’s `podman unshare` removes the files of subordinate uids and the pause process it had to start again', async () => {
+    const runnerTemp = ownRunnerTemp();
+    const job = await startJob({ 'isolate-storage': 'true' }, runnerTemp, { XDG_RUNTIME_DIR: undefined });
+    await importBusyboxImage(pm, { url: job.main.exportedEnv.CONTAINER_HOST!, name: image });
+    expect(await build(job.main.exportedEnv, 'p')).toEqual(['root: 0:0 700 p', 'user: 1000:1000 700 p']);
+    const runtimeDir = stateOf(job).runtimeDir!;
+    const pid = Number(await readFile(join(runtimeDir, 'libpod/tmp/pause.pid'), 'utf8'));
+    process.kill(pid, 'SIGKILL');
+    const post = await job.post();
+    // Before (a8ac78c): post looked for the pause process before removing the private store, whose files of
+    // subordinate uids then needed a `podman unshare` that started a new one, left running ('catatonit -P').
+    expect(post.warnings).toEqual([]);
+    expect(post.exitCode).toBe(0);
+    expect(await pathExists(stateOf(job).tmpdir)).toBe(false);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  });
+
+  it('no XDG_RUNTIME_DIR, a RUNNER_TEMP as long as a self-hosted runner’s (`podman --runroot` takes at most 50 characters): post saves cache mounts written by subordinate uids and removes them', async () => {
+    // Longer than /home/runner/actions-runner/_work/_temp (39), a runner installed as a service where it says.
+    const runnerTemp = ownRunnerTemp(mkdtempSync(join(tmpdir(), 'ici-rt-long-runner-temp-')));
+    const inputs = { 'cache-mounts': 'true', 'cache-key': 'rootless-long' };
+    const job = await startJob(inputs, runnerTemp, { XDG_RUNTIME_DIR: undefined });
+    expect(await build(job.main.exportedEnv, 'l')).toEqual(['root: 0:0 700 l', 'user: 1000:1000 700 l']);
+    const saved = cacheService.list().length;
+    const post = await job.post();
+    // Before (a8ac78c): every `podman unshare` of the job failed, 'Error: the specified runroot is longer than 50
+    // characters' (its throwaway store's `--runroot <RUNNER_TEMP>/ici-…/u`): cache mounts not saved, not emptied.
+    expect(post.warnings).toEqual([]);
+    expect(post.exitCode).toBe(0);
+    expect(cacheService.list().length).toBe(saved + 1);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  });
+
+  it('cache-mounts, a job that ran no build: post says there is nothing to save, without a warning', async () => {
+    const runnerTemp = ownRunnerTemp();
+    const job = await startJob({ 'cache-mounts': 'true', 'cache-key': 'rootless-none' }, runnerTemp);
+    const post = await job.post();
+    // Before (c3b67ed): 'cache mounts not saved: ... ENOENT: no such file or directory, open '<stage>/buildah-cache''
+    // (handing over ownership of a dir no build made).
+    expect(post.warnings).toEqual([]);
+    expect(post.lines.map((l) => l.text)).toContain(
+      'Cache mounts: nothing to save (no build used a cache mount).',
+    );
     expect(await leftovers(runnerTemp)).toEqual([]);
   });
 });

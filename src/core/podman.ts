@@ -3,6 +3,7 @@
  * layers a containers.conf on top of the user's (that depends on the version), and which variables would turn
  * a podman call into a remote call somewhere else.
  */
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { exec, type ExecResult } from './exec.js';
 import { ActionError } from './run.js';
@@ -58,18 +59,24 @@ export function unshareStoreBelow(dir: string | undefined): void {
  * reach outside it. As root it runs directly. Never as a remote client: `podman unshare` refuses to be one, and
  * a step before may have exported CONTAINER_HOST.
  */
-export function execAsStorageRoot(
+export async function execAsStorageRoot(
   command: string,
   args: readonly string[],
   options: { timeoutMs: number; input?: string; allowFailure?: boolean },
 ): Promise<ExecResult> {
   const env = withoutRemoteClientEnv(process.env);
   if (process.getuid?.() === 0) return exec(command, args, { ...options, env });
-  // vfs: the store stays empty, and vfs works on any file system, where overlay may not for this user.
-  const store = unshareStore
-    ? ['--root', join(unshareStore, 'store'), '--runroot', join(unshareStore, 'u'), '--storage-driver', 'vfs']
-    : [];
-  return exec('podman', [...store, 'unshare', command, ...args], { ...options, env });
+  if (!unshareStore) return exec('podman', ['unshare', command, ...args], { ...options, env });
+  // vfs: the store stays empty, and vfs works on any file system, where overlay may not for this user. A file of
+  // its own instead of the user's (or the job's CONTAINERS_STORAGE_CONF), and no `--runroot`: podman refuses one
+  // over 50 characters, which `<RUNNER_TEMP>/ici-…/u` is on a self-hosted runner; rootless, it then takes
+  // `$XDG_RUNTIME_DIR/containers`, below the same dir.
+  const conf = join(unshareStore, 'unshare-storage.conf');
+  await writeFile(conf, '[storage]\ndriver = "vfs"\n');
+  return exec('podman', ['--root', join(unshareStore, 'store'), 'unshare', command, ...args], {
+    ...options,
+    env: { ...env, CONTAINERS_STORAGE_CONF: conf },
+  });
 }
 
 /** The local client's version (`podman --version` never contacts a service). */

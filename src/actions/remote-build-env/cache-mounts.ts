@@ -189,8 +189,9 @@ export async function saveCacheMounts(host: Host, stage: string, cache: CacheSta
       host.warning(`cache mounts not saved: ${cache.live} is no directory any more (a symlink or a file).`);
       return;
     }
-    // Rootless, what builds wrote as other container users is out of this user's reach until handed over.
-    if (process.getuid?.() !== 0) await takeOwnership(cache.path);
+    // Rootless, what builds wrote as other container users is out of this user's reach until handed over (none
+    // when no build made the dir).
+    if (moved && process.getuid?.() !== 0) await takeOwnership(cache.path);
     const removed = await removeUnrestorable(cache.path);
     if (removed.length) {
       host.info(

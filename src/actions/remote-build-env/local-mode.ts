@@ -9,6 +9,7 @@ import { printable } from '../../core/cache-confinement.js';
 import {
   CONTAINERS_CONF,
   containersConfVariable,
+  execAsStorageRoot,
   podmanVersion,
   unshareStoreBelow,
 } from '../../core/podman.js';
@@ -30,13 +31,14 @@ import {
   type ServicePlan,
 } from './local-service.js';
 import type { ServingMode } from './mode.js';
-import { isRunning, type StopOutcome } from './process-group.js';
+import { isRunning, type ProcessIdentity, type StopOutcome } from './process-group.js';
 import { claimChosenSocket, claimTarget, planSocket, recordChosenSocket } from './socket-path.js';
 import { saveRunState, type LocalState } from './state.js';
 
 const VERSION_TIMEOUT_MS = 15_000;
 const STOP_GRACE_MS = 10_000;
 const REMOVE_CONTAINERS_TIMEOUT_MS = 60_000;
+const UNSHARE_TIMEOUT_MS = 15_000;
 const MAX_RUNROOT_CHARS = 50;
 
 const rootful = process.getuid?.() === 0;
@@ -206,6 +208,21 @@ async function serviceLogWorthShowing(state: LocalState, outcome: StopOutcome): 
   return undefined;
 }
 
+/**
+ * The pause process of the job's runtime dir. One that died since a service ran (killed, or `podman system
+ * migrate`) is started again here: removing what rootless builds left may need `podman unshare`, which would
+ * start one anyway, unseen by post, which looks for it only here (its pid file goes with the runtime dir).
+ */
+async function runtimeDirPause(
+  runtimeDir: string,
+  serviceRan: boolean,
+): Promise<ProcessIdentity | undefined> {
+  const running = await pauseProcess(runtimeDir);
+  if (running || !serviceRan) return running;
+  await execAsStorageRoot('true', [], { timeoutMs: UNSHARE_TIMEOUT_MS, allowFailure: true });
+  return pauseProcess(runtimeDir);
+}
+
 /** Stops the service and removes everything main created. Best-effort and repeatable: a second run finds nothing. */
 async function stopLocalService(host: Host, state: LocalState): Promise<void> {
   if (state.runtimeDir) {
@@ -235,7 +252,7 @@ async function stopLocalService(host: Host, state: LocalState): Promise<void> {
   }
   await showLog(host, 'podman service log', state.logFile, await serviceLogWorthShowing(state, outcome));
   // Its pid file goes with the runtime dir, and removing what rootless builds left still needs its namespace.
-  const pause = state.runtimeDir ? await pauseProcess(state.runtimeDir) : undefined;
+  const pause = state.runtimeDir ? await runtimeDirPause(state.runtimeDir, service !== undefined) : undefined;
   await removeOwnedPaths(host, state);
   await stopChild(host, 'podman pause process', pause, STOP_GRACE_MS, true);
 }
