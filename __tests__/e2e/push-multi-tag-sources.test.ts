@@ -203,6 +203,51 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
     }
   }, 20_000);
 
+  // On a shared runner another job's podman or buildah holds the lock for a while (a big pull, a commit): the
+  // lookup says why it waits, and goes on once the lock is free, as the export would.
+  it('a lookup that waits for a storage lock held for a while says why, then reads the image once the lock is released', async () => {
+    const holder = spawn(
+      'python3',
+      [
+        '-c',
+        'import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\nfcntl.lockf(fd, fcntl.LOCK_EX)\nprint("locked", flush=True)\nsys.stdin.read()',
+        join(work, 'graph', 'storage.lock'),
+      ],
+      { stdio: ['pipe', 'pipe', 'inherit'] },
+    );
+    const released = new Promise((resolve) => holder.once('exit', resolve));
+    try {
+      await new Promise((resolve, reject) => {
+        holder.stdout.once('data', resolve);
+        holder.once('exit', reject);
+      });
+      const log: string[] = [];
+      const source = await openImageSource(
+        { transport: 'containers-storage', location: 'pmt/app:built' },
+        {
+          scratch: mkdtempSync(join(work, 'scratch-')),
+          env: { ...process.env, ...storageEnv },
+          timeoutMs: 60_000,
+          lookupNoticeMs: 200,
+          lookupTimeoutMs: 15_000,
+          log: (line) => {
+            log.push(line);
+            // The other job finishes once the lookup has said it waits.
+            if (/has not said in 0\.2 s/.test(line)) holder.stdin.end();
+          },
+          tlsVerify: true,
+        },
+      );
+      expect(log[0]).toBe(
+        'podman has not said in 0.2 s what pmt/app:built is in local storage: waiting for its lock (another podman, buildah or skopeo holds it?), up to 15 s',
+      );
+      expect(source.blobs.map((b) => b.digest)).toContain(configDigest);
+    } finally {
+      holder.stdin.end();
+      await released;
+    }
+  }, 30_000);
+
   // The lookup is a courtesy: a podman that cannot be run at all (here: not executable) is said in one line, and
   // skopeo gets its turn, instead of the step ending with the lookup's bare error.
   it('falls back to skopeo, saying why, when podman cannot be run for the lookup', async () => {

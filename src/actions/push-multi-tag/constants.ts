@@ -36,8 +36,14 @@ export const State = {
 
 /** How long exporting a local image (skopeo/podman) may take. */
 export const EXPORT_TIMEOUT_MS = 30 * 60_000;
-/** How long a lookup in local storage (which image a name is, whether it is a manifest list) may take. */
-export const LOOKUP_TIMEOUT_MS = 60_000;
+/**
+ * How long a lookup in local storage (which image a name is, whether it is a manifest list) may wait: as long as
+ * the export, which waits for the same storage lock. On a shared runner another job's podman or buildah can hold
+ * it for minutes (a big pull, a commit); a hung one holds it for good.
+ */
+export const LOOKUP_TIMEOUT_MS = EXPORT_TIMEOUT_MS;
+/** After this long a lookup that still waits says so, and why it most likely waits. */
+export const LOOKUP_NOTICE_MS = 60_000;
 /**
  * The longest silence on a registry call: no answer, or no progress on a body (a moving transfer runs on). What
  * sends the registry content to store (a blob's PATCH or closing PUT, a manifest PUT) waits longer for its

@@ -11,12 +11,12 @@
 import { createReadStream } from 'node:fs';
 import { chmod, lstat, mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { exec, ExecError } from '../../core/exec.js';
+import { exec, ExecError, type ExecResult } from '../../core/exec.js';
 import { InputError } from '../../core/inputs.js';
 import { ActionError, errorMessage } from '../../core/run.js';
 import { formatSeconds } from '../../core/summary.js';
 import { dockerSaveToLayout } from './docker-save.js';
-import { Inputs, LOOKUP_TIMEOUT_MS } from './constants.js';
+import { Inputs, LOOKUP_NOTICE_MS, LOOKUP_TIMEOUT_MS } from './constants.js';
 import { readOciLayout, type LocalImage } from '../../core/oci/layout.js';
 import { formatReference, looksLikeHost, parseReference } from '../../core/oci/reference.js';
 import { externalText } from '../../core/oci/response.js';
@@ -68,6 +68,8 @@ export interface OpenSourceOptions extends RemoteSourceAccess {
   timeoutMs: number;
   /** How long podman (or buildah) may take to say what a containers-storage name is (LOOKUP_TIMEOUT_MS). */
   lookupTimeoutMs?: number;
+  /** After how long a lookup still waiting says so in the log (LOOKUP_NOTICE_MS). */
+  lookupNoticeMs?: number;
   log: (line: string) => void;
   /** Where a child tool's raw output goes (the step's debug log). */
   debug?: (line: string) => void;
@@ -355,7 +357,9 @@ async function savedByPodman(
   }
 }
 
-type LookupOptions = Pick<OpenSourceOptions, 'log' | 'lookupTimeoutMs'> & { env: NodeJS.ProcessEnv };
+type LookupOptions = Pick<OpenSourceOptions, 'log' | 'lookupTimeoutMs' | 'lookupNoticeMs'> & {
+  env: NodeJS.ProcessEnv;
+};
 
 /**
  * Whether podman (the service at `remote`, if given) knows `name` as a manifest list (`podman manifest exists`:
@@ -363,20 +367,49 @@ type LookupOptions = Pick<OpenSourceOptions, 'log' | 'lookupTimeoutMs'> & { env:
  * what is wrong. Only no answer in time ends the step (lookupHung).
  */
 async function isManifestList(name: string, options: LookupOptions, remote?: string): Promise<boolean> {
-  const timeoutMs = options.lookupTimeoutMs ?? LOOKUP_TIMEOUT_MS;
   try {
-    const result = await exec('podman', [...(remote ? ['--url', remote] : []), 'manifest', 'exists', name], {
-      timeoutMs,
-      env: options.env,
-      allowFailure: true,
-    });
-    return result.exitCode === 0;
+    const args = [...(remote ? ['--url', remote] : []), 'manifest', 'exists', name];
+    return (await lookup('podman', args, name, options, remote)).exitCode === 0;
   } catch (error) {
     if (!(error instanceof ExecError)) throw error;
-    if (timedOut(error)) throw lookupHung('podman', name, timeoutMs, remote);
     return false;
   }
 }
+
+/**
+ * One lookup in storage. It waits as long as the export would: both wait for the storage's lock, which another
+ * job's podman or buildah may hold for minutes on a shared runner (a pull, a commit), and a hung one for good.
+ * A long wait is said once it passes LOOKUP_NOTICE_MS; no answer at all ends the read (lookupHung). Other
+ * failures are the caller's to judge (ExecError).
+ */
+async function lookup(
+  tool: string,
+  args: string[],
+  name: string,
+  options: LookupOptions,
+  remote?: string,
+): Promise<ExecResult> {
+  const timeoutMs = options.lookupTimeoutMs ?? LOOKUP_TIMEOUT_MS;
+  const noticeMs = options.lookupNoticeMs ?? LOOKUP_NOTICE_MS;
+  const notice = setTimeout(
+    () =>
+      options.log(
+        `${tool} has not said in ${formatSeconds(noticeMs)} what ${name} is in ${storageOf(remote)}: waiting for its lock (another podman, buildah or skopeo holds it?), up to ${formatSeconds(timeoutMs)}`,
+      ),
+    noticeMs,
+  );
+  try {
+    return await exec(tool, args, { timeoutMs, env: options.env, allowFailure: true });
+  } catch (error) {
+    if (error instanceof ExecError && timedOut(error)) throw lookupHung(tool, name, timeoutMs, remote);
+    throw error;
+  } finally {
+    clearTimeout(notice);
+  }
+}
+
+const storageOf = (remote?: string) =>
+  remote ? `the storage of the podman service at ${remote}` : 'local storage';
 
 /**
  * A lookup that got no answer: the tool hangs, most often on a lock of the storage that another process holds
@@ -384,9 +417,8 @@ async function isManifestList(name: string, options: LookupOptions, remote?: str
  * for the same lock until the export's timeout, so the step ends here, saying so.
  */
 function lookupHung(tool: string, name: string, timeoutMs: number, remote?: string): ActionError {
-  const storage = remote ? `the storage of the podman service at ${remote}` : 'local storage';
   return new ActionError(
-    `cannot read the source containers-storage:${name}: ${tool} did not say within ${formatSeconds(timeoutMs)} what ${name} is in ${storage}; a process holding its lock (a podman, buildah or skopeo that hangs) is the usual cause, and the export would wait for that lock too.`,
+    `cannot read the source containers-storage:${name}: ${tool} did not say within ${formatSeconds(timeoutMs)} what ${name} is in ${storageOf(remote)}; a process holding its lock (a podman, buildah or skopeo that hangs) is the usual cause, and the export would wait for that lock too.`,
   );
 }
 
@@ -409,15 +441,10 @@ const STORAGE_TOOLS: ReadonlyArray<[string, string[]]> = [
  * then reads the image by that ID, so it is the one resolved even if the name moves meanwhile.
  */
 async function localImageId(name: string, options: LookupOptions): Promise<string | undefined> {
-  const timeoutMs = options.lookupTimeoutMs ?? LOOKUP_TIMEOUT_MS;
   if (name.includes('/') && looksLikeHost(name.split('/')[0]!)) return undefined;
   for (const [tool, args] of STORAGE_TOOLS) {
     const ask = async (what: string) => {
-      const result = await exec(tool, [...args, what], {
-        timeoutMs,
-        env: options.env,
-        allowFailure: true,
-      });
+      const result = await lookup(tool, [...args, what], name, options);
       const id = result.stdout.trim();
       return { result, id: result.exitCode === 0 && /^[0-9a-f]{64}$/.test(id) ? id : undefined };
     };
@@ -439,7 +466,6 @@ async function localImageId(name: string, options: LookupOptions): Promise<strin
     } catch (error) {
       if (!(error instanceof ExecError)) throw error;
       if (error.spawnCode === 'ENOENT') continue;
-      if (timedOut(error)) throw lookupHung(tool, name, timeoutMs);
       return cannot(externalText(error.message, 300));
     }
     const { result, id } = answer;
