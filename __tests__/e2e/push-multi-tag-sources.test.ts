@@ -162,10 +162,19 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
     expect(r.log).toMatch(/podman could not look up pmt\/app:built \(exit \d+: .*broken-containers\.conf/);
   });
 
-  // A lookup that hangs is another matter: skopeo would wait for the same storage lock (checked by hand: skopeo
-  // inspect blocks as podman does), up to the export's 30 minutes. The lock is real: containers/storage takes
-  // fcntl locks, and python's lockf holds one on the storage's storage.lock as a hung podman would.
-  it('a lookup that gets no answer (the storage lock held by another process) fails the read within the lookup timeout, saying why', async () => {
+  const STORED = { transport: 'containers-storage', location: 'pmt/app:built' } as const;
+  const lookupOptions = () => ({
+    scratch: mkdtempSync(join(work, 'scratch-')),
+    env: { ...process.env, ...storageEnv },
+    timeoutMs: 60_000,
+    tlsVerify: true,
+  });
+
+  /**
+   * The storage's lock, held by another process until `release`. The lock is real: containers/storage takes fcntl
+   * locks, and python's lockf holds one on the storage's storage.lock as a busy or hung podman would.
+   */
+  async function holdStorageLock(): Promise<{ release(): Promise<void> }> {
     const holder = spawn(
       'python3',
       [
@@ -175,22 +184,29 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
       ],
       { stdio: ['pipe', 'pipe', 'inherit'] },
     );
+    const exited = new Promise((resolve) => holder.once('exit', resolve));
+    await new Promise((resolve, reject) => {
+      holder.stdout.once('data', resolve);
+      holder.once('exit', reject);
+    });
+    return {
+      release: async () => {
+        holder.stdin.end();
+        await exited;
+      },
+    };
+  }
+
+  // A lookup that hangs is another matter: skopeo would wait for the same storage lock (checked by hand: skopeo
+  // inspect blocks as podman does), up to the export's 30 minutes.
+  it('a lookup that gets no answer (the storage lock held by another process) fails the read within the lookup timeout, saying why', async () => {
+    const lock = await holdStorageLock();
     try {
-      await new Promise((resolve, reject) => {
-        holder.stdout.once('data', resolve);
-        holder.once('exit', reject);
-      });
-      const failure = await openImageSource(
-        { transport: 'containers-storage', location: 'pmt/app:built' },
-        {
-          scratch: mkdtempSync(join(work, 'scratch-')),
-          env: { ...process.env, ...storageEnv },
-          timeoutMs: 60_000,
-          lookupTimeoutMs: 300,
-          log: () => undefined,
-          tlsVerify: true,
-        },
-      ).then(
+      const failure = await openImageSource(STORED, {
+        ...lookupOptions(),
+        lookupTimeoutMs: 300,
+        log: () => undefined,
+      }).then(
         () => new Error('read'),
         (error: Error) => error,
       );
@@ -198,53 +214,32 @@ describe('push-multi-tag sources (skopeo/podman exports, real docker-registry)',
         'cannot read the source containers-storage:pmt/app:built: podman did not say within 0.3 s what pmt/app:built is in local storage; a process holding its lock (a podman, buildah or skopeo that hangs) is the usual cause, and the export would wait for that lock too.',
       );
     } finally {
-      holder.stdin.end();
-      await new Promise((resolve) => (holder.exitCode === null ? holder.once('exit', resolve) : resolve(0)));
+      await lock.release();
     }
   }, 20_000);
 
   // On a shared runner another job's podman or buildah holds the lock for a while (a big pull, a commit): the
   // lookup says why it waits, and goes on once the lock is free, as the export would.
   it('a lookup that waits for a storage lock held for a while says why, then reads the image once the lock is released', async () => {
-    const holder = spawn(
-      'python3',
-      [
-        '-c',
-        'import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\nfcntl.lockf(fd, fcntl.LOCK_EX)\nprint("locked", flush=True)\nsys.stdin.read()',
-        join(work, 'graph', 'storage.lock'),
-      ],
-      { stdio: ['pipe', 'pipe', 'inherit'] },
-    );
-    const released = new Promise((resolve) => holder.once('exit', resolve));
+    const lock = await holdStorageLock();
     try {
-      await new Promise((resolve, reject) => {
-        holder.stdout.once('data', resolve);
-        holder.once('exit', reject);
-      });
       const log: string[] = [];
-      const source = await openImageSource(
-        { transport: 'containers-storage', location: 'pmt/app:built' },
-        {
-          scratch: mkdtempSync(join(work, 'scratch-')),
-          env: { ...process.env, ...storageEnv },
-          timeoutMs: 60_000,
-          lookupNoticeMs: 200,
-          lookupTimeoutMs: 15_000,
-          log: (line) => {
-            log.push(line);
-            // The other job finishes once the lookup has said it waits.
-            if (/has not said in 0\.2 s/.test(line)) holder.stdin.end();
-          },
-          tlsVerify: true,
+      const source = await openImageSource(STORED, {
+        ...lookupOptions(),
+        lookupNoticeMs: 200,
+        lookupTimeoutMs: 15_000,
+        log: (line) => {
+          log.push(line);
+          // The other job finishes once the lookup has said it waits.
+          if (/has not said in 0\.2 s/.test(line)) void lock.release();
         },
-      );
+      });
       expect(log[0]).toBe(
         'podman has not said in 0.2 s what pmt/app:built is in local storage: waiting for its lock (another podman, buildah or skopeo holds it?), up to 15 s',
       );
       expect(source.blobs.map((b) => b.digest)).toContain(configDigest);
     } finally {
-      holder.stdin.end();
-      await released;
+      await lock.release();
     }
   }, 30_000);
 
