@@ -756,7 +756,7 @@ describe("index.json's images path, as clients resolve it (Go's url.JoinPath tak
     for (const [path, why] of [
       [
         'streams/v1/%2e%2e/%2E%2E/images.json',
-        /\(as clients decode it: 'streams\/v1\/\.\.\/\.\.\/images\.json'\) contains '\.\.'/,
+        /\(as clients decode it: 'streams\/v1\/\.\.\/\.\.\/images\.json'\) has an escaped '\.\.'/,
       ],
       ['streams/v1/images%zz.json', /has a '%' that starts no %XX escape/],
     ] as const) {

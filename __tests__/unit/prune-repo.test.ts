@@ -332,6 +332,28 @@ describe('products patterns that match nothing', () => {
   });
 });
 
+describe('item paths as clients resolve them', () => {
+  it('takes item paths as incus joins them (a leading / and an inner .. stay inside): their files are kept', async () => {
+    const repo = newRepo('flat');
+    for (const v of ['202401011200', '202402011200', '202403011200']) repo.addVersion('a:b:c:d', v);
+    repo.addOrphan('images/orphan', 7 * DAY);
+    type Items = Record<string, { path: string }>;
+    const products = repo.images.products as Record<string, { versions: Record<string, { items: Items }> }>;
+    const versions = products['a:b:c:d']!.versions;
+    const slashed = versions['202401011200']!.items.squashfs!.path;
+    const dotted = versions['202402011200']!.items.squashfs!.path;
+    // path.Join('/repo', p): what clients fetch is the repository's own file.
+    versions['202401011200']!.items.squashfs!.path = `/${slashed}`;
+    versions['202402011200']!.items.squashfs!.path = `images/no-such-dir/../${basename(dotted)}`;
+    repo.write();
+    const { report } = await prune(inputs(repo.root, { keepVersions: 3, gracePeriodMs: 0 }));
+    expect(report.files.deleted.map((f) => f.path)).toEqual(['images/orphan']);
+    expect(existsSync(join(repo.root, slashed))).toBe(true);
+    expect(existsSync(join(repo.root, dotted))).toBe(true);
+    expect(existsSync(join(repo.root, 'images/orphan'))).toBe(false);
+  });
+});
+
 describe('refused repositories (nothing changed)', () => {
   function unsafeRepo(itemPath: string): SimplestreamsRepo {
     const repo = newRepo('flat');
@@ -347,8 +369,8 @@ describe('refused repositories (nothing changed)', () => {
   }
 
   it.each([
-    ['../../etc/passwd', /path '..\/..\/etc\/passwd' contains '..'/],
-    ['/etc/passwd', /path '\/etc\/passwd' is absolute/],
+    ['../../etc/passwd', /path '..\/..\/etc\/passwd' leads out of the repository \('..'\)/],
+    ['images/../../etc/passwd', /path 'images\/..\/..\/etc\/passwd' leads out of the repository/],
   ])('refuses %s', async (itemPath, message) => {
     const repo = unsafeRepo(itemPath);
     const before = snapshotTree(repo.root);

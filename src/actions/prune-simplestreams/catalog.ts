@@ -255,9 +255,17 @@ function findIndexEntry(index: JsonDoc): { key: string; imagesPath: string } {
         'in UTF-8.',
     );
   }
+  const decoded = unescaped === entry.path ? '' : ` (as clients decode it: '${unescaped}')`;
+  // Go's join cleans the escaped path, where `%2e%2e` is a name; the web server decodes it to `..` afterwards,
+  // and servers differ on what they then open.
+  if (entry.path.split('/').some((segment) => segment !== '..' && unescapeUrlPath(segment) === '..')) {
+    throw new RepoError(
+      `${index.path}: index.${key}.path '${entry.path}'${decoded} has an escaped '..', which web servers resolve ` +
+        'in different ways; write the path without it.',
+    );
+  }
   const normalised = normaliseRepoPath(unescaped);
   if ('error' in normalised) {
-    const decoded = unescaped === entry.path ? '' : ` (as clients decode it: '${unescaped}')`;
     throw new RepoError(`${index.path}: index.${key}.path '${entry.path}'${decoded} ${normalised.error}.`);
   }
   return { key, imagesPath: normalised.path };

@@ -27,15 +27,21 @@ export function contentDirOf(path: string): string | undefined {
 }
 
 /**
- * Normalises a repository-relative path (`./images//a` -> `images/a`), or returns why it is refused:
- * absolute paths, `..` segments, empty paths and NUL bytes.
+ * The repository file a path names, as clients resolve it (`./images//a` -> `images/a`), or why none: incus and
+ * LXD join item and index paths to the repository URL with Go's path.Join / url.JoinPath, which clean the joined
+ * path lexically, so a leading `/` stays inside the repository (`/images/a` is `images/a`) and an inner `..` pops
+ * the segment before it (`images/x/../a` is `images/a`). Refused: a `..` that climbs above the repository (the
+ * file clients would get is not the repository's), the root itself, empty paths and NUL bytes.
  */
 export function normaliseRepoPath(raw: string): { path: string } | { error: string } {
   if (raw === '') return { error: 'is empty' };
   if (raw.includes('\0')) return { error: 'contains a NUL byte' };
-  if (raw.startsWith('/') || isAbsolute(raw) || /^[A-Za-z]:[\\/]/.test(raw)) return { error: 'is absolute' };
-  const segments = raw.split('/').filter((s) => s !== '' && s !== '.');
-  if (segments.includes('..')) return { error: "contains '..'" };
+  const segments: string[] = [];
+  for (const segment of raw.split('/')) {
+    if (segment === '' || segment === '.') continue;
+    if (segment !== '..') segments.push(segment);
+    else if (segments.pop() === undefined) return { error: "leads out of the repository ('..')" };
+  }
   if (segments.length === 0) return { error: 'names the repository root' };
   return { path: segments.join('/') };
 }
