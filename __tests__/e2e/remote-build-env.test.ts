@@ -303,6 +303,49 @@ describe('remote-build-env, mode local (real podman services)', () => {
       await on?.remove();
     });
 
+    it('shared store: post removes the containers the job started through its service, and no one else’s', async () => {
+      const running = async () =>
+        (await on.podman(['ps', '--quiet', '--no-trunc'])).stdout.split('\n').filter(Boolean);
+      const others: string[] = [];
+      try {
+        // Another client's container, made before the job and restarted through its service.
+        others.push((await on.podman(['create', from, 'sleep', '600'])).stdout.trim());
+        const job = await startJob({}, {}, newRunnerTemp(), on);
+        expect(job.main.main.exitCode).toBe(0);
+        const url = job.main.exportedEnv.CONTAINER_HOST!;
+        const ours = (
+          await on.remote(url, [
+            'run',
+            '-d',
+            '--name',
+            'ici-job-db',
+            '--stop-signal',
+            'KILL',
+            from,
+            'sleep',
+            '600',
+          ])
+        ).stdout.trim();
+        await on.remote(url, ['start', others[0]!]);
+        // Started beside the job in the same store, not through its service.
+        others.push((await on.podman(['run', '-d', from, 'sleep', '600'])).stdout.trim());
+        expect(await running()).toEqual(expect.arrayContaining([ours, ...others]));
+        const post = await job.post();
+        expect(post.exitCode).toBe(0);
+        expect(post.warnings).toEqual([]);
+        expect(post.lines.map((l) => l.text)).toContain(
+          'Removed 1 container(s) this job started through the service: ici-job-db.',
+        );
+        const after = await running();
+        expect(after).not.toContain(ours);
+        expect(after).toEqual(expect.arrayContaining(others));
+        await expectNoLeaks(stateOf(job), on);
+      } finally {
+        if (others.length)
+          await on.podman(['rm', '--force', '--time', '0', ...others], { allowFailure: true });
+      }
+    });
+
     it('cache-mounts: job A saves its cache mounts in post; a later run restores them and its build sees A’s file', async () => {
       const cacheService = await CacheService.start();
       try {

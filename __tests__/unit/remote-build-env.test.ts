@@ -284,7 +284,8 @@ describe('service command', () => {
   it('runs a plain service with its own TMPDIR and no inherited remote-client variables', () => {
     const { args, env } = serviceCommand({ socket: '/r/s.sock', tmpdir: '/r/tmp', logFile: '/r/log' }, base);
     expect(args).toEqual(['--log-level', 'info', 'system', 'service', '--time=0', 'unix:///r/s.sock']);
-    expect(env).toEqual({ PATH: '/usr/bin', TMPDIR: '/r/tmp' });
+    // The mark goes to the conmon of each container it starts: post finds this job's by it.
+    expect(env).toEqual({ PATH: '/usr/bin', TMPDIR: '/r/tmp', LC_IMAGE_CI_SERVICE: '/r/tmp' });
   });
 
   it('adds private storage and the extra containers.conf under the variable the podman version knows', () => {

@@ -18,6 +18,7 @@ import { formatDuration, heading, markdownTable } from '../../core/summary.js';
 import { scratchDir, stablePath } from '../../core/workspace.js';
 import { waitUntilAnswering } from './answering.js';
 import { cacheMountDir, clearStage, restoreCacheMounts, saveCacheMounts } from './cache-mounts.js';
+import { containersStartedBy } from './job-containers.js';
 import { registeredChild, removeOwnedPaths, showLog, stopChild } from './cleanup.js';
 import type { LocalOptions } from './inputs.js';
 import { Inputs, Outputs } from './constants.js';
@@ -148,6 +149,7 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
   interrupted?.throwIfAborted();
 
   const started = Date.now();
+  state.serviceStartedMs = started;
   const service = await spawnService(plan, state.registry);
   state.service = service.identity;
   saveRunState(host, state);
@@ -223,6 +225,35 @@ async function runtimeDirPause(
   return pauseProcess(runtimeDir);
 }
 
+/**
+ * Containers in a private store would keep its mounts busy and outlive the service: all of them are this job's.
+ * In the shared store, only those the job started through the service (job-containers.ts) are.
+ */
+async function removeJobContainers(host: Host, state: LocalState): Promise<void> {
+  const url = socketUrl(state.socket);
+  const remove = (targets: string[]) =>
+    podmanRemote(url, ['rm', '--force', '--time', '5', ...targets], {
+      timeoutMs: REMOVE_CONTAINERS_TIMEOUT_MS,
+      allowFailure: true,
+    });
+  if (state.isolatedStorage) {
+    await remove(['--all']);
+    return;
+  }
+  if (state.serviceStartedMs === undefined) return;
+  const ours = await containersStartedBy(url, state.tmpdir, state.serviceStartedMs);
+  if (ours.length === 0) return;
+  const removed = await remove(ours.map((c) => c.id));
+  const names = ours.map((c) => printable(c.name || c.id.slice(0, 12))).join(', ');
+  if (removed.exitCode === 0) {
+    host.info(`Removed ${ours.length} container(s) this job started through the service: ${names}.`);
+  } else {
+    host.warning(
+      `could not remove the containers this job started (${names}): ${printable(removed.stderr.trim())}`,
+    );
+  }
+}
+
 /** Stops the service and removes everything main created. Best-effort and repeatable: a second run finds nothing. */
 async function stopLocalService(host: Host, state: LocalState): Promise<void> {
   if (state.runtimeDir) {
@@ -230,12 +261,10 @@ async function stopLocalService(host: Host, state: LocalState): Promise<void> {
     unshareStoreBelow(state.runtimeDir);
   }
   const service = await registeredChild(state, SERVICE, state.service);
-  if (service && state.isolatedStorage && (await isRunning(service))) {
-    // Containers in a private store would keep its mounts busy and outlive the service; they are ours.
-    await podmanRemote(socketUrl(state.socket), ['rm', '--all', '--force', '--time', '5'], {
-      timeoutMs: REMOVE_CONTAINERS_TIMEOUT_MS,
-      allowFailure: true,
-    }).catch((e) => host.warning(`could not remove the service's containers: ${errorMessage(e)}`));
+  if (service && (await isRunning(service))) {
+    await removeJobContainers(host, state).catch((e) =>
+      host.warning(`could not remove the service's containers: ${errorMessage(e)}`),
+    );
   }
   const outcome = await stopChild(host, 'podman service', service, STOP_GRACE_MS);
   const { cache, cacheStage: stage } = state;

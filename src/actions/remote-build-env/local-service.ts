@@ -26,6 +26,12 @@ export interface ServicePlan {
 }
 
 /**
+ * Set to the service's TMPDIR (one per job) in its environment, which podman hands on to the conmon of every
+ * container it starts: how post tells this job's containers in a shared store (job-containers.ts).
+ */
+export const SERVICE_MARK_VARIABLE = 'LC_IMAGE_CI_SERVICE';
+
+/**
  * `unix://` + the path, percent-encoded: podman parses CONTAINER_HOST and its own listen address as URLs and
  * takes the decoded path, so a raw `%`, `#` or `?` in a dir name would fail to parse or cut the path short.
  */
@@ -57,6 +63,7 @@ export function serviceCommand(
   args.push('--log-level', 'info', 'system', 'service', '--time=0', socketUrl(plan.socket));
   const env = withoutRemoteClientEnv(baseEnv);
   env.TMPDIR = plan.tmpdir;
+  env[SERVICE_MARK_VARIABLE] = plan.tmpdir;
   if (plan.containersConf) env[plan.containersConf.variable] = plan.containersConf.path;
   return { args, env };
 }

@@ -59,6 +59,8 @@ export interface LocalState extends ServingState {
   mode: 'local';
   tmpdir: string;
   service?: ProcessIdentity;
+  /** Epoch ms just before the service was started: containers created since may be this job's. */
+  serviceStartedMs?: number;
   /** Podman's own containers in a private storage die with it; shared storage is left alone. */
   isolatedStorage: boolean;
   /**

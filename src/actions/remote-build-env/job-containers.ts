@@ -1,0 +1,67 @@
+/**
+ * Containers the job started through its service in the shared store (`podman run -d` of a test database):
+ * conmon keeps them running after the service stops, so a self-hosted runner would collect one per job, ports
+ * held and all. The store is shared with the runner's other jobs and whatever else the user runs, so post
+ * removes only those it can tell are this job's: their conmon carries the service's mark in its environment.
+ * Podman hands conmon the service's LC_* variables (podman 4.x passes only those and a few of its own, podman 5
+ * its whole environment), and a locale category libc does not know is ignored by everything else that reads it.
+ */
+import { readFile } from 'node:fs/promises';
+import { podmanRemote, SERVICE_MARK_VARIABLE } from './local-service.js';
+
+const LIST_TIMEOUT_MS = 30_000;
+
+interface InspectedContainer {
+  Id?: unknown;
+  Name?: unknown;
+  Created?: unknown;
+  State?: { ConmonPid?: unknown };
+}
+
+export interface JobContainer {
+  id: string;
+  name: string;
+}
+
+/** Whether the process `pid` runs with `mark` as the service's mark (a process gone or not ours: false). */
+async function carriesMark(pid: number, mark: string): Promise<boolean> {
+  const environ = await readFile(`/proc/${pid}/environ`).catch(() => undefined);
+  if (!environ) return false;
+  return environ.toString('latin1').split('\0').includes(`${SERVICE_MARK_VARIABLE}=${mark}`);
+}
+
+/**
+ * The running containers of the service at `url` whose conmon carries `mark` and that were created since
+ * `sinceMs` (a container another client made, only restarted through this service, stays theirs).
+ */
+export async function containersStartedBy(
+  url: string,
+  mark: string,
+  sinceMs: number,
+): Promise<JobContainer[]> {
+  const ids = (
+    await podmanRemote(url, ['ps', '--quiet', '--no-trunc'], { timeoutMs: LIST_TIMEOUT_MS })
+  ).stdout
+    .split('\n')
+    .filter((id) => /^[0-9a-f]{64}$/.test(id));
+  if (ids.length === 0) return [];
+  // allowFailure: a container removed between the two calls fails the inspect of the others' too.
+  const inspected = await podmanRemote(url, ['container', 'inspect', ...ids], {
+    timeoutMs: LIST_TIMEOUT_MS,
+    allowFailure: true,
+  });
+  let list: InspectedContainer[];
+  try {
+    list = JSON.parse(inspected.stdout || '[]') as InspectedContainer[];
+  } catch {
+    return [];
+  }
+  const ours: JobContainer[] = [];
+  for (const c of Array.isArray(list) ? list : []) {
+    const pid = c.State?.ConmonPid;
+    const created = typeof c.Created === 'string' ? Date.parse(c.Created) : NaN;
+    if (typeof c.Id !== 'string' || typeof pid !== 'number' || !(created >= sinceMs)) continue;
+    if (await carriesMark(pid, mark)) ours.push({ id: c.Id, name: typeof c.Name === 'string' ? c.Name : '' });
+  }
+  return ours;
+}
