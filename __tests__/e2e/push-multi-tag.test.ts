@@ -456,6 +456,50 @@ describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
       },
     );
 
+    it('a mount refused 401 with insufficient_scope (Harbor, when the token may not pull the source): each blob is uploaded instead, the push succeeds', async () => {
+      const registry = await startRegistry({ auth: 'token' });
+      const harbor = await startProxy({
+        target: registry.host,
+        fault: ({ kind }) =>
+          kind === 'mount'
+            ? {
+                status: 401,
+                headers: {
+                  'www-authenticate': `${registry.challenge!},scope="repository:auth/one:pull repository:auth/two:pull,push",error="insufficient_scope"`,
+                },
+              }
+            : undefined,
+      });
+      try {
+        const r = await runAction({
+          action: 'push-multi-tag',
+          inputs: {
+            source: layout.transportRef,
+            repositories: `${harbor.host}/auth/one, ${harbor.host}/auth/two`,
+            tags: 'v1',
+            username: registry.username!,
+            password: registry.password!,
+            'insecure-registries': harbor.host,
+          },
+        });
+        expect(r.errors).toEqual([]);
+        expect(r.main.exitCode).toBe(0);
+        expect(r.outputs['blobs-mounted']).toBe('0');
+        const creds = `${registry.username}:${registry.password}`;
+        expect(await remoteDigest(`${registry.host}/auth/two:v1`, creds)).toBe(layout.digest);
+        // Each blob: its mount (one token round at most) and then one upload into auth/two.
+        const blobs = layout.blobs.length;
+        expect(harbor.count('mount')).toBeGreaterThanOrEqual(blobs);
+        expect(harbor.count('mount')).toBeLessThanOrEqual(2 * blobs);
+        expect(
+          harbor.count('upload-start', (rec) => rec.repository === 'auth/two' && rec.status === 202),
+        ).toBe(blobs);
+      } finally {
+        await harbor.stop();
+        await registry.stop();
+      }
+    });
+
     it('a token server that always answers 503 gets at most 6 token requests in all, named in the error', async () => {
       const r = await tokenRun;
       expect(r.main.exitCode).toBe(1);
