@@ -232,7 +232,8 @@ class RegistryRun {
         const s = outcome.stored;
         this.host.info(
           `${this.registry}/${target.repository}: phase 1 done: ${s.uploaded} uploaded (${formatBytes(s.bytesUploaded)}), ` +
-            `${s.mounted} mounted, ${s.skipped} already there.`,
+            `${s.mounted} mounted, ${s.skipped} already there` +
+            `${s.mountRefused ? ` (mounting from ${target.mountFrom} was refused: uploaded instead)` : ''}.`,
         );
       }
       return true;

@@ -135,6 +135,11 @@ export interface StoreResult {
   bytesUploaded: number;
   /** A manifest with a subject came back without OCI-Subject: the registry did not index it. */
   subjectIgnored: boolean;
+  /**
+   * A mount was refused for want of rights on the source (401/403): that holds for all its blobs, so the rest
+   * were uploaded without asking.
+   */
+  mountRefused: boolean;
 }
 
 /** Phase 1 for one repository: blobs, then manifests by digest (children before the indexes listing them). */
@@ -151,6 +156,7 @@ export async function storeByDigest(
     skipped: 0,
     bytesUploaded: 0,
     subjectIgnored: false,
+    mountRefused: false,
   };
   const files = new Map(content.blobs.map((b) => [b.digest, b]));
   const store = async (blob: RepositoryPlan['blobs'][number]) => {
@@ -161,13 +167,14 @@ export async function storeByDigest(
     // Mount then upload is one operation with one retry budget.
     const budget = client.transport.budget();
     const mount =
-      blob.action === 'mount' && plan.mountFrom
+      blob.action === 'mount' && plan.mountFrom && !result.mountRefused
         ? await client.mountBlob(repository, blob.digest, plan.mountFrom, budget)
         : undefined;
     if (mount?.mounted) {
       result.mounted++;
       return;
     }
+    if (mount?.refused) result.mountRefused = true;
     await client.uploadBlob(repository, files.get(blob.digest)!, {
       chunkSize: options.chunkSize,
       location: mount?.location,

@@ -49,7 +49,7 @@ export async function mountBlob(
   digest: string,
   fromRepository: string,
   budget: RetryBudget = transport.budget(),
-): Promise<{ mounted: true } | { mounted: false; location?: URL }> {
+): Promise<{ mounted: true } | { mounted: false; location?: URL; refused?: boolean }> {
   const url = transport.url(`${repository}/blobs/uploads/`);
   url.searchParams.set('mount', digest);
   url.searchParams.set('from', fromRepository);
@@ -76,7 +76,9 @@ export async function mountBlob(
       }
       throw error;
     }
-    return { mounted: false };
+    // A refusal of the pull right on the source holds for every blob of it (Harbor answers 401 so).
+    const refused = error instanceof RegistryError && (error.status === 401 || error.status === 403);
+    return { mounted: false, refused };
   }
 }
 
