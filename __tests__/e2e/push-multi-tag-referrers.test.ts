@@ -467,3 +467,77 @@ it("a destination's cosign .sig holding a signature of its own keeps it; the sou
     await c.close();
   }
 });
+
+describe('cosign .sig written while others sign at the destination (no conditional PUT)', () => {
+  const layersOf = (bytes: Buffer) =>
+    (JSON.parse(bytes.toString()) as { layers: Array<{ digest: string }> }).layers.map((l) => l.digest);
+  const layerOf = (a: Artifact) => layersOf(a.bytes)[0]!;
+
+  async function promoteVia(via: string, source: string) {
+    return runAction({
+      action: 'push-multi-tag',
+      inputs: {
+        source: `docker://${source}/staging/app@${image.digest}`,
+        repositories: `${via}/prod/app`,
+        tags: 'latest',
+        'tls-verify': 'false',
+      },
+    });
+  }
+
+  it('a signature added between the lookups and phase 2 is kept: the tag is read again before the PUT', async () => {
+    const [source, dest] = await Promise.all([registry(), registry()]);
+    const attached = await publishSource(source.host, 'staging/app', false);
+    const sigTag = `${schemaTag(image.digest)}.sig`;
+    const prodKeys = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const first = cosignSignature(prodKeys.privateKey, `${dest.host}/prod/app`, image.digest);
+    const late = cosignSignature(prodKeys.privateKey, `${dest.host}/prod/app/late`, image.digest);
+    await pushArtifact(dest.host, 'prod/app', first, sigTag);
+    let signed: Promise<void> | undefined;
+    // Phase 1's first upload waits until another pipeline's `cosign sign` has replaced the .sig the lookups read.
+    const slow = await startProxy({
+      target: dest.host,
+      hold: ({ kind }) =>
+        kind === 'upload-start' ? (signed ??= pushArtifact(dest.host, 'prod/app', late, sigTag)) : undefined,
+    });
+    services.push(slow);
+    const r = await promoteVia(slow.host, source.host);
+    expect(r.errors).toEqual([]);
+    expect(signed).toBeDefined();
+    const c = client(dest.host);
+    try {
+      const now = await c.getManifest('prod/app', sigTag);
+      // Before: the merge of the manifest the lookups read was written over the late signature.
+      expect(layersOf(now.bytes)).toEqual([layerOf(late), layerOf(attached.cosign)]);
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('our .sig replaced right after the PUT by a signer who read it before: the read-back merges ours in again', async () => {
+    const [source, dest] = await Promise.all([registry(), registry()]);
+    const attached = await publishSource(source.host, 'staging/app', false);
+    const sigTag = `${schemaTag(image.digest)}.sig`;
+    const prodKeys = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const theirs = cosignSignature(prodKeys.privateKey, `${dest.host}/prod/app`, image.digest);
+    // The relay answers our first .sig PUT 201 without storing it: their manifest is what stays.
+    let sigPuts = 0;
+    const racing = await startProxy({
+      target: dest.host,
+      fault: ({ kind, reference }) =>
+        kind === 'manifest-put' && reference === sigTag && sigPuts++ === 0 ? { status: 201 } : undefined,
+    });
+    services.push(racing);
+    await pushArtifact(dest.host, 'prod/app', theirs, sigTag);
+    const r = await promoteVia(racing.host, source.host);
+    expect(r.errors).toEqual([]);
+    const c = client(dest.host);
+    try {
+      const now = await c.getManifest('prod/app', sigTag);
+      expect(layersOf(now.bytes)).toEqual([layerOf(theirs), layerOf(attached.cosign)]);
+      expect(sigPuts).toBe(2);
+    } finally {
+      await c.close();
+    }
+  });
+});

@@ -48,6 +48,13 @@ export type CosignMerge =
   /** A new manifest (and its config) to store by digest and tag. */
   | { kind: 'merged'; manifest: PushManifest; config: { digest: string; bytes: Buffer } };
 
+/** Whether `destination` (a manifest's bytes) holds every entry of `source` already. */
+export function holdsEntries(destination: Buffer, source: PushManifest): boolean {
+  const there = layered(destination);
+  const ours = layered(source.bytes);
+  return !!there && !!ours && ours.layers.every((l) => there.layers.some((t) => sameEntry(t, l)));
+}
+
 /** The config a merge needs from the destination (the caller downloads it); undefined: nothing to merge into. */
 export function configOf(manifest: Buffer): Descriptor | undefined {
   return layered(manifest)?.config;

@@ -8,13 +8,11 @@
  * - phase 2: the tags (release tags on the image, cosign's tags, the referrers indexes). Each ref succeeds or
  *   fails on its own; the transport has retried it already.
  */
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { RegistryClient } from '../../core/oci/client.js';
-import { isValidDigest } from '../../core/oci/reference.js';
 import { mapLimit } from '../../core/pool.js';
-import { referrersTag, type PushContent, type PushManifest } from './content.js';
-import { configOf, gathersEntries, mergeCosign } from './cosign-merge.js';
+import { referrersTag, type PushContent } from './content.js';
+import { gathersEntries } from './cosign-merge.js';
+import { mergeAt, putGathering } from './cosign-write.js';
 import { failureOf, type Failure } from './failure.js';
 import {
   NotAnIndexError,
@@ -92,32 +90,6 @@ export async function inspect(
   }
   await mapLimit(lookups, MANIFEST_CONCURRENCY, (lookup) => lookup());
   return { blobs, manifests, tags: tagged, referrersApi, fallback, merges };
-}
-
-const COSIGN_CONFIG_LIMIT = 1024 * 1024;
-
-/** The destination's cosign manifest with the source's entries added (its config read into the scratch dir). */
-async function mergeAt(
-  target: Target,
-  there: { bytes: Buffer; mediaType: string },
-  source: PushManifest,
-): Promise<Merge | undefined> {
-  const config = configOf(there.bytes);
-  // cosign's config is a few hundred bytes; anything far larger is not one of its manifests.
-  if (!config || !isValidDigest(config.digest) || !(config.size <= COSIGN_CONFIG_LIMIT)) return undefined;
-  const dir = join(target.scratch, 'cosign', target.registry.replace(/[^\w.-]/g, '_'), target.repository);
-  await mkdir(dir, { recursive: true });
-  const path = join(dir, config.digest.replace(':', '-'));
-  await target.client.downloadBlob(target.repository, config.digest, path, { size: config.size });
-  const merge = mergeCosign(there, await readFile(path), source);
-  if (merge?.kind !== 'merged') return merge && { kind: 'present' };
-  const configPath = join(dir, merge.config.digest.replace(':', '-'));
-  await writeFile(configPath, merge.config.bytes);
-  return {
-    kind: 'merged',
-    manifest: merge.manifest,
-    config: { digest: merge.config.digest, size: merge.config.bytes.length, path: configPath },
-  };
 }
 
 /** Blobs up to this size go in the small-blob lane of phase 1. */
@@ -257,17 +229,18 @@ export async function moveTags(
     tagManifest(client, repository, content.root, releaseMoves),
     mapLimit(artifactMoves, MANIFEST_CONCURRENCY, async (move) => {
       const merge = plan.merges.get(move.tag);
-      const manifest =
-        merge?.kind === 'merged'
-          ? merge.manifest
-          : content.artifactTags.find((a) => a.tag === move.tag)!.manifest;
+      const source = content.artifactTags.find((a) => a.tag === move.tag)!.manifest;
+      const manifest = merge?.kind === 'merged' ? merge.manifest : source;
+      let after = move.after;
       try {
-        await client.putManifest(repository, move.tag, manifest.bytes, manifest.mediaType);
+        if (gathersEntries(move.tag))
+          after = await putGathering(target, move.tag, source, manifest, move.before);
+        else await client.putManifest(repository, move.tag, manifest.bytes, manifest.mediaType);
       } catch (error) {
         outcomes.push({ ref: refOf(move.tag), ...move, release: false, failure: failureOf(error) });
         return;
       }
-      outcomes.push({ ref: refOf(move.tag), ...move, release: false });
+      outcomes.push({ ref: refOf(move.tag), ...move, after, release: false });
     }),
     mapLimit(fallbackWork, MANIFEST_CONCURRENCY, async (f) => {
       try {
