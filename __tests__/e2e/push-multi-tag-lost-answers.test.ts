@@ -117,6 +117,27 @@ describe('a tag PUT whose answer is lost on every try: a HEAD decides', () => {
     ]);
   });
 
+  it('the HEAD after it answered 503 once: retried, the tag counts as set', async () => {
+    begin(undefined);
+    await store('tagput/busy');
+    let busy = false;
+    begin(({ kind, reference }) => {
+      if (reference !== 'lost') return undefined;
+      if (kind === 'manifest-put') return { lostAnswer: 'drop' };
+      if (kind !== 'manifest-head' || busy) return undefined;
+      busy = true;
+      return { status: 503, retryAfterSeconds: 0 };
+    });
+    const result = await tagManifest(client, 'tagput/busy', content.root, ['lost']);
+    expect(result.failed).toEqual(new Map());
+    expect(result.tagged).toEqual(['lost']);
+    expect(puts('lost')).toBe(6);
+    expect(relay.count('manifest-head', (r) => r.path.endsWith('/manifests/lost'))).toBe(2);
+    expect(told).toEqual([
+      expect.stringMatching(/; but tagput\/busy:lost is sha256:\w+ now \(HEAD\): counted as done\.$/),
+    ]);
+  });
+
   it('no answer within the wait (the registry took it): the tag counts as set', async () => {
     begin(undefined);
     await store('tagput/silent');
@@ -240,6 +261,22 @@ describe('a multi-tag `?tag=` batch whose answer is lost, on a registry that con
     expect(batchPuts()).toBe(2);
     expect(tagPuts()).toBe(0);
     expect(told).toEqual([expect.stringMatching(/: HTTP 412 DENIED: .*: counted as done\.$/)]);
+  });
+
+  it('a settling HEAD answered 503 once: retried, its tag settled too, no per-tag PUT', async () => {
+    let busy = false;
+    const result = await tagBatch('batch/busy', ({ kind, query, reference }) => {
+      if (kind === 'manifest-put' && query.has('tag')) return { lostAnswer: 'drop' };
+      if (kind !== 'manifest-head' || reference !== 'b2' || busy) return undefined;
+      busy = true;
+      return { status: 503, retryAfterSeconds: 0 };
+    });
+    expect(result.failed).toEqual(new Map());
+    expect([...result.tagged].sort()).toEqual(tags);
+    expect(batchPuts()).toBe(6);
+    expect(tagPuts()).toBe(0);
+    expect(tagHeads()).toBe(tags.length + 1);
+    expect(told).toEqual([expect.stringMatching(/; but batch\/busy:b1, b2, b3 are sha256:\w+ now \(HEAD\)/)]);
   });
 
   it('the registry applied part of the batch (b1 set, b2 still another manifest, b3 nothing): only b1 is settled by its HEAD', async () => {

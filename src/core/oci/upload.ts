@@ -427,7 +427,8 @@ export function answerMayBeLost(error: unknown, budget: RetryBudget): error is R
  * A manifest PUT whose answer may have been lost (answerMayBeLost) may well have been applied. One HEAD
  * decides: the reference naming exactly this digest now counts as done (told in one log line); anything else
  * (another digest, nothing, no answer to the HEAD either) is the PUT's failure as it was, with what the HEAD
- * found added.
+ * found added. The HEAD has the retry policy's tries: a 503 or a cut on its one try would report a write that
+ * was done as failed.
  */
 async function settleByHead(
   transport: RegistryTransport,
@@ -439,13 +440,7 @@ async function settleByHead(
   let found: string;
   let overtaken: string | undefined;
   try {
-    const there = await headManifest(
-      transport,
-      repository,
-      reference,
-      MANIFEST_MEDIA_TYPES,
-      transport.budget(0),
-    );
+    const there = await headManifest(transport, repository, reference, MANIFEST_MEDIA_TYPES);
     if (there?.digest === digest) {
       transport.onLostAnswer?.(
         `${failure.message}; but ${repository}:${reference} is ${digest} now (HEAD): counted as done.`,
@@ -482,7 +477,8 @@ export function overtakenAfterLostAnswer(error: unknown): string | undefined {
  * The tags of a multi-tag PUT whose answer may have been lost (answerMayBeLost) that name `digest` now: one HEAD
  * each, all at once (one round trip; a HEAD of the digest cannot say which tags the PUT set). Those count as
  * done, told in one log line; the others (another digest, nothing, no answer to the HEAD) are left to their own
- * PUTs.
+ * PUTs. Each HEAD has the retry policy's tries: a tag whose HEAD got a 429/5xx or a cut on a single try went to
+ * its own PUT, which a registry with immutable tags refuses for a tag the batch set.
  */
 export async function settleTagsByHead(
   transport: RegistryTransport,
@@ -493,7 +489,7 @@ export async function settleTagsByHead(
 ): Promise<string[]> {
   const found = await Promise.all(
     tags.map((tag) =>
-      headManifest(transport, repository, tag, MANIFEST_MEDIA_TYPES, transport.budget(0)).then(
+      headManifest(transport, repository, tag, MANIFEST_MEDIA_TYPES).then(
         (there) => there?.digest === digest,
         () => false,
       ),
