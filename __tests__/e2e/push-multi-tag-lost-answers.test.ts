@@ -279,6 +279,35 @@ describe('a multi-tag `?tag=` batch whose answer is lost, on a registry that con
     expect(told).toEqual([expect.stringMatching(/; but batch\/busy:b1, b2, b3 are sha256:\w+ now \(HEAD\)/)]);
   });
 
+  it('a tag the lost batch set whose first HEAD lags (404), and whose own PUT an immutable registry refuses: HEADed again, no false failure', async () => {
+    let lagged = false;
+    // What a registry with tag immutability answers to a PUT of a tag that exists (no forwarding).
+    const body = '{"errors":[{"code":"DENIED","message":"the tag is immutable"}]}';
+    const result = await tagBatch('batch/lag', ({ kind, query, reference }) => {
+      if (kind === 'manifest-put') return query.has('tag') ? { lostAnswer: 'drop' } : { status: 412, body };
+      if (kind !== 'manifest-head' || reference !== 'b2' || lagged) return undefined;
+      // A registry whose reads lag its writes: the HEAD after the batch does not see b2 yet.
+      lagged = true;
+      return { status: 404, body: '{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}' };
+    });
+    expect(result.failed).toEqual(new Map());
+    expect([...result.tagged].sort()).toEqual(tags);
+    expect(batchPuts()).toBe(6);
+    expect(
+      batchRelay.records
+        .filter((r) => r.kind === 'manifest-put' && !r.query.has('tag'))
+        .map((r) => r.path.split('/').pop()),
+    ).toEqual(['b2']);
+    expect(batchRelay.count('manifest-head', (r) => r.path.endsWith('/manifests/b2'))).toBe(2);
+    expect(tagHeads()).toBe(tags.length + 1);
+    expect(told).toEqual([
+      expect.stringMatching(/; but batch\/lag:b1, b3 are sha256:\w+ now \(HEAD\): counted as done\.$/),
+      expect.stringMatching(
+        /^PUT manifest batch\/lag:b2: HTTP 412 DENIED: .*; but batch\/lag:b2 is sha256:\w+ now \(HEAD\): counted as done\.$/,
+      ),
+    ]);
+  });
+
   it('the registry applied part of the batch (b1 set, b2 still another manifest, b3 nothing): only b1 is settled by its HEAD', async () => {
     const other = Buffer.from(
       JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] }),

@@ -5,7 +5,8 @@
  * that refuses the parameters (400/404/405/414/431 — the extension is not in a released spec, and registries
  * may reject unknown query parameters) or ignores them gets one PUT per tag; a 414 (URI too long: zot caps the
  * tags per request) halves the batch. A batch whose answer was lost (answerMayBeLost) is settled by one HEAD
- * per tag, at once: a tag naming the manifest counts as set; only the others get their own PUT.
+ * per tag, at once: a tag naming the manifest counts as set; only the others get their own PUT (and one that
+ * PUT is refused for, HEADs again: settleRefusedTag).
  *
  * Only a registry's answer tells whether it takes `?tag=`, and few do: distribution ignores it (zot is the one
  * implementation known). Waiting for that answer before the per-tag PUTs would cost every push to the others a
@@ -15,7 +16,7 @@
  */
 import type { RegistryClient } from '../../core/oci/client.js';
 import { RegistryError } from '../../core/oci/errors.js';
-import { answerMayBeLost, settleTagsByHead } from '../../core/oci/upload.js';
+import { answerMayBeLost, settleRefusedTag, settleTagsByHead } from '../../core/oci/upload.js';
 import { mapLimit } from '../../core/pool.js';
 import { failureOf, type Failure } from './failure.js';
 
@@ -71,6 +72,8 @@ export async function tagManifest(
   manifest: StoredManifest,
   tags: readonly string[],
 ): Promise<TaggingResult> {
+  /** Tags of a batch whose answer was lost that the HEADs after it did not find set: their own PUTs follow. */
+  const unsettled = new Set<string>();
   const put: Put = async (reference, batch = [], tries) => {
     const budget = client.transport.budget(tries === 'once' ? 0 : undefined);
     try {
@@ -83,11 +86,20 @@ export async function tagManifest(
         budget,
       );
     } catch (error) {
+      // Refused (immutable tags) after a lost batch: the batch may have set it, unseen by a HEAD that lagged.
+      if (
+        batch.length === 0 &&
+        unsettled.has(reference) &&
+        (await settleRefusedTag(client.transport, repository, reference, manifest.digest, error))
+      ) {
+        return { confirmedTags: [] };
+      }
       // A batch whose answer was lost may have set its tags: sending them again one by one would write each
       // twice, and a registry with immutable tags would refuse those writes. The probe's tags are settled by
       // the per-tag PUTs beside it.
       if (batch.length === 0 || tries === 'once' || !answerMayBeLost(error, budget)) throw error;
       const settled = await settleTagsByHead(client.transport, repository, batch, manifest.digest, error);
+      for (const tag of batch) if (!settled.includes(tag)) unsettled.add(tag);
       if (settled.length === 0) throw error;
       return { confirmedTags: settled };
     }

@@ -505,6 +505,39 @@ export async function settleTagsByHead(
   return settled;
 }
 
+/** HEADs again of a tag refused after a lost batch, each after the retry policy's next wait (under 2 s). */
+const LAGGING_HEADS = 3;
+
+/**
+ * Whether a tag that settleTagsByHead left to its own PUT, and that PUT was refused with a status (a registry
+ * with immutable tags refuses to write a tag that exists: 412, 409, 400, 403), names `digest` after all: a
+ * registry whose reads lag its writes (S3-backed, replicated) may have answered the HEAD after the batch from
+ * before the batch set the tag. The tag is HEADed again, a few times with a short wait between: naming `digest`,
+ * it counts as done (told in one log line); otherwise the refusal stands.
+ */
+export async function settleRefusedTag(
+  transport: RegistryTransport,
+  repository: string,
+  tag: string,
+  digest: string,
+  refusal: unknown,
+): Promise<boolean> {
+  if (!(refusal instanceof RegistryError) || refusal instanceof TransientError || !refusal.status)
+    return false;
+  const waits = transport.budget(LAGGING_HEADS);
+  for (;;) {
+    if ((await settleTagsByHead(transport, repository, [tag], digest, refusal)).length > 0) return true;
+    const lag = new TransientError(`${repository}:${tag} is not ${digest} (yet)`);
+    if (
+      !(await waits.next(lag).then(
+        () => true,
+        () => false,
+      ))
+    )
+      return false;
+  }
+}
+
 export function confirmedTags(headers: readonly string[], asked: readonly string[]): string[] {
   const named = new Set(headers.flatMap((h) => h.split(',')).map((t) => t.trim()));
   return asked.filter((t) => named.has(t));
