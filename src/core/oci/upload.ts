@@ -41,7 +41,8 @@ export interface UploadOptions {
  * the registry opened a normal upload session instead (202); any failure means "upload it normally" — a 401 or
  * 403 too (no pull right on the source repository, as the distribution spec and containers/image treat it):
  * the upload that follows asks for the push right alone and reports a real refusal itself. Only a registry that
- * failed every try of `budget` (shared with the upload that would follow) ends the blob's operation here.
+ * failed every try of `budget` (shared with the upload that would follow) ends the blob's operation here, unless
+ * it left the last try unanswered in time (slow, not refusing): the upload then gets one try.
  */
 export async function mountBlob(
   transport: RegistryTransport,
@@ -74,6 +75,9 @@ export async function mountBlob(
       if (budget.spent && (await blobArrived(transport, repository, digest, error, 'mounted'))) {
         return { mounted: true };
       }
+      // Not answered in time, not refused: a registry slow to mount (docker and skopeo wait for it) may as well
+      // have declined (202). The upload gets the budget's last try: one request's wait more if it is wedged.
+      if (budget.spent && error.unanswered) return { mounted: false };
       throw error;
     }
     return { mounted: false };
