@@ -356,6 +356,49 @@ describe('a multi-tag `?tag=` batch whose answer is lost, on a registry that con
   });
 });
 
+it('the first `?tag=` PUT (support unknown: beside the per-tag PUTs) cut after the registry set its tags, the per-tag PUTs refused as overwrites (immutable tags): a HEAD each, no false failure', async () => {
+  begin(undefined);
+  await store('probe/frozen');
+  const tags = ['p1', 'p2', 'p3'];
+  let set!: () => void;
+  const tagsSet = new Promise<void>((resolve) => (set = resolve));
+  // What a registry with tag immutability answers to a PUT of a tag that exists (no forwarding).
+  const body = '{"errors":[{"code":"DENIED","message":"the tag is immutable"}]}';
+  const frozen = await startProxy({
+    target: registry.host,
+    multiTag: true,
+    fault: ({ kind, query }) =>
+      kind !== 'manifest-put'
+        ? undefined
+        : query.has('tag')
+          ? { lostAnswer: 'drop', meanwhile: async () => set() }
+          : { status: 412, body },
+    // The per-tag PUTs arrive after the probe set the tags.
+    hold: ({ kind, query }) => (kind === 'manifest-put' && !query.has('tag') ? tagsSet : undefined),
+  });
+  const fresh = testClient(frozen.host, { onLostAnswer: (line) => told.push(line) });
+  try {
+    const result = await tagManifest(fresh, 'probe/frozen', content.root, tags);
+    expect(result.failed).toEqual(new Map());
+    expect([...result.tagged].sort()).toEqual(tags);
+    expect(frozen.count('manifest-put', (r) => r.query.has('tag'))).toBe(1);
+    expect(frozen.count('manifest-put', (r) => !r.query.has('tag'))).toBe(tags.length);
+    expect(frozen.count('manifest-head')).toBe(tags.length);
+    expect([...told].sort()).toEqual(
+      tags.map((tag) =>
+        expect.stringMatching(
+          new RegExp(
+            `^PUT manifest probe/frozen:${tag}: HTTP 412 DENIED: .*; but probe/frozen:${tag} is sha256:\\w+ now \\(HEAD\\): counted as done\\.$`,
+          ),
+        ),
+      ),
+    );
+  } finally {
+    await fresh.close();
+    await frozen.stop();
+  }
+});
+
 it("a referrers index (the tag schema) whose PUT's answer is cut every time: the HEAD finds it, the read-back lists the referrer", async () => {
   begin(undefined);
   await store('referrers/app');

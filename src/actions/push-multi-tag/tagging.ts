@@ -72,10 +72,14 @@ export async function tagManifest(
   manifest: StoredManifest,
   tags: readonly string[],
 ): Promise<TaggingResult> {
-  /** Tags of a batch whose answer was lost that the HEADs after it did not find set: their own PUTs follow. */
-  const unsettled = new Set<string>();
+  /**
+   * Tags sent in a multi-tag PUT: the probe's (beside their own PUTs) and every batch's. One whose own PUT is
+   * refused may have been set by it unseen: its answer lost, or a HEAD after it that lagged.
+   */
+  const inBatch = new Set<string>();
   const put: Put = async (reference, batch = [], tries) => {
     const budget = client.transport.budget(tries === 'once' ? 0 : undefined);
+    for (const tag of batch) inBatch.add(tag);
     try {
       return await client.putManifest(
         repository,
@@ -86,10 +90,10 @@ export async function tagManifest(
         budget,
       );
     } catch (error) {
-      // Refused (immutable tags) after a lost batch: the batch may have set it, unseen by a HEAD that lagged.
+      // Refused (immutable tags): a multi-tag PUT may have set it.
       if (
         batch.length === 0 &&
-        unsettled.has(reference) &&
+        inBatch.has(reference) &&
         (await settleRefusedTag(client.transport, repository, reference, manifest.digest, error))
       ) {
         return { confirmedTags: [] };
@@ -99,7 +103,6 @@ export async function tagManifest(
       // the per-tag PUTs beside it.
       if (batch.length === 0 || tries === 'once' || !answerMayBeLost(error, budget)) throw error;
       const settled = await settleTagsByHead(client.transport, repository, batch, manifest.digest, error);
-      for (const tag of batch) if (!settled.includes(tag)) unsettled.add(tag);
       if (settled.length === 0) throw error;
       return { confirmedTags: settled };
     }

@@ -509,15 +509,16 @@ export async function settleTagsByHead(
   return settled;
 }
 
-/** HEADs again of a tag refused after a lost batch, each after the retry policy's next wait (under 2 s). */
+/** HEADs again of a refused tag, each after the retry policy's next wait (under 2 s). */
 const LAGGING_HEADS = 3;
 
 /**
- * Whether a tag that settleTagsByHead left to its own PUT, and that PUT was refused with a status (a registry
- * with immutable tags refuses to write a tag that exists: 412, 409, 400, 403), names `digest` after all: a
- * registry whose reads lag its writes (S3-backed, replicated) may have answered the HEAD after the batch from
- * before the batch set the tag. The tag is HEADed again, a few times with a short wait between: naming `digest`,
- * it counts as done (told in one log line); otherwise the refusal stands.
+ * Whether a tag that a multi-tag PUT may have set unseen (the probe beside the tag's own PUT, whose answer was
+ * lost; a batch whose answer was lost, left to its own PUT by settleTagsByHead), and whose own PUT was refused
+ * with a status (a registry with immutable tags refuses to write a tag that exists: 412, 409, 400, 403), names
+ * `digest` after all. A HEAD, and when it does not, a few more with a short wait between: a registry whose
+ * reads lag its writes (S3-backed, replicated) may answer from before the batch set the tag. Naming `digest`,
+ * the tag counts as done (told in one log line); otherwise the refusal stands.
  */
 export async function settleRefusedTag(
   transport: RegistryTransport,
