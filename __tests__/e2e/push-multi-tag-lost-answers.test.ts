@@ -117,6 +117,27 @@ describe('a tag PUT whose answer is lost on every try: a HEAD decides', () => {
     ]);
   });
 
+  it('the HEAD after it answered 503 once: retried, the tag counts as set', async () => {
+    begin(undefined);
+    await store('tagput/busy');
+    let busy = false;
+    begin(({ kind, reference }) => {
+      if (reference !== 'lost') return undefined;
+      if (kind === 'manifest-put') return { lostAnswer: 'drop' };
+      if (kind !== 'manifest-head' || busy) return undefined;
+      busy = true;
+      return { status: 503, retryAfterSeconds: 0 };
+    });
+    const result = await tagManifest(client, 'tagput/busy', content.root, ['lost']);
+    expect(result.failed).toEqual(new Map());
+    expect(result.tagged).toEqual(['lost']);
+    expect(puts('lost')).toBe(6);
+    expect(relay.count('manifest-head', (r) => r.path.endsWith('/manifests/lost'))).toBe(2);
+    expect(told).toEqual([
+      expect.stringMatching(/; but tagput\/busy:lost is sha256:\w+ now \(HEAD\): counted as done\.$/),
+    ]);
+  });
+
   it('no answer within the wait (the registry took it): the tag counts as set', async () => {
     begin(undefined);
     await store('tagput/silent');
@@ -242,6 +263,51 @@ describe('a multi-tag `?tag=` batch whose answer is lost, on a registry that con
     expect(told).toEqual([expect.stringMatching(/: HTTP 412 DENIED: .*: counted as done\.$/)]);
   });
 
+  it('a settling HEAD answered 503 once: retried, its tag settled too, no per-tag PUT', async () => {
+    let busy = false;
+    const result = await tagBatch('batch/busy', ({ kind, query, reference }) => {
+      if (kind === 'manifest-put' && query.has('tag')) return { lostAnswer: 'drop' };
+      if (kind !== 'manifest-head' || reference !== 'b2' || busy) return undefined;
+      busy = true;
+      return { status: 503, retryAfterSeconds: 0 };
+    });
+    expect(result.failed).toEqual(new Map());
+    expect([...result.tagged].sort()).toEqual(tags);
+    expect(batchPuts()).toBe(6);
+    expect(tagPuts()).toBe(0);
+    expect(tagHeads()).toBe(tags.length + 1);
+    expect(told).toEqual([expect.stringMatching(/; but batch\/busy:b1, b2, b3 are sha256:\w+ now \(HEAD\)/)]);
+  });
+
+  it('a tag the lost batch set whose first HEAD lags (404), and whose own PUT an immutable registry refuses: HEADed again, no false failure', async () => {
+    let lagged = false;
+    // What a registry with tag immutability answers to a PUT of a tag that exists (no forwarding).
+    const body = '{"errors":[{"code":"DENIED","message":"the tag is immutable"}]}';
+    const result = await tagBatch('batch/lag', ({ kind, query, reference }) => {
+      if (kind === 'manifest-put') return query.has('tag') ? { lostAnswer: 'drop' } : { status: 412, body };
+      if (kind !== 'manifest-head' || reference !== 'b2' || lagged) return undefined;
+      // A registry whose reads lag its writes: the HEAD after the batch does not see b2 yet.
+      lagged = true;
+      return { status: 404, body: '{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}' };
+    });
+    expect(result.failed).toEqual(new Map());
+    expect([...result.tagged].sort()).toEqual(tags);
+    expect(batchPuts()).toBe(6);
+    expect(
+      batchRelay.records
+        .filter((r) => r.kind === 'manifest-put' && !r.query.has('tag'))
+        .map((r) => r.path.split('/').pop()),
+    ).toEqual(['b2']);
+    expect(batchRelay.count('manifest-head', (r) => r.path.endsWith('/manifests/b2'))).toBe(2);
+    expect(tagHeads()).toBe(tags.length + 1);
+    expect(told).toEqual([
+      expect.stringMatching(/; but batch\/lag:b1, b3 are sha256:\w+ now \(HEAD\): counted as done\.$/),
+      expect.stringMatching(
+        /^PUT manifest batch\/lag:b2: HTTP 412 DENIED: .*; but batch\/lag:b2 is sha256:\w+ now \(HEAD\): counted as done\.$/,
+      ),
+    ]);
+  });
+
   it('the registry applied part of the batch (b1 set, b2 still another manifest, b3 nothing): only b1 is settled by its HEAD', async () => {
     const other = Buffer.from(
       JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] }),
@@ -288,6 +354,49 @@ describe('a multi-tag `?tag=` batch whose answer is lost, on a registry that con
     expect(tagPuts()).toBe(tags.length);
     expect(told).toEqual([]);
   });
+});
+
+it('the first `?tag=` PUT (support unknown: beside the per-tag PUTs) cut after the registry set its tags, the per-tag PUTs refused as overwrites (immutable tags): a HEAD each, no false failure', async () => {
+  begin(undefined);
+  await store('probe/frozen');
+  const tags = ['p1', 'p2', 'p3'];
+  let set!: () => void;
+  const tagsSet = new Promise<void>((resolve) => (set = resolve));
+  // What a registry with tag immutability answers to a PUT of a tag that exists (no forwarding).
+  const body = '{"errors":[{"code":"DENIED","message":"the tag is immutable"}]}';
+  const frozen = await startProxy({
+    target: registry.host,
+    multiTag: true,
+    fault: ({ kind, query }) =>
+      kind !== 'manifest-put'
+        ? undefined
+        : query.has('tag')
+          ? { lostAnswer: 'drop', meanwhile: async () => set() }
+          : { status: 412, body },
+    // The per-tag PUTs arrive after the probe set the tags.
+    hold: ({ kind, query }) => (kind === 'manifest-put' && !query.has('tag') ? tagsSet : undefined),
+  });
+  const fresh = testClient(frozen.host, { onLostAnswer: (line) => told.push(line) });
+  try {
+    const result = await tagManifest(fresh, 'probe/frozen', content.root, tags);
+    expect(result.failed).toEqual(new Map());
+    expect([...result.tagged].sort()).toEqual(tags);
+    expect(frozen.count('manifest-put', (r) => r.query.has('tag'))).toBe(1);
+    expect(frozen.count('manifest-put', (r) => !r.query.has('tag'))).toBe(tags.length);
+    expect(frozen.count('manifest-head')).toBe(tags.length);
+    expect([...told].sort()).toEqual(
+      tags.map((tag) =>
+        expect.stringMatching(
+          new RegExp(
+            `^PUT manifest probe/frozen:${tag}: HTTP 412 DENIED: .*; but probe/frozen:${tag} is sha256:\\w+ now \\(HEAD\\): counted as done\\.$`,
+          ),
+        ),
+      ),
+    );
+  } finally {
+    await fresh.close();
+    await frozen.stop();
+  }
 });
 
 it("a referrers index (the tag schema) whose PUT's answer is cut every time: the HEAD finds it, the read-back lists the referrer", async () => {

@@ -511,7 +511,10 @@ async function relayMultiTag(
   const first = responses[0]!;
   for (const r of responses) await r.arrayBuffer();
   const failed = responses.find((r) => !r.ok);
-  if (lost) return answerLost(res, record, lost);
+  if (lost) {
+    await lost.meanwhile?.();
+    return answerLost(res, record, lost);
+  }
   record.status = failed?.status ?? first.status;
   if (failed) {
     // The registry's challenge goes with a 401, as a registry with the extension would send its own.

@@ -5,7 +5,8 @@
  * that refuses the parameters (400/404/405/414/431 — the extension is not in a released spec, and registries
  * may reject unknown query parameters) or ignores them gets one PUT per tag; a 414 (URI too long: zot caps the
  * tags per request) halves the batch. A batch whose answer was lost (answerMayBeLost) is settled by one HEAD
- * per tag, at once: a tag naming the manifest counts as set; only the others get their own PUT.
+ * per tag, at once: a tag naming the manifest counts as set; only the others get their own PUT (and one that
+ * PUT is refused for, HEADs again: settleRefusedTag).
  *
  * Only a registry's answer tells whether it takes `?tag=`, and few do: distribution ignores it (zot is the one
  * implementation known). Waiting for that answer before the per-tag PUTs would cost every push to the others a
@@ -15,7 +16,7 @@
  */
 import type { RegistryClient } from '../../core/oci/client.js';
 import { RegistryError } from '../../core/oci/errors.js';
-import { answerMayBeLost, settleTagsByHead } from '../../core/oci/upload.js';
+import { answerMayBeLost, settleRefusedTag, settleTagsByHead } from '../../core/oci/upload.js';
 import { mapLimit } from '../../core/pool.js';
 import { failureOf, type Failure } from './failure.js';
 
@@ -71,8 +72,14 @@ export async function tagManifest(
   manifest: StoredManifest,
   tags: readonly string[],
 ): Promise<TaggingResult> {
+  /**
+   * Tags sent in a multi-tag PUT: the probe's (beside their own PUTs) and every batch's. One whose own PUT is
+   * refused may have been set by it unseen: its answer lost, or a HEAD after it that lagged.
+   */
+  const inBatch = new Set<string>();
   const put: Put = async (reference, batch = [], tries) => {
     const budget = client.transport.budget(tries === 'once' ? 0 : undefined);
+    for (const tag of batch) inBatch.add(tag);
     try {
       return await client.putManifest(
         repository,
@@ -83,6 +90,14 @@ export async function tagManifest(
         budget,
       );
     } catch (error) {
+      // Refused (immutable tags): a multi-tag PUT may have set it.
+      if (
+        batch.length === 0 &&
+        inBatch.has(reference) &&
+        (await settleRefusedTag(client.transport, repository, reference, manifest.digest, error))
+      ) {
+        return { confirmedTags: [] };
+      }
       // A batch whose answer was lost may have set its tags: sending them again one by one would write each
       // twice, and a registry with immutable tags would refuse those writes. The probe's tags are settled by
       // the per-tag PUTs beside it.

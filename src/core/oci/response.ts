@@ -236,6 +236,8 @@ export function networkFailure(error: unknown, what: string, timeoutMs: number, 
   const code = errorCode(error);
   if (code && LOCAL_FILE_CODES.has(code)) return error as Error;
   const seconds = formatSeconds(timeoutMs);
+  const unanswered =
+    code === 'UND_ERR_HEADERS_TIMEOUT' || (error as Error | undefined)?.name === 'TimeoutError';
   const reason =
     code === 'UND_ERR_HEADERS_TIMEOUT'
       ? `no answer within ${formatSeconds(answerMs)}`
@@ -248,7 +250,7 @@ export function networkFailure(error: unknown, what: string, timeoutMs: number, 
             : (error as Error | undefined)?.name === 'TimeoutError'
               ? `no complete answer within ${formatSeconds(answerMs)}`
               : describe(error);
-  return new TransientError(`${what}: ${reason}`);
+  return Object.assign(new TransientError(`${what}: ${reason}`), { unanswered });
 }
 
 function errorCode(error: unknown): string | undefined {

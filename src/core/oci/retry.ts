@@ -57,6 +57,8 @@ export function backoffDelay(attempt: number, policy: RetryPolicy, retryAfterMs?
 export class TransientError extends RegistryError {
   /** Tried as often as the policy allows already (e.g. a shared token fetch): nobody retries it again. */
   exhausted = false;
+  /** No answer within the wait: the registry may be slow rather than down, still working on the request. */
+  unanswered = false;
 
   constructor(
     message: string,

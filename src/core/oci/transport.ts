@@ -21,7 +21,7 @@
  * on a fast LAN), which a slow link drains after the body "ended". A bodyless POST (an upload's start, a
  * mount) has neither: it waits the silence timeout, so a registry that never answers it holds a try for one
  * silence timeout, not five. A mount answered late is not lost: its retry, or the HEAD after its last try,
- * finds the blob linked.
+ * finds the blob linked; one that was declined late (or dropped with the connection) leaves it to the upload.
  *
  * TLS as skopeo does it: the registry's certs.d material (tls.ts) on the transport's own dispatcher, and with
  * `tlsVerify: false` https without verification, falling back to plain http when the registry speaks only that.

@@ -41,7 +41,8 @@ export interface UploadOptions {
  * the registry opened a normal upload session instead (202); any failure means "upload it normally" — a 401 or
  * 403 too (no pull right on the source repository, as the distribution spec and containers/image treat it):
  * the upload that follows asks for the push right alone and reports a real refusal itself. Only a registry that
- * failed every try of `budget` (shared with the upload that would follow) ends the blob's operation here.
+ * failed every try of `budget` (shared with the upload that would follow) ends the blob's operation here, unless
+ * it left the last try unanswered in time (slow, not refusing): the upload then gets one try.
  */
 export async function mountBlob(
   transport: RegistryTransport,
@@ -74,6 +75,9 @@ export async function mountBlob(
       if (budget.spent && (await blobArrived(transport, repository, digest, error, 'mounted'))) {
         return { mounted: true };
       }
+      // Not answered in time, not refused: a registry slow to mount (docker and skopeo wait for it) may as well
+      // have declined (202). The upload gets the budget's last try: one request's wait more if it is wedged.
+      if (budget.spent && error.unanswered) return { mounted: false };
       throw error;
     }
     // A refusal of the pull right on the source holds for every blob of it (Harbor answers 401 so).
@@ -429,7 +433,8 @@ export function answerMayBeLost(error: unknown, budget: RetryBudget): error is R
  * A manifest PUT whose answer may have been lost (answerMayBeLost) may well have been applied. One HEAD
  * decides: the reference naming exactly this digest now counts as done (told in one log line); anything else
  * (another digest, nothing, no answer to the HEAD either) is the PUT's failure as it was, with what the HEAD
- * found added.
+ * found added. The HEAD has the retry policy's tries: a 503 or a cut on its one try would report a write that
+ * was done as failed.
  */
 async function settleByHead(
   transport: RegistryTransport,
@@ -441,13 +446,7 @@ async function settleByHead(
   let found: string;
   let overtaken: string | undefined;
   try {
-    const there = await headManifest(
-      transport,
-      repository,
-      reference,
-      MANIFEST_MEDIA_TYPES,
-      transport.budget(0),
-    );
+    const there = await headManifest(transport, repository, reference, MANIFEST_MEDIA_TYPES);
     if (there?.digest === digest) {
       transport.onLostAnswer?.(
         `${failure.message}; but ${repository}:${reference} is ${digest} now (HEAD): counted as done.`,
@@ -484,7 +483,8 @@ export function overtakenAfterLostAnswer(error: unknown): string | undefined {
  * The tags of a multi-tag PUT whose answer may have been lost (answerMayBeLost) that name `digest` now: one HEAD
  * each, all at once (one round trip; a HEAD of the digest cannot say which tags the PUT set). Those count as
  * done, told in one log line; the others (another digest, nothing, no answer to the HEAD) are left to their own
- * PUTs.
+ * PUTs. Each HEAD has the retry policy's tries: a tag whose HEAD got a 429/5xx or a cut on a single try went to
+ * its own PUT, which a registry with immutable tags refuses for a tag the batch set.
  */
 export async function settleTagsByHead(
   transport: RegistryTransport,
@@ -495,7 +495,7 @@ export async function settleTagsByHead(
 ): Promise<string[]> {
   const found = await Promise.all(
     tags.map((tag) =>
-      headManifest(transport, repository, tag, MANIFEST_MEDIA_TYPES, transport.budget(0)).then(
+      headManifest(transport, repository, tag, MANIFEST_MEDIA_TYPES).then(
         (there) => there?.digest === digest,
         () => false,
       ),
@@ -509,6 +509,40 @@ export async function settleTagsByHead(
     );
   }
   return settled;
+}
+
+/** HEADs again of a refused tag, each after the retry policy's next wait (under 2 s). */
+const LAGGING_HEADS = 3;
+
+/**
+ * Whether a tag that a multi-tag PUT may have set unseen (the probe beside the tag's own PUT, whose answer was
+ * lost; a batch whose answer was lost, left to its own PUT by settleTagsByHead), and whose own PUT was refused
+ * with a status (a registry with immutable tags refuses to write a tag that exists: 412, 409, 400, 403), names
+ * `digest` after all. A HEAD, and when it does not, a few more with a short wait between: a registry whose
+ * reads lag its writes (S3-backed, replicated) may answer from before the batch set the tag. Naming `digest`,
+ * the tag counts as done (told in one log line); otherwise the refusal stands.
+ */
+export async function settleRefusedTag(
+  transport: RegistryTransport,
+  repository: string,
+  tag: string,
+  digest: string,
+  refusal: unknown,
+): Promise<boolean> {
+  if (!(refusal instanceof RegistryError) || refusal instanceof TransientError || !refusal.status)
+    return false;
+  const waits = transport.budget(LAGGING_HEADS);
+  for (;;) {
+    if ((await settleTagsByHead(transport, repository, [tag], digest, refusal)).length > 0) return true;
+    const lag = new TransientError(`${repository}:${tag} is not ${digest} (yet)`);
+    if (
+      !(await waits.next(lag).then(
+        () => true,
+        () => false,
+      ))
+    )
+      return false;
+  }
 }
 
 export function confirmedTags(headers: readonly string[], asked: readonly string[]): string[] {
