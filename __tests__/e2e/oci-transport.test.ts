@@ -351,6 +351,7 @@ describe('credentials stay with the registry (htpasswd)', () => {
       const c = client(r.host, { credentials: creds() });
       expect(await c.mountBlob(`mount${status}/app`, blob.digest, 'elsewhere/app')).toEqual({
         mounted: false,
+        refused: true,
       });
       await c.uploadBlob(`mount${status}/app`, blob);
       expect(await c.headBlob(`mount${status}/app`, blob.digest)).toEqual({ size: blob.size });
