@@ -674,6 +674,31 @@ describe('directory cache backend, hostile volume content', () => {
     expect(existsSync(image)).toBe(false);
   });
 
+  it("never sweeps through a tmp dir that another job replaced by a symlink (it would delete that dir's old files)", async () => {
+    // The save sweeps day-old leftovers from tmp: through a link to the job's home, that was everything in it
+    // older than a day.
+    const home = join(dirs.base, 'victim-home');
+    mkdirSync(join(home, '.ssh'), { recursive: true });
+    writeFileSync(join(home, '.ssh', 'id_ed25519'), 'key\n');
+    writeFileSync(join(home, '.bashrc'), 'rc\n');
+    const lastWeek = new Date(Date.now() - 7 * 24 * 3_600_000);
+    for (const name of ['.ssh', '.bashrc']) utimesSync(join(home, name), lastWeek, lastWeek);
+    mkdirSync(root, { recursive: true });
+    rmSync(join(root, 'tmp'), { recursive: true, force: true });
+    symlinkSync(home, join(root, 'tmp'));
+    const dir = data('hostile-tmp');
+    writeFileSync(join(dir, 'x'), 'x');
+    const { host, log } = cliHost();
+    const saved = await saveCache(host, [dir], 'hostile-tmp');
+    expect(readdirSync(home).sort()).toEqual(['.bashrc', '.ssh']);
+    expect(saved.outcome).toBe('failed');
+    expect(readFileSync(join(home, '.ssh', 'id_ed25519'), 'utf8')).toBe('key\n');
+    expect(log).toContainEqual(
+      expect.stringMatching(/^warning: Cache save of hostile-tmp failed: .*\/tmp is not a directory/),
+    );
+    rmSync(join(root, 'tmp'));
+  });
+
   it('evicts past a FIFO in place of a restore registration instead of blocking every save', async () => {
     const { entry } = await saved('hostile-fifo-reader');
     mkdirSync(join(entry, 'readers'), { recursive: true });

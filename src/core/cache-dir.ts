@@ -428,12 +428,25 @@ async function removeStaleTemps(tmpRoot: string): Promise<void> {
 }
 
 /**
+ * The volume's tmp dir, made when missing. Whoever shares the volume could put a symlink there instead, and the
+ * sweep of stale temps would then remove every day-old file in the dir it leads to (a home, a workspace): only a
+ * directory of its own is used.
+ */
+async function volumeTmp(root: string): Promise<string> {
+  const tmp = join(root, 'tmp');
+  await mkdir(tmp, { recursive: true });
+  if (!(await lstat(tmp)).isDirectory()) {
+    throw new Error(`${tmp} is not a directory (a symlink?): the cache leaves it and what it leads to alone`);
+  }
+  return tmp;
+}
+
+/**
  * A fresh path in tmp, its owner recorded beside it before anything is made there: whatever a kill leaves, the
  * next save tells it from a live job's work. `done` removes both, the owner last.
  */
 async function claimTemp(root: string, prefix = ''): Promise<{ path: string; done(): Promise<void> }> {
-  await mkdir(join(root, 'tmp'), { recursive: true });
-  const path = join(root, 'tmp', `${prefix}${randomBytes(8).toString('hex')}`);
+  const path = join(await volumeTmp(root), `${prefix}${randomBytes(8).toString('hex')}`);
   const owner = `${path}${OWNER_SUFFIX}`;
   await writeFile(owner, JSON.stringify(ownerRecord('cache dir')), { flag: 'wx' });
   return {
@@ -482,7 +495,7 @@ export async function saveToDirCache(
   if (existsSync(target)) return { outcome: 'exists', message: `entry already present in ${root}` };
 
   const present = paths.map((p) => resolve(p)).filter((p) => existsSync(p));
-  await removeStaleTemps(join(root, 'tmp'));
+  await removeStaleTemps(await volumeTmp(root));
   const claimed = await claimTemp(root);
   const temp = claimed.path;
   let result: SaveResult;
