@@ -173,6 +173,32 @@ describe('directory cache backend', () => {
     ).toBe(true);
   });
 
+  it('leaves the path absent, not half restored, when the disk fills up during the extraction', async () => {
+    // The job's dir on a small filesystem of its own (tmpfs, root only), the volume elsewhere: saved while it has
+    // room, restored once it has not. tar writes the first file whole and the second one cut short.
+    const mount = join(dirs.base, 'small-fs');
+    mkdirSync(mount, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=48m', 'tmpfs', mount]);
+    try {
+      const dir = join(mount, 'ici-full');
+      await fillRandom(dir, 1, 2 * MiB);
+      writeFileSync(join(dir, 'zeros.bin'), Buffer.alloc(30 * MiB));
+      expect((await saveCache(cliHost().host, [dir], 'disk-full')).outcome).toBe('saved');
+      rmSync(dir, { recursive: true });
+      execFileSync('mount', ['-o', 'remount,size=8m', mount]);
+      const { host, log } = cliHost();
+      expect(await restoreCache(host, [dir], 'disk-full')).toEqual({ hit: false, backend: 'dir' });
+      expect(log).toContainEqual(
+        expect.stringMatching(
+          /^warning: Cache unavailable, continuing without it \(dir backend\): .*No space left/,
+        ),
+      );
+      expect(existsSync(dir)).toBe(false);
+    } finally {
+      execFileSync('umount', [mount]);
+    }
+  });
+
   it('skips saving when none of the paths exist', async () => {
     const { host } = cliHost();
     expect((await saveCache(host, [join(dirs.base, 'missing')], 'none-key')).outcome).toBe('skipped');
@@ -629,7 +655,9 @@ describe('directory cache backend, hostile volume content', () => {
 
   it('refuses an archive with a member outside the paths asked for, before tar writes it', async () => {
     const dir = data('hostile-archive');
-    writeFileSync(join(dir, 'x'), 'x');
+    // Larger than one read of zstd's output: tar gets the first member's header (and part of it) before the
+    // member outside is seen.
+    await fillRandom(dir, 1, 2 * MiB);
     expect((await saveCache(cliHost().host, [dir], 'hostile-archive')).outcome).toBe('saved');
     // What another job with the volume could put there: the same absolute names tar -P writes, one outside.
     const planted = join(data('hostile-planted'), 'bashrc');
@@ -641,6 +669,8 @@ describe('directory cache backend, hostile volume content', () => {
     const { host, log } = cliHost();
     expect(await restoreCache(host, [dir], 'hostile-archive')).toEqual({ hit: false, backend: 'dir' });
     expect(existsSync(planted)).toBe(false);
+    // What tar wrote before the refused member goes too: the path is restored whole or not at all.
+    expect(existsSync(dir)).toBe(false);
     expect(log).toContainEqual(
       expect.stringMatching(
         /^warning: Cache entry refused, continuing without it \(dir backend\): .*bashrc' is outside the cache paths/,
