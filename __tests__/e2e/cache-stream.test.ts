@@ -562,6 +562,11 @@ describe('streaming restore, cache service v2', () => {
     expect(existsSync(dir)).toBe(false);
   });
 
+  it('refuses a hit the service names no key for (the library would extract its archive unchecked, then report a miss)', async () => {
+    service.forgeMatchedKey(() => '');
+    await expectPlantingRefused('keyless', plantings[0]![1], /the cache service answered with no key$/);
+  });
+
   describe('an entry with a member outside the cache paths is refused whole: nothing planted, nothing restored, no library fallback', () => {
     it.each(plantings)('%s', (_what, build, reason) =>
       expectPlantingRefused(`planting-${plantings.findIndex((c) => c[1] === build)}`, build, reason),
@@ -859,6 +864,11 @@ describe('streaming restore, cache service v1 (GHES)', () => {
 
   it('refuses an entry with a member outside the cache paths over v1 (the library would extract it with tar -P)', () =>
     expectPlantingRefused('v1-planting', plantings[0]![1], plantings[0]![2]));
+
+  it('refuses a v1 hit without a cacheKey (the library would extract its archive unchecked, then report a miss)', async () => {
+    service.forgeMatchedKey(() => '');
+    await expectPlantingRefused('v1-keyless', plantings[0]![1], /the cache service answered with no key$/);
+  });
 
   it.each([
     [403, /^the download URL answered HTTP 403$/],
