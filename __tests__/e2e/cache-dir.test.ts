@@ -729,6 +729,24 @@ describe('directory cache backend, hostile volume content', () => {
     rmSync(join(root, 'tmp'));
   });
 
+  it('does not read stored files through an entry whose files dir is a symlink (they would come from outside it)', async () => {
+    const { image, record, entry } = await saved('hostile-files-dir');
+    // The very files, sizes and mtimes the save recorded: only where they are read from differs.
+    const elsewhere = join(dirs.base, 'elsewhere');
+    execFileSync('mv', [join(entry, 'files'), elsewhere]);
+    symlinkSync(elsewhere, join(entry, 'files'));
+    await laterRun([dirs.runnerTemp]);
+    const { host, log } = cliHost();
+    expect(await restoreCache(host, [image, record], 'hostile-files-dir')).toEqual({
+      hit: false,
+      backend: 'dir',
+    });
+    expect(existsSync(image)).toBe(false);
+    expect(log).toContainEqual(
+      expect.stringMatching(/^warning: Cache entry refused, .* holds no directory files of its own/),
+    );
+  });
+
   it('evicts past a FIFO in place of a restore registration instead of blocking every save', async () => {
     const { entry } = await saved('hostile-fifo-reader');
     mkdirSync(join(entry, 'readers'), { recursive: true });

@@ -300,6 +300,13 @@ export async function restoreFromDirCache(
 async function unrestorable(entry: Entry, paths: string[]): Promise<string | undefined> {
   const asked = new Set(paths.map((p) => resolve(p)));
   const stored = entry.format === 'files' ? (entry.files ?? []) : [{ name: ARCHIVE, path: undefined }];
+  // Stored names are checked, but a symlink in place of the dir holding them would still lead out of the entry.
+  if (
+    entry.format === 'files' &&
+    !(await lstat(join(entry.dir, FILES)).catch(() => undefined))?.isDirectory()
+  ) {
+    return `holds no directory ${FILES} of its own (a symlink?)`;
+  }
   for (const file of stored) {
     if (file.path !== undefined && !asked.has(file.path)) {
       return `would write ${JSON.stringify(file.path)}, which is not one of the paths asked for`;
