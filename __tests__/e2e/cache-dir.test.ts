@@ -8,6 +8,7 @@ import { execFileSync } from 'node:child_process';
 import {
   closeSync,
   constants,
+  cpSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
@@ -23,7 +24,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { hostname } from 'node:os';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, relative } from 'node:path';
 import { acquireLock } from '../../src/core/atomic.js';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
 import { registerReader } from '../../src/core/cache-dir.js';
@@ -504,6 +505,33 @@ describe('directory cache backend, eviction', () => {
       await lock.release();
     }
     expect(keys()).toContain('ev-g');
+  });
+
+  it('never evicts an entry another job published after its own to keep its own, older one', async () => {
+    // Saved aside, published below by "another job" between this save's publication and its look at the budget.
+    const aside = join(dirs.base, 'evicting-volume-aside');
+    process.env.IMAGE_CI_CACHE_DIR = aside;
+    const newer = await disk(data('evict-ev-newer'), MiB);
+    expect((await saveCache(cliHost().host, [newer.image, newer.record], 'ev-newer')).outcome).toBe('saved');
+    process.env.IMAGE_CI_CACHE_DIR = root;
+    const published = entryDirOf(aside, 'ev-newer');
+    const { host, log } = cliHost();
+    const debug = host.debug.bind(host);
+    host.debug = (message: string) => {
+      // The copy makes its `used` now: later than this save's own entry's.
+      if (message.startsWith('published ')) {
+        cpSync(published, join(root, relative(aside, published)), { recursive: true });
+      }
+      debug(message);
+    };
+    for (const key of keys()) lastRestored(key, 120);
+    const own = await disk(data('evict-ev-older'), MiB);
+    process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1.5MiB';
+    expect((await saveCache(host, [own.image, own.record], 'ev-older')).outcome).toBe('saved');
+    // Least recently used first: the older entry would go, were it not the one just saved; never the newer one.
+    expect(keys()).toEqual(['ev-newer', 'ev-older']);
+    expect(log.filter((l) => l.startsWith('Cache dir: evicted ev-newer'))).toEqual([]);
+    expect(log).toContainEqual(expect.stringMatching(/^Cache dir: still .* > IMAGE_CI_CACHE_DIR_MAX_SIZE/));
   });
 
   it.each([

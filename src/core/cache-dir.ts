@@ -608,15 +608,19 @@ async function removeEntry(root: string, entry: Entry): Promise<'removed' | 'bus
 
 /**
  * Keeps the cache under its budget: least recently restored entries go first; the entry just saved and every
- * entry a restore is reading stay (removeEntry).
+ * entry a restore is reading stay (removeEntry), and so does every entry saved or restored since the one just
+ * saved: another job published it meanwhile, and its own eviction (which keeps it) is the one to decide between
+ * the two. Were the older save to evict it, each of two jobs saving at once could evict the other's entry.
  */
 async function evictOverBudget(host: Host, root: string, keep: string, budget: number): Promise<void> {
   const entries = await allEntries(root);
   let total = entries.reduce((sum, e) => sum + e.sizeBytes, 0);
   const over = () => `${formatBytes(total)} > ${CACHE_DIR_MAX_SIZE_ENV}=${formatBytes(budget)}`;
+  const saved = entries.find((e) => e.dir === keep)?.lastUsed ?? Infinity;
   for (const entry of entries.sort((a, b) => a.lastUsed - b.lastUsed)) {
     if (total <= budget) return;
     if (entry.dir === keep) continue;
+    if (entry.lastUsed >= saved) break;
     const removed = await removeEntry(root, entry);
     if (removed === 'busy') continue; // another job is evicting it, or has evicted it meanwhile
     if (removed !== 'removed') {
@@ -630,5 +634,7 @@ async function evictOverBudget(host: Host, root: string, keep: string, budget: n
     );
     total -= entry.sizeBytes;
   }
-  if (total > budget) host.info(`Cache dir: still ${over()}; only entries in use or just saved are left.`);
+  if (total > budget) {
+    host.info(`Cache dir: still ${over()}; only entries in use, just saved or used since are left.`);
+  }
 }
