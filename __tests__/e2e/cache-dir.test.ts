@@ -37,6 +37,7 @@ import {
   jobDirs,
   mountReflinkFs,
   treeDigest,
+  withShims,
 } from '../support/cache-files.js';
 
 const MiB = 1024 * 1024;
@@ -199,6 +200,32 @@ describe('directory cache backend', () => {
       execFileSync('umount', [mount]);
     }
   });
+
+  it('ends a tar stuck on its disk at IMAGE_CI_CACHE_TIMEOUT (not an hour later): killed, a miss', async () => {
+    const dir = data('tar-hangs');
+    await fillRandom(dir, 1, MiB);
+    expect((await saveCache(cliHost().host, [dir], 'tar-hangs')).outcome).toBe('saved');
+    await laterRun([dirs.runnerTemp]);
+    const pidFile = join(dirs.base, 'dir-tar-hangs.pid');
+    const { host, log } = cliHost();
+    process.env.IMAGE_CI_CACHE_TIMEOUT = '2s';
+    try {
+      // tar takes the whole archive, then never exits: only the deadline can end the wait for it.
+      const result = await withShims(
+        join(dirs.base, 'dir-tar-hangs-shims'),
+        {
+          tar: `if [ "$1" = -x ]; then cat > /dev/null; echo $$ > ${pidFile}; exec sleep 600; fi\nexec "$REAL" "$@"`,
+        },
+        () => restoreCache(host, [dir], 'tar-hangs'),
+      );
+      expect(result).toEqual({ hit: false, backend: 'dir' });
+    } finally {
+      delete process.env.IMAGE_CI_CACHE_TIMEOUT;
+    }
+    expect(log).toContainEqual(expect.stringMatching(/^warning: Cache unavailable.*not done after 2\.0 s/));
+    const tarPid = Number(readFileSync(pidFile, 'utf8'));
+    expect(() => process.kill(tarPid, 0)).toThrow(expect.objectContaining({ code: 'ESRCH' }));
+  }, 30_000);
 
   it('skips saving when none of the paths exist', async () => {
     const { host } = cliHost();

@@ -28,7 +28,15 @@ import { compressionMethod } from '../../src/core/cache-version.js';
 import { restoreCacheMounts } from '../../src/actions/remote-build-env/cache-mounts.js';
 import { CacheService, laterRun, type CacheCall } from '../support/cache-service.js';
 import { testUser } from '../support/podman-matrix.js';
-import { cacheEnv, captureStdout, cliHost, fillRandom, jobDirs, treeDigest } from '../support/cache-files.js';
+import {
+  cacheEnv,
+  captureStdout,
+  cliHost,
+  fillRandom,
+  jobDirs,
+  treeDigest,
+  withShims,
+} from '../support/cache-files.js';
 
 const MiB = 1024 * 1024;
 const FALLBACK = /^Streaming restore not used \((.*)\); restoring through @actions\/cache\.$/;
@@ -684,27 +692,6 @@ describe('streaming restore, cache service v2', () => {
     expect(fallbacks(log)).toEqual([]);
   });
 
-  /** Runs `fn` with shell scripts in front of the real tools on PATH (`$REAL` in a script is the real tool). */
-  async function withShims<T>(
-    name: string,
-    scripts: Record<string, string>,
-    fn: () => Promise<T>,
-  ): Promise<T> {
-    const shims = join(dirs.base, name);
-    mkdirSync(shims, { recursive: true });
-    for (const [tool, body] of Object.entries(scripts)) {
-      writeFileSync(join(shims, tool), `#!/bin/sh\nREAL=${await which(tool, true)}\n${body}\n`);
-      chmodSync(join(shims, tool), 0o755);
-    }
-    const path = process.env.PATH;
-    process.env.PATH = `${shims}:${path}`;
-    try {
-      return await fn();
-    } finally {
-      process.env.PATH = path;
-    }
-  }
-
   it('finishes when tar exits at the end-of-archive block before zstd closes its output: no hang, no fallback', async () => {
     const dir = join(dirs.runnerTemp, 'ici-tar-first');
     const digest = await savedTree(dir, 'tar-first-key', 1, 3 * MiB);
@@ -715,7 +702,7 @@ describe('streaming restore, cache service v2', () => {
     const pidFile = join(dirs.base, 'tar-first.pid');
     const { host, log } = cliHost();
     const result = await withShims(
-      'tar-first-shims',
+      join(dirs.base, 'tar-first-shims'),
       {
         tar: `[ "$1" = -xf ] && echo $$ > ${pidFile}\nexec "$REAL" "$@" --blocking-factor=20`,
         zstd: [
@@ -740,7 +727,7 @@ describe('streaming restore, cache service v2', () => {
     try {
       // The download is over when tar stops: only the deadline is left to end the wait for it.
       const result = await withShims(
-        'tar-hangs-shims',
+        join(dirs.base, 'tar-hangs-shims'),
         {
           tar: `if [ "$2" = - ]; then cat > /dev/null; echo $$ > ${pidFile}; exec sleep 600; fi\nexec "$REAL" "$@"`,
         },
@@ -765,7 +752,7 @@ describe('streaming restore, cache service v2', () => {
     const pidFile = join(dirs.base, 'zstd-unstartable.pid');
     const { host, log } = cliHost();
     await withShims(
-      'zstd-unstartable-shims',
+      join(dirs.base, 'zstd-unstartable-shims'),
       { tar: `[ "$2" = - ] && echo $$ > ${pidFile}\nexec "$REAL" "$@"` },
       async () => {
         const loop = join(dirs.base, 'zstd-unstartable-shims', 'zstd');
@@ -794,7 +781,7 @@ describe('streaming restore, cache service v2', () => {
     // The streaming restore's tar (`-xf -`) reads everything, then dies as the OOM killer would kill it; the
     // library's tar (`-xf <archive>`) is the real one.
     const result = await withShims(
-      'tar-killed-shims',
+      join(dirs.base, 'tar-killed-shims'),
       { tar: 'if [ "$2" = - ]; then cat > /dev/null; kill -KILL $$; fi\nexec "$REAL" "$@"' },
       () => restoreCache(host, [dir], 'tar-killed-key'),
     );

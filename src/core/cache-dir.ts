@@ -38,6 +38,7 @@ import {
 } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
+import { cacheCallTimeoutMs } from './cache-actions.js';
 import {
   acquireLock,
   fsyncDir,
@@ -57,8 +58,6 @@ import { formatBytes } from './summary.js';
 import { TarFormatError } from './tar-members.js';
 
 export const CACHE_DIR_MAX_SIZE_ENV = 'IMAGE_CI_CACHE_DIR_MAX_SIZE';
-/** Archiving gigabytes (VM images, build caches) takes minutes, never hours. */
-const TAR_TIMEOUT_MS = 60 * 60_000;
 const ARCHIVE = 'archive.tar.zst';
 const FILES = 'files';
 const META = 'entry.json';
@@ -279,7 +278,8 @@ export async function restoreFromDirCache(
       }
     } else {
       host.info(`Extracting ${formatBytes(entry.sizeBytes)} from ${entry.dir}`);
-      await extractConfined(join(entry.dir, ARCHIVE), paths, TAR_TIMEOUT_MS);
+      // Bounded like every cache call: a tar stuck on its disk must not hold the job.
+      await extractConfined(join(entry.dir, ARCHIVE), paths, cacheCallTimeoutMs());
     }
   } catch (error) {
     if (error instanceof EntryRefused || error instanceof TarFormatError) {
@@ -518,7 +518,7 @@ export async function saveToDirCache(
       await exec(
         'tar',
         ['-c', '-P', '--posix', '-f', archive, '--use-compress-program', 'zstdmt', '--', ...present],
-        { timeoutMs: TAR_TIMEOUT_MS },
+        { timeoutMs: cacheCallTimeoutMs() },
       );
       await fsyncFile(archive);
       meta = {
