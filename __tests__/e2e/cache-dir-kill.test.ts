@@ -41,7 +41,7 @@ async function disk(dir: string): Promise<string[]> {
 }
 
 beforeAll(() => {
-  for (const src of ['cache.ts', 'cache-dir.ts', 'cache-dir-extract.ts', 'atomic.ts']) {
+  for (const src of ['cache.ts', 'cache-dir.ts', 'cache-dir-extract.ts', 'cache-undo.ts', 'atomic.ts']) {
     const built = join(REPO_ROOT, 'lib/core', src.replace(/\.ts$/, '.js'));
     if (!existsSync(built) || statSync(built).mtimeMs < statSync(join(REPO_ROOT, 'src/core', src)).mtimeMs) {
       throw new Error(

@@ -8,6 +8,7 @@ import { execFileSync } from 'node:child_process';
 import {
   closeSync,
   constants,
+  cpSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
@@ -23,7 +24,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { hostname } from 'node:os';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, relative } from 'node:path';
 import { acquireLock } from '../../src/core/atomic.js';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
 import { registerReader } from '../../src/core/cache-dir.js';
@@ -36,6 +37,7 @@ import {
   jobDirs,
   mountReflinkFs,
   treeDigest,
+  withShims,
 } from '../support/cache-files.js';
 
 const MiB = 1024 * 1024;
@@ -172,6 +174,58 @@ describe('directory cache backend', () => {
       log.some((l) => /^warning: Cache unavailable, continuing without it \(dir backend\)/.test(l)),
     ).toBe(true);
   });
+
+  it('leaves the path absent, not half restored, when the disk fills up during the extraction', async () => {
+    // The job's dir on a small filesystem of its own (tmpfs, root only), the volume elsewhere: saved while it has
+    // room, restored once it has not. tar writes the first file whole and the second one cut short.
+    const mount = join(dirs.base, 'small-fs');
+    mkdirSync(mount, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=48m', 'tmpfs', mount]);
+    try {
+      const dir = join(mount, 'ici-full');
+      await fillRandom(dir, 1, 2 * MiB);
+      writeFileSync(join(dir, 'zeros.bin'), Buffer.alloc(30 * MiB));
+      expect((await saveCache(cliHost().host, [dir], 'disk-full')).outcome).toBe('saved');
+      rmSync(dir, { recursive: true });
+      execFileSync('mount', ['-o', 'remount,size=8m', mount]);
+      const { host, log } = cliHost();
+      expect(await restoreCache(host, [dir], 'disk-full')).toEqual({ hit: false, backend: 'dir' });
+      expect(log).toContainEqual(
+        expect.stringMatching(
+          /^warning: Cache unavailable, continuing without it \(dir backend\): .*No space left/,
+        ),
+      );
+      expect(existsSync(dir)).toBe(false);
+    } finally {
+      execFileSync('umount', [mount]);
+    }
+  });
+
+  it('ends a tar stuck on its disk at IMAGE_CI_CACHE_TIMEOUT (not an hour later): killed, a miss', async () => {
+    const dir = data('tar-hangs');
+    await fillRandom(dir, 1, MiB);
+    expect((await saveCache(cliHost().host, [dir], 'tar-hangs')).outcome).toBe('saved');
+    await laterRun([dirs.runnerTemp]);
+    const pidFile = join(dirs.base, 'dir-tar-hangs.pid');
+    const { host, log } = cliHost();
+    process.env.IMAGE_CI_CACHE_TIMEOUT = '2s';
+    try {
+      // tar takes the whole archive, then never exits: only the deadline can end the wait for it.
+      const result = await withShims(
+        join(dirs.base, 'dir-tar-hangs-shims'),
+        {
+          tar: `if [ "$1" = -x ]; then cat > /dev/null; echo $$ > ${pidFile}; exec sleep 600; fi\nexec "$REAL" "$@"`,
+        },
+        () => restoreCache(host, [dir], 'tar-hangs'),
+      );
+      expect(result).toEqual({ hit: false, backend: 'dir' });
+    } finally {
+      delete process.env.IMAGE_CI_CACHE_TIMEOUT;
+    }
+    expect(log).toContainEqual(expect.stringMatching(/^warning: Cache unavailable.*not done after 2\.0 s/));
+    const tarPid = Number(readFileSync(pidFile, 'utf8'));
+    expect(() => process.kill(tarPid, 0)).toThrow(expect.objectContaining({ code: 'ESRCH' }));
+  }, 30_000);
 
   it('skips saving when none of the paths exist', async () => {
     const { host } = cliHost();
@@ -480,6 +534,33 @@ describe('directory cache backend, eviction', () => {
     expect(keys()).toContain('ev-g');
   });
 
+  it('never evicts an entry another job published after its own to keep its own, older one', async () => {
+    // Saved aside, published below by "another job" between this save's publication and its look at the budget.
+    const aside = join(dirs.base, 'evicting-volume-aside');
+    process.env.IMAGE_CI_CACHE_DIR = aside;
+    const newer = await disk(data('evict-ev-newer'), MiB);
+    expect((await saveCache(cliHost().host, [newer.image, newer.record], 'ev-newer')).outcome).toBe('saved');
+    process.env.IMAGE_CI_CACHE_DIR = root;
+    const published = entryDirOf(aside, 'ev-newer');
+    const { host, log } = cliHost();
+    const debug = host.debug.bind(host);
+    host.debug = (message: string) => {
+      // The copy makes its `used` now: later than this save's own entry's.
+      if (message.startsWith('published ')) {
+        cpSync(published, join(root, relative(aside, published)), { recursive: true });
+      }
+      debug(message);
+    };
+    for (const key of keys()) lastRestored(key, 120);
+    const own = await disk(data('evict-ev-older'), MiB);
+    process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1.5MiB';
+    expect((await saveCache(host, [own.image, own.record], 'ev-older')).outcome).toBe('saved');
+    // Least recently used first: the older entry would go, were it not the one just saved; never the newer one.
+    expect(keys()).toEqual(['ev-newer', 'ev-older']);
+    expect(log.filter((l) => l.startsWith('Cache dir: evicted ev-newer'))).toEqual([]);
+    expect(log).toContainEqual(expect.stringMatching(/^Cache dir: still .* > IMAGE_CI_CACHE_DIR_MAX_SIZE/));
+  });
+
   it.each([
     ['20', /IMAGE_CI_CACHE_DIR_MAX_SIZE: '20' has no unit; write 20GiB, 20GB or 20MiB\./],
     ['lots', /IMAGE_CI_CACHE_DIR_MAX_SIZE: 'lots' is not a size; write it like 50GiB or 500MB\./],
@@ -629,7 +710,9 @@ describe('directory cache backend, hostile volume content', () => {
 
   it('refuses an archive with a member outside the paths asked for, before tar writes it', async () => {
     const dir = data('hostile-archive');
-    writeFileSync(join(dir, 'x'), 'x');
+    // Larger than one read of zstd's output: tar gets the first member's header (and part of it) before the
+    // member outside is seen.
+    await fillRandom(dir, 1, 2 * MiB);
     expect((await saveCache(cliHost().host, [dir], 'hostile-archive')).outcome).toBe('saved');
     // What another job with the volume could put there: the same absolute names tar -P writes, one outside.
     const planted = join(data('hostile-planted'), 'bashrc');
@@ -641,6 +724,8 @@ describe('directory cache backend, hostile volume content', () => {
     const { host, log } = cliHost();
     expect(await restoreCache(host, [dir], 'hostile-archive')).toEqual({ hit: false, backend: 'dir' });
     expect(existsSync(planted)).toBe(false);
+    // What tar wrote before the refused member goes too: the path is restored whole or not at all.
+    expect(existsSync(dir)).toBe(false);
     expect(log).toContainEqual(
       expect.stringMatching(
         /^warning: Cache entry refused, continuing without it \(dir backend\): .*bashrc' is outside the cache paths/,
@@ -672,6 +757,49 @@ describe('directory cache backend, hostile volume content', () => {
     await laterRun([dirs.runnerTemp]);
     expect((await restoreCache(cliHost().host, [image, record], 'hostile-symlink')).hit).toBe(false);
     expect(existsSync(image)).toBe(false);
+  });
+
+  it("never sweeps through a tmp dir that another job replaced by a symlink (it would delete that dir's old files)", async () => {
+    // The save sweeps day-old leftovers from tmp: through a link to the job's home, that was everything in it
+    // older than a day.
+    const home = join(dirs.base, 'victim-home');
+    mkdirSync(join(home, '.ssh'), { recursive: true });
+    writeFileSync(join(home, '.ssh', 'id_ed25519'), 'key\n');
+    writeFileSync(join(home, '.bashrc'), 'rc\n');
+    const lastWeek = new Date(Date.now() - 7 * 24 * 3_600_000);
+    for (const name of ['.ssh', '.bashrc']) utimesSync(join(home, name), lastWeek, lastWeek);
+    mkdirSync(root, { recursive: true });
+    rmSync(join(root, 'tmp'), { recursive: true, force: true });
+    symlinkSync(home, join(root, 'tmp'));
+    const dir = data('hostile-tmp');
+    writeFileSync(join(dir, 'x'), 'x');
+    const { host, log } = cliHost();
+    const saved = await saveCache(host, [dir], 'hostile-tmp');
+    expect(readdirSync(home).sort()).toEqual(['.bashrc', '.ssh']);
+    expect(saved.outcome).toBe('failed');
+    expect(readFileSync(join(home, '.ssh', 'id_ed25519'), 'utf8')).toBe('key\n');
+    expect(log).toContainEqual(
+      expect.stringMatching(/^warning: Cache save of hostile-tmp failed: .*\/tmp is not a directory/),
+    );
+    rmSync(join(root, 'tmp'));
+  });
+
+  it('does not read stored files through an entry whose files dir is a symlink (they would come from outside it)', async () => {
+    const { image, record, entry } = await saved('hostile-files-dir');
+    // The very files, sizes and mtimes the save recorded: only where they are read from differs.
+    const elsewhere = join(dirs.base, 'elsewhere');
+    execFileSync('mv', [join(entry, 'files'), elsewhere]);
+    symlinkSync(elsewhere, join(entry, 'files'));
+    await laterRun([dirs.runnerTemp]);
+    const { host, log } = cliHost();
+    expect(await restoreCache(host, [image, record], 'hostile-files-dir')).toEqual({
+      hit: false,
+      backend: 'dir',
+    });
+    expect(existsSync(image)).toBe(false);
+    expect(log).toContainEqual(
+      expect.stringMatching(/^warning: Cache entry refused, .* holds no directory files of its own/),
+    );
   });
 
   it('evicts past a FIFO in place of a restore registration instead of blocking every save', async () => {

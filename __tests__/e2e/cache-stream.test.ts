@@ -28,7 +28,15 @@ import { compressionMethod } from '../../src/core/cache-version.js';
 import { restoreCacheMounts } from '../../src/actions/remote-build-env/cache-mounts.js';
 import { CacheService, laterRun, type CacheCall } from '../support/cache-service.js';
 import { testUser } from '../support/podman-matrix.js';
-import { cacheEnv, captureStdout, cliHost, fillRandom, jobDirs, treeDigest } from '../support/cache-files.js';
+import {
+  cacheEnv,
+  captureStdout,
+  cliHost,
+  fillRandom,
+  jobDirs,
+  treeDigest,
+  withShims,
+} from '../support/cache-files.js';
 
 const MiB = 1024 * 1024;
 const FALLBACK = /^Streaming restore not used \((.*)\); restoring through @actions\/cache\.$/;
@@ -562,6 +570,11 @@ describe('streaming restore, cache service v2', () => {
     expect(existsSync(dir)).toBe(false);
   });
 
+  it('refuses a hit the service names no key for (the library would extract its archive unchecked, then report a miss)', async () => {
+    service.forgeMatchedKey(() => '');
+    await expectPlantingRefused('keyless', plantings[0]![1], /the cache service answered with no key$/);
+  });
+
   describe('an entry with a member outside the cache paths is refused whole: nothing planted, nothing restored, no library fallback', () => {
     it.each(plantings)('%s', (_what, build, reason) =>
       expectPlantingRefused(`planting-${plantings.findIndex((c) => c[1] === build)}`, build, reason),
@@ -679,27 +692,6 @@ describe('streaming restore, cache service v2', () => {
     expect(fallbacks(log)).toEqual([]);
   });
 
-  /** Runs `fn` with shell scripts in front of the real tools on PATH (`$REAL` in a script is the real tool). */
-  async function withShims<T>(
-    name: string,
-    scripts: Record<string, string>,
-    fn: () => Promise<T>,
-  ): Promise<T> {
-    const shims = join(dirs.base, name);
-    mkdirSync(shims, { recursive: true });
-    for (const [tool, body] of Object.entries(scripts)) {
-      writeFileSync(join(shims, tool), `#!/bin/sh\nREAL=${await which(tool, true)}\n${body}\n`);
-      chmodSync(join(shims, tool), 0o755);
-    }
-    const path = process.env.PATH;
-    process.env.PATH = `${shims}:${path}`;
-    try {
-      return await fn();
-    } finally {
-      process.env.PATH = path;
-    }
-  }
-
   it('finishes when tar exits at the end-of-archive block before zstd closes its output: no hang, no fallback', async () => {
     const dir = join(dirs.runnerTemp, 'ici-tar-first');
     const digest = await savedTree(dir, 'tar-first-key', 1, 3 * MiB);
@@ -710,7 +702,7 @@ describe('streaming restore, cache service v2', () => {
     const pidFile = join(dirs.base, 'tar-first.pid');
     const { host, log } = cliHost();
     const result = await withShims(
-      'tar-first-shims',
+      join(dirs.base, 'tar-first-shims'),
       {
         tar: `[ "$1" = -xf ] && echo $$ > ${pidFile}\nexec "$REAL" "$@" --blocking-factor=20`,
         zstd: [
@@ -735,7 +727,7 @@ describe('streaming restore, cache service v2', () => {
     try {
       // The download is over when tar stops: only the deadline is left to end the wait for it.
       const result = await withShims(
-        'tar-hangs-shims',
+        join(dirs.base, 'tar-hangs-shims'),
         {
           tar: `if [ "$2" = - ]; then cat > /dev/null; echo $$ > ${pidFile}; exec sleep 600; fi\nexec "$REAL" "$@"`,
         },
@@ -760,7 +752,7 @@ describe('streaming restore, cache service v2', () => {
     const pidFile = join(dirs.base, 'zstd-unstartable.pid');
     const { host, log } = cliHost();
     await withShims(
-      'zstd-unstartable-shims',
+      join(dirs.base, 'zstd-unstartable-shims'),
       { tar: `[ "$2" = - ] && echo $$ > ${pidFile}\nexec "$REAL" "$@"` },
       async () => {
         const loop = join(dirs.base, 'zstd-unstartable-shims', 'zstd');
@@ -789,7 +781,7 @@ describe('streaming restore, cache service v2', () => {
     // The streaming restore's tar (`-xf -`) reads everything, then dies as the OOM killer would kill it; the
     // library's tar (`-xf <archive>`) is the real one.
     const result = await withShims(
-      'tar-killed-shims',
+      join(dirs.base, 'tar-killed-shims'),
       { tar: 'if [ "$2" = - ]; then cat > /dev/null; kill -KILL $$; fi\nexec "$REAL" "$@"' },
       () => restoreCache(host, [dir], 'tar-killed-key'),
     );
@@ -859,6 +851,11 @@ describe('streaming restore, cache service v1 (GHES)', () => {
 
   it('refuses an entry with a member outside the cache paths over v1 (the library would extract it with tar -P)', () =>
     expectPlantingRefused('v1-planting', plantings[0]![1], plantings[0]![2]));
+
+  it('refuses a v1 hit without a cacheKey (the library would extract its archive unchecked, then report a miss)', async () => {
+    service.forgeMatchedKey(() => '');
+    await expectPlantingRefused('v1-keyless', plantings[0]![1], /the cache service answered with no key$/);
+  });
 
   it.each([
     [403, /^the download URL answered HTTP 403$/],

@@ -4,9 +4,19 @@
  * (it logs through @actions/core, which writes workflow commands straight to stdout), and a filesystem with
  * reflinks for the directory backend.
  */
+import { which } from '@actions/io';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import {
+  chmodSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
@@ -152,4 +162,27 @@ export function cliHost(verbose = false): { host: CliHost; log: string[] } {
     verbose,
   });
   return { host, log };
+}
+
+/**
+ * Runs `fn` with shell scripts in front of the real tools on PATH, written to the dir `shims` (`$REAL` in a script
+ * is the real tool): a tar that hangs, a zstd that cannot be started, as an unlucky runner meets them.
+ */
+export async function withShims<T>(
+  shims: string,
+  scripts: Record<string, string>,
+  fn: () => Promise<T>,
+): Promise<T> {
+  mkdirSync(shims, { recursive: true });
+  for (const [tool, body] of Object.entries(scripts)) {
+    writeFileSync(join(shims, tool), `#!/bin/sh\nREAL=${await which(tool, true)}\n${body}\n`);
+    chmodSync(join(shims, tool), 0o755);
+  }
+  const path = process.env.PATH;
+  process.env.PATH = `${shims}:${path}`;
+  try {
+    return await fn();
+  } finally {
+    process.env.PATH = path;
+  }
 }

@@ -38,6 +38,7 @@ import {
 } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
+import { cacheCallTimeoutMs } from './cache-actions.js';
 import {
   acquireLock,
   fsyncDir,
@@ -57,8 +58,6 @@ import { formatBytes } from './summary.js';
 import { TarFormatError } from './tar-members.js';
 
 export const CACHE_DIR_MAX_SIZE_ENV = 'IMAGE_CI_CACHE_DIR_MAX_SIZE';
-/** Archiving gigabytes (VM images, build caches) takes minutes, never hours. */
-const TAR_TIMEOUT_MS = 60 * 60_000;
 const ARCHIVE = 'archive.tar.zst';
 const FILES = 'files';
 const META = 'entry.json';
@@ -279,7 +278,8 @@ export async function restoreFromDirCache(
       }
     } else {
       host.info(`Extracting ${formatBytes(entry.sizeBytes)} from ${entry.dir}`);
-      await extractConfined(join(entry.dir, ARCHIVE), paths, TAR_TIMEOUT_MS);
+      // Bounded like every cache call: a tar stuck on its disk must not hold the job.
+      await extractConfined(join(entry.dir, ARCHIVE), paths, cacheCallTimeoutMs());
     }
   } catch (error) {
     if (error instanceof EntryRefused || error instanceof TarFormatError) {
@@ -300,6 +300,13 @@ export async function restoreFromDirCache(
 async function unrestorable(entry: Entry, paths: string[]): Promise<string | undefined> {
   const asked = new Set(paths.map((p) => resolve(p)));
   const stored = entry.format === 'files' ? (entry.files ?? []) : [{ name: ARCHIVE, path: undefined }];
+  // Stored names are checked, but a symlink in place of the dir holding them would still lead out of the entry.
+  if (
+    entry.format === 'files' &&
+    !(await lstat(join(entry.dir, FILES)).catch(() => undefined))?.isDirectory()
+  ) {
+    return `holds no directory ${FILES} of its own (a symlink?)`;
+  }
   for (const file of stored) {
     if (file.path !== undefined && !asked.has(file.path)) {
       return `would write ${JSON.stringify(file.path)}, which is not one of the paths asked for`;
@@ -428,12 +435,25 @@ async function removeStaleTemps(tmpRoot: string): Promise<void> {
 }
 
 /**
+ * The volume's tmp dir, made when missing. Whoever shares the volume could put a symlink there instead, and the
+ * sweep of stale temps would then remove every day-old file in the dir it leads to (a home, a workspace): only a
+ * directory of its own is used.
+ */
+async function volumeTmp(root: string): Promise<string> {
+  const tmp = join(root, 'tmp');
+  await mkdir(tmp, { recursive: true });
+  if (!(await lstat(tmp)).isDirectory()) {
+    throw new Error(`${tmp} is not a directory (a symlink?): the cache leaves it and what it leads to alone`);
+  }
+  return tmp;
+}
+
+/**
  * A fresh path in tmp, its owner recorded beside it before anything is made there: whatever a kill leaves, the
  * next save tells it from a live job's work. `done` removes both, the owner last.
  */
 async function claimTemp(root: string, prefix = ''): Promise<{ path: string; done(): Promise<void> }> {
-  await mkdir(join(root, 'tmp'), { recursive: true });
-  const path = join(root, 'tmp', `${prefix}${randomBytes(8).toString('hex')}`);
+  const path = join(await volumeTmp(root), `${prefix}${randomBytes(8).toString('hex')}`);
   const owner = `${path}${OWNER_SUFFIX}`;
   await writeFile(owner, JSON.stringify(ownerRecord('cache dir')), { flag: 'wx' });
   return {
@@ -482,7 +502,7 @@ export async function saveToDirCache(
   if (existsSync(target)) return { outcome: 'exists', message: `entry already present in ${root}` };
 
   const present = paths.map((p) => resolve(p)).filter((p) => existsSync(p));
-  await removeStaleTemps(join(root, 'tmp'));
+  await removeStaleTemps(await volumeTmp(root));
   const claimed = await claimTemp(root);
   const temp = claimed.path;
   let result: SaveResult;
@@ -498,7 +518,7 @@ export async function saveToDirCache(
       await exec(
         'tar',
         ['-c', '-P', '--posix', '-f', archive, '--use-compress-program', 'zstdmt', '--', ...present],
-        { timeoutMs: TAR_TIMEOUT_MS },
+        { timeoutMs: cacheCallTimeoutMs() },
       );
       await fsyncFile(archive);
       meta = {
@@ -588,15 +608,19 @@ async function removeEntry(root: string, entry: Entry): Promise<'removed' | 'bus
 
 /**
  * Keeps the cache under its budget: least recently restored entries go first; the entry just saved and every
- * entry a restore is reading stay (removeEntry).
+ * entry a restore is reading stay (removeEntry), and so does every entry saved or restored since the one just
+ * saved: another job published it meanwhile, and its own eviction (which keeps it) is the one to decide between
+ * the two. Were the older save to evict it, each of two jobs saving at once could evict the other's entry.
  */
 async function evictOverBudget(host: Host, root: string, keep: string, budget: number): Promise<void> {
   const entries = await allEntries(root);
   let total = entries.reduce((sum, e) => sum + e.sizeBytes, 0);
   const over = () => `${formatBytes(total)} > ${CACHE_DIR_MAX_SIZE_ENV}=${formatBytes(budget)}`;
+  const saved = entries.find((e) => e.dir === keep)?.lastUsed ?? Infinity;
   for (const entry of entries.sort((a, b) => a.lastUsed - b.lastUsed)) {
     if (total <= budget) return;
     if (entry.dir === keep) continue;
+    if (entry.lastUsed >= saved) break;
     const removed = await removeEntry(root, entry);
     if (removed === 'busy') continue; // another job is evicting it, or has evicted it meanwhile
     if (removed !== 'removed') {
@@ -610,5 +634,7 @@ async function evictOverBudget(host: Host, root: string, keep: string, budget: n
     );
     total -= entry.sizeBytes;
   }
-  if (total > budget) host.info(`Cache dir: still ${over()}; only entries in use or just saved are left.`);
+  if (total > budget) {
+    host.info(`Cache dir: still ${over()}; only entries in use, just saved or used since are left.`);
+  }
 }

@@ -54,6 +54,7 @@ export function matchedKeyProblem(
   key: string,
   restoreKeys: readonly string[],
 ): string | undefined {
+  if (!matched) return 'no key';
   const shown = JSON.stringify(matched.length > 80 ? `${matched.slice(0, 80)}…` : matched);
   if (/[\p{C}]/u.test(matched)) return `the key ${shown}, which holds control characters`;
   if (cacheKeyProblem(matched)) return `the key ${shown}, which the cache service refuses`;

@@ -215,9 +215,14 @@ function parseObject(name: string, text: string): Record<string, unknown> | stri
   return parsed as Record<string, unknown>;
 }
 
-/** A hit names its key and an http(s) URL of the archive, or it is no answer we know. */
+/**
+ * A hit names an http(s) URL of the archive and its key, or it is no answer we know. A hit without a key (absent
+ * or empty) is still a hit, with the key '' for the caller to refuse: the library would download and extract
+ * its archive (tar -P, unchecked) and only then report no key, a miss.
+ */
 function hit(host: Host, name: string, matchedKey: unknown, url: unknown): LookupResult {
-  if (typeof url !== 'string' || !url || typeof matchedKey !== 'string' || !matchedKey) {
+  matchedKey ??= '';
+  if (typeof url !== 'string' || !url || typeof matchedKey !== 'string') {
     return { kind: 'unknown-answer', reason: `${name} answered a hit without an archive URL and key` };
   }
   let parsedUrl: URL;

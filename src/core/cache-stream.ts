@@ -19,7 +19,7 @@ import { which } from '@actions/io';
 import { spawn, type ChildProcess, type ChildProcessByStdio } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
-import { chmod, lstat, mkdir, readdir, rmdir, statfs, unlink } from 'node:fs/promises';
+import { mkdir, statfs } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import type { BackendRestore, RestoreOptions } from './cache.js';
@@ -35,7 +35,8 @@ import { DEFAULT_RETRY } from './oci/retry.js';
 import { downloadInOrder, type RangedDownloadResult } from './ranged-download.js';
 import { errorMessage } from './run.js';
 import { formatBytes, formatDuration } from './summary.js';
-import { TarMemberWatcher, type TarMember } from './tar-members.js';
+import { TarMemberWatcher } from './tar-members.js';
+import { leftovers, undoExtraction } from './cache-undo.js';
 
 /** The stream cannot serve this restore; the library should. The message says why, for the one log line. */
 export class StreamUnusable extends Error {
@@ -369,70 +370,4 @@ class Extraction {
     }
     return digests.size > 0 ? Object.fromEntries(digests) : undefined;
   }
-}
-
-/** The one clause the warning gets for what the undo could not remove. */
-function leftovers(paths: string[]): string {
-  if (paths.length === 0) return '';
-  const more = paths.length > 5 ? ` and ${paths.length - 5} more` : '';
-  return `; could not remove ${paths.slice(0, 5).join(', ')}${more}`;
-}
-
-/** Errors that mean the path is already gone or was never ours to remove (a directory holding other files). */
-const NOTHING_TO_UNDO = new Set(['ENOENT', 'ENOTEMPTY', 'EEXIST', 'ENOTDIR', 'EISDIR']);
-
-/**
- * Removes what a failed extraction wrote: the cache paths that did not exist before, then every member the tar
- * stream announced (newest first, so directories are emptied before their removal is tried; a directory that
- * still holds something that was not ours stays). The archive's own directories may have any mode (000 keeps a
- * non-root runner out of them): each is opened to its owner first. Never throws; answers what stayed.
- */
-async function undoExtraction(
-  workspace: string,
-  members: readonly TarMember[],
-  absent: string[],
-): Promise<string[]> {
-  const left: string[] = [];
-  const attempt = (path: string | Buffer, action: Promise<unknown>): Promise<void> =>
-    action.then(
-      () => undefined,
-      (error: NodeJS.ErrnoException) => {
-        if (!NOTHING_TO_UNDO.has(error.code ?? ''))
-          left.push(`${path.toString()} (${error.code ?? error.message})`);
-      },
-    );
-  // Parents first (shorter paths), whatever order the archive gave them in: a locked parent hides its children.
-  const dirs = members.filter((m) => m.type === 'dir').map((m) => resolve(workspace, m.name));
-  for (const dir of dirs.sort((a, b) => a.length - b.length)) await openToOwner(dir);
-  for (const path of absent) await removeTree(Buffer.from(path), attempt);
-  for (const member of [...members].reverse()) {
-    const path = resolve(workspace, member.name);
-    await attempt(path, member.type === 'dir' ? rmdir(path) : unlink(path));
-  }
-  return left;
-}
-
-async function openToOwner(dir: string | Buffer): Promise<void> {
-  const stats = await lstat(dir).catch(() => undefined);
-  if (stats?.isDirectory()) await chmod(dir, (stats.mode & 0o7777) | 0o700).catch(() => undefined);
-}
-
-/** `rm -rf` that opens each directory to its owner on the way, byte-exact whatever the names. */
-async function removeTree(
-  path: Buffer,
-  attempt: (path: Buffer, action: Promise<unknown>) => Promise<void>,
-): Promise<void> {
-  const stats = await lstat(path).catch(() => undefined);
-  if (!stats?.isDirectory()) {
-    if (stats) await attempt(path, unlink(path));
-    return;
-  }
-  await openToOwner(path);
-  let entries: Buffer[] = [];
-  await attempt(
-    path,
-    readdir(path, { encoding: 'buffer' }).then((e) => (entries = e)),
-  );
-  for (const entry of entries) await removeTree(Buffer.concat([path, Buffer.from('/'), entry]), attempt);
-  await attempt(path, rmdir(path));
 }
