@@ -3,20 +3,29 @@
  * ROOTLESS podman 5.4, entered by pivot_root (the kernel makes no user namespace for a chrooted process). Once as
  * a runner service runs it, without XDG_RUNTIME_DIR (the action then owns the runtime dir and its pause process)
  * and as a user who never ran podman (the action's calls are the first to meet the user's image store); once
- * with the session's XDG_RUNTIME_DIR and the user's store holding the image the build starts from.
+ * with the session's XDG_RUNTIME_DIR and the user's store holding the image the build starts from. The scenarios
+ * the host's rootless file runs too (rootless-jobs.ts), and main SIGKILLed at chosen state saves, each followed by
+ * post.
  */
 import { describe, expect, it } from '@jest/globals';
 import { mkdtempSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pauseProcess } from '../../src/actions/remote-build-env/local-service.js';
 import { isRunning } from '../../src/actions/remote-build-env/process-group.js';
 import { laterRun } from '../support/cache-service.js';
 import { importBusyboxImage } from '../support/images.js';
+import { crashingMain } from '../support/kill-at-change.js';
 import { leftovers } from '../support/leftovers.js';
 import { mountsUnder, podmanVersions } from '../support/podman-matrix.js';
-import { CONTAINER_USER, rootlessJobs, rootlessScenarios } from '../support/rootless-jobs.js';
+import {
+  ACTION,
+  CONTAINER_USER,
+  rootlessJobs,
+  rootlessScenarios,
+  type StateSeen,
+} from '../support/rootless-jobs.js';
 import type { SplitJob } from '../support/split-job.js';
 
 describe.each(podmanVersions().filter((v) => v.root !== '/'))(
@@ -89,6 +98,7 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
 
     it('shared store, cache-mounts, the session’s XDG_RUNTIME_DIR: the build sees the user’s images, post saves the mounts and leaves nothing but the session’s own pause process', async () => {
       const runnerTemp = jobs.ownRunnerTemp();
+      await jobs.userImage();
       const session = await pauseProcess(jobs.pm.env.XDG_RUNTIME_DIR!, jobs.user.uid);
       expect(session).toBeDefined();
       const job = await startJob(
@@ -112,6 +122,7 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
       // Longer than /home/runner/actions-runner/_work/_temp. Podman 4.3 refuses a `--runroot` over 50 characters
       // (remote-build-env-rootless.test.ts); this checks the unshare store's own storage.conf on podman 5.
       const runnerTemp = jobs.ownRunnerTemp(mkdtempSync(join(tmpdir(), 'ici-rt-long-runner-temp-')));
+      await jobs.userImage();
       const job = await startJob({ 'cache-mounts': 'true', 'cache-key': 'p5-long' }, runnerTemp);
       expect(await build(job, 'l')).toBe('seen: l');
       const saved = jobs.cacheService.list().filter((e) => e.finalized).length;
@@ -120,5 +131,127 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
     });
 
     rootlessScenarios(jobs);
+
+    /** Only changes to main's state file count for the crash preload: the same sequence on every run. */
+    const STATE_SAVES = { IMAGE_CI_TEST_CRASH_PATHS: '/state$' };
+    const noSession = { XDG_RUNTIME_DIR: undefined };
+
+    /**
+     * Runs main whole under the crash preload (then its post) and returns its state saves in order, each with the
+     * change right after which it is complete: a kill point. A save is as many changes as node's fs makes of it
+     * (appendFileSync goes through writeFileSync), so the k-th save is complete at change k × that.
+     */
+    async function stateSavePoints(
+      inputs: Record<string, string>,
+      runnerTemp: string,
+      main: string,
+    ): Promise<Array<{ event: number; name: string; value: string }>> {
+      const count = join(jobs.ownRunnerTemp(), 'count');
+      const whole = await jobs.launchJob(
+        inputs,
+        runnerTemp,
+        { ...noSession, ...STATE_SAVES, IMAGE_CI_TEST_CRASH_AFTER: '0', IMAGE_CI_TEST_CHANGES_FILE: count },
+        main,
+      );
+      expect(whole.main.main.exitCode).toBe(0);
+      expect((await whole.post()).exitCode).toBe(0);
+      expect(await leftovers(runnerTemp)).toEqual([]);
+      const saves = whole.main.main.stateSaves;
+      const perSave = Number(await readFile(count, 'utf8')) / saves.length;
+      expect(Number.isInteger(perSave)).toBe(true);
+      return saves.map(([name, value], i) => ({ event: (i + 1) * perSave, name, value }));
+    }
+
+    /** The first point whose save of the run state has `key`. */
+    function pointAt(points: Array<{ event: number; name: string; value: string }>, key: string): number {
+      const point = points.find((p) => p.name === ACTION && key in (JSON.parse(p.value) as object));
+      if (!point) throw new Error(`main never saved a run state with ${key}`);
+      return point.event;
+    }
+
+    /** Main SIGKILLed right after change `event`, then post: what main had recorded, and what post left. */
+    async function killedAt(inputs: Record<string, string>, runnerTemp: string, main: string, event: number) {
+      const job = await jobs.launchJob(
+        inputs,
+        runnerTemp,
+        { ...noSession, ...STATE_SAVES, IMAGE_CI_TEST_CRASH_AFTER: String(event) },
+        main,
+      );
+      const state = jobs.stateOf(job) as StateSeen & {
+        service?: unknown;
+        cache?: { matchedKey?: string };
+        ready: boolean;
+      };
+      const post = await job.post();
+      return {
+        main: job.main.main.exitCode,
+        recorded: {
+          service: 'service' in state,
+          restored: state.cache?.matchedKey !== undefined,
+          ready: state.ready,
+        },
+        post: post.exitCode,
+        stopped: post.lines
+          .map((l) => l.text)
+          .filter((l) => /^podman (service|pause process) \(pid \d+\)/.test(l)),
+        warnings: post.warnings,
+        left: await leftovers(runnerTemp),
+        mounts: mountsUnder(podman, runnerTemp),
+      };
+    }
+
+    const stopped = (what: string) =>
+      expect.stringMatching(new RegExp(`^podman ${what} \\(pid \\d+\\) stopped\\.$`));
+
+    it('main SIGKILLed right before it starts the service and right after it recorded the service (not yet answering), no XDG_RUNTIME_DIR, isolate-storage: post stops what runs and leaves no process, mount or dir', async () => {
+      const inputs = { 'isolate-storage': 'true' };
+      const main = crashingMain(jobs.ownRunnerTemp(), ACTION);
+      const points = await stateSavePoints(inputs, jobs.ownRunnerTemp(), main);
+      const serviceAt = pointAt(points, 'service');
+      const before = points[points.findIndex((p) => p.event === serviceAt) - 1]!.event;
+      const seen = [
+        await killedAt(inputs, jobs.ownRunnerTemp(), main, before),
+        await killedAt(inputs, jobs.ownRunnerTemp(), main, serviceAt),
+      ];
+      const clean = { main: 137, post: 0, warnings: [], left: [], mounts: [] };
+      expect(seen).toEqual([
+        { ...clean, recorded: { service: false, restored: false, ready: false }, stopped: [] },
+        {
+          ...clean,
+          recorded: { service: true, restored: false, ready: false },
+          stopped: [stopped('service'), stopped('pause process')],
+        },
+      ]);
+    });
+
+    it('cache-mounts written as container root and as a non-root user, no XDG_RUNTIME_DIR: main SIGKILLed right after the next run restored them (files of subordinate uids in place, no service yet): post removes them and leaves no process, mount or dir', async () => {
+      const inputs = { 'cache-mounts': 'true', 'cache-key': 'p5-killed' };
+      await jobs.userImage();
+      const runnerTemp = jobs.ownRunnerTemp();
+      const a = await jobs.startJob(inputs, runnerTemp, noSession);
+      expect(await jobs.buildTwoMounts(a.main.exportedEnv, 'a')).toEqual([
+        'root: 0:0 700 a',
+        'user: 1000:1000 700 a',
+      ]);
+      expect((await a.post()).warnings).toEqual([]);
+      // Later runs: the same RUNNER_TEMP path (the cache entry's version names it), its old contents gone.
+      const nextRun = async () => {
+        for (const aside of await laterRun([runnerTemp])) jobs.removeAfterAll(aside);
+        jobs.ownRunnerTemp(runnerTemp);
+      };
+      await nextRun();
+      const main = crashingMain(jobs.ownRunnerTemp(), ACTION);
+      const restoredAt = pointAt(await stateSavePoints(inputs, runnerTemp, main), 'cache');
+      await nextRun();
+      expect(await killedAt(inputs, runnerTemp, main, restoredAt)).toEqual({
+        main: 137,
+        recorded: { service: false, restored: true, ready: false },
+        post: 0,
+        stopped: [stopped('pause process')],
+        warnings: [],
+        left: [],
+        mounts: [],
+      });
+    });
   },
 );

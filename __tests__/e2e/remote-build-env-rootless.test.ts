@@ -47,7 +47,7 @@ describe.each([hostPodman()])('[$label] remote-build-env as an ordinary user (ro
       XDG_RUNTIME_DIR: undefined,
     });
     await importBusyboxImage(jobs.pm, { url: job.main.exportedEnv.CONTAINER_HOST!, name: jobs.image });
-    expect(await jobs.buildTwoMounts(job.main.exportedEnv, jobs.image, 'x')).toEqual([
+    expect(await jobs.buildTwoMounts(job.main.exportedEnv, 'x')).toEqual([
       'root: 0:0 700 x',
       'user: 1000:1000 700 x',
     ]);
@@ -65,7 +65,7 @@ describe.each([hostPodman()])('[$label] remote-build-env as an ordinary user (ro
       XDG_RUNTIME_DIR: undefined,
     });
     await importBusyboxImage(jobs.pm, { url: job.main.exportedEnv.CONTAINER_HOST!, name: jobs.image });
-    expect(await jobs.buildTwoMounts(job.main.exportedEnv, jobs.image, 'p')).toEqual([
+    expect(await jobs.buildTwoMounts(job.main.exportedEnv, 'p')).toEqual([
       'root: 0:0 700 p',
       'user: 1000:1000 700 p',
     ]);
@@ -84,9 +84,10 @@ describe.each([hostPodman()])('[$label] remote-build-env as an ordinary user (ro
   it('no XDG_RUNTIME_DIR, a RUNNER_TEMP as long as a self-hosted runner’s (`podman --runroot` takes at most 50 characters): post saves cache mounts written by subordinate uids and removes them', async () => {
     // Longer than /home/runner/actions-runner/_work/_temp (39), a runner installed as a service where it says.
     const runnerTemp = jobs.ownRunnerTemp(mkdtempSync(join(tmpdir(), 'ici-rt-long-runner-temp-')));
+    await jobs.userImage();
     const inputs = { 'cache-mounts': 'true', 'cache-key': 'rootless-long' };
     const job = await jobs.startJob(inputs, runnerTemp, { XDG_RUNTIME_DIR: undefined });
-    expect(await jobs.buildTwoMounts(job.main.exportedEnv, jobs.image, 'l')).toEqual([
+    expect(await jobs.buildTwoMounts(job.main.exportedEnv, 'l')).toEqual([
       'root: 0:0 700 l',
       'user: 1000:1000 700 l',
     ]);

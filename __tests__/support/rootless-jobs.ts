@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { exec } from '../../src/core/exec.js';
 import { pathExists } from '../../src/core/files.js';
 import { CacheService, laterRun } from './cache-service.js';
-import { importBusyboxImage } from './images.js';
+import { BUSYBOX_IMAGE, importBusyboxImage } from './images.js';
 import { leftovers } from './leftovers.js';
 import { createPodmanTestEnv, type PodmanTestEnv } from './podman.js';
 import { requireAvailable, stepScripts, testUser, type PodmanVariant, type User } from './podman-matrix.js';
@@ -32,15 +32,27 @@ export interface StateSeen {
 
 export interface RootlessJobs {
   readonly user: User;
-  /** The busybox image, imported into the user's own store. */
+  /** The busybox image's name, in the user's store once userImage() ran (import it into a service by this name). */
   readonly image: string;
+  /**
+   * Imports the busybox image into the user's own store on the first call: that store's first use, which a
+   * scenario about a never-used store must come before.
+   */
+  userImage(): Promise<string>;
   readonly pm: PodmanTestEnv;
   readonly cacheService: CacheService;
   /** A RUNNER_TEMP the runner's user owns (a new one, or `dir` handed over again after laterRun); short (sockets). */
   ownRunnerTemp(dir?: string): string;
   /** Removes `dir` in afterAll (a laterRun's dirs moved aside). */
   removeAfterAll(dir: string): void;
-  /** Main as the user, `env` over the podman env and the cache service's; asserts main succeeded. */
+  /** Main as the user, `env` over the podman env and the cache service's; `main` instead of the bundled one. */
+  launchJob(
+    inputs: Record<string, string>,
+    runnerTemp: string,
+    env?: Record<string, string | undefined>,
+    main?: string,
+  ): Promise<SplitJob>;
+  /** launchJob with the bundled main, asserting it succeeded. */
   startJob(
     inputs: Record<string, string>,
     runnerTemp: string,
@@ -48,11 +60,11 @@ export interface RootlessJobs {
   ): Promise<SplitJob>;
   stateOf(job: SplitJob): StateSeen;
   /**
-   * One build from `image`, two cache mounts: one written as container root, one as CONTAINER_USER; each gets a
+   * One build from `image` (in the user's store or imported into the job's service), two cache mounts: one written as container root, one as CONTAINER_USER; each gets a
    * private (0700) dir holding a 0600 file named `marker`. Returns what each step saw in its dir, and the dir's
    * owner and mode.
    */
-  buildTwoMounts(env: Record<string, string>, image: string, marker: string): Promise<string[]>;
+  buildTwoMounts(env: Record<string, string>, marker: string): Promise<string[]>;
 }
 
 /** Registers the describe block's beforeAll/afterAll; jobs a failed test left unposted are posted in afterAll. */
@@ -60,7 +72,7 @@ export function rootlessJobs(podman: PodmanVariant, options: { pivot?: boolean }
   let user: User | undefined;
   let pm: PodmanTestEnv | undefined;
   let cacheService: CacheService | undefined;
-  let image: string | undefined;
+  let imported: Promise<string> | undefined;
   const jobs: SplitJob[] = [];
   const dirs: string[] = [];
   const ready = <T>(value: T | undefined): T => {
@@ -72,7 +84,6 @@ export function rootlessJobs(podman: PodmanVariant, options: { pivot?: boolean }
     requireAvailable(podman);
     user = testUser();
     pm = await createPodmanTestEnv(podman, { user, pivot: options.pivot });
-    image = await importBusyboxImage(pm);
     cacheService = await CacheService.start();
   });
 
@@ -87,8 +98,10 @@ export function rootlessJobs(podman: PodmanVariant, options: { pivot?: boolean }
     get user() {
       return ready(user);
     },
-    get image() {
-      return ready(image);
+    image: BUSYBOX_IMAGE,
+    userImage() {
+      imported ??= importBusyboxImage(jobsApi.pm);
+      return imported;
     },
     get pm() {
       return ready(pm);
@@ -104,16 +117,20 @@ export function rootlessJobs(podman: PodmanVariant, options: { pivot?: boolean }
     removeAfterAll(dir) {
       dirs.push(dir);
     },
-    async startJob(inputs, runnerTemp, env = {}) {
+    async launchJob(inputs, runnerTemp, env = {}, main = undefined) {
       const { pm, user, cacheService } = jobsApi;
       const job = await startSplitJob({
         action: ACTION,
-        ...stepScripts(podman, ACTION, pm.dir, user, { pivot: options.pivot }),
+        ...stepScripts(podman, ACTION, pm.dir, user, { pivot: options.pivot, main }),
         inputs,
         env: { ...pm.env, ...cacheService.env(), ...env },
         runnerTemp,
       });
       jobs.push(job);
+      return job;
+    },
+    async startJob(inputs, runnerTemp, env = {}) {
+      const job = await jobsApi.launchJob(inputs, runnerTemp, env);
       expect(job.main.errors).toEqual([]);
       expect(job.main.main.exitCode).toBe(0);
       return job;
@@ -121,7 +138,7 @@ export function rootlessJobs(podman: PodmanVariant, options: { pivot?: boolean }
     stateOf(job) {
       return JSON.parse(job.main.main.state[ACTION]!) as StateSeen;
     },
-    async buildTwoMounts(env, image, marker) {
+    async buildTwoMounts(env, marker) {
       const { pm } = jobsApi;
       const ctx = join(pm.dir, 'ctx');
       await mkdir(ctx, { recursive: true });
@@ -131,7 +148,7 @@ export function rootlessJobs(podman: PodmanVariant, options: { pivot?: boolean }
         `$(ls ${dir}/private | tr '\\n' ' ')"`;
       await writeFile(
         join(ctx, 'Containerfile'),
-        `FROM ${image}\nARG MARKER\n` +
+        `FROM ${BUSYBOX_IMAGE}\nARG MARKER\n` +
           `RUN --mount=type=cache,target=/c,sharing=locked ${step('/c', 'root')}\n` +
           `USER ${CONTAINER_USER}\n` +
           `RUN --mount=type=cache,target=/u,uid=1000,gid=1000,sharing=locked ${step('/u', 'user')}\n`,
@@ -218,13 +235,14 @@ export function rootlessScenarios(jobs: RootlessJobs): void {
   });
 
   it('cache-mounts written as root and as a non-root container user are saved in post, restored (owners and modes) by the next run, and nothing stays behind', async () => {
-    const { cacheService, image } = jobs;
+    const { cacheService } = jobs;
+    await jobs.userImage();
     const earlier = cacheService.list().length;
     const runnerTemp = jobs.ownRunnerTemp();
     const inputs = { 'cache-mounts': 'true', 'cache-key': 'rootless' };
     const a = await jobs.startJob(inputs, runnerTemp);
     expect(a.main.outputs['cache-hit']).toBe('false');
-    expect(await jobs.buildTwoMounts(a.main.exportedEnv, image, 'a')).toEqual([
+    expect(await jobs.buildTwoMounts(a.main.exportedEnv, 'a')).toEqual([
       'root: 0:0 700 a',
       'user: 1000:1000 700 a',
     ]);
@@ -245,7 +263,7 @@ export function rootlessScenarios(jobs: RootlessJobs): void {
     jobs.ownRunnerTemp(runnerTemp);
     const b = await jobs.startJob(inputs, runnerTemp);
     expect(b.main.outputs['cache-hit']).toBe('true');
-    expect(await jobs.buildTwoMounts(b.main.exportedEnv, image, 'b')).toEqual([
+    expect(await jobs.buildTwoMounts(b.main.exportedEnv, 'b')).toEqual([
       'root: 0:0 700 a b',
       'user: 1000:1000 700 a b',
     ]);
@@ -273,7 +291,8 @@ export function rootlessScenarios(jobs: RootlessJobs): void {
   });
 
   it('a dir named in bytes that are no UTF-8, made by a non-root container user in a cache mount: post leaves it out and saves the rest', async () => {
-    const { pm, cacheService, image } = jobs;
+    const { pm, cacheService } = jobs;
+    const image = await jobs.userImage();
     const runnerTemp = jobs.ownRunnerTemp();
     const inputs = { 'cache-mounts': 'true', 'cache-key': 'rootless-name' };
     const a = await jobs.startJob(inputs, runnerTemp);
