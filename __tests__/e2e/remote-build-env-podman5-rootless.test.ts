@@ -169,12 +169,21 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
       return point.event;
     }
 
-    /** Main SIGKILLed right after change `event`, then post: what main had recorded, and what post left. */
-    async function killedAt(inputs: Record<string, string>, runnerTemp: string, main: string, event: number) {
+    /**
+     * Main SIGKILLed right after change `event` (of those `counted`: state saves by default), then post: what main
+     * had recorded, and what post left.
+     */
+    async function killedAt(
+      inputs: Record<string, string>,
+      runnerTemp: string,
+      main: string,
+      event: number,
+      counted = STATE_SAVES,
+    ) {
       const job = await jobs.launchJob(
         inputs,
         runnerTemp,
-        { ...noSession, ...STATE_SAVES, IMAGE_CI_TEST_CRASH_AFTER: String(event) },
+        { ...noSession, ...counted, IMAGE_CI_TEST_CRASH_AFTER: String(event) },
         main,
       );
       const state = jobs.stateOf(job) as StateSeen & {
@@ -243,15 +252,31 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
       const main = crashingMain(jobs.ownRunnerTemp(), ACTION);
       const restoredAt = pointAt(await stateSavePoints(inputs, runnerTemp, main), 'cache');
       await nextRun();
-      expect(await killedAt(inputs, runnerTemp, main, restoredAt)).toEqual({
+      const afterRestore = await killedAt(inputs, runnerTemp, main, restoredAt);
+      await nextRun();
+      // Right after the restored dir was moved to the service's TMPDIR, before main recorded the restore.
+      const moved = await killedAt(inputs, runnerTemp, main, 1, {
+        IMAGE_CI_TEST_CRASH_PATHS: '/tmp/buildah-cache(-\\d+)?$',
+      });
+      const clean = {
         main: 137,
-        recorded: { service: false, restored: true, ready: false },
         post: 0,
         stopped: [stopped('pause process')],
         warnings: [],
         left: [],
         mounts: [],
-      });
+      };
+      expect([afterRestore, moved]).toEqual([
+        { ...clean, recorded: { service: false, restored: true, ready: false } },
+        {
+          ...clean,
+          recorded: { service: false, restored: false, ready: false },
+          // Main died holding the stage (moving the dir out is the restore's last step under the lock).
+          warnings: [
+            expect.stringMatching(/^removed the stale lock .*\.lock: its owner, pid \d+ on .*, is gone$/),
+          ],
+        },
+      ]);
     });
   },
 );
