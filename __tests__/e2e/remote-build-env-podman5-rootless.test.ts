@@ -132,6 +132,23 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
 
     rootlessScenarios(jobs);
 
+    it('isolate-storage, no XDG_RUNTIME_DIR: a container the job left running (podman run -d) does not keep post from removing it all', async () => {
+      const runnerTemp = jobs.ownRunnerTemp();
+      const job = await startJob({ 'isolate-storage': 'true' }, runnerTemp);
+      const url = job.main.exportedEnv.CONTAINER_HOST!;
+      await importBusyboxImage(jobs.pm, { url, name: jobs.image });
+      // It ends on SIGTERM, so post's `podman rm --force` need not wait out its grace for a SIGKILL.
+      await jobs.pm.remote(url, [
+        'run',
+        '-d',
+        jobs.image,
+        'sh',
+        '-c',
+        'trap "exit 0" TERM; sleep 600 & wait',
+      ]);
+      await expectNothingLeft(job, runnerTemp);
+    });
+
     /** Only changes to main's state file count for the crash preload: the same sequence on every run. */
     const STATE_SAVES = { IMAGE_CI_TEST_CRASH_PATHS: '/state$' };
     const noSession = { XDG_RUNTIME_DIR: undefined };
@@ -145,12 +162,13 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
       inputs: Record<string, string>,
       runnerTemp: string,
       main: string,
+      env: Record<string, string | undefined> = noSession,
     ): Promise<Array<{ event: number; name: string; value: string }>> {
       const count = join(jobs.ownRunnerTemp(), 'count');
       const whole = await jobs.launchJob(
         inputs,
         runnerTemp,
-        { ...noSession, ...STATE_SAVES, IMAGE_CI_TEST_CRASH_AFTER: '0', IMAGE_CI_TEST_CHANGES_FILE: count },
+        { ...env, ...STATE_SAVES, IMAGE_CI_TEST_CRASH_AFTER: '0', IMAGE_CI_TEST_CHANGES_FILE: count },
         main,
       );
       expect(whole.main.main.exitCode).toBe(0);
@@ -179,11 +197,12 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
       main: string,
       event: number,
       counted = STATE_SAVES,
+      env: Record<string, string | undefined> = noSession,
     ) {
       const job = await jobs.launchJob(
         inputs,
         runnerTemp,
-        { ...noSession, ...counted, IMAGE_CI_TEST_CRASH_AFTER: String(event) },
+        { ...env, ...counted, IMAGE_CI_TEST_CRASH_AFTER: String(event) },
         main,
       );
       const state = jobs.stateOf(job) as StateSeen & {
@@ -231,6 +250,27 @@ describe.each(podmanVersions().filter((v) => v.root !== '/'))(
           stopped: [stopped('service'), stopped('pause process')],
         },
       ]);
+    });
+
+    it('the session’s XDG_RUNTIME_DIR, cache-mounts: main SIGKILLed right after it recorded the service: post stops the service, leaves the session’s pause process running and nothing else', async () => {
+      const inputs = { 'cache-mounts': 'true', 'cache-key': 'p5-killed-session' };
+      const env = { XDG_RUNTIME_DIR: jobs.pm.env.XDG_RUNTIME_DIR! };
+      await jobs.userImage(); // the session's pause process runs from here on
+      const session = await pauseProcess(env.XDG_RUNTIME_DIR, jobs.user.uid);
+      expect(session).toBeDefined();
+      const main = crashingMain(jobs.ownRunnerTemp(), ACTION);
+      const serviceAt = pointAt(await stateSavePoints(inputs, jobs.ownRunnerTemp(), main, env), 'service');
+      const runnerTemp = jobs.ownRunnerTemp();
+      expect(await killedAt(inputs, runnerTemp, main, serviceAt, STATE_SAVES, env)).toEqual({
+        main: 137,
+        recorded: { service: true, restored: false, ready: false },
+        post: 0,
+        stopped: [stopped('service')],
+        warnings: [],
+        left: [],
+        mounts: [],
+      });
+      expect(await isRunning(session!)).toBe(true);
     });
 
     it('cache-mounts written as container root and as a non-root user, no XDG_RUNTIME_DIR: main SIGKILLed right after the next run restored them (files of subordinate uids in place, no service yet): post removes them and leaves no process, mount or dir', async () => {
