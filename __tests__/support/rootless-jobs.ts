@@ -186,7 +186,8 @@ async function connectAs(user: User, path: string): Promise<string> {
 
 /**
  * The scenarios both rows run (their titles carry the row's label): the API socket's permissions, cache mounts
- * written as container root and as a non-root container user, a name that is no UTF-8 in a cache mount.
+ * written as container root and as a non-root container user (also of mode 000), a name that is no UTF-8 in a
+ * cache mount.
  */
 export function rootlessScenarios(jobs: RootlessJobs): void {
   it('the API socket is the runner’s user’s alone, at its own path and at a chosen one in a dir every user can write: no write bit for others, another uid refused', async () => {
@@ -287,6 +288,46 @@ export function rootlessScenarios(jobs: RootlessJobs): void {
       `Cache mounts: unchanged since ${keys[1]}, not saved again.`,
     );
     expect(cacheService.list().length).toBe(earlier + 2);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  });
+
+  it('a dir and a file of mode 000 made by a non-root container user in a cache mount: the next run’s builds find them as they were (owner, mode, content), its post nothing changed', async () => {
+    const { pm } = jobs;
+    const image = await jobs.userImage();
+    const runnerTemp = jobs.ownRunnerTemp();
+    const inputs = { 'cache-mounts': 'true', 'cache-key': 'rootless-locked' };
+    const build = async (job: SplitJob, name: string, steps: string) => {
+      const ctx = join(pm.dir, `ctx-${name}`);
+      await mkdir(ctx, { recursive: true });
+      await writeFile(join(ctx, 'Containerfile'), `FROM ${image}\n${steps}`);
+      const r = await pm.podman(['--remote', 'build', '--no-cache', ctx], { env: job.main.exportedEnv });
+      return r.stdout.split('\n').find((l) => l.startsWith('seen: '));
+    };
+    const mount = 'RUN --mount=type=cache,target=/u,uid=1000,gid=1000';
+    const a = await jobs.startJob(inputs, runnerTemp);
+    await build(
+      a,
+      'locked-a',
+      `USER ${CONTAINER_USER}\n${mount} mkdir /u/locked && echo secret > /u/locked/f && chmod 000 /u/locked/f /u/locked\n`,
+    );
+    expect((await a.post()).warnings).toEqual([]);
+
+    for (const aside of await laterRun([runnerTemp])) jobs.removeAfterAll(aside);
+    jobs.ownRunnerTemp(runnerTemp);
+    const b = await jobs.startJob(inputs, runnerTemp);
+    expect(b.main.outputs['cache-hit']).toBe('true');
+    // Container root reads through mode 000 (it holds the namespace's capabilities over the user's ids).
+    const seen = await build(
+      b,
+      'locked-b',
+      `${mount} echo "seen: $(stat -c '%a %u:%g' /u/locked /u/locked/f | tr '\\n' ' ')$(cat /u/locked/f)"\n`,
+    );
+    expect(seen).toBe('seen: 0 1000:1000 0 1000:1000 secret');
+    const postB = await b.post();
+    expect(postB.warnings).toEqual([]);
+    expect(postB.lines.map((l) => l.text)).toContainEqual(
+      expect.stringMatching(/^Cache mounts: unchanged since /),
+    );
     expect(await leftovers(runnerTemp)).toEqual([]);
   });
 
