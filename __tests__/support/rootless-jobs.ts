@@ -331,6 +331,26 @@ export function rootlessScenarios(jobs: RootlessJobs): void {
     expect(await leftovers(runnerTemp)).toEqual([]);
   });
 
+  it('post run a second time, no XDG_RUNTIME_DIR, isolate-storage, cache mounts of subordinate uids: it finds nothing to do, warns of nothing and starts no pause process again', async () => {
+    const runnerTemp = jobs.ownRunnerTemp();
+    const inputs = { 'cache-mounts': 'true', 'cache-key': 'rootless-twice', 'isolate-storage': 'true' };
+    const job = await jobs.startJob(inputs, runnerTemp, { XDG_RUNTIME_DIR: undefined });
+    await importBusyboxImage(jobs.pm, { url: job.main.exportedEnv.CONTAINER_HOST!, name: jobs.image });
+    expect(await jobs.buildTwoMounts(job.main.exportedEnv, 't')).toEqual([
+      'root: 0:0 700 t',
+      'user: 1000:1000 700 t',
+    ]);
+    expect((await job.post()).warnings).toEqual([]);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+    const again = await job.post();
+    // Before: 'remote-build-env post step: ENOENT: no such file or directory, open
+    // '<RUNNER_TEMP>/ici-…/unshare-storage.conf'' (a `podman unshare` to start the pause process of the runtime dir
+    // the first post had removed).
+    expect(again.warnings).toEqual([]);
+    expect(again.exitCode).toBe(0);
+    expect(await leftovers(runnerTemp)).toEqual([]);
+  });
+
   it('a dir named in bytes that are no UTF-8, made by a non-root container user in a cache mount: post leaves it out and saves the rest', async () => {
     const { pm, cacheService } = jobs;
     const image = await jobs.userImage();
