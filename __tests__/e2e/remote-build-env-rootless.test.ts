@@ -12,9 +12,8 @@ import { join } from 'node:path';
 import { pathExists } from '../../src/core/files.js';
 import { importBusyboxImage } from '../support/images.js';
 import { leftovers } from '../support/leftovers.js';
-import { hostPodman, stepScripts } from '../support/podman-matrix.js';
-import { ACTION, rootlessJobs, rootlessScenarios } from '../support/rootless-jobs.js';
-import { startSplitJob } from '../support/split-job.js';
+import { hostPodman } from '../support/podman-matrix.js';
+import { rootlessJobs, rootlessScenarios } from '../support/rootless-jobs.js';
 
 // Only the host's podman here: rootless podman 5 needs the trixie root entered by pivot_root (the kernel makes no
 // user namespace for a chrooted process); remote-build-env-podman5-rootless.test.ts runs its scenarios that way.
@@ -26,13 +25,7 @@ describe.each([hostPodman()])('[$label] remote-build-env as an ordinary user (ro
     jobs.removeAfterAll(theirs);
     await chmod(theirs, 0o755);
     const socket = join(theirs, 'build.sock');
-    const job = await startSplitJob({
-      action: ACTION,
-      ...stepScripts(podman, ACTION, jobs.pm.dir, jobs.user),
-      inputs: { socket },
-      env: jobs.pm.env,
-      runnerTemp: jobs.ownRunnerTemp(),
-    });
+    const job = await jobs.launchJob({ socket }, jobs.ownRunnerTemp());
     // Before (e127448): "EACCES: permission denied, symlink '<RUNNER_TEMP>/ici-…/socket-claim' -> '<socket>'".
     expect(job.main.errors).toEqual([
       `Input 'socket': cannot create ${socket} (EACCES); choose a path in a dir this user (uid ${jobs.user.uid}) can write.`,

@@ -60,9 +60,9 @@ export interface RootlessJobs {
   ): Promise<SplitJob>;
   stateOf(job: SplitJob): StateSeen;
   /**
-   * One build from `image` (in the user's store or imported into the job's service), two cache mounts: one written as container root, one as CONTAINER_USER; each gets a
-   * private (0700) dir holding a 0600 file named `marker`. Returns what each step saw in its dir, and the dir's
-   * owner and mode.
+   * One build from `image` (in the user's store or imported into the job's service), two cache mounts: one written
+   * as container root, one as CONTAINER_USER; each gets a private (0700) dir holding a 0600 file named `marker`.
+   * Returns what each step saw in its dir, and the dir's owner and mode.
    */
   buildTwoMounts(env: Record<string, string>, marker: string): Promise<string[]>;
 }
