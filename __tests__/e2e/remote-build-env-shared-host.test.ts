@@ -4,13 +4,13 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { createHash } from 'node:crypto';
-import { lstat, readdir, readFile, readlink, symlink, writeFile } from 'node:fs/promises';
+import { lstat, readdir, readFile, readlink, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { acquireLock } from '../../src/core/atomic.js';
 import { pathExists } from '../../src/core/files.js';
 import { sleep } from '../../src/core/process.js';
 import { REPO_ROOT } from '../support/harness.js';
+import { crashingMain } from '../support/kill-at-change.js';
 import { tempDirForFile } from '../support/run-dir.js';
 import { createPodmanTestEnv, type PodmanTestEnv } from '../support/podman.js';
 import { hostPodman, requireAvailable, type PodmanVariant } from '../support/podman-matrix.js';
@@ -110,13 +110,7 @@ describe.each([hostPodman()])(
     it('main SIGKILLed right before the claim of a chosen socket path, right after it, and right after recording it: post removes the path it claimed, and a claim that failed leaves the path alone', async () => {
       const pm = podmanEnv();
       // Main under the crash preload (it kills at the N-th change: the claim's symlink, the state saved after it, ...).
-      const wrapper = join(newTemp('ici-rs-'), 'main.mjs');
-      const url = (path: string) => JSON.stringify(pathToFileURL(path).href);
-      await writeFile(
-        wrapper,
-        `await import(${url(join(REPO_ROOT, '__tests__/support/crash-after-change.mjs'))});\n` +
-          `await import(${url(join(REPO_ROOT, 'dist', ACTION, 'main.js'))});\n`,
-      );
+      const wrapper = crashingMain(newTemp('ici-rs-'), ACTION);
       const run = async (socket: string, env: Record<string, string>) => {
         const job = await startSplitJob({
           action: ACTION,

@@ -24,6 +24,8 @@ export interface StepResult {
   lines: LogLine[];
   outputs: Record<string, string>;
   state: Record<string, string>;
+  /** Every state save in order (a name saved again appears again), for crash points at a chosen save. */
+  stateSaves: Array<[string, string]>;
   exportedEnv: Record<string, string>;
   addedPaths: string[];
   summary: string;
@@ -279,11 +281,13 @@ async function runStep(
     });
   });
   const commands = parseWorkflowCommands(lines);
+  const stateSaves = parseFileCommands(readFileOrEmpty(files.GITHUB_STATE));
   return {
     exitCode,
     lines,
     outputs: Object.fromEntries(parseFileCommands(readFileOrEmpty(files.GITHUB_OUTPUT))),
-    state: Object.fromEntries(parseFileCommands(readFileOrEmpty(files.GITHUB_STATE))),
+    state: Object.fromEntries(stateSaves),
+    stateSaves,
     exportedEnv: Object.fromEntries(parseFileCommands(readFileOrEmpty(files.GITHUB_ENV))),
     addedPaths: readFileOrEmpty(files.GITHUB_PATH).split('\n').filter(Boolean),
     summary: readFileOrEmpty(files.GITHUB_STEP_SUMMARY),

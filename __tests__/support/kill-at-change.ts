@@ -1,7 +1,8 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { REPO_ROOT } from './harness.js';
 
 export interface Killed {
@@ -23,6 +24,23 @@ export async function killAtChange(
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<Killed | undefined> {
   return runWithPreload(args, { ...env, IMAGE_CI_TEST_CRASH_AFTER: String(event) });
+}
+
+/**
+ * Writes `<dir>/crash-main.mjs`, which runs `action`'s bundled main under the preload: a main script for the
+ * runner harness that dies at the IMAGE_CI_TEST_CRASH_AFTER-th change, also with a root's node (the checkout has
+ * its own path there). Returns its path.
+ */
+export function crashingMain(dir: string, action: string): string {
+  const path = join(dir, 'crash-main.mjs');
+  const url = (file: string) => JSON.stringify(pathToFileURL(file).href);
+  writeFileSync(
+    path,
+    `await import(${url(PRELOAD)});
+await import(${url(join(REPO_ROOT, 'dist', action, 'main.js'))});
+`,
+  );
+  return path;
 }
 
 /** How many changes `node args` makes when nothing kills it: the crash points a sweep has to cover. */

@@ -9,7 +9,7 @@
  * (`INPUT_TLS-VERIFY`, `STATE_ici-...`).
  */
 import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { exec, type ExecResult } from '../../src/core/exec.js';
 import { mountPointsUnder } from '../../src/actions/remote-build-env/mounts.js';
 import { REPO_ROOT } from './harness.js';
@@ -174,20 +174,26 @@ export function stepScripts(
     pivot?: boolean;
     /** Leave podman 5's cgroups-v1 warnings on, as a user on such a host sees them. */
     warnings?: boolean;
+    /** Run this script as main instead of the bundled one (a wrapper that imports it under a test preload). */
+    main?: string;
   } = {},
 ): StepScripts {
   const dist = (phase: string) => join(REPO_ROOT, 'dist', action, `${phase}.js`);
   const actionYml = join(REPO_ROOT, 'actions', action, 'action.yml');
-  if (v.root === '/' && !user) return { mainScript: dist('main'), postScript: dist('post'), actionYml };
+  if (v.root === '/' && !user) {
+    return { mainScript: options.main ?? dist('main'), postScript: dist('post'), actionYml };
+  }
   const write = (phase: string) => {
     const spec = {
       enter: entry(v, { user, pivot: options.pivot }),
       user,
       node: v.root === '/' ? process.execPath : '/usr/bin/node',
-      target: dist(phase),
+      target: phase === 'main' && options.main ? options.main : dist(phase),
       extraEnv: options.warnings ? {} : variantEnv(v),
     };
-    const variant = `${user ? `-${user.uid}` : ''}${options.pivot ? '-pivot' : ''}${options.warnings ? '-warn' : ''}`;
+    const variant =
+      `${user ? `-${user.uid}` : ''}${options.pivot ? '-pivot' : ''}${options.warnings ? '-warn' : ''}` +
+      `${options.main ? `-${basename(options.main, '.mjs')}` : ''}`;
     const path = join(dir, `${action}-${phase}-${v.version}${variant}.mjs`);
     writeFileSync(path, `const spec = ${JSON.stringify(spec)};\n${STEP_WRAPPER}`);
     return path;

@@ -6,6 +6,7 @@ import { which } from '@actions/io';
 import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
 import { printable } from '../../core/cache-confinement.js';
+import { pathExists } from '../../core/files.js';
 import {
   CONTAINERS_CONF,
   containersConfVariable,
@@ -220,7 +221,9 @@ async function runtimeDirPause(
   serviceRan: boolean,
 ): Promise<ProcessIdentity | undefined> {
   const running = await pauseProcess(runtimeDir);
-  if (running || !serviceRan) return running;
+  // Gone, it was removed by an earlier post, last of the job's dirs: nothing is left that needs the namespace,
+  // and a `podman unshare` would only make it again, with a pause process no post looks for.
+  if (running || !serviceRan || !(await pathExists(runtimeDir))) return running;
   await execAsStorageRoot('true', [], { timeoutMs: UNSHARE_TIMEOUT_MS, allowFailure: true });
   return pauseProcess(runtimeDir);
 }
