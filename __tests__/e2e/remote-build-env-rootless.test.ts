@@ -53,22 +53,22 @@ describe.each([hostPodman()])('[$label] remote-build-env as an ordinary user (ro
   });
 
   it('shared store: post removes the container the job started through its service (rootless conmon, read as the same user), not one started beside it', async () => {
-    const runnerTemp = ownRunnerTemp();
-    const job = await startJob({}, runnerTemp);
+    const image = await jobs.userImage();
+    const job = await jobs.startJob({}, jobs.ownRunnerTemp());
     const url = job.main.exportedEnv.CONTAINER_HOST!;
     const ours = (
-      await pm.remote(url, ['run', '-d', '--stop-signal', 'KILL', image, 'sleep', '600'])
+      await jobs.pm.remote(url, ['run', '-d', '--stop-signal', 'KILL', image, 'sleep', '600'])
     ).stdout.trim();
-    const beside = (await pm.podman(['run', '-d', image, 'sleep', '600'])).stdout.trim();
+    const beside = (await jobs.pm.podman(['run', '-d', image, 'sleep', '600'])).stdout.trim();
     try {
       const post = await job.post();
       expect(post.warnings).toEqual([]);
       expect(post.exitCode).toBe(0);
-      const running = (await pm.podman(['ps', '--quiet', '--no-trunc'])).stdout.split('\n');
+      const running = (await jobs.pm.podman(['ps', '--quiet', '--no-trunc'])).stdout.split('\n');
       expect(running).not.toContain(ours);
       expect(running).toContain(beside);
     } finally {
-      await pm.podman(['rm', '--force', '--time', '0', beside], { allowFailure: true });
+      await jobs.pm.podman(['rm', '--force', '--time', '0', beside], { allowFailure: true });
     }
   });
 
