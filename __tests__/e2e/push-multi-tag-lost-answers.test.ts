@@ -308,6 +308,23 @@ describe('a multi-tag `?tag=` batch whose answer is lost, on a registry that con
     ]);
   });
 
+  it("a refused tag whose HEADs answer 503 on every try: the HEADs after the refusal's first one get one try each, the refusal stands", async () => {
+    const body = '{"errors":[{"code":"DENIED","message":"the tag is immutable"}]}';
+    const result = await tagBatch('batch/busyheads', ({ kind, query, reference }) => {
+      if (kind === 'manifest-put') return query.has('tag') ? { lostAnswer: 'drop' } : { status: 412, body };
+      return kind === 'manifest-head' && reference === 'b2'
+        ? { status: 503, retryAfterSeconds: 0 }
+        : undefined;
+    });
+    expect([...result.failed.keys()]).toEqual(['b2']);
+    expect(result.failed.get('b2')!.reason).toBe('the registry answered HTTP 412 DENIED');
+    expect([...result.tagged].sort()).toEqual(['b1', 'b3']);
+    expect(tagPuts()).toBe(1);
+    // The batch's settling HEAD and the refusal's first HEAD 6 tries each (the policy's), then 3 lagging HEADs.
+    // Before: every lagging HEAD had the policy's 6 tries too (30 HEADs, with Retry-After waits four budgets).
+    expect(batchRelay.count('manifest-head', (r) => r.path.endsWith('/manifests/b2'))).toBe(6 + 6 + 3);
+  });
+
   it('the registry applied part of the batch (b1 set, b2 still another manifest, b3 nothing): only b1 is settled by its HEAD', async () => {
     const other = Buffer.from(
       JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] }),

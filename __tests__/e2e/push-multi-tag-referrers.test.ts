@@ -541,3 +541,48 @@ describe('cosign .sig written while others sign at the destination (no condition
     }
   });
 });
+
+it("a destination's .sig whose config the registry cannot serve fails that ref alone: the release tag is set, the .sig left as it is", async () => {
+  const [source, dest] = await Promise.all([registry(), registry()]);
+  await publishSource(source.host, 'staging/app', false);
+  const sigTag = `${schemaTag(image.digest)}.sig`;
+  const prodKeys = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const prodSig = cosignSignature(prodKeys.privateKey, `${dest.host}/prod/app`, image.digest);
+  await pushArtifact(dest.host, 'prod/app', prodSig, sigTag);
+  const configDigest = sha256(prodSig.blobs[0]!);
+  // A registry that lost the blob (or a replica that has not got it yet): the merge cannot read its entries.
+  const lost = await startProxy({
+    target: dest.host,
+    fault: ({ kind, reference }) =>
+      kind === 'blob-get' && reference === configDigest
+        ? { status: 404, body: '{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}' }
+        : undefined,
+  });
+  services.push(lost);
+  const r = await runAction({
+    action: 'push-multi-tag',
+    inputs: {
+      source: `docker://${source.host}/staging/app@${image.digest}`,
+      repositories: `${lost.host}/prod/app`,
+      tags: 'latest',
+      'tls-verify': 'false',
+    },
+  });
+  expect(r.main.exitCode).toBe(1);
+  // Before: the lookups failed, and with them the registry's whole push ('phase 1 failed'), latest not set.
+  expect(JSON.parse(r.outputs['failed-refs']!)).toEqual([
+    { ref: `${lost.host}/prod/app:${sigTag}`, reason: 'the registry answered HTTP 404 BLOB_UNKNOWN' },
+  ]);
+  expect(r.log).toContain(
+    "(the destination's entries could not be read: the registry answered HTTP 404 BLOB_UNKNOWN)",
+  );
+  // Read again in phase 2 before anything was written over it.
+  expect(lost.count('blob-get', (q) => q.path.endsWith(configDigest))).toBe(2);
+  const c = client(dest.host);
+  try {
+    expect((await c.headManifest('prod/app', 'latest'))?.digest).toBe(image.digest);
+    expect((await c.headManifest('prod/app', sigTag))?.digest).toBe(prodSig.digest);
+  } finally {
+    await c.close();
+  }
+});

@@ -504,6 +504,48 @@ describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
       }
     });
 
+    it('a mount refused 401 for an expired token (invalid_token) is asked again with a fresh token: no refusal is remembered, every blob is mounted', async () => {
+      const registry = await startRegistry({ auth: 'token' });
+      const expiring = await startProxy({
+        target: registry.host,
+        fault: ({ kind, index }) =>
+          kind === 'mount' && index === 0
+            ? {
+                status: 401,
+                headers: {
+                  'www-authenticate': `${registry.challenge!},error="invalid_token",error_description="token expired"`,
+                },
+              }
+            : undefined,
+      });
+      const many = generateLayout(join(work, 'expiring-layers'), {
+        layers: Array(3).fill(100_000) as number[],
+      });
+      try {
+        const r = await runAction({
+          action: 'push-multi-tag',
+          inputs: {
+            source: many.transportRef,
+            repositories: `${expiring.host}/auth/one, ${expiring.host}/auth/two`,
+            tags: 'v1',
+            username: registry.username!,
+            password: registry.password!,
+            'insecure-registries': expiring.host,
+            concurrency: '1',
+          },
+        });
+        expect(r.errors).toEqual([]);
+        expect(r.outputs['blobs-mounted']).toBe(String(many.blobs.length));
+        expect(r.log).not.toContain('was refused');
+        // The expired token's mount once more with the fresh one, then one mount per blob.
+        expect(expiring.count('mount')).toBe(many.blobs.length + 1);
+        expect(expiring.count('upload-start', (rec) => rec.repository === 'auth/two')).toBe(0);
+      } finally {
+        await expiring.stop();
+        await registry.stop();
+      }
+    });
+
     it('a token server that always answers 503 gets at most 6 token requests in all, named in the error', async () => {
       const r = await tokenRun;
       expect(r.main.exitCode).toBe(1);

@@ -22,7 +22,7 @@ export async function mergeAt(
   target: Target,
   there: { bytes: Buffer; mediaType: string },
   source: PushManifest,
-): Promise<Merge | undefined> {
+): Promise<Exclude<Merge, { kind: 'unread' }> | undefined> {
   const config = configOf(there.bytes);
   // cosign's config is a few hundred bytes; anything far larger is not one of its manifests.
   if (!config || !isValidDigest(config.digest) || !(config.size <= COSIGN_CONFIG_LIMIT)) return undefined;

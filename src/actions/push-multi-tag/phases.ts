@@ -67,7 +67,11 @@ export async function inspect(
       if (!found) return;
       tagged.set(artifact.tag, found.digest);
       if (found.digest === artifact.manifest.digest) return;
-      const merge = await mergeAt(target, found, artifact.manifest);
+      // One tag whose entries cannot be read is that ref's failure (phase 2 tries again), not the registry's.
+      const merge = await mergeAt(target, found, artifact.manifest).catch((error: unknown): Merge => ({
+        kind: 'unread',
+        reason: failureOf(error).reason,
+      }));
       if (merge) merges.set(artifact.tag, merge);
     }),
   ];
@@ -233,9 +237,11 @@ export async function moveTags(
       const manifest = merge?.kind === 'merged' ? merge.manifest : source;
       let after = move.after;
       try {
-        if (gathersEntries(move.tag))
-          after = await putGathering(target, move.tag, source, manifest, move.before);
-        else await client.putManifest(repository, move.tag, manifest.bytes, manifest.mediaType);
+        if (gathersEntries(move.tag)) {
+          // Unread at the lookups: no base, so the tag is read again and merged into before anything is written.
+          const base = merge?.kind === 'unread' ? undefined : move.before;
+          after = await putGathering(target, move.tag, source, manifest, base);
+        } else await client.putManifest(repository, move.tag, manifest.bytes, manifest.mediaType);
       } catch (error) {
         outcomes.push({ ref: refOf(move.tag), ...move, release: false, failure: failureOf(error) });
         return;

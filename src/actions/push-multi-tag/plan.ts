@@ -32,7 +32,12 @@ export type Merge =
   /** It holds every entry of the source's already: the tag stays. */
   | { kind: 'present' }
   /** A new manifest and config, stored by digest in phase 1, tagged in phase 2. */
-  | { kind: 'merged'; manifest: PushManifest; config: PushBlob };
+  | { kind: 'merged'; manifest: PushManifest; config: PushBlob }
+  /**
+   * Its entries could not be read (its config missing, not matching its digest, not answered): phase 2 reads
+   * the tag again and reports that ref alone if it still cannot merge, never writing over entries it did not see.
+   */
+  | { kind: 'unread'; reason: string };
 
 export interface TagMove {
   tag: string;
@@ -149,6 +154,12 @@ export function blobCounts(plan: RepositoryPlan): Record<BlobAction, { count: nu
   return counts;
 }
 
+function mergeNote(merge: Merge | undefined): string {
+  if (merge?.kind === 'merged') return " (merged: the destination's entries kept)";
+  if (merge?.kind === 'unread') return ` (the destination's entries could not be read: ${merge.reason})`;
+  return '';
+}
+
 /** The plan as log lines, for the dry run and for the log of a real run. */
 export function planLines(plan: RepositoryPlan): string[] {
   const c = blobCounts(plan);
@@ -159,11 +170,7 @@ export function planLines(plan: RepositoryPlan): string[] {
       `${c.mount.count} to mount${plan.mountFrom ? ` from ${plan.mountFrom}` : ''} (${formatBytes(c.mount.bytes)}), ` +
       `${c.skip.count} already there (${formatBytes(c.skip.bytes)})`,
     `  manifests by digest: ${stored} to store, ${plan.manifests.length - stored} already there`,
-    ...plan.tags.map(
-      (m) =>
-        `  tag ${moveText(m)}` +
-        (plan.merges.get(m.tag)?.kind === 'merged' ? " (merged: the destination's entries kept)" : ''),
-    ),
+    ...plan.tags.map((m) => `  tag ${moveText(m)}` + mergeNote(plan.merges.get(m.tag))),
     ...(plan.referrersApi ? [`  referrers: the registry indexes them itself (referrers API)`] : []),
     ...(plan.referrersApi === false ? plan.fallback : []).map((f) =>
       f.notIndex

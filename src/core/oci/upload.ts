@@ -492,10 +492,12 @@ export async function settleTagsByHead(
   tags: readonly string[],
   digest: string,
   failure: RegistryError,
+  /** Tries after the first for each HEAD; the retry policy's when undefined. */
+  retries?: number,
 ): Promise<string[]> {
   const found = await Promise.all(
     tags.map((tag) =>
-      headManifest(transport, repository, tag, MANIFEST_MEDIA_TYPES).then(
+      headManifest(transport, repository, tag, MANIFEST_MEDIA_TYPES, transport.budget(retries)).then(
         (there) => there?.digest === digest,
         () => false,
       ),
@@ -511,7 +513,11 @@ export async function settleTagsByHead(
   return settled;
 }
 
-/** HEADs again of a refused tag, each after the retry policy's next wait (under 2 s). */
+/**
+ * HEADs again of a refused tag, each after the retry policy's next wait (under 2 s), one try each: only the first
+ * HEAD has the policy's tries, else a registry answering them 503 with Retry-After would hold the refusal for
+ * four operations' budgets.
+ */
 const LAGGING_HEADS = 3;
 
 /**
@@ -532,8 +538,10 @@ export async function settleRefusedTag(
   if (!(refusal instanceof RegistryError) || refusal instanceof TransientError || !refusal.status)
     return false;
   const waits = transport.budget(LAGGING_HEADS);
-  for (;;) {
-    if ((await settleTagsByHead(transport, repository, [tag], digest, refusal)).length > 0) return true;
+  for (let round = 0; ; round++) {
+    const retries = round === 0 ? undefined : 0;
+    if ((await settleTagsByHead(transport, repository, [tag], digest, refusal, retries)).length > 0)
+      return true;
     const lag = new TransientError(`${repository}:${tag} is not ${digest} (yet)`);
     if (
       !(await waits.next(lag).then(
