@@ -346,6 +346,49 @@ describe('remote-build-env, mode local (real podman services)', () => {
       }
     });
 
+    it('shared store: post also removes a paused container and a pod the job started (its infra container goes only with the pod)', async () => {
+      // An infra image of our own: podman 5's default one needs catatonit, which this machine's root lacks.
+      const ctx = await contextDir('infra', `FROM ${from}\nSTOPSIGNAL SIGKILL\nCMD ["sleep", "600"]\n`, on);
+      await on.podman(['build', '--quiet', '-t', 'localhost/ici-infra', ctx]);
+      const job = await startJob({}, {}, newRunnerTemp(), on);
+      const url = job.main.exportedEnv.CONTAINER_HOST!;
+      const pod = (
+        await on.remote(url, [
+          'pod',
+          'create',
+          '--name',
+          'ici-job-pod',
+          '--infra-image',
+          'localhost/ici-infra',
+        ])
+      ).stdout.trim();
+      try {
+        const run = async (args: string[]) =>
+          (
+            await on.remote(url, ['run', '-d', '--stop-signal', 'KILL', ...args, from, 'sleep', '600'])
+          ).stdout.trim();
+        const ours = [await run(['--pod', pod]), await run(['--name', 'ici-job-paused'])];
+        await on.remote(url, ['pause', 'ici-job-paused']);
+        const post = await job.post();
+        expect(post.exitCode).toBe(0);
+        const left = (await on.podman(['ps', '--all', '--quiet', '--no-trunc'])).stdout.split('\n');
+        const podLeft = (await on.podman(['pod', 'exists', pod], { allowFailure: true })).exitCode === 0;
+        expect({
+          containersLeft: ours.filter((id) => left.includes(id)),
+          podLeft,
+          warnings: post.warnings,
+        }).toEqual({
+          containersLeft: [],
+          podLeft: false,
+          warnings: [],
+        });
+        await expectNoLeaks(stateOf(job), on);
+      } finally {
+        await on.podman(['pod', 'rm', '--force', '--time', '0', pod], { allowFailure: true });
+        await on.podman(['rm', '--force', '--time', '0', 'ici-job-paused'], { allowFailure: true });
+      }
+    });
+
     it('cache-mounts: job A saves its cache mounts in post; a later run restores them and its build sees A’s file', async () => {
       const cacheService = await CacheService.start();
       try {

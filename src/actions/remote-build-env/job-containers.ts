@@ -15,12 +15,18 @@ interface InspectedContainer {
   Id?: unknown;
   Name?: unknown;
   Created?: unknown;
+  Pod?: unknown;
+  IsInfra?: unknown;
   State?: { ConmonPid?: unknown };
 }
 
 export interface JobContainer {
   id: string;
   name: string;
+  /** Set for a pod's infra container: podman removes it only with its pod. */
+  infraOf?: string;
+  /** The pod it belongs to, if any. */
+  pod?: string;
 }
 
 /** Whether the process `pid` runs with `mark` as the service's mark (a process gone or not ours: false). */
@@ -31,8 +37,9 @@ async function carriesMark(pid: number, mark: string): Promise<boolean> {
 }
 
 /**
- * The running containers of the service at `url` whose conmon carries `mark` and that were created since
- * `sinceMs` (a container another client made, only restarted through this service, stays theirs).
+ * The live containers of the service at `url` whose conmon carries `mark` and that were created since
+ * `sinceMs` (a container another client made, only restarted through this service, stays theirs). Paused ones
+ * too: `ps` leaves them out by default, yet their conmon and processes stay, ports held.
  */
 export async function containersStartedBy(
   url: string,
@@ -40,7 +47,11 @@ export async function containersStartedBy(
   sinceMs: number,
 ): Promise<JobContainer[]> {
   const ids = (
-    await podmanRemote(url, ['ps', '--quiet', '--no-trunc'], { timeoutMs: LIST_TIMEOUT_MS })
+    await podmanRemote(
+      url,
+      ['ps', '--quiet', '--no-trunc', '--filter', 'status=running', '--filter', 'status=paused'],
+      { timeoutMs: LIST_TIMEOUT_MS },
+    )
   ).stdout
     .split('\n')
     .filter((id) => /^[0-9a-f]{64}$/.test(id));
@@ -61,7 +72,14 @@ export async function containersStartedBy(
     const pid = c.State?.ConmonPid;
     const created = typeof c.Created === 'string' ? Date.parse(c.Created) : NaN;
     if (typeof c.Id !== 'string' || typeof pid !== 'number' || !(created >= sinceMs)) continue;
-    if (await carriesMark(pid, mark)) ours.push({ id: c.Id, name: typeof c.Name === 'string' ? c.Name : '' });
+    if (!(await carriesMark(pid, mark))) continue;
+    const pod = typeof c.Pod === 'string' && c.Pod !== '' ? c.Pod : undefined;
+    ours.push({
+      id: c.Id,
+      name: typeof c.Name === 'string' ? c.Name : '',
+      ...(pod ? { pod } : {}),
+      ...(pod && c.IsInfra === true ? { infraOf: pod } : {}),
+    });
   }
   return ours;
 }

@@ -243,14 +243,26 @@ async function removeJobContainers(host: Host, state: LocalState): Promise<void>
   if (state.serviceStartedMs === undefined) return;
   const ours = await containersStartedBy(url, state.tmpdir, state.serviceStartedMs);
   if (ours.length === 0) return;
-  const removed = await remove(ours.map((c) => c.id));
+  // Podman refuses to remove a pod's infra container alone: the pod goes, with its containers.
+  const pods = [...new Set(ours.flatMap((c) => (c.infraOf ? [c.infraOf] : [])))];
+  const loose = ours.filter((c) => !(c.pod && pods.includes(c.pod))).map((c) => c.id);
+  const failures: string[] = [];
+  for (const [args, targets] of [
+    [['pod', 'rm'], pods],
+    [['rm'], loose],
+  ] as const) {
+    if (targets.length === 0) continue;
+    const removed = await podmanRemote(url, [...args, '--force', '--time', '5', ...targets], {
+      timeoutMs: REMOVE_CONTAINERS_TIMEOUT_MS,
+      allowFailure: true,
+    });
+    if (removed.exitCode !== 0) failures.push(printable(removed.stderr.trim()));
+  }
   const names = ours.map((c) => printable(c.name || c.id.slice(0, 12))).join(', ');
-  if (removed.exitCode === 0) {
+  if (failures.length === 0) {
     host.info(`Removed ${ours.length} container(s) this job started through the service: ${names}.`);
   } else {
-    host.warning(
-      `could not remove the containers this job started (${names}): ${printable(removed.stderr.trim())}`,
-    );
+    host.warning(`could not remove the containers this job started (${names}): ${failures.join('; ')}`);
   }
 }
 
