@@ -346,7 +346,7 @@ describe('remote-build-env, mode local (real podman services)', () => {
       }
     });
 
-    it('shared store: post also removes a paused container and a pod the job started (its infra container goes only with the pod)', async () => {
+    it('shared store: post also removes a paused container and a pod the job started (its infra container goes only with the pod), with their anonymous volumes but no named one', async () => {
       // An infra image of our own: podman 5's default one needs catatonit, which this machine's root lacks.
       const ctx = await contextDir('infra', `FROM ${from}\nSTOPSIGNAL SIGKILL\nCMD ["sleep", "600"]\n`, on);
       await on.podman(['build', '--quiet', '-t', 'localhost/ici-infra', ctx]);
@@ -363,29 +363,57 @@ describe('remote-build-env, mode local (real podman services)', () => {
         ])
       ).stdout.trim();
       try {
+        // `-v /data`: an anonymous volume, as a database image's VOLUME makes one for every container.
         const run = async (args: string[]) =>
           (
-            await on.remote(url, ['run', '-d', '--stop-signal', 'KILL', ...args, from, 'sleep', '600'])
+            await on.remote(url, [
+              'run',
+              '-d',
+              '--stop-signal',
+              'KILL',
+              '-v',
+              '/data',
+              ...args,
+              from,
+              'sleep',
+              '600',
+            ])
           ).stdout.trim();
-        const ours = [await run(['--pod', pod]), await run(['--name', 'ici-job-paused'])];
+        const ours = [
+          await run(['--pod', pod]),
+          await run(['--name', 'ici-job-paused', '-v', 'ici-job-named:/named']),
+        ];
         await on.remote(url, ['pause', 'ici-job-paused']);
+        const volumesOf = async (id: string) =>
+          (await on.podman(['inspect', '--format', '{{range .Mounts}}{{.Name}} {{end}}', id])).stdout.split(
+            ' ',
+          );
+        const anonymous = (await Promise.all(ours.map(volumesOf)))
+          .flat()
+          .filter((v) => /^[0-9a-f]{64}$/.test(v));
+        expect(anonymous).toHaveLength(2);
         const post = await job.post();
         expect(post.exitCode).toBe(0);
         const left = (await on.podman(['ps', '--all', '--quiet', '--no-trunc'])).stdout.split('\n');
         const podLeft = (await on.podman(['pod', 'exists', pod], { allowFailure: true })).exitCode === 0;
+        const volumes = (await on.podman(['volume', 'ls', '--quiet'])).stdout.split('\n');
         expect({
           containersLeft: ours.filter((id) => left.includes(id)),
           podLeft,
+          anonymousVolumesLeft: anonymous.filter((v) => volumes.includes(v)),
           warnings: post.warnings,
         }).toEqual({
           containersLeft: [],
           podLeft: false,
+          anonymousVolumesLeft: [],
           warnings: [],
         });
+        expect(volumes).toContain('ici-job-named');
         await expectNoLeaks(stateOf(job), on);
       } finally {
         await on.podman(['pod', 'rm', '--force', '--time', '0', pod], { allowFailure: true });
         await on.podman(['rm', '--force', '--time', '0', 'ici-job-paused'], { allowFailure: true });
+        await on.podman(['volume', 'rm', '--force', 'ici-job-named'], { allowFailure: true });
       }
     });
 

@@ -243,13 +243,15 @@ async function removeJobContainers(host: Host, state: LocalState): Promise<void>
   if (state.serviceStartedMs === undefined) return;
   const ours = await containersStartedBy(url, state.tmpdir, state.serviceStartedMs);
   if (ours.length === 0) return;
-  // Podman refuses to remove a pod's infra container alone: the pod goes, with its containers.
+  // Podman refuses to remove a pod's infra container alone: the pod goes, with its containers (and their
+  // anonymous volumes). Those of a loose container (a database image's VOLUME) would pile up one per job, so they
+  // go too; named volumes stay, they may be shared.
   const pods = [...new Set(ours.flatMap((c) => (c.infraOf ? [c.infraOf] : [])))];
   const loose = ours.filter((c) => !(c.pod && pods.includes(c.pod))).map((c) => c.id);
   const failures: string[] = [];
   for (const [args, targets] of [
     [['pod', 'rm'], pods],
-    [['rm'], loose],
+    [['rm', '--volumes'], loose],
   ] as const) {
     if (targets.length === 0) continue;
     const removed = await podmanRemote(url, [...args, '--force', '--time', '5', ...targets], {
