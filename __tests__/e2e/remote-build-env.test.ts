@@ -417,6 +417,30 @@ describe('remote-build-env, mode local (real podman services)', () => {
       }
     });
 
+    it('shared store: post removes a dozen containers that ignore SIGTERM (sleep as PID 1), each given its stop time', async () => {
+      const job = await startJob({}, {}, newRunnerTemp(), on);
+      const url = job.main.exportedEnv.CONTAINER_HOST!;
+      const ours = await Promise.all(
+        Array.from({ length: 13 }, async () =>
+          (await on.remote(url, ['run', '-d', from, 'sleep', '600'])).stdout.trim(),
+        ),
+      );
+      try {
+        const post = await job.post();
+        expect(post.exitCode).toBe(0);
+        const left = (await on.podman(['ps', '--all', '--quiet', '--no-trunc'])).stdout.split('\n');
+        expect({
+          containersLeft: ours.filter((id) => left.includes(id)).length,
+          warnings: post.warnings,
+        }).toEqual({
+          containersLeft: 0,
+          warnings: [],
+        });
+      } finally {
+        await on.podman(['rm', '--force', '--time', '0', ...ours], { allowFailure: true });
+      }
+    });
+
     it('cache-mounts: job A saves its cache mounts in post; a later run restores them and its build sees A’s file', async () => {
       const cacheService = await CacheService.start();
       try {

@@ -14,6 +14,7 @@ import {
   unshareStoreBelow,
 } from '../../core/podman.js';
 import { ActionError, errorMessage } from '../../core/run.js';
+import { mapLimit } from '../../core/pool.js';
 import { formatDuration, heading, markdownTable } from '../../core/summary.js';
 import { scratchDir, stablePath } from '../../core/workspace.js';
 import { waitUntilAnswering } from './answering.js';
@@ -39,6 +40,7 @@ import { saveRunState, type LocalState } from './state.js';
 const VERSION_TIMEOUT_MS = 15_000;
 const STOP_GRACE_MS = 10_000;
 const REMOVE_CONTAINERS_TIMEOUT_MS = 60_000;
+const REMOVE_CONCURRENCY = 8;
 const UNSHARE_TIMEOUT_MS = 15_000;
 const MAX_RUNROOT_CHARS = 50;
 
@@ -248,18 +250,20 @@ async function removeJobContainers(host: Host, state: LocalState): Promise<void>
   // go too; named volumes stay, they may be shared.
   const pods = [...new Set(ours.flatMap((c) => (c.infraOf ? [c.infraOf] : [])))];
   const loose = ours.filter((c) => !(c.pod && pods.includes(c.pod))).map((c) => c.id);
+  // One call per pod or container, several at once: remote podman stops those of one call one after the other,
+  // each given its 5 s to mind SIGTERM, so a dozen that ignore it (`sleep` as PID 1) outlast one call's timeout.
   const failures: string[] = [];
-  for (const [args, targets] of [
-    [['pod', 'rm'], pods],
-    [['rm', '--volumes'], loose],
-  ] as const) {
-    if (targets.length === 0) continue;
-    const removed = await podmanRemote(url, [...args, '--force', '--time', '5', ...targets], {
+  const calls = [
+    ...pods.map((pod) => ['pod', 'rm', '--force', '--time', '5', pod]),
+    ...loose.map((id) => ['rm', '--force', '--time', '5', '--volumes', id]),
+  ];
+  await mapLimit(calls, REMOVE_CONCURRENCY, async (args) => {
+    const removed = await podmanRemote(url, args, {
       timeoutMs: REMOVE_CONTAINERS_TIMEOUT_MS,
       allowFailure: true,
-    });
+    }).catch((e: unknown) => ({ exitCode: 1, stderr: errorMessage(e) }));
     if (removed.exitCode !== 0) failures.push(printable(removed.stderr.trim()));
-  }
+  });
   const names = ours.map((c) => printable(c.name || c.id.slice(0, 12))).join(', ');
   if (failures.length === 0) {
     host.info(`Removed ${ours.length} container(s) this job started through the service: ${names}.`);
