@@ -219,6 +219,18 @@ describe('remote-build-env, mode local (real podman services)', () => {
     expect(await pathExists(join(runnerTemp, 'chosen'))).toBe(false);
   });
 
+  it('isolate-storage: post removes a dozen containers that ignore SIGTERM (sleep as PID 1) before the store goes', async () => {
+    const job = await startJob({ 'isolate-storage': 'true' });
+    const url = job.main.exportedEnv.CONTAINER_HOST!;
+    await importBusyboxImage(pm, { url, name: image });
+    await Promise.all(Array.from({ length: 13 }, () => pm.remote(url, ['run', '-d', image, 'sleep', '600'])));
+    const state = stateOf(job);
+    const post = await job.post();
+    expect(post.exitCode).toBe(0);
+    expect(post.warnings).toEqual([]);
+    await expectNoLeaks(state);
+  });
+
   it('a chosen socket path with %, # and a space: podman (CONTAINER_HOST, URL-encoded) and docker (DOCKER_HOST, raw) both reach the service', async () => {
     const runnerTemp = newRunnerTemp();
     const socket = join(runnerTemp, 'a%25b#c d', 'build.sock');

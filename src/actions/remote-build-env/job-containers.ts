@@ -36,6 +36,12 @@ async function carriesMark(pid: number, mark: string): Promise<boolean> {
   return environ.toString('latin1').split('\0').includes(`${SERVICE_MARK_VARIABLE}=${mark}`);
 }
 
+/** The full ids `podman <args> --quiet --no-trunc` lists (containers or pods) at the service at `url`. */
+export async function listIds(url: string, args: readonly string[]): Promise<string[]> {
+  const listed = await podmanRemote(url, [...args, '--quiet', '--no-trunc'], { timeoutMs: LIST_TIMEOUT_MS });
+  return listed.stdout.split('\n').filter((id) => /^[0-9a-f]{64}$/.test(id));
+}
+
 /**
  * The live containers of the service at `url` whose conmon carries `mark` and that were created since
  * `sinceMs` (a container another client made, only restarted through this service, stays theirs). Paused ones
@@ -46,15 +52,7 @@ export async function containersStartedBy(
   mark: string,
   sinceMs: number,
 ): Promise<JobContainer[]> {
-  const ids = (
-    await podmanRemote(
-      url,
-      ['ps', '--quiet', '--no-trunc', '--filter', 'status=running', '--filter', 'status=paused'],
-      { timeoutMs: LIST_TIMEOUT_MS },
-    )
-  ).stdout
-    .split('\n')
-    .filter((id) => /^[0-9a-f]{64}$/.test(id));
+  const ids = await listIds(url, ['ps', '--filter', 'status=running', '--filter', 'status=paused']);
   if (ids.length === 0) return [];
   // allowFailure: a container removed between the two calls fails the inspect of the others' too.
   const inspected = await podmanRemote(url, ['container', 'inspect', ...ids], {

@@ -19,7 +19,7 @@ import { formatDuration, heading, markdownTable } from '../../core/summary.js';
 import { scratchDir, stablePath } from '../../core/workspace.js';
 import { waitUntilAnswering } from './answering.js';
 import { cacheMountDir, clearStage, restoreCacheMounts, saveCacheMounts } from './cache-mounts.js';
-import { containersStartedBy } from './job-containers.js';
+import { containersStartedBy, listIds } from './job-containers.js';
 import { registeredChild, removeOwnedPaths, showLog, stopChild } from './cleanup.js';
 import type { LocalOptions } from './inputs.js';
 import { Inputs, Outputs } from './constants.js';
@@ -228,18 +228,38 @@ async function runtimeDirPause(
 }
 
 /**
+ * Runs the `podman pod rm` / `podman rm` calls, several at once; what podman said for those that failed. One
+ * call per pod or container: remote podman stops those of one call one after the other, each given its 5 s to
+ * mind SIGTERM, so a dozen that ignore it (`sleep` as PID 1) would outlast one call's timeout.
+ */
+async function removeConcurrently(url: string, calls: readonly string[][]): Promise<string[]> {
+  const failures: string[] = [];
+  await mapLimit(calls, REMOVE_CONCURRENCY, async (args) => {
+    const removed = await podmanRemote(url, args, {
+      timeoutMs: REMOVE_CONTAINERS_TIMEOUT_MS,
+      allowFailure: true,
+    }).catch((e: unknown) => ({ exitCode: 1, stderr: errorMessage(e) }));
+    if (removed.exitCode !== 0) failures.push(printable(removed.stderr.trim()));
+  });
+  return failures;
+}
+
+const removePod = (pod: string) => ['pod', 'rm', '--force', '--time', '5', pod];
+const removeContainer = (id: string) => ['rm', '--force', '--time', '5', '--volumes', id];
+
+/**
  * Containers in a private store would keep its mounts busy and outlive the service: all of them are this job's.
  * In the shared store, only those the job started through the service (job-containers.ts) are.
  */
 async function removeJobContainers(host: Host, state: LocalState): Promise<void> {
   const url = socketUrl(state.socket);
-  const remove = (targets: string[]) =>
-    podmanRemote(url, ['rm', '--force', '--time', '5', ...targets], {
-      timeoutMs: REMOVE_CONTAINERS_TIMEOUT_MS,
-      allowFailure: true,
-    });
   if (state.isolatedStorage) {
-    await remove(['--all']);
+    // Pods first: podman removes an infra container only with its pod.
+    const failures = await removeConcurrently(url, (await listIds(url, ['pod', 'ps'])).map(removePod));
+    const containers = await listIds(url, ['ps', '--all']);
+    failures.push(...(await removeConcurrently(url, containers.map(removeContainer))));
+    if (failures.length > 0)
+      host.warning(`could not remove the service's containers: ${failures.join('; ')}`);
     return;
   }
   if (state.serviceStartedMs === undefined) return;
@@ -250,20 +270,7 @@ async function removeJobContainers(host: Host, state: LocalState): Promise<void>
   // go too; named volumes stay, they may be shared.
   const pods = [...new Set(ours.flatMap((c) => (c.infraOf ? [c.infraOf] : [])))];
   const loose = ours.filter((c) => !(c.pod && pods.includes(c.pod))).map((c) => c.id);
-  // One call per pod or container, several at once: remote podman stops those of one call one after the other,
-  // each given its 5 s to mind SIGTERM, so a dozen that ignore it (`sleep` as PID 1) outlast one call's timeout.
-  const failures: string[] = [];
-  const calls = [
-    ...pods.map((pod) => ['pod', 'rm', '--force', '--time', '5', pod]),
-    ...loose.map((id) => ['rm', '--force', '--time', '5', '--volumes', id]),
-  ];
-  await mapLimit(calls, REMOVE_CONCURRENCY, async (args) => {
-    const removed = await podmanRemote(url, args, {
-      timeoutMs: REMOVE_CONTAINERS_TIMEOUT_MS,
-      allowFailure: true,
-    }).catch((e: unknown) => ({ exitCode: 1, stderr: errorMessage(e) }));
-    if (removed.exitCode !== 0) failures.push(printable(removed.stderr.trim()));
-  });
+  const failures = await removeConcurrently(url, [...pods.map(removePod), ...loose.map(removeContainer)]);
   const names = ours.map((c) => printable(c.name || c.id.slice(0, 12))).join(', ');
   if (failures.length === 0) {
     host.info(`Removed ${ours.length} container(s) this job started through the service: ${names}.`);
