@@ -219,6 +219,18 @@ describe('remote-build-env, mode local (real podman services)', () => {
     expect(await pathExists(join(runnerTemp, 'chosen'))).toBe(false);
   });
 
+  it('isolate-storage: post removes a dozen containers that ignore SIGTERM (sleep as PID 1) before the store goes', async () => {
+    const job = await startJob({ 'isolate-storage': 'true' });
+    const url = job.main.exportedEnv.CONTAINER_HOST!;
+    await importBusyboxImage(pm, { url, name: image });
+    await Promise.all(Array.from({ length: 13 }, () => pm.remote(url, ['run', '-d', image, 'sleep', '600'])));
+    const state = stateOf(job);
+    const post = await job.post();
+    expect(post.exitCode).toBe(0);
+    expect(post.warnings).toEqual([]);
+    await expectNoLeaks(state);
+  });
+
   it('a chosen socket path with %, # and a space: podman (CONTAINER_HOST, URL-encoded) and docker (DOCKER_HOST, raw) both reach the service', async () => {
     const runnerTemp = newRunnerTemp();
     const socket = join(runnerTemp, 'a%25b#c d', 'build.sock');
@@ -343,6 +355,101 @@ describe('remote-build-env, mode local (real podman services)', () => {
       } finally {
         if (others.length)
           await on.podman(['rm', '--force', '--time', '0', ...others], { allowFailure: true });
+      }
+    });
+
+    it('shared store: post also removes a paused container and a pod the job started (its infra container goes only with the pod), with their anonymous volumes but no named one', async () => {
+      // An infra image of our own: podman 5's default one needs catatonit, which this machine's root lacks.
+      const ctx = await contextDir('infra', `FROM ${from}\nSTOPSIGNAL SIGKILL\nCMD ["sleep", "600"]\n`, on);
+      await on.podman(['build', '--quiet', '-t', 'localhost/ici-infra', ctx]);
+      const job = await startJob({}, {}, newRunnerTemp(), on);
+      const url = job.main.exportedEnv.CONTAINER_HOST!;
+      const pod = (
+        await on.remote(url, [
+          'pod',
+          'create',
+          '--name',
+          'ici-job-pod',
+          '--infra-image',
+          'localhost/ici-infra',
+        ])
+      ).stdout.trim();
+      try {
+        // `-v /data`: an anonymous volume, as a database image's VOLUME makes one for every container.
+        const run = async (args: string[]) =>
+          (
+            await on.remote(url, [
+              'run',
+              '-d',
+              '--stop-signal',
+              'KILL',
+              '-v',
+              '/data',
+              ...args,
+              from,
+              'sleep',
+              '600',
+            ])
+          ).stdout.trim();
+        const ours = [
+          await run(['--pod', pod]),
+          await run(['--name', 'ici-job-paused', '-v', 'ici-job-named:/named']),
+        ];
+        await on.remote(url, ['pause', 'ici-job-paused']);
+        const volumesOf = async (id: string) =>
+          (await on.podman(['inspect', '--format', '{{range .Mounts}}{{.Name}} {{end}}', id])).stdout.split(
+            ' ',
+          );
+        const anonymous = (await Promise.all(ours.map(volumesOf)))
+          .flat()
+          .filter((v) => /^[0-9a-f]{64}$/.test(v));
+        expect(anonymous).toHaveLength(2);
+        const post = await job.post();
+        expect(post.exitCode).toBe(0);
+        const left = (await on.podman(['ps', '--all', '--quiet', '--no-trunc'])).stdout.split('\n');
+        const podLeft = (await on.podman(['pod', 'exists', pod], { allowFailure: true })).exitCode === 0;
+        const volumes = (await on.podman(['volume', 'ls', '--quiet'])).stdout.split('\n');
+        expect({
+          containersLeft: ours.filter((id) => left.includes(id)),
+          podLeft,
+          anonymousVolumesLeft: anonymous.filter((v) => volumes.includes(v)),
+          warnings: post.warnings,
+        }).toEqual({
+          containersLeft: [],
+          podLeft: false,
+          anonymousVolumesLeft: [],
+          warnings: [],
+        });
+        expect(volumes).toContain('ici-job-named');
+        await expectNoLeaks(stateOf(job), on);
+      } finally {
+        await on.podman(['pod', 'rm', '--force', '--time', '0', pod], { allowFailure: true });
+        await on.podman(['rm', '--force', '--time', '0', 'ici-job-paused'], { allowFailure: true });
+        await on.podman(['volume', 'rm', '--force', 'ici-job-named'], { allowFailure: true });
+      }
+    });
+
+    it('shared store: post removes a dozen containers that ignore SIGTERM (sleep as PID 1), each given its stop time', async () => {
+      const job = await startJob({}, {}, newRunnerTemp(), on);
+      const url = job.main.exportedEnv.CONTAINER_HOST!;
+      const ours = await Promise.all(
+        Array.from({ length: 13 }, async () =>
+          (await on.remote(url, ['run', '-d', from, 'sleep', '600'])).stdout.trim(),
+        ),
+      );
+      try {
+        const post = await job.post();
+        expect(post.exitCode).toBe(0);
+        const left = (await on.podman(['ps', '--all', '--quiet', '--no-trunc'])).stdout.split('\n');
+        expect({
+          containersLeft: ours.filter((id) => left.includes(id)).length,
+          warnings: post.warnings,
+        }).toEqual({
+          containersLeft: 0,
+          warnings: [],
+        });
+      } finally {
+        await on.podman(['rm', '--force', '--time', '0', ...ours], { allowFailure: true });
       }
     });
 

@@ -749,6 +749,23 @@ describe("index.json's images path, as clients resolve it (Go's url.JoinPath tak
     expect(unescapeUrlPath('a+b%252e')).toBe('a+b%2e');
   });
 
+  it('resolves a .. as Go does, on the escaped path: it pops `sub%2Fx` whole, not the `x` a decoded reading finds', async () => {
+    const repo = newRepo('flat');
+    const old = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.write();
+    // Clients get streams/v1/images.json (both versions); the decoy at streams/v1/sub/images.json lists only the
+    // newer one, so the older one's files would look like orphans.
+    const decoy = JSON.parse(readFileSync(join(repo.root, 'streams/v1/images.json'), 'utf8'));
+    delete decoy.products[P].versions[V[0]!];
+    mkdirSync(join(repo.root, 'streams/v1/sub'));
+    writeFileSync(join(repo.root, 'streams/v1/sub/images.json'), JSON.stringify(decoy));
+    setImagesPath(repo, 'streams/v1/sub%2Fx/../images.json');
+    const { report } = await pruneAt(inputs(repo.root, { keepVersions: 2 }), NOW);
+    expect(report.products[0]).toMatchObject({ kept: [V[1], V[0]], dropped: [] });
+    for (const path of old.paths) expect(existsSync(join(repo.root, path))).toBe(true);
+  });
+
   it('refuses an escape that decodes to .., and a % that starts no escape (clients never get that file)', async () => {
     const repo = newRepo('flat');
     repo.addVersion(P, V[0]!);
@@ -759,6 +776,12 @@ describe("index.json's images path, as clients resolve it (Go's url.JoinPath tak
         /\(as clients decode it: 'streams\/v1\/\.\.\/\.\.\/images\.json'\) has an escaped '\.\.'/,
       ],
       ['streams/v1/images%zz.json', /has a '%' that starts no %XX escape/],
+      // Escaped slashes around a `..`: Go leaves it to the web server too.
+      [
+        'streams/v1/sub%2F..%2Fimages.json',
+        /\(as clients decode it: 'streams\/v1\/sub\/\.\.\/images\.json'\) has an escaped '\.\.'/,
+      ],
+      ['streams/v1/sub/..%2F..%2Fv1/images.json', /has an escaped '\.\.'/],
     ] as const) {
       setImagesPath(repo, path);
       expect((await pruneFailure(inputs(repo.root), NOW)).message).toMatch(why);

@@ -241,7 +241,11 @@ function findIndexEntry(index: JsonDoc): { key: string; imagesPath: string } {
   const [key, entry] = matches[0]! as [string, JsonObject];
   if (typeof entry.path !== 'string')
     throw new RepoError(`${index.path}: index.${key}.path is not a string.`);
-  const unescaped = unescapeUrlPath(entry.path);
+  // Go's url.JoinPath cleans the path still escaped: a `..` pops a whole escaped segment (`sub%2Fx/..` is
+  // nothing), while an escape that decodes to `..` (`%2e%2e`, `x%2F..`) is left to the web server, and servers
+  // differ on what they then open.
+  const cleaned = normaliseRepoPath(entry.path);
+  const unescaped = unescapeUrlPath('error' in cleaned ? entry.path : cleaned.path);
   if (unescaped === undefined) {
     throw new RepoError(
       `${index.path}: index.${key}.path '${entry.path}' has a '%' that starts no %XX escape; incus reads ` +
@@ -256,9 +260,10 @@ function findIndexEntry(index: JsonDoc): { key: string; imagesPath: string } {
     );
   }
   const decoded = unescaped === entry.path ? '' : ` (as clients decode it: '${unescaped}')`;
-  // Go's join cleans the escaped path, where `%2e%2e` is a name; the web server decodes it to `..` afterwards,
-  // and servers differ on what they then open.
-  if (entry.path.split('/').some((segment) => segment !== '..' && unescapeUrlPath(segment) === '..')) {
+  if ('error' in cleaned) {
+    throw new RepoError(`${index.path}: index.${key}.path '${entry.path}'${decoded} ${cleaned.error}.`);
+  }
+  if (unescaped.split('/').includes('..')) {
     throw new RepoError(
       `${index.path}: index.${key}.path '${entry.path}'${decoded} has an escaped '..', which web servers resolve ` +
         'in different ways; write the path without it.',

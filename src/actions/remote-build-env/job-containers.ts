@@ -15,12 +15,18 @@ interface InspectedContainer {
   Id?: unknown;
   Name?: unknown;
   Created?: unknown;
+  Pod?: unknown;
+  IsInfra?: unknown;
   State?: { ConmonPid?: unknown };
 }
 
 export interface JobContainer {
   id: string;
   name: string;
+  /** Set for a pod's infra container: podman removes it only with its pod. */
+  infraOf?: string;
+  /** The pod it belongs to, if any. */
+  pod?: string;
 }
 
 /** Whether the process `pid` runs with `mark` as the service's mark (a process gone or not ours: false). */
@@ -30,20 +36,23 @@ async function carriesMark(pid: number, mark: string): Promise<boolean> {
   return environ.toString('latin1').split('\0').includes(`${SERVICE_MARK_VARIABLE}=${mark}`);
 }
 
+/** The full ids `podman <args> --quiet --no-trunc` lists (containers or pods) at the service at `url`. */
+export async function listIds(url: string, args: readonly string[]): Promise<string[]> {
+  const listed = await podmanRemote(url, [...args, '--quiet', '--no-trunc'], { timeoutMs: LIST_TIMEOUT_MS });
+  return listed.stdout.split('\n').filter((id) => /^[0-9a-f]{64}$/.test(id));
+}
+
 /**
- * The running containers of the service at `url` whose conmon carries `mark` and that were created since
- * `sinceMs` (a container another client made, only restarted through this service, stays theirs).
+ * The live containers of the service at `url` whose conmon carries `mark` and that were created since
+ * `sinceMs` (a container another client made, only restarted through this service, stays theirs). Paused ones
+ * too: `ps` leaves them out by default, yet their conmon and processes stay, ports held.
  */
 export async function containersStartedBy(
   url: string,
   mark: string,
   sinceMs: number,
 ): Promise<JobContainer[]> {
-  const ids = (
-    await podmanRemote(url, ['ps', '--quiet', '--no-trunc'], { timeoutMs: LIST_TIMEOUT_MS })
-  ).stdout
-    .split('\n')
-    .filter((id) => /^[0-9a-f]{64}$/.test(id));
+  const ids = await listIds(url, ['ps', '--filter', 'status=running', '--filter', 'status=paused']);
   if (ids.length === 0) return [];
   // allowFailure: a container removed between the two calls fails the inspect of the others' too.
   const inspected = await podmanRemote(url, ['container', 'inspect', ...ids], {
@@ -61,7 +70,14 @@ export async function containersStartedBy(
     const pid = c.State?.ConmonPid;
     const created = typeof c.Created === 'string' ? Date.parse(c.Created) : NaN;
     if (typeof c.Id !== 'string' || typeof pid !== 'number' || !(created >= sinceMs)) continue;
-    if (await carriesMark(pid, mark)) ours.push({ id: c.Id, name: typeof c.Name === 'string' ? c.Name : '' });
+    if (!(await carriesMark(pid, mark))) continue;
+    const pod = typeof c.Pod === 'string' && c.Pod !== '' ? c.Pod : undefined;
+    ours.push({
+      id: c.Id,
+      name: typeof c.Name === 'string' ? c.Name : '',
+      ...(pod ? { pod } : {}),
+      ...(pod && c.IsInfra === true ? { infraOf: pod } : {}),
+    });
   }
   return ours;
 }

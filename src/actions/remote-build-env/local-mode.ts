@@ -15,11 +15,12 @@ import {
   unshareStoreBelow,
 } from '../../core/podman.js';
 import { ActionError, errorMessage } from '../../core/run.js';
+import { mapLimit } from '../../core/pool.js';
 import { formatDuration, heading, markdownTable } from '../../core/summary.js';
 import { scratchDir, stablePath } from '../../core/workspace.js';
 import { waitUntilAnswering } from './answering.js';
 import { cacheMountDir, clearStage, restoreCacheMounts, saveCacheMounts } from './cache-mounts.js';
-import { containersStartedBy } from './job-containers.js';
+import { containersStartedBy, listIds } from './job-containers.js';
 import { registeredChild, removeOwnedPaths, showLog, stopChild } from './cleanup.js';
 import type { LocalOptions } from './inputs.js';
 import { Inputs, Outputs } from './constants.js';
@@ -40,6 +41,7 @@ import { saveRunState, type LocalState } from './state.js';
 const VERSION_TIMEOUT_MS = 15_000;
 const STOP_GRACE_MS = 10_000;
 const REMOVE_CONTAINERS_TIMEOUT_MS = 60_000;
+const REMOVE_CONCURRENCY = 8;
 const UNSHARE_TIMEOUT_MS = 15_000;
 const MAX_RUNROOT_CHARS = 50;
 
@@ -229,31 +231,54 @@ async function runtimeDirPause(
 }
 
 /**
+ * Runs the `podman pod rm` / `podman rm` calls, several at once; what podman said for those that failed. One
+ * call per pod or container: remote podman stops those of one call one after the other, each given its 5 s to
+ * mind SIGTERM, so a dozen that ignore it (`sleep` as PID 1) would outlast one call's timeout.
+ */
+async function removeConcurrently(url: string, calls: readonly string[][]): Promise<string[]> {
+  const failures: string[] = [];
+  await mapLimit(calls, REMOVE_CONCURRENCY, async (args) => {
+    const removed = await podmanRemote(url, args, {
+      timeoutMs: REMOVE_CONTAINERS_TIMEOUT_MS,
+      allowFailure: true,
+    }).catch((e: unknown) => ({ exitCode: 1, stderr: errorMessage(e) }));
+    if (removed.exitCode !== 0) failures.push(printable(removed.stderr.trim()));
+  });
+  return failures;
+}
+
+const removePod = (pod: string) => ['pod', 'rm', '--force', '--time', '5', pod];
+const removeContainer = (id: string) => ['rm', '--force', '--time', '5', '--volumes', id];
+
+/**
  * Containers in a private store would keep its mounts busy and outlive the service: all of them are this job's.
  * In the shared store, only those the job started through the service (job-containers.ts) are.
  */
 async function removeJobContainers(host: Host, state: LocalState): Promise<void> {
   const url = socketUrl(state.socket);
-  const remove = (targets: string[]) =>
-    podmanRemote(url, ['rm', '--force', '--time', '5', ...targets], {
-      timeoutMs: REMOVE_CONTAINERS_TIMEOUT_MS,
-      allowFailure: true,
-    });
   if (state.isolatedStorage) {
-    await remove(['--all']);
+    // Pods first: podman removes an infra container only with its pod.
+    const failures = await removeConcurrently(url, (await listIds(url, ['pod', 'ps'])).map(removePod));
+    const containers = await listIds(url, ['ps', '--all']);
+    failures.push(...(await removeConcurrently(url, containers.map(removeContainer))));
+    if (failures.length > 0)
+      host.warning(`could not remove the service's containers: ${failures.join('; ')}`);
     return;
   }
   if (state.serviceStartedMs === undefined) return;
   const ours = await containersStartedBy(url, state.tmpdir, state.serviceStartedMs);
   if (ours.length === 0) return;
-  const removed = await remove(ours.map((c) => c.id));
+  // Podman refuses to remove a pod's infra container alone: the pod goes, with its containers (and their
+  // anonymous volumes). Those of a loose container (a database image's VOLUME) would pile up one per job, so they
+  // go too; named volumes stay, they may be shared.
+  const pods = [...new Set(ours.flatMap((c) => (c.infraOf ? [c.infraOf] : [])))];
+  const loose = ours.filter((c) => !(c.pod && pods.includes(c.pod))).map((c) => c.id);
+  const failures = await removeConcurrently(url, [...pods.map(removePod), ...loose.map(removeContainer)]);
   const names = ours.map((c) => printable(c.name || c.id.slice(0, 12))).join(', ');
-  if (removed.exitCode === 0) {
+  if (failures.length === 0) {
     host.info(`Removed ${ours.length} container(s) this job started through the service: ${names}.`);
   } else {
-    host.warning(
-      `could not remove the containers this job started (${names}): ${printable(removed.stderr.trim())}`,
-    );
+    host.warning(`could not remove the containers this job started (${names}): ${failures.join('; ')}`);
   }
 }
 
