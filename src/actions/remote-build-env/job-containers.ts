@@ -54,7 +54,7 @@ export async function containersStartedBy(
 ): Promise<JobContainer[]> {
   const ids = await listIds(url, ['ps', '--filter', 'status=running', '--filter', 'status=paused']);
   if (ids.length === 0) return [];
-  // allowFailure: a container removed between the two calls fails the inspect of the others' too.
+  // allowFailure: podman exits 125 when a container went between the two calls, and still prints the others.
   const inspected = await podmanRemote(url, ['container', 'inspect', ...ids], {
     timeoutMs: LIST_TIMEOUT_MS,
     allowFailure: true,
