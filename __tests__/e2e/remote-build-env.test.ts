@@ -219,16 +219,43 @@ describe('remote-build-env, mode local (real podman services)', () => {
     expect(await pathExists(join(runnerTemp, 'chosen'))).toBe(false);
   });
 
-  it('isolate-storage: post removes a dozen containers that ignore SIGTERM (sleep as PID 1) before the store goes', async () => {
-    const job = await startJob({ 'isolate-storage': 'true' });
-    const url = job.main.exportedEnv.CONTAINER_HOST!;
-    await importBusyboxImage(pm, { url, name: image });
-    await Promise.all(Array.from({ length: 13 }, () => pm.remote(url, ['run', '-d', image, 'sleep', '600'])));
-    const state = stateOf(job);
-    const post = await job.post();
-    expect(post.exitCode).toBe(0);
-    expect(post.warnings).toEqual([]);
-    await expectNoLeaks(state);
+  it('post removes a dozen containers that ignore SIGTERM (sleep as PID 1), each given its stop time: isolate-storage’s before its store goes, and the shared store’s (the two jobs at once)', async () => {
+    const dozen = (url: string) =>
+      Promise.all(
+        Array.from({ length: 13 }, async () =>
+          (await pm.remote(url, ['run', '-d', image, 'sleep', '600'])).stdout.trim(),
+        ),
+      );
+    const isolated = async () => {
+      const job = await startJob({ 'isolate-storage': 'true' });
+      const url = job.main.exportedEnv.CONTAINER_HOST!;
+      await importBusyboxImage(pm, { url, name: image });
+      await dozen(url);
+      const state = stateOf(job);
+      const post = await job.post();
+      expect(post.exitCode).toBe(0);
+      expect(post.warnings).toEqual([]);
+      await expectNoLeaks(state);
+    };
+    const shared = async () => {
+      const job = await startJob({});
+      const ours = await dozen(job.main.exportedEnv.CONTAINER_HOST!);
+      try {
+        const post = await job.post();
+        expect(post.exitCode).toBe(0);
+        const left = (await pm.podman(['ps', '--all', '--quiet', '--no-trunc'])).stdout.split('\n');
+        expect({
+          containersLeft: ours.filter((id) => left.includes(id)).length,
+          warnings: post.warnings,
+        }).toEqual({
+          containersLeft: 0,
+          warnings: [],
+        });
+      } finally {
+        await pm.podman(['rm', '--force', '--time', '0', ...ours], { allowFailure: true });
+      }
+    };
+    await Promise.all([isolated(), shared()]);
   });
 
   it('a chosen socket path with %, # and a space: podman (CONTAINER_HOST, URL-encoded) and docker (DOCKER_HOST, raw) both reach the service', async () => {
@@ -426,30 +453,6 @@ describe('remote-build-env, mode local (real podman services)', () => {
         await on.podman(['pod', 'rm', '--force', '--time', '0', pod], { allowFailure: true });
         await on.podman(['rm', '--force', '--time', '0', 'ici-job-paused'], { allowFailure: true });
         await on.podman(['volume', 'rm', '--force', 'ici-job-named'], { allowFailure: true });
-      }
-    });
-
-    it('shared store: post removes a dozen containers that ignore SIGTERM (sleep as PID 1), each given its stop time', async () => {
-      const job = await startJob({}, {}, newRunnerTemp(), on);
-      const url = job.main.exportedEnv.CONTAINER_HOST!;
-      const ours = await Promise.all(
-        Array.from({ length: 13 }, async () =>
-          (await on.remote(url, ['run', '-d', from, 'sleep', '600'])).stdout.trim(),
-        ),
-      );
-      try {
-        const post = await job.post();
-        expect(post.exitCode).toBe(0);
-        const left = (await on.podman(['ps', '--all', '--quiet', '--no-trunc'])).stdout.split('\n');
-        expect({
-          containersLeft: ours.filter((id) => left.includes(id)).length,
-          warnings: post.warnings,
-        }).toEqual({
-          containersLeft: 0,
-          warnings: [],
-        });
-      } finally {
-        await on.podman(['rm', '--force', '--time', '0', ...ours], { allowFailure: true });
       }
     });
 
