@@ -265,6 +265,13 @@ export class CacheService {
     entry.sizeBytes = statSync(entry.file).size;
   }
 
+  /** The signed archive URL the service hands out for the finalized entry `key` (for benches: a plain curl). */
+  archiveUrl(key: string): string {
+    const entry = [...this.entries.values()].find((e) => e.key === key && e.finalized);
+    if (!entry) throw new Error(`no finalized entry ${key}`);
+    return this.blobUrl(entry);
+  }
+
   /** Limits all downloads together to `bytesPerSecond` (undefined: no limit). */
   limitDownloads(bytesPerSecond: number | undefined): void {
     this.throttle = bytesPerSecond ? new Throttle(bytesPerSecond) : undefined;
