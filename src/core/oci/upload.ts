@@ -270,7 +270,9 @@ async function finish(
 /**
  * After a failed PATCH/PUT: the offset the registry holds for this session, so the upload goes on from there
  * (a token that died early costs one chunk, not the blob). A session the registry no longer knows (404, or
- * refused as inconsistent) is replaced by a new one from byte 0.
+ * refused as inconsistent) is replaced by a new one from byte 0, and so is one whose registry will not tell
+ * where it stands: registries that serve the rest of the upload protocol may lack the status GET (405, 501),
+ * and starting over is what a client without resume does anyway.
  */
 async function resumePosition(
   transport: RegistryTransport,
@@ -292,7 +294,7 @@ async function resumePosition(
       budget,
     );
   } catch (error) {
-    if (!isLostSession(error)) throw error;
+    if (!isLostSession(error) && !isUnanswerableStatus(error)) throw error;
     return newSession(transport, repository, blob, budget);
   }
   await response.drain();
@@ -319,6 +321,19 @@ function isLostSession(error: unknown): error is RegistryError {
     error instanceof RegistryError &&
     !(error instanceof TransientError) &&
     (error.status === 404 || error.code === 'BLOB_UPLOAD_INVALID' || error.code === 'BLOB_UPLOAD_UNKNOWN')
+  );
+}
+
+/**
+ * A status GET refused as a request the registry does not serve: the upload cannot resume there. Auth
+ * refusals and retried failures are not that: they hold for a new session as well, and are reported as they
+ * are.
+ */
+function isUnanswerableStatus(error: unknown): boolean {
+  return (
+    error instanceof RegistryError &&
+    !(error instanceof TransientError) &&
+    (error.status === 400 || error.status === 405 || error.status === 501)
   );
 }
 
