@@ -85,6 +85,28 @@ describe('RegistryClient protocol details (in-process double)', () => {
     ]);
   });
 
+  it('goes on after a chunk PATCH answered 201 instead of 202 (as ECR answers them)', async () => {
+    const b = blob('0123456789abcdefghij');
+    const { host, seen } = await double((req, _body, res) => {
+      const url = new URL(req.url!, 'http://x');
+      if (req.method === 'GET') return void res.writeHead(200).end('{}');
+      if (req.method === 'POST') return void res.writeHead(202, { location: '/v2/r/blobs/uploads/u1' }).end();
+      if (req.method === 'PATCH')
+        return void res.writeHead(201, { location: '/v2/r/blobs/uploads/u1' }).end();
+      res.writeHead(201, { 'docker-content-digest': url.searchParams.get('digest')! }).end();
+    });
+    const c = client(host);
+    await c.uploadBlob('r', b, { chunkSize: 8 });
+    expect(seen.map((s) => `${s.method} ${s.bytes}`)).toEqual([
+      'POST 0',
+      'PATCH 8',
+      'PATCH 8',
+      'PATCH 4',
+      'PUT 0',
+    ]);
+    expect(c.stats.retries).toBe(0);
+  });
+
   it('continues the upload in the session a mount answered with 202, and uploads when a mount fails', async () => {
     const b = blob('payload');
     let mounts = 0;

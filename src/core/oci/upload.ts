@@ -224,7 +224,8 @@ async function sendChunk(
         'content-range': `${at.offset}-${end - 1}`,
         'content-length': String(end - at.offset),
       },
-      ok: [202],
+      // ECR answers a chunk 201 (the spec's 202 says the same here: the session goes on to its closing PUT).
+      ok: [202, 201],
       what,
       streaming: true,
       commitBytes: end - at.offset,
