@@ -161,6 +161,43 @@ describe('RegistryClient protocol details (in-process double)', () => {
     expect(plain.seen).toEqual([]);
   });
 
+  it("keeps an http upload Location on the registry's own host and port on https (a proxy ending TLS in front of it)", async () => {
+    const b = blob('payload');
+    const ca = makeTestCa(dir!);
+    const seen: string[] = [];
+    const server = createHttpsServer(
+      { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) },
+      (req, res) => {
+        req.resume();
+        req.on('end', () => {
+          seen.push(`${req.method} ${req.url} ${req.headers.authorization ? 'auth' : 'anonymous'}`);
+          if (!req.headers.authorization) {
+            return void res.writeHead(401, { 'www-authenticate': 'Basic realm="r"' }).end();
+          }
+          if (req.method === 'GET') return void res.writeHead(200).end('{}');
+          // As distribution builds it from the plain-http request a TLS-ending proxy passed on.
+          const own = `http://${req.headers.host}/v2/team/app/blobs/uploads/u1?_state=s1`;
+          if (req.method === 'POST') return void res.writeHead(202, { location: own }).end();
+          res.writeHead(201).end();
+        });
+      },
+    );
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const c = new RegistryClient({
+      registry: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+      tlsVerify: false,
+      credentials: { username: 'alice', password: 'S3cretPassw0rd' },
+      retryBaseDelayMs: 5,
+      timeoutMs: 5000,
+    });
+    await c.uploadBlob('team/app', b);
+    await c.close();
+    expect(seen.filter((s) => s.startsWith('PUT'))).toEqual([
+      `PUT /v2/team/app/blobs/uploads/u1?_state=s1&digest=${encodeURIComponent(b.digest)} auth`,
+    ]);
+  });
+
   it('refuses a token realm that is not an http(s) URL at once, without retries', async () => {
     const { host, seen } = await double((_req, _body, res) => {
       res.writeHead(401, { 'www-authenticate': 'Bearer realm="file:///etc/passwd",service="svc"' }).end();
