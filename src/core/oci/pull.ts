@@ -35,11 +35,9 @@ export async function headManifest(
   const digest = response.header('docker-content-digest');
   if (!digest) {
     // Docker-Content-Digest is a SHOULD of the distribution-spec: some registries (Nexus, registry.redhat.io,
-    // storage served as a registry) leave it out. A digest reference is the digest the registry answered for;
-    // a tag is read (GET, its bytes hashed), as docker, crane and regclient fall back to.
-    if (isValidDigest(reference)) {
-      return { digest: reference, mediaType: contentType(response), size: contentLength(response) };
-    }
+    // storage served as a registry) leave it out. The manifest is read instead (GET, its bytes hashed), as
+    // docker, crane and regclient fall back to; by digest too, where the bytes are checked against it: a bare
+    // 200 is also what a server that is no registry answers to everything.
     const found = await findManifest(transport, repository, reference, accept, budget);
     return found && { digest: found.digest, mediaType: found.mediaType, size: found.bytes.length };
   }
@@ -182,7 +180,7 @@ export async function headBlob(
   );
   await response.drain();
   if (response.status === 404) return undefined;
-  return { size: Number(response.header('content-length') ?? '0') };
+  return { size: contentLength(response) };
 }
 
 function contentLength(response: RegistryResponse): number {
