@@ -1251,6 +1251,38 @@ describe('a blob file that changes or fails while it is uploaded', () => {
   });
 });
 
+it('a registry without the upload status GET (405, 501): an upload that failed part-way starts over in a new session, not fails', async () => {
+  const registry = await startRegistry();
+  try {
+    const b = { ...blob };
+    // Chunks: the third PATCH cut mid-body, the status GET not served (405). One PUT: a 503, the GET 501.
+    for (const [chunkSize, status, repository] of [
+      [100_000, 405, 'nostatus/chunks'],
+      [0, 501, 'nostatus/one-put'],
+    ] as const) {
+      const r = await relay({
+        target: registry.host,
+        fault: ({ kind, index }) => {
+          if (kind === 'upload-status') return { status };
+          if (kind === 'upload-chunk' && index === 2) return { drop: 'mid-body' };
+          if (kind === 'upload-put' && chunkSize === 0 && index === 0) return { status: 503 };
+          return undefined;
+        },
+      });
+      const c = client(r.host);
+      await c.uploadBlob(repository, b, { chunkSize });
+      expect(r.count('upload-status')).toBe(1);
+      expect(r.count('upload-start')).toBe(2);
+      expect(c.stats.retries).toBe(1);
+      expect(c.stats.bytesUploaded).toBe(b.size);
+      expect(await c.headBlob(repository, b.digest)).toEqual({ size: b.size });
+      await c.close();
+    }
+  } finally {
+    await registry.stop();
+  }
+});
+
 describe('a receiver that takes the body slowly (every write of it waits for the socket)', () => {
   /**
    * An upload endpoint that reads a little, then pauses, and answers the closing PUT with 201 only when what

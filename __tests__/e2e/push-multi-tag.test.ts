@@ -240,6 +240,63 @@ describe('push-multi-tag (dist, runner harness, real docker-registry)', () => {
     expect(await remoteDigest(`${regA.host}/multi/app:a`)).toBe(multi.digest);
   });
 
+  it('a registry whose manifest HEADs carry no Docker-Content-Digest (a SHOULD: Nexus, registry.redhat.io leave it out): what exists is read to know its digest', async () => {
+    const other = generateLayout(join(work, 'other'), { layers: [1_000] });
+    for (const [from, tag] of [
+      [other, 'a'],
+      [layout, 'c'],
+    ] as const) {
+      const copy = await skopeo([
+        'copy',
+        '--dest-tls-verify=false',
+        from.transportRef,
+        `docker://${regA.host}/nodigest/app:${tag}`,
+      ]);
+      expect(copy.stderr).toBe('');
+    }
+    const relay = await startProxy({
+      target: regA.host,
+      mapResponseHeaders: (kind, headers) => {
+        if (kind !== 'manifest-head') return headers;
+        const { ['docker-content-digest']: _, ...rest } = headers;
+        return rest;
+      },
+    });
+    try {
+      const r = await runAction({
+        action: 'push-multi-tag',
+        inputs: {
+          source: layout.transportRef,
+          repositories: `${relay.host}/nodigest/app`,
+          tags: 'a, b, c',
+          'insecure-registries': relay.host,
+        },
+      });
+      expect(r.errors).toEqual([]);
+      expect(r.main.exitCode).toBe(0);
+      const short = (digest: string) => `${digest.slice(0, 'sha256:'.length + 12)}…`;
+      expect(r.log).toContain(`a: ${short(other.digest)} → ${short(layout.digest)}`);
+      expect(r.log).toContain(`b: (new) → ${short(layout.digest)}`);
+      expect(r.log).toContain(`c: ${short(layout.digest)} (unchanged)`);
+      // What exists is read (the manifest by digest too) and nothing else; the manifest by digest is not stored
+      // again (the one PUT to it is the `?tag=` probe).
+      const gets = relay.records.filter((rec) => rec.kind === 'manifest-get').map((rec) => rec.path);
+      expect(gets.sort()).toEqual([
+        '/v2/nodigest/app/manifests/a',
+        '/v2/nodigest/app/manifests/c',
+        `/v2/nodigest/app/manifests/${layout.digest}`,
+      ]);
+      const puts = relay.records
+        .filter((rec) => rec.kind === 'manifest-put' && !rec.query.has('tag'))
+        .map((rec) => rec.path);
+      expect(puts.sort()).toEqual(['/v2/nodigest/app/manifests/a', '/v2/nodigest/app/manifests/b']);
+      for (const tag of ['a', 'b', 'c'])
+        expect(await remoteDigest(`${regA.host}/nodigest/app:${tag}`)).toBe(layout.digest);
+    } finally {
+      await relay.stop();
+    }
+  });
+
   it('asks a registry for the multi-tag PUT beside the per-tag PUTs, and every tag is confirmed (test double: a relay adding OCI-Tag, which docker-registry 2.8 lacks)', async () => {
     const double = await startProxy({ target: regA.host, multiTag: true });
     try {

@@ -85,6 +85,28 @@ describe('RegistryClient protocol details (in-process double)', () => {
     ]);
   });
 
+  it('goes on after a chunk PATCH answered 201 instead of 202 (as ECR answers them)', async () => {
+    const b = blob('0123456789abcdefghij');
+    const { host, seen } = await double((req, _body, res) => {
+      const url = new URL(req.url!, 'http://x');
+      if (req.method === 'GET') return void res.writeHead(200).end('{}');
+      if (req.method === 'POST') return void res.writeHead(202, { location: '/v2/r/blobs/uploads/u1' }).end();
+      if (req.method === 'PATCH')
+        return void res.writeHead(201, { location: '/v2/r/blobs/uploads/u1' }).end();
+      res.writeHead(201, { 'docker-content-digest': url.searchParams.get('digest')! }).end();
+    });
+    const c = client(host);
+    await c.uploadBlob('r', b, { chunkSize: 8 });
+    expect(seen.map((s) => `${s.method} ${s.bytes}`)).toEqual([
+      'POST 0',
+      'PATCH 8',
+      'PATCH 8',
+      'PATCH 4',
+      'PUT 0',
+    ]);
+    expect(c.stats.retries).toBe(0);
+  });
+
   it('continues the upload in the session a mount answered with 202, and uploads when a mount fails', async () => {
     const b = blob('payload');
     let mounts = 0;
@@ -137,6 +159,43 @@ describe('RegistryClient protocol details (in-process double)', () => {
     await c.close();
     expect(String(error)).toMatch(/sent the upload to http:\/\/127\.0\.0\.1:\d+, leaving https; refused/);
     expect(plain.seen).toEqual([]);
+  });
+
+  it("keeps an http upload Location on the registry's own host and port on https (a proxy ending TLS in front of it)", async () => {
+    const b = blob('payload');
+    const ca = makeTestCa(dir!);
+    const seen: string[] = [];
+    const server = createHttpsServer(
+      { cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) },
+      (req, res) => {
+        req.resume();
+        req.on('end', () => {
+          seen.push(`${req.method} ${req.url} ${req.headers.authorization ? 'auth' : 'anonymous'}`);
+          if (!req.headers.authorization) {
+            return void res.writeHead(401, { 'www-authenticate': 'Basic realm="r"' }).end();
+          }
+          if (req.method === 'GET') return void res.writeHead(200).end('{}');
+          // As distribution builds it from the plain-http request a TLS-ending proxy passed on.
+          const own = `http://${req.headers.host}/v2/team/app/blobs/uploads/u1?_state=s1`;
+          if (req.method === 'POST') return void res.writeHead(202, { location: own }).end();
+          res.writeHead(201).end();
+        });
+      },
+    );
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const c = new RegistryClient({
+      registry: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+      tlsVerify: false,
+      credentials: { username: 'alice', password: 'S3cretPassw0rd' },
+      retryBaseDelayMs: 5,
+      timeoutMs: 5000,
+    });
+    await c.uploadBlob('team/app', b);
+    await c.close();
+    expect(seen.filter((s) => s.startsWith('PUT'))).toEqual([
+      `PUT /v2/team/app/blobs/uploads/u1?_state=s1&digest=${encodeURIComponent(b.digest)} auth`,
+    ]);
   });
 
   it('refuses a token realm that is not an http(s) URL at once, without retries', async () => {

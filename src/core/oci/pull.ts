@@ -33,14 +33,21 @@ export async function headManifest(
   await response.drain();
   if (response.status === 404) return undefined;
   const digest = response.header('docker-content-digest');
-  if (!digest) throw new RegistryError(`${what}: the registry sent no digest.`);
+  if (!digest) {
+    // Docker-Content-Digest is a SHOULD of the distribution-spec: some registries (Nexus, registry.redhat.io,
+    // storage served as a registry) leave it out. The manifest is read instead (GET, its bytes hashed), as
+    // docker, crane and regclient fall back to; by digest too, where the bytes are checked against it: a bare
+    // 200 is also what a server that is no registry answers to everything.
+    const found = await findManifest(transport, repository, reference, accept, budget);
+    return found && { digest: found.digest, mediaType: found.mediaType, size: found.bytes.length };
+  }
   // It is reported (a tag's digest before a push) and compared: only a digest, never text of the registry's.
   if (!isValidDigest(digest))
     throw new RegistryError(`${what}: the registry's Docker-Content-Digest is not a digest.`);
   if (isValidDigest(reference) && digest !== reference) {
     throw new DigestMismatchError(`manifest ${repository}@${reference}`, reference, digest);
   }
-  return { digest, mediaType: contentType(response), size: Number(response.header('content-length') ?? '0') };
+  return { digest, mediaType: contentType(response), size: contentLength(response) };
 }
 
 export async function getManifest(
@@ -48,6 +55,7 @@ export async function getManifest(
   repository: string,
   reference: string,
   accept: readonly string[] = MANIFEST_MEDIA_TYPES,
+  budget: RetryBudget = transport.budget(),
 ): Promise<{ bytes: Buffer; mediaType: string; digest: string }> {
   const what = `GET manifest ${repository}:${reference}`;
   const { response, bytes } = await transport.sendAndRead(
@@ -60,6 +68,7 @@ export async function getManifest(
       what,
     },
     MANIFEST_LIMIT,
+    budget,
   );
   let digest: string;
   if (isValidDigest(reference)) {
@@ -79,9 +88,10 @@ export async function findManifest(
   repository: string,
   reference: string,
   accept: readonly string[] = MANIFEST_MEDIA_TYPES,
+  budget: RetryBudget = transport.budget(),
 ): Promise<{ bytes: Buffer; mediaType: string; digest: string } | undefined> {
   try {
-    return await getManifest(transport, repository, reference, accept);
+    return await getManifest(transport, repository, reference, accept, budget);
   } catch (error) {
     if (error instanceof RegistryError && error.status === 404) return undefined;
     throw error;
@@ -170,7 +180,11 @@ export async function headBlob(
   );
   await response.drain();
   if (response.status === 404) return undefined;
-  return { size: Number(response.header('content-length') ?? '0') };
+  return { size: contentLength(response) };
+}
+
+function contentLength(response: RegistryResponse): number {
+  return Number(response.header('content-length') ?? '0');
 }
 
 function contentType(response: RegistryResponse): string {

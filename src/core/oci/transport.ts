@@ -461,7 +461,7 @@ export class RegistryTransport {
    * The registry's own origin, on either scheme: compared as the URL parser writes hosts (IPv6 compressed, a
    * default port dropped), so `host:443`, `[0:0::1]:5000` and `localhost:80` still match the URLs built from them.
    */
-  private isRegistryUrl(url: URL): boolean {
+  isRegistryUrl(url: URL): boolean {
     if (url.protocol !== 'https:' && url.protocol !== 'http:') return false;
     const defaultPort = url.protocol === 'https:' ? '443' : '80';
     return (

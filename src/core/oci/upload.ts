@@ -68,7 +68,7 @@ export async function mountBlob(
     );
     await response.drain();
     if (response.status === 201) return { mounted: true };
-    return { mounted: false, location: location(response) };
+    return { mounted: false, location: location(transport, response) };
   } catch (error) {
     if (error instanceof TransientError && error.exhausted) {
       // Every answer lost: the mount may have been made all the same.
@@ -195,7 +195,7 @@ async function newSession(
     budget,
   );
   await response.drain();
-  return { session: location(response), offset: 0, hash: newHash(blob.digest) };
+  return { session: location(transport, response), offset: 0, hash: newHash(blob.digest) };
 }
 
 interface Upload {
@@ -224,14 +224,15 @@ async function sendChunk(
         'content-range': `${at.offset}-${end - 1}`,
         'content-length': String(end - at.offset),
       },
-      ok: [202],
+      // ECR answers a chunk 201 (the spec's 202 says the same here: the session goes on to its closing PUT).
+      ok: [202, 201],
       what,
       streaming: true,
       commitBytes: end - at.offset,
     },
     fileRange(blob.path, at.offset, end, hash),
   );
-  return { session: location(response), offset: end, hash };
+  return { session: location(transport, response), offset: end, hash };
 }
 
 /** The closing PUT, carrying whatever the chunks did not (all of it for a one-request upload). */
@@ -270,7 +271,9 @@ async function finish(
 /**
  * After a failed PATCH/PUT: the offset the registry holds for this session, so the upload goes on from there
  * (a token that died early costs one chunk, not the blob). A session the registry no longer knows (404, or
- * refused as inconsistent) is replaced by a new one from byte 0.
+ * refused as inconsistent) is replaced by a new one from byte 0, and so is one whose registry will not tell
+ * where it stands: registries that serve the rest of the upload protocol may lack the status GET (405, 501),
+ * and starting over is what a client without resume does anyway.
  */
 async function resumePosition(
   transport: RegistryTransport,
@@ -292,14 +295,14 @@ async function resumePosition(
       budget,
     );
   } catch (error) {
-    if (!isLostSession(error)) throw error;
+    if (!isLostSession(error) && !isUnanswerableStatus(error)) throw error;
     return newSession(transport, repository, blob, budget);
   }
   await response.drain();
   // `0-0` is what docker-registry says of an empty session (and of one byte, which no chunk size leaves).
   const m = /^(?:bytes=)?0-(\d+)$/.exec(response.header('range') ?? '');
   const offset = m && m[1] !== '0' ? Number(m[1]) + 1 : 0;
-  const session = response.header('location') ? location(response) : at.session;
+  const session = response.header('location') ? location(transport, response) : at.session;
   if (offset > blob.size)
     throw new RegistryError(`upload of ${blob.digest}: the registry holds more bytes than the blob has.`);
   if (offset === at.offset) return { ...at, session };
@@ -319,6 +322,19 @@ function isLostSession(error: unknown): error is RegistryError {
     error instanceof RegistryError &&
     !(error instanceof TransientError) &&
     (error.status === 404 || error.code === 'BLOB_UPLOAD_INVALID' || error.code === 'BLOB_UPLOAD_UNKNOWN')
+  );
+}
+
+/**
+ * A status GET refused as a request the registry does not serve: the upload cannot resume there. Auth
+ * refusals and retried failures are not that: they hold for a new session as well, and are reported as they
+ * are.
+ */
+function isUnanswerableStatus(error: unknown): boolean {
+  return (
+    error instanceof RegistryError &&
+    !(error instanceof TransientError) &&
+    (error.status === 400 || error.status === 405 || error.status === 501)
   );
 }
 
@@ -561,12 +577,19 @@ export function confirmedTags(headers: readonly string[], asked: readonly string
 /**
  * Upload Location headers may be relative; resolve against the request URL and keep their query (state). A
  * Location from https to plain http is refused: the blob (and anything sent with it) would cross in clear text.
+ * On the registry's own host and port it stays on https instead: a registry behind a proxy that ends TLS builds
+ * its Locations from the plain-http request it got (distribution without X-Forwarded-Proto or `http.host`), and
+ * the session it names is the one this https origin serves.
  */
-function location(response: RegistryResponse): URL {
+function location(transport: RegistryTransport, response: RegistryResponse): URL {
   const value = response.header('location');
   if (!value) throw new RegistryError(`the registry answered ${response.status} without a Location header.`);
   const url = new URL(value, response.url);
   if (response.url.protocol === 'https:' && url.protocol !== 'https:') {
+    if (url.protocol === 'http:' && transport.isRegistryUrl(url)) {
+      url.protocol = 'https:';
+      return url;
+    }
     throw new RegistryError(
       `the registry at ${response.url.host} sent the upload to ${externalText(url.origin)}, leaving https; refused.`,
     );
