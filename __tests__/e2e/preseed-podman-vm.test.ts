@@ -820,6 +820,44 @@ describe('preseed-podman-vm on podman 4: a Fedora CoreOS stream [mock of builds.
     }
   });
 
+  // Before: the refused entry's paths were removed with a plain rm, which fails on a directory, so the step
+  // failed ("Path is a directory: rm returned EISDIR (is a directory) …/ici-pvm/fcos-…qcow2.xz") instead of
+  // downloading again.
+  it('an entry holding directories at the image and record paths is a miss: removed and downloaded again', async () => {
+    const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
+    const sha = createHash('sha256').update(disk).digest('hex');
+    const mock = await startFcosMock(disk);
+    const cache = await newCacheService();
+    const j = job('fcos-dirs');
+    try {
+      const tag = createHash('sha256').update(mock.streamUrl).digest('hex').slice(0, 12);
+      const image = join(j.runnerTemp, CACHE_DIR, `fcos-testing-${tag}-qemu-x86_64.qcow2.xz`);
+      const record = `${image}.json`;
+      for (const dir of [image, record]) {
+        mkdirSync(dir, { recursive: true });
+        writeFileSync(join(dir, 'inside'), 'x');
+      }
+      const base = buildCacheKey({
+        prefix: 'podman-machine-os',
+        arch: 'x86_64',
+        inputs: { image: mock.streamUrl, disktype: 'qemu' },
+      });
+      await saveWithActionsCache(cache, j, [image, record], `${base}-${sha}`);
+      await laterRun([j.runnerTemp, j.home]);
+
+      // Main alone: the entry's key exists, so post would only find it saved.
+      const r = await run(j, cache, { image: mock.streamUrl }, true);
+      expectStepsOk(r);
+      expect(r.log).toMatch(/Cache restored: /);
+      expect(r.warnings.join('\n')).toMatch(/cached image is unusable \(no readable record /);
+      expect(r.outputs).toMatchObject({ 'cache-hit': 'false', 'image-path': image });
+      expect(readFileSync(image).equals(disk)).toBe(true);
+      expect(JSON.parse(readFileSync(record, 'utf8'))).toMatchObject({ title: mock.title });
+    } finally {
+      await mock.stop();
+    }
+  });
+
   it("a cached record whose disk title climbs out of podman's cache dir is refused: nothing outside is replaced", async () => {
     const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
     const mock = await startFcosMock(disk);

@@ -116,9 +116,18 @@ export async function verifyStored(
     }
   }
   if (reason === undefined) return { ok: true };
-  await rm(paths.image, { force: true });
-  await rm(paths.record, { force: true });
+  await removeStored(paths);
   return { ok: false, reason };
+}
+
+/**
+ * Removes the image and its record, whatever a cache entry put at their paths: an entry may hold a directory
+ * there (a plain rm fails on one, and the step with it), and a refused entry is a miss, not a failed step.
+ * Recursive only below our own stable paths, and rm never follows a symlink.
+ */
+export async function removeStored(paths: StorePaths): Promise<void> {
+  await rm(paths.image, { recursive: true, force: true });
+  await rm(paths.record, { recursive: true, force: true });
 }
 
 /** Moves a verified download into place (same directory, so the rename is atomic). */
