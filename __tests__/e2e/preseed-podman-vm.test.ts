@@ -372,6 +372,40 @@ describe('preseed-podman-vm with a registry and the Actions cache', () => {
       expect(r.log).not.toMatch(/Saving cache/);
     });
 
+    // Before: only a registry that could not be connected to counted as unreachable. One that answered 503 to
+    // every try (an outage page in front of quay.io) failed the step, "cannot resolve docker://…: GET manifest
+    // …: HTTP 503 …", though the cache held an image of that source (the stream path already fell back on 5xx).
+    it('a registry answering 503 to every try is unreachable too: the cached image of that source is used', async () => {
+      const asked: string[] = [];
+      const outage = createServer((req, res) => {
+        asked.push(`${req.method} ${req.url}`);
+        res.writeHead(503, { 'retry-after': '0', 'content-type': 'text/html' }).end('<h1>down</h1>');
+      });
+      await new Promise<void>((r) => outage.listen(0, '127.0.0.1', r));
+      try {
+        const image = `docker://127.0.0.1:${(outage.address() as AddressInfo).port}/${REPO}:5.3`;
+        const base = buildCacheKey({
+          prefix: 'podman-machine-os',
+          arch: 'x86_64',
+          inputs: { image, disktype: 'qemu' },
+        });
+        // The previous test restored cold's image and record: the same paths serve any reference.
+        const paths = stablePaths(cold);
+        const cache = await newCacheService();
+        await saveWithActionsCache(cache, cold, [paths.image, paths.record], `${base}-${'a'.repeat(64)}`);
+        await laterRun([cold.runnerTemp, cold.home]);
+        const r = await run(cold, cache, { image });
+        expectStepsOk(r);
+        expect(asked.length).toBeGreaterThan(1);
+        expect(r.warnings.join('\n')).toMatch(/registry of .* is unreachable \(.*503/);
+        expect(r.outputs).toMatchObject({ 'image-digest': qemu().manifestDigest, 'cache-hit': 'true' });
+        expect(readFileSync(paths.image).equals(readFileSync(qemu().blobPath))).toBe(true);
+      } finally {
+        outage.closeAllConnections();
+        await new Promise<void>((r) => outage.close(() => r()));
+      }
+    });
+
     it('with the registry down, a corrupted cached image fails clearly and is deleted', async () => {
       const serviceD = await newCacheService();
       const paths = stablePaths(cold);
