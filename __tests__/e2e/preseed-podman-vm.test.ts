@@ -9,6 +9,8 @@ import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { createHash } from 'node:crypto';
 import {
+  chmodSync,
+  chownSync,
   existsSync,
   linkSync,
   mkdirSync,
@@ -35,6 +37,7 @@ import {
 } from '../support/harness.js';
 import { buildMachineOsLayout, publishMachineOs, type FakeMachineOs } from '../support/machine-os.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
+import { hostPodman, stepScripts, testUser } from '../support/podman-matrix.js';
 
 const ACTION = 'preseed-podman-vm';
 const execFileAsync = promisify(execFile);
@@ -856,20 +859,26 @@ describe('preseed-podman-vm on podman 4: a Fedora CoreOS stream [mock of builds.
 
   // Before: the refused entry's paths were removed with a plain rm, which fails on a directory, so the step
   // failed ("Path is a directory: rm returned EISDIR (is a directory) …/ici-pvm/fcos-…qcow2.xz") instead of
-  // downloading again.
-  it('an entry holding directories at the image and record paths is a miss: removed and downloaded again', async () => {
+  // downloading again; a recursive rm still failed for the runner user on a directory of mode 000 inside
+  // ("EACCES: permission denied, scandir '…/ici-pvm/fcos-…qcow2.xz/locked'").
+  it('an entry holding directories at the image and record paths is a miss for the runner user: removed and downloaded again', async () => {
     const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
     const sha = createHash('sha256').update(disk).digest('hex');
     const mock = await startFcosMock(disk);
     const cache = await newCacheService();
+    const user = testUser();
+    // The runner user's job dirs, below a work dir it can pass through.
+    chmodSync(work, 0o755);
     const j = job('fcos-dirs');
+    for (const d of Object.values(j)) chownSync(d, user.uid, user.gid);
     try {
       const tag = createHash('sha256').update(mock.streamUrl).digest('hex').slice(0, 12);
       const image = join(j.runnerTemp, CACHE_DIR, `fcos-testing-${tag}-qemu-x86_64.qcow2.xz`);
       const record = `${image}.json`;
       for (const dir of [image, record]) {
-        mkdirSync(dir, { recursive: true });
-        writeFileSync(join(dir, 'inside'), 'x');
+        mkdirSync(join(dir, 'locked'), { recursive: true });
+        writeFileSync(join(dir, 'locked', 'inside'), 'x');
+        chmodSync(join(dir, 'locked'), 0);
       }
       const base = buildCacheKey({
         prefix: 'podman-machine-os',
@@ -878,10 +887,26 @@ describe('preseed-podman-vm on podman 4: a Fedora CoreOS stream [mock of builds.
       });
       await saveWithActionsCache(cache, j, [image, record], `${base}-${sha}`);
       await laterRun([j.runnerTemp, j.home]);
+      // podman (asked for its version) keeps its runtime files there, not in TMPDIR.
+      const runtime = join(work, 'fcos-dirs', 'run');
+      mkdirSync(runtime, { mode: 0o700 });
+      for (const d of [j.runnerTemp, j.home, runtime]) chownSync(d, user.uid, user.gid);
 
       // Main alone: the entry's key exists, so post would only find it saved.
-      const r = await run(j, cache, { image: mock.streamUrl }, true);
-      expectStepsOk(r);
+      const r = await runAction({
+        ...stepScripts(hostPodman(), ACTION, work, user),
+        inputs: { image: mock.streamUrl },
+        env: {
+          ...cache.env({ runnerTemp: j.runnerTemp, workspace: j.workspace }),
+          XDG_DATA_HOME: undefined,
+          XDG_RUNTIME_DIR: runtime,
+        },
+        runnerTemp: j.runnerTemp,
+        home: j.home,
+        workspace: j.workspace,
+        skipPost: true,
+      });
+      expect({ exitCode: r.main.exitCode, errors: r.errors }).toEqual({ exitCode: 0, errors: [] });
       expect(r.log).toMatch(/Cache restored: /);
       expect(r.warnings.join('\n')).toMatch(/cached image is unusable \(no readable record /);
       expect(r.outputs).toMatchObject({ 'cache-hit': 'false', 'image-path': image });
