@@ -9,6 +9,8 @@ import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { createHash } from 'node:crypto';
 import {
+  chmodSync,
+  chownSync,
   existsSync,
   linkSync,
   mkdirSync,
@@ -35,6 +37,7 @@ import {
 } from '../support/harness.js';
 import { buildMachineOsLayout, publishMachineOs, type FakeMachineOs } from '../support/machine-os.js';
 import { startRegistry, type RegistryService } from '../support/registry.js';
+import { hostPodman, stepScripts, testUser } from '../support/podman-matrix.js';
 
 const ACTION = 'preseed-podman-vm';
 const execFileAsync = promisify(execFile);
@@ -370,6 +373,40 @@ describe('preseed-podman-vm with a registry and the Actions cache', () => {
       expect(readFileSync(r.exportedEnv.CONTAINERS_CONF!, 'utf8')).toContain(`image = "${paths.image}"`);
       expect(r.warnings.join('\n')).toMatch(/unreachable/);
       expect(r.log).not.toMatch(/Saving cache/);
+    });
+
+    // Before: only a registry that could not be connected to counted as unreachable. One that answered 503 to
+    // every try (an outage page in front of quay.io) failed the step, "cannot resolve docker://…: GET manifest
+    // …: HTTP 503 …", though the cache held an image of that source (the stream path already fell back on 5xx).
+    it('a registry answering 503 to every try is unreachable too: the cached image of that source is used', async () => {
+      const asked: string[] = [];
+      const outage = createServer((req, res) => {
+        asked.push(`${req.method} ${req.url}`);
+        res.writeHead(503, { 'retry-after': '0', 'content-type': 'text/html' }).end('<h1>down</h1>');
+      });
+      await new Promise<void>((r) => outage.listen(0, '127.0.0.1', r));
+      try {
+        const image = `docker://127.0.0.1:${(outage.address() as AddressInfo).port}/${REPO}:5.3`;
+        const base = buildCacheKey({
+          prefix: 'podman-machine-os',
+          arch: 'x86_64',
+          inputs: { image, disktype: 'qemu' },
+        });
+        // The previous test restored cold's image and record: the same paths serve any reference.
+        const paths = stablePaths(cold);
+        const cache = await newCacheService();
+        await saveWithActionsCache(cache, cold, [paths.image, paths.record], `${base}-${'a'.repeat(64)}`);
+        await laterRun([cold.runnerTemp, cold.home]);
+        const r = await run(cold, cache, { image });
+        expectStepsOk(r);
+        expect(asked.length).toBeGreaterThan(1);
+        expect(r.warnings.join('\n')).toMatch(/registry of .* is unreachable \(.*503/);
+        expect(r.outputs).toMatchObject({ 'image-digest': qemu().manifestDigest, 'cache-hit': 'true' });
+        expect(readFileSync(paths.image).equals(readFileSync(qemu().blobPath))).toBe(true);
+      } finally {
+        outage.closeAllConnections();
+        await new Promise<void>((r) => outage.close(() => r()));
+      }
     });
 
     it('with the registry down, a corrupted cached image fails clearly and is deleted', async () => {
@@ -815,6 +852,66 @@ describe('preseed-podman-vm on podman 4: a Fedora CoreOS stream [mock of builds.
       expect(mock.requests.filter((q) => q.includes('.qcow2.xz'))).toHaveLength(2);
       expect(readFileSync(image).equals(disk)).toBe(true);
       expect(readFileSync(join(podmanCacheOf(j), mock.title)).equals(disk)).toBe(true);
+    } finally {
+      await mock.stop();
+    }
+  });
+
+  // Before: the refused entry's paths were removed with a plain rm, which fails on a directory, so the step
+  // failed ("Path is a directory: rm returned EISDIR (is a directory) …/ici-pvm/fcos-…qcow2.xz") instead of
+  // downloading again; a recursive rm still failed for the runner user on a directory of mode 000 inside
+  // ("EACCES: permission denied, scandir '…/ici-pvm/fcos-…qcow2.xz/locked'").
+  it('an entry holding directories at the image and record paths is a miss for the runner user: removed and downloaded again', async () => {
+    const disk = readFileSync(fake.disk('x86_64', 'qemu').blobPath);
+    const sha = createHash('sha256').update(disk).digest('hex');
+    const mock = await startFcosMock(disk);
+    const cache = await newCacheService();
+    const user = testUser();
+    // The runner user's job dirs, below a work dir it can pass through.
+    chmodSync(work, 0o755);
+    const j = job('fcos-dirs');
+    for (const d of Object.values(j)) chownSync(d, user.uid, user.gid);
+    try {
+      const tag = createHash('sha256').update(mock.streamUrl).digest('hex').slice(0, 12);
+      const image = join(j.runnerTemp, CACHE_DIR, `fcos-testing-${tag}-qemu-x86_64.qcow2.xz`);
+      const record = `${image}.json`;
+      for (const dir of [image, record]) {
+        mkdirSync(join(dir, 'locked'), { recursive: true });
+        writeFileSync(join(dir, 'locked', 'inside'), 'x');
+        chmodSync(join(dir, 'locked'), 0);
+      }
+      const base = buildCacheKey({
+        prefix: 'podman-machine-os',
+        arch: 'x86_64',
+        inputs: { image: mock.streamUrl, disktype: 'qemu' },
+      });
+      await saveWithActionsCache(cache, j, [image, record], `${base}-${sha}`);
+      await laterRun([j.runnerTemp, j.home]);
+      // podman (asked for its version) keeps its runtime files there, not in TMPDIR.
+      const runtime = join(work, 'fcos-dirs', 'run');
+      mkdirSync(runtime, { mode: 0o700 });
+      for (const d of [j.runnerTemp, j.home, runtime]) chownSync(d, user.uid, user.gid);
+
+      // Main alone: the entry's key exists, so post would only find it saved.
+      const r = await runAction({
+        ...stepScripts(hostPodman(), ACTION, work, user),
+        inputs: { image: mock.streamUrl },
+        env: {
+          ...cache.env({ runnerTemp: j.runnerTemp, workspace: j.workspace }),
+          XDG_DATA_HOME: undefined,
+          XDG_RUNTIME_DIR: runtime,
+        },
+        runnerTemp: j.runnerTemp,
+        home: j.home,
+        workspace: j.workspace,
+        skipPost: true,
+      });
+      expect({ exitCode: r.main.exitCode, errors: r.errors }).toEqual({ exitCode: 0, errors: [] });
+      expect(r.log).toMatch(/Cache restored: /);
+      expect(r.warnings.join('\n')).toMatch(/cached image is unusable \(no readable record /);
+      expect(r.outputs).toMatchObject({ 'cache-hit': 'false', 'image-path': image });
+      expect(readFileSync(image).equals(disk)).toBe(true);
+      expect(JSON.parse(readFileSync(record, 'utf8'))).toMatchObject({ title: mock.title });
     } finally {
       await mock.stop();
     }

@@ -283,6 +283,21 @@ describe.each(podmanVersions())('[$label] podman reads the rewritten containers.
     expect(out).toMatch(/--cpus uint .*\(default 3\)/);
   });
 
+  // A local `image` file (or RUNNER_TEMP) may be named with any character but `/` and NUL. Before, only `\`, `"`,
+  // LF and tab were escaped: with a CR, ESC or DEL in the path every podman command failed ("toml: line 2 (last
+  // key \"machine.image\"): TOML files cannot contain control characters: '0x0d'").
+  it('reads back an image path holding control characters, quotes, backslashes, spaces and non-ASCII', async () => {
+    const file = join(tmp, `control-${v.major}.conf`);
+    writeFileSync(
+      file,
+      setMachineImage('[machine]\ncpus = 3\n', '/t/a "b" \\c é\r\b\f\x1b\x7f\x01\u0085.qcow2.zst'),
+    );
+    const out = await initHelp(file);
+    // pflag shows the default as Go's strconv.Quote writes it.
+    expect(out).toContain('(default "/t/a \\"b\\" \\\\c é\\r\\b\\f\\x1b\\x7f\\x01\\u0085.qcow2.zst")');
+    expect(out).toMatch(/--cpus uint .*\(default 3\)/);
+  });
+
   // What the step refuses podman refuses too, so no file podman reads is turned away.
   it('refuses an inline table with a line break between its entries (TOML 1.1), as the step does', async () => {
     const file = join(tmp, `toml11-${v.major}.conf`);

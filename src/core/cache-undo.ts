@@ -29,14 +29,7 @@ export async function undoExtraction(
   absent: string[],
 ): Promise<string[]> {
   const left: string[] = [];
-  const attempt = (path: string | Buffer, action: Promise<unknown>): Promise<void> =>
-    action.then(
-      () => undefined,
-      (error: NodeJS.ErrnoException) => {
-        if (!NOTHING_TO_UNDO.has(error.code ?? ''))
-          left.push(`${path.toString()} (${error.code ?? error.message})`);
-      },
-    );
+  const attempt = attempter(left, NOTHING_TO_UNDO);
   // Parents first (shorter paths), whatever order the archive gave them in: a locked parent hides its children.
   const dirs = members.filter((m) => m.type === 'dir').map((m) => resolve(workspace, m.name));
   for (const dir of dirs.sort((a, b) => a.length - b.length)) await openToOwner(dir);
@@ -46,6 +39,31 @@ export async function undoExtraction(
     await attempt(path, member.type === 'dir' ? rmdir(path) : unlink(path));
   }
   return left;
+}
+
+/**
+ * `rm -rf path` that opens each directory to its owner on the way, for a restored path the caller refuses: an
+ * archive's directory of mode 000 would stop a plain recursive rm of a non-root runner (EACCES). Never throws;
+ * answers what stayed.
+ */
+export async function removeRestored(path: string): Promise<string[]> {
+  const left: string[] = [];
+  await removeTree(Buffer.from(path), attempter(left, new Set(['ENOENT'])));
+  return left;
+}
+
+/** Runs a removal, adding to `left` what failed for another reason than one of `harmless` (error codes). */
+function attempter(
+  left: string[],
+  harmless: ReadonlySet<string>,
+): (path: string | Buffer, action: Promise<unknown>) => Promise<void> {
+  return (path, action) =>
+    action.then(
+      () => undefined,
+      (error: NodeJS.ErrnoException) => {
+        if (!harmless.has(error.code ?? '')) left.push(`${path.toString()} (${error.code ?? error.message})`);
+      },
+    );
 }
 
 async function openToOwner(dir: string | Buffer): Promise<void> {

@@ -15,13 +15,26 @@ import { ActionError, errorMessage } from '../../core/run.js';
 /** A containers.conf is a few KB; a larger file is no containers.conf. */
 const CONF_LIMIT = 1024 * 1024;
 
-/** A TOML basic string. */
+/** TOML's short escapes; every other control character is written as `\uXXXX`. */
+const TOML_ESCAPES: Record<string, string> = {
+  '\b': '\\b',
+  '\t': '\\t',
+  '\n': '\\n',
+  '\f': '\\f',
+  '\r': '\\r',
+};
+
+/**
+ * A TOML basic string. A file name may hold any character but `/` and NUL, and TOML refuses a literal control
+ * character (U+0000-U+001F but tab, U+007F) in a string: left in, podman would fail on the whole file. (C1
+ * controls, which TOML allows, are escaped too: the same string, and no terminal acts on them in a `cat`.)
+ */
 export function tomlString(value: string): string {
-  const escaped = value
-    .replace(/\\/g, '\\\\')
-    .replace(/"/g, '\\"')
-    .replace(/\n/g, '\\n')
-    .replace(/\t/g, '\\t');
+  const escaped = value.replace(/[\\"\p{Cc}]/gu, (c) =>
+    c === '\\' || c === '"'
+      ? `\\${c}`
+      : (TOML_ESCAPES[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0').toUpperCase()}`),
+  );
   return `"${escaped}"`;
 }
 

@@ -4,6 +4,7 @@
  * a mismatch.
  */
 import { RegistryClient, TransientError } from '../../core/oci/client.js';
+import { isRetryableStatus } from '../../core/oci/retry.js';
 import { isIndexMediaType, MediaType, type Descriptor } from '../../core/oci/media-types.js';
 import { formatReference, type ImageReference } from '../../core/oci/reference.js';
 import { externalText } from '../../core/oci/response.js';
@@ -97,9 +98,10 @@ export async function downloadDisk(
 }
 
 /**
- * The registry could not be reached at all (refused, DNS, timeout after retries), as opposed to an answer such
- * as 404 or 401: only then is a cached image of the same source a fair substitute.
+ * The registry could not be reached (refused, DNS, timeout) or answered only trouble of its own (5xx, 429, 408)
+ * through every retry, as an outage page in front of a registry does, as opposed to an answer such as 404 or
+ * 401: only then is a cached image of the same source a fair substitute. (The stream is judged the same way.)
  */
 export function isUnreachable(error: unknown): boolean {
-  return error instanceof TransientError && error.status === undefined;
+  return error instanceof TransientError && (error.status === undefined || isRetryableStatus(error.status));
 }

@@ -7,6 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { copyFile, link, lstat, mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
+import { leftovers, removeRestored } from '../../core/cache-undo.js';
 import { readRegularFile } from '../../core/files.js';
 import { digestFile } from '../../core/oci/digest.js';
 import { errorMessage } from '../../core/run.js';
@@ -116,9 +117,18 @@ export async function verifyStored(
     }
   }
   if (reason === undefined) return { ok: true };
-  await rm(paths.image, { force: true });
-  await rm(paths.record, { force: true });
+  await removeStored(paths);
   return { ok: false, reason };
+}
+
+/**
+ * Removes the image and its record, whatever a cache entry put at their paths: an entry may hold a directory
+ * there (a plain rm fails on one, and on a directory of mode 000 inside it, and the step with it), and a refused
+ * entry is a miss, not a failed step. Recursive only below our own stable paths; no symlink is followed.
+ */
+export async function removeStored(paths: StorePaths): Promise<void> {
+  const left = [...(await removeRestored(paths.image)), ...(await removeRestored(paths.record))];
+  if (left.length) throw new Error(`the refused cached image stays${leftovers(left)}`);
 }
 
 /** Moves a verified download into place (same directory, so the rename is atomic). */

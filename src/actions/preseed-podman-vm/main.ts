@@ -26,6 +26,7 @@ import {
   commitDownload,
   placeInPodmanCache,
   readRecord,
+  removeStored,
   storePaths,
   verifyStored,
   type StorePaths,
@@ -285,10 +286,7 @@ async function locateRemote(
       await placeForPodman(host, paths.image, record, source, vmType, arch);
       return { path: paths.image, digest: record.digest, fromCache: true, size: record.size };
     }
-    if (check.ok) {
-      await rm(paths.image, { force: true });
-      await rm(paths.record, { force: true });
-    }
+    if (check.ok) await removeStored(paths);
     const why = !check.ok
       ? check.reason
       : !titleOk
