@@ -227,6 +227,41 @@ describe('directory cache backend', () => {
     expect(() => process.kill(tarPid, 0)).toThrow(expect.objectContaining({ code: 'ESRCH' }));
   }, 30_000);
 
+  it.each([
+    ['is a symlink loop (spawn throws ELOOP)', 'loop', /tar could not be started: spawn ELOOP/],
+    ['is not on PATH (spawn reports ENOENT)', 'absent', /tar could not be started: spawn tar ENOENT/],
+  ])('leaves no zstd running when tar %s: a miss', async (_what, how, reason) => {
+    const dir = data(`tar-${how}`);
+    // More than a pipe holds: a zstd nobody reads from would block writing it, for good.
+    await fillRandom(dir, 1, MiB);
+    expect((await saveCache(cliHost().host, [dir], `tar-${how}`)).outcome).toBe('saved');
+    await laterRun([dirs.runnerTemp]);
+    const shims = join(dirs.base, `tar-${how}-shims`);
+    const pidFile = join(dirs.base, `tar-${how}.pid`);
+    const { host, log } = cliHost();
+    const result = await withShims(shims, { zstd: `echo $$ > ${pidFile}\nexec "$REAL" "$@"` }, () => {
+      if (how === 'loop') symlinkSync(join(shims, 'tar'), join(shims, 'tar'));
+      else process.env.PATH = shims;
+      return restoreCache(host, [dir], `tar-${how}`);
+    });
+    const zstdPid = Number(readFileSync(pidFile, 'utf8'));
+    try {
+      expect(() => process.kill(zstdPid, 0)).toThrow(expect.objectContaining({ code: 'ESRCH' }));
+    } finally {
+      // The old code's zstd would block the run's leftovers check.
+      try {
+        process.kill(zstdPid, 'SIGKILL');
+      } catch {
+        // gone, as it should be
+      }
+    }
+    expect(result).toEqual({ hit: false, backend: 'dir' });
+    expect(log).toContainEqual(
+      expect.stringMatching(new RegExp(`^warning: Cache unavailable.*${reason.source}`)),
+    );
+    expect(existsSync(dir)).toBe(false);
+  });
+
   it('skips saving when none of the paths exist', async () => {
     const { host } = cliHost();
     expect((await saveCache(host, [join(dirs.base, 'missing')], 'none-key')).outcome).toBe('skipped');
