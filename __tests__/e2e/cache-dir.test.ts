@@ -596,6 +596,49 @@ describe('directory cache backend, eviction', () => {
     expect(log).toContainEqual(expect.stringMatching(/^Cache dir: still .* > IMAGE_CI_CACHE_DIR_MAX_SIZE/));
   });
 
+  it('shows keys and reader hosts from the volume as printable text in eviction lines (other jobs write them)', async () => {
+    // Escape sequences would act on the terminal or log viewer, and a line break would let a key start a line
+    // of its own: the CLI host then wraps the whole line in ::stop-commands::, and it no longer starts with
+    // 'Cache dir:' either.
+    const shared = root;
+    root = join(dirs.base, 'evicting-volume-control');
+    process.env.IMAGE_CI_CACHE_DIR = root;
+    delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    try {
+      const hostile = (name: string) =>
+        `ev-${name}-\u001b]8;;https://x.test/\u0007link\u001b]8;;\u0007\r\n::warning::forged`;
+      for (const name of ['read', 'gone']) {
+        const { image, record } = await disk(data(`evict-control-${name}`), MiB);
+        expect((await saveCache(cliHost().host, [image, record], hostile(name))).outcome).toBe('saved');
+        lastRestored(hostile(name), name === 'read' ? 90 : 60);
+      }
+      // A restore registered on another host (its liveness cannot be checked there), named by that job.
+      const reader = {
+        pid: 4242,
+        host: 'runner-7\u001b[2J\n::error::forged',
+        time: new Date().toISOString(),
+      };
+      writeFileSync(
+        join(entryDirOf(root, hostile('read')), 'readers', '4242-0badc0de'),
+        JSON.stringify(reader),
+      );
+      process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1.5MiB';
+      const { log } = await saveDisk('ev-control-next');
+      const shown = (name: string) => `ev-${name}-?]8;;https://x.test/?link?]8;;???::warning::forged`;
+      const lines = log.filter((l) => /Cache dir: (not )?evict/.test(l));
+      expect(lines).toHaveLength(2);
+      expect(lines[0]).toBe(
+        `Cache dir: not evicting ${shown('read')}, being restored by pid 4242 on runner-7?[2J?::error::forged`,
+      );
+      const evicted = `Cache dir: evicted ${shown('gone')} (1.0 MiB, last restored `;
+      expect(lines[1]!.slice(0, evicted.length)).toBe(evicted);
+    } finally {
+      root = shared;
+      process.env.IMAGE_CI_CACHE_DIR = root;
+      delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    }
+  });
+
   it.each([
     ['20', /IMAGE_CI_CACHE_DIR_MAX_SIZE: '20' has no unit; write 20GiB, 20GB or 20MiB\./],
     ['lots', /IMAGE_CI_CACHE_DIR_MAX_SIZE: 'lots' is not a size; write it like 50GiB or 500MB\./],

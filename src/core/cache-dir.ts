@@ -48,7 +48,7 @@ import {
   type Lock,
   type LockOwner,
 } from './atomic.js';
-import { EntryRefused } from './cache-confinement.js';
+import { EntryRefused, printable } from './cache-confinement.js';
 import { extractConfined } from './cache-dir-extract.js';
 import { exec } from './exec.js';
 import { readRegularFile } from './files.js';
@@ -625,12 +625,12 @@ async function evictOverBudget(host: Host, root: string, keep: string, budget: n
     if (removed === 'busy') continue; // another job is evicting it, or has evicted it meanwhile
     if (removed !== 'removed') {
       host.info(
-        `Cache dir: not evicting ${entry.key}, being restored by pid ${removed[0]!.pid} on ${removed[0]!.host}`,
+        `Cache dir: not evicting ${printable(entry.key)}, being restored by pid ${removed[0]!.pid} on ${printable(removed[0]!.host)}`,
       );
       continue;
     }
     host.info(
-      `Cache dir: evicted ${entry.key} (${formatBytes(entry.sizeBytes)}, last restored ${new Date(entry.lastUsed).toISOString()}): ${over()}`,
+      `Cache dir: evicted ${printable(entry.key)} (${formatBytes(entry.sizeBytes)}, last restored ${new Date(entry.lastUsed).toISOString()}): ${over()}`,
     );
     total -= entry.sizeBytes;
   }
