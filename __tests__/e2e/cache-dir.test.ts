@@ -750,6 +750,27 @@ describe('directory cache backend, hostile volume content', () => {
     expect(existsSync(image)).toBe(false);
   });
 
+  it('refuses a prefix match whose key holds control characters, as the stream restore does (the key reaches logs and outputs)', async () => {
+    const key = 'hostile-ctl-\u001b[2J\r\n::error::forged';
+    const { image, record } = await disk(data('hostile-ctl'), MiB);
+    expect((await saveCache(cliHost().host, [image, record], key)).outcome).toBe('saved');
+    await laterRun([dirs.runnerTemp]);
+    const { host, log } = cliHost();
+    for (const lookupOnly of [true, false]) {
+      expect(
+        await restoreCache(host, [image, record], 'hostile-ctl-2', ['hostile-ctl-'], { lookupOnly }),
+      ).toEqual({
+        hit: false,
+        backend: 'dir',
+      });
+    }
+    expect(existsSync(image)).toBe(false);
+    expect(log.filter((l) => l.includes('forged'))).toEqual([
+      'warning: Cache entry refused, continuing without it (dir backend): the volume holds the key "hostile-ctl-\\u001b[2J\\r\\n::error::forged", which holds control characters',
+      'warning: Cache entry refused, continuing without it (dir backend): the volume holds the key "hostile-ctl-\\u001b[2J\\r\\n::error::forged", which holds control characters',
+    ]);
+  });
+
   it('does not take an entry whose entry.json claims another key than the one it is stored under', async () => {
     const { image, record, entry } = await saved('hostile-claim-a');
     rewriteMeta(entry, (meta) => {

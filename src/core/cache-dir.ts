@@ -49,6 +49,7 @@ import {
   type LockOwner,
 } from './atomic.js';
 import { EntryRefused, printable } from './cache-confinement.js';
+import { matchedKeyProblem } from './cache-key.js';
 import { extractConfined } from './cache-dir-extract.js';
 import { exec } from './exec.js';
 import { readRegularFile } from './files.js';
@@ -254,6 +255,10 @@ export async function restoreFromDirCache(
 ): Promise<BackendRestore> {
   const entry = matchEntry(await readEntries(root, dirCacheVersion(paths)), primaryKey, restoreKeys);
   if (!entry) return {};
+  // Keys are read from the volume, which other jobs write: one with control characters (never built by a
+  // caller) would reach the log and the matched-key output. Refused as the stream restore refuses it.
+  const unasked = matchedKeyProblem(entry.key, primaryKey, restoreKeys);
+  if (unasked) return { refused: `the volume holds ${unasked}` };
   if (options.lookupOnly) return { matchedKey: entry.key };
   const lease = await registerReader(entry.dir);
   if (!lease) return {};
