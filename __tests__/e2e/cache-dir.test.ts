@@ -497,10 +497,11 @@ describe('directory cache backend, eviction', () => {
     expect(keys()).toEqual(['ev-a', 'ev-d']);
     const evictions = log.filter((l) => l.startsWith('Cache dir: evicted'));
     expect(evictions).toHaveLength(2);
+    // The volume is over the new budget already: ev-b goes before the save, ev-c after it.
     expect(evictions[0]).toMatch(
-      /^Cache dir: evicted ev-b \(1\.0 MiB, last restored .*\): 4\.0 MiB > IMAGE_CI_CACHE_DIR_MAX_SIZE=2\.5 MiB$/,
+      /^Cache dir: evicted ev-b \(1\.0 MiB, last restored .*\): 3\.0 MiB > IMAGE_CI_CACHE_DIR_MAX_SIZE=2\.5 MiB$/,
     );
-    expect(evictions[1]).toMatch(/^Cache dir: evicted ev-c /);
+    expect(evictions[1]).toMatch(/^Cache dir: evicted ev-c .*: 3\.0 MiB > /);
   });
 
   it('never evicts an entry a restore is reading (shared lock), and does once it is released', async () => {
@@ -627,12 +628,78 @@ describe('directory cache backend, eviction', () => {
       const shown = (name: string) => `ev-${name}-?]8;;https://x.test/?link?]8;;???::warning::forged`;
       const lines = log.filter((l) => /Cache dir: (not )?evict/.test(l));
       expect(lines).toHaveLength(2);
-      expect(lines[0]).toBe(
+      expect(lines).toContain(
         `Cache dir: not evicting ${shown('read')}, being restored by pid 4242 on runner-7?[2J?::error::forged`,
       );
       const evicted = `Cache dir: evicted ${shown('gone')} (1.0 MiB, last restored `;
-      expect(lines[1]!.slice(0, evicted.length)).toBe(evicted);
+      expect(lines.filter((l) => l.startsWith(evicted))).toHaveLength(1);
     } finally {
+      root = shared;
+      process.env.IMAGE_CI_CACHE_DIR = root;
+      delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    }
+  });
+
+  it('recovers a full volume: evicts before a save when over the budget, and after a save that ran out of space, then saves', async () => {
+    // The volume on a small filesystem of its own (tmpfs, root only): 3 MiB, entries of 1 and 1.5 MiB.
+    const shared = root;
+    root = join(dirs.base, 'full-volume');
+    mkdirSync(root, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', root]);
+    process.env.IMAGE_CI_CACHE_DIR = root;
+    delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    const save = async (key: string, tree = false) => {
+      const paths = tree ? [data(`full-${key}`)] : Object.values(await disk(data(`full-${key}`), MiB));
+      if (tree) await fillRandom(paths[0]!, 1, 1.5 * MiB);
+      const { host, log } = cliHost();
+      const { outcome } = await saveCache(host, paths, key);
+      return { outcome, log: log.filter((l) => !l.startsWith('Saving cache')) };
+    };
+    try {
+      expect((await save('full-a')).outcome).toBe('saved');
+      expect((await save('full-b')).outcome).toBe('saved');
+      // Without a budget nothing is ever evicted: the disk is simply full.
+      const unbudgeted = await save('full-c');
+      expect(unbudgeted.outcome).toBe('failed');
+      expect(unbudgeted.log).toEqual([
+        expect.stringMatching(/^warning: Cache save of full-c failed: .*ENOSPC/),
+      ]);
+
+      // Over the budget (lowered) and full: the save first evicts down to the budget, then fits.
+      process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1.5MiB';
+      const lowered = await save('full-c');
+      expect(lowered.log).toEqual([
+        expect.stringMatching(
+          /^Cache dir: evicted full-a \(1\.0 MiB, .*\): 2\.0 MiB > IMAGE_CI_CACHE_DIR_MAX_SIZE=1\.5 MiB$/,
+        ),
+        // Then, as after every save, the budget is kept.
+        expect.stringMatching(
+          /^Cache dir: evicted full-b .*: 2\.0 MiB > IMAGE_CI_CACHE_DIR_MAX_SIZE=1\.5 MiB$/,
+        ),
+        expect.stringMatching(/^Cache saved: full-c /),
+      ]);
+      expect(keys()).toEqual(['full-c']);
+
+      // A budget larger than the disk: a save that runs out of space evicts what it needs, and is tried again.
+      process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1GiB';
+      expect((await save('full-tree-d', true)).outcome).toBe('saved');
+      const file = await save('full-e');
+      expect(file.outcome).toBe('saved');
+      expect(file.log).toEqual([
+        expect.stringMatching(/^Cache dir: evicted full-c \(1\.0 MiB, .*\): the volume is out of space, /),
+        expect.stringMatching(/^Cache dir: trying full-e once more/),
+        expect.stringMatching(/^Cache saved: full-e /),
+      ]);
+      // So does one whose tar runs out of space.
+      const tree = await save('full-tree-f', true);
+      expect(tree.outcome).toBe('saved');
+      expect(tree.log[0]).toMatch(
+        /^Cache dir: evicted full-tree-d \(1\.5 MiB, .*\): the volume is out of space, /,
+      );
+      expect(keys()).toEqual(['full-e', 'full-tree-f']);
+      expect(readdirSync(join(root, 'tmp'))).toEqual([]);
+    } finally {
+      execFileSync('umount', [root]);
       root = shared;
       process.env.IMAGE_CI_CACHE_DIR = root;
       delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;

@@ -33,6 +33,7 @@ import {
   rename,
   rm,
   stat,
+  statfs,
   lutimes,
   writeFile,
 } from 'node:fs/promises';
@@ -56,6 +57,7 @@ import { readRegularFile } from './files.js';
 import type { Host } from './host.js';
 import { readSizeEnv } from './inputs.js';
 import { formatBytes } from './summary.js';
+import { errorMessage } from './run.js';
 import { TarFormatError } from './tar-members.js';
 
 export const CACHE_DIR_MAX_SIZE_ENV = 'IMAGE_CI_CACHE_DIR_MAX_SIZE';
@@ -507,10 +509,52 @@ export async function saveToDirCache(
   if (existsSync(target)) return { outcome: 'exists', message: `entry already present in ${root}` };
 
   const present = paths.map((p) => resolve(p)).filter((p) => existsSync(p));
+  const started = Date.now();
   await removeStaleTemps(await volumeTmp(root));
+  // A volume already over its budget (lowered, or every entry in use at the last eviction) is brought under it
+  // first: on a full disk this save would fail, and every later one, before any eviction ran.
+  if (budget !== undefined) await evict(host, root, { budget, usedBefore: started, quiet: true });
+  let result: SaveResult;
+  try {
+    result = await publishEntry(host, root, version, paths, present, key);
+  } catch (error) {
+    // A budget larger than the disk, or other data on it: what this save needs is freed, and it is tried once
+    // more. Without a budget the cache keeps everything, as asked.
+    if (budget === undefined || !outOfSpace(error)) throw error;
+    const needed = (await bytesToSave(present)) - (await freeBytes(root));
+    const freed = await evict(host, root, {
+      budget,
+      usedBefore: started,
+      bytesToFree: needed,
+      quiet: true,
+    });
+    if (freed === 0 || freed < needed) {
+      host.info(
+        `Cache dir: no room made for ${printable(key)}: the entries left are in use, or saved or restored since this save began`,
+      );
+      throw error;
+    }
+    host.info(`Cache dir: trying ${printable(key)} once more, now that it fits (it ran out of space)`);
+    result = await publishEntry(host, root, version, paths, present, key);
+  }
+  if (result.outcome === 'saved' && budget !== undefined) {
+    await evict(host, root, { budget, keep: target, usedBefore: Infinity });
+  }
+  return result;
+}
+
+/** Writes the entry in tmp and publishes it under its key; what it left in tmp is removed whatever happens. */
+async function publishEntry(
+  host: Host,
+  root: string,
+  version: string,
+  paths: string[],
+  present: string[],
+  key: string,
+): Promise<SaveResult> {
+  const target = entryDir(root, version, key);
   const claimed = await claimTemp(root);
   const temp = claimed.path;
-  let result: SaveResult;
   try {
     await mkdir(join(temp, READERS), { recursive: true });
     let meta: EntryMeta;
@@ -550,12 +594,42 @@ export async function saveToDirCache(
     await fsyncDir(join(root, 'entries', version));
     host.debug(`published ${target}`);
     const how = meta.format === 'files' ? `${meta.files!.length} file(s) as they are` : 'a zstd tar';
-    result = { outcome: 'saved', message: `${formatBytes(meta.sizeBytes)} in ${root}, ${how}` };
+    return { outcome: 'saved', message: `${formatBytes(meta.sizeBytes)} in ${root}, ${how}` };
   } finally {
     await claimed.done();
   }
-  if (budget !== undefined) await evictOverBudget(host, root, target, budget);
-  return result;
+}
+
+/** A write that failed for lack of room: node's own errors carry the code, tar's and zstd's only their message. */
+function outOfSpace(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException).code;
+  return (
+    code === 'ENOSPC' ||
+    code === 'EDQUOT' ||
+    /No space left on device|Disk quota exceeded/i.test(errorMessage(error))
+  );
+}
+
+/**
+ * At most what saving `paths` takes on the volume: their regular files' bytes, and for each member a tar header
+ * and its padding (a stored file takes less; zstd shrinks an archive, or grows it by a few bytes per block).
+ */
+async function bytesToSave(paths: string[]): Promise<number> {
+  let total = 0;
+  const walk = async (path: string): Promise<void> => {
+    const info = await lstat(path).catch(() => undefined);
+    if (!info) return;
+    total += 1024 + (info.isFile() ? info.size : 0);
+    if (!info.isDirectory()) return;
+    for (const name of await readdir(path).catch(() => [] as string[])) await walk(join(path, name));
+  };
+  for (const path of paths) await walk(path);
+  return total;
+}
+
+async function freeBytes(dir: string): Promise<number> {
+  const fs = await statfs(dir);
+  return fs.bavail * fs.bsize;
 }
 
 /**
@@ -611,35 +685,57 @@ async function removeEntry(root: string, entry: Entry): Promise<'removed' | 'bus
   return 'removed';
 }
 
+interface Eviction {
+  budget: number;
+  /** Bytes to free on top of the budget: what a save that ran out of space needs. */
+  bytesToFree?: number;
+  /** The entry just saved: it stays, and so does every entry saved or restored since (see below). */
+  keep?: string;
+  /** Without `keep`: entries used at or after this time stay (another job's, since this save started). */
+  usedBefore: number;
+  /** No lines about entries kept (in use, or the budget still not met): the save's last eviction says them. */
+  quiet?: boolean;
+}
+
 /**
- * Keeps the cache under its budget: least recently restored entries go first; the entry just saved and every
- * entry a restore is reading stay (removeEntry), and so does every entry saved or restored since the one just
- * saved: another job published it meanwhile, and its own eviction (which keeps it) is the one to decide between
- * the two. Were the older save to evict it, each of two jobs saving at once could evict the other's entry.
+ * Keeps the cache under its budget (and frees `bytesToFree`): least recently restored entries go first; the
+ * entry just saved and every entry a restore is reading stay (removeEntry), and so does every entry saved or
+ * restored since the one just saved: another job published it meanwhile, and its own eviction (which keeps it)
+ * is the one to decide between the two. Were the older save to evict it, each of two jobs saving at once could
+ * evict the other's entry. Answers the bytes evicted.
  */
-async function evictOverBudget(host: Host, root: string, keep: string, budget: number): Promise<void> {
+async function evict(host: Host, root: string, how: Eviction): Promise<number> {
+  const { budget, bytesToFree = 0, keep } = how;
   const entries = await allEntries(root);
   let total = entries.reduce((sum, e) => sum + e.sizeBytes, 0);
+  let freed = 0;
   const over = () => `${formatBytes(total)} > ${CACHE_DIR_MAX_SIZE_ENV}=${formatBytes(budget)}`;
-  const saved = entries.find((e) => e.dir === keep)?.lastUsed ?? Infinity;
+  const why = () =>
+    total > budget
+      ? over()
+      : `the volume is out of space, a save needs ${formatBytes(bytesToFree - freed)} more`;
+  const usedBefore = entries.find((e) => e.dir === keep)?.lastUsed ?? how.usedBefore;
   for (const entry of entries.sort((a, b) => a.lastUsed - b.lastUsed)) {
-    if (total <= budget) return;
+    if (total <= budget && freed >= bytesToFree) return freed;
     if (entry.dir === keep) continue;
-    if (entry.lastUsed >= saved) break;
+    if (entry.lastUsed >= usedBefore) break;
     const removed = await removeEntry(root, entry);
     if (removed === 'busy') continue; // another job is evicting it, or has evicted it meanwhile
     if (removed !== 'removed') {
+      if (how.quiet) continue;
       host.info(
         `Cache dir: not evicting ${printable(entry.key)}, being restored by pid ${removed[0]!.pid} on ${printable(removed[0]!.host)}`,
       );
       continue;
     }
     host.info(
-      `Cache dir: evicted ${printable(entry.key)} (${formatBytes(entry.sizeBytes)}, last restored ${new Date(entry.lastUsed).toISOString()}): ${over()}`,
+      `Cache dir: evicted ${printable(entry.key)} (${formatBytes(entry.sizeBytes)}, last restored ${new Date(entry.lastUsed).toISOString()}): ${why()}`,
     );
     total -= entry.sizeBytes;
+    freed += entry.sizeBytes;
   }
-  if (total > budget) {
+  if (total > budget && !how.quiet) {
     host.info(`Cache dir: still ${over()}; only entries in use, just saved or used since are left.`);
   }
+  return freed;
 }
