@@ -914,6 +914,38 @@ describe('directory cache backend, hostile volume content', () => {
     expect(readFileSync(join(dir, 'x'), 'utf8')).toBe('x');
   });
 
+  it.each([
+    ['a copy', false],
+    ['a hard link', true],
+  ])(
+    'places no file another job swapped for a symlink after the entry was checked (%s)',
+    async (_how, readOnly) => {
+      const key = `hostile-swap-${readOnly}`;
+      const { image, record, entry } = await saved(key);
+      const secret = join(dirs.base, `secret-swap-${readOnly}`);
+      writeFileSync(secret, 'secret\n', { mode: 0o600 });
+      await laterRun([dirs.runnerTemp]);
+      const { host, log } = cliHost();
+      // Between two stored files being placed: after the checks of the entry, before the second file is read.
+      const info = host.info.bind(host);
+      host.info = (message: string) => {
+        info(message);
+        if (message.startsWith(`Restored ${image} `)) {
+          rmSync(join(entry, 'files', '1'));
+          symlinkSync(secret, join(entry, 'files', '1'));
+        }
+      };
+      expect(await restoreCache(host, [image, record], key, [], { readOnly })).toEqual({
+        hit: false,
+        backend: 'dir',
+      });
+      expect(existsSync(record)).toBe(false);
+      expect(log).toContainEqual(
+        expect.stringMatching(/^warning: Cache entry refused, .*files\/1 is not a regular file/),
+      );
+    },
+  );
+
   it('does not follow a stored file that is a symlink (it would copy whatever it points at)', async () => {
     const { image, record, entry } = await saved('hostile-symlink');
     const secret = join(dirs.base, 'secret-2');

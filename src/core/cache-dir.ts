@@ -280,7 +280,7 @@ export async function restoreFromDirCache(
     await lutimes(join(entry.dir, USED), now, now).catch(() => undefined);
     if (entry.format === 'files') {
       for (const file of entry.files ?? []) {
-        const how = await placeFile(join(entry.dir, file.name), file.path, options.readOnly ?? false);
+        const how = await placeFile(entry.dir, file.name, file.path, options.readOnly ?? false);
         host.info(`Restored ${file.path} (${formatBytes(file.size)}) as ${how} of ${entry.dir}/${file.name}`);
       }
     } else {
@@ -289,7 +289,11 @@ export async function restoreFromDirCache(
       await extractConfined(join(entry.dir, ARCHIVE), paths, cacheCallTimeoutMs());
     }
   } catch (error) {
-    if (error instanceof EntryRefused || error instanceof TarFormatError) {
+    if (
+      error instanceof EntryRefused ||
+      error instanceof TarFormatError ||
+      error instanceof StoredFileRefused
+    ) {
       return { refused: `${entry.dir}: ${error.message}` };
     }
     throw error;
@@ -338,11 +342,44 @@ async function changedSinceSaved(entry: Entry): Promise<string | undefined> {
 const TEMP_MARK = '.ici-';
 const TEMP_NAME = /^[0-9a-f]{8}(\.owner)?$/;
 
+/** A stored file is not one to restore (the entry was checked, and another job changed it since). */
+class StoredFileRefused extends Error {}
+
 /**
- * Puts a stored file at `target` in one rename (a reader of `target` sees the old file or the new one). A hard
- * link only for read-only use: it shares the entry's bytes; else a reflink, which shares them copy-on-write.
+ * Puts the stored file `name` of the entry in `dir` at `target` in one rename (a reader of `target` sees the old
+ * file or the new one). A hard link only for read-only use: it shares the entry's bytes; else a reflink, which
+ * shares them copy-on-write.
+ *
+ * Another job may swap the stored file for a symlink after the entry was checked: it is opened once, without
+ * following a link or blocking, and what is placed must be that very file. A hard link is checked to be it (link()
+ * makes a second name for a symlink rather than follow it); a copy reads it through /proc/self/fd where there is one.
  */
-async function placeFile(source: string, target: string, readOnly: boolean): Promise<string> {
+async function placeFile(dir: string, name: string, target: string, readOnly: boolean): Promise<string> {
+  const source = join(dir, name);
+  const stored = await open(source, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(
+    (error: NodeJS.ErrnoException) => {
+      throw error.code === 'ELOOP'
+        ? new StoredFileRefused(`${name} is not a regular file (a symlink)`)
+        : error;
+    },
+  );
+  try {
+    const held = await stored.stat();
+    if (!held.isFile()) throw new StoredFileRefused(`${name} is not a regular file`);
+    const procPath = `/proc/self/fd/${stored.fd}`;
+    return await placeHeld(existsSync(procPath) ? procPath : source, source, held, target, readOnly);
+  } finally {
+    await stored.close();
+  }
+}
+
+async function placeHeld(
+  from: string,
+  source: string,
+  held: { dev: number; ino: number },
+  target: string,
+  readOnly: boolean,
+): Promise<string> {
   await mkdir(dirname(target), { recursive: true });
   await removeStaleTempsBeside(target);
   const temp = `${target}${TEMP_MARK}${randomBytes(4).toString('hex')}`;
@@ -351,18 +388,25 @@ async function placeFile(source: string, target: string, readOnly: boolean): Pro
   const owner = `${temp}${OWNER_SUFFIX}`;
   await writeFile(owner, JSON.stringify(ownerRecord('restore')), { flag: 'wx' });
   try {
-    const linked =
+    let linked =
       readOnly &&
       (await link(source, temp).then(
         () => true,
         () => false,
       ));
+    if (linked) {
+      const placed = await lstat(temp);
+      if (placed.ino !== held.ino || placed.dev !== held.dev) {
+        await rm(temp, { force: true });
+        linked = false;
+      }
+    }
     let how = 'a hard link';
     if (!linked) {
-      how = await copyFile(source, temp, constants.COPYFILE_FICLONE_FORCE).then(
+      how = await copyFile(from, temp, constants.COPYFILE_FICLONE_FORCE).then(
         () => 'a reflink',
         async () => {
-          await copyFile(source, temp);
+          await copyFile(from, temp);
           return 'a copy';
         },
       );
