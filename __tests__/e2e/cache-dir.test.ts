@@ -16,6 +16,7 @@ import {
   readdirSync,
   readFileSync,
   readlinkSync,
+  renameSync,
   rmSync,
   statSync,
   symlinkSync,
@@ -980,6 +981,44 @@ describe('directory cache backend, hostile volume content', () => {
       expect.stringMatching(/^warning: Cache save of hostile-tmp failed: .*\/tmp is not a directory/),
     );
     rmSync(join(root, 'tmp'));
+  });
+
+  it('never sweeps through a tmp dir another job swaps for a symlink while the sweep runs', async () => {
+    // Day-old names in tmp that the victim dir has too; the sweep's first removal is seen (inotify) and tmp is
+    // swapped for a link to the victim at once, while names read from the real tmp are still being removed.
+    const victim = join(dirs.base, 'victim-swapped');
+    const tmp = join(root, 'tmp');
+    const lastWeek = new Date(Date.now() - 7 * 24 * 3_600_000);
+    mkdirSync(tmp, { recursive: true });
+    mkdirSync(victim, { recursive: true });
+    const names = Array.from({ length: 200 }, (_, i) => `old-${i}`);
+    for (const dir of [tmp, victim]) {
+      for (const name of names) {
+        writeFileSync(join(dir, name), 'old\n');
+        utimesSync(join(dir, name), lastWeek, lastWeek);
+      }
+    }
+    const swapped = join(root, 'tmp-swapped');
+    let swappedOnce = false;
+    const watcher = watch(tmp, () => {
+      if (swappedOnce) return;
+      swappedOnce = true;
+      renameSync(tmp, swapped);
+      symlinkSync(victim, tmp);
+    });
+    const dir = data('hostile-tmp-race');
+    writeFileSync(join(dir, 'x'), 'x');
+    try {
+      await saveCache(cliHost().host, [dir], 'hostile-tmp-race');
+    } finally {
+      watcher.close();
+      if (swappedOnce) {
+        rmSync(tmp);
+        renameSync(swapped, tmp);
+      }
+    }
+    expect(swappedOnce).toBe(true);
+    expect(readdirSync(victim).length).toBe(names.length);
   });
 
   it('does not read stored files through an entry whose files dir is a symlink (they would come from outside it)', async () => {

@@ -463,7 +463,29 @@ async function fsyncFile(path: string): Promise<void> {
   }
 }
 
-async function removeStaleTemps(tmpRoot: string): Promise<void> {
+/**
+ * Removes what killed saves and evictions left in the volume's tmp dir. Another job may swap that dir for a symlink
+ * at any moment, also after volumeTmp() looked at it: names read from the real dir would then be removed wherever
+ * the link leads. So the dir is opened (never through a link) and, where Linux names an open dir in /proc, swept
+ * through that name, which stays the dir opened whatever happens to its path.
+ */
+async function removeStaleTemps(tmp: string): Promise<void> {
+  const dir = await open(tmp, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW).catch(
+    (error: NodeJS.ErrnoException) => {
+      throw new Error(
+        `${tmp} is not a directory (${error.code ?? error.message}): the cache leaves it alone`,
+      );
+    },
+  );
+  try {
+    const opened = `/proc/self/fd/${dir.fd}`;
+    await sweepTemps(existsSync(opened) ? opened : tmp);
+  } finally {
+    await dir.close();
+  }
+}
+
+async function sweepTemps(tmpRoot: string): Promise<void> {
   let names: string[];
   try {
     names = await readdir(tmpRoot);
