@@ -1039,6 +1039,29 @@ describe('directory cache backend, hostile volume content', () => {
     );
   });
 
+  it('counts no entry whose entry.json claims an endless size (1e999): the budget is kept, nothing else evicted', async () => {
+    // Counted, it made the total Infinity, then NaN once evicted, and every save evicted every older entry.
+    const shared = root;
+    root = join(dirs.base, 'hostile-volume-endless');
+    process.env.IMAGE_CI_CACHE_DIR = root;
+    try {
+      const { entry } = await saved('hostile-endless');
+      const meta = readFileSync(join(entry, 'entry.json'), 'utf8');
+      writeFileSync(join(entry, 'entry.json'), meta.replace(/"sizeBytes": \d+/, '"sizeBytes": 1e999'));
+      const kept = await saved('hostile-endless-kept');
+      process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '2.5MiB';
+      const { host, log } = cliHost();
+      const { image, record } = await disk(data('hostile-endless-next'), MiB);
+      expect((await saveCache(host, [image, record], 'hostile-endless-next')).outcome).toBe('saved');
+      expect(log.filter((l) => l.startsWith('Cache dir: evicted'))).toEqual([]);
+      expect(existsSync(kept.entry)).toBe(true);
+    } finally {
+      root = shared;
+      process.env.IMAGE_CI_CACHE_DIR = root;
+      delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    }
+  });
+
   it('evicts past a FIFO in place of a restore registration instead of blocking every save', async () => {
     const { entry } = await saved('hostile-fifo-reader');
     mkdirSync(join(entry, 'readers'), { recursive: true });

@@ -138,8 +138,11 @@ async function readVolumeFile(path: string, maxBytes: number): Promise<string | 
 const STORED_NAME = new RegExp(`^${FILES}/\\d+$`);
 
 function wellFormed(meta: Partial<EntryMeta> | null, dir: string): meta is EntryMeta {
-  if (typeof meta?.key !== 'string' || typeof meta.createdAt !== 'number') return false;
-  if (typeof meta.sizeBytes !== 'number' || !(meta.sizeBytes >= 0)) return false;
+  // JSON reads 1e999 as Infinity: counted, such a size would leave the budget's total NaN, and every eviction
+  // would run on to the last entry.
+  const finite = (n: unknown): n is number => typeof n === 'number' && Number.isFinite(n);
+  if (typeof meta?.key !== 'string' || !finite(meta.createdAt)) return false;
+  if (!finite(meta.sizeBytes) || meta.sizeBytes < 0) return false;
   // Stored under another key's name, it would be taken for that key's exact match.
   if (basename(dir) !== entryName(meta.key)) return false;
   if (meta.format !== 'files') return true;
