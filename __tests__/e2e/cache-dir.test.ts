@@ -947,6 +947,27 @@ describe('directory cache backend, hostile volume content', () => {
     },
   );
 
+  it('reads the second stored file from the files dir it checked, though another job swapped that dir for a symlink', async () => {
+    const { image, record, entry } = await saved('hostile-swap-dir');
+    const recordBytes = readFileSync(join(entry, 'files', '1'), 'utf8');
+    // Elsewhere, a file named as a stored file is.
+    const elsewhere = join(dirs.base, 'elsewhere-numbered');
+    mkdirSync(elsewhere, { recursive: true });
+    writeFileSync(join(elsewhere, '1'), 'secret\n', { mode: 0o600 });
+    await laterRun([dirs.runnerTemp]);
+    const { host } = cliHost();
+    const info = host.info.bind(host);
+    host.info = (message: string) => {
+      info(message);
+      if (message.startsWith(`Restored ${image} `)) {
+        renameSync(join(entry, 'files'), join(entry, 'files-aside'));
+        symlinkSync(elsewhere, join(entry, 'files'));
+      }
+    };
+    expect((await restoreCache(host, [image, record], 'hostile-swap-dir')).hit).toBe(true);
+    expect(readFileSync(record, 'utf8')).toBe(recordBytes);
+  });
+
   it('does not follow a stored file that is a symlink (it would copy whatever it points at)', async () => {
     const { image, record, entry } = await saved('hostile-symlink');
     const secret = join(dirs.base, 'secret-2');

@@ -282,9 +282,16 @@ export async function restoreFromDirCache(
     // lutimes: `used` is the volume's content, and a symlink there must not let a restore touch another file.
     await lutimes(join(entry.dir, USED), now, now).catch(() => undefined);
     if (entry.format === 'files') {
-      for (const file of entry.files ?? []) {
-        const how = await placeFile(entry.dir, file.name, file.path, options.readOnly ?? false);
-        host.info(`Restored ${file.path} (${formatBytes(file.size)}) as ${how} of ${entry.dir}/${file.name}`);
+      const stored = await openStoredFiles(entry.dir);
+      try {
+        for (const file of entry.files ?? []) {
+          const how = await placeFile(stored.path, file.name, file.path, options.readOnly ?? false);
+          host.info(
+            `Restored ${file.path} (${formatBytes(file.size)}) as ${how} of ${entry.dir}/${file.name}`,
+          );
+        }
+      } finally {
+        await stored.close();
       }
     } else {
       host.info(`Extracting ${formatBytes(entry.sizeBytes)} from ${entry.dir}`);
@@ -349,7 +356,25 @@ const TEMP_NAME = /^[0-9a-f]{8}(\.owner)?$/;
 class StoredFileRefused extends Error {}
 
 /**
- * Puts the stored file `name` of the entry in `dir` at `target` in one rename (a reader of `target` sees the old
+ * The entry's files dir, opened (never through a link), and a path that names it: on Linux /proc/self/fd/<n>,
+ * which stays the dir opened when another job swaps the entry's `files` for a symlink after it was checked.
+ */
+async function openStoredFiles(dir: string): Promise<{ path: string; close(): Promise<void> }> {
+  const handle = await open(
+    join(dir, FILES),
+    constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW,
+  ).catch((error: NodeJS.ErrnoException) => {
+    throw new StoredFileRefused(`${FILES} is not a directory of its own (${error.code ?? error.message})`);
+  });
+  const opened = `/proc/self/fd/${handle.fd}`;
+  return {
+    path: existsSync(opened) ? opened : join(dir, FILES),
+    close: () => handle.close(),
+  };
+}
+
+/**
+ * Puts the stored file `name` (`files/<n>`) from the files dir `files` at `target` in one rename (a reader of `target` sees the old
  * file or the new one). A hard link only for read-only use: it shares the entry's bytes; else a reflink, which
  * shares them copy-on-write.
  *
@@ -357,8 +382,8 @@ class StoredFileRefused extends Error {}
  * following a link or blocking, and what is placed must be that very file. A hard link is checked to be it (link()
  * makes a second name for a symlink rather than follow it); a copy reads it through /proc/self/fd where there is one.
  */
-async function placeFile(dir: string, name: string, target: string, readOnly: boolean): Promise<string> {
-  const source = join(dir, name);
+async function placeFile(files: string, name: string, target: string, readOnly: boolean): Promise<string> {
+  const source = join(files, basename(name));
   const stored = await open(source, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(
     (error: NodeJS.ErrnoException) => {
       throw error.code === 'ELOOP'
