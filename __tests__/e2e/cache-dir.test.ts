@@ -28,7 +28,7 @@ import { hostname } from 'node:os';
 import { basename, dirname, join, relative } from 'node:path';
 import { acquireLock } from '../../src/core/atomic.js';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
-import { registerReader } from '../../src/core/cache-dir.js';
+import { dirCacheVersion, registerReader } from '../../src/core/cache-dir.js';
 import { InputError } from '../../src/core/inputs.js';
 import { laterRun } from '../support/cache-service.js';
 import {
@@ -1041,6 +1041,34 @@ describe('directory cache backend, hostile volume content', () => {
     expect(swappedOnce).toBe(true);
     expect(readdirSync(victim).length).toBe(names.length);
   });
+
+  it.each([['entries'], ['entries/<version>']])(
+    'never publishes an entry through a symlink in place of %s (it would write the entry wherever that leads)',
+    async (component) => {
+      const dir = data(`hostile-publish-${component.length}`);
+      writeFileSync(join(dir, 'x'), 'x');
+      const victim = join(dirs.base, `victim-publish-${component.length}`);
+      mkdirSync(victim, { recursive: true });
+      const volume = join(dirs.base, `hostile-publish-volume-${component.length}`);
+      const linked = join(volume, component.replace('<version>', dirCacheVersion([dir])));
+      mkdirSync(dirname(linked), { recursive: true });
+      symlinkSync(victim, linked);
+      process.env.IMAGE_CI_CACHE_DIR = volume;
+      try {
+        const { host, log } = cliHost();
+        expect((await saveCache(host, [dir], 'hostile-publish')).outcome).toBe('failed');
+        expect(log).toContainEqual(
+          expect.stringMatching(
+            /^warning: Cache save of hostile-publish failed: .* is not a directory of its own \((ENOTDIR|ELOOP)\)/,
+          ),
+        );
+      } finally {
+        process.env.IMAGE_CI_CACHE_DIR = root;
+      }
+      expect(readdirSync(victim)).toEqual([]);
+      expect(readdirSync(join(volume, 'tmp'))).toEqual([]);
+    },
+  );
 
   it('does not read stored files through an entry whose files dir is a symlink (they would come from outside it)', async () => {
     const { image, record, entry } = await saved('hostile-files-dir');

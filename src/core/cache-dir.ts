@@ -36,6 +36,7 @@ import {
   statfs,
   lutimes,
   writeFile,
+  type FileHandle,
 } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
@@ -282,7 +283,9 @@ export async function restoreFromDirCache(
     // lutimes: `used` is the volume's content, and a symlink there must not let a restore touch another file.
     await lutimes(join(entry.dir, USED), now, now).catch(() => undefined);
     if (entry.format === 'files') {
-      const stored = await openStoredFiles(entry.dir);
+      const stored = await openOwnDir(entry.dir, [FILES]).catch((error: unknown) => {
+        throw error instanceof OwnDirMissing ? new StoredFileRefused(error.message) : error;
+      });
       try {
         for (const file of entry.files ?? []) {
           const how = await placeFile(stored.path, file.name, file.path, options.readOnly ?? false);
@@ -355,28 +358,53 @@ const TEMP_NAME = /^[0-9a-f]{8}(\.owner)?$/;
 /** A stored file is not one to restore (the entry was checked, and another job changed it since). */
 class StoredFileRefused extends Error {}
 
-/**
- * The entry's files dir, opened (never through a link), and a path that names it: on Linux /proc/self/fd/<n>,
- * which stays the dir opened when another job swaps the entry's `files` for a symlink after it was checked.
- */
-async function openStoredFiles(dir: string): Promise<{ path: string; close(): Promise<void> }> {
-  const handle = await open(
-    join(dir, FILES),
-    constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW,
-  ).catch((error: NodeJS.ErrnoException) => {
-    throw new StoredFileRefused(`${FILES} is not a directory of its own (${error.code ?? error.message})`);
-  });
-  const opened = `/proc/self/fd/${handle.fd}`;
-  return {
-    path: existsSync(opened) ? opened : join(dir, FILES),
-    close: () => handle.close(),
-  };
+interface OwnDir {
+  /** Names the dir opened: on Linux /proc/self/fd/<n>, elsewhere its path. */
+  path: string;
+  close(): Promise<void>;
 }
 
 /**
- * Puts the stored file `name` (`files/<n>`) from the files dir `files` at `target` in one rename (a reader of `target` sees the old
- * file or the new one). A hard link only for read-only use: it shares the entry's bytes; else a reflink, which
- * shares them copy-on-write.
+ * `base/<names...>`, each component a directory of its own (made where missing when `create`), opened without
+ * following a link. Another job sharing the volume may swap any of them for a symlink at any moment, also after
+ * a check: on Linux the path answered, /proc/self/fd/<n>, stays the dir opened whatever happens to the names.
+ * Throws naming the component that is not a directory (a symlink, a file) or is missing.
+ */
+async function openOwnDir(base: string, names: string[], create = false): Promise<OwnDir> {
+  const flags = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
+  let at = base;
+  let shown = base;
+  let handle: FileHandle | undefined;
+  try {
+    for (const name of names) {
+      shown = join(shown, name);
+      if (create) {
+        await mkdir(join(at, name)).catch((error: NodeJS.ErrnoException) => {
+          if (error.code !== 'EEXIST') throw error;
+        });
+      }
+      const next = await open(join(at, name), flags).catch((error: NodeJS.ErrnoException) => {
+        throw new OwnDirMissing(`${shown} is not a directory of its own (${error.code ?? error.message})`);
+      });
+      await handle?.close();
+      handle = next;
+      const opened = `/proc/self/fd/${handle.fd}`;
+      at = existsSync(opened) ? opened : shown;
+    }
+  } catch (error) {
+    await handle?.close();
+    throw error;
+  }
+  const held = handle;
+  return { path: at, close: async () => held?.close() };
+}
+
+class OwnDirMissing extends Error {}
+
+/**
+ * Puts the stored file `name` (`files/<n>`) from the files dir `files` (openOwnDir) at `target` in one rename (a
+ * reader of `target` sees the old file or the new one). A hard link only for read-only use: it shares the entry's
+ * bytes; else a reflink, which shares them copy-on-write.
  *
  * Another job may swap the stored file for a symlink after the entry was checked: it is opened once, without
  * following a link or blocking, and what is placed must be that very file. A hard link is checked to be it (link()
@@ -492,24 +520,16 @@ async function fsyncFile(path: string): Promise<void> {
 }
 
 /**
- * Removes what killed saves and evictions left in the volume's tmp dir. Another job may swap that dir for a symlink
- * at any moment, also after volumeTmp() looked at it: names read from the real dir would then be removed wherever
- * the link leads. So the dir is opened (never through a link) and, where Linux names an open dir in /proc, swept
- * through that name, which stays the dir opened whatever happens to its path.
+ * Removes what killed saves and evictions left in the volume's tmp dir, working in the dir opened (openOwnDir):
+ * swapped for a symlink after volumeTmp() looked at it, names read from the real dir would otherwise be removed
+ * wherever the link leads.
  */
-async function removeStaleTemps(tmp: string): Promise<void> {
-  const dir = await open(tmp, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW).catch(
-    (error: NodeJS.ErrnoException) => {
-      throw new Error(
-        `${tmp} is not a directory (${error.code ?? error.message}): the cache leaves it alone`,
-      );
-    },
-  );
+async function removeStaleTemps(root: string): Promise<void> {
+  const tmp = await openOwnDir(root, ['tmp']);
   try {
-    const opened = `/proc/self/fd/${dir.fd}`;
-    await sweepTemps(existsSync(opened) ? opened : tmp);
+    await sweepTemps(tmp.path);
   } finally {
-    await dir.close();
+    await tmp.close();
   }
 }
 
@@ -604,7 +624,8 @@ export async function saveToDirCache(
 
   const present = paths.map((p) => resolve(p)).filter((p) => existsSync(p));
   const started = Date.now();
-  await removeStaleTemps(await volumeTmp(root));
+  await volumeTmp(root);
+  await removeStaleTemps(root);
   // A volume already over its budget (lowered, or every entry in use at the last eviction) is brought under it
   // first: on a full disk this save would fail, and every later one, before any eviction ran.
   if (budget !== undefined) await evict(host, root, { budget, usedBefore: started, quiet: true });
@@ -675,17 +696,23 @@ async function publishEntry(
     }
     await writeFile(join(temp, USED), '');
     await writeFileAtomic(join(temp, META), `${JSON.stringify(meta, null, 2)}\n`);
-    await mkdir(join(root, 'entries', version), { recursive: true });
+    // Published into the version dir as opened (and made): through a symlink in place of entries/ or
+    // entries/<version>, the entry (the job's files) would be written wherever that leads.
+    const entries = await openOwnDir(root, ['entries', version], true);
     try {
-      await rename(temp, target);
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code === 'ENOTEMPTY' || code === 'EEXIST') {
-        return { outcome: 'exists', message: `another writer published ${key} first` };
+      try {
+        await rename(temp, join(entries.path, basename(target)));
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code;
+        if (code === 'ENOTEMPTY' || code === 'EEXIST') {
+          return { outcome: 'exists', message: `another writer published ${key} first` };
+        }
+        throw error;
       }
-      throw error;
+      await fsyncDir(entries.path);
+    } finally {
+      await entries.close();
     }
-    await fsyncDir(join(root, 'entries', version));
     host.debug(`published ${target}`);
     const how = meta.format === 'files' ? `${meta.files!.length} file(s) as they are` : 'a zstd tar';
     return { outcome: 'saved', message: `${formatBytes(meta.sizeBytes)} in ${root}, ${how}` };
