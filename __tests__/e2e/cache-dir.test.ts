@@ -16,6 +16,7 @@ import {
   readdirSync,
   readFileSync,
   readlinkSync,
+  renameSync,
   rmSync,
   statSync,
   symlinkSync,
@@ -27,7 +28,7 @@ import { hostname } from 'node:os';
 import { basename, dirname, join, relative } from 'node:path';
 import { acquireLock } from '../../src/core/atomic.js';
 import { restoreCache, saveCache } from '../../src/core/cache.js';
-import { registerReader } from '../../src/core/cache-dir.js';
+import { dirCacheVersion, registerReader } from '../../src/core/cache-dir.js';
 import { InputError } from '../../src/core/inputs.js';
 import { laterRun } from '../support/cache-service.js';
 import {
@@ -226,6 +227,41 @@ describe('directory cache backend', () => {
     const tarPid = Number(readFileSync(pidFile, 'utf8'));
     expect(() => process.kill(tarPid, 0)).toThrow(expect.objectContaining({ code: 'ESRCH' }));
   }, 30_000);
+
+  it.each([
+    ['is a symlink loop (spawn throws ELOOP)', 'loop', /tar could not be started: spawn ELOOP/],
+    ['is not on PATH (spawn reports ENOENT)', 'absent', /tar could not be started: spawn tar ENOENT/],
+  ])('leaves no zstd running when tar %s: a miss', async (_what, how, reason) => {
+    const dir = data(`tar-${how}`);
+    // More than a pipe holds: a zstd nobody reads from would block writing it, for good.
+    await fillRandom(dir, 1, MiB);
+    expect((await saveCache(cliHost().host, [dir], `tar-${how}`)).outcome).toBe('saved');
+    await laterRun([dirs.runnerTemp]);
+    const shims = join(dirs.base, `tar-${how}-shims`);
+    const pidFile = join(dirs.base, `tar-${how}.pid`);
+    const { host, log } = cliHost();
+    const result = await withShims(shims, { zstd: `echo $$ > ${pidFile}\nexec "$REAL" "$@"` }, () => {
+      if (how === 'loop') symlinkSync(join(shims, 'tar'), join(shims, 'tar'));
+      else process.env.PATH = shims;
+      return restoreCache(host, [dir], `tar-${how}`);
+    });
+    const zstdPid = Number(readFileSync(pidFile, 'utf8'));
+    try {
+      expect(() => process.kill(zstdPid, 0)).toThrow(expect.objectContaining({ code: 'ESRCH' }));
+    } finally {
+      // The old code's zstd would block the run's leftovers check.
+      try {
+        process.kill(zstdPid, 'SIGKILL');
+      } catch {
+        // gone, as it should be
+      }
+    }
+    expect(result).toEqual({ hit: false, backend: 'dir' });
+    expect(log).toContainEqual(
+      expect.stringMatching(new RegExp(`^warning: Cache unavailable.*${reason.source}`)),
+    );
+    expect(existsSync(dir)).toBe(false);
+  });
 
   it('skips saving when none of the paths exist', async () => {
     const { host } = cliHost();
@@ -462,10 +498,11 @@ describe('directory cache backend, eviction', () => {
     expect(keys()).toEqual(['ev-a', 'ev-d']);
     const evictions = log.filter((l) => l.startsWith('Cache dir: evicted'));
     expect(evictions).toHaveLength(2);
+    // The volume is over the new budget already: ev-b goes before the save, ev-c after it.
     expect(evictions[0]).toMatch(
-      /^Cache dir: evicted ev-b \(1\.0 MiB, last restored .*\): 4\.0 MiB > IMAGE_CI_CACHE_DIR_MAX_SIZE=2\.5 MiB$/,
+      /^Cache dir: evicted ev-b \(1\.0 MiB, last restored .*\): 3\.0 MiB > IMAGE_CI_CACHE_DIR_MAX_SIZE=2\.5 MiB$/,
     );
-    expect(evictions[1]).toMatch(/^Cache dir: evicted ev-c /);
+    expect(evictions[1]).toMatch(/^Cache dir: evicted ev-c .*: 3\.0 MiB > /);
   });
 
   it('never evicts an entry a restore is reading (shared lock), and does once it is released', async () => {
@@ -559,6 +596,115 @@ describe('directory cache backend, eviction', () => {
     expect(keys()).toEqual(['ev-newer', 'ev-older']);
     expect(log.filter((l) => l.startsWith('Cache dir: evicted ev-newer'))).toEqual([]);
     expect(log).toContainEqual(expect.stringMatching(/^Cache dir: still .* > IMAGE_CI_CACHE_DIR_MAX_SIZE/));
+  });
+
+  it('shows keys and reader hosts from the volume as printable text in eviction lines (other jobs write them)', async () => {
+    // Escape sequences would act on the terminal or log viewer, and a line break would let a key start a line
+    // of its own: the CLI host then wraps the whole line in ::stop-commands::, and it no longer starts with
+    // 'Cache dir:' either.
+    const shared = root;
+    root = join(dirs.base, 'evicting-volume-control');
+    process.env.IMAGE_CI_CACHE_DIR = root;
+    delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    try {
+      const hostile = (name: string) =>
+        `ev-${name}-\u001b]8;;https://x.test/\u0007link\u001b]8;;\u0007\r\n::warning::forged`;
+      for (const name of ['read', 'gone']) {
+        const { image, record } = await disk(data(`evict-control-${name}`), MiB);
+        expect((await saveCache(cliHost().host, [image, record], hostile(name))).outcome).toBe('saved');
+        lastRestored(hostile(name), name === 'read' ? 90 : 60);
+      }
+      // A restore registered on another host (its liveness cannot be checked there), named by that job.
+      const reader = {
+        pid: 4242,
+        host: 'runner-7\u001b[2J\n::error::forged',
+        time: new Date().toISOString(),
+      };
+      writeFileSync(
+        join(entryDirOf(root, hostile('read')), 'readers', '4242-0badc0de'),
+        JSON.stringify(reader),
+      );
+      process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1.5MiB';
+      const { log } = await saveDisk('ev-control-next');
+      const shown = (name: string) => `ev-${name}-?]8;;https://x.test/?link?]8;;???::warning::forged`;
+      const lines = log.filter((l) => /Cache dir: (not )?evict/.test(l));
+      expect(lines).toHaveLength(2);
+      expect(lines).toContain(
+        `Cache dir: not evicting ${shown('read')}, being restored by pid 4242 on runner-7?[2J?::error::forged`,
+      );
+      const evicted = `Cache dir: evicted ${shown('gone')} (1.0 MiB, last restored `;
+      expect(lines.filter((l) => l.startsWith(evicted))).toHaveLength(1);
+    } finally {
+      root = shared;
+      process.env.IMAGE_CI_CACHE_DIR = root;
+      delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    }
+  });
+
+  it('recovers a full volume: evicts before a save when over the budget, and after a save that ran out of space, then saves', async () => {
+    // The volume on a small filesystem of its own (tmpfs, root only): 3 MiB, entries of 1 and 1.5 MiB.
+    const shared = root;
+    root = join(dirs.base, 'full-volume');
+    mkdirSync(root, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', root]);
+    process.env.IMAGE_CI_CACHE_DIR = root;
+    delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    const save = async (key: string, tree = false) => {
+      const paths = tree ? [data(`full-${key}`)] : Object.values(await disk(data(`full-${key}`), MiB));
+      if (tree) await fillRandom(paths[0]!, 1, 1.5 * MiB);
+      const { host, log } = cliHost();
+      const { outcome } = await saveCache(host, paths, key);
+      return { outcome, log: log.filter((l) => !l.startsWith('Saving cache')) };
+    };
+    try {
+      expect((await save('full-a')).outcome).toBe('saved');
+      expect((await save('full-b')).outcome).toBe('saved');
+      // Without a budget nothing is ever evicted: the disk is simply full.
+      const unbudgeted = await save('full-c');
+      expect(unbudgeted.outcome).toBe('failed');
+      expect(unbudgeted.log).toEqual([
+        expect.stringMatching(/^warning: Cache save of full-c failed: .*ENOSPC/),
+      ]);
+
+      // Over the budget (lowered) and full: the save first evicts down to the budget, then fits.
+      process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1.5MiB';
+      const lowered = await save('full-c');
+      expect(lowered.log).toEqual([
+        expect.stringMatching(
+          /^Cache dir: evicted full-a \(1\.0 MiB, .*\): 2\.0 MiB > IMAGE_CI_CACHE_DIR_MAX_SIZE=1\.5 MiB$/,
+        ),
+        // Then, as after every save, the budget is kept.
+        expect.stringMatching(
+          /^Cache dir: evicted full-b .*: 2\.0 MiB > IMAGE_CI_CACHE_DIR_MAX_SIZE=1\.5 MiB$/,
+        ),
+        expect.stringMatching(/^Cache saved: full-c /),
+      ]);
+      expect(keys()).toEqual(['full-c']);
+
+      // A budget larger than the disk: a save that runs out of space evicts what it needs, and is tried again.
+      process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1GiB';
+      expect((await save('full-tree-d', true)).outcome).toBe('saved');
+      const file = await save('full-e');
+      expect(file.outcome).toBe('saved');
+      expect(file.log).toEqual([
+        expect.stringMatching(/^Cache dir: evicted full-c \(1\.0 MiB, .*\): the volume is out of space, /),
+        expect.stringMatching(/^Cache dir: trying full-e once more/),
+        expect.stringMatching(/^Cache saved: full-e /),
+      ]);
+      // So does one whose tar runs out of space.
+      const tree = await save('full-tree-f', true);
+      expect(tree.outcome).toBe('saved');
+      expect(tree.log[0]).toMatch(
+        /^Cache dir: evicted full-tree-d \(1\.5 MiB, .*\): the volume is out of space, /,
+      );
+      expect(keys()).toEqual(['full-e', 'full-tree-f']);
+      expect(readdirSync(join(root, 'tmp'))).toEqual([]);
+    } finally {
+      execFileSync('umount', [root]);
+      root = shared;
+      process.env.IMAGE_CI_CACHE_DIR = root;
+      delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    }
   });
 
   it.each([
@@ -672,6 +818,27 @@ describe('directory cache backend, hostile volume content', () => {
     expect(existsSync(image)).toBe(false);
   });
 
+  it('refuses a prefix match whose key holds control characters, as the stream restore does (the key reaches logs and outputs)', async () => {
+    const key = 'hostile-ctl-\u001b[2J\r\n::error::forged';
+    const { image, record } = await disk(data('hostile-ctl'), MiB);
+    expect((await saveCache(cliHost().host, [image, record], key)).outcome).toBe('saved');
+    await laterRun([dirs.runnerTemp]);
+    const { host, log } = cliHost();
+    for (const lookupOnly of [true, false]) {
+      expect(
+        await restoreCache(host, [image, record], 'hostile-ctl-2', ['hostile-ctl-'], { lookupOnly }),
+      ).toEqual({
+        hit: false,
+        backend: 'dir',
+      });
+    }
+    expect(existsSync(image)).toBe(false);
+    expect(log.filter((l) => l.includes('forged'))).toEqual([
+      'warning: Cache entry refused, continuing without it (dir backend): the volume holds the key "hostile-ctl-\\u001b[2J\\r\\n::error::forged", which holds control characters',
+      'warning: Cache entry refused, continuing without it (dir backend): the volume holds the key "hostile-ctl-\\u001b[2J\\r\\n::error::forged", which holds control characters',
+    ]);
+  });
+
   it('does not take an entry whose entry.json claims another key than the one it is stored under', async () => {
     const { image, record, entry } = await saved('hostile-claim-a');
     rewriteMeta(entry, (meta) => {
@@ -748,6 +915,59 @@ describe('directory cache backend, hostile volume content', () => {
     expect(readFileSync(join(dir, 'x'), 'utf8')).toBe('x');
   });
 
+  it.each([
+    ['a copy', false],
+    ['a hard link', true],
+  ])(
+    'places no file another job swapped for a symlink after the entry was checked (%s)',
+    async (_how, readOnly) => {
+      const key = `hostile-swap-${readOnly}`;
+      const { image, record, entry } = await saved(key);
+      const secret = join(dirs.base, `secret-swap-${readOnly}`);
+      writeFileSync(secret, 'secret\n', { mode: 0o600 });
+      await laterRun([dirs.runnerTemp]);
+      const { host, log } = cliHost();
+      // Between two stored files being placed: after the checks of the entry, before the second file is read.
+      const info = host.info.bind(host);
+      host.info = (message: string) => {
+        info(message);
+        if (message.startsWith(`Restored ${image} `)) {
+          rmSync(join(entry, 'files', '1'));
+          symlinkSync(secret, join(entry, 'files', '1'));
+        }
+      };
+      expect(await restoreCache(host, [image, record], key, [], { readOnly })).toEqual({
+        hit: false,
+        backend: 'dir',
+      });
+      expect(existsSync(record)).toBe(false);
+      expect(log).toContainEqual(
+        expect.stringMatching(/^warning: Cache entry refused, .*files\/1 is not a regular file/),
+      );
+    },
+  );
+
+  it('reads the second stored file from the files dir it checked, though another job swapped that dir for a symlink', async () => {
+    const { image, record, entry } = await saved('hostile-swap-dir');
+    const recordBytes = readFileSync(join(entry, 'files', '1'), 'utf8');
+    // Elsewhere, a file named as a stored file is.
+    const elsewhere = join(dirs.base, 'elsewhere-numbered');
+    mkdirSync(elsewhere, { recursive: true });
+    writeFileSync(join(elsewhere, '1'), 'secret\n', { mode: 0o600 });
+    await laterRun([dirs.runnerTemp]);
+    const { host } = cliHost();
+    const info = host.info.bind(host);
+    host.info = (message: string) => {
+      info(message);
+      if (message.startsWith(`Restored ${image} `)) {
+        renameSync(join(entry, 'files'), join(entry, 'files-aside'));
+        symlinkSync(elsewhere, join(entry, 'files'));
+      }
+    };
+    expect((await restoreCache(host, [image, record], 'hostile-swap-dir')).hit).toBe(true);
+    expect(readFileSync(record, 'utf8')).toBe(recordBytes);
+  });
+
   it('does not follow a stored file that is a symlink (it would copy whatever it points at)', async () => {
     const { image, record, entry } = await saved('hostile-symlink');
     const secret = join(dirs.base, 'secret-2');
@@ -784,6 +1004,72 @@ describe('directory cache backend, hostile volume content', () => {
     rmSync(join(root, 'tmp'));
   });
 
+  it('never sweeps through a tmp dir another job swaps for a symlink while the sweep runs', async () => {
+    // Day-old names in tmp that the victim dir has too; the sweep's first removal is seen (inotify) and tmp is
+    // swapped for a link to the victim at once, while names read from the real tmp are still being removed.
+    const victim = join(dirs.base, 'victim-swapped');
+    const tmp = join(root, 'tmp');
+    const lastWeek = new Date(Date.now() - 7 * 24 * 3_600_000);
+    mkdirSync(tmp, { recursive: true });
+    mkdirSync(victim, { recursive: true });
+    const names = Array.from({ length: 200 }, (_, i) => `old-${i}`);
+    for (const dir of [tmp, victim]) {
+      for (const name of names) {
+        writeFileSync(join(dir, name), 'old\n');
+        utimesSync(join(dir, name), lastWeek, lastWeek);
+      }
+    }
+    const swapped = join(root, 'tmp-swapped');
+    let swappedOnce = false;
+    const watcher = watch(tmp, () => {
+      if (swappedOnce) return;
+      swappedOnce = true;
+      renameSync(tmp, swapped);
+      symlinkSync(victim, tmp);
+    });
+    const dir = data('hostile-tmp-race');
+    writeFileSync(join(dir, 'x'), 'x');
+    try {
+      await saveCache(cliHost().host, [dir], 'hostile-tmp-race');
+    } finally {
+      watcher.close();
+      if (swappedOnce) {
+        rmSync(tmp);
+        renameSync(swapped, tmp);
+      }
+    }
+    expect(swappedOnce).toBe(true);
+    expect(readdirSync(victim).length).toBe(names.length);
+  });
+
+  it.each([['entries'], ['entries/<version>']])(
+    'never publishes an entry through a symlink in place of %s (it would write the entry wherever that leads)',
+    async (component) => {
+      const dir = data(`hostile-publish-${component.length}`);
+      writeFileSync(join(dir, 'x'), 'x');
+      const victim = join(dirs.base, `victim-publish-${component.length}`);
+      mkdirSync(victim, { recursive: true });
+      const volume = join(dirs.base, `hostile-publish-volume-${component.length}`);
+      const linked = join(volume, component.replace('<version>', dirCacheVersion([dir])));
+      mkdirSync(dirname(linked), { recursive: true });
+      symlinkSync(victim, linked);
+      process.env.IMAGE_CI_CACHE_DIR = volume;
+      try {
+        const { host, log } = cliHost();
+        expect((await saveCache(host, [dir], 'hostile-publish')).outcome).toBe('failed');
+        expect(log).toContainEqual(
+          expect.stringMatching(
+            /^warning: Cache save of hostile-publish failed: .* is not a directory of its own \((ENOTDIR|ELOOP)\)/,
+          ),
+        );
+      } finally {
+        process.env.IMAGE_CI_CACHE_DIR = root;
+      }
+      expect(readdirSync(victim)).toEqual([]);
+      expect(readdirSync(join(volume, 'tmp'))).toEqual([]);
+    },
+  );
+
   it('does not read stored files through an entry whose files dir is a symlink (they would come from outside it)', async () => {
     const { image, record, entry } = await saved('hostile-files-dir');
     // The very files, sizes and mtimes the save recorded: only where they are read from differs.
@@ -800,6 +1086,29 @@ describe('directory cache backend, hostile volume content', () => {
     expect(log).toContainEqual(
       expect.stringMatching(/^warning: Cache entry refused, .* holds no directory files of its own/),
     );
+  });
+
+  it('counts no entry whose entry.json claims an endless size (1e999): the budget is kept, nothing else evicted', async () => {
+    // Counted, it made the total Infinity, then NaN once evicted, and every save evicted every older entry.
+    const shared = root;
+    root = join(dirs.base, 'hostile-volume-endless');
+    process.env.IMAGE_CI_CACHE_DIR = root;
+    try {
+      const { entry } = await saved('hostile-endless');
+      const meta = readFileSync(join(entry, 'entry.json'), 'utf8');
+      writeFileSync(join(entry, 'entry.json'), meta.replace(/"sizeBytes": \d+/, '"sizeBytes": 1e999'));
+      const kept = await saved('hostile-endless-kept');
+      process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '2.5MiB';
+      const { host, log } = cliHost();
+      const { image, record } = await disk(data('hostile-endless-next'), MiB);
+      expect((await saveCache(host, [image, record], 'hostile-endless-next')).outcome).toBe('saved');
+      expect(log.filter((l) => l.startsWith('Cache dir: evicted'))).toEqual([]);
+      expect(existsSync(kept.entry)).toBe(true);
+    } finally {
+      root = shared;
+      process.env.IMAGE_CI_CACHE_DIR = root;
+      delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    }
   });
 
   it('evicts past a FIFO in place of a restore registration instead of blocking every save', async () => {

@@ -13,7 +13,7 @@ import { finished, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { confineMembers, EntryRefused } from './cache-confinement.js';
 import { leftovers, undoExtraction } from './cache-undo.js';
-import { exitOf, ownFailure } from './child-exit.js';
+import { exitOf, launchPair, ownFailure } from './child-exit.js';
 import { childEnv } from './exec.js';
 import { errorMessage } from './run.js';
 import { formatDuration } from './summary.js';
@@ -54,8 +54,10 @@ async function extract(
 ): Promise<void> {
   // In the C locale GNU tar writes pax names with the very bytes the watcher checked.
   const env = { ...childEnv(), LC_ALL: 'C' };
-  const zstd = spawn('zstd', ['-d', '--long=30', '-c'], { stdio: [fd, 'pipe', 'pipe'], env });
-  const tar = spawn('tar', ['-x', '-P', '-f', '-'], { stdio: ['pipe', 'ignore', 'pipe'], env });
+  const [zstd, tar] = await launchPair(
+    ['zstd', () => spawn('zstd', ['-d', '--long=30', '-c'], { stdio: [fd, 'pipe', 'pipe'], env })],
+    ['tar', () => spawn('tar', ['-x', '-P', '-f', '-'], { stdio: ['pipe', 'ignore', 'pipe'], env })],
+  );
   const exits = Promise.all([exitOf('zstd', zstd), exitOf('tar', tar)]);
   const kill = () => {
     zstd.kill('SIGKILL');

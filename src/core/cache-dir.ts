@@ -33,8 +33,10 @@ import {
   rename,
   rm,
   stat,
+  statfs,
   lutimes,
   writeFile,
+  type FileHandle,
 } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { BackendRestore, RestoreOptions, SaveResult } from './cache.js';
@@ -48,13 +50,15 @@ import {
   type Lock,
   type LockOwner,
 } from './atomic.js';
-import { EntryRefused } from './cache-confinement.js';
+import { EntryRefused, printable } from './cache-confinement.js';
+import { matchedKeyProblem } from './cache-key.js';
 import { extractConfined } from './cache-dir-extract.js';
 import { exec } from './exec.js';
 import { readRegularFile } from './files.js';
 import type { Host } from './host.js';
 import { readSizeEnv } from './inputs.js';
 import { formatBytes } from './summary.js';
+import { errorMessage } from './run.js';
 import { TarFormatError } from './tar-members.js';
 
 export const CACHE_DIR_MAX_SIZE_ENV = 'IMAGE_CI_CACHE_DIR_MAX_SIZE';
@@ -135,8 +139,11 @@ async function readVolumeFile(path: string, maxBytes: number): Promise<string | 
 const STORED_NAME = new RegExp(`^${FILES}/\\d+$`);
 
 function wellFormed(meta: Partial<EntryMeta> | null, dir: string): meta is EntryMeta {
-  if (typeof meta?.key !== 'string' || typeof meta.createdAt !== 'number') return false;
-  if (typeof meta.sizeBytes !== 'number' || !(meta.sizeBytes >= 0)) return false;
+  // JSON reads 1e999 as Infinity: counted, such a size would leave the budget's total NaN, and every eviction
+  // would run on to the last entry.
+  const finite = (n: unknown): n is number => typeof n === 'number' && Number.isFinite(n);
+  if (typeof meta?.key !== 'string' || !finite(meta.createdAt)) return false;
+  if (!finite(meta.sizeBytes) || meta.sizeBytes < 0) return false;
   // Stored under another key's name, it would be taken for that key's exact match.
   if (basename(dir) !== entryName(meta.key)) return false;
   if (meta.format !== 'files') return true;
@@ -254,6 +261,10 @@ export async function restoreFromDirCache(
 ): Promise<BackendRestore> {
   const entry = matchEntry(await readEntries(root, dirCacheVersion(paths)), primaryKey, restoreKeys);
   if (!entry) return {};
+  // Keys are read from the volume, which other jobs write: one with control characters (never built by a
+  // caller) would reach the log and the matched-key output. Refused as the stream restore refuses it.
+  const unasked = matchedKeyProblem(entry.key, primaryKey, restoreKeys);
+  if (unasked) return { refused: `the volume holds ${unasked}` };
   if (options.lookupOnly) return { matchedKey: entry.key };
   const lease = await registerReader(entry.dir);
   if (!lease) return {};
@@ -272,9 +283,18 @@ export async function restoreFromDirCache(
     // lutimes: `used` is the volume's content, and a symlink there must not let a restore touch another file.
     await lutimes(join(entry.dir, USED), now, now).catch(() => undefined);
     if (entry.format === 'files') {
-      for (const file of entry.files ?? []) {
-        const how = await placeFile(join(entry.dir, file.name), file.path, options.readOnly ?? false);
-        host.info(`Restored ${file.path} (${formatBytes(file.size)}) as ${how} of ${entry.dir}/${file.name}`);
+      const stored = await openOwnDir(entry.dir, [FILES]).catch((error: unknown) => {
+        throw error instanceof OwnDirMissing ? new StoredFileRefused(error.message) : error;
+      });
+      try {
+        for (const file of entry.files ?? []) {
+          const how = await placeFile(stored.path, file.name, file.path, options.readOnly ?? false);
+          host.info(
+            `Restored ${file.path} (${formatBytes(file.size)}) as ${how} of ${entry.dir}/${file.name}`,
+          );
+        }
+      } finally {
+        await stored.close();
       }
     } else {
       host.info(`Extracting ${formatBytes(entry.sizeBytes)} from ${entry.dir}`);
@@ -282,7 +302,11 @@ export async function restoreFromDirCache(
       await extractConfined(join(entry.dir, ARCHIVE), paths, cacheCallTimeoutMs());
     }
   } catch (error) {
-    if (error instanceof EntryRefused || error instanceof TarFormatError) {
+    if (
+      error instanceof EntryRefused ||
+      error instanceof TarFormatError ||
+      error instanceof StoredFileRefused
+    ) {
       return { refused: `${entry.dir}: ${error.message}` };
     }
     throw error;
@@ -331,11 +355,87 @@ async function changedSinceSaved(entry: Entry): Promise<string | undefined> {
 const TEMP_MARK = '.ici-';
 const TEMP_NAME = /^[0-9a-f]{8}(\.owner)?$/;
 
+/** A stored file is not one to restore (the entry was checked, and another job changed it since). */
+class StoredFileRefused extends Error {}
+
+interface OwnDir {
+  /** Names the dir opened: on Linux /proc/self/fd/<n>, elsewhere its path. */
+  path: string;
+  close(): Promise<void>;
+}
+
 /**
- * Puts a stored file at `target` in one rename (a reader of `target` sees the old file or the new one). A hard
- * link only for read-only use: it shares the entry's bytes; else a reflink, which shares them copy-on-write.
+ * `base/<names...>`, each component a directory of its own (made where missing when `create`), opened without
+ * following a link. Another job sharing the volume may swap any of them for a symlink at any moment, also after
+ * a check: on Linux the path answered, /proc/self/fd/<n>, stays the dir opened whatever happens to the names.
+ * Throws naming the component that is not a directory (a symlink, a file) or is missing.
  */
-async function placeFile(source: string, target: string, readOnly: boolean): Promise<string> {
+async function openOwnDir(base: string, names: string[], create = false): Promise<OwnDir> {
+  const flags = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
+  let at = base;
+  let shown = base;
+  let handle: FileHandle | undefined;
+  try {
+    for (const name of names) {
+      shown = join(shown, name);
+      if (create) {
+        await mkdir(join(at, name)).catch((error: NodeJS.ErrnoException) => {
+          if (error.code !== 'EEXIST') throw error;
+        });
+      }
+      const next = await open(join(at, name), flags).catch((error: NodeJS.ErrnoException) => {
+        throw new OwnDirMissing(`${shown} is not a directory of its own (${error.code ?? error.message})`);
+      });
+      await handle?.close();
+      handle = next;
+      const opened = `/proc/self/fd/${handle.fd}`;
+      at = existsSync(opened) ? opened : shown;
+    }
+  } catch (error) {
+    await handle?.close();
+    throw error;
+  }
+  const held = handle;
+  return { path: at, close: async () => held?.close() };
+}
+
+class OwnDirMissing extends Error {}
+
+/**
+ * Puts the stored file `name` (`files/<n>`) from the files dir `files` (openOwnDir) at `target` in one rename (a
+ * reader of `target` sees the old file or the new one). A hard link only for read-only use: it shares the entry's
+ * bytes; else a reflink, which shares them copy-on-write.
+ *
+ * Another job may swap the stored file for a symlink after the entry was checked: it is opened once, without
+ * following a link or blocking, and what is placed must be that very file. A hard link is checked to be it (link()
+ * makes a second name for a symlink rather than follow it); a copy reads it through /proc/self/fd where there is one.
+ */
+async function placeFile(files: string, name: string, target: string, readOnly: boolean): Promise<string> {
+  const source = join(files, basename(name));
+  const stored = await open(source, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(
+    (error: NodeJS.ErrnoException) => {
+      throw error.code === 'ELOOP'
+        ? new StoredFileRefused(`${name} is not a regular file (a symlink)`)
+        : error;
+    },
+  );
+  try {
+    const held = await stored.stat();
+    if (!held.isFile()) throw new StoredFileRefused(`${name} is not a regular file`);
+    const procPath = `/proc/self/fd/${stored.fd}`;
+    return await placeHeld(existsSync(procPath) ? procPath : source, source, held, target, readOnly);
+  } finally {
+    await stored.close();
+  }
+}
+
+async function placeHeld(
+  from: string,
+  source: string,
+  held: { dev: number; ino: number },
+  target: string,
+  readOnly: boolean,
+): Promise<string> {
   await mkdir(dirname(target), { recursive: true });
   await removeStaleTempsBeside(target);
   const temp = `${target}${TEMP_MARK}${randomBytes(4).toString('hex')}`;
@@ -344,18 +444,25 @@ async function placeFile(source: string, target: string, readOnly: boolean): Pro
   const owner = `${temp}${OWNER_SUFFIX}`;
   await writeFile(owner, JSON.stringify(ownerRecord('restore')), { flag: 'wx' });
   try {
-    const linked =
+    let linked =
       readOnly &&
       (await link(source, temp).then(
         () => true,
         () => false,
       ));
+    if (linked) {
+      const placed = await lstat(temp);
+      if (placed.ino !== held.ino || placed.dev !== held.dev) {
+        await rm(temp, { force: true });
+        linked = false;
+      }
+    }
     let how = 'a hard link';
     if (!linked) {
-      how = await copyFile(source, temp, constants.COPYFILE_FICLONE_FORCE).then(
+      how = await copyFile(from, temp, constants.COPYFILE_FICLONE_FORCE).then(
         () => 'a reflink',
         async () => {
-          await copyFile(source, temp);
+          await copyFile(from, temp);
           return 'a copy';
         },
       );
@@ -412,7 +519,21 @@ async function fsyncFile(path: string): Promise<void> {
   }
 }
 
-async function removeStaleTemps(tmpRoot: string): Promise<void> {
+/**
+ * Removes what killed saves and evictions left in the volume's tmp dir, working in the dir opened (openOwnDir):
+ * swapped for a symlink after volumeTmp() looked at it, names read from the real dir would otherwise be removed
+ * wherever the link leads.
+ */
+async function removeStaleTemps(root: string): Promise<void> {
+  const tmp = await openOwnDir(root, ['tmp']);
+  try {
+    await sweepTemps(tmp.path);
+  } finally {
+    await tmp.close();
+  }
+}
+
+async function sweepTemps(tmpRoot: string): Promise<void> {
   let names: string[];
   try {
     names = await readdir(tmpRoot);
@@ -502,10 +623,53 @@ export async function saveToDirCache(
   if (existsSync(target)) return { outcome: 'exists', message: `entry already present in ${root}` };
 
   const present = paths.map((p) => resolve(p)).filter((p) => existsSync(p));
-  await removeStaleTemps(await volumeTmp(root));
+  const started = Date.now();
+  await volumeTmp(root);
+  await removeStaleTemps(root);
+  // A volume already over its budget (lowered, or every entry in use at the last eviction) is brought under it
+  // first: on a full disk this save would fail, and every later one, before any eviction ran.
+  if (budget !== undefined) await evict(host, root, { budget, usedBefore: started, quiet: true });
+  let result: SaveResult;
+  try {
+    result = await publishEntry(host, root, version, paths, present, key);
+  } catch (error) {
+    // A budget larger than the disk, or other data on it: what this save needs is freed, and it is tried once
+    // more. Without a budget the cache keeps everything, as asked.
+    if (budget === undefined || !outOfSpace(error)) throw error;
+    const needed = (await bytesToSave(present)) - (await freeBytes(root));
+    const freed = await evict(host, root, {
+      budget,
+      usedBefore: started,
+      bytesToFree: needed,
+      quiet: true,
+    });
+    if (freed === 0 || freed < needed) {
+      host.info(
+        `Cache dir: no room made for ${printable(key)}: the entries left are in use, or saved or restored since this save began`,
+      );
+      throw error;
+    }
+    host.info(`Cache dir: trying ${printable(key)} once more, now that it fits (it ran out of space)`);
+    result = await publishEntry(host, root, version, paths, present, key);
+  }
+  if (result.outcome === 'saved' && budget !== undefined) {
+    await evict(host, root, { budget, keep: target, usedBefore: Infinity });
+  }
+  return result;
+}
+
+/** Writes the entry in tmp and publishes it under its key; what it left in tmp is removed whatever happens. */
+async function publishEntry(
+  host: Host,
+  root: string,
+  version: string,
+  paths: string[],
+  present: string[],
+  key: string,
+): Promise<SaveResult> {
+  const target = entryDir(root, version, key);
   const claimed = await claimTemp(root);
   const temp = claimed.path;
-  let result: SaveResult;
   try {
     await mkdir(join(temp, READERS), { recursive: true });
     let meta: EntryMeta;
@@ -532,25 +696,61 @@ export async function saveToDirCache(
     }
     await writeFile(join(temp, USED), '');
     await writeFileAtomic(join(temp, META), `${JSON.stringify(meta, null, 2)}\n`);
-    await mkdir(join(root, 'entries', version), { recursive: true });
+    // Published into the version dir as opened (and made): through a symlink in place of entries/ or
+    // entries/<version>, the entry (the job's files) would be written wherever that leads.
+    const entries = await openOwnDir(root, ['entries', version], true);
     try {
-      await rename(temp, target);
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code === 'ENOTEMPTY' || code === 'EEXIST') {
-        return { outcome: 'exists', message: `another writer published ${key} first` };
+      try {
+        await rename(temp, join(entries.path, basename(target)));
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code;
+        if (code === 'ENOTEMPTY' || code === 'EEXIST') {
+          return { outcome: 'exists', message: `another writer published ${key} first` };
+        }
+        throw error;
       }
-      throw error;
+      await fsyncDir(entries.path);
+    } finally {
+      await entries.close();
     }
-    await fsyncDir(join(root, 'entries', version));
     host.debug(`published ${target}`);
     const how = meta.format === 'files' ? `${meta.files!.length} file(s) as they are` : 'a zstd tar';
-    result = { outcome: 'saved', message: `${formatBytes(meta.sizeBytes)} in ${root}, ${how}` };
+    return { outcome: 'saved', message: `${formatBytes(meta.sizeBytes)} in ${root}, ${how}` };
   } finally {
     await claimed.done();
   }
-  if (budget !== undefined) await evictOverBudget(host, root, target, budget);
-  return result;
+}
+
+/** A write that failed for lack of room: node's own errors carry the code, tar's and zstd's only their message. */
+function outOfSpace(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException).code;
+  return (
+    code === 'ENOSPC' ||
+    code === 'EDQUOT' ||
+    /No space left on device|Disk quota exceeded/i.test(errorMessage(error))
+  );
+}
+
+/**
+ * At most what saving `paths` takes on the volume: their regular files' bytes, and for each member a tar header
+ * and its padding (a stored file takes less; zstd shrinks an archive, or grows it by a few bytes per block).
+ */
+async function bytesToSave(paths: string[]): Promise<number> {
+  let total = 0;
+  const walk = async (path: string): Promise<void> => {
+    const info = await lstat(path).catch(() => undefined);
+    if (!info) return;
+    total += 1024 + (info.isFile() ? info.size : 0);
+    if (!info.isDirectory()) return;
+    for (const name of await readdir(path).catch(() => [] as string[])) await walk(join(path, name));
+  };
+  for (const path of paths) await walk(path);
+  return total;
+}
+
+async function freeBytes(dir: string): Promise<number> {
+  const fs = await statfs(dir);
+  return fs.bavail * fs.bsize;
 }
 
 /**
@@ -606,35 +806,57 @@ async function removeEntry(root: string, entry: Entry): Promise<'removed' | 'bus
   return 'removed';
 }
 
+interface Eviction {
+  budget: number;
+  /** Bytes to free on top of the budget: what a save that ran out of space needs. */
+  bytesToFree?: number;
+  /** The entry just saved: it stays, and so does every entry saved or restored since (see below). */
+  keep?: string;
+  /** Without `keep`: entries used at or after this time stay (another job's, since this save started). */
+  usedBefore: number;
+  /** No lines about entries kept (in use, or the budget still not met): the save's last eviction says them. */
+  quiet?: boolean;
+}
+
 /**
- * Keeps the cache under its budget: least recently restored entries go first; the entry just saved and every
- * entry a restore is reading stay (removeEntry), and so does every entry saved or restored since the one just
- * saved: another job published it meanwhile, and its own eviction (which keeps it) is the one to decide between
- * the two. Were the older save to evict it, each of two jobs saving at once could evict the other's entry.
+ * Keeps the cache under its budget (and frees `bytesToFree`): least recently restored entries go first; the
+ * entry just saved and every entry a restore is reading stay (removeEntry), and so does every entry saved or
+ * restored since the one just saved: another job published it meanwhile, and its own eviction (which keeps it)
+ * is the one to decide between the two. Were the older save to evict it, each of two jobs saving at once could
+ * evict the other's entry. Answers the bytes evicted.
  */
-async function evictOverBudget(host: Host, root: string, keep: string, budget: number): Promise<void> {
+async function evict(host: Host, root: string, how: Eviction): Promise<number> {
+  const { budget, bytesToFree = 0, keep } = how;
   const entries = await allEntries(root);
   let total = entries.reduce((sum, e) => sum + e.sizeBytes, 0);
+  let freed = 0;
   const over = () => `${formatBytes(total)} > ${CACHE_DIR_MAX_SIZE_ENV}=${formatBytes(budget)}`;
-  const saved = entries.find((e) => e.dir === keep)?.lastUsed ?? Infinity;
+  const why = () =>
+    total > budget
+      ? over()
+      : `the volume is out of space, a save needs ${formatBytes(bytesToFree - freed)} more`;
+  const usedBefore = entries.find((e) => e.dir === keep)?.lastUsed ?? how.usedBefore;
   for (const entry of entries.sort((a, b) => a.lastUsed - b.lastUsed)) {
-    if (total <= budget) return;
+    if (total <= budget && freed >= bytesToFree) return freed;
     if (entry.dir === keep) continue;
-    if (entry.lastUsed >= saved) break;
+    if (entry.lastUsed >= usedBefore) break;
     const removed = await removeEntry(root, entry);
     if (removed === 'busy') continue; // another job is evicting it, or has evicted it meanwhile
     if (removed !== 'removed') {
+      if (how.quiet) continue;
       host.info(
-        `Cache dir: not evicting ${entry.key}, being restored by pid ${removed[0]!.pid} on ${removed[0]!.host}`,
+        `Cache dir: not evicting ${printable(entry.key)}, being restored by pid ${removed[0]!.pid} on ${printable(removed[0]!.host)}`,
       );
       continue;
     }
     host.info(
-      `Cache dir: evicted ${entry.key} (${formatBytes(entry.sizeBytes)}, last restored ${new Date(entry.lastUsed).toISOString()}): ${over()}`,
+      `Cache dir: evicted ${printable(entry.key)} (${formatBytes(entry.sizeBytes)}, last restored ${new Date(entry.lastUsed).toISOString()}): ${why()}`,
     );
     total -= entry.sizeBytes;
+    freed += entry.sizeBytes;
   }
-  if (total > budget) {
+  if (total > budget && !how.quiet) {
     host.info(`Cache dir: still ${over()}; only entries in use, just saved or used since are left.`);
   }
+  return freed;
 }

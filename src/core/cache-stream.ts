@@ -16,15 +16,14 @@
  * an archive with a member that would be written outside the cache paths (see cache-confinement.ts).
  */
 import { which } from '@actions/io';
-import { spawn, type ChildProcess, type ChildProcessByStdio } from 'node:child_process';
-import { once } from 'node:events';
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, statfs } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import type { BackendRestore, RestoreOptions } from './cache.js';
 import { EntryRefused, confineMembers } from './cache-confinement.js';
-import { exitOf, ownFailure } from './child-exit.js';
+import { exitOf, launchPair, NotStarted, ownFailure } from './child-exit.js';
 import { ChildOutputRelay } from './child-output-relay.js';
 import { cacheKeyProblem, matchedKeyProblem } from './cache-key.js';
 import { lookupEntry, type CacheService } from './cache-lookup.js';
@@ -210,22 +209,6 @@ function isGnuTar(path: string): Promise<boolean> {
   return answer;
 }
 
-/**
- * A child running with all its stdio, or a StreamUnusable here: spawn throws some failures (ELOOP, ENOMEM) and
- * reports others a tick later (EMFILE, EAGAIN, ENOENT), with no stdio then.
- */
-async function launch<T extends ChildProcess>(name: string, start: () => T): Promise<T> {
-  let child: T;
-  try {
-    child = start();
-  } catch (error) {
-    throw new StreamUnusable(`${name} could not be started: ${errorMessage(error)}`);
-  }
-  if (child.pid !== undefined) return child;
-  const [error] = (await once(child, 'error')) as [Error];
-  throw new StreamUnusable(`${name} could not be started: ${error.message}`);
-}
-
 /** Queues all pieces at once (one syscall's worth each) and resolves when the last one is flushed. */
 function write(stream: Writable, pieces: Buffer[]): Promise<void> {
   if (pieces.length === 0) return Promise.resolve();
@@ -257,29 +240,29 @@ class Extraction {
       throw new StreamUnusable(`no socket for zstd's output: ${errorMessage(error)}`);
     });
     const env = childEnv();
-    let tar: ChildProcessByStdio<Writable, null, Readable> | undefined;
+    let tar: ChildProcessByStdio<Writable, null, Readable>;
     let zstd: ChildProcessByStdio<Writable, null, Readable>;
     try {
       // In the C locale GNU tar writes pax names with the very bytes the watcher checked; in another one it
       // would convert them from UTF-8 to that locale's charset first.
-      tar = await launch('tar', () =>
-        spawn(this.tar.path, [...this.tar.args, '-C', this.workspace], {
-          stdio: ['pipe', 'ignore', 'pipe'],
-          env: { ...env, LC_ALL: 'C' },
-        }),
-      );
-      zstd = await launch('zstd', () =>
-        spawn('zstd', ['-d', '--long=30', '-c'], { stdio: ['pipe', relay.childEnd, 'pipe'], env }),
+      [tar, zstd] = await launchPair(
+        [
+          'tar',
+          () =>
+            spawn(this.tar.path, [...this.tar.args, '-C', this.workspace], {
+              stdio: ['pipe', 'ignore', 'pipe'],
+              env: { ...env, LC_ALL: 'C' },
+            }),
+        ],
+        [
+          'zstd',
+          () => spawn('zstd', ['-d', '--long=30', '-c'], { stdio: ['pipe', relay.childEnd, 'pipe'], env }),
+        ],
       );
     } catch (error) {
-      // Nothing may stay behind: a tar waiting for its input, or the relay's sockets, would keep the step alive.
+      // Nothing may stay behind: the relay's sockets would keep the step alive.
       relay.close();
-      if (tar) {
-        const exited = exitOf('tar', tar);
-        tar.kill('SIGKILL');
-        await exited;
-      }
-      throw error;
+      throw error instanceof NotStarted ? new StreamUnusable(error.message) : error;
     }
     relay.handedOver();
     // Every tar block is shown to the watcher before tar gets it.
