@@ -97,6 +97,25 @@ describe('symlinks on the way to a referenced file', () => {
     expect(report.files.deleted.map((f) => f.path)).toEqual([]);
     expect(repoProblems(repo.root)).toEqual([]);
   });
+
+  it('keeps the hops of a chain whose absolute link spells the repository by another path (/var/www/x -> /srv/x)', async () => {
+    const repo = newRepo('flat');
+    const v = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    // The web server's path to the repository is a symlink to it; the publisher wrote absolute links by that path.
+    const alias = join(base, `alias-${counter}`);
+    symlinkSync(repo.root, alias);
+    repo.moveBehindSymlink(v.rootfs, 'images/blobs/rootfs.squashfs');
+    rmSync(join(repo.root, v.rootfs));
+    repo.symlink(v.rootfs, join(alias, 'images/hop.squashfs'), 30 * DAY);
+    repo.symlink('images/hop.squashfs', 'blobs/rootfs.squashfs', 30 * DAY);
+    repo.write();
+    for (const path of [repo.root, alias]) {
+      const { report } = await prune(inputs(path, { keepVersions: 2 }));
+      expect(report.files.deleted.map((f) => f.path)).toEqual([]);
+      expect(repoProblems(repo.root)).toEqual([]);
+    }
+  });
 });
 
 describe('the metadata files themselves', () => {

@@ -72,34 +72,34 @@ const MAX_SYMLINK_HOPS = 40;
 /**
  * The symlinks `path` resolves through, as the kernel follows them: a directory link on the way
  * (`images/pool -> blobs`) and every hop of a chain. A client fetches the path as written, so each of them is
- * as live as the file itself. Called only for paths realpath resolved inside the repository.
+ * as live as the file itself. Followed in absolute paths, as the kernel does: an absolute target may spell the
+ * repository by another path (`/var/www/x` where the web server's path is a symlink to it) and lead back in, to
+ * hops that are as live as the others. Only the links inside the repository are listed. Called only for paths
+ * realpath resolved inside the repository.
  */
 async function linksOnTheWay(root: string, path: string): Promise<string[]> {
   const links: string[] = [];
+  // Real directories only (each link on the way replaced by its target), so `..` pops a segment as the kernel does.
   let done: string[] = [];
-  const pending = path.split('/');
-  while (pending.length > 0 && links.length <= MAX_SYMLINK_HOPS) {
+  const pending = [...root.split('/'), ...path.split('/')];
+  for (let hops = 0; pending.length > 0 && hops <= MAX_SYMLINK_HOPS;) {
     const segment = pending.shift()!;
     if (segment === '' || segment === '.') continue;
     if (segment === '..') {
       done.pop();
       continue;
     }
-    const here = [...done, segment].join('/');
-    if (!(await lstat(join(root, here))).isSymbolicLink()) {
+    const here = `/${[...done, segment].join('/')}`;
+    if (!(await lstat(here)).isSymbolicLink()) {
       done.push(segment);
       continue;
     }
-    links.push(here);
-    const target = await readlink(join(root, here));
-    if (isAbsolute(target)) {
-      const rel = insideRoot(root, target);
-      if (rel === undefined) break; // through a path outside, back in: realpath judged where it ends
-      done = [];
-      pending.unshift(...rel.split('/'));
-    } else {
-      pending.unshift(...target.split('/'));
-    }
+    hops++;
+    const inside = insideRoot(root, here);
+    if (inside !== undefined && inside !== '') links.push(inside);
+    const target = await readlink(here);
+    if (isAbsolute(target)) done = [];
+    pending.unshift(...target.split('/'));
   }
   return links;
 }
