@@ -133,6 +133,25 @@ describe('the metadata files themselves', () => {
     expect(existsSync(join(repo.root, 'images/catalog.json'))).toBe(true);
   });
 
+  it('never deletes the links images.json resolves through under images/ (a symlinked directory, a hop)', async () => {
+    const repo = newRepo('flat');
+    const dropped = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.write();
+    // streams/v1/images.json -> images/current/images.json, images/current -> meta-2024 (a directory),
+    // images/meta-2024/images.json -> catalog.json: a publisher that switches metadata by one link.
+    mkdirSync(join(repo.root, 'images/meta-2024'));
+    renameSync(imagesJson(repo), join(repo.root, 'images/meta-2024/catalog.json'));
+    repo.age('images/meta-2024/catalog.json', 30 * DAY);
+    repo.symlink('images/meta-2024/images.json', 'catalog.json', 30 * DAY);
+    repo.symlink('images/current', 'meta-2024', 30 * DAY);
+    repo.symlink('streams/v1/images.json', '../../images/current/images.json', 30 * DAY);
+    const { report } = await prune(inputs(repo.root));
+    expect(report.files.deleted.map((f) => f.path)).toEqual([...dropped.paths].sort());
+    expect(repoProblems(repo.root)).toEqual([]);
+    expect(lstatSync(imagesJson(repo)).isSymbolicLink()).toBe(true);
+  });
+
   it('refuses metadata that a symlinked streams/ keeps outside the repository, writing nothing there', async () => {
     const repo = newRepo('flat');
     repo.addVersion(P, V[0]!);

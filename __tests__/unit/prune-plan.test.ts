@@ -64,6 +64,7 @@ function factsOf(catalog: Catalog, extra: Record<string, number> = {}, missing: 
     files: new Map(),
     dirs: new Map(),
     contentRoots: ['images'],
+    metadataLinks: [],
   };
   for (const p of catalog.products)
     for (const v of p.versions)

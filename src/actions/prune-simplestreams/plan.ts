@@ -173,8 +173,12 @@ function planProduct(
 
 /** Every path images.json references, plus the real path behind each symlinked one and the links on the way. */
 function referencedPaths(catalog: Catalog, facts: RepoFacts, removals?: Removals): Set<string> {
-  // index.json may keep images.json anywhere, a content directory included: the metadata is never an orphan.
-  const paths = new Set([catalog.index, catalog.images].flatMap((doc) => [doc.path, fileOf(doc)]));
+  // index.json may keep images.json anywhere, a content directory included: the metadata is never an orphan,
+  // nor is a link on its way.
+  const paths = new Set([
+    ...[catalog.index, catalog.images].flatMap((doc) => [doc.path, fileOf(doc)]),
+    ...facts.metadataLinks,
+  ]);
   for (const product of catalog.products) {
     if (removals?.products.has(product.name)) continue;
     const droppedVersions = removals?.versions.get(product.name);

@@ -45,6 +45,11 @@ export interface RepoFacts {
   dirs: Map<string, { times?: Times }>;
   /** The content directories walked (outermost only; none reached through a symlink). */
   contentRoots: string[];
+  /**
+   * The symlinks index.json and images.json resolve through (a symlinked directory under images/, each hop of a
+   * chain), repository-relative: clients fetch the metadata by its path as written, so they are as live as it.
+   */
+  metadataLinks: string[];
 }
 
 /** Filesystem requests in flight at once. */
@@ -243,7 +248,13 @@ export async function scanRepository(
 ): Promise<RepoFacts> {
   const paths = new Set<string>();
   for (const p of catalog.products) for (const v of p.versions) for (const i of v.items) paths.add(i.path);
-  const facts: RepoFacts = { referenced: new Map(), files: new Map(), dirs: new Map(), contentRoots: [] };
+  const facts: RepoFacts = {
+    referenced: new Map(),
+    files: new Map(),
+    dirs: new Map(),
+    contentRoots: [],
+    metadataLinks: [],
+  };
   const itemsByDir = new Map<string, string[]>();
   for (const path of paths) {
     const dir = contentDirOf(path);
@@ -283,6 +294,9 @@ export async function scanRepository(
   });
   if (problems.length > 0) {
     throw new RepoError(listProblems(`${catalog.images.path} references paths this prune refuses`, problems));
+  }
+  for (const doc of [catalog.index, catalog.images]) {
+    if (doc.real !== undefined) facts.metadataLinks.push(...(await linksOnTheWay(root, doc.path)));
   }
   findAtomicLeftovers(root, [fileOf(catalog.index), fileOf(catalog.images), STATE_FILE_NAME], facts);
   return facts;
