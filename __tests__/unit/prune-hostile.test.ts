@@ -28,9 +28,10 @@ import { join } from 'node:path';
 import { CliHost } from '../../src/core/host.js';
 import { MapInputSource } from '../../src/core/inputs.js';
 import { duplicateKeys, unescapeUrlPath } from '../../src/actions/prune-simplestreams/catalog.js';
+import { main } from '../../src/actions/prune-simplestreams/main.js';
 import { pruneRepository } from '../../src/actions/prune-simplestreams/prune.js';
 import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
-import { summaryMarkdown } from '../../src/actions/prune-simplestreams/report.js';
+import { summaryMarkdown, type PruneReport } from '../../src/actions/prune-simplestreams/report.js';
 import { versionTimeMs } from '../../src/actions/prune-simplestreams/versions.js';
 import {
   applyAfter as applyAfterPlan,
@@ -659,6 +660,43 @@ describe('content directories on file systems of their own (a ZFS dataset per pr
       expect(report.files).toMatchObject({ dirsRemoved: [], leftAlone: [b] });
     } finally {
       for (const dir of mounts) execFileSync('umount', [dir]);
+    }
+  });
+});
+
+describe('a product directory on a read-only mount (a snapshot, an export) [bind mount, needs root]', () => {
+  it('removes the rest, lists what the file system refused, keeps its state and fails the step after the report', async () => {
+    // Ages by the real clock: main prunes at Date.now().
+    const repo = new SimplestreamsRepo(join(base, `r${++counter}`), 'nested');
+    const other = 'alpine:3.19:default:amd64';
+    const stuck = [V[0]!, V[1]!].map((v) => repo.addVersion(other, v));
+    repo.addVersion(other, V[2]!);
+    const freed = [V[0]!, V[1]!].map((v) => repo.addVersion(P, v));
+    repo.addVersion(P, V[2]!);
+    repo.write();
+    const readOnly = join(repo.root, 'images/alpine');
+    execFileSync('mount', ['--bind', readOnly, readOnly]);
+    try {
+      execFileSync('mount', ['-o', 'remount,ro,bind', readOnly]);
+      const reportFile = join(base, `report-${counter}.json`);
+      const host = new CliHost({ inputs: new MapInputSource({}), log: () => {}, out: () => {} });
+      const error = await main(host, inputs(repo.root, { reportFile })).then(
+        () => new Error('expected the step to fail'),
+        (e: Error) => e,
+      );
+      const refused = stuck.flatMap((v) => v.paths).sort();
+      expect(error.message).toContain('the file system refused to remove these');
+      for (const path of refused) expect(error.message).toContain(`${path}: EROFS: read-only file system\n`);
+      expect(error.message).not.toContain('/proc/self/fd');
+      const report = JSON.parse(readFileSync(reportFile, 'utf8')) as PruneReport;
+      expect(report.files.deleted.map((f) => f.path)).toEqual(freed.flatMap((v) => v.paths).sort());
+      expect(report.files.failed.map((f) => f.path).sort()).toEqual(refused);
+      expect(host.outputs.get('removed-files')).toBe('4');
+      const state = JSON.parse(readFileSync(join(repo.root, '.image-ci-prune-state.json'), 'utf8'));
+      expect(Object.keys(state.unreferencedSince).sort()).toEqual(refused);
+      expect(repoProblems(repo.root)).toEqual([]);
+    } finally {
+      execFileSync('umount', [readOnly]);
     }
   });
 });

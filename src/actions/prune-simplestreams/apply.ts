@@ -17,7 +17,7 @@ import {
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
 import { readRegularFile } from '../../core/files.js';
-import { ActionError } from '../../core/run.js';
+import { ActionError, errorMessage } from '../../core/run.js';
 import { fileOf, printableLines, serializeJson, type Catalog, type JsonDoc } from './catalog.js';
 import type { FileAction, Plan } from './plan.js';
 import { baseOf, LOCK_FILE_NAME, parentOf } from './repo-paths.js';
@@ -31,6 +31,19 @@ export interface ApplyResult {
   dirsRemoved: string[];
   /** Planned removals left alone: the entry, or the directory it is in, is no longer what the scan saw. */
   changed: string[];
+  /**
+   * Planned removals the file system refused (a read-only mount, a file of another owner, an immutable one), each
+   * with why: the others still go, and the next prune tries these again.
+   */
+  failed: { path: string; error: string }[];
+}
+
+/**
+ * Why removing `path` failed, by the repository path: node's message ends in the path it was given
+ * (`EROFS: read-only file system, unlink '/proc/self/fd/23/x'`), which names nothing to the user.
+ */
+function failure(path: string, error: unknown): { path: string; error: string } {
+  return { path, error: errorMessage(error).replace(/, \w+ '.*$/s, '') };
 }
 
 const codeOf = (error: unknown) => (error as NodeJS.ErrnoException).code;
@@ -116,7 +129,12 @@ function unchanged(at: string, seen: FileFact, unlinked: ReadonlySet<string>): b
 }
 
 /** Deletes the planned files directory by directory (see PinnedDirs); returns those deleted, or found gone. */
-function deleteFiles(realRoot: string, files: readonly FileAction[], changed: string[]): FileAction[] {
+function deleteFiles(
+  realRoot: string,
+  files: readonly FileAction[],
+  changed: string[],
+  failed: ApplyResult['failed'],
+): FileAction[] {
   const byDir = [...files].sort((a, b) => {
     const [x, y] = [parentOf(a.path), parentOf(b.path)];
     return x < y ? -1 : x > y ? 1 : 0;
@@ -137,7 +155,10 @@ function deleteFiles(realRoot: string, files: readonly FileAction[], changed: st
           unlinkSync(at);
           if (file.seen.ino !== undefined) unlinked.add(inodeOf(file.seen));
         } catch (error) {
-          if (codeOf(error) !== 'ENOENT') throw error;
+          if (codeOf(error) !== 'ENOENT') {
+            failed.push(failure(file.path, error));
+            continue;
+          }
         }
       }
       done.add(file);
@@ -149,7 +170,12 @@ function deleteFiles(realRoot: string, files: readonly FileAction[], changed: st
 }
 
 /** Removes the planned directories that are still empty, deepest first, each through its pinned parent. */
-function removeDirs(realRoot: string, planned: readonly string[], changed: string[]): string[] {
+function removeDirs(
+  realRoot: string,
+  planned: readonly string[],
+  changed: string[],
+  failed: ApplyResult['failed'],
+): string[] {
   const removed: string[] = [];
   const parents = new PinnedDirs(realRoot);
   try {
@@ -169,7 +195,8 @@ function removeDirs(realRoot: string, planned: readonly string[], changed: strin
         // system mounted inside the repository); it stays, as the mount is not this prune's to undo.
         const code = codeOf(error);
         if (code === 'ENOTDIR') changed.push(dir);
-        else if (!['ENOTEMPTY', 'EEXIST', 'ENOENT', 'EBUSY'].includes(code ?? '')) throw error;
+        else if (!['ENOTEMPTY', 'EEXIST', 'ENOENT', 'EBUSY'].includes(code ?? ''))
+          failed.push(failure(dir, error));
       }
     }
   } finally {
@@ -260,16 +287,30 @@ async function finish(
 ): Promise<ApplyResult> {
   // Synchronous for the reason scan.ts's walk gives: 10k unlinks measured 2.5x faster than via the promise API.
   const changed: string[] = [];
-  const deleted = deleteFiles(realRoot, plan.delete, changed);
-  if (!sameState(onDisk, plan.stateAfter)) {
-    await writeState(root, plan.stateAfter);
+  const failed: ApplyResult['failed'] = [];
+  const deleted = deleteFiles(realRoot, plan.delete, changed, failed);
+  // A file the file system would not let go is still unreferenced since then: the next prune tries it again at once.
+  const stateAfter = new Map(plan.stateAfter);
+  for (const { path } of failed) {
+    const since = plan.stateDuring.get(path);
+    if (since !== undefined) stateAfter.set(path, since);
   }
-  const dirsRemoved = removeDirs(realRoot, plan.dirsToRemove, changed);
+  if (!sameState(onDisk, stateAfter)) {
+    await writeState(root, stateAfter);
+  }
+  // A directory that keeps a file the file system refused to remove is not empty: not one more failure to list.
+  const keeping = new Set<string>();
+  for (const { path } of failed) {
+    for (let dir = parentOf(path); dir !== '' && !keeping.has(dir); dir = parentOf(dir)) keeping.add(dir);
+  }
+  const emptied = plan.dirsToRemove.filter((dir) => !keeping.has(dir));
+  const dirsRemoved = removeDirs(realRoot, emptied, changed, failed);
   return {
     imagesWritten: plan.images !== undefined,
     indexWritten: plan.index !== undefined,
     deleted,
     dirsRemoved,
     changed,
+    failed,
   };
 }
