@@ -19,6 +19,7 @@ import {
   renameSync,
   rmSync,
   symlinkSync,
+  truncateSync,
   unlinkSync,
   writeFileSync,
 } from 'node:fs';
@@ -42,6 +43,7 @@ import {
   repoProblems,
   SimplestreamsRepo,
   snapshotTree,
+  versionsOf,
 } from '../support/simplestreams-fixture.js';
 
 const HOUR = 3_600_000;
@@ -697,6 +699,33 @@ describe('a product directory on a read-only mount (a snapshot, an export) [bind
       expect(repoProblems(repo.root)).toEqual([]);
     } finally {
       execFileSync('umount', [readOnly]);
+    }
+  });
+});
+
+describe('a repository whose file system is full (the moment a prune is most needed) [tmpfs, needs root]', () => {
+  it('deletes what the metadata already does not name first, so the state and metadata writes find room', async () => {
+    const root = join(base, `r${++counter}`);
+    mkdirSync(root);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', root]);
+    try {
+      const repo = new SimplestreamsRepo(root, 'flat', NOW);
+      const dropped = repo.addVersion(P, V[0]!);
+      repo.addVersion(P, V[1]!);
+      repo.write();
+      // An old upload that died (ENOSPC) filled the disk: an orphan of every byte left but a page, room for the lock.
+      const stale = join(root, 'images/stale-upload.squashfs');
+      expect(() => writeFileSync(stale, Buffer.alloc(2 << 20, 1))).toThrow(/ENOSPC/);
+      truncateSync(stale, lstatSync(stale).size - 4096);
+      repo.age('images/stale-upload.squashfs', 30 * DAY);
+      const { report } = await prune(inputs(root, { gracePeriodMs: HOUR }));
+      expect(report.files.deleted.map((f) => f.path)).toEqual(['images/stale-upload.squashfs']);
+      expect(report.files.deferred.map((f) => f.path)).toEqual([...dropped.paths].sort());
+      expect(versionsOf(root, P)).toEqual([V[1]!]);
+      expect(readdirSync(join(root, 'streams/v1'))).toEqual(['images.json', 'index.json']);
+      expect(repoProblems(root)).toEqual([]);
+    } finally {
+      execFileSync('umount', [root]);
     }
   });
 });

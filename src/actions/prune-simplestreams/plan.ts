@@ -64,6 +64,11 @@ export interface FileAction {
   deletableAtMs: number;
   /** The entry as the scan saw it: a file changed or replaced since then is not the one judged, and stays. */
   seen: FileFact;
+  /**
+   * False when the metadata on disk names it no more: it may go before the metadata is rewritten (apply.ts deletes
+   * those first, so a full file system has room for the writes). Sidecars count as named (their files may be).
+   */
+  named: boolean;
 }
 
 export interface Plan {
@@ -285,6 +290,7 @@ function decideFiles(
       reason: since === undefined ? 'orphan' : 'unreferenced',
       deletableAtMs,
       seen: fact,
+      named: before.has(path),
     };
     fate.set(path, action);
     if (since !== undefined) d.stateDuring.set(path, since);
@@ -327,7 +333,14 @@ function decideFiles(
       deletableAtMs = dirDeleted.has(dir) ? now : changedMs(fact, now) + grace;
     }
     if (deletableAtMs === 'live') continue;
-    const action: FileAction = { path, size: fact.size, reason: 'sidecar', deletableAtMs, seen: fact };
+    const action: FileAction = {
+      path,
+      size: fact.size,
+      reason: 'sidecar',
+      deletableAtMs,
+      seen: fact,
+      named: true,
+    };
     (deletableAtMs <= now ? d.delete : d.defer).push(action);
   }
   d.delete.sort((a, b) => compareC(a.path, b.path));
