@@ -26,14 +26,16 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
   const temp = join(dir, `.${basename(path)}.${randomBytes(4).toString('hex')}.tmp`);
   const handle = await open(temp, 'wx', mode);
   try {
-    await handle.writeFile(data);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  try {
+    try {
+      await handle.writeFile(data);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
     await rename(temp, path);
   } catch (error) {
+    // A write that failed (ENOSPC, EDQUOT) leaves a partial copy: on a full file system it is space the caller
+    // may need to recover with (a prune's images.json can be tens of MB).
     await rm(temp, { force: true });
     throw error;
   }
