@@ -444,6 +444,26 @@ describe('item paths that point into directories images are not kept in', () => 
     expect(existsSync(join(repo.root, '.git/lfs/objects/other'))).toBe(true);
     expect(repoProblems(repo.root)).toEqual([]);
   });
+
+  it("nor a hidden directory inside images/ (a file server's .snapshot or .zfs, a .git), old files and all", async () => {
+    const repo = newRepo('flat');
+    const old = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.write();
+    // What a NetApp export shows in every directory: read-only copies of earlier states, old files unreferenced.
+    const snapshot = old.paths.map((p) => `images/.snapshot/hourly.0/${p.slice('images/'.length)}`);
+    for (const path of snapshot) repo.addOrphan(path, 30 * DAY);
+    repo.addOrphan('images/.git/config', 30 * DAY);
+    mkdirSync(join(repo.root, 'images/.zfs/snapshot'), { recursive: true });
+    for (const dir of ['images/.zfs/snapshot', 'images/.zfs']) repo.age(dir, 30 * DAY);
+    const { report } = await prune(inputs(repo.root));
+    const hidden = (p: string) => p.startsWith('images/.');
+    expect(report.files.deleted.map((f) => f.path)).toEqual([...old.paths].sort());
+    expect(report.files.dirsRemoved.filter(hidden)).toEqual([]);
+    for (const path of [...snapshot, 'images/.git/config', 'images/.zfs/snapshot'])
+      expect(existsSync(join(repo.root, path))).toBe(true);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
 });
 
 /** A plan made, then `meanwhile` changes the repository (anyone who may write there), then the plan applied. */

@@ -65,6 +65,7 @@ function factsOf(catalog: Catalog, extra: Record<string, number> = {}, missing: 
     dirs: new Map(),
     contentRoots: ['images'],
     metadataLinks: [],
+    hiddenDirs: [],
   };
   for (const p of catalog.products)
     for (const v of p.versions)

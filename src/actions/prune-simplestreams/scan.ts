@@ -50,6 +50,11 @@ export interface RepoFacts {
    * chain), repository-relative: clients fetch the metadata by its path as written, so they are as live as it.
    */
   metadataLinks: string[];
+  /**
+   * Hidden directories inside the content directories (a file server's `.snapshot` or `.zfs`, a `.git`): none of this
+   * layout's, so never walked or judged, and the directory they are in is not empty.
+   */
+  hiddenDirs: string[];
 }
 
 /** Filesystem requests in flight at once. */
@@ -178,6 +183,11 @@ function walk(root: string, contentDirs: Iterable<string>, facts: RepoFacts): vo
     let files = 0;
     for (const entry of entries) {
       const child = `${path}/${entry.name}`;
+      // A file server's snapshots (`.snapshot`, `.zfs`: read-only copies of files long unreferenced) or a `.git`.
+      if (entry.isDirectory() && entry.name.startsWith('.')) {
+        facts.hiddenDirs.push(child);
+        continue;
+      }
       // A symlink is never a directory here: it is not followed, and is judged (and removed) as a link.
       if (entry.isDirectory()) {
         facts.dirs.set(child, {});
@@ -254,6 +264,7 @@ export async function scanRepository(
     dirs: new Map(),
     contentRoots: [],
     metadataLinks: [],
+    hiddenDirs: [],
   };
   const itemsByDir = new Map<string, string[]>();
   for (const path of paths) {
