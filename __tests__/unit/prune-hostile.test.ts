@@ -837,6 +837,41 @@ describe('version names clients read differently from Date.UTC', () => {
   });
 });
 
+describe("item paths, as clients resolve them (incus and LXD fetch them through Go's url.JoinPath too)", () => {
+  it('keeps the file a %XX escape names (the web server decodes it) and the version that uses it', async () => {
+    const repo = newRepo('flat');
+    const old = repo.addVersion(P, V[0]!);
+    const kept = repo.addVersion(P, V[1]!);
+    type Items = Record<string, { path: string }>;
+    const products = repo.images.products as Record<string, { versions: Record<string, { items: Items }> }>;
+    // A publisher that escapes what it writes: clients ask for images/<sha>%2Esquashfs and get images/<sha>.squashfs.
+    products[P]!.versions[V[0]!]!.items.squashfs!.path = old.rootfs.replace(/\.squashfs$/, '%2Esquashfs');
+    repo.write();
+    const { report } = await pruneAt(inputs(repo.root, { keepVersions: 2 }), NOW);
+    expect(report.products[0]).toMatchObject({ kept: [V[1], V[0]], dropped: [], broken: [] });
+    expect(report.files.deleted).toEqual([]);
+    for (const path of [...old.paths, ...kept.paths]) expect(existsSync(join(repo.root, path))).toBe(true);
+  });
+
+  it('refuses an item path with a % that starts no escape, or an escaped .. (clients never get that file)', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    type Items = Record<string, { path: string }>;
+    const products = repo.images.products as Record<string, { versions: Record<string, { items: Items }> }>;
+    for (const [path, why] of [
+      ['images/50%off.squashfs', /path 'images\/50%off\.squashfs' has a '%' that starts no %XX escape/],
+      [
+        'images/x/%2e%2e/a.squashfs',
+        /\(as clients decode it: 'images\/x\/\.\.\/a\.squashfs'\) has an escaped '\.\.'/,
+      ],
+    ] as const) {
+      products[P]!.versions[V[0]!]!.items.squashfs!.path = path;
+      repo.write();
+      expect((await pruneFailure(inputs(repo.root), NOW)).message).toMatch(why);
+    }
+  });
+});
+
 describe("index.json's images path, as clients resolve it (Go's url.JoinPath takes it as escaped)", () => {
   it('reads the images.json clients read, not a decoy named by the escaped spelling', async () => {
     const repo = newRepo('flat');

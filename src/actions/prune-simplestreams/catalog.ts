@@ -241,39 +241,46 @@ function findIndexEntry(index: JsonDoc): { key: string; imagesPath: string } {
   const [key, entry] = matches[0]! as [string, JsonObject];
   if (typeof entry.path !== 'string')
     throw new RepoError(`${index.path}: index.${key}.path is not a string.`);
-  // Go's url.JoinPath cleans the path still escaped: a `..` pops a whole escaped segment (`sub%2Fx/..` is
-  // nothing), while an escape that decodes to `..` (`%2e%2e`, `x%2F..`) is left to the web server, and servers
-  // differ on what they then open.
-  const cleaned = normaliseRepoPath(entry.path);
-  const unescaped = unescapeUrlPath('error' in cleaned ? entry.path : cleaned.path);
+  const resolved = clientPath(entry.path);
+  if ('error' in resolved)
+    throw new RepoError(`${index.path}: index.${key}.path '${entry.path}'${resolved.error}.`);
+  return { key, imagesPath: resolved.path };
+}
+
+/**
+ * A path from the metadata (index.json's path to images.json, an item's path) as the repository file clients get,
+ * or why none (a text to follow the quoted path). incus and LXD join it to the repository URL with Go's
+ * url.JoinPath, which takes it as an escaped URL path that the web server decodes (`images%2Ejson` names
+ * images.json) and cleans it still escaped: a `..` pops a whole escaped segment (`sub%2Fx/..` is nothing), while an
+ * escape that decodes to `..` (`%2e%2e`, `x%2F..`) is left to the web server, and servers differ on what they then
+ * open.
+ */
+export function clientPath(raw: string): { path: string } | { error: string } {
+  const cleaned = normaliseRepoPath(raw);
+  const unescaped = unescapeUrlPath('error' in cleaned ? raw : cleaned.path);
   if (unescaped === undefined) {
-    throw new RepoError(
-      `${index.path}: index.${key}.path '${entry.path}' has a '%' that starts no %XX escape; incus reads ` +
-        'this path as an escaped URL path, which it is not, so clients never get the file it names.',
-    );
+    return {
+      error:
+        " has a '%' that starts no %XX escape; incus reads this path as an escaped URL path, which it is not, " +
+        'so clients never get the file it names',
+    };
   }
   if (unescaped === NOT_UTF8) {
-    throw new RepoError(
-      `${index.path}: index.${key}.path '${entry.path}' decodes to a file name that is not UTF-8; clients get ` +
-        'the file of those very bytes, which this prune cannot name (it would read another). Name images.json ' +
-        'in UTF-8.',
-    );
+    return {
+      error:
+        ' decodes to a file name that is not UTF-8; clients get the file of those very bytes, which this prune ' +
+        'cannot name (it would read another). Name the file in UTF-8',
+    };
   }
-  const decoded = unescaped === entry.path ? '' : ` (as clients decode it: '${unescaped}')`;
-  if ('error' in cleaned) {
-    throw new RepoError(`${index.path}: index.${key}.path '${entry.path}'${decoded} ${cleaned.error}.`);
-  }
+  const decoded = unescaped === raw ? '' : ` (as clients decode it: '${unescaped}')`;
+  if ('error' in cleaned) return { error: `${decoded} ${cleaned.error}` };
   if (unescaped.split('/').includes('..')) {
-    throw new RepoError(
-      `${index.path}: index.${key}.path '${entry.path}'${decoded} has an escaped '..', which web servers resolve ` +
-        'in different ways; write the path without it.',
-    );
+    return {
+      error: `${decoded} has an escaped '..', which web servers resolve in different ways; write the path without it`,
+    };
   }
   const normalised = normaliseRepoPath(unescaped);
-  if ('error' in normalised) {
-    throw new RepoError(`${index.path}: index.${key}.path '${entry.path}'${decoded} ${normalised.error}.`);
-  }
-  return { key, imagesPath: normalised.path };
+  return 'error' in normalised ? { error: `${decoded} ${normalised.error}` } : normalised;
 }
 
 /** unescapeUrlPath's answer for escapes that make bytes no UTF-8 string holds. */
@@ -286,7 +293,6 @@ export const NOT_UTF8 = Symbol('not UTF-8');
  * keeps the repository URL's own path: clients never ask for this one).
  * NOT_UTF8 when the bytes decoded are not UTF-8 (`%FF`): the server opens the file of those raw bytes, while a
  * lenient decode would turn them into U+FFFD, the name of another file (a decoy).
- * Item paths are not decoded: clients set those as the URL's plain path, so `%` in them is a literal `%`.
  */
 export function unescapeUrlPath(raw: string): string | typeof NOT_UTF8 | undefined {
   if (!raw.includes('%')) return raw;
@@ -329,9 +335,9 @@ function parseProducts(images: JsonDoc, problems: string[]): CatalogProduct[] {
           continue;
         }
         goCaseTwins(item, ITEM_FIELDS, at, problems);
-        const normalised = normaliseRepoPath(item.path);
+        const normalised = clientPath(item.path);
         if ('error' in normalised) {
-          problems.push(`${at}: path '${item.path}' ${normalised.error}`);
+          problems.push(`${at}: path '${item.path}'${normalised.error}`);
           continue;
         }
         if (item.size !== undefined && (typeof item.size !== 'number' || !Number.isSafeInteger(item.size))) {
