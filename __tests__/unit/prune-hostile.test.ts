@@ -215,6 +215,20 @@ describe('metadata a Go client reads differently from JSON.parse', () => {
     return repo;
   }
 
+  it('keeps numbers of unknown fields JSON.parse cannot hold (a 64-bit build id, 1e400) as written', async () => {
+    // Go reads them exactly (json.Number, uint64); a double would round the id and turn 1e400 into null.
+    const raw = ['18446744073709551615', '1e400', '0.30000000000000000000001', '-9007199254740993'];
+    const repo = editedRepo((text) =>
+      text.replace('"x_vendor_field": 42', `"x_vendor_field": [${raw.join(', ')}, 1.50, 7]`),
+    );
+    await prune(inputs(repo.root));
+    const text = readFileSync(imagesJson(repo), 'utf8');
+    expect(Object.keys(JSON.parse(text).products[P].versions)).toEqual([V[3]]);
+    expect(text).toContain(
+      `"x_vendor_field": [\n        ${[...raw, '1.5', '7'].join(',\n        ')}\n      ]`,
+    );
+  });
+
   it('refuses duplicate "versions" keys (encoding/json merges them), changing nothing', async () => {
     // Split the product's versions over two "versions" keys: incus sees all four, JSON.parse only the last two.
     const repo = editedRepo((text) => {
