@@ -90,8 +90,9 @@ const MAX_SYMLINK_HOPS = 40;
 async function linksOnTheWay(root: string, path: string): Promise<string[]> {
   const links: string[] = [];
   // Real directories only (each link on the way replaced by its target), so `..` pops a segment as the kernel does.
-  let done: string[] = [];
-  const pending = [...root.split('/'), ...path.split('/')];
+  // The root is a real path: its own segments need no lstat.
+  let done = root.split('/').filter((s) => s !== '');
+  const pending = path.split('/');
   for (let hops = 0; pending.length > 0 && hops <= MAX_SYMLINK_HOPS;) {
     const segment = pending.shift()!;
     if (segment === '' || segment === '.') continue;
