@@ -459,6 +459,19 @@ describe('item paths that point into directories images are not kept in', () => 
     expect(repoProblems(repo.root)).toEqual([]);
   });
 
+  it("nor images/lost+found, where images/ is a file system of its own (fsck's recovered files; root's 0700)", async () => {
+    const repo = newRepo('flat');
+    const old = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.write();
+    repo.addOrphan('images/lost+found/#131074', 30 * DAY);
+    repo.age('images/lost+found', 30 * DAY);
+    const { report } = await prune(inputs(repo.root));
+    expect(report.files.deleted.map((f) => f.path)).toEqual([...old.paths].sort());
+    expect(report.files.dirsRemoved).toEqual([]);
+    expect(existsSync(join(repo.root, 'images/lost+found/#131074'))).toBe(true);
+  });
+
   it("nor a hidden directory inside images/ (a file server's .snapshot or .zfs, a .git), old files and all", async () => {
     const repo = newRepo('flat');
     const old = repo.addVersion(P, V[0]!);

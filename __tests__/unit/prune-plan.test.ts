@@ -65,7 +65,7 @@ function factsOf(catalog: Catalog, extra: Record<string, number> = {}, missing: 
     dirs: new Map(),
     contentRoots: ['images'],
     metadataLinks: [],
-    hiddenDirs: [],
+    foreignDirs: [],
   };
   for (const p of catalog.products)
     for (const v of p.versions)

@@ -361,7 +361,7 @@ function emptyDirs(
     for (let dir = parentOf(path); dir !== '' && !set.has(dir); dir = parentOf(dir)) set.add(dir);
   };
   for (const path of facts.files.keys()) markUp(deleted.has(path) ? touched : nonEmpty, path);
-  for (const path of [...after, ...facts.hiddenDirs]) markUp(nonEmpty, path);
+  for (const path of [...after, ...facts.foreignDirs]) markUp(nonEmpty, path);
   const deepestFirst = [...facts.dirs.keys()].sort(
     (a, b) => b.split('/').length - a.split('/').length || compareC(a, b),
   );

@@ -51,10 +51,11 @@ export interface RepoFacts {
    */
   metadataLinks: string[];
   /**
-   * Hidden directories inside the content directories (a file server's `.snapshot` or `.zfs`, a `.git`): none of this
-   * layout's, so never walked or judged, and the directory they are in is not empty.
+   * Directories inside the content directories that are none of this layout's: hidden ones (a file server's
+   * `.snapshot` or `.zfs`, a `.git`) and `lost+found` (a content directory that is a file system of its own). Never
+   * walked or judged, and the directory they are in is not empty.
    */
-  hiddenDirs: string[];
+  foreignDirs: string[];
 }
 
 /** Filesystem requests in flight at once. */
@@ -184,9 +185,10 @@ function walk(root: string, contentDirs: Iterable<string>, facts: RepoFacts): vo
     let files = 0;
     for (const entry of entries) {
       const child = `${path}/${entry.name}`;
-      // A file server's snapshots (`.snapshot`, `.zfs`: read-only copies of files long unreferenced) or a `.git`.
-      if (entry.isDirectory() && entry.name.startsWith('.')) {
-        facts.hiddenDirs.push(child);
+      // A file server's snapshots (`.snapshot`, `.zfs`: read-only copies of files long unreferenced), a `.git`, or
+      // fsck's `lost+found` (the files it recovered; root's, mode 0700: a walk as another user failed on it).
+      if (entry.isDirectory() && (entry.name.startsWith('.') || entry.name === 'lost+found')) {
+        facts.foreignDirs.push(child);
         continue;
       }
       // A symlink is never a directory here: it is not followed, and is judged (and removed) as a link.
@@ -265,7 +267,7 @@ export async function scanRepository(
     dirs: new Map(),
     contentRoots: [],
     metadataLinks: [],
-    hiddenDirs: [],
+    foreignDirs: [],
   };
   const itemsByDir = new Map<string, string[]>();
   for (const path of paths) {
