@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { acquireLock } from '../../src/core/atomic.js';
 import { REPO_ROOT, runAction } from '../support/harness.js';
-import { countChanges, crashPoints, killAtChange } from '../support/kill-at-change.js';
+import { countChanges, crashPoints, killAtChange, signalAtChange } from '../support/kill-at-change.js';
 import {
   ageEmptyLockTemps,
   listFiles,
@@ -374,6 +374,27 @@ describe('crash safety (SIGKILL right after each change the prune makes in the r
     }
     expect(killedWithLock).toBeGreaterThan(0);
   }, 900_000);
+});
+
+describe('a cancelled run (the runner sends SIGINT, then SIGTERM)', () => {
+  it('releases the lock as it ends by the signal, so a prune from another host need not wait 6 h', async () => {
+    const args = (root: string) => ['--path', root, '--keep-versions', '1', '--grace-period', '0s'];
+    const runs = (['SIGINT', 'SIGTERM'] as const).map(async (signal) => {
+      const root = freshCopy(small);
+      // Right when the new images.json is being written: the lock is held, the prune half done.
+      const ended = await signalAtChange(1, signal, [CLI, 'prune-simplestreams', ...args(root)], {
+        ...process.env,
+        IMAGE_CI_TEST_CRASH_PATHS: 'images\\.json',
+      });
+      expect(ended?.signal).toBe(signal);
+      expect(existsSync(join(root, LOCK))).toBe(false);
+      const next = cli(args(root));
+      expect(await next.code).toBe(0);
+      expect(next.stderr.join('\n')).not.toContain('stale lock');
+      expect(repoProblems(root)).toEqual([]);
+    });
+    await Promise.all(runs);
+  });
 });
 
 describe('concurrency', () => {

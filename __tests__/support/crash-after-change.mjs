@@ -20,9 +20,12 @@ let changes = 0;
 const paths = process.env.IMAGE_CI_TEST_CRASH_PATHS
   ? new RegExp(process.env.IMAGE_CI_TEST_CRASH_PATHS)
   : undefined;
+// IMAGE_CI_TEST_CRASH_SIGNAL sends another signal instead (SIGTERM: a cancelled workflow run), which the process
+// may handle; it is sent once.
+const signal = process.env.IMAGE_CI_TEST_CRASH_SIGNAL || 'SIGKILL';
 const changed = (path) => {
   if (paths && !paths.test(String(path))) return;
-  if (++changes === target) process.kill(process.pid, 'SIGKILL');
+  if (++changes === target) process.kill(process.pid, signal);
 };
 /** The path a call changes: the target of a rename, link, symlink or copy, else its first argument. */
 const TWO_PATHS = new Set(['rename', 'link', 'symlink', 'copyFile']);

@@ -27,6 +27,23 @@ export async function killAtChange(
 }
 
 /**
+ * As killAtChange, with `signal` (SIGTERM, SIGINT: a cancelled workflow run) instead of SIGKILL, which the process
+ * may handle: what it printed, and whether it ended by that signal (undefined when it ended otherwise).
+ */
+export async function signalAtChange(
+  event: number,
+  signal: NodeJS.Signals,
+  args: readonly string[],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<Killed | undefined> {
+  return runWithPreload(
+    args,
+    { ...env, IMAGE_CI_TEST_CRASH_AFTER: String(event), IMAGE_CI_TEST_CRASH_SIGNAL: signal },
+    signal,
+  );
+}
+
+/**
  * Writes `<dir>/crash-main.mjs`, which runs `action`'s bundled main under the preload: a main script for the
  * runner harness that dies at the IMAGE_CI_TEST_CRASH_AFTER-th change, also with a root's node (the checkout has
  * its own path there). Returns its path.
@@ -58,7 +75,11 @@ export async function countChanges(
   }
 }
 
-async function runWithPreload(args: readonly string[], env: NodeJS.ProcessEnv): Promise<Killed | undefined> {
+async function runWithPreload(
+  args: readonly string[],
+  env: NodeJS.ProcessEnv,
+  expected: NodeJS.Signals = 'SIGKILL',
+): Promise<Killed | undefined> {
   const child = spawn(process.execPath, ['--import', PRELOAD, ...args], {
     env: { ...env, NODE_OPTIONS: '' },
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -68,7 +89,7 @@ async function runWithPreload(args: readonly string[], env: NodeJS.ProcessEnv): 
   const signal = await new Promise<NodeJS.Signals | null>((resolve) =>
     child.on('close', (_code, s) => resolve(s)),
   );
-  return signal === 'SIGKILL' ? { signal, stderr } : undefined;
+  return signal === expected ? { signal, stderr } : undefined;
 }
 
 /**

@@ -50,6 +50,21 @@ describe('writeFileAtomic', () => {
   it('fails without touching the target when the directory is missing', async () => {
     await expect(writeFileAtomic(join(tempDir(), 'no', 'such'), 'x')).rejects.toThrow(/ENOENT/);
   });
+
+  it('removes its temp file when the write fails: a full file system keeps no partial copy [tmpfs, needs root]', async () => {
+    const dir = tempDir();
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', dir]);
+    try {
+      writeFileSync(join(dir, 'images.json'), 'old');
+      await expect(writeFileAtomic(join(dir, 'images.json'), Buffer.alloc(1 << 20))).rejects.toThrow(
+        /ENOSPC/,
+      );
+      expect(readdirSync(dir)).toEqual(['images.json']);
+      expect(readFileSync(join(dir, 'images.json'), 'utf8')).toBe('old');
+    } finally {
+      execFileSync('umount', [dir]);
+    }
+  });
 });
 
 describe('locks', () => {

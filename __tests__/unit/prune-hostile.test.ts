@@ -19,6 +19,7 @@ import {
   renameSync,
   rmSync,
   symlinkSync,
+  truncateSync,
   unlinkSync,
   writeFileSync,
 } from 'node:fs';
@@ -28,9 +29,10 @@ import { join } from 'node:path';
 import { CliHost } from '../../src/core/host.js';
 import { MapInputSource } from '../../src/core/inputs.js';
 import { duplicateKeys, unescapeUrlPath } from '../../src/actions/prune-simplestreams/catalog.js';
+import { main } from '../../src/actions/prune-simplestreams/main.js';
 import { pruneRepository } from '../../src/actions/prune-simplestreams/prune.js';
 import type { PruneInputs } from '../../src/actions/prune-simplestreams/inputs.js';
-import { summaryMarkdown } from '../../src/actions/prune-simplestreams/report.js';
+import { summaryMarkdown, type PruneReport } from '../../src/actions/prune-simplestreams/report.js';
 import { versionTimeMs } from '../../src/actions/prune-simplestreams/versions.js';
 import {
   applyAfter as applyAfterPlan,
@@ -41,6 +43,7 @@ import {
   repoProblems,
   SimplestreamsRepo,
   snapshotTree,
+  versionsOf,
 } from '../support/simplestreams-fixture.js';
 
 const HOUR = 3_600_000;
@@ -97,6 +100,25 @@ describe('symlinks on the way to a referenced file', () => {
     expect(report.files.deleted.map((f) => f.path)).toEqual([]);
     expect(repoProblems(repo.root)).toEqual([]);
   });
+
+  it('keeps the hops of a chain whose absolute link spells the repository by another path (/var/www/x -> /srv/x)', async () => {
+    const repo = newRepo('flat');
+    const v = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    // The web server's path to the repository is a symlink to it; the publisher wrote absolute links by that path.
+    const alias = join(base, `alias-${counter}`);
+    symlinkSync(repo.root, alias);
+    repo.moveBehindSymlink(v.rootfs, 'images/blobs/rootfs.squashfs');
+    rmSync(join(repo.root, v.rootfs));
+    repo.symlink(v.rootfs, join(alias, 'images/hop.squashfs'), 30 * DAY);
+    repo.symlink('images/hop.squashfs', 'blobs/rootfs.squashfs', 30 * DAY);
+    repo.write();
+    for (const path of [repo.root, alias]) {
+      const { report } = await prune(inputs(path, { keepVersions: 2 }));
+      expect(report.files.deleted.map((f) => f.path)).toEqual([]);
+      expect(repoProblems(repo.root)).toEqual([]);
+    }
+  });
 });
 
 describe('the metadata files themselves', () => {
@@ -112,6 +134,25 @@ describe('the metadata files themselves', () => {
     const { report } = await prune(inputs(repo.root));
     expect(report.files.deleted.map((f) => f.path)).toEqual([]);
     expect(existsSync(join(repo.root, 'images/catalog.json'))).toBe(true);
+  });
+
+  it('never deletes the links images.json resolves through under images/ (a symlinked directory, a hop)', async () => {
+    const repo = newRepo('flat');
+    const dropped = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.write();
+    // streams/v1/images.json -> images/current/images.json, images/current -> meta-2024 (a directory),
+    // images/meta-2024/images.json -> catalog.json: a publisher that switches metadata by one link.
+    mkdirSync(join(repo.root, 'images/meta-2024'));
+    renameSync(imagesJson(repo), join(repo.root, 'images/meta-2024/catalog.json'));
+    repo.age('images/meta-2024/catalog.json', 30 * DAY);
+    repo.symlink('images/meta-2024/images.json', 'catalog.json', 30 * DAY);
+    repo.symlink('images/current', 'meta-2024', 30 * DAY);
+    repo.symlink('streams/v1/images.json', '../../images/current/images.json', 30 * DAY);
+    const { report } = await prune(inputs(repo.root));
+    expect(report.files.deleted.map((f) => f.path)).toEqual([...dropped.paths].sort());
+    expect(repoProblems(repo.root)).toEqual([]);
+    expect(lstatSync(imagesJson(repo)).isSymbolicLink()).toBe(true);
   });
 
   it('refuses metadata that a symlinked streams/ keeps outside the repository, writing nothing there', async () => {
@@ -173,6 +214,20 @@ describe('metadata a Go client reads differently from JSON.parse', () => {
     writeFileSync(imagesJson(repo), edit(readFileSync(imagesJson(repo), 'utf8')));
     return repo;
   }
+
+  it('keeps numbers of unknown fields JSON.parse cannot hold (a 64-bit build id, 1e400) as written', async () => {
+    // Go reads them exactly (json.Number, uint64); a double would round the id and turn 1e400 into null.
+    const raw = ['18446744073709551615', '1e400', '0.30000000000000000000001', '-9007199254740993'];
+    const repo = editedRepo((text) =>
+      text.replace('"x_vendor_field": 42', `"x_vendor_field": [${raw.join(', ')}, 1.50, 7]`),
+    );
+    await prune(inputs(repo.root));
+    const text = readFileSync(imagesJson(repo), 'utf8');
+    expect(Object.keys(JSON.parse(text).products[P].versions)).toEqual([V[3]]);
+    expect(text).toContain(
+      `"x_vendor_field": [\n        ${[...raw, '1.5', '7'].join(',\n        ')}\n      ]`,
+    );
+  });
 
   it('refuses duplicate "versions" keys (encoding/json merges them), changing nothing', async () => {
     // Split the product's versions over two "versions" keys: incus sees all four, JSON.parse only the last two.
@@ -403,6 +458,39 @@ describe('item paths that point into directories images are not kept in', () => 
     expect(existsSync(join(repo.root, '.git/lfs/objects/other'))).toBe(true);
     expect(repoProblems(repo.root)).toEqual([]);
   });
+
+  it("nor images/lost+found, where images/ is a file system of its own (fsck's recovered files; root's 0700)", async () => {
+    const repo = newRepo('flat');
+    const old = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.write();
+    repo.addOrphan('images/lost+found/#131074', 30 * DAY);
+    repo.age('images/lost+found', 30 * DAY);
+    const { report } = await prune(inputs(repo.root));
+    expect(report.files.deleted.map((f) => f.path)).toEqual([...old.paths].sort());
+    expect(report.files.dirsRemoved).toEqual([]);
+    expect(existsSync(join(repo.root, 'images/lost+found/#131074'))).toBe(true);
+  });
+
+  it("nor a hidden directory inside images/ (a file server's .snapshot or .zfs, a .git), old files and all", async () => {
+    const repo = newRepo('flat');
+    const old = repo.addVersion(P, V[0]!);
+    repo.addVersion(P, V[1]!);
+    repo.write();
+    // What a NetApp export shows in every directory: read-only copies of earlier states, old files unreferenced.
+    const snapshot = old.paths.map((p) => `images/.snapshot/hourly.0/${p.slice('images/'.length)}`);
+    for (const path of snapshot) repo.addOrphan(path, 30 * DAY);
+    repo.addOrphan('images/.git/config', 30 * DAY);
+    mkdirSync(join(repo.root, 'images/.zfs/snapshot'), { recursive: true });
+    for (const dir of ['images/.zfs/snapshot', 'images/.zfs']) repo.age(dir, 30 * DAY);
+    const { report } = await prune(inputs(repo.root));
+    const hidden = (p: string) => p.startsWith('images/.');
+    expect(report.files.deleted.map((f) => f.path)).toEqual([...old.paths].sort());
+    expect(report.files.dirsRemoved.filter(hidden)).toEqual([]);
+    for (const path of [...snapshot, 'images/.git/config', 'images/.zfs/snapshot'])
+      expect(existsSync(join(repo.root, path))).toBe(true);
+    expect(repoProblems(repo.root)).toEqual([]);
+  });
 });
 
 /** A plan made, then `meanwhile` changes the repository (anyone who may write there), then the plan applied. */
@@ -625,6 +713,70 @@ describe('content directories on file systems of their own (a ZFS dataset per pr
   });
 });
 
+describe('a product directory on a read-only mount (a snapshot, an export) [bind mount, needs root]', () => {
+  it('removes the rest, lists what the file system refused, keeps its state and fails the step after the report', async () => {
+    // Ages by the real clock: main prunes at Date.now().
+    const repo = new SimplestreamsRepo(join(base, `r${++counter}`), 'nested');
+    const other = 'alpine:3.19:default:amd64';
+    const stuck = [V[0]!, V[1]!].map((v) => repo.addVersion(other, v));
+    repo.addVersion(other, V[2]!);
+    const freed = [V[0]!, V[1]!].map((v) => repo.addVersion(P, v));
+    repo.addVersion(P, V[2]!);
+    repo.write();
+    const readOnly = join(repo.root, 'images/alpine');
+    execFileSync('mount', ['--bind', readOnly, readOnly]);
+    try {
+      execFileSync('mount', ['-o', 'remount,ro,bind', readOnly]);
+      const reportFile = join(base, `report-${counter}.json`);
+      const host = new CliHost({ inputs: new MapInputSource({}), log: () => {}, out: () => {} });
+      const error = await main(host, inputs(repo.root, { reportFile })).then(
+        () => new Error('expected the step to fail'),
+        (e: Error) => e,
+      );
+      const refused = stuck.flatMap((v) => v.paths).sort();
+      expect(error.message).toContain('the file system refused to remove these');
+      for (const path of refused) expect(error.message).toContain(`${path}: EROFS: read-only file system\n`);
+      expect(error.message).not.toContain('/proc/self/fd');
+      const report = JSON.parse(readFileSync(reportFile, 'utf8')) as PruneReport;
+      expect(report.files.deleted.map((f) => f.path)).toEqual(freed.flatMap((v) => v.paths).sort());
+      expect(report.files.failed.map((f) => f.path).sort()).toEqual(refused);
+      expect(host.outputs.get('removed-files')).toBe('4');
+      const state = JSON.parse(readFileSync(join(repo.root, '.image-ci-prune-state.json'), 'utf8'));
+      expect(Object.keys(state.unreferencedSince).sort()).toEqual(refused);
+      expect(repoProblems(repo.root)).toEqual([]);
+    } finally {
+      execFileSync('umount', [readOnly]);
+    }
+  });
+});
+
+describe('a repository whose file system is full (the moment a prune is most needed) [tmpfs, needs root]', () => {
+  it('deletes what the metadata already does not name first, so the state and metadata writes find room', async () => {
+    const root = join(base, `r${++counter}`);
+    mkdirSync(root);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', root]);
+    try {
+      const repo = new SimplestreamsRepo(root, 'flat', NOW);
+      const dropped = repo.addVersion(P, V[0]!);
+      repo.addVersion(P, V[1]!);
+      repo.write();
+      // An old upload that died (ENOSPC) filled the disk: an orphan of every byte left but a page, room for the lock.
+      const stale = join(root, 'images/stale-upload.squashfs');
+      expect(() => writeFileSync(stale, Buffer.alloc(2 << 20, 1))).toThrow(/ENOSPC/);
+      truncateSync(stale, lstatSync(stale).size - 4096);
+      repo.age('images/stale-upload.squashfs', 30 * DAY);
+      const { report } = await prune(inputs(root, { gracePeriodMs: HOUR }));
+      expect(report.files.deleted.map((f) => f.path)).toEqual(['images/stale-upload.squashfs']);
+      expect(report.files.deferred.map((f) => f.path)).toEqual([...dropped.paths].sort());
+      expect(versionsOf(root, P)).toEqual([V[1]!]);
+      expect(readdirSync(join(root, 'streams/v1'))).toEqual(['images.json', 'index.json']);
+      expect(repoProblems(root)).toEqual([]);
+    } finally {
+      execFileSync('umount', [root]);
+    }
+  });
+});
+
 describe('repository text in error messages reaches the log as one printable line', () => {
   const hostile = '\u001b[2J\u001b[31m\u202e';
   const printable = (message: string) => {
@@ -709,6 +861,41 @@ describe('version names clients read differently from Date.UTC', () => {
     });
     for (const path of ancient.paths) expect(existsSync(join(repo.root, path))).toBe(false);
     expect(repoProblems(repo.root)).toEqual([]);
+  });
+});
+
+describe("item paths, as clients resolve them (incus and LXD fetch them through Go's url.JoinPath too)", () => {
+  it('keeps the file a %XX escape names (the web server decodes it) and the version that uses it', async () => {
+    const repo = newRepo('flat');
+    const old = repo.addVersion(P, V[0]!);
+    const kept = repo.addVersion(P, V[1]!);
+    type Items = Record<string, { path: string }>;
+    const products = repo.images.products as Record<string, { versions: Record<string, { items: Items }> }>;
+    // A publisher that escapes what it writes: clients ask for images/<sha>%2Esquashfs and get images/<sha>.squashfs.
+    products[P]!.versions[V[0]!]!.items.squashfs!.path = old.rootfs.replace(/\.squashfs$/, '%2Esquashfs');
+    repo.write();
+    const { report } = await pruneAt(inputs(repo.root, { keepVersions: 2 }), NOW);
+    expect(report.products[0]).toMatchObject({ kept: [V[1], V[0]], dropped: [], broken: [] });
+    expect(report.files.deleted).toEqual([]);
+    for (const path of [...old.paths, ...kept.paths]) expect(existsSync(join(repo.root, path))).toBe(true);
+  });
+
+  it('refuses an item path with a % that starts no escape, or an escaped .. (clients never get that file)', async () => {
+    const repo = newRepo('flat');
+    repo.addVersion(P, V[0]!);
+    type Items = Record<string, { path: string }>;
+    const products = repo.images.products as Record<string, { versions: Record<string, { items: Items }> }>;
+    for (const [path, why] of [
+      ['images/50%off.squashfs', /path 'images\/50%off\.squashfs' has a '%' that starts no %XX escape/],
+      [
+        'images/x/%2e%2e/a.squashfs',
+        /\(as clients decode it: 'images\/x\/\.\.\/a\.squashfs'\) has an escaped '\.\.'/,
+      ],
+    ] as const) {
+      products[P]!.versions[V[0]!]!.items.squashfs!.path = path;
+      repo.write();
+      expect((await pruneFailure(inputs(repo.root), NOW)).message).toMatch(why);
+    }
   });
 });
 

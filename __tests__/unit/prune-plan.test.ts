@@ -64,6 +64,8 @@ function factsOf(catalog: Catalog, extra: Record<string, number> = {}, missing: 
     files: new Map(),
     dirs: new Map(),
     contentRoots: ['images'],
+    metadataLinks: [],
+    foreignDirs: [],
   };
   for (const p of catalog.products)
     for (const v of p.versions)

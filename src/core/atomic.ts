@@ -3,7 +3,7 @@
  * half-written one, and a crash between steps leaves at most a stray temp file (which the lock code sweeps up).
  */
 import { randomBytes } from 'node:crypto';
-import { constants, readFileSync, readlinkSync } from 'node:fs';
+import { constants, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { link, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
@@ -26,14 +26,16 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
   const temp = join(dir, `.${basename(path)}.${randomBytes(4).toString('hex')}.tmp`);
   const handle = await open(temp, 'wx', mode);
   try {
-    await handle.writeFile(data);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  try {
+    try {
+      await handle.writeFile(data);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
     await rename(temp, path);
   } catch (error) {
+    // A write that failed (ENOSPC, EDQUOT) leaves a partial copy: on a full file system it is space the caller
+    // may need to recover with (a prune's images.json can be tens of MB).
     await rm(temp, { force: true });
     throw error;
   }
@@ -113,6 +115,8 @@ export class LockTimeoutError extends Error {
 export interface Lock {
   readonly path: string;
   release(): Promise<void>;
+  /** release() in one synchronous step: for a signal handler, after which this process does nothing more. */
+  releaseSync(): void;
 }
 
 function readOrUndefined(read: () => string): string | undefined {
@@ -396,5 +400,37 @@ function heldLock(path: string, content: string): Lock {
       // Only our own: a lock judged stale (a prune that ran past staleMs) may belong to someone else by now.
       if ((await inspect(path))?.raw === content) await rm(path, { force: true });
     },
+    releaseSync: () => {
+      if (released) return;
+      released = true;
+      let raw: string;
+      try {
+        raw = readFileSync(path, 'utf8');
+      } catch {
+        return; // gone (taken over as stale, then released by its taker)
+      }
+      if (raw === content) rmSync(path, { force: true });
+    },
+  };
+}
+
+const ENDING_SIGNALS: readonly NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+
+/**
+ * Until the returned function is called, SIGINT, SIGTERM or SIGHUP (a cancelled workflow run: the runner sends
+ * SIGINT, then SIGTERM) releases `lock` and ends the process by that signal. A lock left by a process that is gone
+ * is taken over at once only on its own host: from another one (a repository shared over NFS), only once it is
+ * staleMs (6 h) old, and every prune and publisher until then waits in vain. Released synchronously: the handler
+ * runs between two steps of the work, and no later step may run without the lock.
+ */
+export function releaseOnSignal(lock: Lock): () => void {
+  const onSignal = (signal: NodeJS.Signals) => {
+    for (const s of ENDING_SIGNALS) process.removeListener(s, onSignal);
+    lock.releaseSync();
+    process.kill(process.pid, signal);
+  };
+  for (const s of ENDING_SIGNALS) process.on(s, onSignal);
+  return () => {
+    for (const s of ENDING_SIGNALS) process.removeListener(s, onSignal);
   };
 }

@@ -1,8 +1,9 @@
 /**
  * The side-effect half of a prune, in the order that keeps the repository valid after a crash at any point:
- * state file (who became unreferenced when) -> images.json -> index.json -> deletions -> final state -> empty
- * directories. Metadata never references a deleted file, and a file's grace period never restarts from zero
- * because a crash lost its "unreferenced since" time.
+ * deletions of files the metadata on disk no longer names -> state file (who became unreferenced when) ->
+ * images.json -> index.json -> the other deletions -> final state -> empty directories. Metadata never references a
+ * deleted file, and a file's grace period never restarts from zero because a crash lost its "unreferenced since"
+ * time.
  */
 import {
   closeSync,
@@ -17,7 +18,7 @@ import {
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.js';
 import { readRegularFile } from '../../core/files.js';
-import { ActionError } from '../../core/run.js';
+import { ActionError, errorMessage } from '../../core/run.js';
 import { fileOf, printableLines, serializeJson, type Catalog, type JsonDoc } from './catalog.js';
 import type { FileAction, Plan } from './plan.js';
 import { baseOf, LOCK_FILE_NAME, parentOf } from './repo-paths.js';
@@ -31,6 +32,19 @@ export interface ApplyResult {
   dirsRemoved: string[];
   /** Planned removals left alone: the entry, or the directory it is in, is no longer what the scan saw. */
   changed: string[];
+  /**
+   * Planned removals the file system refused (a read-only mount, a file of another owner, an immutable one), each
+   * with why: the others still go, and the next prune tries these again.
+   */
+  failed: { path: string; error: string }[];
+}
+
+/**
+ * Why removing `path` failed, by the repository path: node's message ends in the path it was given
+ * (`EROFS: read-only file system, unlink '/proc/self/fd/23/x'`), which names nothing to the user.
+ */
+function failure(path: string, error: unknown): { path: string; error: string } {
+  return { path, error: errorMessage(error).replace(/, \w+ '.*$/s, '') };
 }
 
 const codeOf = (error: unknown) => (error as NodeJS.ErrnoException).code;
@@ -115,41 +129,59 @@ function unchanged(at: string, seen: FileFact, unlinked: ReadonlySet<string>): b
   );
 }
 
-/** Deletes the planned files directory by directory (see PinnedDirs); returns those deleted, or found gone. */
-function deleteFiles(realRoot: string, files: readonly FileAction[], changed: string[]): FileAction[] {
-  const byDir = [...files].sort((a, b) => {
-    const [x, y] = [parentOf(a.path), parentOf(b.path)];
-    return x < y ? -1 : x > y ? 1 : 0;
-  });
-  const done = new Set<FileAction>();
-  const unlinked = new Set<string>();
-  const dirs = new PinnedDirs(realRoot);
-  try {
-    for (const file of byDir) {
-      const at = dirs.at(file.path);
-      const state = at === 'gone' || at === 'changed' ? at : unchanged(at, file.seen, unlinked);
-      if (state === false || state === 'changed') {
-        changed.push(file.path);
-        continue;
-      }
-      if (state === true) {
-        try {
-          unlinkSync(at);
-          if (file.seen.ino !== undefined) unlinked.add(inodeOf(file.seen));
-        } catch (error) {
-          if (codeOf(error) !== 'ENOENT') throw error;
+/**
+ * Deletes planned files directory by directory (see PinnedDirs), in one or more batches; `deleted` holds those
+ * deleted or found gone, `changed` and `failed` those left.
+ */
+class FileDeletions {
+  readonly deleted = new Set<FileAction>();
+  readonly changed: string[] = [];
+  readonly failed: ApplyResult['failed'] = [];
+  /** Inodes a name was unlinked of, across batches (see unchanged). */
+  private readonly unlinked = new Set<string>();
+
+  constructor(private readonly realRoot: string) {}
+
+  delete(files: readonly FileAction[]): void {
+    const byDir = [...files].sort((a, b) => {
+      const [x, y] = [parentOf(a.path), parentOf(b.path)];
+      return x < y ? -1 : x > y ? 1 : 0;
+    });
+    const dirs = new PinnedDirs(this.realRoot);
+    try {
+      for (const file of byDir) {
+        const at = dirs.at(file.path);
+        const state = at === 'gone' || at === 'changed' ? at : unchanged(at, file.seen, this.unlinked);
+        if (state === false || state === 'changed') {
+          this.changed.push(file.path);
+          continue;
         }
+        if (state === true) {
+          try {
+            unlinkSync(at);
+            if (file.seen.ino !== undefined) this.unlinked.add(inodeOf(file.seen));
+          } catch (error) {
+            if (codeOf(error) !== 'ENOENT') {
+              this.failed.push(failure(file.path, error));
+              continue;
+            }
+          }
+        }
+        this.deleted.add(file);
       }
-      done.add(file);
+    } finally {
+      dirs.close();
     }
-  } finally {
-    dirs.close();
   }
-  return files.filter((f) => done.has(f));
 }
 
 /** Removes the planned directories that are still empty, deepest first, each through its pinned parent. */
-function removeDirs(realRoot: string, planned: readonly string[], changed: string[]): string[] {
+function removeDirs(
+  realRoot: string,
+  planned: readonly string[],
+  changed: string[],
+  failed: ApplyResult['failed'],
+): string[] {
   const removed: string[] = [];
   const parents = new PinnedDirs(realRoot);
   try {
@@ -169,7 +201,8 @@ function removeDirs(realRoot: string, planned: readonly string[], changed: strin
         // system mounted inside the repository); it stays, as the mount is not this prune's to undo.
         const code = codeOf(error);
         if (code === 'ENOTDIR') changed.push(dir);
-        else if (!['ENOTEMPTY', 'EEXIST', 'ENOENT', 'EBUSY'].includes(code ?? '')) throw error;
+        else if (!['ENOTEMPTY', 'EEXIST', 'ENOENT', 'EBUSY'].includes(code ?? ''))
+          failed.push(failure(dir, error));
       }
     }
   } finally {
@@ -203,7 +236,7 @@ async function expectUnchanged(
 function changedMeanwhile(doc: JsonDoc): ActionError {
   return new ActionError(
     `${printableLines(doc.path)} changed while this prune was planning (a publisher that does not take ${LOCK_FILE_NAME}?); ` +
-      'it was left as the publisher wrote it and nothing was deleted. Run the prune again.',
+      'it was left as the publisher wrote it, and no file it may name was deleted. Run the prune again.',
   );
 }
 
@@ -227,8 +260,14 @@ export async function applyPlan(
   const images = { doc: catalog.images, expected: catalog.images.text };
   const index = { doc: catalog.index, expected: catalog.index.text };
   const dirs = new PinnedDirs(realRoot);
+  // Synchronous for the reason scan.ts's walk gives: 10k unlinks measured 2.5x faster than via the promise API.
+  const deletions = new FileDeletions(realRoot);
   try {
     await expectUnchanged(dirs, [images, index]);
+    // What the metadata on disk no longer names goes first: on a full file system, the state file and a new
+    // images.json (tens of MB for a large repository) need the room, and a prune that failed for the lack of it
+    // would never free any.
+    deletions.delete(plan.delete.filter((f) => !f.named));
     let onDisk = stateOnDisk;
     if (!sameState(onDisk, plan.stateDuring)) {
       await writeState(root, plan.stateDuring);
@@ -244,32 +283,45 @@ export async function applyPlan(
       index.expected = serializeJson(plan.index, index.doc.style);
       await writeFileAtomic(metadataAt(dirs, index.doc), index.expected, index.doc.mode);
     }
-    if (plan.delete.length > 0) await expectUnchanged(dirs, [images, index]);
-    return await finish(root, realRoot, plan, onDisk);
+    const named = plan.delete.filter((f) => f.named);
+    if (named.length > 0) await expectUnchanged(dirs, [images, index]);
+    deletions.delete(named);
+    return await finish(root, realRoot, plan, onDisk, deletions);
   } finally {
     dirs.close();
   }
 }
 
-/** Deletions, the final state and empty directories: the metadata no longer names anything removed here. */
+/** The final state and empty directories, once the metadata names nothing removed here and the files are gone. */
 async function finish(
   root: string,
   realRoot: string,
   plan: Plan,
   onDisk: UnreferencedSince,
+  { deleted, changed, failed }: FileDeletions,
 ): Promise<ApplyResult> {
-  // Synchronous for the reason scan.ts's walk gives: 10k unlinks measured 2.5x faster than via the promise API.
-  const changed: string[] = [];
-  const deleted = deleteFiles(realRoot, plan.delete, changed);
-  if (!sameState(onDisk, plan.stateAfter)) {
-    await writeState(root, plan.stateAfter);
+  // A file the file system would not let go is still unreferenced since then: the next prune tries it again at once.
+  const stateAfter = new Map(plan.stateAfter);
+  for (const { path } of failed) {
+    const since = plan.stateDuring.get(path);
+    if (since !== undefined) stateAfter.set(path, since);
   }
-  const dirsRemoved = removeDirs(realRoot, plan.dirsToRemove, changed);
+  if (!sameState(onDisk, stateAfter)) {
+    await writeState(root, stateAfter);
+  }
+  // A directory that keeps a file the file system refused to remove is not empty: not one more failure to list.
+  const keeping = new Set<string>();
+  for (const { path } of failed) {
+    for (let dir = parentOf(path); dir !== '' && !keeping.has(dir); dir = parentOf(dir)) keeping.add(dir);
+  }
+  const emptied = plan.dirsToRemove.filter((dir) => !keeping.has(dir));
+  const dirsRemoved = removeDirs(realRoot, emptied, changed, failed);
   return {
     imagesWritten: plan.images !== undefined,
     indexWritten: plan.index !== undefined,
-    deleted,
+    deleted: plan.delete.filter((f) => deleted.has(f)),
     dirsRemoved,
     changed,
+    failed,
   };
 }

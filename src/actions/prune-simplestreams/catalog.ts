@@ -2,6 +2,7 @@
  * Loading and validating streams/v1/index.json and the images.json it points at, and writing them back with
  * every field we do not touch preserved and the original formatting (indent, trailing newline) kept.
  */
+import { randomBytes } from 'node:crypto';
 import { realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FILE_TOO_LARGE, NOT_A_REGULAR_FILE, readRegularFile } from '../../core/files.js';
@@ -22,6 +23,8 @@ export type JsonObject = Record<string, unknown>;
 export interface JsonStyle {
   indent: string;
   trailingNewline: boolean;
+  /** The marker of numbers kept as written (see keepRawNumbers), when the text had any. */
+  rawNumbers?: string;
 }
 
 export interface JsonDoc {
@@ -97,8 +100,53 @@ export function detectStyle(text: string): JsonStyle {
 }
 
 export function serializeJson(data: unknown, style: JsonStyle): string {
-  const body = style.indent ? JSON.stringify(data, null, style.indent) : JSON.stringify(data);
+  let body = style.indent ? JSON.stringify(data, null, style.indent) : JSON.stringify(data);
+  if (style.rawNumbers) {
+    body = body.replace(new RegExp(`"${style.rawNumbers}([^"]*)"`, 'g'), '$1');
+  }
   return style.trailingNewline ? `${body}\n` : body;
+}
+
+/** A JSON number's exact value, spelled one way: sign, digits without leading or trailing zeros, exponent. */
+function exactValue(token: string): string | undefined {
+  const m = /^(-?)(\d+)(?:\.(\d+))?(?:[eE]([+-]?\d+))?$/.exec(token);
+  if (!m) return undefined; // Infinity, NaN
+  const fraction = m[3] ?? '';
+  const all = `${m[2]}${fraction}`.replace(/^0+/, '');
+  if (all === '') return '0';
+  const digits = all.replace(/0+$/, '');
+  return `${m[1]}${digits}e${Number(m[4] ?? 0) - fraction.length + all.length - digits.length}`;
+}
+
+/**
+ * The text with each number a double cannot hold exactly (a 64-bit id, 1e400, more digits than 17) made a string
+ * behind a marker, so that a rewrite writes it back as it was: JSON.parse would round it, or make it null, in fields
+ * this prune never reads (Go's clients, and the publisher's tools, read them exactly). Numbers a double holds
+ * (`1.50` is 1.5) are parsed as usual. Strings are skipped as duplicateKeys does.
+ */
+function keepRawNumbers(text: string): { text: string; marker?: string } {
+  const marker = `ici-raw-number-${randomBytes(16).toString('hex')}:`;
+  const number = /-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/y;
+  let out = '';
+  let from = 0;
+  let kept = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i]!;
+    if (c === '"') {
+      while (text[++i] !== '"' && i < text.length) if (text[i] === '\\') i++;
+    } else if (c === '-' || (c >= '0' && c <= '9')) {
+      number.lastIndex = i;
+      const token = number.exec(text)?.[0];
+      if (token === undefined) continue;
+      if (exactValue(token) !== exactValue(String(Number(token)))) {
+        out += `${text.slice(from, i)}"${marker}${token}"`;
+        from = i + token.length;
+        kept = true;
+      }
+      i += token.length - 1;
+    }
+  }
+  return kept ? { text: out + text.slice(from), marker } : { text };
 }
 
 /**
@@ -147,8 +195,14 @@ export function duplicateKeys(text: string): { duplicates: string[]; tooDeep: bo
 /** Parses one metadata file's text; `what` names the expected format in the error. */
 export function parseJsonDoc(path: string, text: string, what: string, mode = 0o644): JsonDoc {
   let data: unknown;
+  let marker: string | undefined;
   try {
     data = JSON.parse(text);
+    const raw = keepRawNumbers(text);
+    if (raw.marker) {
+      data = JSON.parse(raw.text);
+      marker = raw.marker;
+    }
   } catch (error) {
     throw new RepoError(`${path} is not valid JSON (${errorMessage(error)}).`);
   }
@@ -162,7 +216,8 @@ export function parseJsonDoc(path: string, text: string, what: string, mode = 0o
   }
   const problems = duplicates.map((key) => `duplicate key "${key}" (incus would merge or pick the last)`);
   if (problems.length > 0) throw new RepoError(listProblems(`${path} is ambiguous`, problems));
-  return { path, text, data, style: detectStyle(text), mode };
+  const style = detectStyle(text);
+  return { path, text, data, style: marker ? { ...style, rawNumbers: marker } : style, mode };
 }
 
 /**
@@ -241,39 +296,46 @@ function findIndexEntry(index: JsonDoc): { key: string; imagesPath: string } {
   const [key, entry] = matches[0]! as [string, JsonObject];
   if (typeof entry.path !== 'string')
     throw new RepoError(`${index.path}: index.${key}.path is not a string.`);
-  // Go's url.JoinPath cleans the path still escaped: a `..` pops a whole escaped segment (`sub%2Fx/..` is
-  // nothing), while an escape that decodes to `..` (`%2e%2e`, `x%2F..`) is left to the web server, and servers
-  // differ on what they then open.
-  const cleaned = normaliseRepoPath(entry.path);
-  const unescaped = unescapeUrlPath('error' in cleaned ? entry.path : cleaned.path);
+  const resolved = clientPath(entry.path);
+  if ('error' in resolved)
+    throw new RepoError(`${index.path}: index.${key}.path '${entry.path}'${resolved.error}.`);
+  return { key, imagesPath: resolved.path };
+}
+
+/**
+ * A path from the metadata (index.json's path to images.json, an item's path) as the repository file clients get,
+ * or why none (a text to follow the quoted path). incus and LXD join it to the repository URL with Go's
+ * url.JoinPath, which takes it as an escaped URL path that the web server decodes (`images%2Ejson` names
+ * images.json) and cleans it still escaped: a `..` pops a whole escaped segment (`sub%2Fx/..` is nothing), while an
+ * escape that decodes to `..` (`%2e%2e`, `x%2F..`) is left to the web server, and servers differ on what they then
+ * open.
+ */
+export function clientPath(raw: string): { path: string } | { error: string } {
+  const cleaned = normaliseRepoPath(raw);
+  const unescaped = unescapeUrlPath('error' in cleaned ? raw : cleaned.path);
   if (unescaped === undefined) {
-    throw new RepoError(
-      `${index.path}: index.${key}.path '${entry.path}' has a '%' that starts no %XX escape; incus reads ` +
-        'this path as an escaped URL path, which it is not, so clients never get the file it names.',
-    );
+    return {
+      error:
+        " has a '%' that starts no %XX escape; incus reads this path as an escaped URL path, which it is not, " +
+        'so clients never get the file it names',
+    };
   }
   if (unescaped === NOT_UTF8) {
-    throw new RepoError(
-      `${index.path}: index.${key}.path '${entry.path}' decodes to a file name that is not UTF-8; clients get ` +
-        'the file of those very bytes, which this prune cannot name (it would read another). Name images.json ' +
-        'in UTF-8.',
-    );
+    return {
+      error:
+        ' decodes to a file name that is not UTF-8; clients get the file of those very bytes, which this prune ' +
+        'cannot name (it would read another). Name the file in UTF-8',
+    };
   }
-  const decoded = unescaped === entry.path ? '' : ` (as clients decode it: '${unescaped}')`;
-  if ('error' in cleaned) {
-    throw new RepoError(`${index.path}: index.${key}.path '${entry.path}'${decoded} ${cleaned.error}.`);
-  }
+  const decoded = unescaped === raw ? '' : ` (as clients decode it: '${unescaped}')`;
+  if ('error' in cleaned) return { error: `${decoded} ${cleaned.error}` };
   if (unescaped.split('/').includes('..')) {
-    throw new RepoError(
-      `${index.path}: index.${key}.path '${entry.path}'${decoded} has an escaped '..', which web servers resolve ` +
-        'in different ways; write the path without it.',
-    );
+    return {
+      error: `${decoded} has an escaped '..', which web servers resolve in different ways; write the path without it`,
+    };
   }
   const normalised = normaliseRepoPath(unescaped);
-  if ('error' in normalised) {
-    throw new RepoError(`${index.path}: index.${key}.path '${entry.path}'${decoded} ${normalised.error}.`);
-  }
-  return { key, imagesPath: normalised.path };
+  return 'error' in normalised ? { error: `${decoded} ${normalised.error}` } : normalised;
 }
 
 /** unescapeUrlPath's answer for escapes that make bytes no UTF-8 string holds. */
@@ -286,7 +348,6 @@ export const NOT_UTF8 = Symbol('not UTF-8');
  * keeps the repository URL's own path: clients never ask for this one).
  * NOT_UTF8 when the bytes decoded are not UTF-8 (`%FF`): the server opens the file of those raw bytes, while a
  * lenient decode would turn them into U+FFFD, the name of another file (a decoy).
- * Item paths are not decoded: clients set those as the URL's plain path, so `%` in them is a literal `%`.
  */
 export function unescapeUrlPath(raw: string): string | typeof NOT_UTF8 | undefined {
   if (!raw.includes('%')) return raw;
@@ -329,9 +390,9 @@ function parseProducts(images: JsonDoc, problems: string[]): CatalogProduct[] {
           continue;
         }
         goCaseTwins(item, ITEM_FIELDS, at, problems);
-        const normalised = normaliseRepoPath(item.path);
+        const normalised = clientPath(item.path);
         if ('error' in normalised) {
-          problems.push(`${at}: path '${item.path}' ${normalised.error}`);
+          problems.push(`${at}: path '${item.path}'${normalised.error}`);
           continue;
         }
         if (item.size !== undefined && (typeof item.size !== 'number' || !Number.isSafeInteger(item.size))) {

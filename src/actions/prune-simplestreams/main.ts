@@ -23,9 +23,19 @@ export async function main(host: Host, inputs: PruneInputs): Promise<void> {
     host.setOutput(Outputs.reportFile, file);
   }
   await host.appendSummary(summaryMarkdown(report));
+  const failures: string[] = [];
+  if (report.files.failed.length > 0) {
+    failures.push(
+      listProblems(
+        'the file system refused to remove these (the rest of the prune is done; the next one tries them again)',
+        report.files.failed.map((f) => `${f.path}: ${f.error}`),
+      ),
+    );
+  }
   if ('problems' in report.verify && report.verify.problems.length > 0) {
-    throw new ActionError(
+    failures.push(
       listProblems(`verify (${report.verify.mode}) failed after pruning`, report.verify.problems),
     );
   }
+  if (failures.length > 0) throw new ActionError(failures.join(''));
 }

@@ -64,6 +64,11 @@ export interface FileAction {
   deletableAtMs: number;
   /** The entry as the scan saw it: a file changed or replaced since then is not the one judged, and stays. */
   seen: FileFact;
+  /**
+   * False when the metadata on disk names it no more: it may go before the metadata is rewritten (apply.ts deletes
+   * those first, so a full file system has room for the writes). Sidecars count as named (their files may be).
+   */
+  named: boolean;
 }
 
 export interface Plan {
@@ -173,8 +178,12 @@ function planProduct(
 
 /** Every path images.json references, plus the real path behind each symlinked one and the links on the way. */
 function referencedPaths(catalog: Catalog, facts: RepoFacts, removals?: Removals): Set<string> {
-  // index.json may keep images.json anywhere, a content directory included: the metadata is never an orphan.
-  const paths = new Set([catalog.index, catalog.images].flatMap((doc) => [doc.path, fileOf(doc)]));
+  // index.json may keep images.json anywhere, a content directory included: the metadata is never an orphan,
+  // nor is a link on its way.
+  const paths = new Set([
+    ...[catalog.index, catalog.images].flatMap((doc) => [doc.path, fileOf(doc)]),
+    ...facts.metadataLinks,
+  ]);
   for (const product of catalog.products) {
     if (removals?.products.has(product.name)) continue;
     const droppedVersions = removals?.versions.get(product.name);
@@ -281,6 +290,7 @@ function decideFiles(
       reason: since === undefined ? 'orphan' : 'unreferenced',
       deletableAtMs,
       seen: fact,
+      named: before.has(path),
     };
     fate.set(path, action);
     if (since !== undefined) d.stateDuring.set(path, since);
@@ -323,7 +333,14 @@ function decideFiles(
       deletableAtMs = dirDeleted.has(dir) ? now : changedMs(fact, now) + grace;
     }
     if (deletableAtMs === 'live') continue;
-    const action: FileAction = { path, size: fact.size, reason: 'sidecar', deletableAtMs, seen: fact };
+    const action: FileAction = {
+      path,
+      size: fact.size,
+      reason: 'sidecar',
+      deletableAtMs,
+      seen: fact,
+      named: true,
+    };
     (deletableAtMs <= now ? d.delete : d.defer).push(action);
   }
   d.delete.sort((a, b) => compareC(a.path, b.path));
@@ -344,7 +361,7 @@ function emptyDirs(
     for (let dir = parentOf(path); dir !== '' && !set.has(dir); dir = parentOf(dir)) set.add(dir);
   };
   for (const path of facts.files.keys()) markUp(deleted.has(path) ? touched : nonEmpty, path);
-  for (const path of after) markUp(nonEmpty, path);
+  for (const path of [...after, ...facts.foreignDirs]) markUp(nonEmpty, path);
   const deepestFirst = [...facts.dirs.keys()].sort(
     (a, b) => b.split('/').length - a.split('/').length || compareC(a, b),
   );

@@ -4,7 +4,7 @@
  */
 import { lstat, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { acquireLock, LockTimeoutError, type Lock } from '../../core/atomic.js';
+import { acquireLock, LockTimeoutError, releaseOnSignal, type Lock } from '../../core/atomic.js';
 import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
 import { ActionError, errorMessage } from '../../core/run.js';
@@ -114,6 +114,7 @@ export async function pruneRepository(
   const startedMs = now();
   const root = await repositoryRoot(inputs.path);
   const lock = inputs.dryRun ? undefined : await takeLock(root, inputs, host);
+  const stopReleasingOnSignal = lock && releaseOnSignal(lock);
   const acquiredMs = now();
   const skewMs = lock ? await clockAheadOfFiles(lock) : 0;
   if (skewMs > 0) {
@@ -172,6 +173,7 @@ export async function pruneRepository(
       lock: lock ? { file: lock.path, acquiredMs, releasedMs: finishedMs } : undefined,
     });
   } finally {
+    stopReleasingOnSignal?.();
     await lock?.release();
   }
   return report;

@@ -36,6 +36,11 @@ export interface PruneReport {
      * touched, chmod-ed by a sync tool); the next prune judges them again, their age counted from that change.
      */
     leftAlone: string[];
+    /**
+     * Planned removals the file system refused (a read-only mount, a file of another owner), with why; the others
+     * went, and the next prune tries these again. The step fails after the report.
+     */
+    failed: { path: string; error: string }[];
   };
   totals: { removedVersions: number; removedFiles: number; deferredFiles: number; freedBytes: number };
   verify: VerifyResult | { mode: string; skipped: string };
@@ -100,6 +105,7 @@ export function buildReport(c: ReportContext): PruneReport {
       })),
       dirsRemoved: c.applied ? c.applied.dirsRemoved : plan.dirsToRemove,
       leftAlone: c.applied ? c.applied.changed : [],
+      failed: c.applied ? c.applied.failed : [],
     },
     totals: {
       removedVersions: selected.reduce((n, p) => n + p.dropped.length, 0),
@@ -169,6 +175,17 @@ export function summaryMarkdown(r: PruneReport): string {
       '.',
     `images.json ${r.metadata.imagesJson}, index.json ${r.metadata.indexJson}.`,
   ];
+  if (r.files.failed.length > 0) {
+    lines.push(
+      `Could not remove ${r.files.failed.length} planned file(s) or directories (report-file lists them): ` +
+        r.files.failed
+          .slice(0, 3)
+          .map((f) => `${code(f.path)} (${shown(f.error)})`)
+          .join(', ') +
+        (r.files.failed.length > 3 ? `, +${r.files.failed.length - 3}` : '') +
+        '.',
+    );
+  }
   if (r.files.leftAlone.length > 0) {
     lines.push(
       `Left ${r.files.leftAlone.length} planned removal(s) alone: changed since the scan ` +

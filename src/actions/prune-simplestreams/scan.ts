@@ -45,6 +45,17 @@ export interface RepoFacts {
   dirs: Map<string, { times?: Times }>;
   /** The content directories walked (outermost only; none reached through a symlink). */
   contentRoots: string[];
+  /**
+   * The symlinks index.json and images.json resolve through (a symlinked directory under images/, each hop of a
+   * chain), repository-relative: clients fetch the metadata by its path as written, so they are as live as it.
+   */
+  metadataLinks: string[];
+  /**
+   * Directories inside the content directories that are none of this layout's: hidden ones (a file server's
+   * `.snapshot` or `.zfs`, a `.git`) and `lost+found` (a content directory that is a file system of its own). Never
+   * walked or judged, and the directory they are in is not empty.
+   */
+  foreignDirs: string[];
 }
 
 /** Filesystem requests in flight at once. */
@@ -72,34 +83,35 @@ const MAX_SYMLINK_HOPS = 40;
 /**
  * The symlinks `path` resolves through, as the kernel follows them: a directory link on the way
  * (`images/pool -> blobs`) and every hop of a chain. A client fetches the path as written, so each of them is
- * as live as the file itself. Called only for paths realpath resolved inside the repository.
+ * as live as the file itself. Followed in absolute paths, as the kernel does: an absolute target may spell the
+ * repository by another path (`/var/www/x` where the web server's path is a symlink to it) and lead back in, to
+ * hops that are as live as the others. Only the links inside the repository are listed. Called only for paths
+ * realpath resolved inside the repository.
  */
 async function linksOnTheWay(root: string, path: string): Promise<string[]> {
   const links: string[] = [];
-  let done: string[] = [];
+  // Real directories only (each link on the way replaced by its target), so `..` pops a segment as the kernel does.
+  // The root is a real path: its own segments need no lstat.
+  let done = root.split('/').filter((s) => s !== '');
   const pending = path.split('/');
-  while (pending.length > 0 && links.length <= MAX_SYMLINK_HOPS) {
+  for (let hops = 0; pending.length > 0 && hops <= MAX_SYMLINK_HOPS;) {
     const segment = pending.shift()!;
     if (segment === '' || segment === '.') continue;
     if (segment === '..') {
       done.pop();
       continue;
     }
-    const here = [...done, segment].join('/');
-    if (!(await lstat(join(root, here))).isSymbolicLink()) {
+    const here = `/${[...done, segment].join('/')}`;
+    if (!(await lstat(here)).isSymbolicLink()) {
       done.push(segment);
       continue;
     }
-    links.push(here);
-    const target = await readlink(join(root, here));
-    if (isAbsolute(target)) {
-      const rel = insideRoot(root, target);
-      if (rel === undefined) break; // through a path outside, back in: realpath judged where it ends
-      done = [];
-      pending.unshift(...rel.split('/'));
-    } else {
-      pending.unshift(...target.split('/'));
-    }
+    hops++;
+    const inside = insideRoot(root, here);
+    if (inside !== undefined && inside !== '') links.push(inside);
+    const target = await readlink(here);
+    if (isAbsolute(target)) done = [];
+    pending.unshift(...target.split('/'));
   }
   return links;
 }
@@ -173,6 +185,12 @@ function walk(root: string, contentDirs: Iterable<string>, facts: RepoFacts): vo
     let files = 0;
     for (const entry of entries) {
       const child = `${path}/${entry.name}`;
+      // A file server's snapshots (`.snapshot`, `.zfs`: read-only copies of files long unreferenced), a `.git`, or
+      // fsck's `lost+found` (the files it recovered; root's, mode 0700: a walk as another user failed on it).
+      if (entry.isDirectory() && (entry.name.startsWith('.') || entry.name === 'lost+found')) {
+        facts.foreignDirs.push(child);
+        continue;
+      }
       // A symlink is never a directory here: it is not followed, and is judged (and removed) as a link.
       if (entry.isDirectory()) {
         facts.dirs.set(child, {});
@@ -243,7 +261,14 @@ export async function scanRepository(
 ): Promise<RepoFacts> {
   const paths = new Set<string>();
   for (const p of catalog.products) for (const v of p.versions) for (const i of v.items) paths.add(i.path);
-  const facts: RepoFacts = { referenced: new Map(), files: new Map(), dirs: new Map(), contentRoots: [] };
+  const facts: RepoFacts = {
+    referenced: new Map(),
+    files: new Map(),
+    dirs: new Map(),
+    contentRoots: [],
+    metadataLinks: [],
+    foreignDirs: [],
+  };
   const itemsByDir = new Map<string, string[]>();
   for (const path of paths) {
     const dir = contentDirOf(path);
@@ -283,6 +308,9 @@ export async function scanRepository(
   });
   if (problems.length > 0) {
     throw new RepoError(listProblems(`${catalog.images.path} references paths this prune refuses`, problems));
+  }
+  for (const doc of [catalog.index, catalog.images]) {
+    if (doc.real !== undefined) facts.metadataLinks.push(...(await linksOnTheWay(root, doc.path)));
   }
   findAtomicLeftovers(root, [fileOf(catalog.index), fileOf(catalog.images), STATE_FILE_NAME], facts);
   return facts;
