@@ -4,6 +4,7 @@ import { mkdtempSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { MARK_ANNOTATION } from '../../src/actions/remote-build-env/container-mark.js';
 import { isRunning, type ProcessIdentity } from '../../src/actions/remote-build-env/process-group.js';
 import { REPO_ROOT } from '../support/harness.js';
 import { leftovers } from '../support/leftovers.js';
@@ -342,9 +343,9 @@ describe('remote-build-env, mode local (real podman services)', () => {
       await on?.remove();
     });
 
-    it('shared store: post removes the containers the job started through its service, and no one else’s', async () => {
-      const running = async () =>
-        (await on.podman(['ps', '--quiet', '--no-trunc'])).stdout.split('\n').filter(Boolean);
+    it('shared store: post removes the containers the job made through its service, running, exited or only created, and no one else’s', async () => {
+      const all = async () =>
+        (await on.podman(['ps', '--all', '--quiet', '--no-trunc'])).stdout.split('\n').filter(Boolean);
       const others: string[] = [];
       try {
         // Another client's container, made before the job and restarted through its service.
@@ -352,36 +353,53 @@ describe('remote-build-env, mode local (real podman services)', () => {
         const job = await startJob({}, {}, newRunnerTemp(), on);
         expect(job.main.main.exitCode).toBe(0);
         const url = job.main.exportedEnv.CONTAINER_HOST!;
-        const ours = (
-          await on.remote(url, [
-            'run',
-            '-d',
-            '--name',
-            'ici-job-db',
-            '--stop-signal',
-            'KILL',
-            from,
-            'sleep',
-            '600',
-          ])
-        ).stdout.trim();
+        await on.remote(url, [
+          'run',
+          '-d',
+          '--name',
+          'ici-job-db',
+          '--stop-signal',
+          'KILL',
+          from,
+          'sleep',
+          '600',
+        ]);
         await on.remote(url, ['start', others[0]!]);
-        // Started beside the job in the same store, not through its service.
+        // A database that crashed (no conmon left by post) and one only created: no process to read a mark from.
+        await on.remote(url, ['run', '--name', 'ici-job-crashed', from, 'false'], { allowFailure: true });
+        await on.remote(url, ['create', '--name', 'ici-job-created', from, 'sleep', '600']);
+        const ours = ['ici-job-db', 'ici-job-crashed', 'ici-job-created'];
+        // Beside the job in the same store, not through its service: running, exited, and one that guesses the
+        // annotation's value from what the job makes public (its TMPDIR).
         others.push((await on.podman(['run', '-d', from, 'sleep', '600'])).stdout.trim());
-        expect(await running()).toEqual(expect.arrayContaining([ours, ...others]));
+        await on.podman(['run', '--name', 'ici-other-exited', from, 'true']);
+        others.push('ici-other-exited');
+        const guess = `${MARK_ANNOTATION}=${job.main.outputs.tmpdir!}`;
+        others.push((await on.podman(['create', '--annotation', guess, from, 'true'])).stdout.trim());
+        const idsOf = async (names: string[]) =>
+          (await on.podman(['inspect', '--format', '{{.Id}}', ...names])).stdout.split('\n').filter(Boolean);
+        const [ourIds, otherIds] = [await idsOf(ours), await idsOf(others)];
+        expect(await all()).toEqual(expect.arrayContaining([...ourIds, ...otherIds]));
         const post = await job.post();
         expect(post.exitCode).toBe(0);
         expect(post.warnings).toEqual([]);
-        expect(post.lines.map((l) => l.text)).toContain(
-          'Removed 1 container(s) this job started through the service: ici-job-db.',
-        );
-        const after = await running();
-        expect(after).not.toContain(ours);
-        expect(after).toEqual(expect.arrayContaining(others));
+        const removed = post.lines.find((l) => l.text.startsWith('Removed '))?.text;
+        const after = await all();
+        expect({ removed, oursLeft: ourIds.filter((id) => after.includes(id)) }).toEqual({
+          removed: expect.stringMatching(/^Removed 3 container\(s\) this job made through the service: /),
+          oursLeft: [],
+        });
+        expect(after).toEqual(expect.arrayContaining(otherIds));
         await expectNoLeaks(stateOf(job), on);
       } finally {
         if (others.length)
           await on.podman(['rm', '--force', '--time', '0', ...others], { allowFailure: true });
+        await on.podman(
+          ['rm', '--force', '--time', '0', 'ici-job-db', 'ici-job-crashed', 'ici-job-created'],
+          {
+            allowFailure: true,
+          },
+        );
       }
     });
 

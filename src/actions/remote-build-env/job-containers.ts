@@ -1,12 +1,16 @@
 /**
- * Containers the job started through its service in the shared store (`podman run -d` of a test database):
- * conmon keeps them running after the service stops, so a self-hosted runner would collect one per job, ports
- * held and all. The store is shared with the runner's other jobs and whatever else the user runs, so post
- * removes only those it can tell are this job's: their conmon carries the service's mark in its environment.
- * Podman hands conmon the service's LC_* variables (podman 4.x passes only those and a few of its own, podman 5
- * its whole environment), and a locale category libc does not know is ignored by everything else that reads it.
+ * Containers the job made through its service in the shared store (`podman run -d` of a test database): conmon
+ * keeps them running after the service stops, so a self-hosted runner would collect one per job, ports held and
+ * all, and exited ones pile up too. The store is shared with the runner's other jobs and whatever else the user
+ * runs, so post removes only those it can tell are this job's: those the service annotated with the job's token
+ * (container-mark.ts), in any state, and running ones whose conmon carries the service's mark in its environment
+ * (where the service could not be given the annotation, and for a container created elsewhere but started through
+ * the service). Podman hands conmon the service's LC_* variables (podman 4.x passes only those and a few of its
+ * own, podman 5 its whole environment), and a locale category libc does not know is ignored by everything else
+ * that reads it.
  */
 import { readFile } from 'node:fs/promises';
+import { MARK_ANNOTATION } from './container-mark.js';
 import { podmanRemote, SERVICE_MARK_VARIABLE } from './local-service.js';
 
 const LIST_TIMEOUT_MS = 30_000;
@@ -18,6 +22,7 @@ interface InspectedContainer {
   Pod?: unknown;
   IsInfra?: unknown;
   State?: { ConmonPid?: unknown };
+  Config?: { Annotations?: unknown };
 }
 
 export interface JobContainer {
@@ -42,17 +47,33 @@ export async function listIds(url: string, args: readonly string[]): Promise<str
   return listed.stdout.split('\n').filter((id) => /^[0-9a-f]{64}$/.test(id));
 }
 
+/** What tells the job's containers: see the top of this file. */
+export interface JobMarks {
+  /** The service's mark in its conmon's environment. */
+  conmon: string;
+  /** The token of the annotation MARK_ANNOTATION, if the service was given one. */
+  annotation?: string;
+  /** Epoch ms the service was started: a container another client made before, only restarted through it, stays theirs. */
+  sinceMs: number;
+}
+
+function annotated(c: InspectedContainer, token: string | undefined): boolean {
+  const annotations = c.Config?.Annotations;
+  if (token === undefined || typeof annotations !== 'object' || annotations === null) return false;
+  return (annotations as Record<string, unknown>)[MARK_ANNOTATION] === token;
+}
+
 /**
- * The live containers of the service at `url` whose conmon carries `mark` and that were created since
- * `sinceMs` (a container another client made, only restarted through this service, stays theirs). Paused ones
- * too: `ps` leaves them out by default, yet their conmon and processes stay, ports held.
+ * The job's containers at the service at `url`. With an annotation token every container is looked at (exited and
+ * created ones too); without, only running and paused ones: `ps` leaves paused ones out by default, yet their
+ * conmon and processes stay, ports held.
  */
-export async function containersStartedBy(
-  url: string,
-  mark: string,
-  sinceMs: number,
-): Promise<JobContainer[]> {
-  const ids = await listIds(url, ['ps', '--filter', 'status=running', '--filter', 'status=paused']);
+export async function containersMadeBy(url: string, marks: JobMarks): Promise<JobContainer[]> {
+  const listArgs =
+    marks.annotation === undefined
+      ? ['ps', '--filter', 'status=running', '--filter', 'status=paused']
+      : ['ps', '--all'];
+  const ids = await listIds(url, listArgs);
   if (ids.length === 0) return [];
   // allowFailure: podman exits 125 when a container went between the two calls, and still prints the others.
   const inspected = await podmanRemote(url, ['container', 'inspect', ...ids], {
@@ -69,8 +90,9 @@ export async function containersStartedBy(
   for (const c of Array.isArray(list) ? list : []) {
     const pid = c.State?.ConmonPid;
     const created = typeof c.Created === 'string' ? Date.parse(c.Created) : NaN;
-    if (typeof c.Id !== 'string' || typeof pid !== 'number' || !(created >= sinceMs)) continue;
-    if (!(await carriesMark(pid, mark))) continue;
+    if (typeof c.Id !== 'string' || !(created >= marks.sinceMs)) continue;
+    const byConmon = typeof pid === 'number' && pid > 0 && (await carriesMark(pid, marks.conmon));
+    if (!byConmon && !annotated(c, marks.annotation)) continue;
     const pod = typeof c.Pod === 'string' && c.Pod !== '' ? c.Pod : undefined;
     ours.push({
       id: c.Id,

@@ -1,5 +1,5 @@
 /** Mode `local`: a podman service of this job's own, started in main and stopped in post. */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { which } from '@actions/io';
@@ -20,7 +20,8 @@ import { formatDuration, heading, markdownTable } from '../../core/summary.js';
 import { scratchDir, stablePath } from '../../core/workspace.js';
 import { waitUntilAnswering } from './answering.js';
 import { cacheMountDir, clearStage, restoreCacheMounts, saveCacheMounts } from './cache-mounts.js';
-import { containersStartedBy, listIds } from './job-containers.js';
+import { writeMarkLayer } from './container-mark.js';
+import { containersMadeBy, listIds } from './job-containers.js';
 import { registeredChild, removeOwnedPaths, showLog, stopChild } from './cleanup.js';
 import type { LocalOptions } from './inputs.js';
 import { Inputs, Outputs } from './constants.js';
@@ -112,6 +113,21 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
     }
     plan.containersConf = { path: inputs.containersConf, variable };
   }
+  // A private store's containers are all the job's: post needs no mark there.
+  let containerMark: string | undefined;
+  if (!plan.storage) {
+    const token = randomBytes(16).toString('hex');
+    const layer = await writeMarkLayer(version, scratch, token, plan.containersConf?.path);
+    if ('none' in layer) {
+      host.info(
+        `Containers the job makes in the shared store get no mark (${layer.none}): post finds only those still running.`,
+      );
+    } else {
+      containerMark = token;
+      if ('module' in layer) plan.modules = [layer.module];
+      else plan.containersConf = layer.containersConf;
+    }
+  }
   const state: LocalState = {
     mode: 'local',
     registry: join(scratch, 'registry'),
@@ -124,6 +140,7 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
     ...(placed.createDir ? { socketDirCreated: placed.createDir } : {}),
     ready: false,
     isolatedStorage: inputs.isolateStorage,
+    ...(containerMark ? { containerMark } : {}),
     ...(runtimeDir ? { runtimeDir } : {}),
   };
   if (inputs.cacheMounts) {
@@ -266,7 +283,11 @@ async function removeJobContainers(host: Host, state: LocalState): Promise<void>
     return;
   }
   if (state.serviceStartedMs === undefined) return;
-  const ours = await containersStartedBy(url, state.tmpdir, state.serviceStartedMs);
+  const ours = await containersMadeBy(url, {
+    conmon: state.tmpdir,
+    ...(state.containerMark ? { annotation: state.containerMark } : {}),
+    sinceMs: state.serviceStartedMs,
+  });
   if (ours.length === 0) return;
   // Podman refuses to remove a pod's infra container alone: the pod goes, with its containers (and their
   // anonymous volumes). Those of a loose container (a database image's VOLUME) would pile up one per job, so they
@@ -276,9 +297,9 @@ async function removeJobContainers(host: Host, state: LocalState): Promise<void>
   const failures = await removeConcurrently(url, [...pods.map(removePod), ...loose.map(removeContainer)]);
   const names = ours.map((c) => printable(c.name || c.id.slice(0, 12))).join(', ');
   if (failures.length === 0) {
-    host.info(`Removed ${ours.length} container(s) this job started through the service: ${names}.`);
+    host.info(`Removed ${ours.length} container(s) this job made through the service: ${names}.`);
   } else {
-    host.warning(`could not remove the containers this job started (${names}): ${failures.join('; ')}`);
+    host.warning(`could not remove the containers this job made (${names}): ${failures.join('; ')}`);
   }
 }
 

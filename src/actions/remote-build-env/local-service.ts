@@ -23,6 +23,8 @@ export interface ServicePlan {
    */
   storage?: { root: string; runroot: string; libpodTmp?: string };
   containersConf?: { path: string; variable: ContainersConfVariable };
+  /** containers.conf modules (`--module`, podman 4.8 on) loaded on top of the files podman reads. */
+  modules?: string[];
 }
 
 /**
@@ -59,6 +61,7 @@ export function serviceCommand(
     args.push('--root', plan.storage.root, '--runroot', plan.storage.runroot);
     if (plan.storage.libpodTmp) args.push('--tmpdir', plan.storage.libpodTmp);
   }
+  for (const module of plan.modules ?? []) args.push('--module', module);
   // info level makes the log an access log of API calls: what a failed job's log needs to show.
   args.push('--log-level', 'info', 'system', 'service', '--time=0', socketUrl(plan.socket));
   const env = withoutRemoteClientEnv(baseEnv);

@@ -61,6 +61,11 @@ export interface LocalState extends ServingState {
   service?: ProcessIdentity;
   /** Epoch ms just before the service was started: containers created since may be this job's. */
   serviceStartedMs?: number;
+  /**
+   * The token the service annotates every container it creates with (container-mark.ts), when it could be given
+   * one: post finds the job's exited and never-started containers in the shared store by it.
+   */
+  containerMark?: string;
   /** Podman's own containers in a private storage die with it; shared storage is left alone. */
   isolatedStorage: boolean;
   /**
