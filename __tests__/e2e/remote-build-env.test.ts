@@ -5,7 +5,11 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MARK_ANNOTATION } from '../../src/actions/remote-build-env/container-mark.js';
-import { isRunning, type ProcessIdentity } from '../../src/actions/remote-build-env/process-group.js';
+import {
+  identify,
+  isRunning,
+  type ProcessIdentity,
+} from '../../src/actions/remote-build-env/process-group.js';
 import { REPO_ROOT } from '../support/harness.js';
 import { leftovers } from '../support/leftovers.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
@@ -401,6 +405,64 @@ describe('remote-build-env, mode local (real podman services)', () => {
           },
         );
       }
+    });
+
+    it('the service killed during the job: post removes what the job made with podman itself, in the shared store and in a private one, saying the service was gone', async () => {
+      const killService = (job: Job) => process.kill(stateOf(job).service!.pid, 'SIGKILL');
+      const gone = (job: Job) =>
+        `The podman service (pid ${stateOf(job).service!.pid}) was gone before post: the job's containers are removed by podman itself, on the service's store.`;
+      const shared = async () => {
+        const job = await startJob({}, {}, newRunnerTemp(), on);
+        const url = job.main.exportedEnv.CONTAINER_HOST!;
+        const names = ['ici-gone-db', 'ici-gone-created'];
+        try {
+          await on.remote(url, [
+            'run',
+            '-d',
+            '--name',
+            names[0]!,
+            '--stop-signal',
+            'KILL',
+            from,
+            'sleep',
+            '600',
+          ]);
+          await on.remote(url, ['create', '--name', names[1]!, from, 'true']);
+          killService(job);
+          const post = await job.post();
+          const left = await on.podman(['ps', '--all', '--format', '{{.Names}}']);
+          expect({
+            gone: post.lines.some((l) => l.text === gone(job)),
+            left: names.filter((n) => left.stdout.split('\n').includes(n)),
+            warnings: post.warnings,
+          }).toEqual({ gone: true, left: [], warnings: [] });
+          await expectNoLeaks(stateOf(job), on);
+        } finally {
+          await on.podman(['rm', '--force', '--time', '0', ...names], { allowFailure: true });
+        }
+      };
+      const isolated = async () => {
+        const job = await startJob({ 'isolate-storage': 'true' }, {}, newRunnerTemp(), on);
+        const url = job.main.exportedEnv.CONTAINER_HOST!;
+        await importBusyboxImage(on, { url, name: from });
+        const id = (
+          await on.remote(url, ['run', '-d', '--stop-signal', 'KILL', from, 'sleep', '600'])
+        ).stdout.trim();
+        const pids = (
+          await on.remote(url, ['inspect', '--format', '{{.State.ConmonPid}} {{.State.Pid}}', id])
+        ).stdout
+          .trim()
+          .split(' ')
+          .map(Number);
+        const processes = await Promise.all(pids.map((pid) => identify(pid)));
+        killService(job);
+        const post = await job.post();
+        expect(post.lines.some((l) => l.text === gone(job))).toBe(true);
+        // conmon and the container's process would outlive the store they ran from.
+        expect(await Promise.all(processes.map((p) => isRunning(p)))).toEqual([false, false]);
+        await expectNoLeaks(stateOf(job), on);
+      };
+      await Promise.all([shared(), isolated()]);
     });
 
     it('shared store: post also removes a paused container and a pod the job started (its infra container goes only with the pod), with their anonymous volumes but no named one', async () => {

@@ -11,7 +11,8 @@
  */
 import { readFile } from 'node:fs/promises';
 import { MARK_ANNOTATION } from './container-mark.js';
-import { podmanRemote, SERVICE_MARK_VARIABLE } from './local-service.js';
+import { SERVICE_MARK_VARIABLE, type PodmanClient } from './local-service.js';
+import { identify, type ProcessIdentity } from './process-group.js';
 
 const LIST_TIMEOUT_MS = 30_000;
 
@@ -41,10 +42,27 @@ async function carriesMark(pid: number, mark: string): Promise<boolean> {
   return environ.toString('latin1').split('\0').includes(`${SERVICE_MARK_VARIABLE}=${mark}`);
 }
 
-/** The full ids `podman <args> --quiet --no-trunc` lists (containers or pods) at the service at `url`. */
-export async function listIds(url: string, args: readonly string[]): Promise<string[]> {
-  const listed = await podmanRemote(url, [...args, '--quiet', '--no-trunc'], { timeoutMs: LIST_TIMEOUT_MS });
+/** The full ids `podman <args> --quiet --no-trunc` lists (containers or pods). */
+export async function listIds(podman: PodmanClient, args: readonly string[]): Promise<string[]> {
+  const listed = await podman([...args, '--quiet', '--no-trunc'], { timeoutMs: LIST_TIMEOUT_MS });
   return listed.stdout.split('\n').filter((id) => /^[0-9a-f]{64}$/.test(id));
+}
+
+/**
+ * The conmon processes of containers `ids` (those running). Each waits for its container's exit command (`podman
+ * container cleanup`, which opens the container's store) before it ends, so it outlives a `podman rm` by a moment.
+ */
+export async function conmonsOf(podman: PodmanClient, ids: readonly string[]): Promise<ProcessIdentity[]> {
+  if (ids.length === 0) return [];
+  const inspected = await podman(['container', 'inspect', '--format', '{{.State.ConmonPid}}', ...ids], {
+    timeoutMs: LIST_TIMEOUT_MS,
+    allowFailure: true,
+  });
+  const pids = inspected.stdout
+    .split('\n')
+    .map(Number)
+    .filter((pid) => Number.isInteger(pid) && pid > 0);
+  return Promise.all(pids.map((pid) => identify(pid)));
 }
 
 /** What tells the job's containers: see the top of this file. */
@@ -64,19 +82,19 @@ function annotated(c: InspectedContainer, token: string | undefined): boolean {
 }
 
 /**
- * The job's containers at the service at `url`. With an annotation token every container is looked at (exited and
+ * The job's containers in the store `podman` sees. With an annotation token every container is looked at (exited and
  * created ones too); without, only running and paused ones: `ps` leaves paused ones out by default, yet their
  * conmon and processes stay, ports held.
  */
-export async function containersMadeBy(url: string, marks: JobMarks): Promise<JobContainer[]> {
+export async function containersMadeBy(podman: PodmanClient, marks: JobMarks): Promise<JobContainer[]> {
   const listArgs =
     marks.annotation === undefined
       ? ['ps', '--filter', 'status=running', '--filter', 'status=paused']
       : ['ps', '--all'];
-  const ids = await listIds(url, listArgs);
+  const ids = await listIds(podman, listArgs);
   if (ids.length === 0) return [];
   // allowFailure: podman exits 125 when a container went between the two calls, and still prints the others.
-  const inspected = await podmanRemote(url, ['container', 'inspect', ...ids], {
+  const inspected = await podman(['container', 'inspect', ...ids], {
     timeoutMs: LIST_TIMEOUT_MS,
     allowFailure: true,
   });

@@ -66,6 +66,11 @@ export interface LocalState extends ServingState {
    * one: post finds the job's exited and never-started containers in the shared store by it.
    */
   containerMark?: string;
+  /**
+   * The service's podman global flags and containers.conf variable (local-service.ts serviceOptions): with them
+   * post's own podman removes the job's containers when the service died during the job.
+   */
+  serviceOptions?: { args: string[]; env: Record<string, string> };
   /** Podman's own containers in a private storage die with it; shared storage is left alone. */
   isolatedStorage: boolean;
   /**
