@@ -465,10 +465,13 @@ describe('remote-build-env, mode local (real podman services)', () => {
       await Promise.all([shared(), isolated()]);
     });
 
-    it('shared store: post also removes a paused container and a pod the job started (its infra container goes only with the pod), with their anonymous volumes but no named one', async () => {
+    it('shared store: post also removes a paused container, a pod the job started (its infra container goes only with the pod), and the infra-less pod and network it made for its containers, with their anonymous volumes, but no named volume nor a network made before it or beside it', async () => {
       // An infra image of our own: podman 5's default one needs catatonit, which this machine's root lacks.
       const ctx = await contextDir('infra', `FROM ${from}\nSTOPSIGNAL SIGKILL\nCMD ["sleep", "600"]\n`, on);
       await on.podman(['build', '--quiet', '-t', 'localhost/ici-infra', ctx]);
+      const networks = ['ici-job-net', 'ici-other-net', 'ici-other-late'];
+      // A network someone made before the job, which the job's container joins too.
+      await on.podman(['network', 'create', networks[1]!]);
       const job = await startJob({}, {}, newRunnerTemp(), on);
       const url = job.main.exportedEnv.CONTAINER_HOST!;
       const pod = (
@@ -503,6 +506,13 @@ describe('remote-build-env, mode local (real podman services)', () => {
           await run(['--name', 'ici-job-paused', '-v', 'ici-job-named:/named']),
         ];
         await on.remote(url, ['pause', 'ici-job-paused']);
+        // As compose makes one network per project. Never started: nothing here tests container networking.
+        await on.remote(url, ['network', 'create', networks[0]!]);
+        await on.podman(['network', 'create', networks[2]!]);
+        const joined = ['--network', networks[0]!, '--network', networks[1]!];
+        await on.remote(url, ['create', '--name', 'ici-job-netted', ...joined, from, 'true']);
+        await on.remote(url, ['pod', 'create', '--infra=false', '--name', 'ici-job-bare']);
+        await on.remote(url, ['create', '--name', 'ici-job-bare-c', '--pod', 'ici-job-bare', from, 'true']);
         const volumesOf = async (id: string) =>
           (await on.podman(['inspect', '--format', '{{range .Mounts}}{{.Name}} {{end}}', id])).stdout.split(
             ' ',
@@ -516,23 +526,37 @@ describe('remote-build-env, mode local (real podman services)', () => {
         const left = (await on.podman(['ps', '--all', '--quiet', '--no-trunc'])).stdout.split('\n');
         const podLeft = (await on.podman(['pod', 'exists', pod], { allowFailure: true })).exitCode === 0;
         const volumes = (await on.podman(['volume', 'ls', '--quiet'])).stdout.split('\n');
+        const exists = async (args: string[]) =>
+          (await on.podman([...args], { allowFailure: true })).exitCode === 0;
+        const networksLeft: string[] = [];
+        for (const n of networks) if (await exists(['network', 'exists', n])) networksLeft.push(n);
         expect({
           containersLeft: ours.filter((id) => left.includes(id)),
           podLeft,
+          barePodLeft: await exists(['pod', 'exists', 'ici-job-bare']),
+          networksLeft,
           anonymousVolumesLeft: anonymous.filter((v) => volumes.includes(v)),
           warnings: post.warnings,
         }).toEqual({
           containersLeft: [],
           podLeft: false,
+          barePodLeft: false,
+          networksLeft: networks.slice(1),
           anonymousVolumesLeft: [],
           warnings: [],
         });
+        expect(post.lines.map((l) => l.text)).toContain(
+          'Removed what was made for them and is now unused: pod ici-job-bare, network ici-job-net.',
+        );
         expect(volumes).toContain('ici-job-named');
         await expectNoLeaks(stateOf(job), on);
       } finally {
         await on.podman(['pod', 'rm', '--force', '--time', '0', pod], { allowFailure: true });
         await on.podman(['rm', '--force', '--time', '0', 'ici-job-paused'], { allowFailure: true });
         await on.podman(['volume', 'rm', '--force', 'ici-job-named'], { allowFailure: true });
+        await on.podman(['pod', 'rm', '--force', 'ici-job-bare'], { allowFailure: true });
+        await on.podman(['rm', '--force', 'ici-job-netted'], { allowFailure: true });
+        await on.podman(['network', 'rm', '--force', ...networks], { allowFailure: true });
       }
     });
 

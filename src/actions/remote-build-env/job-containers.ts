@@ -24,6 +24,7 @@ interface InspectedContainer {
   IsInfra?: unknown;
   State?: { ConmonPid?: unknown };
   Config?: { Annotations?: unknown };
+  NetworkSettings?: { Networks?: unknown };
 }
 
 export interface JobContainer {
@@ -33,6 +34,8 @@ export interface JobContainer {
   infraOf?: string;
   /** The pod it belongs to, if any. */
   pod?: string;
+  /** The networks it is attached to (compose makes one per project). */
+  networks: string[];
 }
 
 /** Whether the process `pid` runs with `mark` as the service's mark (a process gone or not ours: false). */
@@ -112,12 +115,70 @@ export async function containersMadeBy(podman: PodmanClient, marks: JobMarks): P
     const byConmon = typeof pid === 'number' && pid > 0 && (await carriesMark(pid, marks.conmon));
     if (!byConmon && !annotated(c, marks.annotation)) continue;
     const pod = typeof c.Pod === 'string' && c.Pod !== '' ? c.Pod : undefined;
+    const networks = c.NetworkSettings?.Networks;
     ours.push({
       id: c.Id,
       name: typeof c.Name === 'string' ? c.Name : '',
+      networks: typeof networks === 'object' && networks !== null ? Object.keys(networks) : [],
       ...(pod ? { pod } : {}),
       ...(pod && c.IsInfra === true ? { infraOf: pod } : {}),
     });
   }
   return ours;
+}
+
+/** Podman's default network, which every host has: never the job's. */
+const DEFAULT_NETWORK = 'podman';
+
+/**
+ * Creation time and name from what `podman <kind> inspect` printed: one object (podman 4 pods) or an array of one;
+ * `Created`/`Name` for pods, `created`/`name` for networks.
+ */
+function inspectedCreated(stdout: string): { createdMs: number; name?: string } {
+  try {
+    const parsed = JSON.parse(stdout) as unknown;
+    const first = (Array.isArray(parsed) ? parsed[0] : parsed) as Record<string, unknown> | undefined;
+    const created = first?.Created ?? first?.created;
+    const name = first?.Name ?? first?.name;
+    return {
+      createdMs: typeof created === 'string' ? Date.parse(created) : NaN,
+      ...(typeof name === 'string' ? { name } : {}),
+    };
+  } catch {
+    return { createdMs: NaN };
+  }
+}
+
+/**
+ * Once the job's containers are gone: the pods they were in (those without an infra container: a pod with one went
+ * with it) and their networks other than podman's default, each made since the service started and left with no
+ * container at all. Podman refuses to remove a network any container is attached to, running or not, and a pod is
+ * removed without --force, which podman refuses while it holds a container, so nothing another client still uses
+ * goes. Returns the names removed.
+ */
+export async function removeEmptied(
+  podman: PodmanClient,
+  ours: readonly JobContainer[],
+  sinceMs: number,
+): Promise<string[]> {
+  const removed: string[] = [];
+  const candidates: Array<['pod' | 'network', string]> = [
+    ...[...new Set(ours.flatMap((c) => (c.pod && !c.infraOf ? [c.pod] : [])))].map(
+      (p) => ['pod', p] as ['pod', string],
+    ),
+    ...[...new Set(ours.flatMap((c) => c.networks))]
+      .filter((n) => n !== DEFAULT_NETWORK)
+      .map((n) => ['network', n] as ['network', string]),
+  ];
+  for (const [kind, name] of candidates) {
+    const inspected = await podman([kind, 'inspect', name], {
+      timeoutMs: LIST_TIMEOUT_MS,
+      allowFailure: true,
+    });
+    const seen = inspectedCreated(inspected.stdout);
+    if (inspected.exitCode !== 0 || !(seen.createdMs >= sinceMs)) continue;
+    const rm = await podman([kind, 'rm', name], { timeoutMs: LIST_TIMEOUT_MS, allowFailure: true });
+    if (rm.exitCode === 0) removed.push(`${kind} ${seen.name ?? name}`);
+  }
+  return removed;
 }

@@ -21,7 +21,7 @@ import { scratchDir, stablePath } from '../../core/workspace.js';
 import { waitUntilAnswering } from './answering.js';
 import { cacheMountDir, clearStage, restoreCacheMounts, saveCacheMounts } from './cache-mounts.js';
 import { writeMarkLayer } from './container-mark.js';
-import { conmonsOf, containersMadeBy, listIds } from './job-containers.js';
+import { conmonsOf, containersMadeBy, listIds, removeEmptied } from './job-containers.js';
 import { registeredChild, removeOwnedPaths, showLog, stopChild } from './cleanup.js';
 import type { LocalOptions } from './inputs.js';
 import { Inputs, Outputs } from './constants.js';
@@ -310,6 +310,9 @@ async function removeJobContainers(host: Host, state: LocalState, podman: Podman
   } else {
     host.warning(`could not remove the containers this job made (${names}): ${failures.join('; ')}`);
   }
+  const emptied = await removeEmptied(podman, ours, state.serviceStartedMs);
+  if (emptied.length > 0)
+    host.info(`Removed what was made for them and is now unused: ${emptied.map(printable).join(', ')}.`);
 }
 
 /** Stops the service and removes everything main created. Best-effort and repeatable: a second run finds nothing. */
