@@ -277,10 +277,10 @@ const removeContainer = (id: string) => ['rm', '--force', '--time', '5', '--volu
  */
 async function removeJobContainers(host: Host, state: LocalState, podman: PodmanClient): Promise<void> {
   if (state.isolatedStorage) {
+    const conmons = await conmonsOf(podman, await listIds(podman, ['ps', '--all']));
     // Pods first: podman removes an infra container only with its pod.
     const failures = await removeConcurrently(podman, (await listIds(podman, ['pod', 'ps'])).map(removePod));
     const containers = await listIds(podman, ['ps', '--all']);
-    const conmons = await conmonsOf(podman, containers);
     failures.push(...(await removeConcurrently(podman, containers.map(removeContainer))));
     // A conmon still running its container's cleanup, which opens the store, would mount its dirs again as they go.
     const lingering = (await Promise.all(conmons.map((c) => waitGone(c, STOP_GRACE_MS)))).filter(
