@@ -4,7 +4,12 @@ import { mkdtempSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { isRunning, type ProcessIdentity } from '../../src/actions/remote-build-env/process-group.js';
+import { MARK_ANNOTATION } from '../../src/actions/remote-build-env/container-mark.js';
+import {
+  identify,
+  isRunning,
+  type ProcessIdentity,
+} from '../../src/actions/remote-build-env/process-group.js';
 import { REPO_ROOT } from '../support/harness.js';
 import { leftovers } from '../support/leftovers.js';
 import { CacheService, laterRun } from '../support/cache-service.js';
@@ -342,9 +347,9 @@ describe('remote-build-env, mode local (real podman services)', () => {
       await on?.remove();
     });
 
-    it('shared store: post removes the containers the job started through its service, and no one else’s', async () => {
-      const running = async () =>
-        (await on.podman(['ps', '--quiet', '--no-trunc'])).stdout.split('\n').filter(Boolean);
+    it('shared store: post removes the containers the job made through its service, running, exited or only created, and no one else’s', async () => {
+      const all = async () =>
+        (await on.podman(['ps', '--all', '--quiet', '--no-trunc'])).stdout.split('\n').filter(Boolean);
       const others: string[] = [];
       try {
         // Another client's container, made before the job and restarted through its service.
@@ -352,43 +357,121 @@ describe('remote-build-env, mode local (real podman services)', () => {
         const job = await startJob({}, {}, newRunnerTemp(), on);
         expect(job.main.main.exitCode).toBe(0);
         const url = job.main.exportedEnv.CONTAINER_HOST!;
-        const ours = (
+        await on.remote(url, [
+          'run',
+          '-d',
+          '--name',
+          'ici-job-db',
+          '--stop-signal',
+          'KILL',
+          from,
+          'sleep',
+          '600',
+        ]);
+        await on.remote(url, ['start', others[0]!]);
+        // A database that crashed (no conmon left by post) and one only created: no process to read a mark from.
+        await on.remote(url, ['run', '--name', 'ici-job-crashed', from, 'false'], { allowFailure: true });
+        await on.remote(url, ['create', '--name', 'ici-job-created', from, 'sleep', '600']);
+        const ours = ['ici-job-db', 'ici-job-crashed', 'ici-job-created'];
+        // Beside the job in the same store, not through its service: running, exited, and one that guesses the
+        // annotation's value from what the job makes public (its TMPDIR).
+        others.push((await on.podman(['run', '-d', from, 'sleep', '600'])).stdout.trim());
+        await on.podman(['run', '--name', 'ici-other-exited', from, 'true']);
+        others.push('ici-other-exited');
+        const guess = `${MARK_ANNOTATION}=${job.main.outputs.tmpdir!}`;
+        others.push((await on.podman(['create', '--annotation', guess, from, 'true'])).stdout.trim());
+        const idsOf = async (names: string[]) =>
+          (await on.podman(['inspect', '--format', '{{.Id}}', ...names])).stdout.split('\n').filter(Boolean);
+        const [ourIds, otherIds] = [await idsOf(ours), await idsOf(others)];
+        expect(await all()).toEqual(expect.arrayContaining([...ourIds, ...otherIds]));
+        const post = await job.post();
+        expect(post.exitCode).toBe(0);
+        expect(post.warnings).toEqual([]);
+        const removed = post.lines.find((l) => l.text.startsWith('Removed '))?.text;
+        const after = await all();
+        expect({ removed, oursLeft: ourIds.filter((id) => after.includes(id)) }).toEqual({
+          removed: expect.stringMatching(/^Removed 3 container\(s\) this job made through the service: /),
+          oursLeft: [],
+        });
+        expect(after).toEqual(expect.arrayContaining(otherIds));
+        await expectNoLeaks(stateOf(job), on);
+      } finally {
+        if (others.length)
+          await on.podman(['rm', '--force', '--time', '0', ...others], { allowFailure: true });
+        await on.podman(
+          ['rm', '--force', '--time', '0', 'ici-job-db', 'ici-job-crashed', 'ici-job-created'],
+          {
+            allowFailure: true,
+          },
+        );
+      }
+    });
+
+    it('the service killed during the job: post removes what the job made with podman itself, in the shared store and in a private one, saying the service was gone', async () => {
+      const killService = (job: Job) => process.kill(stateOf(job).service!.pid, 'SIGKILL');
+      const gone = (job: Job) =>
+        `The podman service (pid ${stateOf(job).service!.pid}) was gone before post: the job's containers are removed by podman itself, on the service's store.`;
+      const shared = async () => {
+        const job = await startJob({}, {}, newRunnerTemp(), on);
+        const url = job.main.exportedEnv.CONTAINER_HOST!;
+        const names = ['ici-gone-db', 'ici-gone-created'];
+        try {
           await on.remote(url, [
             'run',
             '-d',
             '--name',
-            'ici-job-db',
+            names[0]!,
             '--stop-signal',
             'KILL',
             from,
             'sleep',
             '600',
-          ])
+          ]);
+          await on.remote(url, ['create', '--name', names[1]!, from, 'true']);
+          killService(job);
+          const post = await job.post();
+          const left = await on.podman(['ps', '--all', '--format', '{{.Names}}']);
+          expect({
+            gone: post.lines.some((l) => l.text === gone(job)),
+            left: names.filter((n) => left.stdout.split('\n').includes(n)),
+            warnings: post.warnings,
+          }).toEqual({ gone: true, left: [], warnings: [] });
+          await expectNoLeaks(stateOf(job), on);
+        } finally {
+          await on.podman(['rm', '--force', '--time', '0', ...names], { allowFailure: true });
+        }
+      };
+      const isolated = async () => {
+        const job = await startJob({ 'isolate-storage': 'true' }, {}, newRunnerTemp(), on);
+        const url = job.main.exportedEnv.CONTAINER_HOST!;
+        await importBusyboxImage(on, { url, name: from });
+        const id = (
+          await on.remote(url, ['run', '-d', '--stop-signal', 'KILL', from, 'sleep', '600'])
         ).stdout.trim();
-        await on.remote(url, ['start', others[0]!]);
-        // Started beside the job in the same store, not through its service.
-        others.push((await on.podman(['run', '-d', from, 'sleep', '600'])).stdout.trim());
-        expect(await running()).toEqual(expect.arrayContaining([ours, ...others]));
+        const pids = (
+          await on.remote(url, ['inspect', '--format', '{{.State.ConmonPid}} {{.State.Pid}}', id])
+        ).stdout
+          .trim()
+          .split(' ')
+          .map(Number);
+        const processes = await Promise.all(pids.map((pid) => identify(pid)));
+        killService(job);
         const post = await job.post();
-        expect(post.exitCode).toBe(0);
-        expect(post.warnings).toEqual([]);
-        expect(post.lines.map((l) => l.text)).toContain(
-          'Removed 1 container(s) this job started through the service: ici-job-db.',
-        );
-        const after = await running();
-        expect(after).not.toContain(ours);
-        expect(after).toEqual(expect.arrayContaining(others));
+        expect(post.lines.some((l) => l.text === gone(job))).toBe(true);
+        // conmon and the container's process would outlive the store they ran from.
+        expect(await Promise.all(processes.map((p) => isRunning(p)))).toEqual([false, false]);
         await expectNoLeaks(stateOf(job), on);
-      } finally {
-        if (others.length)
-          await on.podman(['rm', '--force', '--time', '0', ...others], { allowFailure: true });
-      }
+      };
+      await Promise.all([shared(), isolated()]);
     });
 
-    it('shared store: post also removes a paused container and a pod the job started (its infra container goes only with the pod), with their anonymous volumes but no named one', async () => {
+    it('shared store: post also removes a paused container, a pod the job started (its infra container goes only with the pod), and the infra-less pod and network it made for its containers, with their anonymous volumes, but no named volume nor a network made before it or beside it', async () => {
       // An infra image of our own: podman 5's default one needs catatonit, which this machine's root lacks.
       const ctx = await contextDir('infra', `FROM ${from}\nSTOPSIGNAL SIGKILL\nCMD ["sleep", "600"]\n`, on);
       await on.podman(['build', '--quiet', '-t', 'localhost/ici-infra', ctx]);
+      const networks = ['ici-job-net', 'ici-other-net', 'ici-other-late'];
+      // A network someone made before the job, which the job's container joins too.
+      await on.podman(['network', 'create', networks[1]!]);
       const job = await startJob({}, {}, newRunnerTemp(), on);
       const url = job.main.exportedEnv.CONTAINER_HOST!;
       const pod = (
@@ -423,6 +506,13 @@ describe('remote-build-env, mode local (real podman services)', () => {
           await run(['--name', 'ici-job-paused', '-v', 'ici-job-named:/named']),
         ];
         await on.remote(url, ['pause', 'ici-job-paused']);
+        // As compose makes one network per project. Never started: nothing here tests container networking.
+        await on.remote(url, ['network', 'create', networks[0]!]);
+        await on.podman(['network', 'create', networks[2]!]);
+        const joined = ['--network', networks[0]!, '--network', networks[1]!];
+        await on.remote(url, ['create', '--name', 'ici-job-netted', ...joined, from, 'true']);
+        await on.remote(url, ['pod', 'create', '--infra=false', '--name', 'ici-job-bare']);
+        await on.remote(url, ['create', '--name', 'ici-job-bare-c', '--pod', 'ici-job-bare', from, 'true']);
         const volumesOf = async (id: string) =>
           (await on.podman(['inspect', '--format', '{{range .Mounts}}{{.Name}} {{end}}', id])).stdout.split(
             ' ',
@@ -436,23 +526,37 @@ describe('remote-build-env, mode local (real podman services)', () => {
         const left = (await on.podman(['ps', '--all', '--quiet', '--no-trunc'])).stdout.split('\n');
         const podLeft = (await on.podman(['pod', 'exists', pod], { allowFailure: true })).exitCode === 0;
         const volumes = (await on.podman(['volume', 'ls', '--quiet'])).stdout.split('\n');
+        const exists = async (args: string[]) =>
+          (await on.podman([...args], { allowFailure: true })).exitCode === 0;
+        const networksLeft: string[] = [];
+        for (const n of networks) if (await exists(['network', 'exists', n])) networksLeft.push(n);
         expect({
           containersLeft: ours.filter((id) => left.includes(id)),
           podLeft,
+          barePodLeft: await exists(['pod', 'exists', 'ici-job-bare']),
+          networksLeft,
           anonymousVolumesLeft: anonymous.filter((v) => volumes.includes(v)),
           warnings: post.warnings,
         }).toEqual({
           containersLeft: [],
           podLeft: false,
+          barePodLeft: false,
+          networksLeft: networks.slice(1),
           anonymousVolumesLeft: [],
           warnings: [],
         });
+        expect(post.lines.map((l) => l.text)).toContain(
+          'Removed what was made for them and is now unused: pod ici-job-bare, network ici-job-net.',
+        );
         expect(volumes).toContain('ici-job-named');
         await expectNoLeaks(stateOf(job), on);
       } finally {
         await on.podman(['pod', 'rm', '--force', '--time', '0', pod], { allowFailure: true });
         await on.podman(['rm', '--force', '--time', '0', 'ici-job-paused'], { allowFailure: true });
         await on.podman(['volume', 'rm', '--force', 'ici-job-named'], { allowFailure: true });
+        await on.podman(['pod', 'rm', '--force', 'ici-job-bare'], { allowFailure: true });
+        await on.podman(['rm', '--force', 'ici-job-netted'], { allowFailure: true });
+        await on.podman(['network', 'rm', '--force', ...networks], { allowFailure: true });
       }
     });
 

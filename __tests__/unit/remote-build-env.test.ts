@@ -1,7 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
-import { mkdir, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadActionMetadata } from '../../src/core/action-metadata.js';
@@ -10,6 +10,7 @@ import { RecordingInputSource } from '../support/recording-input-source.js';
 import { cacheMountDir, saveKey } from '../../src/actions/remote-build-env/cache-mounts.js';
 import { EMPTY_FINGERPRINT, fingerprintDir } from '../../src/actions/remote-build-env/fingerprint.js';
 import { parseSshHost, readInputs } from '../../src/actions/remote-build-env/inputs.js';
+import { withMark, writeMarkLayer } from '../../src/actions/remote-build-env/container-mark.js';
 import { serviceCommand } from '../../src/actions/remote-build-env/local-service.js';
 import { mountPointsUnder } from '../../src/actions/remote-build-env/mounts.js';
 import { parseProcStat } from '../../src/actions/remote-build-env/process-group.js';
@@ -301,6 +302,58 @@ describe('service command', () => {
     );
     expect(args.slice(0, 6)).toEqual(['--root', '/r/root', '--runroot', '/r/run', '--tmpdir', '/r/libpod']);
     expect(env.CONTAINERS_CONF_OVERRIDE).toBe('/c.conf');
+  });
+});
+
+describe('container mark (the annotation the service gives the containers it creates)', () => {
+  const line = 'annotations = ["io.github.image-ci.remote-build-env=t0k"]';
+
+  it('goes into the [containers] table a file has, or a new one; not into a file that sets annotations or dotted containers keys', () => {
+    expect(withMark('[engine]\nruntime = "runc"\n\n[containers] # ours\ndefault_ulimits = []\n', 't0k')).toBe(
+      `[engine]\nruntime = "runc"\n\n[containers] # ours\n${line}\ndefault_ulimits = []\n`,
+    );
+    expect(withMark('[engine]\nruntime = "runc"', 't0k')).toBe(
+      `[engine]\nruntime = "runc"\n\n[containers]\n${line}\n`,
+    );
+    expect(withMark('[containers]\n  annotations = ["a=b"]\n', 't0k')).toBeUndefined();
+    expect(withMark('containers.env = ["A=1"]\n', 't0k')).toBeUndefined();
+  });
+
+  it('reaches the service as a module from podman 4.8, else as a copy of the file its variable names, or not at all where CONTAINERS_CONF would replace the system’s files', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ici-mark-'));
+    try {
+      const user = join(dir, 'user.conf');
+      await writeFile(user, '[engine]\nruntime = "runc"\n');
+      const v = (text: string) => parsePodmanVersion(text)!;
+      const five = await writeMarkLayer(v('5.4.2'), dir, 't0k', user);
+      expect(five).toEqual({ module: join(dir, 'mark.conf') });
+      expect(await readFile(join(dir, 'mark.conf'), 'utf8')).toBe(
+        '[containers]\nannotations = ["io.github.image-ci.remote-build-env=t0k", {append=true}]\n',
+      );
+      expect(await writeMarkLayer(v('4.3.1'), dir, 't0k', undefined, {})).toEqual({
+        none: "podman 4.3.1 has no containers.conf layer but CONTAINERS_CONF, which would replace the system's",
+      });
+      expect(await writeMarkLayer(v('4.3.1'), dir, 't0k', undefined, { CONTAINERS_CONF: user })).toEqual({
+        containersConf: { path: join(dir, 'mark.conf'), variable: 'CONTAINERS_CONF' },
+      });
+      expect(await readFile(join(dir, 'mark.conf'), 'utf8')).toBe(
+        `[engine]\nruntime = "runc"\n\n[containers]\n${line}\n`,
+      );
+      expect(await writeMarkLayer(v('4.5.0'), dir, 't0k', undefined, {})).toEqual({
+        containersConf: { path: join(dir, 'mark.conf'), variable: 'CONTAINERS_CONF_OVERRIDE' },
+      });
+      expect(await readFile(join(dir, 'mark.conf'), 'utf8')).toBe(`[containers]\n${line}\n`);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a module is a global flag of the service', () => {
+    const { args } = serviceCommand(
+      { socket: '/r/s.sock', tmpdir: '/r/tmp', logFile: '/r/log', modules: ['/r/mark.conf'] },
+      {},
+    );
+    expect(args.slice(0, 2)).toEqual(['--module', '/r/mark.conf']);
   });
 });
 

@@ -1,13 +1,18 @@
 /**
- * Containers the job started through its service in the shared store (`podman run -d` of a test database):
- * conmon keeps them running after the service stops, so a self-hosted runner would collect one per job, ports
- * held and all. The store is shared with the runner's other jobs and whatever else the user runs, so post
- * removes only those it can tell are this job's: their conmon carries the service's mark in its environment.
- * Podman hands conmon the service's LC_* variables (podman 4.x passes only those and a few of its own, podman 5
- * its whole environment), and a locale category libc does not know is ignored by everything else that reads it.
+ * Containers the job made through its service in the shared store (`podman run -d` of a test database): conmon
+ * keeps them running after the service stops, so a self-hosted runner would collect one per job, ports held and
+ * all, and exited ones pile up too. The store is shared with the runner's other jobs and whatever else the user
+ * runs, so post removes only those it can tell are this job's: those the service annotated with the job's token
+ * (container-mark.ts), in any state, and running ones whose conmon carries the service's mark in its environment
+ * (where the service could not be given the annotation, and for a container created elsewhere but started through
+ * the service). Podman hands conmon the service's LC_* variables (podman 4.x passes only those and a few of its
+ * own, podman 5 its whole environment), and a locale category libc does not know is ignored by everything else
+ * that reads it.
  */
 import { readFile } from 'node:fs/promises';
-import { podmanRemote, SERVICE_MARK_VARIABLE } from './local-service.js';
+import { MARK_ANNOTATION } from './container-mark.js';
+import { SERVICE_MARK_VARIABLE, type PodmanClient } from './local-service.js';
+import { identify, type ProcessIdentity } from './process-group.js';
 
 const LIST_TIMEOUT_MS = 30_000;
 
@@ -18,6 +23,8 @@ interface InspectedContainer {
   Pod?: unknown;
   IsInfra?: unknown;
   State?: { ConmonPid?: unknown };
+  Config?: { Annotations?: unknown };
+  NetworkSettings?: { Networks?: unknown };
 }
 
 export interface JobContainer {
@@ -27,6 +34,8 @@ export interface JobContainer {
   infraOf?: string;
   /** The pod it belongs to, if any. */
   pod?: string;
+  /** The networks it is attached to (compose makes one per project). */
+  networks: string[];
 }
 
 /** Whether the process `pid` runs with `mark` as the service's mark (a process gone or not ours: false). */
@@ -36,26 +45,59 @@ async function carriesMark(pid: number, mark: string): Promise<boolean> {
   return environ.toString('latin1').split('\0').includes(`${SERVICE_MARK_VARIABLE}=${mark}`);
 }
 
-/** The full ids `podman <args> --quiet --no-trunc` lists (containers or pods) at the service at `url`. */
-export async function listIds(url: string, args: readonly string[]): Promise<string[]> {
-  const listed = await podmanRemote(url, [...args, '--quiet', '--no-trunc'], { timeoutMs: LIST_TIMEOUT_MS });
+/** The full ids `podman <args> --quiet --no-trunc` lists (containers or pods). */
+export async function listIds(podman: PodmanClient, args: readonly string[]): Promise<string[]> {
+  const listed = await podman([...args, '--quiet', '--no-trunc'], { timeoutMs: LIST_TIMEOUT_MS });
   return listed.stdout.split('\n').filter((id) => /^[0-9a-f]{64}$/.test(id));
 }
 
 /**
- * The live containers of the service at `url` whose conmon carries `mark` and that were created since
- * `sinceMs` (a container another client made, only restarted through this service, stays theirs). Paused ones
- * too: `ps` leaves them out by default, yet their conmon and processes stay, ports held.
+ * The conmon processes of containers `ids` (those running). Each waits for its container's exit command (`podman
+ * container cleanup`, which opens the container's store) before it ends, so it outlives a `podman rm` by a moment.
  */
-export async function containersStartedBy(
-  url: string,
-  mark: string,
-  sinceMs: number,
-): Promise<JobContainer[]> {
-  const ids = await listIds(url, ['ps', '--filter', 'status=running', '--filter', 'status=paused']);
+export async function conmonsOf(podman: PodmanClient, ids: readonly string[]): Promise<ProcessIdentity[]> {
+  if (ids.length === 0) return [];
+  const inspected = await podman(['container', 'inspect', '--format', '{{.State.ConmonPid}}', ...ids], {
+    timeoutMs: LIST_TIMEOUT_MS,
+    allowFailure: true,
+  });
+  const pids = inspected.stdout
+    .split('\n')
+    .map(Number)
+    .filter((pid) => Number.isInteger(pid) && pid > 0);
+  return Promise.all(pids.map((pid) => identify(pid)));
+}
+
+/** What tells the job's containers: see the top of this file. */
+export interface JobMarks {
+  /** The service's mark in its conmon's environment. */
+  conmon: string;
+  /** The token of the annotation MARK_ANNOTATION, if the service was given one. */
+  annotation?: string;
+  /** Epoch ms the service was started: a container another client made before, only restarted through it, stays theirs. */
+  sinceMs: number;
+}
+
+function annotated(c: InspectedContainer, token: string | undefined): boolean {
+  const annotations = c.Config?.Annotations;
+  if (token === undefined || typeof annotations !== 'object' || annotations === null) return false;
+  return (annotations as Record<string, unknown>)[MARK_ANNOTATION] === token;
+}
+
+/**
+ * The job's containers in the store `podman` sees. With an annotation token every container is looked at (exited and
+ * created ones too); without, only running and paused ones: `ps` leaves paused ones out by default, yet their
+ * conmon and processes stay, ports held.
+ */
+export async function containersMadeBy(podman: PodmanClient, marks: JobMarks): Promise<JobContainer[]> {
+  const listArgs =
+    marks.annotation === undefined
+      ? ['ps', '--filter', 'status=running', '--filter', 'status=paused']
+      : ['ps', '--all'];
+  const ids = await listIds(podman, listArgs);
   if (ids.length === 0) return [];
   // allowFailure: podman exits 125 when a container went between the two calls, and still prints the others.
-  const inspected = await podmanRemote(url, ['container', 'inspect', ...ids], {
+  const inspected = await podman(['container', 'inspect', ...ids], {
     timeoutMs: LIST_TIMEOUT_MS,
     allowFailure: true,
   });
@@ -69,15 +111,74 @@ export async function containersStartedBy(
   for (const c of Array.isArray(list) ? list : []) {
     const pid = c.State?.ConmonPid;
     const created = typeof c.Created === 'string' ? Date.parse(c.Created) : NaN;
-    if (typeof c.Id !== 'string' || typeof pid !== 'number' || !(created >= sinceMs)) continue;
-    if (!(await carriesMark(pid, mark))) continue;
+    if (typeof c.Id !== 'string' || !(created >= marks.sinceMs)) continue;
+    const byConmon = typeof pid === 'number' && pid > 0 && (await carriesMark(pid, marks.conmon));
+    if (!byConmon && !annotated(c, marks.annotation)) continue;
     const pod = typeof c.Pod === 'string' && c.Pod !== '' ? c.Pod : undefined;
+    const networks = c.NetworkSettings?.Networks;
     ours.push({
       id: c.Id,
       name: typeof c.Name === 'string' ? c.Name : '',
+      networks: typeof networks === 'object' && networks !== null ? Object.keys(networks) : [],
       ...(pod ? { pod } : {}),
       ...(pod && c.IsInfra === true ? { infraOf: pod } : {}),
     });
   }
   return ours;
+}
+
+/** Podman's default network, which every host has: never the job's. */
+const DEFAULT_NETWORK = 'podman';
+
+/**
+ * Creation time and name from what `podman <kind> inspect` printed: one object (podman 4 pods) or an array of one;
+ * `Created`/`Name` for pods, `created`/`name` for networks.
+ */
+function inspectedCreated(stdout: string): { createdMs: number; name?: string } {
+  try {
+    const parsed = JSON.parse(stdout) as unknown;
+    const first = (Array.isArray(parsed) ? parsed[0] : parsed) as Record<string, unknown> | undefined;
+    const created = first?.Created ?? first?.created;
+    const name = first?.Name ?? first?.name;
+    return {
+      createdMs: typeof created === 'string' ? Date.parse(created) : NaN,
+      ...(typeof name === 'string' ? { name } : {}),
+    };
+  } catch {
+    return { createdMs: NaN };
+  }
+}
+
+/**
+ * Once the job's containers are gone: the pods they were in (those without an infra container: a pod with one went
+ * with it) and their networks other than podman's default, each made since the service started and left with no
+ * container at all. Podman refuses to remove a network any container is attached to, running or not, and a pod is
+ * removed without --force, which podman refuses while it holds a container, so nothing another client still uses
+ * goes. Returns the names removed.
+ */
+export async function removeEmptied(
+  podman: PodmanClient,
+  ours: readonly JobContainer[],
+  sinceMs: number,
+): Promise<string[]> {
+  const removed: string[] = [];
+  const candidates: Array<['pod' | 'network', string]> = [
+    ...[...new Set(ours.flatMap((c) => (c.pod && !c.infraOf ? [c.pod] : [])))].map(
+      (p) => ['pod', p] as ['pod', string],
+    ),
+    ...[...new Set(ours.flatMap((c) => c.networks))]
+      .filter((n) => n !== DEFAULT_NETWORK)
+      .map((n) => ['network', n] as ['network', string]),
+  ];
+  for (const [kind, name] of candidates) {
+    const inspected = await podman([kind, 'inspect', name], {
+      timeoutMs: LIST_TIMEOUT_MS,
+      allowFailure: true,
+    });
+    const seen = inspectedCreated(inspected.stdout);
+    if (inspected.exitCode !== 0 || !(seen.createdMs >= sinceMs)) continue;
+    const rm = await podman([kind, 'rm', name], { timeoutMs: LIST_TIMEOUT_MS, allowFailure: true });
+    if (rm.exitCode === 0) removed.push(`${kind} ${seen.name ?? name}`);
+  }
+  return removed;
 }

@@ -1,5 +1,5 @@
 /** Mode `local`: a podman service of this job's own, started in main and stopped in post. */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { which } from '@actions/io';
@@ -20,21 +20,25 @@ import { formatDuration, heading, markdownTable } from '../../core/summary.js';
 import { scratchDir, stablePath } from '../../core/workspace.js';
 import { waitUntilAnswering } from './answering.js';
 import { cacheMountDir, clearStage, restoreCacheMounts, saveCacheMounts } from './cache-mounts.js';
-import { containersStartedBy, listIds } from './job-containers.js';
+import { writeMarkLayer } from './container-mark.js';
+import { conmonsOf, containersMadeBy, listIds, removeEmptied } from './job-containers.js';
 import { registeredChild, removeOwnedPaths, showLog, stopChild } from './cleanup.js';
 import type { LocalOptions } from './inputs.js';
 import { Inputs, Outputs } from './constants.js';
 import {
   dockerHost,
   pauseProcess,
+  podmanLocal,
   podmanRemote,
   SERVICE,
+  serviceOptions,
   socketUrl,
   spawnService,
+  type PodmanClient,
   type ServicePlan,
 } from './local-service.js';
 import type { ServingMode } from './mode.js';
-import { isRunning, type ProcessIdentity, type StopOutcome } from './process-group.js';
+import { isRunning, waitGone, type ProcessIdentity, type StopOutcome } from './process-group.js';
 import { claimChosenSocket, claimTarget, planSocket, recordChosenSocket } from './socket-path.js';
 import { saveRunState, type LocalState } from './state.js';
 
@@ -112,6 +116,21 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
     }
     plan.containersConf = { path: inputs.containersConf, variable };
   }
+  // A private store's containers are all the job's: post needs no mark there.
+  let containerMark: string | undefined;
+  if (!plan.storage) {
+    const token = randomBytes(16).toString('hex');
+    const layer = await writeMarkLayer(version, scratch, token, plan.containersConf?.path);
+    if ('none' in layer) {
+      host.info(
+        `Containers the job makes in the shared store get no mark (${layer.none}): post finds only those still running.`,
+      );
+    } else {
+      containerMark = token;
+      if ('module' in layer) plan.modules = [layer.module];
+      else plan.containersConf = layer.containersConf;
+    }
+  }
   const state: LocalState = {
     mode: 'local',
     registry: join(scratch, 'registry'),
@@ -124,6 +143,7 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
     ...(placed.createDir ? { socketDirCreated: placed.createDir } : {}),
     ready: false,
     isolatedStorage: inputs.isolateStorage,
+    ...(containerMark ? { containerMark } : {}),
     ...(runtimeDir ? { runtimeDir } : {}),
   };
   if (inputs.cacheMounts) {
@@ -153,6 +173,7 @@ async function startLocalService(host: Host, inputs: LocalOptions, interrupted?:
 
   const started = Date.now();
   state.serviceStartedMs = started;
+  state.serviceOptions = serviceOptions(plan);
   const service = await spawnService(plan, state.registry);
   state.service = service.identity;
   saveRunState(host, state);
@@ -235,10 +256,10 @@ async function runtimeDirPause(
  * call per pod or container: remote podman stops those of one call one after the other, each given its 5 s to
  * mind SIGTERM, so a dozen that ignore it (`sleep` as PID 1) would outlast one call's timeout.
  */
-async function removeConcurrently(url: string, calls: readonly string[][]): Promise<string[]> {
+async function removeConcurrently(podman: PodmanClient, calls: readonly string[][]): Promise<string[]> {
   const failures: string[] = [];
   await mapLimit(calls, REMOVE_CONCURRENCY, async (args) => {
-    const removed = await podmanRemote(url, args, {
+    const removed = await podman(args, {
       timeoutMs: REMOVE_CONTAINERS_TIMEOUT_MS,
       allowFailure: true,
     }).catch((e: unknown) => ({ exitCode: 1, stderr: errorMessage(e) }));
@@ -254,32 +275,44 @@ const removeContainer = (id: string) => ['rm', '--force', '--time', '5', '--volu
  * Containers in a private store would keep its mounts busy and outlive the service: all of them are this job's.
  * In the shared store, only those the job started through the service (job-containers.ts) are.
  */
-async function removeJobContainers(host: Host, state: LocalState): Promise<void> {
-  const url = socketUrl(state.socket);
+async function removeJobContainers(host: Host, state: LocalState, podman: PodmanClient): Promise<void> {
   if (state.isolatedStorage) {
+    const conmons = await conmonsOf(podman, await listIds(podman, ['ps', '--all']));
     // Pods first: podman removes an infra container only with its pod.
-    const failures = await removeConcurrently(url, (await listIds(url, ['pod', 'ps'])).map(removePod));
-    const containers = await listIds(url, ['ps', '--all']);
-    failures.push(...(await removeConcurrently(url, containers.map(removeContainer))));
+    const failures = await removeConcurrently(podman, (await listIds(podman, ['pod', 'ps'])).map(removePod));
+    const containers = await listIds(podman, ['ps', '--all']);
+    failures.push(...(await removeConcurrently(podman, containers.map(removeContainer))));
+    // A conmon still running its container's cleanup, which opens the store, would mount its dirs again as they go.
+    const lingering = (await Promise.all(conmons.map((c) => waitGone(c, STOP_GRACE_MS)))).filter(
+      (gone) => !gone,
+    );
+    if (lingering.length > 0) failures.push(`${lingering.length} conmon process(es) did not end`);
     if (failures.length > 0)
       host.warning(`could not remove the service's containers: ${failures.join('; ')}`);
     return;
   }
   if (state.serviceStartedMs === undefined) return;
-  const ours = await containersStartedBy(url, state.tmpdir, state.serviceStartedMs);
+  const ours = await containersMadeBy(podman, {
+    conmon: state.tmpdir,
+    ...(state.containerMark ? { annotation: state.containerMark } : {}),
+    sinceMs: state.serviceStartedMs,
+  });
   if (ours.length === 0) return;
   // Podman refuses to remove a pod's infra container alone: the pod goes, with its containers (and their
   // anonymous volumes). Those of a loose container (a database image's VOLUME) would pile up one per job, so they
   // go too; named volumes stay, they may be shared.
   const pods = [...new Set(ours.flatMap((c) => (c.infraOf ? [c.infraOf] : [])))];
   const loose = ours.filter((c) => !(c.pod && pods.includes(c.pod))).map((c) => c.id);
-  const failures = await removeConcurrently(url, [...pods.map(removePod), ...loose.map(removeContainer)]);
+  const failures = await removeConcurrently(podman, [...pods.map(removePod), ...loose.map(removeContainer)]);
   const names = ours.map((c) => printable(c.name || c.id.slice(0, 12))).join(', ');
   if (failures.length === 0) {
-    host.info(`Removed ${ours.length} container(s) this job started through the service: ${names}.`);
+    host.info(`Removed ${ours.length} container(s) this job made through the service: ${names}.`);
   } else {
-    host.warning(`could not remove the containers this job started (${names}): ${failures.join('; ')}`);
+    host.warning(`could not remove the containers this job made (${names}): ${failures.join('; ')}`);
   }
+  const emptied = await removeEmptied(podman, ours, state.serviceStartedMs);
+  if (emptied.length > 0)
+    host.info(`Removed what was made for them and is now unused: ${emptied.map(printable).join(', ')}.`);
 }
 
 /** Stops the service and removes everything main created. Best-effort and repeatable: a second run finds nothing. */
@@ -290,7 +323,17 @@ async function stopLocalService(host: Host, state: LocalState): Promise<void> {
   }
   const service = await registeredChild(state, SERVICE, state.service);
   if (service && (await isRunning(service))) {
-    await removeJobContainers(host, state).catch((e) =>
+    await removeJobContainers(host, state, podmanRemote(socketUrl(state.socket))).catch((e) =>
+      host.warning(`could not remove the service's containers: ${errorMessage(e)}`),
+    );
+  } else if (service && state.ready && state.serviceOptions && (await pathExists(state.tmpdir))) {
+    // Killed or OOM-killed during the job: what it started runs on under conmon, and what it made stays in the store.
+    // Not once an earlier post removed the service's TMPDIR: that post stopped it, and a rootless podman now would
+    // start a pause process for a runtime dir that is gone.
+    host.info(
+      `The podman service (pid ${service.pid}) was gone before post: the job's containers are removed by podman itself, on the service's store.`,
+    );
+    await removeJobContainers(host, state, podmanLocal(state.serviceOptions)).catch((e) =>
       host.warning(`could not remove the service's containers: ${errorMessage(e)}`),
     );
   }

@@ -23,6 +23,8 @@ export interface ServicePlan {
    */
   storage?: { root: string; runroot: string; libpodTmp?: string };
   containersConf?: { path: string; variable: ContainersConfVariable };
+  /** containers.conf modules (`--module`, podman 4.8 on) loaded on top of the files podman reads. */
+  modules?: string[];
 }
 
 /**
@@ -49,22 +51,42 @@ export function dockerHost(socket: string): string | undefined {
   return unparsable ? undefined : `unix://${socket}`;
 }
 
-/** The command line and environment of the service; pure so the plan can be checked without podman. */
-export function serviceCommand(
-  plan: ServicePlan,
-  baseEnv: NodeJS.ProcessEnv,
-): { args: string[]; env: NodeJS.ProcessEnv } {
+/**
+ * The podman global flags and containers.conf variable of the service: what a podman of post's own needs to see the
+ * same store and configuration (podmanLocal) when the service is gone.
+ */
+export function serviceOptions(plan: ServicePlan): { args: string[]; env: Record<string, string> } {
   const args: string[] = [];
   if (plan.storage) {
     args.push('--root', plan.storage.root, '--runroot', plan.storage.runroot);
     if (plan.storage.libpodTmp) args.push('--tmpdir', plan.storage.libpodTmp);
   }
+  for (const module of plan.modules ?? []) args.push('--module', module);
+  const env: Record<string, string> = {};
+  if (plan.containersConf) env[plan.containersConf.variable] = plan.containersConf.path;
+  return { args, env };
+}
+
+/** The command line and environment of the service; pure so the plan can be checked without podman. */
+export function serviceCommand(
+  plan: ServicePlan,
+  baseEnv: NodeJS.ProcessEnv,
+): { args: string[]; env: NodeJS.ProcessEnv } {
+  const options = serviceOptions(plan);
   // info level makes the log an access log of API calls: what a failed job's log needs to show.
-  args.push('--log-level', 'info', 'system', 'service', '--time=0', socketUrl(plan.socket));
+  const args = [
+    ...options.args,
+    '--log-level',
+    'info',
+    'system',
+    'service',
+    '--time=0',
+    socketUrl(plan.socket),
+  ];
   const env = withoutRemoteClientEnv(baseEnv);
   env.TMPDIR = plan.tmpdir;
   env[SERVICE_MARK_VARIABLE] = plan.tmpdir;
-  if (plan.containersConf) env[plan.containersConf.variable] = plan.containersConf.path;
+  Object.assign(env, options.env);
   return { args, env };
 }
 
@@ -76,17 +98,30 @@ export function spawnService(plan: ServicePlan, registry: string): Promise<Track
   return spawnTracked(registry, SERVICE, 'podman', args, { env, logFile: plan.logFile });
 }
 
-/** Runs `podman --url <url> ...` as a client of one particular service, whatever CONTAINER_HOST says. */
-export function podmanRemote(
-  url: string,
+/** Runs podman with `args`: through a service, or by itself on the store a service used. */
+export type PodmanClient = (
   args: readonly string[],
   options: { timeoutMs: number; allowFailure?: boolean },
-): Promise<ExecResult> {
-  return exec('podman', ['--url', url, ...args], {
-    timeoutMs: options.timeoutMs,
-    env: withoutRemoteClientEnv(process.env),
-    allowFailure: options.allowFailure,
-  });
+) => Promise<ExecResult>;
+
+/** Runs `podman --url <url> ...` as a client of one particular service, whatever CONTAINER_HOST says. */
+export function podmanRemote(url: string): PodmanClient {
+  return (args, options) =>
+    exec('podman', ['--url', url, ...args], {
+      timeoutMs: options.timeoutMs,
+      env: withoutRemoteClientEnv(process.env),
+      allowFailure: options.allowFailure,
+    });
+}
+
+/** Runs podman itself with a service's options (serviceOptions), never as a remote client. */
+export function podmanLocal(options: { args: readonly string[]; env: Record<string, string> }): PodmanClient {
+  return (args, run) =>
+    exec('podman', [...options.args, ...args], {
+      timeoutMs: run.timeoutMs,
+      env: { ...withoutRemoteClientEnv(process.env), ...options.env },
+      allowFailure: run.allowFailure,
+    });
 }
 
 /** What podman names its pause process: catatonit's, or podman's own (`podman pause`) where catatonit is missing. */

@@ -54,7 +54,8 @@ export async function isRunning(id: ProcessIdentity): Promise<boolean> {
   return id.startTime === undefined || stat.startTime === id.startTime;
 }
 
-async function waitGone(id: ProcessIdentity, timeoutMs: number): Promise<boolean> {
+/** Whether the process ended within `timeoutMs`. */
+export async function waitGone(id: ProcessIdentity, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (!(await isRunning(id))) return true;

@@ -61,6 +61,16 @@ export interface LocalState extends ServingState {
   service?: ProcessIdentity;
   /** Epoch ms just before the service was started: containers created since may be this job's. */
   serviceStartedMs?: number;
+  /**
+   * The token the service annotates every container it creates with (container-mark.ts), when it could be given
+   * one: post finds the job's exited and never-started containers in the shared store by it.
+   */
+  containerMark?: string;
+  /**
+   * The service's podman global flags and containers.conf variable (local-service.ts serviceOptions): with them
+   * post's own podman removes the job's containers when the service died during the job.
+   */
+  serviceOptions?: { args: string[]; env: Record<string, string> };
   /** Podman's own containers in a private storage die with it; shared storage is left alone. */
   isolatedStorage: boolean;
   /**
