@@ -465,7 +465,7 @@ describe('remote-build-env, mode local (real podman services)', () => {
       await Promise.all([shared(), isolated()]);
     });
 
-    it('shared store: post also removes a paused container, a pod the job started (its infra container goes only with the pod), and the infra-less pod and network it made for its containers, with their anonymous volumes, but no named volume nor a network made before it or beside it', async () => {
+    it('shared store: post also removes a paused container, a pod the job started (its infra container goes only with the pod), and the infra-less pod and network it made for its containers, with their anonymous volumes, but no named volume nor a network made before it or beside it, nor a pod a neighbour put a container in', async () => {
       // An infra image of our own: podman 5's default one needs catatonit, which this machine's root lacks.
       const ctx = await contextDir('infra', `FROM ${from}\nSTOPSIGNAL SIGKILL\nCMD ["sleep", "600"]\n`, on);
       await on.podman(['build', '--quiet', '-t', 'localhost/ici-infra', ctx]);
@@ -513,6 +513,20 @@ describe('remote-build-env, mode local (real podman services)', () => {
         await on.remote(url, ['create', '--name', 'ici-job-netted', ...joined, from, 'true']);
         await on.remote(url, ['pod', 'create', '--infra=false', '--name', 'ici-job-bare']);
         await on.remote(url, ['create', '--name', 'ici-job-bare-c', '--pod', 'ici-job-bare', from, 'true']);
+        // A neighbour's containers, never started, in the job's infra-less pod and in another pod the job started:
+        // removing either pod would take them along.
+        await on.podman(['create', '--name', 'ici-other-in-bare', '--pod', 'ici-job-bare', from, 'true']);
+        const shared = (
+          await on.remote(url, [
+            'pod',
+            'create',
+            '--name',
+            'ici-job-shared',
+            '--infra-image',
+            'localhost/ici-infra',
+          ])
+        ).stdout.trim();
+        await on.podman(['create', '--name', 'ici-other-in-pod', '--pod', shared, from, 'true']);
         const volumesOf = async (id: string) =>
           (await on.podman(['inspect', '--format', '{{range .Mounts}}{{.Name}} {{end}}', id])).stdout.split(
             ' ',
@@ -534,19 +548,31 @@ describe('remote-build-env, mode local (real podman services)', () => {
           containersLeft: ours.filter((id) => left.includes(id)),
           podLeft,
           barePodLeft: await exists(['pod', 'exists', 'ici-job-bare']),
+          sharedPodLeft: await exists(['pod', 'exists', shared]),
+          othersLeft: [
+            await exists(['container', 'exists', 'ici-other-in-bare']),
+            await exists(['container', 'exists', 'ici-other-in-pod']),
+          ],
+          jobBareLeft: await exists(['container', 'exists', 'ici-job-bare-c']),
           networksLeft,
           anonymousVolumesLeft: anonymous.filter((v) => volumes.includes(v)),
           warnings: post.warnings,
         }).toEqual({
           containersLeft: [],
           podLeft: false,
-          barePodLeft: false,
+          barePodLeft: true,
+          sharedPodLeft: true,
+          othersLeft: [true, true],
+          jobBareLeft: false,
           networksLeft: networks.slice(1),
           anonymousVolumesLeft: [],
           warnings: [],
         });
         expect(post.lines.map((l) => l.text)).toContain(
-          'Removed what was made for them and is now unused: pod ici-job-bare, network ici-job-net.',
+          'Removed what was made for them and is now unused: network ici-job-net.',
+        );
+        expect(post.lines.map((l) => l.text)).toContain(
+          `Left the infra container(s) ${shared.slice(0, 12)}-infra of the job's pods, which hold containers the job did not make.`,
         );
         expect(volumes).toContain('ici-job-named');
         await expectNoLeaks(stateOf(job), on);
@@ -554,7 +580,8 @@ describe('remote-build-env, mode local (real podman services)', () => {
         await on.podman(['pod', 'rm', '--force', '--time', '0', pod], { allowFailure: true });
         await on.podman(['rm', '--force', '--time', '0', 'ici-job-paused'], { allowFailure: true });
         await on.podman(['volume', 'rm', '--force', 'ici-job-named'], { allowFailure: true });
-        await on.podman(['pod', 'rm', '--force', 'ici-job-bare'], { allowFailure: true });
+        for (const p of ['ici-job-bare', 'ici-job-shared'])
+          await on.podman(['pod', 'rm', '--force', p], { allowFailure: true });
         await on.podman(['rm', '--force', 'ici-job-netted'], { allowFailure: true });
         await on.podman(['network', 'rm', '--force', ...networks], { allowFailure: true });
       }

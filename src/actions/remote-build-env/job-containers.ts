@@ -130,31 +130,60 @@ export async function containersMadeBy(podman: PodmanClient, marks: JobMarks): P
 /** Podman's default network, which every host has: never the job's. */
 const DEFAULT_NETWORK = 'podman';
 
-/**
- * Creation time and name from what `podman <kind> inspect` printed: one object (podman 4 pods) or an array of one;
- * `Created`/`Name` for pods, `created`/`name` for networks.
- */
-function inspectedCreated(stdout: string): { createdMs: number; name?: string } {
+/** The one object `podman <kind> inspect` printed: one object (podman 4 pods) or an array of one. */
+function inspectedObject(stdout: string): Record<string, unknown> | undefined {
   try {
     const parsed = JSON.parse(stdout) as unknown;
-    const first = (Array.isArray(parsed) ? parsed[0] : parsed) as Record<string, unknown> | undefined;
-    const created = first?.Created ?? first?.created;
-    const name = first?.Name ?? first?.name;
-    return {
-      createdMs: typeof created === 'string' ? Date.parse(created) : NaN,
-      ...(typeof name === 'string' ? { name } : {}),
-    };
+    const first = Array.isArray(parsed) ? (parsed[0] as unknown) : parsed;
+    return typeof first === 'object' && first !== null ? (first as Record<string, unknown>) : undefined;
   } catch {
-    return { createdMs: NaN };
+    return undefined;
   }
+}
+
+/** Creation time and name: `Created`/`Name` for pods, `created`/`name` for networks. */
+function inspectedCreated(first: Record<string, unknown> | undefined): { createdMs: number; name?: string } {
+  const created = first?.Created ?? first?.created;
+  const name = first?.Name ?? first?.name;
+  return {
+    createdMs: typeof created === 'string' ? Date.parse(created) : NaN,
+    ...(typeof name === 'string' ? { name } : {}),
+  };
+}
+
+/** The ids of the containers a pod's inspection lists (infra included); undefined when it lists none readable. */
+function podMembers(first: Record<string, unknown> | undefined): string[] | undefined {
+  const members = first?.Containers;
+  if (!Array.isArray(members)) return undefined;
+  const ids = members.map((m) => (m as { Id?: unknown } | null)?.Id);
+  return ids.every((id): id is string => typeof id === 'string') ? ids : undefined;
+}
+
+/**
+ * The pods whose infra container is the job's and that hold nothing but the job's containers: those post removes
+ * whole (`pod rm --force`, the only way their infra container goes). A pod another client put a container in
+ * stays, infra and all: --force would remove that container too, created, exited or running.
+ */
+export async function podsOnlyOurs(podman: PodmanClient, ours: readonly JobContainer[]): Promise<string[]> {
+  const ids = new Set(ours.map((c) => c.id));
+  const pods: string[] = [];
+  for (const pod of new Set(ours.flatMap((c) => (c.infraOf ? [c.infraOf] : [])))) {
+    const inspected = await podman(['pod', 'inspect', pod], {
+      timeoutMs: LIST_TIMEOUT_MS,
+      allowFailure: true,
+    });
+    const members = inspected.exitCode === 0 ? podMembers(inspectedObject(inspected.stdout)) : undefined;
+    if (members?.every((id) => ids.has(id))) pods.push(pod);
+  }
+  return pods;
 }
 
 /**
  * Once the job's containers are gone: the pods they were in (those without an infra container: a pod with one went
  * with it) and their networks other than podman's default, each made since the service started and left with no
- * container at all. Podman refuses to remove a network any container is attached to, running or not, and a pod is
- * removed without --force, which podman refuses while it holds a container, so nothing another client still uses
- * goes. Returns the names removed.
+ * container at all. Podman refuses to remove a network any container is attached to, running or not; a pod is
+ * removed only when its inspection lists no container, so nothing another client still uses goes. Returns the
+ * names removed.
  */
 export async function removeEmptied(
   podman: PodmanClient,
@@ -175,8 +204,12 @@ export async function removeEmptied(
       timeoutMs: LIST_TIMEOUT_MS,
       allowFailure: true,
     });
-    const seen = inspectedCreated(inspected.stdout);
-    if (inspected.exitCode !== 0 || !(seen.createdMs >= sinceMs)) continue;
+    const first = inspected.exitCode === 0 ? inspectedObject(inspected.stdout) : undefined;
+    const seen = inspectedCreated(first);
+    if (!(seen.createdMs >= sinceMs)) continue;
+    // `pod rm` without --force still removes the containers of a pod that are not running (created or exited):
+    // one another client put in it would go too. Podman has no "only if empty"; the window is this call's length.
+    if (kind === 'pod' && podMembers(first)?.length !== 0) continue;
     const rm = await podman([kind, 'rm', name], { timeoutMs: LIST_TIMEOUT_MS, allowFailure: true });
     if (rm.exitCode === 0) removed.push(`${kind} ${seen.name ?? name}`);
   }

@@ -21,7 +21,14 @@ import { scratchDir, stablePath } from '../../core/workspace.js';
 import { waitUntilAnswering } from './answering.js';
 import { cacheMountDir, clearStage, restoreCacheMounts, saveCacheMounts } from './cache-mounts.js';
 import { writeMarkLayer } from './container-mark.js';
-import { conmonsOf, containersMadeBy, listIds, removeEmptied } from './job-containers.js';
+import {
+  conmonsOf,
+  containersMadeBy,
+  listIds,
+  podsOnlyOurs,
+  removeEmptied,
+  type JobContainer,
+} from './job-containers.js';
 import { registeredChild, removeOwnedPaths, showLog, stopChild } from './cleanup.js';
 import type { LocalOptions } from './inputs.js';
 import { Inputs, Outputs } from './constants.js';
@@ -299,18 +306,28 @@ async function removeJobContainers(host: Host, state: LocalState, podman: Podman
   });
   if (ours.length === 0) return;
   // Podman refuses to remove a pod's infra container alone: the pod goes, with its containers (and their
-  // anonymous volumes). Those of a loose container (a database image's VOLUME) would pile up one per job, so they
-  // go too; named volumes stay, they may be shared.
-  const pods = [...new Set(ours.flatMap((c) => (c.infraOf ? [c.infraOf] : [])))];
-  const loose = ours.filter((c) => !(c.pod && pods.includes(c.pod))).map((c) => c.id);
+  // anonymous volumes), unless it holds one the job did not make; then its infra container stays with it. The
+  // anonymous volumes of a loose container (a database image's VOLUME) would pile up one per job, so they go too;
+  // named volumes stay, they may be shared.
+  const pods = await podsOnlyOurs(podman, ours);
+  const kept = ours.filter((c) => c.infraOf && !pods.includes(c.infraOf));
+  const gone = ours.filter((c) => !kept.includes(c));
+  const loose = gone.filter((c) => !(c.pod && pods.includes(c.pod))).map((c) => c.id);
   const failures = await removeConcurrently(podman, [...pods.map(removePod), ...loose.map(removeContainer)]);
-  const names = ours.map((c) => printable(c.name || c.id.slice(0, 12))).join(', ');
+  const nameOf = (c: JobContainer) => printable(c.name || c.id.slice(0, 12));
+  const names = gone.map(nameOf).join(', ');
   if (failures.length === 0) {
-    host.info(`Removed ${ours.length} container(s) this job made through the service: ${names}.`);
+    if (gone.length > 0)
+      host.info(`Removed ${gone.length} container(s) this job made through the service: ${names}.`);
   } else {
     host.warning(`could not remove the containers this job made (${names}): ${failures.join('; ')}`);
   }
-  const emptied = await removeEmptied(podman, ours, state.serviceStartedMs);
+  if (kept.length > 0) {
+    host.info(
+      `Left the infra container(s) ${kept.map(nameOf).join(', ')} of the job's pods, which hold containers the job did not make.`,
+    );
+  }
+  const emptied = await removeEmptied(podman, gone, state.serviceStartedMs);
   if (emptied.length > 0)
     host.info(`Removed what was made for them and is now unused: ${emptied.map(printable).join(', ')}.`);
 }
