@@ -4,7 +4,7 @@ import { mkdtempSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MARK_ANNOTATION } from '../../src/actions/remote-build-env/container-mark.js';
+import { MARK_ANNOTATION, UNMARKABLE } from '../../src/actions/remote-build-env/container-mark.js';
 import {
   identify,
   isRunning,
@@ -332,6 +332,26 @@ describe('remote-build-env, mode local (real podman services)', () => {
       post.lines.some((l) => l.text.startsWith('::group::podman service log (the main step did not finish)')),
     ).toBe(true);
     await expectNoLeaks(state);
+  });
+
+  it('a containers-conf in unusual TOML (the containers table named in quotes) still starts the service: the mark is left out of it, not made invalid', async () => {
+    const conf = join(pm.dir, 'quoted.conf');
+    // The test conf with its [containers] header in another form TOML allows. The host's podman (4.3) gets a
+    // marked copy of this file, where podman 4.8 on would get a module and leave it as it is.
+    const text = await readFile(pm.env.CONTAINERS_CONF!, 'utf8');
+    expect(text).toContain('[containers]');
+    await writeFile(conf, text.replace('[containers]', '["containers"]'));
+    const job = await startJob({ 'containers-conf': conf });
+    expect({ exitCode: job.main.main.exitCode, errors: job.main.errors }).toEqual({
+      exitCode: 0,
+      errors: [],
+    });
+    expect(job.main.main.lines.map((l) => l.text)).toContain(
+      `Containers the job makes in the shared store get no mark (${conf} ${UNMARKABLE}): post finds only those still running.`,
+    );
+    const post = await job.post();
+    expect(post.warnings).toEqual([]);
+    await expectNoLeaks(stateOf(job));
   });
 
   describe.each(podmanVersions())('[$label]', (podman) => {

@@ -319,6 +319,23 @@ describe('container mark (the annotation the service gives the containers it cre
     expect(withMark('containers.env = ["A=1"]\n', 't0k')).toBeUndefined();
   });
 
+  it('is left out, not added where the copy would be refused or say something else: a quoted or inline containers table, a quoted annotations key, a multi-line string; a BOM or CRLF lines are no obstacle', () => {
+    for (const text of [
+      '["containers"]\ndefault_ulimits = []\n',
+      "[ 'containers' ]\n",
+      'containers = { default_ulimits = [] }\n',
+      '\'containers\'.env = ["A=1"]\n',
+      '[containers]\n"annotations" = ["a=b"]\n',
+      // The first header-like line is inside the string: the annotation would become part of engine.env.
+      '[engine]\nenv = ["""\n[containers]\n"""]\n\n[containers]\ndefault_ulimits = []\n',
+    ]) {
+      expect({ text, marked: withMark(text, 't0k') }).toEqual({ text, marked: undefined });
+    }
+    expect(withMark('\uFEFF[containers]\r\ndefault_ulimits = []\r\n', 't0k')).toBe(
+      `\uFEFF[containers]\n${line}\ndefault_ulimits = []\r\n`,
+    );
+  });
+
   it('reaches the service as a module from podman 4.8, else as a copy of the file its variable names, or not at all where CONTAINERS_CONF would replace the system’s files', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'ici-mark-'));
     try {

@@ -33,12 +33,21 @@ export type MarkLayer =
   | { containersConf: { path: string; variable: ContainersConfVariable } }
   | { none: string };
 
-const CONTAINERS_TABLE = /^[ \t]*\[[ \t]*containers[ \t]*\][ \t]*(#.*)?$/m;
+/** The header line of the containers table; a byte-order mark may come first on the first line. */
+const CONTAINERS_TABLE = /^\uFEFF?[ \t]*\[[ \t]*containers[ \t]*\][ \t]*(#.*)?$/m;
 /**
- * A file that sets annotations already (a second key would be refused), or the containers table by dotted keys
- * (a `[containers]` header after them is refused): left as it is, with no mark, rather than a service that fails.
+ * Left as it is, with no mark, rather than a service that fails to start or reads something else: a file that
+ * sets annotations already (a second key is refused, or replaces the first), one that defines the containers table
+ * otherwise than by a plain header (dotted keys, an inline table, a quoted name: a `[containers]` header added
+ * after them is refused), in quoted key forms too, and one with a multi-line string, where a line that looks like
+ * the header may be inside the string (the annotation would land in that string and the table would get none).
  */
-const CANNOT_ADD = /^[ \t]*(annotations[ \t]*=|containers[ \t]*\.)/m;
+const CANNOT_ADD =
+  /^\uFEFF?[ \t]*(?:(["']?)(?:annotations|containers)\1[ \t]*[=.]|\[[ \t]*(["'])containers\2[ \t]*\])|"""|'''/m;
+
+/** Why a file CANNOT_ADD matches gets no mark. */
+export const UNMARKABLE =
+  'sets annotations, names the containers table otherwise than by a plain header, or has a multi-line string';
 
 function annotationLine(token: string, append: boolean): string {
   return `annotations = ["${MARK_ANNOTATION}=${token}"${append ? ', {append=true}' : ''}]\n`;
@@ -84,8 +93,7 @@ export async function writeMarkLayer(
     return { containersConf: { path, variable } };
   }
   const marked = withMark(await readFile(source, 'utf8'), token);
-  if (marked === undefined)
-    return { none: `${source} sets annotations or the containers table by dotted keys` };
+  if (marked === undefined) return { none: `${source} ${UNMARKABLE}` };
   await writeFile(path, marked, { mode: 0o600 });
   return { containersConf: { path, variable } };
 }
