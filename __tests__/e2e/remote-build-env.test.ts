@@ -533,6 +533,8 @@ describe('remote-build-env, mode local (real podman services)', () => {
         await on.remote(url, ['create', '--name', 'ici-job-netted', ...joined, from, 'true']);
         await on.remote(url, ['pod', 'create', '--infra=false', '--name', 'ici-job-bare']);
         await on.remote(url, ['create', '--name', 'ici-job-bare-c', '--pod', 'ici-job-bare', from, 'true']);
+        await on.remote(url, ['pod', 'create', '--infra=false', '--name', 'ici-job-bare2']);
+        await on.remote(url, ['create', '--name', 'ici-job-bare2-c', '--pod', 'ici-job-bare2', from, 'true']);
         // A neighbour's containers, never started, in the job's infra-less pod and in another pod the job started:
         // removing either pod would take them along.
         await on.podman(['create', '--name', 'ici-other-in-bare', '--pod', 'ici-job-bare', from, 'true']);
@@ -568,6 +570,7 @@ describe('remote-build-env, mode local (real podman services)', () => {
           containersLeft: ours.filter((id) => left.includes(id)),
           podLeft,
           barePodLeft: await exists(['pod', 'exists', 'ici-job-bare']),
+          bare2PodLeft: await exists(['pod', 'exists', 'ici-job-bare2']),
           sharedPodLeft: await exists(['pod', 'exists', shared]),
           othersLeft: [
             await exists(['container', 'exists', 'ici-other-in-bare']),
@@ -581,6 +584,7 @@ describe('remote-build-env, mode local (real podman services)', () => {
           containersLeft: [],
           podLeft: false,
           barePodLeft: true,
+          bare2PodLeft: false,
           sharedPodLeft: true,
           othersLeft: [true, true],
           jobBareLeft: false,
@@ -589,7 +593,7 @@ describe('remote-build-env, mode local (real podman services)', () => {
           warnings: [],
         });
         expect(post.lines.map((l) => l.text)).toContain(
-          'Removed what was made for them and is now unused: network ici-job-net.',
+          'Removed what was made for them and is now unused: pod ici-job-bare2, network ici-job-net.',
         );
         expect(post.lines.map((l) => l.text)).toContain(
           `Left the infra container(s) ${shared.slice(0, 12)}-infra of the job's pods, which hold containers the job did not make.`,
@@ -600,7 +604,7 @@ describe('remote-build-env, mode local (real podman services)', () => {
         await on.podman(['pod', 'rm', '--force', '--time', '0', pod], { allowFailure: true });
         await on.podman(['rm', '--force', '--time', '0', 'ici-job-paused'], { allowFailure: true });
         await on.podman(['volume', 'rm', '--force', 'ici-job-named'], { allowFailure: true });
-        for (const p of ['ici-job-bare', 'ici-job-shared'])
+        for (const p of ['ici-job-bare', 'ici-job-bare2', 'ici-job-shared'])
           await on.podman(['pod', 'rm', '--force', p], { allowFailure: true });
         await on.podman(['rm', '--force', 'ici-job-netted'], { allowFailure: true });
         await on.podman(['network', 'rm', '--force', ...networks], { allowFailure: true });

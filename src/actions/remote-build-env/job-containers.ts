@@ -153,7 +153,8 @@ function inspectedCreated(first: Record<string, unknown> | undefined): { created
 
 /** The ids of the containers a pod's inspection lists (infra included); undefined when it lists none readable. */
 function podMembers(first: Record<string, unknown> | undefined): string[] | undefined {
-  const members = first?.Containers;
+  // Podman leaves the list out of an empty pod's inspection (omitempty), and says NumContainers 0.
+  const members = first?.Containers ?? (first?.NumContainers === 0 ? [] : undefined);
   if (!Array.isArray(members)) return undefined;
   const ids = members.map((m) => (m as { Id?: unknown } | null)?.Id);
   return ids.every((id): id is string => typeof id === 'string') ? ids : undefined;
