@@ -485,11 +485,11 @@ describe('remote-build-env, mode local (real podman services)', () => {
       await Promise.all([shared(), isolated()]);
     });
 
-    it('shared store: post also removes a paused container, a pod the job started (its infra container goes only with the pod), and the infra-less pod and network it made for its containers, with their anonymous volumes, but no named volume nor a network made before it or beside it, nor a pod a neighbour put a container in', async () => {
+    it('shared store: post also removes a paused container, a pod the job started (its infra container goes only with the pod), and the infra-less pod and network it made for its containers, with their anonymous volumes, but no named volume nor a network made before it or beside it, nor a pod or network a neighbour put a container in', async () => {
       // An infra image of our own: podman 5's default one needs catatonit, which this machine's root lacks.
       const ctx = await contextDir('infra', `FROM ${from}\nSTOPSIGNAL SIGKILL\nCMD ["sleep", "600"]\n`, on);
       await on.podman(['build', '--quiet', '-t', 'localhost/ici-infra', ctx]);
-      const networks = ['ici-job-net', 'ici-other-net', 'ici-other-late'];
+      const networks = ['ici-job-net', 'ici-other-net', 'ici-other-late', 'ici-job-joined'];
       // A network someone made before the job, which the job's container joins too.
       await on.podman(['network', 'create', networks[1]!]);
       const job = await startJob({}, {}, newRunnerTemp(), on);
@@ -529,8 +529,11 @@ describe('remote-build-env, mode local (real podman services)', () => {
         // As compose makes one network per project. Never started: nothing here tests container networking.
         await on.remote(url, ['network', 'create', networks[0]!]);
         await on.podman(['network', 'create', networks[2]!]);
-        const joined = ['--network', networks[0]!, '--network', networks[1]!];
+        await on.remote(url, ['network', 'create', networks[3]!]);
+        const joined = ['--network', networks[0]!, '--network', networks[1]!, '--network', networks[3]!];
         await on.remote(url, ['create', '--name', 'ici-job-netted', ...joined, from, 'true']);
+        // A neighbour's container in a network the job made: the network must stay for it.
+        await on.podman(['create', '--name', 'ici-other-joined', '--network', networks[3]!, from, 'true']);
         await on.remote(url, ['pod', 'create', '--infra=false', '--name', 'ici-job-bare']);
         await on.remote(url, ['create', '--name', 'ici-job-bare-c', '--pod', 'ici-job-bare', from, 'true']);
         await on.remote(url, ['pod', 'create', '--infra=false', '--name', 'ici-job-bare2']);
@@ -575,6 +578,7 @@ describe('remote-build-env, mode local (real podman services)', () => {
           othersLeft: [
             await exists(['container', 'exists', 'ici-other-in-bare']),
             await exists(['container', 'exists', 'ici-other-in-pod']),
+            await exists(['container', 'exists', 'ici-other-joined']),
           ],
           jobBareLeft: await exists(['container', 'exists', 'ici-job-bare-c']),
           networksLeft,
@@ -586,7 +590,7 @@ describe('remote-build-env, mode local (real podman services)', () => {
           barePodLeft: true,
           bare2PodLeft: false,
           sharedPodLeft: true,
-          othersLeft: [true, true],
+          othersLeft: [true, true, true],
           jobBareLeft: false,
           networksLeft: networks.slice(1),
           anonymousVolumesLeft: [],
@@ -606,7 +610,7 @@ describe('remote-build-env, mode local (real podman services)', () => {
         await on.podman(['volume', 'rm', '--force', 'ici-job-named'], { allowFailure: true });
         for (const p of ['ici-job-bare', 'ici-job-bare2', 'ici-job-shared'])
           await on.podman(['pod', 'rm', '--force', p], { allowFailure: true });
-        await on.podman(['rm', '--force', 'ici-job-netted'], { allowFailure: true });
+        await on.podman(['rm', '--force', 'ici-job-netted', 'ici-other-joined'], { allowFailure: true });
         await on.podman(['network', 'rm', '--force', ...networks], { allowFailure: true });
       }
     });
