@@ -1111,6 +1111,47 @@ describe('directory cache backend, hostile volume content', () => {
     }
   });
 
+  it.each([
+    ['a size its entry.json claims (1e300)', false],
+    ['a sparse stored file of 1 TiB that takes no room', true],
+  ])(
+    'counts an entry at the room it takes, not %s: one planted entry cannot make every save evict all',
+    async (_what, sparse) => {
+      // Kept by a `used` in the future, such an entry made the total so large that every save evicted every
+      // other entry, down to it.
+      const shared = root;
+      root = join(dirs.base, `hostile-volume-huge-${sparse}`);
+      process.env.IMAGE_CI_CACHE_DIR = root;
+      try {
+        const { entry } = await saved('hostile-huge');
+        if (sparse) {
+          const stored = join(entry, 'files', '0');
+          execFileSync('truncate', ['-s', '1T', stored]);
+          const size = statSync(stored).size;
+          rewriteMeta(entry, (meta) => {
+            (meta.files as Array<{ size: number; mtimeMs?: number }>)[0]!.size = size;
+            meta.sizeBytes = size;
+          });
+        } else {
+          rewriteMeta(entry, (meta) => (meta.sizeBytes = 1e300));
+        }
+        const future = new Date(Date.now() + 3_600_000);
+        utimesSync(join(entry, 'used'), future, future);
+        const kept = await saved('hostile-huge-kept');
+        process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '3.5MiB';
+        const { host, log } = cliHost();
+        const { image, record } = await disk(data('hostile-huge-next'), MiB);
+        expect((await saveCache(host, [image, record], 'hostile-huge-next')).outcome).toBe('saved');
+        expect(log.filter((l) => l.startsWith('Cache dir: evicted'))).toEqual([]);
+        expect(existsSync(kept.entry)).toBe(true);
+      } finally {
+        root = shared;
+        process.env.IMAGE_CI_CACHE_DIR = root;
+        delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+      }
+    },
+  );
+
   it('evicts past a FIFO in place of a restore registration instead of blocking every save', async () => {
     const { entry } = await saved('hostile-fifo-reader');
     mkdirSync(join(entry, 'readers'), { recursive: true });

@@ -761,13 +761,29 @@ export function cacheDirSizeBudget(env: NodeJS.ProcessEnv = process.env): number
   return readSizeEnv(CACHE_DIR_MAX_SIZE_ENV, env);
 }
 
+/**
+ * The room an entry's stored files take, counted in place of the size its entry.json states: that file is written
+ * by whoever shares the volume, and an entry kept by a recent `used` that claimed 1e300 bytes, or stored a sparse
+ * file of a TiB, would have every save evict every other entry. A sparse file counts its allocated blocks.
+ */
+async function roomTaken(entry: Entry): Promise<number> {
+  const names = entry.format === 'files' ? new Set((entry.files ?? []).map((f) => f.name)) : [ARCHIVE];
+  let total = 0;
+  for (const name of names) {
+    const info = await lstat(join(entry.dir, name)).catch(() => undefined);
+    if (info) total += Math.min(info.size, info.blocks * 512);
+  }
+  return total;
+}
+
 async function allEntries(root: string): Promise<Array<Entry & { lastUsed: number }>> {
   const versions = await readdir(join(root, 'entries')).catch(() => [] as string[]);
   const entries: Array<Entry & { lastUsed: number }> = [];
   for (const version of versions) {
     for (const entry of await readEntries(root, version)) {
       const used = await lstat(join(entry.dir, USED)).catch(() => undefined);
-      entries.push({ ...entry, lastUsed: used?.mtimeMs ?? entry.createdAt });
+      const sizeBytes = await roomTaken(entry);
+      entries.push({ ...entry, sizeBytes, lastUsed: used?.mtimeMs ?? entry.createdAt });
     }
   }
   return entries;
