@@ -707,6 +707,39 @@ describe('directory cache backend, eviction', () => {
     }
   });
 
+  it('makes room for a save that ran out of space while the volume shows bytes free (no inodes left, a quota)', async () => {
+    // statfs counts the file system's free bytes: a quota (EDQUOT) or the inodes running out (ENOSPC) fail a
+    // write that fits them. 24 inodes: two entries (7 each) and the volume's dirs, not a third being written.
+    const shared = root;
+    root = join(dirs.base, 'inode-volume');
+    mkdirSync(root, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m,nr_inodes=24', 'tmpfs', root]);
+    process.env.IMAGE_CI_CACHE_DIR = root;
+    process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1GiB';
+    const save = async (key: string) => {
+      const { host, log } = cliHost();
+      const { outcome } = await saveCache(host, Object.values(await disk(data(key), MiB)), key);
+      return { outcome, log: log.filter((l) => !l.startsWith('Saving cache')) };
+    };
+    try {
+      expect((await save('inodes-a')).outcome).toBe('saved');
+      expect((await save('inodes-b')).outcome).toBe('saved');
+      const third = await save('inodes-c');
+      expect(third.log).toEqual([
+        expect.stringMatching(/^Cache dir: evicted inodes-a \(1\.0 MiB, .*\): the volume is out of space, /),
+        expect.stringMatching(/^Cache dir: trying inodes-c once more/),
+        expect.stringMatching(/^Cache saved: inodes-c /),
+      ]);
+      expect(keys()).toEqual(['inodes-b', 'inodes-c']);
+      expect(readdirSync(join(root, 'tmp'))).toEqual([]);
+    } finally {
+      execFileSync('umount', [root]);
+      root = shared;
+      process.env.IMAGE_CI_CACHE_DIR = root;
+      delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    }
+  });
+
   it.each([
     ['20', /IMAGE_CI_CACHE_DIR_MAX_SIZE: '20' has no unit; write 20GiB, 20GB or 20MiB\./],
     ['lots', /IMAGE_CI_CACHE_DIR_MAX_SIZE: 'lots' is not a size; write it like 50GiB or 500MB\./],

@@ -636,7 +636,11 @@ export async function saveToDirCache(
     // A budget larger than the disk, or other data on it: what this save needs is freed, and it is tried once
     // more. Without a budget the cache keeps everything, as asked.
     if (budget === undefined || !outOfSpace(error)) throw error;
-    const needed = (await bytesToSave(present)) - (await freeBytes(root));
+    const bytes = await bytesToSave(present, await allRegularFiles(present));
+    // statfs shows the bytes free to everyone: a write refused by a quota (EDQUOT), or for want of inodes
+    // (ENOSPC), still finds them "free". The room this save takes is then freed in entries, which hold both.
+    const short = bytes - (await freeBytes(root));
+    const needed = short > 0 ? short : bytes;
     const freed = await evict(host, root, {
       budget,
       usedBefore: started,
@@ -732,15 +736,16 @@ function outOfSpace(error: unknown): boolean {
 }
 
 /**
- * At most what saving `paths` takes on the volume: their regular files' bytes, and for each member a tar header
- * and its padding (a stored file takes less; zstd shrinks an archive, or grows it by a few bytes per block).
+ * At most what saving `paths` takes on the volume, counted as evict() counts entries: stored as they are, the
+ * files' bytes; as an archive, also a tar header and its padding for each member (zstd shrinks an archive, or
+ * grows it by a few bytes per block). Headers counted for stored files would evict one entry too many.
  */
-async function bytesToSave(paths: string[]): Promise<number> {
+async function bytesToSave(paths: string[], asFiles: boolean): Promise<number> {
   let total = 0;
   const walk = async (path: string): Promise<void> => {
     const info = await lstat(path).catch(() => undefined);
     if (!info) return;
-    total += 1024 + (info.isFile() ? info.size : 0);
+    total += (asFiles ? 0 : 1024) + (info.isFile() ? info.size : 0);
     if (!info.isDirectory()) return;
     for (const name of await readdir(path).catch(() => [] as string[])) await walk(join(path, name));
   };
