@@ -740,6 +740,44 @@ describe('directory cache backend, eviction', () => {
     }
   });
 
+  it('frees room for a save that ran out of space past an entry a workspace still holds as a hard link (evicting it frees nothing)', async () => {
+    // A self-hosted runner's workspace on the volume's filesystem keeps a read-only restore's hard link: the
+    // stored file's blocks stay until that link goes. 3 MiB of tmpfs for both, entries of 1 MiB.
+    const shared = root;
+    const fs = join(dirs.base, 'linked-fs');
+    mkdirSync(fs, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', fs]);
+    root = join(fs, 'volume');
+    process.env.IMAGE_CI_CACHE_DIR = root;
+    try {
+      const linked = await disk(join(fs, 'workspace'), MiB);
+      expect((await saveCache(cliHost().host, Object.values(linked), 'linked-a')).outcome).toBe('saved');
+      for (const path of Object.values(linked)) rmSync(path);
+      const restored = cliHost();
+      await restoreCache(restored.host, Object.values(linked), 'linked-a', [], { readOnly: true });
+      expect(restored.log).toContainEqual(expect.stringMatching(/^Restored .*\.zst .* as a hard link /));
+      await saveDisk('linked-b');
+      lastRestored('linked-a', 60);
+      lastRestored('linked-b', 30);
+      process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1GiB';
+      const { host, log } = cliHost();
+      const third = await disk(data('linked-c'), MiB);
+      const outcome = (await saveCache(host, Object.values(third), 'linked-c')).outcome;
+      expect(log.filter((l) => !l.startsWith('Saving cache'))).toEqual([
+        expect.stringMatching(/^Cache dir: evicted linked-b \(1\.0 MiB, .*\): the volume is out of space, /),
+        expect.stringMatching(/^Cache dir: trying linked-c once more/),
+        expect.stringMatching(/^Cache saved: linked-c /),
+      ]);
+      expect(outcome).toBe('saved');
+      expect(keys()).toEqual(['linked-a', 'linked-c']);
+    } finally {
+      execFileSync('umount', [fs]);
+      root = shared;
+      process.env.IMAGE_CI_CACHE_DIR = root;
+      delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    }
+  });
+
   it.each([
     ['20', /IMAGE_CI_CACHE_DIR_MAX_SIZE: '20' has no unit; write 20GiB, 20GB or 20MiB\./],
     ['lots', /IMAGE_CI_CACHE_DIR_MAX_SIZE: 'lots' is not a size; write it like 50GiB or 500MB\./],

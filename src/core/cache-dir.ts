@@ -770,25 +770,33 @@ export function cacheDirSizeBudget(env: NodeJS.ProcessEnv = process.env): number
  * The room an entry's stored files take, counted in place of the size its entry.json states: that file is written
  * by whoever shares the volume, and an entry kept by a recent `used` that claimed 1e300 bytes, or stored a sparse
  * file of a TiB, would have every save evict every other entry. A sparse file counts its allocated blocks.
+ * `frees` leaves out files with another link (a read-only restore's, in a workspace on the volume's filesystem):
+ * their blocks stay when the entry goes.
  */
-async function roomTaken(entry: Entry): Promise<number> {
+async function roomTaken(entry: Entry): Promise<{ room: number; frees: number }> {
   const names = entry.format === 'files' ? new Set((entry.files ?? []).map((f) => f.name)) : [ARCHIVE];
-  let total = 0;
+  let room = 0;
+  let frees = 0;
   for (const name of names) {
     const info = await lstat(join(entry.dir, name)).catch(() => undefined);
-    if (info) total += Math.min(info.size, info.blocks * 512);
+    if (!info) continue;
+    const bytes = Math.min(info.size, info.blocks * 512);
+    room += bytes;
+    if (info.nlink === 1) frees += bytes;
   }
-  return total;
+  return { room, frees };
 }
 
-async function allEntries(root: string): Promise<Array<Entry & { lastUsed: number }>> {
+type CountedEntry = Entry & { lastUsed: number; frees: number };
+
+async function allEntries(root: string): Promise<CountedEntry[]> {
   const versions = await readdir(join(root, 'entries')).catch(() => [] as string[]);
-  const entries: Array<Entry & { lastUsed: number }> = [];
+  const entries: CountedEntry[] = [];
   for (const version of versions) {
     for (const entry of await readEntries(root, version)) {
       const used = await lstat(join(entry.dir, USED)).catch(() => undefined);
-      const sizeBytes = await roomTaken(entry);
-      entries.push({ ...entry, sizeBytes, lastUsed: used?.mtimeMs ?? entry.createdAt });
+      const { room, frees } = await roomTaken(entry);
+      entries.push({ ...entry, sizeBytes: room, frees, lastUsed: used?.mtimeMs ?? entry.createdAt });
     }
   }
   return entries;
@@ -844,7 +852,7 @@ interface Eviction {
  * entry just saved and every entry a restore is reading stay (removeEntry), and so does every entry saved or
  * restored since the one just saved: another job published it meanwhile, and its own eviction (which keeps it)
  * is the one to decide between the two. Were the older save to evict it, each of two jobs saving at once could
- * evict the other's entry. Answers the bytes evicted.
+ * evict the other's entry. Answers the bytes that left the disk (a stored file linked elsewhere takes none away).
  */
 async function evict(host: Host, root: string, how: Eviction): Promise<number> {
   const { budget, bytesToFree = 0, keep } = how;
@@ -861,6 +869,8 @@ async function evict(host: Host, root: string, how: Eviction): Promise<number> {
     if (total <= budget && freed >= bytesToFree) return freed;
     if (entry.dir === keep) continue;
     if (entry.lastUsed >= usedBefore) break;
+    // Only room is wanted (the budget is kept): an entry whose blocks would stay is not lost for nothing.
+    if (total <= budget && entry.frees === 0) continue;
     const removed = await removeEntry(root, entry);
     if (removed === 'busy') continue; // another job is evicting it, or has evicted it meanwhile
     if (removed !== 'removed') {
@@ -874,7 +884,7 @@ async function evict(host: Host, root: string, how: Eviction): Promise<number> {
       `Cache dir: evicted ${printable(entry.key)} (${formatBytes(entry.sizeBytes)}, last restored ${new Date(entry.lastUsed).toISOString()}): ${why()}`,
     );
     total -= entry.sizeBytes;
-    freed += entry.sizeBytes;
+    freed += entry.frees;
   }
   if (total > budget && !how.quiet) {
     host.info(`Cache dir: still ${over()}; only entries in use, just saved or used since are left.`);
