@@ -576,7 +576,11 @@ async function volumeTmp(root: string): Promise<string> {
 async function claimTemp(root: string, prefix = ''): Promise<{ path: string; done(): Promise<void> }> {
   const path = join(await volumeTmp(root), `${prefix}${randomBytes(8).toString('hex')}`);
   const owner = `${path}${OWNER_SUFFIX}`;
-  await writeFile(owner, JSON.stringify(ownerRecord('cache dir')), { flag: 'wx' });
+  await writeFile(owner, JSON.stringify(ownerRecord('cache dir')), { flag: 'wx' }).catch(async (error) => {
+    // Made but not written (a full volume): empty, it would stay in tmp until the sweep judges it by its age.
+    await rm(owner, { force: true });
+    throw error;
+  });
   return {
     path,
     done: async () => {
@@ -823,7 +827,11 @@ async function removeEntry(root: string, entry: Entry): Promise<'removed' | 'bus
     await lock.release();
     return readers;
   }
-  const aside = await claimTemp(root, 'evict-');
+  const aside = await claimTemp(root, 'evict-').catch(async (error: unknown) => {
+    // Held on, the lock would make every restore of the entry a miss for a minute.
+    await lock.release();
+    throw error;
+  });
   try {
     await rename(entry.dir, aside.path);
   } catch {
