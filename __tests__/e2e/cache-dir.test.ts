@@ -293,6 +293,22 @@ function entryDirOf(root: string, key: string): string {
 
 const sha = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 
+/**
+ * The descriptors this process holds: a dir or file the backend leaves open on some path (an error, a refusal, the
+ * retry after ENOSPC) adds one per save, until a long-running runner hits EMFILE. The listing's own descriptor is
+ * closed by the time its link is read.
+ */
+function openFds(): string[] {
+  return readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      readlinkSync(`/proc/self/fd/${fd}`);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
 describe('directory cache backend, single files', () => {
   afterEach(() => {
     process.env.IMAGE_CI_CACHE_DIR = volume;
@@ -721,6 +737,7 @@ describe('directory cache backend, eviction', () => {
       const { outcome } = await saveCache(host, Object.values(await disk(data(key), MiB)), key);
       return { outcome, log: log.filter((l) => !l.startsWith('Saving cache')) };
     };
+    const fds = openFds();
     try {
       expect((await save('inodes-a')).outcome).toBe('saved');
       expect((await save('inodes-b')).outcome).toBe('saved');
@@ -732,8 +749,10 @@ describe('directory cache backend, eviction', () => {
       ]);
       expect(keys()).toEqual(['inodes-b', 'inodes-c']);
       expect(readdirSync(join(root, 'tmp'))).toEqual([]);
+      expect(openFds()).toEqual(fds);
     } finally {
-      execFileSync('umount', [root]);
+      // Lazily: a descriptor left open in it must fail the test by the check above, not by EBUSY here.
+      execFileSync('umount', ['-l', root]);
       root = shared;
       process.env.IMAGE_CI_CACHE_DIR = root;
       delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
@@ -749,6 +768,7 @@ describe('directory cache backend, eviction', () => {
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', fs]);
     root = join(fs, 'volume');
     process.env.IMAGE_CI_CACHE_DIR = root;
+    const fds = openFds();
     try {
       const linked = await disk(join(fs, 'workspace'), MiB);
       expect((await saveCache(cliHost().host, Object.values(linked), 'linked-a')).outcome).toBe('saved');
@@ -770,8 +790,10 @@ describe('directory cache backend, eviction', () => {
       ]);
       expect(outcome).toBe('saved');
       expect(keys()).toEqual(['linked-a', 'linked-c']);
+      expect(openFds()).toEqual(fds);
     } finally {
-      execFileSync('umount', [fs]);
+      // Lazily: a descriptor left open in it must fail the test by the check above, not by EBUSY here.
+      execFileSync('umount', ['-l', fs]);
       root = shared;
       process.env.IMAGE_CI_CACHE_DIR = root;
       delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
@@ -799,8 +821,10 @@ describe('directory cache backend, eviction', () => {
       process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1GiB';
       const { host, log } = cliHost();
       const next = await disk(data('page-b'), 64 * 1024);
+      const fds = openFds();
       expect((await saveCache(host, Object.values(next), 'page-b')).outcome).toBe('failed');
       expect(log).toContainEqual(expect.stringMatching(/^warning: Cache save of page-b failed: .*ENOSPC/));
+      expect(openFds()).toEqual(fds);
       expect(readdirSync(join(root, 'tmp'))).toEqual([]);
       expect(readdirSync(entryDirOf(root, 'page-a')).sort()).toEqual([
         'entry.json',
@@ -809,7 +833,8 @@ describe('directory cache backend, eviction', () => {
         'used',
       ]);
     } finally {
-      execFileSync('umount', [fs]);
+      // Lazily: a descriptor left open in it must fail the test by the check above, not by EBUSY here.
+      execFileSync('umount', ['-l', fs]);
       root = shared;
       process.env.IMAGE_CI_CACHE_DIR = root;
       delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
