@@ -653,7 +653,7 @@ export async function saveToDirCache(
     });
     if (freed === 0 || freed < needed) {
       host.info(
-        `Cache dir: no room made for ${printable(key)}: the entries left are in use, or saved or restored since this save began`,
+        `Cache dir: no room made for ${printable(key)}: the entries left are in use, saved or restored since this save began, or linked from elsewhere too (a workspace on the volume's filesystem)`,
       );
       throw error;
     }
