@@ -10,6 +10,7 @@ import {
   constants,
   cpSync,
   existsSync,
+  linkSync,
   mkdirSync,
   mkdtempSync,
   openSync,
@@ -835,6 +836,42 @@ describe('directory cache backend, eviction', () => {
     } finally {
       // Lazily: a descriptor left open in it must fail the test by the check above, not by EBUSY here.
       execFileSync('umount', ['-l', fs]);
+      root = shared;
+      process.env.IMAGE_CI_CACHE_DIR = root;
+      delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    }
+  });
+
+  it('makes room for a tree holding hard links once per file, as tar stores it, not once per link', async () => {
+    // 4 MiB of tmpfs holding two 1 MiB entries; the tree's 2 MiB file has two more links, its archive takes 2 MiB.
+    const shared = root;
+    root = join(dirs.base, 'hardlink-volume');
+    mkdirSync(root, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', root]);
+    process.env.IMAGE_CI_CACHE_DIR = root;
+    try {
+      await saveDisk('hardlinks-a');
+      await saveDisk('hardlinks-b');
+      lastRestored('hardlinks-a', 60);
+      lastRestored('hardlinks-b', 30);
+      const tree = data('hardlinks-tree');
+      await fillRandom(tree, 1, 2 * MiB);
+      for (const name of ['second', 'third']) linkSync(join(tree, 'blob-0.bin'), join(tree, name));
+      process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1GiB';
+      const { host, log } = cliHost();
+      const outcome = (await saveCache(host, [tree], 'hardlinks-tree')).outcome;
+      expect(log.filter((l) => !l.startsWith('Saving cache'))).toEqual([
+        expect.stringMatching(
+          /^Cache dir: evicted hardlinks-a \(1\.0 MiB, .*\): the volume is out of space, /,
+        ),
+        expect.stringMatching(/^Cache dir: trying hardlinks-tree once more/),
+        expect.stringMatching(/^Cache saved: hardlinks-tree /),
+      ]);
+      expect(outcome).toBe('saved');
+      expect(keys()).toEqual(['hardlinks-b', 'hardlinks-tree']);
+    } finally {
+      // Lazily: a descriptor left open in it must not turn a failed check into EBUSY here.
+      execFileSync('umount', ['-l', root]);
       root = shared;
       process.env.IMAGE_CI_CACHE_DIR = root;
       delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;

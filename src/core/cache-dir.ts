@@ -746,10 +746,16 @@ function outOfSpace(error: unknown): boolean {
  */
 async function bytesToSave(paths: string[], asFiles: boolean): Promise<number> {
   let total = 0;
+  // tar stores a file's content once, its other links as headers: counted per link, a tree of three links to a
+  // 2 MiB file asked for 6, and the retry evicted everything, then gave up. Stored files are copied per path.
+  const seen = new Set<string>();
   const walk = async (path: string): Promise<void> => {
     const info = await lstat(path).catch(() => undefined);
     if (!info) return;
-    total += (asFiles ? 0 : 1024) + (info.isFile() ? info.size : 0);
+    const inode = `${info.dev}:${info.ino}`;
+    const repeat = !asFiles && info.nlink > 1 && seen.has(inode);
+    if (info.isFile()) seen.add(inode);
+    total += (asFiles ? 0 : 1024) + (info.isFile() && !repeat ? info.size : 0);
     if (!info.isDirectory()) return;
     for (const name of await readdir(path).catch(() => [] as string[])) await walk(join(path, name));
   };
