@@ -746,8 +746,10 @@ function outOfSpace(error: unknown): boolean {
  */
 async function bytesToSave(paths: string[], asFiles: boolean): Promise<number> {
   let total = 0;
-  // tar stores a file's content once, its other links as headers: counted per link, a tree of three links to a
-  // 2 MiB file asked for 6, and the retry evicted everything, then gave up. Stored files are copied per path.
+  // tar stores a file's content once, its other links as headers, and zstd makes next to nothing of a sparse
+  // file's holes: counted per link and by apparent size, a tree of three links to a 2 MiB file asked for 6, a
+  // sparse 64 MiB one for 64, and the retry evicted everything, then gave up. Stored files are copied whole, per
+  // path.
   const seen = new Set<string>();
   const walk = async (path: string): Promise<void> => {
     const info = await lstat(path).catch(() => undefined);
@@ -755,7 +757,8 @@ async function bytesToSave(paths: string[], asFiles: boolean): Promise<number> {
     const inode = `${info.dev}:${info.ino}`;
     const repeat = !asFiles && info.nlink > 1 && seen.has(inode);
     if (info.isFile()) seen.add(inode);
-    total += (asFiles ? 0 : 1024) + (info.isFile() && !repeat ? info.size : 0);
+    const content = asFiles ? info.size : Math.min(info.size, info.blocks * 512);
+    total += (asFiles ? 0 : 1024) + (info.isFile() && !repeat ? content : 0);
     if (!info.isDirectory()) return;
     for (const name of await readdir(path).catch(() => [] as string[])) await walk(join(path, name));
   };
