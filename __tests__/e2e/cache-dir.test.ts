@@ -10,6 +10,7 @@ import {
   constants,
   cpSync,
   existsSync,
+  linkSync,
   mkdirSync,
   mkdtempSync,
   openSync,
@@ -292,6 +293,22 @@ function entryDirOf(root: string, key: string): string {
 }
 
 const sha = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
+
+/**
+ * The descriptors this process holds: a dir or file the backend leaves open on some path (an error, a refusal, the
+ * retry after ENOSPC) adds one per save, until a long-running runner hits EMFILE. The listing's own descriptor is
+ * closed by the time its link is read.
+ */
+function openFds(): string[] {
+  return readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      readlinkSync(`/proc/self/fd/${fd}`);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
 
 describe('directory cache backend, single files', () => {
   afterEach(() => {
@@ -707,6 +724,165 @@ describe('directory cache backend, eviction', () => {
     }
   });
 
+  it('makes room for a save that ran out of space while the volume shows bytes free (no inodes left, a quota)', async () => {
+    // statfs counts the file system's free bytes: a quota (EDQUOT) or the inodes running out (ENOSPC) fail a
+    // write that fits them. 24 inodes: two entries (7 each) and the volume's dirs, not a third being written.
+    const shared = root;
+    root = join(dirs.base, 'inode-volume');
+    mkdirSync(root, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m,nr_inodes=24', 'tmpfs', root]);
+    process.env.IMAGE_CI_CACHE_DIR = root;
+    process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1GiB';
+    const save = async (key: string) => {
+      const { host, log } = cliHost();
+      const { outcome } = await saveCache(host, Object.values(await disk(data(key), MiB)), key);
+      return { outcome, log: log.filter((l) => !l.startsWith('Saving cache')) };
+    };
+    const fds = openFds();
+    try {
+      expect((await save('inodes-a')).outcome).toBe('saved');
+      expect((await save('inodes-b')).outcome).toBe('saved');
+      const third = await save('inodes-c');
+      expect(third.log).toEqual([
+        expect.stringMatching(/^Cache dir: evicted inodes-a \(1\.0 MiB, .*\): the volume is out of space, /),
+        expect.stringMatching(/^Cache dir: trying inodes-c once more/),
+        expect.stringMatching(/^Cache saved: inodes-c /),
+      ]);
+      expect(keys()).toEqual(['inodes-b', 'inodes-c']);
+      expect(readdirSync(join(root, 'tmp'))).toEqual([]);
+      expect(openFds()).toEqual(fds);
+    } finally {
+      // Lazily: a descriptor left open in it must fail the test by the check above, not by EBUSY here.
+      execFileSync('umount', ['-l', root]);
+      root = shared;
+      process.env.IMAGE_CI_CACHE_DIR = root;
+      delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    }
+  });
+
+  it('frees room for a save that ran out of space past an entry a workspace still holds as a hard link (evicting it frees nothing)', async () => {
+    // A self-hosted runner's workspace on the volume's filesystem keeps a read-only restore's hard link: the
+    // stored file's blocks stay until that link goes. 3 MiB of tmpfs for both, entries of 1 MiB.
+    const shared = root;
+    const fs = join(dirs.base, 'linked-fs');
+    mkdirSync(fs, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', fs]);
+    root = join(fs, 'volume');
+    process.env.IMAGE_CI_CACHE_DIR = root;
+    const fds = openFds();
+    try {
+      const linked = await disk(join(fs, 'workspace'), MiB);
+      expect((await saveCache(cliHost().host, Object.values(linked), 'linked-a')).outcome).toBe('saved');
+      for (const path of Object.values(linked)) rmSync(path);
+      const restored = cliHost();
+      await restoreCache(restored.host, Object.values(linked), 'linked-a', [], { readOnly: true });
+      expect(restored.log).toContainEqual(expect.stringMatching(/^Restored .*\.zst .* as a hard link /));
+      await saveDisk('linked-b');
+      lastRestored('linked-a', 60);
+      lastRestored('linked-b', 30);
+      process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1GiB';
+      const { host, log } = cliHost();
+      const third = await disk(data('linked-c'), MiB);
+      const outcome = (await saveCache(host, Object.values(third), 'linked-c')).outcome;
+      expect(log.filter((l) => !l.startsWith('Saving cache'))).toEqual([
+        expect.stringMatching(/^Cache dir: evicted linked-b \(1\.0 MiB, .*\): the volume is out of space, /),
+        expect.stringMatching(/^Cache dir: trying linked-c once more/),
+        expect.stringMatching(/^Cache saved: linked-c /),
+      ]);
+      expect(outcome).toBe('saved');
+      expect(keys()).toEqual(['linked-a', 'linked-c']);
+      expect(openFds()).toEqual(fds);
+    } finally {
+      // Lazily: a descriptor left open in it must fail the test by the check above, not by EBUSY here.
+      execFileSync('umount', ['-l', fs]);
+      root = shared;
+      process.env.IMAGE_CI_CACHE_DIR = root;
+      delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    }
+  });
+
+  it('a save on a volume with one page left fails, leaving no eviction lock in an entry and nothing in tmp', async () => {
+    // The page takes an eviction's lock, and the owner file of the move aside finds none left. That the save
+    // fails is a known limit: an eviction needs room for those two small files before it can free any.
+    const shared = root;
+    const fs = join(dirs.base, 'page-fs');
+    mkdirSync(fs, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', fs]);
+    root = fs;
+    process.env.IMAGE_CI_CACHE_DIR = root;
+    try {
+      await saveDisk('page-a');
+      writeFileSync(join(fs, 'page'), Buffer.alloc(4096));
+      try {
+        execFileSync('dd', ['if=/dev/zero', `of=${join(fs, 'filler')}`, 'bs=4k'], { stdio: 'ignore' });
+      } catch {
+        // dd ends with ENOSPC: the volume is full
+      }
+      rmSync(join(fs, 'page'));
+      process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1GiB';
+      const { host, log } = cliHost();
+      const next = await disk(data('page-b'), 64 * 1024);
+      const fds = openFds();
+      expect((await saveCache(host, Object.values(next), 'page-b')).outcome).toBe('failed');
+      expect(log).toContainEqual(expect.stringMatching(/^warning: Cache save of page-b failed: .*ENOSPC/));
+      expect(openFds()).toEqual(fds);
+      expect(readdirSync(join(root, 'tmp'))).toEqual([]);
+      expect(readdirSync(entryDirOf(root, 'page-a')).sort()).toEqual([
+        'entry.json',
+        'files',
+        'readers',
+        'used',
+      ]);
+    } finally {
+      // Lazily: a descriptor left open in it must fail the test by the check above, not by EBUSY here.
+      execFileSync('umount', ['-l', fs]);
+      root = shared;
+      process.env.IMAGE_CI_CACHE_DIR = root;
+      delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    }
+  });
+
+  it.each([
+    ['a 2 MiB file with two more links (tar stores its content once)', 'links'],
+    ['a sparse file of 64 MiB holding 2 MiB (zstd makes next to nothing of its holes)', 'sparse'],
+  ])('makes room for a tree holding %s: as much as the archive takes', async (_what, kind) => {
+    // 4 MiB of tmpfs holding two 1 MiB entries; the tree's archive takes 2 MiB. Asked for more, the retry evicted
+    // every entry, found that still short and gave up.
+    const shared = root;
+    root = join(dirs.base, `hardlink-volume-${kind}`);
+    mkdirSync(root, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', root]);
+    process.env.IMAGE_CI_CACHE_DIR = root;
+    try {
+      await saveDisk('hardlinks-a');
+      await saveDisk('hardlinks-b');
+      lastRestored('hardlinks-a', 60);
+      lastRestored('hardlinks-b', 30);
+      const tree = data(`hardlinks-tree-${kind}`);
+      await fillRandom(tree, 1, 2 * MiB);
+      if (kind === 'sparse') execFileSync('truncate', ['-s', '64M', join(tree, 'blob-0.bin')]);
+      else for (const name of ['second', 'third']) linkSync(join(tree, 'blob-0.bin'), join(tree, name));
+      process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '1GiB';
+      const { host, log } = cliHost();
+      const outcome = (await saveCache(host, [tree], 'hardlinks-tree')).outcome;
+      expect(log.filter((l) => !l.startsWith('Saving cache'))).toEqual([
+        expect.stringMatching(
+          /^Cache dir: evicted hardlinks-a \(1\.0 MiB, .*\): the volume is out of space, /,
+        ),
+        expect.stringMatching(/^Cache dir: trying hardlinks-tree once more/),
+        expect.stringMatching(/^Cache saved: hardlinks-tree /),
+      ]);
+      expect(outcome).toBe('saved');
+      expect(keys()).toEqual(['hardlinks-b', 'hardlinks-tree']);
+    } finally {
+      // Lazily: a descriptor left open in it must not turn a failed check into EBUSY here.
+      execFileSync('umount', ['-l', root]);
+      root = shared;
+      process.env.IMAGE_CI_CACHE_DIR = root;
+      delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+    }
+  });
+
   it.each([
     ['20', /IMAGE_CI_CACHE_DIR_MAX_SIZE: '20' has no unit; write 20GiB, 20GB or 20MiB\./],
     ['lots', /IMAGE_CI_CACHE_DIR_MAX_SIZE: 'lots' is not a size; write it like 50GiB or 500MB\./],
@@ -1110,6 +1286,47 @@ describe('directory cache backend, hostile volume content', () => {
       delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
     }
   });
+
+  it.each([
+    ['a size its entry.json claims (1e300)', false],
+    ['a sparse stored file of 1 TiB that takes no room', true],
+  ])(
+    'counts an entry at the room it takes, not %s: one planted entry cannot make every save evict all',
+    async (_what, sparse) => {
+      // Kept by a `used` in the future, such an entry made the total so large that every save evicted every
+      // other entry, down to it.
+      const shared = root;
+      root = join(dirs.base, `hostile-volume-huge-${sparse}`);
+      process.env.IMAGE_CI_CACHE_DIR = root;
+      try {
+        const { entry } = await saved('hostile-huge');
+        if (sparse) {
+          const stored = join(entry, 'files', '0');
+          execFileSync('truncate', ['-s', '1T', stored]);
+          const size = statSync(stored).size;
+          rewriteMeta(entry, (meta) => {
+            (meta.files as Array<{ size: number; mtimeMs?: number }>)[0]!.size = size;
+            meta.sizeBytes = size;
+          });
+        } else {
+          rewriteMeta(entry, (meta) => (meta.sizeBytes = 1e300));
+        }
+        const future = new Date(Date.now() + 3_600_000);
+        utimesSync(join(entry, 'used'), future, future);
+        const kept = await saved('hostile-huge-kept');
+        process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE = '3.5MiB';
+        const { host, log } = cliHost();
+        const { image, record } = await disk(data('hostile-huge-next'), MiB);
+        expect((await saveCache(host, [image, record], 'hostile-huge-next')).outcome).toBe('saved');
+        expect(log.filter((l) => l.startsWith('Cache dir: evicted'))).toEqual([]);
+        expect(existsSync(kept.entry)).toBe(true);
+      } finally {
+        root = shared;
+        process.env.IMAGE_CI_CACHE_DIR = root;
+        delete process.env.IMAGE_CI_CACHE_DIR_MAX_SIZE;
+      }
+    },
+  );
 
   it('evicts past a FIFO in place of a restore registration instead of blocking every save', async () => {
     const { entry } = await saved('hostile-fifo-reader');

@@ -576,7 +576,11 @@ async function volumeTmp(root: string): Promise<string> {
 async function claimTemp(root: string, prefix = ''): Promise<{ path: string; done(): Promise<void> }> {
   const path = join(await volumeTmp(root), `${prefix}${randomBytes(8).toString('hex')}`);
   const owner = `${path}${OWNER_SUFFIX}`;
-  await writeFile(owner, JSON.stringify(ownerRecord('cache dir')), { flag: 'wx' });
+  await writeFile(owner, JSON.stringify(ownerRecord('cache dir')), { flag: 'wx' }).catch(async (error) => {
+    // Made but not written (a full volume): empty, it would stay in tmp until the sweep judges it by its age.
+    await rm(owner, { force: true });
+    throw error;
+  });
   return {
     path,
     done: async () => {
@@ -636,7 +640,11 @@ export async function saveToDirCache(
     // A budget larger than the disk, or other data on it: what this save needs is freed, and it is tried once
     // more. Without a budget the cache keeps everything, as asked.
     if (budget === undefined || !outOfSpace(error)) throw error;
-    const needed = (await bytesToSave(present)) - (await freeBytes(root));
+    const bytes = await bytesToSave(present, await allRegularFiles(present));
+    // statfs shows the bytes free to everyone: a write refused by a quota (EDQUOT), or for want of inodes
+    // (ENOSPC), still finds them "free". The room this save takes is then freed in entries, which hold both.
+    const short = bytes - (await freeBytes(root));
+    const needed = short > 0 ? short : bytes;
     const freed = await evict(host, root, {
       budget,
       usedBefore: started,
@@ -645,7 +653,7 @@ export async function saveToDirCache(
     });
     if (freed === 0 || freed < needed) {
       host.info(
-        `Cache dir: no room made for ${printable(key)}: the entries left are in use, or saved or restored since this save began`,
+        `Cache dir: no room made for ${printable(key)}: the entries left are in use, saved or restored since this save began, or linked from elsewhere too (a workspace on the volume's filesystem)`,
       );
       throw error;
     }
@@ -732,15 +740,25 @@ function outOfSpace(error: unknown): boolean {
 }
 
 /**
- * At most what saving `paths` takes on the volume: their regular files' bytes, and for each member a tar header
- * and its padding (a stored file takes less; zstd shrinks an archive, or grows it by a few bytes per block).
+ * At most what saving `paths` takes on the volume, counted as evict() counts entries: stored as they are, the
+ * files' bytes; as an archive, also a tar header and its padding for each member (zstd shrinks an archive, or
+ * grows it by a few bytes per block). Headers counted for stored files would evict one entry too many.
  */
-async function bytesToSave(paths: string[]): Promise<number> {
+async function bytesToSave(paths: string[], asFiles: boolean): Promise<number> {
   let total = 0;
+  // tar stores a file's content once, its other links as headers, and zstd makes next to nothing of a sparse
+  // file's holes: counted per link and by apparent size, a tree of three links to a 2 MiB file asked for 6, a
+  // sparse 64 MiB one for 64, and the retry evicted everything, then gave up. Stored files are copied whole, per
+  // path.
+  const seen = new Set<string>();
   const walk = async (path: string): Promise<void> => {
     const info = await lstat(path).catch(() => undefined);
     if (!info) return;
-    total += 1024 + (info.isFile() ? info.size : 0);
+    const inode = `${info.dev}:${info.ino}`;
+    const repeat = !asFiles && info.nlink > 1 && seen.has(inode);
+    if (info.isFile()) seen.add(inode);
+    const content = asFiles ? info.size : Math.min(info.size, info.blocks * 512);
+    total += (asFiles ? 0 : 1024) + (info.isFile() && !repeat ? content : 0);
     if (!info.isDirectory()) return;
     for (const name of await readdir(path).catch(() => [] as string[])) await walk(join(path, name));
   };
@@ -761,13 +779,37 @@ export function cacheDirSizeBudget(env: NodeJS.ProcessEnv = process.env): number
   return readSizeEnv(CACHE_DIR_MAX_SIZE_ENV, env);
 }
 
-async function allEntries(root: string): Promise<Array<Entry & { lastUsed: number }>> {
+/**
+ * The room an entry's stored files take, counted in place of the size its entry.json states: that file is written
+ * by whoever shares the volume, and an entry kept by a recent `used` that claimed 1e300 bytes, or stored a sparse
+ * file of a TiB, would have every save evict every other entry. A sparse file counts its allocated blocks.
+ * `frees` leaves out files with another link (a read-only restore's, in a workspace on the volume's filesystem):
+ * their blocks stay when the entry goes.
+ */
+async function roomTaken(entry: Entry): Promise<{ room: number; frees: number }> {
+  const names = entry.format === 'files' ? new Set((entry.files ?? []).map((f) => f.name)) : [ARCHIVE];
+  let room = 0;
+  let frees = 0;
+  for (const name of names) {
+    const info = await lstat(join(entry.dir, name)).catch(() => undefined);
+    if (!info) continue;
+    const bytes = Math.min(info.size, info.blocks * 512);
+    room += bytes;
+    if (info.nlink === 1) frees += bytes;
+  }
+  return { room, frees };
+}
+
+type CountedEntry = Entry & { lastUsed: number; frees: number };
+
+async function allEntries(root: string): Promise<CountedEntry[]> {
   const versions = await readdir(join(root, 'entries')).catch(() => [] as string[]);
-  const entries: Array<Entry & { lastUsed: number }> = [];
+  const entries: CountedEntry[] = [];
   for (const version of versions) {
     for (const entry of await readEntries(root, version)) {
       const used = await lstat(join(entry.dir, USED)).catch(() => undefined);
-      entries.push({ ...entry, lastUsed: used?.mtimeMs ?? entry.createdAt });
+      const { room, frees } = await roomTaken(entry);
+      entries.push({ ...entry, sizeBytes: room, frees, lastUsed: used?.mtimeMs ?? entry.createdAt });
     }
   }
   return entries;
@@ -794,7 +836,11 @@ async function removeEntry(root: string, entry: Entry): Promise<'removed' | 'bus
     await lock.release();
     return readers;
   }
-  const aside = await claimTemp(root, 'evict-');
+  const aside = await claimTemp(root, 'evict-').catch(async (error: unknown) => {
+    // Held on, the lock would make every restore of the entry a miss for a minute.
+    await lock.release();
+    throw error;
+  });
   try {
     await rename(entry.dir, aside.path);
   } catch {
@@ -823,7 +869,7 @@ interface Eviction {
  * entry just saved and every entry a restore is reading stay (removeEntry), and so does every entry saved or
  * restored since the one just saved: another job published it meanwhile, and its own eviction (which keeps it)
  * is the one to decide between the two. Were the older save to evict it, each of two jobs saving at once could
- * evict the other's entry. Answers the bytes evicted.
+ * evict the other's entry. Answers the bytes that left the disk (a stored file linked elsewhere takes none away).
  */
 async function evict(host: Host, root: string, how: Eviction): Promise<number> {
   const { budget, bytesToFree = 0, keep } = how;
@@ -840,6 +886,8 @@ async function evict(host: Host, root: string, how: Eviction): Promise<number> {
     if (total <= budget && freed >= bytesToFree) return freed;
     if (entry.dir === keep) continue;
     if (entry.lastUsed >= usedBefore) break;
+    // Only room is wanted (the budget is kept): an entry whose blocks would stay is not lost for nothing.
+    if (total <= budget && entry.frees === 0) continue;
     const removed = await removeEntry(root, entry);
     if (removed === 'busy') continue; // another job is evicting it, or has evicted it meanwhile
     if (removed !== 'removed') {
@@ -853,7 +901,7 @@ async function evict(host: Host, root: string, how: Eviction): Promise<number> {
       `Cache dir: evicted ${printable(entry.key)} (${formatBytes(entry.sizeBytes)}, last restored ${new Date(entry.lastUsed).toISOString()}): ${why()}`,
     );
     total -= entry.sizeBytes;
-    freed += entry.sizeBytes;
+    freed += entry.frees;
   }
   if (total > budget && !how.quiet) {
     host.info(`Cache dir: still ${over()}; only entries in use, just saved or used since are left.`);
