@@ -9,6 +9,7 @@ import {
   chownSync,
   cpSync,
   existsSync,
+  lstatSync,
   mkdtempSync,
   readFileSync,
   rmSync,
@@ -72,7 +73,10 @@ function freshCopy(from = pristine): string {
 }
 
 interface Cli {
+  pid: number;
   code: Promise<number>;
+  /** The signal that ended the process, null when it exited. */
+  signal: Promise<NodeJS.Signals | null>;
   stdout: string[];
   stderr: string[];
   waitFor(text: string): Promise<void>;
@@ -94,6 +98,7 @@ function cli(args: string[], env: Record<string, string> = {}, user?: User): Cli
   child.stdout.on('data', collect(stdout));
   child.stderr.on('data', collect(stderr));
   const code = new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? 1)));
+  const signal = new Promise<NodeJS.Signals | null>((resolve) => child.on('close', (_c, s) => resolve(s)));
   const waitFor = async (text: string) => {
     while (!stderr.some((l) => l.includes(text))) {
       await new Promise<void>((resolve) => {
@@ -105,7 +110,7 @@ function cli(args: string[], env: Record<string, string> = {}, user?: User): Cli
       }
     }
   };
-  return { code, stdout, stderr, waitFor };
+  return { pid: child.pid!, code, signal, stdout, stderr, waitFor };
 }
 
 beforeAll(() => {
@@ -394,6 +399,35 @@ describe('a cancelled run (the runner sends SIGINT, then SIGTERM)', () => {
       expect(repoProblems(root)).toEqual([]);
     });
     await Promise.all(runs);
+  });
+
+  it('releases the lock also when the signal comes as the lock is being taken, right after link() made it', async () => {
+    const args = (root: string) => ['--path', root, '--keep-versions', '1', '--grace-period', '0s'];
+    const root = freshCopy(small);
+    // The first change to the lock's own path is the link() that creates it; the lock's temp file does not match.
+    const ended = await signalAtChange(1, 'SIGTERM', [CLI, 'prune-simplestreams', ...args(root)], {
+      ...process.env,
+      IMAGE_CI_TEST_CRASH_PATHS: `/${LOCK.replace(/\./g, '\\.')}$`,
+    });
+    expect(ended?.signal).toBe('SIGTERM');
+    expect(existsSync(join(root, LOCK))).toBe(false);
+  });
+
+  it('ends by the signal while it waits for a lock that is a FIFO (reading one would wait for a writer)', async () => {
+    const root = freshCopy(small);
+    execFileSync('mkfifo', [join(root, LOCK)]);
+    const run = cli(['--path', root, '--lock-timeout', '10m']);
+    await run.waitFor('Taking the repository lock');
+    // Signalled once its handler is in place (SigCgt: the signals a process catches), so it is the handler that
+    // has to end the process, not the signal's default action.
+    const sigterm = 1n << 14n;
+    const catching = () =>
+      BigInt(`0x${/^SigCgt:\s*(\w+)/m.exec(readFileSync(`/proc/${run.pid}/status`, 'utf8'))![1]}`);
+    while ((catching() & sigterm) === 0n) await new Promise((resolve) => setTimeout(resolve, 10));
+    process.kill(run.pid, 'SIGTERM');
+    expect(await run.signal).toBe('SIGTERM');
+    // Nobody's lock this run took: it stays.
+    expect(lstatSync(join(root, LOCK)).isFIFO()).toBe(true);
   });
 });
 

@@ -229,6 +229,20 @@ describe('metadata a Go client reads differently from JSON.parse', () => {
     );
   });
 
+  it('keeps the sign of a negative zero (-0, -0.0e3) when it rewrites images.json', async () => {
+    // A double holds -0, but JSON.stringify writes it as 0; Go reads -0 as negative zero (math.Signbit) and
+    // writes it back as -0, so a publisher's tool would see the value changed by a prune that never reads it.
+    const repo = editedRepo((text) =>
+      text.replace('"x_vendor_field": 42', '"x_vendor_field": [-0, -0.0e3, 0, 0.0, -1]'),
+    );
+    await prune(inputs(repo.root));
+    const text = readFileSync(imagesJson(repo), 'utf8');
+    expect(Object.keys(JSON.parse(text).products[P].versions)).toEqual([V[3]]);
+    expect(text).toContain(
+      '"x_vendor_field": [\n        -0,\n        -0.0e3,\n        0,\n        0,\n        -1\n      ]',
+    );
+  });
+
   it('refuses duplicate "versions" keys (encoding/json merges them), changing nothing', async () => {
     // Split the product's versions over two "versions" keys: incus sees all four, JSON.parse only the last two.
     const repo = editedRepo((text) => {

@@ -3,7 +3,7 @@
  * half-written one, and a crash between steps leaves at most a stray temp file (which the lock code sweeps up).
  */
 import { randomBytes } from 'node:crypto';
-import { constants, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { link, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
@@ -88,6 +88,11 @@ export interface LockOptions {
   purpose?: string;
   /** Told about each stale lock removed, naming the file and why (so a takeover is never silent). */
   warn?: (message: string) => void;
+  /**
+   * From the first attempt until release(), SIGINT, SIGTERM or SIGHUP remove the lock if it is this caller's and
+   * end the process by that signal (see releaseOnSignal).
+   */
+  releaseOnSignal?: boolean;
 }
 
 /**
@@ -376,36 +381,59 @@ export async function acquireLock(path: string, options: LockOptions): Promise<L
     staleMs: options.staleMs ?? DEFAULT_STALE_MS,
     warn: options.warn,
   };
-  for (;;) {
-    const attempt = await createWhole(path, path, c.content);
-    if (attempt.created) {
-      await sweepLeftovers(path, attempt.fsNowMs);
-      return heldLock(path, c.content);
+  // Listening before the first link(): a signal between link() making the lock and the caller's next step would
+  // end the process with the lock left, which another host can only judge by its age (staleMs). releaseSync removes
+  // a lock only while it holds this attempt's content, so a signal while waiting leaves the owner's lock alone.
+  let stopListening: (() => void) | undefined;
+  const lock = heldLock(path, c.content, () => stopListening?.());
+  if (options.releaseOnSignal) stopListening = releaseOnSignal(lock);
+  try {
+    for (;;) {
+      const attempt = await createWhole(path, path, c.content);
+      if (attempt.created) {
+        await sweepLeftovers(path, attempt.fsNowMs);
+        return lock;
+      }
+      const held = await inspect(path);
+      if (!held) continue; // released meanwhile: compete again at once
+      if (staleReason(held, attempt.fsNowMs, c.staleMs) && (await takeOver(c))) continue;
+      if (Date.now() >= deadline) throw new LockTimeoutError(path, held.owner);
+      await sleep(pollMs);
     }
-    const held = await inspect(path);
-    if (!held) continue; // released meanwhile: compete again at once
-    if (staleReason(held, attempt.fsNowMs, c.staleMs) && (await takeOver(c))) continue;
-    if (Date.now() >= deadline) throw new LockTimeoutError(path, held.owner);
-    await sleep(pollMs);
+  } catch (error) {
+    stopListening?.();
+    throw error;
   }
 }
 
-function heldLock(path: string, content: string): Lock {
+function heldLock(path: string, content: string, onReleased?: () => void): Lock {
   let released = false;
   return {
     path,
     release: async () => {
-      if (released) return;
-      released = true;
-      // Only our own: a lock judged stale (a prune that ran past staleMs) may belong to someone else by now.
-      if ((await inspect(path))?.raw === content) await rm(path, { force: true });
+      try {
+        if (released) return;
+        released = true;
+        // Only our own: a lock judged stale (a prune that ran past staleMs) may belong to someone else by now.
+        if ((await inspect(path))?.raw === content) await rm(path, { force: true });
+      } finally {
+        // Only once the lock is gone: a signal meanwhile still has releaseSync remove it.
+        onReleased?.();
+      }
     },
     releaseSync: () => {
-      if (released) return;
       released = true;
       let raw: string;
       try {
-        raw = readFileSync(path, 'utf8');
+        // Without blocking, as inspect: a FIFO where the lock belongs (one waited for, or swapped in) would hold
+        // the signal handler, and so the end of the process, until someone wrote to it.
+        const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+        try {
+          if (!fstatSync(fd).isFile()) return;
+          raw = readFileSync(fd, 'utf8');
+        } finally {
+          closeSync(fd);
+        }
       } catch {
         return; // gone (taken over as stale, then released by its taker)
       }

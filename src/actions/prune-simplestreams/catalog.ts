@@ -107,13 +107,14 @@ export function serializeJson(data: unknown, style: JsonStyle): string {
   return style.trailingNewline ? `${body}\n` : body;
 }
 
-/** A JSON number's exact value, spelled one way: sign, digits without leading or trailing zeros, exponent. */
+/** A JSON number's exact value, spelled one way: sign (zero's too), digits without leading or trailing zeros, exponent. */
 function exactValue(token: string): string | undefined {
   const m = /^(-?)(\d+)(?:\.(\d+))?(?:[eE]([+-]?\d+))?$/.exec(token);
   if (!m) return undefined; // Infinity, NaN
   const fraction = m[3] ?? '';
   const all = `${m[2]}${fraction}`.replace(/^0+/, '');
-  if (all === '') return '0';
+  // The sign stays: a double holds -0 but JSON.stringify writes 0, so -0 must differ from String(-0).
+  if (all === '') return `${m[1]}0`;
   const digits = all.replace(/0+$/, '');
   return `${m[1]}${digits}e${Number(m[4] ?? 0) - fraction.length + all.length - digits.length}`;
 }

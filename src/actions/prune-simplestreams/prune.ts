@@ -4,7 +4,7 @@
  */
 import { lstat, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { acquireLock, LockTimeoutError, releaseOnSignal, type Lock } from '../../core/atomic.js';
+import { acquireLock, LockTimeoutError, type Lock } from '../../core/atomic.js';
 import type { Host } from '../../core/host.js';
 import { InputError } from '../../core/inputs.js';
 import { ActionError, errorMessage } from '../../core/run.js';
@@ -69,6 +69,8 @@ async function takeLock(root: string, inputs: PruneInputs, host: Host): Promise<
       timeoutMs: inputs.lockTimeoutMs,
       purpose: 'prune-simplestreams',
       warn: (message) => host.warning(message),
+      // A cancelled workflow run (SIGINT, then SIGTERM) must not leave the lock for 6 h.
+      releaseOnSignal: true,
     });
   } catch (error) {
     if (error instanceof LockTimeoutError) {
@@ -114,7 +116,6 @@ export async function pruneRepository(
   const startedMs = now();
   const root = await repositoryRoot(inputs.path);
   const lock = inputs.dryRun ? undefined : await takeLock(root, inputs, host);
-  const stopReleasingOnSignal = lock && releaseOnSignal(lock);
   const acquiredMs = now();
   const skewMs = lock ? await clockAheadOfFiles(lock) : 0;
   if (skewMs > 0) {
@@ -173,7 +174,6 @@ export async function pruneRepository(
       lock: lock ? { file: lock.path, acquiredMs, releasedMs: finishedMs } : undefined,
     });
   } finally {
-    stopReleasingOnSignal?.();
     await lock?.release();
   }
   return report;
